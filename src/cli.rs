@@ -1,0 +1,157 @@
+//! Command line: `hubgate serve`, `check` and `test`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::identity::Identity;
+use crate::policy::{testing, PolicySet};
+
+#[derive(Parser)]
+#[command(
+    name = "hubgate",
+    version,
+    about = "Policy-enforcing reverse proxy for the AWS Security Hub API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, env = "HUBGATE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy and admin listeners.
+    Serve(ConfigArg),
+    /// Validate the configuration, callers file, policies and schemas, then exit.
+    Check(ConfigArg),
+    /// Run the `test_` rules of a policy directory (default: the configured policy.dir).
+    Test {
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    Config::load(&arg.config).map_err(|e| {
+        eprintln!("hubgate: {e}");
+        ExitCode::from(2)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(arg) => {
+            let config = match load_config(&arg) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("hubgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::server::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hubgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check(arg) => check(&arg),
+        Command::Test { dir, config } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => match Config::load(&config.config) {
+                    Ok(c) => c.policy.dir,
+                    Err(_) => PathBuf::from("policies"),
+                },
+            };
+            run_tests(&dir)
+        }
+    }
+}
+
+fn check(arg: &ConfigArg) -> ExitCode {
+    let config = match load_config(arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut ok = true;
+    match Identity::load(&config.identity) {
+        Ok(identity) => println!(
+            "callers: {} ({} keyed callers)",
+            config.identity.callers.display(),
+            identity.caller_count()
+        ),
+        Err(e) => {
+            eprintln!("hubgate: {e}");
+            ok = false;
+        }
+    }
+    match PolicySet::load(
+        &config.policy.dir,
+        Duration::from_millis(config.policy.eval_timeout_ms),
+    ) {
+        Ok(policy) => println!(
+            "policies: {} ({} files, revision {})",
+            config.policy.dir.display(),
+            policy.files.len(),
+            policy.revision
+        ),
+        Err(e) => {
+            eprintln!("hubgate: {e}");
+            ok = false;
+        }
+    }
+    if ok {
+        println!("config: {} is valid", config.file.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_tests(dir: &std::path::Path) -> ExitCode {
+    let summary = match testing::run(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hubgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for r in &summary.results {
+        match &r.outcome {
+            testing::Outcome::Pass => println!("PASS {}:{} {}", r.file.display(), r.line, r.rule),
+            testing::Outcome::Fail(why) => {
+                println!("FAIL {}:{} {}: {why}", r.file.display(), r.line, r.rule)
+            }
+        }
+    }
+    println!("{} passed, {} failed", summary.passed(), summary.failed());
+    if summary.failed() > 0 || summary.results.is_empty() {
+        if summary.results.is_empty() {
+            eprintln!("hubgate: no test_ rules found in {}", dir.display());
+        }
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,472 @@
+//! Configuration: the TOML contract of DESIGN.md, parsed strictly and validated before serving.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "config/hubgate.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("{file}: {reason}")]
+    Parse { file: PathBuf, reason: String },
+    #[error("{file}: {key}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    upstream: UpstreamConfig,
+    #[serde(default)]
+    identity: IdentityConfig,
+    #[serde(default)]
+    policy: PolicyConfig,
+    #[serde(default)]
+    enrichment: EnrichmentConfig,
+    #[serde(default)]
+    audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_listen: String,
+    pub max_body_bytes: u64,
+    pub shutdown_grace_ms: u64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            max_body_bytes: 1_048_576,
+            shutdown_grace_ms: 10_000,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    Resign,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub endpoint: String,
+    pub region: String,
+    pub auth: UpstreamAuth,
+    pub timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            endpoint: "https://securityhub.us-east-1.amazonaws.com".into(),
+            region: "us-east-1".into(),
+            auth: UpstreamAuth::Resign,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityMode {
+    Sigv4,
+    Static,
+    Mtls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub mode: IdentityMode,
+    pub callers: PathBuf,
+    /// `static` mode: the id of the callers-file entry every request is attributed to.
+    pub static_principal: Option<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            mode: IdentityMode::Sigv4,
+            callers: PathBuf::from("callers.toml"),
+            static_principal: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyMode {
+    Enforce,
+    DryRun,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartialDeny {
+    Reject,
+    ForwardAllowed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub dir: PathBuf,
+    pub mode: PolicyMode,
+    pub on_partial_deny: PartialDeny,
+    /// Evaluation time limit; a policy that runs longer is a POLICY_ERROR (fail closed).
+    pub eval_timeout_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dir: PathBuf::from("policies"),
+            mode: PolicyMode::Enforce,
+            on_partial_deny: PartialDeny::Reject,
+            eval_timeout_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichmentConfig {
+    pub enabled: bool,
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for EnrichmentConfig {
+    fn default() -> Self {
+        EnrichmentConfig {
+            enabled: true,
+            cache_ttl_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditSink {
+    Stdout,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditFormat {
+    Hubgate,
+    Ocsf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    pub path: PathBuf,
+    pub format: AuditFormat,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sink: AuditSink::Stdout,
+            path: PathBuf::from("hubgate-audit.ndjson"),
+            format: AuditFormat::Hubgate,
+        }
+    }
+}
+
+/// The validated configuration, with every relative path resolved against the file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub upstream_uri: http::Uri,
+    pub identity: IdentityConfig,
+    pub policy: PolicyConfig,
+    pub enrichment: EnrichmentConfig,
+    pub audit: AuditConfig,
+}
+
+impl fmt::Display for UpstreamAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpstreamAuth::Resign => "resign",
+            UpstreamAuth::Passthrough => "passthrough",
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Errors name the file, the key and the reason.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        let base = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let RawConfig {
+            mut server,
+            upstream,
+            mut identity,
+            mut policy,
+            enrichment,
+            mut audit,
+        } = raw;
+
+        let listen: SocketAddr = server.listen.parse().map_err(|e| {
+            invalid(
+                file,
+                "server.listen",
+                format!("{:?} is not a socket address: {e}", server.listen),
+            )
+        })?;
+        let admin_listen: SocketAddr = server.admin_listen.parse().map_err(|e| {
+            invalid(
+                file,
+                "server.admin_listen",
+                format!("{:?} is not a socket address: {e}", server.admin_listen),
+            )
+        })?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(invalid(
+                file,
+                "server.admin_listen",
+                "must differ from server.listen: admin endpoints never share the proxy port",
+            ));
+        }
+        if server.max_body_bytes == 0 {
+            return Err(invalid(file, "server.max_body_bytes", "must be at least 1"));
+        }
+        if server.tls_cert.is_some() || server.tls_key.is_some() || server.client_ca.is_some() {
+            return Err(invalid(
+                file,
+                "server.tls_cert",
+                "TLS on the proxy listener is not available in this version of hubgate; terminate TLS in front of it",
+            ));
+        }
+        server.tls_cert = None;
+
+        let upstream_uri: http::Uri = upstream.endpoint.parse().map_err(|e| {
+            invalid(
+                file,
+                "upstream.endpoint",
+                format!("{:?} is not a URL: {e}", upstream.endpoint),
+            )
+        })?;
+        match upstream_uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(invalid(
+                    file,
+                    "upstream.endpoint",
+                    "must start with https:// (or http:// for a local emulator)",
+                ))
+            }
+        }
+        if upstream_uri.host().is_none() {
+            return Err(invalid(file, "upstream.endpoint", "has no host"));
+        }
+        if !matches!(upstream_uri.path(), "" | "/") || upstream_uri.query().is_some() {
+            return Err(invalid(
+                file,
+                "upstream.endpoint",
+                "must be a scheme and host (and port) only, without a path or query",
+            ));
+        }
+        if upstream.region.trim().is_empty() {
+            return Err(invalid(file, "upstream.region", "must not be empty"));
+        }
+        if upstream.timeout_ms == 0 {
+            return Err(invalid(file, "upstream.timeout_ms", "must be at least 1"));
+        }
+        if upstream.auth == UpstreamAuth::Passthrough {
+            return Err(invalid(
+                file,
+                "upstream.auth",
+                "\"passthrough\" is not available in this version of hubgate; use \"resign\"",
+            ));
+        }
+
+        match identity.mode {
+            IdentityMode::Mtls => {
+                return Err(invalid(
+                    file,
+                    "identity.mode",
+                    "\"mtls\" is not available in this version of hubgate; use \"sigv4\" or \"static\"",
+                ))
+            }
+            IdentityMode::Static if identity.static_principal.is_none() => {
+                return Err(invalid(
+                    file,
+                    "identity.static_principal",
+                    "is required when identity.mode = \"static\": name the callers-file entry every request acts as",
+                ))
+            }
+            IdentityMode::Sigv4 if identity.static_principal.is_some() => {
+                return Err(invalid(
+                    file,
+                    "identity.static_principal",
+                    "only applies when identity.mode = \"static\"",
+                ))
+            }
+            _ => {}
+        }
+        identity.callers = resolve(&identity.callers);
+
+        policy.dir = resolve(&policy.dir);
+        if policy.on_partial_deny == PartialDeny::ForwardAllowed {
+            return Err(invalid(
+                file,
+                "policy.on_partial_deny",
+                "\"forward-allowed\" is not available in this version of hubgate; use \"reject\"",
+            ));
+        }
+        if policy.eval_timeout_ms == 0 {
+            return Err(invalid(
+                file,
+                "policy.eval_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+
+        if audit.format == AuditFormat::Ocsf {
+            return Err(invalid(
+                file,
+                "audit.format",
+                "\"ocsf\" is not available in this version of hubgate; use \"hubgate\"",
+            ));
+        }
+        audit.path = resolve(&audit.path);
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            listen,
+            admin_listen,
+            server,
+            upstream,
+            upstream_uri,
+            identity,
+            policy,
+            enrichment,
+            audit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/hubgate/hubgate.toml"), text)
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.server.max_body_bytes, 1_048_576);
+        assert_eq!(c.upstream.auth, UpstreamAuth::Resign);
+        assert_eq!(c.policy.mode, PolicyMode::Enforce);
+        assert_eq!(c.audit.sink, AuditSink::Stdout);
+        // relative paths hang off the configuration file's folder
+        assert_eq!(c.policy.dir, PathBuf::from("/etc/hubgate/policies"));
+        assert_eq!(
+            c.identity.callers,
+            PathBuf::from("/etc/hubgate/callers.toml")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_file() {
+        let err = parse("[server]\nlisen = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/hubgate/hubgate.toml"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+        let err = parse("[nonsense]\n").unwrap_err().to_string();
+        assert!(err.contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+            ("[upstream]\nendpoint = \"ftp://x\"", "upstream.endpoint"),
+            (
+                "[upstream]\nendpoint = \"https://x/path\"",
+                "upstream.endpoint",
+            ),
+            ("[upstream]\ntimeout_ms = 0", "upstream.timeout_ms"),
+            ("[identity]\nmode = \"static\"", "identity.static_principal"),
+            (
+                "[server]\nlisten = \"127.0.0.1:7\"\nadmin_listen = \"127.0.0.1:7\"",
+                "server.admin_listen",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = parse("[policy]\nmode = \"maybe\"").unwrap_err().to_string();
+        assert!(err.contains("maybe"), "{err}");
+    }
+}

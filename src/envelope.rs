@@ -1,0 +1,233 @@
+//! The error envelope: every rejection hubgate makes itself, as one typed error mapped to
+//! status, code and AWS exception name in exactly one place.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use crate::audit::AuditError;
+use crate::identity::AuthError;
+use crate::policy::PolicyError;
+use crate::upstream::UpstreamError;
+use crate::validate::ValidationErrors;
+
+/// Why hubgate answered a request itself instead of forwarding it.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("no Security Hub operation is served at {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("{operation} is not allowed through hubgate")]
+    OperationNotAllowed { operation: &'static str },
+    #[error("request body exceeds server.max_body_bytes ({limit} bytes)")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error("{message}")]
+    PolicyDenied {
+        message: String,
+        violations: Vec<Value>,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    AuditUnavailable(#[from] AuditError),
+}
+
+/// How each rejection looks on the wire. One table, so no two stages disagree.
+struct Shape {
+    status: StatusCode,
+    code: &'static str,
+    error_type: &'static str,
+}
+
+impl Rejection {
+    fn shape(&self) -> Shape {
+        use Rejection::*;
+        let (status, code, error_type) = match self {
+            NotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "ResourceNotFoundException",
+            ),
+            OperationNotAllowed { .. } => (
+                StatusCode::FORBIDDEN,
+                "OPERATION_NOT_ALLOWED",
+                "AccessDeniedException",
+            ),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "InvalidInputException",
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "InvalidInputException",
+            ),
+            Unauthenticated(e) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", e.error_type()),
+            Invalid(_) | BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "InvalidInputException",
+            ),
+            PolicyDenied { .. } => (
+                StatusCode::FORBIDDEN,
+                "POLICY_DENIED",
+                "AccessDeniedException",
+            ),
+            Policy(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "POLICY_ERROR",
+                "InternalException",
+            ),
+            Upstream(e) if e.is_timeout() => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UPSTREAM_TIMEOUT",
+                "InternalException",
+            ),
+            Upstream(_) => (
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_UNAVAILABLE",
+                "InternalException",
+            ),
+            AuditUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AUDIT_UNAVAILABLE",
+                "ServiceUnavailableException",
+            ),
+        };
+        Shape {
+            status,
+            code,
+            error_type,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.shape().status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.shape().code
+    }
+
+    /// Machine-readable detail: schema violations with their JSON pointers, or policy violations.
+    pub fn details(&self) -> Vec<Value> {
+        match self {
+            Rejection::Invalid(errors) => errors
+                .errors
+                .iter()
+                .map(|e| json!({"path": e.path, "message": e.message}))
+                .collect(),
+            Rejection::PolicyDenied { violations, .. } => violations.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The envelope response. `request_id` is the decision id, also written to the audit record.
+    pub fn to_response(&self, request_id: &str) -> Response<Full<Bytes>> {
+        let shape = self.shape();
+        let message = self.to_string();
+        let body = json!({
+            "success": false,
+            "error": {
+                "code": shape.code,
+                "message": message,
+                "request_id": request_id,
+                "details": self.details(),
+            },
+            "message": format!("{}: {}", shape.code, message),
+            "__type": shape.error_type,
+        });
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let mut response = Response::new(Full::new(bytes));
+        *response.status_mut() = shape.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static(shape.error_type),
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-amzn-requestid", id);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(resp: Response<Full<Bytes>>) -> Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn denial_carries_every_field_sdks_read() {
+        let rejection = Rejection::PolicyDenied {
+            message: "member accounts may not suppress findings".into(),
+            violations: vec![
+                json!({"msg": "member accounts may not suppress findings", "finding": null}),
+            ],
+        };
+        let resp = rejection.to_response("dec-1");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.headers()["x-amzn-errortype"], "AccessDeniedException");
+        assert_eq!(resp.headers()["x-amzn-requestid"], "dec-1");
+        let body = body_json(resp).await;
+        assert_eq!(body["success"], false);
+        assert_eq!(body["error"]["code"], "POLICY_DENIED");
+        assert_eq!(body["error"]["request_id"], "dec-1");
+        assert_eq!(body["__type"], "AccessDeniedException");
+        assert_eq!(
+            body["message"],
+            "POLICY_DENIED: member accounts may not suppress findings"
+        );
+        assert_eq!(body["error"]["details"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn no_denial_is_retryable() {
+        // SDKs retry 5xx and throttling codes; a denial must never look like either.
+        for r in [
+            Rejection::OperationNotAllowed {
+                operation: "UpdateFindings",
+            },
+            Rejection::PolicyDenied {
+                message: "x".into(),
+                violations: vec![],
+            },
+            Rejection::NotFound {
+                method: "GET".into(),
+                path: "/x".into(),
+            },
+        ] {
+            assert!(r.status().is_client_error(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_and_unreachable_upstreams_differ() {
+        let timeout = Rejection::Upstream(UpstreamError::Timeout { ms: 10 });
+        let down = Rejection::Upstream(UpstreamError::Unreachable("refused".into()));
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.code(), "UPSTREAM_TIMEOUT");
+        assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(down.code(), "UPSTREAM_UNAVAILABLE");
+    }
+}

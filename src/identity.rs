@@ -1,0 +1,472 @@
+//! Identity: who is calling. Loads the callers file and turns a request into a Principal,
+//! by verifying the caller's SigV4 signature (`sigv4`) or by configuration (`static`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::{IdentityConfig, IdentityMode};
+
+/// SigV4 requests dated further than this from hubgate's clock are refused.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Administrator,
+    Member,
+}
+
+/// The caller as policies see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    pub id: String,
+    pub account_id: String,
+    pub role: Role,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallersFile {
+    #[serde(default)]
+    caller: Vec<CallerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerEntry {
+    id: String,
+    account_id: String,
+    role: Role,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    client_cert_san: Option<String>,
+    client_cert_cn: Option<String>,
+    #[serde(default)]
+    attributes: toml::Table,
+}
+
+#[derive(Debug)]
+struct Caller {
+    principal: Arc<Principal>,
+    secret: Option<Secret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallersError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("{file}: {reason}")]
+    Parse { file: PathBuf, reason: String },
+    #[error("{file}: caller {id:?}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        id: String,
+        reason: String,
+    },
+}
+
+/// Why a caller could not be established. Each maps to 401 UNAUTHENTICATED.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the request is not signed: an AWS SigV4 Authorization header is required")]
+    Missing,
+    #[error("malformed Authorization header: {0}")]
+    Malformed(String),
+    #[error("unknown access key id {0}")]
+    UnknownKey(String),
+    #[error(
+        "the request signature does not match the signature hubgate computed for access key id {0}"
+    )]
+    BadSignature(String),
+    #[error("the request is dated {0}, more than 15 minutes from hubgate's clock")]
+    Stale(String),
+}
+
+impl AuthError {
+    /// The AWS exception name SDKs map to a typed error.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            AuthError::BadSignature(_) | AuthError::Stale(_) => "InvalidSignatureException",
+            _ => "UnrecognizedClientException",
+        }
+    }
+}
+
+/// The loaded callers and the mode that reads them.
+#[derive(Debug)]
+pub struct Identity {
+    mode: IdentityMode,
+    by_key: HashMap<String, Caller>,
+    static_principal: Option<Arc<Principal>>,
+}
+
+fn load_callers(
+    path: &Path,
+) -> Result<Vec<(Arc<Principal>, Option<String>, Option<Secret>)>, CallersError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CallersError::Read {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let file: CallersFile = toml::from_str(&text).map_err(|e| CallersError::Parse {
+        file: path.to_path_buf(),
+        reason: e.to_string().trim_end().to_string(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut seen_ids = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(file.caller.len());
+    for entry in file.caller {
+        let bad = |reason: String| CallersError::Invalid {
+            file: path.to_path_buf(),
+            id: entry.id.clone(),
+            reason,
+        };
+        if entry.id.trim().is_empty() {
+            return Err(bad("id must not be empty".into()));
+        }
+        if !seen_ids.insert(entry.id.clone()) {
+            return Err(bad("id is used twice".into()));
+        }
+        if entry.account_id.len() != 12 || !entry.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(format!(
+                "account_id {:?} is not a 12-digit AWS account id",
+                entry.account_id
+            )));
+        }
+        let sources = [
+            entry.secret_access_key.is_some(),
+            entry.secret_env.is_some(),
+            entry.secret_file.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if sources > 1 {
+            return Err(bad(
+                "give at most one of secret_access_key, secret_env, secret_file".into(),
+            ));
+        }
+        let secret = if let Some(s) = &entry.secret_access_key {
+            Some(s.clone())
+        } else if let Some(var) = &entry.secret_env {
+            Some(
+                std::env::var(var)
+                    .map_err(|_| bad(format!("secret_env names {var}, which is not set")))?,
+            )
+        } else if let Some(f) = &entry.secret_file {
+            let f = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
+            Some(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| bad(format!("secret_file {}: {e}", f.display())))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if secret.as_deref().is_some_and(str::is_empty) {
+            return Err(bad("the secret access key is empty".into()));
+        }
+        if secret.is_some() && entry.access_key_id.is_none() {
+            return Err(bad("a secret needs an access_key_id".into()));
+        }
+        // The mTLS fields are accepted so one callers file serves every mode.
+        let _ = (&entry.client_cert_san, &entry.client_cert_cn);
+        let attributes = match serde_json::to_value(&entry.attributes) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return Err(bad("attributes must be a table".into())),
+        };
+        let principal = Arc::new(Principal {
+            id: entry.id.clone(),
+            account_id: entry.account_id.clone(),
+            role: entry.role,
+            attributes,
+        });
+        out.push((principal, entry.access_key_id.clone(), secret.map(Secret)));
+    }
+    Ok(out)
+}
+
+impl Identity {
+    pub fn load(config: &IdentityConfig) -> Result<Identity, CallersError> {
+        let callers = load_callers(&config.callers)?;
+        let mut by_key = HashMap::new();
+        let mut static_principal = None;
+        for (principal, key, secret) in callers {
+            if config.static_principal.as_deref() == Some(principal.id.as_str()) {
+                static_principal = Some(principal.clone());
+            }
+            if let Some(key) = key {
+                if config.mode == IdentityMode::Sigv4 && secret.is_none() {
+                    return Err(CallersError::Invalid {
+                        file: config.callers.clone(),
+                        id: principal.id.clone(),
+                        reason: "identity.mode = \"sigv4\" needs a secret (secret_access_key, secret_env or secret_file)".into(),
+                    });
+                }
+                if by_key.contains_key(&key) {
+                    return Err(CallersError::Invalid {
+                        file: config.callers.clone(),
+                        id: principal.id.clone(),
+                        reason: format!("access_key_id {key} is used twice"),
+                    });
+                }
+                by_key.insert(key, Caller { principal, secret });
+            }
+        }
+        if let Some(wanted) = &config.static_principal {
+            if static_principal.is_none() {
+                return Err(CallersError::Invalid {
+                    file: config.callers.clone(),
+                    id: wanted.clone(),
+                    reason: "identity.static_principal names no caller in this file".into(),
+                });
+            }
+        }
+        Ok(Identity {
+            mode: config.mode,
+            by_key,
+            static_principal,
+        })
+    }
+
+    pub fn caller_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Establishes the caller. In sigv4 mode this needs the exact body bytes (their hash is signed).
+    pub fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Arc<Principal>, AuthError> {
+        match self.mode {
+            IdentityMode::Static => self.static_principal.clone().ok_or(AuthError::Missing),
+            _ => self.verify_sigv4(parts, body, now),
+        }
+    }
+
+    fn verify_sigv4(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed("not visible ASCII".into()))?;
+        let auth = Authorization::parse(header)?;
+        let caller = self
+            .by_key
+            .get(auth.access_key_id)
+            .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
+        let secret = caller
+            .secret
+            .as_ref()
+            .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
+
+        let amz_date = parts
+            .headers
+            .get("x-amz-date")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| AuthError::Malformed("the X-Amz-Date header is missing".into()))?;
+        let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
+            AuthError::Malformed(format!("X-Amz-Date {amz_date:?} is not YYYYMMDDTHHMMSSZ"))
+        })?;
+        let skew = match now.duration_since(signed_at) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        if skew > MAX_CLOCK_SKEW {
+            return Err(AuthError::Stale(amz_date.to_string()));
+        }
+        if !amz_date.starts_with(auth.date) {
+            return Err(AuthError::Malformed(
+                "the credential scope date differs from X-Amz-Date".into(),
+            ));
+        }
+        if !auth.signed_headers.contains(&"host") || !auth.signed_headers.contains(&"x-amz-date") {
+            return Err(AuthError::Malformed(
+                "SignedHeaders must include host and x-amz-date".into(),
+            ));
+        }
+
+        // Recompute the signature over exactly the headers the caller says it signed.
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .ok_or_else(|| AuthError::Malformed("the request has no Host".into()))?;
+        let mut headers: Vec<(&str, String)> = Vec::with_capacity(auth.signed_headers.len());
+        for name in &auth.signed_headers {
+            if *name == "host" {
+                headers.push(("host", host.to_string()));
+                continue;
+            }
+            let mut values = parts.headers.get_all(*name).iter().peekable();
+            if values.peek().is_none() {
+                return Err(AuthError::Malformed(format!(
+                    "signed header {name} is not in the request"
+                )));
+            }
+            for v in values {
+                let v = v.to_str().map_err(|_| {
+                    AuthError::Malformed(format!("signed header {name} is not visible ASCII"))
+                })?;
+                headers.push((name, v.to_string()));
+            }
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!("http://{host}{path_and_query}");
+
+        let credentials =
+            Credentials::new(auth.access_key_id, &secret.0, None, None, "hubgate-callers");
+        let identity = credentials.into();
+        let mut settings = SigningSettings::default();
+        // The caller decides what it signed; hubgate must not drop any of it.
+        settings.excluded_headers = None;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(auth.region)
+            .name(auth.service)
+            .time(signed_at)
+            .settings(settings)
+            .build()
+            .map_err(|e| AuthError::Malformed(e.to_string()))?
+            .into();
+        let signable = SignableRequest::new(
+            parts.method.as_str(),
+            uri,
+            headers.iter().map(|(k, v)| (*k, v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let (_, expected) = sign(signable, &params)
+            .map_err(|e| AuthError::Malformed(e.to_string()))?
+            .into_parts();
+        if expected.as_bytes().ct_eq(auth.signature.as_bytes()).into() {
+            Ok(caller.principal.clone())
+        } else {
+            Err(AuthError::BadSignature(auth.access_key_id.to_string()))
+        }
+    }
+}
+
+/// The parts of `AWS4-HMAC-SHA256 Credential=.., SignedHeaders=.., Signature=..`.
+#[derive(Debug, PartialEq)]
+struct Authorization<'a> {
+    access_key_id: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+impl<'a> Authorization<'a> {
+    fn parse(header: &'a str) -> Result<Self, AuthError> {
+        let rest = header
+            .strip_prefix("AWS4-HMAC-SHA256 ")
+            .ok_or_else(|| AuthError::Malformed("only AWS4-HMAC-SHA256 is accepted".into()))?;
+        let (mut credential, mut signed, mut signature) = (None, None, None);
+        for part in rest.split(',') {
+            let part = part.trim();
+            if let Some(v) = part.strip_prefix("Credential=") {
+                credential = Some(v);
+            } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+                signed = Some(v);
+            } else if let Some(v) = part.strip_prefix("Signature=") {
+                signature = Some(v);
+            } else {
+                return Err(AuthError::Malformed("unexpected component".into()));
+            }
+        }
+        let credential =
+            credential.ok_or_else(|| AuthError::Malformed("Credential is missing".into()))?;
+        let signed =
+            signed.ok_or_else(|| AuthError::Malformed("SignedHeaders is missing".into()))?;
+        let signature =
+            signature.ok_or_else(|| AuthError::Malformed("Signature is missing".into()))?;
+        let scope: Vec<&str> = credential.split('/').collect();
+        let [access_key_id, date, region, service, terminator] = scope[..] else {
+            return Err(AuthError::Malformed(
+                "Credential must be KEY/DATE/REGION/SERVICE/aws4_request".into(),
+            ));
+        };
+        if terminator != "aws4_request" || access_key_id.is_empty() || date.len() != 8 {
+            return Err(AuthError::Malformed(
+                "Credential must be KEY/DATE/REGION/SERVICE/aws4_request".into(),
+            ));
+        }
+        if service != "securityhub" {
+            return Err(AuthError::Malformed(format!(
+                "the credential scope is for service {service:?}, not securityhub"
+            )));
+        }
+        if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AuthError::Malformed(
+                "Signature must be 64 hex digits".into(),
+            ));
+        }
+        let signed_headers: Vec<&str> = signed.split(';').collect();
+        if signed_headers
+            .iter()
+            .any(|h| h.is_empty() || h.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Err(AuthError::Malformed(
+                "SignedHeaders must be lower-case names separated by ';'".into(),
+            ));
+        }
+        Ok(Authorization {
+            access_key_id,
+            date,
+            region,
+            service,
+            signed_headers,
+            signature,
+        })
+    }
+}
+
+fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let t = time::PrimitiveDateTime::parse(s, format).ok()?.assume_utc();
+    Some(t.into())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+use super::*;
+use crate::config::IdentityConfig;
+use std::io::Write;
+
+const KEY: &str = "HGTESTMEMBER00000001";
+const SECRET: &str = "member-secret";
+
+fn identity(mode: IdentityMode, static_principal: Option<&str>) -> (Identity, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    write!(
+        f,
+        r#"
+[[caller]]
+id = "member"
+account_id = "222222222222"
+role = "member"
+access_key_id = "{KEY}"
+secret_access_key = "{SECRET}"
+[caller.attributes]
+team = "soar"
+"#
+    )
+    .unwrap();
+    let config = IdentityConfig {
+        mode,
+        callers: path,
+        static_principal: static_principal.map(String::from),
+    };
+    (Identity::load(&config).unwrap(), dir)
+}
+
+/// Signs like an SDK client would: host, content-type and x-amz-date.
+fn signed_request(secret: &str, at: SystemTime, body: &[u8]) -> http::request::Parts {
+    let mut req = http::Request::builder()
+        .method("PATCH")
+        .uri("/findings/batchupdate")
+        .header("host", "127.0.0.1:8080")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let credentials = Credentials::new(KEY, secret, None, None, "test");
+    let identity = credentials.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("securityhub")
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let signable = SignableRequest::new(
+        "PATCH",
+        "http://127.0.0.1:8080/findings/batchupdate",
+        [
+            ("host", "127.0.0.1:8080"),
+            ("content-type", "application/json"),
+        ]
+        .into_iter(),
+        SignableBody::Bytes(body),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    instructions.apply_to_request_http1x(&mut req);
+    req.into_parts().0
+}
+
+#[test]
+fn a_correct_signature_maps_to_the_principal() {
+    let (id, _dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    let parts = signed_request(SECRET, now, b"{}");
+    let p = id.authenticate(&parts, b"{}", now).unwrap();
+    assert_eq!(p.id, "member");
+    assert_eq!(p.account_id, "222222222222");
+    assert_eq!(p.role, Role::Member);
+    assert_eq!(p.attributes["team"], "soar");
+}
+
+#[test]
+fn a_changed_body_or_wrong_secret_fails() {
+    let (id, _dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    let parts = signed_request(SECRET, now, b"{}");
+    assert!(matches!(
+        id.authenticate(&parts, b"{ }", now),
+        Err(AuthError::BadSignature(_))
+    ));
+    let parts = signed_request("not-the-secret", now, b"{}");
+    let err = id.authenticate(&parts, b"{}", now).unwrap_err();
+    assert!(matches!(err, AuthError::BadSignature(_)));
+    assert_eq!(err.error_type(), "InvalidSignatureException");
+}
+
+#[test]
+fn stale_and_future_requests_fail() {
+    let (id, _dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    for at in [
+        now - Duration::from_secs(16 * 60),
+        now + Duration::from_secs(16 * 60),
+    ] {
+        let parts = signed_request(SECRET, at, b"{}");
+        assert!(matches!(
+            id.authenticate(&parts, b"{}", now),
+            Err(AuthError::Stale(_))
+        ));
+    }
+    // within the window is fine
+    let parts = signed_request(SECRET, now - Duration::from_secs(14 * 60), b"{}");
+    assert!(id.authenticate(&parts, b"{}", now).is_ok());
+}
+
+#[test]
+fn missing_and_unknown_keys_fail() {
+    let (id, _dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    let mut parts = signed_request(SECRET, now, b"{}");
+    let auth = parts.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .replace(KEY, "HGUNKNOWN");
+    parts.headers.insert("authorization", auth.parse().unwrap());
+    let err = id.authenticate(&parts, b"{}", now).unwrap_err();
+    assert!(matches!(err, AuthError::UnknownKey(ref k) if k == "HGUNKNOWN"));
+    assert_eq!(err.error_type(), "UnrecognizedClientException");
+    parts.headers.remove("authorization");
+    assert!(matches!(
+        id.authenticate(&parts, b"{}", now),
+        Err(AuthError::Missing)
+    ));
+}
+
+#[test]
+fn authorization_header_parsing() {
+    let sig = "a".repeat(64);
+    let h = format!("AWS4-HMAC-SHA256 Credential=AK/20261124/us-east-1/securityhub/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature={sig}");
+    let a = Authorization::parse(&h).unwrap();
+    assert_eq!(a.access_key_id, "AK");
+    assert_eq!(a.region, "us-east-1");
+    assert_eq!(a.signed_headers, vec!["content-type", "host", "x-amz-date"]);
+    for bad in [
+        "Basic abc",
+        "AWS4-HMAC-SHA256 Credential=AK/20261124/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=aa",
+        "AWS4-HMAC-SHA256 Credential=AK/2026/us-east-1/securityhub/aws4_request, SignedHeaders=host, Signature=aa",
+        "AWS4-HMAC-SHA256 SignedHeaders=host",
+    ] {
+        assert!(Authorization::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn static_mode_needs_no_signature() {
+    let (id, _dir) = identity(IdentityMode::Static, Some("member"));
+    let parts = http::Request::new(()).into_parts().0;
+    let p = id.authenticate(&parts, b"", SystemTime::now()).unwrap();
+    assert_eq!(p.id, "member");
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = Secret("hunter2".into());
+    assert!(!format!("{s:?}").contains("hunter2"));
+}

@@ -1,0 +1,294 @@
+//! Policy: loads the Rego policy set (rules, data.json, schemas), computes its revision, and
+//! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
+
+pub mod input;
+pub mod testing;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::routes::{self, Class};
+use crate::validate::{SchemaLoadError, Schemas};
+
+pub const DENY_RULE: &str = "data.hubgate.deny";
+pub const WARN_RULE: &str = "data.hubgate.warn";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoadError {
+    #[error("{dir}: cannot read the policy directory: {reason}")]
+    Dir { dir: PathBuf, reason: String },
+    #[error("{dir}: no .rego files")]
+    Empty { dir: PathBuf },
+    #[error("{file}: {reason}")]
+    File { file: PathBuf, reason: String },
+    #[error(transparent)]
+    Schema(#[from] SchemaLoadError),
+    #[error("the policy set does not evaluate: {0}")]
+    Smoke(String),
+}
+
+/// Evaluation failures: always fail closed as POLICY_ERROR.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy evaluation failed: {0}")]
+    Eval(String),
+    #[error("policy returned a malformed decision: {0}")]
+    BadDecision(String),
+}
+
+/// One reason a request (or one finding of it) is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub msg: String,
+    /// `{"Id", "ProductArn"}`, or None for a whole-request violation.
+    pub finding: Option<Value>,
+}
+
+impl Violation {
+    pub fn to_json(&self) -> Value {
+        json!({"msg": self.msg, "finding": self.finding})
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    pub deny: Vec<Violation>,
+    pub warn: Vec<Violation>,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.deny.is_empty()
+    }
+
+    /// The distinct messages in order, joined for the envelope's one-line message.
+    pub fn message(&self) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for v in &self.deny {
+            if !seen.contains(&v.msg.as_str()) {
+                seen.push(&v.msg);
+            }
+        }
+        seen.join("; ")
+    }
+}
+
+/// A compiled, immutable policy set. Swapped whole; requests clone the prepared engine.
+pub struct PolicySet {
+    engine: regorus::Engine,
+    has_warn: bool,
+    pub revision: String,
+    pub schemas: Schemas,
+    pub files: Vec<PathBuf>,
+}
+
+/// The files of a policy directory, sorted so the revision is stable.
+pub struct PolicyFiles {
+    pub rego: Vec<PathBuf>,
+    pub data: Vec<PathBuf>,
+}
+
+pub fn is_test_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with("_test.rego"))
+}
+
+pub fn list_files(dir: &Path) -> Result<PolicyFiles, PolicyLoadError> {
+    fn walk(dir: &Path, out: &mut PolicyFiles) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "rego") {
+                out.rego.push(path);
+            } else if path.file_name().is_some_and(|n| n == "data.json") {
+                out.data.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = PolicyFiles {
+        rego: Vec::new(),
+        data: Vec::new(),
+    };
+    walk(dir, &mut files).map_err(|e| PolicyLoadError::Dir {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    files.rego.sort();
+    files.data.sort();
+    if files.rego.is_empty() {
+        return Err(PolicyLoadError::Empty {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+/// Builds an engine from the given files. Shared by serving and `hubgate test`.
+pub fn engine_from(rego: &[PathBuf], data: &[PathBuf]) -> Result<regorus::Engine, PolicyLoadError> {
+    let mut engine = regorus::Engine::new();
+    for file in rego {
+        let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        engine
+            .add_policy(file.display().to_string(), text)
+            .map_err(|e| PolicyLoadError::File {
+                file: file.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    for file in data {
+        let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        engine
+            .add_data_json(&text)
+            .map_err(|e| PolicyLoadError::File {
+                file: file.clone(),
+                reason: format!("not a JSON data document: {e}"),
+            })?;
+    }
+    Ok(engine)
+}
+
+fn revision_of(dir: &Path, files: &[PathBuf]) -> Result<String, PolicyLoadError> {
+    let mut hash = Sha256::new();
+    for file in files {
+        let rel = file.strip_prefix(dir).unwrap_or(file);
+        let bytes = std::fs::read(file).map_err(|e| PolicyLoadError::File {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        hash.update(rel.to_string_lossy().as_bytes());
+        hash.update([0]);
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(&bytes);
+    }
+    Ok(format!("sha256:{}", hex::encode(hash.finalize())))
+}
+
+fn guarded_operations() -> Vec<&'static str> {
+    routes::operations()
+        .iter()
+        .filter(|op| op.class == Class::Guarded)
+        .map(|op| op.name)
+        .collect()
+}
+
+impl PolicySet {
+    /// Loads, compiles and smoke-tests a policy directory. Test files are left out of serving.
+    pub fn load(dir: &Path, eval_timeout: Duration) -> Result<PolicySet, PolicyLoadError> {
+        let files = list_files(dir)?;
+        let rego: Vec<PathBuf> = files
+            .rego
+            .iter()
+            .filter(|p| !is_test_file(p))
+            .cloned()
+            .collect();
+        let schema_dir = dir.join("schemas");
+        let schemas = Schemas::load(&schema_dir, &guarded_operations())?;
+        let mut engine = engine_from(&rego, &files.data)?;
+        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+            limit: eval_timeout,
+            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+        });
+
+        // Evaluate once now: it prepares the engine (so per-request clones skip that work) and
+        // proves the entrypoint exists before the set can serve.
+        engine.set_input(regorus::Value::from(json!({
+            "version": input::INPUT_VERSION, "operation": "BatchUpdateFindings",
+            "enrichment": "pending", "principal": null, "request": {}, "findings": [], "update": {},
+        })));
+        let deny = engine
+            .eval_rule(DENY_RULE.to_string())
+            .map_err(|e| PolicyLoadError::Smoke(format!("{DENY_RULE}: {e}")))?;
+        if deny.as_set().is_err() {
+            return Err(PolicyLoadError::Smoke(format!(
+                "{DENY_RULE} must be a set of {{msg, finding}} objects (declare it with `deny contains v if ...`)"
+            )));
+        }
+        let has_warn =
+            matches!(engine.eval_rule(WARN_RULE.to_string()), Ok(v) if v.as_set().is_ok());
+
+        let mut all: Vec<PathBuf> = rego;
+        all.extend(files.data);
+        let mut schema_files: Vec<PathBuf> = guarded_operations()
+            .iter()
+            .map(|op| schema_dir.join(format!("{op}.json")))
+            .collect();
+        all.append(&mut schema_files);
+        let revision = revision_of(dir, &all)?;
+        Ok(PolicySet {
+            engine,
+            has_warn,
+            revision,
+            schemas,
+            files: all,
+        })
+    }
+
+    /// Evaluates the decision for one input document.
+    pub fn evaluate(&self, input: Value) -> Result<Decision, PolicyError> {
+        let mut engine = self.engine.clone();
+        engine.set_input(regorus::Value::from(input));
+        let deny = engine
+            .eval_rule(DENY_RULE.to_string())
+            .map_err(|e| PolicyError::Eval(e.to_string()))?;
+        let deny = violations(&deny, DENY_RULE)?;
+        let warn = if self.has_warn {
+            let w = engine
+                .eval_rule(WARN_RULE.to_string())
+                .map_err(|e| PolicyError::Eval(e.to_string()))?;
+            violations(&w, WARN_RULE)?
+        } else {
+            Vec::new()
+        };
+        Ok(Decision { deny, warn })
+    }
+}
+
+fn violations(value: &regorus::Value, rule: &str) -> Result<Vec<Violation>, PolicyError> {
+    if *value == regorus::Value::Undefined {
+        return Ok(Vec::new());
+    }
+    let set = value
+        .as_set()
+        .map_err(|_| PolicyError::BadDecision(format!("{rule} is not a set")))?;
+    let mut out = Vec::with_capacity(set.len());
+    for item in set.iter() {
+        let json: Value = serde_json::to_value(item)
+            .map_err(|e| PolicyError::BadDecision(format!("{rule}: {e}")))?;
+        let msg = json
+            .get("msg")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                PolicyError::BadDecision(format!("{rule} holds {json}, which has no string msg"))
+            })?
+            .to_string();
+        let finding = match json.get("finding") {
+            None | Some(Value::Null) => None,
+            Some(f @ Value::Object(o)) if o.contains_key("Id") && o.contains_key("ProductArn") => {
+                Some(json!({"Id": f["Id"], "ProductArn": f["ProductArn"]}))
+            }
+            Some(other) => {
+                return Err(PolicyError::BadDecision(format!(
+                    "{rule}: finding must be null or {{Id, ProductArn}}, got {other}"
+                )))
+            }
+        };
+        out.push(Violation { msg, finding });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

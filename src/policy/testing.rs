@@ -1,0 +1,131 @@
+//! `hubgate test`: runs the `test_` rules of a policy directory, like `opa test` (regorus has
+//! no runner of its own). A test passes when its rule evaluates to true.
+
+use std::path::{Path, PathBuf};
+
+use super::{engine_from, list_files, PolicyLoadError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Pass,
+    Fail(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub file: PathBuf,
+    pub line: usize,
+    pub rule: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub results: Vec<TestResult>,
+}
+
+impl Summary {
+    pub fn passed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Pass)
+            .count()
+    }
+    pub fn failed(&self) -> usize {
+        self.results.len() - self.passed()
+    }
+}
+
+/// The `test_` rules a file defines, with the line of their first definition. Rules are read
+/// from the source, since a test is a top-level rule whose head starts the line.
+fn test_rules(text: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if !line.starts_with("test_") {
+            continue;
+        }
+        let name: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !out.iter().any(|(n, _)| *n == name) {
+            out.push((name, i + 1));
+        }
+    }
+    out
+}
+
+fn package_of(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("package ")
+            .map(|p| p.trim().to_string())
+    })
+}
+
+/// Runs every test in `dir`.
+pub fn run(dir: &Path) -> Result<Summary, PolicyLoadError> {
+    let files = list_files(dir)?;
+    let engine = engine_from(&files.rego, &files.data)?;
+    let mut summary = Summary::default();
+    for file in &files.rego {
+        let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let Some(package) = package_of(&text) else {
+            continue;
+        };
+        for (rule, line) in test_rules(&text) {
+            let mut engine = engine.clone();
+            let outcome = match engine.eval_rule(format!("data.{package}.{rule}")) {
+                Ok(regorus::Value::Bool(true)) => Outcome::Pass,
+                Ok(regorus::Value::Undefined) => {
+                    Outcome::Fail("undefined (a condition did not hold)".into())
+                }
+                Ok(other) => Outcome::Fail(format!("evaluated to {other}, not true")),
+                Err(e) => Outcome::Fail(format!("error: {e}")),
+            };
+            summary.results.push(TestResult {
+                file: file.clone(),
+                line,
+                rule,
+                outcome,
+            });
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_top_level_test_rules_once() {
+        let text = "package p\n\ntest_a if {\n  true\n}\ntest_a if false\n  test_nested if true\ntest_b := true\n";
+        assert_eq!(
+            test_rules(text),
+            vec![("test_a".to_string(), 3), ("test_b".to_string(), 8)]
+        );
+    }
+
+    #[test]
+    fn passing_failing_and_erroring_tests_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t_test.rego"),
+            "package t\n\ntest_ok if 1 == 1\n\ntest_bad if 1 == 2\n\ntest_value := 3\n",
+        )
+        .unwrap();
+        let summary = run(dir.path()).unwrap();
+        assert_eq!(summary.passed(), 1);
+        assert_eq!(summary.failed(), 2);
+        let bad = summary
+            .results
+            .iter()
+            .find(|r| r.rule == "test_bad")
+            .unwrap();
+        assert_eq!(bad.line, 5);
+    }
+}

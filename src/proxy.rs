@@ -1,0 +1,422 @@
+//! The request's path, stage by stage: route, read, content type, authenticate, validate,
+//! decide (policy, with enrichment), forward, respond, and one audit record for every request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+
+use crate::audit::{AuditLog, Slot};
+use crate::config::{Config, PolicyMode};
+use crate::enrich::{Enricher, FindingKey};
+use crate::envelope::Rejection;
+use crate::identity::{Identity, Principal};
+use crate::policy::input::{self, Enrichment, RequestFacts};
+use crate::policy::{Decision, PolicySet};
+use crate::routes::{self, Class, OperationSpec};
+use crate::upstream::Upstream;
+use crate::validate;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Request headers a policy may read; credentials are never among them.
+const INPUT_HEADERS: [&str; 6] = [
+    "content-type",
+    "host",
+    "user-agent",
+    "x-amz-date",
+    "x-amzn-trace-id",
+    "amz-sdk-invocation-id",
+];
+
+/// Everything a request needs, shared by all connections.
+pub struct Gate {
+    pub config: Config,
+    pub identity: ArcSwap<Identity>,
+    pub policy: ArcSwap<PolicySet>,
+    pub upstream: Arc<Upstream>,
+    pub enricher: Option<Enricher>,
+    pub audit: AuditLog,
+}
+
+/// What the audit record says about one request, filled in as it moves along the path.
+#[derive(Default)]
+struct Trail {
+    operation: Option<&'static str>,
+    principal: Option<Arc<Principal>>,
+    findings: Vec<Value>,
+    update: Option<Value>,
+    decision: Option<Decision>,
+    dry_run: bool,
+    forwarded: bool,
+    upstream_status: Option<u16>,
+    upstream_request_id: Option<String>,
+    revision: Option<String>,
+    policy_ns: u64,
+    enrich_ns: u64,
+    upstream_ns: u64,
+    lookups: usize,
+    cache_hits: usize,
+}
+
+/// The outcome of the path: a forwarded upstream response (with its reserved audit slot) or a
+/// rejection.
+enum Outcome {
+    Forwarded(Response<Incoming>, Slot),
+}
+
+pub async fn handle(
+    gate: Arc<Gate>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let mut trail = Trail::default();
+
+    let result = run(&gate, req, remote, &decision_id, &mut trail).await;
+    let (response, status, error, slot) = match result {
+        Ok(Outcome::Forwarded(resp, slot)) => {
+            let status = resp.status().as_u16();
+            let (mut parts, body) = resp.into_parts();
+            if let Ok(v) = HeaderValue::from_str(&decision_id) {
+                parts.headers.insert("x-hubgate-decision-id", v);
+            }
+            (
+                Response::from_parts(parts, body.boxed()),
+                status,
+                None,
+                Some(slot),
+            )
+        }
+        Err(rejection) => {
+            let resp = rejection.to_response(&decision_id);
+            let status = resp.status().as_u16();
+            let error = json!({"code": rejection.code(), "message": rejection.to_string()});
+            if let Rejection::Upstream(_) | Rejection::Policy(_) | Rejection::AuditUnavailable(_) =
+                rejection
+            {
+                tracing::warn!(decision_id, code = rejection.code(), error = %rejection, "request failed");
+            }
+            (
+                resp.map(|b| b.map_err(|never| match never {}).boxed()),
+                status,
+                Some(error),
+                None,
+            )
+        }
+    };
+
+    let record = record(
+        &gate,
+        &trail,
+        &decision_id,
+        &method,
+        &path,
+        remote,
+        status,
+        error,
+        started,
+    );
+    match slot {
+        Some(slot) => slot.write(record),
+        None => match gate.audit.reserve().await {
+            Ok(slot) => slot.write(record),
+            // The request was not forwarded, so nothing happened that lacks a record; say so loudly.
+            Err(e) => {
+                tracing::error!(decision_id, error = %e, "audit record of a rejected request was not written")
+            }
+        },
+    }
+    tracing::info!(decision_id, method, path, status, "request");
+    response
+}
+
+async fn run(
+    gate: &Gate,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    decision_id: &str,
+    trail: &mut Trail,
+) -> Result<Outcome, Rejection> {
+    // route
+    let spec: &'static OperationSpec = routes::route(req.method(), req.uri().path())?;
+    trail.operation = Some(spec.name);
+    if spec.class == Class::Blocked {
+        return Err(Rejection::OperationNotAllowed {
+            operation: spec.name,
+        });
+    }
+
+    // read the body, up to the limit
+    let limit = gate.config.server.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Rejection::PayloadTooLarge { limit });
+    }
+    let body = match Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Rejection::PayloadTooLarge { limit })
+        }
+        Err(e) => return Err(Rejection::BodyRead(e.to_string())),
+    };
+
+    // content type, on the operations whose body hubgate reads
+    if spec.class == Class::Guarded {
+        validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
+            .map_err(Rejection::UnsupportedMediaType)?;
+    }
+
+    // authenticate
+    let principal = gate
+        .identity
+        .load()
+        .authenticate(&parts, &body, SystemTime::now())?;
+    trail.principal = Some(principal.clone());
+
+    if spec.class == Class::ReadOnly {
+        return forward(gate, &parts, body, trail).await;
+    }
+
+    // validate
+    let policy = gate.policy.load_full();
+    trail.revision = Some(policy.revision.clone());
+    let mut parsed = policy.schemas.check(spec.name, &body)?;
+
+    // decide
+    let keys: Vec<FindingKey> = parsed
+        .get("FindingIdentifiers")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|f| {
+                    Some((
+                        f.get("Id")?.as_str()?.to_string(),
+                        f.get("ProductArn")?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    trail.findings = keys
+        .iter()
+        .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
+        .collect();
+    let update = input::normalise_update(&parsed);
+    trail.update = Some(update.clone());
+    // The identifiers travel once, as input.findings, not twice.
+    if let Some(obj) = parsed.as_object_mut() {
+        obj.remove("FindingIdentifiers");
+    }
+    let facts = RequestFacts {
+        operation: spec.name,
+        principal: &principal,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        headers: input_headers(&parts.headers),
+        source_ip: remote.ip().to_string(),
+        request_id: decision_id,
+        time: now_rfc3339(),
+    };
+    let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
+    trail.dry_run = dry_run;
+
+    let decision = match &gate.enricher {
+        None => evaluate(
+            &policy,
+            &facts,
+            &parsed,
+            &update,
+            &keys,
+            None,
+            Enrichment::Disabled,
+            trail,
+        )?,
+        Some(enricher) => {
+            // First pass on the request alone: a request that no finding state could make
+            // acceptable is refused without any upstream call.
+            let early = evaluate(
+                &policy,
+                &facts,
+                &parsed,
+                &update,
+                &keys,
+                None,
+                Enrichment::Pending,
+                trail,
+            )?;
+            if !early.allowed() && !dry_run {
+                early
+            } else {
+                let t = Instant::now();
+                let (current, stats) = enricher.lookup(&keys).await?;
+                trail.enrich_ns = t.elapsed().as_nanos() as u64;
+                trail.lookups = stats.calls;
+                trail.cache_hits = stats.cache_hits;
+                evaluate(
+                    &policy,
+                    &facts,
+                    &parsed,
+                    &update,
+                    &keys,
+                    Some(&current),
+                    Enrichment::Complete,
+                    trail,
+                )?
+            }
+        }
+    };
+    let allowed = decision.allowed();
+    let message = decision.message();
+    let violations: Vec<Value> = decision.deny.iter().map(|v| v.to_json()).collect();
+    trail.decision = Some(decision);
+    if !allowed && !dry_run {
+        return Err(Rejection::PolicyDenied {
+            message,
+            violations,
+        });
+    }
+    forward(gate, &parts, body, trail).await
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    policy: &PolicySet,
+    facts: &RequestFacts<'_>,
+    body: &Value,
+    update: &Value,
+    keys: &[FindingKey],
+    current: Option<&HashMap<FindingKey, Arc<crate::enrich::CurrentFinding>>>,
+    enrichment: Enrichment,
+    trail: &mut Trail,
+) -> Result<Decision, Rejection> {
+    let t = Instant::now();
+    let findings = keys
+        .iter()
+        .map(|key| {
+            let state = current.and_then(|c| c.get(key)).map(|a| a.as_ref());
+            input::finding_entry(&key.0, &key.1, state)
+        })
+        .collect();
+    let doc = input::build(facts, body, update, findings, enrichment);
+    let decision = policy.evaluate(doc);
+    trail.policy_ns += t.elapsed().as_nanos() as u64;
+    Ok(decision?)
+}
+
+async fn forward(
+    gate: &Gate,
+    parts: &http::request::Parts,
+    body: Bytes,
+    trail: &mut Trail,
+) -> Result<Outcome, Rejection> {
+    // Room for the record first: a request is never forwarded without it.
+    let slot = gate.audit.reserve().await?;
+    let t = Instant::now();
+    let response = gate.upstream.forward(parts, body).await;
+    trail.upstream_ns = t.elapsed().as_nanos() as u64;
+    let response = response?;
+    trail.forwarded = true;
+    trail.upstream_status = Some(response.status().as_u16());
+    trail.upstream_request_id = response
+        .headers()
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(Outcome::Forwarded(response, slot))
+}
+
+fn input_headers(headers: &http::HeaderMap) -> Map<String, Value> {
+    INPUT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (name.to_string(), Value::from(v)))
+        })
+        .collect()
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    gate: &Gate,
+    trail: &Trail,
+    decision_id: &str,
+    method: &str,
+    path: &str,
+    remote: SocketAddr,
+    status: u16,
+    error: Option<Value>,
+    started: Instant,
+) -> Value {
+    let violations: Vec<Value> = trail
+        .decision
+        .as_ref()
+        .map(|d| d.deny.iter().map(|v| v.to_json()).collect())
+        .unwrap_or_default();
+    let warnings: Vec<Value> = trail
+        .decision
+        .as_ref()
+        .map(|d| d.warn.iter().map(|v| v.to_json()).collect())
+        .unwrap_or_default();
+    let allow = match &trail.decision {
+        Some(d) => d.allowed(),
+        None => error.is_none(),
+    };
+    let principal = trail
+        .principal
+        .as_ref()
+        .map(|p| json!({"id": p.id, "account_id": p.account_id, "role": p.role}));
+    json!({
+        "record_version": 1,
+        "decision_id": decision_id,
+        "timestamp": now_rfc3339(),
+        "path": "hubgate/deny",
+        "operation": trail.operation,
+        "principal": principal,
+        "source_ip": remote.ip().to_string(),
+        "method": method,
+        "request_path": path,
+        "findings": trail.findings,
+        "update": trail.update,
+        "result": {"allow": allow, "violations": violations, "warnings": warnings},
+        "error": error,
+        "dry_run": trail.dry_run,
+        "forwarded": trail.forwarded,
+        "status": status,
+        "upstream_status": trail.upstream_status,
+        "upstream_request_id": trail.upstream_request_id,
+        "revision": trail.revision.clone().unwrap_or_else(|| gate.policy.load().revision.clone()),
+        "metrics": {
+            "timer_total_ns": started.elapsed().as_nanos() as u64,
+            "timer_policy_ns": trail.policy_ns,
+            "timer_enrich_ns": trail.enrich_ns,
+            "timer_upstream_ns": trail.upstream_ns,
+            "counter_lookup_calls": trail.lookups,
+            "counter_cache_hits": trail.cache_hits,
+        },
+    })
+}

@@ -1,0 +1,232 @@
+//! Routing: the exact (method, path) of a Security Hub REST operation, from the AWS API model.
+//! Anything that is not a verbatim operation path is rejected, never normalised.
+
+use std::sync::OnceLock;
+
+use http::Method;
+
+use crate::envelope::Rejection;
+
+mod operations;
+
+/// What hubgate does with an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Checked against the policies before it is forwarded.
+    Guarded,
+    /// Authenticated, then forwarded unchanged.
+    ReadOnly,
+    /// Known to the API but never let through.
+    Blocked,
+}
+
+#[derive(Debug)]
+pub struct OperationSpec {
+    pub name: &'static str,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub class: Class,
+    pub changes_findings: bool,
+}
+
+enum Segment {
+    Literal(&'static str),
+    /// `{Name}`: exactly one non-empty segment.
+    Label,
+    /// `{Name+}`: one or more segments up to the end of the path.
+    Greedy,
+}
+
+struct Template {
+    spec: &'static OperationSpec,
+    segments: Vec<Segment>,
+    literals: usize,
+}
+
+fn templates() -> &'static [Template] {
+    static TEMPLATES: OnceLock<Vec<Template>> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        operations::OPERATIONS
+            .iter()
+            .map(|spec| {
+                let segments: Vec<Segment> = spec
+                    .path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .map(|s| {
+                        if s.starts_with('{') && s.ends_with("+}") {
+                            Segment::Greedy
+                        } else if s.starts_with('{') && s.ends_with('}') {
+                            Segment::Label
+                        } else {
+                            Segment::Literal(s)
+                        }
+                    })
+                    .collect();
+                let literals = segments
+                    .iter()
+                    .filter(|s| matches!(s, Segment::Literal(_)))
+                    .count();
+                Template {
+                    spec,
+                    segments,
+                    literals,
+                }
+            })
+            .collect()
+    })
+}
+
+/// Every operation hubgate knows, for documentation and `hubgate check`.
+pub fn operations() -> &'static [OperationSpec] {
+    operations::OPERATIONS
+}
+
+/// A segment that is, or decodes to, `.` or `..`, or holds a malformed escape.
+fn is_suspicious(segment: &str) -> bool {
+    let decoded = match percent_encoding::percent_decode_str(segment).decode_utf8() {
+        Ok(d) => d,
+        Err(_) => return true,
+    };
+    if decoded == "." || decoded == ".." {
+        return true;
+    }
+    // A '%' not followed by two hex digits is not an escape any server agrees on.
+    let bytes = segment.as_bytes();
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !(i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit())
+    })
+}
+
+fn matches(template: &Template, segments: &[&str]) -> bool {
+    let mut i = 0;
+    for seg in &template.segments {
+        match seg {
+            Segment::Literal(lit) => {
+                if segments.get(i) != Some(lit) {
+                    return false;
+                }
+                i += 1;
+            }
+            Segment::Label => {
+                if segments.get(i).is_none_or(|s| s.is_empty()) {
+                    return false;
+                }
+                i += 1;
+            }
+            Segment::Greedy => return i < segments.len(),
+        }
+    }
+    i == segments.len()
+}
+
+/// Finds the operation for a request line, or says why there is none.
+pub fn route(method: &Method, path: &str) -> Result<&'static OperationSpec, Rejection> {
+    let not_found = || Rejection::NotFound {
+        method: method.to_string(),
+        path: path.to_string(),
+    };
+    let rest = path.strip_prefix('/').ok_or_else(not_found)?;
+    if rest.is_empty() {
+        return Err(not_found());
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    // Empty segments are `//` or a trailing slash; AWS's normalisation of them is unknown, so
+    // hubgate does not guess.
+    if segments.iter().any(|s| s.is_empty() || is_suspicious(s)) {
+        return Err(not_found());
+    }
+    templates()
+        .iter()
+        .filter(|t| t.spec.method == method.as_str() && matches(t, &segments))
+        .max_by_key(|t| t.literals)
+        .map(|t| t.spec)
+        .ok_or_else(not_found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(method: &str, path: &str) -> Option<&'static str> {
+        route(&method.parse().unwrap(), path).ok().map(|s| s.name)
+    }
+
+    #[test]
+    fn exact_operations_route() {
+        assert_eq!(
+            name("PATCH", "/findings/batchupdate"),
+            Some("BatchUpdateFindings")
+        );
+        assert_eq!(name("POST", "/findings"), Some("GetFindings"));
+        assert_eq!(name("PATCH", "/findings"), Some("UpdateFindings"));
+        assert_eq!(name("GET", "/accounts"), Some("DescribeHub"));
+        assert_eq!(
+            route(&Method::PATCH, "/findings/batchupdate")
+                .unwrap()
+                .class,
+            Class::Guarded
+        );
+        assert_eq!(
+            route(&Method::POST, "/findings").unwrap().class,
+            Class::ReadOnly
+        );
+        assert_eq!(
+            route(&Method::PATCH, "/findings").unwrap().class,
+            Class::Blocked
+        );
+    }
+
+    #[test]
+    fn literal_routes_beat_labels() {
+        assert_eq!(
+            name("GET", "/automationrulesv2/list"),
+            Some("ListAutomationRulesV2")
+        );
+        assert_eq!(
+            name("GET", "/automationrulesv2/rule-1"),
+            Some("GetAutomationRuleV2")
+        );
+        assert_eq!(name("GET", "/connectors"), Some("ListConnectors"));
+        assert_eq!(
+            name("GET", "/insights/results/arn%3Aaws%3Asecurityhub/x"),
+            Some("GetInsightResults")
+        );
+    }
+
+    #[test]
+    fn variants_are_not_normalised() {
+        for path in [
+            "/findings/batchupdate/",
+            "//findings/batchupdate",
+            "/findings//batchupdate",
+            "/findings/./batchupdate",
+            "/findings/../findings/batchupdate",
+            "/findings/%2e%2e/findings/batchupdate",
+            "/findings%2Fbatchupdate",
+            "/%66indings/batchupdate",
+            "/FINDINGS/batchupdate",
+            "/findings/batchupdate%",
+            "findings/batchupdate",
+            "/",
+            "",
+        ] {
+            assert_eq!(name("PATCH", path), None, "{path}");
+        }
+        assert_eq!(name("GET", "/findings/batchupdate"), None);
+        assert_eq!(name("DELETE", "/findings/batchupdate"), None);
+    }
+
+    #[test]
+    fn labels_need_a_value() {
+        assert_eq!(name("GET", "/automationrulesv2/"), None);
+        assert_eq!(name("GET", "/standards/controls"), None);
+        assert_eq!(
+            name("GET", "/standards/controls/arn:aws:x/y/z"),
+            Some("DescribeStandardsControls")
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Server: the proxy and admin listeners (HTTP/1.1 and h2c), signals (SIGHUP reload,
+//! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz` and `/readyz`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::enrich::Enricher;
+use crate::identity::Identity;
+use crate::policy::PolicySet;
+use crate::proxy::{self, Gate};
+use crate::upstream::Upstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Startup(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+}
+
+/// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
+    let identity = Identity::load(&config.identity).map_err(|e| startup(&e))?;
+    let policy = PolicySet::load(
+        &config.policy.dir,
+        Duration::from_millis(config.policy.eval_timeout_ms),
+    )
+    .map_err(|e| startup(&e))?;
+    let upstream = Upstream::new(&config).await.map_err(|e| startup(&e))?;
+    let enricher = config.enrichment.enabled.then(|| {
+        Enricher::new(
+            upstream.clone(),
+            Duration::from_millis(config.enrichment.cache_ttl_ms),
+        )
+    });
+    let (audit, writer) = AuditLog::start(&config.audit).map_err(|e| startup(&e))?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: config.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: config.admin_listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(
+        proxy = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        upstream = %config.upstream.endpoint,
+        revision = %policy.revision,
+        callers = identity.caller_count(),
+        "hubgate is serving"
+    );
+
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let gate = Arc::new(Gate {
+        config,
+        identity: ArcSwap::from_pointee(identity),
+        policy: ArcSwap::from_pointee(policy),
+        upstream,
+        enricher,
+        audit,
+    });
+
+    let admin_task = tokio::spawn(serve_admin(admin, gate.clone()));
+    let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| startup(&e))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| startup(&e))?;
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let gate = gate.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let gate = gate.clone();
+                    async move { Ok::<_, Infallible>(proxy::handle(gate, req, remote).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = hup.recv() => reload(&gate),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: draining in-flight requests"
+    );
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+    admin_task.abort();
+    drop(gate);
+    // The writer ends once every request's handle to the log is gone, after flushing the queue.
+    let flushed = tokio::task::spawn_blocking(move || writer.finish());
+    if tokio::time::timeout(Duration::from_secs(5), flushed)
+        .await
+        .is_err()
+    {
+        tracing::error!("the audit writer did not finish within 5 s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the callers file and the policy set; a broken new version keeps the old one.
+fn reload(gate: &Gate) {
+    match Identity::load(&gate.config.identity) {
+        Ok(identity) => {
+            let n = identity.caller_count();
+            gate.identity.store(Arc::new(identity));
+            tracing::info!(callers = n, "callers reloaded");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "callers reload failed; keeping the previous callers")
+        }
+    }
+    match PolicySet::load(
+        &gate.config.policy.dir,
+        Duration::from_millis(gate.config.policy.eval_timeout_ms),
+    ) {
+        Ok(policy) => {
+            let revision = policy.revision.clone();
+            gate.policy.store(Arc::new(policy));
+            tracing::info!(%revision, "policies reloaded");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy reload failed; keeping the previous policy set")
+        }
+    }
+}
+
+async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let gate = gate.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let gate = gate.clone();
+                async move { Ok::<_, Infallible>(admin(&gate, &req)) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+        ("GET", "/readyz") => {
+            let audit_ok = gate.audit.is_healthy();
+            let revision = gate.policy.load().revision.clone();
+            let status = if audit_ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (
+                status,
+                json!({
+                    "ready": audit_ok,
+                    "checks": {
+                        "policy": {"ok": true, "revision": revision},
+                        "audit": {"ok": audit_ok},
+                    }
+                }),
+            )
+        }
+        _ => (StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

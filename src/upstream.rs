@@ -1,0 +1,338 @@
+//! Upstream: hubgate's pooled client to Security Hub, its own AWS credentials (the standard
+//! chain, via aws-config) and SigV4 re-signing of every request it sends.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+
+/// Lookups read whole responses; this bounds what one GetFindings page may hold.
+const MAX_LOOKUP_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Refresh temporary credentials this long before they expire.
+const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("Security Hub is unreachable: {0}")]
+    Unreachable(String),
+    #[error("Security Hub did not answer within {ms} ms")]
+    Timeout { ms: u64 },
+    #[error("hubgate has no AWS credentials to sign with: {0}")]
+    Credentials(String),
+    #[error("Security Hub refused hubgate's {operation} call with HTTP {status}: {detail}")]
+    Refused {
+        operation: &'static str,
+        status: u16,
+        detail: String,
+    },
+    #[error("Security Hub sent an unreadable {operation} response: {detail}")]
+    BadResponse {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+impl UpstreamError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Timeout { .. })
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Headers that describe one hop, or carry the caller's credentials: never forwarded.
+const DROPPED_HEADERS: [&str; 14] = [
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+pub struct Upstream {
+    client: HttpsClient,
+    endpoint: Uri,
+    host: HeaderValue,
+    region: String,
+    timeout: Duration,
+    provider: Option<SharedCredentialsProvider>,
+    cached: Mutex<Option<Credentials>>,
+}
+
+impl Upstream {
+    pub async fn new(config: &Config) -> Result<Arc<Upstream>, String> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client: HttpsClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+
+        let aws_http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.upstream.region.clone()))
+            .http_client(aws_http)
+            .load()
+            .await;
+
+        let endpoint = config.upstream_uri.clone();
+        let authority = endpoint
+            .authority()
+            .ok_or("upstream.endpoint has no host")?
+            .clone();
+        // The signed Host leaves out the scheme's default port, as every SDK does.
+        let default_port = match endpoint.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        };
+        let host = match authority.port_u16() {
+            Some(p) if p != default_port => authority.as_str().to_string(),
+            _ => authority.host().to_string(),
+        };
+        Ok(Arc::new(Upstream {
+            client,
+            host: HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
+            endpoint,
+            region: config.upstream.region.clone(),
+            timeout: Duration::from_millis(config.upstream.timeout_ms),
+            provider: sdk.credentials_provider(),
+            cached: Mutex::new(None),
+        }))
+    }
+
+    async fn credentials(&self) -> Result<Credentials, UpstreamError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref() {
+            let fresh = c
+                .expiry()
+                .is_none_or(|exp| exp > SystemTime::now() + CREDENTIAL_REFRESH_MARGIN);
+            if fresh {
+                return Ok(c.clone());
+            }
+        }
+        let provider = self.provider.as_ref().ok_or_else(|| {
+            UpstreamError::Credentials("no credentials provider is configured".into())
+        })?;
+        let creds = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| UpstreamError::Credentials(error_chain(&e)))?;
+        *cached = Some(creds.clone());
+        Ok(creds)
+    }
+
+    /// Can hubgate sign right now? Used by readiness and `hubgate check`.
+    pub async fn credentials_available(&self) -> Result<(), UpstreamError> {
+        self.credentials().await.map(|_| ())
+    }
+
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let mut parts = self.endpoint.clone().into_parts();
+        parts.path_and_query = Some(
+            path_and_query
+                .parse()
+                .map_err(|e| UpstreamError::Unreachable(format!("bad path: {e}")))?,
+        );
+        Uri::from_parts(parts).map_err(|e| UpstreamError::Unreachable(format!("bad URI: {e}")))
+    }
+
+    /// Signs `headers` + body for the upstream host with hubgate's credentials.
+    async fn signed_request(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        let creds = self.credentials().await?;
+        let uri = self.uri_for(path_and_query)?;
+        headers.insert(header::HOST, self.host.clone());
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(uri.clone())
+            .body(Full::new(body.clone()))
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        *request.headers_mut() = headers;
+
+        let identity = creds.into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("securityhub")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| UpstreamError::Credentials(e.to_string()))?
+            .into();
+        // Only host and content-type are signed, as the SDKs do; other headers pass unsigned.
+        let mut signed: Vec<(&str, &str)> = vec![("host", self.host.to_str().unwrap_or(""))];
+        if let Some(ct) = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        {
+            signed.push(("content-type", ct));
+        }
+        let uri_string = uri.to_string();
+        let signable = SignableRequest::new(
+            method.as_str(),
+            uri_string.as_str(),
+            signed.into_iter(),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| UpstreamError::Credentials(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| UpstreamError::Credentials(e.to_string()))?
+            .into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+        Ok(request)
+    }
+
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                ms: self.timeout.as_millis() as u64,
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// Forwards a caller's request: same method, path, query and body bytes; caller
+    /// credentials stripped; re-signed with hubgate's own.
+    pub async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            if !DROPPED_HEADERS.contains(&name.as_str()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let request = self
+            .signed_request(&parts.method, path_and_query, headers, body)
+            .await?;
+        self.send(request).await
+    }
+
+    /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout.
+    pub async fn call_json(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, UpstreamError> {
+        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            HeaderName::from_static("user-agent"),
+            HeaderValue::from_static(concat!("hubgate/", env!("CARGO_PKG_VERSION"))),
+        );
+        let request = self.signed_request(&method, path, headers, bytes).await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = tokio::time::timeout_at(deadline, self.send(request))
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                ms: self.timeout.as_millis() as u64,
+            })??;
+        let status = response.status();
+        let collected = tokio::time::timeout_at(
+            deadline,
+            Limited::new(response.into_body(), MAX_LOOKUP_RESPONSE_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout {
+            ms: self.timeout.as_millis() as u64,
+        })?
+        .map_err(|e| UpstreamError::BadResponse {
+            operation,
+            detail: e.to_string(),
+        })?
+        .to_bytes();
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<serde_json::Value>(&collected)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .or_else(|| v.get("Message"))
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&collected)
+                        .chars()
+                        .take(200)
+                        .collect()
+                });
+            return Err(UpstreamError::Refused {
+                operation,
+                status: status.as_u16(),
+                detail,
+            });
+        }
+        serde_json::from_slice(&collected).map_err(|e| UpstreamError::BadResponse {
+            operation,
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// An error with its causes, which is where hyper puts "connection refused".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,327 @@
+//! Validation: strict JSON parsing (one reading of every body) and the operation's JSON Schema.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// Schema violations beyond this many are summarised, so a hostile body cannot make the
+/// envelope larger than itself.
+const MAX_REPORTED_ERRORS: usize = 50;
+
+/// One problem with a body, located by JSON pointer ("" is the whole body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationErrors {
+    pub operation: &'static str,
+    pub errors: Vec<Violation>,
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {} request", self.operation)?;
+        for (i, e) in self.errors.iter().take(3).enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            if e.path.is_empty() {
+                write!(f, "{sep}{}", e.message)?;
+            } else {
+                write!(f, "{sep}{}: {}", e.path, e.message)?;
+            }
+        }
+        if self.errors.len() > 3 {
+            write!(f, " (and {} more)", self.errors.len() - 3)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaLoadError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("{file}: not a valid JSON Schema: {reason}")]
+    Invalid { file: PathBuf, reason: String },
+}
+
+/// The compiled schema of every operation that has one.
+pub struct Schemas {
+    validators: HashMap<String, jsonschema::Validator>,
+}
+
+impl fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Schemas")
+            .field("operations", &self.validators.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Schemas {
+    /// Compiles `<dir>/<Operation>.json` for each named operation; every one must exist.
+    pub fn load(dir: &Path, operations: &[&str]) -> Result<Schemas, SchemaLoadError> {
+        let mut validators = HashMap::new();
+        for op in operations {
+            let file = dir.join(format!("{op}.json"));
+            let text = std::fs::read_to_string(&file).map_err(|e| SchemaLoadError::Read {
+                file: file.clone(),
+                reason: e.to_string(),
+            })?;
+            let schema: Value =
+                serde_json::from_str(&text).map_err(|e| SchemaLoadError::Invalid {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })?;
+            let validator = jsonschema::draft202012::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .map_err(|e| SchemaLoadError::Invalid {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })?;
+            validators.insert((*op).to_string(), validator);
+        }
+        Ok(Schemas { validators })
+    }
+
+    /// Parses strictly and validates; returns the parsed body for the policy.
+    pub fn check(&self, operation: &'static str, body: &[u8]) -> Result<Value, ValidationErrors> {
+        let value = parse_strict(body).map_err(|v| ValidationErrors {
+            operation,
+            errors: vec![v],
+        })?;
+        let Some(validator) = self.validators.get(operation) else {
+            // Fail closed: a guarded operation without a schema is a configuration error
+            // that `Schemas::load` already refuses, so this is unreachable in practice.
+            return Err(ValidationErrors {
+                operation,
+                errors: vec![Violation {
+                    path: String::new(),
+                    message: "hubgate has no schema for this operation".into(),
+                }],
+            });
+        };
+        if validator.is_valid(&value) {
+            return Ok(value);
+        }
+        let mut errors: Vec<Violation> = validator
+            .iter_errors(&value)
+            .take(MAX_REPORTED_ERRORS)
+            .map(|e| Violation {
+                path: e.instance_path().to_string(),
+                message: e.to_string(),
+            })
+            .collect();
+        errors.sort_by(|a, b| a.path.cmp(&b.path));
+        Err(ValidationErrors { operation, errors })
+    }
+}
+
+/// Parses JSON, refusing duplicate object keys and anything after the value: two readers
+/// (hubgate and AWS) must never see two different requests in one body.
+pub fn parse_strict(body: &[u8]) -> Result<Value, Violation> {
+    let path = RefCell::new(Vec::new());
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = Strict {
+        path: &path,
+        duplicate: &duplicate,
+    };
+    let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|_| v));
+    result.map_err(|e| match duplicate.into_inner() {
+        Some(at) => Violation {
+            path: at,
+            message: format!("duplicate key ({e})"),
+        },
+        None => Violation {
+            path: String::new(),
+            message: format!("body is not valid JSON: {e}"),
+        },
+    })
+}
+
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn pointer(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        out.push('/');
+        match seg {
+            Segment::Key(k) => out.push_str(&k.replace('~', "~0").replace('/', "~1")),
+            Segment::Index(i) => out.push_str(&i.to_string()),
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    path: &'a RefCell<Vec<Segment>>,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        loop {
+            self.path.borrow_mut().push(Segment::Index(out.len()));
+            let next = seq.next_element_seed(self)?;
+            self.path.borrow_mut().pop();
+            match next {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let mut path = self.path.borrow_mut();
+                path.push(Segment::Key(key.clone()));
+                *self.duplicate.borrow_mut() = Some(pointer(&path));
+                return Err(de::Error::custom(format_args!(
+                    "key {key:?} appears more than once"
+                )));
+            }
+            self.path.borrow_mut().push(Segment::Key(key.clone()));
+            let value = map.next_value_seed(self)?;
+            self.path.borrow_mut().pop();
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Guarded operations take JSON; anything else is refused before it is read further.
+pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), String> {
+    let Some(value) = value else {
+        return Err("a Content-Type of application/json is required".into());
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" | "application/x-amz-json-1.1" | "application/x-amz-json-1.0" => Ok(()),
+        other => Err(format!(
+            "Content-Type {other:?} is not supported: send application/json"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parsing_accepts_ordinary_json() {
+        let v = parse_strict(br#"{"a": [1, {"b": null}], "c": 1.5}"#).unwrap();
+        assert_eq!(v["a"][1]["b"], Value::Null);
+    }
+
+    #[test]
+    fn duplicate_keys_are_located() {
+        let e = parse_strict(br#"{"a": [{"x": 1}, {"x": 1, "x": 2}]}"#).unwrap_err();
+        assert_eq!(e.path, "/a/1/x");
+        assert!(e.message.contains("more than once"), "{}", e.message);
+        let e = parse_strict(br#"{"a/b": 1, "a/b": 2}"#).unwrap_err();
+        assert_eq!(e.path, "/a~1b");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        for body in [&b"{} x"[..], b"{", b"", b"nul", b"{\"a\":1}{}"] {
+            let e = parse_strict(body).unwrap_err();
+            assert_eq!(e.path, "");
+            assert!(
+                e.message.starts_with("body is not valid JSON"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let ok = |s: &str| check_content_type(Some(&http::HeaderValue::from_str(s).unwrap()));
+        assert!(ok("application/json").is_ok());
+        assert!(ok("Application/JSON; charset=utf-8").is_ok());
+        assert!(ok("text/plain").is_err());
+        assert!(check_content_type(None).is_err());
+    }
+
+    fn schemas() -> Schemas {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schemas");
+        Schemas::load(&dir, &["BatchUpdateFindings"]).unwrap()
+    }
+
+    #[test]
+    fn the_shipped_schema_accepts_an_sdk_body() {
+        let body = br#"{"FindingIdentifiers": [{"Id": "f-1", "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}], "Workflow": {"Status": "SUPPRESSED"}, "Note": {"Text": "ok", "UpdatedBy": "me"}}"#;
+        assert!(schemas().check("BatchUpdateFindings", body).is_ok());
+    }
+
+    #[test]
+    fn every_violation_is_listed_with_its_path() {
+        let body = br#"{"FindingIdentifiers": [{"Id": " ", "ProductArn": "p"}], "Workflow": {"Status": "BOGUS"}, "Confidence": 101, "Extra": 1}"#;
+        let err = schemas().check("BatchUpdateFindings", body).unwrap_err();
+        let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"/FindingIdentifiers/0/Id"), "{paths:?}");
+        assert!(paths.contains(&"/Workflow/Status"), "{paths:?}");
+        assert!(paths.contains(&"/Confidence"), "{paths:?}");
+        assert!(paths.contains(&""), "{paths:?}");
+        assert!(err
+            .to_string()
+            .starts_with("invalid BatchUpdateFindings request: "));
+    }
+}
