@@ -22,11 +22,21 @@ missing(id) := {
 
 no_update := {"fields": [], "workflow_status": null, "severity_label": null, "severity_rank": null}
 
+# The input hubgate builds, including the summary it computes over the findings.
 doc(principal, phase, findings, update) := {
 	"version": 1, "operation": "BatchUpdateFindings", "enrichment": phase,
 	"principal": principal, "request": {}, "findings": findings,
 	"update": object.union(no_update, update),
+	"summary": summary(phase, findings),
 }
+
+summary(phase, findings) := {
+	"accounts": {f.account_id | some f in findings; f.current != null},
+	"max_severity_rank": max({f.severity_rank | some f in findings; f.severity_rank != null} | {-1}),
+	"missing": count([f | some f in findings; f.current == null]),
+} if phase == "complete"
+
+summary(phase, _) := {} if phase != "complete"
 
 suppress := {"fields": ["Workflow.Status"], "workflow_status": "SUPPRESSED"}
 

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::identity::Identity;
 use crate::policy::{testing, PolicySet};
+use crate::routes::Class;
 
 #[derive(Parser)]
 #[command(
@@ -121,6 +122,18 @@ fn check(arg: &ConfigArg) -> ExitCode {
             ok = false;
         }
     }
+    let ops = crate::routes::operations();
+    let count = |class| ops.iter().filter(|o| o.class == class).count();
+    println!(
+        "routes: {} operations: {} guarded, {} read-only forwarded, {} refused ({} of them change findings)",
+        ops.len(),
+        count(Class::Guarded),
+        count(Class::ReadOnly),
+        count(Class::Blocked),
+        ops.iter()
+            .filter(|o| o.class == Class::Blocked && o.changes_findings)
+            .count()
+    );
     if ok {
         println!("config: {} is valid", config.file.display());
         ExitCode::SUCCESS

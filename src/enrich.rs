@@ -17,10 +17,30 @@ const MAX_PAGES_PER_LOOKUP: usize = 20;
 /// The cache never grows past this many findings.
 const MAX_CACHE_ENTRIES: usize = 50_000;
 
-/// A finding as GetFindings returned it.
+/// A finding's current state, already in the shape the policy input needs: converting it
+/// once here, not on every request that targets it, is what keeps decisions cheap.
 #[derive(Debug, Clone)]
 pub struct CurrentFinding {
-    pub finding: Value,
+    pub entry: regorus::Value,
+    pub account_id: Option<String>,
+    pub severity_rank: Option<u64>,
+}
+
+impl CurrentFinding {
+    pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
+        use crate::policy::input::{effective_label, finding_entry, label_rank};
+        CurrentFinding {
+            entry: finding_entry(id, product_arn, Some(finding)),
+            account_id: finding
+                .get("AwsAccountId")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            severity_rank: finding
+                .get("Severity")
+                .and_then(effective_label)
+                .and_then(label_rank),
+        }
+    }
 }
 
 pub type FindingKey = (String, String);
@@ -109,7 +129,7 @@ impl Enricher {
             if !wanted.contains(&key) {
                 continue;
             }
-            let current = Arc::new(CurrentFinding { finding });
+            let current = Arc::new(CurrentFinding::new(&key.0, &key.1, &finding));
             if !self.ttl.is_zero() {
                 cache.insert(key.clone(), (now, current.clone()));
             }

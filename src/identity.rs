@@ -122,9 +122,14 @@ pub struct Identity {
     static_principal: Option<Arc<Principal>>,
 }
 
-fn load_callers(
-    path: &Path,
-) -> Result<Vec<(Arc<Principal>, Option<String>, Option<Secret>)>, CallersError> {
+/// One callers-file entry after its secret has been resolved.
+struct LoadedCaller {
+    principal: Arc<Principal>,
+    access_key_id: Option<String>,
+    secret: Option<Secret>,
+}
+
+fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
     let text = std::fs::read_to_string(path).map_err(|e| CallersError::Read {
         file: path.to_path_buf(),
         reason: e.to_string(),
@@ -207,7 +212,11 @@ fn load_callers(
             role: entry.role,
             attributes,
         });
-        out.push((principal, entry.access_key_id.clone(), secret.map(Secret)));
+        out.push(LoadedCaller {
+            principal,
+            access_key_id: entry.access_key_id.clone(),
+            secret: secret.map(Secret),
+        });
     }
     Ok(out)
 }
@@ -217,7 +226,12 @@ impl Identity {
         let callers = load_callers(&config.callers)?;
         let mut by_key = HashMap::new();
         let mut static_principal = None;
-        for (principal, key, secret) in callers {
+        for LoadedCaller {
+            principal,
+            access_key_id: key,
+            secret,
+        } in callers
+        {
             if config.static_principal.as_deref() == Some(principal.id.as_str()) {
                 static_principal = Some(principal.clone());
             }

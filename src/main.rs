@@ -1,18 +1,5 @@
-//! hubgate: a policy-enforcing reverse proxy for the AWS Security Hub API.
+//! The hubgate binary: logging to stderr, then the command line.
 #![forbid(unsafe_code)]
-
-mod audit;
-mod cli;
-mod config;
-mod enrich;
-mod envelope;
-mod identity;
-mod policy;
-mod proxy;
-mod routes;
-mod server;
-mod upstream;
-mod validate;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -22,5 +9,5 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    cli::main()
+    hubgate::cli::main()
 }

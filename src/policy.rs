@@ -80,6 +80,9 @@ impl Decision {
 /// A compiled, immutable policy set. Swapped whole; requests clone the prepared engine.
 pub struct PolicySet {
     engine: regorus::Engine,
+    program: std::sync::Arc<regorus::rvm::program::Program>,
+    data: regorus::Value,
+    eval_timeout: Duration,
     has_warn: bool,
     pub revision: String,
     pub schemas: Schemas,
@@ -218,6 +221,19 @@ impl PolicySet {
         }
         let has_warn =
             matches!(engine.eval_rule(WARN_RULE.to_string()), Ok(v) if v.as_set().is_ok());
+        let compiled = engine
+            .compile_with_entrypoint(&DENY_RULE.into())
+            .map_err(|e| PolicyLoadError::Smoke(format!("{DENY_RULE}: {e}")))?;
+        let mut entry_points = vec![DENY_RULE];
+        if has_warn {
+            entry_points.push(WARN_RULE);
+        }
+        let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
+            &compiled,
+            &entry_points,
+        )
+        .map_err(|e| PolicyLoadError::Smoke(format!("compiling to bytecode: {e}")))?;
+        let data = engine.get_data();
 
         let mut all: Vec<PathBuf> = rego;
         all.extend(files.data);
@@ -229,6 +245,9 @@ impl PolicySet {
         let revision = revision_of(dir, &all)?;
         Ok(PolicySet {
             engine,
+            program,
+            data,
+            eval_timeout,
             has_warn,
             revision,
             schemas,
@@ -237,9 +256,35 @@ impl PolicySet {
     }
 
     /// Evaluates the decision for one input document.
-    pub fn evaluate(&self, input: Value) -> Result<Decision, PolicyError> {
+    pub fn evaluate(&self, input: regorus::Value) -> Result<Decision, PolicyError> {
+        let mut vm = regorus::rvm::RegoVM::new();
+        vm.load_program(self.program.clone());
+        vm.set_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
+            limit: self.eval_timeout,
+            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+        }));
+        vm.set_data(self.data.clone())
+            .map_err(|e| PolicyError::Eval(e.to_string()))?;
+        vm.set_input(input);
+        let deny = vm
+            .execute_entry_point_by_name(DENY_RULE)
+            .map_err(|e| PolicyError::Eval(e.to_string()))?;
+        let deny = violations(&deny, DENY_RULE)?;
+        let warn = if self.has_warn {
+            let w = vm
+                .execute_entry_point_by_name(WARN_RULE)
+                .map_err(|e| PolicyError::Eval(e.to_string()))?;
+            violations(&w, WARN_RULE)?
+        } else {
+            Vec::new()
+        };
+        Ok(Decision { deny, warn })
+    }
+
+    /// The tree-walking interpreter's answer, kept to cross-check the bytecode VM.
+    pub fn evaluate_interpreted(&self, input: regorus::Value) -> Result<Decision, PolicyError> {
         let mut engine = self.engine.clone();
-        engine.set_input(regorus::Value::from(input));
+        engine.set_input(input);
         let deny = engine
             .eval_rule(DENY_RULE.to_string())
             .map_err(|e| PolicyError::Eval(e.to_string()))?;

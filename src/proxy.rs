@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use crate::audit::{AuditLog, Slot};
 use crate::config::{Config, PolicyMode};
-use crate::enrich::{Enricher, FindingKey};
+use crate::enrich::{CurrentFinding, Enricher, FindingKey};
 use crate::envelope::Rejection;
 use crate::identity::{Identity, Principal};
 use crate::policy::input::{self, Enrichment, RequestFacts};
@@ -195,6 +195,14 @@ async fn run(
     }
 
     // validate
+    if parts.uri.query().is_some() {
+        // The operation has no query members; hubgate does not forward what it did not check.
+        return Err(validate::ValidationErrors::whole(
+            spec.name,
+            format!("{} takes no query string", spec.name),
+        )
+        .into());
+    }
     let policy = gate.policy.load_full();
     trail.revision = Some(policy.revision.clone());
     let mut parsed = policy.schemas.check(spec.name, &body)?;
@@ -302,19 +310,12 @@ fn evaluate(
     body: &Value,
     update: &Value,
     keys: &[FindingKey],
-    current: Option<&HashMap<FindingKey, Arc<crate::enrich::CurrentFinding>>>,
+    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
     enrichment: Enrichment,
     trail: &mut Trail,
 ) -> Result<Decision, Rejection> {
     let t = Instant::now();
-    let findings = keys
-        .iter()
-        .map(|key| {
-            let state = current.and_then(|c| c.get(key)).map(|a| a.as_ref());
-            input::finding_entry(&key.0, &key.1, state)
-        })
-        .collect();
-    let doc = input::build(facts, body, update, findings, enrichment);
+    let doc = input::document(facts, body, update, keys, current, enrichment);
     let decision = policy.evaluate(doc);
     trail.policy_ns += t.elapsed().as_nanos() as u64;
     Ok(decision?)

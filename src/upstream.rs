@@ -151,11 +151,6 @@ impl Upstream {
         Ok(creds)
     }
 
-    /// Can hubgate sign right now? Used by readiness and `hubgate check`.
-    pub async fn credentials_available(&self) -> Result<(), UpstreamError> {
-        self.credentials().await.map(|_| ())
-    }
-
     fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         let mut parts = self.endpoint.clone().into_parts();
         parts.path_and_query = Some(

@@ -25,6 +25,23 @@ pub struct ValidationErrors {
     pub errors: Vec<Violation>,
 }
 
+impl ValidationErrors {
+    /// One problem with the request as a whole.
+    pub fn whole(operation: &'static str, message: String) -> ValidationErrors {
+        ValidationErrors {
+            operation,
+            errors: vec![Violation {
+                path: String::new(),
+                message,
+            }],
+        }
+    }
+}
+
+/// jsonschema quotes the offending value in its messages; a 100-element array must not turn
+/// into a 20 KB error message (or audit record), so long messages name the rule instead.
+const MAX_MESSAGE_CHARS: usize = 240;
+
 impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid {} request", self.operation)?;
@@ -111,19 +128,57 @@ impl Schemas {
             });
         };
         if validator.is_valid(&value) {
-            return Ok(value);
+            return match semantic_errors(operation, &value) {
+                errors if errors.is_empty() => Ok(value),
+                errors => Err(ValidationErrors { operation, errors }),
+            };
         }
         let mut errors: Vec<Violation> = validator
             .iter_errors(&value)
             .take(MAX_REPORTED_ERRORS)
-            .map(|e| Violation {
-                path: e.instance_path().to_string(),
-                message: e.to_string(),
+            .map(|e| {
+                let full = e.to_string();
+                let message = if full.chars().count() > MAX_MESSAGE_CHARS {
+                    e.masked().to_string()
+                } else {
+                    full
+                };
+                Violation {
+                    path: e.instance_path().to_string(),
+                    message,
+                }
             })
             .collect();
         errors.sort_by(|a, b| a.path.cmp(&b.path));
         Err(ValidationErrors { operation, errors })
     }
+}
+
+/// What a schema cannot say. `Severity.Label` with a `Normalized` of another band is refused:
+/// the API does not define which one wins, and a policy must not judge one while AWS applies
+/// the other.
+fn semantic_errors(operation: &str, body: &Value) -> Vec<Violation> {
+    let mut errors = Vec::new();
+    if operation == "BatchUpdateFindings" {
+        if let Some(severity) = body.get("Severity") {
+            let label = severity.get("Label").and_then(Value::as_str);
+            let derived = severity
+                .get("Normalized")
+                .and_then(Value::as_i64)
+                .and_then(crate::policy::input::label_for_normalized);
+            if let (Some(label), Some(derived)) = (label, derived) {
+                if label != derived {
+                    errors.push(Violation {
+                        path: "/Severity".into(),
+                        message: format!(
+                            "Severity.Label {label} disagrees with Severity.Normalized, which means {derived}"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    errors
 }
 
 /// Parses JSON, refusing duplicate object keys and anything after the value: two readers
@@ -309,6 +364,44 @@ mod tests {
     fn the_shipped_schema_accepts_an_sdk_body() {
         let body = br#"{"FindingIdentifiers": [{"Id": "f-1", "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}], "Workflow": {"Status": "SUPPRESSED"}, "Note": {"Text": "ok", "UpdatedBy": "me"}}"#;
         assert!(schemas().check("BatchUpdateFindings", body).is_ok());
+    }
+
+    #[test]
+    fn long_values_are_not_echoed() {
+        let ids: Vec<String> = (0..101)
+            .map(|i| format!(r#"{{"Id": "finding-{i}", "ProductArn": "p"}}"#))
+            .collect();
+        let body = format!(r#"{{"FindingIdentifiers": [{}]}}"#, ids.join(","));
+        let err = schemas()
+            .check("BatchUpdateFindings", body.as_bytes())
+            .unwrap_err();
+        assert_eq!(err.errors[0].path, "/FindingIdentifiers");
+        assert!(
+            err.errors[0].message.len() <= MAX_MESSAGE_CHARS,
+            "{}",
+            err.errors[0].message
+        );
+        assert!(!err.errors[0].message.contains("finding-50"));
+    }
+
+    #[test]
+    fn label_and_normalized_must_agree() {
+        let ids = r#""FindingIdentifiers": [{"Id": "f", "ProductArn": "p"}]"#;
+        let agree = format!(r#"{{{ids}, "Severity": {{"Label": "HIGH", "Normalized": 75}}}}"#);
+        assert!(schemas()
+            .check("BatchUpdateFindings", agree.as_bytes())
+            .is_ok());
+        let disagree =
+            format!(r#"{{{ids}, "Severity": {{"Label": "CRITICAL", "Normalized": 10}}}}"#);
+        let err = schemas()
+            .check("BatchUpdateFindings", disagree.as_bytes())
+            .unwrap_err();
+        assert_eq!(err.errors[0].path, "/Severity");
+        assert!(
+            err.errors[0].message.contains("LOW"),
+            "{}",
+            err.errors[0].message
+        );
     }
 
     #[test]

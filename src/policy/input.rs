@@ -3,7 +3,12 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::enrich::CurrentFinding;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use regorus::Value as RValue;
+
+use crate::enrich::{CurrentFinding, FindingKey};
 use crate::identity::Principal;
 
 pub const INPUT_VERSION: u64 = 1;
@@ -131,7 +136,7 @@ pub fn normalise_update(body: &Value) -> Value {
 
 /// The fields of a stored finding that policies see as `current`; the rest (resources,
 /// descriptions) stays out of the input to keep evaluation cheap.
-const CURRENT_FIELDS: [&str; 14] = [
+pub const CURRENT_FIELDS: [&str; 15] = [
     "AwsAccountId",
     "ProductArn",
     "GeneratorId",
@@ -146,56 +151,181 @@ const CURRENT_FIELDS: [&str; 14] = [
     "Criticality",
     "Note",
     "UserDefinedFields",
+    "Compliance",
 ];
 
-fn project(finding: &Value) -> Value {
-    let mut out = Map::new();
-    for f in CURRENT_FIELDS {
-        if let Some(v) = finding.get(f) {
-            out.insert(f.to_string(), v.clone());
-        }
-    }
-    Value::Object(out)
+/// Object keys of the finding entries, made once: a regorus string is reference counted, so
+/// cloning a key is cheaper than allocating it for every finding of every request.
+struct EntryKeys {
+    id: RValue,
+    product_arn: RValue,
+    account_id: RValue,
+    severity_label: RValue,
+    severity_rank: RValue,
+    workflow_status: RValue,
+    current: RValue,
 }
 
-/// One finding targeted by the request, with its current state when known.
-pub fn finding_entry(id: &str, product_arn: &str, current: Option<&CurrentFinding>) -> Value {
+fn keys() -> &'static EntryKeys {
+    static KEYS: OnceLock<EntryKeys> = OnceLock::new();
+    KEYS.get_or_init(|| EntryKeys {
+        id: RValue::from("Id"),
+        product_arn: RValue::from("ProductArn"),
+        account_id: RValue::from("account_id"),
+        severity_label: RValue::from("severity_label"),
+        severity_rank: RValue::from("severity_rank"),
+        workflow_status: RValue::from("workflow_status"),
+        current: RValue::from("current"),
+    })
+}
+
+fn opt_str(v: Option<&str>) -> RValue {
+    v.map_or(RValue::Null, RValue::from)
+}
+
+/// One finding targeted by the request, as policies see it. Built once per finding state and
+/// cached with it by enrichment; only findings with no known state are built per request.
+pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Value>) -> RValue {
+    let k = keys();
+    let mut entry = BTreeMap::new();
+    entry.insert(k.id.clone(), RValue::from(id));
+    entry.insert(k.product_arn.clone(), RValue::from(product_arn));
     match current {
-        None => json!({
-            "Id": id, "ProductArn": product_arn,
-            "account_id": null, "severity_label": null, "severity_rank": null,
-            "workflow_status": null, "current": null,
-        }),
-        Some(c) => {
-            let f = &c.finding;
-            let label = f.get("Severity").and_then(effective_label);
-            json!({
-                "Id": id,
-                "ProductArn": product_arn,
-                "account_id": f.get("AwsAccountId"),
-                "severity_label": label,
-                "severity_rank": label.and_then(label_rank),
-                "workflow_status": f.pointer("/Workflow/Status"),
-                "current": project(f),
-            })
+        None => {
+            for key in [
+                &k.account_id,
+                &k.severity_label,
+                &k.severity_rank,
+                &k.workflow_status,
+                &k.current,
+            ] {
+                entry.insert(key.clone(), RValue::Null);
+            }
         }
+        Some(f) => {
+            let label = f.get("Severity").and_then(effective_label);
+            entry.insert(
+                k.account_id.clone(),
+                opt_str(f.get("AwsAccountId").and_then(Value::as_str)),
+            );
+            entry.insert(k.severity_label.clone(), opt_str(label));
+            entry.insert(
+                k.severity_rank.clone(),
+                label
+                    .and_then(label_rank)
+                    .map_or(RValue::Null, RValue::from),
+            );
+            entry.insert(
+                k.workflow_status.clone(),
+                opt_str(f.pointer("/Workflow/Status").and_then(Value::as_str)),
+            );
+            let mut projected = Map::new();
+            for field in CURRENT_FIELDS {
+                if let Some(v) = f.get(field) {
+                    projected.insert(field.to_string(), v.clone());
+                }
+            }
+            entry.insert(k.current.clone(), RValue::from(Value::Object(projected)));
+        }
+    }
+    RValue::from(entry)
+}
+
+/// Facts over all targeted findings, so that rules can rule a request in with a few
+/// comparisons and iterate over the findings only to name the ones that violate.
+#[derive(Default)]
+struct Summary {
+    accounts: BTreeSet<String>,
+    max_severity_rank: Option<u64>,
+    missing: u64,
+}
+
+impl Summary {
+    fn add(&mut self, f: &CurrentFinding) {
+        if let Some(a) = &f.account_id {
+            if !self.accounts.contains(a) {
+                self.accounts.insert(a.clone());
+            }
+        }
+        self.max_severity_rank = self.max_severity_rank.max(f.severity_rank);
+    }
+
+    fn into_value(self, enrichment: Enrichment) -> RValue {
+        let mut out = BTreeMap::new();
+        if enrichment == Enrichment::Complete {
+            let accounts: Vec<RValue> = self.accounts.into_iter().map(RValue::from).collect();
+            out.insert(RValue::from("accounts"), RValue::from(accounts));
+            out.insert(
+                RValue::from("max_severity_rank"),
+                self.max_severity_rank.map_or(RValue::Null, RValue::from),
+            );
+            out.insert(RValue::from("missing"), RValue::from(self.missing));
+        }
+        RValue::from(out)
     }
 }
 
-/// Assembles the whole input document.
-pub fn build(
+/// The input document for one evaluation pass. `current` holds what enrichment found.
+pub fn document(
     facts: &RequestFacts<'_>,
     body_without_ids: &Value,
     update: &Value,
-    findings: Vec<Value>,
+    keys: &[FindingKey],
+    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
     enrichment: Enrichment,
-) -> Value {
-    json!({
-        "version": INPUT_VERSION,
-        "operation": facts.operation,
-        "enrichment": enrichment.as_str(),
-        "principal": facts.principal,
-        "request": {
+) -> RValue {
+    let mut summary = Summary::default();
+    let findings: Vec<RValue> = match (enrichment, current) {
+        (Enrichment::Complete, Some(current)) => keys
+            .iter()
+            .map(|key| match current.get(key) {
+                Some(state) => {
+                    summary.add(state);
+                    state.entry.clone()
+                }
+                None => {
+                    summary.missing += 1;
+                    finding_entry(&key.0, &key.1, None)
+                }
+            })
+            .collect(),
+        // Before enrichment (or without it) only the identifiers are known; state fields are
+        // absent, so a rule that reads them stays undefined instead of seeing a false null.
+        _ => {
+            let k = self::keys();
+            let mut arn: Option<(&str, RValue)> = None;
+            keys.iter()
+                .map(|(id, product_arn)| {
+                    let arn_value = match &arn {
+                        Some((a, v)) if *a == product_arn.as_str() => v.clone(),
+                        _ => {
+                            let v = RValue::from(product_arn.as_str());
+                            arn = Some((product_arn.as_str(), v.clone()));
+                            v
+                        }
+                    };
+                    let mut entry = BTreeMap::new();
+                    entry.insert(k.id.clone(), RValue::from(id.as_str()));
+                    entry.insert(k.product_arn.clone(), arn_value);
+                    RValue::from(entry)
+                })
+                .collect()
+        }
+    };
+    let mut doc = BTreeMap::new();
+    let mut put = |k: &str, v: RValue| {
+        doc.insert(RValue::from(k), v);
+    };
+    put("version", RValue::from(INPUT_VERSION));
+    put("operation", RValue::from(facts.operation));
+    put("enrichment", RValue::from(enrichment.as_str()));
+    put(
+        "principal",
+        RValue::from(serde_json::to_value(facts.principal).unwrap_or(Value::Null)),
+    );
+    put(
+        "request",
+        RValue::from(json!({
             "method": facts.method,
             "path": facts.path,
             "headers": facts.headers,
@@ -203,10 +333,12 @@ pub fn build(
             "source_ip": facts.source_ip,
             "request_id": facts.request_id,
             "time": facts.time,
-        },
-        "findings": findings,
-        "update": update,
-    })
+        })),
+    );
+    put("findings", RValue::from(findings));
+    put("summary", summary.into_value(enrichment));
+    put("update", RValue::from(update.clone()));
+    RValue::from(doc)
 }
 
 #[cfg(test)]
@@ -250,16 +382,18 @@ mod tests {
 
     #[test]
     fn current_state_is_projected_and_ranked() {
-        let f = CurrentFinding {
-            finding: json!({"AwsAccountId": "222222222222", "Severity": {"Normalized": 75},
-                            "Workflow": {"Status": "NEW"}, "Resources": [{"Id": "big"}]}),
-        };
-        let e = finding_entry("f", "p", Some(&f));
+        let f = json!({"AwsAccountId": "222222222222", "Severity": {"Normalized": 75},
+                       "Workflow": {"Status": "NEW"}, "Resources": [{"Id": "big"}]});
+        let e: Value = serde_json::to_value(finding_entry("f", "p", Some(&f))).unwrap();
+        assert_eq!(e["Id"], "f");
         assert_eq!(e["account_id"], "222222222222");
+        assert_eq!(e["severity_label"], "HIGH");
         assert_eq!(e["severity_rank"], 3);
         assert_eq!(e["workflow_status"], "NEW");
         assert!(e["current"].get("Resources").is_none());
-        let e = finding_entry("f", "p", None);
+        assert_eq!(e["current"]["Severity"]["Normalized"], 75);
+        let e: Value = serde_json::to_value(finding_entry("f", "p", None)).unwrap();
         assert_eq!(e["current"], Value::Null);
+        assert_eq!(e["severity_rank"], Value::Null);
     }
 }

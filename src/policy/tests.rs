@@ -1,1 +1,273 @@
+use super::*;
+use crate::enrich::CurrentFinding;
+use crate::identity::{Principal, Role};
+use crate::policy::input::{Enrichment, RequestFacts};
+use std::collections::HashMap;
+use std::sync::Arc;
 
+fn shipped() -> PolicySet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    PolicySet::load(&dir, Duration::from_secs(1)).unwrap()
+}
+
+fn principal(role: Role) -> Principal {
+    Principal {
+        id: "p".into(),
+        account_id: "222222222222".into(),
+        role,
+        attributes: Default::default(),
+    }
+}
+
+const ARN: &str = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
+
+/// The input for `body`, targeting findings (id, account, label); `None` account = not found.
+fn doc(
+    role: Role,
+    body: Value,
+    findings: &[(&str, Option<&str>, &str)],
+    enrichment: Enrichment,
+) -> regorus::Value {
+    let p = principal(role);
+    let facts = RequestFacts {
+        operation: "BatchUpdateFindings",
+        principal: &p,
+        method: "PATCH",
+        path: "/findings/batchupdate",
+        headers: Default::default(),
+        source_ip: "127.0.0.1".into(),
+        request_id: "r",
+        time: "2026-11-24T00:00:00Z".into(),
+    };
+    let keys: Vec<(String, String)> = findings
+        .iter()
+        .map(|(id, _, _)| (id.to_string(), ARN.to_string()))
+        .collect();
+    let current: HashMap<_, _> = findings
+        .iter()
+        .filter_map(|(id, account, label)| {
+            let account = (*account)?;
+            let f = json!({"Id": id, "ProductArn": ARN, "AwsAccountId": account,
+                           "Severity": {"Label": label}, "Workflow": {"Status": "NEW"}});
+            Some((
+                (id.to_string(), ARN.to_string()),
+                Arc::new(CurrentFinding::new(id, ARN, &f)),
+            ))
+        })
+        .collect();
+    let update = input::normalise_update(&body);
+    input::document(&facts, &body, &update, &keys, Some(&current), enrichment)
+}
+
+fn messages(d: &Decision) -> Vec<&str> {
+    d.deny.iter().map(|v| v.msg.as_str()).collect()
+}
+
+#[test]
+fn shipped_policies_load_with_a_stable_revision() {
+    let a = shipped();
+    let b = shipped();
+    assert!(a.revision.starts_with("sha256:"));
+    assert_eq!(a.revision, b.revision);
+    // test files do not serve
+    assert!(a.files.iter().all(|f| !is_test_file(f)));
+}
+
+#[test]
+fn member_suppress_is_denied_in_the_first_pass() {
+    let p = shipped();
+    let d = p
+        .evaluate(doc(
+            Role::Member,
+            json!({"Workflow": {"Status": "SUPPRESSED"}}),
+            &[("f1", None, "HIGH")],
+            Enrichment::Pending,
+        ))
+        .unwrap();
+    assert_eq!(
+        messages(&d),
+        vec!["member accounts may not suppress findings"]
+    );
+    assert_eq!(d.deny[0].finding, None);
+    assert_eq!(d.message(), "member accounts may not suppress findings");
+}
+
+#[test]
+fn per_finding_violations_name_their_finding() {
+    let p = shipped();
+    let d = p
+        .evaluate(doc(
+            Role::Member,
+            json!({"Severity": {"Normalized": 10}}),
+            &[
+                ("mine-high", Some("222222222222"), "HIGH"),
+                ("mine-info", Some("222222222222"), "INFORMATIONAL"),
+                ("theirs", Some("333333333333"), "INFORMATIONAL"),
+                ("gone", None, "LOW"),
+            ],
+            Enrichment::Complete,
+        ))
+        .unwrap();
+    let mut got: Vec<(String, String)> = d
+        .deny
+        .iter()
+        .map(|v| {
+            (
+                v.finding.as_ref().unwrap()["Id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                v.msg.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("gone".into(), "finding not found in Security Hub".into()),
+            (
+                "mine-high".into(),
+                "member accounts may not lower a finding's severity (HIGH to LOW)".into()
+            ),
+            (
+                "theirs".into(),
+                "member accounts may only update findings of their own account".into()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn administrators_may_do_what_members_may_not() {
+    let p = shipped();
+    let d = p
+        .evaluate(doc(
+            Role::Administrator,
+            json!({"Workflow": {"Status": "SUPPRESSED"}, "Severity": {"Label": "LOW"}}),
+            &[("theirs", Some("333333333333"), "CRITICAL")],
+            Enrichment::Complete,
+        ))
+        .unwrap();
+    assert!(d.allowed(), "{:?}", d.deny);
+}
+
+#[test]
+fn the_bytecode_vm_agrees_with_the_interpreter() {
+    let p = shipped();
+    let bodies = [
+        json!({"Workflow": {"Status": "SUPPRESSED"}}),
+        json!({"Workflow": {"Status": "RESOLVED"}}),
+        json!({"Severity": {"Label": "LOW"}}),
+        json!({"Severity": {"Normalized": 95}}),
+        json!({"Note": {"Text": "t", "UpdatedBy": "u"}}),
+    ];
+    let findings = [
+        ("a", Some("222222222222"), "HIGH"),
+        ("b", Some("333333333333"), "LOW"),
+        ("c", None, "LOW"),
+    ];
+    for role in [Role::Member, Role::Administrator] {
+        for body in &bodies {
+            for phase in [
+                Enrichment::Pending,
+                Enrichment::Complete,
+                Enrichment::Disabled,
+            ] {
+                let input = doc(role, body.clone(), &findings, phase);
+                let mut vm: Vec<_> = p.evaluate(input.clone()).unwrap().deny;
+                let mut interp: Vec<_> = p.evaluate_interpreted(input).unwrap().deny;
+                let key = |v: &Violation| format!("{}{:?}", v.msg, v.finding);
+                vm.sort_by_key(key);
+                interp.sort_by_key(key);
+                assert_eq!(vm, interp, "{role:?} {body} {phase:?}");
+            }
+        }
+    }
+}
+
+fn load_dir(files: &[(&str, &str)]) -> Result<PolicySet, PolicyLoadError> {
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schemas/BatchUpdateFindings.json"),
+        schemas.join("BatchUpdateFindings.json"),
+    )
+    .unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    PolicySet::load(dir.path(), Duration::from_millis(50))
+}
+
+#[test]
+fn broken_or_incomplete_policy_sets_are_refused() {
+    let err = load_dir(&[("p.rego", "package hubgate\n\ndeny contains x if {")])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("p.rego"), "{err}");
+    let err = load_dir(&[("p.rego", "package other\n\nallow := true\n")])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("data.hubgate.deny"), "{err}");
+    let err = load_dir(&[("p.rego", "package hubgate\n\ndeny := true\n")])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("set"), "{err}");
+    let err = load_dir(&[]).err().unwrap();
+    assert!(matches!(err, PolicyLoadError::Empty { .. }));
+}
+
+#[test]
+fn revision_follows_content() {
+    let a = load_dir(&[("p.rego", "package hubgate\n\ndeny contains 1 if false\n")]).unwrap();
+    let b = load_dir(&[("p.rego", "package hubgate\n\ndeny contains 2 if false\n")]).unwrap();
+    assert_ne!(a.revision, b.revision);
+}
+
+#[test]
+fn malformed_violations_are_policy_errors_not_denials() {
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains \"just a string\" if input.operation\n",
+    )])
+    .unwrap();
+    let input = doc(Role::Member, json!({}), &[], Enrichment::Complete);
+    assert!(matches!(
+        p.evaluate(input),
+        Err(PolicyError::BadDecision(_))
+    ));
+}
+
+#[test]
+fn warn_is_recorded_separately() {
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains {\"msg\": \"d\", \"finding\": null} if false\n\nwarn contains {\"msg\": \"w\", \"finding\": null} if input.operation\n",
+    )])
+    .unwrap();
+    let d = p
+        .evaluate(doc(Role::Member, json!({}), &[], Enrichment::Complete))
+        .unwrap();
+    assert!(d.allowed());
+    assert_eq!(d.warn.len(), 1);
+    assert_eq!(d.warn[0].msg, "w");
+}
+
+#[test]
+fn a_runaway_policy_hits_the_time_limit() {
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains {\"msg\": \"x\", \"finding\": null} if {\n\tsome i in numbers.range(1, 5000)\n\tsome j in numbers.range(1, 5000)\n\ti + j < 0\n}\n",
+    )]);
+    // The smoke evaluation at load already runs the rule; either the load or the evaluation
+    // must stop on the 50 ms limit, never hang and never allow.
+    match p {
+        Err(e) => assert!(e.to_string().contains("deny"), "{e}"),
+        Ok(p) => {
+            let r = p.evaluate(doc(Role::Member, json!({}), &[], Enrichment::Complete));
+            assert!(matches!(r, Err(PolicyError::Eval(_))), "{r:?}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! hubgate: a policy-enforcing reverse proxy for the AWS Security Hub API.
+//!
+//! One module per stage of a request's path (see DESIGN.md): `server` accepts, `routes` names
+//! the operation, `identity` establishes the caller, `validate` parses and checks the body,
+//! `enrich` reads the findings' current state, `policy` decides, `upstream` forwards,
+//! `envelope` shapes every rejection and `audit` records each decision. `proxy` runs them in order.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod enrich;
+pub mod envelope;
+pub mod identity;
+pub mod policy;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod upstream;
+pub mod validate;

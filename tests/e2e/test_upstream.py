@@ -1,0 +1,86 @@
+"""Upstream failures: unreachable (502) and too slow (504)."""
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from helpers import assert_envelope, free_port, ident
+
+SUPPRESS = {"FindingIdentifiers": [ident("f-other")], "Workflow": {"Status": "SUPPRESSED"}}
+
+
+def assert_upstream_error(hg, resp, status, code, forward_attempted=False):
+    assert_envelope(resp, status, code, "InternalException")
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["status"] == status
+    assert rec["error"]["code"] == code
+    if not forward_attempted:  # failed during the enrichment lookup: nothing was forwarded
+        assert rec["forwarded"] is False
+
+
+def test_closed_upstream_port_is_502(make_hubgate):
+    hg = make_hubgate(upstream_endpoint=f"http://127.0.0.1:{free_port()}")
+    assert_upstream_error(hg, hg.buf(SUPPRESS, who="admin"), 502, "UPSTREAM_UNAVAILABLE")
+    # a read-only forward fails the same way
+    assert_upstream_error(hg, hg.send("POST", "/findings", {"MaxResults": 1}, who="member"),
+                          502, "UPSTREAM_UNAVAILABLE", forward_attempted=True)
+
+
+def test_stopped_fake_is_502_and_boto3_sees_internal_exception(make_fake, make_hubgate):
+    fake = make_fake()
+    hg = make_hubgate(fake=fake)
+    ok = hg.buf({"FindingIdentifiers": [ident("f-admin")],
+                 "Note": {"Text": "t", "UpdatedBy": "u"}}, who="admin")
+    assert ok.status == 200, ok.text
+    fake.stop()
+    assert_upstream_error(hg, hg.buf(SUPPRESS, who="admin"), 502, "UPSTREAM_UNAVAILABLE")
+    with pytest.raises(ClientError) as e:
+        hg.client("admin").batch_update_findings(**SUPPRESS)
+    assert e.value.response["Error"]["Code"] == "InternalException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
+
+
+@pytest.fixture
+def slow(make_fake, make_hubgate):
+    fake = make_fake()
+    hg = make_hubgate({"upstream": {"timeout_ms": 500}}, fake=fake)
+    fake.configure(delay_ms=2000)
+    return hg
+
+
+def test_slow_enrichment_lookup_is_504(slow):
+    started = time.monotonic()
+    resp = slow.buf(SUPPRESS, who="admin")
+    elapsed = time.monotonic() - started
+    assert_upstream_error(slow, resp, 504, "UPSTREAM_TIMEOUT")
+    assert elapsed < 1.9, f"hubgate waited {elapsed:.2f}s, timeout_ms is 500"
+    # the lookup was attempted; the update itself never went out
+    seen = {(r["method"], r["path"]) for r in slow.fake.requests()}
+    assert seen == {("POST", "/findings")}
+    assert slow.fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
+
+
+def test_slow_forward_is_504(slow):
+    resp = slow.send("GET", "/accounts", b"", who="admin")
+    assert_upstream_error(slow, resp, 504, "UPSTREAM_TIMEOUT", forward_attempted=True)
+
+
+def test_lookup_refused_by_upstream_fails_closed(make_fake, make_hubgate):
+    """Security Hub refusing hubgate's GetFindings (here: a bad signature) is not 'not found':
+    nothing is forwarded and the caller gets a 5xx; read-only forwards pass the 403 through."""
+    fake = make_fake(secret_key="not-hubgates-secret")
+    hg = make_hubgate(fake=fake)
+    resp = hg.buf({"FindingIdentifiers": [ident("f-admin")],
+                   "Note": {"Text": "t", "UpdatedBy": "u"}}, who="admin")
+    assert resp.status in (502, 500), resp.text
+    assert resp.headers["x-amzn-errortype"] == "InternalException"
+    assert [(r["method"], r["path"]) for r in fake.requests()] == [("POST", "/findings")]
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False
+
+    fwd = hg.send("GET", "/accounts", b"", who="admin")
+    assert fwd.status == 403
+    assert fwd.headers["x-amzn-errortype"] == "InvalidSignatureException"
+    assert fwd.headers.get("x-hubgate-decision-id")
+    assert hg.audit_for(fwd.headers["x-hubgate-decision-id"])["upstream_status"] == 403

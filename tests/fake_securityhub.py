@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""A small fake AWS Security Hub upstream for hubgate's end-to-end tests.
+
+Standard library + botocore only. It
+
+* verifies the SigV4 signature of every Security Hub request (botocore's SigV4Auth,
+  recomputed with the request's own X-Amz-Date and the exact body bytes);
+* keeps ASFF findings in memory and implements GetFindings (POST /findings),
+  BatchUpdateFindings (PATCH /findings/batchupdate) and DescribeHub (GET /accounts);
+* records every Security Hub request it receives;
+* exposes control endpoints under /_fake/ (never routed by hubgate):
+    POST /_fake/findings   body: list of findings to add or replace (by Id + ProductArn)
+    GET  /_fake/findings   all stored findings
+    GET  /_fake/requests   every Security Hub request received so far
+    POST /_fake/reset      forget findings, requests and config
+    POST /_fake/config     {"delay_ms": N, "page_size": N}  (delay applies to Security Hub routes only)
+
+Usage:
+    python tests/fake_securityhub.py --host 127.0.0.1 --port N --access-key AK \
+        --secret-key SK --region us-east-1
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import datetime as dt
+import hashlib
+import json
+import re
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, HTTPHeaders
+from botocore.credentials import Credentials
+
+SERVICE = "securityhub"
+MAX_FILTER_VALUES = 20
+MAX_FILTER_ATTRIBUTES = 10
+HUB_ARN = "arn:aws:securityhub:us-east-1:111111111111:hub/default"
+
+SEVERITY_LABELS = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
+LABEL_TO_NORMALIZED = {"INFORMATIONAL": 0, "LOW": 1, "MEDIUM": 40, "HIGH": 70, "CRITICAL": 90}
+
+# GetFindings string filters the fake understands: filter name -> function(finding) -> value
+STRING_FILTER_FIELDS = {
+    "Id": lambda f: f.get("Id"),
+    "ProductArn": lambda f: f.get("ProductArn"),
+    "AwsAccountId": lambda f: f.get("AwsAccountId"),
+    "SeverityLabel": lambda f: (f.get("Severity") or {}).get("Label"),
+    "WorkflowStatus": lambda f: (f.get("Workflow") or {}).get("Status"),
+    "RecordState": lambda f: f.get("RecordState"),
+}
+
+AUTH_RE = re.compile(
+    r"^AWS4-HMAC-SHA256\s+"
+    r"Credential=(?P<credential>[^,\s]+)\s*,\s*"
+    r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*"
+    r"Signature=(?P<signature>[0-9a-f]{64})\s*$"
+)
+
+
+def label_from_normalized(n: int) -> str:
+    if n <= 0:
+        return "INFORMATIONAL"
+    if n < 40:
+        return "LOW"
+    if n < 70:
+        return "MEDIUM"
+    if n < 90:
+        return "HIGH"
+    return "CRITICAL"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class ApiError(Exception):
+    """An AWS-style error response."""
+
+    def __init__(self, status: int, error_type: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+# ---------------------------------------------------------------------------
+# SigV4 verification
+
+
+class _VerifyingSigV4Auth(SigV4Auth):
+    """SigV4Auth that signs exactly the headers the client said it signed."""
+
+    def __init__(self, credentials, service_name, region_name, signed_names):
+        super().__init__(credentials, service_name, region_name)
+        self._signed_names = signed_names
+
+    def headers_to_sign(self, request):
+        header_map = HTTPHeaders()
+        for name in self._signed_names:
+            for value in request.headers.get_all(name) or []:
+                header_map[name] = value
+        return header_map
+
+
+def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region):
+    """Raise ApiError(403, InvalidSignatureException) unless the request is validly signed."""
+
+    def fail(msg):
+        raise ApiError(403, "InvalidSignatureException", msg)
+
+    auth = headers.get("Authorization")
+    if not auth:
+        fail("Missing Authentication Token: no Authorization header")
+    m = AUTH_RE.match(auth.strip())
+    if not m:
+        fail("Authorization header is malformed")
+    cred_parts = m.group("credential").split("/")
+    if len(cred_parts) != 5:
+        fail("Credential is malformed")
+    key_id, date, cred_region, service, terminator = cred_parts
+    if key_id != access_key:
+        fail(f"unknown access key {key_id!r}: the security token included in the request "
+             "is invalid")
+    if cred_region != region or service != SERVICE or terminator != "aws4_request":
+        fail(f"Credential should be scoped to {region}/{SERVICE}, not {cred_region}/{service}")
+    signed_names = m.group("signed").split(";")
+    if "host" not in signed_names or "x-amz-date" not in signed_names:
+        fail("SignedHeaders must include host and x-amz-date")
+    if signed_names != sorted(signed_names):
+        fail("SignedHeaders are not sorted")
+    for name in signed_names:
+        if headers.get(name) is None:
+            fail(f"signed header {name} is missing from the request")
+    amz_date = headers.get("X-Amz-Date")
+    try:
+        ts = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except (TypeError, ValueError):
+        fail("X-Amz-Date is malformed")
+    if ts.strftime("%Y%m%d") != date:
+        fail("Credential date does not match X-Amz-Date")
+    if abs((dt.datetime.now(dt.timezone.utc) - ts).total_seconds()) > 15 * 60:
+        fail("Signature expired: request time too skewed")
+
+    request = AWSRequest(method=method, url=f"http://{headers.get('Host')}{raw_path}",
+                         data=body)
+    for name in signed_names:
+        for value in headers.get_all(name) or []:
+            request.headers[name] = value
+    request.context["timestamp"] = amz_date
+    signer = _VerifyingSigV4Auth(Credentials(access_key, secret_key), SERVICE, region,
+                                 signed_names)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    if expected != m.group("signature"):
+        fail("The request signature we calculated does not match the signature you provided. "
+             "Check your AWS Secret Access Key and signing method.")
+
+
+# ---------------------------------------------------------------------------
+# State
+
+
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        self.findings: dict[tuple[str, str], dict] = {}
+        self.requests: list[dict] = []
+        self.delay_ms = 0
+        self.page_size = 100
+
+
+# ---------------------------------------------------------------------------
+# Security Hub operations
+
+
+def _string_filter_match(value, flt):
+    want = flt.get("Value")
+    comp = flt.get("Comparison")
+    if value is None:
+        value = ""
+    if comp == "EQUALS":
+        return value == want
+    if comp == "PREFIX":
+        return value.startswith(want)
+    if comp == "NOT_EQUALS":
+        return value != want
+    if comp == "PREFIX_NOT_EQUALS":
+        return not value.startswith(want)
+    if comp == "CONTAINS":
+        return want in value
+    if comp == "NOT_CONTAINS":
+        return want not in value
+    raise ApiError(400, "InvalidInputException", f"unsupported Comparison {comp!r}")
+
+
+def _matches(finding, filters):
+    for name, flts in filters.items():
+        value = STRING_FILTER_FIELDS[name](finding)
+        positive = [f for f in flts if f.get("Comparison") in ("EQUALS", "PREFIX", "CONTAINS")]
+        negative = [f for f in flts if f not in positive]
+        if positive and not any(_string_filter_match(value, f) for f in positive):
+            return False
+        if not all(_string_filter_match(value, f) for f in negative):
+            return False
+    return True
+
+
+def get_findings(state: State, req: dict) -> dict:
+    if not isinstance(req, dict):
+        raise ApiError(400, "InvalidInputException", "request body must be a JSON object")
+    filters = req.get("Filters") or {}
+    if not isinstance(filters, dict):
+        raise ApiError(400, "InvalidInputException", "Filters must be an object")
+    if len(filters) > MAX_FILTER_ATTRIBUTES:
+        raise ApiError(400, "InvalidInputException",
+                       f"Filters may use at most {MAX_FILTER_ATTRIBUTES} finding attributes")
+    for name, flts in filters.items():
+        if name not in STRING_FILTER_FIELDS:
+            raise ApiError(400, "InvalidInputException",
+                           f"the fake does not support filter attribute {name!r}")
+        if not isinstance(flts, list):
+            raise ApiError(400, "InvalidInputException", f"Filters.{name} must be a list")
+        if len(flts) > MAX_FILTER_VALUES:
+            raise ApiError(400, "InvalidInputException",
+                           f"Filters.{name} has {len(flts)} values; at most "
+                           f"{MAX_FILTER_VALUES} values are allowed per attribute")
+    max_results = req.get("MaxResults", 100)
+    if not isinstance(max_results, int) or isinstance(max_results, bool) \
+            or not 1 <= max_results <= 100:
+        raise ApiError(400, "InvalidInputException", "MaxResults must be between 1 and 100")
+
+    filter_hash = hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+    offset = 0
+    token = req.get("NextToken")
+    if token:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+            offset = int(decoded["o"])
+            if decoded["f"] != filter_hash:
+                raise ValueError("filters changed")
+        except Exception:
+            raise ApiError(400, "InvalidInputException", "NextToken is invalid")
+
+    with state.lock:
+        matched = [copy.deepcopy(f) for f in state.findings.values() if _matches(f, filters)]
+        page_size = min(max_results, state.page_size)
+    page = matched[offset:offset + page_size]
+    out = {"Findings": page}
+    if offset + page_size < len(matched):
+        out["NextToken"] = base64.urlsafe_b64encode(
+            json.dumps({"o": offset + page_size, "f": filter_hash}).encode()).decode()
+    return out
+
+
+def _apply_update(finding: dict, req: dict):
+    ts = now_iso()
+    if "Workflow" in req and "Status" in (req["Workflow"] or {}):
+        finding.setdefault("Workflow", {})["Status"] = req["Workflow"]["Status"]
+        finding["WorkflowState"] = req["Workflow"]["Status"]
+    if "Severity" in req:
+        sev = finding.setdefault("Severity", {})
+        upd = req["Severity"] or {}
+        if "Label" in upd:
+            sev["Label"] = upd["Label"]
+            if "Normalized" not in upd:
+                sev["Normalized"] = LABEL_TO_NORMALIZED.get(upd["Label"], sev.get("Normalized"))
+        if "Normalized" in upd:
+            sev["Normalized"] = upd["Normalized"]
+            if "Label" not in upd:
+                sev["Label"] = label_from_normalized(upd["Normalized"])
+        if "Product" in upd:
+            sev["Product"] = upd["Product"]
+    if "Note" in req:
+        finding["Note"] = {"Text": req["Note"].get("Text"),
+                           "UpdatedBy": req["Note"].get("UpdatedBy"), "UpdatedAt": ts}
+    for key in ("VerificationState", "Confidence", "Criticality", "Types", "RelatedFindings"):
+        if key in req:
+            finding[key] = copy.deepcopy(req[key])
+    if "UserDefinedFields" in req:
+        finding.setdefault("UserDefinedFields", {}).update(req["UserDefinedFields"] or {})
+
+
+def batch_update_findings(state: State, req: dict) -> dict:
+    if not isinstance(req, dict) or not isinstance(req.get("FindingIdentifiers"), list):
+        raise ApiError(400, "InvalidInputException", "FindingIdentifiers is required")
+    processed, unprocessed = [], []
+    with state.lock:
+        for ident in req["FindingIdentifiers"]:
+            key = (ident.get("Id"), ident.get("ProductArn"))
+            finding = state.findings.get(key)
+            if finding is None:
+                unprocessed.append({"FindingIdentifier": {"Id": key[0], "ProductArn": key[1]},
+                                    "ErrorCode": "FindingNotFound",
+                                    "ErrorMessage": "Finding Not Found"})
+                continue
+            _apply_update(finding, req)
+            processed.append({"Id": key[0], "ProductArn": key[1]})
+    return {"ProcessedFindings": processed, "UnprocessedFindings": unprocessed}
+
+
+def describe_hub(state: State, req) -> dict:
+    return {"HubArn": HUB_ARN, "SubscribedAt": "2024-01-01T00:00:00.000Z",
+            "AutoEnableControls": True}
+
+
+ROUTES = {
+    ("POST", "/findings"): get_findings,
+    ("PATCH", "/findings/batchupdate"): batch_update_findings,
+    ("GET", "/accounts"): describe_hub,
+}
+
+
+# ---------------------------------------------------------------------------
+# HTTP
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeSecurityHub/1.0"
+
+    # set on the class by main()
+    state: State
+    access_key: str
+    secret_key: str
+    region: str
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("fake_securityhub: %s - %s\n" % (self.address_string(), fmt % args))
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, payload, headers: dict | None = None):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _dispatch(self):
+        body = self._read_body()
+        split = urlsplit(self.path)
+        if split.path.startswith("/_fake/"):
+            return self._control(split.path, body)
+        return self._security_hub(split, body)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _dispatch
+
+    # -- control API -------------------------------------------------------
+
+    def _control(self, path: str, body: bytes):
+        st = self.state
+        try:
+            arg = json.loads(body) if body else None
+        except ValueError as e:
+            return self._send(400, {"message": f"bad JSON: {e}"})
+        key = (self.command, path)
+        if key == ("POST", "/_fake/findings"):
+            if not isinstance(arg, list):
+                return self._send(400, {"message": "body must be a list of findings"})
+            with st.lock:
+                for f in arg:
+                    st.findings[(f["Id"], f["ProductArn"])] = copy.deepcopy(f)
+                n = len(st.findings)
+            return self._send(200, {"count": n})
+        if key == ("GET", "/_fake/findings"):
+            with st.lock:
+                return self._send(200, list(st.findings.values()))
+        if key == ("GET", "/_fake/requests"):
+            with st.lock:
+                return self._send(200, list(st.requests))
+        if key == ("POST", "/_fake/reset"):
+            with st.lock:
+                st.reset()
+            return self._send(200, {"reset": True})
+        if key == ("POST", "/_fake/config"):
+            if not isinstance(arg, dict):
+                return self._send(400, {"message": "body must be an object"})
+            with st.lock:
+                if "delay_ms" in arg:
+                    st.delay_ms = int(arg["delay_ms"])
+                if "page_size" in arg:
+                    st.page_size = max(1, int(arg["page_size"]))
+                cfg = {"delay_ms": st.delay_ms, "page_size": st.page_size}
+            return self._send(200, cfg)
+        return self._send(404, {"message": f"no control route {self.command} {path}"})
+
+    # -- Security Hub ------------------------------------------------------
+
+    def _security_hub(self, split, body: bytes):
+        st = self.state
+        request_id = str(uuid.uuid4())
+        record = {
+            "method": self.command,
+            "path": split.path,
+            "raw_path": self.path,
+            "query": split.query,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body": body.decode("utf-8", errors="replace"),
+            "request_id": request_id,
+            "time": time.time(),
+        }
+        with st.lock:
+            st.requests.append(record)
+            delay = st.delay_ms
+        if delay:
+            time.sleep(delay / 1000.0)
+        headers = {"x-amzn-RequestId": request_id}
+        try:
+            verify_sigv4(self.command, self.path, self.headers, body,
+                         self.access_key, self.secret_key, self.region)
+            record["signature_valid"] = True
+            op = ROUTES.get((self.command, split.path))
+            if op is None:
+                raise ApiError(404, "ResourceNotFoundException",
+                               f"no such route {self.command} {split.path}")
+            try:
+                req = json.loads(body) if body else {}
+            except ValueError:
+                raise ApiError(400, "InvalidInputException", "request body is not valid JSON")
+            result = op(st, req)
+        except ApiError as e:
+            record.setdefault("signature_valid", False)
+            headers["x-amzn-ErrorType"] = e.error_type
+            record["status"] = e.status
+            return self._send(e.status, {"message": e.message}, headers)
+        record["status"] = 200
+        return self._send(200, result, headers)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--access-key", required=True)
+    p.add_argument("--secret-key", required=True)
+    p.add_argument("--region", default="us-east-1")
+    args = p.parse_args(argv)
+
+    Handler.state = State()
+    Handler.access_key = args.access_key
+    Handler.secret_key = args.secret_key
+    Handler.region = args.region
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.daemon_threads = True
+    sys.stderr.write(f"fake_securityhub: listening on {args.host}:{server.server_address[1]}\n")
+    sys.stderr.flush()
+    try:
+        server.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
