@@ -1,21 +1,22 @@
-//! Audit: one decision record per request, written as NDJSON by a dedicated writer thread.
+//! Audit: one decision record per request, written as NDJSON by a dedicated writer thread:
+//! masked, formatted (hubgate or OCSF), hash-chained, fsynced by policy, rotated by size.
 //! A forwarded request first reserves room for its record, so nothing is forwarded unrecorded.
 
+pub mod chain;
+pub mod ocsf;
+
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::config::{AuditConfig, AuditSink};
-
-/// Records waiting for the writer; past this, requests wait (back-pressure, never drops).
-const QUEUE_CAPACITY: usize = 4096;
-/// How long a request waits for room in the queue before it is refused with 503.
-pub const ENQUEUE_WAIT: Duration = Duration::from_secs(2);
+use crate::config::{AuditConfig, AuditFormat, AuditSink, Fsync};
+use chain::{Chain, Head};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -25,22 +26,41 @@ pub enum AuditError {
     Unavailable(String),
 }
 
+/// One record on its way to the writer. The policy input travels as the regorus value the
+/// policy saw and is converted to JSON on the writer thread, off the request path.
+pub struct Entry {
+    pub record: Value,
+    pub input: Option<regorus::Value>,
+}
+
 /// A reserved place in the queue: sending through it cannot fail or wait.
-pub struct Slot(mpsc::OwnedPermit<Value>);
+pub struct Slot(mpsc::OwnedPermit<Entry>);
 
 impl Slot {
-    pub fn write(self, record: Value) {
-        self.0.send(record);
+    pub fn write(self, entry: Entry) {
+        self.0.send(entry);
     }
+}
+
+/// What the writer reports, for readiness and metrics.
+#[derive(Default)]
+pub struct AuditStatus {
+    pub healthy: AtomicBool,
+    pub written: AtomicU64,
+    pub errors: AtomicU64,
+    /// Nanoseconds spent writing (and fsyncing) records, summed.
+    pub write_ns: AtomicU64,
 }
 
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Value>,
-    healthy: Arc<AtomicBool>,
+    tx: mpsc::Sender<Entry>,
+    capacity: usize,
+    wait: Duration,
+    pub status: Arc<AuditStatus>,
 }
 
-/// Joins the writer thread once every sender is gone, flushing what is queued.
+/// Joins the writer thread once every sender is gone, after it flushed and fsynced.
 pub struct AuditWriter(std::thread::JoinHandle<()>);
 
 impl AuditWriter {
@@ -49,21 +69,44 @@ impl AuditWriter {
     }
 }
 
-fn open(config: &AuditConfig) -> Result<Box<dyn Write + Send>, AuditError> {
-    match config.sink {
-        AuditSink::Stdout => Ok(Box::new(std::io::stdout())),
-        AuditSink::File => {
-            if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| AuditError::Open(format!("{}: {e}", parent.display())))?;
-            }
-            let file = open_append(&config.path)?;
-            Ok(Box::new(file))
+/// The hash-chain key from the configuration, if any.
+pub fn chain_key(config: &AuditConfig) -> Result<Option<Vec<u8>>, AuditError> {
+    if let Some(var) = &config.hmac_key_env {
+        let key = std::env::var(var).map_err(|_| {
+            AuditError::Open(format!("audit.hmac_key_env names {var}, which is not set"))
+        })?;
+        if key.is_empty() {
+            return Err(AuditError::Open(format!("{var} is empty")));
         }
+        return Ok(Some(key.into_bytes()));
     }
+    if let Some(file) = &config.hmac_key_file {
+        let key = std::fs::read(file).map_err(|e| {
+            AuditError::Open(format!("audit.hmac_key_file {}: {e}", file.display()))
+        })?;
+        if key.is_empty() {
+            return Err(AuditError::Open(format!("{} is empty", file.display())));
+        }
+        return Ok(Some(key));
+    }
+    Ok(None)
 }
 
-fn open_append(path: &Path) -> Result<std::fs::File, AuditError> {
+/// Where records go: stdout, or a file that rotates.
+enum Sink {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(FileSink),
+}
+
+struct FileSink {
+    path: PathBuf,
+    out: std::io::BufWriter<File>,
+    size: u64,
+    max_bytes: u64,
+    max_files: u32,
+}
+
+fn open_append(path: &Path) -> Result<File, AuditError> {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -71,47 +114,253 @@ fn open_append(path: &Path) -> Result<std::fs::File, AuditError> {
         .map_err(|e| AuditError::Open(format!("{}: {e}", path.display())))
 }
 
+/// `path.N` for the Nth most recent rotated file.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+impl FileSink {
+    fn open(config: &AuditConfig) -> Result<FileSink, AuditError> {
+        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| AuditError::Open(format!("{}: {e}", parent.display())))?;
+        }
+        let file = open_append(&config.path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(FileSink {
+            path: config.path.clone(),
+            out: std::io::BufWriter::new(file),
+            size,
+            max_bytes: config.max_bytes,
+            max_files: config.max_files,
+        })
+    }
+
+    /// Moves the current file to `.1` (older ones one up, the oldest beyond `max_files`
+    /// deleted) and starts a new one. The chain simply continues into it.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        if self.max_files == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(rotated(&self.path, self.max_files));
+            for n in (1..self.max_files).rev() {
+                let from = rotated(&self.path, n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated(&self.path, n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.out = std::io::BufWriter::new(file);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => {
+                out.write_all(line)?;
+                out.write_all(b"\n")
+            }
+            Sink::File(f) => {
+                if f.max_bytes > 0 && f.size > 0 && f.size + line.len() as u64 + 1 > f.max_bytes {
+                    f.rotate()?;
+                }
+                f.out.write_all(line)?;
+                f.out.write_all(b"\n")?;
+                f.size += line.len() as u64 + 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self, sync: bool) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush(),
+            Sink::File(f) => {
+                f.out.flush()?;
+                if sync {
+                    f.out.get_ref().sync_data()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Erases the values at the configured JSON pointers and lists them under `erased`, as OPA's
+/// decision logs do, so a reader knows something was there.
+fn mask(record: &mut Value, pointers: &[String]) {
+    let mut erased = Vec::new();
+    for pointer in pointers {
+        let (parent, last) = match pointer.rfind('/') {
+            Some(i) => (&pointer[..i], &pointer[i + 1..]),
+            None => continue,
+        };
+        let key = last.replace("~1", "/").replace("~0", "~");
+        let removed = match record.pointer_mut(parent) {
+            Some(Value::Object(map)) => map.remove(&key).is_some(),
+            Some(Value::Array(items)) => match key.parse::<usize>() {
+                Ok(i) if i < items.len() => {
+                    items[i] = Value::Null;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if removed {
+            erased.push(Value::from(pointer.as_str()));
+        }
+    }
+    if !erased.is_empty() {
+        record["erased"] = Value::Array(erased);
+    }
+}
+
+struct Writer {
+    sink: Sink,
+    chain: Chain,
+    head: Head,
+    format: AuditFormat,
+    region: String,
+    mask: Vec<String>,
+    fsync: Fsync,
+    fsync_every: Duration,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn line(&mut self, entry: Entry) -> Vec<u8> {
+        let mut record = entry.record;
+        if let Some(input) = entry.input {
+            record["input"] = serde_json::to_value(&input).unwrap_or(Value::Null);
+        }
+        mask(&mut record, &self.mask);
+        let formatted = match self.format {
+            AuditFormat::Hubgate => record,
+            AuditFormat::Ocsf => ocsf::event(&record, &self.region),
+        };
+        self.chain.seal(formatted, &mut self.head)
+    }
+
+    fn flush(&mut self, force_sync: bool) -> std::io::Result<()> {
+        let sync = force_sync
+            || match self.fsync {
+                Fsync::Always => true,
+                Fsync::Never => false,
+                Fsync::Interval => self.last_sync.elapsed() >= self.fsync_every,
+            };
+        self.sink.flush(sync)?;
+        if sync {
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+}
+
 impl AuditLog {
-    pub fn start(config: &AuditConfig) -> Result<(AuditLog, AuditWriter), AuditError> {
-        let mut out = std::io::BufWriter::new(open(config)?);
-        let (tx, mut rx) = mpsc::channel::<Value>(QUEUE_CAPACITY);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let flag = healthy.clone();
+    pub fn start(
+        config: &AuditConfig,
+        region: &str,
+    ) -> Result<(AuditLog, AuditWriter), AuditError> {
+        let chain = Chain::new(chain_key(config)?);
+        let (sink, head) = match config.sink {
+            AuditSink::Stdout => (
+                Sink::Stdout(std::io::BufWriter::new(std::io::stdout())),
+                Head::default(),
+            ),
+            AuditSink::File => {
+                let head = chain::head_of(&config.path)
+                    .or_else(|| chain::head_of(&rotated(&config.path, 1)))
+                    .unwrap_or_default();
+                (Sink::File(FileSink::open(config)?), head)
+            }
+        };
+        let mut writer = Writer {
+            sink,
+            chain,
+            head,
+            format: config.format,
+            region: region.to_string(),
+            mask: config.mask.clone(),
+            fsync: config.fsync,
+            fsync_every: Duration::from_millis(config.fsync_interval_ms),
+            last_sync: Instant::now(),
+        };
+        let (tx, mut rx) = mpsc::channel::<Entry>(config.queue_capacity);
+        let status = Arc::new(AuditStatus::default());
+        status.healthy.store(true, Ordering::SeqCst);
+        let shared = status.clone();
         let handle = std::thread::Builder::new()
             .name("hubgate-audit".into())
             .spawn(move || {
-                while let Some(record) = rx.blocking_recv() {
-                    let mut result = serde_json::to_writer(&mut out, &record)
-                        .map_err(std::io::Error::other)
-                        .and_then(|_| out.write_all(b"\n"));
-                    // Flush whenever the queue is empty: batches under load, prompt when idle.
+                while let Some(entry) = rx.blocking_recv() {
+                    let t = Instant::now();
+                    let line = writer.line(entry);
+                    let mut result = writer.sink.write_line(&line);
+                    // Flush when the queue is empty: batches under load, prompt when idle.
                     if result.is_ok() && rx.is_empty() {
-                        result = out.flush();
+                        result = writer.flush(false);
                     }
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "audit sink failed; refusing requests until restarted");
-                        flag.store(false, Ordering::SeqCst);
-                        rx.close();
+                    shared
+                        .write_ns
+                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    match result {
+                        Ok(()) => {
+                            shared.written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "audit sink failed; refusing requests until restarted");
+                            shared.healthy.store(false, Ordering::SeqCst);
+                            rx.close();
+                        }
                     }
                 }
-                let _ = out.flush();
+                if let Err(e) = writer.flush(true) {
+                    tracing::error!(error = %e, "final audit flush failed");
+                }
             })
             .map_err(|e| AuditError::Open(e.to_string()))?;
-        Ok((AuditLog { tx, healthy }, AuditWriter(handle)))
+        Ok((
+            AuditLog {
+                tx,
+                capacity: config.queue_capacity,
+                wait: Duration::from_millis(config.enqueue_timeout_ms),
+                status,
+            },
+            AuditWriter(handle),
+        ))
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst) && !self.tx.is_closed()
+        self.status.healthy.load(Ordering::SeqCst) && !self.tx.is_closed()
     }
 
-    /// Reserves room for one record, waiting at most `ENQUEUE_WAIT`.
+    /// Records waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    /// Reserves room for one record, waiting at most `audit.enqueue_timeout_ms`.
     pub async fn reserve(&self) -> Result<Slot, AuditError> {
-        match tokio::time::timeout(ENQUEUE_WAIT, self.tx.clone().reserve_owned()).await {
+        match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
             Ok(Ok(permit)) => Ok(Slot(permit)),
             Ok(Err(_)) => Err(AuditError::Unavailable("the writer has stopped".into())),
             Err(_) => Err(AuditError::Unavailable(format!(
                 "the queue stayed full for {} ms",
-                ENQUEUE_WAIT.as_millis()
+                self.wait.as_millis()
             ))),
         }
     }
@@ -122,39 +371,128 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[tokio::test]
-    async fn records_reach_the_file_in_order_and_are_flushed_on_finish() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = AuditConfig {
+    fn config(dir: &Path) -> AuditConfig {
+        AuditConfig {
             sink: AuditSink::File,
-            path: dir.path().join("sub/audit.ndjson"),
-            format: crate::config::AuditFormat::Hubgate,
-        };
-        let (log, writer) = AuditLog::start(&config).unwrap();
-        for i in 0..100 {
-            log.reserve().await.unwrap().write(json!({"n": i}));
+            path: dir.join("sub/audit.ndjson"),
+            fsync: Fsync::Always,
+            ..AuditConfig::default()
+        }
+    }
+
+    async fn write_n(config: &AuditConfig, from: u64, n: u64) {
+        let (log, writer) = AuditLog::start(config, "us-east-1").unwrap();
+        for i in from..from + n {
+            log.reserve().await.unwrap().write(Entry {
+                record: json!({"n": i, "note": {"text": "secret ticket", "by": "x"}}),
+                input: None,
+            });
         }
         drop(log);
         writer.finish();
-        let text = std::fs::read_to_string(&config.path).unwrap();
-        let lines: Vec<Value> = text
+    }
+
+    fn read(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 100);
-        assert_eq!(lines[99]["n"], 99);
+            .collect()
+    }
 
-        // a restart appends instead of truncating
-        let (log, writer) = AuditLog::start(&config).unwrap();
-        log.reserve().await.unwrap().write(json!({"n": "again"}));
+    #[tokio::test]
+    async fn records_are_chained_in_order_and_a_restart_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        write_n(&config, 0, 50).await;
+        write_n(&config, 50, 1).await;
+        let lines = read(&config.path);
+        assert_eq!(lines.len(), 51);
+        assert_eq!(lines[50]["n"], 50);
+        assert_eq!(lines[50]["chain"]["seq"], 51);
+        assert_eq!(lines[50]["chain"]["prev"], lines[49]["chain"]["hash"]);
+        let verdict = chain::verify(&Chain::new(None), &[config.path.clone()]).unwrap();
+        assert_eq!(
+            verdict,
+            chain::Verdict::Intact {
+                records: 51,
+                first_seq: 1,
+                last_seq: 51
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_chain_and_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            max_bytes: 2_000,
+            max_files: 3,
+            ..config(dir.path())
+        };
+        write_n(&config, 0, 200).await;
+        assert!(rotated(&config.path, 3).exists());
+        assert!(
+            !rotated(&config.path, 4).exists(),
+            "retention keeps 3 rotated files"
+        );
+        for n in 1..=3 {
+            assert!(std::fs::metadata(rotated(&config.path, n)).unwrap().len() <= 2_000);
+        }
+        let files = vec![
+            rotated(&config.path, 3),
+            rotated(&config.path, 2),
+            rotated(&config.path, 1),
+            config.path.clone(),
+        ];
+        match chain::verify(&Chain::new(None), &files).unwrap() {
+            chain::Verdict::Intact {
+                last_seq,
+                first_seq,
+                ..
+            } => {
+                assert_eq!(last_seq, 200);
+                assert!(first_seq > 1, "the oldest records were rotated away");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn masked_fields_are_erased_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            mask: vec!["/note/text".into(), "/absent/field".into()],
+            ..config(dir.path())
+        };
+        write_n(&config, 0, 1).await;
+        let lines = read(&config.path);
+        assert!(lines[0]["note"].get("text").is_none());
+        assert_eq!(lines[0]["note"]["by"], "x");
+        assert_eq!(lines[0]["erased"], json!(["/note/text"]));
+        assert!(!std::fs::read_to_string(&config.path)
+            .unwrap()
+            .contains("secret ticket"));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            queue_capacity: 1,
+            enqueue_timeout_ms: 50,
+            ..config(dir.path())
+        };
+        let (log, writer) = AuditLog::start(&config, "us-east-1").unwrap();
+        // Hold both places: the writer cannot drain a reserved-but-unsent slot.
+        let held = log.reserve().await.unwrap();
+        let err = log.reserve().await.err().unwrap();
+        assert!(err.to_string().contains("queue stayed full"), "{err}");
+        held.write(Entry {
+            record: json!({}),
+            input: None,
+        });
         drop(log);
         writer.finish();
-        assert_eq!(
-            std::fs::read_to_string(&config.path)
-                .unwrap()
-                .lines()
-                .count(),
-            101
-        );
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG};
+use crate::audit::chain;
+use crate::config::{Config, LogFormat, DEFAULT_CONFIG};
 use crate::identity::Identity;
 use crate::policy::{testing, PolicySet};
 use crate::routes::Class;
@@ -41,6 +42,27 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Work with audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files, oldest first (e.g. audit.ndjson.2 audit.ndjson.1
+    /// audit.ndjson); reports the first modified, deleted, reordered or truncated record.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Environment variable holding the HMAC key the log was written with.
+        #[arg(long, conflicts_with = "key_file")]
+        key_env: Option<String>,
+        /// File holding the HMAC key the log was written with.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
@@ -48,6 +70,19 @@ fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
         eprintln!("hubgate: {e}");
         ExitCode::from(2)
     })
+}
+
+/// Operational logs go to stderr (stdout may carry the audit log), levels from RUST_LOG.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +93,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            init_logging(config.log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -77,6 +113,14 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check(arg) => check(&arg),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    key_env,
+                    key_file,
+                },
+        } => verify(&files, key_env, key_file),
         Command::Test { dir, config } => {
             let dir = match dir {
                 Some(d) => d,
@@ -166,5 +210,46 @@ fn run_tests(dir: &std::path::Path) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>) -> ExitCode {
+    let key = match (key_env, key_file) {
+        (Some(var), _) => match std::env::var(&var) {
+            Ok(k) => Some(k.into_bytes()),
+            Err(_) => {
+                eprintln!("hubgate: {var} is not set");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(file)) => match std::fs::read(&file) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("hubgate: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    match chain::verify(&chain::Chain::new(key), files) {
+        Ok(chain::Verdict::Intact {
+            records,
+            first_seq,
+            last_seq,
+        }) => {
+            println!("intact: {records} records, sequence {first_seq} to {last_seq}");
+            if first_seq > 1 {
+                println!("note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(chain::Verdict::Broken { file, line, reason }) => {
+            println!("BROKEN: {}:{line}: {reason}", file.display());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("hubgate: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -45,6 +45,25 @@ struct RawConfig {
     enrichment: EnrichmentConfig,
     #[serde(default)]
     audit: AuditConfig,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Operational logs (stderr). Levels come from RUST_LOG (default "info").
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,12 +211,41 @@ pub enum AuditFormat {
     Ocsf,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fsync {
+    /// fsync after every write batch: a record the caller was answered for is on disk.
+    Always,
+    /// fsync at most every `fsync_interval_ms`.
+    Interval,
+    /// Leave it to the operating system.
+    Never,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub sink: AuditSink,
     pub path: PathBuf,
     pub format: AuditFormat,
+    pub fsync: Fsync,
+    pub fsync_interval_ms: u64,
+    /// Rotate the file sink when it grows past this many bytes (0: never rotate).
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` newest … `path.N` oldest); older ones are deleted.
+    pub max_files: u32,
+    /// Key the hash chain with HMAC-SHA-256, the key read from this environment variable...
+    pub hmac_key_env: Option<String>,
+    /// ...or from this file.
+    pub hmac_key_file: Option<PathBuf>,
+    /// JSON pointers into the record (e.g. "/input/update/note/text") whose values are erased.
+    pub mask: Vec<String>,
+    /// Include the policy input document (masked) in each record, as OPA's decision logs do.
+    pub include_input: bool,
+    /// Records waiting for the writer; past this, requests wait for room.
+    pub queue_capacity: usize,
+    /// How long a request waits for room before it is refused with 503 AUDIT_UNAVAILABLE.
+    pub enqueue_timeout_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -206,6 +254,16 @@ impl Default for AuditConfig {
             sink: AuditSink::Stdout,
             path: PathBuf::from("hubgate-audit.ndjson"),
             format: AuditFormat::Hubgate,
+            fsync: Fsync::Interval,
+            fsync_interval_ms: 1000,
+            max_bytes: 0,
+            max_files: 10,
+            hmac_key_env: None,
+            hmac_key_file: None,
+            mask: Vec::new(),
+            include_input: true,
+            queue_capacity: 4096,
+            enqueue_timeout_ms: 2000,
         }
     }
 }
@@ -223,6 +281,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub enrichment: EnrichmentConfig,
     pub audit: AuditConfig,
+    pub log: LogConfig,
 }
 
 impl fmt::Display for UpstreamAuth {
@@ -268,6 +327,7 @@ impl Config {
             mut policy,
             enrichment,
             mut audit,
+            log,
         } = raw;
 
         let listen: SocketAddr = server.listen.parse().map_err(|e| {
@@ -386,14 +446,48 @@ impl Config {
             ));
         }
 
-        if audit.format == AuditFormat::Ocsf {
+        audit.path = resolve(&audit.path);
+        audit.hmac_key_file = audit.hmac_key_file.as_deref().map(resolve);
+        if audit.hmac_key_env.is_some() && audit.hmac_key_file.is_some() {
             return Err(invalid(
                 file,
-                "audit.format",
-                "\"ocsf\" is not available in this version of hubgate; use \"hubgate\"",
+                "audit.hmac_key_file",
+                "give hmac_key_env or hmac_key_file, not both",
             ));
         }
-        audit.path = resolve(&audit.path);
+        for pointer in &audit.mask {
+            if !pointer.starts_with('/') {
+                return Err(invalid(
+                    file,
+                    "audit.mask",
+                    format!("{pointer:?} is not a JSON pointer (it must start with '/')"),
+                ));
+            }
+            if pointer.starts_with("/chain") || pointer == "/decision_id" {
+                return Err(invalid(
+                    file,
+                    "audit.mask",
+                    format!("{pointer:?} cannot be masked: the record is useless without it"),
+                ));
+            }
+        }
+        if audit.queue_capacity == 0 {
+            return Err(invalid(file, "audit.queue_capacity", "must be at least 1"));
+        }
+        if audit.fsync == Fsync::Interval && audit.fsync_interval_ms == 0 {
+            return Err(invalid(
+                file,
+                "audit.fsync_interval_ms",
+                "must be at least 1 (or set audit.fsync = \"always\")",
+            ));
+        }
+        if audit.sink == AuditSink::Stdout && audit.max_bytes > 0 {
+            return Err(invalid(
+                file,
+                "audit.max_bytes",
+                "rotation applies to audit.sink = \"file\" only",
+            ));
+        }
 
         Ok(Config {
             file: file.to_path_buf(),
@@ -406,6 +500,7 @@ impl Config {
             policy,
             enrichment,
             audit,
+            log,
         })
     }
 }

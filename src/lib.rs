@@ -12,6 +12,7 @@ pub mod config;
 pub mod enrich;
 pub mod envelope;
 pub mod identity;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod routes;

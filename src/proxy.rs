@@ -13,12 +13,14 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
+use tracing::Instrument;
 
-use crate::audit::{AuditLog, Slot};
+use crate::audit::{AuditLog, Entry, Slot};
 use crate::config::{Config, PolicyMode};
 use crate::enrich::{CurrentFinding, Enricher, FindingKey};
 use crate::envelope::Rejection;
 use crate::identity::{Identity, Principal};
+use crate::metrics::{Metrics, RequestLabels};
 use crate::policy::input::{self, Enrichment, RequestFacts};
 use crate::policy::{Decision, PolicySet};
 use crate::routes::{self, Class, OperationSpec};
@@ -45,6 +47,9 @@ pub struct Gate {
     pub upstream: Arc<Upstream>,
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
+    pub metrics: Metrics,
+    /// Why the last policy reload failed, while the previous set stays in force.
+    pub last_reload_error: std::sync::Mutex<Option<String>>,
 }
 
 /// What the audit record says about one request, filled in as it moves along the path.
@@ -65,6 +70,9 @@ struct Trail {
     upstream_ns: u64,
     lookups: usize,
     cache_hits: usize,
+    misses: usize,
+    /// The last input document evaluated, for the audit record.
+    input: Option<regorus::Value>,
 }
 
 /// The outcome of the path: a forwarded upstream response (with its reserved audit slot) or a
@@ -84,7 +92,10 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let mut trail = Trail::default();
 
-    let result = run(&gate, req, remote, &decision_id, &mut trail).await;
+    let span = tracing::info_span!("request", decision_id = %decision_id);
+    let result = run(&gate, req, remote, &decision_id, &mut trail)
+        .instrument(span)
+        .await;
     let (response, status, error, slot) = match result {
         Ok(Outcome::Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
@@ -117,6 +128,7 @@ pub async fn handle(
         }
     };
 
+    observe(&gate.metrics, &trail, status, error.is_some(), started);
     let record = record(
         &gate,
         &trail,
@@ -128,10 +140,17 @@ pub async fn handle(
         error,
         started,
     );
+    let entry = Entry {
+        record,
+        input: trail
+            .input
+            .take()
+            .filter(|_| gate.config.audit.include_input),
+    };
     match slot {
-        Some(slot) => slot.write(record),
+        Some(slot) => slot.write(entry),
         None => match gate.audit.reserve().await {
-            Ok(slot) => slot.write(record),
+            Ok(slot) => slot.write(entry),
             // The request was not forwarded, so nothing happened that lacks a record; say so loudly.
             Err(e) => {
                 tracing::error!(decision_id, error = %e, "audit record of a rejected request was not written")
@@ -277,6 +296,7 @@ async fn run(
                 trail.enrich_ns = t.elapsed().as_nanos() as u64;
                 trail.lookups = stats.calls;
                 trail.cache_hits = stats.cache_hits;
+                trail.misses = keys.len().saturating_sub(stats.cache_hits);
                 evaluate(
                     &policy,
                     &facts,
@@ -303,6 +323,38 @@ async fn run(
     forward(gate, &parts, body, trail).await
 }
 
+fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
+    let decision = match &trail.decision {
+        Some(d) if d.allowed() => "allow",
+        Some(_) if trail.dry_run && trail.forwarded => "dry_run_deny",
+        Some(_) => "deny",
+        None if rejected => "rejected",
+        None => "allow",
+    };
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            operation: trail.operation.unwrap_or("unknown").to_string(),
+            decision: decision.to_string(),
+            status: status.to_string(),
+        })
+        .inc();
+    metrics
+        .request_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if trail.decision.is_some() {
+        metrics.policy_seconds.observe(trail.policy_ns as f64 / 1e9);
+    }
+    if trail.forwarded {
+        metrics
+            .upstream_seconds
+            .observe(trail.upstream_ns as f64 / 1e9);
+    }
+    metrics.enrichment_hits.inc_by(trail.cache_hits as u64);
+    metrics.enrichment_lookups.inc_by(trail.lookups as u64);
+    metrics.enrichment_misses.inc_by(trail.misses as u64);
+}
+
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
     policy: &PolicySet,
@@ -316,6 +368,7 @@ fn evaluate(
 ) -> Result<Decision, Rejection> {
     let t = Instant::now();
     let doc = input::document(facts, body, update, keys, current, enrichment);
+    trail.input = Some(doc.clone());
     let decision = policy.evaluate(doc);
     trail.policy_ns += t.elapsed().as_nanos() as u64;
     Ok(decision?)

@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz` and `/readyz`.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::enrich::Enricher;
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::proxy::{self, Gate};
 use crate::upstream::Upstream;
@@ -50,7 +52,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             Duration::from_millis(config.enrichment.cache_ttl_ms),
         )
     });
-    let (audit, writer) = AuditLog::start(&config.audit).map_err(|e| startup(&e))?;
+    let (audit, writer) =
+        AuditLog::start(&config.audit, &config.upstream.region).map_err(|e| startup(&e))?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -81,7 +84,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         upstream,
         enricher,
         audit,
+        metrics: Metrics::new(),
+        last_reload_error: std::sync::Mutex::new(None),
     });
+    gate.metrics
+        .set_revision(&gate.policy.load().revision, unix_now());
 
     let admin_task = tokio::spawn(serve_admin(admin, gate.clone()));
     let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
@@ -126,11 +133,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "stopping: draining in-flight requests"
     );
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over; closing remaining connections");
+    tokio::select! {
+        drained = tokio::time::timeout(grace, graceful.shutdown()) => {
+            if drained.is_err() {
+                tracing::warn!("grace period over; closing remaining connections");
+            }
+        }
+        // An operator who signals twice wants out now, drained or not.
+        _ = term.recv() => second_signal(),
+        _ = int.recv() => second_signal(),
     }
     admin_task.abort();
     drop(gate);
@@ -144,6 +155,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn second_signal() -> ! {
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(1)
 }
 
 /// Re-reads the callers file and the policy set; a broken new version keeps the old one.
@@ -185,7 +201,7 @@ async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let gate = gate.clone();
-                async move { Ok::<_, Infallible>(admin(&gate, &req)) }
+                async move { Ok::<_, Infallible>(admin(&gate, &req).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -194,35 +210,95 @@ async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
     }
 }
 
-fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/healthz") => (StatusCode::OK, json!({"status": "ok"})),
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let json_response = |status: StatusCode, body: serde_json::Value| {
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+    match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         ("GET", "/readyz") => {
-            let audit_ok = gate.audit.is_healthy();
-            let revision = gate.policy.load().revision.clone();
-            let status = if audit_ok {
+            let (ready, checks) = readiness(gate).await;
+            let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            (
-                status,
-                json!({
-                    "ready": audit_ok,
-                    "checks": {
-                        "policy": {"ok": true, "revision": revision},
-                        "audit": {"ok": audit_ok},
-                    }
-                }),
-            )
+            json_response(status, json!({"ready": ready, "checks": checks}))
         }
-        _ => (StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        ("GET", "/metrics") => {
+            let status = &gate.audit.status;
+            gate.metrics
+                .audit_queue_depth
+                .set(gate.audit.queue_depth() as i64);
+            let written = status.written.load(Ordering::Relaxed);
+            let errors = status.errors.load(Ordering::Relaxed);
+            let write_s = status.write_ns.load(Ordering::Relaxed) as f64 / 1e9;
+            // Counters only move forward: add what the writer did since the last scrape.
+            let m = &gate.metrics;
+            m.audit_records
+                .inc_by(written.saturating_sub(m.audit_records.get()));
+            m.audit_errors
+                .inc_by(errors.saturating_sub(m.audit_errors.get()));
+            let seen = m.audit_write_seconds.get();
+            if write_s > seen {
+                m.audit_write_seconds.inc_by(write_s - seen);
+            }
+            let mut resp = Response::new(Full::new(Bytes::from(gate.metrics.render())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    }
+}
+
+/// Ready means: a policy set is loaded (and the last reload did not fail), the audit sink takes
+/// records, and hubgate can get credentials to sign upstream calls.
+async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
+    let revision = gate.policy.load().revision.clone();
+    let reload_error = gate
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let audit_ok = gate.audit.is_healthy();
+    let credentials = tokio::time::timeout(
+        Duration::from_secs(2),
+        gate.upstream.credentials_available(),
+    )
+    .await;
+    let (credentials_ok, credentials_error) = match credentials {
+        Ok(Ok(())) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (
+            false,
+            Some("resolving credentials took longer than 2 s".to_string()),
+        ),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    let policy_ok = reload_error.is_none();
+    (
+        policy_ok && audit_ok && credentials_ok,
+        json!({
+            "policy": {"ok": policy_ok, "revision": revision, "last_reload_error": reload_error},
+            "audit": {"ok": audit_ok},
+            "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
+        }),
+    )
 }

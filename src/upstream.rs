@@ -151,6 +151,11 @@ impl Upstream {
         Ok(creds)
     }
 
+    /// Can hubgate sign right now? Readiness asks this.
+    pub async fn credentials_available(&self) -> Result<(), UpstreamError> {
+        self.credentials().await.map(|_| ())
+    }
+
     fn uri_for(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         let mut parts = self.endpoint.clone().into_parts();
         parts.path_and_query = Some(

@@ -1,0 +1,218 @@
+//! Metrics: Prometheus counters and histograms of requests, decisions, policy and upstream
+//! latency, enrichment, the audit queue and policy reloads, served on the admin listener.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: String,
+    /// allow | deny | dry_run_deny | rejected (refused before a policy decision)
+    pub decision: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    pub revision: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Histogram,
+    pub policy_seconds: Histogram,
+    pub upstream_seconds: Histogram,
+    pub enrichment_hits: Counter,
+    pub enrichment_misses: Counter,
+    pub enrichment_lookups: Counter,
+    pub audit_queue_depth: Gauge,
+    pub audit_records: Counter<u64, AtomicU64>,
+    pub audit_errors: Counter<u64, AtomicU64>,
+    pub audit_write_seconds: Counter<f64, AtomicU64>,
+    pub policy_revision: Family<RevisionLabels, Gauge>,
+    pub reload_success_time: Gauge<i64, AtomicI64>,
+    pub reload_failure_time: Gauge<i64, AtomicI64>,
+    current_revision: Mutex<String>,
+}
+
+/// Buckets from 50 µs to about 26 s: a decision is sub-millisecond, an upstream call is not.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.5, 15))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hubgate");
+        let m = Metrics {
+            requests: Family::default(),
+            request_seconds: latency(),
+            policy_seconds: latency(),
+            upstream_seconds: latency(),
+            enrichment_hits: Counter::default(),
+            enrichment_misses: Counter::default(),
+            enrichment_lookups: Counter::default(),
+            audit_queue_depth: Gauge::default(),
+            audit_records: Counter::default(),
+            audit_errors: Counter::default(),
+            audit_write_seconds: Counter::default(),
+            policy_revision: Family::default(),
+            reload_success_time: Gauge::default(),
+            reload_failure_time: Gauge::default(),
+            current_revision: Mutex::new(String::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by operation, policy decision and HTTP status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, including upstream calls",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "policy_duration_seconds",
+            "Time spent building the input and evaluating policies per request",
+            m.policy_seconds.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time until Security Hub answered a forwarded request",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "enrichment_cache_hits",
+            "Findings whose state came from the enrichment cache",
+            m.enrichment_hits.clone(),
+        );
+        registry.register(
+            "enrichment_cache_misses",
+            "Findings whose state had to be looked up",
+            m.enrichment_misses.clone(),
+        );
+        registry.register(
+            "enrichment_lookups",
+            "GetFindings calls made for enrichment",
+            m.enrichment_lookups.clone(),
+        );
+        registry.register(
+            "audit_queue_depth",
+            "Audit records waiting for the writer",
+            m.audit_queue_depth.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Audit records written",
+            m.audit_records.clone(),
+        );
+        registry.register(
+            "audit_write_errors",
+            "Audit writes that failed",
+            m.audit_errors.clone(),
+        );
+        registry.register(
+            "audit_write_seconds",
+            "Time spent writing audit records, summed",
+            m.audit_write_seconds.clone(),
+        );
+        registry.register(
+            "policy_revision_info",
+            "The loaded policy revision (value 1)",
+            m.policy_revision.clone(),
+        );
+        registry.register(
+            "policy_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful policy load",
+            m.reload_success_time.clone(),
+        );
+        registry.register(
+            "policy_last_reload_failure_timestamp_seconds",
+            "Unix time of the last failed policy reload (0: none)",
+            m.reload_failure_time.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records which policy revision is loaded, keeping exactly one revision series at 1.
+    pub fn set_revision(&self, revision: &str, loaded_at: i64) {
+        let mut current = self
+            .current_revision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !current.is_empty() {
+            self.policy_revision.remove(&RevisionLabels {
+                revision: current.clone(),
+            });
+        }
+        self.policy_revision
+            .get_or_create(&RevisionLabels {
+                revision: revision.to_string(),
+            })
+            .set(1);
+        *current = revision.to_string();
+        self.reload_success_time.set(loaded_at);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_revision_render_as_prometheus_text() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                operation: "BatchUpdateFindings".into(),
+                decision: "deny".into(),
+                status: "403".into(),
+            })
+            .inc();
+        m.request_seconds.observe(0.002);
+        m.set_revision("sha256:a", 100);
+        m.set_revision("sha256:b", 200);
+        let text = m.render();
+        assert!(
+            text.contains(r#"hubgate_requests_total{operation="BatchUpdateFindings",decision="deny",status="403"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hubgate_policy_revision_info{revision="sha256:b"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("sha256:a"), "{text}");
+        assert!(
+            text.contains("hubgate_request_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hubgate_policy_last_reload_success_timestamp_seconds 200"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
