@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(lines[50]["n"], 50);
         assert_eq!(lines[50]["chain"]["seq"], 51);
         assert_eq!(lines[50]["chain"]["prev"], lines[49]["chain"]["hash"]);
-        let verdict = chain::verify(&Chain::new(None), &[config.path.clone()]).unwrap();
+        let verdict = chain::verify(&Chain::new(None), std::slice::from_ref(&config.path)).unwrap();
         assert_eq!(
             verdict,
             chain::Verdict::Intact {
