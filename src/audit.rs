@@ -8,7 +8,7 @@ pub mod ocsf;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::{AuditConfig, AuditFormat, AuditSink, Fsync};
+use crate::metrics::AuditMetrics;
 use chain::{Chain, Head};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +43,10 @@ impl Slot {
     }
 }
 
-/// What the writer reports, for readiness and metrics.
+/// Whether the writer still accepts records, for readiness.
 #[derive(Default)]
 pub struct AuditStatus {
     pub healthy: AtomicBool,
-    pub written: AtomicU64,
-    pub errors: AtomicU64,
-    /// Nanoseconds spent writing (and fsyncing) records, summed.
-    pub write_ns: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -273,6 +270,7 @@ impl AuditLog {
     pub fn start(
         config: &AuditConfig,
         region: &str,
+        metrics: AuditMetrics,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
         let chain = Chain::new(chain_key(config)?);
         let (sink, head) = match config.sink {
@@ -313,16 +311,20 @@ impl AuditLog {
                     if result.is_ok() && rx.is_empty() {
                         result = writer.flush(false);
                     }
-                    shared
-                        .write_ns
-                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    metrics.write_seconds.observe(t.elapsed().as_secs_f64());
                     match result {
                         Ok(()) => {
-                            shared.written.fetch_add(1, Ordering::Relaxed);
+                            metrics.records.inc();
                         }
                         Err(e) => {
-                            shared.errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "audit sink failed; refusing requests until restarted");
+                            metrics.errors.inc();
+                            // The record reaches the operational log at least; the sink is
+                            // then closed, so no later request is forwarded unrecorded.
+                            tracing::error!(
+                                error = %e,
+                                record = %String::from_utf8_lossy(&line),
+                                "audit sink failed; refusing requests until restarted"
+                            );
                             shared.healthy.store(false, Ordering::SeqCst);
                             rx.close();
                         }
@@ -381,7 +383,7 @@ mod tests {
     }
 
     async fn write_n(config: &AuditConfig, from: u64, n: u64) {
-        let (log, writer) = AuditLog::start(config, "us-east-1").unwrap();
+        let (log, writer) = AuditLog::start(config, "us-east-1", AuditMetrics::default()).unwrap();
         for i in from..from + n {
             log.reserve().await.unwrap().write(Entry {
                 record: json!({"n": i, "note": {"text": "secret ticket", "by": "x"}}),
@@ -483,7 +485,7 @@ mod tests {
             enqueue_timeout_ms: 50,
             ..config(dir.path())
         };
-        let (log, writer) = AuditLog::start(&config, "us-east-1").unwrap();
+        let (log, writer) = AuditLog::start(&config, "us-east-1", AuditMetrics::default()).unwrap();
         // Hold both places: the writer cannot drain a reserved-but-unsent slot.
         let held = log.reserve().await.unwrap();
         let err = log.reserve().await.err().unwrap();

@@ -1,7 +1,7 @@
 //! Metrics: Prometheus counters and histograms of requests, decisions, policy and upstream
 //! latency, enrichment, the audit queue and policy reloads, served on the admin listener.
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::AtomicI64;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
@@ -25,6 +25,24 @@ pub struct RevisionLabels {
     pub revision: String,
 }
 
+/// What the audit writer thread reports; clones share the same series.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    pub records: Counter,
+    pub errors: Counter,
+    pub write_seconds: Histogram,
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        AuditMetrics {
+            records: Counter::default(),
+            errors: Counter::default(),
+            write_seconds: Histogram::new(exponential_buckets(0.000_002, 3.0, 14)),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -35,9 +53,7 @@ pub struct Metrics {
     pub enrichment_misses: Counter,
     pub enrichment_lookups: Counter,
     pub audit_queue_depth: Gauge,
-    pub audit_records: Counter<u64, AtomicU64>,
-    pub audit_errors: Counter<u64, AtomicU64>,
-    pub audit_write_seconds: Counter<f64, AtomicU64>,
+    pub audit: AuditMetrics,
     pub policy_revision: Family<RevisionLabels, Gauge>,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
@@ -61,9 +77,7 @@ impl Metrics {
             enrichment_misses: Counter::default(),
             enrichment_lookups: Counter::default(),
             audit_queue_depth: Gauge::default(),
-            audit_records: Counter::default(),
-            audit_errors: Counter::default(),
-            audit_write_seconds: Counter::default(),
+            audit: AuditMetrics::default(),
             policy_revision: Family::default(),
             reload_success_time: Gauge::default(),
             reload_failure_time: Gauge::default(),
@@ -113,17 +127,17 @@ impl Metrics {
         registry.register(
             "audit_records",
             "Audit records written",
-            m.audit_records.clone(),
+            m.audit.records.clone(),
         );
         registry.register(
             "audit_write_errors",
             "Audit writes that failed",
-            m.audit_errors.clone(),
+            m.audit.errors.clone(),
         );
         registry.register(
             "audit_write_seconds",
-            "Time spent writing audit records, summed",
-            m.audit_write_seconds.clone(),
+            "Time to format, seal and write one audit record (flushes and fsyncs included)",
+            m.audit.write_seconds.clone(),
         );
         registry.register(
             "policy_revision_info",

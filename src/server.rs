@@ -2,7 +2,6 @@
 //! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz` and `/readyz`.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +51,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             Duration::from_millis(config.enrichment.cache_ttl_ms),
         )
     });
-    let (audit, writer) =
-        AuditLog::start(&config.audit, &config.upstream.region).map_err(|e| startup(&e))?;
+    let metrics = Metrics::new();
+    let (audit, writer) = AuditLog::start(
+        &config.audit,
+        &config.upstream.region,
+        metrics.audit.clone(),
+    )
+    .map_err(|e| startup(&e))?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -84,7 +88,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         upstream,
         enricher,
         audit,
-        metrics: Metrics::new(),
+        metrics,
         last_reload_error: std::sync::Mutex::new(None),
     });
     gate.metrics
@@ -239,23 +243,9 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             json_response(status, json!({"ready": ready, "checks": checks}))
         }
         ("GET", "/metrics") => {
-            let status = &gate.audit.status;
             gate.metrics
                 .audit_queue_depth
                 .set(gate.audit.queue_depth() as i64);
-            let written = status.written.load(Ordering::Relaxed);
-            let errors = status.errors.load(Ordering::Relaxed);
-            let write_s = status.write_ns.load(Ordering::Relaxed) as f64 / 1e9;
-            // Counters only move forward: add what the writer did since the last scrape.
-            let m = &gate.metrics;
-            m.audit_records
-                .inc_by(written.saturating_sub(m.audit_records.get()));
-            m.audit_errors
-                .inc_by(errors.saturating_sub(m.audit_errors.get()));
-            let seen = m.audit_write_seconds.get();
-            if write_s > seen {
-                m.audit_write_seconds.inc_by(write_s - seen);
-            }
             let mut resp = Response::new(Full::new(Bytes::from(gate.metrics.render())));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
