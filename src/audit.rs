@@ -91,7 +91,7 @@ pub fn chain_key(config: &AuditConfig) -> Result<Option<Vec<u8>>, AuditError> {
 
 /// Where records go: stdout, or a file that rotates.
 enum Sink {
-    Stdout(std::io::BufWriter<std::io::Stdout>),
+    Stdout(std::io::BufWriter<File>),
     File(FileSink),
 }
 
@@ -101,6 +101,17 @@ struct FileSink {
     size: u64,
     max_bytes: u64,
     max_files: u32,
+}
+
+/// Standard output as a plain file: `std::io::stdout()` flushes at every newline, which would
+/// cost one write per record; the writer batches and flushes itself.
+fn stdout_file() -> Result<File, AuditError> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| AuditError::Open(format!("stdout: {e}")))?;
+    Ok(File::from(fd))
 }
 
 fn open_append(path: &Path) -> Result<File, AuditError> {
@@ -275,7 +286,7 @@ impl AuditLog {
         let chain = Chain::new(chain_key(config)?);
         let (sink, head) = match config.sink {
             AuditSink::Stdout => (
-                Sink::Stdout(std::io::BufWriter::new(std::io::stdout())),
+                Sink::Stdout(std::io::BufWriter::new(stdout_file()?)),
                 Head::default(),
             ),
             AuditSink::File => {

@@ -139,6 +139,20 @@ impl Enricher {
     }
 }
 
+impl Enricher {
+    /// Forgets the cached state of findings an update was just forwarded for, so the next
+    /// decision about them does not judge against the value from before the update.
+    pub fn invalidate(&self, keys: &[FindingKey]) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            cache.remove(key);
+        }
+    }
+}
+
 /// The GetFindings request body for one chunk of at most 20 findings.
 pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
     let mut arns: Vec<&str> = chunk.iter().map(|(_, arn)| arn.as_str()).collect();

@@ -157,7 +157,7 @@ pub async fn handle(
             }
         },
     }
-    tracing::info!(decision_id, method, path, status, "request");
+    tracing::debug!(decision_id, method, path, status, "request");
     response
 }
 
@@ -320,7 +320,12 @@ async fn run(
             violations,
         });
     }
-    forward(gate, &parts, body, trail).await
+    let outcome = forward(gate, &parts, body, trail).await;
+    if let Some(enricher) = &gate.enricher {
+        // Whatever Security Hub answered, the cached state may now be stale.
+        enricher.invalidate(&keys);
+    }
+    outcome
 }
 
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {

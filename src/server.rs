@@ -113,6 +113,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                         continue;
                     }
                 };
+                // Responses are written as head then body; don't let Nagle hold the body back.
+                let _ = stream.set_nodelay(true);
                 let gate = gate.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let gate = gate.clone();

@@ -94,3 +94,32 @@ def test_same_id_under_two_products_is_matched_by_pair(hubgate):
     assert "member accounts may only update findings of their own account" in str(e.value)
     resp = raise_all(hubgate, ["f-own-high"], PRODUCT_ARN)
     assert resp["ProcessedFindings"] == [ident("f-own-high")]
+
+
+@pytest.fixture
+def cached(make_hubgate, seeded_fake):
+    return make_hubgate({"enrichment": {"cache_ttl_ms": 60000}}, fake=seeded_fake)
+
+
+def test_cache_serves_repeat_lookups(cached):
+    """Denied requests forward nothing, so the cached state stays valid and is reused."""
+    hg = cached
+    lower = {"FindingIdentifiers": [ident("f-own-high")], "Severity": {"Label": "LOW"}}
+    for _ in range(3):
+        assert hg.buf(lower, who="member").status == 403
+    assert len(hg.fake.get_findings_calls()) == 1
+    assert hg.fake.buf_calls() == []
+
+
+def test_forwarded_update_invalidates_the_cached_state(cached):
+    """Admin raises HIGH to CRITICAL; a member then asking for HIGH is a lowering, not a raise."""
+    hg = cached
+    member_note = {"FindingIdentifiers": [ident("f-own-high")],
+                   "Note": {"Text": "looked at it", "UpdatedBy": "member"}}
+    assert hg.buf(member_note, who="member").status == 200      # caches HIGH
+    assert hg.buf({"FindingIdentifiers": [ident("f-own-high")], "Severity": {"Label": "CRITICAL"}},
+                  who="admin").status == 200
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high")], "Severity": {"Label": "HIGH"}},
+                  who="member")
+    assert resp.status == 403, resp.text
+    assert "lower a finding's severity (CRITICAL to HIGH)" in resp.json()["error"]["message"]
