@@ -168,6 +168,9 @@ pub struct PolicyConfig {
     pub on_partial_deny: PartialDeny,
     /// Evaluation time limit; a policy that runs longer is a POLICY_ERROR (fail closed).
     pub eval_timeout_ms: u64,
+    /// How often the policy directory and the callers file are checked for changes, which
+    /// reload them like SIGHUP does (0: only on SIGHUP).
+    pub watch_interval_ms: u64,
 }
 
 impl Default for PolicyConfig {
@@ -177,6 +180,7 @@ impl Default for PolicyConfig {
             mode: PolicyMode::Enforce,
             on_partial_deny: PartialDeny::Reject,
             eval_timeout_ms: 100,
+            watch_interval_ms: 2000,
         }
     }
 }

@@ -95,6 +95,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .set_revision(&gate.policy.load().revision, unix_now());
 
     let admin_task = tokio::spawn(serve_admin(admin, gate.clone()));
+    let watch_task = (gate.config.policy.watch_interval_ms > 0).then(|| {
+        tokio::spawn(watch_files(
+            gate.clone(),
+            Duration::from_millis(gate.config.policy.watch_interval_ms),
+        ))
+    });
     let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| startup(&e))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| startup(&e))?;
@@ -128,7 +134,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                     }
                 });
             }
-            _ = hup.recv() => reload(&gate),
+            _ = hup.recv() => {
+                // Compiling policies is CPU work; the accept loop goes on meanwhile.
+                let gate = gate.clone();
+                tokio::task::spawn_blocking(move || reload(&gate));
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -150,6 +160,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         _ = int.recv() => second_signal(),
     }
     admin_task.abort();
+    if let Some(task) = watch_task {
+        task.abort();
+    }
     drop(gate);
     // The writer ends once every request's handle to the log is gone, after flushing the queue.
     let flushed = tokio::task::spawn_blocking(move || writer.finish());
@@ -163,13 +176,69 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// What the watched files look like: names, sizes and modification times. Kubernetes swaps
+/// ConfigMap contents through symlinks, so paths are followed (`metadata`, not
+/// `symlink_metadata`).
+fn fingerprint(gate: &Gate) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut paths = vec![gate.config.identity.callers.clone()];
+    walk(&gate.config.policy.dir, &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect()
+}
+
+/// Reloads when the policy directory or the callers file changes, as SIGHUP does.
+async fn watch_files(gate: Arc<Gate>, every: Duration) {
+    let mut seen = fingerprint(&gate);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = {
+            let gate = gate.clone();
+            match tokio::task::spawn_blocking(move || fingerprint(&gate)).await {
+                Ok(f) => f,
+                Err(_) => continue,
+            }
+        };
+        if now != seen {
+            tracing::info!("policy or callers files changed; reloading");
+            seen = now;
+            let gate = gate.clone();
+            // Compiling policies is CPU work; keep it off the request threads.
+            let _ = tokio::task::spawn_blocking(move || reload(&gate)).await;
+        }
+    }
+}
+
 fn second_signal() -> ! {
     tracing::warn!("second signal: exiting without draining");
     std::process::exit(1)
 }
 
-/// Re-reads the callers file and the policy set; a broken new version keeps the old one.
+/// Re-reads the callers file and the policy set; a broken new version keeps the old one and
+/// says why on /readyz, in the log and in the reload-failure metric.
 fn reload(gate: &Gate) {
+    let mut errors = Vec::new();
     match Identity::load(&gate.config.identity) {
         Ok(identity) => {
             let n = identity.caller_count();
@@ -177,7 +246,8 @@ fn reload(gate: &Gate) {
             tracing::info!(callers = n, "callers reloaded");
         }
         Err(e) => {
-            tracing::error!(error = %e, "callers reload failed; keeping the previous callers")
+            tracing::error!(error = %e, "callers reload failed; keeping the previous callers");
+            errors.push(e.to_string());
         }
     }
     match PolicySet::load(
@@ -186,13 +256,25 @@ fn reload(gate: &Gate) {
     ) {
         Ok(policy) => {
             let revision = policy.revision.clone();
+            let changed = revision != gate.policy.load().revision;
             gate.policy.store(Arc::new(policy));
-            tracing::info!(%revision, "policies reloaded");
+            gate.metrics.set_revision(&revision, unix_now());
+            if changed {
+                tracing::info!(%revision, "policies reloaded");
+            }
         }
         Err(e) => {
-            tracing::error!(error = %e, "policy reload failed; keeping the previous policy set")
+            tracing::error!(error = %e, "policy reload failed; keeping the previous policy set");
+            errors.push(e.to_string());
         }
     }
+    if !errors.is_empty() {
+        gate.metrics.reload_failure_time.set(unix_now());
+    }
+    *gate
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = (!errors.is_empty()).then(|| errors.join("; "));
 }
 
 async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
