@@ -1,4 +1,6 @@
-//! Command line: `hubgate serve`, `check` and `test`.
+//! Command line: `hubgate serve`, `check`, `test`, `eval` and `audit verify`.
+
+mod eval;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,14 +41,48 @@ enum Command {
     /// Run the `test_` rules of a policy directory (default: the configured policy.dir).
     Test {
         dir: Option<PathBuf>,
+        /// Print line coverage per policy file.
+        #[arg(long)]
+        coverage: bool,
+        /// Fail when total line coverage of the policy files is below this percentage.
+        #[arg(long, value_name = "PCT")]
+        threshold: Option<f64>,
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Evaluate one request body against the policies, exactly as the proxy would, and print
+    /// the decision with every violation and the rule that produced it.
+    Eval(EvalArgs),
     /// Work with audit logs.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The request body (JSON), e.g. what `aws ... --generate-cli-skeleton` fills in.
+    #[arg(long)]
+    request: PathBuf,
+    /// The caller, by id in the callers file.
+    #[arg(long, conflicts_with = "as_")]
+    principal: Option<String>,
+    /// The caller as ROLE:ACCOUNT, e.g. member:222222222222.
+    #[arg(long = "as", value_name = "ROLE:ACCOUNT")]
+    as_: Option<String>,
+    /// Current state of the findings: a GetFindings response or a JSON list of findings.
+    /// Without it only the first pass (before enrichment) is evaluated.
+    #[arg(long)]
+    current: Option<PathBuf>,
+    /// The operation the body is for.
+    #[arg(long, default_value = "BatchUpdateFindings")]
+    operation: String,
+    /// Print the input document(s) too.
+    #[arg(long)]
+    input: bool,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -123,7 +159,12 @@ pub fn main() -> ExitCode {
                     key_file,
                 },
         } => verify(&files, key_env, key_file),
-        Command::Test { dir, config } => {
+        Command::Test {
+            dir,
+            coverage,
+            threshold,
+            config,
+        } => {
             let dir = match dir {
                 Some(d) => d,
                 None => match Config::load(&config.config) {
@@ -131,8 +172,9 @@ pub fn main() -> ExitCode {
                     Err(_) => PathBuf::from("policies"),
                 },
             };
-            run_tests(&dir)
+            run_tests(&dir, coverage || threshold.is_some(), threshold)
         }
+        Command::Eval(args) => crate::cli::eval::run(&args),
     }
 }
 
@@ -188,8 +230,8 @@ fn check(arg: &ConfigArg) -> ExitCode {
     }
 }
 
-fn run_tests(dir: &std::path::Path) -> ExitCode {
-    let summary = match testing::run(dir) {
+fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> ExitCode {
+    let summary = match testing::run(dir, coverage) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hubgate: {e}");
@@ -204,7 +246,34 @@ fn run_tests(dir: &std::path::Path) -> ExitCode {
             }
         }
     }
+    let mut below = false;
+    if let (Some(files), Some(total)) = (&summary.coverage, summary.total_coverage()) {
+        println!("coverage:");
+        for f in files {
+            let missed: Vec<String> = f.not_covered.iter().map(|l| l.to_string()).collect();
+            println!(
+                "  {:6.2}%  {}{}",
+                f.percent(),
+                f.file,
+                if missed.is_empty() {
+                    String::new()
+                } else {
+                    format!("  (not covered: lines {})", missed.join(", "))
+                }
+            );
+        }
+        println!("  {total:6.2}%  total");
+        if let Some(min) = threshold {
+            if total < min {
+                println!("coverage {total:.2}% is below the threshold {min:.2}%");
+                below = true;
+            }
+        }
+    }
     println!("{} passed, {} failed", summary.passed(), summary.failed());
+    if below {
+        return ExitCode::FAILURE;
+    }
     if summary.failed() > 0 || summary.results.is_empty() {
         if summary.results.is_empty() {
             eprintln!("hubgate: no test_ rules found in {}", dir.display());

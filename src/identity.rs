@@ -122,6 +122,31 @@ pub struct Identity {
     static_principal: Option<Arc<Principal>>,
 }
 
+/// The principals a callers file defines, without resolving any secret (for `hubgate eval`).
+pub fn principals(path: &Path) -> Result<Vec<Principal>, CallersError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CallersError::Read {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let file: CallersFile = toml::from_str(&text).map_err(|e| CallersError::Parse {
+        file: path.to_path_buf(),
+        reason: e.to_string().trim_end().to_string(),
+    })?;
+    Ok(file
+        .caller
+        .into_iter()
+        .map(|c| Principal {
+            id: c.id,
+            account_id: c.account_id,
+            role: c.role,
+            attributes: match serde_json::to_value(&c.attributes) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => Default::default(),
+            },
+        })
+        .collect())
+}
+
 /// One callers-file entry after its secret has been resolved.
 struct LoadedCaller {
     principal: Arc<Principal>,

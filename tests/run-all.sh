@@ -15,7 +15,7 @@ step "cargo test"
 cargo test --locked
 
 step "hubgate test policies (Rego tests)"
-./target/debug/hubgate test policies
+./target/debug/hubgate test policies --coverage --threshold 90
 
 step "python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{engine_from, list_files, PolicyLoadError};
+use super::{engine_from, is_test_file, list_files, PolicyLoadError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -19,9 +19,73 @@ pub struct TestResult {
     pub outcome: Outcome,
 }
 
+/// Line coverage of one policy file over the whole test run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileCoverage {
+    pub file: String,
+    pub covered: std::collections::BTreeSet<u32>,
+    pub not_covered: std::collections::BTreeSet<u32>,
+}
+
+impl FileCoverage {
+    pub fn percent(&self) -> f64 {
+        let total = self.covered.len() + self.not_covered.len();
+        if total == 0 {
+            100.0
+        } else {
+            100.0 * self.covered.len() as f64 / total as f64
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Summary {
     pub results: Vec<TestResult>,
+    /// Per policy file (test files left out), when coverage was asked for.
+    pub coverage: Option<Vec<FileCoverage>>,
+}
+
+impl Summary {
+    /// Covered lines over all policy files, in percent.
+    pub fn total_coverage(&self) -> Option<f64> {
+        let files = self.coverage.as_ref()?;
+        let covered: usize = files.iter().map(|f| f.covered.len()).sum();
+        let total: usize = files
+            .iter()
+            .map(|f| f.covered.len() + f.not_covered.len())
+            .sum();
+        Some(if total == 0 {
+            100.0
+        } else {
+            100.0 * covered as f64 / total as f64
+        })
+    }
+}
+
+/// Each test runs on its own engine clone; their reports are merged: a line is covered when any
+/// test covered it.
+fn merge_coverage(into: &mut Vec<FileCoverage>, report: regorus::coverage::Report) {
+    for file in report.files {
+        let path = file.path.clone();
+        if is_test_file(Path::new(&path)) {
+            continue;
+        }
+        let entry = match into.iter_mut().find(|f| f.file == path) {
+            Some(e) => e,
+            None => {
+                into.push(FileCoverage {
+                    file: path,
+                    covered: Default::default(),
+                    not_covered: Default::default(),
+                });
+                into.last_mut().unwrap_or_else(|| unreachable!())
+            }
+        };
+        entry.covered.extend(file.covered);
+        entry.not_covered.extend(file.not_covered);
+        let covered = entry.covered.clone();
+        entry.not_covered.retain(|l| !covered.contains(l));
+    }
 }
 
 impl Summary {
@@ -63,11 +127,13 @@ fn package_of(text: &str) -> Option<String> {
     })
 }
 
-/// Runs every test in `dir`.
-pub fn run(dir: &Path) -> Result<Summary, PolicyLoadError> {
+/// Runs every test in `dir`, measuring line coverage when asked.
+pub fn run(dir: &Path, coverage: bool) -> Result<Summary, PolicyLoadError> {
     let files = list_files(dir)?;
-    let engine = engine_from(&files.rego, &files.data)?;
+    let mut engine = engine_from(&files.rego, &files.data)?;
+    engine.set_enable_coverage(coverage);
     let mut summary = Summary::default();
+    let mut merged = Vec::new();
     for file in &files.rego {
         let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
             file: file.clone(),
@@ -86,6 +152,11 @@ pub fn run(dir: &Path) -> Result<Summary, PolicyLoadError> {
                 Ok(other) => Outcome::Fail(format!("evaluated to {other}, not true")),
                 Err(e) => Outcome::Fail(format!("error: {e}")),
             };
+            if coverage {
+                if let Ok(report) = engine.get_coverage_report() {
+                    merge_coverage(&mut merged, report);
+                }
+            }
             summary.results.push(TestResult {
                 file: file.clone(),
                 line,
@@ -93,6 +164,10 @@ pub fn run(dir: &Path) -> Result<Summary, PolicyLoadError> {
                 outcome,
             });
         }
+    }
+    if coverage {
+        merged.sort_by(|a, b| a.file.cmp(&b.file));
+        summary.coverage = Some(merged);
     }
     Ok(summary)
 }
@@ -118,7 +193,7 @@ mod tests {
             "package t\n\ntest_ok if 1 == 1\n\ntest_bad if 1 == 2\n\ntest_value := 3\n",
         )
         .unwrap();
-        let summary = run(dir.path()).unwrap();
+        let summary = run(dir.path(), false).unwrap();
         assert_eq!(summary.passed(), 1);
         assert_eq!(summary.failed(), 2);
         let bad = summary

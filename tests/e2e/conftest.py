@@ -18,6 +18,15 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"hubgate stderr ({hg.workdir.name})", tail))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "session_last: run after every other test")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked session_last (checks over the whole session's files) run at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("session_last") is not None)
+
+
 def _track(request, hg: Hubgate):
     request.node.__dict__.setdefault("_hubgates", []).append(hg)
     return hg
@@ -65,13 +74,15 @@ def make_hubgate(request, tmp_path_factory):
     started = []
 
     def make(overrides: dict | None = None, fake: FakeUpstream | None = None,
-             upstream_endpoint: str | None = None) -> Hubgate:
+             upstream_endpoint: str | None = None, start: bool = True, **hubgate_kw) -> Hubgate:
+        """hubgate_kw: Hubgate fields (env, popen_kw); start=False returns it unstarted."""
         endpoint = upstream_endpoint or (fake.endpoint if fake else None)
         assert endpoint, "give a fake or an upstream_endpoint"
-        hg = Hubgate(tmp_path_factory.mktemp("hubgate"), endpoint, overrides or {}, fake=fake)
+        hg = Hubgate(tmp_path_factory.mktemp("hubgate"), endpoint, overrides or {}, fake=fake,
+                     **hubgate_kw)
         started.append(hg)
         _track(request, hg)
-        return hg.start()
+        return hg.start() if start else hg
 
     yield make
     for hg in started:

@@ -73,6 +73,9 @@ secret_env = "HG_TEST_MEMBER_SECRET"
 
 HTTP_TIMEOUT = 15
 
+# Every Hubgate started in this session, for checks over all their files (secrets scan).
+STARTED: list = []
+
 
 # ---------------------------------------------------------------------------
 # small utilities
@@ -323,6 +326,8 @@ def _toml_value(v) -> str:
         return str(v)
     if isinstance(v, str):
         return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"unsupported TOML value {v!r}")
 
 
@@ -375,6 +380,8 @@ class Hubgate:
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    env: dict | None = None  # replaces hubgate_env() when given
+    popen_kw: dict = field(default_factory=dict)  # e.g. stdout=subprocess.PIPE, preexec_fn
 
     @property
     def config_path(self) -> Path:
@@ -415,22 +422,24 @@ class Hubgate:
         (self.workdir / "callers.toml").write_text(CALLERS_TOML)
         self.config_path.write_text(to_toml(self.config()))
 
-    def start(self, ready_timeout: float = 15):
+    def start(self, ready_timeout: float = 15, ready_path: str = "/readyz"):
         if not HUBGATE_BIN.exists():
             raise AssertionError(f"hubgate binary not found at {HUBGATE_BIN} (set HUBGATE_BIN)")
         self.write_config()
+        if self not in STARTED:
+            STARTED.append(self)
         self._stderr = open(self.stderr_path, "ab")
         self._stdout = open(self.workdir / "hubgate.stdout", "ab")
+        kw = {"env": self.env if self.env is not None else hubgate_env(),
+              "stdout": self._stdout, "stderr": self._stderr, **self.popen_kw}
         self.proc = subprocess.Popen(
             [str(HUBGATE_BIN), "serve", "--config", str(self.config_path)],
-            env=hubgate_env(), stdout=self._stdout, stderr=self._stderr,
-            stdin=subprocess.DEVNULL, cwd=self.workdir)
+            stdin=subprocess.DEVNULL, cwd=self.workdir, **kw)
 
         def ready():
             if self.proc.poll() is not None:
                 raise GiveUp(f"hubgate exited with {self.proc.returncode} before it was ready")
-            return requests.get(f"http://127.0.0.1:{self.admin_port}/readyz",
-                                timeout=1).status_code == 200
+            return self.admin(ready_path, timeout=1).status_code == 200
 
         try:
             wait_until(ready, ready_timeout, "hubgate /readyz == 200")
@@ -450,6 +459,18 @@ class Hubgate:
         for f in (getattr(self, "_stderr", None), getattr(self, "_stdout", None)):
             if f:
                 f.close()
+
+    def admin(self, path: str, timeout: float = 5) -> requests.Response:
+        """GET an admin endpoint (/healthz, /readyz, /metrics)."""
+        return requests.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout)
+
+    def audit_files(self) -> list[Path]:
+        """The audit file and its rotations, oldest first (file sink)."""
+        path = Path(self.config()["audit"].get("path") or "audit.ndjson")
+        path = path if path.is_absolute() else self.workdir / path
+        rotated = sorted(path.parent.glob(path.name + ".*"),
+                         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+        return [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
 
     def stderr_text(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
@@ -555,3 +576,13 @@ def capture_sent(client) -> list:
 
     client.meta.events.register("before-send.securityhub.*", hook)
     return sent
+
+
+def audit_verify(*files, key_env: str | None = None, env: dict | None = None,
+                 timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run `hubgate audit verify FILE... [--key-env VAR]`."""
+    args = [str(HUBGATE_BIN), "audit", "verify", *map(str, files)]
+    if key_env:
+        args += ["--key-env", key_env]
+    return subprocess.run(args, env={**hubgate_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
