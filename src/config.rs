@@ -266,7 +266,7 @@ impl Default for AuditConfig {
             hmac_key_file: None,
             mask: Vec::new(),
             include_input: true,
-            queue_capacity: 4096,
+            queue_capacity: 256,
             enqueue_timeout_ms: 2000,
         }
     }

@@ -38,19 +38,26 @@ impl Chain {
         Chain { key }
     }
 
-    fn digest(&self, prev: &str, body: &[u8]) -> String {
+    fn digest(&self, prev: &str, seq: u64, body: &[u8]) -> String {
+        let seq = seq.to_string();
         match &self.key {
             Some(key) => {
                 // HMAC accepts keys of any length, so this cannot fail.
                 let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
                     .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
                 mac.update(prev.as_bytes());
+                mac.update(b"\n");
+                mac.update(seq.as_bytes());
+                mac.update(b"\n");
                 mac.update(body);
                 hex::encode(mac.finalize().into_bytes())
             }
             None => {
                 let mut h = Sha256::new();
                 h.update(prev.as_bytes());
+                h.update(b"\n");
+                h.update(seq.as_bytes());
+                h.update(b"\n");
                 h.update(body);
                 hex::encode(h.finalize())
             }
@@ -58,17 +65,28 @@ impl Chain {
     }
 
     /// Seals `record` as the successor of `head` and returns its line (without newline).
-    /// The hash covers the record serialised with `chain.hash` absent; serde_json writes object
-    /// keys sorted, so the verifier can reproduce those bytes from the line.
+    /// The hash covers the previous hash, the sequence number and the record as serialised
+    /// without `chain`; the `chain` object is then written as the line's first member. serde_json
+    /// writes object keys sorted, so a verifier reproduces those bytes from the parsed line.
     pub fn seal(&self, mut record: Value, head: &mut Head) -> Vec<u8> {
+        if let Some(obj) = record.as_object_mut() {
+            obj.remove("chain");
+        }
         let seq = head.seq + 1;
-        record["chain"] = json!({"seq": seq, "prev": head.hash});
         let body = serde_json::to_vec(&record).unwrap_or_default();
-        let hash = self.digest(&head.hash, &body);
-        record["chain"]["hash"] = json!(hash);
+        let hash = self.digest(&head.hash, seq, &body);
+        let chain = json!({"seq": seq, "prev": head.hash, "hash": hash});
+        let mut line = Vec::with_capacity(body.len() + 200);
+        line.extend_from_slice(b"{\"chain\":");
+        line.extend_from_slice(&serde_json::to_vec(&chain).unwrap_or_default());
+        // body is an object: "{}" or "{...}"
+        if body.len() > 2 {
+            line.push(b',');
+        }
+        line.extend_from_slice(&body[1..]);
         head.seq = seq;
         head.hash = hash;
-        serde_json::to_vec(&record).unwrap_or_default()
+        line
     }
 
     /// Checks one line against the head before it; returns the new head.
@@ -76,13 +94,14 @@ impl Chain {
         let mut record: Value = serde_json::from_str(line)
             .map_err(|e| format!("not a complete JSON record (truncated or altered): {e}"))?;
         let chain = record
-            .get_mut("chain")
-            .and_then(Value::as_object_mut)
+            .as_object_mut()
+            .and_then(|o| o.remove("chain"))
             .ok_or("the record has no chain")?;
         let hash = chain
-            .remove("hash")
-            .and_then(|h| h.as_str().map(str::to_string))
-            .ok_or("the record has no chain.hash")?;
+            .get("hash")
+            .and_then(Value::as_str)
+            .ok_or("the record has no chain.hash")?
+            .to_string();
         let seq = chain
             .get("seq")
             .and_then(Value::as_u64)
@@ -104,7 +123,7 @@ impl Chain {
             }
         }
         let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        if self.digest(&prev, &body) != hash {
+        if self.digest(&prev, seq, &body) != hash {
             return Err("the record's content does not match its hash: it was modified".into());
         }
         Ok(Head { seq, hash })
@@ -172,7 +191,19 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
 /// new one. A torn last line (a crash mid-write) is left for `verify` to report; the chain
 /// continues from the last complete record.
 pub fn head_of(path: &Path) -> Option<Head> {
-    let text = std::fs::read(path).ok()?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    // Only a regular file has a last record; a device such as /dev/full reads forever.
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    // The last records are at the end; a record is far smaller than this window.
+    const TAIL: u64 = 8 * 1024 * 1024;
+    let start = meta.len().saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut text = Vec::new();
+    file.take(TAIL).read_to_end(&mut text).ok()?;
     for line in text.split(|b| *b == b'\n').rev() {
         let Ok(record) = serde_json::from_slice::<Value>(line) else {
             continue;
@@ -302,6 +333,11 @@ mod tests {
             verify(&Chain::new(Some(b"x".to_vec())), &[file]).unwrap(),
             Verdict::Broken { .. }
         ));
+    }
+
+    #[test]
+    fn devices_have_no_head() {
+        assert_eq!(head_of(Path::new("/dev/zero")), None);
     }
 
     #[test]

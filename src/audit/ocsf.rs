@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-pub const OCSF_VERSION: &str = "1.3.0";
+/// API Activity has the Security Control profile since OCSF 1.4.0, and `PATCH` is an
+/// `http_method` value since 1.6.0.
+pub const OCSF_VERSION: &str = "1.6.0";
 
 /// Maps one hubgate record (as built by the proxy) to an OCSF event.
 pub fn event(record: &Value, region: &str) -> Value {
@@ -157,7 +159,34 @@ pub fn event(record: &Value, region: &str) -> Value {
             obj.insert("status_detail".into(), status_detail);
         }
     }
+    let mut unmapped = event
+        .as_object_mut()
+        .and_then(|o| o.remove("unmapped"))
+        .unwrap_or(Value::Null);
+    prune_nulls(&mut event);
+    // `unmapped` keeps hubgate's data as it is, nulls included.
+    if let Some(obj) = event.as_object_mut() {
+        if let Some(u) = unmapped.as_object_mut() {
+            u.retain(|_, v| !v.is_null());
+        }
+        obj.insert("unmapped".into(), unmapped);
+    }
     event
+}
+
+/// OCSF attributes are present with a value or absent; a JSON null is a schema violation.
+fn prune_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            for v in map.values_mut() {
+                prune_nulls(v);
+            }
+            map.retain(|_, v| !matches!(v, Value::Object(o) if o.is_empty()));
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +218,9 @@ mod tests {
         assert_eq!(e["metadata"]["uid"], "d-1");
         assert_eq!(e["actor"]["user"]["account"]["uid"], "222222222222");
         assert_eq!(e["resources"][0]["uid"], "f");
+        // an allowed update has no error: the attributes are absent, not null
+        assert!(e["api"]["response"].get("error").is_none());
+        assert!(e["metadata"].get("correlation_uid").is_none());
     }
 
     #[test]
