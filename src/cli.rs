@@ -53,6 +53,11 @@ enum Command {
     /// Evaluate one request body against the policies, exactly as the proxy would, and print
     /// the decision with every violation and the rule that produced it.
     Eval(EvalArgs),
+    /// Issue caller keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Work with audit logs.
     Audit {
         #[command(subcommand)]
@@ -83,6 +88,22 @@ struct EvalArgs {
     input: bool,
     #[command(flatten)]
     config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new access key id and secret, and the callers-file entry that grants them.
+    New {
+        /// The caller's id (appears in audit records as principal.id).
+        #[arg(long)]
+        id: String,
+        /// The caller's 12-digit AWS account id.
+        #[arg(long)]
+        account: String,
+        /// member or administrator.
+        #[arg(long, value_parser = ["member", "administrator"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +172,9 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check(arg) => check(&arg),
+        Command::Keys {
+            command: KeysCommand::New { id, account, role },
+        } => new_key(&id, &account, &role),
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -184,7 +208,10 @@ fn check(arg: &ConfigArg) -> ExitCode {
         Err(code) => return code,
     };
     let mut ok = true;
-    match Identity::load(&config.identity) {
+    match Identity::load(
+        &config.identity,
+        config.upstream.auth == crate::config::UpstreamAuth::Passthrough,
+    ) {
         Ok(identity) => println!(
             "callers: {} ({} keyed callers)",
             config.identity.callers.display(),
@@ -323,4 +350,55 @@ fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>)
             ExitCode::from(2)
         }
     }
+}
+
+/// Random bytes from the operating system's generator.
+fn random_bytes(n: usize) -> Result<Vec<u8>, getrandom::Error> {
+    let mut out = vec![0u8; n];
+    getrandom::fill(&mut out)?;
+    Ok(out)
+}
+
+fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
+    if id.trim().is_empty() || id.contains(['"', '\\', '\n']) {
+        eprintln!("hubgate: --id must be a non-empty name without quotes, backslashes or newlines");
+        return ExitCode::from(2);
+    }
+    let (Ok(key_bytes), Ok(secret_bytes)) = (random_bytes(18), random_bytes(40)) else {
+        eprintln!("hubgate: the operating system's random generator failed");
+        return ExitCode::FAILURE;
+    };
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        eprintln!("hubgate: --account {account:?} is not a 12-digit AWS account id");
+        return ExitCode::from(2);
+    }
+    // Key ids look like AWS's (20 upper-case characters) but start with HG, so nobody mistakes
+    // one for an AWS key, and secrets are 40 characters as AWS's are.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let key_id: String = std::iter::once("HG".to_string())
+        .chain(
+            key_bytes
+                .iter()
+                .map(|b| (ALPHABET[(*b & 31) as usize] as char).to_string()),
+        )
+        .collect();
+    const SECRET_ALPHABET: &[u8] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let secret: String = secret_bytes
+        .iter()
+        .map(|b| SECRET_ALPHABET[(*b & 63) as usize] as char)
+        .collect();
+    println!("access_key_id     = {key_id}");
+    println!("secret_access_key = {secret}");
+    println!();
+    println!(
+        "# callers-file entry (keep the secret out of the file with secret_env or secret_file):"
+    );
+    println!("[[caller]]");
+    println!("id = \"{id}\"");
+    println!("account_id = \"{account}\"");
+    println!("role = \"{role}\"");
+    println!("access_key_id = \"{key_id}\"");
+    println!("secret_access_key = \"{secret}\"");
+    ExitCode::SUCCESS
 }

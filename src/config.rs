@@ -358,14 +358,33 @@ impl Config {
         if server.max_body_bytes == 0 {
             return Err(invalid(file, "server.max_body_bytes", "must be at least 1"));
         }
-        if server.tls_cert.is_some() || server.tls_key.is_some() || server.client_ca.is_some() {
+        match (&server.tls_cert, &server.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    file,
+                    "server.tls_key",
+                    "is required with server.tls_cert",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    file,
+                    "server.tls_cert",
+                    "is required with server.tls_key",
+                ))
+            }
+            _ => {}
+        }
+        if server.client_ca.is_some() && server.tls_cert.is_none() {
             return Err(invalid(
                 file,
-                "server.tls_cert",
-                "TLS on the proxy listener is not available in this version of hubgate; terminate TLS in front of it",
+                "server.client_ca",
+                "client certificates need TLS: set server.tls_cert and server.tls_key",
             ));
         }
-        server.tls_cert = None;
+        server.tls_cert = server.tls_cert.as_deref().map(resolve);
+        server.tls_key = server.tls_key.as_deref().map(resolve);
+        server.client_ca = server.client_ca.as_deref().map(resolve);
 
         let upstream_uri: http::Uri = upstream.endpoint.parse().map_err(|e| {
             invalid(
@@ -400,20 +419,12 @@ impl Config {
         if upstream.timeout_ms == 0 {
             return Err(invalid(file, "upstream.timeout_ms", "must be at least 1"));
         }
-        if upstream.auth == UpstreamAuth::Passthrough {
-            return Err(invalid(
-                file,
-                "upstream.auth",
-                "\"passthrough\" is not available in this version of hubgate; use \"resign\"",
-            ));
-        }
-
         match identity.mode {
-            IdentityMode::Mtls => {
+            IdentityMode::Mtls if server.client_ca.is_none() => {
                 return Err(invalid(
                     file,
-                    "identity.mode",
-                    "\"mtls\" is not available in this version of hubgate; use \"sigv4\" or \"static\"",
+                    "server.client_ca",
+                    "is required when identity.mode = \"mtls\": name the CA bundle client certificates must chain to",
                 ))
             }
             IdentityMode::Static if identity.static_principal.is_none() => {
@@ -435,6 +446,15 @@ impl Config {
         identity.callers = resolve(&identity.callers);
 
         policy.dir = resolve(&policy.dir);
+        if policy.on_partial_deny == PartialDeny::ForwardAllowed
+            && upstream.auth == UpstreamAuth::Passthrough
+        {
+            return Err(invalid(
+                file,
+                "policy.on_partial_deny",
+                "\"forward-allowed\" rewrites the body, which upstream.auth = \"passthrough\" cannot do: the caller's signature covers the original bytes",
+            ));
+        }
         if policy.on_partial_deny == PartialDeny::ForwardAllowed {
             return Err(invalid(
                 file,

@@ -102,6 +102,10 @@ pub enum AuthError {
     BadSignature(String),
     #[error("the request is dated {0}, more than 15 minutes from hubgate's clock")]
     Stale(String),
+    #[error("no client certificate was presented")]
+    NoClientCert,
+    #[error("no caller is mapped to the client certificate ({0})")]
+    UnknownClientCert(String),
 }
 
 impl AuthError {
@@ -118,7 +122,12 @@ impl AuthError {
 #[derive(Debug)]
 pub struct Identity {
     mode: IdentityMode,
+    /// False in upstream passthrough: callers hold real AWS keys hubgate never sees, AWS
+    /// verifies their signatures, hubgate maps the claimed key.
+    verify_signatures: bool,
     by_key: HashMap<String, Caller>,
+    by_san: HashMap<String, Arc<Principal>>,
+    by_cn: HashMap<String, Arc<Principal>>,
     static_principal: Option<Arc<Principal>>,
 }
 
@@ -152,6 +161,41 @@ struct LoadedCaller {
     principal: Arc<Principal>,
     access_key_id: Option<String>,
     secret: Option<Secret>,
+    san: Option<String>,
+    cn: Option<String>,
+}
+
+/// What a verified client certificate says about its holder.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientCert {
+    /// URI and DNS subject alternative names, in certificate order.
+    pub sans: Vec<String>,
+    pub cn: Option<String>,
+}
+
+impl ClientCert {
+    /// Reads the names of a DER certificate (already verified by the TLS layer).
+    pub fn from_der(der: &[u8]) -> Option<ClientCert> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::URI(u) => sans.push(u.to_string()),
+                    GeneralName::DNSName(d) => sans.push(d.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
+        Some(ClientCert { sans, cn })
+    }
 }
 
 fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
@@ -225,8 +269,6 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
         if secret.is_some() && entry.access_key_id.is_none() {
             return Err(bad("a secret needs an access_key_id".into()));
         }
-        // The mTLS fields are accepted so one callers file serves every mode.
-        let _ = (&entry.client_cert_san, &entry.client_cert_cn);
         let attributes = match serde_json::to_value(&entry.attributes) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => return Err(bad("attributes must be a table".into())),
@@ -241,27 +283,48 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             principal,
             access_key_id: entry.access_key_id.clone(),
             secret: secret.map(Secret),
+            san: entry.client_cert_san.clone(),
+            cn: entry.client_cert_cn.clone(),
         });
     }
     Ok(out)
 }
 
 impl Identity {
-    pub fn load(config: &IdentityConfig) -> Result<Identity, CallersError> {
+    /// `passthrough`: upstream.auth = "passthrough", where sigv4 mode maps the claimed key.
+    pub fn load(config: &IdentityConfig, passthrough: bool) -> Result<Identity, CallersError> {
         let callers = load_callers(&config.callers)?;
         let mut by_key = HashMap::new();
+        let mut by_san = HashMap::new();
+        let mut by_cn = HashMap::new();
         let mut static_principal = None;
         for LoadedCaller {
             principal,
             access_key_id: key,
             secret,
+            san,
+            cn,
         } in callers
         {
             if config.static_principal.as_deref() == Some(principal.id.as_str()) {
                 static_principal = Some(principal.clone());
             }
+            for (name, map, what) in [
+                (san, &mut by_san, "client_cert_san"),
+                (cn, &mut by_cn, "client_cert_cn"),
+            ] {
+                if let Some(name) = name {
+                    if map.insert(name.clone(), principal.clone()).is_some() {
+                        return Err(CallersError::Invalid {
+                            file: config.callers.clone(),
+                            id: principal.id.clone(),
+                            reason: format!("{what} {name:?} is used twice"),
+                        });
+                    }
+                }
+            }
             if let Some(key) = key {
-                if config.mode == IdentityMode::Sigv4 && secret.is_none() {
+                if config.mode == IdentityMode::Sigv4 && !passthrough && secret.is_none() {
                     return Err(CallersError::Invalid {
                         file: config.callers.clone(),
                         id: principal.id.clone(),
@@ -289,13 +352,35 @@ impl Identity {
         }
         Ok(Identity {
             mode: config.mode,
+            verify_signatures: !passthrough,
             by_key,
+            by_san,
+            by_cn,
             static_principal,
         })
     }
 
     pub fn caller_count(&self) -> usize {
-        self.by_key.len()
+        match self.mode {
+            IdentityMode::Mtls => self.by_san.len() + self.by_cn.len(),
+            _ => self.by_key.len(),
+        }
+    }
+
+    /// The caller a verified client certificate belongs to: a URI or DNS SAN first, then the CN.
+    fn by_certificate(&self, cert: Option<&ClientCert>) -> Result<Arc<Principal>, AuthError> {
+        let cert = cert.ok_or(AuthError::NoClientCert)?;
+        for san in &cert.sans {
+            if let Some(p) = self.by_san.get(san) {
+                return Ok(p.clone());
+            }
+        }
+        if let Some(p) = cert.cn.as_ref().and_then(|cn| self.by_cn.get(cn)) {
+            return Ok(p.clone());
+        }
+        let mut names = cert.sans.clone();
+        names.extend(cert.cn.iter().map(|cn| format!("CN={cn}")));
+        Err(AuthError::UnknownClientCert(names.join(", ")))
     }
 
     /// Establishes the caller. In sigv4 mode this needs the exact body bytes (their hash is signed).
@@ -304,10 +389,12 @@ impl Identity {
         parts: &http::request::Parts,
         body: &[u8],
         now: SystemTime,
+        client_cert: Option<&ClientCert>,
     ) -> Result<Arc<Principal>, AuthError> {
         match self.mode {
             IdentityMode::Static => self.static_principal.clone().ok_or(AuthError::Missing),
-            _ => self.verify_sigv4(parts, body, now),
+            IdentityMode::Mtls => self.by_certificate(client_cert),
+            IdentityMode::Sigv4 => self.verify_sigv4(parts, body, now),
         }
     }
 
@@ -327,10 +414,6 @@ impl Identity {
         let caller = self
             .by_key
             .get(auth.access_key_id)
-            .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
-        let secret = caller
-            .secret
-            .as_ref()
             .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
 
         let amz_date = parts
@@ -353,6 +436,14 @@ impl Identity {
                 "the credential scope date differs from X-Amz-Date".into(),
             ));
         }
+        if !self.verify_signatures {
+            // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.
+            return Ok(caller.principal.clone());
+        }
+        let secret = caller
+            .secret
+            .as_ref()
+            .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
         if !auth.signed_headers.contains(&"host") || !auth.signed_headers.contains(&"x-amz-date") {
             return Err(AuthError::Malformed(
                 "SignedHeaders must include host and x-amz-date".into(),

@@ -21,6 +21,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabels {
     pub revision: String,
 }
@@ -55,6 +60,7 @@ pub struct Metrics {
     pub audit_queue_depth: Gauge,
     pub audit: AuditMetrics,
     pub policy_revision: Family<RevisionLabels, Gauge>,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
@@ -79,6 +85,7 @@ impl Metrics {
             audit_queue_depth: Gauge::default(),
             audit: AuditMetrics::default(),
             policy_revision: Family::default(),
+            tls_handshake_failures: Family::default(),
             reload_success_time: Gauge::default(),
             reload_failure_time: Gauge::default(),
             current_revision: Mutex::new(String::new()),
@@ -138,6 +145,11 @@ impl Metrics {
             "audit_write_seconds",
             "Time to format, seal and write one audit record (flushes and fsyncs included)",
             m.audit.write_seconds.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the proxy port that failed, by reason",
+            m.tls_handshake_failures.clone(),
         );
         registry.register(
             "policy_revision_info",

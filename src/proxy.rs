@@ -16,10 +16,10 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Entry, Slot};
-use crate::config::{Config, PolicyMode};
+use crate::config::{Config, PolicyMode, UpstreamAuth};
 use crate::enrich::{CurrentFinding, Enricher, FindingKey};
 use crate::envelope::Rejection;
-use crate::identity::{Identity, Principal};
+use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::policy::input::{self, Enrichment, RequestFacts};
 use crate::policy::{Decision, PolicySet};
@@ -48,6 +48,8 @@ pub struct Gate {
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
     pub metrics: Metrics,
+    /// TLS on the proxy listener, when configured.
+    pub tls: Option<crate::server::tls::Tls>,
     /// Why the last policy reload failed, while the previous set stays in force.
     pub last_reload_error: std::sync::Mutex<Option<String>>,
 }
@@ -85,6 +87,7 @@ pub async fn handle(
     gate: Arc<Gate>,
     req: Request<Incoming>,
     remote: SocketAddr,
+    client_cert: Option<Arc<ClientCert>>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let decision_id = uuid::Uuid::new_v4().to_string();
@@ -93,9 +96,16 @@ pub async fn handle(
     let mut trail = Trail::default();
 
     let span = tracing::info_span!("request", decision_id = %decision_id);
-    let result = run(&gate, req, remote, &decision_id, &mut trail)
-        .instrument(span)
-        .await;
+    let result = run(
+        &gate,
+        req,
+        remote,
+        client_cert.as_deref(),
+        &decision_id,
+        &mut trail,
+    )
+    .instrument(span)
+    .await;
     let (response, status, error, slot) = match result {
         Ok(Outcome::Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
@@ -165,6 +175,7 @@ async fn run(
     gate: &Gate,
     req: Request<Incoming>,
     remote: SocketAddr,
+    client_cert: Option<&ClientCert>,
     decision_id: &str,
     trail: &mut Trail,
 ) -> Result<Outcome, Rejection> {
@@ -203,10 +214,10 @@ async fn run(
     }
 
     // authenticate
-    let principal = gate
-        .identity
-        .load()
-        .authenticate(&parts, &body, SystemTime::now())?;
+    let principal =
+        gate.identity
+            .load()
+            .authenticate(&parts, &body, SystemTime::now(), client_cert)?;
     trail.principal = Some(principal.clone());
 
     if spec.class == Class::ReadOnly {
@@ -388,7 +399,10 @@ async fn forward(
     // Room for the record first: a request is never forwarded without it.
     let slot = gate.audit.reserve().await?;
     let t = Instant::now();
-    let response = gate.upstream.forward(parts, body).await;
+    let response = match gate.config.upstream.auth {
+        UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
+        UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body).await,
+    };
     trail.upstream_ns = t.elapsed().as_nanos() as u64;
     let response = response?;
     trail.forwarded = true;

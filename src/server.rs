@@ -1,5 +1,7 @@
 //! Server: the proxy and admin listeners (HTTP/1.1 and h2c), signals (SIGHUP reload,
-//! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz` and `/readyz`.
+//! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz`, `/readyz` and `/metrics`.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,10 +21,10 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::audit::AuditLog;
-use crate::config::Config;
+use crate::config::{Config, UpstreamAuth};
 use crate::enrich::Enricher;
-use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::identity::{ClientCert, Identity};
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Gate};
 use crate::upstream::Upstream;
@@ -35,10 +37,39 @@ pub enum ServeError {
     Bind { addr: String, reason: String },
 }
 
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted (and, with TLS, handshaken) connection until it closes or shutdown.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: TokioIo<I>,
+    gate: Arc<Gate>,
+    remote: std::net::SocketAddr,
+    cert: Option<Arc<ClientCert>>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let gate = gate.clone();
+        let cert = cert.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(gate, req, remote, cert).await) }
+    });
+    let conn = builder.serve_connection(io, service).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
 /// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
-    let identity = Identity::load(&config.identity).map_err(|e| startup(&e))?;
+    let identity = Identity::load(
+        &config.identity,
+        config.upstream.auth == UpstreamAuth::Passthrough,
+    )
+    .map_err(|e| startup(&e))?;
     let policy = PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
@@ -52,6 +83,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         )
     });
     let metrics = Metrics::new();
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tls::Tls::load(cert, key, config.server.client_ca.as_deref())
+                .map_err(|e| startup(&e))?,
+        ),
+        _ => None,
+    };
     let (audit, writer) = AuditLog::start(
         &config.audit,
         &config.upstream.region,
@@ -89,6 +127,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         enricher,
         audit,
         metrics,
+        tls,
         last_reload_error: std::sync::Mutex::new(None),
     });
     gate.metrics
@@ -122,15 +161,34 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 // Responses are written as head then body; don't let Nagle hold the body back.
                 let _ = stream.set_nodelay(true);
                 let gate = gate.clone();
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let gate = gate.clone();
-                    async move { Ok::<_, Infallible>(proxy::handle(gate, req, remote).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let Some(tls) = gate.tls.as_ref() else {
+                        serve_connection(&builder, watcher, TokioIo::new(stream), gate, remote, None).await;
+                        return;
+                    };
+                    let acceptor = tls.acceptor();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let cert = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|der| ClientCert::from_der(der))
+                                .map(Arc::new);
+                            serve_connection(&builder, watcher, TokioIo::new(stream), gate, remote, cert).await;
+                        }
+                        Ok(Err(e)) => {
+                            let reason = tls::failure_reason(&e);
+                            gate.metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+                            tracing::info!(%remote, reason, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            gate.metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: "timeout".to_string() }).inc();
+                            tracing::info!(%remote, "TLS handshake timed out");
+                        }
                     }
                 });
             }
@@ -193,6 +251,9 @@ fn fingerprint(gate: &Gate) -> Vec<(std::path::PathBuf, u64, Option<std::time::S
         }
     }
     let mut paths = vec![gate.config.identity.callers.clone()];
+    if let Some(tls) = &gate.tls {
+        paths.extend(tls.files());
+    }
     walk(&gate.config.policy.dir, &mut paths);
     paths.sort();
     paths
@@ -239,7 +300,10 @@ fn second_signal() -> ! {
 /// says why on /readyz, in the log and in the reload-failure metric.
 fn reload(gate: &Gate) {
     let mut errors = Vec::new();
-    match Identity::load(&gate.config.identity) {
+    match Identity::load(
+        &gate.config.identity,
+        gate.config.upstream.auth == UpstreamAuth::Passthrough,
+    ) {
         Ok(identity) => {
             let n = identity.caller_count();
             gate.identity.store(Arc::new(identity));
@@ -266,6 +330,16 @@ fn reload(gate: &Gate) {
         Err(e) => {
             tracing::error!(error = %e, "policy reload failed; keeping the previous policy set");
             errors.push(e.to_string());
+        }
+    }
+    if let Some(tls) = &gate.tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                // Reported by the tls check of /readyz, from Tls::last_error.
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
+                gate.metrics.reload_failure_time.set(unix_now());
+            }
         }
     }
     if !errors.is_empty() {
@@ -367,12 +441,20 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         ),
     };
     let policy_ok = reload_error.is_none();
-    (
-        policy_ok && audit_ok && credentials_ok,
-        json!({
-            "policy": {"ok": policy_ok, "revision": revision, "last_reload_error": reload_error},
-            "audit": {"ok": audit_ok},
-            "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
-        }),
-    )
+    let mut checks = json!({
+        "policy": {"ok": policy_ok, "revision": revision, "last_reload_error": reload_error},
+        "audit": {"ok": audit_ok},
+        "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
+    });
+    let mut tls_ok = true;
+    if let Some(tls) = &gate.tls {
+        let error = tls
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tls_ok = error.is_none();
+        checks["tls"] = json!({"ok": tls_ok, "last_reload_error": error});
+    }
+    (policy_ok && audit_ok && credentials_ok && tls_ok, checks)
 }

@@ -261,6 +261,54 @@ impl Upstream {
         self.send(request).await
     }
 
+    /// Passthrough: the caller's request as it came, bytes and signed headers unchanged (the
+    /// caller signed for the real Security Hub host, so its `Host` stays too); only
+    /// hop-by-hop headers go. AWS verifies the caller's signature.
+    pub async fn forward_exact(
+        &self,
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        const HOP_BY_HOP: [&str; 8] = [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut request = Request::builder()
+            .method(parts.method.clone())
+            .uri(self.uri_for(path_and_query)?)
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let headers = request.headers_mut();
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            // content-length is recomputed from the same bytes; transfer-encoding does not
+            // survive buffering the body.
+            if !HOP_BY_HOP.contains(&n) && n != "transfer-encoding" && n != "content-length" {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if !headers.contains_key(header::HOST) {
+            // HTTP/2 carries the authority in the URI, not in a Host header.
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                    headers.insert(header::HOST, v);
+                }
+            }
+        }
+        self.send(request).await
+    }
+
     /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout.
     pub async fn call_json(
         &self,

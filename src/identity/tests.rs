@@ -28,7 +28,7 @@ team = "soar"
         callers: path,
         static_principal: static_principal.map(String::from),
     };
-    (Identity::load(&config).unwrap(), dir)
+    (Identity::load(&config, false).unwrap(), dir)
 }
 
 /// Signs like an SDK client would: host, content-type and x-amz-date.
@@ -72,7 +72,7 @@ fn a_correct_signature_maps_to_the_principal() {
     let (id, _dir) = identity(IdentityMode::Sigv4, None);
     let now = SystemTime::now();
     let parts = signed_request(SECRET, now, b"{}");
-    let p = id.authenticate(&parts, b"{}", now).unwrap();
+    let p = id.authenticate(&parts, b"{}", now, None).unwrap();
     assert_eq!(p.id, "member");
     assert_eq!(p.account_id, "222222222222");
     assert_eq!(p.role, Role::Member);
@@ -85,11 +85,11 @@ fn a_changed_body_or_wrong_secret_fails() {
     let now = SystemTime::now();
     let parts = signed_request(SECRET, now, b"{}");
     assert!(matches!(
-        id.authenticate(&parts, b"{ }", now),
+        id.authenticate(&parts, b"{ }", now, None),
         Err(AuthError::BadSignature(_))
     ));
     let parts = signed_request("not-the-secret", now, b"{}");
-    let err = id.authenticate(&parts, b"{}", now).unwrap_err();
+    let err = id.authenticate(&parts, b"{}", now, None).unwrap_err();
     assert!(matches!(err, AuthError::BadSignature(_)));
     assert_eq!(err.error_type(), "InvalidSignatureException");
 }
@@ -104,13 +104,13 @@ fn stale_and_future_requests_fail() {
     ] {
         let parts = signed_request(SECRET, at, b"{}");
         assert!(matches!(
-            id.authenticate(&parts, b"{}", now),
+            id.authenticate(&parts, b"{}", now, None),
             Err(AuthError::Stale(_))
         ));
     }
     // within the window is fine
     let parts = signed_request(SECRET, now - Duration::from_secs(14 * 60), b"{}");
-    assert!(id.authenticate(&parts, b"{}", now).is_ok());
+    assert!(id.authenticate(&parts, b"{}", now, None).is_ok());
 }
 
 #[test]
@@ -123,12 +123,12 @@ fn missing_and_unknown_keys_fail() {
         .unwrap()
         .replace(KEY, "HGUNKNOWN");
     parts.headers.insert("authorization", auth.parse().unwrap());
-    let err = id.authenticate(&parts, b"{}", now).unwrap_err();
+    let err = id.authenticate(&parts, b"{}", now, None).unwrap_err();
     assert!(matches!(err, AuthError::UnknownKey(ref k) if k == "HGUNKNOWN"));
     assert_eq!(err.error_type(), "UnrecognizedClientException");
     parts.headers.remove("authorization");
     assert!(matches!(
-        id.authenticate(&parts, b"{}", now),
+        id.authenticate(&parts, b"{}", now, None),
         Err(AuthError::Missing)
     ));
 }
@@ -155,7 +155,9 @@ fn authorization_header_parsing() {
 fn static_mode_needs_no_signature() {
     let (id, _dir) = identity(IdentityMode::Static, Some("member"));
     let parts = http::Request::new(()).into_parts().0;
-    let p = id.authenticate(&parts, b"", SystemTime::now()).unwrap();
+    let p = id
+        .authenticate(&parts, b"", SystemTime::now(), None)
+        .unwrap();
     assert_eq!(p.id, "member");
 }
 

@@ -1,0 +1,143 @@
+//! TLS on the proxy listener: rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1, optional
+//! required client certificates, and certificate reload that keeps open connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{file}: {reason}")]
+    File { file: PathBuf, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |reason: String| TlsError::File {
+        file: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// Builds a server configuration from PEM files: a certificate chain, its key (PKCS#8, PKCS#1
+/// or SEC1) and, for mTLS, the CA bundle client certificates must chain to.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certs(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+        file: key.to_path_buf(),
+        reason: format!("no usable private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::File {
+                    file: ca.to_path_buf(),
+                    reason: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| TlsError::File {
+            file: cert.to_path_buf(),
+            reason: format!("certificate and key do not form a usable pair: {e}"),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The listener's TLS state: the configuration new handshakes use, swapped on reload.
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    current: ArcSwap<ServerConfig>,
+    /// Why the last reload failed, while the previous certificate stays in use.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Tls {
+    pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls, TlsError> {
+        let config = server_config(cert, key, client_ca)?;
+        Ok(Tls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
+            current: ArcSwap::new(config),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.cert.clone(), self.key.clone()];
+        files.extend(self.client_ca.clone());
+        files
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Re-reads the files. Open connections keep the configuration they started with.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let result = server_config(&self.cert, &self.key, self.client_ca.as_deref());
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(config) => {
+                self.current.store(config);
+                *last = None;
+                Ok(())
+            }
+            Err(e) => {
+                *last = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A short, bounded label for why a handshake failed (for metrics; the log has the detail).
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "invalid_certificate",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible_peer",
+        Some(rustls::Error::InvalidMessage(_)) => "not_tls",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(_) => "tls_error",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "closed_early",
+        None => "io_error",
+    }
+}
