@@ -34,12 +34,20 @@ pub struct Entry {
     pub input: Option<regorus::Value>,
 }
 
+/// What travels to the writer thread.
+enum Msg {
+    Record(Box<Entry>),
+    /// Shutdown: write what is queued, flush, fsync and stop, even while handles to the log
+    /// (say, an idle admin connection's) still exist.
+    Close,
+}
+
 /// A reserved place in the queue: sending through it cannot fail or wait.
-pub struct Slot(mpsc::OwnedPermit<Entry>);
+pub struct Slot(mpsc::OwnedPermit<Msg>);
 
 impl Slot {
     pub fn write(self, entry: Entry) {
-        self.0.send(entry);
+        self.0.send(Msg::Record(Box::new(entry)));
     }
 }
 
@@ -51,7 +59,7 @@ pub struct AuditStatus {
 
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::Sender<Msg>,
     capacity: usize,
     wait: Duration,
     pub status: Arc<AuditStatus>,
@@ -307,14 +315,22 @@ impl AuditLog {
             fsync_every: Duration::from_millis(config.fsync_interval_ms),
             last_sync: Instant::now(),
         };
-        let (tx, mut rx) = mpsc::channel::<Entry>(config.queue_capacity);
+        let (tx, mut rx) = mpsc::channel::<Msg>(config.queue_capacity);
         let status = Arc::new(AuditStatus::default());
         status.healthy.store(true, Ordering::SeqCst);
         let shared = status.clone();
         let handle = std::thread::Builder::new()
             .name("hubgate-audit".into())
             .spawn(move || {
-                while let Some(entry) = rx.blocking_recv() {
+                while let Some(msg) = rx.blocking_recv() {
+                    let entry = match msg {
+                        Msg::Record(entry) => *entry,
+                        Msg::Close => {
+                            // No new records; the ones already queued are still received.
+                            rx.close();
+                            continue;
+                        }
+                    };
                     let t = Instant::now();
                     let line = writer.line(entry);
                     let mut result = writer.sink.write_line(&line);
@@ -359,6 +375,11 @@ impl AuditLog {
 
     pub fn is_healthy(&self) -> bool {
         self.status.healthy.load(Ordering::SeqCst) && !self.tx.is_closed()
+    }
+
+    /// Stops accepting records; the writer drains the queue, flushes, fsyncs and ends.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
     }
 
     /// Records waiting for the writer.

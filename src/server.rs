@@ -218,11 +218,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         _ = int.recv() => second_signal(),
     }
     admin_task.abort();
+    gate.audit.close().await;
     if let Some(task) = watch_task {
         task.abort();
     }
     drop(gate);
-    // The writer ends once every request's handle to the log is gone, after flushing the queue.
+    // The writer drains what was queued before close, flushes, fsyncs and ends.
     let flushed = tokio::task::spawn_blocking(move || writer.finish());
     if tokio::time::timeout(Duration::from_secs(5), flushed)
         .await
@@ -440,9 +441,16 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             Some("resolving credentials took longer than 2 s".to_string()),
         ),
     };
-    let policy_ok = reload_error.is_none();
+    // A failed reload leaves the last good set serving: the replica stays ready (turning every
+    // replica unready over one bad commit would be an outage) and says what failed.
+    let policy_ok = true;
     let mut checks = json!({
-        "policy": {"ok": policy_ok, "revision": revision, "last_reload_error": reload_error},
+        "policy": {
+            "ok": policy_ok,
+            "revision": revision,
+            "stale": reload_error.is_some(),
+            "last_reload_error": reload_error,
+        },
         "audit": {"ok": audit_ok},
         "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
     });
@@ -453,8 +461,9 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        tls_ok = error.is_none();
-        checks["tls"] = json!({"ok": tls_ok, "last_reload_error": error});
+        // As with policies, the previous certificate keeps serving.
+        tls_ok = true;
+        checks["tls"] = json!({"ok": tls_ok, "stale": error.is_some(), "last_reload_error": error});
     }
     (policy_ok && audit_ok && credentials_ok && tls_ok, checks)
 }

@@ -17,7 +17,10 @@ Standard library + botocore only. It
 
 Usage:
     python tests/fake_securityhub.py --host 127.0.0.1 --port N --access-key AK \
-        --secret-key SK --region us-east-1
+        --secret-key SK --region us-east-1 [--credentials AK2:SK2 ...]
+
+--credentials (repeatable) adds key pairs the fake also accepts, e.g. a passthrough caller's own
+keys (whose signature covers the Host the caller signed for, as AWS would check it).
 """
 
 from __future__ import annotations
@@ -111,8 +114,13 @@ class _VerifyingSigV4Auth(SigV4Auth):
         return header_map
 
 
-def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region):
-    """Raise ApiError(403, InvalidSignatureException) unless the request is validly signed."""
+def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region,
+                 extra_credentials=None):
+    """Raise ApiError(403, InvalidSignatureException) unless the request is validly signed.
+
+    Accepts access_key/secret_key and any pair in extra_credentials ({key id: secret}).
+    Returns the access key id that signed the request."""
+    known = {access_key: secret_key, **(extra_credentials or {})}
 
     def fail(msg):
         raise ApiError(403, "InvalidSignatureException", msg)
@@ -127,7 +135,7 @@ def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region
     if len(cred_parts) != 5:
         fail("Credential is malformed")
     key_id, date, cred_region, service, terminator = cred_parts
-    if key_id != access_key:
+    if key_id not in known:
         fail(f"unknown access key {key_id!r}: the security token included in the request "
              "is invalid")
     if cred_region != region or service != SERVICE or terminator != "aws4_request":
@@ -156,13 +164,14 @@ def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region
         for value in headers.get_all(name) or []:
             request.headers[name] = value
     request.context["timestamp"] = amz_date
-    signer = _VerifyingSigV4Auth(Credentials(access_key, secret_key), SERVICE, region,
+    signer = _VerifyingSigV4Auth(Credentials(key_id, known[key_id]), SERVICE, region,
                                  signed_names)
     canonical = signer.canonical_request(request)
     expected = signer.signature(signer.string_to_sign(request, canonical), request)
     if expected != m.group("signature"):
         fail("The request signature we calculated does not match the signature you provided. "
              "Check your AWS Secret Access Key and signing method.")
+    return key_id
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +344,7 @@ class Handler(BaseHTTPRequestHandler):
     access_key: str
     secret_key: str
     region: str
+    extra_credentials: dict = {}
 
     def log_message(self, fmt, *args):
         sys.stderr.write("fake_securityhub: %s - %s\n" % (self.address_string(), fmt % args))
@@ -427,6 +437,7 @@ class Handler(BaseHTTPRequestHandler):
             "query": split.query,
             "headers": [[k, v] for k, v in self.headers.items()],
             "body": body.decode("utf-8", errors="replace"),
+            "body_b64": base64.b64encode(body).decode(),
             "request_id": request_id,
             "time": time.time(),
         }
@@ -437,8 +448,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(delay / 1000.0)
         headers = {"x-amzn-RequestId": request_id}
         try:
-            verify_sigv4(self.command, self.path, self.headers, body,
-                         self.access_key, self.secret_key, self.region)
+            record["access_key"] = verify_sigv4(
+                self.command, self.path, self.headers, body, self.access_key,
+                self.secret_key, self.region, self.extra_credentials)
             record["signature_valid"] = True
             op = ROUTES.get((self.command, split.path))
             if op is None:
@@ -450,7 +462,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "InvalidInputException", "request body is not valid JSON")
             result = op(st, req)
         except ApiError as e:
-            record.setdefault("signature_valid", False)
+            if "signature_valid" not in record:
+                record["signature_valid"] = False
+                record["signature_error"] = e.message
             headers["x-amzn-ErrorType"] = e.error_type
             record["status"] = e.status
             return self._send(e.status, {"message": e.message}, headers)
@@ -465,12 +479,21 @@ def main(argv=None):
     p.add_argument("--access-key", required=True)
     p.add_argument("--secret-key", required=True)
     p.add_argument("--region", default="us-east-1")
+    p.add_argument("--credentials", action="append", default=[], metavar="AK:SK",
+                   help="another access key id and secret the fake accepts (repeatable)")
     args = p.parse_args(argv)
+    extra = {}
+    for pair in args.credentials:
+        key, sep, secret = pair.partition(":")
+        if not sep or not key or not secret:
+            p.error(f"--credentials {pair!r} is not AK:SK")
+        extra[key] = secret
 
     Handler.state = State()
     Handler.access_key = args.access_key
     Handler.secret_key = args.secret_key
     Handler.region = args.region
+    Handler.extra_credentials = extra
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     sys.stderr.write(f"fake_securityhub: listening on {args.host}:{server.server_address[1]}\n")

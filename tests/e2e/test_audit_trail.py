@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from helpers import (
     ADMIN,
@@ -485,3 +486,22 @@ def test_no_secret_in_any_hubgate_file_of_the_session():
             for secret in SECRETS:
                 assert secret not in text, f"{secret!r} found in {f}"
     assert scanned >= len(STARTED)
+
+
+def test_stop_is_prompt_with_idle_admin_connections_open(make_hubgate, seeded_fake):
+    """Idle keep-alive connections to the admin port must not hold the audit writer open."""
+    hg = make_hubgate({}, fake=seeded_fake)
+    session = requests.Session()  # keeps its admin connection open
+    for path in ("/readyz", "/healthz", "/metrics") * 2:
+        assert session.get(f"http://127.0.0.1:{hg.admin_port}{path}", timeout=5).status_code == 200
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                   "Workflow": {"Status": "SUPPRESSED"}}, who="member")
+    assert resp.status == 403
+    started = time.monotonic()
+    hg.proc.send_signal(signal.SIGTERM)
+    assert hg.proc.wait(10) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 3, f"took {elapsed:.1f} s to stop"
+    assert "did not finish" not in hg.stderr_text()
+    assert hg.audit_for(resp.headers["x-amzn-requestid"])["status"] == 403
+    session.close()

@@ -48,8 +48,11 @@ def test_a_broken_change_keeps_the_last_good_set(watched):
     hg = watched
     good = revision(hg)
     (hg.policies / "broken.rego").write_text("package hubgate\n\ndeny contains x if {\n")
-    wait_until(lambda: hg.admin("/readyz").status_code == 503, 10, "readyz to report the failed reload")
-    ready = hg.admin("/readyz").json()
+    wait_until(lambda: hg.admin("/readyz").json()["checks"]["policy"]["stale"], 10,
+               "readyz to report the failed reload")
+    r = hg.admin("/readyz")
+    assert r.status_code == 200, "the last good set serves: the replica stays ready"
+    ready = r.json()
     assert "broken.rego" in ready["checks"]["policy"]["last_reload_error"]
     assert ready["checks"]["policy"]["revision"] == good
     # the old set still decides: suppress denied, a note allowed
@@ -57,7 +60,8 @@ def test_a_broken_change_keeps_the_last_good_set(watched):
                    "Workflow": {"Status": "SUPPRESSED"}}, who="member").status == 403
     assert hg.buf(NOTE, who="member").status == 200
     (hg.policies / "broken.rego").unlink()
-    wait_until(lambda: hg.admin("/readyz").status_code == 200, 10, "readyz to recover")
+    wait_until(lambda: not hg.admin("/readyz").json()["checks"]["policy"]["stale"], 10,
+               "readyz to clear the error")
 
 
 def test_a_removed_caller_stops_working_without_restart(watched):
