@@ -455,13 +455,6 @@ impl Config {
                 "\"forward-allowed\" rewrites the body, which upstream.auth = \"passthrough\" cannot do: the caller's signature covers the original bytes",
             ));
         }
-        if policy.on_partial_deny == PartialDeny::ForwardAllowed {
-            return Err(invalid(
-                file,
-                "policy.on_partial_deny",
-                "\"forward-allowed\" is not available in this version of hubgate; use \"reject\"",
-            ));
-        }
         if policy.eval_timeout_ms == 0 {
             return Err(invalid(
                 file,

@@ -10,13 +10,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Entry, Slot};
-use crate::config::{Config, PolicyMode, UpstreamAuth};
+use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::enrich::{CurrentFinding, Enricher, FindingKey};
 use crate::envelope::Rejection;
 use crate::identity::{ClientCert, Identity, Principal};
@@ -73,6 +73,8 @@ struct Trail {
     lookups: usize,
     cache_hits: usize,
     misses: usize,
+    /// Per-finding enforcement: (findings forwarded, findings denied).
+    partial: Option<(usize, usize)>,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
 }
@@ -81,7 +83,13 @@ struct Trail {
 /// rejection.
 enum Outcome {
     Forwarded(Response<Incoming>, Slot),
+    /// Per-finding enforcement: the upstream's answer with the denied findings merged in.
+    Merged(Response<Full<Bytes>>, Slot),
 }
+
+/// An upstream BatchUpdateFindings answer is read whole to merge denied findings into it;
+/// this bounds it (100 findings' results are a few KB).
+const MAX_MERGED_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn handle(
     gate: Arc<Gate>,
@@ -107,6 +115,19 @@ pub async fn handle(
     .instrument(span)
     .await;
     let (response, status, error, slot) = match result {
+        Ok(Outcome::Merged(resp, slot)) => {
+            let status = resp.status().as_u16();
+            let (mut parts, body) = resp.into_parts();
+            if let Ok(v) = HeaderValue::from_str(&decision_id) {
+                parts.headers.insert("x-hubgate-decision-id", v);
+            }
+            (
+                Response::from_parts(parts, body.map_err(|never| match never {}).boxed()),
+                status,
+                None,
+                Some(slot),
+            )
+        }
         Ok(Outcome::Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
@@ -259,9 +280,9 @@ async fn run(
     let update = input::normalise_update(&parsed);
     trail.update = Some(update.clone());
     // The identifiers travel once, as input.findings, not twice.
-    if let Some(obj) = parsed.as_object_mut() {
-        obj.remove("FindingIdentifiers");
-    }
+    let identifiers = parsed
+        .as_object_mut()
+        .and_then(|obj| obj.remove("FindingIdentifiers"));
     let facts = RequestFacts {
         operation: spec.name,
         principal: &principal,
@@ -326,10 +347,24 @@ async fn run(
     let violations: Vec<Value> = decision.deny.iter().map(|v| v.to_json()).collect();
     trail.decision = Some(decision);
     if !allowed && !dry_run {
-        return Err(Rejection::PolicyDenied {
-            message,
-            violations,
-        });
+        let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed;
+        let denied = trail
+            .decision
+            .as_ref()
+            .and_then(|d| per_finding_denials(d, &keys));
+        return match (partial, denied, identifiers) {
+            (true, Some(denied), Some(Value::Array(ids))) if denied.len() < keys.len() => {
+                let outcome = forward_allowed(gate, &parts, parsed, ids, &denied, trail).await;
+                if let Some(enricher) = &gate.enricher {
+                    enricher.invalidate(&keys);
+                }
+                outcome
+            }
+            _ => Err(Rejection::PolicyDenied {
+                message,
+                violations,
+            }),
+        };
     }
     let outcome = forward(gate, &parts, body, trail).await;
     if let Some(enricher) = &gate.enricher {
@@ -343,6 +378,7 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
     let decision = match &trail.decision {
         Some(d) if d.allowed() => "allow",
         Some(_) if trail.dry_run && trail.forwarded => "dry_run_deny",
+        Some(_) if trail.partial.is_some() && trail.forwarded => "partial",
         Some(_) => "deny",
         None if rejected => "rejected",
         None => "allow",
@@ -415,6 +451,117 @@ async fn forward(
     Ok(Outcome::Forwarded(response, slot))
 }
 
+/// The denied findings with their reasons, when every violation names a finding; None when
+/// any violation concerns the whole request (then nothing may be forwarded).
+fn per_finding_denials(
+    decision: &Decision,
+    keys: &[FindingKey],
+) -> Option<HashMap<FindingKey, Vec<String>>> {
+    let mut denied: HashMap<FindingKey, Vec<String>> = HashMap::new();
+    for v in &decision.deny {
+        let f = v.finding.as_ref()?;
+        let key = (
+            f.get("Id")?.as_str()?.to_string(),
+            f.get("ProductArn")?.as_str()?.to_string(),
+        );
+        if !keys.contains(&key) {
+            // A policy naming a finding the request does not target is a policy bug.
+            return None;
+        }
+        let reasons = denied.entry(key).or_default();
+        if !reasons.contains(&v.msg) {
+            reasons.push(v.msg.clone());
+        }
+    }
+    Some(denied)
+}
+
+/// `on_partial_deny = "forward-allowed"`: forwards the request rewritten to the allowed
+/// findings (re-serialised, then signed like any request) and merges the denied ones into
+/// the answer's UnprocessedFindings, so an SDK caller sees one ordinary response.
+async fn forward_allowed(
+    gate: &Gate,
+    parts: &http::request::Parts,
+    mut body_without_ids: Value,
+    identifiers: Vec<Value>,
+    denied: &HashMap<FindingKey, Vec<String>>,
+    trail: &mut Trail,
+) -> Result<Outcome, Rejection> {
+    let key_of = |v: &Value| -> Option<FindingKey> {
+        Some((
+            v.get("Id")?.as_str()?.to_string(),
+            v.get("ProductArn")?.as_str()?.to_string(),
+        ))
+    };
+    let allowed: Vec<Value> = identifiers
+        .into_iter()
+        .filter(|v| key_of(v).is_some_and(|k| !denied.contains_key(&k)))
+        .collect();
+    trail.partial = Some((allowed.len(), denied.len()));
+    if let Some(obj) = body_without_ids.as_object_mut() {
+        obj.insert("FindingIdentifiers".into(), Value::Array(allowed));
+    }
+    let rewritten = Bytes::from(serde_json::to_vec(&body_without_ids).unwrap_or_default());
+    let slot = gate.audit.reserve().await?;
+    let t = Instant::now();
+    let response = gate.upstream.forward(parts, rewritten).await;
+    trail.upstream_ns = t.elapsed().as_nanos() as u64;
+    let response = response?;
+    trail.forwarded = true;
+    trail.upstream_status = Some(response.status().as_u16());
+    trail.upstream_request_id = response
+        .headers()
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (mut head, incoming) = response.into_parts();
+    let bytes = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
+                operation: "BatchUpdateFindings",
+                detail: e.to_string(),
+            })
+        })?
+        .to_bytes();
+    // Only a successful JSON answer is merged into; anything else goes back as it came.
+    let merged = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut answer) if head.status.is_success() => {
+            let mut extra: Vec<Value> = denied
+                .iter()
+                .map(|((id, arn), reasons)| {
+                    json!({
+                        "FindingIdentifier": {"Id": id, "ProductArn": arn},
+                        "ErrorCode": "PolicyDenied",
+                        "ErrorMessage": reasons.join("; "),
+                    })
+                })
+                .collect();
+            extra.sort_by(|a, b| {
+                a["FindingIdentifier"]["Id"]
+                    .as_str()
+                    .cmp(&b["FindingIdentifier"]["Id"].as_str())
+            });
+            match answer.get_mut("UnprocessedFindings") {
+                Some(Value::Array(list)) => list.extend(extra),
+                _ => answer["UnprocessedFindings"] = Value::Array(extra),
+            }
+            Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+        }
+        _ => bytes,
+    };
+    head.headers.remove(http::header::TRANSFER_ENCODING);
+    head.headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(merged.len()),
+    );
+    Ok(Outcome::Merged(
+        Response::from_parts(head, Full::new(merged)),
+        slot,
+    ))
+}
+
 fn input_headers(headers: &http::HeaderMap) -> Map<String, Value> {
     INPUT_HEADERS
         .iter()
@@ -478,6 +625,7 @@ fn record(
         "result": {"allow": allow, "violations": violations, "warnings": warnings},
         "error": error,
         "dry_run": trail.dry_run,
+        "partial": trail.partial.map(|(forwarded, denied)| json!({"forwarded": forwarded, "denied": denied})),
         "forwarded": trail.forwarded,
         "status": status,
         "upstream_status": trail.upstream_status,

@@ -144,6 +144,7 @@ pub fn event(record: &Value, region: &str) -> Value {
         "unmapped": {
             "dry_run": dry_run,
             "forwarded": forwarded,
+            "partial": record.get("partial"),
             "upstream_status": record.get("upstream_status"),
             "violations": violations,
             "warnings": record.pointer("/result/warnings"),
