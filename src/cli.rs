@@ -9,10 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::audit::chain;
+use crate::config::Routing;
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG};
 use crate::identity::Identity;
 use crate::policy::{testing, PolicySet};
-use crate::routes::Class;
 
 #[derive(Parser)]
 #[command(
@@ -225,7 +225,9 @@ fn check(arg: &ConfigArg) -> ExitCode {
     match PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
-    ) {
+    )
+    .and_then(|p| p.covers(&config).map(|()| p))
+    {
         Ok(policy) => println!(
             "policies: {} ({} files, revision {})",
             config.policy.dir.display(),
@@ -238,16 +240,19 @@ fn check(arg: &ConfigArg) -> ExitCode {
         }
     }
     let ops = crate::routes::operations();
-    let count = |class| ops.iter().filter(|o| o.class == class).count();
+    let count = |r| ops.iter().filter(|o| config.routing(o) == r).count();
+    let judged: Vec<&str> = ops
+        .iter()
+        .filter(|o| config.routing(o) == Routing::Policy)
+        .map(|o| o.name)
+        .collect();
     println!(
-        "routes: {} operations: {} guarded, {} read-only forwarded, {} refused ({} of them change findings)",
+        "routes: {} operations: {} under policy ({}), {} forwarded, {} refused",
         ops.len(),
-        count(Class::Guarded),
-        count(Class::ReadOnly),
-        count(Class::Blocked),
-        ops.iter()
-            .filter(|o| o.class == Class::Blocked && o.changes_findings)
-            .count()
+        count(Routing::Policy),
+        judged.join(", "),
+        count(Routing::Forward),
+        count(Routing::Deny),
     );
     if ok {
         println!("config: {} is valid", config.file.display());

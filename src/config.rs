@@ -47,6 +47,19 @@ struct RawConfig {
     audit: AuditConfig,
     #[serde(default)]
     log: LogConfig,
+    /// Per-operation routing: operation name -> deny | policy | forward.
+    #[serde(default)]
+    operations: std::collections::BTreeMap<String, Routing>,
+}
+
+/// What hubgate does with one operation, overriding the built-in default (the finding-changing
+/// operations hubgate can judge: policy; read-only operations: forward; everything else: deny).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    Deny,
+    Policy,
+    Forward,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -286,6 +299,7 @@ pub struct Config {
     pub enrichment: EnrichmentConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
+    pub operations: std::collections::BTreeMap<String, Routing>,
 }
 
 impl fmt::Display for UpstreamAuth {
@@ -298,6 +312,22 @@ impl fmt::Display for UpstreamAuth {
 }
 
 impl Config {
+    /// What hubgate does with an operation: the configured routing, else the default.
+    pub fn routing(&self, op: &crate::routes::OperationSpec) -> Routing {
+        use crate::routes::Class;
+        if let Some(r) = self.operations.get(op.name) {
+            return *r;
+        }
+        if crate::routes::POLICY_CAPABLE.contains(&op.name) {
+            return Routing::Policy;
+        }
+        match op.class {
+            Class::Guarded => Routing::Policy,
+            Class::ReadOnly => Routing::Forward,
+            Class::Blocked => Routing::Deny,
+        }
+    }
+
     /// Reads and validates a configuration file. Errors name the file, the key and the reason.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
@@ -332,7 +362,26 @@ impl Config {
             enrichment,
             mut audit,
             log,
+            operations,
         } = raw;
+        for (name, routing) in &operations {
+            let key = format!("operations.{name}");
+            if !crate::routes::operations().iter().any(|o| o.name == name) {
+                return Err(invalid(file, &key, "is not a Security Hub operation"));
+            }
+            if *routing == Routing::Policy
+                && !crate::routes::POLICY_CAPABLE.contains(&name.as_str())
+            {
+                return Err(invalid(
+                    file,
+                    &key,
+                    format!(
+                        "\"policy\" applies to {} only: hubgate has no policy input for other operations",
+                        crate::routes::POLICY_CAPABLE.join(", ")
+                    ),
+                ));
+            }
+        }
 
         let listen: SocketAddr = server.listen.parse().map_err(|e| {
             invalid(
@@ -518,6 +567,7 @@ impl Config {
             enrichment,
             audit,
             log,
+            operations,
         })
     }
 }

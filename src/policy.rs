@@ -179,10 +179,16 @@ fn revision_of(dir: &Path, files: &[PathBuf]) -> Result<String, PolicyLoadError>
     Ok(format!("sha256:{}", hex::encode(hash.finalize())))
 }
 
-fn guarded_operations() -> Vec<&'static str> {
+/// The operations whose schema must exist (guarded by default), and those whose schema is
+/// loaded when present so the configuration can put them under policy.
+fn schema_operations(dir: &Path) -> Vec<&'static str> {
     routes::operations()
         .iter()
-        .filter(|op| op.class == Class::Guarded)
+        .filter(|op| {
+            op.class == Class::Guarded
+                || (routes::POLICY_CAPABLE.contains(&op.name)
+                    && dir.join(format!("{}.json", op.name)).exists())
+        })
         .map(|op| op.name)
         .collect()
 }
@@ -198,7 +204,8 @@ impl PolicySet {
             .cloned()
             .collect();
         let schema_dir = dir.join("schemas");
-        let schemas = Schemas::load(&schema_dir, &guarded_operations())?;
+        let schema_ops = schema_operations(&schema_dir);
+        let schemas = Schemas::load(&schema_dir, &schema_ops)?;
         let mut engine = engine_from(&rego, &files.data)?;
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
             limit: eval_timeout,
@@ -237,7 +244,7 @@ impl PolicySet {
 
         let mut all: Vec<PathBuf> = rego;
         all.extend(files.data);
-        let mut schema_files: Vec<PathBuf> = guarded_operations()
+        let mut schema_files: Vec<PathBuf> = schema_ops
             .iter()
             .map(|op| schema_dir.join(format!("{op}.json")))
             .collect();
@@ -253,6 +260,19 @@ impl PolicySet {
             schemas,
             files: all,
         })
+    }
+
+    /// Every operation the configuration puts under policy needs its schema in this set.
+    pub fn covers(&self, config: &crate::config::Config) -> Result<(), PolicyLoadError> {
+        for op in routes::operations() {
+            if config.routing(op) == crate::config::Routing::Policy && !self.schemas.has(op.name) {
+                return Err(PolicyLoadError::Smoke(format!(
+                    "operations.{} = \"policy\" needs schemas/{}.json in the policy directory",
+                    op.name, op.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Evaluates the decision for one input document.

@@ -16,14 +16,14 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Entry, Slot};
-use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
+use crate::config::{Config, PartialDeny, PolicyMode, Routing, UpstreamAuth};
 use crate::enrich::{CurrentFinding, Enricher, FindingKey};
 use crate::envelope::Rejection;
 use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::policy::input::{self, Enrichment, RequestFacts};
 use crate::policy::{Decision, PolicySet};
-use crate::routes::{self, Class, OperationSpec};
+use crate::routes::{self, OperationSpec};
 use crate::upstream::Upstream;
 use crate::validate;
 
@@ -203,7 +203,8 @@ async fn run(
     // route
     let spec: &'static OperationSpec = routes::route(req.method(), req.uri().path())?;
     trail.operation = Some(spec.name);
-    if spec.class == Class::Blocked {
+    let routing = gate.config.routing(spec);
+    if routing == Routing::Deny {
         return Err(Rejection::OperationNotAllowed {
             operation: spec.name,
         });
@@ -229,7 +230,7 @@ async fn run(
     };
 
     // content type, on the operations whose body hubgate reads
-    if spec.class == Class::Guarded {
+    if routing == Routing::Policy {
         validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
             .map_err(Rejection::UnsupportedMediaType)?;
     }
@@ -241,7 +242,7 @@ async fn run(
             .authenticate(&parts, &body, SystemTime::now(), client_cert)?;
     trail.principal = Some(principal.clone());
 
-    if spec.class == Class::ReadOnly {
+    if routing == Routing::Forward {
         return forward(gate, &parts, body, trail).await;
     }
 
@@ -259,30 +260,25 @@ async fn run(
     let mut parsed = policy.schemas.check(spec.name, &body)?;
 
     // decide
-    let keys: Vec<FindingKey> = parsed
-        .get("FindingIdentifiers")
-        .and_then(Value::as_array)
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|f| {
-                    Some((
-                        f.get("Id")?.as_str()?.to_string(),
-                        f.get("ProductArn")?.as_str()?.to_string(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let normalised = input::normalise(spec.name, &parsed);
+    let keys = normalised.keys;
+    let claims = normalised.claimed_accounts;
+    let update = normalised.update;
     trail.findings = keys
         .iter()
         .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
         .collect();
-    let update = input::normalise_update(&parsed);
     trail.update = Some(update.clone());
     // The identifiers travel once, as input.findings, not twice.
-    let identifiers = parsed
-        .as_object_mut()
-        .and_then(|obj| obj.remove("FindingIdentifiers"));
+    let mut identifiers = None;
+    if let Some(obj) = parsed.as_object_mut() {
+        for member in normalised.strip {
+            let removed = obj.remove(*member);
+            if *member == "FindingIdentifiers" {
+                identifiers = removed;
+            }
+        }
+    }
     let facts = RequestFacts {
         operation: spec.name,
         principal: &principal,
@@ -296,30 +292,21 @@ async fn run(
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
     trail.dry_run = dry_run;
 
-    let decision = match &gate.enricher {
-        None => evaluate(
-            &policy,
-            &facts,
-            &parsed,
-            &update,
-            &keys,
-            None,
-            Enrichment::Disabled,
-            trail,
-        )?,
-        Some(enricher) => {
+    let ctx = Pass {
+        policy: &policy,
+        facts: &facts,
+        body: &parsed,
+        update: &update,
+        keys: &keys,
+        claims: &claims,
+    };
+    let decision = match (&gate.enricher, normalised.enrichable) {
+        (_, false) => ctx.evaluate(None, Enrichment::NotApplicable, trail)?,
+        (None, true) => ctx.evaluate(None, Enrichment::Disabled, trail)?,
+        (Some(enricher), true) => {
             // First pass on the request alone: a request that no finding state could make
             // acceptable is refused without any upstream call.
-            let early = evaluate(
-                &policy,
-                &facts,
-                &parsed,
-                &update,
-                &keys,
-                None,
-                Enrichment::Pending,
-                trail,
-            )?;
+            let early = ctx.evaluate(None, Enrichment::Pending, trail)?;
             if !early.allowed() && !dry_run {
                 early
             } else {
@@ -329,16 +316,7 @@ async fn run(
                 trail.lookups = stats.calls;
                 trail.cache_hits = stats.cache_hits;
                 trail.misses = keys.len().saturating_sub(stats.cache_hits);
-                evaluate(
-                    &policy,
-                    &facts,
-                    &parsed,
-                    &update,
-                    &keys,
-                    Some(&current),
-                    Enrichment::Complete,
-                    trail,
-                )?
+                ctx.evaluate(Some(&current), Enrichment::Complete, trail)?
             }
         }
     };
@@ -407,23 +385,38 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
     metrics.enrichment_misses.inc_by(trail.misses as u64);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn evaluate(
-    policy: &PolicySet,
-    facts: &RequestFacts<'_>,
-    body: &Value,
-    update: &Value,
-    keys: &[FindingKey],
-    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
-    enrichment: Enrichment,
-    trail: &mut Trail,
-) -> Result<Decision, Rejection> {
-    let t = Instant::now();
-    let doc = input::document(facts, body, update, keys, current, enrichment);
-    trail.input = Some(doc.clone());
-    let decision = policy.evaluate(doc);
-    trail.policy_ns += t.elapsed().as_nanos() as u64;
-    Ok(decision?)
+/// The facts both evaluation passes share.
+struct Pass<'a> {
+    policy: &'a PolicySet,
+    facts: &'a RequestFacts<'a>,
+    body: &'a Value,
+    update: &'a Value,
+    keys: &'a [FindingKey],
+    claims: &'a [Option<String>],
+}
+
+impl Pass<'_> {
+    fn evaluate(
+        &self,
+        current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
+        enrichment: Enrichment,
+        trail: &mut Trail,
+    ) -> Result<Decision, Rejection> {
+        let t = Instant::now();
+        let doc = input::document_with_claims(
+            self.facts,
+            self.body,
+            self.update,
+            self.keys,
+            self.claims,
+            current,
+            enrichment,
+        );
+        trail.input = Some(doc.clone());
+        let decision = self.policy.evaluate(doc);
+        trail.policy_ns += t.elapsed().as_nanos() as u64;
+        Ok(decision?)
+    }
 }
 
 async fn forward(

@@ -75,6 +75,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Duration::from_millis(config.policy.eval_timeout_ms),
     )
     .map_err(|e| startup(&e))?;
+    policy.covers(&config).map_err(|e| startup(&e))?;
     let upstream = Upstream::new(&config).await.map_err(|e| startup(&e))?;
     let enricher = config.enrichment.enabled.then(|| {
         Enricher::new(
@@ -318,7 +319,9 @@ fn reload(gate: &Gate) {
     match PolicySet::load(
         &gate.config.policy.dir,
         Duration::from_millis(gate.config.policy.eval_timeout_ms),
-    ) {
+    )
+    .and_then(|p| p.covers(&gate.config).map(|()| p))
+    {
         Ok(policy) => {
             let revision = policy.revision.clone();
             let changed = revision != gate.policy.load().revision;

@@ -84,6 +84,11 @@ impl fmt::Debug for Schemas {
 }
 
 impl Schemas {
+    /// Whether a schema for this operation is loaded.
+    pub fn has(&self, operation: &str) -> bool {
+        self.validators.contains_key(operation)
+    }
+
     /// Compiles `<dir>/<Operation>.json` for each named operation; every one must exist.
     pub fn load(dir: &Path, operations: &[&str]) -> Result<Schemas, SchemaLoadError> {
         let mut validators = HashMap::new();

@@ -15,7 +15,7 @@ use crate::enrich::{CurrentFinding, FindingKey};
 use crate::identity::{self, Principal, Role};
 use crate::policy::input::{self, Enrichment, RequestFacts};
 use crate::policy::{Decision, PolicySet};
-use crate::routes::{self, Class};
+use crate::routes;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("hubgate: {msg}");
@@ -152,7 +152,7 @@ pub fn run(args: &EvalArgs) -> ExitCode {
     };
     let Some(op) = routes::operations()
         .iter()
-        .find(|o| o.name == args.operation && o.class == Class::Guarded)
+        .find(|o| o.name == args.operation && routes::POLICY_CAPABLE.contains(&o.name))
     else {
         return fail(format!(
             "{} is not an operation hubgate evaluates",
@@ -186,23 +186,14 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let keys: Vec<FindingKey> = parsed
-        .get("FindingIdentifiers")
-        .and_then(Value::as_array)
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|f| {
-                    Some((
-                        f.get("Id")?.as_str()?.to_string(),
-                        f.get("ProductArn")?.as_str()?.to_string(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let update = input::normalise_update(&parsed);
+    let normalised = input::normalise(op.name, &parsed);
+    let keys: Vec<FindingKey> = normalised.keys;
+    let claims = normalised.claimed_accounts;
+    let update = normalised.update;
     if let Some(obj) = parsed.as_object_mut() {
-        obj.remove("FindingIdentifiers");
+        for member in normalised.strip {
+            obj.remove(*member);
+        }
     }
     let facts = RequestFacts {
         operation: op.name,
@@ -224,7 +215,12 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         .collect();
     println!("policy revision {}", policy.revision);
 
-    let passes: Vec<(&str, Enrichment)> = if !config.enrichment.enabled {
+    let passes: Vec<(&str, Enrichment)> = if !normalised.enrichable {
+        vec![(
+            "single pass (no finding state for this operation)",
+            Enrichment::NotApplicable,
+        )]
+    } else if !config.enrichment.enabled {
         vec![("single pass (enrichment disabled)", Enrichment::Disabled)]
     } else if current.is_some() {
         vec![
@@ -236,7 +232,15 @@ pub fn run(args: &EvalArgs) -> ExitCode {
     };
     let mut last = None;
     for (name, phase) in passes {
-        let doc = input::document(&facts, &parsed, &update, &keys, current.as_ref(), phase);
+        let doc = input::document_with_claims(
+            &facts,
+            &parsed,
+            &update,
+            &keys,
+            &claims,
+            current.as_ref(),
+            phase,
+        );
         if args.input {
             println!(
                 "input ({name}):\n{}",
@@ -259,7 +263,7 @@ pub fn run(args: &EvalArgs) -> ExitCode {
     }
     match last {
         Some(d) if d.allowed() => {
-            if config.enrichment.enabled && current.is_none() {
+            if normalised.enrichable && config.enrichment.enabled && current.is_none() {
                 println!("note: give --current FINDINGS.json to evaluate the rules that need finding state");
             }
             ExitCode::SUCCESS

@@ -55,6 +55,9 @@ pub enum Enrichment {
     Complete,
     /// `enrichment.enabled = false`: state is never looked up.
     Disabled,
+    /// The operation names no findings GetFindings can look up (V2 identifiers, filters,
+    /// imports): `claimed_account_id` is what the request says, nothing more.
+    NotApplicable,
 }
 
 impl Enrichment {
@@ -63,6 +66,7 @@ impl Enrichment {
             Enrichment::Pending => "pending",
             Enrichment::Complete => "complete",
             Enrichment::Disabled => "disabled",
+            Enrichment::NotApplicable => "none",
         }
     }
 }
@@ -132,6 +136,186 @@ pub fn normalise_update(body: &Value) -> Value {
         "user_defined_fields": body.get("UserDefinedFields"),
         "related_findings": body.get("RelatedFindings"),
     })
+}
+
+/// What the policy input needs from a request body, whatever operation it is.
+pub struct Normalised {
+    pub keys: Vec<FindingKey>,
+    /// The account each finding belongs to by the request's own say (V2, imports).
+    pub claimed_accounts: Vec<Option<String>>,
+    pub update: Value,
+    /// GetFindings can look these findings up (BatchUpdateFindings only).
+    pub enrichable: bool,
+    /// Body members moved to input.findings, so they are not in the input twice.
+    pub strip: &'static [&'static str],
+}
+
+/// OCSF `status_id` of BatchUpdateFindingsV2, as the ASFF workflow status one rule covers.
+fn v2_status(id: i64) -> Option<&'static str> {
+    Some(match id {
+        1 => "NEW",
+        2 => "NOTIFIED",
+        3 => "SUPPRESSED",
+        4 => "RESOLVED",
+        5 => "ARCHIVED",
+        6 => "DELETED",
+        99 => "OTHER",
+        _ => return None,
+    })
+}
+
+/// OCSF `severity_id` as an ASFF severity label (Fatal counts as CRITICAL).
+fn v2_severity(id: i64) -> Option<&'static str> {
+    Some(match id {
+        1 => "INFORMATIONAL",
+        2 => "LOW",
+        3 => "MEDIUM",
+        4 => "HIGH",
+        5 | 6 => "CRITICAL",
+        _ => return None,
+    })
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Normalises any policy-capable operation's body, so that "members may not suppress" is one
+/// rule whether the request said `Workflow.Status`, `StatusId` or anything else.
+pub fn normalise(operation: &str, body: &Value) -> Normalised {
+    let empty = Vec::new();
+    match operation {
+        "BatchUpdateFindingsV2" => {
+            let mut keys = Vec::new();
+            let mut claimed = Vec::new();
+            for f in body
+                .get("FindingIdentifiers")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+            {
+                keys.push((
+                    str_at(f, "FindingInfoUid").unwrap_or("").to_string(),
+                    str_at(f, "MetadataProductUid").unwrap_or("").to_string(),
+                ));
+                claimed.push(str_at(f, "CloudAccountUid").map(str::to_string));
+            }
+            for uid in body
+                .get("MetadataUids")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+            {
+                keys.push((uid.as_str().unwrap_or("").to_string(), String::new()));
+                claimed.push(None);
+            }
+            let status = body.get("StatusId").and_then(Value::as_i64);
+            let severity = body.get("SeverityId").and_then(Value::as_i64);
+            let label = severity.and_then(v2_severity);
+            let mut fields = Vec::new();
+            if status.is_some() {
+                fields.push("Workflow.Status");
+            }
+            if severity.is_some() {
+                fields.push("Severity.Label");
+            }
+            if body.get("Comment").is_some() {
+                fields.push("Note.Text");
+            }
+            let update = json!({
+                "fields": fields,
+                "workflow_status": status.map(|s| v2_status(s).unwrap_or("UNKNOWN")),
+                "severity_label": label,
+                "severity_rank": label.and_then(label_rank),
+                "severity_normalized": null,
+                "verification_state": null, "confidence": null, "criticality": null,
+                "note": body.get("Comment").map(|c| json!({"text": c, "updated_by": null})),
+                "types": null, "user_defined_fields": null, "related_findings": null,
+            });
+            Normalised {
+                keys,
+                claimed_accounts: claimed,
+                update,
+                enrichable: false,
+                strip: &["FindingIdentifiers", "MetadataUids"],
+            }
+        }
+        "UpdateFindings" => {
+            let mut fields = vec!["RecordState"];
+            if body.get("Note").is_some() {
+                fields = vec!["Note.Text", "Note.UpdatedBy"];
+                if body.get("RecordState").is_some() {
+                    fields.push("RecordState");
+                }
+            }
+            let update = json!({
+                "fields": fields,
+                "record_state": body.get("RecordState"),
+                "workflow_status": null, "severity_label": null, "severity_rank": null,
+                "severity_normalized": null, "verification_state": null, "confidence": null,
+                "criticality": null,
+                "note": body.get("Note").map(|n| json!({"text": n.get("Text"), "updated_by": n.get("UpdatedBy")})),
+                "types": null, "user_defined_fields": null, "related_findings": null,
+            });
+            Normalised {
+                keys: Vec::new(),
+                claimed_accounts: Vec::new(),
+                update,
+                enrichable: false,
+                strip: &[],
+            }
+        }
+        "BatchImportFindings" => {
+            let mut keys = Vec::new();
+            let mut claimed = Vec::new();
+            for f in body
+                .get("Findings")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+            {
+                keys.push((
+                    str_at(f, "Id").unwrap_or("").to_string(),
+                    str_at(f, "ProductArn").unwrap_or("").to_string(),
+                ));
+                claimed.push(str_at(f, "AwsAccountId").map(str::to_string));
+            }
+            let update = json!({
+                "fields": ["Findings"],
+                "workflow_status": null, "severity_label": null, "severity_rank": null,
+                "severity_normalized": null, "verification_state": null, "confidence": null,
+                "criticality": null, "note": null, "types": null, "user_defined_fields": null,
+                "related_findings": null,
+            });
+            // The imported findings stay in request.body: their content is what is judged.
+            Normalised {
+                keys,
+                claimed_accounts: claimed,
+                update,
+                enrichable: false,
+                strip: &[],
+            }
+        }
+        _ => {
+            let keys: Vec<FindingKey> = body
+                .get("FindingIdentifiers")
+                .and_then(Value::as_array)
+                .unwrap_or(&empty)
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        str_at(f, "Id")?.to_string(),
+                        str_at(f, "ProductArn")?.to_string(),
+                    ))
+                })
+                .collect();
+            let n = keys.len();
+            Normalised {
+                keys,
+                claimed_accounts: vec![None; n],
+                update: normalise_update(body),
+                enrichable: true,
+                strip: &["FindingIdentifiers"],
+            }
+        }
+    }
 }
 
 /// The fields of a stored finding that policies see as `current`; the rest (resources,
@@ -274,6 +458,27 @@ pub fn document(
     current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
     enrichment: Enrichment,
 ) -> RValue {
+    document_with_claims(
+        facts,
+        body_without_ids,
+        update,
+        keys,
+        &[],
+        current,
+        enrichment,
+    )
+}
+
+/// As `document`, with the accounts the request itself claims for its findings.
+pub fn document_with_claims(
+    facts: &RequestFacts<'_>,
+    body_without_ids: &Value,
+    update: &Value,
+    keys: &[FindingKey],
+    claimed_accounts: &[Option<String>],
+    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
+    enrichment: Enrichment,
+) -> RValue {
     let mut summary = Summary::default();
     let findings: Vec<RValue> = match (enrichment, current) {
         (Enrichment::Complete, Some(current)) => keys
@@ -294,8 +499,10 @@ pub fn document(
         _ => {
             let k = self::keys();
             let mut arn: Option<(&str, RValue)> = None;
+            let claimed_key = RValue::from("claimed_account_id");
             keys.iter()
-                .map(|(id, product_arn)| {
+                .enumerate()
+                .map(|(i, (id, product_arn))| {
                     let arn_value = match &arn {
                         Some((a, v)) if *a == product_arn.as_str() => v.clone(),
                         _ => {
@@ -307,6 +514,9 @@ pub fn document(
                     let mut entry = BTreeMap::new();
                     entry.insert(k.id.clone(), RValue::from(id.as_str()));
                     entry.insert(k.product_arn.clone(), arn_value);
+                    if let Some(Some(account)) = claimed_accounts.get(i) {
+                        entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
+                    }
                     RValue::from(entry)
                 })
                 .collect()

@@ -39,9 +39,6 @@ def test_unsigned_unknown_route_is_still_404(hubgate):
 
 
 @pytest.mark.parametrize("method,path,payload", [
-    ("PATCH", "/findings", {"Filters": {}, "RecordState": "ARCHIVED"}),           # UpdateFindings
-    ("PATCH", "/findingsv2/batchupdatev2", {"MetadataUids": ["x"], "StatusId": 3}),
-    ("POST", "/findings/import", {"Findings": []}),                               # BatchImport
     ("POST", "/automationrules/create", {"RuleName": "r"}),
     ("PATCH", "/automationrules/update", {"UpdateAutomationRulesRequestItems": []}),
     ("POST", "/automationrules/delete", {"AutomationRulesArns": ["a"]}),
@@ -58,13 +55,14 @@ def test_other_finding_changing_operations_are_not_allowed(hubgate, method, path
 
 
 def test_get_findings_and_update_findings_share_a_path(hubgate):
-    """POST /findings is forwarded, PATCH /findings is refused."""
+    """POST /findings (GetFindings) is forwarded, PATCH /findings (UpdateFindings) is judged."""
     get = hubgate.send("POST", "/findings", {"MaxResults": 1}, who="member")
     assert get.status == 200, get.text
     assert get.headers.get("x-hubgate-decision-id")
     upd = hubgate.send("PATCH", "/findings", {"Filters": {}, "RecordState": "ARCHIVED"},
                        who="member")
-    assert_envelope(upd, 403, "OPERATION_NOT_ALLOWED", "AccessDeniedException")
+    body = assert_envelope(upd, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert "may not use UpdateFindings" in body["error"]["message"]
     assert [(r["method"], r["path"]) for r in hubgate.fake.requests()] == [("POST", "/findings")]
 
 
