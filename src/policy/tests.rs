@@ -79,7 +79,8 @@ fn member_suppress_is_denied_in_the_first_pass() {
     let d = p
         .evaluate(doc(
             Role::Member,
-            json!({"Workflow": {"Status": "SUPPRESSED"}}),
+            json!({"Workflow": {"Status": "SUPPRESSED"},
+                   "Note": {"Text": "RISK-1 accepted", "UpdatedBy": "m"}}),
             &[("f1", None, "HIGH")],
             Enrichment::Pending,
         ))
@@ -144,7 +145,8 @@ fn administrators_may_do_what_members_may_not() {
     let d = p
         .evaluate(doc(
             Role::Administrator,
-            json!({"Workflow": {"Status": "SUPPRESSED"}, "Severity": {"Label": "LOW"}}),
+            json!({"Workflow": {"Status": "SUPPRESSED"}, "Severity": {"Label": "LOW"},
+                   "Note": {"Text": "RISK-1 accepted", "UpdatedBy": "a"}}),
             &[("theirs", Some("333333333333"), "CRITICAL")],
             Enrichment::Complete,
         ))

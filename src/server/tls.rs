@@ -46,6 +46,14 @@ pub fn server_config(
         reason: format!("no usable private key: {e}"),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Parse the key on its own first, so a bad key is blamed on the key file.
+    provider
+        .key_provider
+        .load_private_key(key_der.clone_key())
+        .map_err(|e| TlsError::File {
+            file: key.to_path_buf(),
+            reason: format!("the private key cannot be used: {e}"),
+        })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?;

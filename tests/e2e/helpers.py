@@ -171,11 +171,16 @@ class Response:
 
 def raw_request(port: int, method: str, path: str, body: bytes = b"",
                 headers: dict | None = None, host: str = "127.0.0.1",
-                chunked: bool = False) -> Response:
+                chunked: bool = False, ssl_context=None) -> Response:
     """Send one request with http.client so that the path goes out exactly as given.
 
-    chunked=True sends the body with Transfer-Encoding: chunked (two chunks)."""
-    conn = http.client.HTTPConnection(host, port, timeout=HTTP_TIMEOUT)
+    chunked=True sends the body with Transfer-Encoding: chunked (two chunks).
+    ssl_context: send it over HTTPS (a new TLS connection) with that ssl.SSLContext."""
+    if ssl_context is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=HTTP_TIMEOUT,
+                                           context=ssl_context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=HTTP_TIMEOUT)
     try:
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         hdrs = {"Host": f"{host}:{port}", **(headers or {})}
@@ -235,11 +240,13 @@ class FakeUpstream:
     """Runs tests/fake_securityhub.py in a subprocess and talks to its control API."""
 
     def __init__(self, log_path: Path, access_key: str = UPSTREAM_KEY,
-                 secret_key: str = UPSTREAM_SECRET):
+                 secret_key: str = UPSTREAM_SECRET, extra_credentials: list | None = None):
+        """extra_credentials: more Creds the fake accepts (--credentials AK:SK)."""
         self.port = free_port()
         self.log_path = log_path
         self.access_key = access_key
         self.secret_key = secret_key
+        self.extra_credentials = list(extra_credentials or [])
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -252,7 +259,9 @@ class FakeUpstream:
         self.proc = subprocess.Popen(
             [PYTHON, str(FAKE_SCRIPT), "--host", "127.0.0.1", "--port", str(self.port),
              "--access-key", self.access_key, "--secret-key", self.secret_key,
-             "--region", REGION],
+             "--region", REGION,
+             *[arg for c in self.extra_credentials
+               for arg in ("--credentials", f"{c.access_key}:{c.secret_key}")]],
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL)
 
         def up():
@@ -382,6 +391,9 @@ class Hubgate:
     proc: subprocess.Popen | None = None
     env: dict | None = None  # replaces hubgate_env() when given
     popen_kw: dict = field(default_factory=dict)  # e.g. stdout=subprocess.PIPE, preexec_fn
+    callers_toml: str | None = None  # the callers file; CALLERS_TOML when None
+    scheme: str = "http"  # "https" when the config sets server.tls_cert/tls_key
+    ca_file: Path | None = None  # the CA clients verify hubgate's certificate with (https)
 
     @property
     def config_path(self) -> Path:
@@ -401,7 +413,7 @@ class Hubgate:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def config(self) -> dict:
         base = {
@@ -419,7 +431,8 @@ class Hubgate:
 
     def write_config(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "callers.toml").write_text(CALLERS_TOML)
+        (self.workdir / "callers.toml").write_text(
+            CALLERS_TOML if self.callers_toml is None else self.callers_toml)
         self.config_path.write_text(to_toml(self.config()))
 
     def start(self, ready_timeout: float = 15, ready_path: str = "/readyz"):
@@ -498,21 +511,27 @@ class Hubgate:
 
     # -- clients ----------------------------------------------------------
 
-    def client(self, who: str = "admin", creds: Creds | None = None):
+    def client(self, who: str = "admin", creds: Creds | None = None,
+               client_cert: tuple | None = None):
+        """A boto3 client for hubgate (over HTTPS, verifying with ca_file, when scheme is
+        https); client_cert = (cert.pem, key.pem) presents a client certificate."""
         creds = creds or CALLERS[who]
         return boto3.session.Session().client(
             "securityhub", endpoint_url=self.url, region_name=REGION,
             aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+            verify=str(self.ca_file) if self.scheme == "https" and self.ca_file else None,
             config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                          connect_timeout=5, read_timeout=HTTP_TIMEOUT))
+                          connect_timeout=5, read_timeout=HTTP_TIMEOUT,
+                          client_cert=client_cert))
 
     def send(self, method: str, path: str, body=b"", who: str | None = "admin",
              creds: Creds | None = None, content_type: str = "application/json",
              when: dt.datetime | None = None, extra_headers: dict | None = None,
-             body_for_signature: bytes | None = None, chunked: bool = False) -> Response:
+             body_for_signature: bytes | None = None, chunked: bool = False,
+             ssl_context=None) -> Response:
         """A raw request to hubgate, SigV4-signed for hubgate's host unless who is None.
 
-        body may be bytes, str or a JSON-serialisable object."""
+        body may be bytes, str or a JSON-serialisable object; ssl_context sends it over TLS."""
         if not isinstance(body, (bytes, str)):
             body = json.dumps(body)
         if isinstance(body, str):
@@ -525,7 +544,8 @@ class Hubgate:
         if creds:
             signed_body = body if body_for_signature is None else body_for_signature
             headers = sign(creds, method, self.host, path, signed_body, headers, when)
-        return raw_request(self.port, method, path, body, headers, chunked=chunked)
+        return raw_request(self.port, method, path, body, headers, chunked=chunked,
+                           ssl_context=ssl_context)
 
     def buf(self, body, **kw) -> Response:
         return self.send("PATCH", "/findings/batchupdate", body, **kw)

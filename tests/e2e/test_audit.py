@@ -16,7 +16,8 @@ from helpers import (
     wait_until,
 )
 
-SUPPRESS = {"FindingIdentifiers": [ident("f-own-high")], "Workflow": {"Status": "SUPPRESSED"}}
+SUPPRESS = {"FindingIdentifiers": [ident("f-own-high")], "Workflow": {"Status": "SUPPRESSED"},
+            "Note": {"Text": "RISK-1 accepted after review", "UpdatedBy": "sec-team"}}
 
 
 def boto_call(fn, **kw):
@@ -56,7 +57,8 @@ def battery(make_fake, make_hubgate):
         raw_call(hg.buf(SUPPRESS, creds=Creds(ADMIN.access_key, "wrong"))),               # 401
         raw_call(hg.buf(SUPPRESS, who=None)),                                             # 401
         raw_call(hg.send("PATCH", "//findings/batchupdate", SUPPRESS, who="admin")),      # 404
-        raw_call(hg.send("POST", "/findings/import", {"Findings": []}, who="admin")),     # 403
+        raw_call(hg.send("POST", "/automationrules/create", {"RuleName": "r"},
+                         who="admin")),                                                   # 403
     ]
     statuses = [s for _, s in calls]
     assert statuses == [200, 403, 403, 200, 403, 200, 200, 400, 413, 415, 401, 401, 404, 403]

@@ -73,7 +73,7 @@ def test_admin_suppress_is_forwarded_and_applied(hubgate):
     resp = client.batch_update_findings(
         FindingIdentifiers=[ident("f-other"), ident("f-own-high")],
         Workflow={"Status": "SUPPRESSED"},
-        Note={"Text": "accepted risk", "UpdatedBy": "admin"})
+        Note={"Text": "RISK-7 accepted risk", "UpdatedBy": "admin"})
     assert sorted(f["Id"] for f in resp["ProcessedFindings"]) == ["f-other", "f-own-high"]
     assert resp["UnprocessedFindings"] == []
     rec = assert_forwarded(hubgate, resp)
@@ -87,7 +87,7 @@ def test_admin_suppress_is_forwarded_and_applied(hubgate):
     stored = fake.findings()
     assert stored["f-other"]["Workflow"]["Status"] == "SUPPRESSED"
     assert stored["f-own-high"]["Workflow"]["Status"] == "SUPPRESSED"
-    assert stored["f-other"]["Note"]["Text"] == "accepted risk"
+    assert stored["f-other"]["Note"]["Text"] == "RISK-7 accepted risk"
 
     [forwarded] = fake.buf_calls()
     # the bytes that were checked are the bytes that are forwarded, re-signed by hubgate
@@ -157,15 +157,37 @@ def test_member_raising_severity_is_forwarded(hubgate, severity, label):
 def test_member_note_on_own_finding_is_forwarded(hubgate):
     resp = hubgate.client("member").batch_update_findings(
         FindingIdentifiers=[ident("f-own-medium")], Note={"Text": "triaged", "UpdatedBy": "m"},
-        VerificationState="TRUE_POSITIVE", Confidence=80, Criticality=60,
+        VerificationState="TRUE_POSITIVE",
         UserDefinedFields={"ticket": "SEC-1"}, Workflow={"Status": "NOTIFIED"})
     assert_forwarded(hubgate, resp)
     f = hubgate.fake.findings()["f-own-medium"]
     assert f["Note"]["Text"] == "triaged"
     assert f["VerificationState"] == "TRUE_POSITIVE"
-    assert (f["Confidence"], f["Criticality"]) == (80, 60)
     assert f["UserDefinedFields"] == {"ticket": "SEC-1"}
     assert f["Workflow"]["Status"] == "NOTIFIED"
+
+
+def test_members_may_not_change_scores_or_dismiss_findings(hubgate):
+    client = hubgate.client("member")
+    expect_denied(hubgate, lambda: client.batch_update_findings(
+        FindingIdentifiers=[ident("f-own-medium")], Confidence=80),
+        "member accounts may not change Confidence or Criticality")
+    expect_denied(hubgate, lambda: client.batch_update_findings(
+        FindingIdentifiers=[ident("f-own-medium")], VerificationState="FALSE_POSITIVE"),
+        "member accounts may not mark findings FALSE_POSITIVE or BENIGN_POSITIVE")
+
+
+def test_resolving_needs_a_ticket_reference(hubgate):
+    client = hubgate.client("member")
+    expect_denied(hubgate, lambda: client.batch_update_findings(
+        FindingIdentifiers=[ident("f-own-medium")], Workflow={"Status": "RESOLVED"},
+        Note={"Text": "fixed it", "UpdatedBy": "m"}),
+        "needs a ticket reference in Note.Text")
+    resp = client.batch_update_findings(
+        FindingIdentifiers=[ident("f-own-medium")], Workflow={"Status": "RESOLVED"},
+        Note={"Text": "fixed in SEC-981", "UpdatedBy": "m"})
+    assert_forwarded(hubgate, resp)
+    assert hubgate.fake.findings()["f-own-medium"]["Workflow"]["Status"] == "RESOLVED"
 
 
 def test_member_updating_another_accounts_finding_is_denied(hubgate):

@@ -29,7 +29,8 @@ def aws(hubgate, creds: Creds, *args) -> subprocess.CompletedProcess:
 def suppress(hubgate, creds: Creds, finding_id: str) -> subprocess.CompletedProcess:
     return aws(hubgate, creds, "batch-update-findings",
                "--finding-identifiers", f"Id={finding_id},ProductArn={PRODUCT_ARN}",
-               "--workflow", "Status=SUPPRESSED")
+               "--workflow", "Status=SUPPRESSED",
+               "--note", "Text=RISK-1 accepted,UpdatedBy=cli")
 
 
 def test_cli_member_suppress_fails_with_reason(hubgate):

@@ -15,7 +15,8 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema, get_packag
 
 from helpers import ADMIN_ACCOUNT, MEMBER_ACCOUNT, audit_verify, ident
 
-SUPPRESS = {"FindingIdentifiers": [ident("f-own-high")], "Workflow": {"Status": "SUPPRESSED"}}
+SUPPRESS = {"FindingIdentifiers": [ident("f-own-high")], "Workflow": {"Status": "SUPPRESSED"},
+            "Note": {"Text": "RISK-1 accepted after review", "UpdatedBy": "sec-team"}}
 
 
 @pytest.fixture(scope="module")

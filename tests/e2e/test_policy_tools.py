@@ -45,7 +45,8 @@ def test_eval_explains_each_violation_with_its_rule(request_file, current_file):
 
 def test_eval_stops_at_a_first_pass_denial(tmp_path):
     req = write(tmp_path, "s.json", {"FindingIdentifiers": [{"Id": "f", "ProductArn": PRODUCT_ARN}],
-                                     "Workflow": {"Status": "SUPPRESSED"}})
+                                     "Workflow": {"Status": "SUPPRESSED"},
+                                     "Note": {"Text": "RISK-1 accepted", "UpdatedBy": "sec"}})
     r = run_hubgate("eval", "--config", CONFIG, "--request", req, "--as", "member:222222222222")
     assert r.returncode == 1
     assert "first pass (request only): DENY" in r.stdout
@@ -101,7 +102,7 @@ def test_a_failing_rego_test_fails_the_run(tmp_path):
         "package extra_test\n\nimport data.hubgate\n\n"
         "test_admins_cannot_suppress if {\n"
         "\tcount(hubgate.deny) > 0 with input as {\"principal\": {\"role\": \"administrator\"}, "
-        "\"update\": {\"workflow_status\": \"SUPPRESSED\"}, \"enrichment\": \"pending\"}\n}\n")
+        "\"update\": {\"workflow_status\": \"NOTIFIED\"}, \"enrichment\": \"pending\"}\n}\n")
     r = run_hubgate("test", str(policies))
     assert r.returncode == 1
     assert "FAIL" in r.stdout and "extra_test.rego:5 test_admins_cannot_suppress" in r.stdout

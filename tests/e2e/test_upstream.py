@@ -7,7 +7,8 @@ from botocore.exceptions import ClientError
 
 from helpers import assert_envelope, free_port, ident
 
-SUPPRESS = {"FindingIdentifiers": [ident("f-other")], "Workflow": {"Status": "SUPPRESSED"}}
+SUPPRESS = {"FindingIdentifiers": [ident("f-other")], "Workflow": {"Status": "SUPPRESSED"},
+            "Note": {"Text": "RISK-1 accepted after review", "UpdatedBy": "sec-team"}}
 
 
 def assert_upstream_error(hg, resp, status, code, forward_attempted=False):

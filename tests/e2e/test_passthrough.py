@@ -1,0 +1,181 @@
+"""upstream.auth = "passthrough": the caller signs for the real Security Hub host with its own
+keys (which hubgate never sees); hubgate maps the claimed key to a caller, decides, and forwards
+the request byte for byte. Its own GetFindings lookups are signed with its own key."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from botocore.exceptions import ClientError
+
+from helpers import (
+    ADMIN_ACCOUNT,
+    MEMBER_ACCOUNT,
+    REGION,
+    UPSTREAM_KEY,
+    Creds,
+    header,
+    ident,
+)
+
+REAL_HOST = f"securityhub.{REGION}.amazonaws.com"
+# the callers' own keys: the fake (standing in for AWS) knows them, hubgate does not
+PT_ADMIN = Creds("AKIAPASSADMIN0000001", "pass-admin-secret-known-to-aws-only")
+PT_MEMBER = Creds("AKIAPASSMEMBER000001", "pass-member-secret-known-to-aws-only")
+CALLERS = f"""\
+[[caller]]
+id = "pt-admin"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+access_key_id = "{PT_ADMIN.access_key}"
+
+[[caller]]
+id = "pt-member"
+account_id = "{MEMBER_ACCOUNT}"
+role = "member"
+access_key_id = "{PT_MEMBER.access_key}"
+"""
+SUPPRESS = {"Workflow": {"Status": "SUPPRESSED"},
+            "Note": {"Text": "accepted risk, SEC-123", "UpdatedBy": "e2e"}}
+
+
+@pytest.fixture
+def passthrough(make_fake, make_hubgate):
+    fake = make_fake(extra_credentials=[PT_ADMIN, PT_MEMBER])  # seeded with SEED
+    return make_hubgate({"upstream": {"auth": "passthrough"}}, fake=fake, callers_toml=CALLERS)
+
+
+def pt_client(hg, creds: Creds):
+    """A boto3 client that connects to hubgate but signs for the real Security Hub host, and
+    records what it sent: client.sent = [(headers dict, body bytes)]."""
+    client = hg.client(creds=creds)
+
+    def set_host(request, **_):
+        request.headers["Host"] = REAL_HOST
+
+    def capture(request, **_):
+        body = request.body
+        if hasattr(body, "read"):
+            pos = body.tell()
+            data = body.read()
+            body.seek(pos)
+            body = data
+        body = body if isinstance(body, bytes) else (body or "").encode()
+        headers = {k.lower(): v.decode() if isinstance(v, bytes) else v
+                   for k, v in request.headers.items()}
+        client.sent.append((headers, body))
+
+    client.sent = []
+    client.meta.events.register("before-sign.securityhub.*", set_host)
+    client.meta.events.register("before-send.securityhub.*", capture)
+    return client
+
+
+def assert_lookups_signed_by_hubgate(fake, expect_some: bool = True):
+    lookups = fake.requests("POST", "/findings")
+    assert lookups or not expect_some, "hubgate looked nothing up"
+    for r in lookups:
+        auth = header(r, "Authorization")
+        assert auth.startswith(f"AWS4-HMAC-SHA256 Credential={UPSTREAM_KEY}/"), auth
+        assert r["signature_valid"] is True and r["access_key"] == UPSTREAM_KEY, r
+        assert header(r, "Host") == f"127.0.0.1:{fake.port}", r["headers"]
+
+
+def assert_forwarded_exactly(fake, client, creds: Creds):
+    calls = fake.buf_calls()
+    assert len(calls) == 1, calls
+    got = calls[0]
+    sent_headers, sent_body = client.sent[-1]
+    assert base64.b64decode(got["body_b64"]) == sent_body, "body bytes changed on the way"
+    for name in ("Authorization", "X-Amz-Date", "Host", "Content-Type"):
+        assert header(got, name) == sent_headers[name.lower()], name
+    assert header(got, "Host") == REAL_HOST
+    assert re.match(rf"AWS4-HMAC-SHA256 Credential={creds.access_key}/",
+                    header(got, "Authorization"))
+    # the fake checked the caller's own signature, computed for the real host name
+    assert got["signature_valid"] is True, got.get("signature_error")
+    assert got["access_key"] == creds.access_key
+    return got
+
+
+def test_allowed_admin_request_is_forwarded_byte_for_byte(passthrough):
+    hg, fake = passthrough, passthrough.fake
+    c = pt_client(hg, PT_ADMIN)
+    resp = c.batch_update_findings(FindingIdentifiers=[ident("f-other")], **SUPPRESS)
+    assert [f["Id"] for f in resp["ProcessedFindings"]] == ["f-other"]
+    assert fake.findings()["f-other"]["Workflow"]["Status"] == "SUPPRESSED"
+    assert_forwarded_exactly(fake, c, PT_ADMIN)
+    assert_lookups_signed_by_hubgate(fake)
+    rec = hg.audit_for(resp["ResponseMetadata"]["HTTPHeaders"]["x-hubgate-decision-id"])
+    assert rec["principal"]["id"] == "pt-admin" and rec["forwarded"] is True, rec
+
+
+def test_allowed_member_request_is_forwarded_byte_for_byte(passthrough):
+    hg, fake = passthrough, passthrough.fake
+    c = pt_client(hg, PT_MEMBER)
+    resp = c.batch_update_findings(FindingIdentifiers=[ident("f-own-high")],
+                                   Note={"Text": "triaged ✓ (ünïcode)", "UpdatedBy": "pt"})
+    assert [f["Id"] for f in resp["ProcessedFindings"]] == ["f-own-high"]
+    assert fake.findings()["f-own-high"]["Note"]["Text"] == "triaged ✓ (ünïcode)"
+    assert_forwarded_exactly(fake, c, PT_MEMBER)
+    assert_lookups_signed_by_hubgate(fake)
+
+
+def test_denied_request_is_not_forwarded(passthrough):
+    hg, fake = passthrough, passthrough.fake
+    c = pt_client(hg, PT_MEMBER)
+    with pytest.raises(ClientError) as e:
+        c.batch_update_findings(FindingIdentifiers=[ident("f-own-high")], **SUPPRESS)
+    err = e.value.response
+    assert err["Error"]["Code"] == "AccessDeniedException", err
+    assert err["Error"]["Message"].startswith("POLICY_DENIED: "), err
+    assert "member accounts may not suppress findings" in err["Error"]["Message"], err
+    assert fake.buf_calls() == []
+    assert fake.findings()["f-own-high"]["Workflow"]["Status"] == "NEW"
+    # whatever hubgate looked up (the rule may decide before any lookup) went with its own key
+    assert_lookups_signed_by_hubgate(fake, expect_some=False)
+    assert all(PT_MEMBER.access_key not in (header(r, "Authorization") or "")
+               for r in fake.requests())
+    rec = hg.audit_for(err["ResponseMetadata"]["RequestId"])
+    assert rec["principal"]["id"] == "pt-member" and rec["forwarded"] is False, rec
+
+    # a denial that needs the finding's account: looked up with hubgate's key, not the caller's
+    with pytest.raises(ClientError) as e:
+        c.batch_update_findings(FindingIdentifiers=[ident("f-other")],
+                                Note={"Text": "mine?", "UpdatedBy": "pt"})
+    err = e.value.response
+    assert err["Error"]["Code"] == "AccessDeniedException", err
+    assert "member accounts may only update findings of their own account" \
+        in err["Error"]["Message"], err
+    assert fake.buf_calls() == []
+    assert_lookups_signed_by_hubgate(fake)
+    assert all(PT_MEMBER.access_key not in (header(r, "Authorization") or "")
+               for r in fake.requests())
+
+
+def test_unknown_claimed_key_is_401_without_upstream_call(passthrough):
+    hg, fake = passthrough, passthrough.fake
+    c = pt_client(hg, Creds("AKIAUNKNOWN000000001", "whatever"))
+    with pytest.raises(ClientError) as e:
+        c.batch_update_findings(FindingIdentifiers=[ident("f-other")], **SUPPRESS)
+    err = e.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 401, err
+    assert err["Error"]["Code"] == "UnrecognizedClientException", err
+    assert err["Error"]["Message"].startswith("UNAUTHENTICATED: "), err
+    assert fake.requests() == []
+
+
+def test_forged_signature_for_a_known_key_is_refused_by_upstream(passthrough):
+    """hubgate does not check passthrough signatures; the upstream does, on the exact bytes."""
+    hg, fake = passthrough, passthrough.fake
+    c = pt_client(hg, Creds(PT_ADMIN.access_key, "not-the-real-secret"))
+    with pytest.raises(ClientError) as e:
+        c.batch_update_findings(FindingIdentifiers=[ident("f-other")], **SUPPRESS)
+    err = e.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 403, err
+    assert err["Error"]["Code"] == "InvalidSignatureException", err
+    calls = fake.buf_calls()
+    assert len(calls) == 1 and calls[0]["signature_valid"] is False, calls
+    assert fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
