@@ -49,6 +49,20 @@ fn current(keys: &[FindingKey]) -> HashMap<FindingKey, Arc<CurrentFinding>> {
         .collect()
 }
 
+/// What the proxy knows about the request besides its body.
+fn facts_for(principal: &Principal) -> RequestFacts<'_> {
+    RequestFacts {
+        operation: "BatchUpdateFindings",
+        principal,
+        method: "PATCH",
+        path: "/findings/batchupdate",
+        headers: Default::default(),
+        source_ip: "127.0.0.1".into(),
+        request_id: "bench",
+        time: "2026-11-24T00:00:00Z".into(),
+    }
+}
+
 fn decision(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let policy = PolicySet::load(&dir, Duration::from_secs(1)).expect("shipped policies load");
@@ -83,16 +97,7 @@ fn decision(c: &mut Criterion) {
                     .unwrap();
                 let update = input::normalise_update(&parsed);
                 parsed.as_object_mut().unwrap().remove("FindingIdentifiers");
-                let facts = RequestFacts {
-                    operation: "BatchUpdateFindings",
-                    principal: &principal,
-                    method: "PATCH",
-                    path: "/findings/batchupdate",
-                    headers: Default::default(),
-                    source_ip: "127.0.0.1".into(),
-                    request_id: "bench",
-                    time: "2026-11-24T00:00:00Z".into(),
-                };
+                let facts = facts_for(&principal);
                 let early =
                     input::document(&facts, &parsed, &update, &keys, None, Enrichment::Pending);
                 let d = policy.evaluate(early).unwrap();
@@ -123,16 +128,7 @@ fn decision(c: &mut Criterion) {
             .unwrap()
             .remove("FindingIdentifiers");
         let update = input::normalise_update(&parsed);
-        let facts = RequestFacts {
-            operation: "BatchUpdateFindings",
-            principal: &principal,
-            method: "PATCH",
-            path: "/findings/batchupdate",
-            headers: Default::default(),
-            source_ip: "127.0.0.1".into(),
-            request_id: "bench",
-            time: "2026-11-24T00:00:00Z".into(),
-        };
+        let facts = facts_for(&principal);
         group.bench_with_input(BenchmarkId::new("build_input", n), &n, |b, _| {
             b.iter(|| {
                 input::document(

@@ -133,15 +133,7 @@ pub struct Identity {
 
 /// The principals a callers file defines, without resolving any secret (for `hubgate eval`).
 pub fn principals(path: &Path) -> Result<Vec<Principal>, CallersError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CallersError::Read {
-        file: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let file: CallersFile = toml::from_str(&text).map_err(|e| CallersError::Parse {
-        file: path.to_path_buf(),
-        reason: e.to_string().trim_end().to_string(),
-    })?;
-    Ok(file
+    Ok(read_callers_file(path)?
         .caller
         .into_iter()
         .map(|c| Principal {
@@ -198,15 +190,19 @@ impl ClientCert {
     }
 }
 
-fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
+fn read_callers_file(path: &Path) -> Result<CallersFile, CallersError> {
     let text = std::fs::read_to_string(path).map_err(|e| CallersError::Read {
         file: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let file: CallersFile = toml::from_str(&text).map_err(|e| CallersError::Parse {
+    toml::from_str(&text).map_err(|e| CallersError::Parse {
         file: path.to_path_buf(),
         reason: e.to_string().trim_end().to_string(),
-    })?;
+    })
+}
+
+fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
+    let file = read_callers_file(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut seen_ids = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(file.caller.len());

@@ -79,6 +79,26 @@ struct Trail {
     input: Option<regorus::Value>,
 }
 
+impl Trail {
+    /// Records what the upstream call did, for the audit record and metrics.
+    fn upstream_answered(
+        &mut self,
+        response: Result<Response<Incoming>, crate::upstream::UpstreamError>,
+        started: Instant,
+    ) -> Result<Response<Incoming>, Rejection> {
+        self.upstream_ns = started.elapsed().as_nanos() as u64;
+        let response = response?;
+        self.forwarded = true;
+        self.upstream_status = Some(response.status().as_u16());
+        self.upstream_request_id = response
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(response)
+    }
+}
+
 /// The outcome of the path: a forwarded upstream response (with its reserved audit slot) or a
 /// rejection.
 enum Outcome {
@@ -432,15 +452,7 @@ async fn forward(
         UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
         UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body).await,
     };
-    trail.upstream_ns = t.elapsed().as_nanos() as u64;
-    let response = response?;
-    trail.forwarded = true;
-    trail.upstream_status = Some(response.status().as_u16());
-    trail.upstream_request_id = response
-        .headers()
-        .get("x-amzn-requestid")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let response = trail.upstream_answered(response, t)?;
     Ok(Outcome::Forwarded(response, slot))
 }
 
@@ -498,15 +510,7 @@ async fn forward_allowed(
     let slot = gate.audit.reserve().await?;
     let t = Instant::now();
     let response = gate.upstream.forward(parts, rewritten).await;
-    trail.upstream_ns = t.elapsed().as_nanos() as u64;
-    let response = response?;
-    trail.forwarded = true;
-    trail.upstream_status = Some(response.status().as_u16());
-    trail.upstream_request_id = response
-        .headers()
-        .get("x-amzn-requestid")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let response = trail.upstream_answered(response, t)?;
     let (mut head, incoming) = response.into_parts();
     let bytes = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
         .collect()

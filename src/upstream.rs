@@ -53,14 +53,9 @@ impl UpstreamError {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Headers that describe one hop, or carry the caller's credentials: never forwarded.
-const DROPPED_HEADERS: [&str; 14] = [
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-    "host",
-    "content-length",
+/// Headers that describe one hop; never forwarded. (Content-Length is recomputed from the
+/// same bytes and Transfer-Encoding does not survive buffering the body.)
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -69,6 +64,17 @@ const DROPPED_HEADERS: [&str; 14] = [
     "te",
     "trailer",
     "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// The caller's credentials and the host they were signed for: replaced when re-signing.
+const CALLER_SIGNATURE: [&str; 5] = [
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "host",
 ];
 
 pub struct Upstream {
@@ -246,7 +252,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(parts.headers.len());
         for (name, value) in &parts.headers {
-            if !DROPPED_HEADERS.contains(&name.as_str()) {
+            if !HOP_BY_HOP.contains(&name.as_str()) && !CALLER_SIGNATURE.contains(&name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -269,16 +275,6 @@ impl Upstream {
         parts: &http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        const HOP_BY_HOP: [&str; 8] = [
-            "connection",
-            "keep-alive",
-            "proxy-authenticate",
-            "proxy-authorization",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ];
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -291,10 +287,7 @@ impl Upstream {
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         let headers = request.headers_mut();
         for (name, value) in &parts.headers {
-            let n = name.as_str();
-            // content-length is recomputed from the same bytes; transfer-encoding does not
-            // survive buffering the body.
-            if !HOP_BY_HOP.contains(&n) && n != "transfer-encoding" && n != "content-length" {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
