@@ -345,7 +345,10 @@ async fn run(
     let violations: Vec<Value> = decision.deny.iter().map(|v| v.to_json()).collect();
     trail.decision = Some(decision);
     if !allowed && !dry_run {
-        let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed;
+        // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
+        // every other operation is refused whole.
+        let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
+            && spec.name == "BatchUpdateFindings";
         let denied = trail
             .decision
             .as_ref()

@@ -60,3 +60,15 @@ def test_reject_stays_the_default(hubgate):
                         "Severity": {"Label": "CRITICAL"}}, who="member")
     assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
     assert hubgate.fake.buf_calls() == []
+
+
+def test_v2_batches_are_refused_whole(partial):
+    """V2 identifiers cannot be cut like V1's: a partly denied V2 batch forwards nothing."""
+    hg = partial
+    ids = [{"CloudAccountUid": acct, "FindingInfoUid": fid,
+            "MetadataProductUid": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}
+           for fid, acct in (("f-own-high", "222222222222"), ("f-other", "333333333333"))]
+    resp = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                   {"FindingIdentifiers": ids, "Comment": "looked"}, who="member")
+    assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert hg.fake.requests() == []
