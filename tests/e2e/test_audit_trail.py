@@ -505,3 +505,30 @@ def test_stop_is_prompt_with_idle_admin_connections_open(make_hubgate, seeded_fa
     assert "did not finish" not in hg.stderr_text()
     assert hg.audit_for(resp.headers["x-amzn-requestid"])["status"] == 403
     session.close()
+
+
+def test_a_second_signal_exits_at_once(make_hubgate, make_fake):
+    """The first SIGTERM drains (here: a request the slow fake holds for 3 s); a second one
+    exits immediately with status 1."""
+    fake = make_fake()
+    fake.configure(delay_ms=3000)
+    hg = make_hubgate({"server": {"shutdown_grace_ms": 20000}, "upstream": {"timeout_ms": 10000}},
+                      fake=fake)
+    def in_flight():
+        try:
+            hg.buf({"FindingIdentifiers": [ident("f-own-high")], "Severity": {"Label": "CRITICAL"}},
+                   who="member")
+        except Exception:  # the forced exit cuts the connection: that is the point
+            pass
+
+    pending = threading.Thread(target=in_flight, daemon=True)
+    pending.start()
+    time.sleep(0.5)
+    hg.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert hg.proc.poll() is None, "the first signal drains, it does not exit"
+    started = time.monotonic()
+    hg.proc.send_signal(signal.SIGTERM)
+    assert hg.proc.wait(5) == 1
+    assert time.monotonic() - started < 2
+    assert "second signal" in hg.stderr_text()

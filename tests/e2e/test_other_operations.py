@@ -108,3 +108,20 @@ def test_policy_routing_is_refused_for_operations_hubgate_cannot_judge(tmp_path)
     r = run_hubgate("check", "--config", str(config))
     assert r.returncode == 2
     assert "operations.CreateInsight" in r.stderr
+
+
+def test_boto3_v2_suppress_is_denied_and_comment_forwarded(hubgate):
+    """The SDK's own BatchUpdateFindingsV2 call, through hubgate."""
+    from botocore.exceptions import ClientError
+    client = hubgate.client("member")
+    with pytest.raises(ClientError) as e:
+        client.batch_update_findings_v2(FindingIdentifiers=[v2_ident("f-own-high")], StatusId=3,
+                                        Comment="SEC-4 noise")
+    assert e.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert "member accounts may not suppress findings" in e.value.response["Error"]["Message"]
+    assert hubgate.fake.requests() == []
+    # an allowed V2 call reaches the fake (which has no V2 implementation and answers 404)
+    with pytest.raises(ClientError):
+        client.batch_update_findings_v2(FindingIdentifiers=[v2_ident("f-own-high")],
+                                        Comment="looked at it")
+    assert len(hubgate.fake.requests("PATCH", V2)) == 1

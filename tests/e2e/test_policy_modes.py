@@ -100,3 +100,16 @@ def test_http2_prior_knowledge_is_served(hubgate):
     assert envelope["error"]["code"] == "POLICY_DENIED"
     assert "member accounts may not suppress findings" in envelope["message"]
     assert hubgate.fake.requests() == []
+
+
+def test_dry_run_through_boto3(dry_run):
+    """An SDK caller in dry-run sees Security Hub's answer; the audit record says what would
+    have been denied."""
+    resp = dry_run.client("member").batch_update_findings(
+        FindingIdentifiers=[ident("f-own-high")], Severity={"Label": "LOW"})
+    assert [f["Id"] for f in resp["ProcessedFindings"]] == ["f-own-high"]
+    rec = dry_run.audit_for(resp["ResponseMetadata"]["HTTPHeaders"]["x-hubgate-decision-id"])
+    assert rec["dry_run"] is True and rec["forwarded"] is True
+    assert rec["result"]["allow"] is False
+    assert any("lower a finding's severity (HIGH to LOW)" in v["msg"]
+               for v in rec["result"]["violations"])
