@@ -129,26 +129,20 @@ fn decision(c: &mut Criterion) {
             .remove("FindingIdentifiers");
         let update = input::normalise_update(&parsed);
         let facts = facts_for(&principal);
+        let enriched = || {
+            input::document(
+                &facts,
+                &stripped,
+                &update,
+                &keys,
+                Some(&state),
+                Enrichment::Complete,
+            )
+        };
         group.bench_with_input(BenchmarkId::new("build_input", n), &n, |b, _| {
-            b.iter(|| {
-                input::document(
-                    &facts,
-                    &stripped,
-                    &update,
-                    &keys,
-                    Some(&state),
-                    Enrichment::Complete,
-                )
-            })
+            b.iter(enriched)
         });
-        let doc = input::document(
-            &facts,
-            &stripped,
-            &update,
-            &keys,
-            Some(&state),
-            Enrichment::Complete,
-        );
+        let doc = enriched();
         let pending = input::document(&facts, &stripped, &update, &keys, None, Enrichment::Pending);
         group.bench_with_input(BenchmarkId::new("build_pending", n), &n, |b, _| {
             b.iter(|| input::document(&facts, &stripped, &update, &keys, None, Enrichment::Pending))

@@ -8,8 +8,6 @@ pub mod ocsf;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,18 +49,11 @@ impl Slot {
     }
 }
 
-/// Whether the writer still accepts records, for readiness.
-#[derive(Default)]
-pub struct AuditStatus {
-    pub healthy: AtomicBool,
-}
-
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     capacity: usize,
     wait: Duration,
-    pub status: Arc<AuditStatus>,
 }
 
 /// Joins the writer thread once every sender is gone, after it flushed and fsynced.
@@ -316,9 +307,6 @@ impl AuditLog {
             last_sync: Instant::now(),
         };
         let (tx, mut rx) = mpsc::channel::<Msg>(config.queue_capacity);
-        let status = Arc::new(AuditStatus::default());
-        status.healthy.store(true, Ordering::SeqCst);
-        let shared = status.clone();
         let handle = std::thread::Builder::new()
             .name("hubgate-audit".into())
             .spawn(move || {
@@ -352,7 +340,6 @@ impl AuditLog {
                                 record = %String::from_utf8_lossy(&line),
                                 "audit sink failed; refusing requests until restarted"
                             );
-                            shared.healthy.store(false, Ordering::SeqCst);
                             rx.close();
                         }
                     }
@@ -367,14 +354,14 @@ impl AuditLog {
                 tx,
                 capacity: config.queue_capacity,
                 wait: Duration::from_millis(config.enqueue_timeout_ms),
-                status,
             },
             AuditWriter(handle),
         ))
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.status.healthy.load(Ordering::SeqCst) && !self.tx.is_closed()
+        // The writer closes the channel when its sink fails (and at shutdown).
+        !self.tx.is_closed()
     }
 
     /// Stops accepting records; the writer drains the queue, flushes, fsyncs and ends.

@@ -55,6 +55,8 @@ pub struct Enricher {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LookupStats {
     pub cache_hits: usize,
+    /// Distinct findings that had to be looked up.
+    pub misses: usize,
     pub calls: usize,
 }
 
@@ -92,6 +94,7 @@ impl Enricher {
         }
         missing.sort();
         missing.dedup();
+        stats.misses = keys.len() - stats.cache_hits;
 
         let mut calls = tokio::task::JoinSet::new();
         for chunk in missing.chunks(IDS_PER_LOOKUP) {
@@ -137,9 +140,7 @@ impl Enricher {
         }
         Ok((found, stats))
     }
-}
 
-impl Enricher {
     /// Forgets the cached state of findings an update was just forwarded for, so the next
     /// decision about them does not judge against the value from before the update.
     pub fn invalidate(&self, keys: &[FindingKey]) {

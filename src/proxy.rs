@@ -99,13 +99,9 @@ impl Trail {
     }
 }
 
-/// The outcome of the path: a forwarded upstream response (with its reserved audit slot) or a
-/// rejection.
-enum Outcome {
-    Forwarded(Response<Incoming>, Slot),
-    /// Per-finding enforcement: the upstream's answer with the denied findings merged in.
-    Merged(Response<Full<Bytes>>, Slot),
-}
+/// A forwarded request's answer (streamed from upstream, or rebuilt with denied findings merged
+/// in) with the audit slot reserved before it was forwarded.
+struct Forwarded(Response<ProxyBody>, Slot);
 
 /// An upstream BatchUpdateFindings answer is read whole to merge denied findings into it;
 /// this bounds it (100 findings' results are a few KB).
@@ -135,31 +131,13 @@ pub async fn handle(
     .instrument(span)
     .await;
     let (response, status, error, slot) = match result {
-        Ok(Outcome::Merged(resp, slot)) => {
+        Ok(Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             if let Ok(v) = HeaderValue::from_str(&decision_id) {
                 parts.headers.insert("x-hubgate-decision-id", v);
             }
-            (
-                Response::from_parts(parts, body.map_err(|never| match never {}).boxed()),
-                status,
-                None,
-                Some(slot),
-            )
-        }
-        Ok(Outcome::Forwarded(resp, slot)) => {
-            let status = resp.status().as_u16();
-            let (mut parts, body) = resp.into_parts();
-            if let Ok(v) = HeaderValue::from_str(&decision_id) {
-                parts.headers.insert("x-hubgate-decision-id", v);
-            }
-            (
-                Response::from_parts(parts, body.boxed()),
-                status,
-                None,
-                Some(slot),
-            )
+            (Response::from_parts(parts, body), status, None, Some(slot))
         }
         Err(rejection) => {
             let resp = rejection.to_response(&decision_id);
@@ -219,7 +197,7 @@ async fn run(
     client_cert: Option<&ClientCert>,
     decision_id: &str,
     trail: &mut Trail,
-) -> Result<Outcome, Rejection> {
+) -> Result<Forwarded, Rejection> {
     // route
     let spec: &'static OperationSpec = routes::route(req.method(), req.uri().path())?;
     trail.operation = Some(spec.name);
@@ -335,39 +313,36 @@ async fn run(
                 trail.enrich_ns = t.elapsed().as_nanos() as u64;
                 trail.lookups = stats.calls;
                 trail.cache_hits = stats.cache_hits;
-                trail.misses = keys.len().saturating_sub(stats.cache_hits);
+                trail.misses = stats.misses;
                 ctx.evaluate(Some(&current), Enrichment::Complete, trail)?
             }
         }
     };
-    let allowed = decision.allowed();
-    let message = decision.message();
-    let violations: Vec<Value> = decision.deny.iter().map(|v| v.to_json()).collect();
+    // A refusal: the findings denied one by one (None if any violation is whole-request), and
+    // the envelope; built only when the policy denies.
+    let refusal = (!decision.allowed() && !dry_run).then(|| {
+        (
+            per_finding_denials(&decision, &keys),
+            Rejection::PolicyDenied {
+                message: decision.message(),
+                violations: decision.deny.iter().map(|v| v.to_json()).collect(),
+            },
+        )
+    });
     trail.decision = Some(decision);
-    if !allowed && !dry_run {
-        // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
-        // every other operation is refused whole.
-        let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
-            && spec.name == "BatchUpdateFindings";
-        let denied = trail
-            .decision
-            .as_ref()
-            .and_then(|d| per_finding_denials(d, &keys));
-        return match (partial, denied, identifiers) {
-            (true, Some(denied), Some(Value::Array(ids))) if denied.len() < keys.len() => {
-                let outcome = forward_allowed(gate, &parts, parsed, ids, &denied, trail).await;
-                if let Some(enricher) = &gate.enricher {
-                    enricher.invalidate(&keys);
-                }
-                outcome
-            }
-            _ => Err(Rejection::PolicyDenied {
-                message,
-                violations,
-            }),
-        };
-    }
-    let outcome = forward(gate, &parts, body, trail).await;
+    // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
+    // every other operation is refused whole.
+    let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
+        && spec.name == "BatchUpdateFindings";
+    let outcome = match (refusal, identifiers) {
+        (None, _) => forward(gate, &parts, body, trail).await,
+        (Some((Some(denied), _)), Some(Value::Array(ids)))
+            if partial && denied.len() < keys.len() =>
+        {
+            forward_allowed(gate, &parts, parsed, ids, &denied, trail).await
+        }
+        (Some((_, rejection)), _) => return Err(rejection),
+    };
     if let Some(enricher) = &gate.enricher {
         // Whatever Security Hub answered, the cached state may now be stale.
         enricher.invalidate(&keys);
@@ -447,7 +422,7 @@ async fn forward(
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
-) -> Result<Outcome, Rejection> {
+) -> Result<Forwarded, Rejection> {
     // Room for the record first: a request is never forwarded without it.
     let slot = gate.audit.reserve().await?;
     let t = Instant::now();
@@ -456,7 +431,7 @@ async fn forward(
         UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body).await,
     };
     let response = trail.upstream_answered(response, t)?;
-    Ok(Outcome::Forwarded(response, slot))
+    Ok(Forwarded(response.map(BodyExt::boxed), slot))
 }
 
 /// The denied findings with their reasons, when every violation names a finding; None when
@@ -494,7 +469,7 @@ async fn forward_allowed(
     identifiers: Vec<Value>,
     denied: &HashMap<FindingKey, Vec<String>>,
     trail: &mut Trail,
-) -> Result<Outcome, Rejection> {
+) -> Result<Forwarded, Rejection> {
     let key_of = |v: &Value| -> Option<FindingKey> {
         Some((
             v.get("Id")?.as_str()?.to_string(),
@@ -556,10 +531,8 @@ async fn forward_allowed(
         http::header::CONTENT_LENGTH,
         HeaderValue::from(merged.len()),
     );
-    Ok(Outcome::Merged(
-        Response::from_parts(head, Full::new(merged)),
-        slot,
-    ))
+    let body = Full::new(merged).map_err(|never| match never {}).boxed();
+    Ok(Forwarded(Response::from_parts(head, body), slot))
 }
 
 fn input_headers(headers: &http::HeaderMap) -> Map<String, Value> {

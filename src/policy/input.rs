@@ -180,25 +180,59 @@ fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// `input.update` with every member present (null when the operation does not set it) and
+/// `set` laid over it, so rules read the same shape whatever the operation.
+fn update_with(fields: Vec<&str>, set: Value) -> Value {
+    let mut update = json!({
+        "fields": fields,
+        "workflow_status": null, "severity_label": null, "severity_rank": null,
+        "severity_normalized": null, "verification_state": null, "confidence": null,
+        "criticality": null, "note": null, "types": null, "user_defined_fields": null,
+        "related_findings": null,
+    });
+    if let (Some(update), Value::Object(set)) = (update.as_object_mut(), set) {
+        update.extend(set);
+    }
+    update
+}
+
+/// The findings a list in the body names, with the account each claims to belong to.
+fn claimed_findings(
+    list: Option<&Value>,
+    id: &str,
+    product_arn: &str,
+    account: &str,
+) -> (Vec<FindingKey>, Vec<Option<String>>) {
+    list.and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|f| {
+                    (
+                        (
+                            str_at(f, id).unwrap_or("").to_string(),
+                            str_at(f, product_arn).unwrap_or("").to_string(),
+                        ),
+                        str_at(f, account).map(str::to_string),
+                    )
+                })
+                .unzip()
+        })
+        .unwrap_or_default()
+}
+
 /// Normalises any policy-capable operation's body, so that "members may not suppress" is one
 /// rule whether the request said `Workflow.Status`, `StatusId` or anything else.
 pub fn normalise(operation: &str, body: &Value) -> Normalised {
     let empty = Vec::new();
     match operation {
         "BatchUpdateFindingsV2" => {
-            let mut keys = Vec::new();
-            let mut claimed = Vec::new();
-            for f in body
-                .get("FindingIdentifiers")
-                .and_then(Value::as_array)
-                .unwrap_or(&empty)
-            {
-                keys.push((
-                    str_at(f, "FindingInfoUid").unwrap_or("").to_string(),
-                    str_at(f, "MetadataProductUid").unwrap_or("").to_string(),
-                ));
-                claimed.push(str_at(f, "CloudAccountUid").map(str::to_string));
-            }
+            let (mut keys, mut claimed) = claimed_findings(
+                body.get("FindingIdentifiers"),
+                "FindingInfoUid",
+                "MetadataProductUid",
+                "CloudAccountUid",
+            );
             for uid in body
                 .get("MetadataUids")
                 .and_then(Value::as_array)
@@ -220,16 +254,15 @@ pub fn normalise(operation: &str, body: &Value) -> Normalised {
             if body.get("Comment").is_some() {
                 fields.push("Note.Text");
             }
-            let update = json!({
-                "fields": fields,
-                "workflow_status": status.map(|s| v2_status(s).unwrap_or("UNKNOWN")),
-                "severity_label": label,
-                "severity_rank": label.and_then(label_rank),
-                "severity_normalized": null,
-                "verification_state": null, "confidence": null, "criticality": null,
-                "note": body.get("Comment").map(|c| json!({"text": c, "updated_by": null})),
-                "types": null, "user_defined_fields": null, "related_findings": null,
-            });
+            let update = update_with(
+                fields,
+                json!({
+                    "workflow_status": status.map(|s| v2_status(s).unwrap_or("UNKNOWN")),
+                    "severity_label": label,
+                    "severity_rank": label.and_then(label_rank),
+                    "note": body.get("Comment").map(|c| json!({"text": c, "updated_by": null})),
+                }),
+            );
             Normalised {
                 keys,
                 claimed_accounts: claimed,
@@ -246,15 +279,13 @@ pub fn normalise(operation: &str, body: &Value) -> Normalised {
                     fields.push("RecordState");
                 }
             }
-            let update = json!({
-                "fields": fields,
-                "record_state": body.get("RecordState"),
-                "workflow_status": null, "severity_label": null, "severity_rank": null,
-                "severity_normalized": null, "verification_state": null, "confidence": null,
-                "criticality": null,
-                "note": body.get("Note").map(|n| json!({"text": n.get("Text"), "updated_by": n.get("UpdatedBy")})),
-                "types": null, "user_defined_fields": null, "related_findings": null,
-            });
+            let update = update_with(
+                fields,
+                json!({
+                    "record_state": body.get("RecordState"),
+                    "note": body.get("Note").map(|n| json!({"text": n.get("Text"), "updated_by": n.get("UpdatedBy")})),
+                }),
+            );
             Normalised {
                 keys: Vec::new(),
                 claimed_accounts: Vec::new(),
@@ -264,31 +295,13 @@ pub fn normalise(operation: &str, body: &Value) -> Normalised {
             }
         }
         "BatchImportFindings" => {
-            let mut keys = Vec::new();
-            let mut claimed = Vec::new();
-            for f in body
-                .get("Findings")
-                .and_then(Value::as_array)
-                .unwrap_or(&empty)
-            {
-                keys.push((
-                    str_at(f, "Id").unwrap_or("").to_string(),
-                    str_at(f, "ProductArn").unwrap_or("").to_string(),
-                ));
-                claimed.push(str_at(f, "AwsAccountId").map(str::to_string));
-            }
-            let update = json!({
-                "fields": ["Findings"],
-                "workflow_status": null, "severity_label": null, "severity_rank": null,
-                "severity_normalized": null, "verification_state": null, "confidence": null,
-                "criticality": null, "note": null, "types": null, "user_defined_fields": null,
-                "related_findings": null,
-            });
+            let (keys, claimed) =
+                claimed_findings(body.get("Findings"), "Id", "ProductArn", "AwsAccountId");
             // The imported findings stay in request.body: their content is what is judged.
             Normalised {
                 keys,
                 claimed_accounts: claimed,
-                update,
+                update: update_with(vec!["Findings"], json!({})),
                 enrichable: false,
                 strip: &[],
             }
