@@ -6,14 +6,18 @@ Standard library + botocore only. It
 * verifies the SigV4 signature of every Security Hub request (botocore's SigV4Auth,
   recomputed with the request's own X-Amz-Date and the exact body bytes);
 * keeps ASFF findings in memory and implements GetFindings (POST /findings),
-  BatchUpdateFindings (PATCH /findings/batchupdate) and DescribeHub (GET /accounts);
+  BatchUpdateFindings (PATCH /findings/batchupdate), BatchImportFindings (POST /findings/import)
+  and DescribeHub (GET /accounts);
 * records every Security Hub request it receives;
 * exposes control endpoints under /_fake/ (never routed by hubgate):
     POST /_fake/findings   body: list of findings to add or replace (by Id + ProductArn)
     GET  /_fake/findings   all stored findings
     GET  /_fake/requests   every Security Hub request received so far
     POST /_fake/reset      forget findings, requests and config
-    POST /_fake/config     {"delay_ms": N, "page_size": N}  (delay applies to Security Hub routes only)
+    POST /_fake/config     {"delay_ms": N, "page_size": N, "gzip_batch_update": MODE}
+                           (delay applies to Security Hub routes only; MODE for the
+                           BatchUpdateFindings answer: "off" (default), "accept" = gzip it when
+                           the request's Accept-Encoding allows gzip, "always" = gzip it anyway)
 
 Usage:
     python tests/fake_securityhub.py --host 127.0.0.1 --port N --access-key AK \
@@ -29,6 +33,7 @@ import argparse
 import base64
 import copy
 import datetime as dt
+import gzip
 import hashlib
 import json
 import re
@@ -188,6 +193,7 @@ class State:
         self.requests: list[dict] = []
         self.delay_ms = 0
         self.page_size = 100
+        self.gzip_batch_update = "off"  # off | accept | always
 
 
 # ---------------------------------------------------------------------------
@@ -319,6 +325,50 @@ def batch_update_findings(state: State, req: dict) -> dict:
     return {"ProcessedFindings": processed, "UnprocessedFindings": unprocessed}
 
 
+def batch_import_findings(state: State, req: dict) -> dict:
+    """Adds or replaces each finding (by Id + ProductArn); the shape of AWS's answer."""
+    if not isinstance(req, dict) or not isinstance(req.get("Findings"), list):
+        raise ApiError(400, "InvalidInputException", "Findings is required")
+    failed = []
+    ok = 0
+    with state.lock:
+        for f in req["Findings"]:
+            if not isinstance(f, dict) or not f.get("Id") or not f.get("ProductArn"):
+                failed.append({"Id": (f or {}).get("Id") if isinstance(f, dict) else None,
+                               "ErrorCode": "InvalidInput",
+                               "ErrorMessage": "Id and ProductArn are required"})
+                continue
+            state.findings[(f["Id"], f["ProductArn"])] = copy.deepcopy(f)
+            ok += 1
+    return {"FailedCount": len(failed), "SuccessCount": ok, "FailedFindings": failed}
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header value allows gzip (q-values honoured)."""
+    if not accept_encoding:
+        return False
+    q_by_coding = {}
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        q_by_coding[coding] = q
+    if "gzip" in q_by_coding:
+        return q_by_coding["gzip"] > 0
+    if "x-gzip" in q_by_coding:
+        return q_by_coding["x-gzip"] > 0
+    return q_by_coding.get("*", 0) > 0
+
+
 def describe_hub(state: State, req) -> dict:
     return {"HubArn": HUB_ARN, "SubscribedAt": "2024-01-01T00:00:00.000Z",
             "AutoEnableControls": True}
@@ -327,6 +377,7 @@ def describe_hub(state: State, req) -> dict:
 ROUTES = {
     ("POST", "/findings"): get_findings,
     ("PATCH", "/findings/batchupdate"): batch_update_findings,
+    ("POST", "/findings/import"): batch_import_findings,
     ("GET", "/accounts"): describe_hub,
 }
 
@@ -366,8 +417,11 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload, headers: dict | None = None):
+    def _send(self, status: int, payload, headers: dict | None = None, gzip_body=False):
         data = json.dumps(payload).encode()
+        if gzip_body:
+            data = gzip.compress(data)
+            headers = {**(headers or {}), "Content-Encoding": "gzip"}
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -421,7 +475,12 @@ class Handler(BaseHTTPRequestHandler):
                     st.delay_ms = int(arg["delay_ms"])
                 if "page_size" in arg:
                     st.page_size = max(1, int(arg["page_size"]))
-                cfg = {"delay_ms": st.delay_ms, "page_size": st.page_size}
+                if "gzip_batch_update" in arg:
+                    if arg["gzip_batch_update"] not in ("off", "accept", "always"):
+                        return self._send(400, {"message": "gzip_batch_update: off|accept|always"})
+                    st.gzip_batch_update = arg["gzip_batch_update"]
+                cfg = {"delay_ms": st.delay_ms, "page_size": st.page_size,
+                       "gzip_batch_update": st.gzip_batch_update}
             return self._send(200, cfg)
         return self._send(404, {"message": f"no control route {self.command} {path}"})
 
@@ -444,6 +503,7 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.requests.append(record)
             delay = st.delay_ms
+            gzip_mode = st.gzip_batch_update
         if delay:
             time.sleep(delay / 1000.0)
         headers = {"x-amzn-RequestId": request_id}
@@ -469,7 +529,11 @@ class Handler(BaseHTTPRequestHandler):
             record["status"] = e.status
             return self._send(e.status, {"message": e.message}, headers)
         record["status"] = 200
-        return self._send(200, result, headers)
+        gzip_body = (self.command, split.path) == ("PATCH", "/findings/batchupdate") and (
+            gzip_mode == "always"
+            or (gzip_mode == "accept" and accepts_gzip(self.headers.get("Accept-Encoding"))))
+        record["gzipped"] = gzip_body
+        return self._send(200, result, headers, gzip_body=gzip_body)
 
 
 def main(argv=None):
