@@ -14,7 +14,10 @@ use serde_json::{json, Value};
 use hubgate::enrich::{CurrentFinding, FindingKey};
 use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::{self, Enrichment, RequestFacts};
+use hubgate::policy::judge::{judge, FindingState, Lookup};
 use hubgate::policy::PolicySet;
+use hubgate::request::Judged;
+use hubgate::upstream::UpstreamError;
 
 const ARN: &str = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
 
@@ -47,6 +50,25 @@ fn current(keys: &[FindingKey]) -> HashMap<FindingKey, Arc<CurrentFinding>> {
             (k.clone(), Arc::new(CurrentFinding::new(&k.0, &k.1, &finding)))
         })
         .collect()
+}
+
+/// Finding state from memory: the decision path without the network.
+struct MapState(HashMap<FindingKey, Arc<CurrentFinding>>);
+
+impl FindingState for MapState {
+    fn lookup(
+        &self,
+        keys: &[FindingKey],
+    ) -> impl std::future::Future<Output = Result<Option<Lookup>, UpstreamError>> + Send {
+        let current = keys
+            .iter()
+            .filter_map(|k| self.0.get(k).map(|f| (k.clone(), f.clone())))
+            .collect();
+        std::future::ready(Ok(Some(Lookup {
+            current,
+            stats: Default::default(),
+        })))
+    }
 }
 
 /// What the proxy knows about the request besides its body.
@@ -88,30 +110,26 @@ fn decision(c: &mut Criterion) {
             })
             .collect();
         let state = current(&keys);
+        let source = MapState(state.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         group.bench_with_input(BenchmarkId::new("full", n), &raw, |b, raw| {
             b.iter(|| {
-                // the same steps, in the same order, as proxy::run after authentication
-                let mut parsed = policy
-                    .schemas
-                    .check("BatchUpdateFindings", black_box(raw))
-                    .unwrap();
-                let update = input::normalise_update(&parsed);
-                parsed.as_object_mut().unwrap().remove("FindingIdentifiers");
+                // exactly what proxy::run does after authentication
                 let facts = facts_for(&principal);
-                let early =
-                    input::document(&facts, &parsed, &update, &keys, None, Enrichment::Pending);
-                let d = policy.evaluate(early).unwrap();
-                assert!(d.allowed());
-                let doc = input::document(
-                    &facts,
-                    &parsed,
-                    &update,
-                    &keys,
-                    Some(&state),
-                    Enrichment::Complete,
-                );
-                let d = policy.evaluate(doc).unwrap();
-                assert!(d.allowed());
+                let j = runtime
+                    .block_on(judge(
+                        &policy,
+                        Judged::BatchUpdateFindings,
+                        black_box(raw),
+                        &facts,
+                        Some(&source),
+                        false,
+                    ))
+                    .unwrap();
+                assert_eq!(j.passes.len(), 2);
+                assert!(j.decision().unwrap().allowed());
             })
         });
         group.bench_with_input(BenchmarkId::new("parse_validate", n), &raw, |b, raw| {
@@ -127,7 +145,9 @@ fn decision(c: &mut Criterion) {
             .as_object_mut()
             .unwrap()
             .remove("FindingIdentifiers");
-        let update = input::normalise_update(&parsed);
+        let update = input::update_for(Judged::BatchUpdateFindings, &parsed)
+            .unwrap()
+            .to_value();
         let facts = facts_for(&principal);
         let enriched = || {
             input::document(

@@ -318,7 +318,7 @@ impl Config {
         if let Some(r) = self.operations.get(op.name) {
             return *r;
         }
-        if crate::routes::POLICY_CAPABLE.contains(&op.name) {
+        if crate::request::Judged::from_name(op.name).is_some() {
             return Routing::Policy;
         }
         match op.class {
@@ -369,15 +369,13 @@ impl Config {
             if !crate::routes::operations().iter().any(|o| o.name == name) {
                 return Err(invalid(file, &key, "is not a Security Hub operation"));
             }
-            if *routing == Routing::Policy
-                && !crate::routes::POLICY_CAPABLE.contains(&name.as_str())
-            {
+            if *routing == Routing::Policy && crate::request::Judged::from_name(name).is_none() {
                 return Err(invalid(
                     file,
                     &key,
                     format!(
                         "\"policy\" applies to {} only: hubgate has no policy input for other operations",
-                        crate::routes::POLICY_CAPABLE.join(", ")
+                        crate::request::Judged::ALL.map(|j| j.name()).join(", ")
                     ),
                 ));
             }

@@ -45,6 +45,16 @@ impl CurrentFinding {
 
 pub type FindingKey = (String, String);
 
+impl crate::policy::judge::FindingState for Enricher {
+    async fn lookup(
+        &self,
+        keys: &[FindingKey],
+    ) -> Result<Option<crate::policy::judge::Lookup>, UpstreamError> {
+        let (current, stats) = Enricher::lookup(self, keys).await?;
+        Ok(Some(crate::policy::judge::Lookup { current, stats }))
+    }
+}
+
 pub struct Enricher {
     upstream: Arc<Upstream>,
     ttl: Duration,

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::audit::AuditError;
 use crate::identity::AuthError;
+use crate::policy::judge::JudgeError;
 use crate::policy::PolicyError;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationErrors;
@@ -40,6 +41,16 @@ pub enum Rejection {
     BodyRead(String),
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
+}
+
+impl From<JudgeError> for Rejection {
+    fn from(e: JudgeError) -> Rejection {
+        match e {
+            JudgeError::Invalid(e) => Rejection::Invalid(e),
+            JudgeError::Policy(e) => Rejection::Policy(e),
+            JudgeError::Lookup(e) => Rejection::Upstream(e),
+        }
+    }
 }
 
 /// How each rejection looks on the wire. One table, so no two stages disagree.

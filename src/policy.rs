@@ -2,6 +2,7 @@
 //! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
 
 pub mod input;
+pub mod judge;
 pub mod testing;
 
 use std::num::NonZeroU32;
@@ -186,7 +187,7 @@ fn schema_operations(dir: &Path) -> Vec<&'static str> {
         .iter()
         .filter(|op| {
             op.class == Class::Guarded
-                || (routes::POLICY_CAPABLE.contains(&op.name)
+                || (crate::request::Judged::from_name(op.name).is_some()
                     && dir.join(format!("{}.json", op.name)).exists())
         })
         .map(|op| op.name)

@@ -17,12 +17,14 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, Entry, Slot};
 use crate::config::{Config, PartialDeny, PolicyMode, Routing, UpstreamAuth};
-use crate::enrich::{CurrentFinding, Enricher, FindingKey};
+use crate::enrich::{Enricher, FindingKey};
 use crate::envelope::Rejection;
 use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::policy::input::{self, Enrichment, RequestFacts};
+use crate::policy::input::RequestFacts;
+use crate::policy::judge::{judge, Judgement};
 use crate::policy::{Decision, PolicySet};
+use crate::request::Judged;
 use crate::routes::{self, OperationSpec};
 use crate::upstream::Upstream;
 use crate::validate;
@@ -244,7 +246,7 @@ async fn run(
         return forward(gate, &parts, body, trail).await;
     }
 
-    // validate
+    // validate and decide
     if parts.uri.query().is_some() {
         // The operation has no query members; hubgate does not forward what it did not check.
         return Err(validate::ValidationErrors::whole(
@@ -253,30 +255,14 @@ async fn run(
         )
         .into());
     }
+    // Config validation refuses "policy" routing for an operation hubgate cannot judge.
+    let Some(operation) = Judged::from_name(spec.name) else {
+        return Err(Rejection::OperationNotAllowed {
+            operation: spec.name,
+        });
+    };
     let policy = gate.policy.load_full();
     trail.revision = Some(policy.revision.clone());
-    let mut parsed = policy.schemas.check(spec.name, &body)?;
-
-    // decide
-    let normalised = input::normalise(spec.name, &parsed);
-    let keys = normalised.keys;
-    let claims = normalised.claimed_accounts;
-    let update = normalised.update;
-    trail.findings = keys
-        .iter()
-        .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
-        .collect();
-    trail.update = Some(update.clone());
-    // The identifiers travel once, as input.findings, not twice.
-    let mut identifiers = None;
-    if let Some(obj) = parsed.as_object_mut() {
-        for member in normalised.strip {
-            let removed = obj.remove(*member);
-            if *member == "FindingIdentifiers" {
-                identifiers = removed;
-            }
-        }
-    }
     let facts = RequestFacts {
         operation: spec.name,
         principal: &principal,
@@ -289,35 +275,41 @@ async fn run(
     };
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
     trail.dry_run = dry_run;
-
-    let ctx = Pass {
-        policy: &policy,
-        facts: &facts,
-        body: &parsed,
-        update: &update,
-        keys: &keys,
-        claims: &claims,
+    let judged = judge(
+        &policy,
+        operation,
+        &body,
+        &facts,
+        gate.enricher.as_ref(),
+        dry_run,
+    )
+    .await;
+    let judgement = judged?;
+    trail.findings = judgement
+        .keys
+        .iter()
+        .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
+        .collect();
+    trail.update = Some(judgement.update.to_value());
+    trail.policy_ns = judgement.policy_ns;
+    trail.enrich_ns = judgement.enrich_ns;
+    trail.lookups = judgement.stats.calls;
+    trail.cache_hits = judgement.stats.cache_hits;
+    trail.misses = judgement.stats.misses;
+    let Judgement {
+        keys,
+        body: body_without_ids,
+        identifiers,
+        passes,
+        ..
+    } = judgement;
+    let Some(last) = passes.into_iter().next_back() else {
+        return Err(Rejection::Policy(crate::policy::PolicyError::Eval(
+            "no policy pass ran".into(),
+        )));
     };
-    let decision = match (&gate.enricher, normalised.enrichable) {
-        (_, false) => ctx.evaluate(None, Enrichment::NotApplicable, trail)?,
-        (None, true) => ctx.evaluate(None, Enrichment::Disabled, trail)?,
-        (Some(enricher), true) => {
-            // First pass on the request alone: a request that no finding state could make
-            // acceptable is refused without any upstream call.
-            let early = ctx.evaluate(None, Enrichment::Pending, trail)?;
-            if !early.allowed() && !dry_run {
-                early
-            } else {
-                let t = Instant::now();
-                let (current, stats) = enricher.lookup(&keys).await?;
-                trail.enrich_ns = t.elapsed().as_nanos() as u64;
-                trail.lookups = stats.calls;
-                trail.cache_hits = stats.cache_hits;
-                trail.misses = stats.misses;
-                ctx.evaluate(Some(&current), Enrichment::Complete, trail)?
-            }
-        }
-    };
+    trail.input = Some(last.input);
+    let decision = last.decision;
     // A refusal: the findings denied one by one (None if any violation is whole-request), and
     // the envelope; built only when the policy denies.
     let refusal = (!decision.allowed() && !dry_run).then(|| {
@@ -333,13 +325,22 @@ async fn run(
     // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
     // every other operation is refused whole.
     let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
-        && spec.name == "BatchUpdateFindings";
+        && operation == Judged::BatchUpdateFindings;
     let outcome = match (refusal, identifiers) {
         (None, _) => forward(gate, &parts, body, trail).await,
-        (Some((Some(denied), _)), Some(Value::Array(ids)))
+        (Some((Some(denied), rejection)), Some(Value::Array(ids)))
             if partial && denied.len() < keys.len() =>
         {
-            forward_allowed(gate, &parts, parsed, ids, &denied, trail).await
+            forward_allowed(
+                gate,
+                &parts,
+                body_without_ids,
+                ids,
+                &denied,
+                rejection,
+                trail,
+            )
+            .await
         }
         (Some((_, rejection)), _) => return Err(rejection),
     };
@@ -381,40 +382,6 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
     metrics.enrichment_hits.inc_by(trail.cache_hits as u64);
     metrics.enrichment_lookups.inc_by(trail.lookups as u64);
     metrics.enrichment_misses.inc_by(trail.misses as u64);
-}
-
-/// The facts both evaluation passes share.
-struct Pass<'a> {
-    policy: &'a PolicySet,
-    facts: &'a RequestFacts<'a>,
-    body: &'a Value,
-    update: &'a Value,
-    keys: &'a [FindingKey],
-    claims: &'a [Option<String>],
-}
-
-impl Pass<'_> {
-    fn evaluate(
-        &self,
-        current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
-        enrichment: Enrichment,
-        trail: &mut Trail,
-    ) -> Result<Decision, Rejection> {
-        let t = Instant::now();
-        let doc = input::document_with_claims(
-            self.facts,
-            self.body,
-            self.update,
-            self.keys,
-            self.claims,
-            current,
-            enrichment,
-        );
-        trail.input = Some(doc.clone());
-        let decision = self.policy.evaluate(doc);
-        trail.policy_ns += t.elapsed().as_nanos() as u64;
-        Ok(decision?)
-    }
 }
 
 async fn forward(
@@ -468,6 +435,7 @@ async fn forward_allowed(
     mut body_without_ids: Value,
     identifiers: Vec<Value>,
     denied: &HashMap<FindingKey, Vec<String>>,
+    refusal: Rejection,
     trail: &mut Trail,
 ) -> Result<Forwarded, Rejection> {
     let key_of = |v: &Value| -> Option<FindingKey> {
@@ -480,52 +448,85 @@ async fn forward_allowed(
         .into_iter()
         .filter(|v| key_of(v).is_some_and(|k| !denied.contains_key(&k)))
         .collect();
+    if allowed.is_empty() {
+        // Nothing left to apply: an empty batch is never forwarded.
+        return Err(refusal);
+    }
     trail.partial = Some((allowed.len(), denied.len()));
     if let Some(obj) = body_without_ids.as_object_mut() {
         obj.insert("FindingIdentifiers".into(), Value::Array(allowed));
     }
     let rewritten = Bytes::from(serde_json::to_vec(&body_without_ids).unwrap_or_default());
+    // The answer is read and merged, so it must come back as plain JSON.
+    let mut parts = parts.clone();
+    parts.headers.insert(
+        http::header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let slot = gate.audit.reserve().await?;
     let t = Instant::now();
-    let response = gate.upstream.forward(parts, rewritten).await;
+    let response = gate.upstream.forward(&parts, rewritten).await;
     let response = trail.upstream_answered(response, t)?;
     let (mut head, incoming) = response.into_parts();
+    let unmergeable = |detail: String| {
+        Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
+            operation: "BatchUpdateFindings",
+            detail,
+        })
+    };
     let bytes = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
         .collect()
         .await
-        .map_err(|e| {
-            Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
-                operation: "BatchUpdateFindings",
-                detail: e.to_string(),
-            })
-        })?
+        .map_err(|e| unmergeable(e.to_string()))?
         .to_bytes();
-    // Only a successful JSON answer is merged into; anything else goes back as it came.
-    let merged = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(mut answer) if head.status.is_success() => {
-            let mut extra: Vec<Value> = denied
-                .iter()
-                .map(|((id, arn), reasons)| {
-                    json!({
-                        "FindingIdentifier": {"Id": id, "ProductArn": arn},
-                        "ErrorCode": "PolicyDenied",
-                        "ErrorMessage": reasons.join("; "),
-                    })
-                })
-                .collect();
-            extra.sort_by(|a, b| {
-                a["FindingIdentifier"]["Id"]
-                    .as_str()
-                    .cmp(&b["FindingIdentifier"]["Id"].as_str())
-            });
-            match answer.get_mut("UnprocessedFindings") {
-                Some(Value::Array(list)) => list.extend(extra),
-                _ => answer["UnprocessedFindings"] = Value::Array(extra),
-            }
-            Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+    if !head.status.is_success() {
+        // Security Hub refused the whole batch; its answer goes back as it came.
+        return Ok(Forwarded(
+            Response::from_parts(
+                head,
+                Full::new(bytes).map_err(|never| match never {}).boxed(),
+            ),
+            slot,
+        ));
+    }
+    if let Some(encoding) = head
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(unmergeable(format!(
+            "the answer is {encoding:?}-encoded although identity was asked for; the denied findings cannot be merged into it"
+        )));
+    }
+    let mut answer = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(answer @ Value::Object(_)) => answer,
+        _ => {
+            return Err(unmergeable(
+                "the answer is not a JSON object; the denied findings cannot be merged into it"
+                    .into(),
+            ))
         }
-        _ => bytes,
     };
+    let mut extra: Vec<Value> = denied
+        .iter()
+        .map(|((id, arn), reasons)| {
+            json!({
+                "FindingIdentifier": {"Id": id, "ProductArn": arn},
+                "ErrorCode": "PolicyDenied",
+                "ErrorMessage": reasons.join("; "),
+            })
+        })
+        .collect();
+    extra.sort_by(|a, b| {
+        a["FindingIdentifier"]["Id"]
+            .as_str()
+            .cmp(&b["FindingIdentifier"]["Id"].as_str())
+    });
+    match answer.get_mut("UnprocessedFindings") {
+        Some(Value::Array(list)) => list.extend(extra),
+        _ => answer["UnprocessedFindings"] = Value::Array(extra),
+    }
+    let merged = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
     head.headers.remove(http::header::TRANSFER_ENCODING);
     head.headers.insert(
         http::header::CONTENT_LENGTH,

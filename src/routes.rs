@@ -77,14 +77,6 @@ fn templates() -> &'static [Template] {
     })
 }
 
-/// Operations whose request hubgate can normalise into the policy input and so judge.
-pub const POLICY_CAPABLE: [&str; 4] = [
-    "BatchUpdateFindings",
-    "BatchUpdateFindingsV2",
-    "UpdateFindings",
-    "BatchImportFindings",
-];
-
 /// Every operation hubgate knows, for documentation and `hubgate check`.
 pub fn operations() -> &'static [OperationSpec] {
     operations::OPERATIONS

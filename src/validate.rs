@@ -133,10 +133,7 @@ impl Schemas {
             });
         };
         if validator.is_valid(&value) {
-            return match semantic_errors(operation, &value) {
-                errors if errors.is_empty() => Ok(value),
-                errors => Err(ValidationErrors { operation, errors }),
-            };
+            return Ok(value);
         }
         let mut errors: Vec<Violation> = validator
             .iter_errors(&value)
@@ -157,33 +154,6 @@ impl Schemas {
         errors.sort_by(|a, b| a.path.cmp(&b.path));
         Err(ValidationErrors { operation, errors })
     }
-}
-
-/// What a schema cannot say. `Severity.Label` with a `Normalized` of another band is refused:
-/// the API does not define which one wins, and a policy must not judge one while AWS applies
-/// the other.
-fn semantic_errors(operation: &str, body: &Value) -> Vec<Violation> {
-    let mut errors = Vec::new();
-    if operation == "BatchUpdateFindings" {
-        if let Some(severity) = body.get("Severity") {
-            let label = severity.get("Label").and_then(Value::as_str);
-            let derived = severity
-                .get("Normalized")
-                .and_then(Value::as_i64)
-                .and_then(crate::policy::input::label_for_normalized);
-            if let (Some(label), Some(derived)) = (label, derived) {
-                if label != derived {
-                    errors.push(Violation {
-                        path: "/Severity".into(),
-                        message: format!(
-                            "Severity.Label {label} disagrees with Severity.Normalized, which means {derived}"
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    errors
 }
 
 /// Parses JSON, refusing duplicate object keys and anything after the value: two readers
@@ -387,26 +357,6 @@ mod tests {
             err.errors[0].message
         );
         assert!(!err.errors[0].message.contains("finding-50"));
-    }
-
-    #[test]
-    fn label_and_normalized_must_agree() {
-        let ids = r#""FindingIdentifiers": [{"Id": "f", "ProductArn": "p"}]"#;
-        let agree = format!(r#"{{{ids}, "Severity": {{"Label": "HIGH", "Normalized": 75}}}}"#);
-        assert!(schemas()
-            .check("BatchUpdateFindings", agree.as_bytes())
-            .is_ok());
-        let disagree =
-            format!(r#"{{{ids}, "Severity": {{"Label": "CRITICAL", "Normalized": 10}}}}"#);
-        let err = schemas()
-            .check("BatchUpdateFindings", disagree.as_bytes())
-            .unwrap_err();
-        assert_eq!(err.errors[0].path, "/Severity");
-        assert!(
-            err.errors[0].message.contains("LOW"),
-            "{}",
-            err.errors[0].message
-        );
     }
 
     #[test]

@@ -10,12 +10,15 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::EvalArgs;
-use crate::config::Config;
+use crate::config::{Config, PolicyMode, Routing};
 use crate::enrich::{CurrentFinding, FindingKey};
 use crate::identity::{self, Principal, Role};
-use crate::policy::input::{self, Enrichment, RequestFacts};
+use crate::policy::input::{Enrichment, RequestFacts};
+use crate::policy::judge::{judge, FindingState, JudgeError, Lookup};
 use crate::policy::{Decision, PolicySet};
+use crate::request::Judged;
 use crate::routes;
+use crate::upstream::UpstreamError;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("hubgate: {msg}");
@@ -138,6 +141,35 @@ fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
     }
 }
 
+/// Finding state for eval: the `--current` file, or none (then judging stops after the
+/// first pass, which is all that can be known without state).
+struct FileState(Option<HashMap<FindingKey, Arc<CurrentFinding>>>);
+
+impl FindingState for FileState {
+    fn lookup(
+        &self,
+        keys: &[FindingKey],
+    ) -> impl std::future::Future<Output = Result<Option<Lookup>, UpstreamError>> + Send {
+        let found = self.0.as_ref().map(|all| Lookup {
+            current: keys
+                .iter()
+                .filter_map(|k| all.get(k).map(|f| (k.clone(), f.clone())))
+                .collect(),
+            stats: Default::default(),
+        });
+        std::future::ready(Ok(found))
+    }
+}
+
+fn pass_name(enrichment: Enrichment) -> &'static str {
+    match enrichment {
+        Enrichment::Pending => "first pass (request only)",
+        Enrichment::Complete => "second pass (with finding state)",
+        Enrichment::Disabled => "single pass (enrichment disabled)",
+        Enrichment::NotApplicable => "single pass (no finding state for this operation)",
+    }
+}
+
 pub fn run(args: &EvalArgs) -> ExitCode {
     let config = match Config::load(&args.config.config) {
         Ok(c) => c,
@@ -150,14 +182,35 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let Some(op) = routes::operations()
+    let Some(spec) = routes::operations()
         .iter()
-        .find(|o| o.name == args.operation && routes::POLICY_CAPABLE.contains(&o.name))
+        .find(|o| o.name == args.operation)
     else {
         return fail(format!(
-            "{} is not an operation hubgate evaluates",
+            "{} is not a Security Hub operation",
             args.operation
         ));
+    };
+    // The routing table decides first, as it does when serving.
+    let operation = match (config.routing(spec), Judged::from_name(spec.name)) {
+        (Routing::Deny, _) => {
+            println!(
+                "OPERATION_NOT_ALLOWED: {} is routed \"deny\"; the proxy would answer 403",
+                spec.name
+            );
+            return ExitCode::FAILURE;
+        }
+        (Routing::Forward, _) => {
+            println!(
+                "FORWARD: {} is routed \"forward\"; the proxy forwards it after authentication, without policy",
+                spec.name
+            );
+            return ExitCode::SUCCESS;
+        }
+        (Routing::Policy, Some(op)) => op,
+        (Routing::Policy, None) => {
+            return fail(format!("{} is not an operation hubgate judges", spec.name))
+        }
     };
     let body = match std::fs::read(&args.request) {
         Ok(b) => b,
@@ -171,9 +224,35 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut parsed = match policy.schemas.check(op.name, &body) {
-        Ok(v) => v,
-        Err(errors) => {
+    let facts = RequestFacts {
+        operation: spec.name,
+        principal: &principal,
+        method: spec.method,
+        path: spec.path,
+        headers: Default::default(),
+        source_ip: "127.0.0.1".into(),
+        request_id: "eval",
+        time: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    let state = FileState(current);
+    let dry_run = config.policy.mode == PolicyMode::DryRun;
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start a runtime: {e}")),
+    };
+    let judged = runtime.block_on(judge(
+        &policy,
+        operation,
+        &body,
+        &facts,
+        config.enrichment.enabled.then_some(&state),
+        dry_run,
+    ));
+    let judgement = match judged {
+        Ok(j) => j,
+        Err(JudgeError::Invalid(errors)) => {
             println!("VALIDATION_ERROR: the proxy would answer 400");
             for e in &errors.errors {
                 let at = if e.path.is_empty() {
@@ -185,27 +264,10 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             }
             return ExitCode::FAILURE;
         }
-    };
-    let normalised = input::normalise(op.name, &parsed);
-    let keys: Vec<FindingKey> = normalised.keys;
-    let claims = normalised.claimed_accounts;
-    let update = normalised.update;
-    if let Some(obj) = parsed.as_object_mut() {
-        for member in normalised.strip {
-            obj.remove(*member);
+        Err(e) => {
+            println!("POLICY_ERROR: {e}");
+            return ExitCode::from(2);
         }
-    }
-    let facts = RequestFacts {
-        operation: op.name,
-        principal: &principal,
-        method: op.method,
-        path: op.path,
-        headers: Default::default(),
-        source_ip: "127.0.0.1".into(),
-        request_id: "eval",
-        time: time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
     };
     let sources: Vec<(String, String)> = policy
         .files
@@ -214,56 +276,19 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(f).ok()?)))
         .collect();
     println!("policy revision {}", policy.revision);
-
-    let passes: Vec<(&str, Enrichment)> = if !normalised.enrichable {
-        vec![(
-            "single pass (no finding state for this operation)",
-            Enrichment::NotApplicable,
-        )]
-    } else if !config.enrichment.enabled {
-        vec![("single pass (enrichment disabled)", Enrichment::Disabled)]
-    } else if current.is_some() {
-        vec![
-            ("first pass (request only)", Enrichment::Pending),
-            ("second pass (with finding state)", Enrichment::Complete),
-        ]
-    } else {
-        vec![("first pass (request only)", Enrichment::Pending)]
-    };
-    let mut last = None;
-    for (name, phase) in passes {
-        let doc = input::document_with_claims(
-            &facts,
-            &parsed,
-            &update,
-            &keys,
-            &claims,
-            current.as_ref(),
-            phase,
-        );
+    for pass in &judgement.passes {
+        let name = pass_name(pass.enrichment);
         if args.input {
             println!(
                 "input ({name}):\n{}",
-                serde_json::to_string_pretty(&doc).unwrap_or_default()
+                serde_json::to_string_pretty(&pass.input).unwrap_or_default()
             );
         }
-        let decision = match policy.evaluate(doc) {
-            Ok(d) => d,
-            Err(e) => {
-                println!("POLICY_ERROR: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        print_decision(name, &decision, &sources);
-        let denied = !decision.allowed();
-        last = Some(decision);
-        if denied {
-            break;
-        }
+        print_decision(name, &pass.decision, &sources);
     }
-    match last {
+    match judgement.decision() {
         Some(d) if d.allowed() => {
-            if normalised.enrichable && config.enrichment.enabled && current.is_none() {
+            if !judgement.complete {
                 println!("note: give --current FINDINGS.json to evaluate the rules that need finding state");
             }
             ExitCode::SUCCESS

@@ -1,6 +1,7 @@
 //! The policy input document (version 1): facts computed once in Rust so that rules compare
 //! values instead of calling builtins. Documented in policies/README.md.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -10,6 +11,8 @@ use regorus::Value as RValue;
 
 use crate::enrich::{CurrentFinding, FindingKey};
 use crate::identity::Principal;
+use crate::request::*;
+use crate::validate::Violation;
 
 pub const INPUT_VERSION: u64 = 1;
 
@@ -24,15 +27,30 @@ pub fn label_rank(label: &str) -> Option<u64> {
 }
 
 /// The label Security Hub derives from `Severity.Normalized` when no label is given.
-pub fn label_for_normalized(n: i64) -> Option<&'static str> {
+pub fn severity_for_normalized(n: i64) -> Option<SeverityLabel> {
     Some(match n {
-        0 => "INFORMATIONAL",
-        1..=39 => "LOW",
-        40..=69 => "MEDIUM",
-        70..=89 => "HIGH",
-        90..=100 => "CRITICAL",
+        0 => SeverityLabel::Informational,
+        1..=39 => SeverityLabel::Low,
+        40..=69 => SeverityLabel::Medium,
+        70..=89 => SeverityLabel::High,
+        90..=100 => SeverityLabel::Critical,
         _ => return None,
     })
+}
+
+pub fn label_for_normalized(n: i64) -> Option<&'static str> {
+    severity_for_normalized(n).map(SeverityLabel::as_str)
+}
+
+/// The rank that "lower" compares.
+pub fn severity_rank(label: SeverityLabel) -> u64 {
+    match label {
+        SeverityLabel::Informational => 0,
+        SeverityLabel::Low => 1,
+        SeverityLabel::Medium => 2,
+        SeverityLabel::High => 3,
+        SeverityLabel::Critical => 4,
+    }
 }
 
 /// The effective label of a severity object: `Label`, else derived from `Normalized`.
@@ -83,76 +101,98 @@ pub struct RequestFacts<'a> {
     pub time: String,
 }
 
-/// The requested change of a BatchUpdateFindings body, normalised so that one rule covers every
-/// spelling (e.g. `Severity.Normalized` alone counts as its derived label).
-pub fn normalise_update(body: &Value) -> Value {
-    let severity = body.get("Severity");
-    let label = severity.and_then(effective_label);
-    let note = body.get("Note");
-    let mut fields: Vec<&str> = Vec::new();
-    for (top, subs) in [
-        ("Workflow", &["Status"][..]),
-        ("Severity", &["Label", "Normalized", "Product"][..]),
-        ("Note", &["Text", "UpdatedBy"][..]),
-    ] {
-        if let Some(obj) = body.get(top).and_then(Value::as_object) {
-            for sub in subs {
-                if obj.contains_key(*sub) {
-                    fields.push(match (top, *sub) {
-                        ("Workflow", _) => "Workflow.Status",
-                        ("Severity", "Label") => "Severity.Label",
-                        ("Severity", "Normalized") => "Severity.Normalized",
-                        ("Severity", _) => "Severity.Product",
-                        ("Note", "Text") => "Note.Text",
-                        _ => "Note.UpdatedBy",
-                    });
-                }
-            }
-        }
-    }
-    for top in [
-        "VerificationState",
-        "Confidence",
-        "Criticality",
-        "Types",
-        "UserDefinedFields",
-        "RelatedFindings",
-    ] {
-        if body.get(top).is_some() {
-            fields.push(top);
-        }
-    }
-    json!({
-        "fields": fields,
-        "workflow_status": body.pointer("/Workflow/Status"),
-        "severity_label": label,
-        "severity_rank": label.and_then(label_rank),
-        "severity_normalized": severity.and_then(|s| s.get("Normalized")),
-        "verification_state": body.get("VerificationState"),
-        "confidence": body.get("Confidence"),
-        "criticality": body.get("Criticality"),
-        "note": note.map(|n| json!({"text": n.get("Text"), "updated_by": n.get("UpdatedBy")})),
-        "types": body.get("Types"),
-        "user_defined_fields": body.get("UserDefinedFields"),
-        "related_findings": body.get("RelatedFindings"),
-    })
+/// One fact of `input.update`, set together with the field it comes from: `Update`'s only
+/// writers, so a listed field can never carry a null fact.
+#[derive(Debug, Default, Serialize)]
+pub struct Update {
+    /// Every ASFF path the request sets, sorted; what "the request touches X" means.
+    fields: BTreeSet<String>,
+    workflow_status: Option<&'static str>,
+    severity_label: Option<&'static str>,
+    severity_rank: Option<u64>,
+    severity_normalized: Option<i64>,
+    severity_product: Option<f64>,
+    note: Option<NoteFact>,
+    verification_state: Option<&'static str>,
+    confidence: Option<i64>,
+    criticality: Option<i64>,
+    types: Option<Vec<String>>,
+    user_defined_fields: Option<BTreeMap<String, String>>,
+    related_findings: Option<Vec<Value>>,
+    record_state: Option<&'static str>,
 }
 
-/// What the policy input needs from a request body, whatever operation it is.
-pub struct Normalised {
-    pub keys: Vec<FindingKey>,
-    /// The account each finding belongs to by the request's own say (V2, imports).
-    pub claimed_accounts: Vec<Option<String>>,
-    pub update: Value,
-    /// GetFindings can look these findings up (BatchUpdateFindings only).
-    pub enrichable: bool,
-    /// Body members moved to input.findings, so they are not in the input twice.
-    pub strip: &'static [&'static str],
+#[derive(Debug, Serialize)]
+struct NoteFact {
+    text: String,
+    updated_by: Option<String>,
 }
 
-/// OCSF `status_id` of BatchUpdateFindingsV2, as the ASFF workflow status one rule covers.
-fn v2_status(id: i64) -> Option<&'static str> {
-    Some(match id {
+/// Which fact each field of `input.update.fields` sets: a field listed here is never null in
+/// the input. Import fields name content, not an update, and have no fact.
+pub const FIELD_FACTS: [(&str, &str); 14] = [
+    ("Workflow.Status", "workflow_status"),
+    ("Severity.Label", "severity_label"),
+    ("Severity.Label", "severity_rank"),
+    ("Severity.Normalized", "severity_normalized"),
+    ("Severity.Normalized", "severity_rank"),
+    ("Severity.Product", "severity_product"),
+    ("Note.Text", "note"),
+    ("VerificationState", "verification_state"),
+    ("Confidence", "confidence"),
+    ("Criticality", "criticality"),
+    ("Types", "types"),
+    ("UserDefinedFields", "user_defined_fields"),
+    ("RelatedFindings", "related_findings"),
+    ("RecordState", "record_state"),
+];
+
+impl Update {
+    fn touch(&mut self, field: &str) {
+        self.fields.insert(field.to_string());
+    }
+    fn workflow_status(&mut self, status: &'static str) {
+        self.touch("Workflow.Status");
+        self.workflow_status = Some(status);
+    }
+    /// `field` is Severity.Label or Severity.Normalized, whichever the request spelled.
+    fn severity(&mut self, field: &str, label: &'static str, rank: u64) {
+        self.touch(field);
+        if self.severity_label.is_none() {
+            self.severity_label = Some(label);
+            self.severity_rank = Some(rank);
+        }
+    }
+    fn note(&mut self, text: String, updated_by: Option<String>) {
+        self.touch("Note.Text");
+        if updated_by.is_some() {
+            self.touch("Note.UpdatedBy");
+        }
+        self.note = Some(NoteFact { text, updated_by });
+    }
+
+    /// The fields, sorted, for the audit record.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(String::as_str)
+    }
+
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+fn refuse(path: &str, message: String) -> Violation {
+    Violation {
+        path: path.to_string(),
+        message,
+    }
+}
+
+/// OCSF `status_id` of BatchUpdateFindingsV2 as the workflow status one rule covers. Every value
+/// the model documents maps (0 and 99 included), and any other is refused.
+fn v2_status(id: i64) -> Result<&'static str, Violation> {
+    Ok(match id {
+        0 => "UNKNOWN",
         1 => "NEW",
         2 => "NOTIFIED",
         3 => "SUPPRESSED",
@@ -160,175 +200,281 @@ fn v2_status(id: i64) -> Option<&'static str> {
         5 => "ARCHIVED",
         6 => "DELETED",
         99 => "OTHER",
-        _ => return None,
-    })
-}
-
-/// OCSF `severity_id` as an ASFF severity label (Fatal counts as CRITICAL).
-fn v2_severity(id: i64) -> Option<&'static str> {
-    Some(match id {
-        1 => "INFORMATIONAL",
-        2 => "LOW",
-        3 => "MEDIUM",
-        4 => "HIGH",
-        5 | 6 => "CRITICAL",
-        _ => return None,
-    })
-}
-
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-/// `input.update` with every member present (null when the operation does not set it) and
-/// `set` laid over it, so rules read the same shape whatever the operation.
-fn update_with(fields: Vec<&str>, set: Value) -> Value {
-    let mut update = json!({
-        "fields": fields,
-        "workflow_status": null, "severity_label": null, "severity_rank": null,
-        "severity_normalized": null, "verification_state": null, "confidence": null,
-        "criticality": null, "note": null, "types": null, "user_defined_fields": null,
-        "related_findings": null,
-    });
-    if let (Some(update), Value::Object(set)) = (update.as_object_mut(), set) {
-        update.extend(set);
-    }
-    update
-}
-
-/// The findings a list in the body names, with the account each claims to belong to.
-fn claimed_findings(
-    list: Option<&Value>,
-    id: &str,
-    product_arn: &str,
-    account: &str,
-) -> (Vec<FindingKey>, Vec<Option<String>>) {
-    list.and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .map(|f| {
-                    (
-                        (
-                            str_at(f, id).unwrap_or("").to_string(),
-                            str_at(f, product_arn).unwrap_or("").to_string(),
-                        ),
-                        str_at(f, account).map(str::to_string),
-                    )
-                })
-                .unzip()
-        })
-        .unwrap_or_default()
-}
-
-/// Normalises any policy-capable operation's body, so that "members may not suppress" is one
-/// rule whether the request said `Workflow.Status`, `StatusId` or anything else.
-pub fn normalise(operation: &str, body: &Value) -> Normalised {
-    let empty = Vec::new();
-    match operation {
-        "BatchUpdateFindingsV2" => {
-            let (mut keys, mut claimed) = claimed_findings(
-                body.get("FindingIdentifiers"),
-                "FindingInfoUid",
-                "MetadataProductUid",
-                "CloudAccountUid",
-            );
-            for uid in body
-                .get("MetadataUids")
-                .and_then(Value::as_array)
-                .unwrap_or(&empty)
-            {
-                keys.push((uid.as_str().unwrap_or("").to_string(), String::new()));
-                claimed.push(None);
-            }
-            let status = body.get("StatusId").and_then(Value::as_i64);
-            let severity = body.get("SeverityId").and_then(Value::as_i64);
-            let label = severity.and_then(v2_severity);
-            let mut fields = Vec::new();
-            if status.is_some() {
-                fields.push("Workflow.Status");
-            }
-            if severity.is_some() {
-                fields.push("Severity.Label");
-            }
-            if body.get("Comment").is_some() {
-                fields.push("Note.Text");
-            }
-            let update = update_with(
-                fields,
-                json!({
-                    "workflow_status": status.map(|s| v2_status(s).unwrap_or("UNKNOWN")),
-                    "severity_label": label,
-                    "severity_rank": label.and_then(label_rank),
-                    "note": body.get("Comment").map(|c| json!({"text": c, "updated_by": null})),
-                }),
-            );
-            Normalised {
-                keys,
-                claimed_accounts: claimed,
-                update,
-                enrichable: false,
-                strip: &["FindingIdentifiers", "MetadataUids"],
-            }
+        _ => {
+            return Err(refuse(
+                "/StatusId",
+                format!("StatusId {id} is not one of 0-6 or 99"),
+            ))
         }
-        "UpdateFindings" => {
-            let mut fields = vec!["RecordState"];
-            if body.get("Note").is_some() {
-                fields = vec!["Note.Text", "Note.UpdatedBy"];
-                if body.get("RecordState").is_some() {
-                    fields.push("RecordState");
+    })
+}
+
+/// OCSF `severity_id` as a label and rank. Fatal counts as CRITICAL; Unknown and Other rank
+/// lowest, so setting them is never a raise.
+fn v2_severity(id: i64) -> Result<(&'static str, u64), Violation> {
+    Ok(match id {
+        0 => ("UNKNOWN", 0),
+        1 => ("INFORMATIONAL", 0),
+        2 => ("LOW", 1),
+        3 => ("MEDIUM", 2),
+        4 => ("HIGH", 3),
+        5 | 6 => ("CRITICAL", 4),
+        99 => ("OTHER", 0),
+        _ => {
+            return Err(refuse(
+                "/SeverityId",
+                format!("SeverityId {id} is not one of 0-6 or 99"),
+            ))
+        }
+    })
+}
+
+/// What the policy input needs from a request, whatever operation it is.
+pub struct Normalised {
+    /// The findings the request names, de-duplicated in first-seen order.
+    pub keys: Vec<FindingKey>,
+    /// The account each finding belongs to by the request's own say (V2, imports).
+    pub claimed_accounts: Vec<Option<String>>,
+    pub update: Update,
+    /// GetFindings can look these findings up (BatchUpdateFindings only).
+    pub enrichable: bool,
+    /// Body members moved to input.findings, so they are not in the input twice.
+    pub strip: &'static [&'static str],
+}
+
+/// Adds a finding once; a repeated identifier names the same finding.
+fn push_key(
+    keys: &mut Vec<FindingKey>,
+    claims: &mut Vec<Option<String>>,
+    key: FindingKey,
+    claim: Option<String>,
+) {
+    if !keys.contains(&key) {
+        keys.push(key);
+        claims.push(claim);
+    }
+}
+
+/// Normalises a typed request, so that "members may not suppress" is one rule whether the
+/// request said `Workflow.Status`, `StatusId` or anything else. Every member is destructured:
+/// a member added to the model does not compile until it is mapped here.
+pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
+    let mut u = Update::default();
+    let mut keys = Vec::new();
+    let mut claims = Vec::new();
+    match request {
+        Typed::BatchUpdateFindings(BatchUpdateFindingsRequest {
+            finding_identifiers,
+            note,
+            severity,
+            verification_state,
+            confidence,
+            criticality,
+            types,
+            user_defined_fields,
+            workflow,
+            related_findings,
+        }) => {
+            for AwsSecurityFindingIdentifier { id, product_arn } in finding_identifiers {
+                push_key(
+                    &mut keys,
+                    &mut claims,
+                    (id.clone(), product_arn.clone()),
+                    None,
+                );
+            }
+            if let Some(NoteUpdate { text, updated_by }) = note {
+                u.note(text.clone(), Some(updated_by.clone()));
+            }
+            if let Some(SeverityUpdate {
+                normalized,
+                product,
+                label,
+            }) = severity
+            {
+                if let Some(label) = *label {
+                    u.severity("Severity.Label", label.as_str(), severity_rank(label));
+                }
+                if let Some(n) = *normalized {
+                    let derived = severity_for_normalized(n).ok_or_else(|| {
+                        refuse(
+                            "/Severity/Normalized",
+                            format!("Severity.Normalized {n} is outside 0-100"),
+                        )
+                    })?;
+                    // The API does not say which wins when they disagree; a policy must not
+                    // judge one while AWS applies the other.
+                    if let Some(label) = label.filter(|l| *l != derived) {
+                        return Err(refuse(
+                            "/Severity",
+                            format!(
+                                "Severity.Label {} disagrees with Severity.Normalized, which means {}",
+                                label.as_str(),
+                                derived.as_str()
+                            ),
+                        ));
+                    }
+                    u.severity(
+                        "Severity.Normalized",
+                        derived.as_str(),
+                        severity_rank(derived),
+                    );
+                    u.severity_normalized = Some(n);
+                }
+                if let Some(p) = *product {
+                    u.touch("Severity.Product");
+                    u.severity_product = Some(p);
                 }
             }
-            let update = update_with(
-                fields,
-                json!({
-                    "record_state": body.get("RecordState"),
-                    "note": body.get("Note").map(|n| json!({"text": n.get("Text"), "updated_by": n.get("UpdatedBy")})),
-                }),
-            );
-            Normalised {
-                keys: Vec::new(),
-                claimed_accounts: Vec::new(),
-                update,
-                enrichable: false,
-                strip: &[],
+            if let Some(v) = verification_state {
+                u.touch("VerificationState");
+                u.verification_state = Some(v.as_str());
             }
-        }
-        "BatchImportFindings" => {
-            let (keys, claimed) =
-                claimed_findings(body.get("Findings"), "Id", "ProductArn", "AwsAccountId");
-            // The imported findings stay in request.body: their content is what is judged.
-            Normalised {
-                keys,
-                claimed_accounts: claimed,
-                update: update_with(vec!["Findings"], json!({})),
-                enrichable: false,
-                strip: &[],
+            if let Some(c) = *confidence {
+                u.touch("Confidence");
+                u.confidence = Some(c);
             }
-        }
-        _ => {
-            let keys: Vec<FindingKey> = body
-                .get("FindingIdentifiers")
-                .and_then(Value::as_array)
-                .unwrap_or(&empty)
-                .iter()
-                .filter_map(|f| {
-                    Some((
-                        str_at(f, "Id")?.to_string(),
-                        str_at(f, "ProductArn")?.to_string(),
-                    ))
-                })
-                .collect();
-            let n = keys.len();
-            Normalised {
+            if let Some(c) = *criticality {
+                u.touch("Criticality");
+                u.criticality = Some(c);
+            }
+            if let Some(t) = types {
+                u.touch("Types");
+                u.types = Some(t.clone());
+            }
+            if let Some(m) = user_defined_fields {
+                u.touch("UserDefinedFields");
+                u.user_defined_fields = Some(m.clone());
+            }
+            if let Some(WorkflowUpdate { status: Some(s) }) = workflow {
+                u.workflow_status(s.as_str());
+            }
+            if let Some(list) = related_findings {
+                u.touch("RelatedFindings");
+                u.related_findings = Some(
+                    list.iter()
+                        .map(|RelatedFinding { product_arn, id }| {
+                            json!({"Id": id, "ProductArn": product_arn})
+                        })
+                        .collect(),
+                );
+            }
+            Ok(Normalised {
                 keys,
-                claimed_accounts: vec![None; n],
-                update: normalise_update(body),
+                claimed_accounts: claims,
+                update: u,
                 enrichable: true,
                 strip: &["FindingIdentifiers"],
+            })
+        }
+        Typed::BatchUpdateFindingsV2(BatchUpdateFindingsV2Request {
+            metadata_uids,
+            finding_identifiers,
+            comment,
+            severity_id,
+            status_id,
+        }) => {
+            for OcsfFindingIdentifier {
+                cloud_account_uid,
+                finding_info_uid,
+                metadata_product_uid,
+            } in finding_identifiers.iter().flatten()
+            {
+                push_key(
+                    &mut keys,
+                    &mut claims,
+                    (finding_info_uid.clone(), metadata_product_uid.clone()),
+                    Some(cloud_account_uid.clone()),
+                );
             }
+            for uid in metadata_uids.iter().flatten() {
+                push_key(&mut keys, &mut claims, (uid.clone(), String::new()), None);
+            }
+            if let Some(c) = comment {
+                u.note(c.clone(), None);
+            }
+            if let Some(id) = *severity_id {
+                let (label, rank) = v2_severity(id)?;
+                u.severity("Severity.Label", label, rank);
+            }
+            if let Some(id) = *status_id {
+                u.workflow_status(v2_status(id)?);
+            }
+            Ok(Normalised {
+                keys,
+                claimed_accounts: claims,
+                update: u,
+                enrichable: false,
+                strip: &["FindingIdentifiers", "MetadataUids"],
+            })
+        }
+        Typed::UpdateFindings(update) => {
+            let UpdateFindingsRequest {
+                // Which findings, not what changes: policies read it from request.body.
+                filters: _,
+                note,
+                record_state,
+            } = update.as_ref();
+            if let Some(NoteUpdate { text, updated_by }) = note {
+                u.note(text.clone(), Some(updated_by.clone()));
+            }
+            if let Some(r) = record_state {
+                u.touch("RecordState");
+                u.record_state = Some(r.as_str());
+            }
+            Ok(Normalised {
+                keys,
+                claimed_accounts: claims,
+                update: u,
+                enrichable: false,
+                strip: &[],
+            })
+        }
+        Typed::BatchImportFindings(BatchImportFindingsRequest { findings }) => {
+            // An import's content is judged as content (request.body.Findings); the fields say
+            // which members any imported finding sets, structured ones one level down.
+            for f in findings {
+                push_key(
+                    &mut keys,
+                    &mut claims,
+                    (f.id.clone(), f.product_arn.clone()),
+                    Some(f.aws_account_id.clone()),
+                );
+                for member in f.members_set() {
+                    let subs = match member {
+                        "Severity" => f.severity.as_ref().map(Severity::members_set),
+                        "Workflow" => f.workflow.as_ref().map(Workflow::members_set),
+                        "Note" => f.note.as_ref().map(Note::members_set),
+                        "FindingProviderFields" => f
+                            .finding_provider_fields
+                            .as_ref()
+                            .map(FindingProviderFields::members_set),
+                        _ => None,
+                    };
+                    match subs {
+                        Some(subs) if !subs.is_empty() => {
+                            for sub in subs {
+                                u.touch(&format!("{member}.{sub}"));
+                            }
+                        }
+                        _ => u.touch(member),
+                    }
+                }
+            }
+            Ok(Normalised {
+                keys,
+                claimed_accounts: claims,
+                update: u,
+                enrichable: false,
+                strip: &[],
+            })
         }
     }
+}
+
+/// `input.update` for a body, as judging builds it (tests and benchmarks).
+pub fn update_for(operation: Judged, body: &Value) -> Result<Update, Violation> {
+    normalise(&operation.read(body)?).map(|n| n.update)
 }
 
 /// The fields of a stored finding that policies see as `current`; the rest (resources,
@@ -587,20 +733,147 @@ mod tests {
         assert_eq!(label_for_normalized(-1), None);
     }
 
+    fn update(op: Judged, body: Value) -> Result<Value, Violation> {
+        update_for(op, &body).map(|u| u.to_value())
+    }
+
+    fn buf(extra: Value) -> Value {
+        let mut body = json!({"FindingIdentifiers": [{"Id": "f", "ProductArn": "p"}]});
+        if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            b.extend(extra);
+        }
+        body
+    }
+
     #[test]
     fn update_counts_normalized_as_its_label() {
-        let u = normalise_update(&json!({"Severity": {"Normalized": 10}}));
+        let u = update(
+            Judged::BatchUpdateFindings,
+            buf(json!({"Severity": {"Normalized": 10}})),
+        )
+        .unwrap();
         assert_eq!(u["severity_label"], "LOW");
         assert_eq!(u["severity_rank"], 1);
+        assert_eq!(u["severity_normalized"], 10);
         assert_eq!(u["fields"], json!(["Severity.Normalized"]));
-        let u = normalise_update(
-            &json!({"Severity": {"Label": "HIGH"}, "Workflow": {"Status": "SUPPRESSED"}}),
-        );
+        let u = update(
+            Judged::BatchUpdateFindings,
+            buf(json!({"Severity": {"Label": "HIGH"}, "Workflow": {"Status": "SUPPRESSED"}})),
+        )
+        .unwrap();
         assert_eq!(u["severity_rank"], 3);
         assert_eq!(u["workflow_status"], "SUPPRESSED");
-        let u = normalise_update(&json!({"Note": {"Text": "t", "UpdatedBy": "u"}}));
+        assert_eq!(u["fields"], json!(["Severity.Label", "Workflow.Status"]));
+        let u = update(
+            Judged::BatchUpdateFindings,
+            buf(json!({"Note": {"Text": "t", "UpdatedBy": "u"}})),
+        )
+        .unwrap();
         assert_eq!(u["severity_rank"], Value::Null);
         assert_eq!(u["note"]["text"], "t");
+        assert_eq!(u["fields"], json!(["Note.Text", "Note.UpdatedBy"]));
+    }
+
+    #[test]
+    fn label_and_normalized_must_agree() {
+        let agree = buf(json!({"Severity": {"Label": "HIGH", "Normalized": 75}}));
+        let u = update(Judged::BatchUpdateFindings, agree).unwrap();
+        assert_eq!(
+            u["fields"],
+            json!(["Severity.Label", "Severity.Normalized"])
+        );
+        let disagree = buf(json!({"Severity": {"Label": "CRITICAL", "Normalized": 10}}));
+        let err = update(Judged::BatchUpdateFindings, disagree).unwrap_err();
+        assert_eq!(err.path, "/Severity");
+        assert!(err.message.contains("LOW"), "{}", err.message);
+    }
+
+    #[test]
+    fn every_v2_enum_value_is_a_fact() {
+        for (id, label, rank) in [
+            (0, "UNKNOWN", 0),
+            (1, "INFORMATIONAL", 0),
+            (2, "LOW", 1),
+            (3, "MEDIUM", 2),
+            (4, "HIGH", 3),
+            (5, "CRITICAL", 4),
+            (6, "CRITICAL", 4),
+            (99, "OTHER", 0),
+        ] {
+            let u = update(
+                Judged::BatchUpdateFindingsV2,
+                json!({"MetadataUids": ["m"], "SeverityId": id}),
+            )
+            .unwrap();
+            assert_eq!(u["severity_label"], label, "{id}");
+            assert_eq!(u["severity_rank"], rank, "{id}");
+            assert_eq!(u["fields"], json!(["Severity.Label"]), "{id}");
+        }
+        for (id, status) in [
+            (0, "UNKNOWN"),
+            (1, "NEW"),
+            (2, "NOTIFIED"),
+            (3, "SUPPRESSED"),
+            (4, "RESOLVED"),
+            (5, "ARCHIVED"),
+            (6, "DELETED"),
+            (99, "OTHER"),
+        ] {
+            let u = update(
+                Judged::BatchUpdateFindingsV2,
+                json!({"MetadataUids": ["m"], "StatusId": id}),
+            )
+            .unwrap();
+            assert_eq!(u["workflow_status"], status, "{id}");
+        }
+        for field in ["SeverityId", "StatusId"] {
+            for id in [7, 98, 100, -1] {
+                let err = update(
+                    Judged::BatchUpdateFindingsV2,
+                    json!({"MetadataUids": ["m"], field: id}),
+                )
+                .unwrap_err();
+                assert_eq!(err.path, format!("/{field}"));
+            }
+        }
+    }
+
+    #[test]
+    fn imports_list_every_member_they_set() {
+        let finding = json!({
+            "SchemaVersion": "2018-10-08", "Id": "f", "ProductArn": "p", "GeneratorId": "g",
+            "AwsAccountId": "222222222222", "CreatedAt": "2026-01-01T00:00:00Z",
+            "UpdatedAt": "2026-01-01T00:00:00Z", "Title": "t", "Description": "d",
+            "Resources": [{"Type": "Other", "Id": "r"}],
+            "Severity": {"Label": "LOW"}, "Workflow": {"Status": "SUPPRESSED"},
+            "FindingProviderFields": {"Severity": {"Label": "LOW"}},
+        });
+        let n = normalise(
+            &Judged::BatchImportFindings
+                .read(&json!({"Findings": [finding.clone(), finding]}))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(n.keys, [("f".to_string(), "p".to_string())]);
+        assert_eq!(n.claimed_accounts, [Some("222222222222".to_string())]);
+        let fields: Vec<&str> = n.update.fields().collect();
+        for f in [
+            "Severity.Label",
+            "Workflow.Status",
+            "FindingProviderFields.Severity",
+            "Title",
+        ] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        assert!(!fields.contains(&"Severity"), "{fields:?}");
+    }
+
+    #[test]
+    fn repeated_identifiers_name_one_finding() {
+        let body = json!({"FindingIdentifiers": [
+            {"Id": "a", "ProductArn": "p"}, {"Id": "b", "ProductArn": "p"}, {"Id": "a", "ProductArn": "p"}]});
+        let n = normalise(&Judged::BatchUpdateFindings.read(&body).unwrap()).unwrap();
+        assert_eq!(n.keys.len(), 2);
     }
 
     #[test]

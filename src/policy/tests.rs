@@ -55,7 +55,14 @@ fn doc(
             ))
         })
         .collect();
-    let update = input::normalise_update(&body);
+    let mut full = body.clone();
+    full["FindingIdentifiers"] = keys
+        .iter()
+        .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
+        .collect();
+    let update = input::update_for(crate::request::Judged::BatchUpdateFindings, &full)
+        .expect("a valid update")
+        .to_value();
     input::document(&facts, &body, &update, &keys, Some(&current), enrichment)
 }
 

@@ -1,0 +1,173 @@
+//! Judging one request body: strict parse and schema, the typed reading, the normalised update,
+//! then the policy passes (the request alone, then with the findings' state). The proxy,
+//! `hubgate eval` and the benchmark all call `judge`, so eval shows what serving does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::input::{self, Enrichment, RequestFacts, Update};
+use super::{Decision, PolicyError, PolicySet};
+use crate::enrich::{CurrentFinding, FindingKey, LookupStats};
+use crate::request::Judged;
+use crate::upstream::UpstreamError;
+use crate::validate::ValidationErrors;
+
+/// The findings' current state, as one lookup found it.
+pub struct Lookup {
+    pub current: HashMap<FindingKey, Arc<CurrentFinding>>,
+    pub stats: LookupStats,
+}
+
+/// Where finding state comes from: Security Hub through enrichment when serving, a file for
+/// `hubgate eval`, a fixed map in the benchmark.
+pub trait FindingState {
+    /// The state of each finding (a key missing from the map was not found), or None when
+    /// this source cannot look findings up at all.
+    fn lookup(
+        &self,
+        keys: &[FindingKey],
+    ) -> impl Future<Output = Result<Option<Lookup>, UpstreamError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Lookup(#[from] UpstreamError),
+}
+
+/// One evaluation of the policies, with the input document it saw.
+pub struct Pass {
+    pub enrichment: Enrichment,
+    pub decision: Decision,
+    pub input: regorus::Value,
+}
+
+/// What judging found: the passes evaluated (the last one decides) and what forwarding and the
+/// audit record need from the request.
+pub struct Judgement {
+    pub passes: Vec<Pass>,
+    /// The findings the request names, de-duplicated.
+    pub keys: Vec<FindingKey>,
+    pub update: Update,
+    /// The checked body without the members that became input.findings.
+    pub body: Value,
+    /// BatchUpdateFindings' FindingIdentifiers as sent, for per-finding forwarding.
+    pub identifiers: Option<Value>,
+    /// False when finding state was needed but the source could not look it up (eval only).
+    pub complete: bool,
+    pub stats: LookupStats,
+    pub policy_ns: u64,
+    pub enrich_ns: u64,
+}
+
+impl Judgement {
+    /// The deciding pass's verdict.
+    pub fn decision(&self) -> Option<&Decision> {
+        self.passes.last().map(|p| &p.decision)
+    }
+
+    /// Takes the deciding pass out: its decision and input document.
+    pub fn into_last_pass(mut self) -> Option<Pass> {
+        self.passes.pop()
+    }
+}
+
+fn invalid(operation: Judged, v: crate::validate::Violation) -> ValidationErrors {
+    ValidationErrors {
+        operation: operation.name(),
+        errors: vec![v],
+    }
+}
+
+/// Judges one request. With `state` None (enrichment disabled) rules that need finding state
+/// see `input.enrichment == "disabled"`. Outside dry-run, a denial in the first pass ends
+/// judging before any lookup.
+pub async fn judge<S: FindingState>(
+    policy: &PolicySet,
+    operation: Judged,
+    raw: &[u8],
+    facts: &RequestFacts<'_>,
+    state: Option<&S>,
+    dry_run: bool,
+) -> Result<Judgement, JudgeError> {
+    let mut body = policy.schemas.check(operation.name(), raw)?;
+    let typed = operation.read(&body).map_err(|v| invalid(operation, v))?;
+    let normalised = input::normalise(&typed).map_err(|v| invalid(operation, v))?;
+    drop(typed);
+    // The identifiers travel once, as input.findings, not twice.
+    let mut identifiers = None;
+    if let Some(obj) = body.as_object_mut() {
+        for member in normalised.strip {
+            let removed = obj.remove(*member);
+            if *member == "FindingIdentifiers" && operation == Judged::BatchUpdateFindings {
+                identifiers = removed;
+            }
+        }
+    }
+    let update = normalised.update.to_value();
+    let mut judgement = Judgement {
+        passes: Vec::with_capacity(2),
+        keys: normalised.keys,
+        update: normalised.update,
+        body,
+        identifiers,
+        complete: true,
+        stats: LookupStats::default(),
+        policy_ns: 0,
+        enrich_ns: 0,
+    };
+    let claims = normalised.claimed_accounts;
+    let evaluate = |j: &mut Judgement,
+                    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
+                    enrichment: Enrichment|
+     -> Result<bool, PolicyError> {
+        let t = Instant::now();
+        let doc = input::document_with_claims(
+            facts, &j.body, &update, &j.keys, &claims, current, enrichment,
+        );
+        let decision = policy.evaluate(doc.clone());
+        j.policy_ns += t.elapsed().as_nanos() as u64;
+        let decision = decision?;
+        let allowed = decision.allowed();
+        j.passes.push(Pass {
+            enrichment,
+            decision,
+            input: doc,
+        });
+        Ok(allowed)
+    };
+    match (normalised.enrichable, state) {
+        (false, _) => {
+            evaluate(&mut judgement, None, Enrichment::NotApplicable)?;
+        }
+        (true, None) => {
+            evaluate(&mut judgement, None, Enrichment::Disabled)?;
+        }
+        (true, Some(state)) => {
+            // A request that no finding state could make acceptable is refused without any
+            // upstream call.
+            let early = evaluate(&mut judgement, None, Enrichment::Pending)?;
+            if early || dry_run {
+                let t = Instant::now();
+                let found = state.lookup(&judgement.keys).await?;
+                judgement.enrich_ns = t.elapsed().as_nanos() as u64;
+                match found {
+                    Some(Lookup { current, stats }) => {
+                        judgement.stats = stats;
+                        evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
+                    }
+                    None => judgement.complete = false,
+                }
+            }
+        }
+    }
+    Ok(judgement)
+}
