@@ -174,7 +174,7 @@ def test_batch_import_findings_limits(schemas, model):
 def test_batch_update_findings_v2_doc_constraints(schemas):
     p = schemas["BatchUpdateFindingsV2"]["properties"]
     assert p["SeverityId"]["enum"] == [0, 1, 2, 3, 4, 5, 6, 99]
-    assert p["StatusId"]["enum"] == [0, 1, 2, 3, 4, 5, 99]
+    assert p["StatusId"]["enum"] == [0, 1, 2, 3, 4, 5, 6, 99]  # 6 added: see gen_schemas
     assert "allowed enum values" in p["SeverityId"]["description"]
     assert (p["Comment"]["minLength"], p["Comment"]["maxLength"]) == (1, 512)
     defs = schemas["BatchUpdateFindingsV2"]["$defs"]
@@ -382,7 +382,7 @@ BAD = {
         "severity_id_string": (v2(SeverityId="3"), "/SeverityId"),
         "severity_id_not_in_enum": (v2(SeverityId=7), "/SeverityId"),
         "severity_id_fraction": (v2(SeverityId=1.5), "/SeverityId"),
-        "status_id_not_in_enum": (v2(StatusId=6), "/StatusId"),
+        "status_id_not_in_enum": (v2(StatusId=7), "/StatusId"),
         "status_id_boolean": (v2(StatusId=True), "/StatusId"),
         "comment_513": (v2(Comment="x" * 513), "/Comment"),
         "comment_blank": (v2(Comment=" \n"), "/Comment"),

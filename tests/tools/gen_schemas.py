@@ -78,6 +78,16 @@ def _enum_from_doc(doc):
     return {"enum": [int(x) for x in m.group(1).split(",")]} if m else None
 
 
+def _status_enum_from_doc(doc):
+    """StatusId's documented values plus 6 (OCSF status_id Deleted): SDK documentation disagrees
+    on whether 6 is allowed, and refusing a value AWS may accept would break callers for nothing;
+    hubgate maps every accepted value to a policy fact, so accepting it judges it."""
+    got = _enum_from_doc(doc)
+    if got is not None and 6 not in got["enum"]:
+        got["enum"] = sorted(got["enum"] + [6])
+    return got
+
+
 def _length_from_doc(doc):
     m = re.search(r"Minimum character length (\d+)\. Maximum character length (\d+)\.", doc)
     return {"minLength": int(m.group(1)), "maxLength": int(m.group(2))} if m else None
@@ -86,7 +96,7 @@ def _length_from_doc(doc):
 DOC_EXTRAS = {
     "BatchUpdateFindingsV2": [
         ("SeverityId", _enum_from_doc),
-        ("StatusId", _enum_from_doc),
+        ("StatusId", _status_enum_from_doc),
         ("Comment", _length_from_doc),
     ],
 }
