@@ -3,8 +3,10 @@
 #
 # IAM can say the same with `securityhub:ASFFSyntaxPath/<field>` conditions (Null = false to
 # forbid a field, StringEquals for values), but only for BatchUpdateFindings spelled one way:
-# hubgate's input.update.fields lists what the request sets whatever the operation (V1 or V2)
-# or spelling (Severity.Normalized counts as Severity.Label's field too), so one list covers all.
+# hubgate's input.update.fields lists what the request sets whatever the operation (V2's StatusId
+# is Workflow.Status, SeverityId is Severity.Label), so one list covers all. A listed parent
+# ("Severity", "Workflow", "Note") forbids its members, and Severity.Label and Severity.Normalized
+# forbid each other (two spellings of one change).
 #
 # Settings (policies/data.json, "hubgate_settings"; both optional):
 #   "member_forbidden_fields":   ASFF paths members may not set, e.g. ["Types", "RelatedFindings",
@@ -12,7 +14,15 @@
 #                                AWSSystemsManagerOpsDataSyncServiceRolePolicy forbids these and more).
 #   "member_workflow_statuses":  the Workflow.Status values members may set, e.g. ["RESOLVED"]
 #                                for the docs' "only allow member accounts to set RESOLVED".
-# Shipped: no field forbidden beyond the other rules, every status but SUPPRESSED allowed.
+# Shipped: no field forbidden beyond the other rules; statuses NEW, NOTIFIED and RESOLVED.
+#
+# Who: members. Operations: the forbidden fields are judged on input.update.fields alone, so for
+# every operation, imports included. The statuses need update.workflow_status: BatchUpdateFindings
+# and V2 (StatusId 0 UNKNOWN, 5 ARCHIVED, 99 OTHER are refused by the shipped list); an import's
+# Workflow.Status is imports.rego's. Workflow.Status set without a status to judge: refused.
+#
+# Cost: one membership test per forbidden field (none shipped) and one for Workflow.Status, for
+# members; sprintf only for violations.
 package hubgate
 
 member_forbidden_fields := data.hubgate_settings.member_forbidden_fields
@@ -23,10 +33,28 @@ member_workflow_statuses := data.hubgate_settings.member_workflow_statuses
 
 member_workflow_statuses := ["NEW", "NOTIFIED", "RESOLVED"] if not data.hubgate_settings.member_workflow_statuses
 
+# The forbidden fields with their members and other spellings (built once per evaluation; empty
+# with the shipped settings).
+field_aliases := {
+	"Severity": ["Severity.Label", "Severity.Normalized", "Severity.Product", "Severity.Original"],
+	"Severity.Label": ["Severity.Normalized"],
+	"Severity.Normalized": ["Severity.Label"],
+	"Workflow": ["Workflow.Status"],
+	"Note": ["Note.Text", "Note.UpdatedBy", "Note.UpdatedAt"],
+}
+
+member_forbidden contains field if some field in member_forbidden_fields
+
+member_forbidden contains alias if {
+	some field in member_forbidden_fields
+	some alias in field_aliases[field]
+}
+
+# Iterates over the forbidden fields (none shipped), not over the request's.
 deny contains {"msg": sprintf("member accounts may not set %s", [field]), "finding": null} if {
 	member
-	some field in input.update.fields
-	field in member_forbidden_fields
+	some field in member_forbidden
+	field in input.update.fields
 }
 
 deny contains {"msg": sprintf("member accounts may not set Workflow.Status to %s", [status]), "finding": null} if {
@@ -35,4 +63,12 @@ deny contains {"msg": sprintf("member accounts may not set Workflow.Status to %s
 	status != null
 	status != "SUPPRESSED" # hubgate.rego says it for SUPPRESSED
 	not status in member_workflow_statuses
+}
+
+deny contains v if {
+	member
+	"Workflow.Status" in input.update.fields
+	not input.update.workflow_status != null
+	update_op
+	v := cannot_judge("Workflow.Status")
 }

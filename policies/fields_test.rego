@@ -1,39 +1,66 @@
 # Tests of policies/fields.rego.
 package fields_test
 
-import data.hubgate
+import data.hubgate_inputs as t
 
-member := {"id": "m", "account_id": "222222222222", "role": "member", "attributes": {}}
+member := t.member
 
-admin := {"id": "a", "account_id": "111111111111", "role": "administrator", "attributes": {}}
+admin := t.admin
 
-doc(principal, update) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": "pending",
-	"principal": principal, "request": {}, "findings": [], "summary": {},
-	"update": object.union({"fields": [], "workflow_status": null, "severity_label": null, "severity_rank": null, "note": null}, update),
-}
-
-msgs(d) := {v.msg | some v in hubgate.deny with input as d}
-
-types_update := {"fields": ["Types"], "types": ["Effects/Data Exposure"]}
+types_update := t.update({"fields": ["Types"], "types": ["Effects/Data Exposure"]})
 
 test_shipped_settings_forbid_no_extra_field if {
-	count(msgs(doc(member, types_update))) == 0
+	count(t.deny(t.buf(member, "pending", [t.own("f1")], types_update))) == 0
 }
 
 test_forbidden_fields_apply_to_members_only if {
-	"member accounts may not set Types" in msgs(doc(member, types_update)) with data.hubgate_settings.member_forbidden_fields as ["Types", "RelatedFindings"]
-	count(msgs(doc(admin, types_update))) == 0 with data.hubgate_settings.member_forbidden_fields as ["Types"]
+	d := t.msgs(t.buf(member, "pending", [t.own("f1")], types_update)) with data.hubgate_settings.member_forbidden_fields as ["Types", "RelatedFindings"]
+	d == {"member accounts may not set Types"}
+	a := t.deny(t.buf(admin, "pending", [t.own("f1")], types_update)) with data.hubgate_settings.member_forbidden_fields as ["Types"]
+	count(a) == 0
+}
+
+# Judged on fields alone: a null fact does not matter, and imports are judged too.
+test_forbidden_fields_null_fact if {
+	d := t.msgs(t.buf(member, "pending", [t.own("f1")], t.null_fact(["Types"]))) with data.hubgate_settings.member_forbidden_fields as ["Types"]
+	d == {"member accounts may not set Types"}
+	i := t.msgs(t.bif(member, [t.claimed("f1", t.own_account)], t.provider_fields)) with data.hubgate_settings as {"member_imports": "own-findings", "member_forbidden_fields": ["Types"]}
+	i == {"member accounts may not set Types"}
+}
+
+# A parent forbids its members; Severity.Label and Severity.Normalized forbid each other.
+test_forbidden_parents_and_spellings if {
+	normalized := t.update({"fields": ["Severity.Normalized"], "severity_label": "HIGH", "severity_rank": 3, "severity_normalized": 80})
+	a := t.msgs(t.buf(member, "pending", [t.own("f1")], normalized)) with data.hubgate_settings.member_forbidden_fields as ["Severity.Label"]
+	a == {"member accounts may not set Severity.Normalized"}
+	b := t.msgs(t.buf(member, "pending", [t.own("f1")], t.severity("HIGH", 3))) with data.hubgate_settings.member_forbidden_fields as ["Severity"]
+	b == {"member accounts may not set Severity.Label"}
+	c := t.msgs(t.buf(member, "pending", [t.own("f1")], t.note_only("x"))) with data.hubgate_settings.member_forbidden_fields as ["Note"]
+	c == {"member accounts may not set Note.Text", "member accounts may not set Note.UpdatedBy"}
 }
 
 test_member_workflow_statuses_narrow_what_members_set if {
-	notified := {"fields": ["Workflow.Status"], "workflow_status": "NOTIFIED"}
-	count(msgs(doc(member, notified))) == 0
-	"member accounts may not set Workflow.Status to NOTIFIED" in msgs(doc(member, notified)) with data.hubgate_settings.member_workflow_statuses as ["RESOLVED"]
-	count(msgs(doc(admin, notified))) == 0 with data.hubgate_settings.member_workflow_statuses as ["RESOLVED"]
+	notified := t.status("NOTIFIED")
+	count(t.deny(t.buf(member, "pending", [t.own("f1")], notified))) == 0
+	d := t.msgs(t.buf(member, "pending", [t.own("f1")], notified)) with data.hubgate_settings.member_workflow_statuses as ["RESOLVED"]
+	d == {"member accounts may not set Workflow.Status to NOTIFIED"}
+	a := t.deny(t.buf(admin, "pending", [t.own("f1")], notified)) with data.hubgate_settings.member_workflow_statuses as ["RESOLVED"]
+	count(a) == 0
+}
+
+# V2 statuses beyond NEW, NOTIFIED, RESOLVED are refused for members by the shipped list.
+test_v2_other_statuses_refused_for_members if {
+	every s in ["UNKNOWN", "ARCHIVED", "OTHER"] {
+		t.msgs(t.v2(member, [t.claimed("f1", t.own_account)], t.status(s))) == {sprintf("member accounts may not set Workflow.Status to %s", [s])}
+	}
+}
+
+test_member_workflow_statuses_null_workflow_status if {
+	t.msgs(t.buf(member, "pending", [t.own("f1")], t.null_fact(["Workflow.Status"]))) == {t.cannot("Workflow.Status")}
+	d := t.msgs(t.buf(member, "pending", [t.own("f1")], t.absent_fact(["Workflow.Status"], "workflow_status"))) with data.hubgate_settings.member_workflow_statuses as ["RESOLVED"]
+	d == {t.cannot("Workflow.Status")}
 }
 
 test_suppressed_is_reported_once if {
-	suppress := {"fields": ["Workflow.Status"], "workflow_status": "SUPPRESSED", "note": {"text": "RISK-1", "updated_by": "m"}}
-	msgs(doc(member, suppress)) == {"member accounts may not suppress findings"}
+	t.msgs(t.buf(member, "pending", [t.own("f1")], t.status_note("SUPPRESSED", "RISK-1"))) == {"member accounts may not suppress findings"}
 }

@@ -1,14 +1,46 @@
 # Rules for the finding-changing operations hubgate cannot look findings up for:
 # BatchUpdateFindingsV2 (OCSF identifiers), UpdateFindings (a filter, not identifiers) and
 # BatchImportFindings (the findings are the request). For them input.enrichment is "none" and
-# each finding carries only what the request claims (claimed_account_id).
+# each finding carries only what the request claims (claimed_account_id: V2 CloudAccountUid,
+# import AwsAccountId).
 #
-# The rules on input.update (suppress, tickets, verification state, ...) already cover these
-# operations: hubgate normalises StatusId 3 to workflow_status "SUPPRESSED", SeverityId to a
-# severity label and Comment to update.note. What is left is what needs finding state.
+# What: members name only their own account's findings, and name each finding's account; they
+# may not change severity through these operations ("may not lower" needs the current
+# severity); they may not use UpdateFindings at all.
+#
+# Who: members. Administrators are not restricted here.
+#
+# Why not IAM: IAM sees neither a V2 finding's account nor an imported finding's AwsAccountId
+# as a condition, and cannot tell a severity raise from a lowering.
+#
+# The rules on input.update (suppress, statuses, the library) already cover V2: hubgate
+# normalises StatusId to update.workflow_status, SeverityId to a severity label and rank, and
+# Comment to update.note. What is left here is what needs finding state.
+#
+# Settings: none (imports by members: imports.rego, hubgate_settings.member_imports).
+#
+# Cost: a few comparisons on the request; one pass over the (claimed) findings for members,
+# with no builtin.
 package hubgate
 
 no_state if input.enrichment == "none"
+
+# UpdateFindings changes (or archives) every finding a filter matches, with no per-finding
+# check possible: administrators only.
+deny contains {"msg": "member accounts may not use UpdateFindings: it changes every finding a filter matches", "finding": null} if {
+	member
+	input.operation == "UpdateFindings"
+}
+
+# "May not lower severity" needs the current severity, which hubgate cannot read for these
+# operations; rather than guess, members may not change severity through them at all. Judged
+# on fields, so every SeverityId (0 UNKNOWN and 99 OTHER included) counts. Imports: imports.rego.
+deny contains {"msg": sprintf("member accounts may not change severity through %s: hubgate cannot see the current severity", [input.operation]), "finding": null} if {
+	member
+	no_state
+	severity_touched
+	update_op
+}
 
 # A member names its own account's findings only. AWS enforces this too; refusing here keeps a
 # mistaken batch out of the audit trail as an applied change.
@@ -16,28 +48,23 @@ deny contains {"msg": "member accounts may only update findings of their own acc
 	member
 	no_state
 	some f in input.findings
+	f.claimed_account_id != null
 	f.claimed_account_id != input.principal.account_id
 }
 
-# V2 MetadataUids carry no account: hubgate cannot tell whose finding it is.
+# A finding without a claimed account (V2 MetadataUids, or a null claim) cannot be attributed.
 deny contains {"msg": "member accounts must name findings by FindingIdentifiers (with CloudAccountUid), not MetadataUids", "finding": null} if {
 	member
+	no_state
 	input.operation == "BatchUpdateFindingsV2"
 	some f in input.findings
-	not f.claimed_account_id
+	not f.claimed_account_id != null
 }
 
-# "May not lower severity" needs the current severity, which hubgate cannot read for these
-# operations; rather than guess, members may not change severity through them at all.
-deny contains {"msg": sprintf("member accounts may not change severity through %s: hubgate cannot see the current severity", [input.operation]), "finding": null} if {
+deny contains {"msg": sprintf("member accounts must name each finding's account in %s: hubgate cannot look findings up", [input.operation]), "finding": null} if {
 	member
 	no_state
-	input.update.severity_rank != null
-}
-
-# UpdateFindings changes (or archives) every finding a filter matches, with no per-finding
-# check possible: administrators only.
-deny contains {"msg": "member accounts may not use UpdateFindings: it changes every finding a filter matches", "finding": null} if {
-	member
-	input.operation == "UpdateFindings"
+	input.operation != "BatchUpdateFindingsV2"
+	some f in input.findings
+	not f.claimed_account_id != null
 }

@@ -1,64 +1,76 @@
-# Tests of policies/operations.rego.
+# Tests of policies/operations.rego (BatchUpdateFindingsV2, UpdateFindings, BatchImportFindings).
 package operations_test
 
-import data.hubgate
+import data.hubgate_inputs as t
 
-member := {"id": "m", "account_id": "222222222222", "role": "member", "attributes": {}}
+member := t.member
 
-admin := {"id": "a", "account_id": "111111111111", "role": "administrator", "attributes": {}}
+admin := t.admin
 
-no_update := {"fields": [], "workflow_status": null, "severity_label": null, "severity_rank": null}
+own := t.claimed("f1", t.own_account)
 
-v2(principal, findings, update) := {
-	"version": 1, "operation": "BatchUpdateFindingsV2", "enrichment": "none",
-	"principal": principal, "request": {}, "findings": findings,
-	"update": object.union(no_update, update), "summary": {},
-}
+theirs := t.claimed("f2", t.other_account)
 
-own := {"Id": "f1", "ProductArn": "p", "claimed_account_id": "222222222222"}
+own_account := "member accounts may only update findings of their own account"
 
-theirs := {"Id": "f2", "ProductArn": "p", "claimed_account_id": "333333333333"}
+v2_severity := "member accounts may not change severity through BatchUpdateFindingsV2: hubgate cannot see the current severity"
 
-by_uid := {"Id": "uid-1", "ProductArn": ""}
-
-msgs(doc) := {v.msg | some v in hubgate.deny with input as doc}
+metadata_uids := "member accounts must name findings by FindingIdentifiers (with CloudAccountUid), not MetadataUids"
 
 test_v2_suppress_is_denied_like_v1 if {
-	update := {"fields": ["Workflow.Status"], "workflow_status": "SUPPRESSED"}
-	"member accounts may not suppress findings" in msgs(v2(member, [own], update))
+	"member accounts may not suppress findings" in t.msgs(t.v2(member, [own], t.status("SUPPRESSED")))
 }
 
-test_v2_resolve_own_with_ticket_is_allowed if {
-	update := {"fields": ["Workflow.Status", "Note.Text"], "workflow_status": "NOTIFIED", "note": {"text": "SEC-1 triaged", "updated_by": null}}
-	count(msgs(v2(member, [own], update))) == 0
+test_v2_comment_on_own_finding_allowed if {
+	upd := t.update({"fields": ["Note.Text"], "note": {"text": "looked at it", "updated_by": null}})
+	count(t.deny(t.v2(member, [own], upd))) == 0
+}
+
+test_v2_resolve_own_allowed if {
+	count(t.deny(t.v2(member, [own], t.status("RESOLVED")))) == 0
 }
 
 test_v2_other_account_denied if {
-	"member accounts may only update findings of their own account" in msgs(v2(member, [own, theirs], no_update))
+	t.deny(t.v2(member, [own, theirs], t.nothing)) == {{"msg": own_account, "finding": t.ref("f2")}}
+	count(t.deny(t.v2(admin, [own, theirs], t.nothing))) == 0
 }
 
-test_v2_metadata_uids_need_an_account if {
-	"member accounts must name findings by FindingIdentifiers (with CloudAccountUid), not MetadataUids" in msgs(v2(member, [by_uid], no_update))
-	count(msgs(v2(admin, [by_uid], no_update))) == 0
+test_matrix_own_account_v2_metadata_uids_refused_for_members if {
+	t.msgs(t.v2(member, [t.by_uid("uid-1")], t.nothing)) == {metadata_uids}
+	count(t.deny(t.v2(admin, [t.by_uid("uid-1")], t.nothing))) == 0
 }
 
-test_v2_severity_change_refused_for_members if {
-	update := {"fields": ["Severity.Label"], "severity_label": "CRITICAL", "severity_rank": 4}
-	"member accounts may not change severity through BatchUpdateFindingsV2: hubgate cannot see the current severity" in msgs(v2(member, [own], update))
-	count(msgs(v2(admin, [theirs], update))) == 0
+# A null claim counts as none (not as a foreign account, not as the member's).
+test_own_account_null_claimed_account_id if {
+	t.msgs(t.v2(member, [t.claimed("f1", null)], t.nothing)) == {metadata_uids}
+	"member accounts must name each finding's account in BatchImportFindings: hubgate cannot look findings up" in t.msgs(t.bif(member, [t.claimed("f1", null)], t.provider_fields))
 }
 
-test_update_findings_is_for_administrators if {
-	doc := object.union(v2(member, [], {"fields": ["RecordState"]}), {"operation": "UpdateFindings"})
-	"member accounts may not use UpdateFindings: it changes every finding a filter matches" in msgs(doc)
-	admin_doc := object.union(v2(admin, [], {"fields": ["RecordState"]}), {"operation": "UpdateFindings"})
-	count(msgs(admin_doc)) == 0
+# Every SeverityId is a severity change, whatever rank it maps to (0 UNKNOWN and 99 OTHER rank 0,
+# the bug that let SeverityId 0 through when it had no rank).
+test_matrix_lower_severity_v2_refused_for_members if {
+	every sev in [["UNKNOWN", 0], ["INFORMATIONAL", 0], ["LOW", 1], ["CRITICAL", 4], ["OTHER", 0]] {
+		t.msgs(t.v2(member, [own], t.severity(sev[0], sev[1]))) == {v2_severity}
+	}
+	count(t.deny(t.v2(admin, [theirs], t.severity("LOW", 1)))) == 0
+}
+
+# Severity.Label set but no label or rank: still refused, with the "cannot judge" reason too.
+test_v2_severity_null_severity_rank if {
+	t.msgs(t.v2(member, [own], t.null_fact(["Severity.Label"]))) == {v2_severity, t.cannot("Severity.Label")}
+	t.msgs(t.v2(member, [own], t.absent_fact(["Severity.Label"], "severity_rank"))) == {v2_severity, t.cannot("Severity.Label")}
+	count(t.deny(t.v2(admin, [own], t.null_fact(["Severity.Label"])))) == 0
+}
+
+# UpdateFindings names no findings (a filter): ownership cannot be judged, members are refused.
+test_matrix_own_account_update_findings_refused_for_members if {
+	archive := t.update({"fields": ["RecordState"], "record_state": "ARCHIVED"})
+	t.msgs(t.uf(member, archive)) == {"member accounts may not use UpdateFindings: it changes every finding a filter matches"}
+	count(t.deny(t.uf(admin, archive))) == 0
+	count(t.deny(t.uf(admin, t.note_only("x")))) == 0
 }
 
 test_import_of_another_accounts_finding_denied if {
-	doc := object.union(v2(member, [own, theirs], {"fields": ["Findings"]}), {"operation": "BatchImportFindings"})
-	d := hubgate.deny with input as doc
-	some v in d
-	v.finding.Id == "f2"
-	v.msg == "member accounts may only update findings of their own account"
+	d := t.deny(t.bif(member, [own, theirs], t.provider_fields)) with data.hubgate_settings.member_imports as "own-findings"
+	d == {{"msg": own_account, "finding": t.ref("f2")}}
 }

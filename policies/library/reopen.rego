@@ -1,29 +1,83 @@
-# Members may not reopen a RESOLVED finding: a member's request that sets Workflow.Status to NEW
-# or NOTIFIED is refused for each targeted finding whose current status is RESOLVED. Reopening
-# restarts the investigation and its clock, so it is left to the administrator account.
-# Members may still resolve, and may move NEW and NOTIFIED findings between those two states.
+# Library rule "reopen" (default: warn). Members may not reopen a RESOLVED finding: a member's
+# request that sets Workflow.Status to an open status (anything but RESOLVED, SUPPRESSED,
+# ARCHIVED or DELETED: NEW, NOTIFIED, and V2's UNKNOWN and OTHER) is a violation for each
+# targeted finding whose current status is RESOLVED. Reopening restarts the investigation and its
+# clock, so it is left to the administrator account. Members may still resolve, and may move NEW
+# and NOTIFIED findings between those two states.
 #
-# Why not IAM: IAM conditions only see the request, never the finding's stored state
-# (securityhub-api.md §4, "What IAM cannot express", item 2). Denying Workflow.Status NEW or
-# NOTIFIED in IAM would forbid every such update, not only the reopening of resolved findings,
-# and IAM refuses a whole batch where this rule names each finding at fault.
+# Who: members. Operations:
+#   BatchUpdateFindings: judged in the "complete" pass, per finding. A found finding whose
+#     current status is unknown (null) is a violation; unknown findings are left to the "finding
+#     not found" rule. With enrichment "disabled" no status is ever known: refused (whole request).
+#   BatchUpdateFindingsV2: hubgate cannot see the current status, so any open status (StatusId 0,
+#     1, 2, 99) is a violation for the whole request.
+#   UpdateFindings sets no status. BatchImportFindings: a member's import may not set Workflow.*
+#     at all (imports.rego).
+#   Workflow.Status set without a status to judge: a violation.
 #
-# Disable: delete this file. Adjust: edit the requested statuses or the current status below.
-# No data.json setting.
+# Why not IAM: IAM conditions only see the request, never the finding's stored state. Denying
+# Workflow.Status NEW or NOTIFIED in IAM would forbid every such update, not only the reopening
+# of resolved findings, and IAM refuses a whole batch where this rule names each finding at fault.
 #
-# Two passes: the current status is known only in the "complete" pass, so the rule requires
-# `enriched` and never fires in the first pass (where the key is absent). Unknown findings have
-# workflow_status null and are left to the "finding not found" rule.
+# Settings: "library": {"reopen": "enforce" | "warn" | "off"}, default "warn". Adjust: edit the
+# closed statuses or the current status below.
 #
-# Cost: whole-request guards first (member, enriched, the requested status), so a request that
-# does not ask for NEW or NOTIFIED never iterates. A NEW/NOTIFIED request iterates once over the
+# Two passes: the current status is known only in the "complete" pass, so the per-finding rules
+# require `enriched` and never fire in the first pass (where the key is absent).
+#
+# Cost: whole-request guards first (mode, member, the requested status), so a request that does
+# not ask for an open status never iterates. An open-status request iterates once over the
 # findings with one string comparison each and no builtin. (input.summary has no status facts.)
 package hubgate
 
-deny contains {"msg": "member accounts may not reopen a RESOLVED finding", "finding": finding_ref(f)} if {
+reopen_closed_statuses := {"RESOLVED", "SUPPRESSED", "ARCHIVED", "DELETED"}
+
+# The requested status, when it is an open one.
+reopen_requested := status if {
+	status := input.update.workflow_status
+	status != null
+	not status in reopen_closed_statuses
+}
+
+reopen_violations contains {"msg": "member accounts may not reopen a RESOLVED finding", "finding": finding_ref(f)} if {
 	member
 	enriched
-	input.update.workflow_status in {"NEW", "NOTIFIED"}
+	reopen_requested
 	some f in input.findings
 	f.workflow_status == "RESOLVED"
+}
+
+reopen_violations contains {"msg": "hubgate cannot see this finding's current Workflow.Status, so member accounts may not reopen it", "finding": finding_ref(f)} if {
+	member
+	enriched
+	reopen_requested
+	some f in input.findings
+	f.current != null
+	not f.workflow_status != null
+}
+
+# No current status for this operation (V2), or none ever (enrichment disabled).
+reopen_violations contains {"msg": sprintf("member accounts may not reopen findings through %s (Workflow.Status %s): hubgate cannot see whether the finding is RESOLVED", [input.operation, status]), "finding": null} if {
+	member
+	input.enrichment in {"none", "disabled"}
+	update_op
+	status := reopen_requested
+}
+
+reopen_violations contains v if {
+	member
+	"Workflow.Status" in input.update.fields
+	not input.update.workflow_status != null
+	update_op
+	v := cannot_judge("Workflow.Status")
+}
+
+deny contains v if {
+	library_enforced("reopen")
+	some v in reopen_violations
+}
+
+warn contains v if {
+	library_warned("reopen")
+	some v in reopen_violations
 }

@@ -1,102 +1,157 @@
-# Tests of reopen.rego (members may not reopen a RESOLVED finding).
+# Tests of library/reopen.rego (members may not reopen a RESOLVED finding).
 package hubgate_reopen_test
 
-import data.hubgate
+import data.hubgate_inputs as t
 
-arn := "arn:aws:securityhub:us-east-1::product/aws/securityhub"
+member := t.member
 
-member := {"id": "m", "account_id": "222222222222", "role": "member", "attributes": {}}
+admin := t.admin
 
-admin := {"id": "a", "account_id": "111111111111", "role": "administrator", "attributes": {}}
-
-# input.update as hubgate builds it: every key present, null when the body does not set it.
-update(status) := {
-	"fields": ["Workflow.Status"], "workflow_status": status,
-	"severity_label": null, "severity_rank": null, "severity_normalized": null,
-	"verification_state": null, "confidence": null, "criticality": null,
-	"note": null, "types": null, "user_defined_fields": null, "related_findings": null,
-}
-
-# One of the caller's findings in the given workflow status (complete pass).
-finding(id, status) := {
-	"Id": id, "ProductArn": arn, "account_id": "222222222222",
-	"severity_label": "HIGH", "severity_rank": 3, "workflow_status": status,
-	"current": {"AwsAccountId": "222222222222", "Workflow": {"Status": status}},
-}
-
-missing(id) := {
-	"Id": id, "ProductArn": arn, "account_id": null, "severity_label": null,
-	"severity_rank": null, "workflow_status": null, "current": null,
-}
-
-complete(principal, findings, upd) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": "complete",
-	"principal": principal, "request": {}, "findings": findings, "update": upd,
-	"summary": {
-		"accounts": ["222222222222"], "max_severity_rank": 3,
-		"missing": count([f | some f in findings; f.current == null]),
-	},
-}
-
-stripped(findings) := [{"Id": f.Id, "ProductArn": f.ProductArn} | some f in findings]
-
-# The same request before enrichment: identifiers only, no state keys.
-pending(principal, findings, upd) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": "pending",
-	"principal": principal, "request": {}, "findings": stripped(findings), "update": upd,
-	"summary": {},
-}
-
-deny(d) := result if {
-	result := hubgate.deny with input as d
-}
+on := {"reopen": "enforce"}
 
 reopen := "member accounts may not reopen a RESOLVED finding"
 
+unknown_current := "hubgate cannot see this finding's current Workflow.Status, so member accounts may not reopen it"
+
+complete(principal, findings, upd) := t.buf(principal, "complete", findings, upd)
+
+enforced(d) := t.decide(d, on).deny
+
+enforced_msgs(d) := {v.msg | some v in enforced(d)}
+
+v2_msg(s) := sprintf("member accounts may not reopen findings through BatchUpdateFindingsV2 (Workflow.Status %s): hubgate cannot see whether the finding is RESOLVED", [s])
+
+# --- modes ---
+
+resolved := [t.own_in("r", "RESOLVED")]
+
+violation := {"msg": reopen, "finding": t.ref("r")}
+
+test_reopen_enforce_denies if {
+	r := t.decide(complete(member, resolved, t.status("NEW")), on)
+	r.deny == {violation}
+	count(r.warn) == 0
+}
+
+test_reopen_warn_warns if {
+	r := t.decide(complete(member, resolved, t.status("NEW")), {"reopen": "warn"})
+	count(r.deny) == 0
+	r.warn == {violation}
+}
+
+test_reopen_off_is_silent if {
+	r := t.decide(complete(member, resolved, t.status("NEW")), {"reopen": "off"})
+	count(r.deny) == 0
+	count(r.warn) == 0
+}
+
+test_reopen_absent_setting_warns if {
+	r := t.decide(complete(member, resolved, t.status("NEW")), {})
+	count(r.deny) == 0
+	r.warn == {violation}
+	count(t.deny(complete(member, resolved, t.status("NEW")))) == 0
+}
+
+# --- enforced: BatchUpdateFindings ---
+
 test_member_reopen_denied_per_finding if {
-	every status in ["NEW", "NOTIFIED"] {
-		deny(complete(member, [finding("r", "RESOLVED")], update(status))) == {{"msg": reopen, "finding": {"Id": "r", "ProductArn": arn}}}
+	every s in ["NEW", "NOTIFIED"] {
+		enforced(complete(member, resolved, t.status(s))) == {violation}
 	}
 }
 
 # In a mixed batch only the RESOLVED findings are named.
 test_member_reopen_names_only_resolved_findings if {
-	fs := [finding("new", "NEW"), finding("r1", "RESOLVED"), finding("notified", "NOTIFIED"), finding("r2", "RESOLVED")]
-	d := deny(complete(member, fs, update("NOTIFIED")))
+	fs := [t.own_in("new", "NEW"), t.own_in("r1", "RESOLVED"), t.own_in("notified", "NOTIFIED"), t.own_in("r2", "RESOLVED")]
+	d := enforced(complete(member, fs, t.status("NOTIFIED")))
 	{v.finding.Id | some v in d} == {"r1", "r2"}
 	{v.msg | some v in d} == {reopen}
 }
 
-# State is unknown in the first pass: the rule waits for the complete pass.
+# State is unknown in the first pass: the per-finding rule waits for the complete pass.
 test_reopen_waits_for_enrichment if {
-	count(deny(pending(member, [finding("r", "RESOLVED")], update("NEW")))) == 0
+	count(enforced(t.buf(member, "pending", resolved, t.status("NEW")))) == 0
 }
 
 test_member_notify_open_findings_allowed if {
-	fs := [finding("a", "NEW"), finding("b", "NOTIFIED")]
-	count(deny(complete(member, fs, update("NOTIFIED")))) == 0
-	count(deny(complete(member, fs, update("NEW")))) == 0
+	fs := [t.own_in("a", "NEW"), t.own_in("b", "NOTIFIED")]
+	count(enforced(complete(member, fs, t.status("NOTIFIED")))) == 0
+	count(enforced(complete(member, fs, t.status("NEW")))) == 0
 }
 
-# Other changes to a RESOLVED finding are not a reopening (resolving it again needs a ticket).
+# Other changes to a RESOLVED finding are not a reopening.
 test_member_other_updates_of_resolved_finding_allowed if {
-	note_only := object.union(update(null), {"fields": ["Note.Text", "Note.UpdatedBy"], "note": {"text": "still fixed", "updated_by": "m"}})
-	count(deny(complete(member, [finding("r", "RESOLVED")], note_only))) == 0
-	re_resolve := object.union(update("RESOLVED"), {"note": {"text": "SEC-9 verified", "updated_by": "m"}})
-	count(deny(complete(member, [finding("r", "RESOLVED")], re_resolve))) == 0
+	count(enforced(complete(member, resolved, t.note_only("still fixed")))) == 0
+	count(enforced(complete(member, resolved, t.status_note("RESOLVED", "SEC-9 verified")))) == 0
 }
 
 # Only RESOLVED counts: a SUPPRESSED finding is hubgate.rego's and the administrators' concern.
 test_member_unsuppress_not_judged_here if {
-	count(deny(complete(member, [finding("s", "SUPPRESSED")], update("NEW")))) == 0
+	count(enforced(complete(member, [t.own_in("s", "SUPPRESSED")], t.status("NEW")))) == 0
 }
 
 test_admin_reopen_allowed if {
-	count(deny(complete(admin, [finding("r", "RESOLVED")], update("NEW")))) == 0
+	count(enforced(complete(admin, resolved, t.status("NEW")))) == 0
 }
 
-# An unknown finding has workflow_status null: only "not found" names it.
+# An unknown finding: only "not found" names it.
 test_unknown_finding_is_not_a_reopening if {
-	d := deny(complete(member, [missing("gone")], update("NEW")))
-	{v.msg | some v in d} == {"finding not found in Security Hub"}
+	enforced_msgs(complete(member, [t.missing("gone")], t.status("NEW"))) == {"finding not found in Security Hub"}
+}
+
+# --- null facts (enforced) ---
+
+# Workflow.Status set without a status: refused for members in the first pass.
+test_reopen_null_workflow_status if {
+	enforced_msgs(t.buf(member, "pending", resolved, t.null_fact(["Workflow.Status"]))) == {t.cannot("Workflow.Status")}
+	enforced_msgs(t.buf(member, "pending", resolved, t.absent_fact(["Workflow.Status"], "workflow_status"))) == {t.cannot("Workflow.Status")}
+	w := t.decide(t.buf(member, "pending", resolved, t.null_fact(["Workflow.Status"])), {})
+	{v.msg | some v in w.warn} == {t.cannot("Workflow.Status")}
+	count(enforced(t.buf(admin, "pending", resolved, t.null_fact(["Workflow.Status"])))) == 0
+}
+
+# A found finding whose current status is null or absent: it may be RESOLVED; refused.
+test_reopen_null_current_workflow_status if {
+	null_status := t.own_in("x", null)
+	enforced(complete(member, [null_status], t.status("NEW"))) == {{"msg": unknown_current, "finding": t.ref("x")}}
+	absent_status := object.remove(t.own_in("y", "NEW"), ["workflow_status"])
+	enforced(complete(member, [absent_status], t.status("NOTIFIED"))) == {{"msg": unknown_current, "finding": t.ref("y")}}
+	count(enforced(complete(member, [null_status], t.status_note("RESOLVED", "SEC-1")))) == 0
+}
+
+# --- matrix ---
+
+# BatchUpdateFindingsV2 (StatusId 1 NEW, 2 NOTIFIED, and 0 UNKNOWN, 99 OTHER): no current status,
+# so an open status is refused for members, for the whole request.
+test_matrix_reopen_v2_refused_for_members if {
+	own := [t.claimed("f1", t.own_account)]
+	every s in ["NEW", "NOTIFIED"] {
+		r := t.decide(t.v2(member, own, t.status(s)), on)
+		r.deny == {{"msg": v2_msg(s), "finding": null}}
+		w := t.decide(t.v2(member, own, t.status(s)), {})
+		count(w.deny) == 0
+		w.warn == {{"msg": v2_msg(s), "finding": null}}
+		o := t.decide(t.v2(member, own, t.status(s)), {"reopen": "off"})
+		count(o.deny) + count(o.warn) == 0
+	}
+	every s in ["UNKNOWN", "OTHER"] {
+		v2_msg(s) in enforced_msgs(t.v2(member, own, t.status(s)))
+	}
+	count(enforced(t.v2(member, own, t.status("RESOLVED")))) == 0
+	count(enforced(t.v2(admin, own, t.status("NEW")))) == 0
+}
+
+# BatchUpdateFindings without enrichment: no status is ever known; refused (the core refuses too).
+test_matrix_reopen_disabled_refused_for_members if {
+	d := enforced_msgs(t.buf(member, "disabled", resolved, t.status("NEW")))
+	"member accounts may not reopen findings through BatchUpdateFindings (Workflow.Status NEW): hubgate cannot see whether the finding is RESOLVED" in d
+}
+
+# BatchImportFindings: a member's import may not set Workflow.* (imports.rego), whatever the mode.
+test_matrix_reopen_import_refused_for_members if {
+	fields := array.concat(t.provider_fields, ["Workflow.Status"])
+	every mode in ["enforce", "warn", "off"] {
+		r := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), {"reopen": mode}) with data.hubgate_settings.member_imports as "own-findings"
+		{v.msg | some v in r.deny} == {"member accounts may not set Workflow.Status through BatchImportFindings: it is the customer's, to change with BatchUpdateFindings"}
+	}
 }

@@ -1,27 +1,43 @@
-# Members may not change Confidence or Criticality: a member's request that sets either field is
-# refused, whatever the value. Both scores drive prioritisation across accounts, so they are set
-# by the administrator (security) account or by the product that reported the finding.
+# Library rule "scores" (default: warn). Members may not change Confidence or Criticality: a
+# member's request that sets either field is a violation, whatever the value. Both scores drive
+# prioritisation across accounts, so they are set by the administrator (security) account or by
+# the product that reported the finding.
 #
-# "Change" means "sets the field": the rule does not compare with the finding's current value.
-# One value in the body applies to every finding of the batch, and judging "unchanged" would
-# need finding state and an iteration over the findings. A member tool that resends the current
-# value must leave the field out.
+# "Change" means "sets the field" (`"Confidence" in input.update.fields`): the rule reads no
+# value and does not compare with the finding's current one. One value in the body applies to
+# every finding of the batch, and judging "unchanged" would need finding state and an iteration
+# over the findings. A member tool that resends the current value must leave the field out.
+#
+# Who: members. Operations: every one whose fields can name them: BatchUpdateFindings and
+# BatchImportFindings (judged on fields alone; an import is also imports.rego's). V2 and
+# UpdateFindings have no such field.
 #
 # Why hubgate and not (only) IAM: IAM can express this one with the documented
 # "Null": {"securityhub:ASFFSyntaxPath/Confidence": "false"} pattern (and the same for
 # Criticality). It lives here too for one reviewed place, a readable reason and the audit record.
 #
-# Disable: delete this file (or one of the two rules). No data.json setting.
+# Settings: "library": {"scores": "enforce" | "warn" | "off"}, default "warn".
 #
-# Cost: two null comparisons on the request; it refuses in the first pass, before any lookup.
+# Cost: two membership tests on input.update.fields; when enforced it refuses in the first pass,
+# before any lookup.
 package hubgate
 
-deny contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
+scores_violations contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
 	member
-	input.update.confidence != null
+	"Confidence" in input.update.fields
 }
 
-deny contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
+scores_violations contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
 	member
-	input.update.criticality != null
+	"Criticality" in input.update.fields
+}
+
+deny contains v if {
+	library_enforced("scores")
+	some v in scores_violations
+}
+
+warn contains v if {
+	library_warned("scores")
+	some v in scores_violations
 }

@@ -1,77 +1,105 @@
-# Tests of scores.rego (members may not change Confidence or Criticality).
+# Tests of library/scores.rego (members may not change Confidence or Criticality).
 package hubgate_scores_test
 
-import data.hubgate
+import data.hubgate_inputs as t
 
-arn := "arn:aws:securityhub:us-east-1::product/aws/securityhub"
+member := t.member
 
-member := {"id": "m", "account_id": "222222222222", "role": "member", "attributes": {}}
+admin := t.admin
 
-admin := {"id": "a", "account_id": "111111111111", "role": "administrator", "attributes": {}}
-
-# input.update as hubgate builds it: every key present, null when the body does not set it.
-update(confidence, criticality) := {
-	"fields": [], "workflow_status": null,
-	"severity_label": null, "severity_rank": null, "severity_normalized": null,
-	"verification_state": null, "confidence": confidence, "criticality": criticality,
-	"note": null, "types": null, "user_defined_fields": null, "related_findings": null,
-}
-
-own := {
-	"Id": "f1", "ProductArn": arn, "account_id": "222222222222",
-	"severity_label": "HIGH", "severity_rank": 3, "workflow_status": "NEW",
-	"current": {"AwsAccountId": "222222222222", "Confidence": 50, "Criticality": 50, "Workflow": {"Status": "NEW"}},
-}
-
-# The first pass ("pending") sees identifiers only; the complete pass the caller's own finding.
-doc(principal, phase, upd) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": phase,
-	"principal": principal, "request": {},
-	"summary": summary(phase), "findings": findings(phase), "update": upd,
-}
-
-summary("complete") := {"accounts": ["222222222222"], "max_severity_rank": 3, "missing": 0}
-
-summary("pending") := {}
-
-findings("complete") := [own]
-
-findings("pending") := [{"Id": "f1", "ProductArn": arn}]
-
-deny(d) := result if {
-	result := hubgate.deny with input as d
-}
+on := {"scores": "enforce"}
 
 refused := {"msg": "member accounts may not change Confidence or Criticality", "finding": null}
 
+scores(confidence, criticality) := t.update({
+	"fields": [field | some i, field in ["Confidence", "Criticality"]; [confidence, criticality][i] != null],
+	"confidence": confidence, "criticality": criticality,
+})
+
+doc(principal, phase, upd) := t.buf(principal, phase, [t.own("f1")], upd)
+
+enforced(d) := t.decide(d, on).deny
+
+# --- modes ---
+
+test_scores_enforce_denies if {
+	r := t.decide(doc(member, "pending", scores(80, null)), on)
+	r.deny == {refused}
+	count(r.warn) == 0
+}
+
+test_scores_warn_warns if {
+	r := t.decide(doc(member, "pending", scores(80, null)), {"scores": "warn"})
+	count(r.deny) == 0
+	r.warn == {refused}
+}
+
+test_scores_off_is_silent if {
+	r := t.decide(doc(member, "pending", scores(80, null)), {"scores": "off"})
+	count(r.deny) == 0
+	count(r.warn) == 0
+}
+
+test_scores_absent_setting_warns if {
+	r := t.decide(doc(member, "pending", scores(null, 10)), {})
+	count(r.deny) == 0
+	r.warn == {refused}
+	count(t.deny(doc(member, "pending", scores(null, 10)))) == 0
+}
+
+# --- enforced ---
+
 test_member_confidence_denied_in_first_pass if {
-	deny(doc(member, "pending", update(80, null))) == {refused}
+	enforced(doc(member, "pending", scores(80, null))) == {refused}
 }
 
 test_member_criticality_denied if {
-	deny(doc(member, "complete", update(null, 10))) == {refused}
+	enforced(doc(member, "complete", scores(null, 10))) == {refused}
 }
 
 # Both fields give one violation, not two.
 test_member_both_give_one_violation if {
-	deny(doc(member, "pending", update(80, 90))) == {refused}
+	enforced(doc(member, "pending", scores(80, 90))) == {refused}
 }
 
 # 0 is a value, not an absence.
 test_member_zero_is_a_change if {
-	deny(doc(member, "pending", update(0, null))) == {refused}
-	deny(doc(member, "pending", update(null, 0))) == {refused}
+	enforced(doc(member, "pending", scores(0, null))) == {refused}
+	enforced(doc(member, "pending", scores(null, 0))) == {refused}
 }
 
 # Setting the current value counts too: the rule judges the request, not the difference.
 test_member_resending_current_value_denied if {
-	deny(doc(member, "complete", update(50, 50))) == {refused}
+	enforced(doc(member, "complete", scores(50, 50))) == {refused}
 }
 
 test_member_without_scores_allowed if {
-	count(deny(doc(member, "complete", update(null, null)))) == 0
+	count(enforced(doc(member, "complete", t.note_only("x")))) == 0
 }
 
 test_admin_scores_allowed if {
-	count(deny(doc(admin, "complete", update(0, 100)))) == 0
+	count(enforced(doc(admin, "complete", scores(0, 100)))) == 0
+}
+
+# The field is set but its fact is null or absent: still a change (the rule reads fields).
+test_scores_null_confidence if {
+	enforced(doc(member, "pending", t.null_fact(["Confidence"]))) == {refused}
+	enforced(doc(member, "pending", t.absent_fact(["Confidence"], "confidence"))) == {refused}
+}
+
+test_scores_null_criticality if {
+	enforced(doc(member, "pending", t.null_fact(["Criticality"]))) == {refused}
+	enforced(doc(member, "pending", t.absent_fact(["Criticality"], "criticality"))) == {refused}
+}
+
+# --- matrix ---
+
+# BatchImportFindings: judged on fields (and refused by imports.rego as customer-owned).
+test_matrix_scores_import_judged if {
+	fields := array.concat(t.provider_fields, ["Confidence"])
+	r := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), on) with data.hubgate_settings.member_imports as "own-findings"
+	refused in r.deny
+	"member accounts may not set Confidence through BatchImportFindings: it is the customer's, to change with BatchUpdateFindings" in {v.msg | some v in r.deny}
+	w := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), {}) with data.hubgate_settings.member_imports as "own-findings"
+	w.warn == {refused}
 }

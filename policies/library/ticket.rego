@@ -1,28 +1,36 @@
-# Closing a finding needs a ticket: setting Workflow.Status to RESOLVED or SUPPRESSED is refused
-# unless the same request sets a Note whose text contains a ticket reference (e.g. "SEC-123").
+# Library rule "ticket" (default: warn). Closing a finding needs a ticket: setting
+# Workflow.Status to RESOLVED or SUPPRESSED is a violation unless the same request sets a note
+# whose text contains a ticket reference (e.g. "SEC-123").
 #
 # Who: every principal, administrators included. This rule is about the audit trail, not about
 # authority: administrators close most findings, and a suppression by an administrator hides the
 # finding from every account, so their closures are the ones that most need a reason someone can
 # look up. (Who may suppress at all is decided by hubgate.rego.)
 #
+# Operations: BatchUpdateFindings (Note.Text) and BatchUpdateFindingsV2 (StatusId 3 or 4, the
+# ticket in Comment). UpdateFindings sets no status. BatchImportFindings: not judged here; a
+# member's import may not set Workflow.* at all (imports.rego), and Security Hub does not let an
+# import change an existing finding's Workflow. Workflow.Status set without a status to judge is
+# a violation (for everyone: the rule cannot tell whether it is a closure).
+#
 # Why not IAM: the securityhub:ASFFSyntaxPath/Note.Text condition key only offers string and
 # glob matching (StringLike "*SEC-*" also accepts "SEC-" or "see SEC-later"), and an IAM
 # condition cannot say "Note.Text must match when Workflow.Status is X" for a pattern.
 #
-# Settings (policies/data.json, key "hubgate_settings"; both optional, defaults below):
+# Settings (policies/data.json, key "hubgate_settings"; all optional, defaults below):
+#   "library": {"ticket": "enforce" | "warn" | "off"}   default "warn" (see library.rego)
 #   "ticket_pattern":      a regular expression (Rust regex syntax) that Note.Text must match
 #                          somewhere; in JSON, escape backslashes ("\\b").
 #   "ticket_required_for": the Workflow.Status values that need a ticket. [] disables the rule;
 #                          ["SUPPRESSED"] asks only suppressions for one.
 # The settings live under data.hubgate_settings, not data.hubgate: data.json is merged at the root
 # of `data`, and data.hubgate is this package, whose rule names could clash with settings keys.
-# An invalid pattern makes every closure fail (refused, never allowed); ticket_test.rego checks
-# the shipped pattern, so `hubgate test` catches a typo before it serves.
+# An invalid pattern makes every closure fail (a violation, or a policy error; never allowed);
+# ticket_test.rego checks the shipped pattern, so `hubgate test` catches a typo before it serves.
 #
 # Cost: one regex.match per evaluation pass, on the request alone (never per finding), and only
-# when the requested status needs a ticket. The rule does not need finding state, so it refuses
-# in the first pass, before any lookup.
+# when the mode is not "off" and the requested status needs a ticket. The rule does not need
+# finding state, so when enforced it refuses in the first pass, before any lookup.
 package hubgate
 
 # The settings, or their defaults when data.json leaves them out. Written as two exclusive rules
@@ -37,11 +45,34 @@ ticket_required_for := data.hubgate_settings.ticket_required_for
 
 ticket_required_for := ["RESOLVED", "SUPPRESSED"] if not data.hubgate_settings.ticket_required_for
 
-deny contains {"msg": msg, "finding": null} if {
-	input.update.workflow_status in ticket_required_for
-	pattern := ticket_pattern
+ticket_msg := sprintf("resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: %s)", [ticket_pattern])
 
-	# No Note in the body: input.update.note is null, .text is undefined, and `not` holds.
-	not regex.match(pattern, input.update.note.text)
-	msg := sprintf("resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: %s)", [pattern])
+# No note text at all (no Note, or a note without text).
+ticket_violations contains {"msg": ticket_msg, "finding": null} if {
+	input.update.workflow_status in ticket_required_for
+	not input.update.note.text != null
+}
+
+ticket_violations contains {"msg": ticket_msg, "finding": null} if {
+	input.update.workflow_status in ticket_required_for
+	text := input.update.note.text
+	text != null
+	not regex.match(ticket_pattern, text)
+}
+
+ticket_violations contains v if {
+	"Workflow.Status" in input.update.fields
+	not input.update.workflow_status != null
+	update_op
+	v := cannot_judge("Workflow.Status")
+}
+
+deny contains v if {
+	library_enforced("ticket")
+	some v in ticket_violations
+}
+
+warn contains v if {
+	library_warned("ticket")
+	some v in ticket_violations
 }

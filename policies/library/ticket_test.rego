@@ -1,96 +1,144 @@
-# Tests of ticket.rego (closing a finding needs a ticket reference in Note.Text).
+# Tests of library/ticket.rego (closing a finding needs a ticket reference in Note.Text).
 package hubgate_ticket_test
 
-import data.hubgate
+import data.hubgate_inputs as t
 
-arn := "arn:aws:securityhub:us-east-1::product/aws/securityhub"
+member := t.member
 
-member := {"id": "m", "account_id": "222222222222", "role": "member", "attributes": {}}
+admin := t.admin
 
-admin := {"id": "a", "account_id": "111111111111", "role": "administrator", "attributes": {}}
-
-# input.update as hubgate builds it: every key present, null when the body does not set it.
-update(status, note) := {
-	"fields": [], "workflow_status": status,
-	"severity_label": null, "severity_rank": null, "severity_normalized": null,
-	"verification_state": null, "confidence": null, "criticality": null,
-	"note": note, "types": null, "user_defined_fields": null, "related_findings": null,
-}
-
-note(text) := {"text": text, "updated_by": "me"}
-
-own := {
-	"Id": "f1", "ProductArn": arn, "account_id": "222222222222",
-	"severity_label": "HIGH", "severity_rank": 3, "workflow_status": "NEW",
-	"current": {"AwsAccountId": "222222222222", "Workflow": {"Status": "NEW"}},
-}
-
-# First pass: identifiers only. Complete pass: the caller's own NEW finding, with its summary.
-pending(principal, upd) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": "pending",
-	"principal": principal, "request": {}, "summary": {},
-	"findings": [{"Id": "f1", "ProductArn": arn}], "update": upd,
-}
-
-complete(principal, upd) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": "complete",
-	"principal": principal, "request": {},
-	"summary": {"accounts": ["222222222222"], "max_severity_rank": 3, "missing": 0},
-	"findings": [own], "update": upd,
-}
-
-msgs(doc) := {v.msg | some v in hubgate.deny with input as doc}
+on := {"ticket": "enforce"}
 
 default_msg := "resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: \\b[A-Z][A-Z0-9]+-[0-9]+\\b)"
 
-# --- denied ---
+pending(principal, upd) := t.buf(principal, "pending", [t.own("f1")], upd)
+
+complete(principal, upd) := t.buf(principal, "complete", [t.own("f1")], upd)
+
+# The rule's messages when enforced.
+enforced(doc) := {v.msg | some v in t.decide(doc, on).deny}
+
+# --- modes ---
+
+violation := {"msg": default_msg, "finding": null}
+
+test_ticket_enforce_denies if {
+	r := t.decide(pending(admin, t.status("RESOLVED")), on)
+	r.deny == {violation}
+	count(r.warn) == 0
+}
+
+test_ticket_warn_warns if {
+	r := t.decide(pending(admin, t.status("RESOLVED")), {"ticket": "warn"})
+	count(r.deny) == 0
+	r.warn == {violation}
+}
+
+test_ticket_off_is_silent if {
+	r := t.decide(pending(admin, t.status("RESOLVED")), {"ticket": "off"})
+	count(r.deny) == 0
+	count(r.warn) == 0
+}
+
+# Absent (the switch, the library object, or all settings): warn.
+test_ticket_absent_setting_warns if {
+	r := t.decide(pending(admin, t.status("RESOLVED")), {})
+	count(r.deny) == 0
+	r.warn == {violation}
+	d := t.deny(pending(admin, t.status("RESOLVED"))) with data.hubgate_settings as {}
+	w := t.warn(pending(admin, t.status("RESOLVED"))) with data.hubgate_settings as {}
+	count(d) == 0
+	w == {violation}
+}
+
+# A value that is not enforce, warn or off counts as enforce: a typo never turns a rule off.
+test_ticket_unknown_mode_enforces if {
+	r := t.decide(pending(admin, t.status("RESOLVED")), {"ticket": "enforced"})
+	r.deny == {violation}
+}
+
+# The shipped data.json enforces nothing: an administrator's suppression with no note succeeds
+# (and is recorded as a warning).
+test_shipped_settings_do_not_enforce_the_ticket if {
+	doc := complete(admin, t.status("SUPPRESSED"))
+	count(t.deny(doc)) == 0
+	t.warn_msgs(doc) == {default_msg}
+}
+
+# --- enforced: denied ---
 
 test_member_resolve_without_note_denied_in_first_pass if {
-	msgs(pending(member, update("RESOLVED", null))) == {default_msg}
+	enforced(pending(member, t.status("RESOLVED"))) == {default_msg}
 }
 
 test_admin_suppress_without_note_denied if {
-	msgs(pending(admin, update("SUPPRESSED", null))) == {default_msg}
-	msgs(complete(admin, update("SUPPRESSED", null))) == {default_msg}
+	enforced(pending(admin, t.status("SUPPRESSED"))) == {default_msg}
+	enforced(complete(admin, t.status("SUPPRESSED"))) == {default_msg}
 }
 
 test_admin_resolve_with_note_but_no_ticket_denied if {
-	msgs(complete(admin, update("RESOLVED", note("fixed, see the wiki")))) == {default_msg}
+	enforced(complete(admin, t.status_note("RESOLVED", "fixed, see the wiki"))) == {default_msg}
 }
 
 test_near_misses_are_not_tickets if {
 	every text in ["sec-123 lower case", "SEC- no number", "SEC123 no dash", "S-1 one letter", "XSEC-12X glued"] {
-		msgs(pending(admin, update("RESOLVED", note(text)))) == {default_msg}
+		enforced(pending(admin, t.status_note("RESOLVED", text))) == {default_msg}
 	}
 }
 
 # A member suppressing gets both reasons: members may not suppress, and no ticket.
 test_member_suppress_without_ticket_gets_both_messages if {
-	m := msgs(pending(member, update("SUPPRESSED", note("noise"))))
-	m == {"member accounts may not suppress findings", default_msg}
+	enforced(pending(member, t.status_note("SUPPRESSED", "noise"))) == {"member accounts may not suppress findings", default_msg}
 }
 
-# --- allowed ---
+# V2: StatusId 4 RESOLVED, the ticket in Comment (note.updated_by null).
+test_v2_resolve_needs_a_ticket if {
+	own := [t.claimed("f1", t.own_account)]
+	enforced(t.v2(member, own, t.status("RESOLVED"))) == {default_msg}
+	comment := t.update({"fields": ["Note.Text", "Workflow.Status"], "workflow_status": "RESOLVED", "note": {"text": "SEC-3 fixed", "updated_by": null}})
+	enforced(t.v2(member, own, comment)) == set()
+}
+
+# --- null facts (enforced) ---
+
+# Workflow.Status set without a status: cannot tell whether it closes; refused for everyone.
+test_ticket_null_workflow_status if {
+	enforced(pending(admin, t.null_fact(["Workflow.Status"]))) == {t.cannot("Workflow.Status")}
+	enforced(pending(admin, t.absent_fact(["Workflow.Status"], "workflow_status"))) == {t.cannot("Workflow.Status")}
+	enforced(pending(admin, t.nothing)) == set()
+}
+
+# Note.Text set without a note, or a note without text: no ticket.
+test_ticket_null_note if {
+	no_note := t.update({"fields": ["Note.Text", "Workflow.Status"], "workflow_status": "RESOLVED"})
+	enforced(pending(admin, no_note)) == {default_msg}
+	null_text := t.update({"fields": ["Note.Text", "Workflow.Status"], "workflow_status": "RESOLVED", "note": {"text": null, "updated_by": "a"}})
+	enforced(pending(admin, null_text)) == {default_msg}
+	absent_note := t.absent_fact(["Workflow.Status"], "note")
+	enforced(pending(admin, object.union(absent_note, {"workflow_status": "RESOLVED"}))) == {default_msg}
+}
+
+# --- enforced: allowed ---
 
 test_resolve_with_ticket_allowed if {
-	msgs(pending(member, update("RESOLVED", note("SEC-123 fixed")))) == set()
-	msgs(complete(member, update("RESOLVED", note("SEC-123 fixed")))) == set()
+	enforced(pending(member, t.status_note("RESOLVED", "SEC-123 fixed"))) == set()
+	enforced(complete(member, t.status_note("RESOLVED", "SEC-123 fixed"))) == set()
 }
 
 test_admin_suppress_with_ticket_allowed if {
-	msgs(complete(admin, update("SUPPRESSED", note("accepted risk, see RISK-42.")))) == set()
+	enforced(complete(admin, t.status_note("SUPPRESSED", "accepted risk, see RISK-42."))) == set()
 }
 
 test_ticket_anywhere_in_the_note if {
 	every text in ["fixed in OPS-7", "(INC2-0042) rotated keys", "see\nSEC-1"] {
-		msgs(pending(admin, update("RESOLVED", note(text)))) == set()
+		enforced(pending(admin, t.status_note("RESOLVED", text))) == set()
 	}
 }
 
 test_other_statuses_and_no_status_need_no_ticket if {
-	msgs(pending(member, update("NEW", null))) == set()
-	msgs(pending(member, update("NOTIFIED", null))) == set()
-	msgs(pending(member, update(null, note("just a comment")))) == set()
+	enforced(pending(member, t.status("NEW"))) == set()
+	enforced(pending(member, t.status("NOTIFIED"))) == set()
+	enforced(pending(member, t.note_only("just a comment"))) == set()
 }
 
 # --- settings (policies/data.json) ---
@@ -101,30 +149,41 @@ test_shipped_pattern_is_valid_and_matches_typical_tickets if {
 }
 
 test_custom_pattern_is_used_and_shown if {
-	d := hubgate.deny with input as pending(admin, update("RESOLVED", note("SEC-1"))) with data.hubgate_settings.ticket_pattern as `^JIRA-[0-9]+`
-	{v.msg | some v in d} == {"resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: ^JIRA-[0-9]+)"}
-	ok := hubgate.deny with input as pending(admin, update("RESOLVED", note("JIRA-9 done"))) with data.hubgate_settings.ticket_pattern as `^JIRA-[0-9]+`
-	count(ok) == 0
+	d := enforced(pending(admin, t.status_note("RESOLVED", "SEC-1"))) with data.hubgate_settings.ticket_pattern as `^JIRA-[0-9]+`
+	d == {"resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: ^JIRA-[0-9]+)"}
+	ok := enforced(pending(admin, t.status_note("RESOLVED", "JIRA-9 done"))) with data.hubgate_settings.ticket_pattern as `^JIRA-[0-9]+`
+	ok == set()
 }
 
 test_required_for_only_suppressed if {
-	resolve := hubgate.deny with input as pending(admin, update("RESOLVED", null)) with data.hubgate_settings.ticket_required_for as ["SUPPRESSED"]
-	count(resolve) == 0
-	suppress := hubgate.deny with input as pending(admin, update("SUPPRESSED", null)) with data.hubgate_settings.ticket_required_for as ["SUPPRESSED"]
-	{v.msg | some v in suppress} == {default_msg}
+	resolve := enforced(pending(admin, t.status("RESOLVED"))) with data.hubgate_settings.ticket_required_for as ["SUPPRESSED"]
+	resolve == set()
+	suppress := enforced(pending(admin, t.status("SUPPRESSED"))) with data.hubgate_settings.ticket_required_for as ["SUPPRESSED"]
+	suppress == {default_msg}
 }
 
 test_empty_required_for_disables_the_rule if {
-	d := hubgate.deny with input as pending(admin, update("SUPPRESSED", null)) with data.hubgate_settings.ticket_required_for as []
-	count(d) == 0
+	d := enforced(pending(admin, t.status("SUPPRESSED"))) with data.hubgate_settings.ticket_required_for as []
+	d == set()
 }
 
-# Without any data.json the defaults apply: the same pattern, RESOLVED and SUPPRESSED.
+# Without any data.json the defaults apply: the same pattern, RESOLVED and SUPPRESSED, warn.
 test_defaults_without_settings if {
-	hubgate.ticket_pattern == `\b[A-Z][A-Z0-9]+-[0-9]+\b` with data.hubgate_settings as {}
-	hubgate.ticket_required_for == ["RESOLVED", "SUPPRESSED"] with data.hubgate_settings as {}
-	d := hubgate.deny with input as pending(admin, update("RESOLVED", null)) with data.hubgate_settings as {}
-	{v.msg | some v in d} == {default_msg}
-	ok := hubgate.deny with input as pending(admin, update("RESOLVED", note("SEC-5"))) with data.hubgate_settings as {}
+	data.hubgate.ticket_pattern == `\b[A-Z][A-Z0-9]+-[0-9]+\b` with data.hubgate_settings as {}
+	data.hubgate.ticket_required_for == ["RESOLVED", "SUPPRESSED"] with data.hubgate_settings as {}
+	w := t.warn_msgs(pending(admin, t.status("RESOLVED"))) with data.hubgate_settings as {}
+	w == {default_msg}
+	ok := t.warn(pending(admin, t.status_note("RESOLVED", "SEC-5"))) with data.hubgate_settings as {}
 	count(ok) == 0
+}
+
+# --- matrix ---
+
+# BatchImportFindings: a member's import may not set Workflow.* (imports.rego), whatever the mode.
+test_matrix_ticket_import_refused_for_members if {
+	fields := array.concat(t.provider_fields, ["Workflow.Status"])
+	every mode in ["enforce", "warn", "off"] {
+		r := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), {"ticket": mode}) with data.hubgate_settings.member_imports as "own-findings"
+		{v.msg | some v in r.deny} == {"member accounts may not set Workflow.Status through BatchImportFindings: it is the customer's, to change with BatchUpdateFindings"}
+	}
 }

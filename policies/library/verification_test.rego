@@ -1,72 +1,97 @@
-# Tests of verification.rego (members may not mark findings FALSE_POSITIVE or BENIGN_POSITIVE).
+# Tests of library/verification.rego (members may not mark findings FALSE_POSITIVE or BENIGN_POSITIVE).
 package hubgate_verification_test
 
-import data.hubgate
+import data.hubgate_inputs as t
 
-arn := "arn:aws:securityhub:us-east-1::product/aws/securityhub"
+member := t.member
 
-member := {"id": "m", "account_id": "222222222222", "role": "member", "attributes": {}}
+admin := t.admin
 
-admin := {"id": "a", "account_id": "111111111111", "role": "administrator", "attributes": {}}
-
-# input.update as hubgate builds it: every key present, null when the body does not set it.
-update(state, note) := {
-	"fields": [], "workflow_status": null,
-	"severity_label": null, "severity_rank": null, "severity_normalized": null,
-	"verification_state": state, "confidence": null, "criticality": null,
-	"note": note, "types": null, "user_defined_fields": null, "related_findings": null,
-}
-
-own := {
-	"Id": "f1", "ProductArn": arn, "account_id": "222222222222",
-	"severity_label": "HIGH", "severity_rank": 3, "workflow_status": "NEW",
-	"current": {"AwsAccountId": "222222222222", "Workflow": {"Status": "NEW"}},
-}
-
-# The first pass ("pending") sees identifiers only; the complete pass the caller's own finding.
-doc(principal, phase, upd) := {
-	"version": 1, "operation": "BatchUpdateFindings", "enrichment": phase,
-	"principal": principal, "request": {},
-	"summary": summary(phase), "findings": findings(phase), "update": upd,
-}
-
-summary("complete") := {"accounts": ["222222222222"], "max_severity_rank": 3, "missing": 0}
-
-summary("pending") := {}
-
-findings("complete") := [own]
-
-findings("pending") := [{"Id": "f1", "ProductArn": arn}]
-
-msgs(d) := {v.msg | some v in hubgate.deny with input as d}
+on := {"verification": "enforce"}
 
 refused := "member accounts may not mark findings FALSE_POSITIVE or BENIGN_POSITIVE"
 
+state(s) := t.update({"fields": ["VerificationState"], "verification_state": s})
+
+doc(principal, phase, upd) := t.buf(principal, phase, [t.own("f1")], upd)
+
+enforced(d) := {v.msg | some v in t.decide(d, on).deny}
+
+# --- modes ---
+
+test_verification_enforce_denies if {
+	r := t.decide(doc(member, "pending", state("FALSE_POSITIVE")), on)
+	r.deny == {{"msg": refused, "finding": null}}
+	count(r.warn) == 0
+}
+
+test_verification_warn_warns if {
+	r := t.decide(doc(member, "pending", state("FALSE_POSITIVE")), {"verification": "warn"})
+	count(r.deny) == 0
+	r.warn == {{"msg": refused, "finding": null}}
+}
+
+test_verification_off_is_silent if {
+	r := t.decide(doc(member, "pending", state("FALSE_POSITIVE")), {"verification": "off"})
+	count(r.deny) == 0
+	count(r.warn) == 0
+}
+
+test_verification_absent_setting_warns if {
+	r := t.decide(doc(member, "pending", state("BENIGN_POSITIVE")), {})
+	count(r.deny) == 0
+	r.warn == {{"msg": refused, "finding": null}}
+	count(t.deny(doc(member, "pending", state("BENIGN_POSITIVE")))) == 0
+}
+
+# --- enforced ---
+
 test_member_false_or_benign_positive_denied_in_both_passes if {
-	every state in ["FALSE_POSITIVE", "BENIGN_POSITIVE"] {
+	every s in ["FALSE_POSITIVE", "BENIGN_POSITIVE"] {
 		every phase in ["pending", "complete"] {
-			msgs(doc(member, phase, update(state, null))) == {refused}
+			enforced(doc(member, phase, state(s))) == {refused}
 		}
 	}
 }
 
 # A reason in the note does not help: the verdict is the administrator's to give.
 test_member_false_positive_with_ticket_still_denied if {
-	msgs(doc(member, "pending", update("FALSE_POSITIVE", {"text": "SEC-1 noise", "updated_by": "m"}))) == {refused}
+	upd := t.update({"fields": ["Note.Text", "Note.UpdatedBy", "VerificationState"], "verification_state": "FALSE_POSITIVE", "note": t.note("SEC-1 noise")})
+	enforced(doc(member, "pending", upd)) == {refused}
 }
 
 test_member_true_positive_or_unknown_allowed if {
-	every state in ["TRUE_POSITIVE", "UNKNOWN"] {
-		msgs(doc(member, "complete", update(state, null))) == set()
+	every s in ["TRUE_POSITIVE", "UNKNOWN"] {
+		enforced(doc(member, "complete", state(s))) == set()
 	}
 }
 
 test_member_without_verification_state_allowed if {
-	msgs(doc(member, "complete", update(null, {"text": "looking", "updated_by": "m"}))) == set()
+	enforced(doc(member, "complete", t.note_only("looking"))) == set()
 }
 
 test_admin_false_or_benign_positive_allowed if {
-	every state in ["FALSE_POSITIVE", "BENIGN_POSITIVE"] {
-		msgs(doc(admin, "complete", update(state, null))) == set()
+	every s in ["FALSE_POSITIVE", "BENIGN_POSITIVE"] {
+		enforced(doc(admin, "complete", state(s))) == set()
+	}
+}
+
+# VerificationState set without a value: refused for members (when enforced), in the first pass.
+test_verification_null_verification_state if {
+	enforced(doc(member, "pending", t.null_fact(["VerificationState"]))) == {t.cannot("VerificationState")}
+	enforced(doc(member, "pending", t.absent_fact(["VerificationState"], "verification_state"))) == {t.cannot("VerificationState")}
+	enforced(doc(admin, "pending", t.null_fact(["VerificationState"]))) == set()
+	w := t.decide(doc(member, "pending", t.null_fact(["VerificationState"])), {})
+	{v.msg | some v in w.warn} == {t.cannot("VerificationState")}
+}
+
+# --- matrix ---
+
+# BatchImportFindings: a member's import may not set VerificationState (imports.rego), whatever the mode.
+test_matrix_verification_import_refused_for_members if {
+	fields := array.concat(t.provider_fields, ["VerificationState"])
+	every mode in ["enforce", "warn", "off"] {
+		r := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), {"verification": mode}) with data.hubgate_settings.member_imports as "own-findings"
+		{v.msg | some v in r.deny} == {"member accounts may not set VerificationState through BatchImportFindings: it is the customer's, to change with BatchUpdateFindings"}
 	}
 }
