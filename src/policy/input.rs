@@ -579,16 +579,21 @@ pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Value>) -> RV
 #[derive(Default)]
 struct Summary {
     accounts: BTreeSet<String>,
+    unowned: bool,
     max_severity_rank: Option<u64>,
     missing: u64,
 }
 
 impl Summary {
     fn add(&mut self, f: &CurrentFinding) {
-        if let Some(a) = &f.account_id {
-            if !self.accounts.contains(a) {
+        match &f.account_id {
+            Some(a) if !self.accounts.contains(a) => {
                 self.accounts.insert(a.clone());
             }
+            Some(_) => {}
+            // A finding whose owner hubgate cannot read must not vanish from the ownership
+            // check: it shows as a null account, which no member owns.
+            None => self.unowned = true,
         }
         self.max_severity_rank = self.max_severity_rank.max(f.severity_rank);
     }
@@ -596,7 +601,10 @@ impl Summary {
     fn into_value(self, enrichment: Enrichment) -> RValue {
         let mut out = BTreeMap::new();
         if enrichment == Enrichment::Complete {
-            let accounts: Vec<RValue> = self.accounts.into_iter().map(RValue::from).collect();
+            let mut accounts: Vec<RValue> = self.accounts.into_iter().map(RValue::from).collect();
+            if self.unowned {
+                accounts.push(RValue::Null);
+            }
             out.insert(RValue::from("accounts"), RValue::from(accounts));
             out.insert(
                 RValue::from("max_severity_rank"),

@@ -1,6 +1,7 @@
 """boto3 clients pointed at hubgate: the shipped policies, forwarding and read-only routes."""
 
 import json
+import shutil
 
 import pytest
 from botocore.exceptions import ClientError
@@ -8,6 +9,7 @@ from botocore.exceptions import ClientError
 from helpers import (
     ADMIN_ACCOUNT,
     MEMBER_ACCOUNT,
+    POLICY_DIR,
     PRODUCT_ARN,
     UPSTREAM_KEY,
     capture_sent,
@@ -104,14 +106,24 @@ def test_admin_may_lower_severity_of_any_account(hubgate):
     assert hubgate.fake.findings()["f-other"]["Severity"]["Label"] == "INFORMATIONAL"
 
 
-@pytest.mark.parametrize("who", ["admin", "member"])
-def test_unknown_finding_is_denied(hubgate, who):
-    client = hubgate.client(who)
+def test_unknown_finding_is_denied_for_members(hubgate):
+    """Its owner cannot be verified, so a member may not name it."""
+    client = hubgate.client("member")
     expect_denied(hubgate, lambda: client.batch_update_findings(
-        FindingIdentifiers=[ident("f-does-not-exist")], Note={"Text": "x", "UpdatedBy": who}),
+        FindingIdentifiers=[ident("f-does-not-exist")], Note={"Text": "x", "UpdatedBy": "m"}),
         NOT_FOUND)
     only_lookups(hubgate.fake)
     assert len(hubgate.fake.get_findings_calls()) >= 1
+
+
+def test_unknown_finding_of_an_administrator_is_left_to_security_hub(hubgate):
+    """Administrators may update any account's findings: Security Hub itself answers an unknown
+    identifier in UnprocessedFindings, so hubgate does not refuse it."""
+    client = hubgate.client("admin")
+    resp = client.batch_update_findings(
+        FindingIdentifiers=[ident("f-does-not-exist")], Note={"Text": "x", "UpdatedBy": "a"})
+    assert_forwarded(hubgate, resp)
+    assert [u["FindingIdentifier"]["Id"] for u in resp["UnprocessedFindings"]] == ["f-does-not-exist"]
 
 
 # --- members ----------------------------------------------------------------
@@ -167,7 +179,20 @@ def test_member_note_on_own_finding_is_forwarded(hubgate):
     assert f["Workflow"]["Status"] == "NOTIFIED"
 
 
-def test_members_may_not_change_scores_or_dismiss_findings(hubgate):
+@pytest.fixture
+def enforced_library(tmp_path, make_hubgate, seeded_fake):
+    """hubgate with the opinionated library rules (ticket, verification, scores, reopen) enforced
+    through data.json, as policies/README.md tells a team to do."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    data = json.loads((policies / "data.json").read_text())
+    data["hubgate_settings"]["library"] = {k: "enforce" for k in data["hubgate_settings"]["library"]}
+    (policies / "data.json").write_text(json.dumps(data))
+    return make_hubgate({"policy": {"dir": str(policies)}}, fake=seeded_fake)
+
+
+def test_members_may_not_change_scores_or_dismiss_findings(enforced_library):
+    hubgate = enforced_library
     client = hubgate.client("member")
     expect_denied(hubgate, lambda: client.batch_update_findings(
         FindingIdentifiers=[ident("f-own-medium")], Confidence=80),
@@ -177,7 +202,8 @@ def test_members_may_not_change_scores_or_dismiss_findings(hubgate):
         "member accounts may not mark findings FALSE_POSITIVE or BENIGN_POSITIVE")
 
 
-def test_resolving_needs_a_ticket_reference(hubgate):
+def test_resolving_needs_a_ticket_reference(enforced_library):
+    hubgate = enforced_library
     client = hubgate.client("member")
     expect_denied(hubgate, lambda: client.batch_update_findings(
         FindingIdentifiers=[ident("f-own-medium")], Workflow={"Status": "RESOLVED"},
@@ -188,6 +214,19 @@ def test_resolving_needs_a_ticket_reference(hubgate):
         Note={"Text": "fixed in SEC-981", "UpdatedBy": "m"})
     assert_forwarded(hubgate, resp)
     assert hubgate.fake.findings()["f-own-medium"]["Workflow"]["Status"] == "RESOLVED"
+
+
+def test_library_rules_only_warn_by_default(hubgate):
+    """Shipped data.json: the opinionated rules are recorded as warnings, nothing is refused."""
+    client = hubgate.client("member")
+    resp = client.batch_update_findings(
+        FindingIdentifiers=[ident("f-own-medium")], Workflow={"Status": "RESOLVED"},
+        Note={"Text": "fixed it", "UpdatedBy": "m"}, Confidence=80)
+    rec = assert_forwarded(hubgate, resp)
+    warnings = " ".join(w["msg"] for w in rec["result"]["warnings"])
+    assert "needs a ticket reference" in warnings, rec["result"]
+    assert "Confidence or Criticality" in warnings, rec["result"]
+    assert rec["result"]["violations"] == []
 
 
 def test_member_updating_another_accounts_finding_is_denied(hubgate):

@@ -1,9 +1,12 @@
 """BatchUpdateFindingsV2, UpdateFindings and BatchImportFindings under policy, and the
 per-operation routing table ([operations] deny | policy | forward)."""
 
+import json
+import shutil
+
 import pytest
 
-from helpers import MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope
+from helpers import MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope
 
 V2 = "/findingsv2/batchupdatev2"
 
@@ -70,15 +73,51 @@ def imported(fid, account):
             "Resources": [{"Type": "Other", "Id": "r"}]}
 
 
-def test_import_of_another_accounts_finding_is_refused(hubgate):
+def test_member_imports_are_refused_by_default(hubgate):
     resp = hubgate.send("POST", "/findings/import",
-                        {"Findings": [imported("new-1", MEMBER_ACCOUNT),
-                                      imported("new-2", OTHER_ACCOUNT)]}, who="member")
+                        {"Findings": [imported("new-1", MEMBER_ACCOUNT)]}, who="member")
+    body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert all(d["finding"] is None for d in body["error"]["details"]), body
+    assert hubgate.fake.requests(path="/findings/import") == []
+
+
+@pytest.fixture
+def member_imports(tmp_path, make_hubgate, seeded_fake):
+    """member_imports = "own-findings" in data.json: members' imports are judged, not refused."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    data = json.loads((policies / "data.json").read_text())
+    data["hubgate_settings"]["member_imports"] = "own-findings"
+    (policies / "data.json").write_text(json.dumps(data))
+    return make_hubgate({"policy": {"dir": str(policies)}}, fake=seeded_fake)
+
+
+def provider_import(fid, account):
+    """A finding as a product imports it: severity in FindingProviderFields, no customer fields."""
+    f = imported(fid, account)
+    f["FindingProviderFields"] = {"Severity": f.pop("Severity")}
+    return f
+
+
+def test_import_of_another_accounts_finding_is_refused(member_imports):
+    hubgate = member_imports
+    resp = hubgate.send("POST", "/findings/import",
+                        {"Findings": [provider_import("new-1", MEMBER_ACCOUNT),
+                                      provider_import("new-2", OTHER_ACCOUNT)]}, who="member")
     body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
     assert [d["finding"]["Id"] for d in body["error"]["details"]] == ["new-2"]
     ok = hubgate.send("POST", "/findings/import",
-                      {"Findings": [imported("new-1", MEMBER_ACCOUNT)]}, who="member")
+                      {"Findings": [provider_import("new-1", MEMBER_ACCOUNT)]}, who="member")
     assert ok.headers.get("x-hubgate-decision-id"), ok.text
+
+
+def test_member_import_may_not_set_customer_owned_fields(member_imports):
+    """Even with member imports on, Severity and Workflow are BatchUpdateFindings' business."""
+    f = imported("new-1", MEMBER_ACCOUNT)
+    f["Workflow"] = {"Status": "SUPPRESSED"}
+    resp = member_imports.send("POST", "/findings/import", {"Findings": [f]}, who="member")
+    body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert "Severity" in body["error"]["message"] and "Workflow" in body["error"]["message"], body
 
 
 @pytest.fixture

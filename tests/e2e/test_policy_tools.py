@@ -102,7 +102,8 @@ def test_a_failing_rego_test_fails_the_run(tmp_path):
         "package extra_test\n\nimport data.hubgate\n\n"
         "test_admins_cannot_suppress if {\n"
         "\tcount(hubgate.deny) > 0 with input as {\"principal\": {\"role\": \"administrator\"}, "
-        "\"update\": {\"workflow_status\": \"NOTIFIED\"}, \"enrichment\": \"pending\"}\n}\n")
+        "\"operation\": \"BatchUpdateFindings\", \"update\": {\"fields\": [\"Workflow.Status\"], \"workflow_status\": \"NOTIFIED\"}, "
+        "\"enrichment\": \"pending\"}\n}\n")
     r = run_hubgate("test", str(policies))
     assert r.returncode == 1
     assert "FAIL" in r.stdout and "extra_test.rego:5 test_admins_cannot_suppress" in r.stdout
