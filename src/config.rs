@@ -44,6 +44,8 @@ struct RawConfig {
     #[serde(default)]
     enrichment: EnrichmentConfig,
     #[serde(default)]
+    quota: QuotaConfig,
+    #[serde(default)]
     audit: AuditConfig,
     #[serde(default)]
     log: LogConfig,
@@ -202,7 +204,13 @@ impl Default for PolicyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EnrichmentConfig {
     pub enabled: bool,
+    /// How long a looked-up (or written-through) finding state is trusted: the bound on
+    /// staleness from writers outside hubgate.
     pub cache_ttl_ms: u64,
+    /// How long "not found" is remembered.
+    pub negative_ttl_ms: u64,
+    /// Findings the cache holds at most.
+    pub max_cache_entries: usize,
 }
 
 impl Default for EnrichmentConfig {
@@ -210,7 +218,112 @@ impl Default for EnrichmentConfig {
         EnrichmentConfig {
             enabled: true,
             cache_ttl_ms: 5_000,
+            negative_ttl_ms: 1_000,
+            max_cache_entries: 50_000,
         }
+    }
+}
+
+/// One operation's quota: sustained calls per second and burst.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub rate: f64,
+    pub burst: u32,
+}
+
+/// Security Hub's per-account quotas, which hubgate paces its own upstream calls to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// This replica's share of the account's quotas (0 < share <= 1).
+    pub share: f64,
+    /// Longest a request waits for quota (pacing and throttle retries) before 429 THROTTLED.
+    pub max_wait_ms: u64,
+    /// Operation name (or "default") -> limit; merged over the documented quotas.
+    pub limits: std::collections::BTreeMap<String, Limit>,
+}
+
+/// The quotas of the Security Hub API documentation (per account and Region).
+pub const DOCUMENTED_QUOTAS: [(&str, Limit); 7] = [
+    (
+        "GetFindings",
+        Limit {
+            rate: 3.0,
+            burst: 6,
+        },
+    ),
+    (
+        "BatchUpdateFindings",
+        Limit {
+            rate: 10.0,
+            burst: 30,
+        },
+    ),
+    (
+        "BatchImportFindings",
+        Limit {
+            rate: 10.0,
+            burst: 30,
+        },
+    ),
+    (
+        "UpdateFindings",
+        Limit {
+            rate: 1.0,
+            burst: 5,
+        },
+    ),
+    (
+        "BatchEnableStandards",
+        Limit {
+            rate: 1.0,
+            burst: 1,
+        },
+    ),
+    (
+        "UpdateStandardsControl",
+        Limit {
+            rate: 1.0,
+            burst: 5,
+        },
+    ),
+    (
+        "default",
+        Limit {
+            rate: 10.0,
+            burst: 30,
+        },
+    ),
+];
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            share: 1.0,
+            max_wait_ms: 10_000,
+            limits: Default::default(),
+        }
+    }
+}
+
+impl QuotaConfig {
+    /// The limit hubgate paces `operation` to, before the share is applied.
+    pub fn limit(&self, operation: &str) -> Limit {
+        let lookup = |name: &str| {
+            self.limits.get(name).copied().or_else(|| {
+                DOCUMENTED_QUOTAS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, l)| *l)
+            })
+        };
+        lookup(operation)
+            .or_else(|| lookup("default"))
+            .unwrap_or(Limit {
+                rate: 10.0,
+                burst: 30,
+            })
     }
 }
 
@@ -297,6 +410,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub policy: PolicyConfig,
     pub enrichment: EnrichmentConfig,
+    pub quota: QuotaConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
     pub operations: std::collections::BTreeMap<String, Routing>,
@@ -360,10 +474,42 @@ impl Config {
             mut identity,
             mut policy,
             enrichment,
+            quota,
             mut audit,
             log,
             operations,
         } = raw;
+        if !(quota.share > 0.0 && quota.share <= 1.0) {
+            return Err(invalid(
+                file,
+                "quota.share",
+                format!("{} is not in (0, 1]", quota.share),
+            ));
+        }
+        for (name, limit) in &quota.limits {
+            let key = format!("quota.limits.{name}");
+            if name != "default" && !crate::routes::operations().iter().any(|o| o.name == name) {
+                return Err(invalid(
+                    file,
+                    &key,
+                    "is not a Security Hub operation or \"default\"",
+                ));
+            }
+            if !(limit.rate > 0.0 && limit.rate.is_finite()) || limit.burst == 0 {
+                return Err(invalid(
+                    file,
+                    &key,
+                    "needs rate > 0 (calls per second) and burst >= 1",
+                ));
+            }
+        }
+        if enrichment.max_cache_entries == 0 {
+            return Err(invalid(
+                file,
+                "enrichment.max_cache_entries",
+                "must be at least 1",
+            ));
+        }
         for (name, routing) in &operations {
             let key = format!("operations.{name}");
             if !crate::routes::operations().iter().any(|o| o.name == name) {
@@ -563,6 +709,7 @@ impl Config {
             identity,
             policy,
             enrichment,
+            quota,
             audit,
             log,
             operations,

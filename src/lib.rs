@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod quota;
 pub mod request;
 pub mod routes;
 pub mod server;

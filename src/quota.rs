@@ -1,0 +1,169 @@
+//! Quota: paces hubgate's own calls to Security Hub with a token bucket per operation, at the
+//! account's documented quotas times this replica's share, so that hubgate never causes a
+//! throttle and callers wait for quota instead of failing.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
+
+use crate::config::{Limit, QuotaConfig};
+
+/// The wait for quota outlasted the request's deadline.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("hubgate's {operation} quota ({rate}/s) had no room within {waited_ms} ms")]
+pub struct QuotaExhausted {
+    pub operation: &'static str,
+    pub rate: f64,
+    pub waited_ms: u64,
+}
+
+struct Bucket {
+    limiter: DefaultDirectRateLimiter,
+    rate: f64,
+}
+
+impl Bucket {
+    fn new(limit: Limit, share: f64) -> Bucket {
+        let rate = limit.rate * share;
+        let burst = ((limit.burst as f64 * share).floor() as u32).max(1);
+        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Bucket {
+            limiter: RateLimiter::direct(quota),
+            rate,
+        }
+    }
+}
+
+/// One token bucket per upstream operation hubgate calls.
+pub struct Pacer {
+    buckets: HashMap<&'static str, Bucket>,
+    default: Bucket,
+    max_wait: Duration,
+}
+
+impl Pacer {
+    pub fn new(config: &QuotaConfig) -> Pacer {
+        let buckets = crate::routes::operations()
+            .iter()
+            .map(|op| (op.name, Bucket::new(config.limit(op.name), config.share)))
+            .collect();
+        Pacer {
+            buckets,
+            default: Bucket::new(config.limit("default"), config.share),
+            max_wait: Duration::from_millis(config.max_wait_ms),
+        }
+    }
+
+    /// The deadline for a request that starts now.
+    pub fn deadline_from(&self, start: Instant) -> Instant {
+        start + self.max_wait
+    }
+
+    fn bucket(&self, operation: &str) -> &Bucket {
+        self.buckets.get(operation).unwrap_or(&self.default)
+    }
+
+    /// Waits for one call's worth of `operation` quota, until `deadline` at the latest.
+    pub async fn acquire(
+        &self,
+        operation: &'static str,
+        deadline: Instant,
+    ) -> Result<Duration, QuotaExhausted> {
+        let started = Instant::now();
+        let bucket = self.bucket(operation);
+        // Jitter spreads waiters that would otherwise all poll the bucket at the same instant.
+        let ready = bucket
+            .limiter
+            .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)));
+        match tokio::time::timeout_at(deadline.into(), ready).await {
+            Ok(()) => Ok(started.elapsed()),
+            Err(_) => Err(QuotaExhausted {
+                operation,
+                rate: bucket.rate,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Waits for quota with no deadline: for work shared by many requests, each of which
+    /// stops waiting at its own deadline.
+    pub async fn acquire_shared(&self, operation: &'static str) {
+        self.bucket(operation)
+            .limiter
+            .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pacer(rate: f64, burst: u32, share: f64) -> Pacer {
+        let mut config = QuotaConfig {
+            share,
+            ..Default::default()
+        };
+        config
+            .limits
+            .insert("GetFindings".into(), Limit { rate, burst });
+        Pacer::new(&config)
+    }
+
+    #[tokio::test]
+    async fn the_burst_passes_at_once_then_calls_are_paced() {
+        let p = pacer(20.0, 3, 1.0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let t = Instant::now();
+        for _ in 0..3 {
+            p.acquire("GetFindings", deadline).await.unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
+        // the next two need one period (50 ms) each
+        for _ in 0..2 {
+            p.acquire("GetFindings", deadline).await.unwrap();
+        }
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deadline_ends_the_wait_without_taking_quota() {
+        let p = pacer(1.0, 1, 1.0);
+        let soon = Instant::now() + Duration::from_millis(50);
+        p.acquire("GetFindings", soon).await.unwrap();
+        let err = p.acquire("GetFindings", soon).await.unwrap_err();
+        assert_eq!(err.operation, "GetFindings");
+        assert!(err.to_string().contains("GetFindings quota"), "{err}");
+    }
+
+    #[test]
+    fn shares_and_defaults() {
+        let config = QuotaConfig::default();
+        assert_eq!(
+            config.limit("GetFindings"),
+            Limit {
+                rate: 3.0,
+                burst: 6
+            }
+        );
+        assert_eq!(
+            config.limit("CreateInsight"),
+            Limit {
+                rate: 10.0,
+                burst: 30
+            }
+        );
+        let p = pacer(3.0, 6, 0.5);
+        assert!((p.bucket("GetFindings").rate - 1.5).abs() < 1e-9);
+        assert!((p.bucket("NoSuchOperation").rate - 5.0).abs() < 1e-9);
+    }
+}
