@@ -91,6 +91,17 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    /// A client must send a request's whole head (request line and headers) within this time
+    /// of its first byte; otherwise the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this time, else 408 REQUEST_TIMEOUT.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in progress is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// Open connections on the proxy listener; past it a connection gets one 503 OVERLOADED.
+    pub max_connections: usize,
+    /// Requests being handled at once; past it a request gets 503 OVERLOADED.
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -103,9 +114,19 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 1024,
+            max_in_flight: 256,
         }
     }
 }
+
+/// Timeouts above a day are configuration mistakes (and would overflow deadline arithmetic).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Caps above this are mistakes: each connection holds a file descriptor and a task.
+const MAX_CAP: usize = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -551,6 +572,34 @@ impl Config {
         if server.max_body_bytes == 0 {
             return Err(invalid(file, "server.max_body_bytes", "must be at least 1"));
         }
+        for (key, ms) in [
+            (
+                "server.header_read_timeout_ms",
+                server.header_read_timeout_ms,
+            ),
+            ("server.body_read_timeout_ms", server.body_read_timeout_ms),
+            ("server.idle_timeout_ms", server.idle_timeout_ms),
+        ] {
+            if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!("must be between 1 and {MAX_TIMEOUT_MS} (one day), not {ms}"),
+                ));
+            }
+        }
+        for (key, n) in [
+            ("server.max_connections", server.max_connections),
+            ("server.max_in_flight", server.max_in_flight),
+        ] {
+            if !(1..=MAX_CAP).contains(&n) {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!("must be between 1 and {MAX_CAP}, not {n}"),
+                ));
+            }
+        }
         match (&server.tls_cert, &server.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
@@ -775,5 +824,42 @@ mod tests {
         }
         let err = parse("[policy]\nmode = \"maybe\"").unwrap_err().to_string();
         assert!(err.contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn socket_limits_have_defaults_and_are_validated() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.header_read_timeout_ms, 10_000);
+        assert_eq!(c.server.body_read_timeout_ms, 30_000);
+        assert_eq!(c.server.idle_timeout_ms, 60_000);
+        assert_eq!(c.server.max_connections, 1024);
+        assert_eq!(c.server.max_in_flight, 256);
+        let c = parse(
+            "[server]\nheader_read_timeout_ms = 1000\nbody_read_timeout_ms = 2000\n\
+             idle_timeout_ms = 3000\nmax_connections = 4\nmax_in_flight = 1",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout_ms, 1000);
+        assert_eq!(c.server.body_read_timeout_ms, 2000);
+        assert_eq!(c.server.idle_timeout_ms, 3000);
+        assert_eq!(c.server.max_connections, 4);
+        assert_eq!(c.server.max_in_flight, 1);
+        for key in [
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+            "idle_timeout_ms",
+            "max_connections",
+            "max_in_flight",
+        ] {
+            for bad in ["0", "100000000000"] {
+                let text = format!("[server]\n{key} = {bad}");
+                let err = parse(&text).unwrap_err().to_string();
+                assert!(err.contains(&format!("server.{key}")), "{text}: {err}");
+            }
+            // Negative numbers do not fit the type: the parse error names the key.
+            let text = format!("[server]\n{key} = -1");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::audit::AuditError;
+use crate::framing::FramingError;
 use crate::identity::AuthError;
 use crate::policy::judge::JudgeError;
 use crate::policy::PolicyError;
@@ -41,6 +42,15 @@ pub enum Rejection {
     BodyRead(String),
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
+    /// The request head is ambiguous (target form, framing headers, repeated security headers).
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    /// The body did not arrive within server.body_read_timeout_ms.
+    #[error("the request body did not arrive within server.body_read_timeout_ms ({ms} ms)")]
+    RequestTimeout { ms: u64 },
+    /// A server cap is reached: retryable, so SDKs back off and try again.
+    #[error("hubgate is at its {setting} limit ({limit}); retry later")]
+    Overloaded { setting: &'static str, limit: usize },
 }
 
 impl From<JudgeError> for Rejection {
@@ -113,6 +123,27 @@ impl Rejection {
             AuditUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "AUDIT_UNAVAILABLE",
+                "ServiceUnavailableException",
+            ),
+            Framing(e) if e.is_target() => (
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "ResourceNotFoundException",
+            ),
+            Framing(_) => (
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "InvalidInputException",
+            ),
+            // Not 5xx or throttling: the client was too slow, retrying at once would not help.
+            RequestTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "RequestTimeoutException",
+            ),
+            Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "OVERLOADED",
                 "ServiceUnavailableException",
             ),
         };
@@ -230,6 +261,30 @@ mod tests {
         ] {
             assert!(r.status().is_client_error(), "{r:?}");
         }
+    }
+
+    #[test]
+    fn socket_limits_have_their_own_shapes() {
+        let overloaded = Rejection::Overloaded {
+            setting: "server.max_in_flight",
+            limit: 2,
+        };
+        assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(overloaded.code(), "OVERLOADED");
+        let resp = overloaded.to_response("d");
+        assert_eq!(
+            resp.headers()["x-amzn-errortype"],
+            "ServiceUnavailableException"
+        );
+        let slow = Rejection::RequestTimeout { ms: 5 };
+        assert_eq!(slow.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(slow.code(), "REQUEST_TIMEOUT");
+        let dup = Rejection::Framing(FramingError::DuplicateHeader("authorization"));
+        assert_eq!(dup.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(dup.code(), "VALIDATION_ERROR");
+        let target = Rejection::Framing(FramingError::NotOriginForm("http://x".into()));
+        assert_eq!(target.status(), StatusCode::NOT_FOUND);
+        assert_eq!(target.code(), "NOT_FOUND");
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub enum AuthError {
     BadSignature(String),
     #[error("the request is dated {0}, more than 15 minutes from hubgate's clock")]
     Stale(String),
+    #[error(
+        "X-Amz-Security-Token is not accepted: hubgate-issued keys are long-term keys, \
+         not temporary AWS credentials"
+    )]
+    SessionToken,
     #[error("no client certificate was presented")]
     NoClientCert,
     #[error("no caller is mapped to the client certificate ({0})")]
@@ -434,7 +439,18 @@ impl Identity {
         }
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.
+            // The caller's keys are real AWS keys, so a session token is theirs to send.
             return Ok(caller.principal.clone());
+        }
+        // hubgate issues long-term keys only. A session token beside one is either a
+        // confused client or an attempt to smuggle real AWS credentials through: refuse it,
+        // in a header or in the query string.
+        let token_in_query = parts.uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair.split('=').next() == Some("X-Amz-Security-Token"))
+        });
+        if parts.headers.contains_key("x-amz-security-token") || token_in_query {
+            return Err(AuthError::SessionToken);
         }
         let secret = caller
             .secret

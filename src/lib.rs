@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod enrich;
 pub mod envelope;
+pub mod framing;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -25,6 +25,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// What ended or refused a connection on the proxy listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabels {
     pub revision: String,
@@ -61,6 +67,10 @@ pub struct Metrics {
     pub audit: AuditMetrics,
     pub policy_revision: Family<RevisionLabels, Gauge>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub connection_errors: Family<KindLabels, Counter>,
+    pub connections_refused: Family<KindLabels, Counter>,
+    pub connections_open: Gauge,
+    pub requests_in_flight: Gauge,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
@@ -86,6 +96,10 @@ impl Metrics {
             audit: AuditMetrics::default(),
             policy_revision: Family::default(),
             tls_handshake_failures: Family::default(),
+            connection_errors: Family::default(),
+            connections_refused: Family::default(),
+            connections_open: Gauge::default(),
+            requests_in_flight: Gauge::default(),
             reload_success_time: Gauge::default(),
             reload_failure_time: Gauge::default(),
             current_revision: Mutex::new(String::new()),
@@ -150,6 +164,29 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes on the proxy port that failed, by reason",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "Proxy connections that ended badly, by kind: header_timeout, idle_timeout, \
+             bad_request (hyper answered 400), header_too_large (431), uri_too_long (414), \
+             incomplete, io, other",
+            m.connection_errors.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Proxy connections over server.max_connections: overloaded (answered 503) or \
+             closed (closed at accept)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Open connections on the proxy listener",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Proxy requests being handled (sampled at scrape time)",
+            m.requests_in_flight.clone(),
         );
         registry.register(
             "policy_revision_info",

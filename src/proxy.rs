@@ -54,6 +54,8 @@ pub struct Gate {
     pub tls: Option<crate::server::tls::Tls>,
     /// Why the last policy reload failed, while the previous set stays in force.
     pub last_reload_error: std::sync::Mutex<Option<String>>,
+    /// server.max_in_flight permits; a request holds one until its response is sent.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the audit record says about one request, filled in as it moves along the path.
@@ -122,16 +124,27 @@ pub async fn handle(
     let mut trail = Trail::default();
 
     let span = tracing::info_span!("request", decision_id = %decision_id);
-    let result = run(
-        &gate,
-        req,
-        remote,
-        client_cert.as_deref(),
-        &decision_id,
-        &mut trail,
-    )
-    .instrument(span)
-    .await;
+    // server.max_in_flight: over the cap a request is answered at once with a retryable 503,
+    // nothing forwarded, and recorded like any other.
+    let permit = gate.in_flight.clone().try_acquire_owned();
+    let result = match permit {
+        Ok(_) => {
+            run(
+                &gate,
+                req,
+                remote,
+                client_cert.as_deref(),
+                &decision_id,
+                &mut trail,
+            )
+            .instrument(span)
+            .await
+        }
+        Err(_) => Err(Rejection::Overloaded {
+            setting: "server.max_in_flight",
+            limit: gate.config.server.max_in_flight,
+        }),
+    };
     let (response, status, error, slot) = match result {
         Ok(Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
@@ -189,7 +202,11 @@ pub async fn handle(
         },
     }
     tracing::debug!(decision_id, method, path, status, "request");
-    response
+    match permit {
+        // The request is in flight until its response body has been sent.
+        Ok(permit) => response.map(|body| crate::server::conn::Held::new(body, permit).boxed()),
+        Err(_) => response,
+    }
 }
 
 async fn run(
@@ -200,6 +217,9 @@ async fn run(
     decision_id: &str,
     trail: &mut Trail,
 ) -> Result<Forwarded, Rejection> {
+    // framing: an ambiguous head is refused before anything reads it
+    crate::framing::check(&req)?;
+
     // route
     let spec: &'static OperationSpec = routes::route(req.method(), req.uri().path())?;
     trail.operation = Some(spec.name);
@@ -221,7 +241,16 @@ async fn run(
     if declared.is_some_and(|n| n > limit) {
         return Err(Rejection::PayloadTooLarge { limit });
     }
-    let body = match Limited::new(body, limit as usize).collect().await {
+    // The whole body must arrive by server.body_read_timeout_ms: a client cannot hold a
+    // request (and its in-flight permit) open by sending slowly.
+    let body_ms = gate.config.server.body_read_timeout_ms;
+    let collected = tokio::time::timeout(
+        std::time::Duration::from_millis(body_ms),
+        Limited::new(body, limit as usize).collect(),
+    )
+    .await
+    .map_err(|_| Rejection::RequestTimeout { ms: body_ms })?;
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Rejection::PayloadTooLarge { limit })

@@ -1,6 +1,7 @@
 //! Server: the proxy and admin listeners (HTTP/1.1 and h2c), signals (SIGHUP reload,
 //! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz`, `/readyz` and `/metrics`.
 
+pub mod conn;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -13,18 +14,21 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, UpstreamAuth};
 use crate::enrich::Enricher;
+use crate::envelope::Rejection;
+use crate::framing::RawHead;
 use crate::identity::{ClientCert, Identity};
-use crate::metrics::{Metrics, ReasonLabels};
+use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Gate};
 use crate::upstream::Upstream;
@@ -40,26 +44,142 @@ pub enum ServeError {
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one accepted (and, with TLS, handshaken) connection until it closes or shutdown.
+/// Connections over server.max_connections that are still answered with a 503 at once; past
+/// this many, further ones are closed at accept (answering costs a task and a file descriptor).
+const MAX_REFUSING: usize = 64;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// One of server.max_connections, held for a connection's life; counts open connections.
+struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// Serves one accepted (and, with TLS, handshaken) connection until it closes, shutdown, or
+/// its clock expires (idle, or a request head read too slowly).
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
-    io: TokioIo<I>,
+    io: I,
     gate: Arc<Gate>,
     remote: std::net::SocketAddr,
     cert: Option<Arc<ClientCert>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req: Request<Incoming>| {
+    let server = &gate.config.server;
+    let clock = conn::Clock::new(
+        ms(server.header_read_timeout_ms),
+        ms(server.idle_timeout_ms),
+    );
+    let io = TokioIo::new(conn::ClockedIo::new(io, clock.clone()));
+    let metrics_gate = gate.clone();
+    let requests = clock.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        // Called as soon as hyper has parsed a head: the request is in progress from here
+        // until its response body has been sent.
+        let (guard, head) = requests.request_started();
+        if let Some(head) = head {
+            req.extensions_mut().insert(RawHead(head));
+        }
         let gate = gate.clone();
         let cert = cert.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(gate, req, remote, cert).await) }
+        async move {
+            let response = proxy::handle(gate, req, remote, cert).await;
+            Ok::<_, Infallible>(response.map(|body| conn::Held::new(body, guard)))
+        }
     });
-    let conn = builder.serve_connection(io, service).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
+    let kind = tokio::select! {
+        result = served => match result {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+                Some(conn::error_kind(&*e))
+            }
+        },
+        // Dropping the connection closes the socket.
+        expired = clock.expired() => {
+            tracing::debug!(%remote, kind = expired.kind(), "closing the connection");
+            Some(expired.kind())
+        }
+    };
+    if let Some(kind) = kind {
+        metrics_gate
+            .metrics
+            .connection_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
     }
+}
+
+/// A connection over server.max_connections: answered with one 503 OVERLOADED (Connection:
+/// close) to its first request, within header_read_timeout; or, with TLS (a handshake is the
+/// dearest part of a connection) or too many such answers under way, closed at once.
+fn refuse_connection(
+    gate: &Arc<Gate>,
+    builder: &auto::Builder<TokioExecutor>,
+    refusing: &Arc<Semaphore>,
+    stream: TcpStream,
+) {
+    let count = |gate: &Gate, kind: &str| {
+        gate.metrics
+            .connections_refused
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    };
+    let permit = match refusing.clone().try_acquire_owned() {
+        Ok(permit) if gate.tls.is_none() => permit,
+        _ => {
+            count(gate, "closed");
+            return;
+        }
+    };
+    let gate = gate.clone();
+    let builder = builder.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let limit = gate.config.server.max_connections;
+        let flag = answered.clone();
+        let service = service_fn(move |_req: Request<Incoming>| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut response = Rejection::Overloaded {
+                setting: "server.max_connections",
+                limit,
+            }
+            .to_response(&uuid::Uuid::new_v4().to_string());
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let _ = tokio::time::timeout(
+            ms(gate.config.server.header_read_timeout_ms),
+            builder.serve_connection(TokioIo::new(stream), service),
+        )
+        .await;
+        let kind = if answered.load(std::sync::atomic::Ordering::Relaxed) {
+            "overloaded"
+        } else {
+            "closed"
+        };
+        count(&gate, kind);
+    });
 }
 
 /// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
@@ -120,6 +240,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
 
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let config_server = config.server.clone();
     let gate = Arc::new(Gate {
         config,
         identity: ArcSwap::from_pointee(identity),
@@ -130,6 +251,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
         tls,
         last_reload_error: std::sync::Mutex::new(None),
+        in_flight: Arc::new(Semaphore::new(config_server.max_in_flight)),
     });
     gate.metrics
         .set_revision(&gate.policy.load().revision, unix_now());
@@ -145,7 +267,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| startup(&e))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| startup(&e))?;
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timer needs a timer to run at all. It starts when hyper begins to
+    // wait for a head, idle time included, so it is set to idle + header: a backstop behind
+    // each connection's clock (server::conn), which keeps the two waits apart.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(
+            config_server.idle_timeout_ms + config_server.header_read_timeout_ms
+        ));
+    let connections = Arc::new(Semaphore::new(config_server.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
 
     loop {
         tokio::select! {
@@ -161,12 +294,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 };
                 // Responses are written as head then body; don't let Nagle hold the body back.
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    refuse_connection(&gate, &builder, &refusing, stream);
+                    continue;
+                };
+                gate.metrics.connections_open.inc();
+                let slot = ConnectionSlot { _permit: permit, open: gate.metrics.connections_open.clone() };
                 let gate = gate.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let Some(tls) = gate.tls.as_ref() else {
-                        serve_connection(&builder, watcher, TokioIo::new(stream), gate, remote, None).await;
+                        serve_connection(&builder, watcher, stream, gate, remote, None).await;
                         return;
                     };
                     let acceptor = tls.acceptor();
@@ -179,7 +319,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                                 .and_then(|chain| chain.first())
                                 .and_then(|der| ClientCert::from_der(der))
                                 .map(Arc::new);
-                            serve_connection(&builder, watcher, TokioIo::new(stream), gate, remote, cert).await;
+                            serve_connection(&builder, watcher, stream, gate, remote, cert).await;
                         }
                         Ok(Err(e)) => {
                             let reason = tls::failure_reason(&e);
@@ -356,7 +496,13 @@ fn reload(gate: &Gate) {
 }
 
 async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The admin port has bounds too: a client must send its request head in time (idle
+    // keep-alive connections included: scrapers reconnect).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(gate.config.server.header_read_timeout_ms));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -408,6 +554,10 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             gate.metrics
                 .audit_queue_depth
                 .set(gate.audit.queue_depth() as i64);
+            let free = gate.in_flight.available_permits();
+            gate.metrics
+                .requests_in_flight
+                .set(gate.config.server.max_in_flight.saturating_sub(free) as i64);
             let mut resp = Response::new(Full::new(Bytes::from(gate.metrics.render())));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -166,3 +166,45 @@ fn secrets_never_print() {
     let s = Secret("hunter2".into());
     assert!(!format!("{s:?}").contains("hunter2"));
 }
+
+#[test]
+fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
+    let (id, dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    let mut parts = signed_request(SECRET, now, b"{}");
+    parts.headers.insert(
+        "x-amz-security-token",
+        "FwoGZXIvYXdzEXAMPLE".parse().unwrap(),
+    );
+    let err = id.authenticate(&parts, b"{}", now, None).unwrap_err();
+    assert!(matches!(err, AuthError::SessionToken), "{err}");
+    assert_eq!(err.error_type(), "UnrecognizedClientException");
+    // In the query string too.
+    let mut parts = signed_request(SECRET, now, b"{}");
+    parts.uri = "/findings/batchupdate?X-Amz-Security-Token=abc"
+        .parse()
+        .unwrap();
+    assert!(matches!(
+        id.authenticate(&parts, b"{}", now, None),
+        Err(AuthError::SessionToken)
+    ));
+    // Passthrough: the caller's keys are real AWS keys and the token is theirs.
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: dir.path().join("callers.toml"),
+        static_principal: None,
+    };
+    let passthrough = Identity::load(&config, true).unwrap();
+    let mut parts = signed_request(SECRET, now, b"{}");
+    parts.headers.insert(
+        "x-amz-security-token",
+        "FwoGZXIvYXdzEXAMPLE".parse().unwrap(),
+    );
+    assert_eq!(
+        passthrough
+            .authenticate(&parts, b"{}", now, None)
+            .unwrap()
+            .id,
+        "member"
+    );
+}

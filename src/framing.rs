@@ -1,0 +1,302 @@
+//! Framing: checks of the request head that run before anything else (routing included): the
+//! request-target form, Content-Length together with Transfer-Encoding, and security headers
+//! that appear more than once. A request refused here is never forwarded.
+
+use bytes::Bytes;
+use http::{header, Request, Version};
+
+/// The raw bytes of an HTTP/1 request head (request line up to the empty line) as they came off
+/// the socket. The server attaches it to a request when it captured that head whole, because
+/// hyper hides some of what the head said (see [`check`]).
+#[derive(Clone, Debug)]
+pub struct RawHead(pub Bytes);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FramingError {
+    #[error(
+        "the request target must be a path, not the absolute form {0:?}: hubgate serves \
+         Security Hub operations at paths only"
+    )]
+    NotOriginForm(String),
+    #[error(
+        "the request carries both Content-Length and Transfer-Encoding, which frame the body \
+         differently: send the body with Content-Length only"
+    )]
+    LengthAndTransferEncoding,
+    #[error(
+        "the framing of this chunked request could not be verified (it was pipelined, or its \
+         head was not read whole): send the body with Content-Length"
+    )]
+    UnverifiedChunked,
+    #[error("the {0} header appears more than once")]
+    DuplicateHeader(&'static str),
+}
+
+impl FramingError {
+    /// The request target itself is wrong: refused like an unknown path (404), as DESIGN.md
+    /// asks of every path variant. Everything else is a malformed request (400).
+    pub fn is_target(&self) -> bool {
+        matches!(self, FramingError::NotOriginForm(_))
+    }
+}
+
+/// Headers that say who the caller is or what was signed. With two of them, hubgate could check
+/// one value while Security Hub (or a signature library) reads the other, so each may appear once.
+const SINGLE_VALUED: [&str; 5] = [
+    "authorization",
+    "x-amz-date",
+    "host",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
+];
+
+/// Refuses a request whose head is ambiguous. Runs before routing, on every identity and
+/// upstream mode (passthrough included).
+///
+/// Content-Length with Transfer-Encoding: hyper 1.x answers 400 itself when Transfer-Encoding
+/// does not end in `chunked`, but when it does, hyper frames the body as chunked, marks the
+/// connection to close, and *removes* Content-Length from the headers it hands over (or never
+/// stores it, when it comes after Transfer-Encoding). The handler alone cannot tell such a
+/// request from a plain chunked one, so for every HTTP/1 chunked request the raw head that the
+/// server captured is read for a Content-Length line; a chunked request whose raw head is not
+/// available is refused rather than guessed about.
+pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
+    let (uri, headers) = (req.uri(), req.headers());
+    let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+    // HTTP/2 always carries :scheme and :authority, which hyper puts in the URI; only an
+    // HTTP/1 request line can name a scheme or authority (absolute or authority form).
+    if http1 && (uri.scheme().is_some() || uri.authority().is_some()) {
+        let target = match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            (_, Some(authority)) => authority.to_string(),
+            _ => uri.to_string(),
+        };
+        return Err(FramingError::NotOriginForm(target));
+    }
+
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(FramingError::LengthAndTransferEncoding);
+        }
+        if http1 {
+            let raw = req
+                .extensions()
+                .get::<RawHead>()
+                .filter(|raw| head_is_of(&raw.0, req))
+                .ok_or(FramingError::UnverifiedChunked)?;
+            if head_has_content_length(&raw.0) {
+                return Err(FramingError::LengthAndTransferEncoding);
+            }
+        }
+    }
+
+    for name in SINGLE_VALUED {
+        let mut values = headers.get_all(name).iter();
+        if values.next().is_some() && values.next().is_some() {
+            return Err(FramingError::DuplicateHeader(name));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the captured head starts with this request's request line (method and target), so
+/// it cannot be the head of another request on the same connection.
+fn head_is_of<B>(raw: &[u8], req: &Request<B>) -> bool {
+    let line = format!("{} {} ", req.method(), req.uri());
+    raw.starts_with(line.as_bytes())
+}
+
+/// Whether any header line of a raw head is Content-Length. Lines end in CRLF or, as httparse
+/// also accepts, a bare LF; the head ends at the first empty line.
+fn head_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|b| *b == b'\n')
+        .skip(1)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.iter().position(|b| *b == b':').map(|i| &line[..i]))
+        .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"content-length"))
+}
+
+/// Where a request head ends in `buf` (the index just past its empty line), if it does.
+/// `from` is where to start looking; the caller passes where the previous search stopped.
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(2);
+    (start..buf.len()).find_map(|i| {
+        if buf[i] != b'\n' {
+            return None;
+        }
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        version: Version,
+        uri: &str,
+        headers: &[(&str, &str)],
+        raw: Option<&str>,
+    ) -> Request<()> {
+        let mut b = http::Request::builder()
+            .method("PATCH")
+            .uri(uri)
+            .version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut req = b.body(()).unwrap();
+        if let Some(raw) = raw {
+            req.extensions_mut()
+                .insert(RawHead(Bytes::from(raw.to_string())));
+        }
+        req
+    }
+
+    const PATH: &str = "/findings/batchupdate";
+
+    #[test]
+    fn an_ordinary_request_passes() {
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[
+                ("host", "h"),
+                ("content-length", "2"),
+                ("authorization", "x"),
+            ],
+            None,
+        );
+        assert!(check(&p).is_ok());
+        // h2: the URI carries scheme and authority, which is how h2 always looks.
+        let p = request(
+            Version::HTTP_2,
+            &format!("https://hubgate.example{PATH}"),
+            &[],
+            None,
+        );
+        assert!(check(&p).is_ok());
+    }
+
+    #[test]
+    fn absolute_and_authority_form_targets_are_refused_in_http1() {
+        let p = request(
+            Version::HTTP_11,
+            &format!("http://evil.example{PATH}"),
+            &[],
+            None,
+        );
+        let err = check(&p).unwrap_err();
+        assert!(err.is_target(), "{err}");
+        assert!(err.to_string().contains("http://evil.example"), "{err}");
+        let p = request(Version::HTTP_11, "evil.example:443", &[], None);
+        assert!(check(&p).unwrap_err().is_target());
+    }
+
+    #[test]
+    fn length_and_transfer_encoding_are_refused_whatever_hyper_kept() {
+        // Both headers still present.
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("content-length", "5"), ("transfer-encoding", "chunked")],
+            None,
+        );
+        assert!(matches!(
+            check(&p),
+            Err(FramingError::LengthAndTransferEncoding)
+        ));
+        // hyper dropped Content-Length; the raw head still has it, in any case and either
+        // order, with CRLF or bare LF line ends.
+        for raw in [
+            "PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PATCH /findings/batchupdate HTTP/1.1\r\nTransfer-Encoding:   chunked\r\nCONTENT-LENGTH:5\r\n\r\n",
+            "PATCH /findings/batchupdate HTTP/1.1\nTransfer-Encoding: chunked\ncontent-length: 5\n\n",
+        ] {
+            let p = request(
+                Version::HTTP_11,
+                PATH,
+                &[("transfer-encoding", "chunked")],
+                Some(raw),
+            );
+            assert!(
+                matches!(check(&p), Err(FramingError::LengthAndTransferEncoding)),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_chunked_request_passes_only_with_its_own_raw_head() {
+        let raw =
+            "PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("transfer-encoding", "chunked")],
+            Some(raw),
+        );
+        assert!(check(&p).is_ok());
+        // A Content-Length in the body (after the empty line) is not a header.
+        let raw_body = format!("{raw}content-length: 3\r\n");
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("transfer-encoding", "chunked")],
+            Some(&raw_body),
+        );
+        assert!(check(&p).is_ok());
+        // No raw head, or another request's: refused, not guessed about.
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("transfer-encoding", "chunked")],
+            None,
+        );
+        assert!(matches!(check(&p), Err(FramingError::UnverifiedChunked)));
+        let other = "GET /accounts HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("transfer-encoding", "chunked")],
+            Some(other),
+        );
+        assert!(matches!(check(&p), Err(FramingError::UnverifiedChunked)));
+    }
+
+    #[test]
+    fn security_headers_may_appear_once() {
+        for name in SINGLE_VALUED {
+            let p = request(Version::HTTP_11, PATH, &[(name, "a"), (name, "b")], None);
+            match check(&p) {
+                Err(FramingError::DuplicateHeader(n)) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // Other headers may repeat.
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("accept", "a"), ("accept", "b")],
+            None,
+        );
+        assert!(check(&p).is_ok());
+    }
+
+    #[test]
+    fn head_end_finds_the_empty_line_across_reads() {
+        let head = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody";
+        assert_eq!(head_end(head, 0), Some(head.len() - 4));
+        // Found when the empty line arrives in a later read.
+        let split = head.len() - 5;
+        assert_eq!(head_end(&head[..split], 0), None);
+        assert_eq!(head_end(head, split), Some(head.len() - 4));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: h\n\n", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n", 0), None);
+    }
+}
