@@ -18,6 +18,17 @@ Standard library + botocore only. It
                            (delay applies to Security Hub routes only; MODE for the
                            BatchUpdateFindings answer: "off" (default), "accept" = gzip it when
                            the request's Accept-Encoding allows gzip, "always" = gzip it anyway)
+                           quota knobs (all off after reset):
+                           "quota": true|false   per-operation token buckets with Security Hub's
+                               documented quotas (QUOTAS below); a call over quota is answered 429
+                               TooManyRequestsException "Rate exceeded" and not applied. Setting
+                               "quota" or "quota_limits" refills every bucket.
+                           "quota_limits": {"GetFindings": [rate, burst], "default": [...], ...}
+                           "throttle_next": {"GetFindings": N, ...}  throttle the next N calls of
+                               that operation whatever the quota (quota on or off; replaces the
+                               previous count; such a call takes no token)
+    GET  /_fake/stats      per operation: {"calls", "throttled"} (+ "findings_processed" and
+                           "findings_unprocessed" for BatchUpdateFindings); reset clears them
 
 Usage:
     python tests/fake_securityhub.py --host 127.0.0.1 --port N --access-key AK \
@@ -52,6 +63,26 @@ SERVICE = "securityhub"
 MAX_FILTER_VALUES = 20
 MAX_FILTER_ATTRIBUTES = 10
 HUB_ARN = "arn:aws:securityhub:us-east-1:111111111111:hub/default"
+
+# Security Hub's documented quotas per account and Region: operation -> (requests/s, burst)
+QUOTAS = {
+    "GetFindings": (3.0, 6),
+    "BatchUpdateFindings": (10.0, 30),
+    "BatchImportFindings": (10.0, 30),
+    "UpdateFindings": (1.0, 5),
+}
+DEFAULT_QUOTA = (10.0, 30)  # every other operation
+
+# (method, path) -> operation name, for quotas and stats; implemented or not (an operation the
+# fake does not implement is still counted and throttled, then answered 404).
+OPERATIONS = {
+    ("POST", "/findings"): "GetFindings",
+    ("PATCH", "/findings/batchupdate"): "BatchUpdateFindings",
+    ("POST", "/findings/import"): "BatchImportFindings",
+    ("GET", "/accounts"): "DescribeHub",
+    ("PATCH", "/findings"): "UpdateFindings",
+    ("PATCH", "/findingsv2/batchupdate"): "BatchUpdateFindingsV2",
+}
 
 SEVERITY_LABELS = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
 LABEL_TO_NORMALIZED = {"INFORMATIONAL": 0, "LOW": 1, "MEDIUM": 40, "HIGH": 70, "CRITICAL": 90}
@@ -88,6 +119,25 @@ def label_from_normalized(n: int) -> str:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class TokenBucket:
+    """rate tokens/s up to burst, starting full; not thread-safe (State.lock guards it)."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class ApiError(Exception):
@@ -194,6 +244,49 @@ class State:
         self.delay_ms = 0
         self.page_size = 100
         self.gzip_batch_update = "off"  # off | accept | always
+        self.quota = False
+        self.quota_limits: dict[str, tuple[float, float]] = {}  # overrides of QUOTAS
+        self.buckets: dict[str, TokenBucket] = {}
+        self.throttle_next: dict[str, int] = {}
+        self.stats: dict[str, dict] = {}
+
+    def limit(self, op: str) -> tuple[float, float]:
+        return self.quota_limits.get(op) or QUOTAS.get(op) \
+            or self.quota_limits.get("default") or DEFAULT_QUOTA
+
+    def refill(self):
+        self.buckets = {}
+
+    def op_stats(self, op: str) -> dict:
+        st = self.stats.get(op)
+        if st is None:
+            st = self.stats[op] = {"calls": 0, "throttled": 0}
+            if op == "BatchUpdateFindings":
+                st.update(findings_processed=0, findings_unprocessed=0)
+        return st
+
+    def admit(self, op: str) -> bool:
+        """Count a call of op; False if it is throttled (throttle_next, then the quota)."""
+        st = self.op_stats(op)
+        st["calls"] += 1
+        if self.throttle_next.get(op, 0) > 0:
+            self.throttle_next[op] -= 1
+            st["throttled"] += 1
+            return False
+        if self.quota:
+            bucket = self.buckets.get(op)
+            if bucket is None:
+                bucket = self.buckets[op] = TokenBucket(*self.limit(op))
+            if not bucket.take():
+                st["throttled"] += 1
+                return False
+        return True
+
+    def config_view(self) -> dict:
+        return {"delay_ms": self.delay_ms, "page_size": self.page_size,
+                "gzip_batch_update": self.gzip_batch_update, "quota": self.quota,
+                "quota_limits": {k: list(v) for k, v in self.quota_limits.items()},
+                "throttle_next": dict(self.throttle_next)}
 
 
 # ---------------------------------------------------------------------------
@@ -382,6 +475,35 @@ ROUTES = {
 }
 
 
+def _parse_quota_config(arg: dict) -> dict:
+    """The quota knobs of a /_fake/config body, checked; raises ValueError."""
+    out = {}
+    if "quota" in arg:
+        if not isinstance(arg["quota"], bool):
+            raise ValueError("quota: true|false")
+        out["quota"] = arg["quota"]
+    if "quota_limits" in arg:
+        limits = arg["quota_limits"]
+        if not isinstance(limits, dict):
+            raise ValueError('quota_limits: {"Operation": [rate, burst], ...}')
+        parsed = {}
+        for op, pair in limits.items():
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                               for x in pair)
+                    or pair[0] <= 0 or pair[1] < 1):
+                raise ValueError(f"quota_limits.{op}: [rate > 0, burst >= 1]")
+            parsed[op] = (float(pair[0]), float(pair[1]))
+        out["quota_limits"] = parsed
+    if "throttle_next" in arg:
+        nxt = arg["throttle_next"]
+        if not isinstance(nxt, dict) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in nxt.values()):
+            raise ValueError('throttle_next: {"Operation": N >= 0, ...}')
+        out["throttle_next"] = dict(nxt)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # HTTP
 
@@ -463,6 +585,11 @@ class Handler(BaseHTTPRequestHandler):
         if key == ("GET", "/_fake/requests"):
             with st.lock:
                 return self._send(200, list(st.requests))
+        if key == ("GET", "/_fake/stats"):
+            with st.lock:
+                for op in ("GetFindings", "BatchUpdateFindings"):
+                    st.op_stats(op)
+                return self._send(200, copy.deepcopy(st.stats))
         if key == ("POST", "/_fake/reset"):
             with st.lock:
                 st.reset()
@@ -479,8 +606,18 @@ class Handler(BaseHTTPRequestHandler):
                     if arg["gzip_batch_update"] not in ("off", "accept", "always"):
                         return self._send(400, {"message": "gzip_batch_update: off|accept|always"})
                     st.gzip_batch_update = arg["gzip_batch_update"]
-                cfg = {"delay_ms": st.delay_ms, "page_size": st.page_size,
-                       "gzip_batch_update": st.gzip_batch_update}
+                try:
+                    quota_cfg = _parse_quota_config(arg)
+                except ValueError as e:
+                    return self._send(400, {"message": str(e)})
+                if "quota" in quota_cfg:
+                    st.quota = quota_cfg["quota"]
+                if "quota_limits" in quota_cfg:
+                    st.quota_limits = quota_cfg["quota_limits"]
+                if "quota" in quota_cfg or "quota_limits" in quota_cfg:
+                    st.refill()
+                st.throttle_next.update(quota_cfg.get("throttle_next", {}))
+                cfg = st.config_view()
             return self._send(200, cfg)
         return self._send(404, {"message": f"no control route {self.command} {path}"})
 
@@ -512,6 +649,17 @@ class Handler(BaseHTTPRequestHandler):
                 self.command, self.path, self.headers, body, self.access_key,
                 self.secret_key, self.region, self.extra_credentials)
             record["signature_valid"] = True
+            op_name = OPERATIONS.get((self.command, split.path))
+            if op_name is not None:
+                record["operation"] = op_name
+                with st.lock:
+                    admitted = st.admit(op_name)
+                if not admitted:
+                    record["throttled"] = True
+                    record["status"] = 429
+                    headers["x-amzn-ErrorType"] = "TooManyRequestsException"
+                    return self._send(429, {"__type": "TooManyRequestsException",
+                                            "message": "Rate exceeded"}, headers)
             op = ROUTES.get((self.command, split.path))
             if op is None:
                 raise ApiError(404, "ResourceNotFoundException",
@@ -529,6 +677,11 @@ class Handler(BaseHTTPRequestHandler):
             record["status"] = e.status
             return self._send(e.status, {"message": e.message}, headers)
         record["status"] = 200
+        if op_name == "BatchUpdateFindings":
+            with st.lock:
+                bs = st.op_stats(op_name)
+                bs["findings_processed"] += len(result["ProcessedFindings"])
+                bs["findings_unprocessed"] += len(result["UnprocessedFindings"])
         gzip_body = (self.command, split.path) == ("PATCH", "/findings/batchupdate") and (
             gzip_mode == "always"
             or (gzip_mode == "accept" and accepts_gzip(self.headers.get("Accept-Encoding"))))

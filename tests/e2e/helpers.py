@@ -307,7 +307,30 @@ class FakeUpstream:
                 and (path is None or r["path"] == path)]
 
     def configure(self, **cfg):
+        """POST /_fake/config: delay_ms, page_size, gzip_batch_update, quota (bool),
+        quota_limits ({"GetFindings": [rate, burst], ...}), throttle_next ({"GetFindings": N})."""
         return self._ctl("POST", "config", cfg)
+
+    def quota_on(self, **limits):
+        """Turn on the fake's per-operation quotas (AWS's, or limits Op=(rate, burst)); the
+        buckets start full."""
+        cfg = {"quota": True}
+        if limits:
+            cfg["quota_limits"] = {op: list(v) for op, v in limits.items()}
+        return self.configure(**cfg)
+
+    def throttle_next(self, **counts):
+        """Throttle the next N calls of each operation: throttle_next(GetFindings=2)."""
+        return self.configure(throttle_next=counts)
+
+    def stats(self) -> dict:
+        """GET /_fake/stats: {operation: {"calls", "throttled"[, "findings_processed",
+        "findings_unprocessed"]}}."""
+        return self._ctl("GET", "stats")
+
+    def op_stats(self, op: str) -> dict:
+        """One operation's stats (zeros if it was never called)."""
+        return self.stats().get(op) or {"calls": 0, "throttled": 0}
 
     def get_findings_calls(self) -> list[dict]:
         return [json.loads(r["body"]) for r in self.requests("POST", "/findings")]
@@ -333,6 +356,10 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
     if isinstance(v, str):
         return json.dumps(v)
     if isinstance(v, list):

@@ -1,0 +1,280 @@
+"""Security Hub's quotas (notes/quota-spec.md): pacing, throttles as 429 THROTTLED, lookups that
+are made only when needed, and a cache that a forwarded update writes through.
+
+Every test runs an isolated hubgate in front of its own fake with the fake's quota mode on (AWS's
+documented quotas; `throttle_next` throttles the next calls of an operation whatever the quota)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from helpers import (
+    CALLERS,
+    MEMBER_ACCOUNT,
+    REGION,
+    assert_envelope,
+    decision_id_of_boto,
+    finding,
+    ident,
+)
+
+LOWER = "member accounts may not lower a finding's severity"
+
+
+def severity(fid: str, label: str) -> dict:
+    return {"FindingIdentifiers": [ident(fid)], "Severity": {"Label": label}}
+
+
+def note(*fids: str, text: str = "triaged") -> dict:
+    return {"FindingIdentifiers": [ident(f) for f in fids],
+            "Note": {"Text": text, "UpdatedBy": "quota-e2e"}}
+
+
+def retrying_client(hg, who: str = "member", max_attempts: int = 10):
+    """A boto3 client as SOAR playbooks configure it: standard retries, which back off on
+    ThrottlingException."""
+    creds = CALLERS[who]
+    return boto3.session.Session().client(
+        "securityhub", endpoint_url=hg.url, region_name=REGION,
+        aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+        config=Config(retries={"mode": "standard", "max_attempts": max_attempts},
+                      connect_timeout=5, read_timeout=30))
+
+
+def throttled_total(hg, operation: str) -> float:
+    samples = {}
+    for family in text_string_to_metric_families(hg.admin("/metrics").text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples.get(("hubgate_upstream_throttled_total",
+                        frozenset({"operation": operation}.items())), 0.0)
+
+
+@pytest.fixture
+def quota_fake(make_fake):
+    """A fake seeded with SEED, enforcing Security Hub's documented quotas."""
+    fake = make_fake()
+    fake.quota_on()
+    return fake
+
+
+@pytest.fixture
+def pair(quota_fake, make_hubgate):
+    """pair(overrides) -> hubgate in front of quota_fake."""
+    def make(overrides: dict | None = None):
+        return make_hubgate(overrides or {}, fake=quota_fake)
+    return make
+
+
+CACHED = {"enrichment": {"enabled": True, "cache_ttl_ms": 60000}}
+
+
+# ---------------------------------------------------------------------------
+# throttled lookups
+
+
+def test_throttled_lookup_is_429_throttled_and_nothing_is_forwarded(pair, quota_fake):
+    """Security Hub throttles every GetFindings: hubgate retries within quota.max_wait_ms, then
+    answers 429 ThrottlingException (which SDKs back off on) and forwards nothing."""
+    hg = pair({"quota": {"max_wait_ms": 300}})
+    quota_fake.throttle_next(GetFindings=1000)
+    started = time.monotonic()
+    resp = hg.buf(severity("f-own-high", "CRITICAL"), who="member")
+    elapsed = time.monotonic() - started
+    body = assert_envelope(resp, 429, "THROTTLED", "ThrottlingException")
+    assert elapsed < 3, f"hubgate held the request {elapsed:.1f}s with max_wait_ms = 300"
+
+    gf = quota_fake.op_stats("GetFindings")
+    assert gf["calls"] >= 1 and gf["throttled"] == gf["calls"], gf
+    assert quota_fake.op_stats("BatchUpdateFindings")["calls"] == 0
+    assert quota_fake.buf_calls() == []
+    assert quota_fake.findings()["f-own-high"]["Severity"]["Label"] == "HIGH"
+
+    rec = hg.audit_for(body["error"]["request_id"])
+    assert rec["status"] == 429 and rec["forwarded"] is False, rec
+    assert rec["error"]["code"] == "THROTTLED", rec
+    assert throttled_total(hg, "GetFindings") == gf["throttled"]
+
+
+def test_boto3_member_call_succeeds_through_throttled_lookups(pair, quota_fake):
+    """Two throttled GetFindings: hubgate retries them itself, or answers 429 and boto3's
+    standard retry mode backs off and tries again. Either way the caller sees success, and
+    every attempt has its audit record."""
+    hg = pair()
+    quota_fake.throttle_next(GetFindings=2)
+    resp = retrying_client(hg).batch_update_findings(**severity("f-own-high", "CRITICAL"))
+    assert resp["ProcessedFindings"] == [ident("f-own-high")]
+    assert resp["UnprocessedFindings"] == []
+    assert quota_fake.findings()["f-own-high"]["Severity"]["Label"] == "CRITICAL"
+
+    gf = quota_fake.op_stats("GetFindings")
+    assert gf == {"calls": 3, "throttled": 2}, gf
+    assert quota_fake.op_stats("BatchUpdateFindings")["calls"] == 1
+
+    hg.audit_for(decision_id_of_boto(resp))
+    records = hg.audit_records()
+    assert len(records) == resp["ResponseMetadata"]["RetryAttempts"] + 1, records
+    *retried, last = records
+    assert last["status"] == 200 and last["forwarded"] is True, last
+    for rec in retried:  # a throttle boto3 retried: 429 THROTTLED, nothing forwarded
+        assert rec["status"] == 429 and rec["error"]["code"] == "THROTTLED", rec
+        assert rec["throttled"] is True and rec["forwarded"] is False, rec
+    assert sum(r["metrics"]["counter_lookup_calls"] for r in records) == gf["calls"]
+
+
+def test_audit_says_throttled_and_counts_the_failed_lookup_calls(pair, quota_fake):
+    hg = pair({"quota": {"max_wait_ms": 1000}})
+    ok = hg.buf(note("f-own-medium"), who="member")
+    assert ok.status == 200, ok.text
+    ok_rec = hg.audit_for(ok.headers["x-hubgate-decision-id"])
+    assert ok_rec["throttled"] is False, ok_rec
+    assert ok_rec["metrics"]["counter_lookup_calls"] == 1, ok_rec
+
+    quota_fake.throttle_next(GetFindings=1000)
+    before = quota_fake.op_stats("GetFindings")["calls"]
+    resp = hg.buf(note("f-own-high"), who="member")
+    assert_envelope(resp, 429, "THROTTLED", "ThrottlingException")
+    made = quota_fake.op_stats("GetFindings")["calls"] - before
+    assert made >= 1
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["throttled"] is True, rec
+    assert rec["metrics"]["counter_lookup_calls"] == made, (rec["metrics"], made)
+    assert rec["forwarded"] is False and rec["status"] == 429, rec
+
+
+def test_own_pacing_that_runs_out_of_time_is_429_throttled(pair, quota_fake):
+    """hubgate's own GetFindings bucket (1 token, then one per 5 s) is empty: the second request
+    waits max_wait_ms for a token, gets 429 THROTTLED and Security Hub sees no call for it."""
+    hg = pair({"quota": {"max_wait_ms": 300},
+               "quota.limits": {"GetFindings": {"rate": 0.2, "burst": 1}}})
+    assert hg.buf(note("f-own-high"), who="member").status == 200
+    resp = hg.buf(note("f-own-medium"), who="member")
+    assert_envelope(resp, 429, "THROTTLED", "ThrottlingException")
+    assert quota_fake.op_stats("GetFindings") == {"calls": 1, "throttled": 0}
+    assert len(quota_fake.buf_calls()) == 1
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["throttled"] is True and rec["forwarded"] is False, rec
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec
+
+
+# ---------------------------------------------------------------------------
+# pacing
+
+
+def test_pacing_keeps_four_concurrent_callers_under_the_get_findings_quota(pair, quota_fake):
+    """4 callers x 5 member updates of 20 distinct findings: 20 GetFindings at 3/s burst 6.
+    hubgate, paced at the fake's own quota, is never throttled by it."""
+    hg = pair({"quota": {"max_wait_ms": 10000},
+               "quota.limits": {"GetFindings": {"rate": 3.0, "burst": 6},
+                                "BatchUpdateFindings": {"rate": 10.0, "burst": 30}}})
+    ids = [f"q-{i:03d}" for i in range(400)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in ids])
+    errors, done = [], []
+
+    def worker(w: int):
+        client = retrying_client(hg)
+        try:
+            for k in range(5):
+                start = (w * 5 + k) * 20
+                resp = client.batch_update_findings(**note(*ids[start:start + 20]))
+                assert len(resp["ProcessedFindings"]) == 20, resp
+                done.append(resp)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    assert not any(t.is_alive() for t in threads), "callers still running after 40 s"
+    assert errors == [] and len(done) == 20, errors
+
+    gf = quota_fake.op_stats("GetFindings")
+    assert gf["throttled"] == 0, f"Security Hub throttled hubgate's lookups: {gf}"
+    assert 20 <= gf["calls"] <= 24, f"400 ids need 20 GetFindings of 20 ids: {gf}"
+    buf = quota_fake.op_stats("BatchUpdateFindings")
+    assert buf["throttled"] == 0 and buf["findings_processed"] == 400, buf
+    assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in ids)
+
+
+# ---------------------------------------------------------------------------
+# the cache: written through on success, untouched on a throttled forward
+
+
+def test_forwarded_update_is_written_through_to_the_cache(pair, quota_fake):
+    """The member raises HIGH to CRITICAL; someone outside hubgate then sets MEDIUM. Within the
+    cache TTL the next decision judges the written-through CRITICAL from the cache (no lookup):
+    HIGH is a lowering. A stale cache (HIGH) or a fresh lookup (MEDIUM) would allow it."""
+    hg = pair(CACHED)
+    raised = hg.buf(severity("f-own-high", "CRITICAL"), who="member")
+    assert raised.status == 200, raised.text
+    first = hg.audit_for(raised.headers["x-hubgate-decision-id"])
+    assert first["metrics"]["counter_lookup_calls"] == 1, first
+    assert quota_fake.findings()["f-own-high"]["Severity"]["Label"] == "CRITICAL"
+
+    quota_fake.add_findings([finding("f-own-high", MEMBER_ACCOUNT, "MEDIUM", 45)])
+    resp = hg.buf(severity("f-own-high", "HIGH"), who="member")
+    assert resp.status == 403, resp.text
+    assert f"{LOWER} (CRITICAL to HIGH)" in resp.json()["error"]["message"], resp.text
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["metrics"]["counter_cache_hits"] == 1, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert quota_fake.op_stats("GetFindings")["calls"] == 1
+
+
+def test_throttled_forward_leaves_the_cache_unchanged(pair, quota_fake):
+    """Security Hub throttles the member's raise to CRITICAL: 429 THROTTLED, nothing applied.
+    The fake is then set to CRITICAL behind hubgate's back. Asking for HIGH again is allowed
+    only if the cache still holds HIGH: a written-through cache (CRITICAL) or a fresh lookup
+    (CRITICAL) would call it a lowering."""
+    hg = pair(CACHED)
+    quota_fake.throttle_next(BatchUpdateFindings=1)
+    resp = hg.buf(severity("f-own-high", "CRITICAL"), who="member")
+    assert_envelope(resp, 429, "THROTTLED", "ThrottlingException")
+    assert quota_fake.op_stats("BatchUpdateFindings") == {
+        "calls": 1, "throttled": 1, "findings_processed": 0, "findings_unprocessed": 0}
+    assert quota_fake.findings()["f-own-high"]["Severity"]["Label"] == "HIGH"
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["throttled"] is True and rec["status"] == 429, rec
+    assert rec["upstream_status"] == 429, rec
+    assert rec["metrics"]["counter_lookup_calls"] == 1, rec["metrics"]
+    assert throttled_total(hg, "BatchUpdateFindings") == 1
+
+    quota_fake.add_findings([finding("f-own-high", MEMBER_ACCOUNT, "CRITICAL", 90)])
+    again = hg.buf(severity("f-own-high", "HIGH"), who="member")
+    assert again.status == 200, again.text
+    rec = hg.audit_for(again.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_cache_hits"] == 1, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert rec["throttled"] is False, rec
+    assert quota_fake.op_stats("GetFindings")["calls"] == 1
+
+
+# ---------------------------------------------------------------------------
+# look up only what the decision needs
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"Note": {"Text": "seen by the SOC", "UpdatedBy": "admin"}}, id="note"),
+    pytest.param({"Workflow": {"Status": "NOTIFIED"}}, id="status"),
+])
+def test_admin_update_makes_no_lookup(pair, quota_fake, change):
+    hg = pair()
+    body = {"FindingIdentifiers": [ident("f-own-high"), ident("f-other"), ident("f-admin")],
+            **change}
+    resp = hg.buf(body, who="admin")
+    assert resp.status == 200, resp.text
+    assert len(resp.json()["ProcessedFindings"]) == 3
+    assert quota_fake.op_stats("GetFindings")["calls"] == 0
+    assert quota_fake.get_findings_calls() == []
+    rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert rec["forwarded"] is True and rec["throttled"] is False, rec
