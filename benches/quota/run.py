@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""hubgate quota benchmark: what Security Hub's per-account quotas cost callers behind hubgate.
+
+    .venv/bin/python benches/quota/run.py --bin target/release/hubgate
+
+Starts the fake Security Hub (tests/fake_securityhub.py with TCP_NODELAY, quota mode on:
+GetFindings 3/s burst 6, BatchUpdateFindings 10/s burst 30) and, per hubgate run, a fresh hubgate
+(default quota settings, enrichment.cache_ttl_ms = 5000) on free 127.0.0.1 ports. Each scenario runs
+direct (boto3 signing with the fake's upstream key, as a caller without hubgate) and through hubgate
+(the e2e suite's member / admin keys), every client with
+Config(retries={"mode": "standard", "max_attempts": 10}):
+
+  bulk   2,000 HIGH findings of the member's account; the member raises them to CRITICAL with a note,
+         20 BatchUpdateFindings of 100 sent by 4 concurrent workers (a SOAR playbook).
+  admin  300 findings; the administrator adds a note to all of them (3 requests of 100), twice.
+
+Prints a Markdown table and writes it to benches/quota/results.md. Exit status 1 if a caller saw an
+error (an exception after boto3's retries) through hubgate, a run timed out or the findings did not
+end in the requested state; 2 on a setup failure. Nothing but 127.0.0.1 is contacted; no cargo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+import helpers as h  # noqa: E402  (the e2e suite's helpers: processes, config, keys)
+
+# The stock fake pins every response at ~44 ms (Nagle + delayed ACK); see benches/load.
+h.FAKE_SCRIPT = REPO / "benches" / "load" / "fake_nodelay.py"
+
+RETRIES = {"mode": "standard", "max_attempts": 10}
+HUBGATE_OVERRIDES = {
+    "upstream": {"timeout_ms": 10000},
+    "enrichment": {"enabled": True, "cache_ttl_ms": 5000},
+}
+
+
+# ---------------------------------------------------------------------------
+# one run
+
+
+@dataclass
+class Run:
+    scenario: str
+    via: str  # "direct" | "hubgate"
+    wall_s: float = 0.0
+    calls: int = 0
+    errors: list = field(default_factory=list)
+    retries: int = 0  # boto3 retries of successful calls
+    timed_out: bool = False
+    applied: int = 0  # findings the fake processed
+    state_ok: int = 0  # findings in the requested end state
+    expected: int = 0
+    gf_calls: int = 0
+    gf_throttled: int = 0
+    buf_calls: int = 0
+    buf_ok: int = 0
+    buf_throttled: int = 0
+    hubgate_429: int = 0  # hubgate's own 429 THROTTLED answers (audit)
+    hubgate_5xx: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.applied / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def gf_per_update(self) -> float | None:
+        return self.gf_calls / self.buf_ok if self.buf_ok else None
+
+
+def client_for(endpoint: str, creds: h.Creds):
+    return boto3.session.Session().client(
+        "securityhub", endpoint_url=endpoint, region_name=h.REGION,
+        aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+        config=Config(retries=dict(RETRIES), connect_timeout=5, read_timeout=30,
+                      max_pool_connections=8))
+
+
+def drive(endpoint: str, creds: h.Creds, bodies: list[dict], workers: int,
+          timeout: float, run: Run):
+    """Send bodies (BatchUpdateFindings) with `workers` threads, one client each."""
+    work: queue.Queue = queue.Queue()
+    for b in bodies:
+        work.put(b)
+    deadline = time.monotonic() + timeout
+    lock = threading.Lock()
+
+    def worker():
+        client = client_for(endpoint, creds)
+        while time.monotonic() < deadline:
+            try:
+                body = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                resp = client.batch_update_findings(**body)
+                with lock:
+                    run.calls += 1
+                    run.retries += resp["ResponseMetadata"].get("RetryAttempts", 0)
+                    if resp.get("UnprocessedFindings"):
+                        run.errors.append(f"UnprocessedFindings: {resp['UnprocessedFindings'][:2]}")
+            except Exception as e:  # noqa: BLE001 - caller-visible error, reported
+                with lock:
+                    run.calls += 1
+                    run.errors.append(f"{type(e).__name__}: {e}"[:300])
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()) + 1)
+    run.wall_s = time.monotonic() - started
+    if any(t.is_alive() for t in threads) or not work.empty():
+        run.timed_out = True
+
+
+# ---------------------------------------------------------------------------
+# scenarios
+
+
+def bulk_seed(n: int) -> list[dict]:
+    return [h.finding(f"bulk-{i:05d}", h.MEMBER_ACCOUNT, "HIGH") for i in range(n)]
+
+
+def bulk_bodies(seed: list[dict]) -> list[dict]:
+    ids = [f["Id"] for f in seed]
+    return [{"FindingIdentifiers": [h.ident(i) for i in ids[k:k + 100]],
+             "Severity": {"Label": "CRITICAL"},
+             "Note": {"Text": "raised by playbook", "UpdatedBy": "soar"}}
+            for k in range(0, len(ids), 100)]
+
+
+def bulk_ok(f: dict) -> bool:
+    return f["Severity"]["Label"] == "CRITICAL" and f["Note"]["Text"] == "raised by playbook"
+
+
+def admin_seed(n: int) -> list[dict]:
+    accounts = [h.MEMBER_ACCOUNT, h.OTHER_ACCOUNT, h.ADMIN_ACCOUNT]
+    return [h.finding(f"adm-{i:04d}", accounts[i % 3], "MEDIUM") for i in range(n)]
+
+
+def admin_bodies(seed: list[dict]) -> list[dict]:
+    ids = [f["Id"] for f in seed]
+    once = [{"FindingIdentifiers": [h.ident(i) for i in ids[k:k + 100]],
+             "Note": {"Text": "reviewed by the SOC", "UpdatedBy": "admin"}}
+            for k in range(0, len(ids), 100)]
+    return once + [dict(b) for b in once]
+
+
+def admin_ok(f: dict) -> bool:
+    return f["Note"]["Text"] == "reviewed by the SOC"
+
+
+SCENARIOS = {
+    # key: (title, seed, bodies, end-state check, hubgate caller, workers)
+    "bulk": ("Bulk triage: member raises 2,000 findings to CRITICAL + note, 20 x 100, 4 workers",
+             bulk_seed, bulk_bodies, bulk_ok, h.MEMBER, 4),
+    "admin": ("Admin notes twice: 300 findings, 3 x 100, twice, 1 worker",
+              admin_seed, admin_bodies, admin_ok, h.ADMIN, 1),
+}
+
+
+def run_one(key: str, via: str, n: int, fake: h.FakeUpstream, workdir: Path,
+            timeout: float) -> Run:
+    title, seed_fn, bodies_fn, ok_fn, caller, workers = SCENARIOS[key]
+    seed = seed_fn(n)
+    fake.reset()
+    fake.add_findings(seed)
+    fake.quota_on()  # full buckets
+    run = Run(key, via, expected=len(seed))
+    gate = None
+    try:
+        if via == "hubgate":
+            gate = h.Hubgate(workdir / f"hubgate-{key}", fake.endpoint, HUBGATE_OVERRIDES)
+            gate.start(ready_timeout=30)
+            endpoint, creds = gate.url, caller
+        else:
+            endpoint, creds = fake.endpoint, h.Creds(h.UPSTREAM_KEY, h.UPSTREAM_SECRET)
+        print(f"--- {key} / {via}", flush=True)
+        drive(endpoint, creds, bodies_fn(seed), workers, timeout, run)
+        stats = fake.stats()
+        gf = stats.get("GetFindings", {})
+        buf = stats.get("BatchUpdateFindings", {})
+        run.gf_calls, run.gf_throttled = gf.get("calls", 0), gf.get("throttled", 0)
+        run.buf_calls, run.buf_throttled = buf.get("calls", 0), buf.get("throttled", 0)
+        run.applied = buf.get("findings_processed", 0)
+        run.buf_ok = sum(1 for r in fake.requests("PATCH", "/findings/batchupdate")
+                         if r.get("status") == 200)
+        findings = fake.findings()
+        run.state_ok = sum(1 for f in seed if ok_fn(findings[f["Id"]]))
+        if gate is not None:
+            time.sleep(0.3)  # let the audit sink catch up
+            for rec in gate.audit_records():
+                if rec.get("status") == 429:
+                    run.hubgate_429 += 1
+                elif (rec.get("status") or 0) >= 500:
+                    run.hubgate_5xx += 1
+    finally:
+        if gate is not None:
+            gate.stop()
+    return run
+
+
+# ---------------------------------------------------------------------------
+# report
+
+
+def fmt(v, spec="{:.2f}") -> str:
+    return "–" if v is None else spec.format(v)
+
+
+def table(runs: list[Run]) -> str:
+    direct = {r.scenario: r for r in runs if r.via == "direct"}
+    out = ["| scenario | via | wall s | findings applied/s | vs direct | caller errors | "
+           "boto3 retries | GetFindings upstream | GetFindings throttled | GetFindings per "
+           "applied update | BUF throttled | hubgate 429 / 5xx | end state |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        d = direct.get(r.scenario)
+        rel = (r.rate / d.rate) if (d and d.rate and r.via == "hubgate") else None
+        end = f"{r.state_ok}/{r.expected}" + (" TIMED OUT" if r.timed_out else "")
+        hub = f"{r.hubgate_429} / {r.hubgate_5xx}" if r.via == "hubgate" else "–"
+        out.append(
+            f"| {r.scenario} | {r.via} | {r.wall_s:.1f} | {r.rate:.0f} | "
+            f"{fmt(rel, '{:.2f}x')} | {len(r.errors)} | {r.retries} | {r.gf_calls} | "
+            f"{r.gf_throttled} | {fmt(r.gf_per_update)} | {r.buf_throttled} | {hub} | {end} |")
+    return "\n".join(out)
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def report(args, runs: list[Run]) -> str:
+    binary = Path(args.bin).resolve()
+    if args.direct_only:
+        built = "not used (--direct-only)"
+    else:
+        mtime = dt.datetime.fromtimestamp(binary.stat().st_mtime, dt.timezone.utc)
+        built = f"{binary} (modified {mtime:%Y-%m-%d %H:%M} UTC)"
+    lines = [
+        "# hubgate quota benchmark",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {git_rev()} "
+        f"(working tree may differ); nproc {os.cpu_count()}, load average at the start "
+        f"{args.loadavg[0]:.2f} / {args.loadavg[1]:.2f}",
+        f"- binary: {built}",
+        "- fake Security Hub: tests/fake_securityhub.py with TCP_NODELAY, quota mode on (AWS's "
+        "quotas: GetFindings 3/s burst 6, BatchUpdateFindings 10/s burst 30), buckets full at the "
+        "start of each run",
+        "- hubgate: a fresh process per run, default `[quota]`, enrichment.cache_ttl_ms = 5000, "
+        "shipped policies, audit to a file",
+        f"- callers: boto3 {boto3.__version__}, `Config(retries={RETRIES})`, one client per "
+        f"worker; timeout {args.timeout:.0f} s per run",
+        "",
+        table(runs),
+        "",
+        "- findings applied/s: findings the fake processed / wall time. GetFindings per applied "
+        "update: GetFindings calls the fake received / BatchUpdateFindings it answered 200. "
+        "caller errors: exceptions boto3 raised after its retries. boto3 retries: retries of calls "
+        "that succeeded. hubgate 429 / 5xx: hubgate's answers by status (audit records). "
+        "end state: findings in the requested state afterwards.",
+    ]
+    for r in runs:
+        if r.errors:
+            lines.append(f"- {r.scenario} / {r.via}: {len(r.errors)} caller errors, first: "
+                         f"`{r.errors[0]}`")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+
+
+def _on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin", default=os.environ.get("HUBGATE_BIN",
+                                                    str(REPO / "target/release/hubgate")))
+    ap.add_argument("--workdir", type=Path, help="configs, logs and audit files (default: temp)")
+    ap.add_argument("--results", type=Path, default=HERE / "results.md")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds per run")
+    ap.add_argument("--only", choices=sorted(SCENARIOS), action="append",
+                    help="run only this scenario (repeatable)")
+    ap.add_argument("--direct-only", action="store_true",
+                    help="skip the runs through hubgate (no binary needed)")
+    ap.add_argument("--bulk-findings", type=int, default=2000)
+    ap.add_argument("--admin-findings", type=int, default=300)
+    args = ap.parse_args()
+    args.loadavg = os.getloadavg()
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+
+    h.HUBGATE_BIN = Path(args.bin)
+    if not args.direct_only and not h.HUBGATE_BIN.exists():
+        print(f"hubgate binary not found at {h.HUBGATE_BIN} (--bin / HUBGATE_BIN; build it with "
+              "`cargo build --release`)", file=sys.stderr)
+        return 2
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="hubgate-quota.")
+        args.workdir = Path(tmp.name)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    fake = h.FakeUpstream(args.workdir / "fake.log")
+    runs: list[Run] = []
+    try:
+        fake.start()
+        sizes = {"bulk": args.bulk_findings, "admin": args.admin_findings}
+        vias = ["direct"] if args.direct_only else ["direct", "hubgate"]
+        for key in args.only or list(SCENARIOS):
+            for via in vias:
+                runs.append(run_one(key, via, sizes[key], fake, args.workdir, args.timeout))
+    finally:
+        fake.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+    text = report(args, runs)
+    print(text)
+    args.results.write_text(text)
+    bad = [r for r in runs if r.via == "hubgate" and (r.errors or r.timed_out
+                                                      or r.state_ok != r.expected)]
+    bad += [r for r in runs if r.via == "direct" and (r.timed_out or r.state_ok != r.expected)]
+    for r in bad:
+        print(f"PROBLEM: {r.scenario} / {r.via}: {len(r.errors)} caller errors, "
+              f"timed out: {r.timed_out}, end state {r.state_ok}/{r.expected}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
