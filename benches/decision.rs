@@ -14,10 +14,9 @@ use serde_json::{json, Value};
 use hubgate::enrich::{CurrentFinding, FindingKey};
 use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::{self, Enrichment, RequestFacts};
-use hubgate::policy::judge::{judge, FindingState, Lookup};
+use hubgate::policy::judge::{judge, FindingState, Lookup, LookupFailure};
 use hubgate::policy::PolicySet;
 use hubgate::request::Judged;
-use hubgate::upstream::UpstreamError;
 
 const ARN: &str = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
 
@@ -59,7 +58,8 @@ impl FindingState for MapState {
     fn lookup(
         &self,
         keys: &[FindingKey],
-    ) -> impl std::future::Future<Output = Result<Option<Lookup>, UpstreamError>> + Send {
+        _deadline: std::time::Instant,
+    ) -> impl std::future::Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let current = keys
             .iter()
             .filter_map(|k| self.0.get(k).map(|f| (k.clone(), f.clone())))
@@ -126,6 +126,7 @@ fn decision(c: &mut Criterion) {
                         &facts,
                         Some(&source),
                         false,
+                        std::time::Instant::now() + Duration::from_secs(10),
                     ))
                     .unwrap();
                 assert_eq!(j.passes.len(), 2);

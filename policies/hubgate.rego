@@ -36,6 +36,13 @@ package hubgate
 
 member if input.principal.role == "member"
 
+# Finding state (a GetFindings lookup, which spends the account's quota of 3 per second) is
+# needed only when a rule can use it, and every rule that reads state is about members: an
+# administrator's request is judged on the request alone, with no call to Security Hub.
+# hubgate reads this in the first pass; a policy set that does not define it always looks up.
+# A rule of your own that reads finding state for administrators must extend it.
+needs_state if member
+
 enriched if input.enrichment == "complete"
 
 # The operations whose input.update carries facts. An import's update carries only fields; its

@@ -219,3 +219,13 @@ test_guard_null_fields if {
 	}
 	count(t.deny(t.buf(member, "pending", [t.own("f1")], t.nothing))) == 0
 }
+
+# --- what needs a lookup ---
+
+# Members' requests need finding state (ownership, severity); administrators' do not, so an
+# administrator's note or status change costs no GetFindings call.
+test_needs_state_for_members_only if {
+	data.hubgate.needs_state with input as t.buf(member, "pending", [t.own("f1")], t.note_only("x"))
+	not data.hubgate.needs_state with input as t.buf(admin, "pending", [t.own("f1")], t.note_only("x"))
+	not data.hubgate.needs_state with input as t.buf(admin, "pending", [t.own("f1")], suppress)
+}

@@ -1,21 +1,36 @@
-//! Enrichment: the current state of the findings a request targets, read with GetFindings
-//! (at most 20 ids per call, as the API allows) and cached for `enrichment.cache_ttl_ms`.
+//! Enrichment: the current state of the findings a request targets, read with GetFindings and
+//! kept in a bounded cache. Lookups from concurrent requests are coalesced and batched (at most
+//! 20 ids per call, as the API allows), paced to the account's GetFindings quota, and retried
+//! with jittered backoff when Security Hub throttles; writes hubgate forwards are written
+//! through to (or evicted from) the cache.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::{json, Value};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::{json, Map, Value};
+use tokio::sync::{oneshot, Notify};
 
+use crate::config::EnrichmentConfig;
+use crate::metrics::OperationLabels;
+use crate::policy::input::Update;
+use crate::policy::judge::{FindingState, Lookup, LookupError, LookupFailure};
+use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// GetFindings accepts at most 20 values per filter attribute.
 pub const IDS_PER_LOOKUP: usize = 20;
-/// A runaway NextToken chain must not hold a request forever.
+/// A runaway NextToken chain must not hold a lookup forever.
 const MAX_PAGES_PER_LOOKUP: usize = 20;
-/// The cache never grows past this many findings.
-const MAX_CACHE_ENTRIES: usize = 50_000;
+/// Throttled lookups are retried this often before the waiting requests hear about it.
+const MAX_THROTTLE_RETRIES: u32 = 6;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
 /// A finding's current state, already in the shape the policy input needs: converting it
 /// once here, not on every request that targets it, is what keeps decisions cheap.
@@ -24,42 +39,52 @@ pub struct CurrentFinding {
     pub entry: regorus::Value,
     pub account_id: Option<String>,
     pub severity_rank: Option<u64>,
+    /// The fields policies see as `current`, kept so a forwarded update can be written through.
+    projected: Map<String, Value>,
+    /// Rough size of the state held, for the cache's memory gauge.
+    bytes: usize,
 }
 
 impl CurrentFinding {
     pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
+        Self::from_projected(id, product_arn, crate::policy::input::project(finding))
+    }
+
+    fn from_projected(
+        id: &str,
+        product_arn: &str,
+        projected: Map<String, Value>,
+    ) -> CurrentFinding {
         use crate::policy::input::{effective_label, finding_entry, label_rank};
         CurrentFinding {
-            entry: finding_entry(id, product_arn, Some(finding)),
-            account_id: finding
+            entry: finding_entry(id, product_arn, Some(&projected)),
+            account_id: projected
                 .get("AwsAccountId")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-            severity_rank: finding
+            severity_rank: projected
                 .get("Severity")
                 .and_then(effective_label)
                 .and_then(label_rank),
+            bytes: id.len() + product_arn.len() + approximate_size(&projected),
+            projected,
         }
     }
 }
 
-pub type FindingKey = (String, String);
-
-impl crate::policy::judge::FindingState for Enricher {
-    async fn lookup(
-        &self,
-        keys: &[FindingKey],
-    ) -> Result<Option<crate::policy::judge::Lookup>, UpstreamError> {
-        let (current, stats) = Enricher::lookup(self, keys).await?;
-        Ok(Some(crate::policy::judge::Lookup { current, stats }))
+fn approximate_size(m: &Map<String, Value>) -> usize {
+    fn size(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.len() + 24,
+            Value::Array(a) => 24 + a.iter().map(size).sum::<usize>(),
+            Value::Object(o) => 48 + o.iter().map(|(k, v)| k.len() + 24 + size(v)).sum::<usize>(),
+            _ => 16,
+        }
     }
+    m.iter().map(|(k, v)| k.len() + 24 + size(v)).sum()
 }
 
-pub struct Enricher {
-    upstream: Arc<Upstream>,
-    ttl: Duration,
-    cache: Mutex<HashMap<FindingKey, (Instant, Arc<CurrentFinding>)>>,
-}
+pub type FindingKey = (String, String);
 
 /// What one lookup did, for the audit record's metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -67,101 +92,485 @@ pub struct LookupStats {
     pub cache_hits: usize,
     /// Distinct findings that had to be looked up.
     pub misses: usize,
+    /// GetFindings calls made for this request's findings (shared calls count once per
+    /// request that waited on them), failed ones included.
     pub calls: usize,
+    /// Security Hub throttled at least one of those calls.
+    pub throttled: bool,
+}
+
+/// What a batch call found for one finding: its state (None: not found) or why it failed.
+type Outcome = Result<Option<Arc<CurrentFinding>>, UpstreamError>;
+
+#[derive(Clone)]
+struct Delivery {
+    outcome: Outcome,
+    call: Arc<CallProgress>,
+}
+
+/// One batch: which it was, and what it has cost so far (a request that stops waiting still
+/// reports the calls made for it).
+struct CallProgress {
+    id: u64,
+    calls: AtomicUsize,
+    throttled: AtomicBool,
+}
+
+struct Cached {
+    at: Instant,
+    /// None: Security Hub does not have the finding.
+    state: Option<Arc<CurrentFinding>>,
+}
+
+#[derive(Default)]
+struct State {
+    cache: HashMap<FindingKey, Cached>,
+    bytes: usize,
+    /// Findings waiting for a batch, in arrival order.
+    queue: VecDeque<FindingKey>,
+    /// Requests waiting on each queued or in-flight finding.
+    waiting: HashMap<FindingKey, Vec<oneshot::Sender<Delivery>>>,
+    /// The batch each in-flight finding is in.
+    in_flight: HashMap<FindingKey, Arc<CallProgress>>,
+    /// Bumped by every write: a lookup that started before it must not cache what it read.
+    generation: u64,
+}
+
+struct Inner {
+    upstream: Arc<Upstream>,
+    pacer: Arc<Pacer>,
+    ttl: Duration,
+    negative_ttl: Duration,
+    max_entries: usize,
+    state: Mutex<State>,
+    work: Notify,
+    next_call: AtomicU64,
+    metrics: EnrichMetrics,
+}
+
+pub struct Enricher {
+    inner: Arc<Inner>,
+    driver: OnceLock<()>,
+}
+
+/// What enrichment reports to /metrics.
+#[derive(Clone, Default)]
+pub struct EnrichMetrics {
+    pub entries: Gauge,
+    pub bytes: Gauge,
+    /// Upstream throttles by operation (shared with the forwarding path).
+    pub throttled: Family<OperationLabels, Counter>,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fresh<'a>(
+        &self,
+        cached: &'a Cached,
+        now: Instant,
+    ) -> Option<&'a Option<Arc<CurrentFinding>>> {
+        let ttl = if cached.state.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        (now.duration_since(cached.at) < ttl).then_some(&cached.state)
+    }
+
+    fn report(&self, st: &State) {
+        self.metrics.entries.set(st.cache.len() as i64);
+        self.metrics.bytes.set(st.bytes as i64);
+    }
+
+    /// Stores a finding's state (None: not found), keeping the cache within its bound.
+    fn store(
+        &self,
+        st: &mut State,
+        key: FindingKey,
+        state: Option<Arc<CurrentFinding>>,
+        now: Instant,
+    ) {
+        let ttl = if state.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        if ttl.is_zero() {
+            return;
+        }
+        if st.cache.len() >= self.max_entries && !st.cache.contains_key(&key) {
+            let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
+            st.cache.retain(|_, c| {
+                let t = if c.state.is_some() { ttl } else { negative_ttl };
+                now.duration_since(c.at) < t
+            });
+            if st.cache.len() >= self.max_entries {
+                // Still full of live entries: drop the oldest tenth rather than grow.
+                let mut ages: Vec<(Instant, FindingKey)> =
+                    st.cache.iter().map(|(k, c)| (c.at, k.clone())).collect();
+                ages.sort_unstable_by_key(|(at, _)| *at);
+                for (_, k) in ages.into_iter().take((self.max_entries / 10).max(1)) {
+                    st.cache.remove(&k);
+                }
+            }
+            st.bytes = st
+                .cache
+                .values()
+                .map(|c| c.state.as_ref().map_or(0, |s| s.bytes))
+                .sum();
+        }
+        let added = state.as_ref().map_or(0, |s| s.bytes);
+        if let Some(old) = st.cache.insert(key, Cached { at: now, state }) {
+            st.bytes -= old.state.as_ref().map_or(0, |s| s.bytes);
+        }
+        st.bytes += added;
+    }
+
+    fn remove(&self, st: &mut State, key: &FindingKey) {
+        if let Some(old) = st.cache.remove(key) {
+            st.bytes -= old.state.as_ref().map_or(0, |s| s.bytes);
+        }
+    }
 }
 
 impl Enricher {
-    pub fn new(upstream: Arc<Upstream>, ttl: Duration) -> Enricher {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        pacer: Arc<Pacer>,
+        config: &EnrichmentConfig,
+        metrics: EnrichMetrics,
+    ) -> Enricher {
         Enricher {
-            upstream,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                upstream,
+                pacer,
+                ttl: Duration::from_millis(config.cache_ttl_ms),
+                negative_ttl: Duration::from_millis(config.negative_ttl_ms),
+                max_entries: config.max_cache_entries.max(1),
+                state: Mutex::new(State::default()),
+                work: Notify::new(),
+                next_call: AtomicU64::new(1),
+                metrics,
+            }),
+            driver: OnceLock::new(),
         }
     }
 
     /// Current state of each (Id, ProductArn); a key missing from the result was not found.
+    /// Waits for shared batches until `deadline`, then gives up with a quota error.
     pub async fn lookup(
         &self,
         keys: &[FindingKey],
-    ) -> Result<(HashMap<FindingKey, Arc<CurrentFinding>>, LookupStats), UpstreamError> {
+        deadline: Instant,
+    ) -> Result<(HashMap<FindingKey, Arc<CurrentFinding>>, LookupStats), LookupFailure> {
         let mut found = HashMap::with_capacity(keys.len());
-        let mut missing: Vec<FindingKey> = Vec::new();
         let mut stats = LookupStats::default();
-        if !self.ttl.is_zero() {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = Vec::new();
+        {
+            let mut st = self.inner.lock();
             let now = Instant::now();
+            let mut queued = false;
             for key in keys {
-                match cache.get(key) {
-                    Some((at, f)) if now.duration_since(*at) < self.ttl => {
-                        stats.cache_hits += 1;
+                if let Some(state) = st.cache.get(key).and_then(|c| self.inner.fresh(c, now)) {
+                    stats.cache_hits += 1;
+                    if let Some(f) = state {
                         found.insert(key.clone(), f.clone());
                     }
-                    _ => missing.push(key.clone()),
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                match st.waiting.get_mut(key) {
+                    // Already queued or in flight for another request: share that call.
+                    Some(waiters) => waiters.push(tx),
+                    None => {
+                        st.waiting.insert(key.clone(), vec![tx]);
+                        st.queue.push_back(key.clone());
+                        queued = true;
+                    }
+                }
+                pending.push((key.clone(), rx));
+            }
+            if queued {
+                self.inner.work.notify_one();
+            }
+        }
+        stats.misses = pending.len();
+        if pending.is_empty() {
+            return Ok((found, stats));
+        }
+        self.driver.get_or_init(|| {
+            tokio::spawn(drive(self.inner.clone()));
+        });
+        let wait_started = Instant::now();
+
+        let mut seen_calls: Vec<u64> = Vec::new();
+        let mut count = |stats: &mut LookupStats, call: &CallProgress| {
+            if !seen_calls.contains(&call.id) {
+                seen_calls.push(call.id);
+                stats.calls += call.calls.load(Ordering::Relaxed);
+                stats.throttled |= call.throttled.load(Ordering::Relaxed);
+            }
+        };
+        let mut failure: Option<LookupError> = None;
+        let mut pending = pending.into_iter();
+        for (key, rx) in pending.by_ref() {
+            let delivery = match tokio::time::timeout_at(deadline.into(), rx).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(_)) => {
+                    failure.get_or_insert(LookupError::Upstream(UpstreamError::Unreachable(
+                        "the lookup was abandoned before it answered".into(),
+                    )));
+                    continue;
+                }
+                Err(_) => {
+                    // Quota ran out before this finding's batch answered; what was spent on
+                    // it so far still counts.
+                    let st = self.inner.lock();
+                    for k in std::iter::once(&key).chain(pending.as_slice().iter().map(|(k, _)| k))
+                    {
+                        if let Some(call) = st.in_flight.get(k) {
+                            count(&mut stats, call);
+                        }
+                    }
+                    failure.get_or_insert(LookupError::Quota(QuotaExhausted {
+                        operation: "GetFindings",
+                        rate: self.inner.pacer.rate("GetFindings"),
+                        waited_ms: wait_started.elapsed().as_millis() as u64,
+                    }));
+                    break;
+                }
+            };
+            count(&mut stats, &delivery.call);
+            match delivery.outcome {
+                Ok(Some(f)) => {
+                    found.insert(key, f);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure.get_or_insert(LookupError::Upstream(e));
                 }
             }
-        } else {
-            missing = keys.to_vec();
         }
-        missing.sort();
-        missing.dedup();
-        stats.misses = keys.len() - stats.cache_hits;
+        match failure {
+            Some(error) => Err(LookupFailure { error, stats }),
+            None => Ok((found, stats)),
+        }
+    }
 
-        let mut calls = tokio::task::JoinSet::new();
-        for chunk in missing.chunks(IDS_PER_LOOKUP) {
-            let upstream = self.upstream.clone();
-            let chunk = chunk.to_vec();
-            calls.spawn(async move { fetch_chunk(&upstream, &chunk).await });
-        }
-        let mut fetched = Vec::new();
-        while let Some(joined) = calls.join_next().await {
-            let (findings, pages) = joined
-                .map_err(|e| UpstreamError::Unreachable(format!("lookup task failed: {e}")))??;
-            stats.calls += pages;
-            fetched.extend(findings);
-        }
-
-        let wanted: std::collections::HashSet<&FindingKey> = missing.iter().collect();
+    /// A forwarded BatchUpdateFindings was processed for `processed`: their cached state
+    /// becomes the state the update set, so the next decision needs no lookup. An entry whose
+    /// change hubgate cannot apply is evicted instead.
+    pub fn write_through(&self, processed: &[FindingKey], update: &Update) {
+        let mut st = self.inner.lock();
+        st.generation += 1;
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() + fetched.len() > MAX_CACHE_ENTRIES {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| now.duration_since(*at) < ttl);
-            if cache.len() + fetched.len() > MAX_CACHE_ENTRIES {
-                cache.clear();
-            }
-        }
-        for finding in fetched {
-            let key = match (
-                finding.get("Id").and_then(Value::as_str),
-                finding.get("ProductArn").and_then(Value::as_str),
-            ) {
-                (Some(id), Some(arn)) => (id.to_string(), arn.to_string()),
-                _ => continue,
+        for key in processed {
+            let patched = match st.cache.get(key).and_then(|c| c.state.as_ref()) {
+                Some(f) => {
+                    let mut projected = f.projected.clone();
+                    update.apply_to(&mut projected).then(|| {
+                        Arc::new(CurrentFinding::from_projected(&key.0, &key.1, projected))
+                    })
+                }
+                None => None,
             };
-            // The filter ORs ids and product ARNs, so pairs that were not asked for can come back.
-            if !wanted.contains(&key) {
-                continue;
+            match patched {
+                Some(f) => self.inner.store(&mut st, key.clone(), Some(f), now),
+                None => self.inner.remove(&mut st, key),
             }
-            let current = Arc::new(CurrentFinding::new(&key.0, &key.1, &finding));
-            if !self.ttl.is_zero() {
-                cache.insert(key.clone(), (now, current.clone()));
-            }
-            found.insert(key, current);
         }
-        Ok((found, stats))
+        self.inner.report(&st);
     }
 
-    /// Forgets the cached state of findings an update was just forwarded for, so the next
-    /// decision about them does not judge against the value from before the update.
-    pub fn invalidate(&self, keys: &[FindingKey]) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+    /// Forgets what a write may have changed.
+    pub fn evict(&self, keys: &[FindingKey]) {
+        let mut st = self.inner.lock();
+        st.generation += 1;
         for key in keys {
-            cache.remove(key);
+            self.inner.remove(&mut st, key);
+        }
+        self.inner.report(&st);
+    }
+
+    /// Forgets everything: for writes that name findings hubgate cannot map to cache entries.
+    pub fn evict_all(&self) {
+        let mut st = self.inner.lock();
+        st.generation += 1;
+        st.cache.clear();
+        st.bytes = 0;
+        self.inner.report(&st);
+    }
+}
+
+impl FindingState for Enricher {
+    async fn lookup(
+        &self,
+        keys: &[FindingKey],
+        deadline: Instant,
+    ) -> Result<Option<Lookup>, LookupFailure> {
+        let (current, stats) = Enricher::lookup(self, keys, deadline).await?;
+        Ok(Some(Lookup { current, stats }))
+    }
+}
+
+/// Runs forever: waits for queued findings and for GetFindings quota, then sends the oldest
+/// queued findings (up to 20) in one call. Findings queued while it waits for quota join the
+/// next call, which is what batches concurrent requests together.
+async fn drive(inner: Arc<Inner>) {
+    loop {
+        loop {
+            let notified = inner.work.notified();
+            if has_live_work(&mut inner.lock()) {
+                break;
+            }
+            notified.await;
+        }
+        inner.pacer.acquire_shared("GetFindings").await;
+        let progress = Arc::new(CallProgress {
+            id: inner.next_call.fetch_add(1, Ordering::Relaxed),
+            calls: AtomicUsize::new(0),
+            throttled: AtomicBool::new(false),
+        });
+        let (chunk, generation) = {
+            let mut st = inner.lock();
+            let mut chunk = Vec::with_capacity(IDS_PER_LOOKUP);
+            while chunk.len() < IDS_PER_LOOKUP {
+                let Some(key) = st.queue.pop_front() else {
+                    break;
+                };
+                st.in_flight.insert(key.clone(), progress.clone());
+                chunk.push(key);
+            }
+            (chunk, st.generation)
+        };
+        if chunk.is_empty() {
+            continue;
+        }
+        tokio::spawn(fetch_and_deliver(
+            inner.clone(),
+            chunk,
+            generation,
+            progress,
+        ));
+    }
+}
+
+/// Drops queued findings nobody waits for any more; true when some are left.
+fn has_live_work(st: &mut State) -> bool {
+    while let Some(key) = st.queue.front() {
+        let live = st
+            .waiting
+            .get_mut(key)
+            .map(|w| {
+                w.retain(|tx| !tx.is_closed());
+                !w.is_empty()
+            })
+            .unwrap_or(false);
+        if live {
+            return true;
+        }
+        if let Some(key) = st.queue.pop_front() {
+            st.waiting.remove(&key);
         }
     }
+    false
+}
+
+fn anyone_waiting(inner: &Inner, chunk: &[FindingKey]) -> bool {
+    let st = inner.lock();
+    chunk.iter().any(|k| {
+        st.waiting
+            .get(k)
+            .is_some_and(|w| w.iter().any(|tx| !tx.is_closed()))
+    })
+}
+
+async fn fetch_and_deliver(
+    inner: Arc<Inner>,
+    chunk: Vec<FindingKey>,
+    generation: u64,
+    progress: Arc<CallProgress>,
+) {
+    let mut attempt = 0;
+    let result = loop {
+        match fetch_chunk(&inner, &chunk, &progress).await {
+            Err(e) if e.is_throttle() => {
+                progress.throttled.store(true, Ordering::Relaxed);
+                inner
+                    .metrics
+                    .throttled
+                    .get_or_create(&OperationLabels {
+                        operation: "GetFindings".into(),
+                    })
+                    .inc();
+                attempt += 1;
+                if attempt > MAX_THROTTLE_RETRIES || !anyone_waiting(&inner, &chunk) {
+                    break Err(e);
+                }
+                // Full jitter: concurrent retries spread out instead of hitting the quota
+                // together again.
+                let cap = BACKOFF_BASE
+                    .saturating_mul(1 << attempt.min(5))
+                    .min(BACKOFF_CAP);
+                let wait = cap.mul_f64(rand::random::<f64>());
+                tokio::time::sleep(wait).await;
+                inner.pacer.acquire_shared("GetFindings").await;
+            }
+            other => break other,
+        }
+    };
+    let mut st = inner.lock();
+    let now = Instant::now();
+    let cacheable = st.generation == generation;
+    let mut outcomes: HashMap<FindingKey, Outcome> = HashMap::with_capacity(chunk.len());
+    match result {
+        Ok(findings) => {
+            for finding in findings {
+                let key = match (
+                    finding.get("Id").and_then(Value::as_str),
+                    finding.get("ProductArn").and_then(Value::as_str),
+                ) {
+                    (Some(id), Some(arn)) => (id.to_string(), arn.to_string()),
+                    _ => continue,
+                };
+                // The filter ORs ids and product ARNs, so pairs that were not asked for can
+                // come back.
+                if !chunk.contains(&key) {
+                    continue;
+                }
+                let current = Arc::new(CurrentFinding::new(&key.0, &key.1, &finding));
+                outcomes.insert(key, Ok(Some(current)));
+            }
+            for key in &chunk {
+                outcomes.entry(key.clone()).or_insert(Ok(None));
+            }
+            if cacheable {
+                for (key, outcome) in &outcomes {
+                    if let Ok(state) = outcome {
+                        inner.store(&mut st, key.clone(), state.clone(), now);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            for key in &chunk {
+                outcomes.insert(key.clone(), Err(e.clone()));
+            }
+        }
+    }
+    for (key, outcome) in outcomes {
+        st.in_flight.remove(&key);
+        for tx in st.waiting.remove(&key).unwrap_or_default() {
+            let _ = tx.send(Delivery {
+                outcome: outcome.clone(),
+                call: progress.clone(),
+            });
+        }
+    }
+    inner.report(&st);
 }
 
 /// The GetFindings request body for one chunk of at most 20 findings.
@@ -182,32 +591,41 @@ pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
     body
 }
 
+/// One chunk's findings, following NextToken; every page after the first waits for quota too.
 async fn fetch_chunk(
-    upstream: &Upstream,
+    inner: &Inner,
     chunk: &[FindingKey],
-) -> Result<(Vec<Value>, usize), UpstreamError> {
+    progress: &CallProgress,
+) -> Result<Vec<Value>, UpstreamError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     for page in 1..=MAX_PAGES_PER_LOOKUP {
+        if page > 1 {
+            inner.pacer.acquire_shared("GetFindings").await;
+        }
         let body = lookup_body(chunk, token.as_deref());
-        let response = upstream
+        progress.calls.fetch_add(1, Ordering::Relaxed);
+        let mut response = inner
+            .upstream
             .call_json("GetFindings", Method::POST, "/findings", &body)
             .await?;
-        let findings = response
-            .get("Findings")
-            .and_then(Value::as_array)
-            .ok_or_else(|| UpstreamError::BadResponse {
-                operation: "GetFindings",
-                detail: "the response has no Findings list".into(),
-            })?;
-        out.extend(findings.iter().cloned());
+        let findings = match response.get_mut("Findings").map(Value::take) {
+            Some(Value::Array(findings)) => findings,
+            _ => {
+                return Err(UpstreamError::BadResponse {
+                    operation: "GetFindings",
+                    detail: "the response has no Findings list".into(),
+                })
+            }
+        };
+        out.extend(findings);
         token = response
             .get("NextToken")
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .map(str::to_string);
         if token.is_none() {
-            return Ok((out, page));
+            return Ok(out);
         }
     }
     Err(UpstreamError::BadResponse {

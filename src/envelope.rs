@@ -11,6 +11,7 @@ use crate::framing::FramingError;
 use crate::identity::AuthError;
 use crate::policy::judge::JudgeError;
 use crate::policy::PolicyError;
+use crate::quota::QuotaExhausted;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationErrors;
 
@@ -51,6 +52,8 @@ pub enum Rejection {
     /// A server cap is reached: retryable, so SDKs back off and try again.
     #[error("hubgate is at its {setting} limit ({limit}); retry later")]
     Overloaded { setting: &'static str, limit: usize },
+    #[error(transparent)]
+    Quota(#[from] QuotaExhausted),
 }
 
 impl From<JudgeError> for Rejection {
@@ -59,6 +62,7 @@ impl From<JudgeError> for Rejection {
             JudgeError::Invalid(e) => Rejection::Invalid(e),
             JudgeError::Policy(e) => Rejection::Policy(e),
             JudgeError::Lookup(e) => Rejection::Upstream(e),
+            JudgeError::Quota(e) => Rejection::Quota(e),
         }
     }
 }
@@ -109,6 +113,17 @@ impl Rejection {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "POLICY_ERROR",
                 "InternalException",
+            ),
+            // SDKs back off on these: a throttle must never look like a server fault.
+            Upstream(e) if e.is_throttle() => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "THROTTLED",
+                "ThrottlingException",
+            ),
+            Quota(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "THROTTLED",
+                "ThrottlingException",
             ),
             Upstream(e) if e.is_timeout() => (
                 StatusCode::GATEWAY_TIMEOUT,

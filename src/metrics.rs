@@ -32,6 +32,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabels {
     pub revision: String,
 }
@@ -71,6 +76,10 @@ pub struct Metrics {
     pub connections_refused: Family<KindLabels, Counter>,
     pub connections_open: Gauge,
     pub requests_in_flight: Gauge,
+    /// Time requests waited for hubgate's own pacing of the account quota.
+    pub quota_wait_seconds: Histogram,
+    /// The enrichment cache's size, and upstream throttles by operation.
+    pub enrich: crate::enrich::EnrichMetrics,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
@@ -100,6 +109,8 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_open: Gauge::default(),
             requests_in_flight: Gauge::default(),
+            quota_wait_seconds: latency(),
+            enrich: Default::default(),
             reload_success_time: Gauge::default(),
             reload_failure_time: Gauge::default(),
             current_revision: Mutex::new(String::new()),
@@ -187,6 +198,26 @@ impl Metrics {
             "requests_in_flight",
             "Proxy requests being handled (sampled at scrape time)",
             m.requests_in_flight.clone(),
+        );
+        registry.register(
+            "upstream_throttled",
+            "Calls Security Hub answered with a throttle, by operation",
+            m.enrich.throttled.clone(),
+        );
+        registry.register(
+            "quota_wait_seconds",
+            "Time a request waited for hubgate's pacing of the account's Security Hub quota",
+            m.quota_wait_seconds.clone(),
+        );
+        registry.register(
+            "enrichment_cache_entries",
+            "Findings (found or not found) held in the enrichment cache",
+            m.enrich.entries.clone(),
+        );
+        registry.register(
+            "enrichment_cache_bytes",
+            "Approximate memory held by the enrichment cache's finding state",
+            m.enrich.bytes.clone(),
         );
         registry.register(
             "policy_revision_info",

@@ -17,6 +17,8 @@ use crate::validate::{SchemaLoadError, Schemas};
 
 pub const DENY_RULE: &str = "data.hubgate.deny";
 pub const WARN_RULE: &str = "data.hubgate.warn";
+/// Whether the request needs the findings' state; a policy set without it always looks up.
+pub const NEEDS_STATE_RULE: &str = "data.hubgate.needs_state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyLoadError {
@@ -55,10 +57,22 @@ impl Violation {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Decision {
     pub deny: Vec<Violation>,
     pub warn: Vec<Violation>,
+    /// `data.hubgate.needs_state` for this input: true when the policy set does not define it.
+    pub needs_state: bool,
+}
+
+impl Default for Decision {
+    fn default() -> Decision {
+        Decision {
+            deny: Vec::new(),
+            warn: Vec::new(),
+            needs_state: true,
+        }
+    }
 }
 
 impl Decision {
@@ -85,6 +99,8 @@ pub struct PolicySet {
     data: regorus::Value,
     eval_timeout: Duration,
     has_warn: bool,
+    /// The set defines `data.hubgate.needs_state`; without it every request looks up state.
+    has_needs_state: bool,
     pub revision: String,
     pub schemas: Schemas,
     pub files: Vec<PathBuf>,
@@ -232,9 +248,15 @@ impl PolicySet {
         let compiled = engine
             .compile_with_entrypoint(&DENY_RULE.into())
             .map_err(|e| PolicyLoadError::Smoke(format!("{DENY_RULE}: {e}")))?;
+        // A rule path that no rule defines is an error; one that is defined is at worst
+        // undefined for this input.
+        let has_needs_state = engine.eval_rule(NEEDS_STATE_RULE.to_string()).is_ok();
         let mut entry_points = vec![DENY_RULE];
         if has_warn {
             entry_points.push(WARN_RULE);
+        }
+        if has_needs_state {
+            entry_points.push(NEEDS_STATE_RULE);
         }
         let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
             &compiled,
@@ -257,6 +279,7 @@ impl PolicySet {
             data,
             eval_timeout,
             has_warn,
+            has_needs_state,
             revision,
             schemas,
             files: all,
@@ -299,7 +322,17 @@ impl PolicySet {
         } else {
             Vec::new()
         };
-        Ok(Decision { deny, warn })
+        // Undefined means "not needed", as for any boolean rule that does not hold.
+        let needs_state = !self.has_needs_state
+            || vm
+                .execute_entry_point_by_name(NEEDS_STATE_RULE)
+                .map_err(|e| PolicyError::Eval(e.to_string()))?
+                == regorus::Value::Bool(true);
+        Ok(Decision {
+            deny,
+            warn,
+            needs_state,
+        })
     }
 
     /// The tree-walking interpreter's answer, kept to cross-check the bytecode VM.
@@ -318,7 +351,11 @@ impl PolicySet {
         } else {
             Vec::new()
         };
-        Ok(Decision { deny, warn })
+        Ok(Decision {
+            deny,
+            warn,
+            needs_state: true,
+        })
     }
 }
 

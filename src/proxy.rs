@@ -20,13 +20,14 @@ use crate::config::{Config, PartialDeny, PolicyMode, Routing, UpstreamAuth};
 use crate::enrich::{Enricher, FindingKey};
 use crate::envelope::Rejection;
 use crate::identity::{ClientCert, Identity, Principal};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
-use crate::policy::judge::{judge, Judgement};
+use crate::policy::input::Update;
+use crate::policy::judge::{judge, JudgeError, Judgement, LookupError};
 use crate::policy::{Decision, PolicySet};
 use crate::request::Judged;
 use crate::routes::{self, OperationSpec};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 use crate::validate;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -47,6 +48,8 @@ pub struct Gate {
     pub identity: ArcSwap<Identity>,
     pub policy: ArcSwap<PolicySet>,
     pub upstream: Arc<Upstream>,
+    /// Paces every upstream call to the account's Security Hub quotas.
+    pub pacer: Arc<crate::quota::Pacer>,
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
     pub metrics: Metrics,
@@ -79,6 +82,9 @@ struct Trail {
     misses: usize,
     /// Per-finding enforcement: (findings forwarded, findings denied).
     partial: Option<(usize, usize)>,
+    /// A throttle (Security Hub's, or hubgate's own pacing running out of time) decided the
+    /// answer.
+    throttled: bool,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
 }
@@ -271,8 +277,16 @@ async fn run(
             .authenticate(&parts, &body, SystemTime::now(), client_cert)?;
     trail.principal = Some(principal.clone());
 
+    // From here on the request may wait for quota, up to quota.max_wait_ms.
+    let deadline = gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
-        return forward(gate, &parts, body, trail).await;
+        // A finding-changing operation routed "forward" changes findings hubgate cannot name.
+        let touched = if spec.changes_findings {
+            Touched::Everything
+        } else {
+            Touched::Nothing
+        };
+        return forward(gate, &parts, body, trail, deadline, touched).await;
     }
 
     // validate and decide
@@ -304,16 +318,16 @@ async fn run(
     };
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
     trail.dry_run = dry_run;
-    let judged = judge(
+    let mut judgement = judge(
         &policy,
         operation,
         &body,
         &facts,
         gate.enricher.as_ref(),
         dry_run,
+        deadline,
     )
-    .await;
-    let judgement = judged?;
+    .await?;
     trail.findings = judgement
         .keys
         .iter()
@@ -325,11 +339,19 @@ async fn run(
     trail.lookups = judgement.stats.calls;
     trail.cache_hits = judgement.stats.cache_hits;
     trail.misses = judgement.stats.misses;
+    trail.throttled = judgement.stats.throttled;
+    if let Some(failed) = judgement.failed.take() {
+        if let LookupError::Quota(_) = failed {
+            trail.throttled = true;
+        }
+        return Err(JudgeError::from(failed).into());
+    }
     let Judgement {
         keys,
         body: body_without_ids,
         identifiers,
         passes,
+        update,
         ..
     } = judgement;
     let Some(last) = passes.into_iter().next_back() else {
@@ -355,29 +377,101 @@ async fn run(
     // every other operation is refused whole.
     let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
         && operation == Judged::BatchUpdateFindings;
-    let outcome = match (refusal, identifiers) {
-        (None, _) => forward(gate, &parts, body, trail).await,
+    let touched = match operation {
+        Judged::BatchUpdateFindings => Touched::Findings {
+            keys: &keys,
+            update: Some(&update),
+        },
+        Judged::BatchImportFindings => Touched::Findings {
+            keys: &keys,
+            update: None,
+        },
+        // OCSF identifiers and filters do not name cache entries.
+        Judged::BatchUpdateFindingsV2 | Judged::UpdateFindings => Touched::Everything,
+    };
+    match (refusal, identifiers) {
+        (None, _) => forward(gate, &parts, body, trail, deadline, touched).await,
         (Some((Some(denied), rejection)), Some(Value::Array(ids)))
             if partial && denied.len() < keys.len() =>
         {
-            forward_allowed(
-                gate,
-                &parts,
+            let rewrite = Rewrite {
                 body_without_ids,
-                ids,
-                &denied,
-                rejection,
-                trail,
-            )
-            .await
+                identifiers: ids,
+                denied: &denied,
+                refusal: rejection,
+            };
+            forward_allowed(gate, &parts, rewrite, trail, deadline, &update).await
         }
-        (Some((_, rejection)), _) => return Err(rejection),
-    };
-    if let Some(enricher) = &gate.enricher {
-        // Whatever Security Hub answered, the cached state may now be stale.
-        enricher.invalidate(&keys);
+        (Some((_, rejection)), _) => Err(rejection),
     }
-    outcome
+}
+
+/// What a forwarded write may have changed in the enrichment cache.
+#[derive(Clone, Copy)]
+enum Touched<'a> {
+    /// These findings; with `update`, a processed BatchUpdateFindings is written through.
+    Findings {
+        keys: &'a [FindingKey],
+        update: Option<&'a Update>,
+    },
+    /// Findings hubgate cannot name (filters, OCSF identifiers).
+    Everything,
+    Nothing,
+}
+
+impl Touched<'_> {
+    /// Security Hub may have applied the write without saying which findings it processed.
+    fn evict(self, gate: &Gate) {
+        let Some(enricher) = &gate.enricher else {
+            return;
+        };
+        match self {
+            Touched::Findings { keys, .. } => enricher.evict(keys),
+            Touched::Everything => enricher.evict_all(),
+            Touched::Nothing => {}
+        }
+    }
+
+    /// Security Hub processed `processed` (a BatchUpdateFindings answer).
+    fn processed(self, gate: &Gate, processed: &[FindingKey]) {
+        match (self, &gate.enricher) {
+            (
+                Touched::Findings {
+                    update: Some(update),
+                    ..
+                },
+                Some(enricher),
+            ) => enricher.write_through(processed, update),
+            _ => self.evict(gate),
+        }
+    }
+
+    /// The cache must learn from the answer what was processed.
+    fn wants_answer(self, gate: &Gate) -> bool {
+        gate.enricher.is_some()
+            && matches!(
+                self,
+                Touched::Findings {
+                    update: Some(_),
+                    ..
+                }
+            )
+    }
+}
+
+/// The findings a BatchUpdateFindings answer lists as processed.
+fn processed_findings(answer: &Value) -> Option<Vec<FindingKey>> {
+    answer
+        .get("ProcessedFindings")?
+        .as_array()?
+        .iter()
+        .map(|f| {
+            Some((
+                f.get("Id")?.as_str()?.to_string(),
+                f.get("ProductArn")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
@@ -413,21 +507,126 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
     metrics.enrichment_misses.inc_by(trail.misses as u64);
 }
 
-async fn forward(
+/// Waits for quota, sends the request upstream and records what happened. A throttle, by
+/// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope.
+async fn send(
     gate: &Gate,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
-) -> Result<Forwarded, Rejection> {
-    // Room for the record first: a request is never forwarded without it.
-    let slot = gate.audit.reserve().await?;
+    deadline: Instant,
+) -> Result<Response<Incoming>, Rejection> {
+    let operation = trail.operation.unwrap_or("default");
+    let waited = gate.pacer.acquire(operation, deadline).await.map_err(|e| {
+        trail.throttled = true;
+        Rejection::Quota(e)
+    })?;
+    gate.metrics
+        .quota_wait_seconds
+        .observe(waited.as_secs_f64());
     let t = Instant::now();
     let response = match gate.config.upstream.auth {
         UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
         UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body).await,
     };
     let response = trail.upstream_answered(response, t)?;
-    Ok(Forwarded(response.map(BodyExt::boxed), slot))
+    if crate::upstream::is_throttle(response.status(), response.headers()) {
+        trail.throttled = true;
+        gate.metrics
+            .enrich
+            .throttled
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .inc();
+        let detail = response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("HTTP 429")
+            .to_string();
+        return Err(Rejection::Upstream(UpstreamError::Throttled {
+            operation,
+            detail,
+        }));
+    }
+    Ok(response)
+}
+
+async fn forward(
+    gate: &Gate,
+    parts: &http::request::Parts,
+    body: Bytes,
+    trail: &mut Trail,
+    deadline: Instant,
+    touched: Touched<'_>,
+) -> Result<Forwarded, Rejection> {
+    // Room for the record first: a request is never forwarded without it.
+    let slot = gate.audit.reserve().await?;
+    let wants_answer = touched.wants_answer(gate);
+    let identity;
+    let parts = if wants_answer && gate.config.upstream.auth == UpstreamAuth::Resign {
+        // The answer is read for what was processed, so it must come back as plain JSON.
+        let mut p = parts.clone();
+        p.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        identity = p;
+        &identity
+    } else {
+        parts
+    };
+    let response = match send(gate, parts, body, trail, deadline).await {
+        Ok(r) => r,
+        Err(rejection) => {
+            if let Rejection::Upstream(e) = &rejection {
+                if e.outcome_unknown() {
+                    touched.evict(gate);
+                }
+            }
+            return Err(rejection);
+        }
+    };
+    let status = response.status();
+    let encoded = response
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if !(wants_answer && status.is_success() && !encoded) {
+        // A refused write (4xx) changed nothing; anything else may have changed something.
+        if !status.is_client_error() {
+            touched.evict(gate);
+        }
+        return Ok(Forwarded(response.map(BodyExt::boxed), slot));
+    }
+    let (mut head, incoming) = response.into_parts();
+    let bytes = match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            touched.evict(gate);
+            return Err(Rejection::Upstream(UpstreamError::BadResponse {
+                operation: "BatchUpdateFindings",
+                detail: e.to_string(),
+            }));
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .as_ref()
+        .and_then(processed_findings)
+    {
+        Some(processed) => touched.processed(gate, &processed),
+        None => touched.evict(gate),
+    }
+    head.headers.remove(http::header::TRANSFER_ENCODING);
+    head.headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let body = Full::new(bytes).map_err(|never| match never {}).boxed();
+    Ok(Forwarded(Response::from_parts(head, body), slot))
 }
 
 /// The denied findings with their reasons, when every violation names a finding; None when
@@ -458,15 +657,29 @@ fn per_finding_denials(
 /// `on_partial_deny = "forward-allowed"`: forwards the request rewritten to the allowed
 /// findings (re-serialised, then signed like any request) and merges the denied ones into
 /// the answer's UnprocessedFindings, so an SDK caller sees one ordinary response.
+/// The request cut down to its allowed findings.
+struct Rewrite<'a> {
+    body_without_ids: Value,
+    identifiers: Vec<Value>,
+    denied: &'a HashMap<FindingKey, Vec<String>>,
+    /// The answer when nothing is left to forward.
+    refusal: Rejection,
+}
+
 async fn forward_allowed(
     gate: &Gate,
     parts: &http::request::Parts,
-    mut body_without_ids: Value,
-    identifiers: Vec<Value>,
-    denied: &HashMap<FindingKey, Vec<String>>,
-    refusal: Rejection,
+    rewrite: Rewrite<'_>,
     trail: &mut Trail,
+    deadline: Instant,
+    update: &Update,
 ) -> Result<Forwarded, Rejection> {
+    let Rewrite {
+        mut body_without_ids,
+        identifiers,
+        denied,
+        refusal,
+    } = rewrite;
     let key_of = |v: &Value| -> Option<FindingKey> {
         Some((
             v.get("Id")?.as_str()?.to_string(),
@@ -492,10 +705,26 @@ async fn forward_allowed(
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    let forwarded_keys: Vec<FindingKey> = body_without_ids["FindingIdentifiers"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(key_of).collect())
+        .unwrap_or_default();
+    let touched = Touched::Findings {
+        keys: &forwarded_keys,
+        update: Some(update),
+    };
     let slot = gate.audit.reserve().await?;
-    let t = Instant::now();
-    let response = gate.upstream.forward(&parts, rewritten).await;
-    let response = trail.upstream_answered(response, t)?;
+    let response = match send(gate, &parts, rewritten, trail, deadline).await {
+        Ok(r) => r,
+        Err(rejection) => {
+            if let Rejection::Upstream(e) = &rejection {
+                if e.outcome_unknown() {
+                    touched.evict(gate);
+                }
+            }
+            return Err(rejection);
+        }
+    };
     let (mut head, incoming) = response.into_parts();
     let unmergeable = |detail: String| {
         Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
@@ -503,12 +732,20 @@ async fn forward_allowed(
             detail,
         })
     };
-    let bytes = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
+    let bytes = match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
         .collect()
         .await
-        .map_err(|e| unmergeable(e.to_string()))?
-        .to_bytes();
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            touched.evict(gate);
+            return Err(unmergeable(e.to_string()));
+        }
+    };
     if !head.status.is_success() {
+        if !head.status.is_client_error() {
+            touched.evict(gate);
+        }
         // Security Hub refused the whole batch; its answer goes back as it came.
         return Ok(Forwarded(
             Response::from_parts(
@@ -523,6 +760,7 @@ async fn forward_allowed(
         .get(http::header::CONTENT_ENCODING)
         .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
+        touched.evict(gate);
         return Err(unmergeable(format!(
             "the answer is {encoding:?}-encoded although identity was asked for; the denied findings cannot be merged into it"
         )));
@@ -530,12 +768,17 @@ async fn forward_allowed(
     let mut answer = match serde_json::from_slice::<Value>(&bytes) {
         Ok(answer @ Value::Object(_)) => answer,
         _ => {
+            touched.evict(gate);
             return Err(unmergeable(
                 "the answer is not a JSON object; the denied findings cannot be merged into it"
                     .into(),
-            ))
+            ));
         }
     };
+    match processed_findings(&answer) {
+        Some(processed) => touched.processed(gate, &processed),
+        None => touched.evict(gate),
+    }
     let mut extra: Vec<Value> = denied
         .iter()
         .map(|((id, arn), reasons)| {
@@ -630,6 +873,7 @@ fn record(
         "dry_run": trail.dry_run,
         "partial": trail.partial.map(|(forwarded, denied)| json!({"forwarded": forwarded, "denied": denied})),
         "forwarded": trail.forwarded,
+        "throttled": trail.throttled,
         "status": status,
         "upstream_status": trail.upstream_status,
         "upstream_request_id": trail.upstream_request_id,

@@ -27,7 +27,11 @@ struct Bucket {
 impl Bucket {
     fn new(limit: Limit, share: f64) -> Bucket {
         let rate = limit.rate * share;
-        let burst = ((limit.burst as f64 * share).floor() as u32).max(1);
+        // One call less than the burst: network jitter can bring calls paced exactly at the
+        // quota to Security Hub closer together than they left.
+        let burst = ((limit.burst as f64 * share).floor() as u32)
+            .saturating_sub(1)
+            .max(1);
         let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
         let quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
@@ -62,6 +66,11 @@ impl Pacer {
     /// The deadline for a request that starts now.
     pub fn deadline_from(&self, start: Instant) -> Instant {
         start + self.max_wait
+    }
+
+    /// The calls per second hubgate paces `operation` to.
+    pub fn rate(&self, operation: &str) -> f64 {
+        self.bucket(operation).rate
     }
 
     fn bucket(&self, operation: &str) -> &Bucket {
@@ -117,7 +126,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_burst_passes_at_once_then_calls_are_paced() {
-        let p = pacer(20.0, 3, 1.0);
+        // burst 4 less the one call of headroom
+        let p = pacer(20.0, 4, 1.0);
         let deadline = Instant::now() + Duration::from_secs(5);
         let t = Instant::now();
         for _ in 0..3 {

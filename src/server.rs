@@ -31,6 +31,7 @@ use crate::identity::{ClientCert, Identity};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Gate};
+use crate::quota::Pacer;
 use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -197,13 +198,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     .map_err(|e| startup(&e))?;
     policy.covers(&config).map_err(|e| startup(&e))?;
     let upstream = Upstream::new(&config).await.map_err(|e| startup(&e))?;
+    let metrics = Metrics::new();
+    let pacer = Arc::new(Pacer::new(&config.quota));
     let enricher = config.enrichment.enabled.then(|| {
         Enricher::new(
             upstream.clone(),
-            Duration::from_millis(config.enrichment.cache_ttl_ms),
+            pacer.clone(),
+            &config.enrichment,
+            metrics.enrich.clone(),
         )
     });
-    let metrics = Metrics::new();
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => Some(
             tls::Tls::load(cert, key, config.server.client_ca.as_deref())
@@ -246,6 +250,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         identity: ArcSwap::from_pointee(identity),
         policy: ArcSwap::from_pointee(policy),
         upstream,
+        pacer,
         enricher,
         audit,
         metrics,

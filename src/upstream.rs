@@ -24,7 +24,7 @@ const MAX_LOOKUP_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Refresh temporary credentials this long before they expire.
 const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("Security Hub is unreachable: {0}")]
     Unreachable(String),
@@ -43,12 +43,59 @@ pub enum UpstreamError {
         operation: &'static str,
         detail: String,
     },
+    #[error("Security Hub throttled hubgate's {operation} call: {detail}")]
+    Throttled {
+        operation: &'static str,
+        detail: String,
+    },
 }
 
 impl UpstreamError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, UpstreamError::Timeout { .. })
     }
+
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, UpstreamError::Throttled { .. })
+    }
+
+    /// The call may have been applied although no answer says so: state hubgate cached about
+    /// what it touched can no longer be trusted.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Timeout { .. }
+                | UpstreamError::Unreachable(_)
+                | UpstreamError::BadResponse { .. }
+        )
+    }
+}
+
+/// Error types botocore's standard retry mode treats as throttling (botocore/retries/standard.py).
+const THROTTLING_ERROR_TYPES: [&str; 9] = [
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+];
+
+/// Whether an upstream answer is Security Hub throttling hubgate: HTTP 429, or a throttling
+/// error type (`x-amzn-ErrorType` is `Name` or `Name:namespace`).
+pub fn is_throttle(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    if status == http::StatusCode::TOO_MANY_REQUESTS {
+        return true;
+    }
+    !status.is_success()
+        && headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(':').next().unwrap_or(v))
+            .is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name))
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -328,6 +375,7 @@ impl Upstream {
                 ms: self.timeout.as_millis() as u64,
             })??;
         let status = response.status();
+        let throttled = is_throttle(status, response.headers());
         let collected = tokio::time::timeout_at(
             deadline,
             Limited::new(response.into_body(), MAX_LOOKUP_RESPONSE_BYTES).collect(),
@@ -356,6 +404,9 @@ impl Upstream {
                         .take(200)
                         .collect()
                 });
+            if throttled {
+                return Err(UpstreamError::Throttled { operation, detail });
+            }
             return Err(UpstreamError::Refused {
                 operation,
                 status: status.as_u16(),

@@ -14,11 +14,10 @@ use crate::config::{Config, PolicyMode, Routing};
 use crate::enrich::{CurrentFinding, FindingKey};
 use crate::identity::{self, Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
-use crate::policy::judge::{judge, FindingState, JudgeError, Lookup};
+use crate::policy::judge::{judge, FindingState, JudgeError, Lookup, LookupFailure};
 use crate::policy::{Decision, PolicySet};
 use crate::request::Judged;
 use crate::routes;
-use crate::upstream::UpstreamError;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("hubgate: {msg}");
@@ -149,7 +148,8 @@ impl FindingState for FileState {
     fn lookup(
         &self,
         keys: &[FindingKey],
-    ) -> impl std::future::Future<Output = Result<Option<Lookup>, UpstreamError>> + Send {
+        _deadline: std::time::Instant,
+    ) -> impl std::future::Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let found = self.0.as_ref().map(|all| Lookup {
             current: keys
                 .iter()
@@ -249,6 +249,7 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         &facts,
         config.enrichment.enabled.then_some(&state),
         dry_run,
+        std::time::Instant::now() + Duration::from_millis(config.quota.max_wait_ms),
     ));
     let judgement = match judged {
         Ok(j) => j,

@@ -171,6 +171,71 @@ impl Update {
         self.note = Some(NoteFact { text, updated_by });
     }
 
+    /// Applies this change to a stored finding's projected state as Security Hub will apply
+    /// it. False when it sets a member whose effect hubgate does not model (Types and
+    /// UserDefinedFields merge, RelatedFindings, Severity.Product, V2 and import fields): the
+    /// cached entry must then be evicted, not guessed.
+    pub fn apply_to(&self, finding: &mut Map<String, Value>) -> bool {
+        const MODELLED: [&str; 8] = [
+            "Workflow.Status",
+            "Severity.Label",
+            "Severity.Normalized",
+            "Note.Text",
+            "Note.UpdatedBy",
+            "VerificationState",
+            "Confidence",
+            "Criticality",
+        ];
+        if !self.fields.iter().all(|f| MODELLED.contains(&f.as_str())) {
+            return false;
+        }
+        fn member<'a>(
+            finding: &'a mut Map<String, Value>,
+            name: &str,
+        ) -> &'a mut Map<String, Value> {
+            let slot = finding
+                .entry(name.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !slot.is_object() {
+                *slot = Value::Object(Map::new());
+            }
+            match slot {
+                Value::Object(m) => m,
+                _ => unreachable!("just made an object"),
+            }
+        }
+        if let Some(status) = self.workflow_status {
+            member(finding, "Workflow").insert("Status".into(), status.into());
+        }
+        if let Some(label) = self.severity_label {
+            let severity = member(finding, "Severity");
+            severity.insert("Label".into(), label.into());
+            match self.severity_normalized {
+                Some(n) => severity.insert("Normalized".into(), n.into()),
+                // The stored Normalized would now disagree with the label; the label decides.
+                None => severity.remove("Normalized"),
+            };
+        }
+        if let Some(note) = &self.note {
+            let mut n = Map::new();
+            n.insert("Text".into(), note.text.clone().into());
+            if let Some(by) = &note.updated_by {
+                n.insert("UpdatedBy".into(), by.clone().into());
+            }
+            finding.insert("Note".into(), Value::Object(n));
+        }
+        if let Some(v) = self.verification_state {
+            finding.insert("VerificationState".into(), v.into());
+        }
+        if let Some(c) = self.confidence {
+            finding.insert("Confidence".into(), c.into());
+        }
+        if let Some(c) = self.criticality {
+            finding.insert("Criticality".into(), c.into());
+        }
+        true
+    }
+
     /// The fields, sorted, for the audit record.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(String::as_str)
@@ -528,7 +593,7 @@ fn opt_str(v: Option<&str>) -> RValue {
 
 /// One finding targeted by the request, as policies see it. Built once per finding state and
 /// cached with it by enrichment; only findings with no known state are built per request.
-pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Value>) -> RValue {
+pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Map<String, Value>>) -> RValue {
     let k = keys();
     let mut entry = BTreeMap::new();
     entry.insert(k.id.clone(), RValue::from(id));
@@ -560,18 +625,25 @@ pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Value>) -> RV
             );
             entry.insert(
                 k.workflow_status.clone(),
-                opt_str(f.pointer("/Workflow/Status").and_then(Value::as_str)),
+                opt_str(
+                    f.get("Workflow")
+                        .and_then(|w| w.get("Status"))
+                        .and_then(Value::as_str),
+                ),
             );
-            let mut projected = Map::new();
-            for field in CURRENT_FIELDS {
-                if let Some(v) = f.get(field) {
-                    projected.insert(field.to_string(), v.clone());
-                }
-            }
-            entry.insert(k.current.clone(), RValue::from(Value::Object(projected)));
+            entry.insert(k.current.clone(), RValue::from(Value::Object(f.clone())));
         }
     }
     RValue::from(entry)
+}
+
+/// The fields of a stored finding that policies see (CURRENT_FIELDS); the rest is dropped
+/// as soon as it is read.
+pub fn project(finding: &Value) -> Map<String, Value> {
+    CURRENT_FIELDS
+        .iter()
+        .filter_map(|field| Some((field.to_string(), finding.get(*field)?.clone())))
+        .collect()
 }
 
 /// Facts over all targeted findings, so that rules can rule a request in with a few
@@ -888,7 +960,7 @@ mod tests {
     fn current_state_is_projected_and_ranked() {
         let f = json!({"AwsAccountId": "222222222222", "Severity": {"Normalized": 75},
                        "Workflow": {"Status": "NEW"}, "Resources": [{"Id": "big"}]});
-        let e: Value = serde_json::to_value(finding_entry("f", "p", Some(&f))).unwrap();
+        let e: Value = serde_json::to_value(finding_entry("f", "p", Some(&project(&f)))).unwrap();
         assert_eq!(e["Id"], "f");
         assert_eq!(e["account_id"], "222222222222");
         assert_eq!(e["severity_label"], "HIGH");

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::input::{self, Enrichment, RequestFacts, Update};
 use super::{Decision, PolicyError, PolicySet};
 use crate::enrich::{CurrentFinding, FindingKey, LookupStats};
+use crate::quota::QuotaExhausted;
 use crate::request::Judged;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationErrors;
@@ -30,7 +31,8 @@ pub trait FindingState {
     fn lookup(
         &self,
         keys: &[FindingKey],
-    ) -> impl Future<Output = Result<Option<Lookup>, UpstreamError>> + Send;
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,33 @@ pub enum JudgeError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Lookup(#[from] UpstreamError),
+    #[error(transparent)]
+    Quota(#[from] QuotaExhausted),
+}
+
+/// Why finding state could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Quota(#[from] QuotaExhausted),
+}
+
+/// A failed lookup, with what it cost: lookup calls are counted even when they fail.
+#[derive(Debug)]
+pub struct LookupFailure {
+    pub error: LookupError,
+    pub stats: LookupStats,
+}
+
+impl From<LookupError> for JudgeError {
+    fn from(e: LookupError) -> JudgeError {
+        match e {
+            LookupError::Upstream(e) => JudgeError::Lookup(e),
+            LookupError::Quota(e) => JudgeError::Quota(e),
+        }
+    }
 }
 
 /// One evaluation of the policies, with the input document it saw.
@@ -63,6 +92,8 @@ pub struct Judgement {
     pub identifiers: Option<Value>,
     /// False when finding state was needed but the source could not look it up (eval only).
     pub complete: bool,
+    /// The lookup that failed: the request cannot be judged, and is refused with this error.
+    pub failed: Option<LookupError>,
     pub stats: LookupStats,
     pub policy_ns: u64,
     pub enrich_ns: u64,
@@ -89,7 +120,8 @@ fn invalid(operation: Judged, v: crate::validate::Violation) -> ValidationErrors
 
 /// Judges one request. With `state` None (enrichment disabled) rules that need finding state
 /// see `input.enrichment == "disabled"`. Outside dry-run, a denial in the first pass ends
-/// judging before any lookup.
+/// judging before any lookup, and so does a first pass whose `needs_state` is false. A failed
+/// lookup is returned in `Judgement::failed`, with what it cost, for the audit record.
 pub async fn judge<S: FindingState>(
     policy: &PolicySet,
     operation: Judged,
@@ -97,6 +129,7 @@ pub async fn judge<S: FindingState>(
     facts: &RequestFacts<'_>,
     state: Option<&S>,
     dry_run: bool,
+    deadline: Instant,
 ) -> Result<Judgement, JudgeError> {
     let mut body = policy.schemas.check(operation.name(), raw)?;
     let typed = operation.read(&body).map_err(|v| invalid(operation, v))?;
@@ -120,6 +153,7 @@ pub async fn judge<S: FindingState>(
         body,
         identifiers,
         complete: true,
+        failed: None,
         stats: LookupStats::default(),
         policy_ns: 0,
         enrich_ns: 0,
@@ -153,18 +187,26 @@ pub async fn judge<S: FindingState>(
         }
         (true, Some(state)) => {
             // A request that no finding state could make acceptable is refused without any
-            // upstream call.
+            // upstream call, and one the policies can judge without state makes none either.
             let early = evaluate(&mut judgement, None, Enrichment::Pending)?;
-            if early || dry_run {
+            let needs_state = judgement
+                .passes
+                .last()
+                .is_some_and(|p| p.decision.needs_state);
+            if (early || dry_run) && needs_state {
                 let t = Instant::now();
-                let found = state.lookup(&judgement.keys).await?;
+                let found = state.lookup(&judgement.keys, deadline).await;
                 judgement.enrich_ns = t.elapsed().as_nanos() as u64;
                 match found {
-                    Some(Lookup { current, stats }) => {
+                    Ok(Some(Lookup { current, stats })) => {
                         judgement.stats = stats;
                         evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
                     }
-                    None => judgement.complete = false,
+                    Ok(None) => judgement.complete = false,
+                    Err(e) => {
+                        judgement.stats = e.stats;
+                        judgement.failed = Some(e.error);
+                    }
                 }
             }
         }
