@@ -195,7 +195,8 @@ pub async fn handle(
         input: trail
             .input
             .take()
-            .filter(|_| gate.config.audit.include_input),
+            .filter(|_| gate.config.audit.include_input)
+            .map(audited_input),
     };
     match slot {
         Some(slot) => slot.write(entry),
@@ -806,6 +807,16 @@ async fn forward_allowed(
     );
     let body = Full::new(merged).map_err(|never| match never {}).boxed();
     Ok(Forwarded(Response::from_parts(head, body), slot))
+}
+
+/// The input document as the audit record keeps it: the findings are listed once, as the
+/// record's `findings`, not again here with their state (which would make a 100-finding
+/// record several times the size of its request).
+fn audited_input(mut input: regorus::Value) -> regorus::Value {
+    if let Ok(doc) = input.as_object_mut() {
+        doc.remove(&regorus::Value::from("findings"));
+    }
+    input
 }
 
 fn input_headers(headers: &http::HeaderMap) -> Map<String, Value> {

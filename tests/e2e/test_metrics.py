@@ -57,8 +57,8 @@ def test_metrics_move_with_requests(make_fake, make_hubgate):
 
     allowed = hg.buf(NOTE_OWN, who="member")
     assert allowed.status == 200
-    # lowering severity is judged on looked-up state and refused without forwarding, so the
-    # second one finds the state in the cache (a forwarded update invalidates it instead)
+    # the allowed note is looked up once and written through to the cache when Security Hub
+    # processes it, so both lowerings that follow are judged on cached state
     lower = {"FindingIdentifiers": [ident("f-own-high")], "Severity": {"Label": "LOW"}}
     for _ in range(2):
         r = hg.buf(lower, who="member")
@@ -75,9 +75,11 @@ def test_metrics_move_with_requests(make_fake, make_hubgate):
     assert moved("hubgate_policy_duration_seconds_count") == 3
     assert moved("hubgate_upstream_duration_seconds_count") == 1
     assert moved("hubgate_request_duration_seconds_sum") > 0
-    assert moved("hubgate_enrichment_lookups_total") == 2
-    assert moved("hubgate_enrichment_cache_misses_total") == 2
-    assert moved("hubgate_enrichment_cache_hits_total") == 1
+    assert moved("hubgate_enrichment_lookups_total") == 1
+    assert moved("hubgate_enrichment_cache_misses_total") == 1
+    assert moved("hubgate_enrichment_cache_hits_total") == 2
+    assert value(after, "hubgate_enrichment_cache_entries") == 1
+    assert value(after, "hubgate_enrichment_cache_bytes") > 0
     assert value(after, "hubgate_audit_records_total") - value(
         before, "hubgate_audit_records_total") == 4
     assert value(after, "hubgate_audit_write_errors_total") == 0

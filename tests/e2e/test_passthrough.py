@@ -107,7 +107,9 @@ def test_allowed_admin_request_is_forwarded_byte_for_byte(passthrough):
     assert [f["Id"] for f in resp["ProcessedFindings"]] == ["f-other"]
     assert fake.findings()["f-other"]["Workflow"]["Status"] == "SUPPRESSED"
     assert_forwarded_exactly(fake, c, PT_ADMIN)
-    assert_lookups_signed_by_hubgate(fake)
+    # an administrator's request needs no finding state (needs_state): no lookup at all
+    assert_lookups_signed_by_hubgate(fake, expect_some=False)
+    assert fake.requests("POST", "/findings") == []
     rec = hg.audit_for(resp["ResponseMetadata"]["HTTPHeaders"]["x-hubgate-decision-id"])
     assert rec["principal"]["id"] == "pt-admin" and rec["forwarded"] is True, rec
 

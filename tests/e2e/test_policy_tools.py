@@ -54,7 +54,14 @@ def test_eval_stops_at_a_first_pass_denial(tmp_path):
     admin = run_hubgate("eval", "--config", CONFIG, "--request", req,
                         "--as", "administrator:111111111111")
     assert admin.returncode == 0, admin.stdout
-    assert "give --current" in admin.stdout
+    # an administrator's request needs no finding state: the first pass decides
+    assert "first pass (request only): ALLOW" in admin.stdout
+    assert "second pass" not in admin.stdout and "give --current" not in admin.stdout
+    note = write(tmp_path, "n.json", {"FindingIdentifiers": [{"Id": "f", "ProductArn": PRODUCT_ARN}],
+                                      "Note": {"Text": "triaged", "UpdatedBy": "m"}})
+    member = run_hubgate("eval", "--config", CONFIG, "--request", note, "--as", "member:222222222222")
+    assert member.returncode == 0, member.stdout
+    assert "give --current" in member.stdout
 
 
 def test_eval_prints_the_input_document(request_file, current_file):

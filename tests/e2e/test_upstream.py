@@ -52,14 +52,16 @@ def slow(make_fake, make_hubgate):
 
 def test_slow_enrichment_lookup_is_504(slow):
     started = time.monotonic()
-    resp = slow.buf(SUPPRESS, who="admin")
+    # a member's request needs the findings' state (an administrator's would make no lookup)
+    resp = slow.buf({"FindingIdentifiers": [ident("f-own-high")],
+                     "Note": {"Text": "t", "UpdatedBy": "u"}}, who="member")
     elapsed = time.monotonic() - started
     assert_upstream_error(slow, resp, 504, "UPSTREAM_TIMEOUT")
     assert elapsed < 1.9, f"hubgate waited {elapsed:.2f}s, timeout_ms is 500"
     # the lookup was attempted; the update itself never went out
     seen = {(r["method"], r["path"]) for r in slow.fake.requests()}
     assert seen == {("POST", "/findings")}
-    assert slow.fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
+    assert slow.fake.findings()["f-own-high"]["Note"]["Text"] == "seed"
 
 
 def test_slow_forward_is_504(slow):
@@ -72,8 +74,8 @@ def test_lookup_refused_by_upstream_fails_closed(make_fake, make_hubgate):
     nothing is forwarded and the caller gets a 5xx; read-only forwards pass the 403 through."""
     fake = make_fake(secret_key="not-hubgates-secret")
     hg = make_hubgate(fake=fake)
-    resp = hg.buf({"FindingIdentifiers": [ident("f-admin")],
-                   "Note": {"Text": "t", "UpdatedBy": "u"}}, who="admin")
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                   "Note": {"Text": "t", "UpdatedBy": "u"}}, who="member")
     assert resp.status in (502, 500), resp.text
     assert resp.headers["x-amzn-errortype"] == "InternalException"
     assert [(r["method"], r["path"]) for r in fake.requests()] == [("POST", "/findings")]
