@@ -1,0 +1,382 @@
+//! A native stand-in for Security Hub, for load tests (benches/load/cpu.py): cheap enough that
+//! the proxy in front of it, not the upstream, is what gets measured.
+//!
+//!     cargo build --release --example stub_upstream
+//!     target/release/examples/stub_upstream 8443 [--account 222222222222] [--threads 1]
+//!
+//! Listens on 127.0.0.1:<port>, plain HTTP/1.1, TCP_NODELAY. Signatures are not checked and no
+//! state is kept: every finding asked for exists, and looks the same on every call.
+//!
+//! - `POST /findings` (GetFindings): one finding per (Id, ProductArn) of the request's
+//!   `Filters.Id` x `Filters.ProductArn` EQUALS values (ProductArn defaults to Security Hub's
+//!   own), synthesised on the fly: realistic ASFF of about 2.8 KB, AwsAccountId = `--account`,
+//!   Severity HIGH / Normalized 70, Workflow NEW. No pagination (no NextToken).
+//! - `PATCH /findings/batchupdate` (BatchUpdateFindings): every FindingIdentifiers entry back
+//!   in `ProcessedFindings`, `UnprocessedFindings` empty.
+//! - `GET /_stats`: calls per operation since start, as JSON.
+//! - anything else: 404 (counted as `other`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const DEFAULT_PRODUCT_ARN: &str = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
+const ID_MARK: &str = "@@STUB-ID@@";
+const ARN_MARK: &str = "@@STUB-ARN@@";
+
+#[derive(Default)]
+struct Stats {
+    get_findings: AtomicU64,
+    batch_update_findings: AtomicU64,
+    stats: AtomicU64,
+    other: AtomicU64,
+    findings_returned: AtomicU64,
+    identifiers_updated: AtomicU64,
+    bad_requests: AtomicU64,
+}
+
+struct Stub {
+    stats: Stats,
+    /// The serialized finding, split around the Id and ProductArn placeholders: the pieces
+    /// between them are copied as they are, the values are JSON-escaped into the gaps.
+    template: Vec<Piece>,
+    request_ids: AtomicU64,
+}
+
+enum Piece {
+    Text(String),
+    Id,
+    Arn,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StringFilter {
+    value: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct Filters {
+    id: Vec<StringFilter>,
+    product_arn: Vec<StringFilter>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct GetFindings {
+    filters: Filters,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct BatchUpdate {
+    finding_identifiers: Vec<Value>,
+}
+
+fn finding_template(account: &str) -> Value {
+    let region = "us-east-1";
+    let instance = "i-0a1b2c3d4e5f67890";
+    json!({
+        "SchemaVersion": "2018-10-08",
+        "Id": ID_MARK,
+        "ProductArn": ARN_MARK,
+        "ProductName": "Security Hub",
+        "CompanyName": "AWS",
+        "Region": region,
+        "GeneratorId": "security-control/EC2.8",
+        "AwsAccountId": account,
+        "Types": ["Software and Configuration Checks/Industry and Regulatory Standards"],
+        "FirstObservedAt": "2024-01-01T00:00:00.000Z",
+        "LastObservedAt": "2024-06-01T12:00:00.000Z",
+        "CreatedAt": "2024-01-01T00:00:00.000Z",
+        "UpdatedAt": "2024-06-01T12:00:00.000Z",
+        "Severity": {"Label": "HIGH", "Normalized": 70, "Original": "HIGH"},
+        "Title": "EC2 instances should use Instance Metadata Service Version 2 (IMDSv2)",
+        "Description": "This control checks whether your Amazon Elastic Compute Cloud (Amazon EC2) \
+            instance metadata version is configured with Instance Metadata Service Version 2 \
+            (IMDSv2). The control passes if HttpTokens is set to required for IMDSv2. The \
+            control fails if HttpTokens is set to optional. IMDSv2 uses session-oriented \
+            requests and protects against several types of vulnerabilities that could be used \
+            to try to access the instance metadata service.",
+        "Remediation": {"Recommendation": {
+            "Text": "For information on how to correct this issue, consult the AWS Security \
+                Hub controls documentation.",
+            "Url": "https://docs.aws.amazon.com/console/securityhub/EC2.8/remediation"}},
+        "ProductFields": {
+            "aws/securityhub/ProductName": "Security Hub",
+            "aws/securityhub/CompanyName": "AWS",
+            "Resources:0/Id": format!("arn:aws:ec2:{region}:{account}:instance/{instance}"),
+            "aws/securityhub/FindingId": ID_MARK
+        },
+        "Resources": [{
+            "Type": "AwsEc2Instance",
+            "Id": format!("arn:aws:ec2:{region}:{account}:instance/{instance}"),
+            "Partition": "aws",
+            "Region": region,
+            "Tags": {"Environment": "production", "Team": "platform"},
+            "Details": {"AwsEc2Instance": {
+                "Type": "m5.large",
+                "ImageId": "ami-0abcdef1234567890",
+                "IpV4Addresses": ["10.0.1.23"],
+                "KeyName": "platform-prod",
+                "IamInstanceProfileArn": format!("arn:aws:iam::{account}:instance-profile/platform-prod"),
+                "VpcId": "vpc-0123456789abcdef0",
+                "SubnetId": "subnet-0123456789abcdef0",
+                "LaunchedAt": "2024-01-01T00:00:00.000Z",
+                "MetadataOptions": {"HttpEndpoint": "enabled", "HttpTokens": "optional",
+                                    "HttpPutResponseHopLimit": 1}
+            }}
+        }],
+        "Compliance": {
+            "Status": "FAILED",
+            "SecurityControlId": "EC2.8",
+            "AssociatedStandards": [{"StandardsId": "standards/aws-foundational-security-best-practices/v/1.0.0"}],
+            "RelatedRequirements": ["NIST.800-53.r5 AC-3", "NIST.800-53.r5 AC-3(15)",
+                                    "NIST.800-53.r5 CM-2", "NIST.800-53.r5 SC-7"]
+        },
+        "WorkflowState": "NEW",
+        "Workflow": {"Status": "NEW"},
+        "RecordState": "ACTIVE",
+        "FindingProviderFields": {
+            "Severity": {"Label": "HIGH", "Original": "HIGH"},
+            "Types": ["Software and Configuration Checks/Industry and Regulatory Standards"]
+        },
+        "ProcessedAt": "2024-06-01T12:00:05.000Z",
+        "AwsAccountName": "platform-production"
+    })
+}
+
+fn split_template(text: &str) -> Vec<Piece> {
+    let id = serde_json::to_string(ID_MARK).unwrap();
+    let arn = serde_json::to_string(ARN_MARK).unwrap();
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    loop {
+        let next = [(rest.find(&id), &id, 0), (rest.find(&arn), &arn, 1)]
+            .into_iter()
+            .filter_map(|(at, mark, kind)| at.map(|a| (a, mark.len(), kind)))
+            .min();
+        match next {
+            None => {
+                pieces.push(Piece::Text(rest.to_string()));
+                return pieces;
+            }
+            Some((at, len, kind)) => {
+                pieces.push(Piece::Text(rest[..at].to_string()));
+                pieces.push(if kind == 0 { Piece::Id } else { Piece::Arn });
+                rest = &rest[at + len..];
+            }
+        }
+    }
+}
+
+impl Stub {
+    fn write_finding(&self, out: &mut Vec<u8>, id: &str, arn: &str) {
+        for piece in &self.template {
+            match piece {
+                Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Piece::Id => serde_json::to_writer(&mut *out, id).unwrap(),
+                Piece::Arn => serde_json::to_writer(&mut *out, arn).unwrap(),
+            }
+        }
+    }
+
+    fn get_findings(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let req: GetFindings = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return self.bad_request(&e.to_string()),
+        };
+        self.stats.get_findings.fetch_add(1, Relaxed);
+        let arns: Vec<&str> = if req.filters.product_arn.is_empty() {
+            vec![DEFAULT_PRODUCT_ARN]
+        } else {
+            req.filters
+                .product_arn
+                .iter()
+                .map(|f| f.value.as_str())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(64 + req.filters.id.len() * arns.len() * 3000);
+        out.extend_from_slice(b"{\"Findings\":[");
+        let mut n = 0u64;
+        for id in &req.filters.id {
+            for arn in &arns {
+                if n > 0 {
+                    out.push(b',');
+                }
+                self.write_finding(&mut out, &id.value, arn);
+                n += 1;
+            }
+        }
+        out.extend_from_slice(b"]}");
+        self.stats.findings_returned.fetch_add(n, Relaxed);
+        self.json(StatusCode::OK, out)
+    }
+
+    fn batch_update(&self, body: &[u8]) -> Response<Full<Bytes>> {
+        let req: BatchUpdate = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return self.bad_request(&e.to_string()),
+        };
+        self.stats.batch_update_findings.fetch_add(1, Relaxed);
+        self.stats
+            .identifiers_updated
+            .fetch_add(req.finding_identifiers.len() as u64, Relaxed);
+        let out = serde_json::to_vec(&json!({
+            "ProcessedFindings": req.finding_identifiers,
+            "UnprocessedFindings": [],
+        }))
+        .unwrap();
+        self.json(StatusCode::OK, out)
+    }
+
+    fn stats(&self) -> Response<Full<Bytes>> {
+        self.stats.stats.fetch_add(1, Relaxed);
+        let s = &self.stats;
+        let out = serde_json::to_vec(&json!({
+            "GetFindings": s.get_findings.load(Relaxed),
+            "BatchUpdateFindings": s.batch_update_findings.load(Relaxed),
+            "other": s.other.load(Relaxed),
+            "bad_requests": s.bad_requests.load(Relaxed),
+            "stats": s.stats.load(Relaxed),
+            "findings_returned": s.findings_returned.load(Relaxed),
+            "identifiers_updated": s.identifiers_updated.load(Relaxed),
+        }))
+        .unwrap();
+        self.json(StatusCode::OK, out)
+    }
+
+    fn bad_request(&self, detail: &str) -> Response<Full<Bytes>> {
+        self.stats.bad_requests.fetch_add(1, Relaxed);
+        let out = serde_json::to_vec(&json!({"__type": "InvalidInputException",
+                                             "message": detail}))
+        .unwrap();
+        self.json(StatusCode::BAD_REQUEST, out)
+    }
+
+    fn json(&self, status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+        let n = self.request_ids.fetch_add(1, Relaxed);
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header(
+                "x-amzn-requestid",
+                format!("00000000-0000-4000-8000-{n:012x}"),
+            )
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return self.bad_request(&format!("reading the body: {e}")),
+        };
+        match (&parts.method, parts.uri.path()) {
+            (&Method::POST, "/findings") => self.get_findings(&body),
+            (&Method::PATCH, "/findings/batchupdate") => self.batch_update(&body),
+            (&Method::GET, "/_stats") => self.stats(),
+            _ => {
+                self.stats.other.fetch_add(1, Relaxed);
+                let out = serde_json::to_vec(&json!({"message": "stub_upstream: no such route"}))
+                    .unwrap();
+                self.json(StatusCode::NOT_FOUND, out)
+            }
+        }
+    }
+}
+
+static STUB: OnceLock<Arc<Stub>> = OnceLock::new();
+
+fn usage() -> ! {
+    eprintln!("usage: stub_upstream <port> [--account 222222222222] [--threads N]");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut port: Option<u16> = None;
+    let mut account = "222222222222".to_string();
+    let mut threads = 1usize;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--account" => account = args.next().unwrap_or_else(|| usage()),
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            _ if port.is_none() => port = Some(a.parse().unwrap_or_else(|_| usage())),
+            _ => usage(),
+        }
+    }
+    let port = port.unwrap_or_else(|| usage());
+
+    let text = serde_json::to_string(&finding_template(&account)).unwrap();
+    let stub = Arc::new(Stub {
+        stats: Stats::default(),
+        template: split_template(&text),
+        request_ids: AtomicU64::new(0),
+    });
+    let mut sample = Vec::new();
+    stub.write_finding(&mut sample, "example-finding-id", DEFAULT_PRODUCT_ARN);
+    let _ = STUB.set(stub);
+
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    runtime.block_on(async move {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| {
+            eprintln!("stub_upstream: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        });
+        eprintln!(
+            "stub_upstream: listening on {addr}, account {account}, {} bytes per finding, \
+             {threads} thread(s)",
+            sample.len()
+        );
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("stub_upstream: accept: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|req| async move {
+                    let stub = STUB.get().unwrap();
+                    Ok::<_, Infallible>(stub.handle(req).await)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
