@@ -528,12 +528,14 @@ async fn fetch_and_deliver(
     let mut outcomes: HashMap<FindingKey, Outcome> = HashMap::with_capacity(chunk.len());
     match result {
         Ok(findings) => {
-            for finding in findings {
-                let key = match (
-                    finding.get("Id").and_then(Value::as_str),
-                    finding.get("ProductArn").and_then(Value::as_str),
-                ) {
-                    (Some(id), Some(arn)) => (id.to_string(), arn.to_string()),
+            for Projected {
+                id,
+                product_arn,
+                fields,
+            } in findings
+            {
+                let key = match (id, product_arn) {
+                    (Some(id), Some(arn)) => (id, arn),
                     _ => continue,
                 };
                 // The filter ORs ids and product ARNs, so pairs that were not asked for can
@@ -541,7 +543,7 @@ async fn fetch_and_deliver(
                 if !chunk.contains(&key) {
                     continue;
                 }
-                let current = Arc::new(CurrentFinding::new(&key.0, &key.1, &finding));
+                let current = Arc::new(CurrentFinding::from_projected(&key.0, &key.1, fields));
                 outcomes.insert(key, Ok(Some(current)));
             }
             for key in &chunk {
@@ -591,12 +593,68 @@ pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
     body
 }
 
+/// One GetFindings page, keeping of each finding only what policies read.
+#[derive(serde::Deserialize)]
+struct LookupPage {
+    #[serde(rename = "Findings")]
+    findings: Vec<Projected>,
+    #[serde(rename = "NextToken", default)]
+    next_token: Option<String>,
+}
+
+/// A looked-up finding reduced while it is parsed: its key and the fields of CURRENT_FIELDS.
+/// Resources, descriptions and the rest (most of a finding's 2-3 KB) are skipped, never built.
+struct Projected {
+    id: Option<String>,
+    product_arn: Option<String>,
+    fields: Map<String, Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for Projected {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Projected, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Projected;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a finding")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Projected, A::Error> {
+                let mut out = Projected {
+                    id: None,
+                    product_arn: None,
+                    fields: Map::new(),
+                };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "Id" => out.id = Some(map.next_value()?),
+                        k if crate::policy::input::CURRENT_FIELDS.contains(&k) => {
+                            let v: Value = map.next_value()?;
+                            if k == "ProductArn" {
+                                out.product_arn = v.as_str().map(str::to_string);
+                            }
+                            out.fields.insert(k.to_string(), v);
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// One chunk's findings, following NextToken; every page after the first waits for quota too.
 async fn fetch_chunk(
     inner: &Inner,
     chunk: &[FindingKey],
     progress: &CallProgress,
-) -> Result<Vec<Value>, UpstreamError> {
+) -> Result<Vec<Projected>, UpstreamError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     for page in 1..=MAX_PAGES_PER_LOOKUP {
@@ -605,25 +663,12 @@ async fn fetch_chunk(
         }
         let body = lookup_body(chunk, token.as_deref());
         progress.calls.fetch_add(1, Ordering::Relaxed);
-        let mut response = inner
+        let page: LookupPage = inner
             .upstream
             .call_json("GetFindings", Method::POST, "/findings", &body)
             .await?;
-        let findings = match response.get_mut("Findings").map(Value::take) {
-            Some(Value::Array(findings)) => findings,
-            _ => {
-                return Err(UpstreamError::BadResponse {
-                    operation: "GetFindings",
-                    detail: "the response has no Findings list".into(),
-                })
-            }
-        };
-        out.extend(findings);
-        token = response
-            .get("NextToken")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string);
+        out.extend(page.findings);
+        token = page.next_token.filter(|t| !t.is_empty());
         if token.is_none() {
             return Ok(out);
         }

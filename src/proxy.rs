@@ -329,11 +329,7 @@ async fn run(
         deadline,
     )
     .await?;
-    trail.findings = judgement
-        .keys
-        .iter()
-        .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
-        .collect();
+    trail.findings = findings_by_product(&judgement.keys);
     trail.update = Some(judgement.update.to_value());
     trail.policy_ns = judgement.policy_ns;
     trail.enrich_ns = judgement.enrich_ns;
@@ -807,6 +803,23 @@ async fn forward_allowed(
     );
     let body = Full::new(merged).map_err(|never| match never {}).boxed();
     Ok(Forwarded(Response::from_parts(head, body), slot))
+}
+
+/// The findings a request names, grouped by product as `[{ProductArn, Ids}]` in the order
+/// they first appear: a 100-finding batch of one product lists its ARN once, so the audit
+/// record stays smaller than the request.
+fn findings_by_product(keys: &[FindingKey]) -> Vec<Value> {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (id, arn) in keys {
+        match groups.iter_mut().find(|(a, _)| *a == arn.as_str()) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((arn, vec![id])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(arn, ids)| json!({"ProductArn": arn, "Ids": ids}))
+        .collect()
 }
 
 /// The input document as the audit record keeps it: the findings are listed once, as the

@@ -349,14 +349,15 @@ impl Upstream {
         self.send(request).await
     }
 
-    /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout.
-    pub async fn call_json(
+    /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout and parsed
+    /// into `T`, which may keep only what hubgate needs of the answer.
+    pub async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
         operation: &'static str,
         method: Method,
         path: &str,
         body: &serde_json::Value,
-    ) -> Result<serde_json::Value, UpstreamError> {
+    ) -> Result<T, UpstreamError> {
         let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let mut headers = HeaderMap::new();
         headers.insert(

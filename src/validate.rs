@@ -159,17 +159,19 @@ impl Schemas {
 /// Parses JSON, refusing duplicate object keys and anything after the value: two readers
 /// (hubgate and AWS) must never see two different requests in one body.
 pub fn parse_strict(body: &[u8]) -> Result<Value, Violation> {
-    let path = RefCell::new(Vec::new());
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
     let seed = Strict {
-        path: &path,
         duplicate: &duplicate,
     };
     let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|_| v));
     result.map_err(|e| match duplicate.into_inner() {
-        Some(at) => Violation {
-            path: at,
+        Some(mut at) => Violation {
+            path: {
+                // Segments were collected innermost first, as the error unwound.
+                at.reverse();
+                pointer(&at)
+            },
             message: format!("duplicate key ({e})"),
         },
         None => Violation {
@@ -196,10 +198,20 @@ fn pointer(path: &[Segment]) -> String {
     out
 }
 
+/// The strict reader. It records where a duplicate key is only when it finds one: the path is
+/// built as the error unwinds, so a valid body costs no per-member bookkeeping.
 #[derive(Clone, Copy)]
 struct Strict<'a> {
-    path: &'a RefCell<Vec<Segment>>,
-    duplicate: &'a RefCell<Option<String>>,
+    duplicate: &'a RefCell<Option<Vec<Segment>>>,
+}
+
+impl Strict<'_> {
+    /// On the way out of a failed element, adds its place to the duplicate's path.
+    fn unwinding(&self, segment: impl FnOnce() -> Segment) {
+        if let Some(path) = self.duplicate.borrow_mut().as_mut() {
+            path.push(segment());
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
@@ -239,12 +251,13 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         loop {
-            self.path.borrow_mut().push(Segment::Index(out.len()));
-            let next = seq.next_element_seed(self)?;
-            self.path.borrow_mut().pop();
-            match next {
-                Some(v) => out.push(v),
-                None => return Ok(Value::Array(out)),
+            match seq.next_element_seed(self) {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => return Ok(Value::Array(out)),
+                Err(e) => {
+                    self.unwinding(|| Segment::Index(out.len()));
+                    return Err(e);
+                }
             }
         }
     }
@@ -252,17 +265,20 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                let mut path = self.path.borrow_mut();
-                path.push(Segment::Key(key.clone()));
-                *self.duplicate.borrow_mut() = Some(pointer(&path));
+                *self.duplicate.borrow_mut() = Some(vec![Segment::Key(key.clone())]);
                 return Err(de::Error::custom(format_args!(
                     "key {key:?} appears more than once"
                 )));
             }
-            self.path.borrow_mut().push(Segment::Key(key.clone()));
-            let value = map.next_value_seed(self)?;
-            self.path.borrow_mut().pop();
-            out.insert(key, value);
+            match map.next_value_seed(self) {
+                Ok(value) => {
+                    out.insert(key, value);
+                }
+                Err(e) => {
+                    self.unwinding(|| Segment::Key(key));
+                    return Err(e);
+                }
+            }
         }
         Ok(Value::Object(out))
     }

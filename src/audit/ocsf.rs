@@ -67,14 +67,23 @@ pub fn event(record: &Value, region: &str) -> Value {
         }),
         None => json!({"user": {"name": "unauthenticated"}}),
     };
+    // The record groups the findings by product: [{ProductArn, Ids}].
     let resources: Vec<Value> = record
         .get("findings")
         .and_then(Value::as_array)
-        .map(|fs| {
-            fs.iter()
-                .map(|f| {
-                    json!({"uid": f.get("Id"), "type": "AwsSecurityFinding",
-                                "data": {"ProductArn": f.get("ProductArn")}})
+        .map(|groups| {
+            groups
+                .iter()
+                .flat_map(|g| {
+                    let arn = g.get("ProductArn");
+                    g.get("Ids")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(move |id| {
+                            json!({"uid": id, "type": "AwsSecurityFinding",
+                                   "data": {"ProductArn": arn}})
+                        })
                 })
                 .collect()
         })
@@ -200,7 +209,7 @@ mod tests {
             "operation": "BatchUpdateFindings",
             "principal": {"id": "m", "account_id": "222222222222", "role": "member"},
             "source_ip": "10.0.0.1", "method": "PATCH", "request_path": "/findings/batchupdate",
-            "findings": [{"Id": "f", "ProductArn": "p"}],
+            "findings": [{"ProductArn": "p", "Ids": ["f"]}],
             "result": {"allow": allow, "violations": if allow { json!([]) } else { json!([{"msg": "no", "finding": null}]) }, "warnings": []},
             "error": null, "dry_run": dry_run, "forwarded": forwarded, "status": status,
             "revision": "sha256:ab",

@@ -106,7 +106,7 @@ def test_record_fields(battery):
     first = hg.audit_for(calls[0][0])
     assert first["operation"] == "BatchUpdateFindings"
     assert first["method"] == "PATCH" and first["request_path"] == "/findings/batchupdate"
-    assert first["findings"] == [ident("f-own-high")]
+    assert first["findings"] == [{"ProductArn": ident("f-own-high")["ProductArn"], "Ids": ["f-own-high"]}]
     assert "SUPPRESSED" in json.dumps(first["update"])
     assert first["result"]["allow"] is True and first["result"]["violations"] == []
     lowered = hg.audit_for(calls[2][0])

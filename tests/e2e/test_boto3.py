@@ -83,8 +83,8 @@ def test_admin_suppress_is_forwarded_and_applied(hubgate):
     assert rec["principal"]["account_id"] == ADMIN_ACCOUNT
     assert rec["principal"]["role"] == "administrator"
     assert rec["result"]["allow"] is True
-    assert {(f["Id"], f["ProductArn"]) for f in rec["findings"]} == {
-        ("f-other", PRODUCT_ARN), ("f-own-high", PRODUCT_ARN)}
+    # grouped by product: each ARN once
+    assert rec["findings"] == [{"ProductArn": PRODUCT_ARN, "Ids": ["f-other", "f-own-high"]}]
 
     stored = fake.findings()
     assert stored["f-other"]["Workflow"]["Status"] == "SUPPRESSED"
