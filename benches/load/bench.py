@@ -35,6 +35,11 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 import helpers as h  # noqa: E402  (the e2e suite's helpers: signing, fake, config, env)
 
+# The checkout the hubgate binary was built from (run.sh: HUBGATE_SRC), for the report's commit
+# and the policies hubgate loads; this repository unless told otherwise.
+SOURCE = Path(os.environ.get("HUBGATE_SRC") or REPO).resolve()
+h.POLICY_DIR = SOURCE / "policies"
+
 # The stock fake, with TCP_NODELAY on its sockets (see fake_nodelay.py); FAKE=stock for the
 # unchanged one, whose responses all take ~44 ms (Nagle + delayed ACK).
 if os.environ.get("FAKE", "nodelay") != "stock":
@@ -83,12 +88,37 @@ def start_fake(workdir: Path) -> h.FakeUpstream:
     return fake
 
 
+# hubgate paces its upstream calls to Security Hub's documented quotas (GetFindings 3/s,
+# BatchUpdateFindings 10/s): a load test would measure the pacer. When the binary has a [quota]
+# section, every limit the load tests use is raised out of the way.
+QUOTA = {"share": 1.0, "limits": {op: {"rate": 1000000.0, "burst": 1000000}
+                                  for op in ("default", "GetFindings", "BatchUpdateFindings")}}
+
+
+def binary_knows_quota(binary: Path, workdir: Path, upstream: str) -> bool:
+    """Whether this hubgate accepts a [quota] section (`hubgate check` on a throwaway config)."""
+    g = Gate(binary, workdir / "quota-probe", upstream, quota=True)
+    g.workdir.mkdir(parents=True, exist_ok=True)
+    (g.workdir / "callers.toml").write_text(h.CALLERS_TOML)
+    (g.workdir / "hubgate.toml").write_text(h.to_toml(g.config()))
+    out = subprocess.run([str(binary), "check", "--config", str(g.workdir / "hubgate.toml")],
+                         capture_output=True, text=True, env=h.hubgate_env(), cwd=g.workdir,
+                         timeout=60)
+    if out.returncode == 0:
+        return True
+    text = out.stdout + out.stderr
+    if "quota" in text:
+        return False
+    raise RuntimeError(f"hubgate check failed on the load test's config:\n{text[-3000:]}")
+
+
 class Gate:
     """One hubgate process (release binary) with its own config folder."""
 
     def __init__(self, binary: Path, workdir: Path, upstream: str, overrides: dict | None = None,
-                 stdout_devnull: bool = False):
+                 stdout_devnull: bool = False, quota: bool = False):
         self.binary = binary
+        self.quota = quota
         self.workdir = workdir
         self.port = h.free_port()
         self.admin_port = h.free_port()
@@ -113,6 +143,8 @@ class Gate:
             "enrichment": {"enabled": True, "cache_ttl_ms": 60000},
             "audit": {"sink": "file", "path": "audit.ndjson", "format": "hubgate"},
         }
+        if self.quota:
+            base["quota"] = QUOTA
         return h.merge(base, self.overrides)
 
     def start(self):
@@ -328,7 +360,12 @@ def run(args) -> int:
         fake.add_findings(seed)
 
     reseed()
-    gate = Gate(args.bin, wd / "hubgate-file", fake.endpoint).start()
+    quota = binary_knows_quota(args.bin, wd, fake.endpoint)
+    if quota:
+        notes.append("this hubgate has a [quota] section: the limits for default, GetFindings "
+                     "and BatchUpdateFindings were raised to 1,000,000/s so that pacing to "
+                     "Security Hub's quotas does not bound the run")
+    gate = Gate(args.bin, wd / "hubgate-file", fake.endpoint, quota=quota).start()
     gates = [gate]
     upstream = h.Creds(h.UPSTREAM_KEY, h.UPSTREAM_SECRET)
     T, C, D = args.threads, args.connections, args.duration
@@ -360,7 +397,7 @@ def run(args) -> int:
     for key, label, target, creds, fids, wf, expect, (t, c, d) in scenarios:
         if target == "gate-stdout":
             g = Gate(args.bin, wd / "hubgate-stdout", fake.endpoint,
-                     {"audit": {"sink": "stdout"}}, stdout_devnull=True).start()
+                     {"audit": {"sink": "stdout"}}, stdout_devnull=True, quota=quota).start()
             gates.append(g)
             port, host, cur = g.port, g.host, g
         elif target == "gate":
@@ -501,13 +538,15 @@ def machine() -> str:
 
 
 def commit() -> str:
+    src = SOURCE
     try:
-        c = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        c = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
                            capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src",
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "src",
                                 "Cargo.toml", "Cargo.lock", "policies"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return c + (" (+ uncommitted changes in src/policies)" if dirty else "")
+        return ((c + (" (+ uncommitted changes in src/policies)" if dirty else ""))
+                + ("" if src == REPO else f" in {src}"))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

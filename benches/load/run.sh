@@ -15,6 +15,8 @@
 #   DURATION=5 CONNECTIONS=8 THREADS=2 benches/load/run.sh  # wrk settings (defaults 10 / 16 / 2)
 #   IDENTITY=static ...          # native suite: identity.mode = "static" (unsigned requests)
 #   ONLY=deny100,allow100 ...    # native suite: only these paths
+#   HUBGATE_SRC=/path/to/checkout ...  # where HUBGATE_BIN was built from (for the report's
+#                                      commit and the policies loaded); default this repository
 #   KEEP_WORK=1 ...              # keep the temp folder (configs, logs, audit, wrk output)
 #
 # wrk and (for the native suite) nginx are installed with apt-get when missing (as root).
