@@ -322,8 +322,11 @@ impl PolicySet {
         } else {
             Vec::new()
         };
-        // Undefined means "not needed", as for any boolean rule that does not hold.
+        // Undefined means "not needed", as for any boolean rule that does not hold. A denied
+        // pass does not ask: outside dry-run the denial ends judging, and dry-run looks up
+        // to record the whole decision.
         let needs_state = !self.has_needs_state
+            || !deny.is_empty()
             || vm
                 .execute_entry_point_by_name(NEEDS_STATE_RULE)
                 .map_err(|e| PolicyError::Eval(e.to_string()))?

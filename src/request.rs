@@ -46,6 +46,11 @@ impl Judged {
     /// unknown member or enum value) is an error located by JSON pointer, never a missing value.
     pub fn read(self, body: &Value) -> Result<Typed, Violation> {
         fn typed<'a, T: Deserialize<'a>>(body: &'a Value) -> Result<T, Violation> {
+            // Tracking the path costs on every member; only a failed read needs it, so the
+            // read runs again with tracking to say where.
+            if let Ok(t) = T::deserialize(body) {
+                return Ok(t);
+            }
             serde_path_to_error::deserialize(body).map_err(|e| {
                 let path = pointer(e.path());
                 let inner = e.into_inner().to_string();
