@@ -52,15 +52,19 @@ for target in $targets; do
     set -e
     if [ "$rc" -ne 0 ]; then
         status=1
-        echo "!!! $target crashed (exit $rc); last lines of its output:"
-        tail -n 40 "$log"
+        echo "!!! $target failed (exit $rc):"
+        grep -m 1 -A 8 'panicked at' "$log" || tail -n 40 "$log"
         crash="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)"
-        case "$crash" in
-            /*) ;;
-            *) crash="$PWD/${crash#./}" ;;
-        esac
-        echo "!!! crashing input: $crash"
-        echo "!!! reproduce: cargo +nightly fuzz run -s $sanitizer $target $crash"
+        if [ -z "$crash" ]; then
+            echo "!!! $target failed without recording a crashing input (see the output above)"
+        else
+            case "$crash" in
+                /*) ;;
+                *) crash="$PWD/${crash#./}" ;;
+            esac
+            echo "!!! crashing input: $crash"
+            echo "!!! reproduce: (cd fuzz && cargo +nightly fuzz run -s $sanitizer $target $crash)"
+        fi
     else
         grep -E '^Done [0-9]+ runs in [0-9]+ second' "$log" | sed "s/^/$target: /"
         grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$log" \

@@ -13,7 +13,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def quoted(token: str) -> str:
-    return '"' + token.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A libFuzzer dictionary entry: printable ASCII as is, `\\` and `"` escaped, the rest \\xNN."""
+    out = []
+    for b in token.encode():
+        if b in (0x5C, 0x22):
+            out.append("\\" + chr(b))
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append(f"\\x{b:02X}")
+    return '"' + "".join(out) + '"'
 
 
 def write(name: str, tokens) -> None:
