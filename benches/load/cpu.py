@@ -424,14 +424,18 @@ def run(args) -> int:
 def source_commit(src: Path) -> str:
     try:
         git = ["git", "-C", str(src)]
-        c = subprocess.run(git + ["log", "-1", "--format=%h (%cs) %s"], capture_output=True,
-                           text=True, timeout=10).stdout.strip()
-        c = c if len(c) <= 90 else c[:89] + "…"
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        last = subprocess.run(git + ["log", "-1", "--format=%h %s", "--", "src", "Cargo.toml",
+                                     "Cargo.lock", "policies"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        last = last if len(last) <= 100 else last[:99] + "…"
+        c = head and f"{head} (src, Cargo.toml, policies last changed in {last})"
         dirty = subprocess.run(git + ["status", "--porcelain", "--", "src", "Cargo.toml",
                                       "Cargo.lock", "policies"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return (f"{src} at {c[:100]}" + (" (+ uncommitted changes in src/policies)"
-                                          if dirty else "")) if c else "unknown"
+        return (f"{c} in {src}" + (" + uncommitted changes in src/policies" if dirty else "")
+                if c else "unknown")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
