@@ -54,6 +54,9 @@ pub enum Rejection {
     Overloaded { setting: &'static str, limit: usize },
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
+    /// A failure inside hubgate, never shown as the upstream's.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<JudgeError> for Rejection {
@@ -124,6 +127,11 @@ impl Rejection {
                 StatusCode::TOO_MANY_REQUESTS,
                 "THROTTLED",
                 "ThrottlingException",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "InternalException",
             ),
             Upstream(e) if e.is_timeout() => (
                 StatusCode::GATEWAY_TIMEOUT,

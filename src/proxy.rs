@@ -805,6 +805,15 @@ async fn forward_allowed(
     Ok(Forwarded(Response::from_parts(head, body), slot))
 }
 
+/// The envelope for a failure inside hubgate itself (a handler that panicked).
+pub fn internal_error(message: &str) -> Response<ProxyBody> {
+    let id = uuid::Uuid::new_v4().to_string();
+    tracing::error!(decision_id = %id, error = message, "internal error");
+    Rejection::Internal(message.to_string())
+        .to_response(&id)
+        .map(|b| b.map_err(|never| match never {}).boxed())
+}
+
 /// The findings a request names, grouped by product as `[{ProductArn, Ids}]` in the order
 /// they first appear: a 100-finding batch of one product lists its ARN once, so the audit
 /// record stays smaller than the request.

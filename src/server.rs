@@ -95,7 +95,12 @@ async fn serve_connection<I>(
         let gate = gate.clone();
         let cert = cert.clone();
         async move {
-            let response = proxy::handle(gate, req, remote, cert).await;
+            // The request runs in its own task: hyper drops this future when the client goes
+            // away, and a request already forwarded must still get its audit record.
+            let response = match tokio::spawn(proxy::handle(gate, req, remote, cert)).await {
+                Ok(response) => response,
+                Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
+            };
             Ok::<_, Infallible>(response.map(|body| conn::Held::new(body, guard)))
         }
     });
@@ -353,8 +358,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "stopping: draining in-flight requests"
     );
     drop(listener);
+    let stop_by = tokio::time::Instant::now() + grace;
+    // Requests whose client went away run on in their own tasks (for their audit records):
+    // every in-flight permit back means every such request has finished.
+    let in_flight = gate.in_flight.clone();
+    let max_in_flight = gate.config.server.max_in_flight as u32;
+    let drain = async move {
+        graceful.shutdown().await;
+        let _all = in_flight.acquire_many(max_in_flight).await;
+    };
     tokio::select! {
-        drained = tokio::time::timeout(grace, graceful.shutdown()) => {
+        drained = tokio::time::timeout_at(stop_by, drain) => {
             if drained.is_err() {
                 tracing::warn!("grace period over; closing remaining connections");
             }
