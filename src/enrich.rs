@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::EnrichmentConfig;
 use crate::metrics::OperationLabels;
-use crate::policy::input::Update;
+use crate::policy::input::{Patch, Update};
 use crate::policy::judge::{FindingState, Lookup, LookupError, LookupFailure};
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
@@ -39,8 +39,6 @@ pub struct CurrentFinding {
     pub entry: regorus::Value,
     pub account_id: Option<String>,
     pub severity_rank: Option<u64>,
-    /// The fields policies see as `current`, kept so a forwarded update can be written through.
-    projected: Map<String, Value>,
     /// Rough size of the state held, for the cache's memory gauge.
     bytes: usize,
 }
@@ -67,7 +65,16 @@ impl CurrentFinding {
                 .and_then(effective_label)
                 .and_then(label_rank),
             bytes: id.len() + product_arn.len() + approximate_size(&projected),
-            projected,
+        }
+    }
+
+    /// The state after a processed update.
+    fn patched(&self, patch: &Patch) -> CurrentFinding {
+        CurrentFinding {
+            entry: patch.apply(&self.entry),
+            account_id: self.account_id.clone(),
+            severity_rank: patch.severity_rank().or(self.severity_rank),
+            bytes: self.bytes,
         }
     }
 }
@@ -364,19 +371,18 @@ impl Enricher {
     /// becomes the state the update set, so the next decision needs no lookup. An entry whose
     /// change hubgate cannot apply is evicted instead.
     pub fn write_through(&self, processed: &[FindingKey], update: &Update) {
+        let Some(patch) = update.patch() else {
+            return self.evict(processed);
+        };
         let mut st = self.inner.lock();
         st.generation += 1;
         let now = Instant::now();
         for key in processed {
-            let patched = match st.cache.get(key).and_then(|c| c.state.as_ref()) {
-                Some(f) => {
-                    let mut projected = f.projected.clone();
-                    update.apply_to(&mut projected).then(|| {
-                        Arc::new(CurrentFinding::from_projected(&key.0, &key.1, projected))
-                    })
-                }
-                None => None,
-            };
+            let patched = st
+                .cache
+                .get(key)
+                .and_then(|c| c.state.as_ref())
+                .map(|f| Arc::new(f.patched(&patch)));
             match patched {
                 Some(f) => self.inner.store(&mut st, key.clone(), Some(f), now),
                 None => self.inner.remove(&mut st, key),
@@ -518,6 +524,10 @@ async fn fetch_and_deliver(
                 let wait = cap.mul_f64(rand::random::<f64>());
                 tokio::time::sleep(wait).await;
                 inner.pacer.acquire_shared("GetFindings").await;
+                if !anyone_waiting(&inner, &chunk) {
+                    // Everyone gave up while this call waited: spend no more quota on it.
+                    break Err(e);
+                }
             }
             other => break other,
         }

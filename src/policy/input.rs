@@ -171,11 +171,11 @@ impl Update {
         self.note = Some(NoteFact { text, updated_by });
     }
 
-    /// Applies this change to a stored finding's projected state as Security Hub will apply
-    /// it. False when it sets a member whose effect hubgate does not model (Types and
+    /// This change as Security Hub will apply it to a stored finding, ready to lay over cached
+    /// state. None when it sets a member whose effect hubgate does not model (Types and
     /// UserDefinedFields merge, RelatedFindings, Severity.Product, V2 and import fields): the
     /// cached entry must then be evicted, not guessed.
-    pub fn apply_to(&self, finding: &mut Map<String, Value>) -> bool {
+    pub fn patch(&self) -> Option<Patch> {
         const MODELLED: [&str; 8] = [
             "Workflow.Status",
             "Severity.Label",
@@ -187,53 +187,44 @@ impl Update {
             "Criticality",
         ];
         if !self.fields.iter().all(|f| MODELLED.contains(&f.as_str())) {
-            return false;
+            return None;
         }
-        fn member<'a>(
-            finding: &'a mut Map<String, Value>,
-            name: &str,
-        ) -> &'a mut Map<String, Value> {
-            let slot = finding
-                .entry(name.to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !slot.is_object() {
-                *slot = Value::Object(Map::new());
-            }
-            match slot {
-                Value::Object(m) => m,
-                _ => unreachable!("just made an object"),
-            }
-        }
+        let mut set: Vec<(&'static str, Option<&'static str>, RValue)> = Vec::new();
         if let Some(status) = self.workflow_status {
-            member(finding, "Workflow").insert("Status".into(), status.into());
+            set.push(("Workflow", Some("Status"), RValue::from(status)));
         }
         if let Some(label) = self.severity_label {
-            let severity = member(finding, "Severity");
-            severity.insert("Label".into(), label.into());
-            match self.severity_normalized {
-                Some(n) => severity.insert("Normalized".into(), n.into()),
-                // The stored Normalized would now disagree with the label; the label decides.
-                None => severity.remove("Normalized"),
-            };
+            set.push(("Severity", Some("Label"), RValue::from(label)));
+            // A stored Normalized of another band would disagree with the new label.
+            set.push((
+                "Severity",
+                Some("Normalized"),
+                self.severity_normalized
+                    .map_or(RValue::Undefined, RValue::from),
+            ));
         }
         if let Some(note) = &self.note {
-            let mut n = Map::new();
-            n.insert("Text".into(), note.text.clone().into());
+            let mut n = BTreeMap::new();
+            n.insert(RValue::from("Text"), RValue::from(note.text.as_str()));
             if let Some(by) = &note.updated_by {
-                n.insert("UpdatedBy".into(), by.clone().into());
+                n.insert(RValue::from("UpdatedBy"), RValue::from(by.as_str()));
             }
-            finding.insert("Note".into(), Value::Object(n));
+            set.push(("Note", None, RValue::from(n)));
         }
         if let Some(v) = self.verification_state {
-            finding.insert("VerificationState".into(), v.into());
+            set.push(("VerificationState", None, RValue::from(v)));
         }
         if let Some(c) = self.confidence {
-            finding.insert("Confidence".into(), c.into());
+            set.push(("Confidence", None, RValue::from(c)));
         }
         if let Some(c) = self.criticality {
-            finding.insert("Criticality".into(), c.into());
+            set.push(("Criticality", None, RValue::from(c)));
         }
-        true
+        Some(Patch {
+            workflow_status: self.workflow_status,
+            severity: self.severity_label.zip(self.severity_rank),
+            set,
+        })
     }
 
     /// The fields, sorted, for the audit record.
@@ -646,6 +637,62 @@ pub fn project(finding: &Value) -> Map<String, Value> {
         .collect()
 }
 
+/// A processed update, converted once and laid over each cached finding it applied to.
+pub struct Patch {
+    workflow_status: Option<&'static str>,
+    severity: Option<(&'static str, u64)>,
+    /// (member of `current`, sub-member, value); Undefined removes the sub-member.
+    set: Vec<(&'static str, Option<&'static str>, RValue)>,
+}
+
+impl Patch {
+    /// The new severity rank, when the update sets one.
+    pub fn severity_rank(&self) -> Option<u64> {
+        self.severity.map(|(_, rank)| rank)
+    }
+
+    /// A finding entry (see `finding_entry`) with this change applied. Only the maps that
+    /// change are copied; the rest is shared with the old entry.
+    pub fn apply(&self, entry: &RValue) -> RValue {
+        let k = keys();
+        let mut entry = entry.clone();
+        let Ok(e) = entry.as_object_mut() else {
+            return entry;
+        };
+        if let Some(status) = self.workflow_status {
+            e.insert(k.workflow_status.clone(), RValue::from(status));
+        }
+        if let Some((label, rank)) = self.severity {
+            e.insert(k.severity_label.clone(), RValue::from(label));
+            e.insert(k.severity_rank.clone(), RValue::from(rank));
+        }
+        if let Some(Ok(current)) = e.get_mut(&k.current).map(RValue::as_object_mut) {
+            for (member, sub, value) in &self.set {
+                let member = RValue::from(*member);
+                match sub {
+                    None => {
+                        current.insert(member, value.clone());
+                    }
+                    Some(sub) => {
+                        let slot = current.get_or_insert_with(member, RValue::new_object);
+                        if slot.as_object().is_err() {
+                            *slot = RValue::new_object();
+                        }
+                        if let Ok(m) = slot.as_object_mut() {
+                            if *value == RValue::Undefined {
+                                m.remove(&RValue::from(*sub));
+                            } else {
+                                m.insert(RValue::from(*sub), value.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        entry
+    }
+}
+
 /// Facts over all targeted findings, so that rules can rule a request in with a few
 /// comparisons and iterate over the findings only to name the ones that violate.
 #[derive(Default)]
@@ -946,6 +993,46 @@ mod tests {
             assert!(fields.contains(&f), "{f} in {fields:?}");
         }
         assert!(!fields.contains(&"Severity"), "{fields:?}");
+    }
+
+    #[test]
+    fn a_processed_update_is_laid_over_cached_state() {
+        let f = json!({"AwsAccountId": "222222222222", "Severity": {"Label": "HIGH", "Normalized": 70, "Original": "7"},
+                       "Workflow": {"Status": "NEW"}, "Note": {"Text": "old", "UpdatedBy": "a"}});
+        let entry = finding_entry("f", "p", Some(&project(&f)));
+        let u = update_for(
+            Judged::BatchUpdateFindings,
+            &buf(
+                json!({"Severity": {"Label": "CRITICAL"}, "Workflow": {"Status": "RESOLVED"},
+                        "Note": {"Text": "new", "UpdatedBy": "b"}}),
+            ),
+        )
+        .unwrap();
+        let patch = u.patch().expect("a modelled change");
+        assert_eq!(patch.severity_rank(), Some(4));
+        let e: Value = serde_json::to_value(patch.apply(&entry)).unwrap();
+        assert_eq!(e["severity_label"], "CRITICAL");
+        assert_eq!(e["severity_rank"], 4);
+        assert_eq!(e["workflow_status"], "RESOLVED");
+        assert_eq!(e["account_id"], "222222222222");
+        assert_eq!(
+            e["current"]["Severity"],
+            json!({"Label": "CRITICAL", "Original": "7"})
+        );
+        assert_eq!(
+            e["current"]["Note"],
+            json!({"Text": "new", "UpdatedBy": "b"})
+        );
+        // the old entry is untouched (shared state is copied on write)
+        let old: Value = serde_json::to_value(&entry).unwrap();
+        assert_eq!(old["severity_label"], "HIGH");
+        // a change hubgate does not model is not guessed
+        let types = update_for(
+            Judged::BatchUpdateFindings,
+            &buf(json!({"Types": ["a/b/c"]})),
+        )
+        .unwrap();
+        assert!(types.patch().is_none());
     }
 
     #[test]
