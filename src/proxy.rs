@@ -550,6 +550,25 @@ async fn send(
     Ok(response)
 }
 
+/// `send` for a request that may change findings: when Security Hub may have applied it
+/// without answering (timeout, unreachable), what it touched is evicted from the cache.
+async fn send_write(
+    gate: &Gate,
+    parts: &http::request::Parts,
+    body: Bytes,
+    trail: &mut Trail,
+    deadline: Instant,
+    touched: Touched<'_>,
+) -> Result<Response<Incoming>, Rejection> {
+    let sent = send(gate, parts, body, trail, deadline).await;
+    if let Err(Rejection::Upstream(e)) = &sent {
+        if e.outcome_unknown() {
+            touched.evict(gate);
+        }
+    }
+    sent
+}
+
 async fn forward(
     gate: &Gate,
     parts: &http::request::Parts,
@@ -574,17 +593,7 @@ async fn forward(
     } else {
         parts
     };
-    let response = match send(gate, parts, body, trail, deadline).await {
-        Ok(r) => r,
-        Err(rejection) => {
-            if let Rejection::Upstream(e) = &rejection {
-                if e.outcome_unknown() {
-                    touched.evict(gate);
-                }
-            }
-            return Err(rejection);
-        }
-    };
+    let response = send_write(gate, parts, body, trail, deadline, touched).await?;
     let status = response.status();
     let encoded = response
         .headers()
@@ -711,17 +720,7 @@ async fn forward_allowed(
         update: Some(update),
     };
     let slot = gate.audit.reserve().await?;
-    let response = match send(gate, &parts, rewritten, trail, deadline).await {
-        Ok(r) => r,
-        Err(rejection) => {
-            if let Rejection::Upstream(e) = &rejection {
-                if e.outcome_unknown() {
-                    touched.evict(gate);
-                }
-            }
-            return Err(rejection);
-        }
-    };
+    let response = send_write(gate, &parts, rewritten, trail, deadline, touched).await?;
     let (mut head, incoming) = response.into_parts();
     let unmergeable = |detail: String| {
         Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
