@@ -330,7 +330,7 @@ async fn run(
     )
     .await?;
     trail.findings = findings_by_product(&judgement.keys);
-    trail.update = Some(judgement.update.to_value());
+    trail.update = Some(judgement.update_json.clone());
     trail.policy_ns = judgement.policy_ns;
     trail.enrich_ns = judgement.enrich_ns;
     trail.lookups = judgement.stats.calls;
@@ -569,6 +569,28 @@ async fn send_write(
     sent
 }
 
+/// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
+/// it); one that cannot be read leaves the write's outcome unknown, so its findings go.
+async fn read_answer(
+    gate: &Gate,
+    incoming: Incoming,
+    touched: Touched<'_>,
+) -> Result<Bytes, Rejection> {
+    match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => {
+            touched.evict(gate);
+            Err(Rejection::Upstream(UpstreamError::BadResponse {
+                operation: "BatchUpdateFindings",
+                detail: e.to_string(),
+            }))
+        }
+    }
+}
+
 async fn forward(
     gate: &Gate,
     parts: &http::request::Parts,
@@ -607,19 +629,7 @@ async fn forward(
         return Ok(Forwarded(response.map(BodyExt::boxed), slot));
     }
     let (mut head, incoming) = response.into_parts();
-    let bytes = match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            touched.evict(gate);
-            return Err(Rejection::Upstream(UpstreamError::BadResponse {
-                operation: "BatchUpdateFindings",
-                detail: e.to_string(),
-            }));
-        }
-    };
+    let bytes = read_answer(gate, incoming, touched).await?;
     match serde_json::from_slice::<Value>(&bytes)
         .ok()
         .as_ref()
@@ -728,16 +738,7 @@ async fn forward_allowed(
             detail,
         })
     };
-    let bytes = match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            touched.evict(gate);
-            return Err(unmergeable(e.to_string()));
-        }
-    };
+    let bytes = read_answer(gate, incoming, touched).await?;
     if !head.status.is_success() {
         if !head.status.is_client_error() {
             touched.evict(gate);

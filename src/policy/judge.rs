@@ -86,6 +86,8 @@ pub struct Judgement {
     /// The findings the request names, de-duplicated.
     pub keys: Vec<FindingKey>,
     pub update: Update,
+    /// `update` as the input document (and the audit record) hold it.
+    pub update_json: Value,
     /// The checked body without the members that became input.findings.
     pub body: Value,
     /// BatchUpdateFindings' FindingIdentifiers as sent, for per-finding forwarding.
@@ -145,10 +147,10 @@ pub async fn judge<S: FindingState>(
             }
         }
     }
-    let update = normalised.update.to_value();
     let mut judgement = Judgement {
         passes: Vec::with_capacity(2),
         keys: normalised.keys,
+        update_json: normalised.update.to_value(),
         update: normalised.update,
         body,
         identifiers,
@@ -165,7 +167,13 @@ pub async fn judge<S: FindingState>(
      -> Result<bool, PolicyError> {
         let t = Instant::now();
         let doc = input::document_with_claims(
-            facts, &j.body, &update, &j.keys, &claims, current, enrichment,
+            facts,
+            &j.body,
+            &j.update_json,
+            &j.keys,
+            &claims,
+            current,
+            enrichment,
         );
         let decision = policy.evaluate(doc.clone());
         j.policy_ns += t.elapsed().as_nanos() as u64;

@@ -633,3 +633,28 @@ def audit_verify(*files, key_env: str | None = None, env: dict | None = None,
         args += ["--key-env", key_env]
     return subprocess.run(args, env={**hubgate_env(), **(env or {})}, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------
+# the AWS CLI
+
+AWS_CLI = REPO / ".venv" / "bin" / "aws"
+
+
+def aws(hubgate, creds: Creds, *args) -> subprocess.CompletedProcess:
+    """`aws securityhub ARGS` pointed at hubgate, with only these credentials and no retries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_PAGER": "",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    return subprocess.run(
+        [str(AWS_CLI), "securityhub", *args, "--endpoint-url", hubgate.url,
+         "--cli-read-timeout", "15", "--cli-connect-timeout", "5"],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)

@@ -1,29 +1,8 @@
 """The AWS CLI pointed at hubgate with --endpoint-url."""
 
-import os
 import subprocess
 
-from helpers import ADMIN, MEMBER, PRODUCT_ARN, REGION, REPO, Creds
-
-AWS_CLI = REPO / ".venv" / "bin" / "aws"
-
-
-def aws(hubgate, creds: Creds, *args) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({
-        "AWS_ACCESS_KEY_ID": creds.access_key,
-        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_MAX_ATTEMPTS": "1",
-        "AWS_PAGER": "",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    })
-    return subprocess.run(
-        [str(AWS_CLI), "securityhub", *args, "--endpoint-url", hubgate.url,
-         "--cli-read-timeout", "15", "--cli-connect-timeout", "5"],
-        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+from helpers import ADMIN, MEMBER, PRODUCT_ARN, Creds, aws
 
 
 def suppress(hubgate, creds: Creds, finding_id: str) -> subprocess.CompletedProcess:

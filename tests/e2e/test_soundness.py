@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import tomllib
 
@@ -22,13 +21,13 @@ from helpers import (
     MEMBER_ACCOUNT,
     OTHER_ACCOUNT,
     PRODUCT_ARN,
-    REGION,
     REPO,
     SEED,
     UPSTREAM_KEY,
     UPSTREAM_SECRET,
     Creds,
     assert_envelope,
+    aws,
     finding,
     ident,
     raw_request,
@@ -39,7 +38,6 @@ V1 = "/findings/batchupdate"
 V2 = "/findingsv2/batchupdatev2"
 IMPORT = "/findings/import"
 LOOKUP = ("POST", "/findings")  # GetFindings: hubgate's enrichment, not a write
-AWS_CLI = REPO / ".venv" / "bin" / "aws"
 
 
 # ---------------------------------------------------------------------------
@@ -321,24 +319,6 @@ def shipped(make_hubgate, seeded_fake):
     policy["dir"] = str((SHIPPED_CONFIG.parent / policy["dir"]).resolve())
     return make_hubgate({"policy": policy, "enrichment": dict(cfg["enrichment"])},
                         fake=seeded_fake, callers_toml=SHIPPED_CALLERS.read_text())
-
-
-def aws(hg, creds: Creds, *args) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({
-        "AWS_ACCESS_KEY_ID": creds.access_key,
-        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_MAX_ATTEMPTS": "1",
-        "AWS_PAGER": "",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    })
-    return subprocess.run(
-        [str(AWS_CLI), "securityhub", *args, "--endpoint-url", hg.url,
-         "--cli-read-timeout", "15", "--cli-connect-timeout", "5"],
-        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
 def cli_update(hg, role: str, finding_id: str, *change) -> subprocess.CompletedProcess:
