@@ -168,11 +168,13 @@ deny contains v if {
 }
 
 # A found finding whose current severity has no rank (summary.max_severity_rank leaves it out):
-# "not lower" cannot be judged for it. Iterates only when a member changes severity.
+# "not lower" cannot be judged for it. Iterates only when a member changes severity and
+# summary.unranked does not say that none is unranked (absent, it iterates).
 deny contains {"msg": "hubgate cannot see this finding's current severity, so member accounts may not change it", "finding": finding_ref(f)} if {
 	member
 	enriched
 	severity_touched
+	not input.summary.unranked == 0
 	some f in input.findings
 	f.current != null
 	not f.severity_rank != null

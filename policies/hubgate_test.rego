@@ -148,6 +148,20 @@ test_severity_absent_current_rank if {
 	t.deny(doc) == {{"msg": current_severity, "finding": t.ref("f1")}}
 }
 
+# summary.unranked as hubgate computes it lets the rule skip iterating; absent or null, the
+# rule iterates and still names the unranked finding.
+test_severity_unranked_summary if {
+	f := t.finding("f1", t.own_account, null, null, "NEW")
+	base := t.buf(member, "complete", [f, t.own("f2")], t.severity("CRITICAL", 4))
+	base.summary.unranked == 1
+	t.deny(base) == {{"msg": current_severity, "finding": t.ref("f1")}}
+	for_absent := t.put(base, "summary", object.remove(base.summary, ["unranked"]))
+	t.deny(for_absent) == {{"msg": current_severity, "finding": t.ref("f1")}}
+	for_null := t.put(base, "summary", object.union(base.summary, {"unranked": null}))
+	t.deny(for_null) == {{"msg": current_severity, "finding": t.ref("f1")}}
+	count(t.deny(t.buf(member, "complete", [t.own("f2")], t.severity("CRITICAL", 4)))) == 0
+}
+
 # Without summary.max_severity_rank the rule iterates instead of skipping.
 test_severity_absent_summary_max_rank if {
 	base := t.buf(member, "complete", [t.own("f1")], t.severity("LOW", 1))

@@ -73,6 +73,7 @@ summary(findings) := {
 	"accounts": sort({f.account_id | some f in findings; f.current != null; f.account_id != null}),
 	"max_severity_rank": max_rank(findings),
 	"missing": count([f | some f in findings; f.current == null]),
+	"unranked": count([f | some f in findings; f.current != null; not f.severity_rank != null]),
 }
 
 ranks(findings) := {f.severity_rank | some f in findings; f.current != null; f.severity_rank != null}

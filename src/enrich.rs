@@ -377,16 +377,22 @@ impl Enricher {
         let mut st = self.inner.lock();
         st.generation += 1;
         let now = Instant::now();
+        let mut unknown = Vec::new();
         for key in processed {
-            let patched = st
-                .cache
-                .get(key)
-                .and_then(|c| c.state.as_ref())
-                .map(|f| Arc::new(f.patched(&patch)));
-            match patched {
-                Some(f) => self.inner.store(&mut st, key.clone(), Some(f), now),
-                None => self.inner.remove(&mut st, key),
+            // In place: the key and the entry's size stay as they were.
+            match st.cache.get_mut(key) {
+                Some(Cached { at, state: Some(f) }) => {
+                    if !patch.holds(&f.entry) {
+                        *f = Arc::new(f.patched(&patch));
+                    }
+                    *at = now;
+                }
+                _ => unknown.push(key),
             }
+        }
+        // Not cached, or cached as not found: nothing to lay the change over.
+        for key in unknown {
+            self.inner.remove(&mut st, key);
         }
         self.inner.report(&st);
     }

@@ -51,6 +51,7 @@ MEMBER_ACCOUNT = h.MEMBER_ACCOUNT
 TARGETS = {
     "deny100": (300, 7.5),
     "allow100": (800, 20.0),
+    "allow100-notes": (800, 20.0),
     "allow100-ttl0": (800, 20.0),
     "allow100-cold": (800, 20.0),
 }
@@ -361,6 +362,9 @@ def run(args) -> int:
     ids = [f"bench-{i:04d}" for i in range(100)]
     suppress = {"Workflow": {"Status": "SUPPRESSED"}}
     raise_ = {"Severity": {"Label": "CRITICAL"}}
+    # a list of updates: one request per update, sent in turn
+    notes_ = [{**raise_, "Note": {"Text": f"triage pass {x}", "UpdatedBy": "bench"}}
+              for x in "AB"]
     n_distinct = args.distinct
     distinct = [[f"cold-{r:04d}-{i:03d}" for i in range(100)] for r in range(n_distinct)]
     scenarios = [
@@ -373,6 +377,8 @@ def run(args) -> int:
          "cache TTL, the same request over and over", gate, [ids[:1]], raise_, 200),
         ("allow100", "allowed update, 100 findings (member raises HIGH to CRITICAL), default "
          "cache TTL, the same request over and over", gate, [ids], raise_, 200),
+        ("allow100-notes", "as allow100, alternating two Note texts: each write-through "
+         "changes the cached state of all 100 findings", gate, [ids], notes_, 200),
         ("allow100-ttl0", "as allow100 with enrichment.cache_ttl_ms = 0 (concurrent "
          "identical requests may still share lookups)", cold, [ids], raise_, 200),
         ("allow100-cold", f"allowed update, 100 findings, cache_ttl_ms = 0 and {n_distinct} "
@@ -384,7 +390,10 @@ def run(args) -> int:
     for key, label, g, bodies, update, expect in scenarios:
         if only and key not in only:
             continue
-        datas = [body(fids, update) for fids in bodies]
+        if isinstance(update, list):
+            datas = [body(bodies[0], u) for u in update]
+        else:
+            datas = [body(fids, update) for fids in bodies]
         print(f"{key}: {label} ({len(datas[0])} byte body)", flush=True)
         # sign for hubgate's host; nginx gets the very same bytes and headers
         reqs = [request(args.identity, g.host, d) for d in datas]
@@ -558,7 +567,7 @@ def main() -> int:
                     default=os.environ.get("IDENTITY", "sigv4"))
     ap.add_argument("--only", default=os.environ.get("ONLY", ""),
                     help="comma-separated scenario keys (deny1,deny100,allow1,allow100,"
-                         "allow100-cold)")
+                         "allow100-notes,allow100-ttl0,allow100-cold)")
     ap.add_argument("--distinct", type=int, default=int(os.environ.get("DISTINCT", 512)),
                     help="allow100-cold: how many requests with distinct findings wrk cycles "
                          "through")

@@ -220,11 +220,11 @@ impl Update {
         if let Some(c) = self.criticality {
             set.push(("Criticality", None, RValue::from(c)));
         }
-        Some(Patch {
-            workflow_status: self.workflow_status,
-            severity: self.severity_label.zip(self.severity_rank),
+        Some(Patch::new(
+            self.workflow_status,
+            self.severity_label.zip(self.severity_rank),
             set,
-        })
+        ))
     }
 
     /// The fields, sorted, for the audit record.
@@ -639,50 +639,92 @@ pub fn project(finding: &Value) -> Map<String, Value> {
 
 /// A processed update, converted once and laid over each cached finding it applied to.
 pub struct Patch {
-    workflow_status: Option<&'static str>,
-    severity: Option<(&'static str, u64)>,
-    /// (member of `current`, sub-member, value); Undefined removes the sub-member.
-    set: Vec<(&'static str, Option<&'static str>, RValue)>,
+    /// (entry key, value) for the entry's own facts.
+    facts: Vec<(RValue, RValue)>,
+    severity_rank: Option<u64>,
+    /// (member of `current`, sub-member, value); Undefined removes the sub-member. Keys are
+    /// made once per update, not once per finding.
+    set: Vec<(RValue, Option<RValue>, RValue)>,
 }
 
 impl Patch {
+    fn new(
+        workflow_status: Option<&'static str>,
+        severity: Option<(&'static str, u64)>,
+        set: Vec<(&'static str, Option<&'static str>, RValue)>,
+    ) -> Patch {
+        let k = keys();
+        let mut facts = Vec::new();
+        if let Some(status) = workflow_status {
+            facts.push((k.workflow_status.clone(), RValue::from(status)));
+        }
+        if let Some((label, rank)) = severity {
+            facts.push((k.severity_label.clone(), RValue::from(label)));
+            facts.push((k.severity_rank.clone(), RValue::from(rank)));
+        }
+        Patch {
+            facts,
+            severity_rank: severity.map(|(_, rank)| rank),
+            set: set
+                .into_iter()
+                .map(|(member, sub, value)| (RValue::from(member), sub.map(RValue::from), value))
+                .collect(),
+        }
+    }
+
     /// The new severity rank, when the update sets one.
     pub fn severity_rank(&self) -> Option<u64> {
-        self.severity.map(|(_, rank)| rank)
+        self.severity_rank
+    }
+
+    /// True when `entry` (see `finding_entry`) already holds every value this update sets:
+    /// an update applied again (a retried or re-run playbook) changes nothing.
+    pub fn holds(&self, entry: &RValue) -> bool {
+        let Ok(e) = entry.as_object() else {
+            return false;
+        };
+        let current = e.get(&keys().current).and_then(|c| c.as_object().ok());
+        let in_current = |member: &RValue, sub: &Option<RValue>, value: &RValue| match (
+            sub,
+            current.and_then(|c| c.get(member)),
+        ) {
+            (None, Some(m)) => m == value,
+            (Some(sub), Some(m)) => match m.as_object().ok().and_then(|o| o.get(sub)) {
+                Some(v) => v == value,
+                None => *value == RValue::Undefined,
+            },
+            (_, None) => false,
+        };
+        self.facts.iter().all(|(k, v)| e.get(k) == Some(v))
+            && self.set.iter().all(|(m, sub, v)| in_current(m, sub, v))
     }
 
     /// A finding entry (see `finding_entry`) with this change applied. Only the maps that
     /// change are copied; the rest is shared with the old entry.
     pub fn apply(&self, entry: &RValue) -> RValue {
-        let k = keys();
         let mut entry = entry.clone();
         let Ok(e) = entry.as_object_mut() else {
             return entry;
         };
-        if let Some(status) = self.workflow_status {
-            e.insert(k.workflow_status.clone(), RValue::from(status));
+        for (key, value) in &self.facts {
+            e.insert(key.clone(), value.clone());
         }
-        if let Some((label, rank)) = self.severity {
-            e.insert(k.severity_label.clone(), RValue::from(label));
-            e.insert(k.severity_rank.clone(), RValue::from(rank));
-        }
-        if let Some(Ok(current)) = e.get_mut(&k.current).map(RValue::as_object_mut) {
+        if let Some(Ok(current)) = e.get_mut(&keys().current).map(RValue::as_object_mut) {
             for (member, sub, value) in &self.set {
-                let member = RValue::from(*member);
                 match sub {
                     None => {
-                        current.insert(member, value.clone());
+                        current.insert(member.clone(), value.clone());
                     }
                     Some(sub) => {
-                        let slot = current.get_or_insert_with(member, RValue::new_object);
+                        let slot = current.get_or_insert_with(member.clone(), RValue::new_object);
                         if slot.as_object().is_err() {
                             *slot = RValue::new_object();
                         }
                         if let Ok(m) = slot.as_object_mut() {
                             if *value == RValue::Undefined {
-                                m.remove(&RValue::from(*sub));
+                                m.remove(sub);
                             } else {
-                                m.insert(RValue::from(*sub), value.clone());
+                                m.insert(sub.clone(), value.clone());
                             }
                         }
                     }
@@ -701,6 +743,8 @@ struct Summary {
     unowned: bool,
     max_severity_rank: Option<u64>,
     missing: u64,
+    /// Found findings whose current severity has no rank.
+    unranked: u64,
 }
 
 impl Summary {
@@ -715,6 +759,9 @@ impl Summary {
             None => self.unowned = true,
         }
         self.max_severity_rank = self.max_severity_rank.max(f.severity_rank);
+        if f.severity_rank.is_none() {
+            self.unranked += 1;
+        }
     }
 
     fn into_value(self, enrichment: Enrichment) -> RValue {
@@ -730,6 +777,7 @@ impl Summary {
                 self.max_severity_rank.map_or(RValue::Null, RValue::from),
             );
             out.insert(RValue::from("missing"), RValue::from(self.missing));
+            out.insert(RValue::from("unranked"), RValue::from(self.unranked));
         }
         RValue::from(out)
     }
@@ -744,97 +792,106 @@ pub fn document(
     current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
     enrichment: Enrichment,
 ) -> RValue {
-    document_with_claims(
-        facts,
-        body_without_ids,
-        update,
-        keys,
-        &[],
-        current,
-        enrichment,
-    )
+    Document::new(facts, body_without_ids, update).pass(keys, &[], current, enrichment)
 }
 
-/// As `document`, with the accounts the request itself claims for its findings.
-pub fn document_with_claims(
-    facts: &RequestFacts<'_>,
-    body_without_ids: &Value,
-    update: &Value,
-    keys: &[FindingKey],
-    claimed_accounts: &[Option<String>],
-    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
-    enrichment: Enrichment,
-) -> RValue {
-    let mut summary = Summary::default();
-    let findings: Vec<RValue> = match (enrichment, current) {
-        (Enrichment::Complete, Some(current)) => keys
-            .iter()
-            .map(|key| match current.get(key) {
-                Some(state) => {
-                    summary.add(state);
-                    state.entry.clone()
-                }
-                None => {
-                    summary.missing += 1;
-                    finding_entry(&key.0, &key.1, None)
-                }
-            })
-            .collect(),
-        // Before enrichment (or without it) only the identifiers are known; state fields are
-        // absent, so a rule that reads them stays undefined instead of seeing a false null.
-        _ => {
-            let k = self::keys();
-            let mut arn: Option<(&str, RValue)> = None;
-            let claimed_key = RValue::from("claimed_account_id");
-            keys.iter()
-                .enumerate()
-                .map(|(i, (id, product_arn))| {
-                    let arn_value = match &arn {
-                        Some((a, v)) if *a == product_arn.as_str() => v.clone(),
-                        _ => {
-                            let v = RValue::from(product_arn.as_str());
-                            arn = Some((product_arn.as_str(), v.clone()));
-                            v
-                        }
-                    };
-                    let mut entry = BTreeMap::new();
-                    entry.insert(k.id.clone(), RValue::from(id.as_str()));
-                    entry.insert(k.product_arn.clone(), arn_value);
-                    if let Some(Some(account)) = claimed_accounts.get(i) {
-                        entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
+/// The members of the input document that do not change between passes, converted once per
+/// request: a second pass shares them (regorus values are reference-counted) instead of
+/// converting the request body and the update again.
+pub struct Document {
+    fixed: BTreeMap<RValue, RValue>,
+}
+
+impl Document {
+    pub fn new(facts: &RequestFacts<'_>, body_without_ids: &Value, update: &Value) -> Document {
+        let mut fixed = BTreeMap::new();
+        let mut put = |k: &str, v: RValue| {
+            fixed.insert(RValue::from(k), v);
+        };
+        put("version", RValue::from(INPUT_VERSION));
+        put("operation", RValue::from(facts.operation));
+        put(
+            "principal",
+            RValue::from(serde_json::to_value(facts.principal).unwrap_or(Value::Null)),
+        );
+        put(
+            "request",
+            RValue::from(json!({
+                "method": facts.method,
+                "path": facts.path,
+                "headers": facts.headers,
+                "body": body_without_ids,
+                "source_ip": facts.source_ip,
+                "request_id": facts.request_id,
+                "time": facts.time,
+            })),
+        );
+        put("update", RValue::from(update.clone()));
+        Document { fixed }
+    }
+
+    /// The whole document for one pass, with the accounts the request itself claims for its
+    /// findings (`claimed_accounts`, by position in `keys`).
+    pub fn pass(
+        &self,
+        keys: &[FindingKey],
+        claimed_accounts: &[Option<String>],
+        current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
+        enrichment: Enrichment,
+    ) -> RValue {
+        let mut summary = Summary::default();
+        let findings: Vec<RValue> = match (enrichment, current) {
+            (Enrichment::Complete, Some(current)) => keys
+                .iter()
+                .map(|key| match current.get(key) {
+                    Some(state) => {
+                        summary.add(state);
+                        state.entry.clone()
                     }
-                    RValue::from(entry)
+                    None => {
+                        summary.missing += 1;
+                        finding_entry(&key.0, &key.1, None)
+                    }
                 })
-                .collect()
-        }
-    };
-    let mut doc = BTreeMap::new();
-    let mut put = |k: &str, v: RValue| {
-        doc.insert(RValue::from(k), v);
-    };
-    put("version", RValue::from(INPUT_VERSION));
-    put("operation", RValue::from(facts.operation));
-    put("enrichment", RValue::from(enrichment.as_str()));
-    put(
-        "principal",
-        RValue::from(serde_json::to_value(facts.principal).unwrap_or(Value::Null)),
-    );
-    put(
-        "request",
-        RValue::from(json!({
-            "method": facts.method,
-            "path": facts.path,
-            "headers": facts.headers,
-            "body": body_without_ids,
-            "source_ip": facts.source_ip,
-            "request_id": facts.request_id,
-            "time": facts.time,
-        })),
-    );
-    put("findings", RValue::from(findings));
-    put("summary", summary.into_value(enrichment));
-    put("update", RValue::from(update.clone()));
-    RValue::from(doc)
+                .collect(),
+            // Before enrichment (or without it) only the identifiers are known; state fields
+            // are absent, so a rule that reads them stays undefined instead of seeing a false
+            // null.
+            _ => {
+                let k = self::keys();
+                let mut arn: Option<(&str, RValue)> = None;
+                let claimed_key = RValue::from("claimed_account_id");
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, (id, product_arn))| {
+                        let arn_value = match &arn {
+                            Some((a, v)) if *a == product_arn.as_str() => v.clone(),
+                            _ => {
+                                let v = RValue::from(product_arn.as_str());
+                                arn = Some((product_arn.as_str(), v.clone()));
+                                v
+                            }
+                        };
+                        let mut entry = BTreeMap::new();
+                        entry.insert(k.id.clone(), RValue::from(id.as_str()));
+                        entry.insert(k.product_arn.clone(), arn_value);
+                        if let Some(Some(account)) = claimed_accounts.get(i) {
+                            entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
+                        }
+                        RValue::from(entry)
+                    })
+                    .collect()
+            }
+        };
+        let mut doc = self.fixed.clone();
+        doc.insert(
+            RValue::from("enrichment"),
+            RValue::from(enrichment.as_str()),
+        );
+        doc.insert(RValue::from("findings"), RValue::from(findings));
+        doc.insert(RValue::from("summary"), summary.into_value(enrichment));
+        RValue::from(doc)
+    }
 }
 
 #[cfg(test)]
@@ -1035,6 +1092,34 @@ mod tests {
         assert!(types.patch().is_none());
     }
 
+    #[test]
+    fn an_update_already_held_is_recognised_and_any_difference_is_not() {
+        let f = json!({"AwsAccountId": "222222222222", "Severity": {"Label": "HIGH", "Normalized": 70},
+                       "Workflow": {"Status": "NEW"}, "Note": {"Text": "old", "UpdatedBy": "a"}});
+        let entry = finding_entry("f", "p", Some(&project(&f)));
+        let patch = |extra: Value| {
+            update_for(Judged::BatchUpdateFindings, &buf(extra))
+                .unwrap()
+                .patch()
+                .unwrap()
+        };
+        let change =
+            json!({"Severity": {"Label": "CRITICAL"}, "Note": {"Text": "new", "UpdatedBy": "b"}});
+        let p = patch(change.clone());
+        assert!(!p.holds(&entry), "HIGH and 'old' differ from the update");
+        let applied = p.apply(&entry);
+        assert!(p.holds(&applied), "applied once, it holds");
+        assert!(!patch(
+            json!({"Severity": {"Label": "CRITICAL"}, "Note": {"Text": "other", "UpdatedBy": "b"}})
+        )
+        .holds(&applied));
+        assert!(!patch(json!({"Workflow": {"Status": "RESOLVED"}})).holds(&applied));
+        assert!(patch(json!({"Workflow": {"Status": "NEW"}})).holds(&applied));
+        // Normalized 70 stayed with HIGH: setting the label without it must remove it
+        assert!(!patch(json!({"Severity": {"Label": "HIGH"}})).holds(&entry));
+        // a finding with no known state never holds an update
+        assert!(!p.holds(&finding_entry("f", "p", None)));
+    }
     #[test]
     fn repeated_identifiers_name_one_finding() {
         let body = json!({"FindingIdentifiers": [

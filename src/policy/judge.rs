@@ -161,20 +161,13 @@ pub async fn judge<S: FindingState>(
         enrich_ns: 0,
     };
     let claims = normalised.claimed_accounts;
+    let document = input::Document::new(facts, &judgement.body, &judgement.update_json);
     let evaluate = |j: &mut Judgement,
                     current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
                     enrichment: Enrichment|
      -> Result<bool, PolicyError> {
         let t = Instant::now();
-        let doc = input::document_with_claims(
-            facts,
-            &j.body,
-            &j.update_json,
-            &j.keys,
-            &claims,
-            current,
-            enrichment,
-        );
+        let doc = document.pass(&j.keys, &claims, current, enrichment);
         let decision = policy.evaluate(doc.clone());
         j.policy_ns += t.elapsed().as_nanos() as u64;
         let decision = decision?;
