@@ -894,6 +894,42 @@ mod tests {
     }
 
     #[test]
+    fn coordination_is_optional_and_checked_without_echoing_the_url() {
+        let c = parse("").unwrap();
+        assert!(c.coordination.redis_url.is_none());
+        assert_eq!(c.coordination.fallback_share, 0.25);
+        let c = parse(
+            "[coordination]\nredis_url = \"rediss://:pw@cache:6380/1\"\nredis_password_env = \"P\"\nfallback_share = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.coordination.fallback_share, 0.5);
+        for (text, key) in [
+            (
+                "redis_url = \"http://u:secret@h/\"",
+                "coordination.redis_url",
+            ),
+            (
+                "redis_url = \"redis://u:secret@h:notaport/\"",
+                "coordination.redis_url",
+            ),
+            ("fallback_share = 0.0", "coordination.fallback_share"),
+            ("fallback_share = 1.5", "coordination.fallback_share"),
+            (
+                "redis_password_env = \"P\"",
+                "coordination.redis_password_env",
+            ),
+            ("op_timeout_ms = 0", "coordination.op_timeout_ms"),
+            ("key_prefix = \"\"", "coordination.key_prefix"),
+        ] {
+            let err = parse(&format!("[coordination]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_name_the_key_and_file() {
         let err = parse("[server]\nlisen = \"127.0.0.1:1\"\n")
             .unwrap_err()

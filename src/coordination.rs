@@ -289,6 +289,262 @@ impl Coordination {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coordination::cache::{self, Claim, Looked, ToStore, ToWrite};
+    use crate::enrich::CurrentFinding;
+
+    /// A redis-server of the test's own on a free 127.0.0.1 port, killed on drop. Without
+    /// redis-server the test fails (HUBGATE_ALLOW_SKIP=1 makes it pass vacuously locally).
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("HUBGATE_ALLOW_SKIP").is_some() => {
+                eprintln!("skipped: redis-server: {e}");
+                return None;
+            }
+            Err(e) => panic!("redis-server is needed (apt-get install redis-server): {e}"),
+        };
+        let server = Server(child, port);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    fn finding(label: &str) -> Arc<CurrentFinding> {
+        Arc::new(CurrentFinding::new(
+            "f1",
+            "arn:p",
+            &serde_json::json!({"AwsAccountId": "222222222222", "Severity": {"Label": label},
+                                "Workflow": {"Status": "NEW"}}),
+        ))
+    }
+
+    fn label(state: &Option<Arc<CurrentFinding>>) -> String {
+        let entry = &state.as_ref().expect("a finding").entry;
+        entry["severity_label"]
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn scripts_against_a_real_redis() {
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let config = Config::parse(
+            std::path::Path::new("/tmp/hubgate-test.toml"),
+            &format!(
+                "[coordination]\nredis_url = \"redis://127.0.0.1:{}/0\"\nop_timeout_ms = 500\n",
+                server.1
+            ),
+        )
+        .unwrap();
+        let coord = Coordination::start(&config, CoordinationMetrics::default())
+            .unwrap()
+            .unwrap();
+        let fell_back = Arc::new(AtomicBool::new(false));
+        let flag = fell_back.clone();
+        coord.on_fallback(move || flag.store(true, Ordering::SeqCst));
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+
+        // GCRA: the burst at once, then one call per interval; a refusal takes nothing
+        for _ in 0..3 {
+            assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, Some(0));
+        }
+        let wait = pacing::take(&coord, "Op", 100_000, 3).await.unwrap();
+        assert!(wait > 50_000 && wait <= 100_000, "{wait}");
+        assert!(pacing::take(&coord, "Op", 100_000, 3).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_micros(wait + 5_000)).await;
+        assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, Some(0));
+        // buckets are per operation
+        assert_eq!(pacing::take(&coord, "Other", 100_000, 3).await, Some(0));
+
+        // a claim: the first replica looks the finding up, the next one waits
+        let k = ("f1".to_string(), "arn:p".to_string());
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        let version = match &claims[0] {
+            Claim::Mine(v) => v.clone(),
+            _ => panic!("the first claim is this replica's"),
+        };
+        let (_, again) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        assert!(matches!(again[0], Claim::Busy));
+        let tag = cache::new_tag();
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k,
+                version: &version,
+                ttl_ms: 60_000,
+                value: cache::encode(&tag, Some(&finding("HIGH"))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![true]);
+        // the waiting replica now finds it, decoded as it was stored
+        let (_, after) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        match &after[0] {
+            Claim::Cached(t, state) => {
+                assert_eq!(t, &tag);
+                assert_eq!(label(state), "HIGH");
+                assert_eq!(state.as_ref().unwrap().severity_rank, Some(3));
+            }
+            _ => panic!("stored state expected"),
+        }
+        // asking with the tag held: no value travels
+        let looked = cache::lookup(&coord, &[(&k, Some(tag.as_str()))])
+            .await
+            .unwrap();
+        assert!(matches!(looked[0], Looked::Same));
+
+        // a write-through over the value it was computed from replaces it ...
+        let tag2 = cache::new_tag();
+        let w = cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k,
+                expected: Some(&tag),
+                ttl_ms: 60_000,
+                value: Some(cache::encode(&tag2, Some(&finding("CRITICAL")))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(w, vec![true]);
+        match &cache::lookup(&coord, &[(&k, None)]).await.unwrap()[0] {
+            Looked::Value(t, state) => {
+                assert_eq!(t, &tag2);
+                assert_eq!(label(state), "CRITICAL");
+            }
+            _ => panic!("written-through state expected"),
+        }
+        // ... one computed from a value another replica has since replaced evicts instead
+        let w = cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k,
+                expected: Some(&tag),
+                ttl_ms: 60_000,
+                value: Some(cache::encode(&cache::new_tag(), Some(&finding("LOW")))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(w, vec![false]);
+        assert!(matches!(
+            cache::lookup(&coord, &[(&k, None)]).await.unwrap()[0],
+            Looked::Miss
+        ));
+
+        // a lookup that a write overtook stores nothing
+        let k2 = ("f2".to_string(), "arn:p".to_string());
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k2))
+            .await
+            .unwrap();
+        let Claim::Mine(version) = &claims[0] else {
+            panic!("claim expected")
+        };
+        cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k2,
+                expected: None,
+                ttl_ms: 1,
+                value: None,
+            }],
+        )
+        .await
+        .unwrap();
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k2,
+                version,
+                ttl_ms: 60_000,
+                value: cache::encode(&cache::new_tag(), None),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![false]);
+
+        // a new generation retires every entry, and stores of the old one are refused
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k2))
+            .await
+            .unwrap();
+        let Claim::Mine(version) = &claims[0] else {
+            panic!("claim expected")
+        };
+        cache::evict_all(&coord).await;
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k2,
+                version,
+                ttl_ms: 60_000,
+                value: cache::encode(&cache::new_tag(), None),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![false]);
+
+        // Redis gone: calls answer None within the timeout, the replica falls back once and
+        // marks the shared cache for retirement when it rejoins
+        drop(server);
+        let started = std::time::Instant::now();
+        assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, None);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(!coord.healthy() && fell_back.load(Ordering::SeqCst));
+        assert_eq!(coord.status().0, "degraded");
+        assert!(cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k,
+                expected: None,
+                ttl_ms: 1,
+                value: None
+            }]
+        )
+        .await
+        .is_none());
+        assert!(coord.dirty.load(Ordering::SeqCst));
+        assert_eq!(coord.metrics().up.get(), 0);
+        assert_eq!(coord.metrics().fallbacks.get(), 1);
+    }
 
     #[test]
     fn redaction_keeps_the_password_out() {

@@ -62,19 +62,3 @@ pub async fn take(
         })
         .await
 }
-
-/// The raw script, for tests against a real Redis.
-#[cfg(test)]
-pub async fn take_raw(
-    con: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    interval_us: u64,
-    burst: u32,
-) -> redis::RedisResult<u64> {
-    script()
-        .key(key)
-        .arg(interval_us)
-        .arg(burst)
-        .invoke_async::<u64>(con)
-        .await
-}
