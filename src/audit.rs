@@ -282,7 +282,7 @@ impl AuditLog {
         region: &str,
         metrics: AuditMetrics,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
-        let chain = Chain::new(chain_key(config)?);
+        let chain = Chain::new(chain_key(config)?).with_instance(chain::instance_id());
         let (sink, head) = match config.sink {
             AuditSink::Stdout => (
                 Sink::Stdout(std::io::BufWriter::new(stdout_file()?)),

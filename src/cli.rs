@@ -110,6 +110,8 @@ enum KeysCommand {
 enum AuditCommand {
     /// Check the hash chain of audit files, oldest first (e.g. audit.ndjson.2 audit.ndjson.1
     /// audit.ndjson); reports the first modified, deleted, reordered or truncated record.
+    /// Files of several replicas may be given at once: each replica's chain is checked and
+    /// reported on its own line.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -334,26 +336,43 @@ fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>)
         },
         (None, None) => None,
     };
-    match chain::verify(&chain::Chain::new(key), files) {
-        Ok(chain::Verdict::Intact {
-            records,
-            first_seq,
-            last_seq,
-        }) => {
-            println!("intact: {records} records, sequence {first_seq} to {last_seq}");
-            if first_seq > 1 {
-                println!("note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(chain::Verdict::Broken { file, line, reason }) => {
-            println!("BROKEN: {}:{line}: {reason}", file.display());
-            ExitCode::FAILURE
-        }
+    let verdicts = match chain::verify_replicas(&chain::Chain::new(key), files) {
+        Ok(v) => v,
         Err(e) => {
             eprintln!("hubgate: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    // One replica's files read as before; several are reported one replica per line.
+    let several = verdicts.len() > 1;
+    let mut intact = true;
+    for (instance, verdict) in verdicts {
+        let who = match (several, &instance) {
+            (false, _) => String::new(),
+            (true, Some(i)) => format!("replica {i}: "),
+            (true, None) => "records without an instance: ".to_string(),
+        };
+        match verdict {
+            chain::Verdict::Intact {
+                records,
+                first_seq,
+                last_seq,
+            } => {
+                println!("{who}intact: {records} records, sequence {first_seq} to {last_seq}");
+                if first_seq > 1 {
+                    println!("{who}note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
+                }
+            }
+            chain::Verdict::Broken { file, line, reason } => {
+                intact = false;
+                println!("{who}BROKEN: {}:{line}: {reason}", file.display());
+            }
+        }
+    }
+    if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -46,6 +46,8 @@ struct RawConfig {
     #[serde(default)]
     quota: QuotaConfig,
     #[serde(default)]
+    coordination: CoordinationConfig,
+    #[serde(default)]
     audit: AuditConfig,
     #[serde(default)]
     log: LogConfig,
@@ -348,6 +350,102 @@ impl QuotaConfig {
     }
 }
 
+/// Replicas sharing quota pacing and finding state through Redis (see `coordination`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinationConfig {
+    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS; unset: this replica
+    /// paces and caches alone.
+    pub redis_url: Option<String>,
+    /// Environment variable holding the Redis password (keeps it out of the config map).
+    pub redis_password_env: Option<String>,
+    /// The share of the account's quotas this replica paces to on its own while Redis is
+    /// unreachable: conservative, since the other replicas do the same.
+    pub fallback_share: f64,
+    /// Longest one Redis call may take before this replica falls back.
+    pub op_timeout_ms: u64,
+    /// How often a degraded replica tries Redis again.
+    pub probe_interval_ms: u64,
+    /// How long one replica's claim on looking up a finding holds off the others.
+    pub lookup_claim_ms: u64,
+    /// Names the quota the replicas share: replicas whose credentials reach the same account
+    /// and Region must use the same scope. Default: the upstream endpoint and Region.
+    pub quota_scope: Option<String>,
+    /// Prefix of every key hubgate writes, so several fleets can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            redis_url: None,
+            redis_password_env: None,
+            fallback_share: 0.25,
+            op_timeout_ms: 100,
+            probe_interval_ms: 1_000,
+            lookup_claim_ms: 2_000,
+            quota_scope: None,
+            key_prefix: "hubgate".into(),
+        }
+    }
+}
+
+impl CoordinationConfig {
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis_url {
+            // The URL may hold a password: errors name the key, never the value.
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    file,
+                    "coordination.redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                return Err(invalid(
+                    file,
+                    "coordination.redis_url",
+                    format!("is not a Redis URL ({:?})", e.kind()),
+                ));
+            }
+        } else if self.redis_password_env.is_some() {
+            return Err(invalid(
+                file,
+                "coordination.redis_password_env",
+                "needs coordination.redis_url",
+            ));
+        }
+        if !(self.fallback_share > 0.0 && self.fallback_share <= 1.0) {
+            return Err(invalid(
+                file,
+                "coordination.fallback_share",
+                format!("{} is not in (0, 1]", self.fallback_share),
+            ));
+        }
+        for (key, ms) in [
+            ("coordination.op_timeout_ms", self.op_timeout_ms),
+            ("coordination.probe_interval_ms", self.probe_interval_ms),
+            ("coordination.lookup_claim_ms", self.lookup_claim_ms),
+        ] {
+            if !(1..=60_000).contains(&ms) {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!("must be between 1 and 60000, not {ms}"),
+                ));
+            }
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                file,
+                "coordination.key_prefix",
+                "must be a non-empty word",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditSink {
@@ -432,6 +530,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub enrichment: EnrichmentConfig,
     pub quota: QuotaConfig,
+    pub coordination: CoordinationConfig,
     pub audit: AuditConfig,
     pub log: LogConfig,
     pub operations: std::collections::BTreeMap<String, Routing>,
@@ -496,10 +595,12 @@ impl Config {
             mut policy,
             enrichment,
             quota,
+            coordination,
             mut audit,
             log,
             operations,
         } = raw;
+        coordination.validate(file)?;
         if !(quota.share > 0.0 && quota.share <= 1.0) {
             return Err(invalid(
                 file,
@@ -759,6 +860,7 @@ impl Config {
             policy,
             enrichment,
             quota,
+            coordination,
             audit,
             log,
             operations,
@@ -789,6 +891,42 @@ mod tests {
             c.identity.callers,
             PathBuf::from("/etc/hubgate/callers.toml")
         );
+    }
+
+    #[test]
+    fn coordination_is_optional_and_checked_without_echoing_the_url() {
+        let c = parse("").unwrap();
+        assert!(c.coordination.redis_url.is_none());
+        assert_eq!(c.coordination.fallback_share, 0.25);
+        let c = parse(
+            "[coordination]\nredis_url = \"rediss://:pw@cache:6380/1\"\nredis_password_env = \"P\"\nfallback_share = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(c.coordination.fallback_share, 0.5);
+        for (text, key) in [
+            (
+                "redis_url = \"http://u:secret@h/\"",
+                "coordination.redis_url",
+            ),
+            (
+                "redis_url = \"redis://u:secret@h:notaport/\"",
+                "coordination.redis_url",
+            ),
+            ("fallback_share = 0.0", "coordination.fallback_share"),
+            ("fallback_share = 1.5", "coordination.fallback_share"),
+            (
+                "redis_password_env = \"P\"",
+                "coordination.redis_password_env",
+            ),
+            ("op_timeout_ms = 0", "coordination.op_timeout_ms"),
+            ("key_prefix = \"\"", "coordination.key_prefix"),
+        ] {
+            let err = parse(&format!("[coordination]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains("secret"), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! kept in a bounded cache. Lookups from concurrent requests are coalesced and batched (at most
 //! 20 ids per call, as the API allows), paced to the account's GetFindings quota, and retried
 //! with jittered backoff when Security Hub throttles; writes hubgate forwards are written
-//! through to (or evicted from) the cache.
+//! through to (or evicted from) the cache. With `[coordination]` this cache is the local tier
+//! of a shared one (`coordination::cache`): lookups ask Redis first, batches claim their
+//! findings there so one replica looks each up, and writes update or evict the shared entries
+//! before the caller is answered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +20,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::EnrichmentConfig;
+use crate::coordination::cache::{self as shared, Claim, Looked, Tag, ToStore, ToWrite};
+use crate::coordination::Coordination;
 use crate::metrics::OperationLabels;
 use crate::policy::input::{Patch, Update};
 use crate::policy::judge::{FindingState, Lookup, LookupError, LookupFailure};
@@ -65,6 +70,21 @@ impl CurrentFinding {
                 .and_then(effective_label)
                 .and_then(label_rank),
             bytes: id.len() + product_arn.len() + approximate_size(&projected),
+        }
+    }
+
+    /// A state read back from the shared cache (`coordination::cache`).
+    pub(crate) fn from_shared(
+        entry: regorus::Value,
+        account_id: Option<String>,
+        severity_rank: Option<u64>,
+        bytes: usize,
+    ) -> CurrentFinding {
+        CurrentFinding {
+            entry,
+            account_id,
+            severity_rank,
+            bytes,
         }
     }
 
@@ -127,6 +147,8 @@ struct Cached {
     at: Instant,
     /// None: Security Hub does not have the finding.
     state: Option<Arc<CurrentFinding>>,
+    /// The shared value this state was read from or written as, if any.
+    tag: Option<Tag>,
 }
 
 #[derive(Default)]
@@ -141,6 +163,9 @@ struct State {
     in_flight: HashMap<FindingKey, Arc<CallProgress>>,
     /// Bumped by every write: a lookup that started before it must not cache what it read.
     generation: u64,
+    /// Queued findings whose shared claim is already settled (handed over by a replica that
+    /// gave up on them): the shared generation and write count to store against, if any.
+    preclaimed: HashMap<FindingKey, Option<(String, String)>>,
 }
 
 struct Inner {
@@ -153,6 +178,7 @@ struct Inner {
     work: Notify,
     next_call: AtomicU64,
     metrics: EnrichMetrics,
+    coord: Option<Arc<Coordination>>,
 }
 
 pub struct Enricher {
@@ -192,12 +218,27 @@ impl Inner {
         self.metrics.bytes.set(st.bytes as i64);
     }
 
-    /// Stores a finding's state (None: not found), keeping the cache within its bound.
-    fn store(
+    /// Redis, while this replica shares through it.
+    fn shared(&self) -> Option<&Coordination> {
+        self.coord.as_deref().filter(|c| c.healthy())
+    }
+
+    fn ttl_for(&self, state: &Option<Arc<CurrentFinding>>) -> Duration {
+        if state.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        }
+    }
+
+    /// Stores a finding's state (None: not found), keeping the cache within its bound; `tag`
+    /// names the shared value it matches.
+    fn store_tagged(
         &self,
         st: &mut State,
         key: FindingKey,
         state: Option<Arc<CurrentFinding>>,
+        tag: Option<Tag>,
         now: Instant,
     ) {
         let ttl = if state.is_some() {
@@ -230,7 +271,14 @@ impl Inner {
                 .sum();
         }
         let added = state.as_ref().map_or(0, |s| s.bytes);
-        if let Some(old) = st.cache.insert(key, Cached { at: now, state }) {
+        if let Some(old) = st.cache.insert(
+            key,
+            Cached {
+                at: now,
+                state,
+                tag,
+            },
+        ) {
             st.bytes -= old.state.as_ref().map_or(0, |s| s.bytes);
         }
         st.bytes += added;
@@ -261,9 +309,97 @@ impl Enricher {
                 work: Notify::new(),
                 next_call: AtomicU64::new(1),
                 metrics,
+                coord: None,
             }),
             driver: OnceLock::new(),
         }
+    }
+
+    /// Makes this cache the local tier of the replicas' shared one. When the replica falls
+    /// back to its own state, what it cached may be stale (other replicas' writes reached
+    /// only Redis), so it is dropped.
+    pub fn share_through(mut self, coord: Arc<Coordination>) -> Enricher {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.coord = Some(coord.clone());
+        }
+        let weak = Arc::downgrade(&self.inner);
+        coord.on_fallback(move || {
+            if let Some(inner) = weak.upgrade() {
+                let mut st = inner.lock();
+                st.generation += 1;
+                st.cache.clear();
+                st.bytes = 0;
+                inner.report(&st);
+            }
+        });
+        self
+    }
+
+    /// Asks the shared cache for `keys`. Returns the keys it did not answer, or None when
+    /// Redis is not in use (then the local cache answers).
+    async fn shared_lookup(
+        &self,
+        keys: &[FindingKey],
+        found: &mut HashMap<FindingKey, Arc<CurrentFinding>>,
+        stats: &mut LookupStats,
+    ) -> Option<Vec<FindingKey>> {
+        let coord = self.inner.shared()?;
+        // The shared cache sees every replica's writes, this one only its own: a local entry
+        // is used only when Redis confirms it still holds the same value.
+        let (tags, generation) = {
+            let st = self.inner.lock();
+            let now = Instant::now();
+            let tags: Vec<Option<Tag>> = keys
+                .iter()
+                .map(|k| {
+                    st.cache
+                        .get(k)
+                        .filter(|c| self.inner.fresh(c, now).is_some())
+                        .and_then(|c| c.tag.clone())
+                })
+                .collect();
+            (tags, st.generation)
+        };
+        let asked: Vec<(&FindingKey, Option<&str>)> = keys
+            .iter()
+            .zip(&tags)
+            .map(|(k, t)| (k, t.as_deref()))
+            .collect();
+        let looked = shared::lookup(coord, &asked).await?;
+        let mut misses = Vec::new();
+        let mut st = self.inner.lock();
+        let now = Instant::now();
+        // A local write since the question: what Redis answered may predate it.
+        let storable = st.generation == generation;
+        let mut hits = 0u64;
+        for ((key, tag), looked) in keys.iter().zip(tags).zip(looked) {
+            match looked {
+                Looked::Same => match st.cache.get(key).filter(|c| tag.is_some() && c.tag == tag) {
+                    Some(c) => {
+                        hits += 1;
+                        if let Some(f) = &c.state {
+                            found.insert(key.clone(), f.clone());
+                        }
+                    }
+                    None => misses.push(key.clone()),
+                },
+                Looked::Value(tag, state) => {
+                    hits += 1;
+                    if let Some(f) = &state {
+                        found.insert(key.clone(), f.clone());
+                    }
+                    if storable {
+                        self.inner
+                            .store_tagged(&mut st, key.clone(), state, Some(tag), now);
+                    }
+                }
+                Looked::Miss => misses.push(key.clone()),
+            }
+        }
+        stats.cache_hits += hits as usize;
+        coord.metrics().shared_hits.inc_by(hits);
+        self.inner.report(&st);
+        Some(misses)
     }
 
     /// Current state of each (Id, ProductArn); a key missing from the result was not found.
@@ -276,12 +412,22 @@ impl Enricher {
         let mut found = HashMap::with_capacity(keys.len());
         let mut stats = LookupStats::default();
         let mut pending = Vec::new();
+        let shared_misses = self.shared_lookup(keys, &mut found, &mut stats).await;
+        let (keys, local_hits) = match &shared_misses {
+            Some(misses) => (misses.as_slice(), false),
+            None => (keys, true),
+        };
         {
             let mut st = self.inner.lock();
             let now = Instant::now();
             let mut queued = false;
             for key in keys {
-                if let Some(state) = st.cache.get(key).and_then(|c| self.inner.fresh(c, now)) {
+                if let Some(state) = st
+                    .cache
+                    .get(key)
+                    .filter(|_| local_hits)
+                    .and_then(|c| self.inner.fresh(c, now))
+                {
                     stats.cache_hits += 1;
                     if let Some(f) = state {
                         found.insert(key.clone(), f.clone());
@@ -369,51 +515,120 @@ impl Enricher {
 
     /// A forwarded BatchUpdateFindings was processed for `processed`: their cached state
     /// becomes the state the update set, so the next decision needs no lookup. An entry whose
-    /// change hubgate cannot apply is evicted instead.
-    pub fn write_through(&self, processed: &[FindingKey], update: &Update) {
+    /// change hubgate cannot apply is evicted instead. Returns once the shared cache (if any)
+    /// agrees, so that a caller's next request, through any replica, sees the change.
+    pub async fn write_through(&self, processed: &[FindingKey], update: &Update) {
         let Some(patch) = update.patch() else {
-            return self.evict(processed);
+            return self.evict(processed).await;
         };
-        let mut st = self.inner.lock();
-        st.generation += 1;
-        let now = Instant::now();
-        let mut unknown = Vec::new();
-        for key in processed {
-            // In place: the key and the entry's size stay as they were.
-            match st.cache.get_mut(key) {
-                Some(Cached { at, state: Some(f) }) => {
-                    if !patch.holds(&f.entry) {
-                        *f = Arc::new(f.patched(&patch));
+        let sharing = self.inner.coord.is_some();
+        let mut writes = Vec::with_capacity(processed.len());
+        {
+            let mut st = self.inner.lock();
+            st.generation += 1;
+            let now = Instant::now();
+            for key in processed {
+                if !sharing {
+                    // In place: the key, its tag and the entry's size stay as they were.
+                    if let Some(Cached {
+                        at, state: Some(f), ..
+                    }) = st.cache.get_mut(key)
+                    {
+                        if !patch.holds(&f.entry) {
+                            *f = Arc::new(f.patched(&patch));
+                        }
+                        *at = now;
+                        continue;
                     }
-                    *at = now;
                 }
-                _ => unknown.push(key),
+                let (patched, expected) = match st.cache.get(key) {
+                    Some(c) => (
+                        c.state.as_ref().map(|f| {
+                            if patch.holds(&f.entry) {
+                                f.clone()
+                            } else {
+                                Arc::new(f.patched(&patch))
+                            }
+                        }),
+                        c.tag.clone(),
+                    ),
+                    None => (None, None),
+                };
+                match patched {
+                    Some(f) => {
+                        let tag = sharing.then(shared::new_tag);
+                        self.inner.store_tagged(
+                            &mut st,
+                            key.clone(),
+                            Some(f.clone()),
+                            tag.clone(),
+                            now,
+                        );
+                        writes.push((key, expected, tag.map(|t| (t, f))));
+                    }
+                    // Not cached, or cached as not found: nothing to lay the change over.
+                    None => {
+                        self.inner.remove(&mut st, key);
+                        writes.push((key, None, None));
+                    }
+                }
             }
+            self.inner.report(&st);
         }
-        // Not cached, or cached as not found: nothing to lay the change over.
-        for key in unknown {
-            self.inner.remove(&mut st, key);
+        if let Some(coord) = &self.inner.coord {
+            let ttl_ms = self.inner.ttl.as_millis() as u64;
+            let items = writes
+                .iter()
+                .map(|(key, expected, new)| ToWrite {
+                    key,
+                    expected: expected.as_deref(),
+                    ttl_ms,
+                    value: new
+                        .as_ref()
+                        .filter(|_| ttl_ms > 0)
+                        .map(|(tag, f)| shared::encode(tag, Some(f))),
+                })
+                .collect();
+            shared::write(coord, items).await;
         }
-        self.inner.report(&st);
     }
 
-    /// Forgets what a write may have changed.
-    pub fn evict(&self, keys: &[FindingKey]) {
-        let mut st = self.inner.lock();
-        st.generation += 1;
-        for key in keys {
-            self.inner.remove(&mut st, key);
+    /// Forgets what a write may have changed, here and in the shared cache.
+    pub async fn evict(&self, keys: &[FindingKey]) {
+        {
+            let mut st = self.inner.lock();
+            st.generation += 1;
+            for key in keys {
+                self.inner.remove(&mut st, key);
+            }
+            self.inner.report(&st);
         }
-        self.inner.report(&st);
+        if let Some(coord) = &self.inner.coord {
+            let items = keys
+                .iter()
+                .map(|key| ToWrite {
+                    key,
+                    expected: None,
+                    ttl_ms: 1,
+                    value: None,
+                })
+                .collect();
+            shared::write(coord, items).await;
+        }
     }
 
     /// Forgets everything: for writes that name findings hubgate cannot map to cache entries.
-    pub fn evict_all(&self) {
-        let mut st = self.inner.lock();
-        st.generation += 1;
-        st.cache.clear();
-        st.bytes = 0;
-        self.inner.report(&st);
+    pub async fn evict_all(&self) {
+        {
+            let mut st = self.inner.lock();
+            st.generation += 1;
+            st.cache.clear();
+            st.bytes = 0;
+            self.inner.report(&st);
+        }
+        if let Some(coord) = &self.inner.coord {
+            shared::evict_all(coord).await;
+        }
     }
 }
 
@@ -461,13 +676,215 @@ async fn drive(inner: Arc<Inner>) {
         if chunk.is_empty() {
             continue;
         }
+        let (chunk, claims) = match inner.coord.clone() {
+            Some(coord) => claim_chunk(&inner, &coord, chunk, generation, &progress).await,
+            None => (chunk, HashMap::new()),
+        };
+        if chunk.is_empty() {
+            // Other replicas had it all: the quota taken for it is spent, which happens only
+            // when replicas look up the same findings at the same moment.
+            continue;
+        }
         tokio::spawn(fetch_and_deliver(
             inner.clone(),
             chunk,
             generation,
             progress,
+            claims,
         ));
     }
+}
+
+/// A finding's claim in the shared cache: the shared generation and its write count then.
+type SharedClaim = (String, String);
+
+/// Hands a finding's outcome to every request waiting for it.
+fn deliver(st: &mut State, key: &FindingKey, outcome: &Outcome, call: &Arc<CallProgress>) {
+    st.in_flight.remove(key);
+    for tx in st.waiting.remove(key).unwrap_or_default() {
+        let _ = tx.send(Delivery {
+            outcome: outcome.clone(),
+            call: call.clone(),
+        });
+    }
+}
+
+fn no_call(inner: &Inner) -> Arc<CallProgress> {
+    Arc::new(CallProgress {
+        id: inner.next_call.fetch_add(1, Ordering::Relaxed),
+        calls: AtomicUsize::new(0),
+        throttled: AtomicBool::new(false),
+    })
+}
+
+/// Settles with the other replicas which findings of a batch this replica looks up: those
+/// another replica stored meanwhile are delivered from the shared cache, those another
+/// replica is looking up are waited for (`await_other_replica`), the rest are claimed. Room
+/// they leave in the batch is filled from the queue.
+async fn claim_chunk(
+    inner: &Arc<Inner>,
+    coord: &Arc<Coordination>,
+    mut candidates: Vec<FindingKey>,
+    generation: u64,
+    progress: &Arc<CallProgress>,
+) -> (Vec<FindingKey>, HashMap<FindingKey, SharedClaim>) {
+    let mut mine = Vec::with_capacity(IDS_PER_LOOKUP);
+    let mut claims = HashMap::new();
+    for round in 0..3 {
+        let mut to_claim = Vec::new();
+        {
+            let mut st = inner.lock();
+            for key in candidates.drain(..) {
+                match st.preclaimed.remove(&key) {
+                    Some(claim) => {
+                        if let Some(claim) = claim {
+                            claims.insert(key.clone(), claim);
+                        }
+                        mine.push(key);
+                    }
+                    None => to_claim.push(key),
+                }
+            }
+        }
+        if !to_claim.is_empty() {
+            let answer = match coord.healthy() {
+                true => shared::claim(coord, &to_claim).await,
+                false => None,
+            };
+            match answer {
+                None => mine.extend(to_claim),
+                Some((shared_generation, answers)) => {
+                    let mut busy = Vec::new();
+                    let mut st = inner.lock();
+                    let now = Instant::now();
+                    let storable = st.generation == generation;
+                    let call = no_call(inner);
+                    for (key, answer) in to_claim.into_iter().zip(answers) {
+                        match answer {
+                            Claim::Mine(version) => {
+                                if !version.is_empty() {
+                                    claims
+                                        .insert(key.clone(), (shared_generation.clone(), version));
+                                }
+                                mine.push(key);
+                            }
+                            Claim::Cached(tag, state) => {
+                                coord.metrics().shared_hits.inc();
+                                if storable {
+                                    inner.store_tagged(
+                                        &mut st,
+                                        key.clone(),
+                                        state.clone(),
+                                        Some(tag),
+                                        now,
+                                    );
+                                }
+                                deliver(&mut st, &key, &Ok(state), &call);
+                            }
+                            Claim::Busy => busy.push(key),
+                        }
+                    }
+                    inner.report(&st);
+                    if !busy.is_empty() {
+                        coord.metrics().coalesced.inc_by(busy.len() as u64);
+                        tokio::spawn(await_other_replica(inner.clone(), coord.clone(), busy));
+                    }
+                }
+            }
+        }
+        if mine.len() >= IDS_PER_LOOKUP || round == 2 {
+            break;
+        }
+        let mut st = inner.lock();
+        if !has_live_work(&mut st) {
+            break;
+        }
+        while mine.len() + candidates.len() < IDS_PER_LOOKUP {
+            let Some(key) = st.queue.pop_front() else {
+                break;
+            };
+            st.in_flight.insert(key.clone(), progress.clone());
+            candidates.push(key);
+        }
+        if candidates.is_empty() {
+            break;
+        }
+    }
+    (mine, claims)
+}
+
+/// Waits for findings another replica is looking up, polling the shared cache. When that
+/// replica gives up (its claim is gone) or takes longer than its claim, this replica looks
+/// them up itself: a wait never turns into an answer nobody checked.
+async fn await_other_replica(
+    inner: Arc<Inner>,
+    coord: Arc<Coordination>,
+    mut keys: Vec<FindingKey>,
+) {
+    const POLL: Duration = Duration::from_millis(20);
+    let until = Instant::now() + coord.lookup_claim + POLL;
+    {
+        let call = no_call(&inner);
+        let mut st = inner.lock();
+        for key in &keys {
+            st.in_flight.insert(key.clone(), call.clone());
+        }
+    }
+    let mut handed_back: Vec<(FindingKey, Option<SharedClaim>)> = Vec::new();
+    loop {
+        tokio::time::sleep(POLL).await;
+        if !anyone_waiting(&inner, &keys) {
+            let mut st = inner.lock();
+            for key in &keys {
+                st.in_flight.remove(key);
+                st.waiting.remove(key);
+            }
+            return;
+        }
+        let Some((shared_generation, answers)) = shared::claim(&coord, &keys).await else {
+            handed_back.extend(keys.drain(..).map(|k| (k, None)));
+            break;
+        };
+        let mut still = Vec::new();
+        {
+            let mut st = inner.lock();
+            let call = no_call(&inner);
+            for (key, answer) in keys.drain(..).zip(answers) {
+                match answer {
+                    Claim::Cached(_, state) => {
+                        coord.metrics().shared_hits.inc();
+                        // Not kept locally: a local write may have come in since the poll
+                        // began, and the next lookup asks Redis first anyway.
+                        deliver(&mut st, &key, &Ok(state), &call);
+                    }
+                    Claim::Mine(version) => {
+                        let claim =
+                            (!version.is_empty()).then(|| (shared_generation.clone(), version));
+                        handed_back.push((key, claim));
+                    }
+                    Claim::Busy => still.push(key),
+                }
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        if Instant::now() >= until {
+            handed_back.extend(still.into_iter().map(|k| (k, None)));
+            break;
+        }
+        keys = still;
+    }
+    if handed_back.is_empty() {
+        return;
+    }
+    let mut st = inner.lock();
+    for (key, claim) in handed_back.into_iter().rev() {
+        st.in_flight.remove(&key);
+        st.preclaimed.insert(key.clone(), claim);
+        st.queue.push_front(key);
+    }
+    inner.work.notify_one();
 }
 
 /// Drops queued findings nobody waits for any more; true when some are left.
@@ -486,6 +903,7 @@ fn has_live_work(st: &mut State) -> bool {
         }
         if let Some(key) = st.queue.pop_front() {
             st.waiting.remove(&key);
+            st.preclaimed.remove(&key);
         }
     }
     false
@@ -505,6 +923,7 @@ async fn fetch_and_deliver(
     chunk: Vec<FindingKey>,
     generation: u64,
     progress: Arc<CallProgress>,
+    claims: HashMap<FindingKey, SharedClaim>,
 ) {
     let mut attempt = 0;
     let result = loop {
@@ -538,10 +957,8 @@ async fn fetch_and_deliver(
             other => break other,
         }
     };
-    let mut st = inner.lock();
-    let now = Instant::now();
-    let cacheable = st.generation == generation;
     let mut outcomes: HashMap<FindingKey, Outcome> = HashMap::with_capacity(chunk.len());
+    let found = result.is_ok();
     match result {
         Ok(findings) => {
             for Projected {
@@ -565,13 +982,6 @@ async fn fetch_and_deliver(
             for key in &chunk {
                 outcomes.entry(key.clone()).or_insert(Ok(None));
             }
-            if cacheable {
-                for (key, outcome) in &outcomes {
-                    if let Ok(state) = outcome {
-                        inner.store(&mut st, key.clone(), state.clone(), now);
-                    }
-                }
-            }
         }
         Err(e) => {
             for key in &chunk {
@@ -579,16 +989,83 @@ async fn fetch_and_deliver(
             }
         }
     }
-    for (key, outcome) in outcomes {
-        st.in_flight.remove(&key);
-        for tx in st.waiting.remove(&key).unwrap_or_default() {
-            let _ = tx.send(Delivery {
-                outcome: outcome.clone(),
-                call: progress.clone(),
-            });
+    let tags = match &inner.coord {
+        Some(coord) if !claims.is_empty() => {
+            share_outcomes(&inner, coord, &outcomes, &claims, found).await
+        }
+        _ => HashMap::new(),
+    };
+    let mut st = inner.lock();
+    let now = Instant::now();
+    if found && st.generation == generation {
+        for (key, outcome) in &outcomes {
+            if let Ok(state) = outcome {
+                let tag = tags.get(key).cloned();
+                inner.store_tagged(&mut st, key.clone(), state.clone(), tag, now);
+            }
         }
     }
+    for (key, outcome) in &outcomes {
+        deliver(&mut st, key, outcome, &progress);
+    }
     inner.report(&st);
+}
+
+/// Stores a claimed batch's answers in the shared cache (each only if no write came in for
+/// it since the claim) and releases the claims; a failed batch only releases them, so the
+/// replicas waiting on it look the findings up themselves. Returns the tags stored.
+async fn share_outcomes(
+    inner: &Inner,
+    coord: &Coordination,
+    outcomes: &HashMap<FindingKey, Outcome>,
+    claims: &HashMap<FindingKey, SharedClaim>,
+    found: bool,
+) -> HashMap<FindingKey, Tag> {
+    let mut by_generation: HashMap<&str, Vec<(&FindingKey, &str)>> = HashMap::new();
+    for (key, (generation, version)) in claims {
+        by_generation
+            .entry(generation.as_str())
+            .or_default()
+            .push((key, version.as_str()));
+    }
+    let mut tags = HashMap::new();
+    for (generation, keys) in by_generation {
+        let mut items = Vec::with_capacity(keys.len());
+        let mut item_tags = Vec::with_capacity(keys.len());
+        for (key, version) in keys {
+            let state = match outcomes.get(key) {
+                Some(Ok(state)) if found => state,
+                // No answer: a write count that never matches stores nothing, releases the claim.
+                _ => {
+                    items.push(ToStore {
+                        key,
+                        version: "-",
+                        ttl_ms: 1,
+                        value: Vec::new(),
+                    });
+                    item_tags.push(None);
+                    continue;
+                }
+            };
+            let ttl_ms = inner.ttl_for(state).as_millis() as u64;
+            let tag = shared::new_tag();
+            items.push(ToStore {
+                key,
+                version: if ttl_ms == 0 { "-" } else { version },
+                ttl_ms,
+                value: shared::encode(&tag, state.as_deref()),
+            });
+            item_tags.push(Some((key, tag)));
+        }
+        if let Some(stored) = shared::store(coord, generation, items).await {
+            for (ok, tag) in stored.into_iter().zip(item_tags) {
+                if let (true, Some((key, tag))) = (ok, tag) {
+                    tags.insert(key.clone(), tag);
+                }
+            }
+        }
+    }
+    tags
 }
 
 /// The GetFindings request body for one chunk of at most 20 findings.

@@ -4,11 +4,13 @@
 //! the operation, `identity` establishes the caller, `validate` parses and checks the body,
 //! `enrich` reads the findings' current state, `policy` decides, `upstream` forwards,
 //! `envelope` shapes every rejection and `audit` records each decision. `proxy` runs them in order.
+//! `quota` and `coordination` pace upstream calls (and share pacing and cache between replicas).
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod coordination;
 pub mod enrich;
 pub mod envelope;
 pub mod framing;

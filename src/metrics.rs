@@ -80,6 +80,8 @@ pub struct Metrics {
     pub quota_wait_seconds: Histogram,
     /// The enrichment cache's size, and upstream throttles by operation.
     pub enrich: crate::enrich::EnrichMetrics,
+    /// Replicas sharing quota and cache through Redis, and the fallback when it is away.
+    pub coordination: crate::coordination::CoordinationMetrics,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
@@ -111,6 +113,7 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             quota_wait_seconds: latency(),
             enrich: Default::default(),
+            coordination: Default::default(),
             reload_success_time: Gauge::default(),
             reload_failure_time: Gauge::default(),
             current_revision: Mutex::new(String::new()),
@@ -150,6 +153,32 @@ impl Metrics {
             "enrichment_lookups",
             "GetFindings calls made for enrichment",
             m.enrichment_lookups.clone(),
+        );
+        registry.register(
+            "coordination_up",
+            "1 while this replica shares quota pacing and finding state through Redis; 0 while \
+             it paces to coordination.fallback_share and uses its local cache (degraded)",
+            m.coordination.up.clone(),
+        );
+        registry.register(
+            "coordination_fallbacks",
+            "Times this replica lost Redis and fell back to local pacing and cache",
+            m.coordination.fallbacks.clone(),
+        );
+        registry.register(
+            "coordination_errors",
+            "Redis calls that failed or timed out, by purpose",
+            m.coordination.errors.clone(),
+        );
+        registry.register(
+            "coordination_shared_cache_hits",
+            "Findings answered from the cache shared by the replicas",
+            m.coordination.shared_hits.clone(),
+        );
+        registry.register(
+            "coordination_coalesced_lookups",
+            "Findings another replica was looking up, that this replica waited for",
+            m.coordination.coalesced.clone(),
         );
         registry.register(
             "audit_queue_depth",

@@ -418,19 +418,19 @@ enum Touched<'a> {
 
 impl Touched<'_> {
     /// Security Hub may have applied the write without saying which findings it processed.
-    fn evict(self, gate: &Gate) {
+    async fn evict(self, gate: &Gate) {
         let Some(enricher) = &gate.enricher else {
             return;
         };
         match self {
-            Touched::Findings { keys, .. } => enricher.evict(keys),
-            Touched::Everything => enricher.evict_all(),
+            Touched::Findings { keys, .. } => enricher.evict(keys).await,
+            Touched::Everything => enricher.evict_all().await,
             Touched::Nothing => {}
         }
     }
 
     /// Security Hub processed `processed` (a BatchUpdateFindings answer).
-    fn processed(self, gate: &Gate, processed: &[FindingKey]) {
+    async fn processed(self, gate: &Gate, processed: &[FindingKey]) {
         match (self, &gate.enricher) {
             (
                 Touched::Findings {
@@ -438,8 +438,8 @@ impl Touched<'_> {
                     ..
                 },
                 Some(enricher),
-            ) => enricher.write_through(processed, update),
-            _ => self.evict(gate),
+            ) => enricher.write_through(processed, update).await,
+            _ => self.evict(gate).await,
         }
     }
 
@@ -563,7 +563,7 @@ async fn send_write(
     let sent = send(gate, parts, body, trail, deadline).await;
     if let Err(Rejection::Upstream(e)) = &sent {
         if e.outcome_unknown() {
-            touched.evict(gate);
+            touched.evict(gate).await;
         }
     }
     sent
@@ -582,7 +582,7 @@ async fn read_answer(
     {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) => {
-            touched.evict(gate);
+            touched.evict(gate).await;
             Err(Rejection::Upstream(UpstreamError::BadResponse {
                 operation: "BatchUpdateFindings",
                 detail: e.to_string(),
@@ -624,7 +624,7 @@ async fn forward(
     if !(wants_answer && status.is_success() && !encoded) {
         // A refused write (4xx) changed nothing; anything else may have changed something.
         if !status.is_client_error() {
-            touched.evict(gate);
+            touched.evict(gate).await;
         }
         return Ok(Forwarded(response.map(BodyExt::boxed), slot));
     }
@@ -635,8 +635,8 @@ async fn forward(
         .as_ref()
         .and_then(processed_findings)
     {
-        Some(processed) => touched.processed(gate, &processed),
-        None => touched.evict(gate),
+        Some(processed) => touched.processed(gate, &processed).await,
+        None => touched.evict(gate).await,
     }
     head.headers.remove(http::header::TRANSFER_ENCODING);
     head.headers
@@ -741,7 +741,7 @@ async fn forward_allowed(
     let bytes = read_answer(gate, incoming, touched).await?;
     if !head.status.is_success() {
         if !head.status.is_client_error() {
-            touched.evict(gate);
+            touched.evict(gate).await;
         }
         // Security Hub refused the whole batch; its answer goes back as it came.
         return Ok(Forwarded(
@@ -757,7 +757,7 @@ async fn forward_allowed(
         .get(http::header::CONTENT_ENCODING)
         .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        touched.evict(gate);
+        touched.evict(gate).await;
         return Err(unmergeable(format!(
             "the answer is {encoding:?}-encoded although identity was asked for; the denied findings cannot be merged into it"
         )));
@@ -765,7 +765,7 @@ async fn forward_allowed(
     let mut answer = match serde_json::from_slice::<Value>(&bytes) {
         Ok(answer @ Value::Object(_)) => answer,
         _ => {
-            touched.evict(gate);
+            touched.evict(gate).await;
             return Err(unmergeable(
                 "the answer is not a JSON object; the denied findings cannot be merged into it"
                     .into(),
@@ -773,8 +773,8 @@ async fn forward_allowed(
         }
     };
     match processed_findings(&answer) {
-        Some(processed) => touched.processed(gate, &processed),
-        None => touched.evict(gate),
+        Some(processed) => touched.processed(gate, &processed).await,
+        None => touched.evict(gate).await,
     }
     let mut extra: Vec<Value> = denied
         .iter()

@@ -1,14 +1,18 @@
 //! Quota: paces hubgate's own calls to Security Hub with a token bucket per operation, at the
 //! account's documented quotas times this replica's share, so that hubgate never causes a
-//! throttle and callers wait for quota instead of failing.
+//! throttle and callers wait for quota instead of failing. With `[coordination]` the buckets
+//! live in Redis and are shared by every replica (`coordination::pacing`); while Redis is out
+//! of reach each replica paces locally at its fallback share.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 
 use crate::config::{Limit, QuotaConfig};
+use crate::coordination::{pacing, Coordination};
 
 /// The wait for quota outlasted the request's deadline.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,19 +52,73 @@ pub struct Pacer {
     buckets: HashMap<&'static str, Bucket>,
     default: Bucket,
     max_wait: Duration,
+    shared: Option<Shared>,
+}
+
+/// The fleet's buckets in Redis, and the local ones a replica falls back to.
+struct Shared {
+    coord: Arc<Coordination>,
+    /// Operation -> (µs between calls, burst), the same rates a lone replica paces to.
+    cells: HashMap<&'static str, (u64, u32)>,
+    default_cell: (u64, u32),
+    fallback: HashMap<&'static str, Bucket>,
+    fallback_default: Bucket,
+}
+
+/// A bucket's GCRA parameters: the emission interval and the burst, with the same call of
+/// headroom as the local buckets.
+fn cell(limit: Limit, share: f64) -> (u64, u32) {
+    let rate = (limit.rate * share).max(1e-6);
+    let burst = ((limit.burst as f64 * share).floor() as u32)
+        .saturating_sub(1)
+        .max(1);
+    ((1_000_000.0 / rate).ceil() as u64, burst)
 }
 
 impl Pacer {
     pub fn new(config: &QuotaConfig) -> Pacer {
-        let buckets = crate::routes::operations()
+        Self::build(config, None)
+    }
+
+    /// Pacing shared by every replica through `coord`; `fallback_share` (of `config.share`)
+    /// is what this replica takes alone while Redis is out of reach.
+    pub fn shared(config: &QuotaConfig, coord: Arc<Coordination>, fallback_share: f64) -> Pacer {
+        Self::build(config, Some((coord, fallback_share)))
+    }
+
+    fn build(config: &QuotaConfig, shared: Option<(Arc<Coordination>, f64)>) -> Pacer {
+        let ops = crate::routes::operations();
+        let buckets = ops
             .iter()
             .map(|op| (op.name, Bucket::new(config.limit(op.name), config.share)))
             .collect();
+        let shared = shared.map(|(coord, fallback_share)| {
+            let share = config.share * fallback_share;
+            Shared {
+                coord,
+                cells: ops
+                    .iter()
+                    .map(|op| (op.name, cell(config.limit(op.name), config.share)))
+                    .collect(),
+                default_cell: cell(config.limit("default"), config.share),
+                fallback: ops
+                    .iter()
+                    .map(|op| (op.name, Bucket::new(config.limit(op.name), share)))
+                    .collect(),
+                fallback_default: Bucket::new(config.limit("default"), share),
+            }
+        });
         Pacer {
             buckets,
             default: Bucket::new(config.limit("default"), config.share),
             max_wait: Duration::from_millis(config.max_wait_ms),
+            shared,
         }
+    }
+
+    /// The Redis coordination this pacer shares through, if configured (for /readyz).
+    pub fn coordination(&self) -> Option<&Arc<Coordination>> {
+        self.shared.as_ref().map(|s| &s.coord)
     }
 
     /// The deadline for a request that starts now.
@@ -70,11 +128,53 @@ impl Pacer {
 
     /// The calls per second hubgate paces `operation` to.
     pub fn rate(&self, operation: &str) -> f64 {
-        self.bucket(operation).rate
+        match &self.shared {
+            Some(s) if s.coord.healthy() => {
+                let (interval, _) = *s.cells.get(operation).unwrap_or(&s.default_cell);
+                1_000_000.0 / interval as f64
+            }
+            _ => self.bucket(operation).rate,
+        }
     }
 
     fn bucket(&self, operation: &str) -> &Bucket {
-        self.buckets.get(operation).unwrap_or(&self.default)
+        match &self.shared {
+            // Local pacing with coordination configured means Redis is out of reach.
+            Some(s) => s.fallback.get(operation).unwrap_or(&s.fallback_default),
+            None => self.buckets.get(operation).unwrap_or(&self.default),
+        }
+    }
+
+    /// Takes one call from the fleet's shared bucket, waiting (until `deadline`, if any) while
+    /// it is empty. None: Redis is out of reach, pace locally instead.
+    async fn acquire_in_redis(
+        &self,
+        operation: &'static str,
+        deadline: Option<Instant>,
+    ) -> Option<Result<(), QuotaExhausted>> {
+        let shared = self.shared.as_ref()?;
+        let (interval, burst) = *shared.cells.get(operation).unwrap_or(&shared.default_cell);
+        let started = Instant::now();
+        loop {
+            let wait_us = pacing::take(&shared.coord, operation, interval, burst).await?;
+            if wait_us == 0 {
+                return Some(Ok(()));
+            }
+            // Jitter spreads the replicas that were told the same instant.
+            let wait = Duration::from_micros(wait_us)
+                + Duration::from_micros(rand::random::<u64>() % 5_000);
+            if let Some(deadline) = deadline {
+                if Instant::now() + wait > deadline {
+                    // No room before the deadline: say so now, without taking quota.
+                    return Some(Err(QuotaExhausted {
+                        operation,
+                        rate: 1_000_000.0 / interval as f64,
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    }));
+                }
+            }
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Waits for one call's worth of `operation` quota, until `deadline` at the latest.
@@ -84,6 +184,9 @@ impl Pacer {
         deadline: Instant,
     ) -> Result<Duration, QuotaExhausted> {
         let started = Instant::now();
+        if let Some(done) = self.acquire_in_redis(operation, Some(deadline)).await {
+            return done.map(|()| started.elapsed());
+        }
         let bucket = self.bucket(operation);
         // Jitter spreads waiters that would otherwise all poll the bucket at the same instant.
         let ready = bucket
@@ -102,6 +205,9 @@ impl Pacer {
     /// Waits for quota with no deadline: for work shared by many requests, each of which
     /// stops waiting at its own deadline.
     pub async fn acquire_shared(&self, operation: &'static str) {
+        if let Some(Ok(())) = self.acquire_in_redis(operation, None).await {
+            return;
+        }
         self.bucket(operation)
             .limiter
             .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)))

@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::AuditLog;
 use crate::config::{Config, UpstreamAuth};
+use crate::coordination::Coordination;
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
 use crate::framing::RawHead;
@@ -204,15 +205,33 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     policy.covers(&config).map_err(|e| startup(&e))?;
     let upstream = Upstream::new(&config).await.map_err(|e| startup(&e))?;
     let metrics = Metrics::new();
-    let pacer = Arc::new(Pacer::new(&config.quota));
+    let coordination =
+        Coordination::start(&config, metrics.coordination.clone()).map_err(|e| startup(&e))?;
+    let pacer = Arc::new(match &coordination {
+        Some(coord) => Pacer::shared(
+            &config.quota,
+            coord.clone(),
+            config.coordination.fallback_share,
+        ),
+        None => Pacer::new(&config.quota),
+    });
     let enricher = config.enrichment.enabled.then(|| {
-        Enricher::new(
+        let enricher = Enricher::new(
             upstream.clone(),
             pacer.clone(),
             &config.enrichment,
             metrics.enrich.clone(),
-        )
+        );
+        match &coordination {
+            Some(coord) => enricher.share_through(coord.clone()),
+            None => enricher,
+        }
     });
+    if let Some(coord) = &coordination {
+        // The first probe decides whether this replica starts shared or on its own.
+        coord.probe().await;
+        tokio::spawn(coord.clone().run_probe());
+    }
     let tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => Some(
             tls::Tls::load(cert, key, config.server.client_ca.as_deref())
@@ -567,7 +586,11 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            json_response(status, json!({"ready": ready, "checks": checks}))
+            let mut body = json!({"ready": ready, "checks": checks});
+            if let Some(coord) = gate.pacer.coordination() {
+                body["coordination"] = json!(coord.status().0);
+            }
+            json_response(status, body)
         }
         ("GET", "/metrics") => {
             gate.metrics
@@ -636,6 +659,17 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         // As with policies, the previous certificate keeps serving.
         tls_ok = true;
         checks["tls"] = json!({"ok": tls_ok, "stale": error.is_some(), "last_reload_error": error});
+    }
+    if let Some(coord) = gate.pacer.coordination() {
+        // Degraded is still ready: the replica paces to its fallback share and judges with
+        // its local cache, so taking it out of the Service would only shed capacity.
+        let (state, error) = coord.status();
+        checks["coordination"] = json!({
+            "ok": true,
+            "state": state,
+            "redis": coord.display_url(),
+            "last_error": error,
+        });
     }
     (policy_ok && audit_ok && credentials_ok && tls_ok, checks)
 }

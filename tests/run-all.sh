@@ -2,11 +2,24 @@
 # Runs every hubgate test: Rust unit tests, the Rego policy tests, and the Python suites
 # (API-model checks and the black-box end-to-end suite against the real binary, driven by
 # boto3 and the AWS CLI through a fake Security Hub on 127.0.0.1).
-# Needs only a Rust toolchain and Python 3.11; it creates .venv and installs what it needs.
+# Needs only a Rust toolchain and Python 3.11; it creates .venv and installs what it needs
+# (and redis-server from Debian's packages, for the replica tests, when it is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "redis-server (replica tests: shared pacing and cache)"
+# From Debian's package. The replica tests fail without it, so a bare CI machine gets it here.
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+    elif command -v sudo >/dev/null; then
+        sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null
+    fi
+fi
+command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
+redis-server --version
 
 step "cargo build"
 cargo build --locked

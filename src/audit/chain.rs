@@ -1,8 +1,10 @@
 //! Tamper evidence: every record carries its sequence number, the hash of the record before it
 //! and its own hash (SHA-256, or HMAC-SHA-256 with a key), so that `hubgate audit verify`
 //! finds the first modified, deleted, reordered or truncated record, across rotated files.
+//! Each replica keeps its own chain and names itself in every record (`chain.instance`, covered
+//! by the hash), so one `verify` call can take several replicas' files and check each chain.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use hmac::{KeyInit, Mac};
@@ -31,15 +33,40 @@ impl Default for Head {
 #[derive(Clone)]
 pub struct Chain {
     key: Option<Vec<u8>>,
+    /// The replica that writes this chain.
+    instance: Option<String>,
+}
+
+/// This replica's name: HUBGATE_INSTANCE_ID, else the host name (a Kubernetes pod's name).
+pub fn instance_id() -> Option<String> {
+    std::env::var("HUBGATE_INSTANCE_ID")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 impl Chain {
     pub fn new(key: Option<Vec<u8>>) -> Chain {
-        Chain { key }
+        Chain {
+            key,
+            instance: None,
+        }
     }
 
-    fn digest(&self, prev: &str, seq: u64, body: &[u8]) -> String {
-        let seq = seq.to_string();
+    /// Names the replica in every record this chain seals.
+    pub fn with_instance(mut self, instance: Option<String>) -> Chain {
+        self.instance = instance;
+        self
+    }
+
+    fn digest(&self, prev: &str, seq: u64, instance: Option<&str>, body: &[u8]) -> String {
+        // Records without an instance (older logs) hash as they always did.
+        let seq = match instance {
+            Some(i) => format!("{seq}\ninstance:{i}"),
+            None => seq.to_string(),
+        };
         match &self.key {
             Some(key) => {
                 // HMAC accepts keys of any length, so this cannot fail.
@@ -74,8 +101,11 @@ impl Chain {
         }
         let seq = head.seq + 1;
         let body = serde_json::to_vec(&record).unwrap_or_default();
-        let hash = self.digest(&head.hash, seq, &body);
-        let chain = json!({"seq": seq, "prev": head.hash, "hash": hash});
+        let hash = self.digest(&head.hash, seq, self.instance.as_deref(), &body);
+        let mut chain = json!({"seq": seq, "prev": head.hash, "hash": hash});
+        if let Some(instance) = &self.instance {
+            chain["instance"] = json!(instance);
+        }
         let mut line = Vec::with_capacity(body.len() + 200);
         line.extend_from_slice(b"{\"chain\":");
         line.extend_from_slice(&serde_json::to_vec(&chain).unwrap_or_default());
@@ -89,8 +119,9 @@ impl Chain {
         line
     }
 
-    /// Checks one line against the head before it; returns the new head.
-    fn check(&self, line: &str, head: Option<&Head>) -> Result<Head, String> {
+    /// Checks one line against the head before it; returns the new head and the record's
+    /// instance.
+    fn check(&self, line: &str, head: Option<&Head>) -> Result<(Head, Option<String>), String> {
         let mut record: Value = serde_json::from_str(line)
             .map_err(|e| format!("not a complete JSON record (truncated or altered): {e}"))?;
         let chain = record
@@ -111,6 +142,11 @@ impl Chain {
             .and_then(Value::as_str)
             .ok_or("the record has no chain.prev")?
             .to_string();
+        let instance = match chain.get("instance") {
+            None => None,
+            Some(Value::String(i)) => Some(i.clone()),
+            Some(_) => return Err("chain.instance is not a string".into()),
+        };
         if let Some(head) = head {
             if seq != head.seq + 1 {
                 return Err(format!(
@@ -123,10 +159,10 @@ impl Chain {
             }
         }
         let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        if self.digest(&prev, seq, &body) != hash {
+        if self.digest(&prev, seq, instance.as_deref(), &body) != hash {
             return Err("the record's content does not match its hash: it was modified".into());
         }
-        Ok(Head { seq, hash })
+        Ok((Head { seq, hash }, instance))
     }
 }
 
@@ -149,6 +185,7 @@ pub enum Verdict {
 /// not the log's first ever (seq 1), older files were rotated away, which is reported as such.
 pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
     let mut head: Option<Head> = None;
+    let mut chain_instance: Option<Option<String>> = None;
     let mut first_seq = 0;
     let mut records = 0;
     for file in files {
@@ -169,7 +206,18 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
                 return Ok(broken("an empty line where a record should be".into()));
             }
             match chain.check(text, head.as_ref()) {
-                Ok(next) => {
+                Ok((next, instance)) => {
+                    match &chain_instance {
+                        None => chain_instance = Some(instance),
+                        Some(expected) if *expected != instance => {
+                            return Ok(broken(format!(
+                                "a record of instance {} in the chain of instance {}",
+                                instance.as_deref().unwrap_or("(none)"),
+                                expected.as_deref().unwrap_or("(none)")
+                            )))
+                        }
+                        Some(_) => {}
+                    }
                     if head.is_none() {
                         first_seq = next.seq;
                     }
@@ -185,6 +233,44 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
         first_seq,
         last_seq: head.map_or(0, |h| h.seq),
     })
+}
+
+/// The instance named by a file's first record: which replica's chain the file belongs to.
+/// None for older logs without one, and for files whose first record cannot be read (the
+/// chain they are verified in then reports it).
+fn file_instance(file: &Path) -> Option<String> {
+    let f = std::fs::File::open(file).ok()?;
+    let mut first = Vec::new();
+    std::io::BufReader::new(f)
+        .take(16 * 1024 * 1024)
+        .read_until(b'\n', &mut first)
+        .ok()?;
+    let record: Value = serde_json::from_slice(&first).ok()?;
+    record
+        .get("chain")?
+        .get("instance")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Verifies the files of several replicas: groups them by the instance their records name
+/// (keeping each replica's files in the order given, oldest first) and verifies each chain.
+pub fn verify_replicas(
+    chain: &Chain,
+    files: &[PathBuf],
+) -> Result<Vec<(Option<String>, Verdict)>, String> {
+    let mut groups: Vec<(Option<String>, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let instance = file_instance(file);
+        match groups.iter_mut().find(|(i, _)| *i == instance) {
+            Some((_, g)) => g.push(file.clone()),
+            None => groups.push((instance, vec![file.clone()])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(instance, files)| Ok((instance, verify(chain, &files)?)))
+        .collect()
 }
 
 /// The head of an existing log file, so a restart continues its chain instead of starting a
@@ -268,6 +354,55 @@ mod tests {
                 last_seq: 6
             }
         );
+    }
+
+    #[test]
+    fn replicas_are_verified_chain_by_chain_and_the_instance_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Chain::new(None).with_instance(Some("hubgate-a".into()));
+        let b = Chain::new(None).with_instance(Some("hubgate-b".into()));
+        let la = log(&a, 4);
+        let lb = log(&b, 4);
+        let a1 = write(dir.path(), "a.1", &la[..2]);
+        let a0 = write(dir.path(), "a", &la[2..]);
+        let b0 = write(dir.path(), "b", &lb);
+        // files interleaved on the command line still form two chains
+        let verdicts =
+            verify_replicas(&Chain::new(None), &[a1.clone(), b0.clone(), a0.clone()]).unwrap();
+        let intact = |n| Verdict::Intact {
+            records: n,
+            first_seq: 1,
+            last_seq: n,
+        };
+        assert_eq!(
+            verdicts,
+            vec![
+                (Some("hubgate-a".to_string()), intact(4)),
+                (Some("hubgate-b".to_string()), intact(4)),
+            ]
+        );
+        // a record deleted from one replica's file breaks that chain only
+        let b_cut = write(
+            dir.path(),
+            "b-cut",
+            &[lb[0].clone(), lb[2].clone(), lb[3].clone()],
+        );
+        let verdicts = verify_replicas(&Chain::new(None), &[a1, a0, b_cut]).unwrap();
+        assert_eq!(verdicts[0].1, intact(4));
+        let (line, reason) = broken_at(verdicts.into_iter().nth(1).unwrap().1);
+        assert_eq!(line, 2);
+        assert!(reason.contains("deleted"), "{reason}");
+        // renaming the instance is a modification
+        let renamed = String::from_utf8(la[0].clone())
+            .unwrap()
+            .replace("hubgate-a", "hubgate-x");
+        let f = write(dir.path(), "renamed", &[renamed.into_bytes()]);
+        let (_, reason) = broken_at(verify(&Chain::new(None), &[f]).unwrap());
+        assert!(reason.contains("modified"), "{reason}");
+        // and a record of another replica inside a chain is found
+        let mixed = write(dir.path(), "mixed", &[la[0].clone(), lb[1].clone()]);
+        let (line, _) = broken_at(verify(&Chain::new(None), &[mixed]).unwrap());
+        assert_eq!(line, 2);
     }
 
     fn broken_at(v: Verdict) -> (usize, String) {

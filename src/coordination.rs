@@ -1,0 +1,558 @@
+//! Coordination: what hubgate replicas share through Redis (`[coordination] redis_url`): the
+//! account's upstream quota, paced by one GCRA bucket per operation (`pacing`), and the
+//! finding-state cache with cross-replica single-flight lookups (`cache`). It owns the Redis
+//! connection, bounds every call to it, and decides when a replica is on its own: while Redis
+//! is unreachable or slow the replica paces to its fallback share and uses its local cache,
+//! says so in /readyz and /metrics, and rejoins when a probe gets through.
+
+pub mod cache;
+pub mod pacing;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinationError {
+    #[error("coordination.redis_url ({url}) is not usable: {reason}")]
+    Url { url: String, reason: String },
+    #[error("coordination.redis_password_env names {0}, which is not set")]
+    PasswordEnv(String),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+/// What coordination reports to /metrics; clones share the same series.
+#[derive(Clone, Default)]
+pub struct CoordinationMetrics {
+    /// 1 while this replica shares quota and cache through Redis, 0 while it is on its own.
+    pub up: Gauge,
+    /// Times this replica fell back to local pacing and its local cache.
+    pub fallbacks: Counter,
+    /// Redis calls that failed or timed out, by what they were for.
+    pub errors: Family<OpLabels, Counter>,
+    /// Findings answered from the shared cache (state looked up or written by any replica).
+    pub shared_hits: Counter,
+    /// Findings another replica was already looking up, that this one waited for.
+    pub coalesced: Counter,
+}
+
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// The shared state's handle: one per replica.
+pub struct Coordination {
+    manager: ConnectionManager,
+    healthy: AtomicBool,
+    /// A write this replica forwarded did not reach the shared cache: before it trusts the
+    /// shared cache again it must invalidate it (a new generation).
+    dirty: AtomicBool,
+    op_timeout: Duration,
+    probe_interval: Duration,
+    pub(crate) lookup_claim: Duration,
+    prefix: String,
+    quota_scope: String,
+    /// Redis without its password, for logs and /readyz.
+    display_url: String,
+    last_error: Mutex<Option<String>>,
+    metrics: CoordinationMetrics,
+    /// Run when the replica falls back (the local cache forgets what other replicas' writes
+    /// may have made stale while it relied on the shared one).
+    on_fallback: Mutex<Vec<Hook>>,
+}
+
+/// `scheme://host:port/db`, never the user or password.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+impl Coordination {
+    /// None when `[coordination] redis_url` is not set. Does not wait for Redis: a replica
+    /// whose Redis is down starts on its own and joins when it can reach it.
+    pub fn start(
+        config: &Config,
+        metrics: CoordinationMetrics,
+    ) -> Result<Option<Arc<Coordination>>, CoordinationError> {
+        let c = &config.coordination;
+        let Some(url) = &c.redis_url else {
+            return Ok(None);
+        };
+        let display_url = redacted(url);
+        let bad = |reason: String| CoordinationError::Url {
+            url: display_url.clone(),
+            reason,
+        };
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .map_err(|e| bad(format!("{:?}", e.kind())))?;
+        if let Some(var) = &c.redis_password_env {
+            let password = std::env::var(var)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| CoordinationError::PasswordEnv(var.clone()))?;
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(|e| bad(format!("{:?}", e.kind())))?;
+        let op_timeout = Duration::from_millis(c.op_timeout_ms);
+        // Reconnects are the probe's job, at its own interval: the manager's own retries
+        // would hold a request's Redis call past op_timeout.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(op_timeout));
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(|e| bad(format!("{:?}", e.kind())))?;
+        let quota_scope = c.quota_scope.clone().unwrap_or_else(|| {
+            format!(
+                "{}|{}",
+                config.upstream.endpoint.trim_end_matches('/'),
+                config.upstream.region
+            )
+        });
+        metrics.up.set(0);
+        Ok(Some(Arc::new(Coordination {
+            manager,
+            healthy: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            op_timeout,
+            probe_interval: Duration::from_millis(c.probe_interval_ms),
+            lookup_claim: Duration::from_millis(c.lookup_claim_ms),
+            prefix: c.key_prefix.clone(),
+            quota_scope,
+            display_url,
+            last_error: Mutex::new(Some("not connected yet".into())),
+            metrics,
+            on_fallback: Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// Probes Redis until the process ends: the first probe runs now, so a replica whose
+    /// Redis is up serves shared from its first request.
+    pub async fn run_probe(self: Arc<Self>) {
+        loop {
+            self.probe().await;
+            tokio::time::sleep(self.probe_interval).await;
+        }
+    }
+
+    /// One probe: joins (or rejoins) when Redis answers, falls back when it does not.
+    pub async fn probe(&self) {
+        let mut con = self.manager.clone();
+        let ping = tokio::time::timeout(
+            self.op_timeout.max(Duration::from_millis(250)),
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {
+                if self.healthy() {
+                    return;
+                }
+                // Writes forwarded while this replica was on its own never reached the
+                // shared cache; entries other replicas left there may be stale. A new
+                // generation retires all of them before this replica trusts it again.
+                if self.dirty.load(Ordering::Acquire) {
+                    let bumped = tokio::time::timeout(
+                        self.op_timeout.max(Duration::from_millis(250)),
+                        cache::new_generation(&mut con, &self.prefix),
+                    )
+                    .await;
+                    if !matches!(bumped, Ok(Ok(_))) {
+                        return;
+                    }
+                    self.dirty.store(false, Ordering::Release);
+                }
+                self.healthy.store(true, Ordering::Release);
+                self.metrics.up.set(1);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(redis = %self.display_url, "coordination: sharing quota and cache through Redis");
+            }
+            Ok(Err(e)) => self.fail("probe", &e.to_string()),
+            Err(_) => self.fail("probe", "timed out"),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// For /readyz: ("ok" | "degraded", the last error while degraded).
+    pub fn status(&self) -> (&'static str, Option<String>) {
+        if self.healthy() {
+            ("ok", None)
+        } else {
+            (
+                "degraded",
+                self.last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            )
+        }
+    }
+
+    pub fn display_url(&self) -> &str {
+        &self.display_url
+    }
+
+    pub fn metrics(&self) -> &CoordinationMetrics {
+        &self.metrics
+    }
+
+    /// Registers what to run when the replica falls back to its own state.
+    pub fn on_fallback(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.on_fallback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// A forwarded write could not update the shared cache.
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    fn fail(&self, op: &'static str, reason: &str) {
+        self.metrics
+            .errors
+            .get_or_create(&OpLabels { op: op.into() })
+            .inc();
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("{op}: {reason}"));
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            self.metrics.up.set(0);
+            self.metrics.fallbacks.inc();
+            tracing::warn!(
+                redis = %self.display_url,
+                op,
+                reason,
+                "coordination: Redis unreachable or slow; pacing to the fallback share and using the local cache"
+            );
+            for hook in self
+                .on_fallback
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                hook();
+            }
+        }
+    }
+
+    /// Runs one Redis call within op_timeout. None: Redis is not in use right now (this
+    /// replica is on its own, or the call just failed and it fell back).
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.healthy() {
+            return None;
+        }
+        match tokio::time::timeout(self.op_timeout, f(self.manager.clone())).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.fail(op, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.fail(op, "timed out");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn quota_scope(&self) -> &str {
+        &self.quota_scope
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordination::cache::{self, Claim, Looked, ToStore, ToWrite};
+    use crate::enrich::CurrentFinding;
+
+    /// A redis-server of the test's own on a free 127.0.0.1 port, killed on drop. Without
+    /// redis-server the test fails (HUBGATE_ALLOW_SKIP=1 makes it pass vacuously locally).
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn redis_server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("HUBGATE_ALLOW_SKIP").is_some() => {
+                eprintln!("skipped: redis-server: {e}");
+                return None;
+            }
+            Err(e) => panic!("redis-server is needed (apt-get install redis-server): {e}"),
+        };
+        let server = Server(child, port);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    fn finding(label: &str) -> Arc<CurrentFinding> {
+        Arc::new(CurrentFinding::new(
+            "f1",
+            "arn:p",
+            &serde_json::json!({"AwsAccountId": "222222222222", "Severity": {"Label": label},
+                                "Workflow": {"Status": "NEW"}}),
+        ))
+    }
+
+    fn label(state: &Option<Arc<CurrentFinding>>) -> String {
+        let entry = &state.as_ref().expect("a finding").entry;
+        entry["severity_label"]
+            .as_string()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn scripts_against_a_real_redis() {
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let config = Config::parse(
+            std::path::Path::new("/tmp/hubgate-test.toml"),
+            &format!(
+                "[coordination]\nredis_url = \"redis://127.0.0.1:{}/0\"\nop_timeout_ms = 500\n",
+                server.1
+            ),
+        )
+        .unwrap();
+        let coord = Coordination::start(&config, CoordinationMetrics::default())
+            .unwrap()
+            .unwrap();
+        let fell_back = Arc::new(AtomicBool::new(false));
+        let flag = fell_back.clone();
+        coord.on_fallback(move || flag.store(true, Ordering::SeqCst));
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+
+        // GCRA: the burst at once, then one call per interval; a refusal takes nothing
+        for _ in 0..3 {
+            assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, Some(0));
+        }
+        let wait = pacing::take(&coord, "Op", 100_000, 3).await.unwrap();
+        assert!(wait > 50_000 && wait <= 100_000, "{wait}");
+        assert!(pacing::take(&coord, "Op", 100_000, 3).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_micros(wait + 5_000)).await;
+        assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, Some(0));
+        // buckets are per operation
+        assert_eq!(pacing::take(&coord, "Other", 100_000, 3).await, Some(0));
+
+        // a claim: the first replica looks the finding up, the next one waits
+        let k = ("f1".to_string(), "arn:p".to_string());
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        let version = match &claims[0] {
+            Claim::Mine(v) => v.clone(),
+            _ => panic!("the first claim is this replica's"),
+        };
+        let (_, again) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        assert!(matches!(again[0], Claim::Busy));
+        let tag = cache::new_tag();
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k,
+                version: &version,
+                ttl_ms: 60_000,
+                value: cache::encode(&tag, Some(&finding("HIGH"))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![true]);
+        // the waiting replica now finds it, decoded as it was stored
+        let (_, after) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        match &after[0] {
+            Claim::Cached(t, state) => {
+                assert_eq!(t, &tag);
+                assert_eq!(label(state), "HIGH");
+                assert_eq!(state.as_ref().unwrap().severity_rank, Some(3));
+            }
+            _ => panic!("stored state expected"),
+        }
+        // asking with the tag held: no value travels
+        let looked = cache::lookup(&coord, &[(&k, Some(tag.as_str()))])
+            .await
+            .unwrap();
+        assert!(matches!(looked[0], Looked::Same));
+
+        // a write-through over the value it was computed from replaces it ...
+        let tag2 = cache::new_tag();
+        let w = cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k,
+                expected: Some(&tag),
+                ttl_ms: 60_000,
+                value: Some(cache::encode(&tag2, Some(&finding("CRITICAL")))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(w, vec![true]);
+        match &cache::lookup(&coord, &[(&k, None)]).await.unwrap()[0] {
+            Looked::Value(t, state) => {
+                assert_eq!(t, &tag2);
+                assert_eq!(label(state), "CRITICAL");
+            }
+            _ => panic!("written-through state expected"),
+        }
+        // ... one computed from a value another replica has since replaced evicts instead
+        let w = cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k,
+                expected: Some(&tag),
+                ttl_ms: 60_000,
+                value: Some(cache::encode(&cache::new_tag(), Some(&finding("LOW")))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(w, vec![false]);
+        assert!(matches!(
+            cache::lookup(&coord, &[(&k, None)]).await.unwrap()[0],
+            Looked::Miss
+        ));
+
+        // a lookup that a write overtook stores nothing
+        let k2 = ("f2".to_string(), "arn:p".to_string());
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k2))
+            .await
+            .unwrap();
+        let Claim::Mine(version) = &claims[0] else {
+            panic!("claim expected")
+        };
+        cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k2,
+                expected: None,
+                ttl_ms: 1,
+                value: None,
+            }],
+        )
+        .await
+        .unwrap();
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k2,
+                version,
+                ttl_ms: 60_000,
+                value: cache::encode(&cache::new_tag(), None),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![false]);
+
+        // a new generation retires every entry, and stores of the old one are refused
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k2))
+            .await
+            .unwrap();
+        let Claim::Mine(version) = &claims[0] else {
+            panic!("claim expected")
+        };
+        cache::evict_all(&coord).await;
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k2,
+                version,
+                ttl_ms: 60_000,
+                value: cache::encode(&cache::new_tag(), None),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![false]);
+
+        // Redis gone: calls answer None within the timeout, the replica falls back once and
+        // marks the shared cache for retirement when it rejoins
+        drop(server);
+        let started = std::time::Instant::now();
+        assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, None);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(!coord.healthy() && fell_back.load(Ordering::SeqCst));
+        assert_eq!(coord.status().0, "degraded");
+        assert!(cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k,
+                expected: None,
+                ttl_ms: 1,
+                value: None
+            }]
+        )
+        .await
+        .is_none());
+        assert!(coord.dirty.load(Ordering::SeqCst));
+        assert_eq!(coord.metrics().up.get(), 0);
+        assert_eq!(coord.metrics().fallbacks.get(), 1);
+    }
+
+    #[test]
+    fn redaction_keeps_the_password_out() {
+        assert_eq!(
+            redacted("redis://user:s3cret@cache:6379/2"),
+            "redis://cache:6379/2"
+        );
+        assert_eq!(redacted("rediss://:p@ss@h:1/0"), "rediss://h:1/0");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,357 @@
+//! The shared finding-state cache: entries in Redis with the local cache's TTLs, written by
+//! lookups and by forwarded writes, and a claim per finding so that one replica looks it up
+//! while the others wait for its answer.
+//!
+//! Keys (P the key prefix, g the generation, h a hash of Id and ProductArn):
+//! - `P:gen`      the generation; a write of unknown scope starts a new one, which retires
+//!   every entry at once (they expire on their own).
+//! - `P:f:g:h`    the state: a 16-character tag, then JSON. The tag names one stored value,
+//!   so a replica can ask "is it still the one I hold?" without fetching it, and a
+//!   write-through replaces only the value its state was computed from.
+//! - `P:v:g:h`    the finding's write count. A lookup stores what it read only if no write
+//!   came in between (as the local cache's generation check does).
+//! - `P:l:g:h`    a replica's claim on looking the finding up.
+//!
+//! The scripts touch keys they compute, which a Redis Cluster would refuse: a single primary
+//! (ElastiCache without cluster mode, Valkey, Redis) is what this is written for.
+
+use std::sync::Arc;
+
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::Coordination;
+use crate::enrich::{CurrentFinding, FindingKey};
+
+/// How long a finding's write count outlives its last write: longer than any lookup may take
+/// (requests give up at quota.max_wait_ms), so a lookup that began before a write can never
+/// see the count as it was.
+const VERSION_TTL_MS: u64 = 600_000;
+
+const LOOKUP: &str = r#"
+local g = redis.call('GET', KEYS[1]) or '0'
+local out = {}
+for i = 2, #ARGV, 2 do
+  local v = redis.call('GET', ARGV[1] .. ':f:' .. g .. ':' .. ARGV[i])
+  if v and ARGV[i + 1] ~= '' and string.sub(v, 1, 16) == ARGV[i + 1] then v = '=' end
+  out[#out + 1] = v
+end
+return out
+"#;
+
+const CLAIM: &str = r#"
+local g = redis.call('GET', KEYS[1]) or '0'
+local out = {g}
+for i = 4, #ARGV do
+  local base = ':' .. g .. ':' .. ARGV[i]
+  local v = redis.call('GET', ARGV[1] .. ':f' .. base)
+  if v then
+    out[#out + 1] = 'V' .. v
+  elseif redis.call('SET', ARGV[1] .. ':l' .. base, ARGV[3], 'NX', 'PX', ARGV[2]) then
+    out[#out + 1] = 'C' .. (redis.call('GET', ARGV[1] .. ':v' .. base) or '0')
+  else
+    out[#out + 1] = 'B'
+  end
+end
+return out
+"#;
+
+const STORE: &str = r#"
+local g = redis.call('GET', KEYS[1]) or '0'
+local out = {}
+for i = 3, #ARGV, 4 do
+  local base = ':' .. g .. ':' .. ARGV[i]
+  local stored = 0
+  if g == ARGV[2] then
+    local v = redis.call('GET', ARGV[1] .. ':v' .. base) or '0'
+    if v == ARGV[i + 1] then
+      redis.call('SET', ARGV[1] .. ':f' .. base, ARGV[i + 3], 'PX', ARGV[i + 2])
+      stored = 1
+    end
+    redis.call('DEL', ARGV[1] .. ':l' .. base)
+  end
+  out[#out + 1] = stored
+end
+return out
+"#;
+
+const WRITE: &str = r#"
+local g = redis.call('GET', KEYS[1]) or '0'
+local out = {}
+for i = 3, #ARGV, 4 do
+  local base = ':' .. g .. ':' .. ARGV[i]
+  local vk = ARGV[1] .. ':v' .. base
+  redis.call('INCR', vk)
+  redis.call('PEXPIRE', vk, ARGV[2])
+  local fk = ARGV[1] .. ':f' .. base
+  local cur = redis.call('GET', fk)
+  if ARGV[i + 3] ~= '' and ARGV[i + 1] ~= '' and cur and string.sub(cur, 1, 16) == ARGV[i + 1] then
+    redis.call('SET', fk, ARGV[i + 3], 'PX', ARGV[i + 2])
+    out[#out + 1] = 1
+  else
+    redis.call('DEL', fk)
+    out[#out + 1] = 0
+  end
+end
+return out
+"#;
+
+fn script(which: &'static str) -> &'static Script {
+    use std::sync::OnceLock;
+    static S: [OnceLock<Script>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let (i, code) = match which {
+        "lookup" => (0, LOOKUP),
+        "claim" => (1, CLAIM),
+        "store" => (2, STORE),
+        _ => (3, WRITE),
+    };
+    S[i].get_or_init(|| Script::new(code))
+}
+
+/// Names one stored value.
+pub type Tag = String;
+
+pub fn new_tag() -> Tag {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A finding's key in Redis: a hash, since Ids and ARNs are long and may hold any character.
+pub fn hash(key: &FindingKey) -> String {
+    let mut h = Sha256::new();
+    h.update((key.0.len() as u64).to_be_bytes());
+    h.update(key.0.as_bytes());
+    h.update(key.1.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The fields policies read, as the local cache holds them.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(rename = "a")]
+    account_id: Option<String>,
+    #[serde(rename = "r")]
+    severity_rank: Option<u64>,
+    #[serde(rename = "e")]
+    entry: regorus::Value,
+}
+
+/// A stored value: tag, then the state as JSON (`null`: Security Hub does not have it).
+pub fn encode(tag: &str, state: Option<&CurrentFinding>) -> Vec<u8> {
+    let mut out = tag.as_bytes().to_vec();
+    let json = match state {
+        None => Ok(b"null".to_vec()),
+        Some(f) => serde_json::to_vec(&Stored {
+            account_id: f.account_id.clone(),
+            severity_rank: f.severity_rank,
+            entry: f.entry.clone(),
+        }),
+    };
+    match json {
+        Ok(j) => out.extend_from_slice(&j),
+        // Nothing storable: an empty value decodes as unusable, i.e. a miss.
+        Err(_) => out.clear(),
+    }
+    out
+}
+
+/// A value read from Redis: (tag, state). None when it cannot be read, which callers treat
+/// as a miss: a value this replica cannot parse never judges anything.
+pub fn decode(bytes: &[u8]) -> Option<(Tag, Option<Arc<CurrentFinding>>)> {
+    if bytes.len() < 16 {
+        return None;
+    }
+    let (tag, json) = bytes.split_at(16);
+    let tag = std::str::from_utf8(tag).ok()?.to_string();
+    let stored: Option<Stored> = serde_json::from_slice(json).ok()?;
+    let state = stored.map(|s| {
+        Arc::new(CurrentFinding::from_shared(
+            s.entry,
+            s.account_id,
+            s.severity_rank,
+            json.len() * 2,
+        ))
+    });
+    Some((tag, state))
+}
+
+/// What the shared cache holds for one finding, against what the asker holds.
+pub enum Looked {
+    /// The value the asker named by its tag is still the shared one.
+    Same,
+    Value(Tag, Option<Arc<CurrentFinding>>),
+    Miss,
+}
+
+/// The shared state of `keys`, each with the tag of the value the asker already holds.
+/// None: Redis is not in use.
+pub async fn lookup(
+    coord: &Coordination,
+    keys: &[(&FindingKey, Option<&str>)],
+) -> Option<Vec<Looked>> {
+    let mut inv = script("lookup").prepare_invoke();
+    inv.key(format!("{}:gen", coord.prefix()))
+        .arg(coord.prefix());
+    for (key, tag) in keys {
+        inv.arg(hash(key)).arg(tag.unwrap_or(""));
+    }
+    let raw: Vec<Option<Vec<u8>>> = coord
+        .call("cache_lookup", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await?;
+    Some(
+        raw.into_iter()
+            .map(|v| match v {
+                Some(v) if v == b"=" => Looked::Same,
+                Some(v) => match decode(&v) {
+                    Some((tag, state)) => Looked::Value(tag, state),
+                    None => Looked::Miss,
+                },
+                None => Looked::Miss,
+            })
+            .collect(),
+    )
+}
+
+/// One finding's answer to a claim.
+pub enum Claim {
+    /// Another replica stored it meanwhile.
+    Cached(Tag, Option<Arc<CurrentFinding>>),
+    /// This replica looks it up; the write count to store against.
+    Mine(String),
+    /// Another replica is looking it up.
+    Busy,
+}
+
+/// Claims the lookup of `keys`. Returns the generation (for `store`) and one answer per key.
+pub async fn claim(coord: &Coordination, keys: &[FindingKey]) -> Option<(String, Vec<Claim>)> {
+    let mut inv = script("claim").prepare_invoke();
+    inv.key(format!("{}:gen", coord.prefix()))
+        .arg(coord.prefix())
+        .arg(coord.lookup_claim.as_millis() as u64)
+        .arg("1");
+    for key in keys {
+        inv.arg(hash(key));
+    }
+    let raw: Vec<Vec<u8>> = coord
+        .call("cache_claim", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await?;
+    let mut raw = raw.into_iter();
+    let generation = String::from_utf8(raw.next()?).ok()?;
+    let answers = raw
+        .map(|v| match v.split_first() {
+            Some((b'V', rest)) => match decode(rest) {
+                Some((tag, state)) => Claim::Cached(tag, state),
+                // Unreadable: look it up without storing over it.
+                None => Claim::Mine(String::new()),
+            },
+            Some((b'C', rest)) => Claim::Mine(String::from_utf8_lossy(rest).into_owned()),
+            _ => Claim::Busy,
+        })
+        .collect::<Vec<_>>();
+    (answers.len() == keys.len()).then_some((generation, answers))
+}
+
+/// One looked-up finding to store: (key, write count at claim time, TTL, encoded value).
+pub struct ToStore<'a> {
+    pub key: &'a FindingKey,
+    pub version: &'a str,
+    pub ttl_ms: u64,
+    pub value: Vec<u8>,
+}
+
+/// Stores what a claimed lookup read, for each finding no write came in for since the claim;
+/// releases the claims. Returns, per finding, whether it was stored.
+pub async fn store(
+    coord: &Coordination,
+    generation: &str,
+    items: Vec<ToStore<'_>>,
+) -> Option<Vec<bool>> {
+    let mut inv = script("store").prepare_invoke();
+    inv.key(format!("{}:gen", coord.prefix()))
+        .arg(coord.prefix())
+        .arg(generation);
+    for item in &items {
+        inv.arg(hash(item.key))
+            .arg(item.version)
+            .arg(item.ttl_ms.max(1))
+            .arg(&item.value[..]);
+    }
+    let raw: Vec<i64> = coord
+        .call("cache_store", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await?;
+    Some(raw.into_iter().map(|n| n == 1).collect())
+}
+
+/// One write's effect on a finding: the new value, valid only over the value tagged
+/// `expected`; otherwise (or with no value) the shared entry is evicted.
+pub struct ToWrite<'a> {
+    pub key: &'a FindingKey,
+    pub expected: Option<&'a str>,
+    pub ttl_ms: u64,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Applies a forwarded write to the shared cache. Returns, per finding, whether the new value
+/// was written (false: evicted). None: Redis is not in use, and the replica is marked so that
+/// it retires the whole shared cache before it uses it again.
+pub async fn write(coord: &Coordination, items: Vec<ToWrite<'_>>) -> Option<Vec<bool>> {
+    if items.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut inv = script("write").prepare_invoke();
+    inv.key(format!("{}:gen", coord.prefix()))
+        .arg(coord.prefix())
+        .arg(VERSION_TTL_MS);
+    for item in &items {
+        inv.arg(hash(item.key))
+            .arg(item.expected.unwrap_or(""))
+            .arg(item.ttl_ms.max(1))
+            .arg(item.value.as_deref().unwrap_or(b""));
+    }
+    let written: Option<Vec<i64>> = coord
+        .call("cache_write", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await;
+    match written {
+        Some(w) => Some(w.into_iter().map(|n| n == 1).collect()),
+        None => {
+            coord.mark_dirty();
+            None
+        }
+    }
+}
+
+/// Retires every shared entry: for writes hubgate cannot map to findings.
+pub async fn evict_all(coord: &Coordination) {
+    let prefix = coord.prefix().to_string();
+    let bumped = coord
+        .call("cache_evict_all", |mut con| async move {
+            new_generation(&mut con, &prefix).await
+        })
+        .await;
+    if bumped.is_none() {
+        coord.mark_dirty();
+    }
+}
+
+pub(crate) async fn new_generation(
+    con: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+) -> redis::RedisResult<i64> {
+    redis::cmd("INCR")
+        .arg(format!("{prefix}:gen"))
+        .query_async(con)
+        .await
+}

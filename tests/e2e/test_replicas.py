@@ -1,0 +1,299 @@
+"""Replicas that share one quota and one view of the findings (issue 12): two hubgate replicas in
+front of one fake Security Hub with quotas on, sharing a redis-server the test starts on
+127.0.0.1. Pacing is shared (the fake throttles no GetFindings although each replica alone
+would pace to the whole quota), a write through one replica is a cache hit on the other, a
+Redis outage degrades the replicas to local pacing without forwarding anything unjudged, and
+`hubgate audit verify` checks both replicas' chains in one call.
+
+redis-server comes from Debian's package (`apt-get install redis-server`; .ci/run installs it).
+Without it these tests fail; HUBGATE_ALLOW_SKIP=1 turns that into a skip for local runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from helpers import (
+    MEMBER_ACCOUNT,
+    OTHER_ACCOUNT,
+    audit_verify,
+    finding,
+    free_port,
+    hubgate_env,
+    ident,
+    wait_until,
+)
+from test_quota import retrying_client, severity
+
+LOWER = "member accounts may not lower a finding's severity"
+
+
+class RedisServer:
+    """A throwaway redis-server: no persistence, 127.0.0.1 only; stop() and start() again on
+    the same port play an outage and a recovery."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            msg = "redis-server is not installed (apt-get install redis-server)"
+            if os.environ.get("HUBGATE_ALLOW_SKIP"):
+                pytest.skip(msg)
+            pytest.fail(msg)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "yes", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+        def up():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(up, 10, "redis-server to answer PING")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def command(self, *args: str) -> bytes:
+        """One command over RESP, for inspecting what the replicas stored."""
+        payload = f"*{len(args)}\r\n".encode() + b"".join(
+            f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(payload)
+            time.sleep(0.05)
+            return s.recv(65536)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    r = RedisServer(tmp_path).start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def quota_fake(make_fake):
+    fake = make_fake()
+    fake.quota_on()
+    return fake
+
+
+def coordination(redis: RedisServer) -> dict:
+    return {"redis_url": redis.url, "fallback_share": 0.4, "op_timeout_ms": 100,
+            "probe_interval_ms": 200, "lookup_claim_ms": 1000}
+
+
+@pytest.fixture
+def replicas(redis_server, quota_fake, make_hubgate):
+    """Two replicas, each pacing to the whole documented quota: only sharing keeps them under
+    it together."""
+    def make(n: int = 2, extra: dict | None = None):
+        out = []
+        for i in range(1, n + 1):
+            overrides = {
+                "enrichment": {"enabled": True, "cache_ttl_ms": 60000},
+                "quota": {"max_wait_ms": 15000},
+                "quota.limits": {"GetFindings": {"rate": 3.0, "burst": 6}},
+                "coordination": coordination(redis_server),
+                **(extra or {}),
+            }
+            env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": f"replica-{i}"}
+            out.append(make_hubgate(overrides, fake=quota_fake, env=env))
+        for hg in out:
+            wait_until(lambda hg=hg: coordination_state(hg) == "ok", 10,
+                       "the replica to join Redis")
+        return out
+    return make
+
+
+def coordination_state(hg) -> str | None:
+    r = hg.admin("/readyz", timeout=2)
+    return r.json().get("coordination") if r.status_code == 200 else f"unready {r.status_code}"
+
+
+def note_ids(ids, text="triaged") -> dict:
+    return {"FindingIdentifiers": [ident(f) for f in ids],
+            "Note": {"Text": text, "UpdatedBy": "replicas-e2e"}}
+
+
+def bulk(replicas_, ids, per_request=20, workers_per_replica=2, text="triaged",
+         pause: threading.Event | None = None):
+    """Member notes on `ids`, in requests of `per_request`, spread over the replicas with
+    boto3's standard retries. Returns (errors, processed ids, seconds)."""
+    chunks = [ids[i:i + per_request] for i in range(0, len(ids), per_request)]
+    lanes = [(hg, w) for hg in replicas_ for w in range(workers_per_replica)]
+    errors, processed = [], []
+    lock = threading.Lock()
+
+    def worker(lane: int):
+        hg, _ = lanes[lane]
+        client = retrying_client(hg)
+        for k in range(lane, len(chunks), len(lanes)):
+            try:
+                resp = client.batch_update_findings(**note_ids(chunks[k], text))
+                with lock:
+                    processed.extend(p["Id"] for p in resp["ProcessedFindings"])
+                    if resp["UnprocessedFindings"]:
+                        errors.append(resp["UnprocessedFindings"])
+            except Exception as e:  # noqa: BLE001 - reported by the caller
+                with lock:
+                    errors.append(repr(e))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(lanes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "callers still running after 120 s"
+    return errors, processed, time.monotonic() - started
+
+
+def test_two_replicas_share_the_quota_and_the_cache(replicas, quota_fake, redis_server):
+    r1, r2 = replicas()
+    ids = [f"rep-{i:04d}" for i in range(400)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH", 70) for i in ids])
+
+    errors, processed, _ = bulk([r1, r2], ids)
+    assert errors == [], errors[:5]
+    assert sorted(processed) == ids
+    gf = quota_fake.op_stats("GetFindings")
+    # each replica alone paces to 3/s: together they would send 6/s and be throttled
+    assert gf["throttled"] == 0, f"Security Hub throttled the replicas' lookups: {gf}"
+    assert 20 <= gf["calls"] <= 26, f"400 ids need about 20 GetFindings of 20 ids: {gf}"
+    for hg in (r1, r2):
+        records = [r for r in hg.audit_records() if r.get("operation") == "BatchUpdateFindings"]
+        assert records, f"{hg.host} took no share of the workload"
+        assert all(r["chain"]["instance"].startswith("replica-") for r in hg.audit_records())
+
+    # written through replica 1 ...
+    raised = r1.buf(severity("f-own-high", "CRITICAL"), who="member")
+    assert raised.status == 200, raised.text
+    rec1 = r1.audit_for(raised.headers["x-hubgate-decision-id"])
+    assert rec1["chain"]["instance"] == "replica-1"
+    calls_before = quota_fake.op_stats("GetFindings")["calls"]
+    # ... changed behind hubgate's back, within the TTL ...
+    quota_fake.add_findings([finding("f-own-high", MEMBER_ACCOUNT, "MEDIUM", 45)])
+    # ... and judged on replica 2 from the shared entry replica 1 wrote: CRITICAL to HIGH is a
+    # lowering. Replica 2's own lookup (MEDIUM) or no sharing would allow it.
+    resp = r2.buf(severity("f-own-high", "HIGH"), who="member")
+    assert resp.status == 403, resp.text
+    assert f"{LOWER} (CRITICAL to HIGH)" in resp.json()["error"]["message"], resp.text
+    rec2 = r2.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec2["chain"]["instance"] == "replica-2"
+    assert rec2["metrics"]["counter_cache_hits"] == 1, rec2["metrics"]
+    assert rec2["metrics"]["counter_lookup_calls"] == 0, rec2["metrics"]
+    assert quota_fake.op_stats("GetFindings")["calls"] == calls_before
+
+    # a finding replica 1 looked up (the bulk) is a hit on replica 2 too
+    again = r2.buf(note_ids(ids[:20], "second pass"), who="member")
+    assert again.status == 200, again.text
+    rec = r2.audit_for(again.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_cache_hits"] == 20, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+
+    metrics = r2.admin("/metrics").text
+    assert "hubgate_coordination_up 1" in metrics
+    assert "hubgate_coordination_shared_cache_hits_total" in metrics
+
+    # both replicas' audit files in one call: each chain verifies, per replica
+    files = [*r1.audit_files(), *r2.audit_files()]
+    out = audit_verify(*files)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "replica replica-1: intact" in out.stdout and "replica replica-2: intact" in out.stdout
+    # a record deleted from replica 2's file is found, and replica 1 still verifies
+    lines = r2.audit_path.read_bytes().split(b"\n")[:-1]
+    assert len(lines) >= 3
+    tampered = r2.workdir / "tampered.ndjson"
+    tampered.write_bytes(b"".join(line + b"\n" for i, line in enumerate(lines) if i != 1))
+    out = audit_verify(*r1.audit_files(), tampered)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "replica replica-1: intact" in out.stdout, out.stdout
+    assert f"replica replica-2: BROKEN: {tampered}:2:" in out.stdout, out.stdout
+    assert "deleted" in out.stdout
+
+
+def test_redis_outage_degrades_to_local_pacing_and_the_replicas_rejoin(
+        replicas, quota_fake, redis_server):
+    r1, r2 = replicas()
+    ids = [f"out-{i:04d}" for i in range(600)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH", 70) for i in ids])
+    # findings of another account: a member's note on them must be denied, outage or not
+    foreign = [f"foreign-{i}" for i in range(4)]
+    quota_fake.add_findings([finding(i, OTHER_ACCOUNT, "HIGH", 70) for i in foreign])
+
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(
+        zip(("errors", "processed", "seconds"), bulk([r1, r2], ids))))
+    runner.start()
+    wait_until(lambda: quota_fake.op_stats("BatchUpdateFindings").get(
+        "findings_processed", 0) >= 100, 30, "the workload to get going")
+    redis_server.stop()
+    for hg in (r1, r2):
+        wait_until(lambda hg=hg: coordination_state(hg) == "degraded", 10,
+                   "the replica to say it is degraded")
+        ready = hg.admin("/readyz").json()
+        assert ready["ready"] is True and ready["checks"]["coordination"]["state"] == "degraded"
+        assert "hubgate_coordination_up 0" in hg.admin("/metrics").text
+    processed_at_outage = quota_fake.op_stats("BatchUpdateFindings")["findings_processed"]
+
+    # judged while degraded: a forbidden change is refused on both replicas ...
+    for hg in (r1, r2):
+        client = retrying_client(hg)
+        with pytest.raises(ClientError) as e:
+            client.batch_update_findings(**note_ids(foreign))
+        assert e.value.response["Error"]["Code"] == "AccessDeniedException", e.value.response
+    # ... and allowed work keeps flowing, paced locally
+    wait_until(lambda: quota_fake.op_stats("BatchUpdateFindings")["findings_processed"]
+               >= processed_at_outage + 60, 30, "updates to go on while Redis is down")
+
+    redis_server.start()
+    for hg in (r1, r2):
+        wait_until(lambda hg=hg: coordination_state(hg) == "ok", 10, "the replica to rejoin")
+    runner.join(150)
+    assert not runner.is_alive()
+    assert result["errors"] == [], result["errors"][:5]
+    assert sorted(result["processed"]) == ids
+
+    # nothing unjudged reached Security Hub: every update it received has an allowing decision
+    # on one of the replicas, and none of the foreign findings was ever sent
+    forwarded = [r for hg in (r1, r2) for r in hg.audit_records()
+                 if r.get("operation") == "BatchUpdateFindings" and r.get("forwarded")]
+    assert all(r["result"]["allow"] is True for r in forwarded)
+    assert len(forwarded) == len(quota_fake.buf_calls())
+    sent = {i["Id"] for c in quota_fake.buf_calls() for i in _body(c)["FindingIdentifiers"]}
+    assert not sent & set(foreign)
+    assert all(quota_fake.findings()[f]["Note"]["Text"] == "seed" for f in foreign)
+    for hg in (r1, r2):
+        m = re.search(r"^hubgate_coordination_fallbacks_total (\S+)$", hg.admin("/metrics").text,
+                      re.M)
+        assert m and float(m.group(1)) >= 1, m
+
+
+def _body(call: dict) -> dict:
+    import json
+    return json.loads(call["body"])
