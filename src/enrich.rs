@@ -7,7 +7,7 @@
 //! findings there so one replica looks each up, and writes update or evict the shared entries
 //! before the caller is answered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,14 +16,14 @@ use http::Method;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::EnrichmentConfig;
 use crate::coordination::cache::{self as shared, Claim, Looked, Tag, ToStore, ToWrite};
 use crate::coordination::Coordination;
 use crate::metrics::OperationLabels;
-use crate::policy::input::{Patch, Update};
+use crate::policy::input::{Patch, StateFacts, Update, CURRENT_FIELDS};
 use crate::policy::judge::{FindingState, Lookup, LookupError, LookupFailure};
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
@@ -50,26 +50,29 @@ pub struct CurrentFinding {
 
 impl CurrentFinding {
     pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
-        Self::from_projected(id, product_arn, crate::policy::input::project(finding))
+        let projected = crate::policy::input::project(finding);
+        let facts = StateFacts::read(
+            projected.get("AwsAccountId"),
+            projected.get("Severity"),
+            projected.get("Workflow"),
+        );
+        let current = regorus::Value::from(Value::Object(projected));
+        let bytes = approximate_size(&current);
+        Self::from_facts(id, product_arn, &facts, current, bytes)
     }
 
-    fn from_projected(
+    fn from_facts(
         id: &str,
         product_arn: &str,
-        projected: Map<String, Value>,
+        facts: &StateFacts,
+        current: regorus::Value,
+        bytes: usize,
     ) -> CurrentFinding {
-        use crate::policy::input::{effective_label, finding_entry, label_rank};
         CurrentFinding {
-            entry: finding_entry(id, product_arn, Some(&projected)),
-            account_id: projected
-                .get("AwsAccountId")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            severity_rank: projected
-                .get("Severity")
-                .and_then(effective_label)
-                .and_then(label_rank),
-            bytes: id.len() + product_arn.len() + approximate_size(&projected),
+            entry: facts.entry(id, product_arn, current),
+            account_id: facts.account_id.clone(),
+            severity_rank: facts.severity_rank(),
+            bytes: id.len() + product_arn.len() + bytes,
         }
     }
 
@@ -99,16 +102,21 @@ impl CurrentFinding {
     }
 }
 
-fn approximate_size(m: &Map<String, Value>) -> usize {
-    fn size(v: &Value) -> usize {
-        match v {
-            Value::String(s) => s.len() + 24,
-            Value::Array(a) => 24 + a.iter().map(size).sum::<usize>(),
-            Value::Object(o) => 48 + o.iter().map(|(k, v)| k.len() + 24 + size(v)).sum::<usize>(),
-            _ => 16,
+/// Rough heap size of a policy-input value, for the cache's memory gauge.
+fn approximate_size(v: &regorus::Value) -> usize {
+    use regorus::Value as R;
+    match v {
+        R::String(s) => s.len() + 24,
+        R::Array(a) => 24 + a.iter().map(approximate_size).sum::<usize>(),
+        R::Set(s) => 24 + s.iter().map(approximate_size).sum::<usize>(),
+        R::Object(o) => {
+            48 + o
+                .iter()
+                .map(|(k, v)| approximate_size(k) + approximate_size(v))
+                .sum::<usize>()
         }
+        _ => 16,
     }
-    m.iter().map(|(k, v)| k.len() + 24 + size(v)).sum()
 }
 
 pub type FindingKey = (String, String);
@@ -964,7 +972,9 @@ async fn fetch_and_deliver(
             for Projected {
                 id,
                 product_arn,
-                fields,
+                facts,
+                current,
+                bytes,
             } in findings
             {
                 let key = match (id, product_arn) {
@@ -976,7 +986,13 @@ async fn fetch_and_deliver(
                 if !chunk.contains(&key) {
                     continue;
                 }
-                let current = Arc::new(CurrentFinding::from_projected(&key.0, &key.1, fields));
+                let current = Arc::new(CurrentFinding::from_facts(
+                    &key.0,
+                    &key.1,
+                    &facts,
+                    regorus::Value::from(current),
+                    bytes,
+                ));
                 outcomes.insert(key, Ok(Some(current)));
             }
             for key in &chunk {
@@ -1096,11 +1112,14 @@ struct LookupPage {
 }
 
 /// A looked-up finding reduced while it is parsed: its key and the fields of CURRENT_FIELDS.
-/// Resources, descriptions and the rest (most of a finding's 2-3 KB) are skipped, never built.
+/// Resources, descriptions and the rest (most of a finding's 2-3 KB) are skipped, never built;
+/// the projected fields are read straight into the policy input's values.
 struct Projected {
     id: Option<String>,
     product_arn: Option<String>,
-    fields: Map<String, Value>,
+    facts: StateFacts,
+    current: BTreeMap<regorus::Value, regorus::Value>,
+    bytes: usize,
 }
 
 impl<'de> serde::Deserialize<'de> for Projected {
@@ -1115,27 +1134,49 @@ impl<'de> serde::Deserialize<'de> for Projected {
                 self,
                 mut map: A,
             ) -> Result<Projected, A::Error> {
-                let mut out = Projected {
-                    id: None,
-                    product_arn: None,
-                    fields: Map::new(),
-                };
+                let mut id = None;
+                let mut current = BTreeMap::new();
+                // The members the entry's facts come from, read as JSON (see StateFacts).
+                let (mut account, mut severity, mut workflow) = (None, None, None);
+                let mut bytes = 0;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "Id" => out.id = Some(map.next_value()?),
-                        k if crate::policy::input::CURRENT_FIELDS.contains(&k) => {
-                            let v: Value = map.next_value()?;
-                            if k == "ProductArn" {
-                                out.product_arn = v.as_str().map(str::to_string);
-                            }
-                            out.fields.insert(k.to_string(), v);
-                        }
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
+                    let k = key.as_ref();
+                    if k == "Id" {
+                        id = Some(map.next_value::<String>()?);
+                        continue;
                     }
+                    let Some(field) = CURRENT_FIELDS.iter().find(|f| **f == k) else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    };
+                    let value = match *field {
+                        "AwsAccountId" | "Severity" | "Workflow" | "ProductArn" => {
+                            let v: Value = map.next_value()?;
+                            let r = regorus::Value::from(v.clone());
+                            match *field {
+                                "AwsAccountId" => account = Some(v),
+                                "Severity" => severity = Some(v),
+                                "Workflow" => workflow = Some(v),
+                                _ => {}
+                            }
+                            r
+                        }
+                        _ => map.next_value::<regorus::Value>()?,
+                    };
+                    bytes += field.len() + 24 + approximate_size(&value);
+                    current.insert(regorus::Value::from(*field), value);
                 }
-                Ok(out)
+                let product_arn = current
+                    .get(&regorus::Value::from("ProductArn"))
+                    .and_then(|v| v.as_string().ok())
+                    .map(|s| s.to_string());
+                Ok(Projected {
+                    id,
+                    product_arn,
+                    facts: StateFacts::read(account.as_ref(), severity.as_ref(), workflow.as_ref()),
+                    current,
+                    bytes,
+                })
             }
         }
         d.deserialize_map(V)
@@ -1193,5 +1234,50 @@ mod tests {
         assert_eq!(body["NextToken"], "tok");
         assert_eq!(body["MaxResults"], 100);
         assert!(lookup_body(&chunk, None).get("NextToken").is_none());
+    }
+
+    /// GetFindings answers are read straight into policy-input values; the entry must be the
+    /// one the JSON path (`CurrentFinding::new`, used by eval and the tests) builds.
+    #[test]
+    fn a_parsed_page_gives_the_entries_the_json_path_gives() {
+        let findings = json!([
+            {"Id": "f1", "ProductArn": "p", "AwsAccountId": "222222222222",
+             "Severity": {"Label": "HIGH", "Normalized": 70, "Original": "7"},
+             "Workflow": {"Status": "NEW"}, "Types": ["a/b/c"], "Note": {"Text": "t", "UpdatedBy": "u"},
+             "Resources": [{"Type": "Other", "Id": "r", "Details": {"Big": [1, 2, 3]}}],
+             "Confidence": 3, "UserDefinedFields": {"k": "v"}, "Compliance": {"Status": "FAILED"}},
+            // a float Normalized gives no label on either path; null members stay null
+            {"Id": "f2", "ProductArn": "p", "AwsAccountId": null, "Severity": {"Normalized": 70.0},
+             "Workflow": null, "Description": "skipped"},
+            // no Severity or Workflow at all
+            {"Id": "f3", "ProductArn": "p"}
+        ]);
+        let page = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
+        let parsed: LookupPage = serde_json::from_slice(&page).unwrap();
+        assert_eq!(parsed.findings.len(), 3);
+        for (p, f) in parsed
+            .findings
+            .into_iter()
+            .zip(findings.as_array().unwrap())
+        {
+            let id = p.id.clone().unwrap();
+            let arn = p.product_arn.clone().unwrap();
+            let expected = CurrentFinding::new(&id, &arn, f);
+            let got = CurrentFinding::from_facts(
+                &id,
+                &arn,
+                &p.facts,
+                regorus::Value::from(p.current),
+                p.bytes,
+            );
+            assert_eq!(got.entry, expected.entry, "{id}");
+            assert_eq!(got.account_id, expected.account_id, "{id}");
+            assert_eq!(got.severity_rank, expected.severity_rank, "{id}");
+            assert!(got.entry["current"]
+                .as_object()
+                .unwrap()
+                .get(&"Resources".into())
+                .is_none());
+        }
     }
 }

@@ -602,30 +602,63 @@ pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Map<String, V
             }
         }
         Some(f) => {
-            let label = f.get("Severity").and_then(effective_label);
-            entry.insert(
-                k.account_id.clone(),
-                opt_str(f.get("AwsAccountId").and_then(Value::as_str)),
-            );
-            entry.insert(k.severity_label.clone(), opt_str(label));
-            entry.insert(
-                k.severity_rank.clone(),
-                label
-                    .and_then(label_rank)
-                    .map_or(RValue::Null, RValue::from),
-            );
-            entry.insert(
-                k.workflow_status.clone(),
-                opt_str(
-                    f.get("Workflow")
-                        .and_then(|w| w.get("Status"))
-                        .and_then(Value::as_str),
-                ),
-            );
-            entry.insert(k.current.clone(), RValue::from(Value::Object(f.clone())));
+            let facts =
+                StateFacts::read(f.get("AwsAccountId"), f.get("Severity"), f.get("Workflow"));
+            return facts.entry(id, product_arn, RValue::from(Value::Object(f.clone())));
         }
     }
     RValue::from(entry)
+}
+
+/// The facts of a finding entry, read from the stored finding's JSON members (AwsAccountId,
+/// Severity, Workflow): whichever way the rest of the state was converted, the facts rules
+/// compare mean the same.
+pub struct StateFacts {
+    pub account_id: Option<String>,
+    pub severity_label: Option<&'static str>,
+    pub workflow_status: Option<String>,
+}
+
+impl StateFacts {
+    pub fn read(
+        account: Option<&Value>,
+        severity: Option<&Value>,
+        workflow: Option<&Value>,
+    ) -> StateFacts {
+        StateFacts {
+            account_id: account.and_then(Value::as_str).map(str::to_string),
+            severity_label: severity.and_then(effective_label),
+            workflow_status: workflow
+                .and_then(|w| w.get("Status"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+
+    pub fn severity_rank(&self) -> Option<u64> {
+        self.severity_label.and_then(label_rank)
+    }
+
+    /// The finding entry (see `finding_entry`) with `current`, the projected fields as the
+    /// policy input holds them.
+    pub fn entry(&self, id: &str, product_arn: &str, current: RValue) -> RValue {
+        let k = keys();
+        let mut entry = BTreeMap::new();
+        entry.insert(k.id.clone(), RValue::from(id));
+        entry.insert(k.product_arn.clone(), RValue::from(product_arn));
+        entry.insert(k.account_id.clone(), opt_str(self.account_id.as_deref()));
+        entry.insert(k.severity_label.clone(), opt_str(self.severity_label));
+        entry.insert(
+            k.severity_rank.clone(),
+            self.severity_rank().map_or(RValue::Null, RValue::from),
+        );
+        entry.insert(
+            k.workflow_status.clone(),
+            opt_str(self.workflow_status.as_deref()),
+        );
+        entry.insert(k.current.clone(), current);
+        RValue::from(entry)
+    }
 }
 
 /// The fields of a stored finding that policies see (CURRENT_FIELDS); the rest is dropped
