@@ -1,6 +1,7 @@
 //! Command line: `hubgate serve`, `check`, `test`, `eval` and `audit verify`.
 
 mod eval;
+mod lint;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,14 +126,33 @@ enum AuditCommand {
 fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
     Config::load(&arg.config).map_err(|e| {
         eprintln!("hubgate: {e}");
+        if !arg.config.exists() {
+            eprintln!(
+                "hint: name the configuration file with --config PATH or HUBGATE_CONFIG=PATH \
+                 (the default, {DEFAULT_CONFIG}, is relative to the current directory: the \
+                 repository root); `bash config/demo/run.sh` starts a demo without one"
+            );
+        }
         ExitCode::from(2)
     })
 }
 
+/// The shipped demo keys are public: refused unless the upstream is this machine.
+fn refuse_demo_keys(config: &Config) -> Result<(), ExitCode> {
+    crate::identity::refuse_demo_keys(&config.identity.callers, &config.upstream_uri).map_err(|e| {
+        eprintln!("hubgate: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// The AWS SDK warns, with multi-line debug dumps, about every credential source that has
+/// nothing; hubgate's own message names them all, so the SDK's are kept for RUST_LOG=debug.
+const DEFAULT_LOG_FILTER: &str = "info,aws_config=error";
+
 /// Operational logs go to stderr (stdout may carry the audit log), levels from RUST_LOG.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -152,6 +172,9 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Err(code) = refuse_demo_keys(&config) {
+                return code;
+            }
             init_logging(config.log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -222,22 +245,50 @@ fn check(arg: &ConfigArg) -> ExitCode {
             ok = false;
         }
     }
+    if refuse_demo_keys(&config).is_err() {
+        ok = false;
+    }
     match PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
     )
     .and_then(|p| p.covers(&config).map(|()| p))
     {
-        Ok(policy) => println!(
-            "policies: {} ({} files, revision {})",
-            config.policy.dir.display(),
-            policy.files.len(),
-            policy.revision
-        ),
+        Ok(policy) => {
+            let rego: Vec<PathBuf> = policy
+                .files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "rego"))
+                .cloned()
+                .collect();
+            match lint::unknown_fields(&rego) {
+                Ok(unknown) if unknown.is_empty() => println!(
+                    "policies: {} ({} files, revision {})",
+                    config.policy.dir.display(),
+                    policy.files.len(),
+                    policy.revision
+                ),
+                Ok(unknown) => {
+                    for u in unknown {
+                        eprintln!("hubgate: {u}");
+                    }
+                    eprintln!("hubgate: a rule that reads a field the input document does not have is never true; see policies/README.md for the input document");
+                    ok = false;
+                }
+                Err(e) => {
+                    eprintln!("hubgate: {e}");
+                    ok = false;
+                }
+            }
+        }
         Err(e) => {
             eprintln!("hubgate: {e}");
             ok = false;
         }
+    }
+    if !ok {
+        // The summary lines below describe a configuration that would serve; this one won't.
+        return ExitCode::FAILURE;
     }
     let ops = crate::routes::operations();
     let count = |r| ops.iter().filter(|o| config.routing(o) == r).count();
@@ -254,12 +305,8 @@ fn check(arg: &ConfigArg) -> ExitCode {
         count(Routing::Forward),
         count(Routing::Deny),
     );
-    if ok {
-        println!("config: {} is valid", config.file.display());
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    println!("config: {} is valid", config.file.display());
+    ExitCode::SUCCESS
 }
 
 fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> ExitCode {

@@ -171,9 +171,9 @@ fn pass_name(enrichment: Enrichment) -> &'static str {
 }
 
 pub fn run(args: &EvalArgs) -> ExitCode {
-    let config = match Config::load(&args.config.config) {
+    let config = match super::load_config(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let policy = match PolicySet::load(
         &config.policy.dir,
