@@ -1,10 +1,25 @@
 //! Command line: `hubgate serve`, `check`, `test`, `eval` and `audit verify`.
 
+/// `println!` for the commands' output, without its panic when stdout is gone: once the reader
+/// has closed the pipe (`hubgate test policies | head`), the rest of the output is dropped and
+/// the command finishes with its own exit status. Any other write error (a full disk) is
+/// reported on stderr and exits with status 1.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod eval;
 mod lint;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -14,6 +29,32 @@ use crate::config::Routing;
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG};
 use crate::identity::Identity;
 use crate::policy::{testing, PolicySet};
+
+/// Set once stdout's reader has gone away (EPIPE): nothing more is written to it.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// One line of a command's output on stdout; see `outln!`.
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            drop(out);
+            eprintln!("hubgate: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -235,7 +276,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         &config.identity,
         config.upstream.auth == crate::config::UpstreamAuth::Passthrough,
     ) {
-        Ok(identity) => println!(
+        Ok(identity) => outln!(
             "callers: {} ({} keyed callers)",
             config.identity.callers.display(),
             identity.caller_count()
@@ -262,7 +303,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
                 .cloned()
                 .collect();
             match lint::unknown_fields(&rego) {
-                Ok(unknown) if unknown.is_empty() => println!(
+                Ok(unknown) if unknown.is_empty() => outln!(
                     "policies: {} ({} files, revision {})",
                     config.policy.dir.display(),
                     policy.files.len(),
@@ -297,7 +338,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         .filter(|o| config.routing(o) == Routing::Policy)
         .map(|o| o.name)
         .collect();
-    println!(
+    outln!(
         "routes: {} operations: {} under policy ({}), {} forwarded, {} refused",
         ops.len(),
         count(Routing::Policy),
@@ -305,7 +346,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         count(Routing::Forward),
         count(Routing::Deny),
     );
-    println!("config: {} is valid", config.file.display());
+    outln!("config: {} is valid", config.file.display());
     ExitCode::SUCCESS
 }
 
@@ -319,18 +360,18 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
     };
     for r in &summary.results {
         match &r.outcome {
-            testing::Outcome::Pass => println!("PASS {}:{} {}", r.file.display(), r.line, r.rule),
+            testing::Outcome::Pass => outln!("PASS {}:{} {}", r.file.display(), r.line, r.rule),
             testing::Outcome::Fail(why) => {
-                println!("FAIL {}:{} {}: {why}", r.file.display(), r.line, r.rule)
+                outln!("FAIL {}:{} {}: {why}", r.file.display(), r.line, r.rule)
             }
         }
     }
     let mut below = false;
     if let (Some(files), Some(total)) = (&summary.coverage, summary.total_coverage()) {
-        println!("coverage:");
+        outln!("coverage:");
         for f in files {
             let missed: Vec<String> = f.not_covered.iter().map(|l| l.to_string()).collect();
-            println!(
+            outln!(
                 "  {:6.2}%  {}{}",
                 f.percent(),
                 f.file,
@@ -341,15 +382,15 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
                 }
             );
         }
-        println!("  {total:6.2}%  total");
+        outln!("  {total:6.2}%  total");
         if let Some(min) = threshold {
             if total < min {
-                println!("coverage {total:.2}% is below the threshold {min:.2}%");
+                outln!("coverage {total:.2}% is below the threshold {min:.2}%");
                 below = true;
             }
         }
     }
-    println!("{} passed, {} failed", summary.passed(), summary.failed());
+    outln!("{} passed, {} failed", summary.passed(), summary.failed());
     if below {
         return ExitCode::FAILURE;
     }
@@ -387,14 +428,14 @@ fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>)
             first_seq,
             last_seq,
         }) => {
-            println!("intact: {records} records, sequence {first_seq} to {last_seq}");
+            outln!("intact: {records} records, sequence {first_seq} to {last_seq}");
             if first_seq > 1 {
-                println!("note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
+                outln!("note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
             }
             ExitCode::SUCCESS
         }
         Ok(chain::Verdict::Broken { file, line, reason }) => {
-            println!("BROKEN: {}:{line}: {reason}", file.display());
+            outln!("BROKEN: {}:{line}: {reason}", file.display());
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -440,17 +481,17 @@ fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
         .iter()
         .map(|b| SECRET_ALPHABET[(*b & 63) as usize] as char)
         .collect();
-    println!("access_key_id     = {key_id}");
-    println!("secret_access_key = {secret}");
-    println!();
-    println!(
+    outln!("access_key_id     = {key_id}");
+    outln!("secret_access_key = {secret}");
+    outln!();
+    outln!(
         "# callers-file entry (keep the secret out of the file with secret_env or secret_file):"
     );
-    println!("[[caller]]");
-    println!("id = \"{id}\"");
-    println!("account_id = \"{account}\"");
-    println!("role = \"{role}\"");
-    println!("access_key_id = \"{key_id}\"");
-    println!("secret_access_key = \"{secret}\"");
+    outln!("[[caller]]");
+    outln!("id = \"{id}\"");
+    outln!("account_id = \"{account}\"");
+    outln!("role = \"{role}\"");
+    outln!("access_key_id = \"{key_id}\"");
+    outln!("secret_access_key = \"{secret}\"");
     ExitCode::SUCCESS
 }
