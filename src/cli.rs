@@ -1,9 +1,25 @@
 //! Command line: `hubgate serve`, `check`, `test`, `eval` and `audit verify`.
 
-mod eval;
+/// `println!` for the commands' output, without its panic when stdout is gone: once the reader
+/// has closed the pipe (`hubgate test policies | head`), the rest of the output is dropped and
+/// the command finishes with its own exit status. Any other write error (a full disk) is
+/// reported on stderr and exits with status 1.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
 
+mod eval;
+mod lint;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +29,32 @@ use crate::config::Routing;
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG};
 use crate::identity::Identity;
 use crate::policy::{testing, PolicySet};
+
+/// Set once stdout's reader has gone away (EPIPE): nothing more is written to it.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// One line of a command's output on stdout; see `outln!`.
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            drop(out);
+            eprintln!("hubgate: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -127,14 +169,33 @@ enum AuditCommand {
 fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
     Config::load(&arg.config).map_err(|e| {
         eprintln!("hubgate: {e}");
+        if !arg.config.exists() {
+            eprintln!(
+                "hint: name the configuration file with --config PATH or HUBGATE_CONFIG=PATH \
+                 (the default, {DEFAULT_CONFIG}, is relative to the current directory: the \
+                 repository root); `bash config/demo/run.sh` starts a demo without one"
+            );
+        }
         ExitCode::from(2)
     })
 }
 
+/// The shipped demo keys are public: refused unless the upstream is this machine.
+fn refuse_demo_keys(config: &Config) -> Result<(), ExitCode> {
+    crate::identity::refuse_demo_keys(&config.identity.callers, &config.upstream_uri).map_err(|e| {
+        eprintln!("hubgate: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// The AWS SDK warns, with multi-line debug dumps, about every credential source that has
+/// nothing; hubgate's own message names them all, so the SDK's are kept for RUST_LOG=debug.
+const DEFAULT_LOG_FILTER: &str = "info,aws_config=error";
+
 /// Operational logs go to stderr (stdout may carry the audit log), levels from RUST_LOG.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -154,6 +215,9 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Err(code) = refuse_demo_keys(&config) {
+                return code;
+            }
             init_logging(config.log.format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -214,7 +278,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         &config.identity,
         config.upstream.auth == crate::config::UpstreamAuth::Passthrough,
     ) {
-        Ok(identity) => println!(
+        Ok(identity) => outln!(
             "callers: {} ({} keyed callers)",
             config.identity.callers.display(),
             identity.caller_count()
@@ -224,22 +288,50 @@ fn check(arg: &ConfigArg) -> ExitCode {
             ok = false;
         }
     }
+    if refuse_demo_keys(&config).is_err() {
+        ok = false;
+    }
     match PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
     )
     .and_then(|p| p.covers(&config).map(|()| p))
     {
-        Ok(policy) => println!(
-            "policies: {} ({} files, revision {})",
-            config.policy.dir.display(),
-            policy.files.len(),
-            policy.revision
-        ),
+        Ok(policy) => {
+            let rego: Vec<PathBuf> = policy
+                .files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "rego"))
+                .cloned()
+                .collect();
+            match lint::unknown_fields(&rego) {
+                Ok(unknown) if unknown.is_empty() => outln!(
+                    "policies: {} ({} files, revision {})",
+                    config.policy.dir.display(),
+                    policy.files.len(),
+                    policy.revision
+                ),
+                Ok(unknown) => {
+                    for u in unknown {
+                        eprintln!("hubgate: {u}");
+                    }
+                    eprintln!("hubgate: a rule that reads a field the input document does not have is never true; see policies/README.md for the input document");
+                    ok = false;
+                }
+                Err(e) => {
+                    eprintln!("hubgate: {e}");
+                    ok = false;
+                }
+            }
+        }
         Err(e) => {
             eprintln!("hubgate: {e}");
             ok = false;
         }
+    }
+    if !ok {
+        // The summary lines below describe a configuration that would serve; this one won't.
+        return ExitCode::FAILURE;
     }
     let ops = crate::routes::operations();
     let count = |r| ops.iter().filter(|o| config.routing(o) == r).count();
@@ -248,7 +340,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         .filter(|o| config.routing(o) == Routing::Policy)
         .map(|o| o.name)
         .collect();
-    println!(
+    outln!(
         "routes: {} operations: {} under policy ({}), {} forwarded, {} refused",
         ops.len(),
         count(Routing::Policy),
@@ -256,12 +348,8 @@ fn check(arg: &ConfigArg) -> ExitCode {
         count(Routing::Forward),
         count(Routing::Deny),
     );
-    if ok {
-        println!("config: {} is valid", config.file.display());
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    outln!("config: {} is valid", config.file.display());
+    ExitCode::SUCCESS
 }
 
 fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> ExitCode {
@@ -274,18 +362,18 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
     };
     for r in &summary.results {
         match &r.outcome {
-            testing::Outcome::Pass => println!("PASS {}:{} {}", r.file.display(), r.line, r.rule),
+            testing::Outcome::Pass => outln!("PASS {}:{} {}", r.file.display(), r.line, r.rule),
             testing::Outcome::Fail(why) => {
-                println!("FAIL {}:{} {}: {why}", r.file.display(), r.line, r.rule)
+                outln!("FAIL {}:{} {}: {why}", r.file.display(), r.line, r.rule)
             }
         }
     }
     let mut below = false;
     if let (Some(files), Some(total)) = (&summary.coverage, summary.total_coverage()) {
-        println!("coverage:");
+        outln!("coverage:");
         for f in files {
             let missed: Vec<String> = f.not_covered.iter().map(|l| l.to_string()).collect();
-            println!(
+            outln!(
                 "  {:6.2}%  {}{}",
                 f.percent(),
                 f.file,
@@ -296,15 +384,15 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
                 }
             );
         }
-        println!("  {total:6.2}%  total");
+        outln!("  {total:6.2}%  total");
         if let Some(min) = threshold {
             if total < min {
-                println!("coverage {total:.2}% is below the threshold {min:.2}%");
+                outln!("coverage {total:.2}% is below the threshold {min:.2}%");
                 below = true;
             }
         }
     }
-    println!("{} passed, {} failed", summary.passed(), summary.failed());
+    outln!("{} passed, {} failed", summary.passed(), summary.failed());
     if below {
         return ExitCode::FAILURE;
     }
@@ -358,14 +446,14 @@ fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>)
                 first_seq,
                 last_seq,
             } => {
-                println!("{who}intact: {records} records, sequence {first_seq} to {last_seq}");
+                outln!("{who}intact: {records} records, sequence {first_seq} to {last_seq}");
                 if first_seq > 1 {
-                    println!("{who}note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
+                    outln!("{who}note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
                 }
             }
             chain::Verdict::Broken { file, line, reason } => {
                 intact = false;
-                println!("{who}BROKEN: {}:{line}: {reason}", file.display());
+                outln!("{who}BROKEN: {}:{line}: {reason}", file.display());
             }
         }
     }
@@ -412,17 +500,17 @@ fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
         .iter()
         .map(|b| SECRET_ALPHABET[(*b & 63) as usize] as char)
         .collect();
-    println!("access_key_id     = {key_id}");
-    println!("secret_access_key = {secret}");
-    println!();
-    println!(
+    outln!("access_key_id     = {key_id}");
+    outln!("secret_access_key = {secret}");
+    outln!();
+    outln!(
         "# callers-file entry (keep the secret out of the file with secret_env or secret_file):"
     );
-    println!("[[caller]]");
-    println!("id = \"{id}\"");
-    println!("account_id = \"{account}\"");
-    println!("role = \"{role}\"");
-    println!("access_key_id = \"{key_id}\"");
-    println!("secret_access_key = \"{secret}\"");
+    outln!("[[caller]]");
+    outln!("id = \"{id}\"");
+    outln!("account_id = \"{account}\"");
+    outln!("role = \"{role}\"");
+    outln!("access_key_id = \"{key_id}\"");
+    outln!("secret_access_key = \"{secret}\"");
     ExitCode::SUCCESS
 }

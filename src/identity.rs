@@ -75,7 +75,7 @@ struct Caller {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallersError {
-    #[error("{file}: cannot read: {reason}")]
+    #[error("{file}: cannot read the callers file (identity.callers): {reason}")]
     Read { file: PathBuf, reason: String },
     #[error("{file}: {reason}")]
     Parse { file: PathBuf, reason: String },
@@ -85,6 +85,70 @@ pub enum CallersError {
         id: String,
         reason: String,
     },
+}
+
+/// A callers file holds a shipped demo key while the upstream is not this machine.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{file}: caller {id:?} uses the demo access key id {key}, whose secret is public, and \
+     upstream.endpoint ({endpoint}) is not this machine: anyone could act as {id:?} there. \
+     Make a key of its own with `hubgate keys new --id {id} --account {account} --role {role}` \
+     and replace the entry (the demo keys work only with a loopback upstream, as in \
+     config/demo/hubgate.toml)"
+)]
+pub struct DemoKeyInUse {
+    file: PathBuf,
+    id: String,
+    account: String,
+    role: &'static str,
+    key: String,
+    endpoint: String,
+}
+
+/// The access key ids of config/demo/callers.toml. Their secrets are in the repository.
+pub const DEMO_ACCESS_KEY_IDS: [&str; 2] = ["HGDEMOADMIN000000001", "HGDEMOMEMBER00000001"];
+
+/// Whether `upstream` is this machine: a loopback address or `localhost`.
+pub fn is_loopback(upstream: &http::Uri) -> bool {
+    let Some(host) = upstream.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a callers file that holds a shipped demo key when the upstream is not loopback:
+/// those secrets are public, and would open a real Security Hub to anyone who can reach
+/// hubgate.
+pub fn refuse_demo_keys(callers: &Path, upstream: &http::Uri) -> Result<(), Box<DemoKeyInUse>> {
+    if is_loopback(upstream) {
+        return Ok(());
+    }
+    // An unreadable file is reported by Identity::load, with its own message.
+    let Ok(file) = read_callers_file(callers) else {
+        return Ok(());
+    };
+    match file.caller.into_iter().find(|c| {
+        c.access_key_id
+            .as_deref()
+            .is_some_and(|k| DEMO_ACCESS_KEY_IDS.contains(&k))
+    }) {
+        Some(c) => Err(Box::new(DemoKeyInUse {
+            file: callers.to_path_buf(),
+            key: c.access_key_id.unwrap_or_default(),
+            account: c.account_id,
+            role: match c.role {
+                Role::Administrator => "administrator",
+                Role::Member => "member",
+            },
+            id: c.id,
+            endpoint: upstream.to_string().trim_end_matches('/').to_string(),
+        })),
+        None => Ok(()),
+    }
 }
 
 /// Why a caller could not be established. Each maps to 401 UNAUTHENTICATED.

@@ -39,8 +39,12 @@ use crate::upstream::Upstream;
 pub enum ServeError {
     #[error("{0}")]
     Startup(String),
-    #[error("cannot listen on {addr}: {reason}")]
-    Bind { addr: String, reason: String },
+    #[error("cannot listen on {addr} ({setting}): {reason}")]
+    Bind {
+        addr: String,
+        setting: &'static str,
+        reason: String,
+    },
 }
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -250,12 +254,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|e| ServeError::Bind {
             addr: config.listen.to_string(),
+            setting: "server.listen",
             reason: e.to_string(),
         })?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| ServeError::Bind {
             addr: config.admin_listen.to_string(),
+            setting: "server.admin_listen",
             reason: e.to_string(),
         })?;
     tracing::info!(
@@ -527,10 +533,24 @@ fn reload(gate: &Gate) {
     if !errors.is_empty() {
         gate.metrics.reload_failure_time.set(unix_now());
     }
-    *gate
-        .last_reload_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = (!errors.is_empty()).then(|| errors.join("; "));
+    let previous = std::mem::replace(
+        &mut *gate
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+        (!errors.is_empty()).then(|| errors.join("; ")),
+    );
+    log_recovery(previous.as_deref(), errors.is_empty());
+}
+
+/// After a failed reload, the first good one says so: whoever watched the error sees it end.
+fn log_recovery(previous_error: Option<&str>, ok: bool) {
+    if let (Some(previous), true) = (previous_error, ok) {
+        tracing::info!(
+            previous_error = previous,
+            "reload succeeded; the previous reload error is resolved and /readyz is no longer stale"
+        );
+    }
 }
 
 async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {

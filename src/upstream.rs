@@ -205,7 +205,7 @@ impl Upstream {
         let creds = provider
             .provide_credentials()
             .await
-            .map_err(|e| UpstreamError::Credentials(error_chain(&e)))?;
+            .map_err(|e| credentials_error(&e))?;
         *cached = Some(creds.clone());
         Ok(creds)
     }
@@ -422,6 +422,32 @@ impl Upstream {
 }
 
 /// An error with its causes, which is where hyper puts "connection refused".
+/// What hubgate says when the standard chain yields no credentials: every source it tried and
+/// what to set. The SDK's own error names only the last source tried (instance metadata), which
+/// misleads anyone not on EC2; it is logged at debug level.
+const NO_CREDENTIALS: &str = "no source of the standard AWS credential chain has any. hubgate \
+tried, in order: environment (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), profile \
+(AWS_PROFILE, ~/.aws/credentials or ~/.aws/config), web identity (AWS_WEB_IDENTITY_TOKEN_FILE \
+and AWS_ROLE_ARN, as EKS IRSA sets them), container (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or \
+_FULL_URI, as ECS sets them), instance metadata (an EC2 instance profile). Give hubgate's \
+process one of them; RUST_LOG=debug logs what each source answered";
+
+fn credentials_error(e: &aws_credential_types::provider::error::CredentialsError) -> UpstreamError {
+    use aws_credential_types::provider::error::CredentialsError;
+    let detail = error_chain(e);
+    tracing::debug!(error = %detail, "the AWS credential chain yielded no credentials");
+    // Instance metadata is the chain's last source: its failure means no earlier one had any.
+    let none_found =
+        matches!(e, CredentialsError::CredentialsNotLoaded(_)) || detail.contains("IMDS");
+    if none_found {
+        UpstreamError::Credentials(NO_CREDENTIALS.to_string())
+    } else {
+        // A source that exists but fails (a profile's role cannot be assumed): its own words,
+        // on one line.
+        UpstreamError::Credentials(detail.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();

@@ -123,7 +123,7 @@ fn rule_of(msg: &str, files: &[(String, String)]) -> Option<String> {
 
 fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
     let verdict = if d.allowed() { "ALLOW" } else { "DENY" };
-    println!("{pass}: {verdict}");
+    outln!("{pass}: {verdict}");
     for (label, list) in [("deny", &d.deny), ("warn", &d.warn)] {
         for v in list {
             let finding = match &v.finding {
@@ -135,7 +135,7 @@ fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
                 None => "whole request".to_string(),
             };
             let rule = rule_of(&v.msg, sources).unwrap_or_else(|| "rule not located".into());
-            println!("  {label}: {} [{finding}] ({rule})", v.msg);
+            outln!("  {label}: {} [{finding}] ({rule})", v.msg);
         }
     }
 }
@@ -171,9 +171,9 @@ fn pass_name(enrichment: Enrichment) -> &'static str {
 }
 
 pub fn run(args: &EvalArgs) -> ExitCode {
-    let config = match Config::load(&args.config.config) {
+    let config = match super::load_config(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let policy = match PolicySet::load(
         &config.policy.dir,
@@ -194,14 +194,14 @@ pub fn run(args: &EvalArgs) -> ExitCode {
     // The routing table decides first, as it does when serving.
     let operation = match (config.routing(spec), Judged::from_name(spec.name)) {
         (Routing::Deny, _) => {
-            println!(
+            outln!(
                 "OPERATION_NOT_ALLOWED: {} is routed \"deny\"; the proxy would answer 403",
                 spec.name
             );
             return ExitCode::FAILURE;
         }
         (Routing::Forward, _) => {
-            println!(
+            outln!(
                 "FORWARD: {} is routed \"forward\"; the proxy forwards it after authentication, without policy",
                 spec.name
             );
@@ -254,19 +254,19 @@ pub fn run(args: &EvalArgs) -> ExitCode {
     let judgement = match judged {
         Ok(j) => j,
         Err(JudgeError::Invalid(errors)) => {
-            println!("VALIDATION_ERROR: the proxy would answer 400");
+            outln!("VALIDATION_ERROR: the proxy would answer 400");
             for e in &errors.errors {
                 let at = if e.path.is_empty() {
                     "(body)"
                 } else {
                     e.path.as_str()
                 };
-                println!("  {at}: {}", e.message);
+                outln!("  {at}: {}", e.message);
             }
             return ExitCode::FAILURE;
         }
         Err(e) => {
-            println!("POLICY_ERROR: {e}");
+            outln!("POLICY_ERROR: {e}");
             return ExitCode::from(2);
         }
     };
@@ -276,11 +276,11 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         .filter(|f| f.extension().is_some_and(|e| e == "rego"))
         .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(f).ok()?)))
         .collect();
-    println!("policy revision {}", policy.revision);
+    outln!("policy revision {}", policy.revision);
     for pass in &judgement.passes {
         let name = pass_name(pass.enrichment);
         if args.input {
-            println!(
+            outln!(
                 "input ({name}):\n{}",
                 serde_json::to_string_pretty(&pass.input).unwrap_or_default()
             );
@@ -290,7 +290,7 @@ pub fn run(args: &EvalArgs) -> ExitCode {
     match judgement.decision() {
         Some(d) if d.allowed() => {
             if !judgement.complete {
-                println!("note: give --current FINDINGS.json to evaluate the rules that need finding state");
+                outln!("note: give --current FINDINGS.json to evaluate the rules that need finding state");
             }
             ExitCode::SUCCESS
         }

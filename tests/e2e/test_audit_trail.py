@@ -135,10 +135,17 @@ def test_sigterm_under_load_drains_and_records_every_answer(make_fake, make_hubg
     grace_ms = 3000
     fake = make_fake()
     fake.configure(delay_ms=200)
+    # policy.eval_timeout_ms is wall-clock: on a loaded 2-CPU machine a debug build's
+    # evaluation, descheduled for longer than the default 100 ms, is a 500 POLICY_ERROR, which
+    # is not what this test is about. (Seen once in a full run; not reproduced since: the
+    # error body below tells the cause if an unexpected status comes back.)
     hg = make_hubgate({"server": {"shutdown_grace_ms": grace_ms},
+                       "policy": {"eval_timeout_ms": 5000},
                        "audit": {"include_input": False}}, fake=fake)
     stop = threading.Event()
-    outcomes = []  # (started_at, ended_at, kind, status or None, decision id or None, error)
+    # (started_at, ended_at, kind, status or None, decision id or None, error or the body of
+    # an answer that is neither 200 nor 403)
+    outcomes = []
     lock = threading.Lock()
 
     def worker(n):
@@ -149,7 +156,8 @@ def test_sigterm_under_load_drains_and_records_every_answer(make_fake, make_hubg
             try:
                 resp = (hg.buf(note("f-admin"), who="admin") if kind == "allow"
                         else hg.buf(SUPPRESS_MEMBER, who="member"))
-                result = (resp.status, caller_id(resp), None)
+                result = (resp.status, caller_id(resp),
+                          None if resp.status in (200, 403) else resp.text[:500])
             except (OSError, http.client.HTTPException) as e:
                 result = (None, None, repr(e))
             with lock:
@@ -178,7 +186,7 @@ def test_sigterm_under_load_drains_and_records_every_answer(make_fake, make_hubg
     unanswered = [o for o in outcomes if o[3] is None]
     assert answered and unanswered, (len(answered), len(unanswered))
     for o in answered:
-        assert o[3] == (200 if o[2] == "allow" else 403), o
+        assert o[3] == (200 if o[2] == "allow" else 403), (o, hg.stderr_text()[-3000:])
         assert o[4], o
     # requests already in flight when the signal came were drained, not cut off
     in_flight = [o for o in answered if o[0] < term_at < o[1]]

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import POLICY_DIR, PRODUCT_ARN, REPO, run_hubgate
 
-CONFIG = str(REPO / "config" / "hubgate.toml")
+CONFIG = str(REPO / "config" / "demo" / "hubgate.toml")
 
 
 def write(tmp_path, name, value):

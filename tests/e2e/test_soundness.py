@@ -300,8 +300,8 @@ def test_fake_gzip_knob_and_import_route(seeded_fake):
 # 6. the shipped configuration, through the plain AWS CLI
 
 
-SHIPPED_CONFIG = REPO / "config" / "hubgate.toml"
-SHIPPED_CALLERS = REPO / "config" / "callers.toml"
+SHIPPED_CONFIG = REPO / "config" / "demo" / "hubgate.toml"
+SHIPPED_CALLERS = REPO / "config" / "demo" / "callers.toml"
 
 
 def demo_creds(role: str) -> Creds:
