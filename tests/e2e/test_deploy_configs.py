@@ -55,7 +55,8 @@ def gateway_folder(tmp_path, toml: str, proxy: int = 18080, admin: int = 19090):
     return config, env, ca_file
 
 
-@pytest.mark.parametrize("configmap", ["configmap.yaml", "tls/configmap.yaml"])
+@pytest.mark.parametrize("configmap", ["configmap.yaml", "tls/configmap.yaml",
+                                       "../kubernetes-replicas/coordination-config.yaml"])
 def test_gateway_configmaps_pass_check(tmp_path, configmap):
     config, env, _ = gateway_folder(tmp_path, configmap_toml(K8S / configmap))
     r = subprocess.run([str(HUBGATE_BIN), "check", "--config", str(config)], env=env,
@@ -73,6 +74,15 @@ def test_tls_configmap_is_the_gateway_configmap_with_tls():
     assert tls["server"].pop("listen") == "0.0.0.0:8443"
     assert base["server"].pop("listen") == "0.0.0.0:8080"
     assert tls == base
+
+
+def test_replicas_configmap_is_the_gateway_configmap_with_coordination():
+    """The replicas overlay replaces the whole hubgate.toml too: only [coordination] differs."""
+    base = tomllib.loads(configmap_toml(K8S / "configmap.yaml"))
+    replicas = tomllib.loads(configmap_toml(REPO / "deploy" / "kubernetes-replicas"
+                                            / "coordination-config.yaml"))
+    assert replicas.pop("coordination")["redis_url"].startswith("redis://")
+    assert replicas == base
 
 
 def test_sidecar_configmap_passes_check(tmp_path):
