@@ -91,6 +91,25 @@ def audit_sums(hg, since: int) -> dict:
             "lookups": sum(r["metrics"]["counter_lookup_calls"] for r in recs)}
 
 
+def build_of(binary) -> str:
+    """release or debug, from the cargo profile folder the binary is in (or was copied from)."""
+    parts = Path(binary).resolve().parts
+    return "release" if "release" in parts else "debug" if "debug" in parts else "build unknown"
+
+
+def settle(replicas, expected: int, timeout: float = 15) -> None:
+    """Audit records are written asynchronously: wait until every BatchUpdateFindings
+    answered so far has its record, so that one phase's records do not count in the next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = sum(len([r for r in hg.audit_records() if r.get("operation") == "BatchUpdateFindings"])
+                for hg in replicas)
+        if n >= expected:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"only {n} of {expected} audit records after {timeout} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(REPO / "target" / "release" / "hubgate"))
@@ -129,12 +148,14 @@ def main() -> int:
                  for r in (0, 1) for w in (0, 1)]
         bulk_s, bulk_errors = drive(lanes)
         gf_bulk = fake.op_stats("GetFindings")
+        settle(replicas, len(chunks))
         marks = [len(r1.audit_records()), len(r2.audit_records())]
         # crossed: each replica gets the other's chunks
         lanes = [(replicas[r], [body(c, "CRITICAL", "crossed") for c in mine[1 - r][w::2]])
                  for r in (0, 1) for w in (0, 1)]
         crossed_s, crossed_errors = drive(lanes)
         gf_all = fake.op_stats("GetFindings")
+        settle(replicas, 2 * len(chunks))
         crossed = [audit_sums(hg, m) for hg, m in zip(replicas, marks)]
         applied = sum(1 for f in fake.findings().values()
                       if f["Id"].startswith("bench-") and f["Note"]["Text"] == "crossed"
@@ -166,7 +187,7 @@ def main() -> int:
         "# Two replicas sharing one quota and one cache (benches/replicas/run.py)",
         "",
         f"{stamp}, commit {rev}, binary `{Path(args.bin).name}` "
-        f"({'release' if 'release' in str(args.bin) else 'debug'}), {os.cpu_count()} cores.",
+        f"({build_of(args.bin)}), {os.cpu_count()} cores.",
         "Fake Security Hub with AWS's quotas (GetFindings 3/s burst 6); both replicas "
         "configured with the whole quota, sharing it through one redis-server.",
         "",
