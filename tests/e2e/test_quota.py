@@ -1,4 +1,4 @@
-"""Security Hub's quotas (notes/quota-spec.md): pacing, throttles as 429 THROTTLED, lookups that
+"""Security Hub's quotas: pacing, throttles as 429 THROTTLED, lookups that
 are made only when needed, and a cache that a forwarded update writes through.
 
 Every test runs an isolated hubgate in front of its own fake with the fake's quota mode on (AWS's
@@ -6,6 +6,7 @@ documented quotas; `throttle_next` throttles the next calls of an operation what
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -282,3 +283,49 @@ def test_admin_update_makes_no_lookup(pair, quota_fake, change):
     rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
     assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
     assert rec["forwarded"] is True and rec["throttled"] is False, rec
+
+
+# ---------------------------------------------------------------------------
+# The audit record stays smaller than the request it records
+
+
+@pytest.mark.parametrize("label, status", [("CRITICAL", 200), ("LOW", 403)])
+def test_a_100_finding_record_is_no_larger_than_its_request(pair, quota_fake, label, status):
+    """The record holds the input once and lists the findings once (grouped by product), not
+    with their looked-up state: for an allowed 100-finding update it is no larger than the
+    request body. A lowering refused in the second pass names every finding in its own
+    violation (message and identifier each time): that record is bounded by the violations,
+    about 175 bytes per refused finding, on top of the allowed record's size."""
+    hg = pair(CACHED)
+    ids = [f"size-{i:03d}" for i in range(100)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH", 70) for i in ids])
+    request = {"FindingIdentifiers": [ident(i) for i in ids], "Severity": {"Label": label},
+               "Note": {"Text": "bulk triage of the quarter", "UpdatedBy": "soar"}}
+    # the compact form: the least a client can send for this request
+    body_bytes = len(json.dumps(request, separators=(",", ":")).encode())
+    client = retrying_client(hg, max_attempts=1)
+    if status == 200:
+        assert client.batch_update_findings(**request)["UnprocessedFindings"] == []
+    else:
+        with pytest.raises(ClientError) as e:
+            client.batch_update_findings(**request)
+        assert e.value.response["Error"]["Code"] == "AccessDeniedException"
+    wait_until(lambda: any(r.get("operation") == "BatchUpdateFindings"
+                           for r in hg.audit_records()), 10, "the audit record")
+    lines = [line for line in hg.audit_path.read_bytes().splitlines()
+             if b'"BatchUpdateFindings"' in line]
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["status"] == status
+    assert record["metrics"]["counter_lookup_calls"] == 5
+    assert sorted(record["findings"][0]["Ids"]) == ids
+    assert "findings" not in record["input"], "the findings are listed once"
+    violations = record["result"]["violations"]
+    if status == 200:
+        assert violations == []
+        assert len(lines[0]) <= body_bytes, (len(lines[0]), body_bytes)
+    else:
+        assert len(violations) == 100
+        per_violation = len(json.dumps(violations, separators=(",", ":"))) / 100
+        assert per_violation < 200
+        assert len(lines[0]) <= body_bytes + 100 * per_violation, (len(lines[0]), body_bytes)
