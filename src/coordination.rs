@@ -291,6 +291,7 @@ mod tests {
     use super::*;
     use crate::coordination::cache::{self, Claim, Looked, ToStore, ToWrite};
     use crate::enrich::CurrentFinding;
+    use crate::finding::FindingKey;
 
     /// A redis-server of the test's own on a free 127.0.0.1 port, killed on drop. Without
     /// redis-server the test fails (HUBGATE_ALLOW_SKIP=1 makes it pass vacuously locally).
@@ -384,7 +385,7 @@ mod tests {
         assert_eq!(pacing::take(&coord, "Other", 100_000, 3).await, Some(0));
 
         // a claim: the first replica looks the finding up, the next one waits
-        let k = ("f1".to_string(), "arn:p".to_string());
+        let k = FindingKey::new("f1", "arn:p");
         let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k))
             .await
             .unwrap();
@@ -468,7 +469,7 @@ mod tests {
         ));
 
         // a lookup that a write overtook stores nothing
-        let k2 = ("f2".to_string(), "arn:p".to_string());
+        let k2 = FindingKey::new("f2", "arn:p");
         let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k2))
             .await
             .unwrap();

@@ -22,6 +22,8 @@ use tokio::sync::{oneshot, Notify};
 use crate::config::EnrichmentConfig;
 use crate::coordination::cache::{self as shared, Claim, Looked, Tag, ToStore, ToWrite};
 use crate::coordination::Coordination;
+// Re-exported where it used to be defined, for benches/ (which this change does not edit).
+pub use crate::finding::FindingKey;
 use crate::metrics::OperationLabels;
 use crate::policy::input::{Patch, StateFacts, Update, CURRENT_FIELDS};
 use crate::policy::judge::{FindingState, Lookup, LookupError, LookupFailure};
@@ -118,8 +120,6 @@ fn approximate_size(v: &regorus::Value) -> usize {
         _ => 16,
     }
 }
-
-pub type FindingKey = (String, String);
 
 /// What one lookup did, for the audit record's metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -978,7 +978,7 @@ async fn fetch_and_deliver(
             } in findings
             {
                 let key = match (id, product_arn) {
-                    (Some(id), Some(arn)) => (id, arn),
+                    (Some(id), Some(arn)) => FindingKey::new(id, arn),
                     _ => continue,
                 };
                 // The filter ORs ids and product ARNs, so pairs that were not asked for can
@@ -987,8 +987,8 @@ async fn fetch_and_deliver(
                     continue;
                 }
                 let current = Arc::new(CurrentFinding::from_facts(
-                    &key.0,
-                    &key.1,
+                    &key.id,
+                    &key.product_arn,
                     &facts,
                     regorus::Value::from(current),
                     bytes,
@@ -1086,12 +1086,12 @@ async fn share_outcomes(
 
 /// The GetFindings request body for one chunk of at most 20 findings.
 pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
-    let mut arns: Vec<&str> = chunk.iter().map(|(_, arn)| arn.as_str()).collect();
+    let mut arns: Vec<&str> = chunk.iter().map(|k| k.product_arn.as_str()).collect();
     arns.sort_unstable();
     arns.dedup();
     let mut body = json!({
         "Filters": {
-            "Id": chunk.iter().map(|(id, _)| json!({"Value": id, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
+            "Id": chunk.iter().map(|FindingKey { id, .. }| json!({"Value": id, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
             "ProductArn": arns.iter().map(|arn| json!({"Value": arn, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
         },
         "MaxResults": 100,
@@ -1223,9 +1223,9 @@ mod tests {
     #[test]
     fn lookup_body_filters_ids_and_distinct_arns() {
         let chunk = vec![
-            ("a".to_string(), "arn:1".to_string()),
-            ("b".to_string(), "arn:1".to_string()),
-            ("c".to_string(), "arn:2".to_string()),
+            FindingKey::new("a", "arn:1"),
+            FindingKey::new("b", "arn:1"),
+            FindingKey::new("c", "arn:2"),
         ];
         let body = lookup_body(&chunk, Some("tok"));
         assert_eq!(body["Filters"]["Id"].as_array().unwrap().len(), 3);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod coordination;
 pub mod enrich;
 pub mod envelope;
+pub mod finding;
 pub mod framing;
 pub mod identity;
 pub mod metrics;

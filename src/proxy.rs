@@ -17,8 +17,9 @@ use tracing::Instrument;
 
 use crate::audit::{AuditLog, Entry, Slot};
 use crate::config::{Config, PartialDeny, PolicyMode, Routing, UpstreamAuth};
-use crate::enrich::{Enricher, FindingKey};
+use crate::enrich::Enricher;
 use crate::envelope::Rejection;
+use crate::finding::FindingKey;
 use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
@@ -463,9 +464,9 @@ fn processed_findings(answer: &Value) -> Option<Vec<FindingKey>> {
         .as_array()?
         .iter()
         .map(|f| {
-            Some((
-                f.get("Id")?.as_str()?.to_string(),
-                f.get("ProductArn")?.as_str()?.to_string(),
+            Some(FindingKey::new(
+                f.get("Id")?.as_str()?,
+                f.get("ProductArn")?.as_str()?,
             ))
         })
         .collect()
@@ -654,10 +655,7 @@ fn per_finding_denials(
     let mut denied: HashMap<FindingKey, Vec<String>> = HashMap::new();
     for v in &decision.deny {
         let f = v.finding.as_ref()?;
-        let key = (
-            f.get("Id")?.as_str()?.to_string(),
-            f.get("ProductArn")?.as_str()?.to_string(),
-        );
+        let key = FindingKey::new(f.get("Id")?.as_str()?, f.get("ProductArn")?.as_str()?);
         if !keys.contains(&key) {
             // A policy naming a finding the request does not target is a policy bug.
             return None;
@@ -697,9 +695,9 @@ async fn forward_allowed(
         refusal,
     } = rewrite;
     let key_of = |v: &Value| -> Option<FindingKey> {
-        Some((
-            v.get("Id")?.as_str()?.to_string(),
-            v.get("ProductArn")?.as_str()?.to_string(),
+        Some(FindingKey::new(
+            v.get("Id")?.as_str()?,
+            v.get("ProductArn")?.as_str()?,
         ))
     };
     let allowed: Vec<Value> = identifiers
@@ -778,13 +776,21 @@ async fn forward_allowed(
     }
     let mut extra: Vec<Value> = denied
         .iter()
-        .map(|((id, arn), reasons)| {
-            json!({
-                "FindingIdentifier": {"Id": id, "ProductArn": arn},
-                "ErrorCode": "PolicyDenied",
-                "ErrorMessage": reasons.join("; "),
-            })
-        })
+        .map(
+            |(
+                FindingKey {
+                    id,
+                    product_arn: arn,
+                },
+                reasons,
+            )| {
+                json!({
+                    "FindingIdentifier": {"Id": id, "ProductArn": arn},
+                    "ErrorCode": "PolicyDenied",
+                    "ErrorMessage": reasons.join("; "),
+                })
+            },
+        )
         .collect();
     extra.sort_by(|a, b| {
         a["FindingIdentifier"]["Id"]
@@ -819,7 +825,11 @@ pub fn internal_error(message: &str) -> Response<ProxyBody> {
 /// record stays smaller than the request.
 fn findings_by_product(keys: &[FindingKey]) -> Vec<Value> {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (id, arn) in keys {
+    for FindingKey {
+        id,
+        product_arn: arn,
+    } in keys
+    {
         match groups.iter_mut().find(|(a, _)| *a == arn.as_str()) {
             Some((_, ids)) => ids.push(id),
             None => groups.push((arn, vec![id])),

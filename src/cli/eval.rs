@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::EvalArgs;
 use crate::config::{Config, PolicyMode, Routing};
-use crate::enrich::{CurrentFinding, FindingKey};
+use crate::enrich::CurrentFinding;
+use crate::finding::FindingKey;
 use crate::identity::{self, Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
 use crate::policy::judge::{judge, FindingState, JudgeError, Lookup, LookupFailure};
@@ -93,7 +94,7 @@ fn current_findings(path: &Path) -> Result<HashMap<FindingKey, Arc<CurrentFindin
             ));
         };
         out.insert(
-            (id.to_string(), arn.to_string()),
+            FindingKey::new(id, arn),
             Arc::new(CurrentFinding::new(id, arn, &f)),
         );
     }

@@ -9,7 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use regorus::Value as RValue;
 
-use crate::enrich::{CurrentFinding, FindingKey};
+use crate::enrich::CurrentFinding;
+use crate::finding::FindingKey;
 use crate::identity::Principal;
 use crate::request::*;
 use crate::validate::Violation;
@@ -335,7 +336,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    (id.clone(), product_arn.clone()),
+                    FindingKey::new(id.clone(), product_arn.clone()),
                     None,
                 );
             }
@@ -439,12 +440,17 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    (finding_info_uid.clone(), metadata_product_uid.clone()),
+                    FindingKey::new(finding_info_uid.clone(), metadata_product_uid.clone()),
                     Some(cloud_account_uid.clone()),
                 );
             }
             for uid in metadata_uids.iter().flatten() {
-                push_key(&mut keys, &mut claims, (uid.clone(), String::new()), None);
+                push_key(
+                    &mut keys,
+                    &mut claims,
+                    FindingKey::new(uid.clone(), String::new()),
+                    None,
+                );
             }
             if let Some(c) = comment {
                 u.note(c.clone(), None);
@@ -493,7 +499,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    (f.id.clone(), f.product_arn.clone()),
+                    FindingKey::new(f.id.clone(), f.product_arn.clone()),
                     Some(f.aws_account_id.clone()),
                 );
                 for member in f.members_set() {
@@ -883,7 +889,7 @@ impl Document {
                     }
                     None => {
                         summary.missing += 1;
-                        finding_entry(&key.0, &key.1, None)
+                        finding_entry(&key.id, &key.product_arn, None)
                     }
                 })
                 .collect(),
@@ -896,7 +902,7 @@ impl Document {
                 let claimed_key = RValue::from("claimed_account_id");
                 keys.iter()
                     .enumerate()
-                    .map(|(i, (id, product_arn))| {
+                    .map(|(i, FindingKey { id, product_arn })| {
                         let arn_value = match &arn {
                             Some((a, v)) if *a == product_arn.as_str() => v.clone(),
                             _ => {
@@ -1071,7 +1077,7 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert_eq!(n.keys, [("f".to_string(), "p".to_string())]);
+        assert_eq!(n.keys, [FindingKey::new("f", "p")]);
         assert_eq!(n.claimed_accounts, [Some("222222222222".to_string())]);
         let fields: Vec<&str> = n.update.fields().collect();
         for f in [

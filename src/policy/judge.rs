@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::input::{self, Enrichment, RequestFacts, Update};
 use super::{Decision, PolicyError, PolicySet};
-use crate::enrich::{CurrentFinding, FindingKey, LookupStats};
+use crate::enrich::{CurrentFinding, LookupStats};
+use crate::finding::FindingKey;
 use crate::quota::QuotaExhausted;
 use crate::request::Judged;
 use crate::upstream::UpstreamError;
