@@ -11,10 +11,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::{json, Value};
 
+use hubgate::decide::{judge, FindingState, Lookup, LookupFailure};
 use hubgate::enrich::{CurrentFinding, FindingKey};
 use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::{self, Enrichment, RequestFacts};
-use hubgate::policy::judge::{judge, FindingState, Lookup, LookupFailure};
 use hubgate::policy::PolicySet;
 use hubgate::request::Judged;
 

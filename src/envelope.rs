@@ -7,9 +7,9 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::audit::AuditError;
+use crate::decide::JudgeError;
 use crate::framing::FramingError;
 use crate::identity::AuthError;
-use crate::policy::judge::JudgeError;
 use crate::policy::PolicyError;
 use crate::quota::QuotaExhausted;
 use crate::upstream::UpstreamError;
@@ -57,6 +57,15 @@ pub enum Rejection {
     /// A failure inside hubgate, never shown as the upstream's.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::routes::NotRouted> for Rejection {
+    fn from(e: crate::routes::NotRouted) -> Rejection {
+        Rejection::NotFound {
+            method: e.method,
+            path: e.path,
+        }
+    }
 }
 
 impl From<JudgeError> for Rejection {

@@ -79,12 +79,42 @@ pub struct Metrics {
     /// Time requests waited for hubgate's own pacing of the account quota.
     pub quota_wait_seconds: Histogram,
     /// The enrichment cache's size, and upstream throttles by operation.
-    pub enrich: crate::enrich::EnrichMetrics,
+    pub enrich: EnrichMetrics,
     /// Replicas sharing quota and cache through Redis, and the fallback when it is away.
-    pub coordination: crate::coordination::CoordinationMetrics,
+    pub coordination: CoordinationMetrics,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
+}
+
+/// What enrichment reports to /metrics.
+#[derive(Clone, Default)]
+pub struct EnrichMetrics {
+    pub entries: Gauge,
+    pub bytes: Gauge,
+    /// Upstream throttles by operation (shared with the forwarding path).
+    pub throttled: Family<OperationLabels, Counter>,
+}
+
+/// Redis operations, by what they were for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+/// What coordination reports to /metrics; clones share the same series.
+#[derive(Clone, Default)]
+pub struct CoordinationMetrics {
+    /// 1 while this replica shares quota and cache through Redis, 0 while it is on its own.
+    pub up: Gauge,
+    /// Times this replica fell back to local pacing and its local cache.
+    pub fallbacks: Counter,
+    /// Redis calls that failed or timed out, by what they were for.
+    pub errors: Family<OpLabels, Counter>,
+    /// Findings answered from the shared cache (state looked up or written by any replica).
+    pub shared_hits: Counter,
+    /// Findings another replica was already looking up, that this one waited for.
+    pub coalesced: Counter,
 }
 
 /// Buckets from 50 µs to about 26 s: a decision is sub-millisecond, an upstream call is not.

@@ -16,7 +16,8 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{AuditLog, Entry, Slot};
-use crate::config::{Config, PartialDeny, PolicyMode, Routing, UpstreamAuth};
+use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
+use crate::decide::{judge, JudgeError, Judgement, LookupError};
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
 use crate::finding::FindingKey;
@@ -24,9 +25,9 @@ use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
 use crate::policy::input::Update;
-use crate::policy::judge::{judge, JudgeError, Judgement, LookupError};
 use crate::policy::{Decision, PolicySet};
 use crate::request::Judged;
+use crate::routes::Routing;
 use crate::routes::{self, OperationSpec};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::validate;
@@ -44,7 +45,7 @@ const INPUT_HEADERS: [&str; 6] = [
 ];
 
 /// Everything a request needs, shared by all connections.
-pub struct Gate {
+pub struct Stages {
     pub config: Config,
     pub identity: ArcSwap<Identity>,
     pub policy: ArcSwap<PolicySet>,
@@ -54,10 +55,6 @@ pub struct Gate {
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
     pub metrics: Metrics,
-    /// TLS on the proxy listener, when configured.
-    pub tls: Option<crate::server::tls::Tls>,
-    /// Why the last policy reload failed, while the previous set stays in force.
-    pub last_reload_error: std::sync::Mutex<Option<String>>,
     /// server.max_in_flight permits; a request holds one until its response is sent.
     pub in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -119,7 +116,7 @@ struct Forwarded(Response<ProxyBody>, Slot);
 const MAX_MERGED_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn handle(
-    gate: Arc<Gate>,
+    gate: Arc<Stages>,
     req: Request<Incoming>,
     remote: SocketAddr,
     client_cert: Option<Arc<ClientCert>>,
@@ -212,13 +209,49 @@ pub async fn handle(
     tracing::debug!(decision_id, method, path, status, "request");
     match permit {
         // The request is in flight until its response body has been sent.
-        Ok(permit) => response.map(|body| crate::server::conn::Held::new(body, permit).boxed()),
+        Ok(permit) => response.map(|body| Held::new(body, permit).boxed()),
         Err(_) => response,
     }
 }
 
+/// A response body that keeps `guard` alive until hyper is done with the body (sent whole, or
+/// the connection ended).
+pub struct Held<B, G> {
+    body: B,
+    _guard: G,
+}
+
+impl<B, G> Held<B, G> {
+    pub fn new(body: B, guard: G) -> Self {
+        Held {
+            body,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin, G: Unpin> hyper::body::Body for Held<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn run(
-    gate: &Gate,
+    gate: &Stages,
     req: Request<Incoming>,
     remote: SocketAddr,
     client_cert: Option<&ClientCert>,
@@ -419,7 +452,7 @@ enum Touched<'a> {
 
 impl Touched<'_> {
     /// Security Hub may have applied the write without saying which findings it processed.
-    async fn evict(self, gate: &Gate) {
+    async fn evict(self, gate: &Stages) {
         let Some(enricher) = &gate.enricher else {
             return;
         };
@@ -431,7 +464,7 @@ impl Touched<'_> {
     }
 
     /// Security Hub processed `processed` (a BatchUpdateFindings answer).
-    async fn processed(self, gate: &Gate, processed: &[FindingKey]) {
+    async fn processed(self, gate: &Stages, processed: &[FindingKey]) {
         match (self, &gate.enricher) {
             (
                 Touched::Findings {
@@ -445,7 +478,7 @@ impl Touched<'_> {
     }
 
     /// The cache must learn from the answer what was processed.
-    fn wants_answer(self, gate: &Gate) -> bool {
+    fn wants_answer(self, gate: &Stages) -> bool {
         gate.enricher.is_some()
             && matches!(
                 self,
@@ -508,7 +541,7 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
 /// Waits for quota, sends the request upstream and records what happened. A throttle, by
 /// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope.
 async fn send(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
@@ -554,7 +587,7 @@ async fn send(
 /// `send` for a request that may change findings: when Security Hub may have applied it
 /// without answering (timeout, unreachable), what it touched is evicted from the cache.
 async fn send_write(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
@@ -573,7 +606,7 @@ async fn send_write(
 /// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
 /// it); one that cannot be read leaves the write's outcome unknown, so its findings go.
 async fn read_answer(
-    gate: &Gate,
+    gate: &Stages,
     incoming: Incoming,
     touched: Touched<'_>,
 ) -> Result<Bytes, Rejection> {
@@ -593,7 +626,7 @@ async fn read_answer(
 }
 
 async fn forward(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
@@ -681,7 +714,7 @@ struct Rewrite<'a> {
 }
 
 async fn forward_allowed(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     rewrite: Rewrite<'_>,
     trail: &mut Trail,
@@ -871,7 +904,7 @@ fn now_rfc3339() -> String {
 
 #[allow(clippy::too_many_arguments)]
 fn record(
-    gate: &Gate,
+    gate: &Stages,
     trail: &Trail,
     decision_id: &str,
     method: &str,

@@ -10,15 +10,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::EvalArgs;
-use crate::config::{Config, PolicyMode, Routing};
-use crate::enrich::CurrentFinding;
+use crate::config::{Config, PolicyMode};
+use crate::decide::{judge, FindingState, JudgeError, Lookup, LookupFailure};
 use crate::finding::FindingKey;
 use crate::identity::{self, Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
-use crate::policy::judge::{judge, FindingState, JudgeError, Lookup, LookupFailure};
+use crate::policy::state::CurrentFinding;
 use crate::policy::{Decision, PolicySet};
 use crate::request::Judged;
 use crate::routes;
+use crate::routes::Routing;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("hubgate: {msg}");

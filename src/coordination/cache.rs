@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Coordination;
-use crate::enrich::CurrentFinding;
 use crate::finding::FindingKey;
+use crate::policy::state::CurrentFinding;
 
 /// How long a finding's write count outlives its last write: longer than any lookup may take
 /// (requests give up at quota.max_wait_ms), so a lookup that began before a write can never

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use regorus::Value as RValue;
 
-use crate::enrich::CurrentFinding;
+use super::state::CurrentFinding;
 use crate::finding::FindingKey;
 use crate::identity::Principal;
 use crate::request::*;

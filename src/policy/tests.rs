@@ -1,8 +1,8 @@
 use super::*;
-use crate::enrich::CurrentFinding;
 use crate::finding::FindingKey;
 use crate::identity::{Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
+use crate::policy::state::CurrentFinding;
 use std::collections::HashMap;
 use std::sync::Arc;
 
