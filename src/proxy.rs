@@ -15,14 +15,16 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, Entry, Slot};
+use crate::audit::{
+    AuditLog, Entry, Partial, Record, RecordError, RecordMetrics, RecordPrincipal, Slot, Verdict,
+};
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{judge, JudgeError, Judgement, LookupError};
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
 use crate::finding::FindingKey;
 use crate::identity::{ClientCert, Identity, Principal};
-use crate::metrics::{Metrics, OperationLabels, RequestLabels};
+use crate::metrics::{DecisionLabel, Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
 use crate::policy::input::Update;
 use crate::policy::{Decision, PolicySet};
@@ -107,6 +109,15 @@ impl Trail {
     }
 }
 
+/// What is known of a request before any stage reads it.
+struct Received {
+    started: Instant,
+    decision_id: String,
+    method: String,
+    path: String,
+    remote: SocketAddr,
+}
+
 /// A forwarded request's answer (streamed from upstream, or rebuilt with denied findings merged
 /// in) with the audit slot reserved before it was forwarded.
 struct Forwarded(Response<ProxyBody>, Slot);
@@ -121,10 +132,20 @@ pub async fn handle(
     remote: SocketAddr,
     client_cert: Option<Arc<ClientCert>>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let decision_id = uuid::Uuid::new_v4().to_string();
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    let received = Received {
+        started: Instant::now(),
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        remote,
+    };
+    let Received {
+        started,
+        ref decision_id,
+        ref method,
+        ref path,
+        ..
+    } = received;
     let mut trail = Trail::default();
 
     let span = tracing::info_span!("request", decision_id = %decision_id);
@@ -138,7 +159,7 @@ pub async fn handle(
                 req,
                 remote,
                 client_cert.as_deref(),
-                &decision_id,
+                decision_id,
                 &mut trail,
             )
             .instrument(span)
@@ -153,15 +174,18 @@ pub async fn handle(
         Ok(Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
-            if let Ok(v) = HeaderValue::from_str(&decision_id) {
+            if let Ok(v) = HeaderValue::from_str(decision_id) {
                 parts.headers.insert("x-hubgate-decision-id", v);
             }
             (Response::from_parts(parts, body), status, None, Some(slot))
         }
         Err(rejection) => {
-            let resp = rejection.to_response(&decision_id);
+            let resp = rejection.to_response(decision_id);
             let status = resp.status().as_u16();
-            let error = json!({"code": rejection.code(), "message": rejection.to_string()});
+            let error = RecordError {
+                code: rejection.code(),
+                message: rejection.to_string(),
+            };
             if let Rejection::Upstream(_) | Rejection::Policy(_) | Rejection::AuditUnavailable(_) =
                 rejection
             {
@@ -177,19 +201,9 @@ pub async fn handle(
     };
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
-    let record = record(
-        &gate,
-        &trail,
-        &decision_id,
-        &method,
-        &path,
-        remote,
-        status,
-        error,
-        started,
-    );
+    let record = record(&gate, &trail, &received, status, error);
     let entry = Entry {
-        record,
+        record: record.to_json(),
         input: trail
             .input
             .take()
@@ -507,18 +521,18 @@ fn processed_findings(answer: &Value) -> Option<Vec<FindingKey>> {
 
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
     let decision = match &trail.decision {
-        Some(d) if d.allowed() => "allow",
-        Some(_) if trail.dry_run && trail.forwarded => "dry_run_deny",
-        Some(_) if trail.partial.is_some() && trail.forwarded => "partial",
-        Some(_) => "deny",
-        None if rejected => "rejected",
-        None => "allow",
+        Some(d) if d.allowed() => DecisionLabel::Allow,
+        Some(_) if trail.dry_run && trail.forwarded => DecisionLabel::DryRunDeny,
+        Some(_) if trail.partial.is_some() && trail.forwarded => DecisionLabel::Partial,
+        Some(_) => DecisionLabel::Deny,
+        None if rejected => DecisionLabel::Rejected,
+        None => DecisionLabel::Allow,
     };
     metrics
         .requests
         .get_or_create(&RequestLabels {
             operation: trail.operation.unwrap_or("unknown").to_string(),
-            decision: decision.to_string(),
+            decision: decision.as_str().to_string(),
             status: status.to_string(),
         })
         .inc();
@@ -902,65 +916,67 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The decision record, from everything the request's path left in the trail.
 fn record(
     gate: &Stages,
     trail: &Trail,
-    decision_id: &str,
-    method: &str,
-    path: &str,
-    remote: SocketAddr,
+    received: &Received,
     status: u16,
-    error: Option<Value>,
-    started: Instant,
-) -> Value {
-    let violations: Vec<Value> = trail
-        .decision
-        .as_ref()
-        .map(|d| d.deny.iter().map(|v| v.to_json()).collect())
-        .unwrap_or_default();
-    let warnings: Vec<Value> = trail
-        .decision
-        .as_ref()
-        .map(|d| d.warn.iter().map(|v| v.to_json()).collect())
-        .unwrap_or_default();
+    error: Option<RecordError>,
+) -> Record {
+    let (violations, warnings): (Vec<Value>, Vec<Value>) = match &trail.decision {
+        Some(d) => (
+            d.deny.iter().map(|v| v.to_json()).collect(),
+            d.warn.iter().map(|v| v.to_json()).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let allow = match &trail.decision {
         Some(d) => d.allowed(),
         None => error.is_none(),
     };
-    let principal = trail
-        .principal
-        .as_ref()
-        .map(|p| json!({"id": p.id, "account_id": p.account_id, "role": p.role}));
-    json!({
-        "record_version": 1,
-        "decision_id": decision_id,
-        "timestamp": now_rfc3339(),
-        "path": "hubgate/deny",
-        "operation": trail.operation,
-        "principal": principal,
-        "source_ip": remote.ip().to_string(),
-        "method": method,
-        "request_path": path,
-        "findings": trail.findings,
-        "update": trail.update,
-        "result": {"allow": allow, "violations": violations, "warnings": warnings},
-        "error": error,
-        "dry_run": trail.dry_run,
-        "partial": trail.partial.map(|(forwarded, denied)| json!({"forwarded": forwarded, "denied": denied})),
-        "forwarded": trail.forwarded,
-        "throttled": trail.throttled,
-        "status": status,
-        "upstream_status": trail.upstream_status,
-        "upstream_request_id": trail.upstream_request_id,
-        "revision": trail.revision.clone().unwrap_or_else(|| gate.policy.load().revision.clone()),
-        "metrics": {
-            "timer_total_ns": started.elapsed().as_nanos() as u64,
-            "timer_policy_ns": trail.policy_ns,
-            "timer_enrich_ns": trail.enrich_ns,
-            "timer_upstream_ns": trail.upstream_ns,
-            "counter_lookup_calls": trail.lookups,
-            "counter_cache_hits": trail.cache_hits,
+    Record {
+        record_version: 1,
+        decision_id: received.decision_id.clone(),
+        timestamp: now_rfc3339(),
+        path: "hubgate/deny",
+        operation: trail.operation,
+        principal: trail.principal.as_ref().map(|p| RecordPrincipal {
+            id: p.id.clone(),
+            account_id: p.account_id.clone(),
+            role: p.role,
+        }),
+        source_ip: received.remote.ip().to_string(),
+        method: received.method.clone(),
+        request_path: received.path.clone(),
+        findings: trail.findings.clone(),
+        update: trail.update.clone(),
+        result: Verdict {
+            allow,
+            violations,
+            warnings,
         },
-    })
+        error,
+        dry_run: trail.dry_run,
+        partial: trail
+            .partial
+            .map(|(forwarded, denied)| Partial { forwarded, denied }),
+        forwarded: trail.forwarded,
+        throttled: trail.throttled,
+        status,
+        upstream_status: trail.upstream_status,
+        upstream_request_id: trail.upstream_request_id.clone(),
+        revision: trail
+            .revision
+            .clone()
+            .unwrap_or_else(|| gate.policy.load().revision.clone()),
+        metrics: RecordMetrics {
+            timer_total_ns: received.started.elapsed().as_nanos() as u64,
+            timer_policy_ns: trail.policy_ns,
+            timer_enrich_ns: trail.enrich_ns,
+            timer_upstream_ns: trail.upstream_ns,
+            counter_lookup_calls: trail.lookups,
+            counter_cache_hits: trail.cache_hits,
+        },
+    }
 }
