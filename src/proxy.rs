@@ -90,6 +90,18 @@ struct Trail {
 }
 
 impl Trail {
+    /// What the judge found and spent, whatever it decided.
+    fn judged(&mut self, judgement: &Judgement) {
+        self.findings = findings_by_product(&judgement.keys);
+        self.update = Some(judgement.update_json.clone());
+        self.policy_ns = judgement.policy_ns;
+        self.enrich_ns = judgement.enrich_ns;
+        self.lookups = judgement.stats.calls;
+        self.cache_hits = judgement.stats.cache_hits;
+        self.misses = judgement.stats.misses;
+        self.throttled = judgement.stats.throttled;
+    }
+
     /// Records what the upstream call did, for the audit record and metrics.
     fn upstream_answered(
         &mut self,
@@ -139,38 +151,39 @@ pub async fn handle(
         path: req.uri().path().to_string(),
         remote,
     };
-    let Received {
-        started,
-        ref decision_id,
-        ref method,
-        ref path,
-        ..
-    } = received;
-    let mut trail = Trail::default();
-
-    let span = tracing::info_span!("request", decision_id = %decision_id);
+    let span = tracing::info_span!("request", decision_id = %received.decision_id);
     // server.max_in_flight: over the cap a request is answered at once with a retryable 503,
     // nothing forwarded, and recorded like any other.
     let permit = gate.in_flight.clone().try_acquire_owned();
+    let mut ctx = Ctx {
+        gate: &gate,
+        received: &received,
+        client_cert: client_cert.as_deref(),
+        trail: Trail::default(),
+    };
     let result = match permit {
-        Ok(_) => {
-            run(
-                &gate,
-                req,
-                remote,
-                client_cert.as_deref(),
-                decision_id,
-                &mut trail,
-            )
-            .instrument(span)
-            .await
-        }
+        Ok(_) => run(&mut ctx, req).instrument(span).await,
         Err(_) => Err(Rejection::Overloaded {
             setting: "server.max_in_flight",
             limit: gate.config.server.max_in_flight,
         }),
     };
-    let (response, status, error, slot) = match result {
+    let trail = ctx.trail;
+    let response = respond(&gate, &received, trail, result).await;
+    match permit {
+        // The request is in flight until its response body has been sent.
+        Ok(permit) => response.map(|body| Held::new(body, permit).boxed()),
+        Err(_) => response,
+    }
+}
+
+/// The response to send, its status, the envelope's code and message when hubgate answered
+/// itself, and the audit slot a forwarded request reserved.
+fn answer(
+    result: Result<Forwarded, Rejection>,
+    decision_id: &str,
+) -> (Response<ProxyBody>, u16, Option<RecordError>, Option<Slot>) {
+    match result {
         Ok(Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
@@ -198,10 +211,28 @@ pub async fn handle(
                 None,
             )
         }
-    };
+    }
+}
+
+/// Respond: the forwarded answer (with the decision id) or the envelope, and the decision
+/// record, written to the slot reserved before forwarding or, for a refusal, to a new one.
+async fn respond(
+    gate: &Stages,
+    received: &Received,
+    mut trail: Trail,
+    result: Result<Forwarded, Rejection>,
+) -> Response<ProxyBody> {
+    let Received {
+        started,
+        ref decision_id,
+        ref method,
+        ref path,
+        ..
+    } = *received;
+    let (response, status, error, slot) = answer(result, decision_id);
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
-    let record = record(&gate, &trail, &received, status, error);
+    let record = record(gate, &trail, received, status, error);
     let entry = Entry {
         record: record.to_json(),
         input: trail
@@ -221,11 +252,7 @@ pub async fn handle(
         },
     }
     tracing::debug!(decision_id, method, path, status, "request");
-    match permit {
-        // The request is in flight until its response body has been sent.
-        Ok(permit) => response.map(|body| Held::new(body, permit).boxed()),
-        Err(_) => response,
-    }
+    response
 }
 
 /// A response body that keeps `guard` alive until hyper is done with the body (sent whole, or
@@ -264,29 +291,64 @@ impl<B: hyper::body::Body + Unpin, G: Unpin> hyper::body::Body for Held<B, G> {
     }
 }
 
-async fn run(
-    gate: &Stages,
-    req: Request<Incoming>,
-    remote: SocketAddr,
-    client_cert: Option<&ClientCert>,
-    decision_id: &str,
-    trail: &mut Trail,
-) -> Result<Forwarded, Rejection> {
-    // framing: an ambiguous head is refused before anything reads it
-    crate::framing::check(&req)?;
+/// What the phases of one request share (Pingora's `CTX`): the stages, what was known on
+/// arrival, and the trail the audit record is built from.
+struct Ctx<'a> {
+    gate: &'a Stages,
+    received: &'a Received,
+    client_cert: Option<&'a ClientCert>,
+    trail: Trail,
+}
 
-    // route
+/// The request's path, one phase per stage of DESIGN.md. Each phase returns what the next
+/// needs; what the record needs goes into `ctx.trail`.
+async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rejection> {
+    let (spec, routing) = route(ctx, &req)?;
+    let (parts, body) = read(ctx, req, routing).await?;
+    let principal = authenticate(ctx, &parts, &body)?;
+    // From here on the request may wait for quota, up to quota.max_wait_ms.
+    let deadline = ctx.gate.pacer.deadline_from(Instant::now());
+    if routing == Routing::Forward {
+        // A finding-changing operation routed "forward" changes findings hubgate cannot name.
+        let touched = if spec.changes_findings {
+            Touched::Everything
+        } else {
+            Touched::Nothing
+        };
+        return forward(ctx.gate, &parts, body, &mut ctx.trail, deadline, touched).await;
+    }
+    let operation = validate(spec, &parts)?;
+    let decided = decide(ctx, operation, &parts, &body, &principal, deadline).await?;
+    enforce(ctx, &parts, body, decided, deadline).await
+}
+
+/// Route: framing checks of the head, then the operation and its routing.
+fn route(
+    ctx: &mut Ctx<'_>,
+    req: &Request<Incoming>,
+) -> Result<(&'static OperationSpec, Routing), Rejection> {
+    // An ambiguous head is refused before anything reads it.
+    crate::framing::check(req)?;
     let spec: &'static OperationSpec = routes::route(req.method(), req.uri().path())?;
-    trail.operation = Some(spec.name);
-    let routing = gate.config.routing(spec);
+    ctx.trail.operation = Some(spec.name);
+    let routing = ctx.gate.config.routing(spec);
     if routing == Routing::Deny {
         return Err(Rejection::OperationNotAllowed {
             operation: spec.name,
         });
     }
+    Ok((spec, routing))
+}
 
-    // read the body, up to the limit
-    let limit = gate.config.server.max_body_bytes;
+/// Read: the whole body, up to server.max_body_bytes and within server.body_read_timeout_ms,
+/// and the content type of a body hubgate will read.
+async fn read(
+    ctx: &Ctx<'_>,
+    req: Request<Incoming>,
+    routing: Routing,
+) -> Result<(http::request::Parts, Bytes), Rejection> {
+    let server = &ctx.gate.config.server;
+    let limit = server.max_body_bytes;
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -296,9 +358,9 @@ async fn run(
     if declared.is_some_and(|n| n > limit) {
         return Err(Rejection::PayloadTooLarge { limit });
     }
-    // The whole body must arrive by server.body_read_timeout_ms: a client cannot hold a
-    // request (and its in-flight permit) open by sending slowly.
-    let body_ms = gate.config.server.body_read_timeout_ms;
+    // The whole body must arrive in time: a client cannot hold a request (and its in-flight
+    // permit) open by sending slowly.
+    let body_ms = server.body_read_timeout_ms;
     let collected = tokio::time::timeout(
         std::time::Duration::from_millis(body_ms),
         Limited::new(body, limit as usize).collect(),
@@ -312,33 +374,30 @@ async fn run(
         }
         Err(e) => return Err(Rejection::BodyRead(e.to_string())),
     };
-
-    // content type, on the operations whose body hubgate reads
     if routing == Routing::Policy {
         validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
             .map_err(Rejection::UnsupportedMediaType)?;
     }
+    Ok((parts, body))
+}
 
-    // authenticate
+/// Authenticate: the caller, by the configured identity mode.
+fn authenticate(
+    ctx: &mut Ctx<'_>,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<Arc<Principal>, Rejection> {
     let principal =
-        gate.identity
+        ctx.gate
+            .identity
             .load()
-            .authenticate(&parts, &body, SystemTime::now(), client_cert)?;
-    trail.principal = Some(principal.clone());
+            .authenticate(parts, body, SystemTime::now(), ctx.client_cert)?;
+    ctx.trail.principal = Some(principal.clone());
+    Ok(principal)
+}
 
-    // From here on the request may wait for quota, up to quota.max_wait_ms.
-    let deadline = gate.pacer.deadline_from(Instant::now());
-    if routing == Routing::Forward {
-        // A finding-changing operation routed "forward" changes findings hubgate cannot name.
-        let touched = if spec.changes_findings {
-            Touched::Everything
-        } else {
-            Touched::Nothing
-        };
-        return forward(gate, &parts, body, trail, deadline, touched).await;
-    }
-
-    // validate and decide
+/// Validate what the judge does not see: the request line of an operation under policy.
+fn validate(spec: &OperationSpec, parts: &http::request::Parts) -> Result<Judged, Rejection> {
     if parts.uri.query().is_some() {
         // The operation has no query members; hubgate does not forward what it did not check.
         return Err(validate::ValidationErrors::whole(
@@ -348,21 +407,51 @@ async fn run(
         .into());
     }
     // Config validation refuses "policy" routing for an operation hubgate cannot judge.
-    let Some(operation) = Judged::from_name(spec.name) else {
-        return Err(Rejection::OperationNotAllowed {
-            operation: spec.name,
-        });
-    };
+    Judged::from_name(spec.name).ok_or(Rejection::OperationNotAllowed {
+        operation: spec.name,
+    })
+}
+
+/// What the decision phase hands to enforcement.
+struct Decided {
+    operation: Judged,
+    keys: Vec<FindingKey>,
+    body_without_ids: Value,
+    identifiers: Option<Value>,
+    update: Update,
+    /// Set when the policy denies and this is not a dry run.
+    refusal: Option<Refusal>,
+}
+
+struct Refusal {
+    /// The findings denied one by one; None if any violation is about the whole request.
+    denied: Option<HashMap<FindingKey, Vec<String>>>,
+    /// The answer when nothing is forwarded.
+    rejection: Rejection,
+}
+
+/// Decide: `judge` parses, validates and normalises the body, looks up the findings' state when
+/// the policy needs it, and runs the policy passes.
+async fn decide(
+    ctx: &mut Ctx<'_>,
+    operation: Judged,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    principal: &Principal,
+    deadline: Instant,
+) -> Result<Decided, Rejection> {
+    let gate = ctx.gate;
+    let trail = &mut ctx.trail;
     let policy = gate.policy.load_full();
     trail.revision = Some(policy.revision.clone());
     let facts = RequestFacts {
-        operation: spec.name,
-        principal: &principal,
+        operation: operation.name(),
+        principal,
         method: parts.method.as_str(),
         path: parts.uri.path(),
         headers: input_headers(&parts.headers),
-        source_ip: remote.ip().to_string(),
-        request_id: decision_id,
+        source_ip: ctx.received.remote.ip().to_string(),
+        request_id: &ctx.received.decision_id,
         time: now_rfc3339(),
     };
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
@@ -370,27 +459,30 @@ async fn run(
     let mut judgement = judge(
         &policy,
         operation,
-        &body,
+        body,
         &facts,
         gate.enricher.as_ref(),
         dry_run,
         deadline,
     )
     .await?;
-    trail.findings = findings_by_product(&judgement.keys);
-    trail.update = Some(judgement.update_json.clone());
-    trail.policy_ns = judgement.policy_ns;
-    trail.enrich_ns = judgement.enrich_ns;
-    trail.lookups = judgement.stats.calls;
-    trail.cache_hits = judgement.stats.cache_hits;
-    trail.misses = judgement.stats.misses;
-    trail.throttled = judgement.stats.throttled;
+    trail.judged(&judgement);
     if let Some(failed) = judgement.failed.take() {
         if let LookupError::Quota(_) = failed {
             trail.throttled = true;
         }
         return Err(JudgeError::from(failed).into());
     }
+    conclude(trail, operation, judgement, dry_run)
+}
+
+/// The last policy pass's decision, and the refusal when it denies.
+fn conclude(
+    trail: &mut Trail,
+    operation: Judged,
+    judgement: Judgement,
+    dry_run: bool,
+) -> Result<Decided, Rejection> {
     let Judgement {
         keys,
         body: body_without_ids,
@@ -406,21 +498,44 @@ async fn run(
     };
     trail.input = Some(last.input);
     let decision = last.decision;
-    // A refusal: the findings denied one by one (None if any violation is whole-request), and
-    // the envelope; built only when the policy denies.
-    let refusal = (!decision.allowed() && !dry_run).then(|| {
-        (
-            per_finding_denials(&decision, &keys),
-            Rejection::PolicyDenied {
-                message: decision.message(),
-                violations: decision.deny.iter().map(|v| v.to_json()).collect(),
-            },
-        )
+    let refusal = (!decision.allowed() && !dry_run).then(|| Refusal {
+        denied: per_finding_denials(&decision, &keys),
+        rejection: Rejection::PolicyDenied {
+            message: decision.message(),
+            violations: decision.deny.iter().map(|v| v.to_json()).collect(),
+        },
     });
     trail.decision = Some(decision);
+    Ok(Decided {
+        operation,
+        keys,
+        body_without_ids,
+        identifiers,
+        update,
+        refusal,
+    })
+}
+
+/// Enforce the decision: forward the request as it came, forward only the allowed findings,
+/// or refuse.
+async fn enforce(
+    ctx: &mut Ctx<'_>,
+    parts: &http::request::Parts,
+    body: Bytes,
+    decided: Decided,
+    deadline: Instant,
+) -> Result<Forwarded, Rejection> {
+    let Decided {
+        operation,
+        keys,
+        body_without_ids,
+        identifiers,
+        update,
+        refusal,
+    } = decided;
     // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
     // every other operation is refused whole.
-    let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
+    let partial = ctx.gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
         && operation == Judged::BatchUpdateFindings;
     let touched = match operation {
         Judged::BatchUpdateFindings => Touched::Findings {
@@ -434,20 +549,25 @@ async fn run(
         // OCSF identifiers and filters do not name cache entries.
         Judged::BatchUpdateFindingsV2 | Judged::UpdateFindings => Touched::Everything,
     };
+    let trail = &mut ctx.trail;
     match (refusal, identifiers) {
-        (None, _) => forward(gate, &parts, body, trail, deadline, touched).await,
-        (Some((Some(denied), rejection)), Some(Value::Array(ids)))
-            if partial && denied.len() < keys.len() =>
-        {
+        (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched).await,
+        (
+            Some(Refusal {
+                denied: Some(denied),
+                rejection,
+            }),
+            Some(Value::Array(ids)),
+        ) if partial && denied.len() < keys.len() => {
             let rewrite = Rewrite {
                 body_without_ids,
                 identifiers: ids,
                 denied: &denied,
                 refusal: rejection,
             };
-            forward_allowed(gate, &parts, rewrite, trail, deadline, &update).await
+            forward_allowed(ctx.gate, parts, rewrite, trail, deadline, &update).await
         }
-        (Some((_, rejection)), _) => Err(rejection),
+        (Some(Refusal { rejection, .. }), _) => Err(rejection),
     }
 }
 
