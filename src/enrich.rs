@@ -376,9 +376,12 @@ impl Enricher {
         for (key, rx) in pending.by_ref() {
             let delivery = match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(d)) => d,
-                Ok(Err(_)) => {
-                    failure.get_or_insert(LookupError::Upstream(UpstreamError::Unreachable(
-                        "the lookup was abandoned before it answered".into(),
+                Ok(Err(e)) => {
+                    // The batch's task went away without answering: hubgate's fault, not
+                    // Security Hub's.
+                    failure.get_or_insert(LookupError::Upstream(UpstreamError::local(
+                        "finish a lookup (its task ended before it answered)",
+                        e,
                     )));
                     continue;
                 }

@@ -193,7 +193,10 @@ fn answer(
             (Response::from_parts(parts, body), status, None, Some(slot))
         }
         Err(rejection) => {
-            let resp = rejection.to_response(decision_id);
+            let mut resp = rejection.to_response(decision_id);
+            if let Rejection::ClientAborted(_) = rejection {
+                resp.extensions_mut().insert(ClientGone);
+            }
             let status = resp.status().as_u16();
             let error = RecordError {
                 code: rejection.code(),
@@ -372,7 +375,8 @@ async fn read(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Rejection::PayloadTooLarge { limit })
         }
-        Err(e) => return Err(Rejection::BodyRead(e.to_string())),
+        Err(e) if client_went_away(&*e) => return Err(Rejection::ClientAborted(e)),
+        Err(e) => return Err(Rejection::BodyRead(e)),
     };
     if routing == Routing::Policy {
         validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
@@ -380,6 +384,35 @@ async fn read(
     }
     Ok((parts, body))
 }
+
+/// The body ended before its declared length because the connection closed: the client left.
+fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Set on the response to a request whose client went away: the server closes the
+/// connection instead of sending it, so no envelope goes out (the record is written).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client went away before its request was read")]
+pub struct ClientGone;
 
 /// Authenticate: the caller, by the configured identity mode.
 fn authenticate(

@@ -35,6 +35,17 @@ use crate::proxy::{self, Stages};
 use crate::quota::Pacer;
 use crate::upstream::Upstream;
 
+fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<proxy::ClientGone>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The server's state: what every request needs (`proxy::Stages`), and what only the server
 /// reads (the listener's TLS, the last policy reload's error for /readyz).
 pub struct Gate {
@@ -117,13 +128,20 @@ async fn serve_connection<I>(
                     Ok(response) => response,
                     Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
                 };
-            Ok::<_, Infallible>(response.map(|body| proxy::Held::new(body, guard)))
+            // An error from the service makes hyper close the connection without answering.
+            if response.extensions().get::<proxy::ClientGone>().is_some() {
+                return Err(proxy::ClientGone);
+            }
+            Ok(response.map(|body| proxy::Held::new(body, guard)))
         }
     });
     let served = watcher.watch(builder.serve_connection(io, service).into_owned());
     let kind = tokio::select! {
         result = served => match result {
             Ok(()) => None,
+            // The client left mid-request: counted as the request's 499, not as a connection
+            // error.
+            Err(e) if client_gone(&*e) => None,
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
                 Some(conn::error_kind(&*e))
@@ -675,11 +693,11 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         ),
     };
     // A failed reload leaves the last good set serving: the replica stays ready (turning every
-    // replica unready over one bad commit would be an outage) and says what failed.
-    let policy_ok = true;
+    // replica unready over one bad commit would be an outage) and says what failed. So policy
+    // and TLS report `ok: true` always, and only audit and credentials decide readiness.
     let mut checks = json!({
         "policy": {
-            "ok": policy_ok,
+            "ok": true,
             "revision": revision,
             "stale": reload_error.is_some(),
             "last_reload_error": reload_error,
@@ -687,7 +705,6 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         "audit": {"ok": audit_ok},
         "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
     });
-    let mut tls_ok = true;
     if let Some(tls) = &gate.tls {
         let error = tls
             .last_error
@@ -695,8 +712,7 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // As with policies, the previous certificate keeps serving.
-        tls_ok = true;
-        checks["tls"] = json!({"ok": tls_ok, "stale": error.is_some(), "last_reload_error": error});
+        checks["tls"] = json!({"ok": true, "stale": error.is_some(), "last_reload_error": error});
     }
     if let Some(coord) = gate.stages.pacer.coordination() {
         // Degraded is still ready: the replica paces to its fallback share and judges with
@@ -709,5 +725,5 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             "last_error": error,
         });
     }
-    (policy_ok && audit_ok && credentials_ok && tls_ok, checks)
+    (audit_ok && credentials_ok, checks)
 }

@@ -48,6 +48,35 @@ pub enum UpstreamError {
         operation: &'static str,
         detail: String,
     },
+    /// hubgate failed before anything was sent (building or signing the request, a lookup task
+    /// that went away): a fault of hubgate's, answered 500, never shown as Security Hub's.
+    #[error("hubgate could not {what}: {cause}")]
+    Local {
+        what: &'static str,
+        #[source]
+        cause: LocalCause,
+    },
+}
+
+/// The cause of a local failure; shared, since one failed lookup answers every request that
+/// waited on it.
+pub type LocalCause = Arc<dyn std::error::Error + Send + Sync>;
+
+impl UpstreamError {
+    pub fn local(
+        what: &'static str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        UpstreamError::Local {
+            what,
+            cause: Arc::new(cause),
+        }
+    }
+
+    /// A fault of hubgate's own, not of Security Hub or the network.
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Local { .. })
+    }
 }
 
 impl UpstreamError {
@@ -220,9 +249,9 @@ impl Upstream {
         parts.path_and_query = Some(
             path_and_query
                 .parse()
-                .map_err(|e| UpstreamError::Unreachable(format!("bad path: {e}")))?,
+                .map_err(|e| UpstreamError::local("build the upstream path", e))?,
         );
-        Uri::from_parts(parts).map_err(|e| UpstreamError::Unreachable(format!("bad URI: {e}")))
+        Uri::from_parts(parts).map_err(|e| UpstreamError::local("build the upstream URI", e))
     }
 
     /// Signs `headers` + body for the upstream host with hubgate's credentials.
@@ -240,7 +269,7 @@ impl Upstream {
             .method(method.clone())
             .uri(uri.clone())
             .body(Full::new(body.clone()))
-            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            .map_err(|e| UpstreamError::local("build the upstream request", e))?;
         *request.headers_mut() = headers;
 
         let identity = creds.into();
@@ -251,7 +280,7 @@ impl Upstream {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| UpstreamError::Credentials(e.to_string()))?
+            .map_err(|e| UpstreamError::local("set up request signing", e))?
             .into();
         // Only host and content-type are signed, as the SDKs do; other headers pass unsigned.
         let mut signed: Vec<(&str, &str)> = vec![("host", self.host.to_str().unwrap_or(""))];
@@ -269,9 +298,9 @@ impl Upstream {
             signed.into_iter(),
             SignableBody::Bytes(&body),
         )
-        .map_err(|e| UpstreamError::Credentials(e.to_string()))?;
+        .map_err(|e| UpstreamError::local("sign the upstream request", e))?;
         let (instructions, _) = sign(signable, &params)
-            .map_err(|e| UpstreamError::Credentials(e.to_string()))?
+            .map_err(|e| UpstreamError::local("sign the upstream request", e))?
             .into_parts();
         instructions.apply_to_request_http1x(&mut request);
         Ok(request)
@@ -331,7 +360,7 @@ impl Upstream {
             .method(parts.method.clone())
             .uri(self.uri_for(path_and_query)?)
             .body(Full::new(body))
-            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            .map_err(|e| UpstreamError::local("build the upstream request", e))?;
         let headers = request.headers_mut();
         for (name, value) in &parts.headers {
             if !HOP_BY_HOP.contains(&name.as_str()) {
