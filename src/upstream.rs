@@ -163,8 +163,19 @@ pub struct Upstream {
     cached: Mutex<Option<Credentials>>,
 }
 
+/// Why the upstream client could not be set up; hubgate does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("TLS setup failed: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("upstream.endpoint has no host")]
+    NoHost,
+    #[error("{0}")]
+    Host(#[source] http::header::InvalidHeaderValue),
+}
+
 impl Upstream {
-    pub async fn new(config: &Config) -> Result<Arc<Upstream>, String> {
+    pub async fn new(config: &Config) -> Result<Arc<Upstream>, SetupError> {
         // Without TCP_NODELAY a request written as head then body waits on the peer's
         // delayed ACK: about 40 ms per forwarded request.
         let mut tcp = HttpConnector::new();
@@ -173,7 +184,7 @@ impl Upstream {
         tcp.set_connect_timeout(Some(Duration::from_millis(config.upstream.timeout_ms)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .map_err(SetupError::Tls)?
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -194,10 +205,7 @@ impl Upstream {
             .await;
 
         let endpoint = config.upstream_uri.clone();
-        let authority = endpoint
-            .authority()
-            .ok_or("upstream.endpoint has no host")?
-            .clone();
+        let authority = endpoint.authority().ok_or(SetupError::NoHost)?.clone();
         // The signed Host leaves out the scheme's default port, as every SDK does.
         let default_port = match endpoint.scheme_str() {
             Some("https") => 443,
@@ -209,7 +217,7 @@ impl Upstream {
         };
         Ok(Arc::new(Upstream {
             client,
-            host: HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
+            host: HeaderValue::from_str(&host).map_err(SetupError::Host)?,
             endpoint,
             region: config.upstream.region.clone(),
             timeout: Duration::from_millis(config.upstream.timeout_ms),
