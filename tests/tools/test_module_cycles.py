@@ -66,3 +66,28 @@ def test_comments_strings_super_and_the_crate_root_are_not_edges(tmp_path):
     })
     assert module_cycles.graph(src) == {"a": set(), "b": {"a"}}
     assert module_cycles.cycles(module_cycles.graph(src)) == []
+
+
+def test_contributing_diagram_is_the_module_graph():
+    """CONTRIBUTING.md's layer diagram: every top-level module on one row, importing only from
+    rows below its own."""
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    block = text.split("## The layers", 1)[1].split("```", 2)[1]
+    edges = module_cycles.graph(REPO / "src")
+    rows = []
+    for line in block.splitlines():
+        # a row lists its modules first, then describes them
+        names = []
+        for word in line.split():
+            if word not in edges:
+                break
+            names.append(word)
+        if names:
+            rows.append(names)
+    listed = [m for row in rows for m in row]
+    assert sorted(listed) == sorted(edges), "every module is on exactly one row"
+    level = {m: len(rows) - i for i, row in enumerate(rows) for m in row}
+    for module, imports in edges.items():
+        for dep in imports:
+            assert level[dep] < level[module], f"{module} (row {level[module]}) imports {dep} " \
+                                               f"(row {level[dep]})"
