@@ -17,30 +17,19 @@ use crate::validate::Violation;
 
 pub const INPUT_VERSION: u64 = 1;
 
-/// Severity labels in rank order; the rank is what "lower" means.
-pub const SEVERITY_LABELS: [&str; 5] = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"];
+// The severity vocabulary lives in `finding`; re-exported where rules' tests look for it.
+pub use crate::finding::{label_for_normalized, label_rank, SEVERITY_LABELS};
 
-pub fn label_rank(label: &str) -> Option<u64> {
-    SEVERITY_LABELS
-        .iter()
-        .position(|l| *l == label)
-        .map(|p| p as u64)
-}
-
-/// The label Security Hub derives from `Severity.Normalized` when no label is given.
+/// The label Security Hub derives from `Severity.Normalized` when no label is given, typed.
 pub fn severity_for_normalized(n: i64) -> Option<SeverityLabel> {
-    Some(match n {
-        0 => SeverityLabel::Informational,
-        1..=39 => SeverityLabel::Low,
-        40..=69 => SeverityLabel::Medium,
-        70..=89 => SeverityLabel::High,
-        90..=100 => SeverityLabel::Critical,
+    Some(match label_for_normalized(n)? {
+        "INFORMATIONAL" => SeverityLabel::Informational,
+        "LOW" => SeverityLabel::Low,
+        "MEDIUM" => SeverityLabel::Medium,
+        "HIGH" => SeverityLabel::High,
+        "CRITICAL" => SeverityLabel::Critical,
         _ => return None,
     })
-}
-
-pub fn label_for_normalized(n: i64) -> Option<&'static str> {
-    severity_for_normalized(n).map(SeverityLabel::as_str)
 }
 
 /// The rank that "lower" compares.
@@ -266,23 +255,13 @@ fn v2_status(id: i64) -> Result<&'static str, Violation> {
     })
 }
 
-/// OCSF `severity_id` as a label and rank. Fatal counts as CRITICAL; Unknown and Other rank
-/// lowest, so setting them is never a raise.
+/// OCSF `severity_id` as a label and rank (`finding::v2_severity`), or a 400.
 fn v2_severity(id: i64) -> Result<(&'static str, u64), Violation> {
-    Ok(match id {
-        0 => ("UNKNOWN", 0),
-        1 => ("INFORMATIONAL", 0),
-        2 => ("LOW", 1),
-        3 => ("MEDIUM", 2),
-        4 => ("HIGH", 3),
-        5 | 6 => ("CRITICAL", 4),
-        99 => ("OTHER", 0),
-        _ => {
-            return Err(refuse(
-                "/SeverityId",
-                format!("SeverityId {id} is not one of 0-6 or 99"),
-            ))
-        }
+    crate::finding::v2_severity(id).ok_or_else(|| {
+        refuse(
+            "/SeverityId",
+            format!("SeverityId {id} is not one of 0-6 or 99"),
+        )
     })
 }
 
