@@ -11,10 +11,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use serde_json::{json, Value};
 
+use hubgate::decide::{judge, FindingState, Lookup, LookupFailure};
 use hubgate::enrich::{CurrentFinding, FindingKey};
 use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::{self, Enrichment, RequestFacts};
-use hubgate::policy::judge::{judge, FindingState, Lookup, LookupFailure};
 use hubgate::policy::PolicySet;
 use hubgate::request::Judged;
 
@@ -36,7 +36,7 @@ fn current(keys: &[FindingKey]) -> HashMap<FindingKey, Arc<CurrentFinding>> {
     keys.iter()
         .map(|k| {
             let finding = json!({
-                "SchemaVersion": "2018-10-08", "Id": k.0, "ProductArn": k.1,
+                "SchemaVersion": "2018-10-08", "Id": k.id, "ProductArn": k.product_arn,
                 "GeneratorId": "aws-foundational-security-best-practices/v/1.0.0/EC2.1",
                 "AwsAccountId": "222222222222", "Types": ["Software and Configuration Checks/Industry and Regulatory Standards"],
                 "Severity": {"Label": "HIGH", "Normalized": 70, "Original": "HIGH"},
@@ -46,7 +46,7 @@ fn current(keys: &[FindingKey]) -> HashMap<FindingKey, Arc<CurrentFinding>> {
                 "Workflow": {"Status": "NEW"}, "RecordState": "ACTIVE",
                 "Compliance": {"Status": "FAILED"},
             });
-            (k.clone(), Arc::new(CurrentFinding::new(&k.0, &k.1, &finding)))
+            (k.clone(), Arc::new(CurrentFinding::new(&k.id, &k.product_arn, &finding)))
         })
         .collect()
 }
@@ -102,12 +102,7 @@ fn decision(c: &mut Criterion) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| {
-                (
-                    f["Id"].as_str().unwrap().into(),
-                    f["ProductArn"].as_str().unwrap().into(),
-                )
-            })
+            .map(|f| FindingKey::new(f["Id"].as_str().unwrap(), f["ProductArn"].as_str().unwrap()))
             .collect();
         let state = current(&keys);
         let source = MapState(state.clone());

@@ -10,10 +10,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::{AuditConfig, AuditFormat, AuditSink, Fsync};
+use crate::identity::Role;
 use crate::metrics::AuditMetrics;
 use chain::{Chain, Head};
 
@@ -23,6 +25,92 @@ pub enum AuditError {
     Open(String),
     #[error("the audit sink is not accepting records: {0}")]
     Unavailable(String),
+}
+
+/// The decision record, version 1: one per request, whatever its outcome. README's "The
+/// decision record" table documents these fields (a test keeps the two equal); the writer adds
+/// `chain`, and `input` and `erased` when they apply. On disk the keys are sorted, as
+/// `serde_json::Value` keeps them, so the field order here is free.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub record_version: u32,
+    pub decision_id: String,
+    pub timestamp: String,
+    /// The decision entrypoint, as OPA's decision logs name it.
+    pub path: &'static str,
+    pub operation: Option<&'static str>,
+    pub principal: Option<RecordPrincipal>,
+    pub source_ip: String,
+    pub method: String,
+    pub request_path: String,
+    pub findings: Vec<Value>,
+    pub update: Option<Value>,
+    pub result: Verdict,
+    pub error: Option<RecordError>,
+    pub dry_run: bool,
+    pub partial: Option<Partial>,
+    pub forwarded: bool,
+    pub throttled: bool,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub upstream_request_id: Option<String>,
+    pub revision: String,
+    pub metrics: RecordMetrics,
+}
+
+/// The caller, without attributes (those are in `input.principal`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordPrincipal {
+    pub id: String,
+    pub account_id: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub allow: bool,
+    pub violations: Vec<Value>,
+    pub warnings: Vec<Value>,
+}
+
+/// The envelope hubgate answered with.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Partial {
+    pub forwarded: usize,
+    pub denied: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RecordMetrics {
+    pub timer_total_ns: u64,
+    pub timer_policy_ns: u64,
+    pub timer_enrich_ns: u64,
+    pub timer_upstream_ns: u64,
+    pub counter_lookup_calls: usize,
+    pub counter_cache_hits: usize,
+}
+
+impl Record {
+    /// The record as the writer takes it.
+    pub fn to_json(&self) -> Value {
+        // Every map in a Record has string keys, the one way serialising to a Value can fail;
+        // should it ever, the record still goes out, naming the failure, rather than vanish.
+        serde_json::to_value(self).unwrap_or_else(|e| {
+            serde_json::json!({
+                "record_version": self.record_version,
+                "decision_id": self.decision_id,
+                "status": self.status,
+                "forwarded": self.forwarded,
+                "record_error": e.to_string(),
+            })
+        })
+    }
 }
 
 /// One record on its way to the writer. The policy input travels as the regorus value the
@@ -391,6 +479,127 @@ impl AuditLog {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn sample_record() -> Record {
+        Record {
+            record_version: 1,
+            decision_id: "d".into(),
+            timestamp: "2026-11-24T03:11:19Z".into(),
+            path: "hubgate/deny",
+            operation: Some("BatchUpdateFindings"),
+            principal: Some(RecordPrincipal {
+                id: "member".into(),
+                account_id: "222222222222".into(),
+                role: Role::Member,
+            }),
+            source_ip: "127.0.0.1".into(),
+            method: "PATCH".into(),
+            request_path: "/findings/batchupdate".into(),
+            findings: vec![],
+            update: None,
+            result: Verdict {
+                allow: true,
+                violations: vec![],
+                warnings: vec![],
+            },
+            error: None,
+            dry_run: false,
+            partial: Some(Partial {
+                forwarded: 1,
+                denied: 1,
+            }),
+            forwarded: true,
+            throttled: false,
+            status: 200,
+            upstream_status: Some(200),
+            upstream_request_id: Some("u".into()),
+            revision: "sha256:x".into(),
+            metrics: RecordMetrics {
+                timer_total_ns: 1,
+                timer_policy_ns: 2,
+                timer_enrich_ns: 3,
+                timer_upstream_ns: 4,
+                counter_lookup_calls: 5,
+                counter_cache_hits: 6,
+            },
+        }
+    }
+
+    /// The names in the first column of README's decision-record table, `a`, `b` rows split.
+    fn documented_fields() -> Vec<String> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let start = readme
+            .find("### The decision record (version 1)")
+            .expect("README documents the decision record");
+        let table = &readme[start..];
+        let table = &table[table
+            .find("| field | type | meaning |")
+            .expect("the field table")..];
+        let mut fields: Vec<String> = table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                let first = l.split('|').nth(1).unwrap_or_default();
+                first
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        fields.sort();
+        fields
+    }
+
+    #[test]
+    fn readme_documents_exactly_the_record_fields() {
+        let Value::Object(serialised) = sample_record().to_json() else {
+            panic!("a record is an object")
+        };
+        // The writer adds these: chain always, input and erased when they apply.
+        let mut fields: Vec<String> = serialised
+            .keys()
+            .cloned()
+            .chain(["chain", "input", "erased"].map(String::from))
+            .collect();
+        fields.sort();
+        assert_eq!(documented_fields(), fields);
+    }
+
+    #[test]
+    fn the_ocsf_event_reads_the_typed_record() {
+        // OCSF reads the record by key; a renamed field would turn every event into
+        // Denied/Failure without this.
+        let record = sample_record();
+        let e = ocsf::event(&record.to_json(), "us-east-1");
+        assert_eq!(e["action_id"], 1, "{e}");
+        assert_eq!(e["disposition_id"], 1, "{e}");
+        assert_eq!(e["status_id"], 1, "{e}");
+        assert_eq!(e["actor"]["user"]["uid"], "member", "{e}");
+        assert_eq!(e["unmapped"]["partial"]["denied"], 1, "{e}");
+        assert_eq!(e["metadata"]["correlation_uid"], "u", "{e}");
+        let denied = Record {
+            result: Verdict {
+                allow: false,
+                violations: vec![json!({"msg": "no", "finding": null})],
+                warnings: vec![],
+            },
+            forwarded: false,
+            status: 403,
+            error: Some(RecordError {
+                code: "POLICY_DENIED",
+                message: "no".into(),
+            }),
+            ..record
+        };
+        let e = ocsf::event(&denied.to_json(), "us-east-1");
+        assert_eq!(e["action_id"], 2, "{e}");
+        assert_eq!(e["disposition_id"], 2, "{e}");
+        assert_eq!(e["api"]["response"]["error"], "POLICY_DENIED", "{e}");
+    }
 
     fn config(dir: &Path) -> AuditConfig {
         AuditConfig {

@@ -25,10 +25,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::audit::chain;
-use crate::config::Routing;
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG};
 use crate::identity::Identity;
 use crate::policy::{testing, PolicySet};
+use crate::routes::Routing;
 
 /// Set once stdout's reader has gone away (EPIPE): nothing more is written to it.
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);

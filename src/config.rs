@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::routes::Routing;
+
 pub const DEFAULT_CONFIG: &str = "config/hubgate.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +56,6 @@ struct RawConfig {
     /// Per-operation routing: operation name -> deny | policy | forward.
     #[serde(default)]
     operations: std::collections::BTreeMap<String, Routing>,
-}
-
-/// What hubgate does with one operation, overriding the built-in default (the finding-changing
-/// operations hubgate can judge: policy; read-only operations: forward; everything else: deny).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Routing {
-    Deny,
-    Policy,
-    Forward,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -548,17 +540,9 @@ impl fmt::Display for UpstreamAuth {
 impl Config {
     /// What hubgate does with an operation: the configured routing, else the default.
     pub fn routing(&self, op: &crate::routes::OperationSpec) -> Routing {
-        use crate::routes::Class;
-        if let Some(r) = self.operations.get(op.name) {
-            return *r;
-        }
-        if crate::request::Judged::from_name(op.name).is_some() {
-            return Routing::Policy;
-        }
-        match op.class {
-            Class::Guarded => Routing::Policy,
-            Class::ReadOnly => Routing::Forward,
-            Class::Blocked => Routing::Deny,
+        match self.operations.get(op.name) {
+            Some(r) => *r,
+            None => op.default_routing(),
         }
     }
 

@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::Config;
+pub use crate::metrics::CoordinationMetrics;
+use crate::metrics::OpLabels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinationError {
@@ -27,26 +25,6 @@ pub enum CoordinationError {
     Url { url: String, reason: String },
     #[error("coordination.redis_password_env names {0}, which is not set")]
     PasswordEnv(String),
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OpLabels {
-    pub op: String,
-}
-
-/// What coordination reports to /metrics; clones share the same series.
-#[derive(Clone, Default)]
-pub struct CoordinationMetrics {
-    /// 1 while this replica shares quota and cache through Redis, 0 while it is on its own.
-    pub up: Gauge,
-    /// Times this replica fell back to local pacing and its local cache.
-    pub fallbacks: Counter,
-    /// Redis calls that failed or timed out, by what they were for.
-    pub errors: Family<OpLabels, Counter>,
-    /// Findings answered from the shared cache (state looked up or written by any replica).
-    pub shared_hits: Counter,
-    /// Findings another replica was already looking up, that this one waited for.
-    pub coalesced: Counter,
 }
 
 type Hook = Box<dyn Fn() + Send + Sync>;
@@ -290,7 +268,8 @@ impl Coordination {
 mod tests {
     use super::*;
     use crate::coordination::cache::{self, Claim, Looked, ToStore, ToWrite};
-    use crate::enrich::CurrentFinding;
+    use crate::finding::FindingKey;
+    use crate::policy::state::CurrentFinding;
 
     /// A redis-server of the test's own on a free 127.0.0.1 port, killed on drop. Without
     /// redis-server the test fails (HUBGATE_ALLOW_SKIP=1 makes it pass vacuously locally).
@@ -384,7 +363,7 @@ mod tests {
         assert_eq!(pacing::take(&coord, "Other", 100_000, 3).await, Some(0));
 
         // a claim: the first replica looks the finding up, the next one waits
-        let k = ("f1".to_string(), "arn:p".to_string());
+        let k = FindingKey::new("f1", "arn:p");
         let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k))
             .await
             .unwrap();
@@ -468,7 +447,7 @@ mod tests {
         ));
 
         // a lookup that a write overtook stores nothing
-        let k2 = ("f2".to_string(), "arn:p".to_string());
+        let k2 = FindingKey::new("f2", "arn:p");
         let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k2))
             .await
             .unwrap();

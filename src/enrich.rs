@@ -13,18 +13,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::EnrichmentConfig;
 use crate::coordination::cache::{self as shared, Claim, Looked, Tag, ToStore, ToWrite};
 use crate::coordination::Coordination;
+// Re-exported where they used to be defined: benches/ imports them from here.
+use crate::decide::{FindingState, Lookup, LookupError, LookupFailure, LookupStats};
+pub use crate::finding::FindingKey;
+pub use crate::metrics::EnrichMetrics;
 use crate::metrics::OperationLabels;
-use crate::policy::input::{Patch, StateFacts, Update, CURRENT_FIELDS};
-use crate::policy::judge::{FindingState, Lookup, LookupError, LookupFailure};
+use crate::policy::input::{StateFacts, Update, CURRENT_FIELDS};
+use crate::policy::state::approximate_size;
+pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -36,103 +38,6 @@ const MAX_PAGES_PER_LOOKUP: usize = 20;
 const MAX_THROTTLE_RETRIES: u32 = 6;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// A finding's current state, already in the shape the policy input needs: converting it
-/// once here, not on every request that targets it, is what keeps decisions cheap.
-#[derive(Debug, Clone)]
-pub struct CurrentFinding {
-    pub entry: regorus::Value,
-    pub account_id: Option<String>,
-    pub severity_rank: Option<u64>,
-    /// Rough size of the state held, for the cache's memory gauge.
-    bytes: usize,
-}
-
-impl CurrentFinding {
-    pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
-        let projected = crate::policy::input::project(finding);
-        let facts = StateFacts::read(
-            projected.get("AwsAccountId"),
-            projected.get("Severity"),
-            projected.get("Workflow"),
-        );
-        let current = regorus::Value::from(Value::Object(projected));
-        let bytes = approximate_size(&current);
-        Self::from_facts(id, product_arn, &facts, current, bytes)
-    }
-
-    fn from_facts(
-        id: &str,
-        product_arn: &str,
-        facts: &StateFacts,
-        current: regorus::Value,
-        bytes: usize,
-    ) -> CurrentFinding {
-        CurrentFinding {
-            entry: facts.entry(id, product_arn, current),
-            account_id: facts.account_id.clone(),
-            severity_rank: facts.severity_rank(),
-            bytes: id.len() + product_arn.len() + bytes,
-        }
-    }
-
-    /// A state read back from the shared cache (`coordination::cache`).
-    pub(crate) fn from_shared(
-        entry: regorus::Value,
-        account_id: Option<String>,
-        severity_rank: Option<u64>,
-        bytes: usize,
-    ) -> CurrentFinding {
-        CurrentFinding {
-            entry,
-            account_id,
-            severity_rank,
-            bytes,
-        }
-    }
-
-    /// The state after a processed update.
-    fn patched(&self, patch: &Patch) -> CurrentFinding {
-        CurrentFinding {
-            entry: patch.apply(&self.entry),
-            account_id: self.account_id.clone(),
-            severity_rank: patch.severity_rank().or(self.severity_rank),
-            bytes: self.bytes,
-        }
-    }
-}
-
-/// Rough heap size of a policy-input value, for the cache's memory gauge.
-fn approximate_size(v: &regorus::Value) -> usize {
-    use regorus::Value as R;
-    match v {
-        R::String(s) => s.len() + 24,
-        R::Array(a) => 24 + a.iter().map(approximate_size).sum::<usize>(),
-        R::Set(s) => 24 + s.iter().map(approximate_size).sum::<usize>(),
-        R::Object(o) => {
-            48 + o
-                .iter()
-                .map(|(k, v)| approximate_size(k) + approximate_size(v))
-                .sum::<usize>()
-        }
-        _ => 16,
-    }
-}
-
-pub type FindingKey = (String, String);
-
-/// What one lookup did, for the audit record's metrics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LookupStats {
-    pub cache_hits: usize,
-    /// Distinct findings that had to be looked up.
-    pub misses: usize,
-    /// GetFindings calls made for this request's findings (shared calls count once per
-    /// request that waited on them), failed ones included.
-    pub calls: usize,
-    /// Security Hub throttled at least one of those calls.
-    pub throttled: bool,
-}
 
 /// What a batch call found for one finding: its state (None: not found) or why it failed.
 type Outcome = Result<Option<Arc<CurrentFinding>>, UpstreamError>;
@@ -192,15 +97,6 @@ struct Inner {
 pub struct Enricher {
     inner: Arc<Inner>,
     driver: OnceLock<()>,
-}
-
-/// What enrichment reports to /metrics.
-#[derive(Clone, Default)]
-pub struct EnrichMetrics {
-    pub entries: Gauge,
-    pub bytes: Gauge,
-    /// Upstream throttles by operation (shared with the forwarding path).
-    pub throttled: Family<OperationLabels, Counter>,
 }
 
 impl Inner {
@@ -480,9 +376,12 @@ impl Enricher {
         for (key, rx) in pending.by_ref() {
             let delivery = match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(d)) => d,
-                Ok(Err(_)) => {
-                    failure.get_or_insert(LookupError::Upstream(UpstreamError::Unreachable(
-                        "the lookup was abandoned before it answered".into(),
+                Ok(Err(e)) => {
+                    // The batch's task went away without answering: hubgate's fault, not
+                    // Security Hub's.
+                    failure.get_or_insert(LookupError::Upstream(UpstreamError::local(
+                        "finish a lookup (its task ended before it answered)",
+                        e,
                     )));
                     continue;
                 }
@@ -978,7 +877,7 @@ async fn fetch_and_deliver(
             } in findings
             {
                 let key = match (id, product_arn) {
-                    (Some(id), Some(arn)) => (id, arn),
+                    (Some(id), Some(arn)) => FindingKey::new(id, arn),
                     _ => continue,
                 };
                 // The filter ORs ids and product ARNs, so pairs that were not asked for can
@@ -987,8 +886,8 @@ async fn fetch_and_deliver(
                     continue;
                 }
                 let current = Arc::new(CurrentFinding::from_facts(
-                    &key.0,
-                    &key.1,
+                    &key.id,
+                    &key.product_arn,
                     &facts,
                     regorus::Value::from(current),
                     bytes,
@@ -1086,12 +985,12 @@ async fn share_outcomes(
 
 /// The GetFindings request body for one chunk of at most 20 findings.
 pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
-    let mut arns: Vec<&str> = chunk.iter().map(|(_, arn)| arn.as_str()).collect();
+    let mut arns: Vec<&str> = chunk.iter().map(|k| k.product_arn.as_str()).collect();
     arns.sort_unstable();
     arns.dedup();
     let mut body = json!({
         "Filters": {
-            "Id": chunk.iter().map(|(id, _)| json!({"Value": id, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
+            "Id": chunk.iter().map(|FindingKey { id, .. }| json!({"Value": id, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
             "ProductArn": arns.iter().map(|arn| json!({"Value": arn, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
         },
         "MaxResults": 100,
@@ -1223,9 +1122,9 @@ mod tests {
     #[test]
     fn lookup_body_filters_ids_and_distinct_arns() {
         let chunk = vec![
-            ("a".to_string(), "arn:1".to_string()),
-            ("b".to_string(), "arn:1".to_string()),
-            ("c".to_string(), "arn:2".to_string()),
+            FindingKey::new("a", "arn:1"),
+            FindingKey::new("b", "arn:1"),
+            FindingKey::new("c", "arn:2"),
         ];
         let body = lookup_body(&chunk, Some("tok"));
         assert_eq!(body["Filters"]["Id"].as_array().unwrap().len(), 3);

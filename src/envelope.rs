@@ -7,13 +7,23 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::audit::AuditError;
+use crate::decide::JudgeError;
 use crate::framing::FramingError;
 use crate::identity::AuthError;
-use crate::policy::judge::JudgeError;
 use crate::policy::PolicyError;
 use crate::quota::QuotaExhausted;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationErrors;
+
+/// Why the body could not be read, as the body stream reported it.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// nginx's status for a request whose client went away; no client ever sees it, the audit
+/// record and metrics do.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 /// Why hubgate answered a request itself instead of forwarding it.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +34,8 @@ pub enum Rejection {
     OperationNotAllowed { operation: &'static str },
     #[error("request body exceeds server.max_body_bytes ({limit} bytes)")]
     PayloadTooLarge { limit: u64 },
-    #[error("{0}")]
-    UnsupportedMediaType(String),
+    #[error(transparent)]
+    UnsupportedMediaType(#[from] crate::validate::ContentTypeError),
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
     #[error(transparent)]
@@ -40,7 +50,11 @@ pub enum Rejection {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("could not read the request body: {0}")]
-    BodyRead(String),
+    BodyRead(#[source] BodyError),
+    /// The client closed the connection before its body arrived: nobody is left to answer, so
+    /// this is recorded (as 499, nginx's "client closed request") and no envelope is sent.
+    #[error("the client closed the connection before the request body arrived: {0}")]
+    ClientAborted(#[source] BodyError),
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
     /// The request head is ambiguous (target form, framing headers, repeated security headers).
@@ -57,6 +71,15 @@ pub enum Rejection {
     /// A failure inside hubgate, never shown as the upstream's.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::routes::NotRouted> for Rejection {
+    fn from(e: crate::routes::NotRouted) -> Rejection {
+        Rejection::NotFound {
+            method: e.method,
+            path: e.path,
+        }
+    }
 }
 
 impl From<JudgeError> for Rejection {
@@ -102,6 +125,11 @@ impl Rejection {
                 "InvalidInputException",
             ),
             Unauthenticated(e) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", e.error_type()),
+            ClientAborted(_) => (
+                CLIENT_CLOSED_REQUEST,
+                "CLIENT_ABORTED",
+                "ClientAbortedException",
+            ),
             Invalid(_) | BodyRead(_) => (
                 StatusCode::BAD_REQUEST,
                 "VALIDATION_ERROR",
@@ -129,6 +157,11 @@ impl Rejection {
                 "ThrottlingException",
             ),
             Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "InternalException",
+            ),
+            Upstream(e) if e.is_local() => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "INTERNAL_ERROR",
                 "InternalException",
@@ -318,5 +351,18 @@ mod tests {
         assert_eq!(timeout.code(), "UPSTREAM_TIMEOUT");
         assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(down.code(), "UPSTREAM_UNAVAILABLE");
+    }
+
+    #[test]
+    fn a_local_failure_is_internal_and_keeps_its_cause() {
+        let cause = std::io::Error::other("signing key unusable");
+        let e = UpstreamError::local("sign the upstream request", cause);
+        assert!(!e.outcome_unknown(), "nothing was sent");
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        assert_eq!(source.to_string(), "signing key unusable");
+        let r = Rejection::Upstream(e);
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.code(), "INTERNAL_ERROR");
+        assert!(!r.to_string().contains("unreachable"), "{r}");
     }
 }

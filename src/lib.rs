@@ -2,17 +2,24 @@
 //!
 //! One module per stage of a request's path (see DESIGN.md): `server` accepts, `routes` names
 //! the operation, `identity` establishes the caller, `validate` parses and checks the body,
-//! `enrich` reads the findings' current state, `policy` decides, `upstream` forwards,
-//! `envelope` shapes every rejection and `audit` records each decision. `proxy` runs them in order.
-//! `quota` and `coordination` pace upstream calls (and share pacing and cache between replicas).
+//! `enrich` reads the findings' current state, `policy` evaluates, `decide` judges a body (the
+//! passes in order), `upstream` forwards, `envelope` shapes every rejection and `audit` records
+//! each decision. `proxy` runs them in order. `quota` and `coordination` pace upstream calls
+//! (and share pacing and cache between replicas).
+//!
+//! Imports point one way (CONTRIBUTING.md; `tests/tools/module_cycles.py` fails CI on a cycle):
+//! finding / metrics / framing / validate / request / routes / config at the bottom, then the
+//! stages, then envelope / proxy, then server / cli.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod coordination;
+pub mod decide;
 pub mod enrich;
 pub mod envelope;
+pub mod finding;
 pub mod framing;
 pub mod identity;
 pub mod metrics;

@@ -12,10 +12,44 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// The `decision` label of `hubgate_requests_total`: every value the proxy emits, and the
+/// list README's metrics table documents (a test keeps the two equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionLabel {
+    Allow,
+    Deny,
+    /// Denied, and forwarded because of dry-run.
+    DryRunDeny,
+    /// Denied in part; the allowed findings were forwarded.
+    Partial,
+    /// Refused before a policy decision.
+    Rejected,
+}
+
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 5] = [
+        DecisionLabel::Allow,
+        DecisionLabel::Deny,
+        DecisionLabel::DryRunDeny,
+        DecisionLabel::Partial,
+        DecisionLabel::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Allow => "allow",
+            DecisionLabel::Deny => "deny",
+            DecisionLabel::DryRunDeny => "dry_run_deny",
+            DecisionLabel::Partial => "partial",
+            DecisionLabel::Rejected => "rejected",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub operation: String,
-    /// allow | deny | dry_run_deny | rejected (refused before a policy decision)
+    /// `DecisionLabel::as_str`
     pub decision: String,
     pub status: String,
 }
@@ -79,12 +113,42 @@ pub struct Metrics {
     /// Time requests waited for hubgate's own pacing of the account quota.
     pub quota_wait_seconds: Histogram,
     /// The enrichment cache's size, and upstream throttles by operation.
-    pub enrich: crate::enrich::EnrichMetrics,
+    pub enrich: EnrichMetrics,
     /// Replicas sharing quota and cache through Redis, and the fallback when it is away.
-    pub coordination: crate::coordination::CoordinationMetrics,
+    pub coordination: CoordinationMetrics,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
+}
+
+/// What enrichment reports to /metrics.
+#[derive(Clone, Default)]
+pub struct EnrichMetrics {
+    pub entries: Gauge,
+    pub bytes: Gauge,
+    /// Upstream throttles by operation (shared with the forwarding path).
+    pub throttled: Family<OperationLabels, Counter>,
+}
+
+/// Redis operations, by what they were for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+/// What coordination reports to /metrics; clones share the same series.
+#[derive(Clone, Default)]
+pub struct CoordinationMetrics {
+    /// 1 while this replica shares quota and cache through Redis, 0 while it is on its own.
+    pub up: Gauge,
+    /// Times this replica fell back to local pacing and its local cache.
+    pub fallbacks: Counter,
+    /// Redis calls that failed or timed out, by what they were for.
+    pub errors: Family<OpLabels, Counter>,
+    /// Findings answered from the shared cache (state looked up or written by any replica).
+    pub shared_hits: Counter,
+    /// Findings another replica was already looking up, that this one waited for.
+    pub coalesced: Counter,
 }
 
 /// Buckets from 50 µs to about 26 s: a decision is sub-millisecond, an upstream call is not.
@@ -304,6 +368,34 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readme_documents_exactly_the_decision_labels_emitted() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with("| `hubgate_requests_total` |"))
+            .expect("README's metrics table has a hubgate_requests_total row");
+        let listed = row
+            .split_once("`decision` is ")
+            .expect("the row lists the decision labels")
+            .1;
+        // The list ends at the first `;`; the settings and codes it quotes along the way are
+        // not label-shaped.
+        let listed = listed.split(';').next().unwrap_or_default();
+        let mut documented: Vec<&str> = listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        documented.sort_unstable();
+        documented.dedup();
+        let mut emitted: Vec<&str> = DecisionLabel::ALL.iter().map(|l| l.as_str()).collect();
+        emitted.sort_unstable();
+        assert_eq!(documented, emitted);
+    }
 
     #[test]
     fn requests_and_revision_render_as_prometheus_text() {

@@ -2,7 +2,7 @@
 //! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
 
 pub mod input;
-pub mod judge;
+pub mod state;
 pub mod testing;
 
 use std::num::NonZeroU32;
@@ -289,7 +289,7 @@ impl PolicySet {
     /// Every operation the configuration puts under policy needs its schema in this set.
     pub fn covers(&self, config: &crate::config::Config) -> Result<(), PolicyLoadError> {
         for op in routes::operations() {
-            if config.routing(op) == crate::config::Routing::Policy && !self.schemas.has(op.name) {
+            if config.routing(op) == routes::Routing::Policy && !self.schemas.has(op.name) {
                 return Err(PolicyLoadError::Smoke(format!(
                     "operations.{} = \"policy\" needs schemas/{}.json in the policy directory",
                     op.name, op.name

@@ -15,17 +15,21 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
-use crate::audit::{AuditLog, Entry, Slot};
-use crate::config::{Config, PartialDeny, PolicyMode, Routing, UpstreamAuth};
-use crate::enrich::{Enricher, FindingKey};
+use crate::audit::{
+    AuditLog, Entry, Partial, Record, RecordError, RecordMetrics, RecordPrincipal, Slot, Verdict,
+};
+use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
+use crate::decide::{judge, JudgeError, Judgement, LookupError};
+use crate::enrich::Enricher;
 use crate::envelope::Rejection;
+use crate::finding::FindingKey;
 use crate::identity::{ClientCert, Identity, Principal};
-use crate::metrics::{Metrics, OperationLabels, RequestLabels};
+use crate::metrics::{DecisionLabel, Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
 use crate::policy::input::Update;
-use crate::policy::judge::{judge, JudgeError, Judgement, LookupError};
 use crate::policy::{Decision, PolicySet};
 use crate::request::Judged;
+use crate::routes::Routing;
 use crate::routes::{self, OperationSpec};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::validate;
@@ -43,7 +47,7 @@ const INPUT_HEADERS: [&str; 6] = [
 ];
 
 /// Everything a request needs, shared by all connections.
-pub struct Gate {
+pub struct Stages {
     pub config: Config,
     pub identity: ArcSwap<Identity>,
     pub policy: ArcSwap<PolicySet>,
@@ -53,10 +57,6 @@ pub struct Gate {
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
     pub metrics: Metrics,
-    /// TLS on the proxy listener, when configured.
-    pub tls: Option<crate::server::tls::Tls>,
-    /// Why the last policy reload failed, while the previous set stays in force.
-    pub last_reload_error: std::sync::Mutex<Option<String>>,
     /// server.max_in_flight permits; a request holds one until its response is sent.
     pub in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -90,6 +90,18 @@ struct Trail {
 }
 
 impl Trail {
+    /// What the judge found and spent, whatever it decided.
+    fn judged(&mut self, judgement: &Judgement) {
+        self.findings = findings_by_product(&judgement.keys);
+        self.update = Some(judgement.update_json.clone());
+        self.policy_ns = judgement.policy_ns;
+        self.enrich_ns = judgement.enrich_ns;
+        self.lookups = judgement.stats.calls;
+        self.cache_hits = judgement.stats.cache_hits;
+        self.misses = judgement.stats.misses;
+        self.throttled = judgement.stats.throttled;
+    }
+
     /// Records what the upstream call did, for the audit record and metrics.
     fn upstream_answered(
         &mut self,
@@ -109,6 +121,15 @@ impl Trail {
     }
 }
 
+/// What is known of a request before any stage reads it.
+struct Received {
+    started: Instant,
+    decision_id: String,
+    method: String,
+    path: String,
+    remote: SocketAddr,
+}
+
 /// A forwarded request's answer (streamed from upstream, or rebuilt with denied findings merged
 /// in) with the audit slot reserved before it was forwarded.
 struct Forwarded(Response<ProxyBody>, Slot);
@@ -118,52 +139,69 @@ struct Forwarded(Response<ProxyBody>, Slot);
 const MAX_MERGED_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn handle(
-    gate: Arc<Gate>,
+    gate: Arc<Stages>,
     req: Request<Incoming>,
     remote: SocketAddr,
     client_cert: Option<Arc<ClientCert>>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let decision_id = uuid::Uuid::new_v4().to_string();
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let mut trail = Trail::default();
-
-    let span = tracing::info_span!("request", decision_id = %decision_id);
+    let received = Received {
+        started: Instant::now(),
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        remote,
+    };
+    let span = tracing::info_span!("request", decision_id = %received.decision_id);
     // server.max_in_flight: over the cap a request is answered at once with a retryable 503,
     // nothing forwarded, and recorded like any other.
     let permit = gate.in_flight.clone().try_acquire_owned();
+    let mut ctx = Ctx {
+        gate: &gate,
+        received: &received,
+        client_cert: client_cert.as_deref(),
+        trail: Trail::default(),
+    };
     let result = match permit {
-        Ok(_) => {
-            run(
-                &gate,
-                req,
-                remote,
-                client_cert.as_deref(),
-                &decision_id,
-                &mut trail,
-            )
-            .instrument(span)
-            .await
-        }
+        Ok(_) => run(&mut ctx, req).instrument(span).await,
         Err(_) => Err(Rejection::Overloaded {
             setting: "server.max_in_flight",
             limit: gate.config.server.max_in_flight,
         }),
     };
-    let (response, status, error, slot) = match result {
+    let trail = ctx.trail;
+    let response = respond(&gate, &received, trail, result).await;
+    match permit {
+        // The request is in flight until its response body has been sent.
+        Ok(permit) => response.map(|body| Held::new(body, permit).boxed()),
+        Err(_) => response,
+    }
+}
+
+/// The response to send, its status, the envelope's code and message when hubgate answered
+/// itself, and the audit slot a forwarded request reserved.
+fn answer(
+    result: Result<Forwarded, Rejection>,
+    decision_id: &str,
+) -> (Response<ProxyBody>, u16, Option<RecordError>, Option<Slot>) {
+    match result {
         Ok(Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
-            if let Ok(v) = HeaderValue::from_str(&decision_id) {
+            if let Ok(v) = HeaderValue::from_str(decision_id) {
                 parts.headers.insert("x-hubgate-decision-id", v);
             }
             (Response::from_parts(parts, body), status, None, Some(slot))
         }
         Err(rejection) => {
-            let resp = rejection.to_response(&decision_id);
+            let mut resp = rejection.to_response(decision_id);
+            if let Rejection::ClientAborted(_) = rejection {
+                resp.extensions_mut().insert(ClientGone);
+            }
             let status = resp.status().as_u16();
-            let error = json!({"code": rejection.code(), "message": rejection.to_string()});
+            let error = RecordError {
+                code: rejection.code(),
+                message: rejection.to_string(),
+            };
             if let Rejection::Upstream(_) | Rejection::Policy(_) | Rejection::AuditUnavailable(_) =
                 rejection
             {
@@ -176,22 +214,30 @@ pub async fn handle(
                 None,
             )
         }
-    };
+    }
+}
+
+/// Respond: the forwarded answer (with the decision id) or the envelope, and the decision
+/// record, written to the slot reserved before forwarding or, for a refusal, to a new one.
+async fn respond(
+    gate: &Stages,
+    received: &Received,
+    mut trail: Trail,
+    result: Result<Forwarded, Rejection>,
+) -> Response<ProxyBody> {
+    let Received {
+        started,
+        ref decision_id,
+        ref method,
+        ref path,
+        ..
+    } = *received;
+    let (response, status, error, slot) = answer(result, decision_id);
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
-    let record = record(
-        &gate,
-        &trail,
-        &decision_id,
-        &method,
-        &path,
-        remote,
-        status,
-        error,
-        started,
-    );
+    let record = record(gate, &trail, received, status, error);
     let entry = Entry {
-        record,
+        record: record.to_json(),
         input: trail
             .input
             .take()
@@ -209,36 +255,103 @@ pub async fn handle(
         },
     }
     tracing::debug!(decision_id, method, path, status, "request");
-    match permit {
-        // The request is in flight until its response body has been sent.
-        Ok(permit) => response.map(|body| crate::server::conn::Held::new(body, permit).boxed()),
-        Err(_) => response,
+    response
+}
+
+/// A response body that keeps `guard` alive until hyper is done with the body (sent whole, or
+/// the connection ended).
+pub struct Held<B, G> {
+    body: B,
+    _guard: G,
+}
+
+impl<B, G> Held<B, G> {
+    pub fn new(body: B, guard: G) -> Self {
+        Held {
+            body,
+            _guard: guard,
+        }
     }
 }
 
-async fn run(
-    gate: &Gate,
-    req: Request<Incoming>,
-    remote: SocketAddr,
-    client_cert: Option<&ClientCert>,
-    decision_id: &str,
-    trail: &mut Trail,
-) -> Result<Forwarded, Rejection> {
-    // framing: an ambiguous head is refused before anything reads it
-    crate::framing::check(&req)?;
+impl<B: hyper::body::Body + Unpin, G: Unpin> hyper::body::Body for Held<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
 
-    // route
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What the phases of one request share (Pingora's `CTX`): the stages, what was known on
+/// arrival, and the trail the audit record is built from.
+struct Ctx<'a> {
+    gate: &'a Stages,
+    received: &'a Received,
+    client_cert: Option<&'a ClientCert>,
+    trail: Trail,
+}
+
+/// The request's path, one phase per stage of DESIGN.md. Each phase returns what the next
+/// needs; what the record needs goes into `ctx.trail`.
+async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rejection> {
+    let (spec, routing) = route(ctx, &req)?;
+    let (parts, body) = read(ctx, req, routing).await?;
+    let principal = authenticate(ctx, &parts, &body)?;
+    // From here on the request may wait for quota, up to quota.max_wait_ms.
+    let deadline = ctx.gate.pacer.deadline_from(Instant::now());
+    if routing == Routing::Forward {
+        // A finding-changing operation routed "forward" changes findings hubgate cannot name.
+        let touched = if spec.changes_findings {
+            Touched::Everything
+        } else {
+            Touched::Nothing
+        };
+        return forward(ctx.gate, &parts, body, &mut ctx.trail, deadline, touched).await;
+    }
+    let operation = validate(spec, &parts)?;
+    let decided = decide(ctx, operation, &parts, &body, &principal, deadline).await?;
+    enforce(ctx, &parts, body, decided, deadline).await
+}
+
+/// Route: framing checks of the head, then the operation and its routing.
+fn route(
+    ctx: &mut Ctx<'_>,
+    req: &Request<Incoming>,
+) -> Result<(&'static OperationSpec, Routing), Rejection> {
+    // An ambiguous head is refused before anything reads it.
+    crate::framing::check(req)?;
     let spec: &'static OperationSpec = routes::route(req.method(), req.uri().path())?;
-    trail.operation = Some(spec.name);
-    let routing = gate.config.routing(spec);
+    ctx.trail.operation = Some(spec.name);
+    let routing = ctx.gate.config.routing(spec);
     if routing == Routing::Deny {
         return Err(Rejection::OperationNotAllowed {
             operation: spec.name,
         });
     }
+    Ok((spec, routing))
+}
 
-    // read the body, up to the limit
-    let limit = gate.config.server.max_body_bytes;
+/// Read: the whole body, up to server.max_body_bytes and within server.body_read_timeout_ms,
+/// and the content type of a body hubgate will read.
+async fn read(
+    ctx: &Ctx<'_>,
+    req: Request<Incoming>,
+    routing: Routing,
+) -> Result<(http::request::Parts, Bytes), Rejection> {
+    let server = &ctx.gate.config.server;
+    let limit = server.max_body_bytes;
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -248,9 +361,9 @@ async fn run(
     if declared.is_some_and(|n| n > limit) {
         return Err(Rejection::PayloadTooLarge { limit });
     }
-    // The whole body must arrive by server.body_read_timeout_ms: a client cannot hold a
-    // request (and its in-flight permit) open by sending slowly.
-    let body_ms = gate.config.server.body_read_timeout_ms;
+    // The whole body must arrive in time: a client cannot hold a request (and its in-flight
+    // permit) open by sending slowly.
+    let body_ms = server.body_read_timeout_ms;
     let collected = tokio::time::timeout(
         std::time::Duration::from_millis(body_ms),
         Limited::new(body, limit as usize).collect(),
@@ -262,35 +375,62 @@ async fn run(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Rejection::PayloadTooLarge { limit })
         }
-        Err(e) => return Err(Rejection::BodyRead(e.to_string())),
+        Err(e) if client_went_away(&*e) => return Err(Rejection::ClientAborted(e)),
+        Err(e) => return Err(Rejection::BodyRead(e)),
     };
-
-    // content type, on the operations whose body hubgate reads
     if routing == Routing::Policy {
         validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
             .map_err(Rejection::UnsupportedMediaType)?;
     }
+    Ok((parts, body))
+}
 
-    // authenticate
-    let principal =
-        gate.identity
-            .load()
-            .authenticate(&parts, &body, SystemTime::now(), client_cert)?;
-    trail.principal = Some(principal.clone());
-
-    // From here on the request may wait for quota, up to quota.max_wait_ms.
-    let deadline = gate.pacer.deadline_from(Instant::now());
-    if routing == Routing::Forward {
-        // A finding-changing operation routed "forward" changes findings hubgate cannot name.
-        let touched = if spec.changes_findings {
-            Touched::Everything
-        } else {
-            Touched::Nothing
-        };
-        return forward(gate, &parts, body, trail, deadline, touched).await;
+/// The body ended before its declared length because the connection closed: the client left.
+fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        cause = e.source();
     }
+    false
+}
 
-    // validate and decide
+/// Set on the response to a request whose client went away: the server closes the
+/// connection instead of sending it, so no envelope goes out (the record is written).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client went away before its request was read")]
+pub struct ClientGone;
+
+/// Authenticate: the caller, by the configured identity mode.
+fn authenticate(
+    ctx: &mut Ctx<'_>,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<Arc<Principal>, Rejection> {
+    let principal =
+        ctx.gate
+            .identity
+            .load()
+            .authenticate(parts, body, SystemTime::now(), ctx.client_cert)?;
+    ctx.trail.principal = Some(principal.clone());
+    Ok(principal)
+}
+
+/// Validate what the judge does not see: the request line of an operation under policy.
+fn validate(spec: &OperationSpec, parts: &http::request::Parts) -> Result<Judged, Rejection> {
     if parts.uri.query().is_some() {
         // The operation has no query members; hubgate does not forward what it did not check.
         return Err(validate::ValidationErrors::whole(
@@ -300,21 +440,51 @@ async fn run(
         .into());
     }
     // Config validation refuses "policy" routing for an operation hubgate cannot judge.
-    let Some(operation) = Judged::from_name(spec.name) else {
-        return Err(Rejection::OperationNotAllowed {
-            operation: spec.name,
-        });
-    };
+    Judged::from_name(spec.name).ok_or(Rejection::OperationNotAllowed {
+        operation: spec.name,
+    })
+}
+
+/// What the decision phase hands to enforcement.
+struct Decided {
+    operation: Judged,
+    keys: Vec<FindingKey>,
+    body_without_ids: Value,
+    identifiers: Option<Value>,
+    update: Update,
+    /// Set when the policy denies and this is not a dry run.
+    refusal: Option<Refusal>,
+}
+
+struct Refusal {
+    /// The findings denied one by one; None if any violation is about the whole request.
+    denied: Option<HashMap<FindingKey, Vec<String>>>,
+    /// The answer when nothing is forwarded.
+    rejection: Rejection,
+}
+
+/// Decide: `judge` parses, validates and normalises the body, looks up the findings' state when
+/// the policy needs it, and runs the policy passes.
+async fn decide(
+    ctx: &mut Ctx<'_>,
+    operation: Judged,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    principal: &Principal,
+    deadline: Instant,
+) -> Result<Decided, Rejection> {
+    let gate = ctx.gate;
+    let trail = &mut ctx.trail;
     let policy = gate.policy.load_full();
     trail.revision = Some(policy.revision.clone());
     let facts = RequestFacts {
-        operation: spec.name,
-        principal: &principal,
+        operation: operation.name(),
+        principal,
         method: parts.method.as_str(),
         path: parts.uri.path(),
         headers: input_headers(&parts.headers),
-        source_ip: remote.ip().to_string(),
-        request_id: decision_id,
+        source_ip: ctx.received.remote.ip().to_string(),
+        request_id: &ctx.received.decision_id,
         time: now_rfc3339(),
     };
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
@@ -322,27 +492,30 @@ async fn run(
     let mut judgement = judge(
         &policy,
         operation,
-        &body,
+        body,
         &facts,
         gate.enricher.as_ref(),
         dry_run,
         deadline,
     )
     .await?;
-    trail.findings = findings_by_product(&judgement.keys);
-    trail.update = Some(judgement.update_json.clone());
-    trail.policy_ns = judgement.policy_ns;
-    trail.enrich_ns = judgement.enrich_ns;
-    trail.lookups = judgement.stats.calls;
-    trail.cache_hits = judgement.stats.cache_hits;
-    trail.misses = judgement.stats.misses;
-    trail.throttled = judgement.stats.throttled;
+    trail.judged(&judgement);
     if let Some(failed) = judgement.failed.take() {
         if let LookupError::Quota(_) = failed {
             trail.throttled = true;
         }
         return Err(JudgeError::from(failed).into());
     }
+    conclude(trail, operation, judgement, dry_run)
+}
+
+/// The last policy pass's decision, and the refusal when it denies.
+fn conclude(
+    trail: &mut Trail,
+    operation: Judged,
+    judgement: Judgement,
+    dry_run: bool,
+) -> Result<Decided, Rejection> {
     let Judgement {
         keys,
         body: body_without_ids,
@@ -358,21 +531,44 @@ async fn run(
     };
     trail.input = Some(last.input);
     let decision = last.decision;
-    // A refusal: the findings denied one by one (None if any violation is whole-request), and
-    // the envelope; built only when the policy denies.
-    let refusal = (!decision.allowed() && !dry_run).then(|| {
-        (
-            per_finding_denials(&decision, &keys),
-            Rejection::PolicyDenied {
-                message: decision.message(),
-                violations: decision.deny.iter().map(|v| v.to_json()).collect(),
-            },
-        )
+    let refusal = (!decision.allowed() && !dry_run).then(|| Refusal {
+        denied: per_finding_denials(&decision, &keys),
+        rejection: Rejection::PolicyDenied {
+            message: decision.message(),
+            violations: decision.deny.iter().map(|v| v.to_json()).collect(),
+        },
     });
     trail.decision = Some(decision);
+    Ok(Decided {
+        operation,
+        keys,
+        body_without_ids,
+        identifiers,
+        update,
+        refusal,
+    })
+}
+
+/// Enforce the decision: forward the request as it came, forward only the allowed findings,
+/// or refuse.
+async fn enforce(
+    ctx: &mut Ctx<'_>,
+    parts: &http::request::Parts,
+    body: Bytes,
+    decided: Decided,
+    deadline: Instant,
+) -> Result<Forwarded, Rejection> {
+    let Decided {
+        operation,
+        keys,
+        body_without_ids,
+        identifiers,
+        update,
+        refusal,
+    } = decided;
     // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
     // every other operation is refused whole.
-    let partial = gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
+    let partial = ctx.gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
         && operation == Judged::BatchUpdateFindings;
     let touched = match operation {
         Judged::BatchUpdateFindings => Touched::Findings {
@@ -386,20 +582,25 @@ async fn run(
         // OCSF identifiers and filters do not name cache entries.
         Judged::BatchUpdateFindingsV2 | Judged::UpdateFindings => Touched::Everything,
     };
+    let trail = &mut ctx.trail;
     match (refusal, identifiers) {
-        (None, _) => forward(gate, &parts, body, trail, deadline, touched).await,
-        (Some((Some(denied), rejection)), Some(Value::Array(ids)))
-            if partial && denied.len() < keys.len() =>
-        {
+        (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched).await,
+        (
+            Some(Refusal {
+                denied: Some(denied),
+                rejection,
+            }),
+            Some(Value::Array(ids)),
+        ) if partial && denied.len() < keys.len() => {
             let rewrite = Rewrite {
                 body_without_ids,
                 identifiers: ids,
                 denied: &denied,
                 refusal: rejection,
             };
-            forward_allowed(gate, &parts, rewrite, trail, deadline, &update).await
+            forward_allowed(ctx.gate, parts, rewrite, trail, deadline, &update).await
         }
-        (Some((_, rejection)), _) => Err(rejection),
+        (Some(Refusal { rejection, .. }), _) => Err(rejection),
     }
 }
 
@@ -418,7 +619,7 @@ enum Touched<'a> {
 
 impl Touched<'_> {
     /// Security Hub may have applied the write without saying which findings it processed.
-    async fn evict(self, gate: &Gate) {
+    async fn evict(self, gate: &Stages) {
         let Some(enricher) = &gate.enricher else {
             return;
         };
@@ -430,7 +631,7 @@ impl Touched<'_> {
     }
 
     /// Security Hub processed `processed` (a BatchUpdateFindings answer).
-    async fn processed(self, gate: &Gate, processed: &[FindingKey]) {
+    async fn processed(self, gate: &Stages, processed: &[FindingKey]) {
         match (self, &gate.enricher) {
             (
                 Touched::Findings {
@@ -444,7 +645,7 @@ impl Touched<'_> {
     }
 
     /// The cache must learn from the answer what was processed.
-    fn wants_answer(self, gate: &Gate) -> bool {
+    fn wants_answer(self, gate: &Stages) -> bool {
         gate.enricher.is_some()
             && matches!(
                 self,
@@ -463,9 +664,9 @@ fn processed_findings(answer: &Value) -> Option<Vec<FindingKey>> {
         .as_array()?
         .iter()
         .map(|f| {
-            Some((
-                f.get("Id")?.as_str()?.to_string(),
-                f.get("ProductArn")?.as_str()?.to_string(),
+            Some(FindingKey::new(
+                f.get("Id")?.as_str()?,
+                f.get("ProductArn")?.as_str()?,
             ))
         })
         .collect()
@@ -473,18 +674,18 @@ fn processed_findings(answer: &Value) -> Option<Vec<FindingKey>> {
 
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
     let decision = match &trail.decision {
-        Some(d) if d.allowed() => "allow",
-        Some(_) if trail.dry_run && trail.forwarded => "dry_run_deny",
-        Some(_) if trail.partial.is_some() && trail.forwarded => "partial",
-        Some(_) => "deny",
-        None if rejected => "rejected",
-        None => "allow",
+        Some(d) if d.allowed() => DecisionLabel::Allow,
+        Some(_) if trail.dry_run && trail.forwarded => DecisionLabel::DryRunDeny,
+        Some(_) if trail.partial.is_some() && trail.forwarded => DecisionLabel::Partial,
+        Some(_) => DecisionLabel::Deny,
+        None if rejected => DecisionLabel::Rejected,
+        None => DecisionLabel::Allow,
     };
     metrics
         .requests
         .get_or_create(&RequestLabels {
             operation: trail.operation.unwrap_or("unknown").to_string(),
-            decision: decision.to_string(),
+            decision: decision.as_str().to_string(),
             status: status.to_string(),
         })
         .inc();
@@ -507,7 +708,7 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
 /// Waits for quota, sends the request upstream and records what happened. A throttle, by
 /// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope.
 async fn send(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
@@ -553,7 +754,7 @@ async fn send(
 /// `send` for a request that may change findings: when Security Hub may have applied it
 /// without answering (timeout, unreachable), what it touched is evicted from the cache.
 async fn send_write(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
@@ -572,7 +773,7 @@ async fn send_write(
 /// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
 /// it); one that cannot be read leaves the write's outcome unknown, so its findings go.
 async fn read_answer(
-    gate: &Gate,
+    gate: &Stages,
     incoming: Incoming,
     touched: Touched<'_>,
 ) -> Result<Bytes, Rejection> {
@@ -592,7 +793,7 @@ async fn read_answer(
 }
 
 async fn forward(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     body: Bytes,
     trail: &mut Trail,
@@ -654,10 +855,7 @@ fn per_finding_denials(
     let mut denied: HashMap<FindingKey, Vec<String>> = HashMap::new();
     for v in &decision.deny {
         let f = v.finding.as_ref()?;
-        let key = (
-            f.get("Id")?.as_str()?.to_string(),
-            f.get("ProductArn")?.as_str()?.to_string(),
-        );
+        let key = FindingKey::new(f.get("Id")?.as_str()?, f.get("ProductArn")?.as_str()?);
         if !keys.contains(&key) {
             // A policy naming a finding the request does not target is a policy bug.
             return None;
@@ -683,7 +881,7 @@ struct Rewrite<'a> {
 }
 
 async fn forward_allowed(
-    gate: &Gate,
+    gate: &Stages,
     parts: &http::request::Parts,
     rewrite: Rewrite<'_>,
     trail: &mut Trail,
@@ -697,9 +895,9 @@ async fn forward_allowed(
         refusal,
     } = rewrite;
     let key_of = |v: &Value| -> Option<FindingKey> {
-        Some((
-            v.get("Id")?.as_str()?.to_string(),
-            v.get("ProductArn")?.as_str()?.to_string(),
+        Some(FindingKey::new(
+            v.get("Id")?.as_str()?,
+            v.get("ProductArn")?.as_str()?,
         ))
     };
     let allowed: Vec<Value> = identifiers
@@ -778,13 +976,21 @@ async fn forward_allowed(
     }
     let mut extra: Vec<Value> = denied
         .iter()
-        .map(|((id, arn), reasons)| {
-            json!({
-                "FindingIdentifier": {"Id": id, "ProductArn": arn},
-                "ErrorCode": "PolicyDenied",
-                "ErrorMessage": reasons.join("; "),
-            })
-        })
+        .map(
+            |(
+                FindingKey {
+                    id,
+                    product_arn: arn,
+                },
+                reasons,
+            )| {
+                json!({
+                    "FindingIdentifier": {"Id": id, "ProductArn": arn},
+                    "ErrorCode": "PolicyDenied",
+                    "ErrorMessage": reasons.join("; "),
+                })
+            },
+        )
         .collect();
     extra.sort_by(|a, b| {
         a["FindingIdentifier"]["Id"]
@@ -819,7 +1025,11 @@ pub fn internal_error(message: &str) -> Response<ProxyBody> {
 /// record stays smaller than the request.
 fn findings_by_product(keys: &[FindingKey]) -> Vec<Value> {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for (id, arn) in keys {
+    for FindingKey {
+        id,
+        product_arn: arn,
+    } in keys
+    {
         match groups.iter_mut().find(|(a, _)| *a == arn.as_str()) {
             Some((_, ids)) => ids.push(id),
             None => groups.push((arn, vec![id])),
@@ -859,65 +1069,67 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The decision record, from everything the request's path left in the trail.
 fn record(
-    gate: &Gate,
+    gate: &Stages,
     trail: &Trail,
-    decision_id: &str,
-    method: &str,
-    path: &str,
-    remote: SocketAddr,
+    received: &Received,
     status: u16,
-    error: Option<Value>,
-    started: Instant,
-) -> Value {
-    let violations: Vec<Value> = trail
-        .decision
-        .as_ref()
-        .map(|d| d.deny.iter().map(|v| v.to_json()).collect())
-        .unwrap_or_default();
-    let warnings: Vec<Value> = trail
-        .decision
-        .as_ref()
-        .map(|d| d.warn.iter().map(|v| v.to_json()).collect())
-        .unwrap_or_default();
+    error: Option<RecordError>,
+) -> Record {
+    let (violations, warnings): (Vec<Value>, Vec<Value>) = match &trail.decision {
+        Some(d) => (
+            d.deny.iter().map(|v| v.to_json()).collect(),
+            d.warn.iter().map(|v| v.to_json()).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let allow = match &trail.decision {
         Some(d) => d.allowed(),
         None => error.is_none(),
     };
-    let principal = trail
-        .principal
-        .as_ref()
-        .map(|p| json!({"id": p.id, "account_id": p.account_id, "role": p.role}));
-    json!({
-        "record_version": 1,
-        "decision_id": decision_id,
-        "timestamp": now_rfc3339(),
-        "path": "hubgate/deny",
-        "operation": trail.operation,
-        "principal": principal,
-        "source_ip": remote.ip().to_string(),
-        "method": method,
-        "request_path": path,
-        "findings": trail.findings,
-        "update": trail.update,
-        "result": {"allow": allow, "violations": violations, "warnings": warnings},
-        "error": error,
-        "dry_run": trail.dry_run,
-        "partial": trail.partial.map(|(forwarded, denied)| json!({"forwarded": forwarded, "denied": denied})),
-        "forwarded": trail.forwarded,
-        "throttled": trail.throttled,
-        "status": status,
-        "upstream_status": trail.upstream_status,
-        "upstream_request_id": trail.upstream_request_id,
-        "revision": trail.revision.clone().unwrap_or_else(|| gate.policy.load().revision.clone()),
-        "metrics": {
-            "timer_total_ns": started.elapsed().as_nanos() as u64,
-            "timer_policy_ns": trail.policy_ns,
-            "timer_enrich_ns": trail.enrich_ns,
-            "timer_upstream_ns": trail.upstream_ns,
-            "counter_lookup_calls": trail.lookups,
-            "counter_cache_hits": trail.cache_hits,
+    Record {
+        record_version: 1,
+        decision_id: received.decision_id.clone(),
+        timestamp: now_rfc3339(),
+        path: "hubgate/deny",
+        operation: trail.operation,
+        principal: trail.principal.as_ref().map(|p| RecordPrincipal {
+            id: p.id.clone(),
+            account_id: p.account_id.clone(),
+            role: p.role,
+        }),
+        source_ip: received.remote.ip().to_string(),
+        method: received.method.clone(),
+        request_path: received.path.clone(),
+        findings: trail.findings.clone(),
+        update: trail.update.clone(),
+        result: Verdict {
+            allow,
+            violations,
+            warnings,
         },
-    })
+        error,
+        dry_run: trail.dry_run,
+        partial: trail
+            .partial
+            .map(|(forwarded, denied)| Partial { forwarded, denied }),
+        forwarded: trail.forwarded,
+        throttled: trail.throttled,
+        status,
+        upstream_status: trail.upstream_status,
+        upstream_request_id: trail.upstream_request_id.clone(),
+        revision: trail
+            .revision
+            .clone()
+            .unwrap_or_else(|| gate.policy.load().revision.clone()),
+        metrics: RecordMetrics {
+            timer_total_ns: received.started.elapsed().as_nanos() as u64,
+            timer_policy_ns: trail.policy_ns,
+            timer_enrich_ns: trail.enrich_ns,
+            timer_upstream_ns: trail.upstream_ns,
+            counter_lookup_calls: trail.lookups,
+            counter_cache_hits: trail.cache_hits,
+        },
+    }
 }

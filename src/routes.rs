@@ -4,8 +4,7 @@
 use std::sync::OnceLock;
 
 use http::Method;
-
-use crate::envelope::Rejection;
+use serde::Deserialize;
 
 mod operations;
 
@@ -123,9 +122,42 @@ fn matches(template: &Template, segments: &[&str]) -> bool {
     i == segments.len()
 }
 
+/// What hubgate does with a routed operation (config `[operations]` overrides the default:
+/// operations hubgate can judge: policy; read-only operations: forward; everything else: deny).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    Deny,
+    Policy,
+    Forward,
+}
+
+impl OperationSpec {
+    /// The routing an operation gets when the configuration does not name it.
+    pub fn default_routing(&self) -> Routing {
+        if crate::request::Judged::from_name(self.name).is_some() {
+            return Routing::Policy;
+        }
+        match self.class {
+            Class::Guarded => Routing::Policy,
+            Class::ReadOnly => Routing::Forward,
+            Class::Blocked => Routing::Deny,
+        }
+    }
+}
+
+/// No Security Hub operation has this exact request line; the envelope answers it as the API
+/// answers an unknown path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no Security Hub operation is served at {method} {path}")]
+pub struct NotRouted {
+    pub method: String,
+    pub path: String,
+}
+
 /// Finds the operation for a request line, or says why there is none.
-pub fn route(method: &Method, path: &str) -> Result<&'static OperationSpec, Rejection> {
-    let not_found = || Rejection::NotFound {
+pub fn route(method: &Method, path: &str) -> Result<&'static OperationSpec, NotRouted> {
+    let not_found = || NotRouted {
         method: method.to_string(),
         path: path.to_string(),
     };

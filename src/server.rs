@@ -31,9 +31,30 @@ use crate::framing::RawHead;
 use crate::identity::{ClientCert, Identity};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::policy::PolicySet;
-use crate::proxy::{self, Gate};
+use crate::proxy::{self, Stages};
 use crate::quota::Pacer;
 use crate::upstream::Upstream;
+
+fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<proxy::ClientGone>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The server's state: what every request needs (`proxy::Stages`), and what only the server
+/// reads (the listener's TLS, the last policy reload's error for /readyz).
+pub struct Gate {
+    pub stages: Arc<Stages>,
+    /// TLS on the proxy listener, when configured.
+    pub tls: Option<tls::Tls>,
+    /// Why the last policy reload failed, while the previous set stays in force.
+    pub last_reload_error: std::sync::Mutex<Option<String>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -82,7 +103,7 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let server = &gate.config.server;
+    let server = &gate.stages.config.server;
     let clock = conn::Clock::new(
         ms(server.header_read_timeout_ms),
         ms(server.idle_timeout_ms),
@@ -102,17 +123,25 @@ async fn serve_connection<I>(
         async move {
             // The request runs in its own task: hyper drops this future when the client goes
             // away, and a request already forwarded must still get its audit record.
-            let response = match tokio::spawn(proxy::handle(gate, req, remote, cert)).await {
-                Ok(response) => response,
-                Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
-            };
-            Ok::<_, Infallible>(response.map(|body| conn::Held::new(body, guard)))
+            let response =
+                match tokio::spawn(proxy::handle(gate.stages.clone(), req, remote, cert)).await {
+                    Ok(response) => response,
+                    Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
+                };
+            // An error from the service makes hyper close the connection without answering.
+            if response.extensions().get::<proxy::ClientGone>().is_some() {
+                return Err(proxy::ClientGone);
+            }
+            Ok(response.map(|body| proxy::Held::new(body, guard)))
         }
     });
     let served = watcher.watch(builder.serve_connection(io, service).into_owned());
     let kind = tokio::select! {
         result = served => match result {
             Ok(()) => None,
+            // The client left mid-request: counted as the request's 499, not as a connection
+            // error.
+            Err(e) if client_gone(&*e) => None,
             Err(e) => {
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
                 Some(conn::error_kind(&*e))
@@ -126,6 +155,7 @@ async fn serve_connection<I>(
     };
     if let Some(kind) = kind {
         metrics_gate
+            .stages
             .metrics
             .connection_errors
             .get_or_create(&KindLabels {
@@ -145,7 +175,8 @@ fn refuse_connection(
     stream: TcpStream,
 ) {
     let count = |gate: &Gate, kind: &str| {
-        gate.metrics
+        gate.stages
+            .metrics
             .connections_refused
             .get_or_create(&KindLabels {
                 kind: kind.to_string(),
@@ -164,7 +195,7 @@ fn refuse_connection(
     tokio::spawn(async move {
         let _permit = permit;
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let limit = gate.config.server.max_connections;
+        let limit = gate.stages.config.server.max_connections;
         let flag = answered.clone();
         let service = service_fn(move |_req: Request<Incoming>| {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -180,7 +211,7 @@ fn refuse_connection(
             async move { Ok::<_, Infallible>(response) }
         });
         let _ = tokio::time::timeout(
-            ms(gate.config.server.header_read_timeout_ms),
+            ms(gate.stages.config.server.header_read_timeout_ms),
             builder.serve_connection(TokioIo::new(stream), service),
         )
         .await;
@@ -276,26 +307,29 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let config_server = config.server.clone();
     let gate = Arc::new(Gate {
-        config,
-        identity: ArcSwap::from_pointee(identity),
-        policy: ArcSwap::from_pointee(policy),
-        upstream,
-        pacer,
-        enricher,
-        audit,
-        metrics,
+        stages: Arc::new(Stages {
+            config,
+            identity: ArcSwap::from_pointee(identity),
+            policy: ArcSwap::from_pointee(policy),
+            upstream,
+            pacer,
+            enricher,
+            audit,
+            metrics,
+            in_flight: Arc::new(Semaphore::new(config_server.max_in_flight)),
+        }),
         tls,
         last_reload_error: std::sync::Mutex::new(None),
-        in_flight: Arc::new(Semaphore::new(config_server.max_in_flight)),
     });
-    gate.metrics
-        .set_revision(&gate.policy.load().revision, unix_now());
+    gate.stages
+        .metrics
+        .set_revision(&gate.stages.policy.load().revision, unix_now());
 
     let admin_task = tokio::spawn(serve_admin(admin, gate.clone()));
-    let watch_task = (gate.config.policy.watch_interval_ms > 0).then(|| {
+    let watch_task = (gate.stages.config.policy.watch_interval_ms > 0).then(|| {
         tokio::spawn(watch_files(
             gate.clone(),
-            Duration::from_millis(gate.config.policy.watch_interval_ms),
+            Duration::from_millis(gate.stages.config.policy.watch_interval_ms),
         ))
     });
     let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
@@ -333,8 +367,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                     refuse_connection(&gate, &builder, &refusing, stream);
                     continue;
                 };
-                gate.metrics.connections_open.inc();
-                let slot = ConnectionSlot { _permit: permit, open: gate.metrics.connections_open.clone() };
+                gate.stages.metrics.connections_open.inc();
+                let slot = ConnectionSlot { _permit: permit, open: gate.stages.metrics.connections_open.clone() };
                 let gate = gate.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
@@ -358,11 +392,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                         }
                         Ok(Err(e)) => {
                             let reason = tls::failure_reason(&e);
-                            gate.metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+                            gate.stages.metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
                             tracing::info!(%remote, reason, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            gate.metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: "timeout".to_string() }).inc();
+                            gate.stages.metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: "timeout".to_string() }).inc();
                             tracing::info!(%remote, "TLS handshake timed out");
                         }
                     }
@@ -386,8 +420,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let stop_by = tokio::time::Instant::now() + grace;
     // Requests whose client went away run on in their own tasks (for their audit records):
     // every in-flight permit back means every such request has finished.
-    let in_flight = gate.in_flight.clone();
-    let max_in_flight = gate.config.server.max_in_flight as u32;
+    let in_flight = gate.stages.in_flight.clone();
+    let max_in_flight = gate.stages.config.server.max_in_flight as u32;
     let drain = async move {
         graceful.shutdown().await;
         let _all = in_flight.acquire_many(max_in_flight).await;
@@ -403,7 +437,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         _ = int.recv() => second_signal(),
     }
     admin_task.abort();
-    gate.audit.close().await;
+    gate.stages.audit.close().await;
     if let Some(task) = watch_task {
         task.abort();
     }
@@ -436,11 +470,11 @@ fn fingerprint(gate: &Gate) -> Vec<(std::path::PathBuf, u64, Option<std::time::S
             }
         }
     }
-    let mut paths = vec![gate.config.identity.callers.clone()];
+    let mut paths = vec![gate.stages.config.identity.callers.clone()];
     if let Some(tls) = &gate.tls {
         paths.extend(tls.files());
     }
-    walk(&gate.config.policy.dir, &mut paths);
+    walk(&gate.stages.config.policy.dir, &mut paths);
     paths.sort();
     paths
         .into_iter()
@@ -487,12 +521,12 @@ fn second_signal() -> ! {
 fn reload(gate: &Gate) {
     let mut errors = Vec::new();
     match Identity::load(
-        &gate.config.identity,
-        gate.config.upstream.auth == UpstreamAuth::Passthrough,
+        &gate.stages.config.identity,
+        gate.stages.config.upstream.auth == UpstreamAuth::Passthrough,
     ) {
         Ok(identity) => {
             let n = identity.caller_count();
-            gate.identity.store(Arc::new(identity));
+            gate.stages.identity.store(Arc::new(identity));
             tracing::info!(callers = n, "callers reloaded");
         }
         Err(e) => {
@@ -501,16 +535,16 @@ fn reload(gate: &Gate) {
         }
     }
     match PolicySet::load(
-        &gate.config.policy.dir,
-        Duration::from_millis(gate.config.policy.eval_timeout_ms),
+        &gate.stages.config.policy.dir,
+        Duration::from_millis(gate.stages.config.policy.eval_timeout_ms),
     )
-    .and_then(|p| p.covers(&gate.config).map(|()| p))
+    .and_then(|p| p.covers(&gate.stages.config).map(|()| p))
     {
         Ok(policy) => {
             let revision = policy.revision.clone();
-            let changed = revision != gate.policy.load().revision;
-            gate.policy.store(Arc::new(policy));
-            gate.metrics.set_revision(&revision, unix_now());
+            let changed = revision != gate.stages.policy.load().revision;
+            gate.stages.policy.store(Arc::new(policy));
+            gate.stages.metrics.set_revision(&revision, unix_now());
             if changed {
                 tracing::info!(%revision, "policies reloaded");
             }
@@ -526,12 +560,12 @@ fn reload(gate: &Gate) {
             Err(e) => {
                 // Reported by the tls check of /readyz, from Tls::last_error.
                 tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
-                gate.metrics.reload_failure_time.set(unix_now());
+                gate.stages.metrics.reload_failure_time.set(unix_now());
             }
         }
     }
     if !errors.is_empty() {
-        gate.metrics.reload_failure_time.set(unix_now());
+        gate.stages.metrics.reload_failure_time.set(unix_now());
     }
     let previous = std::mem::replace(
         &mut *gate
@@ -560,7 +594,7 @@ async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(ms(gate.config.server.header_read_timeout_ms));
+        .header_read_timeout(ms(gate.stages.config.server.header_read_timeout_ms));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -607,20 +641,22 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 StatusCode::SERVICE_UNAVAILABLE
             };
             let mut body = json!({"ready": ready, "checks": checks});
-            if let Some(coord) = gate.pacer.coordination() {
+            if let Some(coord) = gate.stages.pacer.coordination() {
                 body["coordination"] = json!(coord.status().0);
             }
             json_response(status, body)
         }
         ("GET", "/metrics") => {
-            gate.metrics
+            gate.stages
+                .metrics
                 .audit_queue_depth
-                .set(gate.audit.queue_depth() as i64);
-            let free = gate.in_flight.available_permits();
-            gate.metrics
+                .set(gate.stages.audit.queue_depth() as i64);
+            let free = gate.stages.in_flight.available_permits();
+            gate.stages
+                .metrics
                 .requests_in_flight
-                .set(gate.config.server.max_in_flight.saturating_sub(free) as i64);
-            let mut resp = Response::new(Full::new(Bytes::from(gate.metrics.render())));
+                .set(gate.stages.config.server.max_in_flight.saturating_sub(free) as i64);
+            let mut resp = Response::new(Full::new(Bytes::from(gate.stages.metrics.render())));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -636,16 +672,16 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// Ready means: a policy set is loaded (and the last reload did not fail), the audit sink takes
 /// records, and hubgate can get credentials to sign upstream calls.
 async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
-    let revision = gate.policy.load().revision.clone();
+    let revision = gate.stages.policy.load().revision.clone();
     let reload_error = gate
         .last_reload_error
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let audit_ok = gate.audit.is_healthy();
+    let audit_ok = gate.stages.audit.is_healthy();
     let credentials = tokio::time::timeout(
         Duration::from_secs(2),
-        gate.upstream.credentials_available(),
+        gate.stages.upstream.credentials_available(),
     )
     .await;
     let (credentials_ok, credentials_error) = match credentials {
@@ -657,11 +693,11 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         ),
     };
     // A failed reload leaves the last good set serving: the replica stays ready (turning every
-    // replica unready over one bad commit would be an outage) and says what failed.
-    let policy_ok = true;
+    // replica unready over one bad commit would be an outage) and says what failed. So policy
+    // and TLS report `ok: true` always, and only audit and credentials decide readiness.
     let mut checks = json!({
         "policy": {
-            "ok": policy_ok,
+            "ok": true,
             "revision": revision,
             "stale": reload_error.is_some(),
             "last_reload_error": reload_error,
@@ -669,7 +705,6 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         "audit": {"ok": audit_ok},
         "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
     });
-    let mut tls_ok = true;
     if let Some(tls) = &gate.tls {
         let error = tls
             .last_error
@@ -677,10 +712,9 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         // As with policies, the previous certificate keeps serving.
-        tls_ok = true;
-        checks["tls"] = json!({"ok": tls_ok, "stale": error.is_some(), "last_reload_error": error});
+        checks["tls"] = json!({"ok": true, "stale": error.is_some(), "last_reload_error": error});
     }
-    if let Some(coord) = gate.pacer.coordination() {
+    if let Some(coord) = gate.stages.pacer.coordination() {
         // Degraded is still ready: the replica paces to its fallback share and judges with
         // its local cache, so taking it out of the Service would only shed capacity.
         let (state, error) = coord.status();
@@ -691,5 +725,5 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             "last_error": error,
         });
     }
-    (policy_ok && audit_ok && credentials_ok && tls_ok, checks)
+    (audit_ok && credentials_ok, checks)
 }

@@ -48,6 +48,35 @@ pub enum UpstreamError {
         operation: &'static str,
         detail: String,
     },
+    /// hubgate failed before anything was sent (building or signing the request, a lookup task
+    /// that went away): a fault of hubgate's, answered 500, never shown as Security Hub's.
+    #[error("hubgate could not {what}: {cause}")]
+    Local {
+        what: &'static str,
+        #[source]
+        cause: LocalCause,
+    },
+}
+
+/// The cause of a local failure; shared, since one failed lookup answers every request that
+/// waited on it.
+pub type LocalCause = Arc<dyn std::error::Error + Send + Sync>;
+
+impl UpstreamError {
+    pub fn local(
+        what: &'static str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        UpstreamError::Local {
+            what,
+            cause: Arc::new(cause),
+        }
+    }
+
+    /// A fault of hubgate's own, not of Security Hub or the network.
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Local { .. })
+    }
 }
 
 impl UpstreamError {
@@ -134,8 +163,19 @@ pub struct Upstream {
     cached: Mutex<Option<Credentials>>,
 }
 
+/// Why the upstream client could not be set up; hubgate does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("TLS setup failed: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("upstream.endpoint has no host")]
+    NoHost,
+    #[error("{0}")]
+    Host(#[source] http::header::InvalidHeaderValue),
+}
+
 impl Upstream {
-    pub async fn new(config: &Config) -> Result<Arc<Upstream>, String> {
+    pub async fn new(config: &Config) -> Result<Arc<Upstream>, SetupError> {
         // Without TCP_NODELAY a request written as head then body waits on the peer's
         // delayed ACK: about 40 ms per forwarded request.
         let mut tcp = HttpConnector::new();
@@ -144,7 +184,7 @@ impl Upstream {
         tcp.set_connect_timeout(Some(Duration::from_millis(config.upstream.timeout_ms)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .map_err(SetupError::Tls)?
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -165,10 +205,7 @@ impl Upstream {
             .await;
 
         let endpoint = config.upstream_uri.clone();
-        let authority = endpoint
-            .authority()
-            .ok_or("upstream.endpoint has no host")?
-            .clone();
+        let authority = endpoint.authority().ok_or(SetupError::NoHost)?.clone();
         // The signed Host leaves out the scheme's default port, as every SDK does.
         let default_port = match endpoint.scheme_str() {
             Some("https") => 443,
@@ -180,7 +217,7 @@ impl Upstream {
         };
         Ok(Arc::new(Upstream {
             client,
-            host: HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
+            host: HeaderValue::from_str(&host).map_err(SetupError::Host)?,
             endpoint,
             region: config.upstream.region.clone(),
             timeout: Duration::from_millis(config.upstream.timeout_ms),
@@ -220,9 +257,9 @@ impl Upstream {
         parts.path_and_query = Some(
             path_and_query
                 .parse()
-                .map_err(|e| UpstreamError::Unreachable(format!("bad path: {e}")))?,
+                .map_err(|e| UpstreamError::local("build the upstream path", e))?,
         );
-        Uri::from_parts(parts).map_err(|e| UpstreamError::Unreachable(format!("bad URI: {e}")))
+        Uri::from_parts(parts).map_err(|e| UpstreamError::local("build the upstream URI", e))
     }
 
     /// Signs `headers` + body for the upstream host with hubgate's credentials.
@@ -240,7 +277,7 @@ impl Upstream {
             .method(method.clone())
             .uri(uri.clone())
             .body(Full::new(body.clone()))
-            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            .map_err(|e| UpstreamError::local("build the upstream request", e))?;
         *request.headers_mut() = headers;
 
         let identity = creds.into();
@@ -251,7 +288,7 @@ impl Upstream {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| UpstreamError::Credentials(e.to_string()))?
+            .map_err(|e| UpstreamError::local("set up request signing", e))?
             .into();
         // Only host and content-type are signed, as the SDKs do; other headers pass unsigned.
         let mut signed: Vec<(&str, &str)> = vec![("host", self.host.to_str().unwrap_or(""))];
@@ -269,9 +306,9 @@ impl Upstream {
             signed.into_iter(),
             SignableBody::Bytes(&body),
         )
-        .map_err(|e| UpstreamError::Credentials(e.to_string()))?;
+        .map_err(|e| UpstreamError::local("sign the upstream request", e))?;
         let (instructions, _) = sign(signable, &params)
-            .map_err(|e| UpstreamError::Credentials(e.to_string()))?
+            .map_err(|e| UpstreamError::local("sign the upstream request", e))?
             .into_parts();
         instructions.apply_to_request_http1x(&mut request);
         Ok(request)
@@ -331,7 +368,7 @@ impl Upstream {
             .method(parts.method.clone())
             .uri(self.uri_for(path_and_query)?)
             .body(Full::new(body))
-            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            .map_err(|e| UpstreamError::local("build the upstream request", e))?;
         let headers = request.headers_mut();
         for (name, value) in &parts.headers {
             if !HOP_BY_HOP.contains(&name.as_str()) {

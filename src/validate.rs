@@ -285,9 +285,18 @@ impl<'de> Visitor<'de> for Strict<'_> {
 }
 
 /// Guarded operations take JSON; anything else is refused before it is read further.
-pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), String> {
+/// A body hubgate reads must say it is JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentTypeError {
+    #[error("a Content-Type of application/json is required")]
+    Missing,
+    #[error("Content-Type {0:?} is not supported: send application/json")]
+    Unsupported(String),
+}
+
+pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), ContentTypeError> {
     let Some(value) = value else {
-        return Err("a Content-Type of application/json is required".into());
+        return Err(ContentTypeError::Missing);
     };
     let media = value
         .to_str()
@@ -299,9 +308,7 @@ pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), Strin
         .to_ascii_lowercase();
     match media.as_str() {
         "application/json" | "application/x-amz-json-1.1" | "application/x-amz-json-1.0" => Ok(()),
-        other => Err(format!(
-            "Content-Type {other:?} is not supported: send application/json"
-        )),
+        other => Err(ContentTypeError::Unsupported(other.to_string())),
     }
 }
 

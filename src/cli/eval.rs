@@ -10,14 +10,16 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::EvalArgs;
-use crate::config::{Config, PolicyMode, Routing};
-use crate::enrich::{CurrentFinding, FindingKey};
+use crate::config::{Config, PolicyMode};
+use crate::decide::{judge, FindingState, JudgeError, Lookup, LookupFailure};
+use crate::finding::FindingKey;
 use crate::identity::{self, Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
-use crate::policy::judge::{judge, FindingState, JudgeError, Lookup, LookupFailure};
+use crate::policy::state::CurrentFinding;
 use crate::policy::{Decision, PolicySet};
 use crate::request::Judged;
 use crate::routes;
+use crate::routes::Routing;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("hubgate: {msg}");
@@ -93,7 +95,7 @@ fn current_findings(path: &Path) -> Result<HashMap<FindingKey, Arc<CurrentFindin
             ));
         };
         out.insert(
-            (id.to_string(), arn.to_string()),
+            FindingKey::new(id, arn),
             Arc::new(CurrentFinding::new(id, arn, &f)),
         );
     }

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Coordination;
-use crate::enrich::{CurrentFinding, FindingKey};
+use crate::finding::FindingKey;
+use crate::policy::state::CurrentFinding;
 
 /// How long a finding's write count outlives its last write: longer than any lookup may take
 /// (requests give up at quota.max_wait_ms), so a lookup that began before a write can never
@@ -124,9 +125,9 @@ pub fn new_tag() -> Tag {
 /// A finding's key in Redis: a hash, since Ids and ARNs are long and may hold any character.
 pub fn hash(key: &FindingKey) -> String {
     let mut h = Sha256::new();
-    h.update((key.0.len() as u64).to_be_bytes());
-    h.update(key.0.as_bytes());
-    h.update(key.1.as_bytes());
+    h.update((key.id.len() as u64).to_be_bytes());
+    h.update(key.id.as_bytes());
+    h.update(key.product_arn.as_bytes());
     hex::encode(&h.finalize()[..16])
 }
 

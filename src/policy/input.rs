@@ -9,37 +9,27 @@ use std::sync::{Arc, OnceLock};
 
 use regorus::Value as RValue;
 
-use crate::enrich::{CurrentFinding, FindingKey};
+use super::state::CurrentFinding;
+use crate::finding::FindingKey;
 use crate::identity::Principal;
 use crate::request::*;
 use crate::validate::Violation;
 
 pub const INPUT_VERSION: u64 = 1;
 
-/// Severity labels in rank order; the rank is what "lower" means.
-pub const SEVERITY_LABELS: [&str; 5] = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"];
+// The severity vocabulary lives in `finding`; re-exported where rules' tests look for it.
+pub use crate::finding::{label_for_normalized, label_rank, SEVERITY_LABELS};
 
-pub fn label_rank(label: &str) -> Option<u64> {
-    SEVERITY_LABELS
-        .iter()
-        .position(|l| *l == label)
-        .map(|p| p as u64)
-}
-
-/// The label Security Hub derives from `Severity.Normalized` when no label is given.
+/// The label Security Hub derives from `Severity.Normalized` when no label is given, typed.
 pub fn severity_for_normalized(n: i64) -> Option<SeverityLabel> {
-    Some(match n {
-        0 => SeverityLabel::Informational,
-        1..=39 => SeverityLabel::Low,
-        40..=69 => SeverityLabel::Medium,
-        70..=89 => SeverityLabel::High,
-        90..=100 => SeverityLabel::Critical,
+    Some(match label_for_normalized(n)? {
+        "INFORMATIONAL" => SeverityLabel::Informational,
+        "LOW" => SeverityLabel::Low,
+        "MEDIUM" => SeverityLabel::Medium,
+        "HIGH" => SeverityLabel::High,
+        "CRITICAL" => SeverityLabel::Critical,
         _ => return None,
     })
-}
-
-pub fn label_for_normalized(n: i64) -> Option<&'static str> {
-    severity_for_normalized(n).map(SeverityLabel::as_str)
 }
 
 /// The rank that "lower" compares.
@@ -265,23 +255,13 @@ fn v2_status(id: i64) -> Result<&'static str, Violation> {
     })
 }
 
-/// OCSF `severity_id` as a label and rank. Fatal counts as CRITICAL; Unknown and Other rank
-/// lowest, so setting them is never a raise.
+/// OCSF `severity_id` as a label and rank (`finding::v2_severity`), or a 400.
 fn v2_severity(id: i64) -> Result<(&'static str, u64), Violation> {
-    Ok(match id {
-        0 => ("UNKNOWN", 0),
-        1 => ("INFORMATIONAL", 0),
-        2 => ("LOW", 1),
-        3 => ("MEDIUM", 2),
-        4 => ("HIGH", 3),
-        5 | 6 => ("CRITICAL", 4),
-        99 => ("OTHER", 0),
-        _ => {
-            return Err(refuse(
-                "/SeverityId",
-                format!("SeverityId {id} is not one of 0-6 or 99"),
-            ))
-        }
+    crate::finding::v2_severity(id).ok_or_else(|| {
+        refuse(
+            "/SeverityId",
+            format!("SeverityId {id} is not one of 0-6 or 99"),
+        )
     })
 }
 
@@ -335,7 +315,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    (id.clone(), product_arn.clone()),
+                    FindingKey::new(id.clone(), product_arn.clone()),
                     None,
                 );
             }
@@ -439,12 +419,17 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    (finding_info_uid.clone(), metadata_product_uid.clone()),
+                    FindingKey::new(finding_info_uid.clone(), metadata_product_uid.clone()),
                     Some(cloud_account_uid.clone()),
                 );
             }
             for uid in metadata_uids.iter().flatten() {
-                push_key(&mut keys, &mut claims, (uid.clone(), String::new()), None);
+                push_key(
+                    &mut keys,
+                    &mut claims,
+                    FindingKey::new(uid.clone(), String::new()),
+                    None,
+                );
             }
             if let Some(c) = comment {
                 u.note(c.clone(), None);
@@ -493,7 +478,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    (f.id.clone(), f.product_arn.clone()),
+                    FindingKey::new(f.id.clone(), f.product_arn.clone()),
                     Some(f.aws_account_id.clone()),
                 );
                 for member in f.members_set() {
@@ -883,7 +868,7 @@ impl Document {
                     }
                     None => {
                         summary.missing += 1;
-                        finding_entry(&key.0, &key.1, None)
+                        finding_entry(&key.id, &key.product_arn, None)
                     }
                 })
                 .collect(),
@@ -896,7 +881,7 @@ impl Document {
                 let claimed_key = RValue::from("claimed_account_id");
                 keys.iter()
                     .enumerate()
-                    .map(|(i, (id, product_arn))| {
+                    .map(|(i, FindingKey { id, product_arn })| {
                         let arn_value = match &arn {
                             Some((a, v)) if *a == product_arn.as_str() => v.clone(),
                             _ => {
@@ -1071,7 +1056,7 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert_eq!(n.keys, [("f".to_string(), "p".to_string())]);
+        assert_eq!(n.keys, [FindingKey::new("f", "p")]);
         assert_eq!(n.claimed_accounts, [Some("222222222222".to_string())]);
         let fields: Vec<&str> = n.update.fields().collect();
         for f in [

@@ -1,7 +1,8 @@
 use super::*;
-use crate::enrich::CurrentFinding;
+use crate::finding::FindingKey;
 use crate::identity::{Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
+use crate::policy::state::CurrentFinding;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -39,9 +40,9 @@ fn doc(
         request_id: "r",
         time: "2026-11-24T00:00:00Z".into(),
     };
-    let keys: Vec<(String, String)> = findings
+    let keys: Vec<FindingKey> = findings
         .iter()
-        .map(|(id, _, _)| (id.to_string(), ARN.to_string()))
+        .map(|(id, _, _)| FindingKey::new(*id, ARN))
         .collect();
     let current: HashMap<_, _> = findings
         .iter()
@@ -50,7 +51,7 @@ fn doc(
             let f = json!({"Id": id, "ProductArn": ARN, "AwsAccountId": account,
                            "Severity": {"Label": label}, "Workflow": {"Status": "NEW"}});
             Some((
-                (id.to_string(), ARN.to_string()),
+                FindingKey::new(*id, ARN),
                 Arc::new(CurrentFinding::new(id, ARN, &f)),
             ))
         })
@@ -58,7 +59,7 @@ fn doc(
     let mut full = body.clone();
     full["FindingIdentifiers"] = keys
         .iter()
-        .map(|(id, arn)| json!({"Id": id, "ProductArn": arn}))
+        .map(|k| json!({"Id": k.id, "ProductArn": k.product_arn}))
         .collect();
     let update = input::update_for(crate::request::Judged::BatchUpdateFindings, &full)
         .expect("a valid update")

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -296,42 +295,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// A response body that keeps `guard` alive until hyper is done with the body (sent whole, or
-/// the connection ended).
-pub struct Held<B, G> {
-    body: B,
-    _guard: G,
-}
-
-impl<B, G> Held<B, G> {
-    pub fn new(body: B, guard: G) -> Self {
-        Held {
-            body,
-            _guard: guard,
-        }
-    }
-}
-
-impl<B: Body + Unpin, G: Unpin> Body for Held<B, G> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

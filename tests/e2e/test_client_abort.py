@@ -34,3 +34,39 @@ def test_forwarded_update_of_a_departed_client_is_audited(make_fake, make_hubgat
         return [r for r in hg.audit_records() if r.get("forwarded")]
     wait_until(lambda: len(forwarded()) == 3, 10, "an audit record for every forwarded update")
     assert all(r["operation"] == "BatchUpdateFindings" for r in forwarded())
+
+
+def test_a_client_that_hangs_up_mid_body_is_recorded_as_an_abort(make_fake, make_hubgate):
+    """A body cut short by the client is not a malformed request (400): it is an abort,
+    recorded as such (499, CLIENT_ABORTED), with nothing forwarded and no envelope sent."""
+    fake = make_fake()
+    hg = make_hubgate(fake=fake)
+    raw = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                      "Note": {"Text": "triaged", "UpdatedBy": "m"}}).encode()
+    path = "/findings/batchupdate"
+    headers = sign(CALLERS["member"], "PATCH", hg.host, path, raw,
+                   {"Content-Type": "application/json"})
+    head = f"PATCH {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(raw)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", hg.port), timeout=5) as s:
+        s.sendall(head.encode() + raw[: len(raw) // 2])
+        time.sleep(0.1)
+        # Half-close: hubgate sees the body end early, and could still write an answer here.
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert answer == b"", answer
+
+    def aborted():
+        return [r for r in hg.audit_records()
+                if (r.get("error") or {}).get("code") == "CLIENT_ABORTED"]
+    wait_until(lambda: len(aborted()) == 1, 10, "an audit record of the abort")
+    rec = aborted()[0]
+    assert rec["status"] == 499 and rec["forwarded"] is False, rec
+    assert rec["operation"] == "BatchUpdateFindings" and rec["result"]["allow"] is False, rec
+    assert "closed the connection" in rec["error"]["message"], rec
+    assert fake.buf_calls() == []

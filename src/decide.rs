@@ -9,13 +9,27 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::input::{self, Enrichment, RequestFacts, Update};
-use super::{Decision, PolicyError, PolicySet};
-use crate::enrich::{CurrentFinding, FindingKey, LookupStats};
+use crate::finding::FindingKey;
+use crate::policy::input::{self, Enrichment, RequestFacts, Update};
+use crate::policy::state::CurrentFinding;
+use crate::policy::{Decision, PolicyError, PolicySet};
 use crate::quota::QuotaExhausted;
 use crate::request::Judged;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationErrors;
+
+/// What one lookup did, for the audit record's metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LookupStats {
+    pub cache_hits: usize,
+    /// Distinct findings that had to be looked up.
+    pub misses: usize,
+    /// GetFindings calls made for this request's findings (shared calls count once per
+    /// request that waited on them), failed ones included.
+    pub calls: usize,
+    /// Security Hub throttled at least one of those calls.
+    pub throttled: bool,
+}
 
 /// The findings' current state, as one lookup found it.
 pub struct Lookup {

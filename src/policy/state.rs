@@ -1,0 +1,88 @@
+//! A finding's current state as the policy input holds it. Enrichment fetches it and the
+//! caches keep it; converting once, here, is what keeps each decision cheap.
+
+use serde_json::Value;
+
+use super::input::{Patch, StateFacts};
+
+/// A finding's current state, already in the shape the policy input needs: converting it
+/// once here, not on every request that targets it, is what keeps decisions cheap.
+#[derive(Debug, Clone)]
+pub struct CurrentFinding {
+    pub entry: regorus::Value,
+    pub account_id: Option<String>,
+    pub severity_rank: Option<u64>,
+    /// Rough size of the state held, for the cache's memory gauge.
+    pub(crate) bytes: usize,
+}
+
+impl CurrentFinding {
+    pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
+        let projected = super::input::project(finding);
+        let facts = StateFacts::read(
+            projected.get("AwsAccountId"),
+            projected.get("Severity"),
+            projected.get("Workflow"),
+        );
+        let current = regorus::Value::from(Value::Object(projected));
+        let bytes = approximate_size(&current);
+        Self::from_facts(id, product_arn, &facts, current, bytes)
+    }
+
+    pub(crate) fn from_facts(
+        id: &str,
+        product_arn: &str,
+        facts: &StateFacts,
+        current: regorus::Value,
+        bytes: usize,
+    ) -> CurrentFinding {
+        CurrentFinding {
+            entry: facts.entry(id, product_arn, current),
+            account_id: facts.account_id.clone(),
+            severity_rank: facts.severity_rank(),
+            bytes: id.len() + product_arn.len() + bytes,
+        }
+    }
+
+    /// A state read back from the shared cache (`coordination::cache`).
+    pub(crate) fn from_shared(
+        entry: regorus::Value,
+        account_id: Option<String>,
+        severity_rank: Option<u64>,
+        bytes: usize,
+    ) -> CurrentFinding {
+        CurrentFinding {
+            entry,
+            account_id,
+            severity_rank,
+            bytes,
+        }
+    }
+
+    /// The state after a processed update.
+    pub(crate) fn patched(&self, patch: &Patch) -> CurrentFinding {
+        CurrentFinding {
+            entry: patch.apply(&self.entry),
+            account_id: self.account_id.clone(),
+            severity_rank: patch.severity_rank().or(self.severity_rank),
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// Rough heap size of a policy-input value, for the cache's memory gauge.
+pub(crate) fn approximate_size(v: &regorus::Value) -> usize {
+    use regorus::Value as R;
+    match v {
+        R::String(s) => s.len() + 24,
+        R::Array(a) => 24 + a.iter().map(approximate_size).sum::<usize>(),
+        R::Set(s) => 24 + s.iter().map(approximate_size).sum::<usize>(),
+        R::Object(o) => {
+            48 + o
+                .iter()
+                .map(|(k, v)| approximate_size(k) + approximate_size(v))
+                .sum::<usize>()
+        }
+        _ => 16,
+    }
+}
