@@ -50,7 +50,7 @@ enum Form {
     Exponent,
     /// `NE+0`
     ExponentUpper,
-    /// `Me1` for N = 10M, else `N0e-1`
+    /// `Me1` for N = 10M, `0e1` for 0 (`00e-1` is not JSON), else `N0e-1`
     Scaled,
     /// `-0`, whatever N is
     NegZero,
@@ -76,6 +76,7 @@ impl Int {
             Form::Exponent => format!("{n}e0"),
             Form::ExponentUpper => format!("{n}E+0"),
             Form::Scaled if n != 0 && n % 10 == 0 => format!("{}e1", n / 10),
+            Form::Scaled if n == 0 => "0e1".into(),
             Form::Scaled => format!("{n}0e-1"),
             Form::NegZero => "-0".into(),
             Form::NegZeroFraction => "-0.0".into(),
