@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-60}"
-targets="${FUZZ_TARGETS:-judge_body sigv4_authorization route_match}"
+targets="${FUZZ_TARGETS:-judge_body sigv4_authorization route_match lookup_page}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

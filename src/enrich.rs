@@ -868,31 +868,12 @@ async fn fetch_and_deliver(
     let found = result.is_ok();
     match result {
         Ok(findings) => {
-            for Projected {
-                id,
-                product_arn,
-                facts,
-                current,
-                bytes,
-            } in findings
-            {
-                let key = match (id, product_arn) {
-                    (Some(id), Some(arn)) => FindingKey::new(id, arn),
-                    _ => continue,
-                };
+            for (key, current) in findings.into_iter().filter_map(Projected::into_state) {
                 // The filter ORs ids and product ARNs, so pairs that were not asked for can
                 // come back.
-                if !chunk.contains(&key) {
-                    continue;
+                if chunk.contains(&key) {
+                    outcomes.insert(key, Ok(Some(Arc::new(current))));
                 }
-                let current = Arc::new(CurrentFinding::from_facts(
-                    &key.id,
-                    &key.product_arn,
-                    &facts,
-                    regorus::Value::from(current),
-                    bytes,
-                ));
-                outcomes.insert(key, Ok(Some(current)));
             }
             for key in &chunk {
                 outcomes.entry(key.clone()).or_insert(Ok(None));
@@ -1001,6 +982,22 @@ pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
     body
 }
 
+/// One GetFindings answer as enrichment reads it: each finding that names its Id and
+/// ProductArn, with its state as policies see it, and the answer's NextToken. Findings without
+/// a key are skipped (they cannot be matched to a request). Public for the fuzz target
+/// `lookup_page`, which holds it to the JSON path (`CurrentFinding::new`).
+pub fn read_page(
+    bytes: &[u8],
+) -> Result<(Vec<(FindingKey, CurrentFinding)>, Option<String>), serde_json::Error> {
+    let page: LookupPage = serde_json::from_slice(bytes)?;
+    let found = page
+        .findings
+        .into_iter()
+        .filter_map(|p| p.into_state())
+        .collect();
+    Ok((found, page.next_token))
+}
+
 /// One GetFindings page, keeping of each finding only what policies read.
 #[derive(serde::Deserialize)]
 struct LookupPage {
@@ -1019,6 +1016,20 @@ struct Projected {
     facts: StateFacts,
     current: BTreeMap<regorus::Value, regorus::Value>,
     bytes: usize,
+}
+
+impl Projected {
+    fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
+        let key = FindingKey::new(self.id?, self.product_arn?);
+        let state = CurrentFinding::from_facts(
+            &key.id,
+            &key.product_arn,
+            &self.facts,
+            regorus::Value::from(self.current),
+            self.bytes,
+        );
+        Some((key, state))
+    }
 }
 
 impl<'de> serde::Deserialize<'de> for Projected {
@@ -1151,24 +1162,13 @@ mod tests {
             // no Severity or Workflow at all
             {"Id": "f3", "ProductArn": "p"}
         ]);
-        let page = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
-        let parsed: LookupPage = serde_json::from_slice(&page).unwrap();
-        assert_eq!(parsed.findings.len(), 3);
-        for (p, f) in parsed
-            .findings
-            .into_iter()
-            .zip(findings.as_array().unwrap())
-        {
-            let id = p.id.clone().unwrap();
-            let arn = p.product_arn.clone().unwrap();
-            let expected = CurrentFinding::new(&id, &arn, f);
-            let got = CurrentFinding::from_facts(
-                &id,
-                &arn,
-                &p.facts,
-                regorus::Value::from(p.current),
-                p.bytes,
-            );
+        let page = serde_json::to_vec(&json!({"Findings": findings, "NextToken": "t"})).unwrap();
+        let (parsed, next) = read_page(&page).unwrap();
+        assert_eq!(next.as_deref(), Some("t"));
+        assert_eq!(parsed.len(), 3);
+        for ((key, got), f) in parsed.into_iter().zip(findings.as_array().unwrap()) {
+            let id = key.id.clone();
+            let expected = CurrentFinding::new(&key.id, &key.product_arn, f);
             assert_eq!(got.entry, expected.entry, "{id}");
             assert_eq!(got.account_id, expected.account_id, "{id}");
             assert_eq!(got.severity_rank, expected.severity_rank, "{id}");

@@ -1,0 +1,39 @@
+//! GetFindings answers as enrichment reads them (src/enrich.rs `read_page`): Security Hub's
+//! bytes are input hubgate did not write, so reading them must never panic, and what it reads
+//! must be what the JSON path (`CurrentFinding::new`, used by `hubgate eval`) reads from the
+//! same finding: the same entry, account and severity rank, whichever parser built it.
+#![no_main]
+
+use hubgate::enrich::read_page;
+use hubgate::policy::state::CurrentFinding;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok((found, _next)) = read_page(data) else {
+        return;
+    };
+    // What the JSON path sees: every finding object that names a string Id and ProductArn.
+    // Members read_page skips are skipped without checking their strings' UTF-8 (serde_json's
+    // IgnoredAny), so it may accept bytes the JSON path refuses; nothing of those is read.
+    let Ok(doc) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let findings: Vec<&Value> = doc["Findings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|f| f["Id"].is_string() && f["ProductArn"].is_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(found.len(), findings.len(), "findings with a key");
+    for ((key, got), f) in found.iter().zip(findings) {
+        assert_eq!(f["Id"].as_str(), Some(key.id.as_str()));
+        assert_eq!(f["ProductArn"].as_str(), Some(key.product_arn.as_str()));
+        let expected = CurrentFinding::new(&key.id, &key.product_arn, f);
+        assert_eq!(got.entry, expected.entry);
+        assert_eq!(got.account_id, expected.account_id);
+        assert_eq!(got.severity_rank, expected.severity_rank);
+    }
+});
