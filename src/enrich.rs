@@ -986,16 +986,22 @@ pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
 /// ProductArn, with its state as policies see it, and the answer's NextToken. Findings without
 /// a key are skipped (they cannot be matched to a request). Public for the fuzz target
 /// `lookup_page`, which holds it to the JSON path (`CurrentFinding::new`).
-pub fn read_page(
-    bytes: &[u8],
-) -> Result<(Vec<(FindingKey, CurrentFinding)>, Option<String>), serde_json::Error> {
+pub fn read_page(bytes: &[u8]) -> Result<Page, serde_json::Error> {
     let page: LookupPage = serde_json::from_slice(bytes)?;
-    let found = page
-        .findings
-        .into_iter()
-        .filter_map(|p| p.into_state())
-        .collect();
-    Ok((found, page.next_token))
+    Ok(Page {
+        findings: page
+            .findings
+            .into_iter()
+            .filter_map(|p| p.into_state())
+            .collect(),
+        next_token: page.next_token,
+    })
+}
+
+/// A GetFindings answer as `read_page` reads it.
+pub struct Page {
+    pub findings: Vec<(FindingKey, CurrentFinding)>,
+    pub next_token: Option<String>,
 }
 
 /// One GetFindings page, keeping of each finding only what policies read.
@@ -1163,10 +1169,10 @@ mod tests {
             {"Id": "f3", "ProductArn": "p"}
         ]);
         let page = serde_json::to_vec(&json!({"Findings": findings, "NextToken": "t"})).unwrap();
-        let (parsed, next) = read_page(&page).unwrap();
-        assert_eq!(next.as_deref(), Some("t"));
-        assert_eq!(parsed.len(), 3);
-        for ((key, got), f) in parsed.into_iter().zip(findings.as_array().unwrap()) {
+        let page = read_page(&page).unwrap();
+        assert_eq!(page.next_token.as_deref(), Some("t"));
+        assert_eq!(page.findings.len(), 3);
+        for ((key, got), f) in page.findings.into_iter().zip(findings.as_array().unwrap()) {
             let id = key.id.clone();
             let expected = CurrentFinding::new(&key.id, &key.product_arn, f);
             assert_eq!(got.entry, expected.entry, "{id}");
