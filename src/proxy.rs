@@ -91,9 +91,10 @@ struct Trail {
 
 impl Trail {
     /// What the judge found and spent, whatever it decided.
-    fn judged(&mut self, judgement: &Judgement) {
+    fn judged(&mut self, judgement: &mut Judgement) {
         self.findings = findings_by_product(&judgement.keys);
-        self.update = Some(judgement.update_json.clone());
+        // The record is its last reader: the decision was made on the policy input's copy.
+        self.update = Some(std::mem::take(&mut judgement.update_json));
         self.policy_ns = judgement.policy_ns;
         self.enrich_ns = judgement.enrich_ns;
         self.lookups = judgement.stats.calls;
@@ -235,14 +236,14 @@ async fn respond(
     let (response, status, error, slot) = answer(result, decision_id);
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
-    let record = record(gate, &trail, received, status, error);
+    let input = trail
+        .input
+        .take()
+        .filter(|_| gate.config.audit.include_input)
+        .map(audited_input);
     let entry = Entry {
-        record: record.to_json(),
-        input: trail
-            .input
-            .take()
-            .filter(|_| gate.config.audit.include_input)
-            .map(audited_input),
+        record: record(gate, trail, received, status, error).to_json(),
+        input,
     };
     match slot {
         Some(slot) => slot.write(entry),
@@ -499,7 +500,7 @@ async fn decide(
         deadline,
     )
     .await?;
-    trail.judged(&judgement);
+    trail.judged(&mut judgement);
     if let Some(failed) = judgement.failed.take() {
         if let LookupError::Quota(_) = failed {
             trail.throttled = true;
@@ -1072,7 +1073,7 @@ fn now_rfc3339() -> String {
 /// The decision record, from everything the request's path left in the trail.
 fn record(
     gate: &Stages,
-    trail: &Trail,
+    trail: Trail,
     received: &Received,
     status: u16,
     error: Option<RecordError>,
@@ -1102,8 +1103,8 @@ fn record(
         source_ip: received.remote.ip().to_string(),
         method: received.method.clone(),
         request_path: received.path.clone(),
-        findings: trail.findings.clone(),
-        update: trail.update.clone(),
+        findings: trail.findings,
+        update: trail.update,
         result: Verdict {
             allow,
             violations,
@@ -1118,10 +1119,9 @@ fn record(
         throttled: trail.throttled,
         status,
         upstream_status: trail.upstream_status,
-        upstream_request_id: trail.upstream_request_id.clone(),
+        upstream_request_id: trail.upstream_request_id,
         revision: trail
             .revision
-            .clone()
             .unwrap_or_else(|| gate.policy.load().revision.clone()),
         metrics: RecordMetrics {
             timer_total_ns: received.started.elapsed().as_nanos() as u64,
