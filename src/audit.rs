@@ -5,12 +5,13 @@
 pub mod chain;
 pub mod ocsf;
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -31,19 +32,24 @@ pub enum AuditError {
 /// decision record" table documents these fields (a test keeps the two equal); the writer adds
 /// `chain`, and `input` and `erased` when they apply. On disk the keys are sorted, as
 /// `serde_json::Value` keeps them, so the field order here is free.
-#[derive(Debug, Clone, Serialize)]
+///
+/// It also deserialises, so that a record `audit.mask` erased parts of reads back as a record:
+/// every member has a default, and an erased array element reads as its element's default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Record {
     pub record_version: u32,
     pub decision_id: String,
     pub timestamp: String,
     /// The decision entrypoint, as OPA's decision logs name it.
-    pub path: &'static str,
-    pub operation: Option<&'static str>,
+    pub path: Cow<'static, str>,
+    pub operation: Option<Cow<'static, str>>,
     pub principal: Option<RecordPrincipal>,
     pub source_ip: String,
     pub method: String,
     pub request_path: String,
-    pub findings: Vec<Value>,
+    #[serde(deserialize_with = "erasable")]
+    pub findings: Vec<ProductFindings>,
     pub update: Option<Value>,
     pub result: Verdict,
     pub error: Option<RecordError>,
@@ -59,34 +65,63 @@ pub struct Record {
 }
 
 /// The caller, without attributes (those are in `input.principal`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RecordPrincipal {
     pub id: String,
     pub account_id: String,
-    pub role: Role,
+    /// Always present in a record as written; None only once `audit.mask` erased it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The findings a request names, grouped by product: a 100-finding batch of one product
+/// lists its ARN once, so the record stays smaller than the request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProductFindings {
+    #[serde(rename = "ProductArn")]
+    pub product_arn: String,
+    #[serde(rename = "Ids", deserialize_with = "erasable")]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Verdict {
     pub allow: bool,
-    pub violations: Vec<Value>,
-    pub warnings: Vec<Value>,
+    #[serde(deserialize_with = "erasable")]
+    pub violations: Vec<RecordViolation>,
+    #[serde(deserialize_with = "erasable")]
+    pub warnings: Vec<RecordViolation>,
+}
+
+/// One violation or warning of the policy: its message and the finding it names, if any.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecordViolation {
+    pub msg: String,
+    /// `{"Id", "ProductArn"}`, or null for a whole-request violation.
+    pub finding: Option<Value>,
 }
 
 /// The envelope hubgate answered with.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RecordError {
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Partial {
     pub forwarded: usize,
     pub denied: usize,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RecordMetrics {
     pub timer_total_ns: u64,
     pub timer_policy_ns: u64,
@@ -94,6 +129,19 @@ pub struct RecordMetrics {
     pub timer_upstream_ns: u64,
     pub counter_lookup_calls: usize,
     pub counter_cache_hits: usize,
+}
+
+/// Masking turns an array element into `null`; read back, that element is its type's default
+/// (an empty identifier, a violation without a message), which the OCSF mapping leaves out.
+fn erasable<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Vec::<Option<T>>::deserialize(deserializer)?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect())
 }
 
 impl Record {
@@ -116,7 +164,7 @@ impl Record {
 /// One record on its way to the writer. The policy input travels as the regorus value the
 /// policy saw and is converted to JSON on the writer thread, off the request path.
 pub struct Entry {
-    pub record: Value,
+    pub record: Record,
     pub input: Option<regorus::Value>,
 }
 
@@ -294,8 +342,8 @@ impl Sink {
 }
 
 /// Erases the values at the configured JSON pointers and lists them under `erased`, as OPA's
-/// decision logs do, so a reader knows something was there.
-fn mask(record: &mut Value, pointers: &[String]) {
+/// decision logs do, so a reader knows something was there; returns the pointers that matched.
+fn mask(record: &mut Value, pointers: &[String]) -> Vec<Value> {
     let mut erased = Vec::new();
     for pointer in pointers {
         let (parent, last) = match pointer.rfind('/') {
@@ -318,9 +366,30 @@ fn mask(record: &mut Value, pointers: &[String]) {
             erased.push(Value::from(pointer.as_str()));
         }
     }
-    if !erased.is_empty() {
-        record["erased"] = Value::Array(erased);
+    erased
+}
+
+/// The record and input with `audit.mask` applied, read back as a record for the formats
+/// mapped from the type, and the pointers that were erased.
+fn masked(
+    record: Record,
+    input: Option<Value>,
+    pointers: &[String],
+) -> (Record, Option<Value>, Vec<Value>) {
+    let decision_id = record.decision_id.clone();
+    let mut json = record.to_json();
+    if let Some(input) = input {
+        json["input"] = input;
     }
+    let erased = mask(&mut json, pointers);
+    let input = json.as_object_mut().and_then(|o| o.remove("input"));
+    // Every member has a default and an erased element reads as its element's default, so
+    // this does not fail; were it to, the event carries the id and nothing unmasked.
+    let record = serde_json::from_value(json).unwrap_or_else(|_| Record {
+        decision_id,
+        ..Record::default()
+    });
+    (record, input, erased)
 }
 
 struct Writer {
@@ -337,14 +406,27 @@ struct Writer {
 
 impl Writer {
     fn line(&mut self, entry: Entry) -> Vec<u8> {
-        let mut record = entry.record;
-        if let Some(input) = entry.input {
-            record["input"] = serde_json::to_value(&input).unwrap_or(Value::Null);
-        }
-        mask(&mut record, &self.mask);
+        let Entry { record, input } = entry;
+        let input = input.map(|i| serde_json::to_value(&i).unwrap_or(Value::Null));
         let formatted = match self.format {
-            AuditFormat::Hubgate => record,
-            AuditFormat::Ocsf => ocsf::event(&record, &self.region),
+            AuditFormat::Hubgate => {
+                let mut json = record.to_json();
+                if let Some(input) = input {
+                    json["input"] = input;
+                }
+                let erased = mask(&mut json, &self.mask);
+                if !erased.is_empty() {
+                    json["erased"] = Value::Array(erased);
+                }
+                json
+            }
+            AuditFormat::Ocsf if self.mask.is_empty() => {
+                ocsf::event(&record, input.as_ref(), &[], &self.region)
+            }
+            AuditFormat::Ocsf => {
+                let (record, input, erased) = masked(record, input, &self.mask);
+                ocsf::event(&record, input.as_ref(), &erased, &self.region)
+            }
         };
         self.chain.seal(formatted, &mut self.head)
     }
@@ -485,12 +567,12 @@ mod tests {
             record_version: 1,
             decision_id: "d".into(),
             timestamp: "2026-11-24T03:11:19Z".into(),
-            path: "hubgate/deny",
-            operation: Some("BatchUpdateFindings"),
+            path: "hubgate/deny".into(),
+            operation: Some("BatchUpdateFindings".into()),
             principal: Some(RecordPrincipal {
                 id: "member".into(),
                 account_id: "222222222222".into(),
-                role: Role::Member,
+                role: Some(Role::Member),
             }),
             source_ip: "127.0.0.1".into(),
             method: "PATCH".into(),
@@ -571,10 +653,8 @@ mod tests {
 
     #[test]
     fn the_ocsf_event_reads_the_typed_record() {
-        // OCSF reads the record by key; a renamed field would turn every event into
-        // Denied/Failure without this.
         let record = sample_record();
-        let e = ocsf::event(&record.to_json(), "us-east-1");
+        let e = ocsf::event(&record, None, &[], "us-east-1");
         assert_eq!(e["action_id"], 1, "{e}");
         assert_eq!(e["disposition_id"], 1, "{e}");
         assert_eq!(e["status_id"], 1, "{e}");
@@ -584,21 +664,115 @@ mod tests {
         let denied = Record {
             result: Verdict {
                 allow: false,
-                violations: vec![json!({"msg": "no", "finding": null})],
+                violations: vec![RecordViolation {
+                    msg: "no".into(),
+                    finding: None,
+                }],
                 warnings: vec![],
             },
             forwarded: false,
             status: 403,
             error: Some(RecordError {
-                code: "POLICY_DENIED",
+                code: "POLICY_DENIED".into(),
                 message: "no".into(),
             }),
             ..record
         };
-        let e = ocsf::event(&denied.to_json(), "us-east-1");
+        let e = ocsf::event(&denied, None, &[], "us-east-1");
         assert_eq!(e["action_id"], 2, "{e}");
         assert_eq!(e["disposition_id"], 2, "{e}");
         assert_eq!(e["api"]["response"]["error"], "POLICY_DENIED", "{e}");
+    }
+
+    /// A record in which every text is distinct, so that each can be looked for in an event.
+    fn distinctive_record() -> (Record, Value) {
+        let record = Record {
+            findings: vec![ProductFindings {
+                product_arn: "arn-of-the-product".into(),
+                ids: vec!["finding-one".into(), "finding-two".into()],
+            }],
+            update: Some(
+                json!({"note": {"text": "secret-note-text", "updated_by": "note-author"}}),
+            ),
+            result: Verdict {
+                allow: false,
+                violations: vec![RecordViolation {
+                    msg: "violation-message".into(),
+                    finding: Some(json!({"Id": "violation-id", "ProductArn": "violation-arn"})),
+                }],
+                warnings: vec![RecordViolation {
+                    msg: "warning-message".into(),
+                    finding: None,
+                }],
+            },
+            error: Some(RecordError {
+                code: "ERROR_CODE".into(),
+                message: "error-message".into(),
+            }),
+            principal: Some(RecordPrincipal {
+                id: "principal-id".into(),
+                account_id: "principal-account".into(),
+                role: Some(Role::Member),
+            }),
+            source_ip: "192.0.2.77".into(),
+            upstream_request_id: Some("upstream-request-id".into()),
+            revision: "sha256:revision".into(),
+            ..sample_record()
+        };
+        let input = json!({"request": {"body": {"Note": {"Text": "input-note-text"}}}});
+        (record, input)
+    }
+
+    /// Every pointer to a text in `value`, with the text.
+    fn texts(value: &Value, at: String, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::String(s) => out.push((at, s.clone())),
+            Value::Object(map) => map
+                .iter()
+                .for_each(|(k, v)| texts(v, format!("{at}/{k}"), out)),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .for_each(|(i, v)| texts(v, format!("{at}/{i}"), out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn a_record_read_back_unmasked_gives_the_same_event() {
+        let (record, input) = distinctive_record();
+        let direct = ocsf::event(&record, Some(&input), &[], "us-east-1");
+        let (back, back_input, erased) = masked(record, Some(input), &[]);
+        assert!(erased.is_empty());
+        assert_eq!(
+            ocsf::event(&back, back_input.as_ref(), &[], "us-east-1"),
+            direct
+        );
+    }
+
+    #[test]
+    fn every_masked_text_is_absent_from_the_ocsf_event() {
+        let (record, input) = distinctive_record();
+        let mut json = record.to_json();
+        json["input"] = input.clone();
+        let mut leaves = Vec::new();
+        texts(&json, String::new(), &mut leaves);
+        assert!(leaves.len() > 15, "{leaves:?}");
+        for (pointer, text) in leaves {
+            if pointer == "/decision_id" {
+                continue; // refused by the configuration
+            }
+            let mask = vec![pointer.clone()];
+            let (back, back_input, erased) = masked(record.clone(), Some(input.clone()), &mask);
+            assert_eq!(erased, vec![Value::from(pointer.as_str())]);
+            let event = ocsf::event(&back, back_input.as_ref(), &erased, "us-east-1");
+            let line = event.to_string();
+            assert!(
+                !line.contains(text.as_str()),
+                "{pointer} masked, yet {text:?} is in {line}"
+            );
+            assert_eq!(event["unmapped"]["erased"], json!([pointer]), "{line}");
+        }
     }
 
     fn config(dir: &Path) -> AuditConfig {
@@ -614,7 +788,11 @@ mod tests {
         let (log, writer) = AuditLog::start(config, "us-east-1", AuditMetrics::default()).unwrap();
         for i in from..from + n {
             log.reserve().await.unwrap().write(Entry {
-                record: json!({"n": i, "note": {"text": "secret ticket", "by": "x"}}),
+                record: Record {
+                    decision_id: format!("d-{i}"),
+                    update: Some(json!({"note": {"text": "secret ticket", "by": "x"}})),
+                    ..sample_record()
+                },
                 input: None,
             });
         }
@@ -638,7 +816,7 @@ mod tests {
         write_n(&config, 50, 1).await;
         let lines = read(&config.path);
         assert_eq!(lines.len(), 51);
-        assert_eq!(lines[50]["n"], 50);
+        assert_eq!(lines[50]["decision_id"], "d-50");
         assert_eq!(lines[50]["chain"]["seq"], 51);
         assert_eq!(lines[50]["chain"]["prev"], lines[49]["chain"]["hash"]);
         let verdict = chain::verify(&Chain::new(None), std::slice::from_ref(&config.path)).unwrap();
@@ -692,14 +870,14 @@ mod tests {
     async fn masked_fields_are_erased_and_listed() {
         let dir = tempfile::tempdir().unwrap();
         let config = AuditConfig {
-            mask: vec!["/note/text".into(), "/absent/field".into()],
+            mask: vec!["/update/note/text".into(), "/absent/field".into()],
             ..config(dir.path())
         };
         write_n(&config, 0, 1).await;
         let lines = read(&config.path);
-        assert!(lines[0]["note"].get("text").is_none());
-        assert_eq!(lines[0]["note"]["by"], "x");
-        assert_eq!(lines[0]["erased"], json!(["/note/text"]));
+        assert!(lines[0]["update"]["note"].get("text").is_none());
+        assert_eq!(lines[0]["update"]["note"]["by"], "x");
+        assert_eq!(lines[0]["erased"], json!(["/update/note/text"]));
         assert!(!std::fs::read_to_string(&config.path)
             .unwrap()
             .contains("secret ticket"));
@@ -719,7 +897,7 @@ mod tests {
         let err = log.reserve().await.err().unwrap();
         assert!(err.to_string().contains("queue stayed full"), "{err}");
         held.write(Entry {
-            record: json!({}),
+            record: sample_record(),
             input: None,
         });
         drop(log);

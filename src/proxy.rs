@@ -16,7 +16,8 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{
-    AuditLog, Entry, Partial, Record, RecordError, RecordMetrics, RecordPrincipal, Slot, Verdict,
+    AuditLog, Entry, Partial, ProductFindings, Record, RecordError, RecordMetrics, RecordPrincipal,
+    RecordViolation, Slot, Verdict,
 };
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{judge, JudgeError, Judgement, LookupError};
@@ -27,7 +28,7 @@ use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{DecisionLabel, Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
 use crate::policy::input::Update;
-use crate::policy::{Decision, PolicySet};
+use crate::policy::{Decision, PolicySet, Violation};
 use crate::request::Judged;
 use crate::routes::Routing;
 use crate::routes::{self, OperationSpec};
@@ -66,7 +67,7 @@ pub struct Stages {
 struct Trail {
     operation: Option<&'static str>,
     principal: Option<Arc<Principal>>,
-    findings: Vec<Value>,
+    findings: Vec<ProductFindings>,
     update: Option<Value>,
     decision: Option<Decision>,
     dry_run: bool,
@@ -200,7 +201,7 @@ fn answer(
             }
             let status = resp.status().as_u16();
             let error = RecordError {
-                code: rejection.code(),
+                code: rejection.code().into(),
                 message: rejection.to_string(),
             };
             if let Rejection::Upstream(_) | Rejection::Policy(_) | Rejection::AuditUnavailable(_) =
@@ -242,7 +243,7 @@ async fn respond(
         .filter(|_| gate.config.audit.include_input)
         .map(audited_input);
     let entry = Entry {
-        record: record(gate, trail, received, status, error).to_json(),
+        record: record(gate, trail, received, status, error),
         input,
     };
     match slot {
@@ -1021,25 +1022,19 @@ pub fn internal_error(message: &str) -> Response<ProxyBody> {
         .map(|b| b.map_err(|never| match never {}).boxed())
 }
 
-/// The findings a request names, grouped by product as `[{ProductArn, Ids}]` in the order
-/// they first appear: a 100-finding batch of one product lists its ARN once, so the audit
-/// record stays smaller than the request.
-fn findings_by_product(keys: &[FindingKey]) -> Vec<Value> {
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for FindingKey {
-        id,
-        product_arn: arn,
-    } in keys
-    {
-        match groups.iter_mut().find(|(a, _)| *a == arn.as_str()) {
-            Some((_, ids)) => ids.push(id),
-            None => groups.push((arn, vec![id])),
+/// The findings a request names, grouped by product in the order they first appear.
+fn findings_by_product(keys: &[FindingKey]) -> Vec<ProductFindings> {
+    let mut groups: Vec<ProductFindings> = Vec::new();
+    for FindingKey { id, product_arn } in keys {
+        match groups.iter_mut().find(|g| g.product_arn == *product_arn) {
+            Some(group) => group.ids.push(id.clone()),
+            None => groups.push(ProductFindings {
+                product_arn: product_arn.clone(),
+                ids: vec![id.clone()],
+            }),
         }
     }
     groups
-        .into_iter()
-        .map(|(arn, ids)| json!({"ProductArn": arn, "Ids": ids}))
-        .collect()
 }
 
 /// The input document as the audit record keeps it: the findings are listed once, as the
@@ -1078,27 +1073,31 @@ fn record(
     status: u16,
     error: Option<RecordError>,
 ) -> Record {
-    let (violations, warnings): (Vec<Value>, Vec<Value>) = match &trail.decision {
-        Some(d) => (
-            d.deny.iter().map(|v| v.to_json()).collect(),
-            d.warn.iter().map(|v| v.to_json()).collect(),
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
     let allow = match &trail.decision {
         Some(d) => d.allowed(),
         None => error.is_none(),
+    };
+    let recorded = |v: Violation| RecordViolation {
+        msg: v.msg,
+        finding: v.finding,
+    };
+    let (violations, warnings) = match trail.decision {
+        Some(d) => (
+            d.deny.into_iter().map(recorded).collect(),
+            d.warn.into_iter().map(recorded).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
     };
     Record {
         record_version: 1,
         decision_id: received.decision_id.clone(),
         timestamp: now_rfc3339(),
-        path: "hubgate/deny",
-        operation: trail.operation,
+        path: "hubgate/deny".into(),
+        operation: trail.operation.map(Into::into),
         principal: trail.principal.as_ref().map(|p| RecordPrincipal {
             id: p.id.clone(),
             account_id: p.account_id.clone(),
-            role: p.role,
+            role: Some(p.role),
         }),
         source_ip: received.remote.ip().to_string(),
         method: received.method.clone(),

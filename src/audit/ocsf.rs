@@ -4,41 +4,32 @@
 
 use serde_json::{json, Value};
 
+use super::Record;
+
 /// API Activity has the Security Control profile since OCSF 1.4.0, and `PATCH` is an
 /// `http_method` value since 1.6.0.
 pub const OCSF_VERSION: &str = "1.6.0";
 
-/// Maps one hubgate record (as built by the proxy) to an OCSF event.
-pub fn event(record: &Value, region: &str) -> Value {
-    let allow = record
-        .pointer("/result/allow")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let dry_run = record
-        .get("dry_run")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let forwarded = record
-        .get("forwarded")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let status = record.get("status").and_then(Value::as_u64).unwrap_or(0);
+/// A text the record always has, unless `audit.mask` erased it (read back as empty).
+fn present(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+/// Maps one decision record, with the policy input if it is kept and the pointers `audit.mask`
+/// erased, to an OCSF event.
+pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &str) -> Value {
+    let allow = record.result.allow;
+    let (dry_run, forwarded, status) = (record.dry_run, record.forwarded, record.status);
     let succeeded = (200..300).contains(&status);
-    let time_ms = record
-        .get("timestamp")
-        .and_then(Value::as_str)
-        .and_then(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-        })
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .unwrap_or(0);
-    let decision_id = record.get("decision_id").cloned().unwrap_or(Value::Null);
-    let error = record.get("error").filter(|e| !e.is_null());
-    let violations = record
-        .pointer("/result/violations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let time_ms = time::OffsetDateTime::parse(
+        &record.timestamp,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    .unwrap_or(0);
+    let decision_id = present(&record.decision_id);
+    let error = record.error.as_ref();
+    let violations = &record.result.violations;
 
     // Allowed (1) / Denied (2) is the policy's verdict; disposition says what happened to the
     // request: Allowed (1), Blocked (2), or Logged (17) when dry-run let a denial through.
@@ -55,49 +46,37 @@ pub fn event(record: &Value, region: &str) -> Value {
         (2, "Blocked")
     };
 
-    let principal = record.get("principal").filter(|p| !p.is_null());
-    let actor = match principal {
+    let actor = match &record.principal {
         Some(p) => json!({
             "user": {
-                "uid": p.get("id"),
-                "name": p.get("id"),
-                "type": p.get("role"),
-                "account": {"uid": p.get("account_id"), "type": "AWS Account", "type_id": 10},
+                "uid": present(&p.id),
+                "name": present(&p.id),
+                "type": p.role,
+                "account": {"uid": present(&p.account_id), "type": "AWS Account", "type_id": 10},
             }
         }),
         None => json!({"user": {"name": "unauthenticated"}}),
     };
-    // The record groups the findings by product: [{ProductArn, Ids}].
     let resources: Vec<Value> = record
-        .get("findings")
-        .and_then(Value::as_array)
-        .map(|groups| {
-            groups
-                .iter()
-                .flat_map(|g| {
-                    let arn = g.get("ProductArn");
-                    g.get("Ids")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .map(move |id| {
-                            json!({"uid": id, "type": "AwsSecurityFinding",
-                                   "data": {"ProductArn": arn}})
-                        })
-                })
-                .collect()
+        .findings
+        .iter()
+        .flat_map(|group| {
+            group.ids.iter().map(move |id| {
+                json!({"uid": present(id), "type": "AwsSecurityFinding",
+                       "data": {"ProductArn": present(&group.product_arn)}})
+            })
         })
-        .unwrap_or_default();
-    let status_detail = match (error, violations.is_empty()) {
-        (Some(e), _) => e.get("message").cloned().unwrap_or(Value::Null),
-        (None, false) => Value::from(
+        .collect();
+    let status_detail = match error {
+        Some(e) => present(&e.message).map(str::to_owned),
+        None if !violations.is_empty() => Some(
             violations
                 .iter()
-                .filter_map(|v| v.get("msg").and_then(Value::as_str))
+                .filter_map(|v| present(&v.msg))
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-        (None, true) => Value::Null,
+        None => None,
     };
 
     let mut event = json!({
@@ -115,19 +94,20 @@ pub fn event(record: &Value, region: &str) -> Value {
         "status_id": if succeeded { 1 } else { 2 },
         "status": if succeeded { "Success" } else { "Failure" },
         "status_code": status.to_string(),
+        "status_detail": status_detail,
         "action_id": action_id,
         "action": action,
         "disposition_id": disposition_id,
         "disposition": disposition,
         "policy": {
             "name": "hubgate",
-            "uid": record.get("revision"),
+            "uid": present(&record.revision),
             "desc": "data.hubgate.deny",
         },
         "metadata": {
             "version": OCSF_VERSION,
             "uid": decision_id,
-            "correlation_uid": record.get("upstream_request_id"),
+            "correlation_uid": record.upstream_request_id,
             "product": {"name": "hubgate", "vendor_name": "hubgate", "version": env!("CARGO_PKG_VERSION")},
             "profiles": ["cloud", "security_control"],
             "log_name": "hubgate-decisions",
@@ -135,50 +115,40 @@ pub fn event(record: &Value, region: &str) -> Value {
         "cloud": {"provider": "AWS", "region": region},
         "actor": actor,
         "api": {
-            "operation": record.get("operation").cloned().filter(|o| !o.is_null()).unwrap_or(Value::from("unknown")),
+            "operation": record.operation.as_deref().unwrap_or("unknown"),
             "service": {"name": "securityhub"},
             "request": {"uid": decision_id},
             "response": {
                 "code": status,
-                "error": error.and_then(|e| e.get("code")),
-                "error_message": error.and_then(|e| e.get("message")),
+                "error": error.and_then(|e| present(&e.code)),
+                "error_message": error.and_then(|e| present(&e.message)),
             },
         },
-        "src_endpoint": {"ip": record.get("source_ip")},
+        "src_endpoint": {"ip": present(&record.source_ip)},
         "http_request": {
-            "http_method": record.get("method"),
-            "url": {"path": record.get("request_path")},
+            "http_method": present(&record.method),
+            "url": {"path": present(&record.request_path)},
         },
         "resources": resources,
-        "unmapped": {
-            "dry_run": dry_run,
-            "forwarded": forwarded,
-            "partial": record.get("partial"),
-            "upstream_status": record.get("upstream_status"),
-            "violations": violations,
-            "warnings": record.pointer("/result/warnings"),
-            "update": record.get("update"),
-            "metrics": record.get("metrics"),
-        },
     });
-    if let Some(obj) = event.as_object_mut() {
-        if let Some(input) = record.get("input") {
-            obj["unmapped"]["input"] = input.clone();
-        }
-        if status_detail.is_string() {
-            obj.insert("status_detail".into(), status_detail);
-        }
-    }
-    let mut unmapped = event
-        .as_object_mut()
-        .and_then(|o| o.remove("unmapped"))
-        .unwrap_or(Value::Null);
     prune_nulls(&mut event);
-    // `unmapped` keeps hubgate's data as it is, nulls included.
+    // `unmapped` keeps hubgate's data as it is, nulls included, but for its own top level.
+    let mut unmapped = json!({
+        "dry_run": dry_run,
+        "forwarded": forwarded,
+        "partial": record.partial,
+        "upstream_status": record.upstream_status,
+        "violations": violations,
+        "warnings": record.result.warnings,
+        "update": record.update,
+        "metrics": record.metrics,
+        "input": input,
+        "erased": (!erased.is_empty()).then_some(erased),
+    });
+    if let Some(u) = unmapped.as_object_mut() {
+        u.retain(|_, v| !v.is_null());
+    }
     if let Some(obj) = event.as_object_mut() {
-        if let Some(u) = unmapped.as_object_mut() {
-            u.retain(|_, v| !v.is_null());
-        }
         obj.insert("unmapped".into(), unmapped);
     }
     event
@@ -202,23 +172,49 @@ fn prune_nulls(value: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::{ProductFindings, RecordPrincipal, RecordViolation, Verdict};
+    use crate::identity::Role;
 
-    fn record(allow: bool, dry_run: bool, forwarded: bool, status: u16) -> Value {
-        json!({
-            "decision_id": "d-1", "timestamp": "2026-11-24T02:00:00.5Z",
-            "operation": "BatchUpdateFindings",
-            "principal": {"id": "m", "account_id": "222222222222", "role": "member"},
-            "source_ip": "10.0.0.1", "method": "PATCH", "request_path": "/findings/batchupdate",
-            "findings": [{"ProductArn": "p", "Ids": ["f"]}],
-            "result": {"allow": allow, "violations": if allow { json!([]) } else { json!([{"msg": "no", "finding": null}]) }, "warnings": []},
-            "error": null, "dry_run": dry_run, "forwarded": forwarded, "status": status,
-            "revision": "sha256:ab",
-        })
+    fn record(allow: bool, dry_run: bool, forwarded: bool, status: u16) -> Record {
+        Record {
+            decision_id: "d-1".into(),
+            timestamp: "2026-11-24T02:00:00.5Z".into(),
+            operation: Some("BatchUpdateFindings".into()),
+            principal: Some(RecordPrincipal {
+                id: "m".into(),
+                account_id: "222222222222".into(),
+                role: Some(Role::Member),
+            }),
+            source_ip: "10.0.0.1".into(),
+            method: "PATCH".into(),
+            request_path: "/findings/batchupdate".into(),
+            findings: vec![ProductFindings {
+                product_arn: "p".into(),
+                ids: vec!["f".into()],
+            }],
+            result: Verdict {
+                allow,
+                violations: if allow {
+                    vec![]
+                } else {
+                    vec![RecordViolation {
+                        msg: "no".into(),
+                        finding: None,
+                    }]
+                },
+                warnings: vec![],
+            },
+            dry_run,
+            forwarded,
+            status,
+            revision: "sha256:ab".into(),
+            ..Record::default()
+        }
     }
 
     #[test]
     fn allowed_request_is_an_allowed_update() {
-        let e = event(&record(true, false, true, 200), "us-east-1");
+        let e = event(&record(true, false, true, 200), None, &[], "us-east-1");
         assert_eq!(e["class_uid"], 6003);
         assert_eq!(e["activity_id"], 3);
         assert_eq!(e["type_uid"], 600303);
@@ -227,19 +223,24 @@ mod tests {
         assert_eq!(e["disposition_id"], 1);
         assert_eq!(e["metadata"]["uid"], "d-1");
         assert_eq!(e["actor"]["user"]["account"]["uid"], "222222222222");
+        assert_eq!(e["actor"]["user"]["type"], "member");
         assert_eq!(e["resources"][0]["uid"], "f");
+        assert_eq!(e["resources"][0]["data"]["ProductArn"], "p");
         // an allowed update has no error: the attributes are absent, not null
         assert!(e["api"]["response"].get("error").is_none());
         assert!(e["metadata"].get("correlation_uid").is_none());
+        assert!(e.get("status_detail").is_none());
+        assert!(e["unmapped"].get("erased").is_none());
     }
 
     #[test]
     fn denial_and_dry_run_dispositions() {
-        let denied = event(&record(false, false, false, 403), "us-east-1");
+        let denied = event(&record(false, false, false, 403), None, &[], "us-east-1");
         assert_eq!(denied["action_id"], 2);
         assert_eq!(denied["disposition_id"], 2);
         assert_eq!(denied["status_detail"], "no");
-        let logged = event(&record(false, true, true, 200), "us-east-1");
+        assert_eq!(denied["unmapped"]["violations"][0]["msg"], "no");
+        let logged = event(&record(false, true, true, 200), None, &[], "us-east-1");
         assert_eq!(logged["action_id"], 2);
         assert_eq!(logged["disposition_id"], 17);
         assert_eq!(logged["disposition"], "Logged");

@@ -470,6 +470,33 @@ def test_masked_note_text_never_reaches_the_file(make_fake, make_hubgate):
     intact(audit_verify(hg.audit_path), 3)
 
 
+def test_masked_note_text_never_reaches_an_ocsf_file(make_fake, make_hubgate):
+    """The pointers name the hubgate record also when the log is OCSF: the event is mapped
+    from the masked record, and lists what was erased in `unmapped.erased`."""
+    secret_note = "masked-ocsf-note-3c2a"
+    fake = make_fake()
+    mask = ["/input/request/body/Note/Text", "/input/update/note/text", "/update/note/text",
+            "/source_ip"]
+    hg = make_hubgate({"audit": {"format": "ocsf", "include_input": True, "mask": mask}},
+                      fake=fake)
+    resp = hg.buf(note("f-admin", secret_note), who="admin")
+    assert resp.status == 200, resp.text
+    rid = resp.headers["x-hubgate-decision-id"]
+    wait_until(lambda: any(e.get("metadata", {}).get("uid") == rid for e in hg.audit_records()),
+               5, "the OCSF event")
+    event = next(e for e in hg.audit_records() if e.get("metadata", {}).get("uid") == rid)
+    assert event["unmapped"]["erased"] == mask, event["unmapped"]
+    assert event["unmapped"]["update"]["note"] == {"updated_by": "e2e"}, event["unmapped"]
+    assert event["unmapped"]["input"]["request"]["body"]["Note"] == {"UpdatedBy": "e2e"}
+    assert "src_endpoint" not in event, "the only attribute of src_endpoint was erased"
+    assert event["action"] == "Allowed" and event["status_id"] == 1, event
+    assert event["actor"]["user"]["type"] == "administrator"
+    hg.stop()
+    assert secret_note not in hg.audit_path.read_text()
+    assert all(secret_note in c["body"] for c in fake.buf_calls())
+    intact(audit_verify(hg.audit_path), 1)
+
+
 # ---------------------------------------------------------------------------
 # secrets, over the whole session
 
