@@ -173,9 +173,28 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
+/// Reading one GetFindings answer of 20 findings, as the load bench's stub sends it (about
+/// 3 KB a finding): what a cold 100-finding update does five times.
+fn lookup_page(c: &mut Criterion) {
+    let page: &[u8] = include_bytes!("fixtures/get_findings_20.json");
+    let mut group = c.benchmark_group("lookup_page");
+    group.bench_function("read_page", |b| {
+        b.iter(|| {
+            let page = hubgate::enrich::read_page(black_box(page)).unwrap();
+            assert_eq!(page.findings.len(), 20);
+            page
+        })
+    });
+    // the floor: validating and skipping the same bytes, building nothing
+    group.bench_function("skip_only", |b| {
+        b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(page)).unwrap())
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = decision
+    targets = decision, lookup_page
 }
 criterion_main!(benches);

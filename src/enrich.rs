@@ -1005,11 +1005,8 @@ pub struct Page {
 }
 
 /// One GetFindings page, keeping of each finding only what policies read.
-#[derive(serde::Deserialize)]
 struct LookupPage {
-    #[serde(rename = "Findings")]
     findings: Vec<Projected>,
-    #[serde(rename = "NextToken", default)]
     next_token: Option<String>,
 }
 
@@ -1024,6 +1021,171 @@ struct Projected {
     bytes: usize,
 }
 
+/// The projected fields already built while reading one page, by their JSON text. The
+/// findings of one lookup mostly share their product, generator, types, compliance, severity
+/// and workflow; identical text builds an identical value, so it is built once per page and
+/// shared (regorus values are reference counted), rather than allocated again per finding.
+#[derive(Default)]
+struct PageMemo<'de> {
+    built: std::collections::HashMap<&'de str, Built>,
+}
+
+struct Built {
+    value: regorus::Value,
+    bytes: usize,
+    /// The text as JSON, for the members facts are read from (see StateFacts).
+    json: Option<Value>,
+}
+
+impl<'de> PageMemo<'de> {
+    fn get<E: serde::de::Error>(&mut self, text: &'de str, as_json: bool) -> Result<&Built, E> {
+        let built = match self.built.entry(text) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
+                let bytes = approximate_size(&value);
+                e.insert(Built {
+                    value,
+                    bytes,
+                    json: None,
+                })
+            }
+        };
+        if as_json && built.json.is_none() {
+            built.json = Some(serde_json::from_str(text).map_err(E::custom)?);
+        }
+        Ok(built)
+    }
+}
+
+/// The object keys of `current`, made once.
+fn field_keys() -> &'static [regorus::Value; CURRENT_FIELDS.len()] {
+    static KEYS: std::sync::OnceLock<[regorus::Value; CURRENT_FIELDS.len()]> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| CURRENT_FIELDS.map(regorus::Value::from))
+}
+
+impl<'de> serde::Deserialize<'de> for LookupPage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LookupPage, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LookupPage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a GetFindings answer")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LookupPage, A::Error> {
+                let mut memo = PageMemo::default();
+                let (mut findings, mut next_token) = (None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "Findings" if findings.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("Findings"))
+                        }
+                        "Findings" => {
+                            findings = Some(map.next_value_seed(FindingsSeed(&mut memo))?)
+                        }
+                        "NextToken" if next_token.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("NextToken"))
+                        }
+                        "NextToken" => next_token = Some(map.next_value::<Option<String>>()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(LookupPage {
+                    findings: findings
+                        .ok_or_else(|| serde::de::Error::missing_field("Findings"))?,
+                    next_token: next_token.flatten(),
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The page's findings, each read with the page's memo.
+struct FindingsSeed<'a, 'de>(&'a mut PageMemo<'de>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FindingsSeed<'_, 'de> {
+    type Value = Vec<Projected>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Projected>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FindingsSeed<'_, 'de> {
+    type Value = Vec<Projected>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of findings")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(100));
+        while let Some(p) = seq.next_element_seed(ProjectedSeed(&mut *self.0))? {
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+struct ProjectedSeed<'a, 'de>(&'a mut PageMemo<'de>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ProjectedSeed<'_, 'de> {
+    type Value = Projected;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Projected, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
+    type Value = Projected;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a finding")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Projected, A::Error> {
+        let memo = self.0;
+        let mut id = None;
+        let mut current = BTreeMap::new();
+        // The members the entry's facts come from are read as JSON (see StateFacts).
+        let mut facts = StateFacts::default();
+        let mut bytes = 0;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let k = key.as_ref();
+            if k == "Id" {
+                id = Some(map.next_value::<String>()?);
+                continue;
+            }
+            let Some(at) = CURRENT_FIELDS.iter().position(|f| *f == k) else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            let field = CURRENT_FIELDS[at];
+            let text = map.next_value::<&'de serde_json::value::RawValue>()?.get();
+            let fact = matches!(field, "AwsAccountId" | "Severity" | "Workflow");
+            let built = memo.get::<A::Error>(text, fact)?;
+            if let Some(json) = built.json.as_ref().filter(|_| fact) {
+                facts.read_member(field, json);
+            }
+            bytes += field.len() + 24 + built.bytes;
+            current.insert(field_keys()[at].clone(), built.value.clone());
+        }
+        let product_arn = current
+            .get(&field_keys()[1])
+            .and_then(|v| v.as_string().ok())
+            .map(|s| s.to_string());
+        Ok(Projected {
+            id,
+            product_arn,
+            facts,
+            current,
+            bytes,
+        })
+    }
+}
+
 impl Projected {
     fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
         let key = FindingKey::new(self.id?, self.product_arn?);
@@ -1035,67 +1197,6 @@ impl Projected {
             self.bytes,
         );
         Some((key, state))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Projected {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Projected, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Projected;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a finding")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Projected, A::Error> {
-                let mut id = None;
-                let mut current = BTreeMap::new();
-                // The members the entry's facts come from, read as JSON (see StateFacts).
-                let (mut account, mut severity, mut workflow) = (None, None, None);
-                let mut bytes = 0;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let k = key.as_ref();
-                    if k == "Id" {
-                        id = Some(map.next_value::<String>()?);
-                        continue;
-                    }
-                    let Some(field) = CURRENT_FIELDS.iter().find(|f| **f == k) else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                        continue;
-                    };
-                    let value = match *field {
-                        "AwsAccountId" | "Severity" | "Workflow" | "ProductArn" => {
-                            let v: Value = map.next_value()?;
-                            let r = regorus::Value::from(v.clone());
-                            match *field {
-                                "AwsAccountId" => account = Some(v),
-                                "Severity" => severity = Some(v),
-                                "Workflow" => workflow = Some(v),
-                                _ => {}
-                            }
-                            r
-                        }
-                        _ => map.next_value::<regorus::Value>()?,
-                    };
-                    bytes += field.len() + 24 + approximate_size(&value);
-                    current.insert(regorus::Value::from(*field), value);
-                }
-                let product_arn = current
-                    .get(&regorus::Value::from("ProductArn"))
-                    .and_then(|v| v.as_string().ok())
-                    .map(|s| s.to_string());
-                Ok(Projected {
-                    id,
-                    product_arn,
-                    facts: StateFacts::read(account.as_ref(), severity.as_ref(), workflow.as_ref()),
-                    current,
-                    bytes,
-                })
-            }
-        }
-        d.deserialize_map(V)
     }
 }
 
@@ -1184,5 +1285,54 @@ mod tests {
                 .get(&"Resources".into())
                 .is_none());
         }
+    }
+
+    /// Findings of one page that share a member's text share its built value, and each still
+    /// gets its own facts; a member that differs is built on its own.
+    #[test]
+    fn a_page_builds_each_distinct_member_once() {
+        let compliance = json!({"Status": "FAILED", "RelatedRequirements": ["NIST AC-3"]});
+        let findings = json!([
+            {"Id": "f1", "ProductArn": "p", "AwsAccountId": "111111111111",
+             "Severity": {"Label": "HIGH"}, "Compliance": compliance, "Workflow": {"Status": "NEW"}},
+            {"Id": "f2", "ProductArn": "p", "AwsAccountId": "222222222222",
+             "Severity": {"Label": "LOW"}, "Compliance": compliance, "Workflow": {"Status": "NEW"}},
+        ]);
+        let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
+        let page = read_page(&bytes).unwrap();
+        let [(_, a), (_, b)] = <[_; 2]>::try_from(page.findings).ok().unwrap();
+        let member = |f: &CurrentFinding, name: &str| {
+            let current = f.entry["current"].as_object().unwrap();
+            current.get(&regorus::Value::from(name)).unwrap().clone()
+        };
+        let shared = |x: &regorus::Value, y: &regorus::Value| match (x, y) {
+            (regorus::Value::Object(x), regorus::Value::Object(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        };
+        assert!(shared(&member(&a, "Compliance"), &member(&b, "Compliance")));
+        assert!(shared(&member(&a, "Workflow"), &member(&b, "Workflow")));
+        assert!(!shared(&member(&a, "Severity"), &member(&b, "Severity")));
+        assert_eq!(a.account_id.as_deref(), Some("111111111111"));
+        assert_eq!(b.account_id.as_deref(), Some("222222222222"));
+        assert_eq!((a.severity_rank, b.severity_rank), (Some(3), Some(1)));
+        for ((_, got), f) in read_page(&bytes)
+            .unwrap()
+            .findings
+            .iter()
+            .zip(findings.as_array().unwrap())
+        {
+            let expected = CurrentFinding::new("x", "p", f);
+            assert_eq!(got.entry["current"], expected.entry["current"]);
+        }
+    }
+
+    /// A second Findings or NextToken member is refused, as the derived reader refused it.
+    #[test]
+    fn a_page_with_a_repeated_member_is_refused() {
+        assert!(read_page(br#"{"Findings": [], "Findings": []}"#).is_err());
+        assert!(read_page(br#"{"Findings": [], "NextToken": "a", "NextToken": "b"}"#).is_err());
+        assert!(read_page(br#"{"NextToken": "a"}"#).is_err());
+        let page = read_page(br#"{"Findings": [], "NextToken": null, "Other": [1]}"#).unwrap();
+        assert!(page.next_token.is_none());
     }
 }

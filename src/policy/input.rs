@@ -598,6 +598,7 @@ pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Map<String, V
 /// The facts of a finding entry, read from the stored finding's JSON members (AwsAccountId,
 /// Severity, Workflow): whichever way the rest of the state was converted, the facts rules
 /// compare mean the same.
+#[derive(Default)]
 pub struct StateFacts {
     pub account_id: Option<String>,
     pub severity_label: Option<&'static str>,
@@ -610,13 +611,32 @@ impl StateFacts {
         severity: Option<&Value>,
         workflow: Option<&Value>,
     ) -> StateFacts {
-        StateFacts {
-            account_id: account.and_then(Value::as_str).map(str::to_string),
-            severity_label: severity.and_then(effective_label),
-            workflow_status: workflow
-                .and_then(|w| w.get("Status"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+        let mut facts = StateFacts::default();
+        for (field, value) in [
+            ("AwsAccountId", account),
+            ("Severity", severity),
+            ("Workflow", workflow),
+        ] {
+            if let Some(value) = value {
+                facts.read_member(field, value);
+            }
+        }
+        facts
+    }
+
+    /// Takes the fact one member of the stored finding gives, if it is one of AwsAccountId,
+    /// Severity and Workflow; a member seen again replaces what it gave, as in the JSON.
+    pub fn read_member(&mut self, field: &str, value: &Value) {
+        match field {
+            "AwsAccountId" => self.account_id = value.as_str().map(str::to_string),
+            "Severity" => self.severity_label = effective_label(value),
+            "Workflow" => {
+                self.workflow_status = value
+                    .get("Status")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }
+            _ => {}
         }
     }
 
