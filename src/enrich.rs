@@ -1147,7 +1147,7 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Projected, A::Error> {
         let memo = self.0;
-        let mut id = None;
+        let (mut id, mut product_arn) = (None, None);
         let mut current = BTreeMap::new();
         // The members the entry's facts come from are read as JSON (see StateFacts).
         let mut facts = StateFacts::default();
@@ -1164,18 +1164,17 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
             };
             let field = CURRENT_FIELDS[at];
             let text = map.next_value::<&'de serde_json::value::RawValue>()?.get();
-            let fact = matches!(field, "AwsAccountId" | "Severity" | "Workflow");
+            let fact = StateFacts::MEMBERS.contains(&field);
             let built = memo.get::<A::Error>(text, fact)?;
             if let Some(json) = built.json.as_ref().filter(|_| fact) {
                 facts.read_member(field, json);
             }
+            if field == "ProductArn" {
+                product_arn = built.value.as_string().ok().map(|s| s.to_string());
+            }
             bytes += field.len() + 24 + built.bytes;
             current.insert(field_keys()[at].clone(), built.value.clone());
         }
-        let product_arn = current
-            .get(&field_keys()[1])
-            .and_then(|v| v.as_string().ok())
-            .map(|s| s.to_string());
         Ok(Projected {
             id,
             product_arn,

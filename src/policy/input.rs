@@ -587,9 +587,11 @@ pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Map<String, V
             }
         }
         Some(f) => {
-            let facts =
-                StateFacts::read(f.get("AwsAccountId"), f.get("Severity"), f.get("Workflow"));
-            return facts.entry(id, product_arn, RValue::from(Value::Object(f.clone())));
+            return StateFacts::read(f).entry(
+                id,
+                product_arn,
+                RValue::from(Value::Object(f.clone())),
+            );
         }
     }
     RValue::from(entry)
@@ -606,26 +608,22 @@ pub struct StateFacts {
 }
 
 impl StateFacts {
-    pub fn read(
-        account: Option<&Value>,
-        severity: Option<&Value>,
-        workflow: Option<&Value>,
-    ) -> StateFacts {
+    /// The members of a stored finding the facts come from.
+    pub const MEMBERS: [&'static str; 3] = ["AwsAccountId", "Severity", "Workflow"];
+
+    /// The facts of a stored finding (or its projection).
+    pub fn read(finding: &Map<String, Value>) -> StateFacts {
         let mut facts = StateFacts::default();
-        for (field, value) in [
-            ("AwsAccountId", account),
-            ("Severity", severity),
-            ("Workflow", workflow),
-        ] {
-            if let Some(value) = value {
-                facts.read_member(field, value);
+        for member in Self::MEMBERS {
+            if let Some(value) = finding.get(member) {
+                facts.read_member(member, value);
             }
         }
         facts
     }
 
-    /// Takes the fact one member of the stored finding gives, if it is one of AwsAccountId,
-    /// Severity and Workflow; a member seen again replaces what it gave, as in the JSON.
+    /// Takes the fact one member of the stored finding gives, if it is one of `MEMBERS`; a
+    /// member seen again replaces what it gave, as in the JSON.
     pub fn read_member(&mut self, field: &str, value: &Value) {
         match field {
             "AwsAccountId" => self.account_id = value.as_str().map(str::to_string),

@@ -19,11 +19,7 @@ pub struct CurrentFinding {
 impl CurrentFinding {
     pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
         let projected = super::input::project(finding);
-        let facts = StateFacts::read(
-            projected.get("AwsAccountId"),
-            projected.get("Severity"),
-            projected.get("Workflow"),
-        );
+        let facts = StateFacts::read(&projected);
         let current = regorus::Value::from(Value::Object(projected));
         let bytes = approximate_size(&current);
         Self::from_facts(id, product_arn, &facts, current, bytes)
