@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::EnrichmentConfig;
@@ -964,22 +964,58 @@ async fn share_outcomes(
     tags
 }
 
-/// The GetFindings request body for one chunk of at most 20 findings.
-pub fn lookup_body(chunk: &[FindingKey], next_token: Option<&str>) -> Value {
+/// The GetFindings request body for one chunk of at most 20 findings. Serialised straight
+/// from the chunk's keys: building it as a `serde_json::Value` first cost a tree of
+/// allocations per lookup call.
+pub fn lookup_body<'a>(chunk: &'a [FindingKey], next_token: Option<&'a str>) -> LookupBody<'a> {
     let mut arns: Vec<&str> = chunk.iter().map(|k| k.product_arn.as_str()).collect();
     arns.sort_unstable();
     arns.dedup();
-    let mut body = json!({
-        "Filters": {
-            "Id": chunk.iter().map(|FindingKey { id, .. }| json!({"Value": id, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
-            "ProductArn": arns.iter().map(|arn| json!({"Value": arn, "Comparison": "EQUALS"})).collect::<Vec<_>>(),
+    LookupBody {
+        filters: LookupFilters {
+            id: chunk.iter().map(|k| Equals::from(k.id.as_str())).collect(),
+            product_arn: arns.into_iter().map(Equals::from).collect(),
         },
-        "MaxResults": 100,
-    });
-    if let Some(token) = next_token {
-        body["NextToken"] = json!(token);
+        max_results: 100,
+        next_token,
     }
-    body
+}
+
+/// A GetFindings request as `lookup_body` makes it.
+#[derive(serde::Serialize)]
+pub struct LookupBody<'a> {
+    #[serde(rename = "Filters")]
+    filters: LookupFilters<'a>,
+    #[serde(rename = "MaxResults")]
+    max_results: u32,
+    #[serde(rename = "NextToken", skip_serializing_if = "Option::is_none")]
+    next_token: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct LookupFilters<'a> {
+    #[serde(rename = "Id")]
+    id: Vec<Equals<'a>>,
+    #[serde(rename = "ProductArn")]
+    product_arn: Vec<Equals<'a>>,
+}
+
+/// A string filter matching the value exactly, as sent: no trimming or case folding.
+#[derive(serde::Serialize)]
+struct Equals<'a> {
+    #[serde(rename = "Value")]
+    value: &'a str,
+    #[serde(rename = "Comparison")]
+    comparison: &'static str,
+}
+
+impl<'a> From<&'a str> for Equals<'a> {
+    fn from(value: &'a str) -> Equals<'a> {
+        Equals {
+            value,
+            comparison: "EQUALS",
+        }
+    }
 }
 
 /// One GetFindings answer as enrichment reads it: each finding that names its Id and
@@ -1079,8 +1115,8 @@ impl<'de> serde::Deserialize<'de> for LookupPage {
             ) -> Result<LookupPage, A::Error> {
                 let mut memo = PageMemo::default();
                 let (mut findings, mut next_token) = (None, None);
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    match key.0.as_ref() {
                         "Findings" if findings.is_some() => {
                             return Err(serde::de::Error::duplicate_field("Findings"))
                         }
@@ -1104,6 +1140,29 @@ impl<'de> serde::Deserialize<'de> for LookupPage {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// An object key, borrowed from the answer unless it has escapes. serde's own `Cow<str>`
+/// always allocates, which was one allocation per member of every looked-up finding.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -1152,8 +1211,8 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
         // The members the entry's facts come from are read as JSON (see StateFacts).
         let mut facts = StateFacts::default();
         let mut bytes = 0;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let k = key.as_ref();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let k = key.0.as_ref();
             if k == "Id" {
                 id = Some(map.next_value::<String>()?);
                 continue;
@@ -1235,6 +1294,7 @@ async fn fetch_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn lookup_body_filters_ids_and_distinct_arns() {
@@ -1243,13 +1303,16 @@ mod tests {
             FindingKey::new("b", "arn:1"),
             FindingKey::new("c", "arn:2"),
         ];
-        let body = lookup_body(&chunk, Some("tok"));
+        let body = serde_json::to_value(lookup_body(&chunk, Some("tok"))).unwrap();
         assert_eq!(body["Filters"]["Id"].as_array().unwrap().len(), 3);
         assert_eq!(body["Filters"]["ProductArn"].as_array().unwrap().len(), 2);
         assert_eq!(body["Filters"]["Id"][0]["Comparison"], "EQUALS");
         assert_eq!(body["NextToken"], "tok");
         assert_eq!(body["MaxResults"], 100);
-        assert!(lookup_body(&chunk, None).get("NextToken").is_none());
+        assert_eq!(body["Filters"]["Id"][2]["Value"], "c");
+        assert_eq!(body["Filters"]["ProductArn"][1]["Value"], "arn:2");
+        let untokened = serde_json::to_value(lookup_body(&chunk, None)).unwrap();
+        assert!(untokened.get("NextToken").is_none());
     }
 
     /// GetFindings answers are read straight into policy-input values; the entry must be the

@@ -393,7 +393,7 @@ impl Upstream {
         operation: &'static str,
         method: Method,
         path: &str,
-        body: &serde_json::Value,
+        body: &impl serde::Serialize,
     ) -> Result<T, UpstreamError> {
         let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let mut headers = HeaderMap::new();
