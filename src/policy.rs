@@ -101,9 +101,22 @@ pub struct PolicySet {
     has_warn: bool,
     /// The set defines `data.hubgate.needs_state`; without it every request looks up state.
     has_needs_state: bool,
+    /// Tells this set's VMs from another set's (see `VM`); unique per load.
+    id: u64,
     pub revision: String,
     pub schemas: Schemas,
     pub files: Vec<PathBuf>,
+}
+
+static NEXT_SET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// The VM this thread last evaluated with, and the set it was loaded for. Making a VM
+    /// costs a walk of the rule tree against the data (regorus's conflict check) and a few
+    /// hundred allocations; kept, a pass costs only its run. A reloaded set has a new id, so
+    /// its first evaluation on each thread loads a new VM.
+    static VM: std::cell::RefCell<Option<(u64, regorus::rvm::RegoVM)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The files of a policy directory, sorted so the revision is stable.
@@ -280,6 +293,7 @@ impl PolicySet {
             eval_timeout,
             has_warn,
             has_needs_state,
+            id: NEXT_SET_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             revision,
             schemas,
             files: all,
@@ -301,6 +315,29 @@ impl PolicySet {
 
     /// Evaluates the decision for one input document.
     pub fn evaluate(&self, input: regorus::Value) -> Result<Decision, PolicyError> {
+        VM.with(|slot| match slot.try_borrow_mut() {
+            Ok(mut slot) => {
+                let vm = match &mut *slot {
+                    Some((id, vm)) if *id == self.id => vm,
+                    stale => &mut stale.insert((self.id, self.new_vm()?)).1,
+                };
+                let decision = self.run(vm, input);
+                if decision.is_err() {
+                    // A failed run (a timeout, a bad rule) leaves no VM behind to reason about.
+                    *slot = None;
+                } else {
+                    // The input is the request's; the thread keeps the VM, not the request.
+                    vm.set_input(regorus::Value::Null);
+                }
+                decision
+            }
+            // Not reached today (evaluation does not nest); a fresh VM is always correct.
+            Err(_) => self.run(&mut self.new_vm()?, input),
+        })
+    }
+
+    /// A VM loaded with this set's program and data.
+    fn new_vm(&self) -> Result<regorus::rvm::RegoVM, PolicyError> {
         let mut vm = regorus::rvm::RegoVM::new();
         vm.load_program(self.program.clone());
         vm.set_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
@@ -309,6 +346,17 @@ impl PolicySet {
         }));
         vm.set_data(self.data.clone())
             .map_err(|e| PolicyError::Eval(e.to_string()))?;
+        Ok(vm)
+    }
+
+    /// One decision on `vm`. Each entry point's run starts from a clean VM state (regorus
+    /// resets its registers, rule cache and evaluated values), so a reused VM answers as a
+    /// new one would.
+    fn run(
+        &self,
+        vm: &mut regorus::rvm::RegoVM,
+        input: regorus::Value,
+    ) -> Result<Decision, PolicyError> {
         vm.set_input(input);
         let deny = vm
             .execute_entry_point_by_name(DENY_RULE)

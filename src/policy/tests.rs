@@ -281,3 +281,64 @@ fn a_runaway_policy_hits_the_time_limit() {
         }
     }
 }
+
+/// A thread keeps its VM between evaluations: one request's answer must not leak into the
+/// next request's, in either order, and a failed run must not poison the thread's next one.
+#[test]
+fn a_kept_vm_answers_each_input_as_a_new_one_would() {
+    let p = shipped();
+    let suppress = || {
+        doc(
+            Role::Member,
+            json!({"Workflow": {"Status": "SUPPRESSED"}}),
+            &[("f1", Some("222222222222"), "HIGH")],
+            Enrichment::Complete,
+        )
+    };
+    let raise = || {
+        doc(
+            Role::Member,
+            json!({"Severity": {"Label": "CRITICAL"}}),
+            &[("f1", Some("222222222222"), "HIGH")],
+            Enrichment::Complete,
+        )
+    };
+    for _ in 0..2 {
+        let denied = p.evaluate(suppress()).unwrap();
+        assert!(!denied.allowed());
+        let allowed = p.evaluate(raise()).unwrap();
+        assert!(allowed.allowed(), "{:?}", messages(&allowed));
+        assert!(allowed.warn.is_empty(), "{:?}", allowed.warn);
+    }
+
+    // a failing set evaluated on this thread in between changes nothing for the shipped one
+    let failing = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains \"just a string\" if input.operation\n",
+    )])
+    .unwrap();
+    assert!(failing.evaluate(raise()).is_err());
+    assert!(p.evaluate(raise()).unwrap().allowed());
+    assert!(!p.evaluate(suppress()).unwrap().allowed());
+}
+
+/// A reloaded set gets its own VM: two sets evaluated in turn on one thread each answer with
+/// their own rules, and not with the VM the other one left behind.
+#[test]
+fn sets_evaluated_in_turn_on_one_thread_keep_their_own_rules() {
+    let deny_all = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains {\"msg\": \"closed\", \"finding\": null} if input.operation\n",
+    )])
+    .unwrap();
+    let allow_all = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains {\"msg\": \"never\", \"finding\": null} if false\n",
+    )])
+    .unwrap();
+    let input = || doc(Role::Member, json!({}), &[], Enrichment::Complete);
+    for _ in 0..3 {
+        assert_eq!(messages(&deny_all.evaluate(input()).unwrap()), ["closed"]);
+        assert!(allow_all.evaluate(input()).unwrap().allowed());
+    }
+}
