@@ -81,9 +81,10 @@ pub struct RecordPrincipal {
 #[serde(default)]
 pub struct ProductFindings {
     #[serde(rename = "ProductArn")]
-    pub product_arn: String,
+    pub product_arn: std::sync::Arc<str>,
+    /// Shared with the request's finding keys, not copied.
     #[serde(rename = "Ids", deserialize_with = "erasable")]
-    pub ids: Vec<String>,
+    pub ids: Vec<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

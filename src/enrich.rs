@@ -968,12 +968,12 @@ async fn share_outcomes(
 /// from the chunk's keys: building it as a `serde_json::Value` first cost a tree of
 /// allocations per lookup call.
 pub fn lookup_body<'a>(chunk: &'a [FindingKey], next_token: Option<&'a str>) -> LookupBody<'a> {
-    let mut arns: Vec<&str> = chunk.iter().map(|k| k.product_arn.as_str()).collect();
+    let mut arns: Vec<&str> = chunk.iter().map(|k| &*k.product_arn).collect();
     arns.sort_unstable();
     arns.dedup();
     LookupBody {
         filters: LookupFilters {
-            id: chunk.iter().map(|k| Equals::from(k.id.as_str())).collect(),
+            id: chunk.iter().map(|k| Equals::from(&*k.id)).collect(),
             product_arn: arns.into_iter().map(Equals::from).collect(),
         },
         max_results: 100,
@@ -1050,8 +1050,9 @@ struct LookupPage {
 /// Resources, descriptions and the rest (most of a finding's 2-3 KB) are skipped, never built;
 /// the projected fields are read straight into the policy input's values.
 struct Projected {
-    id: Option<String>,
-    product_arn: Option<String>,
+    id: Option<Arc<str>>,
+    /// The page's one copy of the text, shared by its findings' keys and entries.
+    product_arn: Option<Arc<str>>,
     facts: StateFacts,
     current: BTreeMap<regorus::Value, regorus::Value>,
     bytes: usize,
@@ -1214,7 +1215,7 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let k = key.0.as_ref();
             if k == "Id" {
-                id = Some(map.next_value::<String>()?);
+                id = Some(Arc::from(&*map.next_value::<Key<'de>>()?.0));
                 continue;
             }
             let Some(at) = CURRENT_FIELDS.iter().position(|f| *f == k) else {
@@ -1229,7 +1230,10 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
                 facts.read_member(field, json);
             }
             if field == "ProductArn" {
-                product_arn = built.value.as_string().ok().map(|s| s.to_string());
+                product_arn = match &built.value {
+                    regorus::Value::String(arn) => Some(arn.clone()),
+                    _ => None,
+                };
             }
             bytes += field.len() + 24 + built.bytes;
             current.insert(field_keys()[at].clone(), built.value.clone());
@@ -1246,10 +1250,12 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
 
 impl Projected {
     fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
-        let key = FindingKey::new(self.id?, self.product_arn?);
+        let key = FindingKey {
+            id: self.id?,
+            product_arn: self.product_arn?,
+        };
         let state = CurrentFinding::from_facts(
-            &key.id,
-            &key.product_arn,
+            &key,
             &self.facts,
             regorus::Value::from(self.current),
             self.bytes,

@@ -4,18 +4,22 @@
 //! `Severity.Normalized` and from OCSF's `severity_id`). It imports nothing from the crate, so
 //! any module may use it.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// One finding, as Security Hub names it: its `Id` and the `ProductArn` of the product that
-/// reported it (ids are only unique per product).
+/// reported it (ids are only unique per product). The texts are shared, not owned: a key is
+/// cloned into the lookup queue, the in-flight and waiting maps, the cache and the audit
+/// record, and its texts become the policy input's `id` and `product_arn` as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FindingKey {
-    pub id: String,
-    pub product_arn: String,
+    pub id: Arc<str>,
+    pub product_arn: Arc<str>,
 }
 
 impl FindingKey {
-    pub fn new(id: impl Into<String>, product_arn: impl Into<String>) -> FindingKey {
+    pub fn new(id: impl Into<Arc<str>>, product_arn: impl Into<Arc<str>>) -> FindingKey {
         FindingKey {
             id: id.into(),
             product_arn: product_arn.into(),

@@ -30,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_default();
     assert_eq!(found.len(), findings.len(), "findings with a key");
     for ((key, got), f) in found.iter().zip(findings) {
-        assert_eq!(f["Id"].as_str(), Some(key.id.as_str()));
-        assert_eq!(f["ProductArn"].as_str(), Some(key.product_arn.as_str()));
+        assert_eq!(f["Id"].as_str(), Some(&*key.id));
+        assert_eq!(f["ProductArn"].as_str(), Some(&*key.product_arn));
         let expected = CurrentFinding::new(&key.id, &key.product_arn, f);
         assert_eq!(got.entry, expected.entry);
         assert_eq!(got.account_id, expected.account_id);

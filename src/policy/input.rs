@@ -588,8 +588,8 @@ pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Map<String, V
         }
         Some(f) => {
             return StateFacts::read(f).entry(
-                id,
-                product_arn,
+                RValue::from(id),
+                RValue::from(product_arn),
                 RValue::from(Value::Object(f.clone())),
             );
         }
@@ -644,11 +644,11 @@ impl StateFacts {
 
     /// The finding entry (see `finding_entry`) with `current`, the projected fields as the
     /// policy input holds them.
-    pub fn entry(&self, id: &str, product_arn: &str, current: RValue) -> RValue {
+    pub fn entry(&self, id: RValue, product_arn: RValue, current: RValue) -> RValue {
         let k = keys();
         let mut entry = BTreeMap::new();
-        entry.insert(k.id.clone(), RValue::from(id));
-        entry.insert(k.product_arn.clone(), RValue::from(product_arn));
+        entry.insert(k.id.clone(), id);
+        entry.insert(k.product_arn.clone(), product_arn);
         entry.insert(k.account_id.clone(), opt_str(self.account_id.as_deref()));
         entry.insert(k.severity_label.clone(), opt_str(self.severity_label));
         entry.insert(
@@ -895,22 +895,14 @@ impl Document {
             // null.
             _ => {
                 let k = self::keys();
-                let mut arn: Option<(&str, RValue)> = None;
                 let claimed_key = RValue::from("claimed_account_id");
                 keys.iter()
                     .enumerate()
                     .map(|(i, FindingKey { id, product_arn })| {
-                        let arn_value = match &arn {
-                            Some((a, v)) if *a == product_arn.as_str() => v.clone(),
-                            _ => {
-                                let v = RValue::from(product_arn.as_str());
-                                arn = Some((product_arn.as_str(), v.clone()));
-                                v
-                            }
-                        };
+                        // the key's own texts: a policy string is the same shared str
                         let mut entry = BTreeMap::new();
-                        entry.insert(k.id.clone(), RValue::from(id.as_str()));
-                        entry.insert(k.product_arn.clone(), arn_value);
+                        entry.insert(k.id.clone(), RValue::String(id.clone()));
+                        entry.insert(k.product_arn.clone(), RValue::String(product_arn.clone()));
                         if let Some(Some(account)) = claimed_accounts.get(i) {
                             entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
                         }

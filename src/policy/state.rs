@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::input::{Patch, StateFacts};
+use crate::finding::FindingKey;
 
 /// A finding's current state, already in the shape the policy input needs: converting it
 /// once here, not on every request that targets it, is what keeps decisions cheap.
@@ -21,22 +22,35 @@ impl CurrentFinding {
         let projected = super::input::project(finding);
         let facts = StateFacts::read(&projected);
         let current = regorus::Value::from(Value::Object(projected));
-        let bytes = approximate_size(&current);
-        Self::from_facts(id, product_arn, &facts, current, bytes)
+        let bytes = approximate_size(&current) + id.len() + product_arn.len();
+        CurrentFinding {
+            entry: facts.entry(
+                regorus::Value::from(id),
+                regorus::Value::from(product_arn),
+                current,
+            ),
+            account_id: facts.account_id.clone(),
+            severity_rank: facts.severity_rank(),
+            bytes,
+        }
     }
 
+    /// The state of the finding `key` names; its entry shares the key's texts.
     pub(crate) fn from_facts(
-        id: &str,
-        product_arn: &str,
+        key: &FindingKey,
         facts: &StateFacts,
         current: regorus::Value,
         bytes: usize,
     ) -> CurrentFinding {
         CurrentFinding {
-            entry: facts.entry(id, product_arn, current),
+            entry: facts.entry(
+                regorus::Value::String(key.id.clone()),
+                regorus::Value::String(key.product_arn.clone()),
+                current,
+            ),
             account_id: facts.account_id.clone(),
             severity_rank: facts.severity_rank(),
-            bytes: id.len() + product_arn.len() + bytes,
+            bytes: key.id.len() + key.product_arn.len() + bytes,
         }
     }
 
