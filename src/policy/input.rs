@@ -315,7 +315,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    FindingKey::new(id.clone(), product_arn.clone()),
+                    FindingKey::new(id.as_str(), product_arn.as_str()),
                     None,
                 );
             }
@@ -419,7 +419,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    FindingKey::new(finding_info_uid.clone(), metadata_product_uid.clone()),
+                    FindingKey::new(finding_info_uid.as_str(), metadata_product_uid.as_str()),
                     Some(cloud_account_uid.clone()),
                 );
             }
@@ -427,7 +427,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    FindingKey::new(uid.clone(), String::new()),
+                    FindingKey::new(uid.as_str(), ""),
                     None,
                 );
             }
@@ -478,7 +478,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 push_key(
                     &mut keys,
                     &mut claims,
-                    FindingKey::new(f.id.clone(), f.product_arn.clone()),
+                    FindingKey::new(f.id.as_str(), f.product_arn.as_str()),
                     Some(f.aws_account_id.clone()),
                 );
                 for member in f.members_set() {
