@@ -3,19 +3,16 @@
 //! reader or the decision path shows here first (`cargo bench --bench allocations`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hubgate::decide::judge;
 use hubgate::enrich::{lookup_body, read_page, FindingKey};
-use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::{self, Enrichment};
-use hubgate::policy::PolicySet;
 use hubgate::request::Judged;
 
 mod support;
-use support::{body, current, facts_for, MapState};
+use support::{body, current, facts_for, member, shipped, MapState};
 
 /// The system allocator, counting: each allocation and reallocation, and the bytes asked for.
 struct Counting;
@@ -76,14 +73,7 @@ fn main() {
         count(|| serde_json::to_vec(&lookup_body(&keys, None)).expect("serialises")),
     ));
 
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let policy = PolicySet::load(&dir, Duration::from_secs(1)).expect("shipped policies load");
-    let principal = Principal {
-        id: "soar-runner".into(),
-        account_id: "222222222222".into(),
-        role: Role::Member,
-        attributes: Default::default(),
-    };
+    let (policy, principal) = (shipped(), member());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");

@@ -3,30 +3,20 @@
 //! every finding's current state, and evaluation of the shipped policies.
 
 use std::hint::black_box;
-use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use hubgate::decide::judge;
 use hubgate::enrich::FindingKey;
-use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::{self, Enrichment};
-use hubgate::policy::PolicySet;
 use hubgate::request::Judged;
 
 mod support;
-use support::{body, current, facts_for, MapState};
+use support::{body, current, facts_for, member, shipped, MapState};
 
 fn decision(c: &mut Criterion) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    let policy = PolicySet::load(&dir, Duration::from_secs(1)).expect("shipped policies load");
-    let principal = Principal {
-        id: "soar-runner".into(),
-        account_id: "222222222222".into(),
-        role: Role::Member,
-        attributes: Default::default(),
-    };
+    let (policy, principal) = (shipped(), member());
     let mut group = c.benchmark_group("decision");
     for n in [1usize, 100] {
         let raw = body(n);

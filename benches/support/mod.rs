@@ -2,14 +2,17 @@
 //! (the decision path without the network) and the request facts the proxy would pass.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use hubgate::decide::{FindingState, Lookup, LookupFailure};
 use hubgate::enrich::{CurrentFinding, FindingKey};
-use hubgate::identity::Principal;
+use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::RequestFacts;
+use hubgate::policy::PolicySet;
 
 const ARN: &str = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
 
@@ -75,5 +78,21 @@ pub fn facts_for(principal: &Principal) -> RequestFacts<'_> {
         source_ip: "127.0.0.1".into(),
         request_id: "bench",
         time: "2026-11-24T00:00:00Z".into(),
+    }
+}
+
+/// The shipped policy set, as `hubgate serve` loads it by default.
+pub fn shipped() -> PolicySet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    PolicySet::load(&dir, Duration::from_secs(1)).expect("shipped policies load")
+}
+
+/// The member caller every bench decides for.
+pub fn member() -> Principal {
+    Principal {
+        id: "soar-runner".into(),
+        account_id: "222222222222".into(),
+        role: Role::Member,
+        attributes: Default::default(),
     }
 }
