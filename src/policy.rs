@@ -326,7 +326,8 @@ impl PolicySet {
                     // A failed run (a timeout, a bad rule) leaves no VM behind to reason about.
                     *slot = None;
                 } else {
-                    // The input is the request's; the thread keeps the VM, not the request.
+                    // The input is the request's: released now, not when this thread next
+                    // evaluates (values the run left in its registers go then).
                     vm.set_input(regorus::Value::Null);
                 }
                 decision

@@ -22,17 +22,8 @@ impl CurrentFinding {
         let projected = super::input::project(finding);
         let facts = StateFacts::read(&projected);
         let current = regorus::Value::from(Value::Object(projected));
-        let bytes = approximate_size(&current) + id.len() + product_arn.len();
-        CurrentFinding {
-            entry: facts.entry(
-                regorus::Value::from(id),
-                regorus::Value::from(product_arn),
-                current,
-            ),
-            account_id: facts.account_id.clone(),
-            severity_rank: facts.severity_rank(),
-            bytes,
-        }
+        let bytes = approximate_size(&current);
+        Self::from_facts(&FindingKey::new(id, product_arn), &facts, current, bytes)
     }
 
     /// The state of the finding `key` names; its entry shares the key's texts.
