@@ -395,7 +395,12 @@ impl Upstream {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T, UpstreamError> {
-        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        // Never an empty body signed in its place: a body that cannot be written is hubgate's
+        // fault, answered as one, and nothing is sent.
+        let bytes = Bytes::from(
+            serde_json::to_vec(body)
+                .map_err(|e| UpstreamError::local("serialise the request body", e))?,
+        );
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,

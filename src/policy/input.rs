@@ -568,33 +568,19 @@ fn opt_str(v: Option<&str>) -> RValue {
 }
 
 /// One finding targeted by the request, as policies see it. Built once per finding state and
-/// cached with it by enrichment; only findings with no known state are built per request.
-pub fn finding_entry(id: &str, product_arn: &str, current: Option<&Map<String, Value>>) -> RValue {
-    let k = keys();
-    let mut entry = BTreeMap::new();
-    entry.insert(k.id.clone(), RValue::from(id));
-    entry.insert(k.product_arn.clone(), RValue::from(product_arn));
+/// cached with it by enrichment; only findings with no known state are built per request. Not
+/// found (`None`): every fact and `current` are null, from the same builder as a found one.
+pub fn finding_entry(key: &FindingKey, current: Option<&Map<String, Value>>) -> RValue {
+    let (id, product_arn) = (
+        RValue::String(key.id.clone()),
+        RValue::String(key.product_arn.clone()),
+    );
     match current {
-        None => {
-            for key in [
-                &k.account_id,
-                &k.severity_label,
-                &k.severity_rank,
-                &k.workflow_status,
-                &k.current,
-            ] {
-                entry.insert(key.clone(), RValue::Null);
-            }
-        }
+        None => StateFacts::default().entry(id, product_arn, RValue::Null),
         Some(f) => {
-            return StateFacts::read(f).entry(
-                RValue::from(id),
-                RValue::from(product_arn),
-                RValue::from(Value::Object(f.clone())),
-            );
+            StateFacts::read(f).entry(id, product_arn, RValue::from(Value::Object(f.clone())))
         }
     }
-    RValue::from(entry)
 }
 
 /// The facts of a finding entry, read from the stored finding's JSON members (AwsAccountId,
@@ -886,7 +872,7 @@ impl Document {
                     }
                     None => {
                         summary.missing += 1;
-                        finding_entry(&key.id, &key.product_arn, None)
+                        finding_entry(key, None)
                     }
                 })
                 .collect(),
@@ -1084,7 +1070,7 @@ mod tests {
     fn a_processed_update_is_laid_over_cached_state() {
         let f = json!({"AwsAccountId": "222222222222", "Severity": {"Label": "HIGH", "Normalized": 70, "Original": "7"},
                        "Workflow": {"Status": "NEW"}, "Note": {"Text": "old", "UpdatedBy": "a"}});
-        let entry = finding_entry("f", "p", Some(&project(&f)));
+        let entry = finding_entry(&FindingKey::new("f", "p"), Some(&project(&f)));
         let u = update_for(
             Judged::BatchUpdateFindings,
             &buf(
@@ -1124,7 +1110,7 @@ mod tests {
     fn an_update_already_held_is_recognised_and_any_difference_is_not() {
         let f = json!({"AwsAccountId": "222222222222", "Severity": {"Label": "HIGH", "Normalized": 70},
                        "Workflow": {"Status": "NEW"}, "Note": {"Text": "old", "UpdatedBy": "a"}});
-        let entry = finding_entry("f", "p", Some(&project(&f)));
+        let entry = finding_entry(&FindingKey::new("f", "p"), Some(&project(&f)));
         let patch = |extra: Value| {
             update_for(Judged::BatchUpdateFindings, &buf(extra))
                 .unwrap()
@@ -1146,7 +1132,7 @@ mod tests {
         // Normalized 70 stayed with HIGH: setting the label without it must remove it
         assert!(!patch(json!({"Severity": {"Label": "HIGH"}})).holds(&entry));
         // a finding with no known state never holds an update
-        assert!(!p.holds(&finding_entry("f", "p", None)));
+        assert!(!p.holds(&finding_entry(&FindingKey::new("f", "p"), None)));
     }
     #[test]
     fn repeated_identifiers_name_one_finding() {
@@ -1160,7 +1146,11 @@ mod tests {
     fn current_state_is_projected_and_ranked() {
         let f = json!({"AwsAccountId": "222222222222", "Severity": {"Normalized": 75},
                        "Workflow": {"Status": "NEW"}, "Resources": [{"Id": "big"}]});
-        let e: Value = serde_json::to_value(finding_entry("f", "p", Some(&project(&f)))).unwrap();
+        let e: Value = serde_json::to_value(finding_entry(
+            &FindingKey::new("f", "p"),
+            Some(&project(&f)),
+        ))
+        .unwrap();
         assert_eq!(e["Id"], "f");
         assert_eq!(e["account_id"], "222222222222");
         assert_eq!(e["severity_label"], "HIGH");
@@ -1168,7 +1158,8 @@ mod tests {
         assert_eq!(e["workflow_status"], "NEW");
         assert!(e["current"].get("Resources").is_none());
         assert_eq!(e["current"]["Severity"]["Normalized"], 75);
-        let e: Value = serde_json::to_value(finding_entry("f", "p", None)).unwrap();
+        let e: Value =
+            serde_json::to_value(finding_entry(&FindingKey::new("f", "p"), None)).unwrap();
         assert_eq!(e["current"], Value::Null);
         assert_eq!(e["severity_rank"], Value::Null);
     }
