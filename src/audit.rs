@@ -6,6 +6,7 @@ pub mod chain;
 pub mod ocsf;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ pub enum AuditError {
     Unavailable(String),
 }
 
-/// The decision record, version 1: one per request, whatever its outcome. README's "The
+/// The decision record, version 2: one per request, whatever its outcome. README's "The
 /// decision record" table documents these fields (a test keeps the two equal); the writer adds
 /// `chain`, and `input` and `erased` when they apply. On disk the keys are sorted, as
 /// `serde_json::Value` keeps them, so the field order here is free.
@@ -97,13 +98,78 @@ pub struct Verdict {
     pub warnings: Vec<RecordViolation>,
 }
 
-/// One violation or warning of the policy: its message and the finding it names, if any.
+/// One message of the policy's violations (or warnings) and the findings it names. Grouped by
+/// message and naming findings by their place in the record's `findings`, so a lowering refused
+/// on 100 findings is one entry of 100 small numbers, and the record stays no larger than the
+/// request whatever the identifiers' length.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecordViolation {
     pub msg: String,
-    /// `{"Id", "ProductArn"}`, or null for a whole-request violation.
-    pub finding: Option<Value>,
+    /// Places, counted from 0 across the Ids of every group of the record's `findings` in
+    /// order, of the findings the message names; null for a whole-request violation.
+    #[serde(deserialize_with = "places")]
+    pub findings: Option<Vec<usize>>,
+    /// Findings the policy named that the request does not, `{"Id", "ProductArn"}` as the policy
+    /// gave them; absent when there are none (the shipped policies never name one).
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "erasable")]
+    pub unlisted: Vec<Value>,
+}
+
+/// Groups a verdict's `(msg, finding)` pairs by message, in order of first appearance, naming
+/// each finding by its place in `findings`. A message that is both a whole-request violation
+/// and a per-finding one gets an entry for each, so null keeps meaning "the whole request".
+pub fn group_violations(
+    violations: impl IntoIterator<Item = (String, Option<Value>)>,
+    findings: &[ProductFindings],
+) -> Vec<RecordViolation> {
+    let mut places: Option<HashMap<(&str, &str), usize>> = None;
+    let mut out: Vec<RecordViolation> = Vec::new();
+    for (msg, finding) in violations {
+        let whole = finding.is_none();
+        let at = match out
+            .iter()
+            .position(|v| v.msg == msg && v.findings.is_none() == whole)
+        {
+            Some(at) => at,
+            None => {
+                out.push(RecordViolation {
+                    msg,
+                    findings: (!whole).then(Vec::new),
+                    unlisted: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let Some(finding) = finding else { continue };
+        let places = places.get_or_insert_with(|| finding_places(findings));
+        let key = finding
+            .get("Id")
+            .and_then(Value::as_str)
+            .zip(finding.get("ProductArn").and_then(Value::as_str));
+        let entry = &mut out[at];
+        match key.and_then(|(id, arn)| places.get(&(id, arn))) {
+            Some(&place) => entry.findings.get_or_insert_with(Vec::new).push(place),
+            None => entry.unlisted.push(finding),
+        }
+    }
+    for entry in &mut out {
+        if let Some(places) = &mut entry.findings {
+            places.sort_unstable();
+            places.dedup();
+        }
+    }
+    out
+}
+
+/// Each finding's place in the record's `findings`, as `group_violations` names it.
+fn finding_places(findings: &[ProductFindings]) -> HashMap<(&str, &str), usize> {
+    findings
+        .iter()
+        .flat_map(|g| g.ids.iter().map(move |id| (&**id, &*g.product_arn)))
+        .enumerate()
+        .map(|(place, key)| (key, place))
+        .collect()
 }
 
 /// The envelope hubgate answered with.
@@ -130,6 +196,15 @@ pub struct RecordMetrics {
     pub timer_upstream_ns: u64,
     pub counter_lookup_calls: usize,
     pub counter_cache_hits: usize,
+}
+
+/// A masked place reads as absent, not as 0, which would name another finding.
+fn places<'de, D>(deserializer: D) -> Result<Option<Vec<usize>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<Vec<Option<usize>>>::deserialize(deserializer)?
+        .map(|places| places.into_iter().flatten().collect()))
 }
 
 /// Masking turns an array element into `null`; read back, that element is its type's default
@@ -563,9 +638,82 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn groups(products: &[(&str, &[&str])]) -> Vec<ProductFindings> {
+        products
+            .iter()
+            .map(|(arn, ids)| ProductFindings {
+                product_arn: (*arn).into(),
+                ids: ids.iter().map(|id| (*id).into()).collect(),
+            })
+            .collect()
+    }
+
+    fn named(msg: &str, id: &str, arn: &str) -> (String, Option<Value>) {
+        (msg.into(), Some(json!({"Id": id, "ProductArn": arn})))
+    }
+
+    #[test]
+    fn violations_are_grouped_by_message_and_name_findings_by_place() {
+        let findings = groups(&[("p1", &["a", "b"]), ("p2", &["a", "c"])]);
+        let grouped = group_violations(
+            vec![
+                named("lower", "c", "p2"),
+                ("suppress".to_string(), None),
+                named("lower", "a", "p1"),
+                named("lower", "a", "p2"),
+                named("foreign", "b", "p1"),
+                named("lower", "z", "p1"),
+                ("lower".to_string(), None),
+            ],
+            &findings,
+        );
+        let json = serde_json::to_value(&grouped).unwrap();
+        assert_eq!(
+            json,
+            json!([
+                // the same Id under another product is another finding, another place
+                {"msg": "lower", "findings": [0, 2, 3],
+                 "unlisted": [{"Id": "z", "ProductArn": "p1"}]},
+                {"msg": "suppress", "findings": null},
+                {"msg": "foreign", "findings": [1]},
+                // a whole-request violation keeps its own entry, with null findings
+                {"msg": "lower", "findings": null},
+            ])
+        );
+    }
+
+    #[test]
+    fn a_refusal_of_100_long_identifiers_costs_a_few_bytes_a_finding() {
+        let arn = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
+        let ids: Vec<String> = (0..100)
+            .map(|i| format!("arn:aws:securityhub:us-east-1:111122223333:subscription/aws-foundational-security-best-practices/v/1.0.0/S3.1/finding/{i:036}"))
+            .collect();
+        let findings = vec![ProductFindings {
+            product_arn: arn.into(),
+            ids: ids.iter().map(|id| id.as_str().into()).collect(),
+        }];
+        let msg = "member accounts may not lower a finding's severity (HIGH to LOW)";
+        let grouped = group_violations(ids.iter().map(|id| named(msg, id, arn)), &findings);
+        assert_eq!(grouped.len(), 1);
+        assert_eq!(grouped[0].findings, Some((0..100).collect::<Vec<_>>()));
+        let bytes = serde_json::to_vec(&grouped).unwrap().len();
+        // one message and 100 places; each identifier alone is 150 bytes
+        assert!(bytes < msg.len() + 100 * 4 + 40, "{bytes}");
+    }
+
+    #[test]
+    fn a_masked_place_reads_as_absent_not_as_another_finding() {
+        let back: RecordViolation =
+            serde_json::from_value(json!({"msg": "m", "findings": [0, null, 2]})).unwrap();
+        assert_eq!(back.findings, Some(vec![0, 2]));
+        let whole: RecordViolation =
+            serde_json::from_value(json!({"msg": "m", "findings": null})).unwrap();
+        assert_eq!(whole.findings, None);
+    }
+
     fn sample_record() -> Record {
         Record {
-            record_version: 1,
+            record_version: 2,
             decision_id: "d".into(),
             timestamp: "2026-11-24T03:11:19Z".into(),
             path: "hubgate/deny".into(),
@@ -613,7 +761,7 @@ mod tests {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
             .expect("README.md");
         let start = readme
-            .find("### The decision record (version 1)")
+            .find("### The decision record (version ")
             .expect("README documents the decision record");
         let table = &readme[start..];
         let table = &table[table
@@ -667,7 +815,7 @@ mod tests {
                 allow: false,
                 violations: vec![RecordViolation {
                     msg: "no".into(),
-                    finding: None,
+                    ..RecordViolation::default()
                 }],
                 warnings: vec![],
             },
@@ -699,11 +847,12 @@ mod tests {
                 allow: false,
                 violations: vec![RecordViolation {
                     msg: "violation-message".into(),
-                    finding: Some(json!({"Id": "violation-id", "ProductArn": "violation-arn"})),
+                    findings: Some(vec![1]),
+                    unlisted: vec![json!({"Id": "violation-id", "ProductArn": "violation-arn"})],
                 }],
                 warnings: vec![RecordViolation {
                     msg: "warning-message".into(),
-                    finding: None,
+                    ..RecordViolation::default()
                 }],
             },
             error: Some(RecordError {

@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{
-    AuditLog, Entry, Partial, ProductFindings, Record, RecordError, RecordMetrics, RecordPrincipal,
-    RecordViolation, Slot, Verdict,
+    group_violations, AuditLog, Entry, Partial, ProductFindings, Record, RecordError,
+    RecordMetrics, RecordPrincipal, Slot, Verdict,
 };
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{judge, JudgeError, Judgement, LookupError};
@@ -1077,19 +1077,16 @@ fn record(
         Some(d) => d.allowed(),
         None => error.is_none(),
     };
-    let recorded = |v: Violation| RecordViolation {
-        msg: v.msg,
-        finding: v.finding,
-    };
+    let pairs = |v: Vec<Violation>| v.into_iter().map(|v| (v.msg, v.finding));
     let (violations, warnings) = match trail.decision {
         Some(d) => (
-            d.deny.into_iter().map(recorded).collect(),
-            d.warn.into_iter().map(recorded).collect(),
+            group_violations(pairs(d.deny), &trail.findings),
+            group_violations(pairs(d.warn), &trail.findings),
         ),
         None => (Vec::new(), Vec::new()),
     };
     Record {
-        record_version: 1,
+        record_version: 2,
         decision_id: received.decision_id.clone(),
         timestamp: now_rfc3339(),
         path: "hubgate/deny".into(),

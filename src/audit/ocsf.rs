@@ -199,7 +199,7 @@ mod tests {
                 } else {
                     vec![RecordViolation {
                         msg: "no".into(),
-                        finding: None,
+                        ..RecordViolation::default()
                     }]
                 },
                 warnings: vec![],

@@ -347,6 +347,14 @@ def header(record: dict, name: str) -> str | None:
     return None
 
 
+def named_findings(record: dict, entry: dict) -> list[dict]:
+    """The findings one grouped violation (or warning) of a decision record names, as
+    `{"Id", "ProductArn"}`: its places in the record's `findings` (counted across the Ids of
+    every product group, in order), then the findings the request did not name."""
+    flat = [{"Id": i, "ProductArn": g["ProductArn"]} for g in record["findings"] for i in g["Ids"]]
+    return [flat[p] for p in entry["findings"] or []] + entry.get("unlisted", [])
+
+
 # ---------------------------------------------------------------------------
 # hubgate
 

@@ -16,6 +16,7 @@ from helpers import (
     decision_id_of_boto,
     header,
     ident,
+    named_findings,
 )
 
 SUPPRESS = "member accounts may not suppress findings"
@@ -247,8 +248,9 @@ def test_member_batch_with_one_foreign_finding_is_rejected_whole(hubgate):
     only_lookups(hubgate.fake)
     assert hubgate.fake.findings()["f-own-high"]["Severity"]["Label"] == "HIGH"
     rec = hubgate.audit_for(err.response["ResponseMetadata"]["RequestId"])
-    denied = [v["finding"] for v in rec["result"]["violations"] if v.get("finding")]
-    assert {"Id": "f-other", "ProductArn": PRODUCT_ARN} in denied
+    denied = {v["msg"]: named_findings(rec, v) for v in rec["result"]["violations"]}
+    # grouped by message: the one foreign finding is named, the member's own one is not
+    assert denied[OWN_ACCOUNT] == [{"Id": "f-other", "ProductArn": PRODUCT_ARN}], denied
 
 
 def test_denial_message_names_each_reason_once(hubgate):
