@@ -1054,7 +1054,9 @@ struct Projected {
     /// The page's one copy of the text, shared by its findings' keys and entries.
     product_arn: Option<Arc<str>>,
     facts: StateFacts,
-    current: BTreeMap<regorus::Value, regorus::Value>,
+    /// By position in CURRENT_FIELDS, which is in key order: the object is built from them
+    /// in one pass, with no search per member.
+    current: [Option<regorus::Value>; CURRENT_FIELDS.len()],
     bytes: usize,
 }
 
@@ -1062,9 +1064,11 @@ struct Projected {
 /// findings of one lookup mostly share their product, generator, types, compliance, severity
 /// and workflow; identical text builds an identical value, so it is built once per page and
 /// shared (regorus values are reference counted), rather than allocated again per finding.
+/// Hashed with foldhash, seeded per memo: every projected member of every finding is hashed
+/// here, and SipHash was most of the memo's cost; the texts are bounded by the page.
 #[derive(Default)]
 struct PageMemo<'de> {
-    built: std::collections::HashMap<&'de str, Built>,
+    built: std::collections::HashMap<&'de str, Built, foldhash::fast::RandomState>,
 }
 
 struct Built {
@@ -1118,16 +1122,16 @@ impl<'de> serde::Deserialize<'de> for LookupPage {
                 let (mut findings, mut next_token) = (None, None);
                 while let Some(key) = map.next_key::<Key<'de>>()? {
                     match key.0.as_ref() {
-                        "Findings" if findings.is_some() => {
+                        b"Findings" if findings.is_some() => {
                             return Err(serde::de::Error::duplicate_field("Findings"))
                         }
-                        "Findings" => {
+                        b"Findings" => {
                             findings = Some(map.next_value_seed(FindingsSeed(&mut memo))?)
                         }
-                        "NextToken" if next_token.is_some() => {
+                        b"NextToken" if next_token.is_some() => {
                             return Err(serde::de::Error::duplicate_field("NextToken"))
                         }
-                        "NextToken" => next_token = Some(map.next_value::<Option<String>>()?),
+                        b"NextToken" => next_token = Some(map.next_value::<Option<String>>()?),
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -1144,9 +1148,11 @@ impl<'de> serde::Deserialize<'de> for LookupPage {
     }
 }
 
-/// An object key, borrowed from the answer unless it has escapes. serde's own `Cow<str>`
-/// always allocates, which was one allocation per member of every looked-up finding.
-struct Key<'de>(std::borrow::Cow<'de, str>);
+/// An object key as its unescaped bytes, borrowed from the answer unless it has escapes.
+/// serde's own `Cow<str>` always allocates, which was one allocation per member of every
+/// looked-up finding; and a key is only compared with the few names hubgate reads, so its
+/// UTF-8 need not be checked (an invalid one matches none and is skipped with its value).
+struct Key<'de>(std::borrow::Cow<'de, [u8]>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
@@ -1156,11 +1162,34 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an object key")
             }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(s)))
+            fn visit_borrowed_bytes<E>(self, b: &'de [u8]) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(b)))
             }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(s.to_owned())))
+            fn visit_bytes<E>(self, b: &[u8]) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(b.to_owned())))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A string value, borrowed from the answer unless it has escapes; unlike a key it is read as
+/// JSON text, checked as UTF-8 and for control characters.
+struct Text<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(s.to_owned())))
             }
         }
         d.deserialize_str(V)
@@ -1208,17 +1237,17 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Projected, A::Error> {
         let memo = self.0;
         let (mut id, mut product_arn) = (None, None);
-        let mut current = BTreeMap::new();
+        let mut current: [Option<regorus::Value>; CURRENT_FIELDS.len()] = Default::default();
         // The members the entry's facts come from are read as JSON (see StateFacts).
         let mut facts = StateFacts::default();
         let mut bytes = 0;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let k = key.0.as_ref();
-            if k == "Id" {
-                id = Some(Arc::from(&*map.next_value::<Key<'de>>()?.0));
+            if k == b"Id" {
+                id = Some(Arc::from(&*map.next_value::<Text<'de>>()?.0));
                 continue;
             }
-            let Some(at) = CURRENT_FIELDS.iter().position(|f| *f == k) else {
+            let Some(at) = CURRENT_FIELDS.iter().position(|f| f.as_bytes() == k) else {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             };
@@ -1236,7 +1265,7 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
                 };
             }
             bytes += field.len() + 24 + built.bytes;
-            current.insert(field_keys()[at].clone(), built.value.clone());
+            current[at] = Some(built.value.clone());
         }
         Ok(Projected {
             id,
@@ -1254,10 +1283,16 @@ impl Projected {
             id: self.id?,
             product_arn: self.product_arn?,
         };
+        // In key order already, so the map is built without a search per member.
+        let current: BTreeMap<regorus::Value, regorus::Value> = field_keys()
+            .iter()
+            .zip(self.current)
+            .filter_map(|(k, v)| Some((k.clone(), v?)))
+            .collect();
         let state = CurrentFinding::from_facts(
             &key,
             &self.facts,
-            regorus::Value::from(self.current),
+            regorus::Value::from(current),
             self.bytes,
         );
         Some((key, state))
@@ -1353,6 +1388,30 @@ mod tests {
                 .get(&"Resources".into())
                 .is_none());
         }
+    }
+
+    /// Member names are matched as their unescaped bytes: an escaped name is still the member
+    /// it spells, a name that is not UTF-8 matches nothing and is skipped, and the Id, a value,
+    /// is still checked as text.
+    #[test]
+    fn member_names_match_unescaped_and_only_values_are_checked_as_text() {
+        let with_ff = |before: &[u8], after: &[u8]| [before, &[0xff_u8][..], after].concat();
+        let page = with_ff(
+            br#"{"Findings": [{"Id": "f\u0031", "Product\u0041rn": "p",
+                "Sever\u0069ty": {"Label": "HIGH"}, "X"#,
+            br#"": {"Label": "LOW"}, "AwsAccountId": "1"}]}"#,
+        );
+        let page = read_page(&page).unwrap();
+        let [(key, f)] = <[_; 1]>::try_from(page.findings).ok().unwrap();
+        assert_eq!((&*key.id, &*key.product_arn), ("f1", "p"));
+        assert_eq!(f.severity_rank, Some(3));
+        assert_eq!(
+            f.entry["current"]["Severity"]["Label"],
+            regorus::Value::from("HIGH")
+        );
+        assert_eq!(f.account_id.as_deref(), Some("1"));
+        let bad_id = with_ff(br#"{"Findings": [{"Id": "f"#, br#"", "ProductArn": "p"}]}"#);
+        assert!(read_page(&bad_id).is_err());
     }
 
     /// Findings of one page that share a member's text share its built value, and each still
