@@ -76,9 +76,73 @@ struct State {
     in_flight: HashMap<FindingKey, Arc<CallProgress>>,
     /// Bumped by every write: a lookup that started before it must not cache what it read.
     generation: u64,
+    /// The generation of each finding's last write, kept while a batch that began before it
+    /// is in flight: the batch must not cache what it read for that finding, but may for the
+    /// others. A generation check alone dropped the answers of every batch that overlapped a
+    /// write to any finding, so concurrent bulk requests kept looking the same findings up.
+    written: HashMap<FindingKey, u64>,
+    /// The generation of the last write that may have touched every finding.
+    cleared: u64,
+    /// Batches in flight, by the generation they began at.
+    batches: BTreeMap<u64, usize>,
     /// Queued findings whose shared claim is already settled (handed over by a replica that
     /// gave up on them): the shared generation and write count to store against, if any.
     preclaimed: HashMap<FindingKey, Option<(String, String)>>,
+}
+
+impl State {
+    /// `keys` were written to (or evicted).
+    fn wrote<'k>(&mut self, keys: impl IntoIterator<Item = &'k FindingKey>) {
+        self.generation += 1;
+        // With no batch in flight, every later batch begins after this write.
+        if !self.batches.is_empty() {
+            for key in keys {
+                self.written.insert(key.clone(), self.generation);
+            }
+        }
+    }
+
+    /// A write touched findings hubgate cannot name.
+    fn wrote_all(&mut self) {
+        self.generation += 1;
+        self.cleared = self.generation;
+    }
+
+    /// Whether what a batch that began at `since` read for `key` may be cached.
+    fn unwritten_since(&self, key: &FindingKey, since: u64) -> bool {
+        self.cleared <= since && self.written.get(key).is_none_or(|at| *at <= since)
+    }
+
+    fn batch_began(&mut self) -> u64 {
+        *self.batches.entry(self.generation).or_default() += 1;
+        self.generation
+    }
+
+    fn batch_ended(&mut self, began: u64) {
+        if let Some(n) = self.batches.get_mut(&began) {
+            *n -= 1;
+            if *n == 0 {
+                self.batches.remove(&began);
+            }
+        }
+        match self.batches.first_key_value() {
+            None => self.written.clear(),
+            Some((&oldest, _)) => self.written.retain(|_, at| *at > oldest),
+        }
+    }
+}
+
+/// One batch of lookups in flight, from the generation it began at; ends when dropped, so a
+/// batch whose task ends early still lets `written` shrink.
+struct Batch {
+    inner: Arc<Inner>,
+    began: u64,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.inner.lock().batch_ended(self.began);
+    }
 }
 
 struct Inner {
@@ -230,7 +294,7 @@ impl Enricher {
         coord.on_fallback(move || {
             if let Some(inner) = weak.upgrade() {
                 let mut st = inner.lock();
-                st.generation += 1;
+                st.wrote_all();
                 st.cache.clear();
                 st.bytes = 0;
                 inner.report(&st);
@@ -432,7 +496,7 @@ impl Enricher {
         let mut writes = Vec::with_capacity(processed.len());
         {
             let mut st = self.inner.lock();
-            st.generation += 1;
+            st.wrote(processed);
             let now = Instant::now();
             for key in processed {
                 if !sharing {
@@ -504,7 +568,7 @@ impl Enricher {
     pub async fn evict(&self, keys: &[FindingKey]) {
         {
             let mut st = self.inner.lock();
-            st.generation += 1;
+            st.wrote(keys);
             for key in keys {
                 self.inner.remove(&mut st, key);
             }
@@ -528,7 +592,7 @@ impl Enricher {
     pub async fn evict_all(&self) {
         {
             let mut st = self.inner.lock();
-            st.generation += 1;
+            st.wrote_all();
             st.cache.clear();
             st.bytes = 0;
             self.inner.report(&st);
@@ -568,7 +632,7 @@ async fn drive(inner: Arc<Inner>) {
             calls: AtomicUsize::new(0),
             throttled: AtomicBool::new(false),
         });
-        let (chunk, generation) = {
+        let (chunk, batch) = {
             let mut st = inner.lock();
             let mut chunk = Vec::with_capacity(IDS_PER_LOOKUP);
             while chunk.len() < IDS_PER_LOOKUP {
@@ -578,13 +642,20 @@ async fn drive(inner: Arc<Inner>) {
                 st.in_flight.insert(key.clone(), progress.clone());
                 chunk.push(key);
             }
-            (chunk, st.generation)
+            if chunk.is_empty() {
+                continue;
+            }
+            let began = st.batch_began();
+            (
+                chunk,
+                Batch {
+                    inner: inner.clone(),
+                    began,
+                },
+            )
         };
-        if chunk.is_empty() {
-            continue;
-        }
         let (chunk, claims) = match inner.coord.clone() {
-            Some(coord) => claim_chunk(&inner, &coord, chunk, generation, &progress).await,
+            Some(coord) => claim_chunk(&inner, &coord, chunk, batch.began, &progress).await,
             None => (chunk, HashMap::new()),
         };
         if chunk.is_empty() {
@@ -595,7 +666,7 @@ async fn drive(inner: Arc<Inner>) {
         tokio::spawn(fetch_and_deliver(
             inner.clone(),
             chunk,
-            generation,
+            batch,
             progress,
             claims,
         ));
@@ -664,7 +735,6 @@ async fn claim_chunk(
                     let mut busy = Vec::new();
                     let mut st = inner.lock();
                     let now = Instant::now();
-                    let storable = st.generation == generation;
                     let call = no_call(inner);
                     for (key, answer) in to_claim.into_iter().zip(answers) {
                         match answer {
@@ -677,7 +747,7 @@ async fn claim_chunk(
                             }
                             Claim::Cached(tag, state) => {
                                 coord.metrics().shared_hits.inc();
-                                if storable {
+                                if st.unwritten_since(&key, generation) {
                                     inner.store_tagged(
                                         &mut st,
                                         key.clone(),
@@ -828,7 +898,8 @@ fn anyone_waiting(inner: &Inner, chunk: &[FindingKey]) -> bool {
 async fn fetch_and_deliver(
     inner: Arc<Inner>,
     chunk: Vec<FindingKey>,
-    generation: u64,
+    // Dropped last, after the lock below is released: the batch ends once it has delivered.
+    batch: Batch,
     progress: Arc<CallProgress>,
     claims: HashMap<FindingKey, SharedClaim>,
 ) {
@@ -893,9 +964,9 @@ async fn fetch_and_deliver(
     };
     let mut st = inner.lock();
     let now = Instant::now();
-    if found && st.generation == generation {
+    if found {
         for (key, outcome) in &outcomes {
-            if let Ok(state) = outcome {
+            if let (Ok(state), true) = (outcome, st.unwritten_since(key, batch.began)) {
                 let tag = tags.get(key).cloned();
                 inner.store_tagged(&mut st, key.clone(), state.clone(), tag, now);
             }
@@ -1388,6 +1459,41 @@ mod tests {
                 .get(&"Resources".into())
                 .is_none());
         }
+    }
+
+    /// A batch of lookups keeps what it read for every finding no write touched since it
+    /// began; a write of unknown scope touches them all; and what is remembered of writes
+    /// goes once no batch that began before them is in flight.
+    #[test]
+    fn a_batch_caches_what_no_write_touched_since_it_began() {
+        let mut st = State::default();
+        let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
+        st.wrote([&a]);
+        assert!(
+            st.written.is_empty(),
+            "no batch in flight: nothing to remember"
+        );
+        let first = st.batch_began();
+        assert!(st.unwritten_since(&a, first) && st.unwritten_since(&b, first));
+        st.wrote([&a]);
+        assert!(!st.unwritten_since(&a, first));
+        assert!(st.unwritten_since(&b, first));
+        let second = st.batch_began();
+        assert!(st.unwritten_since(&a, second), "began after the write");
+        st.batch_ended(first);
+        assert!(
+            st.written.is_empty(),
+            "the only batch older than the write ended"
+        );
+        st.wrote_all();
+        assert!(!st.unwritten_since(&b, second));
+        let third = st.batch_began();
+        assert!(st.unwritten_since(&b, third));
+        st.wrote([&b]);
+        st.batch_ended(second);
+        assert!(!st.unwritten_since(&b, third), "third is still in flight");
+        st.batch_ended(third);
+        assert!(st.batches.is_empty() && st.written.is_empty());
     }
 
     /// Member names are matched as their unescaped bytes: an escaped name is still the member

@@ -237,6 +237,46 @@ def test_forwarded_update_is_written_through_to_the_cache(pair, quota_fake):
     assert quota_fake.op_stats("GetFindings")["calls"] == 1
 
 
+def test_a_lookup_overlapping_another_findings_write_is_still_cached(pair, quota_fake):
+    """Two member requests on different findings overlap: B's lookup is in flight when A's
+    update is written through. What B read is still cached (no write touched B's findings), so
+    B's next request makes no lookup. Before, any write during a lookup dropped its answers."""
+    hg = pair(CACHED)
+    a = [f"ovl-a-{i}" for i in range(5)]
+    b = [f"ovl-b-{i}" for i in range(5)]
+    quota_fake.add_findings([finding(f, MEMBER_ACCOUNT, "HIGH", 70) for f in a + b])
+    # Each Security Hub call takes 1 s: A looks up (0-1 s) and updates (1-2 s); B, sent at
+    # 1.3 s, looks up from 1.3 s to 2.3 s, across A's write-through at 2 s.
+    quota_fake.configure(delay_ms=1000)
+    answers = {}
+
+    def send(name, ids, after):
+        time.sleep(after)
+        answers[name] = hg.buf(note(*ids), who="member")
+
+    threads = [threading.Thread(target=send, args=("a", a, 0)),
+               threading.Thread(target=send, args=("b", b, 1.3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert {k: r.status for k, r in answers.items()} == {"a": 200, "b": 200}, answers
+    rec_a = hg.audit_for(answers["a"].headers["x-hubgate-decision-id"])
+    rec_b = hg.audit_for(answers["b"].headers["x-hubgate-decision-id"])
+    # both looked up, and A's two calls took the 2 s the overlap above counts on
+    assert rec_b["metrics"]["counter_lookup_calls"] == 1, rec_b["metrics"]
+    assert rec_a["metrics"]["timer_total_ns"] > 1.9e9, rec_a["metrics"]
+
+    quota_fake.configure(delay_ms=0)
+    calls = quota_fake.op_stats("GetFindings")["calls"]
+    again = hg.buf(note(*b, text="second pass"), who="member")
+    assert again.status == 200, again.text
+    rec = hg.audit_for(again.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_cache_hits"] == 5, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert quota_fake.op_stats("GetFindings")["calls"] == calls
+
+
 def test_throttled_forward_leaves_the_cache_unchanged(pair, quota_fake):
     """Security Hub throttles the member's raise to CRITICAL: 429 THROTTLED, nothing applied.
     The fake is then set to CRITICAL behind hubgate's back. Asking for HIGH again is allowed
