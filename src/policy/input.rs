@@ -752,26 +752,11 @@ impl Patch {
                                 m.insert(sub.clone(), value.clone());
                             }
                         }
-                        refreeze(slot);
                     }
                 }
             }
         }
-        if let Some(current) = e.get_mut(&keys().current) {
-            refreeze(current);
-        }
-        refreeze(&mut entry);
         entry
-    }
-}
-
-/// Puts an object the patch changed back into regorus's compact form. regorus keeps a built
-/// object as one sorted slice, but adding or removing a key (a first Note, a removed
-/// Severity.Normalized) turns it into a BTreeMap for good: every later clone of the cached
-/// entry then copies tree nodes, and every read walks them. Freezing costs one allocation.
-fn refreeze(value: &mut RValue) {
-    if let Ok(object) = value.as_object_mut() {
-        *value = std::mem::replace(object, regorus::value::Object::new()).into_value();
     }
 }
 
