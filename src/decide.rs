@@ -2,14 +2,13 @@
 //! then the policy passes (the request alone, then with the findings' state). The proxy,
 //! `hubgate eval` and the benchmark all call `judge`, so eval shows what serving does.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::finding::FindingKey;
+use crate::finding::{FindingKey, KeyMap};
 use crate::policy::input::{self, Enrichment, RequestFacts, Update};
 use crate::policy::state::CurrentFinding;
 use crate::policy::{Decision, PolicyError, PolicySet};
@@ -33,7 +32,7 @@ pub struct LookupStats {
 
 /// The findings' current state, as one lookup found it.
 pub struct Lookup {
-    pub current: HashMap<FindingKey, Arc<CurrentFinding>>,
+    pub current: KeyMap<Arc<CurrentFinding>>,
     pub stats: LookupStats,
 }
 
@@ -177,7 +176,7 @@ pub async fn judge<S: FindingState>(
     let claims = normalised.claimed_accounts;
     let document = input::Document::new(facts, &judgement.body, &judgement.update_json);
     let evaluate = |j: &mut Judgement,
-                    current: Option<&HashMap<FindingKey, Arc<CurrentFinding>>>,
+                    current: Option<&KeyMap<Arc<CurrentFinding>>>,
                     enrichment: Enrichment|
      -> Result<bool, PolicyError> {
         let t = Instant::now();

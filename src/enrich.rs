@@ -22,6 +22,7 @@ use crate::coordination::Coordination;
 // Re-exported where they used to be defined: benches/ imports them from here.
 use crate::decide::{FindingState, Lookup, LookupError, LookupFailure, LookupStats};
 pub use crate::finding::FindingKey;
+use crate::finding::KeyMap;
 pub use crate::metrics::EnrichMetrics;
 use crate::metrics::OperationLabels;
 use crate::policy::input::{StateFacts, Update, CURRENT_FIELDS};
@@ -66,28 +67,28 @@ struct Cached {
 
 #[derive(Default)]
 struct State {
-    cache: HashMap<FindingKey, Cached>,
+    cache: KeyMap<Cached>,
     bytes: usize,
     /// Findings waiting for a batch, in arrival order.
     queue: VecDeque<FindingKey>,
     /// Requests waiting on each queued or in-flight finding.
-    waiting: HashMap<FindingKey, Vec<oneshot::Sender<Delivery>>>,
+    waiting: KeyMap<Vec<oneshot::Sender<Delivery>>>,
     /// The batch each in-flight finding is in.
-    in_flight: HashMap<FindingKey, Arc<CallProgress>>,
+    in_flight: KeyMap<Arc<CallProgress>>,
     /// Bumped by every write: a lookup that started before it must not cache what it read.
     generation: u64,
     /// The generation of each finding's last write, kept while a batch that began before it
     /// is in flight: the batch must not cache what it read for that finding, but may for the
     /// others. A generation check alone dropped the answers of every batch that overlapped a
     /// write to any finding, so concurrent bulk requests kept looking the same findings up.
-    written: HashMap<FindingKey, u64>,
+    written: KeyMap<u64>,
     /// The generation of the last write that may have touched every finding.
     cleared: u64,
     /// Batches in flight, by the generation they began at.
     batches: BTreeMap<u64, usize>,
     /// Queued findings whose shared claim is already settled (handed over by a replica that
     /// gave up on them): the shared generation and write count to store against, if any.
-    preclaimed: HashMap<FindingKey, Option<(String, String)>>,
+    preclaimed: KeyMap<Option<(String, String)>>,
 }
 
 impl State {
@@ -308,7 +309,7 @@ impl Enricher {
     async fn shared_lookup(
         &self,
         keys: &[FindingKey],
-        found: &mut HashMap<FindingKey, Arc<CurrentFinding>>,
+        found: &mut KeyMap<Arc<CurrentFinding>>,
         stats: &mut LookupStats,
     ) -> Option<Vec<FindingKey>> {
         let coord = self.inner.shared()?;
@@ -376,8 +377,8 @@ impl Enricher {
         &self,
         keys: &[FindingKey],
         deadline: Instant,
-    ) -> Result<(HashMap<FindingKey, Arc<CurrentFinding>>, LookupStats), LookupFailure> {
-        let mut found = HashMap::with_capacity(keys.len());
+    ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats), LookupFailure> {
+        let mut found = KeyMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut stats = LookupStats::default();
         let mut pending = Vec::new();
         let shared_misses = self.shared_lookup(keys, &mut found, &mut stats).await;
@@ -656,7 +657,7 @@ async fn drive(inner: Arc<Inner>) {
         };
         let (chunk, claims) = match inner.coord.clone() {
             Some(coord) => claim_chunk(&inner, &coord, chunk, batch.began, &progress).await,
-            None => (chunk, HashMap::new()),
+            None => (chunk, KeyMap::default()),
         };
         if chunk.is_empty() {
             // Other replicas had it all: the quota taken for it is spent, which happens only
@@ -705,9 +706,9 @@ async fn claim_chunk(
     mut candidates: Vec<FindingKey>,
     generation: u64,
     progress: &Arc<CallProgress>,
-) -> (Vec<FindingKey>, HashMap<FindingKey, SharedClaim>) {
+) -> (Vec<FindingKey>, KeyMap<SharedClaim>) {
     let mut mine = Vec::with_capacity(IDS_PER_LOOKUP);
-    let mut claims = HashMap::new();
+    let mut claims = KeyMap::default();
     for round in 0..3 {
         let mut to_claim = Vec::new();
         {
@@ -901,7 +902,7 @@ async fn fetch_and_deliver(
     // Dropped last, after the lock below is released: the batch ends once it has delivered.
     batch: Batch,
     progress: Arc<CallProgress>,
-    claims: HashMap<FindingKey, SharedClaim>,
+    claims: KeyMap<SharedClaim>,
 ) {
     let mut attempt = 0;
     let result = loop {
@@ -935,7 +936,8 @@ async fn fetch_and_deliver(
             other => break other,
         }
     };
-    let mut outcomes: HashMap<FindingKey, Outcome> = HashMap::with_capacity(chunk.len());
+    let mut outcomes: KeyMap<Outcome> =
+        KeyMap::with_capacity_and_hasher(chunk.len(), Default::default());
     let found = result.is_ok();
     match result {
         Ok(findings) => {
@@ -960,7 +962,7 @@ async fn fetch_and_deliver(
         Some(coord) if !claims.is_empty() => {
             share_outcomes(&inner, coord, &outcomes, &claims, found).await
         }
-        _ => HashMap::new(),
+        _ => KeyMap::default(),
     };
     let mut st = inner.lock();
     let now = Instant::now();
@@ -984,10 +986,10 @@ async fn fetch_and_deliver(
 async fn share_outcomes(
     inner: &Inner,
     coord: &Coordination,
-    outcomes: &HashMap<FindingKey, Outcome>,
-    claims: &HashMap<FindingKey, SharedClaim>,
+    outcomes: &KeyMap<Outcome>,
+    claims: &KeyMap<SharedClaim>,
     found: bool,
-) -> HashMap<FindingKey, Tag> {
+) -> KeyMap<Tag> {
     let mut by_generation: HashMap<&str, Vec<(&FindingKey, &str)>> = HashMap::new();
     for (key, (generation, version)) in claims {
         by_generation
@@ -995,7 +997,7 @@ async fn share_outcomes(
             .or_default()
             .push((key, version.as_str()));
     }
-    let mut tags = HashMap::new();
+    let mut tags = KeyMap::default();
     for (generation, keys) in by_generation {
         let mut items = Vec::with_capacity(keys.len());
         let mut item_tags = Vec::with_capacity(keys.len());
@@ -1350,10 +1352,7 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
 
 impl Projected {
     fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
-        let key = FindingKey {
-            id: self.id?,
-            product_arn: self.product_arn?,
-        };
+        let key = FindingKey::new(self.id?, self.product_arn?);
         // In key order already, so the map is built without a search per member.
         let current: BTreeMap<regorus::Value, regorus::Value> = field_keys()
             .iter()

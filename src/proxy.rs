@@ -1,7 +1,6 @@
 //! The request's path, stage by stage: route, read, content type, authenticate, validate,
 //! decide (policy, with enrichment), forward, respond, and one audit record for every request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -23,7 +22,7 @@ use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{judge, JudgeError, Judgement, LookupError};
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
-use crate::finding::FindingKey;
+use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{DecisionLabel, Metrics, OperationLabels, RequestLabels};
 use crate::policy::input::RequestFacts;
@@ -460,7 +459,7 @@ struct Decided {
 
 struct Refusal {
     /// The findings denied one by one; None if any violation is about the whole request.
-    denied: Option<HashMap<FindingKey, Vec<String>>>,
+    denied: Option<KeyMap<Vec<String>>>,
     /// The answer when nothing is forwarded.
     rejection: Rejection,
 }
@@ -861,8 +860,8 @@ async fn forward(
 fn per_finding_denials(
     decision: &Decision,
     keys: &[FindingKey],
-) -> Option<HashMap<FindingKey, Vec<String>>> {
-    let mut denied: HashMap<FindingKey, Vec<String>> = HashMap::new();
+) -> Option<KeyMap<Vec<String>>> {
+    let mut denied: KeyMap<Vec<String>> = KeyMap::default();
     for v in &decision.deny {
         let f = v.finding.as_ref()?;
         let key = FindingKey::new(f.get("Id")?.as_str()?, f.get("ProductArn")?.as_str()?);
@@ -885,7 +884,7 @@ fn per_finding_denials(
 struct Rewrite<'a> {
     body_without_ids: Value,
     identifiers: Vec<Value>,
-    denied: &'a HashMap<FindingKey, Vec<String>>,
+    denied: &'a KeyMap<Vec<String>>,
     /// The answer when nothing is left to forward.
     refusal: Rejection,
 }
@@ -991,6 +990,7 @@ async fn forward_allowed(
                 FindingKey {
                     id,
                     product_arn: arn,
+                    ..
                 },
                 reasons,
             )| {
@@ -1033,7 +1033,10 @@ pub fn internal_error(message: &str) -> Response<ProxyBody> {
 /// The findings a request names, grouped by product in the order they first appear.
 fn findings_by_product(keys: &[FindingKey]) -> Vec<ProductFindings> {
     let mut groups: Vec<ProductFindings> = Vec::new();
-    for FindingKey { id, product_arn } in keys {
+    for FindingKey {
+        id, product_arn, ..
+    } in keys
+    {
         match groups.iter_mut().find(|g| g.product_arn == *product_arn) {
             Some(group) => group.ids.push(id.clone()),
             None => groups.push(ProductFindings {

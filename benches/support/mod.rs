@@ -1,7 +1,6 @@
 //! What the decision benches share: a BatchUpdateFindings body, finding state held in memory
 //! (the decision path without the network) and the request facts the proxy would pass.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use serde_json::{json, Value};
 
 use hubgate::decide::{FindingState, Lookup, LookupFailure};
 use hubgate::enrich::{CurrentFinding, FindingKey};
+use hubgate::finding::KeyMap;
 use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::RequestFacts;
 use hubgate::policy::PolicySet;
@@ -28,7 +28,7 @@ pub fn body(n: usize) -> Vec<u8> {
     .unwrap()
 }
 
-pub fn current(keys: &[FindingKey]) -> HashMap<FindingKey, Arc<CurrentFinding>> {
+pub fn current(keys: &[FindingKey]) -> KeyMap<Arc<CurrentFinding>> {
     keys.iter()
         .map(|k| {
             let finding = json!({
@@ -48,7 +48,7 @@ pub fn current(keys: &[FindingKey]) -> HashMap<FindingKey, Arc<CurrentFinding>> 
 }
 
 /// Finding state from memory: the decision path without the network.
-pub struct MapState(pub HashMap<FindingKey, Arc<CurrentFinding>>);
+pub struct MapState(pub KeyMap<Arc<CurrentFinding>>);
 
 impl FindingState for MapState {
     fn lookup(

@@ -1,7 +1,6 @@
 //! `hubgate eval`: one request body through the same validation, input document and policy
 //! passes as the proxy, printed with every violation and the rule that produced it.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use serde_json::Value;
 use super::EvalArgs;
 use crate::config::{Config, PolicyMode};
 use crate::decide::{judge, FindingState, JudgeError, Lookup, LookupFailure};
-use crate::finding::FindingKey;
+use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{self, Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
 use crate::policy::state::CurrentFinding;
@@ -61,7 +60,7 @@ fn principal(args: &EvalArgs, config: &Config) -> Result<Principal, String> {
         .ok_or_else(|| format!("no caller {id:?} in {}", config.identity.callers.display()))
 }
 
-fn current_findings(path: &Path) -> Result<HashMap<FindingKey, Arc<CurrentFinding>>, String> {
+fn current_findings(path: &Path) -> Result<KeyMap<Arc<CurrentFinding>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let value: Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -83,7 +82,7 @@ fn current_findings(path: &Path) -> Result<HashMap<FindingKey, Arc<CurrentFindin
             ))
         }
     };
-    let mut out = HashMap::new();
+    let mut out = KeyMap::default();
     for f in list {
         let (Some(id), Some(arn)) = (
             f.get("Id").and_then(Value::as_str),
@@ -144,7 +143,7 @@ fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
 
 /// Finding state for eval: the `--current` file, or none (then judging stops after the
 /// first pass, which is all that can be known without state).
-struct FileState(Option<HashMap<FindingKey, Arc<CurrentFinding>>>);
+struct FileState(Option<KeyMap<Arc<CurrentFinding>>>);
 
 impl FindingState for FileState {
     fn lookup(

@@ -3,7 +3,6 @@ use crate::finding::FindingKey;
 use crate::identity::{Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
 use crate::policy::state::CurrentFinding;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 fn shipped() -> PolicySet {
@@ -44,7 +43,7 @@ fn doc(
         .iter()
         .map(|(id, _, _)| FindingKey::new(*id, ARN))
         .collect();
-    let current: HashMap<_, _> = findings
+    let current: crate::finding::KeyMap<_> = findings
         .iter()
         .filter_map(|(id, account, label)| {
             let account = (*account)?;
