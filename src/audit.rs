@@ -31,46 +31,56 @@ pub enum AuditError {
 
 /// The decision record, version 2: one per request, whatever its outcome. README's "The
 /// decision record" table documents these fields (a test keeps the two equal); the writer adds
-/// `chain`, and `input` and `erased` when they apply. On disk the keys are sorted, as
-/// `serde_json::Value` keeps them, so the field order here is free.
+/// `chain`, and `erased` when `audit.mask` erased something.
+///
+/// On disk the keys of every object are sorted (the chain's hash covers the record as
+/// `serde_json::Value` writes it, so that a verifier reproduces the bytes from the parsed
+/// line). The fields here, and in every struct a record holds, are declared in that order, so
+/// the writer serialises a record as is, without building a `Value` of it first; a test and a
+/// debug assertion on every record written hold the two ways equal.
 ///
 /// It also deserialises, so that a record `audit.mask` erased parts of reads back as a record:
 /// every member has a default, and an erased array element reads as its element's default.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Record {
-    pub record_version: u32,
     pub decision_id: String,
-    pub timestamp: String,
-    /// The decision entrypoint, as OPA's decision logs name it.
-    pub path: Cow<'static, str>,
-    pub operation: Option<Cow<'static, str>>,
-    pub principal: Option<RecordPrincipal>,
-    pub source_ip: String,
-    pub method: String,
-    pub request_path: String,
+    pub dry_run: bool,
+    pub error: Option<RecordError>,
     #[serde(deserialize_with = "erasable")]
     pub findings: Vec<ProductFindings>,
-    pub update: Option<Value>,
-    pub result: Verdict,
-    pub error: Option<RecordError>,
-    pub dry_run: bool,
-    pub partial: Option<Partial>,
     pub forwarded: bool,
-    pub throttled: bool,
-    pub status: u16,
-    pub upstream_status: Option<u16>,
-    pub upstream_request_id: Option<String>,
-    pub revision: String,
+    /// The policy input of the deciding pass (see `proxy::audited_input`), as the regorus value
+    /// the policy saw: converted to JSON on the writer thread, off the request path. Absent
+    /// when no policy ran. Not read back: a masked record's input is handled apart.
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub input: Option<regorus::Value>,
+    pub method: String,
     pub metrics: RecordMetrics,
+    pub operation: Option<Cow<'static, str>>,
+    pub partial: Option<Partial>,
+    /// The decision entrypoint, as OPA's decision logs name it.
+    pub path: Cow<'static, str>,
+    pub principal: Option<RecordPrincipal>,
+    pub record_version: u32,
+    pub request_path: String,
+    pub result: Verdict,
+    pub revision: String,
+    pub source_ip: String,
+    pub status: u16,
+    pub throttled: bool,
+    pub timestamp: String,
+    pub update: Option<Value>,
+    pub upstream_request_id: Option<String>,
+    pub upstream_status: Option<u16>,
 }
 
 /// The caller, without attributes (those are in `input.principal`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecordPrincipal {
-    pub id: String,
     pub account_id: String,
+    pub id: String,
     /// Always present in a record as written; None only once `audit.mask` erased it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
@@ -81,11 +91,11 @@ pub struct RecordPrincipal {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProductFindings {
-    #[serde(rename = "ProductArn")]
-    pub product_arn: std::sync::Arc<str>,
     /// Shared with the request's finding keys, not copied.
     #[serde(rename = "Ids", deserialize_with = "erasable")]
     pub ids: Vec<std::sync::Arc<str>>,
+    #[serde(rename = "ProductArn")]
+    pub product_arn: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -105,11 +115,11 @@ pub struct Verdict {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecordViolation {
-    pub msg: String,
     /// Places, counted from 0 across the Ids of every group of the record's `findings` in
     /// order, of the findings the message names; null for a whole-request violation.
     #[serde(deserialize_with = "places")]
     pub findings: Option<Vec<usize>>,
+    pub msg: String,
     /// Findings the policy named that the request does not, `{"Id", "ProductArn"}` as the policy
     /// gave them; absent when there are none (the shipped policies never name one).
     #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "erasable")]
@@ -183,19 +193,19 @@ pub struct RecordError {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Partial {
-    pub forwarded: usize,
     pub denied: usize,
+    pub forwarded: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecordMetrics {
-    pub timer_total_ns: u64,
-    pub timer_policy_ns: u64,
-    pub timer_enrich_ns: u64,
-    pub timer_upstream_ns: u64,
-    pub counter_lookup_calls: usize,
     pub counter_cache_hits: usize,
+    pub counter_lookup_calls: usize,
+    pub timer_enrich_ns: u64,
+    pub timer_policy_ns: u64,
+    pub timer_total_ns: u64,
+    pub timer_upstream_ns: u64,
 }
 
 /// A masked place reads as absent, not as 0, which would name another finding.
@@ -445,6 +455,16 @@ fn mask(record: &mut Value, pointers: &[String]) -> Vec<Value> {
     erased
 }
 
+/// The bytes the chain hashes for a record (and its input), as `serde_json::Value` writes them:
+/// what writing the record as is must give.
+fn canonical(record: &Record) -> Vec<u8> {
+    let mut json = record.to_json();
+    if let Some(input) = &record.input {
+        json["input"] = serde_json::to_value(input).unwrap_or(Value::Null);
+    }
+    serde_json::to_vec(&json).unwrap_or_default()
+}
+
 /// The record and input with `audit.mask` applied, read back as a record for the formats
 /// mapped from the type, and the pointers that were erased.
 fn masked(
@@ -482,8 +502,27 @@ struct Writer {
 
 impl Writer {
     fn line(&mut self, entry: Entry) -> Vec<u8> {
-        let Entry { record, input } = entry;
-        let input = input.map(|i| serde_json::to_value(&i).unwrap_or(Value::Null));
+        let Entry { mut record, input } = entry;
+        record.input = input;
+        if matches!(self.format, AuditFormat::Hubgate) && self.mask.is_empty() {
+            match serde_json::to_vec(&record) {
+                Ok(body) => {
+                    debug_assert_eq!(
+                        String::from_utf8_lossy(&body),
+                        String::from_utf8_lossy(&canonical(&record)),
+                        "a record struct's fields are not declared in key order"
+                    );
+                    return self.chain.seal_body(body, &mut self.head);
+                }
+                // Only a map with a key that is not a string fails (a policy input can hold
+                // one); the record goes the long way, which writes such an input as null.
+                Err(_) => {}
+            }
+        }
+        let input = record
+            .input
+            .take()
+            .map(|i| serde_json::to_value(&i).unwrap_or(Value::Null));
         let formatted = match self.format {
             AuditFormat::Hubgate => {
                 let mut json = record.to_json();
@@ -714,6 +753,7 @@ mod tests {
     fn sample_record() -> Record {
         Record {
             record_version: 2,
+            input: None,
             decision_id: "d".into(),
             timestamp: "2026-11-24T03:11:19Z".into(),
             path: "hubgate/deny".into(),
@@ -754,6 +794,42 @@ mod tests {
                 counter_cache_hits: 6,
             },
         }
+    }
+
+    /// The writer serialises a record as is; the chain hashes (and a verifier reproduces) the
+    /// record with every object's keys sorted. Every member that can appear is set here, so a
+    /// field declared out of order, at any level, fails this.
+    #[test]
+    fn a_record_written_as_is_has_its_keys_sorted() {
+        let mut record = sample_record();
+        record.findings = vec![ProductFindings {
+            ids: vec!["b".into(), "a\"quoted\"".into()],
+            product_arn: "arn:p".into(),
+        }];
+        record.update = Some(json!({"workflow_status": "NEW", "note": {"text": "t", "by": "x"}}));
+        record.error = Some(RecordError {
+            code: "POLICY_DENIED".into(),
+            message: "m".into(),
+        });
+        let violation = RecordViolation {
+            findings: Some(vec![0, 1]),
+            msg: "v".into(),
+            unlisted: vec![json!({"ProductArn": "q", "Id": "z"})],
+        };
+        record.result = Verdict {
+            allow: false,
+            violations: vec![violation.clone()],
+            warnings: vec![violation],
+        };
+        record.input = Some(regorus::Value::from(json!({
+            "version": 1, "principal": {"role": "member", "id": "m", "attributes": {}},
+            "update": {"z": null, "a": [1, 2.5, "x"]}, "summary": {},
+        })));
+        let direct = serde_json::to_vec(&record).unwrap();
+        assert_eq!(
+            String::from_utf8(direct).unwrap(),
+            String::from_utf8(canonical(&record)).unwrap()
+        );
     }
 
     /// The names in the first column of README's decision-record table, `a`, `b` rows split.

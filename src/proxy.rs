@@ -857,10 +857,7 @@ async fn forward(
 
 /// The denied findings with their reasons, when every violation names a finding; None when
 /// any violation concerns the whole request (then nothing may be forwarded).
-fn per_finding_denials(
-    decision: &Decision,
-    keys: &[FindingKey],
-) -> Option<KeyMap<Vec<String>>> {
+fn per_finding_denials(decision: &Decision, keys: &[FindingKey]) -> Option<KeyMap<Vec<String>>> {
     let mut denied: KeyMap<Vec<String>> = KeyMap::default();
     for v in &decision.deny {
         let f = v.finding.as_ref()?;
@@ -1098,6 +1095,7 @@ fn record(
     };
     Record {
         record_version: 2,
+        input: None, // the writer takes it from the entry
         decision_id: received.decision_id.clone(),
         timestamp: now_rfc3339(),
         path: "hubgate/deny".into(),

@@ -99,8 +99,13 @@ impl Chain {
         if let Some(obj) = record.as_object_mut() {
             obj.remove("chain");
         }
+        self.seal_body(serde_json::to_vec(&record).unwrap_or_default(), head)
+    }
+
+    /// Seals a record already serialised as `seal` would serialise it: an object, keys sorted
+    /// at every level, no `chain` member.
+    pub fn seal_body(&self, body: Vec<u8>, head: &mut Head) -> Vec<u8> {
         let seq = head.seq + 1;
-        let body = serde_json::to_vec(&record).unwrap_or_default();
         let hash = self.digest(&head.hash, seq, self.instance.as_deref(), &body);
         let mut chain = json!({"seq": seq, "prev": head.hash, "hash": hash});
         if let Some(instance) = &self.instance {
