@@ -264,18 +264,23 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(vec![Segment::Key(key.clone())]);
-                return Err(de::Error::custom(format_args!(
-                    "key {key:?} appears more than once"
-                )));
-            }
+            // One search per member: the slot found free is the one filled.
+            let slot = match out.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => slot,
+                serde_json::map::Entry::Occupied(taken) => {
+                    let key = taken.key();
+                    *self.duplicate.borrow_mut() = Some(vec![Segment::Key(key.clone())]);
+                    return Err(de::Error::custom(format_args!(
+                        "key {key:?} appears more than once"
+                    )));
+                }
+            };
             match map.next_value_seed(self) {
                 Ok(value) => {
-                    out.insert(key, value);
+                    slot.insert(value);
                 }
                 Err(e) => {
-                    self.unwinding(|| Segment::Key(key));
+                    self.unwinding(|| Segment::Key(slot.key().clone()));
                     return Err(e);
                 }
             }
