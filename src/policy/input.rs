@@ -889,11 +889,14 @@ impl Document {
                 let claimed_key = RValue::from("claimed_account_id");
                 keys.iter()
                     .enumerate()
-                    .map(|(i, FindingKey { id, product_arn, .. })| {
+                    .map(|(i, key)| {
                         // the key's own texts: a policy string is the same shared str
                         let mut entry = BTreeMap::new();
-                        entry.insert(k.id.clone(), RValue::String(id.clone()));
-                        entry.insert(k.product_arn.clone(), RValue::String(product_arn.clone()));
+                        entry.insert(k.id.clone(), RValue::String(key.id.clone()));
+                        entry.insert(
+                            k.product_arn.clone(),
+                            RValue::String(key.product_arn.clone()),
+                        );
                         if let Some(Some(account)) = claimed_accounts.get(i) {
                             entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
                         }
