@@ -645,6 +645,14 @@ impl Touched<'_> {
         }
     }
 
+    /// The findings it names (none for the others).
+    fn keys(&self) -> &[FindingKey] {
+        match self {
+            Touched::Findings { keys, .. } => keys,
+            Touched::Everything | Touched::Nothing => &[],
+        }
+    }
+
     /// The cache must learn from the answer what was processed.
     fn wants_answer(self, gate: &Stages) -> bool {
         gate.enricher.is_some()
@@ -661,7 +669,9 @@ impl Touched<'_> {
 /// The findings a BatchUpdateFindings answer lists as processed; None when the answer does not
 /// read as one (the caller then evicts). Read straight from the bytes, borrowing the texts: a
 /// `serde_json::Value` of a 100-finding answer was a few hundred allocations for two fields.
-fn processed_findings(answer: &[u8]) -> Option<Vec<FindingKey>> {
+/// A listed finding the request named (`requested`, usually in the same order) is that key,
+/// shared; only another one is made (and hashed) anew.
+fn processed_findings(answer: &[u8], requested: &[FindingKey]) -> Option<Vec<FindingKey>> {
     use std::borrow::Cow;
     #[derive(serde::Deserialize)]
     struct Answer<'a> {
@@ -676,11 +686,28 @@ fn processed_findings(answer: &[u8]) -> Option<Vec<FindingKey>> {
         product_arn: Cow<'a, str>,
     }
     let answer: Answer = serde_json::from_slice(answer).ok()?;
+    let named = |key: &FindingKey, f: &Processed<'_>| {
+        *key.id == *f.id && *key.product_arn == *f.product_arn
+    };
+    let mut next = 0;
     Some(
         answer
             .processed
-            .into_iter()
-            .map(|f| FindingKey::new(&*f.id, &*f.product_arn))
+            .iter()
+            .map(|f| {
+                let at = match requested.get(next) {
+                    Some(key) if named(key, f) => Some(next),
+                    // Bounded: a request names at most 100 findings.
+                    _ => requested.iter().position(|key| named(key, f)),
+                };
+                match at {
+                    Some(at) => {
+                        next = at + 1;
+                        requested[at].clone()
+                    }
+                    None => FindingKey::new(&*f.id, &*f.product_arn),
+                }
+            })
             .collect(),
     )
 }
@@ -844,7 +871,7 @@ async fn forward(
     }
     let (mut head, incoming) = response.into_parts();
     let bytes = read_answer(gate, incoming, touched).await?;
-    match processed_findings(&bytes) {
+    match processed_findings(&bytes, touched.keys()) {
         Some(processed) => touched.processed(gate, &processed).await,
         None => touched.evict(gate).await,
     }
@@ -976,7 +1003,7 @@ async fn forward_allowed(
             ));
         }
     };
-    match processed_findings(&bytes) {
+    match processed_findings(&bytes, touched.keys()) {
         Some(processed) => touched.processed(gate, &processed).await,
         None => touched.evict(gate).await,
     }
@@ -1150,9 +1177,27 @@ mod tests {
     fn processed_findings_are_read_from_the_answer_or_not_at_all() {
         let answer = br#"{"ProcessedFindings": [{"Id": "a", "ProductArn": "p", "X": 1},
             {"Id": "b\u0031", "ProductArn": "p"}], "UnprocessedFindings": []}"#;
+        // Named by the request in order, out of order, or not at all: the same keys.
+        let requested = [FindingKey::new("b1", "p"), FindingKey::new("a", "p")];
+        for requested in [&requested[..], &requested[1..], &[]] {
+            let processed = processed_findings(answer, requested).unwrap();
+            assert_eq!(
+                processed,
+                [FindingKey::new("a", "p"), FindingKey::new("b1", "p")]
+            );
+            for key in &processed {
+                let shared = requested.iter().any(|r| Arc::ptr_eq(&r.id, &key.id));
+                assert_eq!(shared, requested.contains(key), "{key:?}");
+            }
+        }
+        // A pair that only shares its Id (or its ProductArn) with a requested key is another key.
+        let near = [FindingKey::new("a", "q"), FindingKey::new("x", "p")];
         assert_eq!(
-            processed_findings(answer),
-            Some(vec![FindingKey::new("a", "p"), FindingKey::new("b1", "p")])
+            processed_findings(
+                br#"{"ProcessedFindings": [{"Id": "a", "ProductArn": "p"}]}"#,
+                &near
+            ),
+            Some(vec![FindingKey::new("a", "p")])
         );
         for bad in [
             &br#"{"UnprocessedFindings": []}"#[..],
@@ -1163,7 +1208,7 @@ mod tests {
             b"not json",
         ] {
             assert_eq!(
-                processed_findings(bad),
+                processed_findings(bad, &[FindingKey::new("a", "p")]),
                 None,
                 "{}",
                 String::from_utf8_lossy(bad)
