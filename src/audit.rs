@@ -505,18 +505,15 @@ impl Writer {
         let Entry { mut record, input } = entry;
         record.input = input;
         if matches!(self.format, AuditFormat::Hubgate) && self.mask.is_empty() {
-            match serde_json::to_vec(&record) {
-                Ok(body) => {
-                    debug_assert_eq!(
-                        String::from_utf8_lossy(&body),
-                        String::from_utf8_lossy(&canonical(&record)),
-                        "a record struct's fields are not declared in key order"
-                    );
-                    return self.chain.seal_body(body, &mut self.head);
-                }
-                // Only a map with a key that is not a string fails (a policy input can hold
-                // one); the record goes the long way, which writes such an input as null.
-                Err(_) => {}
+            // Writing fails only for a map key serde_json cannot write as text, which neither
+            // a record nor regorus produces; were one to, the long way below still writes it.
+            if let Ok(body) = serde_json::to_vec(&record) {
+                debug_assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    String::from_utf8_lossy(&canonical(&record)),
+                    "a record struct's fields are not declared in key order"
+                );
+                return self.chain.seal_body(body, &mut self.head);
             }
         }
         let input = record
@@ -1053,6 +1050,38 @@ mod tests {
                 first_seq: 1,
                 last_seq: 51
             }
+        );
+    }
+
+    /// Records with a policy input are written as is and verify, escaped text and an object
+    /// key that is not a string (regorus writes it as its text) included.
+    #[tokio::test]
+    async fn records_with_an_input_are_written_as_is_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let (log, writer) = AuditLog::start(&config, "us-east-1", AuditMetrics::default()).unwrap();
+        let good = regorus::Value::from(json!({"operation": "X", "request": {"b": [1, "é\""]}}));
+        let mut odd = std::collections::BTreeMap::new();
+        odd.insert(regorus::Value::from(1u64), regorus::Value::from("one"));
+        for (id, input) in [("good", good), ("odd", regorus::Value::from(odd))] {
+            log.reserve().await.unwrap().write(Entry {
+                record: Record {
+                    decision_id: id.into(),
+                    ..sample_record()
+                },
+                input: Some(input),
+            });
+        }
+        drop(log);
+        writer.finish();
+        let lines = read(&config.path);
+        assert_eq!(lines[0]["input"]["request"]["b"][1], "é\"");
+        assert_eq!(lines[1]["decision_id"], "odd");
+        assert_eq!(lines[1]["input"], json!({"1": "one"}));
+        let verdict = chain::verify(&Chain::new(None), std::slice::from_ref(&config.path)).unwrap();
+        assert!(
+            matches!(verdict, chain::Verdict::Intact { records: 2, .. }),
+            "{verdict:?}"
         );
     }
 

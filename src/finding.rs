@@ -159,7 +159,7 @@ mod tests {
         assert!(!set.insert(same));
         assert!(set.insert(shifted.clone()));
         assert_eq!(set.len(), 2);
-        let mut keys = vec![FindingKey::new("b", "a"), a.clone(), shifted.clone()];
+        let mut keys = [FindingKey::new("b", "a"), a.clone(), shifted.clone()];
         keys.sort();
         let texts: Vec<(&str, &str)> = keys.iter().map(|k| (&*k.id, &*k.product_arn)).collect();
         assert_eq!(texts, [("a", "bc"), ("ab", "c"), ("b", "a")]);
