@@ -20,6 +20,7 @@ use serde::Serialize;
 /// be picked to collide; `Hash` feeds the maps that one number.
 #[derive(Debug, Clone, Serialize)]
 pub struct FindingKey {
+    /// Read, never assigned: `hash` was made from the texts `new` was given.
     pub id: Arc<str>,
     pub product_arn: Arc<str>,
     #[serde(skip)]

@@ -1057,15 +1057,12 @@ pub fn internal_error(message: &str) -> Response<ProxyBody> {
 /// The findings a request names, grouped by product in the order they first appear.
 fn findings_by_product(keys: &[FindingKey]) -> Vec<ProductFindings> {
     let mut groups: Vec<ProductFindings> = Vec::new();
-    for FindingKey {
-        id, product_arn, ..
-    } in keys
-    {
-        match groups.iter_mut().find(|g| g.product_arn == *product_arn) {
-            Some(group) => group.ids.push(id.clone()),
+    for key in keys {
+        match groups.iter_mut().find(|g| g.product_arn == key.product_arn) {
+            Some(group) => group.ids.push(key.id.clone()),
             None => groups.push(ProductFindings {
-                product_arn: product_arn.clone(),
-                ids: vec![id.clone()],
+                product_arn: key.product_arn.clone(),
+                ids: vec![key.id.clone()],
             }),
         }
     }
