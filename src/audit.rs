@@ -247,16 +247,9 @@ impl Record {
     }
 }
 
-/// One record on its way to the writer. The policy input travels as the regorus value the
-/// policy saw and is converted to JSON on the writer thread, off the request path.
-pub struct Entry {
-    pub record: Record,
-    pub input: Option<regorus::Value>,
-}
-
 /// What travels to the writer thread.
 enum Msg {
-    Record(Box<Entry>),
+    Record(Box<Record>),
     /// Shutdown: write what is queued, flush, fsync and stop, even while handles to the log
     /// (say, an idle admin connection's) still exist.
     Close,
@@ -266,8 +259,8 @@ enum Msg {
 pub struct Slot(mpsc::OwnedPermit<Msg>);
 
 impl Slot {
-    pub fn write(self, entry: Entry) {
-        self.0.send(Msg::Record(Box::new(entry)));
+    pub fn write(self, record: Record) {
+        self.0.send(Msg::Record(Box::new(record)));
     }
 }
 
@@ -501,9 +494,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn line(&mut self, entry: Entry) -> Vec<u8> {
-        let Entry { mut record, input } = entry;
-        record.input = input;
+    fn line(&mut self, mut record: Record) -> Vec<u8> {
         if matches!(self.format, AuditFormat::Hubgate) && self.mask.is_empty() {
             // Writing fails only for a map key serde_json cannot write as text, which neither
             // a record nor regorus produces; were one to, the long way below still writes it.
@@ -593,8 +584,8 @@ impl AuditLog {
             .name("hubgate-audit".into())
             .spawn(move || {
                 while let Some(msg) = rx.blocking_recv() {
-                    let entry = match msg {
-                        Msg::Record(entry) => *entry,
+                    let record = match msg {
+                        Msg::Record(record) => *record,
                         Msg::Close => {
                             // No new records; the ones already queued are still received.
                             rx.close();
@@ -602,7 +593,7 @@ impl AuditLog {
                         }
                     };
                     let t = Instant::now();
-                    let line = writer.line(entry);
+                    let line = writer.line(record);
                     let mut result = writer.sink.write_line(&line);
                     // Flush when the queue is empty: batches under load, prompt when idle.
                     if result.is_ok() && rx.is_empty() {
@@ -1010,13 +1001,10 @@ mod tests {
     async fn write_n(config: &AuditConfig, from: u64, n: u64) {
         let (log, writer) = AuditLog::start(config, "us-east-1", AuditMetrics::default()).unwrap();
         for i in from..from + n {
-            log.reserve().await.unwrap().write(Entry {
-                record: Record {
-                    decision_id: format!("d-{i}"),
-                    update: Some(json!({"note": {"text": "secret ticket", "by": "x"}})),
-                    ..sample_record()
-                },
-                input: None,
+            log.reserve().await.unwrap().write(Record {
+                decision_id: format!("d-{i}"),
+                update: Some(json!({"note": {"text": "secret ticket", "by": "x"}})),
+                ..sample_record()
             });
         }
         drop(log);
@@ -1064,12 +1052,10 @@ mod tests {
         let mut odd = std::collections::BTreeMap::new();
         odd.insert(regorus::Value::from(1u64), regorus::Value::from("one"));
         for (id, input) in [("good", good), ("odd", regorus::Value::from(odd))] {
-            log.reserve().await.unwrap().write(Entry {
-                record: Record {
-                    decision_id: id.into(),
-                    ..sample_record()
-                },
+            log.reserve().await.unwrap().write(Record {
+                decision_id: id.into(),
                 input: Some(input),
+                ..sample_record()
             });
         }
         drop(log);
@@ -1151,10 +1137,7 @@ mod tests {
         let held = log.reserve().await.unwrap();
         let err = log.reserve().await.err().unwrap();
         assert!(err.to_string().contains("queue stayed full"), "{err}");
-        held.write(Entry {
-            record: sample_record(),
-            input: None,
-        });
+        held.write(sample_record());
         drop(log);
         writer.finish();
     }

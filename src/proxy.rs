@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use crate::audit::{
-    group_violations, AuditLog, Entry, Partial, ProductFindings, Record, RecordError,
-    RecordMetrics, RecordPrincipal, Slot, Verdict,
+    group_violations, AuditLog, Partial, ProductFindings, Record, RecordError, RecordMetrics,
+    RecordPrincipal, Slot, Verdict,
 };
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{judge, JudgeError, Judgement, LookupError};
@@ -223,7 +223,7 @@ fn answer(
 async fn respond(
     gate: &Stages,
     received: &Received,
-    mut trail: Trail,
+    trail: Trail,
     result: Result<Forwarded, Rejection>,
 ) -> Response<ProxyBody> {
     let Received {
@@ -236,19 +236,11 @@ async fn respond(
     let (response, status, error, slot) = answer(result, decision_id);
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
-    let input = trail
-        .input
-        .take()
-        .filter(|_| gate.config.audit.include_input)
-        .map(audited_input);
-    let entry = Entry {
-        record: record(gate, trail, received, status, error),
-        input,
-    };
+    let audited = record(gate, trail, received, status, error);
     match slot {
-        Some(slot) => slot.write(entry),
+        Some(slot) => slot.write(audited),
         None => match gate.audit.reserve().await {
-            Ok(slot) => slot.write(entry),
+            Ok(slot) => slot.write(audited),
             // The request was not forwarded, so nothing happened that lacks a record; say so loudly.
             Err(e) => {
                 tracing::error!(decision_id, error = %e, "audit record of a rejected request was not written")
@@ -1100,11 +1092,16 @@ fn now_rfc3339() -> String {
 /// The decision record, from everything the request's path left in the trail.
 fn record(
     gate: &Stages,
-    trail: Trail,
+    mut trail: Trail,
     received: &Received,
     status: u16,
     error: Option<RecordError>,
 ) -> Record {
+    let input = trail
+        .input
+        .take()
+        .filter(|_| gate.config.audit.include_input)
+        .map(audited_input);
     let allow = match &trail.decision {
         Some(d) => d.allowed(),
         None => error.is_none(),
@@ -1119,7 +1116,7 @@ fn record(
     };
     Record {
         record_version: 2,
-        input: None, // the writer takes it from the entry
+        input,
         decision_id: received.decision_id.clone(),
         timestamp: now_rfc3339(),
         path: "hubgate/deny".into(),

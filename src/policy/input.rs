@@ -289,8 +289,7 @@ fn push_key(
     claim: Option<String>,
 ) {
     let key = FindingKey::new(id, product_arn);
-    if !seen.contains(&key) {
-        seen.insert(key.clone());
+    if seen.insert(key.clone()) {
         keys.push(key);
         claims.push(claim);
     }
