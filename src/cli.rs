@@ -219,10 +219,11 @@ pub fn main() -> ExitCode {
                 return code;
             }
             init_logging(config.log.format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = config.server.worker_threads {
+                builder.worker_threads(n);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("hubgate: cannot start the runtime: {e}");

@@ -96,6 +96,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Requests being handled at once; past it a request gets 503 OVERLOADED.
     pub max_in_flight: usize,
+    /// Threads that run requests. None: one per CPU this process may use (cgroup quota and
+    /// affinity included). A sidecar sharing its cores with the application does better with
+    /// fewer: idle workers that look for work to steal, and requests moved between cores,
+    /// cost CPU that a busy core shared with others does not have to spare.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +118,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: 60_000,
             max_connections: 1024,
             max_in_flight: 256,
+            worker_threads: None,
         }
     }
 }
@@ -121,6 +127,8 @@ impl Default for ServerConfig {
 const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// Caps above this are mistakes: each connection holds a file descriptor and a task.
 const MAX_CAP: usize = 1_000_000;
+/// More threads than this is a mistake on any machine hubgate runs on (each has its own stack).
+const MAX_WORKER_THREADS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -685,6 +693,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(n) = server.worker_threads {
+            if !(1..=MAX_WORKER_THREADS).contains(&n) {
+                return Err(invalid(
+                    file,
+                    "server.worker_threads",
+                    format!("must be between 1 and {MAX_WORKER_THREADS}, not {n}"),
+                ));
+            }
+        }
         match (&server.tls_cert, &server.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(
@@ -982,6 +999,17 @@ mod tests {
             let text = format!("[server]\n{key} = -1");
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+        assert_eq!(c.server.worker_threads, None);
+        let c = parse("[server]\nworker_threads = 1").unwrap();
+        assert_eq!(c.server.worker_threads, Some(1));
+        for bad in ["0", "1025"] {
+            let text = format!("[server]\nworker_threads = {bad}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("server.worker_threads") && err.contains("between 1 and 1024"),
+                "{text}: {err}"
+            );
         }
     }
 }

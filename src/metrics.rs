@@ -110,6 +110,8 @@ pub struct Metrics {
     pub connections_refused: Family<KindLabels, Counter>,
     pub connections_open: Gauge,
     pub requests_in_flight: Gauge,
+    /// Threads that run requests (`server.worker_threads`, or one per CPU).
+    pub runtime_workers: Gauge,
     /// Time requests waited for hubgate's own pacing of the account quota.
     pub quota_wait_seconds: Histogram,
     /// The enrichment cache's size, and upstream throttles by operation.
@@ -175,6 +177,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_open: Gauge::default(),
             requests_in_flight: Gauge::default(),
+            runtime_workers: Gauge::default(),
             quota_wait_seconds: latency(),
             enrich: Default::default(),
             coordination: Default::default(),
@@ -291,6 +294,11 @@ impl Metrics {
             "requests_in_flight",
             "Proxy requests being handled (sampled at scrape time)",
             m.requests_in_flight.clone(),
+        );
+        registry.register(
+            "runtime_workers",
+            "Threads that run requests (server.worker_threads, or one per CPU)",
+            m.runtime_workers.clone(),
         );
         registry.register(
             "upstream_throttled",

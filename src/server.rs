@@ -240,6 +240,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     policy.covers(&config).map_err(|e| startup(&e))?;
     let upstream = Upstream::new(&config).await.map_err(|e| startup(&e))?;
     let metrics = Metrics::new();
+    metrics
+        .runtime_workers
+        .set(tokio::runtime::Handle::current().metrics().num_workers() as i64);
     let coordination =
         Coordination::start(&config, metrics.coordination.clone()).map_err(|e| startup(&e))?;
     let pacer = Arc::new(match &coordination {

@@ -2,7 +2,7 @@
 # hubgate load tests, all on 127.0.0.1; Markdown tables on stdout and in benches/load/results.md.
 #
 # Two suites (SUITE=native|fake|all, default all; run in that order):
-# - native (cpu.py): hubgate and nginx (plain reverse proxy, 1 worker) in front of the same
+# - native (cpu.py): hubgate and nginx (plain reverse proxy), 1 worker each, in front of the same
 #   native stub upstream (benches/load/stub_upstream.rs, a cargo example); per path: requests/s,
 #   latency, CPU µs per request of the proxy process, upstream calls per request.
 # - fake (bench.py): hubgate against the Python fake Security Hub (tests/fake_securityhub.py),
@@ -15,6 +15,8 @@
 #   DURATION=5 CONNECTIONS=8 THREADS=2 benches/load/run.sh  # wrk settings (defaults 10 / 16 / 2)
 #   IDENTITY=static ...          # native suite: identity.mode = "static" (unsigned requests)
 #   ONLY=deny100,allow100 ...    # native suite: only these paths
+#   WORKERS=2 ...                # native suite: hubgate's worker_threads and nginx's
+#                                # worker_processes (default 1)
 #   HUBGATE_SRC=/path/to/checkout ...  # where HUBGATE_BIN was built from (for the report's
 #                                      commit and the policies loaded); default this repository
 #   KEEP_WORK=1 ...              # keep the temp folder (configs, logs, audit, wrk output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 
@@ -224,3 +225,29 @@ def test_json_logs_carry_the_decision_id(make_fake, make_hubgate):
 
     assert request_line(ok.headers["x-hubgate-decision-id"])["status"] == 200
     assert request_line(denied.headers["x-amzn-requestid"])["status"] == 403
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_worker_threads_sets_the_runtime_and_is_reported(make_fake, make_hubgate, workers):
+    """server.worker_threads is the number of threads that run requests (what
+    hubgate_runtime_workers reports), whatever the machine's CPU count; requests are served
+    and judged on them as on the default."""
+    fake = make_fake()
+    hg = make_hubgate({"server": {"worker_threads": workers}}, fake=fake)
+    assert value(scrape(hg), "hubgate_runtime_workers") == workers
+    assert hg.buf(SUPPRESS, who="member").status == 403
+    assert hg.buf(NOTE_OWN, who="member").status == 200
+
+
+def test_default_worker_threads_follow_the_cpus(hubgate):
+    """Without server.worker_threads, one worker per CPU this process may use: its CPU
+    affinity, lowered by a cgroup v2 CPU quota when there is one (Rust's
+    available_parallelism)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    assert value(scrape(hubgate), "hubgate_runtime_workers") == cpus
