@@ -363,6 +363,50 @@ mod tests {
         Schemas::load(&dir, &["BatchUpdateFindings"]).unwrap()
     }
 
+    /// The shipped `\S` pattern refuses identifiers of whitespace only, Unicode whitespace
+    /// included, as ECMA-262's `\S` does.
+    #[test]
+    fn non_empty_strings_need_a_non_whitespace_character() {
+        let s = schemas();
+        let body = |id: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "FindingIdentifiers": [{"Id": id, "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}],
+                "Note": {"Text": "t", "UpdatedBy": "u"}
+            }))
+            .unwrap()
+        };
+        for blank in [" ", "\t\n", "\u{a0}", "\u{2003}\u{3000}"] {
+            let err = s.check("BatchUpdateFindings", &body(blank)).unwrap_err();
+            assert!(
+                err.errors
+                    .iter()
+                    .any(|v| v.path == "/FindingIdentifiers/0/Id"),
+                "{blank:?}: {err}"
+            );
+        }
+        for fine in ["f", " f ", "\u{e9}"] {
+            assert!(
+                s.check("BatchUpdateFindings", &body(fine)).is_ok(),
+                "{fine:?}"
+            );
+        }
+    }
+
+    /// A schema's pattern may use look-around (fancy-regex, as ECMA-262 allows): it loads and
+    /// applies.
+    #[test]
+    fn a_look_around_pattern_loads_and_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("X.json"),
+            r#"{"type": "object", "properties": {"a": {"type": "string", "pattern": "^(?!no)"}}}"#,
+        )
+        .unwrap();
+        let s = Schemas::load(dir.path(), &["X"]).unwrap();
+        assert!(s.check("X", br#"{"a": "yes"}"#).is_ok());
+        assert!(s.check("X", br#"{"a": "nope"}"#).is_err());
+    }
+
     #[test]
     fn the_shipped_schema_accepts_an_sdk_body() {
         let body = br#"{"FindingIdentifiers": [{"Id": "f-1", "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}], "Workflow": {"Status": "SUPPRESSED"}, "Note": {"Text": "ok", "UpdatedBy": "me"}}"#;

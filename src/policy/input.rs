@@ -316,6 +316,10 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
             workflow,
             related_findings,
         }) => {
+            // Sized once, rather than rehashed as a 100-finding request fills them.
+            seen.reserve(finding_identifiers.len());
+            keys.reserve(finding_identifiers.len());
+            claims.reserve(finding_identifiers.len());
             for AwsSecurityFindingIdentifier { id, product_arn } in finding_identifiers {
                 push_key(
                     &mut seen,
