@@ -201,6 +201,18 @@ http {{
         return (out.stderr or out.stdout).strip().replace("nginx version: ", "")
 
 
+def knows_worker_threads(binary: Path, workdir: Path, upstream: str) -> bool:
+    """Whether this hubgate accepts server.worker_threads (`hubgate check`)."""
+    g = bench.Gate(binary, workdir / "workers-probe", upstream, {"server": {"worker_threads": 1}})
+    g.workdir.mkdir(parents=True, exist_ok=True)
+    (g.workdir / "callers.toml").write_text(h.CALLERS_TOML)
+    (g.workdir / "hubgate.toml").write_text(h.to_toml(g.config()))
+    out = subprocess.run([str(binary), "check", "--config", str(g.workdir / "hubgate.toml")],
+                         capture_output=True, text=True, env=h.hubgate_env(), cwd=g.workdir,
+                         timeout=60)
+    return out.returncode == 0
+
+
 class Gate(bench.Gate):
     """hubgate against the stub: default enrichment cache TTL unless told otherwise, audit to
     a file in its folder, identity by SigV4 (pre-signed requests) or static (member)."""
@@ -356,6 +368,12 @@ def run(args) -> int:
                      "Hub's quotas does not bound the run")
     # The same number of threads for both proxies: nginx's worker processes, hubgate's workers.
     workers = {"server": {"worker_threads": args.workers}}
+    if not knows_worker_threads(args.bin, wd, stub.endpoint):
+        # A build from before server.worker_threads: tokio reads its own variable instead.
+        workers = {}
+        os.environ["TOKIO_WORKER_THREADS"] = str(args.workers)
+        notes.append("this hubgate predates server.worker_threads: its workers were set with "
+                     "tokio's TOKIO_WORKER_THREADS")
     gate = Gate(args.bin, wd / "hubgate", stub.endpoint, workers, identity=args.identity,
                 quota=quota, stdout_devnull=True).start()
     cold = Gate(args.bin, wd / "hubgate-cold", stub.endpoint, workers, identity=args.identity,
