@@ -95,15 +95,19 @@ QUOTA = {"share": 1.0, "limits": {op: {"rate": 1000000.0, "burst": 1000000}
                                   for op in ("default", "GetFindings", "BatchUpdateFindings")}}
 
 
-def binary_knows_quota(binary: Path, workdir: Path, upstream: str) -> bool:
-    """Whether this hubgate accepts a [quota] section (`hubgate check` on a throwaway config)."""
-    g = Gate(binary, workdir / "quota-probe", upstream, quota=True)
+def check(g: "Gate") -> subprocess.CompletedProcess:
+    """`hubgate check` on this Gate's config, written to its (throwaway) folder."""
     g.workdir.mkdir(parents=True, exist_ok=True)
     (g.workdir / "callers.toml").write_text(h.CALLERS_TOML)
     (g.workdir / "hubgate.toml").write_text(h.to_toml(g.config()))
-    out = subprocess.run([str(binary), "check", "--config", str(g.workdir / "hubgate.toml")],
-                         capture_output=True, text=True, env=h.hubgate_env(), cwd=g.workdir,
-                         timeout=60)
+    return subprocess.run([str(g.binary), "check", "--config", str(g.workdir / "hubgate.toml")],
+                          capture_output=True, text=True, env=h.hubgate_env(), cwd=g.workdir,
+                          timeout=60)
+
+
+def binary_knows_quota(binary: Path, workdir: Path, upstream: str) -> bool:
+    """Whether this hubgate accepts a [quota] section (`hubgate check` on a throwaway config)."""
+    out = check(Gate(binary, workdir / "quota-probe", upstream, quota=True))
     if out.returncode == 0:
         return True
     text = out.stdout + out.stderr

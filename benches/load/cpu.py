@@ -203,14 +203,9 @@ http {{
 
 def knows_worker_threads(binary: Path, workdir: Path, upstream: str) -> bool:
     """Whether this hubgate accepts server.worker_threads (`hubgate check`)."""
-    g = bench.Gate(binary, workdir / "workers-probe", upstream, {"server": {"worker_threads": 1}})
-    g.workdir.mkdir(parents=True, exist_ok=True)
-    (g.workdir / "callers.toml").write_text(h.CALLERS_TOML)
-    (g.workdir / "hubgate.toml").write_text(h.to_toml(g.config()))
-    out = subprocess.run([str(binary), "check", "--config", str(g.workdir / "hubgate.toml")],
-                         capture_output=True, text=True, env=h.hubgate_env(), cwd=g.workdir,
-                         timeout=60)
-    return out.returncode == 0
+    probe = bench.Gate(binary, workdir / "workers-probe", upstream,
+                       {"server": {"worker_threads": 1}})
+    return bench.check(probe).returncode == 0
 
 
 class Gate(bench.Gate):
