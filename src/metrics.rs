@@ -264,7 +264,7 @@ impl Metrics {
         );
         registry.register(
             "audit_write_seconds",
-            "Time to format, seal and write one audit record (flushes and fsyncs included)",
+            "The audit writer's time for one record: seal and write (flushes and fsyncs included), and format it when masked or OCSF",
             m.audit.write_seconds.clone(),
         );
         registry.register(
