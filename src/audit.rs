@@ -51,8 +51,9 @@ pub struct Record {
     pub findings: Vec<ProductFindings>,
     pub forwarded: bool,
     /// The policy input of the deciding pass (see `proxy::audited_input`), as the regorus value
-    /// the policy saw: converted to JSON on the writer thread, off the request path. Absent
-    /// when no policy ran. Not read back: a masked record's input is handled apart.
+    /// the policy saw, serialised with the record (no JSON tree of it is built unless the
+    /// record is masked or OCSF). Absent when no policy ran. Not read back: a masked record's
+    /// input is handled apart.
     #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub input: Option<regorus::Value>,
     pub method: String,
@@ -251,8 +252,8 @@ impl Record {
 enum Msg {
     Record(Box<Record>),
     /// A record already serialised as the chain hashes it (hubgate format, no mask). The
-    /// request's thread writes it while the record is still in its core's cache and frees it
-    /// there: read and freed on the writer's thread instead, a 100-finding record cost more CPU
+    /// request's thread serialises and frees the record while it is still in that core's
+    /// cache: read and freed on the writer's thread instead, a 100-finding record cost more CPU
     /// in cache misses and cross-thread frees than in serialising.
     Body(Vec<u8>),
     /// Shutdown: write what is queued, flush, fsync and stop, even while handles to the log

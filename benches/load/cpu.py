@@ -10,9 +10,9 @@ benches/load/stub_upstream.rs, and cleans up), or directly:
 Starts on free 127.0.0.1 ports: the stub (no Python in the request path), hubgate (release
 build, shipped policies, enrichment on, audit to a file in the work folder) and nginx (plain
 reverse proxy with upstream keepalive), with the same number of threads: --workers (1 by
-default) is hubgate's server.worker_threads and nginx's worker_processes. For each path it sends the same request bytes
-once with Python (status check), then a bounded wrk run to hubgate and right after it to nginx,
-and reads:
+default) is hubgate's server.worker_threads and nginx's worker_processes. For each path it
+sends the same request bytes once with Python (status check), then a bounded wrk run to
+hubgate and right after it to nginx, and reads:
 
 - the proxy's CPU time (utime + stime from /proc/<pid>/stat; for nginx master + workers) before
   and after the run, divided by the requests wrk completed;
