@@ -37,11 +37,43 @@ fn key_hasher() -> &'static std::collections::hash_map::RandomState {
 impl FindingKey {
     pub fn new(id: impl Into<Arc<str>>, product_arn: impl Into<Arc<str>>) -> FindingKey {
         let (id, product_arn): (Arc<str>, Arc<str>) = (id.into(), product_arn.into());
-        let hash = std::hash::BuildHasher::hash_one(key_hasher(), (&*id, &*product_arn));
+        // ProductArn first, as `KeyMaker` hashes it once for a run of one product's ids.
+        let hash = std::hash::BuildHasher::hash_one(key_hasher(), (&*product_arn, &*id));
         FindingKey {
             id,
             product_arn,
             hash,
+        }
+    }
+}
+
+/// Makes the keys of a list of findings, such as a request's identifiers. Consecutive findings
+/// of one product (the usual case: a 100-finding update names one ProductArn 100 times) share
+/// one copy of its text, and its part of the hash is computed once; every key equals, and
+/// hashes as, the one `FindingKey::new` makes from the same texts.
+#[derive(Default)]
+pub struct KeyMaker {
+    product: Option<(Arc<str>, std::hash::DefaultHasher)>,
+}
+
+impl KeyMaker {
+    pub fn key(&mut self, id: &str, product_arn: &str) -> FindingKey {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let (arn, prefix) = match &mut self.product {
+            Some((arn, prefix)) if **arn == *product_arn => (arn, prefix),
+            slot => {
+                let mut prefix = key_hasher().build_hasher();
+                product_arn.hash(&mut prefix);
+                let (arn, prefix) = slot.insert((Arc::from(product_arn), prefix));
+                (&mut *arn, prefix)
+            }
+        };
+        let mut hasher = prefix.clone();
+        id.hash(&mut hasher);
+        FindingKey {
+            id: Arc::from(id),
+            product_arn: arn.clone(),
+            hash: hasher.finish(),
         }
     }
 }
@@ -164,6 +196,44 @@ mod tests {
         keys.sort();
         let texts: Vec<(&str, &str)> = keys.iter().map(|k| (&*k.id, &*k.product_arn)).collect();
         assert_eq!(texts, [("a", "bc"), ("ab", "c"), ("b", "a")]);
+    }
+
+    /// A key from the maker is the key `new` makes from the same texts, however the products
+    /// alternate; consecutive findings of one product share its text.
+    #[test]
+    fn made_keys_are_new_keys() {
+        let texts = [
+            ("a", "p"),
+            ("b", "p"),
+            ("a", "q"),
+            ("ab", "c"),
+            ("a", "bc"),
+            ("", "p"),
+            ("c", "p"),
+        ];
+        let mut maker = KeyMaker::default();
+        let made: Vec<FindingKey> = texts.iter().map(|(id, arn)| maker.key(id, arn)).collect();
+        for (key, (id, arn)) in made.iter().zip(texts) {
+            let new = FindingKey::new(id, arn);
+            assert_eq!(*key, new);
+            assert_eq!(key.hash, new.hash, "{id:?} {arn:?}");
+        }
+        assert!(Arc::ptr_eq(&made[0].product_arn, &made[1].product_arn));
+        assert!(!Arc::ptr_eq(&made[1].product_arn, &made[6].product_arn));
+        assert_ne!(made[3].hash, made[4].hash);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn made_keys_hash_as_new_keys(texts in proptest::collection::vec(
+            ("[a-c]{0,3}", "[p-q]{0,2}"), 0..12)) {
+            let mut maker = KeyMaker::default();
+            for (id, arn) in &texts {
+                let (made, new) = (maker.key(id, arn), FindingKey::new(id.as_str(), arn.as_str()));
+                proptest::prop_assert_eq!(made.hash, new.hash);
+                proptest::prop_assert_eq!(made, new);
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use regorus::Value as RValue;
 
 use super::state::CurrentFinding;
-use crate::finding::{FindingKey, KeyMap, KeySet};
+use crate::finding::{FindingKey, KeyMaker, KeyMap, KeySet};
 use crate::identity::Principal;
 use crate::request::*;
 use crate::validate::Violation;
@@ -278,17 +278,17 @@ pub struct Normalised {
     pub strip: &'static [&'static str],
 }
 
-/// Adds a finding once; a repeated identifier names the same finding. `seen` holds the keys
-/// pushed so far (hashed once each, when made): a search of `keys` instead made a 100-finding
-/// request cost 4,950 string comparisons.
+/// Adds a finding once; a repeated identifier names the same finding. `seen` makes the keys
+/// (see KeyMaker) and holds those pushed so far (hashed once each, when made): a search of
+/// `keys` instead made a 100-finding request cost 4,950 string comparisons.
 fn push_key(
-    seen: &mut KeySet,
+    (maker, seen): &mut (KeyMaker, KeySet),
     keys: &mut Vec<FindingKey>,
     claims: &mut Vec<Option<String>>,
     (id, product_arn): (&str, &str),
     claim: Option<String>,
 ) {
-    let key = FindingKey::new(id, product_arn);
+    let key = maker.key(id, product_arn);
     if seen.insert(key.clone()) {
         keys.push(key);
         claims.push(claim);
@@ -302,7 +302,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
     let mut u = Update::default();
     let mut keys = Vec::new();
     let mut claims = Vec::new();
-    let mut seen = KeySet::default();
+    let mut seen = (KeyMaker::default(), KeySet::default());
     match request {
         Typed::BatchUpdateFindings(BatchUpdateFindingsRequest {
             finding_identifiers,
@@ -317,7 +317,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
             related_findings,
         }) => {
             // Sized once, rather than rehashed as a 100-finding request fills them.
-            seen.reserve(finding_identifiers.len());
+            seen.1.reserve(finding_identifiers.len());
             keys.reserve(finding_identifiers.len());
             claims.reserve(finding_identifiers.len());
             for AwsSecurityFindingIdentifier { id, product_arn } in finding_identifiers {
