@@ -100,8 +100,9 @@ deny contains {"msg": sprintf("finding ownership cannot be verified: enrichment 
 
 # --- Rules on finding state (members, complete pass) ---
 
-# What members may not do, judged on the findings' state: the rules below put their violations
-# in state_violations, and this is the one rule that reads it, only for a member in the complete
+# What members may not do, judged on the findings' state: the rules on state (the two guards
+# next, and those of Ownership, Severity and Unknown findings below) put their violations in
+# state_violations, and this is the one rule that reads it, only for a member in the complete
 # pass. So the first pass and administrators enter one rule here, not one per violation: each
 # rule the VM enters costs about 4.5 k instructions, however early its body fails. A rule of
 # your own on finding state for members can join the set; one for anyone else needs its own
