@@ -27,9 +27,9 @@
 # Settings (policies/data.json, "hubgate_settings"): "member_imports": "off" (the default; any
 # value but "own-findings" counts as "off") or "own-findings".
 #
-# Cost: one rule with one comparison for every request that is not a member's import. An opted-in member's
-# import costs eight membership tests and one strings.any_prefix_match call; the per-field loop
-# runs only when a prefix matched.
+# Cost: one rule with one comparison for every request that is not a member's import. An
+# opted-in member's import costs eight membership tests and one strings.any_prefix_match call;
+# the per-field loop runs only when a prefix matched.
 package hubgate
 
 # The rules below put their violations in import_violations, and this is the one rule that
