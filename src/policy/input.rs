@@ -832,6 +832,14 @@ pub fn document(
     Document::new(facts, body_without_ids, update).pass(keys, &[], current, enrichment)
 }
 
+/// A JSON value as a policy value, read in place. `regorus::Value::from(serde_json::Value)`
+/// is this same deserialisation, but it takes the value by move, so a borrowed one would
+/// have to be cloned first.
+fn rego_value(v: &Value) -> RValue {
+    use serde::Deserialize;
+    RValue::deserialize(v).unwrap_or(RValue::Undefined)
+}
+
 /// The members of the input document that do not change between passes, converted once per
 /// request: a second pass shares them (regorus values are reference-counted) instead of
 /// converting the request body and the update again.
@@ -851,19 +859,26 @@ impl Document {
             "principal",
             RValue::from(serde_json::to_value(facts.principal).unwrap_or(Value::Null)),
         );
-        put(
-            "request",
-            RValue::from(json!({
-                "method": facts.method,
-                "path": facts.path,
-                "headers": facts.headers,
-                "body": body_without_ids,
-                "source_ip": facts.source_ip,
-                "request_id": facts.request_id,
-                "time": facts.time,
-            })),
-        );
-        put("update", RValue::from(update.clone()));
+        // Converted from the request's own values by reference: building a JSON object of
+        // them first would copy the body and the update only to convert the copy.
+        let mut request = BTreeMap::new();
+        let mut field = |k: &str, v: RValue| {
+            request.insert(RValue::from(k), v);
+        };
+        field("method", RValue::from(facts.method));
+        field("path", RValue::from(facts.path));
+        let headers: BTreeMap<RValue, RValue> = facts
+            .headers
+            .iter()
+            .map(|(k, v)| (RValue::from(k.as_str()), rego_value(v)))
+            .collect();
+        field("headers", RValue::from(headers));
+        field("body", rego_value(body_without_ids));
+        field("source_ip", RValue::from(facts.source_ip.as_str()));
+        field("request_id", RValue::from(facts.request_id));
+        field("time", RValue::from(facts.time.as_str()));
+        put("request", RValue::from(request));
+        put("update", rego_value(update));
         Document { fixed }
     }
 
@@ -929,6 +944,46 @@ impl Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request and the update are read into the document in place; the result is what
+    /// regorus's own conversion makes of the same JSON, numbers and nesting included.
+    #[test]
+    fn the_document_converts_the_request_as_regorus_does() {
+        let principal = Principal {
+            id: "p".into(),
+            account_id: "222222222222".into(),
+            role: crate::identity::Role::Member,
+            attributes: serde_json::from_value(json!({"team": ["a", 1]})).unwrap(),
+        };
+        let headers: Map<String, Value> =
+            serde_json::from_value(json!({"x-amz-target": "t", "x-n": [1, 2.5, null]})).unwrap();
+        let facts = RequestFacts {
+            operation: "BatchUpdateFindings",
+            principal: &principal,
+            method: "PATCH",
+            path: "/findings/batchupdate",
+            headers: headers.clone(),
+            source_ip: "127.0.0.1".into(),
+            request_id: "r-1",
+            time: "2026-12-03T00:00:00Z".into(),
+        };
+        let body = json!({"Note": {"Text": "é\u{1}", "UpdatedBy": "u"}, "Confidence": 0,
+            "Severity": {"Normalized": 40, "Product": 4.5}, "Big": 18446744073709551615u64,
+            "Neg": -7, "Empty": {}, "List": [[], [true, false]]});
+        let update = json!({"fields": ["Note.Text"], "severity_rank": null, "confidence": 0});
+        let doc = Document::new(&facts, &body, &update);
+        let expected_request = RValue::from(json!({
+            "method": "PATCH", "path": "/findings/batchupdate", "headers": headers,
+            "body": body, "source_ip": "127.0.0.1", "request_id": "r-1",
+            "time": "2026-12-03T00:00:00Z",
+        }));
+        assert_eq!(doc.fixed[&RValue::from("request")], expected_request);
+        assert_eq!(doc.fixed[&RValue::from("update")], RValue::from(update));
+        assert_eq!(
+            doc.fixed[&RValue::from("principal")],
+            RValue::from(serde_json::to_value(&principal).unwrap())
+        );
+    }
 
     /// Looked-up findings are built in this order without sorting (see CURRENT_FIELDS).
     #[test]
