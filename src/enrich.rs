@@ -1127,9 +1127,9 @@ struct Projected {
     /// The page's one copy of the text, shared by its findings' keys and entries.
     product_arn: Option<Arc<str>>,
     facts: StateFacts,
-    /// By position in CURRENT_FIELDS, which is in key order: the object is built from them
-    /// in one pass, with no search per member.
-    current: [Option<regorus::Value>; CURRENT_FIELDS.len()],
+    /// The projected fields as the policy input's object, shared by every finding of the page
+    /// whose projected fields are the same texts (see PageMemo::current).
+    current: regorus::Value,
     bytes: usize,
 }
 
@@ -1139,12 +1139,25 @@ struct Projected {
 /// shared (regorus values are reference counted), rather than allocated again per finding.
 /// Hashed with foldhash, seeded per memo: every projected member of every finding is hashed
 /// here, and SipHash was most of the memo's cost; the texts are bounded by the page.
+///
+/// The findings a bulk triage looks up together mostly come from one control and so share all
+/// of their projected fields; those findings share one `current` object too, keyed by which
+/// built text each field is (a finding's key and entry stay its own).
 #[derive(Default)]
 struct PageMemo<'de> {
     built: std::collections::HashMap<&'de str, Built, foldhash::fast::RandomState>,
+    currents: std::collections::HashMap<CurrentTexts, regorus::Value, foldhash::fast::RandomState>,
+    /// Each built value by its `Built::index`, for building a `current` object.
+    values: Vec<regorus::Value>,
 }
 
+/// Of each field of CURRENT_FIELDS, the `Built::index` of its text, or ABSENT.
+type CurrentTexts = [usize; CURRENT_FIELDS.len()];
+const ABSENT: usize = usize::MAX;
+
 struct Built {
+    /// The order in which the page's memo built it: equal indices mean equal texts.
+    index: usize,
     value: regorus::Value,
     bytes: usize,
     /// The text as JSON, for the members facts are read from (see StateFacts).
@@ -1153,12 +1166,15 @@ struct Built {
 
 impl<'de> PageMemo<'de> {
     fn get<E: serde::de::Error>(&mut self, text: &'de str, as_json: bool) -> Result<&Built, E> {
+        let next = self.values.len();
         let built = match self.built.entry(text) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
                 let bytes = approximate_size(&value);
+                self.values.push(value.clone());
                 e.insert(Built {
+                    index: next,
                     value,
                     bytes,
                     json: None,
@@ -1169,6 +1185,25 @@ impl<'de> PageMemo<'de> {
             built.json = Some(serde_json::from_str(text).map_err(E::custom)?);
         }
         Ok(built)
+    }
+}
+
+impl PageMemo<'_> {
+    /// The `current` object of a finding whose projected fields are `texts`.
+    fn current(&mut self, texts: &CurrentTexts) -> regorus::Value {
+        let values = &self.values;
+        self.currents
+            .entry(*texts)
+            .or_insert_with(|| {
+                // In key order already, so the map is built without a search per member.
+                let object: BTreeMap<regorus::Value, regorus::Value> = field_keys()
+                    .iter()
+                    .zip(texts)
+                    .filter_map(|(k, &i)| Some((k.clone(), values.get(i)?.clone())))
+                    .collect();
+                regorus::Value::from(object)
+            })
+            .clone()
     }
 }
 
@@ -1310,7 +1345,7 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Projected, A::Error> {
         let memo = self.0;
         let (mut id, mut product_arn) = (None, None);
-        let mut current: [Option<regorus::Value>; CURRENT_FIELDS.len()] = Default::default();
+        let mut texts: CurrentTexts = [ABSENT; CURRENT_FIELDS.len()];
         // The members the entry's facts come from are read as JSON (see StateFacts).
         let mut facts = StateFacts::default();
         let mut bytes = 0;
@@ -1338,8 +1373,9 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
                 };
             }
             bytes += field.len() + 24 + built.bytes;
-            current[at] = Some(built.value.clone());
+            texts[at] = built.index;
         }
+        let current = memo.current(&texts);
         Ok(Projected {
             id,
             product_arn,
@@ -1353,18 +1389,7 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
 impl Projected {
     fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
         let key = FindingKey::new(self.id?, self.product_arn?);
-        // In key order already, so the map is built without a search per member.
-        let current: BTreeMap<regorus::Value, regorus::Value> = field_keys()
-            .iter()
-            .zip(self.current)
-            .filter_map(|(k, v)| Some((k.clone(), v?)))
-            .collect();
-        let state = CurrentFinding::from_facts(
-            &key,
-            &self.facts,
-            regorus::Value::from(current),
-            self.bytes,
-        );
+        let state = CurrentFinding::from_facts(&key, &self.facts, self.current, self.bytes);
         Some((key, state))
     }
 }
@@ -1555,6 +1580,99 @@ mod tests {
         {
             let expected = CurrentFinding::new("x", "p", f);
             assert_eq!(got.entry["current"], expected.entry["current"]);
+        }
+    }
+
+    /// Findings whose projected fields are the same texts share one `current` object; a
+    /// finding that differs in any field, or lacks one, gets its own. Each finding's object
+    /// is the one `CurrentFinding::new` builds from it alone, whatever sharing happened.
+    #[test]
+    fn findings_with_the_same_projected_fields_share_their_current_object() {
+        let base = json!({"ProductArn": "p", "AwsAccountId": "111111111111",
+            "Severity": {"Label": "HIGH"}, "Workflow": {"Status": "NEW"}, "Types": ["a"],
+            "Description": "not projected"});
+        let mut other_description = base.clone();
+        other_description["Description"] = json!("also not projected");
+        let mut no_workflow = base.clone();
+        no_workflow.as_object_mut().unwrap().remove("Workflow");
+        let mut with_note = base.clone();
+        with_note["Note"] = json!({"Text": "t", "UpdatedBy": "u", "UpdatedAt": "x"});
+        let findings: Vec<Value> = [&base, &other_description, &no_workflow, &with_note, &base]
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut f = (*f).clone();
+                f["Id"] = json!(format!("f{i}"));
+                f
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
+        let page = read_page(&bytes).unwrap();
+        let current: Vec<&regorus::Value> = page
+            .findings
+            .iter()
+            .map(|(_, f)| &f.entry["current"])
+            .collect();
+        let shared = |x: &regorus::Value, y: &regorus::Value| match (x, y) {
+            (regorus::Value::Object(x), regorus::Value::Object(y)) => Arc::ptr_eq(x, y),
+            _ => false,
+        };
+        assert!(shared(current[0], current[1]));
+        assert!(shared(current[0], current[4]));
+        assert!(!shared(current[0], current[2]));
+        assert!(!shared(current[0], current[3]));
+        assert!(!shared(current[2], current[3]));
+        let workflow = regorus::Value::from("Workflow");
+        assert!(current[2].as_object().unwrap().get(&workflow).is_none());
+        for ((key, got), f) in page.findings.iter().zip(&findings) {
+            let expected = CurrentFinding::new(f["Id"].as_str().unwrap(), "p", f);
+            assert_eq!(got.entry, expected.entry, "{}", key.id);
+        }
+    }
+
+    proptest::proptest! {
+        /// Findings drawn from a few values per projected field (or none): each finding's
+        /// entry is what it would be alone, and two findings share a `current` object exactly
+        /// when their projected fields are equal.
+        #[test]
+        fn shared_current_objects_are_exactly_the_equal_ones(
+            picks in proptest::collection::vec(
+                proptest::collection::vec(0usize..3, CURRENT_FIELDS.len()), 1..12)
+        ) {
+            let findings: Vec<Value> = picks.iter().enumerate().map(|(i, pick)| {
+                let mut f = serde_json::Map::new();
+                f.insert("Id".into(), json!(format!("f{i}")));
+                for (field, &p) in CURRENT_FIELDS.iter().zip(pick) {
+                    let value = match (*field, p) {
+                        (_, 0) => continue,
+                        ("ProductArn", _) => json!("p"),
+                        ("Severity", 1) => json!({"Label": "LOW"}),
+                        ("Severity", _) => json!({"Normalized": 90}),
+                        ("Workflow", 1) => json!({"Status": "NEW"}),
+                        ("AwsAccountId", 1) => json!("111111111111"),
+                        (_, 1) => json!("one"),
+                        (_, _) => json!([2, {"two": null}]),
+                    };
+                    f.insert(field.to_string(), value);
+                }
+                f.insert("ProductArn".into(), json!("p"));
+                Value::Object(f)
+            }).collect();
+            let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
+            let page = read_page(&bytes).unwrap();
+            proptest::prop_assert_eq!(page.findings.len(), findings.len());
+            for (i, (_, got)) in page.findings.iter().enumerate() {
+                let expected = CurrentFinding::new(&format!("f{i}"), "p", &findings[i]);
+                proptest::prop_assert_eq!(&got.entry, &expected.entry);
+                for (_, other) in &page.findings[..i] {
+                    let (a, b) = (&got.entry["current"], &other.entry["current"]);
+                    let shared = match (a, b) {
+                        (regorus::Value::Object(x), regorus::Value::Object(y)) => Arc::ptr_eq(x, y),
+                        _ => false,
+                    };
+                    proptest::prop_assert_eq!(shared, a == b);
+                }
+            }
         }
     }
 
