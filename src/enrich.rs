@@ -25,7 +25,7 @@ pub use crate::finding::FindingKey;
 use crate::finding::KeyMap;
 pub use crate::metrics::EnrichMetrics;
 use crate::metrics::OperationLabels;
-use crate::policy::input::{StateFacts, Update, CURRENT_FIELDS};
+use crate::policy::input::{EntryTemplate, StateFacts, Update, CURRENT_FIELDS};
 use crate::policy::state::approximate_size;
 pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
@@ -1127,9 +1127,9 @@ struct Projected {
     /// The page's one copy of the text, shared by its findings' keys and entries.
     product_arn: Option<Arc<str>>,
     facts: StateFacts,
-    /// The projected fields as the policy input's object, shared by every finding of the page
-    /// whose projected fields are the same texts (see PageMemo::current).
-    current: regorus::Value,
+    /// The projected fields as the policy input's object, and the entry but its Id, shared by
+    /// every finding of the page whose projected fields are the same texts.
+    shared: Shared,
     bytes: usize,
 }
 
@@ -1146,9 +1146,16 @@ struct Projected {
 #[derive(Default)]
 struct PageMemo<'de> {
     built: std::collections::HashMap<&'de str, Built, foldhash::fast::RandomState>,
-    currents: std::collections::HashMap<CurrentTexts, regorus::Value, foldhash::fast::RandomState>,
+    currents: std::collections::HashMap<CurrentTexts, Shared, foldhash::fast::RandomState>,
     /// Each built value by its `Built::index`, for building a `current` object.
     values: Vec<regorus::Value>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    current: regorus::Value,
+    /// The entry but its Id; None only for a finding with no ProductArn, which is dropped.
+    template: Option<EntryTemplate>,
 }
 
 /// Of each field of CURRENT_FIELDS, the `Built::index` of its text, or ABSENT.
@@ -1189,8 +1196,15 @@ impl<'de> PageMemo<'de> {
 }
 
 impl PageMemo<'_> {
-    /// The `current` object of a finding whose projected fields are `texts`.
-    fn current(&mut self, texts: &CurrentTexts) -> regorus::Value {
+    /// What a finding whose projected fields are `texts` shares with the page's other such
+    /// findings. Its facts and ProductArn come from those texts, so the first such finding's
+    /// stand for all of them.
+    fn shared(
+        &mut self,
+        texts: &CurrentTexts,
+        facts: &StateFacts,
+        product_arn: Option<&Arc<str>>,
+    ) -> Shared {
         let values = &self.values;
         self.currents
             .entry(*texts)
@@ -1201,7 +1215,11 @@ impl PageMemo<'_> {
                     .zip(texts)
                     .filter_map(|(k, &i)| Some((k.clone(), values.get(i)?.clone())))
                     .collect();
-                regorus::Value::from(object)
+                let current = regorus::Value::from(object);
+                let template = product_arn.and_then(|arn| {
+                    facts.template(regorus::Value::String(arn.clone()), current.clone())
+                });
+                Shared { current, template }
             })
             .clone()
     }
@@ -1375,12 +1393,12 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
             bytes += field.len() + 24 + built.bytes;
             texts[at] = built.index;
         }
-        let current = memo.current(&texts);
+        let shared = memo.shared(&texts, &facts, product_arn.as_ref());
         Ok(Projected {
             id,
             product_arn,
             facts,
-            current,
+            shared,
             bytes,
         })
     }
@@ -1389,7 +1407,10 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
 impl Projected {
     fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
         let key = FindingKey::new(self.id?, self.product_arn?);
-        let state = CurrentFinding::from_facts(&key, &self.facts, self.current, self.bytes);
+        let state = match &self.shared.template {
+            Some(template) => CurrentFinding::from_template(&key, self.facts, template, self.bytes),
+            None => CurrentFinding::from_facts(&key, &self.facts, self.shared.current, self.bytes),
+        };
         Some((key, state))
     }
 }
@@ -1628,6 +1649,38 @@ mod tests {
             let expected = CurrentFinding::new(f["Id"].as_str().unwrap(), "p", f);
             assert_eq!(got.entry, expected.entry, "{}", key.id);
         }
+    }
+
+    /// Findings that share their `current` object and entry template are still separate
+    /// states: a processed update laid over one leaves the other as it was read.
+    #[test]
+    fn patching_a_finding_that_shares_its_objects_leaves_the_others_alone() {
+        let f = |id: &str| {
+            json!({"Id": id, "ProductArn": "p", "AwsAccountId": "111111111111",
+            "Severity": {"Label": "HIGH"}, "Workflow": {"Status": "NEW"}})
+        };
+        let bytes = serde_json::to_vec(&json!({"Findings": [f("a"), f("b")]})).unwrap();
+        let page = read_page(&bytes).unwrap();
+        let [(_, a), (_, b)] = <[_; 2]>::try_from(page.findings).ok().unwrap();
+        let before = b.entry.clone();
+        let body = json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}],
+            "Severity": {"Label": "LOW"}, "Workflow": {"Status": "RESOLVED"}});
+        let update =
+            crate::policy::input::update_for(crate::request::Judged::BatchUpdateFindings, &body)
+                .unwrap();
+        let patched = a.patched(&update.patch().expect("a modelled change"));
+        assert_eq!(patched.entry["severity_label"], regorus::Value::from("LOW"));
+        assert_eq!(
+            patched.entry["current"]["Workflow"]["Status"],
+            regorus::Value::from("RESOLVED")
+        );
+        assert_eq!(patched.entry["Id"], regorus::Value::from("a"));
+        assert_eq!(b.entry, before);
+        assert_eq!(
+            a.entry["current"]["Workflow"]["Status"],
+            regorus::Value::from("NEW")
+        );
+        assert_eq!(b.entry["Id"], regorus::Value::from("b"));
     }
 
     proptest::proptest! {

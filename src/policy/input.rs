@@ -663,6 +663,30 @@ impl StateFacts {
         entry.insert(k.current.clone(), current);
         RValue::from(entry)
     }
+
+    /// The entry of every finding with these facts, `product_arn` and `current`, but its Id.
+    pub fn template(&self, product_arn: RValue, current: RValue) -> Option<EntryTemplate> {
+        match self.entry(RValue::Null, product_arn, current) {
+            RValue::Object(object) => Some(EntryTemplate(object)),
+            _ => None,
+        }
+    }
+}
+
+/// A finding entry without its Id (see `StateFacts::template`). Findings that share their
+/// facts, ProductArn and `current` copy it and set their Id in place, instead of each building
+/// and sorting an object of their own.
+#[derive(Clone)]
+pub struct EntryTemplate(regorus::Rc<regorus::value::Object>);
+
+impl EntryTemplate {
+    /// The entry of the finding `id`: as `StateFacts::entry` makes it from the template's facts.
+    pub fn entry(&self, id: RValue) -> RValue {
+        let mut object = regorus::value::Object::clone(&self.0);
+        // The key is there already, so only its value changes and the object stays compact.
+        object.insert(keys().id.clone(), id);
+        object.into_value()
+    }
 }
 
 /// The fields of a stored finding that policies see (CURRENT_FIELDS); the rest is dropped

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::input::{Patch, StateFacts};
+use super::input::{EntryTemplate, Patch, StateFacts};
 use crate::finding::FindingKey;
 
 /// A finding's current state, already in the shape the policy input needs: converting it
@@ -41,6 +41,22 @@ impl CurrentFinding {
             ),
             account_id: facts.account_id.clone(),
             severity_rank: facts.severity_rank(),
+            bytes: key.id.len() + key.product_arn.len() + bytes,
+        }
+    }
+
+    /// The state of the finding `key` names, its entry made from `template`, which was made
+    /// from these same `facts`.
+    pub(crate) fn from_template(
+        key: &FindingKey,
+        facts: StateFacts,
+        template: &EntryTemplate,
+        bytes: usize,
+    ) -> CurrentFinding {
+        CurrentFinding {
+            entry: template.entry(regorus::Value::String(key.id.clone())),
+            severity_rank: facts.severity_rank(),
+            account_id: facts.account_id,
             bytes: key.id.len() + key.product_arn.len() + bytes,
         }
     }
