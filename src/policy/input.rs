@@ -578,6 +578,30 @@ fn keys() -> &'static EntryKeys {
     })
 }
 
+/// A first-pass entry with no claimed account: `{"Id": id, "ProductArn": product_arn}`, copied
+/// from one made once, with both values set in place, rather than built and sorted per finding.
+fn bare_entry(id: RValue, product_arn: RValue) -> RValue {
+    static BARE: OnceLock<Option<EntryTemplate>> = OnceLock::new();
+    let template = BARE.get_or_init(|| {
+        let k = keys();
+        let pair = BTreeMap::from([
+            (k.id.clone(), RValue::Null),
+            (k.product_arn.clone(), RValue::Null),
+        ]);
+        match RValue::from(pair) {
+            RValue::Object(object) => Some(EntryTemplate(object)),
+            _ => None,
+        }
+    });
+    let mut object = template
+        .as_ref()
+        .map_or_else(regorus::value::Object::new, |t| (*t.0).clone());
+    // Both keys are in the template, so only their values change and it stays compact.
+    object.insert(keys().id.clone(), id);
+    object.insert(keys().product_arn.clone(), product_arn);
+    object.into_value()
+}
+
 fn opt_str(v: Option<&str>) -> RValue {
     v.map_or(RValue::Null, RValue::from)
 }
@@ -939,16 +963,18 @@ impl Document {
                 keys.iter()
                     .enumerate()
                     .map(|(i, key)| {
-                        // the key's own texts: a policy string is the same shared str
-                        let mut entry = BTreeMap::new();
-                        entry.insert(k.id.clone(), RValue::String(key.id.clone()));
-                        entry.insert(
-                            k.product_arn.clone(),
+                        let (id, product_arn) = (
+                            RValue::String(key.id.clone()),
                             RValue::String(key.product_arn.clone()),
                         );
-                        if let Some(Some(account)) = claimed_accounts.get(i) {
-                            entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
-                        }
+                        let Some(Some(account)) = claimed_accounts.get(i) else {
+                            return bare_entry(id, product_arn);
+                        };
+                        // the key's own texts: a policy string is the same shared str
+                        let mut entry = BTreeMap::new();
+                        entry.insert(k.id.clone(), id);
+                        entry.insert(k.product_arn.clone(), product_arn);
+                        entry.insert(claimed_key.clone(), RValue::from(account.as_str()));
                         RValue::from(entry)
                     })
                     .collect()
@@ -968,6 +994,46 @@ impl Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before enrichment each finding's entry holds its identifiers and, where the request
+    /// claims one, its account; copied from a template or built, entries are the plain objects.
+    #[test]
+    fn first_pass_entries_are_the_identifiers_and_any_claimed_account() {
+        let principal = Principal {
+            id: "p".into(),
+            account_id: "222222222222".into(),
+            role: crate::identity::Role::Member,
+            attributes: Default::default(),
+        };
+        let facts = RequestFacts {
+            operation: "BatchImportFindings",
+            principal: &principal,
+            method: "POST",
+            path: "/findings/import",
+            headers: Map::new(),
+            source_ip: "127.0.0.1".into(),
+            request_id: "r",
+            time: "t".into(),
+        };
+        let keys = [
+            FindingKey::new("a", "p1"),
+            FindingKey::new("b", "p2"),
+            FindingKey::new("c", "p1"),
+        ];
+        let claimed = [None, Some("333333333333".to_string())];
+        let doc = Document::new(&facts, &json!({}), &json!({}));
+        let got = doc.pass(&keys, &claimed, None, Enrichment::Pending);
+        let expected = [
+            json!({"Id": "a", "ProductArn": "p1"}),
+            json!({"Id": "b", "ProductArn": "p2", "claimed_account_id": "333333333333"}),
+            json!({"Id": "c", "ProductArn": "p1"}),
+        ];
+        let findings = got["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), 3);
+        for (entry, expected) in findings.iter().zip(expected) {
+            assert_eq!(*entry, RValue::from(expected));
+        }
+    }
 
     /// The request and the update are read into the document in place; the result is what
     /// regorus's own conversion makes of the same JSON, numbers and nesting included.
