@@ -1127,9 +1127,9 @@ struct Projected {
     /// The page's one copy of the text, shared by its findings' keys and entries.
     product_arn: Option<Arc<str>>,
     facts: StateFacts,
-    /// The projected fields as the policy input's object, and the entry but its Id, shared by
-    /// every finding of the page whose projected fields are the same texts.
-    shared: Shared,
+    /// The entry but its Id, shared by every finding of the page whose projected fields are
+    /// the same texts; None only without a ProductArn, and such a finding is dropped.
+    template: Option<EntryTemplate>,
     bytes: usize,
 }
 
@@ -1146,16 +1146,10 @@ struct Projected {
 #[derive(Default)]
 struct PageMemo<'de> {
     built: std::collections::HashMap<&'de str, Built, foldhash::fast::RandomState>,
-    currents: std::collections::HashMap<CurrentTexts, Shared, foldhash::fast::RandomState>,
-    /// Each built value by its `Built::index`, for building a `current` object.
+    templates:
+        std::collections::HashMap<CurrentTexts, Option<EntryTemplate>, foldhash::fast::RandomState>,
+    /// Each built value, by its `Built::index`.
     values: Vec<regorus::Value>,
-}
-
-#[derive(Clone)]
-struct Shared {
-    current: regorus::Value,
-    /// The entry but its Id; None only for a finding with no ProductArn, which is dropped.
-    template: Option<EntryTemplate>,
 }
 
 /// Of each field of CURRENT_FIELDS, the `Built::index` of its text, or ABSENT.
@@ -1165,7 +1159,6 @@ const ABSENT: usize = usize::MAX;
 struct Built {
     /// The order in which the page's memo built it: equal indices mean equal texts.
     index: usize,
-    value: regorus::Value,
     bytes: usize,
     /// The text as JSON, for the members facts are read from (see StateFacts).
     json: Option<Value>,
@@ -1179,10 +1172,9 @@ impl<'de> PageMemo<'de> {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
                 let bytes = approximate_size(&value);
-                self.values.push(value.clone());
+                self.values.push(value);
                 e.insert(Built {
                     index: next,
-                    value,
                     bytes,
                     json: None,
                 })
@@ -1196,17 +1188,17 @@ impl<'de> PageMemo<'de> {
 }
 
 impl PageMemo<'_> {
-    /// What a finding whose projected fields are `texts` shares with the page's other such
-    /// findings. Its facts and ProductArn come from those texts, so the first such finding's
-    /// stand for all of them.
-    fn shared(
+    /// The entry template of a finding whose projected fields are `texts`, shared with the
+    /// page's other such findings. Its facts and ProductArn come from those texts, so the first
+    /// such finding's stand for all of them.
+    fn template(
         &mut self,
         texts: &CurrentTexts,
         facts: &StateFacts,
         product_arn: Option<&Arc<str>>,
-    ) -> Shared {
+    ) -> Option<EntryTemplate> {
         let values = &self.values;
-        self.currents
+        self.templates
             .entry(*texts)
             .or_insert_with(|| {
                 // In key order already, so the map is built without a search per member.
@@ -1215,11 +1207,8 @@ impl PageMemo<'_> {
                     .zip(texts)
                     .filter_map(|(k, &i)| Some((k.clone(), values.get(i)?.clone())))
                     .collect();
-                let current = regorus::Value::from(object);
-                let template = product_arn.and_then(|arn| {
-                    facts.template(regorus::Value::String(arn.clone()), current.clone())
-                });
-                Shared { current, template }
+                let arn = regorus::Value::String(product_arn?.clone());
+                facts.template(arn, regorus::Value::from(object))
             })
             .clone()
     }
@@ -1384,21 +1373,21 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
             if let Some(json) = built.json.as_ref().filter(|_| fact) {
                 facts.read_member(field, json);
             }
+            bytes += field.len() + 24 + built.bytes;
+            texts[at] = built.index;
             if field == "ProductArn" {
-                product_arn = match &built.value {
-                    regorus::Value::String(arn) => Some(arn.clone()),
+                product_arn = match memo.values.get(texts[at]) {
+                    Some(regorus::Value::String(arn)) => Some(arn.clone()),
                     _ => None,
                 };
             }
-            bytes += field.len() + 24 + built.bytes;
-            texts[at] = built.index;
         }
-        let shared = memo.shared(&texts, &facts, product_arn.as_ref());
+        let template = memo.template(&texts, &facts, product_arn.as_ref());
         Ok(Projected {
             id,
             product_arn,
             facts,
-            shared,
+            template,
             bytes,
         })
     }
@@ -1407,10 +1396,8 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
 impl Projected {
     fn into_state(self) -> Option<(FindingKey, CurrentFinding)> {
         let key = FindingKey::new(self.id?, self.product_arn?);
-        let state = match &self.shared.template {
-            Some(template) => CurrentFinding::from_template(&key, self.facts, template, self.bytes),
-            None => CurrentFinding::from_facts(&key, &self.facts, self.shared.current, self.bytes),
-        };
+        let template = self.template?;
+        let state = CurrentFinding::from_template(&key, self.facts, &template, self.bytes);
         Some((key, state))
     }
 }

@@ -582,24 +582,18 @@ fn keys() -> &'static EntryKeys {
 /// from one made once, with both values set in place, rather than built and sorted per finding.
 fn bare_entry(id: RValue, product_arn: RValue) -> RValue {
     static BARE: OnceLock<Option<EntryTemplate>> = OnceLock::new();
+    let k = keys();
     let template = BARE.get_or_init(|| {
-        let k = keys();
-        let pair = BTreeMap::from([
+        EntryTemplate::new(RValue::from(BTreeMap::from([
             (k.id.clone(), RValue::Null),
             (k.product_arn.clone(), RValue::Null),
-        ]);
-        match RValue::from(pair) {
-            RValue::Object(object) => Some(EntryTemplate(object)),
-            _ => None,
-        }
+        ])))
     });
-    let mut object = template
-        .as_ref()
-        .map_or_else(regorus::value::Object::new, |t| (*t.0).clone());
-    // Both keys are in the template, so only their values change and it stays compact.
-    object.insert(keys().id.clone(), id);
-    object.insert(keys().product_arn.clone(), product_arn);
-    object.into_value()
+    let pairs = [(&k.id, id), (&k.product_arn, product_arn)];
+    match template {
+        Some(template) => template.with(pairs),
+        None => RValue::from(BTreeMap::from(pairs.map(|(key, v)| (key.clone(), v)))),
+    }
 }
 
 fn opt_str(v: Option<&str>) -> RValue {
@@ -690,10 +684,7 @@ impl StateFacts {
 
     /// The entry of every finding with these facts, `product_arn` and `current`, but its Id.
     pub fn template(&self, product_arn: RValue, current: RValue) -> Option<EntryTemplate> {
-        match self.entry(RValue::Null, product_arn, current) {
-            RValue::Object(object) => Some(EntryTemplate(object)),
-            _ => None,
-        }
+        EntryTemplate::new(self.entry(RValue::Null, product_arn, current))
     }
 }
 
@@ -704,12 +695,27 @@ impl StateFacts {
 pub struct EntryTemplate(regorus::Rc<regorus::value::Object>);
 
 impl EntryTemplate {
+    /// `entry` as a template; None only if it is not an object.
+    fn new(entry: RValue) -> Option<EntryTemplate> {
+        match entry {
+            RValue::Object(object) => Some(EntryTemplate(object)),
+            _ => None,
+        }
+    }
+
+    /// A copy with `values` set. Keys the template has only change their values, so the copy
+    /// stays compact.
+    fn with<const N: usize>(&self, values: [(&RValue, RValue); N]) -> RValue {
+        let mut object = regorus::value::Object::clone(&self.0);
+        for (key, value) in values {
+            object.insert(key.clone(), value);
+        }
+        object.into_value()
+    }
+
     /// The entry of the finding `id`: as `StateFacts::entry` makes it from the template's facts.
     pub fn entry(&self, id: RValue) -> RValue {
-        let mut object = regorus::value::Object::clone(&self.0);
-        // The key is there already, so only its value changes and the object stays compact.
-        object.insert(keys().id.clone(), id);
-        object.into_value()
+        self.with([(&keys().id, id)])
     }
 }
 
