@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::{IdentityConfig, IdentityMode};
+use crate::payload::Payload;
 
 /// SigV4 requests dated further than this from hubgate's clock are refused.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -448,11 +449,12 @@ impl Identity {
         Err(AuthError::UnknownClientCert(names.join(", ")))
     }
 
-    /// Establishes the caller. In sigv4 mode this needs the exact body bytes (their hash is signed).
+    /// Establishes the caller. In sigv4 mode this needs the exact body bytes (their hash is
+    /// signed); the hash stays with the payload for the re-sign.
     pub fn authenticate(
         &self,
         parts: &http::request::Parts,
-        body: &[u8],
+        body: &Payload,
         now: SystemTime,
         client_cert: Option<&ClientCert>,
     ) -> Result<Arc<Principal>, AuthError> {
@@ -466,7 +468,7 @@ impl Identity {
     fn verify_sigv4(
         &self,
         parts: &http::request::Parts,
-        body: &[u8],
+        body: &Payload,
         now: SystemTime,
     ) -> Result<Arc<Principal>, AuthError> {
         let header = parts
@@ -578,7 +580,7 @@ impl Identity {
             parts.method.as_str(),
             uri,
             headers.iter().map(|(k, v)| (*k, v.as_str())),
-            SignableBody::Bytes(body),
+            SignableBody::Precomputed(body.sha256_hex().to_owned()),
         )
         .map_err(|e| AuthError::Malformed(e.to_string()))?;
         let (_, expected) = sign(signable, &params)

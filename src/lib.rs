@@ -8,7 +8,7 @@
 //! (and share pacing and cache between replicas).
 //!
 //! Imports point one way (CONTRIBUTING.md; `tests/tools/module_cycles.py` fails CI on a cycle):
-//! finding / metrics / framing / validate / request / routes / config at the bottom, then the
+//! finding / metrics / framing / payload / validate / request / routes / config at the bottom, then the
 //! stages, then envelope / proxy, then server / cli.
 #![forbid(unsafe_code)]
 
@@ -23,6 +23,7 @@ pub mod finding;
 pub mod framing;
 pub mod identity;
 pub mod metrics;
+pub mod payload;
 pub mod policy;
 pub mod proxy;
 pub mod quota;

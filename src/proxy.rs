@@ -25,6 +25,7 @@ use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{DecisionLabel, Metrics, OperationLabels, RequestLabels};
+use crate::payload::Payload;
 use crate::policy::input::RequestFacts;
 use crate::policy::input::Update;
 use crate::policy::{Decision, PolicySet, Violation};
@@ -301,6 +302,7 @@ struct Ctx<'a> {
 async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rejection> {
     let (spec, routing) = route(ctx, &req)?;
     let (parts, body) = read(ctx, req, routing).await?;
+    let body = Payload::new(body);
     let principal = authenticate(ctx, &parts, &body)?;
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
@@ -314,7 +316,7 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
         return forward(ctx.gate, &parts, body, &mut ctx.trail, deadline, touched).await;
     }
     let operation = validate(spec, &parts)?;
-    let decided = decide(ctx, operation, &parts, &body, &principal, deadline).await?;
+    let decided = decide(ctx, operation, &parts, body.bytes(), &principal, deadline).await?;
     enforce(ctx, &parts, body, decided, deadline).await
 }
 
@@ -411,7 +413,7 @@ pub struct ClientGone;
 fn authenticate(
     ctx: &mut Ctx<'_>,
     parts: &http::request::Parts,
-    body: &Bytes,
+    body: &Payload,
 ) -> Result<Arc<Principal>, Rejection> {
     let principal =
         ctx.gate
@@ -547,7 +549,7 @@ fn conclude(
 async fn enforce(
     ctx: &mut Ctx<'_>,
     parts: &http::request::Parts,
-    body: Bytes,
+    body: Payload,
     decided: Decided,
     deadline: Instant,
 ) -> Result<Forwarded, Rejection> {
@@ -742,7 +744,7 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
 async fn send(
     gate: &Stages,
     parts: &http::request::Parts,
-    body: Bytes,
+    body: Payload,
     trail: &mut Trail,
     deadline: Instant,
 ) -> Result<Response<Incoming>, Rejection> {
@@ -757,7 +759,7 @@ async fn send(
     let t = Instant::now();
     let response = match gate.config.upstream.auth {
         UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
-        UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body).await,
+        UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body.into_bytes()).await,
     };
     let response = trail.upstream_answered(response, t)?;
     if crate::upstream::is_throttle(response.status(), response.headers()) {
@@ -788,7 +790,7 @@ async fn send(
 async fn send_write(
     gate: &Stages,
     parts: &http::request::Parts,
-    body: Bytes,
+    body: Payload,
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
@@ -827,7 +829,7 @@ async fn read_answer(
 async fn forward(
     gate: &Stages,
     parts: &http::request::Parts,
-    body: Bytes,
+    body: Payload,
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
@@ -937,7 +939,10 @@ async fn forward_allowed(
     if let Some(obj) = body_without_ids.as_object_mut() {
         obj.insert("FindingIdentifiers".into(), Value::Array(allowed));
     }
-    let rewritten = Bytes::from(serde_json::to_vec(&body_without_ids).unwrap_or_default());
+    // New bytes, so a new payload: hashed for the re-sign, never the caller's hash.
+    let rewritten = Payload::new(Bytes::from(
+        serde_json::to_vec(&body_without_ids).unwrap_or_default(),
+    ));
     // The answer is read and merged, so it must come back as plain JSON.
     let mut parts = parts.clone();
     parts.headers.insert(

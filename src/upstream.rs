@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
+use crate::payload::Payload;
 
 /// Lookups read whole responses; this bounds what one GetFindings page may hold.
 const MAX_LOOKUP_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -176,23 +177,7 @@ pub enum SetupError {
 
 impl Upstream {
     pub async fn new(config: &Config) -> Result<Arc<Upstream>, SetupError> {
-        // Without TCP_NODELAY a request written as head then body waits on the peer's
-        // delayed ACK: about 40 ms per forwarded request.
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(Duration::from_millis(config.upstream.timeout_ms)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(SetupError::Tls)?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let client: HttpsClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-
+        let client = https_client(Duration::from_millis(config.upstream.timeout_ms))?;
         let aws_http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -268,7 +253,7 @@ impl Upstream {
         method: &Method,
         path_and_query: &str,
         mut headers: HeaderMap,
-        body: Bytes,
+        body: Payload,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let creds = self.credentials().await?;
         let uri = self.uri_for(path_and_query)?;
@@ -276,7 +261,7 @@ impl Upstream {
         let mut request = Request::builder()
             .method(method.clone())
             .uri(uri.clone())
-            .body(Full::new(body.clone()))
+            .body(Full::new(body.bytes().clone()))
             .map_err(|e| UpstreamError::local("build the upstream request", e))?;
         *request.headers_mut() = headers;
 
@@ -304,7 +289,9 @@ impl Upstream {
             method.as_str(),
             uri_string.as_str(),
             signed.into_iter(),
-            SignableBody::Bytes(&body),
+            // With sigv4 callers, a forwarded body's hash is the one its signature was
+            // verified with: the same bytes, hashed once.
+            SignableBody::Precomputed(body.sha256_hex().to_owned()),
         )
         .map_err(|e| UpstreamError::local("sign the upstream request", e))?;
         let (instructions, _) = sign(signable, &params)
@@ -332,7 +319,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         parts: &http::request::Parts,
-        body: Bytes,
+        body: Payload,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut headers = HeaderMap::with_capacity(parts.headers.len());
         for (name, value) in &parts.headers {
@@ -410,7 +397,9 @@ impl Upstream {
             HeaderName::from_static("user-agent"),
             HeaderValue::from_static(concat!("hubgate/", env!("CARGO_PKG_VERSION"))),
         );
-        let request = self.signed_request(&method, path, headers, bytes).await?;
+        let request = self
+            .signed_request(&method, path, headers, Payload::new(bytes))
+            .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = tokio::time::timeout_at(deadline, self.send(request))
             .await
@@ -474,6 +463,25 @@ and AWS_ROLE_ARN, as EKS IRSA sets them), container (AWS_CONTAINER_CREDENTIALS_R
 _FULL_URI, as ECS sets them), instance metadata (an EC2 instance profile). Give hubgate's \
 process one of them; RUST_LOG=debug logs what each source answered";
 
+fn https_client(connect_timeout: Duration) -> Result<HttpsClient, SetupError> {
+    // Without TCP_NODELAY a request written as head then body waits on the peer's delayed
+    // ACK: about 40 ms per forwarded request.
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(SetupError::Tls)?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector))
+}
+
 fn credentials_error(e: &aws_credential_types::provider::error::CredentialsError) -> UpstreamError {
     use aws_credential_types::provider::error::CredentialsError;
     let detail = error_chain(e);
@@ -502,4 +510,87 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        Upstream {
+            client: https_client(Duration::from_secs(1)).unwrap(),
+            endpoint: Uri::from_static("http://127.0.0.1:4000"),
+            host: HeaderValue::from_static("127.0.0.1:4000"),
+            region: "us-east-1".into(),
+            timeout: Duration::from_secs(1),
+            provider: None,
+            cached: Mutex::new(Some(Credentials::new(
+                "AKIDHUBGATE",
+                "hubgate-secret",
+                None,
+                None,
+                "test",
+            ))),
+        }
+    }
+
+    /// The signature aws-sigv4 makes over the bytes themselves, at the signed request's time.
+    fn signature_over_bytes(request: &Request<Full<Bytes>>, body: &[u8]) -> String {
+        let amz_date = request.headers()["x-amz-date"].to_str().unwrap();
+        let format =
+            time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+        let time = time::PrimitiveDateTime::parse(amz_date, format)
+            .unwrap()
+            .assume_utc();
+        let identity = Credentials::new("AKIDHUBGATE", "hubgate-secret", None, None, "test").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("securityhub")
+            .time(time.into())
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let uri = request.uri().to_string();
+        let signable = SignableRequest::new(
+            "POST",
+            uri.as_str(),
+            [
+                ("host", "127.0.0.1:4000"),
+                ("content-type", "application/json"),
+            ]
+            .into_iter(),
+            SignableBody::Bytes(body),
+        )
+        .unwrap();
+        sign(signable, &params).unwrap().into_parts().1
+    }
+
+    #[tokio::test]
+    async fn a_payload_hashed_by_verification_signs_as_its_bytes_do() {
+        let up = upstream();
+        let bytes = Bytes::from_static(br#"{"FindingIdentifiers":[],"Note":{"Text":"x"}}"#);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        // As after a caller's SigV4 verification: the hash is already made.
+        let verified = Payload::new(bytes.clone());
+        let _ = verified.sha256_hex();
+        let request = up
+            .signed_request(&Method::POST, "/findings/batchupdate", headers, verified)
+            .await
+            .unwrap();
+        let authorization = request.headers()[header::AUTHORIZATION].to_str().unwrap();
+        let expected = signature_over_bytes(&request, &bytes);
+        assert!(
+            authorization.ends_with(&format!("Signature={expected}")),
+            "{authorization} against {expected}"
+        );
+        // A different body signs differently: the hash in the signature is the body's.
+        let other = signature_over_bytes(&request, b"{}");
+        assert_ne!(expected, other);
+    }
 }

@@ -5,6 +5,10 @@ use std::io::Write;
 const KEY: &str = "HGTESTMEMBER00000001";
 const SECRET: &str = "member-secret";
 
+fn body(bytes: &'static [u8]) -> Payload {
+    Payload::new(bytes::Bytes::from_static(bytes))
+}
+
 fn identity(mode: IdentityMode, static_principal: Option<&str>) -> (Identity, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("callers.toml");
@@ -72,7 +76,7 @@ fn a_correct_signature_maps_to_the_principal() {
     let (id, _dir) = identity(IdentityMode::Sigv4, None);
     let now = SystemTime::now();
     let parts = signed_request(SECRET, now, b"{}");
-    let p = id.authenticate(&parts, b"{}", now, None).unwrap();
+    let p = id.authenticate(&parts, &body(b"{}"), now, None).unwrap();
     assert_eq!(p.id, "member");
     assert_eq!(p.account_id, "222222222222");
     assert_eq!(p.role, Role::Member);
@@ -85,11 +89,13 @@ fn a_changed_body_or_wrong_secret_fails() {
     let now = SystemTime::now();
     let parts = signed_request(SECRET, now, b"{}");
     assert!(matches!(
-        id.authenticate(&parts, b"{ }", now, None),
+        id.authenticate(&parts, &body(b"{ }"), now, None),
         Err(AuthError::BadSignature(_))
     ));
     let parts = signed_request("not-the-secret", now, b"{}");
-    let err = id.authenticate(&parts, b"{}", now, None).unwrap_err();
+    let err = id
+        .authenticate(&parts, &body(b"{}"), now, None)
+        .unwrap_err();
     assert!(matches!(err, AuthError::BadSignature(_)));
     assert_eq!(err.error_type(), "InvalidSignatureException");
 }
@@ -104,13 +110,13 @@ fn stale_and_future_requests_fail() {
     ] {
         let parts = signed_request(SECRET, at, b"{}");
         assert!(matches!(
-            id.authenticate(&parts, b"{}", now, None),
+            id.authenticate(&parts, &body(b"{}"), now, None),
             Err(AuthError::Stale(_))
         ));
     }
     // within the window is fine
     let parts = signed_request(SECRET, now - Duration::from_secs(14 * 60), b"{}");
-    assert!(id.authenticate(&parts, b"{}", now, None).is_ok());
+    assert!(id.authenticate(&parts, &body(b"{}"), now, None).is_ok());
 }
 
 #[test]
@@ -123,12 +129,14 @@ fn missing_and_unknown_keys_fail() {
         .unwrap()
         .replace(KEY, "HGUNKNOWN");
     parts.headers.insert("authorization", auth.parse().unwrap());
-    let err = id.authenticate(&parts, b"{}", now, None).unwrap_err();
+    let err = id
+        .authenticate(&parts, &body(b"{}"), now, None)
+        .unwrap_err();
     assert!(matches!(err, AuthError::UnknownKey(ref k) if k == "HGUNKNOWN"));
     assert_eq!(err.error_type(), "UnrecognizedClientException");
     parts.headers.remove("authorization");
     assert!(matches!(
-        id.authenticate(&parts, b"{}", now, None),
+        id.authenticate(&parts, &body(b"{}"), now, None),
         Err(AuthError::Missing)
     ));
 }
@@ -156,7 +164,7 @@ fn static_mode_needs_no_signature() {
     let (id, _dir) = identity(IdentityMode::Static, Some("member"));
     let parts = http::Request::new(()).into_parts().0;
     let p = id
-        .authenticate(&parts, b"", SystemTime::now(), None)
+        .authenticate(&parts, &body(b""), SystemTime::now(), None)
         .unwrap();
     assert_eq!(p.id, "member");
 }
@@ -176,7 +184,9 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
         "x-amz-security-token",
         "FwoGZXIvYXdzEXAMPLE".parse().unwrap(),
     );
-    let err = id.authenticate(&parts, b"{}", now, None).unwrap_err();
+    let err = id
+        .authenticate(&parts, &body(b"{}"), now, None)
+        .unwrap_err();
     assert!(matches!(err, AuthError::SessionToken), "{err}");
     assert_eq!(err.error_type(), "UnrecognizedClientException");
     // In the query string too.
@@ -185,7 +195,7 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
         .parse()
         .unwrap();
     assert!(matches!(
-        id.authenticate(&parts, b"{}", now, None),
+        id.authenticate(&parts, &body(b"{}"), now, None),
         Err(AuthError::SessionToken)
     ));
     // Passthrough: the caller's keys are real AWS keys and the token is theirs.
@@ -202,7 +212,7 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
     );
     assert_eq!(
         passthrough
-            .authenticate(&parts, b"{}", now, None)
+            .authenticate(&parts, &body(b"{}"), now, None)
             .unwrap()
             .id,
         "member"
