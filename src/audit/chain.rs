@@ -8,7 +8,7 @@ use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use hmac::{KeyInit, Mac};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The `prev` of the first record a log ever holds.
@@ -28,6 +28,17 @@ impl Default for Head {
             hash: GENESIS.to_string(),
         }
     }
+}
+
+/// A line's `chain` object. Its members are in the order serde_json writes a parsed object's
+/// keys (sorted), which is the order every log so far was written in.
+#[derive(serde::Serialize)]
+struct Link<'a> {
+    hash: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
+    prev: &'a str,
+    seq: u64,
 }
 
 #[derive(Clone)]
@@ -62,30 +73,25 @@ impl Chain {
     }
 
     fn digest(&self, prev: &str, seq: u64, instance: Option<&str>, body: &[u8]) -> String {
-        // Records without an instance (older logs) hash as they always did.
-        let seq = match instance {
-            Some(i) => format!("{seq}\ninstance:{i}"),
-            None => seq.to_string(),
-        };
+        let mut seq_text = itoa::Buffer::new();
+        // prev \n seq [\n instance:<id>] \n body. Records without an instance (older logs)
+        // hash as they always did.
+        let instance = instance.map(|i| [b"\ninstance:".as_slice(), i.as_bytes()]);
+        let parts = [prev.as_bytes(), b"\n", seq_text.format(seq).as_bytes()]
+            .into_iter()
+            .chain(instance.into_iter().flatten())
+            .chain([b"\n".as_slice(), body]);
         match &self.key {
             Some(key) => {
                 // HMAC accepts keys of any length, so this cannot fail.
                 let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
                     .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-                mac.update(prev.as_bytes());
-                mac.update(b"\n");
-                mac.update(seq.as_bytes());
-                mac.update(b"\n");
-                mac.update(body);
+                parts.for_each(|p| mac.update(p));
                 hex::encode(mac.finalize().into_bytes())
             }
             None => {
                 let mut h = Sha256::new();
-                h.update(prev.as_bytes());
-                h.update(b"\n");
-                h.update(seq.as_bytes());
-                h.update(b"\n");
-                h.update(body);
+                parts.for_each(|p| h.update(p));
                 hex::encode(h.finalize())
             }
         }
@@ -107,13 +113,16 @@ impl Chain {
     pub fn seal_body(&self, body: Vec<u8>, head: &mut Head) -> Vec<u8> {
         let seq = head.seq + 1;
         let hash = self.digest(&head.hash, seq, self.instance.as_deref(), &body);
-        let mut chain = json!({"seq": seq, "prev": head.hash, "hash": hash});
-        if let Some(instance) = &self.instance {
-            chain["instance"] = json!(instance);
-        }
+        let chain = Link {
+            hash: &hash,
+            instance: self.instance.as_deref(),
+            prev: &head.hash,
+            seq,
+        };
         let mut line = Vec::with_capacity(body.len() + 200);
         line.extend_from_slice(b"{\"chain\":");
-        line.extend_from_slice(&serde_json::to_vec(&chain).unwrap_or_default());
+        // Strings and a number: serialising cannot fail.
+        let _ = serde_json::to_writer(&mut line, &chain);
         // body is an object: "{}" or "{...}"
         if body.len() > 2 {
             line.push(b',');
@@ -311,6 +320,7 @@ pub fn head_of(path: &Path) -> Option<Head> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn write(dir: &Path, name: &str, lines: &[Vec<u8>]) -> PathBuf {
         let p = dir.join(name);
@@ -333,6 +343,51 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Lines sealed by the code that wrote the logs already on disk: the bytes a chain hashes
+    /// and writes are a format those logs depend on, so they may not change.
+    #[test]
+    fn sealed_lines_are_byte_for_byte_the_format_on_disk() {
+        let cases = [
+            (
+                Chain::new(None),
+                [
+                    r#"{"chain":{"hash":"70e2a5289964eec5898ecb9bbfe9702d560a6d4bc5e7cfbdecc54bc7d19789a2","prev":"851c24980f33b3c46b1d192b22c80919371772e062bd8aa018eb7814d78f73fe","seq":2},"decision_id":"d1","x":"\u00e9"}"#,
+                    r#"{"chain":{"hash":"b4b6df35d83bf4e76e6a19784c976049a3f78a48259b10ba2791fbdcde4f3429","prev":"70e2a5289964eec5898ecb9bbfe9702d560a6d4bc5e7cfbdecc54bc7d19789a2","seq":3}}"#,
+                ],
+            ),
+            (
+                Chain::new(Some(b"audit-key".to_vec())),
+                [
+                    r#"{"chain":{"hash":"3ff1738dc8f72eab52747f46c1dc27e9096fa515b74e2eeef687bcf104b6e2e2","prev":"d10ffaacdf4d5de0476fa24b1632f935e460ca1360c368d7fc23c65811aae3be","seq":2},"decision_id":"d1","x":"\u00e9"}"#,
+                    r#"{"chain":{"hash":"785163262041ee36481cd51c1b117a13131dacb489d8c33a70f30863c5727f36","prev":"3ff1738dc8f72eab52747f46c1dc27e9096fa515b74e2eeef687bcf104b6e2e2","seq":3}}"#,
+                ],
+            ),
+            (
+                Chain::new(None).with_instance(Some("replica-1".into())),
+                [
+                    r#"{"chain":{"hash":"1ac1146b4178a134bab0fa0358bbdf2df8d13d2fdea228947fdeaaffc159510d","instance":"replica-1","prev":"c8bcbd588bcafe7d0b0480ffcc69a67d014d814cde3f0e47ec5a2367adedf142","seq":2},"decision_id":"d1","x":"\u00e9"}"#,
+                    r#"{"chain":{"hash":"3edde18ac2eb81c1e759e154c4042fd13a62dcb4ea931b4676eb8eb4b21a18f7","instance":"replica-1","prev":"1ac1146b4178a134bab0fa0358bbdf2df8d13d2fdea228947fdeaaffc159510d","seq":3}}"#,
+                ],
+            ),
+            (
+                Chain::new(Some(b"audit-key".to_vec())).with_instance(Some("replica-1".into())),
+                [
+                    r#"{"chain":{"hash":"47573609a34c24fa14842cd7fbe6f6c49b5b19f693e9e87509ea4be6896ffade","instance":"replica-1","prev":"eb0bed1e2a5d053a93d0028a3978b6fc7b3bd246a26abcb58177776760c5388e","seq":2},"decision_id":"d1","x":"\u00e9"}"#,
+                    r#"{"chain":{"hash":"e61893f9741b3dd8dbd398995117a0c8fbcaf586c4569d8f72dd65986a0a0a97","instance":"replica-1","prev":"47573609a34c24fa14842cd7fbe6f6c49b5b19f693e9e87509ea4be6896ffade","seq":3}}"#,
+                ],
+            ),
+        ];
+        for (chain, expected) in cases {
+            let mut head = Head::default();
+            chain.seal_body(br#"{"decision_id":"d0"}"#.to_vec(), &mut head);
+            let bodies: [&[u8]; 2] = [br#"{"decision_id":"d1","x":"\u00e9"}"#, b"{}"];
+            for (body, expected) in bodies.into_iter().zip(expected) {
+                let line = chain.seal_body(body.to_vec(), &mut head);
+                assert_eq!(String::from_utf8(line).unwrap(), expected);
+            }
+        }
     }
 
     #[test]
