@@ -592,5 +592,24 @@ mod tests {
         // A different body signs differently: the hash in the signature is the body's.
         let other = signature_over_bytes(&request, b"{}");
         assert_ne!(expected, other);
+
+        // Without verification (static or mTLS callers), the re-sign makes the hash itself.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let request = up
+            .signed_request(
+                &Method::POST,
+                "/findings/batchupdate",
+                headers,
+                Payload::new(bytes.clone()),
+            )
+            .await
+            .unwrap();
+        let authorization = request.headers()[header::AUTHORIZATION].to_str().unwrap();
+        let expected = signature_over_bytes(&request, &bytes);
+        assert!(authorization.ends_with(&format!("Signature={expected}")));
     }
 }
