@@ -1,8 +1,8 @@
 //! Payload: a request body as hubgate read it, with its SHA-256 computed at most once.
 //!
-//! SigV4 hashes the body twice on a forwarded request: verifying the caller's signature and
-//! re-signing with hubgate's own. The forward sends the bytes that were checked, so one hash
-//! serves both. The hash is bound to the bytes it was made from: a body hubgate changes (a
+//! SigV4 needs the body's hash twice on a forwarded request: to verify the caller's signature
+//! and to re-sign with hubgate's own. The forward sends the bytes that were checked, so one
+//! hash serves both. The hash is bound to the bytes it was made from: a body hubgate changes (a
 //! partial forward) is a new `Payload`, hashed anew, so a stale hash cannot be signed.
 
 use std::sync::OnceLock;
