@@ -4,9 +4,10 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
+use regorus::value::Object;
 use regorus::Value as RValue;
 
 use super::state::CurrentFinding;
@@ -736,6 +737,12 @@ pub struct Patch {
     /// (member of `current`, sub-member, value); Undefined removes the sub-member. Keys are
     /// made once per update, not once per finding.
     set: Vec<(RValue, Option<RValue>, RValue)>,
+    /// The patched `current` objects made so far, by the address of the object each was made
+    /// from. Looked-up findings of one control share one `current` object (see enrich's page
+    /// memo), so an update to a batch of them patches that object once, not once per finding,
+    /// and they go on sharing the result. Each entry keeps its source alive, so an address
+    /// cannot be reused by another object while the patch lives.
+    currents: std::sync::Mutex<HashMap<usize, (RValue, RValue)>>,
 }
 
 impl Patch {
@@ -760,6 +767,7 @@ impl Patch {
                 .into_iter()
                 .map(|(member, sub, value)| (RValue::from(member), sub.map(RValue::from), value))
                 .collect(),
+            currents: Default::default(),
         }
     }
 
@@ -791,38 +799,56 @@ impl Patch {
     }
 
     /// A finding entry (see `finding_entry`) with this change applied. Only the maps that
-    /// change are copied; the rest is shared with the old entry.
+    /// change are copied; the rest is shared with the old entry. The copies are made compact
+    /// again (`into_value`): a map left in its mutable form costs more to copy and to read
+    /// on every later decision and write-through.
     pub fn apply(&self, entry: &RValue) -> RValue {
-        let mut entry = entry.clone();
-        let Ok(e) = entry.as_object_mut() else {
-            return entry;
+        let RValue::Object(old) = entry else {
+            return entry.clone();
         };
+        let mut e = Object::clone(old);
         for (key, value) in &self.facts {
             e.insert(key.clone(), value.clone());
         }
-        if let Some(Ok(current)) = e.get_mut(&keys().current).map(RValue::as_object_mut) {
-            for (member, sub, value) in &self.set {
-                match sub {
-                    None => {
-                        current.insert(member.clone(), value.clone());
-                    }
-                    Some(sub) => {
-                        let slot = current.get_or_insert_with(member.clone(), RValue::new_object);
-                        if slot.as_object().is_err() {
-                            *slot = RValue::new_object();
-                        }
-                        if let Ok(m) = slot.as_object_mut() {
-                            if *value == RValue::Undefined {
-                                m.remove(sub);
-                            } else {
-                                m.insert(sub.clone(), value.clone());
-                            }
-                        }
-                    }
-                }
+        if let Some(slot) = e.get_mut(&keys().current) {
+            if let RValue::Object(current) = slot {
+                let patched = self.patched_current(current);
+                *slot = patched;
             }
         }
-        entry
+        e.into_value()
+    }
+
+    /// `current` with `set` applied, made once per distinct object (see `currents`).
+    fn patched_current(&self, current: &regorus::Rc<Object>) -> RValue {
+        let at = regorus::Rc::as_ptr(current) as usize;
+        // A poisoned memo only loses sharing: the patch is made afresh.
+        let mut memo = self.currents.lock().ok();
+        if let Some((_, patched)) = memo.as_ref().and_then(|m| m.get(&at)) {
+            return patched.clone();
+        }
+        let mut c = Object::clone(current);
+        for (member, sub, value) in &self.set {
+            let Some(sub) = sub else {
+                c.insert(member.clone(), value.clone());
+                continue;
+            };
+            let mut m = match c.get(member) {
+                Some(RValue::Object(o)) => Object::clone(o),
+                _ => Object::new(),
+            };
+            if *value == RValue::Undefined {
+                m.remove(sub);
+            } else {
+                m.insert(sub.clone(), value.clone());
+            }
+            c.insert(member.clone(), m.into_value());
+        }
+        let patched = c.into_value();
+        if let Some(m) = memo.as_mut() {
+            m.insert(at, (RValue::Object(current.clone()), patched.clone()));
+        }
+        patched
     }
 }
 
@@ -1280,6 +1306,50 @@ mod tests {
         )
         .unwrap();
         assert!(types.patch().is_none());
+    }
+
+    #[test]
+    fn findings_that_shared_their_state_share_it_patched_and_no_others_do() {
+        let stored = |label: &str| {
+            let f = json!({"AwsAccountId": "222222222222", "Severity": {"Label": label},
+                           "Note": {"Text": "old", "UpdatedBy": "a"}});
+            let projected = project(&f);
+            (
+                StateFacts::read(&projected),
+                RValue::from(Value::Object(projected)),
+            )
+        };
+        let (facts, shared) = stored("HIGH");
+        let (other_facts, other) = stored("LOW");
+        let entry = |id: &str, facts: &StateFacts, current: &RValue| {
+            facts.entry(RValue::from(id), RValue::from("p"), current.clone())
+        };
+        let (a, b) = (entry("a", &facts, &shared), entry("b", &facts, &shared));
+        let c = entry("c", &other_facts, &other);
+        let patch = update_for(
+            Judged::BatchUpdateFindings,
+            &buf(json!({"Note": {"Text": "new", "UpdatedBy": "b"}})),
+        )
+        .unwrap()
+        .patch()
+        .unwrap();
+        let current_of = |e: &RValue| match e.as_object().unwrap().get(&keys().current) {
+            Some(RValue::Object(o)) => o.clone(),
+            other => panic!("current is not an object: {other:?}"),
+        };
+        let (pa, pb, pc) = (patch.apply(&a), patch.apply(&b), patch.apply(&c));
+        assert!(regorus::Rc::ptr_eq(&current_of(&pa), &current_of(&pb)));
+        assert!(!regorus::Rc::ptr_eq(&current_of(&pa), &current_of(&pc)));
+        for (patched, id, label) in [(&pa, "a", "HIGH"), (&pb, "b", "HIGH"), (&pc, "c", "LOW")] {
+            let e: Value = serde_json::to_value(patched).unwrap();
+            assert_eq!(e["Id"], id);
+            assert_eq!(e["current"]["Note"], json!({"Text": "new", "UpdatedBy": "b"}));
+            assert_eq!(e["current"]["Severity"], json!({"Label": label}));
+            assert!(patch.holds(patched));
+        }
+        // the state the findings shared before is untouched
+        let old: Value = serde_json::to_value(&shared).unwrap();
+        assert_eq!(old["Note"]["Text"], "old");
     }
 
     #[test]
