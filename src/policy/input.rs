@@ -737,12 +737,11 @@ pub struct Patch {
     /// (member of `current`, sub-member, value); Undefined removes the sub-member. Keys are
     /// made once per update, not once per finding.
     set: Vec<(RValue, Option<RValue>, RValue)>,
-    /// The patched `current` objects made so far, by the address of the object each was made
-    /// from. Looked-up findings of one control share one `current` object (see enrich's page
-    /// memo), so an update to a batch of them patches that object once, not once per finding,
-    /// and they go on sharing the result. Each entry keeps its source alive, so an address
-    /// cannot be reused by another object while the patch lives.
-    currents: std::sync::Mutex<HashMap<usize, (RValue, RValue)>>,
+    /// What this patch found of each distinct `current` object it was laid over, by the
+    /// object's address. Looked-up findings of one control share one `current` object (see
+    /// enrich's page memo), so an update to a batch of them checks and patches that object
+    /// once, not once per finding, and they go on sharing the result.
+    currents: std::sync::Mutex<HashMap<usize, SeenCurrent>>,
 }
 
 impl Patch {
@@ -782,20 +781,29 @@ impl Patch {
         let Ok(e) = entry.as_object() else {
             return false;
         };
-        let current = e.get(&keys().current).and_then(|c| c.as_object().ok());
-        let in_current = |member: &RValue, sub: &Option<RValue>, value: &RValue| match (
-            sub,
-            current.and_then(|c| c.get(member)),
-        ) {
-            (None, Some(m)) => m == value,
-            (Some(sub), Some(m)) => match m.as_object().ok().and_then(|o| o.get(sub)) {
-                Some(v) => v == value,
-                None => *value == RValue::Undefined,
-            },
-            (_, None) => false,
-        };
         self.facts.iter().all(|(k, v)| e.get(k) == Some(v))
-            && self.set.iter().all(|(m, sub, v)| in_current(m, sub, v))
+            && match e.get(&keys().current) {
+                Some(RValue::Object(current)) => self.seen(current, |seen| {
+                    *seen
+                        .holds
+                        .get_or_insert_with(|| self.current_holds(&seen.source))
+                }),
+                // Nothing to compare with: only an update that sets nothing there holds.
+                _ => self.set.is_empty(),
+            }
+    }
+
+    fn current_holds(&self, current: &Object) -> bool {
+        self.set
+            .iter()
+            .all(|(member, sub, value)| match (sub, current.get(member)) {
+                (None, Some(m)) => m == value,
+                (Some(sub), Some(m)) => match m.as_object().ok().and_then(|o| o.get(sub)) {
+                    Some(v) => v == value,
+                    None => *value == RValue::Undefined,
+                },
+                (_, None) => false,
+            })
     }
 
     /// A finding entry (see `finding_entry`) with this change applied. Only the maps that
@@ -812,22 +820,19 @@ impl Patch {
         }
         if let Some(slot) = e.get_mut(&keys().current) {
             if let RValue::Object(current) = slot {
-                let patched = self.patched_current(current);
+                let patched = self.seen(current, |seen| {
+                    seen.patched
+                        .get_or_insert_with(|| self.patched_current(&seen.source))
+                        .clone()
+                });
                 *slot = patched;
             }
         }
         e.into_value()
     }
 
-    /// `current` with `set` applied, made once per distinct object (see `currents`).
-    fn patched_current(&self, current: &regorus::Rc<Object>) -> RValue {
-        let at = regorus::Rc::as_ptr(current) as usize;
-        // A poisoned memo only loses sharing: the patch is made afresh.
-        let mut memo = self.currents.lock().ok();
-        if let Some((_, patched)) = memo.as_ref().and_then(|m| m.get(&at)) {
-            return patched.clone();
-        }
-        let mut c = Object::clone(current);
+    fn patched_current(&self, current: &Object) -> RValue {
+        let mut c = current.clone();
         for (member, sub, value) in &self.set {
             let Some(sub) = sub else {
                 c.insert(member.clone(), value.clone());
@@ -844,12 +849,33 @@ impl Patch {
             }
             c.insert(member.clone(), m.into_value());
         }
-        let patched = c.into_value();
-        if let Some(m) = memo.as_mut() {
-            m.insert(at, (RValue::Object(current.clone()), patched.clone()));
-        }
-        patched
+        c.into_value()
     }
+
+    /// Runs `f` on what this patch found of `current` so far (see `currents`).
+    fn seen<R>(&self, current: &regorus::Rc<Object>, f: impl FnOnce(&mut SeenCurrent) -> R) -> R {
+        let fresh = || SeenCurrent {
+            source: current.clone(),
+            holds: None,
+            patched: None,
+        };
+        match self.currents.lock() {
+            Ok(mut memo) => {
+                let at = regorus::Rc::as_ptr(current) as usize;
+                f(memo.entry(at).or_insert_with(fresh))
+            }
+            // A poisoned memo only loses the sharing: work from scratch.
+            Err(_) => f(&mut fresh()),
+        }
+    }
+}
+
+/// What a patch found of one `current` object. It holds the object, so that the address it is
+/// remembered by cannot be reused by another object while the patch lives.
+struct SeenCurrent {
+    source: regorus::Rc<Object>,
+    holds: Option<bool>,
+    patched: Option<RValue>,
 }
 
 /// Facts over all targeted findings, so that rules can rule a request in with a few
@@ -1337,13 +1363,25 @@ mod tests {
             Some(RValue::Object(o)) => o.clone(),
             other => panic!("current is not an object: {other:?}"),
         };
+        // A finding whose state already holds the note, checked between the two that do not.
+        let done = {
+            let f = json!({"AwsAccountId": "222222222222", "Severity": {"Label": "HIGH"},
+                           "Note": {"Text": "new", "UpdatedBy": "b"}});
+            finding_entry(&FindingKey::new("d", "p"), Some(&project(&f)))
+        };
+        assert!(!patch.holds(&a));
+        assert!(patch.holds(&done));
+        assert!(!patch.holds(&b));
         let (pa, pb, pc) = (patch.apply(&a), patch.apply(&b), patch.apply(&c));
         assert!(regorus::Rc::ptr_eq(&current_of(&pa), &current_of(&pb)));
         assert!(!regorus::Rc::ptr_eq(&current_of(&pa), &current_of(&pc)));
         for (patched, id, label) in [(&pa, "a", "HIGH"), (&pb, "b", "HIGH"), (&pc, "c", "LOW")] {
             let e: Value = serde_json::to_value(patched).unwrap();
             assert_eq!(e["Id"], id);
-            assert_eq!(e["current"]["Note"], json!({"Text": "new", "UpdatedBy": "b"}));
+            assert_eq!(
+                e["current"]["Note"],
+                json!({"Text": "new", "UpdatedBy": "b"})
+            );
             assert_eq!(e["current"]["Severity"], json!({"Label": label}));
             assert!(patch.holds(patched));
         }
