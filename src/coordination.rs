@@ -414,7 +414,6 @@ mod tests {
             vec![ToWrite {
                 key: &k,
                 expected: Some(&tag),
-                ttl_ms: 60_000,
                 value: Some(cache::encode(&tag2, Some(&finding("CRITICAL")))),
             }],
         )
@@ -434,7 +433,6 @@ mod tests {
             vec![ToWrite {
                 key: &k,
                 expected: Some(&tag),
-                ttl_ms: 60_000,
                 value: Some(cache::encode(&cache::new_tag(), Some(&finding("LOW")))),
             }],
         )
@@ -445,6 +443,53 @@ mod tests {
             cache::lookup(&coord, &[(&k, None)]).await.unwrap()[0],
             Looked::Miss
         ));
+
+        // a write-through keeps the remaining TTL of the read it was computed from: writing
+        // over a value about to expire does not keep it (or its unwritten fields) alive
+        let k3 = FindingKey::new("f3", "arn:p");
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&k3))
+            .await
+            .unwrap();
+        let Claim::Mine(version) = &claims[0] else {
+            panic!("claim expected")
+        };
+        let tag3 = cache::new_tag();
+        let stored = cache::store(
+            &coord,
+            &generation,
+            vec![ToStore {
+                key: &k3,
+                version,
+                ttl_ms: 800,
+                value: cache::encode(&tag3, Some(&finding("HIGH"))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, vec![true]);
+        let w = cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &k3,
+                expected: Some(&tag3),
+                value: Some(cache::encode(&cache::new_tag(), Some(&finding("CRITICAL")))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(w, vec![true]);
+        assert!(matches!(
+            cache::lookup(&coord, &[(&k3, None)]).await.unwrap()[0],
+            Looked::Value(..)
+        ));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            matches!(
+                cache::lookup(&coord, &[(&k3, None)]).await.unwrap()[0],
+                Looked::Miss
+            ),
+            "the written value outlived the read it was computed from"
+        );
 
         // a lookup that a write overtook stores nothing
         let k2 = FindingKey::new("f2", "arn:p");
@@ -459,7 +504,6 @@ mod tests {
             vec![ToWrite {
                 key: &k2,
                 expected: None,
-                ttl_ms: 1,
                 value: None,
             }],
         )
@@ -514,7 +558,6 @@ mod tests {
             vec![ToWrite {
                 key: &k,
                 expected: None,
-                ttl_ms: 1,
                 value: None
             }]
         )

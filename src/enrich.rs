@@ -51,6 +51,7 @@ struct Delivery {
 
 /// One batch: which it was, and what it has cost so far (a request that stops waiting still
 /// reports the calls made for it).
+#[cfg_attr(test, derive(Default))]
 struct CallProgress {
     id: u64,
     calls: AtomicUsize,
@@ -115,8 +116,24 @@ impl State {
     }
 
     fn batch_began(&mut self) -> u64 {
-        *self.batches.entry(self.generation).or_default() += 1;
-        self.generation
+        let now = self.generation;
+        self.hold(now);
+        now
+    }
+
+    /// Keeps the writes after `since` known, as a batch that began then does.
+    fn hold(&mut self, since: u64) {
+        *self.batches.entry(since).or_default() += 1;
+    }
+
+    /// `key` goes back to the queue for everyone waiting on it: what a call read for it may
+    /// be older than a write hubgate has since forwarded and answered, and a request that
+    /// came after that write must not be handed the state from before it.
+    fn ask_again(&mut self, key: &FindingKey) {
+        self.in_flight.remove(key);
+        if self.waiting.contains_key(key) {
+            self.queue.push_front(key.clone());
+        }
     }
 
     fn batch_ended(&mut self, began: u64) {
@@ -138,6 +155,21 @@ impl State {
 struct Batch {
     inner: Arc<Inner>,
     began: u64,
+}
+
+/// See `Enricher::mark`.
+pub struct ReadMark(Batch);
+
+impl ReadMark {
+    /// Whether this replica forwarded a write that may have changed any of `keys` (with no
+    /// keys: any finding) since the mark.
+    pub fn written_since(&self, keys: &[FindingKey]) -> bool {
+        let st = self.0.inner.lock();
+        if keys.is_empty() {
+            return st.generation > self.0.began;
+        }
+        keys.iter().any(|k| !st.unwritten_since(k, self.0.began))
+    }
 }
 
 impl Drop for Batch {
@@ -500,21 +532,25 @@ impl Enricher {
             st.wrote(processed);
             let now = Instant::now();
             for key in processed {
-                if !sharing {
-                    // In place: the key, its tag and the entry's size stay as they were.
-                    if let Some(Cached {
-                        at, state: Some(f), ..
-                    }) = st.cache.get_mut(key)
-                    {
+                // The entry keeps the age of its read: the update changed only the fields it
+                // set, so the others are as stale as before, and a write must not prolong
+                // (or revive) what Security Hub was last read to say about them.
+                let read_at = st
+                    .cache
+                    .get(key)
+                    .filter(|c| self.inner.fresh(c, now).is_some())
+                    .map(|c| c.at);
+                if !sharing && read_at.is_some() {
+                    // In place: the key, its age, its tag and the entry's size stay as they were.
+                    if let Some(Cached { state: Some(f), .. }) = st.cache.get_mut(key) {
                         if !patch.holds(&f.entry) {
                             *f = Arc::new(f.patched(&patch));
                         }
-                        *at = now;
                         continue;
                     }
                 }
-                let (patched, expected) = match st.cache.get(key) {
-                    Some(c) => (
+                let (patched, expected) = match (st.cache.get(key), read_at) {
+                    (Some(c), Some(_)) => (
                         c.state.as_ref().map(|f| {
                             if patch.holds(&f.entry) {
                                 f.clone()
@@ -524,22 +560,23 @@ impl Enricher {
                         }),
                         c.tag.clone(),
                     ),
-                    None => (None, None),
+                    _ => (None, None),
                 };
-                match patched {
-                    Some(f) => {
+                match (patched, read_at) {
+                    (Some(f), Some(read_at)) => {
                         let tag = sharing.then(shared::new_tag);
                         self.inner.store_tagged(
                             &mut st,
                             key.clone(),
                             Some(f.clone()),
                             tag.clone(),
-                            now,
+                            read_at,
                         );
                         writes.push((key, expected, tag.map(|t| (t, f))));
                     }
-                    // Not cached, or cached as not found: nothing to lay the change over.
-                    None => {
+                    // Not cached, expired, or cached as not found: nothing to lay the change
+                    // over.
+                    _ => {
                         self.inner.remove(&mut st, key);
                         writes.push((key, None, None));
                     }
@@ -548,21 +585,27 @@ impl Enricher {
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
-            let ttl_ms = self.inner.ttl.as_millis() as u64;
             let items = writes
                 .iter()
                 .map(|(key, expected, new)| ToWrite {
                     key,
                     expected: expected.as_deref(),
-                    ttl_ms,
-                    value: new
-                        .as_ref()
-                        .filter(|_| ttl_ms > 0)
-                        .map(|(tag, f)| shared::encode(tag, Some(f))),
+                    value: new.as_ref().map(|(tag, f)| shared::encode(tag, Some(f))),
                 })
                 .collect();
             shared::write(coord, items).await;
         }
+    }
+
+    /// Marks the point a request's decision is about to read finding state from. Until the
+    /// mark is dropped, this replica's writes after it stay known, so the request can learn,
+    /// after waiting for quota, whether its findings changed under its decision.
+    pub fn mark(&self) -> ReadMark {
+        let began = self.inner.lock().batch_began();
+        ReadMark(Batch {
+            inner: self.inner.clone(),
+            began,
+        })
     }
 
     /// Forgets what a write may have changed, here and in the shared cache.
@@ -581,7 +624,6 @@ impl Enricher {
                 .map(|key| ToWrite {
                     key,
                     expected: None,
-                    ttl_ms: 1,
                     value: None,
                 })
                 .collect();
@@ -756,8 +798,10 @@ async fn claim_chunk(
                                         Some(tag),
                                         now,
                                     );
+                                    deliver(&mut st, &key, &Ok(state), &call);
+                                } else {
+                                    st.ask_again(&key);
                                 }
-                                deliver(&mut st, &key, &Ok(state), &call);
                             }
                             Claim::Busy => busy.push(key),
                         }
@@ -765,7 +809,19 @@ async fn claim_chunk(
                     inner.report(&st);
                     if !busy.is_empty() {
                         coord.metrics().coalesced.inc_by(busy.len() as u64);
-                        tokio::spawn(await_other_replica(inner.clone(), coord.clone(), busy));
+                        // Held from here, not from the task's first poll: this batch may end
+                        // before then, and with it the record of writes since it began.
+                        st.hold(generation);
+                        let held = Batch {
+                            inner: inner.clone(),
+                            began: generation,
+                        };
+                        tokio::spawn(await_other_replica(
+                            inner.clone(),
+                            coord.clone(),
+                            busy,
+                            held,
+                        ));
                     }
                 }
             }
@@ -798,6 +854,8 @@ async fn await_other_replica(
     inner: Arc<Inner>,
     coord: Arc<Coordination>,
     mut keys: Vec<FindingKey>,
+    // The batch these findings were taken in: writes since it began are known while it is held.
+    held: Batch,
 ) {
     const POLL: Duration = Duration::from_millis(20);
     let until = Instant::now() + coord.lookup_claim + POLL;
@@ -831,9 +889,14 @@ async fn await_other_replica(
                 match answer {
                     Claim::Cached(_, state) => {
                         coord.metrics().shared_hits.inc();
-                        // Not kept locally: a local write may have come in since the poll
-                        // began, and the next lookup asks Redis first anyway.
-                        deliver(&mut st, &key, &Ok(state), &call);
+                        // Not kept locally: the next lookup asks Redis first anyway. Handed
+                        // over only if no local write came in since the batch began: Redis
+                        // learns of a write after this replica does.
+                        if st.unwritten_since(&key, held.began) {
+                            deliver(&mut st, &key, &Ok(state), &call);
+                        } else {
+                            handed_back.push((key, None));
+                        }
                     }
                     Claim::Mine(version) => {
                         let claim =
@@ -966,18 +1029,25 @@ async fn fetch_and_deliver(
     };
     let mut st = inner.lock();
     let now = Instant::now();
-    if found {
-        for (key, outcome) in &outcomes {
-            if let (Ok(state), true) = (outcome, st.unwritten_since(key, batch.began)) {
-                let tag = tags.get(key).cloned();
-                inner.store_tagged(&mut st, key.clone(), state.clone(), tag, now);
-            }
-        }
-    }
+    let mut again = false;
     for (key, outcome) in &outcomes {
+        if let Ok(state) = outcome {
+            if !st.unwritten_since(key, batch.began) {
+                // Read before a write to it was answered: neither kept nor handed over.
+                st.ask_again(key);
+                again = true;
+                continue;
+            }
+            let tag = tags.get(key).cloned();
+            inner.store_tagged(&mut st, key.clone(), state.clone(), tag, now);
+        }
         deliver(&mut st, key, outcome, &progress);
     }
     inner.report(&st);
+    drop(st);
+    if again {
+        inner.work.notify_one();
+    }
 }
 
 /// Stores a claimed batch's answers in the shared cache (each only if no write came in for
@@ -1526,6 +1596,41 @@ mod tests {
         assert!(!st.unwritten_since(&b, third), "third is still in flight");
         st.batch_ended(third);
         assert!(st.batches.is_empty() && st.written.is_empty());
+    }
+
+    /// A finding written while a call for it was out goes back to the queue, ahead of the
+    /// rest, for the requests waiting on it; one nobody waits for is dropped. A hold keeps
+    /// writes known as a batch does, after the batch that took it has ended.
+    #[test]
+    fn a_finding_written_during_its_call_is_asked_for_again() {
+        let mut st = State::default();
+        let (a, b, c) = (
+            FindingKey::new("a", "p"),
+            FindingKey::new("b", "p"),
+            FindingKey::new("c", "p"),
+        );
+        let (tx, _rx) = oneshot::channel();
+        st.waiting.insert(a.clone(), vec![tx]);
+        st.queue.push_back(c.clone());
+        let began = st.batch_began();
+        st.hold(began);
+        for k in [&a, &b] {
+            st.in_flight
+                .insert(k.clone(), Arc::new(CallProgress::default()));
+        }
+        st.wrote([&a, &b]);
+        st.batch_ended(began);
+        assert!(!st.unwritten_since(&a, began), "still held");
+        st.ask_again(&a);
+        st.ask_again(&b);
+        assert_eq!(
+            st.queue,
+            [a.clone(), c.clone()],
+            "a first; b has nobody waiting"
+        );
+        assert!(st.in_flight.is_empty());
+        st.batch_ended(began);
+        assert!(st.written.is_empty() && st.batches.is_empty());
     }
 
     /// Member names are matched as their unescaped bytes: an escaped name is still the member

@@ -80,15 +80,19 @@ return out
 const WRITE: &str = r#"
 local g = redis.call('GET', KEYS[1]) or '0'
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 3, #ARGV, 3 do
   local base = ':' .. g .. ':' .. ARGV[i]
   local vk = ARGV[1] .. ':v' .. base
   redis.call('INCR', vk)
   redis.call('PEXPIRE', vk, ARGV[2])
   local fk = ARGV[1] .. ':f' .. base
   local cur = redis.call('GET', fk)
-  if ARGV[i + 3] ~= '' and ARGV[i + 1] ~= '' and cur and string.sub(cur, 1, 16) == ARGV[i + 1] then
-    redis.call('SET', fk, ARGV[i + 3], 'PX', ARGV[i + 2])
+  local left = -1
+  if ARGV[i + 2] ~= '' and ARGV[i + 1] ~= '' and cur and string.sub(cur, 1, 16) == ARGV[i + 1] then
+    left = redis.call('PTTL', fk)
+  end
+  if left > 0 then
+    redis.call('SET', fk, ARGV[i + 2], 'PX', left)
     out[#out + 1] = 1
   else
     redis.call('DEL', fk)
@@ -295,11 +299,11 @@ pub async fn store(
 }
 
 /// One write's effect on a finding: the new value, valid only over the value tagged
-/// `expected`; otherwise (or with no value) the shared entry is evicted.
+/// `expected`; otherwise (or with no value) the shared entry is evicted. The new value keeps
+/// the old one's remaining TTL: it is as old as the read it was computed from.
 pub struct ToWrite<'a> {
     pub key: &'a FindingKey,
     pub expected: Option<&'a str>,
-    pub ttl_ms: u64,
     pub value: Option<Vec<u8>>,
 }
 
@@ -317,7 +321,6 @@ pub async fn write(coord: &Coordination, items: Vec<ToWrite<'_>>) -> Option<Vec<
     for item in &items {
         inv.arg(hash(item.key))
             .arg(item.expected.unwrap_or(""))
-            .arg(item.ttl_ms.max(1))
             .arg(item.value.as_deref().unwrap_or(b""));
     }
     let written: Option<Vec<i64>> = coord
