@@ -68,6 +68,13 @@ pub enum Rejection {
     Overloaded { setting: &'static str, limit: usize },
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
+    /// Another request hubgate forwarded changed the findings a decision read, while this one
+    /// waited for quota, every time it was decided: retryable, the next try is decided anew.
+    #[error(
+        "the findings this request names were changed by another request while it waited for \
+         quota, {decisions} times in a row; retry"
+    )]
+    StateChanged { decisions: usize },
     /// A failure inside hubgate, never shown as the upstream's.
     #[error("internal error: {0}")]
     Internal(String),
@@ -200,6 +207,11 @@ impl Rejection {
             Overloaded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "OVERLOADED",
+                "ServiceUnavailableException",
+            ),
+            StateChanged { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STATE_CHANGED",
                 "ServiceUnavailableException",
             ),
         };

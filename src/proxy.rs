@@ -20,7 +20,7 @@ use crate::audit::{
 };
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{judge, JudgeError, Judgement, LookupError};
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, ReadMark};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
@@ -88,20 +88,30 @@ struct Trail {
     throttled: bool,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
+    /// See `read_state`.
+    read_state: bool,
 }
 
 impl Trail {
-    /// What the judge found and spent, whatever it decided.
+    /// What the judge found and spent, whatever it decided. A request decided again (its
+    /// findings changed while it waited for quota) is recorded with its last decision and
+    /// what every decision spent.
     fn judged(&mut self, judgement: &mut Judgement) {
         self.findings = findings_by_product(&judgement.keys);
         // The record is its last reader: the decision was made on the policy input's copy.
         self.update = Some(std::mem::take(&mut judgement.update_json));
-        self.policy_ns = judgement.policy_ns;
-        self.enrich_ns = judgement.enrich_ns;
-        self.lookups = judgement.stats.calls;
-        self.cache_hits = judgement.stats.cache_hits;
-        self.misses = judgement.stats.misses;
-        self.throttled = judgement.stats.throttled;
+        self.policy_ns += judgement.policy_ns;
+        self.enrich_ns += judgement.enrich_ns;
+        self.lookups += judgement.stats.calls;
+        self.cache_hits += judgement.stats.cache_hits;
+        self.misses += judgement.stats.misses;
+        self.throttled |= judgement.stats.throttled;
+        self.read_state = judgement.stats.cache_hits + judgement.stats.misses > 0;
+    }
+
+    /// Whether the last decision read the state of any finding.
+    fn read_state(&self) -> bool {
+        self.read_state
     }
 
     /// Records what the upstream call did, for the audit record and metrics.
@@ -313,12 +323,46 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
         } else {
             Touched::Nothing
         };
-        return forward(ctx.gate, &parts, body, &mut ctx.trail, deadline, touched).await;
+        return forward(
+            ctx.gate,
+            &parts,
+            body,
+            &mut ctx.trail,
+            deadline,
+            touched,
+            None,
+        )
+        .await;
     }
     let operation = validate(spec, &parts)?;
-    let decided = decide(ctx, operation, &parts, body.bytes(), &principal, deadline).await?;
-    enforce(ctx, &parts, body, decided, deadline).await
+    let mut decisions = 0;
+    loop {
+        // Before the decision reads finding state: writes from here on are what the request
+        // checks for once it has its quota (see `send`).
+        let mark = ctx.gate.enricher.as_ref().map(Enricher::mark);
+        let decided = decide(ctx, operation, &parts, body.bytes(), &principal, deadline).await?;
+        decisions += 1;
+        // Held only by a decision that read state, and only until the request has its quota:
+        // while marks are held, every write is remembered per finding.
+        let read = mark.filter(|_| ctx.trail.read_state());
+        match enforce(ctx, &parts, body.clone(), decided, deadline, read).await {
+            Err(Rejection::StateChanged { .. }) if decisions < MAX_DECISIONS => {
+                tracing::info!(
+                    decisions,
+                    "the request's findings changed while it waited for quota; deciding again"
+                );
+            }
+            Err(Rejection::StateChanged { .. }) => {
+                return Err(Rejection::StateChanged { decisions });
+            }
+            done => return done,
+        }
+    }
 }
+
+/// How many times a request is decided when the findings it read keep changing under it
+/// before it is forwarded; then it is refused as retryable.
+const MAX_DECISIONS: usize = 3;
 
 /// Route: framing checks of the head, then the operation and its routing.
 fn route(
@@ -552,6 +596,7 @@ async fn enforce(
     body: Payload,
     decided: Decided,
     deadline: Instant,
+    read: Option<ReadMark>,
 ) -> Result<Forwarded, Rejection> {
     let Decided {
         operation,
@@ -579,7 +624,7 @@ async fn enforce(
     };
     let trail = &mut ctx.trail;
     match (refusal, identifiers) {
-        (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched).await,
+        (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched, read).await,
         (
             Some(Refusal {
                 denied: Some(denied),
@@ -593,7 +638,7 @@ async fn enforce(
                 denied: &denied,
                 refusal: rejection,
             };
-            forward_allowed(ctx.gate, parts, rewrite, trail, deadline, &update).await
+            forward_allowed(ctx.gate, parts, rewrite, trail, deadline, &update, read).await
         }
         (Some(Refusal { rejection, .. }), _) => Err(rejection),
     }
@@ -625,16 +670,32 @@ impl Touched<'_> {
         }
     }
 
-    /// Security Hub processed `processed` (a BatchUpdateFindings answer).
+    /// Security Hub processed `processed` (a BatchUpdateFindings answer). A finding it sent
+    /// and the answer does not list as processed is evicted: Security Hub reports a finding
+    /// another writer is changing as unprocessed (ConcurrentUpdateError), may fail one after
+    /// applying part of it (InternalFailure), and one it lists under another identifier is
+    /// one whose state hubgate cannot tell.
     async fn processed(self, gate: &Stages, processed: &[FindingKey]) {
         match (self, &gate.enricher) {
             (
                 Touched::Findings {
+                    keys,
                     update: Some(update),
-                    ..
                 },
                 Some(enricher),
-            ) => enricher.write_through(processed, update).await,
+            ) => {
+                enricher.write_through(processed, update).await;
+                let listed: std::collections::HashSet<&FindingKey, crate::finding::KeyHash> =
+                    processed.iter().collect();
+                let unlisted: Vec<FindingKey> = keys
+                    .iter()
+                    .filter(|k| !listed.contains(k))
+                    .cloned()
+                    .collect();
+                if !unlisted.is_empty() {
+                    enricher.evict(&unlisted).await;
+                }
+            }
             _ => self.evict(gate).await,
         }
     }
@@ -740,19 +801,26 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
 }
 
 /// Waits for quota, sends the request upstream and records what happened. A throttle, by
-/// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope.
+/// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope. With
+/// `read` (the decision read finding state), a write hubgate forwarded meanwhile for any of
+/// `touched`'s findings voids the decision: nothing is sent, and `run` decides again.
 async fn send(
     gate: &Stages,
     parts: &http::request::Parts,
     body: Payload,
     trail: &mut Trail,
     deadline: Instant,
+    touched: Touched<'_>,
+    read: Option<ReadMark>,
 ) -> Result<Response<Incoming>, Rejection> {
     let operation = trail.operation.unwrap_or("default");
     let waited = gate.pacer.acquire(operation, deadline).await.map_err(|e| {
         trail.throttled = true;
         Rejection::Quota(e)
     })?;
+    if read.is_some_and(|mark| mark.written_since(touched.keys())) {
+        return Err(Rejection::StateChanged { decisions: 1 });
+    }
     gate.metrics
         .quota_wait_seconds
         .observe(waited.as_secs_f64());
@@ -794,8 +862,9 @@ async fn send_write(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
+    read: Option<ReadMark>,
 ) -> Result<Response<Incoming>, Rejection> {
-    let sent = send(gate, parts, body, trail, deadline).await;
+    let sent = send(gate, parts, body, trail, deadline, touched, read).await;
     if let Err(Rejection::Upstream(e)) = &sent {
         if e.outcome_unknown() {
             touched.evict(gate).await;
@@ -833,6 +902,7 @@ async fn forward(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
+    read: Option<ReadMark>,
 ) -> Result<Forwarded, Rejection> {
     // Room for the record first: a request is never forwarded without it.
     let slot = gate.audit.reserve().await?;
@@ -850,7 +920,7 @@ async fn forward(
     } else {
         parts
     };
-    let response = send_write(gate, parts, body, trail, deadline, touched).await?;
+    let response = send_write(gate, parts, body, trail, deadline, touched, read).await?;
     let status = response.status();
     let encoded = response
         .headers()
@@ -914,6 +984,7 @@ async fn forward_allowed(
     trail: &mut Trail,
     deadline: Instant,
     update: &Update,
+    read: Option<ReadMark>,
 ) -> Result<Forwarded, Rejection> {
     let Rewrite {
         mut body_without_ids,
@@ -958,7 +1029,7 @@ async fn forward_allowed(
         update: Some(update),
     };
     let slot = gate.audit.reserve().await?;
-    let response = send_write(gate, &parts, rewritten, trail, deadline, touched).await?;
+    let response = send_write(gate, &parts, rewritten, trail, deadline, touched, read).await?;
     let (mut head, incoming) = response.into_parts();
     let unmergeable = |detail: String| {
         Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
