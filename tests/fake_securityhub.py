@@ -27,6 +27,9 @@ Standard library + botocore only. It
                            "throttle_next": {"GetFindings": N, ...}  throttle the next N calls of
                                that operation whatever the quota (quota on or off; replaces the
                                previous count; such a call takes no token)
+                           "answer_delay_ms": {"GetFindings": N, ...}  the operation reads or
+                               writes at once and answers N ms later (a slow or large answer;
+                               replaces the previous map)
     GET  /_fake/stats      per operation: {"calls", "throttled"} (+ "findings_processed" and
                            "findings_unprocessed" for BatchUpdateFindings); reset clears them
 
@@ -248,6 +251,7 @@ class State:
         self.quota_limits: dict[str, tuple[float, float]] = {}  # overrides of QUOTAS
         self.buckets: dict[str, TokenBucket] = {}
         self.throttle_next: dict[str, int] = {}
+        self.answer_delay_ms: dict[str, int] = {}
         self.stats: dict[str, dict] = {}
 
     def limit(self, op: str) -> tuple[float, float]:
@@ -286,7 +290,8 @@ class State:
         return {"delay_ms": self.delay_ms, "page_size": self.page_size,
                 "gzip_batch_update": self.gzip_batch_update, "quota": self.quota,
                 "quota_limits": {k: list(v) for k, v in self.quota_limits.items()},
-                "throttle_next": dict(self.throttle_next)}
+                "throttle_next": dict(self.throttle_next),
+                "answer_delay_ms": dict(self.answer_delay_ms)}
 
 
 # ---------------------------------------------------------------------------
@@ -617,6 +622,12 @@ class Handler(BaseHTTPRequestHandler):
                 if "quota" in quota_cfg or "quota_limits" in quota_cfg:
                     st.refill()
                 st.throttle_next.update(quota_cfg.get("throttle_next", {}))
+                if "answer_delay_ms" in arg:
+                    delays = arg["answer_delay_ms"]
+                    if not isinstance(delays, dict) or not all(
+                            isinstance(v, int) and v >= 0 for v in delays.values()):
+                        return self._send(400, {"message": "answer_delay_ms: {operation: ms}"})
+                    st.answer_delay_ms = dict(delays)
                 cfg = st.config_view()
             return self._send(200, cfg)
         return self._send(404, {"message": f"no control route {self.command} {path}"})
@@ -669,6 +680,10 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 raise ApiError(400, "InvalidInputException", "request body is not valid JSON")
             result = op(st, req)
+            with st.lock:
+                answer_delay = st.answer_delay_ms.get(op_name or "", 0)
+            if answer_delay:
+                time.sleep(answer_delay / 1000.0)
         except ApiError as e:
             if "signature_valid" not in record:
                 record["signature_valid"] = False
