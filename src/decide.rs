@@ -34,6 +34,60 @@ pub struct LookupStats {
 pub struct Lookup {
     pub current: KeyMap<Arc<CurrentFinding>>,
     pub stats: LookupStats,
+    /// When each state was read, for sources that others write to.
+    pub reads: Option<Box<dyn Reads>>,
+}
+
+/// When the state a decision read was read, kept until the request is forwarded: a write
+/// forwarded in between may have changed what the decision was made on.
+pub trait Reads: Send + Sync {
+    /// What writes forwarded since the state of `keys` was read (with no keys: the state of
+    /// any finding) did to it.
+    fn changed(&self, keys: &[FindingKey]) -> Changed;
+}
+
+pub enum Changed {
+    /// Nothing was written to them since.
+    No,
+    /// Every write since is one hubgate can lay over the state it read.
+    Patched(Replay),
+    /// A write since had an effect hubgate cannot tell: the state must be read again.
+    Unknown,
+}
+
+/// The state a decision read with the writes since laid over it: a source that needs no
+/// lookup, for deciding again.
+pub struct Replay {
+    pub current: KeyMap<Arc<CurrentFinding>>,
+    /// When this state is from (the moment the writes were laid over it); taken by the lookup.
+    pub reads: std::sync::Mutex<Option<Box<dyn Reads>>>,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replay({} findings)", self.current.len())
+    }
+}
+
+impl FindingState for Replay {
+    fn lookup(
+        &self,
+        keys: &[FindingKey],
+        _deadline: Instant,
+    ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
+        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
+        std::future::ready(Ok(Some(Lookup {
+            current: keys
+                .iter()
+                .filter_map(|k| self.current.get(k).map(|f| (k.clone(), f.clone())))
+                .collect(),
+            stats: LookupStats {
+                cache_hits: keys.len(),
+                ..Default::default()
+            },
+            reads,
+        })))
+    }
 }
 
 /// Where finding state comes from: Security Hub through enrichment when serving, a file for
@@ -110,6 +164,8 @@ pub struct Judgement {
     /// The lookup that failed: the request cannot be judged, and is refused with this error.
     pub failed: Option<LookupError>,
     pub stats: LookupStats,
+    /// When the state the decision read was read, if it came from a lookup.
+    pub reads: Option<Box<dyn Reads>>,
     pub policy_ns: u64,
     pub enrich_ns: u64,
 }
@@ -170,6 +226,7 @@ pub async fn judge<S: FindingState>(
         complete: true,
         failed: None,
         stats: LookupStats::default(),
+        reads: None,
         policy_ns: 0,
         enrich_ns: 0,
     };
@@ -212,8 +269,13 @@ pub async fn judge<S: FindingState>(
                 let found = state.lookup(&judgement.keys, deadline).await;
                 judgement.enrich_ns = t.elapsed().as_nanos() as u64;
                 match found {
-                    Ok(Some(Lookup { current, stats })) => {
+                    Ok(Some(Lookup {
+                        current,
+                        stats,
+                        reads,
+                    })) => {
                         judgement.stats = stats;
+                        judgement.reads = reads;
                         evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
                     }
                     Ok(None) => judgement.complete = false,

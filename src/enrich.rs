@@ -20,12 +20,14 @@ use crate::config::EnrichmentConfig;
 use crate::coordination::cache::{self as shared, Claim, Looked, Tag, ToStore, ToWrite};
 use crate::coordination::Coordination;
 // Re-exported where they used to be defined: benches/ imports them from here.
-use crate::decide::{FindingState, Lookup, LookupError, LookupFailure, LookupStats};
+use crate::decide::{
+    Changed, FindingState, Lookup, LookupError, LookupFailure, LookupStats, Replay,
+};
 pub use crate::finding::FindingKey;
 use crate::finding::KeyMap;
 pub use crate::metrics::EnrichMetrics;
 use crate::metrics::OperationLabels;
-use crate::policy::input::{EntryTemplate, StateFacts, Update, CURRENT_FIELDS};
+use crate::policy::input::{EntryTemplate, Patch, StateFacts, Update, CURRENT_FIELDS};
 use crate::policy::state::approximate_size;
 pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
@@ -47,6 +49,8 @@ type Outcome = Result<Option<Arc<CurrentFinding>>, UpstreamError>;
 struct Delivery {
     outcome: Outcome,
     call: Arc<CallProgress>,
+    /// The generation of writes when it was handed over.
+    generation: u64,
 }
 
 /// One batch: which it was, and what it has cost so far (a request that stops waiting still
@@ -78,11 +82,13 @@ struct State {
     in_flight: KeyMap<Arc<CallProgress>>,
     /// Bumped by every write: a lookup that started before it must not cache what it read.
     generation: u64,
-    /// The generation of each finding's last write, kept while a batch that began before it
-    /// is in flight: the batch must not cache what it read for that finding, but may for the
-    /// others. A generation check alone dropped the answers of every batch that overlapped a
-    /// write to any finding, so concurrent bulk requests kept looking the same findings up.
-    written: KeyMap<u64>,
+    /// Each finding's writes, kept while a batch (or a decision's read) that began before
+    /// them is in flight: the batch must not cache what it read for that finding, but may for
+    /// the others. A generation check alone dropped the answers of every batch that overlapped
+    /// a write to any finding, so concurrent bulk requests kept looking the same findings up.
+    /// In order of generation, each with the patch it laid over the finding, or None when its
+    /// effect is unknown (an eviction).
+    written: KeyMap<Vec<(u64, Option<Arc<Patch>>)>>,
     /// The generation of the last write that may have touched every finding.
     cleared: u64,
     /// Batches in flight, by the generation they began at.
@@ -93,13 +99,20 @@ struct State {
 }
 
 impl State {
-    /// `keys` were written to (or evicted).
-    fn wrote<'k>(&mut self, keys: impl IntoIterator<Item = &'k FindingKey>) {
+    /// `keys` were written to with `patch`, or (None) in a way hubgate cannot tell (evicted).
+    fn wrote<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k FindingKey>,
+        patch: Option<&Arc<Patch>>,
+    ) {
         self.generation += 1;
         // With no batch in flight, every later batch begins after this write.
         if !self.batches.is_empty() {
             for key in keys {
-                self.written.insert(key.clone(), self.generation);
+                self.written
+                    .entry(key.clone())
+                    .or_default()
+                    .push((self.generation, patch.cloned()));
             }
         }
     }
@@ -112,7 +125,27 @@ impl State {
 
     /// Whether what a batch that began at `since` read for `key` may be cached.
     fn unwritten_since(&self, key: &FindingKey, since: u64) -> bool {
-        self.cleared <= since && self.written.get(key).is_none_or(|at| *at <= since)
+        self.cleared <= since
+            && self
+                .written
+                .get(key)
+                .and_then(|w| w.last())
+                .is_none_or(|(at, _)| *at <= since)
+    }
+
+    /// The patches written to `key` since `since`, in order; None if a write since then had
+    /// an effect hubgate cannot tell.
+    fn patches_since(&self, key: &FindingKey, since: u64) -> Option<Vec<&Arc<Patch>>> {
+        if self.cleared > since {
+            return None;
+        }
+        self.written
+            .get(key)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter(|(at, _)| *at > since)
+            .map(|(_, patch)| patch.as_ref())
+            .collect()
     }
 
     fn batch_began(&mut self) -> u64 {
@@ -145,7 +178,10 @@ impl State {
         }
         match self.batches.first_key_value() {
             None => self.written.clear(),
-            Some((&oldest, _)) => self.written.retain(|_, at| *at > oldest),
+            Some((&oldest, _)) => self.written.retain(|_, writes| {
+                writes.retain(|(at, _)| *at > oldest);
+                !writes.is_empty()
+            }),
         }
     }
 }
@@ -157,18 +193,66 @@ struct Batch {
     began: u64,
 }
 
-/// See `Enricher::mark`.
-pub struct ReadMark(Batch);
+/// When each state a lookup returned was read, as generations of this replica's writes: held
+/// from the lookup's start until the request is forwarded, so the writes since stay known.
+struct ReadMark {
+    held: Batch,
+    /// The generation the states without an entry in `delivered` were read at: the local
+    /// cache's, or (states from Redis) the lookup's start.
+    read_at: u64,
+    /// The generation each state handed over by a GetFindings call was delivered at (no write
+    /// to it came in between its call's start and then; see `fetch_and_deliver`).
+    delivered: KeyMap<u64>,
+    /// The states read (a finding missing was not found).
+    states: KeyMap<Arc<CurrentFinding>>,
+}
 
-impl ReadMark {
-    /// Whether this replica forwarded a write that may have changed any of `keys` (with no
-    /// keys: any finding) since the mark.
-    pub fn written_since(&self, keys: &[FindingKey]) -> bool {
-        let st = self.0.inner.lock();
+impl crate::decide::Reads for ReadMark {
+    fn changed(&self, keys: &[FindingKey]) -> Changed {
+        let mut st = self.held.inner.lock();
         if keys.is_empty() {
-            return st.generation > self.0.began;
+            return match st.generation > self.held.began {
+                true => Changed::Unknown,
+                false => Changed::No,
+            };
         }
-        keys.iter().any(|k| !st.unwritten_since(k, self.0.began))
+        let mut now = None;
+        for key in keys {
+            let read = self.delivered.get(key).copied().unwrap_or(self.read_at);
+            if st.unwritten_since(key, read) {
+                continue;
+            }
+            // A finding Security Hub processed a write for exists, whatever was read.
+            let (Some(patches), Some(state)) = (st.patches_since(key, read), self.states.get(key))
+            else {
+                return Changed::Unknown;
+            };
+            let mut state = state.clone();
+            for patch in patches {
+                if !patch.holds(&state.entry) {
+                    state = Arc::new(state.patched(patch));
+                }
+            }
+            now.get_or_insert_with(|| self.states.clone())
+                .insert(key.clone(), state);
+        }
+        let Some(current) = now else {
+            return Changed::No;
+        };
+        let began = st.batch_began();
+        let reads: Box<dyn crate::decide::Reads> = Box::new(ReadMark {
+            held: Batch {
+                inner: self.held.inner.clone(),
+                began,
+            },
+            read_at: began,
+            delivered: KeyMap::default(),
+            states: current.clone(),
+        });
+        Changed::Patched(Replay {
+            current,
+            reads: std::sync::Mutex::new(Some(reads)),
+        })
     }
 }
 
@@ -404,22 +488,36 @@ impl Enricher {
     }
 
     /// Current state of each (Id, ProductArn); a key missing from the result was not found.
-    /// Waits for shared batches until `deadline`, then gives up with a quota error.
-    pub async fn lookup(
+    /// Waits for shared batches until `deadline`, then gives up with a quota error. The mark
+    /// says when each state was read.
+    async fn lookup(
         &self,
         keys: &[FindingKey],
         deadline: Instant,
-    ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats), LookupFailure> {
+    ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats, ReadMark), LookupFailure> {
         let mut found = KeyMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut stats = LookupStats::default();
         let mut pending = Vec::new();
+        let held = Batch {
+            inner: self.inner.clone(),
+            began: self.inner.lock().batch_began(),
+        };
         let shared_misses = self.shared_lookup(keys, &mut found, &mut stats).await;
         let (keys, local_hits) = match &shared_misses {
             Some(misses) => (misses.as_slice(), false),
             None => (keys, true),
         };
+        let mut mark = ReadMark {
+            read_at: held.began,
+            held,
+            delivered: KeyMap::default(),
+            states: KeyMap::default(),
+        };
         {
             let mut st = self.inner.lock();
+            if local_hits {
+                mark.read_at = st.generation;
+            }
             let now = Instant::now();
             let mut queued = false;
             for key in keys {
@@ -453,7 +551,8 @@ impl Enricher {
         }
         stats.misses = pending.len();
         if pending.is_empty() {
-            return Ok((found, stats));
+            mark.states = found.clone();
+            return Ok((found, stats, mark));
         }
         self.driver.get_or_init(|| {
             tokio::spawn(drive(self.inner.clone()));
@@ -501,6 +600,9 @@ impl Enricher {
                 }
             };
             count(&mut stats, &delivery.call);
+            if delivery.outcome.is_ok() {
+                mark.delivered.insert(key.clone(), delivery.generation);
+            }
             match delivery.outcome {
                 Ok(Some(f)) => {
                     found.insert(key, f);
@@ -513,7 +615,10 @@ impl Enricher {
         }
         match failure {
             Some(error) => Err(LookupFailure { error, stats }),
-            None => Ok((found, stats)),
+            None => {
+                mark.states = found.clone();
+                Ok((found, stats, mark))
+            }
         }
     }
 
@@ -525,11 +630,12 @@ impl Enricher {
         let Some(patch) = update.patch() else {
             return self.evict(processed).await;
         };
+        let patch = Arc::new(patch);
         let sharing = self.inner.coord.is_some();
         let mut writes = Vec::with_capacity(processed.len());
         {
             let mut st = self.inner.lock();
-            st.wrote(processed);
+            st.wrote(processed, Some(&patch));
             let now = Instant::now();
             for key in processed {
                 // The entry keeps the age of its read: the update changed only the fields it
@@ -597,22 +703,11 @@ impl Enricher {
         }
     }
 
-    /// Marks the point a request's decision is about to read finding state from. Until the
-    /// mark is dropped, this replica's writes after it stay known, so the request can learn,
-    /// after waiting for quota, whether its findings changed under its decision.
-    pub fn mark(&self) -> ReadMark {
-        let began = self.inner.lock().batch_began();
-        ReadMark(Batch {
-            inner: self.inner.clone(),
-            began,
-        })
-    }
-
     /// Forgets what a write may have changed, here and in the shared cache.
     pub async fn evict(&self, keys: &[FindingKey]) {
         {
             let mut st = self.inner.lock();
-            st.wrote(keys);
+            st.wrote(keys, None);
             for key in keys {
                 self.inner.remove(&mut st, key);
             }
@@ -652,8 +747,12 @@ impl FindingState for Enricher {
         keys: &[FindingKey],
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
-        let (current, stats) = Enricher::lookup(self, keys, deadline).await?;
-        Ok(Some(Lookup { current, stats }))
+        let (current, stats, mark) = Enricher::lookup(self, keys, deadline).await?;
+        Ok(Some(Lookup {
+            current,
+            stats,
+            reads: Some(Box::new(mark)),
+        }))
     }
 }
 
@@ -726,6 +825,7 @@ fn deliver(st: &mut State, key: &FindingKey, outcome: &Outcome, call: &Arc<CallP
         let _ = tx.send(Delivery {
             outcome: outcome.clone(),
             call: call.clone(),
+            generation: st.generation,
         });
     }
 }
@@ -1570,14 +1670,14 @@ mod tests {
     fn a_batch_caches_what_no_write_touched_since_it_began() {
         let mut st = State::default();
         let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
-        st.wrote([&a]);
+        st.wrote([&a], None);
         assert!(
             st.written.is_empty(),
             "no batch in flight: nothing to remember"
         );
         let first = st.batch_began();
         assert!(st.unwritten_since(&a, first) && st.unwritten_since(&b, first));
-        st.wrote([&a]);
+        st.wrote([&a], None);
         assert!(!st.unwritten_since(&a, first));
         assert!(st.unwritten_since(&b, first));
         let second = st.batch_began();
@@ -1591,7 +1691,7 @@ mod tests {
         assert!(!st.unwritten_since(&b, second));
         let third = st.batch_began();
         assert!(st.unwritten_since(&b, third));
-        st.wrote([&b]);
+        st.wrote([&b], None);
         st.batch_ended(second);
         assert!(!st.unwritten_since(&b, third), "third is still in flight");
         st.batch_ended(third);
@@ -1618,7 +1718,7 @@ mod tests {
             st.in_flight
                 .insert(k.clone(), Arc::new(CallProgress::default()));
         }
-        st.wrote([&a, &b]);
+        st.wrote([&a, &b], None);
         st.batch_ended(began);
         assert!(!st.unwritten_since(&a, began), "still held");
         st.ask_again(&a);

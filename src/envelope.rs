@@ -70,11 +70,16 @@ pub enum Rejection {
     Quota(#[from] QuotaExhausted),
     /// Another request hubgate forwarded changed the findings a decision read, while this one
     /// waited for quota, every time it was decided: retryable, the next try is decided anew.
+    /// `replay`, while the request is still being decided: the state to decide on next, when
+    /// the writes could be laid over what was read (None: it must be read again).
     #[error(
         "the findings this request names were changed by another request while it waited for \
          quota, {decisions} times in a row; retry"
     )]
-    StateChanged { decisions: usize },
+    StateChanged {
+        decisions: usize,
+        replay: Option<Box<crate::decide::Replay>>,
+    },
     /// A failure inside hubgate, never shown as the upstream's.
     #[error("internal error: {0}")]
     Internal(String),

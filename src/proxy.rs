@@ -19,8 +19,10 @@ use crate::audit::{
     RecordPrincipal, Slot, Verdict,
 };
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
-use crate::decide::{judge, JudgeError, Judgement, LookupError};
-use crate::enrich::{Enricher, ReadMark};
+use crate::decide::{
+    judge, Changed, FindingState, JudgeError, Judgement, LookupError, Reads, Replay,
+};
+use crate::enrich::Enricher;
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
@@ -88,8 +90,6 @@ struct Trail {
     throttled: bool,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
-    /// See `read_state`.
-    read_state: bool,
 }
 
 impl Trail {
@@ -106,12 +106,6 @@ impl Trail {
         self.cache_hits += judgement.stats.cache_hits;
         self.misses += judgement.stats.misses;
         self.throttled |= judgement.stats.throttled;
-        self.read_state = judgement.stats.cache_hits + judgement.stats.misses > 0;
-    }
-
-    /// Whether the last decision read the state of any finding.
-    fn read_state(&self) -> bool {
-        self.read_state
     }
 
     /// Records what the upstream call did, for the audit record and metrics.
@@ -336,24 +330,43 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     }
     let operation = validate(spec, &parts)?;
     let mut decisions = 0;
+    let mut replay: Option<Box<Replay>> = None;
     loop {
-        // Before the decision reads finding state: writes from here on are what the request
-        // checks for once it has its quota (see `send`).
-        let mark = ctx.gate.enricher.as_ref().map(Enricher::mark);
-        let decided = decide(ctx, operation, &parts, body.bytes(), &principal, deadline).await?;
+        let (bytes, gate) = (body.bytes(), ctx.gate);
+        let decided = match replay.take() {
+            None => {
+                let state = gate.enricher.as_ref();
+                decide(ctx, operation, &parts, bytes, &principal, deadline, state).await?
+            }
+            // The writes since were laid over what was read: decided again with no lookup.
+            Some(r) => {
+                decide(
+                    ctx,
+                    operation,
+                    &parts,
+                    bytes,
+                    &principal,
+                    deadline,
+                    Some(&*r),
+                )
+                .await?
+            }
+        };
         decisions += 1;
-        // Held only by a decision that read state, and only until the request has its quota:
-        // while marks are held, every write is remembered per finding.
-        let read = mark.filter(|_| ctx.trail.read_state());
-        match enforce(ctx, &parts, body.clone(), decided, deadline, read).await {
-            Err(Rejection::StateChanged { .. }) if decisions < MAX_DECISIONS => {
+        match enforce(ctx, &parts, body.clone(), decided, deadline).await {
+            Err(Rejection::StateChanged { replay: next, .. }) if decisions < MAX_DECISIONS => {
                 tracing::info!(
                     decisions,
+                    replayed = next.is_some(),
                     "the request's findings changed while it waited for quota; deciding again"
                 );
+                replay = next;
             }
             Err(Rejection::StateChanged { .. }) => {
-                return Err(Rejection::StateChanged { decisions });
+                return Err(Rejection::StateChanged {
+                    decisions,
+                    replay: None,
+                });
             }
             done => return done,
         }
@@ -493,6 +506,8 @@ struct Decided {
     update: Update,
     /// Set when the policy denies and this is not a dry run.
     refusal: Option<Refusal>,
+    /// When the finding state the decision read was read (None: it read none).
+    reads: Option<Box<dyn Reads>>,
 }
 
 struct Refusal {
@@ -502,15 +517,16 @@ struct Refusal {
     rejection: Rejection,
 }
 
-/// Decide: `judge` parses, validates and normalises the body, looks up the findings' state when
-/// the policy needs it, and runs the policy passes.
-async fn decide(
+/// Decide: `judge` parses, validates and normalises the body, looks up the findings' state in
+/// `state` when the policy needs it, and runs the policy passes.
+async fn decide<S: FindingState>(
     ctx: &mut Ctx<'_>,
     operation: Judged,
     parts: &http::request::Parts,
     body: &Bytes,
     principal: &Principal,
     deadline: Instant,
+    state: Option<&S>,
 ) -> Result<Decided, Rejection> {
     let gate = ctx.gate;
     let trail = &mut ctx.trail;
@@ -528,16 +544,7 @@ async fn decide(
     };
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
     trail.dry_run = dry_run;
-    let mut judgement = judge(
-        &policy,
-        operation,
-        body,
-        &facts,
-        gate.enricher.as_ref(),
-        dry_run,
-        deadline,
-    )
-    .await?;
+    let mut judgement = judge(&policy, operation, body, &facts, state, dry_run, deadline).await?;
     trail.judged(&mut judgement);
     if let Some(failed) = judgement.failed.take() {
         if let LookupError::Quota(_) = failed {
@@ -561,6 +568,7 @@ fn conclude(
         identifiers,
         passes,
         update,
+        reads,
         ..
     } = judgement;
     let Some(last) = passes.into_iter().next_back() else {
@@ -585,6 +593,7 @@ fn conclude(
         identifiers,
         update,
         refusal,
+        reads,
     })
 }
 
@@ -596,7 +605,6 @@ async fn enforce(
     body: Payload,
     decided: Decided,
     deadline: Instant,
-    read: Option<ReadMark>,
 ) -> Result<Forwarded, Rejection> {
     let Decided {
         operation,
@@ -605,6 +613,7 @@ async fn enforce(
         identifiers,
         update,
         refusal,
+        reads,
     } = decided;
     // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
     // every other operation is refused whole.
@@ -624,7 +633,7 @@ async fn enforce(
     };
     let trail = &mut ctx.trail;
     match (refusal, identifiers) {
-        (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched, read).await,
+        (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched, reads).await,
         (
             Some(Refusal {
                 denied: Some(denied),
@@ -638,7 +647,7 @@ async fn enforce(
                 denied: &denied,
                 refusal: rejection,
             };
-            forward_allowed(ctx.gate, parts, rewrite, trail, deadline, &update, read).await
+            forward_allowed(ctx.gate, parts, rewrite, trail, deadline, &update, reads).await
         }
         (Some(Refusal { rejection, .. }), _) => Err(rejection),
     }
@@ -811,15 +820,28 @@ async fn send(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
-    read: Option<ReadMark>,
+    read: Option<Box<dyn Reads>>,
 ) -> Result<Response<Incoming>, Rejection> {
     let operation = trail.operation.unwrap_or("default");
     let waited = gate.pacer.acquire(operation, deadline).await.map_err(|e| {
         trail.throttled = true;
         Rejection::Quota(e)
     })?;
-    if read.is_some_and(|mark| mark.written_since(touched.keys())) {
-        return Err(Rejection::StateChanged { decisions: 1 });
+    // Dropped here: once the request has its quota, writes need no longer be remembered for it.
+    match read.map(|reads| reads.changed(touched.keys())) {
+        None | Some(Changed::No) => {}
+        Some(Changed::Patched(replay)) => {
+            return Err(Rejection::StateChanged {
+                decisions: 1,
+                replay: Some(Box::new(replay)),
+            })
+        }
+        Some(Changed::Unknown) => {
+            return Err(Rejection::StateChanged {
+                decisions: 1,
+                replay: None,
+            })
+        }
     }
     gate.metrics
         .quota_wait_seconds
@@ -862,7 +884,7 @@ async fn send_write(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
-    read: Option<ReadMark>,
+    read: Option<Box<dyn Reads>>,
 ) -> Result<Response<Incoming>, Rejection> {
     let sent = send(gate, parts, body, trail, deadline, touched, read).await;
     if let Err(Rejection::Upstream(e)) = &sent {
@@ -902,7 +924,7 @@ async fn forward(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
-    read: Option<ReadMark>,
+    read: Option<Box<dyn Reads>>,
 ) -> Result<Forwarded, Rejection> {
     // Room for the record first: a request is never forwarded without it.
     let slot = gate.audit.reserve().await?;
@@ -984,7 +1006,7 @@ async fn forward_allowed(
     trail: &mut Trail,
     deadline: Instant,
     update: &Update,
-    read: Option<ReadMark>,
+    read: Option<Box<dyn Reads>>,
 ) -> Result<Forwarded, Rejection> {
     let Rewrite {
         mut body_without_ids,

@@ -63,6 +63,7 @@ impl FindingState for MapState {
         std::future::ready(Ok(Some(Lookup {
             current,
             stats: Default::default(),
+            reads: None,
         })))
     }
 }

@@ -157,6 +157,7 @@ impl FindingState for FileState {
                 .filter_map(|k| all.get(k).map(|f| (k.clone(), f.clone())))
                 .collect(),
             stats: Default::default(),
+            reads: None,
         });
         std::future::ready(Ok(found))
     }
