@@ -613,14 +613,29 @@ impl<'a> Authorization<'a> {
         let (mut credential, mut signed, mut signature) = (None, None, None);
         for part in rest.split(',') {
             let part = part.trim();
-            if let Some(v) = part.strip_prefix("Credential=") {
-                credential = Some(v);
+            let (name, slot, value) = if let Some(v) = part.strip_prefix("Credential=") {
+                ("Credential", &mut credential, v)
             } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-                signed = Some(v);
+                ("SignedHeaders", &mut signed, v)
             } else if let Some(v) = part.strip_prefix("Signature=") {
-                signature = Some(v);
+                ("Signature", &mut signature, v)
             } else {
-                return Err(AuthError::Malformed("unexpected component".into()));
+                // Only the three names are known; the component's value is not echoed, as it
+                // could be a secret pasted in the wrong place.
+                let name = part.split('=').next().unwrap_or_default();
+                return Err(AuthError::Malformed(format!(
+                    "unexpected component {:?}: only Credential, SignedHeaders and Signature \
+                     are accepted",
+                    name.chars().take(32).collect::<String>()
+                )));
+            };
+            // A repeated component is refused, never overwritten or skipped: in passthrough
+            // hubgate maps the claimed key to a principal while AWS reads the header itself,
+            // and with two Credentials the two could read two different callers.
+            if slot.replace(value).is_some() {
+                return Err(AuthError::Malformed(format!(
+                    "the {name} component appears more than once"
+                )));
             }
         }
         let credential =

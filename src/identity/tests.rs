@@ -160,6 +160,82 @@ fn authorization_header_parsing() {
 }
 
 #[test]
+fn authorization_components_appear_exactly_once() {
+    // In passthrough hubgate maps the claimed key while AWS reads the header itself: with two
+    // Credentials (or two of anything) the two could disagree on who the caller is.
+    let sig = "a".repeat(64);
+    let cred = "Credential=AK/20261124/us-east-1/securityhub/aws4_request";
+    let admin = "Credential=ADMIN/20261124/us-east-1/securityhub/aws4_request";
+    let signed = "SignedHeaders=host;x-amz-date";
+    let signature = format!("Signature={sig}");
+    let repeated = [
+        (
+            format!("{cred}, {signed}, {signature}, {admin}"),
+            "Credential",
+        ),
+        (
+            format!("{admin}, {cred}, {signed}, {signature}"),
+            "Credential",
+        ),
+        (
+            format!("{cred}, {cred}, {signed}, {signature}"),
+            "Credential",
+        ),
+        (
+            format!("{cred}, {signed}, SignedHeaders=host, {signature}"),
+            "SignedHeaders",
+        ),
+        (
+            format!(
+                "{cred}, {signed}, {signature}, Signature={}",
+                "b".repeat(64)
+            ),
+            "Signature",
+        ),
+    ];
+    for (rest, name) in repeated {
+        let h = format!("AWS4-HMAC-SHA256 {rest}");
+        match Authorization::parse(&h) {
+            Err(AuthError::Malformed(m)) => {
+                assert_eq!(
+                    m,
+                    format!("the {name} component appears more than once"),
+                    "{h}"
+                )
+            }
+            other => panic!("{h}: {other:?}"),
+        }
+    }
+    // Unknown components, and empty ones (a stray comma), are refused by name.
+    for (rest, shown) in [
+        (format!("{cred}, {signed}, {signature}, Foo=bar"), "\"Foo\""),
+        (format!("{cred}, {signed}, {signature},"), "\"\""),
+        (format!("{cred}, credential=X/20261124/us-east-1/securityhub/aws4_request, {signed}, {signature}"), "\"credential\""),
+    ] {
+        let h = format!("AWS4-HMAC-SHA256 {rest}");
+        match Authorization::parse(&h) {
+            Err(AuthError::Malformed(m)) => assert!(m.contains(shown), "{h}: {m}"),
+            other => panic!("{h}: {other:?}"),
+        }
+    }
+    // Each one missing.
+    for (rest, name) in [
+        (format!("{signed}, {signature}"), "Credential"),
+        (format!("{cred}, {signature}"), "SignedHeaders"),
+        (format!("{cred}, {signed}"), "Signature"),
+    ] {
+        let h = format!("AWS4-HMAC-SHA256 {rest}");
+        match Authorization::parse(&h) {
+            Err(AuthError::Malformed(m)) => assert_eq!(m, format!("{name} is missing"), "{h}"),
+            other => panic!("{h}: {other:?}"),
+        }
+    }
+    // Any order of the three, once each, is accepted (SigV4 does not fix the order).
+    let h = format!("AWS4-HMAC-SHA256 {signature}, {cred}, {signed}");
+    assert_eq!(Authorization::parse(&h).unwrap().access_key_id, "AK");
+}
+
+#[test]
 fn static_mode_needs_no_signature() {
     let (id, _dir) = identity(IdentityMode::Static, Some("member"));
     let parts = http::Request::new(()).into_parts().0;
