@@ -30,6 +30,16 @@ pub enum FramingError {
     UnverifiedChunked,
     #[error("the {0} header appears more than once")]
     DuplicateHeader(&'static str),
+    #[error(
+        "Transfer-Encoding {0:?} is not accepted: hubgate reads request bodies framed by \
+         Content-Length or by chunked alone, and no other transfer coding"
+    )]
+    TransferCoding(String),
+    #[error(
+        "the request has trailer fields after its chunked body: hubgate does not accept \
+         trailers (it would check a request whose trailers it then drops)"
+    )]
+    Trailers,
 }
 
 impl FramingError {
@@ -90,6 +100,10 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
         }
     }
 
+    if let Some(te) = transfer_coding_other_than_chunked(headers) {
+        return Err(FramingError::TransferCoding(te));
+    }
+
     for name in SINGLE_VALUED {
         let mut values = headers.get_all(name).iter();
         if values.next().is_some() && values.next().is_some() {
@@ -97,6 +111,27 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
         }
     }
     Ok(())
+}
+
+/// The Transfer-Encoding of a request, when it is anything but a single `chunked` (in any
+/// case). hyper already refuses one that does not end in `chunked`; this refuses the codings
+/// before it (`gzip, chunked`), which hyper ignores: the body would be read as plain chunked
+/// while a compliant reader would decode it further.
+fn transfer_coding_other_than_chunked(headers: &http::HeaderMap) -> Option<String> {
+    let values: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let [value] = values[..] else {
+        // No Transfer-Encoding, or several lines (a list however spelled): only the first case
+        // is fine.
+        return (!values.is_empty()).then(|| {
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    (!text.trim().eq_ignore_ascii_case("chunked")).then(|| text.into_owned())
 }
 
 /// Whether the captured head starts with this request's request line (method and target), so
@@ -286,6 +321,50 @@ mod tests {
             None,
         );
         assert!(check(&p).is_ok());
+    }
+
+    #[test]
+    fn only_a_single_chunked_transfer_coding_passes() {
+        let raw = |te: &str| {
+            format!("PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {te}\r\n\r\n")
+        };
+        for te in ["chunked", "Chunked", "CHUNKED"] {
+            let p = request(
+                Version::HTTP_11,
+                PATH,
+                &[("transfer-encoding", te)],
+                Some(&raw(te)),
+            );
+            assert!(check(&p).is_ok(), "{te}");
+        }
+        for te in [
+            "gzip, chunked",
+            "identity, chunked",
+            "chunked, chunked",
+            "gzip",
+        ] {
+            let p = request(
+                Version::HTTP_11,
+                PATH,
+                &[("transfer-encoding", te)],
+                Some(&raw(te)),
+            );
+            match check(&p) {
+                Err(FramingError::TransferCoding(got)) => assert_eq!(got, te),
+                other => panic!("{te}: {other:?}"),
+            }
+        }
+        // Two lines, each `chunked`, are the list "chunked, chunked".
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            Some(&raw("chunked")),
+        );
+        assert!(matches!(check(&p), Err(FramingError::TransferCoding(_))));
     }
 
     #[test]

@@ -423,6 +423,11 @@ async fn read(
     .await
     .map_err(|_| Rejection::RequestTimeout { ms: body_ms })?;
     let body = match collected {
+        // Trailers would be dropped on the way up (the forward sends the body whole, with a
+        // Content-Length), and a trailer field may claim to change what the head said: refused.
+        Ok(collected) if collected.trailers().is_some_and(|t| !t.is_empty()) => {
+            return Err(crate::framing::FramingError::Trailers.into())
+        }
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Rejection::PayloadTooLarge { limit })
