@@ -50,14 +50,20 @@ impl FramingError {
     }
 }
 
-/// Headers that say who the caller is or what was signed. With two of them, hubgate could check
-/// one value while Security Hub (or a signature library) reads the other, so each may appear once.
-const SINGLE_VALUED: [&str; 5] = [
+/// Headers that say who the caller is, what was signed, or how the body is framed. With two of
+/// them, hubgate could check one value while Security Hub (or a signature library) reads the
+/// other, so each may appear once.
+///
+/// Content-Length over HTTP/1: hyper answers two *different* values with its own bare 400 and
+/// never stores an equal second one, so the header map shows one; the raw head is read for it
+/// (see [`check`]). Over HTTP/2 both values reach the header map and this list catches them.
+const SINGLE_VALUED: [&str; 6] = [
     "authorization",
     "x-amz-date",
     "host",
     "x-amz-content-sha256",
     "x-amz-security-token",
+    "content-length",
 ];
 
 /// Refuses a request whose head is ambiguous. Runs before routing, on every identity and
@@ -110,6 +116,15 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
             return Err(FramingError::DuplicateHeader(name));
         }
     }
+    // hyper keeps one of two equal Content-Length lines (and refuses differing ones itself);
+    // the raw head, when the server captured this request's, still shows both.
+    if http1 {
+        if let Some(raw) = req.extensions().get::<RawHead>() {
+            if head_is_of(&raw.0, req) && head_header_count(&raw.0, b"content-length") > 1 {
+                return Err(FramingError::DuplicateHeader("content-length"));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -141,15 +156,21 @@ fn head_is_of<B>(raw: &[u8], req: &Request<B>) -> bool {
     raw.starts_with(line.as_bytes())
 }
 
-/// Whether any header line of a raw head is Content-Length. Lines end in CRLF or, as httparse
-/// also accepts, a bare LF; the head ends at the first empty line.
+/// Whether any header line of a raw head is Content-Length.
 fn head_has_content_length(raw: &[u8]) -> bool {
+    head_header_count(raw, b"content-length") > 0
+}
+
+/// How many header lines of a raw head have this (lower-case) name. Lines end in CRLF or, as
+/// httparse also accepts, a bare LF; the head ends at the first empty line.
+fn head_header_count(raw: &[u8], name: &[u8]) -> usize {
     raw.split(|b| *b == b'\n')
         .skip(1)
         .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
         .take_while(|line| !line.is_empty())
         .filter_map(|line| line.iter().position(|b| *b == b':').map(|i| &line[..i]))
-        .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"content-length"))
+        .filter(|n| n.trim_ascii().eq_ignore_ascii_case(name))
+        .count()
 }
 
 /// Where a request head ends in `buf` (the index just past its empty line), if it does.
@@ -365,6 +386,30 @@ mod tests {
             Some(&raw("chunked")),
         );
         assert!(matches!(check(&p), Err(FramingError::TransferCoding(_))));
+    }
+
+    #[test]
+    fn an_equal_second_content_length_in_the_raw_head_is_refused() {
+        // hyper keeps one of two equal values; the raw head shows both.
+        let raw = "PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\ncontent-length:2\r\n\r\n{}";
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("content-length", "2")],
+            Some(raw),
+        );
+        assert!(matches!(
+            check(&p),
+            Err(FramingError::DuplicateHeader("content-length"))
+        ));
+        let one = "PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n";
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("content-length", "2")],
+            Some(one),
+        );
+        assert!(check(&p).is_ok());
     }
 
     #[test]
