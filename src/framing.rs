@@ -1,6 +1,7 @@
 //! Framing: checks of the request head that run before anything else (routing included): the
-//! request-target form, Content-Length together with Transfer-Encoding, and security headers
-//! that appear more than once. A request refused here is never forwarded.
+//! request-target form, Content-Length together with Transfer-Encoding, transfer and content
+//! codings, security headers that appear more than once, and headers that could make Security
+//! Hub read the request as another operation. A request refused here is never forwarded.
 
 use bytes::Bytes;
 use http::{header, Request, Version};
@@ -40,6 +41,22 @@ pub enum FramingError {
          trailers (it would check a request whose trailers it then drops)"
     )]
     Trailers,
+    #[error(
+        "Content-Encoding {0:?} is not accepted: hubgate checks the body as sent and forwards \
+         those bytes, so only identity (or no Content-Encoding) is allowed"
+    )]
+    ContentCoding(String),
+    #[error(
+        "the {0} header is not accepted: Security Hub's operation is named by the method and \
+         path hubgate routes on, and a header that could name another operation or method is \
+         refused"
+    )]
+    OperationOverride(&'static str),
+    #[error(
+        "the Connection header names {0:?}, a header hubgate reads: it cannot be dropped as \
+         hop-by-hop between the check and the forward"
+    )]
+    ConnectionNamesChecked(String),
 }
 
 impl FramingError {
@@ -50,20 +67,47 @@ impl FramingError {
     }
 }
 
-/// Headers that say who the caller is, what was signed, or how the body is framed. With two of
-/// them, hubgate could check one value while Security Hub (or a signature library) reads the
-/// other, so each may appear once.
+/// Headers that say who the caller is, what was signed, or how the body is framed and read.
+/// With two of them, hubgate could check one value while Security Hub (or a signature library)
+/// reads the other, so each may appear once.
 ///
 /// Content-Length over HTTP/1: hyper answers two *different* values with its own bare 400 and
 /// never stores an equal second one, so the header map shows one; the raw head is read for it
 /// (see [`check`]). Over HTTP/2 both values reach the header map and this list catches them.
-const SINGLE_VALUED: [&str; 6] = [
+const SINGLE_VALUED: [&str; 7] = [
     "authorization",
     "x-amz-date",
     "host",
     "x-amz-content-sha256",
     "x-amz-security-token",
     "content-length",
+    "content-type",
+];
+
+/// Headers that some front ends read as the operation (`X-Amz-Target` is how the awsJson
+/// protocols name one) or as the method (the override conventions). Security Hub is restJson1:
+/// the operation is the method and path hubgate routes on, and no SDK sends these. Refused on
+/// every route, so no forward (re-signed with hubgate's role, or passed through) carries them.
+const OPERATION_OVERRIDES: [&str; 4] = [
+    "x-amz-target",
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
+
+/// Headers hubgate reads to authenticate, route or check a request. A `Connection` header that
+/// names one would have the forward drop it (RFC 9110 §7.6.1) after hubgate judged the request
+/// with it, so such a request is refused instead.
+const READ_BY_HUBGATE: [&str; 9] = [
+    "authorization",
+    "x-amz-date",
+    "host",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
 ];
 
 /// Refuses a request whose head is ambiguous. Runs before routing, on every identity and
@@ -123,6 +167,32 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
             if head_is_of(&raw.0, req) && head_header_count(&raw.0, b"content-length") > 1 {
                 return Err(FramingError::DuplicateHeader("content-length"));
             }
+        }
+    }
+
+    for name in OPERATION_OVERRIDES {
+        if headers.contains_key(name) {
+            return Err(FramingError::OperationOverride(name));
+        }
+    }
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        // Non-ASCII bytes are shown escaped; they are refused like any other coding.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if !text
+            .split(',')
+            .all(|coding| coding.trim().eq_ignore_ascii_case("identity"))
+        {
+            return Err(FramingError::ContentCoding(text.into_owned()));
+        }
+    }
+    for value in headers.get_all(header::CONNECTION) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if let Some(named) = text.split(',').map(str::trim).find(|option| {
+            READ_BY_HUBGATE
+                .iter()
+                .any(|h| option.eq_ignore_ascii_case(h))
+        }) {
+            return Err(FramingError::ConnectionNamesChecked(named.to_owned()));
         }
     }
     Ok(())
@@ -408,6 +478,77 @@ mod tests {
             PATH,
             &[("content-length", "2")],
             Some(one),
+        );
+        assert!(check(&p).is_ok());
+    }
+
+    #[test]
+    fn operation_and_method_overrides_are_refused() {
+        for name in OPERATION_OVERRIDES {
+            let p = request(
+                Version::HTTP_11,
+                PATH,
+                &[(name, "SecurityHubAPIService.BatchUpdateFindings")],
+                None,
+            );
+            match check(&p) {
+                Err(FramingError::OperationOverride(n)) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // Over HTTP/2 too (the same header map).
+        let p = request(
+            Version::HTTP_2,
+            &format!("https://hubgate.example{PATH}"),
+            &[("x-amz-target", "x")],
+            None,
+        );
+        assert!(matches!(check(&p), Err(FramingError::OperationOverride(_))));
+    }
+
+    #[test]
+    fn only_the_identity_content_coding_passes() {
+        for ce in ["identity", "IDENTITY", "identity, identity"] {
+            let p = request(Version::HTTP_11, PATH, &[("content-encoding", ce)], None);
+            assert!(check(&p).is_ok(), "{ce}");
+        }
+        for ce in ["gzip", "aws-chunked", "identity, gzip", "br", ""] {
+            let p = request(Version::HTTP_11, PATH, &[("content-encoding", ce)], None);
+            match check(&p) {
+                Err(FramingError::ContentCoding(got)) => assert_eq!(got, ce),
+                other => panic!("{ce:?}: {other:?}"),
+            }
+        }
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[
+                ("content-encoding", "identity"),
+                ("content-encoding", "gzip"),
+            ],
+            None,
+        );
+        assert!(matches!(check(&p), Err(FramingError::ContentCoding(_))));
+    }
+
+    #[test]
+    fn connection_may_not_name_a_header_hubgate_reads() {
+        for named in ["Content-Type", "authorization", " X-Amz-Date", "host"] {
+            let value = format!("keep-alive,{named}");
+            let p = request(Version::HTTP_11, PATH, &[("connection", &value)], None);
+            match check(&p) {
+                Err(FramingError::ConnectionNamesChecked(got)) => {
+                    assert_eq!(got, named.trim())
+                }
+                other => panic!("{named}: {other:?}"),
+            }
+        }
+        // Other options are hop-by-hop: the forward drops them, the request passes.
+        let p = request(
+            Version::HTTP_11,
+            PATH,
+            &[("connection", "keep-alive, X-Custom")],
+            None,
         );
         assert!(check(&p).is_ok());
     }

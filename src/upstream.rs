@@ -145,14 +145,64 @@ const HOP_BY_HOP: [&str; 10] = [
     "content-length",
 ];
 
-/// The caller's credentials and the host they were signed for: replaced when re-signing.
-const CALLER_SIGNATURE: [&str; 5] = [
-    "authorization",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-    "host",
+/// The caller's headers a re-signed forward carries: an allow-list. hubgate signs only `host`
+/// and `content-type` (as the SDKs do), so dropping any other caller header never breaks the
+/// signature, and nothing hubgate did not look at goes up under hubgate's own role. These are
+/// the headers the AWS SDKs and CLI send besides their signature (the caller's credentials,
+/// its `Host` and `X-Amz-*` signing headers are replaced by hubgate's own).
+const RESIGN_FORWARDED: [&str; 8] = [
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "user-agent",
+    "x-amz-user-agent",
+    "x-amzn-trace-id",
+    "amz-sdk-invocation-id",
+    "amz-sdk-request",
 ];
+
+/// The header names a request's `Connection` header lists: hop-by-hop for that connection
+/// alone (RFC 9110 §7.6.1), so never forwarded. Lower-case, as `HeaderName`s are.
+fn connection_options(headers: &HeaderMap) -> Vec<String> {
+    let mut options = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        options.extend(
+            text.split(',')
+                .map(|o| o.trim().to_ascii_lowercase())
+                .filter(|o| !o.is_empty()),
+        );
+    }
+    options
+}
+
+/// The caller's headers that a re-signed forward carries (before hubgate adds its own `Host`
+/// and signature): those on [`RESIGN_FORWARDED`] that `Connection` does not name.
+fn resign_headers(caller: &HeaderMap) -> HeaderMap {
+    let hop = connection_options(caller);
+    let mut out = HeaderMap::with_capacity(RESIGN_FORWARDED.len());
+    for (name, value) in caller {
+        let n = name.as_str();
+        if RESIGN_FORWARDED.contains(&n) && !hop.iter().any(|h| h == n) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The caller's headers that a passthrough forward carries: all but the fixed hop-by-hop ones
+/// and those `Connection` names (see [`Upstream::forward_exact`] for why not an allow-list).
+fn passthrough_headers(caller: &HeaderMap) -> HeaderMap {
+    let hop = connection_options(caller);
+    let mut out = HeaderMap::with_capacity(caller.len());
+    for (name, value) in caller {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && !hop.iter().any(|h| h == n) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
 
 pub struct Upstream {
     client: HttpsClient,
@@ -321,12 +371,7 @@ impl Upstream {
         parts: &http::request::Parts,
         body: Payload,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut headers = HeaderMap::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) && !CALLER_SIGNATURE.contains(&name.as_str()) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
+        let headers = resign_headers(&parts.headers);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -340,7 +385,16 @@ impl Upstream {
 
     /// Passthrough: the caller's request as it came, bytes and signed headers unchanged (the
     /// caller signed for the real Security Hub host, so its `Host` stays too); only
-    /// hop-by-hop headers go. AWS verifies the caller's signature.
+    /// hop-by-hop headers go, the fixed ones and those its `Connection` header names. AWS
+    /// verifies the caller's signature.
+    ///
+    /// A deny-list here, not resign's allow-list: the caller chooses which headers it signs
+    /// (SDKs differ: `x-amz-security-token`, `amz-sdk-*`, `x-amz-content-sha256`, ...), and
+    /// every signed one must arrive or AWS refuses the signature. An allow-list would have to
+    /// admit every header the caller lists in SignedHeaders, so a caller could pass any header
+    /// by signing it and the list would add nothing. What could change how Security Hub reads
+    /// the request is refused before this point instead (`framing::check`: operation and
+    /// method overrides, content and transfer codings, repeated security headers).
     pub async fn forward_exact(
         &self,
         parts: &http::request::Parts,
@@ -357,11 +411,7 @@ impl Upstream {
             .body(Full::new(body))
             .map_err(|e| UpstreamError::local("build the upstream request", e))?;
         let headers = request.headers_mut();
-        for (name, value) in &parts.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
+        *headers = passthrough_headers(&parts.headers);
         if !headers.contains_key(header::HOST) {
             // HTTP/2 carries the authority in the URI, not in a Host header.
             if let Some(authority) = parts.uri.authority() {
@@ -596,5 +646,77 @@ mod tests {
             let other = signature_over_bytes(&request, b"{}");
             assert_ne!(expected, other);
         }
+    }
+    fn caller_headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_resigned_forward_carries_only_allow_listed_headers() {
+        let caller = caller_headers(&[
+            ("host", "hubgate:8080"),
+            ("authorization", "AWS4-HMAC-SHA256 ..."),
+            ("x-amz-date", "20261124T000000Z"),
+            ("x-amz-security-token", "t"),
+            ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("user-agent", "aws-cli/2"),
+            ("amz-sdk-invocation-id", "i"),
+            ("amz-sdk-request", "attempt=1"),
+            ("x-amzn-trace-id", "Root=1"),
+            ("x-custom-anything", "v"),
+            ("expect", "100-continue"),
+            ("connection", "keep-alive, X-Amzn-Trace-Id"),
+        ]);
+        let out = resign_headers(&caller);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        // x-amzn-trace-id is allow-listed, but Connection names it: hop-by-hop.
+        assert_eq!(
+            names,
+            [
+                "amz-sdk-invocation-id",
+                "amz-sdk-request",
+                "content-type",
+                "user-agent"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_passthrough_forward_drops_hop_by_hop_headers_and_those_connection_names() {
+        let caller = caller_headers(&[
+            ("host", "securityhub.us-east-1.amazonaws.com"),
+            ("authorization", "AWS4-HMAC-SHA256 ..."),
+            ("x-amz-date", "20261124T000000Z"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("keep-alive", "timeout=5"),
+            ("x-signed-by-caller", "v"),
+            ("x-dropped", "v"),
+            ("connection", "keep-alive"),
+            ("connection", " X-Dropped ,"),
+        ]);
+        let out = passthrough_headers(&caller);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "authorization",
+                "content-type",
+                "host",
+                "x-amz-date",
+                "x-signed-by-caller"
+            ]
+        );
     }
 }
