@@ -297,24 +297,48 @@ pub enum ContentTypeError {
     Missing,
     #[error("Content-Type {0:?} is not supported: send application/json")]
     Unsupported(String),
+    #[error(
+        "Content-Type parameter {0:?} is not supported: send application/json, with no \
+         parameter or charset=utf-8 (hubgate reads the body as UTF-8)"
+    )]
+    Parameter(String),
 }
 
+/// Security Hub is a restJson1 service: the SDKs and the CLI send `application/json` (boto3's
+/// model says `"protocol": "rest-json"`). The awsJson types (`application/x-amz-json-1.x`)
+/// belong to services that name the operation in `X-Amz-Target`; they are refused, so a body
+/// is never judged as one operation while a front end could read it as another. The only
+/// parameter accepted is `charset=utf-8`: hubgate parses the body as UTF-8, and a body
+/// labelled otherwise could be read differently upstream.
 pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), ContentTypeError> {
     let Some(value) = value else {
         return Err(ContentTypeError::Missing);
     };
-    let media = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match media.as_str() {
-        "application/json" | "application/x-amz-json-1.1" | "application/x-amz-json-1.0" => Ok(()),
-        other => Err(ContentTypeError::Unsupported(other.to_string())),
+    // Not visible ASCII: shown escaped, refused like any other unknown type.
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let mut parts = text.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json" {
+        return Err(ContentTypeError::Unsupported(media));
     }
+    let mut charset_seen = false;
+    for parameter in parts {
+        let parameter = parameter.trim();
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let value = value.trim();
+        // A quoted value means the same as the bare token (RFC 9110 §5.6.6).
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        let utf8 =
+            name.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8");
+        if !utf8 || charset_seen {
+            return Err(ContentTypeError::Parameter(parameter.to_string()));
+        }
+        charset_seen = true;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,8 +378,38 @@ mod tests {
         let ok = |s: &str| check_content_type(Some(&http::HeaderValue::from_str(s).unwrap()));
         assert!(ok("application/json").is_ok());
         assert!(ok("Application/JSON; charset=utf-8").is_ok());
+        assert!(ok("application/json;charset=\"UTF-8\"").is_ok());
         assert!(ok("text/plain").is_err());
         assert!(check_content_type(None).is_err());
+        // The awsJson types name the operation in X-Amz-Target; Security Hub is restJson1.
+        for t in ["application/x-amz-json-1.1", "application/x-amz-json-1.0"] {
+            assert_eq!(
+                ok(t),
+                Err(ContentTypeError::Unsupported(t.to_string())),
+                "{t}"
+            );
+        }
+        // Only charset=utf-8, once: hubgate reads the body as UTF-8.
+        for (t, param) in [
+            ("application/json; charset=utf-16", "charset=utf-16"),
+            ("application/json; charset=iso-8859-1", "charset=iso-8859-1"),
+            (
+                "application/json; charset=utf-8; charset=utf-16",
+                "charset=utf-16",
+            ),
+            (
+                "application/json; charset=utf-8; charset=utf-8",
+                "charset=utf-8",
+            ),
+            ("application/json; boundary=x", "boundary=x"),
+            ("application/json;", ""),
+        ] {
+            assert_eq!(
+                ok(t),
+                Err(ContentTypeError::Parameter(param.to_string())),
+                "{t}"
+            );
+        }
     }
 
     fn schemas() -> Schemas {

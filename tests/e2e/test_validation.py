@@ -99,7 +99,7 @@ def test_body_bytes_are_forwarded_exactly(hubgate):
     assert hubgate.fake.findings()["f-admin"]["Note"]["Text"] == 'caf\u00e9 "quoted"'
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/x-amz-json-1.1"])
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8"])
 def test_json_content_types_are_accepted(hubgate, content_type):
     resp = hubgate.buf(body(Note=NOTE), who="admin", content_type=content_type)
     assert resp.status == 200, resp.text
@@ -107,7 +107,9 @@ def test_json_content_types_are_accepted(hubgate, content_type):
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/xml",
-                                          "application/x-www-form-urlencoded"])
+                                          "application/x-www-form-urlencoded",
+                                          "application/x-amz-json-1.1",
+                                          "application/json; charset=utf-16"])
 def test_non_json_content_type_is_415(hubgate, content_type):
     resp = hubgate.buf(body(Note=NOTE), who="admin", content_type=content_type)
     assert_envelope(resp, 415, "UNSUPPORTED_MEDIA_TYPE", "InvalidInputException")
