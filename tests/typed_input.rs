@@ -330,7 +330,8 @@ fn batch_update_findings_v2() -> impl Strategy<Value = Case> {
         array(&items)
     });
     let uids = prop::collection::vec(text(), 0..3).prop_map(|u| array(&u));
-    // MetadataUids or FindingIdentifiers (never both), or neither.
+    // MetadataUids or FindingIdentifiers (never both), or neither. A request that names no
+    // finding (neither, or an empty list) is refused.
     let which = prop_oneof![
         Just(None),
         uids.prop_map(|u| Some(("MetadataUids", u))),
@@ -343,7 +344,7 @@ fn batch_update_findings_v2() -> impl Strategy<Value = Case> {
         prop::option::of(ocsf_id()),
     )
         .prop_flat_map(|(which, comment, severity_id, status_id)| {
-            let mut accept = true;
+            let mut accept = which.as_ref().is_some_and(|(_, list)| list != "[]");
             let mut members: Vec<(&'static str, String)> = which.into_iter().collect();
             if let Some(c) = comment {
                 members.push(("Comment", c));

@@ -445,6 +445,33 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
             for uid in metadata_uids.iter().flatten() {
                 push_key(&mut seen, &mut keys, &mut claims, (uid.as_str(), ""), None);
             }
+            // The model requires neither member (its documentation only forbids both, which
+            // the schema refuses), but a request that names no finding has nothing to judge;
+            // refused as BatchUpdateFindings refuses an empty FindingIdentifiers.
+            match (finding_identifiers, metadata_uids) {
+                (None, None) => {
+                    return Err(refuse(
+                        "",
+                        "BatchUpdateFindingsV2 needs FindingIdentifiers or MetadataUids: \
+                         the request names no finding to update"
+                            .into(),
+                    ))
+                }
+                (Some(list), _) if list.is_empty() => {
+                    return Err(refuse(
+                        "/FindingIdentifiers",
+                        "FindingIdentifiers is empty: the request names no finding to update"
+                            .into(),
+                    ))
+                }
+                (_, Some(list)) if list.is_empty() => {
+                    return Err(refuse(
+                        "/MetadataUids",
+                        "MetadataUids is empty: the request names no finding to update".into(),
+                    ))
+                }
+                _ => {}
+            }
             if let Some(c) = comment {
                 u.note(c.clone(), None);
             }
@@ -1261,6 +1288,35 @@ mod tests {
                 .unwrap_err();
                 assert_eq!(err.path, format!("/{field}"));
             }
+        }
+    }
+
+    #[test]
+    fn a_v2_update_must_name_its_findings() {
+        let fi = json!([{"CloudAccountUid": "222222222222", "FindingInfoUid": "f",
+                         "MetadataProductUid": "p"}]);
+        for (body, path) in [
+            (json!({"StatusId": 4}), ""),
+            (json!({"Comment": "c"}), ""),
+            (
+                json!({"FindingIdentifiers": [], "StatusId": 4}),
+                "/FindingIdentifiers",
+            ),
+            (json!({"MetadataUids": [], "StatusId": 4}), "/MetadataUids"),
+        ] {
+            let err = update(Judged::BatchUpdateFindingsV2, body.clone()).unwrap_err();
+            assert_eq!(err.path, path, "{body}");
+            assert!(err.message.contains("names no finding"), "{}", err.message);
+        }
+        // Either one alone is enough.
+        for body in [
+            json!({"FindingIdentifiers": fi, "StatusId": 4}),
+            json!({"MetadataUids": ["m"], "StatusId": 4}),
+        ] {
+            assert!(
+                update(Judged::BatchUpdateFindingsV2, body.clone()).is_ok(),
+                "{body}"
+            );
         }
     }
 
