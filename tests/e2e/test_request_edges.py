@@ -16,36 +16,19 @@ import pytest
 
 from helpers import (
     ADMIN,
-    ADMIN_ACCOUNT,
     MEMBER,
-    MEMBER_ACCOUNT,
-    REGION,
     Creds,
     assert_envelope,
     ident,
     sign,
 )
+from test_passthrough import CALLERS as PT_CALLERS
+from test_passthrough import PT_ADMIN, PT_MEMBER, REAL_HOST
 from test_socket_bounds import chunked, exchange, head_bytes
 
 BUF = "/findings/batchupdate"
 V2 = "/findingsv2/batchupdatev2"
 NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
-REAL_HOST = f"securityhub.{REGION}.amazonaws.com"
-PT_ADMIN = Creds("AKIAPASSADMIN0000001", "pass-admin-secret-known-to-aws-only")
-PT_MEMBER = Creds("AKIAPASSMEMBER000001", "pass-member-secret-known-to-aws-only")
-PT_CALLERS = f"""\
-[[caller]]
-id = "pt-admin"
-account_id = "{ADMIN_ACCOUNT}"
-role = "administrator"
-access_key_id = "{PT_ADMIN.access_key}"
-
-[[caller]]
-id = "pt-member"
-account_id = "{MEMBER_ACCOUNT}"
-role = "member"
-access_key_id = "{PT_MEMBER.access_key}"
-"""
 
 
 @pytest.fixture
