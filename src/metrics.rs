@@ -114,6 +114,9 @@ pub struct Metrics {
     pub runtime_workers: Gauge,
     /// Time requests waited for hubgate's own pacing of the account quota.
     pub quota_wait_seconds: Histogram,
+    /// Decisions voided because the findings they read changed before the forward, by what
+    /// followed: `replayed`, `reread` or `refused`.
+    pub decisions_voided: Family<KindLabels, Counter>,
     /// The enrichment cache's size, and upstream throttles by operation.
     pub enrich: EnrichMetrics,
     /// Replicas sharing quota and cache through Redis, and the fallback when it is away.
@@ -179,6 +182,7 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             runtime_workers: Gauge::default(),
             quota_wait_seconds: latency(),
+            decisions_voided: Family::default(),
             enrich: Default::default(),
             coordination: Default::default(),
             reload_success_time: Gauge::default(),
@@ -309,6 +313,12 @@ impl Metrics {
             "quota_wait_seconds",
             "Time a request waited for hubgate's pacing of the account's Security Hub quota",
             m.quota_wait_seconds.clone(),
+        );
+        registry.register(
+            "decisions_voided",
+            "Decisions voided because a write changed the findings they read before the \
+             request was forwarded, by what followed (replayed, reread, refused)",
+            m.decisions_voided.clone(),
         );
         registry.register(
             "enrichment_cache_entries",

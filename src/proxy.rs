@@ -26,7 +26,7 @@ use crate::enrich::Enricher;
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
-use crate::metrics::{DecisionLabel, Metrics, OperationLabels, RequestLabels};
+use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
 use crate::policy::input::RequestFacts;
 use crate::policy::input::Update;
@@ -360,9 +360,11 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
                     replayed = next.is_some(),
                     "the request's findings changed while it waited for quota; deciding again"
                 );
+                voided(ctx.gate, if next.is_some() { "replayed" } else { "reread" });
                 replay = next;
             }
             Err(Rejection::StateChanged { .. }) => {
+                voided(ctx.gate, "refused");
                 return Err(Rejection::StateChanged {
                     decisions,
                     replay: None,
@@ -376,6 +378,15 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
 /// How many times a request is decided when the findings it read keep changing under it
 /// before it is forwarded; then it is refused as retryable.
 const MAX_DECISIONS: usize = 3;
+
+fn voided(gate: &Stages, then: &str) {
+    gate.metrics
+        .decisions_voided
+        .get_or_create(&KindLabels {
+            kind: then.to_string(),
+        })
+        .inc();
+}
 
 /// Route: framing checks of the head, then the operation and its routing.
 fn route(

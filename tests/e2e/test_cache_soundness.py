@@ -18,6 +18,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from helpers import MEMBER_ACCOUNT, finding, ident
 
@@ -50,6 +51,13 @@ def stack(make_fake, make_hubgate):
 
 def get_findings_calls(fake) -> int:
     return fake.op_stats("GetFindings")["calls"]
+
+
+def voided(hg) -> dict:
+    """hubgate_decisions_voided_total by kind."""
+    return {s.labels["kind"]: s.value
+            for family in text_string_to_metric_families(hg.admin("/metrics").text)
+            for s in family.samples if s.name == "hubgate_decisions_voided_total"}
 
 
 def assert_lowering_refused(resp, fake):
@@ -152,8 +160,10 @@ def test_a_request_whose_findings_change_while_it_waits_for_quota_is_decided_aga
     assert answers["admin"].status == 200, answers["admin"].text
     assert_lowering_refused(lowered, fake)
     rec = hg.audit_for(lowered.headers["x-amzn-requestid"])
-    # decided twice, both times from the cache: MEDIUM, then the written-through CRITICAL
+    # decided twice, with no lookup: on the cached MEDIUM, then on it with the raise laid over
     assert rec["metrics"]["counter_cache_hits"] == 2, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert voided(hg) == {"replayed": 1.0}
     assert rec["forwarded"] is False, rec
     assert len(fake.buf_calls()) == 2, "the note and the raise; the lowering was never sent"
 
