@@ -51,6 +51,8 @@ struct Delivery {
     call: Arc<CallProgress>,
     /// The generation of writes when it was handed over.
     generation: u64,
+    /// Calls made for it before it was asked for again (see `State::ask_again`).
+    earlier: Vec<Arc<CallProgress>>,
 }
 
 /// One batch: which it was, and what it has cost so far (a request that stops waiting still
@@ -96,6 +98,9 @@ struct State {
     /// Queued findings whose shared claim is already settled (handed over by a replica that
     /// gave up on them): the shared generation and write count to store against, if any.
     preclaimed: KeyMap<Option<(String, String)>>,
+    /// The calls already made for a finding that was asked for again: the requests waiting on
+    /// it are charged for them too when it is delivered.
+    spent: KeyMap<Vec<Arc<CallProgress>>>,
 }
 
 impl State {
@@ -163,10 +168,17 @@ impl State {
     /// be older than a write hubgate has since forwarded and answered, and a request that
     /// came after that write must not be handed the state from before it.
     fn ask_again(&mut self, key: &FindingKey) {
-        self.in_flight.remove(key);
+        let call = self.in_flight.remove(key);
         if self.waiting.contains_key(key) {
+            self.spent.entry(key.clone()).or_default().extend(call);
             self.queue.push_front(key.clone());
         }
+    }
+
+    /// Nobody waits for `key` any more.
+    fn forget(&mut self, key: &FindingKey) {
+        self.waiting.remove(key);
+        self.spent.remove(key);
     }
 
     fn batch_ended(&mut self, began: u64) {
@@ -587,7 +599,8 @@ impl Enricher {
                     let st = self.inner.lock();
                     for k in std::iter::once(&key).chain(pending.as_slice().iter().map(|(k, _)| k))
                     {
-                        if let Some(call) = st.in_flight.get(k) {
+                        let earlier = st.spent.get(k).map_or(&[][..], Vec::as_slice);
+                        for call in st.in_flight.get(k).into_iter().chain(earlier) {
                             count(&mut stats, call);
                         }
                     }
@@ -600,6 +613,9 @@ impl Enricher {
                 }
             };
             count(&mut stats, &delivery.call);
+            for call in &delivery.earlier {
+                count(&mut stats, call);
+            }
             if delivery.outcome.is_ok() {
                 mark.delivered.insert(key.clone(), delivery.generation);
             }
@@ -821,11 +837,13 @@ type SharedClaim = (String, String);
 /// Hands a finding's outcome to every request waiting for it.
 fn deliver(st: &mut State, key: &FindingKey, outcome: &Outcome, call: &Arc<CallProgress>) {
     st.in_flight.remove(key);
+    let earlier = st.spent.remove(key).unwrap_or_default();
     for tx in st.waiting.remove(key).unwrap_or_default() {
         let _ = tx.send(Delivery {
             outcome: outcome.clone(),
             call: call.clone(),
             generation: st.generation,
+            earlier: earlier.clone(),
         });
     }
 }
@@ -973,7 +991,7 @@ async fn await_other_replica(
             let mut st = inner.lock();
             for key in &keys {
                 st.in_flight.remove(key);
-                st.waiting.remove(key);
+                st.forget(key);
             }
             return;
         }
@@ -1043,7 +1061,7 @@ fn has_live_work(st: &mut State) -> bool {
             return true;
         }
         if let Some(key) = st.queue.pop_front() {
-            st.waiting.remove(&key);
+            st.forget(&key);
             st.preclaimed.remove(&key);
         }
     }
@@ -1709,7 +1727,7 @@ mod tests {
             FindingKey::new("b", "p"),
             FindingKey::new("c", "p"),
         );
-        let (tx, _rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         st.waiting.insert(a.clone(), vec![tx]);
         st.queue.push_back(c.clone());
         let began = st.batch_began();
@@ -1729,6 +1747,12 @@ mod tests {
             "a first; b has nobody waiting"
         );
         assert!(st.in_flight.is_empty());
+        // a's waiter is charged for the first call too when a is delivered
+        assert!(!st.spent.contains_key(&b));
+        deliver(&mut st, &a, &Ok(None), &Arc::new(CallProgress::default()));
+        let delivery = rx.try_recv().expect("delivered");
+        assert_eq!(delivery.earlier.len(), 1);
+        assert!(st.spent.is_empty());
         st.batch_ended(began);
         assert!(st.written.is_empty() && st.batches.is_empty());
     }

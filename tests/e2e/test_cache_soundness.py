@@ -133,8 +133,11 @@ def test_a_lookup_begun_after_a_write_is_not_handed_the_state_read_before_it(sta
     note.join(30)
     assert answers["note"].status == 200, answers["note"].text
     assert_lowering_refused(lowered, fake)
-    # the call read before the raise was not used: F was asked for again
+    # the call read before the raise was not used: F was asked for again, and the request that
+    # joined the first call is charged for both
     assert get_findings_calls(fake) == 2
+    rec = hg.audit_for(lowered.headers["x-amzn-requestid"])
+    assert rec["metrics"]["counter_lookup_calls"] == 2, rec["metrics"]
 
 
 def test_a_request_whose_findings_change_while_it_waits_for_quota_is_decided_again(stack):
