@@ -42,8 +42,20 @@ pub struct Lookup {
 /// forwarded in between may have changed what the decision was made on.
 pub trait Reads: Send + Sync {
     /// What writes forwarded since the state of `keys` was read (with no keys: the state of
-    /// any finding) did to it.
-    fn changed(&self, keys: &[FindingKey]) -> Changed;
+    /// any finding) did to `read`, the states read then.
+    fn changed(&self, keys: &[FindingKey], read: &KeyMap<Arc<CurrentFinding>>) -> Changed;
+}
+
+/// The finding state a decision was made on, and when it was read.
+pub struct StateRead {
+    pub when: Box<dyn Reads>,
+    pub states: KeyMap<Arc<CurrentFinding>>,
+}
+
+impl StateRead {
+    pub fn changed(self, keys: &[FindingKey]) -> Changed {
+        self.when.changed(keys, &self.states)
+    }
 }
 
 pub enum Changed {
@@ -164,8 +176,8 @@ pub struct Judgement {
     /// The lookup that failed: the request cannot be judged, and is refused with this error.
     pub failed: Option<LookupError>,
     pub stats: LookupStats,
-    /// When the state the decision read was read, if it came from a lookup.
-    pub reads: Option<Box<dyn Reads>>,
+    /// The state the decision read and when, if it came from a lookup.
+    pub reads: Option<StateRead>,
     pub policy_ns: u64,
     pub enrich_ns: u64,
 }
@@ -275,8 +287,11 @@ pub async fn judge<S: FindingState>(
                         reads,
                     })) => {
                         judgement.stats = stats;
-                        judgement.reads = reads;
                         evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
+                        judgement.reads = reads.map(|when| StateRead {
+                            when,
+                            states: current,
+                        });
                     }
                     Ok(None) => judgement.complete = false,
                     Err(e) => {

@@ -215,12 +215,19 @@ struct ReadMark {
     /// The generation each state handed over by a GetFindings call was delivered at (no write
     /// to it came in between its call's start and then; see `fetch_and_deliver`).
     delivered: KeyMap<u64>,
-    /// The states read (a finding missing was not found).
-    states: KeyMap<Arc<CurrentFinding>>,
+}
+
+/// `state` with `patch` laid over it; the same state when it already holds what the patch sets.
+fn laid_over(state: &Arc<CurrentFinding>, patch: &Patch) -> Arc<CurrentFinding> {
+    if patch.holds(&state.entry) {
+        state.clone()
+    } else {
+        Arc::new(state.patched(patch))
+    }
 }
 
 impl crate::decide::Reads for ReadMark {
-    fn changed(&self, keys: &[FindingKey]) -> Changed {
+    fn changed(&self, keys: &[FindingKey], read: &KeyMap<Arc<CurrentFinding>>) -> Changed {
         let mut st = self.held.inner.lock();
         if keys.is_empty() {
             return match st.generation > self.held.began {
@@ -230,22 +237,18 @@ impl crate::decide::Reads for ReadMark {
         }
         let mut now = None;
         for key in keys {
-            let read = self.delivered.get(key).copied().unwrap_or(self.read_at);
-            if st.unwritten_since(key, read) {
+            let at = self.delivered.get(key).copied().unwrap_or(self.read_at);
+            if st.unwritten_since(key, at) {
                 continue;
             }
             // A finding Security Hub processed a write for exists, whatever was read.
-            let (Some(patches), Some(state)) = (st.patches_since(key, read), self.states.get(key))
-            else {
+            let (Some(patches), Some(state)) = (st.patches_since(key, at), read.get(key)) else {
                 return Changed::Unknown;
             };
-            let mut state = state.clone();
-            for patch in patches {
-                if !patch.holds(&state.entry) {
-                    state = Arc::new(state.patched(patch));
-                }
-            }
-            now.get_or_insert_with(|| self.states.clone())
+            let state = patches
+                .into_iter()
+                .fold(state.clone(), |state, patch| laid_over(&state, patch));
+            now.get_or_insert_with(|| read.clone())
                 .insert(key.clone(), state);
         }
         let Some(current) = now else {
@@ -259,7 +262,6 @@ impl crate::decide::Reads for ReadMark {
             },
             read_at: began,
             delivered: KeyMap::default(),
-            states: current.clone(),
         });
         Changed::Patched(Replay {
             current,
@@ -523,7 +525,6 @@ impl Enricher {
             read_at: held.began,
             held,
             delivered: KeyMap::default(),
-            states: KeyMap::default(),
         };
         {
             let mut st = self.inner.lock();
@@ -563,7 +564,6 @@ impl Enricher {
         }
         stats.misses = pending.len();
         if pending.is_empty() {
-            mark.states = found.clone();
             return Ok((found, stats, mark));
         }
         self.driver.get_or_init(|| {
@@ -631,10 +631,7 @@ impl Enricher {
         }
         match failure {
             Some(error) => Err(LookupFailure { error, stats }),
-            None => {
-                mark.states = found.clone();
-                Ok((found, stats, mark))
-            }
+            None => Ok((found, stats, mark)),
         }
     }
 
@@ -657,52 +654,39 @@ impl Enricher {
                 // The entry keeps the age of its read: the update changed only the fields it
                 // set, so the others are as stale as before, and a write must not prolong
                 // (or revive) what Security Hub was last read to say about them.
-                let read_at = st
+                let fresh = st
                     .cache
                     .get(key)
-                    .filter(|c| self.inner.fresh(c, now).is_some())
-                    .map(|c| c.at);
-                if !sharing && read_at.is_some() {
-                    // In place: the key, its age, its tag and the entry's size stay as they were.
-                    if let Some(Cached { state: Some(f), .. }) = st.cache.get_mut(key) {
-                        if !patch.holds(&f.entry) {
-                            *f = Arc::new(f.patched(&patch));
-                        }
-                        continue;
-                    }
-                }
-                let (patched, expected) = match (st.cache.get(key), read_at) {
-                    (Some(c), Some(_)) => (
-                        c.state.as_ref().map(|f| {
-                            if patch.holds(&f.entry) {
-                                f.clone()
-                            } else {
-                                Arc::new(f.patched(&patch))
-                            }
-                        }),
+                    .filter(|c| self.inner.fresh(c, now).is_some());
+                let Some((read_at, Some(state), expected)) = fresh.map(|c| {
+                    (
+                        c.at,
+                        c.state.as_ref().map(|f| laid_over(f, &patch)),
                         c.tag.clone(),
-                    ),
-                    _ => (None, None),
-                };
-                match (patched, read_at) {
-                    (Some(f), Some(read_at)) => {
-                        let tag = sharing.then(shared::new_tag);
-                        self.inner.store_tagged(
-                            &mut st,
-                            key.clone(),
-                            Some(f.clone()),
-                            tag.clone(),
-                            read_at,
-                        );
-                        writes.push((key, expected, tag.map(|t| (t, f))));
-                    }
+                    )
+                }) else {
                     // Not cached, expired, or cached as not found: nothing to lay the change
                     // over.
-                    _ => {
-                        self.inner.remove(&mut st, key);
-                        writes.push((key, None, None));
+                    self.inner.remove(&mut st, key);
+                    writes.push((key, None, None));
+                    continue;
+                };
+                if !sharing {
+                    // In place: the key, its age, its tag and the entry's size stay as they were.
+                    if let Some(c) = st.cache.get_mut(key) {
+                        c.state = Some(state);
                     }
+                    continue;
                 }
+                let tag = shared::new_tag();
+                self.inner.store_tagged(
+                    &mut st,
+                    key.clone(),
+                    Some(state.clone()),
+                    Some(tag.clone()),
+                    read_at,
+                );
+                writes.push((key, expected, Some((tag, state))));
             }
             self.inner.report(&st);
         }

@@ -20,7 +20,7 @@ use crate::audit::{
 };
 use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{
-    judge, Changed, FindingState, JudgeError, Judgement, LookupError, Reads, Replay,
+    judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
@@ -523,7 +523,7 @@ struct Decided {
     /// Set when the policy denies and this is not a dry run.
     refusal: Option<Refusal>,
     /// When the finding state the decision read was read (None: it read none).
-    reads: Option<Box<dyn Reads>>,
+    reads: Option<StateRead>,
 }
 
 struct Refusal {
@@ -836,7 +836,7 @@ async fn send(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
-    read: Option<Box<dyn Reads>>,
+    read: Option<StateRead>,
 ) -> Result<Response<Incoming>, Rejection> {
     let operation = trail.operation.unwrap_or("default");
     let waited = gate.pacer.acquire(operation, deadline).await.map_err(|e| {
@@ -900,7 +900,7 @@ async fn send_write(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
-    read: Option<Box<dyn Reads>>,
+    read: Option<StateRead>,
 ) -> Result<Response<Incoming>, Rejection> {
     let sent = send(gate, parts, body, trail, deadline, touched, read).await;
     if let Err(Rejection::Upstream(e)) = &sent {
@@ -940,7 +940,7 @@ async fn forward(
     trail: &mut Trail,
     deadline: Instant,
     touched: Touched<'_>,
-    read: Option<Box<dyn Reads>>,
+    read: Option<StateRead>,
 ) -> Result<Forwarded, Rejection> {
     // Room for the record first: a request is never forwarded without it.
     let slot = gate.audit.reserve().await?;
@@ -1022,7 +1022,7 @@ async fn forward_allowed(
     trail: &mut Trail,
     deadline: Instant,
     update: &Update,
-    read: Option<Box<dyn Reads>>,
+    read: Option<StateRead>,
 ) -> Result<Forwarded, Rejection> {
     let Rewrite {
         mut body_without_ids,

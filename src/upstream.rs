@@ -176,32 +176,29 @@ fn connection_options(headers: &HeaderMap) -> Vec<String> {
     options
 }
 
-/// The caller's headers that a re-signed forward carries (before hubgate adds its own `Host`
-/// and signature): those on [`RESIGN_FORWARDED`] that `Connection` does not name.
-fn resign_headers(caller: &HeaderMap) -> HeaderMap {
+/// The caller's headers that `keep` accepts and `Connection` does not name.
+fn forwarded_headers(caller: &HeaderMap, keep: impl Fn(&str) -> bool) -> HeaderMap {
     let hop = connection_options(caller);
-    let mut out = HeaderMap::with_capacity(RESIGN_FORWARDED.len());
+    let mut out = HeaderMap::with_capacity(caller.len());
     for (name, value) in caller {
         let n = name.as_str();
-        if RESIGN_FORWARDED.contains(&n) && !hop.iter().any(|h| h == n) {
+        if keep(n) && !hop.iter().any(|h| h == n) {
             out.append(name.clone(), value.clone());
         }
     }
     out
 }
 
+/// The caller's headers that a re-signed forward carries (before hubgate adds its own `Host`
+/// and signature): those on [`RESIGN_FORWARDED`].
+fn resign_headers(caller: &HeaderMap) -> HeaderMap {
+    forwarded_headers(caller, |n| RESIGN_FORWARDED.contains(&n))
+}
+
 /// The caller's headers that a passthrough forward carries: all but the fixed hop-by-hop ones
-/// and those `Connection` names (see [`Upstream::forward_exact`] for why not an allow-list).
+/// (see [`Upstream::forward_exact`] for why not an allow-list).
 fn passthrough_headers(caller: &HeaderMap) -> HeaderMap {
-    let hop = connection_options(caller);
-    let mut out = HeaderMap::with_capacity(caller.len());
-    for (name, value) in caller {
-        let n = name.as_str();
-        if !HOP_BY_HOP.contains(&n) && !hop.iter().any(|h| h == n) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
+    forwarded_headers(caller, |n| !HOP_BY_HOP.contains(&n))
 }
 
 pub struct Upstream {
