@@ -234,6 +234,10 @@ pub struct EnrichmentConfig {
     pub negative_ttl_ms: u64,
     /// Findings the cache holds at most.
     pub max_cache_entries: usize,
+    /// How long a write hubgate forwarded is laid over what GetFindings reports (Security Hub
+    /// applies BatchUpdateFindings asynchronously), and how long a write it cannot model
+    /// leaves a finding's state unknown. 0 turns this off.
+    pub settle_ms: u64,
 }
 
 impl Default for EnrichmentConfig {
@@ -243,6 +247,7 @@ impl Default for EnrichmentConfig {
             cache_ttl_ms: 5_000,
             negative_ttl_ms: 1_000,
             max_cache_entries: 50_000,
+            settle_ms: 300_000,
         }
     }
 }

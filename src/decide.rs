@@ -33,6 +33,10 @@ pub struct LookupStats {
 /// The findings' current state, as one lookup found it.
 pub struct Lookup {
     pub current: KeyMap<Arc<CurrentFinding>>,
+    /// The states as Security Hub reported them, when `current` has writes hubgate forwarded
+    /// laid over them that Security Hub may not have applied yet (or that another writer may
+    /// have overwritten since): the decision must hold on both.
+    pub unsettled: Option<KeyMap<Arc<CurrentFinding>>>,
     pub stats: LookupStats,
     /// When each state was read, for sources that others write to.
     pub reads: Option<Box<dyn Reads>>,
@@ -42,19 +46,27 @@ pub struct Lookup {
 /// forwarded in between may have changed what the decision was made on.
 pub trait Reads: Send + Sync {
     /// What writes forwarded since the state of `keys` was read (with no keys: the state of
-    /// any finding) did to `read`, the states read then.
-    fn changed(&self, keys: &[FindingKey], read: &KeyMap<Arc<CurrentFinding>>) -> Changed;
+    /// any finding) did to `read`, the states read then (and to `unsettled`, the states as
+    /// Security Hub reported them, when they differ).
+    fn changed(
+        &self,
+        keys: &[FindingKey],
+        read: &KeyMap<Arc<CurrentFinding>>,
+        unsettled: Option<&KeyMap<Arc<CurrentFinding>>>,
+    ) -> Changed;
 }
 
 /// The finding state a decision was made on, and when it was read.
 pub struct StateRead {
     pub when: Box<dyn Reads>,
     pub states: KeyMap<Arc<CurrentFinding>>,
+    pub unsettled: Option<KeyMap<Arc<CurrentFinding>>>,
 }
 
 impl StateRead {
     pub fn changed(self, keys: &[FindingKey]) -> Changed {
-        self.when.changed(keys, &self.states)
+        self.when
+            .changed(keys, &self.states, self.unsettled.as_ref())
     }
 }
 
@@ -71,6 +83,7 @@ pub enum Changed {
 /// lookup, for deciding again.
 pub struct Replay {
     pub current: KeyMap<Arc<CurrentFinding>>,
+    pub unsettled: Option<KeyMap<Arc<CurrentFinding>>>,
     /// When this state is from (the moment the writes were laid over it); taken by the lookup.
     pub reads: std::sync::Mutex<Option<Box<dyn Reads>>>,
 }
@@ -88,11 +101,14 @@ impl FindingState for Replay {
         _deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let of = |states: &KeyMap<Arc<CurrentFinding>>| -> KeyMap<Arc<CurrentFinding>> {
+            keys.iter()
+                .filter_map(|k| states.get(k).map(|f| (k.clone(), f.clone())))
+                .collect()
+        };
         std::future::ready(Ok(Some(Lookup {
-            current: keys
-                .iter()
-                .filter_map(|k| self.current.get(k).map(|f| (k.clone(), f.clone())))
-                .collect(),
+            current: of(&self.current),
+            unsettled: self.unsettled.as_ref().map(of),
             stats: LookupStats {
                 cache_hits: keys.len(),
                 ..Default::default()
@@ -124,6 +140,8 @@ pub enum JudgeError {
     Lookup(#[from] UpstreamError),
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
+    #[error(transparent)]
+    Unsettled(#[from] Unsettled),
 }
 
 /// Why finding state could not be had.
@@ -133,6 +151,33 @@ pub enum LookupError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
+    #[error(transparent)]
+    Unsettled(#[from] Unsettled),
+}
+
+/// A write hubgate forwarded less than `enrichment.settle_ms` ago changed a finding in a way
+/// hubgate cannot lay over what Security Hub reports, and Security Hub may not have applied it
+/// yet: the finding's state cannot be known until that window has passed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{subject} was changed through hubgate by {operation} {since_ms} ms ago in a way hubgate \
+     cannot model, and Security Hub may still be applying it; changes that depend on its \
+     state are refused for enrichment.settle_ms after such a write: retry in {retry_after_s} s",
+    subject = unsettled_subject(.finding)
+)]
+pub struct Unsettled {
+    /// None: the write may have changed any finding.
+    pub finding: Option<FindingKey>,
+    pub operation: &'static str,
+    pub since_ms: u64,
+    pub retry_after_s: u64,
+}
+
+fn unsettled_subject(finding: &Option<FindingKey>) -> String {
+    match finding {
+        Some(k) => format!("finding {:?} of {:?}", k.id, k.product_arn),
+        None => "any finding".to_string(),
+    }
 }
 
 /// A failed lookup, with what it cost: lookup calls are counted even when they fail.
@@ -147,6 +192,7 @@ impl From<LookupError> for JudgeError {
         match e {
             LookupError::Upstream(e) => JudgeError::Lookup(e),
             LookupError::Quota(e) => JudgeError::Quota(e),
+            LookupError::Unsettled(e) => JudgeError::Unsettled(e),
         }
     }
 }
@@ -283,14 +329,26 @@ pub async fn judge<S: FindingState>(
                 match found {
                     Ok(Some(Lookup {
                         current,
+                        unsettled,
                         stats,
                         reads,
                     })) => {
                         judgement.stats = stats;
-                        evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
+                        let allowed =
+                            evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
+                        // Security Hub may not have applied hubgate's own recent writes, or
+                        // another writer may have changed what they set since: the request
+                        // must be acceptable whichever state the findings are in. The pass on
+                        // the states as reported decides only when it denies.
+                        if let (true, Some(reported)) = (allowed, &unsettled) {
+                            if evaluate(&mut judgement, Some(reported), Enrichment::Complete)? {
+                                judgement.passes.pop();
+                            }
+                        }
                         judgement.reads = reads.map(|when| StateRead {
                             when,
                             states: current,
+                            unsettled,
                         });
                     }
                     Ok(None) => judgement.complete = false,

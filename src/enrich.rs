@@ -32,6 +32,9 @@ use crate::policy::state::approximate_size;
 pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
+use settle::{Journal, Write};
+
+mod settle;
 
 /// GetFindings accepts at most 20 values per filter attribute.
 pub const IDS_PER_LOOKUP: usize = 20;
@@ -101,6 +104,23 @@ struct State {
     /// The calls already made for a finding that was asked for again: the requests waiting on
     /// it are charged for them too when it is delivered.
     spent: KeyMap<Vec<Arc<CallProgress>>>,
+    /// The writes Security Hub may not have applied yet.
+    journal: Journal,
+}
+
+impl Default for Journal {
+    fn default() -> Journal {
+        Journal::new(Duration::ZERO)
+    }
+}
+
+/// A forwarded write whose outcome or effect hubgate cannot tell.
+#[derive(Clone, Copy)]
+pub enum Unapplied<'a> {
+    /// A BatchUpdateFindings Security Hub may or may not have applied.
+    Update(&'a Update),
+    /// Any other write, by operation.
+    Other(&'static str),
 }
 
 impl State {
@@ -227,7 +247,12 @@ fn laid_over(state: &Arc<CurrentFinding>, patch: &Patch) -> Arc<CurrentFinding> 
 }
 
 impl crate::decide::Reads for ReadMark {
-    fn changed(&self, keys: &[FindingKey], read: &KeyMap<Arc<CurrentFinding>>) -> Changed {
+    fn changed(
+        &self,
+        keys: &[FindingKey],
+        read: &KeyMap<Arc<CurrentFinding>>,
+        unsettled: Option<&KeyMap<Arc<CurrentFinding>>>,
+    ) -> Changed {
         let mut st = self.held.inner.lock();
         if keys.is_empty() {
             return match st.generation > self.held.began {
@@ -236,6 +261,7 @@ impl crate::decide::Reads for ReadMark {
             };
         }
         let mut now = None;
+        let mut reported = None;
         for key in keys {
             let at = self.delivered.get(key).copied().unwrap_or(self.read_at);
             if st.unwritten_since(key, at) {
@@ -245,15 +271,25 @@ impl crate::decide::Reads for ReadMark {
             let (Some(patches), Some(state)) = (st.patches_since(key, at), read.get(key)) else {
                 return Changed::Unknown;
             };
-            let state = patches
-                .into_iter()
-                .fold(state.clone(), |state, patch| laid_over(&state, patch));
+            let patched = |state: &Arc<CurrentFinding>| {
+                patches
+                    .iter()
+                    .fold(state.clone(), |state, patch| laid_over(&state, patch))
+            };
             now.get_or_insert_with(|| read.clone())
-                .insert(key.clone(), state);
+                .insert(key.clone(), patched(state));
+            if let Some(states) = unsettled {
+                if let Some(state) = states.get(key) {
+                    reported
+                        .get_or_insert_with(|| states.clone())
+                        .insert(key.clone(), patched(state));
+                }
+            }
         }
         let Some(current) = now else {
             return Changed::No;
         };
+        let unsettled = reported.or_else(|| unsettled.cloned());
         let began = st.batch_began();
         let reads: Box<dyn crate::decide::Reads> = Box::new(ReadMark {
             held: Batch {
@@ -265,6 +301,7 @@ impl crate::decide::Reads for ReadMark {
         });
         Changed::Patched(Replay {
             current,
+            unsettled,
             reads: std::sync::Mutex::new(Some(reads)),
         })
     }
@@ -315,6 +352,7 @@ impl Inner {
     fn report(&self, st: &State) {
         self.metrics.entries.set(st.cache.len() as i64);
         self.metrics.bytes.set(st.bytes as i64);
+        self.metrics.settling.set(st.journal.findings() as i64);
     }
 
     /// Redis, while this replica shares through it.
@@ -404,7 +442,10 @@ impl Enricher {
                 ttl: Duration::from_millis(config.cache_ttl_ms),
                 negative_ttl: Duration::from_millis(config.negative_ttl_ms),
                 max_entries: config.max_cache_entries.max(1),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    journal: Journal::new(Duration::from_millis(config.settle_ms)),
+                    ..State::default()
+                }),
                 work: Notify::new(),
                 next_call: AtomicU64::new(1),
                 metrics,
@@ -511,6 +552,8 @@ impl Enricher {
     ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats, ReadMark), LookupFailure> {
         let mut found = KeyMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut stats = LookupStats::default();
+        // Refused before any call is spent on it.
+        self.settled(keys)?;
         let mut pending = Vec::new();
         let held = Batch {
             inner: self.inner.clone(),
@@ -641,7 +684,7 @@ impl Enricher {
     /// agrees, so that a caller's next request, through any replica, sees the change.
     pub async fn write_through(&self, processed: &[FindingKey], update: &Update) {
         let Some(patch) = update.patch() else {
-            return self.evict(processed).await;
+            return self.evict(processed, Unapplied::Update(update)).await;
         };
         let patch = Arc::new(patch);
         let sharing = self.inner.coord.is_some();
@@ -650,6 +693,8 @@ impl Enricher {
             let mut st = self.inner.lock();
             st.wrote(processed, Some(&patch));
             let now = Instant::now();
+            st.journal
+                .record(processed, Write::Patch(patch.clone()), now);
             for key in processed {
                 // The entry keeps the age of its read: the update changed only the fields it
                 // set, so the others are as stale as before, and a write must not prolong
@@ -703,11 +748,20 @@ impl Enricher {
         }
     }
 
-    /// Forgets what a write may have changed, here and in the shared cache.
-    pub async fn evict(&self, keys: &[FindingKey]) {
+    /// Forgets what a write may have changed, here and in the shared cache. What the write was
+    /// decides what the next decisions may assume while Security Hub may still be applying it.
+    pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>) {
         {
             let mut st = self.inner.lock();
             st.wrote(keys, None);
+            let write = match write {
+                Unapplied::Update(update) => match update.patch() {
+                    Some(patch) => Write::Patch(Arc::new(patch)),
+                    None => Write::Unknown("BatchUpdateFindings"),
+                },
+                Unapplied::Other(operation) => Write::Unknown(operation),
+            };
+            st.journal.record(keys, write, Instant::now());
             for key in keys {
                 self.inner.remove(&mut st, key);
             }
@@ -726,11 +780,13 @@ impl Enricher {
         }
     }
 
-    /// Forgets everything: for writes that name findings hubgate cannot map to cache entries.
-    pub async fn evict_all(&self) {
+    /// Forgets everything: for writes (by `operation`) that name findings hubgate cannot map to
+    /// cache entries.
+    pub async fn evict_all(&self, operation: &'static str) {
         {
             let mut st = self.inner.lock();
             st.wrote_all();
+            st.journal.record_everything(operation, Instant::now());
             st.cache.clear();
             st.bytes = 0;
             self.inner.report(&st);
@@ -741,15 +797,53 @@ impl Enricher {
     }
 }
 
+impl Enricher {
+    /// Refuses a lookup of findings whose state a recent write left unknown.
+    fn settled(&self, keys: &[FindingKey]) -> Result<(), LookupFailure> {
+        let st = self.inner.lock();
+        match st.journal.unsettled(keys, Instant::now()) {
+            None => Ok(()),
+            Some(u) => {
+                self.inner.metrics.settle_refused.inc();
+                Err(LookupFailure {
+                    error: LookupError::Unsettled(u),
+                    stats: LookupStats::default(),
+                })
+            }
+        }
+    }
+}
+
 impl FindingState for Enricher {
     async fn lookup(
         &self,
         keys: &[FindingKey],
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
-        let (current, stats, mark) = Enricher::lookup(self, keys, deadline).await?;
+        let (mut current, stats, mark) = Enricher::lookup(self, keys, deadline).await?;
+        let unsettled = {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            st.journal.expire(now);
+            if let Some(u) = st.journal.unsettled(keys, now) {
+                self.inner.metrics.settle_refused.inc();
+                return Err(LookupFailure {
+                    error: LookupError::Unsettled(u),
+                    stats,
+                });
+            }
+            let reported =
+                st.journal
+                    .lay_over(keys, &mut current, |k| mark.delivered.contains_key(k), now);
+            if reported.is_some() {
+                self.inner.metrics.settle_overlaid.inc();
+            }
+            self.inner.report(&st);
+            reported
+        };
         Ok(Some(Lookup {
             current,
+            unsettled,
             stats,
             reads: Some(Box::new(mark)),
         }))

@@ -80,6 +80,10 @@ pub enum Rejection {
         decisions: usize,
         replay: Option<Box<crate::decide::Replay>>,
     },
+    /// A recent write hubgate cannot model leaves the findings' state unknown: retryable, once
+    /// `Retry-After` has passed.
+    #[error(transparent)]
+    Unsettled(#[from] crate::decide::Unsettled),
     /// A failure inside hubgate, never shown as the upstream's.
     #[error("internal error: {0}")]
     Internal(String),
@@ -101,6 +105,7 @@ impl From<JudgeError> for Rejection {
             JudgeError::Policy(e) => Rejection::Policy(e),
             JudgeError::Lookup(e) => Rejection::Upstream(e),
             JudgeError::Quota(e) => Rejection::Quota(e),
+            JudgeError::Unsettled(e) => Rejection::Unsettled(e),
         }
     }
 }
@@ -219,6 +224,11 @@ impl Rejection {
                 "STATE_CHANGED",
                 "ServiceUnavailableException",
             ),
+            Unsettled(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STATE_SETTLING",
+                "ServiceUnavailableException",
+            ),
         };
         Shape {
             status,
@@ -277,6 +287,9 @@ impl Rejection {
         );
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-amzn-requestid", id);
+        }
+        if let Rejection::Unsettled(u) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(u.retry_after_s));
         }
         response
     }

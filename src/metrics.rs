@@ -131,6 +131,12 @@ pub struct Metrics {
 pub struct EnrichMetrics {
     pub entries: Gauge,
     pub bytes: Gauge,
+    /// Findings with a write hubgate forwarded within enrichment.settle_ms.
+    pub settling: Gauge,
+    /// Lookups whose states had hubgate's recent writes laid over them.
+    pub settle_overlaid: Counter,
+    /// Lookups refused because a recent write left a finding's state unknown.
+    pub settle_refused: Counter,
     /// Upstream throttles by operation (shared with the forwarding path).
     pub throttled: Family<OperationLabels, Counter>,
 }
@@ -329,6 +335,23 @@ impl Metrics {
             "enrichment_cache_bytes",
             "Approximate memory held by the enrichment cache's finding state",
             m.enrich.bytes.clone(),
+        );
+        registry.register(
+            "enrichment_settling_findings",
+            "Findings with a write hubgate forwarded within enrichment.settle_ms",
+            m.enrich.settling.clone(),
+        );
+        registry.register(
+            "enrichment_settle_overlaid",
+            "Lookups whose finding states had writes hubgate forwarded within \
+             enrichment.settle_ms laid over them",
+            m.enrich.settle_overlaid.clone(),
+        );
+        registry.register(
+            "enrichment_settle_refused",
+            "Lookups refused because a write hubgate could not model, within \
+             enrichment.settle_ms, left a finding's state unknown",
+            m.enrich.settle_refused.clone(),
         );
         registry.register(
             "policy_revision_info",

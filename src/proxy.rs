@@ -22,7 +22,7 @@ use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{
     judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, Unapplied};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
@@ -313,7 +313,9 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     if routing == Routing::Forward {
         // A finding-changing operation routed "forward" changes findings hubgate cannot name.
         let touched = if spec.changes_findings {
-            Touched::Everything
+            Touched::Everything {
+                operation: spec.name,
+            }
         } else {
             Touched::Nothing
         };
@@ -638,14 +640,16 @@ async fn enforce(
     let touched = match operation {
         Judged::BatchUpdateFindings => Touched::Findings {
             keys: &keys,
-            update: Some(&update),
+            write: Unapplied::Update(&update),
         },
         Judged::BatchImportFindings => Touched::Findings {
             keys: &keys,
-            update: None,
+            write: Unapplied::Other(operation.name()),
         },
         // OCSF identifiers and filters do not name cache entries.
-        Judged::BatchUpdateFindingsV2 | Judged::UpdateFindings => Touched::Everything,
+        Judged::BatchUpdateFindingsV2 | Judged::UpdateFindings => Touched::Everything {
+            operation: operation.name(),
+        },
     };
     let trail = &mut ctx.trail;
     match (refusal, identifiers) {
@@ -672,13 +676,15 @@ async fn enforce(
 /// What a forwarded write may have changed in the enrichment cache.
 #[derive(Clone, Copy)]
 enum Touched<'a> {
-    /// These findings; with `update`, a processed BatchUpdateFindings is written through.
+    /// These findings, by `write`: a processed BatchUpdateFindings is written through.
     Findings {
         keys: &'a [FindingKey],
-        update: Option<&'a Update>,
+        write: Unapplied<'a>,
     },
-    /// Findings hubgate cannot name (filters, OCSF identifiers).
-    Everything,
+    /// Findings hubgate cannot name (filters, OCSF identifiers), by `operation`.
+    Everything {
+        operation: &'static str,
+    },
     Nothing,
 }
 
@@ -689,8 +695,8 @@ impl Touched<'_> {
             return;
         };
         match self {
-            Touched::Findings { keys, .. } => enricher.evict(keys).await,
-            Touched::Everything => enricher.evict_all().await,
+            Touched::Findings { keys, write } => enricher.evict(keys, write).await,
+            Touched::Everything { operation } => enricher.evict_all(operation).await,
             Touched::Nothing => {}
         }
     }
@@ -705,7 +711,7 @@ impl Touched<'_> {
             (
                 Touched::Findings {
                     keys,
-                    update: Some(update),
+                    write: Unapplied::Update(update),
                 },
                 Some(enricher),
             ) => {
@@ -718,7 +724,8 @@ impl Touched<'_> {
                     .cloned()
                     .collect();
                 if !unlisted.is_empty() {
-                    enricher.evict(&unlisted).await;
+                    // Some of these Security Hub may have applied in part.
+                    enricher.evict(&unlisted, Unapplied::Update(update)).await;
                 }
             }
             _ => self.evict(gate).await,
@@ -729,7 +736,7 @@ impl Touched<'_> {
     fn keys(&self) -> &[FindingKey] {
         match self {
             Touched::Findings { keys, .. } => keys,
-            Touched::Everything | Touched::Nothing => &[],
+            Touched::Everything { .. } | Touched::Nothing => &[],
         }
     }
 
@@ -739,7 +746,7 @@ impl Touched<'_> {
             && matches!(
                 self,
                 Touched::Findings {
-                    update: Some(_),
+                    write: Unapplied::Update(_),
                     ..
                 }
             )
@@ -1064,7 +1071,7 @@ async fn forward_allowed(
         .unwrap_or_default();
     let touched = Touched::Findings {
         keys: &forwarded_keys,
-        update: Some(update),
+        write: Unapplied::Update(update),
     };
     let slot = gate.audit.reserve().await?;
     let response = send_write(gate, &parts, rewritten, trail, deadline, touched, read).await?;

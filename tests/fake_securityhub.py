@@ -30,6 +30,9 @@ Standard library + botocore only. It
                            "answer_delay_ms": {"GetFindings": N, ...}  the operation reads or
                                writes at once and answers N ms later (a slow or large answer;
                                replaces the previous map)
+                           "apply_delay_ms": N  BatchUpdateFindings answers at once and applies
+                               its change N ms later, in order, as AWS's asynchronous processing
+                               does ("can take several minutes")
     GET  /_fake/stats      per operation: {"calls", "throttled"} (+ "findings_processed" and
                            "findings_unprocessed" for BatchUpdateFindings); reset clears them
 
@@ -84,7 +87,7 @@ OPERATIONS = {
     ("POST", "/findings/import"): "BatchImportFindings",
     ("GET", "/accounts"): "DescribeHub",
     ("PATCH", "/findings"): "UpdateFindings",
-    ("PATCH", "/findingsv2/batchupdate"): "BatchUpdateFindingsV2",
+    ("PATCH", "/findingsv2/batchupdatev2"): "BatchUpdateFindingsV2",
 }
 
 SEVERITY_LABELS = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
@@ -252,6 +255,10 @@ class State:
         self.buckets: dict[str, TokenBucket] = {}
         self.throttle_next: dict[str, int] = {}
         self.answer_delay_ms: dict[str, int] = {}
+        self.apply_delay_ms = 0
+        for timer in getattr(self, "pending_applies", []):
+            timer.cancel()
+        self.pending_applies: list[threading.Timer] = []
         self.stats: dict[str, dict] = {}
 
     def limit(self, op: str) -> tuple[float, float]:
@@ -291,7 +298,8 @@ class State:
                 "gzip_batch_update": self.gzip_batch_update, "quota": self.quota,
                 "quota_limits": {k: list(v) for k, v in self.quota_limits.items()},
                 "throttle_next": dict(self.throttle_next),
-                "answer_delay_ms": dict(self.answer_delay_ms)}
+                "answer_delay_ms": dict(self.answer_delay_ms),
+                "apply_delay_ms": self.apply_delay_ms}
 
 
 # ---------------------------------------------------------------------------
@@ -418,9 +426,34 @@ def batch_update_findings(state: State, req: dict) -> dict:
                                     "ErrorCode": "FindingNotFound",
                                     "ErrorMessage": "Finding Not Found"})
                 continue
-            _apply_update(finding, req)
+            if not state.apply_delay_ms:
+                _apply_update(finding, req)
             processed.append({"Id": key[0], "ProductArn": key[1]})
+        if state.apply_delay_ms and processed:
+            keys = [(p["Id"], p["ProductArn"]) for p in processed]
+
+            def apply_later():
+                with state.lock:
+                    for k in keys:
+                        f = state.findings.get(k)
+                        if f is not None:
+                            _apply_update(f, req)
+
+            timer = threading.Timer(state.apply_delay_ms / 1000.0, apply_later)
+            timer.daemon = True
+            state.pending_applies.append(timer)
+            timer.start()
     return {"ProcessedFindings": processed, "UnprocessedFindings": unprocessed}
+
+
+def batch_update_findings_v2(state: State, req: dict) -> dict:
+    """Every named finding processed; the new Security Hub keeps OCSF findings apart from the
+    ASFF ones this fake stores, so nothing here changes."""
+    if not isinstance(req, dict):
+        raise ApiError(400, "ValidationException", "body must be an object")
+    named = req.get("FindingIdentifiers") or [{"MetadataUid": u}
+                                              for u in req.get("MetadataUids") or []]
+    return {"ProcessedFindings": named, "UnprocessedFindings": []}
 
 
 def batch_import_findings(state: State, req: dict) -> dict:
@@ -476,6 +509,7 @@ ROUTES = {
     ("POST", "/findings"): get_findings,
     ("PATCH", "/findings/batchupdate"): batch_update_findings,
     ("POST", "/findings/import"): batch_import_findings,
+    ("PATCH", "/findingsv2/batchupdatev2"): batch_update_findings_v2,
     ("GET", "/accounts"): describe_hub,
 }
 
@@ -628,6 +662,11 @@ class Handler(BaseHTTPRequestHandler):
                             isinstance(v, int) and v >= 0 for v in delays.values()):
                         return self._send(400, {"message": "answer_delay_ms: {operation: ms}"})
                     st.answer_delay_ms = dict(delays)
+                if "apply_delay_ms" in arg:
+                    lag = arg["apply_delay_ms"]
+                    if not isinstance(lag, int) or lag < 0:
+                        return self._send(400, {"message": "apply_delay_ms: ms"})
+                    st.apply_delay_ms = lag
                 cfg = st.config_view()
             return self._send(200, cfg)
         return self._send(404, {"message": f"no control route {self.command} {path}"})

@@ -62,6 +62,7 @@ impl FindingState for MapState {
             .collect();
         std::future::ready(Ok(Some(Lookup {
             current,
+            unsettled: None,
             stats: Default::default(),
             reads: None,
         })))

@@ -156,6 +156,7 @@ impl FindingState for FileState {
                 .iter()
                 .filter_map(|k| all.get(k).map(|f| (k.clone(), f.clone())))
                 .collect(),
+            unsettled: None,
             stats: Default::default(),
             reads: None,
         });

@@ -797,6 +797,24 @@ impl Patch {
         }
     }
 
+    /// The same change with nothing memoised: a patch kept for minutes must not hold every
+    /// state it was ever laid over.
+    pub fn fresh(&self) -> Patch {
+        Patch {
+            facts: self.facts.clone(),
+            severity_rank: self.severity_rank,
+            set: self.set.clone(),
+            currents: Default::default(),
+        }
+    }
+
+    /// Whether `other` makes the same change.
+    pub fn same_change(&self, other: &Patch) -> bool {
+        self.facts == other.facts
+            && self.severity_rank == other.severity_rank
+            && self.set == other.set
+    }
+
     /// The new severity rank, when the update sets one.
     pub fn severity_rank(&self) -> Option<u64> {
         self.severity_rank
@@ -818,6 +836,35 @@ impl Patch {
                 // Nothing to compare with: only an update that sets nothing there holds.
                 _ => self.set.is_empty(),
             }
+    }
+
+    /// True when `entry`, as Security Hub reported it, shows every value the update set
+    /// explicitly. Unlike `holds`, what hubgate only infers is not compared: a member it
+    /// removes (a label-only update drops `Severity.Normalized`, which Security Hub may
+    /// recompute), and members Security Hub adds beside the ones set (`Note.UpdatedAt`).
+    pub fn shown_by(&self, entry: &RValue) -> bool {
+        let Ok(e) = entry.as_object() else {
+            return false;
+        };
+        let current = match e.get(&keys().current) {
+            Some(RValue::Object(c)) => Some(c),
+            _ => None,
+        };
+        let shows = |value: &RValue, found: Option<&RValue>| match (value, found) {
+            (RValue::Undefined, _) => true,
+            (RValue::Object(want), Some(RValue::Object(got))) => {
+                want.iter().all(|(k, v)| got.get(k) == Some(v))
+            }
+            (want, got) => got == Some(want),
+        };
+        self.facts.iter().all(|(k, v)| e.get(k) == Some(v))
+            && self.set.iter().all(|(member, sub, value)| {
+                let m = current.and_then(|c| c.get(member));
+                match sub {
+                    None => shows(value, m),
+                    Some(sub) => shows(value, m.and_then(|m| m.as_object().ok()?.get(sub))),
+                }
+            })
     }
 
     fn current_holds(&self, current: &Object) -> bool {

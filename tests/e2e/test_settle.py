@@ -1,0 +1,174 @@
+"""Security Hub applies BatchUpdateFindings asynchronously ("can take several minutes"): for a
+while after a write hubgate forwarded, GetFindings may still report the finding as it was. The
+fake here answers a BatchUpdateFindings at once and applies it later (apply_delay_ms).
+
+- A change hubgate forwarded is laid over what GetFindings reports for enrichment.settle_ms, so
+  a member cannot undo an administrator's raise in that window, cached or not.
+- The decision must also hold on the state as reported: the overlay must not hide a change
+  another writer made after hubgate's own.
+- After a write hubgate cannot model, the finding's state is unknown for the window: a
+  decision that reads it is refused with a retryable 503 and Retry-After, and costs no lookup.
+
+Each test runs its own hubgate in front of its own fake (seeded with SEED, no quotas)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from helpers import MEMBER_ACCOUNT, assert_envelope, finding, ident
+
+LOWER = "member accounts may not lower a finding's severity"
+FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
+LAG_MS = 3000
+
+
+def body(*fids: str, **update) -> dict:
+    return {"FindingIdentifiers": [ident(f) for f in fids], **update}
+
+
+NOTE = {"Note": {"Text": "looking into it", "UpdatedBy": "settle-e2e"}}
+
+
+@pytest.fixture
+def stack(make_fake, make_hubgate):
+    def make(enrichment: dict):
+        fake = make_fake()
+        return fake, make_hubgate({"enrichment": {"enabled": True, **enrichment}}, fake=fake)
+    return make
+
+
+def metric(hg, name: str) -> float:
+    for family in text_string_to_metric_families(hg.admin("/metrics").text):
+        for s in family.samples:
+            if s.name == name:
+                return s.value
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def get_findings_calls(fake) -> int:
+    return fake.op_stats("GetFindings")["calls"]
+
+
+# How the member's finding came to be read before the administrator's raise: never (its
+# state is looked up after the raise), cached with no TTL, or cached and expired since.
+CASES = {
+    "uncached": ({"cache_ttl_ms": 60000}, False, 0),
+    "ttl0": ({"cache_ttl_ms": 0}, True, 0),
+    "expired": ({"cache_ttl_ms": 500}, True, 0.8),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("settle_ms", [None, 0])
+def test_an_administrators_raise_security_hub_has_not_applied_yet_is_not_undone(
+        stack, case, settle_ms):
+    """The administrator raises F to CRITICAL; Security Hub answers at once and applies it 3 s
+    later. The member's lowering to MEDIUM, sent meanwhile, reads MEDIUM from GetFindings. With
+    the default settle_ms it is refused as CRITICAL to MEDIUM, and the raise stands; with
+    settle_ms = 0 (the window off) it goes through and undoes the raise, which is what the
+    window is for."""
+    enrichment, read_before, wait_s = CASES[case]
+    if settle_ms is not None:
+        enrichment = {**enrichment, "settle_ms": settle_ms}
+    fake, hg = stack(enrichment)
+    if read_before:
+        assert hg.buf(body(FID, **NOTE), who="member").status == 200
+    fake.configure(apply_delay_ms=LAG_MS)
+    time.sleep(wait_s)
+    raised = hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="admin")
+    assert raised.status == 200, raised.text
+    assert fake.findings()[FID]["Severity"]["Label"] == "MEDIUM", "not applied yet"
+    calls = get_findings_calls(fake)
+
+    lowered = hg.buf(body(FID, Severity={"Label": "MEDIUM"}), who="member")
+    assert get_findings_calls(fake) == calls + 1, "the member's request read F again"
+    time.sleep(LAG_MS / 1000 + 1)
+    final = fake.findings()[FID]["Severity"]["Label"]
+    if settle_ms == 0:
+        assert lowered.status == 200, lowered.text
+        assert final == "MEDIUM", "without the window, the raise is undone"
+        return
+    assert_envelope(lowered, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert f"{LOWER} (CRITICAL to MEDIUM)" in lowered.json()["error"]["message"], lowered.text
+    assert final == "CRITICAL"
+    assert metric(hg, "hubgate_enrichment_settle_overlaid_total") >= 1
+
+
+def test_the_decision_also_holds_on_the_state_security_hub_reports(stack):
+    """The member raises its finding to HIGH (applied at once). Another writer then sets it
+    CRITICAL. Laying hubgate's own HIGH over that would make the member's HIGH look like no
+    change; judged on the state as reported too, it is a lowering from CRITICAL."""
+    fake, hg = stack({"cache_ttl_ms": 0})
+    assert hg.buf(body(FID, Severity={"Label": "HIGH"}), who="member").status == 200
+    fake.add_findings([finding(FID, MEMBER_ACCOUNT, "CRITICAL", 90)])
+    resp = hg.buf(body(FID, Severity={"Label": "HIGH"}), who="member")
+    assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert f"{LOWER} (CRITICAL to HIGH)" in resp.json()["error"]["message"], resp.text
+    assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
+
+
+def test_a_change_security_hub_reports_applied_stops_being_laid_over(stack):
+    """Once GetFindings shows hubgate's write applied, the journal drops it: a later change by
+    another writer to the same field is then judged as it is, not against hubgate's write."""
+    fake, hg = stack({"cache_ttl_ms": 0})
+    assert hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="member").status == 200
+    assert metric(hg, "hubgate_enrichment_settling_findings") == 1
+    # read back (CRITICAL, as written): Security Hub has applied it
+    assert hg.buf(body(FID, **NOTE), who="member").status == 200
+    assert metric(hg, "hubgate_enrichment_settling_findings") == 1, "the note is kept"
+    fake.add_findings([finding(FID, MEMBER_ACCOUNT, "LOW", 10)])
+    raised = hg.buf(body(FID, Severity={"Label": "MEDIUM"}), who="member")
+    assert raised.status == 200, f"LOW to MEDIUM is a raise: {raised.text}"
+
+
+def test_after_a_write_hubgate_cannot_model_the_findings_state_is_unknown_for_the_window(stack):
+    """The administrator sets UserDefinedFields on F, a change hubgate does not lay over a
+    state. Until settle_ms has passed, the member's request on F is refused as retryable with
+    Retry-After, without a lookup; a finding the write did not name is judged as usual, and so
+    is F once the window is over."""
+    settle_ms = 2500
+    fake, hg = stack({"cache_ttl_ms": 0, "settle_ms": settle_ms})
+    admin = hg.buf(body(FID, UserDefinedFields={"ticket": "SEC-9"}), who="admin")
+    assert admin.status == 200, admin.text
+    started = time.monotonic()
+    calls = get_findings_calls(fake)
+
+    resp = hg.buf(body(FID, **NOTE), who="member")
+    err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")["error"]
+    assert f'finding "{FID}"' in err["message"], err
+    assert "BatchUpdateFindings" in err["message"], err
+    assert 1 <= int(resp.headers["retry-after"]) <= 3, resp.headers
+    assert get_findings_calls(fake) == calls, "refused before any lookup"
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False, rec
+    assert fake.findings()[FID].get("Note", {}).get("Text") != NOTE["Note"]["Text"]
+    assert metric(hg, "hubgate_enrichment_settle_refused_total") == 1
+
+    other = hg.buf(body("f-own-high", **NOTE), who="member")
+    assert other.status == 200, other.text
+
+    time.sleep(max(0.0, started + settle_ms / 1000 + 0.3 - time.monotonic()))
+    later = hg.buf(body(FID, **NOTE), who="member")
+    assert later.status == 200, later.text
+    assert fake.findings()[FID]["Note"]["Text"] == NOTE["Note"]["Text"]
+
+
+def test_after_a_write_to_findings_hubgate_cannot_name_every_state_is_unknown(stack):
+    """An administrator's BatchUpdateFindingsV2 names findings by OCSF identifiers, which
+    hubgate cannot map to the findings GetFindings reads: every member request that needs
+    finding state waits out the window."""
+    fake, hg = stack({"cache_ttl_ms": 0, "settle_ms": 60000})
+    v2 = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                 {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
+                                          "FindingInfoUid": "f-own-high",
+                                          "MetadataProductUid": "x"}],
+                  "Comment": "triaged"}, who="admin")
+    assert v2.status != 403, v2.text  # forwarded, whatever the fake made of it
+    resp = hg.buf(body(FID, **NOTE), who="member")
+    err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")["error"]
+    assert err["message"].startswith("any finding was changed through hubgate by "
+                                     "BatchUpdateFindingsV2"), err
+    assert 50 <= int(resp.headers["retry-after"]) <= 60, resp.headers
