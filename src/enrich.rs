@@ -32,7 +32,7 @@ use crate::policy::state::approximate_size;
 pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
-use settle::{Journal, Write};
+use settle::{Journal, Source, Write};
 
 mod settle;
 
@@ -832,9 +832,19 @@ impl FindingState for Enricher {
                     stats,
                 });
             }
-            let reported =
-                st.journal
-                    .lay_over(keys, &mut current, |k| mark.delivered.contains_key(k), now);
+            let State { journal, cache, .. } = &mut *st;
+            let reported = journal.lay_over(
+                keys,
+                &mut current,
+                |k, state| match cache.get(k) {
+                    _ if mark.delivered.contains_key(k) => Source::SecurityHub,
+                    Some(c) if c.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, state)) => {
+                        Source::Cache { read_at: c.at }
+                    }
+                    _ => Source::Other,
+                },
+                now,
+            );
             if reported.is_some() {
                 self.inner.metrics.settle_overlaid.inc();
             }

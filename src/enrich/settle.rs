@@ -20,26 +20,55 @@ use crate::finding::{FindingKey, KeyMap};
 use crate::policy::input::Patch;
 use crate::policy::state::CurrentFinding;
 
-/// Distinct changes kept per finding; one more leaves its state unknown for the window. Equal
-/// changes in a row are kept once, so only alternating writers reach it.
-const MAX_CHANGES_PER_FINDING: usize = 16;
-
-/// One write to a finding.
+/// One write to findings.
 #[derive(Clone)]
 pub enum Write {
-    /// A change hubgate can lay over a state, kept without its memo (see `Patch::fresh`).
+    /// A change hubgate can lay over a state.
     Patch(Arc<Patch>),
     /// A write whose effect hubgate cannot tell, by what made it.
     Unknown(&'static str),
 }
 
+/// Where a state handed to `Journal::lay_over` came from.
+pub enum Source {
+    /// A GetFindings answer for this lookup.
+    SecurityHub,
+    /// The local cache, holding what was read at `read_at` with hubgate's writes since then
+    /// written through.
+    Cache { read_at: Instant },
+    /// Anywhere else (the shared cache): nothing is assumed.
+    Other,
+}
+
+/// What is kept for one finding.
+#[derive(Default)]
+struct Kept {
+    /// Every change written in the window, composed in order (see `Patch::then`, kept without
+    /// a memo).
+    patch: Option<Composed>,
+    /// The last write hubgate cannot model, and when.
+    unknown: Option<(Instant, &'static str)>,
+}
+
+struct Composed {
+    /// When its first part was written.
+    first: Instant,
+    /// When its last part was written: it stays until then leaves the window, which keeps an
+    /// older part a little longer, never shorter.
+    last: Instant,
+    patch: Arc<Patch>,
+}
+
 pub struct Journal {
     window: Duration,
-    by_key: KeyMap<Vec<(Instant, Write)>>,
+    by_key: KeyMap<Kept>,
     /// The last write that may have changed any finding, and what made it.
     everything: Option<(Instant, &'static str)>,
     /// Each write's time and findings, oldest first: what to expire.
     order: VecDeque<(Instant, Arc<[FindingKey]>)>,
+    /// Findings with a write hubgate cannot model in the window: while there are none, no
+    /// lookup needs to ask for each of its findings.
+    unknowns: usize,
 }
 
 impl Journal {
@@ -49,6 +78,7 @@ impl Journal {
             by_key: KeyMap::default(),
             everything: None,
             order: VecDeque::new(),
+            unknowns: 0,
         }
     }
 
@@ -63,26 +93,50 @@ impl Journal {
             return;
         }
         self.expire(now);
-        let write = match write {
-            Write::Patch(p) => Write::Patch(Arc::new(p.fresh())),
-            unknown => unknown,
+        let fresh = match &write {
+            Write::Patch(p) => Some(Arc::new(p.fresh())),
+            Write::Unknown(_) => None,
+        };
+        // Findings written to together were mostly written to together before: their
+        // earlier change is composed with this one once, and the result shared.
+        let mut composed: Vec<(*const Patch, Arc<Patch>)> = Vec::new();
+        let mut compose = |old: &Arc<Patch>, new: &Arc<Patch>| {
+            let ptr = Arc::as_ptr(old);
+            if let Some((_, c)) = composed.iter().find(|(p, _)| *p == ptr) {
+                return c.clone();
+            }
+            let c = match old.same_change(new) {
+                true => old.clone(),
+                false => Arc::new(old.then(new)),
+            };
+            composed.push((ptr, c.clone()));
+            c
         };
         for key in keys {
-            let writes = self.by_key.entry(key.clone()).or_default();
-            let full = writes.len() >= MAX_CHANGES_PER_FINDING;
-            match (&write, writes.last_mut()) {
-                (Write::Patch(p), Some((at, Write::Patch(last)))) if last.same_change(p) => {
-                    *at = now;
+            let kept = self.by_key.entry(key.clone()).or_default();
+            match (&write, &fresh) {
+                (Write::Unknown(operation), _) => {
+                    // The changes before it are moot while it is in the window, and they
+                    // leave the window before it does.
+                    kept.patch = None;
+                    if kept.unknown.is_none() {
+                        self.unknowns += 1;
+                    }
+                    kept.unknown = Some((now, operation));
                 }
-                // Nothing before it matters while it is in the window, and it leaves last.
-                (Write::Unknown(_), _) => *writes = vec![(now, write.clone())],
-                _ if full => {
-                    *writes = vec![(
-                        now,
-                        Write::Unknown("more BatchUpdateFindings than hubgate keeps per finding"),
-                    )]
+                (Write::Patch(_), Some(new)) => {
+                    let first = kept.patch.as_ref().map_or(now, |c| c.first);
+                    let patch = match kept.patch.as_ref().map(|c| &c.patch) {
+                        None => new.clone(),
+                        Some(old) => compose(old, new),
+                    };
+                    kept.patch = Some(Composed {
+                        first,
+                        last: now,
+                        patch,
+                    });
                 }
-                _ => writes.push((now, write.clone())),
+                (Write::Patch(_), None) => {}
             }
         }
         self.order.push_back((now, keys.into()));
@@ -97,6 +151,7 @@ impl Journal {
         self.everything = Some((now, operation));
         self.by_key.clear();
         self.order.clear();
+        self.unknowns = 0;
     }
 
     /// Drops what left the window.
@@ -112,9 +167,15 @@ impl Journal {
                 break;
             };
             for key in keys.iter() {
-                if let Some(writes) = self.by_key.get_mut(key) {
-                    writes.retain(|(at, _)| *at > cutoff);
-                    if writes.is_empty() {
+                if let Some(kept) = self.by_key.get_mut(key) {
+                    if kept.patch.as_ref().is_some_and(|c| c.last <= cutoff) {
+                        kept.patch = None;
+                    }
+                    if kept.unknown.is_some_and(|(at, _)| at <= cutoff) {
+                        kept.unknown = None;
+                        self.unknowns -= 1;
+                    }
+                    if kept.patch.is_none() && kept.unknown.is_none() {
                         self.by_key.remove(key);
                     }
                 }
@@ -130,17 +191,13 @@ impl Journal {
             .everything
             .filter(|(at, _)| live(*at))
             .map(|(at, op)| (at, None, op));
-        if !self.by_key.is_empty() {
+        if self.unknowns > 0 {
             for key in keys {
-                let Some(writes) = self.by_key.get(key) else {
+                let Some((at, op)) = self.by_key.get(key).and_then(|k| k.unknown) else {
                     continue;
                 };
-                for (at, write) in writes {
-                    if let (Write::Unknown(op), true) = (write, live(*at)) {
-                        if last.is_none_or(|(l, _, _)| *at > l) {
-                            last = Some((*at, Some(key), op));
-                        }
-                    }
+                if live(at) && last.is_none_or(|(l, _, _)| at > l) {
+                    last = Some((at, Some(key), op));
                 }
             }
         }
@@ -159,62 +216,67 @@ impl Journal {
     /// Lays the changes in the window over `current` (the states read for `keys`). Returns the
     /// states as they were read when that changed any of them.
     ///
-    /// A state Security Hub itself just reported (`from_security_hub`) that already shows every
-    /// change kept for its finding shows them applied: they are dropped, so that from then on
-    /// another writer's later change to the same fields is seen as it is.
+    /// `source` says where each state came from. A state Security Hub itself just reported
+    /// that already shows the change kept for its finding shows it applied: the change is
+    /// dropped, so that from then on another writer's later change to the same fields is seen
+    /// as it is. A cached state read before the first part of the change was written has had
+    /// every part written through to it, and is taken as it is.
     pub fn lay_over(
         &mut self,
         keys: &[FindingKey],
         current: &mut KeyMap<Arc<CurrentFinding>>,
-        from_security_hub: impl Fn(&FindingKey) -> bool,
+        source: impl Fn(&FindingKey, &Arc<CurrentFinding>) -> Source,
         now: Instant,
     ) -> Option<KeyMap<Arc<CurrentFinding>>> {
         if self.by_key.is_empty() {
             return None;
         }
         let cutoff = now.checked_sub(self.window);
-        // Fresh copies, one per journal patch, dropped with this call: laying a patch over a
+        // Fresh copies, one per kept change, dropped with this call: laying a patch over a
         // state memoises that state in the patch.
         let mut copies: Vec<(*const Patch, Patch)> = Vec::new();
         let mut reported: Option<KeyMap<Arc<CurrentFinding>>> = None;
         let mut applied = Vec::new();
         for key in keys {
-            let (Some(writes), Some(read)) = (self.by_key.get(key), current.get(key)) else {
+            let Some(kept) = self.by_key.get(key).and_then(|k| k.patch.as_ref()) else {
                 continue;
             };
-            let live = |at: &Instant| cutoff.is_none_or(|c| *at > c);
-            if from_security_hub(key)
-                && writes.iter().all(|(at, w)| match w {
-                    Write::Patch(p) => !live(at) || p.shown_by(&read.entry),
-                    Write::Unknown(_) => false,
-                })
-            {
-                applied.push(key);
+            let Some(read) = current.get(key) else {
+                continue;
+            };
+            if cutoff.is_some_and(|c| kept.last <= c) {
                 continue;
             }
-            let mut state = read.clone();
-            for (at, write) in writes {
-                let Write::Patch(patch) = write else { continue };
-                if !live(at) {
+            let patch = &kept.patch;
+            match source(key, read) {
+                Source::SecurityHub if patch.shown_by(&read.entry) => {
+                    applied.push(key);
                     continue;
                 }
-                let ptr = Arc::as_ptr(patch);
-                let copy = match copies.iter().position(|(p, _)| *p == ptr) {
-                    Some(i) => &copies[i].1,
-                    None => {
-                        copies.push((ptr, patch.fresh()));
-                        &copies[copies.len() - 1].1
-                    }
-                };
-                state = super::laid_over(&state, copy);
+                Source::Cache { read_at } if read_at < kept.first => continue,
+                _ => {}
             }
+            let ptr = Arc::as_ptr(patch);
+            let copy = match copies.iter().position(|(p, _)| *p == ptr) {
+                Some(i) => &copies[i].1,
+                None => {
+                    copies.push((ptr, patch.fresh()));
+                    &copies[copies.len() - 1].1
+                }
+            };
+            let state = super::laid_over(read, copy);
             if !Arc::ptr_eq(&state, read) {
                 reported.get_or_insert_with(|| current.clone());
                 current.insert(key.clone(), state);
             }
         }
         for key in applied {
-            self.by_key.remove(key);
+            if let Some(kept) = self.by_key.get_mut(key) {
+                kept.patch = None;
+                if kept.unknown.is_none() {
+                    self.by_key.remove(key);
+                }
+            }
         }
         reported
     }
@@ -272,7 +334,12 @@ mod tests {
         .into_iter()
         .collect();
         let reported = j
-            .lay_over(&[key("a"), key("b")], &mut current, |_| true, t0 + SECOND)
+            .lay_over(
+                &[key("a"), key("b")],
+                &mut current,
+                |_, _| Source::SecurityHub,
+                t0 + SECOND,
+            )
             .expect("the read does not show the change yet");
         assert_eq!(label(&current, "a"), RValue::from("CRITICAL"));
         assert_eq!(label(&reported, "a"), RValue::from("MEDIUM"));
@@ -293,7 +360,7 @@ mod tests {
         );
         let mut cached: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut cached, |_| false, t0)
+            .lay_over(&[key("a")], &mut cached, |_, _| Source::Other, t0)
             .is_none());
         assert_eq!(
             j.findings(),
@@ -301,12 +368,14 @@ mod tests {
             "a cached state holds the write because hubgate put it there"
         );
         let mut read: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
-        assert!(j.lay_over(&[key("a")], &mut read, |_| true, t0).is_none());
+        assert!(j
+            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0)
+            .is_none());
         assert_eq!(j.findings(), 0);
         // Another writer's later lowering is now seen as it is.
         let mut lowered: KeyMap<_> = [(key("a"), state("a", "LOW"))].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut lowered, |_| true, t0)
+            .lay_over(&[key("a")], &mut lowered, |_, _| Source::SecurityHub, t0)
             .is_none());
         assert_eq!(label(&lowered, "a"), RValue::from("LOW"));
     }
@@ -329,7 +398,9 @@ mod tests {
             "Note": {"Text": "t", "UpdatedBy": "u", "UpdatedAt": "2026-12-04T00:00:00Z"}}),
         ));
         let mut read: KeyMap<_> = [(key("a"), reported.clone())].into_iter().collect();
-        assert!(j.lay_over(&[key("a")], &mut read, |_| true, t0).is_none());
+        assert!(j
+            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0)
+            .is_none());
         assert!(
             Arc::ptr_eq(&read[&key("a")], &reported),
             "taken as reported"
@@ -342,8 +413,44 @@ mod tests {
             t0,
         );
         let mut read: KeyMap<_> = [(key("a"), reported)].into_iter().collect();
-        assert!(j.lay_over(&[key("a")], &mut read, |_| true, t0).is_some());
+        assert!(j
+            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0)
+            .is_some());
         assert_eq!(j.findings(), 1);
+    }
+
+    #[test]
+    fn a_cached_state_is_laid_over_only_when_it_was_read_after_the_change_began() {
+        let mut j = Journal::new(10 * SECOND);
+        let t0 = Instant::now();
+        j.record(
+            &[key("a")],
+            patch(json!({"Severity": {"Label": "CRITICAL"}})),
+            t0 + SECOND,
+        );
+        let cached =
+            |read_at| move |_: &FindingKey, _: &Arc<CurrentFinding>| Source::Cache { read_at };
+        // Read before the write: the write-through put the change in it already.
+        let mut before: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
+        assert!(j
+            .lay_over(&[key("a")], &mut before, cached(t0), t0 + SECOND)
+            .is_none());
+        // Read after it, possibly before Security Hub applied it.
+        let mut after: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
+        assert!(j
+            .lay_over(
+                &[key("a")],
+                &mut after,
+                cached(t0 + 2 * SECOND),
+                t0 + 2 * SECOND
+            )
+            .is_some());
+        assert_eq!(label(&after, "a"), RValue::from("CRITICAL"));
+        assert_eq!(
+            j.findings(),
+            1,
+            "a cached state never shows a change applied"
+        );
     }
 
     #[test]
@@ -353,7 +460,6 @@ mod tests {
         let raise = || patch(json!({"Severity": {"Label": "CRITICAL"}}));
         j.record(&[key("a")], raise(), t0);
         j.record(&[key("a")], raise(), t0 + 5 * SECOND);
-        assert_eq!(j.by_key[&key("a")].len(), 1);
         // Dated by the later write: still there after the first one's window.
         j.expire(t0 + 12 * SECOND);
         assert_eq!(j.findings(), 1);
@@ -377,7 +483,7 @@ mod tests {
             t0,
         );
         let mut current: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
-        j.lay_over(&[key("a")], &mut current, |_| true, t0);
+        j.lay_over(&[key("a")], &mut current, |_, _| Source::SecurityHub, t0);
         assert_eq!(label(&current, "a"), RValue::from("LOW"));
     }
 
@@ -402,6 +508,8 @@ mod tests {
         assert_eq!(u.since_ms, 2000);
         assert_eq!(u.retry_after_s, 8);
         assert!(j.unsettled(&[key("a")], t0 + 11 * SECOND).is_none());
+        j.expire(t0 + 11 * SECOND);
+        assert_eq!((j.unknowns, j.findings()), (0, 0));
     }
 
     #[test]
@@ -423,18 +531,43 @@ mod tests {
     }
 
     #[test]
-    fn too_many_different_changes_to_one_finding_leave_it_unknown() {
+    fn changes_to_one_finding_are_composed_and_the_last_of_each_field_stands() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        for i in 0..=MAX_CHANGES_PER_FINDING {
-            let label = if i % 2 == 0 { "LOW" } else { "HIGH" };
+        for i in 0..50 {
+            let text = format!("pass {i}");
             j.record(
-                &[key("a")],
-                patch(json!({"Severity": {"Label": label}})),
+                &[key("a"), key("b")],
+                patch(json!({"Severity": {"Label": "HIGH"},
+                "Note": {"Text": text, "UpdatedBy": "u"}})),
                 t0,
             );
         }
-        assert!(j.unsettled(&[key("a")], t0).is_some());
+        j.record(
+            &[key("a")],
+            patch(json!({"Workflow": {"Status": "NOTIFIED"}})),
+            t0,
+        );
+        let Some(Composed { patch: a, .. }) = &j.by_key[&key("a")].patch else {
+            panic!("kept")
+        };
+        let Some(Composed { patch: b, .. }) = &j.by_key[&key("b")].patch else {
+            panic!("kept")
+        };
+        let reported = |label: &str, status: &str, text: &str| {
+            Arc::new(CurrentFinding::new(
+                "a",
+                "p",
+                &json!({"Id": "a", "ProductArn": "p",
+                "Severity": {"Label": label}, "Workflow": {"Status": status},
+                "Note": {"Text": text, "UpdatedBy": "u"}}),
+            ))
+        };
+        assert!(a.shown_by(&reported("HIGH", "NOTIFIED", "pass 49").entry));
+        assert!(!a.shown_by(&reported("HIGH", "NOTIFIED", "pass 48").entry));
+        assert!(!a.shown_by(&reported("HIGH", "NEW", "pass 49").entry));
+        assert!(b.shown_by(&reported("HIGH", "NEW", "pass 49").entry));
+        assert!(!b.shown_by(&reported("LOW", "NEW", "pass 49").entry));
     }
 
     #[test]

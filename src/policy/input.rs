@@ -815,6 +815,38 @@ impl Patch {
             && self.set == other.set
     }
 
+    /// This change and then `later`, as one: what `later` sets replaces what this one set
+    /// there, so a finding written to again and again keeps one change, not a growing list.
+    pub fn then(&self, later: &Patch) -> Patch {
+        let facts = self
+            .facts
+            .iter()
+            .filter(|(k, _)| !later.facts.iter().any(|(l, _)| l == k))
+            .chain(&later.facts)
+            .cloned()
+            .collect();
+        // Setting a whole member replaces every earlier change inside it.
+        let replaced = |(member, sub, _): &&(RValue, Option<RValue>, RValue)| {
+            later
+                .set
+                .iter()
+                .any(|(m, s, _)| m == member && (s.is_none() || s == sub))
+        };
+        let set = self
+            .set
+            .iter()
+            .filter(|x| !replaced(x))
+            .chain(&later.set)
+            .cloned()
+            .collect();
+        Patch {
+            facts,
+            severity_rank: later.severity_rank.or(self.severity_rank),
+            set,
+            currents: Default::default(),
+        }
+    }
+
     /// The new severity rank, when the update sets one.
     pub fn severity_rank(&self) -> Option<u64> {
         self.severity_rank
