@@ -451,8 +451,8 @@ def batch_update_findings_v2(state: State, req: dict) -> dict:
     ASFF ones this fake stores, so nothing here changes."""
     if not isinstance(req, dict):
         raise ApiError(400, "ValidationException", "body must be an object")
-    named = req.get("FindingIdentifiers") or [{"MetadataUid": u}
-                                              for u in req.get("MetadataUids") or []]
+    named = [{"FindingIdentifier": i} for i in req.get("FindingIdentifiers") or []] \
+        + [{"MetadataUid": u} for u in req.get("MetadataUids") or []]
     return {"ProcessedFindings": named, "UnprocessedFindings": []}
 
 

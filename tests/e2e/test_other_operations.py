@@ -159,8 +159,8 @@ def test_boto3_v2_suppress_is_denied_and_comment_forwarded(hubgate):
     assert e.value.response["Error"]["Code"] == "AccessDeniedException"
     assert "member accounts may not suppress findings" in e.value.response["Error"]["Message"]
     assert hubgate.fake.requests() == []
-    # an allowed V2 call reaches the fake (which has no V2 implementation and answers 404)
-    with pytest.raises(ClientError):
-        client.batch_update_findings_v2(FindingIdentifiers=[v2_ident("f-own-high")],
-                                        Comment="looked at it")
+    # an allowed V2 call reaches the fake, which lists it as processed
+    resp = client.batch_update_findings_v2(FindingIdentifiers=[v2_ident("f-own-high")],
+                                           Comment="looked at it")
+    assert resp["ProcessedFindings"] == [{"FindingIdentifier": v2_ident("f-own-high")}]
     assert len(hubgate.fake.requests("PATCH", V2)) == 1
