@@ -577,4 +577,104 @@ mod tests {
         assert_eq!(redacted("rediss://:p@ss@h:1/0"), "rediss://h:1/0");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
+
+    /// The shared settle journal: changes compose in Redis as `Patch::then` composes them, and
+    /// writes hubgate cannot model come back with the time left in their window.
+    #[tokio::test]
+    async fn the_settle_journal_against_a_real_redis() {
+        use crate::policy::input::{update_for, Patch};
+        use cache::Journaled;
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let config = Config::parse(
+            std::path::Path::new("/tmp/hubgate-test.toml"),
+            &format!(
+                "[coordination]\nredis_url = \"redis://127.0.0.1:{}/0\"\nop_timeout_ms = 500\n",
+                server.1
+            ),
+        )
+        .unwrap();
+        let coord = Coordination::start(&config, CoordinationMetrics::default())
+            .unwrap()
+            .unwrap();
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+        let patch = |update: serde_json::Value| {
+            let mut body =
+                serde_json::json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}]});
+            body.as_object_mut()
+                .unwrap()
+                .extend(update.as_object().unwrap().clone());
+            update_for(crate::request::Judged::BatchUpdateFindings, &body)
+                .unwrap()
+                .patch()
+                .unwrap()
+        };
+        let (a, b, c) = (
+            FindingKey::new("a", "p"),
+            FindingKey::new("b", "p"),
+            FindingKey::new("c", "p"),
+        );
+        let first = patch(serde_json::json!({"Severity": {"Label": "CRITICAL"},
+            "Note": {"Text": "one", "UpdatedBy": "u"}, "Workflow": {"Status": "NOTIFIED"}}));
+        let second = patch(
+            serde_json::json!({"Note": {"Text": "two", "UpdatedBy": "u"},
+            "Severity": {"Normalized": 45}}),
+        );
+        let items = |p: &Patch| p.items().unwrap();
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Change(&[a.clone(), b.clone()], &items(&first)),
+        )
+        .await;
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Change(std::slice::from_ref(&a), &items(&second)),
+        )
+        .await;
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Unknown(std::slice::from_ref(&c), "BatchImportFindings"),
+        )
+        .await;
+        let read = cache::journal_read(&coord, &[a.clone(), b.clone(), c.clone()])
+            .await
+            .unwrap();
+        assert!(read.everything.is_none());
+        let [(ua, ia), (ub, ib), (uc, ic)] = <[_; 3]>::try_from(read.findings).ok().unwrap();
+        assert!(ua.is_none() && ub.is_none());
+        let composed = Patch::from_items(&ia).unwrap();
+        assert!(composed.same_change(&first.then(&second)), "{ia:?}");
+        assert!(
+            Patch::from_items(&ib).unwrap().same_change(&first),
+            "{ib:?}"
+        );
+        let (op, left) = uc.unwrap();
+        assert_eq!(op, "BatchImportFindings");
+        assert!(left > 55_000 && left <= 60_000, "{left}");
+        assert!(ic.is_empty());
+        // an unknown write replaces the change kept for the finding
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Unknown(std::slice::from_ref(&a), "BatchUpdateFindings"),
+        )
+        .await;
+        cache::journal_write(&coord, 30_000, Journaled::Everything("UpdateFindings")).await;
+        let read = cache::journal_read(&coord, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        let (op, left) = read.everything.unwrap();
+        assert_eq!(op, "UpdateFindings");
+        assert!(left > 25_000 && left <= 30_000, "{left}");
+        assert_eq!(
+            read.findings[0].0.as_ref().unwrap().0,
+            "BatchUpdateFindings"
+        );
+        assert!(read.findings[0].1.is_empty());
+    }
 }

@@ -168,7 +168,7 @@ pub enum LookupError {
 pub struct Unsettled {
     /// None: the write may have changed any finding.
     pub finding: Option<FindingKey>,
-    pub operation: &'static str,
+    pub operation: String,
     pub since_ms: u64,
     pub retry_after_s: u64,
 }

@@ -318,6 +318,8 @@ struct Inner {
     pacer: Arc<Pacer>,
     ttl: Duration,
     negative_ttl: Duration,
+    /// `enrichment.settle_ms`.
+    settle: Duration,
     max_entries: usize,
     state: Mutex<State>,
     work: Notify,
@@ -441,6 +443,7 @@ impl Enricher {
                 pacer,
                 ttl: Duration::from_millis(config.cache_ttl_ms),
                 negative_ttl: Duration::from_millis(config.negative_ttl_ms),
+                settle: Duration::from_millis(config.settle_ms),
                 max_entries: config.max_cache_entries.max(1),
                 state: Mutex::new(State {
                     journal: Journal::new(Duration::from_millis(config.settle_ms)),
@@ -745,23 +748,38 @@ impl Enricher {
                 })
                 .collect();
             shared::write(coord, items).await;
+            self.share_change(processed, &patch).await;
+        }
+    }
+
+    /// Adds a change to the shared journal (a change it cannot spell is shared as unknown).
+    async fn share_change(&self, keys: &[FindingKey], patch: &Patch) {
+        match patch.items() {
+            Some(items) => {
+                self.share_write(shared::Journaled::Change(keys, &items))
+                    .await
+            }
+            None => {
+                self.share_write(shared::Journaled::Unknown(keys, "BatchUpdateFindings"))
+                    .await
+            }
         }
     }
 
     /// Forgets what a write may have changed, here and in the shared cache. What the write was
     /// decides what the next decisions may assume while Security Hub may still be applying it.
     pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>) {
+        let write = match write {
+            Unapplied::Update(update) => match update.patch() {
+                Some(patch) => Write::Patch(Arc::new(patch)),
+                None => Write::Unknown("BatchUpdateFindings"),
+            },
+            Unapplied::Other(operation) => Write::Unknown(operation),
+        };
         {
             let mut st = self.inner.lock();
             st.wrote(keys, None);
-            let write = match write {
-                Unapplied::Update(update) => match update.patch() {
-                    Some(patch) => Write::Patch(Arc::new(patch)),
-                    None => Write::Unknown("BatchUpdateFindings"),
-                },
-                Unapplied::Other(operation) => Write::Unknown(operation),
-            };
-            st.journal.record(keys, write, Instant::now());
+            st.journal.record(keys, write.clone(), Instant::now());
             for key in keys {
                 self.inner.remove(&mut st, key);
             }
@@ -777,6 +795,13 @@ impl Enricher {
                 })
                 .collect();
             shared::write(coord, items).await;
+            match &write {
+                Write::Patch(patch) => self.share_change(keys, patch).await,
+                Write::Unknown(operation) => {
+                    self.share_write(shared::Journaled::Unknown(keys, operation))
+                        .await
+                }
+            }
         }
     }
 
@@ -793,15 +818,75 @@ impl Enricher {
         }
         if let Some(coord) = &self.inner.coord {
             shared::evict_all(coord).await;
+            self.share_write(shared::Journaled::Everything(operation))
+                .await;
         }
     }
 }
 
 impl Enricher {
+    /// What the other replicas wrote to `keys` within the settle window, from Redis. None
+    /// without Redis (or while it fails: then this replica is on its own, as for the cache).
+    async fn shared_journal(&self, keys: &[FindingKey]) -> Option<settle::Shared> {
+        if self.inner.settle.is_zero() {
+            return None;
+        }
+        let coord = self.inner.shared()?;
+        let read = shared::journal_read(coord, keys).await?;
+        let left = |(op, ms): (String, u64)| (op, Duration::from_millis(ms));
+        let mut out = settle::Shared {
+            everything: read.everything.map(left),
+            ..Default::default()
+        };
+        // Findings written to together hold the same items: one patch for all of them.
+        let mut parsed: Vec<(Vec<String>, Option<Arc<Patch>>)> = Vec::new();
+        for (key, (unknown, items)) in keys.iter().zip(read.findings) {
+            if let Some(u) = unknown {
+                out.unknown.insert(key.clone(), left(u));
+            }
+            if items.is_empty() {
+                continue;
+            }
+            let patch = match parsed.iter().find(|(i, _)| *i == items) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let p = Patch::from_items(&items).map(Arc::new);
+                    parsed.push((items, p.clone()));
+                    p
+                }
+            };
+            match patch {
+                Some(p) => {
+                    out.patches.insert(key.clone(), p);
+                }
+                // A change this replica cannot read (another version wrote it): its effect
+                // is unknown.
+                None => {
+                    out.unknown.insert(
+                        key.clone(),
+                        ("BatchUpdateFindings".to_string(), self.inner.settle),
+                    );
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Tells the other replicas, through Redis, what a write did, before its caller is
+    /// answered.
+    async fn share_write(&self, write: shared::Journaled<'_>) {
+        if self.inner.settle.is_zero() {
+            return;
+        }
+        if let Some(coord) = &self.inner.coord {
+            shared::journal_write(coord, self.inner.settle.as_millis() as u64, write).await;
+        }
+    }
+
     /// Refuses a lookup of findings whose state a recent write left unknown.
     fn settled(&self, keys: &[FindingKey]) -> Result<(), LookupFailure> {
         let st = self.inner.lock();
-        match st.journal.unsettled(keys, Instant::now()) {
+        match st.journal.unsettled(keys, Instant::now(), None) {
             None => Ok(()),
             Some(u) => {
                 self.inner.metrics.settle_refused.inc();
@@ -821,11 +906,13 @@ impl FindingState for Enricher {
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
         let (mut current, stats, mark) = Enricher::lookup(self, keys, deadline).await?;
+        // Read after the states were: a write another replica forwarded before then is in it.
+        let shared = self.shared_journal(keys).await;
         let unsettled = {
             let mut st = self.inner.lock();
             let now = Instant::now();
             st.journal.expire(now);
-            if let Some(u) = st.journal.unsettled(keys, now) {
+            if let Some(u) = st.journal.unsettled(keys, now, shared.as_ref()) {
                 self.inner.metrics.settle_refused.inc();
                 return Err(LookupFailure {
                     error: LookupError::Unsettled(u),
@@ -844,6 +931,7 @@ impl FindingState for Enricher {
                     _ => Source::Other,
                 },
                 now,
+                shared.as_ref(),
             );
             if reported.is_some() {
                 self.inner.metrics.settle_overlaid.inc();

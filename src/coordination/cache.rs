@@ -11,6 +11,11 @@
 //! - `P:v:g:h`    the finding's write count. A lookup stores what it read only if no write
 //!   came in between (as the local cache's generation check does).
 //! - `P:l:g:h`    a replica's claim on looking the finding up.
+//! - `P:jp:h`     the settle journal's change to the finding (see `enrich::settle`), composed
+//!   from every replica's writes: a list of `Patch::items`, expiring `settle_ms` after the
+//!   last write. Not in a generation: retiring the cache does not undo a write.
+//! - `P:ju:h`     the last write to it hubgate could not model, by operation (same expiry).
+//! - `P:jall`     the last write that may have changed any finding, by operation.
 //!
 //! The scripts touch keys they compute, which a Redis Cluster would refuse: a single primary
 //! (ElastiCache without cluster mode, Valkey, Redis) is what this is written for.
@@ -102,9 +107,73 @@ end
 return out
 "#;
 
+// ARGV: prefix, settle_ms, kind (P: a change, U: a write hubgate cannot model, A: one to any
+// finding), operation, number of findings, their hashes, then the change's items. An item
+// replaces earlier ones with its path, and a whole member (`s/<member>`) every earlier item
+// under it: `Patch::then`.
+const JOURNAL_WRITE: &str = r#"
+local p, ttl, kind, op, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if kind == 'A' then
+  redis.call('SET', p .. ':jall', op, 'PX', ttl)
+  return 1
+end
+local items = {}
+local paths = {}
+for i = 6 + n, #ARGV do
+  items[#items + 1] = ARGV[i]
+  paths[#paths + 1] = string.match(ARGV[i], '^[^	]*')
+end
+local function replaced(item)
+  local q = string.match(item, '^[^	]*')
+  for _, path in ipairs(paths) do
+    if q == path then return true end
+    if string.sub(path, 1, 2) == 's/' and not string.find(path, '/', 3, true)
+       and string.sub(q, 1, #path + 1) == path .. '/' then return true end
+  end
+  return false
+end
+for i = 6, 5 + n do
+  local h = ARGV[i]
+  if kind == 'U' then
+    redis.call('SET', p .. ':ju:' .. h, op, 'PX', ttl)
+    redis.call('DEL', p .. ':jp:' .. h)
+  else
+    local key = p .. ':jp:' .. h
+    local kept = {}
+    for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do
+      if not replaced(item) then kept[#kept + 1] = item end
+    end
+    redis.call('DEL', key)
+    for _, item in ipairs(kept) do redis.call('RPUSH', key, item) end
+    for _, item in ipairs(items) do redis.call('RPUSH', key, item) end
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return 1
+"#;
+
+// ARGV: prefix, then the findings' hashes. Returns the operation and milliseconds left of the
+// last write to any finding ('' and '0' if none), then per finding the same for its last
+// write hubgate could not model, the number of its change's items, and the items.
+const JOURNAL_READ: &str = r#"
+local p = ARGV[1]
+local out = {redis.call('GET', p .. ':jall') or '', tostring(redis.call('PTTL', p .. ':jall'))}
+for i = 2, #ARGV do
+  local h = ARGV[i]
+  out[#out + 1] = redis.call('GET', p .. ':ju:' .. h) or ''
+  out[#out + 1] = tostring(redis.call('PTTL', p .. ':ju:' .. h))
+  local items = redis.call('LRANGE', p .. ':jp:' .. h, 0, -1)
+  out[#out + 1] = tostring(#items)
+  for _, item in ipairs(items) do out[#out + 1] = item end
+end
+return out
+"#;
+
 fn script(which: &'static str) -> &'static Script {
     use std::sync::OnceLock;
-    static S: [OnceLock<Script>; 4] = [
+    static S: [OnceLock<Script>; 6] = [
+        OnceLock::new(),
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -114,6 +183,8 @@ fn script(which: &'static str) -> &'static Script {
         "lookup" => (0, LOOKUP),
         "claim" => (1, CLAIM),
         "store" => (2, STORE),
+        "journal_write" => (4, JOURNAL_WRITE),
+        "journal_read" => (5, JOURNAL_READ),
         _ => (3, WRITE),
     };
     S[i].get_or_init(|| Script::new(code))
@@ -358,4 +429,103 @@ pub(crate) async fn new_generation(
         .arg(format!("{prefix}:gen"))
         .query_async(con)
         .await
+}
+
+/// One write, for the replicas' settle journal.
+pub enum Journaled<'a> {
+    /// A change to these findings, as `Patch::items`.
+    Change(&'a [FindingKey], &'a [String]),
+    /// A write to these findings hubgate cannot model, by operation.
+    Unknown(&'a [FindingKey], &'static str),
+    /// A write that may have changed any finding, by operation.
+    Everything(&'static str),
+}
+
+/// Adds a write to the shared settle journal, kept `settle_ms` from now. A failure marks the
+/// replica, as a failed cache write does: the other replicas may not have learnt of it.
+pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journaled<'_>) {
+    let mut inv = script("journal_write").prepare_invoke();
+    inv.arg(coord.prefix()).arg(settle_ms.max(1));
+    match write {
+        Journaled::Change(keys, items) => {
+            if keys.is_empty() {
+                return;
+            }
+            inv.arg("P").arg("").arg(keys.len());
+            for key in keys {
+                inv.arg(hash(key));
+            }
+            for item in items {
+                inv.arg(item.as_str());
+            }
+        }
+        Journaled::Unknown(keys, operation) => {
+            if keys.is_empty() {
+                return;
+            }
+            inv.arg("U").arg(operation).arg(keys.len());
+            for key in keys {
+                inv.arg(hash(key));
+            }
+        }
+        Journaled::Everything(operation) => {
+            inv.arg("A").arg(operation).arg(0);
+        }
+    }
+    let done: Option<i64> = coord
+        .call("journal_write", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await;
+    if done.is_none() {
+        coord.mark_dirty();
+    }
+}
+
+/// A write in the shared journal that hubgate cannot model: (operation, milliseconds left).
+pub type UnknownWrite = (String, u64);
+
+/// What the shared settle journal holds for some findings.
+pub struct JournalRead {
+    /// The last write that may have changed any finding, if in its window.
+    pub everything: Option<UnknownWrite>,
+    /// Per finding, in the order asked: its last write hubgate cannot model, and its
+    /// change's items (empty: none).
+    pub findings: Vec<(Option<UnknownWrite>, Vec<String>)>,
+}
+
+/// Reads the shared settle journal for `keys`. None: Redis is not in use, or the answer was
+/// not one this replica can read.
+pub async fn journal_read(coord: &Coordination, keys: &[FindingKey]) -> Option<JournalRead> {
+    let mut inv = script("journal_read").prepare_invoke();
+    inv.arg(coord.prefix());
+    for key in keys {
+        inv.arg(hash(key));
+    }
+    let raw: Vec<String> = coord
+        .call("journal_read", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await?;
+    let mut raw = raw.into_iter();
+    let unknown = |raw: &mut std::vec::IntoIter<String>| -> Option<Option<UnknownWrite>> {
+        let (op, left) = (raw.next()?, raw.next()?);
+        let left: i64 = left.parse().ok()?;
+        Some((!op.is_empty() && left > 0).then_some((op, left as u64)))
+    };
+    let everything = unknown(&mut raw)?;
+    let mut findings = Vec::with_capacity(keys.len());
+    for _ in keys {
+        let u = unknown(&mut raw)?;
+        let n: usize = raw.next()?.parse().ok()?;
+        let items: Vec<String> = raw.by_ref().take(n).collect();
+        if items.len() != n {
+            return None;
+        }
+        findings.push((u, items));
+    }
+    raw.next().is_none().then_some(JournalRead {
+        everything,
+        findings,
+    })
 }

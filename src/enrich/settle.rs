@@ -183,52 +183,79 @@ impl Journal {
         }
     }
 
-    /// Why the state of one of `keys` cannot be known yet (the one known last), if so.
-    pub fn unsettled(&self, keys: &[FindingKey], now: Instant) -> Option<Unsettled> {
+    /// Why the state of one of `keys` cannot be known yet (the one whose window ends last),
+    /// from this replica's writes and the other replicas' (`shared`), if so.
+    pub fn unsettled(
+        &self,
+        keys: &[FindingKey],
+        now: Instant,
+        shared: Option<&Shared>,
+    ) -> Option<Unsettled> {
         let cutoff = now.checked_sub(self.window);
         let live = |at: Instant| cutoff.is_none_or(|c| at > c);
-        let mut last: Option<(Instant, Option<&FindingKey>, &'static str)> = self
-            .everything
-            .filter(|(at, _)| live(*at))
-            .map(|(at, op)| (at, None, op));
+        // (time left in the window, the finding or None for all, the operation)
+        let mut best: Option<(Duration, Option<FindingKey>, String)> = None;
+        let mut take = |left: Duration, finding: Option<&FindingKey>, op: &str| {
+            if best.as_ref().is_none_or(|(l, _, _)| left > *l) {
+                best = Some((left, finding.cloned(), op.to_string()));
+            }
+        };
+        let left_of = |at: Instant| {
+            self.window
+                .saturating_sub(now.saturating_duration_since(at))
+        };
+        if let Some((at, op)) = self.everything.filter(|(at, _)| live(*at)) {
+            take(left_of(at), None, op);
+        }
         if self.unknowns > 0 {
             for key in keys {
-                let Some((at, op)) = self.by_key.get(key).and_then(|k| k.unknown) else {
-                    continue;
-                };
-                if live(at) && last.is_none_or(|(l, _, _)| at > l) {
-                    last = Some((at, Some(key), op));
+                if let Some((at, op)) = self.by_key.get(key).and_then(|k| k.unknown) {
+                    if live(at) {
+                        take(left_of(at), Some(key), op);
+                    }
                 }
             }
         }
-        let (at, finding, operation) = last?;
-        let since = now.saturating_duration_since(at);
-        let left = self.window.saturating_sub(since);
+        if let Some(shared) = shared {
+            if let Some((op, left)) = &shared.everything {
+                take(*left, None, op);
+            }
+            for key in keys {
+                if let Some((op, left)) = shared.unknown.get(key) {
+                    take(*left, Some(key), op);
+                }
+            }
+        }
+        let (left, finding, operation) = best?;
         Some(Unsettled {
-            finding: finding.cloned(),
+            finding,
             operation,
-            since_ms: since.as_millis() as u64,
+            since_ms: self.window.saturating_sub(left).as_millis() as u64,
             // Rounded up: a client that waits this long finds the window over.
             retry_after_s: left.as_millis().div_ceil(1000).max(1) as u64,
         })
     }
 
-    /// Lays the changes in the window over `current` (the states read for `keys`). Returns the
-    /// states as they were read when that changed any of them.
+    /// Lays the changes in the window, this replica's and then the other replicas' (`shared`,
+    /// which holds this replica's too, in the order Redis received them), over `current` (the
+    /// states read for `keys`). Returns the states as they were read when that changed any of
+    /// them.
     ///
     /// `source` says where each state came from. A state Security Hub itself just reported
-    /// that already shows the change kept for its finding shows it applied: the change is
-    /// dropped, so that from then on another writer's later change to the same fields is seen
-    /// as it is. A cached state read before the first part of the change was written has had
-    /// every part written through to it, and is taken as it is.
+    /// that already shows a change shows it applied: the change is not laid over it, and one
+    /// kept here is dropped, so that from then on another writer's later change to the same
+    /// fields is seen as it is. A cached state read before the first part of a change kept
+    /// here was written has had every part written through to it.
     pub fn lay_over(
         &mut self,
         keys: &[FindingKey],
         current: &mut KeyMap<Arc<CurrentFinding>>,
         source: impl Fn(&FindingKey, &Arc<CurrentFinding>) -> Source,
         now: Instant,
+        shared: Option<&Shared>,
     ) -> Option<KeyMap<Arc<CurrentFinding>>> {
-        if self.by_key.is_empty() {
+        let shared = shared.filter(|s| !s.patches.is_empty());
+        if self.by_key.is_empty() && shared.is_none() {
             return None;
         }
         let cutoff = now.checked_sub(self.window);
@@ -238,33 +265,41 @@ impl Journal {
         let mut reported: Option<KeyMap<Arc<CurrentFinding>>> = None;
         let mut applied = Vec::new();
         for key in keys {
-            let Some(kept) = self.by_key.get(key).and_then(|k| k.patch.as_ref()) else {
+            let kept = self
+                .by_key
+                .get(key)
+                .and_then(|k| k.patch.as_ref())
+                .filter(|k| cutoff.is_none_or(|c| k.last > c));
+            let theirs = shared.and_then(|s| s.patches.get(key));
+            if kept.is_none() && theirs.is_none() {
                 continue;
-            };
+            }
             let Some(read) = current.get(key) else {
                 continue;
             };
-            if cutoff.is_some_and(|c| kept.last <= c) {
-                continue;
-            }
-            let patch = &kept.patch;
-            match source(key, read) {
-                Source::SecurityHub if patch.shown_by(&read.entry) => {
-                    applied.push(key);
-                    continue;
-                }
-                Source::Cache { read_at } if read_at < kept.first => continue,
-                _ => {}
-            }
-            let ptr = Arc::as_ptr(patch);
-            let copy = match copies.iter().position(|(p, _)| *p == ptr) {
-                Some(i) => &copies[i].1,
-                None => {
-                    copies.push((ptr, patch.fresh()));
-                    &copies[copies.len() - 1].1
-                }
+            let source = source(key, read);
+            let shown = |patch: &Patch| {
+                matches!(source, Source::SecurityHub) && patch.shown_by(&read.entry)
             };
-            let state = super::laid_over(read, copy);
+            let mut state = read.clone();
+            if let Some(kept) = kept {
+                if shown(&kept.patch) {
+                    applied.push(key);
+                } else if !matches!(source, Source::Cache { read_at } if read_at < kept.first) {
+                    let ptr = Arc::as_ptr(&kept.patch);
+                    let copy = match copies.iter().position(|(p, _)| *p == ptr) {
+                        Some(i) => &copies[i].1,
+                        None => {
+                            copies.push((ptr, kept.patch.fresh()));
+                            &copies[copies.len() - 1].1
+                        }
+                    };
+                    state = super::laid_over(&state, copy);
+                }
+            }
+            if let Some(theirs) = theirs.filter(|p| !shown(p)) {
+                state = super::laid_over(&state, theirs);
+            }
             if !Arc::ptr_eq(&state, read) {
                 reported.get_or_insert_with(|| current.clone());
                 current.insert(key.clone(), state);
@@ -280,6 +315,17 @@ impl Journal {
         }
         reported
     }
+}
+
+/// What the replicas' shared journal (Redis) holds for the findings of one lookup.
+#[derive(Default)]
+pub struct Shared {
+    /// The last write that may have changed any finding: (operation, time left).
+    pub everything: Option<(String, Duration)>,
+    /// Per finding, its last write hubgate cannot model: (operation, time left).
+    pub unknown: KeyMap<(String, Duration)>,
+    /// Per finding, every replica's changes composed (findings written to together share one).
+    pub patches: KeyMap<Arc<Patch>>,
 }
 
 #[cfg(test)]
@@ -339,6 +385,7 @@ mod tests {
                 &mut current,
                 |_, _| Source::SecurityHub,
                 t0 + SECOND,
+                None,
             )
             .expect("the read does not show the change yet");
         assert_eq!(label(&current, "a"), RValue::from("CRITICAL"));
@@ -360,7 +407,7 @@ mod tests {
         );
         let mut cached: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut cached, |_, _| Source::Other, t0)
+            .lay_over(&[key("a")], &mut cached, |_, _| Source::Other, t0, None)
             .is_none());
         assert_eq!(
             j.findings(),
@@ -369,13 +416,19 @@ mod tests {
         );
         let mut read: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0)
+            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0, None)
             .is_none());
         assert_eq!(j.findings(), 0);
         // Another writer's later lowering is now seen as it is.
         let mut lowered: KeyMap<_> = [(key("a"), state("a", "LOW"))].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut lowered, |_, _| Source::SecurityHub, t0)
+            .lay_over(
+                &[key("a")],
+                &mut lowered,
+                |_, _| Source::SecurityHub,
+                t0,
+                None
+            )
             .is_none());
         assert_eq!(label(&lowered, "a"), RValue::from("LOW"));
     }
@@ -399,7 +452,7 @@ mod tests {
         ));
         let mut read: KeyMap<_> = [(key("a"), reported.clone())].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0)
+            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0, None)
             .is_none());
         assert!(
             Arc::ptr_eq(&read[&key("a")], &reported),
@@ -414,7 +467,7 @@ mod tests {
         );
         let mut read: KeyMap<_> = [(key("a"), reported)].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0)
+            .lay_over(&[key("a")], &mut read, |_, _| Source::SecurityHub, t0, None)
             .is_some());
         assert_eq!(j.findings(), 1);
     }
@@ -433,7 +486,7 @@ mod tests {
         // Read before the write: the write-through put the change in it already.
         let mut before: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
         assert!(j
-            .lay_over(&[key("a")], &mut before, cached(t0), t0 + SECOND)
+            .lay_over(&[key("a")], &mut before, cached(t0), t0 + SECOND, None)
             .is_none());
         // Read after it, possibly before Security Hub applied it.
         let mut after: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
@@ -442,7 +495,8 @@ mod tests {
                 &[key("a")],
                 &mut after,
                 cached(t0 + 2 * SECOND),
-                t0 + 2 * SECOND
+                t0 + 2 * SECOND,
+                None
             )
             .is_some());
         assert_eq!(label(&after, "a"), RValue::from("CRITICAL"));
@@ -483,7 +537,13 @@ mod tests {
             t0,
         );
         let mut current: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
-        j.lay_over(&[key("a")], &mut current, |_, _| Source::SecurityHub, t0);
+        j.lay_over(
+            &[key("a")],
+            &mut current,
+            |_, _| Source::SecurityHub,
+            t0,
+            None,
+        );
         assert_eq!(label(&current, "a"), RValue::from("LOW"));
     }
 
@@ -501,13 +561,15 @@ mod tests {
             Write::Unknown("BatchImportFindings"),
             t0 + SECOND,
         );
-        assert!(j.unsettled(&[key("b")], t0 + SECOND).is_none());
-        let u = j.unsettled(&[key("b"), key("a")], t0 + 3 * SECOND).unwrap();
+        assert!(j.unsettled(&[key("b")], t0 + SECOND, None).is_none());
+        let u = j
+            .unsettled(&[key("b"), key("a")], t0 + 3 * SECOND, None)
+            .unwrap();
         assert_eq!(u.finding, Some(key("a")));
         assert_eq!(u.operation, "BatchImportFindings");
         assert_eq!(u.since_ms, 2000);
         assert_eq!(u.retry_after_s, 8);
-        assert!(j.unsettled(&[key("a")], t0 + 11 * SECOND).is_none());
+        assert!(j.unsettled(&[key("a")], t0 + 11 * SECOND, None).is_none());
         j.expire(t0 + 11 * SECOND);
         assert_eq!((j.unknowns, j.findings()), (0, 0));
     }
@@ -522,12 +584,12 @@ mod tests {
             t0,
         );
         j.record_everything("BatchUpdateFindingsV2", t0 + SECOND);
-        let u = j.unsettled(&[key("z")], t0 + 2 * SECOND).unwrap();
+        let u = j.unsettled(&[key("z")], t0 + 2 * SECOND, None).unwrap();
         assert_eq!(u.finding, None);
         assert_eq!(u.operation, "BatchUpdateFindingsV2");
         assert!(u.to_string().starts_with("any finding was changed"), "{u}");
         j.expire(t0 + 11 * SECOND);
-        assert!(j.unsettled(&[key("z")], t0 + 11 * SECOND).is_none());
+        assert!(j.unsettled(&[key("z")], t0 + 11 * SECOND, None).is_none());
     }
 
     #[test]
@@ -576,7 +638,7 @@ mod tests {
         let t0 = Instant::now();
         j.record(&[key("a")], Write::Unknown("BatchImportFindings"), t0);
         j.record_everything("UpdateFindings", t0);
-        assert!(j.unsettled(&[key("a")], t0).is_none());
+        assert!(j.unsettled(&[key("a")], t0, None).is_none());
         assert_eq!(j.findings(), 0);
     }
 }

@@ -847,6 +847,64 @@ impl Patch {
         }
     }
 
+    /// This change as items for the replicas' shared journal, one per value set: `path\tjson`,
+    /// the path `f/<fact>`, `r` (the severity rank) or `s/<member>[/<sub>]`, and an empty JSON
+    /// text for a member removed. A later item replaces an earlier one with the same path, and
+    /// a later `s/<member>` every earlier `s/<member>/…`: `then`, as Redis composes it.
+    pub fn items(&self) -> Option<Vec<String>> {
+        let text = |v: &RValue| match v {
+            RValue::Undefined => Some(String::new()),
+            v => serde_json::to_string(v).ok(),
+        };
+        let name = |v: &RValue| v.as_string().ok().map(|s| s.to_string());
+        let mut out = Vec::with_capacity(self.facts.len() + self.set.len() + 1);
+        for (k, v) in &self.facts {
+            out.push(format!("f/{}\t{}", name(k)?, text(v)?));
+        }
+        if let Some(rank) = self.severity_rank {
+            out.push(format!("r\t{rank}"));
+        }
+        for (member, sub, v) in &self.set {
+            let path = match sub {
+                None => format!("s/{}", name(member)?),
+                Some(sub) => format!("s/{}/{}", name(member)?, name(sub)?),
+            };
+            out.push(format!("{path}\t{}", text(v)?));
+        }
+        Some(out)
+    }
+
+    /// The change `items` (see `items`) describe; None when one cannot be read.
+    pub fn from_items<S: AsRef<str>>(items: &[S]) -> Option<Patch> {
+        let value = |json: &str| match json {
+            "" => Some(RValue::Undefined),
+            json => serde_json::from_str::<RValue>(json).ok(),
+        };
+        let mut patch = Patch {
+            facts: Vec::new(),
+            severity_rank: None,
+            set: Vec::new(),
+            currents: Default::default(),
+        };
+        for item in items {
+            let (path, json) = item.as_ref().split_once('\t')?;
+            let mut parts = path.split('/');
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some("f"), Some(fact), None, None) => {
+                    patch.facts.push((RValue::from(fact), value(json)?))
+                }
+                (Some("r"), None, None, None) => patch.severity_rank = Some(json.parse().ok()?),
+                (Some("s"), Some(member), sub, None) => {
+                    patch
+                        .set
+                        .push((RValue::from(member), sub.map(RValue::from), value(json)?))
+                }
+                _ => return None,
+            }
+        }
+        Some(patch)
+    }
+
     /// The new severity rank, when the update sets one.
     pub fn severity_rank(&self) -> Option<u64> {
         self.severity_rank

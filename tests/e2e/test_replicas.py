@@ -297,3 +297,32 @@ def test_redis_outage_degrades_to_local_pacing_and_the_replicas_rejoin(
 def _body(call: dict) -> dict:
     import json
     return json.loads(call["body"])
+
+
+def test_a_write_through_one_replica_is_laid_over_what_another_reads_while_it_settles(
+        replicas, quota_fake):
+    """Security Hub applies the administrator's raise (through replica 1) 3 s late. The
+    member's lowering through replica 2 reads MEDIUM from GetFindings (nothing cached: TTL 0),
+    but replica 1's write reached replica 2 through the shared settle journal: it is judged as
+    CRITICAL to MEDIUM. A write replica 1 cannot model leaves the finding's state unknown on
+    replica 2 too."""
+    r1, r2 = replicas(extra={"enrichment": {"enabled": True, "cache_ttl_ms": 0}})
+    quota_fake.configure(apply_delay_ms=3000)
+    raised = r1.buf(severity("f-own-medium", "CRITICAL"), who="admin")
+    assert raised.status == 200, raised.text
+    assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
+    lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")
+    assert lowered.status == 403, lowered.text
+    assert f"{LOWER} (CRITICAL to MEDIUM)" in lowered.json()["error"]["message"], lowered.text
+    rec = r2.audit_for(lowered.headers["x-amzn-requestid"])
+    assert rec["metrics"]["counter_lookup_calls"] == 1, "read from Security Hub, not shared"
+
+    ticket = {"FindingIdentifiers": [ident("f-own-high")],
+              "UserDefinedFields": {"ticket": "SEC-7"}}
+    assert r1.buf(ticket, who="admin").status == 200
+    refused = r2.buf(note_ids(["f-own-high"]), who="member")
+    assert refused.status == 503, refused.text
+    assert refused.json()["error"]["code"] == "STATE_SETTLING", refused.text
+    assert 1 <= int(refused.headers["retry-after"]) <= 300, refused.headers
+    time.sleep(3.5)
+    assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "CRITICAL"
