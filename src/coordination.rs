@@ -638,12 +638,26 @@ mod tests {
         cache::journal_write(
             &coord,
             60_000,
-            Journaled::Unknown(std::slice::from_ref(&c), "BatchImportFindings"),
+            Journaled::Unknown(
+                std::slice::from_ref(&c),
+                "BatchImportFindings",
+                Some(&[Some("222222222222".to_string())]),
+            ),
         )
         .await;
-        let read = cache::journal_read(&coord, &[a.clone(), b.clone(), c.clone()])
-            .await
-            .unwrap();
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Accounts(&["333333333333".to_string()], "BatchUpdateFindingsV2"),
+        )
+        .await;
+        let read = cache::journal_read(
+            &coord,
+            &[a.clone(), b.clone(), c.clone()],
+            &["222222222222", "333333333333"],
+        )
+        .await
+        .unwrap();
         assert!(read.everything.is_none());
         let [(ua, ia), (ub, ib), (uc, ic)] = <[_; 3]>::try_from(read.findings).ok().unwrap();
         assert!(ua.is_none() && ub.is_none());
@@ -653,28 +667,32 @@ mod tests {
             Patch::from_items(&ib).unwrap().same_change(&first),
             "{ib:?}"
         );
-        let (op, left) = uc.unwrap();
+        let ((op, left), account) = uc.unwrap();
         assert_eq!(op, "BatchImportFindings");
+        assert_eq!(account.as_deref(), Some("222222222222"));
         assert!(left > 55_000 && left <= 60_000, "{left}");
         assert!(ic.is_empty());
+        assert!(read.accounts[0].is_none());
+        assert_eq!(
+            read.accounts[1].as_ref().unwrap().0,
+            "BatchUpdateFindingsV2"
+        );
         // an unknown write replaces the change kept for the finding
         cache::journal_write(
             &coord,
             60_000,
-            Journaled::Unknown(std::slice::from_ref(&a), "BatchUpdateFindings"),
+            Journaled::Unknown(std::slice::from_ref(&a), "BatchUpdateFindings", None),
         )
         .await;
         cache::journal_write(&coord, 30_000, Journaled::Everything("UpdateFindings")).await;
-        let read = cache::journal_read(&coord, std::slice::from_ref(&a))
+        let read = cache::journal_read(&coord, std::slice::from_ref(&a), &[])
             .await
             .unwrap();
         let (op, left) = read.everything.unwrap();
         assert_eq!(op, "UpdateFindings");
         assert!(left > 25_000 && left <= 30_000, "{left}");
-        assert_eq!(
-            read.findings[0].0.as_ref().unwrap().0,
-            "BatchUpdateFindings"
-        );
+        let ((op, _), account) = read.findings[0].0.as_ref().unwrap();
+        assert_eq!((op.as_str(), account), ("BatchUpdateFindings", &None));
         assert!(read.findings[0].1.is_empty());
     }
 }

@@ -210,6 +210,8 @@ pub struct Judgement {
     pub passes: Vec<Pass>,
     /// The findings the request names, de-duplicated.
     pub keys: Vec<FindingKey>,
+    /// The account each of `keys` belongs to by the request's own say (V2, imports).
+    pub claimed_accounts: Vec<Option<String>>,
     pub update: Update,
     /// `update` as the input document (and the audit record) hold it.
     pub update_json: Value,
@@ -237,6 +239,28 @@ impl Judgement {
     /// Takes the deciding pass out: its decision and input document.
     pub fn into_last_pass(mut self) -> Option<Pass> {
         self.passes.pop()
+    }
+}
+
+/// Folds the last pass's denials and warnings into the pass before it, which then decides.
+fn merge_last_two(passes: &mut Vec<Pass>) {
+    let Some(second) = passes.pop() else {
+        return;
+    };
+    let Some(first) = passes.last_mut() else {
+        passes.push(second);
+        return;
+    };
+    let decision = &mut first.decision;
+    for v in second.decision.deny {
+        if !decision.deny.contains(&v) {
+            decision.deny.push(v);
+        }
+    }
+    for v in second.decision.warn {
+        if !decision.warn.contains(&v) {
+            decision.warn.push(v);
+        }
     }
 }
 
@@ -285,6 +309,7 @@ pub async fn judge<S: FindingState>(
         failed: None,
         stats: LookupStats::default(),
         reads: None,
+        claimed_accounts: Vec::new(),
         policy_ns: 0,
         enrich_ns: 0,
     };
@@ -334,16 +359,15 @@ pub async fn judge<S: FindingState>(
                         reads,
                     })) => {
                         judgement.stats = stats;
-                        let allowed =
-                            evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
+                        evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
                         // Security Hub may not have applied hubgate's own recent writes, or
                         // another writer may have changed what they set since: the request
-                        // must be acceptable whichever state the findings are in. The pass on
-                        // the states as reported decides only when it denies.
-                        if let (true, Some(reported)) = (allowed, &unsettled) {
-                            if evaluate(&mut judgement, Some(reported), Enrichment::Complete)? {
-                                judgement.passes.pop();
-                            }
+                        // must be acceptable whichever state the findings are in. Every
+                        // finding either pass denies is denied (a partial forward included),
+                        // and the record keeps what both passes said.
+                        if let Some(reported) = &unsettled {
+                            evaluate(&mut judgement, Some(reported), Enrichment::Complete)?;
+                            merge_last_two(&mut judgement.passes);
                         }
                         judgement.reads = reads.map(|when| StateRead {
                             when,
@@ -360,5 +384,6 @@ pub async fn judge<S: FindingState>(
             }
         }
     }
+    judgement.claimed_accounts = claims;
     Ok(judgement)
 }

@@ -119,8 +119,9 @@ impl Default for Journal {
 pub enum Unapplied<'a> {
     /// A BatchUpdateFindings Security Hub may or may not have applied.
     Update(&'a Update),
-    /// Any other write, by operation.
-    Other(&'static str),
+    /// An import, by operation, with the account each finding (by position) claims: it can
+    /// change only findings of that account.
+    Import(&'static str, &'a [Option<String>]),
 }
 
 impl State {
@@ -760,8 +761,12 @@ impl Enricher {
                     .await
             }
             None => {
-                self.share_write(shared::Journaled::Unknown(keys, "BatchUpdateFindings"))
-                    .await
+                self.share_write(shared::Journaled::Unknown(
+                    keys,
+                    "BatchUpdateFindings",
+                    None,
+                ))
+                .await
             }
         }
     }
@@ -771,15 +776,25 @@ impl Enricher {
     pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>) {
         let write = match write {
             Unapplied::Update(update) => match update.patch() {
-                Some(patch) => Write::Patch(Arc::new(patch)),
-                None => Write::Unknown("BatchUpdateFindings"),
+                Some(patch) => Ok(Write::Patch(Arc::new(patch))),
+                None => Ok(Write::Unknown("BatchUpdateFindings", None)),
             },
-            Unapplied::Other(operation) => Write::Unknown(operation),
+            Unapplied::Import(operation, accounts) => Err((operation, accounts)),
         };
         {
             let mut st = self.inner.lock();
             st.wrote(keys, None);
-            st.journal.record(keys, write.clone(), Instant::now());
+            let now = Instant::now();
+            match &write {
+                Ok(write) => st.journal.record(keys, write.clone(), now),
+                Err((operation, accounts)) => {
+                    for (i, key) in keys.iter().enumerate() {
+                        let account = accounts.get(i).and_then(|a| a.as_deref()).map(Arc::from);
+                        let write = Write::Unknown(operation, account);
+                        st.journal.record(std::slice::from_ref(key), write, now);
+                    }
+                }
+            }
             for key in keys {
                 self.inner.remove(&mut st, key);
             }
@@ -796,9 +811,13 @@ impl Enricher {
                 .collect();
             shared::write(coord, items).await;
             match &write {
-                Write::Patch(patch) => self.share_change(keys, patch).await,
-                Write::Unknown(operation) => {
-                    self.share_write(shared::Journaled::Unknown(keys, operation))
+                Ok(Write::Patch(patch)) => self.share_change(keys, patch).await,
+                Ok(Write::Unknown(operation, _)) => {
+                    self.share_write(shared::Journaled::Unknown(keys, operation, None))
+                        .await
+                }
+                Err((operation, accounts)) => {
+                    self.share_write(shared::Journaled::Unknown(keys, operation, Some(accounts)))
                         .await
                 }
             }
@@ -806,20 +825,32 @@ impl Enricher {
     }
 
     /// Forgets everything: for writes (by `operation`) that name findings hubgate cannot map to
-    /// cache entries.
-    pub async fn evict_all(&self, operation: &'static str) {
+    /// cache entries. With `accounts`, the write can have changed only findings of those
+    /// accounts (OCSF identifiers name theirs), and only their state is unknown meanwhile.
+    pub async fn evict_all(&self, operation: &'static str, accounts: Option<&[String]>) {
         {
             let mut st = self.inner.lock();
             st.wrote_all();
-            st.journal.record_everything(operation, Instant::now());
+            match accounts {
+                Some(accounts) => {
+                    let accounts: Vec<Arc<str>> =
+                        accounts.iter().map(|a| Arc::from(a.as_str())).collect();
+                    st.journal
+                        .record_accounts(&accounts, operation, Instant::now());
+                }
+                None => st.journal.record_everything(operation, Instant::now()),
+            }
             st.cache.clear();
             st.bytes = 0;
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
             shared::evict_all(coord).await;
-            self.share_write(shared::Journaled::Everything(operation))
-                .await;
+            let write = match accounts {
+                Some(accounts) => shared::Journaled::Accounts(accounts, operation),
+                None => shared::Journaled::Everything(operation),
+            };
+            self.share_write(write).await;
         }
     }
 }
@@ -827,22 +858,40 @@ impl Enricher {
 impl Enricher {
     /// What the other replicas wrote to `keys` within the settle window, from Redis. None
     /// without Redis (or while it fails: then this replica is on its own, as for the cache).
-    async fn shared_journal(&self, keys: &[FindingKey]) -> Option<settle::Shared> {
+    async fn shared_journal(
+        &self,
+        keys: &[FindingKey],
+        states: &KeyMap<Arc<CurrentFinding>>,
+    ) -> Option<settle::Shared> {
         if self.inner.settle.is_zero() {
             return None;
         }
         let coord = self.inner.shared()?;
-        let read = shared::journal_read(coord, keys).await?;
+        let mut accounts: Vec<&str> = Vec::new();
+        for state in states.values() {
+            if let Some(a) = state.account_id.as_deref() {
+                if !accounts.contains(&a) {
+                    accounts.push(a);
+                }
+            }
+        }
+        let read = shared::journal_read(coord, keys, &accounts).await?;
         let left = |(op, ms): (String, u64)| (op, Duration::from_millis(ms));
         let mut out = settle::Shared {
             everything: read.everything.map(left),
             ..Default::default()
         };
+        for (account, write) in accounts.iter().zip(read.accounts) {
+            if let Some(write) = write {
+                out.accounts.insert(account.to_string(), left(write));
+            }
+        }
         // Findings written to together hold the same items: one patch for all of them.
         let mut parsed: Vec<(Vec<String>, Option<Arc<Patch>>)> = Vec::new();
         for (key, (unknown, items)) in keys.iter().zip(read.findings) {
-            if let Some(u) = unknown {
-                out.unknown.insert(key.clone(), left(u));
+            if let Some((u, account)) = unknown {
+                let (op, left) = left(u);
+                out.unknown.insert(key.clone(), (op, left, account));
             }
             if items.is_empty() {
                 continue;
@@ -864,7 +913,7 @@ impl Enricher {
                 None => {
                     out.unknown.insert(
                         key.clone(),
-                        ("BatchUpdateFindings".to_string(), self.inner.settle),
+                        ("BatchUpdateFindings".to_string(), self.inner.settle, None),
                     );
                 }
             }
@@ -886,7 +935,7 @@ impl Enricher {
     /// Refuses a lookup of findings whose state a recent write left unknown.
     fn settled(&self, keys: &[FindingKey]) -> Result<(), LookupFailure> {
         let st = self.inner.lock();
-        match st.journal.unsettled(keys, Instant::now(), None) {
+        match st.journal.unsettled(keys, Instant::now(), None, None) {
             None => Ok(()),
             Some(u) => {
                 self.inner.metrics.settle_refused.inc();
@@ -907,12 +956,15 @@ impl FindingState for Enricher {
     ) -> Result<Option<Lookup>, LookupFailure> {
         let (mut current, stats, mark) = Enricher::lookup(self, keys, deadline).await?;
         // Read after the states were: a write another replica forwarded before then is in it.
-        let shared = self.shared_journal(keys).await;
+        let shared = self.shared_journal(keys, &current).await;
         let unsettled = {
             let mut st = self.inner.lock();
             let now = Instant::now();
             st.journal.expire(now);
-            if let Some(u) = st.journal.unsettled(keys, now, shared.as_ref()) {
+            if let Some(u) = st
+                .journal
+                .unsettled(keys, now, shared.as_ref(), Some(&current))
+            {
                 self.inner.metrics.settle_refused.inc();
                 return Err(LookupFailure {
                     error: LookupError::Unsettled(u),

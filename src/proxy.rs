@@ -315,6 +315,7 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
         let touched = if spec.changes_findings {
             Touched::Everything {
                 operation: spec.name,
+                accounts: None,
             }
         } else {
             Touched::Nothing
@@ -526,6 +527,8 @@ struct Decided {
     refusal: Option<Refusal>,
     /// When the finding state the decision read was read (None: it read none).
     reads: Option<StateRead>,
+    /// The account each of `keys` belongs to by the request's own say (V2, imports).
+    claimed_accounts: Vec<Option<String>>,
 }
 
 struct Refusal {
@@ -587,6 +590,7 @@ fn conclude(
         passes,
         update,
         reads,
+        claimed_accounts,
         ..
     } = judgement;
     let Some(last) = passes.into_iter().next_back() else {
@@ -612,6 +616,7 @@ fn conclude(
         update,
         refusal,
         reads,
+        claimed_accounts,
     })
 }
 
@@ -632,7 +637,22 @@ async fn enforce(
         update,
         refusal,
         reads,
+        claimed_accounts,
     } = decided;
+    // The accounts a V2 request's identifiers name: it can change findings of those only.
+    // None when any finding is named without one (MetadataUids).
+    let v2_accounts: Option<Vec<String>> = (!claimed_accounts.is_empty())
+        .then(|| {
+            let mut accounts: Vec<String> = Vec::new();
+            for a in &claimed_accounts {
+                let a = a.as_ref()?;
+                if !accounts.contains(a) {
+                    accounts.push(a.clone());
+                }
+            }
+            Some(accounts)
+        })
+        .flatten();
     // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
     // every other operation is refused whole.
     let partial = ctx.gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
@@ -644,11 +664,16 @@ async fn enforce(
         },
         Judged::BatchImportFindings => Touched::Findings {
             keys: &keys,
-            write: Unapplied::Other(operation.name()),
+            write: Unapplied::Import(operation.name(), &claimed_accounts),
         },
         // OCSF identifiers and filters do not name cache entries.
-        Judged::BatchUpdateFindingsV2 | Judged::UpdateFindings => Touched::Everything {
+        Judged::BatchUpdateFindingsV2 => Touched::Everything {
             operation: operation.name(),
+            accounts: v2_accounts.as_deref(),
+        },
+        Judged::UpdateFindings => Touched::Everything {
+            operation: operation.name(),
+            accounts: None,
         },
     };
     let trail = &mut ctx.trail;
@@ -681,9 +706,11 @@ enum Touched<'a> {
         keys: &'a [FindingKey],
         write: Unapplied<'a>,
     },
-    /// Findings hubgate cannot name (filters, OCSF identifiers), by `operation`.
+    /// Findings hubgate cannot name (filters, OCSF identifiers), by `operation`; with
+    /// `accounts`, only findings of those accounts.
     Everything {
         operation: &'static str,
+        accounts: Option<&'a [String]>,
     },
     Nothing,
 }
@@ -696,7 +723,10 @@ impl Touched<'_> {
         };
         match self {
             Touched::Findings { keys, write } => enricher.evict(keys, write).await,
-            Touched::Everything { operation } => enricher.evict_all(operation).await,
+            Touched::Everything {
+                operation,
+                accounts,
+            } => enricher.evict_all(operation, accounts).await,
             Touched::Nothing => {}
         }
     }

@@ -14,7 +14,9 @@
 //! - `P:jp:h`     the settle journal's change to the finding (see `enrich::settle`), composed
 //!   from every replica's writes: a list of `Patch::items`, expiring `settle_ms` after the
 //!   last write. Not in a generation: retiring the cache does not undo a write.
-//! - `P:ju:h`     the last write to it hubgate could not model, by operation (same expiry).
+//! - `P:ju:h`     the last write to it hubgate could not model, by operation, and the account
+//!   it is limited to after a tab (same expiry).
+//! - `P:ja:a`     the last write that may have changed any finding of account a.
 //! - `P:jall`     the last write that may have changed any finding, by operation.
 //!
 //! The scripts touch keys they compute, which a Redis Cluster would refuse: a single primary
@@ -107,14 +109,19 @@ end
 return out
 "#;
 
-// ARGV: prefix, settle_ms, kind (P: a change, U: a write hubgate cannot model, A: one to any
-// finding), operation, number of findings, their hashes, then the change's items. An item
-// replaces earlier ones with its path, and a whole member (`s/<member>`) every earlier item
-// under it: `Patch::then`.
+// ARGV: prefix, settle_ms, kind (P: a change, U: a write hubgate cannot model, C: one to
+// any finding of some accounts, A: one to any finding), operation, n, then n finding hashes
+// (n accounts for C) and what follows: for P the change's items, for U one value per
+// finding. An item replaces earlier ones with its path, and a whole member (`s/<member>`)
+// every earlier item under it: `Patch::then`.
 const JOURNAL_WRITE: &str = r#"
 local p, ttl, kind, op, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if kind == 'A' then
   redis.call('SET', p .. ':jall', op, 'PX', ttl)
+  return 1
+end
+if kind == 'C' then
+  for i = 6, 5 + n do redis.call('SET', p .. ':ja:' .. ARGV[i], op, 'PX', ttl) end
   return 1
 end
 local items = {}
@@ -135,7 +142,7 @@ end
 for i = 6, 5 + n do
   local h = ARGV[i]
   if kind == 'U' then
-    redis.call('SET', p .. ':ju:' .. h, op, 'PX', ttl)
+    redis.call('SET', p .. ':ju:' .. h, ARGV[i + n], 'PX', ttl)
     redis.call('DEL', p .. ':jp:' .. h)
   else
     local key = p .. ':jp:' .. h
@@ -152,19 +159,24 @@ end
 return 1
 "#;
 
-// ARGV: prefix, then the findings' hashes. Returns the operation and milliseconds left of the
-// last write to any finding ('' and '0' if none), then per finding the same for its last
-// write hubgate could not model, the number of its change's items, and the items.
+// ARGV: prefix, n, n finding hashes, then accounts. Returns the operation and milliseconds
+// left of the last write to any finding ('' and '0' if none), then per finding the same for
+// its last write hubgate could not model, the number of its change's items, and the items,
+// then per account the same as for any finding.
 const JOURNAL_READ: &str = r#"
-local p = ARGV[1]
+local p, n = ARGV[1], tonumber(ARGV[2])
 local out = {redis.call('GET', p .. ':jall') or '', tostring(redis.call('PTTL', p .. ':jall'))}
-for i = 2, #ARGV do
+for i = 3, 2 + n do
   local h = ARGV[i]
   out[#out + 1] = redis.call('GET', p .. ':ju:' .. h) or ''
   out[#out + 1] = tostring(redis.call('PTTL', p .. ':ju:' .. h))
   local items = redis.call('LRANGE', p .. ':jp:' .. h, 0, -1)
   out[#out + 1] = tostring(#items)
   for _, item in ipairs(items) do out[#out + 1] = item end
+end
+for i = 3 + n, #ARGV do
+  out[#out + 1] = redis.call('GET', p .. ':ja:' .. ARGV[i]) or ''
+  out[#out + 1] = tostring(redis.call('PTTL', p .. ':ja:' .. ARGV[i]))
 end
 return out
 "#;
@@ -435,8 +447,11 @@ pub(crate) async fn new_generation(
 pub enum Journaled<'a> {
     /// A change to these findings, as `Patch::items`.
     Change(&'a [FindingKey], &'a [String]),
-    /// A write to these findings hubgate cannot model, by operation.
-    Unknown(&'a [FindingKey], &'static str),
+    /// A write to these findings hubgate cannot model, by operation; each limited to the
+    /// account at its position, if any.
+    Unknown(&'a [FindingKey], &'static str, Option<&'a [Option<String>]>),
+    /// A write that may have changed any finding of these accounts, by operation.
+    Accounts(&'a [String], &'static str),
     /// A write that may have changed any finding, by operation.
     Everything(&'static str),
 }
@@ -459,13 +474,28 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
                 inv.arg(item.as_str());
             }
         }
-        Journaled::Unknown(keys, operation) => {
+        Journaled::Unknown(keys, operation, accounts) => {
             if keys.is_empty() {
                 return;
             }
             inv.arg("U").arg(operation).arg(keys.len());
             for key in keys {
                 inv.arg(hash(key));
+            }
+            for i in 0..keys.len() {
+                match accounts.and_then(|a| a.get(i)).and_then(Option::as_deref) {
+                    Some(account) => inv.arg(format!("{operation}\t{account}")),
+                    None => inv.arg(operation),
+                };
+            }
+        }
+        Journaled::Accounts(accounts, operation) => {
+            if accounts.is_empty() {
+                return;
+            }
+            inv.arg("C").arg(operation).arg(accounts.len());
+            for account in accounts {
+                inv.arg(account.as_str());
             }
         }
         Journaled::Everything(operation) => {
@@ -489,18 +519,28 @@ pub type UnknownWrite = (String, u64);
 pub struct JournalRead {
     /// The last write that may have changed any finding, if in its window.
     pub everything: Option<UnknownWrite>,
-    /// Per finding, in the order asked: its last write hubgate cannot model, and its
-    /// change's items (empty: none).
-    pub findings: Vec<(Option<UnknownWrite>, Vec<String>)>,
+    /// Per finding, in the order asked: its last write hubgate cannot model with the account
+    /// it is limited to, and its change's items (empty: none).
+    pub findings: Vec<(Option<(UnknownWrite, Option<String>)>, Vec<String>)>,
+    /// Per account, in the order asked: the last write that may have changed any of its
+    /// findings.
+    pub accounts: Vec<Option<UnknownWrite>>,
 }
 
-/// Reads the shared settle journal for `keys`. None: Redis is not in use, or the answer was
-/// not one this replica can read.
-pub async fn journal_read(coord: &Coordination, keys: &[FindingKey]) -> Option<JournalRead> {
+/// Reads the shared settle journal for `keys` and `accounts`. None: Redis is not in use, or
+/// the answer was not one this replica can read.
+pub async fn journal_read(
+    coord: &Coordination,
+    keys: &[FindingKey],
+    accounts: &[&str],
+) -> Option<JournalRead> {
     let mut inv = script("journal_read").prepare_invoke();
-    inv.arg(coord.prefix());
+    inv.arg(coord.prefix()).arg(keys.len());
     for key in keys {
         inv.arg(hash(key));
+    }
+    for account in accounts {
+        inv.arg(*account);
     }
     let raw: Vec<String> = coord
         .call("journal_read", |mut con| async move {
@@ -516,7 +556,10 @@ pub async fn journal_read(coord: &Coordination, keys: &[FindingKey]) -> Option<J
     let everything = unknown(&mut raw)?;
     let mut findings = Vec::with_capacity(keys.len());
     for _ in keys {
-        let u = unknown(&mut raw)?;
+        let u = unknown(&mut raw)?.map(|(value, left)| match value.split_once('\t') {
+            Some((op, account)) => ((op.to_string(), left), Some(account.to_string())),
+            None => ((value, left), None),
+        });
         let n: usize = raw.next()?.parse().ok()?;
         let items: Vec<String> = raw.by_ref().take(n).collect();
         if items.len() != n {
@@ -524,8 +567,13 @@ pub async fn journal_read(coord: &Coordination, keys: &[FindingKey]) -> Option<J
         }
         findings.push((u, items));
     }
+    let mut by_account = Vec::with_capacity(accounts.len());
+    for _ in accounts {
+        by_account.push(unknown(&mut raw)?);
+    }
     raw.next().is_none().then_some(JournalRead {
         everything,
         findings,
+        accounts: by_account,
     })
 }

@@ -25,8 +25,10 @@ use crate::policy::state::CurrentFinding;
 pub enum Write {
     /// A change hubgate can lay over a state.
     Patch(Arc<Patch>),
-    /// A write whose effect hubgate cannot tell, by what made it.
-    Unknown(&'static str),
+    /// A write whose effect hubgate cannot tell, by what made it; with an account, only if
+    /// the finding belongs to that account (an import can change only the findings of the
+    /// account it names: one claiming another account's finding is refused by Security Hub).
+    Unknown(&'static str, Option<Arc<str>>),
 }
 
 /// Where a state handed to `Journal::lay_over` came from.
@@ -46,8 +48,8 @@ struct Kept {
     /// Every change written in the window, composed in order (see `Patch::then`, kept without
     /// a memo).
     patch: Option<Composed>,
-    /// The last write hubgate cannot model, and when.
-    unknown: Option<(Instant, &'static str)>,
+    /// The last write hubgate cannot model: when, by what, and the account it is limited to.
+    unknown: Option<(Instant, &'static str, Option<Arc<str>>)>,
 }
 
 struct Composed {
@@ -64,6 +66,9 @@ pub struct Journal {
     by_key: KeyMap<Kept>,
     /// The last write that may have changed any finding, and what made it.
     everything: Option<(Instant, &'static str)>,
+    /// Per account, the last write that may have changed any of its findings (OCSF
+    /// identifiers name the account, not a finding GetFindings can read).
+    accounts: std::collections::HashMap<Arc<str>, (Instant, &'static str)>,
     /// Each write's time and findings, oldest first: what to expire.
     order: VecDeque<(Instant, Arc<[FindingKey]>)>,
     /// Findings with a write hubgate cannot model in the window: while there are none, no
@@ -77,6 +82,7 @@ impl Journal {
             window,
             by_key: KeyMap::default(),
             everything: None,
+            accounts: Default::default(),
             order: VecDeque::new(),
             unknowns: 0,
         }
@@ -95,7 +101,7 @@ impl Journal {
         self.expire(now);
         let fresh = match &write {
             Write::Patch(p) => Some(Arc::new(p.fresh())),
-            Write::Unknown(_) => None,
+            Write::Unknown(..) => None,
         };
         // Findings written to together were mostly written to together before: their
         // earlier change is composed with this one once, and the result shared.
@@ -115,14 +121,14 @@ impl Journal {
         for key in keys {
             let kept = self.by_key.entry(key.clone()).or_default();
             match (&write, &fresh) {
-                (Write::Unknown(operation), _) => {
+                (Write::Unknown(operation, account), _) => {
                     // The changes before it are moot while it is in the window, and they
                     // leave the window before it does.
                     kept.patch = None;
                     if kept.unknown.is_none() {
                         self.unknowns += 1;
                     }
-                    kept.unknown = Some((now, operation));
+                    kept.unknown = Some((now, operation, account.clone()));
                 }
                 (Write::Patch(_), Some(new)) => {
                     let first = kept.patch.as_ref().map_or(now, |c| c.first);
@@ -154,6 +160,22 @@ impl Journal {
         self.unknowns = 0;
     }
 
+    /// A write may have changed any finding of `accounts`, at `now`.
+    pub fn record_accounts(
+        &mut self,
+        accounts: &[Arc<str>],
+        operation: &'static str,
+        now: Instant,
+    ) {
+        if self.window.is_zero() {
+            return;
+        }
+        self.expire(now);
+        for account in accounts {
+            self.accounts.insert(account.clone(), (now, operation));
+        }
+    }
+
     /// Drops what left the window.
     pub fn expire(&mut self, now: Instant) {
         let Some(cutoff) = now.checked_sub(self.window) else {
@@ -161,6 +183,9 @@ impl Journal {
         };
         if self.everything.is_some_and(|(at, _)| at <= cutoff) {
             self.everything = None;
+        }
+        if !self.accounts.is_empty() {
+            self.accounts.retain(|_, (at, _)| *at > cutoff);
         }
         while self.order.front().is_some_and(|(at, _)| *at <= cutoff) {
             let Some((_, keys)) = self.order.pop_front() else {
@@ -171,7 +196,7 @@ impl Journal {
                     if kept.patch.as_ref().is_some_and(|c| c.last <= cutoff) {
                         kept.patch = None;
                     }
-                    if kept.unknown.is_some_and(|(at, _)| at <= cutoff) {
+                    if kept.unknown.as_ref().is_some_and(|(at, ..)| *at <= cutoff) {
                         kept.unknown = None;
                         self.unknowns -= 1;
                     }
@@ -184,13 +209,16 @@ impl Journal {
     }
 
     /// Why the state of one of `keys` cannot be known yet (the one whose window ends last),
-    /// from this replica's writes and the other replicas' (`shared`), if so.
+    /// from this replica's writes and the other replicas' (`shared`), if so. Writes limited to
+    /// an account count only once the `states` read show which findings belong to it.
     pub fn unsettled(
         &self,
         keys: &[FindingKey],
         now: Instant,
         shared: Option<&Shared>,
+        states: Option<&KeyMap<Arc<CurrentFinding>>>,
     ) -> Option<Unsettled> {
+        let owner = |key: &FindingKey| -> Option<&str> { states?.get(key)?.account_id.as_deref() };
         let cutoff = now.checked_sub(self.window);
         let live = |at: Instant| cutoff.is_none_or(|c| at > c);
         // (time left in the window, the finding or None for all, the operation)
@@ -209,9 +237,20 @@ impl Journal {
         }
         if self.unknowns > 0 {
             for key in keys {
-                if let Some((at, op)) = self.by_key.get(key).and_then(|k| k.unknown) {
-                    if live(at) {
-                        take(left_of(at), Some(key), op);
+                if let Some((at, op, account)) =
+                    self.by_key.get(key).and_then(|k| k.unknown.as_ref())
+                {
+                    if live(*at) && account.as_deref().is_none_or(|a| owner(key) == Some(a)) {
+                        take(left_of(*at), Some(key), op);
+                    }
+                }
+            }
+        }
+        if !self.accounts.is_empty() {
+            for key in keys {
+                if let Some((at, op)) = owner(key).and_then(|a| self.accounts.get(a)) {
+                    if live(*at) {
+                        take(left_of(*at), Some(key), op);
                     }
                 }
             }
@@ -221,7 +260,12 @@ impl Journal {
                 take(*left, None, op);
             }
             for key in keys {
-                if let Some((op, left)) = shared.unknown.get(key) {
+                if let Some((op, left, account)) = shared.unknown.get(key) {
+                    if account.as_deref().is_none_or(|a| owner(key) == Some(a)) {
+                        take(*left, Some(key), op);
+                    }
+                }
+                if let Some((op, left)) = owner(key).and_then(|a| shared.accounts.get(a)) {
                     take(*left, Some(key), op);
                 }
             }
@@ -284,7 +328,10 @@ impl Journal {
             let mut state = read.clone();
             if let Some(kept) = kept {
                 if shown(&kept.patch) {
-                    applied.push(key);
+                    // Shown, so not laid over this read; forgotten only if that means applied.
+                    if kept.patch.settles_when_shown() {
+                        applied.push(key);
+                    }
                 } else if !matches!(source, Source::Cache { read_at } if read_at < kept.first) {
                     let ptr = Arc::as_ptr(&kept.patch);
                     let copy = match copies.iter().position(|(p, _)| *p == ptr) {
@@ -322,8 +369,11 @@ impl Journal {
 pub struct Shared {
     /// The last write that may have changed any finding: (operation, time left).
     pub everything: Option<(String, Duration)>,
-    /// Per finding, its last write hubgate cannot model: (operation, time left).
-    pub unknown: KeyMap<(String, Duration)>,
+    /// Per finding, its last write hubgate cannot model: (operation, time left, the account
+    /// it is limited to).
+    pub unknown: KeyMap<(String, Duration, Option<String>)>,
+    /// Per account, the last write that may have changed any of its findings.
+    pub accounts: std::collections::HashMap<String, (String, Duration)>,
     /// Per finding, every replica's changes composed (findings written to together share one).
     pub patches: KeyMap<Arc<Patch>>,
 }
@@ -508,6 +558,77 @@ mod tests {
     }
 
     #[test]
+    fn a_change_and_its_revert_are_not_taken_as_applied_when_the_old_state_shows_them() {
+        let mut j = Journal::new(10 * SECOND);
+        let t0 = Instant::now();
+        j.record(
+            &[key("a")],
+            patch(json!({"Severity": {"Label": "LOW"}})),
+            t0,
+        );
+        j.record(
+            &[key("a")],
+            patch(json!({"Severity": {"Label": "CRITICAL"}})),
+            t0,
+        );
+        // Security Hub has applied neither: CRITICAL is what it showed before both.
+        let from_hub = |_: &FindingKey, _: &Arc<CurrentFinding>| Source::SecurityHub;
+        let mut before: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
+        assert!(j
+            .lay_over(&[key("a")], &mut before, from_hub, t0, None)
+            .is_none());
+        assert_eq!(j.findings(), 1, "kept: the lowering may still be applied");
+        // It is: the revert is laid over what Security Hub shows meanwhile.
+        let mut between: KeyMap<_> = [(key("a"), state("a", "LOW"))].into_iter().collect();
+        assert!(j
+            .lay_over(&[key("a")], &mut between, from_hub, t0, None)
+            .is_some());
+        assert_eq!(label(&between, "a"), RValue::from("CRITICAL"));
+    }
+
+    #[test]
+    fn a_write_limited_to_an_account_leaves_only_that_accounts_findings_unknown() {
+        let mut j = Journal::new(10 * SECOND);
+        let t0 = Instant::now();
+        let owned_by = |account: &str| -> KeyMap<Arc<CurrentFinding>> {
+            ["a", "b"]
+                .into_iter()
+                .map(|id| {
+                    let f = json!({"Id": id, "ProductArn": "p", "AwsAccountId": account,
+                        "Severity": {"Label": "LOW"}});
+                    (key(id), Arc::new(CurrentFinding::new(id, "p", &f)))
+                })
+                .collect()
+        };
+        // An import of "a" claiming account 1, and a V2 write naming account 2.
+        j.record(
+            &[key("a")],
+            Write::Unknown("BatchImportFindings", Some(Arc::from("111111111111"))),
+            t0,
+        );
+        j.record_accounts(&[Arc::from("222222222222")], "BatchUpdateFindingsV2", t0);
+        // Before the states are read, neither can be told to apply.
+        assert!(j.unsettled(&[key("a"), key("b")], t0, None, None).is_none());
+        let mine = owned_by("111111111111");
+        let u = j
+            .unsettled(&[key("a"), key("b")], t0, None, Some(&mine))
+            .unwrap();
+        assert_eq!(
+            (u.finding, u.operation.as_str()),
+            (Some(key("a")), "BatchImportFindings")
+        );
+        let theirs = owned_by("222222222222");
+        let u = j.unsettled(&[key("b")], t0, None, Some(&theirs)).unwrap();
+        assert_eq!(u.operation, "BatchUpdateFindingsV2");
+        let others = owned_by("333333333333");
+        assert!(j
+            .unsettled(&[key("a"), key("b")], t0, None, Some(&others))
+            .is_none());
+        j.expire(t0 + 11 * SECOND);
+        assert!(j.accounts.is_empty());
+    }
+
+    #[test]
     fn changes_leave_the_window_and_equal_ones_in_a_row_are_kept_once() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
@@ -558,18 +679,20 @@ mod tests {
         );
         j.record(
             &[key("a")],
-            Write::Unknown("BatchImportFindings"),
+            Write::Unknown("BatchImportFindings", None),
             t0 + SECOND,
         );
-        assert!(j.unsettled(&[key("b")], t0 + SECOND, None).is_none());
+        assert!(j.unsettled(&[key("b")], t0 + SECOND, None, None).is_none());
         let u = j
-            .unsettled(&[key("b"), key("a")], t0 + 3 * SECOND, None)
+            .unsettled(&[key("b"), key("a")], t0 + 3 * SECOND, None, None)
             .unwrap();
         assert_eq!(u.finding, Some(key("a")));
         assert_eq!(u.operation, "BatchImportFindings");
         assert_eq!(u.since_ms, 2000);
         assert_eq!(u.retry_after_s, 8);
-        assert!(j.unsettled(&[key("a")], t0 + 11 * SECOND, None).is_none());
+        assert!(j
+            .unsettled(&[key("a")], t0 + 11 * SECOND, None, None)
+            .is_none());
         j.expire(t0 + 11 * SECOND);
         assert_eq!((j.unknowns, j.findings()), (0, 0));
     }
@@ -584,12 +707,16 @@ mod tests {
             t0,
         );
         j.record_everything("BatchUpdateFindingsV2", t0 + SECOND);
-        let u = j.unsettled(&[key("z")], t0 + 2 * SECOND, None).unwrap();
+        let u = j
+            .unsettled(&[key("z")], t0 + 2 * SECOND, None, None)
+            .unwrap();
         assert_eq!(u.finding, None);
         assert_eq!(u.operation, "BatchUpdateFindingsV2");
         assert!(u.to_string().starts_with("any finding was changed"), "{u}");
         j.expire(t0 + 11 * SECOND);
-        assert!(j.unsettled(&[key("z")], t0 + 11 * SECOND, None).is_none());
+        assert!(j
+            .unsettled(&[key("z")], t0 + 11 * SECOND, None, None)
+            .is_none());
     }
 
     #[test]
@@ -636,9 +763,9 @@ mod tests {
     fn a_zero_window_keeps_nothing() {
         let mut j = Journal::new(Duration::ZERO);
         let t0 = Instant::now();
-        j.record(&[key("a")], Write::Unknown("BatchImportFindings"), t0);
+        j.record(&[key("a")], Write::Unknown("BatchImportFindings", None), t0);
         j.record_everything("UpdateFindings", t0);
-        assert!(j.unsettled(&[key("a")], t0, None).is_none());
+        assert!(j.unsettled(&[key("a")], t0, None, None).is_none());
         assert_eq!(j.findings(), 0);
     }
 }

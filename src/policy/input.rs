@@ -764,6 +764,9 @@ pub struct Patch {
     /// (member of `current`, sub-member, value); Undefined removes the sub-member. Keys are
     /// made once per update, not once per finding.
     set: Vec<(RValue, Option<RValue>, RValue)>,
+    /// A later write composed into this one (`then`) set a value an earlier one had set
+    /// differently: a state that shows this patch may show none of the writes applied yet.
+    overwrote: bool,
     /// What this patch found of each distinct `current` object it was laid over, by the
     /// object's address. Looked-up findings of one control share one `current` object (see
     /// enrich's page memo), so an update to a batch of them checks and patches that object
@@ -793,6 +796,7 @@ impl Patch {
                 .into_iter()
                 .map(|(member, sub, value)| (RValue::from(member), sub.map(RValue::from), value))
                 .collect(),
+            overwrote: false,
             currents: Default::default(),
         }
     }
@@ -804,6 +808,7 @@ impl Patch {
             facts: self.facts.clone(),
             severity_rank: self.severity_rank,
             set: self.set.clone(),
+            overwrote: self.overwrote,
             currents: Default::default(),
         }
     }
@@ -832,6 +837,17 @@ impl Patch {
                 .iter()
                 .any(|(m, s, _)| m == member && (s.is_none() || s == sub))
         };
+        let overwrote = self.overwrote
+            || later.overwrote
+            || self
+                .facts
+                .iter()
+                .any(|(k, v)| later.facts.iter().any(|(l, w)| l == k && w != v))
+            || self.set.iter().any(|(member, sub, v)| {
+                later.set.iter().any(|(m, s, w)| {
+                    m == member && (s.is_none() || s == sub) && (s != sub || w != v)
+                })
+            });
         let set = self
             .set
             .iter()
@@ -843,6 +859,7 @@ impl Patch {
             facts,
             severity_rank: later.severity_rank.or(self.severity_rank),
             set,
+            overwrote,
             currents: Default::default(),
         }
     }
@@ -880,10 +897,13 @@ impl Patch {
             "" => Some(RValue::Undefined),
             json => serde_json::from_str::<RValue>(json).ok(),
         };
+        // Composed in Redis from writes this replica did not see: whether one overwrote
+        // another is not known.
         let mut patch = Patch {
             facts: Vec::new(),
             severity_rank: None,
             set: Vec::new(),
+            overwrote: true,
             currents: Default::default(),
         };
         for item in items {
@@ -926,6 +946,13 @@ impl Patch {
                 // Nothing to compare with: only an update that sets nothing there holds.
                 _ => self.set.is_empty(),
             }
+    }
+
+    /// Whether a state that shows this change shows it applied: not when it was composed from
+    /// writes one of which set a value an earlier one had set differently (after a lowering
+    /// and its revert, the state from before both shows their composition).
+    pub fn settles_when_shown(&self) -> bool {
+        !self.overwrote
     }
 
     /// True when `entry`, as Security Hub reported it, shows every value the update set

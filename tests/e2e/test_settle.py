@@ -18,7 +18,7 @@ import time
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from helpers import MEMBER_ACCOUNT, assert_envelope, finding, ident
+from helpers import MEMBER_ACCOUNT, OTHER_ACCOUNT, assert_envelope, finding, ident
 
 LOWER = "member accounts may not lower a finding's severity"
 FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
@@ -156,19 +156,76 @@ def test_after_a_write_hubgate_cannot_model_the_findings_state_is_unknown_for_th
     assert fake.findings()[FID]["Note"]["Text"] == NOTE["Note"]["Text"]
 
 
-def test_after_a_write_to_findings_hubgate_cannot_name_every_state_is_unknown(stack):
-    """An administrator's BatchUpdateFindingsV2 names findings by OCSF identifiers, which
-    hubgate cannot map to the findings GetFindings reads: every member request that needs
-    finding state waits out the window."""
+def v2_note(account: str, fid: str) -> dict:
+    return {"FindingIdentifiers": [{"CloudAccountUid": account, "FindingInfoUid": fid,
+                                    "MetadataProductUid": "x"}], "Comment": "triaged"}
+
+
+def test_a_v2_write_leaves_unknown_only_the_findings_of_the_accounts_it_names(stack):
+    """BatchUpdateFindingsV2 names findings by OCSF identifiers hubgate cannot map to the ones
+    GetFindings reads, but each names its account: the state of that account's findings is
+    unknown for the window, and no other account's. MetadataUids name no account: every
+    finding's state is unknown."""
     fake, hg = stack({"cache_ttl_ms": 0, "settle_ms": 60000})
-    v2 = hg.send("PATCH", "/findingsv2/batchupdatev2",
-                 {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
-                                          "FindingInfoUid": "f-own-high",
-                                          "MetadataProductUid": "x"}],
-                  "Comment": "triaged"}, who="admin")
-    assert v2.status != 403, v2.text  # forwarded, whatever the fake made of it
+    elsewhere = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(OTHER_ACCOUNT, "f-other"),
+                        who="admin")
+    assert elsewhere.status == 200, elsewhere.text
+    assert hg.buf(body(FID, **NOTE), who="member").status == 200, "another account's write"
+
+    mine = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(MEMBER_ACCOUNT, "f-own-high"),
+                   who="member")
+    assert mine.status == 200, mine.text
     resp = hg.buf(body(FID, **NOTE), who="member")
+    err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")["error"]
+    assert err["message"].startswith(f'finding "{FID}" of '), err
+    assert "BatchUpdateFindingsV2" in err["message"], err
+    assert 50 <= int(resp.headers["retry-after"]) <= 60, resp.headers
+
+    uids = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                   {"MetadataUids": ["uid-1"], "Comment": "triaged"}, who="admin")
+    assert uids.status == 200, uids.text
+    resp = hg.buf(body("f-own-high", **NOTE), who="member")
     err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")["error"]
     assert err["message"].startswith("any finding was changed through hubgate by "
                                      "BatchUpdateFindingsV2"), err
-    assert 50 <= int(resp.headers["retry-after"]) <= 60, resp.headers
+
+
+def test_a_finding_the_overlay_alone_would_allow_is_denied_in_a_partial_forward(stack):
+    """forward-allowed: one finding of the request is denied anyway (another account's). The
+    rest must still be judged on the states as reported too: F, lowered by the administrator
+    through hubgate and set back to CRITICAL by another writer since, is denied."""
+    fake, hg = stack({"cache_ttl_ms": 0})
+    hg.stop()
+    hg.overrides = {**hg.overrides, "policy": {"on_partial_deny": "forward-allowed"}}
+    hg.start()
+    fake.add_findings([finding(FID, MEMBER_ACCOUNT, "CRITICAL", 90)])
+    assert hg.buf(body(FID, Severity={"Label": "LOW"}), who="admin").status == 200
+    assert fake.findings()[FID]["Severity"]["Label"] == "LOW"
+    fake.add_findings([finding(FID, MEMBER_ACCOUNT, "CRITICAL", 90)])  # another writer
+    resp = hg.buf(body(FID, "f-other", Severity={"Label": "LOW"}), who="member")
+    assert resp.status == 403, resp.text
+    assert f"{LOWER} (CRITICAL to LOW)" in resp.json()["error"]["message"], resp.text
+    assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
+
+
+def test_a_lowering_and_its_revert_still_pending_are_not_taken_as_applied(stack):
+    """The administrator lowers F to LOW and reverts it to CRITICAL a second later; Security
+    Hub applies each 3 s late. Meanwhile GetFindings shows CRITICAL, which is what the two
+    writes compose to, but neither is applied: when the lowering is, the revert must still be
+    laid over what is read, and the member's LOW refused."""
+    fake, hg = stack({"cache_ttl_ms": 0})
+    fake.configure(apply_delay_ms=LAG_MS)
+    fake.add_findings([finding(FID, MEMBER_ACCOUNT, "CRITICAL", 90)])
+    t0 = time.monotonic()
+    assert hg.buf(body(FID, Severity={"Label": "LOW"}), who="admin").status == 200
+    time.sleep(1)
+    assert hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="admin").status == 200
+    denied = hg.buf(body(FID, Severity={"Label": "LOW"}), who="member")  # reads CRITICAL
+    assert denied.status == 403, denied.text
+    time.sleep(max(0.0, t0 + LAG_MS / 1000 + 0.3 - time.monotonic()))
+    assert fake.findings()[FID]["Severity"]["Label"] == "LOW", "the lowering is applied"
+    resp = hg.buf(body(FID, Severity={"Label": "LOW"}), who="member")
+    assert resp.status == 403, resp.text
+    assert f"{LOWER} (CRITICAL to LOW)" in resp.json()["error"]["message"], resp.text
+    time.sleep(LAG_MS / 1000 + 0.5)
+    assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
