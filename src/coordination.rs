@@ -659,7 +659,14 @@ mod tests {
         .await
         .unwrap();
         assert!(read.everything.is_none());
-        let [(ua, ia), (ub, ib), (uc, ic)] = <[_; 3]>::try_from(read.findings).ok().unwrap();
+        let [(ua, ia), (ub, ib), (uc, ic)] = <[_; 3]>::try_from(
+            read.findings
+                .into_iter()
+                .map(|f| (f.unknown, f.items))
+                .collect::<Vec<_>>(),
+        )
+        .ok()
+        .unwrap();
         assert!(ua.is_none() && ub.is_none());
         let composed = Patch::from_items(&ia).unwrap();
         assert!(composed.same_change(&first.then(&second)), "{ia:?}");
@@ -691,8 +698,8 @@ mod tests {
         let (op, left) = read.everything.unwrap();
         assert_eq!(op, "UpdateFindings");
         assert!(left > 25_000 && left <= 30_000, "{left}");
-        let ((op, _), account) = read.findings[0].0.as_ref().unwrap();
+        let ((op, _), account) = read.findings[0].unknown.as_ref().unwrap();
         assert_eq!((op.as_str(), account), ("BatchUpdateFindings", &None));
-        assert!(read.findings[0].1.is_empty());
+        assert!(read.findings[0].items.is_empty());
     }
 }

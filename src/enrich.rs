@@ -888,7 +888,7 @@ impl Enricher {
         }
         // Findings written to together hold the same items: one patch for all of them.
         let mut parsed: Vec<(Vec<String>, Option<Arc<Patch>>)> = Vec::new();
-        for (key, (unknown, items)) in keys.iter().zip(read.findings) {
+        for (key, shared::JournalFinding { unknown, items }) in keys.iter().zip(read.findings) {
             if let Some((u, account)) = unknown {
                 let (op, left) = left(u);
                 out.unknown.insert(key.clone(), (op, left, account));

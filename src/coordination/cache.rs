@@ -519,12 +519,19 @@ pub type UnknownWrite = (String, u64);
 pub struct JournalRead {
     /// The last write that may have changed any finding, if in its window.
     pub everything: Option<UnknownWrite>,
-    /// Per finding, in the order asked: its last write hubgate cannot model with the account
-    /// it is limited to, and its change's items (empty: none).
-    pub findings: Vec<(Option<(UnknownWrite, Option<String>)>, Vec<String>)>,
+    /// Per finding, in the order asked.
+    pub findings: Vec<JournalFinding>,
     /// Per account, in the order asked: the last write that may have changed any of its
     /// findings.
     pub accounts: Vec<Option<UnknownWrite>>,
+}
+
+/// What the shared settle journal holds for one finding.
+pub struct JournalFinding {
+    /// Its last write hubgate cannot model, with the account it is limited to, if any.
+    pub unknown: Option<(UnknownWrite, Option<String>)>,
+    /// Its change's items (empty: none).
+    pub items: Vec<String>,
 }
 
 /// Reads the shared settle journal for `keys` and `accounts`. None: Redis is not in use, or
@@ -565,7 +572,7 @@ pub async fn journal_read(
         if items.len() != n {
             return None;
         }
-        findings.push((u, items));
+        findings.push(JournalFinding { unknown: u, items });
     }
     let mut by_account = Vec::with_capacity(accounts.len());
     for _ in accounts {
