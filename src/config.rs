@@ -598,6 +598,18 @@ impl Config {
             operations,
         } = raw;
         coordination.validate(file)?;
+        // Longer than an hour would be a journal no lag calls for, and a Retry-After no client
+        // waits out.
+        if enrichment.settle_ms > 3_600_000 {
+            return Err(invalid(
+                file,
+                "enrichment.settle_ms",
+                format!(
+                    "must be at most 3600000 (an hour), not {}",
+                    enrichment.settle_ms
+                ),
+            ));
+        }
         if !(quota.share > 0.0 && quota.share <= 1.0) {
             return Err(invalid(
                 file,
@@ -957,6 +969,7 @@ mod tests {
                 "upstream.endpoint",
             ),
             ("[upstream]\ntimeout_ms = 0", "upstream.timeout_ms"),
+            ("[enrichment]\nsettle_ms = 3600001", "enrichment.settle_ms"),
             ("[identity]\nmode = \"static\"", "identity.static_principal"),
             (
                 "[server]\nlisten = \"127.0.0.1:7\"\nadmin_listen = \"127.0.0.1:7\"",

@@ -653,6 +653,7 @@ mod tests {
         .await;
         let read = cache::journal_read(
             &coord,
+            60_000,
             &[a.clone(), b.clone(), c.clone()],
             &["222222222222", "333333333333"],
         )
@@ -692,12 +693,25 @@ mod tests {
         )
         .await;
         cache::journal_write(&coord, 30_000, Journaled::Everything("UpdateFindings")).await;
-        let read = cache::journal_read(&coord, std::slice::from_ref(&a), &[])
+        let read = cache::journal_read(&coord, 60_000, std::slice::from_ref(&a), &[])
             .await
             .unwrap();
         let (op, left) = read.everything.unwrap();
         assert_eq!(op, "UpdateFindings");
         assert!(left > 25_000 && left <= 30_000, "{left}");
+        // each item leaves the window with its own write
+        let d = FindingKey::new("d", "p");
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Change(std::slice::from_ref(&d), &items(&first)),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let short = cache::journal_read(&coord, 10, std::slice::from_ref(&d), &[]).await;
+        assert!(short.unwrap().findings[0].items.is_empty());
+        let long = cache::journal_read(&coord, 60_000, std::slice::from_ref(&d), &[]).await;
+        assert_eq!(long.unwrap().findings[0].items, items(&first));
         let ((op, _), account) = read.findings[0].unknown.as_ref().unwrap();
         assert_eq!((op.as_str(), account), ("BatchUpdateFindings", &None));
         assert!(read.findings[0].items.is_empty());

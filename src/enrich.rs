@@ -356,6 +356,9 @@ impl Inner {
         self.metrics.entries.set(st.cache.len() as i64);
         self.metrics.bytes.set(st.bytes as i64);
         self.metrics.settling.set(st.journal.findings() as i64);
+        self.metrics
+            .settling_all
+            .set(st.journal.everything_left(Instant::now()).as_secs() as i64);
     }
 
     /// Redis, while this replica shares through it.
@@ -856,6 +859,14 @@ impl Enricher {
 }
 
 impl Enricher {
+    /// Brings the gauges up to date, for a scrape: the journal expires as time passes, not
+    /// only when requests come.
+    pub fn sample_metrics(&self) {
+        let mut st = self.inner.lock();
+        st.journal.expire(Instant::now());
+        self.inner.report(&st);
+    }
+
     /// What the other replicas wrote to `keys` within the settle window, from Redis. None
     /// without Redis (or while it fails: then this replica is on its own, as for the cache).
     async fn shared_journal(
@@ -875,7 +886,8 @@ impl Enricher {
                 }
             }
         }
-        let read = shared::journal_read(coord, keys, &accounts).await?;
+        let settle_ms = self.inner.settle.as_millis() as u64;
+        let read = shared::journal_read(coord, settle_ms, keys, &accounts).await?;
         let left = |(op, ms): (String, u64)| (op, Duration::from_millis(ms));
         let mut out = settle::Shared {
             everything: read.everything.map(left),

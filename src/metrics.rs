@@ -133,6 +133,9 @@ pub struct EnrichMetrics {
     pub bytes: Gauge,
     /// Findings with a write hubgate forwarded within enrichment.settle_ms.
     pub settling: Gauge,
+    /// Seconds left during which a write that may have changed any finding leaves every
+    /// finding's state unknown.
+    pub settling_all: Gauge,
     /// Lookups whose states had hubgate's recent writes laid over them.
     pub settle_overlaid: Counter,
     /// Lookups refused because a recent write left a finding's state unknown.
@@ -340,6 +343,12 @@ impl Metrics {
             "enrichment_settling_findings",
             "Findings with a write hubgate forwarded within enrichment.settle_ms",
             m.enrich.settling.clone(),
+        );
+        registry.register(
+            "enrichment_settling_all_seconds",
+            "Seconds left during which a write hubgate forwarded that may have changed any \
+             finding leaves every finding's state unknown (0: none)",
+            m.enrich.settling_all.clone(),
         );
         registry.register(
             "enrichment_settle_overlaid",

@@ -650,6 +650,9 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             json_response(status, body)
         }
         ("GET", "/metrics") => {
+            if let Some(enricher) = &gate.stages.enricher {
+                enricher.sample_metrics();
+            }
             gate.stages
                 .metrics
                 .audit_queue_depth

@@ -12,8 +12,10 @@
 //!   came in between (as the local cache's generation check does).
 //! - `P:l:g:h`    a replica's claim on looking the finding up.
 //! - `P:jp:h`     the settle journal's change to the finding (see `enrich::settle`), composed
-//!   from every replica's writes: a list of `Patch::items`, expiring `settle_ms` after the
-//!   last write. Not in a generation: retiring the cache does not undo a write.
+//!   from every replica's writes: a list of `Patch::items`, each after the time (Redis's
+//!   clock, ms) of the write that set it; an item leaves the window with its own write, the
+//!   list `settle_ms` after the last. Not in a generation: retiring the cache does not undo
+//!   a write.
 //! - `P:ju:h`     the last write to it hubgate could not model, by operation, and the account
 //!   it is limited to after a tab (same expiry).
 //! - `P:ja:a`     the last write that may have changed any finding of account a.
@@ -130,6 +132,8 @@ for i = 6 + n, #ARGV do
   items[#items + 1] = ARGV[i]
   paths[#paths + 1] = string.match(ARGV[i], '^[^	]*')
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function replaced(item)
   local q = string.match(item, '^[^	]*')
   for _, path in ipairs(paths) do
@@ -147,34 +151,44 @@ for i = 6, 5 + n do
   else
     local key = p .. ':jp:' .. h
     local kept = {}
-    for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do
-      if not replaced(item) then kept[#kept + 1] = item end
+    for _, stored in ipairs(redis.call('LRANGE', key, 0, -1)) do
+      local at, item = string.match(stored, '^(%d+)	(.*)$')
+      if at and tonumber(at) > now - tonumber(ttl) and not replaced(item) then
+        kept[#kept + 1] = stored
+      end
     end
     redis.call('DEL', key)
-    for _, item in ipairs(kept) do redis.call('RPUSH', key, item) end
-    for _, item in ipairs(items) do redis.call('RPUSH', key, item) end
+    for _, stored in ipairs(kept) do redis.call('RPUSH', key, stored) end
+    for _, item in ipairs(items) do redis.call('RPUSH', key, now .. '	' .. item) end
     redis.call('PEXPIRE', key, ttl)
   end
 end
 return 1
 "#;
 
-// ARGV: prefix, n, n finding hashes, then accounts. Returns the operation and milliseconds
-// left of the last write to any finding ('' and '0' if none), then per finding the same for
-// its last write hubgate could not model, the number of its change's items, and the items,
-// then per account the same as for any finding.
+// ARGV: prefix, settle_ms, n, n finding hashes, then accounts. Returns the operation and
+// milliseconds left of the last write to any finding ('' and '0' if none), then per finding
+// the same for its last write hubgate could not model, the number of its change's items
+// still in the window (each is stored after the time it was written, and leaves the window
+// with its own write), and those items, then per account the same as for any finding.
 const JOURNAL_READ: &str = r#"
-local p, n = ARGV[1], tonumber(ARGV[2])
+local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {redis.call('GET', p .. ':jall') or '', tostring(redis.call('PTTL', p .. ':jall'))}
-for i = 3, 2 + n do
+for i = 4, 3 + n do
   local h = ARGV[i]
   out[#out + 1] = redis.call('GET', p .. ':ju:' .. h) or ''
   out[#out + 1] = tostring(redis.call('PTTL', p .. ':ju:' .. h))
-  local items = redis.call('LRANGE', p .. ':jp:' .. h, 0, -1)
+  local items = {}
+  for _, stored in ipairs(redis.call('LRANGE', p .. ':jp:' .. h, 0, -1)) do
+    local at, item = string.match(stored, '^(%d+)	(.*)$')
+    if at and tonumber(at) > now - ttl then items[#items + 1] = item end
+  end
   out[#out + 1] = tostring(#items)
   for _, item in ipairs(items) do out[#out + 1] = item end
 end
-for i = 3 + n, #ARGV do
+for i = 4 + n, #ARGV do
   out[#out + 1] = redis.call('GET', p .. ':ja:' .. ARGV[i]) or ''
   out[#out + 1] = tostring(redis.call('PTTL', p .. ':ja:' .. ARGV[i]))
 end
@@ -538,11 +552,14 @@ pub struct JournalFinding {
 /// the answer was not one this replica can read.
 pub async fn journal_read(
     coord: &Coordination,
+    settle_ms: u64,
     keys: &[FindingKey],
     accounts: &[&str],
 ) -> Option<JournalRead> {
     let mut inv = script("journal_read").prepare_invoke();
-    inv.arg(coord.prefix()).arg(keys.len());
+    inv.arg(coord.prefix())
+        .arg(settle_ms.max(1))
+        .arg(keys.len());
     for key in keys {
         inv.arg(hash(key));
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::decide::Unsettled;
 use crate::finding::{FindingKey, KeyMap};
-use crate::policy::input::Patch;
+use crate::policy::input::{path_replaces, Patch};
 use crate::policy::state::CurrentFinding;
 
 /// One write to findings.
@@ -53,12 +53,27 @@ struct Kept {
 }
 
 struct Composed {
-    /// When its first part was written.
+    /// When the oldest part still in it was written.
     first: Instant,
-    /// When its last part was written: it stays until then leaves the window, which keeps an
-    /// older part a little longer, never shorter.
+    /// When its last part was written.
     last: Instant,
     patch: Arc<Patch>,
+    /// When each value it sets (by `Patch::paths`) was last written: a value leaves the
+    /// composition when its own write leaves the window, however often the finding is
+    /// written to since. Shared by the findings written to together.
+    times: Arc<[(String, Instant)]>,
+}
+
+/// `old` times with the values `new` sets dated `now` (`Patch::then`'s replacement rule).
+fn retimed(old: &[(String, Instant)], new: &Patch, now: Instant) -> Arc<[(String, Instant)]> {
+    let paths = new.paths().unwrap_or_default();
+    let mut out: Vec<(String, Instant)> = old
+        .iter()
+        .filter(|(p, _)| !paths.iter().any(|n| path_replaces(n, p)))
+        .cloned()
+        .collect();
+    out.extend(paths.into_iter().map(|p| (p, now)));
+    out.into()
 }
 
 pub struct Journal {
@@ -93,6 +108,14 @@ impl Journal {
         self.by_key.len()
     }
 
+    /// How long every finding's state stays unknown (zero when it is not).
+    pub fn everything_left(&self, now: Instant) -> Duration {
+        self.everything.map_or(Duration::ZERO, |(at, _)| {
+            self.window
+                .saturating_sub(now.saturating_duration_since(at))
+        })
+    }
+
     /// `keys` were written to, at `now`.
     pub fn record(&mut self, keys: &[FindingKey], write: Write, now: Instant) {
         if self.window.is_zero() || keys.is_empty() {
@@ -105,19 +128,22 @@ impl Journal {
         };
         // Findings written to together were mostly written to together before: their
         // earlier change is composed with this one once, and the result shared.
-        let mut composed: Vec<(*const Patch, Arc<Patch>)> = Vec::new();
-        let mut compose = |old: &Arc<Patch>, new: &Arc<Patch>| {
-            let ptr = Arc::as_ptr(old);
-            if let Some((_, c)) = composed.iter().find(|(p, _)| *p == ptr) {
-                return c.clone();
+        type Times = Arc<[(String, Instant)]>;
+        let mut composed: Vec<(*const Patch, Arc<Patch>, Times)> = Vec::new();
+        let mut compose = |old: &Composed, new: &Arc<Patch>| {
+            let ptr = Arc::as_ptr(&old.patch);
+            if let Some((_, c, t)) = composed.iter().find(|(p, ..)| *p == ptr) {
+                return (c.clone(), t.clone());
             }
-            let c = match old.same_change(new) {
-                true => old.clone(),
-                false => Arc::new(old.then(new)),
+            let c = match old.patch.same_change(new) {
+                true => old.patch.clone(),
+                false => Arc::new(old.patch.then(new)),
             };
-            composed.push((ptr, c.clone()));
-            c
+            let t = retimed(&old.times, new, now);
+            composed.push((ptr, c.clone(), t.clone()));
+            (c, t)
         };
+        let new_times: Option<Times> = fresh.as_ref().map(|p| retimed(&[], p, now));
         for key in keys {
             let kept = self.by_key.entry(key.clone()).or_default();
             match (&write, &fresh) {
@@ -131,15 +157,15 @@ impl Journal {
                     kept.unknown = Some((now, operation, account.clone()));
                 }
                 (Write::Patch(_), Some(new)) => {
-                    let first = kept.patch.as_ref().map_or(now, |c| c.first);
-                    let patch = match kept.patch.as_ref().map(|c| &c.patch) {
-                        None => new.clone(),
+                    let (patch, times) = match &kept.patch {
+                        None => (new.clone(), new_times.clone().unwrap_or_default()),
                         Some(old) => compose(old, new),
                     };
                     kept.patch = Some(Composed {
-                        first,
+                        first: times.iter().map(|(_, t)| *t).min().unwrap_or(now),
                         last: now,
                         patch,
+                        times,
                     });
                 }
                 (Write::Patch(_), None) => {}
@@ -187,6 +213,9 @@ impl Journal {
         if !self.accounts.is_empty() {
             self.accounts.retain(|_, (at, _)| *at > cutoff);
         }
+        // Findings written to together are trimmed together: once per composition.
+        type Trimmed = (*const Patch, Arc<Patch>, Arc<[(String, Instant)]>);
+        let mut trimmed: Vec<Trimmed> = Vec::new();
         while self.order.front().is_some_and(|(at, _)| *at <= cutoff) {
             let Some((_, keys)) = self.order.pop_front() else {
                 break;
@@ -195,6 +224,28 @@ impl Journal {
                 if let Some(kept) = self.by_key.get_mut(key) {
                     if kept.patch.as_ref().is_some_and(|c| c.last <= cutoff) {
                         kept.patch = None;
+                    }
+                    // Some of its parts left the window: the values they alone set go.
+                    if let Some(c) = kept.patch.as_mut().filter(|c| c.first <= cutoff) {
+                        let ptr = Arc::as_ptr(&c.patch);
+                        let (patch, times) = match trimmed.iter().find(|(p, ..)| *p == ptr) {
+                            Some((_, patch, times)) => (patch.clone(), times.clone()),
+                            None => {
+                                let (gone, kept_times): (Vec<_>, Vec<_>) =
+                                    c.times.iter().cloned().partition(|(_, t)| *t <= cutoff);
+                                let gone: Vec<String> = gone.into_iter().map(|(p, _)| p).collect();
+                                let patch = Arc::new(c.patch.without(&gone));
+                                let times: Arc<[(String, Instant)]> = kept_times.into();
+                                trimmed.push((ptr, patch.clone(), times.clone()));
+                                (patch, times)
+                            }
+                        };
+                        c.first = times.iter().map(|(_, t)| *t).min().unwrap_or(c.last);
+                        c.patch = patch;
+                        c.times = times;
+                        if c.patch.is_empty() {
+                            kept.patch = None;
+                        }
                     }
                     if kept.unknown.as_ref().is_some_and(|(at, ..)| *at <= cutoff) {
                         kept.unknown = None;
@@ -626,6 +677,45 @@ mod tests {
             .is_none());
         j.expire(t0 + 11 * SECOND);
         assert!(j.accounts.is_empty());
+    }
+
+    #[test]
+    fn a_value_leaves_the_window_with_its_own_write_however_often_the_finding_is_written() {
+        let mut j = Journal::new(10 * SECOND);
+        let t0 = Instant::now();
+        let note = |text: &str| patch(json!({"Note": {"Text": text, "UpdatedBy": "u"}}));
+        let read = || -> KeyMap<_> { [(key("a"), state("a", "LOW"))].into_iter().collect() };
+        j.record(
+            &[key("a")],
+            patch(json!({"Severity": {"Label": "CRITICAL"}})),
+            t0,
+        );
+        j.record(&[key("a")], note("one"), t0 + 4 * SECOND);
+        j.record(&[key("a")], note("two"), t0 + 8 * SECOND);
+        let mut before = read();
+        j.lay_over(
+            &[key("a")],
+            &mut before,
+            |_, _| Source::Other,
+            t0 + 9 * SECOND,
+            None,
+        );
+        assert_eq!(label(&before, "a"), RValue::from("CRITICAL"));
+        // The raise was written more than 10 s ago: only the notes are laid over now.
+        j.record(&[key("a")], note("three"), t0 + 11 * SECOND);
+        let mut after = read();
+        j.lay_over(
+            &[key("a")],
+            &mut after,
+            |_, _| Source::Other,
+            t0 + 11 * SECOND,
+            None,
+        );
+        assert_eq!(label(&after, "a"), RValue::from("LOW"));
+        assert_eq!(
+            after[&key("a")].entry["current"]["Note"]["Text"],
+            RValue::from("three")
+        );
     }
 
     #[test]

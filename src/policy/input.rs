@@ -873,22 +873,66 @@ impl Patch {
             RValue::Undefined => Some(String::new()),
             v => serde_json::to_string(v).ok(),
         };
+        let values = self
+            .facts
+            .iter()
+            .map(|(_, v)| text(v))
+            .chain(self.severity_rank.map(|r| Some(r.to_string())))
+            .chain(self.set.iter().map(|(_, _, v)| text(v)));
+        self.paths()?
+            .into_iter()
+            .zip(values)
+            .map(|(path, v)| Some(format!("{path}\t{}", v?)))
+            .collect()
+    }
+
+    /// The path of each value this change sets (see `items`), in the order of `items`.
+    pub fn paths(&self) -> Option<Vec<String>> {
         let name = |v: &RValue| v.as_string().ok().map(|s| s.to_string());
         let mut out = Vec::with_capacity(self.facts.len() + self.set.len() + 1);
-        for (k, v) in &self.facts {
-            out.push(format!("f/{}\t{}", name(k)?, text(v)?));
+        for (k, _) in &self.facts {
+            out.push(format!("f/{}", name(k)?));
         }
-        if let Some(rank) = self.severity_rank {
-            out.push(format!("r\t{rank}"));
+        if self.severity_rank.is_some() {
+            out.push("r".to_string());
         }
-        for (member, sub, v) in &self.set {
-            let path = match sub {
+        for (member, sub, _) in &self.set {
+            out.push(match sub {
                 None => format!("s/{}", name(member)?),
                 Some(sub) => format!("s/{}/{}", name(member)?, name(sub)?),
-            };
-            out.push(format!("{path}\t{}", text(v)?));
+            });
         }
         Some(out)
+    }
+
+    /// This change without the values at `dropped` paths (see `paths`).
+    pub fn without(&self, dropped: &[String]) -> Patch {
+        let paths = self.paths().unwrap_or_default();
+        let gone = |i: usize| paths.get(i).is_some_and(|p| dropped.contains(p));
+        let (nf, has_rank) = (self.facts.len(), self.severity_rank.is_some());
+        let rank_at = nf;
+        let set_from = nf + usize::from(has_rank);
+        Patch {
+            facts: (0..nf)
+                .filter(|i| !gone(*i))
+                .map(|i| self.facts[i].clone())
+                .collect(),
+            severity_rank: self.severity_rank.filter(|_| !gone(rank_at)),
+            set: self
+                .set
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !gone(set_from + i))
+                .map(|(_, x)| x.clone())
+                .collect(),
+            overwrote: self.overwrote,
+            currents: Default::default(),
+        }
+    }
+
+    /// Whether this change sets nothing.
+    pub fn is_empty(&self) -> bool {
+        self.facts.is_empty() && self.severity_rank.is_none() && self.set.is_empty()
     }
 
     /// The change `items` (see `items`) describe; None when one cannot be read.
@@ -1059,6 +1103,17 @@ impl Patch {
             Err(_) => f(&mut fresh()),
         }
     }
+}
+
+/// Whether a value set at path `later` (see `Patch::paths`) replaces one set earlier at
+/// `earlier`: the same path, or a whole member over a part of it (`Patch::then`).
+pub fn path_replaces(later: &str, earlier: &str) -> bool {
+    earlier == later
+        || (later.starts_with("s/")
+            && !later[2..].contains('/')
+            && earlier.len() > later.len()
+            && earlier.starts_with(later)
+            && earlier.as_bytes()[later.len()] == b'/')
 }
 
 /// What a patch found of one `current` object. It holds the object, so that the address it is
