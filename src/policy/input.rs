@@ -288,18 +288,38 @@ struct Seen {
     keys: KeySet,
 }
 
-/// Adds a finding once; a repeated identifier names the same finding.
+/// Adds a finding once; a repeated identifier names the same finding. One named again for
+/// another account is refused (`list` is where the identifiers are): the decision would see
+/// only the first account, while Security Hub receives both.
 fn push_key(
     seen: &mut Seen,
     keys: &mut Vec<FindingKey>,
     claims: &mut Vec<Option<String>>,
     (id, product_arn): (&str, &str),
     claim: Option<String>,
-) {
+    list: &str,
+) -> Result<(), Violation> {
     let key = seen.maker.key(id, product_arn);
     if seen.keys.insert(key.clone()) {
         keys.push(key);
         claims.push(claim);
+        return Ok(());
+    }
+    let first = keys
+        .iter()
+        .position(|k| *k == key)
+        .and_then(|i| claims.get(i));
+    match first {
+        Some(first) if *first != claim => Err(refuse(
+            list,
+            format!(
+                "names the finding {id:?} of {product_arn:?} twice, for different accounts \
+                 ({} and {})",
+                first.as_deref().unwrap_or("none"),
+                claim.as_deref().unwrap_or("none"),
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -335,7 +355,8 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                     &mut claims,
                     (id.as_str(), product_arn.as_str()),
                     None,
-                );
+                    "/FindingIdentifiers",
+                )?;
             }
             if let Some(NoteUpdate { text, updated_by }) = note {
                 u.note(text.clone(), Some(updated_by.clone()));
@@ -440,10 +461,18 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                     &mut claims,
                     (finding_info_uid.as_str(), metadata_product_uid.as_str()),
                     Some(cloud_account_uid.clone()),
-                );
+                    "/FindingIdentifiers",
+                )?;
             }
             for uid in metadata_uids.iter().flatten() {
-                push_key(&mut seen, &mut keys, &mut claims, (uid.as_str(), ""), None);
+                push_key(
+                    &mut seen,
+                    &mut keys,
+                    &mut claims,
+                    (uid.as_str(), ""),
+                    None,
+                    "/MetadataUids",
+                )?;
             }
             // The model requires neither member (its documentation only forbids both, which
             // the schema refuses), but a request that names no finding has nothing to judge;
@@ -522,7 +551,8 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                     &mut claims,
                     (f.id.as_str(), f.product_arn.as_str()),
                     Some(f.aws_account_id.clone()),
-                );
+                    "/Findings",
+                )?;
                 for member in f.members_set() {
                     let subs = match member {
                         "Severity" => f.severity.as_ref().map(Severity::members_set),
@@ -1537,6 +1567,30 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn a_finding_named_again_for_another_account_is_refused() {
+        let id = |account: &str| json!({"CloudAccountUid": account, "FindingInfoUid": "x", "MetadataProductUid": "p"});
+        let read = |ids: Value| {
+            normalise(
+                &Judged::BatchUpdateFindingsV2
+                    .read(&json!({"FindingIdentifiers": ids, "Comment": "c"}))
+                    .unwrap(),
+            )
+        };
+        let Err(err) = read(json!([id("222222222222"), id("333333333333")])) else {
+            panic!("refused");
+        };
+        assert_eq!(err.path, "/FindingIdentifiers");
+        assert!(
+            err.message.contains("222222222222 and 333333333333"),
+            "{}",
+            err.message
+        );
+        // the same account twice is the same finding, named once
+        let n = read(json!([id("222222222222"), id("222222222222")])).unwrap();
+        assert_eq!(n.claimed_accounts, [Some("222222222222".to_string())]);
     }
 
     #[test]

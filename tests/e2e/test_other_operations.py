@@ -164,3 +164,13 @@ def test_boto3_v2_suppress_is_denied_and_comment_forwarded(hubgate):
                                            Comment="looked at it")
     assert resp["ProcessedFindings"] == [{"FindingIdentifier": v2_ident("f-own-high")}]
     assert len(hubgate.fake.requests("PATCH", V2)) == 1
+
+
+def test_v2_naming_one_finding_for_two_accounts_is_refused(hubgate):
+    """The decision would see only the first account; Security Hub would get both."""
+    resp = hubgate.send("PATCH", V2, {"FindingIdentifiers": [v2_ident("x-uid"),
+                                                             v2_ident("x-uid", OTHER_ACCOUNT)],
+                                      "Comment": "looked"}, who="member")
+    body = assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")
+    assert "for different accounts" in body["error"]["message"], body
+    assert hubgate.fake.requests() == []
