@@ -900,10 +900,21 @@ impl Enricher {
         }
         // Findings written to together hold the same items: one patch for all of them.
         let mut parsed: Vec<(Vec<String>, Option<Arc<Patch>>)> = Vec::new();
-        for (key, shared::JournalFinding { unknown, items }) in keys.iter().zip(read.findings) {
-            if let Some((u, account)) = unknown {
-                let (op, left) = left(u);
-                out.unknown.insert(key.clone(), (op, left, account));
+        for (key, finding) in keys.iter().zip(read.findings) {
+            let shared::JournalFinding {
+                unknown,
+                owned,
+                items,
+            } = finding;
+            if let Some(u) = unknown {
+                out.unknown.insert(key.clone(), left(u));
+            }
+            if !owned.is_empty() {
+                let owned = owned
+                    .into_iter()
+                    .map(|(account, op, ms)| (account, op, Duration::from_millis(ms)))
+                    .collect();
+                out.owned.insert(key.clone(), owned);
             }
             if items.is_empty() {
                 continue;
@@ -925,7 +936,7 @@ impl Enricher {
                 None => {
                     out.unknown.insert(
                         key.clone(),
-                        ("BatchUpdateFindings".to_string(), self.inner.settle, None),
+                        ("BatchUpdateFindings".to_string(), self.inner.settle),
                     );
                 }
             }

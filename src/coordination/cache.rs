@@ -16,8 +16,9 @@
 //!   clock, ms) of the write that set it; an item leaves the window with its own write, the
 //!   list `settle_ms` after the last. Not in a generation: retiring the cache does not undo
 //!   a write.
-//! - `P:ju:h`     the last write to it hubgate could not model, by operation, and the account
-//!   it is limited to after a tab (same expiry).
+//! - `P:ju:h`     the last write to it hubgate could not model, by operation (same expiry).
+//! - `P:jo:h`     per account, the last such write limited to that account (an import's
+//!   claim): a hash of account to the time and operation; it clears nothing else.
 //! - `P:ja:a`     the last write that may have changed any finding of account a.
 //! - `P:jall`     the last write that may have changed any finding, by operation.
 //!
@@ -146,8 +147,14 @@ end
 for i = 6, 5 + n do
   local h = ARGV[i]
   if kind == 'U' then
-    redis.call('SET', p .. ':ju:' .. h, ARGV[i + n], 'PX', ttl)
-    redis.call('DEL', p .. ':jp:' .. h)
+    local account = ARGV[i + n]
+    if account == '' then
+      redis.call('SET', p .. ':ju:' .. h, op, 'PX', ttl)
+      redis.call('DEL', p .. ':jp:' .. h)
+    else
+      redis.call('HSET', p .. ':jo:' .. h, account, now .. '	' .. op)
+      redis.call('PEXPIRE', p .. ':jo:' .. h, ttl)
+    end
   else
     local key = p .. ':jp:' .. h
     local kept = {}
@@ -168,9 +175,11 @@ return 1
 
 // ARGV: prefix, settle_ms, n, n finding hashes, then accounts. Returns the operation and
 // milliseconds left of the last write to any finding ('' and '0' if none), then per finding
-// the same for its last write hubgate could not model, the number of its change's items
-// still in the window (each is stored after the time it was written, and leaves the window
-// with its own write), and those items, then per account the same as for any finding.
+// the same for its last write hubgate could not model, the number of its writes limited to
+// an account still in the window and for each the account, operation and milliseconds left,
+// the number of its change's items still in the window (each is stored after the time it
+// was written, and leaves the window with its own write) and those items; then per account
+// the same as for any finding.
 const JOURNAL_READ: &str = r#"
 local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -180,6 +189,18 @@ for i = 4, 3 + n do
   local h = ARGV[i]
   out[#out + 1] = redis.call('GET', p .. ':ju:' .. h) or ''
   out[#out + 1] = tostring(redis.call('PTTL', p .. ':ju:' .. h))
+  local owned = redis.call('HGETALL', p .. ':jo:' .. h)
+  local live = {}
+  for j = 1, #owned, 2 do
+    local at, op = string.match(owned[j + 1], '^(%d+)	(.*)$')
+    if at and tonumber(at) > now - ttl then
+      live[#live + 1] = owned[j]
+      live[#live + 1] = op
+      live[#live + 1] = tostring(tonumber(at) + ttl - now)
+    end
+  end
+  out[#out + 1] = tostring(#live / 3)
+  for _, v in ipairs(live) do out[#out + 1] = v end
   local items = {}
   for _, stored in ipairs(redis.call('LRANGE', p .. ':jp:' .. h, 0, -1)) do
     local at, item = string.match(stored, '^(%d+)	(.*)$')
@@ -497,10 +518,12 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
                 inv.arg(hash(key));
             }
             for i in 0..keys.len() {
-                match accounts.and_then(|a| a.get(i)).and_then(Option::as_deref) {
-                    Some(account) => inv.arg(format!("{operation}\t{account}")),
-                    None => inv.arg(operation),
-                };
+                inv.arg(
+                    accounts
+                        .and_then(|a| a.get(i))
+                        .and_then(Option::as_deref)
+                        .unwrap_or(""),
+                );
             }
         }
         Journaled::Accounts(accounts, operation) => {
@@ -542,8 +565,10 @@ pub struct JournalRead {
 
 /// What the shared settle journal holds for one finding.
 pub struct JournalFinding {
-    /// Its last write hubgate cannot model, with the account it is limited to, if any.
-    pub unknown: Option<(UnknownWrite, Option<String>)>,
+    /// Its last write hubgate cannot model.
+    pub unknown: Option<UnknownWrite>,
+    /// Its writes hubgate cannot model limited to an account: (account, operation, ms left).
+    pub owned: Vec<(String, String, u64)>,
     /// Its change's items (empty: none).
     pub items: Vec<String>,
 }
@@ -580,16 +605,23 @@ pub async fn journal_read(
     let everything = unknown(&mut raw)?;
     let mut findings = Vec::with_capacity(keys.len());
     for _ in keys {
-        let u = unknown(&mut raw)?.map(|(value, left)| match value.split_once('\t') {
-            Some((op, account)) => ((op.to_string(), left), Some(account.to_string())),
-            None => ((value, left), None),
-        });
+        let u = unknown(&mut raw)?;
+        let n: usize = raw.next()?.parse().ok()?;
+        let mut owned = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (account, op, left) = (raw.next()?, raw.next()?, raw.next()?);
+            owned.push((account, op, left.parse().ok()?));
+        }
         let n: usize = raw.next()?.parse().ok()?;
         let items: Vec<String> = raw.by_ref().take(n).collect();
         if items.len() != n {
             return None;
         }
-        findings.push(JournalFinding { unknown: u, items });
+        findings.push(JournalFinding {
+            unknown: u,
+            owned,
+            items,
+        });
     }
     let mut by_account = Vec::with_capacity(accounts.len());
     for _ in accounts {

@@ -48,8 +48,23 @@ struct Kept {
     /// Every change written in the window, composed in order (see `Patch::then`, kept without
     /// a memo).
     patch: Option<Composed>,
-    /// The last write hubgate cannot model: when, by what, and the account it is limited to.
-    unknown: Option<(Instant, &'static str, Option<Arc<str>>)>,
+    /// The last write hubgate cannot model: when, and by what.
+    unknown: Option<(Instant, &'static str)>,
+    /// The last write hubgate cannot model limited to an account, per account claimed: when,
+    /// by what, and the account. Kept apart: a claim for an account the finding does not
+    /// belong to changes nothing, so it must neither clear the change above nor replace an
+    /// unknown write that holds for every account.
+    owned: Vec<(Instant, &'static str, Arc<str>)>,
+}
+
+impl Kept {
+    fn has_unknown(&self) -> bool {
+        self.unknown.is_some() || !self.owned.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.patch.is_none() && !self.has_unknown()
+    }
 }
 
 struct Composed {
@@ -148,13 +163,21 @@ impl Journal {
             let kept = self.by_key.entry(key.clone()).or_default();
             match (&write, &fresh) {
                 (Write::Unknown(operation, account), _) => {
-                    // The changes before it are moot while it is in the window, and they
-                    // leave the window before it does.
-                    kept.patch = None;
-                    if kept.unknown.is_none() {
+                    if !kept.has_unknown() {
                         self.unknowns += 1;
                     }
-                    kept.unknown = Some((now, operation, account.clone()));
+                    match account {
+                        Some(account) => {
+                            kept.owned.retain(|(_, _, a)| a != account);
+                            kept.owned.push((now, operation, account.clone()));
+                        }
+                        None => {
+                            // The changes before it are moot while it is in the window, and
+                            // they leave the window before it does.
+                            kept.patch = None;
+                            kept.unknown = Some((now, operation));
+                        }
+                    }
                 }
                 (Write::Patch(_), Some(new)) => {
                     let (patch, times) = match &kept.patch {
@@ -247,11 +270,15 @@ impl Journal {
                             kept.patch = None;
                         }
                     }
-                    if kept.unknown.as_ref().is_some_and(|(at, ..)| *at <= cutoff) {
+                    let had = kept.has_unknown();
+                    if kept.unknown.is_some_and(|(at, _)| at <= cutoff) {
                         kept.unknown = None;
+                    }
+                    kept.owned.retain(|(at, ..)| *at > cutoff);
+                    if had && !kept.has_unknown() {
                         self.unknowns -= 1;
                     }
-                    if kept.patch.is_none() && kept.unknown.is_none() {
+                    if kept.is_empty() {
                         self.by_key.remove(key);
                     }
                 }
@@ -288,10 +315,14 @@ impl Journal {
         }
         if self.unknowns > 0 {
             for key in keys {
-                if let Some((at, op, account)) =
-                    self.by_key.get(key).and_then(|k| k.unknown.as_ref())
-                {
-                    if live(*at) && account.as_deref().is_none_or(|a| owner(key) == Some(a)) {
+                let Some(kept) = self.by_key.get(key) else {
+                    continue;
+                };
+                if let Some((at, op)) = kept.unknown.filter(|(at, _)| live(*at)) {
+                    take(left_of(at), Some(key), op);
+                }
+                for (at, op, account) in &kept.owned {
+                    if live(*at) && owner(key) == Some(&**account) {
                         take(left_of(*at), Some(key), op);
                     }
                 }
@@ -311,8 +342,11 @@ impl Journal {
                 take(*left, None, op);
             }
             for key in keys {
-                if let Some((op, left, account)) = shared.unknown.get(key) {
-                    if account.as_deref().is_none_or(|a| owner(key) == Some(a)) {
+                if let Some((op, left)) = shared.unknown.get(key) {
+                    take(*left, Some(key), op);
+                }
+                for (account, op, left) in shared.owned.get(key).into_iter().flatten() {
+                    if owner(key) == Some(account.as_str()) {
                         take(*left, Some(key), op);
                     }
                 }
@@ -406,7 +440,7 @@ impl Journal {
         for key in applied {
             if let Some(kept) = self.by_key.get_mut(key) {
                 kept.patch = None;
-                if kept.unknown.is_none() {
+                if kept.is_empty() {
                     self.by_key.remove(key);
                 }
             }
@@ -420,9 +454,11 @@ impl Journal {
 pub struct Shared {
     /// The last write that may have changed any finding: (operation, time left).
     pub everything: Option<(String, Duration)>,
-    /// Per finding, its last write hubgate cannot model: (operation, time left, the account
-    /// it is limited to).
-    pub unknown: KeyMap<(String, Duration, Option<String>)>,
+    /// Per finding, its last write hubgate cannot model: (operation, time left).
+    pub unknown: KeyMap<(String, Duration)>,
+    /// Per finding, its last write hubgate cannot model limited to an account, per account:
+    /// (account, operation, time left).
+    pub owned: KeyMap<Vec<(String, String, Duration)>>,
     /// Per account, the last write that may have changed any of its findings.
     pub accounts: std::collections::HashMap<String, (String, Duration)>,
     /// Per finding, every replica's changes composed (findings written to together share one).
@@ -651,6 +687,11 @@ mod tests {
                 })
                 .collect()
         };
+        j.record(
+            &[key("a")],
+            patch(json!({"Severity": {"Label": "CRITICAL"}})),
+            t0,
+        );
         // An import of "a" claiming account 1, and a V2 write naming account 2.
         j.record(
             &[key("a")],
@@ -675,6 +716,12 @@ mod tests {
         assert!(j
             .unsettled(&[key("a"), key("b")], t0, None, Some(&others))
             .is_none());
+        // The claim for account 1 did not clear the change kept for "a".
+        let mut read = others.clone();
+        assert!(j
+            .lay_over(&[key("a")], &mut read, |_, _| Source::Other, t0, None)
+            .is_some());
+        assert_eq!(label(&read, "a"), RValue::from("CRITICAL"));
         j.expire(t0 + 11 * SECOND);
         assert!(j.accounts.is_empty());
     }
