@@ -48,6 +48,8 @@ pub struct Coordination {
     /// Run when the replica falls back (the local cache forgets what other replicas' writes
     /// may have made stale while it relied on the shared one).
     on_fallback: Mutex<Vec<Hook>>,
+    /// Woken each time the replica joins (or rejoins) Redis.
+    rejoined: tokio::sync::Notify,
 }
 
 /// `scheme://host:port/db`, never the user or password.
@@ -116,6 +118,7 @@ impl Coordination {
             last_error: Mutex::new(Some("not connected yet".into())),
             metrics,
             on_fallback: Mutex::new(Vec::new()),
+            rejoined: tokio::sync::Notify::new(),
         })))
     }
 
@@ -156,6 +159,7 @@ impl Coordination {
                     self.dirty.store(false, Ordering::Release);
                 }
                 self.healthy.store(true, Ordering::Release);
+                self.rejoined.notify_waiters();
                 self.metrics.up.set(1);
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::info!(redis = %self.display_url, "coordination: sharing quota and cache through Redis");
@@ -198,6 +202,12 @@ impl Coordination {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Box::new(hook));
+    }
+
+    /// Notified each time the replica joins or rejoins Redis: for what it could not share
+    /// while it was on its own.
+    pub fn rejoined(&self) -> &tokio::sync::Notify {
+        &self.rejoined
     }
 
     /// A forwarded write could not update the shared cache.

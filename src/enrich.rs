@@ -321,6 +321,9 @@ struct Inner {
     negative_ttl: Duration,
     /// `enrichment.settle_ms`.
     settle: Duration,
+    /// A write's journal entry did not reach Redis: the journal is shared again (see
+    /// `Enricher::share_again`) once it can be.
+    journal_lost: AtomicBool,
     max_entries: usize,
     state: Mutex<State>,
     work: Notify,
@@ -448,6 +451,7 @@ impl Enricher {
                 ttl: Duration::from_millis(config.cache_ttl_ms),
                 negative_ttl: Duration::from_millis(config.negative_ttl_ms),
                 settle: Duration::from_millis(config.settle_ms),
+                journal_lost: AtomicBool::new(false),
                 max_entries: config.max_cache_entries.max(1),
                 state: Mutex::new(State {
                     journal: Journal::new(Duration::from_millis(config.settle_ms)),
@@ -470,6 +474,16 @@ impl Enricher {
             inner.coord = Some(coord.clone());
         }
         let weak = Arc::downgrade(&self.inner);
+        let (rejoins, inner) = (coord.clone(), weak.clone());
+        tokio::spawn(async move {
+            loop {
+                rejoins.rejoined().notified().await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                share_again(&inner).await;
+            }
+        });
         coord.on_fallback(move || {
             if let Some(inner) = weak.upgrade() {
                 let mut st = inner.lock();
@@ -877,6 +891,7 @@ impl Enricher {
         if self.inner.settle.is_zero() {
             return None;
         }
+        self.share_again().await;
         let coord = self.inner.shared()?;
         let mut accounts: Vec<&str> = Vec::new();
         for state in states.values() {
@@ -951,8 +966,16 @@ impl Enricher {
             return;
         }
         if let Some(coord) = &self.inner.coord {
-            shared::journal_write(coord, self.inner.settle.as_millis() as u64, write).await;
+            self.share_again().await;
+            let settle_ms = self.inner.settle.as_millis() as u64;
+            if !shared::journal_write(coord, settle_ms, write).await {
+                self.inner.journal_lost.store(true, Ordering::SeqCst);
+            }
         }
+    }
+
+    async fn share_again(&self) {
+        share_again(&self.inner).await
     }
 
     /// Refuses a lookup of findings whose state a recent write left unknown.
@@ -1020,6 +1043,54 @@ impl FindingState for Enricher {
             stats,
             reads: Some(Box::new(mark)),
         }))
+    }
+}
+
+/// After writes that did not reach Redis, shares this replica's whole journal again, once
+/// Redis is back: until then the other replicas judge without them. They are shared as
+/// written now, so each is kept a little longer than its own window, and one composed
+/// with another replica's writes meanwhile lands after them.
+async fn share_again(inner: &Inner) {
+    let Some(coord) = inner.shared() else {
+        return;
+    };
+    if !inner.journal_lost.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    let snapshot = inner.lock().journal.snapshot(Instant::now());
+    let settle_ms = inner.settle.as_millis() as u64;
+    let mut ok = true;
+    if let Some(op) = snapshot.everything {
+        ok &= shared::journal_write(coord, settle_ms, shared::Journaled::Everything(op)).await;
+    }
+    for (op, accounts) in &snapshot.accounts {
+        ok &= shared::journal_write(coord, settle_ms, shared::Journaled::Accounts(accounts, op))
+            .await;
+    }
+    for (patch, keys) in &snapshot.changes {
+        let write = match patch.items() {
+            Some(items) => {
+                shared::journal_write(coord, settle_ms, shared::Journaled::Change(keys, &items))
+                    .await
+            }
+            None => {
+                let write = shared::Journaled::Unknown(keys, "BatchUpdateFindings", None);
+                shared::journal_write(coord, settle_ms, write).await
+            }
+        };
+        ok &= write;
+    }
+    for (op, keys) in &snapshot.unknown {
+        ok &= shared::journal_write(coord, settle_ms, shared::Journaled::Unknown(keys, op, None))
+            .await;
+    }
+    for (op, key, account) in &snapshot.owned {
+        let accounts = [account.clone()];
+        let write = shared::Journaled::Unknown(std::slice::from_ref(key), op, Some(&accounts));
+        ok &= shared::journal_write(coord, settle_ms, write).await;
+    }
+    if !ok {
+        inner.journal_lost.store(true, Ordering::SeqCst);
     }
 }
 

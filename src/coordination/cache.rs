@@ -493,13 +493,14 @@ pub enum Journaled<'a> {
 
 /// Adds a write to the shared settle journal, kept `settle_ms` from now. A failure marks the
 /// replica, as a failed cache write does: the other replicas may not have learnt of it.
-pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journaled<'_>) {
+/// Returns whether Redis took it (nothing to write counts as taken).
+pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journaled<'_>) -> bool {
     let mut inv = script("journal_write").prepare_invoke();
     inv.arg(coord.prefix()).arg(settle_ms.max(1));
     match write {
         Journaled::Change(keys, items) => {
             if keys.is_empty() {
-                return;
+                return true;
             }
             inv.arg("P").arg("").arg(keys.len());
             for key in keys {
@@ -511,7 +512,7 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
         }
         Journaled::Unknown(keys, operation, accounts) => {
             if keys.is_empty() {
-                return;
+                return true;
             }
             inv.arg("U").arg(operation).arg(keys.len());
             for key in keys {
@@ -528,7 +529,7 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
         }
         Journaled::Accounts(accounts, operation) => {
             if accounts.is_empty() {
-                return;
+                return true;
             }
             inv.arg("C").arg(operation).arg(accounts.len());
             for account in accounts {
@@ -547,6 +548,7 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
     if done.is_none() {
         coord.mark_dirty();
     }
+    done.is_some()
 }
 
 /// A write in the shared journal that hubgate cannot model: (operation, milliseconds left).

@@ -286,6 +286,49 @@ impl Journal {
         }
     }
 
+    /// Everything in the window, as writes to share again: after this replica could not
+    /// reach Redis, the other replicas have not learnt of what it wrote meanwhile.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let cutoff = now.checked_sub(self.window);
+        let live = |at: Instant| cutoff.is_none_or(|c| at > c);
+        let mut out = Snapshot {
+            everything: self
+                .everything
+                .filter(|(at, _)| live(*at))
+                .map(|(_, op)| op),
+            ..Default::default()
+        };
+        for (account, (at, op)) in &self.accounts {
+            if !live(*at) {
+                continue;
+            }
+            match out.accounts.iter_mut().find(|(o, _)| o == op) {
+                Some((_, list)) => list.push(account.to_string()),
+                None => out.accounts.push((op, vec![account.to_string()])),
+            }
+        }
+        for (key, kept) in &self.by_key {
+            if let Some(c) = kept.patch.as_ref().filter(|c| live(c.last)) {
+                let ptr = Arc::as_ptr(&c.patch);
+                match out.changes.iter_mut().find(|(p, ..)| Arc::as_ptr(p) == ptr) {
+                    Some((_, keys)) => keys.push(key.clone()),
+                    None => out.changes.push((c.patch.clone(), vec![key.clone()])),
+                }
+            }
+            if let Some((_, op)) = kept.unknown.filter(|(at, _)| live(*at)) {
+                match out.unknown.iter_mut().find(|(o, _)| *o == op) {
+                    Some((_, keys)) => keys.push(key.clone()),
+                    None => out.unknown.push((op, vec![key.clone()])),
+                }
+            }
+            for (_, op, account) in kept.owned.iter().filter(|(at, ..)| live(*at)) {
+                out.owned
+                    .push((*op, key.clone(), Some(account.to_string())));
+            }
+        }
+        out
+    }
+
     /// Why the state of one of `keys` cannot be known yet (the one whose window ends last),
     /// from this replica's writes and the other replicas' (`shared`), if so. Writes limited to
     /// an account count only once the `states` read show which findings belong to it.
@@ -447,6 +490,20 @@ impl Journal {
         }
         reported
     }
+}
+
+/// What the journal holds, as writes (see `Journal::snapshot`).
+#[derive(Default)]
+pub struct Snapshot {
+    pub everything: Option<&'static str>,
+    /// (operation, accounts)
+    pub accounts: Vec<(&'static str, Vec<String>)>,
+    /// (change, findings)
+    pub changes: Vec<(Arc<Patch>, Vec<FindingKey>)>,
+    /// (operation, findings)
+    pub unknown: Vec<(&'static str, Vec<FindingKey>)>,
+    /// (operation, finding, account)
+    pub owned: Vec<(&'static str, FindingKey, Option<String>)>,
 }
 
 /// What the replicas' shared journal (Redis) holds for the findings of one lookup.

@@ -326,3 +326,27 @@ def test_a_write_through_one_replica_is_laid_over_what_another_reads_while_it_se
     assert 1 <= int(refused.headers["retry-after"]) <= 300, refused.headers
     time.sleep(3.5)
     assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "CRITICAL"
+
+
+def test_a_write_made_while_redis_was_down_is_shared_when_the_replica_rejoins(
+        replicas, quota_fake, redis_server):
+    """While Redis is down, replica 1 forwards the administrator's raise (Security Hub applies
+    it 4 s late) and keeps it in its own journal only. Once Redis is back, replica 1 shares its
+    journal again, so the member's lowering through replica 2 is judged as CRITICAL to
+    MEDIUM."""
+    r1, r2 = replicas(extra={"enrichment": {"enabled": True, "cache_ttl_ms": 0}})
+    quota_fake.configure(apply_delay_ms=4000)
+    redis_server.stop()
+    for hg in (r1, r2):
+        wait_until(lambda hg=hg: coordination_state(hg) == "degraded", 10,
+                   "the replica to say it is degraded")
+    raised = r1.buf(severity("f-own-medium", "CRITICAL"), who="admin")
+    assert raised.status == 200, raised.text
+    redis_server.start()
+    for hg in (r1, r2):
+        wait_until(lambda hg=hg: coordination_state(hg) == "ok", 10, "the replica to rejoin")
+    time.sleep(0.3)  # replica 1 shares its journal again as it rejoins
+    assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
+    lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")
+    assert lowered.status == 403, lowered.text
+    assert f"{LOWER} (CRITICAL to MEDIUM)" in lowered.json()["error"]["message"], lowered.text
