@@ -321,6 +321,21 @@ mod tests {
         panic!("redis-server did not listen on {port}");
     }
 
+    /// A coordination of this test's own on `server`, not yet probed.
+    fn coordination_on(server: &Server) -> Arc<Coordination> {
+        let config = Config::parse(
+            std::path::Path::new("/tmp/hubgate-test.toml"),
+            &format!(
+                "[coordination]\nredis_url = \"redis://127.0.0.1:{}/0\"\nop_timeout_ms = 500\n",
+                server.1
+            ),
+        )
+        .unwrap();
+        Coordination::start(&config, CoordinationMetrics::default())
+            .unwrap()
+            .unwrap()
+    }
+
     fn finding(label: &str) -> Arc<CurrentFinding> {
         Arc::new(CurrentFinding::new(
             "f1",
@@ -343,17 +358,7 @@ mod tests {
         let Some(server) = redis_server() else {
             return;
         };
-        let config = Config::parse(
-            std::path::Path::new("/tmp/hubgate-test.toml"),
-            &format!(
-                "[coordination]\nredis_url = \"redis://127.0.0.1:{}/0\"\nop_timeout_ms = 500\n",
-                server.1
-            ),
-        )
-        .unwrap();
-        let coord = Coordination::start(&config, CoordinationMetrics::default())
-            .unwrap()
-            .unwrap();
+        let coord = coordination_on(&server);
         let fell_back = Arc::new(AtomicBool::new(false));
         let flag = fell_back.clone();
         coord.on_fallback(move || flag.store(true, Ordering::SeqCst));
@@ -597,17 +602,7 @@ mod tests {
         let Some(server) = redis_server() else {
             return;
         };
-        let config = Config::parse(
-            std::path::Path::new("/tmp/hubgate-test.toml"),
-            &format!(
-                "[coordination]\nredis_url = \"redis://127.0.0.1:{}/0\"\nop_timeout_ms = 500\n",
-                server.1
-            ),
-        )
-        .unwrap();
-        let coord = Coordination::start(&config, CoordinationMetrics::default())
-            .unwrap()
-            .unwrap();
+        let coord = coordination_on(&server);
         coord.probe().await;
         assert!(coord.healthy(), "{:?}", coord.status());
         let patch = |update: serde_json::Value| {

@@ -552,6 +552,11 @@ mod tests {
         Write::Patch(Arc::new(update.patch().expect("a modelled change")))
     }
 
+    /// Records a change of `update` to finding `id` at `at`.
+    fn change(j: &mut Journal, id: &str, update: serde_json::Value, at: Instant) {
+        j.record(&[key(id)], patch(update), at);
+    }
+
     fn label(states: &KeyMap<Arc<CurrentFinding>>, id: &str) -> RValue {
         states[&key(id)].entry["severity_label"].clone()
     }
@@ -562,11 +567,7 @@ mod tests {
     fn a_change_is_laid_over_what_is_read_and_the_read_is_kept_beside_it() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         let mut current: KeyMap<_> = [
             (key("a"), state("a", "MEDIUM")),
             (key("b"), state("b", "LOW")),
@@ -594,11 +595,7 @@ mod tests {
     fn a_change_security_hub_reports_applied_is_dropped_and_one_from_the_cache_is_not() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         let mut cached: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
         assert!(j
             .lay_over(&[key("a")], &mut cached, |_, _| Source::Other, t0, None)
@@ -631,10 +628,11 @@ mod tests {
     fn what_security_hub_adds_or_recomputes_beside_a_change_still_shows_it_applied() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"},
-            "Note": {"Text": "t", "UpdatedBy": "u"}})),
+        change(
+            &mut j,
+            "a",
+            json!({"Severity": {"Label": "CRITICAL"},
+            "Note": {"Text": "t", "UpdatedBy": "u"}}),
             t0,
         );
         let reported = Arc::new(CurrentFinding::new(
@@ -654,9 +652,10 @@ mod tests {
         );
         assert_eq!(j.findings(), 0);
         // A different note text is not the change applied.
-        j.record(
-            &[key("a")],
-            patch(json!({"Note": {"Text": "t2", "UpdatedBy": "u"}})),
+        change(
+            &mut j,
+            "a",
+            json!({"Note": {"Text": "t2", "UpdatedBy": "u"}}),
             t0,
         );
         let mut read: KeyMap<_> = [(key("a"), reported)].into_iter().collect();
@@ -670,9 +669,10 @@ mod tests {
     fn a_cached_state_is_laid_over_only_when_it_was_read_after_the_change_began() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
+        change(
+            &mut j,
+            "a",
+            json!({"Severity": {"Label": "CRITICAL"}}),
             t0 + SECOND,
         );
         let cached =
@@ -705,16 +705,8 @@ mod tests {
     fn a_change_and_its_revert_are_not_taken_as_applied_when_the_old_state_shows_them() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "LOW"}})),
-            t0,
-        );
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "LOW"}}), t0);
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         // Security Hub has applied neither: CRITICAL is what it showed before both.
         let from_hub = |_: &FindingKey, _: &Arc<CurrentFinding>| Source::SecurityHub;
         let mut before: KeyMap<_> = [(key("a"), state("a", "CRITICAL"))].into_iter().collect();
@@ -744,11 +736,7 @@ mod tests {
                 })
                 .collect()
         };
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         // An import of "a" claiming account 1, and a V2 write naming account 2.
         j.record(
             &[key("a")],
@@ -789,11 +777,7 @@ mod tests {
         let t0 = Instant::now();
         let note = |text: &str| patch(json!({"Note": {"Text": text, "UpdatedBy": "u"}}));
         let read = || -> KeyMap<_> { [(key("a"), state("a", "LOW"))].into_iter().collect() };
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         j.record(&[key("a")], note("one"), t0 + 4 * SECOND);
         j.record(&[key("a")], note("two"), t0 + 8 * SECOND);
         let mut before = read();
@@ -841,16 +825,8 @@ mod tests {
     fn changes_are_laid_over_in_the_order_they_were_written() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "LOW"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
+        change(&mut j, "a", json!({"Severity": {"Label": "LOW"}}), t0);
         let mut current: KeyMap<_> = [(key("a"), state("a", "MEDIUM"))].into_iter().collect();
         j.lay_over(
             &[key("a")],
@@ -866,11 +842,7 @@ mod tests {
     fn a_write_hubgate_cannot_model_leaves_the_state_unknown_until_the_window_ends() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         j.record(
             &[key("a")],
             Write::Unknown("BatchImportFindings", None),
@@ -895,11 +867,7 @@ mod tests {
     fn a_write_to_findings_hubgate_cannot_name_leaves_every_state_unknown() {
         let mut j = Journal::new(10 * SECOND);
         let t0 = Instant::now();
-        j.record(
-            &[key("a")],
-            patch(json!({"Severity": {"Label": "CRITICAL"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Severity": {"Label": "CRITICAL"}}), t0);
         j.record_everything("BatchUpdateFindingsV2", t0 + SECOND);
         let u = j
             .unsettled(&[key("z")], t0 + 2 * SECOND, None, None)
@@ -926,11 +894,7 @@ mod tests {
                 t0,
             );
         }
-        j.record(
-            &[key("a")],
-            patch(json!({"Workflow": {"Status": "NOTIFIED"}})),
-            t0,
-        );
+        change(&mut j, "a", json!({"Workflow": {"Status": "NOTIFIED"}}), t0);
         let Some(Composed { patch: a, .. }) = &j.by_key[&key("a")].patch else {
             panic!("kept")
         };
