@@ -11,7 +11,6 @@
 //! The cache cannot do this alone: it holds a write only while the finding's entry is cached
 //! and fresh, which `cache_ttl_ms = 0`, an uncached finding or an expired entry all defeat.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,8 +98,11 @@ pub struct Journal {
     /// Per account, the last write that may have changed any of its findings (OCSF
     /// identifiers name the account, not a finding GetFindings can read).
     accounts: std::collections::HashMap<Arc<str>, (Instant, &'static str)>,
-    /// Each write's time and findings, oldest first: what to expire.
-    order: VecDeque<(Instant, Arc<[FindingKey]>)>,
+    /// When the journal is next swept for what left the window. Between sweeps, reads
+    /// skip what has left it (a composed change whole; its older values at most one sweep
+    /// interval late). A sweep, not a queue of every write's findings: at thousands of
+    /// writes a second, that queue held hundreds of megabytes of keys for `settle_ms`.
+    next_sweep: Instant,
     /// Findings with a write hubgate cannot model in the window: while there are none, no
     /// lookup needs to ask for each of its findings.
     unknowns: usize,
@@ -113,7 +115,7 @@ impl Journal {
             by_key: KeyMap::default(),
             everything: None,
             accounts: Default::default(),
-            order: VecDeque::new(),
+            next_sweep: Instant::now(),
             unknowns: 0,
         }
     }
@@ -194,7 +196,6 @@ impl Journal {
                 (Write::Patch(_), None) => {}
             }
         }
-        self.order.push_back((now, keys.into()));
     }
 
     /// A write may have changed any finding, at `now`. What was kept before leaves the window
@@ -205,7 +206,6 @@ impl Journal {
         }
         self.everything = Some((now, operation));
         self.by_key.clear();
-        self.order.clear();
         self.unknowns = 0;
     }
 
@@ -225,8 +225,13 @@ impl Journal {
         }
     }
 
-    /// Drops what left the window.
+    /// Drops what left the window, once per sweep interval (a tenth of the window, at most
+    /// a second).
     pub fn expire(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + (self.window / 10).min(Duration::from_secs(1));
         let Some(cutoff) = now.checked_sub(self.window) else {
             return;
         };
@@ -239,12 +244,10 @@ impl Journal {
         // Findings written to together are trimmed together: once per composition.
         type Trimmed = (*const Patch, Arc<Patch>, Arc<[(String, Instant)]>);
         let mut trimmed: Vec<Trimmed> = Vec::new();
-        while self.order.front().is_some_and(|(at, _)| *at <= cutoff) {
-            let Some((_, keys)) = self.order.pop_front() else {
-                break;
-            };
-            for key in keys.iter() {
-                if let Some(kept) = self.by_key.get_mut(key) {
+        let unknowns = &mut self.unknowns;
+        self.by_key.retain(|_, kept| {
+            {
+                {
                     if kept.patch.as_ref().is_some_and(|c| c.last <= cutoff) {
                         kept.patch = None;
                     }
@@ -276,14 +279,12 @@ impl Journal {
                     }
                     kept.owned.retain(|(at, ..)| *at > cutoff);
                     if had && !kept.has_unknown() {
-                        self.unknowns -= 1;
-                    }
-                    if kept.is_empty() {
-                        self.by_key.remove(key);
+                        *unknowns -= 1;
                     }
                 }
             }
-        }
+            !kept.is_empty()
+        });
     }
 
     /// Everything in the window, as writes to share again: after this replica could not
@@ -818,7 +819,6 @@ mod tests {
         assert_eq!(j.findings(), 1);
         j.expire(t0 + 15 * SECOND);
         assert_eq!(j.findings(), 0);
-        assert!(j.order.is_empty());
     }
 
     #[test]
