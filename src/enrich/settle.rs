@@ -6,7 +6,12 @@
 //!   decision must also hold on the state as read (Security Hub may not have applied the
 //!   write, or another writer may have changed the finding since);
 //! - after a write it cannot model (an import, OCSF identifiers, filters) the finding's state
-//!   cannot be known, and a decision that reads it is refused until the window has passed.
+//!   cannot be known, and a decision that reads it is refused until the window has passed;
+//!   writes that can only touch one account's findings leave only those unknown.
+//!
+//! This is the replica's own journal. With Redis, every replica's writes are also in a shared
+//! one (`coordination::cache`, composed there by the same rules), which a lookup reads and
+//! hands in as `Shared`.
 //!
 //! The cache cannot do this alone: it holds a write only while the finding's entry is cached
 //! and fresh, which `cache_ttl_ms = 0`, an uncached finding or an expired entry all defeat.
