@@ -108,12 +108,6 @@ struct State {
     journal: Journal,
 }
 
-impl Default for Journal {
-    fn default() -> Journal {
-        Journal::new(Duration::ZERO)
-    }
-}
-
 /// A forwarded write whose outcome or effect hubgate cannot tell.
 #[derive(Clone, Copy)]
 pub enum Unapplied<'a> {
@@ -770,20 +764,15 @@ impl Enricher {
         }
     }
 
-    /// Adds a change to the shared journal (a change it cannot spell is shared as unknown).
+    /// Adds a change to the shared journal.
     async fn share_change(&self, keys: &[FindingKey], patch: &Patch) {
-        match patch.items() {
-            Some(items) => {
-                self.share_write(shared::Journaled::Change(keys, &items))
-                    .await
-            }
-            None => {
-                self.share_write(shared::Journaled::Unknown(
-                    keys,
-                    "BatchUpdateFindings",
-                    None,
-                ))
-                .await
+        if self.inner.settle.is_zero() {
+            return;
+        }
+        if let Some(coord) = &self.inner.coord {
+            share_again(&self.inner).await;
+            if !journal_change(coord, self.inner.settle, keys, patch).await {
+                self.inner.journal_lost.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -1021,12 +1010,16 @@ impl FindingState for Enricher {
             let reported = journal.lay_over(
                 keys,
                 &mut current,
-                |k, state| match cache.get(k) {
-                    _ if mark.delivered.contains_key(k) => Source::SecurityHub,
-                    Some(c) if c.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, state)) => {
-                        Source::Cache { read_at: c.at }
+                |k, state| {
+                    if mark.delivered.contains_key(k) {
+                        return Source::SecurityHub;
                     }
-                    _ => Source::Other,
+                    match cache.get(k) {
+                        Some(c) if c.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, state)) => {
+                            Source::Cache { read_at: c.at }
+                        }
+                        _ => Source::Other,
+                    }
                 },
                 now,
                 shared.as_ref(),
@@ -1034,7 +1027,7 @@ impl FindingState for Enricher {
             if reported.is_some() {
                 self.inner.metrics.settle_overlaid.inc();
             }
-            self.inner.report(&st);
+            // The gauges are brought up to date at scrape time (`sample_metrics`).
             reported
         };
         Ok(Some(Lookup {
@@ -1043,6 +1036,26 @@ impl FindingState for Enricher {
             stats,
             reads: Some(Box::new(mark)),
         }))
+    }
+}
+
+/// Adds a change to the shared journal, kept `settle` from now (a change it cannot spell is
+/// shared as unknown). Returns whether Redis took it.
+async fn journal_change(
+    coord: &Coordination,
+    settle: Duration,
+    keys: &[FindingKey],
+    patch: &Patch,
+) -> bool {
+    let settle_ms = settle.as_millis() as u64;
+    match patch.items() {
+        Some(items) => {
+            shared::journal_write(coord, settle_ms, shared::Journaled::Change(keys, &items)).await
+        }
+        None => {
+            let write = shared::Journaled::Unknown(keys, "BatchUpdateFindings", None);
+            shared::journal_write(coord, settle_ms, write).await
+        }
     }
 }
 
@@ -1068,17 +1081,7 @@ async fn share_again(inner: &Inner) {
             .await;
     }
     for (patch, keys) in &snapshot.changes {
-        let write = match patch.items() {
-            Some(items) => {
-                shared::journal_write(coord, settle_ms, shared::Journaled::Change(keys, &items))
-                    .await
-            }
-            None => {
-                let write = shared::Journaled::Unknown(keys, "BatchUpdateFindings", None);
-                shared::journal_write(coord, settle_ms, write).await
-            }
-        };
-        ok &= write;
+        ok &= journal_change(coord, inner.settle, keys, patch).await;
     }
     for (op, keys) in &snapshot.unknown {
         ok &= shared::journal_write(coord, settle_ms, shared::Journaled::Unknown(keys, op, None))

@@ -641,18 +641,19 @@ async fn enforce(
     } = decided;
     // The accounts a V2 request's identifiers name: it can change findings of those only.
     // None when any finding is named without one (MetadataUids).
-    let v2_accounts: Option<Vec<String>> = (!claimed_accounts.is_empty())
-        .then(|| {
-            let mut accounts: Vec<String> = Vec::new();
-            for a in &claimed_accounts {
-                let a = a.as_ref()?;
-                if !accounts.contains(a) {
-                    accounts.push(a.clone());
-                }
+    let v2_accounts: Option<Vec<String>> = (operation == Judged::BatchUpdateFindingsV2
+        && !claimed_accounts.is_empty())
+    .then(|| {
+        let mut accounts: Vec<String> = Vec::new();
+        for a in &claimed_accounts {
+            let a = a.as_ref()?;
+            if !accounts.contains(a) {
+                accounts.push(a.clone());
             }
-            Some(accounts)
-        })
-        .flatten();
+        }
+        Some(accounts)
+    })
+    .flatten();
     // Only BatchUpdateFindings names findings by (Id, ProductArn) in a list hubgate can cut;
     // every other operation is refused whole.
     let partial = ctx.gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed

@@ -113,6 +113,13 @@ pub struct Journal {
     unknowns: usize,
 }
 
+impl Default for Journal {
+    /// A journal that keeps nothing (`settle_ms = 0`).
+    fn default() -> Journal {
+        Journal::new(Duration::ZERO)
+    }
+}
+
 impl Journal {
     pub fn new(window: Duration) -> Journal {
         Journal {
