@@ -94,6 +94,9 @@ struct State {
     /// In order of generation, each with the patch it laid over the finding, or None when its
     /// effect is unknown (an eviction).
     written: KeyMap<Vec<(u64, Option<Arc<Patch>>)>>,
+    /// The entries of `written` in the order they were made, so that the oldest batch's end
+    /// drops what no batch needs any more without visiting every finding still written.
+    written_order: VecDeque<(u64, FindingKey)>,
     /// The generation of the last write that may have touched every finding.
     cleared: u64,
     /// Batches in flight, by the generation they began at.
@@ -133,6 +136,7 @@ impl State {
                     .entry(key.clone())
                     .or_default()
                     .push((self.generation, patch.cloned()));
+                self.written_order.push_back((self.generation, key.clone()));
             }
         }
     }
@@ -203,12 +207,26 @@ impl State {
                 self.batches.remove(&began);
             }
         }
-        match self.batches.first_key_value() {
-            None => self.written.clear(),
-            Some((&oldest, _)) => self.written.retain(|_, writes| {
-                writes.retain(|(at, _)| *at > oldest);
-                !writes.is_empty()
-            }),
+        let Some((&oldest, _)) = self.batches.first_key_value() else {
+            self.written.clear();
+            self.written_order.clear();
+            return;
+        };
+        while let Some((at, _)) = self.written_order.front() {
+            if *at > oldest {
+                break;
+            }
+            let Some((_, key)) = self.written_order.pop_front() else {
+                break;
+            };
+            if let Some(writes) = self.written.get_mut(&key) {
+                // In order of generation: what no batch in flight began before is a prefix.
+                let done = writes.partition_point(|(at, _)| *at <= oldest);
+                writes.drain(..done);
+                if writes.is_empty() {
+                    self.written.remove(&key);
+                }
+            }
         }
     }
 }
@@ -2039,6 +2057,23 @@ mod tests {
         assert!(!st.unwritten_since(&b, third), "third is still in flight");
         st.batch_ended(third);
         assert!(st.batches.is_empty() && st.written.is_empty());
+        assert!(st.written_order.is_empty());
+        // Of one finding's writes, the oldest batch's end drops only those before the next.
+        let fourth = st.batch_began();
+        st.wrote([&a], None);
+        let fifth = st.batch_began();
+        st.wrote([&a, &b], None);
+        st.batch_ended(fourth);
+        assert!(!st.unwritten_since(&a, st.generation - 1));
+        assert_eq!(
+            st.written[&a].len(),
+            1,
+            "the write before fifth began is dropped"
+        );
+        assert_eq!(st.written_order.len(), 2);
+        assert!(!st.unwritten_since(&b, fifth));
+        st.batch_ended(fifth);
+        assert!(st.written.is_empty() && st.written_order.is_empty());
     }
 
     /// A finding written while a call for it was out goes back to the queue, ahead of the
