@@ -1014,6 +1014,9 @@ impl FindingState for Enricher {
             let mut st = self.inner.lock();
             let now = Instant::now();
             st.journal.expire(now);
+            if let Some(shared) = &shared {
+                st.journal.learn(keys, now, shared, &current);
+            }
             if let Some(u) = st
                 .journal
                 .unsettled(keys, now, shared.as_ref(), Some(&current))

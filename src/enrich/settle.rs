@@ -111,6 +111,13 @@ pub struct Journal {
     /// Findings with a write hubgate cannot model in the window: while there are none, no
     /// lookup needs to ask for each of its findings.
     unknowns: usize,
+    /// Other replicas' writes hubgate cannot model that refused a lookup here (read from the
+    /// shared journal after the lookup's GetFindings calls), per finding and for every
+    /// finding, with when their windows end. SDKs retry the refusal's 503: the retry is
+    /// refused before it spends GetFindings quota again. Never shared, and it only ever adds
+    /// refusals.
+    learned: KeyMap<(Instant, String)>,
+    learned_everything: Option<(Instant, String)>,
 }
 
 impl Default for Journal {
@@ -129,6 +136,8 @@ impl Journal {
             accounts: Default::default(),
             next_sweep: Instant::now(),
             unknowns: 0,
+            learned: KeyMap::default(),
+            learned_everything: None,
         }
     }
 
@@ -249,6 +258,16 @@ impl Journal {
         };
         if self.everything.is_some_and(|(at, _)| at <= cutoff) {
             self.everything = None;
+        }
+        if self
+            .learned_everything
+            .as_ref()
+            .is_some_and(|(end, _)| *end <= now)
+        {
+            self.learned_everything = None;
+        }
+        if !self.learned.is_empty() {
+            self.learned.retain(|_, (end, _)| *end > now);
         }
         if !self.accounts.is_empty() {
             self.accounts.retain(|_, (at, _)| *at > cutoff);
@@ -393,23 +412,27 @@ impl Journal {
                 }
             }
         }
-        if let Some(shared) = shared {
-            if let Some((op, left)) = &shared.everything {
-                take(*left, None, op);
-            }
+        let ends = |end: Instant| end.checked_duration_since(now).filter(|l| !l.is_zero());
+        if let Some((left, op)) = self
+            .learned_everything
+            .as_ref()
+            .and_then(|(end, op)| Some((ends(*end)?, op)))
+        {
+            take(left, None, op);
+        }
+        if !self.learned.is_empty() {
             for key in keys {
-                if let Some((op, left)) = shared.unknown.get(key) {
-                    take(*left, Some(key), op);
-                }
-                for (account, op, left) in shared.owned.get(key).into_iter().flatten() {
-                    if owner(key) == Some(account.as_str()) {
-                        take(*left, Some(key), op);
-                    }
-                }
-                if let Some((op, left)) = owner(key).and_then(|a| shared.accounts.get(a)) {
-                    take(*left, Some(key), op);
+                if let Some((left, op)) = self
+                    .learned
+                    .get(key)
+                    .and_then(|(end, op)| Some((ends(*end)?, op)))
+                {
+                    take(left, Some(key), op);
                 }
             }
+        }
+        if let Some(shared) = shared {
+            shared.refusals(keys, states, &mut take);
         }
         let (left, finding, operation) = best?;
         Some(Unsettled {
@@ -419,6 +442,36 @@ impl Journal {
             // Rounded up: a client that waits this long finds the window over.
             retry_after_s: left.as_millis().div_ceil(1000).max(1) as u64,
         })
+    }
+
+    /// Keeps what in `shared` refuses a lookup of `keys` (read as `states`), so that the same
+    /// findings are refused before their next lookup for as long as it holds.
+    pub fn learn(
+        &mut self,
+        keys: &[FindingKey],
+        now: Instant,
+        shared: &Shared,
+        states: &KeyMap<Arc<CurrentFinding>>,
+    ) {
+        if self.window.is_zero() {
+            return;
+        }
+        let (learned, everything) = (&mut self.learned, &mut self.learned_everything);
+        shared.refusals(keys, Some(states), |left, finding, op| {
+            let end = now + left;
+            let slot = match finding {
+                Some(key) => learned.get_mut(key),
+                None => everything.as_mut(),
+            };
+            match (slot, finding) {
+                (Some(slot), _) if slot.0 >= end => {}
+                (Some(slot), _) => *slot = (end, op.to_string()),
+                (None, Some(key)) => {
+                    learned.insert(key.clone(), (end, op.to_string()));
+                }
+                (None, None) => *everything = Some((end, op.to_string())),
+            }
+        });
     }
 
     /// Lays the changes in the window, this replica's and then the other replicas' (`shared`,
@@ -533,6 +586,36 @@ pub struct Shared {
     pub accounts: std::collections::HashMap<String, (String, Duration)>,
     /// Per finding, every replica's changes composed (findings written to together share one).
     pub patches: KeyMap<Arc<Patch>>,
+}
+
+impl Shared {
+    /// Each write here that leaves the state of one of `keys` unknown, as (time left, the
+    /// finding or None for all, operation). Writes limited to an account count for the
+    /// findings `states` show belong to it.
+    fn refusals(
+        &self,
+        keys: &[FindingKey],
+        states: Option<&KeyMap<Arc<CurrentFinding>>>,
+        mut take: impl FnMut(Duration, Option<&FindingKey>, &str),
+    ) {
+        let owner = |key: &FindingKey| -> Option<&str> { states?.get(key)?.account_id.as_deref() };
+        if let Some((op, left)) = &self.everything {
+            take(*left, None, op);
+        }
+        for key in keys {
+            if let Some((op, left)) = self.unknown.get(key) {
+                take(*left, Some(key), op);
+            }
+            for (account, op, left) in self.owned.get(key).into_iter().flatten() {
+                if owner(key) == Some(account.as_str()) {
+                    take(*left, Some(key), op);
+                }
+            }
+            if let Some((op, left)) = owner(key).and_then(|a| self.accounts.get(a)) {
+                take(*left, Some(key), op);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -782,6 +865,72 @@ mod tests {
         assert_eq!(label(&read, "a"), RValue::from("CRITICAL"));
         j.expire(t0 + 11 * SECOND);
         assert!(j.accounts.is_empty());
+    }
+
+    /// What another replica's unknown write refused is refused again before the next lookup
+    /// (no states read yet), until its window ends there; findings it did not refuse are not.
+    #[test]
+    fn a_refusal_from_the_shared_journal_is_kept_until_its_window_ends() {
+        let mut j = Journal::new(10 * SECOND);
+        let t0 = Instant::now();
+        let keys = [key("a"), key("b"), key("c")];
+        let states: KeyMap<Arc<CurrentFinding>> = keys
+            .iter()
+            .map(|k| (k.clone(), state(&k.id, "LOW")))
+            .collect();
+        let mut shared = Shared::default();
+        shared
+            .unknown
+            .insert(key("a"), ("BatchUpdateFindings".into(), 4 * SECOND));
+        // "b"'s claim names another account than the one "b" belongs to: it changes nothing.
+        shared.owned.insert(
+            key("b"),
+            vec![(
+                "111111111111".into(),
+                "BatchImportFindings".into(),
+                9 * SECOND,
+            )],
+        );
+        shared.accounts.insert(
+            "222222222222".into(),
+            ("BatchUpdateFindingsV2".into(), 2 * SECOND),
+        );
+        assert!(j.unsettled(&keys, t0, None, None).is_none());
+        j.learn(&keys, t0, &shared, &states);
+        let u = j.unsettled(&[key("a")], t0, None, None).unwrap();
+        assert_eq!(
+            (u.finding, u.operation.as_str(), u.retry_after_s),
+            (Some(key("a")), "BatchUpdateFindings", 4)
+        );
+        // "b" and "c" are refused for their account's write only: "b"'s claim is moot.
+        for k in ["b", "c"] {
+            let u = j.unsettled(&[key(k)], t0, None, None).unwrap();
+            assert_eq!(
+                (u.operation.as_str(), u.retry_after_s),
+                ("BatchUpdateFindingsV2", 2)
+            );
+        }
+        // Three seconds on, only "a"'s own write still holds.
+        let t3 = t0 + 3 * SECOND;
+        assert!(j.unsettled(&[key("b"), key("c")], t3, None, None).is_none());
+        assert!(j.unsettled(&[key("a")], t3, None, None).is_some());
+        assert!(
+            j.snapshot(t3).unknown.is_empty(),
+            "learned writes are not shared again"
+        );
+        j.expire(t0 + 5 * SECOND);
+        assert!(j.learned.is_empty());
+        // A write that may have changed every finding is kept for all of them.
+        shared = Shared {
+            everything: Some(("BatchUpdateFindingsV2".into(), 6 * SECOND)),
+            ..Default::default()
+        };
+        j.learn(&keys[..1], t3, &shared, &states);
+        let u = j.unsettled(&[key("z")], t3, None, None).unwrap();
+        assert_eq!((u.finding, u.retry_after_s), (None, 6));
+        assert!(j
+            .unsettled(&[key("z")], t3 + 6 * SECOND, None, None)
+            .is_none());
     }
 
     #[test]

@@ -350,3 +350,31 @@ def test_a_write_made_while_redis_was_down_is_shared_when_the_replica_rejoins(
     lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")
     assert lowered.status == 403, lowered.text
     assert f"{LOWER} (CRITICAL to MEDIUM)" in lowered.json()["error"]["message"], lowered.text
+
+
+def test_a_refusal_from_the_shared_journal_is_not_paid_for_again_on_retry(replicas, quota_fake):
+    """An administrator's ticket field through replica 1 leaves the finding's state unknown for
+    the settle window. The member's note through replica 2 learns that from the shared journal
+    only after its GetFindings call, and is refused with 503. Its retries (SDKs retry a 503)
+    are refused before any GetFindings call; a finding the write did not touch is unaffected."""
+    r1, r2 = replicas(extra={"enrichment": {"enabled": True, "cache_ttl_ms": 0}})
+    ticket = {"FindingIdentifiers": [ident("f-own-high")],
+              "UserDefinedFields": {"ticket": "SEC-8"}}
+    assert r1.buf(ticket, who="admin").status == 200
+    calls = quota_fake.op_stats("GetFindings")["calls"]
+    first = r2.buf(note_ids(["f-own-high"]), who="member")
+    assert first.status == 503, first.text
+    assert first.json()["error"]["code"] == "STATE_SETTLING", first.text
+    assert r2.audit_for(first.headers["x-amzn-requestid"])["metrics"][
+        "counter_lookup_calls"] == 1
+    assert quota_fake.op_stats("GetFindings")["calls"] == calls + 1
+    for _ in range(3):
+        again = r2.buf(note_ids(["f-own-high"]), who="member")
+        assert again.status == 503, again.text
+        assert again.json()["error"]["code"] == "STATE_SETTLING", again.text
+        assert 1 <= int(again.headers["retry-after"]) <= 300, again.headers
+        assert r2.audit_for(again.headers["x-amzn-requestid"])["metrics"][
+            "counter_lookup_calls"] == 0
+    assert quota_fake.op_stats("GetFindings")["calls"] == calls + 1, "retries spent quota"
+    other = r2.buf(note_ids(["f-own-medium"]), who="member")
+    assert other.status == 200, other.text
