@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -90,6 +90,11 @@ struct Trail {
     throttled: bool,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
+    /// Quota taken for a forward that a voided decision did not send, and how long it was
+    /// waited for. Deciding again on the writes laid over (no lookup) takes no time, so that
+    /// decision is sent with it: waiting again would waste the quota taken, and give writes
+    /// landing meanwhile another chance to void it.
+    quota_held: Option<(&'static str, Duration)>,
 }
 
 impl Trail {
@@ -877,18 +882,22 @@ async fn send(
     read: Option<StateRead>,
 ) -> Result<Response<Incoming>, Rejection> {
     let operation = trail.operation.unwrap_or("default");
-    let waited = gate.pacer.acquire(operation, deadline).await.map_err(|e| {
-        trail.throttled = true;
-        Rejection::Quota(e)
-    })?;
+    let waited = match trail.quota_held.take() {
+        Some((held, waited)) if held == operation => waited,
+        _ => gate.pacer.acquire(operation, deadline).await.map_err(|e| {
+            trail.throttled = true;
+            Rejection::Quota(e)
+        })?,
+    };
     // Dropped here: once the request has its quota, writes need no longer be remembered for it.
     match read.map(|reads| reads.changed(touched.keys())) {
         None | Some(Changed::No) => {}
         Some(Changed::Patched(replay)) => {
+            trail.quota_held = Some((operation, waited));
             return Err(Rejection::StateChanged {
                 decisions: 1,
                 replay: Some(Box::new(replay)),
-            })
+            });
         }
         Some(Changed::Unknown) => {
             return Err(Rejection::StateChanged {

@@ -171,6 +171,39 @@ def test_a_request_whose_findings_change_while_it_waits_for_quota_is_decided_aga
     assert len(fake.buf_calls()) == 2, "the note and the raise; the lowering was never sent"
 
 
+def test_a_decision_made_again_on_the_writes_laid_over_is_sent_with_the_quota_already_taken(
+        stack):
+    """As above, but the member's request is a note: decided again on CRITICAL, it is allowed.
+    It is sent with the BatchUpdateFindings call it already waited for (at 4 s), not after
+    waiting for another (at 6 s): waiting again would waste that call, and give writes landing
+    meanwhile another chance to void the decision."""
+    fake, hg = stack({"enrichment": {"cache_ttl_ms": 60000},
+                      "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}}})
+    start = time.monotonic()
+    assert hg.buf(body(FID, **NOTE), who="member").status == 200  # caches MEDIUM, takes the call
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
+    answers = {}
+
+    def admin():
+        answers["admin"] = hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="admin")
+
+    raising = threading.Thread(target=admin)
+    raising.start()
+    time.sleep(max(0.0, start + 2.3 - time.monotonic()))
+    note = hg.buf(body(FID, Note={"Text": "second look", "UpdatedBy": "member"}), who="member")
+    sent_by = time.monotonic() - start - 1.5  # the fake answers 1.5 s after it applies
+    raising.join(30)
+    assert answers["admin"].status == 200, answers["admin"].text
+    assert note.status == 200, note.text
+    assert voided(hg) == {"replayed": 1.0}
+    assert sent_by < 5.0, f"sent {sent_by:.1f} s after the start: it waited for quota again"
+    rec = hg.audit_for(note.headers["x-hubgate-decision-id"])
+    assert rec["forwarded"] is True, rec
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert len(fake.buf_calls()) == 3
+    assert fake.findings()[FID]["Note"]["Text"] == "second look"
+
+
 def test_a_finding_not_listed_as_processed_is_forgotten(stack):
     """The member's finding is cached (MEDIUM). Security Hub then answers a note on it with
     FindingNotFound (it is gone for a moment), and the finding comes back as CRITICAL. The
