@@ -67,6 +67,12 @@ pub struct Record {
     pub request_path: String,
     pub result: Verdict,
     pub revision: String,
+    /// Places (as in `result.violations`) of the findings the deciding state had hubgate's own
+    /// recent writes laid over (the settle journal, while Security Hub may not have applied
+    /// them): each was judged on that state and on the state as read, and denied if either
+    /// denied it. Absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settling: Option<Vec<usize>>,
     pub source_ip: String,
     pub status: u16,
     pub throttled: bool,
@@ -170,6 +176,21 @@ pub fn group_violations(
             places.dedup();
         }
     }
+    out
+}
+
+/// The places in `findings` of `keys` (Id, ProductArn), in order; keys not there are left out.
+pub fn places_of<'k>(
+    keys: impl IntoIterator<Item = (&'k str, &'k str)>,
+    findings: &[ProductFindings],
+) -> Vec<usize> {
+    let places = finding_places(findings);
+    let mut out: Vec<usize> = keys
+        .into_iter()
+        .filter_map(|k| places.get(&k).copied())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -839,6 +860,7 @@ mod tests {
             upstream_status: Some(200),
             upstream_request_id: Some("u".into()),
             revision: "sha256:x".into(),
+            settling: Some(vec![0]),
             metrics: RecordMetrics {
                 timer_total_ns: 1,
                 timer_policy_ns: 2,

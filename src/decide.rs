@@ -226,6 +226,9 @@ pub struct Judgement {
     pub stats: LookupStats,
     /// The state the decision read and when, if it came from a lookup.
     pub reads: Option<StateRead>,
+    /// The findings whose state had hubgate's own recent writes laid over it: judged on that
+    /// state and on the state as read.
+    pub overlaid: Vec<FindingKey>,
     pub policy_ns: u64,
     pub enrich_ns: u64,
 }
@@ -309,6 +312,7 @@ pub async fn judge<S: FindingState>(
         failed: None,
         stats: LookupStats::default(),
         reads: None,
+        overlaid: Vec::new(),
         claimed_accounts: Vec::new(),
         policy_ns: 0,
         enrich_ns: 0,
@@ -368,6 +372,15 @@ pub async fn judge<S: FindingState>(
                         if let Some(reported) = &unsettled {
                             evaluate(&mut judgement, Some(reported), Enrichment::Complete)?;
                             merge_last_two(&mut judgement.passes);
+                            judgement.overlaid = judgement
+                                .keys
+                                .iter()
+                                .filter(|k| match (current.get(*k), reported.get(*k)) {
+                                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                                    _ => false,
+                                })
+                                .cloned()
+                                .collect();
                         }
                         judgement.reads = reads.map(|when| StateRead {
                             when,

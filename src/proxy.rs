@@ -90,6 +90,8 @@ struct Trail {
     throttled: bool,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
+    /// The deciding state's findings with hubgate's own recent writes laid over them.
+    settling: Vec<FindingKey>,
     /// Quota taken for a forward that a voided decision did not send, and how long it was
     /// waited for. Deciding again on the writes laid over (no lookup) takes no time, so that
     /// decision is sent with it: waiting again would waste the quota taken, and give writes
@@ -103,6 +105,7 @@ impl Trail {
     /// what every decision spent.
     fn judged(&mut self, judgement: &mut Judgement) {
         self.findings = findings_by_product(&judgement.keys);
+        self.settling = std::mem::take(&mut judgement.overlaid);
         // The record is its last reader: the decision was made on the policy input's copy.
         self.update = Some(std::mem::take(&mut judgement.update_json));
         self.policy_ns += judgement.policy_ns;
@@ -1275,6 +1278,12 @@ fn record(
         ),
         None => (Vec::new(), Vec::new()),
     };
+    let settling = (!trail.settling.is_empty())
+        .then(|| {
+            let keys = trail.settling.iter().map(|k| (&*k.id, &*k.product_arn));
+            crate::audit::places_of(keys, &trail.findings)
+        })
+        .filter(|p| !p.is_empty());
     Record {
         record_version: 2,
         input,
@@ -1307,6 +1316,7 @@ fn record(
         status,
         upstream_status: trail.upstream_status,
         upstream_request_id: trail.upstream_request_id,
+        settling,
         revision: trail
             .revision
             .unwrap_or_else(|| gate.policy.load().revision.clone()),

@@ -137,6 +137,7 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
         "dry_run": dry_run,
         "forwarded": forwarded,
         "partial": record.partial,
+        "settling": record.settling,
         "upstream_status": record.upstream_status,
         "violations": violations,
         "warnings": record.result.warnings,

@@ -90,11 +90,27 @@ def test_an_administrators_raise_security_hub_has_not_applied_yet_is_not_undone(
     if settle_ms == 0:
         assert lowered.status == 200, lowered.text
         assert final == "MEDIUM", "without the window, the raise is undone"
+        assert "settling" not in hg.audit_for(lowered.headers["x-hubgate-decision-id"])
         return
     assert_envelope(lowered, 403, "POLICY_DENIED", "AccessDeniedException")
     assert f"{LOWER} (CRITICAL to MEDIUM)" in lowered.json()["error"]["message"], lowered.text
     assert final == "CRITICAL"
     assert metric(hg, "hubgate_enrichment_settle_overlaid_total") >= 1
+    assert hg.audit_for(lowered.headers["x-amzn-requestid"])["settling"] == [0]
+
+
+def test_the_audit_record_names_the_findings_judged_with_hubgates_writes_laid_over(stack):
+    """Of a member's note on two findings, only the one the administrator just raised (not
+    applied yet) is judged with that raise laid over: the record names it by its place."""
+    fake, hg = stack({"cache_ttl_ms": 0})
+    fake.configure(apply_delay_ms=LAG_MS)
+    assert hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="admin").status == 200
+    note = hg.buf(body("f-own-high", FID, **NOTE), who="member")
+    assert note.status == 200, note.text
+    rec = hg.audit_for(note.headers["x-hubgate-decision-id"])
+    assert rec["settling"] == [1], rec
+    assert rec["findings"][0]["Ids"] == ["f-own-high", FID], rec["findings"]
+    time.sleep(LAG_MS / 1000 + 0.5)
 
 
 def test_the_decision_also_holds_on_the_state_security_hub_reports(stack):
