@@ -48,6 +48,11 @@ const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// What a batch call found for one finding: its state (None: not found) or why it failed.
 type Outcome = Result<Option<Arc<CurrentFinding>>, UpstreamError>;
 
+/// The account a finding was read as belonging to; None when it was not found.
+fn owner_of(state: &Option<Arc<CurrentFinding>>) -> Option<&str> {
+    state.as_ref().and_then(|s| s.account_id.as_deref())
+}
+
 #[derive(Clone)]
 struct Delivery {
     outcome: Outcome,
@@ -99,6 +104,12 @@ struct State {
     written_order: VecDeque<(u64, FindingKey)>,
     /// The generation of the last write that may have touched every finding.
     cleared: u64,
+    /// Per account, the generation of the last write that may have touched any of its
+    /// findings (V2 identifiers name accounts, not findings GetFindings can read): kept while a
+    /// batch that began before it is in flight, like `written`. Only findings read as that
+    /// account's are touched: a write to one account's findings must not make every other
+    /// account's lookups start again.
+    cleared_accounts: std::collections::HashMap<Arc<str>, u64>,
     /// Batches in flight, by the generation they began at.
     batches: BTreeMap<u64, usize>,
     /// Queued findings whose shared claim is already settled (handed over by a replica that
@@ -147,9 +158,29 @@ impl State {
         self.cleared = self.generation;
     }
 
-    /// Whether what a batch that began at `since` read for `key` may be cached.
-    fn unwritten_since(&self, key: &FindingKey, since: u64) -> bool {
-        self.cleared <= since
+    /// A write touched findings of `accounts` hubgate cannot name.
+    fn wrote_accounts(&mut self, accounts: &[Arc<str>]) {
+        self.generation += 1;
+        if !self.batches.is_empty() {
+            for account in accounts {
+                self.cleared_accounts
+                    .insert(account.clone(), self.generation);
+            }
+        }
+    }
+
+    /// Whether a write of unknown scope since `since` may have touched a finding read as
+    /// `owner`'s (None: not found; a write cannot create a finding).
+    fn cleared_since(&self, owner: Option<&str>, since: u64) -> bool {
+        self.cleared > since
+            || owner
+                .and_then(|a| self.cleared_accounts.get(a))
+                .is_some_and(|at| *at > since)
+    }
+
+    /// Whether what a batch that began at `since` read for `key` (as `owner`'s) may be cached.
+    fn unwritten_since(&self, key: &FindingKey, owner: Option<&str>, since: u64) -> bool {
+        !self.cleared_since(owner, since)
             && self
                 .written
                 .get(key)
@@ -157,10 +188,15 @@ impl State {
                 .is_none_or(|(at, _)| *at <= since)
     }
 
-    /// The patches written to `key` since `since`, in order; None if a write since then had
-    /// an effect hubgate cannot tell.
-    fn patches_since(&self, key: &FindingKey, since: u64) -> Option<Vec<&Arc<Patch>>> {
-        if self.cleared > since {
+    /// The patches written to `key` (read as `owner`'s) since `since`, in order; None if a
+    /// write since then had an effect hubgate cannot tell.
+    fn patches_since(
+        &self,
+        key: &FindingKey,
+        owner: Option<&str>,
+        since: u64,
+    ) -> Option<Vec<&Arc<Patch>>> {
+        if self.cleared_since(owner, since) {
             return None;
         }
         self.written
@@ -210,8 +246,12 @@ impl State {
         let Some((&oldest, _)) = self.batches.first_key_value() else {
             self.written.clear();
             self.written_order.clear();
+            self.cleared_accounts.clear();
             return;
         };
+        if !self.cleared_accounts.is_empty() {
+            self.cleared_accounts.retain(|_, at| *at > oldest);
+        }
         while let Some((at, _)) = self.written_order.front() {
             if *at > oldest {
                 break;
@@ -277,11 +317,13 @@ impl crate::decide::Reads for ReadMark {
         let mut reported = None;
         for key in keys {
             let at = self.delivered.get(key).copied().unwrap_or(self.read_at);
-            if st.unwritten_since(key, at) {
+            let owner = read.get(key).and_then(|s| s.account_id.as_deref());
+            if st.unwritten_since(key, owner, at) {
                 continue;
             }
             // A finding Security Hub processed a write for exists, whatever was read.
-            let (Some(patches), Some(state)) = (st.patches_since(key, at), read.get(key)) else {
+            let (Some(patches), Some(state)) = (st.patches_since(key, owner, at), read.get(key))
+            else {
                 return Changed::Unknown;
             };
             let patched = |state: &Arc<CurrentFinding>| {
@@ -837,12 +879,12 @@ impl Enricher {
             match &write {
                 Ok(Write::Patch(patch)) => self.share_change(keys, patch).await,
                 Ok(Write::Unknown(operation, _)) => {
-                    self.share_write(shared::Journaled::Unknown(keys, operation, None))
-                        .await
+                    let write = shared::Journaled::Unknown(keys, operation, None);
+                    self.share_write(write).await;
                 }
                 Err((operation, accounts)) => {
-                    self.share_write(shared::Journaled::Unknown(keys, operation, Some(accounts)))
-                        .await
+                    let write = shared::Journaled::Unknown(keys, operation, Some(accounts));
+                    self.share_write(write).await;
                 }
             }
         }
@@ -854,27 +896,55 @@ impl Enricher {
     pub async fn evict_all(&self, operation: &'static str, accounts: Option<&[String]>) {
         {
             let mut st = self.inner.lock();
-            st.wrote_all();
             match accounts {
                 Some(accounts) => {
                     let accounts: Vec<Arc<str>> =
                         accounts.iter().map(|a| Arc::from(a.as_str())).collect();
+                    st.wrote_accounts(&accounts);
                     st.journal
                         .record_accounts(&accounts, operation, Instant::now());
+                    // Only those accounts' findings; a finding cached as not found stays so.
+                    let gone: Vec<FindingKey> = st
+                        .cache
+                        .iter()
+                        .filter(|(_, c)| {
+                            let owner = c.state.as_ref().and_then(|s| s.account_id.as_deref());
+                            owner.is_some_and(|o| accounts.iter().any(|a| **a == *o))
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in &gone {
+                        self.inner.remove(&mut st, key);
+                    }
                 }
-                None => st.journal.record_everything(operation, Instant::now()),
+                None => {
+                    st.wrote_all();
+                    st.journal.record_everything(operation, Instant::now());
+                    st.cache.clear();
+                    st.bytes = 0;
+                }
             }
-            st.cache.clear();
-            st.bytes = 0;
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
-            shared::evict_all(coord).await;
+            // The shared cache cannot tell one account's entries from another's: it is retired
+            // whole, unless the settle journal (which every lookup reads after its states)
+            // refuses that account's findings for longer than any entry stored before this
+            // write can live.
+            let journal_covers =
+                !self.inner.settle.is_zero() && self.inner.ttl <= self.inner.settle;
+            let retired = accounts.is_none() || !journal_covers;
+            if retired {
+                shared::evict_all(coord).await;
+            }
             let write = match accounts {
                 Some(accounts) => shared::Journaled::Accounts(accounts, operation),
                 None => shared::Journaled::Everything(operation),
             };
-            self.share_write(write).await;
+            if !self.share_write(write).await && !retired {
+                // Without the journal entry the shared cache is not covered: retired on rejoin.
+                coord.mark_dirty();
+            }
         }
     }
 }
@@ -967,18 +1037,21 @@ impl Enricher {
     }
 
     /// Tells the other replicas, through Redis, what a write did, before its caller is
-    /// answered.
-    async fn share_write(&self, write: shared::Journaled<'_>) {
+    /// answered. Returns whether Redis took it (true when there is nothing to share).
+    async fn share_write(&self, write: shared::Journaled<'_>) -> bool {
         if self.inner.settle.is_zero() {
-            return;
+            return true;
         }
-        if let Some(coord) = &self.inner.coord {
-            self.share_again().await;
-            let settle_ms = self.inner.settle.as_millis() as u64;
-            if !shared::journal_write(coord, settle_ms, write).await {
-                self.inner.journal_lost.store(true, Ordering::SeqCst);
-            }
+        let Some(coord) = &self.inner.coord else {
+            return true;
+        };
+        self.share_again().await;
+        let settle_ms = self.inner.settle.as_millis() as u64;
+        let shared = shared::journal_write(coord, settle_ms, write).await;
+        if !shared {
+            self.inner.journal_lost.store(true, Ordering::SeqCst);
         }
+        shared
     }
 
     async fn share_again(&self) {
@@ -1014,9 +1087,7 @@ impl FindingState for Enricher {
             let mut st = self.inner.lock();
             let now = Instant::now();
             st.journal.expire(now);
-            if let Some(shared) = &shared {
-                st.journal.learn(keys, now, shared, &current);
-            }
+            st.journal.learn(keys, now, shared.as_ref(), &current);
             if let Some(u) = st
                 .journal
                 .unsettled(keys, now, shared.as_ref(), Some(&current))
@@ -1254,7 +1325,7 @@ async fn claim_chunk(
                             }
                             Claim::Cached(tag, state) => {
                                 coord.metrics().shared_hits.inc();
-                                if st.unwritten_since(&key, generation) {
+                                if st.unwritten_since(&key, owner_of(&state), generation) {
                                     inner.store_tagged(
                                         &mut st,
                                         key.clone(),
@@ -1356,7 +1427,7 @@ async fn await_other_replica(
                         // Not kept locally: the next lookup asks Redis first anyway. Handed
                         // over only if no local write came in since the batch began: Redis
                         // learns of a write after this replica does.
-                        if st.unwritten_since(&key, held.began) {
+                        if st.unwritten_since(&key, owner_of(&state), held.began) {
                             deliver(&mut st, &key, &Ok(state), &call);
                         } else {
                             handed_back.push((key, None));
@@ -1496,7 +1567,7 @@ async fn fetch_and_deliver(
     let mut again = false;
     for (key, outcome) in &outcomes {
         if let Ok(state) = outcome {
-            if !st.unwritten_since(key, batch.began) {
+            if !st.unwritten_since(key, owner_of(state), batch.began) {
                 // Read before a write to it was answered: neither kept nor handed over.
                 st.ask_again(key);
                 again = true;
@@ -2040,24 +2111,30 @@ mod tests {
             "no batch in flight: nothing to remember"
         );
         let first = st.batch_began();
-        assert!(st.unwritten_since(&a, first) && st.unwritten_since(&b, first));
+        assert!(st.unwritten_since(&a, None, first) && st.unwritten_since(&b, None, first));
         st.wrote([&a], None);
-        assert!(!st.unwritten_since(&a, first));
-        assert!(st.unwritten_since(&b, first));
+        assert!(!st.unwritten_since(&a, None, first));
+        assert!(st.unwritten_since(&b, None, first));
         let second = st.batch_began();
-        assert!(st.unwritten_since(&a, second), "began after the write");
+        assert!(
+            st.unwritten_since(&a, None, second),
+            "began after the write"
+        );
         st.batch_ended(first);
         assert!(
             st.written.is_empty(),
             "the only batch older than the write ended"
         );
         st.wrote_all();
-        assert!(!st.unwritten_since(&b, second));
+        assert!(!st.unwritten_since(&b, None, second));
         let third = st.batch_began();
-        assert!(st.unwritten_since(&b, third));
+        assert!(st.unwritten_since(&b, None, third));
         st.wrote([&b], None);
         st.batch_ended(second);
-        assert!(!st.unwritten_since(&b, third), "third is still in flight");
+        assert!(
+            !st.unwritten_since(&b, None, third),
+            "third is still in flight"
+        );
         st.batch_ended(third);
         assert!(st.batches.is_empty() && st.written.is_empty());
         assert!(st.written_order.is_empty());
@@ -2067,16 +2144,29 @@ mod tests {
         let fifth = st.batch_began();
         st.wrote([&a, &b], None);
         st.batch_ended(fourth);
-        assert!(!st.unwritten_since(&a, st.generation - 1));
+        assert!(!st.unwritten_since(&a, None, st.generation - 1));
         assert_eq!(
             st.written[&a].len(),
             1,
             "the write before fifth began is dropped"
         );
         assert_eq!(st.written_order.len(), 2);
-        assert!(!st.unwritten_since(&b, fifth));
+        assert!(!st.unwritten_since(&b, None, fifth));
         st.batch_ended(fifth);
         assert!(st.written.is_empty() && st.written_order.is_empty());
+        // A write to an account's findings touches only findings read as that account's.
+        let sixth = st.batch_began();
+        st.wrote_accounts(&[Arc::from("111111111111")]);
+        assert!(!st.unwritten_since(&a, Some("111111111111"), sixth));
+        assert!(st.patches_since(&a, Some("111111111111"), sixth).is_none());
+        assert!(st.unwritten_since(&a, Some("222222222222"), sixth));
+        assert!(
+            st.unwritten_since(&a, None, sixth),
+            "not found: a write cannot create it"
+        );
+        assert!(st.patches_since(&b, Some("222222222222"), sixth).is_some());
+        st.batch_ended(sixth);
+        assert!(st.cleared_accounts.is_empty());
     }
 
     /// A finding written while a call for it was out goes back to the queue, ahead of the
@@ -2101,7 +2191,7 @@ mod tests {
         }
         st.wrote([&a, &b], None);
         st.batch_ended(began);
-        assert!(!st.unwritten_since(&a, began), "still held");
+        assert!(!st.unwritten_since(&a, None, began), "still held");
         st.ask_again(&a);
         st.ask_again(&b);
         assert_eq!(

@@ -444,34 +444,70 @@ impl Journal {
         })
     }
 
-    /// Keeps what in `shared` refuses a lookup of `keys` (read as `states`), so that the same
-    /// findings are refused before their next lookup for as long as it holds.
+    /// Keeps what refuses a lookup of `keys` only once their states are read (`states`): the
+    /// other replicas' writes (`shared`), and this replica's limited to an account. The same
+    /// findings are then refused before their next lookup, for as long as that holds.
     pub fn learn(
         &mut self,
         keys: &[FindingKey],
         now: Instant,
-        shared: &Shared,
+        shared: Option<&Shared>,
         states: &KeyMap<Arc<CurrentFinding>>,
     ) {
-        if self.window.is_zero() {
+        let local = !self.accounts.is_empty() || self.unknowns > 0;
+        if self.window.is_zero() || (shared.is_none() && !local) {
             return;
         }
+        let mut found: Vec<(Duration, Option<FindingKey>, String)> = Vec::new();
+        let mut take = |left: Duration, finding: Option<&FindingKey>, op: &str| {
+            found.push((left, finding.cloned(), op.to_string()));
+        };
+        if let Some(shared) = shared {
+            shared.refusals(keys, Some(states), &mut take);
+        }
+        if local {
+            let cutoff = now.checked_sub(self.window);
+            let left_of = |at: Instant| {
+                (cutoff.is_none_or(|c| at > c)).then(|| {
+                    self.window
+                        .saturating_sub(now.saturating_duration_since(at))
+                })
+            };
+            for key in keys {
+                let Some(owner) = states.get(key).and_then(|s| s.account_id.as_deref()) else {
+                    continue;
+                };
+                if let Some((at, op)) = self.accounts.get(owner) {
+                    if let Some(left) = left_of(*at) {
+                        take(left, Some(key), op);
+                    }
+                }
+                let owned = self.by_key.get(key).map_or(&[][..], |k| &k.owned[..]);
+                for (at, op, account) in owned {
+                    if **account == *owner {
+                        if let Some(left) = left_of(*at) {
+                            take(left, Some(key), op);
+                        }
+                    }
+                }
+            }
+        }
         let (learned, everything) = (&mut self.learned, &mut self.learned_everything);
-        shared.refusals(keys, Some(states), |left, finding, op| {
+        for (left, finding, op) in found {
             let end = now + left;
-            let slot = match finding {
+            let slot = match &finding {
                 Some(key) => learned.get_mut(key),
                 None => everything.as_mut(),
             };
             match (slot, finding) {
                 (Some(slot), _) if slot.0 >= end => {}
-                (Some(slot), _) => *slot = (end, op.to_string()),
+                (Some(slot), _) => *slot = (end, op),
                 (None, Some(key)) => {
-                    learned.insert(key.clone(), (end, op.to_string()));
+                    learned.insert(key, (end, op));
                 }
-                (None, None) => *everything = Some((end, op.to_string())),
+                (None, None) => *everything = Some((end, op)),
             }
-        });
+        }
     }
 
     /// Lays the changes in the window, this replica's and then the other replicas' (`shared`,
@@ -857,6 +893,16 @@ mod tests {
         assert!(j
             .unsettled(&[key("a"), key("b")], t0, None, Some(&others))
             .is_none());
+        // Learnt from the states read, both refuse before the next lookup reads anything.
+        j.learn(&[key("a")], t0, None, &mine);
+        j.learn(&[key("b")], t0, None, &theirs);
+        for k in ["a", "b"] {
+            assert!(j.unsettled(&[key(k)], t0, None, None).is_some(), "{k}");
+        }
+        assert!(j.unsettled(&[key("c")], t0, None, None).is_none());
+        assert!(j
+            .unsettled(&[key("a")], t0 + 11 * SECOND, None, None)
+            .is_none());
         // The claim for account 1 did not clear the change kept for "a".
         let mut read = others.clone();
         assert!(j
@@ -896,7 +942,7 @@ mod tests {
             ("BatchUpdateFindingsV2".into(), 2 * SECOND),
         );
         assert!(j.unsettled(&keys, t0, None, None).is_none());
-        j.learn(&keys, t0, &shared, &states);
+        j.learn(&keys, t0, Some(&shared), &states);
         let u = j.unsettled(&[key("a")], t0, None, None).unwrap();
         assert_eq!(
             (u.finding, u.operation.as_str(), u.retry_after_s),
@@ -925,7 +971,7 @@ mod tests {
             everything: Some(("BatchUpdateFindingsV2".into(), 6 * SECOND)),
             ..Default::default()
         };
-        j.learn(&keys[..1], t3, &shared, &states);
+        j.learn(&keys[..1], t3, Some(&shared), &states);
         let u = j.unsettled(&[key("z")], t3, None, None).unwrap();
         assert_eq!((u.finding, u.retry_after_s), (None, 6));
         assert!(j

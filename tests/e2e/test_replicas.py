@@ -378,3 +378,28 @@ def test_a_refusal_from_the_shared_journal_is_not_paid_for_again_on_retry(replic
     assert quota_fake.op_stats("GetFindings")["calls"] == calls + 1, "retries spent quota"
     other = r2.buf(note_ids(["f-own-medium"]), who="member")
     assert other.status == 200, other.text
+
+
+def test_a_v2_write_to_one_account_keeps_the_shared_cache_of_the_others(replicas, quota_fake):
+    """A V2 write names accounts, not findings. The settle journal (read by every lookup after
+    its states) refuses those accounts' findings for settle_ms, longer than any cached entry
+    lives (cache_ttl_ms), so the shared cache is not retired for it: the other accounts' entries
+    stay hits on every replica, and the named account's cached findings are refused."""
+    r1, r2 = replicas()
+    for fid in ("f-own-high", "f-own-medium"):
+        assert r2.buf(note_ids([fid]), who="member").status == 200  # cached, shared
+    v2 = {"FindingIdentifiers": [{"CloudAccountUid": OTHER_ACCOUNT, "FindingInfoUid": "f-other",
+                                  "MetadataProductUid": "x"}], "Comment": "triaged"}
+    assert r1.send("PATCH", "/findingsv2/batchupdatev2", v2, who="admin").status == 200
+    calls = quota_fake.op_stats("GetFindings")["calls"]
+    hit = r2.buf(note_ids(["f-own-high"], "again"), who="member")
+    assert hit.status == 200, hit.text
+    rec = r2.audit_for(hit.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_cache_hits"] == 1, rec["metrics"]
+    assert quota_fake.op_stats("GetFindings")["calls"] == calls
+
+    v2["FindingIdentifiers"][0]["CloudAccountUid"] = MEMBER_ACCOUNT
+    assert r1.send("PATCH", "/findingsv2/batchupdatev2", v2, who="admin").status == 200
+    refused = r2.buf(note_ids(["f-own-medium"], "again"), who="member")
+    assert refused.status == 503, refused.text
+    assert refused.json()["error"]["code"] == "STATE_SETTLING", refused.text

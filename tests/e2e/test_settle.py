@@ -13,12 +13,21 @@ Each test runs its own hubgate in front of its own fake (seeded with SEED, no qu
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from helpers import MEMBER_ACCOUNT, OTHER_ACCOUNT, assert_envelope, finding, ident
+from helpers import (
+    CALLERS_TOML,
+    MEMBER_ACCOUNT,
+    OTHER_ACCOUNT,
+    Creds,
+    assert_envelope,
+    finding,
+    ident,
+)
 
 LOWER = "member accounts may not lower a finding's severity"
 FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
@@ -245,3 +254,71 @@ def test_a_lowering_and_its_revert_still_pending_are_not_taken_as_applied(stack)
     assert f"{LOWER} (CRITICAL to LOW)" in resp.json()["error"]["message"], resp.text
     time.sleep(LAG_MS / 1000 + 0.5)
     assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
+
+
+# A member of the other account (333333333333, which owns SEED's f-other).
+MEMBER2 = Creds("HGTESTMEMBER00000002", "member2-secret")
+CALLERS_WITH_MEMBER2 = CALLERS_TOML + f"""
+[[caller]]
+id = "member2"
+account_id = "{OTHER_ACCOUNT}"
+role = "member"
+access_key_id = "{MEMBER2.access_key}"
+secret_access_key = "{MEMBER2.secret_key}"
+"""
+
+
+def test_a_stream_of_v2_writes_to_one_account_leaves_other_accounts_lookups_and_cache_alone(
+        make_fake, make_hubgate):
+    """A member sends BatchUpdateFindingsV2 comments on its own account every 100 ms (the
+    shipped policies allow it). GetFindings answers in 300 ms. Another account's member must
+    not pay for that: its cached finding stays cached, and a lookup of its uncached finding is
+    one GetFindings call, not one thrown away and asked again after each V2 until the quota
+    runs out (429 after 16 calls, before this was scoped)."""
+    fake = make_fake()
+    fake.add_findings([finding("f-other-2", OTHER_ACCOUNT, "MEDIUM", 40)])
+    hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000},
+                       "quota": {"max_wait_ms": 5000}},
+                      fake=fake, callers_toml=CALLERS_WITH_MEMBER2)
+    fake.configure(answer_delay_ms={"GetFindings": 300})
+    assert hg.buf(body("f-other", **NOTE), creds=MEMBER2).status == 200  # now cached
+    stop, sent = threading.Event(), []
+
+    def own_account_comments():
+        while not stop.is_set():
+            sent.append(hg.send("PATCH", "/findingsv2/batchupdatev2",
+                                v2_note(MEMBER_ACCOUNT, "f-own-high"), who="member").status)
+            time.sleep(0.1)
+
+    attacker = threading.Thread(target=own_account_comments, daemon=True)
+    attacker.start()
+    try:
+        time.sleep(0.3)
+        calls = get_findings_calls(fake)
+        for _ in range(3):
+            cached = hg.buf(body("f-other", **NOTE), creds=MEMBER2)
+            assert cached.status == 200, cached.text
+        assert get_findings_calls(fake) == calls, "another account's cache was cleared"
+        fresh = hg.buf(body("f-other-2", **NOTE), creds=MEMBER2)
+        assert fresh.status == 200, fresh.text
+        rec = hg.audit_for(fresh.headers["x-hubgate-decision-id"])
+        assert rec["metrics"]["counter_lookup_calls"] == 1, rec["metrics"]
+    finally:
+        stop.set()
+        attacker.join(10)
+    assert len(sent) >= 3 and set(sent) == {200}, sent
+
+
+def test_a_refusal_for_an_accounts_write_is_not_paid_for_again_on_retry(stack):
+    """After the member's V2 comment on its own account, its note on another of its findings
+    is refused with 503 once the lookup shows the finding is that account's. The SDK's retries
+    are refused before any GetFindings call."""
+    fake, hg = stack({"cache_ttl_ms": 0, "settle_ms": 60000})
+    mine = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(MEMBER_ACCOUNT, "f-own-high"),
+                   who="member")
+    assert mine.status == 200, mine.text
+    calls = get_findings_calls(fake)
+    for attempt in range(3):
+        resp = hg.buf(body(FID, **NOTE), who="member")
+        assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
+        assert get_findings_calls(fake) == calls + 1, f"attempt {attempt + 1} read F again"
