@@ -56,6 +56,7 @@ TARGETS = {
     "allow100-notes": (800, 20.0),
     "allow100-ttl0": (800, 20.0),
     "allow100-cold": (800, 20.0),
+    "allow100-cold-lagging": (800, 20.0),
 }
 
 
@@ -378,6 +379,9 @@ def run(args) -> int:
     nginx = Nginx(args.nginx, wd, stub.port, args.workers).start()
 
     ids = [f"bench-{i:04d}" for i in range(100)]
+    # The stub applies writes, and nginx forwards the denials: their own findings keep
+    # nginx's SUPPRESSED off the findings the allowed paths read.
+    deny_ids = [f"deny-{i:04d}" for i in range(100)]
     suppress = {"Workflow": {"Status": "SUPPRESSED"}}
     raise_ = {"Severity": {"Label": "CRITICAL"}}
     # a list of updates: one request per update, sent in turn
@@ -385,12 +389,14 @@ def run(args) -> int:
               for x in "AB"]
     n_distinct = args.distinct
     distinct = [[f"cold-{r:04d}-{i:03d}" for i in range(100)] for r in range(n_distinct)]
+    # the stub never shows a write to these (see stub_upstream.rs)
+    lagging = [[f"lagging-{r:04d}-{i:03d}" for i in range(100)] for r in range(n_distinct)]
     scenarios = [
         # key, label, gate, [findings of each request], update, hubgate's expected status
         ("deny1", "denied in the first pass, 1 finding (member SUPPRESSED)",
-         gate, [ids[:1]], suppress, 403),
+         gate, [deny_ids[:1]], suppress, 403),
         ("deny100", "denied in the first pass, 100 findings (member SUPPRESSED)",
-         gate, [ids], suppress, 403),
+         gate, [deny_ids], suppress, 403),
         ("allow1", "allowed update, 1 finding (member raises HIGH to CRITICAL), default "
          "cache TTL, the same request over and over", gate, [ids[:1]], raise_, 200),
         ("allow100", "allowed update, 100 findings (member raises HIGH to CRITICAL), default "
@@ -400,8 +406,11 @@ def run(args) -> int:
         ("allow100-ttl0", "as allow100 with enrichment.cache_ttl_ms = 0 (concurrent "
          "identical requests may still share lookups)", cold, [ids], raise_, 200),
         ("allow100-cold", f"allowed update, 100 findings, cache_ttl_ms = 0 and {n_distinct} "
-         "requests with distinct findings sent in turn: every finding looked up", cold,
-         distinct, raise_, 200),
+         "requests with distinct findings sent in turn: every finding looked up (a finding's "
+         "turn comes round again after its write shows)", cold, distinct, raise_, 200),
+        ("allow100-cold-lagging", "as allow100-cold, on findings whose writes never show "
+         "(a Security Hub lagging more than the run): hubgate's own pending write is laid over "
+         "every finding read, and the request judged twice", cold, lagging, raise_, 200),
     ]
     only = set(filter(None, args.only.split(","))) if args.only else None
     results = []
@@ -548,14 +557,16 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
         f"{dt.datetime.fromtimestamp(args.bin.stat().st_mtime, dt.timezone.utc):%Y-%m-%d %H:%M}"
         " UTC), shipped policies, enforce, audit.sink = \"file\" (in the work folder), "
         "upstream.auth = \"resign\" (every upstream call SigV4-signed), enrichment on with the "
-        "default cache TTL (allow100-ttl0 and allow100-cold: cache_ttl_ms = 0), policies "
+        "default cache TTL (allow100-ttl0 and allow100-cold*: cache_ttl_ms = 0), policies "
         f"from {h.POLICY_DIR}",
         f"- identity: {identity}",
         f"- workers: {args.workers} (hubgate `server.worker_threads`, nginx `worker_processes`)",
         f"- nginx {nginx.version()}: access_log off, `proxy_http_version 1.1; "
         "proxy_set_header Connection \"\";`, upstream keepalive 32; CPU = master + workers",
         f"- upstream: benches/load/stub_upstream.rs (native, hyper; `{stub.banner()}`), shared "
-        "by both proxies; upstream calls counted by the stub (GET /_stats before and after)",
+        "by both proxies; upstream calls counted by the stub (GET /_stats before and after); "
+        "it applies each BatchUpdateFindings' Severity.Label, Workflow.Status and Note at once "
+        "(but never to `lagging-` findings)",
         f"- load: `wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency`, "
         "127.0.0.1 only; hubgate then nginx for each path, same request bytes; CPU µs/request "
         "= (utime + stime after − before) / requests wrk completed (/proc/<pid>/stat, 10 ms "
@@ -626,9 +637,9 @@ def main() -> int:
                     default=os.environ.get("IDENTITY", "sigv4"))
     ap.add_argument("--only", default=os.environ.get("ONLY", ""),
                     help="comma-separated scenario keys (deny1,deny100,allow1,allow100,"
-                         "allow100-notes,allow100-ttl0,allow100-cold)")
+                         "allow100-notes,allow100-ttl0,allow100-cold,allow100-cold-lagging)")
     ap.add_argument("--distinct", type=int, default=int(os.environ.get("DISTINCT", 512)),
-                    help="allow100-cold: how many requests with distinct findings wrk cycles "
+                    help="allow100-cold*: how many requests with distinct findings wrk cycles "
                          "through")
     ap.add_argument("--source", type=Path, default=bench.SOURCE,
                     help="the checkout the hubgate binary was built from (for the report)")

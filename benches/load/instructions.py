@@ -13,7 +13,10 @@ or system calls' kernel side, which cpu.py's CPU time does.
     .venv/bin/python benches/load/instructions.py --stub target/release/examples/stub_upstream \\
         --workdir /tmp/ir --bin old=/tmp/hubgate-old --bin new=target/release/hubgate
 
-The paths are cpu.py's (deny100, allow100, allow100-notes, allow100-cold; --only picks).
+The paths are cpu.py's (deny100, allow100, allow100-notes, allow100-cold; --only picks), and
+two more on the cold path: allow100-cold-again sends each request once before counting, so that
+every counted request reads findings after its own write shows (the stub applies writes at
+once); allow100-cold-lagging does the same on findings whose writes the stub never shows.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import bench  # noqa: E402
 import cpu  # noqa: E402  (Stub, Gate, body, request: the same requests as the CPU benchmark)
 from bench import h  # noqa: E402
 
-PATHS = ("deny100", "allow100", "allow100-notes", "allow100-cold")
+PATHS = ("deny100", "allow100", "allow100-notes", "allow100-cold", "allow100-cold-again",
+         "allow100-cold-lagging")
 
 
 class Ground(cpu.Gate):
@@ -122,12 +126,18 @@ def measure(name: str, binary: Path, args, stub) -> dict[str, float]:
     # cold: every request (warm-up included) names 100 findings no other request names
     distinct = [[f"cold-{name}-{r:04d}-{i:03d}" for i in range(100)]
                 for r in range(n + args.warmup)]
+    # cold-again: each body sent once before counting, so every counted request reads its
+    # findings after its own write shows; lagging: the stub never shows that write
+    again = [[f"again-{name}-{r:04d}-{i:03d}" for i in range(100)] for r in range(n)]
+    lagging = [[f"lagging-{name}-{r:04d}-{i:03d}" for i in range(100)] for r in range(n)]
     paths = {
         "deny100": (gate, [cpu.body(ids, {"Workflow": {"Status": "SUPPRESSED"}})], 403),
         "allow100": (gate, [cpu.body(ids, raise_)], 200),
         "allow100-notes": (gate, [cpu.body(ids, {**raise_, "Note": {
             "Text": f"triage pass {x}", "UpdatedBy": "bench"}}) for x in "AB"], 200),
         "allow100-cold": (cold, [cpu.body(f, raise_) for f in distinct], 200),
+        "allow100-cold-again": (cold, [cpu.body(f, raise_) for f in again], 200),
+        "allow100-cold-lagging": (cold, [cpu.body(f, raise_) for f in lagging], 200),
     }
     out = {}
     try:
@@ -136,7 +146,9 @@ def measure(name: str, binary: Path, args, stub) -> dict[str, float]:
         for key in args.only:
             g, datas, expect = paths[key]
             reqs = [cpu.request("sigv4", g.host, d) for d in datas]
-            send_all("127.0.0.1", g.port, reqs, args.warmup, expect)
+            send_all("127.0.0.1", g.port, reqs,
+                     len(reqs) if key in ("allow100-cold-again", "allow100-cold-lagging")
+                     else args.warmup, expect)
             g.control("-z")
             send_all("127.0.0.1", g.port, reqs[args.warmup:] + reqs[:args.warmup]
                      if key == "allow100-cold" else reqs, n, expect)

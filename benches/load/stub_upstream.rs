@@ -4,22 +4,27 @@
 //!     cargo build --release --example stub_upstream
 //!     target/release/examples/stub_upstream 8443 [--account 222222222222] [--threads 1]
 //!
-//! Listens on 127.0.0.1:<port>, plain HTTP/1.1, TCP_NODELAY. Signatures are not checked and no
-//! state is kept: every finding asked for exists, and looks the same on every call.
+//! Listens on 127.0.0.1:<port>, plain HTTP/1.1, TCP_NODELAY. Signatures are not checked.
+//! Every finding asked for exists; all that is kept is what BatchUpdateFindings wrote.
 //!
 //! - `POST /findings` (GetFindings): one finding per (Id, ProductArn) of the request's
 //!   `Filters.Id` x `Filters.ProductArn` EQUALS values (ProductArn defaults to Security Hub's
 //!   own), synthesised on the fly: realistic ASFF of about 2.8 KB, AwsAccountId = `--account`,
-//!   Severity HIGH / Normalized 70, Workflow NEW. No pagination (no NextToken).
+//!   Severity HIGH / Normalized 70, Workflow NEW, no Note, with the writes applied. No
+//!   pagination (no NextToken).
 //! - `PATCH /findings/batchupdate` (BatchUpdateFindings): every FindingIdentifiers entry back
-//!   in `ProcessedFindings`, `UnprocessedFindings` empty.
+//!   in `ProcessedFindings`, `UnprocessedFindings` empty. Its `Severity.Label`,
+//!   `Workflow.Status` and `Note` are applied at once to each finding (Security Hub applies
+//!   them within seconds), except to findings whose Id starts with `lagging-`: those never
+//!   show a write, like a Security Hub whose lag outlasts the run.
 //! - `GET /_stats`: calls per operation since start, as JSON.
 //! - anything else: 404 (counted as `other`).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -35,6 +40,11 @@ use tokio::net::TcpListener;
 const DEFAULT_PRODUCT_ARN: &str = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
 const ID_MARK: &str = "@@STUB-ID@@";
 const ARN_MARK: &str = "@@STUB-ARN@@";
+const SEVERITY_MARK: &str = "@@STUB-SEVERITY@@";
+const WORKFLOW_MARK: &str = "@@STUB-WORKFLOW@@";
+const NOTE_MARK: &str = "@@STUB-NOTE@@";
+/// Findings with this Id prefix never show a write.
+const LAGGING: &str = "lagging-";
 
 #[derive(Default)]
 struct Stats {
@@ -53,12 +63,25 @@ struct Stub {
     /// between them are copied as they are, the values are JSON-escaped into the gaps.
     template: Vec<Piece>,
     request_ids: AtomicU64,
+    /// What BatchUpdateFindings wrote, by (Id, ProductArn).
+    written: Mutex<HashMap<(String, String), Written>>,
 }
 
 enum Piece {
     Text(String),
     Id,
     Arn,
+    Severity,
+    Workflow,
+    /// The whole `"Note":{...},` member: absent until a write sets one.
+    Note,
+}
+
+#[derive(Default, Clone)]
+struct Written {
+    label: Option<String>,
+    status: Option<String>,
+    note: Option<NoteWrite>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +107,39 @@ struct GetFindings {
 #[serde(rename_all = "PascalCase", default)]
 struct BatchUpdate {
     finding_identifiers: Vec<Value>,
+    severity: Option<SeverityWrite>,
+    workflow: Option<WorkflowWrite>,
+    note: Option<NoteWrite>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct SeverityWrite {
+    label: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct WorkflowWrite {
+    status: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(rename_all = "PascalCase", default)]
+struct NoteWrite {
+    text: String,
+    updated_by: String,
+}
+
+/// Security Hub's `Severity.Normalized` for a label set by BatchUpdateFindings.
+fn normalized(label: &str) -> u32 {
+    match label {
+        "CRITICAL" => 90,
+        "HIGH" => 70,
+        "MEDIUM" => 40,
+        "LOW" => 1,
+        _ => 0,
+    }
 }
 
 fn finding_template(account: &str) -> Value {
@@ -103,7 +159,7 @@ fn finding_template(account: &str) -> Value {
         "LastObservedAt": "2024-06-01T12:00:00.000Z",
         "CreatedAt": "2024-01-01T00:00:00.000Z",
         "UpdatedAt": "2024-06-01T12:00:00.000Z",
-        "Severity": {"Label": "HIGH", "Normalized": 70, "Original": "HIGH"},
+        "Severity": SEVERITY_MARK,
         "Title": "EC2 instances should use Instance Metadata Service Version 2 (IMDSv2)",
         "Description": "This control checks whether your Amazon Elastic Compute Cloud (Amazon EC2) \
             instance metadata version is configured with Instance Metadata Service Version 2 \
@@ -148,7 +204,8 @@ fn finding_template(account: &str) -> Value {
                                     "NIST.800-53.r5 CM-2", "NIST.800-53.r5 SC-7"]
         },
         "WorkflowState": "NEW",
-        "Workflow": {"Status": "NEW"},
+        "Workflow": WORKFLOW_MARK,
+        "Note": NOTE_MARK,
         "RecordState": "ACTIVE",
         "FindingProviderFields": {
             "Severity": {"Label": "HIGH", "Original": "HIGH"},
@@ -160,14 +217,21 @@ fn finding_template(account: &str) -> Value {
 }
 
 fn split_template(text: &str) -> Vec<Piece> {
-    let id = serde_json::to_string(ID_MARK).unwrap();
-    let arn = serde_json::to_string(ARN_MARK).unwrap();
+    let q = |mark: &str| serde_json::to_string(mark).unwrap();
+    // The Note member goes whole, its comma too: "Note" is never the object's last member.
+    let marks = [
+        (q(ID_MARK), 0),
+        (q(ARN_MARK), 1),
+        (q(SEVERITY_MARK), 2),
+        (q(WORKFLOW_MARK), 3),
+        (format!("\"Note\":{},", q(NOTE_MARK)), 4),
+    ];
     let mut pieces = Vec::new();
     let mut rest = text;
     loop {
-        let next = [(rest.find(&id), &id, 0), (rest.find(&arn), &arn, 1)]
-            .into_iter()
-            .filter_map(|(at, mark, kind)| at.map(|a| (a, mark.len(), kind)))
+        let next = marks
+            .iter()
+            .filter_map(|(mark, kind)| rest.find(mark.as_str()).map(|a| (a, mark.len(), *kind)))
             .min();
         match next {
             None => {
@@ -176,7 +240,13 @@ fn split_template(text: &str) -> Vec<Piece> {
             }
             Some((at, len, kind)) => {
                 pieces.push(Piece::Text(rest[..at].to_string()));
-                pieces.push(if kind == 0 { Piece::Id } else { Piece::Arn });
+                pieces.push(match kind {
+                    0 => Piece::Id,
+                    1 => Piece::Arn,
+                    2 => Piece::Severity,
+                    3 => Piece::Workflow,
+                    _ => Piece::Note,
+                });
                 rest = &rest[at + len..];
             }
         }
@@ -184,12 +254,34 @@ fn split_template(text: &str) -> Vec<Piece> {
 }
 
 impl Stub {
-    fn write_finding(&self, out: &mut Vec<u8>, id: &str, arn: &str) {
+    fn write_finding(&self, out: &mut Vec<u8>, id: &str, arn: &str, w: Option<&Written>) {
+        let label = w.and_then(|w| w.label.as_deref()).unwrap_or("HIGH");
+        let status = w.and_then(|w| w.status.as_deref()).unwrap_or("NEW");
         for piece in &self.template {
             match piece {
                 Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Piece::Id => serde_json::to_writer(&mut *out, id).unwrap(),
                 Piece::Arn => serde_json::to_writer(&mut *out, arn).unwrap(),
+                Piece::Severity => serde_json::to_writer(
+                    &mut *out,
+                    &json!({"Label": label, "Normalized": normalized(label), "Original": "HIGH"}),
+                )
+                .unwrap(),
+                Piece::Workflow => {
+                    serde_json::to_writer(&mut *out, &json!({"Status": status})).unwrap()
+                }
+                Piece::Note => {
+                    if let Some(n) = w.and_then(|w| w.note.as_ref()) {
+                        out.extend_from_slice(b"\"Note\":");
+                        serde_json::to_writer(
+                            &mut *out,
+                            &json!({"Text": n.text, "UpdatedAt": "2024-06-01T12:00:05.000Z",
+                                    "UpdatedBy": n.updated_by}),
+                        )
+                        .unwrap();
+                        out.push(b',');
+                    }
+                }
             }
         }
     }
@@ -212,15 +304,18 @@ impl Stub {
         let mut out = Vec::with_capacity(64 + req.filters.id.len() * arns.len() * 3000);
         out.extend_from_slice(b"{\"Findings\":[");
         let mut n = 0u64;
+        let written = self.written.lock().unwrap();
         for id in &req.filters.id {
             for arn in &arns {
                 if n > 0 {
                     out.push(b',');
                 }
-                self.write_finding(&mut out, &id.value, arn);
+                let w = written.get(&(id.value.clone(), arn.to_string()));
+                self.write_finding(&mut out, &id.value, arn, w);
                 n += 1;
             }
         }
+        drop(written);
         out.extend_from_slice(b"]}");
         self.stats.findings_returned.fetch_add(n, Relaxed);
         self.json(StatusCode::OK, out)
@@ -235,6 +330,31 @@ impl Stub {
         self.stats
             .identifiers_updated
             .fetch_add(req.finding_identifiers.len() as u64, Relaxed);
+        let label = req.severity.and_then(|s| s.label);
+        let status = req.workflow.and_then(|w| w.status);
+        if label.is_some() || status.is_some() || req.note.is_some() {
+            let mut written = self.written.lock().unwrap();
+            for fi in &req.finding_identifiers {
+                let (Some(id), Some(arn)) = (fi["Id"].as_str(), fi["ProductArn"].as_str()) else {
+                    continue;
+                };
+                if id.starts_with(LAGGING) {
+                    continue;
+                }
+                let w = written
+                    .entry((id.to_string(), arn.to_string()))
+                    .or_default();
+                if label.is_some() {
+                    w.label.clone_from(&label);
+                }
+                if status.is_some() {
+                    w.status.clone_from(&status);
+                }
+                if req.note.is_some() {
+                    w.note.clone_from(&req.note);
+                }
+            }
+        }
         let out = serde_json::to_vec(&json!({
             "ProcessedFindings": req.finding_identifiers,
             "UnprocessedFindings": [],
@@ -332,9 +452,10 @@ fn main() {
         stats: Stats::default(),
         template: split_template(&text),
         request_ids: AtomicU64::new(0),
+        written: Mutex::new(HashMap::new()),
     });
     let mut sample = Vec::new();
-    stub.write_finding(&mut sample, "example-finding-id", DEFAULT_PRODUCT_ARN);
+    stub.write_finding(&mut sample, "example-finding-id", DEFAULT_PRODUCT_ARN, None);
     let _ = STUB.set(stub);
 
     let runtime = if threads <= 1 {

@@ -534,7 +534,7 @@ impl Journal {
         }
         let cutoff = now.checked_sub(self.window);
         // Fresh copies, one per kept change, dropped with this call: laying a patch over a
-        // state memoises that state in the patch.
+        // state, or asking whether the state shows it, memoises that state in the patch.
         let mut copies: Vec<(*const Patch, Patch)> = Vec::new();
         let mut reported: Option<KeyMap<Arc<CurrentFinding>>> = None;
         let mut applied = Vec::new();
@@ -557,20 +557,20 @@ impl Journal {
             };
             let mut state = read.clone();
             if let Some(kept) = kept {
-                if shown(&kept.patch) {
+                let ptr = Arc::as_ptr(&kept.patch);
+                let copy = match copies.iter().position(|(p, _)| *p == ptr) {
+                    Some(i) => &copies[i].1,
+                    None => {
+                        copies.push((ptr, kept.patch.fresh()));
+                        &copies[copies.len() - 1].1
+                    }
+                };
+                if shown(copy) {
                     // Shown, so not laid over this read; forgotten only if that means applied.
-                    if kept.patch.settles_when_shown() {
+                    if copy.settles_when_shown() {
                         applied.push(key);
                     }
                 } else if !matches!(source, Source::Cache { read_at } if read_at < kept.first) {
-                    let ptr = Arc::as_ptr(&kept.patch);
-                    let copy = match copies.iter().position(|(p, _)| *p == ptr) {
-                        Some(i) => &copies[i].1,
-                        None => {
-                            copies.push((ptr, kept.patch.fresh()));
-                            &copies[copies.len() - 1].1
-                        }
-                    };
                     state = super::laid_over(&state, copy);
                 }
             }

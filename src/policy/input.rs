@@ -1037,10 +1037,19 @@ impl Patch {
         let Ok(e) = entry.as_object() else {
             return false;
         };
-        let current = match e.get(&keys().current) {
-            Some(RValue::Object(c)) => Some(c),
-            _ => None,
-        };
+        self.facts.iter().all(|(k, v)| e.get(k) == Some(v))
+            && match e.get(&keys().current) {
+                // Findings read from one page share their `current` object: compared once.
+                Some(RValue::Object(current)) => self.seen(current, |seen| {
+                    *seen
+                        .shown
+                        .get_or_insert_with(|| self.current_shows(Some(&*seen.source)))
+                }),
+                _ => self.current_shows(None),
+            }
+    }
+
+    fn current_shows(&self, current: Option<&Object>) -> bool {
         let shows = |value: &RValue, found: Option<&RValue>| match (value, found) {
             (RValue::Undefined, _) => true,
             (RValue::Object(want), Some(RValue::Object(got))) => {
@@ -1048,14 +1057,13 @@ impl Patch {
             }
             (want, got) => got == Some(want),
         };
-        self.facts.iter().all(|(k, v)| e.get(k) == Some(v))
-            && self.set.iter().all(|(member, sub, value)| {
-                let m = current.and_then(|c| c.get(member));
-                match sub {
-                    None => shows(value, m),
-                    Some(sub) => shows(value, m.and_then(|m| m.as_object().ok()?.get(sub))),
-                }
-            })
+        self.set.iter().all(|(member, sub, value)| {
+            let m = current.and_then(|c| c.get(member));
+            match sub {
+                None => shows(value, m),
+                Some(sub) => shows(value, m.and_then(|m| m.as_object().ok()?.get(sub))),
+            }
+        })
     }
 
     fn current_holds(&self, current: &Object) -> bool {
@@ -1122,6 +1130,7 @@ impl Patch {
         let fresh = || SeenCurrent {
             source: current.clone(),
             holds: None,
+            shown: None,
             patched: None,
         };
         match self.currents.lock() {
@@ -1151,6 +1160,7 @@ pub fn path_replaces(later: &str, earlier: &str) -> bool {
 struct SeenCurrent {
     source: regorus::Rc<Object>,
     holds: Option<bool>,
+    shown: Option<bool>,
     patched: Option<RValue>,
 }
 
@@ -1701,6 +1711,11 @@ mod tests {
         assert!(!patch.holds(&a));
         assert!(patch.holds(&done));
         assert!(!patch.holds(&b));
+        // shown_by answers per shared object too, and apart from holds
+        assert!(!patch.shown_by(&b));
+        assert!(patch.shown_by(&done));
+        assert!(!patch.shown_by(&a));
+        assert!(!patch.shown_by(&c));
         let (pa, pb, pc) = (patch.apply(&a), patch.apply(&b), patch.apply(&c));
         assert!(regorus::Rc::ptr_eq(&current_of(&pa), &current_of(&pb)));
         assert!(!regorus::Rc::ptr_eq(&current_of(&pa), &current_of(&pc)));
@@ -1713,6 +1728,7 @@ mod tests {
             );
             assert_eq!(e["current"]["Severity"], json!({"Label": label}));
             assert!(patch.holds(patched));
+            assert!(patch.shown_by(patched));
         }
         // the state the findings shared before is untouched
         let old: Value = serde_json::to_value(&shared).unwrap();
