@@ -63,8 +63,8 @@ struct Stub {
     /// between them are copied as they are, the values are JSON-escaped into the gaps.
     template: Vec<Piece>,
     request_ids: AtomicU64,
-    /// What BatchUpdateFindings wrote, by (Id, ProductArn).
-    written: Mutex<HashMap<(String, String), Written>>,
+    /// What BatchUpdateFindings wrote, by Id and then ProductArn (looked up without a copy).
+    written: Mutex<HashMap<String, HashMap<String, Written>>>,
 }
 
 enum Piece {
@@ -77,7 +77,7 @@ enum Piece {
     Note,
 }
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Written {
     label: Option<String>,
     status: Option<String>,
@@ -262,24 +262,31 @@ impl Stub {
                 Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Piece::Id => serde_json::to_writer(&mut *out, id).unwrap(),
                 Piece::Arn => serde_json::to_writer(&mut *out, arn).unwrap(),
-                Piece::Severity => serde_json::to_writer(
-                    &mut *out,
-                    &json!({"Label": label, "Normalized": normalized(label), "Original": "HIGH"}),
-                )
-                .unwrap(),
+                // Written in place, not through a `json!` map per finding: the stub shares the
+                // machine with the proxy it measures.
+                Piece::Severity => {
+                    out.extend_from_slice(b"{\"Label\":");
+                    serde_json::to_writer(&mut *out, label).unwrap();
+                    let rest = format!(
+                        ",\"Normalized\":{},\"Original\":\"HIGH\"}}",
+                        normalized(label)
+                    );
+                    out.extend_from_slice(rest.as_bytes());
+                }
                 Piece::Workflow => {
-                    serde_json::to_writer(&mut *out, &json!({"Status": status})).unwrap()
+                    out.extend_from_slice(b"{\"Status\":");
+                    serde_json::to_writer(&mut *out, status).unwrap();
+                    out.push(b'}');
                 }
                 Piece::Note => {
                     if let Some(n) = w.and_then(|w| w.note.as_ref()) {
-                        out.extend_from_slice(b"\"Note\":");
-                        serde_json::to_writer(
-                            &mut *out,
-                            &json!({"Text": n.text, "UpdatedAt": "2024-06-01T12:00:05.000Z",
-                                    "UpdatedBy": n.updated_by}),
-                        )
-                        .unwrap();
-                        out.push(b',');
+                        out.extend_from_slice(b"\"Note\":{\"Text\":");
+                        serde_json::to_writer(&mut *out, &n.text).unwrap();
+                        out.extend_from_slice(
+                            b",\"UpdatedAt\":\"2024-06-01T12:00:05.000Z\",\"UpdatedBy\":",
+                        );
+                        serde_json::to_writer(&mut *out, &n.updated_by).unwrap();
+                        out.extend_from_slice(b"},");
                     }
                 }
             }
@@ -310,7 +317,7 @@ impl Stub {
                 if n > 0 {
                     out.push(b',');
                 }
-                let w = written.get(&(id.value.clone(), arn.to_string()));
+                let w = written.get(&id.value).and_then(|by_arn| by_arn.get(*arn));
                 self.write_finding(&mut out, &id.value, arn, w);
                 n += 1;
             }
@@ -342,7 +349,9 @@ impl Stub {
                     continue;
                 }
                 let w = written
-                    .entry((id.to_string(), arn.to_string()))
+                    .entry(id.to_string())
+                    .or_default()
+                    .entry(arn.to_string())
                     .or_default();
                 if label.is_some() {
                     w.label.clone_from(&label);
