@@ -538,13 +538,21 @@ impl Journal {
         let mut copies: Vec<(*const Patch, Patch)> = Vec::new();
         let mut reported: Option<KeyMap<Arc<CurrentFinding>>> = None;
         let mut applied = Vec::new();
-        for key in keys {
-            let kept = self
-                .by_key
-                .get(key)
-                .and_then(|k| k.patch.as_ref())
-                .filter(|k| cutoff.is_none_or(|c| k.last > c));
-            let theirs = shared.and_then(|s| s.patches.get(key));
+        // The journal holds every finding written in the window, mostly out of the processor's
+        // caches: its entries are found first, in a loop with nothing else in it, so that the
+        // processor waits on several findings' cache misses at once rather than on each in turn.
+        let found: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let kept = self
+                    .by_key
+                    .get(key)
+                    .and_then(|k| k.patch.as_ref())
+                    .filter(|k| cutoff.is_none_or(|c| k.last > c));
+                (kept, shared.and_then(|s| s.patches.get(key)))
+            })
+            .collect();
+        for (key, (kept, theirs)) in keys.iter().zip(found) {
             if kept.is_none() && theirs.is_none() {
                 continue;
             }
