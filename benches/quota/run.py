@@ -316,7 +316,8 @@ def main() -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, _on_signal)
 
-    h.HUBGATE_BIN = Path(args.bin)
+    # Resolved here: the gates run in their own work folders, not in this one.
+    h.HUBGATE_BIN = Path(args.bin).resolve()
     if not args.direct_only and not h.HUBGATE_BIN.exists():
         print(f"hubgate binary not found at {h.HUBGATE_BIN} (--bin / HUBGATE_BIN; build it with "
               "`cargo build --release`)", file=sys.stderr)
