@@ -1736,7 +1736,7 @@ struct Projected {
     /// The memo's one copy of the text, shared by its findings' keys and entries.
     product_arn: Option<Arc<str>>,
     facts: StateFacts,
-    /// The entry but its Id, shared by every finding of the page whose projected fields are
+    /// The entry but its Id, shared by every finding the memo read whose projected fields are
     /// the same texts; None only without a ProductArn, and such a finding is dropped.
     template: Option<EntryTemplate>,
     bytes: usize,
@@ -1759,7 +1759,10 @@ struct Projected {
 /// built text each field is (a finding's key and entry stay its own).
 #[derive(Default)]
 struct PageMemo {
-    built: std::collections::HashMap<Box<str>, Built, foldhash::fast::RandomState>,
+    /// The `Built::index` of each text built.
+    built: std::collections::HashMap<Box<str>, usize, foldhash::fast::RandomState>,
+    /// What was built, by its `Built::index`.
+    builds: Vec<Built>,
     templates:
         std::collections::HashMap<CurrentTexts, Option<EntryTemplate>, foldhash::fast::RandomState>,
     /// Each built value, by its `Built::index`.
@@ -1801,22 +1804,24 @@ impl PageMemo {
     }
 
     fn get<E: serde::de::Error>(&mut self, text: &str, as_json: bool) -> Result<&Built, E> {
-        if !self.built.contains_key(text) {
-            let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
-            let bytes = approximate_size(&value);
-            let index = self.values.len();
-            self.values.push(value);
-            self.text_bytes += text.len();
-            self.built.insert(
-                text.into(),
-                Built {
+        // One search of the map when the text was built before, the usual case.
+        let index = match self.built.get(text) {
+            Some(&index) => index,
+            None => {
+                let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
+                let index = self.values.len();
+                self.builds.push(Built {
                     index,
-                    bytes,
+                    bytes: approximate_size(&value),
                     json: None,
-                },
-            );
-        }
-        let Some(built) = self.built.get_mut(text) else {
+                });
+                self.values.push(value);
+                self.text_bytes += text.len();
+                self.built.insert(text.into(), index);
+                index
+            }
+        };
+        let Some(built) = self.builds.get_mut(index) else {
             return Err(E::custom("the page memo lost a text it built"));
         };
         if as_json && built.json.is_none() {
@@ -1828,7 +1833,7 @@ impl PageMemo {
 
 impl PageMemo {
     /// The entry template of a finding whose projected fields are `texts`, shared with the
-    /// page's other such findings. Its facts and ProductArn come from those texts, so the first
+    /// other such findings the memo has read. Its facts and ProductArn come from those texts, so the first
     /// such finding's stand for all of them.
     fn template(
         &mut self,
