@@ -1803,24 +1803,33 @@ impl PageMemo {
         }
     }
 
-    fn get<E: serde::de::Error>(&mut self, text: &str, as_json: bool) -> Result<&Built, E> {
+    /// The index of `text`, built now if it was not before.
+    fn index_of<E: serde::de::Error>(&mut self, text: &str) -> Result<usize, E> {
         // One search of the map when the text was built before, the usual case.
-        let index = match self.built.get(text) {
-            Some(&index) => index,
-            None => {
-                let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
-                let index = self.values.len();
-                self.builds.push(Built {
-                    index,
-                    bytes: approximate_size(&value),
-                    json: None,
-                });
-                self.values.push(value);
-                self.text_bytes += text.len();
-                self.built.insert(text.into(), index);
-                index
-            }
-        };
+        if let Some(&index) = self.built.get(text) {
+            return Ok(index);
+        }
+        let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
+        let index = self.values.len();
+        self.builds.push(Built {
+            index,
+            bytes: approximate_size(&value),
+            json: None,
+        });
+        self.values.push(value);
+        self.text_bytes += text.len();
+        self.built.insert(text.into(), index);
+        Ok(index)
+    }
+
+    /// What was built from `text`, found at `index` (from `index_of` on the same text, in the
+    /// same page), with its JSON too when `as_json`.
+    fn built<E: serde::de::Error>(
+        &mut self,
+        index: usize,
+        text: &str,
+        as_json: bool,
+    ) -> Result<&Built, E> {
         let Some(built) = self.builds.get_mut(index) else {
             return Err(E::custom("the page memo lost a text it built"));
         };
@@ -1974,29 +1983,35 @@ impl<'de> serde::de::Visitor<'de> for FindingsSeed<'_> {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(100));
-        while let Some(p) = seq.next_element_seed(ProjectedSeed(&mut *self.0))? {
+        let mut last = [None; CURRENT_FIELDS.len()];
+        while let Some(p) = seq.next_element_seed(ProjectedSeed(&mut *self.0, &mut last))? {
             out.push(p);
         }
         Ok(out)
     }
 }
 
-struct ProjectedSeed<'a>(&'a mut PageMemo);
+/// One finding, read with the thread's memo and, per projected field, the text the page's
+/// previous finding had there with its index: the findings of one control repeat their texts,
+/// and comparing a text with the last one is cheaper than hashing it to search the memo.
+struct ProjectedSeed<'a, 'de>(&'a mut PageMemo, &'a mut LastTexts<'de>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for ProjectedSeed<'_> {
+type LastTexts<'de> = [Option<(&'de str, usize)>; CURRENT_FIELDS.len()];
+
+impl<'de> serde::de::DeserializeSeed<'de> for ProjectedSeed<'_, 'de> {
     type Value = Projected;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Projected, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_> {
+impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
     type Value = Projected;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a finding")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Projected, A::Error> {
-        let memo = self.0;
+        let (memo, last) = (self.0, self.1);
         let (mut id, mut product_arn) = (None, None);
         let mut texts: CurrentTexts = [ABSENT; CURRENT_FIELDS.len()];
         // The members the entry's facts come from are read as JSON (see StateFacts).
@@ -2015,7 +2030,15 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_> {
             let field = CURRENT_FIELDS[at];
             let text = map.next_value::<&'de serde_json::value::RawValue>()?.get();
             let fact = StateFacts::MEMBERS.contains(&field);
-            let built = memo.get::<A::Error>(text, fact)?;
+            let index = match last[at] {
+                Some((before, index)) if before == text => index,
+                _ => {
+                    let index = memo.index_of::<A::Error>(text)?;
+                    last[at] = Some((text, index));
+                    index
+                }
+            };
+            let built = memo.built::<A::Error>(index, text, fact)?;
             if let Some(json) = built.json.as_ref().filter(|_| fact) {
                 facts.read_member(field, json);
             }
