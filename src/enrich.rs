@@ -432,13 +432,16 @@ impl Inner {
     }
 
     /// Stores a finding's state (None: not found), keeping the cache within its bound; `tag`
-    /// names the shared value it matches.
+    /// names the shared value it matches. The entry's time to live counts from `at`: for a
+    /// GetFindings answer, when its lookup began, not when the answer came in (see
+    /// `fetch_and_deliver`).
     fn store_tagged(
         &self,
         st: &mut State,
         key: FindingKey,
         state: Option<Arc<CurrentFinding>>,
         tag: Option<Tag>,
+        at: Instant,
         now: Instant,
     ) {
         let ttl = if state.is_some() {
@@ -446,7 +449,7 @@ impl Inner {
         } else {
             self.negative_ttl
         };
-        if ttl.is_zero() {
+        if ttl.is_zero() || now.saturating_duration_since(at) >= ttl {
             return;
         }
         if st.cache.len() >= self.max_entries && !st.cache.contains_key(&key) {
@@ -471,14 +474,7 @@ impl Inner {
                 .sum();
         }
         let added = state.as_ref().map_or(0, |s| s.bytes);
-        if let Some(old) = st.cache.insert(
-            key,
-            Cached {
-                at: now,
-                state,
-                tag,
-            },
-        ) {
+        if let Some(old) = st.cache.insert(key, Cached { at, state, tag }) {
             st.bytes -= old.state.as_ref().map_or(0, |s| s.bytes);
         }
         st.bytes += added;
@@ -605,7 +601,7 @@ impl Enricher {
                     }
                     if storable {
                         self.inner
-                            .store_tagged(&mut st, key.clone(), state, Some(tag), now);
+                            .store_tagged(&mut st, key.clone(), state, Some(tag), now, now);
                     }
                 }
                 Looked::Miss => misses.push(key.clone()),
@@ -805,6 +801,7 @@ impl Enricher {
                     Some(state.clone()),
                     Some(tag.clone()),
                     read_at,
+                    now,
                 );
                 writes.push((key, expected, Some((tag, state))));
             }
@@ -1207,7 +1204,7 @@ async fn drive(inner: Arc<Inner>) {
             calls: AtomicUsize::new(0),
             throttled: AtomicBool::new(false),
         });
-        let (chunk, batch) = {
+        let (chunk, batch, started) = {
             let mut st = inner.lock();
             let mut chunk = Vec::with_capacity(IDS_PER_LOOKUP);
             while chunk.len() < IDS_PER_LOOKUP {
@@ -1227,6 +1224,7 @@ async fn drive(inner: Arc<Inner>) {
                     inner: inner.clone(),
                     began,
                 },
+                Instant::now(),
             )
         };
         let (chunk, claims) = match inner.coord.clone() {
@@ -1242,6 +1240,7 @@ async fn drive(inner: Arc<Inner>) {
             inner.clone(),
             chunk,
             batch,
+            started,
             progress,
             claims,
         ));
@@ -1331,6 +1330,7 @@ async fn claim_chunk(
                                         key.clone(),
                                         state.clone(),
                                         Some(tag),
+                                        now,
                                         now,
                                     );
                                     deliver(&mut st, &key, &Ok(state), &call);
@@ -1499,6 +1499,13 @@ async fn fetch_and_deliver(
     chunk: Vec<FindingKey>,
     // Dropped last, after the lock below is released: the batch ends once it has delivered.
     batch: Batch,
+    // When the batch began (with `batch.began`): what it reads is kept, here and in Redis, for
+    // `cache_ttl_ms` from then, not from when the answer came in. A write forwarded while the
+    // call was in flight is kept in the settle journal for `settle_ms` from its forwarding, so
+    // with `cache_ttl_ms <= settle_ms` no entry that may predate it outlives its journal entry
+    // (review 29 F1: an answer that came in late, stored for a full TTL, outlived the journal
+    // and was then served to every replica).
+    started: Instant,
     progress: Arc<CallProgress>,
     claims: KeyMap<SharedClaim>,
 ) {
@@ -1562,7 +1569,7 @@ async fn fetch_and_deliver(
     }
     let tags = match &inner.coord {
         Some(coord) if !claims.is_empty() => {
-            share_outcomes(&inner, coord, &outcomes, &claims, found).await
+            share_outcomes(&inner, coord, &outcomes, &claims, found, started).await
         }
         _ => KeyMap::default(),
     };
@@ -1578,7 +1585,7 @@ async fn fetch_and_deliver(
                 continue;
             }
             let tag = tags.get(key).cloned();
-            inner.store_tagged(&mut st, key.clone(), state.clone(), tag, now);
+            inner.store_tagged(&mut st, key.clone(), state.clone(), tag, started, now);
         }
         deliver(&mut st, key, outcome, &progress);
     }
@@ -1598,7 +1605,9 @@ async fn share_outcomes(
     outcomes: &KeyMap<Outcome>,
     claims: &KeyMap<SharedClaim>,
     found: bool,
+    started: Instant,
 ) -> KeyMap<Tag> {
+    let age = started.elapsed();
     let mut by_generation: HashMap<&str, Vec<(&FindingKey, &str)>> = HashMap::new();
     for (key, (generation, version)) in claims {
         by_generation
@@ -1625,7 +1634,8 @@ async fn share_outcomes(
                     continue;
                 }
             };
-            let ttl_ms = inner.ttl_for(state).as_millis() as u64;
+            // What is left of the TTL counted from the batch's start; none left stores nothing.
+            let ttl_ms = inner.ttl_for(state).saturating_sub(age).as_millis() as u64;
             let tag = shared::new_tag();
             items.push(ToStore {
                 key,

@@ -403,3 +403,74 @@ def test_a_v2_write_to_one_account_keeps_the_shared_cache_of_the_others(replicas
     refused = r2.buf(note_ids(["f-own-medium"], "again"), who="member")
     assert refused.status == 503, refused.text
     assert refused.json()["error"]["code"] == "STATE_SETTLING", refused.text
+
+
+# Review 29, F1: a V2 write naming an account does not retire the shared cache when
+# settle_ms >= cache_ttl_ms. A GetFindings call in flight when it was forwarded read the state
+# from before it; stored with a full cache_ttl_ms from its late answer, that entry outlived the
+# write's settle journal entry and was then served (a member lowered a CRITICAL finding). An
+# entry's TTL now counts from its lookup's start.
+REVIEW29_FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
+# settle_ms == cache_ttl_ms: the shared cache is not retired for a V2 write
+REVIEW29_WINDOW_MS = 3000
+REVIEW29_NOTE = {"Note": {"Text": "looking into it", "UpdatedBy": "review-29"}}
+
+
+def _r29_body(*fids: str, **update) -> dict:
+    return {"FindingIdentifiers": [ident(f) for f in fids], **update}
+
+
+def _r29_v2_note(account: str, fid: str) -> dict:
+    return {"FindingIdentifiers": [{"CloudAccountUid": account, "FindingInfoUid": fid,
+                                    "MetadataProductUid": "x"}], "Comment": "raised"}
+
+
+# (in flight, settle_ms): settle_ms >= cache_ttl_ms keeps the shared cache over the V2 write;
+# 2900 < cache_ttl_ms retires it (the control: the stale store is then refused by generation).
+@pytest.mark.parametrize("inflight,settle_ms", [
+    (True, REVIEW29_WINDOW_MS), (False, REVIEW29_WINDOW_MS), (True, 2900)])
+def test_a_lookup_in_flight_across_a_v2_write_is_not_served_after_its_window(
+        replicas, quota_fake, inflight, settle_ms):
+    """The administrator's V2 write on the member's account raises F to CRITICAL (the fake's V2
+    changes no ASFF finding, so the test applies its effect itself, at the moment it is
+    forwarded). With `inflight`, the member's own lookup of F was sent just before and read
+    F as MEDIUM; its answer comes 1.5 s later. After the settle window (3 s from the V2 write)
+    the member lowers F to MEDIUM: that must be judged CRITICAL to MEDIUM (403) or refused as
+    settling (503), never allowed."""
+    (hg,) = replicas(n=1, extra={"enrichment": {
+        "enabled": True, "cache_ttl_ms": REVIEW29_WINDOW_MS, "settle_ms": settle_ms}})
+    first = {}
+    if inflight:
+        quota_fake.configure(answer_delay_ms={"GetFindings": 1500})
+        t = threading.Thread(
+            target=lambda: first.update(r=hg.buf(_r29_body(REVIEW29_FID, **REVIEW29_NOTE), who="member")))
+        t.start()
+        time.sleep(0.4)  # the GetFindings call has read F (MEDIUM); it answers at +1.5 s
+    else:
+        first["r"] = hg.buf(_r29_body(REVIEW29_FID, **REVIEW29_NOTE), who="member")
+        assert first["r"].status == 200, first["r"].text  # F cached as MEDIUM, before the V2
+
+    quota_fake.add_findings([finding(REVIEW29_FID, MEMBER_ACCOUNT, "CRITICAL", 90)])  # the V2's effect
+    v2 = hg.send("PATCH", "/findingsv2/batchupdatev2", _r29_v2_note(MEMBER_ACCOUNT, REVIEW29_FID), who="admin")
+    assert v2.status == 200, v2.text
+    journal_written = time.monotonic()
+    if inflight:
+        t.join(15)
+        assert not t.is_alive()
+        print("in-flight note:", first["r"].status, first["r"].text[:200])
+        quota_fake.configure(answer_delay_ms={})
+
+    # The window (3 s from the V2 write) is over; an entry stored before the write is gone.
+    time.sleep(max(0.0, journal_written + REVIEW29_WINDOW_MS / 1000 + 0.4 - time.monotonic()))
+    calls = quota_fake.op_stats("GetFindings")["calls"]
+    lowered = hg.buf(_r29_body(REVIEW29_FID, Severity={"Label": "MEDIUM"}), who="member")
+    print("lowering:", lowered.status, lowered.text[:300])
+    rec = hg.audit_for(lowered.headers.get("x-hubgate-decision-id")
+                       or lowered.headers["x-amzn-requestid"])
+    print("lookup calls:", quota_fake.op_stats("GetFindings")["calls"] - calls,
+          "metrics:", rec.get("metrics"))
+    print("fake now holds:", quota_fake.findings()[REVIEW29_FID]["Severity"])
+    assert lowered.status in (403, 503), (
+        f"the member's lowering of a CRITICAL finding was allowed ({lowered.status}): it was "
+        f"judged on the state read before the V2 write; the fake now holds "
+        f"{quota_fake.findings()[REVIEW29_FID]['Severity']}")
