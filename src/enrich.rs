@@ -401,12 +401,7 @@ impl Inner {
         cached: &'a Cached,
         now: Instant,
     ) -> Option<&'a Option<Arc<CurrentFinding>>> {
-        let ttl = if cached.state.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
-        (now.duration_since(cached.at) < ttl).then_some(&cached.state)
+        (now.duration_since(cached.at) < self.ttl_for(&cached.state)).then_some(&cached.state)
     }
 
     fn report(&self, st: &State) {
@@ -444,20 +439,12 @@ impl Inner {
         at: Instant,
         now: Instant,
     ) {
-        let ttl = if state.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
+        let ttl = self.ttl_for(&state);
         if ttl.is_zero() || now.saturating_duration_since(at) >= ttl {
             return;
         }
         if st.cache.len() >= self.max_entries && !st.cache.contains_key(&key) {
-            let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
-            st.cache.retain(|_, c| {
-                let t = if c.state.is_some() { ttl } else { negative_ttl };
-                now.duration_since(c.at) < t
-            });
+            st.cache.retain(|_, c| self.fresh(c, now).is_some());
             if st.cache.len() >= self.max_entries {
                 // Still full of live entries: drop the oldest tenth rather than grow.
                 let mut ages: Vec<(Instant, FindingKey)> =
@@ -1769,14 +1756,12 @@ struct Projected {
 /// built text each field is (a finding's key and entry stay its own).
 #[derive(Default)]
 struct PageMemo {
-    /// The `Built::index` of each text built.
+    /// Where in `builds` each text's build is.
     built: std::collections::HashMap<Box<str>, usize, foldhash::fast::RandomState>,
-    /// What was built, by its `Built::index`.
+    /// What was built, in the order it was: equal indices mean equal texts.
     builds: Vec<Built>,
     templates:
         std::collections::HashMap<CurrentTexts, Option<EntryTemplate>, foldhash::fast::RandomState>,
-    /// Each built value, by its `Built::index`.
-    values: Vec<regorus::Value>,
     /// The bytes of the texts `built` holds.
     text_bytes: usize,
 }
@@ -1785,13 +1770,12 @@ thread_local! {
     static PAGE_MEMO: std::cell::RefCell<PageMemo> = std::cell::RefCell::default();
 }
 
-/// Of each field of CURRENT_FIELDS, the `Built::index` of its text, or ABSENT.
+/// Of each field of CURRENT_FIELDS, the index in `PageMemo::builds` of its text, or ABSENT.
 type CurrentTexts = [usize; CURRENT_FIELDS.len()];
 const ABSENT: usize = usize::MAX;
 
 struct Built {
-    /// The order in which the memo built it: equal indices mean equal texts.
-    index: usize,
+    value: regorus::Value,
     bytes: usize,
     /// The text as JSON, for the members facts are read from (see StateFacts).
     json: Option<Value>,
@@ -1805,7 +1789,7 @@ impl PageMemo {
 
     /// Called before each page, never within one: a page's findings hold indices into it.
     fn make_room(&mut self) {
-        if self.values.len() >= Self::MAX_TEXTS
+        if self.builds.len() >= Self::MAX_TEXTS
             || self.templates.len() >= Self::MAX_TEXTS
             || self.text_bytes >= Self::MAX_TEXT_BYTES
         {
@@ -1820,13 +1804,12 @@ impl PageMemo {
             return Ok(index);
         }
         let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
-        let index = self.values.len();
+        let index = self.builds.len();
         self.builds.push(Built {
-            index,
             bytes: approximate_size(&value),
+            value,
             json: None,
         });
-        self.values.push(value);
         self.text_bytes += text.len();
         self.built.insert(text.into(), index);
         Ok(index)
@@ -1852,15 +1835,15 @@ impl PageMemo {
 
 impl PageMemo {
     /// The entry template of a finding whose projected fields are `texts`, shared with the
-    /// other such findings the memo has read. Its facts and ProductArn come from those texts, so the first
-    /// such finding's stand for all of them.
+    /// other such findings the memo has read. Its facts and ProductArn come from those texts,
+    /// so the first such finding's stand for all of them.
     fn template(
         &mut self,
         texts: &CurrentTexts,
         facts: &StateFacts,
         product_arn: Option<&Arc<str>>,
     ) -> Option<EntryTemplate> {
-        let values = &self.values;
+        let builds = &self.builds;
         self.templates
             .entry(*texts)
             .or_insert_with(|| {
@@ -1868,7 +1851,7 @@ impl PageMemo {
                 let object: BTreeMap<regorus::Value, regorus::Value> = field_keys()
                     .iter()
                     .zip(texts)
-                    .filter_map(|(k, &i)| Some((k.clone(), values.get(i)?.clone())))
+                    .filter_map(|(k, &i)| Some((k.clone(), builds.get(i)?.value.clone())))
                     .collect();
                 let arn = regorus::Value::String(product_arn?.clone());
                 facts.template(arn, regorus::Value::from(object))
@@ -2053,10 +2036,10 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
                 facts.read_member(field, json);
             }
             bytes += field.len() + 24 + built.bytes;
-            texts[at] = built.index;
+            texts[at] = index;
             if field == "ProductArn" {
-                product_arn = match memo.values.get(texts[at]) {
-                    Some(regorus::Value::String(arn)) => Some(arn.clone()),
+                product_arn = match &built.value {
+                    regorus::Value::String(arn) => Some(arn.clone()),
                     _ => None,
                 };
             }
@@ -2386,7 +2369,7 @@ mod tests {
                 .collect();
             page(findings);
         }
-        let held = PAGE_MEMO.with_borrow(|m| m.values.len());
+        let held = PAGE_MEMO.with_borrow(|m| m.builds.len());
         assert!(
             held <= PageMemo::MAX_TEXTS + per_page,
             "the memo holds {held} texts"
