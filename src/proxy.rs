@@ -1165,22 +1165,13 @@ async fn forward_allowed(
     }
     let mut extra: Vec<Value> = denied
         .iter()
-        .map(
-            |(
-                FindingKey {
-                    id,
-                    product_arn: arn,
-                    ..
-                },
-                reasons,
-            )| {
-                json!({
-                    "FindingIdentifier": {"Id": id, "ProductArn": arn},
-                    "ErrorCode": "PolicyDenied",
-                    "ErrorMessage": reasons.join("; "),
-                })
-            },
-        )
+        .map(|(key, reasons)| {
+            json!({
+                "FindingIdentifier": {"Id": key.id, "ProductArn": key.product_arn},
+                "ErrorCode": "PolicyDenied",
+                "ErrorMessage": reasons.join("; "),
+            })
+        })
         .collect();
     extra.sort_by(|a, b| {
         a["FindingIdentifier"]["Id"]
