@@ -98,6 +98,7 @@ impl FindingState for Replay {
     fn lookup(
         &self,
         keys: &[FindingKey],
+        _account: &str,
         _deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -122,10 +123,12 @@ impl FindingState for Replay {
 /// `hubgate eval`, a fixed map in the benchmark.
 pub trait FindingState {
     /// The state of each finding (a key missing from the map was not found), or None when
-    /// this source cannot look findings up at all.
+    /// this source cannot look findings up at all. `account` is the caller's: sources that
+    /// call Security Hub share their quota between accounts in turn.
     fn lookup(
         &self,
         keys: &[FindingKey],
+        account: &str,
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send;
 }
@@ -353,7 +356,9 @@ pub async fn judge<S: FindingState>(
                 .is_some_and(|p| p.decision.needs_state);
             if (early || dry_run) && needs_state {
                 let t = Instant::now();
-                let found = state.lookup(&judgement.keys, deadline).await;
+                let found = state
+                    .lookup(&judgement.keys, &facts.principal.account_id, deadline)
+                    .await;
                 judgement.enrich_ns = t.elapsed().as_nanos() as u64;
                 match found {
                     Ok(Some(Lookup {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::config::EnrichmentConfig;
 use crate::coordination::cache::{self as shared, Claim, Looked, Tag, ToStore, ToWrite};
@@ -32,8 +32,10 @@ use crate::policy::state::approximate_size;
 pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
+use queue::LookupQueue;
 use settle::{Journal, Source, Write};
 
+mod queue;
 mod settle;
 
 /// GetFindings accepts at most 20 values per filter attribute.
@@ -63,6 +65,71 @@ struct Delivery {
     earlier: Vec<Arc<CallProgress>>,
 }
 
+/// One request's wait for the findings it queued: each delivery fills its place, and the
+/// request is woken once, when the last arrives. (A channel per finding was an allocation, a
+/// wake-up and a timer registration per finding of every cold request.)
+struct Waiter {
+    slots: Mutex<Slots>,
+    all_in: Notify,
+    /// The request stopped waiting (it answered, gave up or was dropped): a finding only it
+    /// waits for need not be looked up.
+    gone: AtomicBool,
+}
+
+struct Slots {
+    got: Vec<Option<Delivery>>,
+    left: usize,
+}
+
+impl Waiter {
+    fn new(n: usize) -> Waiter {
+        Waiter {
+            slots: Mutex::new(Slots {
+                got: vec![None; n],
+                left: n,
+            }),
+            all_in: Notify::new(),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // A panic while filling a slot leaves the slots as they were before it.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, at: usize, delivery: Delivery) {
+        let mut slots = self.slots();
+        if let Some(slot @ None) = slots.got.get_mut(at) {
+            *slot = Some(delivery);
+            slots.left -= 1;
+            if slots.left == 0 {
+                // A stored permit if the request is not polling yet: no wake-up is lost.
+                self.all_in.notify_one();
+            }
+        }
+    }
+
+    async fn all_delivered(&self) {
+        while self.slots().left > 0 {
+            self.all_in.notified().await;
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        !self.gone.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks the waiter gone when the request stops waiting, however it stops.
+struct StopsWaiting(Arc<Waiter>);
+
+impl Drop for StopsWaiting {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Ordering::Relaxed);
+    }
+}
+
 /// One batch: which it was, and what it has cost so far (a request that stops waiting still
 /// reports the calls made for it).
 #[cfg_attr(test, derive(Default))]
@@ -84,10 +151,11 @@ struct Cached {
 struct State {
     cache: KeyMap<Cached>,
     bytes: usize,
-    /// Findings waiting for a batch, in arrival order.
-    queue: VecDeque<FindingKey>,
-    /// Requests waiting on each queued or in-flight finding.
-    waiting: KeyMap<Vec<oneshot::Sender<Delivery>>>,
+    /// Findings waiting for a batch, per account, served in turn.
+    queue: LookupQueue,
+    /// Requests waiting on each queued or in-flight finding, each with the finding's place
+    /// in its wait.
+    waiting: KeyMap<Vec<(Arc<Waiter>, usize)>>,
     /// The batch each in-flight finding is in.
     in_flight: KeyMap<Arc<CallProgress>>,
     /// Bumped by every write: a lookup that started before it must not cache what it read.
@@ -601,11 +669,12 @@ impl Enricher {
     }
 
     /// Current state of each (Id, ProductArn); a key missing from the result was not found.
-    /// Waits for shared batches until `deadline`, then gives up with a quota error. The mark
-    /// says when each state was read.
+    /// Findings not cached are queued as `account`'s. Waits for shared batches until
+    /// `deadline`, then gives up with a quota error. The mark says when each state was read.
     async fn lookup(
         &self,
         keys: &[FindingKey],
+        account: &str,
         deadline: Instant,
     ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats, ReadMark), LookupFailure> {
         let mut found = KeyMap::with_capacity_and_hasher(keys.len(), Default::default());
@@ -613,6 +682,7 @@ impl Enricher {
         // Refused before any call is spent on it.
         self.settled(keys)?;
         let mut pending = Vec::new();
+        let waiting;
         let held = Batch {
             inner: self.inner.clone(),
             began: self.inner.lock().batch_began(),
@@ -647,18 +717,23 @@ impl Enricher {
                     }
                     continue;
                 }
-                let (tx, rx) = oneshot::channel();
+                pending.push(key.clone());
+            }
+            let waiter = (!pending.is_empty()).then(|| Arc::new(Waiter::new(pending.len())));
+            for (at, key) in pending.iter().enumerate() {
+                let Some(waiter) = &waiter else { break };
+                let at = (waiter.clone(), at);
                 match st.waiting.get_mut(key) {
                     // Already queued or in flight for another request: share that call.
-                    Some(waiters) => waiters.push(tx),
+                    Some(waiters) => waiters.push(at),
                     None => {
-                        st.waiting.insert(key.clone(), vec![tx]);
-                        st.queue.push_back(key.clone());
+                        st.waiting.insert(key.clone(), vec![at]);
+                        st.queue.push_back(account, key.clone());
                         queued = true;
                     }
                 }
-                pending.push((key.clone(), rx));
             }
+            waiting = waiter.map(StopsWaiting);
             if queued {
                 self.inner.work.notify_one();
             }
@@ -680,39 +755,44 @@ impl Enricher {
                 stats.throttled |= call.throttled.load(Ordering::Relaxed);
             }
         };
-        let mut failure: Option<LookupError> = None;
-        let mut pending = pending.into_iter();
-        for (key, rx) in pending.by_ref() {
-            let delivery = match tokio::time::timeout_at(deadline.into(), rx).await {
-                Ok(Ok(d)) => d,
-                Ok(Err(e)) => {
-                    // The batch's task went away without answering: hubgate's fault, not
-                    // Security Hub's.
-                    failure.get_or_insert(LookupError::Upstream(UpstreamError::local(
-                        "finish a lookup (its task ended before it answered)",
-                        e,
-                    )));
-                    continue;
-                }
-                Err(_) => {
-                    // Quota ran out before this finding's batch answered; what was spent on
-                    // it so far still counts.
-                    let st = self.inner.lock();
-                    for k in std::iter::once(&key).chain(pending.as_slice().iter().map(|(k, _)| k))
-                    {
-                        let earlier = st.spent.get(k).map_or(&[][..], Vec::as_slice);
-                        for call in st.in_flight.get(k).into_iter().chain(earlier) {
+        // Marks the request gone when it returns, however it returns.
+        let Some(StopsWaiting(waiter)) = &waiting else {
+            return Ok((found, stats, mark));
+        };
+        let in_time = tokio::time::timeout_at(deadline.into(), waiter.all_delivered())
+            .await
+            .is_ok();
+        let got = std::mem::take(&mut waiter.slots().got);
+        if !in_time {
+            // Quota ran out before every finding's batch answered; what was spent on them so
+            // far still counts.
+            let st = self.inner.lock();
+            for (key, delivery) in pending.iter().zip(&got) {
+                match delivery {
+                    Some(d) => {
+                        for call in std::iter::once(&d.call).chain(&d.earlier) {
                             count(&mut stats, call);
                         }
                     }
-                    failure.get_or_insert(LookupError::Quota(QuotaExhausted {
-                        operation: "GetFindings",
-                        rate: self.inner.pacer.rate("GetFindings"),
-                        waited_ms: wait_started.elapsed().as_millis() as u64,
-                    }));
-                    break;
+                    None => {
+                        let earlier = st.spent.get(key).map_or(&[][..], Vec::as_slice);
+                        for call in st.in_flight.get(key).into_iter().chain(earlier) {
+                            count(&mut stats, call);
+                        }
+                    }
                 }
-            };
+            }
+            let error = LookupError::Quota(QuotaExhausted {
+                operation: "GetFindings",
+                rate: self.inner.pacer.rate("GetFindings"),
+                waited_ms: wait_started.elapsed().as_millis() as u64,
+            });
+            return Err(LookupFailure { error, stats });
+        }
+        let mut failure: Option<LookupError> = None;
+        for (key, delivery) in pending.into_iter().zip(got) {
+            // Every slot is filled once all are in.
+            let Some(delivery) = delivery else { continue };
             count(&mut stats, &delivery.call);
             for call in &delivery.earlier {
                 count(&mut stats, call);
@@ -1062,9 +1142,10 @@ impl FindingState for Enricher {
     async fn lookup(
         &self,
         keys: &[FindingKey],
+        account: &str,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
-        let (mut current, stats, mark) = Enricher::lookup(self, keys, deadline).await?;
+        let (mut current, stats, mark) = Enricher::lookup(self, keys, account, deadline).await?;
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
         let unsettled = {
@@ -1173,9 +1254,10 @@ async fn share_again(inner: &Inner) {
     }
 }
 
-/// Runs forever: waits for queued findings and for GetFindings quota, then sends the oldest
-/// queued findings (up to 20) in one call. Findings queued while it waits for quota join the
-/// next call, which is what batches concurrent requests together.
+/// Runs forever: waits for queued findings and for GetFindings quota, then sends the next
+/// queued findings (up to 20, from the account whose turn it is: `queue`) in one call.
+/// Findings queued while it waits for quota join the next call, which is what batches
+/// concurrent requests together.
 async fn drive(inner: Arc<Inner>) {
     loop {
         loop {
@@ -1201,6 +1283,7 @@ async fn drive(inner: Arc<Inner>) {
                 st.in_flight.insert(key.clone(), progress.clone());
                 chunk.push(key);
             }
+            st.queue.end_batch();
             if chunk.is_empty() {
                 continue;
             }
@@ -1241,13 +1324,16 @@ type SharedClaim = (String, String);
 fn deliver(st: &mut State, key: &FindingKey, outcome: &Outcome, call: &Arc<CallProgress>) {
     st.in_flight.remove(key);
     let earlier = st.spent.remove(key).unwrap_or_default();
-    for tx in st.waiting.remove(key).unwrap_or_default() {
-        let _ = tx.send(Delivery {
-            outcome: outcome.clone(),
-            call: call.clone(),
-            generation: st.generation,
-            earlier: earlier.clone(),
-        });
+    for (waiter, at) in st.waiting.remove(key).unwrap_or_default() {
+        waiter.put(
+            at,
+            Delivery {
+                outcome: outcome.clone(),
+                call: call.clone(),
+                generation: st.generation,
+                earlier: earlier.clone(),
+            },
+        );
     }
 }
 
@@ -1362,6 +1448,7 @@ async fn claim_chunk(
             st.in_flight.insert(key.clone(), progress.clone());
             candidates.push(key);
         }
+        st.queue.end_batch();
         if candidates.is_empty() {
             break;
         }
@@ -1457,14 +1544,14 @@ fn has_live_work(st: &mut State) -> bool {
             .waiting
             .get_mut(key)
             .map(|w| {
-                w.retain(|tx| !tx.is_closed());
+                w.retain(|(waiter, _)| waiter.waiting());
                 !w.is_empty()
             })
             .unwrap_or(false);
         if live {
             return true;
         }
-        if let Some(key) = st.queue.pop_front() {
+        if let Some(key) = st.queue.drop_front() {
             st.forget(&key);
             st.preclaimed.remove(&key);
         }
@@ -1477,7 +1564,7 @@ fn anyone_waiting(inner: &Inner, chunk: &[FindingKey]) -> bool {
     chunk.iter().any(|k| {
         st.waiting
             .get(k)
-            .is_some_and(|w| w.iter().any(|tx| !tx.is_closed()))
+            .is_some_and(|w| w.iter().any(|(waiter, _)| waiter.waiting()))
     })
 }
 
@@ -2234,9 +2321,10 @@ mod tests {
         assert!(st.cleared_accounts.is_empty());
     }
 
-    /// A finding written while a call for it was out goes back to the queue, ahead of the
-    /// rest, for the requests waiting on it; one nobody waits for is dropped. A hold keeps
-    /// writes known as a batch does, after the batch that took it has ended.
+    /// A finding written while a call for it was out goes back to the queue (the findings
+    /// asked for again take a turn like an account's) for the requests waiting on it; one
+    /// nobody waits for is dropped. A hold keeps writes known as a batch does, after the batch
+    /// that took it has ended.
     #[test]
     fn a_finding_written_during_its_call_is_asked_for_again() {
         let mut st = State::default();
@@ -2245,9 +2333,9 @@ mod tests {
             FindingKey::new("b", "p"),
             FindingKey::new("c", "p"),
         );
-        let (tx, mut rx) = oneshot::channel();
-        st.waiting.insert(a.clone(), vec![tx]);
-        st.queue.push_back(c.clone());
+        let waiter = Arc::new(Waiter::new(1));
+        st.waiting.insert(a.clone(), vec![(waiter.clone(), 0)]);
+        st.queue.push_back("222222222222", c.clone());
         let began = st.batch_began();
         st.hold(began);
         for k in [&a, &b] {
@@ -2259,16 +2347,17 @@ mod tests {
         assert!(!st.unwritten_since(&a, None, began), "still held");
         st.ask_again(&a);
         st.ask_again(&b);
+        let queued: Vec<FindingKey> = std::iter::from_fn(|| st.queue.pop_front()).collect();
         assert_eq!(
-            st.queue,
-            [a.clone(), c.clone()],
-            "a first; b has nobody waiting"
+            queued,
+            [c.clone(), a.clone()],
+            "a queued again, in its turn after the account already waiting; b has nobody waiting"
         );
         assert!(st.in_flight.is_empty());
         // a's waiter is charged for the first call too when a is delivered
         assert!(!st.spent.contains_key(&b));
         deliver(&mut st, &a, &Ok(None), &Arc::new(CallProgress::default()));
-        let delivery = rx.try_recv().expect("delivered");
+        let delivery = waiter.slots().got[0].take().expect("delivered");
         assert_eq!(delivery.earlier.len(), 1);
         assert!(st.spent.is_empty());
         st.batch_ended(began);

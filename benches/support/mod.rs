@@ -54,6 +54,7 @@ impl FindingState for MapState {
     fn lookup(
         &self,
         keys: &[FindingKey],
+        _account: &str,
         _deadline: std::time::Instant,
     ) -> impl std::future::Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let current = keys

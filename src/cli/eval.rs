@@ -149,6 +149,7 @@ impl FindingState for FileState {
     fn lookup(
         &self,
         keys: &[FindingKey],
+        _account: &str,
         _deadline: std::time::Instant,
     ) -> impl std::future::Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let found = self.0.as_ref().map(|all| Lookup {

@@ -19,8 +19,11 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from helpers import (
     CALLERS,
+    CALLERS_TOML,
     MEMBER_ACCOUNT,
+    OTHER_ACCOUNT,
     REGION,
+    Creds,
     assert_envelope,
     decision_id_of_boto,
     finding,
@@ -71,9 +74,9 @@ def quota_fake(make_fake):
 
 @pytest.fixture
 def pair(quota_fake, make_hubgate):
-    """pair(overrides) -> hubgate in front of quota_fake."""
-    def make(overrides: dict | None = None):
-        return make_hubgate(overrides or {}, fake=quota_fake)
+    """pair(overrides, **hubgate_kw) -> hubgate in front of quota_fake."""
+    def make(overrides: dict | None = None, **hubgate_kw):
+        return make_hubgate(overrides or {}, fake=quota_fake, **hubgate_kw)
     return make
 
 
@@ -210,6 +213,70 @@ def test_pacing_keeps_four_concurrent_callers_under_the_get_findings_quota(pair,
     buf = quota_fake.op_stats("BatchUpdateFindings")
     assert buf["throttled"] == 0 and buf["findings_processed"] == 400, buf
     assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in ids)
+
+
+def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
+        pair, quota_fake):
+    """Member account A queues 500 lookups (5 concurrent updates of 100 findings: 25
+    GetFindings); member account B then updates 20 of its own. Accounts take turns batch by
+    batch, so B's GetFindings goes out within two calls of arriving, not after A's backlog, and
+    B is answered while A's job is still running."""
+    other = Creds("HGTESTMEMBER00000002", "second-member-secret")
+    callers = CALLERS_TOML + f"""
+[[caller]]
+id = "member-b"
+account_id = "{OTHER_ACCOUNT}"
+role = "member"
+access_key_id = "{other.access_key}"
+secret_access_key = "{other.secret_key}"
+"""
+    quota_fake.quota_on(GetFindings=(10.0, 3), BatchUpdateFindings=(50.0, 50))
+    hg = pair({"quota": {"max_wait_ms": 20000},
+               "quota.limits": {"GetFindings": {"rate": 10.0, "burst": 2},
+                                "BatchUpdateFindings": {"rate": 50.0, "burst": 50}}},
+              callers_toml=callers)
+    bulk = [f"bulk-{i:03d}" for i in range(500)]
+    late = [f"late-{i:03d}" for i in range(20)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in bulk]
+                            + [finding(i, OTHER_ACCOUNT, "HIGH") for i in late])
+    errors, finished = [], {}
+
+    def update(who_creds, ids, name):
+        client = boto3.session.Session().client(
+            "securityhub", endpoint_url=hg.url, region_name=REGION,
+            aws_access_key_id=who_creds.access_key, aws_secret_access_key=who_creds.secret_key,
+            config=Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=30))
+        try:
+            resp = client.batch_update_findings(**note(*ids))
+            assert len(resp["ProcessedFindings"]) == len(ids), resp
+            finished[name] = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{name}: {e!r}")
+
+    threads = [threading.Thread(target=update, args=(CALLERS["member"], bulk[k:k + 100], f"a{k}"))
+               for k in range(0, 500, 100)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(quota_fake.get_findings_calls()) >= 3, 10,
+               "A's lookups to be under way")
+    calls_before = len(quota_fake.get_findings_calls())
+    b = threading.Thread(target=update, args=(other, late, "b"))
+    b.start()
+    for t in threads + [b]:
+        t.join(40)
+    assert not any(t.is_alive() for t in threads + [b]), "updates still running after 40 s"
+    assert errors == [], errors
+
+    asked = [{f["Value"] for f in call["Filters"]["Id"]} for call in quota_fake.get_findings_calls()]
+    b_calls = [n for n, ids in enumerate(asked) if ids & set(late)]
+    assert b_calls and set().union(*(asked[n] for n in b_calls)) >= set(late), asked
+    assert all(asked[n] <= set(late) for n in b_calls), "a batch holds one account's findings"
+    assert b_calls[0] <= calls_before + 2, (
+        f"B's lookup was call {b_calls[0]} of {len(asked)}; {calls_before} had gone out when B "
+        "arrived: it waited behind A's backlog")
+    assert finished["b"] < max(v for k, v in finished.items() if k != "b"), finished
+    assert quota_fake.op_stats("GetFindings")["throttled"] == 0
+    assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in bulk + late)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,243 @@
+//! The lookup queue: findings waiting for a GetFindings batch, kept per account and served in
+//! turn, so that the callers behind one hubgate share its lookup quota fairly.
+//!
+//! Every caller in `resign` mode spends the same account's GetFindings quota (3 calls a
+//! second). With one first-come queue, a member account's bulk job of 2,000 findings put 100
+//! calls, about 33 seconds, ahead of every request that came after it, and those requests ran
+//! out of time waiting. Here a batch is filled from one account's findings, and the accounts
+//! with findings waiting take turns batch by batch: a request waits behind at most one batch
+//! per other account, whatever their backlogs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::finding::FindingKey;
+
+/// Whose findings a queue holds: an account's, or those asked for again (`AGAIN`).
+type Turn = Option<Arc<str>>;
+const AGAIN: Turn = None;
+
+#[derive(Default)]
+pub(super) struct LookupQueue {
+    /// Each account's findings, and (under `AGAIN`) those asked for again because a write
+    /// landed while their call was out, or handed back by another replica. These take turns
+    /// like an account's: a caller that makes its own findings be asked again (a V2 write to
+    /// its account while they are looked up) cannot put them ahead of everyone else's.
+    queues: HashMap<Turn, VecDeque<FindingKey>>,
+    /// The queues with findings waiting, the one whose turn it is first.
+    turns: VecDeque<Turn>,
+    /// The queue the batch being filled began with.
+    serving: Option<Turn>,
+    /// The queue the last complete batch began with: it has just had its turn.
+    served: Option<Turn>,
+}
+
+impl LookupQueue {
+    /// Queues a finding one of `account`'s requests asked for.
+    pub fn push_back(&mut self, account: &str, key: FindingKey) {
+        match self.queues.get_mut(&Some(Arc::from(account))) {
+            Some(queue) => queue.push_back(key),
+            None => self.join(Some(Arc::from(account))).push_back(key),
+        }
+    }
+
+    /// Queues a finding asked for again, ahead of the others asked for again.
+    pub fn push_front(&mut self, key: FindingKey) {
+        match self.queues.get_mut(&AGAIN) {
+            Some(queue) => queue.push_front(key),
+            None => self.join(AGAIN).push_front(key),
+        }
+    }
+
+    /// A queue that had nothing waiting takes a turn: at the back, but ahead of the queue
+    /// that has just had its turn, which would otherwise (alone with a backlog) be served
+    /// twice before the newcomer.
+    fn join(&mut self, turn: Turn) -> &mut VecDeque<FindingKey> {
+        let at = match (&self.served, self.turns.back()) {
+            (Some(served), Some(last)) if served == last => self.turns.len() - 1,
+            _ => self.turns.len(),
+        };
+        self.turns.insert(at, turn.clone());
+        self.queues.entry(turn).or_default()
+    }
+
+    /// The finding `pop_front` would take.
+    pub fn front(&self) -> Option<&FindingKey> {
+        self.turns
+            .iter()
+            .find_map(|turn| self.queues.get(turn).and_then(VecDeque::front))
+    }
+
+    /// Takes the next finding of the queue whose turn it is. A queue that runs out mid-batch
+    /// leaves the room to the next one.
+    pub fn pop_front(&mut self) -> Option<FindingKey> {
+        self.take(true)
+    }
+
+    /// Drops the next finding (nobody waits for it), without starting anyone's turn.
+    pub fn drop_front(&mut self) -> Option<FindingKey> {
+        self.take(false)
+    }
+
+    fn take(&mut self, for_batch: bool) -> Option<FindingKey> {
+        loop {
+            let turn = self.turns.front()?.clone();
+            let queue = self.queues.get_mut(&turn);
+            let key = queue.and_then(VecDeque::pop_front);
+            if self.queues.get(&turn).is_none_or(VecDeque::is_empty) {
+                self.queues.remove(&turn);
+                self.turns.pop_front();
+            }
+            if let Some(key) = key {
+                if for_batch {
+                    self.serving.get_or_insert(turn);
+                }
+                return Some(key);
+            }
+        }
+    }
+
+    /// The batch being filled is complete: the queue it began with, if it still has findings
+    /// waiting, goes to the back of the turns.
+    pub fn end_batch(&mut self) {
+        self.served = self.serving.take();
+        if self.served.is_some() && self.turns.front() == self.served.as_ref() {
+            self.turns.rotate_left(1);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.front().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(prefix: &str, n: usize) -> Vec<FindingKey> {
+        (0..n)
+            .map(|i| FindingKey::new(format!("{prefix}-{i}"), "p"))
+            .collect()
+    }
+
+    /// Takes batches of up to `size` until the queue is empty; returns each batch's ids.
+    fn drain(q: &mut LookupQueue, size: usize) -> Vec<Vec<String>> {
+        let mut batches = Vec::new();
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < size {
+                let Some(k) = q.pop_front() else { break };
+                batch.push(k.id.to_string());
+            }
+            q.end_batch();
+            if batch.is_empty() {
+                return batches;
+            }
+            batches.push(batch);
+        }
+    }
+
+    #[test]
+    fn a_backlog_holds_another_account_back_by_one_batch_at_most() {
+        let mut q = LookupQueue::default();
+        for k in keys("bulk", 100) {
+            q.push_back("111111111111", k);
+        }
+        for k in keys("late", 20) {
+            q.push_back("222222222222", k);
+        }
+        let batches = drain(&mut q, 20);
+        assert_eq!(batches.len(), 6);
+        assert!(batches[0].iter().all(|id| id.starts_with("bulk-")));
+        assert!(
+            batches[1].iter().all(|id| id.starts_with("late-")),
+            "the late account's batch is second, not sixth: {:?}",
+            batches[1]
+        );
+        assert!(batches[2..]
+            .iter()
+            .flatten()
+            .all(|id| id.starts_with("bulk-")));
+        // each account's findings keep their order
+        let bulk: Vec<_> = batches
+            .iter()
+            .flatten()
+            .filter(|i| i.starts_with("bulk-"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            bulk,
+            (0..100).map(|i| format!("bulk-{i}")).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_account_that_runs_out_mid_batch_leaves_the_room_to_the_next() {
+        let mut q = LookupQueue::default();
+        for k in keys("a", 5) {
+            q.push_back("111111111111", k);
+        }
+        for k in keys("b", 30) {
+            q.push_back("222222222222", k);
+        }
+        let batches = drain(&mut q, 20);
+        assert_eq!(batches[0].len(), 20, "no room left empty: {:?}", batches[0]);
+        assert_eq!(&batches[0][..5], &["a-0", "a-1", "a-2", "a-3", "a-4"]);
+        // b began its turn in the first batch and stays first: nobody else waits
+        assert_eq!(batches.concat().len(), 35);
+        assert!(q.is_empty() && q.queues.is_empty() && q.turns.is_empty());
+    }
+
+    #[test]
+    fn findings_asked_again_take_a_turn_and_a_newcomer_goes_before_the_account_just_served() {
+        let mut q = LookupQueue::default();
+        for k in keys("a", 40) {
+            q.push_back("111111111111", k);
+        }
+        q.push_front(FindingKey::new("again", "p"));
+        assert_eq!(q.front().map(|k| k.id.to_string()).as_deref(), Some("a-0"));
+        let first: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
+        assert_eq!(&*first[19].id, "a-19");
+        q.end_batch();
+        for k in keys("c", 3) {
+            q.push_back("333333333333", k);
+        }
+        let batches = drain(&mut q, 20);
+        let mut second = vec![
+            "again".to_string(),
+            "c-0".into(),
+            "c-1".into(),
+            "c-2".into(),
+        ];
+        second.extend((20..36).map(|i| format!("a-{i}")));
+        assert_eq!(batches[0], second);
+        assert_eq!(batches[1], vec!["a-36", "a-37", "a-38", "a-39"]);
+    }
+
+    /// A caller whose findings keep being asked for again (its own V2 writes while they are
+    /// looked up) gets one more turn, not every batch.
+    #[test]
+    fn findings_asked_again_over_and_over_cannot_crowd_out_an_account() {
+        let mut q = LookupQueue::default();
+        for k in keys("a", 200) {
+            q.push_back("111111111111", k);
+        }
+        for k in keys("b", 200) {
+            q.push_back("222222222222", k);
+        }
+        let mut b_batches = 0;
+        for n in 0..9 {
+            for k in keys(&format!("again{n}"), 20) {
+                q.push_front(k);
+            }
+            let batch: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
+            q.end_batch();
+            if batch.iter().any(|k| k.id.starts_with("b-")) {
+                b_batches += 1;
+            }
+        }
+        assert!(b_batches >= 3, "b was served in {b_batches} of 9 batches");
+    }
+}
