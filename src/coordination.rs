@@ -583,6 +583,137 @@ mod tests {
         assert_eq!(coord.metrics().fallbacks.get(), 1);
     }
 
+    /// A write to some accounts' findings retires those accounts' shared entries only: the
+    /// others', and findings cached as not found, stay; an entry read before the retirement
+    /// (its lookup claimed before, stored after) is dead too; a write-through keeps the read
+    /// time of the value it replaces.
+    #[tokio::test]
+    async fn retiring_an_account_against_a_real_redis() {
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let coord = coordination_on(&server);
+        coord.probe().await;
+        let owned = |id: &str, account: &str| {
+            Arc::new(CurrentFinding::new(
+                id,
+                "arn:p",
+                &serde_json::json!({"AwsAccountId": account, "Severity": {"Label": "HIGH"}}),
+            ))
+        };
+        let (a, b, gone, late) = (
+            FindingKey::new("a", "arn:p"),
+            FindingKey::new("b", "arn:p"),
+            FindingKey::new("gone", "arn:p"),
+            FindingKey::new("late", "arn:p"),
+        );
+        let store = |generation: String, key: FindingKey, version: String, state| {
+            let coord = coord.clone();
+            async move {
+                let value = cache::encode(&cache::new_tag(), state);
+                let item = ToStore {
+                    key: &key,
+                    version: &version,
+                    ttl_ms: 60_000,
+                    value,
+                };
+                cache::store(&coord, &generation, vec![item]).await.unwrap()
+            }
+        };
+        let mine = |claims: &[Claim], i: usize| match &claims[i] {
+            Claim::Mine(v) => v.clone(),
+            _ => panic!("claim {i} expected"),
+        };
+        let keys = [a.clone(), b.clone(), gone.clone(), late.clone()];
+        let (generation, claims) = cache::claim(&coord, &keys).await.unwrap();
+        let fa = owned("a", "222222222222");
+        let fb = owned("b", "333333333333");
+        let fl = owned("late", "222222222222");
+        let written = [
+            store(generation.clone(), a.clone(), mine(&claims, 0), Some(&*fa)).await,
+            store(generation.clone(), b.clone(), mine(&claims, 1), Some(&*fb)).await,
+            store(generation.clone(), gone.clone(), mine(&claims, 2), None).await,
+        ];
+        assert_eq!(written, [vec![true], vec![true], vec![true]]);
+        // stored after the retirement, from a lookup claimed before it
+        let late_version = mine(&claims, 3);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache::retire_accounts(
+            &coord,
+            &["222222222222".to_string()],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(
+            store(generation.clone(), late.clone(), late_version, Some(&*fl)).await,
+            vec![true]
+        );
+        let looked = cache::lookup(
+            &coord,
+            &[(&a, None), (&b, None), (&gone, None), (&late, None)],
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(looked[0], Looked::Miss),
+            "the retired account's entry"
+        );
+        assert!(
+            matches!(&looked[1], Looked::Value(_, Some(s)) if s.account_id.as_deref() == Some("333333333333"))
+        );
+        assert!(
+            matches!(looked[2], Looked::Value(_, None)),
+            "not found stays so"
+        );
+        assert!(
+            matches!(looked[3], Looked::Miss),
+            "read before the retirement"
+        );
+        // a claim now gets the retired findings to look up again, and what it stores lives
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (generation, claims) = cache::claim(&coord, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        let tag = cache::new_tag();
+        let item = ToStore {
+            key: &a,
+            version: &mine(&claims, 0),
+            ttl_ms: 60_000,
+            value: cache::encode(&tag, Some(&fa)),
+        };
+        assert_eq!(
+            cache::store(&coord, &generation, vec![item]).await.unwrap(),
+            vec![true]
+        );
+        // a write-through over it keeps its read time: still alive; over b's likewise
+        let written = cache::write(
+            &coord,
+            vec![ToWrite {
+                key: &a,
+                expected: Some(&tag),
+                value: Some(cache::encode(&cache::new_tag(), Some(&fa))),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(written, vec![true]);
+        let looked = cache::lookup(&coord, &[(&a, None)]).await.unwrap();
+        assert!(matches!(looked[0], Looked::Value(_, Some(_))));
+        // retired again: the written-through value is as old as its read, so it goes too
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        cache::retire_accounts(
+            &coord,
+            &["222222222222".to_string()],
+            Duration::from_secs(60),
+        )
+        .await;
+        let looked = cache::lookup(&coord, &[(&a, None), (&b, None)])
+            .await
+            .unwrap();
+        assert!(matches!(looked[0], Looked::Miss));
+        assert!(matches!(looked[1], Looked::Value(_, Some(_))));
+    }
+
     #[test]
     fn redaction_keeps_the_password_out() {
         assert_eq!(

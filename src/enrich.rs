@@ -991,15 +991,24 @@ impl Enricher {
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
-            // The shared cache cannot tell one account's entries from another's: it is retired
-            // whole, unless the settle journal (which every lookup reads after its states)
-            // refuses that account's findings for longer than any entry stored before this
-            // write can live.
+            // The settle journal (which every lookup reads after its states) refuses the
+            // accounts' findings for settle_ms; when that is longer than any entry stored
+            // before this write can live, their shared entries need nothing more. Otherwise
+            // they are retired: only those accounts' (each entry names its owner), so a
+            // member's writes to its own account cannot make every account's lookups start
+            // over.
             let journal_covers =
                 !self.inner.settle.is_zero() && self.inner.ttl <= self.inner.settle;
             let retired = accounts.is_none() || !journal_covers;
-            if retired {
-                shared::evict_all(coord).await;
+            match accounts {
+                None => shared::evict_all(coord).await,
+                Some(accounts) if !journal_covers => {
+                    // An entry lives at most cache_ttl_ms from its lookup's start (not found:
+                    // less); the margin covers the replicas' and Redis's clocks reading apart.
+                    let lives = self.inner.ttl + Duration::from_secs(5);
+                    shared::retire_accounts(coord, accounts, lives).await;
+                }
+                Some(_) => {}
             }
             let write = match accounts {
                 Some(accounts) => shared::Journaled::Accounts(accounts, operation),

@@ -5,9 +5,14 @@
 //! Keys (P the key prefix, g the generation, h a hash of Id and ProductArn):
 //! - `P:gen`      the generation; a write of unknown scope starts a new one, which retires
 //!   every entry at once (they expire on their own).
-//! - `P:f:g:h`    the state: a 16-character tag, then JSON. The tag names one stored value,
-//!   so a replica can ask "is it still the one I hold?" without fetching it, and a
-//!   write-through replaces only the value its state was computed from.
+//! - `P:f:g:h`    the state: a 16-character tag, the time (Redis's clock, ms, 13 digits) its
+//!   lookup was claimed, the owner account (its length in 2 digits, then the account; none
+//!   for a finding not found), then JSON. The tag names one stored value, so a replica can ask
+//!   "is it still the one I hold?" without fetching it, and a write-through replaces only the
+//!   value its state was computed from (keeping its read time).
+//! - `P:ar:a`     when findings of account a were last retired (Redis's clock, ms): an entry
+//!   of a's read at or before then is dead, so a write to one account's findings (a V2
+//!   write's account) retires only that account's shared entries, not every account's.
 //! - `P:v:g:h`    the finding's write count. A lookup stores what it read only if no write
 //!   came in between (as the local cache's generation check does).
 //! - `P:l:g:h`    a replica's claim on looking the finding up.
@@ -26,6 +31,7 @@
 //! (ElastiCache without cluster mode, Valkey, Redis) is what this is written for.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -41,22 +47,45 @@ use crate::policy::state::CurrentFinding;
 const VERSION_TTL_MS: u64 = 600_000;
 
 const LOOKUP: &str = r#"
+-- An entry whose owner account was retired at or after its read is dead; so is one this
+-- version cannot read.
+local function live(p, v)
+  local at, n = tonumber(string.sub(v, 17, 29)), tonumber(string.sub(v, 30, 31))
+  if not at or not n then return false end
+  if n == 0 then return true end
+  local r = redis.call('GET', p .. ':ar:' .. string.sub(v, 32, 31 + n))
+  return not (r and tonumber(r) and tonumber(r) >= at)
+end
 local g = redis.call('GET', KEYS[1]) or '0'
 local out = {}
 for i = 2, #ARGV, 2 do
   local v = redis.call('GET', ARGV[1] .. ':f:' .. g .. ':' .. ARGV[i])
+  if v and not live(ARGV[1], v) then v = false end
   if v and ARGV[i + 1] ~= '' and string.sub(v, 1, 16) == ARGV[i + 1] then v = '=' end
   out[#out + 1] = v
 end
 return out
 "#;
 
+// Returns the generation and the claim's time (`g/ms`, what `store` is given back), then
+// per finding its answer.
 const CLAIM: &str = r#"
+-- An entry whose owner account was retired at or after its read is dead; so is one this
+-- version cannot read.
+local function live(p, v)
+  local at, n = tonumber(string.sub(v, 17, 29)), tonumber(string.sub(v, 30, 31))
+  if not at or not n then return false end
+  if n == 0 then return true end
+  local r = redis.call('GET', p .. ':ar:' .. string.sub(v, 32, 31 + n))
+  return not (r and tonumber(r) and tonumber(r) >= at)
+end
 local g = redis.call('GET', KEYS[1]) or '0'
-local out = {g}
+local t = redis.call('TIME')
+local out = {g .. '/' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
 for i = 4, #ARGV do
   local base = ':' .. g .. ':' .. ARGV[i]
   local v = redis.call('GET', ARGV[1] .. ':f' .. base)
+  if v and not live(ARGV[1], v) then v = false end
   if v then
     out[#out + 1] = 'V' .. v
   elseif redis.call('SET', ARGV[1] .. ':l' .. base, ARGV[3], 'NX', 'PX', ARGV[2]) then
@@ -68,16 +97,20 @@ end
 return out
 "#;
 
+// The value's read time is the claim's (`g/ms`, as `claim` returned it).
 const STORE: &str = r#"
 local g = redis.call('GET', KEYS[1]) or '0'
+local cg, at = string.match(ARGV[2], '^(.*)/(%d+)$')
 local out = {}
 for i = 3, #ARGV, 4 do
   local base = ':' .. g .. ':' .. ARGV[i]
   local stored = 0
-  if g == ARGV[2] then
+  if at and g == cg then
     local v = redis.call('GET', ARGV[1] .. ':v' .. base) or '0'
-    if v == ARGV[i + 1] then
-      redis.call('SET', ARGV[1] .. ':f' .. base, ARGV[i + 3], 'PX', ARGV[i + 2])
+    local value = ARGV[i + 3]
+    if v == ARGV[i + 1] and #value > 31 then
+      value = string.sub(value, 1, 16) .. string.rep('0', 13 - #at) .. at .. string.sub(value, 30)
+      redis.call('SET', ARGV[1] .. ':f' .. base, value, 'PX', ARGV[i + 2])
       stored = 1
     end
     redis.call('DEL', ARGV[1] .. ':l' .. base)
@@ -88,6 +121,15 @@ return out
 "#;
 
 const WRITE: &str = r#"
+-- An entry whose owner account was retired at or after its read is dead; so is one this
+-- version cannot read.
+local function live(p, v)
+  local at, n = tonumber(string.sub(v, 17, 29)), tonumber(string.sub(v, 30, 31))
+  if not at or not n then return false end
+  if n == 0 then return true end
+  local r = redis.call('GET', p .. ':ar:' .. string.sub(v, 32, 31 + n))
+  return not (r and tonumber(r) and tonumber(r) >= at)
+end
 local g = redis.call('GET', KEYS[1]) or '0'
 local out = {}
 for i = 3, #ARGV, 3 do
@@ -98,11 +140,14 @@ for i = 3, #ARGV, 3 do
   local fk = ARGV[1] .. ':f' .. base
   local cur = redis.call('GET', fk)
   local left = -1
-  if ARGV[i + 2] ~= '' and ARGV[i + 1] ~= '' and cur and string.sub(cur, 1, 16) == ARGV[i + 1] then
+  if ARGV[i + 2] ~= '' and ARGV[i + 1] ~= '' and cur and string.sub(cur, 1, 16) == ARGV[i + 1]
+     and live(ARGV[1], cur) then
     left = redis.call('PTTL', fk)
   end
-  if left > 0 then
-    redis.call('SET', fk, ARGV[i + 2], 'PX', left)
+  if left > 0 and #ARGV[i + 2] > 31 then
+    -- as old as the read it was computed from
+    local value = string.sub(ARGV[i + 2], 1, 16) .. string.sub(cur, 17, 29) .. string.sub(ARGV[i + 2], 30)
+    redis.call('SET', fk, value, 'PX', left)
     out[#out + 1] = 1
   else
     redis.call('DEL', fk)
@@ -110,6 +155,14 @@ for i = 3, #ARGV, 3 do
   end
 end
 return out
+"#;
+
+// ARGV: prefix, how long the mark must last (ms), then accounts.
+const RETIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 3, #ARGV do redis.call('SET', ARGV[1] .. ':ar:' .. ARGV[i], now, 'PX', ARGV[2]) end
+return 1
 "#;
 
 // ARGV: prefix, settle_ms, kind (P: a change, U: a write hubgate cannot model, C: one to
@@ -218,7 +271,8 @@ return out
 
 fn script(which: &'static str) -> &'static Script {
     use std::sync::OnceLock;
-    static S: [OnceLock<Script>; 6] = [
+    static S: [OnceLock<Script>; 7] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -232,6 +286,7 @@ fn script(which: &'static str) -> &'static Script {
         "store" => (2, STORE),
         "journal_write" => (4, JOURNAL_WRITE),
         "journal_read" => (5, JOURNAL_READ),
+        "retire" => (6, RETIRE),
         _ => (3, WRITE),
     };
     S[i].get_or_init(|| Script::new(code))
@@ -264,9 +319,21 @@ struct Stored {
     entry: regorus::Value,
 }
 
-/// A stored value: tag, then the state as JSON (`null`: Security Hub does not have it).
+/// The header's read time before `store` (or a write-through) sets it.
+const UNREAD: &[u8; 13] = b"0000000000000";
+
+/// A stored value: tag, read time (set in Redis), owner account, then the state as JSON
+/// (`null`: Security Hub does not have it).
 pub fn encode(tag: &str, state: Option<&CurrentFinding>) -> Vec<u8> {
     let mut out = tag.as_bytes().to_vec();
+    out.extend_from_slice(UNREAD);
+    let account = state.and_then(|f| f.account_id.as_deref()).unwrap_or("");
+    if account.len() > 99 {
+        // No account is that long; one that was could not be retired, so it is not stored.
+        return Vec::new();
+    }
+    out.extend_from_slice(format!("{:02}", account.len()).as_bytes());
+    out.extend_from_slice(account.as_bytes());
     let json = match state {
         None => Ok(b"null".to_vec()),
         Some(f) => serde_json::to_vec(&Stored {
@@ -286,11 +353,9 @@ pub fn encode(tag: &str, state: Option<&CurrentFinding>) -> Vec<u8> {
 /// A value read from Redis: (tag, state). None when it cannot be read, which callers treat
 /// as a miss: a value this replica cannot parse never judges anything.
 pub fn decode(bytes: &[u8]) -> Option<(Tag, Option<Arc<CurrentFinding>>)> {
-    if bytes.len() < 16 {
-        return None;
-    }
-    let (tag, json) = bytes.split_at(16);
-    let tag = std::str::from_utf8(tag).ok()?.to_string();
+    let tag = std::str::from_utf8(bytes.get(..16)?).ok()?.to_string();
+    let n: usize = std::str::from_utf8(bytes.get(29..31)?).ok()?.parse().ok()?;
+    let json = bytes.get(31 + n..)?;
     let stored: Option<Stored> = serde_json::from_slice(json).ok()?;
     let state = stored.map(|s| {
         Arc::new(CurrentFinding::from_shared(
@@ -464,6 +529,29 @@ pub async fn evict_all(coord: &Coordination) {
         })
         .await;
     if bumped.is_none() {
+        coord.mark_dirty();
+    }
+}
+
+/// Retires the shared entries of these accounts' findings read before now: for writes that may
+/// have changed any of their findings (a V2 write names accounts). The mark lasts `lives`, as
+/// long as any entry read before it can. A failure marks the replica, as `evict_all`'s does.
+pub async fn retire_accounts(coord: &Coordination, accounts: &[String], lives: Duration) {
+    if accounts.is_empty() {
+        return;
+    }
+    let mut inv = script("retire").prepare_invoke();
+    inv.arg(coord.prefix())
+        .arg((lives.as_millis() as u64).max(1));
+    for account in accounts {
+        inv.arg(account.as_str());
+    }
+    let done: Option<i64> = coord
+        .call("cache_retire_accounts", |mut con| async move {
+            inv.invoke_async(&mut con).await
+        })
+        .await;
+    if done.is_none() {
         coord.mark_dirty();
     }
 }

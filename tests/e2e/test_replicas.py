@@ -405,6 +405,37 @@ def test_a_v2_write_to_one_account_keeps_the_shared_cache_of_the_others(replicas
     assert refused.json()["error"]["code"] == "STATE_SETTLING", refused.text
 
 
+def test_without_the_journal_a_v2_write_retires_only_its_accounts_shared_entries(
+        replicas, quota_fake):
+    """Review 29, F2. With settle_ms = 0 the journal does not cover a V2 write, so the shared
+    entries it may have made stale are retired: only those of the accounts it names (each entry
+    carries its owner). It used to retire every account's, so any member's V2 writes to its own
+    account made every replica look every account's findings up again."""
+    r1, r2 = replicas(extra={"enrichment": {"enabled": True, "cache_ttl_ms": 60000,
+                                            "settle_ms": 0}})
+    assert r2.buf(note_ids(["f-own-high"]), who="member").status == 200  # cached, shared
+
+    def v2(account: str):
+        body = {"FindingIdentifiers": [{"CloudAccountUid": account, "FindingInfoUid": "f-x",
+                                        "MetadataProductUid": "x"}], "Comment": "triaged"}
+        assert r1.send("PATCH", "/findingsv2/batchupdatev2", body, who="admin").status == 200
+
+    def noted(text: str) -> tuple[int, int]:
+        """(cache hits, GetFindings calls) of r2's note on f-own-high."""
+        calls = quota_fake.op_stats("GetFindings")["calls"]
+        resp = r2.buf(note_ids(["f-own-high"], text), who="member")
+        assert resp.status == 200, resp.text
+        rec = r2.audit_for(resp.headers["x-hubgate-decision-id"])
+        return (rec["metrics"]["counter_cache_hits"],
+                quota_fake.op_stats("GetFindings")["calls"] - calls)
+
+    v2(OTHER_ACCOUNT)
+    assert noted("after another account's write") == (1, 0), "another account's write retired it"
+    v2(MEMBER_ACCOUNT)
+    assert noted("after its own account's write") == (0, 1), "its account's write left it shared"
+    assert noted("looked up again") == (1, 0)
+
+
 # Review 29, F1: a V2 write naming an account does not retire the shared cache when
 # settle_ms >= cache_ttl_ms. A GetFindings call in flight when it was forwarded read the state
 # from before it; stored with a full cache_ttl_ms from its late answer, that entry outlived the
