@@ -13,6 +13,10 @@ Config(retries={"mode": "standard", "max_attempts": 10}):
   bulk   2,000 HIGH findings of the member's account; the member raises them to CRITICAL with a note,
          20 BatchUpdateFindings of 100 sent by 4 concurrent workers (a SOAR playbook).
   admin  300 findings; the administrator adds a note to all of them (3 requests of 100), twice.
+  mixed  bulk, and meanwhile a second member account adds a note to 20 of its own findings once a
+         second (5 requests, from 1 s in): how long one account's small update waits while
+         another account's bulk job has the lookup quota (hubgate shares it between accounts
+         in turn).
 
 Prints a Markdown table and writes it to benches/quota/results.md. Exit status 1 if a caller saw an
 error (an exception after boto3's retries) through hubgate, a run timed out or the findings did not
@@ -76,6 +80,10 @@ class Run:
     buf_throttled: int = 0
     hubgate_429: int = 0  # hubgate's own 429 THROTTLED answers (audit)
     hubgate_5xx: int = 0
+    side_latencies: list = field(default_factory=list)  # mixed: the second account's, seconds
+    side_errors: list = field(default_factory=list)
+    side_expected: int = 0
+    side_state_ok: int = 0
 
     @property
     def rate(self) -> float:
@@ -170,12 +178,53 @@ def admin_ok(f: dict) -> bool:
     return f["Note"]["Text"] == "reviewed by the SOC"
 
 
+# mixed: the second member account and its small updates
+SIDE = h.Creds("HGBENCHMEMBER0000002", "bench-second-member-secret")
+SIDE_CALLERS = h.CALLERS_TOML + f"""
+[[caller]]
+id = "member-b"
+account_id = "{h.OTHER_ACCOUNT}"
+role = "member"
+access_key_id = "{SIDE.access_key}"
+secret_access_key = "{SIDE.secret_key}"
+"""
+SIDE_REQUESTS, SIDE_SIZE, SIDE_EVERY_S = 5, 20, 1.0
+
+
+def side_seed() -> list[dict]:
+    return [h.finding(f"side-{i:03d}", h.OTHER_ACCOUNT, "HIGH")
+            for i in range(SIDE_REQUESTS * SIDE_SIZE)]
+
+
+def side_ok(f: dict) -> bool:
+    return f["Note"]["Text"] == "looked at while the bulk job ran"
+
+
+def side_caller(endpoint: str, creds: h.Creds, seed: list[dict], run: Run):
+    """The second account: one small update a second, each timed."""
+    client = client_for(endpoint, creds)
+    start = time.monotonic() + SIDE_EVERY_S
+    for k in range(SIDE_REQUESTS):
+        time.sleep(max(0.0, start + k * SIDE_EVERY_S - time.monotonic()))
+        ids = [f["Id"] for f in seed[k * SIDE_SIZE:(k + 1) * SIDE_SIZE]]
+        body = {"FindingIdentifiers": [h.ident(i) for i in ids],
+                "Note": {"Text": "looked at while the bulk job ran", "UpdatedBy": "analyst"}}
+        t0 = time.monotonic()
+        try:
+            client.batch_update_findings(**body)
+            run.side_latencies.append(time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001 - caller-visible error, reported
+            run.side_errors.append(f"{type(e).__name__}: {e}"[:300])
+
+
 SCENARIOS = {
     # key: (title, seed, bodies, end-state check, hubgate caller, workers)
     "bulk": ("Bulk triage: member raises 2,000 findings to CRITICAL + note, 20 x 100, 4 workers",
              bulk_seed, bulk_bodies, bulk_ok, h.MEMBER, 4),
     "admin": ("Admin notes twice: 300 findings, 3 x 100, twice, 1 worker",
               admin_seed, admin_bodies, admin_ok, h.ADMIN, 1),
+    "mixed": ("Bulk triage as above, and a second member account's 5 updates of 20, one a second",
+              bulk_seed, bulk_bodies, bulk_ok, h.MEMBER, 4),
 }
 
 
@@ -183,20 +232,29 @@ def run_one(key: str, via: str, n: int, fake: h.FakeUpstream, workdir: Path,
             timeout: float) -> Run:
     title, seed_fn, bodies_fn, ok_fn, caller, workers = SCENARIOS[key]
     seed = seed_fn(n)
+    side = side_seed() if key == "mixed" else []
     fake.reset()
-    fake.add_findings(seed)
+    fake.add_findings(seed + side)
     fake.quota_on()  # full buckets
-    run = Run(key, via, expected=len(seed))
+    run = Run(key, via, expected=len(seed), side_expected=len(side))
     gate = None
     try:
         if via == "hubgate":
-            gate = h.Hubgate(workdir / f"hubgate-{key}", fake.endpoint, HUBGATE_OVERRIDES)
+            gate = h.Hubgate(workdir / f"hubgate-{key}", fake.endpoint, HUBGATE_OVERRIDES,
+                             callers_toml=SIDE_CALLERS if side else None)
             gate.start(ready_timeout=30)
-            endpoint, creds = gate.url, caller
+            endpoint, creds, side_creds = gate.url, caller, SIDE
         else:
-            endpoint, creds = fake.endpoint, h.Creds(h.UPSTREAM_KEY, h.UPSTREAM_SECRET)
+            endpoint = fake.endpoint
+            creds = side_creds = h.Creds(h.UPSTREAM_KEY, h.UPSTREAM_SECRET)
         print(f"--- {key} / {via}", flush=True)
+        second = threading.Thread(target=side_caller, args=(endpoint, side_creds, side, run),
+                                  daemon=True)
+        if side:
+            second.start()
         drive(endpoint, creds, bodies_fn(seed), workers, timeout, run)
+        if side:
+            second.join(timeout)
         stats = fake.stats()
         gf = stats.get("GetFindings", {})
         buf = stats.get("BatchUpdateFindings", {})
@@ -207,6 +265,7 @@ def run_one(key: str, via: str, n: int, fake: h.FakeUpstream, workdir: Path,
                          if r.get("status") == 200)
         findings = fake.findings()
         run.state_ok = sum(1 for f in seed if ok_fn(findings[f["Id"]]))
+        run.side_state_ok = sum(1 for f in side if side_ok(findings[f["Id"]]))
         if gate is not None:
             time.sleep(0.3)  # let the audit sink catch up
             for rec in gate.audit_records():
@@ -284,6 +343,25 @@ def report(args, runs: list[Run]) -> str:
         "that succeeded. hubgate 429 / 5xx: hubgate's answers by status (audit records). "
         "end state: findings in the requested state afterwards.",
     ]
+    mixed = [r for r in runs if r.side_expected]
+    if mixed:
+        lines += [
+            "",
+            "The second account in `mixed`: its 5 updates of 20 findings while the bulk job runs "
+            "(seconds from sending to the answer, boto3 retries included).",
+            "",
+            "| via | answered | caller errors | median s | max s | end state |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in mixed:
+            lat = sorted(r.side_latencies)
+            med = lat[len(lat) // 2] if lat else None
+            lines.append(f"| {r.via} | {len(lat)} | {len(r.side_errors)} | {fmt(med)} | "
+                         f"{fmt(lat[-1] if lat else None)} | {r.side_state_ok}/{r.side_expected} |")
+    for r in runs:
+        if r.side_errors:
+            lines.append(f"- {r.scenario} / {r.via}: second account: {len(r.side_errors)} caller "
+                         f"errors, first: `{r.side_errors[0]}`")
     for r in runs:
         if r.errors:
             lines.append(f"- {r.scenario} / {r.via}: {len(r.errors)} caller errors, first: "
@@ -332,7 +410,8 @@ def main() -> int:
     runs: list[Run] = []
     try:
         fake.start()
-        sizes = {"bulk": args.bulk_findings, "admin": args.admin_findings}
+        sizes = {"bulk": args.bulk_findings, "admin": args.admin_findings,
+                 "mixed": args.bulk_findings}
         vias = ["direct"] if args.direct_only else ["direct", "hubgate"]
         for key in args.only or list(SCENARIOS):
             for via in vias:
@@ -346,7 +425,9 @@ def main() -> int:
     print(text)
     args.results.write_text(text)
     bad = [r for r in runs if r.via == "hubgate" and (r.errors or r.timed_out
-                                                      or r.state_ok != r.expected)]
+                                                      or r.state_ok != r.expected
+                                                      or r.side_errors
+                                                      or r.side_state_ok != r.side_expected)]
     bad += [r for r in runs if r.via == "direct" and (r.timed_out or r.state_ok != r.expected)]
     for r in bad:
         print(f"PROBLEM: {r.scenario} / {r.via}: {len(r.errors)} caller errors, "
