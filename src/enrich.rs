@@ -294,7 +294,7 @@ impl State {
         let call = self.in_flight.remove(key);
         if self.waiting.contains_key(key) {
             self.spent.entry(key.clone()).or_default().extend(call);
-            self.queue.push_front(key.clone());
+            self.queue.push_again(key.clone());
         }
     }
 
@@ -703,7 +703,6 @@ impl Enricher {
                 mark.read_at = st.generation;
             }
             let now = Instant::now();
-            let mut queued = false;
             for key in keys {
                 if let Some(state) = st
                     .cache
@@ -720,21 +719,30 @@ impl Enricher {
                 pending.push(key.clone());
             }
             let waiter = (!pending.is_empty()).then(|| Arc::new(Waiter::new(pending.len())));
+            let mut queued = Vec::new();
             for (at, key) in pending.iter().enumerate() {
                 let Some(waiter) = &waiter else { break };
                 let at = (waiter.clone(), at);
                 match st.waiting.get_mut(key) {
-                    // Already queued or in flight for another request: share that call.
-                    Some(waiters) => waiters.push(at),
+                    // Already queued or in flight for another request: share that call. One
+                    // still queued is queued in this account's turn too, so that another
+                    // account's backlog (or a request naming this account's findings behind
+                    // one) cannot hold it back; whichever turn comes first looks it up.
+                    Some(waiters) => {
+                        waiters.push(at);
+                        if !st.in_flight.contains_key(key) {
+                            queued.push(key.clone());
+                        }
+                    }
                     None => {
                         st.waiting.insert(key.clone(), vec![at]);
-                        st.queue.push_back(account, key.clone());
-                        queued = true;
+                        queued.push(key.clone());
                     }
                 }
             }
             waiting = waiter.map(StopsWaiting);
-            if queued {
+            if !queued.is_empty() {
+                st.queue.push_back(account, queued);
                 self.inner.work.notify_one();
             }
         }
@@ -765,13 +773,18 @@ impl Enricher {
         let got = std::mem::take(&mut waiter.slots().got);
         if !in_time {
             // Quota ran out before every finding's batch answered; what was spent on them so
-            // far still counts.
+            // far still counts. A failure Security Hub already answered for one of them is the
+            // error, as it would have been had the request stopped there.
+            let mut upstream = None;
             let st = self.inner.lock();
             for (key, delivery) in pending.iter().zip(&got) {
                 match delivery {
                     Some(d) => {
                         for call in std::iter::once(&d.call).chain(&d.earlier) {
                             count(&mut stats, call);
+                        }
+                        if let Err(e) = &d.outcome {
+                            upstream.get_or_insert_with(|| e.clone());
                         }
                     }
                     None => {
@@ -782,11 +795,14 @@ impl Enricher {
                     }
                 }
             }
-            let error = LookupError::Quota(QuotaExhausted {
-                operation: "GetFindings",
-                rate: self.inner.pacer.rate("GetFindings"),
-                waited_ms: wait_started.elapsed().as_millis() as u64,
-            });
+            let error = match upstream {
+                Some(e) => LookupError::Upstream(e),
+                None => LookupError::Quota(QuotaExhausted {
+                    operation: "GetFindings",
+                    rate: self.inner.pacer.rate("GetFindings"),
+                    waited_ms: wait_started.elapsed().as_millis() as u64,
+                }),
+            };
             return Err(LookupFailure { error, stats });
         }
         let mut failure: Option<LookupError> = None;
@@ -967,13 +983,17 @@ impl Enricher {
                     st.wrote_accounts(&accounts);
                     st.journal
                         .record_accounts(&accounts, operation, Instant::now());
-                    // Only those accounts' findings; a finding cached as not found stays so.
+                    // Only those accounts' findings, and any whose account is not known; a
+                    // finding cached as not found stays so.
                     let gone: Vec<FindingKey> = st
                         .cache
                         .iter()
-                        .filter(|(_, c)| {
-                            let owner = c.state.as_ref().and_then(|s| s.account_id.as_deref());
-                            owner.is_some_and(|o| accounts.iter().any(|a| **a == *o))
+                        .filter(|(_, c)| match &c.state {
+                            None => false,
+                            Some(s) => s
+                                .account_id
+                                .as_deref()
+                                .is_none_or(|o| accounts.iter().any(|a| **a == *o)),
                         })
                         .map(|(k, _)| k.clone())
                         .collect();
@@ -1286,7 +1306,7 @@ async fn drive(inner: Arc<Inner>) {
             let mut st = inner.lock();
             let mut chunk = Vec::with_capacity(IDS_PER_LOOKUP);
             while chunk.len() < IDS_PER_LOOKUP {
-                let Some(key) = st.queue.pop_front() else {
+                let Some(key) = next_to_look_up(&mut st) else {
                     break;
                 };
                 st.in_flight.insert(key.clone(), progress.clone());
@@ -1451,7 +1471,7 @@ async fn claim_chunk(
             break;
         }
         while mine.len() + candidates.len() < IDS_PER_LOOKUP {
-            let Some(key) = st.queue.pop_front() else {
+            let Some(key) = next_to_look_up(&mut st) else {
                 break;
             };
             st.in_flight.insert(key.clone(), progress.clone());
@@ -1487,13 +1507,17 @@ async fn await_other_replica(
     let mut handed_back: Vec<(FindingKey, Option<SharedClaim>)> = Vec::new();
     loop {
         tokio::time::sleep(POLL).await;
-        if !anyone_waiting(&inner, &keys) {
+        {
+            // Checked and forgotten under one lock: a request that joins a finding in between
+            // must not be left waiting on one nobody looks up.
             let mut st = inner.lock();
-            for key in &keys {
-                st.in_flight.remove(key);
-                st.forget(key);
+            if !waited_for(&st, &keys) {
+                for key in &keys {
+                    st.in_flight.remove(key);
+                    st.forget(key);
+                }
+                return;
             }
-            return;
         }
         let Some((shared_generation, answers)) = shared::claim(&coord, &keys).await else {
             handed_back.extend(keys.drain(..).map(|k| (k, None)));
@@ -1538,17 +1562,35 @@ async fn await_other_replica(
         return;
     }
     let mut st = inner.lock();
-    for (key, claim) in handed_back.into_iter().rev() {
+    for (key, claim) in handed_back {
         st.in_flight.remove(&key);
         st.preclaimed.insert(key.clone(), claim);
-        st.queue.push_front(key);
+        st.queue.push_again(key);
     }
     inner.work.notify_one();
+}
+
+/// The next queued finding to look up, past copies of findings another account's turn already
+/// took (in flight, or delivered and no longer waited for).
+fn next_to_look_up(st: &mut State) -> Option<FindingKey> {
+    loop {
+        let key = st.queue.front()?;
+        if st.in_flight.contains_key(key) || !st.waiting.contains_key(key) {
+            st.queue.drop_front();
+            continue;
+        }
+        return st.queue.pop_front();
+    }
 }
 
 /// Drops queued findings nobody waits for any more; true when some are left.
 fn has_live_work(st: &mut State) -> bool {
     while let Some(key) = st.queue.front() {
+        if st.in_flight.contains_key(key) {
+            // A copy of a finding another turn took: its waiters are served by that call.
+            st.queue.drop_front();
+            continue;
+        }
         let live = st
             .waiting
             .get_mut(key)
@@ -1569,7 +1611,10 @@ fn has_live_work(st: &mut State) -> bool {
 }
 
 fn anyone_waiting(inner: &Inner, chunk: &[FindingKey]) -> bool {
-    let st = inner.lock();
+    waited_for(&inner.lock(), chunk)
+}
+
+fn waited_for(st: &State, chunk: &[FindingKey]) -> bool {
     chunk.iter().any(|k| {
         st.waiting
             .get(k)
@@ -2344,7 +2389,7 @@ mod tests {
         );
         let waiter = Arc::new(Waiter::new(1));
         st.waiting.insert(a.clone(), vec![(waiter.clone(), 0)]);
-        st.queue.push_back("222222222222", c.clone());
+        st.queue.push_back("222222222222", vec![c.clone()]);
         let began = st.batch_began();
         st.hold(began);
         for k in [&a, &b] {

@@ -327,11 +327,15 @@ const UNREAD: &[u8; 13] = b"0000000000000";
 pub fn encode(tag: &str, state: Option<&CurrentFinding>) -> Vec<u8> {
     let mut out = tag.as_bytes().to_vec();
     out.extend_from_slice(UNREAD);
-    let account = state.and_then(|f| f.account_id.as_deref()).unwrap_or("");
-    if account.len() > 99 {
-        // No account is that long; one that was could not be retired, so it is not stored.
-        return Vec::new();
-    }
+    let account = match state {
+        None => "",
+        Some(f) => match f.account_id.as_deref() {
+            // No account is that long, and a finding must have one: an entry that could not be
+            // retired with its account is not stored.
+            Some(a) if !a.is_empty() && a.len() <= 99 => a,
+            _ => return Vec::new(),
+        },
+    };
     out.extend_from_slice(format!("{:02}", account.len()).as_bytes());
     out.extend_from_slice(account.as_bytes());
     let json = match state {

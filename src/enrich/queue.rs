@@ -19,11 +19,13 @@ const AGAIN: Turn = None;
 
 #[derive(Default)]
 pub(super) struct LookupQueue {
-    /// Each account's findings, and (under `AGAIN`) those asked for again because a write
-    /// landed while their call was out, or handed back by another replica. These take turns
-    /// like an account's: a caller that makes its own findings be asked again (a V2 write to
-    /// its account while they are looked up) cannot put them ahead of everyone else's.
-    queues: HashMap<Turn, VecDeque<FindingKey>>,
+    /// Each account's findings; an account is here only while it has some.
+    accounts: HashMap<Arc<str>, VecDeque<FindingKey>>,
+    /// Findings asked for again because a write landed while their call was out, or handed
+    /// back by another replica. They take turns like an account's (`AGAIN`): a caller that
+    /// makes its own findings be asked again (a V2 write to its account while they are looked
+    /// up) cannot put them ahead of everyone else's.
+    again: VecDeque<FindingKey>,
     /// The queues with findings waiting, the one whose turn it is first.
     turns: VecDeque<Turn>,
     /// The queue the batch being filled began with.
@@ -33,39 +35,56 @@ pub(super) struct LookupQueue {
 }
 
 impl LookupQueue {
-    /// Queues a finding one of `account`'s requests asked for.
-    pub fn push_back(&mut self, account: &str, key: FindingKey) {
-        match self.queues.get_mut(&Some(Arc::from(account))) {
-            Some(queue) => queue.push_back(key),
-            None => self.join(Some(Arc::from(account))).push_back(key),
+    /// Queues findings one of `account`'s requests asked for, in order. A finding may be in
+    /// several queues (another account's request asked for it first): whichever turn comes
+    /// first looks it up, and the taker skips it after that (`Enricher`'s `next_to_look_up`).
+    pub fn push_back(&mut self, account: &str, keys: Vec<FindingKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        match self.accounts.get_mut(account) {
+            Some(queue) => queue.extend(keys),
+            None => {
+                let account: Arc<str> = Arc::from(account);
+                self.join(Some(account.clone()));
+                self.accounts.insert(account, VecDeque::from(keys));
+            }
         }
     }
 
-    /// Queues a finding asked for again, ahead of the others asked for again.
-    pub fn push_front(&mut self, key: FindingKey) {
-        match self.queues.get_mut(&AGAIN) {
-            Some(queue) => queue.push_front(key),
-            None => self.join(AGAIN).push_front(key),
+    /// Queues a finding asked for again, after the others asked for again: first in, first
+    /// out, so that a caller making many of its own findings be asked again cannot keep
+    /// another's at the back.
+    pub fn push_again(&mut self, key: FindingKey) {
+        if self.again.is_empty() {
+            self.join(AGAIN);
         }
+        self.again.push_back(key);
     }
 
     /// A queue that had nothing waiting takes a turn: at the back, but ahead of the queue
     /// that has just had its turn, which would otherwise (alone with a backlog) be served
     /// twice before the newcomer.
-    fn join(&mut self, turn: Turn) -> &mut VecDeque<FindingKey> {
+    fn join(&mut self, turn: Turn) {
         let at = match (&self.served, self.turns.back()) {
             (Some(served), Some(last)) if served == last => self.turns.len() - 1,
             _ => self.turns.len(),
         };
-        self.turns.insert(at, turn.clone());
-        self.queues.entry(turn).or_default()
+        self.turns.insert(at, turn);
+    }
+
+    fn queue(&self, turn: &Turn) -> Option<&VecDeque<FindingKey>> {
+        match turn {
+            None => Some(&self.again),
+            Some(account) => self.accounts.get(account),
+        }
     }
 
     /// The finding `pop_front` would take.
     pub fn front(&self) -> Option<&FindingKey> {
         self.turns
             .iter()
-            .find_map(|turn| self.queues.get(turn).and_then(VecDeque::front))
+            .find_map(|turn| self.queue(turn).and_then(VecDeque::front))
     }
 
     /// Takes the next finding of the queue whose turn it is. A queue that runs out mid-batch
@@ -81,18 +100,25 @@ impl LookupQueue {
 
     fn take(&mut self, for_batch: bool) -> Option<FindingKey> {
         loop {
-            let turn = self.turns.front()?.clone();
-            let queue = self.queues.get_mut(&turn);
-            let key = queue.and_then(VecDeque::pop_front);
-            if self.queues.get(&turn).is_none_or(VecDeque::is_empty) {
-                self.queues.remove(&turn);
-                self.turns.pop_front();
+            let turn = self.turns.front()?;
+            let queue = match turn {
+                None => Some(&mut self.again),
+                Some(account) => self.accounts.get_mut(account),
+            };
+            let (key, emptied) = match queue {
+                Some(queue) => (queue.pop_front(), queue.is_empty()),
+                None => (None, true),
+            };
+            if for_batch && key.is_some() && self.serving.is_none() {
+                self.serving = Some(turn.clone());
             }
-            if let Some(key) = key {
-                if for_batch {
-                    self.serving.get_or_insert(turn);
+            if emptied {
+                if let Some(Some(account)) = self.turns.pop_front() {
+                    self.accounts.remove(&account);
                 }
-                return Some(key);
+            }
+            if key.is_some() {
+                return key;
             }
         }
     }
@@ -142,12 +168,8 @@ mod tests {
     #[test]
     fn a_backlog_holds_another_account_back_by_one_batch_at_most() {
         let mut q = LookupQueue::default();
-        for k in keys("bulk", 100) {
-            q.push_back("111111111111", k);
-        }
-        for k in keys("late", 20) {
-            q.push_back("222222222222", k);
-        }
+        q.push_back("111111111111", keys("bulk", 100));
+        q.push_back("222222222222", keys("late", 20));
         let batches = drain(&mut q, 20);
         assert_eq!(batches.len(), 6);
         assert!(batches[0].iter().all(|id| id.starts_with("bulk-")));
@@ -176,34 +198,26 @@ mod tests {
     #[test]
     fn an_account_that_runs_out_mid_batch_leaves_the_room_to_the_next() {
         let mut q = LookupQueue::default();
-        for k in keys("a", 5) {
-            q.push_back("111111111111", k);
-        }
-        for k in keys("b", 30) {
-            q.push_back("222222222222", k);
-        }
+        q.push_back("111111111111", keys("a", 5));
+        q.push_back("222222222222", keys("b", 30));
         let batches = drain(&mut q, 20);
         assert_eq!(batches[0].len(), 20, "no room left empty: {:?}", batches[0]);
         assert_eq!(&batches[0][..5], &["a-0", "a-1", "a-2", "a-3", "a-4"]);
         // b began its turn in the first batch and stays first: nobody else waits
         assert_eq!(batches.concat().len(), 35);
-        assert!(q.is_empty() && q.queues.is_empty() && q.turns.is_empty());
+        assert!(q.is_empty() && q.accounts.is_empty() && q.turns.is_empty());
     }
 
     #[test]
     fn findings_asked_again_take_a_turn_and_a_newcomer_goes_before_the_account_just_served() {
         let mut q = LookupQueue::default();
-        for k in keys("a", 40) {
-            q.push_back("111111111111", k);
-        }
-        q.push_front(FindingKey::new("again", "p"));
+        q.push_back("111111111111", keys("a", 40));
+        q.push_again(FindingKey::new("again", "p"));
         assert_eq!(q.front().map(|k| k.id.to_string()).as_deref(), Some("a-0"));
         let first: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
         assert_eq!(&*first[19].id, "a-19");
         q.end_batch();
-        for k in keys("c", 3) {
-            q.push_back("333333333333", k);
-        }
+        q.push_back("333333333333", keys("c", 3));
         let batches = drain(&mut q, 20);
         let mut second = vec![
             "again".to_string(),
@@ -221,16 +235,12 @@ mod tests {
     #[test]
     fn findings_asked_again_over_and_over_cannot_crowd_out_an_account() {
         let mut q = LookupQueue::default();
-        for k in keys("a", 200) {
-            q.push_back("111111111111", k);
-        }
-        for k in keys("b", 200) {
-            q.push_back("222222222222", k);
-        }
+        q.push_back("111111111111", keys("a", 200));
+        q.push_back("222222222222", keys("b", 200));
         let mut b_batches = 0;
         for n in 0..9 {
             for k in keys(&format!("again{n}"), 20) {
-                q.push_front(k);
+                q.push_again(k);
             }
             let batch: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
             q.end_batch();
@@ -239,5 +249,29 @@ mod tests {
             }
         }
         assert!(b_batches >= 3, "b was served in {b_batches} of 9 batches");
+    }
+
+    /// Review 30, F3: findings asked for again are served first in, first out, so one that
+    /// waits in that turn is not pushed back by 20 newer ones every batch.
+    #[test]
+    fn a_finding_asked_again_early_is_not_overtaken_by_later_ones() {
+        let mut q = LookupQueue::default();
+        q.push_back("111111111111", keys("a", 200));
+        q.push_again(FindingKey::new("handed-back", "p"));
+        let mut served_at = None;
+        for n in 0..6 {
+            for k in keys(&format!("again{n}"), 20) {
+                q.push_again(k);
+            }
+            let batch: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
+            q.end_batch();
+            if batch.iter().any(|k| &*k.id == "handed-back") {
+                served_at.get_or_insert(n);
+            }
+        }
+        assert!(
+            served_at.is_some_and(|n| n <= 1),
+            "served in batch {served_at:?}"
+        );
     }
 }

@@ -215,67 +215,124 @@ def test_pacing_keeps_four_concurrent_callers_under_the_get_findings_quota(pair,
     assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in ids)
 
 
+SECOND_MEMBER = Creds("HGTESTMEMBER00000002", "second-member-secret")
+TWO_MEMBERS = CALLERS_TOML + f"""
+[[caller]]
+id = "member-b"
+account_id = "{OTHER_ACCOUNT}"
+role = "member"
+access_key_id = "{SECOND_MEMBER.access_key}"
+secret_access_key = "{SECOND_MEMBER.secret_key}"
+"""
+
+
+def two_member_gate(pair, quota_fake):
+    """hubgate with a second member account (OTHER_ACCOUNT), both paced at 10 GetFindings/s."""
+    quota_fake.quota_on(GetFindings=(10.0, 3), BatchUpdateFindings=(50.0, 50))
+    return pair({"quota": {"max_wait_ms": 20000},
+                 "quota.limits": {"GetFindings": {"rate": 10.0, "burst": 2},
+                                  "BatchUpdateFindings": {"rate": 50.0, "burst": 50}}},
+                callers_toml=TWO_MEMBERS)
+
+
+def noting(hg, creds, ids, name, finished, errors):
+    """A thread adding a note to ids as creds, no retries; records when it finished. The client
+    is made here, before the thread starts: making one takes longer than a GetFindings call,
+    and the tests count the calls that go out before a request reaches hubgate."""
+    client = boto3.session.Session().client(
+        "securityhub", endpoint_url=hg.url, region_name=REGION,
+        aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key,
+        config=Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=30))
+
+    def run():
+        try:
+            client.batch_update_findings(**note(*ids))
+            finished[name] = time.monotonic()
+        except ClientError as e:
+            errors.append((name, e.response["Error"]["Code"]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((name, repr(e)))
+    return threading.Thread(target=run)
+
+
+def calls_naming(quota_fake, ids) -> tuple[list[set], list[int]]:
+    """The Ids of every GetFindings call, and the positions of those naming any of ids."""
+    asked = [{f["Value"] for f in call["Filters"]["Id"]}
+             for call in quota_fake.get_findings_calls()]
+    return asked, [n for n, named in enumerate(asked) if named & set(ids)]
+
+
 def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
         pair, quota_fake):
     """Member account A queues 500 lookups (5 concurrent updates of 100 findings: 25
     GetFindings); member account B then updates 20 of its own. Accounts take turns batch by
     batch, so B's GetFindings goes out within two calls of arriving, not after A's backlog, and
     B is answered while A's job is still running."""
-    other = Creds("HGTESTMEMBER00000002", "second-member-secret")
-    callers = CALLERS_TOML + f"""
-[[caller]]
-id = "member-b"
-account_id = "{OTHER_ACCOUNT}"
-role = "member"
-access_key_id = "{other.access_key}"
-secret_access_key = "{other.secret_key}"
-"""
-    quota_fake.quota_on(GetFindings=(10.0, 3), BatchUpdateFindings=(50.0, 50))
-    hg = pair({"quota": {"max_wait_ms": 20000},
-               "quota.limits": {"GetFindings": {"rate": 10.0, "burst": 2},
-                                "BatchUpdateFindings": {"rate": 50.0, "burst": 50}}},
-              callers_toml=callers)
+    hg = two_member_gate(pair, quota_fake)
     bulk = [f"bulk-{i:03d}" for i in range(500)]
     late = [f"late-{i:03d}" for i in range(20)]
     quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in bulk]
                             + [finding(i, OTHER_ACCOUNT, "HIGH") for i in late])
     errors, finished = [], {}
-
-    def update(who_creds, ids, name):
-        client = boto3.session.Session().client(
-            "securityhub", endpoint_url=hg.url, region_name=REGION,
-            aws_access_key_id=who_creds.access_key, aws_secret_access_key=who_creds.secret_key,
-            config=Config(retries={"mode": "standard", "max_attempts": 1}, read_timeout=30))
-        try:
-            resp = client.batch_update_findings(**note(*ids))
-            assert len(resp["ProcessedFindings"]) == len(ids), resp
-            finished[name] = time.monotonic()
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f"{name}: {e!r}")
-
-    threads = [threading.Thread(target=update, args=(CALLERS["member"], bulk[k:k + 100], f"a{k}"))
+    threads = [noting(hg, CALLERS["member"], bulk[k:k + 100], f"a{k}", finished, errors)
                for k in range(0, 500, 100)]
     for t in threads:
         t.start()
     wait_until(lambda: len(quota_fake.get_findings_calls()) >= 3, 10,
                "A's lookups to be under way")
+    b = noting(hg, SECOND_MEMBER, late, "b", finished, errors)
     calls_before = len(quota_fake.get_findings_calls())
-    b = threading.Thread(target=update, args=(other, late, "b"))
     b.start()
     for t in threads + [b]:
         t.join(40)
     assert not any(t.is_alive() for t in threads + [b]), "updates still running after 40 s"
     assert errors == [], errors
 
-    asked = [{f["Value"] for f in call["Filters"]["Id"]} for call in quota_fake.get_findings_calls()]
-    b_calls = [n for n, ids in enumerate(asked) if ids & set(late)]
+    asked, b_calls = calls_naming(quota_fake, late)
     assert b_calls and set().union(*(asked[n] for n in b_calls)) >= set(late), asked
     assert all(asked[n] <= set(late) for n in b_calls), "a batch holds one account's findings"
-    assert b_calls[0] <= calls_before + 2, (
+    assert b_calls[0] <= calls_before + 3, (
         f"B's lookup was call {b_calls[0]} of {len(asked)}; {calls_before} had gone out when B "
         "arrived: it waited behind A's backlog")
     assert finished["b"] < max(v for k, v in finished.items() if k != "b"), finished
     assert quota_fake.op_stats("GetFindings")["throttled"] == 0
+    assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in bulk + late)
+
+
+def test_a_finding_another_account_queued_is_queued_in_the_askers_turn_too(pair, quota_fake):
+    """Review 30, F2. Account A, with a backlog, names B's 20 findings at its tail (A's request
+    is refused, but only after the lookups it needs). B's update of the same findings shares
+    A's queued lookups, and used to be served in A's turn, behind A's whole backlog: the
+    findings are now queued in B's turn too, and the first turn to come looks them up once."""
+    hg = two_member_gate(pair, quota_fake)
+    bulk = [f"bulk-{i:03d}" for i in range(400)]
+    late = [f"late-{i:03d}" for i in range(20)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in bulk]
+                            + [finding(i, OTHER_ACCOUNT, "HIGH") for i in late])
+    errors, finished = [], {}
+    threads = [noting(hg, CALLERS["member"], bulk[k:k + 100], f"a{k}", finished, errors)
+               for k in range(0, 400, 100)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(quota_fake.get_findings_calls()) >= 3, 10,
+               "A's lookups to be under way")
+    naming_b = noting(hg, CALLERS["member"], late, "a-names-b", finished, errors)
+    b = noting(hg, SECOND_MEMBER, late, "b", finished, errors)
+    naming_b.start()
+    time.sleep(0.05)
+    calls_before = len(quota_fake.get_findings_calls())
+    b.start()
+    for t in threads + [naming_b, b]:
+        t.join(40)
+    assert not any(t.is_alive() for t in threads + [naming_b, b])
+    assert errors == [("a-names-b", "AccessDeniedException")], errors
+
+    asked, b_calls = calls_naming(quota_fake, late)
+    # Behind A's backlog it was call 20 of 21.
+    assert b_calls[0] <= calls_before + 3, (
+        f"B's findings went out in call {b_calls[0]} of {len(asked)}; {calls_before} had gone "
+        "out when B was sent: B waited behind A's backlog")
+    assert len(b_calls) == 1, f"B's findings were looked up once, not once per queue: {b_calls}"
     assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in bulk + late)
 
 
