@@ -46,9 +46,11 @@ use crate::policy::state::CurrentFinding;
 /// see the count as it was.
 const VERSION_TTL_MS: u64 = 600_000;
 
-const LOOKUP: &str = r#"
--- An entry whose owner account was retired at or after its read is dead; so is one this
--- version cannot read.
+/// The Lua function the scripts reading entries share: an entry whose owner account was
+/// retired at or after its read is dead; so is one this version cannot read.
+macro_rules! live_fn {
+    () => {
+        r#"
 local function live(p, v)
   local at, n = tonumber(string.sub(v, 17, 29)), tonumber(string.sub(v, 30, 31))
   if not at or not n then return false end
@@ -56,6 +58,13 @@ local function live(p, v)
   local r = redis.call('GET', p .. ':ar:' .. string.sub(v, 32, 31 + n))
   return not (r and tonumber(r) and tonumber(r) >= at)
 end
+"#
+    };
+}
+
+const LOOKUP: &str = concat!(
+    live_fn!(),
+    r#"
 local g = redis.call('GET', KEYS[1]) or '0'
 local out = {}
 for i = 2, #ARGV, 2 do
@@ -65,20 +74,14 @@ for i = 2, #ARGV, 2 do
   out[#out + 1] = v
 end
 return out
-"#;
+"#
+);
 
 // Returns the generation and the claim's time (`g/ms`, what `store` is given back), then
 // per finding its answer.
-const CLAIM: &str = r#"
--- An entry whose owner account was retired at or after its read is dead; so is one this
--- version cannot read.
-local function live(p, v)
-  local at, n = tonumber(string.sub(v, 17, 29)), tonumber(string.sub(v, 30, 31))
-  if not at or not n then return false end
-  if n == 0 then return true end
-  local r = redis.call('GET', p .. ':ar:' .. string.sub(v, 32, 31 + n))
-  return not (r and tonumber(r) and tonumber(r) >= at)
-end
+const CLAIM: &str = concat!(
+    live_fn!(),
+    r#"
 local g = redis.call('GET', KEYS[1]) or '0'
 local t = redis.call('TIME')
 local out = {g .. '/' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
@@ -95,7 +98,8 @@ for i = 4, #ARGV do
   end
 end
 return out
-"#;
+"#
+);
 
 // The value's read time is the claim's (`g/ms`, as `claim` returned it).
 const STORE: &str = r#"
@@ -120,16 +124,9 @@ end
 return out
 "#;
 
-const WRITE: &str = r#"
--- An entry whose owner account was retired at or after its read is dead; so is one this
--- version cannot read.
-local function live(p, v)
-  local at, n = tonumber(string.sub(v, 17, 29)), tonumber(string.sub(v, 30, 31))
-  if not at or not n then return false end
-  if n == 0 then return true end
-  local r = redis.call('GET', p .. ':ar:' .. string.sub(v, 32, 31 + n))
-  return not (r and tonumber(r) and tonumber(r) >= at)
-end
+const WRITE: &str = concat!(
+    live_fn!(),
+    r#"
 local g = redis.call('GET', KEYS[1]) or '0'
 local out = {}
 for i = 3, #ARGV, 3 do
@@ -155,7 +152,8 @@ for i = 3, #ARGV, 3 do
   end
 end
 return out
-"#;
+"#
+);
 
 // ARGV: prefix, how long the mark must last (ms), then accounts.
 const RETIRE: &str = r#"

@@ -262,6 +262,22 @@ def calls_naming(quota_fake, ids) -> tuple[list[set], list[int]]:
     return asked, [n for n, named in enumerate(asked) if named & set(ids)]
 
 
+def start_backlog(hg, quota_fake, n_bulk: int, finished: dict, errors: list):
+    """Seeds n_bulk of A's findings and 20 of B's (`late`), starts A's updates of its own in
+    100s, and returns (bulk ids, late ids, A's threads) once A's lookups are under way."""
+    bulk = [f"bulk-{i:03d}" for i in range(n_bulk)]
+    late = [f"late-{i:03d}" for i in range(20)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in bulk]
+                            + [finding(i, OTHER_ACCOUNT, "HIGH") for i in late])
+    threads = [noting(hg, CALLERS["member"], bulk[k:k + 100], f"a{k}", finished, errors)
+               for k in range(0, n_bulk, 100)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(quota_fake.get_findings_calls()) >= 3, 10,
+               "A's lookups to be under way")
+    return bulk, late, threads
+
+
 def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
         pair, quota_fake):
     """Member account A queues 500 lookups (5 concurrent updates of 100 findings: 25
@@ -269,17 +285,8 @@ def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
     batch, so B's GetFindings goes out within two calls of arriving, not after A's backlog, and
     B is answered while A's job is still running."""
     hg = two_member_gate(pair, quota_fake)
-    bulk = [f"bulk-{i:03d}" for i in range(500)]
-    late = [f"late-{i:03d}" for i in range(20)]
-    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in bulk]
-                            + [finding(i, OTHER_ACCOUNT, "HIGH") for i in late])
     errors, finished = [], {}
-    threads = [noting(hg, CALLERS["member"], bulk[k:k + 100], f"a{k}", finished, errors)
-               for k in range(0, 500, 100)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(quota_fake.get_findings_calls()) >= 3, 10,
-               "A's lookups to be under way")
+    bulk, late, threads = start_backlog(hg, quota_fake, 500, finished, errors)
     b = noting(hg, SECOND_MEMBER, late, "b", finished, errors)
     calls_before = len(quota_fake.get_findings_calls())
     b.start()
@@ -305,17 +312,8 @@ def test_a_finding_another_account_queued_is_queued_in_the_askers_turn_too(pair,
     A's queued lookups, and used to be served in A's turn, behind A's whole backlog: the
     findings are now queued in B's turn too, and the first turn to come looks them up once."""
     hg = two_member_gate(pair, quota_fake)
-    bulk = [f"bulk-{i:03d}" for i in range(400)]
-    late = [f"late-{i:03d}" for i in range(20)]
-    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in bulk]
-                            + [finding(i, OTHER_ACCOUNT, "HIGH") for i in late])
     errors, finished = [], {}
-    threads = [noting(hg, CALLERS["member"], bulk[k:k + 100], f"a{k}", finished, errors)
-               for k in range(0, 400, 100)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(quota_fake.get_findings_calls()) >= 3, 10,
-               "A's lookups to be under way")
+    bulk, late, threads = start_backlog(hg, quota_fake, 400, finished, errors)
     naming_b = noting(hg, CALLERS["member"], late, "a-names-b", finished, errors)
     b = noting(hg, SECOND_MEMBER, late, "b", finished, errors)
     naming_b.start()
