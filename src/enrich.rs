@@ -474,6 +474,8 @@ impl Inner {
 
     fn report(&self, st: &State) {
         self.metrics.entries.set(st.cache.len() as i64);
+        self.metrics.queued.set(st.queue.entries() as i64);
+        self.metrics.queued_accounts.set(st.queue.accounts() as i64);
         self.metrics.bytes.set(st.bytes as i64);
         self.metrics.settling.set(st.journal.findings() as i64);
         self.metrics

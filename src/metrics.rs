@@ -142,6 +142,10 @@ pub struct EnrichMetrics {
     pub settle_refused: Counter,
     /// Upstream throttles by operation (shared with the forwarding path).
     pub throttled: Family<OperationLabels, Counter>,
+    /// Entries in the lookup queue (a finding queued for two accounts counts twice).
+    pub queued: Gauge,
+    /// Caller accounts with findings in the lookup queue.
+    pub queued_accounts: Gauge,
 }
 
 /// Redis operations, by what they were for.
@@ -338,6 +342,17 @@ impl Metrics {
             "enrichment_cache_bytes",
             "Approximate memory held by the enrichment cache's finding state",
             m.enrich.bytes.clone(),
+        );
+        registry.register(
+            "enrichment_queued_findings",
+            "Findings waiting in the lookup queue for a GetFindings call (one queued for two \
+             accounts' requests counts in each account's turn)",
+            m.enrich.queued.clone(),
+        );
+        registry.register(
+            "enrichment_queued_accounts",
+            "Caller accounts with findings waiting in the lookup queue (served in turn)",
+            m.enrich.queued_accounts.clone(),
         );
         registry.register(
             "enrichment_settling_findings",

@@ -32,6 +32,8 @@ pub(super) struct LookupQueue {
     serving: Option<Turn>,
     /// The queue the last complete batch began with: it has just had its turn.
     served: Option<Turn>,
+    /// Entries in all the queues.
+    len: usize,
 }
 
 impl LookupQueue {
@@ -42,6 +44,7 @@ impl LookupQueue {
         if keys.is_empty() {
             return;
         }
+        self.len += keys.len();
         match self.accounts.get_mut(account) {
             Some(queue) => queue.extend(keys),
             None => {
@@ -59,6 +62,7 @@ impl LookupQueue {
         if self.again.is_empty() {
             self.join(AGAIN);
         }
+        self.len += 1;
         self.again.push_back(key);
     }
 
@@ -118,6 +122,7 @@ impl LookupQueue {
                 }
             }
             if key.is_some() {
+                self.len -= 1;
                 return key;
             }
         }
@@ -130,6 +135,16 @@ impl LookupQueue {
         if self.served.is_some() && self.turns.front() == self.served.as_ref() {
             self.turns.rotate_left(1);
         }
+    }
+
+    /// Entries queued, for the metrics.
+    pub fn entries(&self) -> usize {
+        self.len
+    }
+
+    /// Accounts with findings queued, for the metrics.
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
     }
 
     #[cfg(test)]
@@ -170,6 +185,7 @@ mod tests {
         let mut q = LookupQueue::default();
         q.push_back("111111111111", keys("bulk", 100));
         q.push_back("222222222222", keys("late", 20));
+        assert_eq!((q.entries(), q.accounts()), (120, 2));
         let batches = drain(&mut q, 20);
         assert_eq!(batches.len(), 6);
         assert!(batches[0].iter().all(|id| id.starts_with("bulk-")));
@@ -206,6 +222,7 @@ mod tests {
         // b began its turn in the first batch and stays first: nobody else waits
         assert_eq!(batches.concat().len(), 35);
         assert!(q.is_empty() && q.accounts.is_empty() && q.turns.is_empty());
+        assert_eq!((q.entries(), q.accounts()), (0, 0));
     }
 
     #[test]

@@ -55,6 +55,15 @@ def retrying_client(hg, who: str = "member", max_attempts: int = 10):
                       connect_timeout=5, read_timeout=30))
 
 
+def gauge(hg, name: str) -> float:
+    """An unlabelled gauge's value from /metrics."""
+    for family in text_string_to_metric_families(hg.admin("/metrics").text):
+        for s in family.samples:
+            if s.name == name and not s.labels:
+                return s.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def throttled_total(hg, operation: str) -> float:
     samples = {}
     for family in text_string_to_metric_families(hg.admin("/metrics").text):
@@ -287,6 +296,9 @@ def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
     hg = two_member_gate(pair, quota_fake)
     errors, finished = [], {}
     bulk, late, threads = start_backlog(hg, quota_fake, 500, finished, errors)
+    # the backlog is visible: hundreds of A's findings queued, one account waiting
+    assert gauge(hg, "hubgate_enrichment_queued_findings") >= 100
+    assert gauge(hg, "hubgate_enrichment_queued_accounts") == 1
     b = noting(hg, SECOND_MEMBER, late, "b", finished, errors)
     calls_before = len(quota_fake.get_findings_calls())
     b.start()
@@ -304,6 +316,8 @@ def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
     assert finished["b"] < max(v for k, v in finished.items() if k != "b"), finished
     assert quota_fake.op_stats("GetFindings")["throttled"] == 0
     assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in bulk + late)
+    assert gauge(hg, "hubgate_enrichment_queued_findings") == 0
+    assert gauge(hg, "hubgate_enrichment_queued_accounts") == 0
 
 
 def test_a_finding_another_account_queued_is_queued_in_the_askers_turn_too(pair, quota_fake):
