@@ -210,6 +210,20 @@ impl Coordination {
         &self.rejoined
     }
 
+    /// `call` for a write the other replicas must learn of: when it fails, this replica is
+    /// marked, so that it retires the shared cache when it rejoins.
+    pub(crate) async fn call_write<T, F, Fut>(&self, op: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let done = self.call(op, f).await;
+        if done.is_none() {
+            self.mark_dirty();
+        }
+        done
+    }
+
     /// A forwarded write could not update the shared cache.
     pub(crate) fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Release);

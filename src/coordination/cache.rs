@@ -508,31 +508,22 @@ pub async fn write(coord: &Coordination, items: Vec<ToWrite<'_>>) -> Option<Vec<
             .arg(item.expected.unwrap_or(""))
             .arg(item.value.as_deref().unwrap_or(b""));
     }
-    let written: Option<Vec<i64>> = coord
-        .call("cache_write", |mut con| async move {
+    let written: Vec<i64> = coord
+        .call_write("cache_write", |mut con| async move {
             inv.invoke_async(&mut con).await
         })
-        .await;
-    match written {
-        Some(w) => Some(w.into_iter().map(|n| n == 1).collect()),
-        None => {
-            coord.mark_dirty();
-            None
-        }
-    }
+        .await?;
+    Some(written.into_iter().map(|n| n == 1).collect())
 }
 
 /// Retires every shared entry: for writes hubgate cannot map to findings.
 pub async fn evict_all(coord: &Coordination) {
     let prefix = coord.prefix().to_string();
-    let bumped = coord
-        .call("cache_evict_all", |mut con| async move {
+    coord
+        .call_write("cache_evict_all", |mut con| async move {
             new_generation(&mut con, &prefix).await
         })
         .await;
-    if bumped.is_none() {
-        coord.mark_dirty();
-    }
 }
 
 /// Retires the shared entries of these accounts' findings read before now: for writes that may
@@ -548,14 +539,11 @@ pub async fn retire_accounts(coord: &Coordination, accounts: &[String], lives: D
     for account in accounts {
         inv.arg(account.as_str());
     }
-    let done: Option<i64> = coord
-        .call("cache_retire_accounts", |mut con| async move {
+    let _: Option<i64> = coord
+        .call_write("cache_retire_accounts", |mut con| async move {
             inv.invoke_async(&mut con).await
         })
         .await;
-    if done.is_none() {
-        coord.mark_dirty();
-    }
 }
 
 pub(crate) async fn new_generation(
@@ -631,13 +619,10 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
         }
     }
     let done: Option<i64> = coord
-        .call("journal_write", |mut con| async move {
+        .call_write("journal_write", |mut con| async move {
             inv.invoke_async(&mut con).await
         })
         .await;
-    if done.is_none() {
-        coord.mark_dirty();
-    }
     done.is_some()
 }
 
