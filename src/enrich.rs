@@ -147,9 +147,49 @@ struct Cached {
     tag: Option<Tag>,
 }
 
+/// Accounts whose cached findings a write retired without naming them (V2 identifiers name
+/// accounts, not findings GetFindings can read), each with when. An entry of such an account
+/// read at or before then is stale. It is checked as entries are read, so the write does not
+/// search the whole cache, under the state lock, for that account's entries.
+#[derive(Default)]
+struct Retired {
+    accounts: HashMap<Arc<str>, Instant>,
+    /// Found findings whose account is not known: any account's write may have touched them.
+    unowned: Option<Instant>,
+}
+
+impl Retired {
+    /// Whether a write retired what `cached` says. A finding cached as not found stays so: a
+    /// write cannot create it.
+    fn covers(&self, cached: &Cached) -> bool {
+        let Some(state) = &cached.state else {
+            return false;
+        };
+        let retired = match state.account_id.as_deref() {
+            Some(account) => self.accounts.get(account),
+            None => self.unowned.as_ref(),
+        };
+        retired.is_some_and(|at| cached.at <= *at)
+    }
+
+    /// A write at `now` touched findings of `accounts`; entries live `ttl` from their read, so
+    /// a retirement older than that covers nothing still cached and is forgotten.
+    fn retire(&mut self, accounts: &[Arc<str>], now: Instant, ttl: Duration) {
+        if let Some(cut) = now.checked_sub(ttl) {
+            self.accounts.retain(|_, at| *at > cut);
+        }
+        for account in accounts {
+            self.accounts.insert(account.clone(), now);
+        }
+        self.unowned = Some(now);
+    }
+}
+
 #[derive(Default)]
 struct State {
     cache: KeyMap<Cached>,
+    /// Entries of `cache` that account-scoped writes retired.
+    retired: Retired,
     bytes: usize,
     /// Findings waiting for a batch, per account, served in turn.
     queue: LookupQueue,
@@ -464,12 +504,15 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What `cached` says, if it is neither expired nor retired by an account's write.
     fn fresh<'a>(
         &self,
         cached: &'a Cached,
+        retired: &Retired,
         now: Instant,
     ) -> Option<&'a Option<Arc<CurrentFinding>>> {
-        (now.duration_since(cached.at) < self.ttl_for(&cached.state)).then_some(&cached.state)
+        (now.duration_since(cached.at) < self.ttl_for(&cached.state) && !retired.covers(cached))
+            .then_some(&cached.state)
     }
 
     fn report(&self, st: &State) {
@@ -514,7 +557,9 @@ impl Inner {
             return;
         }
         if st.cache.len() >= self.max_entries && !st.cache.contains_key(&key) {
-            st.cache.retain(|_, c| self.fresh(c, now).is_some());
+            let retired = &st.retired;
+            st.cache
+                .retain(|_, c| self.fresh(c, retired, now).is_some());
             if st.cache.len() >= self.max_entries {
                 // Still full of live entries: drop the oldest tenth rather than grow.
                 let mut ages: Vec<(Instant, FindingKey)> =
@@ -622,7 +667,7 @@ impl Enricher {
                 .map(|k| {
                     st.cache
                         .get(k)
-                        .filter(|c| self.inner.fresh(c, now).is_some())
+                        .filter(|c| self.inner.fresh(c, &st.retired, now).is_some())
                         .and_then(|c| c.tag.clone())
                 })
                 .collect();
@@ -642,7 +687,10 @@ impl Enricher {
         let mut hits = 0u64;
         for ((key, tag), looked) in keys.iter().zip(tags).zip(looked) {
             match looked {
-                Looked::Same => match st.cache.get(key).filter(|c| tag.is_some() && c.tag == tag) {
+                // Fresh again: an account's write may have retired it since the question.
+                Looked::Same => match st.cache.get(key).filter(|c| {
+                    tag.is_some() && c.tag == tag && self.inner.fresh(c, &st.retired, now).is_some()
+                }) {
                     Some(c) => {
                         hits += 1;
                         if let Some(f) = &c.state {
@@ -710,7 +758,7 @@ impl Enricher {
                     .cache
                     .get(key)
                     .filter(|_| local_hits)
-                    .and_then(|c| self.inner.fresh(c, now))
+                    .and_then(|c| self.inner.fresh(c, &st.retired, now))
                 {
                     stats.cache_hits += 1;
                     if let Some(f) = state {
@@ -858,7 +906,7 @@ impl Enricher {
                 let fresh = st
                     .cache
                     .get(key)
-                    .filter(|c| self.inner.fresh(c, now).is_some());
+                    .filter(|c| self.inner.fresh(c, &st.retired, now).is_some());
                 let Some((read_at, Some(state), expected)) = fresh.map(|c| {
                     (
                         c.at,
@@ -983,25 +1031,11 @@ impl Enricher {
                     let accounts: Vec<Arc<str>> =
                         accounts.iter().map(|a| Arc::from(a.as_str())).collect();
                     st.wrote_accounts(&accounts);
-                    st.journal
-                        .record_accounts(&accounts, operation, Instant::now());
-                    // Only those accounts' findings, and any whose account is not known; a
-                    // finding cached as not found stays so.
-                    let gone: Vec<FindingKey> = st
-                        .cache
-                        .iter()
-                        .filter(|(_, c)| match &c.state {
-                            None => false,
-                            Some(s) => s
-                                .account_id
-                                .as_deref()
-                                .is_none_or(|o| accounts.iter().any(|a| **a == *o)),
-                        })
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in &gone {
-                        self.inner.remove(&mut st, key);
-                    }
+                    let now = Instant::now();
+                    st.journal.record_accounts(&accounts, operation, now);
+                    // Only those accounts' findings, and any whose account is not known; they
+                    // read as misses from now on and go as they expire or the cache fills.
+                    st.retired.retire(&accounts, now, self.inner.ttl);
                 }
                 None => {
                     st.wrote_all();
@@ -2375,6 +2409,55 @@ mod tests {
         assert!(st.patches_since(&b, Some("222222222222"), sixth).is_some());
         st.batch_ended(sixth);
         assert!(st.cleared_accounts.is_empty());
+    }
+
+    /// An account's write retires that account's entries read before it, and those of found
+    /// findings whose account is not known; not another account's, not a finding cached as
+    /// not found, not what was read after the write. A retirement older than the entries'
+    /// time to live is forgotten.
+    #[test]
+    fn an_accounts_write_retires_only_its_entries_read_before_it() {
+        let t0 = Instant::now();
+        let entry = |account: Option<&str>, at: Instant| Cached {
+            at,
+            state: Some(Arc::new(CurrentFinding::from_shared(
+                regorus::Value::Null,
+                account.map(str::to_string),
+                None,
+                0,
+            ))),
+            tag: None,
+        };
+        let ttl = Duration::from_secs(60);
+        let (a, b) = ("111111111111", "222222222222");
+        let mut retired = Retired::default();
+        let before = [entry(Some(a), t0), entry(Some(b), t0), entry(None, t0)];
+        assert!(before.iter().all(|c| !retired.covers(c)));
+        let write = t0 + Duration::from_secs(1);
+        retired.retire(&[Arc::from(a)], write, ttl);
+        assert!(retired.covers(&before[0]));
+        assert!(!retired.covers(&before[1]), "another account's entry");
+        assert!(
+            retired.covers(&before[2]),
+            "a found finding of no known account"
+        );
+        let not_found = Cached {
+            at: t0,
+            state: None,
+            tag: None,
+        };
+        assert!(!retired.covers(&not_found));
+        assert!(
+            retired.covers(&entry(Some(a), write)),
+            "read as the write was sent"
+        );
+        let after = entry(Some(a), write + Duration::from_millis(1));
+        assert!(!retired.covers(&after), "read after the write");
+        // A write a time to live later: the first covers nothing still cached.
+        let later = write + ttl + Duration::from_millis(1);
+        retired.retire(&[Arc::from(b)], later, ttl);
+        assert_eq!(retired.accounts.len(), 1);
+        assert!(!retired.covers(&after) && retired.covers(&entry(Some(b), later)));
     }
 
     /// A finding written while a call for it was out goes back to the queue (the findings

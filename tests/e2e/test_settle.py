@@ -309,6 +309,38 @@ def test_a_stream_of_v2_writes_to_one_account_leaves_other_accounts_lookups_and_
     assert len(sent) >= 3 and set(sent) == {200}, sent
 
 
+def test_without_the_journal_a_v2_write_makes_its_accounts_cached_findings_read_again(
+        make_fake, make_hubgate):
+    """With settle_ms = 0 nothing lays a V2 write over what hubgate cached, so the write must
+    retire its account's cached findings (an administrator's V2 raise would otherwise leave a
+    member's lowering judged on the severity cached before it). The member's next update on
+    its cached finding is decided on a new GetFindings call; another account's cached finding
+    is still served from the cache."""
+    fake = make_fake()
+    hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, "settle_ms": 0}},
+                      fake=fake, callers_toml=CALLERS_WITH_MEMBER2)
+    assert hg.buf(body(FID, **NOTE), who="member").status == 200  # now cached
+    assert hg.buf(body("f-other", **NOTE), creds=MEMBER2).status == 200
+    cached = hg.buf(body(FID, **NOTE), who="member")
+    assert hg.audit_for(cached.headers["x-hubgate-decision-id"])["metrics"][
+        "counter_lookup_calls"] == 0, "cached before the write"
+    v2 = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(MEMBER_ACCOUNT, "f-own-high"),
+                 who="admin")
+    assert v2.status == 200, v2.text
+    calls = get_findings_calls(fake)
+    other = hg.buf(body("f-other", **NOTE), creds=MEMBER2)
+    assert other.status == 200, other.text
+    assert get_findings_calls(fake) == calls, "another account's cached finding was read again"
+    own = hg.buf(body(FID, **NOTE), who="member")
+    assert own.status == 200, own.text
+    rec = hg.audit_for(own.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_lookup_calls"] == 1, rec["metrics"]
+    assert get_findings_calls(fake) == calls + 1
+    again = hg.buf(body(FID, **NOTE), who="member")
+    assert hg.audit_for(again.headers["x-hubgate-decision-id"])["metrics"][
+        "counter_lookup_calls"] == 0, "read after the write: cached again"
+
+
 def test_a_refusal_for_an_accounts_write_is_not_paid_for_again_on_retry(stack):
     """After the member's V2 comment on its own account, its note on another of its findings
     is refused with 503 once the lookup shows the finding is that account's. The SDK's retries
