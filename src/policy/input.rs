@@ -801,7 +801,9 @@ pub struct Patch {
     /// object's address. Looked-up findings of one control share one `current` object (see
     /// enrich's page memo), so an update to a batch of them checks and patches that object
     /// once, not once per finding, and they go on sharing the result.
-    currents: std::sync::Mutex<HashMap<usize, SeenCurrent>>,
+    /// Keyed by an address hubgate chose, not by anything a caller sends: hashed with foldhash
+    /// rather than SipHash, as it is once per finding a patch is laid over.
+    currents: std::sync::Mutex<HashMap<usize, SeenCurrent, foldhash::fast::RandomState>>,
 }
 
 impl Patch {
