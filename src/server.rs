@@ -460,7 +460,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 /// What the watched files look like: names, sizes and modification times. Kubernetes swaps
 /// ConfigMap contents through symlinks, so paths are followed (`metadata`, not
 /// `symlink_metadata`).
-fn fingerprint(gate: &Gate) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+fn fingerprint(gate: &Gate) -> Fingerprint {
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
@@ -490,20 +490,47 @@ fn fingerprint(gate: &Gate) -> Vec<(std::path::PathBuf, u64, Option<std::time::S
         .collect()
 }
 
-/// Reloads when the policy directory or the callers file changes, as SIGHUP does.
+/// How long the watched files must look the same before a change is reloaded. A file written
+/// in place (an editor, a shell's `>`, Python's `write_text`) is truncated first and written
+/// after; a reload between the two would read an empty callers file and refuse every caller
+/// until the next check (a CI run of test_keys.py caught it once).
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// How many settle periods a change may keep changing before it is reloaded as it stands (the
+/// next check picks up whatever follows).
+const MAX_SETTLES: usize = 8;
+
+type Fingerprint = Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>;
+
+async fn look(gate: &Arc<Gate>) -> Option<Fingerprint> {
+    let gate = gate.clone();
+    tokio::task::spawn_blocking(move || fingerprint(&gate))
+        .await
+        .ok()
+}
+
+/// Reloads when the policy directory or the callers file changes, as SIGHUP does, once the
+/// change has settled.
 async fn watch_files(gate: Arc<Gate>, every: Duration) {
     let mut seen = fingerprint(&gate);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = {
-            let gate = gate.clone();
-            match tokio::task::spawn_blocking(move || fingerprint(&gate)).await {
-                Ok(f) => f,
-                Err(_) => continue,
-            }
+        let Some(mut now) = look(&gate).await else {
+            continue;
         };
+        if now == seen {
+            continue;
+        }
+        for _ in 0..MAX_SETTLES {
+            tokio::time::sleep(SETTLE).await;
+            match look(&gate).await {
+                Some(again) if again == now => break,
+                Some(again) => now = again,
+                None => {}
+            }
+        }
         if now != seen {
             tracing::info!("policy or callers files changed; reloading");
             seen = now;

@@ -86,3 +86,23 @@ def test_a_new_key_works_without_restart_and_stops_when_removed(make_hubgate, se
     # the callers that were there all along still work
     assert hg.buf(NOTE, who="member").status == 200
     assert hg.admin("/readyz").status_code == 200
+
+
+def test_a_callers_file_caught_mid_write_is_not_loaded(make_hubgate, seeded_fake):
+    """A callers file rewritten in place is empty between its truncation and its write. The
+    watcher reloads a change only once the files look the same twice 250 ms apart, so a check
+    that lands in that window never loads an empty file and refuses every caller. Checked every
+    20 ms, a 40 ms window was caught before the change on nearly every rewrite."""
+    hg = make_hubgate({"policy": {"watch_interval_ms": 20}}, fake=seeded_fake)
+    callers = hg.workdir / "callers.toml"
+    original = callers.read_bytes()
+    for _ in range(5):
+        with open(callers, "wb") as f:
+            f.flush()
+            time.sleep(0.04)
+            f.write(original + b"\n")
+        wait_until(lambda: hg.stderr_text().count("callers reloaded") >= _ + 1, 10,
+                   "the rewritten callers file to be reloaded")
+        assert hg.buf(NOTE, who="member").status == 200
+    reloads = re.findall(r"callers reloaded callers=(\d+)", hg.stderr_text())
+    assert reloads and set(reloads) == {"2"}, reloads
