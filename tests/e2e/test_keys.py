@@ -96,12 +96,12 @@ def test_a_callers_file_caught_mid_write_is_not_loaded(make_hubgate, seeded_fake
     hg = make_hubgate({"policy": {"watch_interval_ms": 20}}, fake=seeded_fake)
     callers = hg.workdir / "callers.toml"
     original = callers.read_bytes()
-    for _ in range(5):
+    for rewrites in range(1, 6):
         with open(callers, "wb") as f:
             f.flush()
             time.sleep(0.04)
             f.write(original + b"\n")
-        wait_until(lambda: hg.stderr_text().count("callers reloaded") >= _ + 1, 10,
+        wait_until(lambda: hg.stderr_text().count("callers reloaded") >= rewrites, 10,
                    "the rewritten callers file to be reloaded")
         assert hg.buf(NOTE, who="member").status == 200
     reloads = re.findall(r"callers reloaded callers=(\d+)", hg.stderr_text())
