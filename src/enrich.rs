@@ -1877,14 +1877,16 @@ impl<'a> From<&'a str> for Equals<'a> {
 /// One GetFindings answer as enrichment reads it: each finding that names its Id and
 /// ProductArn, with its state as policies see it, and the answer's NextToken. Findings without
 /// a key are skipped (they cannot be matched to a request). Public for the fuzz target
-/// `lookup_page`, which holds it to the JSON path (`CurrentFinding::new`).
-pub fn read_page(bytes: &[u8]) -> Result<Page, serde_json::Error> {
-    let page: LookupPage = serde_json::from_slice(bytes)?;
+/// `lookup_page`, which holds it to the JSON path (`CurrentFinding::new`). `asked` is what the
+/// call named, in order (see `PageSeed`); what is read does not depend on it.
+pub fn read_page(bytes: &[u8], asked: &[FindingKey]) -> Result<Page, serde_json::Error> {
+    let page = LookupPage::read(bytes, asked)?;
     Ok(Page {
         findings: page
             .findings
             .into_iter()
-            .filter_map(|p| p.into_state(&[], 0))
+            .enumerate()
+            .filter_map(|(at, p)| p.into_state(asked, at))
             .collect(),
         next_token: page.next_token,
     })
@@ -1909,11 +1911,19 @@ struct Projected {
     id: Option<Arc<str>>,
     /// The memo's one copy of the text, shared by its findings' keys and entries.
     product_arn: Option<Arc<str>>,
-    facts: StateFacts,
-    /// The entry but its Id, shared by every finding the memo read whose projected fields are
-    /// the same texts; None only without a ProductArn, and such a finding is dropped.
-    template: Option<EntryTemplate>,
+    /// What it shares with every finding the memo read whose projected fields are the same
+    /// texts; None only without a ProductArn, and such a finding is dropped.
+    shared: Option<SharedState>,
     bytes: usize,
+}
+
+/// What findings whose projected fields are the same texts share: their entry but the Id, and
+/// the facts of those texts (StateFacts), read once, not once per finding.
+#[derive(Clone)]
+struct SharedState {
+    template: EntryTemplate,
+    account_id: Option<Arc<str>>,
+    severity_rank: Option<u64>,
 }
 
 /// The projected fields already built, by their JSON text, kept on each worker thread across
@@ -1938,7 +1948,7 @@ struct PageMemo {
     /// What was built, in the order it was: equal indices mean equal texts.
     builds: Vec<Built>,
     templates:
-        std::collections::HashMap<CurrentTexts, Option<EntryTemplate>, foldhash::fast::RandomState>,
+        std::collections::HashMap<CurrentTexts, Option<SharedState>, foldhash::fast::RandomState>,
     /// The bytes of the texts `built` holds.
     text_bytes: usize,
 }
@@ -2011,31 +2021,50 @@ impl PageMemo {
 }
 
 impl PageMemo {
-    /// The entry template of a finding whose projected fields are `texts`, shared with the
-    /// other such findings the memo has read. Its facts and ProductArn come from those texts,
-    /// so the first such finding's stand for all of them.
-    fn template(
+    /// What a finding whose projected fields are `texts` shares with the other such findings
+    /// the memo has read. Its facts and ProductArn come from those texts, so the first such
+    /// finding's stand for all of them: `facts` (the index and text of each member of
+    /// StateFacts::MEMBERS the finding has) are read only when no finding had these texts.
+    fn shared<E: serde::de::Error>(
         &mut self,
         texts: &CurrentTexts,
-        facts: &StateFacts,
+        facts: &FactTexts<'_>,
         product_arn: Option<&Arc<str>>,
-    ) -> Option<EntryTemplate> {
+    ) -> Result<Option<SharedState>, E> {
+        if let Some(shared) = self.templates.get(texts) {
+            return Ok(shared.clone());
+        }
+        let mut read = StateFacts::default();
+        for (member, fact) in StateFacts::MEMBERS.iter().zip(facts) {
+            if let Some((index, text)) = *fact {
+                if let Some(json) = &self.built::<E>(index, text, true)?.json {
+                    read.read_member(member, json);
+                }
+            }
+        }
         let builds = &self.builds;
-        self.templates
-            .entry(*texts)
-            .or_insert_with(|| {
-                // In key order already, so the map is built without a search per member.
-                let object: BTreeMap<regorus::Value, regorus::Value> = field_keys()
-                    .iter()
-                    .zip(texts)
-                    .filter_map(|(k, &i)| Some((k.clone(), builds.get(i)?.value.clone())))
-                    .collect();
-                let arn = regorus::Value::String(product_arn?.clone());
-                facts.template(arn, regorus::Value::from(object))
+        // In key order already, so the map is built without a search per member.
+        let object: BTreeMap<regorus::Value, regorus::Value> = field_keys()
+            .iter()
+            .zip(texts)
+            .filter_map(|(k, &i)| Some((k.clone(), builds.get(i)?.value.clone())))
+            .collect();
+        let shared = product_arn.and_then(|arn| {
+            let arn = regorus::Value::String(arn.clone());
+            Some(SharedState {
+                template: read.template(arn, regorus::Value::from(object))?,
+                account_id: read.account_id.as_deref().map(Arc::from),
+                severity_rank: read.severity_rank(),
             })
-            .clone()
+        });
+        self.templates.insert(*texts, shared.clone());
+        Ok(shared)
     }
 }
+
+/// Of each member of StateFacts::MEMBERS a finding has, the index of its text in
+/// `PageMemo::builds` and the text.
+type FactTexts<'de> = [Option<(usize, &'de str)>; StateFacts::MEMBERS.len()];
 
 /// The object keys of `current`, made once.
 fn field_keys() -> &'static [regorus::Value; CURRENT_FIELDS.len()] {
@@ -2044,47 +2073,65 @@ fn field_keys() -> &'static [regorus::Value; CURRENT_FIELDS.len()] {
     KEYS.get_or_init(|| CURRENT_FIELDS.map(regorus::Value::from))
 }
 
+impl LookupPage {
+    /// Reads the answer to a call that named `asked`, in that order (see `PageSeed`).
+    fn read(bytes: &[u8], asked: &[FindingKey]) -> Result<LookupPage, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let page = serde::de::DeserializeSeed::deserialize(PageSeed(asked), &mut de)?;
+        de.end()?;
+        Ok(page)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for LookupPage {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LookupPage, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = LookupPage;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a GetFindings answer")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<LookupPage, A::Error> {
-                PAGE_MEMO.with_borrow_mut(|memo| {
-                    memo.make_room();
-                    let (mut findings, mut next_token) = (None, None);
-                    while let Some(key) = map.next_key::<Key<'de>>()? {
-                        match key.0.as_ref() {
-                            b"Findings" if findings.is_some() => {
-                                return Err(serde::de::Error::duplicate_field("Findings"))
-                            }
-                            b"Findings" => {
-                                findings = Some(map.next_value_seed(FindingsSeed(&mut *memo))?)
-                            }
-                            b"NextToken" if next_token.is_some() => {
-                                return Err(serde::de::Error::duplicate_field("NextToken"))
-                            }
-                            b"NextToken" => next_token = Some(map.next_value::<Option<String>>()?),
-                            _ => {
-                                map.next_value::<serde::de::IgnoredAny>()?;
-                            }
-                        }
+        serde::de::DeserializeSeed::deserialize(PageSeed(&[]), d)
+    }
+}
+
+/// A GetFindings answer read against the keys the call asked for, in the order asked:
+/// Security Hub mostly answers in that order, and a finding whose Id is the text asked for at
+/// its place shares that key's copy of the text instead of allocating its own.
+struct PageSeed<'a>(&'a [FindingKey]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = LookupPage;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<LookupPage, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PageSeed<'_> {
+    type Value = LookupPage;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a GetFindings answer")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LookupPage, A::Error> {
+        PAGE_MEMO.with_borrow_mut(|memo| {
+            memo.make_room();
+            let (mut findings, mut next_token) = (None, None);
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                match key.0.as_ref() {
+                    b"Findings" if findings.is_some() => {
+                        return Err(serde::de::Error::duplicate_field("Findings"))
                     }
-                    Ok(LookupPage {
-                        findings: findings
-                            .ok_or_else(|| serde::de::Error::missing_field("Findings"))?,
-                        next_token: next_token.flatten(),
-                    })
-                })
+                    b"Findings" => {
+                        findings = Some(map.next_value_seed(FindingsSeed(&mut *memo, self.0))?)
+                    }
+                    b"NextToken" if next_token.is_some() => {
+                        return Err(serde::de::Error::duplicate_field("NextToken"))
+                    }
+                    b"NextToken" => next_token = Some(map.next_value::<Option<String>>()?),
+                    _ => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
             }
-        }
-        d.deserialize_map(V)
+            Ok(LookupPage {
+                findings: findings.ok_or_else(|| serde::de::Error::missing_field("Findings"))?,
+                next_token: next_token.flatten(),
+            })
+        })
     }
 }
 
@@ -2136,8 +2183,8 @@ impl<'de> serde::Deserialize<'de> for Text<'de> {
     }
 }
 
-/// The page's findings, each read with the thread's memo.
-struct FindingsSeed<'a>(&'a mut PageMemo);
+/// The page's findings, each read with the thread's memo and the key asked for at its place.
+struct FindingsSeed<'a>(&'a mut PageMemo, &'a [FindingKey]);
 
 impl<'de> serde::de::DeserializeSeed<'de> for FindingsSeed<'_> {
     type Value = Vec<Projected>;
@@ -2154,7 +2201,12 @@ impl<'de> serde::de::Visitor<'de> for FindingsSeed<'_> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(100));
         let mut last = [None; CURRENT_FIELDS.len()];
-        while let Some(p) = seq.next_element_seed(ProjectedSeed(&mut *self.0, &mut last))? {
+        loop {
+            let asked = self.1.get(out.len());
+            let seed = ProjectedSeed(&mut *self.0, &mut last, asked);
+            let Some(p) = seq.next_element_seed(seed)? else {
+                break;
+            };
             out.push(p);
         }
         Ok(out)
@@ -2163,8 +2215,13 @@ impl<'de> serde::de::Visitor<'de> for FindingsSeed<'_> {
 
 /// One finding, read with the thread's memo and, per projected field, the text the page's
 /// previous finding had there with its index: the findings of one control repeat their texts,
-/// and comparing a text with the last one is cheaper than hashing it to search the memo.
-struct ProjectedSeed<'a, 'de>(&'a mut PageMemo, &'a mut LastTexts<'de>);
+/// and comparing a text with the last one is cheaper than hashing it to search the memo. The
+/// key asked for at the finding's place, if any, lends the finding its Id's text.
+struct ProjectedSeed<'a, 'de>(
+    &'a mut PageMemo,
+    &'a mut LastTexts<'de>,
+    Option<&'a FindingKey>,
+);
 
 type LastTexts<'de> = [Option<(&'de str, usize)>; CURRENT_FIELDS.len()];
 
@@ -2181,16 +2238,19 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
         f.write_str("a finding")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Projected, A::Error> {
-        let (memo, last) = (self.0, self.1);
+        let (memo, last, asked) = (self.0, self.1, self.2);
         let (mut id, mut product_arn) = (None, None);
         let mut texts: CurrentTexts = [ABSENT; CURRENT_FIELDS.len()];
-        // The members the entry's facts come from are read as JSON (see StateFacts).
-        let mut facts = StateFacts::default();
+        let mut facts: FactTexts<'de> = [None; StateFacts::MEMBERS.len()];
         let mut bytes = 0;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let k = key.0.as_ref();
             if k == b"Id" {
-                id = Some(Arc::from(&*map.next_value::<Text<'de>>()?.0));
+                let text = map.next_value::<Text<'de>>()?.0;
+                id = Some(match asked {
+                    Some(key) if *key.id == *text => key.id.clone(),
+                    _ => Arc::from(&*text),
+                });
                 continue;
             }
             let Some(at) = CURRENT_FIELDS.iter().position(|f| f.as_bytes() == k) else {
@@ -2199,7 +2259,6 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
             };
             let field = CURRENT_FIELDS[at];
             let text = map.next_value::<&'de serde_json::value::RawValue>()?.get();
-            let fact = StateFacts::MEMBERS.contains(&field);
             let index = match last[at] {
                 Some((before, index)) if before == text => index,
                 _ => {
@@ -2208,10 +2267,10 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
                     index
                 }
             };
-            let built = memo.built::<A::Error>(index, text, fact)?;
-            if let Some(json) = built.json.as_ref().filter(|_| fact) {
-                facts.read_member(field, json);
+            if let Some(m) = StateFacts::MEMBERS.iter().position(|f| *f == field) {
+                facts[m] = Some((index, text));
             }
+            let built = memo.built::<A::Error>(index, text, false)?;
             bytes += field.len() + 24 + built.bytes;
             texts[at] = index;
             if field == "ProductArn" {
@@ -2221,12 +2280,11 @@ impl<'de> serde::de::Visitor<'de> for ProjectedSeed<'_, 'de> {
                 };
             }
         }
-        let template = memo.template(&texts, &facts, product_arn.as_ref());
+        let shared = memo.shared::<A::Error>(&texts, &facts, product_arn.as_ref())?;
         Ok(Projected {
             id,
             product_arn,
-            facts,
-            template,
+            shared,
             bytes,
         })
     }
@@ -2240,11 +2298,20 @@ impl Projected {
     fn into_state(self, asked: &[FindingKey], at: usize) -> Option<(FindingKey, CurrentFinding)> {
         let (id, arn) = (self.id?, self.product_arn?);
         let key = match asked.get(at) {
-            Some(k) if *k.id == *id && *k.product_arn == *arn => k.clone(),
+            // The Id is the asked key's own text when it was read as that (PageSeed).
+            Some(k) if (Arc::ptr_eq(&k.id, &id) || *k.id == *id) && *k.product_arn == *arn => {
+                k.clone()
+            }
             _ => FindingKey::new(id, arn),
         };
-        let template = self.template?;
-        let state = CurrentFinding::from_template(&key, self.facts, &template, self.bytes);
+        let shared = self.shared?;
+        let state = CurrentFinding::from_template(
+            &key,
+            &shared.template,
+            shared.account_id,
+            shared.severity_rank,
+            self.bytes,
+        );
         Some((key, state))
     }
 }
@@ -2263,9 +2330,11 @@ async fn fetch_chunk(
         }
         let body = lookup_body(chunk, token.as_deref());
         progress.calls.fetch_add(1, Ordering::Relaxed);
-        let page: LookupPage = inner
+        let page = inner
             .upstream
-            .call_json("GetFindings", Method::POST, "/findings", &body)
+            .call_json("GetFindings", Method::POST, "/findings", &body, |bytes| {
+                LookupPage::read(bytes, chunk)
+            })
             .await?;
         out.extend(page.findings);
         token = page.next_token.filter(|t| !t.is_empty());
@@ -2323,7 +2392,7 @@ mod tests {
             {"Id": "f3", "ProductArn": "p"}
         ]);
         let page = serde_json::to_vec(&json!({"Findings": findings, "NextToken": "t"})).unwrap();
-        let page = read_page(&page).unwrap();
+        let page = read_page(&page, &[]).unwrap();
         assert_eq!(page.next_token.as_deref(), Some("t"));
         assert_eq!(page.findings.len(), 3);
         for ((key, got), f) in page.findings.into_iter().zip(findings.as_array().unwrap()) {
@@ -2422,7 +2491,7 @@ mod tests {
             at,
             state: Some(Arc::new(CurrentFinding::from_shared(
                 regorus::Value::Null,
-                account.map(str::to_string),
+                account.map(Arc::from),
                 None,
                 0,
             ))),
@@ -2514,7 +2583,7 @@ mod tests {
                 "Sever\u0069ty": {"Label": "HIGH"}, "X"#,
             br#"": {"Label": "LOW"}, "AwsAccountId": "1"}]}"#,
         );
-        let page = read_page(&page).unwrap();
+        let page = read_page(&page, &[]).unwrap();
         let [(key, f)] = <[_; 1]>::try_from(page.findings).ok().unwrap();
         assert_eq!((&*key.id, &*key.product_arn), ("f1", "p"));
         assert_eq!(f.severity_rank, Some(3));
@@ -2524,7 +2593,7 @@ mod tests {
         );
         assert_eq!(f.account_id.as_deref(), Some("1"));
         let bad_id = with_ff(br#"{"Findings": [{"Id": "f"#, br#"", "ProductArn": "p"}]}"#);
-        assert!(read_page(&bad_id).is_err());
+        assert!(read_page(&bad_id, &[]).is_err());
     }
 
     /// Findings of one page that share a member's text share its built value, and each still
@@ -2539,7 +2608,7 @@ mod tests {
              "Severity": {"Label": "LOW"}, "Compliance": compliance, "Workflow": {"Status": "NEW"}},
         ]);
         let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
-        let page = read_page(&bytes).unwrap();
+        let page = read_page(&bytes, &[]).unwrap();
         let [(_, a), (_, b)] = <[_; 2]>::try_from(page.findings).ok().unwrap();
         let member = |f: &CurrentFinding, name: &str| {
             let current = f.entry["current"].as_object().unwrap();
@@ -2555,7 +2624,7 @@ mod tests {
         assert_eq!(a.account_id.as_deref(), Some("111111111111"));
         assert_eq!(b.account_id.as_deref(), Some("222222222222"));
         assert_eq!((a.severity_rank, b.severity_rank), (Some(3), Some(1)));
-        for ((_, got), f) in read_page(&bytes)
+        for ((_, got), f) in read_page(&bytes, &[])
             .unwrap()
             .findings
             .iter()
@@ -2580,7 +2649,7 @@ mod tests {
         };
         let page = |findings: Vec<Value>| {
             let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
-            read_page(&bytes).unwrap().findings
+            read_page(&bytes, &[]).unwrap().findings
         };
         let current = |f: &CurrentFinding| match &f.entry["current"] {
             regorus::Value::Object(o) => o.clone(),
@@ -2608,6 +2677,51 @@ mod tests {
         assert_eq!(first[0].1.entry["current"], expected.entry["current"]);
     }
 
+    /// The facts (owner, severity) are read once per distinct set of projected texts and
+    /// shared by the findings that have them; a finding that differs in one fact member gets
+    /// its own, on every page, in whatever order the findings come.
+    #[test]
+    fn findings_share_their_facts_only_with_findings_of_the_same_texts() {
+        let f = |id: &str, account: &str, label: &str, status: &str| {
+            json!({"Id": id, "ProductArn": "p", "AwsAccountId": account,
+                   "Severity": {"Label": label}, "Workflow": {"Status": status}})
+        };
+        let pages = [
+            vec![
+                f("a", "111111111111", "HIGH", "NEW"),
+                f("b", "222222222222", "HIGH", "NEW"),
+                f("c", "111111111111", "LOW", "NEW"),
+                f("d", "111111111111", "HIGH", "NOTIFIED"),
+            ],
+            vec![
+                f("d2", "111111111111", "HIGH", "NOTIFIED"),
+                f("c2", "111111111111", "LOW", "NEW"),
+                f("a2", "111111111111", "HIGH", "NEW"),
+                f("b2", "222222222222", "HIGH", "NEW"),
+            ],
+        ];
+        let mut read = Vec::new();
+        for findings in &pages {
+            let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
+            let page = read_page(&bytes, &[]).unwrap();
+            for ((key, got), f) in page.findings.into_iter().zip(findings) {
+                let expected = CurrentFinding::new(&key.id, &key.product_arn, f);
+                assert_eq!(got.entry, expected.entry, "{}", key.id);
+                assert_eq!(got.account_id, expected.account_id, "{}", key.id);
+                assert_eq!(got.severity_rank, expected.severity_rank, "{}", key.id);
+                read.push((key.id.to_string(), got));
+            }
+        }
+        let state = |id: &str| &read.iter().find(|(i, _)| i == id).unwrap().1;
+        let owner = |id: &str| state(id).account_id.clone().unwrap();
+        // the same texts on another page: one shared copy of the owner
+        assert!(Arc::ptr_eq(&owner("a"), &owner("a2")));
+        assert!(Arc::ptr_eq(&owner("c"), &owner("c2")));
+        assert_eq!(&*owner("b2"), "222222222222");
+        assert_eq!(state("c").severity_rank, Some(1));
+        assert_eq!(state("d2").severity_rank, Some(3));
+    }
+
     /// A finding answered at the place it was asked takes the asked key, texts and all; one
     /// answered elsewhere gets a key of its own that is equal to the asked one.
     #[test]
@@ -2616,7 +2730,18 @@ mod tests {
         let bytes = serde_json::to_vec(&json!({"Findings": [
             {"Id": "f1", "ProductArn": "p"}, {"Id": "f2", "ProductArn": "p"}]}))
         .unwrap();
-        let LookupPage { findings, .. } = serde_json::from_slice(&bytes).unwrap();
+        // Read against the asked keys, a finding at its asked place shares the asked Id's text;
+        // read against them in the other order, none does.
+        let LookupPage { findings, .. } = LookupPage::read(&bytes, &asked).unwrap();
+        for (p, want) in findings.iter().zip(&asked) {
+            assert!(Arc::ptr_eq(p.id.as_ref().unwrap(), &want.id));
+        }
+        let reversed = [asked[1].clone(), asked[0].clone()];
+        let LookupPage { findings, .. } = LookupPage::read(&bytes, &reversed).unwrap();
+        for (p, want) in findings.iter().zip(&asked) {
+            assert_eq!(p.id.as_deref(), Some(&*want.id));
+            assert!(!Arc::ptr_eq(p.id.as_ref().unwrap(), &want.id));
+        }
         let mut in_order = Vec::new();
         let mut swapped = Vec::new();
         for (at, p) in findings.into_iter().enumerate() {
@@ -2625,8 +2750,7 @@ mod tests {
             let again = Projected {
                 id,
                 product_arn,
-                facts: StateFacts::default(),
-                template: p.template.clone(),
+                shared: p.shared.clone(),
                 bytes: p.bytes,
             };
             in_order.push(p.into_state(&asked, at).unwrap().0);
@@ -2667,7 +2791,7 @@ mod tests {
             })
             .collect();
         let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
-        let page = read_page(&bytes).unwrap();
+        let page = read_page(&bytes, &[]).unwrap();
         let current: Vec<&regorus::Value> = page
             .findings
             .iter()
@@ -2699,7 +2823,7 @@ mod tests {
             "Severity": {"Label": "HIGH"}, "Workflow": {"Status": "NEW"}})
         };
         let bytes = serde_json::to_vec(&json!({"Findings": [f("a"), f("b")]})).unwrap();
-        let page = read_page(&bytes).unwrap();
+        let page = read_page(&bytes, &[]).unwrap();
         let [(_, a), (_, b)] = <[_; 2]>::try_from(page.findings).ok().unwrap();
         let before = b.entry.clone();
         let body = json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}],
@@ -2751,7 +2875,7 @@ mod tests {
                 Value::Object(f)
             }).collect();
             let bytes = serde_json::to_vec(&json!({"Findings": findings})).unwrap();
-            let page = read_page(&bytes).unwrap();
+            let page = read_page(&bytes, &[]).unwrap();
             proptest::prop_assert_eq!(page.findings.len(), findings.len());
             for (i, (_, got)) in page.findings.iter().enumerate() {
                 let expected = CurrentFinding::new(&format!("f{i}"), "p", &findings[i]);
@@ -2771,10 +2895,14 @@ mod tests {
     /// A second Findings or NextToken member is refused, as the derived reader refused it.
     #[test]
     fn a_page_with_a_repeated_member_is_refused() {
-        assert!(read_page(br#"{"Findings": [], "Findings": []}"#).is_err());
-        assert!(read_page(br#"{"Findings": [], "NextToken": "a", "NextToken": "b"}"#).is_err());
-        assert!(read_page(br#"{"NextToken": "a"}"#).is_err());
-        let page = read_page(br#"{"Findings": [], "NextToken": null, "Other": [1]}"#).unwrap();
+        assert!(read_page(br#"{"Findings": [], "Findings": []}"#, &[]).is_err());
+        assert!(read_page(
+            br#"{"Findings": [], "NextToken": "a", "NextToken": "b"}"#,
+            &[]
+        )
+        .is_err());
+        assert!(read_page(br#"{"NextToken": "a"}"#, &[]).is_err());
+        let page = read_page(br#"{"Findings": [], "NextToken": null, "Other": [1]}"#, &[]).unwrap();
         assert!(page.next_token.is_none());
     }
 }

@@ -420,14 +420,16 @@ impl Upstream {
         self.send(request).await
     }
 
-    /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout and parsed
-    /// into `T`, which may keep only what hubgate needs of the answer.
-    pub async fn call_json<T: serde::de::DeserializeOwned>(
+    /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout; a
+    /// successful answer's bytes are parsed by `read`, which may keep only what hubgate needs
+    /// of them (a seeded parse that knows what was asked, say).
+    pub async fn call_json<T>(
         &self,
         operation: &'static str,
         method: Method,
         path: &str,
         body: &impl serde::Serialize,
+        read: impl FnOnce(&[u8]) -> Result<T, serde_json::Error>,
     ) -> Result<T, UpstreamError> {
         // Never an empty body signed in its place: a body that cannot be written is hubgate's
         // fault, answered as one, and nothing is sent.
@@ -492,7 +494,7 @@ impl Upstream {
                 detail,
             });
         }
-        serde_json::from_slice(&collected).map_err(|e| UpstreamError::BadResponse {
+        read(&collected).map_err(|e| UpstreamError::BadResponse {
             operation,
             detail: e.to_string(),
         })

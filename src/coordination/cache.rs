@@ -310,7 +310,7 @@ pub fn hash(key: &FindingKey) -> String {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     #[serde(rename = "a")]
-    account_id: Option<String>,
+    account_id: Option<Arc<str>>,
     #[serde(rename = "r")]
     severity_rank: Option<u64>,
     #[serde(rename = "e")]

@@ -1181,8 +1181,8 @@ struct Summary {
 impl Summary {
     fn add(&mut self, f: &CurrentFinding) {
         match &f.account_id {
-            Some(a) if !self.accounts.contains(a) => {
-                self.accounts.insert(a.clone());
+            Some(a) if !self.accounts.contains(&**a) => {
+                self.accounts.insert(a.to_string());
             }
             Some(_) => {}
             // A finding whose owner hubgate cannot read must not vanish from the ownership

@@ -1,6 +1,8 @@
 //! A finding's current state as the policy input holds it. Enrichment fetches it and the
 //! caches keep it; converting once, here, is what keeps each decision cheap.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::input::{EntryTemplate, Patch, StateFacts};
@@ -11,7 +13,9 @@ use crate::finding::FindingKey;
 #[derive(Debug, Clone)]
 pub struct CurrentFinding {
     pub entry: regorus::Value,
-    pub account_id: Option<String>,
+    /// Shared, not owned: the findings a lookup reads mostly belong to one account, and their
+    /// states hold one copy of its number (see enrich's page memo).
+    pub account_id: Option<Arc<str>>,
     pub severity_rank: Option<u64>,
     /// Rough size of the state held, for the cache's memory gauge.
     pub(crate) bytes: usize,
@@ -39,24 +43,25 @@ impl CurrentFinding {
                 regorus::Value::String(key.product_arn.clone()),
                 current,
             ),
-            account_id: facts.account_id.clone(),
+            account_id: facts.account_id.as_deref().map(Arc::from),
             severity_rank: facts.severity_rank(),
             bytes: key.id.len() + key.product_arn.len() + bytes,
         }
     }
 
     /// The state of the finding `key` names, its entry made from `template`, which was made
-    /// from these same `facts`.
+    /// from the facts `account_id` and `severity_rank` come from.
     pub(crate) fn from_template(
         key: &FindingKey,
-        facts: StateFacts,
         template: &EntryTemplate,
+        account_id: Option<Arc<str>>,
+        severity_rank: Option<u64>,
         bytes: usize,
     ) -> CurrentFinding {
         CurrentFinding {
             entry: template.entry(regorus::Value::String(key.id.clone())),
-            severity_rank: facts.severity_rank(),
-            account_id: facts.account_id,
+            severity_rank,
+            account_id,
             bytes: key.id.len() + key.product_arn.len() + bytes,
         }
     }
@@ -64,7 +69,7 @@ impl CurrentFinding {
     /// A state read back from the shared cache (`coordination::cache`).
     pub(crate) fn from_shared(
         entry: regorus::Value,
-        account_id: Option<String>,
+        account_id: Option<Arc<str>>,
         severity_rank: Option<u64>,
         bytes: usize,
     ) -> CurrentFinding {
