@@ -12,7 +12,7 @@ use hubgate::policy::input::{self, Enrichment};
 use hubgate::request::Judged;
 
 mod support;
-use support::{body, current, facts_for, member, shipped, MapState};
+use support::{body, current, facts_for, member, page_keys, shipped, MapState};
 
 /// The system allocator, counting: each allocation and reallocation, and the bytes asked for.
 struct Counting;
@@ -58,13 +58,7 @@ fn main() {
     let mut rows = Vec::new();
 
     let page: &[u8] = include_bytes!("fixtures/get_findings_20.json");
-    // Read against the keys a lookup of them asks for, in that order, as enrichment reads it.
-    let keys: Vec<FindingKey> = read_page(page, &[])
-        .expect("the fixture reads")
-        .findings
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect();
+    let keys = page_keys(page);
     rows.push((
         "read one GetFindings page (20 findings, 60 KB)",
         count(|| read_page(page, &keys).expect("the fixture reads")),

@@ -13,7 +13,7 @@ use hubgate::policy::input::{self, Enrichment};
 use hubgate::request::Judged;
 
 mod support;
-use support::{body, current, facts_for, member, shipped, MapState};
+use support::{body, current, facts_for, member, page_keys, shipped, MapState};
 
 fn decision(c: &mut Criterion) {
     let (policy, principal) = (shipped(), member());
@@ -101,13 +101,7 @@ fn decision(c: &mut Criterion) {
 fn lookup_page(c: &mut Criterion) {
     let page: &[u8] = include_bytes!("fixtures/get_findings_20.json");
     let mut group = c.benchmark_group("lookup_page");
-    // the keys a lookup of these findings asks for, in that order, as enrichment reads a page
-    let keys: Vec<_> = hubgate::enrich::read_page(page, &[])
-        .unwrap()
-        .findings
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect();
+    let keys = page_keys(page);
     group.bench_function("read_page", |b| {
         b.iter(|| {
             let page = hubgate::enrich::read_page(black_box(page), &keys).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use hubgate::decide::{FindingState, Lookup, LookupFailure};
-use hubgate::enrich::{CurrentFinding, FindingKey};
+use hubgate::enrich::{read_page, CurrentFinding, FindingKey};
 use hubgate::finding::KeyMap;
 use hubgate::identity::{Principal, Role};
 use hubgate::policy::input::RequestFacts;
@@ -26,6 +26,17 @@ pub fn body(n: usize) -> Vec<u8> {
         "Note": {"Text": "raised after triage, see SEC-1234", "UpdatedBy": "soar-runner"},
     }))
     .unwrap()
+}
+
+/// The keys of a GetFindings answer's findings, in its order: what a lookup of them asks for,
+/// so reading the answer against them is what enrichment does.
+pub fn page_keys(page: &[u8]) -> Vec<FindingKey> {
+    read_page(page, &[])
+        .expect("the fixture reads")
+        .findings
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
 }
 
 pub fn current(keys: &[FindingKey]) -> KeyMap<Arc<CurrentFinding>> {

@@ -1170,7 +1170,8 @@ struct SeenCurrent {
 /// comparisons and iterate over the findings only to name the ones that violate.
 #[derive(Default)]
 struct Summary {
-    accounts: BTreeSet<String>,
+    /// The owners' texts as the states share them (see CurrentFinding::account_id).
+    accounts: BTreeSet<Arc<str>>,
     unowned: bool,
     max_severity_rank: Option<u64>,
     missing: u64,
@@ -1181,8 +1182,8 @@ struct Summary {
 impl Summary {
     fn add(&mut self, f: &CurrentFinding) {
         match &f.account_id {
-            Some(a) if !self.accounts.contains(&**a) => {
-                self.accounts.insert(a.to_string());
+            Some(a) if !self.accounts.contains(a) => {
+                self.accounts.insert(a.clone());
             }
             Some(_) => {}
             // A finding whose owner hubgate cannot read must not vanish from the ownership
@@ -1198,7 +1199,7 @@ impl Summary {
     fn into_value(self, enrichment: Enrichment) -> RValue {
         let mut out = BTreeMap::new();
         if enrichment == Enrichment::Complete {
-            let mut accounts: Vec<RValue> = self.accounts.into_iter().map(RValue::from).collect();
+            let mut accounts: Vec<RValue> = self.accounts.into_iter().map(RValue::String).collect();
             if self.unowned {
                 accounts.push(RValue::Null);
             }
