@@ -2083,12 +2083,6 @@ impl LookupPage {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for LookupPage {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LookupPage, D::Error> {
-        serde::de::DeserializeSeed::deserialize(PageSeed(&[]), d)
-    }
-}
-
 /// A GetFindings answer read against the keys the call asked for, in the order asked:
 /// Security Hub mostly answers in that order, and a finding whose Id is the text asked for at
 /// its place shares that key's copy of the text instead of allocating its own.
