@@ -19,6 +19,11 @@ hubgate and right after it to nginx, and reads:
 - the stub's call counters (GET /_stats) before and after: upstream calls per request;
 - wrk's requests/s and latency percentiles.
 
+With --paced-nginx (PACED_NGINX=1), each round also runs nginx paced by wrk's delay() to about
+the request rate hubgate reached in it: an event loop's CPU per request depends on how many
+requests each wake-up finds, so this shows the yardstick at hubgate's load. It is reported
+beside the targets, which stay judged against nginx flat out.
+
 It prints a Markdown table and writes it to --results.
 """
 
@@ -279,7 +284,10 @@ end
 
 
 def measure(args, key: str, proxy: str, port: int, pid: int, cpu_of, reqs: list[dict],
-            stub: Stub, expect: int, audit_gate: Gate | None, problems: list) -> dict:
+            stub: Stub, expect: int, audit_gate: Gate | None, problems: list,
+            delay_ms: int | None = None) -> dict:
+    """One wrk run against one proxy. With delay_ms, each connection waits that long before
+    each request (wrk's delay()), which paces the run instead of driving it flat out."""
     wd = args.workdir
     req = reqs[0]
     resp = bench.probe(port, req)
@@ -291,6 +299,9 @@ def measure(args, key: str, proxy: str, port: int, pid: int, cpu_of, reqs: list[
         bench.write_lua(lua, req)
     else:
         write_lua_cycle(lua, reqs, args.threads)
+    if delay_ms is not None:
+        with lua.open("a") as f:
+            f.write(f"\nfunction delay()\n    return {delay_ms}\nend\n")
     time.sleep(0.3)
     audit_before = audit_gate.settled_audit_lines() if audit_gate else 0
     s0, c0, st0 = stub.stats(), cpu_of(pid), bench.proc_cpu(stub.proc.pid)
@@ -414,6 +425,7 @@ def run(args) -> int:
     ]
     only = set(filter(None, args.only.split(","))) if args.only else None
     results = []
+    paced: list[dict] = []
     for key, label, g, bodies, update, expect in scenarios:
         if only and key not in only:
             continue
@@ -424,16 +436,23 @@ def run(args) -> int:
         print(f"{key}: {label} ({len(datas[0])} byte body)", flush=True)
         # sign for hubgate's host; nginx gets the very same bytes and headers
         reqs = [request(args.identity, g.host, d) for d in datas]
-        pairs = []
+        pairs, paced_rounds = [], []
         for _ in range(args.rounds):
             hg = measure(args, key, "hubgate", g.port, g.proc.pid, bench.proc_cpu, reqs, stub,
                          expect, g, problems)
             ng = measure(args, key, "nginx", nginx.port, nginx.proc.pid, tree_cpu, reqs, stub,
                          200, None, problems)
             pairs.append((hg, ng))
+            if args.paced_nginx:
+                pn = measure(args, key, "nginx-paced", nginx.port, nginx.proc.pid, tree_cpu,
+                             reqs, stub, 200, None, problems,
+                             delay_ms=pacing_delay_ms(args.connections, hg["rps"]))
+                paced_rounds.append((hg, ng, pn))
         for r in combine(pairs):
             r["label"] = label
             results.append(r)
+        if paced_rounds:
+            paced.append(combine_paced(key, paced_rounds))
 
     # logs under load
     for g in (gate, cold):
@@ -451,8 +470,30 @@ def run(args) -> int:
         lines = err.read_text(errors="replace").splitlines()
         notes.append(f"nginx error.log has {len(lines)} lines, last: {lines[-1][:200]}")
 
-    write_report(args, results, problems, notes, stub, nginx, quota)
+    write_report(args, results, problems, notes, stub, nginx, quota, paced)
     return 1 if problems else 0
+
+
+def pacing_delay_ms(connections: int, rps: float) -> int:
+    """The wait per request, per connection, that holds wrk's `connections` near `rps` in
+    total (a little under it: each request's own latency adds to the wait)."""
+    return max(1, int(connections * 1000 / max(rps, 1.0)))
+
+
+def combine_paced(key: str, rounds: list[tuple[dict, dict, dict]]) -> dict:
+    """nginx paced to hubgate's rate, against hubgate and nginx flat out in the same round."""
+    ratios = [h["cpu_us"] / p["cpu_us"] if p["cpu_us"] > 0 else float("inf")
+              for h, _, p in rounds]
+    return {
+        "key": key,
+        "hubgate_rps": statistics.median(h["rps"] for h, _, _ in rounds),
+        "paced_rps": statistics.median(p["rps"] for _, _, p in rounds),
+        "flat_rps": statistics.median(n["rps"] for _, n, _ in rounds),
+        "paced_cpu_us": statistics.median(p["cpu_us"] for _, _, p in rounds),
+        "flat_cpu_us": statistics.median(n["cpu_us"] for _, n, _ in rounds),
+        "ratio": statistics.median(ratios),
+        "rounds": [(p["cpu_us"], p["rps"]) for _, _, p in rounds],
+    }
 
 
 def combine(pairs: list[tuple[dict, dict]]) -> tuple[dict, dict]:
@@ -502,7 +543,8 @@ def times_nginx(hg: dict, ng: dict) -> float:
     return hg["cpu_us"] / ng["cpu_us"] if ng["cpu_us"] > 0 else float("inf")
 
 
-def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota: bool):
+def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota: bool,
+                 paced: list[dict]):
     by = {(r["key"], r["proxy"]): r for r in results}
     rows = ["| path | proxy | requests | req/s | p50 | p99 | CPU µs/request | × nginx "
             "| upstream calls/request |",
@@ -586,6 +628,7 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
         "|---|---:|---:|---|---:|---:|---|",
         *targets,
         "",
+        *paced_section(paced),
         "## Details",
         "",
         *extra,
@@ -615,6 +658,26 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
     args.results.write_text(text)
 
 
+def paced_section(paced: list[dict]) -> list[str]:
+    """--paced-nginx: nginx's CPU per request at about hubgate's request rate. Information
+    only: the targets above are judged against nginx driven flat out, as every round was."""
+    if not paced:
+        return []
+    rows = ["| path | hubgate req/s | nginx paced: req/s | CPU µs/request (rounds) "
+            "| nginx flat out: req/s | CPU µs/request | hubgate ÷ nginx paced |",
+            "|---|---:|---:|---|---:|---:|---:|"]
+    for p in paced:
+        each = ", ".join(f"{us:.0f}" for us, _ in p["rounds"])
+        rows.append(f"| {p['key']} | {p['hubgate_rps']:.0f} | {p['paced_rps']:.0f} "
+                    f"| {p['paced_cpu_us']:.0f} ({each}) | {p['flat_rps']:.0f} "
+                    f"| {p['flat_cpu_us']:.0f} | {p['ratio']:.1f}× |")
+    return ["## nginx at hubgate's rate (information, not the targets' yardstick)", "",
+            "Each round also ran nginx with wrk's `delay()` holding it near the request rate "
+            "hubgate reached in that round (an event loop woken for fewer requests at a time "
+            "spends more per request). The ratio is the median of each round's hubgate ÷ "
+            "paced nginx.", "", *rows, ""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, type=Path, help="hubgate release binary")
@@ -641,6 +704,10 @@ def main() -> int:
     ap.add_argument("--distinct", type=int, default=int(os.environ.get("DISTINCT", 512)),
                     help="allow100-cold*: how many requests with distinct findings wrk cycles "
                          "through")
+    ap.add_argument("--paced-nginx", action="store_true",
+                    default=os.environ.get("PACED_NGINX", "") not in ("", "0"),
+                    help="after each round, run nginx again paced to hubgate's request rate "
+                         "and report its CPU per request beside the flat-out yardstick")
     ap.add_argument("--source", type=Path, default=bench.SOURCE,
                     help="the checkout the hubgate binary was built from (for the report)")
     ap.add_argument("--results", type=Path, default=HERE / "results.md")

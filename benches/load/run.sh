@@ -15,6 +15,8 @@
 #   DURATION=5 CONNECTIONS=8 THREADS=2 benches/load/run.sh  # wrk settings (defaults 10 / 16 / 2)
 #   IDENTITY=static ...          # native suite: identity.mode = "static" (unsigned requests)
 #   ONLY=deny100,allow100 ...    # native suite: only these paths
+#   PACED_NGINX=1 ...            # native suite: also nginx paced to hubgate's request rate,
+#                                # reported beside the flat-out yardstick
 #   WORKERS=2 ...                # native suite: hubgate's worker_threads and nginx's
 #                                # worker_processes (default 1)
 #   HUBGATE_SRC=/path/to/checkout ...  # where HUBGATE_BIN was built from (for the report's
