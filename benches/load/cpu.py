@@ -673,9 +673,10 @@ def paced_section(paced: list[dict]) -> list[str]:
                     f"| {p['flat_cpu_us']:.0f} | {p['ratio']:.1f}× |")
     return ["## nginx at hubgate's rate (information, not the targets' yardstick)", "",
             "Each round also ran nginx with wrk's `delay()` holding it near the request rate "
-            "hubgate reached in that round (an event loop woken for fewer requests at a time "
-            "spends more per request). The ratio is the median of each round's hubgate ÷ "
-            "paced nginx.", "", *rows, ""]
+            "hubgate reached in that round (pacing is in whole milliseconds per connection, "
+            "so a fast path's paced rate can miss hubgate's). nginx's CPU per request depends "
+            "on the rate it runs at; the ratio is the median of each round's hubgate ÷ paced "
+            "nginx.", "", *rows, ""]
 
 
 def main() -> int:
