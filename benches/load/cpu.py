@@ -20,9 +20,9 @@ hubgate and right after it to nginx, and reads:
 - wrk's requests/s and latency percentiles.
 
 With --paced-nginx (PACED_NGINX=1), each round also runs nginx paced by wrk's delay() to about
-the request rate hubgate reached in it: an event loop's CPU per request depends on how many
-requests each wake-up finds, so this shows the yardstick at hubgate's load. It is reported
-beside the targets, which stay judged against nginx flat out.
+the request rate hubgate reached in it: nginx's CPU per request depends on the rate it runs
+at, so this shows the yardstick at hubgate's load. It is reported beside the targets, which
+stay judged against nginx flat out.
 
 It prints a Markdown table and writes it to --results.
 """
@@ -447,7 +447,7 @@ def run(args) -> int:
                 pn = measure(args, key, "nginx-paced", nginx.port, nginx.proc.pid, tree_cpu,
                              reqs, stub, 200, None, problems,
                              delay_ms=pacing_delay_ms(args.connections, hg["rps"]))
-                paced_rounds.append((hg, ng, pn))
+                paced_rounds.append((hg, pn))
         for r in combine(pairs):
             r["label"] = label
             results.append(r)
@@ -480,19 +480,18 @@ def pacing_delay_ms(connections: int, rps: float) -> int:
     return max(1, int(connections * 1000 / max(rps, 1.0)))
 
 
-def combine_paced(key: str, rounds: list[tuple[dict, dict, dict]]) -> dict:
-    """nginx paced to hubgate's rate, against hubgate and nginx flat out in the same round."""
+def combine_paced(key: str, rounds: list[tuple[dict, dict]]) -> dict:
+    """nginx paced to hubgate's rate, against hubgate in the same round. (nginx flat out is
+    the path's combined nginx row, which the report reads from the results.)"""
     ratios = [h["cpu_us"] / p["cpu_us"] if p["cpu_us"] > 0 else float("inf")
-              for h, _, p in rounds]
+              for h, p in rounds]
     return {
         "key": key,
-        "hubgate_rps": statistics.median(h["rps"] for h, _, _ in rounds),
-        "paced_rps": statistics.median(p["rps"] for _, _, p in rounds),
-        "flat_rps": statistics.median(n["rps"] for _, n, _ in rounds),
-        "paced_cpu_us": statistics.median(p["cpu_us"] for _, _, p in rounds),
-        "flat_cpu_us": statistics.median(n["cpu_us"] for _, n, _ in rounds),
+        "hubgate_rps": statistics.median(h["rps"] for h, _ in rounds),
+        "paced_rps": statistics.median(p["rps"] for _, p in rounds),
+        "paced_cpu_us": statistics.median(p["cpu_us"] for _, p in rounds),
         "ratio": statistics.median(ratios),
-        "rounds": [(p["cpu_us"], p["rps"]) for _, _, p in rounds],
+        "rounds": [p["cpu_us"] for _, p in rounds],
     }
 
 
@@ -628,7 +627,7 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
         "|---|---:|---:|---|---:|---:|---|",
         *targets,
         "",
-        *paced_section(paced),
+        *paced_section(paced, by),
         "## Details",
         "",
         *extra,
@@ -658,7 +657,7 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
     args.results.write_text(text)
 
 
-def paced_section(paced: list[dict]) -> list[str]:
+def paced_section(paced: list[dict], by: dict) -> list[str]:
     """--paced-nginx: nginx's CPU per request at about hubgate's request rate. Information
     only: the targets above are judged against nginx driven flat out, as every round was."""
     if not paced:
@@ -667,10 +666,11 @@ def paced_section(paced: list[dict]) -> list[str]:
             "| nginx flat out: req/s | CPU µs/request | hubgate ÷ nginx paced |",
             "|---|---:|---:|---|---:|---:|---:|"]
     for p in paced:
-        each = ", ".join(f"{us:.0f}" for us, _ in p["rounds"])
+        each = ", ".join(f"{us:.0f}" for us in p["rounds"])
+        flat = by[(p["key"], "nginx")]
         rows.append(f"| {p['key']} | {p['hubgate_rps']:.0f} | {p['paced_rps']:.0f} "
-                    f"| {p['paced_cpu_us']:.0f} ({each}) | {p['flat_rps']:.0f} "
-                    f"| {p['flat_cpu_us']:.0f} | {p['ratio']:.1f}× |")
+                    f"| {p['paced_cpu_us']:.0f} ({each}) | {flat['rps']:.0f} "
+                    f"| {flat['cpu_us']:.0f} | {p['ratio']:.1f}× |")
     return ["## nginx at hubgate's rate (information, not the targets' yardstick)", "",
             "Each round also ran nginx with wrk's `delay()` holding it near the request rate "
             "hubgate reached in that round (pacing is in whole milliseconds per connection, "
