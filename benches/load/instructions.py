@@ -135,7 +135,8 @@ def send_all(host: str, port: int, reqs: list[dict], n: int, expect: int):
     conn.close()
 
 
-def measure(name: str, binary: Path, args, stub) -> dict[str, float]:
+def measure(name: str, binary: Path, args, stub) -> dict[str, tuple[float, float]]:
+    """Per path: instructions per request, and of them those inside SHA-256's block function."""
     wd = args.workdir / name
     shutil.rmtree(wd, ignore_errors=True)
     gate = Ground(binary, wd / "hubgate", stub.endpoint, identity="sigv4",
