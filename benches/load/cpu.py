@@ -483,8 +483,7 @@ def pacing_delay_ms(connections: int, rps: float) -> int:
 def combine_paced(key: str, rounds: list[tuple[dict, dict]]) -> dict:
     """nginx paced to hubgate's rate, against hubgate in the same round. (nginx flat out is
     the path's combined nginx row, which the report reads from the results.)"""
-    ratios = [h["cpu_us"] / p["cpu_us"] if p["cpu_us"] > 0 else float("inf")
-              for h, p in rounds]
+    ratios = [round_ratio(h, p) for h, p in rounds]
     return {
         "key": key,
         "hubgate_rps": statistics.median(h["rps"] for h, _ in rounds),
@@ -495,6 +494,11 @@ def combine_paced(key: str, rounds: list[tuple[dict, dict]]) -> dict:
     }
 
 
+def round_ratio(hg: dict, ng: dict) -> float:
+    """hubgate's CPU per request over nginx's, for two runs of one round."""
+    return hg["cpu_us"] / ng["cpu_us"] if ng["cpu_us"] > 0 else float("inf")
+
+
 def combine(pairs: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     """One hubgate row and one nginx row from rounds run in turn (hubgate, nginx, hubgate, ...).
 
@@ -502,7 +506,7 @@ def combine(pairs: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     drift with it; a ratio taken within a round (the two runs seconds apart) drifts less than
     one taken across rounds. So: CPU per request is the median of the rounds, x nginx the median
     of the rounds' own ratios, and the other columns are the pair whose ratio is that median."""
-    ratios = [h["cpu_us"] / n["cpu_us"] if n["cpu_us"] > 0 else float("inf") for h, n in pairs]
+    ratios = [round_ratio(h, n) for h, n in pairs]
     mid = ratios.index(statistics.median_low(ratios))
     hg, ng = dict(pairs[mid][0]), dict(pairs[mid][1])
     hg["cpu_us"] = statistics.median(h["cpu_us"] for h, _ in pairs)
@@ -539,7 +543,7 @@ def times_nginx(hg: dict, ng: dict) -> float:
     """The median of the rounds' ratios; with one round, simply the ratio."""
     if "ratio" in hg:
         return hg["ratio"]
-    return hg["cpu_us"] / ng["cpu_us"] if ng["cpu_us"] > 0 else float("inf")
+    return round_ratio(hg, ng)
 
 
 def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota: bool,
