@@ -262,13 +262,20 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def proc_cpu(pid: int) -> float | None:
-    """utime + stime of a process, in seconds."""
+def proc_cpu_split(pid: int) -> tuple[float, float] | None:
+    """utime and stime of a process (user space, kernel), in seconds."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def proc_cpu(pid: int) -> float | None:
+    """utime + stime of a process, in seconds."""
+    split = proc_cpu_split(pid)
+    return None if split is None else sum(split)
 
 
 def children_cpu() -> float:

@@ -15,7 +15,9 @@ sends the same request bytes once with Python (status check), then a bounded wrk
 hubgate and right after it to nginx, and reads:
 
 - the proxy's CPU time (utime + stime from /proc/<pid>/stat; for nginx master + workers) before
-  and after the run, divided by the requests wrk completed;
+  and after the run, divided by the requests wrk completed, and the share of it spent in the
+  kernel (stime): nginx's CPU is mostly the kernel's and hubgate's mostly its own code, so a
+  machine whose cores run user-space code slower moves the ratio;
 - the stub's call counters (GET /_stats) before and after: upstream calls per request;
 - wrk's requests/s and latency percentiles.
 
@@ -69,16 +71,17 @@ TARGETS = {
 # processes
 
 
-def tree_cpu(pid: int) -> float | None:
-    """utime + stime of a process and its children (nginx: master + worker), in seconds."""
-    total = bench.proc_cpu(pid)
+def tree_cpu(pid: int) -> tuple[float, float] | None:
+    """utime and stime of a process and its children (nginx: master + worker), in seconds."""
+    total = bench.proc_cpu_split(pid)
     if total is None:
         return None
+    user, system = total
     for child in children(pid):
-        c = bench.proc_cpu(child)
+        c = bench.proc_cpu_split(child)
         if c is not None:
-            total += c
-    return total
+            user, system = user + c[0], system + c[1]
+    return user, system
 
 
 def children(pid: int) -> list[int]:
@@ -312,10 +315,14 @@ def measure(args, key: str, proxy: str, port: int, pid: int, cpu_of, reqs: list[
     time.sleep(0.5)  # requests in flight when wrk stopped finish (their CPU counts too)
     c1, st1, s1 = cpu_of(pid), bench.proc_cpu(stub.proc.pid), stub.stats()
     n = max(1, w["requests"])
+    user, system = c1[0] - c0[0], c1[1] - c0[1]
     res = {
         "key": key, "proxy": proxy, "requests": w["requests"], "rps": w["rps"],
         "p50": w["p50"], "p99": w["p99"], "non2xx": w["non2xx"],
-        "cpu_us": (c1 - c0) / n * 1e6,
+        "cpu_us": (user + system) / n * 1e6,
+        # The kernel's share: it tells a machine whose kernel path is slow (nginx's CPU is
+        # mostly the kernel's) from one whose cores are slow for user-space code (hubgate's).
+        "sys_pct": 100 * system / (user + system) if user + system > 0 else 0.0,
         "stub_cpu_us": (st1 - st0) / n * 1e6,
         "wrk_cpu_us": (w1 - w0) / n * 1e6,
         "gf": (s1["GetFindings"] - s0["GetFindings"]) / n,
@@ -356,7 +363,7 @@ def measure(args, key: str, proxy: str, port: int, pid: int, cpu_of, reqs: list[
             problems.append(f"{key}: audit statuses {res['statuses']}, expected only {expect}")
     print(f"  {key:>14} via {proxy:<7} {w['requests']:>7} requests {w['rps']:>8.0f} req/s  "
           f"p50 {bench.fmt_ms(w['p50']):>9}  p99 {bench.fmt_ms(w['p99']):>9}  "
-          f"CPU {res['cpu_us']:>7.0f} µs/req  upstream {res['gf']:.2f} GetFindings + "
+          f"CPU {res['cpu_us']:>7.0f} µs/req ({res['sys_pct']:.0f}% system)  upstream {res['gf']:.2f} GetFindings + "
           f"{res['buf']:.2f} BUF per request", flush=True)
     return res
 
@@ -438,8 +445,8 @@ def run(args) -> int:
         reqs = [request(args.identity, g.host, d) for d in datas]
         pairs, paced_rounds = [], []
         for _ in range(args.rounds):
-            hg = measure(args, key, "hubgate", g.port, g.proc.pid, bench.proc_cpu, reqs, stub,
-                         expect, g, problems)
+            hg = measure(args, key, "hubgate", g.port, g.proc.pid, bench.proc_cpu_split, reqs,
+                         stub, expect, g, problems)
             ng = measure(args, key, "nginx", nginx.port, nginx.proc.pid, tree_cpu, reqs, stub,
                          200, None, problems)
             pairs.append((hg, ng))
@@ -575,13 +582,14 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
             f"| {key} | {hg['cpu_us']:.0f} µs | ≤ {us} µs | {'met' if ok_us else 'NOT met'} "
             f"| {x:.1f}× ({ng['cpu_us']:.0f} µs) | ≤ {mult:g}× | {'met' if ok_x else 'NOT met'} |")
 
-    extra = ["| path | proxy | status | stub CPU µs/request | wrk CPU µs/request "
-             "| audit records (forwarded) | BatchUpdate calls at the stub "
+    extra = ["| path | proxy | status | proxy CPU in the kernel (stime) | stub CPU µs/request "
+             "| wrk CPU µs/request | audit records (forwarded) | BatchUpdate calls at the stub "
              "| lookup calls (audit) | cache hits (audit) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         audit = f"{r['audit']} ({r['forwarded']})" if "audit" in r else "–"
-        extra.append(f"| {r['key']} | {r['proxy']} | {r['status']} | {r['stub_cpu_us']:.0f} "
+        extra.append(f"| {r['key']} | {r['proxy']} | {r['status']} | {r['sys_pct']:.0f}% "
+                     f"| {r['stub_cpu_us']:.0f} "
                      f"| {r['wrk_cpu_us']:.0f} | {audit} | {r['buf_calls']} "
                      f"| {r.get('lookups', '–')} | {r.get('cache_hits', '–')} |")
 
@@ -615,7 +623,7 @@ def write_report(args, results, problems, notes, stub: Stub, nginx: Nginx, quota
         f"- load: `wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency`, "
         "127.0.0.1 only; hubgate then nginx for each path, same request bytes; CPU µs/request "
         "= (utime + stime after − before) / requests wrk completed (/proc/<pid>/stat, 10 ms "
-        "ticks)",
+        "ticks); the details give stime's share of it, the proxy's CPU spent in the kernel",
         f"- rounds: {args.rounds} per path (hubgate, nginx, hubgate, nginx, ...); CPU "
         "µs/request is the median of the rounds, × nginx the median of each round's own ratio, "
         "the other columns the round with that ratio",
