@@ -363,8 +363,8 @@ def measure(args, key: str, proxy: str, port: int, pid: int, cpu_of, reqs: list[
             problems.append(f"{key}: audit statuses {res['statuses']}, expected only {expect}")
     print(f"  {key:>14} via {proxy:<7} {w['requests']:>7} requests {w['rps']:>8.0f} req/s  "
           f"p50 {bench.fmt_ms(w['p50']):>9}  p99 {bench.fmt_ms(w['p99']):>9}  "
-          f"CPU {res['cpu_us']:>7.0f} µs/req ({res['sys_pct']:.0f}% system)  upstream {res['gf']:.2f} GetFindings + "
-          f"{res['buf']:.2f} BUF per request", flush=True)
+          f"CPU {res['cpu_us']:>7.0f} µs/req ({res['sys_pct']:.0f}% system)  "
+          f"upstream {res['gf']:.2f} GetFindings + {res['buf']:.2f} BUF per request", flush=True)
     return res
 
 
