@@ -109,3 +109,47 @@ def test_no_document_says_imports_are_blocked():
         assert not re.search(r"BatchImportFindings[^.]{0,80}hubgate blocks it", text), path
         assert "only the allowed findings is not available" not in text, path
         assert "only BatchUpdateFindings reaches the polic" not in text, path
+
+
+def github_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation but `-` and
+    `_` dropped, spaces as `-`, a repeated heading numbered from 1. Headings inside code blocks
+    (a shell comment in a ```sh block) are not headings."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        m = None if fenced else re.match(r"#{1,6} (.+)", line)
+        if not m:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_relative_links_point_at_files_and_headings_that_exist():
+    """A link into the repository names a file that is there and, with `#anchor`, a heading
+    of that file: moving a section (as the performance history was) must not leave a reader
+    at a dead end."""
+    broken = []
+    for doc in sorted(set(documents())):
+        if doc.suffix != ".md":
+            continue
+        text = doc.read_text(errors="replace")
+        outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", outside_code):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            where = f"{doc.relative_to(REPO)}: ({target})"
+            if not file.exists():
+                broken.append(f"{where}: no such file")
+            elif anchor and file.suffix == ".md" and anchor not in github_anchors(file.read_text()):
+                broken.append(f"{where}: no such heading")
+    assert not broken, "\n".join(broken)
