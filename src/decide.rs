@@ -158,15 +158,18 @@ pub enum LookupError {
     Unsettled(#[from] Unsettled),
 }
 
-/// A write hubgate forwarded less than `enrichment.settle_ms` ago changed a finding in a way
-/// hubgate cannot lay over what Security Hub reports, and Security Hub may not have applied it
-/// yet: the finding's state cannot be known until that window has passed.
+/// A write hubgate forwarded changed a finding in a way hubgate cannot lay over what Security
+/// Hub reports, and Security Hub may not have applied it yet: the write is not answered yet, or
+/// was less than `enrichment.settle_ms` ago. The finding's state cannot be known until then.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "{subject} was changed through hubgate by {operation} {since_ms} ms ago in a way hubgate \
-     cannot model, and Security Hub may still be applying it; changes that depend on its \
-     state are refused for enrichment.settle_ms after such a write: retry in {retry_after_s} s",
-    subject = unsettled_subject(.finding)
+    "{subject} {when} in a way hubgate cannot model, and Security Hub may still be applying \
+     it; changes that depend on its state are refused {until}: retry in {retry_after_s} s",
+    subject = unsettled_subject(.finding),
+    when = unsettled_when(*.in_flight, .operation, *.since_ms),
+    until = if *.in_flight { "until Security Hub answers it" } else {
+        "for enrichment.settle_ms after such a write"
+    }
 )]
 pub struct Unsettled {
     /// None: the write may have changed any finding.
@@ -174,6 +177,18 @@ pub struct Unsettled {
     pub operation: String,
     pub since_ms: u64,
     pub retry_after_s: u64,
+    /// The write is sent and not answered yet.
+    pub in_flight: bool,
+}
+
+fn unsettled_when(in_flight: bool, operation: &str, since_ms: u64) -> String {
+    match in_flight {
+        true => format!(
+            "is being changed through hubgate by {operation}, sent {since_ms} ms ago and not \
+             answered yet,"
+        ),
+        false => format!("was changed through hubgate by {operation} {since_ms} ms ago"),
+    }
 }
 
 fn unsettled_subject(finding: &Option<FindingKey>) -> String {

@@ -33,9 +33,11 @@ pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
 use queue::LookupQueue;
+use sending::{InFlightEffect, Sending, WriteId};
 use settle::{Journal, Source, Write};
 
 mod queue;
+mod sending;
 mod settle;
 
 /// GetFindings accepts at most 20 values per filter attribute.
@@ -228,6 +230,8 @@ struct State {
     spent: KeyMap<Vec<Arc<CallProgress>>>,
     /// The writes Security Hub may not have applied yet.
     journal: Journal,
+    /// The writes sent and not answered yet.
+    sending: Sending,
 }
 
 /// A forwarded write whose outcome or effect hubgate cannot tell.
@@ -396,6 +400,9 @@ struct ReadMark {
     /// The generation each state handed over by a GetFindings call was delivered at (no write
     /// to it came in between its call's start and then; see `fetch_and_deliver`).
     delivered: KeyMap<u64>,
+    /// The writes in flight the decision's states already take into account (laid over, and
+    /// judged both ways): their answers change nothing it did not consider.
+    considered: Vec<WriteId>,
 }
 
 /// `state` with `patch` laid over it; the same state when it already holds what the patch sets.
@@ -421,26 +428,64 @@ impl crate::decide::Reads for ReadMark {
                 false => Changed::No,
             };
         }
+        // Writes sent since the read and not answered yet: they may land before this one.
+        let flying = match st
+            .sending
+            .effect(keys, Some(read), &self.considered, Instant::now())
+        {
+            InFlightEffect::None => None,
+            InFlightEffect::Unknown(_) => return Changed::Unknown,
+            InFlightEffect::Patches(patches) => Some(patches),
+        };
         let mut now = None;
         let mut reported = None;
+        // Per finding an in-flight write changes, its state without that write: the request
+        // must hold whether the write lands or not.
+        let mut without: Vec<(FindingKey, Arc<CurrentFinding>)> = Vec::new();
         for key in keys {
             let at = self.delivered.get(key).copied().unwrap_or(self.read_at);
             let owner = read.get(key).and_then(|s| s.account_id.as_deref());
-            if st.unwritten_since(key, owner, at) {
-                continue;
-            }
-            // A finding Security Hub processed a write for exists, whatever was read.
-            let (Some(patches), Some(state)) = (st.patches_since(key, owner, at), read.get(key))
+            let answered = match st.unwritten_since(key, owner, at) {
+                true => None,
+                // A finding Security Hub processed a write for exists, whatever was read.
+                false => match (st.patches_since(key, owner, at), read.get(key)) {
+                    (Some(patches), Some(_)) => Some(patches),
+                    _ => return Changed::Unknown,
+                },
+            };
+            // A write in flight cannot create a finding read as not found.
+            let sent = flying
+                .as_ref()
+                .and_then(|f| f.get(key))
+                .filter(|_| read.contains_key(key));
+            let Some(state) = read
+                .get(key)
+                .filter(|_| answered.is_some() || sent.is_some())
             else {
-                return Changed::Unknown;
+                continue;
             };
             let patched = |state: &Arc<CurrentFinding>| {
-                patches
+                answered
                     .iter()
+                    .flatten()
                     .fold(state.clone(), |state, patch| laid_over(&state, patch))
             };
+            let with_answered = patched(state);
+            let with_sent = sent
+                .iter()
+                .flat_map(|s| s.iter())
+                .fold(with_answered.clone(), |state, (_, patch)| {
+                    laid_over(&state, patch)
+                });
+            if answered.is_none() && Arc::ptr_eq(&with_sent, state) {
+                // Only writes in flight, which change nothing this decision read.
+                continue;
+            }
+            if !Arc::ptr_eq(&with_sent, &with_answered) {
+                without.push((key.clone(), with_answered));
+            }
             now.get_or_insert_with(|| read.clone())
-                .insert(key.clone(), patched(state));
+                .insert(key.clone(), with_sent);
             if let Some(states) = unsettled {
                 if let Some(state) = states.get(key) {
                     reported
@@ -452,7 +497,21 @@ impl crate::decide::Reads for ReadMark {
         let Some(current) = now else {
             return Changed::No;
         };
-        let unsettled = reported.or_else(|| unsettled.cloned());
+        let unsettled = match reported.or_else(|| unsettled.cloned()) {
+            Some(states) => Some(states),
+            None if without.is_empty() => None,
+            None => {
+                let mut states = current.clone();
+                states.extend(without);
+                Some(states)
+            }
+        };
+        let mut considered = self.considered.clone();
+        considered.extend(
+            flying
+                .iter()
+                .flat_map(|f| f.values().flatten().map(|(id, _)| *id)),
+        );
         let began = st.batch_began();
         let reads: Box<dyn crate::decide::Reads> = Box::new(ReadMark {
             held: Batch {
@@ -461,6 +520,7 @@ impl crate::decide::Reads for ReadMark {
             },
             read_at: began,
             delivered: KeyMap::default(),
+            considered,
         });
         Changed::Patched(Replay {
             current,
@@ -497,6 +557,46 @@ struct Inner {
 pub struct Enricher {
     inner: Arc<Inner>,
     driver: OnceLock<()>,
+    /// Held by a request from checking that its decision still holds to registering its
+    /// write as in flight (see `send_order`).
+    send_order: Mutex<()>,
+}
+
+/// A write hubgate has sent, or is about to send, to Security Hub (what `Enricher::sending`
+/// registers).
+#[derive(Clone, Copy)]
+pub enum Sent<'a> {
+    /// These findings, by `write`.
+    Findings {
+        keys: &'a [FindingKey],
+        write: Unapplied<'a>,
+    },
+    /// Findings hubgate cannot name (filters, OCSF identifiers), by `operation`; with
+    /// `accounts`, only findings of those accounts.
+    Everything {
+        operation: &'static str,
+        accounts: Option<&'a [String]>,
+    },
+}
+
+/// A write registered as in flight. It leaves the register when dropped: its holder drops it
+/// once the answer has been written through to the cache or evicted from it, so that there is
+/// no moment at which neither the register nor the cache and journal know of the write.
+pub struct InFlight {
+    inner: Arc<Inner>,
+    id: WriteId,
+    keys: Vec<FindingKey>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        st.sending.done(self.id, &self.keys);
+        self.inner
+            .metrics
+            .writes_in_flight
+            .set(st.sending.writes() as i64);
+    }
 }
 
 impl Inner {
@@ -521,6 +621,9 @@ impl Inner {
         self.metrics.queued_accounts.set(st.queue.accounts() as i64);
         self.metrics.bytes.set(st.bytes as i64);
         self.metrics.settling.set(st.journal.findings() as i64);
+        self.metrics
+            .writes_in_flight
+            .set(st.sending.writes() as i64);
         self.metrics
             .settling_all
             .set(st.journal.everything_left(Instant::now()).as_secs() as i64);
@@ -615,6 +718,7 @@ impl Enricher {
                 coord: None,
             }),
             driver: OnceLock::new(),
+            send_order: Mutex::new(()),
         }
     }
 
@@ -746,6 +850,7 @@ impl Enricher {
             read_at: held.began,
             held,
             delivered: KeyMap::default(),
+            considered: Vec::new(),
         };
         {
             let mut st = self.inner.lock();
@@ -1079,6 +1184,71 @@ impl Enricher {
 }
 
 impl Enricher {
+    /// Held while a request checks that the state its decision read has not changed and then
+    /// registers its own write: two requests' checks and registrations never interleave, so
+    /// of two conflicting writes, the one registered second was decided knowing of the first.
+    pub fn send_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.send_order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a write that is about to be sent: from now until the returned guard is
+    /// dropped, a decision that reads one of its findings holds whether it lands or not
+    /// (`sending`).
+    pub fn sending(&self, sent: Sent<'_>) -> InFlight {
+        let now = Instant::now();
+        let (write_keys, writes): (&[FindingKey], Vec<Write>) = match sent {
+            Sent::Findings {
+                keys,
+                write: Unapplied::Update(update),
+            } => {
+                let write = match update.patch() {
+                    Some(patch) => Write::Patch(Arc::new(patch)),
+                    None => Write::Unknown("BatchUpdateFindings", None),
+                };
+                (keys, vec![write])
+            }
+            Sent::Findings {
+                keys,
+                write: Unapplied::Import(operation, accounts),
+            } => {
+                let writes = (0..keys.len())
+                    .map(|i| {
+                        let account = accounts.get(i).and_then(|a| a.as_deref()).map(Arc::from);
+                        Write::Unknown(operation, account)
+                    })
+                    .collect();
+                (keys, writes)
+            }
+            Sent::Everything { .. } => (&[], Vec::new()),
+        };
+        let mut st = self.inner.lock();
+        let id = match sent {
+            Sent::Findings { .. } => st.sending.findings(write_keys, &writes, now),
+            Sent::Everything {
+                operation,
+                accounts: Some(accounts),
+            } => {
+                let accounts: Vec<Arc<str>> =
+                    accounts.iter().map(|a| Arc::from(a.as_str())).collect();
+                st.sending.accounts(&accounts, operation, now)
+            }
+            Sent::Everything {
+                operation,
+                accounts: None,
+            } => st.sending.everything(operation, now),
+        };
+        self.inner
+            .metrics
+            .writes_in_flight
+            .set(st.sending.writes() as i64);
+        drop(st);
+        InFlight {
+            inner: self.inner.clone(),
+            id,
+            keys: write_keys.to_vec(),
+        }
+    }
+
     /// Brings the gauges up to date, for a scrape: the journal expires as time passes, not
     /// only when requests come.
     pub fn sample_metrics(&self) {
@@ -1190,7 +1360,12 @@ impl Enricher {
     /// Refuses a lookup of findings whose state a recent write left unknown.
     fn settled(&self, keys: &[FindingKey]) -> Result<(), LookupFailure> {
         let st = self.inner.lock();
-        match st.journal.unsettled(keys, Instant::now(), None, None) {
+        let now = Instant::now();
+        let in_flight = match st.sending.effect(keys, None, &[], now) {
+            InFlightEffect::Unknown(u) => Some(u),
+            InFlightEffect::None | InFlightEffect::Patches(_) => None,
+        };
+        match in_flight.or_else(|| st.journal.unsettled(keys, now, None, None)) {
             None => Ok(()),
             Some(u) => {
                 self.inner.metrics.settle_refused.inc();
@@ -1210,7 +1385,8 @@ impl FindingState for Enricher {
         account: &str,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
-        let (mut current, stats, mark) = Enricher::lookup(self, keys, account, deadline).await?;
+        let (mut current, stats, mut mark) =
+            Enricher::lookup(self, keys, account, deadline).await?;
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
         let unsettled = {
@@ -1249,6 +1425,35 @@ impl FindingState for Enricher {
             if reported.is_some() {
                 self.inner.metrics.settle_overlaid.inc();
             }
+            // Writes sent and not answered yet, laid over on top of the journal's: the
+            // request must hold whether they land or not.
+            let reported = match st.sending.effect(keys, Some(&current), &[], now) {
+                InFlightEffect::None => reported,
+                InFlightEffect::Unknown(u) => {
+                    self.inner.metrics.settle_refused.inc();
+                    return Err(LookupFailure {
+                        error: LookupError::Unsettled(u),
+                        stats,
+                    });
+                }
+                InFlightEffect::Patches(patches) => {
+                    let mut reported = reported;
+                    for (key, sent) in &patches {
+                        mark.considered.extend(sent.iter().map(|(id, _)| *id));
+                        let Some(read) = current.get(key) else {
+                            continue;
+                        };
+                        let state = sent
+                            .iter()
+                            .fold(read.clone(), |state, (_, patch)| laid_over(&state, patch));
+                        if !Arc::ptr_eq(&state, read) {
+                            reported.get_or_insert_with(|| current.clone());
+                            current.insert(key.clone(), state);
+                        }
+                    }
+                    reported
+                }
+            };
             // The gauges are brought up to date at scrape time (`sample_metrics`).
             reported
         };
@@ -2898,5 +3103,172 @@ mod tests {
         assert!(read_page(br#"{"NextToken": "a"}"#, &[]).is_err());
         let page = read_page(br#"{"Findings": [], "NextToken": null, "Other": [1]}"#, &[]).unwrap();
         assert!(page.next_token.is_none());
+    }
+
+    /// An enricher with the default settings and no Security Hub behind it, holding
+    /// `findings` (id, account, severity label) in its cache.
+    async fn cached(findings: &[(&str, &str, &str)]) -> Enricher {
+        let config = crate::config::Config::parse(std::path::Path::new("/x/hubgate.toml"), "")
+            .expect("the defaults");
+        let upstream = Upstream::new(&config).await.expect("an upstream");
+        let pacer = Arc::new(Pacer::new(&config.quota));
+        let enricher = Enricher::new(
+            upstream,
+            pacer,
+            &config.enrichment,
+            EnrichMetrics::default(),
+        );
+        {
+            let mut st = enricher.inner.lock();
+            let now = Instant::now();
+            for (id, account, label) in findings {
+                let finding = json!({"Id": id, "ProductArn": "p", "AwsAccountId": account,
+                    "Severity": {"Label": label}, "Workflow": {"Status": "NEW"}});
+                let state = Arc::new(CurrentFinding::new(id, "p", &finding));
+                enricher.inner.store_tagged(
+                    &mut st,
+                    FindingKey::new(*id, "p"),
+                    Some(state),
+                    None,
+                    now,
+                    now,
+                );
+            }
+        }
+        enricher
+    }
+
+    fn label(states: &KeyMap<Arc<CurrentFinding>>, key: &FindingKey) -> String {
+        let entry = states[key].entry.as_object().expect("an entry");
+        entry
+            .get(&regorus::Value::from("severity_label"))
+            .expect("a severity")
+            .as_string()
+            .expect("a label")
+            .to_string()
+    }
+
+    async fn lookup(enricher: &Enricher, keys: &[FindingKey]) -> Lookup {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match FindingState::lookup(enricher, keys, "222222222222", deadline).await {
+            Ok(Some(found)) => found,
+            Ok(None) => panic!("no state"),
+            Err(e) => panic!("refused: {}", e.error),
+        }
+    }
+
+    fn update(body: serde_json::Value) -> Update {
+        crate::policy::input::update_for(crate::request::Judged::BatchUpdateFindings, &body)
+            .expect("a valid update")
+    }
+
+    /// From the moment a write is sent until its answer has been written through: a decision
+    /// that read before it is made again with it laid over, judged both ways; one that reads
+    /// meanwhile gets it laid over, judged both ways, and is not made again for it; after the
+    /// answer the cache holds the write and nothing is judged twice.
+    #[tokio::test]
+    async fn a_decision_holds_whether_a_write_in_flight_lands_or_not() {
+        let enricher = cached(&[("a", "222222222222", "MEDIUM")]).await;
+        let a = FindingKey::new("a", "p");
+        let keys = [a.clone()];
+        let before = lookup(&enricher, &keys).await;
+        assert_eq!(label(&before.current, &a), "MEDIUM");
+        assert!(before.unsettled.is_none());
+
+        let raise = update(
+            json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}],
+            "Severity": {"Label": "CRITICAL"}}),
+        );
+        let sent = enricher.sending(Sent::Findings {
+            keys: &keys,
+            write: Unapplied::Update(&raise),
+        });
+        let reads = before.reads.as_ref().expect("a read mark");
+        let Changed::Patched(replay) = reads.changed(&keys, &before.current, None) else {
+            panic!("the write in flight went unnoticed");
+        };
+        assert_eq!(label(&replay.current, &a), "CRITICAL");
+        let without = replay.unsettled.as_ref().expect("judged both ways");
+        assert_eq!(label(without, &a), "MEDIUM");
+
+        let during = lookup(&enricher, &keys).await;
+        assert_eq!(label(&during.current, &a), "CRITICAL");
+        let without = during.unsettled.as_ref().expect("judged both ways");
+        assert_eq!(label(without, &a), "MEDIUM");
+        let reads = during.reads.as_ref().expect("a read mark");
+        assert!(
+            matches!(
+                reads.changed(&keys, &during.current, during.unsettled.as_ref()),
+                Changed::No
+            ),
+            "a write already laid over is not news"
+        );
+
+        // A write in flight that changes nothing this decision read does not void it.
+        let again = enricher.sending(Sent::Findings {
+            keys: &keys,
+            write: Unapplied::Update(&raise),
+        });
+        let replayed = replay
+            .reads
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the replay's mark");
+        assert!(matches!(
+            replayed.changed(&keys, &replay.current, replay.unsettled.as_ref()),
+            Changed::No
+        ));
+        drop(again);
+
+        enricher.write_through(&keys, &raise).await;
+        drop(sent);
+        assert!(enricher.inner.lock().sending.is_empty());
+        let after = lookup(&enricher, &keys).await;
+        assert_eq!(label(&after.current, &a), "CRITICAL", "written through");
+        assert!(after.unsettled.is_none(), "nothing in flight: judged once");
+    }
+
+    /// A write whose effect hubgate cannot tell refuses a lookup of its findings while it is in
+    /// flight, and makes a decision that read before it read again.
+    #[tokio::test]
+    async fn a_write_it_cannot_model_in_flight_refuses_its_findings() {
+        let enricher = cached(&[
+            ("a", "222222222222", "MEDIUM"),
+            ("b", "222222222222", "LOW"),
+        ])
+        .await;
+        let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
+        let before = lookup(&enricher, &[a.clone(), b.clone()]).await;
+        let claims = [Some("222222222222".to_string())];
+        let sent = enricher.sending(Sent::Findings {
+            keys: std::slice::from_ref(&a),
+            write: Unapplied::Import("BatchImportFindings", &claims),
+        });
+        let reads = before.reads.as_ref().expect("a read mark");
+        assert!(matches!(
+            reads.changed(&[a.clone(), b.clone()], &before.current, None),
+            Changed::Unknown
+        ));
+        assert!(
+            matches!(
+                reads.changed(std::slice::from_ref(&b), &before.current, None),
+                Changed::No
+            ),
+            "another finding is untouched"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let refused =
+            FindingState::lookup(&enricher, &[b.clone(), a.clone()], "222222222222", deadline)
+                .await
+                .err()
+                .expect("refused while the import is in flight");
+        let LookupError::Unsettled(u) = refused.error else {
+            panic!("refused for another reason");
+        };
+        assert_eq!(u.finding.as_ref(), Some(&a));
+        assert!(u.in_flight, "{u}");
+        drop(sent);
+        lookup(&enricher, &[a.clone(), b.clone()]).await;
     }
 }

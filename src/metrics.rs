@@ -136,6 +136,8 @@ pub struct EnrichMetrics {
     /// Seconds left during which a write that may have changed any finding leaves every
     /// finding's state unknown.
     pub settling_all: Gauge,
+    /// Writes sent to Security Hub whose answers are not applied yet.
+    pub writes_in_flight: Gauge,
     /// Lookups whose states had hubgate's recent writes laid over them.
     pub settle_overlaid: Counter,
     /// Lookups refused because a recent write left a finding's state unknown.
@@ -364,6 +366,12 @@ impl Metrics {
             "Seconds left during which a write hubgate forwarded that may have changed any \
              finding leaves every finding's state unknown (0: none)",
             m.enrich.settling_all.clone(),
+        );
+        registry.register(
+            "enrichment_writes_in_flight",
+            "Writes hubgate has sent to Security Hub and not yet applied the answers of: \
+             decisions on their findings meanwhile hold whether they land or not",
+            m.enrich.writes_in_flight.clone(),
         );
         registry.register(
             "enrichment_settle_overlaid",

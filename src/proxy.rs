@@ -22,7 +22,7 @@ use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{
     judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
-use crate::enrich::{Enricher, Unapplied};
+use crate::enrich::{Enricher, InFlight, Sent, Unapplied};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
@@ -724,7 +724,7 @@ enum Touched<'a> {
     Nothing,
 }
 
-impl Touched<'_> {
+impl<'a> Touched<'a> {
     /// Security Hub may have applied the write without saying which findings it processed.
     async fn evict(self, gate: &Stages) {
         let Some(enricher) = &gate.enricher else {
@@ -768,6 +768,21 @@ impl Touched<'_> {
                 }
             }
             _ => self.evict(gate).await,
+        }
+    }
+
+    /// The write as the enrichment cache registers it while it is in flight.
+    fn sent(self) -> Option<Sent<'a>> {
+        match self {
+            Touched::Findings { keys, write } => Some(Sent::Findings { keys, write }),
+            Touched::Everything {
+                operation,
+                accounts,
+            } => Some(Sent::Everything {
+                operation,
+                accounts,
+            }),
+            Touched::Nothing => None,
         }
     }
 
@@ -873,8 +888,13 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
 
 /// Waits for quota, sends the request upstream and records what happened. A throttle, by
 /// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope. With
-/// `read` (the decision read finding state), a write hubgate forwarded meanwhile for any of
+/// `read` (the decision read finding state), a write hubgate sent meanwhile for any of
 /// `touched`'s findings voids the decision: nothing is sent, and `run` decides again.
+///
+/// A write is registered as in flight before it leaves (`enrich::sending`); the returned guard
+/// keeps it registered, and its holder drops it once the answer has been applied to the cache.
+/// When Security Hub may have applied the write without answering (timeout, unreachable),
+/// what it touched is evicted here, before the registration goes.
 async fn send(
     gate: &Stages,
     parts: &http::request::Parts,
@@ -883,7 +903,7 @@ async fn send(
     deadline: Instant,
     touched: Touched<'_>,
     read: Option<StateRead>,
-) -> Result<Response<Incoming>, Rejection> {
+) -> Result<(Response<Incoming>, Option<InFlight>), Rejection> {
     let operation = trail.operation.unwrap_or("default");
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
@@ -892,23 +912,32 @@ async fn send(
             Rejection::Quota(e)
         })?,
     };
-    // Dropped here: once the request has its quota, writes need no longer be remembered for it.
-    match read.map(|reads| reads.changed(touched.keys())) {
-        None | Some(Changed::No) => {}
-        Some(Changed::Patched(replay)) => {
-            trail.quota_held = Some((operation, waited));
-            return Err(Rejection::StateChanged {
-                decisions: 1,
-                replay: Some(Box::new(replay)),
-            });
+    let in_flight = {
+        // The check and the registration as one step (see `Enricher::send_order`).
+        let _order = gate.enricher.as_ref().map(|e| e.send_order());
+        // Dropped here: once the request has its quota, writes need no longer be remembered
+        // for it.
+        match read.map(|reads| reads.changed(touched.keys())) {
+            None | Some(Changed::No) => {}
+            Some(Changed::Patched(replay)) => {
+                trail.quota_held = Some((operation, waited));
+                return Err(Rejection::StateChanged {
+                    decisions: 1,
+                    replay: Some(Box::new(replay)),
+                });
+            }
+            Some(Changed::Unknown) => {
+                return Err(Rejection::StateChanged {
+                    decisions: 1,
+                    replay: None,
+                })
+            }
         }
-        Some(Changed::Unknown) => {
-            return Err(Rejection::StateChanged {
-                decisions: 1,
-                replay: None,
-            })
-        }
-    }
+        gate.enricher
+            .as_ref()
+            .zip(touched.sent())
+            .map(|(enricher, sent)| enricher.sending(sent))
+    };
     gate.metrics
         .quota_wait_seconds
         .observe(waited.as_secs_f64());
@@ -917,7 +946,17 @@ async fn send(
         UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
         UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body.into_bytes()).await,
     };
-    let response = trail.upstream_answered(response, t)?;
+    let response = match trail.upstream_answered(response, t) {
+        Ok(response) => response,
+        Err(rejection) => {
+            if let Rejection::Upstream(e) = &rejection {
+                if e.outcome_unknown() {
+                    touched.evict(gate).await;
+                }
+            }
+            return Err(rejection);
+        }
+    };
     if crate::upstream::is_throttle(response.status(), response.headers()) {
         trail.throttled = true;
         gate.metrics
@@ -938,27 +977,7 @@ async fn send(
             detail,
         }));
     }
-    Ok(response)
-}
-
-/// `send` for a request that may change findings: when Security Hub may have applied it
-/// without answering (timeout, unreachable), what it touched is evicted from the cache.
-async fn send_write(
-    gate: &Stages,
-    parts: &http::request::Parts,
-    body: Payload,
-    trail: &mut Trail,
-    deadline: Instant,
-    touched: Touched<'_>,
-    read: Option<StateRead>,
-) -> Result<Response<Incoming>, Rejection> {
-    let sent = send(gate, parts, body, trail, deadline, touched, read).await;
-    if let Err(Rejection::Upstream(e)) = &sent {
-        if e.outcome_unknown() {
-            touched.evict(gate).await;
-        }
-    }
-    sent
+    Ok((response, in_flight))
 }
 
 /// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
@@ -1008,7 +1027,8 @@ async fn forward(
     } else {
         parts
     };
-    let response = send_write(gate, parts, body, trail, deadline, touched, read).await?;
+    // Kept until the answer has been applied to the cache, whichever way this returns.
+    let (response, _in_flight) = send(gate, parts, body, trail, deadline, touched, read).await?;
     let status = response.status();
     let encoded = response
         .headers()
@@ -1117,7 +1137,9 @@ async fn forward_allowed(
         write: Unapplied::Update(update),
     };
     let slot = gate.audit.reserve().await?;
-    let response = send_write(gate, &parts, rewritten, trail, deadline, touched, read).await?;
+    // Kept until the answer has been applied to the cache, whichever way this returns.
+    let (response, _in_flight) =
+        send(gate, &parts, rewritten, trail, deadline, touched, read).await?;
     let (mut head, incoming) = response.into_parts();
     let unmergeable = |detail: String| {
         Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {

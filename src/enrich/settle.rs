@@ -441,6 +441,7 @@ impl Journal {
             since_ms: self.window.saturating_sub(left).as_millis() as u64,
             // Rounded up: a client that waits this long finds the window over.
             retry_after_s: left.as_millis().div_ceil(1000).max(1) as u64,
+            in_flight: false,
         })
     }
 
