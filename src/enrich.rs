@@ -33,7 +33,8 @@ pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
 use queue::LookupQueue;
-use sending::{InFlightEffect, Sending, WriteId};
+pub use sending::WriteId;
+use sending::{InFlightEffect, Sending};
 use settle::{Journal, Source, Write};
 
 mod queue;
@@ -207,8 +208,8 @@ struct State {
     /// the others. A generation check alone dropped the answers of every batch that overlapped
     /// a write to any finding, so concurrent bulk requests kept looking the same findings up.
     /// In order of generation, each with the patch it laid over the finding, or None when its
-    /// effect is unknown (an eviction).
-    written: KeyMap<Vec<(u64, Option<Arc<Patch>>)>>,
+    /// effect is unknown (an eviction), and the write in flight it answers.
+    written: KeyMap<Vec<Written>>,
     /// The entries of `written` in the order they were made, so that the oldest batch's end
     /// drops what no batch needs any more without visiting every finding still written.
     written_order: VecDeque<(u64, FindingKey)>,
@@ -244,21 +245,34 @@ pub enum Unapplied<'a> {
     Import(&'static str, &'a [Option<String>]),
 }
 
+/// One write's answer to a finding (`State::written`): its generation, the patch it laid over
+/// the finding (None: evicted), and the write in flight it answers.
+type Written = (u64, Option<Arc<Patch>>, Option<WriteId>);
+
+/// Whether a write's answer is one a decision already took into account while the write was
+/// in flight.
+fn already_considered(written: &Written, considered: &[WriteId]) -> bool {
+    written.2.is_some_and(|id| considered.contains(&id))
+}
+
 impl State {
-    /// `keys` were written to with `patch`, or (None) in a way hubgate cannot tell (evicted).
+    /// `keys` were written to with `patch`, or (None) in a way hubgate cannot tell (evicted),
+    /// by the write registered in flight as `sent`.
     fn wrote<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k FindingKey>,
         patch: Option<&Arc<Patch>>,
+        sent: Option<WriteId>,
     ) {
         self.generation += 1;
         // With no batch in flight, every later batch begins after this write.
         if !self.batches.is_empty() {
             for key in keys {
-                self.written
-                    .entry(key.clone())
-                    .or_default()
-                    .push((self.generation, patch.cloned()));
+                self.written.entry(key.clone()).or_default().push((
+                    self.generation,
+                    patch.cloned(),
+                    sent,
+                ));
                 self.written_order.push_back((self.generation, key.clone()));
             }
         }
@@ -290,23 +304,33 @@ impl State {
                 .is_some_and(|at| *at > since)
     }
 
-    /// Whether what a batch that began at `since` read for `key` (as `owner`'s) may be cached.
-    fn unwritten_since(&self, key: &FindingKey, owner: Option<&str>, since: u64) -> bool {
+    /// Whether what a batch that began at `since` read for `key` (as `owner`'s) may be cached;
+    /// or, for a decision, whether it is still what was read, but for the writes in flight it
+    /// already `considered` (laid over, and judged both ways).
+    fn unwritten_since(
+        &self,
+        key: &FindingKey,
+        owner: Option<&str>,
+        since: u64,
+        considered: &[WriteId],
+    ) -> bool {
         !self.cleared_since(owner, since)
             && self
                 .written
                 .get(key)
-                .and_then(|w| w.last())
-                .is_none_or(|(at, _)| *at <= since)
+                .and_then(|w| w.iter().rev().find(|w| !already_considered(w, considered)))
+                .is_none_or(|(at, ..)| *at <= since)
     }
 
-    /// The patches written to `key` (read as `owner`'s) since `since`, in order; None if a
-    /// write since then had an effect hubgate cannot tell.
+    /// The patches written to `key` (read as `owner`'s) since `since`, in order, but for the
+    /// writes in flight already `considered`; None if a write since then had an effect hubgate
+    /// cannot tell.
     fn patches_since(
         &self,
         key: &FindingKey,
         owner: Option<&str>,
         since: u64,
+        considered: &[WriteId],
     ) -> Option<Vec<&Arc<Patch>>> {
         if self.cleared_since(owner, since) {
             return None;
@@ -315,8 +339,8 @@ impl State {
             .get(key)
             .map_or(&[][..], Vec::as_slice)
             .iter()
-            .filter(|(at, _)| *at > since)
-            .map(|(_, patch)| patch.as_ref())
+            .filter(|w| w.0 > since && !already_considered(w, considered))
+            .map(|(_, patch, _)| patch.as_ref())
             .collect()
     }
 
@@ -373,7 +397,7 @@ impl State {
             };
             if let Some(writes) = self.written.get_mut(&key) {
                 // In order of generation: what no batch in flight began before is a prefix.
-                let done = writes.partition_point(|(at, _)| *at <= oldest);
+                let done = writes.partition_point(|(at, ..)| *at <= oldest);
                 writes.drain(..done);
                 if writes.is_empty() {
                     self.written.remove(&key);
@@ -445,10 +469,13 @@ impl crate::decide::Reads for ReadMark {
         for key in keys {
             let at = self.delivered.get(key).copied().unwrap_or(self.read_at);
             let owner = read.get(key).and_then(|s| s.account_id.as_deref());
-            let answered = match st.unwritten_since(key, owner, at) {
+            let answered = match st.unwritten_since(key, owner, at, &self.considered) {
                 true => None,
                 // A finding Security Hub processed a write for exists, whatever was read.
-                false => match (st.patches_since(key, owner, at), read.get(key)) {
+                false => match (
+                    st.patches_since(key, owner, at, &self.considered),
+                    read.get(key),
+                ) {
                     (Some(patches), Some(_)) => Some(patches),
                     _ => return Changed::Unknown,
                 },
@@ -586,6 +613,12 @@ pub struct InFlight {
     inner: Arc<Inner>,
     id: WriteId,
     keys: Vec<FindingKey>,
+}
+
+impl InFlight {
+    pub fn id(&self) -> WriteId {
+        self.id
+    }
 }
 
 impl Drop for InFlight {
@@ -991,16 +1024,21 @@ impl Enricher {
     /// becomes the state the update set, so the next decision needs no lookup. An entry whose
     /// change hubgate cannot apply is evicted instead. Returns once the shared cache (if any)
     /// agrees, so that a caller's next request, through any replica, sees the change.
-    pub async fn write_through(&self, processed: &[FindingKey], update: &Update) {
+    pub async fn write_through(
+        &self,
+        processed: &[FindingKey],
+        update: &Update,
+        sent: Option<WriteId>,
+    ) {
         let Some(patch) = update.patch() else {
-            return self.evict(processed, Unapplied::Update(update)).await;
+            return self.evict(processed, Unapplied::Update(update), sent).await;
         };
         let patch = Arc::new(patch);
         let sharing = self.inner.coord.is_some();
         let mut writes = Vec::with_capacity(processed.len());
         {
             let mut st = self.inner.lock();
-            st.wrote(processed, Some(&patch));
+            st.wrote(processed, Some(&patch), sent);
             let now = Instant::now();
             st.journal
                 .record(processed, Write::Patch(patch.clone()), now);
@@ -1074,7 +1112,7 @@ impl Enricher {
 
     /// Forgets what a write may have changed, here and in the shared cache. What the write was
     /// decides what the next decisions may assume while Security Hub may still be applying it.
-    pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>) {
+    pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>, sent: Option<WriteId>) {
         let write = match write {
             Unapplied::Update(update) => match update.patch() {
                 Some(patch) => Ok(Write::Patch(Arc::new(patch))),
@@ -1084,7 +1122,7 @@ impl Enricher {
         };
         {
             let mut st = self.inner.lock();
-            st.wrote(keys, None);
+            st.wrote(keys, None, sent);
             let now = Instant::now();
             match &write {
                 Ok(write) => st.journal.record(keys, write.clone(), now),
@@ -1667,7 +1705,7 @@ async fn claim_chunk(
                             }
                             Claim::Cached(tag, state) => {
                                 coord.metrics().shared_hits.inc();
-                                if st.unwritten_since(&key, owner_of(&state), generation) {
+                                if st.unwritten_since(&key, owner_of(&state), generation, &[]) {
                                     inner.store_tagged(
                                         &mut st,
                                         key.clone(),
@@ -1775,7 +1813,7 @@ async fn await_other_replica(
                         // Not kept locally: the next lookup asks Redis first anyway. Handed
                         // over only if no local write came in since the batch began: Redis
                         // learns of a write after this replica does.
-                        if st.unwritten_since(&key, owner_of(&state), held.began) {
+                        if st.unwritten_since(&key, owner_of(&state), held.began, &[]) {
                             deliver(&mut st, &key, &Ok(state), &call);
                         } else {
                             handed_back.push((key, None));
@@ -1947,7 +1985,7 @@ async fn fetch_and_deliver(
     let mut again = false;
     for (key, outcome) in &outcomes {
         if let Ok(state) = outcome {
-            if !st.unwritten_since(key, owner_of(state), batch.began) {
+            if !st.unwritten_since(key, owner_of(state), batch.began, &[]) {
                 // Read before a write to it was answered: neither kept nor handed over.
                 st.ask_again(key);
                 again = true;
@@ -2615,19 +2653,21 @@ mod tests {
     fn a_batch_caches_what_no_write_touched_since_it_began() {
         let mut st = State::default();
         let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
-        st.wrote([&a], None);
+        st.wrote([&a], None, None);
         assert!(
             st.written.is_empty(),
             "no batch in flight: nothing to remember"
         );
         let first = st.batch_began();
-        assert!(st.unwritten_since(&a, None, first) && st.unwritten_since(&b, None, first));
-        st.wrote([&a], None);
-        assert!(!st.unwritten_since(&a, None, first));
-        assert!(st.unwritten_since(&b, None, first));
+        assert!(
+            st.unwritten_since(&a, None, first, &[]) && st.unwritten_since(&b, None, first, &[])
+        );
+        st.wrote([&a], None, None);
+        assert!(!st.unwritten_since(&a, None, first, &[]));
+        assert!(st.unwritten_since(&b, None, first, &[]));
         let second = st.batch_began();
         assert!(
-            st.unwritten_since(&a, None, second),
+            st.unwritten_since(&a, None, second, &[]),
             "began after the write"
         );
         st.batch_ended(first);
@@ -2636,13 +2676,13 @@ mod tests {
             "the only batch older than the write ended"
         );
         st.wrote_all();
-        assert!(!st.unwritten_since(&b, None, second));
+        assert!(!st.unwritten_since(&b, None, second, &[]));
         let third = st.batch_began();
-        assert!(st.unwritten_since(&b, None, third));
-        st.wrote([&b], None);
+        assert!(st.unwritten_since(&b, None, third, &[]));
+        st.wrote([&b], None, None);
         st.batch_ended(second);
         assert!(
-            !st.unwritten_since(&b, None, third),
+            !st.unwritten_since(&b, None, third, &[]),
             "third is still in flight"
         );
         st.batch_ended(third);
@@ -2650,31 +2690,35 @@ mod tests {
         assert!(st.written_order.is_empty());
         // Of one finding's writes, the oldest batch's end drops only those before the next.
         let fourth = st.batch_began();
-        st.wrote([&a], None);
+        st.wrote([&a], None, None);
         let fifth = st.batch_began();
-        st.wrote([&a, &b], None);
+        st.wrote([&a, &b], None, None);
         st.batch_ended(fourth);
-        assert!(!st.unwritten_since(&a, None, st.generation - 1));
+        assert!(!st.unwritten_since(&a, None, st.generation - 1, &[]));
         assert_eq!(
             st.written[&a].len(),
             1,
             "the write before fifth began is dropped"
         );
         assert_eq!(st.written_order.len(), 2);
-        assert!(!st.unwritten_since(&b, None, fifth));
+        assert!(!st.unwritten_since(&b, None, fifth, &[]));
         st.batch_ended(fifth);
         assert!(st.written.is_empty() && st.written_order.is_empty());
         // A write to an account's findings touches only findings read as that account's.
         let sixth = st.batch_began();
         st.wrote_accounts(&[Arc::from("111111111111")]);
-        assert!(!st.unwritten_since(&a, Some("111111111111"), sixth));
-        assert!(st.patches_since(&a, Some("111111111111"), sixth).is_none());
-        assert!(st.unwritten_since(&a, Some("222222222222"), sixth));
+        assert!(!st.unwritten_since(&a, Some("111111111111"), sixth, &[]));
+        assert!(st
+            .patches_since(&a, Some("111111111111"), sixth, &[])
+            .is_none());
+        assert!(st.unwritten_since(&a, Some("222222222222"), sixth, &[]));
         assert!(
-            st.unwritten_since(&a, None, sixth),
+            st.unwritten_since(&a, None, sixth, &[]),
             "not found: a write cannot create it"
         );
-        assert!(st.patches_since(&b, Some("222222222222"), sixth).is_some());
+        assert!(st
+            .patches_since(&b, Some("222222222222"), sixth, &[])
+            .is_some());
         st.batch_ended(sixth);
         assert!(st.cleared_accounts.is_empty());
     }
@@ -2749,9 +2793,9 @@ mod tests {
             st.in_flight
                 .insert(k.clone(), Arc::new(CallProgress::default()));
         }
-        st.wrote([&a, &b], None);
+        st.wrote([&a, &b], None, None);
         st.batch_ended(began);
-        assert!(!st.unwritten_since(&a, None, began), "still held");
+        assert!(!st.unwritten_since(&a, None, began, &[]), "still held");
         st.ask_again(&a);
         st.ask_again(&b);
         let queued: Vec<FindingKey> = std::iter::from_fn(|| st.queue.pop_front()).collect();
@@ -3221,7 +3265,21 @@ mod tests {
         ));
         drop(again);
 
-        enricher.write_through(&keys, &raise).await;
+        enricher.write_through(&keys, &raise, Some(sent.id())).await;
+        let reads = during.reads.as_ref().expect("a read mark");
+        assert!(
+            matches!(
+                reads.changed(&keys, &during.current, during.unsettled.as_ref()),
+                Changed::No
+            ),
+            "the answer of a write already laid over is not news either"
+        );
+        let reads = before.reads.as_ref().expect("a read mark");
+        let Changed::Patched(replay) = reads.changed(&keys, &before.current, None) else {
+            panic!("the answered write went unnoticed");
+        };
+        assert_eq!(label(&replay.current, &a), "CRITICAL");
+        assert!(replay.unsettled.is_none(), "answered: judged once, with it");
         drop(sent);
         assert!(enricher.inner.lock().sending.is_empty());
         let after = lookup(&enricher, &keys).await;

@@ -22,7 +22,7 @@ use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{
     judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
-use crate::enrich::{Enricher, InFlight, Sent, Unapplied};
+use crate::enrich::{Enricher, InFlight, Sent, Unapplied, WriteId};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
@@ -725,13 +725,14 @@ enum Touched<'a> {
 }
 
 impl<'a> Touched<'a> {
-    /// Security Hub may have applied the write without saying which findings it processed.
-    async fn evict(self, gate: &Stages) {
+    /// Security Hub may have applied the write (registered in flight as `sent`) without saying
+    /// which findings it processed.
+    async fn evict(self, gate: &Stages, sent: Option<WriteId>) {
         let Some(enricher) = &gate.enricher else {
             return;
         };
         match self {
-            Touched::Findings { keys, write } => enricher.evict(keys, write).await,
+            Touched::Findings { keys, write } => enricher.evict(keys, write, sent).await,
             Touched::Everything {
                 operation,
                 accounts,
@@ -745,7 +746,7 @@ impl<'a> Touched<'a> {
     /// another writer is changing as unprocessed (ConcurrentUpdateError), may fail one after
     /// applying part of it (InternalFailure), and one it lists under another identifier is
     /// one whose state hubgate cannot tell.
-    async fn processed(self, gate: &Stages, processed: &[FindingKey]) {
+    async fn processed(self, gate: &Stages, processed: &[FindingKey], sent: Option<WriteId>) {
         match (self, &gate.enricher) {
             (
                 Touched::Findings {
@@ -754,7 +755,7 @@ impl<'a> Touched<'a> {
                 },
                 Some(enricher),
             ) => {
-                enricher.write_through(processed, update).await;
+                enricher.write_through(processed, update, sent).await;
                 let listed: std::collections::HashSet<&FindingKey, crate::finding::KeyHash> =
                     processed.iter().collect();
                 let unlisted: Vec<FindingKey> = keys
@@ -764,10 +765,12 @@ impl<'a> Touched<'a> {
                     .collect();
                 if !unlisted.is_empty() {
                     // Some of these Security Hub may have applied in part.
-                    enricher.evict(&unlisted, Unapplied::Update(update)).await;
+                    enricher
+                        .evict(&unlisted, Unapplied::Update(update), sent)
+                        .await;
                 }
             }
-            _ => self.evict(gate).await,
+            _ => self.evict(gate, sent).await,
         }
     }
 
@@ -951,7 +954,9 @@ async fn send(
         Err(rejection) => {
             if let Rejection::Upstream(e) = &rejection {
                 if e.outcome_unknown() {
-                    touched.evict(gate).await;
+                    touched
+                        .evict(gate, in_flight.as_ref().map(InFlight::id))
+                        .await;
                 }
             }
             return Err(rejection);
@@ -986,6 +991,7 @@ async fn read_answer(
     gate: &Stages,
     incoming: Incoming,
     touched: Touched<'_>,
+    sent: Option<WriteId>,
 ) -> Result<Bytes, Rejection> {
     match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
         .collect()
@@ -993,7 +999,7 @@ async fn read_answer(
     {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) => {
-            touched.evict(gate).await;
+            touched.evict(gate, sent).await;
             Err(Rejection::Upstream(UpstreamError::BadResponse {
                 operation: "BatchUpdateFindings",
                 detail: e.to_string(),
@@ -1028,7 +1034,8 @@ async fn forward(
         parts
     };
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, _in_flight) = send(gate, parts, body, trail, deadline, touched, read).await?;
+    let (response, in_flight) = send(gate, parts, body, trail, deadline, touched, read).await?;
+    let sent = in_flight.as_ref().map(InFlight::id);
     let status = response.status();
     let encoded = response
         .headers()
@@ -1037,15 +1044,15 @@ async fn forward(
     if !(wants_answer && status.is_success() && !encoded) {
         // A refused write (4xx) changed nothing; anything else may have changed something.
         if !status.is_client_error() {
-            touched.evict(gate).await;
+            touched.evict(gate, sent).await;
         }
         return Ok(Forwarded(response.map(BodyExt::boxed), slot));
     }
     let (mut head, incoming) = response.into_parts();
-    let bytes = read_answer(gate, incoming, touched).await?;
+    let bytes = read_answer(gate, incoming, touched, sent).await?;
     match processed_findings(&bytes, touched.keys()) {
-        Some(processed) => touched.processed(gate, &processed).await,
-        None => touched.evict(gate).await,
+        Some(processed) => touched.processed(gate, &processed, sent).await,
+        None => touched.evict(gate, sent).await,
     }
     head.headers.remove(http::header::TRANSFER_ENCODING);
     head.headers
@@ -1138,8 +1145,9 @@ async fn forward_allowed(
     };
     let slot = gate.audit.reserve().await?;
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, _in_flight) =
+    let (response, in_flight) =
         send(gate, &parts, rewritten, trail, deadline, touched, read).await?;
+    let sent = in_flight.as_ref().map(InFlight::id);
     let (mut head, incoming) = response.into_parts();
     let unmergeable = |detail: String| {
         Rejection::Upstream(crate::upstream::UpstreamError::BadResponse {
@@ -1147,10 +1155,10 @@ async fn forward_allowed(
             detail,
         })
     };
-    let bytes = read_answer(gate, incoming, touched).await?;
+    let bytes = read_answer(gate, incoming, touched, sent).await?;
     if !head.status.is_success() {
         if !head.status.is_client_error() {
-            touched.evict(gate).await;
+            touched.evict(gate, sent).await;
         }
         // Security Hub refused the whole batch; its answer goes back as it came.
         return Ok(Forwarded(
@@ -1166,7 +1174,7 @@ async fn forward_allowed(
         .get(http::header::CONTENT_ENCODING)
         .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        touched.evict(gate).await;
+        touched.evict(gate, sent).await;
         return Err(unmergeable(format!(
             "the answer is {encoding:?}-encoded although identity was asked for; the denied findings cannot be merged into it"
         )));
@@ -1174,7 +1182,7 @@ async fn forward_allowed(
     let mut answer = match serde_json::from_slice::<Value>(&bytes) {
         Ok(answer @ Value::Object(_)) => answer,
         _ => {
-            touched.evict(gate).await;
+            touched.evict(gate, sent).await;
             return Err(unmergeable(
                 "the answer is not a JSON object; the denied findings cannot be merged into it"
                     .into(),
@@ -1182,8 +1190,8 @@ async fn forward_allowed(
         }
     };
     match processed_findings(&bytes, touched.keys()) {
-        Some(processed) => touched.processed(gate, &processed).await,
-        None => touched.evict(gate).await,
+        Some(processed) => touched.processed(gate, &processed, sent).await,
+        None => touched.evict(gate, sent).await,
     }
     let mut extra: Vec<Value> = denied
         .iter()

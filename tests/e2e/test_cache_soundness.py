@@ -177,12 +177,83 @@ def test_a_request_decided_while_a_write_to_its_findings_is_in_flight_is_judged_
     assert len(fake.buf_calls()) == 2, "the note and the raise; the lowering was never sent"
 
 
+# The audit queue holds one record, and a request reserves its place before it waits for quota:
+# the administrator's raise (decided at 0.1 s, sent at 2 s, answered at 3.5 s) holds the place
+# until it is answered, so a member's request decided at 1 s, before the raise was sent, waits
+# for room until 3.5 s and then for the call at 4 s. By then the raise has been sent and
+# answered since the member's decision read its state.
+GATED = {"enrichment": {"cache_ttl_ms": 60000},
+         "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
+         "audit": {"queue_capacity": 1, "enqueue_timeout_ms": 10000}}
+
+
+def raise_behind(fake, hg, start: float) -> tuple[threading.Thread, dict]:
+    """The administrator's raise, sent with the call at 2 s and answered 1.5 s later; returns
+    at 1 s after `start`, before it is sent."""
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
+    answers = {}
+
+    def admin():
+        answers["admin"] = hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="admin")
+
+    raising = threading.Thread(target=admin)
+    time.sleep(max(0.0, start + 0.1 - time.monotonic()))
+    raising.start()
+    time.sleep(max(0.0, start + 1.0 - time.monotonic()))
+    assert len(fake.buf_calls()) == 1, "the raise is not sent yet"
+    return raising, answers
+
+
+def test_a_request_whose_findings_change_while_it_waits_is_decided_again(stack):
+    """The member's MEDIUM, decided at 1 s on the cached MEDIUM (no change), waits (GATED); the
+    raise is sent and answered meanwhile. Before anything is sent the request is decided again
+    on what it read with the raise laid over (CRITICAL), with no lookup, and refused."""
+    fake, hg = stack(GATED)
+    start = time.monotonic()
+    assert hg.buf(body(FID, **NOTE), who="member").status == 200  # caches MEDIUM, takes the call
+    raising, answers = raise_behind(fake, hg, start)
+    lowered = hg.buf(body(FID, Severity={"Label": "MEDIUM"}), who="member")
+    raising.join(30)
+    assert answers["admin"].status == 200, answers["admin"].text
+    assert_lowering_refused(lowered, fake)
+    rec = hg.audit_for(lowered.headers["x-amzn-requestid"])
+    # decided twice, with no lookup: on the cached MEDIUM, then on it with the raise laid over
+    assert rec["metrics"]["counter_cache_hits"] == 2, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert voided(hg) == {"replayed": 1.0}
+    assert rec["forwarded"] is False, rec
+    assert len(fake.buf_calls()) == 2, "the note and the raise; the lowering was never sent"
+
+
 def test_a_decision_made_again_on_the_writes_laid_over_is_sent_with_the_quota_already_taken(
         stack):
     """As above, but the member's request is a note: decided again on CRITICAL, it is allowed.
     It is sent with the BatchUpdateFindings call it already waited for (at 4 s), not after
     waiting for another (at 6 s): waiting again would waste that call, and give writes landing
     meanwhile another chance to void the decision."""
+    fake, hg = stack(GATED)
+    start = time.monotonic()
+    assert hg.buf(body(FID, **NOTE), who="member").status == 200  # caches MEDIUM, takes the call
+    raising, answers = raise_behind(fake, hg, start)
+    note = hg.buf(body(FID, Note={"Text": "second look", "UpdatedBy": "member"}), who="member")
+    sent_by = time.monotonic() - start - 1.5  # the fake answers 1.5 s after it applies
+    raising.join(30)
+    assert answers["admin"].status == 200, answers["admin"].text
+    assert note.status == 200, note.text
+    assert voided(hg) == {"replayed": 1.0}
+    assert sent_by < 5.0, f"sent {sent_by:.1f} s after the start: it waited for quota again"
+    rec = hg.audit_for(note.headers["x-hubgate-decision-id"])
+    assert rec["forwarded"] is True, rec
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert len(fake.buf_calls()) == 3
+    assert fake.findings()[FID]["Note"]["Text"] == "second look"
+
+
+def test_a_write_already_judged_in_flight_does_not_void_the_decision_when_answered(stack):
+    """The member's note is decided at 2.3 s, while the raise (sent at 2 s) is in flight: it is
+    judged with the raise laid over and without it, and allowed. When it gets its call (4 s)
+    the raise has been answered, which it already took into account: it is sent as decided,
+    not decided again."""
     fake, hg = stack({"enrichment": {"cache_ttl_ms": 60000},
                       "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}}})
     start = time.monotonic()
@@ -197,17 +268,16 @@ def test_a_decision_made_again_on_the_writes_laid_over_is_sent_with_the_quota_al
     raising.start()
     time.sleep(max(0.0, start + 2.3 - time.monotonic()))
     note = hg.buf(body(FID, Note={"Text": "second look", "UpdatedBy": "member"}), who="member")
-    sent_by = time.monotonic() - start - 1.5  # the fake answers 1.5 s after it applies
     raising.join(30)
     assert answers["admin"].status == 200, answers["admin"].text
     assert note.status == 200, note.text
-    assert voided(hg) == {"replayed": 1.0}
-    assert sent_by < 5.0, f"sent {sent_by:.1f} s after the start: it waited for quota again"
+    assert voided(hg) == {}
     rec = hg.audit_for(note.headers["x-hubgate-decision-id"])
-    assert rec["forwarded"] is True, rec
-    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert rec["settling"] == [0], rec
+    assert rec["metrics"]["counter_cache_hits"] == 1, rec["metrics"]
     assert len(fake.buf_calls()) == 3
     assert fake.findings()[FID]["Note"]["Text"] == "second look"
+    assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
 
 
 def test_a_finding_not_listed_as_processed_is_forgotten(stack):
