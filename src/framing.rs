@@ -126,10 +126,15 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
     // HTTP/2 always carries :scheme and :authority, which hyper puts in the URI; only an
     // HTTP/1 request line can name a scheme or authority (absolute or authority form).
     if http1 && (uri.scheme().is_some() || uri.authority().is_some()) {
-        let target = match (uri.scheme_str(), uri.authority()) {
+        // Userinfo (`user:password@`) is a credential: the message shows host and port only.
+        let authority = uri.authority().map(|a| match a.port() {
+            Some(port) => format!("{}:{port}", a.host()),
+            None => a.host().to_string(),
+        });
+        let target = match (uri.scheme_str(), authority) {
             (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
-            (_, Some(authority)) => authority.to_string(),
-            _ => uri.to_string(),
+            (_, Some(authority)) => authority,
+            _ => "(an absolute URI)".to_string(),
         };
         return Err(FramingError::NotOriginForm(target));
     }
@@ -322,6 +327,29 @@ mod tests {
         assert!(err.to_string().contains("http://evil.example"), "{err}");
         let p = request(Version::HTTP_11, "evil.example:443", &[], None);
         assert!(check(&p).unwrap_err().is_target());
+        // Userinfo is a credential: never part of the message, whatever the form.
+        for (target, shown) in [
+            (
+                format!("http://AKID:s3cr3t-pw@evil.example:8443{PATH}"),
+                "\"http://evil.example:8443\"",
+            ),
+            (
+                format!("https://s3cr3t-pw@evil.example{PATH}"),
+                "\"https://evil.example\"",
+            ),
+            (
+                "AKID:s3cr3t-pw@evil.example:443".to_string(),
+                "\"evil.example:443\"",
+            ),
+        ] {
+            let p = request(Version::HTTP_11, &target, &[], None);
+            let err = check(&p).unwrap_err();
+            assert!(err.is_target(), "{err}");
+            let message = err.to_string();
+            assert!(message.contains(shown), "{target}: {message}");
+            assert!(!message.contains("s3cr3t"), "{target}: {message}");
+            assert!(!message.contains('@'), "{target}: {message}");
+        }
     }
 
     #[test]

@@ -481,7 +481,7 @@ impl Identity {
         let caller = self
             .by_key
             .get(auth.access_key_id)
-            .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
+            .ok_or_else(|| AuthError::UnknownKey(shown_key_id(auth.access_key_id)))?;
 
         let amz_date = parts
             .headers
@@ -489,7 +489,10 @@ impl Identity {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| AuthError::Malformed("the X-Amz-Date header is missing".into()))?;
         let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
-            AuthError::Malformed(format!("X-Amz-Date {amz_date:?} is not YYYYMMDDTHHMMSSZ"))
+            AuthError::Malformed(format!(
+                "X-Amz-Date {} is not YYYYMMDDTHHMMSSZ",
+                shown_date(amz_date)
+            ))
         })?;
         let skew = match now.duration_since(signed_at) {
             Ok(d) => d,
@@ -521,7 +524,7 @@ impl Identity {
         let secret = caller
             .secret
             .as_ref()
-            .ok_or_else(|| AuthError::UnknownKey(auth.access_key_id.to_string()))?;
+            .ok_or_else(|| AuthError::UnknownKey(shown_key_id(auth.access_key_id)))?;
         if !auth.signed_headers.contains(&"host") || !auth.signed_headers.contains(&"x-amz-date") {
             return Err(AuthError::Malformed(
                 "SignedHeaders must include host and x-amz-date".into(),
@@ -611,7 +614,7 @@ impl<'a> Authorization<'a> {
             .strip_prefix("AWS4-HMAC-SHA256 ")
             .ok_or_else(|| AuthError::Malformed("only AWS4-HMAC-SHA256 is accepted".into()))?;
         let (mut credential, mut signed, mut signature) = (None, None, None);
-        for part in rest.split(',') {
+        for (position, part) in rest.split(',').enumerate() {
             let part = part.trim();
             let (name, slot, value) = if let Some(v) = part.strip_prefix("Credential=") {
                 ("Credential", &mut credential, v)
@@ -620,13 +623,18 @@ impl<'a> Authorization<'a> {
             } else if let Some(v) = part.strip_prefix("Signature=") {
                 ("Signature", &mut signature, v)
             } else {
-                // Only the three names are known; the component's value is not echoed, as it
-                // could be a secret pasted in the wrong place.
-                let name = part.split('=').next().unwrap_or_default();
+                // Only the three names are known. None of the component's text is echoed, not
+                // even a name before `=`: it could be a secret pasted in the wrong place, and
+                // the message reaches the audit record. Its place is enough to find it.
+                let what = if part.is_empty() {
+                    "is empty (a stray comma)"
+                } else {
+                    "is not Credential=, SignedHeaders= or Signature= (its text is not shown: \
+                     it could be a secret)"
+                };
                 return Err(AuthError::Malformed(format!(
-                    "unexpected component {:?}: only Credential, SignedHeaders and Signature \
-                     are accepted",
-                    name.chars().take(32).collect::<String>()
+                    "component {} after AWS4-HMAC-SHA256 {what}",
+                    position + 1
                 )));
             };
             // A repeated component is refused, never overwritten or skipped: in passthrough
@@ -656,9 +664,11 @@ impl<'a> Authorization<'a> {
             ));
         }
         if service != "securityhub" {
-            return Err(AuthError::Malformed(format!(
-                "the credential scope is for service {service:?}, not securityhub"
-            )));
+            // The service is not echoed: it is free text of the header, which a caller may have
+            // filled with a secret, and hubgate-issued secrets can look like a service name.
+            return Err(AuthError::Malformed(
+                "the credential scope is for another service than securityhub".into(),
+            ));
         }
         if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(AuthError::Malformed(
@@ -689,6 +699,36 @@ impl<'a> Authorization<'a> {
 /// is well formed: the way in for the `sigv4_authorization` fuzz target (fuzz/).
 pub fn parse_authorization(header: &str) -> Result<(), AuthError> {
     Authorization::parse(header).map(|_| ())
+}
+
+/// The claimed access key id as an error message shows it. A caller who swapped its key id and
+/// secret (a common slip) sends the secret in its place, and the message reaches the audit
+/// record, so only text of an access key id's shape is shown: 16 to 128 upper-case letters and
+/// digits (AWS's and `hubgate keys new`'s), which a secret (mixed case, `+`, `/`) is not.
+fn shown_key_id(key: &str) -> String {
+    let shaped = (16..=128).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if shaped {
+        key.to_string()
+    } else {
+        "(not shown: it does not look like an access key id, and could be a secret)".to_string()
+    }
+}
+
+/// An unparsable X-Amz-Date as an error message shows it: quoted when it is made of what dates
+/// are made of, otherwise not at all (a header's free text could be a secret).
+fn shown_date(value: &str) -> String {
+    let date_like = value.len() <= 32
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"TZ:-.+ ".contains(&b));
+    if date_like {
+        format!("{value:?}")
+    } else {
+        "(not shown)".to_string()
+    }
 }
 
 fn parse_amz_date(s: &str) -> Option<SystemTime> {

@@ -132,8 +132,30 @@ fn missing_and_unknown_keys_fail() {
     let err = id
         .authenticate(&parts, &body(b"{}"), now, None)
         .unwrap_err();
-    assert!(matches!(err, AuthError::UnknownKey(ref k) if k == "HGUNKNOWN"));
+    // Too short for an access key id: not shown, as a secret in its place would not be.
+    assert!(matches!(err, AuthError::UnknownKey(ref k) if k.starts_with("(not shown")));
     assert_eq!(err.error_type(), "UnrecognizedClientException");
+    for (claimed, shown) in [
+        ("HGUNKNOWN0000000000A", true),
+        ("AKIAIOSFODNN7EXAMPLE", true),
+        // The key id and the secret swapped: the secret goes where the key id belongs (one
+        // with a `/` breaks the credential scope apart, and is refused as malformed).
+        ("wJalrXUtnFEMI+K7MDENG+bPxRfiCYEXAMPLEKEY", false),
+        ("member-secret-from-env-7Qz9", false),
+        ("admin-secret", false),
+    ] {
+        let mut parts = signed_request(SECRET, now, b"{}");
+        let auth = parts.headers["authorization"]
+            .to_str()
+            .unwrap()
+            .replace(KEY, claimed);
+        parts.headers.insert("authorization", auth.parse().unwrap());
+        let err = id
+            .authenticate(&parts, &body(b"{}"), now, None)
+            .unwrap_err();
+        assert!(matches!(err, AuthError::UnknownKey(_)), "{claimed}: {err}");
+        assert_eq!(err.to_string().contains(claimed), shown, "{claimed}: {err}");
+    }
     parts.headers.remove("authorization");
     assert!(matches!(
         id.authenticate(&parts, &body(b"{}"), now, None),
@@ -206,15 +228,35 @@ fn authorization_components_appear_exactly_once() {
             other => panic!("{h}: {other:?}"),
         }
     }
-    // Unknown components, and empty ones (a stray comma), are refused by name.
-    for (rest, shown) in [
-        (format!("{cred}, {signed}, {signature}, Foo=bar"), "\"Foo\""),
-        (format!("{cred}, {signed}, {signature},"), "\"\""),
-        (format!("{cred}, credential=X/20261124/us-east-1/securityhub/aws4_request, {signed}, {signature}"), "\"credential\""),
+    // Unknown components, and empty ones (a stray comma), are refused by place; none of their
+    // text is shown, not even a name before `=` (it could be a pasted secret).
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for (rest, shown, hidden) in [
+        (
+            format!("{cred}, {signed}, {signature}, Foo=bar"),
+            "component 4 after AWS4-HMAC-SHA256 is not Credential=",
+            "Foo",
+        ),
+        (
+            format!("{cred}, {signed}, {signature},"),
+            "component 4 after AWS4-HMAC-SHA256 is empty",
+            "\"",
+        ),
+        (
+            format!("{cred}, credential=X/20261124/us-east-1/securityhub/aws4_request, {signed}, {signature}"),
+            "component 2 after",
+            "credential=",
+        ),
+        (format!("{cred}, {signed}, {signature}, {secret}"), "component 4 after", secret),
+        (format!("{cred}, {signed}, {signature}, {secret}=x"), "component 4 after", "wJalr"),
+        (format!("{secret}, {cred}, {signed}, {signature}"), "component 1 after", "wJalr"),
     ] {
         let h = format!("AWS4-HMAC-SHA256 {rest}");
         match Authorization::parse(&h) {
-            Err(AuthError::Malformed(m)) => assert!(m.contains(shown), "{h}: {m}"),
+            Err(AuthError::Malformed(m)) => {
+                assert!(m.contains(shown), "{h}: {m}");
+                assert!(!m.contains(hidden), "{h}: {m}");
+            }
             other => panic!("{h}: {other:?}"),
         }
     }
