@@ -92,6 +92,10 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// A connection with no request in progress is closed after this long.
     pub idle_timeout_ms: u64,
+    /// A response must be sent whole within this time of being ready; else the connection is
+    /// closed (and every request on it ends), so a client that does not read cannot hold an
+    /// in-flight permit.
+    pub response_send_timeout_ms: u64,
     /// Open connections on the proxy listener; past it a connection gets one 503 OVERLOADED.
     pub max_connections: usize,
     /// Requests being handled at once; past it a request gets 503 OVERLOADED.
@@ -116,6 +120,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            response_send_timeout_ms: 30_000,
             max_connections: 1024,
             max_in_flight: 256,
             worker_threads: None,
@@ -689,6 +694,10 @@ impl Config {
             ),
             ("server.body_read_timeout_ms", server.body_read_timeout_ms),
             ("server.idle_timeout_ms", server.idle_timeout_ms),
+            (
+                "server.response_send_timeout_ms",
+                server.response_send_timeout_ms,
+            ),
         ] {
             if !(1..=MAX_TIMEOUT_MS).contains(&ms) {
                 return Err(invalid(
@@ -989,22 +998,26 @@ mod tests {
         assert_eq!(c.server.header_read_timeout_ms, 10_000);
         assert_eq!(c.server.body_read_timeout_ms, 30_000);
         assert_eq!(c.server.idle_timeout_ms, 60_000);
+        assert_eq!(c.server.response_send_timeout_ms, 30_000);
         assert_eq!(c.server.max_connections, 1024);
         assert_eq!(c.server.max_in_flight, 256);
         let c = parse(
             "[server]\nheader_read_timeout_ms = 1000\nbody_read_timeout_ms = 2000\n\
-             idle_timeout_ms = 3000\nmax_connections = 4\nmax_in_flight = 1",
+             idle_timeout_ms = 3000\nresponse_send_timeout_ms = 4000\nmax_connections = 4\n\
+             max_in_flight = 1",
         )
         .unwrap();
         assert_eq!(c.server.header_read_timeout_ms, 1000);
         assert_eq!(c.server.body_read_timeout_ms, 2000);
         assert_eq!(c.server.idle_timeout_ms, 3000);
+        assert_eq!(c.server.response_send_timeout_ms, 4000);
         assert_eq!(c.server.max_connections, 4);
         assert_eq!(c.server.max_in_flight, 1);
         for key in [
             "header_read_timeout_ms",
             "body_read_timeout_ms",
             "idle_timeout_ms",
+            "response_send_timeout_ms",
             "max_connections",
             "max_in_flight",
         ] {

@@ -294,7 +294,7 @@ impl Metrics {
         registry.register(
             "connection_errors",
             "Proxy connections that ended badly, by kind: header_timeout, idle_timeout, \
-             bad_request (hyper answered 400), header_too_large (431), uri_too_long (414), \
+             send_timeout, bad_request (hyper answered 400), header_too_large (431), uri_too_long (414), \
              incomplete, io, other",
             m.connection_errors.clone(),
         );

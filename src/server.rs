@@ -71,6 +71,15 @@ pub enum ServeError {
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams one h2 connection may have open at once (RFC 9113 §6.5.2 advises at least 100); a
+/// client that wants more waits for one to end, it is not refused.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// h2 keep-alive: a ping this long after the connection was last heard from, and the connection
+/// closed if the ping is not answered within the timeout.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Connections over server.max_connections that are still answered with a 503 at once; past
 /// this many, further ones are closed at accept (answering costs a task and a file descriptor).
 const MAX_REFUSING: usize = 64;
@@ -107,6 +116,7 @@ async fn serve_connection<I>(
     let clock = conn::Clock::new(
         ms(server.header_read_timeout_ms),
         ms(server.idle_timeout_ms),
+        ms(server.response_send_timeout_ms),
     );
     let io = TokioIo::new(conn::ClockedIo::new(io, clock.clone()));
     let metrics_gate = gate.clone();
@@ -132,9 +142,13 @@ async fn serve_connection<I>(
             if response.extensions().get::<proxy::ClientGone>().is_some() {
                 return Err(proxy::ClientGone);
             }
+            guard.sending();
             Ok(response.map(|body| proxy::Held::new(body, guard)))
         }
     });
+    // When the clock expires below, dropping the connection ends every request on it: over
+    // HTTP/1 the response body (and with it the in-flight permit) is dropped with it, and over
+    // h2 each stream's task is woken with the connection's error and drops its body.
     let served = watcher.watch(builder.serve_connection(io, service).into_owned());
     let kind = tokio::select! {
         result = served => match result {
@@ -349,6 +363,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .header_read_timeout(ms(
             config_server.idle_timeout_ms + config_server.header_read_timeout_ms
         ));
+    // h2: one connection may not open more streams than this at once (each holds an in-flight
+    // permit while it runs), and a peer that stops answering pings is dropped with its streams.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(Some(H2_KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let connections = Arc::new(Semaphore::new(config_server.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
 

@@ -1,6 +1,5 @@
-//! Per-connection bounds: the idle and header-read clocks of one proxy connection, the raw
-//! request head kept for the framing check, and a response body that holds a guard (a request
-//! slot, an in-flight permit) until it has been sent.
+//! Per-connection bounds: the idle, header-read and response-send clocks of one proxy
+//! connection, and the raw request head kept for the framing check.
 //!
 //! hyper 1.x has one timer for both waits: its `header_read_timeout` starts as soon as hyper
 //! waits for a request head, so it also closes keep-alive connections that are merely idle;
@@ -8,6 +7,12 @@
 //! clock here keeps the two apart, as Go and Envoy do: a connection with no request in progress
 //! may stay `idle_timeout` without sending anything, and once the first byte of a request head
 //! arrives, the head must be complete within `header_read_timeout`.
+//!
+//! A response must be sent whole within `response_send_timeout` of being handed to hyper. A
+//! request holds its in-flight permit until then, and a client that does not read (over h2, one
+//! that never opens its flow-control window; over HTTP/1, one that leaves the socket full) would
+//! otherwise hold it for as long as it keeps the connection open. hyper does not poll a response
+//! body that it cannot send, so the clock, not the body, keeps this deadline.
 
 use std::io;
 use std::pin::Pin;
@@ -36,6 +41,8 @@ pub enum Expired {
     Idle,
     /// A request head was started but not finished within `header_read_timeout`.
     Header,
+    /// A response was not sent whole within `response_send_timeout`.
+    Send,
 }
 
 impl Expired {
@@ -44,6 +51,7 @@ impl Expired {
         match self {
             Expired::Idle => "idle_timeout",
             Expired::Header => "header_timeout",
+            Expired::Send => "send_timeout",
         }
     }
 }
@@ -78,6 +86,10 @@ struct State {
     phase: Phase,
     protocol: Protocol,
     in_flight: usize,
+    /// The responses handed to hyper and not yet sent whole: request id, and since when.
+    sending: Vec<(u64, Instant)>,
+    /// The id of the next request.
+    next_request: u64,
     capture: Capture,
     /// Bumped on every phase change, so a waiting clock knows its deadline moved.
     version: u64,
@@ -90,21 +102,29 @@ pub struct Clock {
     changed: Notify,
     header_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
 }
 
 impl Clock {
-    pub fn new(header_timeout: Duration, idle_timeout: Duration) -> Arc<Clock> {
+    pub fn new(
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        send_timeout: Duration,
+    ) -> Arc<Clock> {
         Arc::new(Clock {
             state: Mutex::new(State {
                 phase: Phase::Idle(Instant::now()),
                 protocol: Protocol::Unknown,
                 in_flight: 0,
+                sending: Vec::new(),
+                next_request: 0,
                 capture: Capture::Reading(Vec::new()),
                 version: 0,
             }),
             changed: Notify::new(),
             header_timeout,
             idle_timeout,
+            send_timeout,
         })
     }
 
@@ -115,6 +135,11 @@ impl Clock {
 
     fn set_phase(&self, state: &mut State, phase: Phase) {
         state.phase = phase;
+        self.moved(state);
+    }
+
+    /// A deadline may have moved: a waiting clock must look again.
+    fn moved(&self, state: &mut State) {
         state.version += 1;
         self.changed.notify_one();
     }
@@ -167,6 +192,8 @@ impl Clock {
     pub fn request_started(self: &Arc<Self>) -> (RequestGuard, Option<Bytes>) {
         let mut s = self.lock();
         s.in_flight += 1;
+        let id = s.next_request;
+        s.next_request += 1;
         let head = match std::mem::replace(&mut s.capture, Capture::Off) {
             Capture::Complete(head) => Some(head),
             _ => None,
@@ -175,13 +202,25 @@ impl Clock {
         (
             RequestGuard {
                 clock: self.clone(),
+                id,
             },
             head,
         )
     }
 
-    fn request_finished(&self) {
+    fn response_handed_over(&self, id: u64) {
         let mut s = self.lock();
+        s.sending.push((id, Instant::now()));
+        self.moved(&mut s);
+    }
+
+    fn request_finished(&self, id: u64) {
+        let mut s = self.lock();
+        let before = s.sending.len();
+        s.sending.retain(|(request, _)| *request != id);
+        if s.sending.len() != before {
+            self.moved(&mut s);
+        }
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
             // The next bytes start the next request head (hyper reads requests in order).
@@ -194,16 +233,27 @@ impl Clock {
         }
     }
 
-    /// Resolves when the connection has been idle for `idle_timeout`, or has been reading one
-    /// request head for `header_timeout`; never while a request is in progress.
+    /// Resolves when the connection has been idle for `idle_timeout`, has been reading one
+    /// request head for `header_timeout`, or has been sending one response for
+    /// `send_timeout`; never while a request is only being handled.
     pub async fn expired(&self) -> Expired {
         loop {
             let (deadline, version) = {
                 let s = self.lock();
-                let deadline = match s.phase {
+                let phase = match s.phase {
                     Phase::Idle(since) => Some((since + self.idle_timeout, Expired::Idle)),
                     Phase::Head(since) => Some((since + self.header_timeout, Expired::Header)),
                     Phase::Busy => None,
+                };
+                let send = s
+                    .sending
+                    .iter()
+                    .map(|(_, since)| *since)
+                    .min()
+                    .map(|since| (since + self.send_timeout, Expired::Send));
+                let deadline = match (phase, send) {
+                    (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+                    (a, b) => a.or(b),
                 };
                 (deadline, s.version)
             };
@@ -229,11 +279,19 @@ impl Clock {
 /// dropping it tells the clock.
 pub struct RequestGuard {
     clock: Arc<Clock>,
+    id: u64,
+}
+
+impl RequestGuard {
+    /// The response is handed to hyper: from now on it must be sent within the send timeout.
+    pub fn sending(&self) {
+        self.clock.response_handed_over(self.id);
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.clock.request_finished();
+        self.clock.request_finished(self.id);
     }
 }
 
@@ -343,7 +401,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_expires_after_the_idle_timeout() {
-        let clock = Clock::new(Duration::from_secs(1), Duration::from_secs(5));
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
         let started = Instant::now();
         assert_eq!(clock.expired().await, Expired::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
@@ -351,7 +413,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_started_head_must_finish_within_the_header_timeout() {
-        let clock = Clock::new(Duration::from_secs(1), Duration::from_secs(5));
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
         tokio::time::sleep(Duration::from_secs(3)).await;
         clock.received(b"PAT");
         let started = Instant::now();
@@ -361,7 +427,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_progress_never_expires_and_idle_restarts_after_it() {
-        let clock = Clock::new(Duration::from_secs(1), Duration::from_secs(5));
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
         clock.received(HEAD);
         let (guard, head) = clock.request_started();
         assert_eq!(head.as_deref(), Some(HEAD));
@@ -378,9 +448,60 @@ mod tests {
         assert_eq!(at - answered, Duration::from_secs(5));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_response_not_sent_within_the_send_timeout_expires() {
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
+        clock.received(HEAD);
+        let (slow, _) = clock.request_started();
+        let waiter = {
+            let clock = clock.clone();
+            tokio::spawn(async move { (clock.expired().await, Instant::now()) })
+        };
+        // Handling the request takes as long as it takes (its stages have their own limits).
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiter.is_finished());
+        let handed = Instant::now();
+        slow.sending();
+        // Another response, handed over later and sent at once, does not move the deadline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (quick, _) = clock.request_started();
+        quick.sending();
+        drop(quick);
+        let (why, at) = waiter.await.unwrap();
+        assert_eq!(why, Expired::Send);
+        assert_eq!(at - handed, Duration::from_secs(3));
+        assert_eq!(Expired::Send.kind(), "send_timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_sent_in_time_ends_the_send_deadline() {
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
+        clock.received(HEAD);
+        let (guard, _) = clock.request_started();
+        guard.sending();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent = Instant::now();
+        drop(guard);
+        // Then only the idle clock runs.
+        assert_eq!(clock.expired().await, Expired::Idle);
+        assert_eq!(sent.elapsed(), Duration::from_secs(5));
+    }
+
     #[tokio::test]
     async fn the_head_is_captured_across_reads_and_only_once() {
-        let clock = Clock::new(Duration::from_secs(1), Duration::from_secs(5));
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
         clock.received(&HEAD[..10]);
         clock.received(&HEAD[10..HEAD.len() - 1]);
         let mut with_body = HEAD[HEAD.len() - 1..].to_vec();
@@ -401,7 +522,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn h2_connections_only_have_the_idle_clock() {
-        let clock = Clock::new(Duration::from_secs(1), Duration::from_secs(5));
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
         clock.received(H2_PREFACE);
         clock.received(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
         let started = Instant::now();
@@ -412,7 +537,11 @@ mod tests {
 
     #[test]
     fn a_head_longer_than_the_cap_is_not_kept() {
-        let clock = Clock::new(Duration::from_secs(1), Duration::from_secs(5));
+        let clock = Clock::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(3),
+        );
         clock.received(b"PATCH / HTTP/1.1\r\n");
         clock.received(&vec![b'a'; MAX_CAPTURED_HEAD]);
         clock.received(b"\r\n\r\n");

@@ -13,6 +13,10 @@ import socket
 import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -413,6 +417,70 @@ def test_requests_over_max_in_flight_get_503_overloaded(hg):
         + [("Content-Length", str(len(body)))]) + body)
     s.close()
     assert reply.status == 200, reply.text
+
+
+def test_a_client_that_never_reads_its_responses_cannot_hold_in_flight_slots(make_fake,
+                                                                            make_hubgate):
+    """An unauthenticated h2c client with SETTINGS_INITIAL_WINDOW_SIZE = 0 sends max_in_flight
+    requests: hubgate answers each (404) but can send no response body, and each request keeps
+    its in-flight slot until its response is sent. Within response_send_timeout_ms the
+    connection is closed and the slots are free again; meanwhile callers get 503 OVERLOADED."""
+    limit, send_ms = 8, 2000
+    hg = make_hubgate({"server": {**SOCKET_LIMITS, "max_in_flight": limit,
+                                  "idle_timeout_ms": 10000,
+                                  "response_send_timeout_ms": send_ms}}, fake=make_fake())
+    body = json.dumps({"Filters": {}}).encode()
+
+    def describe():
+        reply, s = exchange(hg.port, head_bytes(
+            "POST", "/findings", signed_headers(hg, body, method="POST", path="/findings")
+            + [("Content-Length", str(len(body)))]) + body)
+        s.close()
+        return reply
+
+    attacker = connect(hg.port)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    for _ in range(limit):
+        conn.send_headers(conn.get_next_available_stream_id(),
+                          [(":method", "GET"), (":path", "/nothing-here"), (":scheme", "http"),
+                           (":authority", hg.host)], end_stream=True)
+    attacker.sendall(conn.data_to_send())
+    started = time.monotonic()
+    answered = set()
+
+    def heads_arrived():
+        # Read (and acknowledge settings and pings) without ever opening a window.
+        ready, _, _ = select.select([attacker], [], [], 0.05)
+        if ready:
+            data = attacker.recv(65536)
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answered.add(event.stream_id)
+            attacker.sendall(conn.data_to_send())
+        return len(answered) == limit
+
+    wait_until(heads_arrived, WAIT, "the attacker's response heads", interval=0)
+    # Every slot is held by a response that cannot be sent.
+    reply = describe()
+    assert time.monotonic() - started < send_ms / 1000, "too slow to see the slots held"
+    err = assert_envelope(reply, 503, "OVERLOADED", "ServiceUnavailableException")
+    assert "server.max_in_flight" in err["error"]["message"], err
+    # Then the send timeout closes the attacker's connection and the slots come back.
+    closed = closed_within(attacker, send_ms / 1000 + WAIT)
+    attacker.close()
+    assert closed is not None, "the attacker's connection stayed open"
+    assert send_ms / 1000 - 0.5 <= time.monotonic() - started <= send_ms / 1000 + WAIT
+    wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 0, 3,
+               "the in-flight slots to come back")
+    reply = describe()
+    assert reply.status == 200, reply.text
+    assert metric(hg, "hubgate_connection_errors_total", kind="send_timeout") == 1
+    # The attacker's requests were answered and recorded; none reached Security Hub.
+    recs = [r for r in hg.audit_records() if r["status"] == 404]
+    assert len(recs) == limit, recs
+    assert hg.fake.requests("POST", "/findings") != [] and hg.fake.buf_calls() == []
 
 
 def test_connections_over_max_connections_get_503_and_are_counted(make_fake, make_hubgate):
