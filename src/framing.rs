@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http::{header, Request, Version};
 
 /// The raw bytes of an HTTP/1 request head (request line up to the empty line) as they came off
-/// the socket. The server attaches it to a request when it captured that head whole, because
-/// hyper hides some of what the head said (see [`check`]).
+/// the socket. The server attaches it to a request when it captured that head whole, from the
+/// byte where the previous request's body ended (server::conn), because hyper hides some of what
+/// the head said (see [`check`]).
 #[derive(Clone, Debug)]
 pub struct RawHead(pub Bytes);
 
@@ -25,8 +26,9 @@ pub enum FramingError {
     )]
     LengthAndTransferEncoding,
     #[error(
-        "the framing of this chunked request could not be verified (it was pipelined, or its \
-         head was not read whole): send the body with Content-Length"
+        "the framing of this chunked request could not be verified (its raw head was over 64 KiB, \
+         or came after a chunked request on the same connection): send the body with \
+         Content-Length"
     )]
     UnverifiedChunked,
     #[error("the {0} header appears more than once")]

@@ -123,8 +123,10 @@ async fn serve_connection<I>(
     let requests = clock.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         // Called as soon as hyper has parsed a head: the request is in progress from here
-        // until its response body has been sent.
-        let (guard, head) = requests.request_started();
+        // until its response body has been sent. hyper's size hint is exact for a body framed
+        // by Content-Length (or absent), which is then also its length on the wire.
+        let body_len = hyper::body::Body::size_hint(req.body()).exact();
+        let (guard, head, heads_lost) = requests.request_started(body_len);
         if let Some(head) = head {
             req.extensions_mut().insert(RawHead(head));
         }
@@ -141,6 +143,16 @@ async fn serve_connection<I>(
             // An error from the service makes hyper close the connection without answering.
             if response.extensions().get::<proxy::ClientGone>().is_some() {
                 return Err(proxy::ClientGone);
+            }
+            let mut response = response;
+            if heads_lost {
+                // The next request's head could not be checked on this connection (after a
+                // chunked body, hubgate cannot tell where it starts): the client sends it on
+                // a new one.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             guard.sending();
             Ok(response.map(|body| proxy::Held::new(body, guard)))

@@ -34,6 +34,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// (and a chunked request with it is refused as unverifiable).
 const MAX_CAPTURED_HEAD: usize = 64 * 1024;
 
+/// The bytes read after a captured head before its request starts (and says how long its body
+/// is) are kept up to this many. hyper starts the request as soon as it has parsed the head, so
+/// this is at most what one read brought (hyper's read buffer is at most about 400 KiB).
+const MAX_AFTER_HEAD: usize = 512 * 1024;
+
 /// Why the clock closed a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expired {
@@ -73,18 +78,104 @@ enum Protocol {
     Http2,
 }
 
+/// Where the connection's bytes are, as a sequence of HTTP/1 messages: the capture follows every
+/// byte read, so the head it keeps is the one that starts where the previous request's body
+/// ended, however the bytes were split across reads or pipelined (not the bytes that happen
+/// to arrive after an answer, which can be the tail of a head begun earlier).
 enum Capture {
-    /// Keeping the bytes of the next request head as they arrive.
+    /// Keeping the bytes of the next request head, from its first byte.
     Reading(Vec<u8>),
-    /// A whole head, waiting for its request to start.
-    Complete(Bytes),
-    /// Not keeping: a request is in progress, the head was too long, or the connection is h2.
-    Off,
+    /// A whole head, waiting for its request to start; and the bytes read after it (its body,
+    /// maybe more) until the request says how long its body is. `None`: more than
+    /// MAX_AFTER_HEAD of them.
+    Complete { head: Bytes, after: Option<Vec<u8>> },
+    /// In the body of the request in progress, this many bytes before its end; the next head
+    /// starts right after.
+    Body(u64),
+    /// Where the next head starts is not known (the connection is h2, a head was too long, a
+    /// body's length on the wire was not known): no later head on this connection is kept.
+    Lost,
+}
+
+impl Capture {
+    /// Follows `bytes`, read from the socket, through the connection's messages.
+    fn follow(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self {
+                Capture::Reading(buf) => {
+                    if buf.is_empty() {
+                        // Empty lines before a request line are ignored (RFC 9112 §2.2), as
+                        // hyper does; the head starts at the request line.
+                        let blank = bytes.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+                        bytes = &bytes[blank.count()..];
+                        if bytes.is_empty() {
+                            return;
+                        }
+                    }
+                    let searched = buf.len();
+                    buf.extend_from_slice(bytes);
+                    bytes = &[];
+                    if let Some(end) = framing::head_end(buf, searched) {
+                        let after = buf.split_off(end);
+                        let after = (after.len() <= MAX_AFTER_HEAD).then_some(after);
+                        let head = Bytes::from(std::mem::take(buf));
+                        *self = Capture::Complete { head, after };
+                    } else if buf.len() >= MAX_CAPTURED_HEAD {
+                        *self = Capture::Lost;
+                    }
+                }
+                Capture::Complete { after, .. } => {
+                    if let Some(kept) = after {
+                        if kept.len() + bytes.len() <= MAX_AFTER_HEAD {
+                            kept.extend_from_slice(bytes);
+                        } else {
+                            *after = None;
+                        }
+                    }
+                    return;
+                }
+                Capture::Body(left) => {
+                    let n = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    bytes = &bytes[n..];
+                    if *left == 0 {
+                        *self = Capture::Reading(Vec::new());
+                    }
+                }
+                Capture::Lost => return,
+            }
+        }
+    }
+
+    /// hyper parsed a head and starts its request, whose body is `body_len` bytes on the wire
+    /// (None: not known, as for a chunked body). Returns the head, if it was captured whole.
+    fn request_started(&mut self, body_len: Option<u64>) -> Option<Bytes> {
+        match std::mem::replace(self, Capture::Lost) {
+            Capture::Complete { head, after } => {
+                if let (Some(len), Some(after)) = (body_len, after) {
+                    *self = if len == 0 {
+                        Capture::Reading(Vec::new())
+                    } else {
+                        Capture::Body(len)
+                    };
+                    self.follow(&after);
+                }
+                Some(head)
+            }
+            // A request whose head the capture did not see end where hyper did: whatever is
+            // kept from here on could be out of step with hyper, so nothing is.
+            _ => None,
+        }
+    }
 }
 
 struct State {
     phase: Phase,
     protocol: Protocol,
+    /// The connection's first bytes, while they may still be the h2 preface.
+    preface: Vec<u8>,
     in_flight: usize,
     /// The responses handed to hyper and not yet sent whole: request id, and since when.
     sending: Vec<(u64, Instant)>,
@@ -115,6 +206,7 @@ impl Clock {
             state: Mutex::new(State {
                 phase: Phase::Idle(Instant::now()),
                 protocol: Protocol::Unknown,
+                preface: Vec::new(),
                 in_flight: 0,
                 sending: Vec::new(),
                 next_request: 0,
@@ -148,25 +240,21 @@ impl Clock {
     fn received(&self, bytes: &[u8]) {
         let mut guard = self.lock();
         let s = &mut *guard;
-        // Where the search for the end of the head resumes: the bytes kept before this read.
-        let mut searched = 0;
-        if let Capture::Reading(buf) = &mut s.capture {
-            searched = buf.len();
-            let room = MAX_CAPTURED_HEAD.saturating_sub(buf.len());
-            buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            if s.protocol == Protocol::Unknown {
-                let n = buf.len().min(H2_PREFACE.len());
-                if buf[..n] != H2_PREFACE[..n] {
-                    s.protocol = Protocol::Http1;
-                } else if n == H2_PREFACE.len() {
-                    s.protocol = Protocol::Http2;
-                }
+        s.capture.follow(bytes);
+        if s.protocol == Protocol::Unknown {
+            let room = H2_PREFACE.len() - s.preface.len();
+            s.preface.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            let n = s.preface.len();
+            if s.preface[..] != H2_PREFACE[..n] {
+                s.protocol = Protocol::Http1;
+            } else if n == H2_PREFACE.len() {
+                s.protocol = Protocol::Http2;
             }
         }
         if s.protocol == Protocol::Http2 {
             // h2 frames (settings, pings, window updates) are not request heads, and hyper
             // reads h2 headers whole: only the idle clock applies.
-            s.capture = Capture::Off;
+            s.capture = Capture::Lost;
             if let Phase::Head(_) = s.phase {
                 self.set_phase(s, Phase::Idle(Instant::now()));
             }
@@ -177,27 +265,24 @@ impl Clock {
         if let Phase::Idle(_) = s.phase {
             self.set_phase(s, Phase::Head(Instant::now()));
         }
-        if let Capture::Reading(buf) = &mut s.capture {
-            if let Some(end) = framing::head_end(buf, searched) {
-                buf.truncate(end);
-                s.capture = Capture::Complete(Bytes::from(std::mem::take(buf)));
-            } else if buf.len() >= MAX_CAPTURED_HEAD {
-                s.capture = Capture::Off;
-            }
-        }
     }
 
-    /// A request head was parsed and its request starts: returns the guard to hold until its
-    /// response is sent, and the raw head if it was captured whole.
-    pub fn request_started(self: &Arc<Self>) -> (RequestGuard, Option<Bytes>) {
+    /// A request head was parsed and its request starts; `body_len` is its body's length on
+    /// the wire, if hyper knows it (a Content-Length, or no body). Returns the guard to hold
+    /// until its response is sent, the raw head if it was captured whole, and whether the
+    /// heads of later requests on this HTTP/1 connection can no longer be captured (the
+    /// response should close the connection, so that the client's next request is checked
+    /// on a new one).
+    pub fn request_started(
+        self: &Arc<Self>,
+        body_len: Option<u64>,
+    ) -> (RequestGuard, Option<Bytes>, bool) {
         let mut s = self.lock();
         s.in_flight += 1;
         let id = s.next_request;
         s.next_request += 1;
-        let head = match std::mem::replace(&mut s.capture, Capture::Off) {
-            Capture::Complete(head) => Some(head),
-            _ => None,
-        };
+        let head = s.capture.request_started(body_len);
+        let lost = s.protocol != Protocol::Http2 && matches!(s.capture, Capture::Lost);
         self.set_phase(&mut s, Phase::Busy);
         (
             RequestGuard {
@@ -205,6 +290,7 @@ impl Clock {
                 id,
             },
             head,
+            lost,
         )
     }
 
@@ -223,12 +309,6 @@ impl Clock {
         }
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
-            // The next bytes start the next request head (hyper reads requests in order).
-            s.capture = if s.protocol == Protocol::Http2 {
-                Capture::Off
-            } else {
-                Capture::Reading(Vec::new())
-            };
             self.set_phase(&mut s, Phase::Idle(Instant::now()));
         }
     }
@@ -433,7 +513,7 @@ mod tests {
             Duration::from_secs(3),
         );
         clock.received(HEAD);
-        let (guard, head) = clock.request_started();
+        let (guard, head, _) = clock.request_started(Some(0));
         assert_eq!(head.as_deref(), Some(HEAD));
         let waiter = {
             let clock = clock.clone();
@@ -456,7 +536,7 @@ mod tests {
             Duration::from_secs(3),
         );
         clock.received(HEAD);
-        let (slow, _) = clock.request_started();
+        let (slow, _, _) = clock.request_started(Some(0));
         let waiter = {
             let clock = clock.clone();
             tokio::spawn(async move { (clock.expired().await, Instant::now()) })
@@ -468,7 +548,7 @@ mod tests {
         slow.sending();
         // Another response, handed over later and sent at once, does not move the deadline.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (quick, _) = clock.request_started();
+        let (quick, _, _) = clock.request_started(Some(0));
         quick.sending();
         drop(quick);
         let (why, at) = waiter.await.unwrap();
@@ -485,7 +565,7 @@ mod tests {
             Duration::from_secs(3),
         );
         clock.received(HEAD);
-        let (guard, _) = clock.request_started();
+        let (guard, _, _) = clock.request_started(Some(0));
         guard.sending();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let sent = Instant::now();
@@ -495,29 +575,97 @@ mod tests {
         assert_eq!(sent.elapsed(), Duration::from_secs(5));
     }
 
-    #[tokio::test]
-    async fn the_head_is_captured_across_reads_and_only_once() {
-        let clock = Clock::new(
+    fn clock() -> Arc<Clock> {
+        Clock::new(
             Duration::from_secs(1),
             Duration::from_secs(5),
             Duration::from_secs(3),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn the_head_is_captured_across_reads() {
+        let clock = clock();
         clock.received(&HEAD[..10]);
         clock.received(&HEAD[10..HEAD.len() - 1]);
         let mut with_body = HEAD[HEAD.len() - 1..].to_vec();
         with_body.extend_from_slice(b"{\"a\":1}");
         clock.received(&with_body);
-        let (guard, head) = clock.request_started();
+        let (guard, head, lost) = clock.request_started(Some(7));
         assert_eq!(head.as_deref(), Some(HEAD));
-        // Bytes read during the request (body, a pipelined request) are not a head.
-        clock.received(HEAD);
-        let (second, head) = clock.request_started();
-        assert_eq!(head, None);
-        drop(second);
+        assert!(!lost);
         drop(guard);
-        // After the answer, the next head is captured again.
+        // After the answer, the next head is captured too.
         clock.received(HEAD);
-        assert_eq!(clock.request_started().1.as_deref(), Some(HEAD));
+        assert_eq!(clock.request_started(Some(0)).1.as_deref(), Some(HEAD));
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_head_is_the_one_that_starts_where_the_body_ends() {
+        let clock = clock();
+        let second = b"PATCH /findings/batchupdate HTTP/1.1\r\nContent-Length: 3\r\n\
+                       Transfer-Encoding: chunked\r\nX-Pad: PATCH /findings/batchupdate HTTP/1.1\r\n\r\n";
+        // Request 1 (head and 7-byte body) and the start of request 2's head in one read...
+        let split = second.windows(7).position(|w| w == b"X-Pad: ").unwrap() + 7;
+        let mut first_read = HEAD.to_vec();
+        first_read.extend_from_slice(b"{\"a\":1}");
+        first_read.extend_from_slice(&second[..split]);
+        clock.received(&first_read);
+        let (guard, head, _) = clock.request_started(Some(7));
+        assert_eq!(head.as_deref(), Some(HEAD));
+        drop(guard);
+        // ...and, after the answer, the rest of it, which starts like a request line.
+        assert!(second[split..].starts_with(b"PATCH /findings/batchupdate HTTP/1.1"));
+        clock.received(&second[split..]);
+        let (_guard, head, _) = clock.request_started(None);
+        assert_eq!(head.as_deref(), Some(&second[..]));
+        // Pipelined while the first request is still in progress: the same.
+        let clock = self::clock();
+        let mut all = HEAD.to_vec();
+        all.extend_from_slice(b"{\"a\":1}\r\n");
+        all.extend_from_slice(second);
+        clock.received(&all[..HEAD.len() + 3]);
+        let (_first, _, _) = clock.request_started(Some(9));
+        clock.received(&all[HEAD.len() + 3..]);
+        assert_eq!(clock.request_started(None).1.as_deref(), Some(&second[..]));
+    }
+
+    #[tokio::test]
+    async fn empty_lines_before_a_request_line_are_not_part_of_the_head() {
+        let clock = clock();
+        clock.received(b"\r\n");
+        clock.received(b"\r\n");
+        clock.received(HEAD);
+        assert_eq!(clock.request_started(Some(0)).1.as_deref(), Some(HEAD));
+    }
+
+    #[tokio::test]
+    async fn after_a_body_of_unknown_length_no_head_is_kept_and_the_connection_should_close() {
+        let clock = clock();
+        let mut read = HEAD.to_vec();
+        read.extend_from_slice(b"2\r\n{}\r\n0\r\n\r\n");
+        read.extend_from_slice(HEAD);
+        clock.received(&read);
+        let (guard, head, lost) = clock.request_started(None);
+        assert_eq!(head.as_deref(), Some(HEAD));
+        assert!(lost, "the response should close the connection");
+        drop(guard);
+        clock.received(HEAD);
+        let (_, head, lost) = clock.request_started(Some(0));
+        assert_eq!(head, None);
+        assert!(lost);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_capture_did_not_see_end_loses_the_capture() {
+        // hyper parsed a head whose end the capture has not seen: out of step, nothing kept.
+        let clock = clock();
+        clock.received(&HEAD[..HEAD.len() - 2]);
+        let (_, head, lost) = clock.request_started(Some(0));
+        assert_eq!(head, None);
+        assert!(lost);
+        clock.received(HEAD);
+        assert_eq!(clock.request_started(Some(0)).1, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -532,7 +680,10 @@ mod tests {
         let started = Instant::now();
         assert_eq!(clock.expired().await, Expired::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
-        assert_eq!(clock.request_started().1, None);
+        let (_, head, lost) = clock.request_started(None);
+        assert_eq!(head, None);
+        // An h2 connection never needs closing for it: its heads are not checked raw.
+        assert!(!lost);
     }
 
     #[test]
@@ -545,6 +696,8 @@ mod tests {
         clock.received(b"PATCH / HTTP/1.1\r\n");
         clock.received(&vec![b'a'; MAX_CAPTURED_HEAD]);
         clock.received(b"\r\n\r\n");
-        assert_eq!(clock.request_started().1, None);
+        let (_, head, lost) = clock.request_started(Some(0));
+        assert_eq!(head, None);
+        assert!(lost);
     }
 }

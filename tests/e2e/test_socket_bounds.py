@@ -222,6 +222,55 @@ def test_the_same_request_chunked_alone_is_served(hg):
     assert len(hg.fake.buf_calls()) == 1
 
 
+def test_a_head_split_across_the_end_of_the_previous_request_is_still_checked(hg):
+    """Request 1 and the start of request 2's head (Content-Length *and* chunked, ending
+    inside a header value) in one write; after answer 1, the rest of that value, which starts
+    like request 2's request line, and the chunked body. The raw head hubgate checks is the one
+    that starts where request 1 ended, so the Content-Length is seen: 400, nothing forwarded."""
+    body = json.dumps(NOTE).encode()
+    first = head_bytes("GET", "/accounts", [("Host", hg.host), ("Content-Length", "0")])
+    head = head_bytes("PATCH", BUF, signed_headers(hg, body) + [
+        ("Content-Length", str(len(body))), ("Transfer-Encoding", "chunked"),
+        ("X-Pad", f"PATCH {BUF} HTTP/1.1")])
+    split = head.index(b"X-Pad: ") + len(b"X-Pad: ")
+    assert head[split:].startswith(f"PATCH {BUF} ".encode())
+    s = connect(hg.port)
+    with s:
+        s.sendall(first + head[:split])
+        assert_envelope(read_reply(s), 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+        time.sleep(0.2)
+        s.sendall(head[split:] + chunked(body))
+        reply = read_reply(s)
+        err = assert_envelope(reply, 400, "VALIDATION_ERROR", "InvalidInputException")
+        assert "Content-Length and Transfer-Encoding" in err["error"]["message"], err
+        assert closed_within(s, WAIT) is not None
+    assert_nothing_forwarded(hg)
+    rec = hg.audit_for(reply.headers["x-amzn-requestid"])
+    assert rec["status"] == 400 and rec["forwarded"] is False
+
+
+def test_a_chunked_request_pipelined_behind_another_is_checked_and_served(hg):
+    """Its head is kept from where request 1's body ended, so it is verified (and served).
+    After a chunked body hubgate cannot tell where the next head starts: that answer closes
+    the connection, and the client's next request is checked on a new one."""
+    bodies = [json.dumps({**NOTE, "Note": {"Text": f"t{i}", "UpdatedBy": "u"}}).encode()
+              for i in range(2)]
+    first = head_bytes("PATCH", BUF, signed_headers(hg, bodies[0])
+                       + [("Content-Length", str(len(bodies[0])))]) + bodies[0]
+    second = head_bytes("PATCH", BUF, signed_headers(hg, bodies[1])
+                        + [("Transfer-Encoding", "chunked")]) + chunked(bodies[1])
+    s = connect(hg.port)
+    with s:
+        s.sendall(first + second)
+        one, two = read_reply(s), read_reply(s)
+        assert one.status == 200, one.text
+        assert one.headers.get("connection") != "close", one.headers
+        assert two.status == 200, two.text
+        assert two.headers.get("connection") == "close", two.headers
+        assert closed_within(s, WAIT) is not None
+    assert len(hg.fake.buf_calls()) == 2
+
+
 def test_absolute_form_target_is_refused(hg):
     body = json.dumps(NOTE).encode()
     headers = signed_headers(hg, body) + [("Content-Length", str(len(body)))]
