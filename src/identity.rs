@@ -629,7 +629,7 @@ impl<'a> Authorization<'a> {
                 let what = if part.is_empty() {
                     "is empty (a stray comma)"
                 } else {
-                    "is not Credential=, SignedHeaders= or Signature= (its text is not shown: \
+                    "is not a Credential, SignedHeaders or Signature component (its text is not shown: \
                      it could be a secret)"
                 };
                 return Err(AuthError::Malformed(format!(

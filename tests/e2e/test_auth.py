@@ -149,6 +149,8 @@ def test_a_secret_pasted_into_the_authorization_header_is_never_echoed(hubgate, 
     err = assert_unauthenticated(hubgate, resp, "UnrecognizedClientException")
     assert "component 4 after AWS4-HMAC-SHA256" in err["error"]["message"], err
     assert_never_echoed(hubgate, resp, MEMBER_SECRET)
+    # Nor a piece of the header (the session's secrets scan looks for this one).
+    assert_never_echoed(hubgate, resp, "Signature=")
 
 
 def test_a_secret_sent_as_the_access_key_id_is_never_echoed(hubgate):
