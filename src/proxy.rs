@@ -320,14 +320,10 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
         // A finding-changing operation routed "forward" changes findings hubgate cannot name.
-        let touched = if spec.changes_findings {
-            Touched::Everything {
-                operation: spec.name,
-                accounts: None,
-            }
-        } else {
-            Touched::Nothing
-        };
+        let touched = Touched(spec.changes_findings.then_some(Sent::Everything {
+            operation: spec.name,
+            accounts: None,
+        }));
         return forward(
             ctx.gate,
             &parts,
@@ -666,25 +662,25 @@ async fn enforce(
     // every other operation is refused whole.
     let partial = ctx.gate.config.policy.on_partial_deny == PartialDeny::ForwardAllowed
         && operation == Judged::BatchUpdateFindings;
-    let touched = match operation {
-        Judged::BatchUpdateFindings => Touched::Findings {
+    let touched = Touched(Some(match operation {
+        Judged::BatchUpdateFindings => Sent::Findings {
             keys: &keys,
             write: Unapplied::Update(&update),
         },
-        Judged::BatchImportFindings => Touched::Findings {
+        Judged::BatchImportFindings => Sent::Findings {
             keys: &keys,
             write: Unapplied::Import(operation.name(), &claimed_accounts),
         },
         // OCSF identifiers and filters do not name cache entries.
-        Judged::BatchUpdateFindingsV2 => Touched::Everything {
+        Judged::BatchUpdateFindingsV2 => Sent::Everything {
             operation: operation.name(),
             accounts: v2_accounts.as_deref(),
         },
-        Judged::UpdateFindings => Touched::Everything {
+        Judged::UpdateFindings => Sent::Everything {
             operation: operation.name(),
             accounts: None,
         },
-    };
+    }));
     let trail = &mut ctx.trail;
     match (refusal, identifiers) {
         (None, _) => forward(ctx.gate, parts, body, trail, deadline, touched, reads).await,
@@ -707,22 +703,10 @@ async fn enforce(
     }
 }
 
-/// What a forwarded write may have changed in the enrichment cache.
+/// What a forwarded request may change in the enrichment cache: the write, as it is registered
+/// while in flight (a processed BatchUpdateFindings is written through), or nothing.
 #[derive(Clone, Copy)]
-enum Touched<'a> {
-    /// These findings, by `write`: a processed BatchUpdateFindings is written through.
-    Findings {
-        keys: &'a [FindingKey],
-        write: Unapplied<'a>,
-    },
-    /// Findings hubgate cannot name (filters, OCSF identifiers), by `operation`; with
-    /// `accounts`, only findings of those accounts.
-    Everything {
-        operation: &'static str,
-        accounts: Option<&'a [String]>,
-    },
-    Nothing,
-}
+struct Touched<'a>(Option<Sent<'a>>);
 
 impl<'a> Touched<'a> {
     /// Security Hub may have applied the write (registered in flight as `sent`) without saying
@@ -731,13 +715,13 @@ impl<'a> Touched<'a> {
         let Some(enricher) = &gate.enricher else {
             return;
         };
-        match self {
-            Touched::Findings { keys, write } => enricher.evict(keys, write, sent).await,
-            Touched::Everything {
+        match self.0 {
+            Some(Sent::Findings { keys, write }) => enricher.evict(keys, write, sent).await,
+            Some(Sent::Everything {
                 operation,
                 accounts,
-            } => enricher.evict_all(operation, accounts).await,
-            Touched::Nothing => {}
+            }) => enricher.evict_all(operation, accounts).await,
+            None => {}
         }
     }
 
@@ -747,12 +731,12 @@ impl<'a> Touched<'a> {
     /// applying part of it (InternalFailure), and one it lists under another identifier is
     /// one whose state hubgate cannot tell.
     async fn processed(self, gate: &Stages, processed: &[FindingKey], sent: Option<WriteId>) {
-        match (self, &gate.enricher) {
+        match (self.0, &gate.enricher) {
             (
-                Touched::Findings {
+                Some(Sent::Findings {
                     keys,
                     write: Unapplied::Update(update),
-                },
+                }),
                 Some(enricher),
             ) => {
                 enricher.write_through(processed, update, sent).await;
@@ -774,26 +758,11 @@ impl<'a> Touched<'a> {
         }
     }
 
-    /// The write as the enrichment cache registers it while it is in flight.
-    fn sent(self) -> Option<Sent<'a>> {
-        match self {
-            Touched::Findings { keys, write } => Some(Sent::Findings { keys, write }),
-            Touched::Everything {
-                operation,
-                accounts,
-            } => Some(Sent::Everything {
-                operation,
-                accounts,
-            }),
-            Touched::Nothing => None,
-        }
-    }
-
     /// The findings it names (none for the others).
-    fn keys(&self) -> &[FindingKey] {
-        match self {
-            Touched::Findings { keys, .. } => keys,
-            Touched::Everything { .. } | Touched::Nothing => &[],
+    fn keys(&self) -> &'a [FindingKey] {
+        match self.0 {
+            Some(Sent::Findings { keys, .. }) => keys,
+            Some(Sent::Everything { .. }) | None => &[],
         }
     }
 
@@ -801,11 +770,11 @@ impl<'a> Touched<'a> {
     fn wants_answer(self, gate: &Stages) -> bool {
         gate.enricher.is_some()
             && matches!(
-                self,
-                Touched::Findings {
+                self.0,
+                Some(Sent::Findings {
                     write: Unapplied::Update(_),
                     ..
-                }
+                })
             )
     }
 }
@@ -938,7 +907,7 @@ async fn send(
         }
         gate.enricher
             .as_ref()
-            .zip(touched.sent())
+            .zip(touched.0)
             .map(|(enricher, sent)| enricher.sending(sent))
     };
     gate.metrics
@@ -1139,10 +1108,10 @@ async fn forward_allowed(
         .as_array()
         .map(|ids| ids.iter().filter_map(key_of).collect())
         .unwrap_or_default();
-    let touched = Touched::Findings {
+    let touched = Touched(Some(Sent::Findings {
         keys: &forwarded_keys,
         write: Unapplied::Update(update),
-    };
+    }));
     let slot = gate.audit.reserve().await?;
     // Kept until the answer has been applied to the cache, whichever way this returns.
     let (response, in_flight) =
