@@ -26,14 +26,43 @@ pub type WriteId = u64;
 #[derive(Default)]
 pub struct Sending {
     next: WriteId,
-    /// Per finding, the writes to it in flight: (id, when sent, what it does).
-    findings: KeyMap<Vec<(WriteId, Instant, Write)>>,
+    /// Per finding, the writes to it in flight.
+    findings: KeyMap<Flying>,
     /// Writes that may change any finding of an account: (id, when, by what, account).
     accounts: Vec<(WriteId, Instant, &'static str, Arc<str>)>,
     /// Writes that may change any finding: (id, when, by what).
     everything: Vec<(WriteId, Instant, &'static str)>,
     /// How many writes are registered.
     writes: usize,
+}
+
+/// One write in flight to a finding: its id, when it was sent, and what it does.
+type Entry = (WriteId, Instant, Write);
+
+/// The writes in flight to one finding, in the order sent. Nearly always one: it is kept in
+/// place, so that registering a 100-finding write allocates nothing per finding.
+struct Flying {
+    first: Entry,
+    more: Vec<Entry>,
+}
+
+impl Flying {
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+
+    /// Drops the write `id`; false when none is left.
+    fn drop_write(&mut self, id: WriteId) -> bool {
+        if self.first.0 == id {
+            if self.more.is_empty() {
+                return false;
+            }
+            self.first = self.more.remove(0);
+        } else {
+            self.more.retain(|(w, ..)| *w != id);
+        }
+        true
+    }
 }
 
 /// What a write in flight means for the states of some findings, for a decision that has not
@@ -62,10 +91,17 @@ impl Sending {
             let Some(write) = writes.get(i).or(writes.first()) else {
                 break;
             };
-            self.findings
-                .entry(key.clone())
-                .or_default()
-                .push((id, now, write.clone()));
+            let entry = (id, now, write.clone());
+            match self.findings.get_mut(key) {
+                Some(flying) => flying.more.push(entry),
+                None => {
+                    let flying = Flying {
+                        first: entry,
+                        more: Vec::new(),
+                    };
+                    self.findings.insert(key.clone(), flying);
+                }
+            }
         }
         id
     }
@@ -93,9 +129,8 @@ impl Sending {
     pub fn done(&mut self, id: WriteId, keys: &[FindingKey]) {
         self.writes = self.writes.saturating_sub(1);
         for key in keys {
-            if let Some(writes) = self.findings.get_mut(key) {
-                writes.retain(|(w, ..)| *w != id);
-                if writes.is_empty() {
+            if let Some(flying) = self.findings.get_mut(key) {
+                if !flying.drop_write(id) {
                     self.findings.remove(key);
                 }
             }
@@ -163,10 +198,10 @@ impl Sending {
             return InFlightEffect::None;
         }
         for key in keys {
-            let Some(writes) = self.findings.get(key) else {
+            let Some(flying) = self.findings.get(key) else {
                 continue;
             };
-            for (id, at, write) in writes {
+            for (id, at, write) in flying.iter() {
                 if seen.contains(id) {
                     continue;
                 }
@@ -266,6 +301,13 @@ mod tests {
         s.done(first, std::slice::from_ref(&a));
         assert!(s.is_empty());
         assert_eq!(s.writes(), 0);
+        // The first of two writes to a finding answered first: the second stays.
+        let third = s.findings(std::slice::from_ref(&a), &[raise()], now);
+        let fourth = s.findings(std::slice::from_ref(&a), &[raise()], now);
+        s.done(third, std::slice::from_ref(&a));
+        assert_eq!(patched(s.effect(&both, None, &[], now))[&a], vec![fourth]);
+        s.done(fourth, std::slice::from_ref(&a));
+        assert!(s.is_empty());
         assert!(matches!(
             s.effect(&both, None, &[], now),
             InFlightEffect::None
