@@ -483,7 +483,7 @@ impl crate::decide::Reads for ReadMark {
             // A write in flight cannot create a finding read as not found.
             let sent = flying
                 .as_ref()
-                .and_then(|f| f.get(key))
+                .and_then(|f| f.by_key.get(key))
                 .filter(|_| read.contains_key(key));
             let Some(state) = read
                 .get(key)
@@ -501,7 +501,7 @@ impl crate::decide::Reads for ReadMark {
             let with_sent = sent
                 .iter()
                 .flat_map(|s| s.iter())
-                .fold(with_answered.clone(), |state, (_, patch)| {
+                .fold(with_answered.clone(), |state, patch| {
                     laid_over(&state, patch)
                 });
             if answered.is_none() && Arc::ptr_eq(&with_sent, state) {
@@ -533,12 +533,9 @@ impl crate::decide::Reads for ReadMark {
                 Some(states)
             }
         };
+        // `effect` left out the writes considered before: these are new to the list.
         let mut considered = self.considered.clone();
-        considered.extend(
-            flying
-                .iter()
-                .flat_map(|f| f.values().flatten().map(|(id, _)| *id)),
-        );
+        considered.extend(flying.iter().flat_map(|f| f.ids.iter().copied()));
         let began = st.batch_began();
         let reads: Box<dyn crate::decide::Reads> = Box::new(ReadMark {
             held: Batch {
@@ -1474,16 +1471,16 @@ impl FindingState for Enricher {
                         stats,
                     });
                 }
-                InFlightEffect::Patches(patches) => {
+                InFlightEffect::Patches(flights) => {
                     let mut reported = reported;
-                    for (key, sent) in &patches {
-                        mark.considered.extend(sent.iter().map(|(id, _)| *id));
+                    mark.considered = flights.ids;
+                    for (key, sent) in &flights.by_key {
                         let Some(read) = current.get(key) else {
                             continue;
                         };
                         let state = sent
                             .iter()
-                            .fold(read.clone(), |state, (_, patch)| laid_over(&state, patch));
+                            .fold(read.clone(), |state, patch| laid_over(&state, patch));
                         if !Arc::ptr_eq(&state, read) {
                             reported.get_or_insert_with(|| current.clone());
                             current.insert(key.clone(), state);

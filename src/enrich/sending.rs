@@ -18,6 +18,7 @@ use std::time::Instant;
 use super::settle::Write;
 use crate::decide::Unsettled;
 use crate::finding::{FindingKey, KeyMap};
+use crate::policy::input::Patch;
 use crate::policy::state::CurrentFinding;
 
 /// One registered write's id, unique within the replica.
@@ -70,10 +71,22 @@ impl Flying {
 pub enum InFlightEffect {
     /// No write in flight touches them.
     None,
-    /// These changes may land (per finding, in the order sent), and nothing else.
-    Patches(KeyMap<Vec<(WriteId, Arc<crate::policy::input::Patch>)>>),
+    /// These changes may land, and nothing else.
+    Patches(Flights),
     /// A write whose effect hubgate cannot tell may land.
     Unknown(Unsettled),
+}
+
+/// The changes in flight to some findings.
+pub struct Flights {
+    /// Per finding, the distinct changes in flight to it, in the order of their last sending:
+    /// laid over in that order they give what every write landing in the order sent gives (a
+    /// change sets its values whatever came before, so an earlier copy of a change sent again
+    /// later is moot). Concurrent requests that write the same change, as a playbook's retries
+    /// do, are one change here, not one per request.
+    pub by_key: KeyMap<Vec<Arc<Patch>>>,
+    /// The writes they come from, each once.
+    pub ids: Vec<WriteId>,
 }
 
 impl Sending {
@@ -192,33 +205,60 @@ impl Sending {
                 }
             }
         }
-        let mut patches: KeyMap<Vec<(WriteId, Arc<crate::policy::input::Patch>)>> =
-            KeyMap::default();
         if self.findings.is_empty() {
             return InFlightEffect::None;
         }
+        let mut flights = Flights {
+            by_key: KeyMap::default(),
+            ids: Vec::new(),
+        };
+        // Each write's change (one `Patch` shared by all its findings) is classed once: by
+        // address, then by content against one of each class met so far.
+        let mut classed: Vec<(*const Patch, usize)> = Vec::new();
+        let mut classes: Vec<Arc<Patch>> = Vec::new();
         for key in keys {
             let Some(flying) = self.findings.get(key) else {
                 continue;
             };
+            let mut changes: Vec<(usize, Arc<Patch>)> = Vec::new();
             for (id, at, write) in flying.iter() {
                 if seen.contains(id) {
                     continue;
                 }
-                match write {
-                    Write::Patch(patch) => patches
-                        .entry(key.clone())
-                        .or_default()
-                        .push((*id, patch.clone())),
-                    Write::Unknown(_, Some(account)) if owner(key) != Some(&**account) => {}
+                let patch = match write {
+                    Write::Patch(patch) => patch,
+                    Write::Unknown(_, Some(account)) if owner(key) != Some(&**account) => continue,
                     Write::Unknown(operation, _) => return unsettled(Some(key), operation, *at),
+                };
+                if !flights.ids.contains(id) {
+                    flights.ids.push(*id);
                 }
+                let class = match classed.iter().find(|(p, _)| *p == Arc::as_ptr(patch)) {
+                    Some((_, class)) => *class,
+                    None => {
+                        let class = classes
+                            .iter()
+                            .position(|c| c.same_change(patch))
+                            .unwrap_or_else(|| {
+                                classes.push(patch.clone());
+                                classes.len() - 1
+                            });
+                        classed.push((Arc::as_ptr(patch), class));
+                        class
+                    }
+                };
+                changes.retain(|(c, _)| *c != class);
+                changes.push((class, patch.clone()));
+            }
+            if !changes.is_empty() {
+                let changes = changes.into_iter().map(|(_, patch)| patch).collect();
+                flights.by_key.insert(key.clone(), changes);
             }
         }
-        if patches.is_empty() {
+        if flights.ids.is_empty() {
             InFlightEffect::None
         } else {
-            InFlightEffect::Patches(patches)
+            InFlightEffect::Patches(flights)
         }
     }
 }
@@ -245,20 +285,25 @@ mod tests {
             .collect()
     }
 
-    fn raise() -> Write {
+    fn change(label: &str) -> Write {
         let body = json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}],
-            "Severity": {"Label": "CRITICAL"}});
+            "Severity": {"Label": label}});
         let update = update_for(Judged::BatchUpdateFindings, &body).unwrap();
         Write::Patch(Arc::new(update.patch().expect("a modelled change")))
     }
 
-    fn patched(effect: InFlightEffect) -> KeyMap<Vec<WriteId>> {
+    fn raise() -> Write {
+        change("CRITICAL")
+    }
+
+    /// The writes in flight, and how many distinct changes each finding has.
+    fn patched(effect: InFlightEffect) -> (Vec<WriteId>, KeyMap<usize>) {
         match effect {
-            InFlightEffect::Patches(p) => p
-                .into_iter()
-                .map(|(k, v)| (k, v.into_iter().map(|(id, _)| id).collect()))
-                .collect(),
-            InFlightEffect::None => KeyMap::default(),
+            InFlightEffect::Patches(f) => (
+                f.ids,
+                f.by_key.into_iter().map(|(k, v)| (k, v.len())).collect(),
+            ),
+            InFlightEffect::None => (Vec::new(), KeyMap::default()),
             InFlightEffect::Unknown(u) => panic!("refused: {u}"),
         }
     }
@@ -278,25 +323,25 @@ mod tests {
         let now = Instant::now();
         let (a, b) = (key("a"), key("b"));
         let first = s.findings(std::slice::from_ref(&a), &[raise()], now);
-        let second = s.findings(&[a.clone(), b.clone()], &[raise()], now);
+        let second = s.findings(&[a.clone(), b.clone()], &[change("LOW")], now);
         assert_ne!(first, second);
         let both = [a.clone(), b.clone()];
         assert_eq!(s.writes(), 2);
-        let got = patched(s.effect(&both, None, &[], now));
-        assert_eq!(got[&a], vec![first, second], "in the order sent");
-        assert_eq!(got[&b], vec![second]);
-        assert!(patched(s.effect(&[key("c")], None, &[], now)).is_empty());
-        let got = patched(s.effect(&both, None, &[first], now));
+        let (ids, got) = patched(s.effect(&both, None, &[], now));
+        assert_eq!(ids, vec![first, second]);
+        assert_eq!((got[&a], got[&b]), (2, 1));
+        assert!(patched(s.effect(&[key("c")], None, &[], now)).0.is_empty());
+        let (ids, got) = patched(s.effect(&both, None, &[first], now));
         assert_eq!(
-            got[&a],
+            ids,
             vec![second],
             "the write considered already is left out"
         );
+        assert_eq!(got[&a], 1);
 
         s.done(second, &both);
-        let got = patched(s.effect(&both, None, &[], now));
-        assert_eq!(got[&a], vec![first]);
-        assert!(!got.contains_key(&b));
+        let (ids, got) = patched(s.effect(&both, None, &[], now));
+        assert_eq!((ids, got.contains_key(&b)), (vec![first], false));
         assert_eq!(s.writes(), 1);
         s.done(first, std::slice::from_ref(&a));
         assert!(s.is_empty());
@@ -305,13 +350,42 @@ mod tests {
         let third = s.findings(std::slice::from_ref(&a), &[raise()], now);
         let fourth = s.findings(std::slice::from_ref(&a), &[raise()], now);
         s.done(third, std::slice::from_ref(&a));
-        assert_eq!(patched(s.effect(&both, None, &[], now))[&a], vec![fourth]);
+        assert_eq!(patched(s.effect(&both, None, &[], now)).0, vec![fourth]);
         s.done(fourth, std::slice::from_ref(&a));
         assert!(s.is_empty());
         assert!(matches!(
             s.effect(&both, None, &[], now),
             InFlightEffect::None
         ));
+    }
+
+    /// Concurrent writes of the same change (a retried playbook) are one change to lay over,
+    /// and changes come in the order of their last sending: what landing every write in the
+    /// order sent gives.
+    #[test]
+    fn the_same_change_in_flight_twice_is_laid_over_once_in_its_last_place() {
+        let mut s = Sending::default();
+        let now = Instant::now();
+        let a = key("a");
+        let keys = std::slice::from_ref(&a);
+        let ids = [
+            s.findings(keys, &[raise()], now),
+            s.findings(keys, &[change("LOW")], now),
+            s.findings(keys, &[raise()], now),
+        ];
+        let InFlightEffect::Patches(flights) = s.effect(keys, None, &[], now) else {
+            panic!("nothing in flight");
+        };
+        assert_eq!(flights.ids, ids.to_vec(), "every write is named");
+        let changes = &flights.by_key[&a];
+        assert_eq!(changes.len(), 2, "LOW, then CRITICAL (sent again last)");
+        let Write::Patch(low) = change("LOW") else {
+            panic!()
+        };
+        let Write::Patch(critical) = raise() else {
+            panic!()
+        };
+        assert!(changes[0].same_change(&low) && changes[1].same_change(&critical));
     }
 
     /// A write hubgate cannot model refuses its findings while it is in flight; one limited to
