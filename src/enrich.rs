@@ -255,6 +255,24 @@ fn already_considered(written: &Written, considered: &[WriteId]) -> bool {
     written.2.is_some_and(|id| considered.contains(&id))
 }
 
+impl Unapplied<'_> {
+    /// What an update does to each finding it names: its change, or an effect hubgate cannot
+    /// model.
+    fn update_write(update: &Update) -> Write {
+        match update.patch() {
+            Some(patch) => Write::Patch(Arc::new(patch)),
+            None => Write::Unknown("BatchUpdateFindings", None),
+        }
+    }
+
+    /// What an import (by `operation`) does to its finding at place `i`: an effect hubgate
+    /// cannot model, on a finding of the account it claims there.
+    fn import_write(operation: &'static str, accounts: &[Option<String>], i: usize) -> Write {
+        let account = accounts.get(i).and_then(|a| a.as_deref()).map(Arc::from);
+        Write::Unknown(operation, account)
+    }
+}
+
 impl State {
     /// `keys` were written to with `patch`, or (None) in a way hubgate cannot tell (evicted),
     /// by the write registered in flight as `sent`.
@@ -1111,10 +1129,7 @@ impl Enricher {
     /// decides what the next decisions may assume while Security Hub may still be applying it.
     pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>, sent: Option<WriteId>) {
         let write = match write {
-            Unapplied::Update(update) => match update.patch() {
-                Some(patch) => Ok(Write::Patch(Arc::new(patch))),
-                None => Ok(Write::Unknown("BatchUpdateFindings", None)),
-            },
+            Unapplied::Update(update) => Ok(Unapplied::update_write(update)),
             Unapplied::Import(operation, accounts) => Err((operation, accounts)),
         };
         {
@@ -1125,8 +1140,7 @@ impl Enricher {
                 Ok(write) => st.journal.record(keys, write.clone(), now),
                 Err((operation, accounts)) => {
                     for (i, key) in keys.iter().enumerate() {
-                        let account = accounts.get(i).and_then(|a| a.as_deref()).map(Arc::from);
-                        let write = Write::Unknown(operation, account);
+                        let write = Unapplied::import_write(operation, accounts, i);
                         st.journal.record(std::slice::from_ref(key), write, now);
                     }
                 }
@@ -1235,22 +1249,13 @@ impl Enricher {
             Sent::Findings {
                 keys,
                 write: Unapplied::Update(update),
-            } => {
-                let write = match update.patch() {
-                    Some(patch) => Write::Patch(Arc::new(patch)),
-                    None => Write::Unknown("BatchUpdateFindings", None),
-                };
-                (keys, vec![write])
-            }
+            } => (keys, vec![Unapplied::update_write(update)]),
             Sent::Findings {
                 keys,
                 write: Unapplied::Import(operation, accounts),
             } => {
                 let writes = (0..keys.len())
-                    .map(|i| {
-                        let account = accounts.get(i).and_then(|a| a.as_deref()).map(Arc::from);
-                        Write::Unknown(operation, account)
-                    })
+                    .map(|i| Unapplied::import_write(operation, accounts, i))
                     .collect();
                 (keys, writes)
             }
