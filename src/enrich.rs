@@ -443,8 +443,11 @@ struct ReadMark {
     /// to it came in between its call's start and then; see `fetch_and_deliver`).
     delivered: KeyMap<u64>,
     /// The writes in flight the decision's states already take into account (laid over, and
-    /// judged both ways): their answers change nothing it did not consider.
+    /// judged both ways), sorted: their answers change nothing it did not consider.
     considered: Vec<WriteId>,
+    /// The latest write registered when the writes in flight to the findings read were last
+    /// taken into account (`Sending::latest`): while it is still the latest, none is new.
+    sent_before: WriteId,
 }
 
 /// `state` with `patch` laid over it; the same state when it already holds what the patch sets.
@@ -471,20 +474,24 @@ impl crate::decide::Reads for ReadMark {
             };
         }
         // Writes sent since the read and not answered yet: they may land before this one.
-        let flying = match st
-            .sending
-            .effect(keys, Some(read), &self.considered, Instant::now())
-        {
-            InFlightEffect::None => None,
-            InFlightEffect::Unknown(_) => return Changed::Unknown,
-            InFlightEffect::Patches(patches) => Some(patches),
+        let sent_before = st.sending.latest();
+        let flying = match sent_before == self.sent_before {
+            true => None,
+            false => match st
+                .sending
+                .effect(keys, Some(read), &self.considered, Instant::now())
+            {
+                InFlightEffect::None => None,
+                InFlightEffect::Unknown(_) => return Changed::Unknown,
+                InFlightEffect::Patches(patches) => Some(patches),
+            },
         };
         let mut now = None;
         let mut reported = None;
         // Per finding an in-flight write changes, its state without that write: the request
         // must hold whether the write lands or not.
         let mut without: Vec<(FindingKey, Arc<CurrentFinding>)> = Vec::new();
-        for key in keys {
+        for (position, key) in keys.iter().enumerate() {
             let at = self.delivered.get(key).copied().unwrap_or(self.read_at);
             let owner = read.get(key).and_then(|s| s.account_id.as_deref());
             let answered = match st.unwritten_since(key, owner, at, &self.considered) {
@@ -501,7 +508,7 @@ impl crate::decide::Reads for ReadMark {
             // A write in flight cannot create a finding read as not found.
             let sent = flying
                 .as_ref()
-                .and_then(|f| f.by_key.get(key))
+                .and_then(|f| f.change(position))
                 .filter(|_| read.contains_key(key));
             let Some(state) = read
                 .get(key)
@@ -516,12 +523,10 @@ impl crate::decide::Reads for ReadMark {
                     .fold(state.clone(), |state, patch| laid_over(&state, patch))
             };
             let with_answered = patched(state);
-            let with_sent = sent
-                .iter()
-                .flat_map(|s| s.iter())
-                .fold(with_answered.clone(), |state, patch| {
-                    laid_over(&state, patch)
-                });
+            let with_sent = match sent {
+                Some(patch) => laid_over(&with_answered, patch),
+                None => with_answered.clone(),
+            };
             if answered.is_none() && Arc::ptr_eq(&with_sent, state) {
                 // Only writes in flight, which change nothing this decision read.
                 continue;
@@ -554,6 +559,7 @@ impl crate::decide::Reads for ReadMark {
         // `effect` left out the writes considered before: these are new to the list.
         let mut considered = self.considered.clone();
         considered.extend(flying.iter().flat_map(|f| f.ids.iter().copied()));
+        considered.sort_unstable();
         let began = st.batch_began();
         let reads: Box<dyn crate::decide::Reads> = Box::new(ReadMark {
             held: Batch {
@@ -563,6 +569,7 @@ impl crate::decide::Reads for ReadMark {
             read_at: began,
             delivered: KeyMap::default(),
             considered,
+            sent_before,
         });
         Changed::Patched(Replay {
             current,
@@ -899,6 +906,8 @@ impl Enricher {
             held,
             delivered: KeyMap::default(),
             considered: Vec::new(),
+            // Set when the lookup takes the writes in flight into account.
+            sent_before: WriteId::MAX,
         };
         {
             let mut st = self.inner.lock();
@@ -1467,6 +1476,7 @@ impl FindingState for Enricher {
             }
             // Writes sent and not answered yet, laid over on top of the journal's: the
             // request must hold whether they land or not.
+            mark.sent_before = st.sending.latest();
             let reported = match st.sending.effect(keys, Some(&current), &[], now) {
                 InFlightEffect::None => reported,
                 InFlightEffect::Unknown(u) => {
@@ -1478,19 +1488,18 @@ impl FindingState for Enricher {
                 }
                 InFlightEffect::Patches(flights) => {
                     let mut reported = reported;
-                    mark.considered = flights.ids;
-                    for (key, sent) in &flights.by_key {
-                        let Some(read) = current.get(key) else {
+                    for (position, key) in keys.iter().enumerate() {
+                        let (Some(sent), Some(read)) = (flights.change(position), current.get(key))
+                        else {
                             continue;
                         };
-                        let state = sent
-                            .iter()
-                            .fold(read.clone(), |state, patch| laid_over(&state, patch));
+                        let state = laid_over(read, sent);
                         if !Arc::ptr_eq(&state, read) {
                             reported.get_or_insert_with(|| current.clone());
                             current.insert(key.clone(), state);
                         }
                     }
+                    mark.considered = flights.ids;
                     reported
                 }
             };

@@ -21,14 +21,14 @@ use crate::finding::{FindingKey, KeyMap};
 use crate::policy::input::Patch;
 use crate::policy::state::CurrentFinding;
 
-/// One registered write's id, unique within the replica.
+/// One registered write's id, unique within the replica and increasing.
 pub type WriteId = u64;
 
 #[derive(Default)]
 pub struct Sending {
     next: WriteId,
     /// Per finding, the writes to it in flight.
-    findings: KeyMap<Flying>,
+    findings: KeyMap<Flight>,
     /// Writes that may change any finding of an account: (id, when, by what, account).
     accounts: Vec<(WriteId, Instant, &'static str, Arc<str>)>,
     /// Writes that may change any finding: (id, when, by what).
@@ -40,31 +40,11 @@ pub struct Sending {
 /// One write in flight to a finding: its id, when it was sent, and what it does.
 type Entry = (WriteId, Instant, Write);
 
-/// The writes in flight to one finding, in the order sent. Nearly always one: it is kept in
-/// place, so that registering a 100-finding write allocates nothing per finding.
-struct Flying {
-    first: Entry,
-    more: Vec<Entry>,
-}
-
-impl Flying {
-    fn iter(&self) -> impl Iterator<Item = &Entry> {
-        std::iter::once(&self.first).chain(&self.more)
-    }
-
-    /// Drops the write `id`; false when none is left.
-    fn drop_write(&mut self, id: WriteId) -> bool {
-        if self.first.0 == id {
-            if self.more.is_empty() {
-                return false;
-            }
-            self.first = self.more.remove(0);
-        } else {
-            self.more.retain(|(w, ..)| *w != id);
-        }
-        true
-    }
-}
+/// The writes in flight to a finding, in the order sent. Findings written by the same writes
+/// share one list: a bulk write names its 100 findings together, and then registering it,
+/// answering it and working out what the writes in flight mean for a decision is work per
+/// distinct list, not per finding and write.
+type Flight = Arc<Vec<Entry>>;
 
 /// What a write in flight means for the states of some findings, for a decision that has not
 /// yet taken it into account.
@@ -79,14 +59,40 @@ pub enum InFlightEffect {
 
 /// The changes in flight to some findings.
 pub struct Flights {
-    /// Per finding, the distinct changes in flight to it, in the order of their last sending:
-    /// laid over in that order they give what every write landing in the order sent gives (a
-    /// change sets its values whatever came before, so an earlier copy of a change sent again
-    /// later is moot). Concurrent requests that write the same change, as a playbook's retries
-    /// do, are one change here, not one per request.
-    pub by_key: KeyMap<Vec<Arc<Patch>>>,
-    /// The writes they come from, each once.
+    /// Per finding asked about, by position: its change in `changes`, if any.
+    of_key: Vec<Option<usize>>,
+    /// Per distinct series of writes met, their changes as one: each write's change, laid in
+    /// the order sent, gives what every write landing in that order gives. Findings that the
+    /// same writes are in flight to share one (and its memo of the `current` objects it was
+    /// laid over), and concurrent requests that write the same change, as a playbook's retries
+    /// do, add nothing to it.
+    changes: Vec<Arc<Patch>>,
+    /// The writes they come from, each once, in the order sent.
     pub ids: Vec<WriteId>,
+}
+
+impl Flights {
+    /// The change in flight to the finding at `position` in the keys asked about.
+    pub fn change(&self, position: usize) -> Option<&Arc<Patch>> {
+        self.changes
+            .get(self.of_key.get(position).copied().flatten()?)
+    }
+}
+
+/// The lists findings had (None: no write in flight) and what each became, while one write
+/// is registered or answered: each distinct list is worked out once. The old lists are held,
+/// so that no list made meanwhile can take one's address.
+type Moved = Vec<(Option<Flight>, Option<Flight>)>;
+
+fn moved_from<'a>(moved: &'a Moved, old: Option<&Flight>) -> Option<&'a Option<Flight>> {
+    moved
+        .iter()
+        .find(|(o, _)| match (o, old) {
+            (Some(o), Some(old)) => Arc::ptr_eq(o, old),
+            (None, None) => true,
+            _ => false,
+        })
+        .map(|(_, new)| new)
 }
 
 impl Sending {
@@ -96,23 +102,41 @@ impl Sending {
         self.next
     }
 
+    /// The id the latest write registered was given (0 before any): a decision that took the
+    /// writes in flight into account when this was the latest knows of every write that has
+    /// been in flight since, until another is registered.
+    pub fn latest(&self) -> WriteId {
+        self.next
+    }
+
     /// `keys` are being written to; `writes` gives each key's write by position (one for
     /// all when it has a single element).
     pub fn findings(&mut self, keys: &[FindingKey], writes: &[Write], now: Instant) -> WriteId {
         let id = self.id();
+        let shared = writes.len() == 1;
+        let mut moved: Moved = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let Some(write) = writes.get(i).or(writes.first()) else {
                 break;
             };
-            let entry = (id, now, write.clone());
-            match self.findings.get_mut(key) {
-                Some(flying) => flying.more.push(entry),
+            let old = self.findings.get(key);
+            let new = match moved_from(&moved, old).filter(|_| shared) {
+                Some(new) => new.clone(),
                 None => {
-                    let flying = Flying {
-                        first: entry,
-                        more: Vec::new(),
-                    };
-                    self.findings.insert(key.clone(), flying);
+                    let mut list = old.map(|l| l.to_vec()).unwrap_or_default();
+                    list.push((id, now, write.clone()));
+                    let new = Some(Arc::new(list));
+                    if shared {
+                        moved.push((old.cloned(), new.clone()));
+                    }
+                    new
+                }
+            };
+            let Some(new) = new else { continue };
+            match self.findings.get_mut(key) {
+                Some(slot) => *slot = new,
+                None => {
+                    self.findings.insert(key.clone(), new);
                 }
             }
         }
@@ -141,9 +165,27 @@ impl Sending {
     /// The write `id`, registered for `keys`, was answered (or never sent).
     pub fn done(&mut self, id: WriteId, keys: &[FindingKey]) {
         self.writes = self.writes.saturating_sub(1);
+        let mut moved: Moved = Vec::new();
         for key in keys {
-            if let Some(flying) = self.findings.get_mut(key) {
-                if !flying.drop_write(id) {
+            let Some(list) = self.findings.get(key) else {
+                continue;
+            };
+            let rest = match moved_from(&moved, Some(list)) {
+                Some(rest) => rest.clone(),
+                None => {
+                    let rest: Vec<Entry> = list.iter().filter(|e| e.0 != id).cloned().collect();
+                    let rest = (!rest.is_empty()).then(|| Arc::new(rest));
+                    moved.push((Some(list.clone()), rest.clone()));
+                    rest
+                }
+            };
+            match rest {
+                Some(rest) => {
+                    if let Some(slot) = self.findings.get_mut(key) {
+                        *slot = rest;
+                    }
+                }
+                None => {
                     self.findings.remove(key);
                 }
             }
@@ -178,6 +220,16 @@ impl Sending {
         if self.is_empty() {
             return InFlightEffect::None;
         }
+        let mut sorted;
+        let seen = match seen.is_sorted() {
+            true => seen,
+            false => {
+                sorted = seen.to_vec();
+                sorted.sort_unstable();
+                &sorted[..]
+            }
+        };
+        let unseen = |id: &WriteId| seen.binary_search(id).is_err();
         let unsettled = |finding: Option<&FindingKey>, operation: &str, at: Instant| {
             InFlightEffect::Unknown(Unsettled {
                 finding: finding.cloned(),
@@ -188,8 +240,7 @@ impl Sending {
                 in_flight: true,
             })
         };
-        if let Some((_, at, operation)) = self.everything.iter().find(|(id, ..)| !seen.contains(id))
-        {
+        if let Some((_, at, operation)) = self.everything.iter().find(|(id, ..)| unseen(id)) {
             return unsettled(None, operation, *at);
         }
         let owner = |key: &FindingKey| -> Option<&str> { states?.get(key)?.account_id.as_deref() };
@@ -199,7 +250,7 @@ impl Sending {
                 if let Some((_, at, operation, _)) = self
                     .accounts
                     .iter()
-                    .find(|(id, _, _, a)| **a == *owner && !seen.contains(id))
+                    .find(|(id, _, _, a)| **a == *owner && unseen(id))
                 {
                     return unsettled(Some(key), operation, *at);
                 }
@@ -208,53 +259,50 @@ impl Sending {
         if self.findings.is_empty() {
             return InFlightEffect::None;
         }
+        let mut series = Series::default();
         let mut flights = Flights {
-            by_key: KeyMap::default(),
+            of_key: Vec::with_capacity(keys.len()),
+            changes: Vec::new(),
             ids: Vec::new(),
         };
-        // Each write's change (one `Patch` shared by all its findings) is classed once: by
-        // address, then by content against one of each class met so far.
-        let mut classed: Vec<(*const Patch, usize)> = Vec::new();
-        let mut classes: Vec<Arc<Patch>> = Vec::new();
+        // Per list met, its change; a list whose effect depends on the finding's owner (an
+        // import claiming an account) is worked out per finding.
+        let mut met: Vec<(*const Vec<Entry>, Option<usize>)> = Vec::new();
         for key in keys {
-            let Some(flying) = self.findings.get(key) else {
+            let Some(list) = self.findings.get(key) else {
+                flights.of_key.push(None);
                 continue;
             };
-            let mut changes: Vec<(usize, Arc<Patch>)> = Vec::new();
-            for (id, at, write) in flying.iter() {
-                if seen.contains(id) {
+            let at = Arc::as_ptr(list);
+            if let Some((_, change)) = met.iter().find(|(l, _)| *l == at) {
+                flights.of_key.push(*change);
+                continue;
+            }
+            let mut by_owner = false;
+            series.start();
+            for (id, at, write) in list.iter() {
+                if !unseen(id) {
                     continue;
                 }
                 let patch = match write {
                     Write::Patch(patch) => patch,
-                    Write::Unknown(_, Some(account)) if owner(key) != Some(&**account) => continue,
+                    Write::Unknown(_, Some(account)) if owner(key) != Some(&**account) => {
+                        by_owner = true;
+                        continue;
+                    }
                     Write::Unknown(operation, _) => return unsettled(Some(key), operation, *at),
                 };
-                if !flights.ids.contains(id) {
-                    flights.ids.push(*id);
-                }
-                let class = match classed.iter().find(|(p, _)| *p == Arc::as_ptr(patch)) {
-                    Some((_, class)) => *class,
-                    None => {
-                        let class = classes
-                            .iter()
-                            .position(|c| c.same_change(patch))
-                            .unwrap_or_else(|| {
-                                classes.push(patch.clone());
-                                classes.len() - 1
-                            });
-                        classed.push((Arc::as_ptr(patch), class));
-                        class
-                    }
-                };
-                changes.retain(|(c, _)| *c != class);
-                changes.push((class, patch.clone()));
+                flights.ids.push(*id);
+                series.add(patch);
             }
-            if !changes.is_empty() {
-                let changes = changes.into_iter().map(|(_, patch)| patch).collect();
-                flights.by_key.insert(key.clone(), changes);
+            let change = series.change(&mut flights.changes);
+            if !by_owner {
+                met.push((at, change));
             }
+            flights.of_key.push(change);
         }
+        flights.ids.sort_unstable();
+        flights.ids.dedup();
         if flights.ids.is_empty() {
             InFlightEffect::None
         } else {
@@ -263,47 +311,114 @@ impl Sending {
     }
 }
 
+/// Changes in flight to findings, made into one change per distinct series: each write's
+/// change (one `Patch` shared by all its findings) is classed once, by address, then by
+/// content against one of each class met so far.
+#[derive(Default)]
+struct Series {
+    classed: Vec<(*const Patch, usize)>,
+    classes: Vec<Arc<Patch>>,
+    /// The series being read: classes in the order of their last sending (a change sets its
+    /// values whatever came before, so an earlier copy of a change sent again later is moot).
+    current: Vec<usize>,
+    /// Each series met, and its change's index.
+    made: Vec<(Vec<usize>, usize)>,
+}
+
+impl Series {
+    fn start(&mut self) {
+        self.current.clear();
+    }
+
+    fn add(&mut self, patch: &Arc<Patch>) {
+        let class = match self.classed.iter().find(|(p, _)| *p == Arc::as_ptr(patch)) {
+            Some((_, class)) => *class,
+            None => {
+                let class = match self.classes.iter().position(|c| c.same_change(patch)) {
+                    Some(class) => class,
+                    None => {
+                        self.classes.push(patch.clone());
+                        self.classes.len() - 1
+                    }
+                };
+                self.classed.push((Arc::as_ptr(patch), class));
+                class
+            }
+        };
+        self.current.retain(|c| *c != class);
+        self.current.push(class);
+    }
+
+    /// The series read since `start` as one change in `changes` (None: it is empty).
+    fn change(&mut self, changes: &mut Vec<Arc<Patch>>) -> Option<usize> {
+        let (first, rest) = self.current.split_first()?;
+        if let Some((_, at)) = self.made.iter().find(|(s, _)| *s == self.current) {
+            return Some(*at);
+        }
+        // One change alone is laid as it is, with what its memo already knows.
+        let change = match rest {
+            [] => self.classes[*first].clone(),
+            _ => Arc::new(
+                rest.iter()
+                    .fold(self.classes[*first].fresh(), |composed, c| {
+                        composed.then(&self.classes[*c])
+                    }),
+            ),
+        };
+        changes.push(change);
+        self.made.push((self.current.clone(), changes.len() - 1));
+        Some(changes.len() - 1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::input::update_for;
     use crate::request::Judged;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn key(id: &str) -> FindingKey {
         FindingKey::new(id, "p")
+    }
+
+    fn finding(id: &str, account: &str) -> Value {
+        json!({"Id": id, "ProductArn": "p", "AwsAccountId": account,
+            "Severity": {"Label": "MEDIUM"}, "Workflow": {"Status": "NEW"}})
     }
 
     fn states(owners: &[(&str, &str)]) -> KeyMap<Arc<CurrentFinding>> {
         owners
             .iter()
             .map(|(id, account)| {
-                let finding = json!({"Id": id, "ProductArn": "p", "AwsAccountId": account,
-                    "Severity": {"Label": "MEDIUM"}, "Workflow": {"Status": "NEW"}});
-                (key(id), Arc::new(CurrentFinding::new(id, "p", &finding)))
+                let state = CurrentFinding::new(id, "p", &finding(id, account));
+                (key(id), Arc::new(state))
             })
             .collect()
     }
 
-    fn change(label: &str) -> Write {
-        let body = json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}],
-            "Severity": {"Label": label}});
+    /// The change a BatchUpdateFindings with these members (beside its identifiers) makes.
+    fn patch(members: Value) -> Arc<Patch> {
+        let mut body = json!({"FindingIdentifiers": [{"Id": "a", "ProductArn": "p"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(members.as_object().unwrap().clone());
         let update = update_for(Judged::BatchUpdateFindings, &body).unwrap();
-        Write::Patch(Arc::new(update.patch().expect("a modelled change")))
+        Arc::new(update.patch().expect("a modelled change"))
     }
 
-    fn raise() -> Write {
-        change("CRITICAL")
+    fn write(patch: &Arc<Patch>) -> Write {
+        Write::Patch(patch.clone())
     }
 
-    /// The writes in flight, and how many distinct changes each finding has.
-    fn patched(effect: InFlightEffect) -> (Vec<WriteId>, KeyMap<usize>) {
+    fn label(label: &str) -> Arc<Patch> {
+        patch(json!({"Severity": {"Label": label}}))
+    }
+
+    fn flights(effect: InFlightEffect) -> Flights {
         match effect {
-            InFlightEffect::Patches(f) => (
-                f.ids,
-                f.by_key.into_iter().map(|(k, v)| (k, v.len())).collect(),
-            ),
-            InFlightEffect::None => (Vec::new(), KeyMap::default()),
+            InFlightEffect::Patches(f) => f,
+            InFlightEffect::None => panic!("nothing in flight"),
             InFlightEffect::Unknown(u) => panic!("refused: {u}"),
         }
     }
@@ -315,42 +430,70 @@ mod tests {
         }
     }
 
-    /// A change in flight is laid over exactly the findings it names, until its answer; a
-    /// decision that already took it into account is not told of it again.
+    /// `state` with each of `patches` laid over it in turn, as the writes land one by one.
+    fn landed(state: &CurrentFinding, patches: &[&Arc<Patch>]) -> regorus::Value {
+        patches
+            .iter()
+            .fold(state.clone(), |s, p| s.patched(p))
+            .entry
+    }
+
+    /// A change in flight is laid over exactly the findings it names, until its answer; two in
+    /// flight to one finding are laid as one, in the order sent; a decision that already took
+    /// a write into account is not told of it again.
     #[test]
     fn a_change_in_flight_touches_its_findings_until_it_is_done() {
         let mut s = Sending::default();
         let now = Instant::now();
         let (a, b) = (key("a"), key("b"));
-        let first = s.findings(std::slice::from_ref(&a), &[raise()], now);
-        let second = s.findings(&[a.clone(), b.clone()], &[change("LOW")], now);
+        let (raise, notify) = (
+            label("CRITICAL"),
+            patch(json!({"Workflow": {"Status": "NOTIFIED"}})),
+        );
+        let first = s.findings(std::slice::from_ref(&a), &[write(&raise)], now);
+        let second = s.findings(&[a.clone(), b.clone()], &[write(&notify)], now);
         assert_ne!(first, second);
+        assert_eq!(s.latest(), second);
         let both = [a.clone(), b.clone()];
         assert_eq!(s.writes(), 2);
-        let (ids, got) = patched(s.effect(&both, None, &[], now));
-        assert_eq!(ids, vec![first, second]);
-        assert_eq!((got[&a], got[&b]), (2, 1));
-        assert!(patched(s.effect(&[key("c")], None, &[], now)).0.is_empty());
-        let (ids, got) = patched(s.effect(&both, None, &[first], now));
+        let f = flights(s.effect(&both, None, &[], now));
+        assert_eq!(f.ids, vec![first, second]);
+        let read = states(&[("a", "1"), ("b", "1")]);
+        let (sa, sb) = (&read[&a], &read[&b]);
         assert_eq!(
-            ids,
+            sa.patched(f.change(0).unwrap()).entry,
+            landed(sa, &[&raise, &notify])
+        );
+        assert_eq!(
+            sb.patched(f.change(1).unwrap()).entry,
+            landed(sb, &[&notify])
+        );
+        assert!(f.change(2).is_none());
+        assert!(matches!(
+            s.effect(&[key("c")], None, &[], now),
+            InFlightEffect::None
+        ));
+        let f = flights(s.effect(&both, None, &[first], now));
+        assert_eq!(
+            f.ids,
             vec![second],
             "the write considered already is left out"
         );
-        assert_eq!(got[&a], 1);
+        assert!(f.change(0).unwrap().same_change(&notify));
 
         s.done(second, &both);
-        let (ids, got) = patched(s.effect(&both, None, &[], now));
-        assert_eq!((ids, got.contains_key(&b)), (vec![first], false));
+        let f = flights(s.effect(&both, None, &[], now));
+        assert_eq!((&f.ids, f.change(1).is_none()), (&vec![first], true));
+        assert!(f.change(0).unwrap().same_change(&raise));
         assert_eq!(s.writes(), 1);
         s.done(first, std::slice::from_ref(&a));
         assert!(s.is_empty());
         assert_eq!(s.writes(), 0);
         // The first of two writes to a finding answered first: the second stays.
-        let third = s.findings(std::slice::from_ref(&a), &[raise()], now);
-        let fourth = s.findings(std::slice::from_ref(&a), &[raise()], now);
+        let third = s.findings(std::slice::from_ref(&a), &[write(&raise)], now);
+        let fourth = s.findings(std::slice::from_ref(&a), &[write(&raise)], now);
         s.done(third, std::slice::from_ref(&a));
-        assert_eq!(patched(s.effect(&both, None, &[], now)).0, vec![fourth]);
+        assert_eq!(flights(s.effect(&both, None, &[], now)).ids, vec![fourth]);
         s.done(fourth, std::slice::from_ref(&a));
         assert!(s.is_empty());
         assert!(matches!(
@@ -359,33 +502,80 @@ mod tests {
         ));
     }
 
-    /// Concurrent writes of the same change (a retried playbook) are one change to lay over,
-    /// and changes come in the order of their last sending: what landing every write in the
-    /// order sent gives.
+    /// Concurrent writes of the same change (a retried playbook) add nothing: a change sent
+    /// again later decides what the earlier copy set.
     #[test]
-    fn the_same_change_in_flight_twice_is_laid_over_once_in_its_last_place() {
+    fn the_same_change_in_flight_twice_counts_in_its_last_place() {
         let mut s = Sending::default();
         let now = Instant::now();
         let a = key("a");
         let keys = std::slice::from_ref(&a);
+        let (raise, low) = (
+            patch(
+                json!({"Severity": {"Label": "CRITICAL"}, "Note": {"Text": "x", "UpdatedBy": "y"}}),
+            ),
+            patch(json!({"Severity": {"Label": "LOW"}, "Workflow": {"Status": "NOTIFIED"}})),
+        );
+        let again = patch(
+            json!({"Severity": {"Label": "CRITICAL"}, "Note": {"Text": "x", "UpdatedBy": "y"}}),
+        );
         let ids = [
-            s.findings(keys, &[raise()], now),
-            s.findings(keys, &[change("LOW")], now),
-            s.findings(keys, &[raise()], now),
+            s.findings(keys, &[write(&raise)], now),
+            s.findings(keys, &[write(&low)], now),
+            s.findings(keys, &[write(&again)], now),
         ];
-        let InFlightEffect::Patches(flights) = s.effect(keys, None, &[], now) else {
-            panic!("nothing in flight");
-        };
-        assert_eq!(flights.ids, ids.to_vec(), "every write is named");
-        let changes = &flights.by_key[&a];
-        assert_eq!(changes.len(), 2, "LOW, then CRITICAL (sent again last)");
-        let Write::Patch(low) = change("LOW") else {
-            panic!()
-        };
-        let Write::Patch(critical) = raise() else {
-            panic!()
-        };
-        assert!(changes[0].same_change(&low) && changes[1].same_change(&critical));
+        let f = flights(s.effect(keys, None, &[], now));
+        assert_eq!(f.ids, ids.to_vec(), "every write is named");
+        let change = f.change(0).unwrap();
+        assert!(
+            change.same_change(&low.then(&raise)),
+            "LOW and NOTIFIED, then CRITICAL"
+        );
+        let read = states(&[("a", "1")]);
+        assert_eq!(
+            read[&a].patched(change).entry,
+            landed(&read[&a], &[&raise, &low, &again])
+        );
+    }
+
+    /// Findings that the same writes are in flight to share one list, through registering and
+    /// answering, and one change in a decision: the work is per distinct list, not per
+    /// finding. A finding written to by one more write has a list of its own.
+    #[test]
+    fn findings_written_together_share_their_list_and_their_change() {
+        let mut s = Sending::default();
+        let now = Instant::now();
+        let keys: Vec<FindingKey> = (0..100).map(|i| key(&format!("f{i}"))).collect();
+        let (raise, note) = (
+            label("CRITICAL"),
+            patch(json!({"Note": {"Text": "t", "UpdatedBy": "u"}})),
+        );
+        let first = s.findings(&keys, &[write(&raise)], now);
+        let second = s.findings(&keys, &[write(&note)], now);
+        let third = s.findings(&keys[..1], &[write(&raise)], now);
+        fn list(s: &Sending, k: &FindingKey) -> *const Vec<Entry> {
+            Arc::as_ptr(&s.findings[k])
+        }
+        let shared = |s: &Sending| keys[2..].iter().all(|k| list(s, k) == list(s, &keys[1]));
+        assert!(shared(&s));
+        assert_ne!(list(&s, &keys[0]), list(&s, &keys[1]));
+        let f = flights(s.effect(&keys, None, &[], now));
+        assert_eq!(f.ids, vec![first, second, third]);
+        assert_eq!(f.changes.len(), 2, "one for f0, one for the 99 others");
+        assert!(f.change(0).unwrap().same_change(&note.then(&raise)));
+        assert!(f.change(1).unwrap().same_change(&raise.then(&note)));
+        s.done(first, &keys);
+        assert!(shared(&s));
+        assert_eq!(s.findings[&keys[1]].len(), 1);
+        assert_eq!(s.findings[&keys[0]].len(), 2);
+        let f = flights(s.effect(&keys, None, &[], now));
+        assert_eq!(f.changes.len(), 2);
+        // The change of one write alone is that write's own (its memo goes on serving).
+        assert!(Arc::ptr_eq(f.change(1).unwrap(), &note));
+        s.done(second, &keys);
+        s.done(third, &keys[..1]);
+        assert!(s.is_empty());
+        assert_eq!(s.writes(), 0);
     }
 
     /// A write hubgate cannot model refuses its findings while it is in flight; one limited to
@@ -434,6 +624,19 @@ mod tests {
         ));
         s.done(id, &[a.clone(), b.clone()]);
         assert!(s.is_empty());
+
+        // Two findings with the same imports in flight, of two owners: each is judged by its
+        // own owner, not by the other's.
+        let id = s.findings(
+            &[a.clone(), b.clone()],
+            &[import("222222222222"), import("222222222222")],
+            now,
+        );
+        let read = states(&[("a", "333333333333"), ("b", "222222222222")]);
+        let u = refused(s.effect(&[a.clone(), b.clone()], Some(&read), &[], now));
+        assert_eq!(u.finding.as_ref(), Some(&b));
+        s.done(id, &[a.clone(), b.clone()]);
+        assert!(s.is_empty());
     }
 
     /// Writes that name no finding (filters, OCSF identifiers) refuse every finding, or those
@@ -464,5 +667,57 @@ mod tests {
         ));
         s.done(id, &[]);
         assert!(s.is_empty());
+    }
+
+    /// The members an update in these tests may set, each from a few values.
+    fn member(field: usize, pick: usize) -> (&'static str, Value) {
+        let labels = ["LOW", "HIGH", "CRITICAL"];
+        let statuses = ["NOTIFIED", "RESOLVED", "NEW"];
+        let states = ["TRUE_POSITIVE", "FALSE_POSITIVE", "UNKNOWN"];
+        match field {
+            0 => ("Severity", json!({"Label": labels[pick % 3]})),
+            1 => ("Workflow", json!({"Status": statuses[pick % 3]})),
+            2 => (
+                "Note",
+                json!({"Text": format!("n{pick}"), "UpdatedBy": "u"}),
+            ),
+            3 => ("Confidence", json!(pick * 40)),
+            4 => ("Criticality", json!(pick * 30 + 1)),
+            _ => ("VerificationState", json!(states[pick % 3])),
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever series of changes is in flight to a finding, in whatever order (repeats
+        /// included), the one change a decision lays over gives what landing every write in
+        /// the order sent gives.
+        #[test]
+        fn the_change_in_flight_is_every_write_landed_in_order(
+            writes in proptest::collection::vec(
+                proptest::collection::btree_map(0usize..6, 0usize..3, 1..4), 1..6),
+            start in proptest::collection::btree_map(0usize..6, 0usize..3, 0..6),
+        ) {
+            let mut s = Sending::default();
+            let now = Instant::now();
+            let a = key("a");
+            let patches: Vec<Arc<Patch>> = writes.iter().map(|w| {
+                patch(w.iter().map(|(f, p)| member(*f, *p)).map(|(k, v)| (k.to_string(), v))
+                    .collect::<serde_json::Map<_, _>>().into())
+            }).collect();
+            for p in &patches {
+                s.findings(std::slice::from_ref(&a), &[write(p)], now);
+            }
+            let mut f = finding("a", "111111111111");
+            for (k, v) in start.iter().map(|(f, p)| member(*f, *p)) {
+                f[k] = v;
+            }
+            let state = CurrentFinding::new("a", "p", &f);
+            let got = flights(s.effect(std::slice::from_ref(&a), None, &[], now));
+            let all: Vec<&Arc<Patch>> = patches.iter().collect();
+            proptest::prop_assert_eq!(
+                state.patched(got.change(0).unwrap()).entry,
+                landed(&state, &all)
+            );
+        }
     }
 }
