@@ -60,7 +60,8 @@ pub struct Stages {
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
     pub metrics: Metrics,
-    /// server.max_in_flight permits; a request holds one until its response is sent.
+    /// server.max_in_flight permits; a request holds one until it is answered, and a forwarded
+    /// one until Security Hub's response body has been sent on.
     pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -183,11 +184,16 @@ pub async fn handle(
         }),
     };
     let trail = ctx.trail;
+    // A forwarded answer's body streams from Security Hub: the request is in flight, holding
+    // an upstream connection, until that body has been sent. hubgate's own envelope is whole
+    // in memory once made, and its request is done then: a client that never reads it (an
+    // HTTP/2 window of 0) must not keep the slot until the connection's send timeout, or
+    // every client without keys could keep every slot busy by reconnecting.
+    let streams = result.is_ok();
     let response = respond(&gate, &received, trail, result).await;
     match permit {
-        // The request is in flight until its response body has been sent.
-        Ok(permit) => response.map(|body| Held::new(body, permit).boxed()),
-        Err(_) => response,
+        Ok(permit) if streams => response.map(|body| Held::new(body, permit).boxed()),
+        Ok(_) | Err(_) => response,
     }
 }
 

@@ -468,68 +468,111 @@ def test_requests_over_max_in_flight_get_503_overloaded(hg):
     assert reply.status == 200, reply.text
 
 
-def test_a_client_that_never_reads_its_responses_cannot_hold_in_flight_slots(make_fake,
+def h2_reader(hg, window: int = 0):
+    """An h2c connection to hubgate whose client never opens its flow-control window: it sends
+    requests and reads response heads (acknowledging settings and pings), never a body."""
+    sock = connect(hg.port)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    answered: dict[int, int] = {}
+
+    def send(method: str, path: str, headers=(), body: bytes = b"") -> int:
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", method), (":path", path), (":scheme", "http"),
+                                   (":authority", hg.host), *headers], end_stream=not body)
+        if body:
+            conn.send_data(stream, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        return stream
+
+    def heads(n: int) -> bool:
+        ready, _, _ = select.select([sock], [], [], 0.05)
+        if ready:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answered[event.stream_id] = int(dict(event.headers)[b":status"])
+            sock.sendall(conn.data_to_send())
+        return len(answered) >= n
+
+    return sock, send, heads, answered
+
+
+def describe_findings(hg) -> Reply:
+    body = json.dumps({"Filters": {}}).encode()
+    reply, s = exchange(hg.port, head_bytes(
+        "POST", "/findings", signed_headers(hg, body, method="POST", path="/findings")
+        + [("Content-Length", str(len(body)))]) + body)
+    s.close()
+    return reply
+
+
+def test_a_client_that_never_reads_hubgates_envelopes_holds_no_in_flight_slot(make_fake,
                                                                             make_hubgate):
     """An unauthenticated h2c client with SETTINGS_INITIAL_WINDOW_SIZE = 0 sends max_in_flight
-    requests: hubgate answers each (404) but can send no response body, and each request keeps
-    its in-flight slot until its response is sent. Within response_send_timeout_ms the
-    connection is closed and the slots are free again; meanwhile callers get 503 OVERLOADED."""
+    requests: hubgate answers each with its own envelope (404), which the client never reads.
+    An envelope is whole once made, so its request holds no slot while it waits to be sent:
+    other callers are served meanwhile. The connection still ends within
+    response_send_timeout_ms."""
+    limit, send_ms = 8, 2000
+    hg = make_hubgate({"server": {**SOCKET_LIMITS, "max_in_flight": limit,
+                                  "idle_timeout_ms": 10000,
+                                  "response_send_timeout_ms": send_ms}}, fake=make_fake())
+    attacker, send, heads, answered = h2_reader(hg)
+    for _ in range(limit):
+        send("GET", "/nothing-here")
+    started = time.monotonic()
+    wait_until(lambda: heads(limit), WAIT, "the attacker's response heads", interval=0)
+    assert set(answered.values()) == {404}, answered
+    assert metric(hg, "hubgate_requests_in_flight") == 0
+    reply = describe_findings(hg)
+    assert time.monotonic() - started < send_ms / 1000, "too slow to see the slots held"
+    assert reply.status == 200, reply.text
+    closed = closed_within(attacker, send_ms / 1000 + WAIT)
+    attacker.close()
+    assert closed is not None, "the attacker's connection stayed open"
+    assert metric(hg, "hubgate_connection_errors_total", kind="send_timeout") == 1
+    recs = [r for r in hg.audit_records() if r["status"] == 404]
+    assert len(recs) == limit, recs
+    assert hg.fake.buf_calls() == []
+
+
+def test_a_client_that_never_reads_forwarded_answers_holds_slots_until_the_send_timeout(
+        make_fake, make_hubgate):
+    """A caller with keys and an h2 window of 0 sends max_in_flight forwarded requests: each
+    answer's body streams from Security Hub and cannot be sent, so each request keeps its slot
+    (and callers meanwhile get 503 OVERLOADED) until response_send_timeout_ms closes the
+    connection; then the slots are free again."""
     limit, send_ms = 8, 2000
     hg = make_hubgate({"server": {**SOCKET_LIMITS, "max_in_flight": limit,
                                   "idle_timeout_ms": 10000,
                                   "response_send_timeout_ms": send_ms}}, fake=make_fake())
     body = json.dumps({"Filters": {}}).encode()
-
-    def describe():
-        reply, s = exchange(hg.port, head_bytes(
-            "POST", "/findings", signed_headers(hg, body, method="POST", path="/findings")
-            + [("Content-Length", str(len(body)))]) + body)
-        s.close()
-        return reply
-
-    attacker = connect(hg.port)
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    attacker, send, heads, answered = h2_reader(hg)
     for _ in range(limit):
-        conn.send_headers(conn.get_next_available_stream_id(),
-                          [(":method", "GET"), (":path", "/nothing-here"), (":scheme", "http"),
-                           (":authority", hg.host)], end_stream=True)
-    attacker.sendall(conn.data_to_send())
+        signed = [(k.lower(), v) for k, v in
+                  signed_headers(hg, body, method="POST", path="/findings")
+                  if k.lower() != "host"]
+        send("POST", "/findings", signed + [("content-length", str(len(body)))], body)
     started = time.monotonic()
-    answered = set()
-
-    def heads_arrived():
-        # Read (and acknowledge settings and pings) without ever opening a window.
-        ready, _, _ = select.select([attacker], [], [], 0.05)
-        if ready:
-            data = attacker.recv(65536)
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    answered.add(event.stream_id)
-            attacker.sendall(conn.data_to_send())
-        return len(answered) == limit
-
-    wait_until(heads_arrived, WAIT, "the attacker's response heads", interval=0)
-    # Every slot is held by a response that cannot be sent.
-    reply = describe()
+    wait_until(lambda: heads(limit), WAIT, "the attacker's response heads", interval=0)
+    assert set(answered.values()) == {200}, answered
+    reply = describe_findings(hg)
     assert time.monotonic() - started < send_ms / 1000, "too slow to see the slots held"
     err = assert_envelope(reply, 503, "OVERLOADED", "ServiceUnavailableException")
     assert "server.max_in_flight" in err["error"]["message"], err
-    # Then the send timeout closes the attacker's connection and the slots come back.
     closed = closed_within(attacker, send_ms / 1000 + WAIT)
     attacker.close()
     assert closed is not None, "the attacker's connection stayed open"
     assert send_ms / 1000 - 0.5 <= time.monotonic() - started <= send_ms / 1000 + WAIT
     wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 0, 3,
                "the in-flight slots to come back")
-    reply = describe()
+    reply = describe_findings(hg)
     assert reply.status == 200, reply.text
     assert metric(hg, "hubgate_connection_errors_total", kind="send_timeout") == 1
-    # The attacker's requests were answered and recorded; none reached Security Hub.
-    recs = [r for r in hg.audit_records() if r["status"] == 404]
-    assert len(recs) == limit, recs
-    assert hg.fake.requests("POST", "/findings") != [] and hg.fake.buf_calls() == []
+    # The attacker's requests and the last one were forwarded, answered and recorded.
+    assert len([r for r in hg.audit_records() if r["status"] == 200]) == limit + 1
+    assert len(hg.fake.requests("POST", "/findings")) == limit + 1
 
 
 def test_connections_over_max_connections_get_503_and_are_counted(make_fake, make_hubgate):
