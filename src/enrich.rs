@@ -569,7 +569,11 @@ impl crate::decide::Reads for ReadMark {
             read_at: began,
             delivered: KeyMap::default(),
             considered,
-            sent_before,
+            // Not `sent_before`: the writes in flight were looked for among `keys` only, and a
+            // decision made again on this replay may forward findings beyond them (a partial
+            // forward whose allowed set grows). Those sent since the first read go on being
+            // looked for, as they were before the fast path.
+            sent_before: self.sent_before,
         });
         Changed::Patched(Replay {
             current,
@@ -3296,6 +3300,62 @@ mod tests {
         let after = lookup(&enricher, &keys).await;
         assert_eq!(label(&after.current, &a), "CRITICAL", "written through");
         assert!(after.unsettled.is_none(), "nothing in flight: judged once");
+    }
+
+    /// A decision made again on a replay may check more findings at forwarding than the check
+    /// that made the replay did (a partial forward whose allowed set grows: a policy reloaded
+    /// in between, or one that judges a finding by the others). A write in flight to such a
+    /// finding, sent after the first read, was never laid over it: the replay's mark must not
+    /// call it known.
+    #[tokio::test]
+    async fn a_replay_checked_on_more_findings_sees_their_writes_in_flight() {
+        let enricher = cached(&[
+            ("a", "222222222222", "MEDIUM"),
+            ("b", "222222222222", "MEDIUM"),
+        ])
+        .await;
+        let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
+        let both = [a.clone(), b.clone()];
+        let before = lookup(&enricher, &both).await;
+        let raise = |id: &str| {
+            update(
+                json!({"FindingIdentifiers": [{"Id": id, "ProductArn": "p"}],
+                "Severity": {"Label": "CRITICAL"}}),
+            )
+        };
+        let (raise_a, raise_b) = (raise("a"), raise("b"));
+        // Sent after the read: one to b, then one to a.
+        let to_b = enricher.sending(Sent::Findings {
+            keys: std::slice::from_ref(&b),
+            write: Unapplied::Update(&raise_b),
+        });
+        let to_a = enricher.sending(Sent::Findings {
+            keys: std::slice::from_ref(&a),
+            write: Unapplied::Update(&raise_a),
+        });
+        // The first decision forwards a alone (b denied): the check sees the write to a.
+        let reads = before.reads.as_ref().expect("a read mark");
+        let Changed::Patched(replay) =
+            reads.changed(std::slice::from_ref(&a), &before.current, None)
+        else {
+            panic!("the write in flight to a went unnoticed");
+        };
+        assert_eq!(label(&replay.current, &a), "CRITICAL");
+        assert_eq!(label(&replay.current, &b), "MEDIUM", "b was not checked");
+        // The second decision, on the replay, forwards a and b.
+        let replayed = replay
+            .reads
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the replay's mark");
+        let changed = replayed.changed(&both, &replay.current, replay.unsettled.as_ref());
+        match changed {
+            Changed::Patched(again) => assert_eq!(label(&again.current, &b), "CRITICAL"),
+            Changed::Unknown => {}
+            Changed::No => panic!("the write in flight to b was never laid over b"),
+        }
+        drop((to_a, to_b));
     }
 
     /// A write whose effect hubgate cannot tell refuses a lookup of its findings while it is in
