@@ -448,6 +448,10 @@ struct ReadMark {
     /// The latest write registered when the writes in flight to the findings read were last
     /// taken into account (`Sending::latest`): while it is still the latest, none is new.
     sent_before: WriteId,
+    /// Every finding the lookup asked about (found or not). A decision made again on a replay
+    /// may forward findings the check that made the replay was not asked about (a partial
+    /// forward whose allowed set grows), so a replay brings all of them up to date.
+    looked_up: Arc<[FindingKey]>,
 }
 
 /// `state` with `patch` laid over it; the same state when it already holds what the patch sets.
@@ -467,6 +471,38 @@ impl crate::decide::Reads for ReadMark {
         unsettled: Option<&KeyMap<Arc<CurrentFinding>>>,
     ) -> Changed {
         let mut st = self.held.inner.lock();
+        let changed = self.check(&mut st, keys, read, unsettled);
+        if !matches!(changed, Changed::Patched(_)) || keys.is_empty() {
+            return changed;
+        }
+        // Decided again on the replay, the request may forward findings beyond `keys`: what
+        // was written to those since the read (answered, or in flight) goes into the replay too.
+        let asked: crate::finding::KeySet = keys.iter().cloned().collect();
+        let more: Vec<&FindingKey> = self
+            .looked_up
+            .iter()
+            .filter(|k| !asked.contains(*k))
+            .collect();
+        if more.is_empty() {
+            return changed;
+        }
+        let all: Vec<FindingKey> = keys.iter().chain(more).cloned().collect();
+        let replay = self.check(&mut st, &all, read, unsettled);
+        // The first replay's batch ends under the lock: released first.
+        drop(st);
+        drop(changed);
+        replay
+    }
+}
+
+impl ReadMark {
+    fn check(
+        &self,
+        st: &mut State,
+        keys: &[FindingKey],
+        read: &KeyMap<Arc<CurrentFinding>>,
+        unsettled: Option<&KeyMap<Arc<CurrentFinding>>>,
+    ) -> Changed {
         if keys.is_empty() {
             return match st.generation > self.held.began {
                 true => Changed::Unknown,
@@ -569,6 +605,7 @@ impl crate::decide::Reads for ReadMark {
             read_at: began,
             delivered: KeyMap::default(),
             considered,
+            looked_up: self.looked_up.clone(),
             // Not `sent_before`: the writes in flight were looked for among `keys` only, and a
             // decision made again on this replay may forward findings beyond them (a partial
             // forward whose allowed set grows). Those sent since the first read go on being
@@ -912,6 +949,8 @@ impl Enricher {
             considered: Vec::new(),
             // Set when the lookup takes the writes in flight into account.
             sent_before: WriteId::MAX,
+            // Set by the lookup that asked about them all (`keys` here may be Redis's misses).
+            looked_up: Arc::new([]),
         };
         {
             let mut st = self.inner.lock();
@@ -1481,6 +1520,7 @@ impl FindingState for Enricher {
             // Writes sent and not answered yet, laid over on top of the journal's: the
             // request must hold whether they land or not.
             mark.sent_before = st.sending.latest();
+            mark.looked_up = keys.into();
             let reported = match st.sending.effect(keys, Some(&current), &[], now) {
                 InFlightEffect::None => reported,
                 InFlightEffect::Unknown(u) => {
@@ -3341,7 +3381,6 @@ mod tests {
             panic!("the write in flight to a went unnoticed");
         };
         assert_eq!(label(&replay.current, &a), "CRITICAL");
-        assert_eq!(label(&replay.current, &b), "MEDIUM", "b was not checked");
         // The second decision, on the replay, forwards a and b.
         let replayed = replay
             .reads
@@ -3349,13 +3388,70 @@ mod tests {
             .unwrap()
             .take()
             .expect("the replay's mark");
-        let changed = replayed.changed(&both, &replay.current, replay.unsettled.as_ref());
-        match changed {
-            Changed::Patched(again) => assert_eq!(label(&again.current, &b), "CRITICAL"),
-            Changed::Unknown => {}
-            Changed::No => panic!("the write in flight to b was never laid over b"),
-        }
+        // Whether the replay's state or the check after it lays the raise over b.
+        let b_now = match replayed.changed(&both, &replay.current, replay.unsettled.as_ref()) {
+            Changed::Patched(again) => label(&again.current, &b),
+            Changed::Unknown => "unknown".into(),
+            Changed::No => label(&replay.current, &b),
+        };
+        assert_ne!(
+            b_now, "MEDIUM",
+            "the write in flight to b was never laid over b"
+        );
         drop((to_a, to_b));
+    }
+
+    /// The same for a write answered in between: a write to b sent and answered after the first
+    /// read and before the check that made the replay (which looked at a only) is in neither
+    /// the replay's state of b nor anything its mark reports.
+    #[tokio::test]
+    async fn a_replay_checked_on_more_findings_sees_their_writes_answered() {
+        let enricher = cached(&[
+            ("a", "222222222222", "MEDIUM"),
+            ("b", "222222222222", "MEDIUM"),
+        ])
+        .await;
+        let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
+        let both = [a.clone(), b.clone()];
+        let before = lookup(&enricher, &both).await;
+        let raise = |id: &str| {
+            update(
+                json!({"FindingIdentifiers": [{"Id": id, "ProductArn": "p"}],
+                "Severity": {"Label": "CRITICAL"}}),
+            )
+        };
+        let (raise_a, raise_b) = (raise("a"), raise("b"));
+        for (key, write) in [(&b, &raise_b), (&a, &raise_a)] {
+            let sent = enricher.sending(Sent::Findings {
+                keys: std::slice::from_ref(key),
+                write: Unapplied::Update(write),
+            });
+            enricher
+                .write_through(std::slice::from_ref(key), write, Some(sent.id()))
+                .await;
+            drop(sent);
+        }
+        let reads = before.reads.as_ref().expect("a read mark");
+        let Changed::Patched(replay) =
+            reads.changed(std::slice::from_ref(&a), &before.current, None)
+        else {
+            panic!("the write to a went unnoticed");
+        };
+        let replayed = replay
+            .reads
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the replay's mark");
+        let b_now = match replayed.changed(&both, &replay.current, replay.unsettled.as_ref()) {
+            Changed::Patched(again) => label(&again.current, &b),
+            Changed::Unknown => "unknown".into(),
+            Changed::No => label(&replay.current, &b),
+        };
+        assert_ne!(
+            b_now, "MEDIUM",
+            "the answered raise of b was never laid over b"
+        );
     }
 
     /// A write whose effect hubgate cannot tell refuses a lookup of its findings while it is in
