@@ -3344,11 +3344,11 @@ mod tests {
 
     /// A decision made again on a replay may check more findings at forwarding than the check
     /// that made the replay did (a partial forward whose allowed set grows: a policy reloaded
-    /// in between, or one that judges a finding by the others). A write in flight to such a
-    /// finding, sent after the first read, was never laid over it: the replay's mark must not
-    /// call it known.
-    #[tokio::test]
-    async fn a_replay_checked_on_more_findings_sees_their_writes_in_flight() {
+    /// in between, or one that judges a finding by the others). Raises of b and then of a are
+    /// sent after the first read (and, with `answered`, answered); the first check is asked
+    /// about a alone; the check after the decision made again, about a and b. Returns b's
+    /// label as the decision made again sees it.
+    async fn b_after_a_replay_on_more_findings(answered: bool) -> String {
         let enricher = cached(&[
             ("a", "222222222222", "MEDIUM"),
             ("b", "222222222222", "MEDIUM"),
@@ -3364,79 +3364,30 @@ mod tests {
             )
         };
         let (raise_a, raise_b) = (raise("a"), raise("b"));
-        // Sent after the read: one to b, then one to a.
-        let to_b = enricher.sending(Sent::Findings {
-            keys: std::slice::from_ref(&b),
-            write: Unapplied::Update(&raise_b),
-        });
-        let to_a = enricher.sending(Sent::Findings {
-            keys: std::slice::from_ref(&a),
-            write: Unapplied::Update(&raise_a),
-        });
-        // The first decision forwards a alone (b denied): the check sees the write to a.
-        let reads = before.reads.as_ref().expect("a read mark");
-        let Changed::Patched(replay) =
-            reads.changed(std::slice::from_ref(&a), &before.current, None)
-        else {
-            panic!("the write in flight to a went unnoticed");
-        };
-        assert_eq!(label(&replay.current, &a), "CRITICAL");
-        // The second decision, on the replay, forwards a and b.
-        let replayed = replay
-            .reads
-            .lock()
-            .unwrap()
-            .take()
-            .expect("the replay's mark");
-        // Whether the replay's state or the check after it lays the raise over b.
-        let b_now = match replayed.changed(&both, &replay.current, replay.unsettled.as_ref()) {
-            Changed::Patched(again) => label(&again.current, &b),
-            Changed::Unknown => "unknown".into(),
-            Changed::No => label(&replay.current, &b),
-        };
-        assert_ne!(
-            b_now, "MEDIUM",
-            "the write in flight to b was never laid over b"
-        );
-        drop((to_a, to_b));
-    }
-
-    /// The same for a write answered in between: a write to b sent and answered after the first
-    /// read and before the check that made the replay (which looked at a only) is in neither
-    /// the replay's state of b nor anything its mark reports.
-    #[tokio::test]
-    async fn a_replay_checked_on_more_findings_sees_their_writes_answered() {
-        let enricher = cached(&[
-            ("a", "222222222222", "MEDIUM"),
-            ("b", "222222222222", "MEDIUM"),
-        ])
-        .await;
-        let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
-        let both = [a.clone(), b.clone()];
-        let before = lookup(&enricher, &both).await;
-        let raise = |id: &str| {
-            update(
-                json!({"FindingIdentifiers": [{"Id": id, "ProductArn": "p"}],
-                "Severity": {"Label": "CRITICAL"}}),
-            )
-        };
-        let (raise_a, raise_b) = (raise("a"), raise("b"));
+        let mut in_flight = Vec::new();
         for (key, write) in [(&b, &raise_b), (&a, &raise_a)] {
             let sent = enricher.sending(Sent::Findings {
                 keys: std::slice::from_ref(key),
                 write: Unapplied::Update(write),
             });
-            enricher
-                .write_through(std::slice::from_ref(key), write, Some(sent.id()))
-                .await;
-            drop(sent);
+            match answered {
+                true => {
+                    let (keys, id) = (std::slice::from_ref(key), Some(sent.id()));
+                    enricher.write_through(keys, write, id).await;
+                }
+                false => in_flight.push(sent),
+            }
         }
+        // The first decision forwards a alone (b denied): the check sees the write to a.
         let reads = before.reads.as_ref().expect("a read mark");
         let Changed::Patched(replay) =
             reads.changed(std::slice::from_ref(&a), &before.current, None)
         else {
             panic!("the write to a went unnoticed");
         };
+        assert_eq!(label(&replay.current, &a), "CRITICAL");
+        // The second decision, on the replay, forwards a and b: whether the replay's state or
+        // the check after it lays the raise over b.
         let replayed = replay
             .reads
             .lock()
@@ -3448,10 +3399,23 @@ mod tests {
             Changed::Unknown => "unknown".into(),
             Changed::No => label(&replay.current, &b),
         };
+        drop(in_flight);
+        b_now
+    }
+
+    #[tokio::test]
+    async fn a_replay_checked_on_more_findings_sees_their_writes_in_flight() {
+        let b = b_after_a_replay_on_more_findings(false).await;
         assert_ne!(
-            b_now, "MEDIUM",
-            "the answered raise of b was never laid over b"
+            b, "MEDIUM",
+            "the write in flight to b was never laid over b"
         );
+    }
+
+    #[tokio::test]
+    async fn a_replay_checked_on_more_findings_sees_their_writes_answered() {
+        let b = b_after_a_replay_on_more_findings(true).await;
+        assert_ne!(b, "MEDIUM", "the answered raise of b was never laid over b");
     }
 
     /// A write whose effect hubgate cannot tell refuses a lookup of its findings while it is in
