@@ -3237,6 +3237,12 @@ mod tests {
         enricher
     }
 
+    /// The read mark a replay hands to the decision made on it.
+    fn mark_of(replay: &Replay) -> Box<dyn crate::decide::Reads> {
+        let mut mark = replay.reads.lock().unwrap();
+        mark.take().expect("the replay's mark")
+    }
+
     fn label(states: &KeyMap<Arc<CurrentFinding>>, key: &FindingKey) -> String {
         let entry = states[key].entry.as_object().expect("an entry");
         entry
@@ -3308,12 +3314,7 @@ mod tests {
             keys: &keys,
             write: Unapplied::Update(&raise),
         });
-        let replayed = replay
-            .reads
-            .lock()
-            .unwrap()
-            .take()
-            .expect("the replay's mark");
+        let replayed = mark_of(&replay);
         assert!(matches!(
             replayed.changed(&keys, &replay.current, replay.unsettled.as_ref()),
             Changed::No
@@ -3388,12 +3389,7 @@ mod tests {
         assert_eq!(label(&replay.current, &a), "CRITICAL");
         // The second decision, on the replay, forwards a and b: whether the replay's state or
         // the check after it lays the raise over b.
-        let replayed = replay
-            .reads
-            .lock()
-            .unwrap()
-            .take()
-            .expect("the replay's mark");
+        let replayed = mark_of(&replay);
         let b_now = match replayed.changed(&both, &replay.current, replay.unsettled.as_ref()) {
             Changed::Patched(again) => label(&again.current, &b),
             Changed::Unknown => "unknown".into(),
