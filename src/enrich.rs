@@ -510,8 +510,7 @@ impl ReadMark {
             };
         }
         // Writes sent since the read and not answered yet: they may land before this one.
-        let sent_before = st.sending.latest();
-        let flying = match sent_before == self.sent_before {
+        let flying = match st.sending.latest() == self.sent_before {
             true => None,
             false => match st
                 .sending
@@ -606,10 +605,10 @@ impl ReadMark {
             delivered: KeyMap::default(),
             considered,
             looked_up: self.looked_up.clone(),
-            // Not `sent_before`: the writes in flight were looked for among `keys` only, and a
-            // decision made again on this replay may forward findings beyond them (a partial
-            // forward whose allowed set grows). Those sent since the first read go on being
-            // looked for, as they were before the fast path.
+            // The lookup's, not the latest write's: the writes in flight were looked for among
+            // `keys` only, and a decision made again on this replay may forward findings beyond
+            // them (a partial forward whose allowed set grows). Those sent since the first read
+            // go on being looked for, as they were before the fast path.
             sent_before: self.sent_before,
         });
         Changed::Patched(Replay {
