@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how long the run has taken so far, so that README's figure can be checked.
+step() { printf '\n==> %s (at %dm%02ds)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "redis-server (replica tests: shared pacing and cache)"
 # From Debian's package. The replica tests fail without it, so a bare CI machine gets it here.
@@ -38,3 +39,5 @@ fi
 
 step "pytest tests/ (model checks and end-to-end suite)"
 HUBGATE_BIN="$PWD/target/debug/hubgate" .venv/bin/python -m pytest tests -q -p no:cacheprovider
+
+step "every test passed"
