@@ -267,8 +267,66 @@ fn read_callers_file(path: &Path) -> Result<CallersFile, CallersError> {
     })?;
     toml::from_str(&text).map_err(|e| CallersError::Parse {
         file: path.to_path_buf(),
-        reason: e.to_string().trim_end().to_string(),
+        reason: shown_toml_error(&text, &e),
     })
+}
+
+/// The names a callers file is made of: the only quoted text of a TOML error that is shown.
+const CALLERS_FILE_WORDS: [&str; 13] = [
+    "caller",
+    "id",
+    "account_id",
+    "role",
+    "access_key_id",
+    "secret_access_key",
+    "secret_env",
+    "secret_file",
+    "client_cert_san",
+    "client_cert_cn",
+    "attributes",
+    "administrator",
+    "member",
+];
+
+/// A callers-file TOML error as messages show it: its line and column and toml's reason,
+/// never the text of the file. toml's own Display quotes the offending line, and in a callers
+/// file that line can hold a secret (`secret_acces_key = "..."`, a lost closing quote); the
+/// message reaches the log, `hubgate check` and /readyz. toml's reason may quote a value too
+/// (a secret pasted into `role` is an unknown variant), so each quoted part of it is shown
+/// only when it is a callers-file name or bare punctuation; its place is enough to find it.
+fn shown_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let mut reason = String::with_capacity(error.message().len());
+    let mut rest = error.message().trim_end();
+    while let Some(open) = rest.find(['`', '"']) {
+        reason.push_str(&rest[..open]);
+        let quote = &rest[open..=open];
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            // An unterminated quote: whatever follows could be the value.
+            reason.push_str(quote);
+            reason.push_str("(not shown)");
+            rest = "";
+            break;
+        };
+        let quoted = &after[..close];
+        let harmless = CALLERS_FILE_WORDS.contains(&quoted)
+            || !quoted.bytes().any(|b| b.is_ascii_alphanumeric());
+        reason.push_str(quote);
+        reason.push_str(if harmless { quoted } else { "(not shown)" });
+        reason.push_str(quote);
+        rest = &after[close + 1..];
+    }
+    reason.push_str(rest);
+    let place = error.span().and_then(|span| {
+        let before = text.get(..span.start)?;
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        Some(format!(" at line {line}, column {column}"))
+    });
+    format!(
+        "TOML parse error{}: {reason} (the line is not shown: it could hold a secret)",
+        place.unwrap_or_default()
+    )
 }
 
 fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {

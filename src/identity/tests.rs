@@ -338,3 +338,51 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
         "member"
     );
 }
+
+#[test]
+fn a_broken_callers_file_is_reported_without_its_text() {
+    let leaked = "RlZvTe+/cm1sQ9AaaSE41LQ2F+iSLHl4EUS75eGY";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    for (line, place, reason) in [
+        (
+            format!("secret_acces_key = \"{leaked}\""),
+            "line 6, column 1",
+            "unknown field `(not shown)`, expected one of `id`, `account_id`",
+        ),
+        (
+            format!("secret_access_key = \"{leaked}"),
+            "line 6, column 62",
+            "expected `\"`",
+        ),
+        (
+            format!("role = \"{leaked}\""),
+            "line 6, column 8",
+            "unknown variant `(not shown)`, expected `administrator` or `member`",
+        ),
+        (
+            format!("secret_access_key = {leaked}"),
+            "line 6, column 21",
+            "string values must be quoted",
+        ),
+    ] {
+        // The broken line is line 6.
+        let fifth = if line.starts_with("role") {
+            "secret_env = \"UNSET\""
+        } else {
+            "role = \"member\""
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "[[caller]]\nid = \"m\"\naccount_id = \"222222222222\"\naccess_key_id = \"{KEY}\"\n{fifth}\n{line}\n"
+            ),
+        )
+        .unwrap();
+        let message = read_callers_file(&path).unwrap_err().to_string();
+        assert!(!message.contains(leaked), "{line}: {message}");
+        assert!(!message.contains("RlZ"), "{line}: {message}");
+        assert!(message.contains(place), "{line}: {message}");
+        assert!(message.contains(reason), "{line}: {message}");
+    }
+}
