@@ -16,8 +16,8 @@ import h2.connection
 import h2.events
 import pytest
 
-from helpers import ADMIN, MEMBER, assert_envelope, ident, sign
-from test_socket_bounds import chunked, exchange, head_bytes, signed_headers
+from helpers import ADMIN, assert_envelope, ident, sign
+from test_socket_bounds import exchange, head_bytes, signed_headers
 
 BUF = "/findings/batchupdate"
 NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
@@ -100,6 +100,168 @@ def h2_signed(hg, body: bytes, method: str = "PATCH", path: str = BUF, creds=ADM
 def nothing_forwarded(hg):
     time.sleep(0.2)
     assert hg.fake.requests() == [], hg.fake.requests()
+
+
+
+@pytest.fixture
+def hg(make_fake, make_hubgate):
+    """A hubgate in front of its own (seeded) fake."""
+    return make_hubgate({"server": {"body_read_timeout_ms": 1500}}, fake=make_fake())
+
+
+def audited_once(hg, before: int) -> dict:
+    """The one audit record written since there were `before` records."""
+    from helpers import wait_until
+    wait_until(lambda: len(hg.audit_records()) > before, 5, "the audit record")
+    time.sleep(0.1)
+    records = hg.audit_records()[before:]
+    assert len(records) == 1, records
+    return records[0]
+
+
+# ---------------------------------------------------------------------------
+# HTTP/2 (h2c, prior knowledge): a body whose framing disagrees with itself
+
+
+@pytest.mark.parametrize("declared", [-5, +5], ids=["content-length-short", "content-length-long"])
+def test_h2_content_length_that_disagrees_with_the_data_frames_is_never_forwarded(hg, declared):
+    """h2 carries the body in DATA frames and a content-length header may say how long it is.
+    When the two disagree, the stream is reset (the h2 layer's PROTOCOL_ERROR), the request is
+    audited as an unreadable body, and nothing reaches Security Hub."""
+    body = json.dumps(NOTE).encode()
+    before = len(hg.audit_records())
+    reply = h2_request(hg, h2_signed(hg, body) + [("content-length", str(len(body) + declared))],
+                       [body])
+    assert reply.status is None and reply.reset is not None, (reply.status, reply.body)
+    record = audited_once(hg, before)
+    assert record["status"] == 400 and record["forwarded"] is False, record
+    assert record["error"]["code"] == "VALIDATION_ERROR", record
+    nothing_forwarded(hg)
+
+
+def test_h2_body_split_into_odd_frames_is_forwarded_whole(hg):
+    """The same body in three DATA frames (one empty) is checked and forwarded as one."""
+    body = json.dumps(NOTE).encode()
+    reply = h2_request(hg, h2_signed(hg, body), [body[:3], b"", body[3:]])
+    assert reply.status == 200, reply.body
+    [call] = hg.fake.buf_calls()
+    assert call["body"] == body.decode(), call
+
+
+@pytest.mark.parametrize("case", ["trailers", "two content-lengths"])
+def test_h2_trailers_and_a_repeated_content_length_are_refused(hg, case):
+    """Over h2 the header map holds both content-length values and trailers arrive as a
+    HEADERS frame after the data: each is the 400 envelope, with nothing forwarded."""
+    body = json.dumps(NOTE).encode()
+    headers = h2_signed(hg, body)
+    if case == "trailers":
+        reply = h2_request(hg, headers, [body], trailers=[("x-amz-date", "20200101T000000Z")])
+        words = "trailer"
+    else:
+        n = str(len(body))
+        reply = h2_request(hg, headers + [("content-length", n), ("content-length", n)], [body])
+        words = "content-length header appears more than once"
+    assert reply.status == 400, (reply.status, reply.reset, reply.body)
+    envelope = reply.json()
+    assert envelope["error"]["code"] == "VALIDATION_ERROR", envelope
+    assert words in envelope["error"]["message"], envelope
+    nothing_forwarded(hg)
+
+
+# ---------------------------------------------------------------------------
+# SigV4 variants a hubgate key may not use
+
+
+def test_a_presigned_url_is_not_a_signature_hubgate_accepts(hg):
+    """Query-string (presigned) SigV4 carries no Authorization header: 401, whatever the
+    query says, before the query-string check and with no upstream call."""
+    from botocore.auth import SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from helpers import REGION
+    body = json.dumps(NOTE).encode()
+    req = AWSRequest(method="PATCH", url=f"http://{hg.host}{BUF}", data=body,
+                     headers={"Content-Type": "application/json", "Host": hg.host})
+    SigV4QueryAuth(Credentials(ADMIN.access_key, ADMIN.secret_key), "securityhub", REGION,
+                   300).add_auth(req)
+    target = req.url.split(hg.host, 1)[1]
+    assert "X-Amz-Signature=" in target
+    reply, s = exchange(hg.port, head_bytes("PATCH", target, [
+        ("Host", hg.host), ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body)))]) + body)
+    s.close()
+    body_json = assert_envelope(reply, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert "Authorization header is required" in body_json["error"]["message"], body_json
+    record = hg.audit_for(reply.headers["x-amzn-requestid"])
+    assert "X-Amz-Signature" not in json.dumps(record), record
+    nothing_forwarded(hg)
+
+
+def test_an_unsigned_payload_signature_does_not_verify(hg):
+    """`X-Amz-Content-Sha256: UNSIGNED-PAYLOAD` signs the request without its body. hubgate
+    always verifies over the hash of the bytes it will forward, so such a signature does not
+    match: the body cannot be swapped under a valid signature."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from helpers import REGION
+    body = json.dumps(NOTE).encode()
+    req = AWSRequest(method="PATCH", url=f"http://{hg.host}{BUF}", data=body,
+                     headers={"Content-Type": "application/json", "Host": hg.host,
+                              "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    SigV4Auth(Credentials(ADMIN.access_key, ADMIN.secret_key), "securityhub",
+              REGION).add_auth(req)
+    assert "x-amz-content-sha256" in req.headers["Authorization"]
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF, list(req.headers.items())
+                                            + [("Content-Length", str(len(body)))]) + body)
+    s.close()
+    assert_envelope(reply, 401, "UNAUTHENTICATED", "InvalidSignatureException")
+    nothing_forwarded(hg)
+
+
+# ---------------------------------------------------------------------------
+# HTTP/1.1 bodies that arrive in unusual but valid ways
+
+
+def test_expect_100_continue_is_answered_and_the_body_forwarded_exactly(hg):
+    """A client that waits for `100 Continue` gets it once hubgate reads the body; the body
+    is then checked and forwarded byte for byte (and `Expect` is not sent upstream)."""
+    from test_socket_bounds import connect, read_reply
+    from helpers import header
+    body = json.dumps(NOTE).encode()
+    s = connect(hg.port)
+    try:
+        s.sendall(head_bytes("PATCH", BUF, signed_headers(hg, body) + [
+            ("Content-Length", str(len(body))), ("Expect", "100-continue")]))
+        s.settimeout(WAIT)
+        interim = s.recv(64)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        s.sendall(body)
+        reply = read_reply(s)
+    finally:
+        s.close()
+    assert reply.status == 200, reply.text
+    [call] = hg.fake.buf_calls()
+    assert call["body"] == body.decode(), call
+    assert header(call, "Expect") is None, call["headers"]
+
+
+def test_chunk_extensions_are_not_part_of_the_forwarded_body(hg):
+    """Chunk extensions (`1f;name=value`) frame a chunked body on this hop only: the body
+    checked and forwarded is the chunks' data, sent upstream with a Content-Length."""
+    from helpers import header
+    body = json.dumps(NOTE).encode()
+    half = len(body) // 2
+    framed = (b"%x;ext=1\r\n%s\r\n%x ; q=\"a;b\"\r\n%s\r\n0;last\r\n\r\n"
+              % (half, body[:half], len(body) - half, body[half:]))
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF, signed_headers(hg, body)
+                                            + [("Transfer-Encoding", "chunked")]) + framed)
+    s.close()
+    assert reply.status == 200, reply.text
+    [call] = hg.fake.buf_calls()
+    assert call["body"] == body.decode(), call
+    assert header(call, "Content-Length") == str(len(body)), call["headers"]
+    assert header(call, "Transfer-Encoding") is None, call["headers"]
 
 
 # ---------------------------------------------------------------------------
