@@ -742,6 +742,17 @@ impl<'a> Authorization<'a> {
                 "SignedHeaders must be lower-case names separated by ';'".into(),
             ));
         }
+        // SigV4 lists each signed header once. A repeated name is refused, not folded: every
+        // mention became one more header handed to the signature library, whose header map
+        // panics past 32768 entries, and `host` needs no header of the request to be named
+        // again and again. With each name once, the entries are bounded by the request's own
+        // headers (hyper's and h2's limits).
+        let mut names = std::collections::HashSet::with_capacity(signed_headers.len());
+        if !signed_headers.iter().all(|h| names.insert(*h)) {
+            return Err(AuthError::Malformed(
+                "SignedHeaders names a header more than once".into(),
+            ));
+        }
         Ok(Authorization {
             access_key_id,
             date,

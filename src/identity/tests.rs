@@ -386,3 +386,26 @@ fn a_broken_callers_file_is_reported_without_its_text() {
         assert!(message.contains(reason), "{line}: {message}");
     }
 }
+
+#[test]
+fn a_signed_header_named_more_than_once_is_refused_before_any_signing() {
+    let (id, _dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    // 40000 mentions of `host` used to become 40000 headers for the signature library, whose
+    // header map panics past 32768; two mentions are refused the same way.
+    for repeats in [1, 40_000] {
+        let mut parts = signed_request(SECRET, now, b"{}");
+        let auth = parts.headers["authorization"].to_str().unwrap().replace(
+            "SignedHeaders=",
+            &format!("SignedHeaders={}", "host;".repeat(repeats)),
+        );
+        parts.headers.insert("authorization", auth.parse().unwrap());
+        match id.authenticate(&parts, &body(b"{}"), now, None) {
+            Err(AuthError::Malformed(m)) => assert!(m.contains("more than once"), "{m}"),
+            other => panic!("{repeats}: {other:?}"),
+        }
+    }
+    // Each name once still verifies.
+    let parts = signed_request(SECRET, now, b"{}");
+    assert!(id.authenticate(&parts, &body(b"{}"), now, None).is_ok());
+}

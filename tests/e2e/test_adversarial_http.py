@@ -219,6 +219,32 @@ def test_an_unsigned_payload_signature_does_not_verify(hg):
     nothing_forwarded(hg)
 
 
+
+@pytest.mark.parametrize("repeats", [2, 40_000])
+def test_a_signed_header_named_twice_is_401_with_its_audit_record(hg, repeats):
+    """SignedHeaders is a set (SigV4 lists each name once, sorted). Named again and again,
+    `host` used to reach the signature library once per mention: past 32768 entries its header
+    map panicked (`size overflows MAX_SIZE`), the request got a retryable 500 and no audit
+    record, and all it took was an access key id (no secret: the panic came before the
+    signature was compared). A repeated name is now refused like any malformed header."""
+    body = json.dumps(NOTE).encode()
+    headers = dict(signed_headers(hg, body))
+    headers["Authorization"] = headers["Authorization"].replace(
+        "SignedHeaders=", "SignedHeaders=" + "host;" * repeats)
+    before = len(hg.audit_records())
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF, list(headers.items())
+                                            + [("Content-Length", str(len(body)))]) + body)
+    s.close()
+    assert reply.status == 401, (reply.status, reply.text)
+    envelope = reply.json()
+    assert envelope["error"]["code"] == "UNAUTHENTICATED", envelope
+    record = audited_once(hg, before)
+    assert record["decision_id"] == reply.headers["x-amzn-requestid"], record
+    assert record["status"] == 401 and record["forwarded"] is False, record
+    nothing_forwarded(hg)
+    assert "panicked" not in hg.stderr_text()
+
+
 # ---------------------------------------------------------------------------
 # HTTP/1.1 bodies that arrive in unusual but valid ways
 
