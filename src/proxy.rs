@@ -177,7 +177,7 @@ pub async fn handle(
         trail: Trail::default(),
     };
     let result = match permit {
-        Ok(_) => run(&mut ctx, req).instrument(span).await,
+        Ok(_) => unwound(run(&mut ctx, req).instrument(span), &received.decision_id).await,
         Err(_) => Err(Rejection::Overloaded {
             setting: "server.max_in_flight",
             limit: gate.config.server.max_in_flight,
@@ -194,6 +194,31 @@ pub async fn handle(
     match permit {
         Ok(permit) if streams => response.map(|body| Held::new(body, permit).boxed()),
         Ok(_) | Err(_) => response,
+    }
+}
+
+/// A request whose handling panicked is answered and recorded like any other failure: the
+/// record is written from what the trail holds (`forwarded` included, had the request gone out
+/// before the panic). Left to the task, the panic would reach the server as a failed task,
+/// answered with no audit record, and a slot reserved for a forwarded request would be dropped
+/// unwritten. The request's state is not used again after a panic, only its trail's fields.
+async fn unwound<F>(run: F, decision_id: &str) -> Result<Forwarded, Rejection>
+where
+    F: std::future::Future<Output = Result<Forwarded, Rejection>>,
+{
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            // The panic hook has printed its message to stderr already. The envelope and the
+            // record say only that the handler failed: a panic's text is not vetted for what
+            // it may quote.
+            drop(panic);
+            tracing::error!(decision_id, "the request handler panicked");
+            Err(Rejection::Internal(
+                "the request handler failed; the request's record says how far it got".into(),
+            ))
+        }
     }
 }
 
@@ -1330,6 +1355,36 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler that panics is a failure like any other: the internal-error rejection, which
+    /// `respond` answers and records, not a failed task the server answers with no record.
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_an_internal_error_that_is_recorded() {
+        let panics = async {
+            if Instant::now().elapsed() < Duration::from_secs(3600) {
+                panic!("a handler bug that quotes the caller's secret");
+            }
+            Err(Rejection::Internal("unreached".into()))
+        };
+        match unwound(panics, "d-1").await {
+            Err(Rejection::Internal(m)) => {
+                assert!(m.contains("handler failed"), "{m}");
+                assert!(!m.contains("secret"), "the panic's text is not shown: {m}");
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a panic forwarded"),
+        }
+        // A handler that returns is passed through as it is.
+        let refused = async {
+            Err(Rejection::OperationNotAllowed {
+                operation: "GetFindings",
+            })
+        };
+        assert!(matches!(
+            unwound(refused, "d-2").await,
+            Err(Rejection::OperationNotAllowed { .. })
+        ));
+    }
 
     /// What the cache is written through for: exactly the pairs the answer lists (escaped
     /// text unescaped); an answer that does not read as a BatchUpdateFindings answer names
