@@ -596,6 +596,18 @@ impl Identity {
             .and_then(|v| v.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .ok_or_else(|| AuthError::Malformed("the request has no Host".into()))?;
+        // The signature is checked over `http://{host}{path}`: a Host holding `/`, `?`, `#` or
+        // `@` would move part of itself into the path, query or user info that are checked,
+        // away from the path that was routed. A host name (or IP literal) and port only.
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+        {
+            return Err(AuthError::Malformed(
+                "the Host header is not a host name with an optional port".into(),
+            ));
+        }
         let mut headers: Vec<(&str, String)> = Vec::with_capacity(auth.signed_headers.len());
         for name in &auth.signed_headers {
             if *name == "host" {

@@ -409,3 +409,40 @@ fn a_signed_header_named_more_than_once_is_refused_before_any_signing() {
     let parts = signed_request(SECRET, now, b"{}");
     assert!(id.authenticate(&parts, &body(b"{}"), now, None).is_ok());
 }
+
+#[test]
+fn a_host_that_is_not_a_host_name_is_refused_before_any_signing() {
+    let (id, _dir) = identity(IdentityMode::Sigv4, None);
+    let now = SystemTime::now();
+    for host in [
+        "localhost/findings",
+        "localhost?x=1",
+        "localhost#f",
+        "user@localhost",
+        "local host",
+        "",
+    ] {
+        let mut parts = signed_request(SECRET, now, b"{}");
+        parts.headers.insert("host", host.parse().unwrap());
+        match id.authenticate(&parts, &body(b"{}"), now, None) {
+            Err(AuthError::Malformed(m)) => assert!(m.contains("host name"), "{host}: {m}"),
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+    // Names, IPv4 and IPv6 literals, with or without a port, are read as before.
+    for host in [
+        "securityhub.us-east-1.amazonaws.com",
+        "127.0.0.1:8443",
+        "[::1]:443",
+    ] {
+        let mut parts = signed_request(SECRET, now, b"{}");
+        parts.headers.insert("host", host.parse().unwrap());
+        assert!(
+            !matches!(
+                id.authenticate(&parts, &body(b"{}"), now, None),
+                Err(AuthError::Malformed(_))
+            ),
+            "{host}"
+        );
+    }
+}
