@@ -28,8 +28,7 @@ use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{ClientCert, Identity, Principal};
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
-use crate::policy::input::RequestFacts;
-use crate::policy::input::Update;
+use crate::policy::input::{Enrichment, RequestFacts, Update};
 use crate::policy::{Decision, PolicySet, Violation};
 use crate::request::Judged;
 use crate::routes::Routing;
@@ -105,6 +104,10 @@ impl Trail {
     /// findings changed while it waited for quota) is recorded with its last decision and
     /// what every decision spent.
     fn judged(&mut self, judgement: &mut Judgement) {
+        // A partial forward belongs to the decision that made it: one voided before it was
+        // sent must not be recorded with the decision made again (which may refuse, or
+        // forward everything).
+        self.partial = None;
         self.findings = findings_by_product(&judgement.keys);
         self.settling = std::mem::take(&mut judgement.overlaid);
         // The record is its last reader: the decision was made on the policy input's copy.
@@ -635,8 +638,13 @@ fn conclude(
     };
     trail.input = Some(last.input);
     let decision = last.decision;
+    // A first pass that denies ends the request before any lookup, so the findings it did not
+    // deny were never judged on their state: when the policies need that state, none of them
+    // may be forwarded (on_partial_deny = "forward-allowed" cuts a batch only on a decision
+    // that judged every finding it lets through).
+    let unjudged = last.enrichment == Enrichment::Pending && decision.needs_state;
     let refusal = (!decision.allowed() && !dry_run).then(|| Refusal {
-        denied: per_finding_denials(&decision, &keys),
+        denied: per_finding_denials(&decision, &keys).filter(|_| !unjudged),
         rejection: Rejection::PolicyDenied {
             message: decision.message(),
             violations: decision.deny.iter().map(|v| v.to_json()).collect(),

@@ -1,0 +1,174 @@
+"""Adversarial review (state): ways a member's forbidden change could be forwarded when a
+decision is made without, or on stale, finding state.
+
+- policy.on_partial_deny = "forward-allowed" when the FIRST pass (before any lookup) denies some
+  findings one by one: the other findings must still be judged with their state.
+- A partial decision voided while it waited for quota and decided again: the audit record
+  describes the last decision.
+- Writes hubgate cannot map to cache entries (V2 by account, UpdateFindings), in flight: a
+  decision on cached state meanwhile is refused as settling.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+
+from helpers import (MEMBER_ACCOUNT, OTHER_PRODUCT_ARN, POLICY_DIR, PRODUCT_ARN,
+                     assert_envelope, finding, ident)
+
+# A rule about the request alone (policies/README.md: such rules "should not mention
+# input.enrichment", so they fire in the first pass, before any lookup) that names findings.
+REQUEST_ONLY_PER_FINDING_RULE = """package hubgate
+
+deny contains {"msg": "members may not change GuardDuty findings", "finding": finding_ref(f)} if {
+\tmember
+\tsome f in input.findings
+\tf.ProductArn == "%s"
+}
+""" % OTHER_PRODUCT_ARN
+
+GD = "g-own"  # the member's own GuardDuty finding: denied by the rule above in the first pass
+
+
+@pytest.fixture
+def partial_with_request_rule(tmp_path, make_fake, make_hubgate):
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    (policies / "no_guardduty.rego").write_text(REQUEST_ONLY_PER_FINDING_RULE)
+    fake = make_fake()
+    fake.add_findings([finding(GD, MEMBER_ACCOUNT, "LOW", product_arn=OTHER_PRODUCT_ARN)])
+    hg = make_hubgate({"policy": {"dir": str(policies), "on_partial_deny": "forward-allowed"}},
+                      fake=fake)
+    return fake, hg
+
+
+@pytest.mark.parametrize("target, update, field, before", [
+    # another account's finding: the ownership rule needs state
+    ("f-other", {"Workflow": {"Status": "RESOLVED"}}, ("Workflow", "Status"), "NEW"),
+    # the member's HIGH finding lowered: "not lower" needs state
+    ("f-own-high", {"Severity": {"Label": "LOW"}}, ("Severity", "Label"), "HIGH"),
+    # a finding Security Hub does not have: refused for members, needs state
+    ("no-such-finding", {"Workflow": {"Status": "RESOLVED"}}, None, None),
+])
+def test_first_pass_partial_denial_does_not_skip_the_state_rules_for_the_rest(
+        partial_with_request_rule, target, update, field, before):
+    """A member names one finding a request-only rule denies in the first pass together with
+    a finding whose own denial needs its state. The first pass names only the GuardDuty
+    finding, so no lookup is made; the rest must not be forwarded unjudged."""
+    fake, hg = partial_with_request_rule
+    resp = hg.buf({"FindingIdentifiers": [ident(GD, OTHER_PRODUCT_ARN), ident(target)],
+                   **update}, who="member")
+    sent = [json.loads(c["body"]) for c in fake.buf_calls()]
+    forwarded = [i["Id"] for s in sent for i in s["FindingIdentifiers"]]
+    assert target not in forwarded, (resp.status, resp.text, sent)
+    if field:
+        assert fake.findings()[target][field[0]][field[1]] == before
+    assert resp.status == 403, resp.text
+
+
+# --- A partial decision voided while it waited for quota, then decided again ---------------
+
+FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
+NOTE = {"Note": {"Text": "looking into it", "UpdatedBy": "adversarial-e2e"}}
+# As test_cache_soundness.GATED: one audit slot, one BatchUpdateFindings call every 2 s, so a
+# member's request decided at 1 s is sent at 4 s, after an administrator's write decided at
+# 0.1 s, sent at 2 s and answered at 3.5 s.
+GATED_PARTIAL = {"enrichment": {"cache_ttl_ms": 60000},
+                 "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
+                 "audit": {"queue_capacity": 1, "enqueue_timeout_ms": 10000},
+                 "policy": {"on_partial_deny": "forward-allowed"}}
+
+
+def admin_write_behind(fake, hg, start: float, update: dict):
+    """The administrator's write to FID, sent with the call at 2 s and answered 1.5 s later;
+    returns at 1 s after `start`, before it is sent."""
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
+    answers = {}
+
+    def admin():
+        answers["admin"] = hg.buf({"FindingIdentifiers": [ident(FID)], **update}, who="admin")
+
+    writing = threading.Thread(target=admin)
+    time.sleep(max(0.0, start + 0.1 - time.monotonic()))
+    writing.start()
+    time.sleep(max(0.0, start + 1.0 - time.monotonic()))
+    assert len(fake.buf_calls()) == 1, "the administrator's write is not sent yet"
+    return writing, answers
+
+
+def test_a_partial_decision_voided_and_refused_whole_is_not_recorded_as_partial(
+        make_fake, make_hubgate):
+    """The member's HIGH on [FID (MEDIUM), f-other] is first decided as a partial forward (FID
+    raised, f-other another account's). While it waits for quota, the administrator's
+    CRITICAL on FID is sent and answered, so it is decided again: now both are denied and
+    nothing is forwarded. The audit record must describe that last decision, not say that one
+    finding was forwarded."""
+    fake = make_fake()
+    hg = make_hubgate(GATED_PARTIAL, fake=fake)
+    start = time.monotonic()
+    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    writing, answers = admin_write_behind(fake, hg, start, {"Severity": {"Label": "CRITICAL"}})
+    resp = hg.buf({"FindingIdentifiers": [ident(FID), ident("f-other")],
+                   "Severity": {"Label": "HIGH"}}, who="member")
+    writing.join(30)
+    assert answers["admin"].status == 200, answers["admin"].text
+    assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False, rec
+    assert rec.get("partial") is None, rec["partial"]
+
+
+# --- Writes hubgate cannot map to cache entries, in flight: V2 (by account), UpdateFindings --
+
+V2 = "/findingsv2/batchupdatev2"
+
+
+def in_flight(fake, send, path: str) -> tuple[threading.Thread, dict]:
+    """Starts `send` (the administrator's write) in a thread; returns once the fake has it."""
+    before = len(fake.requests(path=path))
+    answers: dict = {}
+    thread = threading.Thread(target=lambda: answers.__setitem__("admin", send()))
+    thread.start()
+    until = time.monotonic() + 10
+    while len(fake.requests(path=path)) == before:
+        assert time.monotonic() < until, "the write never reached the fake"
+        time.sleep(0.02)
+    return thread, answers
+
+
+@pytest.mark.parametrize("write", ["v2", "update_findings"])
+def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
+        make_fake, make_hubgate, write):
+    """The member's MEDIUM finding is cached. The administrator's V2 SeverityId 5 on the
+    member's account (or an UpdateFindings, which names a filter) is in flight: it may land
+    before the member's write. The member's MEDIUM (no change on the cached state) must not be
+    forwarded meanwhile: refused as settling, retryable."""
+    fake = make_fake()
+    hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, "settle_ms": 0}},
+                      fake=fake)
+    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    if write == "v2":
+        fake.configure(answer_delay_ms={"BatchUpdateFindingsV2": 1500})
+        path, body = V2, {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
+                                                  "FindingInfoUid": FID,
+                                                  "MetadataProductUid": PRODUCT_ARN}],
+                          "SeverityId": 5}
+    else:
+        fake.configure(delay_ms=1500)  # the fake has no UpdateFindings: its 404 comes late
+        path, body = "/findings", {"Filters": {"AwsAccountId": [
+            {"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"}]},
+            "Note": {"Text": "bulk", "UpdatedBy": "admin"}}
+    method = "PATCH"
+    thread, answers = in_flight(fake, lambda: hg.send(method, path, body, who="admin"), path)
+    resp = hg.buf({"FindingIdentifiers": [ident(FID)], "Severity": {"Label": "MEDIUM"}},
+                  who="member")
+    assert thread.is_alive(), "answered before the member's request was decided"
+    thread.join(30)
+    assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    assert [c for c in fake.buf_calls() if "MEDIUM" in c["body"]] == []
