@@ -104,10 +104,6 @@ impl Trail {
     /// findings changed while it waited for quota) is recorded with its last decision and
     /// what every decision spent.
     fn judged(&mut self, judgement: &mut Judgement) {
-        // A partial forward belongs to the decision that made it: one voided before it was
-        // sent must not be recorded with the decision made again (which may refuse, or
-        // forward everything).
-        self.partial = None;
         self.findings = findings_by_product(&judgement.keys);
         self.settling = std::mem::take(&mut judgement.overlaid);
         // The record is its last reader: the decision was made on the policy input's copy.
@@ -394,7 +390,14 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
             }
         };
         decisions += 1;
-        match enforce(ctx, &parts, body.clone(), decided, deadline).await {
+        let enforced = enforce(ctx, &parts, body.clone(), decided, deadline).await;
+        if let Err(Rejection::StateChanged { .. }) = enforced {
+            // A voided decision sent nothing: its partial forward must not be recorded with
+            // the decision made again (which may refuse, or forward everything), nor with
+            // the refusal after the last one.
+            ctx.trail.partial = None;
+        }
+        match enforced {
             Err(Rejection::StateChanged { replay: next, .. }) if decisions < MAX_DECISIONS => {
                 tracing::info!(
                     decisions,
