@@ -6,7 +6,8 @@ Standard library + botocore only. It
 * verifies the SigV4 signature of every Security Hub request (botocore's SigV4Auth,
   recomputed with the request's own X-Amz-Date and the exact body bytes);
 * keeps ASFF findings in memory and implements GetFindings (POST /findings),
-  BatchUpdateFindings (PATCH /findings/batchupdate), BatchImportFindings (POST /findings/import)
+  BatchUpdateFindings (PATCH /findings/batchupdate), BatchImportFindings (POST /findings/import),
+  UpdateFindings (PATCH /findings: Note and RecordState of the findings its Filters match)
   and DescribeHub (GET /accounts);
 * records every Security Hub request it receives;
 * exposes control endpoints under /_fake/ (never routed by hubgate):
@@ -456,6 +457,28 @@ def batch_update_findings_v2(state: State, req: dict) -> dict:
     return {"ProcessedFindings": named, "UnprocessedFindings": []}
 
 
+def update_findings(state: State, req: dict) -> dict:
+    """UpdateFindings (PATCH /findings): sets Note and/or RecordState on every finding the
+    Filters match (the string filters get_findings supports); answers {}."""
+    if not isinstance(req, dict) or not isinstance(req.get("Filters"), dict):
+        raise ApiError(400, "InvalidInputException", "Filters is required")
+    for name in req["Filters"]:
+        if name not in STRING_FILTER_FIELDS:
+            raise ApiError(400, "InvalidInputException",
+                           f"the fake does not support filter attribute {name!r}")
+    ts = now_iso()
+    with state.lock:
+        for finding in state.findings.values():
+            if not _matches(finding, req["Filters"]):
+                continue
+            if "Note" in req:
+                finding["Note"] = {"Text": req["Note"].get("Text"),
+                                   "UpdatedBy": req["Note"].get("UpdatedBy"), "UpdatedAt": ts}
+            if "RecordState" in req:
+                finding["RecordState"] = req["RecordState"]
+    return {}
+
+
 def batch_import_findings(state: State, req: dict) -> dict:
     """Adds or replaces each finding (by Id + ProductArn); the shape of AWS's answer."""
     if not isinstance(req, dict) or not isinstance(req.get("Findings"), list):
@@ -510,6 +533,7 @@ ROUTES = {
     ("PATCH", "/findings/batchupdate"): batch_update_findings,
     ("POST", "/findings/import"): batch_import_findings,
     ("PATCH", "/findingsv2/batchupdatev2"): batch_update_findings_v2,
+    ("PATCH", "/findings"): update_findings,
     ("GET", "/accounts"): describe_hub,
 }
 

@@ -160,7 +160,7 @@ def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
                                                   "MetadataProductUid": PRODUCT_ARN}],
                           "SeverityId": 5}
     else:
-        fake.configure(delay_ms=1500)  # the fake has no UpdateFindings: its 404 comes late
+        fake.configure(answer_delay_ms={"UpdateFindings": 1500})
         path, body = "/findings", {"Filters": {"AwsAccountId": [
             {"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"}]},
             "Note": {"Text": "bulk", "UpdatedBy": "admin"}}
@@ -172,3 +172,37 @@ def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
     thread.join(30)
     assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
     assert [c for c in fake.buf_calls() if "MEDIUM" in c["body"]] == []
+
+
+@pytest.mark.parametrize("settle_ms", [0, None])
+def test_an_answered_update_findings_leaves_no_cached_state_to_decide_on(
+        make_fake, make_hubgate, settle_ms):
+    """The administrator's UpdateFindings (a filter: hubgate cannot tell which findings it
+    changed) is answered. Without the settle journal, the member's next request on its cached
+    finding is decided on a new GetFindings call, not on what was cached before; with it, the
+    member's state-reading requests are refused as settling, before any lookup."""
+    fake = make_fake()
+    enrichment = {"enabled": True, "cache_ttl_ms": 60000}
+    if settle_ms is not None:
+        enrichment["settle_ms"] = settle_ms
+    hg = make_hubgate({"enrichment": enrichment}, fake=fake)
+    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    cached = hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member")
+    assert hg.audit_for(cached.headers["x-hubgate-decision-id"])["metrics"][
+        "counter_lookup_calls"] == 0, "cached before the write"
+    admin = hg.send("PATCH", "/findings", {
+        "Filters": {"AwsAccountId": [{"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"}]},
+        "Note": {"Text": "bulk triage", "UpdatedBy": "admin"}}, who="admin")
+    assert admin.status == 200, admin.text
+    assert fake.findings()[FID]["Note"]["Text"] == "bulk triage"
+    calls = fake.op_stats("GetFindings")["calls"]
+    resp = hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member")
+    if settle_ms == 0:
+        assert resp.status == 200, resp.text
+        assert hg.audit_for(resp.headers["x-hubgate-decision-id"])["metrics"][
+            "counter_lookup_calls"] == 1
+        assert fake.op_stats("GetFindings")["calls"] == calls + 1
+    else:
+        err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
+        assert "UpdateFindings" in err["error"]["message"], err
+        assert fake.op_stats("GetFindings")["calls"] == calls
