@@ -371,11 +371,14 @@ impl PolicySet {
         } else {
             Vec::new()
         };
-        // Undefined means "not needed", as for any boolean rule that does not hold. A denied
-        // pass does not ask: outside dry-run the denial ends judging, and dry-run looks up
-        // to record the whole decision.
+        // Undefined means "not needed", as for any boolean rule that does not hold. A pass
+        // with a whole-request violation does not ask: outside dry-run that denial ends
+        // judging, and dry-run looks up to record the whole decision. One whose violations
+        // all name findings asks: with on_partial_deny = "forward-allowed" the findings it
+        // did not deny may be forwarded on its decision, which is sound only if they need no
+        // state (the proxy refuses the whole request otherwise).
         let needs_state = !self.has_needs_state
-            || !deny.is_empty()
+            || deny.iter().any(|v| v.finding.is_none())
             || vm
                 .execute_entry_point_by_name(NEEDS_STATE_RULE)
                 .map_err(|e| PolicyError::Eval(e.to_string()))?

@@ -265,6 +265,35 @@ fn warn_is_recorded_separately() {
 }
 
 #[test]
+fn a_denial_that_names_only_findings_still_says_whether_state_is_needed() {
+    // A per-finding denial of the first pass may end in a partial forward of the other
+    // findings: whether they need state must be known. A whole-request denial ends judging.
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\n\
+         needs_state if input.principal.role == \"member\"\n\n\
+         deny contains {\"msg\": \"f\", \"finding\": {\"Id\": f.Id, \"ProductArn\": f.ProductArn}} if {\n\
+         \tsome f in input.findings\n\tf.Id == \"a\"\n}\n\n\
+         deny contains {\"msg\": \"w\", \"finding\": null} if input.request.body.Note\n",
+    )])
+    .unwrap();
+    let findings = [("a", None, "LOW"), ("b", None, "LOW")];
+    let pass = |role, body| {
+        p.evaluate(doc(role, body, &findings, Enrichment::Pending))
+            .unwrap()
+    };
+    let admin = pass(Role::Administrator, json!({}));
+    assert_eq!(messages(&admin), vec!["f"]);
+    assert!(!admin.needs_state, "asked, and an administrator needs none");
+    assert!(pass(Role::Member, json!({})).needs_state);
+    let whole = pass(
+        Role::Administrator,
+        json!({"Note": {"Text": "t", "UpdatedBy": "u"}}),
+    );
+    assert!(whole.needs_state, "a whole-request denial does not ask");
+}
+
+#[test]
 fn a_runaway_policy_hits_the_time_limit() {
     let p = load_dir(&[(
         "p.rego",

@@ -25,8 +25,7 @@ from helpers import (MEMBER_ACCOUNT, OTHER_PRODUCT_ARN, POLICY_DIR, PRODUCT_ARN,
 # input.enrichment", so they fire in the first pass, before any lookup) that names findings.
 REQUEST_ONLY_PER_FINDING_RULE = """package hubgate
 
-deny contains {"msg": "members may not change GuardDuty findings", "finding": finding_ref(f)} if {
-\tmember
+deny contains {"msg": "GuardDuty findings are changed in GuardDuty", "finding": finding_ref(f)} if {
 \tsome f in input.findings
 \tf.ProductArn == "%s"
 }
@@ -69,6 +68,23 @@ def test_first_pass_partial_denial_does_not_skip_the_state_rules_for_the_rest(
     if field:
         assert fake.findings()[target][field[0]][field[1]] == before
     assert resp.status == 403, resp.text
+
+
+def test_first_pass_partial_denial_still_cuts_a_batch_that_needs_no_state(
+        partial_with_request_rule):
+    """The control: an administrator's request needs no finding state (needs_state), so the
+    first pass decides it, and the same per-finding denial still forwards the rest, with no
+    lookup."""
+    fake, hg = partial_with_request_rule
+    resp = hg.buf({"FindingIdentifiers": [ident(GD, OTHER_PRODUCT_ARN), ident("f-other")],
+                   "Workflow": {"Status": "RESOLVED"}}, who="admin")
+    assert resp.status == 200, resp.text
+    assert [u["FindingIdentifier"]["Id"] for u in resp.json()["UnprocessedFindings"]] == [GD]
+    sent = [json.loads(c["body"]) for c in fake.buf_calls()]
+    assert [[i["Id"] for i in s["FindingIdentifiers"]] for s in sent] == [["f-other"]]
+    assert fake.op_stats("GetFindings")["calls"] == 0
+    rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["partial"] == {"forwarded": 1, "denied": 1}, rec
 
 
 # --- A partial decision voided while it waited for quota, then decided again ---------------
