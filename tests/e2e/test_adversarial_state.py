@@ -5,8 +5,10 @@ decision is made without, or on stale, finding state.
   findings one by one: the other findings must still be judged with their state.
 - A partial decision voided while it waited for quota and decided again: the audit record
   describes the last decision.
-- Writes hubgate cannot map to cache entries (V2 by account, UpdateFindings), in flight: a
-  decision on cached state meanwhile is refused as settling.
+- Writes hubgate cannot map to cache entries (V2 by account, UpdateFindings): in flight, a
+  decision on cached state meanwhile is refused as settling; answered, the state cached before
+  them is not decided on (refused as settling, or read again); sent while a decision on cached
+  state waits for quota, they void it.
 """
 
 from __future__ import annotations
@@ -222,3 +224,81 @@ def test_an_answered_update_findings_leaves_no_cached_state_to_decide_on(
         err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
         assert "UpdateFindings" in err["error"]["message"], err
         assert fake.op_stats("GetFindings")["calls"] == calls
+
+
+def voided(hg) -> dict:
+    """hubgate_decisions_voided_total by kind."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    return {s.labels["kind"]: s.value
+            for family in text_string_to_metric_families(hg.admin("/metrics").text)
+            for s in family.samples if s.name == "hubgate_decisions_voided_total"}
+
+
+def test_a_v2_write_sent_while_a_cached_decision_waits_for_quota_voids_it(
+        make_fake, make_hubgate):
+    """The member's MEDIUM on its cached MEDIUM finding is decided at once (no change) and
+    waits for the BatchUpdateFindings call (one every 2 s). Meanwhile the administrator's V2
+    SeverityId 5 on the member's account is sent and answered (V2 has its own quota). V2
+    identifiers do not name cache entries, so the decision is void: nothing is sent until the
+    finding has been read again (the fake's V2 changes no ASFF finding, so the new read still
+    says MEDIUM and the request is then allowed)."""
+    fake = make_fake()
+    hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, "settle_ms": 0},
+                       "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}}},
+                      fake=fake)
+    start = time.monotonic()
+    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    answers = {}
+
+    def member():
+        answers["member"] = hg.buf({"FindingIdentifiers": [ident(FID)],
+                                    "Severity": {"Label": "MEDIUM"}}, who="member")
+
+    waiting = threading.Thread(target=member)
+    waiting.start()
+    time.sleep(max(0.0, start + 0.6 - time.monotonic()))
+    assert waiting.is_alive() and len(fake.buf_calls()) == 1, "the member's write waits"
+    v2 = hg.send("PATCH", V2, {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
+                                                       "FindingInfoUid": FID,
+                                                       "MetadataProductUid": PRODUCT_ARN}],
+                               "SeverityId": 5}, who="admin")
+    assert v2.status == 200, v2.text
+    calls = fake.op_stats("GetFindings")["calls"]
+    waiting.join(30)
+    resp = answers["member"]
+    assert resp.status == 200, resp.text
+    assert voided(hg) == {"reread": 1.0}
+    assert fake.op_stats("GetFindings")["calls"] == calls + 1, "read again before it was sent"
+    rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_lookup_calls"] == 1, rec["metrics"]
+
+
+@pytest.mark.parametrize("settle_ms", [None, 0])
+def test_a_v2_raise_is_not_undone_through_v1_on_the_state_cached_before_it(
+        make_fake, make_hubgate, settle_ms):
+    """The member's MEDIUM finding is cached. The administrator raises it through V2
+    (SeverityId 5; the fake's V2 changes no ASFF finding, so the test applies its effect to
+    the fake itself). The member then sets MEDIUM through V1, a no-op on the cached state: it
+    must be refused, as settling (the journal) or as lowering CRITICAL to MEDIUM (read again
+    without it), and never sent."""
+    fake = make_fake()
+    enrichment = {"enabled": True, "cache_ttl_ms": 60000}
+    if settle_ms is not None:
+        enrichment["settle_ms"] = settle_ms
+    hg = make_hubgate({"enrichment": enrichment}, fake=fake)
+    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    v2 = hg.send("PATCH", V2, {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
+                                                       "FindingInfoUid": FID,
+                                                       "MetadataProductUid": PRODUCT_ARN}],
+                               "SeverityId": 5}, who="admin")
+    assert v2.status == 200, v2.text
+    fake.add_findings([finding(FID, MEMBER_ACCOUNT, "CRITICAL", 90)])
+    resp = hg.buf({"FindingIdentifiers": [ident(FID)], "Severity": {"Label": "MEDIUM"}},
+                  who="member")
+    if settle_ms is None:
+        assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    else:
+        body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+        assert "(CRITICAL to MEDIUM)" in body["error"]["message"], body
+    assert len(fake.buf_calls()) == 1, "only the note"
+    assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
