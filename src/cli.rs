@@ -274,6 +274,9 @@ fn check(arg: &ConfigArg) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for caution in config.cautions() {
+        eprintln!("hubgate: caution: {caution}");
+    }
     let mut ok = true;
     match Identity::load(
         &config.identity,

@@ -556,6 +556,32 @@ impl fmt::Display for UpstreamAuth {
 }
 
 impl Config {
+    /// Settings that are valid but leave a guarantee weaker than it looks: `hubgate check`
+    /// prints each, and `serve` logs each as a warning when it starts.
+    pub fn cautions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let e = &self.enrichment;
+        if e.enabled && e.settle_ms > 0 && e.settle_ms <= e.cache_ttl_ms {
+            out.push(format!(
+                "enrichment.settle_ms ({}) is not above enrichment.cache_ttl_ms ({}): the settle \
+                 journal covers a lag of settle_ms - cache_ttl_ms, so none of Security Hub's, and \
+                 a write of hubgate's still being processed can be read as the old state and \
+                 undone by a member; raise settle_ms (300000 by default), or set it to 0 to turn \
+                 the journal off knowingly",
+                e.settle_ms, e.cache_ttl_ms
+            ));
+        }
+        if self.identity.mode == IdentityMode::Static && !self.listen.ip().is_loopback() {
+            out.push(format!(
+                "identity.mode = \"static\" on listen = \"{}\", which is not a loopback \
+                 address: every client that can reach it is taken for the static principal, \
+                 with no authentication (a sidecar listens on 127.0.0.1)",
+                self.listen
+            ));
+        }
+        out
+    }
+
     /// What hubgate does with an operation: the configured routing, else the default.
     pub fn routing(&self, op: &crate::routes::OperationSpec) -> Routing {
         match self.operations.get(op.name) {
@@ -901,6 +927,36 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/hubgate/hubgate.toml"), text)
+    }
+
+    #[test]
+    fn settings_that_weaken_a_guarantee_are_cautioned_about() {
+        let cautions = |text: &str| parse(text).unwrap().cautions();
+        assert!(cautions("").is_empty(), "the defaults");
+        let short = cautions("[enrichment]\ncache_ttl_ms = 5000\nsettle_ms = 5000");
+        assert_eq!(short.len(), 1, "{short:?}");
+        assert!(
+            short[0].contains("settle_ms (5000) is not above"),
+            "{short:?}"
+        );
+        for quiet in [
+            "[enrichment]\ncache_ttl_ms = 5000\nsettle_ms = 5001",
+            "[enrichment]\nsettle_ms = 0",
+            "[enrichment]\nenabled = false\nsettle_ms = 1",
+        ] {
+            assert!(cautions(quiet).is_empty(), "{quiet}");
+        }
+        let open = cautions(
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[identity]\nmode = \"static\"\nstatic_principal = \"w\"",
+        );
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(open[0].contains("not a loopback address"), "{open:?}");
+        let pod = "[server]\nlisten = \"127.0.0.1:8080\"\n[identity]\nmode = \"static\"\nstatic_principal = \"w\"";
+        assert!(cautions(pod).is_empty());
+        assert!(
+            cautions("[server]\nlisten = \"0.0.0.0:8080\"").is_empty(),
+            "SigV4 callers"
+        );
     }
 
     #[test]

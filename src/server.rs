@@ -253,6 +253,9 @@ fn refuse_connection(
 /// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
+    for caution in config.cautions() {
+        tracing::warn!(%caution, "a setting weakens a guarantee");
+    }
     let identity = Identity::load(
         &config.identity,
         config.upstream.auth == UpstreamAuth::Passthrough,

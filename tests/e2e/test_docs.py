@@ -47,6 +47,20 @@ def test_readme_typo_sample_is_what_check_prints(tmp_path):
     assert sample == r.stderr.replace(str(typo), "/tmp/typo.toml").splitlines()
 
 
+def test_readme_caution_sample_is_what_check_prints(tmp_path):
+    """A valid configuration that weakens a guarantee is still valid (exit 0), with the
+    caution README shows on stderr."""
+    short = tmp_path / "short-settle.toml"
+    short.write_text((REPO / "config" / "hubgate.toml").read_text()
+                     .replace("\nsettle_ms = 300000", "\nsettle_ms = 5000", 1)
+                     .replace('callers = "', f'callers = "{REPO}/config/', 1)
+                     .replace('dir = "', f'dir = "{REPO}/config/', 1))
+    r = run("check", "--config", str(short))
+    assert r.returncode == 0, r.stderr
+    sample = console_block(README.read_text(), "hubgate check --config /tmp/short-settle.toml")
+    assert sample == r.stderr.splitlines()
+
+
 def test_quoted_test_count_is_the_policy_test_count():
     r = run("test", "policies")
     assert r.returncode == 0, r.stdout
