@@ -527,6 +527,33 @@ impl Default for AuditConfig {
     }
 }
 
+/// A parse error's text with the user and password of every URL in it replaced. toml quotes
+/// the offending line, and `coordination.redis_url` may carry a password on it (misspelt, its
+/// quote lost, or of the wrong type): the error reaches the log and `hubgate check`, which
+/// never show that password (README, `[coordination]`).
+fn without_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        match url.rsplit_once('@') {
+            Some((_, host)) => {
+                out.push_str("(user and password not shown)@");
+                out.push_str(host);
+            }
+            None => out.push_str(url),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The validated configuration, with every relative path resolved against the file's folder.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -602,7 +629,7 @@ impl Config {
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_path_buf(),
-            reason: e.to_string().trim_end().to_string(),
+            reason: without_userinfo(e.to_string().trim_end()),
         })?;
         let base = file
             .parent()
@@ -927,6 +954,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/hubgate/hubgate.toml"), text)
+    }
+
+    #[test]
+    fn a_parse_error_never_shows_a_url_password() {
+        for text in [
+            "[coordination]\nredis_url = \"redis://hub:s3cretpw@redis:6379/0",
+            "[coordination]\nredis_ur = \"rediss://:s3cretpw@redis:6379/0\"",
+            "[coordination]\nredis_url = [\"redis://hub:s3cretpw@redis\"]",
+            "[coordination]\nredis_url = redis://hub:s3cret@pw@redis:6379",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(!e.contains("s3cret"), "{text}: {e}");
+            assert!(
+                e.contains("(user and password not shown)@redis"),
+                "{text}: {e}"
+            );
+        }
+        // Everything else of the message is toml's, line and all.
+        let e = parse("[server]\nlisen = \"127.0.0.1:8080\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen = \"127.0.0.1:8080\""), "{e}");
+        assert_eq!(without_userinfo("a http://h/p b"), "a http://h/p b");
     }
 
     #[test]
