@@ -10,7 +10,10 @@
 #
 # Who: members. Operations: every one whose fields can name them: BatchUpdateFindings and
 # BatchImportFindings (judged on fields alone; an import is also imports.rego's). V2 and
-# UpdateFindings have no such field.
+# UpdateFindings have no such field. An import's FindingProviderFields.Confidence and
+# .Criticality count too: Security Hub copies the provider's values to the top-level scores
+# while no BatchUpdateFindings has set them, so with member_imports = "own-findings" a re-import
+# would otherwise change an untriaged finding's scores.
 #
 # Why hubgate and not (only) IAM: IAM can express this one with the documented
 # "Null": {"securityhub:ASFFSyntaxPath/Confidence": "false"} pattern (and the same for
@@ -18,7 +21,7 @@
 #
 # Settings: "library": {"scores": "enforce" | "warn" | "off"}, default "warn".
 #
-# Cost: two membership tests on input.update.fields; when enforced it refuses in the first pass,
+# Cost: four membership tests on input.update.fields; when enforced it refuses in the first pass,
 # before any lookup.
 package hubgate
 
@@ -30,6 +33,16 @@ scores_violations contains {"msg": "member accounts may not change Confidence or
 scores_violations contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
 	member
 	"Criticality" in input.update.fields
+}
+
+scores_violations contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
+	member
+	"FindingProviderFields.Confidence" in input.update.fields
+}
+
+scores_violations contains {"msg": "member accounts may not change Confidence or Criticality", "finding": null} if {
+	member
+	"FindingProviderFields.Criticality" in input.update.fields
 }
 
 deny contains v if {

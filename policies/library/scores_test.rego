@@ -103,3 +103,20 @@ test_matrix_scores_import_judged if {
 	w := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), {}) with data.hubgate_settings.member_imports as "own-findings"
 	w.warn == {refused}
 }
+
+# The provider's scores, which Security Hub copies to the top-level ones while no
+# BatchUpdateFindings has set them: a member's opted-in import that sets them changes them too.
+test_matrix_scores_import_provider_scores_every_one if {
+	every field in ["FindingProviderFields.Confidence", "FindingProviderFields.Criticality"] {
+		fields := ["AwsAccountId", "Id", "ProductArn", field]
+		r := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), on) with data.hubgate_settings.member_imports as "own-findings"
+		r.deny == {refused}
+	}
+}
+
+# The provider's severity stays the documented trade-off of "own-findings", not this rule's.
+test_matrix_scores_import_provider_severity_not_judged if {
+	fields := ["AwsAccountId", "Id", "ProductArn", "FindingProviderFields.Severity"]
+	r := t.decide(t.bif(member, [t.claimed("f1", t.own_account)], fields), on) with data.hubgate_settings.member_imports as "own-findings"
+	count(r.deny) == 0
+}
