@@ -176,7 +176,13 @@ pub async fn handle(
         trail: Trail::default(),
     };
     let result = match permit {
-        Ok(_) => unwound(run(&mut ctx, req).instrument(span), &received.decision_id).await,
+        // Boxed where it is made: the request's future is large, and each move of it into a
+        // wrapper's state copies the whole. Unboxed, catch_unwind's wrappers cost a 100-finding
+        // denial 6% more instructions (about 110 KB more memcpy); boxed, within 0.5%.
+        Ok(_) => {
+            let run = Box::pin(run(&mut ctx, req).instrument(span));
+            unwound(run, &received.decision_id).await
+        }
         Err(_) => Err(Rejection::Overloaded {
             setting: "server.max_in_flight",
             limit: gate.config.server.max_in_flight,
