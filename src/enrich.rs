@@ -2287,7 +2287,10 @@ impl PageMemo {
         if let Some(&index) = self.built.get(text) {
             return Ok(index);
         }
-        let value: regorus::Value = serde_json::from_str(text).map_err(E::custom)?;
+        // By JSON meaning (PlainValue): stored maps hold keys members choose.
+        let value = serde_json::from_str::<crate::policy::input::PlainValue>(text)
+            .map_err(E::custom)?
+            .0;
         let index = self.builds.len();
         self.builds.push(Built {
             bytes: approximate_size(&value),

@@ -313,8 +313,13 @@ struct Stored {
     account_id: Option<Arc<str>>,
     #[serde(rename = "r")]
     severity_rank: Option<u64>,
-    #[serde(rename = "e")]
+    /// Read by JSON meaning (`PlainValue`): the entry holds map keys members chose.
+    #[serde(rename = "e", deserialize_with = "plain_value")]
     entry: regorus::Value,
+}
+
+fn plain_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<regorus::Value, D::Error> {
+    crate::policy::input::PlainValue::deserialize(d).map(|p| p.0)
 }
 
 /// The header's read time before `store` (or a write-through) sets it.

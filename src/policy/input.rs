@@ -669,7 +669,7 @@ pub fn finding_entry(key: &FindingKey, current: Option<&Map<String, Value>>) -> 
     match current {
         None => StateFacts::default().entry(id, product_arn, RValue::Null),
         Some(f) => {
-            StateFacts::read(f).entry(id, product_arn, RValue::from(Value::Object(f.clone())))
+            StateFacts::read(f).entry(id, product_arn, rego_value(&Value::Object(f.clone())))
         }
     }
 }
@@ -1227,12 +1227,100 @@ pub fn document(
     Document::new(facts, body_without_ids, update).pass(keys, &[], current, enrichment)
 }
 
-/// A JSON value as a policy value, read in place. `regorus::Value::from(serde_json::Value)`
-/// is this same deserialisation, but it takes the value by move, so a borrowed one would
-/// have to be cloned first.
-fn rego_value(v: &Value) -> RValue {
+/// A JSON value as a policy value, read in place, by its JSON meaning only (see `PlainValue`).
+/// It cannot fail for a value serde_json parsed (its numbers are finite); Undefined is there
+/// only so that no panic is possible.
+pub fn rego_value(v: &Value) -> RValue {
     use serde::Deserialize;
-    RValue::deserialize(v).unwrap_or(RValue::Undefined)
+    PlainValue::deserialize(v).map_or(RValue::Undefined, |p| p.0)
+}
+
+/// A policy value deserialised from JSON as JSON means it. regorus's own `Deserialize` for its
+/// `Value` reads an object whose first key is serde_json's private marker
+/// `$serde_json::private::Number` as a number, and fails on the whole document when that
+/// member's value is not one (or the object has other members). Map keys are caller-chosen
+/// (UserDefinedFields, an import's ProductFields, resource tags): one such key turned the
+/// request body into Undefined, so that every rule reading `input.request.body` stayed silent
+/// and the request was forwarded, and a finding stored with it made its GetFindings pages
+/// unreadable (502 for every lookup of it). Here every object is an object.
+pub struct PlainValue(pub RValue);
+
+impl<'de> serde::Deserialize<'de> for PlainValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PlainValue, D::Error> {
+        d.deserialize_any(PlainVisitor).map(PlainValue)
+    }
+}
+
+struct PlainVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PlainVisitor {
+    type Value = RValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<RValue, E> {
+        Ok(RValue::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<RValue, E> {
+        Ok(RValue::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<RValue, E> {
+        Ok(RValue::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RValue, E> {
+        // As regorus: a non-finite number has no JSON form and breaks its ordered sets.
+        if !v.is_finite() {
+            return Err(E::custom(format_args!("non-finite number {v}")));
+        }
+        Ok(RValue::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<RValue, E> {
+        Ok(RValue::from(v))
+    }
+    fn visit_unit<E>(self) -> Result<RValue, E> {
+        Ok(RValue::Null)
+    }
+    fn visit_none<E>(self) -> Result<RValue, E> {
+        Ok(RValue::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<RValue, D::Error> {
+        d.deserialize_any(PlainVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RValue, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(PlainValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(RValue::from(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RValue, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(PlainKey(key)) = map.next_key()? {
+            let PlainValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(RValue::from(out))
+    }
+}
+
+/// An object key as a policy string, made from the text as read (no owned String between).
+struct PlainKey(RValue);
+
+impl<'de> serde::Deserialize<'de> for PlainKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PlainKey, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = RValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RValue, E> {
+                Ok(RValue::from(v))
+            }
+        }
+        d.deserialize_str(KeyVisitor).map(PlainKey)
+    }
 }
 
 /// The members of the input document that do not change between passes, converted once per
@@ -1420,6 +1508,24 @@ mod tests {
             doc.fixed[&RValue::from("principal")],
             RValue::from(serde_json::to_value(&principal).unwrap())
         );
+    }
+
+    /// A map key spelled like serde_json's private number marker is an ordinary key: the body
+    /// stays an object (regorus's own conversion made it a number, or Undefined), from a value
+    /// and from text alike.
+    #[test]
+    fn a_number_marker_key_is_an_ordinary_key() {
+        const MARKER: &str = "$serde_json::private::Number";
+        for value in ["5", "not-a-number"] {
+            for body in [json!({MARKER: value}), json!({MARKER: value, "owner": "x"})] {
+                let converted = rego_value(&body);
+                assert_eq!(converted[MARKER], RValue::from(value), "{body}");
+                let from_text: PlainValue = serde_json::from_str(&body.to_string()).unwrap();
+                assert_eq!(from_text.0, converted, "{body}");
+                // What regorus itself makes of it, which the policies must never see.
+                assert_ne!(RValue::from(body.clone()), converted, "{body}");
+            }
+        }
     }
 
     /// Looked-up findings are built in this order without sorting (see CURRENT_FIELDS).

@@ -25,7 +25,8 @@ impl CurrentFinding {
     pub fn new(id: &str, product_arn: &str, finding: &Value) -> CurrentFinding {
         let projected = super::input::project(finding);
         let facts = StateFacts::read(&projected);
-        let current = regorus::Value::from(Value::Object(projected));
+        // By JSON meaning: stored maps (UserDefinedFields) hold keys members choose.
+        let current = super::input::rego_value(&Value::Object(projected));
         let bytes = approximate_size(&current);
         Self::from_facts(&FindingKey::new(id, product_arn), &facts, current, bytes)
     }

@@ -1,0 +1,96 @@
+"""Adversarial request bodies: where what the policies see could differ from what Security Hub
+would execute (review adv3)."""
+
+import json
+import shutil
+
+import pytest
+
+from helpers import (ADMIN_ACCOUNT, MEMBER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope,
+                     finding, ident)
+
+# serde_json's private marker for an arbitrary-precision number. regorus reads an object whose
+# first key is this as a number (and fails on a value that is not one), so a caller-chosen map
+# key could turn an object of the body into a number, or the whole body into nothing.
+MARKER = "$serde_json::private::Number"
+
+CUSTOM_IMPORT_RULE = """package hubgate
+
+# A site rule that judges imported content, where policies/README.md says such rules look.
+deny contains {"msg": "custom: CRITICAL imports need review", "finding": null} if {
+	input.operation == "BatchImportFindings"
+	some f in input.request.body.Findings
+	f.FindingProviderFields.Severity.Label == "CRITICAL"
+}
+
+deny contains {"msg": "custom: the owner tag may not be set", "finding": null} if {
+	input.operation == "BatchUpdateFindings"
+	input.request.body.UserDefinedFields.owner
+}
+"""
+
+
+@pytest.fixture
+def custom(tmp_path, make_hubgate, seeded_fake):
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    (policies / "custom.rego").write_text(CUSTOM_IMPORT_RULE)
+    return make_hubgate({"policy": {"dir": str(policies)}}, fake=seeded_fake)
+
+
+def critical_import(fid, extra=None):
+    f = {"SchemaVersion": "2018-10-08", "Id": fid, "ProductArn": PRODUCT_ARN,
+         "GeneratorId": "g", "AwsAccountId": ADMIN_ACCOUNT, "Types": ["Effects/Data Exposure"],
+         "CreatedAt": "2026-11-24T00:00:00Z", "UpdatedAt": "2026-11-24T00:00:00Z",
+         "FindingProviderFields": {"Severity": {"Label": "CRITICAL"}},
+         "Severity": {"Label": "CRITICAL"}, "Title": "t", "Description": "d",
+         "Resources": [{"Type": "Other", "Id": "r"}]}
+    f.update(extra or {})
+    return f
+
+
+def test_control_custom_import_rule_refuses_a_critical_import(custom):
+    resp = custom.send("POST", "/findings/import", {"Findings": [critical_import("new-1")]},
+                       who="admin")
+    body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert "custom: CRITICAL imports need review" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("value", ["not-a-number", "5"])
+def test_marker_key_in_an_import_does_not_blind_body_rules(custom, value):
+    """Attack: one ProductFields key named like serde_json's private number marker. regorus's
+    deserializer then fails on the body (a non-number value) and hubgate passes the body to the
+    policies as undefined, so a rule on imported content never fires; the import is
+    forwarded."""
+    f = critical_import("new-1", {"ProductFields": {MARKER: value, "x": "y"}})
+    resp = custom.send("POST", "/findings/import", {"Findings": [f]}, who="admin")
+    assert resp.status in (400, 403), (resp.status, resp.text)
+    assert custom.fake.requests(path="/findings/import") == []
+
+
+@pytest.mark.parametrize("value", ["not-a-number", "5"])
+def test_marker_key_in_user_defined_fields_does_not_blind_body_rules(custom, value):
+    body = {"FindingIdentifiers": [ident("f-admin")],
+            "UserDefinedFields": {MARKER: value, "owner": "someone-else"}}
+    resp = custom.send("PATCH", "/findings/batchupdate", body, who="admin")
+    assert resp.status in (400, 403), (resp.status, resp.text)
+    if resp.status == 403:
+        assert "custom: the owner tag" in resp.json()["error"]["message"], resp.text
+    assert custom.fake.buf_calls() == []
+
+
+def test_a_stored_marker_key_does_not_turn_a_members_lookup_into_a_5xx(hubgate):
+    """Attack (a member planting data): a member may set UserDefinedFields on its own finding;
+    one named like the marker made every later GetFindings page holding that finding unreadable
+    to hubgate, so each member request on it became 502 UPSTREAM_UNAVAILABLE, a status SDKs
+    retry. The stored finding is ordinary JSON and must be judged like any other."""
+    f = finding("f-own-marked", MEMBER_ACCOUNT, "HIGH")
+    f["UserDefinedFields"] = {MARKER: "not-a-number"}
+    hubgate.fake.add_findings([f])
+    resp = hubgate.send("PATCH", "/findings/batchupdate",
+                        {"FindingIdentifiers": [ident("f-own-marked")],
+                         "Note": {"Text": "looked at it", "UpdatedBy": "me"}}, who="member")
+    assert resp.status < 500, (resp.status, resp.text)
+    assert resp.status == 200, (resp.status, resp.text)
+    assert len(hubgate.fake.buf_calls()) == 1
+
