@@ -2014,8 +2014,34 @@ async fn fetch_and_deliver(
             for (key, current) in states {
                 // The filter ORs ids and product ARNs, so pairs that were not asked for can
                 // come back.
-                if chunk.contains(&key) {
-                    outcomes.insert(key, Ok(Some(Arc::new(current))));
+                if !chunk.contains(&key) {
+                    continue;
+                }
+                match outcomes.entry(key) {
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(Ok(Some(Arc::new(current))));
+                    }
+                    // (Id, ProductArn) is unique per product only by the provider's promise: a
+                    // partner product's Id can recur in another account (a member can import a
+                    // copy of a victim's finding). Security Hub then answers one key with
+                    // findings of two accounts, and BatchUpdateFindings names both; judging
+                    // whichever came last let a member's copy stand for the victim's finding.
+                    // Such a key has no one owner: it is judged as a found finding whose owner
+                    // and severity hubgate cannot read, which the rules refuse for members.
+                    std::collections::hash_map::Entry::Occupied(mut slot) => {
+                        let one_owner = matches!(slot.get(),
+                            Ok(Some(first)) if first.account_id.is_some()
+                                && first.account_id == current.account_id);
+                        if !one_owner {
+                            let key = slot.key().clone();
+                            *slot.get_mut() = Ok(Some(Arc::new(CurrentFinding::from_facts(
+                                &key,
+                                &StateFacts::default(),
+                                regorus::Value::new_object(),
+                                0,
+                            ))));
+                        }
+                    }
                 }
             }
             for key in &chunk {

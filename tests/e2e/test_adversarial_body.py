@@ -3,11 +3,13 @@ would execute (review adv3)."""
 
 import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import (ADMIN_ACCOUNT, MEMBER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope,
-                     finding, ident)
+from helpers import (ADMIN_ACCOUNT, MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN,
+                     assert_envelope, finding, ident)
 
 # serde_json's private marker for an arbitrary-precision number. regorus reads an object whose
 # first key is this as a number (and fails on a value that is not one), so a caller-chosen map
@@ -94,3 +96,77 @@ def test_a_stored_marker_key_does_not_turn_a_members_lookup_into_a_5xx(hubgate):
     assert resp.status == 200, (resp.status, resp.text)
     assert len(hubgate.fake.buf_calls()) == 1
 
+
+# ---------------------------------------------------------------------------
+# One identifier, two findings: GetFindings answering the same (Id, ProductArn) twice
+
+PARTNER_ARN = "arn:aws:securityhub:us-east-1::product/examplecorp/example-scanner"
+
+
+class TwoAccountsUpstream:
+    """An upstream whose GetFindings answers one (Id, ProductArn) with two findings of
+    different accounts (the victim's first, the member's copy last), and which records every
+    BatchUpdateFindings it gets."""
+
+    def __init__(self, order):
+        self.order = order
+        self.received = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                found = [finding("f-shared", account, "HIGH", product_arn=PARTNER_ARN)
+                         for account in outer.order]
+                self._send({"Findings": found})
+
+            def do_PATCH(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                outer.received.append((self.path, body))
+                self._send({"ProcessedFindings": [ident("f-shared", PARTNER_ARN)],
+                            "UnprocessedFindings": []})
+
+            def _send(self, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("x-amzn-requestid", "up-1")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("order", [(OTHER_ACCOUNT, MEMBER_ACCOUNT), (MEMBER_ACCOUNT, OTHER_ACCOUNT)],
+                         ids=["victim-first", "member-first"])
+def test_an_identifier_that_names_findings_of_two_accounts_is_refused_for_members(
+        make_hubgate, order):
+    """Attack: (Id, ProductArn) is unique per product only by the provider's promise; a partner
+    product's Id can recur in two accounts (e.g. a member importing a copy of a victim's finding
+    under the partner's ProductArn). hubgate's lookup then reads two findings for one key and
+    kept the last one: with the member's copy last, the ownership rule saw only the member's
+    account, while BatchUpdateFindings, signed with hubgate's administrator role, names both.
+    A key that Security Hub answers for two accounts must not be judged as either one alone."""
+    up = TwoAccountsUpstream(order)
+    try:
+        hg = make_hubgate(upstream_endpoint=up.endpoint)
+        resp = hg.send("PATCH", "/findings/batchupdate",
+                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)],
+                        "Workflow": {"Status": "RESOLVED"}}, who="member")
+        assert resp.status == 403, (resp.status, resp.text)
+        assert up.received == []
+    finally:
+        up.stop()
