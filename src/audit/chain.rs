@@ -136,8 +136,18 @@ impl Chain {
     /// Checks one line against the head before it; returns the new head and the record's
     /// instance.
     fn check(&self, line: &str, head: Option<&Head>) -> Result<(Head, Option<String>), String> {
-        let mut record: Value = serde_json::from_str(line)
-            .map_err(|e| format!("not a complete JSON record (truncated or altered): {e}"))?;
+        // Read as JSON means it (hubgate's strict reader), not with serde_json's Value: with the
+        // raw_value feature that replaces an object whose first key is
+        // "$serde_json::private::RawValue" by the JSON its string holds, and records hold keys
+        // callers chose (UserDefinedFields). An honest record with such a key re-serialised to
+        // other bytes and failed its hash, so any caller could break the chain. A duplicate key
+        // (which hubgate never writes) is refused like any other alteration.
+        let mut record: Value = crate::validate::parse_strict(line.as_bytes()).map_err(|v| {
+            format!(
+                "not a complete JSON record (truncated or altered): {}",
+                v.message
+            )
+        })?;
         let chain = record
             .as_object_mut()
             .and_then(|o| o.remove("chain"))
@@ -388,6 +398,44 @@ mod tests {
                 assert_eq!(String::from_utf8(line).unwrap(), expected);
             }
         }
+    }
+
+    /// Keys a caller chose are ordinary keys to the verifier, serde_json's raw-value marker
+    /// included; a record with a repeated key (never written) does not verify.
+    #[test]
+    fn a_record_with_serde_json_marker_keys_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let mut head = Head::default();
+        let lines: Vec<Vec<u8>> = [
+            "$serde_json::private::RawValue",
+            "$serde_json::private::Number",
+        ]
+        .into_iter()
+        .map(|k| {
+            chain.seal(
+                json!({"update": {"user_defined_fields": {k: "{\"x\": 1}"}}}),
+                &mut head,
+            )
+        })
+        .collect();
+        let file = write(dir.path(), "a", &lines);
+        assert!(
+            matches!(
+                verify(&chain, &[file]).unwrap(),
+                Verdict::Intact { records: 2, .. }
+            ),
+            "{:?}",
+            String::from_utf8_lossy(&lines[0])
+        );
+        let mut doubled = lines[0].clone();
+        doubled.truncate(doubled.len() - 1);
+        doubled.extend_from_slice(br#","update":{}}"#);
+        let file = write(dir.path(), "b", &[doubled]);
+        assert!(matches!(
+            verify(&chain, &[file]).unwrap(),
+            Verdict::Broken { reason, .. } if reason.contains("altered")
+        ));
     }
 
     #[test]

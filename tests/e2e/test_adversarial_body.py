@@ -170,3 +170,51 @@ def test_an_identifier_that_names_findings_of_two_accounts_is_refused_for_member
         assert up.received == []
     finally:
         up.stop()
+
+
+# ---------------------------------------------------------------------------
+# serde_json's raw-value marker in the audit trail
+
+RAW_MARKER = "$serde_json::private::RawValue"
+
+
+@pytest.mark.parametrize("who", ["admin", "member"])
+def test_a_raw_value_marker_key_does_not_break_the_audit_chain(make_hubgate, seeded_fake, who):
+    """Attack (any caller): a UserDefinedFields key named like serde_json's raw-value marker.
+    The record holds it as written and is sealed over those bytes; `hubgate audit verify` read
+    the line with serde_json's Value, which (feature raw_value) replaces such an object with
+    the JSON its string holds, so the re-serialised record no longer matched its hash: an honest
+    log reported "modified" at the caller's record, and the chain could no longer vouch for the
+    records after it."""
+    from helpers import audit_verify
+    hg = make_hubgate(fake=seeded_fake)
+    target = "f-admin" if who == "admin" else "f-own-high"
+    resp = hg.send("PATCH", "/findings/batchupdate",
+                   {"FindingIdentifiers": [ident(target)],
+                    "UserDefinedFields": {RAW_MARKER: '{"x": 1}'}}, who=who)
+    decision = resp.headers.get("x-hubgate-decision-id") or resp.headers["x-amzn-requestid"]
+    hg.audit_for(decision)
+    done = audit_verify(hg.audit_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_repeated_key_inserted_into_a_record_is_tampering(make_hubgate, seeded_fake):
+    """Tampering: a record edited to say "allow": true in a first copy of "result", keeping the
+    sealed copy after it. serde_json's Value keeps the last copy, so the record re-serialised to
+    the sealed bytes and verified intact, while a reader that keeps the first copy (many log
+    tools) sees the forged verdict. A record with a repeated key is not one hubgate wrote."""
+    from helpers import audit_verify
+    hg = make_hubgate(fake=seeded_fake)
+    resp = hg.send("PATCH", "/findings/batchupdate",
+                   {"FindingIdentifiers": [ident("f-other")],
+                    "Workflow": {"Status": "SUPPRESSED"}}, who="member")
+    assert resp.status == 403
+    hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert audit_verify(hg.audit_path).returncode == 0
+    line = hg.audit_path.read_text().splitlines()[0]
+    chain_end = line.index("},") + 2
+    forged = line[:chain_end] + '"result":{"allow":true,"violations":[]},' + line[chain_end:]
+    assert json.loads(forged)["result"]["allow"] is False  # Python keeps the last copy too
+    hg.audit_path.write_text(forged + "\n")
+    done = audit_verify(hg.audit_path)
+    assert done.returncode != 0, done.stdout
