@@ -218,3 +218,46 @@ def test_a_repeated_key_inserted_into_a_record_is_tampering(make_hubgate, seeded
     hg.audit_path.write_text(forged + "\n")
     done = audit_verify(hg.audit_path)
     assert done.returncode != 0, done.stdout
+
+
+# ---------------------------------------------------------------------------
+# Spellings that held (not pinned elsewhere): each is refused before anything is written
+
+V1 = "/findings/batchupdate"
+V2 = "/findingsv2/batchupdatev2"
+V1_OWN = '"FindingIdentifiers":[{"Id":"f-own-high","ProductArn":"%s"}]' % PRODUCT_ARN
+
+
+def v2_ids(account, uid="f-own-high"):
+    return ('"FindingIdentifiers":[{"CloudAccountUid":"%s","FindingInfoUid":"%s",'
+            '"MetadataProductUid":"%s"}]' % (account, uid, PRODUCT_ARN))
+
+
+HELD = [
+    # a member key in another case: an unknown member to hubgate, whatever AWS makes of it
+    ("lowercase-member", V1, '{%s,"workflow":{"Status":"SUPPRESSED"}}' % V1_OWN, 400),
+    ("lowercase-nested-member", V1, '{%s,"Workflow":{"status":"SUPPRESSED"}}' % V1_OWN, 400),
+    ("byte-order-mark", V1, '\ufeff{%s,"Workflow":{"Status":"SUPPRESSED"}}' % V1_OWN, 400),
+    ("lone-surrogate", V1, '{"FindingIdentifiers":[{"Id":"f-other\\ud800","ProductArn":"%s"}],'
+                           '"Workflow":{"Status":"RESOLVED"}}' % PRODUCT_ARN, 400),
+    # lookups are exact: another account's Id with a trailing space or a NUL is not found
+    ("padded-other-id", V1, '{"FindingIdentifiers":[{"Id":"f-other ","ProductArn":"%s"}],'
+                            '"Workflow":{"Status":"RESOLVED"}}' % PRODUCT_ARN, 403),
+    ("nul-other-id", V1, '{"FindingIdentifiers":[{"Id":"f-other\\u0000","ProductArn":"%s"}],'
+                         '"Workflow":{"Status":"RESOLVED"}}' % PRODUCT_ARN, 403),
+    # V2: a claimed account that only looks like the member's is another account
+    ("v2-padded-account", V2, '{%s,"Comment":"c"}' % v2_ids(" " + MEMBER_ACCOUNT), 403),
+    ("v2-escaped-status", V2, '{%s,"StatusId":3}' % v2_ids(MEMBER_ACCOUNT).replace(
+        "CloudAccountUid", "\\u0043loudAccountUid"), 403),
+    # an integer past u64 is a float to a JSON reader: refused, never wrapped into 0-100
+    ("normalized-past-u64", V1, '{%s,"Severity":{"Normalized":18446744073709551616}}' % V1_OWN,
+     400),
+    ("confidence-near-100", V1, '{%s,"Confidence":100.0000000000000001}' % V1_OWN, 400),
+]
+
+
+@pytest.mark.parametrize("path,body,status", [h[1:] for h in HELD], ids=[h[0] for h in HELD])
+def test_odd_spellings_are_refused_before_any_write(hubgate, path, body, status):
+    resp = hubgate.send("PATCH", path, body.encode("utf-8", "surrogatepass"), who="member")
+    assert resp.status == status, (resp.status, resp.text)
+    assert [r for r in hubgate.fake.requests() if r["method"] == "PATCH"] == []
