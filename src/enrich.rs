@@ -2027,12 +2027,15 @@ async fn fetch_and_deliver(
                     // findings of two accounts, and BatchUpdateFindings names both; judging
                     // whichever came last let a member's copy stand for the victim's finding.
                     // Such a key has no one owner: it is judged as a found finding whose owner
-                    // and severity hubgate cannot read, which the rules refuse for members.
+                    // and severity hubgate cannot read, which the rules refuse for members. So
+                    // are two copies of one account's that differ (which state would the rules
+                    // judge "not lower" by?); only the same state read twice is that state.
                     std::collections::hash_map::Entry::Occupied(mut slot) => {
-                        let one_owner = matches!(slot.get(),
+                        let one_state = matches!(slot.get(),
                             Ok(Some(first)) if first.account_id.is_some()
-                                && first.account_id == current.account_id);
-                        if !one_owner {
+                                && first.account_id == current.account_id
+                                && first.entry == current.entry);
+                        if !one_state {
                             let key = slot.key().clone();
                             *slot.get_mut() = Ok(Some(Arc::new(CurrentFinding::from_facts(
                                 &key,

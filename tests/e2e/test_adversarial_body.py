@@ -104,12 +104,13 @@ PARTNER_ARN = "arn:aws:securityhub:us-east-1::product/examplecorp/example-scanne
 
 
 class TwoAccountsUpstream:
-    """An upstream whose GetFindings answers one (Id, ProductArn) with two findings of
-    different accounts (the victim's first, the member's copy last), and which records every
-    BatchUpdateFindings it gets."""
+    """An upstream whose GetFindings answers one (Id, ProductArn) with two findings (`order`:
+    the account of each, in the order sent; `labels`: their severities), and which records
+    every BatchUpdateFindings it gets."""
 
-    def __init__(self, order):
+    def __init__(self, order, labels=("HIGH", "HIGH")):
         self.order = order
+        self.labels = labels
         self.received = []
         outer = self
 
@@ -119,8 +120,8 @@ class TwoAccountsUpstream:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("content-length") or 0))
-                found = [finding("f-shared", account, "HIGH", product_arn=PARTNER_ARN)
-                         for account in outer.order]
+                found = [finding("f-shared", account, label, product_arn=PARTNER_ARN)
+                         for account, label in zip(outer.order, outer.labels)]
                 self._send({"Findings": found})
 
             def do_PATCH(self):
@@ -170,6 +171,34 @@ def test_an_identifier_that_names_findings_of_two_accounts_is_refused_for_member
         assert up.received == []
     finally:
         up.stop()
+
+
+@pytest.mark.parametrize("labels", [("LOW", "CRITICAL"), ("CRITICAL", "LOW")],
+                         ids=["low-first", "critical-first"])
+def test_two_states_of_one_accounts_finding_are_not_judged_by_either(make_hubgate, labels):
+    """The same key answered twice for the member's own account, with two severities: a raise
+    to HIGH judged by the LOW copy alone would lower the CRITICAL one. Neither state is the
+    finding's, so the member is refused; the same state read twice is that state."""
+    up = TwoAccountsUpstream((MEMBER_ACCOUNT, MEMBER_ACCOUNT), labels)
+    try:
+        hg = make_hubgate(upstream_endpoint=up.endpoint)
+        resp = hg.send("PATCH", "/findings/batchupdate",
+                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)],
+                        "Severity": {"Label": "HIGH"}}, who="member")
+        assert resp.status == 403, (resp.status, resp.text)
+        assert up.received == []
+    finally:
+        up.stop()
+    twice = TwoAccountsUpstream((MEMBER_ACCOUNT, MEMBER_ACCOUNT), ("LOW", "LOW"))
+    try:
+        hg = make_hubgate(upstream_endpoint=twice.endpoint)
+        resp = hg.send("PATCH", "/findings/batchupdate",
+                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)],
+                        "Severity": {"Label": "HIGH"}}, who="member")
+        assert resp.status == 200, (resp.status, resp.text)
+        assert len(twice.received) == 1
+    finally:
+        twice.stop()
 
 
 # ---------------------------------------------------------------------------
