@@ -87,7 +87,7 @@ pub struct Opaque(pub Value);
 
 impl<'de> Deserialize<'de> for Opaque {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Opaque, D::Error> {
-        match Value::deserialize(d)? {
+        match crate::validate::plain_json(d)? {
             Value::Null => Err(serde::de::Error::custom(
                 "null is not a value for this member",
             )),
@@ -130,12 +130,28 @@ fn pointer(path: &serde_path_to_error::Path) -> String {
 mod tests {
     use super::*;
     use crate::validate::parse_strict;
+    use serde_json::json;
 
     fn read(op: Judged, body: &str) -> Result<Typed, Violation> {
         op.read(&parse_strict(body.as_bytes()).expect("valid JSON"))
     }
 
     const IDS: &str = r#""FindingIdentifiers": [{"Id": "f", "ProductArn": "p"}]"#;
+
+    /// Deep ASFF content is read as JSON means it: a map key spelled like serde_json's
+    /// raw-value marker (callers choose keys there) is an ordinary key, not a 400.
+    #[test]
+    fn opaque_members_keep_every_key_as_a_key() {
+        for inner in [json!("not json"), json!("{\"x\": 1}"), json!(5)] {
+            let member = json!({"$serde_json::private::RawValue": inner.clone(), "k": "v"});
+            let Opaque(read) = serde_json::from_value(member.clone()).unwrap();
+            assert_eq!(read, member);
+            let alone = json!({"$serde_json::private::RawValue": inner});
+            let Opaque(read) = serde_json::from_value(alone.clone()).unwrap();
+            assert_eq!(read, alone);
+        }
+        assert!(serde_json::from_value::<Opaque>(Value::Null).is_err());
+    }
 
     #[test]
     fn integer_members_take_only_integer_literals() {

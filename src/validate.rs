@@ -181,6 +181,18 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, Violation> {
     })
 }
 
+/// A JSON value read by its JSON meaning only, from any deserializer: every object an object.
+/// serde_json's own `Value` (feature raw_value) takes an object whose first key is
+/// `$serde_json::private::RawValue` for raw JSON text, and callers choose map keys deep in an
+/// import; the strict reader's visitor has no such case.
+pub fn plain_json<'de, D: de::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    let duplicate = RefCell::new(None);
+    Strict {
+        duplicate: &duplicate,
+    }
+    .deserialize(d)
+}
+
 enum Segment {
     Key(String),
     Index(usize),
