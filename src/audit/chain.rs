@@ -269,7 +269,8 @@ fn file_instance(file: &Path) -> Option<String> {
         .take(16 * 1024 * 1024)
         .read_until(b'\n', &mut first)
         .ok()?;
-    let record: Value = serde_json::from_slice(&first).ok()?;
+    // The strict reader, as `check`: a record's keys are not serde_json's markers.
+    let record: Value = crate::validate::parse_strict(&first).ok()?;
     record
         .get("chain")?
         .get("instance")?
@@ -315,7 +316,10 @@ pub fn head_of(path: &Path) -> Option<Head> {
     let mut text = Vec::new();
     file.take(TAIL).read_to_end(&mut text).ok()?;
     for line in text.split(|b| *b == b'\n').rev() {
-        let Ok(record) = serde_json::from_slice::<Value>(line) else {
+        // The strict reader, as `check`: with serde_json's Value, a last record holding a
+        // caller's key spelled like its raw-value marker did not read, and the chain resumed
+        // from the record before it, which `audit verify` then reported as a break.
+        let Ok(record) = crate::validate::parse_strict(line) else {
             continue;
         };
         let chain = record.get("chain")?;
@@ -581,6 +585,28 @@ mod tests {
     #[test]
     fn devices_have_no_head() {
         assert_eq!(head_of(Path::new("/dev/zero")), None);
+    }
+
+    /// The head is the last record's, whatever keys a caller put in it: one spelled like
+    /// serde_json's raw-value marker (its text not JSON) made the record before it the head.
+    #[test]
+    fn the_head_is_the_last_record_whatever_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let mut head = Head::default();
+        let lines: Vec<Vec<u8>> = ["a", "$serde_json::private::RawValue"]
+            .into_iter()
+            .map(|k| {
+                chain.seal(
+                    json!({"update": {"user_defined_fields": {k: "not json"}}}),
+                    &mut head,
+                )
+            })
+            .collect();
+        let file = write(dir.path(), "m", &lines);
+        let found = head_of(&file).unwrap();
+        assert_eq!((found.seq, &found.hash), (head.seq, &head.hash));
+        assert_eq!(found.seq, 2);
     }
 
     #[test]
