@@ -62,8 +62,10 @@ fn principal(args: &EvalArgs, config: &Config) -> Result<Principal, String> {
 
 fn current_findings(path: &Path) -> Result<KeyMap<Arc<CurrentFinding>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Read as serve reads GetFindings answers: by JSON meaning, so that a finding whose map
+    // keys are spelled like serde_json's markers is judged here as it is there.
+    let value: Value = crate::validate::parse_strict(text.as_bytes())
+        .map_err(|e| format!("{}: {}", path.display(), e.message))?;
     let list = match &value {
         Value::Array(items) => items.clone(),
         Value::Object(o) => match o.get("Findings") {

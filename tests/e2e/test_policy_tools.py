@@ -79,6 +79,20 @@ def test_eval_prints_the_input_document(request_file, current_file):
     assert "FindingIdentifiers" not in doc["request"]["body"]
 
 
+def test_eval_reads_current_findings_as_serve_reads_them(request_file, tmp_path):
+    """A finding whose UserDefinedFields key is spelled like serde_json's raw-value marker is
+    an ordinary finding to eval, as to serve's lookups: judged, not an unreadable file."""
+    current = write(tmp_path, "marker.json", {"Findings": [
+        {"Id": "f-1", "ProductArn": PRODUCT_ARN, "AwsAccountId": "222222222222",
+         "Severity": {"Label": "HIGH"}, "Workflow": {"Status": "NEW"},
+         "UserDefinedFields": {"$serde_json::private::RawValue": "not json"}}]})
+    r = run_hubgate("eval", "--config", CONFIG, "--request", request_file,
+                    "--principal", "demo-member", "--current", current)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "member accounts may not lower a finding's severity (HIGH to LOW) [finding f-1" \
+        in r.stdout, r.stdout + r.stderr
+
+
 def test_eval_reports_validation_errors(tmp_path):
     bad = write(tmp_path, "bad.json", {"FindingIdentifiers": [], "Confidence": 101})
     r = run_hubgate("eval", "--config", CONFIG, "--request", bad, "--as", "member:222222222222")
