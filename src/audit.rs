@@ -381,6 +381,19 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
         .map_err(|e| AuditError::Open(format!("{}: {e}", path.display())))
 }
 
+/// Whether a non-empty file's last byte is a newline.
+fn ends_with_newline(path: &Path) -> Result<bool, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> std::io::Result<bool> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::End(-1))?;
+        let mut last = [0u8; 1];
+        file.read_exact(&mut last)?;
+        Ok(last[0] == b'\n')
+    };
+    read().map_err(|e| AuditError::Open(format!("{}: {e}", path.display())))
+}
+
 /// `path.N` for the Nth most recent rotated file.
 pub fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -394,8 +407,16 @@ impl FileSink {
             std::fs::create_dir_all(parent)
                 .map_err(|e| AuditError::Open(format!("{}: {e}", parent.display())))?;
         }
-        let file = open_append(&config.path)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut file = open_append(&config.path)?;
+        let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // A killed writer can leave the last record without its newline (a record of the
+        // buffer's size or more is written ahead of it). The next record must start a line of
+        // its own: glued to the last one, both would be unreadable and the chain broken.
+        if size > 0 && !ends_with_newline(&config.path)? {
+            file.write_all(b"\n")
+                .map_err(|e| AuditError::Open(format!("{}: {e}", config.path.display())))?;
+            size += 1;
+        }
         Ok(FileSink {
             path: config.path.clone(),
             out: std::io::BufWriter::new(file),

@@ -308,7 +308,31 @@ fn check(arg: &ConfigArg) -> ExitCode {
                 .filter(|f| f.extension().is_some_and(|e| e == "rego"))
                 .cloned()
                 .collect();
+            let data: Vec<PathBuf> = policy
+                .files
+                .iter()
+                .filter(|f| f.file_name().is_some_and(|n| n == "data.json"))
+                .cloned()
+                .collect();
+            let mut settings_ok = true;
+            match lint::unread_settings(&rego, &data) {
+                Ok(unread) => {
+                    for u in &unread {
+                        eprintln!("hubgate: {u}");
+                    }
+                    if !unread.is_empty() {
+                        eprintln!("hubgate: a setting no rule reads leaves the rule it was meant for at its default; see policies/README.md for the settings");
+                        settings_ok = false;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("hubgate: {e}");
+                    settings_ok = false;
+                }
+            }
+            ok &= settings_ok;
             match lint::unknown_fields(&rego) {
+                Ok(unknown) if unknown.is_empty() && !settings_ok => {}
                 Ok(unknown) if unknown.is_empty() => outln!(
                     "policies: {} ({} files, revision {})",
                     config.policy.dir.display(),
@@ -476,8 +500,13 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, getrandom::Error> {
 }
 
 fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
-    if id.trim().is_empty() || id.contains(['"', '\\', '\n']) {
-        eprintln!("hubgate: --id must be a non-empty name without quotes, backslashes or newlines");
+    // The entry is printed as a TOML basic string: a quote, a backslash or a control
+    // character other than tab would print an entry the callers file cannot parse.
+    if id.trim().is_empty()
+        || id.contains(['"', '\\'])
+        || id.chars().any(|c| c.is_control() && c != '\t')
+    {
+        eprintln!("hubgate: --id must be a non-empty name without quotes, backslashes or control characters");
         return ExitCode::from(2);
     }
     let (Ok(key_bytes), Ok(secret_bytes)) = (random_bytes(18), random_bytes(40)) else {

@@ -139,14 +139,19 @@ impl Chain {
         // Read as JSON means it (hubgate's strict reader), not with serde_json's Value: with the
         // raw_value feature that replaces an object whose first key is
         // "$serde_json::private::RawValue" by the JSON its string holds, and records hold keys
-        // callers chose (UserDefinedFields). An honest record with such a key re-serialised to
-        // other bytes and failed its hash, so any caller could break the chain. A duplicate key
-        // (which hubgate never writes) is refused like any other alteration.
+        // callers chose (UserDefinedFields): an honest record with such a key re-serialised to
+        // other bytes and failed its hash. And a member written twice hashes as its last value
+        // (serde_json keeps the last), while a reader that takes the first one would read the
+        // value an editor slipped in before it. Every sealed record has each member once.
         let mut record: Value = crate::validate::parse_strict(line.as_bytes()).map_err(|v| {
-            format!(
-                "not a complete JSON record (truncated or altered): {}",
-                v.message
-            )
+            if v.message.starts_with("duplicate key") {
+                format!("a member is written twice ({}): it was modified", v.path)
+            } else {
+                format!(
+                    "not a complete JSON record (truncated or altered): {}",
+                    v.message
+                )
+            }
         })?;
         let chain = record
             .as_object_mut()
@@ -209,7 +214,6 @@ pub enum Verdict {
 /// not the log's first ever (seq 1), older files were rotated away, which is reported as such.
 pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
     let mut head: Option<Head> = None;
-    let mut chain_instance: Option<Option<String>> = None;
     let mut first_seq = 0;
     let mut records = 0;
     for file in files {
@@ -229,19 +233,13 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
             if text.trim().is_empty() {
                 return Ok(broken("an empty line where a record should be".into()));
             }
+            // A record's instance may differ from the one before it: a restarted pod has a
+            // new name (and a log written before instances were recorded has none) yet
+            // continues the chain of the file it appends to. What makes a record part of a
+            // chain is its seq and prev, which `check` requires to follow the record before;
+            // a record of another replica's chain cannot link, and its instance is sealed.
             match chain.check(text, head.as_ref()) {
-                Ok((next, instance)) => {
-                    match &chain_instance {
-                        None => chain_instance = Some(instance),
-                        Some(expected) if *expected != instance => {
-                            return Ok(broken(format!(
-                                "a record of instance {} in the chain of instance {}",
-                                instance.as_deref().unwrap_or("(none)"),
-                                expected.as_deref().unwrap_or("(none)")
-                            )))
-                        }
-                        Some(_) => {}
-                    }
+                Ok((next, _instance)) => {
                     if head.is_none() {
                         first_seq = next.seq;
                     }
@@ -259,10 +257,10 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
     })
 }
 
-/// The instance named by a file's first record: which replica's chain the file belongs to.
-/// None for older logs without one, and for files whose first record cannot be read (the
-/// chain they are verified in then reports it).
-fn file_instance(file: &Path) -> Option<String> {
+/// A file's first record: the instance it names (which replica's chain the file belongs to;
+/// None for older logs without one) and its link, `(seq, prev)`. None for a file whose first
+/// record cannot be read (the chain it is verified in then reports it).
+fn first_record(file: &Path) -> Option<(Option<String>, u64, String)> {
     let f = std::fs::File::open(file).ok()?;
     let mut first = Vec::new();
     std::io::BufReader::new(f)
@@ -271,26 +269,58 @@ fn file_instance(file: &Path) -> Option<String> {
         .ok()?;
     // The strict reader, as `check`: a record's keys are not serde_json's markers.
     let record: Value = crate::validate::parse_strict(&first).ok()?;
-    record
-        .get("chain")?
-        .get("instance")?
-        .as_str()
-        .map(str::to_string)
+    let chain = record.get("chain")?;
+    let instance = chain
+        .get("instance")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let seq = chain.get("seq")?.as_u64()?;
+    let prev = chain.get("prev")?.as_str()?.to_string();
+    Some((instance, seq, prev))
 }
 
 /// Verifies the files of several replicas: groups them by the instance their records name
 /// (keeping each replica's files in the order given, oldest first) and verifies each chain.
+/// A group whose first record continues another group's last one is the same chain under a
+/// new name (a replica restarted with another host name, or a log begun before instances were
+/// recorded) and is verified as part of it.
 pub fn verify_replicas(
     chain: &Chain,
     files: &[PathBuf],
 ) -> Result<Vec<(Option<String>, Verdict)>, String> {
     let mut groups: Vec<(Option<String>, Vec<PathBuf>)> = Vec::new();
     for file in files {
-        let instance = file_instance(file);
+        let instance = first_record(file).and_then(|(i, _, _)| i);
         match groups.iter_mut().find(|(i, _)| *i == instance) {
             Some((_, g)) => g.push(file.clone()),
             None => groups.push((instance, vec![file.clone()])),
         }
+    }
+    // Join continued chains: a group's first link (seq, prev) that follows another group's
+    // last record. Each join removes a group, so this ends.
+    'join: loop {
+        for j in 0..groups.len() {
+            let Some((_, seq, prev)) = groups[j].1.first().and_then(|f| first_record(f)) else {
+                continue;
+            };
+            for i in 0..groups.len() {
+                if i == j {
+                    continue;
+                }
+                let continues = groups[i]
+                    .1
+                    .last()
+                    .and_then(|f| head_of(f))
+                    .is_some_and(|h| h.seq + 1 == seq && h.hash == prev);
+                if continues {
+                    let (_, tail) = groups.remove(j);
+                    let i = if i > j { i - 1 } else { i };
+                    groups[i].1.extend(tail);
+                    continue 'join;
+                }
+            }
+        }
+        break;
     }
     groups
         .into_iter()
@@ -514,6 +544,49 @@ mod tests {
         // and a record of another replica inside a chain is found
         let mixed = write(dir.path(), "mixed", &[la[0].clone(), lb[1].clone()]);
         let (line, _) = broken_at(verify(&Chain::new(None), &[mixed]).unwrap());
+        assert_eq!(line, 2);
+    }
+
+    #[test]
+    fn a_chain_continued_under_another_instance_name_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        // a log begun before instances were recorded, continued by a replica named "pod-1",
+        // restarted as "pod-2" (a new pod name), which rotated into a file of its own
+        let mut head = Head::default();
+        let mut lines = Vec::new();
+        for (i, name) in [
+            None,
+            None,
+            Some("pod-1"),
+            Some("pod-1"),
+            Some("pod-2"),
+            Some("pod-2"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let chain = Chain::new(Some(b"k".to_vec())).with_instance(name.map(String::from));
+            lines.push(chain.seal(json!({"decision_id": format!("d{i}")}), &mut head));
+        }
+        let old = write(dir.path(), "a.1", &lines[..5]);
+        let new = write(dir.path(), "a", &lines[5..]);
+        let keyed = Chain::new(Some(b"k".to_vec()));
+        let verdicts = verify_replicas(&keyed, &[old.clone(), new.clone()]).unwrap();
+        assert_eq!(
+            verdicts,
+            vec![(
+                None,
+                Verdict::Intact {
+                    records: 6,
+                    first_seq: 1,
+                    last_seq: 6
+                }
+            )]
+        );
+        // leaving out the older file still reads as a chain that starts mid-way, and a record
+        // deleted at the rename is found
+        let cut = write(dir.path(), "cut", &[lines[3].clone(), lines[5].clone()]);
+        let (line, _) = broken_at(verify(&keyed, &[cut]).unwrap());
         assert_eq!(line, 2);
     }
 

@@ -240,6 +240,94 @@ fn check_text(shape: &Value, file: &Path, text: &str) -> Vec<UnknownField> {
     out
 }
 
+/// A data.json setting no rule reads: a misspelt key (`"tickets": "enforce"`,
+/// `"member_forbiden_fields"`) leaves the rule it was meant for at its default, silently.
+#[derive(Debug, PartialEq)]
+pub struct UnreadSetting {
+    pub file: PathBuf,
+    /// Where the key is, e.g. `hubgate_settings.library.tickets`.
+    pub path: String,
+}
+
+impl std::fmt::Display for UnreadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: no rule reads this setting (misspelt?), so it changes nothing",
+            self.file.display(),
+            self.path
+        )
+    }
+}
+
+/// The data.json keys no rule of `rego` (test files excluded) reads: the top-level keys
+/// (`data.K`), the keys of `hubgate_settings` (`hubgate_settings.K`) and the rule names of
+/// `hubgate_settings.library` (`library_enforced("N")`, `library_warned("N")`). A rule that
+/// reads a key only through a computed name is not seen; `hubgate check` then names the key.
+pub fn unread_settings(
+    rego: &[PathBuf],
+    data: &[PathBuf],
+) -> Result<Vec<UnreadSetting>, LintError> {
+    let mut text = String::new();
+    for file in rego.iter().filter(|f| !crate::policy::is_test_file(f)) {
+        text.push_str(&std::fs::read_to_string(file).map_err(|source| LintError {
+            file: file.clone(),
+            source,
+        })?);
+        text.push('\n');
+    }
+    let reads = |patterns: &[String]| patterns.iter().any(|p| text.contains(p.as_str()));
+    let mut out = Vec::new();
+    for file in data {
+        let raw = std::fs::read_to_string(file).map_err(|source| LintError {
+            file: file.clone(),
+            source,
+        })?;
+        // PolicySet::load has refused a data.json that is not a JSON object already.
+        let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&raw) else {
+            continue;
+        };
+        let mut unread = |path: String| {
+            out.push(UnreadSetting {
+                file: file.clone(),
+                path,
+            })
+        };
+        for (key, value) in &doc {
+            if !reads(&[format!("data.{key}"), format!("data[\"{key}\"]")]) {
+                unread(key.clone());
+                continue;
+            }
+            if key != "hubgate_settings" {
+                continue;
+            }
+            let Value::Object(settings) = value else {
+                continue;
+            };
+            for (name, value) in settings {
+                if !reads(&[
+                    format!("hubgate_settings.{name}"),
+                    format!("hubgate_settings[\"{name}\"]"),
+                ]) {
+                    unread(format!("hubgate_settings.{name}"));
+                    continue;
+                }
+                if let ("library", Value::Object(rules)) = (name.as_str(), value) {
+                    for rule in rules.keys() {
+                        if !reads(&[
+                            format!("library_enforced(\"{rule}\")"),
+                            format!("library_warned(\"{rule}\")"),
+                        ]) {
+                            unread(format!("hubgate_settings.library.{rule}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

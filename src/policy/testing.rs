@@ -127,11 +127,20 @@ fn package_of(text: &str) -> Option<String> {
     })
 }
 
+/// How long one test rule may run. serve bounds each evaluation by `policy.eval_timeout_ms`;
+/// a test rule (or a rule it calls) that never ends would otherwise hang the run, and with it
+/// the CI job that gates a policy change. Generous: a test may build large inputs.
+pub const TEST_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs every test in `dir`, measuring line coverage when asked.
 pub fn run(dir: &Path, coverage: bool) -> Result<Summary, PolicyLoadError> {
     let files = list_files(dir)?;
     let mut engine = engine_from(&files.rego, &files.data)?;
     engine.set_enable_coverage(coverage);
+    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+        limit: TEST_TIME_LIMIT,
+        check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+    });
     let mut summary = Summary::default();
     let mut merged = Vec::new();
     for file in &files.rego {

@@ -1,0 +1,173 @@
+"""Adversarial review of the audit trail, reload and the policy tools: scenarios that broke a
+promise (each asserts the promised behaviour) and ones no other test pins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    HUBGATE_BIN,
+    audit_verify,
+    hubgate_env,
+    ident,
+    run_hubgate,
+    wait_until,
+)
+
+SUPPRESS_MEMBER = {"FindingIdentifiers": [ident("f-own-high")],
+                   "Workflow": {"Status": "SUPPRESSED"}}
+
+
+def note(fid: str, text: str = "adversarial note") -> dict:
+    return {"FindingIdentifiers": [ident(fid)], "Note": {"Text": text, "UpdatedBy": "e2e"}}
+
+
+def intact(out: subprocess.CompletedProcess):
+    assert out.returncode == 0 and "BROKEN" not in out.stdout, (out.stdout, out.stderr)
+
+
+# ---------------------------------------------------------------------------
+# restarts: the chain an honest restart writes must verify
+
+
+def test_a_restart_under_another_instance_name_keeps_a_verifiable_log(make_fake, make_hubgate):
+    """A Deployment's pod gets a new name at every restart (HOSTNAME), and the audit file on its
+    volume is appended to and its chain continued: the honest log must still verify."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False}}, fake=fake,
+                      env={**hubgate_env(), "HUBGATE_INSTANCE_ID": "hubgate-7d9f-aaaaa"})
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    hg.stop()
+    hg.env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": "hubgate-7d9f-bbbbb"}
+    hg.start()
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    hg.stop()
+    records = hg.audit_records()
+    assert [r["chain"]["seq"] for r in records] == [1, 2]
+    intact(audit_verify(hg.audit_path))
+
+
+def test_a_record_whose_newline_was_lost_is_not_glued_to_the_next_start(make_fake, make_hubgate):
+    """A record of 8 KiB or more is written past the writer's buffer and its newline after it,
+    so a SIGKILL (the OOM killer) can leave a complete last record without its newline. The
+    next start continues the chain from that record; its first record must be a line of its own
+    (readable, and the log verifiable), not glued to the end of the last one."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False}}, fake=fake)
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    hg.stop()
+    text = hg.audit_path.read_bytes()
+    assert text.endswith(b"\n")
+    hg.audit_path.write_bytes(text[:-1])
+    hg.start()
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    hg.stop()
+    lines = hg.audit_path.read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert [json.loads(line)["chain"]["seq"] for line in lines] == [1, 2]
+    intact(audit_verify(hg.audit_path))
+
+
+def test_verify_finds_a_member_slipped_in_before_the_real_one(make_fake, make_hubgate):
+    """A denial's line edited to carry `"forwarded":true,"status":200` (and a forged allow)
+    ahead of the real members: serde_json keeps the last value, so the hash still matched and
+    verify said intact, while a reader that takes a key's first occurrence (simdjson-based
+    ones, some SIEM extractors) reads a forwarded, allowed request. Even with the HMAC key."""
+    key_env = {"HG_TEST_AUDIT_KEY": "audit-hmac-key-adv4"}
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"hmac_key_env": "HG_TEST_AUDIT_KEY", "include_input": False}},
+                      fake=fake, env={**hubgate_env(), **key_env})
+    assert hg.buf(SUPPRESS_MEMBER, who="member").status == 403
+    hg.stop()
+    line = hg.audit_path.read_text().splitlines()[0]
+    assert '"forwarded":false' in line
+    head, rest = line.split("},", 1)
+    forged = head + '},"forwarded":true,"result":{"allow":true,"violations":[],"warnings":[]},' \
+        '"status":200,' + rest
+    assert json.loads(forged)["forwarded"] is False  # last-wins readers still see the truth
+    hg.audit_path.write_text(forged + "\n")
+    out = audit_verify(hg.audit_path, key_env="HG_TEST_AUDIT_KEY", env=key_env)
+    assert out.returncode == 1 and "BROKEN" in out.stdout, (out.stdout, out.stderr)
+    assert ":1:" in out.stdout and "modified" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------------------
+# policy tools
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def policy_copy(tmp_path: Path, settings: dict) -> Path:
+    """The shipped policy set with hubgate_settings changed, and a config that loads it."""
+    import shutil
+
+    pol = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", pol)
+    data = json.loads((pol / "data.json").read_text())
+    data["hubgate_settings"].update(settings)
+    (pol / "data.json").write_text(json.dumps(data))
+    demo = (REPO / "config" / "demo" / "hubgate.toml").read_text()
+    config = tmp_path / "hubgate.toml"
+    config.write_text(demo.replace('dir = "../../policies"', f'dir = "{pol}"')
+                      .replace('callers = "callers.toml"',
+                               f'callers = "{REPO / "config" / "demo" / "callers.toml"}"'))
+    return config
+
+
+@pytest.mark.parametrize("settings, named", [
+    # meant to enforce the ticket rule: the name is misspelt, so it stays a warning
+    ({"library": {"tickets": "enforce"}}, "hubgate_settings.library.tickets"),
+    # meant to forbid members setting Types: the key is misspelt, so nothing is forbidden
+    ({"member_forbiden_fields": ["Types"]}, "hubgate_settings.member_forbiden_fields"),
+])
+def test_check_refuses_a_misspelt_setting_that_changes_nothing(tmp_path, settings, named):
+    """The library promises that "a typo never switches a rule off silently"; a misspelt rule
+    name or setting key does exactly that, and `hubgate check` said the set was valid."""
+    config = policy_copy(tmp_path, settings)
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert named in r.stderr, r.stderr
+    # the shipped settings, spelt right, pass
+    ok = policy_copy(tmp_path / "ok", {"library": {"ticket": "enforce"},
+                                       "member_forbidden_fields": ["Types"]})
+    r = run_hubgate("check", "--config", str(ok))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_hubgate_test_bounds_a_test_that_never_ends(tmp_path):
+    """serve bounds every evaluation (policy.eval_timeout_ms); `hubgate test` ran a test rule
+    that never ends forever, hanging the CI job that gates the policy change."""
+    (tmp_path / "p.rego").write_text(
+        "package hubgate\n"
+        "import rego.v1\n"
+        "deny contains {\"msg\": \"never\", \"finding\": null} if input.operation == \"x\"\n"
+        "test_quick if { true }\n"
+        "test_endless if {\n"
+        "  some i in numbers.range(1, 100000)\n"
+        "  some j in numbers.range(1, 100000)\n"
+        "  i * j == -1\n"
+        "}\n")
+    try:
+        r = subprocess.run([str(HUBGATE_BIN), "test", str(tmp_path)], env=hubgate_env(),
+                           capture_output=True, text=True, timeout=40,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hubgate test did not end within 40 s")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "PASS" in r.stdout and "test_quick" in r.stdout, r.stdout
+    assert "FAIL" in r.stdout and "test_endless" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("name", ["ops\x7fbot", "ops\x01bot", "ops\x1bbot"])
+def test_keys_new_refuses_an_id_its_entry_could_not_hold(name):
+    """`keys new` printed a callers-file entry with a control character in a TOML string and
+    exited 0; pasted in, the callers file no longer parses (a restart refuses to serve)."""
+    r = run_hubgate("keys", "new", "--id", name, "--account", "111111111111", "--role", "member")
+    assert r.returncode == 2, r.stdout
+    assert "secret_access_key" not in r.stdout
