@@ -605,6 +605,10 @@ impl Writer {
     }
 }
 
+/// The most lines the writer leaves unflushed under load: on a failed flush each of them is
+/// written to the operational log, so this bounds that memory and that burst.
+const MAX_UNFLUSHED: usize = 64;
+
 /// How long the writer waits for more records, once its queue is empty, before it sleeps
 /// until the next one. A sender whose record finds the writer asleep must wake its thread (a
 /// futex call and two context switches: perf put them at about 13% of a denial's CPU); one
@@ -664,6 +668,20 @@ impl AuditLog {
         let handle = std::thread::Builder::new()
             .name("hubgate-audit".into())
             .spawn(move || {
+                // Lines written to the sink since its last good flush: a failing flush
+                // loses all of them (they sit in the buffer, or half of one reached the
+                // file), not only the line in hand, so all of them go to the operational log.
+                let mut unflushed: Vec<Vec<u8>> = Vec::new();
+                let mut failed = false;
+                let log_failed = |e: &std::io::Error, lines: &mut Vec<Vec<u8>>| {
+                    for line in lines.drain(..) {
+                        tracing::error!(
+                            error = %e,
+                            record = %String::from_utf8_lossy(&line),
+                            "audit sink failed; refusing requests until restarted"
+                        );
+                    }
+                };
                 while let Some(msg) = next(&mut rx) {
                     let t = Instant::now();
                     let line = match msg {
@@ -675,10 +693,25 @@ impl AuditLog {
                             continue;
                         }
                     };
+                    if failed {
+                        // Records of requests answered before the sink failed, still queued:
+                        // the failed sink would take them into its buffer and lose them.
+                        metrics.errors.inc();
+                        tracing::error!(
+                            record = %String::from_utf8_lossy(&line),
+                            "audit sink failed; refusing requests until restarted"
+                        );
+                        continue;
+                    }
                     let mut result = writer.sink.write_line(&line);
-                    // Flush when the queue is empty: batches under load, prompt when idle.
-                    if result.is_ok() && rx.is_empty() {
+                    unflushed.push(line);
+                    // Flush when the queue is empty: batches under load, prompt when idle;
+                    // and every MAX_UNFLUSHED lines, which bounds what a failure must log.
+                    if result.is_ok() && (rx.is_empty() || unflushed.len() >= MAX_UNFLUSHED) {
                         result = writer.flush(false);
+                        if result.is_ok() {
+                            unflushed.clear();
+                        }
                     }
                     metrics.write_seconds.observe(t.elapsed().as_secs_f64());
                     match result {
@@ -687,19 +720,19 @@ impl AuditLog {
                         }
                         Err(e) => {
                             metrics.errors.inc();
-                            // The record reaches the operational log at least; the sink is
+                            // The records reach the operational log at least; the sink is
                             // then closed, so no later request is forwarded unrecorded.
-                            tracing::error!(
-                                error = %e,
-                                record = %String::from_utf8_lossy(&line),
-                                "audit sink failed; refusing requests until restarted"
-                            );
+                            log_failed(&e, &mut unflushed);
+                            failed = true;
                             rx.close();
                         }
                     }
                 }
-                if let Err(e) = writer.flush(true) {
-                    tracing::error!(error = %e, "final audit flush failed");
+                if !failed {
+                    if let Err(e) = writer.flush(true) {
+                        tracing::error!(error = %e, "final audit flush failed");
+                        log_failed(&e, &mut unflushed);
+                    }
                 }
             })
             .map_err(|e| AuditError::Open(e.to_string()))?;
@@ -1126,6 +1159,60 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// What the writer logs, from every thread (the writer has its own).
+    #[derive(Clone)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_record_a_failed_flush_loses_reaches_the_log() {
+        let captured = Captured(Default::default());
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        // The only test that installs a global subscriber; the writer logs from its thread.
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        let config = AuditConfig {
+            path: PathBuf::from("/dev/full"),
+            ..config(Path::new("/unused"))
+        };
+        let (log, writer) = AuditLog::start(&config, "us-east-1", AuditMetrics::default()).unwrap();
+        // Queued faster than the writer wakes (it lingers 1 ms): written as one batch into
+        // its buffer, then one flush that fails.
+        let mut slots = Vec::new();
+        for _ in 0..20 {
+            slots.push(log.reserve().await.unwrap());
+        }
+        for (i, slot) in slots.into_iter().enumerate() {
+            slot.write(Record {
+                decision_id: format!("batched-{i:02}"),
+                ..sample_record()
+            });
+        }
+        drop(log);
+        writer.finish();
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        let missing: Vec<String> = (0..20)
+            .map(|i| format!("batched-{i:02}"))
+            .filter(|id| !text.contains(id.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "lost without a trace: {missing:?}\n{text}"
+        );
     }
 
     #[tokio::test]
