@@ -219,3 +219,34 @@ def test_every_answered_request_of_a_failing_sink_is_recorded_somewhere(make_fak
     lost = [d for d in forwarded if d not in in_file and d not in stderr]
     assert not lost, (f"{len(lost)} of {len(forwarded)} forwarded requests have no record in "
                       f"the file or on stderr: {lost[:3]}")
+
+
+# ---------------------------------------------------------------------------
+# masking
+
+
+def readme_mask() -> list[str]:
+    """The `audit.mask` the README's Masking section gives for keeping note texts out."""
+    import re
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Masking"):text.index("### OCSF")]
+    return json.loads(re.search(r"^mask = (\[.*\])$", section, re.M).group(1))
+
+
+def test_the_documented_note_mask_keeps_a_v2_comment_out_of_the_log(make_fake, make_hubgate):
+    """README: "To keep note texts out of the log, mask all three" pointers, "and the text
+    appears nowhere in the file". BatchUpdateFindingsV2 (under policy by default) carries the
+    note as `Comment`; does the documented mask keep it out?"""
+    secret = "v2-comment-text-should-be-masked-41c7"
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": True, "mask": readme_mask()}}, fake=fake)
+    ident_v2 = {"CloudAccountUid": "111111111111", "FindingInfoUid": "f-admin",
+                "MetadataProductUid": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}
+    resp = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                   {"FindingIdentifiers": [ident_v2], "Comment": secret}, who="admin")
+    rec = hg.audit_for(resp.headers.get("x-hubgate-decision-id")
+                       or resp.headers["x-amzn-requestid"])
+    hg.stop()
+    text = hg.audit_path.read_text()
+    where = [k for k in ("update", "input") if secret in json.dumps(rec.get(k))]
+    assert secret not in text, f"the V2 comment is in the record's {where} (status {resp.status})"
