@@ -88,6 +88,9 @@ struct Trail {
     /// A throttle (Security Hub's, or hubgate's own pacing running out of time) decided the
     /// answer.
     throttled: bool,
+    /// The forward failed in a way that leaves its outcome unknown (a timeout, a connection
+    /// lost, an unreadable answer): Security Hub may have applied it.
+    outcome_unknown: bool,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
     /// The deciding state's findings with hubgate's own recent writes laid over them.
@@ -123,7 +126,7 @@ impl Trail {
         started: Instant,
     ) -> Result<Response<Incoming>, Rejection> {
         self.upstream_ns = started.elapsed().as_nanos() as u64;
-        let response = response?;
+        let response = response.inspect_err(|e| self.outcome_unknown = e.outcome_unknown())?;
         self.forwarded = true;
         self.upstream_status = Some(response.status().as_u16());
         self.upstream_request_id = response
@@ -1299,6 +1302,16 @@ fn record(
     status: u16,
     error: Option<RecordError>,
 ) -> Record {
+    // `forwarded` says Security Hub answered; a write it never answered may still have been
+    // applied, which the record must not leave a reader to guess from the error code (a
+    // timed-out lookup, which sent nothing, has the same one).
+    let error = error.map(|mut e| {
+        if trail.outcome_unknown {
+            e.message
+                .push_str("; the request was forwarded: Security Hub may have applied it");
+        }
+        e
+    });
     let input = trail
         .input
         .take()

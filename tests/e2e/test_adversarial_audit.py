@@ -250,3 +250,37 @@ def test_the_documented_note_mask_keeps_a_v2_comment_out_of_the_log(make_fake, m
     text = hg.audit_path.read_text()
     where = [k for k in ("update", "input") if secret in json.dumps(rec.get(k))]
     assert secret not in text, f"the V2 comment is in the record's {where} (status {resp.status})"
+
+
+# ---------------------------------------------------------------------------
+# what a record says about a write that went out
+
+
+def test_a_write_applied_but_answered_too_late_is_not_recorded_as_never_sent(make_fake,
+                                                                             make_hubgate):
+    """Security Hub applies the write and answers after upstream.timeout_ms: the caller gets
+    504, the finding is changed, and the record must not read as a request that never left
+    hubgate. It said `forwarded: false` and UPSTREAM_TIMEOUT "Security Hub did not answer within
+    500 ms", word for word what a timed-out enrichment lookup (nothing sent) says."""
+    import time
+
+    fake = make_fake()
+    hg = make_hubgate({"upstream": {"timeout_ms": 500}}, fake=fake)
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
+    resp = hg.buf({"FindingIdentifiers": [ident("f-admin")],
+                   "Workflow": {"Status": "NOTIFIED"},
+                   "Note": {"Text": "SEC-9 sent", "UpdatedBy": "e2e"}}, who="admin")
+    assert resp.status == 504, resp.text
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    time.sleep(1.2)
+    assert fake.findings()["f-admin"]["Workflow"]["Status"] == "NOTIFIED"  # applied
+    assert len(fake.buf_calls()) == 1
+    assert rec["forwarded"] is False and rec["upstream_status"] is None  # no answer
+    assert "Security Hub may have applied it" in rec["error"]["message"], rec["error"]
+    # a lookup that timed out sent nothing, and does not say so
+    fake.configure(answer_delay_ms={"GetFindings": 1500})
+    lookup = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                     "Note": {"Text": "t", "UpdatedBy": "u"}}, who="member")
+    assert lookup.status == 504, lookup.text
+    rec = hg.audit_for(lookup.headers["x-amzn-requestid"])
+    assert "may have applied" not in rec["error"]["message"], rec["error"]
