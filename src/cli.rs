@@ -295,6 +295,20 @@ fn check(arg: &ConfigArg) -> ExitCode {
     if refuse_demo_keys(&config).is_err() {
         ok = false;
     }
+    // What serve reads at start and refuses to start without: the listener's certificate and
+    // key, and the audit chain's key. A check that passed without them promised a start that
+    // fails.
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
+        if let Err(e) = crate::server::tls::Tls::load(cert, key, config.server.client_ca.as_deref())
+        {
+            eprintln!("hubgate: {e}");
+            ok = false;
+        }
+    }
+    if let Err(e) = crate::audit::chain_key(&config.audit) {
+        eprintln!("hubgate: {e}");
+        ok = false;
+    }
     match PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),

@@ -284,3 +284,36 @@ def test_a_write_applied_but_answered_too_late_is_not_recorded_as_never_sent(mak
     assert lookup.status == 504, lookup.text
     rec = hg.audit_for(lookup.headers["x-amzn-requestid"])
     assert "may have applied" not in rec["error"]["message"], rec["error"]
+
+
+# ---------------------------------------------------------------------------
+# hubgate check against what serve needs to start
+
+
+def test_check_fails_where_serve_would_not_start(tmp_path):
+    """`hubgate check` said "config: … is valid" (exit 0) for a configuration `serve` refuses
+    to start with: a listener certificate that is not there, an audit HMAC key variable that is
+    not set."""
+    from pki import CA
+
+    base = policy_copy(tmp_path, {}).read_text()
+    cases = {
+        "tls": base.replace("[server]\n", '[server]\ntls_cert = "/nonexistent/cert.pem"\n'
+                                          'tls_key = "/nonexistent/key.pem"\n', 1),
+        "hmac": base.replace("[audit]\n", '[audit]\nhmac_key_env = "HG_ADV_UNSET_KEY"\n', 1),
+    }
+    for name, text in cases.items():
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text)
+        r = run_hubgate("check", "--config", str(config))
+        assert r.returncode != 0, (name, r.stdout, r.stderr)
+        assert "is valid" not in r.stdout, (name, r.stdout)
+        serve = run_hubgate("serve", "--config", str(config), timeout=20)
+        assert serve.returncode != 0, (name, serve.stderr[-500:])
+    # a real certificate passes
+    cert, key = CA().server_cert().write(tmp_path, "server")
+    good = tmp_path / "good.toml"
+    good.write_text(base.replace("[server]\n", f'[server]\ntls_cert = "{cert}"\n'
+                                               f'tls_key = "{key}"\n', 1))
+    r = run_hubgate("check", "--config", str(good))
+    assert r.returncode == 0, r.stdout + r.stderr
