@@ -339,26 +339,41 @@ pub fn head_of(path: &Path) -> Option<Head> {
     if !meta.is_file() {
         return None;
     }
-    // The last records are at the end; a record is far smaller than this window.
-    const TAIL: u64 = 8 * 1024 * 1024;
-    let start = meta.len().saturating_sub(TAIL);
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut text = Vec::new();
-    file.take(TAIL).read_to_end(&mut text).ok()?;
-    for line in text.split(|b| *b == b'\n').rev() {
-        // The strict reader, as `check`: with serde_json's Value, a last record holding a
-        // caller's key spelled like its raw-value marker did not read, and the chain resumed
-        // from the record before it, which `audit verify` then reported as a break.
-        let Ok(record) = crate::validate::parse_strict(line) else {
-            continue;
-        };
-        let chain = record.get("chain")?;
-        return Some(Head {
-            seq: chain.get("seq")?.as_u64()?,
-            hash: chain.get("hash")?.as_str()?.to_string(),
-        });
+    // The last records are at the end. A window of the file's end is read, and widened while
+    // it holds no complete record: a record larger than the window (an import's input can be
+    // megabytes) would otherwise read as no record at all, and the chain restart at seq 1 in
+    // the middle of the log. The widest window bounds what a file of garbage costs.
+    const FIRST: u64 = 8 * 1024 * 1024;
+    const WIDEST: u64 = 512 * 1024 * 1024;
+    let mut window = FIRST;
+    loop {
+        let start = meta.len().saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).ok()?;
+        let mut text = Vec::new();
+        (&mut file).take(window).read_to_end(&mut text).ok()?;
+        let mut lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        if start > 0 {
+            // The window's first line begins before it: not a complete line.
+            lines.remove(0);
+        }
+        for line in lines.into_iter().rev() {
+            // The strict reader, as `check`: with serde_json's Value, a last record holding a
+            // caller's key spelled like its raw-value marker did not read, and the chain
+            // resumed from the record before it, which `audit verify` then reported as a break.
+            let Ok(record) = crate::validate::parse_strict(line) else {
+                continue;
+            };
+            let chain = record.get("chain")?;
+            return Some(Head {
+                seq: chain.get("seq")?.as_u64()?,
+                hash: chain.get("hash")?.as_str()?.to_string(),
+            });
+        }
+        if start == 0 || window >= WIDEST {
+            return None;
+        }
+        window = (window * 4).min(WIDEST);
     }
-    None
 }
 
 #[cfg(test)]
@@ -653,6 +668,22 @@ mod tests {
             verify(&Chain::new(Some(b"x".to_vec())), &[file]).unwrap(),
             Verdict::Broken { .. }
         ));
+    }
+
+    #[test]
+    fn the_head_is_found_behind_a_last_record_larger_than_the_first_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let mut head = Head::default();
+        let small = chain.seal(json!({"decision_id": "d0"}), &mut head);
+        let big = chain.seal(
+            json!({"decision_id": "d1", "input": "x".repeat(9 * 1024 * 1024)}),
+            &mut head,
+        );
+        let file = write(dir.path(), "big", &[small, big]);
+        let found = head_of(&file).unwrap();
+        assert_eq!(found, head);
+        assert_eq!(found.seq, 2);
     }
 
     #[test]

@@ -317,3 +317,34 @@ def test_check_fails_where_serve_would_not_start(tmp_path):
                                                f'tls_key = "{key}"\n', 1))
     r = run_hubgate("check", "--config", str(good))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_restart_after_a_record_larger_than_8_mib_continues_the_chain(make_fake, make_hubgate):
+    """A restart finds the chain's head in the last 8 MiB of the file. A last record larger than
+    that (an import's input with server.max_body_bytes raised: Security Hub takes up to 100
+    findings of 240 KB) left no complete record in the window: the chain restarted at seq 1 in
+    the middle of the file, and the honest log no longer verified."""
+    import hashlib
+
+    env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": "hubgate-big"}
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False}}, fake=fake, env=env)
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    hg.stop()
+    last = json.loads(hg.audit_path.read_text().splitlines()[-1])
+    # the record such an import leaves, sealed as the writer seals it (no HMAC key)
+    body = {"decision_id": "big-import", "input": {"request": {"body": "x" * (9 << 20)}}}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    seq, prev = last["chain"]["seq"] + 1, last["chain"]["hash"]
+    digest = hashlib.sha256(f"{prev}\n{seq}\ninstance:hubgate-big\n{text}".encode()).hexdigest()
+    chain = json.dumps({"hash": digest, "instance": "hubgate-big", "prev": prev, "seq": seq},
+                       separators=(",", ":"))
+    with hg.audit_path.open("a") as f:
+        f.write('{"chain":' + chain + "," + text[1:] + "\n")
+    intact(audit_verify(hg.audit_path))
+    hg.start()
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    hg.stop()
+    seqs = [json.loads(line)["chain"]["seq"] for line in hg.audit_path.read_text().splitlines()]
+    assert seqs == [1, 2, 3], seqs
+    intact(audit_verify(hg.audit_path))
