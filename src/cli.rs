@@ -309,6 +309,13 @@ fn check(arg: &ConfigArg) -> ExitCode {
         eprintln!("hubgate: {e}");
         ok = false;
     }
+    for (pointer, known) in lint::unmatchable_mask_pointers(&config.audit.mask) {
+        eprintln!(
+            "hubgate: audit.mask {pointer:?} names nothing a record has, so it erases nothing (known there: {})",
+            known.join(", ")
+        );
+        ok = false;
+    }
     match PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),

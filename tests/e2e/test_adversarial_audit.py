@@ -348,3 +348,18 @@ def test_a_restart_after_a_record_larger_than_8_mib_continues_the_chain(make_fak
     seqs = [json.loads(line)["chain"]["seq"] for line in hg.audit_path.read_text().splitlines()]
     assert seqs == [1, 2, 3], seqs
     intact(audit_verify(hg.audit_path))
+
+
+def test_check_refuses_a_mask_pointer_that_erases_nothing(tmp_path):
+    """A misspelt audit.mask pointer (`/update/notes/text`) matches nothing: the note text it
+    was meant to keep out of the log stays, silently, and `hubgate check` said valid."""
+    base = policy_copy(tmp_path, {}).read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base.replace("[audit]\n", '[audit]\nmask = ["/update/notes/text"]\n', 1))
+    r = run_hubgate("check", "--config", str(bad))
+    assert r.returncode != 0 and "/update/notes/text" in r.stderr, r.stdout + r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(base.replace("[audit]\n", "[audit]\nmask = " + json.dumps(readme_mask())
+                                 + "\n", 1))
+    r = run_hubgate("check", "--config", str(good))
+    assert r.returncode == 0, r.stdout + r.stderr
