@@ -483,7 +483,7 @@ mod tests {
         let file = write(dir.path(), "b", &[doubled]);
         assert!(matches!(
             verify(&chain, &[file]).unwrap(),
-            Verdict::Broken { reason, .. } if reason.contains("altered")
+            Verdict::Broken { reason, .. } if reason.contains("written twice")
         ));
     }
 
