@@ -151,6 +151,20 @@ class TwoAccountsUpstream:
         self.server.server_close()
 
 
+def members_update(make_hubgate, up, update: dict) -> tuple[int, int]:
+    """The member's update of f-shared through a hubgate in front of `up` (stopped after):
+    the answer's status and how many BatchUpdateFindings reached `up`."""
+    try:
+        hg = make_hubgate(upstream_endpoint=up.endpoint)
+        resp = hg.send("PATCH", "/findings/batchupdate",
+                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)], **update},
+                       who="member")
+        assert resp.status in (200, 403), (resp.status, resp.text)
+        return resp.status, len(up.received)
+    finally:
+        up.stop()
+
+
 @pytest.mark.parametrize("order", [(OTHER_ACCOUNT, MEMBER_ACCOUNT), (MEMBER_ACCOUNT, OTHER_ACCOUNT)],
                          ids=["victim-first", "member-first"])
 def test_an_identifier_that_names_findings_of_two_accounts_is_refused_for_members(
@@ -161,16 +175,9 @@ def test_an_identifier_that_names_findings_of_two_accounts_is_refused_for_member
     kept the last one: with the member's copy last, the ownership rule saw only the member's
     account, while BatchUpdateFindings, signed with hubgate's administrator role, names both.
     A key that Security Hub answers for two accounts must not be judged as either one alone."""
-    up = TwoAccountsUpstream(order)
-    try:
-        hg = make_hubgate(upstream_endpoint=up.endpoint)
-        resp = hg.send("PATCH", "/findings/batchupdate",
-                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)],
-                        "Workflow": {"Status": "RESOLVED"}}, who="member")
-        assert resp.status == 403, (resp.status, resp.text)
-        assert up.received == []
-    finally:
-        up.stop()
+    status, received = members_update(make_hubgate, TwoAccountsUpstream(order),
+                                      {"Workflow": {"Status": "RESOLVED"}})
+    assert status == 403 and received == 0
 
 
 @pytest.mark.parametrize("labels", [("LOW", "CRITICAL"), ("CRITICAL", "LOW")],
@@ -179,26 +186,14 @@ def test_two_states_of_one_accounts_finding_are_not_judged_by_either(make_hubgat
     """The same key answered twice for the member's own account, with two severities: a raise
     to HIGH judged by the LOW copy alone would lower the CRITICAL one. Neither state is the
     finding's, so the member is refused; the same state read twice is that state."""
-    up = TwoAccountsUpstream((MEMBER_ACCOUNT, MEMBER_ACCOUNT), labels)
-    try:
-        hg = make_hubgate(upstream_endpoint=up.endpoint)
-        resp = hg.send("PATCH", "/findings/batchupdate",
-                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)],
-                        "Severity": {"Label": "HIGH"}}, who="member")
-        assert resp.status == 403, (resp.status, resp.text)
-        assert up.received == []
-    finally:
-        up.stop()
-    twice = TwoAccountsUpstream((MEMBER_ACCOUNT, MEMBER_ACCOUNT), ("LOW", "LOW"))
-    try:
-        hg = make_hubgate(upstream_endpoint=twice.endpoint)
-        resp = hg.send("PATCH", "/findings/batchupdate",
-                       {"FindingIdentifiers": [ident("f-shared", PARTNER_ARN)],
-                        "Severity": {"Label": "HIGH"}}, who="member")
-        assert resp.status == 200, (resp.status, resp.text)
-        assert len(twice.received) == 1
-    finally:
-        twice.stop()
+    raise_to_high = {"Severity": {"Label": "HIGH"}}
+    status, received = members_update(
+        make_hubgate, TwoAccountsUpstream((MEMBER_ACCOUNT, MEMBER_ACCOUNT), labels), raise_to_high)
+    assert status == 403 and received == 0
+    status, received = members_update(
+        make_hubgate, TwoAccountsUpstream((MEMBER_ACCOUNT, MEMBER_ACCOUNT), ("LOW", "LOW")),
+        raise_to_high)
+    assert status == 200 and received == 1
 
 
 # ---------------------------------------------------------------------------

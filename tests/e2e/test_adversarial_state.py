@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from test_in_flight import in_flight
+
 from helpers import (MEMBER_ACCOUNT, OTHER_PRODUCT_ARN, POLICY_DIR, PRODUCT_ARN,
                      assert_envelope, finding, ident)
 
@@ -147,19 +149,6 @@ def test_a_partial_decision_voided_and_refused_whole_is_not_recorded_as_partial(
 V2 = "/findingsv2/batchupdatev2"
 
 
-def in_flight(fake, send, path: str) -> tuple[threading.Thread, dict]:
-    """Starts `send` (the administrator's write) in a thread; returns once the fake has it."""
-    before = len(fake.requests(path=path))
-    answers: dict = {}
-    thread = threading.Thread(target=lambda: answers.__setitem__("admin", send()))
-    thread.start()
-    until = time.monotonic() + 10
-    while len(fake.requests(path=path)) == before:
-        assert time.monotonic() < until, "the write never reached the fake"
-        time.sleep(0.02)
-    return thread, answers
-
-
 @pytest.mark.parametrize("write", ["v2", "update_findings"])
 def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
         make_fake, make_hubgate, write):
@@ -192,6 +181,18 @@ def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
     assert [c for c in fake.buf_calls() if "MEDIUM" in c["body"]] == []
 
 
+def cached_member_finding(make_fake, make_hubgate, settle_ms):
+    """A fake and a hubgate (cache_ttl_ms 60 s; settle_ms as given, or the default) whose cache
+    holds FID, read by a member's note that was forwarded."""
+    fake = make_fake()
+    enrichment = {"enabled": True, "cache_ttl_ms": 60000}
+    if settle_ms is not None:
+        enrichment["settle_ms"] = settle_ms
+    hg = make_hubgate({"enrichment": enrichment}, fake=fake)
+    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    return fake, hg
+
+
 @pytest.mark.parametrize("settle_ms", [0, None])
 def test_an_answered_update_findings_leaves_no_cached_state_to_decide_on(
         make_fake, make_hubgate, settle_ms):
@@ -199,12 +200,7 @@ def test_an_answered_update_findings_leaves_no_cached_state_to_decide_on(
     changed) is answered. Without the settle journal, the member's next request on its cached
     finding is decided on a new GetFindings call, not on what was cached before; with it, the
     member's state-reading requests are refused as settling, before any lookup."""
-    fake = make_fake()
-    enrichment = {"enabled": True, "cache_ttl_ms": 60000}
-    if settle_ms is not None:
-        enrichment["settle_ms"] = settle_ms
-    hg = make_hubgate({"enrichment": enrichment}, fake=fake)
-    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    fake, hg = cached_member_finding(make_fake, make_hubgate, settle_ms)
     cached = hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member")
     assert hg.audit_for(cached.headers["x-hubgate-decision-id"])["metrics"][
         "counter_lookup_calls"] == 0, "cached before the write"
@@ -281,12 +277,7 @@ def test_a_v2_raise_is_not_undone_through_v1_on_the_state_cached_before_it(
     the fake itself). The member then sets MEDIUM through V1, a no-op on the cached state: it
     must be refused, as settling (the journal) or as lowering CRITICAL to MEDIUM (read again
     without it), and never sent."""
-    fake = make_fake()
-    enrichment = {"enabled": True, "cache_ttl_ms": 60000}
-    if settle_ms is not None:
-        enrichment["settle_ms"] = settle_ms
-    hg = make_hubgate({"enrichment": enrichment}, fake=fake)
-    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
+    fake, hg = cached_member_finding(make_fake, make_hubgate, settle_ms)
     v2 = hg.send("PATCH", V2, {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
                                                        "FindingInfoUid": FID,
                                                        "MetadataProductUid": PRODUCT_ARN}],
