@@ -150,8 +150,9 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of audit files, oldest first (e.g. audit.ndjson.2 audit.ndjson.1
-    /// audit.ndjson); reports the first modified, deleted, reordered or truncated record.
+    /// Check the hash chain of audit files (e.g. audit.ndjson*: each chain's files are checked
+    /// in the order of their records, whatever the order given); reports the first modified,
+    /// deleted, reordered or truncated record.
     /// Files of several replicas may be given at once: each replica's chain is checked and
     /// reported on its own line.
     Verify {

@@ -279,8 +279,8 @@ fn first_record(file: &Path) -> Option<(Option<String>, u64, String)> {
     Some((instance, seq, prev))
 }
 
-/// Verifies the files of several replicas: groups them by the instance their records name
-/// (keeping each replica's files in the order given, oldest first) and verifies each chain.
+/// Verifies the files of several replicas: groups them by the instance their records name,
+/// puts each replica's files in the order of their records, and verifies each chain.
 /// A group whose first record continues another group's last one is the same chain under a
 /// new name (a replica restarted with another host name, or a log begun before instances were
 /// recorded) and is verified as part of it.
@@ -295,6 +295,14 @@ pub fn verify_replicas(
             Some((_, g)) => g.push(file.clone()),
             None => groups.push((instance, vec![file.clone()])),
         }
+    }
+    // Each chain's files in the order of their first records' sequence numbers, whatever the
+    // order given: the shell expands `audit.ndjson*` newest first, and an honest log given so
+    // read as BROKEN. The order of the records is still checked link by link, within and
+    // across files, so sorting hides no deletion or reordering; a file whose first record
+    // cannot be read keeps its place before the others, where the chain reports it.
+    for (_, group) in &mut groups {
+        group.sort_by_cached_key(|f| first_record(f).map(|(_, seq, _)| seq));
     }
     // Join continued chains: a group's first link (seq, prev) that follows another group's
     // last record. Each join removes a group, so this ends.
@@ -560,6 +568,36 @@ mod tests {
         let mixed = write(dir.path(), "mixed", &[la[0].clone(), lb[1].clone()]);
         let (line, _) = broken_at(verify(&Chain::new(None), &[mixed]).unwrap());
         assert_eq!(line, 2);
+    }
+
+    /// Files given newest first (as a shell expands `audit.ndjson*`) are checked oldest first;
+    /// a record deleted between them is still found.
+    #[test]
+    fn files_are_checked_in_the_order_of_their_records_whatever_the_order_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let lines = log(&chain, 6);
+        let oldest = write(dir.path(), "a.2", &lines[..2]);
+        let older = write(dir.path(), "a.1", &lines[2..4]);
+        let newest = write(dir.path(), "a", &lines[4..]);
+        let given = [newest.clone(), older.clone(), oldest.clone()];
+        assert_eq!(
+            verify_replicas(&chain, &given).unwrap(),
+            vec![(
+                None,
+                Verdict::Intact {
+                    records: 6,
+                    first_seq: 1,
+                    last_seq: 6
+                }
+            )]
+        );
+        let gap = write(dir.path(), "gap", &lines[3..4]);
+        let verdicts = verify_replicas(&chain, &[newest, gap, oldest]).unwrap();
+        assert!(
+            matches!(&verdicts[..], [(None, Verdict::Broken { .. })]),
+            "{verdicts:?}"
+        );
     }
 
     #[test]

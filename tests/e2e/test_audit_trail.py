@@ -392,8 +392,10 @@ def test_rotated_log_verifies_and_every_tampering_is_found(rotated_log, tmp_path
     broken_at(audit_verify(*c), c[2], 1, "deleted or reordered")
     assert gone.name == "audit.ndjson.3"
 
-    # the originals are still intact
+    # the originals are still intact, given oldest first or newest first (as a shell expands
+    # audit.ndjson*)
     intact(audit_verify(*files), total)
+    intact(audit_verify(*reversed(files)), total)
 
 
 def test_keyed_chain_needs_the_key(make_fake, make_hubgate):
