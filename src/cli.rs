@@ -270,6 +270,28 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Prints what a lint found (each finding, then `hint`) or why it could not run; true when
+/// it ran and found nothing.
+fn linted<T: std::fmt::Display, E: std::fmt::Display>(
+    found: Result<Vec<T>, E>,
+    hint: &str,
+) -> bool {
+    match found {
+        Ok(found) if found.is_empty() => true,
+        Ok(found) => {
+            for f in found {
+                eprintln!("hubgate: {f}");
+            }
+            eprintln!("hubgate: {hint}");
+            false
+        }
+        Err(e) => {
+            eprintln!("hubgate: {e}");
+            false
+        }
+    }
+}
+
 fn check(arg: &ConfigArg) -> ExitCode {
     let config = match load_config(arg) {
         Ok(c) => c,
@@ -324,54 +346,28 @@ fn check(arg: &ConfigArg) -> ExitCode {
     .and_then(|p| p.covers(&config).map(|()| p))
     {
         Ok(policy) => {
-            let rego: Vec<PathBuf> = policy
-                .files
-                .iter()
-                .filter(|f| f.extension().is_some_and(|e| e == "rego"))
-                .cloned()
-                .collect();
-            let data: Vec<PathBuf> = policy
-                .files
-                .iter()
-                .filter(|f| f.file_name().is_some_and(|n| n == "data.json"))
-                .cloned()
-                .collect();
-            let mut settings_ok = true;
-            match lint::unread_settings(&rego, &data) {
-                Ok(unread) => {
-                    for u in &unread {
-                        eprintln!("hubgate: {u}");
-                    }
-                    if !unread.is_empty() {
-                        eprintln!("hubgate: a setting no rule reads leaves the rule it was meant for at its default; see policies/README.md for the settings");
-                        settings_ok = false;
-                    }
-                }
-                Err(e) => {
-                    eprintln!("hubgate: {e}");
-                    settings_ok = false;
-                }
-            }
-            ok &= settings_ok;
-            match lint::unknown_fields(&rego) {
-                Ok(unknown) if unknown.is_empty() && !settings_ok => {}
-                Ok(unknown) if unknown.is_empty() => outln!(
+            let files = |keep: fn(&std::path::Path) -> bool| -> Vec<PathBuf> {
+                policy.files.iter().filter(|f| keep(f)).cloned().collect()
+            };
+            let rego = files(|f| f.extension().is_some_and(|e| e == "rego"));
+            let data = files(|f| f.file_name().is_some_and(|n| n == "data.json"));
+            let settings_ok = linted(
+                lint::unread_settings(&rego, &data),
+                "a setting no rule reads leaves the rule it was meant for at its default; see policies/README.md for the settings",
+            );
+            let fields_ok = linted(
+                lint::unknown_fields(&rego),
+                "a rule that reads a field the input document does not have is never true; see policies/README.md for the input document",
+            );
+            if settings_ok && fields_ok {
+                outln!(
                     "policies: {} ({} files, revision {})",
                     config.policy.dir.display(),
                     policy.files.len(),
                     policy.revision
-                ),
-                Ok(unknown) => {
-                    for u in unknown {
-                        eprintln!("hubgate: {u}");
-                    }
-                    eprintln!("hubgate: a rule that reads a field the input document does not have is never true; see policies/README.md for the input document");
-                    ok = false;
-                }
-                Err(e) => {
-                    eprintln!("hubgate: {e}");
-                    ok = false;
-                }
+                );
+            } else {
+                ok = false;
             }
         }
         Err(e) => {

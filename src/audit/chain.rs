@@ -288,12 +288,19 @@ pub fn verify_replicas(
     chain: &Chain,
     files: &[PathBuf],
 ) -> Result<Vec<(Option<String>, Verdict)>, String> {
-    let mut groups: Vec<(Option<String>, Vec<PathBuf>)> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     for file in files {
-        let instance = first_record(file).and_then(|(i, _, _)| i);
-        match groups.iter_mut().find(|(i, _)| *i == instance) {
-            Some((_, g)) => g.push(file.clone()),
-            None => groups.push((instance, vec![file.clone()])),
+        let (instance, link) = match first_record(file) {
+            Some((instance, seq, prev)) => (instance, Some((seq, prev))),
+            None => (None, None),
+        };
+        match groups.iter_mut().find(|g| g.instance == instance) {
+            Some(g) => g.files.push((file.clone(), link)),
+            None => groups.push(Group {
+                instance,
+                files: vec![(file.clone(), link)],
+                last: None,
+            }),
         }
     }
     // Each chain's files in the order of their first records' sequence numbers, whatever the
@@ -301,39 +308,49 @@ pub fn verify_replicas(
     // read as BROKEN. The order of the records is still checked link by link, within and
     // across files, so sorting hides no deletion or reordering; a file whose first record
     // cannot be read keeps its place before the others, where the chain reports it.
-    for (_, group) in &mut groups {
-        group.sort_by_cached_key(|f| first_record(f).map(|(_, seq, _)| seq));
+    for g in &mut groups {
+        g.files
+            .sort_by_key(|(_, link)| link.as_ref().map(|(seq, _)| *seq));
+        g.last = g.files.last().and_then(|(f, _)| head_of(f));
     }
     // Join continued chains: a group's first link (seq, prev) that follows another group's
     // last record. Each join removes a group, so this ends.
-    'join: loop {
-        for j in 0..groups.len() {
-            let Some((_, seq, prev)) = groups[j].1.first().and_then(|f| first_record(f)) else {
-                continue;
-            };
-            for i in 0..groups.len() {
-                if i == j {
-                    continue;
-                }
-                let continues = groups[i]
-                    .1
-                    .last()
-                    .and_then(|f| head_of(f))
-                    .is_some_and(|h| h.seq + 1 == seq && h.hash == prev);
-                if continues {
-                    let (_, tail) = groups.remove(j);
-                    let i = if i > j { i - 1 } else { i };
-                    groups[i].1.extend(tail);
-                    continue 'join;
-                }
-            }
-        }
-        break;
+    while let Some((i, j)) = continued(&groups) {
+        let tail = groups.remove(j);
+        let i = if i > j { i - 1 } else { i };
+        groups[i].files.extend(tail.files);
+        groups[i].last = tail.last;
     }
     groups
         .into_iter()
-        .map(|(instance, files)| Ok((instance, verify(chain, &files)?)))
+        .map(|g| {
+            let files: Vec<PathBuf> = g.files.into_iter().map(|(f, _)| f).collect();
+            Ok((g.instance, verify(chain, &files)?))
+        })
         .collect()
+}
+
+/// One instance's files, each with its first record's link `(seq, prev)`, and the head of the
+/// last one: what joining chains reads, read once per file.
+struct Group {
+    instance: Option<String>,
+    files: Vec<(PathBuf, Option<(u64, String)>)>,
+    last: Option<Head>,
+}
+
+/// `(i, j)`: group j's first record follows group i's last one.
+fn continued(groups: &[Group]) -> Option<(usize, usize)> {
+    groups.iter().enumerate().find_map(|(j, g)| {
+        let (seq, prev) = g.files.first().and_then(|(_, link)| link.as_ref())?;
+        let i = groups.iter().enumerate().position(|(i, other)| {
+            i != j
+                && other
+                    .last
+                    .as_ref()
+                    .is_some_and(|h| h.seq + 1 == *seq && h.hash == *prev)
+        })?;
+        Some((i, j))
+    })
 }
 
 /// The head of an existing log file, so a restart continues its chain instead of starting a
@@ -459,23 +476,27 @@ mod tests {
 
     /// Keys a caller chose are ordinary keys to the verifier, serde_json's raw-value marker
     /// included; a record with a repeated key (never written) does not verify.
+    /// One sealed record per key, each with `{key: text}` as its update's UserDefinedFields.
+    fn with_keys(chain: &Chain, head: &mut Head, keys: &[&str], text: &str) -> Vec<Vec<u8>> {
+        keys.iter()
+            .map(|k| chain.seal(json!({"update": {"user_defined_fields": {*k: text}}}), head))
+            .collect()
+    }
+
     #[test]
     fn a_record_with_serde_json_marker_keys_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let chain = Chain::new(None);
         let mut head = Head::default();
-        let lines: Vec<Vec<u8>> = [
-            "$serde_json::private::RawValue",
-            "$serde_json::private::Number",
-        ]
-        .into_iter()
-        .map(|k| {
-            chain.seal(
-                json!({"update": {"user_defined_fields": {k: "{\"x\": 1}"}}}),
-                &mut head,
-            )
-        })
-        .collect();
+        let lines = with_keys(
+            &chain,
+            &mut head,
+            &[
+                "$serde_json::private::RawValue",
+                "$serde_json::private::Number",
+            ],
+            "{\"x\": 1}",
+        );
         let file = write(dir.path(), "a", &lines);
         assert!(
             matches!(
@@ -736,15 +757,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let chain = Chain::new(None);
         let mut head = Head::default();
-        let lines: Vec<Vec<u8>> = ["a", "$serde_json::private::RawValue"]
-            .into_iter()
-            .map(|k| {
-                chain.seal(
-                    json!({"update": {"user_defined_fields": {k: "not json"}}}),
-                    &mut head,
-                )
-            })
-            .collect();
+        let lines = with_keys(
+            &chain,
+            &mut head,
+            &["a", "$serde_json::private::RawValue"],
+            "not json",
+        );
         let file = write(dir.path(), "m", &lines);
         let found = head_of(&file).unwrap();
         assert_eq!((found.seq, &found.hash), (head.seq, &head.hash));

@@ -211,16 +211,19 @@ fn unknown_member(shape: &Value, path: &[String]) -> Option<(usize, Vec<String>)
     None
 }
 
+fn read(file: &Path) -> Result<String, LintError> {
+    std::fs::read_to_string(file).map_err(|source| LintError {
+        file: file.to_path_buf(),
+        source,
+    })
+}
+
 /// The unknown `input.` paths of these rule files.
 pub fn unknown_fields(files: &[PathBuf]) -> Result<Vec<UnknownField>, LintError> {
     let shape = shape();
     let mut out = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).map_err(|source| LintError {
-            file: file.clone(),
-            source,
-        })?;
-        out.extend(check_text(&shape, file, &text));
+        out.extend(check_text(&shape, file, &read(file)?));
     }
     Ok(out)
 }
@@ -313,19 +316,13 @@ pub fn unread_settings(
 ) -> Result<Vec<UnreadSetting>, LintError> {
     let mut text = String::new();
     for file in rego.iter().filter(|f| !crate::policy::is_test_file(f)) {
-        text.push_str(&std::fs::read_to_string(file).map_err(|source| LintError {
-            file: file.clone(),
-            source,
-        })?);
+        text.push_str(&read(file)?);
         text.push('\n');
     }
     let reads = |patterns: &[String]| patterns.iter().any(|p| text.contains(p.as_str()));
     let mut out = Vec::new();
     for file in data {
-        let raw = std::fs::read_to_string(file).map_err(|source| LintError {
-            file: file.clone(),
-            source,
-        })?;
+        let raw = read(file)?;
         // PolicySet::load has refused a data.json that is not a JSON object already.
         let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&raw) else {
             continue;
