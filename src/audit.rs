@@ -77,6 +77,8 @@ pub struct Record {
     pub status: u16,
     pub throttled: bool,
     pub timestamp: String,
+    /// Read back (a masked record) by JSON meaning: it holds keys callers chose.
+    #[serde(deserialize_with = "plain_optional")]
     pub update: Option<Value>,
     pub upstream_request_id: Option<String>,
     pub upstream_status: Option<u16>,
@@ -231,6 +233,20 @@ pub struct RecordMetrics {
 }
 
 /// A masked place reads as absent, not as 0, which would name another finding.
+/// An optional JSON member read by its JSON meaning (`validate::plain_json`), null as None.
+/// serde_json's own Value reads an object whose first key is its raw-value marker as raw JSON
+/// text, and a record's update holds UserDefinedFields keys callers chose: with `audit.mask`
+/// set, such a key made the masked record unreadable, and it was written as an empty record.
+fn plain_optional<'de, D>(deserializer: D) -> Result<Option<Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(match crate::validate::plain_json(deserializer)? {
+        Value::Null => None,
+        v => Some(v),
+    })
+}
+
 fn places<'de, D>(deserializer: D) -> Result<Option<Vec<usize>>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -1301,6 +1317,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A masked record reads back whole whatever keys a caller put in its update: one spelled
+    /// like serde_json's raw-value marker made it unreadable, and an empty record was written.
+    #[test]
+    fn a_masked_record_keeps_a_callers_marker_key() {
+        let udf = json!({"$serde_json::private::RawValue": "not json", "k": "v"});
+        let record = Record {
+            update: Some(json!({"user_defined_fields": udf, "note": {"text": "t"}})),
+            ..sample_record()
+        };
+        let (read, _, erased) = masked(record, None, &["/update/note/text".to_string()]);
+        assert_eq!(erased, vec![json!("/update/note/text")]);
+        assert_eq!(read.operation.as_deref(), Some("BatchUpdateFindings"));
+        assert_eq!(read.request_path, "/findings/batchupdate");
+        assert_eq!(
+            read.update,
+            Some(json!({"user_defined_fields": udf, "note": {}}))
+        );
     }
 
     #[tokio::test]
