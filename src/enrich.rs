@@ -2343,7 +2343,10 @@ impl PageMemo {
             return Err(E::custom("the page memo lost a text it built"));
         };
         if as_json && built.json.is_none() {
-            built.json = Some(serde_json::from_str(text).map_err(E::custom)?);
+            // By JSON meaning, as the policy value was: not serde_json's own Value, which reads
+            // an object whose first key is its raw-value marker as raw JSON text.
+            let mut reader = serde_json::Deserializer::from_str(text);
+            built.json = Some(crate::validate::plain_json(&mut reader).map_err(E::custom)?);
         }
         Ok(built)
     }

@@ -971,7 +971,8 @@ impl Patch {
     pub fn from_items<S: AsRef<str>>(items: &[S]) -> Option<Patch> {
         let value = |json: &str| match json {
             "" => Some(RValue::Undefined),
-            json => serde_json::from_str::<RValue>(json).ok(),
+            // By JSON meaning (PlainValue): a written UserDefinedFields holds keys callers chose.
+            json => serde_json::from_str::<PlainValue>(json).ok().map(|p| p.0),
         };
         // Composed in Redis from writes this replica did not see: whether one overwrote
         // another is not known.
@@ -1526,6 +1527,21 @@ mod tests {
                 assert_ne!(RValue::from(body.clone()), converted, "{body}");
             }
         }
+    }
+
+    /// A change composed in Redis reads back whatever keys a caller's UserDefinedFields had:
+    /// one spelled like serde_json's number marker made the whole change unreadable.
+    #[test]
+    fn a_composed_change_reads_back_a_callers_marker_key() {
+        let udf = r#"{"$serde_json::private::Number":"x","k":"v"}"#;
+        let patch = Patch::from_items(&[format!("s/UserDefinedFields\t{udf}")]).unwrap();
+        let (member, sub, value) = &patch.set[0];
+        assert_eq!((member, sub), (&RValue::from("UserDefinedFields"), &None));
+        assert_eq!(value["$serde_json::private::Number"], RValue::from("x"));
+        assert_eq!(
+            Patch::from_items(&patch.items().unwrap()).unwrap().set,
+            patch.set
+        );
     }
 
     /// Looked-up findings are built in this order without sorting (see CURRENT_FIELDS).
