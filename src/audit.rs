@@ -364,6 +364,26 @@ pub fn chain_key(config: &AuditConfig) -> Result<Option<Vec<u8>>, AuditError> {
     Ok(None)
 }
 
+/// What a valid key setting may do that its writer did not mean. A key file is used byte for
+/// byte (changing that would change the hashes of logs already written), unlike a callers
+/// file's `secret_file`, whose trailing newlines are trimmed; a key written with `echo` ends in
+/// a newline that `audit verify --key-env` with the same key typed in would not have.
+pub fn key_cautions(config: &AuditConfig) -> Vec<String> {
+    let Some(file) = &config.hmac_key_file else {
+        return Vec::new();
+    };
+    match std::fs::read(file) {
+        Ok(key) if key.ends_with(b"\n") => vec![format!(
+            "audit.hmac_key_file {} ends with a newline, which is part of the key (unlike a \
+             callers file's secret_file, nothing is trimmed): verify with `hubgate audit verify \
+             --key-file` on this file, as `--key-env` with the key typed without it reads every \
+             record as modified; or write the file without it (printf '%s') before the first record",
+            file.display()
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// Where records go: stdout, or a file that rotates.
 enum Sink {
     Stdout(std::io::BufWriter<File>),

@@ -297,7 +297,11 @@ fn check(arg: &ConfigArg) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    for caution in config.cautions() {
+    for caution in config
+        .cautions()
+        .into_iter()
+        .chain(crate::audit::key_cautions(&config.audit))
+    {
         eprintln!("hubgate: caution: {caution}");
     }
     let mut ok = true;

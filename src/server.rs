@@ -253,7 +253,11 @@ fn refuse_connection(
 /// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
-    for caution in config.cautions() {
+    for caution in config
+        .cautions()
+        .into_iter()
+        .chain(crate::audit::key_cautions(&config.audit))
+    {
         tracing::warn!(%caution, "a setting weakens a guarantee");
     }
     let identity = Identity::load(

@@ -363,3 +363,24 @@ def test_check_refuses_a_mask_pointer_that_erases_nothing(tmp_path):
                                  + "\n", 1))
     r = run_hubgate("check", "--config", str(good))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_cautions_about_a_key_file_ending_in_a_newline(tmp_path):
+    """An HMAC key file is used byte for byte, its trailing newline included (unlike a callers
+    file's secret_file). A key written with `echo` then verifies with `--key-file` but not with
+    `--key-env` and the key typed in: `check` says so, and says nothing of a key without one."""
+    base = policy_copy(tmp_path, {}).read_text()
+    for name, key, cautioned in [("echoed", b"k3y-from-echo\n", True),
+                                 ("printf", b"k3y-from-printf", False)]:
+        key_file = tmp_path / f"{name}.key"
+        key_file.write_bytes(key)
+        config = tmp_path / f"{name}.toml"
+        config.write_text(base.replace("[audit]\n", f'[audit]\nhmac_key_file = "{key_file}"\n', 1))
+        r = run_hubgate("check", "--config", str(config))
+        assert r.returncode == 0, (name, r.stdout, r.stderr)
+        caution = [line for line in r.stderr.splitlines() if "hmac_key_file" in line]
+        if cautioned:
+            assert len(caution) == 1 and caution[0].startswith("hubgate: caution: "), r.stderr
+            assert "ends with a newline, which is part of the key" in caution[0], caution
+        else:
+            assert caution == [], r.stderr
