@@ -82,12 +82,24 @@ pub fn operations() -> &'static [OperationSpec] {
 }
 
 /// A segment that is, or decodes to, `.` or `..`, or holds a malformed escape.
+///
+/// A label's value is one raw segment, but once decoded it may hold `/` (or `\`, which some
+/// servers read as `/`): `..%2F..%2Fautomationrulesv2%2Fr` decodes to three segments, two of
+/// them `..`. A front end that decodes before it normalises would route that to another
+/// operation than the one hubgate matched (a forwarded `UpdateInsight` reaching
+/// `UpdateAutomationRuleV2`), so every piece of the decoded value is checked, and so is the
+/// part before a `;` (`..;` is `..` to servers that strip path parameters). No Security Hub
+/// identifier (an ARN, a rule or job id) has such a piece, nor a control character.
 fn is_suspicious(segment: &str) -> bool {
     let decoded = match percent_encoding::percent_decode_str(segment).decode_utf8() {
         Ok(d) => d,
         Err(_) => return true,
     };
-    if decoded == "." || decoded == ".." {
+    let dot_segment = |piece: &str| {
+        let piece = piece.split(';').next().unwrap_or(piece);
+        piece == "." || piece == ".."
+    };
+    if decoded.split(['/', '\\']).any(dot_segment) || decoded.chars().any(char::is_control) {
         return true;
     }
     // A '%' not followed by two hex digits is not an escape any server agrees on.
@@ -242,6 +254,7 @@ mod tests {
             "/%66indings/batchupdate",
             "/FINDINGS/batchupdate",
             "/findings/batchupdate%",
+            "/findings/..;/findings/batchupdate",
             "findings/batchupdate",
             "/",
             "",
@@ -250,6 +263,41 @@ mod tests {
         }
         assert_eq!(name("GET", "/findings/batchupdate"), None);
         assert_eq!(name("DELETE", "/findings/batchupdate"), None);
+    }
+
+    #[test]
+    fn label_values_that_decode_to_dot_segments_are_not_routed() {
+        for path in [
+            "/insights/..%2F..%2Fautomationrulesv2%2Frule-1",
+            "/insights/x%2F..%2F..%2Fstandards%2Fcontrol%2Farn",
+            "/insights/..%2f",
+            "/insights/%2E%2E%5C%2E%2E%5Caccounts",
+            "/insights/..;/automationrulesv2/rule-1",
+            "/insights/.;x",
+            "/insights/arn%00x",
+            "/insights/arn%0Ax",
+        ] {
+            assert_eq!(name("PATCH", path), None, "{path}");
+        }
+        // Real identifiers, encoded as the SDKs send them, still route.
+        assert_eq!(
+            name(
+                "PATCH",
+                "/insights/arn%3Aaws%3Asecurityhub%3Aus-east-1%3A111111111111%3Ainsight/111111111111/custom/a.b..c"
+            ),
+            Some("UpdateInsight")
+        );
+        assert_eq!(
+            name(
+                "GET",
+                "/tags/arn%3Aaws%3Asecurityhub%3Aus-east-1%3A111111111111%3Ahub%2Fdefault"
+            ),
+            Some("ListTagsForResource")
+        );
+        assert_eq!(
+            name("GET", "/automationrulesv2/rule%3Bv1..2"),
+            Some("GetAutomationRuleV2")
+        );
     }
 
     #[test]
