@@ -176,6 +176,11 @@ pub enum AuthError {
     NoClientCert,
     #[error("no caller is mapped to the client certificate ({0})")]
     UnknownClientCert(String),
+    #[error(
+        "the client certificate names more than one caller ({0}): a certificate must name \
+         exactly one caller in the callers file"
+    )]
+    AmbiguousClientCert(String),
 }
 
 impl AuthError {
@@ -232,7 +237,8 @@ struct LoadedCaller {
 pub struct ClientCert {
     /// URI and DNS subject alternative names, in certificate order.
     pub sans: Vec<String>,
-    pub cn: Option<String>,
+    /// The subject's common names (almost always one), in certificate order.
+    pub cns: Vec<String>,
 }
 
 impl ClientCert {
@@ -250,13 +256,13 @@ impl ClientCert {
                 }
             }
         }
-        let cn = cert
+        let cns = cert
             .subject()
             .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
-            .map(str::to_string);
-        Some(ClientCert { sans, cn })
+            .filter_map(|cn| cn.as_str().ok())
+            .map(str::to_string)
+            .collect();
+        Some(ClientCert { sans, cns })
     }
 }
 
@@ -494,16 +500,38 @@ impl Identity {
     /// The caller a verified client certificate belongs to: a URI or DNS SAN first, then the CN.
     fn by_certificate(&self, cert: Option<&ClientCert>) -> Result<Arc<Principal>, AuthError> {
         let cert = cert.ok_or(AuthError::NoClientCert)?;
-        for san in &cert.sans {
-            if let Some(p) = self.by_san.get(san) {
+        let shown = |names: &[&String], cn: bool| -> String {
+            let names = names.iter().map(|n| match cn {
+                true => format!("CN={n}"),
+                false => n.to_string(),
+            });
+            names.collect::<Vec<_>>().join(", ")
+        };
+        for (names, map, cn) in [
+            (&cert.sans, &self.by_san, false),
+            (&cert.cns, &self.by_cn, true),
+        ] {
+            let mut found: Option<&Arc<Principal>> = None;
+            let mut matched: Vec<&String> = Vec::new();
+            for name in names {
+                let Some(p) = map.get(name) else { continue };
+                matched.push(name);
+                match found {
+                    None => found = Some(p),
+                    // A certificate that names two callers would be mapped by the order of its
+                    // names, which its issuer chose, not the operator: it names no one.
+                    Some(q) if !Arc::ptr_eq(p, q) => {
+                        return Err(AuthError::AmbiguousClientCert(shown(&matched, cn)))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(p) = found {
                 return Ok(p.clone());
             }
         }
-        if let Some(p) = cert.cn.as_ref().and_then(|cn| self.by_cn.get(cn)) {
-            return Ok(p.clone());
-        }
         let mut names = cert.sans.clone();
-        names.extend(cert.cn.iter().map(|cn| format!("CN={cn}")));
+        names.extend(cert.cns.iter().map(|cn| format!("CN={cn}")));
         Err(AuthError::UnknownClientCert(names.join(", ")))
     }
 

@@ -446,3 +446,72 @@ fn a_host_that_is_not_a_host_name_is_refused_before_any_signing() {
         );
     }
 }
+
+#[test]
+fn a_client_certificate_maps_to_one_caller_or_to_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[caller]]
+id = "runner"
+account_id = "222222222222"
+role = "member"
+client_cert_san = "spiffe://corp/runner"
+client_cert_cn = "runner"
+
+[[caller]]
+id = "admin"
+account_id = "111111111111"
+role = "administrator"
+client_cert_san = "spiffe://corp/admin"
+client_cert_cn = "admin"
+"#,
+    )
+    .unwrap();
+    let config = IdentityConfig {
+        mode: IdentityMode::Mtls,
+        callers: path,
+        static_principal: None,
+    };
+    let identity = Identity::load(&config, false).unwrap();
+    let cert = |sans: &[&str], cns: &[&str]| ClientCert {
+        sans: sans.iter().map(|s| s.to_string()).collect(),
+        cns: cns.iter().map(|s| s.to_string()).collect(),
+    };
+    let who = |c: ClientCert| identity.by_certificate(Some(&c)).map(|p| p.id.clone());
+    assert_eq!(
+        who(cert(&["x", "spiffe://corp/runner"], &[])).unwrap(),
+        "runner"
+    );
+    // The same caller named twice is still that caller; a SAN still wins over the CN.
+    assert_eq!(
+        who(cert(
+            &["spiffe://corp/runner", "spiffe://corp/runner"],
+            &["admin"]
+        ))
+        .unwrap(),
+        "runner"
+    );
+    assert_eq!(who(cert(&["x"], &["y", "admin"])).unwrap(), "admin");
+    // Two callers, whatever their order: neither.
+    for (sans, cns) in [
+        (
+            &["spiffe://corp/runner", "spiffe://corp/admin"][..],
+            &[][..],
+        ),
+        (
+            &["spiffe://corp/admin", "x", "spiffe://corp/runner"][..],
+            &[][..],
+        ),
+        (&[][..], &["runner", "admin"][..]),
+    ] {
+        match who(cert(sans, cns)) {
+            Err(AuthError::AmbiguousClientCert(m)) => {
+                assert!(m.contains("runner") && m.contains("admin"), "{m}")
+            }
+            other => panic!("{sans:?} {cns:?}: {other:?}"),
+        }
+    }
+}

@@ -7,17 +7,23 @@ Every request is bounded by helpers.HTTP_TIMEOUT or the socket timeouts below.""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from helpers import (
+    ADMIN_ACCOUNT,
+    MEMBER_ACCOUNT,
     assert_envelope,
     ident,
     raw_request,
     sign,
 )
+from pki import CA, client_context, handshake_failures, key_pem, try_https_get
 from test_passthrough import PT_MEMBER, REAL_HOST, passthrough  # noqa: F401 (fixture)
 
 NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
@@ -99,3 +105,121 @@ def test_passthrough_refuses_query_credentials_beside_the_mapped_header(passthro
     err = assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")["error"]
     assert "query string" in err["message"], err
     nothing_forwarded(hg)
+
+
+# ---------------------------------------------------------------------------
+# mTLS
+
+RUNNER_SAN = "spiffe://corp/ns/soar/sa/runner"
+ADMIN_SAN = "spiffe://corp/ns/sec/sa/admin"
+CALLERS = f"""\
+[[caller]]
+id = "soar-runner"
+account_id = "{MEMBER_ACCOUNT}"
+role = "member"
+client_cert_san = "{RUNNER_SAN}"
+
+[[caller]]
+id = "admin-cli"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+client_cert_san = "{ADMIN_SAN}"
+client_cert_cn = "admin-cli"
+"""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def intermediate(root: CA, name: str, not_before=None, not_after=None) -> CA:
+    """A CA whose certificate the root signed."""
+    sub = CA(name)
+    sub.cert = (
+        x509.CertificateBuilder()
+        .subject_name(sub.cert.subject).issuer_name(root.cert.subject)
+        .public_key(sub.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or _now() - dt.timedelta(days=1))
+        .not_valid_after(not_after or _now() + dt.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(sub.key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            root.key.public_key()), critical=False)
+        .sign(root.key, hashes.SHA256()))
+    return sub
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("edge-pki")
+    root = CA("edge root CA")
+    out = {"root": root, "dir": folder, "ca_file": root.write(folder / "ca.pem"),
+           "server": root.server_cert().write(folder, "server")}
+    good = intermediate(root, "edge intermediate")
+    expired = intermediate(root, "edge expired intermediate",
+                           _now() - dt.timedelta(days=5), _now() - dt.timedelta(days=1))
+    issued = {
+        "via_intermediate": (good.issue(cn="admin-cli", client=True), [good]),
+        "via_expired_intermediate": (expired.issue(cn="admin-cli", client=True), [expired]),
+        "server_auth_only": (root.issue(cn="admin-cli", server=True), []),
+        "two_callers_member_first": (root.issue(uris=[RUNNER_SAN, ADMIN_SAN], client=True), []),
+        "two_callers_admin_first": (root.issue(uris=[ADMIN_SAN, RUNNER_SAN], client=True), []),
+    }
+    for name, (cert, chain) in issued.items():
+        pem, key = cert.write(folder, name)
+        pem.write_bytes(cert.cert_pem() + b"".join(c.cert_pem() for c in chain))
+        out[name] = (pem, key)
+    # The intermediate CA's own certificate and key, presented as if it were a client's.
+    out["ca_as_client"] = good.issue(cn="unused").write(folder, "ca_as_client")
+    out["ca_as_client"][0].write_bytes(good.cert_pem())
+    out["ca_as_client"][1].write_bytes(key_pem(good.key))
+    return out
+
+
+@pytest.fixture
+def mtls(make_hubgate, seeded_fake, pki):
+    cert, key = pki["server"]
+    return make_hubgate(
+        {"server": {"tls_cert": str(cert), "tls_key": str(key),
+                    "client_ca": str(pki["ca_file"])},
+         "identity": {"mode": "mtls"}},
+        fake=seeded_fake, callers_toml=CALLERS, scheme="https", ca_file=pki["ca_file"])
+
+
+@pytest.mark.parametrize("name", ["via_expired_intermediate", "server_auth_only", "ca_as_client"])
+def test_certificates_that_do_not_make_a_client_chain_fail_the_handshake(mtls, pki, name):
+    before = handshake_failures(mtls).get("invalid_certificate", 0)
+    got, exc = try_https_get(mtls.port, client_context(pki["ca_file"], cert=pki[name]),
+                             "/findings")
+    assert got == b"" and exc is not None, (got, exc)
+    assert handshake_failures(mtls).get("invalid_certificate", 0) > before
+    nothing_forwarded(mtls)
+    assert mtls.audit_records() == []
+
+
+def test_a_client_chain_through_a_valid_intermediate_names_its_caller(mtls, pki):
+    resp = mtls.buf(NOTE, who=None, ssl_context=client_context(
+        pki["ca_file"], cert=pki["via_intermediate"]))
+    assert resp.status == 200, resp.text
+    rec = mtls.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["principal"]["id"] == "admin-cli" and rec["forwarded"] is True, rec
+
+
+@pytest.mark.parametrize("name", ["two_callers_member_first", "two_callers_admin_first"])
+def test_a_certificate_that_names_two_callers_names_neither(mtls, pki, name):
+    """Which caller such a certificate was mapped to was the order its issuer wrote its names
+    in: an administrator's SAN first made it the administrator."""
+    resp = mtls.buf(NOTE, who=None, ssl_context=client_context(pki["ca_file"], cert=pki[name]))
+    body = assert_envelope(resp, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    message = body["error"]["message"]
+    assert "more than one caller" in message, body
+    assert RUNNER_SAN in message and ADMIN_SAN in message, body
+    nothing_forwarded(mtls)
+    rec = mtls.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["principal"] is None and rec["status"] == 401, rec
