@@ -80,6 +80,14 @@ pub fn server_config(
             reason: format!("certificate and key do not form a usable pair: {e}"),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if client_ca.is_some() {
+        // A resumed session is not verified again: its client certificate is the one stored
+        // with the session, so a certificate that has expired since would go on naming its
+        // caller on every new connection until the session aged out. Client certificates
+        // are checked on every connection instead, at the cost of a full handshake.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
+import ssl
 import time
 
 import pytest
@@ -223,3 +225,48 @@ def test_a_certificate_that_names_two_callers_names_neither(mtls, pki, name):
     nothing_forwarded(mtls)
     rec = mtls.audit_for(resp.headers["x-amzn-requestid"])
     assert rec["principal"] is None and rec["status"] == 401, rec
+
+
+def _exchange(sock: ssl.SSLSocket, port: int) -> bytes:
+    data = json.dumps(NOTE).encode()
+    sock.sendall(
+        (f"PATCH /findings/batchupdate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+         "Connection: close\r\n\r\n").encode() + data)
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+
+
+def test_an_expired_client_certificate_cannot_resume_its_session(mtls, pki, tmp_path):
+    """A resumed TLS session is not verified again: the certificate stored with it went on
+    naming the administrator after it had expired."""
+    expires = _now() + dt.timedelta(seconds=3)
+    cert = pki["root"].issue(cn="admin-cli", client=True,
+                             not_before=_now() - dt.timedelta(hours=1),
+                             not_after=expires).write(tmp_path, "short")
+    sessions = {}
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_context(pki["ca_file"], cert=cert)
+        ctx.maximum_version = version
+        raw = socket.create_connection(("127.0.0.1", mtls.port), timeout=WAIT)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            assert _exchange(s, mtls.port).startswith(b"HTTP/1.1 200 "), version
+            sessions[version] = (ctx, s.session)
+    forwarded = len(mtls.fake.buf_calls())
+    time.sleep(max(0.0, (expires - _now()).total_seconds()) + 1.2)
+    for version, (ctx, session) in sessions.items():
+        raw = socket.create_connection(("127.0.0.1", mtls.port), timeout=WAIT)
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+                got = _exchange(s, mtls.port)
+                reused = s.session_reused
+        except (ssl.SSLError, OSError) as e:
+            got, reused = b"", f"refused: {e}"
+        finally:
+            raw.close()
+        assert not got.startswith(b"HTTP/"), (version, reused, got[:200])
+    assert len(mtls.fake.buf_calls()) == forwarded
