@@ -33,6 +33,35 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// Whether a `client_ca` certificate may issue certificates: basicConstraints with cA set, and
+/// keyCertSign among its key usages when it lists any. webpki takes any certificate as a trust
+/// anchor (it reads only the subject, key and name constraints), so a client's own certificate
+/// "pinned" here would let its holder sign a certificate with another caller's SAN or CN.
+fn issuing_ca(cert: &CertificateDer<'_>) -> Result<(), &'static str> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| "it does not parse as X.509")?;
+    match parsed.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(Some(_)) => return Err("its basicConstraints say cA is false"),
+        Ok(None) => return Err("it has no basicConstraints extension"),
+        Err(_) => return Err("its basicConstraints extension is malformed or repeated"),
+    }
+    match parsed.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            Err("its key usage does not include keyCertSign")
+        }
+        Ok(_) => Ok(()),
+        Err(_) => Err("its key usage extension is malformed or repeated"),
+    }
+}
+
+/// A certificate's subject as messages show it (a CA's name, never secret).
+fn subject_of(cert: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|_| "unparsable".into())
+}
+
 /// Builds a server configuration from PEM files: a certificate chain, its key (PKCS#8, PKCS#1
 /// or SEC1) and, for mTLS, the CA bundle client certificates must chain to.
 pub fn server_config(
@@ -60,7 +89,19 @@ pub fn server_config(
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca)? {
+            for (i, c) in certs(ca)?.into_iter().enumerate() {
+                issuing_ca(&c).map_err(|why| TlsError::File {
+                    file: ca.to_path_buf(),
+                    reason: format!(
+                        "certificate {} ({}) is not a CA certificate: {why}. A trust anchor \
+                         need not be a CA to rustls, so whoever holds the key of a client \
+                         certificate listed here could issue certificates naming any caller; \
+                         list the CAs that issue client certificates, not the certificates \
+                         themselves",
+                        i + 1,
+                        subject_of(&c)
+                    ),
+                })?;
                 roots.add(c).map_err(|e| TlsError::File {
                     file: ca.to_path_buf(),
                     reason: format!("not a usable CA certificate: {e}"),

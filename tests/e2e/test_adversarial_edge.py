@@ -1,7 +1,7 @@
 """Adversarial probes at the edge (review round adv-edge): paths whose label values decode to
 other routes, methods no operation has, passthrough requests that carry a second set of
 credentials, and client certificates that chain oddly, name two callers, or have expired since
-their TLS session began.
+their TLS session began, or are listed in client_ca themselves.
 
 Every request is bounded by helpers.HTTP_TIMEOUT or the socket timeouts below."""
 
@@ -17,15 +17,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from helpers import (
     ADMIN_ACCOUNT,
     MEMBER_ACCOUNT,
     assert_envelope,
     ident,
     raw_request,
+    run_hubgate,
     sign,
 )
-from pki import CA, client_context, handshake_failures, key_pem, try_https_get
+from pki import CA, client_context, handshake_failures, key_pem, new_key, try_https_get
 from test_passthrough import PT_MEMBER, REAL_HOST, passthrough  # noqa: F401 (fixture)
 
 NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
@@ -270,3 +274,41 @@ def test_an_expired_client_certificate_cannot_resume_its_session(mtls, pki, tmp_
             raw.close()
         assert not got.startswith(b"HTTP/"), (version, reused, got[:200])
     assert len(mtls.fake.buf_calls()) == forwarded
+
+
+def self_signed(cn: str, key) -> x509.Certificate:
+    """A self-signed client certificate (cA false) for `cn`."""
+    name = lambda n: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)])  # noqa: E731
+    return (x509.CertificateBuilder()
+            .subject_name(name(cn)).issuer_name(name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - dt.timedelta(hours=1))
+            .not_valid_after(_now() + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+
+
+def test_client_certificates_pinned_as_client_ca_are_refused(make_hubgate, seeded_fake, pki,
+                                                             tmp_path):
+    """Self-signed client certificates listed in client_ca (pinning) were trust anchors like
+    any CA: the member signed a certificate with CN=admin-cli with its own key, in its own
+    name, and hubgate took it for the administrator. Such a bundle no longer loads."""
+    member_key = new_key("ec")
+    member = self_signed("member-cli", member_key)
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(pki["root"].cert_pem() + member.public_bytes(serialization.Encoding.PEM))
+    cert, key = pki["server"]
+    hg = make_hubgate(
+        {"server": {"tls_cert": str(cert), "tls_key": str(key), "client_ca": str(bundle)},
+         "identity": {"mode": "mtls"}},
+        fake=seeded_fake, callers_toml=CALLERS,
+        scheme="https", ca_file=pki["ca_file"], start=False)
+    hg.write_config()
+    for command in ("check", "serve"):
+        done = run_hubgate(command, "--config", str(hg.config_path), timeout=10)
+        assert done.returncode != 0, (command, done.stdout, done.stderr)
+        assert f"{bundle}: certificate 2 (CN=member-cli) is not a CA certificate" \
+            in done.stderr, (command, done.stderr)
+    assert hg.fake.requests() == []
