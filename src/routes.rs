@@ -102,13 +102,23 @@ fn is_suspicious(segment: &str) -> bool {
     if decoded.split(['/', '\\']).any(dot_segment) || decoded.chars().any(char::is_control) {
         return true;
     }
-    // A '%' not followed by two hex digits is not an escape any server agrees on.
+    // A '%' not followed by two hex digits is not an escape any server agrees on. An escaped
+    // letter or digit is one no SDK sends (they escape only what must be), and in a label it
+    // could spell a literal of another route that hubgate's router does not see:
+    // `/automationrulesv2/%6Cist` is GetAutomationRuleV2 here and, decoded,
+    // ListAutomationRulesV2 to a server that decodes before it routes.
     let bytes = segment.as_bytes();
     bytes.iter().enumerate().any(|(i, b)| {
-        *b == b'%'
-            && !(i + 2 < bytes.len()
-                && bytes[i + 1].is_ascii_hexdigit()
-                && bytes[i + 2].is_ascii_hexdigit())
+        if *b != b'%' {
+            return false;
+        }
+        let hex = |j: usize| bytes.get(j).and_then(|h| (*h as char).to_digit(16));
+        match (hex(i + 1), hex(i + 2)) {
+            (Some(hi), Some(lo)) => {
+                u8::try_from(hi * 16 + lo).is_ok_and(|c| c.is_ascii_alphanumeric())
+            }
+            _ => true,
+        }
     })
 }
 
@@ -266,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn label_values_that_decode_to_dot_segments_are_not_routed() {
+    fn label_values_that_decode_to_another_path_are_not_routed() {
         for path in [
             "/insights/..%2F..%2Fautomationrulesv2%2Frule-1",
             "/insights/x%2F..%2F..%2Fstandards%2Fcontrol%2Farn",
@@ -278,6 +288,16 @@ mod tests {
             "/insights/arn%0Ax",
         ] {
             assert_eq!(name("PATCH", path), None, "{path}");
+        }
+        // Escaped letters and digits: the label spells another route's literal once decoded.
+        for path in [
+            "/automationrulesv2/%6Cist",
+            "/automationrulesv2/%6cist",
+            "/automationrulesv2/lis%74",
+            "/tags/%61rn",
+            "/tags/arn%3A%31",
+        ] {
+            assert_eq!(name("GET", path), None, "{path}");
         }
         // Real identifiers, encoded as the SDKs send them, still route.
         assert_eq!(
@@ -297,6 +317,10 @@ mod tests {
         assert_eq!(
             name("GET", "/automationrulesv2/rule%3Bv1..2"),
             Some("GetAutomationRuleV2")
+        );
+        assert_eq!(
+            name("GET", "/automationrulesv2/list"),
+            Some("ListAutomationRulesV2")
         );
     }
 

@@ -82,6 +82,24 @@ def test_a_label_value_that_decodes_to_dot_segments_is_not_routed(insights_forwa
     assert (seen["method"], seen["raw_path"]) == ("PATCH", arn_path), seen
 
 
+def test_an_escaped_letter_in_a_label_does_not_reach_a_denied_sibling(make_hubgate,
+                                                                      seeded_fake):
+    """`/automationrulesv2/list` is ListAutomationRulesV2; `%6Cist` was routed as
+    GetAutomationRuleV2 (a label), past an operator's deny of the list, although it decodes to
+    the same path."""
+    hg = make_hubgate({"operations": {"ListAutomationRulesV2": "deny"}}, fake=seeded_fake)
+    denied = hg.send("GET", "/automationrulesv2/list", b"", who="member", content_type=None)
+    assert_envelope(denied, 403, "OPERATION_NOT_ALLOWED", "AccessDeniedException")
+    for path in ("/automationrulesv2/%6Cist", "/automationrulesv2/lis%74"):
+        resp = hg.send("GET", path, b"", who="member", content_type=None)
+        assert_envelope(resp, 404, "NOT_FOUND", "ResourceNotFoundException")
+    nothing_forwarded(hg)
+    # Control: a rule id is still GetAutomationRuleV2, forwarded.
+    resp = hg.send("GET", "/automationrulesv2/rule-1", b"", who="member", content_type=None)
+    assert resp.headers.get("x-hubgate-decision-id"), (resp.status, resp.text)
+    assert [r["raw_path"] for r in hg.fake.requests()] == ["/automationrulesv2/rule-1"]
+
+
 @pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "patch", "TRACE"])
 def test_methods_no_operation_has_are_404_and_never_forwarded(hubgate, method):
     body = json.dumps(NOTE).encode() if method == "patch" else b""
