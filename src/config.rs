@@ -214,6 +214,29 @@ pub struct PolicyConfig {
     /// How often the policy directory and the callers file are checked for changes, which
     /// reload them like SIGHUP does (0: only on SIGHUP).
     pub watch_interval_ms: u64,
+    /// The operations routed `forward` that members may call unconfined, as hubgate's role
+    /// (`reads`); None: `DEFAULT_MEMBERS_MAY_CALL`.
+    pub members_may_call: Option<Vec<String>>,
+}
+
+/// The forwarded operations members may call unconfined by default (`reads`): catalogues that
+/// hold no account's data.
+pub const DEFAULT_MEMBERS_MAY_CALL: &[&str] = &[
+    "DescribeProducts",
+    "DescribeProductsV2",
+    "DescribeStandards",
+    "GetSecurityControlDefinition",
+    "ListSecurityControlDefinitions",
+];
+
+impl PolicyConfig {
+    /// Whether `members_may_call` in force lists `operation`.
+    pub fn member_may_call(&self, operation: &str) -> bool {
+        match &self.members_may_call {
+            Some(list) => list.iter().any(|o| o == operation),
+            None => DEFAULT_MEMBERS_MAY_CALL.contains(&operation),
+        }
+    }
 }
 
 impl Default for PolicyConfig {
@@ -224,6 +247,7 @@ impl Default for PolicyConfig {
             on_partial_deny: PartialDeny::Reject,
             eval_timeout_ms: 100,
             watch_interval_ms: 2000,
+            members_may_call: None,
         }
     }
 }
@@ -711,6 +735,34 @@ impl Config {
                     format!(
                         "\"policy\" applies to {} only: hubgate has no policy input for other operations",
                         crate::request::Judged::ALL.map(|j| j.name()).join(", ")
+                    ),
+                ));
+            }
+        }
+        for name in policy.members_may_call.iter().flatten() {
+            let key = "policy.members_may_call";
+            let Some(op) = crate::routes::operations().iter().find(|o| o.name == name) else {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!("{name:?} is not a Security Hub operation"),
+                ));
+            };
+            let routing = operations
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| op.default_routing());
+            if routing != Routing::Forward {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!(
+                        "{name} is routed \"{}\", not \"forward\": listing it changes nothing \
+                         (the list names forwarded operations members may call)",
+                        match routing {
+                            Routing::Deny => "deny",
+                            _ => "policy",
+                        }
                     ),
                 ));
             }

@@ -68,6 +68,9 @@ pub enum Rejection {
     Overloaded { setting: &'static str, limit: usize },
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
+    /// A member's forwarded call that could read beyond the member's account.
+    #[error(transparent)]
+    NotConfined(#[from] crate::reads::ReadError),
     /// Another request hubgate forwarded changed the findings a decision read, while this one
     /// waited for quota, every time it was decided: retryable, the next try is decided anew.
     /// `replay`, while the request is still being decided: the state to decide on next, when
@@ -129,6 +132,16 @@ impl Rejection {
             OperationNotAllowed { .. } => (
                 StatusCode::FORBIDDEN,
                 "OPERATION_NOT_ALLOWED",
+                "AccessDeniedException",
+            ),
+            NotConfined(crate::reads::ReadError::NotForMembers { .. }) => (
+                StatusCode::FORBIDDEN,
+                "OPERATION_NOT_ALLOWED",
+                "AccessDeniedException",
+            ),
+            NotConfined(crate::reads::ReadError::NotConfined { .. }) => (
+                StatusCode::FORBIDDEN,
+                "READ_NOT_CONFINED",
                 "AccessDeniedException",
             ),
             PayloadTooLarge { .. } => (

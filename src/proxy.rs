@@ -358,6 +358,10 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
+        if ctx.gate.config.upstream.auth == UpstreamAuth::Resign {
+            let listed = ctx.gate.config.policy.member_may_call(spec.name);
+            crate::reads::confine(spec, &principal, body.bytes(), listed)?;
+        }
         // A finding-changing operation routed "forward" changes findings hubgate cannot name.
         let touched = Touched(spec.changes_findings.then_some(Sent::Everything {
             operation: spec.name,

@@ -207,6 +207,25 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         (Routing::Forward, _) => {
+            let body = match std::fs::read(&args.request) {
+                Ok(b) => b,
+                Err(e) => return fail(format!("{}: {e}", args.request.display())),
+            };
+            let principal = match principal(args, &config) {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            let resign = config.upstream.auth == crate::config::UpstreamAuth::Resign;
+            let listed = config.policy.member_may_call(spec.name);
+            let confined = match resign {
+                true => crate::reads::confine(spec, &principal, &body, listed),
+                false => Ok(()),
+            };
+            if let Err(e) = confined {
+                let refused = crate::envelope::Rejection::from(e);
+                outln!("{}: {refused}; the proxy would answer 403", refused.code());
+                return ExitCode::FAILURE;
+            }
             outln!(
                 "FORWARD: {} is routed \"forward\"; the proxy forwards it after authentication, without policy",
                 spec.name

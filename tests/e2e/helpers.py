@@ -34,6 +34,8 @@ OTHER_PRODUCT_ARN = "arn:aws:securityhub:us-east-1::product/aws/guardduty"
 
 ADMIN_ACCOUNT = "111111111111"
 MEMBER_ACCOUNT = "222222222222"
+# A member's GetFindings through hubgate must be confined to its own account (src/reads.rs).
+OWN_ACCOUNT_FILTER = {"AwsAccountId": [{"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"}]}
 OTHER_ACCOUNT = "333333333333"
 
 # hubgate's own upstream credentials (the fake only accepts these)

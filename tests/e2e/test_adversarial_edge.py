@@ -76,7 +76,7 @@ def test_a_label_value_that_decodes_to_dot_segments_is_not_routed(insights_forwa
     # the operation the operator let through, forwarded with its path unchanged.
     arn_path = ("/insights/arn%3Aaws%3Asecurityhub%3Aus-east-1%3A111111111111%3Ainsight/"
                 "111111111111/custom/a.b..c")
-    resp = hg.send("PATCH", arn_path, {"Name": "x"}, who="member")
+    resp = hg.send("PATCH", arn_path, {"Name": "x"}, who="admin")
     assert resp.headers.get("x-hubgate-decision-id"), (resp.status, resp.text)
     [seen] = hg.fake.requests()
     assert (seen["method"], seen["raw_path"]) == ("PATCH", arn_path), seen
@@ -95,7 +95,7 @@ def test_an_escaped_letter_in_a_label_does_not_reach_a_denied_sibling(make_hubga
         assert_envelope(resp, 404, "NOT_FOUND", "ResourceNotFoundException")
     nothing_forwarded(hg)
     # Control: a rule id is still GetAutomationRuleV2, forwarded.
-    resp = hg.send("GET", "/automationrulesv2/rule-1", b"", who="member", content_type=None)
+    resp = hg.send("GET", "/automationrulesv2/rule-1", b"", who="admin", content_type=None)
     assert resp.headers.get("x-hubgate-decision-id"), (resp.status, resp.text)
     assert [r["raw_path"] for r in hg.fake.requests()] == ["/automationrulesv2/rule-1"]
 

@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 
 from helpers import (
     ADMIN,
+    OWN_ACCOUNT_FILTER,
     SECRETS,
     Creds,
     decision_id_of_boto,
@@ -49,7 +50,7 @@ def battery(make_fake, make_hubgate):
                   Severity={"Label": "CRITICAL"}),                                        # 200
         boto_call(member.batch_update_findings, FindingIdentifiers=[ident("f-nope")],
                   Note={"Text": "t", "UpdatedBy": "m"}),                                  # 403
-        boto_call(member.get_findings, MaxResults=5),                                     # 200
+        boto_call(member.get_findings, MaxResults=5, Filters=OWN_ACCOUNT_FILTER),         # 200
         boto_call(admin.describe_hub),                                                    # 200
         raw_call(hg.buf(b"{not json", who="admin")),                                      # 400
         raw_call(hg.buf(b"x" * 5000, who="admin")),                                       # 413

@@ -285,7 +285,7 @@ def test_get_findings_is_forwarded_unchanged(hubgate, who):
 
 
 def test_describe_hub_is_forwarded(hubgate):
-    resp = hubgate.client("member").describe_hub()
+    resp = hubgate.client("admin").describe_hub()
     assert resp["HubArn"] == "arn:aws:securityhub:us-east-1:111111111111:hub/default"
     assert resp["AutoEnableControls"] is True
     assert_forwarded(hubgate, resp)

@@ -5,7 +5,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from helpers import assert_envelope, free_port, ident
+from helpers import OWN_ACCOUNT_FILTER, assert_envelope, free_port, ident
 
 SUPPRESS = {"FindingIdentifiers": [ident("f-other")], "Workflow": {"Status": "SUPPRESSED"},
             "Note": {"Text": "RISK-1 accepted after review", "UpdatedBy": "sec-team"}}
@@ -24,7 +24,8 @@ def test_closed_upstream_port_is_502(make_hubgate):
     hg = make_hubgate(upstream_endpoint=f"http://127.0.0.1:{free_port()}")
     assert_upstream_error(hg, hg.buf(SUPPRESS, who="admin"), 502, "UPSTREAM_UNAVAILABLE")
     # a read-only forward fails the same way
-    assert_upstream_error(hg, hg.send("POST", "/findings", {"MaxResults": 1}, who="member"),
+    assert_upstream_error(hg, hg.send("POST", "/findings", {"MaxResults": 1, "Filters": OWN_ACCOUNT_FILTER},
+                                  who="member"),
                           502, "UPSTREAM_UNAVAILABLE", forward_attempted=True)
 
 

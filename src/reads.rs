@@ -1,0 +1,241 @@
+//! Confine: what a member may call among the operations routed `forward`. Re-signed, a
+//! forwarded call runs as hubgate's AWS role, and in the Security Hub administrator account that
+//! role reads every member account's findings, members and settings: a member key would read
+//! through hubgate what its own credentials cannot. So a member may call `GetFindings` only
+//! with a filter that confines it to the member's own account, and the other forwarded
+//! operations only when `policy.members_may_call` lists them (`config::DEFAULT_MEMBERS_MAY_CALL`
+//! by default). Administrators, and passthrough
+//! (where each caller signs with its own credentials), are not confined here.
+
+use serde_json::Value;
+
+use crate::identity::{Principal, Role};
+use crate::routes::OperationSpec;
+
+/// The top-level members of a GetFindings request (botocore's model). Anything else, a
+/// case variant above all, is a member hubgate would not have read the way AWS may.
+const GET_FINDINGS_MEMBERS: &[&str] = &["Filters", "SortCriteria", "NextToken", "MaxResults"];
+
+/// Why a member's forwarded call is refused. Both are 403s: retrying changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "members may not call {operation} through hubgate: it runs as hubgate's AWS role, which \
+         sees other accounts' data; policy.members_may_call lists the forwarded operations \
+         members may call"
+    )]
+    NotForMembers { operation: &'static str },
+    #[error(
+        "a member's GetFindings must be confined to its own account: {why}. Filter on it alone, \
+         e.g. \"Filters\": {{\"AwsAccountId\": [{{\"Value\": \"{account}\", \"Comparison\": \
+         \"EQUALS\"}}]}}"
+    )]
+    NotConfined { why: String, account: String },
+}
+
+/// Refuses a member's forwarded call that could read beyond the member's account. `listed`:
+/// `policy.members_may_call` names the operation.
+pub fn confine(
+    spec: &OperationSpec,
+    principal: &Principal,
+    body: &[u8],
+    listed: bool,
+) -> Result<(), ReadError> {
+    if principal.role != Role::Member || listed {
+        return Ok(());
+    }
+    if spec.name != "GetFindings" {
+        return Err(ReadError::NotForMembers {
+            operation: spec.name,
+        });
+    }
+    let account = principal.account_id.as_str();
+    confined(body, account).map_err(|why| ReadError::NotConfined {
+        why,
+        account: account.to_string(),
+    })
+}
+
+/// Whether a GetFindings body reads `account`'s findings only: its `Filters.AwsAccountId` is a
+/// non-empty list of `EQUALS account`. Security Hub ANDs the filter's attributes and ORs the
+/// EQUALS values of one attribute, so every other filter can only narrow that.
+fn confined(body: &[u8], account: &str) -> Result<(), String> {
+    // The strict reader refuses duplicate keys: AWS must not read another filter than this.
+    let doc = crate::validate::parse_strict(body).map_err(|v| match v.path.is_empty() {
+        true => v.message,
+        false => format!("{}: {}", v.path, v.message),
+    })?;
+    let Value::Object(doc) = doc else {
+        return Err("the body is not a JSON object".into());
+    };
+    if let Some(key) = doc
+        .keys()
+        .find(|k| !GET_FINDINGS_MEMBERS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "{key:?} is not a GetFindings member ({})",
+            GET_FINDINGS_MEMBERS.join(", ")
+        ));
+    }
+    let Some(filters) = doc.get("Filters") else {
+        return Err("it has no Filters".into());
+    };
+    let Value::Object(filters) = filters else {
+        return Err("Filters is not an object".into());
+    };
+    if let Some(key) = filters
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("AwsAccountId") && *k != "AwsAccountId")
+    {
+        return Err(format!("Filters.{key} is not spelt AwsAccountId"));
+    }
+    let entries = match filters.get("AwsAccountId") {
+        None => return Err("Filters has no AwsAccountId".into()),
+        Some(Value::Array(entries)) if !entries.is_empty() => entries,
+        Some(_) => return Err("Filters.AwsAccountId is not a non-empty list".into()),
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("Filters.AwsAccountId[{i}]");
+        let Value::Object(entry) = entry else {
+            return Err(format!("{at} is not an object"));
+        };
+        if let Some(key) = entry
+            .keys()
+            .find(|k| !matches!(k.as_str(), "Value" | "Comparison"))
+        {
+            return Err(format!("{at} has {key:?}, not only Value and Comparison"));
+        }
+        if entry.get("Comparison") != Some(&Value::from("EQUALS")) {
+            return Err(format!("{at}.Comparison is not \"EQUALS\""));
+        }
+        if entry.get("Value") != Some(&Value::from(account)) {
+            return Err(format!("{at}.Value is not the caller's account"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::operations;
+
+    fn spec(name: &str) -> &'static OperationSpec {
+        operations().iter().find(|o| o.name == name).unwrap()
+    }
+
+    fn principal(role: Role) -> Principal {
+        Principal {
+            id: "p".into(),
+            account_id: "222222222222".into(),
+            role,
+            attributes: Default::default(),
+        }
+    }
+
+    fn member_get(body: &str) -> Result<(), ReadError> {
+        confine(
+            spec("GetFindings"),
+            &principal(Role::Member),
+            body.as_bytes(),
+            false,
+        )
+    }
+
+    const OWN: &str = r#"{"Value": "222222222222", "Comparison": "EQUALS"}"#;
+
+    #[test]
+    fn a_member_reads_its_own_account_only() {
+        for ok in [
+            format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}}}"#),
+            format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}, {OWN}]}}}}"#),
+            format!(
+                r#"{{"Filters": {{"AwsAccountId": [{OWN}], "Id": [{{"Value": "x", "Comparison": "PREFIX"}}]}},
+                   "MaxResults": 5, "NextToken": "t", "SortCriteria": []}}"#
+            ),
+        ] {
+            member_get(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let other = r#"{"Value": "333333333333", "Comparison": "EQUALS"}"#;
+        for (bad, why) in [
+            ("{}", "no Filters"),
+            ("", "not valid JSON"),
+            ("[]", "not a JSON object"),
+            (r#"{"Filters": {}}"#, "no AwsAccountId"),
+            (r#"{"Filters": []}"#, "not an object"),
+            (r#"{"Filters": {"AwsAccountId": []}}"#, "non-empty list"),
+            (r#"{"Filters": {"AwsAccountId": {}}}"#, "non-empty list"),
+            (
+                &format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}, {other}]}}}}"#),
+                "[1].Value is not the caller's account",
+            ),
+            (
+                r#"{"Filters": {"AwsAccountId": [{"Value": "222222222222", "Comparison": "PREFIX"}]}}"#,
+                "Comparison is not",
+            ),
+            (
+                r#"{"Filters": {"AwsAccountId": [{"Value": "2222", "Comparison": "EQUALS"}]}}"#,
+                "not the caller's account",
+            ),
+            (
+                r#"{"Filters": {"AwsAccountId": [{"Value": 222222222222, "Comparison": "EQUALS"}]}}"#,
+                "not the caller's account",
+            ),
+            (
+                r#"{"Filters": {"AwsAccountId": [{"Value": "222222222222", "Comparison": "NOT_EQUALS"}]}}"#,
+                "Comparison is not",
+            ),
+            (
+                r#"{"Filters": {"AwsAccountId": [{"Value": "222222222222", "Comparison": "EQUALS", "X": 1}]}}"#,
+                "not only Value and Comparison",
+            ),
+            (
+                &format!(
+                    r#"{{"Filters": {{"AwsAccountId": [{OWN}], "awsAccountId": [{other}]}}}}"#
+                ),
+                "not spelt AwsAccountId",
+            ),
+            (
+                &format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}, "filters": {{}}}}"#),
+                "is not a GetFindings member",
+            ),
+            (
+                &format!(
+                    r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}, "Filters": {{"AwsAccountId": [{other}]}}}}"#
+                ),
+                "duplicate key",
+            ),
+            (
+                &format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}}} {{}}"#),
+                "not valid JSON",
+            ),
+        ] {
+            match member_get(bad) {
+                Err(e @ ReadError::NotConfined { .. }) => {
+                    assert!(e.to_string().contains(why), "{bad}: {e}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_forwarded_operations_are_for_members_only_when_listed() {
+        let member = principal(Role::Member);
+        assert!(matches!(
+            confine(spec("GetFindingsV2"), &member, b"{}", false),
+            Err(ReadError::NotForMembers {
+                operation: "GetFindingsV2"
+            })
+        ));
+        assert!(confine(spec("GetFindingsV2"), &member, b"{}", true).is_ok());
+        assert!(confine(spec("ListMembers"), &member, b"", false).is_err());
+        // Listing GetFindings lets members read it unconfined (a hubgate whose role sees the
+        // member's account only).
+        assert!(confine(spec("GetFindings"), &member, b"{}", true).is_ok());
+        let admin = principal(Role::Administrator);
+        for name in ["GetFindings", "GetFindingsV2", "ListMembers"] {
+            assert!(confine(spec(name), &admin, b"{}", false).is_ok(), "{name}");
+        }
+    }
+}
