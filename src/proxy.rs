@@ -921,7 +921,8 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
 /// A write is registered as in flight before it leaves (`enrich::sending`); the returned guard
 /// keeps it registered, and its holder drops it once the answer has been applied to the cache.
 /// When Security Hub may have applied the write without answering (timeout, unreachable),
-/// what it touched is evicted here, before the registration goes.
+/// what it touched is evicted here, before the registration goes. Also returned: the instant
+/// by which an answer hubgate reads whole must have come in (`read_answer`).
 async fn send(
     gate: &Stages,
     parts: &http::request::Parts,
@@ -930,7 +931,7 @@ async fn send(
     deadline: Instant,
     touched: Touched<'_>,
     read: Option<StateRead>,
-) -> Result<(Response<Incoming>, Option<InFlight>), Rejection> {
+) -> Result<(Response<Incoming>, Option<InFlight>, Instant), Rejection> {
     let operation = trail.operation.unwrap_or("default");
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
@@ -969,6 +970,7 @@ async fn send(
         .quota_wait_seconds
         .observe(waited.as_secs_f64());
     let t = Instant::now();
+    let answer_by = t + Duration::from_millis(gate.config.upstream.timeout_ms);
     let response = match gate.config.upstream.auth {
         UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
         UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body.into_bytes()).await,
@@ -1006,30 +1008,34 @@ async fn send(
             detail,
         }));
     }
-    Ok((response, in_flight))
+    Ok((response, in_flight, answer_by))
 }
 
 /// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
-/// it); one that cannot be read leaves the write's outcome unknown, so its findings go.
+/// it), by `answer_by` (`upstream.timeout_ms` from when it was sent); one that cannot be read
+/// leaves the write's outcome unknown, so its findings go. The upstream client's timeout
+/// covers only the answer's head: a body that stalled after it held the request, its audit
+/// slot and its write's registration in flight for as long as the connection stayed open.
 async fn read_answer(
     gate: &Stages,
     incoming: Incoming,
     touched: Touched<'_>,
     sent: Option<WriteId>,
+    answer_by: Instant,
 ) -> Result<Bytes, Rejection> {
-    match Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) => {
-            touched.evict(gate, sent).await;
-            Err(Rejection::Upstream(UpstreamError::BadResponse {
-                operation: "BatchUpdateFindings",
-                detail: e.to_string(),
-            }))
-        }
-    }
+    let collect = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES).collect();
+    let failure = match tokio::time::timeout_at(answer_by.into(), collect).await {
+        Ok(Ok(b)) => return Ok(b.to_bytes()),
+        Ok(Err(e)) => UpstreamError::BadResponse {
+            operation: "BatchUpdateFindings",
+            detail: e.to_string(),
+        },
+        Err(_) => UpstreamError::Timeout {
+            ms: gate.config.upstream.timeout_ms,
+        },
+    };
+    touched.evict(gate, sent).await;
+    Err(Rejection::Upstream(failure))
 }
 
 async fn forward(
@@ -1058,7 +1064,8 @@ async fn forward(
         parts
     };
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, in_flight) = send(gate, parts, body, trail, deadline, touched, read).await?;
+    let (response, in_flight, answer_by) =
+        send(gate, parts, body, trail, deadline, touched, read).await?;
     let sent = in_flight.as_ref().map(InFlight::id);
     let status = response.status();
     let encoded = response
@@ -1073,7 +1080,7 @@ async fn forward(
         return Ok(Forwarded(response.map(BodyExt::boxed), slot));
     }
     let (mut head, incoming) = response.into_parts();
-    let bytes = read_answer(gate, incoming, touched, sent).await?;
+    let bytes = read_answer(gate, incoming, touched, sent, answer_by).await?;
     match processed_findings(&bytes, touched.keys()) {
         Some(processed) => touched.processed(gate, &processed, sent).await,
         None => touched.evict(gate, sent).await,
@@ -1169,7 +1176,7 @@ async fn forward_allowed(
     }));
     let slot = gate.audit.reserve().await?;
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, in_flight) =
+    let (response, in_flight, answer_by) =
         send(gate, &parts, rewritten, trail, deadline, touched, read).await?;
     let sent = in_flight.as_ref().map(InFlight::id);
     let (mut head, incoming) = response.into_parts();
@@ -1179,7 +1186,7 @@ async fn forward_allowed(
             detail,
         })
     };
-    let bytes = read_answer(gate, incoming, touched, sent).await?;
+    let bytes = read_answer(gate, incoming, touched, sent, answer_by).await?;
     if !head.status.is_success() {
         if !head.status.is_client_error() {
             touched.evict(gate, sent).await;

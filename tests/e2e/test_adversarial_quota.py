@@ -1,0 +1,106 @@
+"""Adversarial review (quota, pacing, coalescing, the lookup cache; one replica, no Redis).
+
+- An upstream that sends a forwarded write's answer head and then stalls its body: hubgate
+  must answer within upstream.timeout_ms (504), not hang holding the request, its audit slot
+  and its in-flight registration.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from helpers import assert_envelope, ident
+
+
+class StallingUpstream:
+    """A minimal HTTP/1.1 upstream on 127.0.0.1: reads each request whole, answers with the
+    head of a 200 and part of its body, then sends nothing more until `release` (or the hold
+    time) ends. Signatures are not checked: only what hubgate does with the answer matters."""
+
+    def __init__(self, hold: float = 10.0):
+        self.hold = hold
+        self.release = threading.Event()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.requests: list[tuple[str, str]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket):
+        conn.settimeout(self.hold + 5)
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, rest = data.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            while len(rest) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                rest += chunk
+            self.requests.append((method, path))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"x-amzn-RequestId: stall-1\r\nContent-Length: 1000\r\n\r\n"
+                         b'{"ProcessedFindings": [')
+            self.release.wait(self.hold)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.release.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def stalling():
+    up = StallingUpstream()
+    yield up
+    up.stop()
+
+
+def test_a_forwarded_writes_answer_that_stalls_mid_body_is_504_within_the_timeout(
+        stalling, make_hubgate):
+    """The write's answer head came within upstream.timeout_ms, its body never does: hubgate
+    reads that answer (to learn what was processed) and must stop at the timeout, answering
+    504, rather than hold the caller until the upstream lets go."""
+    hg = make_hubgate({"upstream": {"timeout_ms": 500}}, upstream_endpoint=stalling.endpoint)
+    # an administrator's note needs no lookup: the only upstream call is the forward
+    body = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+    started = time.monotonic()
+    resp = hg.buf(body, who="admin")
+    elapsed = time.monotonic() - started
+    assert elapsed < 4, f"hubgate held the request {elapsed:.1f}s with timeout_ms = 500"
+    err = assert_envelope(resp, 504, "UPSTREAM_TIMEOUT", "InternalException")
+    assert stalling.requests == [("PATCH", "/findings/batchupdate")]
+    rec = hg.audit_for(err["error"]["request_id"])
+    assert rec["forwarded"] is True and rec["status"] == 504, rec
+
