@@ -3,6 +3,9 @@
 - An upstream that sends a forwarded write's answer head and then stalls its body: hubgate
   must answer within upstream.timeout_ms (504), not hang holding the request, its audit slot
   and its in-flight registration.
+- One member keeping many read-only GetFindings of its own waiting for the account's
+  GetFindings quota (a SIEM export through hubgate, or on purpose): hubgate's lookups, which
+  every member's decision needs, must not starve behind them (429 for everyone else).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import assert_envelope, ident
+from helpers import (CALLERS, CALLERS_TOML, OTHER_ACCOUNT, Creds, assert_envelope, ident)
 
 
 class StallingUpstream:
@@ -104,3 +107,54 @@ def test_a_forwarded_writes_answer_that_stalls_mid_body_is_504_within_the_timeou
     rec = hg.audit_for(err["error"]["request_id"])
     assert rec["forwarded"] is True and rec["status"] == 504, rec
 
+
+SECOND_MEMBER = Creds("HGTESTMEMBER00000002", "second-member-secret")
+TWO_MEMBERS = CALLERS_TOML + f"""
+[[caller]]
+id = "member-b"
+account_id = "{OTHER_ACCOUNT}"
+role = "member"
+access_key_id = "{SECOND_MEMBER.access_key}"
+secret_access_key = "{SECOND_MEMBER.secret_key}"
+"""
+
+
+def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_lookups(
+        make_fake, make_hubgate):
+    """Member A keeps 24 of its own GetFindings waiting for the GetFindings quota (3/s), each
+    retried as soon as it is answered. Member B's note on its own finding needs one lookup:
+    hubgate's lookups go first, so B is answered well within quota.max_wait_ms, where, taking
+    turns with every waiting read, the lookup got about one call in 25 and B got 429."""
+    fake = make_fake()
+    fake.quota_on()
+    hg = make_hubgate({"quota": {"max_wait_ms": 3000}}, fake=fake, callers_toml=TWO_MEMBERS)
+    stop = threading.Event()
+    answered: dict[int, int] = {}
+
+    def flood():
+        while not stop.is_set():
+            try:
+                resp = hg.send("POST", "/findings", {"MaxResults": 1}, who="member")
+                answered[resp.status] = answered.get(resp.status, 0) + 1
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(24)]
+    for t in threads:
+        t.start()
+    try:
+        # the flood has drained the burst and every reader is waiting for quota
+        time.sleep(1.5)
+        started = time.monotonic()
+        resp = hg.buf({"FindingIdentifiers": [ident("f-other")],
+                       "Note": {"Text": "mine", "UpdatedBy": "b"}}, creds=SECOND_MEMBER)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
+    assert elapsed < 2, f"B's lookup waited {elapsed:.1f}s behind A's reads"
+    assert answered.get(200, 0) > 0, answered
+    assert fake.op_stats("GetFindings")["throttled"] == 0
+    assert fake.findings()["f-other"]["Note"]["Text"] == "mine"
