@@ -112,8 +112,12 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     /// Threads that run requests (`server.worker_threads`, or one per CPU).
     pub runtime_workers: Gauge,
-    /// Time requests waited for hubgate's own pacing of the account quota.
+    /// Time requests waited for hubgate's own pacing of the account quota, waits that ran out
+    /// included.
     pub quota_wait_seconds: Histogram,
+    /// Requests answered 429 because hubgate's own pacing had no room for them within
+    /// `quota.max_wait_ms`, by the operation whose quota ran out.
+    pub quota_exhausted: Family<OperationLabels, Counter>,
     /// Decisions voided because the findings they read changed before the forward, by what
     /// followed: `replayed`, `reread` or `refused`.
     pub decisions_voided: Family<KindLabels, Counter>,
@@ -197,6 +201,7 @@ impl Metrics {
             requests_in_flight: Gauge::default(),
             runtime_workers: Gauge::default(),
             quota_wait_seconds: latency(),
+            quota_exhausted: Family::default(),
             decisions_voided: Family::default(),
             enrich: Default::default(),
             coordination: Default::default(),
@@ -326,8 +331,15 @@ impl Metrics {
         );
         registry.register(
             "quota_wait_seconds",
-            "Time a request waited for hubgate's pacing of the account's Security Hub quota",
+            "Time a request waited for hubgate's pacing of the account's Security Hub quota \
+             before it was forwarded, or answered 429 when the wait ran out",
             m.quota_wait_seconds.clone(),
+        );
+        registry.register(
+            "quota_exhausted",
+            "Requests answered 429 because hubgate's own pacing had no room within \
+             quota.max_wait_ms, by operation",
+            m.quota_exhausted.clone(),
         );
         registry.register(
             "decisions_voided",

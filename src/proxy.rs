@@ -285,6 +285,14 @@ async fn respond(
         ref path,
         ..
     } = *received;
+    if let Err(Rejection::Quota(e)) = &result {
+        gate.metrics
+            .quota_exhausted
+            .get_or_create(&OperationLabels {
+                operation: e.operation.to_string(),
+            })
+            .inc();
+    }
     let (response, status, error, slot) = answer(result, decision_id);
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
@@ -936,6 +944,11 @@ async fn send(
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
         _ => gate.pacer.acquire(operation, deadline).await.map_err(|e| {
+            // The waits that ran out are the longest: leaving them out showed waits short
+            // exactly while callers were getting 429.
+            gate.metrics
+                .quota_wait_seconds
+                .observe(e.waited_ms as f64 / 1000.0);
             trail.throttled = true;
             Rejection::Quota(e)
         })?,

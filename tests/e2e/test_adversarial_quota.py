@@ -158,3 +158,33 @@ def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_l
     assert answered.get(200, 0) > 0, answered
     assert fake.op_stats("GetFindings")["throttled"] == 0
     assert fake.findings()["f-other"]["Note"]["Text"] == "mine"
+
+
+def metric_samples(hg) -> dict:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    out = {}
+    for family in text_string_to_metric_families(hg.admin("/metrics").text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def test_a_wait_for_quota_that_runs_out_is_measured_and_counted(make_fake, make_hubgate):
+    """An SRE reads hubgate_quota_wait_seconds to see how long requests wait for the account's
+    quota: the waits that ran out (429) are the ones that matter most, and must be in it; and
+    hubgate's own pacing running out is counted apart from Security Hub's throttles."""
+    fake = make_fake()
+    hg = make_hubgate({"quota": {"max_wait_ms": 300},
+                       "quota.limits": {"BatchUpdateFindings": {"rate": 0.2, "burst": 2}}},
+                      fake=fake)
+    body = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+    assert hg.buf(body, who="admin").status == 200
+    assert_envelope(hg.buf(body, who="admin"), 429, "THROTTLED", "ThrottlingException")
+    m = metric_samples(hg)
+    assert m[("hubgate_quota_wait_seconds_count", frozenset())] == 2, m
+    assert m[("hubgate_quota_wait_seconds_sum", frozenset())] >= 0.25, m
+    op = frozenset({"operation": "BatchUpdateFindings"}.items())
+    assert m.get(("hubgate_quota_exhausted_total", op)) == 1, m
+    assert m.get(("hubgate_upstream_throttled_total", op), 0) == 0, m
+    assert len(fake.buf_calls()) == 1
+
