@@ -941,17 +941,24 @@ async fn send(
     read: Option<StateRead>,
 ) -> Result<(Response<Incoming>, Option<InFlight>, Instant), Rejection> {
     let operation = trail.operation.unwrap_or("default");
+    // Authentication comes before any forward: the principal is known here.
+    let principal = trail.principal.clone();
+    let account = principal.as_deref().map_or("", |p| p.account_id.as_str());
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
-        _ => gate.pacer.acquire(operation, deadline).await.map_err(|e| {
-            // The waits that ran out are the longest: leaving them out showed waits short
-            // exactly while callers were getting 429.
-            gate.metrics
-                .quota_wait_seconds
-                .observe(e.waited_ms as f64 / 1000.0);
-            trail.throttled = true;
-            Rejection::Quota(e)
-        })?,
+        _ => gate
+            .pacer
+            .acquire(operation, deadline, account)
+            .await
+            .map_err(|e| {
+                // The waits that ran out are the longest: leaving them out showed waits short
+                // exactly while callers were getting 429.
+                gate.metrics
+                    .quota_wait_seconds
+                    .observe(e.waited_ms as f64 / 1000.0);
+                trail.throttled = true;
+                Rejection::Quota(e)
+            })?,
     };
     let in_flight = {
         // The check and the registration as one step (see `Enricher::send_order`).

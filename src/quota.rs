@@ -87,7 +87,17 @@ pub struct Pacer {
     shared: Option<Shared>,
     ahead: HashMap<&'static str, Ahead>,
     default_ahead: Ahead,
+    /// Per operation and caller account, the line its requests wait in for their account's
+    /// one place among the callers trying the bucket. The bucket serves whoever tries when a
+    /// call is due, so without it every waiting request was a ticket: one member keeping
+    /// thirty writes waiting left an administrator's write one call in thirty-one, and it ran
+    /// out of `max_wait_ms` (429). Now each account with requests waiting holds one ticket.
+    /// Accounts come from the callers file (or the static identity), so this stays small.
+    lines: std::sync::Mutex<HashMap<(&'static str, Arc<str>), Line>>,
 }
+
+/// One account's line for one operation's quota (`Pacer::lines`).
+type Line = Arc<tokio::sync::Mutex<()>>;
 
 /// The fleet's buckets in Redis, and the local ones a replica falls back to.
 struct Shared {
@@ -149,7 +159,17 @@ impl Pacer {
             shared,
             ahead: ops.iter().map(|op| (op.name, Ahead::default())).collect(),
             default_ahead: Ahead::default(),
+            lines: Default::default(),
         }
+    }
+
+    /// The line `account`'s requests wait in for `operation`'s quota.
+    fn line(&self, operation: &'static str, account: &str) -> Line {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .entry((operation, Arc::from(account)))
+            .or_default()
+            .clone()
     }
 
     fn ahead(&self, operation: &str) -> &Ahead {
@@ -245,14 +265,25 @@ impl Pacer {
         }
     }
 
-    /// Waits for one call's worth of `operation` quota for a caller's request, until
-    /// `deadline` at the latest, after hubgate's own calls waiting for it (see `Ahead`).
+    /// Waits for one call's worth of `operation` quota for a request of a caller of
+    /// `account`, until `deadline` at the latest: after hubgate's own calls waiting for it (see
+    /// `Ahead`), and taking turns with the other accounts' requests, first come first served
+    /// within an account (see `lines`).
     pub async fn acquire(
         &self,
         operation: &'static str,
         deadline: Instant,
+        account: &str,
     ) -> Result<Duration, QuotaExhausted> {
         let started = Instant::now();
+        let line = self.line(operation, account);
+        let Ok(_turn) = tokio::time::timeout_at(deadline.into(), line.lock()).await else {
+            return Err(QuotaExhausted {
+                operation,
+                rate: self.rate(operation),
+                waited_ms: started.elapsed().as_millis() as u64,
+            });
+        };
         if let Some(done) = self.acquire_in_redis(operation, Some(deadline)).await {
             return done.map(|()| started.elapsed());
         }
@@ -318,12 +349,12 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let t = Instant::now();
         for _ in 0..3 {
-            p.acquire("GetFindings", deadline).await.unwrap();
+            p.acquire("GetFindings", deadline, "1").await.unwrap();
         }
         assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
         // the next two need one period (50 ms) each
         for _ in 0..2 {
-            p.acquire("GetFindings", deadline).await.unwrap();
+            p.acquire("GetFindings", deadline, "1").await.unwrap();
         }
         assert!(
             t.elapsed() >= Duration::from_millis(90),
@@ -336,8 +367,8 @@ mod tests {
     async fn a_deadline_ends_the_wait_without_taking_quota() {
         let p = pacer(1.0, 1, 1.0);
         let soon = Instant::now() + Duration::from_millis(50);
-        p.acquire("GetFindings", soon).await.unwrap();
-        let err = p.acquire("GetFindings", soon).await.unwrap_err();
+        p.acquire("GetFindings", soon, "1").await.unwrap();
+        let err = p.acquire("GetFindings", soon, "1").await.unwrap_err();
         assert_eq!(err.operation, "GetFindings");
         assert!(err.to_string().contains("GetFindings quota"), "{err}");
     }
@@ -347,7 +378,7 @@ mod tests {
         // burst 2 less the one call of headroom; then one call per 50 ms
         let p = Arc::new(pacer(20.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline).await.unwrap();
+        p.acquire("GetFindings", deadline, "1").await.unwrap();
         let own = {
             let p = p.clone();
             tokio::spawn(async move {
@@ -356,7 +387,7 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(5)).await;
-        p.acquire("GetFindings", deadline).await.unwrap();
+        p.acquire("GetFindings", deadline, "1").await.unwrap();
         let caller = Instant::now();
         let own = own.await.unwrap();
         assert!(own < caller, "the caller's call overtook hubgate's own");
@@ -367,7 +398,7 @@ mod tests {
     async fn a_caller_behind_hubgates_own_calls_still_stops_at_its_deadline() {
         let p = Arc::new(pacer(1.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline).await.unwrap();
+        p.acquire("GetFindings", deadline, "1").await.unwrap();
         let own = {
             let p = p.clone();
             tokio::spawn(async move { p.acquire_shared("GetFindings").await })
@@ -375,7 +406,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let t = Instant::now();
         let err = p
-            .acquire("GetFindings", t + Duration::from_millis(100))
+            .acquire("GetFindings", t + Duration::from_millis(100), "1")
             .await
             .unwrap_err();
         assert!(
@@ -385,6 +416,31 @@ mod tests {
         );
         assert_eq!(err.operation, "GetFindings");
         own.abort();
+    }
+
+    #[tokio::test]
+    async fn accounts_take_turns_whatever_their_requests_waiting() {
+        // one call per 20 ms after the first
+        let p = Arc::new(pacer(50.0, 2, 1.0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        p.acquire("GetFindings", deadline, "a").await.unwrap();
+        let mut many = Vec::new();
+        for _ in 0..10 {
+            let p = p.clone();
+            many.push(tokio::spawn(async move {
+                p.acquire("GetFindings", deadline, "a").await.unwrap();
+                Instant::now()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        p.acquire("GetFindings", deadline, "b").await.unwrap();
+        let b = Instant::now();
+        let mut before_b = 0;
+        for a in many {
+            before_b += usize::from(a.await.unwrap() < b);
+        }
+        // b holds one of two places in line: it waits for one or two of a's, not ten
+        assert!(before_b <= 3, "{before_b} of a's requests went before b's");
     }
 
     #[test]

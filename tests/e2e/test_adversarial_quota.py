@@ -188,3 +188,44 @@ def test_a_wait_for_quota_that_runs_out_is_measured_and_counted(make_fake, make_
     assert m.get(("hubgate_upstream_throttled_total", op), 0) == 0, m
     assert len(fake.buf_calls()) == 1
 
+
+def test_a_members_flood_of_allowed_writes_does_not_starve_an_administrators_write(
+        make_fake, make_hubgate):
+    """Member A keeps 30 allowed notes on its own finding waiting for the BatchUpdateFindings
+    quota (paced here at 4/s). The administrator's note waits for the same bucket: callers of
+    one account wait for it one at a time, so the administrator competes with A's one waiting
+    write, not with all 30, and is answered within quota.max_wait_ms."""
+    fake = make_fake()
+    hg = make_hubgate({"quota": {"max_wait_ms": 3000},
+                       "quota.limits": {"BatchUpdateFindings": {"rate": 4.0, "burst": 2}},
+                       "enrichment": {"cache_ttl_ms": 60000}}, fake=fake)
+    mine = {"FindingIdentifiers": [ident("f-own-high")],
+            "Note": {"Text": "bulk", "UpdatedBy": "a"}}
+    assert hg.buf(mine, who="member").status == 200  # A's finding's state is now cached
+    stop = threading.Event()
+    answered: dict[int, int] = {}
+
+    def flood():
+        while not stop.is_set():
+            try:
+                resp = hg.buf(mine, who="member")
+                answered[resp.status] = answered.get(resp.status, 0) + 1
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(30)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        resp = hg.buf({"FindingIdentifiers": [ident("f-admin")],
+                       "Note": {"Text": "admin", "UpdatedBy": "sec"}}, who="admin")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
+    assert answered.get(200, 0) > 0, answered
+    assert fake.findings()["f-admin"]["Note"]["Text"] == "admin"
