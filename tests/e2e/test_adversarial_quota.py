@@ -6,6 +6,12 @@
 - One member keeping many read-only GetFindings of its own waiting for the account's
   GetFindings quota (a SIEM export through hubgate, or on purpose): hubgate's lookups, which
   every member's decision needs, must not starve behind them (429 for everyone else).
+- One member keeping many allowed writes waiting for the BatchUpdateFindings quota: an
+  administrator's write must not become one ticket among them all (429).
+- A wait for quota that runs out: measured in hubgate_quota_wait_seconds, counted in
+  hubgate_quota_exhausted_total, and the refused request is never sent later.
+- Held: a Severity.Normalized-only change is written through as the label Security Hub
+  derives, so the next decision (from the cache) sees the raise.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import time
 
 import pytest
 
-from helpers import (CALLERS, CALLERS_TOML, OTHER_ACCOUNT, Creds, assert_envelope, ident)
+from helpers import (CALLERS_TOML, MEMBER_ACCOUNT, OTHER_ACCOUNT, Creds, assert_envelope,
+                     finding, ident)
 
 
 class StallingUpstream:
@@ -172,10 +179,11 @@ def metric_samples(hg) -> dict:
 def test_a_wait_for_quota_that_runs_out_is_measured_and_counted(make_fake, make_hubgate):
     """An SRE reads hubgate_quota_wait_seconds to see how long requests wait for the account's
     quota: the waits that ran out (429) are the ones that matter most, and must be in it; and
-    hubgate's own pacing running out is counted apart from Security Hub's throttles."""
+    hubgate's own pacing running out is counted apart from Security Hub's throttles. The
+    request refused 429 is never sent afterwards."""
     fake = make_fake()
     hg = make_hubgate({"quota": {"max_wait_ms": 300},
-                       "quota.limits": {"BatchUpdateFindings": {"rate": 0.2, "burst": 2}}},
+                       "quota.limits": {"BatchUpdateFindings": {"rate": 1.0, "burst": 2}}},
                       fake=fake)
     body = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
     assert hg.buf(body, who="admin").status == 200
@@ -186,6 +194,8 @@ def test_a_wait_for_quota_that_runs_out_is_measured_and_counted(make_fake, make_
     op = frozenset({"operation": "BatchUpdateFindings"}.items())
     assert m.get(("hubgate_quota_exhausted_total", op)) == 1, m
     assert m.get(("hubgate_upstream_throttled_total", op), 0) == 0, m
+    # the refused request is not sent later, once the quota it waited for comes in
+    time.sleep(1.3)
     assert len(fake.buf_calls()) == 1
 
 
@@ -229,3 +239,26 @@ def test_a_members_flood_of_allowed_writes_does_not_starve_an_administrators_wri
     assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
     assert answered.get(200, 0) > 0, answered
     assert fake.findings()["f-admin"]["Note"]["Text"] == "admin"
+
+
+def test_a_normalized_only_severity_is_written_through_as_the_label_security_hub_derives(
+        make_fake, make_hubgate):
+    """The member raises its MEDIUM finding with Severity.Normalized = 95 alone; Security Hub
+    derives CRITICAL. Another writer then sets MEDIUM again. With the settle journal off, only
+    the write-through can know: the member's HIGH, judged from the cache, is a lowering of
+    CRITICAL (a write-through that kept MEDIUM, or a new lookup, would allow it)."""
+    fake = make_fake()
+    hg = make_hubgate({"enrichment": {"cache_ttl_ms": 60000, "settle_ms": 0}}, fake=fake)
+    raised = hg.buf({"FindingIdentifiers": [ident("f-own-medium")],
+                     "Severity": {"Normalized": 95}}, who="member")
+    assert raised.status == 200, raised.text
+    assert fake.findings()["f-own-medium"]["Severity"]["Label"] == "CRITICAL"
+    fake.add_findings([finding("f-own-medium", MEMBER_ACCOUNT, "MEDIUM", 45)])
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-medium")],
+                   "Severity": {"Label": "HIGH"}}, who="member")
+    assert resp.status == 403, resp.text
+    assert "(CRITICAL to HIGH)" in resp.json()["error"]["message"], resp.text
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["metrics"]["counter_cache_hits"] == 1, rec["metrics"]
+    assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
+    assert fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
