@@ -2656,6 +2656,7 @@ async fn fetch_chunk(
         }
         let body = lookup_body(chunk, token.as_deref());
         progress.calls.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.lookups.inc();
         let page = inner
             .upstream
             .call_json("GetFindings", Method::POST, "/findings", &body, |bytes| {

@@ -101,7 +101,6 @@ pub struct Metrics {
     pub upstream_seconds: Histogram,
     pub enrichment_hits: Counter,
     pub enrichment_misses: Counter,
-    pub enrichment_lookups: Counter,
     pub audit_queue_depth: Gauge,
     pub audit: AuditMetrics,
     pub policy_revision: Family<RevisionLabels, Gauge>,
@@ -148,6 +147,9 @@ pub struct EnrichMetrics {
     pub settle_refused: Counter,
     /// Upstream throttles by operation (shared with the forwarding path).
     pub throttled: Family<OperationLabels, Counter>,
+    /// GetFindings calls made, each once however many requests shared it (the sum of the
+    /// requests' `counter_lookup_calls` counts a shared call once per request).
+    pub lookups: Counter,
     /// Entries in the lookup queue (a finding queued for two accounts counts twice).
     pub queued: Gauge,
     /// Caller accounts with findings in the lookup queue.
@@ -190,7 +192,6 @@ impl Metrics {
             upstream_seconds: latency(),
             enrichment_hits: Counter::default(),
             enrichment_misses: Counter::default(),
-            enrichment_lookups: Counter::default(),
             audit_queue_depth: Gauge::default(),
             audit: AuditMetrics::default(),
             policy_revision: Family::default(),
@@ -243,7 +244,7 @@ impl Metrics {
         registry.register(
             "enrichment_lookups",
             "GetFindings calls made for enrichment",
-            m.enrichment_lookups.clone(),
+            m.enrich.lookups.clone(),
         );
         registry.register(
             "coordination_up",

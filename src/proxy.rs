@@ -917,7 +917,6 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
             .observe(trail.upstream_ns as f64 / 1e9);
     }
     metrics.enrichment_hits.inc_by(trail.cache_hits as u64);
-    metrics.enrichment_lookups.inc_by(trail.lookups as u64);
     metrics.enrichment_misses.inc_by(trail.misses as u64);
 }
 

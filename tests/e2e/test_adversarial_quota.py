@@ -262,3 +262,25 @@ def test_a_normalized_only_severity_is_written_through_as_the_label_security_hub
     assert rec["metrics"]["counter_cache_hits"] == 1, rec["metrics"]
     assert rec["metrics"]["counter_lookup_calls"] == 0, rec["metrics"]
     assert fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
+
+
+def test_the_lookups_metric_counts_get_findings_calls_not_requests_that_shared_them(
+        make_fake, make_hubgate):
+    """Two members' requests about one finding arrive together and share one GetFindings call:
+    hubgate_enrichment_lookups_total ("GetFindings calls made for enrichment") must say 1, as
+    Security Hub (and the account's quota) saw, not 1 per request that waited on it."""
+    fake = make_fake()
+    hg = make_hubgate({}, fake=fake, callers_toml=TWO_MEMBERS)
+    fake.configure(delay_ms=400)
+    body = {"FindingIdentifiers": [ident("f-other")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+    answers = []
+    threads = [threading.Thread(target=lambda c=c: answers.append(hg.buf(body, creds=c)))
+               for c in (SECOND_MEMBER, SECOND_MEMBER)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert sorted(a.status for a in answers) == [200, 200], [a.text for a in answers]
+    assert fake.op_stats("GetFindings")["calls"] == 1
+    m = metric_samples(hg)
+    assert m[("hubgate_enrichment_lookups_total", frozenset())] == 1, m
