@@ -6,13 +6,10 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
-use tokio::sync::Notify;
 
 use crate::config::{Limit, QuotaConfig};
 use crate::coordination::{pacing, Coordination};
@@ -50,43 +47,12 @@ impl Bucket {
     }
 }
 
-/// hubgate's own calls of one operation waiting for its quota: the lookups that many
-/// requests' decisions share. While any waits, callers' own calls of that operation (a
-/// member's read-only GetFindings) hold back. Taking turns with them instead, one caller
-/// keeping a few dozen GetFindings waiting left the lookups one call in so many, and every
-/// other account's decisions ran out of `max_wait_ms` (429).
-#[derive(Default)]
-struct Ahead {
-    waiting: AtomicUsize,
-    done: Notify,
-}
-
-/// One of hubgate's own calls waiting in `Ahead`, until dropped.
-struct WaitsAhead<'a>(&'a Ahead);
-
-impl<'a> WaitsAhead<'a> {
-    fn new(ahead: &'a Ahead) -> WaitsAhead<'a> {
-        ahead.waiting.fetch_add(1, Ordering::AcqRel);
-        WaitsAhead(ahead)
-    }
-}
-
-impl Drop for WaitsAhead<'_> {
-    fn drop(&mut self) {
-        if self.0.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.done.notify_waiters();
-        }
-    }
-}
-
 /// One token bucket per upstream operation hubgate calls.
 pub struct Pacer {
     buckets: HashMap<&'static str, Bucket>,
     default: Bucket,
     max_wait: Duration,
     shared: Option<Shared>,
-    ahead: HashMap<&'static str, Ahead>,
-    default_ahead: Ahead,
     /// Per operation and caller account, the line its requests wait in for their account's
     /// one place among the callers trying the bucket. The bucket serves whoever tries when a
     /// call is due, so without it every waiting request was a ticket: one member keeping
@@ -157,8 +123,6 @@ impl Pacer {
             default: Bucket::new(config.limit("default"), config.share),
             max_wait: Duration::from_millis(config.max_wait_ms),
             shared,
-            ahead: ops.iter().map(|op| (op.name, Ahead::default())).collect(),
-            default_ahead: Ahead::default(),
             lines: Default::default(),
         }
     }
@@ -170,31 +134,6 @@ impl Pacer {
             .entry((operation, Arc::from(account)))
             .or_default()
             .clone()
-    }
-
-    fn ahead(&self, operation: &str) -> &Ahead {
-        self.ahead.get(operation).unwrap_or(&self.default_ahead)
-    }
-
-    /// Waits while hubgate's own calls wait for `operation`'s quota, until `deadline`; false
-    /// when the deadline came first. Only this replica's own calls are seen.
-    async fn behind_own_calls(&self, operation: &str, deadline: Instant) -> bool {
-        let ahead = self.ahead(operation);
-        loop {
-            // Registered before the count is read, so a wake-up in between is not lost.
-            let done = ahead.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if ahead.waiting.load(Ordering::Acquire) == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline.into(), done)
-                .await
-                .is_err()
-            {
-                return false;
-            }
-        }
     }
 
     /// The Redis coordination this pacer shares through, if configured (for /readyz).
@@ -236,18 +175,7 @@ impl Pacer {
         let shared = self.shared.as_ref()?;
         let (interval, burst) = *shared.cells.get(operation).unwrap_or(&shared.default_cell);
         let started = Instant::now();
-        let exhausted = |started: Instant| QuotaExhausted {
-            operation,
-            rate: 1_000_000.0 / interval as f64,
-            waited_ms: started.elapsed().as_millis() as u64,
-        };
         loop {
-            if let Some(deadline) = deadline {
-                // A caller's call: after hubgate's own (see `Ahead`).
-                if !self.behind_own_calls(operation, deadline).await {
-                    return Some(Err(exhausted(started)));
-                }
-            }
             let wait_us = pacing::take(&shared.coord, operation, interval, burst).await?;
             if wait_us == 0 {
                 return Some(Ok(()));
@@ -258,7 +186,11 @@ impl Pacer {
             if let Some(deadline) = deadline {
                 if Instant::now() + wait > deadline {
                     // No room before the deadline: say so now, without taking quota.
-                    return Some(Err(exhausted(started)));
+                    return Some(Err(QuotaExhausted {
+                        operation,
+                        rate: 1_000_000.0 / interval as f64,
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    }));
                 }
             }
             tokio::time::sleep(wait).await;
@@ -266,8 +198,8 @@ impl Pacer {
     }
 
     /// Waits for one call's worth of `operation` quota for a request of a caller of
-    /// `account`, until `deadline` at the latest: after hubgate's own calls waiting for it (see
-    /// `Ahead`), and taking turns with the other accounts' requests, first come first served
+    /// `account`, until `deadline` at the latest, taking turns with the other accounts'
+    /// requests (and hubgate's own lookups, which wait as one), first come first served
     /// within an account (see `lines`).
     pub async fn acquire(
         &self,
@@ -288,35 +220,23 @@ impl Pacer {
             return done.map(|()| started.elapsed());
         }
         let bucket = self.bucket(operation);
-        let exhausted = || QuotaExhausted {
-            operation,
-            rate: bucket.rate,
-            waited_ms: started.elapsed().as_millis() as u64,
-        };
-        loop {
-            // Looked at right before each try, with no wait in between: a lookup that began
-            // to wait meanwhile is not overtaken.
-            if !self.behind_own_calls(operation, deadline).await {
-                return Err(exhausted());
-            }
-            let wait = match bucket.limiter.check() {
-                Ok(()) => return Ok(started.elapsed()),
-                Err(not_until) => not_until.wait_time_from(bucket.limiter.clock().now()),
-            };
-            // Jitter spreads waiters that would otherwise all try the bucket at one instant.
-            let wake = Instant::now() + wait + Duration::from_micros(rand::random::<u64>() % 5_000);
-            if wake >= deadline {
-                tokio::time::sleep_until(deadline.into()).await;
-                return Err(exhausted());
-            }
-            tokio::time::sleep_until(wake.into()).await;
+        // Jitter spreads waiters that would otherwise all poll the bucket at the same instant.
+        let ready = bucket
+            .limiter
+            .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)));
+        match tokio::time::timeout_at(deadline.into(), ready).await {
+            Ok(()) => Ok(started.elapsed()),
+            Err(_) => Err(QuotaExhausted {
+                operation,
+                rate: bucket.rate,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
         }
     }
 
     /// Waits for quota with no deadline: for work shared by many requests, each of which
-    /// stops waiting at its own deadline. Callers' own calls of `operation` wait meanwhile.
+    /// stops waiting at its own deadline.
     pub async fn acquire_shared(&self, operation: &'static str) {
-        let _first = WaitsAhead::new(self.ahead(operation));
         if let Some(Ok(())) = self.acquire_in_redis(operation, None).await {
             return;
         }
@@ -374,39 +294,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_callers_call_waits_behind_hubgates_own() {
-        // burst 2 less the one call of headroom; then one call per 50 ms
-        let p = Arc::new(pacer(20.0, 2, 1.0));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline, "1").await.unwrap();
-        let own = {
-            let p = p.clone();
-            tokio::spawn(async move {
-                p.acquire_shared("GetFindings").await;
-                Instant::now()
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        p.acquire("GetFindings", deadline, "1").await.unwrap();
-        let caller = Instant::now();
-        let own = own.await.unwrap();
-        assert!(own < caller, "the caller's call overtook hubgate's own");
-        assert!(caller.duration_since(own) >= Duration::from_millis(30));
-    }
-
-    #[tokio::test]
-    async fn a_caller_behind_hubgates_own_calls_still_stops_at_its_deadline() {
+    async fn a_request_waiting_in_its_accounts_line_stops_at_its_deadline() {
         let p = Arc::new(pacer(1.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline, "1").await.unwrap();
-        let own = {
+        p.acquire("GetFindings", deadline, "a").await.unwrap();
+        // holds a's line, waiting for the next call (in a second)
+        let first = {
             let p = p.clone();
-            tokio::spawn(async move { p.acquire_shared("GetFindings").await })
+            tokio::spawn(async move { p.acquire("GetFindings", deadline, "a").await })
         };
         tokio::time::sleep(Duration::from_millis(5)).await;
         let t = Instant::now();
         let err = p
-            .acquire("GetFindings", t + Duration::from_millis(100), "1")
+            .acquire("GetFindings", t + Duration::from_millis(100), "a")
             .await
             .unwrap_err();
         assert!(
@@ -415,7 +315,7 @@ mod tests {
             t.elapsed()
         );
         assert_eq!(err.operation, "GetFindings");
-        own.abort();
+        first.abort();
     }
 
     #[tokio::test]

@@ -8,6 +8,8 @@
   every member's decision needs, must not starve behind them (429 for everyone else).
 - One member keeping many allowed writes waiting for the BatchUpdateFindings quota: an
   administrator's write must not become one ticket among them all (429).
+- One member keeping the lookups busy (unknown findings, request after request): an
+  administrator's read must still get its turn (lookups must not take strict priority).
 - A wait for quota that runs out: measured in hubgate_quota_wait_seconds, counted in
   hubgate_quota_exhausted_total, and the refused request is never sent later.
 - Held: a Severity.Normalized-only change is written through as the label Security Hub
@@ -130,8 +132,9 @@ def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_l
         make_fake, make_hubgate):
     """Member A keeps 24 of its own GetFindings waiting for the GetFindings quota (3/s), each
     retried as soon as it is answered. Member B's note on its own finding needs one lookup:
-    hubgate's lookups go first, so B is answered well within quota.max_wait_ms, where, taking
-    turns with every waiting read, the lookup got about one call in 25 and B got 429."""
+    A's reads hold one place in line and the lookups another, so B is answered well within
+    quota.max_wait_ms, where, taking turns with every waiting read, the lookup got about one
+    call in 25 and B got 429."""
     fake = make_fake()
     fake.quota_on()
     hg = make_hubgate({"quota": {"max_wait_ms": 3000}}, fake=fake, callers_toml=TWO_MEMBERS)
@@ -284,3 +287,42 @@ def test_the_lookups_metric_counts_get_findings_calls_not_requests_that_shared_t
     assert fake.op_stats("GetFindings")["calls"] == 1
     m = metric_samples(hg)
     assert m[("hubgate_enrichment_lookups_total", frozenset())] == 1, m
+
+
+def test_a_members_lookup_flood_does_not_starve_an_administrators_read(make_fake, make_hubgate):
+    """Member A names new, unknown findings in request after request (8 at a time, 20 each):
+    every one costs a GetFindings lookup, so lookups always wait for quota. The
+    administrator's own GetFindings (read-only) takes turns with them and is answered within
+    quota.max_wait_ms; giving lookups strict priority left it waiting until A stopped (429)."""
+    fake = make_fake()
+    fake.quota_on()
+    hg = make_hubgate({"quota": {"max_wait_ms": 3000}}, fake=fake)
+    stop = threading.Event()
+    answered: dict[int, int] = {}
+    counter = iter(range(10**6))
+
+    def flood():
+        while not stop.is_set():
+            ids = [ident(f"nope-{next(counter)}") for _ in range(20)]
+            try:
+                resp = hg.buf({"FindingIdentifiers": ids,
+                               "Note": {"Text": "t", "UpdatedBy": "a"}}, who="member")
+                answered[resp.status] = answered.get(resp.status, 0) + 1
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        started = time.monotonic()
+        resp = hg.send("POST", "/findings", {"MaxResults": 1}, who="admin")
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
+    assert answered.get(403, 0) > 0, answered  # A's lookups were being made meanwhile
+    assert fake.op_stats("GetFindings")["throttled"] == 0
