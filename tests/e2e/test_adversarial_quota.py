@@ -14,6 +14,8 @@
   hubgate_quota_exhausted_total, and the refused request is never sent later.
 - Held: a Severity.Normalized-only change is written through as the label Security Hub
   derives, so the next decision (from the cache) sees the raise.
+- Held: a forward throttled with HTTP 400 and a throttling error type (namespace after a
+  colon, or LimitExceededException) is 429 THROTTLED, counted, and sent once.
 """
 
 from __future__ import annotations
@@ -33,8 +35,15 @@ class StallingUpstream:
     head of a 200 and part of its body, then sends nothing more until `release` (or the hold
     time) ends. Signatures are not checked: only what hubgate does with the answer matters."""
 
-    def __init__(self, hold: float = 10.0):
+    STALLED_200 = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   b"x-amzn-RequestId: stall-1\r\nContent-Length: 1000\r\n\r\n"
+                   b'{"ProcessedFindings": [')
+
+    def __init__(self, hold: float = 10.0, answer: bytes = STALLED_200):
+        """answer: the bytes sent for every request before the stall (a whole response, for
+        an upstream that answers and then keeps the connection idle)."""
         self.hold = hold
+        self.answer = answer
         self.release = threading.Event()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,9 +87,7 @@ class StallingUpstream:
                     return
                 rest += chunk
             self.requests.append((method, path))
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"x-amzn-RequestId: stall-1\r\nContent-Length: 1000\r\n\r\n"
-                         b'{"ProcessedFindings": [')
+            conn.sendall(self.answer)
             self.release.wait(self.hold)
         except OSError:
             pass
@@ -326,3 +333,36 @@ def test_a_members_lookup_flood_does_not_starve_an_administrators_read(make_fake
     assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
     assert answered.get(403, 0) > 0, answered  # A's lookups were being made meanwhile
     assert fake.op_stats("GetFindings")["throttled"] == 0
+
+
+def throttle_answer(status: str, error_type: str) -> bytes:
+    body = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"x-amzn-ErrorType: {error_type}\r\nx-amzn-RequestId: thr-1\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("status, error_type", [
+    # how AWS's JSON services spell it: the type, a colon, the namespace
+    ("400 Bad Request",
+     "ThrottlingException:http://internal.amazon.com/coral/com.amazon.coral.availability/"),
+    ("400 Bad Request", "LimitExceededException"),
+])
+def test_a_throttle_spelled_as_a_400_with_an_error_type_is_429_throttled(
+        make_hubgate, status, error_type):
+    """Security Hub may throttle with HTTP 400 and a throttling error type (with its namespace
+    after a colon): a forward so answered is 429 THROTTLED (which SDKs back off on, and which
+    tells the caller nothing was applied), counted as a throttle, and sent once."""
+    up = StallingUpstream(hold=0, answer=throttle_answer(status, error_type))
+    try:
+        hg = make_hubgate({}, upstream_endpoint=up.endpoint)
+        resp = hg.buf({"FindingIdentifiers": [ident("f-admin")],
+                       "Note": {"Text": "t", "UpdatedBy": "u"}}, who="admin")
+        body = assert_envelope(resp, 429, "THROTTLED", "ThrottlingException")
+        assert up.requests == [("PATCH", "/findings/batchupdate")]
+        rec = hg.audit_for(body["error"]["request_id"])
+        assert rec["throttled"] is True, rec
+        op = frozenset({"operation": "BatchUpdateFindings"}.items())
+        assert metric_samples(hg).get(("hubgate_upstream_throttled_total", op)) == 1
+    finally:
+        up.stop()
