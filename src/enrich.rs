@@ -1026,10 +1026,13 @@ impl Enricher {
             .is_ok();
         let got = std::mem::take(&mut waiter.slots().got);
         if !in_time {
-            // Quota ran out before every finding's batch answered; what was spent on them so
-            // far still counts. A failure Security Hub already answered for one of them is the
-            // error, as it would have been had the request stopped there.
+            // The wait ran out before every finding's batch answered; what was spent on them
+            // so far still counts. A failure Security Hub already answered for one of them is
+            // the error, as it would have been had the request stopped there.
             let mut upstream = None;
+            // Whether some finding was still waiting for quota (queued, or its call being
+            // retried after a throttle) rather than for the answer to a call sent.
+            let mut for_quota = false;
             let st = self.inner.lock();
             for (key, delivery) in pending.iter().zip(&got) {
                 match delivery {
@@ -1042,19 +1045,27 @@ impl Enricher {
                         }
                     }
                     None => {
+                        let call = st.in_flight.get(key);
+                        for_quota |= call.is_none_or(|c| c.throttled.load(Ordering::Relaxed));
                         let earlier = st.spent.get(key).map_or(&[][..], Vec::as_slice);
-                        for call in st.in_flight.get(key).into_iter().chain(earlier) {
+                        for call in call.into_iter().chain(earlier) {
                             count(&mut stats, call);
                         }
                     }
                 }
             }
+            let waited_ms = wait_started.elapsed().as_millis() as u64;
             let error = match upstream {
                 Some(e) => LookupError::Upstream(e),
+                // Every call it waited for had gone out with quota to spare: Security Hub was
+                // slow, and saying the quota had no room sent whoever read it after the quota.
+                None if !for_quota => {
+                    LookupError::Upstream(UpstreamError::Timeout { ms: waited_ms })
+                }
                 None => LookupError::Quota(QuotaExhausted {
                     operation: "GetFindings",
                     rate: self.inner.pacer.rate("GetFindings"),
-                    waited_ms: wait_started.elapsed().as_millis() as u64,
+                    waited_ms,
                 }),
             };
             return Err(LookupFailure { error, stats });

@@ -366,3 +366,26 @@ def test_a_throttle_spelled_as_a_400_with_an_error_type_is_429_throttled(
         assert metric_samples(hg).get(("hubgate_upstream_throttled_total", op)) == 1
     finally:
         up.stop()
+
+
+def test_a_lookup_sent_but_unanswered_at_the_deadline_is_not_reported_as_quota(
+        make_fake, make_hubgate):
+    """The quota had room: the GetFindings call went out at once, and Security Hub is slow
+    (1.5 s). The member's request can wait quota.max_wait_ms = 500: it ends then, as 504
+    UPSTREAM_TIMEOUT, not as 429 "hubgate's GetFindings quota had no room", which sent an SRE
+    after the quota (and counted in hubgate_quota_exhausted_total) during a latency problem."""
+    fake = make_fake()
+    hg = make_hubgate({"quota": {"max_wait_ms": 500}, "upstream": {"timeout_ms": 4000}},
+                      fake=fake)
+    fake.configure(delay_ms=1500)
+    started = time.monotonic()
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                   "Note": {"Text": "t", "UpdatedBy": "u"}}, who="member")
+    elapsed = time.monotonic() - started
+    body = assert_envelope(resp, 504, "UPSTREAM_TIMEOUT", "InternalException")
+    assert elapsed < 1.4, f"the request waited {elapsed:.1f}s with max_wait_ms = 500"
+    rec = hg.audit_for(body["error"]["request_id"])
+    assert rec["throttled"] is False and rec["forwarded"] is False, rec
+    assert fake.buf_calls() == []
+    m = metric_samples(hg)
+    assert not any(k[0] == "hubgate_quota_exhausted_total" for k in m), m
