@@ -942,12 +942,12 @@ async fn send(
     let operation = trail.operation.unwrap_or("default");
     // Authentication comes before any forward: the principal is known here.
     let principal = trail.principal.clone();
-    let account = principal.as_deref().map_or("", |p| p.account_id.as_str());
+    let caller = principal.as_deref().map_or("", |p| p.id.as_str());
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
         _ => gate
             .pacer
-            .acquire(operation, deadline, account)
+            .acquire(operation, deadline, caller)
             .await
             .map_err(|e| {
                 // The waits that ran out are the longest: leaving them out showed waits short

@@ -53,12 +53,14 @@ pub struct Pacer {
     default: Bucket,
     max_wait: Duration,
     shared: Option<Shared>,
-    /// Per operation and caller account, the line its requests wait in for their account's
-    /// one place among the callers trying the bucket. The bucket serves whoever tries when a
-    /// call is due, so without it every waiting request was a ticket: one member keeping
+    /// Per operation and caller (principal id), the line its requests wait in for the
+    /// caller's one place among those trying the bucket. The bucket serves whoever tries when
+    /// a call is due, so without it every waiting request was a ticket: one member keeping
     /// thirty writes waiting left an administrator's write one call in thirty-one, and it ran
-    /// out of `max_wait_ms` (429). Now each account with requests waiting holds one ticket.
-    /// Accounts come from the callers file (or the static identity), so this stays small.
+    /// out of `max_wait_ms` (429). Now each caller with requests waiting holds one ticket. Per
+    /// caller, not per account: in one line per account, an administrator's write waited
+    /// behind every request a member principal of the same account had queued. Callers come
+    /// from the callers file (or the static identity), so this stays small.
     lines: std::sync::Mutex<HashMap<(&'static str, Arc<str>), Line>>,
 }
 
@@ -127,11 +129,11 @@ impl Pacer {
         }
     }
 
-    /// The line `account`'s requests wait in for `operation`'s quota.
-    fn line(&self, operation: &'static str, account: &str) -> Line {
+    /// The line `caller`'s requests wait in for `operation`'s quota.
+    fn line(&self, operation: &'static str, caller: &str) -> Line {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         lines
-            .entry((operation, Arc::from(account)))
+            .entry((operation, Arc::from(caller)))
             .or_default()
             .clone()
     }
@@ -197,18 +199,18 @@ impl Pacer {
         }
     }
 
-    /// Waits for one call's worth of `operation` quota for a request of a caller of
-    /// `account`, until `deadline` at the latest, taking turns with the other accounts'
-    /// requests (and hubgate's own lookups, which wait as one), first come first served
-    /// within an account (see `lines`).
+    /// Waits for one call's worth of `operation` quota for a request of `caller` (a principal
+    /// id), until `deadline` at the latest, taking turns with the other callers' requests (and
+    /// hubgate's own lookups, which wait as one), first come first served within a caller (see
+    /// `lines`).
     pub async fn acquire(
         &self,
         operation: &'static str,
         deadline: Instant,
-        account: &str,
+        caller: &str,
     ) -> Result<Duration, QuotaExhausted> {
         let started = Instant::now();
-        let line = self.line(operation, account);
+        let line = self.line(operation, caller);
         let Ok(_turn) = tokio::time::timeout_at(deadline.into(), line.lock()).await else {
             return Err(QuotaExhausted {
                 operation,
@@ -294,7 +296,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_waiting_in_its_accounts_line_stops_at_its_deadline() {
+    async fn a_request_waiting_in_its_callers_line_stops_at_its_deadline() {
         let p = Arc::new(pacer(1.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
         p.acquire("GetFindings", deadline, "a").await.unwrap();
@@ -319,7 +321,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accounts_take_turns_whatever_their_requests_waiting() {
+    async fn callers_take_turns_whatever_their_requests_waiting() {
         // one call per 20 ms after the first
         let p = Arc::new(pacer(50.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
