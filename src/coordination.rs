@@ -50,6 +50,23 @@ pub struct Coordination {
     on_fallback: Mutex<Vec<Hook>>,
     /// Woken each time the replica joins (or rejoins) Redis.
     rejoined: tokio::sync::Notify,
+    /// The marker (`P:epoch`) this replica last found in Redis. A Redis that was flushed, or
+    /// restarted without its data, has lost it: what the replicas shared (the settle journal
+    /// above all) is gone, though no call failed.
+    epoch: Mutex<Option<String>>,
+}
+
+/// The probe: returns Redis's marker, setting one when there is none (a new or emptied Redis).
+const EPOCH: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"#;
+
+fn epoch_script() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    S.get_or_init(|| redis::Script::new(EPOCH))
 }
 
 /// `scheme://host:port/db`, never the user or password.
@@ -119,6 +136,7 @@ impl Coordination {
             metrics,
             on_fallback: Mutex::new(Vec::new()),
             rejoined: tokio::sync::Notify::new(),
+            epoch: Mutex::new(None),
         })))
     }
 
@@ -131,16 +149,35 @@ impl Coordination {
         }
     }
 
-    /// One probe: joins (or rejoins) when Redis answers, falls back when it does not.
+    /// One probe: joins (or rejoins) when Redis answers, falls back when it does not, and
+    /// falls back (to rejoin at the next probe) when Redis has lost what the replicas shared.
     pub async fn probe(&self) {
         let mut con = self.manager.clone();
+        let key = format!("{}:epoch", self.prefix);
         let ping = tokio::time::timeout(
             self.op_timeout.max(Duration::from_millis(250)),
-            redis::cmd("PING").query_async::<String>(&mut con),
+            epoch_script()
+                .key(key)
+                .arg(cache::new_tag())
+                .invoke_async::<String>(&mut con),
         )
         .await;
         match ping {
-            Ok(Ok(_)) => {
+            Ok(Ok(epoch)) => {
+                let known = self
+                    .epoch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(epoch.clone());
+                if known.is_some_and(|k| k != epoch) {
+                    // Flushed, or restarted empty between two calls, so that no call failed:
+                    // the replica falls back and rejoins at once, which makes it share its
+                    // settle journal again (the fallback hooks).
+                    self.fail(
+                        "probe",
+                        "Redis lost the replicas' shared state (flushed or restarted)",
+                    );
+                }
                 if self.healthy() {
                     return;
                 }

@@ -632,8 +632,9 @@ struct Inner {
     negative_ttl: Duration,
     /// `enrichment.settle_ms`.
     settle: Duration,
-    /// A write's journal entry did not reach Redis: the journal is shared again (see
-    /// `Enricher::share_again`) once it can be.
+    /// A write's journal entry did not reach Redis, or the replica fell back (Redis may have
+    /// lost what it shared): the journal is shared again (see `Enricher::share_again`) once it
+    /// can be.
     journal_lost: AtomicBool,
     max_entries: usize,
     state: Mutex<State>,
@@ -837,6 +838,10 @@ impl Enricher {
         });
         coord.on_fallback(move || {
             if let Some(inner) = weak.upgrade() {
+                // What this replica shared may be gone when it rejoins (Redis restarted
+                // empty, flushed, or failed over to a replica behind it): its whole journal
+                // is shared again then, or another replica would judge without its writes.
+                inner.journal_lost.store(true, Ordering::SeqCst);
                 let mut st = inner.lock();
                 st.wrote_all();
                 st.cache.clear();

@@ -26,6 +26,8 @@
 //!   claim): a hash of account to the time and operation; it clears nothing else.
 //! - `P:ja:a`     the last write that may have changed any finding of account a.
 //! - `P:jall`     the last write that may have changed any finding, by operation.
+//! - `P:epoch`    a marker the probe sets when it finds none (`coordination::probe`): gone or
+//!   changed, Redis has lost what the replicas shared, and each shares its journal again.
 //!
 //! The scripts touch keys they compute, which a Redis Cluster would refuse: a single primary
 //! (ElastiCache without cluster mode, Valkey, Redis) is what this is written for.
