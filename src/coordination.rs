@@ -57,11 +57,13 @@ pub struct Coordination {
 }
 
 /// The probe: returns Redis's marker, setting one when there is none (a new or emptied Redis).
+/// It writes the marker every time, so that a Redis that answers but takes no writes (full
+/// under `noeviction`, a read-only replica after a failover, an ACL) fails the probe: rejoined,
+/// the replica would fall back at its next write, over and over.
 const EPOCH: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-redis.call('SET', KEYS[1], ARGV[1])
-return ARGV[1]
+local v = redis.call('GET', KEYS[1]) or ARGV[1]
+redis.call('SET', KEYS[1], v)
+return v
 "#;
 
 fn epoch_script() -> &'static redis::Script {
@@ -154,6 +156,7 @@ impl Coordination {
     pub async fn probe(&self) {
         let mut con = self.manager.clone();
         let key = format!("{}:epoch", self.prefix);
+        let started = std::time::Instant::now();
         let ping = tokio::time::timeout(
             self.op_timeout.max(Duration::from_millis(250)),
             epoch_script()
@@ -179,6 +182,18 @@ impl Coordination {
                     );
                 }
                 if self.healthy() {
+                    return;
+                }
+                // The probe may take longer than a call (it may have to connect first), but a
+                // Redis that answers it more slowly than calls may take would make the replica
+                // fall back at its next call, over and over: it stays on its own until the
+                // probe is as quick as a call.
+                let took = started.elapsed();
+                if took > self.op_timeout {
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                        "probe: answered in {} ms, slower than op_timeout_ms",
+                        took.as_millis()
+                    ));
                     return;
                 }
                 // Writes forwarded while this replica was on its own never reached the

@@ -1684,6 +1684,19 @@ async fn drive(inner: Arc<Inner>) {
             // when replicas look up the same findings at the same moment.
             continue;
         }
+        // Nothing has been read yet, so the call reads after every write known now: the batch
+        // begins again here. A fallback while claiming voids every batch in flight (see
+        // `share_through`); it voided this one too, and a Redis that fails every claim after
+        // each rejoin then made every lookup start over until its request gave up (429).
+        let batch = {
+            let began = inner.lock().batch_began();
+            let fresh = Batch {
+                inner: inner.clone(),
+                began,
+            };
+            drop(batch);
+            fresh
+        };
         tokio::spawn(fetch_and_deliver(
             inner.clone(),
             chunk,
