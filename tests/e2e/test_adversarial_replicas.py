@@ -15,8 +15,11 @@ import time
 import pytest
 
 from helpers import (
+    CALLERS_TOML,
     MEMBER_ACCOUNT,
+    OTHER_ACCOUNT,
     PRODUCT_ARN,
+    Creds,
     finding,
     free_port,
     hubgate_env,
@@ -337,3 +340,66 @@ def test_the_redis_password_is_in_no_log_readyz_or_metrics(quota_fake, make_hubg
                 assert secret not in seen, f"{secret!r} leaked by {hg.host}"
     finally:
         redis.stop()
+
+
+# --- the shared quota between callers ---
+
+OTHER_MEMBER = Creds("HGTESTOTHERMEMBER001", "other-member-secret-4Rk7")
+TWO_MEMBERS = CALLERS_TOML + f"""
+[[caller]]
+id = "other-member"
+account_id = "{OTHER_ACCOUNT}"
+role = "member"
+access_key_id = "{OTHER_MEMBER.access_key}"
+secret_access_key = "{OTHER_MEMBER.secret_key}"
+"""
+
+
+def test_one_members_flood_of_reads_does_not_starve_another_accounts_lookups(
+        redis_server, quota_fake, make_hubgate):
+    """A member keeps 50 GetFindings waiting for quota on replica 1 (allowed: read-only calls
+    are forwarded). Each waiter asked the shared bucket for itself, so the member took nearly
+    every call of the account's GetFindings quota, and another account's update through
+    replica 2, which needs one lookup, waited seconds for it (up to quota.max_wait_ms, then
+    429). An account's calls now wait in line, one waiter per replica like the lookups."""
+    hgs = []
+    for i in (1, 2):
+        env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": f"replica-{i}"}
+        hgs.append(make_hubgate({
+            "enrichment": {"enabled": True, "cache_ttl_ms": 0},
+            "quota": {"max_wait_ms": 6000},
+            "quota.limits": {"GetFindings": {"rate": 3.0, "burst": 6}},
+            "coordination": coordination(redis_server)},
+            fake=quota_fake, env=env, callers_toml=TWO_MEMBERS))
+    r1, r2 = hgs
+    both_ok(r1, r2)
+    stop = time.monotonic() + 7
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def flood():
+        while time.monotonic() < stop:
+            resp = r1.send("POST", "/findings", {"MaxResults": 1}, who="member")
+            with lock:
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+    threads = [threading.Thread(target=flood) for _ in range(50)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)  # the flood has drained the burst and queued up
+        waits = []
+        for i in range(4):
+            started = time.monotonic()
+            resp = r2.buf(note_ids(["f-other"], f"note {i}"), creds=OTHER_MEMBER)
+            waits.append(round(time.monotonic() - started, 2))
+            assert resp.status == 200, resp.text
+    finally:
+        for t in threads:
+            t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert statuses.get(200, 0) > 0, statuses  # the member's reads were served too
+    print("waits", waits, statuses)
+    # fair: a call in two or three of the bucket's (333 ms); each waiter for itself: seconds
+    assert sum(waits) < 4.8, f"another account's lookups waited {waits} s behind the flood"
+    assert quota_fake.op_stats("GetFindings")["throttled"] == 0
