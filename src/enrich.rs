@@ -1651,7 +1651,7 @@ async fn drive(inner: Arc<Inner>) {
             calls: AtomicUsize::new(0),
             throttled: AtomicBool::new(false),
         });
-        let (chunk, batch, started) = {
+        let (chunk, batch) = {
             let mut st = inner.lock();
             let mut chunk = Vec::with_capacity(IDS_PER_LOOKUP);
             while chunk.len() < IDS_PER_LOOKUP {
@@ -1672,7 +1672,6 @@ async fn drive(inner: Arc<Inner>) {
                     inner: inner.clone(),
                     began,
                 },
-                Instant::now(),
             )
         };
         let (chunk, claims) = match inner.coord.clone() {
@@ -1688,15 +1687,20 @@ async fn drive(inner: Arc<Inner>) {
         // begins again here. A fallback while claiming voids every batch in flight (see
         // `share_through`); it voided this one too, and a Redis that fails every claim after
         // each rejoin then made every lookup start over until its request gave up (429).
-        let batch = {
-            let began = inner.lock().batch_began();
+        // Its start moves with it: what it caches is read after the writes answered so far,
+        // which the settle journal must lay over it (it takes a state cached as read before a
+        // write for one the write was written through to).
+        let (fresh, started) = {
+            let mut st = inner.lock();
             let fresh = Batch {
                 inner: inner.clone(),
-                began,
+                began: st.batch_began(),
             };
-            drop(batch);
-            fresh
+            (fresh, Instant::now())
         };
+        // Ended once the lock is free (dropping a batch takes it).
+        drop(batch);
+        let batch = fresh;
         tokio::spawn(fetch_and_deliver(
             inner.clone(),
             chunk,
