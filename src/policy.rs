@@ -163,28 +163,47 @@ pub fn list_files(dir: &Path) -> Result<PolicyFiles, PolicyLoadError> {
     Ok(files)
 }
 
+/// The text of each file, read once. A set is compiled from these texts and its revision is
+/// their hash: reading the files again for the hash gave a set whose files changed during
+/// its compile (an editor saving, a deploy copying files one by one) the revision of files it
+/// was not compiled from.
+pub type FileTexts = Vec<(PathBuf, String)>;
+
+fn read_texts(files: &[PathBuf]) -> Result<FileTexts, PolicyLoadError> {
+    files
+        .iter()
+        .map(|file| {
+            std::fs::read_to_string(file)
+                .map(|text| (file.clone(), text))
+                .map_err(|e| PolicyLoadError::File {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect()
+}
+
 /// Builds an engine from the given files. Shared by serving and `hubgate test`.
 pub fn engine_from(rego: &[PathBuf], data: &[PathBuf]) -> Result<regorus::Engine, PolicyLoadError> {
+    engine_from_texts(&read_texts(rego)?, &read_texts(data)?)
+}
+
+fn engine_from_texts(
+    rego: &FileTexts,
+    data: &FileTexts,
+) -> Result<regorus::Engine, PolicyLoadError> {
     let mut engine = regorus::Engine::new();
-    for file in rego {
-        let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
+    for (file, text) in rego {
         engine
-            .add_policy(file.display().to_string(), text)
+            .add_policy(file.display().to_string(), text.clone())
             .map_err(|e| PolicyLoadError::File {
                 file: file.clone(),
                 reason: e.to_string(),
             })?;
     }
-    for file in data {
-        let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
+    for (file, text) in data {
         engine
-            .add_data_json(&text)
+            .add_data_json(text)
             .map_err(|e| PolicyLoadError::File {
                 file: file.clone(),
                 reason: format!("not a JSON data document: {e}"),
@@ -193,20 +212,16 @@ pub fn engine_from(rego: &[PathBuf], data: &[PathBuf]) -> Result<regorus::Engine
     Ok(engine)
 }
 
-fn revision_of(dir: &Path, files: &[PathBuf]) -> Result<String, PolicyLoadError> {
+fn revision_of<'a>(dir: &Path, files: impl IntoIterator<Item = &'a (PathBuf, String)>) -> String {
     let mut hash = Sha256::new();
-    for file in files {
+    for (file, text) in files {
         let rel = file.strip_prefix(dir).unwrap_or(file);
-        let bytes = std::fs::read(file).map_err(|e| PolicyLoadError::File {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
         hash.update(rel.to_string_lossy().as_bytes());
         hash.update([0]);
-        hash.update((bytes.len() as u64).to_be_bytes());
-        hash.update(&bytes);
+        hash.update((text.len() as u64).to_be_bytes());
+        hash.update(text.as_bytes());
     }
-    Ok(format!("sha256:{}", hex::encode(hash.finalize())))
+    format!("sha256:{}", hex::encode(hash.finalize()))
 }
 
 /// The operations whose schema must exist (guarded by default), and those whose schema is
@@ -235,8 +250,15 @@ impl PolicySet {
             .collect();
         let schema_dir = dir.join("schemas");
         let schema_ops = schema_operations(&schema_dir);
-        let schemas = Schemas::load(&schema_dir, &schema_ops)?;
-        let mut engine = engine_from(&rego, &files.data)?;
+        let schema_texts = read_texts(
+            &schema_ops
+                .iter()
+                .map(|op| schema_dir.join(format!("{op}.json")))
+                .collect::<Vec<_>>(),
+        )?;
+        let (rego, data_texts) = (read_texts(&rego)?, read_texts(&files.data)?);
+        let schemas = Schemas::compile(schema_ops.iter().copied().zip(&schema_texts))?;
+        let mut engine = engine_from_texts(&rego, &data_texts)?;
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
             limit: eval_timeout,
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
@@ -278,14 +300,13 @@ impl PolicySet {
         .map_err(|e| PolicyLoadError::Smoke(format!("compiling to bytecode: {e}")))?;
         let data = engine.get_data();
 
-        let mut all: Vec<PathBuf> = rego;
-        all.extend(files.data);
-        let mut schema_files: Vec<PathBuf> = schema_ops
-            .iter()
-            .map(|op| schema_dir.join(format!("{op}.json")))
+        let revision = revision_of(dir, rego.iter().chain(&data_texts).chain(&schema_texts));
+        let all: Vec<PathBuf> = rego
+            .into_iter()
+            .chain(data_texts)
+            .chain(schema_texts)
+            .map(|(file, _)| file)
             .collect();
-        all.append(&mut schema_files);
-        let revision = revision_of(dir, &all)?;
         Ok(PolicySet {
             engine,
             program,

@@ -91,15 +91,26 @@ impl Schemas {
 
     /// Compiles `<dir>/<Operation>.json` for each named operation; every one must exist.
     pub fn load(dir: &Path, operations: &[&str]) -> Result<Schemas, SchemaLoadError> {
-        let mut validators = HashMap::new();
+        let mut texts = Vec::with_capacity(operations.len());
         for op in operations {
             let file = dir.join(format!("{op}.json"));
             let text = std::fs::read_to_string(&file).map_err(|e| SchemaLoadError::Read {
                 file: file.clone(),
                 reason: e.to_string(),
             })?;
+            texts.push((file, text));
+        }
+        Schemas::compile(operations.iter().copied().zip(&texts))
+    }
+
+    /// Compiles each operation's schema from its file's text, as read once by the caller.
+    pub fn compile<'a>(
+        schemas: impl IntoIterator<Item = (&'a str, &'a (PathBuf, String))>,
+    ) -> Result<Schemas, SchemaLoadError> {
+        let mut validators = HashMap::new();
+        for (op, (file, text)) in schemas {
             let schema: Value =
-                serde_json::from_str(&text).map_err(|e| SchemaLoadError::Invalid {
+                serde_json::from_str(text).map_err(|e| SchemaLoadError::Invalid {
                     file: file.clone(),
                     reason: e.to_string(),
                 })?;
@@ -110,7 +121,7 @@ impl Schemas {
                     file: file.clone(),
                     reason: e.to_string(),
                 })?;
-            validators.insert((*op).to_string(), validator);
+            validators.insert(op.to_string(), validator);
         }
         Ok(Schemas { validators })
     }
