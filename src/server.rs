@@ -54,6 +54,10 @@ pub struct Gate {
     pub tls: Option<tls::Tls>,
     /// Why the last policy reload failed, while the previous set stays in force.
     pub last_reload_error: std::sync::Mutex<Option<String>>,
+    /// Held by the reload that runs: reloads run one at a time, in the order they were asked.
+    reloading: std::sync::Mutex<()>,
+    /// A reload is asked for and has not started reading the files yet.
+    reload_pending: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,6 +360,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }),
         tls,
         last_reload_error: std::sync::Mutex::new(None),
+        reloading: std::sync::Mutex::new(()),
+        reload_pending: std::sync::atomic::AtomicBool::new(false),
     });
     gate.stages
         .metrics
@@ -447,9 +453,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 });
             }
             _ = hup.recv() => {
-                // Compiling policies is CPU work; the accept loop goes on meanwhile.
-                let gate = gate.clone();
-                tokio::task::spawn_blocking(move || reload(&gate));
+                // The accept loop goes on meanwhile.
+                ask_reload(&gate);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -575,9 +580,9 @@ async fn watch_files(gate: Arc<Gate>, every: Duration) {
         if now != seen {
             tracing::info!("policy or callers files changed; reloading");
             seen = now;
-            let gate = gate.clone();
-            // Compiling policies is CPU work; keep it off the request threads.
-            let _ = tokio::task::spawn_blocking(move || reload(&gate)).await;
+            if let Some(reloading) = ask_reload(&gate) {
+                let _ = reloading.await;
+            }
         }
     }
 }
@@ -585,6 +590,25 @@ async fn watch_files(gate: Arc<Gate>, every: Duration) {
 fn second_signal() -> ! {
     tracing::warn!("second signal: exiting without draining");
     std::process::exit(1)
+}
+
+/// Asks for a reload that reads the files after this call (SIGHUP, a watched change). Reloads
+/// run one at a time: run side by side, one started before a change (its compile slower) could
+/// store the old set after one started after it, and a storm of signals compiled the set once
+/// per signal, all at once. A reload already asked for and not yet started answers every
+/// later ask too, since it reads the files after them; so at most one runs and one waits.
+fn ask_reload(gate: &Arc<Gate>) -> Option<tokio::task::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    if gate.reload_pending.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let gate = gate.clone();
+    // Compiling policies is CPU work; keep it off the request threads.
+    Some(tokio::task::spawn_blocking(move || {
+        let _one = gate.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        gate.reload_pending.store(false, Ordering::Release);
+        reload(&gate);
+    }))
 }
 
 /// Re-reads the callers file and the policy set; a broken new version keeps the old one and

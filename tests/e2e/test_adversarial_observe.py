@@ -45,6 +45,43 @@ def slow_rules(n: int, tag: str = "") -> str:
         f'input.operation == "NoSuchOperation{tag}{i}"\n' for i in range(n))
 
 
+def reloads_logged(hg) -> int:
+    return hg.stderr_text().count("callers reloaded")
+
+
+def test_a_signal_storm_runs_one_reload_at_a_time_and_ends_on_the_files(make_fake, make_hubgate,
+                                                                        tmp_path):
+    """Every SIGHUP started a reload of its own, all at once: 30 signals compiled the policy
+    set 30 times side by side, and one started before a change (reading the old files) could
+    store its set after one started after the change, putting the old set back in force with
+    nothing saying so. Reloads now run one at a time, and a signal that comes while one waits
+    is answered by it (it reads the files after the signal)."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"dir": str(policies), "watch_interval_ms": 0}}, fake=fake)
+    for _ in range(30):
+        hg.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.01)
+    (policies / "a_notes.rego").write_text(NOTES_RULE)
+    hg.proc.send_signal(signal.SIGHUP)  # the last signal comes after the change
+
+    last = [-1, time.monotonic()]
+
+    def quiet():
+        n = reloads_logged(hg)
+        if n != last[0]:
+            last[:] = [n, time.monotonic()]
+        return n > 0 and time.monotonic() - last[1] > 2.0
+    wait_until(quiet, 40, "the reloads to end", interval=0.2)
+    n = reloads_logged(hg)
+    assert n <= 4, f"31 signals ran {n} reloads"
+    resp = hg.buf(NOTE_OWN, who="member")
+    assert resp.status == 403 and "notes today" in resp.text, resp.text
+    ready = hg.admin("/readyz").json()["checks"]["policy"]
+    assert ready["stale"] is False and ready["revision"] == revision(hg), ready
+
+
 def notes_rule(tag: str) -> str:
     return NOTES_RULE.replace("notes today", f"notes today ({tag})")
 
