@@ -59,6 +59,10 @@ pub struct Record {
     pub method: String,
     pub metrics: RecordMetrics,
     pub operation: Option<Cow<'static, str>>,
+    /// The request was sent to Security Hub and no answer came (a timeout, a connection lost,
+    /// an unreadable answer): Security Hub may have applied it. Absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub outcome_unknown: bool,
     pub partial: Option<Partial>,
     /// The decision entrypoint, as OPA's decision logs name it.
     pub path: Cow<'static, str>,
@@ -951,6 +955,7 @@ mod tests {
             upstream_request_id: Some("u".into()),
             revision: "sha256:x".into(),
             settling: Some(vec![0]),
+            outcome_unknown: true,
             metrics: RecordMetrics {
                 timer_total_ns: 1,
                 timer_policy_ns: 2,
@@ -1062,6 +1067,7 @@ mod tests {
                 warnings: vec![],
             },
             forwarded: false,
+            outcome_unknown: false,
             status: 403,
             error: Some(RecordError {
                 code: "POLICY_DENIED".into(),

@@ -1393,6 +1393,7 @@ fn record(
             .partial
             .map(|(forwarded, denied)| Partial { forwarded, denied }),
         forwarded: trail.forwarded,
+        outcome_unknown: trail.outcome_unknown,
         throttled: trail.throttled,
         status,
         upstream_status: trail.upstream_status,

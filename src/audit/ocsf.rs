@@ -31,9 +31,13 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
     let error = record.error.as_ref();
     let violations = &record.result.violations;
 
+    // A write sent without an answer may have been applied: its action is the policy's, and
+    // its disposition is not Blocked, which a SIEM reads as "nothing happened".
+    let unknown = record.outcome_unknown && !forwarded;
     // Allowed (1) / Denied (2) is the policy's verdict; disposition says what happened to the
-    // request: Allowed (1), Blocked (2), or Logged (17) when dry-run let a denial through.
-    let (action_id, action) = if allow && error.is_none() {
+    // request: Allowed (1), Blocked (2), Logged (17) when dry-run let a denial through, or
+    // Unknown (0) when it was sent and Security Hub never answered.
+    let (action_id, action) = if allow && (error.is_none() || unknown) {
         (1, "Allowed")
     } else {
         (2, "Denied")
@@ -42,6 +46,8 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
         (17, "Logged")
     } else if forwarded {
         (1, "Allowed")
+    } else if unknown {
+        (0, "Unknown")
     } else {
         (2, "Blocked")
     };
@@ -136,6 +142,7 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
     let mut unmapped = json!({
         "dry_run": dry_run,
         "forwarded": forwarded,
+        "outcome_unknown": unknown.then_some(true),
         "partial": record.partial,
         "settling": record.settling,
         "upstream_status": record.upstream_status,
@@ -245,5 +252,31 @@ mod tests {
         assert_eq!(logged["action_id"], 2);
         assert_eq!(logged["disposition_id"], 17);
         assert_eq!(logged["disposition"], "Logged");
+    }
+
+    #[test]
+    fn a_write_sent_without_an_answer_is_allowed_with_an_unknown_outcome() {
+        let mut sent = record(true, false, false, 504);
+        sent.outcome_unknown = true;
+        sent.error = Some(crate::audit::RecordError {
+            code: "UPSTREAM_TIMEOUT".into(),
+            message: "late".into(),
+        });
+        let e = event(&sent, None, &[], "us-east-1");
+        assert_eq!(
+            (e["action_id"].as_i64(), e["disposition_id"].as_i64()),
+            (Some(1), Some(0))
+        );
+        assert_eq!(e["disposition"], "Unknown");
+        assert_eq!(e["status_id"], 2);
+        assert_eq!(e["unmapped"]["outcome_unknown"], true);
+        // the same failure before anything was sent is a refusal
+        sent.outcome_unknown = false;
+        let e = event(&sent, None, &[], "us-east-1");
+        assert_eq!(
+            (e["action_id"].as_i64(), e["disposition_id"].as_i64()),
+            (Some(2), Some(2))
+        );
+        assert!(e["unmapped"].get("outcome_unknown").is_none());
     }
 }

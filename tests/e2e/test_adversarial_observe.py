@@ -17,6 +17,15 @@ def revision(hg) -> str:
     return hg.admin("/readyz").json()["checks"]["policy"]["revision"]
 
 
+def assert_valid_ocsf(event: dict):
+    import jsonschema
+
+    from test_ocsf import schema_for
+    body = {k: v for k, v in event.items() if k != "chain"}
+    errors = list(jsonschema.Draft202012Validator(schema_for(event)).iter_errors(body))
+    assert not errors, [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+
+
 def ocsf_event(hg, decision_id: str, timeout: float = 5) -> dict:
     def find():
         return [r for r in hg.audit_records() if r.get("metadata", {}).get("uid") == decision_id]
@@ -126,3 +135,36 @@ def test_the_revision_is_that_of_the_files_the_set_was_compiled_from(make_fake, 
             f"({rec['revision']} != {rev_v1})")
     else:
         assert "(v2)" in msg and rec["revision"] != rev_v1, (msg, rec["revision"])
+
+
+# ---------------------------------------------------------------------------
+# OCSF: what a SIEM reads
+
+
+def test_ocsf_does_not_call_a_write_that_went_out_blocked(make_fake, make_hubgate):
+    """Security Hub applies a forwarded write and answers after upstream.timeout_ms. The OCSF
+    event said action Denied, disposition Blocked, severity Medium: a SIEM read "hubgate
+    blocked the administrator's update" while the finding had changed. The hubgate record
+    says the request may have been applied; the event must not say it was blocked."""
+    fake = make_fake()
+    hg = make_hubgate({"upstream": {"timeout_ms": 500}, "audit": {"format": "ocsf"}}, fake=fake)
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
+    resp = hg.buf({"FindingIdentifiers": [ident("f-admin")], "Workflow": {"Status": "NOTIFIED"},
+                   "Note": {"Text": "SEC-9 sent", "UpdatedBy": "e2e"}}, who="admin")
+    assert resp.status == 504, resp.text
+    event = ocsf_event(hg, resp.headers["x-amzn-requestid"])
+    wait_until(lambda: fake.findings()["f-admin"]["Workflow"]["Status"] == "NOTIFIED", 5,
+               "the write to be applied")
+    assert event["disposition_id"] != 2 and event["disposition"] != "Blocked", event
+    assert (event["disposition_id"], event["disposition"]) == (0, "Unknown"), event
+    assert (event["action_id"], event["action"]) == (1, "Allowed"), event  # the policy allowed
+    assert event["status_id"] == 2 and event["status_code"] == "504", event
+    assert event["unmapped"]["outcome_unknown"] is True, event["unmapped"]
+    assert "may have applied" in event["status_detail"], event
+    assert_valid_ocsf(event)
+    # a lookup that timed out sent nothing: that one is blocked
+    fake.configure(answer_delay_ms={"GetFindings": 1500})
+    lookup = hg.buf(NOTE_OWN, who="member")
+    assert lookup.status == 504, lookup.text
+    event = ocsf_event(hg, lookup.headers["x-amzn-requestid"])
+    assert event["disposition_id"] == 2 and "outcome_unknown" not in event["unmapped"], event
