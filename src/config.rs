@@ -578,10 +578,57 @@ fn without_userinfo(text: &str) -> String {
     out
 }
 
+/// The configuration file's text as it was loaded, for a reload to tell which settings changed
+/// on disk since (they take a restart). Never printed: it can hold a Redis password.
+#[derive(Clone, Default)]
+pub struct SourceText(String);
+
+impl fmt::Debug for SourceText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SourceText(not shown)")
+    }
+}
+
+impl SourceText {
+    /// The settings (`section.key`, or the section of a table that is added or removed whole)
+    /// whose values differ between the text in force and `now`; their names only, never their
+    /// values. A text that no longer parses is one entry saying so.
+    pub fn changed_settings(&self, now: &str) -> Vec<String> {
+        if now == self.0 {
+            return Vec::new();
+        }
+        let (Ok(then), Ok(now)) = (
+            toml::from_str::<toml::Table>(&self.0),
+            toml::from_str::<toml::Table>(now),
+        ) else {
+            return vec!["(the file no longer parses)".into()];
+        };
+        let mut out = Vec::new();
+        diff_tables("", &then, &now, &mut out);
+        out
+    }
+}
+
+fn diff_tables(prefix: &str, then: &toml::Table, now: &toml::Table, out: &mut Vec<String>) {
+    let keys: std::collections::BTreeSet<&String> = then.keys().chain(now.keys()).collect();
+    for key in keys {
+        let name = format!("{prefix}{key}");
+        match (then.get(key), now.get(key)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                diff_tables(&format!("{name}."), a, b, out);
+            }
+            (a, b) if a != b => out.push(name),
+            _ => {}
+        }
+    }
+}
+
 /// The validated configuration, with every relative path resolved against the file's folder.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
+    /// The file's text as loaded.
+    pub source: SourceText,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub server: ServerConfig,
@@ -983,6 +1030,7 @@ impl Config {
 
         Ok(Config {
             file: file.to_path_buf(),
+            source: SourceText(text.to_string()),
             listen,
             admin_listen,
             server,
@@ -1002,6 +1050,33 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_changed_file_names_the_settings_it_changes_never_their_values() {
+        let then = super::SourceText(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[policy]\nmode = \"dry-run\"\n\
+             [coordination]\nredis_url = \"redis://u:hunter2@h:6379/0\"\n"
+                .into(),
+        );
+        assert!(then.changed_settings(&then.0).is_empty());
+        let now = "[server]\nlisten = \"127.0.0.1:8080\"\n[policy]\nmode = \"enforce\"\n\
+                   [coordination]\nredis_url = \"redis://u:hunter3@h:6379/0\"\n\
+                   [audit]\nformat = \"ocsf\"\n";
+        assert_eq!(
+            then.changed_settings(now),
+            ["audit", "coordination.redis_url", "policy.mode"]
+        );
+        // a comment or a reordering changes no setting
+        let same = "# edited\n[policy]\nmode = \"dry-run\" # for now\n\
+                    [coordination]\nredis_url = \"redis://u:hunter2@h:6379/0\"\n\
+                    [server]\nlisten = \"127.0.0.1:8080\"\n";
+        assert!(then.changed_settings(same).is_empty());
+        assert_eq!(
+            then.changed_settings("[policy\nmode = \"hunter2\""),
+            ["(the file no longer parses)"]
+        );
+        assert!(!format!("{then:?}").contains("hunter2"));
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub coordination: CoordinationMetrics,
     pub reload_success_time: Gauge<i64, AtomicI64>,
     pub reload_failure_time: Gauge<i64, AtomicI64>,
+    /// 1 while the configuration file on disk has settings other than those in force.
+    pub config_restart_needed: Gauge<i64, AtomicI64>,
     current_revision: Mutex<String>,
 }
 
@@ -208,6 +210,7 @@ impl Metrics {
             coordination: Default::default(),
             reload_success_time: Gauge::default(),
             reload_failure_time: Gauge::default(),
+            config_restart_needed: Gauge::default(),
             current_revision: Mutex::new(String::new()),
             registry: Registry::default(),
         };
@@ -412,6 +415,11 @@ impl Metrics {
             "policy_last_reload_failure_timestamp_seconds",
             "Unix time of the last failed policy reload (0: none)",
             m.reload_failure_time.clone(),
+        );
+        registry.register(
+            "config_restart_needed",
+            "1 while the configuration file has settings a reload does not apply (restart)",
+            m.config_restart_needed.clone(),
         );
         Metrics { registry, ..m }
     }

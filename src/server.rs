@@ -58,6 +58,9 @@ pub struct Gate {
     reloading: std::sync::Mutex<()>,
     /// A reload is asked for and has not started reading the files yet.
     reload_pending: std::sync::atomic::AtomicBool,
+    /// The settings of the configuration file that changed on disk since start, as the last
+    /// reload found them: they need a restart.
+    config_changed: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -362,6 +365,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         last_reload_error: std::sync::Mutex::new(None),
         reloading: std::sync::Mutex::new(()),
         reload_pending: std::sync::atomic::AtomicBool::new(false),
+        config_changed: std::sync::Mutex::new(Vec::new()),
     });
     gate.stages
         .metrics
@@ -519,7 +523,11 @@ fn fingerprint(gate: &Gate) -> Fingerprint {
             }
         }
     }
-    let mut paths = vec![gate.stages.config.identity.callers.clone()];
+    // The configuration file is not reloaded, but a change to it is reported (`config_drift`).
+    let mut paths = vec![
+        gate.stages.config.identity.callers.clone(),
+        gate.stages.config.file.clone(),
+    ];
     if let Some(tls) = &gate.tls {
         paths.extend(tls.files());
     }
@@ -662,6 +670,7 @@ fn reload(gate: &Gate) {
     if !errors.is_empty() {
         gate.stages.metrics.reload_failure_time.set(unix_now());
     }
+    config_drift(gate);
     let previous = std::mem::replace(
         &mut *gate
             .last_reload_error
@@ -670,6 +679,33 @@ fn reload(gate: &Gate) {
         (!errors.is_empty()).then(|| errors.join("; ")),
     );
     log_recovery(previous.as_deref(), errors.is_empty());
+}
+
+/// The configuration file is not reloaded. A reload says which of its settings changed on disk
+/// (names only: values can be secrets), in the log, on /readyz and in a metric, so that an
+/// edit that needs a restart (`policy.mode`, a listener, the audit sink) is not taken for one
+/// in force.
+fn config_drift(gate: &Gate) {
+    let config = &gate.stages.config;
+    let changed = match std::fs::read_to_string(&config.file) {
+        Ok(text) => config.source.changed_settings(&text),
+        Err(e) => vec![format!("(the file cannot be read: {})", e.kind())],
+    };
+    if !changed.is_empty() {
+        tracing::warn!(
+            file = %config.file.display(),
+            settings = %changed.join(", "),
+            "the configuration file has changed since hubgate started; a reload does not apply it: restart hubgate to apply these settings"
+        );
+    }
+    gate.stages
+        .metrics
+        .config_restart_needed
+        .set(i64::from(!changed.is_empty()));
+    *gate
+        .config_changed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = changed;
 }
 
 /// After a failed reload, the first good one says so: whoever watched the error sees it end.
@@ -776,6 +812,11 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let config_changed = gate
+        .config_changed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let audit_ok = gate.stages.audit.is_healthy();
     let credentials = tokio::time::timeout(
         Duration::from_secs(2),
@@ -802,6 +843,8 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         },
         "audit": {"ok": audit_ok},
         "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
+        // Never fails: the settings in force still serve.
+        "config": {"ok": true, "restart_needed": !config_changed.is_empty(), "changed_settings": config_changed},
     });
     if let Some(tls) = &gate.tls {
         let error = tls

@@ -137,6 +137,41 @@ def test_the_revision_is_that_of_the_files_the_set_was_compiled_from(make_fake, 
         assert "(v2)" in msg and rec["revision"] != rev_v1, (msg, rec["revision"])
 
 
+def test_a_reload_says_which_settings_of_the_config_file_need_a_restart(make_fake,
+                                                                        make_hubgate):
+    """An operator switches policy.mode from dry-run to enforce in hubgate.toml and sends
+    SIGHUP. hubgate reloaded the callers and policies, logged "callers reloaded", and went on
+    forwarding every denial in dry-run, with nothing anywhere saying the edit was not applied.
+    Now the reload names the changed settings (names only) in a WARN line, on /readyz and in
+    hubgate_config_restart_needed; the settings in force keep serving."""
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"mode": "dry-run", "watch_interval_ms": 0}}, fake=fake)
+    original = hg.config_path.read_text()
+    assert 'mode = "dry-run"' in original
+    hg.config_path.write_text(original.replace('mode = "dry-run"', 'mode = "enforce"'))
+    hg.proc.send_signal(signal.SIGHUP)
+
+    def reported():
+        return hg.admin("/readyz").json()["checks"].get("config", {}).get("restart_needed")
+    wait_until(reported, 10, "/readyz to report the configuration change")
+    ready = hg.admin("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["config"]["changed_settings"] == ["policy.mode"], ready.json()
+    assert metric(hg, "hubgate_config_restart_needed") == 1
+    warn = [line for line in hg.stderr_text().splitlines() if "restart hubgate" in line]
+    assert warn and "WARN" in warn[-1] and "policy.mode" in warn[-1], warn
+    # still dry-run: the edit is not in force until a restart
+    suppress = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                       "Workflow": {"Status": "SUPPRESSED"}}, who="member")
+    assert suppress.status == 200, suppress.text
+    # put back: nothing to restart for
+    hg.config_path.write_text(original)
+    hg.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: reported() is False, 10, "/readyz to clear the configuration change")
+    assert hg.admin("/readyz").json()["checks"]["config"]["changed_settings"] == []
+    assert metric(hg, "hubgate_config_restart_needed") == 0
+
+
 # ---------------------------------------------------------------------------
 # OCSF: what a SIEM reads
 
