@@ -204,6 +204,8 @@ pub struct Identity {
     by_san: HashMap<String, Arc<Principal>>,
     by_cn: HashMap<String, Arc<Principal>>,
     static_principal: Option<Arc<Principal>>,
+    /// The `secret_file`s the callers file names, resolved: watched for changes with it.
+    secret_files: Vec<PathBuf>,
 }
 
 /// The principals a callers file defines, without resolving any secret (for `hubgate eval`).
@@ -228,6 +230,8 @@ struct LoadedCaller {
     principal: Arc<Principal>,
     access_key_id: Option<String>,
     secret: Option<Secret>,
+    /// Where the secret was read from, when it was a `secret_file`.
+    secret_file: Option<PathBuf>,
     san: Option<String>,
     cn: Option<String>,
 }
@@ -371,6 +375,7 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
                 "give at most one of secret_access_key, secret_env, secret_file".into(),
             ));
         }
+        let mut secret_file = None;
         let secret = if let Some(s) = &entry.secret_access_key {
             Some(s.clone())
         } else if let Some(var) = &entry.secret_env {
@@ -384,12 +389,10 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             } else {
                 base.join(f)
             };
-            Some(
-                std::fs::read_to_string(&f)
-                    .map_err(|e| bad(format!("secret_file {}: {e}", f.display())))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            )
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| bad(format!("secret_file {}: {e}", f.display())))?;
+            secret_file = Some(f);
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
         } else {
             None
         };
@@ -413,6 +416,7 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             principal,
             access_key_id: entry.access_key_id.clone(),
             secret: secret.map(Secret),
+            secret_file,
             san: entry.client_cert_san.clone(),
             cn: entry.client_cert_cn.clone(),
         });
@@ -428,14 +432,17 @@ impl Identity {
         let mut by_san = HashMap::new();
         let mut by_cn = HashMap::new();
         let mut static_principal = None;
+        let mut secret_files = Vec::new();
         for LoadedCaller {
             principal,
             access_key_id: key,
             secret,
+            secret_file,
             san,
             cn,
         } in callers
         {
+            secret_files.extend(secret_file);
             if config.static_principal.as_deref() == Some(principal.id.as_str()) {
                 static_principal = Some(principal.clone());
             }
@@ -487,7 +494,13 @@ impl Identity {
             by_san,
             by_cn,
             static_principal,
+            secret_files,
         })
+    }
+
+    /// The secret files the callers file names: a change to one is a change to the callers.
+    pub fn secret_files(&self) -> &[PathBuf] {
+        &self.secret_files
     }
 
     pub fn caller_count(&self) -> usize {

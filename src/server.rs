@@ -528,6 +528,8 @@ fn fingerprint(gate: &Gate) -> Fingerprint {
         gate.stages.config.identity.callers.clone(),
         gate.stages.config.file.clone(),
     ];
+    // A secret rotated (or revoked) by rewriting its secret_file is a change to the callers.
+    paths.extend_from_slice(gate.stages.identity.load().secret_files());
     if let Some(tls) = &gate.tls {
         paths.extend(tls.files());
     }
@@ -563,8 +565,8 @@ async fn look(gate: &Arc<Gate>) -> Option<Fingerprint> {
         .ok()
 }
 
-/// Reloads when the policy directory or the callers file changes, as SIGHUP does, once the
-/// change has settled.
+/// Reloads when a watched file changes (policies, callers and their secret files, TLS, the
+/// configuration), as SIGHUP does, once the change has settled.
 async fn watch_files(gate: Arc<Gate>, every: Duration) {
     let mut seen = fingerprint(&gate);
     let mut tick = tokio::time::interval(every);

@@ -203,3 +203,33 @@ def test_ocsf_does_not_call_a_write_that_went_out_blocked(make_fake, make_hubgat
     assert lookup.status == 504, lookup.text
     event = ocsf_event(hg, lookup.headers["x-amzn-requestid"])
     assert event["disposition_id"] == 2 and "outcome_unknown" not in event["unmapped"], event
+
+
+def test_a_secret_file_rotated_in_place_takes_effect_without_a_signal(make_fake, make_hubgate):
+    """A caller's secret comes from `secret_file` (a Kubernetes Secret volume, a vault agent's
+    file). The file watcher reloaded the callers file on its own changes only: a secret
+    rotated (or revoked) by rewriting its secret_file stayed valid until a SIGHUP or a restart,
+    although the callers file and the policy directory take effect on their own."""
+    from helpers import ADMIN_ACCOUNT, Creds
+    old, new = Creds("HGTESTROTATE00000001", "old-secret-rotate-1"), "new-secret-rotate-2"
+    callers = f"""\
+[[caller]]
+id = "rotating"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+access_key_id = "{old.access_key}"
+secret_file = "rotating.secret"
+"""
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"watch_interval_ms": 200}}, fake=fake, callers_toml=callers,
+                      start=False)
+    hg.workdir.mkdir(parents=True, exist_ok=True)
+    secret = hg.workdir / "rotating.secret"
+    secret.write_text(old.secret_key + "\n")
+    hg.start()
+    note = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+    assert hg.buf(note, creds=old).status == 200
+    secret.write_text(new + "\n")
+    wait_until(lambda: hg.buf(note, creds=old).status == 401, 10,
+               "the old secret to be refused")
+    assert hg.buf(note, creds=Creds(old.access_key, new)).status == 200
