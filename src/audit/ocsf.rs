@@ -1,4 +1,5 @@
-//! The decision record as an OCSF API Activity event (class 6003, activity Update) with the
+//! The decision record as an OCSF API Activity event (class 6003, the activity the operation's
+//! name says: Read, Create, Delete, else Update) with the
 //! Security Control profile: `action_id` Allowed/Denied, `disposition_id` (Logged in dry-run)
 //! and `policy`. Everything hubgate knows that OCSF has no attribute for goes to `unmapped`.
 
@@ -9,6 +10,29 @@ use super::Record;
 /// API Activity has the Security Control profile since OCSF 1.4.0, and `PATCH` is an
 /// `http_method` value since 1.6.0.
 pub const OCSF_VERSION: &str = "1.6.0";
+
+/// The API Activity activity of an operation, by the verb its name starts with. Reads
+/// (GetFindings, Describe*, List*) recorded as Update made every read of findings look like a
+/// change of them to a SIEM; a request no route matched has no operation: Unknown.
+fn activity(operation: Option<&str>) -> (u16, &'static str) {
+    let Some(op) = operation else {
+        return (0, "Unknown");
+    };
+    let verb = op.strip_prefix("Batch").unwrap_or(op);
+    let starts = |prefix: &str| {
+        verb.strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+    };
+    if ["Get", "List", "Describe"].into_iter().any(starts) {
+        (2, "Read")
+    } else if starts("Create") {
+        (1, "Create")
+    } else if starts("Delete") {
+        (4, "Delete")
+    } else {
+        (3, "Update")
+    }
+}
 
 /// A text the record always has, unless `audit.mask` erased it (read back as empty).
 fn present(text: &str) -> Option<&str> {
@@ -30,6 +54,7 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
     let decision_id = present(&record.decision_id);
     let error = record.error.as_ref();
     let violations = &record.result.violations;
+    let (activity_id, activity_name) = activity(record.operation.as_deref());
 
     // A write sent without an answer may have been applied: its action is the policy's, and
     // its disposition is not Blocked, which a SIEM reads as "nothing happened".
@@ -90,10 +115,10 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
         "class_name": "API Activity",
         "category_uid": 6,
         "category_name": "Application Activity",
-        "activity_id": 3,
-        "activity_name": "Update",
-        "type_uid": 600303,
-        "type_name": "API Activity: Update",
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": 600300 + u32::from(activity_id),
+        "type_name": format!("API Activity: {activity_name}"),
         "severity_id": if action_id == 1 { 1 } else { 3 },
         "severity": if action_id == 1 { "Informational" } else { "Medium" },
         "time": time_ms,
@@ -239,6 +264,39 @@ mod tests {
         assert!(e["metadata"].get("correlation_uid").is_none());
         assert!(e.get("status_detail").is_none());
         assert!(e["unmapped"].get("erased").is_none());
+    }
+
+    #[test]
+    fn the_activity_is_the_operation_s_verb() {
+        for (op, id) in [
+            (Some("BatchUpdateFindings"), 3),
+            (Some("BatchUpdateFindingsV2"), 3),
+            (Some("UpdateFindings"), 3),
+            (Some("BatchImportFindings"), 3),
+            (Some("GetFindings"), 2),
+            (Some("BatchGetSecurityControls"), 2),
+            (Some("ListMembers"), 2),
+            (Some("DescribeHub"), 2),
+            (Some("CreateInsight"), 1),
+            (Some("DeleteInsight"), 4),
+            (Some("BatchDeleteAutomationRules"), 4),
+            (Some("EnableSecurityHub"), 3),
+            (Some("Getaway"), 3),
+            (None, 0),
+        ] {
+            let mut r = record(true, false, true, 200);
+            r.operation = op.map(Into::into);
+            let e = event(&r, None, &[], "us-east-1");
+            assert_eq!(e["activity_id"], id, "{op:?}");
+            assert_eq!(e["type_uid"], 600300 + id, "{op:?}");
+            assert_eq!(
+                e["type_name"],
+                format!(
+                    "API Activity: {}",
+                    e["activity_name"].as_str().unwrap_or("")
+                ),
+            );
+        }
     }
 
     #[test]

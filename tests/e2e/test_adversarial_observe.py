@@ -233,3 +233,24 @@ secret_file = "rotating.secret"
     wait_until(lambda: hg.buf(note, creds=old).status == 401, 10,
                "the old secret to be refused")
     assert hg.buf(note, creds=Creds(old.access_key, new)).status == 200
+
+
+def test_ocsf_reads_are_not_reported_as_updates(make_fake, make_hubgate):
+    """Every event said activity Update (600303): each GetFindings a member ran (forwarded,
+    read-only) reached the SIEM as an allowed update of findings, and a probe of an unknown
+    path as an update of nothing. The activity now follows the operation."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"format": "ocsf"}}, fake=fake)
+    read = hg.send("POST", "/findings", {"MaxResults": 1}, who="member")
+    assert read.status == 200, read.text
+    probe = hg.send("GET", "/no/such/route", b"", who="member")
+    assert probe.status == 404, probe.text
+    write = hg.buf(NOTE_OWN, who="member")
+    assert write.status == 200, write.text
+    for resp, want in ((read, (2, "Read")), (probe, (0, "Unknown")), (write, (3, "Update"))):
+        rid = resp.headers.get("x-hubgate-decision-id") or resp.headers["x-amzn-requestid"]
+        event = ocsf_event(hg, rid)
+        assert (event["activity_id"], event["activity_name"]) == want, event
+        assert event["type_uid"] == 600300 + want[0], event
+        assert event["type_name"] == f"API Activity: {want[1]}", event
+        assert_valid_ocsf(event)
