@@ -254,3 +254,91 @@ def test_ocsf_reads_are_not_reported_as_updates(make_fake, make_hubgate):
         assert event["type_uid"] == 600300 + want[0], event
         assert event["type_name"] == f"API Activity: {want[1]}", event
         assert_valid_ocsf(event)
+
+
+# ---------------------------------------------------------------------------
+# edges that hold: pinned
+
+
+def test_a_decision_in_flight_during_a_reload_is_made_by_one_policy_set(make_fake, make_hubgate,
+                                                                        tmp_path):
+    """A member's request is between its first policy pass and its lookup (Security Hub slow)
+    when a reload swaps in a set that denies it. The request is decided whole by the set it
+    started with, and its record names that set's revision; the next request meets the new
+    one."""
+    import threading
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"dir": str(policies), "watch_interval_ms": 0},
+                       "upstream": {"timeout_ms": 6000}}, fake=fake)
+    old = revision(hg)
+    fake.configure(answer_delay_ms={"GetFindings": 3000})
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("resp", hg.buf(NOTE_OWN, who="member")))
+    t.start()
+    time.sleep(0.3)  # the request waits for its lookup
+    (policies / "a_notes.rego").write_text(NOTES_RULE)
+    hg.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: revision(hg) != old, 10, "the reload")
+    assert t.is_alive(), "the request was to be in flight when the new set came in force"
+    t.join(10)
+    resp = out["resp"]
+    assert resp.status == 200, resp.text
+    rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["revision"] == old and rec["result"]["allow"] is True, rec
+    fake.configure(answer_delay_ms={})
+    after = hg.buf(NOTE_OWN, who="member")
+    assert after.status == 403 and "notes today" in after.text
+    assert hg.audit_for(after.headers["x-amzn-requestid"])["revision"] == revision(hg) != old
+
+
+def test_who_and_where_come_from_the_connection_and_the_key_not_the_request(make_fake,
+                                                                           make_hubgate):
+    """A member dresses its request up as the administrator: X-Forwarded-For and Forwarded
+    headers, a body whose Note.UpdatedBy names the admin, a User-Agent with a forged JSON tail.
+    The record and the OCSF event name the member and the socket's address."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"format": "ocsf"}}, fake=fake)
+    body = {"FindingIdentifiers": [ident("f-own-high")],
+            "Note": {"Text": "t", "UpdatedBy": "admin"}}
+    resp = hg.buf(body, who="member", extra_headers={
+        "X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6",
+        "User-Agent": 'x", "actor": {"user": {"name": "admin"}}, "y": "'})
+    assert resp.status == 200, resp.text
+    event = ocsf_event(hg, resp.headers["x-hubgate-decision-id"])
+    user = event["actor"]["user"]
+    assert (user["uid"], user["type"], user["account"]["uid"]) == (
+        "member", "member", "222222222222"), user
+    assert event["src_endpoint"] == {"ip": "127.0.0.1"}, event["src_endpoint"]
+    line = next(line for line in hg.audit_path.read_text().splitlines()
+                if resp.headers["x-hubgate-decision-id"] in line)
+    assert "6.6.6.6" not in line
+    assert json.loads(line)["actor"] == event["actor"]
+
+
+def test_metric_labels_take_no_value_a_caller_chooses(make_fake, make_hubgate):
+    """Unknown paths, methods, access key ids and operation-like paths are the caller's to
+    choose: as label values they would grow /metrics without bound. Every request is counted,
+    under operation="unknown" or a known operation name, and none of the strings appears."""
+    from helpers import Creds, raw_request
+    fake = make_fake()
+    hg = make_hubgate({}, fake=fake)
+    marks = [f"zq{i}mark" for i in range(12)]
+    for i, m in enumerate(marks):
+        if i % 3 == 0:
+            raw_request(hg.port, "GET", f"/{m}/findings")
+        elif i % 3 == 1:
+            raw_request(hg.port, "PATCH", f"/findings/batchupdate?{m}=1")
+        else:
+            hg.buf(NOTE_OWN, creds=Creds(f"HG{m.upper():0<18}"[:20], "nope"))
+    text = hg.admin("/metrics").text
+    assert not any(m in text or m.upper() in text for m in marks), "a caller's string is a label"
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("hubgate_requests_total{"))
+    assert counted >= len(marks)
+    operations = {part.split('"')[1] for line in text.splitlines()
+                  if line.startswith("hubgate_requests_total{")
+                  for part in line.split(",") if part.startswith(("hubgate_requests_total{operation=",
+                                                                    "operation="))}
+    assert operations <= {"unknown", "BatchUpdateFindings"}, operations
