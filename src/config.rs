@@ -24,6 +24,9 @@ pub enum ConfigError {
     },
 }
 
+/// The most rotated audit files kept (`audit.max_files`).
+pub const MAX_AUDIT_FILES: u32 = 10_000;
+
 fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         file: file.to_path_buf(),
@@ -1018,6 +1021,16 @@ impl Config {
                 file,
                 "audit.fsync_interval_ms",
                 "must be at least 1 (or set audit.fsync = \"always\")",
+            ));
+        }
+        // Rotation moves every kept file up one, looking for each: the writer thread would
+        // spend hours on a rotation with u32::MAX, while records queue up unwritten and a stop
+        // gives up on them.
+        if audit.max_files > MAX_AUDIT_FILES {
+            return Err(invalid(
+                file,
+                "audit.max_files",
+                format!("must be at most {MAX_AUDIT_FILES}"),
             ));
         }
         if audit.sink == AuditSink::Stdout && audit.max_bytes > 0 {

@@ -342,3 +342,37 @@ def test_metric_labels_take_no_value_a_caller_chooses(make_fake, make_hubgate):
                   for part in line.split(",") if part.startswith(("hubgate_requests_total{operation=",
                                                                     "operation="))}
     assert operations <= {"unknown", "BatchUpdateFindings"}, operations
+
+
+def test_no_secret_in_the_log_at_trace_level(make_fake, make_hubgate):
+    """README invites RUST_LOG=debug; at trace level the AWS signing crate logs every request it
+    signs or verifies, caller keys included. Secrets are redacted there and no signature or
+    Authorization value is written."""
+    from helpers import SECRETS, hubgate_env
+    fake = make_fake()
+    hg = make_hubgate({}, fake=fake, env={**hubgate_env(), "RUST_LOG": "trace"})
+    assert hg.buf(NOTE_OWN, who="member").status == 200
+    assert hg.send("POST", "/findings", {"MaxResults": 1}, who="admin").status == 200
+    assert hg.buf(NOTE_OWN, who="admin", extra_headers={"X-Amz-Security-Token": "tok-s3cr3t"}
+                  ).status == 401
+    time.sleep(0.3)
+    text = hg.stderr_text()
+    assert "TRACE" in text and "HGTESTMEMBER00000001" in text  # the trace was on
+    leaked = [s for s in SECRETS + ["tok-s3cr3t", "Credential=HG"] if s in text]
+    assert not leaked, leaked
+
+
+def test_an_audit_max_files_whose_rotation_never_ends_is_refused(tmp_path):
+    """audit.max_files = 4294967295 was valid. A rotation moves each kept file up one, looking
+    for every index up to max_files: the writer thread spent hours in the first rotation, no
+    record after it reached the file, and a stop gave up on them after 5 s (lost)."""
+    from helpers import run_hubgate
+    (tmp_path / "callers.toml").write_text("")
+    cfg = tmp_path / "hubgate.toml"
+    cfg.write_text(f'[policy]\ndir = "{POLICY_DIR}"\n[identity]\ncallers = "callers.toml"\n'
+                   '[audit]\nsink = "file"\npath = "a.ndjson"\nmax_bytes = 300\n'
+                   'max_files = 4294967295\n')
+    for cmd in ("check", "serve"):
+        out = run_hubgate(cmd, "--config", str(cfg), timeout=20)
+        assert out.returncode == 2, (cmd, out.returncode, out.stdout, out.stderr)
+        assert "audit.max_files" in out.stderr and "at most 10000" in out.stderr, out.stderr
