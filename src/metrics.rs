@@ -408,7 +408,7 @@ impl Metrics {
         );
         registry.register(
             "policy_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful policy load",
+            "Unix time of the last load in which every part loaded (policies, callers, TLS)",
             m.reload_success_time.clone(),
         );
         registry.register(
@@ -425,7 +425,7 @@ impl Metrics {
     }
 
     /// Records which policy revision is loaded, keeping exactly one revision series at 1.
-    pub fn set_revision(&self, revision: &str, loaded_at: i64) {
+    pub fn set_revision(&self, revision: &str) {
         let mut current = self
             .current_revision
             .lock()
@@ -441,7 +441,6 @@ impl Metrics {
             })
             .set(1);
         *current = revision.to_string();
-        self.reload_success_time.set(loaded_at);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -502,8 +501,9 @@ mod tests {
             })
             .inc();
         m.request_seconds.observe(0.002);
-        m.set_revision("sha256:a", 100);
-        m.set_revision("sha256:b", 200);
+        m.set_revision("sha256:a");
+        m.set_revision("sha256:b");
+        m.reload_success_time.set(200);
         let text = m.render();
         assert!(
             text.contains(r#"hubgate_requests_total{operation="BatchUpdateFindings",decision="deny",status="403"} 1"#),

@@ -369,7 +369,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     gate.stages
         .metrics
-        .set_revision(&gate.stages.policy.load().revision, unix_now());
+        .set_revision(&gate.stages.policy.load().revision);
+    gate.stages.metrics.reload_success_time.set(unix_now());
 
     let admin_task = tokio::spawn(serve_admin(admin, gate.clone()));
     let watch_task = (gate.stages.config.policy.watch_interval_ms > 0).then(|| {
@@ -649,7 +650,7 @@ fn reload(gate: &Gate) {
             let revision = policy.revision.clone();
             let changed = revision != gate.stages.policy.load().revision;
             gate.stages.policy.store(Arc::new(policy));
-            gate.stages.metrics.set_revision(&revision, unix_now());
+            gate.stages.metrics.set_revision(&revision);
             if changed {
                 tracing::info!(%revision, "policies reloaded");
             }
@@ -659,17 +660,23 @@ fn reload(gate: &Gate) {
             errors.push(e.to_string());
         }
     }
+    let mut tls_failed = false;
     if let Some(tls) = &gate.tls {
         match tls.reload() {
             Ok(()) => tracing::info!("TLS certificate reloaded"),
             Err(e) => {
                 // Reported by the tls check of /readyz, from Tls::last_error.
                 tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
-                gate.stages.metrics.reload_failure_time.set(unix_now());
+                tls_failed = true;
             }
         }
     }
-    if !errors.is_empty() {
+    // Success means every part loaded: set on the policies' success alone, a failed callers
+    // file or certificate left both times equal, and the alert "failure newer than success"
+    // never fired for them.
+    if errors.is_empty() && !tls_failed {
+        gate.stages.metrics.reload_success_time.set(unix_now());
+    } else {
         gate.stages.metrics.reload_failure_time.set(unix_now());
     }
     config_drift(gate);

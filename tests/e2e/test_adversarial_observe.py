@@ -376,3 +376,22 @@ def test_an_audit_max_files_whose_rotation_never_ends_is_refused(tmp_path):
         out = run_hubgate(cmd, "--config", str(cfg), timeout=20)
         assert out.returncode == 2, (cmd, out.returncode, out.stdout, out.stderr)
         assert "audit.max_files" in out.stderr and "at most 10000" in out.stderr, out.stderr
+
+
+def test_a_failed_callers_reload_is_newer_than_the_last_success_in_metrics(make_fake,
+                                                                          make_hubgate):
+    """README: alert on the failure timestamp being newer than the success timestamp. A reload
+    whose callers file was broken but whose policies loaded set both to the same second: the
+    alert never fired for a callers file (or a certificate) that did not load, say a key
+    revocation that never took effect."""
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"watch_interval_ms": 0}}, fake=fake)
+    time.sleep(1.1)  # the timestamps have whole seconds
+    callers = hg.workdir / "callers.toml"
+    callers.write_text(callers.read_text() + "\n[[caller]\n")
+    hg.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: hg.admin("/readyz").json()["checks"]["policy"]["stale"], 10,
+               "the failed reload")
+    failure = metric(hg, "hubgate_policy_last_reload_failure_timestamp_seconds")
+    success = metric(hg, "hubgate_policy_last_reload_success_timestamp_seconds")
+    assert failure > success, (failure, success)
