@@ -395,3 +395,28 @@ def test_a_failed_callers_reload_is_newer_than_the_last_success_in_metrics(make_
     failure = metric(hg, "hubgate_policy_last_reload_failure_timestamp_seconds")
     success = metric(hg, "hubgate_policy_last_reload_success_timestamp_seconds")
     assert failure > success, (failure, success)
+
+
+def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_fake,
+                                                                         make_hubgate):
+    """A client without keys sends GET /aaaa… with a 60 KB path. The 404 envelope quoted the
+    path twice (120 KB answer), the record held it twice (request_path and error.message: 120
+    KB), and the OCSF event four times (240 KB): for each byte sent, up to four on the audit
+    disk, whose filling stops every forward (AUDIT_UNAVAILABLE). The message quotes the
+    path's start, the record keeps 2048 characters of it and its length."""
+    from helpers import raw_request
+    fake = make_fake()
+    path = "/" + "a" * 60000
+    for fmt in ("hubgate", "ocsf"):
+        hg = make_hubgate({"audit": {"format": fmt}}, fake=fake)
+        resp = raw_request(hg.port, "GET", path)
+        assert resp.status == 404, resp.status
+        assert len(resp.body) < 2000, len(resp.body)
+        assert "60001 bytes in all" in resp.json()["error"]["message"]
+        rid = resp.headers["x-amzn-requestid"]
+        hg.audit_for(rid) if fmt == "hubgate" else ocsf_event(hg, rid)
+        line = next(line for line in hg.audit_path.read_text().splitlines() if rid in line)
+        assert len(line) < 8000, f"{fmt}: a {len(path)}-byte path made a {len(line)}-byte record"
+        rec = json.loads(line)
+        recorded = rec["request_path"] if fmt == "hubgate" else rec["http_request"]["url"]["path"]
+        assert recorded.startswith("/aaaa") and recorded.endswith("(60001 bytes in all)")
