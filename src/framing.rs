@@ -138,7 +138,7 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
             (_, Some(authority)) => authority,
             _ => "(an absolute URI)".to_string(),
         };
-        return Err(FramingError::NotOriginForm(target));
+        return Err(FramingError::NotOriginForm(quoted(&target)));
     }
 
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -158,7 +158,7 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
     }
 
     if let Some(te) = transfer_coding_other_than_chunked(headers) {
-        return Err(FramingError::TransferCoding(te));
+        return Err(FramingError::TransferCoding(quoted(&te)));
     }
 
     for name in SINGLE_VALUED {
@@ -189,7 +189,7 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
             .split(',')
             .all(|coding| coding.trim().eq_ignore_ascii_case("identity"))
         {
-            return Err(FramingError::ContentCoding(text.into_owned()));
+            return Err(FramingError::ContentCoding(quoted(&text)));
         }
     }
     for value in headers.get_all(header::CONNECTION) {
@@ -209,6 +209,11 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
 /// case). hyper already refuses one that does not end in `chunked`; this refuses the codings
 /// before it (`gzip, chunked`), which hyper ignores: the body would be read as plain chunked
 /// while a compliant reader would decode it further.
+/// A header value as a message quotes it (see `envelope::QUOTED_CHARS`).
+fn quoted(text: &str) -> String {
+    crate::envelope::clipped(text, crate::envelope::QUOTED_CHARS).into_owned()
+}
+
 fn transfer_coding_other_than_chunked(headers: &http::HeaderMap) -> Option<String> {
     let values: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     let [value] = values[..] else {

@@ -183,24 +183,11 @@ pub struct NotRouted {
 /// several times the bytes it sent, and fill the audit disk, after which nothing is forwarded.
 pub const RECORDED_PATH_CHARS: usize = 2048;
 
-/// How much of a path that names no operation the error message quotes.
-const QUOTED_PATH_CHARS: usize = 200;
-
-/// `path` whole when it is at most `max` characters, else its start and its length.
-pub fn clipped(path: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match path.char_indices().nth(max) {
-        None => std::borrow::Cow::Borrowed(path),
-        Some((end, _)) => {
-            std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &path[..end], path.len()))
-        }
-    }
-}
-
 /// Finds the operation for a request line, or says why there is none.
 pub fn route(method: &Method, path: &str) -> Result<&'static OperationSpec, NotRouted> {
     let not_found = || NotRouted {
         method: method.to_string(),
-        path: clipped(path, QUOTED_PATH_CHARS).into_owned(),
+        path: crate::envelope::clipped(path, crate::envelope::QUOTED_CHARS).into_owned(),
     };
     let rest = path.strip_prefix('/').ok_or_else(not_found)?;
     if rest.is_empty() {
@@ -226,10 +213,6 @@ mod tests {
 
     #[test]
     fn a_long_path_is_quoted_by_its_start_and_length() {
-        assert_eq!(clipped("/findings", 9), "/findings");
-        assert_eq!(clipped("/findings", 4), "/fin… (9 bytes in all)");
-        // characters, not bytes: never cut inside one
-        assert_eq!(clipped("/é€x", 3), "/é€… (7 bytes in all)");
         let long = format!("/{}", "a".repeat(60_000));
         let err = route(&Method::GET, &long).expect_err("no operation");
         assert!(err.to_string().len() < 300, "{err}");

@@ -327,6 +327,10 @@ pub enum ContentTypeError {
     Parameter(String),
 }
 
+fn quoted(text: &str) -> String {
+    crate::envelope::clipped(text, crate::envelope::QUOTED_CHARS).into_owned()
+}
+
 /// Security Hub is a restJson1 service: the SDKs and the CLI send `application/json` (boto3's
 /// model says `"protocol": "rest-json"`). The awsJson types (`application/x-amz-json-1.x`)
 /// belong to services that name the operation in `X-Amz-Target`; they are refused, so a body
@@ -342,7 +346,7 @@ pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), Conte
     let mut parts = text.split(';');
     let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" {
-        return Err(ContentTypeError::Unsupported(media));
+        return Err(ContentTypeError::Unsupported(quoted(&media)));
     }
     let mut charset_seen = false;
     for parameter in parts {
@@ -357,7 +361,7 @@ pub fn check_content_type(value: Option<&http::HeaderValue>) -> Result<(), Conte
         let utf8 =
             name.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8");
         if !utf8 || charset_seen {
-            return Err(ContentTypeError::Parameter(parameter.to_string()));
+            return Err(ContentTypeError::Parameter(quoted(parameter)));
         }
         charset_seen = true;
     }

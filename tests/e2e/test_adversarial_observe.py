@@ -399,24 +399,39 @@ def test_a_failed_callers_reload_is_newer_than_the_last_success_in_metrics(make_
 
 def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_fake,
                                                                          make_hubgate):
-    """A client without keys sends GET /aaaa… with a 60 KB path. The 404 envelope quoted the
-    path twice (120 KB answer), the record held it twice (request_path and error.message: 120
-    KB), and the OCSF event four times (240 KB): for each byte sent, up to four on the audit
-    disk, whose filling stops every forward (AUDIT_UNAVAILABLE). The message quotes the
-    path's start, the record keeps 2048 characters of it and its length."""
+    """A client without keys sends GET /aaaa… with a 60 KB path (or a 30 KB Content-Type,
+    Content-Encoding, Transfer-Encoding or absolute-form host). The envelope's message quoted
+    it whole, so the answer held it twice, the record twice (request_path and error.message:
+    120 KB for the path) and the OCSF event up to four times: for each byte sent, up to four on
+    the audit disk, whose filling stops every forward (AUDIT_UNAVAILABLE). Messages now quote
+    the first 200 characters and the length, and the record keeps 2048 characters of a path."""
     from helpers import raw_request
     fake = make_fake()
-    path = "/" + "a" * 60000
+    big = "a" * 30000
+    cases = [
+        ("GET", "/" + "a" * 60000, {}, "60001 bytes in all"),
+        ("PATCH", "/findings/batchupdate", {"Content-Type": big}, "30000 bytes in all"),
+        ("PATCH", "/findings/batchupdate",
+         {"Content-Type": "application/json", "Content-Encoding": big}, "30000 bytes in all"),
+        ("PATCH", "/findings/batchupdate",
+         {"Content-Type": "application/json", "Transfer-Encoding": big + ", chunked"}, None),
+        ("PATCH", f"http://{big}/findings/batchupdate", {}, None),
+    ]
     for fmt in ("hubgate", "ocsf"):
         hg = make_hubgate({"audit": {"format": fmt}}, fake=fake)
-        resp = raw_request(hg.port, "GET", path)
-        assert resp.status == 404, resp.status
-        assert len(resp.body) < 2000, len(resp.body)
-        assert "60001 bytes in all" in resp.json()["error"]["message"]
-        rid = resp.headers["x-amzn-requestid"]
-        hg.audit_for(rid) if fmt == "hubgate" else ocsf_event(hg, rid)
-        line = next(line for line in hg.audit_path.read_text().splitlines() if rid in line)
-        assert len(line) < 8000, f"{fmt}: a {len(path)}-byte path made a {len(line)}-byte record"
-        rec = json.loads(line)
-        recorded = rec["request_path"] if fmt == "hubgate" else rec["http_request"]["url"]["path"]
-        assert recorded.startswith("/aaaa") and recorded.endswith("(60001 bytes in all)")
+        for method, target, headers, says in cases:
+            resp = raw_request(hg.port, method, target, b"{}", headers)
+            assert 400 <= resp.status < 500, resp.status
+            what = f"{fmt}, {method} {target[:30]} {list(headers)}"
+            assert len(resp.body) < 2000, (what, len(resp.body))
+            if says:
+                assert says in resp.json()["error"]["message"], (what, resp.text[:300])
+            rid = resp.headers["x-amzn-requestid"]
+            hg.audit_for(rid) if fmt == "hubgate" else ocsf_event(hg, rid)
+            line = next(line for line in hg.audit_path.read_text().splitlines() if rid in line)
+            assert len(line) < 8000, f"{what}: a {len(line)}-byte record"
+            if target.startswith("/a"):
+                rec = json.loads(line)
+                recorded = (rec["request_path"] if fmt == "hubgate"
+                            else rec["http_request"]["url"]["path"])
+                assert recorded.startswith("/aaaa") and recorded.endswith("(60001 bytes in all)")
