@@ -400,14 +400,18 @@ def test_a_failed_callers_reload_is_newer_than_the_last_success_in_metrics(make_
 def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_fake,
                                                                          make_hubgate):
     """A client without keys sends GET /aaaa… with a 60 KB path (or a 30 KB Content-Type,
-    Content-Encoding, Transfer-Encoding or absolute-form host). The envelope's message quoted
+    Content-Encoding, Transfer-Encoding, absolute-form host, or signed-header name beside a
+    known access key id). The envelope's message quoted
     it whole, so the answer held it twice, the record twice (request_path and error.message:
     120 KB for the path) and the OCSF event up to four times: for each byte sent, up to four on
     the audit disk, whose filling stops every forward (AUDIT_UNAVAILABLE). Messages now quote
     the first 200 characters and the length, and the record keeps 2048 characters of a path."""
+    import datetime as dt
+
     from helpers import raw_request
     fake = make_fake()
     big = "a" * 30000
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     cases = [
         ("GET", "/" + "a" * 60000, {}, "60001 bytes in all"),
         ("PATCH", "/findings/batchupdate", {"Content-Type": big}, "30000 bytes in all"),
@@ -416,6 +420,13 @@ def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_
         ("PATCH", "/findings/batchupdate",
          {"Content-Type": "application/json", "Transfer-Encoding": big + ", chunked"}, None),
         ("PATCH", f"http://{big}/findings/batchupdate", {}, None),
+        # a known access key id, no secret: SignedHeaders names a header the request lacks
+        ("PATCH", "/findings/batchupdate", {
+            "Content-Type": "application/json", "X-Amz-Date": now,
+            "Authorization": "AWS4-HMAC-SHA256 Credential=HGTESTMEMBER00000001/"
+                             f"{now[:8]}/us-east-1/securityhub/aws4_request, "
+                             f"SignedHeaders=host;x-amz-date;{big}, Signature={'0' * 64}"},
+         "30000 bytes in all"),
     ]
     for fmt in ("hubgate", "ocsf"):
         hg = make_hubgate({"audit": {"format": fmt}}, fake=fake)
