@@ -135,6 +135,18 @@ pub fn list_files(dir: &Path) -> Result<PolicyFiles, PolicyLoadError> {
     fn walk(dir: &Path, out: &mut PolicyFiles) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
+            // Hidden entries are not policies: a Kubernetes ConfigMap volume holds each file
+            // three times (`x.rego`, `..data/x.rego` and `..<timestamp>/x.rego`, the last two
+            // both during a swap), which loaded the rules of two versions at once and gave the
+            // set a revision over timestamped paths no checkout reproduces; and an editor's
+            // lock file (`.#x.rego`, a dangling link) failed every reload while it was open.
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
             if path.is_dir() {
                 walk(&path, out)?;
             } else if path.extension().is_some_and(|e| e == "rego") {

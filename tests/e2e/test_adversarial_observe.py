@@ -446,3 +446,57 @@ def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_
                 recorded = (rec["request_path"] if fmt == "hubgate"
                             else rec["http_request"]["url"]["path"])
                 assert recorded.startswith("/aaaa") and recorded.endswith("(60001 bytes in all)")
+
+
+def configmap_volume(root, files_from, stamp: str):
+    """Lays `files_from` out as the kubelet lays a ConfigMap volume out: the files in a
+    timestamped hidden folder, `..data` pointing at it, a top-level link per entry."""
+    import os
+    real = root / f"..{stamp}"
+    shutil.copytree(files_from, real)
+    tmp = root / "..data_tmp"
+    os.symlink(real.name, tmp)
+    os.replace(tmp, root / "..data")  # the kubelet's atomic swap
+    for entry in os.listdir(real):
+        link = root / entry
+        if not link.is_symlink():
+            os.symlink(f"..data/{entry}", link)
+    return real
+
+
+def checked_revision(policies) -> str:
+    from helpers import run_hubgate
+    cfg = policies.parent / "check.toml"
+    (policies.parent / "check-callers.toml").write_text("")
+    cfg.write_text(f'[policy]\ndir = "{policies}"\n[identity]\ncallers = "check-callers.toml"\n')
+    out = run_hubgate("check", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("revision ")[1].split(")")[0]
+
+
+def test_a_configmap_volume_is_one_policy_set_with_the_revision_of_its_files(make_fake,
+                                                                             make_hubgate,
+                                                                             tmp_path):
+    """deploy/kubernetes: "to change them without a rebuild, mount a ConfigMap there". The
+    loader walked the hidden `..data` and `..<timestamp>` folders too: every rule was loaded
+    three times, both versions' rules at once during a swap, and the revision hashed the
+    timestamped paths, so no `hubgate check` of the files (or of their commit) reproduced the
+    revision an audit record names, and every update changed it whatever changed."""
+    src = tmp_path / "src"
+    shutil.copytree(POLICY_DIR, src, ignore=shutil.ignore_patterns("*_test.rego", "README.md"))
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    old = configmap_volume(volume, src, "2026_12_05_20_00_00.000000001")
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"dir": str(volume), "watch_interval_ms": 200}}, fake=fake)
+    assert revision(hg) == checked_revision(src)
+    assert hg.buf(NOTE_OWN, who="member").status == 200
+    # an update adds a rule file
+    (src / "a_notes.rego").write_text(NOTES_RULE)
+    configmap_volume(volume, src, "2026_12_05_20_05_00.000000002")
+    shutil.rmtree(old)
+    want = checked_revision(src)
+    wait_until(lambda: revision(hg) == want, 15, "the revision of the new files")
+    resp = hg.buf(NOTE_OWN, who="member")
+    assert resp.status == 403 and "notes today" in resp.text, resp.text
+    assert not hg.admin("/readyz").json()["checks"]["policy"]["stale"]
