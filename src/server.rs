@@ -260,6 +260,10 @@ fn refuse_connection(
 /// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
+    // First of all: SIGHUP's default action ends the process, and loading the policies can
+    // take seconds. A reload signal meanwhile (a config reloader reacting to the change that
+    // restarted the pod) killed hubgate before it served; now it reloads once serving.
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| startup(&e))?;
     for caution in config
         .cautions()
         .into_iter()
@@ -381,7 +385,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| startup(&e))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| startup(&e))?;
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own header timer needs a timer to run at all. It starts when hyper begins to

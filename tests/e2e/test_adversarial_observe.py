@@ -500,3 +500,33 @@ def test_a_configmap_volume_is_one_policy_set_with_the_revision_of_its_files(mak
     resp = hg.buf(NOTE_OWN, who="member")
     assert resp.status == 403 and "notes today" in resp.text, resp.text
     assert not hg.admin("/readyz").json()["checks"]["policy"]["stale"]
+
+
+def test_a_sighup_while_starting_does_not_kill_hubgate(make_fake, make_hubgate, tmp_path):
+    """SIGHUP's default action ends a process, and hubgate installed its handler only once it
+    had loaded the policies, started the audit writer and bound its ports: a reload signal in
+    that window (a config reloader reacting to the same ConfigMap update that restarted the
+    pod, a `kill -HUP` during a slow start) killed hubgate before it served."""
+    import subprocess
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    for i in range(2):  # a start that takes a while: the window is wide open
+        (policies / f"z_slow{i}.rego").write_text(slow_rules(9000, str(i)))
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"dir": str(policies), "watch_interval_ms": 0}}, fake=fake,
+                      start=False)
+    hg.write_config()
+    from helpers import HUBGATE_BIN, hubgate_env
+    hg._stderr = open(hg.stderr_path, "ab")
+    hg._stdout = open(hg.workdir / "hubgate.stdout", "ab")
+    hg.proc = subprocess.Popen([str(HUBGATE_BIN), "serve", "--config", str(hg.config_path)],
+                               stdin=subprocess.DEVNULL, stdout=hg._stdout, stderr=hg._stderr,
+                               cwd=hg.workdir, env=hubgate_env())
+    time.sleep(0.3)
+    assert hg.proc.poll() is None and "hubgate is serving" not in hg.stderr_text()
+    hg.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: hg.proc.poll() is not None or "hubgate is serving" in hg.stderr_text(),
+               30, "hubgate to serve or die")
+    assert hg.proc.poll() is None, f"hubgate ended with {hg.proc.returncode} on SIGHUP"
+    wait_until(lambda: hg.admin("/readyz", timeout=1).status_code == 200, 15, "ready")
+    assert hg.buf(NOTE_OWN, who="member").status == 200
