@@ -530,3 +530,19 @@ def test_a_sighup_while_starting_does_not_kill_hubgate(make_fake, make_hubgate, 
     assert hg.proc.poll() is None, f"hubgate ended with {hg.proc.returncode} on SIGHUP"
     wait_until(lambda: hg.admin("/readyz", timeout=1).status_code == 200, 15, "ready")
     assert hg.buf(NOTE_OWN, who="member").status == 200
+
+
+def test_a_masked_note_does_not_escape_through_a_validation_message(make_fake, make_hubgate):
+    """audit.mask keeps note texts out of the log, but a request refused before validation
+    succeeded has no `update` to mask: the refusal's message is the only copy. A note one
+    character too long (513) is refused; its message names the rule, not the text."""
+    fake = make_fake()
+    mask = ["/update/note/text", "/input/update/note/text", "/input/request/body/Note/Text"]
+    hg = make_hubgate({"audit": {"mask": mask, "format": "ocsf"}}, fake=fake)
+    secret = "PATIENT-4711-"
+    text = (secret * 40)[:513]
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                   "Note": {"Text": text, "UpdatedBy": "u"}}, who="member")
+    assert resp.status == 400, resp.text
+    ocsf_event(hg, resp.headers["x-amzn-requestid"])
+    assert secret not in hg.audit_path.read_text()
