@@ -536,10 +536,14 @@ fn mask(record: &mut Value, pointers: &[String]) -> Vec<Value> {
             None => continue,
         };
         let key = last.replace("~1", "/").replace("~0", "~");
+        // A null erases nothing: listed as erased, it would tell a reader that something was
+        // there (an unauthenticated request's principal, say, read as a masked caller).
         let removed = match record.pointer_mut(parent) {
-            Some(Value::Object(map)) => map.remove(&key).is_some(),
+            Some(Value::Object(map)) => {
+                map.get(&key).is_some_and(|v| !v.is_null()) && map.remove(&key).is_some()
+            }
             Some(Value::Array(items)) => match key.parse::<usize>() {
-                Ok(i) if i < items.len() => {
+                Ok(i) if i < items.len() && !items[i].is_null() => {
                     items[i] = Value::Null;
                     true
                 }

@@ -86,6 +86,8 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
                 "account": {"uid": present(&p.account_id), "type": "AWS Account", "type_id": 10},
             }
         }),
+        // Masked whole, the caller is not known to the event, but it was authenticated.
+        None if erased.iter().any(|p| p == "/principal") => json!({"user": {"name": "(erased)"}}),
         None => json!({"user": {"name": "unauthenticated"}}),
     };
     let resources: Vec<Value> = record
@@ -264,6 +266,17 @@ mod tests {
         assert!(e["metadata"].get("correlation_uid").is_none());
         assert!(e.get("status_detail").is_none());
         assert!(e["unmapped"].get("erased").is_none());
+    }
+
+    #[test]
+    fn a_masked_caller_is_not_reported_unauthenticated() {
+        let mut r = record(true, false, true, 200);
+        r.principal = None;
+        let erased = [Value::from("/principal")];
+        let e = event(&r, None, &erased, "us-east-1");
+        assert_eq!(e["actor"]["user"]["name"], "(erased)");
+        let e = event(&r, None, &[], "us-east-1");
+        assert_eq!(e["actor"]["user"]["name"], "unauthenticated");
     }
 
     #[test]

@@ -546,3 +546,24 @@ def test_a_masked_note_does_not_escape_through_a_validation_message(make_fake, m
     assert resp.status == 400, resp.text
     ocsf_event(hg, resp.headers["x-amzn-requestid"])
     assert secret not in hg.audit_path.read_text()
+
+
+def test_ocsf_does_not_call_a_caller_whose_principal_is_masked_unauthenticated(make_fake,
+                                                                             make_hubgate):
+    """audit.mask = ["/principal"] (pseudonymised logs) erased the principal before the event
+    was mapped, and the event said actor.user.name "unauthenticated": a SIEM counted every
+    authenticated member's request as an anonymous one."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"mask": ["/principal"], "format": "ocsf",
+                                 "include_input": False}}, fake=fake)
+    resp = hg.buf(NOTE_OWN, who="member")
+    assert resp.status == 200, resp.text
+    event = ocsf_event(hg, resp.headers["x-hubgate-decision-id"])
+    assert event["actor"]["user"].get("name") != "unauthenticated", event["actor"]
+    assert "member" not in json.dumps(event["actor"])
+    assert event["unmapped"]["erased"] == ["/principal"]
+    assert_valid_ocsf(event)
+    unauth = hg.buf(NOTE_OWN, who=None)
+    assert unauth.status == 401
+    assert ocsf_event(hg, unauth.headers["x-amzn-requestid"])["actor"]["user"]["name"] == \
+        "unauthenticated"
