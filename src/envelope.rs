@@ -15,21 +15,6 @@ use crate::quota::QuotaExhausted;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationErrors;
 
-/// How much of a caller's text (a path, a header value) a message quotes. A message is in the
-/// envelope and in the decision record (twice more in its OCSF event): whole, a client without
-/// keys turned each byte of a long header or path into several on the audit disk.
-pub const QUOTED_CHARS: usize = 200;
-
-/// `text` whole when it is at most `max` characters, else its start and its length.
-pub fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        None => std::borrow::Cow::Borrowed(text),
-        Some((end, _)) => {
-            std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
-        }
-    }
-}
-
 /// Why the body could not be read, as the body stream reported it.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -327,13 +312,6 @@ impl Rejection {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_long_text_is_quoted_by_its_start_and_length() {
-        assert_eq!(clipped("/findings", 9), "/findings");
-        assert_eq!(clipped("/findings", 4), "/fin… (9 bytes in all)");
-        // characters, not bytes: never cut inside one
-        assert_eq!(clipped("/é€x", 3), "/é€… (7 bytes in all)");
-    }
     use http_body_util::BodyExt;
 
     async fn body_json(resp: Response<Full<Bytes>>) -> Value {

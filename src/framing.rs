@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use http::{header, Request, Version};
 
+use crate::quoted::quoted;
+
 /// The raw bytes of an HTTP/1 request head (request line up to the empty line) as they came off
 /// the socket. The server attaches it to a request when it captured that head whole, from the
 /// byte where the previous request's body ended (server::conn), because hyper hides some of what
@@ -209,11 +211,6 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
 /// case). hyper already refuses one that does not end in `chunked`; this refuses the codings
 /// before it (`gzip, chunked`), which hyper ignores: the body would be read as plain chunked
 /// while a compliant reader would decode it further.
-/// A header value as a message quotes it (see `envelope::QUOTED_CHARS`).
-fn quoted(text: &str) -> String {
-    crate::envelope::clipped(text, crate::envelope::QUOTED_CHARS).into_owned()
-}
-
 fn transfer_coding_other_than_chunked(headers: &http::HeaderMap) -> Option<String> {
     let values: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     let [value] = values[..] else {

@@ -657,10 +657,10 @@ impl Identity {
             }
             let mut values = parts.headers.get_all(*name).iter().peekable();
             if values.peek().is_none() {
-                // The name is the caller's: quoted short (see envelope::QUOTED_CHARS).
+                // The name is the caller's: quoted short.
                 return Err(AuthError::Malformed(format!(
                     "signed header {} is not in the request",
-                    crate::envelope::clipped(name, crate::envelope::QUOTED_CHARS)
+                    crate::quoted::quoted(name)
                 )));
             }
             for v in values {

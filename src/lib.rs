@@ -27,6 +27,7 @@ pub mod payload;
 pub mod policy;
 pub mod proxy;
 pub mod quota;
+pub mod quoted;
 pub mod reads;
 pub mod request;
 pub mod routes;

@@ -1379,7 +1379,7 @@ fn record(
         }),
         source_ip: received.remote.ip().to_string(),
         method: received.method.clone(),
-        request_path: crate::envelope::clipped(&received.path, routes::RECORDED_PATH_CHARS)
+        request_path: crate::quoted::clipped(&received.path, routes::RECORDED_PATH_CHARS)
             .into_owned(),
         findings: trail.findings,
         update: trail.update,

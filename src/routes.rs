@@ -187,7 +187,7 @@ pub const RECORDED_PATH_CHARS: usize = 2048;
 pub fn route(method: &Method, path: &str) -> Result<&'static OperationSpec, NotRouted> {
     let not_found = || NotRouted {
         method: method.to_string(),
-        path: crate::envelope::clipped(path, crate::envelope::QUOTED_CHARS).into_owned(),
+        path: crate::quoted::quoted(path),
     };
     let rest = path.strip_prefix('/').ok_or_else(not_found)?;
     if rest.is_empty() {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::quoted::quoted;
+
 /// Schema violations beyond this many are summarised, so a hostile body cannot make the
 /// envelope larger than itself.
 const MAX_REPORTED_ERRORS: usize = 50;
@@ -325,10 +327,6 @@ pub enum ContentTypeError {
          parameter or charset=utf-8 (hubgate reads the body as UTF-8)"
     )]
     Parameter(String),
-}
-
-fn quoted(text: &str) -> String {
-    crate::envelope::clipped(text, crate::envelope::QUOTED_CHARS).into_owned()
 }
 
 /// Security Hub is a restJson1 service: the SDKs and the CLI send `application/json` (boto3's
