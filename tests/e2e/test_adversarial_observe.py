@@ -8,7 +8,7 @@ import shutil
 import signal
 import time
 
-from helpers import POLICY_DIR, ident, wait_until
+from helpers import OWN_ACCOUNT_FILTER, POLICY_DIR, ident, wait_until
 
 NOTE_OWN = {"FindingIdentifiers": [ident("f-own-high")], "Note": {"Text": "t", "UpdatedBy": "u"}}
 
@@ -241,7 +241,8 @@ def test_ocsf_reads_are_not_reported_as_updates(make_fake, make_hubgate):
     path as an update of nothing. The activity now follows the operation."""
     fake = make_fake()
     hg = make_hubgate({"audit": {"format": "ocsf"}}, fake=fake)
-    read = hg.send("POST", "/findings", {"MaxResults": 1}, who="member")
+    read = hg.send("POST", "/findings", {"MaxResults": 1, "Filters": OWN_ACCOUNT_FILTER},
+                   who="member")
     assert read.status == 200, read.text
     probe = hg.send("GET", "/no/such/route", b"", who="member")
     assert probe.status == 404, probe.text
