@@ -25,6 +25,13 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The request body `--request` names and the principal it is judged as.
+fn request_of(args: &EvalArgs, config: &Config) -> Result<(Vec<u8>, Principal), String> {
+    let body =
+        std::fs::read(&args.request).map_err(|e| format!("{}: {e}", args.request.display()))?;
+    Ok((body, principal(args, config)?))
+}
+
 fn principal(args: &EvalArgs, config: &Config) -> Result<Principal, String> {
     if let Some(spec) = &args.as_ {
         let (role, account) = spec
@@ -207,12 +214,8 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         (Routing::Forward, _) => {
-            let body = match std::fs::read(&args.request) {
-                Ok(b) => b,
-                Err(e) => return fail(format!("{}: {e}", args.request.display())),
-            };
-            let principal = match principal(args, &config) {
-                Ok(p) => p,
+            let (body, principal) = match request_of(args, &config) {
+                Ok(r) => r,
                 Err(e) => return fail(e),
             };
             let resign = config.upstream.auth == crate::config::UpstreamAuth::Resign;
@@ -237,12 +240,8 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             return fail(format!("{} is not an operation hubgate judges", spec.name))
         }
     };
-    let body = match std::fs::read(&args.request) {
-        Ok(b) => b,
-        Err(e) => return fail(format!("{}: {e}", args.request.display())),
-    };
-    let principal = match principal(args, &config) {
-        Ok(p) => p,
+    let (body, principal) = match request_of(args, &config) {
+        Ok(r) => r,
         Err(e) => return fail(e),
     };
     let current = match args.current.as_deref().map(current_findings).transpose() {

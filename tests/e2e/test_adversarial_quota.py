@@ -135,6 +135,39 @@ secret_access_key = "{SECOND_MEMBER.secret_key}"
 """
 
 
+class Flood:
+    """`threads` threads sending `send()` again and again until stopped, counting the statuses
+    answered. While it runs, `timed(call)` makes one more request and returns it with how long
+    it took."""
+
+    def __init__(self, send, threads: int):
+        self.send, self.stop, self.answered = send, threading.Event(), {}
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                status = self.send().status
+                self.answered[status] = self.answered.get(status, 0) + 1
+            except OSError:
+                pass
+
+    def timed(self, settle: float, call):
+        """Starts the flood, waits `settle` seconds for it to fill the queues, then times
+        `call()`; the flood stops either way."""
+        for t in self.threads:
+            t.start()
+        try:
+            time.sleep(settle)
+            started = time.monotonic()
+            resp = call()
+            return resp, time.monotonic() - started
+        finally:
+            self.stop.set()
+            for t in self.threads:
+                t.join(10)
+
+
 def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_lookups(
         make_fake, make_hubgate):
     """Member A keeps 24 of its own GetFindings waiting for the GetFindings quota (3/s), each
@@ -145,32 +178,14 @@ def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_l
     fake = make_fake()
     fake.quota_on()
     hg = make_hubgate({"quota": {"max_wait_ms": 3000}}, fake=fake, callers_toml=TWO_MEMBERS)
-    stop = threading.Event()
-    answered: dict[int, int] = {}
-
-    def flood():
-        while not stop.is_set():
-            try:
-                resp = hg.send("POST", "/findings",
-                               {"MaxResults": 1, "Filters": OWN_ACCOUNT_FILTER}, who="member")
-                answered[resp.status] = answered.get(resp.status, 0) + 1
-            except OSError:
-                pass
-
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(24)]
-    for t in threads:
-        t.start()
-    try:
-        # the flood has drained the burst and every reader is waiting for quota
-        time.sleep(1.5)
-        started = time.monotonic()
-        resp = hg.buf({"FindingIdentifiers": [ident("f-other")],
-                       "Note": {"Text": "mine", "UpdatedBy": "b"}}, creds=SECOND_MEMBER)
-        elapsed = time.monotonic() - started
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+    flood = Flood(lambda: hg.send("POST", "/findings",
+                                  {"MaxResults": 1, "Filters": OWN_ACCOUNT_FILTER}, who="member"),
+                  threads=24)
+    # after 1.5 s the flood has drained the burst and every reader is waiting for quota
+    resp, elapsed = flood.timed(1.5, lambda: hg.buf(
+        {"FindingIdentifiers": [ident("f-other")], "Note": {"Text": "mine", "UpdatedBy": "b"}},
+        creds=SECOND_MEMBER))
+    answered = flood.answered
     assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
     assert elapsed < 2, f"B's lookup waited {elapsed:.1f}s behind A's reads"
     assert answered.get(200, 0) > 0, answered
@@ -241,30 +256,11 @@ secret_access_key = "{SAME_ACCOUNT_MEMBER.secret_key}"
             "Note": {"Text": "bulk", "UpdatedBy": "a"}}
     first = hg.buf(mine, creds=SAME_ACCOUNT_MEMBER)  # A's finding's state is now cached
     assert first.status == 200, first.text
-    stop = threading.Event()
-    answered: dict[int, int] = {}
-
-    def flood():
-        while not stop.is_set():
-            try:
-                resp = hg.buf(mine, creds=SAME_ACCOUNT_MEMBER)
-                answered[resp.status] = answered.get(resp.status, 0) + 1
-            except OSError:
-                pass
-
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(30)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.0)
-        started = time.monotonic()
-        resp = hg.buf({"FindingIdentifiers": [ident("f-other")],
-                       "Note": {"Text": "admin", "UpdatedBy": "sec"}}, who="admin")
-        elapsed = time.monotonic() - started
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+    flood = Flood(lambda: hg.buf(mine, creds=SAME_ACCOUNT_MEMBER), threads=30)
+    resp, elapsed = flood.timed(1.0, lambda: hg.buf(
+        {"FindingIdentifiers": [ident("f-other")], "Note": {"Text": "admin", "UpdatedBy": "sec"}},
+        who="admin"))
+    answered = flood.answered
     assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
     assert elapsed < 2.5, f"the administrator's write waited {elapsed:.1f}s"
     assert answered.get(200, 0) > 0, answered
@@ -324,32 +320,14 @@ def test_a_members_lookup_flood_does_not_starve_an_administrators_read(make_fake
     fake = make_fake()
     fake.quota_on()
     hg = make_hubgate({"quota": {"max_wait_ms": 3000}}, fake=fake)
-    stop = threading.Event()
-    answered: dict[int, int] = {}
     counter = iter(range(10**6))
-
-    def flood():
-        while not stop.is_set():
-            ids = [ident(f"nope-{next(counter)}") for _ in range(20)]
-            try:
-                resp = hg.buf({"FindingIdentifiers": ids,
-                               "Note": {"Text": "t", "UpdatedBy": "a"}}, who="member")
-                answered[resp.status] = answered.get(resp.status, 0) + 1
-            except OSError:
-                pass
-
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.5)
-        started = time.monotonic()
-        resp = hg.send("POST", "/findings", {"MaxResults": 1}, who="admin")
-        elapsed = time.monotonic() - started
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
+    flood = Flood(lambda: hg.buf({"FindingIdentifiers": [ident(f"nope-{next(counter)}")
+                                                         for _ in range(20)],
+                                  "Note": {"Text": "t", "UpdatedBy": "a"}}, who="member"),
+                  threads=8)
+    resp, elapsed = flood.timed(1.5, lambda: hg.send("POST", "/findings", {"MaxResults": 1},
+                                                     who="admin"))
+    answered = flood.answered
     assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
     assert answered.get(403, 0) > 0, answered  # A's lookups were being made meanwhile
     assert fake.op_stats("GetFindings")["throttled"] == 0
