@@ -92,6 +92,13 @@ impl Decision {
     }
 }
 
+/// How long the evaluations at load may run when `policy.eval_timeout_ms` is shorter. The
+/// first evaluation prepares the engine, which a decision never pays for, and a load runs
+/// where a node may be busy (a reload under load, a start beside other pods): held to the
+/// 100 ms a decision gets, it failed loads of sets that would serve. A rule that never ends
+/// still fails the load, after this long.
+const LOAD_EVAL_LIMIT: Duration = Duration::from_secs(2);
+
 /// A compiled, immutable policy set. Swapped whole; requests clone the prepared engine.
 pub struct PolicySet {
     engine: regorus::Engine,
@@ -271,10 +278,11 @@ impl PolicySet {
         let (rego, data_texts) = (read_texts(&rego)?, read_texts(&files.data)?);
         let schemas = Schemas::compile(schema_ops.iter().copied().zip(&schema_texts))?;
         let mut engine = engine_from_texts(&rego, &data_texts)?;
-        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-            limit: eval_timeout,
+        let limit = |limit| regorus::utils::limits::ExecutionTimerConfig {
+            limit,
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
-        });
+        };
+        engine.set_execution_timer_config(limit(eval_timeout.max(LOAD_EVAL_LIMIT)));
 
         // Evaluate once now: it prepares the engine (so per-request clones skip that work) and
         // proves the entrypoint exists before the set can serve.
@@ -311,6 +319,7 @@ impl PolicySet {
         )
         .map_err(|e| PolicyLoadError::Smoke(format!("compiling to bytecode: {e}")))?;
         let data = engine.get_data();
+        engine.set_execution_timer_config(limit(eval_timeout));
 
         let revision = revision_of(dir, rego.iter().chain(&data_texts).chain(&schema_texts));
         let all: Vec<PathBuf> = rego
