@@ -891,7 +891,9 @@ fn processed_findings(answer: &[u8], requested: &[FindingKey]) -> Option<Vec<Fin
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
     let decision = match &trail.decision {
         Some(d) if d.allowed() => DecisionLabel::Allow,
-        Some(_) if trail.dry_run && trail.forwarded => DecisionLabel::DryRunDeny,
+        // Never enforced, whatever became of the forward: a dry-run denial whose forward went
+        // unanswered counted as `deny` made a rollout's dashboard show enforcement.
+        Some(_) if trail.dry_run => DecisionLabel::DryRunDeny,
         Some(_) if trail.partial.is_some() && trail.forwarded => DecisionLabel::Partial,
         Some(_) => DecisionLabel::Deny,
         None if rejected => DecisionLabel::Rejected,

@@ -31,6 +31,29 @@ def test_dry_run_forwards_and_records_what_would_be_denied(dry_run):
         v["msg"] for v in rec["result"]["violations"]]
 
 
+def test_a_dry_run_denial_whose_forward_goes_unanswered_is_still_counted_dry_run(make_fake,
+                                                                                  make_hubgate):
+    """A dry-run denial is never enforced: forwarded, then left without an answer (a
+    timeout), it counted as decision="deny" in hubgate_requests_total, and a rollout's
+    dashboard showed enforcement where there was none."""
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"mode": "dry-run"}, "upstream": {"timeout_ms": 500},
+                       "enrichment": {"cache_ttl_ms": 60000}}, fake=fake)
+    # the member's note puts f-own-high's state in the cache: the suppression needs no lookup
+    note = {"FindingIdentifiers": [ident("f-own-high")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+    assert hg.buf(note, who="member").status == 200
+    fake.configure(delay_ms=2000)
+    resp = hg.buf(SUPPRESS, who="member")
+    assert_envelope(resp, 504, "UPSTREAM_TIMEOUT", "InternalException")
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert (rec["dry_run"], rec["result"]["allow"]) == (True, False), rec
+    series = ('hubgate_requests_total{operation="BatchUpdateFindings",'
+              'decision="dry_run_deny",status="504"} 1')
+    metrics = hg.admin("/metrics").text
+    assert series in metrics.splitlines(), [
+        line for line in metrics.splitlines() if line.startswith("hubgate_requests_total")]
+
+
 def test_dry_run_still_rejects_what_cannot_be_judged(dry_run):
     """Dry-run relaxes the policy, never authentication or validation."""
     hg = dry_run
