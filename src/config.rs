@@ -959,7 +959,8 @@ impl Config {
                     "is required when identity.mode = \"static\": name the callers-file entry every request acts as",
                 ))
             }
-            IdentityMode::Sigv4 if identity.static_principal.is_some() => {
+            // Set and not read, it would look like a principal hubgate maps callers to.
+            IdentityMode::Sigv4 | IdentityMode::Mtls if identity.static_principal.is_some() => {
                 return Err(invalid(
                     file,
                     "identity.static_principal",
@@ -1226,6 +1227,11 @@ mod tests {
             ("[upstream]\ntimeout_ms = 0", "upstream.timeout_ms"),
             ("[enrichment]\nsettle_ms = 3600001", "enrichment.settle_ms"),
             ("[identity]\nmode = \"static\"", "identity.static_principal"),
+            (
+                "[server]\ntls_cert = \"c\"\ntls_key = \"k\"\nclient_ca = \"ca\"\n\
+                 [identity]\nmode = \"mtls\"\nstatic_principal = \"w\"",
+                "identity.static_principal",
+            ),
             (
                 "[server]\nlisten = \"127.0.0.1:7\"\nadmin_listen = \"127.0.0.1:7\"",
                 "server.admin_listen",
