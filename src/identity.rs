@@ -505,7 +505,14 @@ impl Identity {
 
     pub fn caller_count(&self) -> usize {
         match self.mode {
-            IdentityMode::Mtls => self.by_san.len() + self.by_cn.len(),
+            // A caller with both a SAN and a CN is one caller.
+            IdentityMode::Mtls => self
+                .by_san
+                .values()
+                .chain(self.by_cn.values())
+                .map(Arc::as_ptr)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             _ => self.by_key.len(),
         }
     }

@@ -476,6 +476,11 @@ client_cert_cn = "admin"
         static_principal: None,
     };
     let identity = Identity::load(&config, false).unwrap();
+    assert_eq!(
+        identity.caller_count(),
+        2,
+        "two callers, each with a SAN and a CN"
+    );
     let cert = |sans: &[&str], cns: &[&str]| ClientCert {
         sans: sans.iter().map(|s| s.to_string()).collect(),
         cns: cns.iter().map(|s| s.to_string()).collect(),
