@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::payload::Payload;
@@ -207,8 +206,116 @@ pub struct Upstream {
     host: HeaderValue,
     region: String,
     timeout: Duration,
+    credentials: CredentialSource,
+}
+
+/// hubgate's own credentials: the last ones the chain gave, and the fetch of the next, which
+/// runs as a task of its own. A fetch used to run in the request that needed it, under a lock
+/// every other request queued on: a credential source that stalled (an STS or container
+/// endpoint accepting and not answering) held every request for as long as the SDK's own
+/// timeouts and retries took (19 s with `upstream.timeout_ms = 500`). A request now waits for
+/// the fetch at most `upstream.timeout_ms`, and a request that gives up does not cancel it: a
+/// slow source still delivers, where cancelling each attempt at the timeout would never let it.
+/// Credentials that are still valid but near their expiry are used while the next are fetched.
+struct CredentialSource {
     provider: Option<SharedCredentialsProvider>,
-    cached: Mutex<Option<Credentials>>,
+    timeout: Duration,
+    state: Arc<std::sync::Mutex<CredentialState>>,
+}
+
+#[derive(Default)]
+struct CredentialState {
+    current: Option<Credentials>,
+    /// The fetch under way: its outcome is sent here (None until it ends).
+    fetching: Option<tokio::sync::watch::Receiver<Option<Result<Credentials, UpstreamError>>>>,
+}
+
+impl CredentialSource {
+    fn new(provider: Option<SharedCredentialsProvider>, timeout: Duration) -> CredentialSource {
+        CredentialSource {
+            provider,
+            timeout,
+            state: Default::default(),
+        }
+    }
+
+    async fn get(&self) -> Result<Credentials, UpstreamError> {
+        let mut waiting = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = SystemTime::now();
+            // The credentials to sign with now, and whether to fetch the next meanwhile.
+            let usable = state.current.as_ref().and_then(|c| match c.expiry() {
+                None => Some((c.clone(), false)),
+                Some(at) if at > now + CREDENTIAL_REFRESH_MARGIN => Some((c.clone(), false)),
+                Some(at) if at > now => Some((c.clone(), true)),
+                Some(_) => None,
+            });
+            match usable {
+                Some((c, refresh)) => {
+                    if refresh {
+                        // Still valid: a failed start is tried again by the next request.
+                        let _ = self.fetch(&mut state);
+                    }
+                    return Ok(c);
+                }
+                None => self.fetch(&mut state)?,
+            }
+        };
+        let outcome = tokio::time::timeout(self.timeout, async {
+            loop {
+                if let Some(done) = waiting.borrow_and_update().clone() {
+                    return done;
+                }
+                if waiting.changed().await.is_err() {
+                    // The fetch task went away without an outcome (a panic in the chain).
+                    return Err(UpstreamError::Credentials(
+                        "the fetch of hubgate's AWS credentials ended without an outcome".into(),
+                    ));
+                }
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            Err(UpstreamError::Credentials(format!(
+                "the AWS credential source did not answer within upstream.timeout_ms ({} ms); \
+                 hubgate keeps waiting for it in the background",
+                self.timeout.as_millis()
+            )))
+        })
+    }
+
+    /// Starts a fetch unless one is under way; returns where its outcome will be sent.
+    fn fetch(
+        &self,
+        state: &mut CredentialState,
+    ) -> Result<
+        tokio::sync::watch::Receiver<Option<Result<Credentials, UpstreamError>>>,
+        UpstreamError,
+    > {
+        if let Some(rx) = &state.fetching {
+            return Ok(rx.clone());
+        }
+        let provider = self.provider.clone().ok_or_else(|| {
+            UpstreamError::Credentials("no credentials provider is configured".into())
+        })?;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        state.fetching = Some(rx.clone());
+        let shared = self.state.clone();
+        tokio::spawn(async move {
+            let outcome = provider
+                .provide_credentials()
+                .await
+                .map_err(|e| credentials_error(&e));
+            let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(c) = &outcome {
+                state.current = Some(c.clone());
+            }
+            state.fetching = None;
+            // Nobody may be waiting any more; the credentials are kept either way.
+            let _ = tx.send(Some(outcome));
+        });
+        Ok(rx)
+    }
 }
 
 /// Why the upstream client could not be set up; hubgate does not start.
@@ -253,30 +360,15 @@ impl Upstream {
             endpoint,
             region: config.upstream.region.clone(),
             timeout: Duration::from_millis(config.upstream.timeout_ms),
-            provider: sdk.credentials_provider(),
-            cached: Mutex::new(None),
+            credentials: CredentialSource::new(
+                sdk.credentials_provider(),
+                Duration::from_millis(config.upstream.timeout_ms),
+            ),
         }))
     }
 
     async fn credentials(&self) -> Result<Credentials, UpstreamError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
-            let fresh = c
-                .expiry()
-                .is_none_or(|exp| exp > SystemTime::now() + CREDENTIAL_REFRESH_MARGIN);
-            if fresh {
-                return Ok(c.clone());
-            }
-        }
-        let provider = self.provider.as_ref().ok_or_else(|| {
-            UpstreamError::Credentials("no credentials provider is configured".into())
-        })?;
-        let creds = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| credentials_error(&e))?;
-        *cached = Some(creds.clone());
-        Ok(creds)
+        self.credentials.get().await
     }
 
     /// Can hubgate sign right now? Readiness asks this.
@@ -572,14 +664,20 @@ mod tests {
             host: HeaderValue::from_static("127.0.0.1:4000"),
             region: "us-east-1".into(),
             timeout: Duration::from_secs(1),
-            provider: None,
-            cached: Mutex::new(Some(Credentials::new(
-                "AKIDHUBGATE",
-                "hubgate-secret",
-                None,
-                None,
-                "test",
-            ))),
+            credentials: CredentialSource {
+                provider: None,
+                timeout: Duration::from_secs(1),
+                state: Arc::new(std::sync::Mutex::new(CredentialState {
+                    current: Some(Credentials::new(
+                        "AKIDHUBGATE",
+                        "hubgate-secret",
+                        None,
+                        None,
+                        "test",
+                    )),
+                    fetching: None,
+                })),
+            },
         }
     }
 
