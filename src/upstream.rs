@@ -23,6 +23,12 @@ use crate::payload::Payload;
 const MAX_LOOKUP_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Refresh temporary credentials this long before they expire.
 const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// How long one fetch of hubgate's own credentials may take before it is abandoned (or
+/// upstream.timeout_ms, if longer). The SDK's own timeouts bound a source that never answers
+/// (2 s to connect, 5 s to the response head, three attempts: about 20 s), but not one that
+/// sends a response head and then stalls in the body: without this, such a fetch never ended
+/// and every later request waited on it, an outage that outlived the source's recovery.
+const CREDENTIAL_FETCH_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -220,6 +226,8 @@ pub struct Upstream {
 struct CredentialSource {
     provider: Option<SharedCredentialsProvider>,
     timeout: Duration,
+    /// How long the fetch task may run: `CREDENTIAL_FETCH_LIMIT`, or `timeout` if longer.
+    fetch_limit: Duration,
     state: Arc<std::sync::Mutex<CredentialState>>,
 }
 
@@ -235,6 +243,7 @@ impl CredentialSource {
         CredentialSource {
             provider,
             timeout,
+            fetch_limit: timeout.max(CREDENTIAL_FETCH_LIMIT),
             state: Default::default(),
         }
     }
@@ -292,7 +301,13 @@ impl CredentialSource {
         tokio::sync::watch::Receiver<Option<Result<Credentials, UpstreamError>>>,
         UpstreamError,
     > {
-        if let Some(rx) = &state.fetching {
+        // A task that ended without clearing `fetching` (it panicked) dropped its sender: it
+        // is replaced, or every later request would wait on it and fail, for good.
+        if let Some(rx) = state
+            .fetching
+            .as_ref()
+            .filter(|rx| rx.has_changed().is_ok())
+        {
             return Ok(rx.clone());
         }
         let provider = self.provider.clone().ok_or_else(|| {
@@ -301,11 +316,17 @@ impl CredentialSource {
         let (tx, rx) = tokio::sync::watch::channel(None);
         state.fetching = Some(rx.clone());
         let shared = self.state.clone();
+        let limit = self.fetch_limit;
         tokio::spawn(async move {
-            let outcome = provider
-                .provide_credentials()
-                .await
-                .map_err(|e| credentials_error(&e));
+            let outcome = match tokio::time::timeout(limit, provider.provide_credentials()).await {
+                Err(_) => Err(UpstreamError::Credentials(format!(
+                    "the AWS credential source gave no credentials within {} s; the next \
+                     request starts another fetch",
+                    limit.as_secs()
+                ))),
+                Ok(Err(e)) => Err(credentials_error(&e)),
+                Ok(Ok(c)) => unexpired(c, SystemTime::now()),
+            };
             let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
             if let Ok(c) = &outcome {
                 state.current = Some(c.clone());
@@ -315,6 +336,19 @@ impl CredentialSource {
             let _ = tx.send(Some(outcome));
         });
         Ok(rx)
+    }
+}
+
+/// Credentials a source gave that have already expired sign nothing: Security Hub would refuse
+/// them with a 403 that reads as the caller's own (non-retryable) failure.
+fn unexpired(c: Credentials, now: SystemTime) -> Result<Credentials, UpstreamError> {
+    match c.expiry() {
+        Some(at) if at <= now => Err(UpstreamError::Credentials(format!(
+            "the AWS credential source gave credentials that expired {} s ago (is this \
+             machine's clock right?)",
+            now.duration_since(at).unwrap_or_default().as_secs()
+        ))),
+        _ => Ok(c),
     }
 }
 
@@ -667,6 +701,7 @@ mod tests {
             credentials: CredentialSource {
                 provider: None,
                 timeout: Duration::from_secs(1),
+                fetch_limit: CREDENTIAL_FETCH_LIMIT,
                 state: Arc::new(std::sync::Mutex::new(CredentialState {
                     current: Some(Credentials::new(
                         "AKIDHUBGATE",
@@ -753,6 +788,124 @@ mod tests {
             );
         }
         h
+    }
+
+    /// A credential source that behaves, call by call, as `script` says: `Stall` never
+    /// answers, `Panic` panics, `Expired` gives credentials that expired a minute ago, `Good`
+    /// gives credentials valid for an hour. Past the script, `Good`.
+    #[derive(Clone, Copy, Debug)]
+    enum Fetch {
+        Stall,
+        Panic,
+        Expired,
+        Good,
+    }
+
+    #[derive(Debug)]
+    struct Scripted {
+        script: Vec<Fetch>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ProvideCredentials for Scripted {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let step = self.script.get(n).copied().unwrap_or(Fetch::Good);
+            aws_credential_types::provider::future::ProvideCredentials::new(async move {
+                let valid = |d: i64| {
+                    let at = match d >= 0 {
+                        true => SystemTime::now() + Duration::from_secs(d as u64),
+                        false => SystemTime::now() - Duration::from_secs((-d) as u64),
+                    };
+                    Credentials::new("AKIDHUBGATE", "s", Some("t".into()), Some(at), "test")
+                };
+                match step {
+                    Fetch::Stall => std::future::pending().await,
+                    Fetch::Panic => panic!("a credential provider that panics"),
+                    Fetch::Expired => Ok(valid(-60)),
+                    Fetch::Good => Ok(valid(3600)),
+                }
+            })
+        }
+    }
+
+    fn scripted(script: &[Fetch]) -> (CredentialSource, Arc<Scripted>) {
+        let provider = Arc::new(Scripted {
+            script: script.to_vec(),
+            calls: Default::default(),
+        });
+        let shared = SharedCredentialsProvider::new(ScriptedRef(provider.clone()));
+        (
+            CredentialSource::new(Some(shared), Duration::from_millis(500)),
+            provider,
+        )
+    }
+
+    #[derive(Debug)]
+    struct ScriptedRef(Arc<Scripted>);
+
+    impl ProvideCredentials for ScriptedRef {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0.provide_credentials()
+        }
+    }
+
+    fn calls(p: &Scripted) -> usize {
+        p.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_that_never_ends_is_abandoned_and_the_next_one_delivers() {
+        // A source that sent a response head and stalls in the body: the SDK's timeouts do
+        // not end that fetch. Every request waited on it, however long the source had been
+        // answering new connections again.
+        let (source, provider) = scripted(&[Fetch::Stall]);
+        let e = source.get().await.expect_err("the first fetch stalls");
+        assert!(e.to_string().contains("did not answer within"), "{e}");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            source.get().await.is_err(),
+            "still within the fetch's limit"
+        );
+        assert_eq!(calls(&provider), 1, "requests share the fetch under way");
+        tokio::time::sleep(CREDENTIAL_FETCH_LIMIT).await;
+        source
+            .get()
+            .await
+            .expect("a new fetch, once the stalled one was abandoned");
+        assert_eq!(calls(&provider), 2);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_does_not_stop_the_next() {
+        let (source, provider) = scripted(&[Fetch::Panic]);
+        let e = source.get().await.expect_err("the fetch panicked");
+        assert!(e.to_string().contains("without an outcome"), "{e}");
+        source
+            .get()
+            .await
+            .expect("a new fetch, not the dead one again");
+        assert_eq!(calls(&provider), 2);
+    }
+
+    #[tokio::test]
+    async fn expired_credentials_from_the_source_sign_nothing() {
+        let (source, provider) = scripted(&[Fetch::Expired]);
+        let e = source.get().await.expect_err("expired credentials");
+        assert!(e.to_string().contains("expired 60 s ago"), "{e}");
+        // Not kept: the next request fetches again.
+        source.get().await.expect("fresh credentials");
+        assert_eq!(calls(&provider), 2);
     }
 
     #[test]
