@@ -112,7 +112,32 @@ fn confined(body: &[u8], account: &str) -> Result<(), String> {
             return Err(format!("{at}.Value is not the caller's account"));
         }
     }
-    Ok(())
+    model_filters(&Value::Object(filters.clone()))
+}
+
+/// Every member of `Filters` is one of the API model's filter attributes, of its type. A name
+/// that is none (`AwsAccountId\u0000`, `Aw\u017fAccountId`, which a case-folding reader takes for
+/// `AwsAccountId`, an empty name) is a filter hubgate cannot say Security Hub ANDs with the
+/// account: it is not forwarded under hubgate's role.
+fn model_filters(filters: &Value) -> Result<(), String> {
+    use serde::Deserialize;
+    type Filters = crate::request::AwsSecurityFindingFilters;
+    if Filters::deserialize(filters).is_ok() {
+        return Ok(());
+    }
+    let Err(e) = serde_path_to_error::deserialize::<_, Filters>(filters) else {
+        return Ok(());
+    };
+    let at = match e.path().to_string() {
+        p if p == "." => "Filters".to_string(),
+        p => format!("Filters.{p}"),
+    };
+    let inner = e.into_inner().to_string();
+    // serde lists every attribute the model has after "expected one of": a hundred names.
+    let inner = inner.split(", expected one of").next().unwrap_or(&inner);
+    Err(format!(
+        "{at}: {inner} (Filters must hold the API model's filter attributes only)"
+    ))
 }
 
 #[cfg(test)]
@@ -208,6 +233,37 @@ mod tests {
             (
                 &format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}}} {{}}"#),
                 "not valid JSON",
+            ),
+            // Names that are no filter attribute, some of which a reader may take for
+            // AwsAccountId (a NUL-terminated string, Java's equalsIgnoreCase folding ſ to s
+            // and İ to i): not forwarded.
+            (
+                &format!(
+                    r#"{{"Filters": {{"AwsAccountId": [{OWN}], "AwsAccountId\u0000": [{other}]}}}}"#
+                ),
+                "unknown field `AwsAccountId\u{0}`",
+            ),
+            (
+                &format!(
+                    r#"{{"Filters": {{"AwsAccountId": [{OWN}], "Aw\u017fAccountId": [{other}]}}}}"#
+                ),
+                "unknown field `Aw\u{17f}AccountId`",
+            ),
+            (
+                &format!(
+                    r#"{{"Filters": {{"AwsAccountId": [{OWN}], "AwsAccount\u0130d": [{other}]}}}}"#
+                ),
+                "Filters.AwsAccount\u{130}d: unknown field",
+            ),
+            (
+                &format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}], "": [{other}]}}}}"#),
+                "unknown field ``",
+            ),
+            (
+                &format!(
+                    r#"{{"Filters": {{"AwsAccountId": [{OWN}], "Id": [{{"Value": "x", "Comparison": "SOUNDS_LIKE"}}]}}}}"#
+                ),
+                "Filters.Id[0].Comparison: unknown variant `SOUNDS_LIKE`",
             ),
         ] {
             match member_get(bad) {

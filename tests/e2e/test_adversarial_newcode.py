@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from helpers import (UPSTREAM_KEY, UPSTREAM_SECRET, assert_envelope, hubgate_env, ident,
-                     wait_until)
+from helpers import (MEMBER_ACCOUNT, REPO, UPSTREAM_KEY, UPSTREAM_SECRET, assert_envelope, header,
+                     hubgate_env, ident, run_hubgate)
 
 
 def creds_answer(hours=1.0):
@@ -122,3 +122,73 @@ def test_expired_credentials_from_the_source_are_not_used(make_fake, make_hubgat
         assert source.connections > before, "expired credentials are not kept"
     finally:
         source.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# members' reads (src/reads.rs)
+
+OWN = json.dumps({"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"})
+OTHER = json.dumps({"Value": "333333333333", "Comparison": "EQUALS"})
+CONFINED = '{"Filters": {"AwsAccountId": [%s]}}' % OWN
+
+
+def forwarded(hg):
+    return [(r["method"], r["path"]) for r in hg.fake.requests()]
+
+
+# JSON text, escapes as sent: names that are no filter attribute of the API model, beside a
+# confining AwsAccountId. A reader that stops at NUL, folds case the way Java's
+# equalsIgnoreCase does (U+017F to s, U+0130 to i) or drops invisible characters reads the
+# second list as AwsAccountId again, and may keep it instead of the first.
+LOOKALIKES = {
+    "nul": r"AwsAccountId\u0000",
+    "long-s": r"Aw\u017fAccountId",
+    "dotted-capital-i": r"AwsAccount\u0130d",
+    "zero-width-space": r"AwsAccountId\u200b",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("name", LOOKALIKES.values(), ids=LOOKALIKES.keys())
+def test_a_filter_that_is_no_model_attribute_is_not_forwarded(hubgate, name):
+    """hubgate refused only ASCII case variants of AwsAccountId and forwarded any other name
+    under its own role, reading nothing of it. Filters now holds the model's attributes only."""
+    raw = '{"Filters": {"AwsAccountId": [%s], "%s": [%s]}}' % (OWN, name, OTHER)
+    resp = hubgate.send("POST", "/findings", raw.encode(), who="member")
+    got = assert_envelope(resp, 403, "READ_NOT_CONFINED", "AccessDeniedException")
+    assert "unknown field" in got["error"]["message"], got
+    assert forwarded(hubgate) == []
+
+
+def test_escapes_that_spell_the_confinement_are_forwarded_as_sent(hubgate):
+    """Held: unicode escapes are read as JSON reads them (so they confine, as AWS reads them
+    too), and the bytes checked are the bytes forwarded; a duplicate inside a filter entry and
+    a header naming another protocol do not pass."""
+    raw = ('{"\\u0046ilters": {"Aws\\u0041ccountId": [{"Value": "\\u0032%s", '
+           '"Comparison": "EQUAL\\u0053"}]}}' % MEMBER_ACCOUNT[1:]).encode()
+    resp = hubgate.send("POST", "/findings", raw, who="member",
+                        extra_headers={"smithy-protocol": "rpc-v2-cbor"})
+    assert resp.status == 200, resp.text
+    assert {f["AwsAccountId"] for f in resp.json()["Findings"]} == {MEMBER_ACCOUNT}
+    (sent,) = hubgate.fake.requests("POST", "/findings")
+    assert sent["body"].encode() == raw
+    assert header(sent, "smithy-protocol") is None, sent["headers"]
+    dup = ('{"Filters": {"AwsAccountId": [{"Value": "%s", "Value": "333333333333", '
+           '"Comparison": "EQUALS"}]}}' % MEMBER_ACCOUNT)
+    got = assert_envelope(hubgate.send("POST", "/findings", dup, who="member"), 403,
+                          "READ_NOT_CONFINED", "AccessDeniedException")
+    assert "duplicate key" in got["error"]["message"], got
+    resp = hubgate.send("POST", "/findings", CONFINED, who="member",
+                        extra_headers={"X-Amz-Target": "SecurityHubAPIService.ListMembers"})
+    assert resp.status == 400 and "x-amz-target" in resp.text, resp.text
+    assert len(hubgate.fake.requests("POST", "/findings")) == 1
+
+
+def test_eval_refuses_a_filter_that_is_no_model_attribute(tmp_path):
+    body = tmp_path / "body.json"
+    body.write_text('{"Filters": {"AwsAccountId": [%s], "AwsAccountId\\u0000": [%s]}}'
+                    % (OWN, OTHER))
+    r = run_hubgate("eval", "--config", str(REPO / "config" / "demo" / "hubgate.toml"),
+                    "--operation", "GetFindings", "--request", str(body),
+                    "--as", f"member:{MEMBER_ACCOUNT}")
+    assert r.returncode == 1 and r.stdout.startswith("READ_NOT_CONFINED: "), (r.stdout, r.stderr)
