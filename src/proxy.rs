@@ -368,7 +368,9 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     if routing == Routing::Forward {
         if ctx.gate.config.upstream.auth == UpstreamAuth::Resign {
             let listed = ctx.gate.config.policy.member_may_call(spec.name);
-            crate::reads::confine(spec, &principal, body.bytes(), listed)?;
+            if crate::reads::confine(spec, &principal, body.bytes(), listed)? {
+                crate::reads::confined_head(&parts)?;
+            }
         }
         // A finding-changing operation routed "forward" changes findings hubgate cannot name.
         let touched = Touched(spec.changes_findings.then_some(Sent::Everything {

@@ -34,15 +34,17 @@ pub enum ReadError {
 }
 
 /// Refuses a member's forwarded call that could read beyond the member's account. `listed`:
-/// `policy.members_may_call` names the operation.
+/// `policy.members_may_call` names the operation. `Ok(true)`: the call is a member's GetFindings
+/// that this confined by its body, which the caller must then forward as the body alone says
+/// (`confined_head`).
 pub fn confine(
     spec: &OperationSpec,
     principal: &Principal,
     body: &[u8],
     listed: bool,
-) -> Result<(), ReadError> {
+) -> Result<bool, ReadError> {
     if principal.role != Role::Member || listed {
-        return Ok(());
+        return Ok(false);
     }
     if spec.name != "GetFindings" {
         return Err(ReadError::NotForMembers {
@@ -53,7 +55,25 @@ pub fn confine(
     confined(body, account).map_err(|why| ReadError::NotConfined {
         why,
         account: account.to_string(),
-    })
+    })?;
+    Ok(true)
+}
+
+/// What the request line and head of a confined GetFindings may carry besides its body: the
+/// confinement read the body as JSON, so the body must be sent as JSON, and nothing in a query
+/// string (which hubgate does not read and would forward under its own role) may add to it.
+pub fn confined_head(parts: &http::request::Parts) -> Result<(), crate::envelope::Rejection> {
+    if parts.uri.query().is_some() {
+        return Err(crate::validate::ValidationErrors::whole(
+            "GetFindings",
+            "GetFindings takes no query string: a member's GetFindings is confined by its body \
+             alone"
+                .to_string(),
+        )
+        .into());
+    }
+    crate::validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
+        .map_err(crate::envelope::Rejection::UnsupportedMediaType)
 }
 
 /// Whether a GetFindings body reads `account`'s findings only: its `Filters.AwsAccountId` is a
@@ -165,6 +185,7 @@ mod tests {
             body.as_bytes(),
             false,
         )
+        .map(|confined| assert!(confined, "a member's GetFindings is confined"))
     }
 
     const OWN: &str = r#"{"Value": "222222222222", "Comparison": "EQUALS"}"#;

@@ -221,7 +221,7 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             let resign = config.upstream.auth == crate::config::UpstreamAuth::Resign;
             let listed = config.policy.member_may_call(spec.name);
             let confined = match resign {
-                true => crate::reads::confine(spec, &principal, &body, listed),
+                true => crate::reads::confine(spec, &principal, &body, listed).map(|_| ()),
                 false => Ok(()),
             };
             if let Err(e) = confined {

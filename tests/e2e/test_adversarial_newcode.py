@@ -160,6 +160,22 @@ def test_a_filter_that_is_no_model_attribute_is_not_forwarded(hubgate, name):
     assert forwarded(hubgate) == []
 
 
+def test_a_members_get_findings_is_confined_by_its_body_alone(hubgate):
+    """A query string (not read by hubgate) and a body sent as another media type than JSON
+    (read by hubgate as JSON) went up under hubgate's role with the confined body. Refused:
+    400 and 415; nothing forwarded. An administrator's read is not confined."""
+    resp = hubgate.send("POST", "/findings?AwsAccountId=333333333333", CONFINED, who="member")
+    got = assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")
+    assert "takes no query string" in got["error"]["message"], got
+    for media in ["application/cbor", "application/x-www-form-urlencoded", None]:
+        resp = hubgate.send("POST", "/findings", CONFINED, who="member", content_type=media)
+        assert_envelope(resp, 415, "UNSUPPORTED_MEDIA_TYPE", "InvalidInputException")
+    assert forwarded(hubgate) == []
+    resp = hubgate.send("POST", "/findings?x=1", "{}", who="admin")
+    assert resp.status == 200, resp.text
+    assert forwarded(hubgate) == [("POST", "/findings")]
+
+
 def test_escapes_that_spell_the_confinement_are_forwarded_as_sent(hubgate):
     """Held: unicode escapes are read as JSON reads them (so they confine, as AWS reads them
     too), and the bytes checked are the bytes forwarded; a duplicate inside a filter entry and
