@@ -29,6 +29,8 @@ const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// sends a response head and then stalls in the body: without this, such a fetch never ended
 /// and every later request waited on it, an outage that outlived the source's recovery.
 const CREDENTIAL_FETCH_LIMIT: Duration = Duration::from_secs(30);
+/// How long after a fetch ends the next refresh of still-valid credentials may start.
+const CREDENTIAL_REFRESH_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -236,6 +238,9 @@ struct CredentialState {
     current: Option<Credentials>,
     /// The fetch under way: its outcome is sent here (None until it ends).
     fetching: Option<tokio::sync::watch::Receiver<Option<Result<Credentials, UpstreamError>>>>,
+    /// When the last fetch ended: still-valid credentials are refreshed no sooner than
+    /// `CREDENTIAL_REFRESH_RETRY` after it.
+    last_ended: Option<tokio::time::Instant>,
 }
 
 impl CredentialSource {
@@ -261,8 +266,13 @@ impl CredentialSource {
             });
             match usable {
                 Some((c, refresh)) => {
-                    if refresh {
-                        // Still valid: a failed start is tried again by the next request.
+                    // Still valid: a failed start is tried again by a later request. A source
+                    // that keeps giving credentials within the margin (instance metadata
+                    // until it rotates them) is asked again after a pause, not at once.
+                    let rested = state
+                        .last_ended
+                        .is_none_or(|t| t.elapsed() >= CREDENTIAL_REFRESH_RETRY);
+                    if refresh && rested {
                         let _ = self.fetch(&mut state);
                     }
                     return Ok(c);
@@ -332,6 +342,7 @@ impl CredentialSource {
                 state.current = Some(c.clone());
             }
             state.fetching = None;
+            state.last_ended = Some(tokio::time::Instant::now());
             // Nobody may be waiting any more; the credentials are kept either way.
             let _ = tx.send(Some(outcome));
         });
@@ -711,6 +722,7 @@ mod tests {
                         "test",
                     )),
                     fetching: None,
+                    last_ended: None,
                 })),
             },
         }
@@ -798,6 +810,7 @@ mod tests {
         Stall,
         Panic,
         Expired,
+        NearExpiry,
         Good,
     }
 
@@ -828,6 +841,7 @@ mod tests {
                     Fetch::Stall => std::future::pending().await,
                     Fetch::Panic => panic!("a credential provider that panics"),
                     Fetch::Expired => Ok(valid(-60)),
+                    Fetch::NearExpiry => Ok(valid(120)),
                     Fetch::Good => Ok(valid(3600)),
                 }
             })
@@ -884,6 +898,25 @@ mod tests {
             .await
             .expect("a new fetch, once the stalled one was abandoned");
         assert_eq!(calls(&provider), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_keeps_giving_credentials_near_expiry_is_not_asked_at_every_request() {
+        // Instance metadata serves the old credentials until shortly before they expire
+        // ("at least five minutes before": hubgate's own margin). Each request found them
+        // within the margin and started a refresh as soon as the last one ended: the source
+        // was asked at the rate requests came, for minutes.
+        let (source, provider) = scripted(&[Fetch::NearExpiry; 1000]);
+        for _ in 0..200 {
+            source.get().await.expect("valid credentials sign");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // 2 s of requests: the first fetch, and no refresh sooner than the pause after it.
+        assert_eq!(calls(&provider), 1, "fetches");
+        tokio::time::sleep(CREDENTIAL_REFRESH_RETRY).await;
+        source.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls(&provider), 2, "refreshes are tried again, spaced");
     }
 
     #[tokio::test]

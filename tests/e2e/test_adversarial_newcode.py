@@ -73,12 +73,13 @@ def env_with(uri):
 NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
 
 
-class ExpiredCredentialSource:
+class TimedCredentialSource:
     """A container credentials endpoint that hands out hubgate's upstream keys with an
-    Expiration an hour past: the fake Security Hub does not check the session token's
-    expiry, AWS does (403 ExpiredTokenException)."""
+    Expiration `hours` from now (by default an hour past: the fake Security Hub does not
+    check the session token's expiry, AWS does, 403 ExpiredTokenException)."""
 
-    def __init__(self):
+    def __init__(self, hours=-1.0):
+        self.hours = hours
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -95,7 +96,7 @@ class ExpiredCredentialSource:
                 conn.settimeout(5)
                 try:
                     conn.recv(65536)
-                    conn.sendall(creds_answer(hours=-1))
+                    conn.sendall(creds_answer(hours=self.hours))
                 except OSError:
                     pass
 
@@ -105,7 +106,7 @@ def test_expired_credentials_from_the_source_are_not_used(make_fake, make_hubgat
     cache in the source): hubgate used to sign with them, and Security Hub's 403
     ExpiredTokenException reached the caller as if its own request were refused for good.
     hubgate refuses them: 502, retryable, and nothing forwarded."""
-    source = ExpiredCredentialSource()
+    source = TimedCredentialSource()
     try:
         fake = make_fake()
         hg = make_hubgate({"upstream": {"timeout_ms": 2000}}, fake=fake,
@@ -123,6 +124,23 @@ def test_expired_credentials_from_the_source_are_not_used(make_fake, make_hubgat
     finally:
         source.sock.close()
 
+
+
+def test_credentials_near_expiry_are_not_refetched_at_every_request(make_fake, make_hubgate):
+    """A source that keeps giving credentials within hubgate's 5-minute refresh margin
+    (instance metadata serves the old ones until it rotates them) was asked again as soon as
+    each refresh ended: once per request. Refreshes are now spaced (10 s)."""
+    source = TimedCredentialSource(hours=2 / 60)
+    try:
+        hg = make_hubgate(fake=make_fake(),
+                          env=env_with(f"http://127.0.0.1:{source.port}/creds"), start=False)
+        hg.start(ready_path="/healthz")
+        for _ in range(15):
+            assert hg.buf(NOTE, who="admin").status == 200
+            time.sleep(0.02)
+        assert source.connections <= 2, f"{source.connections} fetches for 15 requests"
+    finally:
+        source.sock.close()
 
 # ---------------------------------------------------------------------------------------------
 # members' reads (src/reads.rs)
