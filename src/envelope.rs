@@ -101,6 +101,15 @@ impl From<crate::routes::NotRouted> for Rejection {
     }
 }
 
+impl From<crate::reads::HeadError> for Rejection {
+    fn from(e: crate::reads::HeadError) -> Rejection {
+        match e {
+            crate::reads::HeadError::Query(e) => Rejection::Invalid(e),
+            crate::reads::HeadError::ContentType(e) => Rejection::UnsupportedMediaType(e),
+        }
+    }
+}
+
 impl From<JudgeError> for Rejection {
     fn from(e: JudgeError) -> Rejection {
         match e {

@@ -62,18 +62,27 @@ pub fn confine(
 /// What the request line and head of a confined GetFindings may carry besides its body: the
 /// confinement read the body as JSON, so the body must be sent as JSON, and nothing in a query
 /// string (which hubgate does not read and would forward under its own role) may add to it.
-pub fn confined_head(parts: &http::request::Parts) -> Result<(), crate::envelope::Rejection> {
+pub fn confined_head(parts: &http::request::Parts) -> Result<(), HeadError> {
     if parts.uri.query().is_some() {
-        return Err(crate::validate::ValidationErrors::whole(
+        return Err(HeadError::Query(crate::validate::ValidationErrors::whole(
             "GetFindings",
             "GetFindings takes no query string: a member's GetFindings is confined by its body \
              alone"
                 .to_string(),
-        )
-        .into());
+        )));
     }
     crate::validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
-        .map_err(crate::envelope::Rejection::UnsupportedMediaType)
+        .map_err(HeadError::ContentType)
+}
+
+/// What a confined GetFindings' head may not carry (`confined_head`): the envelope answers them
+/// as any operation's bad query string (400) or content type (415).
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error(transparent)]
+    Query(crate::validate::ValidationErrors),
+    #[error(transparent)]
+    ContentType(crate::validate::ContentTypeError),
 }
 
 /// Whether a GetFindings body reads `account`'s findings only: its `Filters.AwsAccountId` is a
