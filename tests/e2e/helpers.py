@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,6 +408,55 @@ def hubgate_env() -> dict:
         "HG_TEST_MEMBER_SECRET": MEMBER_SECRET,
     })
     return env
+
+
+def container_credentials(hours: float = 1.0) -> bytes:
+    """A container credentials endpoint's answer: hubgate's upstream keys with a session token,
+    expiring `hours` from now (negative: already expired)."""
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
+    body = json.dumps({"AccessKeyId": UPSTREAM_KEY, "SecretAccessKey": UPSTREAM_SECRET,
+                       "Token": "session-token",
+                       "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+class CredentialEndpoint:
+    """A container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) on loopback for
+    hubgate's own credentials: `answer(conn, n)` serves the n-th connection (from 1), each in
+    its own thread. `env` is hubgate's environment with it as the only credential source."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self.sock.getsockname()[1]}/creds"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn, self.connections), daemon=True).start()
+
+    def _one(self, conn, n):
+        with conn:
+            try:
+                self.answer(conn, n)
+            except OSError:
+                pass
+
+    def env(self) -> dict:
+        env = {k: v for k, v in hubgate_env().items()
+               if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = self.uri
+        return env
+
+    def close(self):
+        self.sock.close()
 
 
 def run_hubgate(*args, timeout: float = 30) -> subprocess.CompletedProcess:

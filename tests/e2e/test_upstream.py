@@ -1,16 +1,13 @@
 """Upstream failures: unreachable (502) and too slow (504), and hubgate's own credentials."""
 
-import datetime as dt
-import json
-import socket
 import threading
 import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from helpers import (UPSTREAM_KEY, UPSTREAM_SECRET, OWN_ACCOUNT_FILTER, assert_envelope,
-                     free_port, hubgate_env, ident, wait_until)
+from helpers import (OWN_ACCOUNT_FILTER, CredentialEndpoint, assert_envelope,
+                     container_credentials, free_port, ident, wait_until)
 
 SUPPRESS = {"FindingIdentifiers": [ident("f-other")], "Workflow": {"Status": "SUPPRESSED"},
             "Note": {"Text": "RISK-1 accepted after review", "UpdatedBy": "sec-team"}}
@@ -95,45 +92,6 @@ def test_lookup_refused_by_upstream_fails_closed(make_fake, make_hubgate):
     assert hg.audit_for(fwd.headers["x-hubgate-decision-id"])["upstream_status"] == 403
 
 
-class StalledCredentialSource:
-    """A container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) that accepts
-    connections and answers none of them until released; then it hands out hubgate's upstream
-    keys, valid for an hour."""
-
-    def __init__(self):
-        self.released = threading.Event()
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
-        with conn:
-            if not self.released.wait(30):
-                return
-            conn.settimeout(5)
-            try:
-                conn.recv(65536)
-                expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
-                body = json.dumps({"AccessKeyId": UPSTREAM_KEY, "SecretAccessKey": UPSTREAM_SECRET,
-                                   "Token": "session-token",
-                                   "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: " + str(len(body)).encode()
-                             + b"\r\nConnection: close\r\n\r\n" + body)
-            except OSError:
-                pass
-
-
 def test_a_stalled_credential_source_fails_requests_fast_and_still_delivers(make_fake,
                                                                             make_hubgate):
     """hubgate fetched its own credentials inside the request that needed them, under a lock
@@ -142,12 +100,19 @@ def test_a_stalled_credential_source_fails_requests_fast_and_still_delivers(make
     upstream.timeout_ms said. A request now waits at most upstream.timeout_ms for the fetch
     (502, which SDKs retry), and the fetch goes on: once the endpoint answers, requests are
     signed with what it gave."""
-    source = StalledCredentialSource()
-    env = {k: v for k, v in hubgate_env().items()
-           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://127.0.0.1:{source.port}/creds"
+    released = threading.Event()
+
+    def answer(conn, _n):
+        # accepted, and not answered until released
+        if released.wait(30):
+            conn.settimeout(5)
+            conn.recv(65536)
+            conn.sendall(container_credentials())
+
+    source = CredentialEndpoint(answer)
     fake = make_fake()
-    hg = make_hubgate({"upstream": {"timeout_ms": 500}}, fake=fake, env=env, start=False)
+    hg = make_hubgate({"upstream": {"timeout_ms": 500}}, fake=fake, env=source.env(),
+                      start=False)
     hg.start(ready_path="/healthz")
     note = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
     for _ in range(3):
@@ -159,7 +124,7 @@ def test_a_stalled_credential_source_fails_requests_fast_and_still_delivers(make
         assert elapsed < 2.5, f"a request waited {elapsed:.1f}s for the credential source"
     assert hg.fake.buf_calls() == []
     assert source.connections == 1, "one fetch, shared by every request that waited"
-    source.released.set()
+    released.set()
 
     def signed():
         return hg.buf(note, who="admin").status == 200
