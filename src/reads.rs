@@ -3,9 +3,9 @@
 //! role reads every member account's findings, members and settings: a member key would read
 //! through hubgate what its own credentials cannot. So a member may call `GetFindings` only
 //! with a filter that confines it to the member's own account, and the other forwarded
-//! operations only when `policy.members_may_call` lists them (`config::DEFAULT_MEMBERS_MAY_CALL`
-//! by default). Administrators, and passthrough
-//! (where each caller signs with its own credentials), are not confined here.
+//! operations only when `policy.members_may_call` lists them (by default
+//! `config::DEFAULT_MEMBERS_MAY_CALL`). Administrators are not confined, and neither is
+//! passthrough, where each caller signs with its own credentials.
 
 use serde_json::Value;
 
