@@ -61,7 +61,7 @@ pub struct Pacer {
     /// caller, not per account: in one line per account, an administrator's write waited
     /// behind every request a member principal of the same account had queued. Callers come
     /// from the callers file (or the static identity), so this stays small.
-    lines: std::sync::Mutex<HashMap<(&'static str, Arc<str>), Line>>,
+    lines: std::sync::Mutex<HashMap<&'static str, HashMap<Arc<str>, Line>>>,
 }
 
 /// One account's line for one operation's quota (`Pacer::lines`).
@@ -132,10 +132,12 @@ impl Pacer {
     /// The line `caller`'s requests wait in for `operation`'s quota.
     fn line(&self, operation: &'static str, caller: &str) -> Line {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines
-            .entry((operation, Arc::from(caller)))
-            .or_default()
-            .clone()
+        let callers = lines.entry(operation).or_default();
+        // Found by the borrowed name: the key is allocated once per caller, not per request.
+        if let Some(line) = callers.get(caller) {
+            return line.clone();
+        }
+        callers.entry(Arc::from(caller)).or_default().clone()
     }
 
     /// The Redis coordination this pacer shares through, if configured (for /readyz).

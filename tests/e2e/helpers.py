@@ -421,16 +421,15 @@ def container_credentials(hours: float = 1.0) -> bytes:
             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
 
 
-class CredentialEndpoint:
-    """A container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) on loopback for
-    hubgate's own credentials: `answer(conn, n)` serves the n-th connection (from 1), each in
-    its own thread. `env` is hubgate's environment with it as the only credential source."""
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 for hand-made upstreams: `answer(conn, n)` serves the n-th
+    connection (from 1), each in its own thread; the connection is closed after it."""
 
     def __init__(self, answer):
         self.answer = answer
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.uri = f"http://127.0.0.1:{self.sock.getsockname()[1]}/creds"
+        self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -449,14 +448,23 @@ class CredentialEndpoint:
             except OSError:
                 pass
 
+    def close(self):
+        self.sock.close()
+
+
+class CredentialEndpoint(LoopbackServer):
+    """A container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) for hubgate's own
+    credentials. `env` is hubgate's environment with it as the only credential source."""
+
+    def __init__(self, answer):
+        super().__init__(answer)
+        self.uri = f"http://127.0.0.1:{self.port}/creds"
+
     def env(self) -> dict:
         env = {k: v for k, v in hubgate_env().items()
                if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = self.uri
         return env
-
-    def close(self):
-        self.sock.close()
 
 
 def run_hubgate(*args, timeout: float = 30) -> subprocess.CompletedProcess:

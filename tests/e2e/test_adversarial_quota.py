@@ -27,7 +27,8 @@ import time
 import pytest
 
 from helpers import (ADMIN_ACCOUNT, CALLERS_TOML, MEMBER_ACCOUNT, OTHER_ACCOUNT,
-                     OWN_ACCOUNT_FILTER, Creds, assert_envelope, finding, ident)
+                     OWN_ACCOUNT_FILTER, Creds, LoopbackServer, assert_envelope, finding,
+                     ident)
 
 
 class StallingUpstream:
@@ -45,58 +46,42 @@ class StallingUpstream:
         self.hold = hold
         self.answer = answer
         self.release = threading.Event()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
         self.requests: list[tuple[str, str]] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.server = LoopbackServer(lambda conn, _n: self._one(conn))
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        return f"http://127.0.0.1:{self.server.port}"
 
     def _one(self, conn: socket.socket):
+        # LoopbackServer closes the connection and ignores OSError.
         conn.settimeout(self.hold + 5)
-        try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, rest = data.split(b"\r\n\r\n", 1)
-            lines = head.decode("latin-1").split("\r\n")
-            method, path, _ = lines[0].split(" ", 2)
-            length = 0
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            while len(rest) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                rest += chunk
-            self.requests.append((method, path))
-            conn.sendall(self.answer)
-            self.release.wait(self.hold)
-        except OSError:
-            pass
-        finally:
-            conn.close()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            rest += chunk
+        self.requests.append((method, path))
+        conn.sendall(self.answer)
+        self.release.wait(self.hold)
 
     def stop(self):
         self.release.set()
-        self.sock.close()
+        self.server.close()
 
 
 @pytest.fixture
