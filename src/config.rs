@@ -103,11 +103,24 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Requests being handled at once; past it a request gets 503 OVERLOADED.
     pub max_in_flight: usize,
+    /// Requests one caller may have in flight at once; past it that caller's request gets 503
+    /// OVERLOADED while other callers are served. None: a quarter of max_in_flight.
+    pub max_in_flight_per_caller: Option<usize>,
     /// Threads that run requests. None: one per CPU this process may use (cgroup quota and
     /// affinity included). A sidecar sharing its cores with the application does better with
     /// fewer: idle workers that look for work to steal, and requests moved between cores,
     /// cost CPU that a busy core shared with others does not have to spare.
     pub worker_threads: Option<usize>,
+}
+
+impl ServerConfig {
+    /// One caller's share of the in-flight cap: by default a quarter, so that one caller
+    /// holding its whole share (waiting for quota, or sending its bodies slowly) leaves three
+    /// quarters to everyone else.
+    pub fn caller_share(&self) -> usize {
+        self.max_in_flight_per_caller
+            .unwrap_or((self.max_in_flight / 4).max(1))
+    }
 }
 
 impl Default for ServerConfig {
@@ -126,6 +139,7 @@ impl Default for ServerConfig {
             response_send_timeout_ms: 30_000,
             max_connections: 1024,
             max_in_flight: 256,
+            max_in_flight_per_caller: None,
             worker_threads: None,
         }
     }
@@ -874,6 +888,18 @@ impl Config {
                 ));
             }
         }
+        if let Some(n) = server.max_in_flight_per_caller {
+            if !(1..=server.max_in_flight).contains(&n) {
+                return Err(invalid(
+                    file,
+                    "server.max_in_flight_per_caller",
+                    format!(
+                        "must be between 1 and server.max_in_flight ({}), not {n}",
+                        server.max_in_flight
+                    ),
+                ));
+            }
+        }
         if let Some(n) = server.worker_threads {
             if !(1..=MAX_WORKER_THREADS).contains(&n) {
                 return Err(invalid(
@@ -1282,6 +1308,25 @@ mod tests {
             let text = format!("[server]\n{key} = -1");
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+        assert_eq!(parse("").unwrap().server.caller_share(), 64);
+        assert_eq!(
+            parse("[server]\nmax_in_flight = 3")
+                .unwrap()
+                .server
+                .caller_share(),
+            1
+        );
+        let c = parse("[server]\nmax_in_flight = 8\nmax_in_flight_per_caller = 8").unwrap();
+        assert_eq!(c.server.caller_share(), 8);
+        for bad in ["0", "9"] {
+            let text = format!("[server]\nmax_in_flight = 8\nmax_in_flight_per_caller = {bad}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("server.max_in_flight_per_caller")
+                    && err.contains("between 1 and server.max_in_flight (8)"),
+                "{text}: {err}"
+            );
         }
         assert_eq!(c.server.worker_threads, None);
         let c = parse("[server]\nworker_threads = 1").unwrap();

@@ -66,6 +66,9 @@ pub enum Rejection {
     /// A server cap is reached: retryable, so SDKs back off and try again.
     #[error("hubgate is at its {setting} limit ({limit}); retry later")]
     Overloaded { setting: &'static str, limit: usize },
+    /// One caller holds its whole share of the in-flight cap: retryable, like the cap.
+    #[error(transparent)]
+    CallerBusy(#[from] crate::admission::CallerBusy),
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
     /// A member's forwarded call that could read beyond the member's account.
@@ -236,7 +239,7 @@ impl Rejection {
                 "REQUEST_TIMEOUT",
                 "RequestTimeoutException",
             ),
-            Overloaded { .. } => (
+            Overloaded { .. } | CallerBusy(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "OVERLOADED",
                 "ServiceUnavailableException",

@@ -564,19 +564,41 @@ impl Identity {
         now: SystemTime,
         client_cert: Option<&ClientCert>,
     ) -> Result<Arc<Principal>, AuthError> {
-        match self.mode {
-            IdentityMode::Static => self.static_principal.clone().ok_or(AuthError::Missing),
-            IdentityMode::Mtls => self.by_certificate(client_cert),
-            IdentityMode::Sigv4 => self.verify_sigv4(parts, body, now),
-        }
+        self.claim(parts, now, client_cert)?.verify(parts, body)
     }
 
-    fn verify_sigv4(
-        &self,
-        parts: &http::request::Parts,
-        body: &Payload,
+    /// The caller the request's head names, checked as far as the head allows: everything but
+    /// a SigV4 signature, whose payload hash needs the body. A request is claimed before its
+    /// body is read, so that one without a caller is refused before it can hold anything
+    /// while it sends slowly, and the rest wait within their caller's share.
+    pub fn claim<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
         now: SystemTime,
-    ) -> Result<Arc<Principal>, AuthError> {
+        client_cert: Option<&ClientCert>,
+    ) -> Result<Claim<'a>, AuthError> {
+        let (principal, signature) = match self.mode {
+            IdentityMode::Static => (
+                self.static_principal.clone().ok_or(AuthError::Missing)?,
+                None,
+            ),
+            IdentityMode::Mtls => (self.by_certificate(client_cert)?, None),
+            IdentityMode::Sigv4 => {
+                let (caller, signature) = self.claim_sigv4(parts, now)?;
+                (caller.principal.clone(), signature)
+            }
+        };
+        Ok(Claim {
+            principal,
+            signature,
+        })
+    }
+
+    fn claim_sigv4<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+        now: SystemTime,
+    ) -> Result<(&'a Caller, Option<Unverified<'a>>), AuthError> {
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)
@@ -615,7 +637,7 @@ impl Identity {
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.
             // The caller's keys are real AWS keys, so a session token is theirs to send.
-            return Ok(caller.principal.clone());
+            return Ok((caller, None));
         }
         // hubgate issues long-term keys only. A session token beside one is either a
         // confused client or an attempt to smuggle real AWS credentials through: refuse it,
@@ -637,7 +659,6 @@ impl Identity {
             ));
         }
 
-        // Recompute the signature over exactly the headers the caller says it signed.
         let host = parts
             .headers
             .get(http::header::HOST)
@@ -656,10 +677,10 @@ impl Identity {
                 "the Host header is not a host name with an optional port".into(),
             ));
         }
-        let mut headers: Vec<(&str, String)> = Vec::with_capacity(auth.signed_headers.len());
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(auth.signed_headers.len());
         for name in &auth.signed_headers {
             if *name == "host" {
-                headers.push(("host", host.to_string()));
+                headers.push(("host", host));
                 continue;
             }
             let mut values = parts.headers.get_all(*name).iter().peekable();
@@ -674,27 +695,75 @@ impl Identity {
                 let v = v.to_str().map_err(|_| {
                     AuthError::Malformed(format!("signed header {name} is not visible ASCII"))
                 })?;
-                headers.push((name, v.to_string()));
+                headers.push((name, v));
             }
         }
+        let unverified = Unverified {
+            auth,
+            secret,
+            signed_at,
+            host,
+            headers,
+        };
+        Ok((caller, Some(unverified)))
+    }
+}
+
+/// A caller named by a request's head, not yet proven: see [`Identity::claim`].
+pub struct Claim<'a> {
+    principal: Arc<Principal>,
+    /// The SigV4 signature still to check against the body (sigv4 mode, hubgate's own keys).
+    signature: Option<Unverified<'a>>,
+}
+
+/// What the signature check needs from the head, read and checked once.
+struct Unverified<'a> {
+    auth: Authorization<'a>,
+    secret: &'a Secret,
+    signed_at: SystemTime,
+    host: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+impl Claim<'_> {
+    /// The caller the head names. Not proven in sigv4 mode until [`Claim::verify`]: good for
+    /// bounding what the request may hold meanwhile, never for a decision or a record.
+    pub fn claimed(&self) -> &Arc<Principal> {
+        &self.principal
+    }
+
+    /// The caller, once the signature (if any) matches the exact body bytes.
+    pub fn verify(
+        self,
+        parts: &http::request::Parts,
+        body: &Payload,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let Some(u) = self.signature else {
+            return Ok(self.principal);
+        };
         let path_and_query = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = format!("http://{host}{path_and_query}");
+        let uri = format!("http://{}{path_and_query}", u.host);
 
-        let credentials =
-            Credentials::new(auth.access_key_id, &secret.0, None, None, "hubgate-callers");
+        let credentials = Credentials::new(
+            u.auth.access_key_id,
+            &u.secret.0,
+            None,
+            None,
+            "hubgate-callers",
+        );
         let identity = credentials.into();
         let mut settings = SigningSettings::default();
         // The caller decides what it signed; hubgate must not drop any of it.
         settings.excluded_headers = None;
         let params = v4::SigningParams::builder()
             .identity(&identity)
-            .region(auth.region)
-            .name(auth.service)
-            .time(signed_at)
+            .region(u.auth.region)
+            .name(u.auth.service)
+            .time(u.signed_at)
             .settings(settings)
             .build()
             .map_err(|e| AuthError::Malformed(e.to_string()))?
@@ -702,17 +771,21 @@ impl Identity {
         let signable = SignableRequest::new(
             parts.method.as_str(),
             uri,
-            headers.iter().map(|(k, v)| (*k, v.as_str())),
+            u.headers.iter().copied(),
             SignableBody::Precomputed(body.sha256_hex().to_owned()),
         )
         .map_err(|e| AuthError::Malformed(e.to_string()))?;
         let (_, expected) = sign(signable, &params)
             .map_err(|e| AuthError::Malformed(e.to_string()))?
             .into_parts();
-        if expected.as_bytes().ct_eq(auth.signature.as_bytes()).into() {
-            Ok(caller.principal.clone())
+        if expected
+            .as_bytes()
+            .ct_eq(u.auth.signature.as_bytes())
+            .into()
+        {
+            Ok(self.principal)
         } else {
-            Err(AuthError::BadSignature(auth.access_key_id.to_string()))
+            Err(AuthError::BadSignature(u.auth.access_key_id.to_string()))
         }
     }
 }

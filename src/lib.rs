@@ -12,6 +12,7 @@
 //! stages, then envelope / proxy, then server / cli.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod audit;
 pub mod cli;
 pub mod config;

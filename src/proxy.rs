@@ -1,5 +1,6 @@
-//! The request's path, stage by stage: route, read, content type, authenticate, validate,
-//! decide (policy, with enrichment), forward, respond, and one audit record for every request.
+//! The request's path, stage by stage: route, admit (the caller the head names, and its share),
+//! read, content type, authenticate, validate, decide (policy, with enrichment), forward,
+//! respond, and one audit record for every request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,18 +15,19 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
+use crate::admission::{Share, Shares};
 use crate::audit::{
     group_violations, AuditLog, Partial, ProductFindings, Record, RecordError, RecordMetrics,
     RecordPrincipal, Slot, Verdict,
 };
-use crate::config::{Config, PartialDeny, PolicyMode, UpstreamAuth};
+use crate::config::{Config, IdentityMode, PartialDeny, PolicyMode, UpstreamAuth};
 use crate::decide::{
     judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
 use crate::enrich::{Enricher, InFlight, Sent, Unapplied, WriteId};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
-use crate::identity::{ClientCert, Identity, Principal};
+use crate::identity::{Claim, ClientCert, Identity, Principal};
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
 use crate::policy::input::{Enrichment, RequestFacts, Update};
@@ -62,6 +64,8 @@ pub struct Stages {
     /// server.max_in_flight permits; a request holds one until it is answered, and a forwarded
     /// one until Security Hub's response body has been sent on.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Each caller's share of server.max_in_flight (server.max_in_flight_per_caller).
+    pub shares: Arc<Shares>,
 }
 
 /// What the audit record says about one request, filled in as it moves along the path.
@@ -177,6 +181,7 @@ pub async fn handle(
         received: &received,
         client_cert: client_cert.as_deref(),
         trail: Trail::default(),
+        share: None,
     };
     let result = match permit {
         // Boxed where it is made: the request's future is large, and each move of it into a
@@ -191,7 +196,7 @@ pub async fn handle(
             limit: gate.config.server.max_in_flight,
         }),
     };
-    let trail = ctx.trail;
+    let (trail, share) = (ctx.trail, ctx.share);
     // A forwarded answer's body streams from Security Hub: the request is in flight, holding
     // an upstream connection, until that body has been sent. hubgate's own envelope is whole
     // in memory once made, and its request is done then: a client that never reads it (an
@@ -200,7 +205,7 @@ pub async fn handle(
     let streams = result.is_ok();
     let response = respond(&gate, &received, trail, result).await;
     match permit {
-        Ok(permit) if streams => response.map(|body| Held::new(body, permit).boxed()),
+        Ok(permit) if streams => response.map(|body| Held::new(body, (permit, share)).boxed()),
         Ok(_) | Err(_) => response,
     }
 }
@@ -354,15 +359,20 @@ struct Ctx<'a> {
     received: &'a Received,
     client_cert: Option<&'a ClientCert>,
     trail: Trail,
+    /// The request's place in its caller's share of the in-flight cap, once admitted.
+    share: Option<Share>,
 }
 
 /// The request's path, one phase per stage of DESIGN.md. Each phase returns what the next
 /// needs; what the record needs goes into `ctx.trail`.
 async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rejection> {
     let (spec, routing) = route(ctx, &req)?;
-    let (parts, body) = read(ctx, req, routing).await?;
-    let body = Payload::new(body);
-    let principal = authenticate(ctx, &parts, &body)?;
+    let (parts, body) = req.into_parts();
+    declared_length(ctx, &parts)?;
+    let identity = ctx.gate.identity.load_full();
+    let claim = admit(ctx, &identity, &parts)?;
+    let body = Payload::new(read(ctx, &parts, body, routing).await?);
+    let principal = authenticate(ctx, claim, &parts, &body)?;
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
@@ -473,24 +483,50 @@ fn route(
     Ok((spec, routing))
 }
 
-/// Read: the whole body, up to server.max_body_bytes and within server.body_read_timeout_ms,
-/// and the content type of a body hubgate will read.
-async fn read(
-    ctx: &Ctx<'_>,
-    req: Request<Incoming>,
-    routing: Routing,
-) -> Result<(http::request::Parts, Bytes), Rejection> {
-    let server = &ctx.gate.config.server;
-    let limit = server.max_body_bytes;
-    let (parts, body) = req.into_parts();
+/// A body declared larger than server.max_body_bytes is refused before anything else is
+/// read of it.
+fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<(), Rejection> {
+    let limit = ctx.gate.config.server.max_body_bytes;
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Rejection::PayloadTooLarge { limit });
+    match declared {
+        Some(n) if n > limit => Err(Rejection::PayloadTooLarge { limit }),
+        _ => Ok(()),
     }
+}
+
+/// Admit: the caller the head names (everything of authentication but a signature over the
+/// body), and a place in that caller's share of the in-flight cap, both before the body is
+/// read. A request that names no caller is refused at once, so a client without keys cannot
+/// hold in-flight slots by sending its bodies slowly; one that does waits within its caller's
+/// share. The share is kept in `ctx` for as long as the request holds its slot.
+fn admit<'a>(
+    ctx: &mut Ctx<'_>,
+    identity: &'a Identity,
+    parts: &'a http::request::Parts,
+) -> Result<Claim<'a>, Rejection> {
+    let claim = identity.claim(parts, SystemTime::now(), ctx.client_cert)?;
+    // In static mode every request is the one configured caller: a share would only be a
+    // smaller max_in_flight.
+    if ctx.gate.config.identity.mode != IdentityMode::Static {
+        ctx.share = Some(ctx.gate.shares.take(claim.claimed())?);
+    }
+    Ok(claim)
+}
+
+/// Read: the whole body, up to server.max_body_bytes and within server.body_read_timeout_ms,
+/// and the content type of a body hubgate will read.
+async fn read(
+    ctx: &Ctx<'_>,
+    parts: &http::request::Parts,
+    body: Incoming,
+    routing: Routing,
+) -> Result<Bytes, Rejection> {
+    let server = &ctx.gate.config.server;
+    let limit = server.max_body_bytes;
     // The whole body must arrive in time: a client cannot hold a request (and its in-flight
     // permit) open by sending slowly.
     let body_ms = server.body_read_timeout_ms;
@@ -517,7 +553,7 @@ async fn read(
         validate::check_content_type(parts.headers.get(http::header::CONTENT_TYPE))
             .map_err(Rejection::UnsupportedMediaType)?;
     }
-    Ok((parts, body))
+    Ok(body)
 }
 
 /// The body ended before its declared length because the connection closed: the client left.
@@ -549,22 +585,19 @@ fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
 #[error("the client went away before its request was read")]
 pub struct ClientGone;
 
-/// Authenticate: the caller, by the configured identity mode.
+/// Authenticate: the claimed caller, proven by its signature over the exact body (sigv4
+/// mode) or already by the head (mtls, static).
 fn authenticate(
     ctx: &mut Ctx<'_>,
+    claim: Claim<'_>,
     parts: &http::request::Parts,
     body: &Payload,
 ) -> Result<Arc<Principal>, Rejection> {
-    let principal =
-        ctx.gate
-            .identity
-            .load()
-            .authenticate(parts, body, SystemTime::now(), ctx.client_cert)?;
+    let principal = claim.verify(parts, body)?;
     ctx.trail.principal = Some(principal.clone());
     Ok(principal)
 }
 
-/// Validate what the judge does not see: the request line of an operation under policy.
 fn validate(spec: &OperationSpec, parts: &http::request::Parts) -> Result<Judged, Rejection> {
     if parts.uri.query().is_some() {
         // The operation has no query members; hubgate does not forward what it did not check.

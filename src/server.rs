@@ -364,6 +364,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             audit,
             metrics,
             in_flight: Arc::new(Semaphore::new(config_server.max_in_flight)),
+            shares: crate::admission::Shares::new(config_server.caller_share()),
         }),
         tls,
         last_reload_error: std::sync::Mutex::new(None),

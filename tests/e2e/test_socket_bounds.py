@@ -25,6 +25,7 @@ from botocore.credentials import Credentials
 from helpers import (
     ADMIN,
     ADMIN_ACCOUNT,
+    MEMBER,
     REGION,
     Creds,
     assert_envelope,
@@ -42,6 +43,8 @@ SOCKET_LIMITS = {
     "body_read_timeout_ms": BODY_MS,
     "idle_timeout_ms": IDLE_MS,
     "max_in_flight": MAX_IN_FLIGHT,
+    # One caller (the administrator) may fill the whole cap in these tests.
+    "max_in_flight_per_caller": MAX_IN_FLIGHT,
 }
 BUF = "/findings/batchupdate"
 NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
@@ -507,6 +510,84 @@ def describe_findings(hg) -> Reply:
     return reply
 
 
+def stalled(hg, headers: list[tuple[str, str]], body: bytes) -> socket.socket:
+    """A request whose head is sent whole and its body only in part: it waits for the rest."""
+    s = connect(hg.port)
+    s.sendall(head_bytes("PATCH", BUF, headers + [("Content-Length", str(len(body)))])
+              + body[:10])
+    return s
+
+
+def test_a_client_without_keys_cannot_hold_in_flight_slots_by_sending_slowly(make_fake,
+                                                                             make_hubgate):
+    """A request whose head names no caller is refused before its body is read: a client
+    with no keys that sends max_in_flight heads and dribbles their bodies holds no slot, and
+    callers are served meanwhile. (Before, each such request held its slot for the whole of
+    body_read_timeout_ms, and every caller got 503 OVERLOADED.)"""
+    limit, body_ms = 2, 4000
+    hg = make_hubgate({"server": {**SOCKET_LIMITS, "max_in_flight": limit,
+                                  "body_read_timeout_ms": body_ms}}, fake=make_fake())
+    body = json.dumps(NOTE).encode()
+    unknown = Creds("HGTESTNOBODY00000001", "not-a-caller")
+    cases = [
+        [("Host", hg.host), ("Content-Type", "application/json")],   # no Authorization
+        signed_headers(hg, body, creds=unknown),                      # a key no caller has
+    ]
+    started = time.monotonic()
+    attackers, replies = [], []
+    for headers in cases:
+        s = stalled(hg, headers, body)
+        attackers.append(s)
+        replies.append(read_reply(s, timeout=WAIT))
+    assert time.monotonic() - started < body_ms / 1000, "refused only after the body timeout"
+    for reply in replies:
+        assert_envelope(reply, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    reply = describe_findings(hg)
+    assert reply.status == 200, reply.text
+    for s in attackers:
+        s.close()
+    recs = [r for r in hg.audit_records() if r["status"] == 401]
+    assert len(recs) == 2 and all(r["forwarded"] is False for r in recs), recs
+    assert hg.fake.buf_calls() == []
+
+
+def test_a_caller_holding_its_share_of_in_flight_leaves_the_others_theirs(make_fake,
+                                                                          make_hubgate):
+    """One caller may hold at most server.max_in_flight_per_caller requests at once: a member
+    that keeps its share busy (bodies sent slowly) gets 503 OVERLOADED for one more, at once,
+    while the administrator is served; the share comes back when the member's requests end."""
+    limit, share, body_ms = 4, 2, 3000
+    hg = make_hubgate({"server": {**SOCKET_LIMITS, "max_in_flight": limit,
+                                  "max_in_flight_per_caller": share,
+                                  "body_read_timeout_ms": body_ms}}, fake=make_fake())
+    body = json.dumps(NOTE).encode()
+    held = [stalled(hg, signed_headers(hg, body, creds=MEMBER), body) for _ in range(share)]
+    wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == share, 3,
+               "the member's slow requests to be in flight")
+    started = time.monotonic()
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF, signed_headers(
+        hg, body, creds=MEMBER) + [("Content-Length", str(len(body)))]) + body)
+    s.close()
+    assert time.monotonic() - started < 1.0
+    err = assert_envelope(reply, 503, "OVERLOADED", "ServiceUnavailableException")
+    assert "server.max_in_flight_per_caller" in err["error"]["message"], err
+    assert "caller member already has 2 requests in flight" in err["error"]["message"], err
+    rec = hg.audit_for(reply.headers["x-amzn-requestid"])
+    assert rec["status"] == 503 and rec["forwarded"] is False, rec
+    # The administrator has a share of its own.
+    reply = describe_findings(hg)
+    assert reply.status == 200, reply.text
+    # The member's slow requests end (408 at the body timeout), and its share comes back.
+    for s in held:
+        assert read_reply(s, timeout=body_ms / 1000 + WAIT).status == 408
+        s.close()
+    wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 0, 3, "the slots back")
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF, signed_headers(
+        hg, body, creds=MEMBER) + [("Content-Length", str(len(body)))]) + body)
+    s.close()
+    assert reply.status != 503, reply.text
+
+
 def test_a_client_that_never_reads_hubgates_envelopes_holds_no_in_flight_slot(make_fake,
                                                                             make_hubgate):
     """An unauthenticated h2c client with SETTINGS_INITIAL_WINDOW_SIZE = 0 sends max_in_flight
@@ -545,6 +626,7 @@ def test_a_client_that_never_reads_forwarded_answers_holds_slots_until_the_send_
     connection; then the slots are free again."""
     limit, send_ms = 8, 2000
     hg = make_hubgate({"server": {**SOCKET_LIMITS, "max_in_flight": limit,
+                                  "max_in_flight_per_caller": limit,
                                   "idle_timeout_ms": 10000,
                                   "response_send_timeout_ms": send_ms}}, fake=make_fake())
     body = json.dumps({"Filters": {}}).encode()
