@@ -2008,6 +2008,7 @@ async fn fetch_and_deliver(
         match fetch_chunk(&inner, &chunk, &progress).await {
             Err(e) if e.is_throttle() => {
                 progress.throttled.store(true, Ordering::Relaxed);
+                inner.pacer.throttled("GetFindings");
                 inner
                     .metrics
                     .throttled

@@ -1,7 +1,7 @@
 //! Metrics: Prometheus counters and histograms of requests, decisions, policy and upstream
 //! latency, enrichment, the audit queue and policy reloads, served on the admin listener.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
@@ -117,6 +117,9 @@ pub struct Metrics {
     /// Requests answered 429 because hubgate's own pacing had no room for them within
     /// `quota.max_wait_ms`, by the operation whose quota ran out.
     pub quota_exhausted: Family<OperationLabels, Counter>,
+    /// The share of its full rate an operation is paced at, for the operations Security Hub
+    /// has throttled since start (1 once recovered).
+    pub quota_pace: Family<OperationLabels, Gauge<f64, AtomicU64>>,
     /// Decisions voided because the findings they read changed before the forward, by what
     /// followed: `replayed`, `reread` or `refused`.
     pub decisions_voided: Family<KindLabels, Counter>,
@@ -205,6 +208,7 @@ impl Metrics {
             runtime_workers: Gauge::default(),
             quota_wait_seconds: latency(),
             quota_exhausted: Family::default(),
+            quota_pace: Family::default(),
             decisions_voided: Family::default(),
             enrich: Default::default(),
             coordination: Default::default(),
@@ -344,6 +348,13 @@ impl Metrics {
             "Requests answered 429 because hubgate's own pacing had no room within \
              quota.max_wait_ms, by operation",
             m.quota_exhausted.clone(),
+        );
+        registry.register(
+            "quota_pace",
+            "The share of its quota rate hubgate paces an operation at, after Security Hub \
+             throttled it (halved per throttle, recovering by 0.05 a second); only operations \
+             throttled since start",
+            m.quota_pace.clone(),
         );
         registry.register(
             "decisions_voided",

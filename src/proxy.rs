@@ -1046,6 +1046,12 @@ async fn send(
     };
     if crate::upstream::is_throttle(response.status(), response.headers()) {
         trail.throttled = true;
+        // hubgate's own account is throttled only where hubgate signs: in passthrough the
+        // call spent the caller's account's quota, and one caller whose account is busy
+        // elsewhere must not slow everyone's pace.
+        if gate.config.upstream.auth == UpstreamAuth::Resign {
+            gate.pacer.throttled(operation);
+        }
         gate.metrics
             .enrich
             .throttled

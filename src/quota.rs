@@ -2,7 +2,9 @@
 //! account's documented quotas times this replica's share, so that hubgate never causes a
 //! throttle and callers wait for quota instead of failing. With `[coordination]` the buckets
 //! live in Redis and are shared by every replica (`coordination::pacing`); while Redis is out
-//! of reach each replica paces locally at its fallback share.
+//! of reach each replica paces locally at its fallback share. When Security Hub throttles a
+//! call paced within the quota anyway, another client of the account is spending part of it:
+//! the operation's pace is halved, then recovers gradually (`Slowdown`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -47,6 +49,36 @@ impl Bucket {
     }
 }
 
+/// A throttle halves the operation's pace (`SLOWDOWN`), down to `MIN_PACE` of it, and the pace
+/// recovers by `RECOVERY_PER_SEC` of the full rate each second without one: additive increase
+/// and multiplicative decrease, which settles just under what the other clients leave. The
+/// recovery is slow next to the halving, so a pace that finds the room again overshoots it
+/// for a few calls, not for seconds.
+const SLOWDOWN: f64 = 0.5;
+const MIN_PACE: f64 = 0.1;
+const RECOVERY_PER_SEC: f64 = 0.05;
+/// Throttles within this time of a halving answer calls sent before it (concurrent calls of
+/// one burst are throttled together): they halve nothing more.
+const SLOWDOWN_GAP: Duration = Duration::from_secs(1);
+
+/// One operation's slowed pace after a throttle: calls are spaced at `rate × pace` on top of
+/// the token bucket, which stays at the full rate (governor's buckets have a fixed rate).
+#[derive(Debug, Clone, Copy)]
+struct Slowdown {
+    /// The share of the full rate at `since`, the last halving.
+    pace: f64,
+    since: Instant,
+    /// When the next call may go at the slowed pace.
+    next: Instant,
+}
+
+impl Slowdown {
+    fn pace_at(&self, now: Instant) -> f64 {
+        let recovered = RECOVERY_PER_SEC * now.saturating_duration_since(self.since).as_secs_f64();
+        (self.pace + recovered).min(1.0)
+    }
+}
+
 /// One token bucket per upstream operation hubgate calls.
 pub struct Pacer {
     buckets: HashMap<&'static str, Bucket>,
@@ -62,6 +94,9 @@ pub struct Pacer {
     /// behind every request a member principal of the same account had queued. Callers come
     /// from the callers file (or the static identity), so this stays small.
     lines: std::sync::Mutex<HashMap<&'static str, HashMap<Arc<str>, Line>>>,
+    /// The operations Security Hub throttled recently, and their slowed pace. Local to this
+    /// replica, with or without Redis: each replica slows for the throttles it sees.
+    slowdowns: std::sync::Mutex<HashMap<&'static str, Slowdown>>,
 }
 
 /// One account's line for one operation's quota (`Pacer::lines`).
@@ -126,6 +161,7 @@ impl Pacer {
             max_wait: Duration::from_millis(config.max_wait_ms),
             shared,
             lines: Default::default(),
+            slowdowns: Default::default(),
         }
     }
 
@@ -150,8 +186,85 @@ impl Pacer {
         start + self.max_wait
     }
 
-    /// The calls per second hubgate paces `operation` to.
+    /// The calls per second hubgate paces `operation` to, slowed after a throttle.
     pub fn rate(&self, operation: &str) -> f64 {
+        self.full_rate(operation) * self.pace(operation, Instant::now())
+    }
+
+    /// The share of the full rate `operation` is paced at now: 1 unless it was throttled.
+    pub fn pace(&self, operation: &str, now: Instant) -> f64 {
+        let slowdowns = self.slowdowns.lock().unwrap_or_else(|e| e.into_inner());
+        slowdowns.get(operation).map_or(1.0, |s| s.pace_at(now))
+    }
+
+    /// The operations throttled since start, and their pace now (for /metrics).
+    pub fn slowed(&self) -> Vec<(&'static str, f64)> {
+        let now = Instant::now();
+        let slowdowns = self.slowdowns.lock().unwrap_or_else(|e| e.into_inner());
+        slowdowns
+            .iter()
+            .map(|(op, s)| (*op, s.pace_at(now)))
+            .collect()
+    }
+
+    /// Security Hub throttled a call of `operation` that this pacer let through: slow down.
+    pub fn throttled(&self, operation: &'static str) {
+        let now = Instant::now();
+        let mut slowdowns = self.slowdowns.lock().unwrap_or_else(|e| e.into_inner());
+        let slowed = slowdowns.entry(operation).or_insert(Slowdown {
+            pace: 1.0,
+            since: now.checked_sub(SLOWDOWN_GAP).unwrap_or(now),
+            next: now,
+        });
+        let full = self.full_rate(operation);
+        // The account's bucket is empty now: the next call waits one slowed interval, or a
+        // retry right after the throttle would meet it still empty.
+        let after = |pace: f64| now + Duration::from_secs_f64(1.0 / (full * pace).max(1e-6));
+        if now.saturating_duration_since(slowed.since) < SLOWDOWN_GAP && slowed.pace < 1.0 {
+            slowed.next = slowed.next.max(after(slowed.pace_at(now)));
+            return;
+        }
+        let pace = (slowed.pace_at(now) * SLOWDOWN).max(MIN_PACE);
+        tracing::info!(
+            operation,
+            pace,
+            "Security Hub throttled a call paced within its quota; slowing this operation down"
+        );
+        *slowed = Slowdown {
+            pace,
+            since: now,
+            next: slowed.next.max(after(pace)),
+        };
+    }
+
+    /// When a call of `operation` may go at its slowed pace (None: it is not slowed, or has
+    /// recovered), reserving that moment; Err when that is after `deadline`, reserving nothing.
+    fn slowed_slot(
+        &self,
+        operation: &'static str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Instant>, ()> {
+        let full = self.full_rate(operation);
+        let now = Instant::now();
+        let mut slowdowns = self.slowdowns.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slowed) = slowdowns.get_mut(operation) else {
+            return Ok(None);
+        };
+        let pace = slowed.pace_at(now);
+        // A recovered operation keeps its entry (at most one per operation), for /metrics.
+        if pace >= 1.0 {
+            return Ok(None);
+        }
+        let at = slowed.next.max(now);
+        if deadline.is_some_and(|d| at > d) {
+            return Err(());
+        }
+        slowed.next = at + Duration::from_secs_f64(1.0 / (full * pace).max(1e-6));
+        Ok(Some(at))
+    }
+
+    /// The calls per second `operation`'s quota allows this replica.
+    fn full_rate(&self, operation: &str) -> f64 {
         match &self.shared {
             Some(s) if s.coord.healthy() => {
                 let (interval, _) = *s.cells.get(operation).unwrap_or(&s.default_cell);
@@ -220,6 +333,17 @@ impl Pacer {
                 waited_ms: started.elapsed().as_millis() as u64,
             });
         };
+        match self.slowed_slot(operation, Some(deadline)) {
+            Ok(Some(at)) => tokio::time::sleep_until(at.into()).await,
+            Ok(None) => {}
+            Err(()) => {
+                return Err(QuotaExhausted {
+                    operation,
+                    rate: self.rate(operation),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                })
+            }
+        }
         if let Some(done) = self.acquire_in_redis(operation, Some(deadline)).await {
             return done.map(|()| started.elapsed());
         }
@@ -241,6 +365,9 @@ impl Pacer {
     /// Waits for quota with no deadline: for work shared by many requests, each of which
     /// stops waiting at its own deadline.
     pub async fn acquire_shared(&self, operation: &'static str) {
+        if let Ok(Some(at)) = self.slowed_slot(operation, None) {
+            tokio::time::sleep_until(at.into()).await;
+        }
         if let Some(Ok(())) = self.acquire_in_redis(operation, None).await {
             return;
         }
@@ -348,6 +475,88 @@ mod tests {
         // 14 or more of a's before b is a chance of 1 in 16,000. With a place per request,
         // b held one of 41 and waited for most of a's.
         assert!(before_b < 14, "{before_b} of a's requests went before b's");
+    }
+
+    #[tokio::test]
+    async fn a_throttle_halves_the_pace_once_per_burst_and_it_recovers() {
+        // a bucket of 100/s with room for 50 calls at once: only the slowdown spaces them
+        let p = pacer(100.0, 51, 1.0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert_eq!(p.pace("GetFindings", Instant::now()), 1.0);
+        p.throttled("GetFindings");
+        // throttles of the same burst halve nothing more
+        p.throttled("GetFindings");
+        p.throttled("GetFindings");
+        let now = Instant::now();
+        assert!((p.pace("GetFindings", now) - 0.5).abs() < 0.01);
+        assert!((p.rate("GetFindings") - 50.0).abs() < 1.0);
+        // at half of 100/s, 6 calls take 5 intervals of 20 ms
+        let t = Instant::now();
+        for _ in 0..6 {
+            p.acquire("GetFindings", deadline, "1").await.unwrap();
+        }
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(95), "{took:?}");
+        // another operation is not slowed
+        let t = Instant::now();
+        for _ in 0..6 {
+            p.acquire("BatchUpdateFindings", deadline, "1")
+                .await
+                .unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
+        // recovery: 0.05 of the full rate a second, whole after 10 s
+        let later = now + Duration::from_secs(4);
+        assert!((p.pace("GetFindings", later) - 0.7).abs() < 0.01);
+        assert_eq!(p.pace("GetFindings", now + Duration::from_secs(11)), 1.0);
+        assert_eq!(p.slowed().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_throttle_after_the_gap_halves_again_down_to_the_floor() {
+        let p = pacer(3.0, 6, 1.0);
+        p.throttled("GetFindings");
+        {
+            // as if the halving were more than the gap ago
+            let mut slowdowns = p.slowdowns.lock().unwrap();
+            let s = slowdowns.get_mut("GetFindings").unwrap();
+            s.since -= SLOWDOWN_GAP;
+        }
+        p.throttled("GetFindings");
+        let pace = p.pace("GetFindings", Instant::now());
+        // 0.5 recovered by a second's 0.05, then halved
+        assert!((pace - 0.275).abs() < 0.01, "{pace}");
+        for _ in 0..20 {
+            let mut slowdowns = p.slowdowns.lock().unwrap();
+            slowdowns.get_mut("GetFindings").unwrap().since -= SLOWDOWN_GAP;
+            drop(slowdowns);
+            p.throttled("GetFindings");
+        }
+        let pace = p.pace("GetFindings", Instant::now());
+        assert!((MIN_PACE..MIN_PACE + 0.06).contains(&pace), "{pace}");
+    }
+
+    #[tokio::test]
+    async fn after_a_throttle_the_next_call_waits_a_slowed_interval_or_is_refused() {
+        // slowed to 5/s: the next call is due 200 ms after the throttle, then every 200 ms
+        let p = pacer(10.0, 3, 1.0);
+        let throttled_at = Instant::now();
+        p.throttled("GetFindings");
+        let t = Instant::now();
+        let err = p
+            .acquire("GetFindings", t + Duration::from_millis(50), "1")
+            .await
+            .unwrap_err();
+        assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
+        assert!(err.rate < 5.1, "{err}");
+        // nothing was reserved: the call that waits gets the slot 200 ms after the throttle
+        let deadline = Instant::now() + Duration::from_secs(2);
+        p.acquire("GetFindings", deadline, "1").await.unwrap();
+        let first = throttled_at.elapsed();
+        assert!(first >= Duration::from_millis(195), "{first:?}");
+        assert!(first < Duration::from_millis(350), "{first:?}");
+        p.acquire("GetFindings", deadline, "1").await.unwrap();
+        assert!(throttled_at.elapsed() >= Duration::from_millis(395));
     }
 
     #[test]

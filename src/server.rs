@@ -798,6 +798,15 @@ async fn admin(gate: &Gate, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .metrics
                 .audit_queue_depth
                 .set(gate.stages.audit.queue_depth() as i64);
+            for (operation, pace) in gate.stages.pacer.slowed() {
+                gate.stages
+                    .metrics
+                    .quota_pace
+                    .get_or_create(&crate::metrics::OperationLabels {
+                        operation: operation.into(),
+                    })
+                    .set(pace);
+            }
             let free = gate.stages.in_flight.available_permits();
             gate.stages
                 .metrics

@@ -409,13 +409,16 @@ def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_
     the first 200 characters and the length, and the record keeps 2048 characters of a path."""
     import datetime as dt
 
-    from helpers import raw_request
+    from helpers import MEMBER, raw_request, sign
     fake = make_fake()
     big = "a" * 30000
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     cases = [
         ("GET", "/" + "a" * 60000, {}, "60001 bytes in all"),
-        ("PATCH", "/findings/batchupdate", {"Content-Type": big}, "30000 bytes in all"),
+        # signed by a caller: a request that names none is refused before its content type
+        ("PATCH", "/findings/batchupdate", lambda hg: sign(
+            MEMBER, "PATCH", f"127.0.0.1:{hg.port}", "/findings/batchupdate", b"{}",
+            {"Content-Type": big}), "30000 bytes in all"),
         ("PATCH", "/findings/batchupdate",
          {"Content-Type": "application/json", "Content-Encoding": big}, "30000 bytes in all"),
         ("PATCH", "/findings/batchupdate",
@@ -432,6 +435,8 @@ def test_a_client_without_keys_cannot_make_records_larger_than_its_request(make_
     for fmt in ("hubgate", "ocsf"):
         hg = make_hubgate({"audit": {"format": fmt}}, fake=fake)
         for method, target, headers, says in cases:
+            if callable(headers):
+                headers = headers(hg)
             resp = raw_request(hg.port, method, target, b"{}", headers)
             assert 400 <= resp.status < 500, resp.status
             what = f"{fmt}, {method} {target[:30]} {list(headers)}"

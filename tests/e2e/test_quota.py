@@ -224,6 +224,43 @@ def test_pacing_keeps_four_concurrent_callers_under_the_get_findings_quota(pair,
     assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in ids)
 
 
+def pace_of(hg, operation: str) -> float | None:
+    """hubgate_quota_pace{operation} from /metrics (None: never throttled)."""
+    for family in text_string_to_metric_families(hg.admin("/metrics").text):
+        for s in family.samples:
+            if s.name == "hubgate_quota_pace" and s.labels.get("operation") == operation:
+                return s.value
+    return None
+
+
+def test_pacing_slows_down_when_another_client_spends_part_of_the_quota(pair, quota_fake):
+    """Another client of the account spends two thirds of the GetFindings quota: the fake
+    leaves hubgate 1 call/s (burst 2) of the 3/s it paces to. hubgate halves its pace at the
+    first throttle, and again while throttles keep coming, so most of its lookups go through
+    the first time, and a retry waits a slowed interval instead of meeting the empty bucket
+    again; paced at the full 3/s, two calls in three were throttled. Every update still
+    succeeds."""
+    quota_fake.quota_on(GetFindings=(1.0, 2), BatchUpdateFindings=(50.0, 50))
+    hg = pair({"quota": {"max_wait_ms": 10000},
+               "quota.limits": {"GetFindings": {"rate": 3.0, "burst": 6}}})
+    ids = [f"s-{i:03d}" for i in range(200)]
+    quota_fake.add_findings([finding(i, MEMBER_ACCOUNT, "HIGH") for i in ids])
+    assert pace_of(hg, "GetFindings") is None
+    client = retrying_client(hg)
+    for k in range(10):
+        resp = client.batch_update_findings(**note(*ids[k * 20:(k + 1) * 20]))
+        assert len(resp["ProcessedFindings"]) == 20, resp
+    gf = quota_fake.op_stats("GetFindings")
+    # Measured: 14 calls, 4 throttled (two of them in the first second, before the first
+    # halving has taken effect); paced at the full rate, 30 calls and 20 throttled.
+    assert 10 <= gf["calls"] <= 18, f"lookups retried too often: {gf}"
+    assert gf["throttled"] <= 0.4 * gf["calls"], f"throttled too often: {gf}"
+    pace = pace_of(hg, "GetFindings")
+    assert pace is not None and pace < 1.0, pace
+    # BatchUpdateFindings was never throttled, so it is paced at its full rate.
+    assert pace_of(hg, "BatchUpdateFindings") is None
+
+
 SECOND_MEMBER = Creds("HGTESTMEMBER00000002", "second-member-secret")
 TWO_MEMBERS = CALLERS_TOML + f"""
 [[caller]]
