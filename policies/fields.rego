@@ -5,8 +5,11 @@
 # forbid a field, StringEquals for values), but only for BatchUpdateFindings spelled one way:
 # hubgate's input.update.fields lists what the request sets whatever the operation (V2's StatusId
 # is Workflow.Status, SeverityId is Severity.Label), so one list covers all. A listed parent
-# ("Severity", "Workflow", "Note") forbids its members, and Severity.Label and Severity.Normalized
-# forbid each other (two spellings of one change).
+# ("Severity", "FindingProviderFields", any path) forbids every field under it; a listed member
+# ("Compliance.Status") is forbidden too when the request sets its parent whole (an import's
+# fields name most members whole: "Compliance", not "Compliance.Status"); and two spellings of one
+# change forbid each other (Severity.Label and Severity.Normalized, Workflow.Status and the
+# deprecated WorkflowState).
 #
 # Settings (policies/data.json, "hubgate_settings"; both optional):
 #   "member_forbidden_fields":   ASFF paths members may not set, e.g. ["Types", "RelatedFindings",
@@ -21,8 +24,9 @@
 # and V2 (StatusId 0 UNKNOWN, 5 ARCHIVED, 99 OTHER are refused by the shipped list); an import's
 # Workflow.Status is imports.rego's. Workflow.Status set without a status to judge: refused.
 #
-# Cost: one membership test per forbidden field (none shipped) and one for Workflow.Status, for
-# members; sprintf only for violations.
+# Cost: per forbidden field (none shipped), one membership test and two startswith calls per
+# field of the request; one membership test for Workflow.Status, for members; sprintf only for
+# violations.
 package hubgate
 
 member_forbidden_fields := data.hubgate_settings.member_forbidden_fields
@@ -33,14 +37,16 @@ member_workflow_statuses := data.hubgate_settings.member_workflow_statuses
 
 member_workflow_statuses := ["NEW", "NOTIFIED", "RESOLVED"] if not data.hubgate_settings.member_workflow_statuses
 
-# The forbidden fields with their members and other spellings (built once per evaluation; empty
-# with the shipped settings).
+# The forbidden fields with their other spellings (built once per evaluation; empty with the
+# shipped settings). Members of a forbidden parent are matched by path below, not listed here:
+# a table of parents missed FindingProviderFields, so forbidding it let an import set
+# FindingProviderFields.Severity.
 field_aliases := {
-	"Severity": ["Severity.Label", "Severity.Normalized", "Severity.Product", "Severity.Original"],
 	"Severity.Label": ["Severity.Normalized"],
 	"Severity.Normalized": ["Severity.Label"],
-	"Workflow": ["Workflow.Status"],
-	"Note": ["Note.Text", "Note.UpdatedBy", "Note.UpdatedAt"],
+	"Workflow": ["WorkflowState"],
+	"Workflow.Status": ["WorkflowState"],
+	"WorkflowState": ["Workflow.Status"],
 }
 
 member_forbidden contains field if some field in member_forbidden_fields
@@ -55,6 +61,24 @@ deny contains {"msg": sprintf("member accounts may not set %s", [field]), "findi
 	member
 	some field in member_forbidden
 	field in input.update.fields
+}
+
+# A forbidden path and a field of the request that nest: the field lies under the forbidden
+# parent, or the request sets the forbidden member's parent whole. Iterates over the request's
+# fields only for each forbidden one (none shipped).
+deny contains {"msg": msg, "finding": null} if {
+	member
+	some forbidden in member_forbidden
+	some field in input.update.fields
+	msg := nested_forbidden_msg(field, forbidden)
+}
+
+nested_forbidden_msg(field, forbidden) := sprintf("member accounts may not set %s", [field]) if {
+	startswith(field, concat("", [forbidden, "."]))
+}
+
+nested_forbidden_msg(field, forbidden) := sprintf("member accounts may not set %s: the request sets all of %s", [forbidden, field]) if {
+	startswith(forbidden, concat("", [field, "."]))
 }
 
 deny contains {"msg": sprintf("member accounts may not set Workflow.Status to %s", [status]), "finding": null} if {

@@ -64,3 +64,39 @@ test_member_workflow_statuses_null_workflow_status if {
 test_suppressed_is_reported_once if {
 	t.msgs(t.buf(member, "pending", [t.own("f1")], t.status_note("SUPPRESSED", "RISK-1"))) == {"member accounts may not suppress findings"}
 }
+
+# A listed parent forbids every field under it, whichever parent: FindingProviderFields too
+# (an import's fields name its members, FindingProviderFields.Severity).
+test_forbidden_parent_forbids_every_member if {
+	settings := {"member_imports": "own-findings", "member_forbidden_fields": ["FindingProviderFields"]}
+	d := t.msgs(t.bif(member, [t.claimed("f1", t.own_account)], t.provider_fields)) with data.hubgate_settings as settings
+	d == {"member accounts may not set FindingProviderFields.Severity"}
+	a := t.deny(t.bif(admin, [t.claimed("f1", t.own_account)], t.provider_fields)) with data.hubgate_settings as settings
+	count(a) == 0
+	# a prefix of a name is no parent: "Finding" forbids nothing here
+	n := t.deny(t.bif(member, [t.claimed("f1", t.own_account)], t.provider_fields)) with data.hubgate_settings as {"member_imports": "own-findings", "member_forbidden_fields": ["Finding", "Type"]}
+	count(n) == 0
+}
+
+# A listed member is forbidden when the request sets its parent whole: an import lists
+# Compliance, not Compliance.Status.
+test_forbidden_member_of_a_field_set_whole if {
+	fields := array.concat(t.provider_fields, ["Compliance"])
+	settings := {"member_imports": "own-findings", "member_forbidden_fields": ["Compliance.Status"]}
+	d := t.msgs(t.bif(member, [t.claimed("f1", t.own_account)], fields)) with data.hubgate_settings as settings
+	d == {"member accounts may not set Compliance.Status: the request sets all of Compliance"}
+	deeper := {"member_imports": "own-findings", "member_forbidden_fields": ["FindingProviderFields.Severity.Label"]}
+	e := t.msgs(t.bif(member, [t.claimed("f1", t.own_account)], t.provider_fields)) with data.hubgate_settings as deeper
+	e == {"member accounts may not set FindingProviderFields.Severity.Label: the request sets all of FindingProviderFields.Severity"}
+}
+
+# Workflow.Status and the deprecated WorkflowState are two spellings of one change.
+test_forbidden_workflow_spellings if {
+	fields := array.concat(t.provider_fields, ["WorkflowState"])
+	every forbidden in ["Workflow", "Workflow.Status"] {
+		d := t.msgs(t.bif(member, [t.claimed("f1", t.own_account)], fields)) with data.hubgate_settings.member_forbidden_fields as [forbidden]
+		"member accounts may not set WorkflowState" in d
+	}
+	s := t.msgs(t.buf(member, "pending", [t.own("f1")], t.status("RESOLVED"))) with data.hubgate_settings.member_forbidden_fields as ["WorkflowState"]
+	s == {"member accounts may not set Workflow.Status"}
+}
