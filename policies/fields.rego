@@ -9,7 +9,8 @@
 # ("Compliance.Status") is forbidden too when the request sets its parent whole (an import's
 # fields name most members whole: "Compliance", not "Compliance.Status"); and two spellings of one
 # change forbid each other (Severity.Label and Severity.Normalized, Workflow.Status and the
-# deprecated WorkflowState).
+# deprecated WorkflowState). V2's names (StatusId, SeverityId, Comment, as IAM's OCSFSyntaxPath
+# keys spell them) forbid the ASFF paths they change, in every operation.
 #
 # Settings (policies/data.json, "hubgate_settings"; both optional):
 #   "member_forbidden_fields":   ASFF paths members may not set, e.g. ["Types", "RelatedFindings",
@@ -47,6 +48,12 @@ field_aliases := {
 	"Workflow": ["WorkflowState"],
 	"Workflow.Status": ["WorkflowState"],
 	"WorkflowState": ["Workflow.Status"],
+	# BatchUpdateFindingsV2's members, by the names IAM's securityhub:OCSFSyntaxPath keys use:
+	# input.update.fields lists them as the ASFF paths they change, so these names alone would
+	# match nothing.
+	"StatusId": ["Workflow.Status"],
+	"SeverityId": ["Severity.Label", "Severity.Normalized"],
+	"Comment": ["Note.Text"],
 }
 
 member_forbidden contains field if some field in member_forbidden_fields

@@ -100,3 +100,17 @@ test_forbidden_workflow_spellings if {
 	s := t.msgs(t.buf(member, "pending", [t.own("f1")], t.status("RESOLVED"))) with data.hubgate_settings.member_forbidden_fields as ["WorkflowState"]
 	s == {"member accounts may not set Workflow.Status"}
 }
+
+# V2's member names (IAM's OCSFSyntaxPath spelling) forbid the paths they change, V1 included.
+test_forbidden_ocsf_names if {
+	own := [t.claimed("f1", t.own_account)]
+	s := t.msgs(t.v2(member, own, t.status("RESOLVED"))) with data.hubgate_settings.member_forbidden_fields as ["StatusId"]
+	s == {"member accounts may not set Workflow.Status"}
+	v := t.msgs(t.buf(member, "pending", [t.own("f1")], t.status("RESOLVED"))) with data.hubgate_settings.member_forbidden_fields as ["StatusId"]
+	v == {"member accounts may not set Workflow.Status"}
+	c := t.msgs(t.v2(member, own, t.update({"fields": ["Note.Text"], "note": {"text": "x", "updated_by": null}}))) with data.hubgate_settings.member_forbidden_fields as ["Comment"]
+	c == {"member accounts may not set Note.Text"}
+	normalized := t.update({"fields": ["Severity.Normalized"], "severity_label": "HIGH", "severity_rank": 3, "severity_normalized": 80})
+	n := t.msgs(t.buf(member, "pending", [t.own("f1")], normalized)) with data.hubgate_settings.member_forbidden_fields as ["SeverityId"]
+	n == {"member accounts may not set Severity.Normalized"}
+}

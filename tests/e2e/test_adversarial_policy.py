@@ -4,6 +4,8 @@ by a caller with valid member keys, against the real binary and the fake Securit
 - member_forbidden_fields: a listed parent other than Severity, Workflow and Note
   (FindingProviderFields) forbade nothing, and a listed member of a field an import sets whole
   (Compliance.Status) forbade nothing either (fixed in fields.rego).
+- member_forbidden_fields naming a V2 member as IAM's OCSFSyntaxPath keys do (StatusId,
+  SeverityId, Comment) forbade nothing (fixed in fields.rego).
 - Held: with member imports on, every customer-owned field (and its deprecated or derived
   spelling) is refused whatever else the import says.
 """
@@ -16,7 +18,8 @@ import shutil
 import botocore.exceptions
 import pytest
 
-from helpers import MEMBER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope, finding
+from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope,
+                     finding)
 
 IMPORT = "/findings/import"
 
@@ -40,6 +43,10 @@ def reimport(fid="f-own-high", **changes):
     f["FindingProviderFields"] = {"Severity": {"Label": "HIGH"}}
     f.update(changes)
     return f
+
+
+def v2_ident(uid, account):
+    return {"CloudAccountUid": account, "FindingInfoUid": uid, "MetadataProductUid": PRODUCT_ARN}
 
 
 def imports_sent(fake):
@@ -96,3 +103,96 @@ def test_a_forbidden_parent_leaves_other_fields_and_administrators_alone(forbidd
         FindingProviderFields={"Types": ["Effects/Data Exposure"]})]}, who="admin")
     assert admin.headers.get("x-hubgate-decision-id"), (admin.status, admin.text)
     assert len(imports_sent(hg.fake)) == 2
+
+
+@pytest.mark.parametrize("forbidden", ["StatusId", "Workflow.Status"])
+def test_a_v2_member_name_in_forbidden_fields_forbids_its_change(tmp_path, make_hubgate,
+                                                                  seeded_fake, forbidden):
+    """Attack: an administrator forbids members to change status, naming the V2 member as IAM's
+    securityhub:OCSFSyntaxPath/StatusId key does; the member resolves its own finding through V2
+    (and through V1). The name matched none of input.update.fields (ASFF paths), so both were
+    forwarded."""
+    policies = policies_with(tmp_path, member_forbidden_fields=[forbidden])
+    hg = make_hubgate({"policy": {"dir": str(policies)}}, fake=seeded_fake)
+    v2 = hg.send("PATCH", "/findingsv2/batchupdatev2", {
+        "FindingIdentifiers": [v2_ident("f-own-high", MEMBER_ACCOUNT)], "StatusId": 4},
+        who="member")
+    body = assert_envelope(v2, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert "member accounts may not set Workflow.Status" in body["error"]["message"], body
+    v1 = hg.send("PATCH", "/findings/batchupdate", {
+        "FindingIdentifiers": [{"Id": "f-own-high", "ProductArn": PRODUCT_ARN}],
+        "Workflow": {"Status": "RESOLVED"}}, who="member")
+    assert_envelope(v1, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert [r for r in hg.fake.requests() if r["method"] == "PATCH"] == []
+    # the control: a comment alone is not a status change
+    ok = hg.send("PATCH", "/findingsv2/batchupdatev2", {
+        "FindingIdentifiers": [v2_ident("f-own-high", MEMBER_ACCOUNT)], "Comment": "seen"},
+        who="member")
+    assert ok.headers.get("x-hubgate-decision-id"), (ok.status, ok.text)
+
+
+# ---------------------------------------------------------------------------
+# Held: member imports ("own-findings") refuse every customer-owned field, in any spelling
+
+
+CUSTOMER_CHANGES = {
+    # the deprecated spelling of Workflow.Status
+    "workflow-state": {"WorkflowState": "RESOLVED"},
+    # an empty Workflow or Severity sets no member: still the customer's object
+    "empty-workflow": {"Workflow": {}},
+    "empty-severity": {"Severity": {}},
+    # Severity.Normalized alone means a label (10 is LOW) to Security Hub
+    "normalized-only": {"Severity": {"Normalized": 10}},
+    "severity-product-only": {"Severity": {"Product": 1.5}},
+    "verification": {"VerificationState": "FALSE_POSITIVE"},
+    "note": {"Note": {"Text": "overwritten", "UpdatedBy": "member",
+                      "UpdatedAt": "2026-11-24T00:00:00Z"}},
+    "user-defined": {"UserDefinedFields": {"triage": "done"}},
+    "confidence": {"Confidence": 0},
+    "criticality": {"Criticality": 0},
+}
+
+
+@pytest.fixture
+def member_imports(tmp_path, make_hubgate, seeded_fake):
+    policies = policies_with(tmp_path, member_imports="own-findings")
+    return make_hubgate({"policy": {"dir": str(policies),
+                                    "on_partial_deny": "forward-allowed"}}, fake=seeded_fake)
+
+
+def test_member_reimports_may_set_no_customer_field_in_any_spelling(member_imports):
+    """Attack: with member imports on, re-import the member's own finding with one customer-owned
+    field changed (each alone, beside a valid FindingProviderFields), by a spelling that the
+    customer-field rule could miss. Every one is refused, naming the field, and nothing is sent;
+    the provider's own re-import is forwarded (the control)."""
+    hg = member_imports
+    for name, changes in CUSTOMER_CHANGES.items():
+        resp = hg.send("POST", IMPORT, {"Findings": [reimport(**changes)]}, who="member")
+        body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+        field = next(iter(changes))
+        assert f"may not set {field}" in body["error"]["message"], (name, body)
+    assert imports_sent(hg.fake) == []
+    ok = hg.send("POST", IMPORT, {"Findings": [reimport()]}, who="member")
+    assert ok.headers.get("x-hubgate-decision-id"), (ok.status, ok.text)
+    assert len(imports_sent(hg.fake)) == 1
+
+
+def test_forward_allowed_never_cuts_a_v2_batch_or_an_import(member_imports):
+    """Attack: on_partial_deny = "forward-allowed" cuts a BatchUpdateFindings batch to its allowed
+    findings. A member mixes its own finding with another account's in a V2 batch and in an
+    import, hoping for the same cut: hubgate cannot rewrite either (no per-finding rewrite is
+    checked for them), so both are refused whole and nothing is sent."""
+    hg = member_imports
+    v2 = hg.send("PATCH", "/findingsv2/batchupdatev2", {
+        "FindingIdentifiers": [v2_ident("f-own-high", MEMBER_ACCOUNT),
+                               v2_ident("f-other", OTHER_ACCOUNT)],
+        "StatusId": 4, "Comment": "SEC-1 fixed"}, who="member")
+    body = assert_envelope(v2, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert [d["finding"]["Id"] for d in body["error"]["details"]] == ["f-other"], body
+    other = reimport("f-other")
+    other["AwsAccountId"] = OTHER_ACCOUNT
+    imp = hg.send("POST", IMPORT, {"Findings": [reimport(), other]}, who="member")
+    body = assert_envelope(imp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert [d["finding"]["Id"] for d in body["error"]["details"]] == ["f-other"], body
+    assert hg.fake.requests("PATCH", "/findingsv2/batchupdatev2") == []
+    assert imports_sent(hg.fake) == []
