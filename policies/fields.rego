@@ -76,6 +76,7 @@ deny contains {"msg": sprintf("member accounts may not set %s", [field]), "findi
 deny contains {"msg": msg, "finding": null} if {
 	member
 	some forbidden in member_forbidden
+	input.update.fields != null # the input guard refuses; iterating over null is an error
 	some field in input.update.fields
 	msg := nested_forbidden_msg(field, forbidden)
 }

@@ -114,3 +114,10 @@ test_forbidden_ocsf_names if {
 	n := t.msgs(t.buf(member, "pending", [t.own("f1")], normalized)) with data.hubgate_settings.member_forbidden_fields as ["SeverityId"]
 	n == {"member accounts may not set Severity.Normalized"}
 }
+
+# With fields null, the input guard refuses (403), not an evaluation error (500).
+test_forbidden_paths_with_null_fields if {
+	doc := t.put(t.buf(member, "pending", [t.own("f1")], t.nothing), "update", object.union(t.no_facts, {"fields": null}))
+	d := t.msgs(doc) with data.hubgate_settings.member_forbidden_fields as ["FindingProviderFields"]
+	d == {"the policy input has no update.fields: hubgate cannot judge this request"}
+}
