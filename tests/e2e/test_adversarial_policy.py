@@ -171,6 +171,12 @@ def test_member_reimports_may_set_no_customer_field_in_any_spelling(member_impor
         body = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
         field = next(iter(changes))
         assert f"may not set {field}" in body["error"]["message"], (name, body)
+    # the same finding twice in one import, once harmless and once suppressing: the fields are
+    # the union over the findings, so the second copy is judged too
+    twice = hg.send("POST", IMPORT, {"Findings": [
+        reimport(), reimport(Workflow={"Status": "SUPPRESSED"})]}, who="member")
+    body = assert_envelope(twice, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert "may not set Workflow.Status" in body["error"]["message"], body
     assert imports_sent(hg.fake) == []
     ok = hg.send("POST", IMPORT, {"Findings": [reimport()]}, who="member")
     assert ok.headers.get("x-hubgate-decision-id"), (ok.status, ok.text)
@@ -196,3 +202,25 @@ def test_forward_allowed_never_cuts_a_v2_batch_or_an_import(member_imports):
     assert [d["finding"]["Id"] for d in body["error"]["details"]] == ["f-other"], body
     assert hg.fake.requests("PATCH", "/findingsv2/batchupdatev2") == []
     assert imports_sent(hg.fake) == []
+
+
+# ---------------------------------------------------------------------------
+# Held: enum values in another spelling are refused before any policy, lookup or write
+
+OWN_V1 = '"FindingIdentifiers":[{"Id":"f-own-high","ProductArn":"%s"}]' % PRODUCT_ARN
+SPELLINGS = {
+    "status-lowercase": '{%s,"Workflow":{"Status":"suppressed"}}',
+    "status-trailing-space": '{%s,"Workflow":{"Status":"SUPPRESSED "}}',
+    # Cyrillic DZE for the S: looks the same, is another value
+    "status-lookalike": '{%s,"Workflow":{"Status":"\u0405UPPRESSED"}}',
+    "label-lowercase": '{%s,"Severity":{"Label":"low"}}',
+    "label-fullwidth": '{%s,"Severity":{"Label":"\uff2c\uff2f\uff37"}}',
+    "verification-mixed-case": '{%s,"VerificationState":"False_Positive"}',
+}
+
+
+@pytest.mark.parametrize("template", SPELLINGS.values(), ids=SPELLINGS.keys())
+def test_enum_values_in_another_spelling_are_400_before_anything_else(hubgate, template):
+    resp = hubgate.send("PATCH", "/findings/batchupdate", template % OWN_V1, who="member")
+    assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")
+    assert hubgate.fake.requests() == []
