@@ -368,9 +368,133 @@ pub fn unread_settings(
     Ok(out)
 }
 
+/// A `hubgate_settings.member_forbidden_fields` entry that names no field of any request under
+/// policy. fields.rego compares the entries with input.update.fields, so a misspelt path
+/// (`Workflow.status`, `Severty`) forbids nothing, silently.
+#[derive(Debug, PartialEq)]
+pub struct UnknownForbiddenField {
+    pub file: PathBuf,
+    pub entry: Value,
+}
+
+impl std::fmt::Display for UnknownForbiddenField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: hubgate_settings.member_forbidden_fields: {} is no field of BatchUpdateFindings, \
+             BatchUpdateFindingsV2, UpdateFindings or an imported finding (misspelt?), so it \
+             forbids nothing",
+            self.file.display(),
+            self.entry
+        )
+    }
+}
+
+/// Where the fields a request can set start in each operation's schema (`schemas/<Op>.json`):
+/// (operation, pointer to the object whose properties are fields, members that name findings
+/// rather than set anything).
+const FIELD_ROOTS: [(&str, &str, &[&str]); 4] = [
+    ("BatchUpdateFindings", "", &["FindingIdentifiers"]),
+    (
+        "BatchUpdateFindingsV2",
+        "",
+        &["FindingIdentifiers", "MetadataUids"],
+    ),
+    ("UpdateFindings", "", &["Filters"]),
+    ("BatchImportFindings", "/properties/Findings", &[]),
+];
+
+/// The node a schema node stands for: its `$ref` (`#/$defs/X`) followed, and an array's items.
+fn schema_node<'a>(doc: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..32 {
+        if let Some(target) = node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|p| doc.pointer(p))
+        {
+            node = target;
+        } else if node.get("type").and_then(Value::as_str) == Some("array") {
+            match node.get("items") {
+                Some(items) => node = items,
+                None => break,
+            }
+        } else {
+            break;
+        }
+    }
+    node
+}
+
+/// Whether the dotted `path` names a member under `node`; below a map (an object whose
+/// `additionalProperties` is a schema: UserDefinedFields, ProductFields) any key does.
+fn schema_has(doc: &Value, node: &Value, path: &str, skip: &[&str]) -> bool {
+    let mut node = schema_node(doc, node);
+    for (i, segment) in path.split('.').enumerate() {
+        if i == 0 && skip.contains(&segment) {
+            return false;
+        }
+        match node.get("properties").and_then(|p| p.get(segment)) {
+            Some(next) => node = schema_node(doc, next),
+            None => {
+                return node
+                    .get("additionalProperties")
+                    .is_some_and(Value::is_object)
+            }
+        }
+    }
+    true
+}
+
+/// The entries of `hubgate_settings.member_forbidden_fields` in these data.json files that no
+/// request can set, read against the operation schemas in `schemas` (a missing schema's
+/// operation is left out). V2's member names (StatusId, SeverityId, Comment) count: fields.rego
+/// takes them for the paths they change.
+pub fn unknown_forbidden_fields(
+    data: &[PathBuf],
+    schemas: &Path,
+) -> Result<Vec<UnknownForbiddenField>, LintError> {
+    let mut roots = Vec::new();
+    for (op, pointer, skip) in FIELD_ROOTS {
+        let file = schemas.join(format!("{op}.json"));
+        if !file.exists() {
+            continue;
+        }
+        if let Ok(doc) = serde_json::from_str::<Value>(&read(&file)?) {
+            roots.push((doc, pointer, skip));
+        }
+    }
+    let mut out = Vec::new();
+    for file in data {
+        let Ok(doc) = serde_json::from_str::<Value>(&read(file)?) else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = doc.pointer("/hubgate_settings/member_forbidden_fields")
+        else {
+            continue;
+        };
+        for entry in entries {
+            let known = entry.as_str().is_some_and(|path| {
+                roots.iter().any(|(doc, pointer, skip)| {
+                    doc.pointer(pointer)
+                        .is_some_and(|root| schema_has(doc, root, path, skip))
+                })
+            });
+            if !known {
+                out.push(UnknownForbiddenField {
+                    file: file.clone(),
+                    entry: entry.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn check(text: &str) -> Vec<String> {
         check_text(&shape(), Path::new("p.rego"), text)
@@ -415,6 +539,70 @@ mod tests {
         assert_eq!(
             check("a if input.principle.role == \"member\"\nb if input.principal.rol\n"),
             vec!["input.principle", "input.principal.rol"]
+        );
+    }
+
+    /// The shipped schemas: every path an operation can set passes, a misspelt one is named.
+    #[test]
+    fn forbidden_fields_are_read_against_the_schemas() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data.json");
+        let entries = json!([
+            "Types",
+            "Severity",
+            "Severity.Label",
+            "Workflow.Status",
+            "WorkflowState",
+            "Note.Text",
+            "FindingProviderFields",
+            "FindingProviderFields.Severity.Label",
+            "Compliance.Status",
+            "Resources.Tags",
+            "UserDefinedFields.reviewer",
+            "RecordState",
+            "StatusId",
+            "SeverityId",
+            "Comment",
+            "VerificationState",
+            "RelatedFindings",
+            // misspelt, or naming findings rather than a change
+            "Workflow.status",
+            "Severty",
+            "Note.Txt",
+            "FindingIdentifiers",
+            "MetadataUids",
+            "Filters",
+            "Compliance.Stat",
+            "",
+            5
+        ]);
+        std::fs::write(
+            &data,
+            json!({"hubgate_settings": {"member_forbidden_fields": entries}}).to_string(),
+        )
+        .unwrap();
+        let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schemas");
+        let found: Vec<Value> = unknown_forbidden_fields(std::slice::from_ref(&data), &schemas)
+            .unwrap()
+            .into_iter()
+            .map(|u| u.entry)
+            .collect();
+        assert_eq!(
+            found,
+            json!([
+                "Workflow.status",
+                "Severty",
+                "Note.Txt",
+                "FindingIdentifiers",
+                "MetadataUids",
+                "Filters",
+                "Compliance.Stat",
+                "",
+                5
+            ])
+            .as_array()
+            .unwrap()
+            .clone()
         );
     }
 }

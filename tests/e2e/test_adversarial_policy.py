@@ -6,6 +6,8 @@ by a caller with valid member keys, against the real binary and the fake Securit
   (Compliance.Status) forbade nothing either (fixed in fields.rego).
 - member_forbidden_fields naming a V2 member as IAM's OCSFSyntaxPath keys do (StatusId,
   SeverityId, Comment) forbade nothing (fixed in fields.rego).
+- A misspelt member_forbidden_fields entry (Workflow.status) forbade nothing and `hubgate check`
+  passed it (fixed: check reads each entry against the operation schemas).
 - Held: with member imports on, every customer-owned field (and its deprecated or derived
   spelling) is refused whatever else the import says.
 """
@@ -18,8 +20,8 @@ import shutil
 import botocore.exceptions
 import pytest
 
-from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope,
-                     finding)
+from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, REPO,
+                     assert_envelope, finding, run_hubgate)
 
 IMPORT = "/findings/import"
 
@@ -224,3 +226,29 @@ def test_enum_values_in_another_spelling_are_400_before_anything_else(hubgate, t
     resp = hubgate.send("PATCH", "/findings/batchupdate", template % OWN_V1, who="member")
     assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")
     assert hubgate.fake.requests() == []
+
+
+# ---------------------------------------------------------------------------
+# HOLE (fixed): a misspelt member_forbidden_fields entry forbade nothing, and check passed
+
+
+def check_with(tmp_path, forbidden):
+    policies = policies_with(tmp_path, member_forbidden_fields=forbidden)
+    config = tmp_path / "hubgate.toml"
+    config.write_text(f'[identity]\ncallers = "{REPO / "config" / "callers.toml"}"\n'
+                      f'[policy]\ndir = "{policies}"\n')
+    return run_hubgate("check", "--config", str(config))
+
+
+def test_check_names_a_forbidden_field_no_request_can_set(tmp_path):
+    """An administrator forbids members to change status and spells the path as it is not
+    written (Workflow.status): fields.rego compares exact paths, so every status change stayed
+    allowed, and `hubgate check` said the set was valid. Every path an operation can set (V2's
+    names and paths under a map included) still passes."""
+    r = check_with(tmp_path / "bad", ["Workflow.status", "Types"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert 'member_forbidden_fields: "Workflow.status" is no field' in r.stderr, r.stderr
+    assert '"Types"' not in r.stderr, r.stderr
+    r = check_with(tmp_path / "ok", ["Workflow.Status", "StatusId", "FindingProviderFields",
+                                     "Compliance.Status", "UserDefinedFields.owner"])
+    assert r.returncode == 0, r.stdout + r.stderr
