@@ -25,8 +25,8 @@
 # and V2 (StatusId 0 UNKNOWN, 5 ARCHIVED, 99 OTHER are refused by the shipped list); an import's
 # Workflow.Status is imports.rego's. Workflow.Status set without a status to judge: refused.
 #
-# Cost: per forbidden field (none shipped), one membership test and two startswith calls per
-# field of the request; one membership test for Workflow.Status, for members; sprintf only for
+# Cost: per forbidden field (none shipped), one comparison and two startswith calls per field
+# of the request; one membership test for Workflow.Status, for members; sprintf only for
 # violations.
 package hubgate
 
@@ -63,29 +63,27 @@ member_forbidden contains alias if {
 	some alias in field_aliases[field]
 }
 
-# Iterates over the forbidden fields (none shipped), not over the request's.
-deny contains {"msg": sprintf("member accounts may not set %s", [field]), "finding": null} if {
-	member
-	some field in member_forbidden
-	field in input.update.fields
-}
-
-# A forbidden path and a field of the request that nest: the field lies under the forbidden
-# parent, or the request sets the forbidden member's parent whole. Iterates over the request's
-# fields only for each forbidden one (none shipped).
+# A forbidden path and a field of the request that match or nest: the same path, the field
+# under the forbidden parent, or the forbidden member under a field the request sets whole.
+# One rule, entered once per pass: with the shipped settings (nothing forbidden) it iterates
+# over nothing; otherwise over the request's fields once per forbidden one.
 deny contains {"msg": msg, "finding": null} if {
 	member
 	some forbidden in member_forbidden
 	input.update.fields != null # the input guard refuses; iterating over null is an error
 	some field in input.update.fields
-	msg := nested_forbidden_msg(field, forbidden)
+	msg := forbidden_field_msg(field, forbidden)
 }
 
-nested_forbidden_msg(field, forbidden) := sprintf("member accounts may not set %s", [field]) if {
+forbidden_field_msg(field, forbidden) := sprintf("member accounts may not set %s", [field]) if {
+	field == forbidden
+}
+
+forbidden_field_msg(field, forbidden) := sprintf("member accounts may not set %s", [field]) if {
 	startswith(field, concat("", [forbidden, "."]))
 }
 
-nested_forbidden_msg(field, forbidden) := sprintf("member accounts may not set %s: the request sets all of %s", [forbidden, field]) if {
+forbidden_field_msg(field, forbidden) := sprintf("member accounts may not set %s: the request sets all of %s", [forbidden, field]) if {
 	startswith(forbidden, concat("", [field, "."]))
 }
 
