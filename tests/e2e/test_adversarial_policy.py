@@ -9,7 +9,9 @@ by a caller with valid member keys, against the real binary and the fake Securit
 - A misspelt member_forbidden_fields entry (Workflow.status) forbade nothing and `hubgate check`
   passed it (fixed: check reads each entry against the operation schemas).
 - Held: with member imports on, every customer-owned field (and its deprecated or derived
-  spelling) is refused whatever else the import says.
+  spelling) is refused whatever else the import says, also in a second copy of one finding;
+  on_partial_deny = "forward-allowed" never cuts a V2 batch or an import; enum values in another
+  case, with a space or in look-alike letters are 400 before any lookup.
 """
 
 from __future__ import annotations
