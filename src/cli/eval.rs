@@ -110,25 +110,85 @@ fn current_findings(path: &Path) -> Result<KeyMap<Arc<CurrentFinding>>, String> 
     Ok(out)
 }
 
-/// Where a violation's message is written in the policy source: `file:line`. Messages built
-/// with sprintf are found by their text before the first placeholder.
+/// Where a violation's message is written in the policy source: `file:line`. Each string
+/// literal of the sources is read as a pattern, its sprintf verbs (`%s`, `%v`, `%d`) standing
+/// for any text; of the literals the message fits, the one with the most fixed text wins (so
+/// `may not set Workflow.Status to %s` over `may not set %s`). Literals with less than 8
+/// characters of fixed text are not patterns: `"%s"` would fit anything.
 fn rule_of(msg: &str, files: &[(String, String)]) -> Option<String> {
-    let needle: String = msg.chars().take(40).collect();
-    let candidates = [needle.clone(), {
-        // a formatted message: the constant part before the first "(" or digit
-        let cut = msg.find(['(', '%']).unwrap_or(msg.len());
-        msg[..cut].trim_end().to_string()
-    }];
-    for candidate in candidates.iter().filter(|c| c.len() >= 8) {
-        for (file, text) in files {
-            for (i, line) in text.lines().enumerate() {
-                if line.contains(&format!("\"{candidate}")) {
-                    return Some(format!("{file}:{}", i + 1));
+    let mut best: Option<(usize, String)> = None;
+    for (file, text) in files {
+        for (i, line) in text.lines().enumerate() {
+            for literal in string_literals(line) {
+                let Some(fixed) = fits(&literal, msg) else {
+                    continue;
+                };
+                if fixed >= 8 && best.as_ref().is_none_or(|(b, _)| fixed > *b) {
+                    best = Some((fixed, format!("{file}:{}", i + 1)));
                 }
             }
         }
     }
-    None
+    best.map(|(_, at)| at)
+}
+
+/// The contents of the double-quoted string literals on a line of Rego (escapes kept as
+/// written but for `\"`), outside comments.
+fn string_literals(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => break,
+            '"' => {
+                let mut literal = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(next) = chars.next() {
+                                if next != '"' {
+                                    literal.push('\\');
+                                }
+                                literal.push(next);
+                            }
+                        }
+                        '"' => break,
+                        c => literal.push(c),
+                    }
+                }
+                out.push(literal);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether `msg` is what `pattern` gives with some text for each of its sprintf verbs; then
+/// how many characters of `pattern` are fixed text.
+fn fits(pattern: &str, msg: &str) -> Option<usize> {
+    let mut parts = vec![String::new()];
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('%', Some('s' | 'v' | 'd')) => {
+                chars.next();
+                parts.push(String::new());
+            }
+            (c, _) => parts.last_mut()?.push(c),
+        }
+    }
+    let fixed = parts.iter().map(String::len).sum();
+    let (first, last) = (parts.first()?, parts.last()?);
+    if parts.len() == 1 {
+        return (msg == first).then_some(fixed);
+    }
+    let mut at = msg.strip_prefix(first.as_str())?;
+    for middle in &parts[1..parts.len() - 1] {
+        let found = at.find(middle.as_str())?;
+        at = &at[found + middle.len()..];
+    }
+    at.ends_with(last.as_str()).then_some(fixed)
 }
 
 fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
@@ -319,5 +379,46 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> Vec<(String, String)> {
+        let text = r#"package hubgate
+# "member accounts may not set %s" in a comment is no rule
+a := sprintf("member accounts may not set %s", [field])
+b := sprintf("member accounts may not set Workflow.Status to %s", [status])
+c := {"msg": "administrators only: a fixed message", "finding": null}
+d := sprintf("severity (%v to %v)", [x, y])
+e := sprintf("%s", [x])
+f := "say \"hi\" to %s"
+"#;
+        vec![("p.rego".to_string(), text.to_string())]
+    }
+
+    #[test]
+    fn a_message_is_found_by_the_literal_it_fits_with_the_most_fixed_text() {
+        let src = sources();
+        let at = |msg: &str| rule_of(msg, &src);
+        assert_eq!(
+            at("member accounts may not set Types").as_deref(),
+            Some("p.rego:3")
+        );
+        assert_eq!(
+            at("member accounts may not set Workflow.Status to SUPPRESSED").as_deref(),
+            Some("p.rego:4")
+        );
+        assert_eq!(
+            at("administrators only: a fixed message").as_deref(),
+            Some("p.rego:5")
+        );
+        assert_eq!(at("severity (HIGH to LOW)").as_deref(), Some("p.rego:6"));
+        assert_eq!(at("say \"hi\" to you").as_deref(), Some("p.rego:8"));
+        // "%s" alone, or a message no literal gives, is not located
+        assert_eq!(at("anything at all"), None);
+        assert_eq!(at("administrators only: a fixed message, and more"), None);
     }
 }
