@@ -2,6 +2,7 @@
 //! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
 
 pub mod input;
+pub mod settings;
 pub mod state;
 pub mod testing;
 
@@ -32,6 +33,8 @@ pub enum PolicyLoadError {
     Schema(#[from] SchemaLoadError),
     #[error("the policy set does not evaluate: {0}")]
     Smoke(String),
+    #[error(transparent)]
+    ForbiddenFields(#[from] settings::UnknownForbiddenFields),
 }
 
 /// Evaluation failures: always fail closed as POLICY_ERROR.
@@ -277,6 +280,16 @@ impl PolicySet {
         )?;
         let (rego, data_texts) = (read_texts(&rego)?, read_texts(&files.data)?);
         let schemas = Schemas::compile(schema_ops.iter().copied().zip(&schema_texts))?;
+        let unknown = settings::unknown_forbidden_fields(
+            &data_texts,
+            schema_ops
+                .iter()
+                .copied()
+                .zip(schema_texts.iter().map(|(_, text)| text.as_str())),
+        );
+        if !unknown.is_empty() {
+            return Err(settings::UnknownForbiddenFields(unknown).into());
+        }
         let mut engine = engine_from_texts(&rego, &data_texts)?;
         let limit = |limit| regorus::utils::limits::ExecutionTimerConfig {
             limit,
