@@ -259,9 +259,9 @@ pub fn main() -> ExitCode {
         } => {
             let dir = match dir {
                 Some(d) => d,
-                None => match Config::load(&config.config) {
-                    Ok(c) => c.policy.dir,
-                    Err(_) => PathBuf::from("policies"),
+                None => match configured_policy_dir(&config) {
+                    Ok(d) => d,
+                    Err(code) => return code,
                 },
             };
             run_tests(&dir, coverage || threshold.is_some(), threshold)
@@ -400,6 +400,17 @@ fn check(arg: &ConfigArg) -> ExitCode {
     );
     outln!("config: {} is valid", config.file.display());
     ExitCode::SUCCESS
+}
+
+/// The policy directory `hubgate test` runs without a folder argument: the configured
+/// `policy.dir`. A configuration that is there but does not load is an error, never a reason
+/// to test another folder: `./policies` would be tested instead, and its tests' PASS read as
+/// the configured policies'. Only the default file, absent, falls back to `./policies`.
+fn configured_policy_dir(arg: &ConfigArg) -> Result<PathBuf, ExitCode> {
+    if arg.config.as_os_str() == DEFAULT_CONFIG && !arg.config.exists() {
+        return Ok(PathBuf::from("policies"));
+    }
+    load_config(arg).map(|c| c.policy.dir)
 }
 
 fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> ExitCode {
