@@ -468,11 +468,21 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
 }
 
 fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>) -> ExitCode {
+    let key_source = match (&key_env, &key_file) {
+        (Some(var), _) => format!("--key-env {var}"),
+        (None, Some(file)) => format!("--key-file {}", file.display()),
+        (None, None) => String::new(),
+    };
     let key = match (key_env, key_file) {
         (Some(var), _) => match std::env::var(&var) {
             Ok(k) => Some(k.into_bytes()),
-            Err(_) => {
+            Err(std::env::VarError::NotPresent) => {
                 eprintln!("hubgate: {var} is not set");
+                return ExitCode::from(2);
+            }
+            // serve reads audit.hmac_key_env the same way and refuses to start with it.
+            Err(std::env::VarError::NotUnicode(_)) => {
+                eprintln!("hubgate: {var} is not UTF-8, so no hubgate wrote a log with it");
                 return ExitCode::from(2);
             }
         },
@@ -485,6 +495,19 @@ fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>)
         },
         (None, None) => None,
     };
+    // serve refuses an empty key (audit.hmac_key_env, audit.hmac_key_file), so no log was
+    // written with one: an empty variable is a mistake (set to "" by a template, a file
+    // truncated), and checking with it read every record of a keyed log, or of an unkeyed
+    // one, as "modified".
+    if key.as_ref().is_some_and(Vec::is_empty) {
+        eprintln!(
+            "hubgate: the key is empty ({}): hubgate never writes a log with an empty key; \
+             give the key the log was written with, or neither --key-env nor --key-file for \
+             a log written without one",
+            key_source
+        );
+        return ExitCode::from(2);
+    }
     let verdicts = match chain::verify_replicas(&chain::Chain::new(key), files) {
         Ok(v) => v,
         Err(e) => {

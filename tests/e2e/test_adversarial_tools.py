@@ -101,5 +101,21 @@ def write_log(tmp_path, name, lines, end="\n"):
     return path
 
 
+@pytest.mark.parametrize("how", ["key-env", "key-file"])
+def test_verify_refuses_an_empty_key(tmp_path, how):
+    """serve refuses an empty HMAC key, so no log is written with one; verify took an empty
+    variable (or file) as a key and reported an honest log as modified (BROKEN, exit 1)
+    instead of naming the mistake (exit 2)."""
+    log = write_log(tmp_path, "audit.ndjson", seal(RECORDS))
+    if how == "key-env":
+        r = audit_verify(log, key_env="HG_EMPTY_KEY", env={"HG_EMPTY_KEY": ""})
+    else:
+        (tmp_path / "key").write_bytes(b"")
+        r = subprocess.run([str(HUBGATE_BIN), "audit", "verify", str(log), "--key-file",
+                            str(tmp_path / "key")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "empty" in r.stderr and "BROKEN" not in r.stdout, (r.stdout, r.stderr)
+
+
 # ---------------------------------------------------------------------------
 # hubgate keys new
