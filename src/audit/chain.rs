@@ -111,7 +111,9 @@ impl Chain {
     /// Seals a record already serialised as `seal` would serialise it: an object, keys sorted
     /// at every level, no `chain` member.
     pub fn seal_body(&self, body: Vec<u8>, head: &mut Head) -> Vec<u8> {
-        let seq = head.seq + 1;
+        // Only an edited log ends at u64::MAX (head_of read it); the record after it must still
+        // be written, not panic the writer, and `verify` reports the wrap as a break.
+        let seq = head.seq.wrapping_add(1);
         let hash = self.digest(&head.hash, seq, self.instance.as_deref(), &body);
         let chain = Link {
             hash: &hash,
@@ -177,7 +179,8 @@ impl Chain {
             Some(_) => return Err("chain.instance is not a string".into()),
         };
         if let Some(head) = head {
-            if seq != head.seq + 1 {
+            // checked: a record at u64::MAX (an edited log) has no successor.
+            if head.seq.checked_add(1) != Some(seq) {
                 return Err(format!(
                     "sequence number {seq} follows {}: records were deleted or reordered",
                     head.seq
@@ -347,7 +350,7 @@ fn continued(groups: &[Group]) -> Option<(usize, usize)> {
                 && other
                     .last
                     .as_ref()
-                    .is_some_and(|h| h.seq + 1 == *seq && h.hash == *prev)
+                    .is_some_and(|h| h.seq.checked_add(1) == Some(*seq) && h.hash == *prev)
         })?;
         Some((i, j))
     })
@@ -513,6 +516,28 @@ mod tests {
         assert!(matches!(
             verify(&chain, &[file]).unwrap(),
             Verdict::Broken { reason, .. } if reason.contains("written twice")
+        ));
+    }
+
+    /// An edited log that ends at the largest sequence number: the writer seals the next
+    /// record (wrapping to 0) without panicking, and verify reports the break.
+    #[test]
+    fn a_sequence_at_its_limit_is_a_break_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let mut head = Head {
+            seq: u64::MAX - 1,
+            hash: GENESIS.to_string(),
+        };
+        let lines = vec![
+            chain.seal(json!({"decision_id": "a"}), &mut head),
+            chain.seal(json!({"decision_id": "b"}), &mut head),
+        ];
+        assert_eq!(head.seq, 0);
+        let file = write(dir.path(), "a", &lines);
+        assert!(matches!(
+            verify(&chain, &[file]).unwrap(),
+            Verdict::Broken { line: 2, reason, .. } if reason.contains("records were deleted or reordered")
         ));
     }
 

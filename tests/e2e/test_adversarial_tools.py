@@ -117,5 +117,16 @@ def test_verify_refuses_an_empty_key(tmp_path, how):
     assert "empty" in r.stderr and "BROKEN" not in r.stdout, (r.stdout, r.stderr)
 
 
+def test_verify_reports_a_sequence_past_its_limit_as_broken_not_a_crash(tmp_path):
+    """A record at seq 2^64-1 followed by another panicked verify (exit 101, a Rust backtrace)
+    instead of reporting the break."""
+    first = seal([{"decision_id": "a"}], start_seq=2**64 - 1)
+    prev = json.loads(first[0])["chain"]["hash"]
+    wrapped = seal([{"decision_id": "b"}], start_seq=0, prev=prev)
+    r = audit_verify(write_log(tmp_path, "audit.ndjson", first + wrapped))
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr[-500:])
+    assert "BROKEN" in r.stdout and "panicked" not in r.stderr
+
+
 # ---------------------------------------------------------------------------
 # hubgate keys new
