@@ -388,6 +388,52 @@ pub fn key_cautions(config: &AuditConfig) -> Vec<String> {
     }
 }
 
+/// What the file sink's opening (`FileSink::open`) would refuse, found without creating or
+/// writing anything: `hubgate check` passed a configuration whose `serve` then stopped at
+/// start on an audit path that is a directory, below a file, or not writable.
+/// Only what can be known without creating a folder is checked: a folder to be created in a
+/// directory this process may not write to is still found by `serve`.
+pub fn check_sink(config: &AuditConfig) -> Result<(), AuditError> {
+    if config.sink != AuditSink::File {
+        return Ok(());
+    }
+    let path = &config.path;
+    let open =
+        |p: &Path, e: &dyn std::fmt::Display| AuditError::Open(format!("{}: {e}", p.display()));
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return Err(open(path, &"is a directory")),
+        // Opened for appending and closed: nothing is created or written. A FIFO or a
+        // device is not opened here, where opening one could wait for a reader.
+        Ok(meta) if meta.is_file() => {
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| open(path, &e))
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(open(path, &e)),
+        Err(_) => {}
+    }
+    // The file is created at start, and its missing folders with it: the nearest folder that
+    // exists must be a folder.
+    let mut ancestor = path.parent();
+    while let Some(dir) = ancestor.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(open(
+                    dir,
+                    &format!("is not a folder, so {} cannot be created", path.display()),
+                ))
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(open(dir, &e)),
+            Err(_) => ancestor = dir.parent(),
+        }
+    }
+    Ok(())
+}
+
 /// Where records go: stdout, or a file that rotates.
 enum Sink {
     Stdout(std::io::BufWriter<File>),

@@ -323,7 +323,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         ok = false;
     }
     // What serve reads at start and refuses to start without: the listener's certificate and
-    // key, and the audit chain's key. A check that passed without them promised a start that
+    // key, the audit chain's key and file, and the Redis password. A check that passed without them promised a start that
     // fails.
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
         if let Err(e) = crate::server::tls::Tls::load(cert, key, config.server.client_ca.as_deref())
@@ -333,6 +333,14 @@ fn check(arg: &ConfigArg) -> ExitCode {
         }
     }
     if let Err(e) = crate::audit::chain_key(&config.audit) {
+        eprintln!("hubgate: {e}");
+        ok = false;
+    }
+    if let Err(e) = crate::audit::check_sink(&config.audit) {
+        eprintln!("hubgate: {e}");
+        ok = false;
+    }
+    if let Err(e) = crate::coordination::client(&config.coordination) {
         eprintln!("hubgate: {e}");
         ok = false;
     }

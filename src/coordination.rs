@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::config::Config;
+use crate::config::{Config, CoordinationConfig};
 pub use crate::metrics::CoordinationMetrics;
 use crate::metrics::OpLabels;
 
@@ -23,7 +23,7 @@ use crate::metrics::OpLabels;
 pub enum CoordinationError {
     #[error("coordination.redis_url ({url}) is not usable: {reason}")]
     Url { url: String, reason: String },
-    #[error("coordination.redis_password_env names {0}, which is not set")]
+    #[error("coordination.redis_password_env names {0}, which is not set or is empty")]
     PasswordEnv(String),
 }
 
@@ -78,6 +78,32 @@ pub fn redacted(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// The Redis client of `[coordination]` (the URL with the password of `redis_password_env`),
+/// without connecting: what `serve` refuses to start without, and `hubgate check` checks.
+/// None when `redis_url` is not set.
+pub fn client(c: &CoordinationConfig) -> Result<Option<redis::Client>, CoordinationError> {
+    let Some(url) = &c.redis_url else {
+        return Ok(None);
+    };
+    let bad = |reason: String| CoordinationError::Url {
+        url: redacted(url),
+        reason,
+    };
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .map_err(|e| bad(format!("{:?}", e.kind())))?;
+    if let Some(var) = &c.redis_password_env {
+        let password = std::env::var(var)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| CoordinationError::PasswordEnv(var.clone()))?;
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info)
+        .map(Some)
+        .map_err(|e| bad(format!("{:?}", e.kind())))
+}
+
 impl Coordination {
     /// None when `[coordination] redis_url` is not set. Does not wait for Redis: a replica
     /// whose Redis is down starts on its own and joins when it can reach it.
@@ -86,25 +112,10 @@ impl Coordination {
         metrics: CoordinationMetrics,
     ) -> Result<Option<Arc<Coordination>>, CoordinationError> {
         let c = &config.coordination;
-        let Some(url) = &c.redis_url else {
+        let (Some(client), Some(url)) = (client(c)?, &c.redis_url) else {
             return Ok(None);
         };
         let display_url = redacted(url);
-        let bad = |reason: String| CoordinationError::Url {
-            url: display_url.clone(),
-            reason,
-        };
-        let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-            .map_err(|e| bad(format!("{:?}", e.kind())))?;
-        if let Some(var) = &c.redis_password_env {
-            let password = std::env::var(var)
-                .ok()
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| CoordinationError::PasswordEnv(var.clone()))?;
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(|e| bad(format!("{:?}", e.kind())))?;
         let op_timeout = Duration::from_millis(c.op_timeout_ms);
         // Reconnects are the probe's job, at its own interval: the manager's own retries
         // would hold a request's Redis call past op_timeout.
@@ -114,8 +125,13 @@ impl Coordination {
             .set_max_delay(Duration::from_millis(100))
             .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(op_timeout));
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| bad(format!("{:?}", e.kind())))?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| {
+                CoordinationError::Url {
+                    url: display_url.clone(),
+                    reason: format!("{:?}", e.kind()),
+                }
+            })?;
         let quota_scope = c.quota_scope.clone().unwrap_or_else(|| {
             format!(
                 "{}|{}",

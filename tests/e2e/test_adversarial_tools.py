@@ -31,6 +31,53 @@ def base_config(tmp_path, extra: str = "") -> str:
 # hubgate check against what serve refuses at start
 
 
+@pytest.mark.parametrize("case", ["redis_password_env", "audit_path_is_a_folder",
+                                  "audit_path_below_a_file"])
+def test_check_fails_where_serve_would_not_start_redis_and_audit_file(tmp_path, case):
+    """`hubgate check` said "config: … is valid" (exit 0) for configurations `serve` stopped
+    at start with: a `coordination.redis_password_env` that is not set, and an audit file
+    sink whose path is a folder or lies below a file."""
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    extra = {
+        "redis_password_env": '[coordination]\nredis_url = "redis://127.0.0.1:6379/0"\n'
+                              'redis_password_env = "HG_ADV_TOOLS_UNSET_PASSWORD"\n',
+        "audit_path_is_a_folder": '[audit]\nsink = "file"\npath = "a-folder"\n',
+        "audit_path_below_a_file": '[audit]\nsink = "file"\npath = "a-file/sub/audit.ndjson"\n',
+    }[case]
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path, extra))
+    serve = run_hubgate("serve", "--config", str(config), timeout=30)
+    assert serve.returncode != 0, serve.stderr[-500:]
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "is valid" not in r.stdout, r.stdout
+    named = {"redis_password_env": "HG_ADV_TOOLS_UNSET_PASSWORD",
+             "audit_path_is_a_folder": "a-folder",
+             "audit_path_below_a_file": "a-file"}[case]
+    assert named in r.stderr, r.stderr
+
+
+def test_check_creates_nothing_for_an_audit_file_to_be_made(tmp_path):
+    """An audit path whose folders do not exist yet is valid (serve creates them), and check
+    creates neither the folders nor the file."""
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path, '[audit]\nsink = "file"\npath = "logs/a/audit.ndjson"\n'))
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_check_names_an_unset_redis_password_variable_never_the_url_password(tmp_path):
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path, '[coordination]\n'
+                                            'redis_url = "redis://u:hunter2-secret@127.0.0.1:6379/0"\n'
+                                            'redis_password_env = "HG_ADV_TOOLS_UNSET_PASSWORD"\n'))
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode != 0
+    assert "hunter2-secret" not in r.stdout + r.stderr
+
+
 # ---------------------------------------------------------------------------
 # hubgate test without a folder
 
