@@ -263,6 +263,37 @@ impl Judgement {
     }
 }
 
+/// The denied findings with their reasons, when a denial may be cut down to them
+/// (`on_partial_deny = "forward-allowed"`): every violation names a finding of the request, and
+/// the deciding pass (of `enrichment`) judged every finding it lets through. None: the request
+/// is refused whole.
+pub fn denied_one_by_one(
+    enrichment: Enrichment,
+    decision: &Decision,
+    keys: &[FindingKey],
+) -> Option<KeyMap<Vec<String>>> {
+    // A first pass that denies ends the request before any lookup, so the findings it did not
+    // deny were never judged on their state: when the policies need that state, none of them
+    // may be forwarded.
+    if enrichment == Enrichment::Pending && decision.needs_state {
+        return None;
+    }
+    let mut denied: KeyMap<Vec<String>> = KeyMap::default();
+    for v in &decision.deny {
+        let f = v.finding.as_ref()?;
+        let key = FindingKey::new(f.get("Id")?.as_str()?, f.get("ProductArn")?.as_str()?);
+        if !keys.contains(&key) {
+            // A policy naming a finding the request does not target is a policy bug.
+            return None;
+        }
+        let reasons = denied.entry(key).or_default();
+        if !reasons.contains(&v.msg) {
+            reasons.push(v.msg.clone());
+        }
+    }
+    Some(denied)
+}
+
 /// Folds the last pass's denials and warnings into the pass before it, which then decides.
 fn merge_last_two(passes: &mut Vec<Pass>) {
     let Some(second) = passes.pop() else {

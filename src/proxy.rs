@@ -30,7 +30,7 @@ use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{Claim, ClientCert, Identity, Principal};
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
-use crate::policy::input::{Enrichment, RequestFacts, Update};
+use crate::policy::input::{RequestFacts, Update};
 use crate::policy::{Decision, PolicySet, Violation};
 use crate::request::Judged;
 use crate::routes::Routing;
@@ -697,13 +697,8 @@ fn conclude(
     };
     trail.input = Some(last.input);
     let decision = last.decision;
-    // A first pass that denies ends the request before any lookup, so the findings it did not
-    // deny were never judged on their state: when the policies need that state, none of them
-    // may be forwarded (on_partial_deny = "forward-allowed" cuts a batch only on a decision
-    // that judged every finding it lets through).
-    let unjudged = last.enrichment == Enrichment::Pending && decision.needs_state;
     let refusal = (!decision.allowed() && !dry_run).then(|| Refusal {
-        denied: per_finding_denials(&decision, &keys).filter(|_| !unjudged),
+        denied: crate::decide::denied_one_by_one(last.enrichment, &decision, &keys),
         rejection: Rejection::PolicyDenied {
             message: decision.message(),
             violations: decision.deny.iter().map(|v| v.to_json()).collect(),
@@ -1152,25 +1147,6 @@ async fn forward(
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     let body = Full::new(bytes).map_err(|never| match never {}).boxed();
     Ok(Forwarded(Response::from_parts(head, body), slot))
-}
-
-/// The denied findings with their reasons, when every violation names a finding; None when
-/// any violation concerns the whole request (then nothing may be forwarded).
-fn per_finding_denials(decision: &Decision, keys: &[FindingKey]) -> Option<KeyMap<Vec<String>>> {
-    let mut denied: KeyMap<Vec<String>> = KeyMap::default();
-    for v in &decision.deny {
-        let f = v.finding.as_ref()?;
-        let key = FindingKey::new(f.get("Id")?.as_str()?, f.get("ProductArn")?.as_str()?);
-        if !keys.contains(&key) {
-            // A policy naming a finding the request does not target is a policy bug.
-            return None;
-        }
-        let reasons = denied.entry(key).or_default();
-        if !reasons.contains(&v.msg) {
-            reasons.push(v.msg.clone());
-        }
-    }
-    Some(denied)
 }
 
 /// `on_partial_deny = "forward-allowed"`: forwards the request rewritten to the allowed

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::EvalArgs;
-use crate::config::{Config, PolicyMode};
+use crate::config::{Config, PartialDeny, PolicyMode};
 use crate::decide::{judge, FindingState, JudgeError, Lookup, LookupFailure};
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{self, Principal, Role};
@@ -243,6 +243,57 @@ fn pass_name(enrichment: Enrichment) -> &'static str {
     }
 }
 
+/// What the proxy does with a denied request when that is not simply "refuse it" (403
+/// `POLICY_DENIED`): in dry-run it forwards it, and with `on_partial_deny = "forward-allowed"`
+/// it forwards the findings not denied. Without this line eval printed DENY for a request the
+/// proxy forwards, whole or in part. The exit status stays the policies' verdict.
+fn proxy_outcome(
+    config: &Config,
+    operation: Judged,
+    last: &crate::decide::Pass,
+    keys: &[FindingKey],
+) -> Option<String> {
+    if last.decision.allowed() {
+        return None;
+    }
+    if config.policy.mode == PolicyMode::DryRun {
+        return Some(
+            "proxy: forwards it anyway: policy.mode = \"dry-run\" records the denial \
+             (\"dry_run\": true) and refuses nothing"
+                .into(),
+        );
+    }
+    if config.policy.on_partial_deny != PartialDeny::ForwardAllowed {
+        return None;
+    }
+    let denied = (operation == Judged::BatchUpdateFindings)
+        .then(|| crate::decide::denied_one_by_one(last.enrichment, &last.decision, keys))
+        .flatten()
+        .filter(|denied| denied.len() < keys.len());
+    Some(match denied {
+        Some(denied) => {
+            let allowed: Vec<&str> = keys
+                .iter()
+                .filter(|k| !denied.contains_key(*k))
+                .map(|k| &*k.id)
+                .collect();
+            format!(
+                "proxy: on_partial_deny = \"forward-allowed\": forwards {} finding(s) ({}) and \
+                 answers the {} denied in UnprocessedFindings (ErrorCode PolicyDenied)",
+                allowed.len(),
+                allowed.join(", "),
+                denied.len()
+            )
+        }
+        None => {
+            "proxy: refuses it whole (403 POLICY_DENIED): on_partial_deny = \"forward-allowed\" \
+                  cuts BatchUpdateFindings batches only, when every violation names a finding \
+                  the decision judged on its state, and some finding is left"
+                .into()
+        }
+    })
+}
+
 pub fn run(args: &EvalArgs) -> ExitCode {
     let config = match super::load_config(&args.config) {
         Ok(c) => c,
@@ -370,6 +421,11 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             );
         }
         print_decision(name, &pass.decision, &sources);
+    }
+    if let Some(last) = judgement.passes.last() {
+        if let Some(outcome) = proxy_outcome(&config, operation, last, &judgement.keys) {
+            outln!("{outcome}");
+        }
     }
     match judgement.decision() {
         Some(d) if d.allowed() => {

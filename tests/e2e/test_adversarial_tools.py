@@ -121,6 +121,47 @@ def run_eval(config, request, current):
                        f"member:{MEMBER_ACCOUNT}", "--current", str(current), timeout=60)
 
 
+def test_eval_says_which_findings_forward_allowed_forwards_as_serve_does(tmp_path, make_hubgate,
+                                                                       seeded_fake):
+    """With on_partial_deny = "forward-allowed", eval printed DENY and nothing else for a batch
+    the proxy forwards in part; it now names what the proxy forwards, and serve agrees."""
+    hg = make_hubgate({"policy": {"on_partial_deny": "forward-allowed"}}, fake=seeded_fake)
+    request, current = eval_files(tmp_path)
+    r = run_eval(hg.config_path, request, current)
+    assert r.returncode == 1, r.stdout + r.stderr
+    outcome = [line for line in r.stdout.splitlines() if line.startswith("proxy: ")]
+    assert len(outcome) == 1 and "forwards 1 finding(s) (f-own-medium)" in outcome[0], r.stdout
+
+    resp = hg.client("member").batch_update_findings(**json.loads(request.read_text()))
+    assert [f["Id"] for f in resp["ProcessedFindings"]] == ["f-own-medium"]
+    assert [(u["FindingIdentifier"]["Id"], u["ErrorCode"])
+            for u in resp["UnprocessedFindings"]] == [("f-own-high", "PolicyDenied")]
+
+
+def test_eval_says_dry_run_forwards_a_denied_request_as_serve_does(tmp_path, make_hubgate,
+                                                                 seeded_fake):
+    """In dry-run, eval printed DENY for a request the proxy forwards whole."""
+    hg = make_hubgate({"policy": {"mode": "dry-run"}}, fake=seeded_fake)
+    request, current = eval_files(tmp_path)
+    r = run_eval(hg.config_path, request, current)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "DENY" in r.stdout
+    assert "proxy: forwards it anyway" in r.stdout, r.stdout
+
+    resp = hg.client("member").batch_update_findings(**json.loads(request.read_text()))
+    assert sorted(f["Id"] for f in resp["ProcessedFindings"]) == ["f-own-high", "f-own-medium"]
+
+
+def test_eval_of_a_plain_denial_adds_no_proxy_line(tmp_path):
+    """reject (the default) and enforce: the DENY is what the proxy does; no extra line."""
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path))
+    request, current = eval_files(tmp_path)
+    r = run_eval(config, request, current)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "proxy:" not in r.stdout
+
+
 # ---------------------------------------------------------------------------
 # hubgate audit verify
 
