@@ -102,6 +102,24 @@ def test_hubgate_test_refuses_a_configuration_that_does_not_load(tmp_path, via):
     assert "modee" in r.stderr, r.stderr
 
 
+def test_hubgate_test_without_a_configuration_falls_back_to_policies(tmp_path):
+    """The default configuration file absent, `hubgate test` tests `./policies`: here none,
+    which fails with status 2, naming the folder."""
+    r = subprocess.run([str(HUBGATE_BIN), "test"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL,
+                       env={k: v for k, v in hubgate_env().items() if k != "HUBGATE_CONFIG"})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "policies" in r.stderr
+
+
+def test_hubgate_test_fails_a_folder_without_tests(tmp_path):
+    """A folder whose rules load but hold no test_ rule is not a pass."""
+    (tmp_path / "p.rego").write_text("package hubgate\n\ndeny contains msg if { false; msg := \"x\" }\n")
+    r = run_hubgate("test", str(tmp_path))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "no test_ rules" in r.stderr
+
+
 # ---------------------------------------------------------------------------
 # hubgate eval against serve
 
@@ -189,6 +207,17 @@ def write_log(tmp_path, name, lines, end="\n"):
     return path
 
 
+def test_verify_reads_lines_sealed_as_documented(tmp_path):
+    """The documented format is the one verified: an independent sealer's log is intact,
+    with CRLF line ends too, and with its key."""
+    assert audit_verify(write_log(tmp_path, "a", seal(RECORDS))).returncode == 0
+    crlf = audit_verify(write_log(tmp_path, "b", seal(RECORDS), end="\r\n"))
+    assert crlf.returncode == 0 and "intact: 4 records" in crlf.stdout, crlf.stdout
+    keyed = write_log(tmp_path, "c", seal(RECORDS, key=b"k3y"))
+    assert audit_verify(keyed, key_env="HG_K", env={"HG_K": "k3y"}).returncode == 0
+    assert audit_verify(keyed).returncode == 1
+
+
 @pytest.mark.parametrize("how", ["key-env", "key-file"])
 def test_verify_refuses_an_empty_key(tmp_path, how):
     """serve refuses an empty HMAC key, so no log is written with one; verify took an empty
@@ -216,5 +245,50 @@ def test_verify_reports_a_sequence_past_its_limit_as_broken_not_a_crash(tmp_path
     assert "BROKEN" in r.stdout and "panicked" not in r.stderr
 
 
+@pytest.mark.parametrize("edit", ["duplicated", "swapped", "another_chain", "truncated",
+                                  "trailing_garbage", "number_form"])
+def test_verify_finds_each_edit(tmp_path, edit):
+    lines = seal(RECORDS)
+    other = seal([{"decision_id": "x"}] * 4)
+    edited = {
+        "duplicated": lines[:2] + [lines[1]] + lines[2:],
+        "swapped": [lines[0], lines[2], lines[1], lines[3]],
+        "another_chain": lines[:2] + other[2:],
+        "truncated": lines[:3] + [lines[3][:-10]],
+        "trailing_garbage": lines + ["x"],
+        "number_form": [lines[0].replace('"seq":1', '"seq":1.0')] + lines[1:],
+    }[edit]
+    r = audit_verify(write_log(tmp_path, "audit.ndjson", edited))
+    assert r.returncode == 1 and "BROKEN" in r.stdout, (edit, r.stdout, r.stderr)
+
+
+def test_verify_a_rotated_log_given_in_any_order_and_a_missing_middle_file(tmp_path):
+    lines = seal(RECORDS + RECORDS)
+    old = write_log(tmp_path, "audit.ndjson.2", lines[:3])
+    mid = write_log(tmp_path, "audit.ndjson.1", lines[3:5])
+    new = write_log(tmp_path, "audit.ndjson", lines[5:])
+    r = audit_verify(new, mid, old)
+    assert r.returncode == 0 and "intact: 8 records, sequence 1 to 8" in r.stdout, r.stdout
+    r = audit_verify(new, old)
+    assert r.returncode == 1 and "sequence number 6 follows 3" in r.stdout, r.stdout
+
+
 # ---------------------------------------------------------------------------
 # hubgate keys new
+
+
+def test_keys_new_writes_only_stdout_and_its_entry_loads(tmp_path):
+    """The secret goes to stdout only (nothing on stderr, no file written), and the printed
+    entry is a callers file `check` accepts."""
+    r = subprocess.run([str(HUBGATE_BIN), "keys", "new", "--id", "soar\trunner", "--account",
+                        MEMBER_ACCOUNT, "--role", "member"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert list(tmp_path.iterdir()) == []
+    entry = r.stdout.split("\n\n", 1)[1]
+    (tmp_path / "callers.toml").write_text(entry)
+    config = tmp_path / "hubgate.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:0"\nadmin_listen = "127.0.0.1:0"\n'
+                      f'[policy]\ndir = "{REPO / "policies"}"\n')
+    c = run_hubgate("check", "--config", str(config))
+    assert c.returncode == 0 and "(1 keyed callers)" in c.stdout, c.stdout + c.stderr
