@@ -101,22 +101,72 @@ impl Summary {
 }
 
 /// The `test_` rules a file defines, with the line of their first definition. Rules are read
-/// from the source, since a test is a top-level rule whose head starts the line.
+/// from the source: a test is a rule whose head starts a line outside any brace, bracket or
+/// parenthesis (a `test_` name inside a body is a reference or a variable, not a test). The
+/// head may be indented: Rego allows that, and a test read only from column 1 was never run,
+/// while the run still passed.
 fn test_rules(text: &str) -> Vec<(String, usize)> {
     let mut out: Vec<(String, usize)> = Vec::new();
+    let mut nesting = Nesting::default();
     for (i, line) in text.lines().enumerate() {
-        if !line.starts_with("test_") {
-            continue;
+        if nesting.at_top_level() {
+            let head = line.trim_start();
+            if head.starts_with("test_") {
+                let name: String = head
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name, i + 1));
+                }
+            }
         }
-        let name: String = line
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !out.iter().any(|(n, _)| *n == name) {
-            out.push((name, i + 1));
-        }
+        nesting.advance(line);
     }
     out
+}
+
+/// Where a reading of Rego source stands: how deep in brackets, and whether inside a raw
+/// string (which may span lines). Strings and comments do not count.
+#[derive(Default)]
+struct Nesting {
+    depth: usize,
+    raw_string: bool,
+}
+
+impl Nesting {
+    fn at_top_level(&self) -> bool {
+        self.depth == 0 && !self.raw_string
+    }
+
+    fn advance(&mut self, line: &str) {
+        let mut chars = line.chars();
+        let mut string = false;
+        while let Some(c) = chars.next() {
+            if self.raw_string {
+                self.raw_string = c != '`';
+                continue;
+            }
+            if string {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '#' => break,
+                '"' => string = true,
+                '`' => self.raw_string = true,
+                '{' | '[' | '(' => self.depth += 1,
+                '}' | ']' | ')' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn package_of(text: &str) -> Option<String> {
@@ -187,10 +237,19 @@ mod tests {
 
     #[test]
     fn finds_top_level_test_rules_once() {
-        let text = "package p\n\ntest_a if {\n  true\n}\ntest_a if false\n  test_nested if true\ntest_b := true\n";
+        let text = "package p\n\ntest_a if {\n  true\n  test_helper\n}\ntest_a if false\n\
+                    test_b := true\nx := [\n  test_in_a_list,\n]\n  test_indented if true\n\
+                    y := \"{\" # {\ntest_after_braces_in_a_string if true\n\
+                    z := `\n{\n`\ntest_after_a_raw_string if true\n";
         assert_eq!(
             test_rules(text),
-            vec![("test_a".to_string(), 3), ("test_b".to_string(), 8)]
+            vec![
+                ("test_a".to_string(), 3),
+                ("test_b".to_string(), 8),
+                ("test_indented".to_string(), 12),
+                ("test_after_braces_in_a_string".to_string(), 14),
+                ("test_after_a_raw_string".to_string(), 18),
+            ]
         );
     }
 

@@ -120,6 +120,20 @@ def test_hubgate_test_fails_a_folder_without_tests(tmp_path):
     assert "no test_ rules" in r.stderr
 
 
+def test_hubgate_test_runs_an_indented_test_rule(tmp_path):
+    """Rego allows a top-level rule to be indented. `hubgate test` found test rules only at
+    the start of a line, so an indented failing test never ran and the run passed (exit 0);
+    a `test_` name inside a body (a reference, a variable) is still not a test."""
+    (tmp_path / "a_test.rego").write_text(
+        "package t\n\n"
+        "test_helper_use if {\n    test_local := 1\n    test_local == 1\n}\n\n"
+        "  test_indented_and_failing if {\n    1 == 2\n  }\n")
+    r = run_hubgate("test", str(tmp_path))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "FAIL" in r.stdout and "test_indented_and_failing" in r.stdout, r.stdout
+    assert "1 passed, 1 failed" in r.stdout, r.stdout
+
+
 # ---------------------------------------------------------------------------
 # hubgate eval against serve
 
