@@ -87,7 +87,7 @@ enum Command {
         #[arg(long)]
         coverage: bool,
         /// Fail when total line coverage of the policy files is below this percentage.
-        #[arg(long, value_name = "PCT")]
+        #[arg(long, value_name = "PCT", value_parser = percent)]
         threshold: Option<f64>,
         #[command(flatten)]
         config: ConfigArg,
@@ -105,6 +105,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// A coverage threshold: a number from 0 to 100. NaN compared below nothing, so
+/// `--threshold nan` passed every run whatever its coverage.
+fn percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
+    }
 }
 
 #[derive(Args)]

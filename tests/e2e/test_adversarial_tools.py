@@ -134,6 +134,14 @@ def test_hubgate_test_runs_an_indented_test_rule(tmp_path):
     assert "1 passed, 1 failed" in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("value", ["nan", "NaN", "-1", "101", "inf"])
+def test_hubgate_test_refuses_a_threshold_that_is_no_percentage(value):
+    """`--threshold nan` passed every run (nothing is below NaN): a gate that never closes."""
+    r = run_hubgate("test", str(REPO / "policies"), f"--threshold={value}", timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stdout[-200:], r.stderr)
+    assert "percentage" in r.stderr
+
+
 # ---------------------------------------------------------------------------
 # hubgate eval against serve
 
