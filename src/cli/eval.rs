@@ -210,6 +210,17 @@ fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
     }
 }
 
+/// The proxy refuses a body larger than `server.max_body_bytes` (413) before it reads it: eval
+/// judged such a body and could print ALLOW for a request the proxy never forwards.
+fn too_large(config: &Config, body: &[u8]) -> Option<ExitCode> {
+    let limit = config.server.max_body_bytes;
+    (body.len() as u64 > limit).then(|| {
+        let refused = crate::envelope::Rejection::PayloadTooLarge { limit };
+        outln!("{}: {refused}; the proxy would answer 413", refused.code());
+        ExitCode::FAILURE
+    })
+}
+
 /// Finding state for eval: the `--current` file, or none (then judging stops after the
 /// first pass, which is all that can be known without state).
 struct FileState(Option<KeyMap<Arc<CurrentFinding>>>);
@@ -299,10 +310,14 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // As serve loads it: a set that does not cover the configuration (a policy-routed
+    // operation without its schema) stops serve, so eval does not judge with it either.
     let policy = match PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
-    ) {
+    )
+    .and_then(|p| p.covers(&config).map(|()| p))
+    {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -329,6 +344,9 @@ pub fn run(args: &EvalArgs) -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
+            if let Some(code) = too_large(&config, &body) {
+                return code;
+            }
             let resign = config.upstream.auth == crate::config::UpstreamAuth::Resign;
             let listed = config.policy.member_may_call(spec.name);
             let confined = match resign {
@@ -355,6 +373,9 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    if let Some(code) = too_large(&config, &body) {
+        return code;
+    }
     let current = match args.current.as_deref().map(current_findings).transpose() {
         Ok(c) => c,
         Err(e) => return fail(e),

@@ -202,6 +202,40 @@ def test_eval_of_a_plain_denial_adds_no_proxy_line(tmp_path):
     assert "proxy:" not in r.stdout
 
 
+def test_eval_refuses_a_body_larger_than_serve_accepts(tmp_path, make_hubgate, seeded_fake):
+    """eval judged a body over server.max_body_bytes, which the proxy refuses with 413 before
+    reading it, and printed ALLOW (exit 0) for a request the proxy never forwards."""
+    hg = make_hubgate({"server": {"max_body_bytes": 200}}, fake=seeded_fake)
+    request = tmp_path / "req.json"
+    body = {"FindingIdentifiers": [ident("f-own-high")], "Note": {"Text": "x" * 200,
+                                                                 "UpdatedBy": "me"}}
+    request.write_text(json.dumps(body))
+    r = run_hubgate("eval", "--config", str(hg.config_path), "--request", str(request),
+                    "--as", f"member:{MEMBER_ACCOUNT}", timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith("PAYLOAD_TOO_LARGE") and "413" in r.stdout, r.stdout
+    from botocore.exceptions import ClientError
+    with pytest.raises(ClientError) as e:
+        hg.client("member").batch_update_findings(**body)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+def test_eval_refuses_a_policy_set_serve_would_not_start_with(tmp_path):
+    """A policy-routed operation without its schema stops serve and check; eval judged
+    requests with that set anyway (exit 0 or 1, as if it were the set in force)."""
+    import shutil
+    pol = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", pol)
+    (pol / "schemas" / "BatchImportFindings.json").unlink()
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path).replace(str(REPO / "policies"), str(pol)))
+    request, current = eval_files(tmp_path)
+    r = run_eval(config, request, current)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "schemas/BatchImportFindings.json" in r.stderr, r.stderr
+    assert run_hubgate("check", "--config", str(config)).returncode != 0
+
+
 # ---------------------------------------------------------------------------
 # hubgate audit verify
 
