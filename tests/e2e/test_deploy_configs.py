@@ -51,7 +51,9 @@ def gateway_folder(tmp_path, toml: str, proxy: int = 18080, admin: int = 19090):
     config = tmp_path / "etc" / "hubgate.toml"
     config.write_text(localize(toml, tmp_path, proxy, admin))
     env = hubgate_env() | {"HUBGATE_SECRET_SECOPS_ADMIN": "secops-admin-secret-0123456789",
-                           "HUBGATE_AUDIT_HMAC_KEY": "00112233445566778899aabbccddeeff"}
+                           "HUBGATE_AUDIT_HMAC_KEY": "00112233445566778899aabbccddeeff",
+                           # the replicas' pods get it from redis-password.yaml
+                           "HUBGATE_REDIS_PASSWORD": "redis-password-0123456789"}
     return config, env, ca_file
 
 
