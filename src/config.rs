@@ -756,6 +756,29 @@ impl Config {
                 ),
             ));
         }
+        // Durations past a day are mistakes, and some reach what refuses them: Redis refuses
+        // the expiry a cache_ttl_ms of 2^63 gives a shared cache entry, and each replica then
+        // ran degraded for good (fallback share, local cache) under a configuration check
+        // called valid; a max_wait_ms that long holds a request for quota without end.
+        for (key, ms) in [
+            ("server.shutdown_grace_ms", server.shutdown_grace_ms),
+            ("upstream.timeout_ms", upstream.timeout_ms),
+            ("policy.eval_timeout_ms", policy.eval_timeout_ms),
+            ("policy.watch_interval_ms", policy.watch_interval_ms),
+            ("enrichment.cache_ttl_ms", enrichment.cache_ttl_ms),
+            ("enrichment.negative_ttl_ms", enrichment.negative_ttl_ms),
+            ("quota.max_wait_ms", quota.max_wait_ms),
+            ("audit.fsync_interval_ms", audit.fsync_interval_ms),
+            ("audit.enqueue_timeout_ms", audit.enqueue_timeout_ms),
+        ] {
+            if ms > MAX_TIMEOUT_MS {
+                return Err(invalid(
+                    file,
+                    key,
+                    format!("must be at most {MAX_TIMEOUT_MS} (one day), not {ms}"),
+                ));
+            }
+        }
         if !(quota.share > 0.0 && quota.share <= 1.0) {
             return Err(invalid(
                 file,
@@ -1174,6 +1197,30 @@ mod tests {
             cautions("[server]\nlisten = \"0.0.0.0:8080\"").is_empty(),
             "SigV4 callers"
         );
+    }
+
+    #[test]
+    fn durations_are_at_most_a_day() {
+        for (section, key) in [
+            ("server", "shutdown_grace_ms"),
+            ("upstream", "timeout_ms"),
+            ("policy", "eval_timeout_ms"),
+            ("policy", "watch_interval_ms"),
+            ("enrichment", "cache_ttl_ms"),
+            ("enrichment", "negative_ttl_ms"),
+            ("quota", "max_wait_ms"),
+            ("audit", "fsync_interval_ms"),
+            ("audit", "enqueue_timeout_ms"),
+        ] {
+            assert!(parse(&format!("[{section}]\n{key} = 86400000\n")).is_ok());
+            let e = parse(&format!("[{section}]\n{key} = 86400001\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{section}.{key}: must be at most 86400000")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

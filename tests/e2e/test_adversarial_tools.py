@@ -58,6 +58,32 @@ def test_check_fails_where_serve_would_not_start_redis_and_audit_file(tmp_path, 
     assert named in r.stderr, r.stderr
 
 
+def test_a_cache_ttl_redis_refuses_is_refused_by_check(tmp_path, make_hubgate, seeded_fake):
+    """A huge enrichment.cache_ttl_ms passed check, and with [coordination] Redis refused
+    every shared cache entry's expiry ("invalid expire time"): each replica ran degraded for
+    good. Durations are now at most a day; a day still works with Redis."""
+    big = 9223372036854775807
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path, f"[enrichment]\ncache_ttl_ms = {big}\n"))
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "enrichment.cache_ttl_ms: must be at most 86400000" in r.stderr, r.stderr
+
+    hg = make_hubgate({"enrichment": {"cache_ttl_ms": 86400000},
+                       "coordination": {"redis_url": "redis://127.0.0.1:6379/0",
+                                        "key_prefix": f"hgadvtools{hg_suffix()}"}},
+                      fake=seeded_fake)
+    hg.client("member").batch_update_findings(FindingIdentifiers=[ident("f-own-high")],
+                                              Note={"Text": "x", "UpdatedBy": "me"})
+    ready = hg.admin("/readyz", timeout=5).json()
+    assert ready["checks"]["coordination"]["state"] == "ok", ready
+
+
+def hg_suffix() -> str:
+    import os
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
+
+
 def test_check_creates_nothing_for_an_audit_file_to_be_made(tmp_path):
     """An audit path whose folders do not exist yet is valid (serve creates them), and check
     creates neither the folders nor the file."""
