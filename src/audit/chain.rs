@@ -292,7 +292,13 @@ pub fn verify_replicas(
     files: &[PathBuf],
 ) -> Result<Vec<(Option<String>, Verdict)>, String> {
     let mut groups: Vec<Group> = Vec::new();
+    // A file named twice (`audit.ndjson*` beside `audit.ndjson`, or a link to it) is one file:
+    // read twice, its records followed themselves and an honest log read as BROKEN.
+    let mut seen = std::collections::HashSet::new();
     for file in files {
+        if !seen.insert(std::fs::canonicalize(file).unwrap_or_else(|_| file.clone())) {
+            continue;
+        }
         let (instance, link) = match first_record(file) {
             Some((instance, seq, prev)) => (instance, Some((seq, prev))),
             None => (None, None),

@@ -327,6 +327,15 @@ def test_verify_reports_a_sequence_past_its_limit_as_broken_not_a_crash(tmp_path
     assert "BROKEN" in r.stdout and "panicked" not in r.stderr
 
 
+def test_verify_reads_a_file_named_twice_once(tmp_path):
+    """`audit verify audit.ndjson* audit.ndjson`, or a link to the log beside it: the same
+    file read twice made its records follow themselves, and an honest log read as BROKEN."""
+    log = write_log(tmp_path, "audit.ndjson", seal(RECORDS))
+    (tmp_path / "current.ndjson").symlink_to(log)
+    r = audit_verify(log, log, tmp_path / "current.ndjson")
+    assert r.returncode == 0 and "intact: 4 records" in r.stdout, (r.stdout, r.stderr)
+
+
 @pytest.mark.parametrize("edit", ["duplicated", "swapped", "another_chain", "truncated",
                                   "trailing_garbage", "number_form"])
 def test_verify_finds_each_edit(tmp_path, edit):
