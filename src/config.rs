@@ -744,6 +744,25 @@ impl Config {
             operations,
         } = raw;
         coordination.validate(file)?;
+        // An empty name (a template's unset value) read as "names , which is not set"; a name
+        // with '=' or NUL is no variable any environment can hold.
+        for (key, name) in [
+            ("audit.hmac_key_env", &audit.hmac_key_env),
+            (
+                "coordination.redis_password_env",
+                &coordination.redis_password_env,
+            ),
+        ] {
+            if let Some(name) = name {
+                if name.trim().is_empty() || name.contains(['=', '\0']) {
+                    return Err(invalid(
+                        file,
+                        key,
+                        format!("{name:?} is not an environment variable name"),
+                    ));
+                }
+            }
+        }
         // Longer than an hour would be a journal no lag calls for, and a Retry-After no client
         // waits out.
         if enrichment.settle_ms > 3_600_000 {
@@ -1197,6 +1216,20 @@ mod tests {
             cautions("[server]\nlisten = \"0.0.0.0:8080\"").is_empty(),
             "SigV4 callers"
         );
+    }
+
+    #[test]
+    fn variable_names_are_names() {
+        for text in [
+            "[audit]\nhmac_key_env = \"\"",
+            "[audit]\nhmac_key_env = \" \"",
+            "[audit]\nhmac_key_env = \"A=B\"",
+            "[coordination]\nredis_url = \"redis://h:6379/0\"\nredis_password_env = \"\"",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("is not an environment variable name"), "{e}");
+        }
+        assert!(parse("[audit]\nhmac_key_env = \"HUBGATE_AUDIT_KEY\"").is_ok());
     }
 
     #[test]

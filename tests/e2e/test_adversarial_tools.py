@@ -84,6 +84,20 @@ def hg_suffix() -> str:
     return f"{os.getpid()}-{os.urandom(4).hex()}"
 
 
+@pytest.mark.parametrize("table", ['[audit]\nhmac_key_env = ""\n',
+                                   '[coordination]\nredis_url = "redis://127.0.0.1:6379/0"\n'
+                                   'redis_password_env = ""\n'])
+def test_an_empty_variable_name_is_a_configuration_error(tmp_path, table):
+    """An empty variable name (a template's unset value) was taken as a name: check exited 1
+    with "audit.hmac_key_env names , which is not set" instead of naming the setting as
+    invalid (status 2)."""
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path, table))
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "is not an environment variable name" in r.stderr, r.stderr
+
+
 def test_check_creates_nothing_for_an_audit_file_to_be_made(tmp_path):
     """An audit path whose folders do not exist yet is valid (serve creates them), and check
     creates neither the folders nor the file."""
