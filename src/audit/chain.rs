@@ -159,6 +159,21 @@ impl Chain {
             .as_object_mut()
             .and_then(|o| o.remove("chain"))
             .ok_or("the record has no chain")?;
+        // The hash covers the record without `chain`, so a member added to `chain` is covered
+        // by nothing: `"chain":{…,"approved":true}` verified as intact, with a key too. A
+        // sealed chain holds these members only.
+        let Value::Object(members) = &chain else {
+            return Err("chain is not an object".into());
+        };
+        if let Some(extra) = members
+            .keys()
+            .find(|k| !matches!(k.as_str(), "hash" | "instance" | "prev" | "seq"))
+        {
+            return Err(format!(
+                "chain has a member hubgate never writes ({extra:?}), which no hash covers: \
+                 it was modified"
+            ));
+        }
         let hash = chain
             .get("hash")
             .and_then(Value::as_str)
@@ -522,6 +537,31 @@ mod tests {
         assert!(matches!(
             verify(&chain, &[file]).unwrap(),
             Verdict::Broken { reason, .. } if reason.contains("written twice")
+        ));
+    }
+
+    /// Only the record without `chain` is hashed: a member added to `chain` would be covered
+    /// by nothing, so a chain with any member hubgate does not write is a modification.
+    #[test]
+    fn a_member_added_to_chain_is_a_modification() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(Some(b"k".to_vec()));
+        let lines = log(&chain, 2);
+        let mut edited: Value = serde_json::from_slice(&lines[0]).unwrap();
+        edited["chain"]["approved"] = json!(true);
+        let file = write(
+            dir.path(),
+            "a",
+            &[serde_json::to_vec(&edited).unwrap(), lines[1].clone()],
+        );
+        assert!(matches!(
+            verify(&chain, &[file]).unwrap(),
+            Verdict::Broken { line: 1, reason, .. } if reason.contains("\"approved\"")
+        ));
+        let file = write(dir.path(), "b", &lines);
+        assert!(matches!(
+            verify(&chain, &[file]).unwrap(),
+            Verdict::Intact { records: 2, .. }
         ));
     }
 

@@ -350,6 +350,20 @@ def test_verify_reads_a_file_named_twice_once(tmp_path):
     assert r.returncode == 0 and "intact: 4 records" in r.stdout, (r.stdout, r.stderr)
 
 
+def test_verify_finds_a_member_added_to_chain_even_with_a_key(tmp_path):
+    """The hash covers the record without `chain`, so a member slipped into `chain`
+    ("chain":{…,"approved_by":"ciso"}) was covered by nothing and a keyed log verified as
+    intact: no key is needed to add it."""
+    lines = seal(RECORDS, key=b"k3y")
+    edited = json.loads(lines[1])
+    edited["chain"]["approved_by"] = "ciso"
+    lines[1] = json.dumps(edited, separators=(",", ":"))
+    r = audit_verify(write_log(tmp_path, "audit.ndjson", lines), key_env="HG_K",
+                     env={"HG_K": "k3y"})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "audit.ndjson:2:" in r.stdout and "approved_by" in r.stdout, r.stdout
+
+
 @pytest.mark.parametrize("edit", ["duplicated", "swapped", "another_chain", "truncated",
                                   "trailing_garbage", "number_form"])
 def test_verify_finds_each_edit(tmp_path, edit):
