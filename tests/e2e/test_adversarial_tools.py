@@ -364,6 +364,21 @@ def test_verify_finds_a_member_added_to_chain_even_with_a_key(tmp_path):
     assert "audit.ndjson:2:" in r.stdout and "approved_by" in r.stdout, r.stdout
 
 
+def test_records_holding_callers_number_forms_verify(make_hubgate, seeded_fake):
+    """An import's numbers as a caller spells them (1.0E+2, an integer past 2^64, -0.0, the
+    smallest subnormal) reach the record's input; the log written by serve verifies."""
+    from helpers import ADMIN_ACCOUNT, finding, wait_until
+    hg = make_hubgate({}, fake=seeded_fake)
+    text = json.dumps({"Findings": [finding("f-num", ADMIN_ACCOUNT)]})
+    for number in ["1.0E+2", "123456789012345678901234567890", "-0.0", "5e-324"]:
+        body = text.replace('"Normalized": 70', f'"Normalized": 70, "Product": {number}')
+        assert hg.send("POST", "/findings/import", body).status == 200, number
+    wait_until(lambda: sum(1 for f in hg.audit_files() for _ in open(f)) >= 4, 10,
+               "four audit records")
+    r = audit_verify(*hg.audit_files())
+    assert r.returncode == 0 and "intact: 4 records" in r.stdout, (r.stdout, r.stderr)
+
+
 @pytest.mark.parametrize("edit", ["duplicated", "swapped", "another_chain", "truncated",
                                   "trailing_garbage", "number_form"])
 def test_verify_finds_each_edit(tmp_path, edit):
