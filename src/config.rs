@@ -686,6 +686,21 @@ impl Config {
                 e.settle_ms, e.cache_ttl_ms
             ));
         }
+        // Plain http:// is for an emulator on this machine. Elsewhere the finding state the
+        // policies judge crosses the network unauthenticated: whoever sits on the path can
+        // answer GetFindings with a state that makes a denied change look allowed.
+        if self.upstream_uri.scheme_str() == Some("http")
+            && !crate::identity::is_loopback(&self.upstream_uri)
+        {
+            out.push(format!(
+                "upstream.endpoint \"{}\" is plain http:// to a host that is not loopback: \
+                 the finding state hubgate's policies judge, and every forwarded body, cross \
+                 the network unencrypted and unauthenticated, so anyone on the path can change \
+                 what the policies see; use https:// (http:// is meant for an emulator on this \
+                 machine)",
+                self.upstream.endpoint
+            ));
+        }
         if self.identity.mode == IdentityMode::Static && !self.listen.ip().is_loopback() {
             out.push(format!(
                 "identity.mode = \"static\" on listen = \"{}\", which is not a loopback \
@@ -1216,6 +1231,21 @@ mod tests {
             cautions("[server]\nlisten = \"0.0.0.0:8080\"").is_empty(),
             "SigV4 callers"
         );
+        let plain =
+            cautions("[upstream]\nendpoint = \"http://securityhub.us-east-1.amazonaws.com\"");
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain[0].contains("plain http://"), "{plain:?}");
+        for local in [
+            "http://127.0.0.1:4566",
+            "http://localhost:4566",
+            "http://[::1]:4566",
+            "https://securityhub.eu-west-1.amazonaws.com",
+        ] {
+            assert!(
+                cautions(&format!("[upstream]\nendpoint = \"{local}\"")).is_empty(),
+                "{local}"
+            );
+        }
     }
 
     #[test]

@@ -98,6 +98,26 @@ def test_an_empty_variable_name_is_a_configuration_error(tmp_path, table):
     assert "is not an environment variable name" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("endpoint,cautioned", [
+    ("http://securityhub.us-east-1.amazonaws.com", True),
+    ("http://10.0.0.7:4566", True),
+    ("http://127.0.0.1:4566", False),
+    ("https://securityhub.us-east-1.amazonaws.com", False),
+])
+def test_check_cautions_about_plain_http_to_another_host(tmp_path, endpoint, cautioned):
+    """http:// is meant for an emulator on this machine; to another host (an https typo) the
+    finding state the policies judge crossed the network unauthenticated, and check said
+    nothing."""
+    config = tmp_path / "hubgate.toml"
+    config.write_text(base_config(tmp_path, f'[upstream]\nendpoint = "{endpoint}"\n'))
+    r = run_hubgate("check", "--config", str(config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    caution = [line for line in r.stderr.splitlines() if "plain http://" in line]
+    assert len(caution) == int(cautioned), r.stderr
+    if cautioned:
+        assert caution[0].startswith("hubgate: caution: upstream.endpoint"), caution
+
+
 def test_check_creates_nothing_for_an_audit_file_to_be_made(tmp_path):
     """An audit path whose folders do not exist yet is valid (serve creates them), and check
     creates neither the folders nor the file."""
