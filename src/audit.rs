@@ -1324,7 +1324,8 @@ mod tests {
             chain::Verdict::Intact {
                 records: 51,
                 first_seq: 1,
-                last_seq: 51
+                last_seq: 51,
+                key_changes: vec![],
             }
         );
     }

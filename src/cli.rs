@@ -167,12 +167,13 @@ enum AuditCommand {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Environment variable holding the HMAC key the log was written with.
+        /// Environment variable holding the HMAC key the log was written with. Repeat it,
+        /// oldest first, for a log whose key was changed at a restart.
         #[arg(long, conflicts_with = "key_file")]
-        key_env: Option<String>,
-        /// File holding the HMAC key the log was written with.
+        key_env: Vec<String>,
+        /// File holding the HMAC key the log was written with (repeatable, as --key-env).
         #[arg(long)]
-        key_file: Option<PathBuf>,
+        key_file: Vec<PathBuf>,
     },
 }
 
@@ -484,48 +485,66 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
     }
 }
 
-fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>) -> ExitCode {
-    let key_source = match (&key_env, &key_file) {
-        (Some(var), _) => format!("--key-env {var}"),
-        (None, Some(file)) => format!("--key-file {}", file.display()),
-        (None, None) => String::new(),
-    };
-    let key = match (key_env, key_file) {
-        (Some(var), _) => match std::env::var(&var) {
-            Ok(k) => Some(k.into_bytes()),
-            Err(std::env::VarError::NotPresent) => {
-                eprintln!("hubgate: {var} is not set");
-                return ExitCode::from(2);
-            }
+/// One `--key-env` or `--key-file` key, as serve reads it (audit.hmac_key_env,
+/// audit.hmac_key_file).
+fn verify_key(source: KeySource<'_>) -> Result<Vec<u8>, String> {
+    let (key, named) = match source {
+        KeySource::Env(var) => match std::env::var(var) {
+            Ok(k) => (k.into_bytes(), format!("--key-env {var}")),
+            Err(std::env::VarError::NotPresent) => return Err(format!("{var} is not set")),
             // serve reads audit.hmac_key_env the same way and refuses to start with it.
             Err(std::env::VarError::NotUnicode(_)) => {
-                eprintln!("hubgate: {var} is not UTF-8, so no hubgate wrote a log with it");
-                return ExitCode::from(2);
+                return Err(format!(
+                    "{var} is not UTF-8, so no hubgate wrote a log with it"
+                ))
             }
         },
-        (None, Some(file)) => match std::fs::read(&file) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("hubgate: {}: {e}", file.display());
-                return ExitCode::from(2);
-            }
+        KeySource::File(file) => match std::fs::read(file) {
+            Ok(k) => (k, format!("--key-file {}", file.display())),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
         },
-        (None, None) => None,
     };
     // serve refuses an empty key (audit.hmac_key_env, audit.hmac_key_file), so no log was
     // written with one: an empty variable is a mistake (set to "" by a template, a file
     // truncated), and checking with it read every record of a keyed log, or of an unkeyed
     // one, as "modified".
-    if key.as_ref().is_some_and(Vec::is_empty) {
-        eprintln!(
-            "hubgate: the key is empty ({}): hubgate never writes a log with an empty key; \
-             give the key the log was written with, or neither --key-env nor --key-file for \
-             a log written without one",
-            key_source
-        );
-        return ExitCode::from(2);
+    if key.is_empty() {
+        return Err(format!(
+            "the key is empty ({named}): hubgate never writes a log with an empty key; give \
+             the key the log was written with, or neither --key-env nor --key-file for a log \
+             written without one"
+        ));
     }
-    let verdicts = match chain::verify_replicas(&chain::Chain::new(key), files) {
+    Ok(key)
+}
+
+#[derive(Clone, Copy)]
+enum KeySource<'a> {
+    Env(&'a str),
+    File(&'a std::path::Path),
+}
+
+fn verify(files: &[PathBuf], key_env: Vec<String>, key_file: Vec<PathBuf>) -> ExitCode {
+    let sources: Vec<KeySource<'_>> = key_env
+        .iter()
+        .map(|v| KeySource::Env(v))
+        .chain(key_file.iter().map(|f| KeySource::File(f)))
+        .collect();
+    let mut keys = Vec::with_capacity(sources.len());
+    for source in sources {
+        match verify_key(source) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                eprintln!("hubgate: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    // Several keys: a log whose key was changed at a restart continues its chain under the
+    // new key, and verified under neither key alone.
+    let mut keys = keys.into_iter();
+    let chain = chain::Chain::new(keys.next()).then_keys(keys.collect());
+    let verdicts = match chain::verify_replicas(&chain, files) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("hubgate: {e}");
@@ -546,8 +565,14 @@ fn verify(files: &[PathBuf], key_env: Option<String>, key_file: Option<PathBuf>)
                 records,
                 first_seq,
                 last_seq,
+                key_changes,
             } => {
                 outln!("{who}intact: {records} records, sequence {first_seq} to {last_seq}");
+                for (seq, key) in key_changes {
+                    outln!(
+                        "{who}note: from record {seq} on, the records are sealed with key {key}"
+                    );
+                }
                 if first_seq > 1 {
                     outln!("{who}note: the chain starts at record {first_seq}; older records are in files not given (or rotated away)");
                 }

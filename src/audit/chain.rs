@@ -44,6 +44,9 @@ struct Link<'a> {
 #[derive(Clone)]
 pub struct Chain {
     key: Option<Vec<u8>>,
+    /// Verification only: the keys that took over from `key`, in the order they were used
+    /// (a key changed at a restart continues the chain under the new key).
+    later_keys: Vec<Vec<u8>>,
     /// The replica that writes this chain.
     instance: Option<String>,
 }
@@ -62,8 +65,18 @@ impl Chain {
     pub fn new(key: Option<Vec<u8>>) -> Chain {
         Chain {
             key,
+            later_keys: Vec::new(),
             instance: None,
         }
+    }
+
+    /// Verification only: records may also be sealed with these keys, each taking over from
+    /// the one before it for good (a record sealed with a key is never followed by one sealed
+    /// with an earlier key: an old key, perhaps the leaked one a rotation retired, cannot
+    /// seal records after the new one took over).
+    pub fn then_keys(mut self, keys: Vec<Vec<u8>>) -> Chain {
+        self.later_keys = keys;
+        self
     }
 
     /// Names the replica in every record this chain seals.
@@ -73,28 +86,7 @@ impl Chain {
     }
 
     fn digest(&self, prev: &str, seq: u64, instance: Option<&str>, body: &[u8]) -> String {
-        let mut seq_text = itoa::Buffer::new();
-        // prev \n seq [\n instance:<id>] \n body. Records without an instance (older logs)
-        // hash as they always did.
-        let instance = instance.map(|i| [b"\ninstance:".as_slice(), i.as_bytes()]);
-        let parts = [prev.as_bytes(), b"\n", seq_text.format(seq).as_bytes()]
-            .into_iter()
-            .chain(instance.into_iter().flatten())
-            .chain([b"\n".as_slice(), body]);
-        match &self.key {
-            Some(key) => {
-                // HMAC accepts keys of any length, so this cannot fail.
-                let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
-                    .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-                parts.for_each(|p| mac.update(p));
-                hex::encode(mac.finalize().into_bytes())
-            }
-            None => {
-                let mut h = Sha256::new();
-                parts.for_each(|p| h.update(p));
-                hex::encode(h.finalize())
-            }
-        }
+        digest_under(self.key.as_deref(), prev, seq, instance, body)
     }
 
     /// Seals `record` as the successor of `head` and returns its line (without newline).
@@ -137,7 +129,14 @@ impl Chain {
 
     /// Checks one line against the head before it; returns the new head and the record's
     /// instance.
-    fn check(&self, line: &str, head: Option<&Head>) -> Result<(Head, Option<String>), String> {
+    /// `key_at`: the key the records before were sealed with (0: `key`, then `later_keys`),
+    /// moved on when this record was sealed with a later one.
+    fn check(
+        &self,
+        line: &str,
+        head: Option<&Head>,
+        key_at: &mut usize,
+    ) -> Result<(Head, Option<String>), String> {
         // Read as JSON means it (hubgate's strict reader), not with serde_json's Value: with the
         // raw_value feature that replaces an object whose first key is
         // "$serde_json::private::RawValue" by the JSON its string holds, and records hold keys
@@ -206,10 +205,58 @@ impl Chain {
             }
         }
         let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        if self.digest(&prev, seq, instance.as_deref(), &body) != hash {
-            return Err("the record's content does not match its hash: it was modified".into());
+        let keys = std::iter::once(self.key.as_deref())
+            .chain(self.later_keys.iter().map(|k| Some(k.as_slice())));
+        let sealed_with = keys
+            .enumerate()
+            .skip(*key_at)
+            .find(|(_, key)| digest_under(*key, &prev, seq, instance.as_deref(), &body) == hash);
+        match sealed_with {
+            Some((at, _)) => *key_at = at,
+            None if self.later_keys.is_empty() => {
+                return Err("the record's content does not match its hash: it was modified".into())
+            }
+            None => {
+                return Err(format!(
+                    "the record's content does not match its hash under key {} or a later one: \
+                     it was modified",
+                    *key_at + 1
+                ))
+            }
         }
         Ok((Head { seq, hash }, instance))
+    }
+}
+
+/// The hash of a record: HMAC-SHA-256 under `key`, or SHA-256 without one.
+fn digest_under(
+    key: Option<&[u8]>,
+    prev: &str,
+    seq: u64,
+    instance: Option<&str>,
+    body: &[u8],
+) -> String {
+    let mut seq_text = itoa::Buffer::new();
+    // prev \n seq [\n instance:<id>] \n body. Records without an instance (older logs)
+    // hash as they always did.
+    let instance = instance.map(|i| [b"\ninstance:".as_slice(), i.as_bytes()]);
+    let parts = [prev.as_bytes(), b"\n", seq_text.format(seq).as_bytes()]
+        .into_iter()
+        .chain(instance.into_iter().flatten())
+        .chain([b"\n".as_slice(), body]);
+    match key {
+        Some(key) => {
+            // HMAC accepts keys of any length, so this cannot fail.
+            let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
+                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+            parts.for_each(|p| mac.update(p));
+            hex::encode(mac.finalize().into_bytes())
+        }
+        None => {
+            let mut h = Sha256::new();
+            parts.for_each(|p| h.update(p));
+            hex::encode(h.finalize())
+        }
     }
 }
 
@@ -220,6 +267,9 @@ pub enum Verdict {
         records: u64,
         first_seq: u64,
         last_seq: u64,
+        /// With several keys: `(seq, n)`, the record from which on key n (1: the first given)
+        /// sealed the chain.
+        key_changes: Vec<(u64, usize)>,
     },
     Broken {
         file: PathBuf,
@@ -234,6 +284,8 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
     let mut head: Option<Head> = None;
     let mut first_seq = 0;
     let mut records = 0;
+    let mut key_at = 0;
+    let mut key_changes = Vec::new();
     for file in files {
         let reader = std::io::BufReader::new(
             std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?,
@@ -256,8 +308,12 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
             // continues the chain of the file it appends to. What makes a record part of a
             // chain is its seq and prev, which `check` requires to follow the record before;
             // a record of another replica's chain cannot link, and its instance is sealed.
-            match chain.check(text, head.as_ref()) {
+            let key_before = key_at;
+            match chain.check(text, head.as_ref(), &mut key_at) {
                 Ok((next, _instance)) => {
+                    if key_at != key_before {
+                        key_changes.push((next.seq, key_at + 1));
+                    }
                     if head.is_none() {
                         first_seq = next.seq;
                     }
@@ -272,6 +328,7 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
         records,
         first_seq,
         last_seq: head.map_or(0, |h| h.seq),
+        key_changes,
     })
 }
 
@@ -540,6 +597,43 @@ mod tests {
         ));
     }
 
+    /// A key changed at a restart: the chain continues under the new key, which verifies
+    /// with both keys in order; the old key cannot seal a record after the new one.
+    #[test]
+    fn a_chain_continued_under_a_new_key_verifies_with_both_keys_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (b"old".to_vec(), b"new".to_vec());
+        let mut head = Head::default();
+        let mut lines: Vec<Vec<u8>> = (0..2)
+            .map(|i| Chain::new(Some(old.clone())).seal(json!({"i": i}), &mut head))
+            .collect();
+        lines
+            .extend((2..4).map(|i| Chain::new(Some(new.clone())).seal(json!({"i": i}), &mut head)));
+        let file = write(dir.path(), "a", &lines);
+        let both = Chain::new(Some(old.clone())).then_keys(vec![new.clone()]);
+        assert_eq!(
+            verify(&both, std::slice::from_ref(&file)).unwrap(),
+            Verdict::Intact {
+                records: 4,
+                first_seq: 1,
+                last_seq: 4,
+                key_changes: vec![(3, 2)],
+            }
+        );
+        for alone in [old.clone(), new.clone()] {
+            assert!(matches!(
+                verify(&Chain::new(Some(alone)), std::slice::from_ref(&file)).unwrap(),
+                Verdict::Broken { .. }
+            ));
+        }
+        lines.push(Chain::new(Some(old.clone())).seal(json!({"i": 4}), &mut head));
+        let file = write(dir.path(), "b", &lines);
+        assert!(matches!(
+            verify(&both, &[file]).unwrap(),
+            Verdict::Broken { line: 5, reason, .. } if reason.contains("under key 2 or a later one")
+        ));
+    }
+
     /// Only the record without `chain` is hashed: a member added to `chain` would be covered
     /// by nothing, so a chain with any member hubgate does not write is a modification.
     #[test]
@@ -599,7 +693,8 @@ mod tests {
             Verdict::Intact {
                 records: 6,
                 first_seq: 1,
-                last_seq: 6
+                last_seq: 6,
+                key_changes: vec![],
             }
         );
         // the newer file alone verifies as a chain that starts mid-way
@@ -608,7 +703,8 @@ mod tests {
             Verdict::Intact {
                 records: 3,
                 first_seq: 4,
-                last_seq: 6
+                last_seq: 6,
+                key_changes: vec![],
             }
         );
     }
@@ -630,6 +726,7 @@ mod tests {
             records: n,
             first_seq: 1,
             last_seq: n,
+            key_changes: vec![],
         };
         assert_eq!(
             verdicts,
@@ -680,7 +777,8 @@ mod tests {
                 Verdict::Intact {
                     records: 6,
                     first_seq: 1,
-                    last_seq: 6
+                    last_seq: 6,
+                    key_changes: vec![],
                 }
             )]
         );
@@ -724,7 +822,8 @@ mod tests {
                 Verdict::Intact {
                     records: 6,
                     first_seq: 1,
-                    last_seq: 6
+                    last_seq: 6,
+                    key_changes: vec![],
                 }
             )]
         );

@@ -399,6 +399,46 @@ def test_records_holding_callers_number_forms_verify(make_hubgate, seeded_fake):
     assert r.returncode == 0 and "intact: 4 records" in r.stdout, (r.stdout, r.stderr)
 
 
+def test_a_log_whose_key_changed_at_a_restart_verifies_with_both_keys(make_hubgate,
+                                                                   seeded_fake):
+    """An HMAC key rotated at a restart (the Secret updated, the pod restarted): serve continues
+    the chain under the new key, and the honest log verified under neither key alone (BROKEN
+    at line 1 or at the first record of the new key), with no way to say it was intact.
+    `--key-env OLD --key-env NEW` verifies it and says where the new key took over; the old
+    key may not seal a record after the new one took over."""
+    from helpers import hubgate_env
+    old, new = {"HG_KEY": "old-audit-key-2718"}, {"HG_KEY": "new-audit-key-1618"}
+    hg = make_hubgate({"audit": {"hmac_key_env": "HG_KEY", "include_input": False}},
+                      fake=seeded_fake, env={**hubgate_env(), **old})
+    note = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "n", "UpdatedBy": "me"}}
+    for _ in range(2):
+        assert hg.buf(note, who="admin").status == 200
+    hg.stop()
+    hg.env = {**hubgate_env(), **new}
+    hg.start()
+    for _ in range(2):
+        assert hg.buf(note, who="admin").status == 200
+    hg.stop()
+    env = {"HG_OLD": old["HG_KEY"], "HG_NEW": new["HG_KEY"]}
+    both = subprocess.run([str(HUBGATE_BIN), "audit", "verify", str(hg.audit_path),
+                           "--key-env", "HG_OLD", "--key-env", "HG_NEW"],
+                          env={**hubgate_env(), **env}, capture_output=True, text=True,
+                          timeout=30)
+    assert both.returncode == 0, (both.stdout, both.stderr)
+    assert "intact: 4 records" in both.stdout, both.stdout
+    assert "from record 3 on, the records are sealed with key 2" in both.stdout, both.stdout
+    # the old key cannot take a record back after the new one took over
+    lines = hg.audit_path.read_text().splitlines()
+    relinked = seal([{"decision_id": "forged"}], key=old["HG_KEY"].encode(), start_seq=5,
+                    prev=json.loads(lines[-1])["chain"]["hash"])
+    hg.audit_path.write_text("\n".join(lines + relinked) + "\n")
+    forged = subprocess.run([str(HUBGATE_BIN), "audit", "verify", str(hg.audit_path),
+                             "--key-env", "HG_OLD", "--key-env", "HG_NEW"],
+                            env={**hubgate_env(), **env}, capture_output=True, text=True,
+                            timeout=30)
+    assert forged.returncode == 1 and ":5:" in forged.stdout, forged.stdout
+
+
 @pytest.mark.parametrize("edit", ["duplicated", "swapped", "another_chain", "truncated",
                                   "trailing_garbage", "number_form"])
 def test_verify_finds_each_edit(tmp_path, edit):
