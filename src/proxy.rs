@@ -372,7 +372,7 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     let identity = ctx.gate.identity.load_full();
     let claim = admit(ctx, &identity, &parts)?;
     let body = Payload::new(read(ctx, &parts, body, routing).await?);
-    let principal = authenticate(ctx, claim, &parts, &body)?;
+    let principal = authenticate(ctx, &identity, claim, &parts, &body)?;
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
@@ -586,14 +586,26 @@ fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct ClientGone;
 
 /// Authenticate: the claimed caller, proven by its signature over the exact body (sigv4
-/// mode) or already by the head (mtls, static).
+/// mode) or already by the head (mtls, static), against the callers file as it is once the
+/// body has come.
 fn authenticate(
     ctx: &mut Ctx<'_>,
+    claimed_from: &Arc<Identity>,
     claim: Claim<'_>,
     parts: &http::request::Parts,
     body: &Payload,
 ) -> Result<Arc<Principal>, Rejection> {
-    let principal = claim.verify(parts, body)?;
+    let current = ctx.gate.identity.load();
+    // The callers file was reloaded while the body was read (up to body_read_timeout_ms).
+    // Proven by the callers it was claimed from, a key revoked meanwhile would still get its
+    // request forwarded, and a caller demoted meanwhile would be judged in its old role: the
+    // request is authenticated again, whole, by the callers as they are now.
+    let principal = if Arc::ptr_eq(&current, claimed_from) {
+        claim.verify(parts, body)?
+    } else {
+        drop(claim);
+        current.authenticate(parts, body, SystemTime::now(), ctx.client_cert)?
+    };
     ctx.trail.principal = Some(principal.clone());
     Ok(principal)
 }
