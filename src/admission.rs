@@ -12,10 +12,11 @@ use crate::identity::Principal;
 /// A caller has its whole share in flight.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "caller {caller} already has {limit} requests in flight, its share of hubgate \
+    "{caller} already has {limit} requests in flight, its share of hubgate \
      (server.max_in_flight_per_caller); retry later"
 )]
 pub struct CallerBusy {
+    /// The caller as the client may be told of it before it is proven (`Claim::shown`).
     pub caller: String,
     pub limit: usize,
 }
@@ -44,8 +45,13 @@ impl Shares {
         })
     }
 
-    /// A place for one more request of `caller`, or CallerBusy when it has its whole share.
-    pub fn take(self: &Arc<Self>, caller: &Arc<Principal>) -> Result<Share, CallerBusy> {
+    /// A place for one more request of `caller`, or CallerBusy (naming the caller as `shown`
+    /// says) when it has its whole share.
+    pub fn take(
+        self: &Arc<Self>,
+        caller: &Arc<Principal>,
+        shown: impl FnOnce() -> String,
+    ) -> Result<Share, CallerBusy> {
         // A poisoned lock only means a panic elsewhere while counting: the counts are plain
         // integers, still meaningful.
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -55,7 +61,7 @@ impl Shares {
         };
         if *count >= self.limit {
             return Err(CallerBusy {
-                caller: caller.id.clone(),
+                caller: shown(),
                 limit: self.limit,
             });
         }
@@ -100,28 +106,32 @@ mod tests {
         })
     }
 
+    fn shown() -> String {
+        "the caller of access key HGTESTMEMBER00000001".into()
+    }
+
     #[test]
     fn a_caller_gets_its_share_and_no_more_and_others_are_not_touched() {
         let shares = Shares::new(2);
         let (a, b) = (caller("member"), caller("admin"));
-        let first = shares.take(&a).unwrap();
-        let _second = shares.take(&a).unwrap();
-        let busy = shares.take(&a).unwrap_err();
+        let first = shares.take(&a, shown).unwrap();
+        let _second = shares.take(&a, shown).unwrap();
+        let busy = shares.take(&a, shown).unwrap_err();
         assert_eq!(busy.limit, 2);
         assert!(
             busy.to_string()
-                .contains("caller member already has 2 requests"),
+                .contains("the caller of access key HGTESTMEMBER00000001 already has 2 requests"),
             "{busy}"
         );
         assert!(
             busy.to_string().contains("server.max_in_flight_per_caller"),
             "{busy}"
         );
-        let _other = shares.take(&b).unwrap();
+        let _other = shares.take(&b, shown).unwrap();
         assert_eq!((shares.held("member"), shares.held("admin")), (2, 1));
         drop(first);
         assert_eq!(shares.held("member"), 1);
-        let _again = shares.take(&a).unwrap();
+        let _again = shares.take(&a, shown).unwrap();
         assert_eq!(shares.held("member"), 2);
     }
 
@@ -129,10 +139,10 @@ mod tests {
     fn every_share_comes_back_when_its_requests_end() {
         let shares = Shares::new(3);
         let a = caller("member");
-        let held: Vec<Share> = (0..3).map(|_| shares.take(&a).unwrap()).collect();
-        assert!(shares.take(&a).is_err());
+        let held: Vec<Share> = (0..3).map(|_| shares.take(&a, shown).unwrap()).collect();
+        assert!(shares.take(&a, shown).is_err());
         drop(held);
         assert_eq!(shares.held("member"), 0);
-        assert!(shares.take(&a).is_ok());
+        assert!(shares.take(&a, shown).is_ok());
     }
 }

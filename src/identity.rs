@@ -577,20 +577,22 @@ impl Identity {
         now: SystemTime,
         client_cert: Option<&ClientCert>,
     ) -> Result<Claim<'a>, AuthError> {
-        let (principal, signature) = match self.mode {
+        let (principal, signature, key_id) = match self.mode {
             IdentityMode::Static => (
                 self.static_principal.clone().ok_or(AuthError::Missing)?,
                 None,
+                None,
             ),
-            IdentityMode::Mtls => (self.by_certificate(client_cert)?, None),
+            IdentityMode::Mtls => (self.by_certificate(client_cert)?, None, None),
             IdentityMode::Sigv4 => {
-                let (caller, signature) = self.claim_sigv4(parts, now)?;
-                (caller.principal.clone(), signature)
+                let (caller, key_id, signature) = self.claim_sigv4(parts, now)?;
+                (caller.principal.clone(), signature, Some(key_id))
             }
         };
         Ok(Claim {
             principal,
             signature,
+            key_id,
         })
     }
 
@@ -598,7 +600,7 @@ impl Identity {
         &'a self,
         parts: &'a http::request::Parts,
         now: SystemTime,
-    ) -> Result<(&'a Caller, Option<Unverified<'a>>), AuthError> {
+    ) -> Result<(&'a Caller, &'a str, Option<Unverified<'a>>), AuthError> {
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)
@@ -637,7 +639,7 @@ impl Identity {
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.
             // The caller's keys are real AWS keys, so a session token is theirs to send.
-            return Ok((caller, None));
+            return Ok((caller, auth.access_key_id, None));
         }
         // hubgate issues long-term keys only. A session token beside one is either a
         // confused client or an attempt to smuggle real AWS credentials through: refuse it,
@@ -698,6 +700,7 @@ impl Identity {
                 headers.push((name, v));
             }
         }
+        let key_id = auth.access_key_id;
         let unverified = Unverified {
             auth,
             secret,
@@ -705,7 +708,7 @@ impl Identity {
             host,
             headers,
         };
-        Ok((caller, Some(unverified)))
+        Ok((caller, key_id, Some(unverified)))
     }
 }
 
@@ -714,6 +717,8 @@ pub struct Claim<'a> {
     principal: Arc<Principal>,
     /// The SigV4 signature still to check against the body (sigv4 mode, hubgate's own keys).
     signature: Option<Unverified<'a>>,
+    /// The access key id the head showed (sigv4 mode).
+    key_id: Option<&'a str>,
 }
 
 /// What the signature check needs from the head, read and checked once.
@@ -730,6 +735,17 @@ impl Claim<'_> {
     /// bounding what the request may hold meanwhile, never for a decision or a record.
     pub fn claimed(&self) -> &Arc<Principal> {
         &self.principal
+    }
+
+    /// The claim as a refusal may name it to the client before the caller is proven: by the
+    /// access key id the client sent itself (sigv4 mode), never by the caller's id in the
+    /// callers file, which a client that knows only a key id must not learn. A client
+    /// certificate was verified in the handshake: its caller is named.
+    pub fn shown(&self) -> String {
+        match self.key_id {
+            Some(key) => format!("the caller of access key {}", shown_key_id(key)),
+            None => format!("caller {}", self.principal.id),
+        }
     }
 
     /// The caller, once the signature (if any) matches the exact body bytes.

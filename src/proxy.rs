@@ -512,7 +512,7 @@ fn admit<'a>(
     // In static mode every request is the one configured caller: a share would only be a
     // smaller max_in_flight.
     if ctx.gate.config.identity.mode != IdentityMode::Static {
-        ctx.share = Some(ctx.gate.shares.take(claim.claimed())?);
+        ctx.share = Some(ctx.gate.shares.take(claim.claimed(), || claim.shown())?);
     }
     Ok(claim)
 }

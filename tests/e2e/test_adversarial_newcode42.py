@@ -272,6 +272,37 @@ def test_a_callers_share_comes_back_however_its_requests_end(make_fake, make_hub
     assert len(ids) == len(set(ids)), "a request recorded twice"
 
 
+def test_a_client_that_knows_only_a_key_id_does_not_learn_whose_it_is(make_fake, make_hubgate):
+    """A client with a caller's access key id but not its secret is admitted on the head's
+    claim (the signature needs the body) and can hold that caller's share while it sends its
+    bodies slowly. The 503 for one more such request must not tell it the caller's id in the
+    callers file (no 401 does): it names the key id the client sent. Its record names no
+    principal, and the administrator is served meanwhile."""
+    hg = make_hubgate({"server": {"max_in_flight": 8, "max_in_flight_per_caller": 1,
+                                  "body_read_timeout_ms": 1500}}, fake=make_fake())
+    from helpers import Creds
+    impostor = Creds(MEMBER.access_key, "not-the-members-secret")
+    s = connect(hg.port)
+    s.sendall(member_note(hg, creds=impostor)[:-10])
+    time.sleep(0.2)
+    reply = one(hg, member_note(hg, creds=impostor))
+    err = assert_envelope(reply, 503, "OVERLOADED", "ServiceUnavailableException")
+    message = err["error"]["message"]
+    assert f"access key {MEMBER.access_key} already has 1 requests in flight" in message, err
+    assert "member" not in message.replace(MEMBER.access_key, ""), err
+    rec = hg.audit_for(reply.headers["x-amzn-requestid"])
+    assert rec["status"] == 503 and not rec.get("principal"), rec
+    body = json.dumps({"Filters": {}}).encode()
+    admin = one(hg, raw("POST", "/findings",
+                        signed_headers(hg, body, method="POST", path="/findings", creds=ADMIN),
+                        body))
+    assert admin.status == 200, admin.text
+    # the impostor's stalled request ends at the body timeout, and the share comes back
+    assert read_reply(s, timeout=3).status == 408
+    s.close()
+    served_again(hg)
+
+
 # ---------------------------------------------------------------------------
 # A reload of the callers file while a body is read
 
@@ -373,3 +404,34 @@ def test_a_slowed_pace_never_holds_a_request_past_max_wait(make_fake, make_hubga
     reply = one(hg, member_read(hg))
     assert time.monotonic() - t < 1.5
     assert reply.status in (200, 429), reply.text
+
+
+@pytest.mark.parametrize("auth", ["resign", "passthrough"])
+def test_a_throttled_forward_slows_the_pace_only_where_hubgate_signs(make_fake, make_hubgate,
+                                                                     auth):
+    """Security Hub throttles a forwarded BatchUpdateFindings. In resign mode that is
+    hubgate's own account's quota: the operation's pace is halved. In passthrough the call
+    spent the caller's own account's quota: one caller whose account is busy must not slow
+    every caller's forwards, so the pace stays whole (no hubgate_quota_pace series)."""
+    from test_passthrough import CALLERS, PT_ADMIN, pt_client
+    if auth == "passthrough":
+        fake = make_fake(extra_credentials=[PT_ADMIN])
+        hg = make_hubgate({"upstream": {"auth": "passthrough"}}, fake=fake,
+                          callers_toml=CALLERS)
+        client = pt_client(hg, PT_ADMIN)
+    else:
+        fake = make_fake()
+        hg = make_hubgate({}, fake=fake)
+        client = hg.client("admin")
+    fake.throttle_next(BatchUpdateFindings=1)
+    with pytest.raises(ClientError) as e:
+        client.batch_update_findings(FindingIdentifiers=[ident("f-other")],
+                                     Note={"Text": "t", "UpdatedBy": "u"})
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429, e.value.response
+    assert fake.op_stats("BatchUpdateFindings")["throttled"] == 1
+    pace = pace_of(hg, "BatchUpdateFindings")
+    if auth == "passthrough":
+        assert pace is None, pace
+    else:
+        assert pace is not None and 0.45 < pace < 0.6, pace
+    assert pace_of(hg, "GetFindings") is None
