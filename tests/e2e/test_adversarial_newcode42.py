@@ -140,6 +140,27 @@ def test_an_unread_body_after_an_early_401_is_never_parsed_as_a_request(make_fak
     assert [r["status"] for r in hg.audit_records()] == [401]
 
 
+def test_a_request_pipelined_behind_an_early_401_is_read_from_its_own_head(make_fake,
+                                                                          make_hubgate):
+    """The unread body of a request refused at admission, followed on the same connection by
+    a caller's request: hyper skips the body by its Content-Length, and the next request is
+    read from its own head and served, each with its own record."""
+    hg = make_hubgate({}, fake=make_fake())
+    junk = b'{"FindingIdentifiers": []}' + b" " * 2000
+    first = head_bytes("PATCH", BUF, [("Host", hg.host), ("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(junk)))]) + junk
+    s = connect(hg.port)
+    try:
+        s.sendall(first + member_read(hg))
+        assert_envelope(read_reply(s), 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+        second = read_reply(s)
+    finally:
+        s.close()
+    assert second.status == 200, second.text
+    assert sorted(r["status"] for r in hg.audit_records()) == [200, 401]
+    assert len(hg.fake.get_findings_calls()) == 1
+
+
 # ---------------------------------------------------------------------------
 # A caller's share comes back however its request ends.
 
