@@ -61,8 +61,9 @@ pub struct Stages {
     pub enricher: Option<Enricher>,
     pub audit: AuditLog,
     pub metrics: Metrics,
-    /// server.max_in_flight permits; a request holds one until it is answered, and a forwarded
-    /// one until Security Hub's response body has been sent on.
+    /// server.max_in_flight permits; a request takes one once its head names a caller (`admit`)
+    /// and holds it until it is answered, a forwarded one until Security Hub's response body
+    /// has been sent on.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Each caller's share of server.max_in_flight (server.max_in_flight_per_caller).
     pub shares: Arc<Shares>,
@@ -173,30 +174,19 @@ pub async fn handle(
         remote,
     };
     let span = tracing::info_span!("request", decision_id = %received.decision_id);
-    // server.max_in_flight: over the cap a request is answered at once with a retryable 503,
-    // nothing forwarded, and recorded like any other.
-    let permit = gate.in_flight.clone().try_acquire_owned();
     let mut ctx = Ctx {
         gate: &gate,
         received: &received,
         client_cert: client_cert.as_deref(),
         trail: Trail::default(),
-        share: None,
+        admitted: None,
     };
-    let result = match permit {
-        // Boxed where it is made: the request's future is large, and each move of it into a
-        // wrapper's state copies the whole. Unboxed, catch_unwind's wrappers cost a 100-finding
-        // denial 6% more instructions (about 110 KB more memcpy); boxed, within 0.5%.
-        Ok(_) => {
-            let run = Box::pin(run(&mut ctx, req).instrument(span));
-            unwound(run, &received.decision_id).await
-        }
-        Err(_) => Err(Rejection::Overloaded {
-            setting: "server.max_in_flight",
-            limit: gate.config.server.max_in_flight,
-        }),
-    };
-    let (trail, share) = (ctx.trail, ctx.share);
+    // Boxed where it is made: the request's future is large, and each move of it into a
+    // wrapper's state copies the whole. Unboxed, catch_unwind's wrappers cost a 100-finding
+    // denial 6% more instructions (about 110 KB more memcpy); boxed, within 0.5%.
+    let run = Box::pin(run(&mut ctx, req).instrument(span));
+    let result = unwound(run, &received.decision_id).await;
+    let (trail, admitted) = (ctx.trail, ctx.admitted);
     // A forwarded answer's body streams from Security Hub: the request is in flight, holding
     // an upstream connection, until that body has been sent. hubgate's own envelope is whole
     // in memory once made, and its request is done then: a client that never reads it (an
@@ -204,9 +194,9 @@ pub async fn handle(
     // every client without keys could keep every slot busy by reconnecting.
     let streams = result.is_ok();
     let response = respond(&gate, &received, trail, result).await;
-    match permit {
-        Ok(permit) if streams => response.map(|body| Held::new(body, (permit, share)).boxed()),
-        Ok(_) | Err(_) => response,
+    match admitted {
+        Some(admitted) if streams => response.map(|body| Held::new(body, admitted).boxed()),
+        Some(_) | None => response,
     }
 }
 
@@ -359,9 +349,13 @@ struct Ctx<'a> {
     received: &'a Received,
     client_cert: Option<&'a ClientCert>,
     trail: Trail,
-    /// The request's place in its caller's share of the in-flight cap, once admitted.
-    share: Option<Share>,
+    /// The request's in-flight slot and its place in its caller's share, once admitted.
+    admitted: Option<Admitted>,
 }
+
+/// What an admitted request holds while it is in flight: a slot of server.max_in_flight, and
+/// a place in its caller's share of them (none in static mode).
+type Admitted = (tokio::sync::OwnedSemaphorePermit, Option<Share>);
 
 /// The request's path, one phase per stage of DESIGN.md. Each phase returns what the next
 /// needs; what the record needs goes into `ctx.trail`.
@@ -499,21 +493,34 @@ fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<(), Re
 }
 
 /// Admit: the caller the head names (everything of authentication but a signature over the
-/// body), and a place in that caller's share of the in-flight cap, both before the body is
-/// read. A request that names no caller is refused at once, so a client without keys cannot
-/// hold in-flight slots by sending its bodies slowly; one that does waits within its caller's
-/// share. The share is kept in `ctx` for as long as the request holds its slot.
+/// body), then a slot of server.max_in_flight and a place in that caller's share of them, all
+/// before the body is read. A request that names no caller is refused at once and holds
+/// nothing, so a client without keys cannot hold in-flight slots by sending its bodies slowly,
+/// and gets its 401 (which SDKs do not retry) even while hubgate is full. Past the cap or the
+/// share, a retryable 503, nothing forwarded, recorded like any other. What is taken is kept
+/// in `ctx` for as long as the request is in flight.
 fn admit<'a>(
     ctx: &mut Ctx<'_>,
     identity: &'a Identity,
     parts: &'a http::request::Parts,
 ) -> Result<Claim<'a>, Rejection> {
     let claim = identity.claim(parts, SystemTime::now(), ctx.client_cert)?;
+    let slot = ctx
+        .gate
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Rejection::Overloaded {
+            setting: "server.max_in_flight",
+            limit: ctx.gate.config.server.max_in_flight,
+        })?;
     // In static mode every request is the one configured caller: a share would only be a
     // smaller max_in_flight.
-    if ctx.gate.config.identity.mode != IdentityMode::Static {
-        ctx.share = Some(ctx.gate.shares.take(claim.claimed(), || claim.shown())?);
-    }
+    let share = match ctx.gate.config.identity.mode {
+        IdentityMode::Static => None,
+        _ => Some(ctx.gate.shares.take(claim.claimed(), || claim.shown())?),
+    };
+    ctx.admitted = Some((slot, share));
     Ok(claim)
 }
 

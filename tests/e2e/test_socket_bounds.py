@@ -458,6 +458,16 @@ def test_requests_over_max_in_flight_get_503_overloaded(hg):
     assert "server.max_in_flight" in err["error"]["message"]
     rec = hg.audit_for(reply.headers["x-amzn-requestid"])
     assert rec["status"] == 503 and rec["forwarded"] is False
+    # A request refused before it is admitted takes no slot, so it gets its own answer, one
+    # SDKs do not retry, while the cap is full: no caller (401), no such operation (404).
+    unsigned, s = exchange(hg.port, head_bytes(
+        "POST", "/findings", [("Host", hg.host), ("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))]) + body)
+    s.close()
+    assert_envelope(unsigned, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    nowhere, s = exchange(hg.port, head_bytes("GET", "/nothing-here", [("Host", hg.host)]))
+    s.close()
+    assert_envelope(nowhere, 404, "NOT_FOUND", "ResourceNotFoundException")
     for t in threads:
         t.join(WAIT)
     assert results == [200] * MAX_IN_FLIGHT
