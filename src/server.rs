@@ -516,13 +516,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 /// ConfigMap contents through symlinks, so paths are followed (`metadata`, not
 /// `symlink_metadata`).
 fn fingerprint(gate: &Gate) -> Fingerprint {
+    // Of the policy folder, what a set can be made of: `.rego` and `.json` files (rules,
+    // data.json, schemas), hidden entries left out as `policy::list_files` leaves them. Every
+    // file used to count, so an audit log or a note kept beside the policies changed the
+    // fingerprint with every write, and the set was reloaded every watch interval under
+    // traffic; a ConfigMap's swap still shows through its visible links.
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let path = entry.path();
+                let hidden = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_none_or(|n| n.starts_with('.'));
+                if hidden {
+                    continue;
+                }
                 if path.is_dir() {
                     walk(&path, out);
-                } else {
+                } else if path.extension().is_some_and(|e| e == "rego" || e == "json") {
                     out.push(path);
                 }
             }

@@ -508,6 +508,29 @@ def test_a_configmap_volume_is_one_policy_set_with_the_revision_of_its_files(mak
     assert not hg.admin("/readyz").json()["checks"]["policy"]["stale"]
 
 
+def test_an_audit_log_beside_the_policies_does_not_reload_them(make_fake, make_hubgate,
+                                                               tmp_path):
+    """The watcher fingerprinted every file under policy.dir, so an audit log kept there (or
+    any file written beside the rules) changed the fingerprint with each record, and the set
+    was reloaded every watch interval for as long as traffic lasted. Only what a set is made
+    of counts now: .rego and .json files, hidden entries left out; a rule file still does."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"dir": str(policies), "watch_interval_ms": 100},
+                       "audit": {"path": str(policies / "audit" / "audit.ndjson")}}, fake=fake)
+    reloads = "policy or callers files changed; reloading"
+    for _ in range(15):
+        assert hg.buf(NOTE_OWN, who="member").status == 200
+        (policies / "notes.txt").write_text(str(time.monotonic()))
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert reloads not in hg.stderr_text(), hg.stderr_text()[-2000:]
+    # a rule file is still watched
+    (policies / "a_notes.rego").write_text(NOTES_RULE)
+    wait_until(lambda: reloads in hg.stderr_text(), 10, "the reload of a new rule file")
+
+
 def test_a_sighup_while_starting_does_not_kill_hubgate(make_fake, make_hubgate, tmp_path):
     """SIGHUP's default action ends a process, and hubgate installed its handler only once it
     had loaded the policies, started the audit writer and bound its ports: a reload signal in
