@@ -244,7 +244,6 @@ impl Pacer {
         operation: &'static str,
         deadline: Option<Instant>,
     ) -> Result<Option<Instant>, ()> {
-        let full = self.full_rate(operation);
         let now = Instant::now();
         let mut slowdowns = self.slowdowns.lock().unwrap_or_else(|e| e.into_inner());
         let Some(slowed) = slowdowns.get_mut(operation) else {
@@ -259,6 +258,8 @@ impl Pacer {
         if deadline.is_some_and(|d| at > d) {
             return Err(());
         }
+        // Only a slowed call needs the rate: every paced call passes here.
+        let full = self.full_rate(operation);
         slowed.next = at + Duration::from_secs_f64(1.0 / (full * pace).max(1e-6));
         Ok(Some(at))
     }
