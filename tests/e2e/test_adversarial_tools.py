@@ -12,6 +12,7 @@ import pytest
 
 from helpers import (HUBGATE_BIN, MEMBER_ACCOUNT, REPO, SEED, audit_verify, hubgate_env,
                      ident, run_hubgate)
+from test_replicas import redis_server  # noqa: F401 - fixture: a Redis of the test's own
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,8 @@ def test_check_fails_where_serve_would_not_start_redis_and_audit_file(tmp_path, 
     assert named in r.stderr, r.stderr
 
 
-def test_a_cache_ttl_redis_refuses_is_refused_by_check(tmp_path, make_hubgate, seeded_fake):
+def test_a_cache_ttl_redis_refuses_is_refused_by_check(tmp_path, make_hubgate, seeded_fake,
+                                                       redis_server):
     """A huge enrichment.cache_ttl_ms passed check, and with [coordination] Redis refused
     every shared cache entry's expiry ("invalid expire time"): each replica ran degraded for
     good. Durations are now at most a day; a day still works with Redis."""
@@ -70,18 +72,24 @@ def test_a_cache_ttl_redis_refuses_is_refused_by_check(tmp_path, make_hubgate, s
     assert "enrichment.cache_ttl_ms: must be at most 86400000" in r.stderr, r.stderr
 
     hg = make_hubgate({"enrichment": {"cache_ttl_ms": 86400000},
-                       "coordination": {"redis_url": "redis://127.0.0.1:6379/0",
-                                        "key_prefix": f"hgadvtools{hg_suffix()}"}},
+                       "coordination": {"redis_url": redis_server.url}},
                       fake=seeded_fake)
+    # Shared from the start, so that a degraded state below comes from the update's writes.
+    assert _coordination_ok_within(hg, 5.0), hg.admin("/readyz", timeout=5).json()
     hg.client("member").batch_update_findings(FindingIdentifiers=[ident("f-own-high")],
                                               Note={"Text": "x", "UpdatedBy": "me"})
     ready = hg.admin("/readyz", timeout=5).json()
     assert ready["checks"]["coordination"]["state"] == "ok", ready
 
 
-def hg_suffix() -> str:
-    import os
-    return f"{os.getpid()}-{os.urandom(4).hex()}"
+def _coordination_ok_within(hg, seconds: float) -> bool:
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if hg.admin("/readyz", timeout=5).json()["checks"]["coordination"]["state"] == "ok":
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.mark.parametrize("table", ['[audit]\nhmac_key_env = ""\n',
