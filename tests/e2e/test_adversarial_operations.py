@@ -218,6 +218,37 @@ def test_a_write_sent_while_a_cached_decision_waits_for_quota_voids_it(
         assert lookups(hg, resp) == 1
 
 
+@pytest.mark.parametrize("settle_ms", [None, 0])
+def test_a_lookup_in_flight_across_an_import_is_not_decided_on(make_fake, make_hubgate,
+                                                               settle_ms):
+    """The member's MEDIUM on FID (not cached) sends a GetFindings call that reads MEDIUM and
+    answers 1.5 s later. Meanwhile the administrator's re-import as CRITICAL is sent and
+    answered. What the call read predates the import: refused as settling (the journal) or,
+    with settle_ms 0, read again and refused as lowering CRITICAL; never sent."""
+    fake = make_fake()
+    extra = {} if settle_ms is None else {"settle_ms": settle_ms}
+    hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, **extra}},
+                      fake=fake)
+    fake.configure(answer_delay_ms={"GetFindings": 1500})
+    thread, answers = in_flight(fake, lambda: hg.buf(
+        {"FindingIdentifiers": [ident(FID)], "Severity": {"Label": "MEDIUM"}}, who="member"),
+        "/findings")
+    fake.configure(answer_delay_ms={})
+    admin = hg.send("POST", IMPORT, {"Findings": [imported(FID, MEMBER_ACCOUNT, "CRITICAL")]},
+                    who="admin")
+    assert admin.status == 200, admin.text
+    assert thread.is_alive(), "the lookup answered before the import"
+    thread.join(30)
+    resp = answers["admin"]  # in_flight's name for whatever it sent
+    if settle_ms is None:
+        err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
+        assert "BatchImportFindings" in err["error"]["message"], err
+    else:
+        err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+        assert "(CRITICAL to MEDIUM)" in err["error"]["message"], err
+    assert fake.buf_calls() == []
+
+
 # --- Imports and the cache, across replicas -------------------------------------------------
 
 
