@@ -373,3 +373,19 @@ def test_null_members_are_400_for_every_operation(hubgate, path, body, pointer):
     err = assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")
     assert pointer in json.dumps(err), err
     assert hubgate.fake.requests(path=path) == []
+
+
+@pytest.mark.parametrize("body", [
+    {"FindingIdentifiers": [v2_ident("f-own-high")], "statusId": 3},
+    {"FindingIdentifiers": [v2_ident("f-own-high")], "STATUSID": 3},
+    {"FindingIdentifiers": [v2_ident("f-own-high")], "StatusID": 3},
+    {"FindingIdentifiers": [dict(v2_ident("f-own-high"), StatusId=3)], "Comment": "x"},
+    {"FindingIdentifiers": [v2_ident("f-own-high")], "Status": "SUPPRESSED"},
+    {"FindingIdentifiers": [v2_ident("f-own-high")], "Workflow": {"Status": "SUPPRESSED"}},
+], ids=["lower", "upper", "ID", "nested", "v1-name", "v1-member"])
+def test_v2_change_in_another_spelling_is_400(hubgate, body):
+    """A change spelt in another case, nested in an identifier, or by its V1 name is no member
+    of V2: a 400 naming it, not a request forwarded without the change judged."""
+    resp = hubgate.send("PATCH", V2, body, who="member")
+    assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")
+    assert hubgate.fake.requests(path=V2) == []
