@@ -611,7 +611,7 @@ fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
         eprintln!("hubgate: the operating system's random generator failed");
         return ExitCode::FAILURE;
     };
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+    if !crate::finding::is_account_id(account) {
         eprintln!("hubgate: --account {account:?} is not a 12-digit AWS account id");
         return ExitCode::from(2);
     }

@@ -266,9 +266,15 @@ impl Unapplied<'_> {
     }
 
     /// What an import (by `operation`) does to its finding at place `i`: an effect hubgate
-    /// cannot model, on a finding of the account it claims there.
+    /// cannot model, on a finding of the account it claims there. A claim that is not an
+    /// account id as AWS writes one (`"222222222222 "`, an administrator's typo) may still be
+    /// read by Security Hub as that account: its write may touch the finding whoever owns it.
     fn import_write(operation: &'static str, accounts: &[Option<String>], i: usize) -> Write {
-        let account = accounts.get(i).and_then(|a| a.as_deref()).map(Arc::from);
+        let account = accounts
+            .get(i)
+            .and_then(|a| a.as_deref())
+            .filter(|a| crate::finding::is_account_id(a))
+            .map(Arc::from);
         Write::Unknown(operation, account)
     }
 }
@@ -2716,6 +2722,26 @@ async fn fetch_chunk(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An import scopes its write to the account it claims only when the claim is an account
+    /// id as AWS writes one; any other spelling may touch the finding whoever owns it.
+    #[test]
+    fn an_import_claiming_an_odd_account_spelling_has_no_account_scope() {
+        let accounts = [
+            Some("222222222222".to_string()),
+            Some("222222222222 ".to_string()),
+            Some("0222222222222".to_string()),
+            None,
+        ];
+        let scope = |i| match Unapplied::import_write("BatchImportFindings", &accounts, i) {
+            Write::Unknown(_, account) => account.map(|a| a.to_string()),
+            Write::Patch(_) => panic!("an import is never a patch"),
+        };
+        assert_eq!(scope(0).as_deref(), Some("222222222222"));
+        assert_eq!(scope(1), None);
+        assert_eq!(scope(2), None);
+        assert_eq!(scope(3), None);
+    }
 
     #[test]
     fn lookup_body_filters_ids_and_distinct_arns() {

@@ -165,6 +165,11 @@ pub type KeySet = std::collections::HashSet<FindingKey, KeyHash>;
 /// Severity labels in rank order; the rank is what "lower" means.
 pub const SEVERITY_LABELS: [&str; 5] = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"];
 
+/// Whether `text` is an AWS account id as AWS writes one: exactly 12 ASCII digits.
+pub fn is_account_id(text: &str) -> bool {
+    text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 pub fn label_rank(label: &str) -> Option<u64> {
     SEVERITY_LABELS
         .iter()

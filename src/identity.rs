@@ -356,7 +356,7 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
         if !seen_ids.insert(entry.id.clone()) {
             return Err(bad("id is used twice".into()));
         }
-        if entry.account_id.len() != 12 || !entry.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        if !crate::finding::is_account_id(&entry.account_id) {
             return Err(bad(format!(
                 "account_id {:?} is not a 12-digit AWS account id",
                 entry.account_id

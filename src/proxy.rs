@@ -756,13 +756,15 @@ async fn enforce(
         claimed_accounts,
     } = decided;
     // The accounts a V2 request's identifiers name: it can change findings of those only.
-    // None when any finding is named without one (MetadataUids).
+    // None when any finding is named without one (MetadataUids), or with one that is not an
+    // account id as AWS writes one: Security Hub may read `"222222222222 "` as the account,
+    // and a write hubgate scoped to that text would leave the account's cached state stale.
     let v2_accounts: Option<Vec<String>> = (operation == Judged::BatchUpdateFindingsV2
         && !claimed_accounts.is_empty())
     .then(|| {
         let mut accounts: Vec<String> = Vec::new();
         for a in &claimed_accounts {
-            let a = a.as_ref()?;
+            let a = a.as_ref().filter(|a| crate::finding::is_account_id(a))?;
             if !accounts.contains(a) {
                 accounts.push(a.clone());
             }

@@ -46,7 +46,7 @@ fn principal(args: &EvalArgs, config: &Config) -> Result<Principal, String> {
                 ))
             }
         };
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        if !crate::finding::is_account_id(account) {
             return Err(format!("--as: {account:?} is not a 12-digit account id"));
         }
         return Ok(Principal {
