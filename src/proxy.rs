@@ -1062,12 +1062,6 @@ async fn send(
     };
     if crate::upstream::is_throttle(response.status(), response.headers()) {
         trail.throttled = true;
-        // hubgate's own account is throttled only where hubgate signs: in passthrough the
-        // call spent the caller's account's quota, and one caller whose account is busy
-        // elsewhere must not slow everyone's pace.
-        if gate.config.upstream.auth == UpstreamAuth::Resign {
-            gate.pacer.throttled(operation);
-        }
         gate.metrics
             .enrich
             .throttled
@@ -1075,6 +1069,16 @@ async fn send(
                 operation: operation.to_string(),
             })
             .inc();
+        if gate.config.upstream.auth == UpstreamAuth::Passthrough {
+            // The caller's own call, signed with its own keys, throttled on its own account's
+            // quota: AWS's answer is the caller's, like its 403, and goes back as it came. The
+            // envelope said "Security Hub throttled hubgate's call" (sending whoever read it
+            // to hubgate's account) and dropped AWS's request id. Nor does it slow the pace:
+            // one caller whose account is busy elsewhere must not slow everyone's.
+            return Ok((response, in_flight, answer_by));
+        }
+        // hubgate's own account: another client of it spends part of the quota.
+        gate.pacer.throttled(operation);
         let detail = response
             .headers()
             .get("x-amzn-errortype")

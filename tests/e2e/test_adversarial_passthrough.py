@@ -1,0 +1,75 @@
+"""Adversarial review of upstream.auth = "passthrough": the caller's own signature goes to AWS,
+so what hubgate judged must be what AWS runs, and AWS's answers to the caller's own call must
+reach it as AWS gave them (its status, its body, its request id), never dressed up as a
+decision or a failure of hubgate's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+
+from helpers import Creds, header, ident, raw_request, sign
+from test_passthrough import (  # noqa: F401 (fixture)
+    PT_ADMIN, PT_MEMBER, REAL_HOST, SUPPRESS, passthrough, pt_client,
+)
+
+MEMBER_FILTER = {"AwsAccountId": [{"Value": "222222222222", "Comparison": "EQUALS"}]}
+
+
+def pace_of(hg, operation: str):
+    for line in hg.admin("/metrics").text.splitlines():
+        if line.startswith(f'hubgate_quota_pace{{operation="{operation}"}}'):
+            return float(line.split()[-1])
+    return None
+
+
+def last_answered(fake, path: str) -> dict:
+    calls = [r for r in fake.requests() if r["path"] == path and "status" in r]
+    assert calls, fake.requests()
+    return calls[-1]
+
+
+@pytest.mark.parametrize("call", ["write", "read"])
+def test_aws_throttling_the_callers_own_call_reaches_it_as_aws_gave_it(passthrough, call):
+    """In passthrough a forward is the caller's own call, signed with its own keys, on its own
+    account's quota. AWS throttling it used to come back as hubgate's envelope, "THROTTLED:
+    Security Hub throttled hubgate's BatchUpdateFindings call", with hubgate's decision id in
+    place of AWS's request id: it blamed hubgate's account, which an SRE would then go and
+    look at, and the caller lost the id AWS support and CloudTrail know the call by. AWS's
+    answer now goes back unchanged (still 429, which SDKs back off on), recorded as throttled."""
+    hg, fake = passthrough, passthrough.fake
+    if call == "write":
+        c = pt_client(hg, PT_ADMIN)
+        fake.throttle_next(BatchUpdateFindings=1)
+        path = "/findings/batchupdate"
+        run = lambda: c.batch_update_findings(  # noqa: E731
+            FindingIdentifiers=[ident("f-other")], Note={"Text": "t", "UpdatedBy": "u"})
+    else:
+        c = pt_client(hg, PT_MEMBER)
+        fake.throttle_next(GetFindings=1)
+        path = "/findings"
+        run = lambda: c.get_findings(Filters=MEMBER_FILTER)  # noqa: E731
+    with pytest.raises(ClientError) as e:
+        run()
+    err = e.value.response
+    aws = last_answered(fake, path)
+    assert aws["status"] == 429 and aws.get("throttled") is True, aws
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 429, err
+    assert err["Error"]["Code"] == "TooManyRequestsException", err
+    assert err["Error"]["Message"] == "Rate exceeded", err
+    assert "hubgate" not in json.dumps(err["Error"]), err
+    headers = err["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["x-amzn-requestid"] == aws["request_id"], (headers, aws["request_id"])
+    rec = hg.audit_for(headers["x-hubgate-decision-id"])
+    assert rec["throttled"] is True and rec["forwarded"] is True, rec
+    assert rec["upstream_status"] == 429 and rec["status"] == 429, rec
+    assert rec["upstream_request_id"] == aws["request_id"], rec
+    assert rec["principal"]["id"] == ("pt-admin" if call == "write" else "pt-member"), rec
+    # the caller's account was busy, not hubgate's: the pace stays whole
+    assert pace_of(hg, "BatchUpdateFindings") is None
+    assert pace_of(hg, "GetFindings") is None
+    # nothing was applied, and the next call goes through
+    assert fake.findings()["f-other"]["Note"]["Text"] != "t"
+    run()
