@@ -172,6 +172,11 @@ pub enum AuthError {
          not temporary AWS credentials"
     )]
     SessionToken,
+    #[error(
+        "the query string carries SigV4 authentication parameter {0} beside the Authorization \
+         header: a request is signed one way, with one set of credentials"
+    )]
+    QueryCredentials(&'static str),
     #[error("no client certificate was presented")]
     NoClientCert,
     #[error("no caller is mapped to the client certificate ({0})")]
@@ -636,6 +641,16 @@ impl Identity {
                 "the credential scope date differs from X-Amz-Date".into(),
             ));
         }
+        // A presigned URL's credentials beside the header's: hubgate maps the header's key
+        // while AWS could read the query's, and run the call as a caller the audit record and
+        // the routing never saw (in passthrough hubgate checks neither signature).
+        if let Some(name) = query_names(&parts.uri).find_map(|n| {
+            QUERY_SIGNATURE_PARAMS
+                .into_iter()
+                .find(|p| n.eq_ignore_ascii_case(p))
+        }) {
+            return Err(AuthError::QueryCredentials(name));
+        }
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.
             // The caller's keys are real AWS keys, so a session token is theirs to send.
@@ -644,10 +659,8 @@ impl Identity {
         // hubgate issues long-term keys only. A session token beside one is either a
         // confused client or an attempt to smuggle real AWS credentials through: refuse it,
         // in a header or in the query string.
-        let token_in_query = parts.uri.query().is_some_and(|q| {
-            q.split('&')
-                .any(|pair| pair.split('=').next() == Some("X-Amz-Security-Token"))
-        });
+        let token_in_query =
+            query_names(&parts.uri).any(|n| n.eq_ignore_ascii_case("X-Amz-Security-Token"));
         if parts.headers.contains_key("x-amz-security-token") || token_in_query {
             return Err(AuthError::SessionToken);
         }
@@ -804,6 +817,25 @@ impl Claim<'_> {
             Err(AuthError::BadSignature(u.auth.access_key_id.to_string()))
         }
     }
+}
+
+/// SigV4's query-string authentication parameters (a presigned URL's credentials).
+const QUERY_SIGNATURE_PARAMS: [&str; 4] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Signature",
+    "X-Amz-SignedHeaders",
+];
+
+/// The names of a request's query parameters, percent-decoded as AWS reads them: a check of
+/// the raw text let `X%2DAmz-Credential` through.
+fn query_names(uri: &http::Uri) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    uri.query().into_iter().flat_map(|q| {
+        q.split('&').map(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            percent_encoding::percent_decode_str(name).decode_utf8_lossy()
+        })
+    })
 }
 
 /// The parts of `AWS4-HMAC-SHA256 Credential=.., SignedHeaders=.., Signature=..`.

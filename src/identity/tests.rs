@@ -340,6 +340,44 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
 }
 
 #[test]
+fn query_string_credentials_beside_the_header_are_refused_in_both_upstream_modes() {
+    let (id, dir) = identity(IdentityMode::Sigv4, None);
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: dir.path().join("callers.toml"),
+        static_principal: None,
+    };
+    let passthrough = Identity::load(&config, true).unwrap();
+    let now = SystemTime::now();
+    for query in [
+        "X-Amz-Credential=AKIDOTHER%2F20260101%2Fus-east-1%2Fsecurityhub%2Faws4_request",
+        "MaxResults=5&X-Amz-Signature=00",
+        "x-amz-algorithm=AWS4-HMAC-SHA256",
+        // percent-decoded, as AWS reads the name
+        "X%2DAmz-SignedHeaders=host",
+    ] {
+        for identity in [&id, &passthrough] {
+            let mut parts = signed_request(SECRET, now, b"{}");
+            parts.uri = format!("/products?{query}").parse().unwrap();
+            let err = identity
+                .authenticate(&parts, &body(b"{}"), now, None)
+                .unwrap_err();
+            assert!(
+                matches!(err, AuthError::QueryCredentials(_)),
+                "{query}: {err}"
+            );
+        }
+    }
+    // An encoded session token name is a session token too.
+    let mut parts = signed_request(SECRET, now, b"{}");
+    parts.uri = "/products?X%2DAmz%2DSecurity%2DToken=abc".parse().unwrap();
+    assert!(matches!(
+        id.authenticate(&parts, &body(b"{}"), now, None),
+        Err(AuthError::SessionToken)
+    ));
+}
+
+#[test]
 fn a_broken_callers_file_is_reported_without_its_text() {
     let leaked = "RlZvTe+/cm1sQ9AaaSE41LQ2F+iSLHl4EUS75eGY";
     let dir = tempfile::tempdir().unwrap();

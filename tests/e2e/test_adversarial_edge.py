@@ -116,7 +116,8 @@ def test_methods_no_operation_has_are_404_and_never_forwarded(hubgate, method):
 
 def test_passthrough_refuses_query_credentials_beside_the_mapped_header(passthrough):  # noqa: F811
     """hubgate maps the Authorization header's key; a query string could carry a second set of
-    credentials for AWS to read instead. A guarded route takes no query string at all."""
+    credentials for AWS to read instead. Refused at authentication, before the guarded route's
+    own refusal of any query string (test_adversarial_passthrough.py has the forwarded routes)."""
     hg = passthrough
     query = ("?X-Amz-Algorithm=AWS4-HMAC-SHA256"
              f"&X-Amz-Credential={PT_MEMBER.access_key}%2F20260101%2Fus-east-1%2Fsecurityhub"
@@ -126,8 +127,8 @@ def test_passthrough_refuses_query_credentials_beside_the_mapped_header(passthro
     headers = sign(PT_MEMBER, "PATCH", REAL_HOST, path, body,
                    {"Content-Type": "application/json"})
     resp = raw_request(hg.port, "PATCH", path, body, headers)
-    err = assert_envelope(resp, 400, "VALIDATION_ERROR", "InvalidInputException")["error"]
-    assert "query string" in err["message"], err
+    err = assert_envelope(resp, 401, "UNAUTHENTICATED", "UnrecognizedClientException")["error"]
+    assert "query string" in err["message"] and "X-Amz-" in err["message"], err
     nothing_forwarded(hg)
 
 

@@ -73,3 +73,36 @@ def test_aws_throttling_the_callers_own_call_reaches_it_as_aws_gave_it(passthrou
     # nothing was applied, and the next call goes through
     assert fake.findings()["f-other"]["Note"]["Text"] != "t"
     run()
+
+
+def nothing_forwarded(fake):
+    assert [r for r in fake.requests() if r["path"] != "/findings"] == [], fake.requests()
+
+
+@pytest.mark.parametrize("name", ["X-Amz-Credential", "X%2DAmz-Signature"])
+def test_query_string_credentials_beside_the_header_are_refused_on_forwarded_routes(
+        passthrough, name):
+    """A read routed "forward" keeps its query string. hubgate maps the Authorization header's
+    key to a caller (and records it); a presigned URL's parameters in the query carry a second
+    set of credentials, which AWS could read instead: the call would run as someone the audit
+    record does not name. Guarded routes refuse any query string; forwarded ones used to pass
+    this one on. Refused as it is on every route, with the parameter's name percent-decoded
+    as AWS reads it."""
+    hg, fake = passthrough, passthrough.fake
+    value = (f"{PT_ADMIN.access_key}%2F20260101%2Fus-east-1%2Fsecurityhub%2Faws4_request"
+             if "Credential" in name else "0" * 64)
+    path = f"/accounts?HubArn=arn%3Ahub&{name}={value}"
+    headers = sign(PT_MEMBER, "GET", REAL_HOST, path, b"")
+    resp = raw_request(hg.port, "GET", path, b"", headers)
+    assert resp.status == 401, (resp.status, resp.text)
+    body = resp.json()
+    assert body["error"]["code"] == "UNAUTHENTICATED", body
+    assert "query string" in body["error"]["message"], body
+    assert fake.requests() == []
+    # the same read without them goes through, signed by the caller
+    path = "/accounts?HubArn=arn%3Ahub"
+    headers = sign(PT_MEMBER, "GET", REAL_HOST, path, b"")
+    resp = raw_request(hg.port, "GET", path, b"", headers)
+    assert resp.status == 200, (resp.status, resp.text)
+    got = fake.requests()[-1]
+    assert got["signature_valid"] is True and got["access_key"] == PT_MEMBER.access_key, got
