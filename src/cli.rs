@@ -315,10 +315,7 @@ fn check(arg: &ConfigArg) -> ExitCode {
         eprintln!("hubgate: caution: {caution}");
     }
     let mut ok = true;
-    match Identity::load(
-        &config.identity,
-        config.upstream.auth == crate::config::UpstreamAuth::Passthrough,
-    ) {
+    match Identity::load(&config.identity, config.passthrough_region()) {
         Ok(identity) => outln!(
             "callers: {} ({} keyed callers)",
             config.identity.callers.display(),

@@ -713,6 +713,11 @@ impl Config {
     }
 
     /// What hubgate does with an operation: the configured routing, else the default.
+    /// upstream.region when callers' own signatures go upstream (upstream.auth = "passthrough").
+    pub fn passthrough_region(&self) -> Option<&str> {
+        (self.upstream.auth == UpstreamAuth::Passthrough).then_some(self.upstream.region.as_str())
+    }
+
     pub fn routing(&self, op: &crate::routes::OperationSpec) -> Routing {
         match self.operations.get(op.name) {
             Some(r) => *r,

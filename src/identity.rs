@@ -205,6 +205,9 @@ pub struct Identity {
     /// False in upstream passthrough: callers hold real AWS keys hubgate never sees, AWS
     /// verifies their signatures, hubgate maps the claimed key.
     verify_signatures: bool,
+    /// Passthrough: upstream.region, the only region AWS accepts the caller's signature for
+    /// at hubgate's endpoint.
+    passthrough_region: Option<String>,
     by_key: HashMap<String, Caller>,
     by_san: HashMap<String, Arc<Principal>>,
     by_cn: HashMap<String, Arc<Principal>>,
@@ -430,8 +433,12 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
 }
 
 impl Identity {
-    /// `passthrough`: upstream.auth = "passthrough", where sigv4 mode maps the claimed key.
-    pub fn load(config: &IdentityConfig, passthrough: bool) -> Result<Identity, CallersError> {
+    /// `passthrough`: with upstream.auth = "passthrough", upstream.region, where sigv4 mode maps
+    /// the claimed key and the caller's signature must be scoped to that region.
+    pub fn load(
+        config: &IdentityConfig,
+        passthrough: Option<&str>,
+    ) -> Result<Identity, CallersError> {
         let callers = load_callers(&config.callers)?;
         let mut by_key = HashMap::new();
         let mut by_san = HashMap::new();
@@ -466,7 +473,7 @@ impl Identity {
                 }
             }
             if let Some(key) = key {
-                if config.mode == IdentityMode::Sigv4 && !passthrough && secret.is_none() {
+                if config.mode == IdentityMode::Sigv4 && passthrough.is_none() && secret.is_none() {
                     return Err(CallersError::Invalid {
                         file: config.callers.clone(),
                         id: principal.id.clone(),
@@ -494,7 +501,8 @@ impl Identity {
         }
         Ok(Identity {
             mode: config.mode,
-            verify_signatures: !passthrough,
+            verify_signatures: passthrough.is_none(),
+            passthrough_region: passthrough.map(str::to_owned),
             by_key,
             by_san,
             by_cn,
@@ -650,6 +658,17 @@ impl Identity {
                 .find(|p| n.eq_ignore_ascii_case(p))
         }) {
             return Err(AuthError::QueryCredentials(name));
+        }
+        if let Some(region) = &self.passthrough_region {
+            // The forward goes to upstream.endpoint, whose AWS refuses a signature scoped to
+            // another region; and the findings were looked up in upstream.region. Refused
+            // here, with the reason, before any lookup is spent on it.
+            if auth.region != region {
+                return Err(AuthError::Malformed(format!(
+                    "the credential scope's region is not {region}, the region hubgate forwards \
+                     to: sign for {region}"
+                )));
+            }
         }
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.

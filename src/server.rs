@@ -23,7 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::AuditLog;
-use crate::config::{Config, UpstreamAuth};
+use crate::config::Config;
 use crate::coordination::Coordination;
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
@@ -271,11 +271,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     {
         tracing::warn!(%caution, "a setting weakens a guarantee");
     }
-    let identity = Identity::load(
-        &config.identity,
-        config.upstream.auth == UpstreamAuth::Passthrough,
-    )
-    .map_err(|e| startup(&e))?;
+    let identity =
+        Identity::load(&config.identity, config.passthrough_region()).map_err(|e| startup(&e))?;
     let policy = PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
@@ -644,7 +641,7 @@ fn reload(gate: &Gate) {
     let mut errors = Vec::new();
     match Identity::load(
         &gate.stages.config.identity,
-        gate.stages.config.upstream.auth == UpstreamAuth::Passthrough,
+        gate.stages.config.passthrough_region(),
     ) {
         Ok(identity) => {
             let n = identity.caller_count();

@@ -32,7 +32,7 @@ team = "soar"
         callers: path,
         static_principal: static_principal.map(String::from),
     };
-    (Identity::load(&config, false).unwrap(), dir)
+    (Identity::load(&config, None).unwrap(), dir)
 }
 
 /// Signs like an SDK client would: host, content-type and x-amz-date.
@@ -324,7 +324,7 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
         callers: dir.path().join("callers.toml"),
         static_principal: None,
     };
-    let passthrough = Identity::load(&config, true).unwrap();
+    let passthrough = Identity::load(&config, Some("us-east-1")).unwrap();
     let mut parts = signed_request(SECRET, now, b"{}");
     parts.headers.insert(
         "x-amz-security-token",
@@ -347,7 +347,7 @@ fn query_string_credentials_beside_the_header_are_refused_in_both_upstream_modes
         callers: dir.path().join("callers.toml"),
         static_principal: None,
     };
-    let passthrough = Identity::load(&config, true).unwrap();
+    let passthrough = Identity::load(&config, Some("us-east-1")).unwrap();
     let now = SystemTime::now();
     for query in [
         "X-Amz-Credential=AKIDOTHER%2F20260101%2Fus-east-1%2Fsecurityhub%2Faws4_request",
@@ -375,6 +375,33 @@ fn query_string_credentials_beside_the_header_are_refused_in_both_upstream_modes
         id.authenticate(&parts, &body(b"{}"), now, None),
         Err(AuthError::SessionToken)
     ));
+}
+
+#[test]
+fn passthrough_maps_only_signatures_scoped_to_the_upstream_region() {
+    let (_, dir) = identity(IdentityMode::Sigv4, None);
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: dir.path().join("callers.toml"),
+        static_principal: None,
+    };
+    let now = SystemTime::now();
+    let parts = signed_request(SECRET, now, b"{}");
+    let east = Identity::load(&config, Some("us-east-1")).unwrap();
+    assert_eq!(
+        east.authenticate(&parts, &body(b"{}"), now, None)
+            .unwrap()
+            .id,
+        "member"
+    );
+    let west = Identity::load(&config, Some("eu-west-1")).unwrap();
+    let err = west
+        .authenticate(&parts, &body(b"{}"), now, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("sign for eu-west-1"), "{err}");
+    // hubgate-issued keys (resign): the region is the caller's to choose; hubgate verifies it.
+    let (resign, _dir) = identity(IdentityMode::Sigv4, None);
+    assert!(resign.authenticate(&parts, &body(b"{}"), now, None).is_ok());
 }
 
 #[test]
@@ -513,7 +540,7 @@ client_cert_cn = "admin"
         callers: path,
         static_principal: None,
     };
-    let identity = Identity::load(&config, false).unwrap();
+    let identity = Identity::load(&config, None).unwrap();
     assert_eq!(
         identity.caller_count(),
         2,

@@ -106,3 +106,28 @@ def test_query_string_credentials_beside_the_header_are_refused_on_forwarded_rou
     assert resp.status == 200, (resp.status, resp.text)
     got = fake.requests()[-1]
     assert got["signature_valid"] is True and got["access_key"] == PT_MEMBER.access_key, got
+
+
+def test_a_signature_for_another_region_is_refused_before_any_lookup(passthrough):
+    """hubgate forwards to upstream.endpoint and looks findings up in upstream.region. A caller
+    whose SDK is set to another region signs for that region: AWS's endpoint refuses such a
+    signature, but only after hubgate had spent a GetFindings lookup (hubgate's own account's
+    quota, 3/s) and a policy decision on it, and the caller read AWS's bare signature error.
+    Refused at once with the region to sign for."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    hg, fake = passthrough, passthrough.fake
+    body = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                       "Note": {"Text": "n", "UpdatedBy": "u"}}).encode()
+    host = "securityhub.eu-west-1.amazonaws.com"
+    req = AWSRequest(method="PATCH", url=f"http://{host}/findings/batchupdate", data=body,
+                     headers={"Content-Type": "application/json", "Host": host})
+    SigV4Auth(Credentials(PT_MEMBER.access_key, PT_MEMBER.secret_key), "securityhub",
+              "eu-west-1").add_auth(req)
+    resp = raw_request(hg.port, "PATCH", "/findings/batchupdate", body, dict(req.headers.items()))
+    assert resp.status == 401, (resp.status, resp.text)
+    err = resp.json()["error"]
+    assert err["code"] == "UNAUTHENTICATED" and "sign for us-east-1" in err["message"], err
+    assert fake.requests() == [], fake.requests()
+    assert hg.audit_for(resp.headers["x-amzn-requestid"])["forwarded"] is False
