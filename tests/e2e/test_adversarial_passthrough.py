@@ -131,3 +131,42 @@ def test_a_signature_for_another_region_is_refused_before_any_lookup(passthrough
     assert err["code"] == "UNAUTHENTICATED" and "sign for us-east-1" in err["message"], err
     assert fake.requests() == [], fake.requests()
     assert hg.audit_for(resp.headers["x-amzn-requestid"])["forwarded"] is False
+
+
+def test_aws_refusing_the_callers_signature_reaches_it_unchanged_and_is_recorded(passthrough):
+    """Whoever claims a listed key id without its secret has hubgate decide as that caller
+    (documented); AWS then refuses the signature. That refusal is AWS's answer to the
+    caller's own call: it must reach the caller byte for byte with AWS's request id, never as
+    hubgate's envelope claiming a policy decision, and the record must say AWS refused it."""
+    hg, fake = passthrough, passthrough.fake
+    body = json.dumps({"FindingIdentifiers": [ident("f-other")], **SUPPRESS}).encode()
+    forged = Creds(PT_ADMIN.access_key, "a secret the sender does not have")
+    headers = sign(forged, "PATCH", REAL_HOST, "/findings/batchupdate", body,
+                   {"Content-Type": "application/json"})
+    resp = raw_request(hg.port, "PATCH", "/findings/batchupdate", body, headers)
+    aws = last_answered(fake, "/findings/batchupdate")
+    assert aws["signature_valid"] is False and aws["status"] == 403, aws
+    assert resp.status == 403, (resp.status, resp.text)
+    assert resp.headers["x-amzn-errortype"] == "InvalidSignatureException", resp.headers
+    assert resp.headers["x-amzn-requestid"] == aws["request_id"], resp.headers
+    assert resp.json() == {"message": aws.get("signature_error") or resp.json()["message"]}
+    assert "success" not in resp.json() and "POLICY_DENIED" not in resp.text, resp.text
+    rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["principal"]["id"] == "pt-admin", rec
+    assert rec["forwarded"] is True and rec["upstream_status"] == 403, rec
+    assert rec["upstream_request_id"] == aws["request_id"] and rec["status"] == 403, rec
+    assert rec["throttled"] is False, rec
+    assert fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
+
+
+def test_a_members_own_reads_are_not_confined_in_passthrough(passthrough):
+    """In resign mode a member's GetFindings must filter on its own account (hubgate's role
+    would read every account). In passthrough the read is signed with the member's own keys
+    and AWS decides what they may read: hubgate forwards it as signed, unfiltered."""
+    hg, fake = passthrough, passthrough.fake
+    c = pt_client(hg, PT_MEMBER)
+    resp = c.get_findings(MaxResults=50)
+    assert resp["Findings"], resp
+    got = last_answered(fake, "/findings")
+    assert got["signature_valid"] is True and got["access_key"] == PT_MEMBER.access_key, got
+    assert header(got, "Host") == REAL_HOST
