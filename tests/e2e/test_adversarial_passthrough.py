@@ -170,3 +170,30 @@ def test_a_members_own_reads_are_not_confined_in_passthrough(passthrough):
     got = last_answered(fake, "/findings")
     assert got["signature_valid"] is True and got["access_key"] == PT_MEMBER.access_key, got
     assert header(got, "Host") == REAL_HOST
+
+
+def test_a_forward_carries_exactly_the_callers_headers(passthrough):
+    """The caller chose what it signed and what it sent; hubgate adds nothing (not even the
+    Accept-Encoding: identity it sets on a re-signed write whose answer it reads, which in
+    passthrough would change a header the caller may have signed) and drops only hop-by-hop
+    headers, those Connection names included."""
+    hg, fake = passthrough, passthrough.fake
+    body = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                       "Note": {"Text": "n", "UpdatedBy": "u"}}).encode()
+    extra = {"Content-Type": "application/json", "Accept-Encoding": "gzip, br",
+             "X-Custom-Signed": "kept", "User-Agent": "adv/1"}
+    headers = sign(PT_MEMBER, "PATCH", REAL_HOST, "/findings/batchupdate", body, extra)
+    headers["X-Unsigned-Extra"] = "kept too"
+    headers["X-Hop"] = "dropped"
+    headers["Connection"] = "keep-alive, X-Hop"
+    headers["Keep-Alive"] = "timeout=5"
+    resp = raw_request(hg.port, "PATCH", "/findings/batchupdate", body, headers)
+    assert resp.status == 200, (resp.status, resp.text)
+    got = last_answered(fake, "/findings/batchupdate")
+    assert got["signature_valid"] is True, got
+    arrived = {k.lower(): v for k, v in got["headers"]}
+    sent = {k.lower(): v for k, v in headers.items()}
+    for hop in ("connection", "keep-alive", "x-hop"):
+        sent.pop(hop)
+    assert arrived.pop("content-length") == str(len(body))
+    assert arrived == sent, (arrived, sent)
