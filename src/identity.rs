@@ -669,6 +669,13 @@ impl Identity {
                      to: sign for {region}"
                 )));
             }
+            // AWS refuses a signature that leaves Host out ("'Host' or ':authority' must be a
+            // 'SignedHeader'"): refused before a lookup is spent on it.
+            if !auth.signed_headers.contains(&"host") {
+                return Err(AuthError::Malformed(
+                    "SignedHeaders must include host: AWS refuses a signature without it".into(),
+                ));
+            }
         }
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.

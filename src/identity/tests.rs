@@ -399,6 +399,21 @@ fn passthrough_maps_only_signatures_scoped_to_the_upstream_region() {
         .authenticate(&parts, &body(b"{}"), now, None)
         .unwrap_err();
     assert!(err.to_string().contains("sign for eu-west-1"), "{err}");
+    // A signature without Host, which AWS refuses.
+    let mut hostless = signed_request(SECRET, now, b"{}");
+    let auth = hostless.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(auth.contains(";host;"), "{auth}");
+    hostless.headers.insert(
+        "authorization",
+        auth.replace(";host;", ";").parse().unwrap(),
+    );
+    let err = east
+        .authenticate(&hostless, &body(b"{}"), now, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("must include host"), "{err}");
     // hubgate-issued keys (resign): the region is the caller's to choose; hubgate verifies it.
     let (resign, _dir) = identity(IdentityMode::Sigv4, None);
     assert!(resign.authenticate(&parts, &body(b"{}"), now, None).is_ok());

@@ -197,3 +197,31 @@ def test_a_forward_carries_exactly_the_callers_headers(passthrough):
         sent.pop(hop)
     assert arrived.pop("content-length") == str(len(body))
     assert arrived == sent, (arrived, sent)
+
+
+def test_a_signature_that_leaves_host_out_is_refused_before_any_lookup(passthrough):
+    """SigV4 must sign Host, and AWS refuses a signature that does not. hubgate used to map
+    the key, look the finding up on its own quota and decide, then forward a request AWS
+    could only refuse."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    class NoHost(SigV4Auth):
+        def headers_to_sign(self, request):
+            signed = super().headers_to_sign(request)
+            del signed["host"]
+            return signed
+
+    hg, fake = passthrough, passthrough.fake
+    body = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                       "Note": {"Text": "n", "UpdatedBy": "u"}}).encode()
+    req = AWSRequest(method="PATCH", url=f"http://{REAL_HOST}/findings/batchupdate", data=body,
+                     headers={"Content-Type": "application/json", "Host": REAL_HOST})
+    NoHost(Credentials(PT_MEMBER.access_key, PT_MEMBER.secret_key), "securityhub",
+           "us-east-1").add_auth(req)
+    assert "host" not in req.headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+    resp = raw_request(hg.port, "PATCH", "/findings/batchupdate", body, dict(req.headers.items()))
+    assert resp.status == 401, (resp.status, resp.text)
+    assert "must include host" in resp.json()["error"]["message"], resp.text
+    assert fake.requests() == [], fake.requests()
