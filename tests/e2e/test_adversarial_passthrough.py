@@ -225,3 +225,24 @@ def test_a_signature_that_leaves_host_out_is_refused_before_any_lookup(passthrou
     assert resp.status == 401, (resp.status, resp.text)
     assert "must include host" in resp.json()["error"]["message"], resp.text
     assert fake.requests() == [], fake.requests()
+
+
+def test_an_h2_request_goes_up_with_the_authority_it_signed_as_its_host(passthrough):
+    """Over HTTP/2 the caller's signed host is its :authority, not a Host header. The forward
+    must carry it as Host, or AWS checks the signature over the endpoint's own host name and
+    refuses a request hubgate allowed."""
+    from test_adversarial_http import h2_request
+    hg, fake = passthrough, passthrough.fake
+    path = "/findings/batchupdate"
+    body = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                       "Note": {"Text": "over h2", "UpdatedBy": "u"}}).encode()
+    signed = sign(PT_MEMBER, "PATCH", REAL_HOST, path, body, {"Content-Type": "application/json"})
+    headers = [(":method", "PATCH"), (":path", path), (":scheme", "http"),
+               (":authority", REAL_HOST)] + [(k.lower(), v) for k, v in signed.items()
+                                             if k.lower() != "host"]
+    reply = h2_request(hg, headers, [body])
+    assert reply.status == 200, (reply.status, reply.body)
+    got = last_answered(fake, path)
+    assert header(got, "Host") == REAL_HOST, got["headers"]
+    assert got["signature_valid"] is True and got["access_key"] == PT_MEMBER.access_key, got
+    assert fake.findings()["f-own-high"]["Note"]["Text"] == "over h2"
