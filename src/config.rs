@@ -712,12 +712,12 @@ impl Config {
         out
     }
 
-    /// What hubgate does with an operation: the configured routing, else the default.
     /// upstream.region when callers' own signatures go upstream (upstream.auth = "passthrough").
     pub fn passthrough_region(&self) -> Option<&str> {
         (self.upstream.auth == UpstreamAuth::Passthrough).then_some(self.upstream.region.as_str())
     }
 
+    /// What hubgate does with an operation: the configured routing, else the default.
     pub fn routing(&self, op: &crate::routes::OperationSpec) -> Routing {
         match self.operations.get(op.name) {
             Some(r) => *r,
