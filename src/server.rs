@@ -740,29 +740,63 @@ fn log_recovery(previous_error: Option<&str>, ok: bool) {
     }
 }
 
+/// Admin connections open at once. Probes and scrapers use one or two each; past this many, a
+/// new one is closed at accept. Without a cap, anyone who could reach the admin port (the pod
+/// network, in the Kubernetes manifests) could open connections until the process ran out of
+/// file descriptors, after which the proxy listener could accept nothing either.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The admin port has bounds too: a client must send its request head in time (idle
-    // keep-alive connections included: scrapers reconnect).
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ms(gate.stages.config.server.header_read_timeout_ms));
+    // HTTP/1 only: probes and scrapers speak it, and an h2 connection would bring streams,
+    // windows and pings that nothing on this port needs.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new());
+    let open = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            gate.stages
+                .metrics
+                .connections_refused
+                .get_or_create(&KindLabels {
+                    kind: "admin".to_string(),
+                })
+                .inc();
+            continue;
+        };
         let gate = gate.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
+            let _permit = permit;
+            // The proxy's per-connection clock, with the header-read timeout as the idle one
+            // too: a connection that sends nothing, or keeps a request head coming slowly, or
+            // does not read its answer, is closed. hyper's own header timer never sees a
+            // connection that has sent no byte (hyper-util reads the first bytes with no timer).
+            let server = &gate.stages.config.server;
+            let clock = conn::Clock::new(
+                ms(server.header_read_timeout_ms),
+                ms(server.header_read_timeout_ms),
+                ms(server.response_send_timeout_ms),
+            );
+            let io = TokioIo::new(conn::ClockedIo::new(stream, clock.clone()));
+            let requests = clock.clone();
             let service = service_fn(move |req: Request<Incoming>| {
+                let (guard, _, _) = requests.request_started(None);
                 let gate = gate.clone();
-                async move { Ok::<_, Infallible>(admin(&gate, &req).await) }
+                async move {
+                    let response = admin(&gate, &req).await;
+                    guard.sending();
+                    Ok::<_, Infallible>(response.map(|body| proxy::Held::new(body, guard)))
+                }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            tokio::select! {
+                _ = builder.serve_connection(io, service) => {}
+                // Dropping the connection closes the socket.
+                _ = clock.expired() => {}
+            }
         });
     }
 }
