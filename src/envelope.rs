@@ -51,9 +51,13 @@ pub enum Rejection {
     Upstream(#[from] UpstreamError),
     #[error("could not read the request body: {0}")]
     BodyRead(#[source] BodyError),
-    /// The client closed the connection before its body arrived: nobody is left to answer, so
-    /// this is recorded (as 499, nginx's "client closed request") and no envelope is sent.
-    #[error("the client closed the connection before the request body arrived: {0}")]
+    /// The client closed the connection (or, over h2, reset its stream) before its body
+    /// arrived: nobody is left to answer, so this is recorded (as 499, nginx's "client closed
+    /// request") and no envelope is sent.
+    #[error(
+        "the client closed the connection or cancelled the request before the request body \
+         arrived: {0}"
+    )]
     ClientAborted(#[source] BodyError),
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),

@@ -572,18 +572,31 @@ fn client_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
                 return true;
             }
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-            ) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(connection_lost)
+        {
+            return true;
+        }
+        // Over h2 a client leaves by resetting its stream (CANCEL, as SDKs do on a timeout) or
+        // closing the connection (GOAWAY, or the socket). h2's error hides its IO error from
+        // `source`, so it is asked for directly; a reset h2 made itself (a body longer than its
+        // content-length, say) is not the client leaving.
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_remote() || h2.get_io().is_some_and(connection_lost) {
                 return true;
             }
         }
         cause = e.source();
     }
     false
+}
+
+fn connection_lost(io: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        io.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
 }
 
 /// Set on the response to a request whose client went away: the server closes the

@@ -13,6 +13,9 @@ import resource
 import socket
 import time
 
+import h2.config
+import h2.connection
+import h2.errors
 import pytest
 
 from helpers import ADMIN, assert_envelope, ident, wait_until
@@ -107,3 +110,51 @@ def test_the_admin_port_speaks_http1_only_and_drops_what_it_is_not_sent(hg):
     took = closed_within(s, WAIT)
     s.close()
     assert took is not None and took < 1.0 + 1.0, took
+
+
+# ---------------------------------------------------------------------------
+# HTTP/2: a client that leaves mid-body
+
+
+@pytest.mark.parametrize("how", ["rst_stream", "goaway", "close"])
+def test_an_h2_client_that_leaves_mid_body_is_recorded_as_an_abort(hg, how):
+    """Over HTTP/1 a client that closes the connection mid-body is recorded as 499
+    CLIENT_ABORTED. Over h2 the same departure (a RST_STREAM CANCEL, as SDKs send on a timeout;
+    a GOAWAY; the socket closed) was recorded as 400 VALIDATION_ERROR "could not read the
+    request body", which blamed the client's input for a cancelled request and counted it
+    among the 400s. Nothing is forwarded either way."""
+    body = json.dumps(NOTE).encode()
+    before = len(hg.audit_records())
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    s = connect(hg.port)
+    try:
+        conn.initiate_connection()
+        conn.send_headers(1, h2_signed(hg, body), end_stream=False)
+        conn.send_data(1, body[:10])
+        s.sendall(conn.data_to_send())
+        # The head names a caller, so the request is admitted and reading its body.
+        wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 1, WAIT,
+                   "the request to be admitted")
+        if how == "rst_stream":
+            conn.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+        elif how == "goaway":
+            conn.close_connection()
+        s.sendall(conn.data_to_send())
+    finally:
+        if how != "rst_stream":
+            s.close()
+    wait_until(lambda: len(hg.audit_records()) > before, WAIT, "the audit record")
+    s.close()
+    record = hg.audit_records()[before]
+    assert record["status"] == 499, record
+    assert record["error"]["code"] == "CLIENT_ABORTED", record
+    assert record["forwarded"] is False, record
+    assert forwarded(hg) == []
+    wait_until(lambda: requests_with_status(hg, "499") == 1, WAIT, "the 499 counted")
+    assert requests_with_status(hg, "400") == 0
+
+
+def requests_with_status(hg, status: str) -> float:
+    """hubgate_requests_total summed over every series with this status."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in hg.admin("/metrics").text.splitlines()
+               if line.startswith("hubgate_requests_total{") and f'status="{status}"' in line)
