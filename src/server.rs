@@ -82,6 +82,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// client that wants more waits for one to end, it is not refused.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
+/// The most an HTTP/1 connection buffers of what it was sent and not yet used: so also the
+/// longest request head. hyper's default (about 400 KiB) let every connection of
+/// server.max_connections hold that much (and the raw head's copy) for header_read_timeout_ms
+/// before it named any caller: about 570 KiB each, so a few hundred connections from a client
+/// without keys went past the memory limit of the shipped manifests. SDK heads are a few KiB;
+/// this still takes a request target up to hyper's URI limit (64 KiB), which is answered 414.
+pub(crate) const H1_MAX_BUFFER: usize = 96 * 1024;
+
 /// h2 keep-alive: a ping this long after the connection was last heard from, and the connection
 /// closed if the ping is not answered within the timeout.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -393,7 +401,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .timer(TokioTimer::new())
         .header_read_timeout(ms(
             config_server.idle_timeout_ms + config_server.header_read_timeout_ms
-        ));
+        ))
+        .max_buf_size(H1_MAX_BUFFER);
     // h2: one connection may not open more streams than this at once (each holds an in-flight
     // permit while it runs), and a peer that stops answering pings is dropped with its streams.
     builder

@@ -36,7 +36,7 @@ const MAX_CAPTURED_HEAD: usize = 64 * 1024;
 
 /// The bytes read after a captured head before its request starts (and says how long its body
 /// is) are kept up to this many. hyper starts the request as soon as it has parsed the head, so
-/// this is at most what one read brought (hyper's read buffer is at most about 400 KiB).
+/// this is at most what one read brought (hyper's read buffer is at most `server::H1_MAX_BUFFER`).
 const MAX_AFTER_HEAD: usize = 512 * 1024;
 
 /// Why the clock closed a connection.

@@ -158,3 +158,47 @@ def requests_with_status(hg, status: str) -> float:
     """hubgate_requests_total summed over every series with this status."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in hg.admin("/metrics").text.splitlines()
                if line.startswith("hubgate_requests_total{") and f'status="{status}"' in line)
+
+
+# ---------------------------------------------------------------------------
+# HTTP/1.1: what a connection may make hubgate hold before it names a caller
+
+
+def test_a_request_head_over_96_kib_is_refused_at_once_not_buffered(make_fake, make_hubgate):
+    """hyper buffered up to about 400 KiB of an unfinished request head per connection (and
+    hubgate a copy of its first 64 KiB) for header_read_timeout_ms, before any caller was
+    named: about 570 KiB a connection, so a few hundred connections from a client without keys
+    took hubgate past the memory limit of the shipped manifests (512Mi, 256Mi as a sidecar).
+    A head may now be 96 KiB: past that hyper answers 431 and closes at once, whatever the
+    header timeout. A request target up to hyper's URI limit is still answered 414."""
+    hg = make_hubgate({"server": {"header_read_timeout_ms": 20000, "idle_timeout_ms": 20000}},
+                      fake=make_fake())
+    pad = "X-Pad: " + "a" * 4000 + "\r\n"
+    partial = ("GET /accounts HTTP/1.1\r\nHost: x\r\n" + pad * 50).encode()  # 200 KiB, unfinished
+    held = []
+    try:
+        for _ in range(20):
+            s = connect(hg.port)
+            s.sendall(partial)
+            held.append(s)
+        for s in held:
+            took = closed_within(s, 3)
+            assert took is not None, "an unfinished 200 KiB head was buffered, not refused"
+    finally:
+        for s in held:
+            s.close()
+    s = connect(hg.port)
+    s.sendall(partial + b"\r\n")
+    reply = s.recv(64)
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 431"), reply
+    # An ordinary head with a long target: hyper's own 414, as before.
+    reply, s = exchange(hg.port, head_bytes("GET", "/" + "a" * 70000, [("Host", hg.host)]))
+    s.close()
+    assert reply.status == 414
+    # And an SDK-sized one is served.
+    reply, s = exchange(hg.port, head_bytes("GET", "/accounts", signed_headers(
+        hg, b"", method="GET", path="/accounts") + [("X-Pad", "a" * 8000)]))
+    s.close()
+    assert reply.status == 200, reply.text
+    assert forwarded(hg) == [("GET", "/accounts")]
