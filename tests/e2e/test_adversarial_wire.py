@@ -18,7 +18,7 @@ import h2.connection
 import h2.errors
 import pytest
 
-from helpers import ADMIN, assert_envelope, ident, wait_until
+from helpers import ADMIN, MEMBER, assert_envelope, ident, wait_until
 from test_adversarial_http import h2_request, h2_signed
 from test_socket_bounds import (
     closed_within,
@@ -84,7 +84,8 @@ def test_connections_to_the_admin_port_cannot_starve_the_proxy_of_file_descripto
             s.close()
         # Of the flood, those over the cap were closed at once, the rest within the header
         # timeout: none stays open.
-        assert all(closed_within(c, 3) is not None for c in flood), "an idle admin connection stayed open"
+        assert all(closed_within(c, 3) is not None for c in flood), \
+            "an idle admin connection stayed open"
     finally:
         for c in flood:
             c.close()
@@ -202,3 +203,184 @@ def test_a_request_head_over_96_kib_is_refused_at_once_not_buffered(make_fake, m
     s.close()
     assert reply.status == 200, reply.text
     assert forwarded(hg) == [("GET", "/accounts")]
+
+
+# ---------------------------------------------------------------------------
+# HTTP/2: pseudo-headers and headers no client library sends (edges that hold)
+
+
+def _h2_base(hg, body: bytes) -> list[tuple[str, str]]:
+    return h2_signed(hg, body)
+
+
+MALFORMED_H2 = {
+    "duplicate :path": lambda b: b[:2] + [(":path", "/findings")] + b[2:],
+    "no :scheme": lambda b: [h for h in b if h[0] != ":scheme"],
+    "pseudo-header after a regular one": lambda b: b[:1] + b[2:] + [b[1]],
+    "unknown pseudo-header": lambda b: b + [(":protocol", "websocket")],
+    "connection header": lambda b: b + [("connection", "keep-alive")],
+    "te other than trailers": lambda b: b + [("te", "gzip")],
+    "transfer-encoding": lambda b: b + [("transfer-encoding", "chunked")],
+    ":path that is an absolute URI": lambda b: [(k, "http://evil.example" + BUF if k == ":path"
+                                                 else v) for k, v in b],
+    "empty :path": lambda b: [(k, "" if k == ":path" else v) for k, v in b],
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_H2))
+def test_a_malformed_h2_request_is_reset_and_never_forwarded(hg, case):
+    """The h2 layer refuses a request whose pseudo-headers or connection-specific headers are
+    malformed (RFC 9113 §8.2-8.3) with a stream reset: a signed administrator's update never
+    reaches the handler, so nothing is forwarded and nothing recorded; the connection's other
+    streams and hubgate go on."""
+    body = json.dumps(NOTE).encode()
+    reply = h2_request(hg, MALFORMED_H2[case](_h2_base(hg, body)), [body])
+    assert reply.status is None and reply.reset is not None, vars(reply)
+    assert forwarded(hg) == []
+    assert hg.audit_records() == []
+    assert h2_request(hg, _h2_base(hg, body), [body]).status == 200
+
+
+def test_an_upper_case_h2_header_name_ends_the_connection_not_forwarded(hg):
+    body = json.dumps(NOTE).encode()
+    reply = h2_request(hg, _h2_base(hg, body) + [("X-Amz-Target", "x")], [body])
+    assert reply.status is None, vars(reply)
+    assert forwarded(hg) == []
+
+
+def test_h2_signature_is_checked_on_the_host_header_and_the_forward_carries_hubgates_own(hg):
+    """With both a host header and :authority, SigV4 is checked over `host` (what every SDK
+    signs), whatever :authority says; the re-signed forward carries the upstream's Host, never
+    either of the caller's. A host header that is not the signed one fails the signature."""
+    body = json.dumps(NOTE).encode()
+    base = _h2_base(hg, body)
+    spoofed = [(k, "evil.example" if k == ":authority" else v) for k, v in base]
+    reply = h2_request(hg, spoofed + [("host", hg.host)], [body])
+    assert reply.status == 200, vars(reply)
+    sent = hg.fake.buf_calls()
+    assert len(sent) == 1
+    hosts = [v for k, v in sent[0]["headers"] if k.lower() == "host"]
+    assert hosts == [hg.fake.endpoint.split("://", 1)[1]], hosts
+    hg.fake.reset()
+    reply = h2_request(hg, base + [("host", "evil.example")], [body])
+    assert reply.status == 401, vars(reply)
+    assert reply.json()["__type"] == "InvalidSignatureException"
+    assert forwarded(hg) == []
+
+
+@pytest.mark.parametrize("method,path,shown", [("CONNECT", None, "CONNECT "),
+                                               ("OPTIONS", "*", "OPTIONS *")])
+def test_h2_connect_and_asterisk_targets_get_the_404_envelope(hg, method, path, shown):
+    headers = [(":method", method), (":authority", hg.host)]
+    if path is not None:
+        headers += [(":path", path), (":scheme", "http")]
+    reply = h2_request(hg, headers, [])
+    assert reply.status == 404, vars(reply)
+    body = reply.json()
+    assert body["error"]["code"] == "NOT_FOUND" and shown in body["error"]["message"], body
+    assert forwarded(hg) == []
+
+
+def test_a_rapid_reset_flood_ends_the_connection_and_holds_nothing(hg):
+    """Streams opened with an administrator's signed head and reset at once (the "rapid reset"
+    pattern): h2 ends the connection (GOAWAY too_many_resets) after a few; the requests that
+    were admitted are recorded as aborted, none is forwarded, every in-flight slot is back, and
+    hubgate serves the next caller."""
+    body = json.dumps(NOTE).encode()
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False))
+    s = connect(hg.port)
+    terminated = None
+    try:
+        conn.initiate_connection()
+        headers = _h2_base(hg, body)
+        try:
+            for i in range(1000):
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, headers, end_stream=False)
+                conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                if i % 25 == 0:
+                    s.sendall(conn.data_to_send())
+            s.sendall(conn.data_to_send())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        deadline = time.monotonic() + WAIT
+        while terminated is None and time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    terminated = event.additional_data
+    finally:
+        s.close()
+    assert terminated == b"too_many_resets", terminated
+    wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 0, WAIT, "the slots back")
+    time.sleep(0.3)
+    records = hg.audit_records()
+    assert len(records) < 100, len(records)
+    assert all(r["status"] == 499 and not r["forwarded"] for r in records), records
+    assert forwarded(hg) == []
+    assert h2_request(hg, _h2_base(hg, body), [body]).status == 200
+
+
+# ---------------------------------------------------------------------------
+# HTTP/1.1: targets and heads no client library sends (edges that hold)
+
+
+@pytest.mark.parametrize("case", ["obs-fold", "space before colon", "NUL in a value",
+                                  "HTTP/1.0 with Transfer-Encoding", "HTTP/1.2"])
+def test_a_head_hyper_refuses_is_never_forwarded(hg, case):
+    body = json.dumps(NOTE).encode()
+    headers = signed_headers(hg, body)
+    version, extra, data = "HTTP/1.1", [], body
+    if case == "obs-fold":
+        extra = ["X-Fold: a", " b", f"Content-Length: {len(body)}"]
+    elif case == "space before colon":
+        extra = [f"Content-Length : {len(body)}"]
+    elif case == "NUL in a value":
+        extra = ["X-Nul: a\x00b", f"Content-Length: {len(body)}"]
+    elif case == "HTTP/1.0 with Transfer-Encoding":
+        version, extra = "HTTP/1.0", ["Transfer-Encoding: chunked"]
+        data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        version, extra = "HTTP/1.2", [f"Content-Length: {len(body)}"]
+    lines = [f"PATCH {BUF} {version}"] + [f"{k}: {v}" for k, v in headers] + extra
+    reply, s = exchange(hg.port, ("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+    s.close()
+    assert reply.status == 400, reply.text
+    assert forwarded(hg) == []
+
+
+def test_a_lower_case_method_is_another_method(hg):
+    """Methods are case-sensitive: `patch` is no Security Hub operation's method, whatever
+    its path (a front end that upper-cased it would run BatchUpdateFindings unjudged)."""
+    body = json.dumps(NOTE).encode()
+    headers = signed_headers(hg, body, method="patch") + [("Content-Length", str(len(body)))]
+    reply, s = exchange(hg.port, head_bytes("patch", BUF, headers) + body)
+    s.close()
+    err = assert_envelope(reply, 404, "NOT_FOUND", "ResourceNotFoundException")
+    assert "patch /findings/batchupdate" in err["error"]["message"], err
+    assert forwarded(hg) == []
+
+
+def test_a_fragment_in_the_target_is_not_forwarded_and_the_path_judged_is_the_path_sent(hg):
+    """A request target may not carry a fragment (RFC 9112 §3.2), but the URI parser drops it
+    before hubgate sees the target: the path routed, signed, judged and forwarded is the same,
+    without it, and the member's suppression is still refused."""
+    body = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                       "Workflow": {"Status": "SUPPRESSED"}}).encode()
+    headers = signed_headers(hg, body, creds=MEMBER) + [("Content-Length", str(len(body)))]
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF + "#admin", headers) + body)
+    s.close()
+    assert_envelope(reply, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert hg.fake.buf_calls() == []
+    body = json.dumps(NOTE).encode()
+    headers = signed_headers(hg, body, creds=ADMIN) + [("Content-Length", str(len(body)))]
+    reply, s = exchange(hg.port, head_bytes("PATCH", BUF + "#x", headers) + body)
+    s.close()
+    assert reply.status == 200, reply.text
+    assert [c["raw_path"] for c in hg.fake.buf_calls()] == [BUF]
