@@ -384,3 +384,57 @@ def test_a_fragment_in_the_target_is_not_forwarded_and_the_path_judged_is_the_pa
     s.close()
     assert reply.status == 200, reply.text
     assert [c["raw_path"] for c in hg.fake.buf_calls()] == [BUF]
+
+
+def test_h2_pings_or_an_unfinished_header_block_do_not_keep_a_connection_past_idle(hg):
+    """An h2 connection with no request in progress is closed idle_timeout_ms after its last
+    request, however busy it keeps the wire: PINGs every 200 ms do not count as activity, nor
+    does a HEADERS frame whose header block never ends (END_HEADERS never comes)."""
+    import struct
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) \
+            + struct.pack(">I", stream) + payload
+
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"")
+    pinger, stuck = connect(hg.port), connect(hg.port)
+    try:
+        pinger.sendall(preface)
+        # HEADERS without END_HEADERS: `:method GET` (indexed), then nothing more.
+        stuck.sendall(preface + frame(1, 0x1, 1, b"\x82"))
+        started = time.monotonic()
+        closed = None
+        while time.monotonic() - started < 1.5 + WAIT:
+            try:
+                pinger.sendall(frame(6, 0, 0, b"12345678"))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = time.monotonic() - started
+                break
+            if closed_within(pinger, 0.2) is not None:
+                closed = time.monotonic() - started
+                break
+        assert closed is not None, "PINGs kept the connection open"
+        assert 1.0 <= closed <= 1.5 + 2.0, closed
+        took = closed_within(stuck, WAIT)
+        assert took is not None, "an unfinished header block kept the connection open"
+    finally:
+        pinger.close()
+        stuck.close()
+    assert metric(hg, "hubgate_connection_errors_total", kind="idle_timeout") >= 2
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-content-length"])
+def test_an_h2_body_over_max_body_bytes_is_413_whether_or_not_it_is_declared(
+        make_fake, make_hubgate, declared):
+    """h2 need not declare a body's length: one sent in DATA frames alone is cut off at
+    server.max_body_bytes like a declared one (which is refused before it is read)."""
+    hg = make_hubgate({"server": {"max_body_bytes": 1000}}, fake=make_fake())
+    note = dict(NOTE, Note={"Text": "x" * 4000, "UpdatedBy": "u"})
+    body = json.dumps(note).encode()
+    headers = h2_signed(hg, body)
+    if declared:
+        headers += [("content-length", str(len(body)))]
+    reply = h2_request(hg, headers, [body[i:i + 900] for i in range(0, len(body), 900)])
+    assert reply.status == 413, vars(reply)
+    assert reply.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert forwarded(hg) == []
