@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import socket
+import struct
 import time
 
 import h2.config
@@ -18,8 +19,9 @@ import h2.connection
 import h2.errors
 import pytest
 
-from helpers import ADMIN, MEMBER, assert_envelope, ident, wait_until
+from helpers import ADMIN, MEMBER, assert_envelope, header, ident, sign, wait_until
 from test_adversarial_http import h2_request, h2_signed
+from test_passthrough import CALLERS, PT_ADMIN, REAL_HOST
 from test_socket_bounds import (
     closed_within,
     connect,
@@ -390,8 +392,6 @@ def test_h2_pings_or_an_unfinished_header_block_do_not_keep_a_connection_past_id
     """An h2 connection with no request in progress is closed idle_timeout_ms after its last
     request, however busy it keeps the wire: PINGs every 200 ms do not count as activity, nor
     does a HEADERS frame whose header block never ends (END_HEADERS never comes)."""
-    import struct
-
     def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) \
             + struct.pack(">I", stream) + payload
@@ -438,3 +438,32 @@ def test_an_h2_body_over_max_body_bytes_is_413_whether_or_not_it_is_declared(
     assert reply.status == 413, vars(reply)
     assert reply.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert forwarded(hg) == []
+
+
+# ---------------------------------------------------------------------------
+# passthrough over h2: the Host the caller signed is the one Security Hub gets
+
+
+@pytest.mark.parametrize("where", [":authority", "host header"])
+def test_passthrough_over_h2_forwards_the_host_the_caller_signed(make_fake, make_hubgate, where):
+    """In passthrough the caller signs for the real Security Hub host. Over h2 it may name
+    that host in :authority alone (what an h2 client does) or in a host header beside an
+    :authority of hubgate's address: either way the forward carries it as Host, so Security
+    Hub (the fake) verifies the caller's own signature; hubgate's address never replaces it."""
+    fake = make_fake(extra_credentials=[PT_ADMIN])
+    hg = make_hubgate({"upstream": {"auth": "passthrough"}}, fake=fake, callers_toml=CALLERS)
+    body = json.dumps(NOTE).encode()
+    signed = sign(PT_ADMIN, "PATCH", REAL_HOST, BUF, body, {"Content-Type": "application/json"})
+    rest = [(k.lower(), v) for k, v in signed.items() if k.lower() != "host"]
+    pseudo = [(":method", "PATCH"), (":path", BUF), (":scheme", "http")]
+    if where == ":authority":
+        headers = pseudo + [(":authority", REAL_HOST)] + rest
+    else:
+        headers = pseudo + [(":authority", hg.host)] + rest + [("host", REAL_HOST)]
+    reply = h2_request(hg, headers, [body])
+    assert reply.status == 200, vars(reply)
+    calls = fake.buf_calls()
+    assert len(calls) == 1, calls
+    assert header(calls[0], "Host") == REAL_HOST, calls[0]["headers"]
+    assert calls[0]["signature_valid"] is True, calls[0].get("signature_error")
+    assert calls[0]["access_key"] == PT_ADMIN.access_key
