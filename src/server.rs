@@ -759,7 +759,13 @@ async fn serve_admin(listener: TcpListener, gate: Arc<Gate>) {
     // HTTP/1 only: probes and scrapers speak it, and an h2 connection would bring streams,
     // windows and pings that nothing on this port needs.
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new());
+    // hyper's own header timer as a backstop behind each connection's clock (below), as on
+    // the proxy listener; left unset, hyper's default (30 s) would cut a longer configured one.
+    let header_ms = gate.stages.config.server.header_read_timeout_ms;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(header_ms.saturating_mul(2)));
     let open = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
