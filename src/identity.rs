@@ -700,12 +700,21 @@ impl Identity {
             ));
         }
 
-        let host = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .ok_or_else(|| AuthError::Malformed("the request has no Host".into()))?;
+        let not_a_host = || {
+            AuthError::Malformed("the Host header is not a host name with an optional port".into())
+        };
+        // A Host header is what SDKs sign, so it is the one checked whenever there is one; the
+        // URI's authority (h2's :authority) only stands in for a missing one. A Host that is
+        // not text is refused, not passed over for the authority: the request would be checked
+        // against one host and carry another.
+        let host = match parts.headers.get(http::header::HOST) {
+            Some(value) => value.to_str().map_err(|_| not_a_host())?,
+            None => parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .ok_or_else(|| AuthError::Malformed("the request has no Host".into()))?,
+        };
         // The signature is checked over `http://{host}{path}`: a Host holding `/`, `?`, `#` or
         // `@` would move part of itself into the path, query or user info that are checked,
         // away from the path that was routed. A host name (or IP literal) and port only.
@@ -714,9 +723,7 @@ impl Identity {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
         {
-            return Err(AuthError::Malformed(
-                "the Host header is not a host name with an optional port".into(),
-            ));
+            return Err(not_a_host());
         }
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(auth.signed_headers.len());
         for name in &auth.signed_headers {
