@@ -498,3 +498,23 @@ def test_a_host_header_that_is_not_text_is_refused_not_passed_over_for_the_autho
     err = assert_envelope(reply, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
     assert "the Host header is not a host name" in err["error"]["message"], err
     assert forwarded(hg) == []
+
+
+def test_an_h2_connection_over_max_connections_gets_the_503_envelope(make_fake, make_hubgate):
+    """Over server.max_connections a plain-HTTP connection is answered 503 OVERLOADED and
+    closed; an h2c one (prior knowledge) gets the same envelope on its stream, and nothing is
+    forwarded or recorded."""
+    hg = make_hubgate({"server": {"max_connections": 1, "idle_timeout_ms": 10000}},
+                      fake=make_fake())
+    held = connect(hg.port)
+    try:
+        wait_until(lambda: metric(hg, "hubgate_connections_open") == 1, WAIT, "the held one")
+        body = json.dumps(NOTE).encode()
+        reply = h2_request(hg, _h2_base(hg, body), [body])
+        assert reply.status == 503, vars(reply)
+        assert reply.headers.get("x-amzn-errortype") == "ServiceUnavailableException"
+        assert "server.max_connections" in reply.json()["error"]["message"]
+    finally:
+        held.close()
+    assert forwarded(hg) == []
+    assert hg.audit_records() == []
