@@ -220,13 +220,15 @@ def test_an_unsigned_payload_signature_does_not_verify(hg):
 
 
 
-@pytest.mark.parametrize("repeats", [2, 40_000])
+@pytest.mark.parametrize("repeats", [2, 15_000, 40_000])
 def test_a_signed_header_named_twice_is_401_with_its_audit_record(hg, repeats):
     """SignedHeaders is a set (SigV4 lists each name once, sorted). Named again and again,
     `host` used to reach the signature library once per mention: past 32768 entries its header
     map panicked (`size overflows MAX_SIZE`), the request got a retryable 500 and no audit
     record, and all it took was an access key id (no secret: the panic came before the
-    signature was compared). A repeated name is now refused like any malformed header."""
+    signature was compared). A repeated name is now refused like any malformed header. (Since
+    a request head may be 96 KiB, 40,000 mentions (200 KiB) no longer reach hubgate at all:
+    hyper answers 431 itself.)"""
     body = json.dumps(NOTE).encode()
     headers = dict(signed_headers(hg, body))
     headers["Authorization"] = headers["Authorization"].replace(
@@ -235,6 +237,11 @@ def test_a_signed_header_named_twice_is_401_with_its_audit_record(hg, repeats):
     reply, s = exchange(hg.port, head_bytes("PATCH", BUF, list(headers.items())
                                             + [("Content-Length", str(len(body)))]) + body)
     s.close()
+    if repeats == 40_000:
+        assert reply.status == 431, (reply.status, reply.text)
+        nothing_forwarded(hg)
+        assert "panicked" not in hg.stderr_text()
+        return
     assert reply.status == 401, (reply.status, reply.text)
     envelope = reply.json()
     assert envelope["error"]["code"] == "UNAUTHENTICATED", envelope
