@@ -59,6 +59,18 @@ def cached(make_fake, make_hubgate, **enrichment):
     return fake, hg
 
 
+def assert_not_judged_on_the_cached_medium(resp, settle_ms):
+    """The member's MEDIUM after the administrator's re-import to CRITICAL: refused as
+    settling (the journal, by default) or, with settle_ms 0, as lowering CRITICAL on a new
+    read; never allowed as "no change" on the MEDIUM cached before the import."""
+    if settle_ms is None:
+        err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
+        assert "BatchImportFindings" in err["error"]["message"], err
+    else:
+        err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+        assert "(CRITICAL to MEDIUM)" in err["error"]["message"], err
+
+
 def lookups(hg, resp) -> int:
     rid = resp.headers.get("x-hubgate-decision-id") or resp.headers["x-amzn-requestid"]
     return hg.audit_for(rid)["metrics"]["counter_lookup_calls"]
@@ -100,12 +112,7 @@ def test_an_answered_import_is_not_decided_on_the_state_cached_before_it(
     assert admin.status == 200, admin.text
     resp = hg.buf({"FindingIdentifiers": [ident(FID)], "Severity": {"Label": "MEDIUM"}},
                   who="member")
-    if settle_ms is None:
-        err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
-        assert "BatchImportFindings" in err["error"]["message"], err
-    else:
-        err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
-        assert "(CRITICAL to MEDIUM)" in err["error"]["message"], err
+    assert_not_judged_on_the_cached_medium(resp, settle_ms)
     assert len(fake.buf_calls()) == 1, "only the first note"
     assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
 
@@ -240,12 +247,7 @@ def test_a_lookup_in_flight_across_an_import_is_not_decided_on(make_fake, make_h
     assert thread.is_alive(), "the lookup answered before the import"
     thread.join(30)
     resp = answers["admin"]  # in_flight's name for whatever it sent
-    if settle_ms is None:
-        err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
-        assert "BatchImportFindings" in err["error"]["message"], err
-    else:
-        err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
-        assert "(CRITICAL to MEDIUM)" in err["error"]["message"], err
+    assert_not_judged_on_the_cached_medium(resp, settle_ms)
     assert fake.buf_calls() == []
 
 
@@ -268,12 +270,7 @@ def test_an_import_through_one_replica_is_not_decided_on_anothers_cached_state(
     assert admin.status == 200, admin.text
     resp = r2.buf({"FindingIdentifiers": [ident(FID)], "Severity": {"Label": "MEDIUM"}},
                   who="member")
-    if settle_ms is None:
-        err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")
-        assert "BatchImportFindings" in err["error"]["message"], err
-    else:
-        err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
-        assert "(CRITICAL to MEDIUM)" in err["error"]["message"], err
+    assert_not_judged_on_the_cached_medium(resp, settle_ms)
     assert quota_fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
 
 
