@@ -12,11 +12,10 @@ UpdateFindings, as a member with valid keys, and the cache writes they cause.
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
 
+from test_adversarial_state import medium_waiting_for_quota
 from test_in_flight import in_flight
 from test_replicas import (  # noqa: F401 - fixtures
     coordination,
@@ -188,22 +187,7 @@ def test_a_write_sent_while_a_cached_decision_waits_for_quota_voids_it(
     filter). The decision is void: the member's MEDIUM is judged again on a new read and
     refused as lowering CRITICAL (import), or allowed on the new read (UpdateFindings leaves
     the severity as it was); never sent on the state read before the write."""
-    fake = make_fake()
-    hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, "settle_ms": 0},
-                       "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}}},
-                      fake=fake)
-    start = time.monotonic()
-    assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
-    answers = {}
-
-    def member():
-        answers["member"] = hg.buf({"FindingIdentifiers": [ident(FID)],
-                                    "Severity": {"Label": "MEDIUM"}}, who="member")
-
-    waiting = threading.Thread(target=member)
-    waiting.start()
-    time.sleep(max(0.0, start + 0.6 - time.monotonic()))
-    assert waiting.is_alive() and len(fake.buf_calls()) == 1, "the member's write waits"
+    fake, hg, waiting, answers = medium_waiting_for_quota(make_fake, make_hubgate)
     if write == "import":
         admin = hg.send("POST", IMPORT, {"Findings": [imported(FID, MEMBER_ACCOUNT, "CRITICAL")]},
                         who="admin")

@@ -230,14 +230,11 @@ def voided(hg) -> dict:
             for s in family.samples if s.name == "hubgate_decisions_voided_total"}
 
 
-def test_a_v2_write_sent_while_a_cached_decision_waits_for_quota_voids_it(
-        make_fake, make_hubgate):
-    """The member's MEDIUM on its cached MEDIUM finding is decided at once (no change) and
-    waits for the BatchUpdateFindings call (one every 2 s). Meanwhile the administrator's V2
-    SeverityId 5 on the member's account is sent and answered (V2 has its own quota). V2
-    identifiers do not name cache entries, so the decision is void: nothing is sent until the
-    finding has been read again (the fake's V2 changes no ASFF finding, so the new read still
-    says MEDIUM and the request is then allowed)."""
+def medium_waiting_for_quota(make_fake, make_hubgate):
+    """A hubgate whose cache holds FID (MEDIUM, read by a forwarded note) and whose
+    BatchUpdateFindings quota allows one call every 2 s; the member's MEDIUM on FID, decided at
+    once as no change, is left waiting for that quota in a thread. Returns the fake, the
+    hubgate, the thread and the dict its answer lands in (under "member")."""
     fake = make_fake()
     hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, "settle_ms": 0},
                        "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}}},
@@ -254,6 +251,18 @@ def test_a_v2_write_sent_while_a_cached_decision_waits_for_quota_voids_it(
     waiting.start()
     time.sleep(max(0.0, start + 0.6 - time.monotonic()))
     assert waiting.is_alive() and len(fake.buf_calls()) == 1, "the member's write waits"
+    return fake, hg, waiting, answers
+
+
+def test_a_v2_write_sent_while_a_cached_decision_waits_for_quota_voids_it(
+        make_fake, make_hubgate):
+    """The member's MEDIUM on its cached MEDIUM finding is decided at once (no change) and
+    waits for the BatchUpdateFindings call (one every 2 s). Meanwhile the administrator's V2
+    SeverityId 5 on the member's account is sent and answered (V2 has its own quota). V2
+    identifiers do not name cache entries, so the decision is void: nothing is sent until the
+    finding has been read again (the fake's V2 changes no ASFF finding, so the new read still
+    says MEDIUM and the request is then allowed)."""
+    fake, hg, waiting, answers = medium_waiting_for_quota(make_fake, make_hubgate)
     v2 = hg.send("PATCH", V2, {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT,
                                                        "FindingInfoUid": FID,
                                                        "MetadataProductUid": PRODUCT_ARN}],
