@@ -41,6 +41,9 @@ pub struct Coordination {
     pub(crate) lookup_claim: Duration,
     prefix: String,
     quota_scope: String,
+    /// upstream.region: with the caller's account, names the quota a passthrough forward
+    /// spends (`pacing::bucket_key`).
+    region: String,
     /// Redis without its password, for logs and /readyz.
     display_url: String,
     last_error: Mutex<Option<String>>,
@@ -149,6 +152,7 @@ impl Coordination {
             lookup_claim: Duration::from_millis(c.lookup_claim_ms),
             prefix: c.key_prefix.clone(),
             quota_scope,
+            region: config.upstream.region.clone(),
             display_url,
             last_error: Mutex::new(Some("not connected yet".into())),
             metrics,
@@ -354,6 +358,10 @@ impl Coordination {
     pub(crate) fn quota_scope(&self) -> &str {
         &self.quota_scope
     }
+
+    pub(crate) fn region(&self) -> &str {
+        &self.region
+    }
 }
 
 #[cfg(test)]
@@ -449,15 +457,28 @@ mod tests {
 
         // GCRA: the burst at once, then one call per interval; a refusal takes nothing
         for _ in 0..3 {
-            assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, Some(0));
+            assert_eq!(pacing::take(&coord, "Op", None, 100_000, 3).await, Some(0));
         }
-        let wait = pacing::take(&coord, "Op", 100_000, 3).await.unwrap();
+        let wait = pacing::take(&coord, "Op", None, 100_000, 3).await.unwrap();
         assert!(wait > 50_000 && wait <= 100_000, "{wait}");
-        assert!(pacing::take(&coord, "Op", 100_000, 3).await.unwrap() > 0);
+        assert!(pacing::take(&coord, "Op", None, 100_000, 3).await.unwrap() > 0);
         tokio::time::sleep(Duration::from_micros(wait + 5_000)).await;
-        assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, Some(0));
+        assert_eq!(pacing::take(&coord, "Op", None, 100_000, 3).await, Some(0));
         // buckets are per operation
-        assert_eq!(pacing::take(&coord, "Other", 100_000, 3).await, Some(0));
+        assert_eq!(
+            pacing::take(&coord, "Other", None, 100_000, 3).await,
+            Some(0)
+        );
+        // and per caller account for passthrough forwards: "Op" is empty for hubgate's own
+        // quota, not for an account's, and one account's burst leaves another's whole
+        for account in ["222222222222", "333333333333"] {
+            for _ in 0..3 {
+                let took = pacing::take(&coord, "Op", Some(account), 100_000, 3).await;
+                assert_eq!(took, Some(0), "{account}");
+            }
+            let next = pacing::take(&coord, "Op", Some(account), 100_000, 3).await;
+            assert!(next.is_some_and(|w| w > 0), "{account}: {next:?}");
+        }
 
         // a claim: the first replica looks the finding up, the next one waits
         let k = FindingKey::new("f1", "arn:p");
@@ -646,7 +667,7 @@ mod tests {
         // marks the shared cache for retirement when it rejoins
         drop(server);
         let started = std::time::Instant::now();
-        assert_eq!(pacing::take(&coord, "Op", 100_000, 3).await, None);
+        assert_eq!(pacing::take(&coord, "Op", None, 100_000, 3).await, None);
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(!coord.healthy() && fell_back.load(Ordering::SeqCst));
         assert_eq!(coord.status().0, "degraded");

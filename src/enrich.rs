@@ -1077,6 +1077,7 @@ impl Enricher {
                     operation: "GetFindings",
                     rate: self.inner.pacer.rate("GetFindings"),
                     waited_ms,
+                    account: None,
                 }),
             };
             return Err(LookupFailure { error, stats });

@@ -32,6 +32,7 @@ use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, Reques
 use crate::payload::Payload;
 use crate::policy::input::{RequestFacts, Update};
 use crate::policy::{Decision, PolicySet, Violation};
+use crate::quota::Payer;
 use crate::request::Judged;
 use crate::routes::Routing;
 use crate::routes::{self, OperationSpec};
@@ -1009,11 +1010,16 @@ async fn send(
     // Authentication comes before any forward: the principal is known here.
     let principal = trail.principal.clone();
     let caller = principal.as_deref().map_or("", |p| p.id.as_str());
+    // In passthrough the caller's own signature goes up: AWS charges the caller's account.
+    let payer = match (&gate.config.upstream.auth, principal.as_deref()) {
+        (UpstreamAuth::Passthrough, Some(p)) => Payer::Account(&p.account_id),
+        _ => Payer::Hubgate,
+    };
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
         _ => gate
             .pacer
-            .acquire(operation, deadline, caller)
+            .acquire(operation, deadline, caller, payer)
             .await
             .map_err(|e| {
                 // The waits that ran out are the longest: leaving them out showed waits short

@@ -5,6 +5,10 @@
 //! of reach each replica paces locally at its fallback share. When Security Hub throttles a
 //! call paced within the quota anyway, another client of the account is spending part of it:
 //! the operation's pace is halved, then recovers gradually (`Slowdown`).
+//!
+//! In passthrough a forward is the caller's own signed call, which AWS charges to the
+//! caller's account: such forwards pace on a bucket per operation and caller account
+//! (`Payer::Account`), so that one account's writes never wait for another's.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -18,12 +22,35 @@ use crate::coordination::{pacing, Coordination};
 
 /// The wait for quota outlasted the request's deadline.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("hubgate's {operation} quota ({rate}/s) had no room within {waited_ms} ms")]
+#[error("{} {operation} quota ({rate}/s) had no room within {waited_ms} ms", whose(.account.as_deref()))]
 pub struct QuotaExhausted {
     pub operation: &'static str,
     pub rate: f64,
     pub waited_ms: u64,
+    /// The caller account whose quota it was (passthrough); None: hubgate's own.
+    pub account: Option<Arc<str>>,
 }
+
+fn whose(account: Option<&str>) -> String {
+    match account {
+        None => "hubgate's".into(),
+        Some(account) => format!("account {account}'s"),
+    }
+}
+
+/// Whose account quota an upstream call spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payer<'a> {
+    /// hubgate's own credentials sign the call: every lookup, and every forward in resign mode.
+    Hubgate,
+    /// The caller's own signature goes upstream (passthrough): AWS charges its account.
+    Account(&'a str),
+}
+
+/// The operations hubgate calls on its own credentials (enrichment's lookups). A passthrough
+/// forward of one of them still paces on hubgate's bucket: hubgate does not know its own
+/// account, which may be the caller's, and the two together must stay within it.
+const OWN_CALLS: [&str; 1] = ["GetFindings"];
 
 struct Bucket {
     limiter: DefaultDirectRateLimiter,
@@ -97,9 +124,22 @@ pub struct Pacer {
     /// The operations Security Hub throttled recently, and their slowed pace. Local to this
     /// replica, with or without Redis: each replica slows for the throttles it sees.
     slowdowns: std::sync::Mutex<HashMap<&'static str, Slowdown>>,
+    /// Per operation and caller account, the local bucket of passthrough forwards
+    /// (`Payer::Account`), made on first use at the operation's limit times `account_share`.
+    /// Accounts come from the callers file (or the static identity), so this stays small.
+    accounts: std::sync::Mutex<HashMap<&'static str, AccountBuckets>>,
+    /// The limits account buckets are made at.
+    limits: QuotaConfig,
+    /// The share of a caller account's quota a local account bucket paces to: `quota.share`,
+    /// or its fallback part while Redis, which holds the fleet's account buckets, is out of
+    /// reach.
+    account_share: f64,
 }
 
-/// One account's line for one operation's quota (`Pacer::lines`).
+/// One operation's local buckets of passthrough forwards, by caller account (`Pacer::accounts`).
+type AccountBuckets = HashMap<Arc<str>, Arc<Bucket>>;
+
+/// One caller's line for one operation's quota (`Pacer::lines`).
 type Line = Arc<tokio::sync::Mutex<()>>;
 
 /// The fleet's buckets in Redis, and the local ones a replica falls back to.
@@ -135,6 +175,7 @@ impl Pacer {
 
     fn build(config: &QuotaConfig, shared: Option<(Arc<Coordination>, f64)>) -> Pacer {
         let ops = crate::routes::operations();
+        let account_share = config.share * shared.as_ref().map_or(1.0, |(_, fallback)| *fallback);
         let buckets = ops
             .iter()
             .map(|op| (op.name, Bucket::new(config.limit(op.name), config.share)))
@@ -162,7 +203,26 @@ impl Pacer {
             shared,
             lines: Default::default(),
             slowdowns: Default::default(),
+            accounts: Default::default(),
+            limits: config.clone(),
+            account_share,
         }
+    }
+
+    /// The local bucket of `account`'s `operation` quota.
+    fn account_bucket(&self, operation: &'static str, account: &str) -> Arc<Bucket> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        let buckets = accounts.entry(operation).or_default();
+        // Found by the borrowed name: the key is allocated once per account, not per request.
+        if let Some(bucket) = buckets.get(account) {
+            return bucket.clone();
+        }
+        let bucket = Arc::new(Bucket::new(
+            self.limits.limit(operation),
+            self.account_share,
+        ));
+        buckets.insert(Arc::from(account), bucket.clone());
+        bucket
     }
 
     /// The line `caller`'s requests wait in for `operation`'s quota.
@@ -288,13 +348,14 @@ impl Pacer {
     async fn acquire_in_redis(
         &self,
         operation: &'static str,
+        account: Option<&str>,
         deadline: Option<Instant>,
     ) -> Option<Result<(), QuotaExhausted>> {
         let shared = self.shared.as_ref()?;
         let (interval, burst) = *shared.cells.get(operation).unwrap_or(&shared.default_cell);
         let started = Instant::now();
         loop {
-            let wait_us = pacing::take(&shared.coord, operation, interval, burst).await?;
+            let wait_us = pacing::take(&shared.coord, operation, account, interval, burst).await?;
             if wait_us == 0 {
                 return Some(Ok(()));
             }
@@ -308,6 +369,7 @@ impl Pacer {
                         operation,
                         rate: 1_000_000.0 / interval as f64,
                         waited_ms: started.elapsed().as_millis() as u64,
+                        account: account.map(Arc::from),
                     }));
                 }
             }
@@ -318,34 +380,56 @@ impl Pacer {
     /// Waits for one call's worth of `operation` quota for a request of `caller` (a principal
     /// id), until `deadline` at the latest, taking turns with the other callers' requests (and
     /// hubgate's own lookups, which wait as one), first come first served within a caller (see
-    /// `lines`).
+    /// `lines`). `payer` is whose account quota the call spends.
     pub async fn acquire(
         &self,
         operation: &'static str,
         deadline: Instant,
         caller: &str,
+        payer: Payer<'_>,
     ) -> Result<Duration, QuotaExhausted> {
         let started = Instant::now();
+        let account = match payer {
+            Payer::Account(account) if !OWN_CALLS.contains(&operation) => Some(account),
+            _ => None,
+        };
+        let exhausted = |rate: f64| QuotaExhausted {
+            operation,
+            rate,
+            waited_ms: started.elapsed().as_millis() as u64,
+            account: account.map(Arc::from),
+        };
         let line = self.line(operation, caller);
         let Ok(_turn) = tokio::time::timeout_at(deadline.into(), line.lock()).await else {
-            return Err(QuotaExhausted {
-                operation,
-                rate: self.rate(operation),
-                waited_ms: started.elapsed().as_millis() as u64,
-            });
+            let rate = match account {
+                None => self.rate(operation),
+                Some(_) => self.limits.limit(operation).rate * self.limits.share,
+            };
+            return Err(exhausted(rate));
         };
+        if let Some(account) = account {
+            // No slowdown: AWS throttling a caller's own call slows nobody (`throttled`).
+            if let Some(done) = self
+                .acquire_in_redis(operation, Some(account), Some(deadline))
+                .await
+            {
+                return done.map(|()| started.elapsed());
+            }
+            let bucket = self.account_bucket(operation, account);
+            let ready = bucket
+                .limiter
+                .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)));
+            return match tokio::time::timeout_at(deadline.into(), ready).await {
+                Ok(()) => Ok(started.elapsed()),
+                Err(_) => Err(exhausted(bucket.rate)),
+            };
+        }
         match self.slowed_slot(operation, Some(deadline)) {
             Ok(Some(at)) => tokio::time::sleep_until(at.into()).await,
             Ok(None) => {}
-            Err(()) => {
-                return Err(QuotaExhausted {
-                    operation,
-                    rate: self.rate(operation),
-                    waited_ms: started.elapsed().as_millis() as u64,
-                })
-            }
+            Err(()) => return Err(exhausted(self.rate(operation))),
         }
-        if let Some(done) = self.acquire_in_redis(operation, Some(deadline)).await {
+        if let Some(done) = self.acquire_in_redis(operation, None, Some(deadline)).await {
             return done.map(|()| started.elapsed());
         }
         let bucket = self.bucket(operation);
@@ -355,11 +439,7 @@ impl Pacer {
             .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)));
         match tokio::time::timeout_at(deadline.into(), ready).await {
             Ok(()) => Ok(started.elapsed()),
-            Err(_) => Err(QuotaExhausted {
-                operation,
-                rate: bucket.rate,
-                waited_ms: started.elapsed().as_millis() as u64,
-            }),
+            Err(_) => Err(exhausted(bucket.rate)),
         }
     }
 
@@ -369,7 +449,7 @@ impl Pacer {
         if let Ok(Some(at)) = self.slowed_slot(operation, None) {
             tokio::time::sleep_until(at.into()).await;
         }
-        if let Some(Ok(())) = self.acquire_in_redis(operation, None).await {
+        if let Some(Ok(())) = self.acquire_in_redis(operation, None, None).await {
             return;
         }
         self.bucket(operation)
@@ -401,12 +481,16 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let t = Instant::now();
         for _ in 0..3 {
-            p.acquire("GetFindings", deadline, "1").await.unwrap();
+            p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+                .await
+                .unwrap();
         }
         assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
         // the next two need one period (50 ms) each
         for _ in 0..2 {
-            p.acquire("GetFindings", deadline, "1").await.unwrap();
+            p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+                .await
+                .unwrap();
         }
         assert!(
             t.elapsed() >= Duration::from_millis(90),
@@ -419,8 +503,13 @@ mod tests {
     async fn a_deadline_ends_the_wait_without_taking_quota() {
         let p = pacer(1.0, 1, 1.0);
         let soon = Instant::now() + Duration::from_millis(50);
-        p.acquire("GetFindings", soon, "1").await.unwrap();
-        let err = p.acquire("GetFindings", soon, "1").await.unwrap_err();
+        p.acquire("GetFindings", soon, "1", Payer::Hubgate)
+            .await
+            .unwrap();
+        let err = p
+            .acquire("GetFindings", soon, "1", Payer::Hubgate)
+            .await
+            .unwrap_err();
         assert_eq!(err.operation, "GetFindings");
         assert!(err.to_string().contains("GetFindings quota"), "{err}");
     }
@@ -429,16 +518,26 @@ mod tests {
     async fn a_request_waiting_in_its_callers_line_stops_at_its_deadline() {
         let p = Arc::new(pacer(1.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline, "a").await.unwrap();
+        p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+            .await
+            .unwrap();
         // holds a's line, waiting for the next call (in a second)
         let first = {
             let p = p.clone();
-            tokio::spawn(async move { p.acquire("GetFindings", deadline, "a").await })
+            tokio::spawn(async move {
+                p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(5)).await;
         let t = Instant::now();
         let err = p
-            .acquire("GetFindings", t + Duration::from_millis(100), "a")
+            .acquire(
+                "GetFindings",
+                t + Duration::from_millis(100),
+                "a",
+                Payer::Hubgate,
+            )
             .await
             .unwrap_err();
         assert!(
@@ -455,17 +554,23 @@ mod tests {
         // one call per 20 ms after the first
         let p = Arc::new(pacer(50.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline, "a").await.unwrap();
+        p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+            .await
+            .unwrap();
         let mut many = Vec::new();
         for _ in 0..40 {
             let p = p.clone();
             many.push(tokio::spawn(async move {
-                p.acquire("GetFindings", deadline, "a").await.unwrap();
+                p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+                    .await
+                    .unwrap();
                 Instant::now()
             }));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
-        p.acquire("GetFindings", deadline, "b").await.unwrap();
+        p.acquire("GetFindings", deadline, "b", Payer::Hubgate)
+            .await
+            .unwrap();
         let b = Instant::now();
         let mut before_b = 0;
         for a in many {
@@ -494,14 +599,16 @@ mod tests {
         // at half of 100/s, 6 calls take 5 intervals of 20 ms
         let t = Instant::now();
         for _ in 0..6 {
-            p.acquire("GetFindings", deadline, "1").await.unwrap();
+            p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+                .await
+                .unwrap();
         }
         let took = t.elapsed();
         assert!(took >= Duration::from_millis(95), "{took:?}");
         // another operation is not slowed
         let t = Instant::now();
         for _ in 0..6 {
-            p.acquire("BatchUpdateFindings", deadline, "1")
+            p.acquire("BatchUpdateFindings", deadline, "1", Payer::Hubgate)
                 .await
                 .unwrap();
         }
@@ -545,19 +652,91 @@ mod tests {
         p.throttled("GetFindings");
         let t = Instant::now();
         let err = p
-            .acquire("GetFindings", t + Duration::from_millis(50), "1")
+            .acquire(
+                "GetFindings",
+                t + Duration::from_millis(50),
+                "1",
+                Payer::Hubgate,
+            )
             .await
             .unwrap_err();
         assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
         assert!(err.rate < 5.1, "{err}");
         // nothing was reserved: the call that waits gets the slot 200 ms after the throttle
         let deadline = Instant::now() + Duration::from_secs(2);
-        p.acquire("GetFindings", deadline, "1").await.unwrap();
+        p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+            .await
+            .unwrap();
         let first = throttled_at.elapsed();
         assert!(first >= Duration::from_millis(195), "{first:?}");
         assert!(first < Duration::from_millis(350), "{first:?}");
-        p.acquire("GetFindings", deadline, "1").await.unwrap();
+        p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+            .await
+            .unwrap();
         assert!(throttled_at.elapsed() >= Duration::from_millis(395));
+    }
+
+    #[tokio::test]
+    async fn passthrough_forwards_pace_per_caller_account() {
+        let mut config = QuotaConfig::default();
+        config.limits.insert(
+            "BatchUpdateFindings".into(),
+            Limit {
+                rate: 1.0,
+                burst: 3,
+            },
+        );
+        let p = Pacer::new(&config);
+        let soon = || Instant::now() + Duration::from_millis(100);
+        let a = Payer::Account("222222222222");
+        // the burst less its call of headroom, then account a's bucket is empty
+        for _ in 0..2 {
+            p.acquire("BatchUpdateFindings", soon(), "m", a)
+                .await
+                .unwrap();
+        }
+        let err = p
+            .acquire("BatchUpdateFindings", soon(), "m", a)
+            .await
+            .unwrap_err();
+        assert_eq!(err.account.as_deref(), Some("222222222222"));
+        assert!(
+            err.to_string()
+                .starts_with("account 222222222222's BatchUpdateFindings quota (1/s)"),
+            "{err}"
+        );
+        // another account's, and hubgate's own, are whole
+        let b = Payer::Account("333333333333");
+        for _ in 0..2 {
+            p.acquire("BatchUpdateFindings", soon(), "n", b)
+                .await
+                .unwrap();
+            p.acquire("BatchUpdateFindings", soon(), "h", Payer::Hubgate)
+                .await
+                .unwrap();
+        }
+        let own = p
+            .acquire("BatchUpdateFindings", soon(), "h", Payer::Hubgate)
+            .await
+            .unwrap_err();
+        assert_eq!(own.account, None);
+        assert!(own.to_string().starts_with("hubgate's"), "{own}");
+        // an operation hubgate calls itself stays on hubgate's bucket whoever pays: its own
+        // account may be the caller's
+        config.limits.insert(
+            "GetFindings".into(),
+            Limit {
+                rate: 1.0,
+                burst: 3,
+            },
+        );
+        let p = Pacer::new(&config);
+        p.acquire("GetFindings", soon(), "h", Payer::Hubgate)
+            .await
+            .unwrap();
+        p.acquire("GetFindings", soon(), "m", a).await.unwrap();
+        let err = p.acquire("GetFindings", soon(), "n", b).await.unwrap_err();
+        assert_eq!(err.account, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Shared pacing: one GCRA bucket per upstream operation in Redis, checked and advanced by one
-//! atomic script, so every replica draws on the same account quota whatever their number.
+//! Shared pacing: one GCRA bucket per upstream operation in Redis (and, for passthrough
+//! forwards, per caller account), checked and advanced by one atomic script, so every replica
+//! draws on the same account quota whatever their number.
 
 use redis::Script;
 
@@ -32,14 +33,25 @@ fn script() -> &'static Script {
     S.get_or_init(|| Script::new(GCRA))
 }
 
-/// The key of one operation's shared bucket.
-pub fn bucket_key(coord: &Coordination, operation: &str) -> String {
-    format!(
-        "{}:quota:{}:{}",
-        coord.prefix(),
-        coord.quota_scope(),
-        operation
-    )
+/// The key of one operation's shared bucket: hubgate's own quota (`account` None), or the
+/// quota of a caller's account that a passthrough forward spends. The two forms differ before
+/// anything configurable (`quota:`, `quota-account:`), so no scope can name an account's.
+pub fn bucket_key(coord: &Coordination, operation: &str, account: Option<&str>) -> String {
+    match account {
+        None => format!(
+            "{}:quota:{}:{}",
+            coord.prefix(),
+            coord.quota_scope(),
+            operation
+        ),
+        Some(account) => format!(
+            "{}:quota-account:{}:{}:{}",
+            coord.prefix(),
+            account,
+            coord.region(),
+            operation
+        ),
+    }
 }
 
 /// Asks the shared bucket for one call. Some(0): go; Some(µs): ask again after that long;
@@ -47,10 +59,11 @@ pub fn bucket_key(coord: &Coordination, operation: &str) -> String {
 pub async fn take(
     coord: &Coordination,
     operation: &str,
+    account: Option<&str>,
     interval_us: u64,
     burst: u32,
 ) -> Option<u64> {
-    let key = bucket_key(coord, operation);
+    let key = bucket_key(coord, operation, account);
     coord
         .call("pacing", |mut con| async move {
             script()

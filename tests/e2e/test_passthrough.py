@@ -181,3 +181,47 @@ def test_forged_signature_for_a_known_key_is_refused_by_upstream(passthrough):
     calls = fake.buf_calls()
     assert len(calls) == 1 and calls[0]["signature_valid"] is False, calls
     assert fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
+
+
+@pytest.mark.parametrize("auth", ["passthrough", "resign"])
+def test_forwards_pace_on_the_account_aws_charges(make_fake, make_hubgate, auth):
+    """In passthrough AWS charges each forward to the caller's own account, so each account's
+    writes pace on a bucket of their own: an administrator using up its BatchUpdateFindings
+    burst leaves a member of another account its whole burst. In resign mode every forward
+    spends hubgate's one account, and the member's write waits for the same bucket (429)."""
+    # a burst of 3 less hubgate's call of headroom: two writes at once per bucket
+    overrides = {"quota": {"max_wait_ms": 300},
+                 "quota.limits": {"BatchUpdateFindings": {"rate": 0.2, "burst": 3}}}
+    if auth == "passthrough":
+        fake = make_fake(extra_credentials=[PT_ADMIN, PT_MEMBER])
+        hg = make_hubgate({**overrides, "upstream": {"auth": "passthrough"}}, fake=fake,
+                          callers_toml=CALLERS)
+        admin, member = pt_client(hg, PT_ADMIN), pt_client(hg, PT_MEMBER)
+    else:
+        fake = make_fake()
+        hg = make_hubgate(overrides, fake=fake)
+        admin, member = hg.client("admin"), hg.client("member")
+    note = {"Note": {"Text": "paced", "UpdatedBy": "e2e"}}
+
+    def throttled(client, fid):
+        with pytest.raises(ClientError) as e:
+            client.batch_update_findings(FindingIdentifiers=[ident(fid)], **note)
+        err = e.value.response
+        assert err["ResponseMetadata"]["HTTPStatusCode"] == 429, err
+        assert err["Error"]["Code"] == "ThrottlingException", err
+        return err["Error"]["Message"]
+
+    for _ in range(2):
+        admin.batch_update_findings(FindingIdentifiers=[ident("f-other")], **note)
+    message = throttled(admin, "f-other")
+    if auth == "passthrough":
+        assert f"account {ADMIN_ACCOUNT}'s BatchUpdateFindings quota" in message, message
+        for fid in ("f-own-high", "f-own-medium"):
+            member.batch_update_findings(FindingIdentifiers=[ident(fid)], **note)
+        message = throttled(member, "f-own-high")
+        assert f"account {MEMBER_ACCOUNT}'s BatchUpdateFindings quota" in message, message
+        assert len(fake.buf_calls()) == 4
+    else:
+        assert "hubgate's BatchUpdateFindings quota" in message, message
+        throttled(member, "f-own-high")
+        assert len(fake.buf_calls()) == 2
