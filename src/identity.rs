@@ -186,6 +186,12 @@ pub enum AuthError {
          exactly one caller in the callers file"
     )]
     AmbiguousClientCert(String),
+    #[error(
+        "the client certificate this connection was opened with no longer verifies ({0}): it \
+         has expired, or its CA is no longer in server.client_ca, since the connection began; \
+         connect again with a valid certificate"
+    )]
+    ClientCertLapsed(String),
 }
 
 impl AuthError {
@@ -251,6 +257,9 @@ pub struct ClientCert {
     pub sans: Vec<String>,
     /// The subject's common names (almost always one), in certificate order.
     pub cns: Vec<String>,
+    /// Why the certificate no longer verifies, when it has expired or lost its CA since the
+    /// connection's handshake: it then names no caller, in any mode.
+    pub lapsed: Option<String>,
 }
 
 impl ClientCert {
@@ -274,7 +283,11 @@ impl ClientCert {
             .filter_map(|cn| cn.as_str().ok())
             .map(str::to_string)
             .collect();
-        Some(ClientCert { sans, cns })
+        Some(ClientCert {
+            sans,
+            cns,
+            lapsed: None,
+        })
     }
 }
 
@@ -590,6 +603,11 @@ impl Identity {
         now: SystemTime,
         client_cert: Option<&ClientCert>,
     ) -> Result<Claim<'a>, AuthError> {
+        // With server.client_ca every mode requires a valid certificate, also on a connection
+        // that outlived its certificate's validity or its CA.
+        if let Some(why) = client_cert.and_then(|c| c.lapsed.as_deref()) {
+            return Err(AuthError::ClientCertLapsed(why.to_string()));
+        }
         let (principal, signature, key_id) = match self.mode {
             IdentityMode::Static => (
                 self.static_principal.clone().ok_or(AuthError::Missing)?,

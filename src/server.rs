@@ -28,7 +28,7 @@ use crate::coordination::Coordination;
 use crate::enrich::Enricher;
 use crate::envelope::Rejection;
 use crate::framing::RawHead;
-use crate::identity::{ClientCert, Identity};
+use crate::identity::Identity;
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::policy::PolicySet;
 use crate::proxy::{self, Stages};
@@ -123,7 +123,7 @@ async fn serve_connection<I>(
     io: I,
     gate: Arc<Gate>,
     remote: std::net::SocketAddr,
-    cert: Option<Arc<ClientCert>>,
+    peer: Option<Arc<tls::PeerCert>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -146,7 +146,13 @@ async fn serve_connection<I>(
             req.extensions_mut().insert(RawHead(head));
         }
         let gate = gate.clone();
-        let cert = cert.clone();
+        let cert = match (&peer, &gate.tls) {
+            (Some(peer), Some(tls)) => Some(tls.recheck(peer, std::time::SystemTime::now())),
+            _ => None,
+        };
+        // A connection whose certificate no longer verifies gets its 401 (from identity) and
+        // is closed: its client connects again, and the handshake tells it why.
+        let lapsed = cert.as_ref().is_some_and(|c| c.lapsed.is_some());
         async move {
             // The request runs in its own task: hyper drops this future when the client goes
             // away, and a request already forwarded must still get its audit record.
@@ -160,10 +166,10 @@ async fn serve_connection<I>(
                 return Err(proxy::ClientGone);
             }
             let mut response = response;
-            if heads_lost {
+            if heads_lost || lapsed {
                 // The next request's head could not be checked on this connection (after a
-                // chunked body, hubgate cannot tell where it starts): the client sends it on
-                // a new one.
+                // chunked body, hubgate cannot tell where it starts), or the connection's
+                // client certificate no longer verifies: the client sends it on a new one.
                 response.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -443,17 +449,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                         serve_connection(&builder, watcher, stream, gate, remote, None).await;
                         return;
                     };
-                    let acceptor = tls.acceptor();
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let accepting = tls.accepting();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting.acceptor().accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let cert = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|chain| chain.first())
-                                .and_then(|der| ClientCert::from_der(der))
-                                .map(Arc::new);
-                            serve_connection(&builder, watcher, stream, gate, remote, cert).await;
+                            let peer = accepting.peer(stream.get_ref().1, std::time::SystemTime::now());
+                            serve_connection(&builder, watcher, stream, gate, remote, peer).await;
                         }
                         Ok(Err(e)) => {
                             let reason = tls::failure_reason(&e);

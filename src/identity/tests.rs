@@ -564,6 +564,7 @@ client_cert_cn = "admin"
     let cert = |sans: &[&str], cns: &[&str]| ClientCert {
         sans: sans.iter().map(|s| s.to_string()).collect(),
         cns: cns.iter().map(|s| s.to_string()).collect(),
+        lapsed: None,
     };
     let who = |c: ClientCert| identity.by_certificate(Some(&c)).map(|p| p.id.clone());
     assert_eq!(

@@ -1,14 +1,20 @@
 //! TLS on the proxy listener: rustls with TLS 1.2 and 1.3 only, ALPN h2 and http/1.1, optional
-//! required client certificates, and certificate reload that keeps open connections.
+//! required client certificates, and certificate reload that keeps open connections (whose
+//! client certificates are checked again, before each request, against the client CAs in
+//! force and the clock).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+
+use crate::identity::ClientCert;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -62,13 +68,20 @@ fn subject_of(cert: &CertificateDer<'_>) -> String {
         .unwrap_or_else(|_| "unparsable".into())
 }
 
+/// What new handshakes use: the server configuration and, with `client_ca`, the verifier in it
+/// (kept to check open connections' certificates again after a reload or an expiry).
+pub struct Loaded {
+    config: Arc<ServerConfig>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
 /// Builds a server configuration from PEM files: a certificate chain, its key (PKCS#8, PKCS#1
 /// or SEC1) and, for mTLS, the CA bundle client certificates must chain to.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<Loaded, TlsError> {
     let chain = certs(cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
         file: key.to_path_buf(),
@@ -86,6 +99,7 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut client_verifier = None;
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -110,6 +124,7 @@ pub fn server_config(
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
+            client_verifier = Some(verifier.clone());
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -129,7 +144,66 @@ pub fn server_config(
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        verifier: client_verifier,
+    })
+}
+
+/// A connection's client certificate: its names, the chain it presented, and the TLS state it
+/// was last verified under. A connection lives on for as long as its client keeps sending
+/// within idle_timeout_ms, and its handshake verified the chain once: without a check before
+/// each request, a certificate that expired since, or whose CA a reload removed from
+/// `client_ca` (the way to revoke a CA), went on naming its caller on that connection.
+pub struct PeerCert {
+    names: Arc<ClientCert>,
+    chain: Vec<CertificateDer<'static>>,
+    /// The state it was verified under, and until when that holds: the earliest notAfter of
+    /// the chain it presented (None: unknown, so verified again for every request).
+    verified: Mutex<(Arc<Loaded>, Option<SystemTime>)>,
+}
+
+/// The earliest notAfter among certificates (those of the path verified are among them).
+fn earliest_not_after(chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
+    chain
+        .iter()
+        .map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+            UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+        })
+        .try_fold(None::<SystemTime>, |earliest, t| {
+            let t = t?;
+            Some(Some(earliest.map_or(t, |e| e.min(t))))
+        })
+        .flatten()
+}
+
+/// The TLS state a handshake used, to tie the certificate it verified to it.
+pub struct Accepting {
+    loaded: Arc<Loaded>,
+}
+
+impl Accepting {
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.loaded.config.clone())
+    }
+
+    /// The client certificate of a finished handshake (the chain rustls verified), if any.
+    pub fn peer(self, conn: &rustls::ServerConnection, now: SystemTime) -> Option<Arc<PeerCert>> {
+        let chain: Vec<CertificateDer<'static>> = conn
+            .peer_certificates()?
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect();
+        let names = ClientCert::from_der(chain.first()?.as_ref())?;
+        let until = earliest_not_after(&chain).filter(|until| now <= *until);
+        Some(Arc::new(PeerCert {
+            names: Arc::new(names),
+            chain,
+            verified: Mutex::new((self.loaded, until)),
+        }))
+    }
 }
 
 /// The listener's TLS state: the configuration new handshakes use, swapped on reload.
@@ -137,14 +211,14 @@ pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<Loaded>,
     /// Why the last reload failed, while the previous certificate stays in use.
     pub last_error: Mutex<Option<String>>,
 }
 
 impl Tls {
     pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls, TlsError> {
-        let config = server_config(cert, key, client_ca)?;
+        let config = Arc::new(server_config(cert, key, client_ca)?);
         Ok(Tls {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
@@ -160,8 +234,50 @@ impl Tls {
         files
     }
 
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    /// The state a new connection's handshake uses.
+    pub fn accepting(&self) -> Accepting {
+        Accepting {
+            loaded: self.current.load_full(),
+        }
+    }
+
+    /// A connection's client certificate as the next request on it may use it: as verified in
+    /// its handshake while the TLS state is the same and no certificate of its chain has
+    /// expired since; otherwise verified again, against the client CAs in force now. One that
+    /// no longer verifies comes back with `lapsed` saying why, and names no caller.
+    pub fn recheck(&self, peer: &PeerCert, now: SystemTime) -> Arc<ClientCert> {
+        let current = self.current.load_full();
+        let mut verified = peer.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, until) = &*verified;
+        if Arc::ptr_eq(since, &current) && until.is_some_and(|until| now <= until) {
+            return peer.names.clone();
+        }
+        // Without client_ca (never so after a reload: it is not reloadable) there is nothing
+        // a certificate is checked against.
+        let Some(verifier) = &current.verifier else {
+            return peer.names.clone();
+        };
+        let checked = match peer.chain.split_first() {
+            Some((end_entity, intermediates)) => {
+                let at =
+                    UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+                verifier
+                    .verify_client_cert(end_entity, intermediates, at)
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("the connection has no certificate chain".to_string()),
+        };
+        match checked {
+            Ok(_) => {
+                let until = earliest_not_after(&peer.chain).filter(|until| now <= *until);
+                *verified = (current, until);
+                peer.names.clone()
+            }
+            Err(why) => Arc::new(ClientCert {
+                lapsed: Some(why),
+                ..(*peer.names).clone()
+            }),
+        }
     }
 
     /// Re-reads the files. Open connections keep the configuration they started with.
@@ -169,8 +285,8 @@ impl Tls {
         let result = server_config(&self.cert, &self.key, self.client_ca.as_deref());
         let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(config) => {
-                self.current.store(config);
+            Ok(loaded) => {
+                self.current.store(Arc::new(loaded));
                 *last = None;
                 Ok(())
             }

@@ -1,0 +1,186 @@
+"""Adversarial probes of identities other than a plain SigV4 key (review round adv-identity):
+client certificates that stop being valid while their connection stays open, the callers file
+and its reloads, and static identity.
+
+Every network wait is bounded (socket timeouts of WAIT seconds, helpers.HTTP_TIMEOUT)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import socket
+import ssl
+import time
+
+import pytest
+
+from helpers import (
+    ADMIN,
+    ADMIN_ACCOUNT,
+    CALLERS_TOML,
+    assert_envelope,
+    ident,
+    sign,
+    wait_until,
+)
+from pki import CA, client_context
+
+NOTE = {"FindingIdentifiers": [ident("f-admin")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+WAIT = 5.0
+MTLS_CALLERS = f"""\
+[[caller]]
+id = "admin-cli"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+client_cert_cn = "admin-cli"
+"""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def exchange(sock: ssl.SSLSocket, port: int, signed_by=None) -> Answer:
+    """One BatchUpdateFindings note on an open connection (kept open: HTTP/1.1 keep-alive)."""
+    data = json.dumps(NOTE).encode()
+    host = f"127.0.0.1:{port}"
+    headers = {"Content-Type": "application/json"}
+    if signed_by:
+        headers = sign(signed_by, "PATCH", host, "/findings/batchupdate", data, headers)
+    headers = {"Host": host, **headers, "Content-Length": str(len(data))}
+    head = "PATCH /findings/batchupdate HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sock.sendall(head.encode() + data)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before an answer: {got!r}"
+        got += chunk
+    raw_head, _, body = got.partition(b"\r\n\r\n")
+    lines = raw_head.decode().split("\r\n")
+    hdrs = {k.strip().lower(): v.strip()
+            for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(hdrs.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    return Answer(int(lines[0].split()[1]), hdrs, body)
+
+
+def closed_by_server(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except (ssl.SSLError, OSError):
+        return True
+
+
+def as_envelope(a: Answer, status: int, code: str, error_type: str) -> dict:
+    class R:  # the shape helpers.assert_envelope reads
+        pass
+    r = R()
+    r.status, r.headers, r.text = a.status, a.headers, a.text
+    r.json = a.json
+    return assert_envelope(r, status, code, error_type)
+
+
+def connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    except BaseException:
+        raw.close()
+        raise
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("identity-pki")
+    ca, second = CA("identity client CA"), CA("identity second client CA")
+    return {"dir": folder, "ca": ca, "second": second,
+            "ca_file": ca.write(folder / "ca.pem"),
+            "server": ca.server_cert().write(folder, "server")}
+
+
+def tls_hubgate(make_hubgate, fake, pki, client_ca, mode="mtls", callers=MTLS_CALLERS):
+    cert, key = pki["server"]
+    return make_hubgate(
+        {"server": {"tls_cert": str(cert), "tls_key": str(key), "client_ca": str(client_ca)},
+         "identity": {"mode": mode}},
+        fake=fake, callers_toml=callers, scheme="https", ca_file=pki["ca_file"])
+
+
+# ---------------------------------------------------------------------------
+# client certificates that stop being valid on an open connection
+
+
+def test_a_certificate_that_expires_on_an_open_connection_names_no_one_after(
+        make_hubgate, seeded_fake, pki, tmp_path):
+    """The handshake verified the certificate once; the connection then lived on as long as
+    its client kept sending, and the administrator's certificate went on naming the
+    administrator after it had expired (session resumption, which would do the same, was
+    already off)."""
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"])
+    expires = _now() + dt.timedelta(seconds=2)
+    cert = pki["ca"].issue(cn="admin-cli", client=True, not_after=expires).write(
+        tmp_path, "short")
+    with connect(hg.port, client_context(pki["ca_file"], cert=cert)) as s:
+        first = exchange(s, hg.port)
+        assert first.status == 200, first.text
+        forwarded = len(hg.fake.buf_calls())
+        time.sleep(max(0.0, (expires - _now()).total_seconds()) + 1.2)
+        late = exchange(s, hg.port)
+        body = as_envelope(late, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+        assert "no longer verifies" in body["error"]["message"], body
+        assert "expired" in body["error"]["message"].lower(), body
+        assert late.headers.get("connection") == "close", late.headers
+        assert closed_by_server(s)
+    assert len(hg.fake.buf_calls()) == forwarded
+    rec = hg.audit_for(late.headers["x-amzn-requestid"])
+    assert rec["principal"] is None and rec["status"] == 401, rec
+
+
+def test_a_client_ca_removed_by_a_reload_stops_its_open_connections(
+        make_hubgate, seeded_fake, pki, tmp_path):
+    """Removing a CA from client_ca (and reloading) is how an operator revokes what it
+    issued: new handshakes were refused, while a connection opened before went on being
+    served. Here with identity.mode = "sigv4", where the certificate is required beside a
+    valid signature; a connection with a certificate of the CA that stays is unaffected."""
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(pki["ca"].cert_pem() + pki["second"].cert_pem())
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, bundle, mode="sigv4",
+                     callers=CALLERS_TOML)
+    kept = pki["ca"].issue(cn="kept", client=True).write(tmp_path, "kept")
+    revoked = pki["second"].issue(cn="revoked", client=True).write(tmp_path, "revoked")
+    with connect(hg.port, client_context(pki["ca_file"], cert=kept)) as k, \
+            connect(hg.port, client_context(pki["ca_file"], cert=revoked)) as r:
+        assert exchange(k, hg.port, ADMIN).status == 200
+        assert exchange(r, hg.port, ADMIN).status == 200
+        forwarded = len(hg.fake.buf_calls())
+        bundle.write_bytes(pki["ca"].cert_pem())
+        hg.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: hg.stderr_text().count("TLS certificate reloaded") >= 1, 10,
+                   "the reload")
+        late = exchange(r, hg.port, ADMIN)
+        body = as_envelope(late, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+        assert "no longer verifies" in body["error"]["message"], body
+        assert closed_by_server(r)
+        assert len(hg.fake.buf_calls()) == forwarded
+        assert exchange(k, hg.port, ADMIN).status == 200
+    # and a new connection with it fails its handshake
+    with pytest.raises((ssl.SSLError, OSError, AssertionError)):
+        with connect(hg.port, client_context(pki["ca_file"], cert=revoked)) as again:
+            exchange(again, hg.port, ADMIN)
