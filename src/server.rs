@@ -147,7 +147,7 @@ async fn serve_connection<I>(
         }
         let gate = gate.clone();
         let cert = match (&peer, &gate.tls) {
-            (Some(peer), Some(tls)) => Some(tls.recheck(peer, std::time::SystemTime::now())),
+            (Some(peer), Some(tls)) => tls.recheck(peer, std::time::SystemTime::now()),
             _ => None,
         };
         // A connection whose certificate no longer verifies gets its 401 (from identity) and

@@ -13,6 +13,9 @@ import socket
 import ssl
 import time
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from helpers import (
@@ -184,3 +187,63 @@ def test_a_client_ca_removed_by_a_reload_stops_its_open_connections(
     with pytest.raises((ssl.SSLError, OSError, AssertionError)):
         with connect(hg.port, client_context(pki["ca_file"], cert=revoked)) as again:
             exchange(again, hg.port, ADMIN)
+
+
+def h2_stream(sock: ssl.SSLSocket, conn, stream: int, port: int) -> Answer:
+    """One note on `stream` of an open h2 connection; its answer (status 0: none came)."""
+    data = json.dumps(NOTE).encode()
+    conn.send_headers(stream, [(":method", "PATCH"), (":path", "/findings/batchupdate"),
+                               (":scheme", "https"), (":authority", f"127.0.0.1:{port}"),
+                               ("content-type", "application/json"),
+                               ("content-length", str(len(data)))])
+    conn.send_data(stream, data, end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status, headers, body = 0, {}, b""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        ended = False
+        for event in conn.receive_data(chunk):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                headers = {k.decode().lower(): v.decode() for k, v in event.headers}
+                status = int(headers[":status"])
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, stream)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) \
+                    and event.stream_id == stream:
+                ended = True
+        sock.sendall(conn.data_to_send())
+        if ended:
+            break
+    return Answer(status, headers, body)
+
+
+def test_an_h2_connection_outliving_its_certificate_names_no_one_on_its_next_stream(
+        make_hubgate, seeded_fake, pki, tmp_path):
+    """h2 connections are the long-lived ones (pings keep them open): a stream opened after
+    the certificate expired is refused, not served as the administrator."""
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"])
+    expires = _now() + dt.timedelta(seconds=2)
+    cert = pki["ca"].issue(cn="admin-cli", client=True, not_after=expires).write(
+        tmp_path, "short-h2")
+    ctx = client_context(pki["ca_file"], cert=cert, alpn=["h2"])
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    with connect(hg.port, ctx) as s:
+        assert s.selected_alpn_protocol() == "h2"
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        first = h2_stream(s, conn, 1, hg.port)
+        assert first.status == 200, first.text
+        forwarded = len(hg.fake.buf_calls())
+        time.sleep(max(0.0, (expires - _now()).total_seconds()) + 1.2)
+        late = h2_stream(s, conn, 3, hg.port)
+    assert late.status == 401, (late.status, late.text)
+    body = late.json()
+    assert body["error"]["code"] == "UNAUTHENTICATED", body
+    assert "no longer verifies" in body["error"]["message"], body
+    assert len(hg.fake.buf_calls()) == forwarded
+    rec = hg.audit_for(late.headers["x-amzn-requestid"])
+    assert rec["principal"] is None and rec["status"] == 401, rec
