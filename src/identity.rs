@@ -270,9 +270,13 @@ impl ClientCert {
         let mut sans = Vec::new();
         if let Ok(Some(ext)) = cert.subject_alternative_name() {
             for name in &ext.value.general_names {
+                // `client_cert_san` does not say which kind of name it is, so each kind counts
+                // only in its own shape, and no name can pass for the other kind: a DNS name
+                // `spiffe://corp/admin` (a CA that lets requesters choose DNS names need not
+                // check their syntax) named the caller of the URI `spiffe://corp/admin`.
                 match name {
-                    GeneralName::URI(u) => sans.push(u.to_string()),
-                    GeneralName::DNSName(d) => sans.push(d.to_string()),
+                    GeneralName::URI(u) if is_uri(u) => sans.push(u.to_string()),
+                    GeneralName::DNSName(d) if is_host_name(d) => sans.push(d.to_string()),
                     _ => {}
                 }
             }
@@ -289,6 +293,25 @@ impl ClientCert {
             lapsed: None,
         })
     }
+}
+
+/// A URI as a SAN holds one: a scheme (RFC 3986 §3.1) and a colon, then anything.
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+/// A DNS name (or wildcard) as a SAN holds one: letters, digits, `-`, `_`, `.` and `*`, so
+/// never a colon or a slash, and never anything `is_uri` takes.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
 }
 
 fn read_callers_file(path: &Path) -> Result<CallersFile, CallersError> {
@@ -422,6 +445,14 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
         }
         if secret.is_some() && entry.access_key_id.is_none() {
             return Err(bad("a secret needs an access_key_id".into()));
+        }
+        if let Some(san) = &entry.client_cert_san {
+            if !is_uri(san) && !is_host_name(san) {
+                return Err(bad(format!(
+                    "client_cert_san {san:?} is neither a URI (scheme:...) nor a DNS name: no \
+                     certificate's subject alternative name is matched against it"
+                )));
+            }
         }
         let attributes = match serde_json::to_value(&entry.attributes) {
             Ok(serde_json::Value::Object(map)) => map,

@@ -601,3 +601,23 @@ client_cert_cn = "admin"
         }
     }
 }
+
+#[test]
+fn a_san_counts_only_as_the_kind_of_name_it_is_shaped_as() {
+    for uri in [
+        "spiffe://corp/ns/a/sa/b",
+        "urn:uuid:1234",
+        "https://x.example/y",
+    ] {
+        assert!(super::is_uri(uri) && !super::is_host_name(uri), "{uri}");
+    }
+    for host in ["runner.corp.internal", "*.corp.internal", "runner"] {
+        assert!(super::is_host_name(host) && !super::is_uri(host), "{host}");
+    }
+    for neither in ["", "runner corp", "//corp/admin", "1x:y", "/admin"] {
+        assert!(
+            !super::is_uri(neither) && !super::is_host_name(neither),
+            "{neither:?}"
+        );
+    }
+}

@@ -24,6 +24,7 @@ from helpers import (
     CALLERS_TOML,
     assert_envelope,
     ident,
+    run_hubgate,
     sign,
     wait_until,
 )
@@ -247,3 +248,65 @@ def test_an_h2_connection_outliving_its_certificate_names_no_one_on_its_next_str
     assert len(hg.fake.buf_calls()) == forwarded
     rec = hg.audit_for(late.headers["x-amzn-requestid"])
     assert rec["principal"] is None and rec["status"] == 401, rec
+
+
+# ---------------------------------------------------------------------------
+# which certificate name names the caller
+
+SAN_CALLERS = f"""\
+[[caller]]
+id = "admin-san"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+client_cert_san = "spiffe://corp/ns/sec/sa/admin"
+"""
+
+
+def test_a_dns_san_shaped_like_a_uri_does_not_name_the_uri_caller(make_hubgate, seeded_fake,
+                                                                    pki, tmp_path):
+    """client_cert_san does not say which kind of name it is: a DNS name
+    `spiffe://corp/ns/sec/sa/admin` (from a CA that lets requesters choose DNS names without
+    checking their syntax) named the administrator mapped by that URI."""
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"], callers=SAN_CALLERS)
+    forged = pki["ca"].issue(dns=["spiffe://corp/ns/sec/sa/admin"], client=True).write(
+        tmp_path, "dns-as-uri")
+    genuine = pki["ca"].issue(uris=["spiffe://corp/ns/sec/sa/admin"], client=True).write(
+        tmp_path, "uri")
+    with connect(hg.port, client_context(pki["ca_file"], cert=forged)) as s:
+        refused = exchange(s, hg.port)
+    as_envelope(refused, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert hg.fake.buf_calls() == []
+    rec = hg.audit_for(refused.headers["x-amzn-requestid"])
+    assert rec["principal"] is None, rec
+    with connect(hg.port, client_context(pki["ca_file"], cert=genuine)) as s:
+        served = exchange(s, hg.port)
+    assert served.status == 200, served.text
+    assert hg.audit_for(served.headers["x-hubgate-decision-id"])["principal"]["id"] \
+        == "admin-san"
+
+
+@pytest.mark.parametrize("cn", ["Admin-cli", "admin-cli ", " admin-cli", "admin-cli\u200b"])
+def test_look_alikes_of_a_mapped_cn_name_no_one(make_hubgate, seeded_fake, pki, tmp_path, cn):
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"])
+    cert = pki["ca"].issue(cn=cn, client=True).write(tmp_path, "lookalike")
+    with connect(hg.port, client_context(pki["ca_file"], cert=cert)) as s:
+        a = exchange(s, hg.port)
+    body = as_envelope(a, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert "no caller is mapped" in body["error"]["message"], body
+    assert hg.fake.buf_calls() == []
+
+
+def test_a_client_cert_san_of_neither_shape_does_not_load(make_hubgate, seeded_fake, pki):
+    """It could only ever have matched a DNS SAN that is not a host name."""
+    cert, key = pki["server"]
+    hg = make_hubgate(
+        {"server": {"tls_cert": str(cert), "tls_key": str(key),
+                    "client_ca": str(pki["ca_file"])},
+         "identity": {"mode": "mtls"}},
+        fake=seeded_fake, callers_toml=SAN_CALLERS.replace("spiffe://corp/ns/sec/sa/admin",
+                                                           "sec admin"),
+        scheme="https", ca_file=pki["ca_file"], start=False)
+    hg.write_config()
+    done = run_hubgate("check", "--config", str(hg.config_path), timeout=10)
+    assert done.returncode != 0, done.stdout
+    assert 'client_cert_san "sec admin" is neither a URI' in done.stderr, done.stderr
