@@ -22,6 +22,7 @@ from helpers import (
     ADMIN,
     ADMIN_ACCOUNT,
     CALLERS_TOML,
+    MEMBER_ACCOUNT,
     assert_envelope,
     ident,
     run_hubgate,
@@ -310,3 +311,43 @@ def test_a_client_cert_san_of_neither_shape_does_not_load(make_hubgate, seeded_f
     done = run_hubgate("check", "--config", str(hg.config_path), timeout=10)
     assert done.returncode != 0, done.stdout
     assert 'client_cert_san "sec admin" is neither a URI' in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------------------
+# reloads of the callers file under an open connection
+
+
+def test_a_mapping_removed_by_a_reload_stops_its_open_connection(make_hubgate, seeded_fake,
+                                                                 pki, tmp_path):
+    """The caller is looked up for every request, not once per connection: a certificate
+    whose mapping is removed names no one from the next request on its open connection, and
+    a role changed by the same reload is the role the other caller is judged in at once."""
+    both = MTLS_CALLERS + f"""
+[[caller]]
+id = "ops"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+client_cert_cn = "ops"
+"""
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"], callers=both)
+    admin = pki["ca"].issue(cn="admin-cli", client=True).write(tmp_path, "admin")
+    ops = pki["ca"].issue(cn="ops", client=True).write(tmp_path, "ops")
+    with connect(hg.port, client_context(pki["ca_file"], cert=admin)) as a, \
+            connect(hg.port, client_context(pki["ca_file"], cert=ops)) as o:
+        first = exchange(a, hg.port)
+        assert first.status == 200, first.text
+        assert exchange(o, hg.port).status == 200
+        demoted = (both.replace(MTLS_CALLERS, "").replace('"administrator"', '"member"')
+                   .replace(ADMIN_ACCOUNT, MEMBER_ACCOUNT))
+        (hg.workdir / "callers.toml").write_text(demoted)
+        hg.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "callers reloaded" in hg.stderr_text(), 10, "the callers reload")
+        late = exchange(a, hg.port)
+        body = as_envelope(late, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+        assert "no caller is mapped to the client certificate (CN=admin-cli)" \
+            in body["error"]["message"], body
+        # ops is a member of another account now: the administrator's finding is not its own
+        refused = exchange(o, hg.port)
+        assert refused.status == 403, refused.text
+        rec = hg.audit_for(refused.headers["x-amzn-requestid"])
+        assert rec["principal"]["role"] == "member", rec
