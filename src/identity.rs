@@ -27,7 +27,7 @@ pub enum Role {
 }
 
 /// The caller as policies see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Principal {
     pub id: String,
     pub account_id: String,
@@ -186,6 +186,13 @@ pub enum AuthError {
          exactly one caller in the callers file"
     )]
     AmbiguousClientCert(String),
+    #[error(
+        "the callers file was reloaded while the request waited for quota, and it no longer \
+         names the request's caller as it was authenticated (removed, given another secret, or \
+         another role, account or attributes): nothing was sent; send the request again to \
+         have it judged by the callers file as it is now"
+    )]
+    CallerChanged,
     #[error(
         "the client certificate this connection was opened with no longer verifies ({0}): it \
          has expired, or its CA is no longer in server.client_ca, since the connection began; \
@@ -639,22 +646,37 @@ impl Identity {
         if let Some(why) = client_cert.and_then(|c| c.lapsed.as_deref()) {
             return Err(AuthError::ClientCertLapsed(why.to_string()));
         }
-        let (principal, signature, key_id) = match self.mode {
+        let (principal, signature, key_id, credential) = match self.mode {
             IdentityMode::Static => (
                 self.static_principal.clone().ok_or(AuthError::Missing)?,
                 None,
                 None,
+                Credential::Static,
             ),
-            IdentityMode::Mtls => (self.by_certificate(client_cert)?, None, None),
+            IdentityMode::Mtls => {
+                let principal = self.by_certificate(client_cert)?;
+                let cert = client_cert.cloned().unwrap_or_default();
+                (principal, None, None, Credential::Certificate(cert))
+            }
             IdentityMode::Sigv4 => {
                 let (caller, key_id, signature) = self.claim_sigv4(parts, now)?;
-                (caller.principal.clone(), signature, Some(key_id))
+                let credential = Credential::Key {
+                    id: key_id.to_string(),
+                    secret: caller.secret.clone(),
+                };
+                (
+                    caller.principal.clone(),
+                    signature,
+                    Some(key_id),
+                    credential,
+                )
             }
         };
         Ok(Claim {
             principal,
             signature,
             key_id,
+            credential,
         })
     }
 
@@ -807,11 +829,47 @@ impl Identity {
     }
 }
 
+/// What proved a request's caller: asked of a reloaded callers file, it says whether that
+/// file still names the same caller ([`Identity::still_names`]).
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An access key, with the secret its signature was checked with (none in passthrough).
+    Key { id: String, secret: Option<Secret> },
+    /// A client certificate's names.
+    Certificate(ClientCert),
+    /// identity.mode = "static".
+    Static,
+}
+
+impl Identity {
+    /// The caller `credential` names in this callers file: the same key with the same secret,
+    /// the same certificate mapping, or the static principal.
+    pub fn still_names(&self, credential: &Credential) -> Option<Arc<Principal>> {
+        match credential {
+            Credential::Key { id, secret } => {
+                let caller = self.by_key.get(id)?;
+                let same_secret = match (&caller.secret, secret) {
+                    (Some(now), Some(then)) => {
+                        bool::from(now.0.as_bytes().ct_eq(then.0.as_bytes()))
+                    }
+                    (None, None) => true,
+                    _ => false,
+                };
+                same_secret.then(|| caller.principal.clone())
+            }
+            Credential::Certificate(cert) => self.by_certificate(Some(cert)).ok(),
+            Credential::Static => self.static_principal.clone(),
+        }
+    }
+}
+
 /// A caller named by a request's head, not yet proven: see [`Identity::claim`].
 pub struct Claim<'a> {
     principal: Arc<Principal>,
     /// The SigV4 signature still to check against the body (sigv4 mode, hubgate's own keys).
     signature: Option<Unverified<'a>>,
+    /// What proves the caller, once the signature (if any) is checked.
+    credential: Credential,
     /// The access key id the head showed (sigv4 mode).
     key_id: Option<&'a str>,
 }
@@ -826,6 +884,11 @@ struct Unverified<'a> {
 }
 
 impl Claim<'_> {
+    /// What proves the caller (valid once [`Claim::verify`] has succeeded).
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+
     /// The caller the head names. Not proven in sigv4 mode until [`Claim::verify`]: good for
     /// bounding what the request may hold meanwhile, never for a decision or a record.
     pub fn claimed(&self) -> &Arc<Principal> {

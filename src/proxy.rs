@@ -27,7 +27,7 @@ use crate::decide::{
 use crate::enrich::{Enricher, InFlight, Sent, Unapplied, WriteId};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
-use crate::identity::{Claim, ClientCert, Identity, Principal};
+use crate::identity::{AuthError, Claim, ClientCert, Credential, Identity, Principal};
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
 use crate::policy::input::{RequestFacts, Update};
@@ -106,6 +106,9 @@ struct Trail {
     /// decision is sent with it: waiting again would waste the quota taken, and give writes
     /// landing meanwhile another chance to void it.
     quota_held: Option<(&'static str, Duration)>,
+    /// The callers file that authenticated the caller, and what proved it: asked again before
+    /// a forward that waited for quota, when the callers file has been reloaded since.
+    proof: Option<(Arc<Identity>, Credential)>,
 }
 
 impl Trail {
@@ -621,13 +624,17 @@ fn authenticate(
     // Proven by the callers it was claimed from, a key revoked meanwhile would still get its
     // request forwarded, and a caller demoted meanwhile would be judged in its old role: the
     // request is authenticated again, whole, by the callers as they are now.
-    let principal = if Arc::ptr_eq(&current, claimed_from) {
-        claim.verify(parts, body)?
+    let (principal, credential) = if Arc::ptr_eq(&current, claimed_from) {
+        let credential = claim.credential().clone();
+        (claim.verify(parts, body)?, credential)
     } else {
         drop(claim);
-        current.authenticate(parts, body, SystemTime::now(), ctx.client_cert)?
+        let claim = current.claim(parts, SystemTime::now(), ctx.client_cert)?;
+        let credential = claim.credential().clone();
+        (claim.verify(parts, body)?, credential)
     };
     ctx.trail.principal = Some(principal.clone());
+    ctx.trail.proof = Some((current.clone(), credential));
     Ok(principal)
 }
 
@@ -987,6 +994,25 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
     metrics.enrichment_misses.inc_by(trail.misses as u64);
 }
 
+/// Whether the callers file in force still names the request's caller as it was authenticated
+/// (the same key and secret, certificate mapping or static principal, to an equal principal).
+fn still_the_caller(gate: &Stages, trail: &mut Trail) -> Result<(), AuthError> {
+    let Some((checked, credential)) = &mut trail.proof else {
+        return Ok(());
+    };
+    let current = gate.identity.load_full();
+    if Arc::ptr_eq(&current, checked) {
+        return Ok(());
+    }
+    match (current.still_names(credential), &trail.principal) {
+        (Some(now), Some(then)) if *now == **then => {
+            *checked = current;
+            Ok(())
+        }
+        _ => Err(AuthError::CallerChanged),
+    }
+}
+
 /// Waits for quota, sends the request upstream and records what happened. A throttle, by
 /// Security Hub or by hubgate's own pacing running out of time, is the 429 envelope. With
 /// `read` (the decision read finding state), a write hubgate sent meanwhile for any of
@@ -1031,6 +1057,9 @@ async fn send(
                 Rejection::Quota(e)
             })?,
     };
+    // The wait can be quota.max_wait_ms long: a caller removed, re-keyed or given another role
+    // meanwhile would otherwise be forwarded as it was when it was authenticated.
+    still_the_caller(gate, trail)?;
     let in_flight = {
         // The check and the registration as one step (see `Enricher::send_order`).
         let _order = gate.enricher.as_ref().map(|e| e.send_order());

@@ -621,3 +621,40 @@ fn a_san_counts_only_as_the_kind_of_name_it_is_shaped_as() {
         );
     }
 }
+
+#[test]
+fn a_reloaded_callers_file_still_names_a_key_only_with_its_secret_and_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    let entry = |secret: &str, role: &str| {
+        format!(
+            "[[caller]]\nid = \"ci\"\naccount_id = \"222222222222\"\nrole = \"{role}\"\n\
+             access_key_id = \"{KEY}\"\nsecret_access_key = \"{secret}\"\n"
+        )
+    };
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: path.clone(),
+        static_principal: None,
+    };
+    let load = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        Identity::load(&config, None).unwrap()
+    };
+    let before = load(entry("s1", "member"));
+    let parts = signed_request("s1", SystemTime::now(), b"{}");
+    let claim = before.claim(&parts, SystemTime::now(), None).unwrap();
+    let credential = claim.credential().clone();
+    let principal = claim.verify(&parts, &body(b"{}")).unwrap();
+    let same = load(entry("s1", "member"));
+    assert_eq!(same.still_names(&credential).as_deref(), Some(&*principal));
+    assert!(load(entry("s2", "member"))
+        .still_names(&credential)
+        .is_none());
+    let promoted = load(entry("s1", "administrator"));
+    assert_ne!(
+        promoted.still_names(&credential).as_deref(),
+        Some(&*principal)
+    );
+    assert!(load(String::new()).still_names(&credential).is_none());
+}

@@ -11,6 +11,7 @@ import json
 import signal
 import socket
 import ssl
+import threading
 import time
 
 import h2.config
@@ -351,3 +352,46 @@ client_cert_cn = "ops"
         assert refused.status == 403, refused.text
         rec = hg.audit_for(refused.headers["x-amzn-requestid"])
         assert rec["principal"]["role"] == "member", rec
+
+
+def test_a_request_waiting_for_quota_is_not_forwarded_for_a_caller_removed_meanwhile(
+        make_hubgate, seeded_fake):
+    """A request holds its place in the quota queue for up to quota.max_wait_ms. The callers
+    file was asked again only if it changed while the body was read: an administrator whose
+    key was removed while its request waited had it forwarded seconds later, as the
+    administrator, while its next request was already refused."""
+    hg = make_hubgate({"quota": {"max_wait_ms": 8000},
+                       "quota.limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
+                      fake=seeded_fake)
+    assert hg.buf(NOTE, who="admin").status == 200
+    forwarded = len(hg.fake.buf_calls())
+    queued = {}
+    member_note = {"FindingIdentifiers": [ident("f-own-high")],
+                   "Note": {"Text": "t", "UpdatedBy": "u"}}
+    waiting = [threading.Thread(target=lambda: queued.setdefault("admin", hg.buf(
+                   NOTE, who="admin"))),
+               threading.Thread(target=lambda: queued.setdefault("member", hg.buf(
+                   member_note, who="member")))]
+    try:
+        for t in waiting:
+            t.start()
+            time.sleep(0.2)
+        text = (hg.workdir / "callers.toml").read_text()
+        start = text.index('[[caller]]\nid = "admin"')
+        end = text.index("[[caller]]", start + 1)
+        (hg.workdir / "callers.toml").write_text(text[:start] + text[end:])
+        hg.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "callers reloaded" in hg.stderr_text(), 5, "the callers reload")
+    finally:
+        for t in waiting:
+            t.join(WAIT + 8)
+    resp = queued["admin"]
+    body = assert_envelope(resp, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert "waited for quota" in body["error"]["message"], body
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False and rec["status"] == 401, rec
+    # the member, queued beside it and the same caller in the reloaded file, is forwarded
+    assert queued["member"].status == 200, queued["member"].text
+    sent = hg.fake.buf_calls()[forwarded:]
+    assert [json.loads(c["body"])["FindingIdentifiers"][0]["Id"] for c in sent] \
+        == ["f-own-high"], sent
