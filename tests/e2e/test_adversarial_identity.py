@@ -395,3 +395,63 @@ def test_a_request_waiting_for_quota_is_not_forwarded_for_a_caller_removed_meanw
     sent = hg.fake.buf_calls()[forwarded:]
     assert [json.loads(c["body"])["FindingIdentifiers"][0]["Id"] for c in sent] \
         == ["f-own-high"], sent
+
+
+DUPLICATE_KEY_SECRET = "dup-secret-Zq81xWv0+/kk"
+
+
+def test_a_reload_that_gives_a_key_a_second_entry_keeps_the_callers_in_force(make_hubgate,
+                                                                             seeded_fake):
+    """A second entry for the member's key, as an administrator of another account, is not
+    read as either entry (first or last wins): the reload fails, the member stays a member,
+    and what is reported names the key and never the secret."""
+    hg = make_hubgate({"policy": {"watch_interval_ms": 0}}, fake=seeded_fake)
+    suppress = {"FindingIdentifiers": [ident("f-own-high")],
+                "Workflow": {"Status": "SUPPRESSED"},
+                "Note": {"Text": "accepted risk", "UpdatedBy": "e2e"}}
+    assert hg.buf(suppress, who="member").status == 403
+    callers = hg.workdir / "callers.toml"
+    callers.write_text(callers.read_text() + f"""
+[[caller]]
+id = "member-as-admin"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+access_key_id = "HGTESTMEMBER00000001"
+secret_access_key = "{DUPLICATE_KEY_SECRET}"
+""")
+    hg.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: hg.admin("/readyz").json()["checks"]["policy"]["stale"], 10,
+               "the failed reload on /readyz")
+    policy = hg.admin("/readyz").json()["checks"]["policy"]
+    assert "access_key_id HGTESTMEMBER00000001 is used twice" in policy["last_reload_error"]
+    denied = hg.buf(suppress, who="member")
+    assert denied.status == 403, denied.text
+    assert hg.audit_for(denied.headers["x-amzn-requestid"])["principal"]["role"] == "member"
+    # the second entry's secret signs nothing
+    from helpers import Creds
+    forged = hg.buf(suppress, creds=Creds("HGTESTMEMBER00000001", DUPLICATE_KEY_SECRET))
+    assert forged.status == 401, forged.text
+    hg.stop()
+    written = hg.stderr_text() + "".join(p.read_text() for p in hg.audit_files())
+    assert DUPLICATE_KEY_SECRET not in written
+    assert "admin-secret" not in written and "member-secret" not in written
+
+
+def test_with_client_ca_and_sigv4_the_signature_names_the_caller_not_the_certificate(
+        make_hubgate, seeded_fake, pki, tmp_path):
+    """identity.mode = "sigv4" beside client_ca: the certificate is a gate, the key names the
+    caller. A member holding a certificate that the callers file maps to an administrator (for
+    mtls) is still the member, and is judged and recorded as the member."""
+    from helpers import MEMBER
+    callers = CALLERS_TOML.replace(
+        'role = "administrator"\n', 'role = "administrator"\nclient_cert_cn = "admin-cli"\n')
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"], mode="sigv4",
+                     callers=callers)
+    cert = pki["ca"].issue(cn="admin-cli", client=True).write(tmp_path, "admin-cn")
+    with connect(hg.port, client_context(pki["ca_file"], cert=cert)) as s:
+        a = exchange(s, hg.port, MEMBER)      # a note on the administrator's account
+        unsigned = exchange(s, hg.port)
+    assert a.status == 403, a.text
+    assert hg.audit_for(a.headers["x-amzn-requestid"])["principal"]["id"] == "member"
+    as_envelope(unsigned, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert hg.fake.buf_calls() == []
