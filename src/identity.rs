@@ -321,6 +321,30 @@ fn is_host_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
 }
 
+/// How many of a certificate's names a message shows.
+const SHOWN_CERT_NAMES: usize = 8;
+
+/// A certificate's names as a 401 shows them: the first few, each quoted short with its
+/// control characters escaped, then how many there are. The message goes into the envelope,
+/// the log line and the decision record of every request on the connection, and a
+/// certificate (sent once per connection) can carry thousands of names: listed whole, each
+/// small request wrote all of them to the audit disk again.
+fn shown_cert_names(names: impl Iterator<Item = String>) -> String {
+    let mut shown = Vec::with_capacity(SHOWN_CERT_NAMES);
+    let mut count = 0usize;
+    for name in names {
+        count += 1;
+        if shown.len() < SHOWN_CERT_NAMES {
+            shown.push(crate::quoted::quoted(&name.escape_debug().to_string()));
+        }
+    }
+    let mut text = shown.join(", ");
+    if count > SHOWN_CERT_NAMES {
+        text.push_str(&format!(", … ({count} names in all)"));
+    }
+    text
+}
+
 fn read_callers_file(path: &Path) -> Result<CallersFile, CallersError> {
     let text = std::fs::read_to_string(path).map_err(|e| CallersError::Read {
         file: path.to_path_buf(),
@@ -585,11 +609,10 @@ impl Identity {
     fn by_certificate(&self, cert: Option<&ClientCert>) -> Result<Arc<Principal>, AuthError> {
         let cert = cert.ok_or(AuthError::NoClientCert)?;
         let shown = |names: &[&String], cn: bool| -> String {
-            let names = names.iter().map(|n| match cn {
+            shown_cert_names(names.iter().map(|n| match cn {
                 true => format!("CN={n}"),
                 false => n.to_string(),
-            });
-            names.collect::<Vec<_>>().join(", ")
+            }))
         };
         for (names, map, cn) in [
             (&cert.sans, &self.by_san, false),
@@ -614,9 +637,9 @@ impl Identity {
                 return Ok(p.clone());
             }
         }
-        let mut names = cert.sans.clone();
-        names.extend(cert.cns.iter().map(|cn| format!("CN={cn}")));
-        Err(AuthError::UnknownClientCert(names.join(", ")))
+        let names = cert.sans.iter().cloned();
+        let names = names.chain(cert.cns.iter().map(|cn| format!("CN={cn}")));
+        Err(AuthError::UnknownClientCert(shown_cert_names(names)))
     }
 
     /// Establishes the caller. In sigv4 mode this needs the exact body bytes (their hash is

@@ -455,3 +455,27 @@ def test_with_client_ca_and_sigv4_the_signature_names_the_caller_not_the_certifi
     assert hg.audit_for(a.headers["x-amzn-requestid"])["principal"]["id"] == "member"
     as_envelope(unsigned, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
     assert hg.fake.buf_calls() == []
+
+
+def test_a_certificate_with_many_names_does_not_fill_the_audit_disk(make_hubgate, seeded_fake,
+                                                                    pki, tmp_path):
+    """The 401 for an unmapped certificate listed every name of it, whole: sent once per
+    connection, a certificate of 300 names was written again into the envelope, the log line
+    and the record of each small request on that connection (as a 60 KB path had been before
+    messages quoted 200 characters). It shows the first names, escaped, and how many."""
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"])
+    names = [f"host-{i:03d}-{'x' * 50}.corp.internal" for i in range(300)]
+    cert = pki["ca"].issue(cn="nobody\nINFO hubgate: forged line", dns=names,
+                           client=True).write(tmp_path, "many-names")
+    with connect(hg.port, client_context(pki["ca_file"], cert=cert)) as s:
+        answers = [exchange(s, hg.port) for _ in range(3)]
+    for a in answers:
+        body = as_envelope(a, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+        message = body["error"]["message"]
+        assert "(301 names in all)" in message, message
+        assert len(message) < 2500, len(message)
+        assert names[0] in message and names[-1] not in message
+    rec = hg.audit_for(answers[-1].headers["x-amzn-requestid"])
+    assert len(json.dumps(rec)) < 12000, len(json.dumps(rec))
+    hg.stop()
+    assert "\nINFO hubgate: forged line" not in hg.stderr_text()
