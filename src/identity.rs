@@ -141,14 +141,18 @@ pub fn refuse_demo_keys(callers: &Path, upstream: &http::Uri) -> Result<(), Box<
             file: callers.to_path_buf(),
             key: c.access_key_id.unwrap_or_default(),
             account: c.account_id,
-            role: match c.role {
-                Role::Administrator => "administrator",
-                Role::Member => "member",
-            },
+            role: role_name(c.role),
             id: c.id,
             endpoint: upstream.to_string().trim_end_matches('/').to_string(),
         })),
         None => Ok(()),
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Administrator => "administrator",
+        Role::Member => "member",
     }
 }
 
@@ -584,6 +588,33 @@ impl Identity {
             static_principal,
             secret_files,
         })
+    }
+
+    /// [`refuse_demo_keys`] for callers already loaded (from `file`): what a reload checks, so
+    /// that a demo entry added to a running hubgate's callers file is refused as it is at start,
+    /// and the callers checked are the ones that would serve (not the file read again).
+    pub fn refuse_demo_keys(
+        &self,
+        file: &Path,
+        upstream: &http::Uri,
+    ) -> Result<(), Box<DemoKeyInUse>> {
+        if is_loopback(upstream) {
+            return Ok(());
+        }
+        match DEMO_ACCESS_KEY_IDS
+            .iter()
+            .find_map(|key| self.by_key.get(*key).map(|c| (key, c)))
+        {
+            Some((key, c)) => Err(Box::new(DemoKeyInUse {
+                file: file.to_path_buf(),
+                key: key.to_string(),
+                account: c.principal.account_id.clone(),
+                role: role_name(c.principal.role),
+                id: c.principal.id.clone(),
+                endpoint: upstream.to_string().trim_end_matches('/').to_string(),
+            })),
+            None => Ok(()),
+        }
     }
 
     /// The secret files the callers file names: a change to one is a change to the callers.

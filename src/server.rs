@@ -287,6 +287,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let identity =
         Identity::load(&config.identity, config.passthrough_region()).map_err(|e| startup(&e))?;
+    identity
+        .refuse_demo_keys(&config.identity.callers, &config.upstream_uri)
+        .map_err(|e| startup(&e))?;
     let policy = PolicySet::load(
         &config.policy.dir,
         Duration::from_millis(config.policy.eval_timeout_ms),
@@ -648,10 +651,18 @@ fn ask_reload(gate: &Arc<Gate>) -> Option<tokio::task::JoinHandle<()>> {
 /// says why on /readyz, in the log and in the reload-failure metric.
 fn reload(gate: &Gate) {
     let mut errors = Vec::new();
-    match Identity::load(
-        &gate.stages.config.identity,
-        gate.stages.config.passthrough_region(),
-    ) {
+    let config = &gate.stages.config;
+    // A demo key (public secret) is refused on reload as at start: added to a running
+    // hubgate's callers file, it used to be taken in, and its public secret to act as its caller.
+    let loaded = Identity::load(&config.identity, config.passthrough_region())
+        .map_err(|e| e.to_string())
+        .and_then(|identity| {
+            identity
+                .refuse_demo_keys(&config.identity.callers, &config.upstream_uri)
+                .map_err(|e| e.to_string())?;
+            Ok(identity)
+        });
+    match loaded {
         Ok(identity) => {
             let n = identity.caller_count();
             gate.stages.identity.store(Arc::new(identity));
@@ -659,7 +670,7 @@ fn reload(gate: &Gate) {
         }
         Err(e) => {
             tracing::error!(error = %e, "callers reload failed; keeping the previous callers");
-            errors.push(e.to_string());
+            errors.push(e);
         }
     }
     match PolicySet::load(

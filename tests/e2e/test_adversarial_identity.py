@@ -479,3 +479,38 @@ def test_a_certificate_with_many_names_does_not_fill_the_audit_disk(make_hubgate
     assert len(json.dumps(rec)) < 12000, len(json.dumps(rec))
     hg.stop()
     assert "\nINFO hubgate: forged line" not in hg.stderr_text()
+
+
+DEMO_ADMIN = ("HGDEMOADMIN000000001", "demo-admin-secret-DO-NOT-USE-IN-PRODUCTION")
+
+
+def test_a_demo_key_added_by_a_reload_is_refused_as_at_start(make_hubgate, tmp_path):
+    """hubgate refuses to start with a shipped demo key (its secret is public) in front of an
+    upstream that is not this machine; a reload took the same entry in, and anyone with the
+    repository's demo secret acted as its administrator."""
+    from helpers import Creds
+    # 192.0.2.1 (TEST-NET-1) is not loopback and never answers; nothing may reach it anyway.
+    hg = make_hubgate({"upstream": {"timeout_ms": 500}, "policy": {"watch_interval_ms": 0}},
+                      upstream_endpoint="https://192.0.2.1", start=False)
+    hg.start(ready_path="/healthz")
+    callers = hg.workdir / "callers.toml"
+    callers.write_text(callers.read_text() + f"""
+[[caller]]
+id = "demo-admin"
+account_id = "{ADMIN_ACCOUNT}"
+role = "administrator"
+access_key_id = "{DEMO_ADMIN[0]}"
+secret_access_key = "{DEMO_ADMIN[1]}"
+""")
+    hg.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "callers reload" in hg.stderr_text(), 10, "the callers reload")
+    assert "callers reload failed" in hg.stderr_text(), hg.stderr_text()[-2000:]
+    wait_until(lambda: hg.admin("/readyz").json()["checks"]["policy"]["stale"], 10,
+               "the refused reload on /readyz")
+    error = hg.admin("/readyz").json()["checks"]["policy"]["last_reload_error"]
+    assert f"demo access key id {DEMO_ADMIN[0]}" in error, error
+    resp = hg.buf(NOTE, creds=Creds(*DEMO_ADMIN))
+    body = assert_envelope(resp, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert f"unknown access key id {DEMO_ADMIN[0]}" in body["error"]["message"], body
+    hg.stop()
+    assert DEMO_ADMIN[1] not in hg.stderr_text()
