@@ -658,3 +658,19 @@ fn a_reloaded_callers_file_still_names_a_key_only_with_its_secret_and_principal(
     );
     assert!(load(String::new()).still_names(&credential).is_none());
 }
+
+#[test]
+fn a_401_shows_a_few_certificate_names_escaped_and_how_many() {
+    let names = (0..20).map(|i| format!("host-{i}.corp"));
+    let shown = super::shown_cert_names(names);
+    assert!(shown.starts_with("host-0.corp, host-1.corp"), "{shown}");
+    assert!(
+        shown.contains("host-7.corp") && !shown.contains("host-8.corp"),
+        "{shown}"
+    );
+    assert!(shown.ends_with(", … (20 names in all)"), "{shown}");
+    let odd = super::shown_cert_names(["CN=a\nINFO forged".to_string()].into_iter());
+    assert_eq!(odd, "CN=a\\nINFO forged");
+    let long = super::shown_cert_names(["x".repeat(5000)].into_iter());
+    assert!(long.ends_with("(5000 bytes in all)"), "{long}");
+}
