@@ -1,6 +1,8 @@
 """Adversarial probes of identities other than a plain SigV4 key (review round adv-identity):
-client certificates that stop being valid while their connection stays open, the callers file
-and its reloads, and static identity.
+client certificates that expire or lose their CA while their connection (HTTP/1.1 or h2) stays
+open, which certificate name names a caller (a DNS SAN shaped like a URI, look-alike CNs, a
+certificate with hundreds of names), and reloads of the callers file (a mapping removed, a
+caller removed while its request waits for quota, a key given a second entry, a demo key).
 
 Every network wait is bounded (socket timeouts of WAIT seconds, helpers.HTTP_TIMEOUT)."""
 
