@@ -516,3 +516,19 @@ secret_access_key = "{DEMO_ADMIN[1]}"
     assert f"unknown access key id {DEMO_ADMIN[0]}" in body["error"]["message"], body
     hg.stop()
     assert DEMO_ADMIN[1] not in hg.stderr_text()
+
+
+def test_a_certificate_not_yet_valid_fails_the_handshake(make_hubgate, seeded_fake, pki,
+                                                         tmp_path):
+    """A certificate issued ahead of time (notBefore tomorrow) names no one today."""
+    from pki import handshake_failures, try_https_get
+    hg = tls_hubgate(make_hubgate, seeded_fake, pki, pki["ca_file"])
+    early = pki["ca"].issue(cn="admin-cli", client=True,
+                            not_before=_now() + dt.timedelta(days=1),
+                            not_after=_now() + dt.timedelta(days=30)).write(tmp_path, "early")
+    before = handshake_failures(hg).get("invalid_certificate", 0)
+    got, exc = try_https_get(hg.port, client_context(pki["ca_file"], cert=early), "/findings")
+    assert got == b"" and exc is not None, (got, exc)
+    wait_until(lambda: handshake_failures(hg).get("invalid_certificate", 0) > before, 5,
+               "the invalid_certificate handshake failure")
+    assert hg.fake.requests() == [] and hg.audit_records() == []
