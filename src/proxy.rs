@@ -864,7 +864,11 @@ impl<'a> Touched<'a> {
     /// and the answer does not list as processed is evicted: Security Hub reports a finding
     /// another writer is changing as unprocessed (ConcurrentUpdateError), may fail one after
     /// applying part of it (InternalFailure), and one it lists under another identifier is
-    /// one whose state hubgate cannot tell.
+    /// one whose state hubgate cannot tell. Only the findings the request named take its
+    /// change: a listed finding it did not name (another case of an Id, an answer that is not
+    /// this request's) was written through too, so the cache said that finding had the values
+    /// the update set, which Security Hub never gave it, and a member's lowering of it was
+    /// judged on them. Such a finding is evicted, as one the write may or may not have changed.
     async fn processed(self, gate: &Stages, processed: &[FindingKey], sent: Option<WriteId>) {
         match (self.0, &gate.enricher) {
             (
@@ -874,14 +878,29 @@ impl<'a> Touched<'a> {
                 }),
                 Some(enricher),
             ) => {
-                enricher.write_through(processed, update, sent).await;
-                let listed: std::collections::HashSet<&FindingKey, crate::finding::KeyHash> =
-                    processed.iter().collect();
-                let unlisted: Vec<FindingKey> = keys
+                type Keys<'k> = std::collections::HashSet<&'k FindingKey, crate::finding::KeyHash>;
+                let named: Keys = keys.iter().collect();
+                let strays: Vec<FindingKey> = processed
+                    .iter()
+                    .filter(|k| !named.contains(k))
+                    .cloned()
+                    .collect();
+                let named_processed: std::borrow::Cow<[FindingKey]> = match strays.is_empty() {
+                    true => std::borrow::Cow::Borrowed(processed),
+                    false => processed
+                        .iter()
+                        .filter(|k| named.contains(k))
+                        .cloned()
+                        .collect(),
+                };
+                enricher.write_through(&named_processed, update, sent).await;
+                let listed: Keys = named_processed.iter().collect();
+                let mut unlisted: Vec<FindingKey> = keys
                     .iter()
                     .filter(|k| !listed.contains(k))
                     .cloned()
                     .collect();
+                unlisted.extend(strays);
                 if !unlisted.is_empty() {
                     // Some of these Security Hub may have applied in part.
                     enricher
