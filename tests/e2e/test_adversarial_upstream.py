@@ -21,6 +21,8 @@ matters.
 - Held: a forward's 200 whose body is not JSON (applied, but unreadable) goes back as it
   came, and the cached state of the findings it named is dropped (the next decision looks
   them up again).
+- Held: a raise Security Hub applied but answered too late (504) or cut short (502) leaves no
+  cached state behind: a member's lowering after it is judged on the raise.
 - Held: a connection on which the upstream sent an extra response is not reused for the next
   request (that response is never handed to another request).
 """
@@ -220,6 +222,38 @@ def test_a_forwards_200_that_is_not_json_goes_back_as_it_came_and_drops_the_cach
     assert quirky.count("/findings") == lookups + 1, "the cached state outlived the answer"
 
 
+@pytest.mark.parametrize("how", ["late", "cut-short"])
+def test_a_raise_applied_but_not_answered_leaves_no_cached_state_to_lower_it_on(
+        quirky, make_hubgate, how):
+    """The member's HIGH finding is cached. An administrator raises it to CRITICAL; Security
+    Hub applies it but its answer comes after upstream.timeout_ms (504), or is cut short after
+    its head (502). The caller cannot tell whether it was applied, and neither can hubgate:
+    the member's HIGH on it (a lowering from CRITICAL) must not be judged on the cached HIGH."""
+    hg = hubgate_on(make_hubgate, quirky, {"enrichment": {"cache_ttl_ms": 60000}})
+    assert hg.buf(upd("f-own-high", Note=NOTE), who="member").status == 200
+
+    def applied_then_lost(req):
+        quirky._apply(req)
+        if how == "late":
+            time.sleep(1.5)
+            return None
+        return 200, {"Content-Length": "400", "Connection": "close"}, b'{"ProcessedFindings": ['
+
+    quirky.on_update = applied_then_lost
+    raise_ = hg.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin")
+    code = {"late": (504, "UPSTREAM_TIMEOUT"), "cut-short": (502, "UPSTREAM_UNAVAILABLE")}[how]
+    assert_envelope(raise_, *code, "InternalException")
+    rec = hg.audit_for(raise_.headers["x-amzn-requestid"])
+    # the record says the write went out (answered or not)
+    assert rec["forwarded"] is True or rec["error"]["message"].endswith(
+        "Security Hub may have applied it"), rec
+    quirky.on_update = None
+    assert quirky.severity("f-own-high") == "CRITICAL"
+    lowering = hg.buf(upd("f-own-high", Severity={"Label": "HIGH"}), who="member")
+    assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert quirky.severity("f-own-high") == "CRITICAL"
+
+
 # --- GetFindings answers ------------------------------------------------------------------
 
 
@@ -305,6 +339,9 @@ UNREADABLE = {
     "findings-not-a-list": (200, {}, b'{"Findings": {"Id": "f-own-high"}}'),
     "trailing-garbage": (200, {}, b'{"Findings": []} {"Findings": []}'),
     "html-200": (200, {"Content-Type": "text/html"}, b"<html>maintenance</html>"),
+    # the connection ends 14 bytes into a 5000-byte answer
+    "reset-mid-body": (200, {"Content-Length": "5000", "Connection": "close"},
+                       b'{"Findings": ['),
 }
 
 
@@ -322,12 +359,14 @@ def test_a_lookup_answer_hubgate_cannot_read_fails_closed_with_502(quirky, make_
 
 def test_a_finding_with_a_severity_label_hubgate_does_not_know_cannot_be_lowered(
         quirky, make_hubgate):
-    """Severity.Label of a kind hubgate does not rank ('SEVERE'), or a number where the label
-    belongs: the member may not change the severity (the rules cannot tell 'lower')."""
-    for label in ["SEVERE", 90]:
-        def odd(req, default, label=label):
+    """Severity.Label of a kind hubgate does not rank ('SEVERE', lower case), a number where
+    the label belongs, a Normalized that is not an integer: the member may not change the
+    severity (the rules cannot tell 'lower')."""
+    for severity in [{"Label": "SEVERE"}, {"Label": 90}, {"Label": "critical"},
+                     {"Normalized": 95.5}]:
+        def odd(req, default, severity=severity):
             f = finding("f-own-high", MEMBER_ACCOUNT, "HIGH", 70)
-            f["Severity"] = {"Label": label}
+            f["Severity"] = severity
             return 200, {}, json.dumps({"Findings": [f]}).encode()
 
         quirky.on_get = odd
