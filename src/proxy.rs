@@ -239,6 +239,7 @@ fn answer(
         Ok(Forwarded(resp, slot)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
+            crate::upstream::strip_hop_by_hop(&mut parts.headers);
             if let Ok(v) = HeaderValue::from_str(decision_id) {
                 parts.headers.insert("x-hubgate-decision-id", v);
             }

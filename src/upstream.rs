@@ -208,6 +208,22 @@ fn passthrough_headers(caller: &HeaderMap) -> HeaderMap {
     forwarded_headers(caller, |n| !HOP_BY_HOP.contains(&n))
 }
 
+/// Drops from an upstream answer's head what describes hubgate's own connection to Security
+/// Hub (RFC 9110 §7.6.1): the fixed hop-by-hop headers and those its `Connection` header names,
+/// all but `Content-Length`, which a streamed answer's framing still needs. Relayed, an
+/// upstream's `Connection: close` (a load balancer ending its connection to hubgate) closed
+/// the caller's keep-alive connection to hubgate as well, and `Keep-Alive`, `Upgrade` or
+/// `Proxy-Authenticate` told the caller about a hop it never used.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_options(headers);
+    for name in HOP_BY_HOP.iter().filter(|n| **n != "content-length") {
+        headers.remove(*name);
+    }
+    for name in named.iter().filter(|n| *n != "content-length") {
+        headers.remove(name.as_str());
+    }
+}
+
 pub struct Upstream {
     client: HttpsClient,
     endpoint: Uri,
@@ -971,6 +987,29 @@ mod tests {
                 "content-type",
                 "user-agent"
             ]
+        );
+    }
+
+    #[test]
+    fn an_answers_hop_by_hop_headers_are_not_relayed_but_its_length_is() {
+        let mut answer = caller_headers(&[
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("x-amzn-requestid", "r-1"),
+            ("connection", "close, X-Hop"),
+            ("x-hop", "v"),
+            ("keep-alive", "timeout=1"),
+            ("proxy-authenticate", "Basic"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        strip_hop_by_hop(&mut answer);
+        let mut names: Vec<&str> = answer.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["content-length", "content-type", "x-amzn-requestid"]
         );
     }
 

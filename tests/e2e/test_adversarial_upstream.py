@@ -38,8 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from helpers import (ADMIN_ACCOUNT, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN,
-                     LoopbackServer, assert_envelope, finding, ident)
+from helpers import (ADMIN_ACCOUNT, CALLERS, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN,
+                     LoopbackServer, assert_envelope, finding, ident, sign)
 
 NOTE = {"Text": "triaged", "UpdatedBy": "soc"}
 
@@ -475,5 +475,49 @@ def test_a_read_whose_answer_stalls_mid_body_does_not_hold_the_caller_past_the_s
         else:
             assert len(resp.body) < 500, resp.text
         assert time.monotonic() - started < 6, "hubgate held the caller until the upstream let go"
+    finally:
+        server.close()
+
+
+
+def test_an_answers_hop_by_hop_headers_are_not_relayed_to_the_caller(make_hubgate):
+    """The upstream ends its connection to hubgate after each answer (`Connection: close`, as
+    a load balancer does) and names other hop-by-hop headers. They describe hubgate's hop, not
+    the caller's: relayed, the caller's keep-alive connection to hubgate was closed after every
+    answer. The caller's connection must stay open, and the hop's headers must not reach it."""
+    def closing(conn, _n):
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        body = b'{"HubArn": "arn:hub"}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"x-amzn-RequestId: up-1\r\nConnection: close, X-Hop\r\n"
+                     b"X-Hop: hop-only\r\nKeep-Alive: timeout=1\r\nUpgrade: h2c\r\n"
+                     b"Proxy-Authenticate: Basic\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    server = LoopbackServer(closing)
+    try:
+        hg = make_hubgate({}, upstream_endpoint=f"http://127.0.0.1:{server.port}")
+        conn = http.client.HTTPConnection("127.0.0.1", hg.port, timeout=10)
+        try:
+            for _ in range(2):
+                headers = sign(CALLERS["admin"], "GET", hg.host, "/accounts", b"",
+                               {"Content-Type": "application/json"})
+                conn.request("GET", "/accounts", headers=headers)
+                resp = conn.getresponse()
+                assert resp.status == 200 and resp.read() == b'{"HubArn": "arn:hub"}'
+                names = {k.lower() for k, _ in resp.getheaders()}
+                assert not names & {"connection", "x-hop", "keep-alive", "upgrade",
+                                    "proxy-authenticate"}, resp.getheaders()
+                assert resp.getheader("x-amzn-requestid") == "up-1"
+                assert not resp.will_close, "the caller's connection was closed"
+            assert conn.sock is not None, "http.client had to reconnect"
+        finally:
+            conn.close()
     finally:
         server.close()
