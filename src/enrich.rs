@@ -2691,8 +2691,13 @@ async fn fetch_chunk(
 ) -> Result<Vec<Projected>, UpstreamError> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
-    for page in 1..=MAX_PAGES_PER_LOOKUP {
-        if page > 1 {
+    // Every token followed so far. One Security Hub hands back again leads, page after page,
+    // to what was read already: the chain is a loop, and following it to the page limit
+    // spent a third of a minute's worth of the account's GetFindings quota (shared by every
+    // caller) for an answer that was always going to fail.
+    let mut followed: Vec<String> = Vec::new();
+    for n in 1..=MAX_PAGES_PER_LOOKUP {
+        if n > 1 {
             inner.pacer.acquire_shared("GetFindings").await;
         }
         let body = lookup_body(chunk, token.as_deref());
@@ -2706,9 +2711,20 @@ async fn fetch_chunk(
             .await?;
         out.extend(page.findings);
         token = page.next_token.filter(|t| !t.is_empty());
-        if token.is_none() {
+        let Some(next) = &token else {
             return Ok(out);
+        };
+        if followed.contains(next) {
+            return Err(UpstreamError::BadResponse {
+                operation: "GetFindings",
+                detail: format!(
+                    "page {n} for {} findings gave a NextToken already followed: the \
+                     pages loop",
+                    chunk.len()
+                ),
+            });
         }
+        followed.push(next.clone());
     }
     Err(UpstreamError::BadResponse {
         operation: "GetFindings",

@@ -257,13 +257,19 @@ def test_a_raise_applied_but_not_answered_leaves_no_cached_state_to_lower_it_on(
 # --- GetFindings answers ------------------------------------------------------------------
 
 
-def test_a_next_token_that_never_ends_costs_a_bounded_number_of_calls_and_fails_closed(
-        quirky, make_hubgate):
-    """Every page carries the same NextToken. hubgate must stop following it (a bounded
-    number of calls, whatever the pacing), refuse with a 5xx that is not a throttle, and
-    forward nothing."""
-    quirky.on_get = lambda req, default: (200, {}, json.dumps(
-        {**default, "NextToken": "again"}).encode())
+@pytest.mark.parametrize("tokens", [["again"], ["a", "b", "c"]])
+def test_a_next_token_chain_that_loops_is_left_at_the_first_repeat_and_fails_closed(
+        quirky, make_hubgate, tokens):
+    """The pages' NextTokens come round again (the same token every time, or a cycle of
+    three). hubgate followed them to its page limit (20 calls of the account's GetFindings
+    quota, 3/s shared by every caller, and again on each SDK retry of the 502). A token already
+    followed is a loop: hubgate stops there, refuses with a 5xx that is not a throttle, and
+    forwards nothing."""
+    def looping(req, default):
+        at = tokens.index(req["NextToken"]) + 1 if req.get("NextToken") in tokens else 0
+        return 200, {}, json.dumps({**default, "NextToken": tokens[at % len(tokens)]}).encode()
+
+    quirky.on_get = looping
     hg = hubgate_on(make_hubgate, quirky, {
         "quota": {"max_wait_ms": 20000},
         "quota.limits": {"GetFindings": {"rate": 50.0, "burst": 50}}})
@@ -272,12 +278,28 @@ def test_a_next_token_that_never_ends_costs_a_bounded_number_of_calls_and_fails_
     assert resp.status in (502, 504), resp.text
     assert resp.headers["x-amzn-errortype"] == "InternalException"
     assert time.monotonic() - started < 25
+    assert "NextToken" in resp.json()["error"]["message"], resp.text
     time.sleep(0.5)
     calls = quirky.count("/findings")
-    assert 1 <= calls <= 20, calls
+    assert calls == len(tokens) + 1, calls
     assert quirky.count("/findings/batchupdate") == 0
     time.sleep(1.0)
     assert quirky.count("/findings") == calls, "hubgate went on paging after it answered"
+
+
+def test_a_next_token_chain_that_never_ends_stops_at_the_page_limit(quirky, make_hubgate):
+    """A new NextToken on every page, and never a last page: hubgate stops at 20 pages and
+    refuses with a 5xx (not a throttle), forwarding nothing."""
+    quirky.on_get = lambda req, default: (200, {}, json.dumps(
+        {**default, "NextToken": f"t{len(quirky.calls)}"}).encode())
+    hg = hubgate_on(make_hubgate, quirky, {
+        "quota.limits": {"GetFindings": {"rate": 50.0, "burst": 50}}})
+    resp = hg.buf(upd("f-own-high", Note=NOTE), who="member")
+    body = assert_envelope(resp, 502, "UPSTREAM_UNAVAILABLE", "InternalException")
+    assert "more than 20 pages" in body["error"]["message"], body
+    time.sleep(0.5)
+    assert quirky.count("/findings") == 20
+    assert quirky.count("/findings/batchupdate") == 0
 
 
 def test_an_empty_page_with_a_next_token_is_followed_to_the_finding(quirky, make_hubgate):
