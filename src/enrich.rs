@@ -2011,8 +2011,9 @@ async fn fetch_and_deliver(
     claims: KeyMap<SharedClaim>,
 ) {
     let mut attempt = 0;
+    let mut pages = Pages::default();
     let result = loop {
-        match fetch_chunk(&inner, &chunk, &progress).await {
+        match fetch_chunk(&inner, &chunk, &progress, &mut pages).await {
             Err(e) if e.is_throttle() => {
                 progress.throttled.store(true, Ordering::Relaxed);
                 inner.pacer.throttled("GetFindings");
@@ -2683,24 +2684,35 @@ impl Projected {
     }
 }
 
-/// One chunk's findings, following NextToken; every page after the first waits for quota too.
+/// The pages of one chunk read so far: a throttled page is asked for again from where the
+/// chain stopped. Starting over from the first page (as it did) spent again every page already
+/// read, on each of up to MAX_THROTTLE_RETRIES retries, when the account's quota had just run
+/// out.
+#[derive(Default)]
+struct Pages {
+    findings: Vec<Projected>,
+    /// The NextToken of the next page to read (None: the first).
+    token: Option<String>,
+    /// Every token followed so far. One Security Hub hands back again leads, page after page,
+    /// to what was read already: the chain is a loop, and following it to the page limit
+    /// spent a third of a minute's worth of the account's GetFindings quota (shared by every
+    /// caller) for an answer that was always going to fail.
+    followed: Vec<String>,
+    /// Pages read.
+    read: usize,
+}
+
+/// One chunk's findings, following NextToken from where `pages` stopped; every page after the
+/// first waits for quota too (a page asked for again after a throttle has waited already).
 async fn fetch_chunk(
     inner: &Inner,
     chunk: &[FindingKey],
     progress: &CallProgress,
+    pages: &mut Pages,
 ) -> Result<Vec<Projected>, UpstreamError> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    // Every token followed so far. One Security Hub hands back again leads, page after page,
-    // to what was read already: the chain is a loop, and following it to the page limit
-    // spent a third of a minute's worth of the account's GetFindings quota (shared by every
-    // caller) for an answer that was always going to fail.
-    let mut followed: Vec<String> = Vec::new();
-    for n in 1..=MAX_PAGES_PER_LOOKUP {
-        if n > 1 {
-            inner.pacer.acquire_shared("GetFindings").await;
-        }
-        let body = lookup_body(chunk, token.as_deref());
+    while pages.read < MAX_PAGES_PER_LOOKUP {
+        let n = pages.read + 1;
+        let body = lookup_body(chunk, pages.token.as_deref());
         progress.calls.fetch_add(1, Ordering::Relaxed);
         inner.metrics.lookups.inc();
         let page = inner
@@ -2709,12 +2721,13 @@ async fn fetch_chunk(
                 LookupPage::read(bytes, chunk)
             })
             .await?;
-        out.extend(page.findings);
-        token = page.next_token.filter(|t| !t.is_empty());
-        let Some(next) = &token else {
-            return Ok(out);
+        pages.read = n;
+        pages.findings.extend(page.findings);
+        pages.token = page.next_token.filter(|t| !t.is_empty());
+        let Some(next) = &pages.token else {
+            return Ok(std::mem::take(&mut pages.findings));
         };
-        if followed.contains(next) {
+        if pages.followed.contains(next) {
             return Err(UpstreamError::BadResponse {
                 operation: "GetFindings",
                 detail: format!(
@@ -2724,7 +2737,10 @@ async fn fetch_chunk(
                 ),
             });
         }
-        followed.push(next.clone());
+        pages.followed.push(next.clone());
+        if pages.read < MAX_PAGES_PER_LOOKUP {
+            inner.pacer.acquire_shared("GetFindings").await;
+        }
     }
     Err(UpstreamError::BadResponse {
         operation: "GetFindings",

@@ -318,6 +318,36 @@ def test_an_empty_page_with_a_next_token_is_followed_to_the_finding(quirky, make
     assert quirky.count("/findings") == 2
 
 
+def test_a_throttled_page_is_asked_for_again_not_the_whole_chain(quirky, make_hubgate):
+    """The finding is on the third page; the third page's call is throttled once. hubgate
+    retried the lookup from the first page, spending again every page it had read, when the
+    account's quota had just run out; it now asks for the throttled page again, and judges on
+    what the chain says."""
+    throttled = []
+
+    def paged(req, default):
+        token = req.get("NextToken")
+        if token is None:
+            return 200, {}, b'{"Findings": [], "NextToken": "p2"}'
+        if token == "p2":
+            return 200, {}, b'{"Findings": [], "NextToken": "p3"}'
+        if not throttled:
+            throttled.append(token)
+            return 429, {"x-amzn-ErrorType": "TooManyRequestsException"}, \
+                b'{"__type": "TooManyRequestsException", "message": "Rate exceeded"}'
+        return 200, {}, json.dumps(default).encode()
+
+    quirky.on_get = paged
+    hg = hubgate_on(make_hubgate, quirky)
+    resp = hg.buf(upd("f-own-critical", Severity={"Label": "LOW"}), who="member")
+    assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert "lower" in resp.json()["error"]["message"], resp.text
+    tokens = [req.get("NextToken") for _, path, req in quirky.calls if path == "/findings"]
+    assert tokens == [None, "p2", "p3", "p3"], tokens
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert rec["metrics"]["counter_lookup_calls"] == 4, rec["metrics"]
+
+
 def test_a_finding_answered_under_an_id_of_another_case_is_not_the_one_asked_for(
         quirky, make_hubgate):
     """GetFindings answers F-OWN-CRITICAL (another finding, or a case-folding filter) for
