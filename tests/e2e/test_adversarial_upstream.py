@@ -10,11 +10,18 @@ matters.
   not name was written through to that finding's cached state: the cache then said the
   finding had the severity the update set, which Security Hub never gave it, and a member's
   lowering of it was judged on that state and forwarded.
-- Held: a NextToken chain that never ends (the same token again and again) costs a bounded
-  number of GetFindings calls and fails closed; an empty page with a NextToken is followed.
+- HOLE (fixed): an upstream answer's hop-by-hop headers (Connection: close, Keep-Alive,
+  Upgrade, ...) were relayed to the caller, whose keep-alive connection was then closed.
+- HOLE (fixed): a NextToken chain that comes round again was followed to the page limit (20
+  calls of the shared GetFindings quota); it now fails at the first repeated token.
+- HOLE (fixed): a page throttled mid-chain restarted the chain from its first page.
+- Held: a chain that never ends stops at 20 pages (502); an empty page with a NextToken is
+  followed.
 - Held: a finding answered under an Id that differs only in case is not the finding asked
-  for (refused as not found for members); the same key answered for two accounts is judged
-  as a finding whose owner hubgate cannot read.
+  for (refused as not found for members); the same key answered for two accounts, or twice
+  with differing states, is judged as a finding whose owner hubgate cannot read; an
+  AwsAccountId that is absent, null, a number or not exactly the member's text is no
+  member's.
 - Held: GetFindings answers hubgate cannot interpret (HTML 503, a 200 whose body is an error,
   a truncated body, a gzip body it did not ask for, a wrong JSON type) fail closed with 502,
   nothing forwarded; a lookup answer whose body stalls is 504 within upstream.timeout_ms.
@@ -365,17 +372,40 @@ def test_a_finding_answered_under_an_id_of_another_case_is_not_the_one_asked_for
     assert quirky.count("/findings/batchupdate") == 0
 
 
-@pytest.mark.parametrize("order", ["own-first", "other-first"])
+@pytest.mark.parametrize("order", ["own-first", "other-first", "own-twice-differing"])
 def test_one_key_answered_for_two_accounts_is_no_members_finding(quirky, make_hubgate, order):
-    """(Id, ProductArn) answered twice: the member's own copy and another account's. Whichever
-    comes first or last, the member may not change it."""
+    """(Id, ProductArn) answered twice: the member's own copy and another account's, or two
+    differing states of the member's own (a page boundary that moved between calls). Whichever
+    comes first or last, the member may not lower it: neither copy is the one to judge on."""
     def twice(req, default):
         own = finding("f-own-high", MEMBER_ACCOUNT, "HIGH", 70)
         other = finding("f-own-high", OTHER_ACCOUNT, "HIGH", 70)
-        pair = [own, other] if order == "own-first" else [other, own]
-        return 200, {}, json.dumps({"Findings": pair}).encode()
+        pair = {"own-first": [own, other], "other-first": [other, own],
+                "own-twice-differing": [own, finding("f-own-high", MEMBER_ACCOUNT, "LOW")]}
+        return 200, {}, json.dumps({"Findings": pair[order]}).encode()
 
     quirky.on_get = twice
+    hg = hubgate_on(make_hubgate, quirky)
+    resp = hg.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="member")
+    assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert quirky.count("/findings/batchupdate") == 0
+
+
+@pytest.mark.parametrize("account", ["absent", None, 222222222222, "222222222222 ",
+                                     "0222222222222"])
+def test_a_found_finding_whose_account_is_not_the_members_text_is_not_the_members(
+        quirky, make_hubgate, account):
+    """AwsAccountId missing, null, a number, or a text that is not exactly the member's
+    account id: hubgate cannot verify the member owns the finding, so its note is refused."""
+    def odd(req, default):
+        f = finding("f-own-high", MEMBER_ACCOUNT, "HIGH", 70)
+        if account == "absent":
+            del f["AwsAccountId"]
+        else:
+            f["AwsAccountId"] = account
+        return 200, {}, json.dumps({"Findings": [f]}).encode()
+
+    quirky.on_get = odd
     hg = hubgate_on(make_hubgate, quirky)
     resp = hg.buf(upd("f-own-high", Note=NOTE), who="member")
     assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
