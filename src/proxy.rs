@@ -896,16 +896,22 @@ impl<'a> Touched<'a> {
                 };
                 enricher.write_through(&named_processed, update, sent).await;
                 let listed: Keys = named_processed.iter().collect();
-                let mut unlisted: Vec<FindingKey> = keys
+                let unlisted: Vec<FindingKey> = keys
                     .iter()
                     .filter(|k| !listed.contains(k))
                     .cloned()
                     .collect();
-                unlisted.extend(strays);
                 if !unlisted.is_empty() {
                     // Some of these Security Hub may have applied in part.
                     enricher
                         .evict(&unlisted, Unapplied::Update(update), sent)
+                        .await;
+                }
+                if !strays.is_empty() {
+                    // Not as this write's: a decision that took the write in flight into
+                    // account did so for the findings it names, not for these.
+                    enricher
+                        .evict(&strays, Unapplied::Update(update), None)
                         .await;
                 }
             }
