@@ -213,8 +213,13 @@ fn passthrough_headers(caller: &HeaderMap) -> HeaderMap {
 /// all but `Content-Length`, which a streamed answer's framing still needs. Relayed, an
 /// upstream's `Connection: close` (a load balancer ending its connection to hubgate) closed
 /// the caller's keep-alive connection to hubgate as well, and `Keep-Alive`, `Upgrade` or
-/// `Proxy-Authenticate` told the caller about a hop it never used.
+/// `Proxy-Authenticate` told the caller about a hop it never used. A `Content-Length` beside
+/// a `Transfer-Encoding` goes too: the body was framed by the coding, so the length is not
+/// its length (RFC 9112 §6.3), and relayed alone it would cut the body short, as a whole answer.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let named = connection_options(headers);
     for name in HOP_BY_HOP.iter().filter(|n| **n != "content-length") {
         headers.remove(*name);
@@ -1009,8 +1014,13 @@ mod tests {
         names.sort_unstable();
         assert_eq!(
             names,
-            ["content-length", "content-type", "x-amzn-requestid"]
+            // The length goes with the coding that framed the body instead.
+            ["content-type", "x-amzn-requestid"]
         );
+        let mut plain = caller_headers(&[("content-length", "12"), ("connection", "close")]);
+        strip_hop_by_hop(&mut plain);
+        let names: Vec<&str> = plain.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
     }
 
     #[test]

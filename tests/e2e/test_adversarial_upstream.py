@@ -603,3 +603,31 @@ def test_an_answers_hop_by_hop_headers_are_not_relayed_to_the_caller(make_hubgat
             conn.close()
     finally:
         server.close()
+
+
+def test_an_answer_framed_by_chunks_and_a_length_reaches_the_caller_whole(make_hubgate):
+    """The upstream's answer is chunked and also carries a Content-Length that is not its
+    length (RFC 9112: the coding wins). The caller must get the whole body, never a 200 cut
+    to the stray length, nor a connection closed with nothing."""
+    body = b'{"HubArn": "arn:aws:securityhub:us-east-1:111111111111:hub/default"}'
+
+    def both(conn, _n):
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                     + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        time.sleep(1)
+
+    server = LoopbackServer(both)
+    try:
+        hg = make_hubgate({}, upstream_endpoint=f"http://127.0.0.1:{server.port}")
+        resp = hg.send("GET", "/accounts", b"", who="admin")
+        assert resp.status == 200 and resp.body == body, resp
+    finally:
+        server.close()
