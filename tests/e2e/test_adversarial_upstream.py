@@ -198,11 +198,14 @@ def test_a_processed_finding_the_request_did_not_name_is_not_written_through(qui
     assert admin.status == 200, admin.text
     quirky.on_update = None
 
+    lookups = quirky.count("/findings")
     lowering = hg.buf(upd("f-own-critical", Severity={"Label": "LOW"}, Note=NOTE),
                       who="member")
     assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
     assert "lower" in lowering.json()["error"]["message"], lowering.text
     assert quirky.severity("f-own-critical") == "CRITICAL"
+    # the listed finding's cached state was dropped: it was looked up again
+    assert quirky.count("/findings") == lookups + 1
 
 
 def test_a_forwards_200_that_is_not_json_goes_back_as_it_came_and_drops_the_cached_state(
