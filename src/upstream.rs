@@ -996,7 +996,7 @@ mod tests {
     }
 
     #[test]
-    fn an_answers_hop_by_hop_headers_are_not_relayed_but_its_length_is() {
+    fn an_answers_hop_by_hop_headers_are_not_relayed_nor_a_length_beside_a_coding() {
         let mut answer = caller_headers(&[
             ("content-type", "application/json"),
             ("content-length", "12"),
