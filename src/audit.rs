@@ -460,11 +460,29 @@ fn stdout_file() -> Result<File, AuditError> {
 }
 
 fn open_append(path: &Path) -> Result<File, AuditError> {
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| AuditError::Open(format!("{}: {e}", path.display())))
+        .map_err(|e| AuditError::Open(format!("{}: {e}", path.display())))?;
+    // Two writers of one file each continue the chain from the head they read at start: their
+    // records interleave with clashing sequence numbers, and an honest log verifies as broken.
+    // The lock is the file's own (flock), so it goes with the process, a SIGKILL included.
+    // A device or a FIFO (/dev/full, a pipe to a shipper) has no chain to read back: not locked.
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(file);
+    }
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => AuditError::Open(format!(
+            "{} is in use by another hubgate (it holds the file's lock): give each its own \
+             audit.path",
+            path.display()
+        )),
+        std::fs::TryLockError::Error(e) => {
+            AuditError::Open(format!("{}: cannot lock it: {e}", path.display()))
+        }
+    })?;
+    Ok(file)
 }
 
 /// Whether a non-empty file's last byte is a newline.
@@ -529,10 +547,7 @@ impl FileSink {
             }
             std::fs::rename(&self.path, rotated(&self.path, 1))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let file = open_append(&self.path).map_err(std::io::Error::other)?;
         self.out = std::io::BufWriter::new(file);
         self.size = 0;
         Ok(())
