@@ -530,6 +530,43 @@ impl FileSink {
         })
     }
 
+    /// Before a batch (nothing buffered): keeps writing to the file at `path`. logrotate
+    /// (without copytruncate) or an operator may move or delete the live file; written on into
+    /// the old one, records went under the rotated name for good, or into a deleted file
+    /// nobody could read. A file emptied in place (copytruncate) restarts the size count.
+    fn follow_path(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.out.get_ref().metadata()?;
+        let same = match std::fs::metadata(&self.path) {
+            Ok(now) => now.dev() == ours.dev() && now.ino() == ours.ino(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if same {
+            self.size = ours.len();
+            return Ok(());
+        }
+        tracing::warn!(
+            path = %self.path.display(),
+            "the audit file was moved or deleted under hubgate; the chain continues in a new \
+             audit file at the configured path"
+        );
+        self.out.get_ref().sync_all()?;
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = open_append(&self.path).map_err(std::io::Error::other)?;
+        let mut size = file.metadata()?.len();
+        self.out = std::io::BufWriter::new(file);
+        if size > 0 && !ends_with_newline(&self.path).map_err(std::io::Error::other)? {
+            self.out.write_all(b"\n")?;
+            self.out.flush()?;
+            size += 1;
+        }
+        self.size = size;
+        Ok(())
+    }
+
     /// Moves the current file to `.1` (older ones one up, the oldest beyond `max_files`
     /// deleted) and starts a new one. The chain simply continues into it.
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -583,6 +620,14 @@ impl Sink {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// See `FileSink::follow_path`; called with nothing buffered.
+    fn follow_path(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(_) => Ok(()),
+            Sink::File(f) => f.follow_path(),
         }
     }
 }
@@ -808,7 +853,15 @@ impl AuditLog {
                         );
                         continue;
                     }
-                    let mut result = writer.sink.write_line(&line);
+                    // Nothing is buffered at a batch's start: the place to check the file.
+                    let mut result = if unflushed.is_empty() {
+                        writer.sink.follow_path()
+                    } else {
+                        Ok(())
+                    };
+                    if result.is_ok() {
+                        result = writer.sink.write_line(&line);
+                    }
                     unflushed.push(line);
                     // Flush when the queue is empty: batches under load, prompt when idle;
                     // and every MAX_UNFLUSHED lines, which bounds what a failure must log.

@@ -50,6 +50,67 @@ def intact(result, records: int | None = None):
 
 
 # ---------------------------------------------------------------------------
+# the live file taken away under a running hubgate
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved", "moved_and_recreated"])
+def test_records_follow_the_audit_path_when_the_live_file_is_taken_away(make_fake, make_hubgate,
+                                                                        how):
+    """logrotate without copytruncate moves the live file away (and `create` puts an empty
+    one in its place); an operator may delete it. hubgate kept writing into the old inode:
+    a deleted file swallowed every later record of forwarded requests without an error, and a
+    moved one took them under the rotated name for good. Records must follow `audit.path`,
+    the chain continuing into the new file."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False, "fsync": "always"}}, fake=fake)
+    first = hg.buf(note(), who="admin")
+    assert first.status == 200, first.text
+    hg.audit_for(caller_id(first))
+    moved = hg.workdir / "audit.ndjson-20261206"
+    if how == "deleted":
+        hg.audit_path.unlink()
+    else:
+        hg.audit_path.rename(moved)
+        if how == "moved_and_recreated":
+            hg.audit_path.touch()
+    later = [hg.buf(note(), who="admin") for _ in range(3)]
+    assert [r.status for r in later] == [200] * 3, [r.text for r in later]
+    ids = [caller_id(r) for r in later]
+
+    def all_there():
+        return set(ids) <= {r["decision_id"] for r in lines_of(hg.audit_path)}
+
+    wait_until(all_there, 5, "the later records in the file at audit.path")
+    hg.stop()
+    records = lines_of(hg.audit_path)
+    assert [r["chain"]["seq"] for r in records] == [2, 3, 4], records
+    if how != "deleted":
+        intact(audit_verify(moved, hg.audit_path), 4)
+    assert "audit file" in hg.stderr_text(), "the operator is not told the file was replaced"
+
+
+def test_a_copytruncated_file_keeps_its_rotation_size(make_fake, make_hubgate):
+    """logrotate's copytruncate empties the live file under hubgate: the size hubgate counted
+    for rotation must follow, or it rotates a nearly empty file at once."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False, "max_bytes": 6000, "max_files": 3}},
+                      fake=fake)
+    for _ in range(4):
+        assert hg.buf(note(), who="admin").status == 200
+    wait_until(lambda: len(lines_of(hg.audit_path)) == 4, 5, "4 records")
+    size = hg.audit_path.stat().st_size
+    assert 1500 < size < 6000, size  # each record well under max_bytes / 2
+    shutil.copy(hg.audit_path, hg.workdir / "copy")
+    with open(hg.audit_path, "r+b") as f:
+        f.truncate(0)
+    assert hg.buf(note(), who="admin").status == 200
+    wait_until(lambda: len(lines_of(hg.audit_path)) == 1, 5, "the record after the truncation")
+    hg.stop()
+    assert not (hg.workdir / "audit.ndjson.1").exists(), \
+        "rotated a one-record file: the size before the truncation was still counted"
+
+
+# ---------------------------------------------------------------------------
 # two writers
 
 
