@@ -444,6 +444,8 @@ struct FileSink {
     path: PathBuf,
     out: std::io::BufWriter<File>,
     size: u64,
+    /// The file's length at the last good flush: every byte below it is a complete line.
+    good: u64,
     max_bytes: u64,
     max_files: u32,
 }
@@ -525,6 +527,7 @@ impl FileSink {
             path: config.path.clone(),
             out: std::io::BufWriter::new(file),
             size,
+            good: size,
             max_bytes: config.max_bytes,
             max_files: config.max_files,
         })
@@ -544,6 +547,7 @@ impl FileSink {
         };
         if same {
             self.size = ours.len();
+            self.good = self.size;
             return Ok(());
         }
         tracing::warn!(
@@ -564,7 +568,28 @@ impl FileSink {
             size += 1;
         }
         self.size = size;
+        self.good = size;
         Ok(())
+    }
+
+    /// After a failed write: drops what is buffered and cuts the file back to its last good
+    /// flush. Those lines are on stderr in full (the writer logs them); left in the file, a
+    /// line half-written when the disk filled up was a break `audit verify` stopped at for
+    /// good, and the rest of the buffer would be written by the drop at exit, after it.
+    fn abandon(&mut self) {
+        if let Ok(file) = self.out.get_ref().try_clone() {
+            let old = std::mem::replace(&mut self.out, std::io::BufWriter::new(file));
+            // The buffer is dropped unwritten: into_parts does not flush.
+            drop(old.into_parts());
+        }
+        if let Err(e) = self.out.get_ref().set_len(self.good) {
+            tracing::error!(
+                error = %e,
+                path = %self.path.display(),
+                "could not cut the audit file back to its last complete record"
+            );
+        }
+        self.size = self.good;
     }
 
     /// Moves the current file to `.1` (older ones one up, the oldest beyond `max_files`
@@ -587,6 +612,7 @@ impl FileSink {
         let file = open_append(&self.path).map_err(std::io::Error::other)?;
         self.out = std::io::BufWriter::new(file);
         self.size = 0;
+        self.good = 0;
         Ok(())
     }
 }
@@ -618,6 +644,7 @@ impl Sink {
                 if sync {
                     f.out.get_ref().sync_data()?;
                 }
+                f.good = f.size;
                 Ok(())
             }
         }
@@ -628,6 +655,20 @@ impl Sink {
         match self {
             Sink::Stdout(_) => Ok(()),
             Sink::File(f) => f.follow_path(),
+        }
+    }
+
+    /// See `FileSink::abandon`.
+    fn abandon(&mut self) {
+        match self {
+            // Nothing to cut back; the buffer is dropped so that the exit does not write it.
+            Sink::Stdout(out) => {
+                if let Ok(fd) = out.get_ref().try_clone() {
+                    let old = std::mem::replace(out, std::io::BufWriter::new(fd));
+                    drop(old.into_parts());
+                }
+            }
+            Sink::File(f) => f.abandon(),
         }
     }
 }
@@ -881,6 +922,7 @@ impl AuditLog {
                             // The records reach the operational log at least; the sink is
                             // then closed, so no later request is forwarded unrecorded.
                             log_failed(&e, &mut unflushed);
+                            writer.sink.abandon();
                             failed = true;
                             rx.close();
                         }
@@ -890,6 +932,7 @@ impl AuditLog {
                     if let Err(e) = writer.flush(true) {
                         tracing::error!(error = %e, "final audit flush failed");
                         log_failed(&e, &mut unflushed);
+                        writer.sink.abandon();
                     }
                 }
             })

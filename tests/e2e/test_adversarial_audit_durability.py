@@ -141,6 +141,73 @@ def test_a_second_hubgate_on_the_same_audit_file_is_refused(make_fake, make_hubg
 
 
 # ---------------------------------------------------------------------------
+# a disk that fills up
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 192 KiB tmpfs (root and mount needed; skipped otherwise)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mnt)],
+                          capture_output=True, timeout=10)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace')}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def test_a_full_disk_refuses_leaves_no_torn_record_and_the_chain_resumes(make_fake, make_hubgate,
+                                                                         small_disk):
+    """The disk fills up mid-batch: the caller gets 503 AUDIT_UNAVAILABLE, nothing more is
+    forwarded, every answered request's record is in the file or on stderr, and no half-written
+    line is left in the file: with one, `audit verify` stopped at it for good, and every record
+    written after the restart went unchecked."""
+    fake = make_fake()
+    audit = small_disk / "audit.ndjson"
+    hg = make_hubgate({"audit": {"path": str(audit), "include_input": True,
+                                 "fsync": "always"}}, fake=fake)
+    filler = small_disk / "filler"
+    # leave room for a handful of records (each about 3 KiB with its input)
+    with open(filler, "wb") as f:
+        try:
+            f.write(b"x" * (170 * 1024))
+        except OSError:
+            pass
+    answers = []
+    for i in range(60):
+        resp = hg.buf(note(text=f"durability {i} " + "n" * 480), who="admin")
+        answers.append(resp)
+        if resp.status == 503:
+            break
+    statuses = [r.status for r in answers]
+    assert statuses[-1] == 503, statuses
+    assert set(statuses[:-1]) == {200}, statuses
+    assert_envelope(answers[-1], 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
+    assert len(fake.buf_calls()) == len(answers) - 1
+    hg.stop()
+    answered = {caller_id(r) for r in answers[:-1]}
+    in_file = set(re.findall(r'"decision_id":"([^"]+)"', audit.read_text(errors="replace")))
+    on_stderr = set(re.findall(r'"decision_id":"([^"]+)"', hg.stderr_text()))
+    assert answered <= in_file | on_stderr, answered - in_file - on_stderr
+    assert audit.read_bytes().endswith(b"\n"), "a half-written record was left in the file"
+    intact(audit_verify(audit))
+    # space comes back; the restarted hubgate continues the chain and the log verifies
+    filler.unlink()
+    hg.start()
+    resp = hg.buf(note(), who="admin")
+    assert resp.status == 200, resp.text
+    hg.stop()
+    records = lines_of(audit)
+    assert records[-1]["decision_id"] == caller_id(resp)
+    intact(audit_verify(audit), len(records))
+
+
+# ---------------------------------------------------------------------------
 # a crash mid-burst
 
 
