@@ -557,7 +557,23 @@ fn verify(files: &[PathBuf], key_env: Vec<String>, key_file: Vec<PathBuf>) -> Ex
             (true, Some(i)) => format!("replica {i}: "),
             (true, None) => "records without an instance: ".to_string(),
         };
+        let mut verdict = verdict;
+        // A tear is reported as a break (a record may be lost in it), then the verdict on
+        // the records around it, which are still checked.
+        while let chain::Verdict::Torn { tears, then } = verdict {
+            intact = false;
+            for (file, line, reason) in tears {
+                outln!(
+                    "{who}BROKEN: {}:{line}: a torn record, not a complete one ({reason}): a \
+                     write was cut short (a crash, a full disk); the chain continues around \
+                     it, and the records after it are checked",
+                    file.display()
+                );
+            }
+            verdict = *then;
+        }
         match verdict {
+            chain::Verdict::Torn { .. } => {}
             chain::Verdict::Intact {
                 records,
                 first_seq,

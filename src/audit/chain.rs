@@ -11,6 +11,9 @@ use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// How `check` begins the reason of a line that is not a JSON record.
+const NOT_JSON: &str = "not a complete JSON record (truncated or altered)";
+
 /// The `prev` of the first record a log ever holds.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -148,10 +151,7 @@ impl Chain {
             if v.message.starts_with("duplicate key") {
                 format!("a member is written twice ({}): it was modified", v.path)
             } else {
-                format!(
-                    "not a complete JSON record (truncated or altered): {}",
-                    v.message
-                )
+                format!("{NOT_JSON}: {}", v.message)
             }
         })?;
         let chain = record
@@ -276,11 +276,42 @@ pub enum Verdict {
         line: usize,
         reason: String,
     },
+    /// Lines that are not records (a write cut short: a crash, a full disk) around which the
+    /// chain continues: the record after each links to the record before it, as a restart
+    /// writes it. Each is reported; `then` is the verdict on every record, those after
+    /// them included.
+    Torn {
+        tears: Vec<(PathBuf, usize, String)>,
+        then: Box<Verdict>,
+    },
 }
 
 /// Verifies files in order (oldest first). The first record read anchors the chain; if it is
 /// not the log's first ever (seq 1), older files were rotated away, which is reported as such.
 pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
+    let mut tears = Vec::new();
+    let verdict = verify_around_tears(chain, files, &mut tears)?;
+    Ok(if tears.is_empty() {
+        verdict
+    } else {
+        Verdict::Torn {
+            tears,
+            then: Box::new(verdict),
+        }
+    })
+}
+
+/// `verify`, the torn lines it stepped over put in `tears`. A restart continues the chain from
+/// the last complete record, on a line of its own: verification stopped at the torn line, so
+/// one crash left every later record unchecked for good, and a record edited after it unseen.
+fn verify_around_tears(
+    chain: &Chain,
+    files: &[PathBuf],
+    tears: &mut Vec<(PathBuf, usize, String)>,
+) -> Result<Verdict, String> {
+    // Lines that are not records, held until the next record shows whether the chain
+    // continues around them (tears) or through them (altered records: the break is there).
+    let mut pending: Vec<(PathBuf, usize, String)> = Vec::new();
     let mut head: Option<Head> = None;
     let mut first_seq = 0;
     let mut records = 0;
@@ -297,8 +328,10 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
                 line: i + 1,
                 reason,
             };
+            // A write cut short can end inside a character.
             let Ok(text) = std::str::from_utf8(&line) else {
-                return Ok(broken("not UTF-8".into()));
+                pending.push((file.clone(), i + 1, "not UTF-8".into()));
+                continue;
             };
             if text.trim().is_empty() {
                 return Ok(broken("an empty line where a record should be".into()));
@@ -309,20 +342,41 @@ pub fn verify(chain: &Chain, files: &[PathBuf]) -> Result<Verdict, String> {
             // chain is its seq and prev, which `check` requires to follow the record before;
             // a record of another replica's chain cannot link, and its instance is sealed.
             let key_before = key_at;
-            match chain.check(text, head.as_ref(), &mut key_at) {
-                Ok((next, _instance)) => {
-                    if key_at != key_before {
-                        key_changes.push((next.seq, key_at + 1));
-                    }
-                    if head.is_none() {
-                        first_seq = next.seq;
-                    }
-                    records += 1;
-                    head = Some(next);
+            let next = match chain.check(text, head.as_ref(), &mut key_at) {
+                Err(reason) if reason.starts_with(NOT_JSON) => {
+                    pending.push((file.clone(), i + 1, reason));
+                    continue;
                 }
-                Err(reason) => return Ok(broken(reason)),
+                Err(reason) => {
+                    // Through a line that is not a record, the break is that line.
+                    return Ok(match pending.into_iter().next() {
+                        Some((file, line, reason)) => Verdict::Broken { file, line, reason },
+                        None => broken(reason),
+                    });
+                }
+                Ok((next, _instance)) => next,
+            };
+            if !pending.is_empty() {
+                // Before the first record, nothing shows what such a line was.
+                if head.is_none() {
+                    let (file, line, reason) = pending.swap_remove(0);
+                    return Ok(Verdict::Broken { file, line, reason });
+                }
+                tears.append(&mut pending);
             }
+            if key_at != key_before {
+                key_changes.push((next.seq, key_at + 1));
+            }
+            if head.is_none() {
+                first_seq = next.seq;
+            }
+            records += 1;
+            head = Some(next);
         }
+    }
+    // A last line that is not a record: nothing after it shows the chain went on around it.
+    if let Some((file, line, reason)) = pending.into_iter().next() {
+        return Ok(Verdict::Broken { file, line, reason });
     }
     Ok(Verdict::Intact {
         records,
@@ -657,6 +711,91 @@ mod tests {
             verify(&chain, &[file]).unwrap(),
             Verdict::Intact { records: 2, .. }
         ));
+    }
+
+    /// A record torn by a crash (cut inside a character, too) and the chain continued around
+    /// it, as a restart writes it: each tear is reported and every record after it checked.
+    /// A line that is not a record which the chain runs through, or which ends the log, is
+    /// the break, as before.
+    #[test]
+    fn a_tear_the_chain_continues_around_is_reported_and_the_rest_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let mut head = Head::default();
+        let sealed = |i: u64, head: &mut Head| {
+            chain.seal(
+                json!({"decision_id": format!("d{i}"), "x": "\u{e9}t\u{e9}"}),
+                head,
+            )
+        };
+        let (r1, r2) = (sealed(1, &mut head), sealed(2, &mut head));
+        let before_tear = head.clone();
+        let torn = sealed(3, &mut head);
+        let cut_in_a_character = {
+            let at = torn.iter().position(|b| *b >= 0x80).unwrap() + 1;
+            torn[..at].to_vec()
+        };
+        let mut head = before_tear;
+        let (r3, r4) = (sealed(3, &mut head), sealed(4, &mut head));
+        let half = torn[..torn.len() / 2].to_vec();
+        let lines = [
+            r1.clone(),
+            r2.clone(),
+            half.clone(),
+            cut_in_a_character,
+            r3.clone(),
+            r4,
+        ];
+        let file = write(dir.path(), "torn", &lines);
+        match verify(&chain, std::slice::from_ref(&file)).unwrap() {
+            Verdict::Torn { tears, then } => {
+                let at: Vec<usize> = tears.iter().map(|t| t.1).collect();
+                assert_eq!(at, vec![3, 4]);
+                assert_eq!(
+                    *then,
+                    Verdict::Intact {
+                        records: 4,
+                        first_seq: 1,
+                        last_seq: 4,
+                        key_changes: vec![],
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // a record after the tear edited: found
+        let mut edited = lines.to_vec();
+        edited[5] = String::from_utf8(edited[5].clone())
+            .unwrap()
+            .replace("d4", "d5")
+            .into_bytes();
+        let file = write(dir.path(), "edited", &edited);
+        assert!(matches!(
+            verify(&chain, &[file]).unwrap(),
+            Verdict::Torn { then, .. } if matches!(*then, Verdict::Broken { line: 6, .. })
+        ));
+        // a record altered into a line that is not one, the next linking to it: the break is
+        // that line
+        let r2_cut = r2[..r2.len() - 3].to_vec();
+        let through = write(dir.path(), "through", &[r1.clone(), r2_cut, torn.clone()]);
+        assert!(matches!(
+            verify(&chain, &[through]).unwrap(),
+            Verdict::Broken { line: 2, .. }
+        ));
+        // a tear as the last line, and a tear before the first record
+        for (name, lines, line) in [
+            ("last", vec![r1.clone(), r2.clone(), half.clone()], 3),
+            ("first", vec![half, r3], 1),
+        ] {
+            let file = write(dir.path(), name, &lines);
+            assert!(
+                matches!(
+                    verify(&chain, &[file]).unwrap(),
+                    Verdict::Broken { line: l, .. } if l == line
+                ),
+                "{name}"
+            );
+        }
     }
 
     /// An edited log that ends at the largest sequence number: the writer seals the next

@@ -211,6 +211,42 @@ def test_a_full_disk_refuses_leaves_no_torn_record_and_the_chain_resumes(make_fa
 # a crash mid-burst
 
 
+def test_a_torn_record_is_reported_and_the_records_after_it_are_still_checked(make_fake,
+                                                                              make_hubgate):
+    """A SIGKILL between two writes of a batch tears a record; the restart continues the chain
+    from the record before it. `audit verify` must name the tear precisely and still check
+    every record after it: it stopped at the tear, so a record modified after it went unseen."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False}}, fake=fake)
+    for _ in range(3):
+        assert hg.buf(note(), who="admin").status == 200
+    wait_until(lambda: len(lines_of(hg.audit_path)) == 3, 5, "3 records")
+    hg.proc.kill()
+    hg.proc.wait(5)
+    text = hg.audit_path.read_bytes()
+    last = text.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    # the torn third record: the restart continues from the second
+    hg.audit_path.write_bytes(text[: len(text) - len(last) - 1] + last[: len(last) // 2])
+    hg.start()
+    for _ in range(2):
+        assert hg.buf(note(), who="admin").status == 200
+    hg.stop()
+    lines = hg.audit_path.read_text().splitlines()
+    assert len(lines) == 5
+    assert [json.loads(line)["chain"]["seq"] for line in lines[3:]] == [3, 4]
+    out = audit_verify(hg.audit_path)
+    assert out.returncode == 1, out.stdout
+    assert f"{hg.audit_path}:3:" in out.stdout and "torn" in out.stdout, out.stdout
+    # a record after the tear edited: verify must see it
+    edited = json.loads(lines[4])
+    edited["status"] = 403
+    lines[4] = json.dumps(edited, separators=(",", ":"), sort_keys=False)
+    hg.audit_path.write_text("\n".join(lines) + "\n")
+    out = audit_verify(hg.audit_path)
+    assert out.returncode == 1
+    assert f"{hg.audit_path}:5:" in out.stdout, out.stdout
+
+
 def test_sigkill_mid_burst_restart_continues_the_chain(make_fake, make_hubgate):
     """hubgate killed (OOM killer) during a burst: the next start continues the chain from the
     last record written, and the log verifies. Pins that no record an answer named before the
