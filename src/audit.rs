@@ -446,6 +446,9 @@ struct FileSink {
     size: u64,
     /// The file's length at the last good flush: every byte below it is a complete line.
     good: u64,
+    /// A regular file, not a FIFO (a pipe to a shipper) or a device: only it can be fsynced
+    /// (a FIFO answers EINVAL, which closed the sink at the first fsync) or cut back.
+    regular: bool,
     max_bytes: u64,
     max_files: u32,
 }
@@ -485,6 +488,10 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
         }
     })?;
     Ok(file)
+}
+
+fn is_regular(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// Whether a non-empty file's last byte is a newline.
@@ -528,6 +535,7 @@ impl FileSink {
             out: std::io::BufWriter::new(file),
             size,
             good: size,
+            regular: is_regular(&config.path),
             max_bytes: config.max_bytes,
             max_files: config.max_files,
         })
@@ -555,7 +563,7 @@ impl FileSink {
             "the audit file was moved or deleted under hubgate; the chain continues in a new \
              audit file at the configured path"
         );
-        self.out.get_ref().sync_all()?;
+        self.sync()?;
         if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
@@ -569,6 +577,7 @@ impl FileSink {
         }
         self.size = size;
         self.good = size;
+        self.regular = is_regular(&self.path);
         Ok(())
     }
 
@@ -581,6 +590,9 @@ impl FileSink {
             let old = std::mem::replace(&mut self.out, std::io::BufWriter::new(file));
             // The buffer is dropped unwritten: into_parts does not flush.
             drop(old.into_parts());
+        }
+        if !self.regular {
+            return;
         }
         if let Err(e) = self.out.get_ref().set_len(self.good) {
             tracing::error!(
@@ -596,7 +608,7 @@ impl FileSink {
     /// deleted) and starts a new one. The chain simply continues into it.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_all()?;
+        self.sync()?;
         if self.max_files == 0 {
             std::fs::remove_file(&self.path)?;
         } else {
@@ -613,6 +625,14 @@ impl FileSink {
         self.out = std::io::BufWriter::new(file);
         self.size = 0;
         self.good = 0;
+        self.regular = is_regular(&self.path);
+        Ok(())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        if self.regular {
+            self.out.get_ref().sync_data()?;
+        }
         Ok(())
     }
 }
@@ -642,7 +662,7 @@ impl Sink {
             Sink::File(f) => {
                 f.out.flush()?;
                 if sync {
-                    f.out.get_ref().sync_data()?;
+                    f.sync()?;
                 }
                 f.good = f.size;
                 Ok(())

@@ -493,8 +493,13 @@ fn continued(groups: &[Group]) -> Option<(usize, usize)> {
 /// continues from the last complete record.
 pub fn head_of(path: &Path) -> Option<Head> {
     use std::io::{Read, Seek, SeekFrom};
+    // Only a regular file has a last record; a device such as /dev/full reads forever. Asked
+    // before opening: opening a FIFO (a pipe to a log shipper) to read waits for a writer,
+    // and its only writer is this hubgate, which then never started.
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let mut file = std::fs::File::open(path).ok()?;
-    // Only a regular file has a last record; a device such as /dev/full reads forever.
     let meta = file.metadata().ok()?;
     if !meta.is_file() {
         return None;

@@ -291,3 +291,55 @@ def test_verify_on_an_empty_file_and_a_spliced_log(make_fake, make_hubgate, tmp_
     spliced.write_text("\n".join([la[0], lb[1], la[2]]) + "\n")
     out = audit_verify(spliced)
     assert out.returncode == 1 and f"{spliced}:2:" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------------------
+# a FIFO as the audit path (a pipe to a log shipper)
+
+
+def test_a_fifo_audit_path_starts_and_a_stalled_reader_gets_503(make_fake, make_hubgate,
+                                                                  tmp_path):
+    """`audit.path` a FIFO read by a shipper: hubgate opened it to read back the chain's head
+    before opening it to write, and opening a FIFO to read waits for a writer: it never
+    started. Once serving, a reader that stops reading is back-pressure bounded by
+    enqueue_timeout_ms: 503 AUDIT_UNAVAILABLE, nothing forwarded unrecorded."""
+    import threading
+
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    go_on = threading.Event()
+
+    def reader():
+        with open(fifo, "rb") as f:
+            got.append(f.readline())
+            go_on.wait(30)  # stalls: the pipe fills up behind it
+            got.append(f.read())
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"path": str(fifo), "include_input": True, "queue_capacity": 2,
+                                 "enqueue_timeout_ms": 300}}, fake=fake, start=False)
+    hg.start(ready_timeout=8)
+    first = hg.buf(note(), who="admin")
+    assert first.status == 200, first.text
+    wait_until(lambda: got, 5, "the first record through the FIFO")
+    assert json.loads(got[0])["decision_id"] == caller_id(first)
+    answers = []
+    for i in range(120):
+        resp = hg.buf(note(text=f"fifo {i} " + "p" * 400), who="admin")
+        answers.append(resp)
+        if resp.status == 503:
+            break
+    assert answers[-1].status == 503, [r.status for r in answers][-5:]
+    assert_envelope(answers[-1], 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
+    ok = [r for r in answers if r.status == 200]
+    assert len(fake.buf_calls()) == len(ok) + 1
+    go_on.set()
+    wait_until(lambda: hg.admin("/readyz").status_code == 200, 10, "the sink to drain")
+    hg.stop()
+    t.join(10)
+    text = b"".join(got).decode()
+    ids = {json.loads(line)["decision_id"] for line in text.splitlines() if line.strip()}
+    assert {caller_id(r) for r in ok} <= ids
