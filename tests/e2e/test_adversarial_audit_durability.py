@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from helpers import (
-    HUBGATE_BIN,
     assert_envelope,
     audit_verify,
     ident,
@@ -343,3 +342,80 @@ def test_a_fifo_audit_path_starts_and_a_stalled_reader_gets_503(make_fake, make_
     text = b"".join(got).decode()
     ids = {json.loads(line)["decision_id"] for line in text.splitlines() if line.strip()}
     assert {caller_id(r) for r in ok} <= ids
+
+
+# ---------------------------------------------------------------------------
+# rotation edges
+
+
+@pytest.mark.parametrize("max_files", [0, 2])
+def test_max_bytes_below_one_record_keeps_each_record_whole(make_fake, make_hubgate, max_files):
+    """max_bytes smaller than one record: each record is written whole, alone in its file
+    (never split, never dropped), and the files kept verify as one chain; max_files = 0
+    keeps only the live file, whose chain notes the records rotated away."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"include_input": False, "max_bytes": 100,
+                                 "max_files": max_files}}, fake=fake)
+    ids = []
+    for _ in range(4):
+        resp = hg.buf(note(), who="admin")
+        assert resp.status == 200
+        ids.append(caller_id(resp))
+        # one at a time: each its own batch
+        wait_until(lambda: ids[-1] in hg.audit_path.read_text(), 5, "the record")
+    hg.stop()
+    files = hg.audit_files()
+    assert len(files) == max_files + 1, files
+    for f in files:
+        assert len(f.read_text().splitlines()) == 1, f
+    records = lines_of(*files)
+    assert [r["decision_id"] for r in records] == ids[-(max_files + 1):]
+    _, first, last = intact(audit_verify(*files), max_files + 1)
+    assert (first, last) == (4 - max_files, 4)
+
+
+# ---------------------------------------------------------------------------
+# secrets
+
+
+def test_no_secret_reaches_any_output_with_a_token_and_a_keyed_chain(make_fake, make_hubgate):
+    """A session token, a forged Authorization, the chain's HMAC key and the callers' secrets
+    appear nowhere: audit file, stderr, stdout, /metrics, verify's output."""
+    from helpers import ADMIN, MEMBER_SECRET, UPSTREAM_SECRET
+
+    hmac_key = "hmac-key-never-logged-5Jw2"
+    token = "session-token-never-logged-Xq81"
+    forged_sig = "f00dfacef00dfacef00dfacef00dfacef00dfacef00dfacef00dfacef00dface"
+    env_key = {"HG_TEST_AUDIT_KEY": hmac_key}
+    from helpers import hubgate_env
+
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"hmac_key_env": "HG_TEST_AUDIT_KEY", "include_input": True}},
+                      fake=fake, env={**hubgate_env(), **env_key})
+    statuses = [
+        hg.buf(note(), who="admin", extra_headers={"X-Amz-Security-Token": token}).status,
+        hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                "Workflow": {"Status": "SUPPRESSED"}}, who="member").status,
+        hg.buf(note(), who=None, extra_headers={
+            "Authorization": "AWS4-HMAC-SHA256 Credential=HGTESTADMIN000000001/20261206/"
+                             f"us-east-1/securityhub/aws4_request, SignedHeaders=host, "
+                             f"Signature={forged_sig}",
+            "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+            "X-Amz-Security-Token": token}).status,
+    ]
+    assert statuses[1] == 403 and statuses[2] == 401, statuses
+    metrics = hg.admin("/metrics").text
+    hg.stop()
+    verify = audit_verify(hg.audit_path, key_env="HG_TEST_AUDIT_KEY", env=env_key)
+    intact(verify, 3)
+    texts = {
+        "audit": hg.audit_path.read_text(),
+        "stderr": hg.stderr_text(),
+        "stdout": (hg.workdir / "hubgate.stdout").read_text(errors="replace"),
+        "metrics": metrics,
+        "verify": verify.stdout + verify.stderr,
+    }
+    for secret in [hmac_key, token, forged_sig, ADMIN.secret_key, MEMBER_SECRET,
+                   UPSTREAM_SECRET]:
+        for where, text in texts.items():
+            assert secret not in text, f"{secret!r} in {where}"
