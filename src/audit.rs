@@ -334,6 +334,8 @@ pub struct AuditLog {
     wait: Duration,
     /// Records go out as serialised (hubgate format, no mask), so the sender serialises them.
     as_is: bool,
+    /// `audit.mask`, for a record that reaches the operational log instead (`unqueued`).
+    mask: std::sync::Arc<[String]>,
 }
 
 /// Joins the writer thread once every sender is gone, after it flushed and fsynced.
@@ -963,6 +965,7 @@ impl AuditLog {
                 capacity: config.queue_capacity,
                 wait: Duration::from_millis(config.enqueue_timeout_ms),
                 as_is: matches!(config.format, AuditFormat::Hubgate) && config.mask.is_empty(),
+                mask: config.mask.clone().into(),
             },
             AuditWriter(handle),
         ))
@@ -981,6 +984,21 @@ impl AuditLog {
     /// Records waiting for the writer.
     pub fn queue_depth(&self) -> usize {
         self.capacity - self.tx.capacity()
+    }
+
+    /// A record that found no room in the queue, as text for the operational log: masked as
+    /// the writer masks it, without `input` (a copy of the request, up to the body limit, that
+    /// an outage would repeat into the log for every refusal). Only its id was logged: a
+    /// refusal during a stalled sink (a member's denied attempt) left no trace of who asked
+    /// for what.
+    pub fn unqueued(&self, mut record: Record) -> String {
+        record.input = None;
+        let mut json = record.to_json();
+        let erased = mask(&mut json, &self.mask);
+        if !erased.is_empty() {
+            json["erased"] = Value::Array(erased);
+        }
+        json.to_string()
     }
 
     /// Reserves room for one record, waiting at most `audit.enqueue_timeout_ms`.

@@ -301,9 +301,11 @@ async fn respond(
         Some(slot) => slot.write(audited),
         None => match gate.audit.reserve().await {
             Ok(slot) => slot.write(audited),
-            // The request was not forwarded, so nothing happened that lacks a record; say so loudly.
+            // The request was not forwarded, so nothing happened that lacks a record; say so
+            // loudly, with the record.
             Err(e) => {
-                tracing::error!(decision_id, error = %e, "audit record of a rejected request was not written")
+                let record = gate.audit.unqueued(audited);
+                tracing::error!(decision_id, error = %e, record = %record, "audit record of a rejected request was not written")
             }
         },
     }

@@ -419,3 +419,40 @@ def test_no_secret_reaches_any_output_with_a_token_and_a_keyed_chain(make_fake, 
                    UPSTREAM_SECRET]:
         for where, text in texts.items():
             assert secret not in text, f"{secret!r} in {where}"
+
+
+def test_a_refusal_whose_record_finds_no_room_logs_the_record(make_fake, make_hubgate):
+    """A stalled sink (stdout piped to a reader that stopped reading) and a member's denied
+    attempt: the denial is still answered 403 after enqueue_timeout_ms, and its record, which
+    found no room in the queue, goes to stderr whole (who, what, the verdict), masked as the
+    sink would have it. Only its decision id was logged: nothing said who tried what."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"sink": "stdout", "path": None, "include_input": True,
+                                 "queue_capacity": 1, "enqueue_timeout_ms": 200,
+                                 "mask": ["/update/note/text"]}},
+                      fake=fake, popen_kw={"stdout": subprocess.PIPE})
+    # fill the pipe and the queue: nobody reads stdout
+    for i in range(120):
+        if hg.buf(note(text=f"fill {i} " + "q" * 400), who="admin").status == 503:
+            break
+    else:
+        pytest.fail("the stalled sink never refused")
+    denied = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                     "Workflow": {"Status": "SUPPRESSED"},
+                     "Note": {"Text": "masked-note-text-9Zk", "UpdatedBy": "e2e"}},
+                    who="member")
+    assert denied.status == 403, denied.text
+    rid = caller_id(denied)
+    hg.proc.kill()  # stdout is never read: no drain
+    hg.proc.wait(5)
+    lines = [line for line in hg.stderr_text().splitlines()
+             if "audit record of a rejected request was not written" in line and rid in line]
+    assert lines, hg.stderr_text()[-3000:]
+    assert "record=" in lines[0], lines[0]
+    logged = lines[0][lines[0].index("record=") + len("record="):]
+    logged = json.loads(logged[: logged.rindex("}") + 1])
+    assert logged["decision_id"] == rid
+    assert logged["principal"]["id"] == "member"
+    assert logged["status"] == 403 and logged["forwarded"] is False
+    assert logged["result"]["allow"] is False and logged["result"]["violations"]
+    assert "masked-note-text-9Zk" not in hg.stderr_text()
