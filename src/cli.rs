@@ -241,13 +241,17 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::server::serve(config)) {
+            let code = match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hubgate: {e}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // Dropping the runtime waits for its blocking tasks, one of which may be joining
+            // an audit writer stuck on a sink that takes no writes: serve already said so.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            code
         }
         Command::Check(arg) => check(&arg),
         Command::Keys {

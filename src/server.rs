@@ -73,7 +73,16 @@ pub enum ServeError {
         setting: &'static str,
         reason: String,
     },
+    #[error(
+        "the audit writer did not finish within {}s of the drain (its sink takes no writes): \
+         {queued} queued record(s) and those it was writing were not written",
+        WRITER_FINISH.as_secs()
+    )]
+    AuditUnfinished { queued: usize },
 }
+
+/// How long a stop waits for the audit writer to take the last records, flush and fsync.
+const WRITER_FINISH: Duration = Duration::from_secs(5);
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -504,18 +513,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         _ = int.recv() => second_signal(),
     }
     admin_task.abort();
-    gate.stages.audit.close().await;
+    // One bound for closing the queue and for the writer to finish: closing takes a place in
+    // the queue, and with a sink that takes no writes (a reader that stopped reading) the
+    // queue stays full: the stop waited there for good, a SIGTERM never ended hubgate.
+    let writer_by = tokio::time::Instant::now() + WRITER_FINISH;
+    let queued = gate.stages.audit.queue_depth();
+    let closed = tokio::time::timeout_at(writer_by, gate.stages.audit.close())
+        .await
+        .is_ok();
     if let Some(task) = watch_task {
         task.abort();
     }
     drop(gate);
     // The writer drains what was queued before close, flushes, fsyncs and ends.
     let flushed = tokio::task::spawn_blocking(move || writer.finish());
-    if tokio::time::timeout(Duration::from_secs(5), flushed)
-        .await
-        .is_err()
-    {
-        tracing::error!("the audit writer did not finish within 5 s");
+    if !closed || tokio::time::timeout_at(writer_by, flushed).await.is_err() {
+        // Said on stderr and in the exit status: a supervisor sees a stop that lost records.
+        tracing::error!(
+            queued,
+            "the audit writer did not finish; the records still queued were not written"
+        );
+        return Err(ServeError::AuditUnfinished { queued });
     }
     tracing::info!("stopped");
     Ok(())

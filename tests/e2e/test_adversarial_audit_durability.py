@@ -456,3 +456,31 @@ def test_a_refusal_whose_record_finds_no_room_logs_the_record(make_fake, make_hu
     assert logged["status"] == 403 and logged["forwarded"] is False
     assert logged["result"]["allow"] is False and logged["result"]["violations"]
     assert "masked-note-text-9Zk" not in hg.stderr_text()
+
+
+def test_sigterm_with_a_stalled_sink_ends_and_says_what_was_not_written(make_fake,
+                                                                         make_hubgate):
+    """SIGTERM while the sink takes no writes (stdout piped to a reader that stopped): the
+    stop waited for room in the full queue for good, so hubgate never ended on SIGTERM (and a
+    SIGKILL later lost the queued records without a word). It must end within the grace and
+    the writer's 5 s, with a non-zero status that says records were not written."""
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"sink": "stdout", "path": None, "include_input": True,
+                                 "queue_capacity": 2, "enqueue_timeout_ms": 200},
+                       "server": {"shutdown_grace_ms": 1000}},
+                      fake=fake, popen_kw={"stdout": subprocess.PIPE})
+    for i in range(120):
+        if hg.buf(note(text=f"stall {i} " + "s" * 400), who="admin").status == 503:
+            break
+    else:
+        pytest.fail("the stalled sink never refused")
+    t = time.monotonic()
+    hg.proc.send_signal(signal.SIGTERM)
+    try:
+        code = hg.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hubgate did not end on SIGTERM with a stalled audit sink")
+    assert time.monotonic() - t < 1 + 5 + 3
+    assert code == 1, code
+    assert "audit writer did not finish" in hg.stderr_text()
+    assert "were not written" in hg.stderr_text()
