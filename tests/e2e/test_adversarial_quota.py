@@ -157,9 +157,11 @@ def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_l
         make_fake, make_hubgate):
     """Member A keeps 24 of its own GetFindings waiting for the GetFindings quota (3/s), each
     retried as soon as it is answered. Member B's note on its own finding needs one lookup:
-    A's reads hold one place in line and the lookups another, so B is answered well within
+    A's reads hold one place in line and the lookups another, so B is answered within
     quota.max_wait_ms, where, taking turns with every waiting read, the lookup got about one
-    call in 25 and B got 429."""
+    call in 25 and B got 429. The two places race for each call the bucket gives (about 3 a
+    second): B usually waits under a second, and the bound leaves room for a run of lost races
+    on a loaded machine (2.5 s once in a full suite run)."""
     fake = make_fake()
     fake.quota_on()
     hg = make_hubgate({"quota": {"max_wait_ms": 3000}}, fake=fake, callers_toml=TWO_MEMBERS)
@@ -172,7 +174,7 @@ def test_a_members_read_only_get_findings_flood_does_not_starve_other_accounts_l
         creds=SECOND_MEMBER))
     answered = flood.answered
     assert resp.status == 200, (resp.status, resp.text, f"{elapsed:.1f}s", answered)
-    assert elapsed < 2, f"B's lookup waited {elapsed:.1f}s behind A's reads"
+    assert elapsed < 2.9, f"B's lookup waited {elapsed:.1f}s behind A's reads"
     assert answered.get(200, 0) > 0, answered
     assert fake.op_stats("GetFindings")["throttled"] == 0
     assert fake.findings()["f-other"]["Note"]["Text"] == "mine"
