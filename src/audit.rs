@@ -588,11 +588,7 @@ impl FileSink {
     /// line half-written when the disk filled up was a break `audit verify` stopped at for
     /// good, and the rest of the buffer would be written by the drop at exit, after it.
     fn abandon(&mut self) {
-        if let Ok(file) = self.out.get_ref().try_clone() {
-            let old = std::mem::replace(&mut self.out, std::io::BufWriter::new(file));
-            // The buffer is dropped unwritten: into_parts does not flush.
-            drop(old.into_parts());
-        }
+        discard_buffered(&mut self.out);
         if !self.regular {
             return;
         }
@@ -684,14 +680,18 @@ impl Sink {
     fn abandon(&mut self) {
         match self {
             // Nothing to cut back; the buffer is dropped so that the exit does not write it.
-            Sink::Stdout(out) => {
-                if let Ok(fd) = out.get_ref().try_clone() {
-                    let old = std::mem::replace(out, std::io::BufWriter::new(fd));
-                    drop(old.into_parts());
-                }
-            }
+            Sink::Stdout(out) => discard_buffered(out),
             Sink::File(f) => f.abandon(),
         }
+    }
+}
+
+/// Drops what `out` holds buffered, unwritten (`into_parts` does not flush), and keeps
+/// writing to the same file.
+fn discard_buffered(out: &mut std::io::BufWriter<File>) {
+    if let Ok(file) = out.get_ref().try_clone() {
+        let old = std::mem::replace(out, std::io::BufWriter::new(file));
+        drop(old.into_parts());
     }
 }
 

@@ -627,15 +627,14 @@ fn authenticate(
     // Proven by the callers it was claimed from, a key revoked meanwhile would still get its
     // request forwarded, and a caller demoted meanwhile would be judged in its old role: the
     // request is authenticated again, whole, by the callers as they are now.
-    let (principal, credential) = if Arc::ptr_eq(&current, claimed_from) {
-        let credential = claim.credential().clone();
-        (claim.verify(parts, body)?, credential)
+    let claim = if Arc::ptr_eq(&current, claimed_from) {
+        claim
     } else {
         drop(claim);
-        let claim = current.claim(parts, SystemTime::now(), ctx.client_cert)?;
-        let credential = claim.credential().clone();
-        (claim.verify(parts, body)?, credential)
+        current.claim(parts, SystemTime::now(), ctx.client_cert)?
     };
+    let credential = claim.credential().clone();
+    let principal = claim.verify(parts, body)?;
     ctx.trail.principal = Some(principal.clone());
     ctx.trail.proof = Some((current.clone(), credential));
     Ok(principal)
@@ -881,27 +880,33 @@ impl<'a> Touched<'a> {
                 }),
                 Some(enricher),
             ) => {
-                type Keys<'k> = std::collections::HashSet<&'k FindingKey, crate::finding::KeyHash>;
-                let named: Keys = keys.iter().collect();
-                let strays: Vec<FindingKey> = processed
-                    .iter()
-                    .filter(|k| !named.contains(k))
-                    .cloned()
-                    .collect();
+                // Each listed finding found among the named ones (one map, one pass): a
+                // named finding it does not list is unlisted, a listed one it does not name
+                // a stray.
+                let named: std::collections::HashMap<&FindingKey, usize, crate::finding::KeyHash> =
+                    keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
+                let mut listed = vec![false; keys.len()];
+                let mut strays: Vec<FindingKey> = Vec::new();
+                for k in processed {
+                    match named.get(k) {
+                        Some(&i) => listed[i] = true,
+                        None => strays.push(k.clone()),
+                    }
+                }
                 let named_processed: std::borrow::Cow<[FindingKey]> = match strays.is_empty() {
                     true => std::borrow::Cow::Borrowed(processed),
                     false => processed
                         .iter()
-                        .filter(|k| named.contains(k))
+                        .filter(|k| named.contains_key(k))
                         .cloned()
                         .collect(),
                 };
                 enricher.write_through(&named_processed, update, sent).await;
-                let listed: Keys = named_processed.iter().collect();
                 let unlisted: Vec<FindingKey> = keys
                     .iter()
-                    .filter(|k| !listed.contains(k))
-                    .cloned()
+                    .zip(&listed)
+                    .filter(|(_, listed)| !**listed)
+                    .map(|(k, _)| k.clone())
                     .collect();
                 if !unlisted.is_empty() {
                     // Some of these Security Hub may have applied in part.

@@ -407,32 +407,31 @@ impl Pacer {
             };
             return Err(exhausted(rate));
         };
-        if let Some(account) = account {
+        let account_bucket;
+        let bucket: &Bucket = match account {
             // No slowdown: AWS throttling a caller's own call slows nobody (`throttled`).
-            if let Some(done) = self
-                .acquire_in_redis(operation, Some(account), Some(deadline))
-                .await
-            {
-                return done.map(|()| started.elapsed());
+            Some(account) => {
+                if let Some(done) = self
+                    .acquire_in_redis(operation, Some(account), Some(deadline))
+                    .await
+                {
+                    return done.map(|()| started.elapsed());
+                }
+                account_bucket = self.account_bucket(operation, account);
+                &account_bucket
             }
-            let bucket = self.account_bucket(operation, account);
-            let ready = bucket
-                .limiter
-                .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)));
-            return match tokio::time::timeout_at(deadline.into(), ready).await {
-                Ok(()) => Ok(started.elapsed()),
-                Err(_) => Err(exhausted(bucket.rate)),
-            };
-        }
-        match self.slowed_slot(operation, Some(deadline)) {
-            Ok(Some(at)) => tokio::time::sleep_until(at.into()).await,
-            Ok(None) => {}
-            Err(()) => return Err(exhausted(self.rate(operation))),
-        }
-        if let Some(done) = self.acquire_in_redis(operation, None, Some(deadline)).await {
-            return done.map(|()| started.elapsed());
-        }
-        let bucket = self.bucket(operation);
+            None => {
+                match self.slowed_slot(operation, Some(deadline)) {
+                    Ok(Some(at)) => tokio::time::sleep_until(at.into()).await,
+                    Ok(None) => {}
+                    Err(()) => return Err(exhausted(self.rate(operation))),
+                }
+                if let Some(done) = self.acquire_in_redis(operation, None, Some(deadline)).await {
+                    return done.map(|()| started.elapsed());
+                }
+                self.bucket(operation)
+            }
+        };
         // Jitter spreads waiters that would otherwise all poll the bucket at the same instant.
         let ready = bucket
             .limiter
