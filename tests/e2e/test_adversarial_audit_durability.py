@@ -21,14 +21,11 @@ from helpers import (
     ident,
     wait_until,
 )
+from test_audit_trail import caller_id, intact
 
 
 def note(fid: str = "f-admin", text: str = "durability note") -> dict:
     return {"FindingIdentifiers": [ident(fid)], "Note": {"Text": text, "UpdatedBy": "e2e"}}
-
-
-def caller_id(resp) -> str | None:
-    return resp.headers.get("x-hubgate-decision-id") or resp.headers.get("x-amzn-requestid")
 
 
 def lines_of(*files: Path) -> list[dict]:
@@ -37,15 +34,6 @@ def lines_of(*files: Path) -> list[dict]:
         if f.exists():
             out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return out
-
-
-def intact(result, records: int | None = None):
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    m = re.search(r"intact: (\d+) records, sequence (\d+) to (\d+)", result.stdout)
-    assert m, result.stdout
-    if records is not None:
-        assert int(m.group(1)) == records, result.stdout
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
 # ---------------------------------------------------------------------------
