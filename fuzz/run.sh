@@ -6,6 +6,9 @@
 #   FUZZ_SANITIZER   cargo-fuzz sanitizer (default none: hubgate forbids unsafe code; debug
 #                    assertions and overflow checks stay on). Use "address" for ASan.
 # Exits non-zero on the first crash, naming the input that crashed.
+#   bash fuzz/run.sh build   only installs cargo-fuzz (if missing) and builds the targets: CI
+#                            starts this early in the background (.ci/run), and the later full
+#                            run finds everything built.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,6 +35,7 @@ fi
 fuzz=(cargo +nightly fuzz)
 echo "==> cargo +nightly fuzz build -s $sanitizer"
 "${fuzz[@]}" build -s "$sanitizer"
+[ "${1:-}" = build ] && exit 0
 
 status=0
 for target in $targets; do
