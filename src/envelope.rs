@@ -212,6 +212,12 @@ impl Rejection {
                 "INTERNAL_ERROR",
                 "InternalException",
             ),
+            // Nothing was applied, and hubgate is fetching new credentials: a retry may pass.
+            Upstream(e) if e.is_credentials_refused() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UPSTREAM_CREDENTIALS_REFUSED",
+                "ServiceUnavailableException",
+            ),
             Upstream(e) if e.is_timeout() => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "UPSTREAM_TIMEOUT",

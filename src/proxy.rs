@@ -135,7 +135,15 @@ impl Trail {
         started: Instant,
     ) -> Result<Response<Incoming>, Rejection> {
         self.upstream_ns = started.elapsed().as_nanos() as u64;
-        let response = response.inspect_err(|e| self.outcome_unknown = e.outcome_unknown())?;
+        let response = response.inspect_err(|e| {
+            self.outcome_unknown = e.outcome_unknown();
+            // Answered, but not with what the caller gets (a refusal of hubgate's credentials).
+            if let Some((status, request_id)) = e.answer() {
+                self.forwarded = true;
+                self.upstream_status = Some(status);
+                self.upstream_request_id = request_id.map(str::to_string);
+            }
+        })?;
         self.forwarded = true;
         self.upstream_status = Some(response.status().as_u16());
         self.upstream_request_id = response
@@ -1125,7 +1133,7 @@ async fn send(
     let t = Instant::now();
     let answer_by = t + Duration::from_millis(gate.config.upstream.timeout_ms);
     let response = match gate.config.upstream.auth {
-        UpstreamAuth::Resign => gate.upstream.forward(parts, body).await,
+        UpstreamAuth::Resign => gate.upstream.forward(operation, parts, body).await,
         UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body.into_bytes()).await,
     };
     let response = match trail.upstream_answered(response, t) {

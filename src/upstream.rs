@@ -21,6 +21,8 @@ use crate::payload::Payload;
 
 /// Lookups read whole responses; this bounds what one GetFindings page may hold.
 const MAX_LOOKUP_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// How much of an error answer to a forward is read for its message.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Refresh temporary credentials this long before they expire.
 const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// How long one fetch of hubgate's own credentials may take before it is abandoned (or
@@ -31,6 +33,10 @@ const CREDENTIAL_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 const CREDENTIAL_FETCH_LIMIT: Duration = Duration::from_secs(30);
 /// How long after a fetch ends the next refresh of still-valid credentials may start.
 const CREDENTIAL_REFRESH_RETRY: Duration = Duration::from_secs(10);
+/// How long after one fetch started because AWS refused the credentials the next such fetch
+/// may start: a source that keeps giving refused credentials is asked once per this, not at
+/// every request.
+const CREDENTIAL_REFUSED_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -56,6 +62,10 @@ pub enum UpstreamError {
         operation: &'static str,
         detail: String,
     },
+    /// AWS refused the credentials hubgate signed with, not the call: nothing was applied,
+    /// and the same call signed with the credentials being fetched may succeed.
+    #[error("{0}")]
+    CredentialsRefused(Box<CredentialsRefused>),
     /// hubgate failed before anything was sent (building or signing the request, a lookup task
     /// that went away): a fault of hubgate's, answered 500, never shown as Security Hub's.
     #[error("hubgate could not {what}: {cause}")]
@@ -96,6 +106,19 @@ impl UpstreamError {
         matches!(self, UpstreamError::Throttled { .. })
     }
 
+    pub fn is_credentials_refused(&self) -> bool {
+        matches!(self, UpstreamError::CredentialsRefused(_))
+    }
+
+    /// The status and request id of the answer this error is made from, when Security Hub
+    /// answered the call.
+    pub fn answer(&self) -> Option<(u16, Option<&str>)> {
+        match self {
+            UpstreamError::CredentialsRefused(r) => Some((r.status, r.request_id.as_deref())),
+            _ => None,
+        }
+    }
+
     /// The call may have been applied although no answer says so: state hubgate cached about
     /// what it touched can no longer be trusted.
     pub fn outcome_unknown(&self) -> bool {
@@ -121,18 +144,88 @@ const THROTTLING_ERROR_TYPES: [&str; 9] = [
     "RequestThrottled",
 ];
 
+/// An answer refusing the credentials a call was signed with (`CREDENTIAL_ERROR_TYPES`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "Security Hub refused hubgate's own AWS credentials on its {operation} call \
+     ({error_type}: {detail}); nothing was applied, and hubgate is fetching new credentials \
+     from its source: retry"
+)]
+pub struct CredentialsRefused {
+    operation: &'static str,
+    error_type: String,
+    detail: String,
+    /// The answer's: Security Hub did answer.
+    status: u16,
+    request_id: Option<String>,
+}
+
+impl CredentialsRefused {
+    /// The refusal an answer is, if it is one; `detail` is filled in from its body later.
+    fn of(operation: &'static str, response: &Response<Incoming>) -> Option<CredentialsRefused> {
+        let error_type = credentials_refused(response.status(), response.headers())?;
+        Some(CredentialsRefused {
+            operation,
+            error_type: error_type.to_owned(),
+            detail: String::new(),
+            status: response.status().as_u16(),
+            request_id: response
+                .headers()
+                .get("x-amzn-requestid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        })
+    }
+}
+
+/// Error types with which AWS refuses the credentials a call was signed with rather than the
+/// call: an expired session token, or an access key it does not know (deleted, rotated, or a
+/// session it no longer honours). The credential source may already hold newer ones: temporary
+/// credentials are fetched again only near their expiry, and an expiry the source reported
+/// is not AWS's word (a revoked role session, a clock that is off).
+const CREDENTIAL_ERROR_TYPES: [&str; 4] = [
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+];
+
+/// The error type an answer names (`x-amzn-ErrorType` is `Name` or `Name:namespace`).
+fn error_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(':').next().unwrap_or(v))
+}
+
 /// Whether an upstream answer is Security Hub throttling hubgate: HTTP 429, or a throttling
-/// error type (`x-amzn-ErrorType` is `Name` or `Name:namespace`).
+/// error type.
 pub fn is_throttle(status: http::StatusCode, headers: &HeaderMap) -> bool {
     if status == http::StatusCode::TOO_MANY_REQUESTS {
         return true;
     }
     !status.is_success()
-        && headers
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(':').next().unwrap_or(v))
-            .is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name))
+        && error_type(headers).is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name))
+}
+
+/// The error type, when an upstream answer refuses the credentials the call was signed with
+/// (always a 4xx).
+fn credentials_refused(status: http::StatusCode, headers: &HeaderMap) -> Option<&str> {
+    error_type(headers)
+        .filter(|name| status.is_client_error() && CREDENTIAL_ERROR_TYPES.contains(name))
+}
+
+/// What an error answer's body says: its `message`, or the start of the body.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -262,6 +355,8 @@ struct CredentialState {
     /// When the last fetch ended: still-valid credentials are refreshed no sooner than
     /// `CREDENTIAL_REFRESH_RETRY` after it.
     last_ended: Option<tokio::time::Instant>,
+    /// When the last fetch started because AWS refused the credentials (`refused`).
+    last_refused: Option<tokio::time::Instant>,
 }
 
 impl CredentialSource {
@@ -322,6 +417,31 @@ impl CredentialSource {
                 self.timeout.as_millis()
             )))
         })
+    }
+
+    /// AWS refused the credentials with access key `key_id`: fetch again now, so that a
+    /// caller's retry is signed with what the source gives now; unless that key is no longer
+    /// the current one, a fetch is under way, or the last fetch started this way began under
+    /// `CREDENTIAL_REFUSED_RETRY` ago. The refused credentials stay current until the fetch
+    /// ends: requests meanwhile are refused by AWS, not left waiting, and a source that gives
+    /// the same key again is asked once per `CREDENTIAL_REFUSED_RETRY` at most.
+    fn refused(&self, key_id: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let current = state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.access_key_id() == key_id);
+        let rested = state
+            .last_refused
+            .is_none_or(|t| t.elapsed() >= CREDENTIAL_REFUSED_RETRY);
+        if current && rested && state.fetching.is_none() {
+            state.last_refused = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                "Security Hub refused hubgate's AWS credentials; fetching new ones from the \
+                 credential source"
+            );
+            let _ = self.fetch(&mut state);
+        }
     }
 
     /// Starts a fetch unless one is under way; returns where its outcome will be sent.
@@ -452,15 +572,17 @@ impl Upstream {
         Uri::from_parts(parts).map_err(|e| UpstreamError::local("build the upstream URI", e))
     }
 
-    /// Signs `headers` + body for the upstream host with hubgate's credentials.
+    /// Signs `headers` + body for the upstream host with hubgate's credentials; also returns
+    /// the access key id signed with (`refused`).
     async fn signed_request(
         &self,
         method: &Method,
         path_and_query: &str,
         mut headers: HeaderMap,
         body: Payload,
-    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+    ) -> Result<(Request<Full<Bytes>>, String), UpstreamError> {
         let creds = self.credentials().await?;
+        let key_id = creds.access_key_id().to_owned();
         let uri = self.uri_for(path_and_query)?;
         headers.insert(header::HOST, self.host.clone());
         let mut request = Request::builder()
@@ -503,7 +625,15 @@ impl Upstream {
             .map_err(|e| UpstreamError::local("sign the upstream request", e))?
             .into_parts();
         instructions.apply_to_request_http1x(&mut request);
-        Ok(request)
+        Ok((request, key_id))
+    }
+
+    /// A call signed with `key_id` was answered with a refusal of the credentials: the
+    /// error to answer with, once a fetch of new ones is under way.
+    fn refused(&self, key_id: &str, mut refusal: CredentialsRefused, body: &[u8]) -> UpstreamError {
+        self.credentials.refused(key_id);
+        refusal.detail = error_message(body);
+        UpstreamError::CredentialsRefused(Box::new(refusal))
     }
 
     async fn send(
@@ -520,9 +650,13 @@ impl Upstream {
     }
 
     /// Forwards a caller's request: same method, path, query and body bytes; caller
-    /// credentials stripped; re-signed with hubgate's own.
+    /// credentials stripped; re-signed with hubgate's own. An answer refusing those
+    /// credentials is hubgate's failure, not the caller's: relayed, AWS's 403 "the security
+    /// token included in the request is expired" would tell a caller whose own signature
+    /// hubgate had verified that its token expired, and SDKs do not retry it.
     pub async fn forward(
         &self,
+        operation: &'static str,
         parts: &http::request::Parts,
         body: Payload,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -532,10 +666,24 @@ impl Upstream {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let request = self
+        let (request, key_id) = self
             .signed_request(&parts.method, path_and_query, headers, body)
             .await?;
-        self.send(request).await
+        let response = self.send(request).await?;
+        let Some(refused) = CredentialsRefused::of(operation, &response) else {
+            return Ok(response);
+        };
+        // An error body is small; what it says is only for the message.
+        let body = tokio::time::timeout(
+            self.timeout,
+            Limited::new(response.into_body(), MAX_ERROR_BODY_BYTES).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+        Err(self.refused(&key_id, refused, &body))
     }
 
     /// Passthrough: the caller's request as it came, bytes and signed headers unchanged (the
@@ -604,7 +752,7 @@ impl Upstream {
             HeaderName::from_static("user-agent"),
             HeaderValue::from_static(concat!("hubgate/", env!("CARGO_PKG_VERSION"))),
         );
-        let request = self
+        let (request, key_id) = self
             .signed_request(&method, path, headers, Payload::new(bytes))
             .await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -615,6 +763,7 @@ impl Upstream {
             })??;
         let status = response.status();
         let throttled = is_throttle(status, response.headers());
+        let refused = CredentialsRefused::of(operation, &response);
         let collected = tokio::time::timeout_at(
             deadline,
             Limited::new(response.into_body(), MAX_LOOKUP_RESPONSE_BYTES).collect(),
@@ -629,20 +778,10 @@ impl Upstream {
         })?
         .to_bytes();
         if !status.is_success() {
-            let detail = serde_json::from_slice::<serde_json::Value>(&collected)
-                .ok()
-                .and_then(|v| {
-                    v.get("message")
-                        .or_else(|| v.get("Message"))
-                        .and_then(|m| m.as_str())
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| {
-                    String::from_utf8_lossy(&collected)
-                        .chars()
-                        .take(200)
-                        .collect()
-                });
+            if let Some(refused) = refused {
+                return Err(self.refused(&key_id, refused, &collected));
+            }
+            let detail = error_message(&collected);
             if throttled {
                 return Err(UpstreamError::Throttled { operation, detail });
             }
@@ -744,6 +883,7 @@ mod tests {
                     )),
                     fetching: None,
                     last_ended: None,
+                    last_refused: None,
                 })),
             },
         }
@@ -797,7 +937,7 @@ mod tests {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            let request = up
+            let (request, _) = up
                 .signed_request(&Method::POST, "/findings/batchupdate", headers, payload)
                 .await
                 .unwrap();
@@ -856,7 +996,7 @@ mod tests {
                         true => SystemTime::now() + Duration::from_secs(d as u64),
                         false => SystemTime::now() - Duration::from_secs((-d) as u64),
                     };
-                    Credentials::new("AKIDHUBGATE", "s", Some("t".into()), Some(at), "test")
+                    Credentials::new(format!("AKID{n}"), "s", Some("t".into()), Some(at), "test")
                 };
                 match step {
                     Fetch::Stall => std::future::pending().await,
@@ -938,6 +1078,66 @@ mod tests {
         source.get().await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(calls(&provider), 2, "refreshes are tried again, spaced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_aws_refused_are_fetched_again_at_once_and_at_most_once_a_second() {
+        // Valid for an hour by the source's word: before, hubgate signed with them until
+        // 5 minutes before that hour was up, every call refused (a revoked role session,
+        // a rotated key).
+        let (source, provider) = scripted(&[Fetch::Good; 10]);
+        let first = source.get().await.unwrap();
+        source.refused("AKIDSOMEONEELSE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls(&provider), 1, "another key's refusal fetches nothing");
+        source.refused(first.access_key_id());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls(&provider), 2, "a refusal fetches at once");
+        let second = source.get().await.unwrap();
+        assert_ne!(second.access_key_id(), first.access_key_id());
+        // Refusals of keys already replaced (calls signed before the fetch ended) and
+        // refusals within the second after the last such fetch ask the source nothing.
+        source.refused(first.access_key_id());
+        source.refused(second.access_key_id());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls(&provider), 2);
+        tokio::time::sleep(CREDENTIAL_REFUSED_RETRY).await;
+        source.refused(second.access_key_id());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls(&provider), 3);
+    }
+
+    #[test]
+    fn only_refusals_of_the_credentials_themselves_count_as_such() {
+        let answer = |status: u16, error_type: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-amzn-errortype",
+                HeaderValue::from_str(error_type).unwrap(),
+            );
+            credentials_refused(http::StatusCode::from_u16(status).unwrap(), &h).map(str::to_owned)
+        };
+        assert_eq!(
+            answer(
+                403,
+                "ExpiredTokenException:http://internal.amazon.com/coral/"
+            ),
+            Some("ExpiredTokenException".into())
+        );
+        assert_eq!(
+            answer(403, "UnrecognizedClientException"),
+            Some("UnrecognizedClientException".into())
+        );
+        assert_eq!(answer(400, "ExpiredToken"), Some("ExpiredToken".into()));
+        // Permissions, signatures, throttles and 5xx are not about which credentials signed.
+        assert_eq!(answer(403, "AccessDeniedException"), None);
+        assert_eq!(answer(403, "InvalidSignatureException"), None);
+        assert_eq!(answer(429, "ThrottlingException"), None);
+        assert_eq!(answer(500, "ExpiredTokenException"), None);
+        assert_eq!(
+            credentials_refused(http::StatusCode::FORBIDDEN, &HeaderMap::new()),
+            None
+        );
     }
 
     #[tokio::test]

@@ -178,7 +178,8 @@ class _VerifyingSigV4Auth(SigV4Auth):
 
 def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region,
                  extra_credentials=None):
-    """Raise ApiError(403, InvalidSignatureException) unless the request is validly signed.
+    """Raise ApiError(403, InvalidSignatureException) unless the request is validly signed
+    (UnrecognizedClientException for an access key it does not know, as AWS does).
 
     Accepts access_key/secret_key and any pair in extra_credentials ({key id: secret}).
     Returns the access key id that signed the request."""
@@ -198,8 +199,9 @@ def verify_sigv4(method, raw_path, headers, body, access_key, secret_key, region
         fail("Credential is malformed")
     key_id, date, cred_region, service, terminator = cred_parts
     if key_id not in known:
-        fail(f"unknown access key {key_id!r}: the security token included in the request "
-             "is invalid")
+        # What AWS answers for a key it does not know (deleted, rotated, a revoked session).
+        raise ApiError(403, "UnrecognizedClientException",
+                       "The security token included in the request is invalid.")
     if cred_region != region or service != SERVICE or terminator != "aws4_request":
         fail(f"Credential should be scoped to {region}/{SERVICE}, not {cred_region}/{service}")
     signed_names = m.group("signed").split(";")

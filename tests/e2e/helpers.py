@@ -420,11 +420,12 @@ def hubgate_env() -> dict:
     return env
 
 
-def container_credentials(hours: float = 1.0) -> bytes:
-    """A container credentials endpoint's answer: hubgate's upstream keys with a session token,
-    expiring `hours` from now (negative: already expired)."""
+def container_credentials(hours: float = 1.0, access_key: str = UPSTREAM_KEY,
+                          secret_key: str = UPSTREAM_SECRET) -> bytes:
+    """A container credentials endpoint's answer: hubgate's upstream keys (or the keys given)
+    with a session token, expiring `hours` from now (negative: already expired)."""
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
-    body = json.dumps({"AccessKeyId": UPSTREAM_KEY, "SecretAccessKey": UPSTREAM_SECRET,
+    body = json.dumps({"AccessKeyId": access_key, "SecretAccessKey": secret_key,
                        "Token": "session-token",
                        "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "

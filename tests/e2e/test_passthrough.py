@@ -183,6 +183,23 @@ def test_forged_signature_for_a_known_key_is_refused_by_upstream(passthrough):
     assert fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
 
 
+def test_a_refusal_of_the_callers_own_credentials_goes_back_unchanged(make_fake, make_hubgate):
+    """A refusal of the credentials a call was signed with is turned into hubgate's 503
+    UPSTREAM_CREDENTIALS_REFUSED only when hubgate signed it (resign, lookups). In
+    passthrough the caller signed the forward: AWS's refusal of the caller's key (here one AWS
+    no longer knows) is the caller's to see, as it came."""
+    fake = make_fake(extra_credentials=[PT_MEMBER])  # PT_ADMIN's key deleted at AWS
+    hg = make_hubgate({"upstream": {"auth": "passthrough"}}, fake=fake, callers_toml=CALLERS)
+    c = pt_client(hg, PT_ADMIN)
+    with pytest.raises(ClientError) as e:
+        c.batch_update_findings(FindingIdentifiers=[ident("f-other")], **SUPPRESS)
+    err = e.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 403, err
+    assert err["Error"]["Code"] == "UnrecognizedClientException", err
+    assert err["Error"]["Message"] == "The security token included in the request is invalid."
+    assert fake.findings()["f-other"]["Workflow"]["Status"] == "NEW"
+
+
 @pytest.mark.parametrize("auth", ["passthrough", "resign"])
 def test_forwards_pace_on_the_account_aws_charges(make_fake, make_hubgate, auth):
     """In passthrough AWS charges each forward to the caller's own account, so each account's

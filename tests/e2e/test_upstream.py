@@ -8,6 +8,7 @@ from botocore.exceptions import ClientError
 
 from helpers import (OWN_ACCOUNT_FILTER, CredentialEndpoint, assert_envelope,
                      container_credentials, free_port, ident, wait_until)
+from test_quota import retrying_client
 
 SUPPRESS = {"FindingIdentifiers": [ident("f-other")], "Workflow": {"Status": "SUPPRESSED"},
             "Note": {"Text": "RISK-1 accepted after review", "UpdatedBy": "sec-team"}}
@@ -133,3 +134,64 @@ def test_a_stalled_credential_source_fails_requests_fast_and_still_delivers(make
     assert hg.admin("/readyz").status_code == 200
     assert source.connections == 1, "the first fetch, not a new one, delivered"
     assert fake.findings()["f-admin"]["Note"]["Text"] == "t"
+
+
+# A session Security Hub no longer honours (revoked, or deleted) while the credential source
+# still says it is valid for an hour.
+REVOKED_KEY = "ASIAREVOKEDSESSION01"
+
+
+def revoked_then_valid():
+    """A container credentials endpoint whose first answer is a session AWS refuses, and
+    every later one hubgate's valid keys."""
+    def answer(conn, n):
+        conn.settimeout(5)
+        conn.recv(65536)
+        conn.sendall(container_credentials(access_key=REVOKED_KEY) if n == 1
+                     else container_credentials())
+    return CredentialEndpoint(answer)
+
+
+@pytest.mark.parametrize("call", ["forward", "lookup"])
+def test_credentials_aws_refuses_are_fetched_again_and_the_sdks_retry_passes(call, make_fake,
+                                                                            make_hubgate):
+    """hubgate fetched its credentials again only near the expiry its source gave: credentials
+    AWS refused (a revoked role session, a deleted key) were used for up to an hour, every
+    call refused, and a forward's 403 UnrecognizedClientException went back to the caller as
+    its own (SDKs do not retry it; the caller's key was fine). Now the caller gets 503
+    UPSTREAM_CREDENTIALS_REFUSED (SDKs retry it), hubgate fetches again at once, and the
+    retry is signed with the new credentials: boto3 with standard retries just succeeds."""
+    source = revoked_then_valid()
+    fake = make_fake()
+    hg = make_hubgate(fake=fake, env=source.env())
+    # An administrator's note is forwarded without a lookup; a member's raise is looked up.
+    if call == "forward":
+        who, fid, change = "admin", "f-admin", {"Note": {"Text": "t", "UpdatedBy": "u"}}
+    else:
+        who, fid, change = "member", "f-own-high", {"Severity": {"Label": "CRITICAL"}}
+    request = {"FindingIdentifiers": [ident(fid)], **change}
+    seeded = fake.findings()[fid]
+    resp = hg.buf(request, who=who)
+    body = assert_envelope(resp, 503, "UPSTREAM_CREDENTIALS_REFUSED",
+                           "ServiceUnavailableException")
+    message = body["error"]["message"]
+    assert "refused hubgate's own AWS credentials" in message, message
+    assert "UnrecognizedClientException" in message and "nothing was applied" in message
+    assert REVOKED_KEY not in message
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert (rec["status"], rec["error"]["code"]) == (503, "UPSTREAM_CREDENTIALS_REFUSED")
+    # Security Hub answered the forward (with a refusal); a lookup's failure forwards nothing.
+    assert rec["forwarded"] is (call == "forward")
+    assert rec["upstream_status"] == (403 if call == "forward" else None)
+    assert fake.findings()[fid] == seeded, "nothing was applied"
+    wait_until(lambda: source.connections == 2, 5, "a fetch of new credentials")
+    # A real SDK's retry of that 503 passes.
+    out = retrying_client(hg, who=who, max_attempts=3).batch_update_findings(**request)
+    assert [p["Id"] for p in out["ProcessedFindings"]] == [fid]
+    applied = fake.findings()[fid]
+    if call == "forward":
+        assert applied["Note"]["Text"] == "t"
+    else:
+        assert applied["Severity"]["Label"] == "CRITICAL"
+    assert source.connections == 2, "fetched once, not at every request"
+
