@@ -41,9 +41,14 @@ member if input.principal.role == "member"
 # Finding state (a GetFindings lookup, which spends the account's quota of 3 per second) is
 # needed only when a rule can use it, and every rule that reads state is about members: an
 # administrator's request is judged on the request alone, with no call to Security Hub.
-# hubgate reads this in the first pass; a policy set that does not define it always looks up.
-# A rule of your own that reads finding state for administrators must extend it.
+# hubgate reads this in the first pass, and only `false` skips the lookup: undefined looks up
+# (a rule body that fails at evaluation is undefined when serving), so the skip is stated for
+# the role it is meant for, not inferred from the absence of a reason. A policy set that does
+# not define it always looks up. A rule of your own that reads finding state for
+# administrators must narrow the `false`.
 needs_state if member
+
+needs_state := false if input.principal.role == "administrator"
 
 enriched if input.enrichment == "complete"
 

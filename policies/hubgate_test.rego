@@ -237,9 +237,16 @@ test_guard_null_fields if {
 # --- what needs a lookup ---
 
 # Members' requests need finding state (ownership, severity); administrators' do not, so an
-# administrator's note or status change costs no GetFindings call.
+# administrator's note or status change costs no GetFindings call. Only `false` skips the
+# lookup (undefined looks up), so the administrators' answer must be exactly false.
 test_needs_state_for_members_only if {
 	data.hubgate.needs_state with input as t.buf(member, "pending", [t.own("f1")], t.note_only("x"))
-	not data.hubgate.needs_state with input as t.buf(admin, "pending", [t.own("f1")], t.note_only("x"))
-	not data.hubgate.needs_state with input as t.buf(admin, "pending", [t.own("f1")], suppress)
+	data.hubgate.needs_state == false with input as t.buf(admin, "pending", [t.own("f1")], t.note_only("x"))
+	data.hubgate.needs_state == false with input as t.buf(admin, "pending", [t.own("f1")], suppress)
+}
+
+# A principal of no known role is never answered `false`: its request looks the findings up.
+test_needs_state_never_false_for_other_roles if {
+	odd := object.union(member, {"role": "auditor"})
+	not data.hubgate.needs_state == false with input as t.buf(odd, "pending", [t.own("f1")], t.note_only("x"))
 }

@@ -18,7 +18,8 @@ use crate::validate::{SchemaLoadError, Schemas};
 
 pub const DENY_RULE: &str = "data.hubgate.deny";
 pub const WARN_RULE: &str = "data.hubgate.warn";
-/// Whether the request needs the findings' state; a policy set without it always looks up.
+/// Whether the request needs the findings' state: only `false` skips the lookup, and a policy
+/// set without it always looks up.
 pub const NEEDS_STATE_RULE: &str = "data.hubgate.needs_state";
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +65,7 @@ impl Violation {
 pub struct Decision {
     pub deny: Vec<Violation>,
     pub warn: Vec<Violation>,
-    /// `data.hubgate.needs_state` for this input: true when the policy set does not define it.
+    /// `data.hubgate.needs_state` for this input: false only when the set answers `false`.
     pub needs_state: bool,
 }
 
@@ -317,8 +318,15 @@ impl PolicySet {
             .compile_with_entrypoint(&DENY_RULE.into())
             .map_err(|e| PolicyLoadError::Smoke(format!("{DENY_RULE}: {e}")))?;
         // A rule path that no rule defines is an error; one that is defined is at worst
-        // undefined for this input.
-        let has_needs_state = engine.eval_rule(NEEDS_STATE_RULE.to_string()).is_ok();
+        // undefined for this input. A set (`needs_state contains ...`) or another value is not
+        // an answer: refused now rather than read as "no state needed" for every request.
+        let has_needs_state = match engine.eval_rule(NEEDS_STATE_RULE.to_string()) {
+            Ok(value) => {
+                needs_state_of(&value).map_err(|e| PolicyLoadError::Smoke(e.to_string()))?;
+                true
+            }
+            Err(_) => false,
+        };
         let mut entry_points = vec![DENY_RULE];
         if has_warn {
             entry_points.push(WARN_RULE);
@@ -426,18 +434,18 @@ impl PolicySet {
         } else {
             Vec::new()
         };
-        // Undefined means "not needed", as for any boolean rule that does not hold. A pass
-        // with a whole-request violation does not ask: outside dry-run that denial ends
-        // judging, and dry-run looks up to record the whole decision. One whose violations
-        // all name findings asks: with on_partial_deny = "forward-allowed" the findings it
-        // did not deny may be forwarded on its decision, which is sound only if they need no
-        // state (the proxy refuses the whole request otherwise).
+        // Only an explicit `false` skips the lookup (see `needs_state_of`). A pass with a
+        // whole-request violation does not ask: outside dry-run that denial ends judging, and
+        // dry-run looks up to record the whole decision. One whose violations all name
+        // findings asks: with on_partial_deny = "forward-allowed" the findings it did not deny
+        // may be forwarded on its decision, which is sound only if they need no state (the
+        // proxy refuses the whole request otherwise).
         let needs_state = !self.has_needs_state
             || deny.iter().any(|v| v.finding.is_none())
-            || vm
-                .execute_entry_point_by_name(NEEDS_STATE_RULE)
-                .map_err(|e| PolicyError::Eval(e.to_string()))?
-                == regorus::Value::Bool(true);
+            || needs_state_of(
+                &vm.execute_entry_point_by_name(NEEDS_STATE_RULE)
+                    .map_err(|e| PolicyError::Eval(e.to_string()))?,
+            )?;
         Ok(Decision {
             deny,
             warn,
@@ -466,6 +474,22 @@ impl PolicySet {
             warn,
             needs_state: true,
         })
+    }
+}
+
+/// What `data.hubgate.needs_state` answers. Skipping the lookup decides on the request alone,
+/// so only `false` skips it: undefined looks up, because the bytecode VM reports a rule body
+/// that failed at evaluation (a builtin's type error, a conflict) as undefined, and a body that
+/// does not hold for a typo looks the same. Read as "not needed", either let a request through
+/// with every rule on finding state unevaluated. Any other value is a malformed decision.
+fn needs_state_of(value: &regorus::Value) -> Result<bool, PolicyError> {
+    match value {
+        regorus::Value::Bool(needed) => Ok(*needed),
+        regorus::Value::Undefined => Ok(true),
+        other => Err(PolicyError::BadDecision(format!(
+            "{NEEDS_STATE_RULE} must be true or false, got {}",
+            serde_json::to_string(other).unwrap_or_else(|_| "a value that is not JSON".into())
+        ))),
     }
 }
 

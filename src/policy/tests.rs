@@ -272,6 +272,7 @@ fn a_denial_that_names_only_findings_still_says_whether_state_is_needed() {
         "p.rego",
         "package hubgate\n\n\
          needs_state if input.principal.role == \"member\"\n\n\
+         needs_state := false if input.principal.role == \"administrator\"\n\n\
          deny contains {\"msg\": \"f\", \"finding\": {\"Id\": f.Id, \"ProductArn\": f.ProductArn}} if {\n\
          \tsome f in input.findings\n\tf.Id == \"a\"\n}\n\n\
          deny contains {\"msg\": \"w\", \"finding\": null} if input.request.body.Note\n",
@@ -291,6 +292,66 @@ fn a_denial_that_names_only_findings_still_says_whether_state_is_needed() {
         json!({"Note": {"Text": "t", "UpdatedBy": "u"}}),
     );
     assert!(whole.needs_state, "a whole-request denial does not ask");
+}
+
+#[test]
+fn only_false_skips_the_lookup() {
+    // `needs_state if member` alone is undefined for an administrator: the lookup is made.
+    // So it is when the rule's body fails at evaluation (count(null) here), which the VM
+    // reports as undefined: read as "not needed", every rule on state went unevaluated.
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\n\
+         needs_state if input.principal.role == \"member\"\n\n\
+         needs_state if {\n\tinput.principal.role == \"administrator\"\n\tcount(input.update.types) >= 0\n}\n\n\
+         deny contains {\"msg\": \"d\", \"finding\": null} if false\n",
+    )])
+    .unwrap();
+    let pass = |role| {
+        p.evaluate(doc(
+            role,
+            json!({}),
+            &[("a", None, "LOW")],
+            Enrichment::Pending,
+        ))
+        .unwrap()
+    };
+    assert!(pass(Role::Member).needs_state);
+    assert!(
+        pass(Role::Administrator).needs_state,
+        "undefined is not false"
+    );
+}
+
+#[test]
+fn a_needs_state_that_is_not_a_boolean_is_refused() {
+    // A set is refused when the set loads; a value only some requests produce fails them.
+    let set = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\nneeds_state contains \"ownership\" if input.principal.role == \"member\"\n\n\
+         deny contains {\"msg\": \"d\", \"finding\": null} if false\n",
+    )]);
+    let err = set
+        .err()
+        .expect("a set-valued needs_state must not load")
+        .to_string();
+    assert!(err.contains("needs_state must be true or false"), "{err}");
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\nneeds_state := \"ownership\" if input.principal.role == \"member\"\n\n\
+         deny contains {\"msg\": \"d\", \"finding\": null} if false\n",
+    )])
+    .unwrap();
+    let r = p.evaluate(doc(
+        Role::Member,
+        json!({}),
+        &[("a", None, "LOW")],
+        Enrichment::Pending,
+    ));
+    assert!(
+        matches!(&r, Err(PolicyError::BadDecision(m)) if m.contains("\"ownership\"")),
+        "{r:?}"
+    );
 }
 
 #[test]

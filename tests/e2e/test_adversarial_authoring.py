@@ -1,0 +1,126 @@
+"""Adversarial review (policy authoring): policy sets a security team writes from the
+documentation, with the shipped rules or beside them, attacked by a caller with valid member
+keys, against the real binary and the fake Security Hub.
+
+- HOLE (fixed): `data.hubgate.needs_state` decided the lookup on anything but `true`: a rule
+  that was undefined for a request (a body the bytecode VM failed at evaluation, such as two
+  definitions that give different values for one request; or a typo) or answered a
+  non-boolean (`needs_state := "ownership" if member`) skipped the lookup, so a member's change
+  to another account's finding was forwarded with every rule on finding state unevaluated. Now
+  only `false` skips the lookup, undefined looks up, any other value is 500 POLICY_ERROR, and a
+  set-valued `needs_state contains ...` is refused when the set loads (`hubgate check` names it).
+- Held: a deny rule that uses `with` does not load (the bytecode compiler refuses it, `check`
+  names the line); a violation naming a finding the request does not target, or one whose
+  finding has a non-string Id, refuses the whole batch with forward-allowed; a `msg` that is
+  not a string is 500 POLICY_ERROR, recorded with the error and nothing forwarded.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope,
+                     ident, run_hubgate)
+
+SCHEMAS = POLICY_DIR / "schemas"
+
+
+def shipped_plus(tmp_path, name: str, rego: str):
+    """A copy of the shipped policy set with one more rule file."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    (policies / name).write_text(rego)
+    return policies
+
+
+def own_set(tmp_path, rego: str):
+    """A policy set of one rule file and the shipped schemas."""
+    policies = tmp_path / "own"
+    policies.mkdir()
+    shutil.copytree(SCHEMAS, policies / "schemas")
+    (policies / "rules.rego").write_text(rego)
+    return policies
+
+
+def check(tmp_path, policies, **policy):
+    """`hubgate check` on a configuration that serves `policies`."""
+    cfg = tmp_path / "check.toml"
+    (tmp_path / "callers.toml").write_text("")
+    extra = "".join(f'{k} = "{v}"\n' for k, v in policy.items())
+    cfg.write_text(
+        '[server]\nlisten = "127.0.0.1:1"\nadmin_listen = "127.0.0.1:2"\n'
+        '[upstream]\nendpoint = "http://127.0.0.1:3"\nregion = "us-east-1"\n'
+        '[identity]\nmode = "sigv4"\ncallers = "callers.toml"\n'
+        f'[policy]\ndir = "{policies}"\n{extra}'
+        '[audit]\nsink = "stdout"\n')
+    return run_hubgate("check", "--config", str(cfg))
+
+
+def note_on(*ids):
+    return {"FindingIdentifiers": [ident(i) for i in ids],
+            "Note": {"Text": "triaged", "UpdatedBy": "member"}}
+
+
+# ---------------------------------------------------------------------------
+# HOLE (fixed): needs_state answered anything but true skipped the lookup
+
+# "A note alone never needs finding state": the shipped `needs_state if member` says true for
+# a member's note, this says false, and the two definitions conflict. OPA and `hubgate test`
+# stop with a conflict error; the served VM gives the rule no value, which skipped the lookup.
+NOTES_NEED_NO_STATE = """package hubgate
+
+needs_state := false if input.update.fields == ["Note.Text", "Note.UpdatedBy"]
+"""
+
+# A rule meant to say why the lookup is needed: a string is not an answer.
+NEEDS_STATE_AS_A_REASON = """package hubgate
+
+member if input.principal.role == "member"
+
+needs_state := "ownership" if member
+
+deny contains {"msg": "member accounts may update only their own findings", "finding": {"Id": f.Id, "ProductArn": f.ProductArn}} if {
+	member
+	input.enrichment == "complete"
+	some f in input.findings
+	f.account_id != input.principal.account_id
+}
+"""
+
+
+@pytest.mark.parametrize("kind", ["conflict", "string"])
+def test_a_needs_state_that_is_not_false_never_skips_the_member_lookup(
+        tmp_path, make_hubgate, seeded_fake, kind):
+    if kind == "conflict":
+        policies = shipped_plus(tmp_path, "notes.rego", NOTES_NEED_NO_STATE)
+    else:
+        policies = own_set(tmp_path, NEEDS_STATE_AS_A_REASON)
+    hg = make_hubgate({"policy": {"dir": str(policies)}}, fake=seeded_fake)
+    # the member annotates another account's finding
+    r = hg.buf(note_on("f-other"), who="member")
+    assert seeded_fake.buf_calls() == [], f"forwarded unjudged: {r.status} {r.text}"
+    if kind == "conflict":
+        # looked up, then judged by the shipped ownership rule
+        body = assert_envelope(r, 403, "POLICY_DENIED", "AccessDeniedException")
+        assert "own" in body["error"]["message"], body
+        assert seeded_fake.get_findings_calls(), "the finding was never looked up"
+    else:
+        body = assert_envelope(r, 500, "POLICY_ERROR", "InternalException")
+        assert "needs_state must be true or false" in body["error"]["message"], body
+        rec = hg.audit_for(r.headers["x-amzn-requestid"])
+        assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
+    if kind == "conflict":
+        # the member's note on its own finding is looked up and goes through
+        ok = hg.buf(note_on("f-own-high"), who="member")
+        assert ok.status == 200, ok.text
+        assert len(seeded_fake.buf_calls()) == 1
+
+
+def test_a_set_valued_needs_state_does_not_load(tmp_path):
+    policies = own_set(tmp_path, NEEDS_STATE_AS_A_REASON.replace(
+        'needs_state := "ownership" if member', 'needs_state contains "ownership" if member'))
+    r = check(tmp_path, policies)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "needs_state must be true or false" in r.stderr, r.stderr
