@@ -10,9 +10,14 @@ keys, against the real binary and the fake Security Hub.
   only `false` skips the lookup, undefined looks up, any other value is 500 POLICY_ERROR, and a
   set-valued `needs_state contains ...` is refused when the set loads (`hubgate check` names it).
 - Held: a deny rule that uses `with` does not load (the bytecode compiler refuses it, `check`
-  names the line); a violation naming a finding the request does not target, or one whose
-  finding has a non-string Id, refuses the whole batch with forward-allowed; a `msg` that is
-  not a string is 500 POLICY_ERROR, recorded with the error and nothing forwarded.
+  names the line); with on_partial_deny = "forward-allowed", a violation naming a finding the
+  request does not target, or a finding whose Id is not a string, refuses the whole batch (403,
+  nothing forwarded); a `msg` that is not a string is 500 POLICY_ERROR, recorded with the
+  error, nothing forwarded.
+- Left alone (documented in policies/README.md): the served VM treats a rule body that fails
+  at evaluation (a builtin's type error, null iteration, division by zero, conflicting values)
+  as one that does not hold, so a deny rule that errs does not fire; `hubgate test` reports
+  the error.
 """
 
 from __future__ import annotations
@@ -21,8 +26,7 @@ import shutil
 
 import pytest
 
-from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, POLICY_DIR, PRODUCT_ARN, assert_envelope,
-                     ident, run_hubgate)
+from helpers import POLICY_DIR, PRODUCT_ARN, assert_envelope, ident, run_hubgate
 
 SCHEMAS = POLICY_DIR / "schemas"
 
@@ -124,3 +128,59 @@ def test_a_set_valued_needs_state_does_not_load(tmp_path):
     r = check(tmp_path, policies)
     assert r.returncode != 0, r.stdout + r.stderr
     assert "needs_state must be true or false" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# Held: rules the served VM cannot run, and violations of odd shapes
+
+
+def test_a_rule_that_uses_with_does_not_load(tmp_path):
+    policies = own_set(tmp_path, """package hubgate
+
+member if input.principal.role == "member"
+
+admin_view if not member
+
+deny contains {"msg": "w", "finding": null} if {
+	member
+	admin_view with input.principal.role as "administrator"
+}
+""")
+    r = check(tmp_path, policies)
+    assert r.returncode != 0 and "rules.rego:9" in r.stderr, r.stdout + r.stderr
+
+
+ODD_VIOLATIONS = f"""package hubgate
+
+deny contains {{"msg": "names a finding the request does not", "finding": {{"Id": "f-admin", "ProductArn": "{PRODUCT_ARN}"}}}} if {{
+	input.request.body.Note.Text == "foreign"
+}}
+
+deny contains {{"msg": "an Id that is not a string", "finding": {{"Id": 7, "ProductArn": "{PRODUCT_ARN}"}}}} if {{
+	input.request.body.Note.Text == "number"
+}}
+
+deny contains {{"msg": 7, "finding": null}} if {{
+	input.request.body.Note.Text == "seven"
+}}
+"""
+
+
+def test_odd_violations_refuse_the_whole_batch(tmp_path, make_hubgate, seeded_fake):
+    policies = own_set(tmp_path, ODD_VIOLATIONS)
+    hg = make_hubgate({"policy": {"dir": str(policies), "on_partial_deny": "forward-allowed"}},
+                      fake=seeded_fake)
+
+    def note(text):
+        return {"FindingIdentifiers": [ident("f-own-high"), ident("f-own-medium")],
+                "Note": {"Text": text, "UpdatedBy": "member"}}
+
+    for text in ("foreign", "number"):
+        r = hg.buf(note(text), who="member")
+        assert_envelope(r, 403, "POLICY_DENIED", "AccessDeniedException")
+    r = hg.buf(note("seven"), who="member")
+    body = assert_envelope(r, 500, "POLICY_ERROR", "InternalException")
+    assert "no string msg" in body["error"]["message"], body
+    rec = hg.audit_for(r.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
+    assert seeded_fake.buf_calls() == []
