@@ -146,7 +146,9 @@ impl Default for ServerConfig {
 }
 
 /// Timeouts above a day are configuration mistakes (and would overflow deadline arithmetic).
-const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Also the longest `enrichment.cache_ttl_ms` any replica can run with, which a retirement of
+/// shared cache entries outlasts (`coordination::cache::retire_accounts`).
+pub(crate) const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// Caps above this are mistakes: each connection holds a file descriptor and a task.
 const MAX_CAP: usize = 1_000_000;
 /// More threads than this is a mistake on any machine hubgate runs on (each has its own stack).

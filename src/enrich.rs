@@ -1275,33 +1275,24 @@ impl Enricher {
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
-            // The settle journal (which every lookup reads after its states) refuses the
-            // accounts' findings for settle_ms; when that is longer than any entry stored
-            // before this write can live, their shared entries need nothing more. Otherwise
-            // they are retired: only those accounts' (each entry names its owner), so a
+            // Retired in Redis even when this replica's settle journal outlasts its own
+            // entries: the journal entry lasts this replica's settle_ms, while an entry another
+            // replica stored lasts that replica's cache_ttl_ms, which may be longer (replicas
+            // part-way through a change of it). Until review 45 nothing was retired then, and
+            // after the window a member's lowering was judged on an entry read before the
+            // write. It costs one Redis call and no lookup: the journal refuses these accounts'
+            // findings for the window anyway. Only those accounts' entries go (each names its owner), so a
             // member's writes to its own account cannot make every account's lookups start
             // over.
-            let journal_covers =
-                !self.inner.settle.is_zero() && self.inner.ttl <= self.inner.settle;
-            let retired = accounts.is_none() || !journal_covers;
             match accounts {
                 None => shared::evict_all(coord).await,
-                Some(accounts) if !journal_covers => {
-                    // An entry lives at most cache_ttl_ms from its lookup's start (not found:
-                    // less); the margin covers the replicas' and Redis's clocks reading apart.
-                    let lives = self.inner.ttl + Duration::from_secs(5);
-                    shared::retire_accounts(coord, accounts, lives).await;
-                }
-                Some(_) => {}
+                Some(accounts) => shared::retire_accounts(coord, accounts).await,
             }
             let write = match accounts {
                 Some(accounts) => shared::Journaled::Accounts(accounts, operation),
                 None => shared::Journaled::Everything(operation),
             };
-            if !self.share_write(write).await && !retired {
-                // Without the journal entry the shared cache is not covered: retired on rejoin.
-                coord.mark_dirty();
-            }
+            self.share_write(write).await;
         }
     }
 }

@@ -33,7 +33,6 @@
 //! (ElastiCache without cluster mode, Valkey, Redis) is what this is written for.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -533,16 +532,21 @@ pub async fn evict_all(coord: &Coordination) {
         .await;
 }
 
+/// How long a retirement's mark lasts: longer than any entry read before it can live on any
+/// replica. Not the writer's own cache_ttl_ms: replicas part-way through a change of it do not
+/// share one, and an entry a replica with a longer one had stored came back to life when the
+/// mark expired (review 45). The margin covers the replicas' and Redis's clocks reading apart.
+const RETIREMENT_MS: u64 = crate::config::MAX_TIMEOUT_MS + 5_000;
+
 /// Retires the shared entries of these accounts' findings read before now: for writes that may
-/// have changed any of their findings (a V2 write names accounts). The mark lasts `lives`, as
-/// long as any entry read before it can. A failure marks the replica, as `evict_all`'s does.
-pub async fn retire_accounts(coord: &Coordination, accounts: &[String], lives: Duration) {
+/// have changed any of their findings (a V2 write names accounts). A failure marks the replica,
+/// as `evict_all`'s does.
+pub async fn retire_accounts(coord: &Coordination, accounts: &[String]) {
     if accounts.is_empty() {
         return;
     }
     let mut inv = script("retire").prepare_invoke();
-    inv.arg(coord.prefix())
-        .arg((lives.as_millis() as u64).max(1));
+    inv.arg(coord.prefix()).arg(RETIREMENT_MS);
     for account in accounts {
         inv.arg(account.as_str());
     }
