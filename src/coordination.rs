@@ -57,16 +57,25 @@ pub struct Coordination {
     /// restarted without its data, has lost it: what the replicas shared (the settle journal
     /// above all) is gone, though no call failed.
     epoch: Mutex<Option<String>>,
+    /// Redis's count of keys it evicted (`INFO stats`), as this replica's last probe that got
+    /// an answer found it; None before the first, or when Redis does not say.
+    evicted: Mutex<Option<String>>,
 }
 
 /// The probe: returns Redis's marker, setting one when there is none (a new or emptied Redis).
 /// It writes the marker every time, so that a Redis that answers but takes no writes (full
 /// under `noeviction`, a read-only replica after a failover, an ACL) fails the probe: rejoined,
-/// the replica would fall back at its next write, over and over.
+/// the replica would fall back at its next write, over and over. It also returns Redis's count
+/// of evicted keys ('' when INFO is refused, by an ACL for instance): a Redis whose
+/// maxmemory-policy evicts may have dropped any of the replicas' keys, which every one of them
+/// has a TTL for, so a volatile-* policy (ElastiCache's default) picks them first. Read after
+/// the write, which Redis before 5 refuses after a non-deterministic command.
 const EPOCH: &str = r#"
 local v = redis.call('GET', KEYS[1]) or ARGV[1]
 redis.call('SET', KEYS[1], v)
-return v
+local ok, info = pcall(redis.call, 'INFO', 'stats')
+local evicted = ok and type(info) == 'string' and string.match(info, 'evicted_keys:(%d+)')
+return {v, evicted or ''}
 "#;
 
 fn epoch_script() -> &'static redis::Script {
@@ -159,6 +168,7 @@ impl Coordination {
             on_fallback: Mutex::new(Vec::new()),
             rejoined: tokio::sync::Notify::new(),
             epoch: Mutex::new(None),
+            evicted: Mutex::new(None),
         })))
     }
 
@@ -182,11 +192,11 @@ impl Coordination {
             epoch_script()
                 .key(key)
                 .arg(cache::new_tag())
-                .invoke_async::<String>(&mut con),
+                .invoke_async::<(String, String)>(&mut con),
         )
         .await;
         match ping {
-            Ok(Ok(epoch)) => {
+            Ok(Ok((epoch, evicted))) => {
                 let known = self
                     .epoch
                     .lock()
@@ -200,6 +210,29 @@ impl Coordination {
                         "probe",
                         "Redis lost the replicas' shared state (flushed or restarted)",
                     );
+                }
+                let evicted_before = self
+                    .evicted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(evicted.clone());
+                if !evicted.is_empty()
+                    && evicted_before.is_some_and(|e| !e.is_empty() && e != evicted)
+                {
+                    // Keys went that no call saw go: a settle journal entry (another replica
+                    // then judged a member's lowering without the administrator's raise),
+                    // a write count (a lookup read before a write could be stored over it),
+                    // a retirement mark. As after a flush the replica falls back, so that it
+                    // shares its journal again when it rejoins, and it retires the shared
+                    // cache then; it rejoins only once a probe finds no new eviction, so a
+                    // Redis that keeps evicting keeps it on its own rather than flapping.
+                    self.mark_dirty();
+                    self.fail(
+                        "probe",
+                        "Redis evicted keys since the last probe, so what the replicas shared \
+                         may be gone: its maxmemory-policy must be noeviction",
+                    );
+                    return;
                 }
                 if self.healthy() {
                     return;
@@ -441,6 +474,69 @@ mod tests {
             .as_string()
             .map(|s| s.to_string())
             .unwrap_or_default()
+    }
+
+    /// A Redis that evicted keys since the last probe may have dropped any the replicas
+    /// shared: the replica falls back, stays on its own while evictions go on, and rejoins
+    /// after a probe that finds none, retiring the shared cache (a new generation) as it does.
+    #[tokio::test]
+    async fn a_probe_that_finds_keys_evicted_falls_back_until_evictions_stop() {
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let coord = coordination_on(&server);
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+        let mut con = coord.manager.clone();
+        let set = |k: String| redis::cmd("SET").arg(k).arg(vec![b'x'; 100_000]).to_owned();
+        let _: () = set("big:0".into()).query_async(&mut con).await.unwrap();
+        let used: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let used: u64 = used
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap();
+        for (k, v) in [
+            ("maxmemory-policy", "allkeys-lru".to_string()),
+            ("maxmemory", (used + 50_000).to_string()),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+        // each big key written now evicts another
+        let _: () = set("big:1".into()).query_async(&mut con).await.unwrap();
+        coord.probe().await;
+        assert!(!coord.healthy());
+        assert!(coord.status().1.unwrap().contains("evicted keys"));
+        let _: () = set("big:2".into()).query_async(&mut con).await.unwrap();
+        coord.probe().await;
+        assert!(!coord.healthy(), "rejoined while Redis was still evicting");
+        let generation: Option<i64> = redis::cmd("GET")
+            .arg("hubgate:gen")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+        let after: i64 = redis::cmd("GET")
+            .arg("hubgate:gen")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(
+            after,
+            generation.unwrap_or(0) + 1,
+            "the shared cache was not retired"
+        );
     }
 
     #[tokio::test]
