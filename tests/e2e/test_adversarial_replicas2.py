@@ -13,14 +13,16 @@ settle journal entry of an administrator's raise still being applied, with no ca
 the marker intact: both replicas stayed "ok", and the member's lowering through the other
 replica was allowed. The probe now reads Redis's evicted-keys count.
 
-Held (tried against the binary while reviewing, not kept as tests):
-- Redis keys from caller text: finding keys are length-prefixed SHA-256 of Id and ProductArn
-  (the first review's collision test); journal paths are fixed member names, values JSON (a tab
-  or `/` in a note or a UserDefinedFields key cannot split an item); account text reaches only
-  `ja:`/`ar:`/`jo:` keys by exact match; bucket keys use the callers file's accounts.
-- A value of the wrong type where hubgate expects its own (another application) fails the
-  script: the replica falls back and judges alone, never forwards unjudged.
-- Pacing and TTLs in Redis use Redis's clock (TIME, PX), so replicas' clocks need not agree.
+Held (not kept as tests):
+- tried against the binary: a wrong-type value at `<prefix>:gen` (another application) fails
+  the scripts, the replicas fall back and judge alone (403 for the lowering, 200 for a note);
+  an administrator's raise whose answer was lost (upstream.timeout_ms passed, applied later)
+  still refuses the member's lowering through the other replica.
+- read in the code: finding keys are length-prefixed SHA-256 of Id and ProductArn (the first
+  review's collision test); journal paths are fixed member names and values JSON, so no text a
+  caller chooses can split an item; account text reaches `ja:`/`ar:`/`jo:` keys only by exact
+  match; bucket keys use the callers file's accounts; pacing and TTLs use Redis's clock (TIME,
+  PX), so the replicas' clocks need not agree.
 """
 
 from __future__ import annotations
