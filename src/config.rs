@@ -149,6 +149,10 @@ impl Default for ServerConfig {
 /// Also the longest `enrichment.cache_ttl_ms` any replica can run with, which a retirement of
 /// shared cache entries outlasts (`coordination::cache::retire_accounts`).
 pub(crate) const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+/// The least `enrichment.max_cache_bytes`: room for a few dozen findings' state. Below it the
+/// cache would keep next to nothing and every decision would spend GetFindings quota.
+const MIN_CACHE_BYTES: u64 = 64 * 1024;
 /// Caps above this are mistakes: each connection holds a file descriptor and a task.
 const MAX_CAP: usize = 1_000_000;
 /// More threads than this is a mistake on any machine hubgate runs on (each has its own stack).
@@ -282,6 +286,9 @@ pub struct EnrichmentConfig {
     pub negative_ttl_ms: u64,
     /// Findings the cache holds at most.
     pub max_cache_entries: usize,
+    /// Bytes the cache's entries hold at most, their identifiers included: a finding cached
+    /// as not found holds identifiers a caller chose, of any length the body allows.
+    pub max_cache_bytes: u64,
     /// How long a write hubgate forwarded is laid over what GetFindings reports (Security Hub
     /// applies BatchUpdateFindings asynchronously), and how long a write it cannot model
     /// leaves a finding's state unknown. 0 turns this off.
@@ -295,6 +302,7 @@ impl Default for EnrichmentConfig {
             cache_ttl_ms: 5_000,
             negative_ttl_ms: 1_000,
             max_cache_entries: 50_000,
+            max_cache_bytes: 256 * 1024 * 1024,
             settle_ms: 300_000,
         }
     }
@@ -851,6 +859,13 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if enrichment.max_cache_bytes < MIN_CACHE_BYTES {
+            return Err(invalid(
+                file,
+                "enrichment.max_cache_bytes",
+                format!("must be at least {MIN_CACHE_BYTES} (64 KiB)"),
+            ));
+        }
         for (name, routing) in &operations {
             let key = format!("operations.{name}");
             if !crate::routes::operations().iter().any(|o| o.name == name) {
@@ -1267,6 +1282,22 @@ mod tests {
             assert!(e.contains("is not an environment variable name"), "{e}");
         }
         assert!(parse("[audit]\nhmac_key_env = \"HUBGATE_AUDIT_KEY\"").is_ok());
+    }
+
+    #[test]
+    fn the_cache_byte_bound_leaves_room_for_some_findings() {
+        assert_eq!(
+            parse("").unwrap().enrichment.max_cache_bytes,
+            256 * 1024 * 1024
+        );
+        assert!(parse("[enrichment]\nmax_cache_bytes = 65536\n").is_ok());
+        let e = parse("[enrichment]\nmax_cache_bytes = 65535\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enrichment.max_cache_bytes: must be at least 65536"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -148,6 +148,19 @@ struct Cached {
     state: Option<Arc<CurrentFinding>>,
     /// The shared value this state was read from or written as, if any.
     tag: Option<Tag>,
+    /// What the entry holds, its key included (`held_bytes`), as counted in `State::bytes`
+    /// when it was stored: removing it takes away exactly that.
+    bytes: usize,
+}
+
+/// What a cache entry for `key` holding `state` costs, roughly: the state's values and the
+/// key's texts. The key counts for a finding cached as not found too: its identifiers are
+/// whatever a caller sent (up to `server.max_body_bytes`), and an entry counted as nothing let
+/// a member's distinct made-up identifiers fill memory unseen, bounded only by the number of
+/// entries.
+fn held_bytes(key: &FindingKey, state: &Option<Arc<CurrentFinding>>) -> usize {
+    const ENTRY: usize = 96;
+    ENTRY + key.id.len() + key.product_arn.len() + state.as_ref().map_or(0, |s| s.bytes)
 }
 
 /// Accounts whose cached findings a write retired without naming them (V2 identifiers name
@@ -643,6 +656,8 @@ struct Inner {
     /// can be.
     journal_lost: AtomicBool,
     max_entries: usize,
+    /// `enrichment.max_cache_bytes`: what the entries may hold at most (`held_bytes`).
+    max_bytes: usize,
     state: Mutex<State>,
     work: Notify,
     next_call: AtomicU64,
@@ -761,35 +776,51 @@ impl Inner {
         if ttl.is_zero() || now.saturating_duration_since(at) >= ttl {
             return;
         }
-        if st.cache.len() >= self.max_entries && !st.cache.contains_key(&key) {
+        // What it replaces goes first: the bounds below are about the other entries.
+        self.remove(st, &key);
+        let bytes = held_bytes(&key, &state);
+        if bytes > self.max_bytes {
+            // Larger than the whole cache may hold: looked up again when asked for again.
+            return;
+        }
+        let full =
+            |st: &State| st.cache.len() >= self.max_entries || st.bytes + bytes > self.max_bytes;
+        if full(st) {
             let retired = &st.retired;
             st.cache
                 .retain(|_, c| self.fresh(c, retired, now).is_some());
-            if st.cache.len() >= self.max_entries {
-                // Still full of live entries: drop the oldest tenth rather than grow.
+            st.bytes = st.cache.values().map(|c| c.bytes).sum();
+            if full(st) {
+                // Still full of live entries: the oldest go, a tenth of each bound at least,
+                // rather than the cache growing past them.
+                let entries_goal = self.max_entries - (self.max_entries / 10).max(1);
+                let bytes_goal = (self.max_bytes - self.max_bytes / 10).saturating_sub(bytes);
                 let mut ages: Vec<(Instant, FindingKey)> =
                     st.cache.iter().map(|(k, c)| (c.at, k.clone())).collect();
                 ages.sort_unstable_by_key(|(at, _)| *at);
-                for (_, k) in ages.into_iter().take((self.max_entries / 10).max(1)) {
-                    st.cache.remove(&k);
+                for (_, k) in ages {
+                    if st.cache.len() <= entries_goal && st.bytes <= bytes_goal {
+                        break;
+                    }
+                    self.remove(st, &k);
                 }
             }
-            st.bytes = st
-                .cache
-                .values()
-                .map(|c| c.state.as_ref().map_or(0, |s| s.bytes))
-                .sum();
         }
-        let added = state.as_ref().map_or(0, |s| s.bytes);
-        if let Some(old) = st.cache.insert(key, Cached { at, state, tag }) {
-            st.bytes -= old.state.as_ref().map_or(0, |s| s.bytes);
-        }
-        st.bytes += added;
+        st.bytes += bytes;
+        st.cache.insert(
+            key,
+            Cached {
+                at,
+                state,
+                tag,
+                bytes,
+            },
+        );
     }
 
     fn remove(&self, st: &mut State, key: &FindingKey) {
         if let Some(old) = st.cache.remove(key) {
-            st.bytes -= old.state.as_ref().map_or(0, |s| s.bytes);
+            st.bytes -= old.bytes;
         }
     }
 }
@@ -810,6 +841,7 @@ impl Enricher {
                 settle: Duration::from_millis(config.settle_ms),
                 journal_lost: AtomicBool::new(false),
                 max_entries: config.max_cache_entries.max(1),
+                max_bytes: usize::try_from(config.max_cache_bytes).unwrap_or(usize::MAX),
                 state: Mutex::new(State {
                     journal: Journal::new(Duration::from_millis(config.settle_ms)),
                     ..State::default()
@@ -2913,6 +2945,7 @@ mod tests {
                 0,
             ))),
             tag: None,
+            bytes: 0,
         };
         let ttl = Duration::from_secs(60);
         let (a, b) = ("111111111111", "222222222222");
@@ -2931,6 +2964,7 @@ mod tests {
             at: t0,
             state: None,
             tag: None,
+            bytes: 0,
         };
         assert!(!retired.covers(&not_found));
         assert!(
@@ -3354,6 +3388,54 @@ mod tests {
             }
         }
         enricher
+    }
+
+    /// Findings cached as not found count their identifiers, which a caller chose: a member
+    /// naming made-up identifiers of 100 KB each keeps the cache within max_cache_bytes (the
+    /// oldest go), and the gauge says what it holds; an entry larger than the whole bound is
+    /// not kept. Before, such entries counted as nothing and stayed until the entry count
+    /// was reached.
+    #[tokio::test]
+    async fn made_up_identifiers_count_and_stay_within_the_byte_bound() {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/x/hubgate.toml"),
+            "[enrichment]\nmax_cache_bytes = 1048576\n",
+        )
+        .expect("a valid configuration");
+        let upstream = Upstream::new(&config).await.expect("an upstream");
+        let pacer = Arc::new(Pacer::new(&config.quota));
+        let enricher = Enricher::new(
+            upstream,
+            pacer,
+            &config.enrichment,
+            EnrichMetrics::default(),
+        );
+        let inner = &enricher.inner;
+        let mut st = inner.lock();
+        let now = Instant::now();
+        let id = |i: usize| format!("{i}-{}", "x".repeat(100_000));
+        for i in 0..50 {
+            // Read in turn, a millisecond apart.
+            let at = now - Duration::from_millis(100 - i as u64);
+            inner.store_tagged(&mut st, FindingKey::new(id(i), "p"), None, None, at, now);
+            let counted: usize = st.cache.values().map(|c| c.bytes).sum();
+            assert_eq!(st.bytes, counted);
+            assert!(st.bytes <= 1_048_576, "{} bytes after {i}", st.bytes);
+            assert!(st.bytes >= st.cache.len() * 100_000);
+        }
+        assert!((5..=10).contains(&st.cache.len()), "{}", st.cache.len());
+        assert!(
+            st.cache.contains_key(&FindingKey::new(id(49), "p")),
+            "the newest stays"
+        );
+        assert!(
+            !st.cache.contains_key(&FindingKey::new(id(0), "p")),
+            "the oldest went"
+        );
+        let huge = FindingKey::new("y".repeat(2_000_000), "p");
+        inner.store_tagged(&mut st, huge.clone(), None, None, now, now);
+        assert!(!st.cache.contains_key(&huge));
+        assert!(st.bytes <= 1_048_576);
     }
 
     /// The read mark a replay hands to the decision made on it.

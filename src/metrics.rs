@@ -369,7 +369,8 @@ impl Metrics {
         );
         registry.register(
             "enrichment_cache_bytes",
-            "Approximate memory held by the enrichment cache's finding state",
+            "Approximate memory held by the enrichment cache's entries, finding state and \
+             identifiers (enrichment.max_cache_bytes bounds it)",
             m.enrich.bytes.clone(),
         );
         registry.register(

@@ -17,7 +17,8 @@ pub struct CurrentFinding {
     /// states hold one copy of its number (see enrich's page memo).
     pub account_id: Option<Arc<str>>,
     pub severity_rank: Option<u64>,
-    /// Rough size of the state held, for the cache's memory gauge.
+    /// Rough size of the state's values, for the cache's memory bound and gauge (which count
+    /// the key it is cached under apart: `enrich::held_bytes`).
     pub(crate) bytes: usize,
 }
 
@@ -46,7 +47,7 @@ impl CurrentFinding {
             ),
             account_id: facts.account_id.as_deref().map(Arc::from),
             severity_rank: facts.severity_rank(),
-            bytes: key.id.len() + key.product_arn.len() + bytes,
+            bytes,
         }
     }
 
@@ -63,7 +64,7 @@ impl CurrentFinding {
             entry: template.entry(regorus::Value::String(key.id.clone())),
             severity_rank,
             account_id,
-            bytes: key.id.len() + key.product_arn.len() + bytes,
+            bytes,
         }
     }
 
