@@ -1280,6 +1280,31 @@ impl Enricher {
         }
     }
 
+    /// Security Hub reports that it does not have `keys` (a write's `FindingNotFound`): the
+    /// write changed none of them, so nothing is laid over what is read for them (nor kept in
+    /// the settle journal, which holds a write's findings for `settle_ms`), and what was cached
+    /// for them goes, here and in the shared cache.
+    pub async fn forget(&self, keys: &[FindingKey]) {
+        {
+            let mut st = self.inner.lock();
+            for key in keys {
+                self.inner.remove(&mut st, key);
+            }
+            self.inner.report(&st);
+        }
+        if let Some(coord) = &self.inner.coord {
+            let items = keys
+                .iter()
+                .map(|key| ToWrite {
+                    key,
+                    expected: None,
+                    value: None,
+                })
+                .collect();
+            shared::write(coord, items).await;
+        }
+    }
+
     /// Forgets everything: for writes (by `operation`) that name findings hubgate cannot map to
     /// cache entries. With `accounts`, the write can have changed only findings of those
     /// accounts (OCSF identifiers name theirs), and only their state is unknown meanwhile.

@@ -879,7 +879,19 @@ impl<'a> Touched<'a> {
     /// this request's) was written through too, so the cache said that finding had the values
     /// the update set, which Security Hub never gave it, and a member's lowering of it was
     /// judged on them. Such a finding is evicted, as one the write may or may not have changed.
-    async fn processed(self, gate: &Stages, processed: &[FindingKey], sent: Option<WriteId>) {
+    ///
+    /// A named finding the answer reports Security Hub does not have (`FindingNotFound`) took
+    /// none of the write: it is dropped from the cache, and not kept in the settle journal as
+    /// a write that may have landed. Kept there, a member's made-up identifiers (forwarded in
+    /// dry-run, up to the body's size each) were held for `settle_ms`, hundreds of megabytes
+    /// within minutes.
+    async fn processed(
+        self,
+        gate: &Stages,
+        processed: &[FindingKey],
+        answer: &[u8],
+        sent: Option<WriteId>,
+    ) {
         match (self.0, &gate.enricher) {
             (
                 Some(Sent::Findings {
@@ -917,10 +929,18 @@ impl<'a> Touched<'a> {
                     .map(|(k, _)| k.clone())
                     .collect();
                 if !unlisted.is_empty() {
-                    // Some of these Security Hub may have applied in part.
-                    enricher
-                        .evict(&unlisted, Unapplied::Update(update), sent)
-                        .await;
+                    let absent = not_found(answer, &unlisted);
+                    let (absent, unlisted): (Vec<FindingKey>, Vec<FindingKey>) =
+                        unlisted.into_iter().partition(|k| absent.contains(k));
+                    if !unlisted.is_empty() {
+                        // Some of these Security Hub may have applied in part.
+                        enricher
+                            .evict(&unlisted, Unapplied::Update(update), sent)
+                            .await;
+                    }
+                    if !absent.is_empty() {
+                        enricher.forget(&absent).await;
+                    }
                 }
                 if !strays.is_empty() {
                     // Not as this write's: a decision that took the write in flight into
@@ -999,6 +1019,37 @@ fn processed_findings(answer: &[u8], requested: &[FindingKey]) -> Option<Vec<Fin
             })
             .collect(),
     )
+}
+
+/// Of `unlisted` (findings a BatchUpdateFindings named and its answer does not list as
+/// processed), those the answer's `UnprocessedFindings` reports with `ErrorCode`
+/// `FindingNotFound`. Read leniently, after `processed_findings` read the answer strictly: an
+/// entry of another shape says nothing, and its finding stays one the write may have changed.
+fn not_found(answer: &[u8], unlisted: &[FindingKey]) -> crate::finding::KeySet {
+    let mut out = crate::finding::KeySet::default();
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(answer) else {
+        return out;
+    };
+    let Some(Value::Array(entries)) = answer.get("UnprocessedFindings") else {
+        return out;
+    };
+    for entry in entries {
+        if entry.get("ErrorCode").and_then(Value::as_str) != Some("FindingNotFound") {
+            continue;
+        }
+        let ident = entry.get("FindingIdentifier");
+        let text = |member: &str| ident.and_then(|i| i.get(member)).and_then(Value::as_str);
+        let (Some(id), Some(product_arn)) = (text("Id"), text("ProductArn")) else {
+            continue;
+        };
+        if let Some(key) = unlisted
+            .iter()
+            .find(|k| *k.id == *id && *k.product_arn == *product_arn)
+        {
+            out.insert(key.clone());
+        }
+    }
+    out
 }
 
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
@@ -1253,7 +1304,7 @@ async fn forward(
     let (mut head, incoming) = response.into_parts();
     let bytes = read_answer(gate, incoming, touched, sent, answer_by).await?;
     match processed_findings(&bytes, touched.keys()) {
-        Some(processed) => touched.processed(gate, &processed, sent).await,
+        Some(processed) => touched.processed(gate, &processed, &bytes, sent).await,
         None => touched.evict(gate, sent).await,
     }
     head.headers.remove(http::header::TRANSFER_ENCODING);
@@ -1373,7 +1424,7 @@ async fn forward_allowed(
         }
     };
     match processed_findings(&bytes, touched.keys()) {
-        Some(processed) => touched.processed(gate, &processed, sent).await,
+        Some(processed) => touched.processed(gate, &processed, &bytes, sent).await,
         None => touched.evict(gate, sent).await,
     }
     let mut extra: Vec<Value> = denied
@@ -1579,6 +1630,30 @@ mod tests {
             unwound(refused, "d-2").await,
             Err(Rejection::OperationNotAllowed { .. })
         ));
+    }
+
+    /// Of the findings an answer does not list as processed, only those it reports as
+    /// FindingNotFound, by both texts, are absent; any other error, shape or answer leaves them
+    /// findings the write may have changed.
+    #[test]
+    fn only_findings_reported_not_found_are_absent() {
+        let unlisted = [
+            FindingKey::new("gone", "p"),
+            FindingKey::new("busy", "p"),
+            FindingKey::new("odd", "p"),
+        ];
+        let answer = br#"{"ProcessedFindings": [], "UnprocessedFindings": [
+            {"FindingIdentifier": {"Id": "gone", "ProductArn": "p"}, "ErrorCode": "FindingNotFound"},
+            {"FindingIdentifier": {"Id": "busy", "ProductArn": "p"}, "ErrorCode": "ConcurrentUpdateError"},
+            {"FindingIdentifier": {"Id": "odd"}, "ErrorCode": "FindingNotFound"},
+            {"FindingIdentifier": {"Id": "other", "ProductArn": "p"}, "ErrorCode": "FindingNotFound"},
+            "not an entry"]}"#;
+        let absent = not_found(answer, &unlisted);
+        assert_eq!(absent.len(), 1);
+        assert!(absent.contains(&unlisted[0]));
+        for unreadable in [&b"not json"[..], b"[]", br#"{"UnprocessedFindings": {}}"#] {
+            assert!(not_found(unreadable, &unlisted).is_empty());
+        }
     }
 
     /// What the cache is written through for: exactly the pairs the answer lists (escaped
