@@ -1257,15 +1257,7 @@ impl Enricher {
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
-            let items = keys
-                .iter()
-                .map(|key| ToWrite {
-                    key,
-                    expected: None,
-                    value: None,
-                })
-                .collect();
-            shared::write(coord, items).await;
+            unshare(coord, keys).await;
             match &write {
                 Ok(Write::Patch(patch)) => self.share_change(keys, patch).await,
                 Ok(Write::Unknown(operation, _)) => {
@@ -1293,15 +1285,7 @@ impl Enricher {
             self.inner.report(&st);
         }
         if let Some(coord) = &self.inner.coord {
-            let items = keys
-                .iter()
-                .map(|key| ToWrite {
-                    key,
-                    expected: None,
-                    value: None,
-                })
-                .collect();
-            shared::write(coord, items).await;
+            unshare(coord, keys).await;
         }
     }
 
@@ -1769,6 +1753,19 @@ async fn drive(inner: Arc<Inner>) {
 
 /// A finding's claim in the shared cache: the shared generation and its write count then.
 type SharedClaim = (String, String);
+
+/// Removes `keys`' entries from the shared cache.
+async fn unshare(coord: &Coordination, keys: &[FindingKey]) {
+    let items = keys
+        .iter()
+        .map(|key| ToWrite {
+            key,
+            expected: None,
+            value: None,
+        })
+        .collect();
+    shared::write(coord, items).await;
+}
 
 /// Hands a finding's outcome to every request waiting for it.
 fn deliver(st: &mut State, key: &FindingKey, outcome: &Outcome, call: &Arc<CallProgress>) {

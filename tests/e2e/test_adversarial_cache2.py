@@ -26,19 +26,12 @@ from __future__ import annotations
 
 import threading
 
-from helpers import ADMIN, CALLERS_TOML, MEMBER_ACCOUNT, OTHER_ACCOUNT, Creds, ident
+from test_adversarial_replicas import OTHER_MEMBER, TWO_MEMBERS
+
+from helpers import ADMIN, MEMBER_ACCOUNT, ident
 
 FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
 NOTE = {"Note": {"Text": "looking into it", "UpdatedBy": "cache2-e2e"}}
-OTHER_MEMBER = Creds("HGTESTMEMBER00000003", "other-member-secret-cache2")
-TWO_MEMBERS = CALLERS_TOML + f"""
-[[caller]]
-id = "other-member"
-account_id = "{OTHER_ACCOUNT}"
-role = "member"
-access_key_id = "{OTHER_MEMBER.access_key}"
-secret_access_key = "{OTHER_MEMBER.secret_key}"
-"""
 
 
 def metric(hg, name: str) -> float | None:
