@@ -92,6 +92,14 @@ fn decision(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("evaluate_enriched", n), &n, |b, _| {
             b.iter(|| policy.evaluate(black_box(doc.clone())).unwrap())
         });
+        // The tree-walking interpreter, which stops on an evaluation error where the VM
+        // serving requests treats the rule body as not holding: what judging with it (or
+        // cross-checking the VM's allowed decisions with it) would cost.
+        group.bench_with_input(
+            BenchmarkId::new("evaluate_enriched_interpreted", n),
+            &n,
+            |b, _| b.iter(|| policy.evaluate_interpreted(black_box(doc.clone())).unwrap()),
+        );
     }
     group.finish();
 }

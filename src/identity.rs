@@ -261,6 +261,10 @@ struct LoadedCaller {
     cn: Option<String>,
 }
 
+/// Checks a connection's client certificate again, now (the TLS layer's `recheck`): what it
+/// says of its holder, with `lapsed` set once it has expired or lost its CA.
+pub type CertCheck = std::sync::Arc<dyn Fn() -> Option<std::sync::Arc<ClientCert>> + Send + Sync>;
+
 /// What a verified client certificate says about its holder.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientCert {

@@ -27,7 +27,7 @@ use crate::decide::{
 use crate::enrich::{Enricher, InFlight, Sent, Unapplied, WriteId};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
-use crate::identity::{AuthError, Claim, ClientCert, Credential, Identity, Principal};
+use crate::identity::{AuthError, CertCheck, Claim, ClientCert, Credential, Identity, Principal};
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
 use crate::policy::input::{RequestFacts, Update};
@@ -109,6 +109,8 @@ struct Trail {
     /// The callers file that authenticated the caller, and what proved it: asked again before
     /// a forward that waited for quota, when the callers file has been reloaded since.
     proof: Option<(Arc<Identity>, Credential)>,
+    /// Checks the connection's client certificate again, after a quota wait.
+    cert_check: Option<CertCheck>,
 }
 
 impl Trail {
@@ -177,6 +179,7 @@ pub async fn handle(
     req: Request<Incoming>,
     remote: SocketAddr,
     client_cert: Option<Arc<ClientCert>>,
+    cert_check: Option<CertCheck>,
 ) -> Response<ProxyBody> {
     let received = Received {
         started: Instant::now(),
@@ -190,7 +193,10 @@ pub async fn handle(
         gate: &gate,
         received: &received,
         client_cert: client_cert.as_deref(),
-        trail: Trail::default(),
+        trail: Trail {
+            cert_check,
+            ..Trail::default()
+        },
         admitted: None,
     };
     // Boxed where it is made: the request's future is large, and each move of it into a
@@ -1086,9 +1092,16 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
     metrics.enrichment_misses.inc_by(trail.misses as u64);
 }
 
-/// Whether the callers file in force still names the request's caller as it was authenticated
-/// (the same key and secret, certificate mapping or static principal, to an equal principal).
+/// Whether the connection's client certificate still verifies, and the callers file in force
+/// still names the request's caller as it was authenticated (the same key and secret,
+/// certificate mapping or static principal, to an equal principal).
 fn still_the_caller(gate: &Stages, trail: &mut Trail) -> Result<(), AuthError> {
+    // The connection's certificate too: a TLS reload that removed its CA, or its expiry,
+    // during the wait (a pointer and a time compare when neither happened).
+    let lapsed = trail.cert_check.as_ref().and_then(|check| check());
+    if let Some(why) = lapsed.as_deref().and_then(|c| c.lapsed.as_deref()) {
+        return Err(AuthError::ClientCertLapsed(why.to_string()));
+    }
     let Some((checked, credential)) = &mut trail.proof else {
         return Ok(());
     };

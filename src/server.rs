@@ -155,10 +155,19 @@ async fn serve_connection<I>(
             req.extensions_mut().insert(RawHead(head));
         }
         let gate = gate.clone();
-        let cert = match (&peer, &gate.tls) {
-            (Some(peer), Some(tls)) => tls.recheck(peer, std::time::SystemTime::now()),
+        // Checked when the request arrives, and again by the proxy after a quota wait (a TLS
+        // reload may remove a CA meanwhile).
+        let check: Option<crate::identity::CertCheck> = match (&peer, &gate.tls) {
+            (Some(peer), Some(_)) => {
+                let (peer, gate) = (peer.clone(), gate.clone());
+                Some(Arc::new(move || {
+                    let tls = gate.tls.as_ref()?;
+                    tls.recheck(&peer, std::time::SystemTime::now())
+                }))
+            }
             _ => None,
         };
+        let cert = check.as_ref().and_then(|check| check());
         // A connection whose certificate no longer verifies gets its 401 (from identity) and
         // is closed: its client connects again, and the handshake tells it why.
         let lapsed = cert.as_ref().is_some_and(|c| c.lapsed.is_some());
@@ -166,7 +175,9 @@ async fn serve_connection<I>(
             // The request runs in its own task: hyper drops this future when the client goes
             // away, and a request already forwarded must still get its audit record.
             let response =
-                match tokio::spawn(proxy::handle(gate.stages.clone(), req, remote, cert)).await {
+                match tokio::spawn(proxy::handle(gate.stages.clone(), req, remote, cert, check))
+                    .await
+                {
                     Ok(response) => response,
                     Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
                 };

@@ -1,6 +1,6 @@
 """Adversarial probes of identities other than a plain SigV4 key (review round adv-identity):
 client certificates that expire or lose their CA while their connection (HTTP/1.1 or h2) stays
-open, which certificate name names a caller (a DNS SAN shaped like a URI, look-alike CNs, a
+open or while a request on it waits for quota, which certificate name names a caller (a DNS SAN shaped like a URI, look-alike CNs, a
 certificate with hundreds of names), and reloads of the callers file (a mapping removed, a
 caller removed while its request waits for quota, a key given a second entry, a demo key).
 
@@ -192,6 +192,44 @@ def test_a_client_ca_removed_by_a_reload_stops_its_open_connections(
     with pytest.raises((ssl.SSLError, OSError, AssertionError)):
         with connect(hg.port, client_context(pki["ca_file"], cert=revoked)) as again:
             exchange(again, hg.port, ADMIN)
+
+
+def test_a_client_ca_removed_while_a_request_waits_for_quota_stops_that_request(
+        make_hubgate, seeded_fake, pki, tmp_path):
+    """The certificate was checked again when a request arrived, not after its quota wait:
+    a request that arrived before the reload removing its CA waited up to quota.max_wait_ms
+    and was then forwarded. It is now checked again after the wait, as the callers file is."""
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(pki["ca"].cert_pem() + pki["second"].cert_pem())
+    cert, key = pki["server"]
+    hg = make_hubgate(
+        {"server": {"tls_cert": str(cert), "tls_key": str(key), "client_ca": str(bundle)},
+         "identity": {"mode": "sigv4"}, "quota": {"max_wait_ms": 8000},
+         "quota.limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
+        fake=seeded_fake, callers_toml=CALLERS_TOML, scheme="https", ca_file=pki["ca_file"])
+    kept = pki["ca"].issue(cn="kept", client=True).write(tmp_path, "kept")
+    revoked = pki["second"].issue(cn="revoked", client=True).write(tmp_path, "revoked")
+    answers = {}
+    with connect(hg.port, client_context(pki["ca_file"], cert=kept)) as k, \
+            connect(hg.port, client_context(pki["ca_file"], cert=revoked)) as r:
+        assert exchange(k, hg.port, ADMIN).status == 200  # takes the one token
+        forwarded = len(hg.fake.buf_calls())
+        waiting = threading.Thread(target=lambda: answers.setdefault(
+            "late", exchange(r, hg.port, ADMIN)))
+        waiting.start()
+        try:
+            time.sleep(0.3)  # arrived, checked, waiting for quota
+            bundle.write_bytes(pki["ca"].cert_pem())
+            hg.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "TLS certificate reloaded" in hg.stderr_text(), 5, "the reload")
+        finally:
+            waiting.join(WAIT + 8)
+    late = answers["late"]
+    body = as_envelope(late, 401, "UNAUTHENTICATED", "UnrecognizedClientException")
+    assert "no longer verifies" in body["error"]["message"], body
+    assert len(hg.fake.buf_calls()) == forwarded
+    rec = hg.audit_for(late.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False and rec["status"] == 401, rec
 
 
 def h2_stream(sock: ssl.SSLSocket, conn, stream: int, port: int) -> Answer:
