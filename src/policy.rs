@@ -1,6 +1,7 @@
 //! Policy: loads the Rego policy set (rules, data.json, schemas), computes its revision, and
 //! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
 
+pub mod files;
 pub mod input;
 pub mod settings;
 pub mod state;

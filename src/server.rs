@@ -550,9 +550,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// What the watched files look like: names, sizes and modification times. Kubernetes swaps
-/// ConfigMap contents through symlinks, so paths are followed (`metadata`, not
-/// `symlink_metadata`).
+/// What the watched files look like: names and each file's identity (device, inode, size,
+/// modification and change times; see `FileId`). Kubernetes swaps ConfigMap contents through
+/// symlinks, so paths are followed (`metadata`, not `symlink_metadata`).
 fn fingerprint(gate: &Gate) -> Fingerprint {
     // Of the policy folder, what a set can be made of: `.rego` and `.json` files (rules,
     // data.json, schemas), hidden entries left out as `policy::list_files` leaves them. Every
@@ -590,15 +590,7 @@ fn fingerprint(gate: &Gate) -> Fingerprint {
     }
     walk(&gate.stages.config.policy.dir, &mut paths);
     paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (p, len, modified)
-        })
-        .collect()
+    crate::policy::files::seen(paths)
 }
 
 /// How long the watched files must look the same before a change is reloaded. A file written
@@ -611,7 +603,7 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// next check picks up whatever follows).
 const MAX_SETTLES: usize = 8;
 
-type Fingerprint = Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>;
+type Fingerprint = crate::policy::files::Seen;
 
 async fn look(gate: &Arc<Gate>) -> Option<Fingerprint> {
     let gate = gate.clone();

@@ -1,0 +1,73 @@
+//! What a file is, as far as a reload can tell without reading it: the watcher compares these
+//! to see a change, and a policy load compares them before and after reading the directory to
+//! know its texts are of one version.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A file's identity and times, links followed (a Kubernetes volume's names are links into
+/// `..data`). Size and modification time alone miss a file replaced by one of the same size
+/// whose mtime was carried over or normalized (`cp -p`, `tar x`, rsync -a, Nix, a reproducible
+/// build) or written within one tick of the file system's clock: a rotated secret (every AWS
+/// secret has the same length) was never seen. A rename brings another inode, and any write
+/// moves the change time, which no tool can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    /// None when the file cannot be looked at (missing, a dangling link, no permission).
+    pub fn of(path: &Path) -> Option<FileId> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// Paths and what each is now, in the order given.
+pub type Seen = Vec<(PathBuf, Option<FileId>)>;
+
+pub fn seen(paths: impl IntoIterator<Item = PathBuf>) -> Seen {
+    paths
+        .into_iter()
+        .map(|p| {
+            let id = FileId::of(&p);
+            (p, id)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_same_size_same_mtime_replacement_is_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("member.secret");
+        std::fs::write(&path, "A".repeat(40)).unwrap();
+        let before = FileId::of(&path).unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let next = dir.path().join("member.secret.new");
+        std::fs::write(&next, "B".repeat(40)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&next)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_ne!(FileId::of(&path).unwrap(), before);
+        assert_eq!(FileId::of(&dir.path().join("gone")), None);
+    }
+}
