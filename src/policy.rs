@@ -37,6 +37,11 @@ pub enum PolicyLoadError {
     Smoke(String),
     #[error(transparent)]
     ForbiddenFields(#[from] settings::UnknownForbiddenFields),
+    #[error(
+        "{dir}: the policy files kept changing while they were read ({attempts} times); the \
+         previous set stays until a reload reads them unchanged"
+    )]
+    Changing { dir: PathBuf, attempts: usize },
 }
 
 /// Evaluation failures: always fail closed as POLICY_ERROR.
@@ -262,9 +267,53 @@ fn schema_operations(dir: &Path) -> Vec<&'static str> {
         .collect()
 }
 
-impl PolicySet {
-    /// Loads, compiles and smoke-tests a policy directory. Test files are left out of serving.
-    pub fn load(dir: &Path, eval_timeout: Duration) -> Result<PolicySet, PolicyLoadError> {
+/// The texts a set is compiled from, all of one version of the directory.
+struct Texts {
+    schema_ops: Vec<&'static str>,
+    schema_texts: FileTexts,
+    rego: FileTexts,
+    data: FileTexts,
+}
+
+/// How many times a load reads a directory that changed while it was read before giving up.
+const READ_ATTEMPTS: usize = 4;
+
+impl Texts {
+    /// Reads the directory until a read sees it unchanged from start to end. A Kubernetes
+    /// ConfigMap update swaps `..data` to a new version in one rename; a reload running across
+    /// the swap read its first files from the old version and the rest from the new, and
+    /// compiled a set no one wrote: a rule the update moved from a later file to an earlier one
+    /// was in neither half, and what it forbids was forwarded until the next reload. An
+    /// editor or a deploy writing the files one by one is caught the same way.
+    fn read(dir: &Path) -> Result<Texts, PolicyLoadError> {
+        for _ in 0..READ_ATTEMPTS {
+            let before = Self::seen(dir);
+            let read = Self::read_once(dir);
+            // A file's identity (inode, change time) never comes back to an earlier value, so
+            // equal before and after means nothing was replaced or written in between.
+            if Self::seen(dir) == before {
+                return read;
+            }
+        }
+        Err(PolicyLoadError::Changing {
+            dir: dir.to_path_buf(),
+            attempts: READ_ATTEMPTS,
+        })
+    }
+
+    /// The files a read takes (listing errors included, as text) and what each is now.
+    fn seen(dir: &Path) -> Result<files::Seen, String> {
+        let listed = list_files(dir).map_err(|e| e.to_string())?;
+        let schema_dir = dir.join("schemas");
+        let schemas = schema_operations(&schema_dir)
+            .into_iter()
+            .map(|op| schema_dir.join(format!("{op}.json")));
+        Ok(files::seen(
+            listed.rego.into_iter().chain(listed.data).chain(schemas),
+        ))
+    }
+
+    fn read_once(dir: &Path) -> Result<Texts, PolicyLoadError> {
         let files = list_files(dir)?;
         let rego: Vec<PathBuf> = files
             .rego
@@ -280,7 +329,24 @@ impl PolicySet {
                 .map(|op| schema_dir.join(format!("{op}.json")))
                 .collect::<Vec<_>>(),
         )?;
-        let (rego, data_texts) = (read_texts(&rego)?, read_texts(&files.data)?);
+        Ok(Texts {
+            schema_ops,
+            schema_texts,
+            rego: read_texts(&rego)?,
+            data: read_texts(&files.data)?,
+        })
+    }
+}
+
+impl PolicySet {
+    /// Loads, compiles and smoke-tests a policy directory. Test files are left out of serving.
+    pub fn load(dir: &Path, eval_timeout: Duration) -> Result<PolicySet, PolicyLoadError> {
+        let Texts {
+            schema_ops,
+            schema_texts,
+            rego,
+            data: data_texts,
+        } = Texts::read(dir)?;
         let schemas = Schemas::compile(schema_ops.iter().copied().zip(&schema_texts))?;
         let unknown = settings::unknown_forbidden_fields(
             &data_texts,
