@@ -8,7 +8,9 @@ update writes a new directory and swaps `..data` over to it with one rename.
   wrote: the files it had read before the swap came from the old version and the rest from
   the new one. A rule moved from one file to another by the update (a refactor) was in
   neither half, so the set in force had no such rule, and a member's request it forbids was
-  forwarded, until the next reload. The policy directory is now checked before and after its
+  forwarded (and audited under the mixed set's revision) until the next reload: the next
+  watch check, or with `watch_interval_ms = 0` (SIGHUP from a reloader sidecar) the next
+  signal. The policy directory is now checked before and after its
   files are read (names, and the identity of each file: device, inode, size, times); a read
   that saw it change is read again, whole (the test holds the first file's read open with a
   FIFO to land the swap inside the reload).
