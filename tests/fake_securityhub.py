@@ -791,6 +791,9 @@ def main(argv=None):
     Handler.secret_key = args.secret_key
     Handler.region = args.region
     Handler.extra_credentials = extra
+    # socketserver listens with a backlog of 5: 20 clients connecting at once on a busy
+    # machine overflowed it, and some got "connection reset by peer" instead of an answer.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     sys.stderr.write(f"fake_securityhub: listening on {args.host}:{server.server_address[1]}\n")
