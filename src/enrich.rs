@@ -3379,19 +3379,24 @@ mod tests {
         assert!(page.next_token.is_none());
     }
 
-    /// An enricher with the default settings and no Security Hub behind it, holding
-    /// `findings` (id, account, severity label) in its cache.
-    async fn cached(findings: &[(&str, &str, &str)]) -> Enricher {
-        let config = crate::config::Config::parse(std::path::Path::new("/x/hubgate.toml"), "")
-            .expect("the defaults");
+    /// An enricher with the settings `toml` gives and no Security Hub behind it.
+    async fn enricher(toml: &str) -> Enricher {
+        let config = crate::config::Config::parse(std::path::Path::new("/x/hubgate.toml"), toml)
+            .expect("a valid configuration");
         let upstream = Upstream::new(&config).await.expect("an upstream");
         let pacer = Arc::new(Pacer::new(&config.quota));
-        let enricher = Enricher::new(
+        Enricher::new(
             upstream,
             pacer,
             &config.enrichment,
             EnrichMetrics::default(),
-        );
+        )
+    }
+
+    /// An enricher with the default settings and no Security Hub behind it, holding
+    /// `findings` (id, account, severity label) in its cache.
+    async fn cached(findings: &[(&str, &str, &str)]) -> Enricher {
+        let enricher = enricher("").await;
         {
             let mut st = enricher.inner.lock();
             let now = Instant::now();
@@ -3419,19 +3424,7 @@ mod tests {
     /// was reached.
     #[tokio::test]
     async fn made_up_identifiers_count_and_stay_within_the_byte_bound() {
-        let config = crate::config::Config::parse(
-            std::path::Path::new("/x/hubgate.toml"),
-            "[enrichment]\nmax_cache_bytes = 1048576\n",
-        )
-        .expect("a valid configuration");
-        let upstream = Upstream::new(&config).await.expect("an upstream");
-        let pacer = Arc::new(Pacer::new(&config.quota));
-        let enricher = Enricher::new(
-            upstream,
-            pacer,
-            &config.enrichment,
-            EnrichMetrics::default(),
-        );
+        let enricher = enricher("[enrichment]\nmax_cache_bytes = 1048576\n").await;
         let inner = &enricher.inner;
         let mut st = inner.lock();
         let now = Instant::now();
