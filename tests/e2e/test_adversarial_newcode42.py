@@ -157,6 +157,8 @@ def test_a_request_pipelined_behind_an_early_401_is_read_from_its_own_head(make_
     finally:
         s.close()
     assert second.status == 200, second.text
+    # a forwarded request's record is written just after its answer
+    wait_until(lambda: len(hg.audit_records()) == 2, 5, "both records")
     assert sorted(r["status"] for r in hg.audit_records()) == [200, 401]
     assert len(hg.fake.get_findings_calls()) == 1
 
