@@ -36,6 +36,7 @@ from test_adversarial_replicas import _finding_hash, both_ok
 from test_quota import severity
 from test_replicas import (  # noqa: F401 - fixtures
     LOWER,
+    _r29_v2_note,
     coordination,
     coordination_state,
     note_ids,
@@ -54,11 +55,6 @@ def _replica(make_hubgate, quota_fake, redis_server, i: int, enrichment: dict):
         "coordination": coordination(redis_server)}, fake=quota_fake, env=env)
 
 
-def _v2(account: str, fid: str) -> dict:
-    return {"FindingIdentifiers": [{"CloudAccountUid": account, "FindingInfoUid": fid,
-                                    "MetadataProductUid": "x"}], "Comment": "raised"}
-
-
 def test_a_v2_write_retires_entries_a_replica_with_a_longer_cache_ttl_stored(
         make_hubgate, quota_fake, redis_server):
     """Replica 1 caches for 60 s, replica 2 for 2 s with a 3 s settle window (a rolling change
@@ -75,7 +71,7 @@ def test_a_v2_write_retires_entries_a_replica_with_a_longer_cache_ttl_stored(
     fid = "f-own-medium"
     assert r1.buf(note_ids([fid]), who="member").status == 200  # shared as MEDIUM for 60 s
     quota_fake.add_findings([finding(fid, MEMBER_ACCOUNT, "CRITICAL", 90)])  # the V2's effect
-    v2 = r2.send("PATCH", "/findingsv2/batchupdatev2", _v2(MEMBER_ACCOUNT, fid), who="admin")
+    v2 = r2.send("PATCH", "/findingsv2/batchupdatev2", _r29_v2_note(MEMBER_ACCOUNT, fid), who="admin")
     assert v2.status == 200, v2.text
     time.sleep(3.3)  # replica 2's settle window is over
     lowered = r2.buf(severity(fid, "MEDIUM"), who="member")
