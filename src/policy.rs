@@ -470,6 +470,9 @@ impl PolicySet {
     /// A VM loaded with this set's program and data.
     fn new_vm(&self) -> Result<regorus::rvm::RegoVM, PolicyError> {
         let mut vm = regorus::rvm::RegoVM::new();
+        // Fail closed: an error in any rule body ends the evaluation (500 POLICY_ERROR), as it
+        // does under `hubgate test`'s interpreter, instead of leaving a deny rule unfired.
+        vm.set_abort_on_errors(true);
         vm.load_program(self.program.clone());
         vm.set_execution_timer_config(Some(regorus::utils::limits::ExecutionTimerConfig {
             limit: self.eval_timeout,
@@ -545,10 +548,10 @@ impl PolicySet {
 }
 
 /// What `data.hubgate.needs_state` answers. Skipping the lookup decides on the request alone,
-/// so only `false` skips it: undefined looks up, because the bytecode VM reports a rule body
-/// that failed at evaluation (a builtin's type error, a conflict) as undefined, and a body that
-/// does not hold for a typo looks the same. Read as "not needed", either let a request through
-/// with every rule on finding state unevaluated. Any other value is a malformed decision.
+/// so only `false` skips it: undefined looks up, because a body that does not hold for a typo
+/// (or a body that errs, were the VM not set to abort on errors) gives undefined. Read as "not
+/// needed", it let a request through with every rule on finding state unevaluated. Any other
+/// value is a malformed decision.
 fn needs_state_of(value: &regorus::Value) -> Result<bool, PolicyError> {
     match value {
         regorus::Value::Bool(needed) => Ok(*needed),

@@ -297,13 +297,14 @@ fn a_denial_that_names_only_findings_still_says_whether_state_is_needed() {
 #[test]
 fn only_false_skips_the_lookup() {
     // `needs_state if member` alone is undefined for an administrator: the lookup is made.
-    // So it is when the rule's body fails at evaluation (count(null) here), which the VM
-    // reports as undefined: read as "not needed", every rule on state went unevaluated.
+    // So it is when a body does not hold (a key the input lacks here): read as "not needed",
+    // every rule on state would go unevaluated. (A body that errs refuses the request: see
+    // `a_needs_state_whose_body_errs_refuses_the_request`.)
     let p = load_dir(&[(
         "p.rego",
         "package hubgate\n\n\
          needs_state if input.principal.role == \"member\"\n\n\
-         needs_state if {\n\tinput.principal.role == \"administrator\"\n\tcount(input.update.types) >= 0\n}\n\n\
+         needs_state if {\n\tinput.principal.role == \"administrator\"\n\tinput.update.no_such_fact == 0\n}\n\n\
          deny contains {\"msg\": \"d\", \"finding\": null} if false\n",
     )])
     .unwrap();
@@ -321,6 +322,140 @@ fn only_false_skips_the_lookup() {
         pass(Role::Administrator).needs_state,
         "undefined is not false"
     );
+}
+
+#[test]
+fn a_needs_state_whose_body_errs_refuses_the_request() {
+    // Before the VM aborted on errors this body was undefined, and only the rule above kept
+    // it from skipping the lookup.
+    let p = load_dir(&[(
+        "p.rego",
+        r#"package hubgate
+
+needs_state := false if {
+	input.principal.role == "administrator"
+	count(input.update.types) >= 0
+}
+
+deny contains {"msg": "d", "finding": null} if false
+"#,
+    )])
+    .unwrap();
+    let r = p.evaluate(doc(
+        Role::Administrator,
+        json!({}),
+        &[("a", None, "LOW")],
+        Enrichment::Pending,
+    ));
+    assert!(
+        matches!(&r, Err(PolicyError::Eval(m)) if m.contains("count")),
+        "{r:?}"
+    );
+}
+
+/// What a rule set decides for a member's note: the deny messages, or that evaluation failed.
+fn decided(p: &PolicySet, interpreted: bool) -> Result<Vec<String>, String> {
+    let input = doc(
+        Role::Member,
+        json!({"Note": {"Text": "t", "UpdatedBy": "u"}}),
+        &[("a", Some("222222222222"), "HIGH")],
+        Enrichment::Complete,
+    );
+    let d = if interpreted {
+        p.evaluate_interpreted(input)
+    } else {
+        p.evaluate(input)
+    };
+    d.map(|d| {
+        let mut m: Vec<String> = d.deny.into_iter().map(|v| v.msg).collect();
+        m.sort();
+        m
+    })
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn an_evaluation_error_in_any_rule_body_refuses_as_the_interpreter_does() {
+    // Each rule below refuses the request unless its body errs. The served VM used to leave an
+    // erring body undefined, so the deny rule did not fire and the request was allowed; now the
+    // evaluation fails (500 POLICY_ERROR), as `hubgate test`'s interpreter reports it. `errs`
+    // is whether the evaluation must fail; otherwise the rule must fire ("d") or not (none),
+    // and in every case the VM and the interpreter agree.
+    let cases: &[(&str, &str, Option<bool>)] = &[
+        // (what, rules, Some(fires) or None for an error)
+        ("a builtin on null", "deny contains v if { count(input.update.types) >= 0; v := D }", None),
+        ("a builtin on the wrong type", "deny contains v if { startswith(input.update.severity_rank, \"x\") == false; v := D }", None),
+        ("a failed conversion", "deny contains v if { to_number(input.update.note.text) != 1; v := D }", None),
+        ("division by zero", "deny contains v if { x := 1 / (count(input.update.note.text) - 1); x != 2; v := D }", None),
+        ("modulo by zero", "deny contains v if { x := 1 % (count(input.update.note.text) - 1); x != 2; v := D }", None),
+        ("arithmetic on a string", "deny contains v if { x := input.update.note.text + 1; x != 2; v := D }", None),
+        ("an invalid regular expression", "deny contains v if { regex.match(concat(\"\", [\"(\", input.update.note.text]), \"a\") == false; v := D }", None),
+        ("a bad format", "deny contains v if { s := sprintf(input.update.note.text, 1); s != \"\"; v := D }", None),
+        ("an erring helper rule", "deny contains v if { not ok; v := D }\nok if to_number(input.update.note.text) > 0", None),
+        ("an erring function", "deny contains v if { f(1) != 2; v := D }\nf(x) := y if y := to_number(input.update.note.text) + x", None),
+        ("a conflict in a complete rule", "deny contains v if { x == 1; v := D }\nx := 1 if input.update.note.text\nx := 2 if input.update.note.text", None),
+        ("a conflict in a function", "deny contains v if { f(count(input.update.fields)) == 1; v := D }\nf(x) := 1 if x == count(input.update.fields)\nf(x) := 2 if x == count(input.update.fields)", None),
+        ("an error in a comprehension", "deny contains v if { xs := [y | some z in [1]; y := to_number(input.update.note.text) + z]; count(xs) == 0; v := D }", None),
+        ("an error under every", "deny contains v if { not all_ok; v := D }\nall_ok if { every z in [1] { to_number(input.update.note.text) > z } }", None),
+        ("an error in an else branch", "deny contains v if { x != 1; v := D }\nx := 1 if input.operation == \"X\" else := to_number(input.update.note.text)", None),
+        // Not errors: these decide, and both engines decide alike.
+        ("a condition that does not hold", "deny contains v if { input.operation == \"X\"; v := D }", Some(false)),
+        ("a missing key", "deny contains v if { input.operation.nothing == 1; v := D }", Some(false)),
+        ("a comparison across types (Rego's total order)", "deny contains v if { input.update.severity_rank < \"a\"; v := D }", Some(true)),
+        ("a destructuring that does not match", "deny contains v if { [a, b, c] := input.update.fields; a != c; v := D }", Some(false)),
+        ("agreeing definitions", "deny contains v if { x == 1; v := D }\nx := 1 if input.operation\nx := 1 if input.principal", Some(true)),
+        ("a guarded builtin", "deny contains v if { \"Types\" in input.update.fields; count(input.update.types) >= 0; v := D }", Some(false)),
+    ];
+    for (what, rules, fires) in cases {
+        let text =
+            format!("package hubgate\n\nD := {{\"msg\": \"d\", \"finding\": null}}\n\n{rules}\n");
+        let p = load_dir(&[("p.rego", &text)]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (vm, interp) = (decided(&p, false), decided(&p, true));
+        match fires {
+            None => {
+                assert!(vm.is_err(), "{what}: the VM decided {vm:?}");
+                assert!(
+                    interp.is_err(),
+                    "{what}: the interpreter decided {interp:?}"
+                );
+            }
+            Some(fires) => {
+                let want: Vec<String> = if *fires { vec!["d".into()] } else { vec![] };
+                assert_eq!(vm, Ok(want.clone()), "{what}: the VM");
+                assert_eq!(interp, Ok(want), "{what}: the interpreter");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_erring_body_leaves_the_kept_vm_sound_for_the_next_request() {
+    // A failed run drops the thread's VM; the next decision on the same thread is whole.
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\n\
+         deny contains {\"msg\": \"bad\", \"finding\": null} if { \"Types\" in input.update.fields; count(input.update.types) < 0 }\n\
+         deny contains {\"msg\": \"note\", \"finding\": null} if { to_number(input.update.note.text) > 1 }\n",
+    )])
+    .unwrap();
+    let note = |text: &str| {
+        p.evaluate(doc(
+            Role::Member,
+            json!({"Note": {"Text": text, "UpdatedBy": "u"}}),
+            &[("a", Some("222222222222"), "HIGH")],
+            Enrichment::Complete,
+        ))
+        .map(|d| {
+            messages(&d)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+    };
+    assert!(note("not a number").is_err());
+    assert_eq!(note("5").unwrap(), vec!["note"]);
+    assert!(note("x").is_err());
+    assert_eq!(note("0").unwrap(), Vec::<String>::new());
 }
 
 #[test]

@@ -14,10 +14,12 @@ keys, against the real binary and the fake Security Hub.
   request does not target, or a finding whose Id is not a string, refuses the whole batch (403,
   nothing forwarded); a `msg` that is not a string is 500 POLICY_ERROR, recorded with the
   error, nothing forwarded.
-- Left alone (documented in policies/README.md): the served VM treats a rule body that fails
-  at evaluation (a builtin's type error, null iteration, division by zero, conflicting values)
-  as one that does not hold, so a deny rule that errs does not fire; `hubgate test` reports
-  the error.
+- HOLE (fixed in stop 46): the served VM treated a rule body that failed at evaluation (a
+  builtin's type error, division by zero, conflicting values) as one that does not hold, so a
+  deny rule that erred on what a member sent did not fire and the request was forwarded;
+  `hubgate test` reported the error. hubgate now serves regorus with a patch
+  (vendor/regorus/PATCHES.md) under which such an error ends the evaluation: 500
+  POLICY_ERROR, nothing forwarded. The conflict above is now that error too.
 """
 
 from __future__ import annotations
@@ -105,21 +107,18 @@ def test_a_needs_state_that_is_not_false_never_skips_the_member_lookup(
     # the member annotates another account's finding
     r = hg.buf(note_on("f-other"), who="member")
     assert seeded_fake.buf_calls() == [], f"forwarded unjudged: {r.status} {r.text}"
+    body = assert_envelope(r, 500, "POLICY_ERROR", "InternalException")
+    rec = hg.audit_for(r.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
     if kind == "conflict":
-        # looked up, then judged by the shipped ownership rule
-        body = assert_envelope(r, 403, "POLICY_DENIED", "AccessDeniedException")
-        assert "own" in body["error"]["message"], body
-        assert seeded_fake.get_findings_calls(), "the finding was never looked up"
+        # OPA and `hubgate test` stop with a conflict error; so does the served VM now
+        assert "conflicting values" in body["error"]["message"], body
+        # and on the member's own finding too: the two definitions conflict for every note
+        again = hg.buf(note_on("f-own-high"), who="member")
+        assert_envelope(again, 500, "POLICY_ERROR", "InternalException")
+        assert seeded_fake.buf_calls() == []
     else:
-        body = assert_envelope(r, 500, "POLICY_ERROR", "InternalException")
         assert "needs_state must be true or false" in body["error"]["message"], body
-        rec = hg.audit_for(r.headers["x-amzn-requestid"])
-        assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
-    if kind == "conflict":
-        # the member's note on its own finding is looked up and goes through
-        ok = hg.buf(note_on("f-own-high"), who="member")
-        assert ok.status == 200, ok.text
-        assert len(seeded_fake.buf_calls()) == 1
 
 
 def test_a_set_valued_needs_state_does_not_load(tmp_path):
@@ -184,3 +183,43 @@ def test_odd_violations_refuse_the_whole_batch(tmp_path, make_hubgate, seeded_fa
     rec = hg.audit_for(r.headers["x-amzn-requestid"])
     assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
     assert seeded_fake.buf_calls() == []
+
+
+# ---------------------------------------------------------------------------
+# HOLE (fixed): a deny rule whose body errs on what a member sends did not fire
+
+# "Members may reference only tickets up to 5000 in a note" (e.g. `JIRA:1234`). The body errs
+# when what follows the colon is not a number (to_number raises); a note without one colon
+# does not reach to_number.
+TICKET_RULE = """package hubgate
+
+deny contains {"msg": "members may reference only tickets up to 5000", "finding": null} if {
+	input.principal.role == "member"
+	"Note.Text" in input.update.fields
+	parts := split(input.update.note.text, ":")
+	count(parts) == 2
+	to_number(parts[1]) > 5000
+}
+"""
+
+
+@pytest.mark.parametrize("text", ["JIRA:abc", "JIRA:", "JIRA:0x1F"])
+def test_a_deny_rule_whose_body_errs_refuses_the_request(
+        tmp_path, make_hubgate, seeded_fake, text):
+    hg = make_hubgate({"policy": {"dir": str(shipped_plus(tmp_path, "tickets.rego", TICKET_RULE))}},
+                      fake=seeded_fake)
+    r = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                "Note": {"Text": text, "UpdatedBy": "member"}}, who="member")
+    body = assert_envelope(r, 500, "POLICY_ERROR", "InternalException")
+    assert "to_number" in body["error"]["message"] or "number" in body["error"]["message"], body
+    rec = hg.audit_for(r.headers["x-amzn-requestid"])
+    assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
+    assert seeded_fake.buf_calls() == [], "a request the policies could not judge was forwarded"
+    # the rule itself still decides what it can read
+    over = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                   "Note": {"Text": "JIRA:9000", "UpdatedBy": "member"}}, who="member")
+    assert_envelope(over, 403, "POLICY_DENIED", "AccessDeniedException")
+    ok = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                 "Note": {"Text": "JIRA:42", "UpdatedBy": "member"}}, who="member")
+    assert ok.status == 200, ok.text
+    assert len(seeded_fake.buf_calls()) == 1

@@ -85,9 +85,11 @@ def documents():
     for pattern in ["*.md", "**/*.md", "deploy/**/*", "config/**/*"]:
         for path in REPO.glob(pattern):
             rel = path.relative_to(REPO).parts
-            # benches/load/results*.md record the machine a measurement ran on, on purpose.
+            # benches/load/results*.md record the machine a measurement ran on, on purpose;
+            # vendor/ holds other projects' documents as published, but for our notes on them.
             if path.is_file() and rel[0] not in {"target", ".venv", ".git", "fuzz"} \
-                    and not (rel[:2] == ("benches", "load") and path.name.startswith("results")):
+                    and not (rel[:2] == ("benches", "load") and path.name.startswith("results")) \
+                    and not (rel[0] == "vendor" and path.name != "PATCHES.md"):
                 yield path
 
 
