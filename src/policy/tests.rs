@@ -398,12 +398,16 @@ fn an_evaluation_error_in_any_rule_body_refuses_as_the_interpreter_does() {
         ("an error in a comprehension", "deny contains v if { xs := [y | some z in [1]; y := to_number(input.update.note.text) + z]; count(xs) == 0; v := D }", None),
         ("an error under every", "deny contains v if { not all_ok; v := D }\nall_ok if { every z in [1] { to_number(input.update.note.text) > z } }", None),
         ("an error in an else branch", "deny contains v if { x != 1; v := D }\nx := 1 if input.operation == \"X\" else := to_number(input.update.note.text)", None),
+        ("a partial object with two values for one key", "deny contains v if { m.t == 1; v := D }\nm[k] := 1 if k := input.update.note.text\nm[k] := 2 if k := input.update.note.text", None),
+        ("an object comprehension with two values for one key", "deny contains v if { o := {k: x | some x in [1, 2]; k := input.update.note.text}; o.t == 1; v := D }", None),
         // Not errors: these decide, and both engines decide alike.
         ("a condition that does not hold", "deny contains v if { input.operation == \"X\"; v := D }", Some(false)),
         ("a missing key", "deny contains v if { input.operation.nothing == 1; v := D }", Some(false)),
         ("a comparison across types (Rego's total order)", "deny contains v if { input.update.severity_rank < \"a\"; v := D }", Some(true)),
         ("a destructuring that does not match", "deny contains v if { [a, b, c] := input.update.fields; a != c; v := D }", Some(false)),
         ("agreeing definitions", "deny contains v if { x == 1; v := D }\nx := 1 if input.operation\nx := 1 if input.principal", Some(true)),
+        ("a partial object that gives a key one value twice", "deny contains v if { m.t == 1; v := D }\nm[k] := 1 if k := input.update.note.text\nm[k] := 1 if k := input.update.note.text", Some(true)),
+        ("an object comprehension that gives a key one value twice", "deny contains v if { o := {k: 1 | some _ in [1, 2]; k := input.update.note.text}; o.t == 1; v := D }", Some(true)),
         ("a guarded builtin", "deny contains v if { \"Types\" in input.update.fields; count(input.update.types) >= 0; v := D }", Some(false)),
     ];
     for (what, rules, fires) in cases {
@@ -579,4 +583,76 @@ fn a_load_is_not_held_to_the_time_limit_of_one_decision() {
     assert!(matches!(r, Err(PolicyError::Eval(_))), "{r:?}");
     let r = p.evaluate_interpreted(doc(Role::Member, json!({}), &[], Enrichment::Complete));
     assert!(matches!(r, Err(PolicyError::Eval(_))), "{r:?}");
+}
+
+/// One member-side field of a `BatchUpdateFindings` body, as the API allows it.
+fn field() -> impl proptest::strategy::Strategy<Value = (&'static str, Value)> {
+    use proptest::prelude::*;
+    let label = prop::sample::select(vec!["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]);
+    let status = prop::sample::select(vec!["NEW", "NOTIFIED", "RESOLVED", "SUPPRESSED"]);
+    let verification = prop::sample::select(vec![
+        "UNKNOWN",
+        "TRUE_POSITIVE",
+        "FALSE_POSITIVE",
+        "BENIGN_POSITIVE",
+    ]);
+    prop_oneof![
+        label.prop_map(|l| ("Severity", json!({ "Label": l }))),
+        (0i64..=100).prop_map(|n| ("Severity", json!({ "Normalized": n }))),
+        status.prop_map(|s| ("Workflow", json!({ "Status": s }))),
+        "[a-z:0-9 ]{0,8}".prop_map(|t| ("Note", json!({"Text": t, "UpdatedBy": "u"}))),
+        verification.prop_map(|v| ("VerificationState", json!(v))),
+        (0i64..=100).prop_map(|n| ("Confidence", json!(n))),
+        (0i64..=100).prop_map(|n| ("Criticality", json!(n))),
+        prop::collection::vec("[A-Za-z/ ]{1,12}", 0..3).prop_map(|t| ("Types", json!(t))),
+        prop::collection::btree_map("[a-z]{1,4}", "[a-z]{0,4}", 0..3)
+            .prop_map(|m| ("UserDefinedFields", json!(m))),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// On the shipped policies the served VM and the interpreter `hubgate test` runs decide
+    /// every request alike: the same violations, or both an error. The shipped rules guard
+    /// every value, so neither may err.
+    #[test]
+    fn the_vm_and_the_interpreter_decide_generated_requests_alike(
+        fields in proptest::collection::vec(field(), 1..4),
+        targets in proptest::collection::vec(
+            (proptest::sample::select(vec![Some("222222222222"), Some("333333333333"), None]),
+             proptest::sample::select(vec!["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"])),
+            1..4),
+        admin in proptest::bool::ANY,
+        phase in proptest::sample::select(vec![Enrichment::Pending, Enrichment::Complete, Enrichment::Disabled]),
+    ) {
+        let p = shipped_set();
+        let mut body = serde_json::Map::new();
+        for (name, value) in fields {
+            body.insert(name.to_string(), value);
+        }
+        let ids: Vec<String> = (0..targets.len()).map(|i| format!("f{i}")).collect();
+        let findings: Vec<(&str, Option<&str>, &str)> = ids
+            .iter()
+            .zip(&targets)
+            .map(|(id, (account, label))| (id.as_str(), *account, *label))
+            .collect();
+        let role = if admin { Role::Administrator } else { Role::Member };
+        let input = doc(role, Value::Object(body), &findings, phase);
+        let key = |v: &Violation| format!("{}{:?}", v.msg, v.finding);
+        let sorted = |d: Decision| {
+            let mut deny = d.deny;
+            deny.sort_by_key(key);
+            deny
+        };
+        let vm = p.evaluate(input.clone()).map(sorted);
+        let interp = p.evaluate_interpreted(input).map(sorted);
+        proptest::prop_assert!(vm.is_ok() && interp.is_ok(), "{vm:?} / {interp:?}");
+        proptest::prop_assert_eq!(vm.ok(), interp.ok());
+    }
+}
+
+/// The shipped set, loaded once for the property test's cases.
+fn shipped_set() -> &'static PolicySet {
+    static SET: std::sync::OnceLock<PolicySet> = std::sync::OnceLock::new();
+    SET.get_or_init(shipped)
 }

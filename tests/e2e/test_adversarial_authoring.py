@@ -112,7 +112,7 @@ def test_a_needs_state_that_is_not_false_never_skips_the_member_lookup(
     assert rec["forwarded"] is False and rec["error"]["code"] == "POLICY_ERROR", rec
     if kind == "conflict":
         # OPA and `hubgate test` stop with a conflict error; so does the served VM now
-        assert "conflicting values" in body["error"]["message"], body
+        assert "Conflicting values" in body["error"]["message"], body
         # and on the member's own finding too: the two definitions conflict for every note
         again = hg.buf(note_on("f-own-high"), who="member")
         assert_envelope(again, 500, "POLICY_ERROR", "InternalException")

@@ -217,6 +217,10 @@ pub enum VmError {
     #[error("Rule-data conflict: {message} (pc={pc})")]
     RuleDataConflict { message: String, pc: usize },
 
+    /// hubgate patch: raised only with `abort_on_errors`.
+    #[error("Conflicting values: {message} (pc={pc})")]
+    ConflictingValues { message: String, pc: usize },
+
     #[error("Arithmetic error: {message} (pc={pc})")]
     ArithmeticError { message: String, pc: usize },
 

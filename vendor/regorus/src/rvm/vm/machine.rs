@@ -436,9 +436,10 @@ impl RegoVM {
     /// hubgate patch. When set, an evaluation error aborts the whole evaluation with that
     /// error, as the tree-walking interpreter does with `strict_builtin_errors` (its default)
     /// and OPA does with `--strict-builtin-errors`: an error inside a rule or function body, a
-    /// builtin's error (builtins run strictly), a division or modulo by zero, and two
-    /// definitions of a complete rule or function that give different values
-    /// (`RuleDataConflict`). Without it such a body is undefined, so a rule that refuses
+    /// builtin's error (builtins run strictly), a division or modulo by zero, two
+    /// definitions of a complete rule or function that give different values, and a partial
+    /// object rule or object comprehension that gives one key two values
+    /// (`ConflictingValues`). Without it such a body is undefined, so a rule that refuses
     /// something does not fire when its body errs. A condition that does not hold is not an
     /// error. Unlike `set_strict_builtin_errors`, comparisons across types keep Rego's total
     /// order and a `null` condition still holds, as in the interpreter and OPA.

@@ -144,9 +144,9 @@ impl RegoVM {
                                                 &mut previous_loop_stack,
                                                 &mut previous_comprehension_stack,
                                             );
-                                            return Err(VmError::RuleDataConflict {
+                                            return Err(VmError::ConflictingValues {
                                                 message: alloc::format!(
-                                                    "complete rule or function has conflicting values: {expected} and {current_result}"
+                                                    "a complete rule or function gives {expected} and {current_result}"
                                                 ),
                                                 pc: self.pc,
                                             });
@@ -710,9 +710,9 @@ impl RegoVM {
                 if let Some(ref expected) = frame_data.accumulated_result {
                     if *expected != current_result {
                         if self.abort_on_errors {
-                            return Err(VmError::RuleDataConflict {
+                            return Err(VmError::ConflictingValues {
                                 message: alloc::format!(
-                                    "complete rule or function has conflicting values: {expected} and {current_result}"
+                                    "a complete rule or function gives {expected} and {current_result}"
                                 ),
                                 pc: self.pc,
                             });
