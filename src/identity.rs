@@ -183,6 +183,11 @@ pub enum AuthError {
     QueryCredentials(&'static str),
     #[error("no client certificate was presented")]
     NoClientCert,
+    #[error(
+        "the client certificate verified, but hubgate cannot read its names ({0}), so it names \
+         no caller"
+    )]
+    UnreadableClientCert(String),
     #[error("no caller is mapped to the client certificate ({0})")]
     UnknownClientCert(String),
     #[error(
@@ -275,13 +280,25 @@ pub struct ClientCert {
     /// Why the certificate no longer verifies, when it has expired or lost its CA since the
     /// connection's handshake: it then names no caller, in any mode.
     pub lapsed: Option<String>,
+    /// Why its names could not be read, when the TLS layer accepted a certificate that
+    /// x509-parser cannot parse: it names no caller, and the caller is told so rather than
+    /// that no certificate was presented.
+    pub unreadable: Option<String>,
 }
 
 impl ClientCert {
     /// Reads the names of a DER certificate (already verified by the TLS layer).
-    pub fn from_der(der: &[u8]) -> Option<ClientCert> {
+    pub fn from_der(der: &[u8]) -> ClientCert {
         use x509_parser::extensions::GeneralName;
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let cert = match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => cert,
+            Err(e) => {
+                return ClientCert {
+                    unreadable: Some(e.to_string()),
+                    ..ClientCert::default()
+                }
+            }
+        };
         let mut sans = Vec::new();
         if let Ok(Some(ext)) = cert.subject_alternative_name() {
             for name in &ext.value.general_names {
@@ -302,11 +319,12 @@ impl ClientCert {
             .filter_map(|cn| cn.as_str().ok())
             .map(str::to_string)
             .collect();
-        Some(ClientCert {
+        ClientCert {
             sans,
             cns,
             lapsed: None,
-        })
+            unreadable: None,
+        }
     }
 }
 
@@ -643,6 +661,9 @@ impl Identity {
     /// The caller a verified client certificate belongs to: a URI or DNS SAN first, then the CN.
     fn by_certificate(&self, cert: Option<&ClientCert>) -> Result<Arc<Principal>, AuthError> {
         let cert = cert.ok_or(AuthError::NoClientCert)?;
+        if let Some(why) = &cert.unreadable {
+            return Err(AuthError::UnreadableClientCert(why.clone()));
+        }
         let shown = |names: &[&String], cn: bool| -> String {
             shown_cert_names(names.iter().map(|n| match cn {
                 true => format!("CN={n}"),

@@ -162,7 +162,7 @@ async fn serve_connection<I>(
                 let (peer, gate) = (peer.clone(), gate.clone());
                 Some(Arc::new(move || {
                     let tls = gate.tls.as_ref()?;
-                    tls.recheck(&peer, std::time::SystemTime::now())
+                    Some(tls.recheck(&peer, std::time::SystemTime::now()))
                 }))
             }
             _ => None,

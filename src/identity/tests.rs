@@ -564,7 +564,7 @@ client_cert_cn = "admin"
     let cert = |sans: &[&str], cns: &[&str]| ClientCert {
         sans: sans.iter().map(|s| s.to_string()).collect(),
         cns: cns.iter().map(|s| s.to_string()).collect(),
-        lapsed: None,
+        ..ClientCert::default()
     };
     let who = |c: ClientCert| identity.by_certificate(Some(&c)).map(|p| p.id.clone());
     assert_eq!(
@@ -673,4 +673,31 @@ fn a_401_shows_a_few_certificate_names_escaped_and_how_many() {
     assert_eq!(odd, "CN=a\\nINFO forged");
     let long = super::shown_cert_names(["x".repeat(5000)].into_iter());
     assert!(long.ends_with("(5000 bytes in all)"), "{long}");
+}
+
+#[test]
+fn a_certificate_whose_names_cannot_be_read_is_named_as_such() {
+    // The TLS layer verified it, but x509-parser cannot read it: the caller learns that, not
+    // that no certificate was presented.
+    let cert = ClientCert::from_der(b"\x30\x03\x02\x01\x01");
+    assert!(cert.unreadable.is_some() && cert.sans.is_empty() && cert.cns.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    std::fs::write(
+        &path,
+        "[[caller]]\nid = \"admin\"\naccount_id = \"111111111111\"\nrole = \"administrator\"\nclient_cert_cn = \"admin\"\n",
+    )
+    .unwrap();
+    let config = IdentityConfig {
+        mode: IdentityMode::Mtls,
+        callers: path,
+        static_principal: None,
+    };
+    let identity = Identity::load(&config, None).unwrap();
+    match identity.by_certificate(Some(&cert)) {
+        Err(e @ AuthError::UnreadableClientCert(_)) => {
+            assert!(e.to_string().contains("cannot read its names"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -156,8 +156,9 @@ pub fn server_config(
 /// each request, a certificate that expired since, or whose CA a reload removed from
 /// `client_ca` (the way to revoke a CA), went on naming its caller on that connection.
 pub struct PeerCert {
-    /// None: rustls verified it, but its names do not parse (it names no caller).
-    names: Option<Arc<ClientCert>>,
+    /// Its names; `unreadable` says why when rustls verified it but its names do not parse
+    /// (it then names no caller).
+    names: Arc<ClientCert>,
     chain: Vec<CertificateDer<'static>>,
     /// The state it was verified under, and until when that holds: the earliest notAfter of
     /// the chain it presented (None: unknown, so verified again for every request).
@@ -199,7 +200,7 @@ impl Accepting {
             .collect();
         // Kept even when its names do not parse: with identity.mode = "sigv4" it is still the
         // certificate the connection holds, and must still be checked before each request.
-        let names = ClientCert::from_der(chain.first()?.as_ref()).map(Arc::new);
+        let names = Arc::new(ClientCert::from_der(chain.first()?.as_ref()));
         let until = earliest_not_after(&chain).filter(|until| now <= *until);
         Some(Arc::new(PeerCert {
             names,
@@ -248,7 +249,7 @@ impl Tls {
     /// its handshake while the TLS state is the same and no certificate of its chain has
     /// expired since; otherwise verified again, against the client CAs in force now. One that
     /// no longer verifies comes back with `lapsed` saying why, and names no caller.
-    pub fn recheck(&self, peer: &PeerCert, now: SystemTime) -> Option<Arc<ClientCert>> {
+    pub fn recheck(&self, peer: &PeerCert, now: SystemTime) -> Arc<ClientCert> {
         let current = self.current.load_full();
         let mut verified = peer.verified.lock().unwrap_or_else(|p| p.into_inner());
         let (since, until) = &*verified;
@@ -276,13 +277,10 @@ impl Tls {
                 *verified = (current, until);
                 peer.names.clone()
             }
-            Err(why) => {
-                let names = peer.names.as_deref().cloned().unwrap_or_default();
-                Some(Arc::new(ClientCert {
-                    lapsed: Some(why),
-                    ..names
-                }))
-            }
+            Err(why) => Arc::new(ClientCert {
+                lapsed: Some(why),
+                ..ClientCert::clone(&peer.names)
+            }),
         }
     }
 
