@@ -86,6 +86,11 @@ pub enum CallersError {
         id: String,
         reason: String,
     },
+    #[error(
+        "{file}: the callers file or its secret files kept changing while they were read \
+         ({attempts} times); the callers in force stay until a read sees them settled"
+    )]
+    Changing { file: PathBuf, attempts: usize },
 }
 
 /// A callers file holds a shipped demo key while the upstream is not this machine.
@@ -440,6 +445,37 @@ fn shown_toml_error(text: &str, error: &toml::de::Error) -> String {
     )
 }
 
+/// How many times a load reads callers that changed while they were read before giving up.
+const READ_ATTEMPTS: usize = 4;
+
+/// Reads the callers file and its secret files until a read sees them unchanged from start to
+/// end, as the policy load does (`Texts::read`): a Kubernetes Secret volume swaps every file in
+/// one rename, and a reload running across the swap paired the callers file of one version
+/// with the secrets of the other. The secret files are known only once the callers file is
+/// read, so a read is judged against the files the previous read named: with secret files,
+/// the first load reads twice.
+fn load_callers_settled(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
+    let paths = |read: &Result<Vec<LoadedCaller>, CallersError>| {
+        let secrets = read.iter().flatten().filter_map(|c| c.secret_file.clone());
+        crate::files::seen(std::iter::once(path.to_path_buf()).chain(secrets))
+    };
+    let mut before = crate::files::seen([path.to_path_buf()]);
+    for _ in 0..READ_ATTEMPTS {
+        let read = load_callers(path);
+        // A file's identity (inode, change time) never comes back to an earlier value, so the
+        // same files, unchanged, before and after means the read saw one version.
+        let after = paths(&read);
+        if after == before {
+            return read;
+        }
+        before = after;
+    }
+    Err(CallersError::Changing {
+        file: path.to_path_buf(),
+        attempts: READ_ATTEMPTS,
+    })
+}
+
 fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
     let file = read_callers_file(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -540,7 +576,7 @@ impl Identity {
         config: &IdentityConfig,
         passthrough: Option<&str>,
     ) -> Result<Identity, CallersError> {
-        let callers = load_callers(&config.callers)?;
+        let callers = load_callers_settled(&config.callers)?;
         let mut by_key = HashMap::new();
         let mut by_san = HashMap::new();
         let mut by_cn = HashMap::new();

@@ -8,7 +8,7 @@
 //! (and share pacing and cache between replicas).
 //!
 //! Imports point one way (CONTRIBUTING.md; `tests/tools/module_cycles.py` fails CI on a cycle):
-//! finding / metrics / framing / payload / validate / request / routes / config at the bottom, then the
+//! finding / files / metrics / framing / payload / validate / request / routes / config at the bottom, then the
 //! stages, then envelope / proxy, then server / cli.
 #![forbid(unsafe_code)]
 
@@ -20,6 +20,7 @@ pub mod coordination;
 pub mod decide;
 pub mod enrich;
 pub mod envelope;
+pub mod files;
 pub mod finding;
 pub mod framing;
 pub mod identity;

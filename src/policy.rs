@@ -1,7 +1,6 @@
 //! Policy: loads the Rego policy set (rules, data.json, schemas), computes its revision, and
 //! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
 
-pub mod files;
 pub mod input;
 pub mod settings;
 pub mod state;
@@ -302,13 +301,13 @@ impl Texts {
     }
 
     /// The files a read takes (listing errors included, as text) and what each is now.
-    fn seen(dir: &Path) -> Result<files::Seen, String> {
+    fn seen(dir: &Path) -> Result<crate::files::Seen, String> {
         let listed = list_files(dir).map_err(|e| e.to_string())?;
         let schema_dir = dir.join("schemas");
         let schemas = schema_operations(&schema_dir)
             .into_iter()
             .map(|op| schema_dir.join(format!("{op}.json")));
-        Ok(files::seen(
+        Ok(crate::files::seen(
             listed.rego.into_iter().chain(listed.data).chain(schemas),
         ))
     }

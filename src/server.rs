@@ -590,7 +590,7 @@ fn fingerprint(gate: &Gate) -> Fingerprint {
     }
     walk(&gate.stages.config.policy.dir, &mut paths);
     paths.sort();
-    crate::policy::files::seen(paths)
+    crate::files::seen(paths)
 }
 
 /// How long the watched files must look the same before a change is reloaded. A file written
@@ -603,7 +603,7 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// next check picks up whatever follows).
 const MAX_SETTLES: usize = 8;
 
-type Fingerprint = crate::policy::files::Seen;
+type Fingerprint = crate::files::Seen;
 
 async fn look(gate: &Arc<Gate>) -> Option<Fingerprint> {
     let gate = gate.clone();

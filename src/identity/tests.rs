@@ -701,3 +701,41 @@ fn a_certificate_whose_names_cannot_be_read_is_named_as_such() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn callers_swapped_while_they_are_read_are_read_again() {
+    // The old callers file names a secret file that is a FIFO, so the read waits on it; while
+    // it waits, the callers file is replaced (as a Secret volume's swap does), and only then
+    // does the old secret arrive. The old caller with the old secret must not be what loads.
+    let dir = tempfile::tempdir().unwrap();
+    let callers = dir.path().join("callers.toml");
+    let fifo = dir.path().join("old.secret");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let entry = |id: &str, secret: &str| {
+        format!(
+            "[[caller]]\nid = \"{id}\"\naccount_id = \"222222222222\"\nrole = \"member\"\n\
+             access_key_id = \"{KEY}\"\n{secret}\n"
+        )
+    };
+    std::fs::write(&callers, entry("old", "secret_file = \"old.secret\"")).unwrap();
+    let swapper = {
+        let (callers, fifo, dir) = (callers.clone(), fifo.clone(), dir.path().to_path_buf());
+        let new = entry("new", &format!("secret_access_key = \"{SECRET}\""));
+        std::thread::spawn(move || {
+            // Blocks until the load opens the FIFO to read the old secret.
+            let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let next = dir.join("callers.toml.new");
+            std::fs::write(&next, new).unwrap();
+            std::fs::rename(&next, &callers).unwrap();
+            writer.write_all(b"old-secret").unwrap();
+        })
+    };
+    let loaded = load_callers_settled(&callers).unwrap();
+    swapper.join().unwrap();
+    let ids: Vec<&str> = loaded.iter().map(|c| c.principal.id.as_str()).collect();
+    assert_eq!(ids, ["new"]);
+}
