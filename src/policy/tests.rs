@@ -433,6 +433,71 @@ fn an_evaluation_error_in_any_rule_body_refuses_as_the_interpreter_does() {
 }
 
 #[test]
+fn an_undefined_value_decides_in_the_vm_as_in_the_interpreter() {
+    // Each rule below refuses the member's note ("t", no ticket, no Severity in the body)
+    // because a value it reads is undefined. The published bytecode compiler let an undefined
+    // value through where Rego (OPA and the interpreter) makes the body undefined: an
+    // assignment (`t := e`), a comprehension term or key, a partial object key, a rule's head
+    // value before its `else`; and it called a function with a `default` undefined. Each
+    // helper held (or each collection gained an element) on the VM, so the deny rule did not
+    // fire and the note was forwarded. `fires`: whether the deny rule must fire; both engines
+    // must agree.
+    let cases: &[(&str, &str, bool)] = &[
+        ("an assignment of an undefined value", "deny contains D if not ticketed\nticketed if { t := regex.find_n(\"RISK-[0-9]+\", input.update.note.text, 1)[0] }", true),
+        ("an assignment to `_`", "deny contains D if not ticketed\nticketed if { _ := input.request.body.Note.Ticket }", true),
+        ("an array pattern over an object of two members", "deny contains D if not paired\npaired if { [a, b] := input.request.body.Note }", true),
+        ("an array comprehension's assigned term", "deny contains D if { ts := [t | t := input.request.body.Note.Ticket]; count(ts) == 0 }", true),
+        ("an array comprehension's term", "deny contains D if { ts := [input.request.body.Note.Ticket | true]; count(ts) == 0 }", true),
+        ("an object comprehension's value", "deny contains D if { m := {k: v | some k in [\"Ticket\"]; v := input.request.body.Note[k]}; count(m) == 0 }", true),
+        ("an object comprehension's key", "deny contains D if { m := {k: 1 | k := input.request.body.Note.Ticket}; count(m) == 0 }", true),
+        ("a partial object's key", "deny contains D if count(tickets) == 0\ntickets[input.request.body.Note.Ticket] := true", true),
+        ("a head value before its else", "deny contains D if level < 1\nlevel := {\"LOW\": 1}[input.request.body.Severity.Label] if { true } else := 0", true),
+        ("a function's default", "deny contains D if rank(input.update.note.text) < 1\ndefault rank(_) := 0\nrank(l) := 1 if l == \"LOW\"", true),
+        ("a function's default after a body that does not hold", "deny contains D if rank(input.update.note.text) == \"none\"\ndefault rank(_) := \"none\"\nrank(l) := l if startswith(l, \"RISK-\")", true),
+        // Not denials: these must stay as they were.
+        ("a function called with an undefined argument (no default)", "deny contains D if rank(input.request.body.Nothing) == 0\ndefault rank(_) := 0\nrank(l) := 1 if l == \"LOW\"", false),
+        ("an assignment of false", "deny contains D if { f := input.operation == \"X\"; f == false }", true),
+        ("a comprehension over defined values", "deny contains D if { ts := [t | some t in input.update.fields]; count(ts) == count(input.update.fields) }", true),
+        ("an assignment that holds", "deny contains D if { t := input.update.note.text; t == \"t\" }", true),
+    ];
+    for (what, rules, fires) in cases {
+        let text =
+            format!("package hubgate\n\nD := {{\"msg\": \"d\", \"finding\": null}}\n\n{rules}\n");
+        let p = load_dir(&[("p.rego", &text)]).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want: Vec<String> = if *fires { vec!["d".into()] } else { vec![] };
+        assert_eq!(
+            decided(&p, true),
+            Ok(want.clone()),
+            "{what}: the interpreter"
+        );
+        assert_eq!(decided(&p, false), Ok(want), "{what}: the VM");
+    }
+}
+
+#[test]
+fn a_not_over_a_destructuring_pattern_does_not_load() {
+    // The VM compiled the pattern's own checks as the body's, so `not [1, _] = x` never held
+    // (a deny rule on it never fired); refused when the set loads, with a way out.
+    for rule in [
+        "deny contains {\"msg\": \"d\", \"finding\": null} if not [\"Types\", _] = input.update.fields",
+        "deny contains {\"msg\": \"d\", \"finding\": null} if not {\"Ticket\": _} = input.request.body.Note",
+    ] {
+        let err = load_dir(&[("p.rego", &format!("package hubgate\n\n{rule}\n"))])
+            .err()
+            .unwrap_or_else(|| panic!("loaded: {rule}"));
+        assert!(err.to_string().contains("helper rule"), "{err}");
+    }
+    // The helper rule it points to decides as the interpreter does.
+    let p = load_dir(&[(
+        "p.rego",
+        "package hubgate\n\ndeny contains {\"msg\": \"d\", \"finding\": null} if not ticketed\n\nticketed if {\"Ticket\": _} = input.request.body.Note\n",
+    )])
+    .unwrap();
+    assert_eq!(decided(&p, false), Ok(vec!["d".to_string()]));
+    assert_eq!(decided(&p, true), Ok(vec!["d".to_string()]));
+}
+
+#[test]
 fn an_erring_body_leaves_the_kept_vm_sound_for_the_next_request() {
     // A failed run drops the thread's VM; the next decision on the same thread is whole.
     let p = load_dir(&[(

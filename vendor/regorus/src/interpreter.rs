@@ -4019,6 +4019,17 @@ impl Interpreter {
                 for module in self.compiled_policy.modules.iter() {
                     if module.policy.contains(&rule) {
                         let prev_module = self.set_current_module(Some(module.clone()))?;
+                        // hubgate patch: a function's default (`default f(_) := v`) is its
+                        // value, as `eval_call_impl` gives it when no definition holds. The
+                        // published compiler got nothing here, so the VM called such a
+                        // function undefined where the interpreter and OPA give `v`.
+                        if let Rule::Default { value, args, .. } = rule.as_ref() {
+                            if !args.is_empty() {
+                                let value = self.eval_expr(value);
+                                self.set_current_module(prev_module)?;
+                                return value;
+                            }
+                        }
                         let result = self.eval_default_rule(&rule);
                         self.set_current_module(prev_module)?;
 

@@ -19,6 +19,15 @@ impl RegoVM {
                 pc: self.pc,
                 available: self.program.instruction_data.function_call_params.len(),
             })?;
+        // hubgate patch: a call with an undefined argument is undefined, as in OPA and the
+        // interpreter, and so is not given the function's default (`default f(_) := v`).
+        // Without a default every definition failed on that argument anyway.
+        for &arg in params.arg_registers() {
+            if matches!(self.get_register(arg)?, Value::Undefined) {
+                self.set_register(params.dest, Value::Undefined)?;
+                return Ok(());
+            }
+        }
         let call_result = match self.execution_mode {
             ExecutionMode::RunToCompletion => {
                 self.execute_call_rule_common(params.dest, params.func_rule_index, Some(&params))

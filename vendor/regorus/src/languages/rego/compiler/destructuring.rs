@@ -25,6 +25,7 @@ impl PlanContext {
         matches!(
             self,
             PlanContext::Assignment
+                | PlanContext::ColonAssignment
                 | PlanContext::FunctionParameter
                 | PlanContext::LoopIndex
                 | PlanContext::SomeIn
@@ -43,6 +44,15 @@ impl<'a> Compiler<'a> {
                 rhs_expr, lhs_plan, ..
             } => {
                 let rhs_reg = self.compile_rego_expr_with_span(rhs_expr, rhs_expr.span(), false)?;
+                // hubgate patch: `x := e` with `e` undefined makes the body undefined, as in
+                // OPA and the interpreter (`ColonAssignment` now requires defined values, and
+                // `_ := e` is guarded here). The published compiler bound `x` to undefined and
+                // went on, so a body whose only use of `x` was its assignment (`ok if { t :=
+                // input.ticket }`) held, `[x | x := e]` gained an undefined element, and
+                // `[a, b] := e` held for any `e` of two members (an object, a string).
+                if matches!(lhs_plan, DestructuringPlan::Ignore) {
+                    self.guard_defined(rhs_reg, span);
+                }
                 let _ = self.apply_destructuring_plan(
                     lhs_plan,
                     rhs_reg,
@@ -249,6 +259,18 @@ impl<'a> Compiler<'a> {
                     },
                     span,
                 );
+            }
+            // hubgate patch: under `not` (soft assert mode) a pattern's guards would end the
+            // whole body where they must only make the negated expression false, so `not [1, _]
+            // = x` never held; refused at compile time rather than decided wrongly.
+            DestructuringPlan::Array { .. } | DestructuringPlan::Object { .. }
+                if self.soft_assert_mode =>
+            {
+                bail!(
+                    "`not` over a destructuring pattern (`not [x, _] = e`, `not {{\"k\": _}} = e`) \
+                     is not supported by the RVM compiler; use a helper rule: `not matches` with \
+                     `matches if [x, _] = e`"
+                )
             }
             DestructuringPlan::Array { element_plans } => {
                 self.assert_array_length(value_register, element_plans.len(), span)?;

@@ -6,8 +6,10 @@
     clippy::pattern_type_mismatch
 )]
 
-use super::{Compiler, CompilerError, ComprehensionType, ContextType, Result};
+use super::{Compiler, CompilerError, ComprehensionType, ContextType, Register, Result};
 use crate::ast::{self, LiteralStmt, Query};
+use crate::lexer::Span;
+
 use crate::rvm::instructions::GuardMode;
 use crate::rvm::program::RuleType;
 use crate::rvm::Instruction;
@@ -149,7 +151,7 @@ impl<'a> Compiler<'a> {
         if let Some(context) = self.context_stack.last().cloned() {
             let dest_register = context.dest_register;
             let span = &context.span;
-            let value_register = match context.value_expr {
+            let value_register = match context.value_expr.clone() {
                 Some(expr) => self.compile_rego_expr(&expr)?,
                 None => {
                     let value_reg = self.alloc_register()?;
@@ -164,10 +166,22 @@ impl<'a> Compiler<'a> {
                 }
             };
 
-            let key_register = context
-                .key_expr
-                .map(|key_expr| self.compile_rego_expr(&key_expr))
-                .unwrap_or(Ok(value_register))?;
+            let key_register = match context.key_expr {
+                Some(key_expr) => {
+                    let key_register = self.compile_rego_expr(&key_expr)?;
+                    self.guard_defined(key_register, span);
+                    key_register
+                }
+                None => value_register,
+            };
+            // hubgate patch: a head or comprehension term is part of the body, as in OPA and
+            // the interpreter: one that is undefined makes this body (or this iteration)
+            // undefined. The published compiler yielded it: an array comprehension gained an
+            // undefined element, a partial object an undefined key or value, and a complete
+            // rule whose value was undefined did not fall through to its `else`.
+            if context.value_expr.is_some() {
+                self.guard_defined(value_register, span);
+            }
 
             match context.context_type {
                 ContextType::Comprehension(ComprehensionType::Array) => {
@@ -231,6 +245,17 @@ impl<'a> Compiler<'a> {
         } else {
             Err(CompilerError::MissingYieldContext.into())
         }
+    }
+
+    /// hubgate patch: fails the current body (or iteration) when `register` is undefined.
+    pub(super) fn guard_defined(&mut self, register: Register, span: &Span) {
+        self.emit_instruction(
+            Instruction::Guard {
+                register,
+                mode: GuardMode::NotUndefined,
+            },
+            span,
+        );
     }
 
     pub(super) fn compile_single_statement(&mut self, stmt: &LiteralStmt) -> Result<()> {
