@@ -398,6 +398,8 @@ fn an_evaluation_error_in_any_rule_body_refuses_as_the_interpreter_does() {
         ("an error in a comprehension", "deny contains v if { xs := [y | some z in [1]; y := to_number(input.update.note.text) + z]; count(xs) == 0; v := D }", None),
         ("an error under every", "deny contains v if { not all_ok; v := D }\nall_ok if { every z in [1] { to_number(input.update.note.text) > z } }", None),
         ("an error in an else branch", "deny contains v if { x != 1; v := D }\nx := 1 if input.operation == \"X\" else := to_number(input.update.note.text)", None),
+        ("a range too long to build", "deny contains v if { r := numbers.range(0, count(input.update.note.text) * 1000000); count(r) > 0; v := D }", None),
+        ("a network too large to expand", "deny contains v if { hosts := net.cidr_expand(concat(\"\", [\"10.0.0.0/\", format_int(count(input.update.note.text) * 8, 10)])); count(hosts) > 0; v := D }", None),
         ("a partial object with two values for one key", "deny contains v if { m.t == 1; v := D }\nm[k] := 1 if k := input.update.note.text\nm[k] := 2 if k := input.update.note.text", None),
         ("an object comprehension with two values for one key", "deny contains v if { o := {k: x | some x in [1, 2]; k := input.update.note.text}; o.t == 1; v := D }", None),
         // Not errors: these decide, and both engines decide alike.

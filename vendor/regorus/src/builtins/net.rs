@@ -129,6 +129,9 @@ pub fn cidr_expand(
     _cidr_expand(cidr)
 }
 
+/// hubgate patch: the most addresses `net.cidr_expand` gives.
+const MAX_EXPANDED_HOSTS: usize = 100_000;
+
 fn _cidr_expand(cidr: Arc<str>) -> Result<Value> {
     let net = cidr
         .parse::<IpNet>()
@@ -136,6 +139,11 @@ fn _cidr_expand(cidr: Arc<str>) -> Result<Value> {
 
     let mut hosts: Vec<Value> = Vec::new();
     for host in net.hosts() {
+        // hubgate patch: a network from the caller's text (`::/0`) never ended, growing until
+        // the process ran out of memory; bounded as `numbers.range` is.
+        if hosts.len() >= MAX_EXPANDED_HOSTS {
+            bail!("cidr_expand: {cidr} has more than the {MAX_EXPANDED_HOSTS} addresses this build expands");
+        }
         hosts.push(Value::String(host.to_string().into()));
         // Guard expanded host list growth while iterating over CIDR addresses.
         enforce_limit()?;

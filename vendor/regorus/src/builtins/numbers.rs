@@ -82,6 +82,9 @@ fn floor(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     ))
 }
 
+/// hubgate patch: the most elements `numbers.range` and `numbers.range_step` give.
+const MAX_RANGE_ELEMENTS: usize = 100_000;
+
 fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "numbers.range";
     ensure_args_count(span, name, params, args, 2)?;
@@ -106,6 +109,13 @@ fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Res
         _ => bail!(span.error("could not determine number of elements")),
     };
 
+    // hubgate patch: a range from the caller's numbers (`numbers.range(0, input.x)`) allocated
+    // all of it at once, and a large one aborted the process for want of memory.
+    if num_elements > MAX_RANGE_ELEMENTS {
+        bail!(span.error(&format!(
+            "{name}: {num_elements} elements, more than the {MAX_RANGE_ELEMENTS} this build allows"
+        )));
+    }
     let mut values = Vec::with_capacity(num_elements);
     let mut v = v1;
     let incr = Number::from(incr);
@@ -150,6 +160,12 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
         _ => bail!(span.error("could not determine number of elements")),
     };
 
+    // hubgate patch: bounded as `range` is.
+    if num_elements < 0 || num_elements as u64 > MAX_RANGE_ELEMENTS as u64 {
+        bail!(span.error(&format!(
+            "{name}: {num_elements} elements, more than the {MAX_RANGE_ELEMENTS} this build allows"
+        )));
+    }
     let mut values = Vec::with_capacity(num_elements as usize);
     let incr = Number::from(incr);
     let mut v = v1;
