@@ -450,7 +450,16 @@ impl PolicySet {
                     Some((id, vm)) if *id == self.id => vm,
                     stale => &mut stale.insert((self.id, self.new_vm()?)).1,
                 };
-                let decision = self.run(vm, input);
+                // A builtin that panics (regorus 0.14.1 has some: `strings.count(s, "")`,
+                // `units.parse("1e999")`) would leave this thread's VM in mid-run, to be used
+                // for the next request: the panic is a failed evaluation, and the VM goes.
+                let decision =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(vm, input)))
+                        .unwrap_or_else(|_| {
+                            Err(PolicyError::Eval(
+                                "the policy engine failed (a builtin panicked)".into(),
+                            ))
+                        });
                 if decision.is_err() {
                     // A failed run (a timeout, a bad rule) leaves no VM behind to reason about.
                     *slot = None;

@@ -506,7 +506,8 @@ fn an_erring_body_leaves_the_kept_vm_sound_for_the_next_request() {
         "p.rego",
         "package hubgate\n\n\
          deny contains {\"msg\": \"bad\", \"finding\": null} if { \"Types\" in input.update.fields; count(input.update.types) < 0 }\n\
-         deny contains {\"msg\": \"note\", \"finding\": null} if { to_number(input.update.note.text) > 1 }\n",
+         deny contains {\"msg\": \"note\", \"finding\": null} if { input.update.note.text != \"panic\"; to_number(input.update.note.text) > 1 }\n\
+         deny contains {\"msg\": \"never\", \"finding\": null} if { input.update.note.text == \"panic\"; strings.count(input.update.note.text, substring(input.update.note.text, 0, 0)) < 0 }\n",
     )])
     .unwrap();
     let note = |text: &str| {
@@ -525,6 +526,10 @@ fn an_erring_body_leaves_the_kept_vm_sound_for_the_next_request() {
     };
     assert!(note("not a number").is_err());
     assert_eq!(note("5").unwrap(), vec!["note"]);
+    // A builtin that panics (strings.count with an empty substring) is a failed evaluation
+    // too, and the next decision on the thread is whole.
+    assert!(matches!(note("panic"), Err(PolicyError::Eval(m)) if m.contains("panicked")));
+    assert_eq!(note("7").unwrap(), vec!["note"]);
     assert!(note("x").is_err());
     assert_eq!(note("0").unwrap(), Vec::<String>::new());
 }
