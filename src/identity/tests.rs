@@ -527,12 +527,22 @@ fn a_host_that_is_not_a_host_name_is_refused_before_any_signing() {
     }
 }
 
-#[test]
-fn a_client_certificate_maps_to_one_caller_or_to_none() {
+/// An mtls-mode identity loaded from a callers file of `text`.
+fn mtls_identity(text: &str) -> (Identity, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("callers.toml");
-    std::fs::write(
-        &path,
+    std::fs::write(&path, text).unwrap();
+    let config = IdentityConfig {
+        mode: IdentityMode::Mtls,
+        callers: path,
+        static_principal: None,
+    };
+    (Identity::load(&config, None).unwrap(), dir)
+}
+
+#[test]
+fn a_client_certificate_maps_to_one_caller_or_to_none() {
+    let (identity, _dir) = mtls_identity(
         r#"
 [[caller]]
 id = "runner"
@@ -548,14 +558,7 @@ role = "administrator"
 client_cert_san = "spiffe://corp/admin"
 client_cert_cn = "admin"
 "#,
-    )
-    .unwrap();
-    let config = IdentityConfig {
-        mode: IdentityMode::Mtls,
-        callers: path,
-        static_principal: None,
-    };
-    let identity = Identity::load(&config, None).unwrap();
+    );
     assert_eq!(
         identity.caller_count(),
         2,
@@ -681,19 +684,9 @@ fn a_certificate_whose_names_cannot_be_read_is_named_as_such() {
     // that no certificate was presented.
     let cert = ClientCert::from_der(b"\x30\x03\x02\x01\x01");
     assert!(cert.unreadable.is_some() && cert.sans.is_empty() && cert.cns.is_empty());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("callers.toml");
-    std::fs::write(
-        &path,
+    let (identity, _dir) = mtls_identity(
         "[[caller]]\nid = \"admin\"\naccount_id = \"111111111111\"\nrole = \"administrator\"\nclient_cert_cn = \"admin\"\n",
-    )
-    .unwrap();
-    let config = IdentityConfig {
-        mode: IdentityMode::Mtls,
-        callers: path,
-        static_principal: None,
-    };
-    let identity = Identity::load(&config, None).unwrap();
+    );
     match identity.by_certificate(Some(&cert)) {
         Err(e @ AuthError::UnreadableClientCert(_)) => {
             assert!(e.to_string().contains("cannot read its names"), "{e}")

@@ -27,13 +27,10 @@ differential cases behind each finding are unit tests in src/policy/tests.rs.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from helpers import POLICY_DIR, assert_envelope, ident, run_hubgate
-
-SCHEMAS = POLICY_DIR / "schemas"
+from helpers import assert_envelope, ident
+from test_adversarial_authoring import check, own_set
 
 # Each rule refuses a member's note without a ticket, or a severity the table does not rank.
 # Before the fix none of these fired on the served VM: the note was forwarded.
@@ -95,28 +92,6 @@ MESSAGES = {
     "else: a member states a confidence",
     "default: a note names a ranked label",
 }
-
-
-def own_set(tmp_path, rego: str):
-    """A policy set of one rule file and the shipped schemas."""
-    policies = tmp_path / "own"
-    policies.mkdir()
-    shutil.copytree(SCHEMAS, policies / "schemas")
-    (policies / "rules.rego").write_text(rego)
-    return policies
-
-
-def check(tmp_path, policies):
-    """`hubgate check` on a configuration that serves `policies`."""
-    cfg = tmp_path / "check.toml"
-    (tmp_path / "callers.toml").write_text("")
-    cfg.write_text(
-        '[server]\nlisten = "127.0.0.1:1"\nadmin_listen = "127.0.0.1:2"\n'
-        '[upstream]\nendpoint = "http://127.0.0.1:3"\nregion = "us-east-1"\n'
-        '[identity]\nmode = "sigv4"\ncallers = "callers.toml"\n'
-        f'[policy]\ndir = "{policies}"\n'
-        '[audit]\nsink = "stdout"\n')
-    return run_hubgate("check", "--config", str(cfg))
 
 
 # ---------------------------------------------------------------------------
