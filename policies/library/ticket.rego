@@ -1,14 +1,18 @@
 # Library rule "ticket" (default: warn). Closing a finding needs a ticket: setting
-# Workflow.Status to RESOLVED or SUPPRESSED is a violation unless the same request sets a note
-# whose text contains a ticket reference (e.g. "SEC-123").
+# Workflow.Status to RESOLVED, SUPPRESSED, ARCHIVED or DELETED (V2's StatusId 4, 3, 5, 6), or
+# RecordState to ARCHIVED, is a violation unless the same request sets a note whose text
+# contains a ticket reference (e.g. "SEC-123").
 #
 # Who: every principal, administrators included. This rule is about the audit trail, not about
 # authority: administrators close most findings, and a suppression by an administrator hides the
 # finding from every account, so their closures are the ones that most need a reason someone can
 # look up. (Who may suppress at all is decided by hubgate.rego.)
 #
-# Operations: BatchUpdateFindings (Note.Text) and BatchUpdateFindingsV2 (StatusId 3 or 4, the
-# ticket in Comment). UpdateFindings sets no status. BatchImportFindings: not judged here; a
+# Operations: BatchUpdateFindings (Note.Text), BatchUpdateFindingsV2 (StatusId 3, 4, 5 or 6, the
+# ticket in Comment) and UpdateFindings (RecordState ARCHIVED, the ticket in Note.Text: it takes
+# every finding its filter matches out of the default views, as V2's ARCHIVED status takes one;
+# the one entry "ARCHIVED" of ticket_required_for asks a ticket of both). The reopen rule counts
+# the same four statuses as closed. BatchImportFindings: not judged here; a
 # member's import may not set Workflow.* at all (imports.rego), and Security Hub does not let an
 # import change an existing finding's Workflow. Workflow.Status set without a status to judge is
 # a violation (for everyone: the rule cannot tell whether it is a closure).
@@ -21,7 +25,8 @@
 #   "library": {"ticket": "enforce" | "warn" | "off"}   default "warn" (see library.rego)
 #   "ticket_pattern":      a regular expression (Rust regex syntax) that Note.Text must match
 #                          somewhere; in JSON, escape backslashes ("\\b").
-#   "ticket_required_for": the Workflow.Status values that need a ticket. [] disables the rule;
+#   "ticket_required_for": the Workflow.Status values that need a ticket ("ARCHIVED" also
+#                          stands for RecordState ARCHIVED). [] disables the rule;
 #                          ["SUPPRESSED"] asks only suppressions for one.
 # The settings live under data.hubgate_settings, not data.hubgate: data.json is merged at the root
 # of `data`, and data.hubgate is this package, whose rule names could clash with settings keys.
@@ -43,18 +48,28 @@ ticket_pattern := `\b[A-Z][A-Z0-9]+-[0-9]+\b` if not data.hubgate_settings.ticke
 
 ticket_required_for := data.hubgate_settings.ticket_required_for
 
-ticket_required_for := ["RESOLVED", "SUPPRESSED"] if not data.hubgate_settings.ticket_required_for
+ticket_required_for := ["RESOLVED", "SUPPRESSED", "ARCHIVED", "DELETED"] if not data.hubgate_settings.ticket_required_for
 
-ticket_msg := sprintf("resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: %s)", [ticket_pattern])
+ticket_msg := sprintf("closing a finding needs a ticket reference in Note.Text (pattern: %s)", [ticket_pattern])
+
+# The request closes findings in a way that needs a ticket: a status in ticket_required_for, or
+# RecordState ARCHIVED when "ARCHIVED" is in it (archived as a record or as a status, the finding
+# leaves the default views alike).
+ticket_closes if input.update.workflow_status in ticket_required_for
+
+ticket_closes if {
+	input.update.record_state == "ARCHIVED"
+	"ARCHIVED" in ticket_required_for
+}
 
 # No note text at all (no Note, or a note without text).
 ticket_violations contains {"msg": ticket_msg, "finding": null} if {
-	input.update.workflow_status in ticket_required_for
+	ticket_closes
 	not input.update.note.text != null
 }
 
 ticket_violations contains {"msg": ticket_msg, "finding": null} if {
-	input.update.workflow_status in ticket_required_for
+	ticket_closes
 	text := input.update.note.text
 	text != null
 	not regex.match(ticket_pattern, text)
@@ -65,6 +80,13 @@ ticket_violations contains v if {
 	not input.update.workflow_status != null
 	update_op
 	v := cannot_judge("Workflow.Status")
+}
+
+ticket_violations contains v if {
+	"RecordState" in input.update.fields
+	not input.update.record_state != null
+	update_op
+	v := cannot_judge("RecordState")
 }
 
 deny contains v if {

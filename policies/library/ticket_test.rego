@@ -9,7 +9,7 @@ admin := t.admin
 
 on := {"ticket": "enforce"}
 
-default_msg := "resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: \\b[A-Z][A-Z0-9]+-[0-9]+\\b)"
+default_msg := "closing a finding needs a ticket reference in Note.Text (pattern: \\b[A-Z][A-Z0-9]+-[0-9]+\\b)"
 
 pending(principal, upd) := t.buf(principal, "pending", [t.own("f1")], upd)
 
@@ -99,6 +99,30 @@ test_v2_resolve_needs_a_ticket if {
 	enforced(t.v2(member, own, comment)) == set()
 }
 
+# V2's other closing statuses, StatusId 5 ARCHIVED and 6 DELETED (the statuses the reopen rule
+# counts as closed): an administrator closes with them too, and needs a ticket as for RESOLVED.
+test_v2_archive_and_delete_need_a_ticket if {
+	other := [t.claimed("f1", t.other_account)]
+	every s in ["ARCHIVED", "DELETED"] {
+		enforced(t.v2(admin, other, t.status(s))) == {default_msg}
+		comment := t.update({"fields": ["Note.Text", "Workflow.Status"], "workflow_status": s, "note": {"text": "SEC-4 retired", "updated_by": null}})
+		enforced(t.v2(admin, other, comment)) == set()
+	}
+}
+
+# UpdateFindings' RecordState ARCHIVED takes every finding its filter matches out of the
+# default views: a ticket in Note.Text, under the entry "ARCHIVED"; ACTIVE needs none.
+test_update_findings_archive_needs_a_ticket if {
+	archive := t.update({"fields": ["RecordState"], "record_state": "ARCHIVED"})
+	enforced(t.uf(admin, archive)) == {default_msg}
+	noted := t.update({"fields": ["Note.Text", "Note.UpdatedBy", "RecordState"], "record_state": "ARCHIVED", "note": t.note("SEC-9 bulk cleanup")})
+	enforced(t.uf(admin, noted)) == set()
+	active := t.update({"fields": ["RecordState"], "record_state": "ACTIVE"})
+	enforced(t.uf(admin, active)) == set()
+	only_statuses := enforced(t.uf(admin, archive)) with data.hubgate_settings.ticket_required_for as ["RESOLVED", "SUPPRESSED"]
+	only_statuses == set()
+}
+
 # --- null facts (enforced) ---
 
 # Workflow.Status set without a status: cannot tell whether it closes; refused for everyone.
@@ -106,6 +130,12 @@ test_ticket_null_workflow_status if {
 	enforced(pending(admin, t.null_fact(["Workflow.Status"]))) == {t.cannot("Workflow.Status")}
 	enforced(pending(admin, t.absent_fact(["Workflow.Status"], "workflow_status"))) == {t.cannot("Workflow.Status")}
 	enforced(pending(admin, t.nothing)) == set()
+}
+
+# RecordState set without a record state: cannot tell whether it archives; refused for everyone.
+test_ticket_null_record_state if {
+	enforced(t.uf(admin, t.null_fact(["RecordState"]))) == {t.cannot("RecordState")}
+	enforced(t.uf(admin, t.absent_fact(["RecordState"], "record_state"))) == {t.cannot("RecordState")}
 }
 
 # Note.Text set without a note, or a note without text: no ticket.
@@ -145,12 +175,12 @@ test_other_statuses_and_no_status_need_no_ticket if {
 
 test_shipped_pattern_is_valid_and_matches_typical_tickets if {
 	regex.match(data.hubgate_settings.ticket_pattern, "SEC-123")
-	data.hubgate_settings.ticket_required_for == ["RESOLVED", "SUPPRESSED"]
+	data.hubgate_settings.ticket_required_for == ["RESOLVED", "SUPPRESSED", "ARCHIVED", "DELETED"]
 }
 
 test_custom_pattern_is_used_and_shown if {
 	d := enforced(pending(admin, t.status_note("RESOLVED", "SEC-1"))) with data.hubgate_settings.ticket_pattern as `^JIRA-[0-9]+`
-	d == {"resolving or suppressing a finding needs a ticket reference in Note.Text (pattern: ^JIRA-[0-9]+)"}
+	d == {"closing a finding needs a ticket reference in Note.Text (pattern: ^JIRA-[0-9]+)"}
 	ok := enforced(pending(admin, t.status_note("RESOLVED", "JIRA-9 done"))) with data.hubgate_settings.ticket_pattern as `^JIRA-[0-9]+`
 	ok == set()
 }
@@ -167,10 +197,10 @@ test_empty_required_for_disables_the_rule if {
 	d == set()
 }
 
-# Without any data.json the defaults apply: the same pattern, RESOLVED and SUPPRESSED, warn.
+# Without any data.json the defaults apply: the same pattern, the four closing statuses, warn.
 test_defaults_without_settings if {
 	data.hubgate.ticket_pattern == `\b[A-Z][A-Z0-9]+-[0-9]+\b` with data.hubgate_settings as {}
-	data.hubgate.ticket_required_for == ["RESOLVED", "SUPPRESSED"] with data.hubgate_settings as {}
+	data.hubgate.ticket_required_for == ["RESOLVED", "SUPPRESSED", "ARCHIVED", "DELETED"] with data.hubgate_settings as {}
 	w := t.warn_msgs(pending(admin, t.status("RESOLVED"))) with data.hubgate_settings as {}
 	w == {default_msg}
 	ok := t.warn(pending(admin, t.status_note("RESOLVED", "SEC-5"))) with data.hubgate_settings as {}
