@@ -486,6 +486,48 @@ mod tests {
         assert!(s.check("X", br#"{"a": "nope"}"#).is_err());
     }
 
+    /// An identifier longer than a finding's can be (Id 512 characters, ProductArn 12 to 2048:
+    /// the model's AwsSecurityFinding doc strings) names no finding: refused here, so that no
+    /// GetFindings call is spent looking it up.
+    #[test]
+    fn identifiers_no_finding_can_have_are_refused() {
+        let s = schemas();
+        let body = |id: &str, arn: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "FindingIdentifiers": [{"Id": id, "ProductArn": arn}],
+                "Note": {"Text": "t", "UpdatedBy": "u"}
+            }))
+            .unwrap()
+        };
+        let arn = "arn:aws:securityhub:us-east-1::product/aws/securityhub";
+        let (id_512, arn_2048) = ("i".repeat(512), "a".repeat(2048));
+        for (id, arn, at) in [
+            ("i".repeat(513), arn.to_string(), "/FindingIdentifiers/0/Id"),
+            (
+                "f".into(),
+                "a".repeat(2049),
+                "/FindingIdentifiers/0/ProductArn",
+            ),
+            (
+                "f".into(),
+                "a".repeat(11),
+                "/FindingIdentifiers/0/ProductArn",
+            ),
+        ] {
+            let err = s
+                .check("BatchUpdateFindings", &body(&id, &arn))
+                .unwrap_err();
+            let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, [at]);
+        }
+        assert!(s
+            .check("BatchUpdateFindings", &body(&id_512, &arn_2048))
+            .is_ok());
+        assert!(s
+            .check("BatchUpdateFindings", &body("f", &"a".repeat(12)))
+            .is_ok());
+    }
+
     #[test]
     fn the_shipped_schema_accepts_an_sdk_body() {
         let body = br#"{"FindingIdentifiers": [{"Id": "f-1", "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}], "Workflow": {"Status": "SUPPRESSED"}, "Note": {"Text": "ok", "UpdatedBy": "me"}}"#;

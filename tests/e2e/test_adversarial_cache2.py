@@ -41,46 +41,58 @@ def metric(hg, name: str) -> float | None:
     return None
 
 
-def made_up(i: int, size: int) -> dict:
-    """An identifier no finding has, `size` characters long."""
-    return ident(f"made-up-{i}-" + "x" * size)
+# As long as a finding's identifier can be (the model: an Id of at most 512 characters, a
+# ProductArn of at most 2048); a longer one is refused before any lookup (see
+# test_adversarial_operations2.py), so the most a member can make the cache hold is many of these.
+ARN_2048 = "arn:" + "x" * 2044
+
+
+def made_up(i: int) -> dict:
+    """An identifier no finding has, as long as the model lets one be (2,560 characters)."""
+    return ident(f"made-up-{i}-".ljust(512, "x"), ARN_2048)
+
+
+def made_up_batch(i: int) -> list[dict]:
+    """A request's worth (100) of made-up identifiers: 256 KB of identifiers."""
+    return [made_up(100 * i + j) for j in range(100)]
 
 
 def test_made_up_identifiers_count_and_stay_within_the_byte_bound(make_fake, make_hubgate):
-    """A member names one made-up identifier of 300 KB per request; each is refused as not
-    found and cached as such (for negative_ttl_ms, and held until the cache makes room). The
+    """A member names 100 made-up identifiers of 2.5 KB (256 KB) per request; each is refused as
+    not found and cached as such (for negative_ttl_ms, and held until the cache makes room). The
     cache must count them (base: _bytes said 0) and, with enrichment.max_cache_bytes, hold no
-    more than that (base: every one was kept, up to 50,000)."""
+    more than that (base: every one was kept, up to 50,000). (This test named one identifier of
+    300 KB per request until such identifiers became a 400.)"""
     fake = make_fake()
     hg = make_hubgate({"enrichment": {"cache_ttl_ms": 5000}}, fake=fake)
     for i in range(3):
-        r = hg.buf({"FindingIdentifiers": [made_up(i, 300_000)], **NOTE}, who="member")
+        r = hg.buf({"FindingIdentifiers": made_up_batch(i), **NOTE}, who="member")
         assert r.status == 403, r.text[:300]
         assert "finding not found" in r.json()["error"]["message"], r.text[:300]
-    assert metric(hg, "hubgate_enrichment_cache_entries") == 3
-    assert metric(hg, "hubgate_enrichment_cache_bytes") >= 3 * 300_000
+    assert metric(hg, "hubgate_enrichment_cache_entries") == 300
+    assert metric(hg, "hubgate_enrichment_cache_bytes") >= 300 * 2560
 
     bound = 2 * 1024 * 1024
     hg = make_hubgate({"enrichment": {"cache_ttl_ms": 5000, "max_cache_bytes": bound}},
                       fake=fake)
     for i in range(10):
-        r = hg.buf({"FindingIdentifiers": [made_up(i, 300_000)], **NOTE}, who="member")
+        r = hg.buf({"FindingIdentifiers": made_up_batch(i), **NOTE}, who="member")
         assert r.status == 403, r.text[:300]
         held = metric(hg, "hubgate_enrichment_cache_bytes")
-        assert 300_000 <= held <= bound, (i, held)
-    assert metric(hg, "hubgate_enrichment_cache_entries") <= bound // 300_000
+        assert 2560 <= held <= bound, (i, held)
+    assert metric(hg, "hubgate_enrichment_cache_entries") <= bound // 2560
 
 
 def test_findings_security_hub_does_not_have_are_not_kept_for_settle_ms(make_fake, make_hubgate):
     """Dry-run forwards the member's refused requests: each names its own finding and two
-    made-up identifiers of 100 KB. Security Hub applies the note to the member's finding and
+    made-up identifiers. Security Hub applies the note to the member's finding and
     reports the others as FindingNotFound. Only the member's finding is kept in the settle
     journal (base: all seven findings, the made-up ones for five minutes)."""
     fake = make_fake()
     hg = make_hubgate({"policy": {"mode": "dry-run"}, "enrichment": {"cache_ttl_ms": 5000}},
                       fake=fake)
     for i in range(3):
-        ids = [ident(FID), made_up(2 * i, 100_000), made_up(2 * i + 1, 100_000)]
+        ids = [ident(FID), made_up(2 * i), made_up(2 * i + 1)]
         r = hg.buf({"FindingIdentifiers": ids, **NOTE}, who="member")
         assert r.status == 200, r.text[:300]
         codes = [u["ErrorCode"] for u in r.json()["UnprocessedFindings"]]

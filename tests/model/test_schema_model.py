@@ -43,6 +43,14 @@ EXTRAS = {
         {"minItems": 1, "maxItems": 100},
         [("BatchUpdateFindingsRequest", "FindingIdentifiers", "up to 100 findings at a time")],
     ),
+    "FindingIdentifiers[].Id": (
+        {"maxLength": 512},
+        [("AwsSecurityFinding", "Id", "Maximum length of 512")],
+    ),
+    "FindingIdentifiers[].ProductArn": (
+        {"minLength": 12, "maxLength": 2048},
+        [("AwsSecurityFinding", "ProductArn", "Minimum length of 12. Maximum length of 2048")],
+    ),
     "Note.Text": (
         {"maxLength": 512},
         [("Note", "Text", "Maximum of 512")],
