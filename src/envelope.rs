@@ -286,7 +286,7 @@ impl Rejection {
             Rejection::Invalid(errors) => errors
                 .errors
                 .iter()
-                .map(|e| json!({"path": e.path, "message": e.message}))
+                .map(|e| json!({"path": e.path(), "message": e.message()}))
                 .collect(),
             Rejection::PolicyDenied { violations, .. } => violations.clone(),
             _ => Vec::new(),

@@ -90,9 +90,9 @@ pub enum HeadError {
 /// EQUALS values of one attribute, so every other filter can only narrow that.
 fn confined(body: &[u8], account: &str) -> Result<(), String> {
     // The strict reader refuses duplicate keys: AWS must not read another filter than this.
-    let doc = crate::validate::parse_strict(body).map_err(|v| match v.path.is_empty() {
-        true => v.message,
-        false => format!("{}: {}", v.path, v.message),
+    let doc = crate::validate::parse_strict(body).map_err(|v| match v.path().is_empty() {
+        true => v.message().to_string(),
+        false => format!("{}: {}", v.path(), v.message()),
     })?;
     let Value::Object(doc) = doc else {
         return Err("the body is not a JSON object".into());

@@ -59,7 +59,7 @@ impl Judged {
                 } else {
                     inner
                 };
-                Violation { path, message }
+                Violation::new(path, message)
             })
         }
         Ok(match self {
@@ -158,17 +158,17 @@ mod tests {
         for literal in ["-0", "0.0", "10.0", "1e1", "1E1", "1.5", "-0.0"] {
             let body = format!(r#"{{{IDS}, "Severity": {{"Normalized": {literal}}}}}"#);
             let err = read(Judged::BatchUpdateFindings, &body).unwrap_err();
-            assert_eq!(err.path, "/Severity/Normalized", "{literal}");
+            assert_eq!(err.path(), "/Severity/Normalized", "{literal}");
             assert!(
-                err.message.contains("integer"),
+                err.message().contains("integer"),
                 "{literal}: {}",
-                err.message
+                err.message()
             );
         }
         for literal in ["3.0", "3E0", "-0"] {
             let body = format!(r#"{{"MetadataUids": ["m"], "StatusId": {literal}}}"#);
             let err = read(Judged::BatchUpdateFindingsV2, &body).unwrap_err();
-            assert_eq!(err.path, "/StatusId", "{literal}");
+            assert_eq!(err.path(), "/StatusId", "{literal}");
         }
         let body = format!(r#"{{{IDS}, "Severity": {{"Normalized": 10}}, "Confidence": 0}}"#);
         let Typed::BatchUpdateFindings(r) = read(Judged::BatchUpdateFindings, &body).unwrap()
@@ -201,13 +201,13 @@ mod tests {
             &format!(r#"{{{IDS}, "Workflow": {{"Status": "CLOSED"}}}}"#),
         )
         .unwrap_err();
-        assert_eq!(err.path, "/Workflow/Status");
+        assert_eq!(err.path(), "/Workflow/Status");
         let err = read(
             Judged::BatchUpdateFindings,
             &format!(r#"{{{IDS}, "Extra": 1}}"#),
         )
         .unwrap_err();
-        assert!(err.message.contains("Extra"), "{}", err.message);
+        assert!(err.message().contains("Extra"), "{}", err.message());
     }
 
     #[test]

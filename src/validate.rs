@@ -1,5 +1,6 @@
 //! Validation: strict JSON parsing (one reading of every body) and the operation's JSON Schema.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -8,17 +9,47 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::quoted::quoted;
+use crate::quoted::{clipped, quoted, QUOTED_CHARS};
 
 /// Schema violations beyond this many are summarised, so a hostile body cannot make the
 /// envelope larger than itself.
 const MAX_REPORTED_ERRORS: usize = 50;
 
-/// One problem with a body, located by JSON pointer ("" is the whole body).
+/// One problem with a body, located by JSON pointer ("" is the whole body). Both texts can hold
+/// what a caller sent (a member name or a map key in the pointer, an identifier or a key in the
+/// message), and each is written into the envelope (the message three times) and the decision
+/// record: a violation is made only by `new`, which keeps a bounded part of each, so that no 400
+/// quotes a body whole. (One 300 KB map key made a 1.8 MB answer and a 600 KB audit record.)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Violation {
-    pub path: String,
-    pub message: String,
+    path: String,
+    message: String,
+}
+
+impl Violation {
+    /// How many characters of a message a violation keeps; its pointer keeps `QUOTED_CHARS`.
+    /// Room for a message that quotes four caller texts itself (`quoted`, as `normalise` does).
+    pub const MESSAGE_CHARS: usize = 5 * QUOTED_CHARS;
+
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Violation {
+        let bounded = |text: String, max: usize| match clipped(&text, max) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(short) => short,
+        };
+        Violation {
+            path: bounded(path.into(), QUOTED_CHARS),
+            message: bounded(message.into(), Self::MESSAGE_CHARS),
+        }
+    }
+
+    /// Where: a JSON pointer, "" for the whole body.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,10 +63,7 @@ impl ValidationErrors {
     pub fn whole(operation: &'static str, message: String) -> ValidationErrors {
         ValidationErrors {
             operation,
-            errors: vec![Violation {
-                path: String::new(),
-                message,
-            }],
+            errors: vec![Violation::new("", message)],
         }
     }
 }
@@ -139,10 +167,10 @@ impl Schemas {
             // that `Schemas::load` already refuses, so this is unreachable in practice.
             return Err(ValidationErrors {
                 operation,
-                errors: vec![Violation {
-                    path: String::new(),
-                    message: "hubgate has no schema for this operation".into(),
-                }],
+                errors: vec![Violation::new(
+                    "",
+                    "hubgate has no schema for this operation",
+                )],
             });
         };
         if validator.is_valid(&value) {
@@ -158,10 +186,7 @@ impl Schemas {
                 } else {
                     full
                 };
-                Violation {
-                    path: e.instance_path().to_string(),
-                    message,
-                }
+                Violation::new(e.instance_path().to_string(), message)
             })
             .collect();
         errors.sort_by(|a, b| a.path.cmp(&b.path));
@@ -179,18 +204,12 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, Violation> {
     };
     let result = seed.deserialize(&mut de).and_then(|v| de.end().map(|_| v));
     result.map_err(|e| match duplicate.into_inner() {
-        Some(mut at) => Violation {
-            path: {
-                // Segments were collected innermost first, as the error unwound.
-                at.reverse();
-                pointer(&at)
-            },
-            message: format!("duplicate key ({e})"),
-        },
-        None => Violation {
-            path: String::new(),
-            message: format!("body is not valid JSON: {e}"),
-        },
+        Some(mut at) => {
+            // Segments were collected innermost first, as the error unwound.
+            at.reverse();
+            Violation::new(pointer(&at), format!("duplicate key ({e})"))
+        }
+        None => Violation::new("", format!("body is not valid JSON: {e}")),
     })
 }
 
@@ -550,6 +569,40 @@ mod tests {
             err.errors[0].message
         );
         assert!(!err.errors[0].message.contains("finding-50"));
+    }
+
+    /// A violation keeps a bounded part of what a caller sent, wherever it sits: a 300 KB map
+    /// key is in the pointer of the error on its value, and in the schema's message on it.
+    #[test]
+    fn violations_quote_a_bounded_part_of_the_body() {
+        let key = "k".repeat(300_000);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "FindingIdentifiers": [{"Id": "f", "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub"}],
+            "UserDefinedFields": {key.clone(): 5, "k": "v"},
+            key: 1
+        }))
+        .unwrap();
+        let err = schemas().check("BatchUpdateFindings", &body).unwrap_err();
+        assert!(err.errors.len() >= 2, "{err}");
+        let bound = |max: usize| max + "… (300000 bytes in all)".chars().count();
+        for v in &err.errors {
+            assert!(
+                v.path().chars().count() <= bound(QUOTED_CHARS),
+                "{}",
+                v.path()
+            );
+            assert!(
+                v.message().chars().count() <= bound(Violation::MESSAGE_CHARS),
+                "{}",
+                v.message()
+            );
+        }
+        assert!(
+            err.to_string().len() < 4 * Violation::MESSAGE_CHARS,
+            "{err}"
+        );
+        let short = Violation::new("/a", "b");
+        assert_eq!((short.path(), short.message()), ("/a", "b"));
     }
 
     #[test]

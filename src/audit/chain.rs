@@ -148,10 +148,10 @@ impl Chain {
         // (serde_json keeps the last), while a reader that takes the first one would read the
         // value an editor slipped in before it. Every sealed record has each member once.
         let mut record: Value = crate::validate::parse_strict(line.as_bytes()).map_err(|v| {
-            if v.message.starts_with("duplicate key") {
-                format!("a member is written twice ({}): it was modified", v.path)
+            if v.message().starts_with("duplicate key") {
+                format!("a member is written twice ({}): it was modified", v.path())
             } else {
-                format!("{NOT_JSON}: {}", v.message)
+                format!("{NOT_JSON}: {}", v.message())
             }
         })?;
         let chain = record

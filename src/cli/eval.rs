@@ -72,7 +72,7 @@ fn current_findings(path: &Path) -> Result<KeyMap<Arc<CurrentFinding>>, String> 
     // Read as serve reads GetFindings answers: by JSON meaning, so that a finding whose map
     // keys are spelled like serde_json's markers is judged here as it is there.
     let value: Value = crate::validate::parse_strict(text.as_bytes())
-        .map_err(|e| format!("{}: {}", path.display(), e.message))?;
+        .map_err(|e| format!("{}: {}", path.display(), e.message()))?;
     let list = match &value {
         Value::Array(items) => items.clone(),
         Value::Object(o) => match o.get("Findings") {
@@ -412,12 +412,12 @@ pub fn run(args: &EvalArgs) -> ExitCode {
         Err(JudgeError::Invalid(errors)) => {
             outln!("VALIDATION_ERROR: the proxy would answer 400");
             for e in &errors.errors {
-                let at = if e.path.is_empty() {
+                let at = if e.path().is_empty() {
                     "(body)"
                 } else {
-                    e.path.as_str()
+                    e.path()
                 };
-                outln!("  {at}: {}", e.message);
+                outln!("  {at}: {}", e.message());
             }
             return ExitCode::FAILURE;
         }

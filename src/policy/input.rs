@@ -13,6 +13,7 @@ use regorus::Value as RValue;
 use super::state::CurrentFinding;
 use crate::finding::{FindingKey, KeyMaker, KeyMap, KeySet};
 use crate::identity::Principal;
+use crate::quoted::quoted;
 use crate::request::*;
 use crate::validate::Violation;
 
@@ -229,10 +230,7 @@ impl Update {
 }
 
 fn refuse(path: &str, message: String) -> Violation {
-    Violation {
-        path: path.to_string(),
-        message,
-    }
+    Violation::new(path, message)
 }
 
 /// OCSF `status_id` of BatchUpdateFindingsV2 as the workflow status one rule covers. Every value
@@ -310,13 +308,15 @@ fn push_key(
         .position(|k| *k == key)
         .and_then(|i| claims.get(i));
     match first {
+        // Each text quoted by its start: they are the caller's, up to the body's size.
         Some(first) if *first != claim => Err(refuse(
             list,
             format!(
-                "names the finding {id:?} of {product_arn:?} twice, for different accounts \
-                 ({} and {})",
-                first.as_deref().unwrap_or("none"),
-                claim.as_deref().unwrap_or("none"),
+                "names the finding {:?} of {:?} twice, for different accounts ({} and {})",
+                quoted(id),
+                quoted(product_arn),
+                quoted(first.as_deref().unwrap_or("none")),
+                quoted(claim.as_deref().unwrap_or("none")),
             ),
         )),
         _ => Ok(()),
@@ -1621,8 +1621,8 @@ mod tests {
         );
         let disagree = buf(json!({"Severity": {"Label": "CRITICAL", "Normalized": 10}}));
         let err = update(Judged::BatchUpdateFindings, disagree).unwrap_err();
-        assert_eq!(err.path, "/Severity");
-        assert!(err.message.contains("LOW"), "{}", err.message);
+        assert_eq!(err.path(), "/Severity");
+        assert!(err.message().contains("LOW"), "{}", err.message());
     }
 
     #[test]
@@ -1670,7 +1670,7 @@ mod tests {
                     json!({"MetadataUids": ["m"], field: id}),
                 )
                 .unwrap_err();
-                assert_eq!(err.path, format!("/{field}"));
+                assert_eq!(err.path(), format!("/{field}"));
             }
         }
     }
@@ -1689,8 +1689,12 @@ mod tests {
             (json!({"MetadataUids": [], "StatusId": 4}), "/MetadataUids"),
         ] {
             let err = update(Judged::BatchUpdateFindingsV2, body.clone()).unwrap_err();
-            assert_eq!(err.path, path, "{body}");
-            assert!(err.message.contains("names no finding"), "{}", err.message);
+            assert_eq!(err.path(), path, "{body}");
+            assert!(
+                err.message().contains("names no finding"),
+                "{}",
+                err.message()
+            );
         }
         // Either one alone is enough.
         for body in [
@@ -1717,11 +1721,11 @@ mod tests {
         let Err(err) = read(json!([id("222222222222"), id("333333333333")])) else {
             panic!("refused");
         };
-        assert_eq!(err.path, "/FindingIdentifiers");
+        assert_eq!(err.path(), "/FindingIdentifiers");
         assert!(
-            err.message.contains("222222222222 and 333333333333"),
+            err.message().contains("222222222222 and 333333333333"),
             "{}",
-            err.message
+            err.message()
         );
         // the same account twice is the same finding, named once
         let n = read(json!([id("222222222222"), id("222222222222")])).unwrap();

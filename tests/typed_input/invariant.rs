@@ -130,7 +130,7 @@ pub fn judge_front(schemas: &Schemas, op: Judged, body: &[u8]) -> Outcome {
         Err(v) => {
             return Outcome::Refused {
                 stage: "read",
-                message: format!("{}: {}", v.path, v.message),
+                message: format!("{}: {}", v.path(), v.message()),
             }
         }
     };
@@ -139,7 +139,7 @@ pub fn judge_front(schemas: &Schemas, op: Judged, body: &[u8]) -> Outcome {
         Err(v) => {
             return Outcome::Refused {
                 stage: "normalise",
-                message: format!("{}: {}", v.path, v.message),
+                message: format!("{}: {}", v.path(), v.message()),
             }
         }
     };
