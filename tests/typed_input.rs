@@ -168,8 +168,15 @@ static TYPES: [&str; 5] = [
     "Sensitive Data Identifications/PII",
 ];
 
+/// A JSON string literal for an identifier's ProductArn: 12 to 2048 characters, as a finding's
+/// (the schema refuses any other).
+fn product_arn() -> impl Strategy<Value = String> {
+    "arn:aws:securityhub:[a-z0-9-]{0,12}:[0-9]{0,12}:product/[a-z0-9/_-]{1,20}"
+        .prop_map(|s| json_str(&s))
+}
+
 fn identifiers() -> impl Strategy<Value = String> {
-    prop::collection::vec((text(), text()), 1..4).prop_map(|ids| {
+    prop::collection::vec((text(), product_arn()), 1..4).prop_map(|ids| {
         let items: Vec<String> = ids
             .into_iter()
             .map(|(id, arn)| format!(r#"{{"Id":{id},"ProductArn":{arn}}}"#))
@@ -457,7 +464,7 @@ proptest! {
                     1 => format!(r#""Criticality":{}"#, i.text()),
                     _ => format!(r#""Severity":{{"Normalized":{}}}"#, i.text()),
                 };
-                let ids = r#""FindingIdentifiers":[{"Id":"f","ProductArn":"p"}]"#;
+                let ids = r#""FindingIdentifiers":[{"Id":"f","ProductArn":"arn:aws:securityhub:::product/p"}]"#;
                 (Judged::BatchUpdateFindings, format!("{{{ids},{member}}}"))
             }
             _ => {
