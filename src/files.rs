@@ -1,6 +1,6 @@
 //! What a file is, as far as a reload can tell without reading it: the watcher compares these
-//! to see a change, and a policy load compares them before and after reading the directory to
-//! know its texts are of one version.
+//! to see a change, and the policy and callers loads compare them before and after reading
+//! their files to know the texts are of one version.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
