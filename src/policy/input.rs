@@ -229,10 +229,6 @@ impl Update {
     }
 }
 
-fn refuse(path: &str, message: String) -> Violation {
-    Violation::new(path, message)
-}
-
 /// OCSF `status_id` of BatchUpdateFindingsV2 as the workflow status one rule covers. Every value
 /// the model documents maps (0 and 99 included), and any other is refused.
 fn v2_status(id: i64) -> Result<&'static str, Violation> {
@@ -246,7 +242,7 @@ fn v2_status(id: i64) -> Result<&'static str, Violation> {
         6 => "DELETED",
         99 => "OTHER",
         _ => {
-            return Err(refuse(
+            return Err(Violation::new(
                 "/StatusId",
                 format!("StatusId {id} is not one of 0-6 or 99"),
             ))
@@ -257,7 +253,7 @@ fn v2_status(id: i64) -> Result<&'static str, Violation> {
 /// OCSF `severity_id` as a label and rank (`finding::v2_severity`), or a 400.
 fn v2_severity(id: i64) -> Result<(&'static str, u64), Violation> {
     crate::finding::v2_severity(id).ok_or_else(|| {
-        refuse(
+        Violation::new(
             "/SeverityId",
             format!("SeverityId {id} is not one of 0-6 or 99"),
         )
@@ -309,7 +305,7 @@ fn push_key(
         .and_then(|i| claims.get(i));
     match first {
         // Each text quoted by its start: they are the caller's, up to the body's size.
-        Some(first) if *first != claim => Err(refuse(
+        Some(first) if *first != claim => Err(Violation::new(
             list,
             format!(
                 "names the finding {:?} of {:?} twice, for different accounts ({} and {})",
@@ -372,7 +368,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 }
                 if let Some(n) = *normalized {
                     let derived = severity_for_normalized(n).ok_or_else(|| {
-                        refuse(
+                        Violation::new(
                             "/Severity/Normalized",
                             format!("Severity.Normalized {n} is outside 0-100"),
                         )
@@ -380,7 +376,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                     // The API does not say which wins when they disagree; a policy must not
                     // judge one while AWS applies the other.
                     if let Some(label) = label.filter(|l| *l != derived) {
-                        return Err(refuse(
+                        return Err(Violation::new(
                             "/Severity",
                             format!(
                                 "Severity.Label {} disagrees with Severity.Normalized, which means {}",
@@ -479,24 +475,22 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
             // refused as BatchUpdateFindings refuses an empty FindingIdentifiers.
             match (finding_identifiers, metadata_uids) {
                 (None, None) => {
-                    return Err(refuse(
+                    return Err(Violation::new(
                         "",
                         "BatchUpdateFindingsV2 needs FindingIdentifiers or MetadataUids: \
-                         the request names no finding to update"
-                            .into(),
+                         the request names no finding to update",
                     ))
                 }
                 (Some(list), _) if list.is_empty() => {
-                    return Err(refuse(
+                    return Err(Violation::new(
                         "/FindingIdentifiers",
-                        "FindingIdentifiers is empty: the request names no finding to update"
-                            .into(),
+                        "FindingIdentifiers is empty: the request names no finding to update",
                     ))
                 }
                 (_, Some(list)) if list.is_empty() => {
-                    return Err(refuse(
+                    return Err(Violation::new(
                         "/MetadataUids",
-                        "MetadataUids is empty: the request names no finding to update".into(),
+                        "MetadataUids is empty: the request names no finding to update",
                     ))
                 }
                 _ => {}

@@ -259,23 +259,11 @@ impl RegoVM {
             }
             (&ComprehensionMode::Object, &mut Value::Object(ref mut obj)) => {
                 if let Some(key) = key_value {
-                    // hubgate patch: an object comprehension that gives one key two values
-                    // is an error (as in the interpreter and OPA), not the last value.
-                    let conflict = match obj.get(&key) {
-                        Some(existing) if self.abort_on_errors && *existing != value_to_add => {
-                            Some(alloc::format!(
-                                "object keys must be unique: {key} is given {existing} and {value_to_add}"
-                            ))
-                        }
-                        _ => None,
-                    };
-                    if let Some(message) = conflict {
+                    // hubgate patch: see `key_conflict`.
+                    if let Some(conflict) = self.key_conflict(obj, &key, &value_to_add) {
                         self.set_register(result_reg, current_result)?;
                         self.comprehension_stack.push(comprehension_context);
-                        return Err(VmError::ConflictingValues {
-                            message,
-                            pc: self.pc,
-                        });
+                        return Err(conflict);
                     }
                     crate::Rc::make_mut(obj).insert(key, value_to_add);
                 } else {
@@ -391,22 +379,10 @@ impl RegoVM {
             }
             (&ComprehensionMode::Object, &mut Value::Object(ref mut obj)) => {
                 if let Some(key) = key_value {
-                    // hubgate patch: an object comprehension that gives one key two values
-                    // is an error (as in the interpreter and OPA), not the last value.
-                    let conflict = match obj.get(&key) {
-                        Some(existing) if self.abort_on_errors && *existing != value_to_add => {
-                            Some(alloc::format!(
-                                "object keys must be unique: {key} is given {existing} and {value_to_add}"
-                            ))
-                        }
-                        _ => None,
-                    };
-                    if let Some(message) = conflict {
+                    // hubgate patch: see `key_conflict`.
+                    if let Some(conflict) = self.key_conflict(obj, &key, &value_to_add) {
                         self.set_register(result_reg_idx, current_result)?;
-                        return Err(VmError::ConflictingValues {
-                            message,
-                            pc: self.pc,
-                        });
+                        return Err(conflict);
                     }
                     crate::Rc::make_mut(obj).insert(key, value_to_add);
                 } else {

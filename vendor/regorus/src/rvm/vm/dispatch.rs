@@ -452,22 +452,10 @@ impl RegoVM {
                 let mut obj_value = self.take_register(obj)?;
 
                 if let Ok(obj_mut) = obj_value.as_object_mut() {
-                    // hubgate patch: a partial object rule that gives one key two values is
-                    // an error (as in the interpreter and OPA), not the last value.
-                    let conflict = match obj_mut.get(&key_value) {
-                        Some(existing) if self.abort_on_errors && *existing != value_value => {
-                            Some(alloc::format!(
-                                "object keys must be unique: {key_value} is given {existing} and {value_value}"
-                            ))
-                        }
-                        _ => None,
-                    };
-                    if let Some(message) = conflict {
+                    // hubgate patch: see `key_conflict`.
+                    if let Some(conflict) = self.key_conflict(obj_mut, &key_value, &value_value) {
                         self.set_register(obj, obj_value)?;
-                        return Err(VmError::ConflictingValues {
-                            message,
-                            pc: self.pc,
-                        });
+                        return Err(conflict);
                     }
                     obj_mut.insert(key_value, value_value);
                     self.set_register(obj, obj_value)?;

@@ -31,6 +31,29 @@ impl RegoVM {
         )
     }
 
+    /// hubgate patch: with `abort_on_errors`, the error for giving `key` of `obj` a second,
+    /// different value (a partial object rule or an object comprehension), as in the
+    /// interpreter and OPA; the published VM kept the last value. No lookup without the flag.
+    pub(super) fn key_conflict(
+        &self,
+        obj: &crate::value::Object,
+        key: &Value,
+        value: &Value,
+    ) -> Option<VmError> {
+        if !self.abort_on_errors {
+            return None;
+        }
+        match obj.get(key) {
+            Some(existing) if existing != value => Some(VmError::ConflictingValues {
+                message: format!(
+                    "object keys must be unique: {key} is given {existing} and {value}"
+                ),
+                pc: self.pc,
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether an error ends the evaluation instead of leaving a rule body undefined: the
     /// resource limits always, and with `abort_on_errors` (hubgate patch) every error but a
     /// condition that does not hold.
