@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditConfig, AuditFormat, AuditSink, Fsync};
 use crate::identity::Role;
@@ -289,14 +289,18 @@ impl Record {
     }
 }
 
+/// Told to the request once its record is in the sink (or, the sink having failed, in the
+/// operational log), so that its answer never goes out ahead of its record.
+type Ack = oneshot::Sender<()>;
+
 /// What travels to the writer thread.
 enum Msg {
-    Record(Box<Record>),
+    Record(Box<Record>, Ack),
     /// A record already serialised as the chain hashes it (hubgate format, no mask). The
     /// request's thread serialises and frees the record while it is still in that core's
     /// cache: read and freed on the writer's thread instead, a 100-finding record cost more CPU
     /// in cache misses and cross-thread frees than in serialising.
-    Body(Vec<u8>),
+    Body(Vec<u8>, Ack),
     /// Shutdown: write what is queued, flush, fsync and stop, even while handles to the log
     /// (say, an idle admin connection's) still exist.
     Close,
@@ -309,7 +313,9 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn write(self, record: Record) {
+    /// Queues the record; the returned `Written` resolves once the writer has it in the sink.
+    pub fn write(self, record: Record) -> Written {
+        let (ack, written) = oneshot::channel();
         if self.as_is {
             // Writing fails only for a map key serde_json cannot write as text, which neither
             // a record nor regorus produces; were one to, the writer's long way still writes it.
@@ -319,13 +325,20 @@ impl Slot {
                     String::from_utf8_lossy(&canonical(&record)),
                     "a record struct's fields are not declared in key order"
                 );
-                self.permit.send(Msg::Body(body));
-                return;
+                self.permit.send(Msg::Body(body, ack));
+                return Written(written);
             }
         }
-        self.permit.send(Msg::Record(Box::new(record)));
+        self.permit.send(Msg::Record(Box::new(record), ack));
+        Written(written)
     }
 }
+
+/// A queued record, until the writer says it reached the sink: written to the file or stdout
+/// and flushed out of hubgate's buffer (a process killed after that loses nothing the kernel
+/// holds), and fsynced too with `fsync = "always"`.
+#[must_use = "a request's answer waits for its record"]
+pub struct Written(oneshot::Receiver<()>);
 
 #[derive(Clone)]
 pub struct AuditLog {
@@ -885,6 +898,15 @@ impl AuditLog {
                 // loses all of them (they sit in the buffer, or half of one reached the
                 // file), not only the line in hand, so all of them go to the operational log.
                 let mut unflushed: Vec<Vec<u8>> = Vec::new();
+                // The requests whose lines are in `unflushed`, told once those lines are out
+                // of hubgate's hands: flushed to the sink, or written to the operational log.
+                let mut waiting: Vec<Ack> = Vec::new();
+                let confirm = |acks: &mut Vec<Ack>| {
+                    for ack in acks.drain(..) {
+                        // A request that stopped waiting (its caller left) has no one to tell.
+                        let _ = ack.send(());
+                    }
+                };
                 let mut failed = false;
                 let log_failed = |e: &std::io::Error, lines: &mut Vec<Vec<u8>>| {
                     for line in lines.drain(..) {
@@ -897,9 +919,11 @@ impl AuditLog {
                 };
                 while let Some(msg) = next(&mut rx) {
                     let t = Instant::now();
-                    let line = match msg {
-                        Msg::Record(record) => writer.line(*record),
-                        Msg::Body(body) => writer.chain.seal_body(body, &mut writer.head),
+                    let (line, ack) = match msg {
+                        Msg::Record(record, ack) => (writer.line(*record), ack),
+                        Msg::Body(body, ack) => {
+                            (writer.chain.seal_body(body, &mut writer.head), ack)
+                        }
                         Msg::Close => {
                             // No new records; the ones already queued are still received.
                             rx.close();
@@ -914,6 +938,7 @@ impl AuditLog {
                             record = %String::from_utf8_lossy(&line),
                             "audit sink failed; refusing requests until restarted"
                         );
+                        let _ = ack.send(());
                         continue;
                     }
                     // Nothing is buffered at a batch's start: the place to check the file.
@@ -926,12 +951,15 @@ impl AuditLog {
                         result = writer.sink.write_line(&line);
                     }
                     unflushed.push(line);
+                    waiting.push(ack);
                     // Flush when the queue is empty: batches under load, prompt when idle;
-                    // and every MAX_UNFLUSHED lines, which bounds what a failure must log.
+                    // and every MAX_UNFLUSHED lines, which bounds what a failure must log and
+                    // how long a request waits for its record to be confirmed.
                     if result.is_ok() && (rx.is_empty() || unflushed.len() >= MAX_UNFLUSHED) {
                         result = writer.flush(false);
                         if result.is_ok() {
                             unflushed.clear();
+                            confirm(&mut waiting);
                         }
                     }
                     metrics.write_seconds.observe(t.elapsed().as_secs_f64());
@@ -944,6 +972,7 @@ impl AuditLog {
                             // The records reach the operational log at least; the sink is
                             // then closed, so no later request is forwarded unrecorded.
                             log_failed(&e, &mut unflushed);
+                            confirm(&mut waiting);
                             writer.sink.abandon();
                             failed = true;
                             rx.close();
@@ -957,6 +986,7 @@ impl AuditLog {
                         writer.sink.abandon();
                     }
                 }
+                confirm(&mut waiting);
             })
             .map_err(|e| AuditError::Open(e.to_string()))?;
         Ok((
@@ -1001,6 +1031,20 @@ impl AuditLog {
         json.to_string()
     }
 
+    /// Waits, at most `audit.enqueue_timeout_ms`, for a queued record to reach the sink.
+    pub async fn written(&self, written: Written) -> Result<(), AuditError> {
+        match tokio::time::timeout(self.wait, written.0).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(AuditError::Unavailable(
+                "the writer stopped before writing the record".into(),
+            )),
+            Err(_) => Err(AuditError::Unavailable(format!(
+                "the record was not written within {} ms",
+                self.wait.as_millis()
+            ))),
+        }
+    }
+
     /// Reserves room for one record, waiting at most `audit.enqueue_timeout_ms`.
     pub async fn reserve(&self) -> Result<Slot, AuditError> {
         match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
@@ -1026,20 +1070,23 @@ mod tests {
     fn the_writer_takes_queued_late_and_last_messages_and_stops_when_closed() {
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
         let body = |m: Option<Msg>| match m {
-            Some(Msg::Body(b)) => b,
+            Some(Msg::Body(b, _)) => b,
             _ => panic!("expected a body"),
         };
-        tx.try_send(Msg::Body(b"queued".to_vec())).unwrap();
+        tx.try_send(Msg::Body(b"queued".to_vec(), oneshot::channel().0))
+            .unwrap();
         assert_eq!(body(next(&mut rx)), b"queued");
         // Sent long after the pause: the writer is asleep in blocking_recv by then.
         let late = tx.clone();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(LINGER * 50);
-            late.blocking_send(Msg::Body(b"late".to_vec())).unwrap();
+            late.blocking_send(Msg::Body(b"late".to_vec(), oneshot::channel().0))
+                .unwrap();
         });
         assert_eq!(body(next(&mut rx)), b"late");
         sender.join().unwrap();
-        tx.try_send(Msg::Body(b"last".to_vec())).unwrap();
+        tx.try_send(Msg::Body(b"last".to_vec(), oneshot::channel().0))
+            .unwrap();
         drop(tx);
         assert_eq!(body(next(&mut rx)), b"last", "queued before the close");
         assert!(next(&mut rx).is_none(), "closed and empty");
@@ -1384,11 +1431,15 @@ mod tests {
     async fn write_n(config: &AuditConfig, from: u64, n: u64) {
         let (log, writer) = AuditLog::start(config, "us-east-1", AuditMetrics::default()).unwrap();
         for i in from..from + n {
-            log.reserve().await.unwrap().write(Record {
+            let written = log.reserve().await.unwrap().write(Record {
                 decision_id: format!("d-{i}"),
                 update: Some(json!({"note": {"text": "secret ticket", "by": "x"}})),
                 ..sample_record()
             });
+            log.written(written).await.unwrap();
+            let id = format!("\"decision_id\":\"d-{i}\"");
+            let on_disk = std::fs::read_to_string(&config.path).unwrap();
+            assert!(on_disk.contains(&id), "confirmed before it was in the file");
         }
         drop(log);
         writer.finish();
@@ -1437,14 +1488,20 @@ mod tests {
         for _ in 0..20 {
             slots.push(log.reserve().await.unwrap());
         }
+        let mut written = Vec::new();
         for (i, slot) in slots.into_iter().enumerate() {
-            slot.write(Record {
+            written.push(slot.write(Record {
                 decision_id: format!("batched-{i:02}"),
                 ..sample_record()
-            });
+            }));
         }
         drop(log);
         writer.finish();
+        // Each request is told once its record is in the operational log, not left to wait
+        // out its timeout with the answer held.
+        for w in written {
+            assert!(w.0.await.is_ok(), "a record's request was never told");
+        }
         let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
         let missing: Vec<String> = (0..20)
             .map(|i| format!("batched-{i:02}"))
@@ -1490,7 +1547,7 @@ mod tests {
         let mut odd = std::collections::BTreeMap::new();
         odd.insert(regorus::Value::from(1u64), regorus::Value::from("one"));
         for (id, input) in [("good", good), ("odd", regorus::Value::from(odd))] {
-            log.reserve().await.unwrap().write(Record {
+            let _ = log.reserve().await.unwrap().write(Record {
                 decision_id: id.into(),
                 input: Some(input),
                 ..sample_record()
@@ -1594,7 +1651,7 @@ mod tests {
         let held = log.reserve().await.unwrap();
         let err = log.reserve().await.err().unwrap();
         assert!(err.to_string().contains("queue stayed full"), "{err}");
-        held.write(sample_record());
+        let _ = held.write(sample_record());
         drop(log);
         writer.finish();
     }

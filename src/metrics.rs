@@ -81,6 +81,7 @@ pub struct AuditMetrics {
     pub records: Counter,
     pub errors: Counter,
     pub write_seconds: Histogram,
+    pub unconfirmed: Counter,
 }
 
 impl Default for AuditMetrics {
@@ -89,6 +90,7 @@ impl Default for AuditMetrics {
             records: Counter::default(),
             errors: Counter::default(),
             write_seconds: Histogram::new(exponential_buckets(0.000_002, 3.0, 14)),
+            unconfirmed: Counter::default(),
         }
     }
 }
@@ -293,6 +295,11 @@ impl Metrics {
             "audit_write_errors",
             "Audit writes that failed",
             m.audit.errors.clone(),
+        );
+        registry.register(
+            "audit_unconfirmed",
+            "Answers sent before their audit record was written: the writer took longer than audit.enqueue_timeout_ms",
+            m.audit.unconfirmed.clone(),
         );
         registry.register(
             "audit_write_seconds",

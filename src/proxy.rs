@@ -311,7 +311,7 @@ async fn respond(
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
     let audited = record(gate, trail, received, status, error);
-    match slot {
+    let written = match slot {
         Some(slot) => slot.write(audited),
         None => match gate.audit.reserve().await {
             Ok(slot) => slot.write(audited),
@@ -319,9 +319,18 @@ async fn respond(
             // loudly, with the record.
             Err(e) => {
                 let record = gate.audit.unqueued(audited);
-                tracing::error!(decision_id, error = %e, record = %record, "audit record of a rejected request was not written")
+                tracing::error!(decision_id, error = %e, record = %record, "audit record of a rejected request was not written");
+                return response;
             }
         },
+    };
+    // The answer waits for its record: a caller that was answered never lacks one, even if
+    // hubgate is killed (OOM, SIGKILL) the next moment. Past the wait the answer goes out
+    // anyway, since a forwarded change has happened whatever the log does; the record is still
+    // queued.
+    if let Err(e) = gate.audit.written(written).await {
+        gate.metrics.audit.unconfirmed.inc();
+        tracing::warn!(decision_id, error = %e, "answered before the audit record was written");
     }
     tracing::debug!(decision_id, method, path, status, "request");
     response

@@ -332,6 +332,75 @@ def test_a_fifo_audit_path_starts_and_a_stalled_reader_gets_503(make_fake, make_
     assert {caller_id(r) for r in ok} <= ids
 
 
+def test_no_caller_is_answered_before_its_record_reaches_the_sink(tmp_path, make_fake,
+                                                                   make_hubgate):
+    """A caller that got its answer must never lack a record, even if hubgate is killed the
+    next moment (the OOM killer, a SIGKILL after the grace period). hubgate answered as soon
+    as the record was queued for the writer thread: a kill then lost every queued record of
+    requests already answered, forwarded ones included. Now an answer waits until its record
+    is out of hubgate's hands (flushed into the file or pipe). The sink here is a FIFO whose
+    reader has stopped reading, its pipe shrunk to four pages: only the requests whose records
+    fit may be answered, and after a SIGKILL every answered request's record is in the pipe."""
+    import fcntl
+    import threading
+
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    opened = threading.Event()
+    go_on = threading.Event()
+
+    def reader():
+        with open(fifo, "rb", buffering=0) as f:
+            fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, 16384)
+            opened.set()
+            go_on.wait(30)  # reads nothing until hubgate is dead
+            while chunk := f.read(65536):
+                got.append(chunk)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    fake = make_fake()
+    hg = make_hubgate({"audit": {"path": str(fifo), "include_input": True,
+                                 "enqueue_timeout_ms": 20000}}, fake=fake, start=False)
+    hg.start(ready_timeout=8)
+    assert opened.wait(5)
+    answers: dict[int, object] = {}
+
+    def send(i: int):
+        try:
+            answers[i] = hg.buf(note(text=f"kill {i}"), who="admin")
+        except OSError:
+            pass  # still waiting when hubgate was killed: not answered
+
+
+    senders = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(16)]
+    for s in senders:
+        s.start()
+        time.sleep(0.05)
+    time.sleep(1.5)
+    answered = dict(answers)
+    hg.proc.send_signal(signal.SIGKILL)
+    hg.proc.wait(5)
+    go_on.set()
+    t.join(10)
+    for s in senders:
+        s.join(10)
+    text = b"".join(got).decode(errors="replace")
+    in_pipe = set()
+    for line in text.splitlines():
+        try:
+            in_pipe.add(json.loads(line)["decision_id"])
+        except ValueError:
+            pass  # the record the kill cut short
+    ok = {i: caller_id(r) for i, r in answered.items() if r.status == 200}
+    assert ok, "no request was answered: the pipe holds at least one record"
+    lost = {i: d for i, d in ok.items() if d not in in_pipe}
+    assert not lost, (f"answered {sorted(ok)}, but the records of {sorted(lost)} never reached "
+                      f"the sink ({len(in_pipe)} records in the pipe)")
+    assert len(ok) < len(senders), "every record fitted in the pipe: the test proves nothing"
+
+
 # ---------------------------------------------------------------------------
 # rotation edges
 
