@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -343,6 +345,8 @@ pub struct Written(oneshot::Receiver<()>);
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    /// Set by the writer while its sink has failed: no request is forwarded then.
+    failure: Arc<Failure>,
     capacity: usize,
     wait: Duration,
     /// Records go out as serialised (hubgate format, no mask), so the sender serialises them.
@@ -615,6 +619,20 @@ impl FileSink {
         self.size = self.good;
     }
 
+    /// After a failure, with nothing buffered: whether the file takes writes again. It is
+    /// tried where records go: a page written at its end, fsynced and cut off again, so the
+    /// file's content is unchanged (a kill in between leaves a torn line, which a restart and
+    /// `audit verify` handle as any torn record).
+    fn recover(&mut self) -> std::io::Result<()> {
+        self.follow_path()?;
+        let mut file = self.out.get_ref();
+        let tried = file
+            .write_all(&[b' '; 4096])
+            .and_then(|()| file.sync_data());
+        let cut = file.set_len(self.good).and_then(|()| file.sync_data());
+        tried.and(cut)
+    }
+
     /// Moves the current file to `.1` (older ones one up, the oldest beyond `max_files`
     /// deleted) and starts a new one. The chain simply continues into it.
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -686,6 +704,20 @@ impl Sink {
         match self {
             Sink::Stdout(_) => Ok(()),
             Sink::File(f) => f.follow_path(),
+        }
+    }
+
+    /// Whether a failed sink can be tried again: a regular file can (a disk that filled up
+    /// may be freed); stdout, a FIFO or a device whose reader left cannot.
+    fn can_recover(&self) -> bool {
+        matches!(self, Sink::File(f) if f.regular)
+    }
+
+    /// See `FileSink::recover`.
+    fn recover(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) if f.regular => f.recover(),
+            _ => Err(std::io::Error::other("this sink cannot be tried again")),
         }
     }
 
@@ -860,6 +892,205 @@ fn next(rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
     }
 }
 
+/// Why the sink is failed, while it is: what `reserve` refuses forwarded requests with.
+#[derive(Default)]
+struct Failure {
+    /// Read by every request; the text only while the sink is failed.
+    failed: AtomicBool,
+    why: Mutex<String>,
+}
+
+impl Failure {
+    fn why(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.why.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    fn set(&self, why: Option<String>) {
+        let failed = why.is_some();
+        *self.why.lock().unwrap_or_else(|e| e.into_inner()) = why.unwrap_or_default();
+        self.failed.store(failed, Ordering::Release);
+    }
+}
+
+/// How often a failed file sink is tried again (a disk that filled up may be freed).
+const RETRY_SINK: Duration = Duration::from_secs(1);
+
+/// The writer thread: seals, writes and flushes each queued record, confirms it to its request
+/// once flushed, and, when the sink fails, logs what it lost, refuses forwarded requests and
+/// tries a file sink again every `RETRY_SINK` until it takes writes.
+fn write_records(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Msg>,
+    metrics: AuditMetrics,
+    failure: &Failure,
+) {
+    // Lines written to the sink since its last good flush: a failing flush loses all of them
+    // (they sit in the buffer, or half of one reached the file), not only the line in hand,
+    // so all of them go to the operational log.
+    let mut unflushed: Vec<Vec<u8>> = Vec::new();
+    // The requests whose lines are in `unflushed`, told once those lines are out of hubgate's
+    // hands: flushed to the sink, or written to the operational log.
+    let mut waiting: Vec<Ack> = Vec::new();
+    let confirm = |acks: &mut Vec<Ack>| {
+        for ack in acks.drain(..) {
+            // A request that stopped waiting (its caller left) has no one to tell.
+            let _ = ack.send(());
+        }
+    };
+    let log_failed = |e: &dyn std::fmt::Display, line: &[u8]| {
+        tracing::error!(
+            error = %e,
+            record = %String::from_utf8_lossy(line),
+            "audit sink failed; this record is not in it"
+        );
+    };
+    // The chain as it stands in the sink: a recovered sink continues from its last good
+    // record, as a restart does (the records a failure lost, on stderr, are not in it).
+    let mut head_in_sink = writer.head.clone();
+    // Since when and why the sink has failed; None while it works.
+    let mut failed: Option<(Instant, String)> = None;
+    let mut closing = false;
+    loop {
+        let msg = match &failed {
+            Some((since, _)) if !closing && writer.sink.can_recover() => {
+                match next_until(&mut rx, *since + RETRY_SINK) {
+                    Polled::Msg(msg) => msg,
+                    Polled::Ended => break,
+                    Polled::Due => {
+                        match writer.sink.recover() {
+                            Ok(()) => {
+                                writer.head = head_in_sink.clone();
+                                failed = None;
+                                failure.set(None);
+                                tracing::warn!(
+                                    "the audit sink takes writes again; forwarding resumes"
+                                );
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "the audit sink still fails");
+                                failed = failed.map(|(_, why)| (Instant::now(), why));
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => match next(&mut rx) {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let t = Instant::now();
+        let (line, ack) = match msg {
+            Msg::Record(record, ack) => (writer.line(*record), ack),
+            Msg::Body(body, ack) => (writer.chain.seal_body(body, &mut writer.head), ack),
+            Msg::Close => {
+                // No new records; the ones already queued are still received.
+                rx.close();
+                closing = true;
+                continue;
+            }
+        };
+        if let Some((_, why)) = &failed {
+            // Records of requests answered before the sink failed, still queued: the failed
+            // sink would take them into its buffer and lose them.
+            metrics.errors.inc();
+            log_failed(why, &line);
+            let _ = ack.send(());
+            continue;
+        }
+        // Nothing is buffered at a batch's start: the place to check the file.
+        let mut result = if unflushed.is_empty() {
+            writer.sink.follow_path()
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            result = writer.sink.write_line(&line);
+        }
+        unflushed.push(line);
+        waiting.push(ack);
+        // Flush when the queue is empty: batches under load, prompt when idle; and every
+        // MAX_UNFLUSHED lines, which bounds what a failure must log and how long a request
+        // waits for its record to be confirmed.
+        if result.is_ok() && (rx.is_empty() || unflushed.len() >= MAX_UNFLUSHED) {
+            result = writer.flush(false);
+            if result.is_ok() {
+                unflushed.clear();
+                head_in_sink = writer.head.clone();
+                confirm(&mut waiting);
+            }
+        }
+        metrics.write_seconds.observe(t.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                metrics.records.inc();
+            }
+            Err(e) => {
+                metrics.errors.inc();
+                // The records reach the operational log at least; forwarding stops until the
+                // sink takes writes again, so no later request is forwarded unrecorded.
+                for line in unflushed.drain(..) {
+                    log_failed(&e, &line);
+                }
+                confirm(&mut waiting);
+                writer.sink.abandon();
+                let why = if writer.sink.can_recover() {
+                    format!("it failed ({e}); hubgate tries it again every second")
+                } else {
+                    // Stdout or a pipe whose reader left: nothing to try again.
+                    rx.close();
+                    format!("it failed ({e}); a restart is needed")
+                };
+                tracing::error!(error = %e, "audit sink failed; forwarded requests are refused until it takes writes");
+                failure.set(Some(why.clone()));
+                failed = Some((Instant::now(), why));
+            }
+        }
+    }
+    if failed.is_none() {
+        if let Err(e) = writer.flush(true) {
+            tracing::error!(error = %e, "final audit flush failed");
+            for line in unflushed.drain(..) {
+                log_failed(&e, &line);
+            }
+            writer.sink.abandon();
+        }
+    }
+    confirm(&mut waiting);
+}
+
+/// What the writer found waiting, when it must also wake at a deadline.
+enum Polled {
+    Msg(Msg),
+    /// The deadline came first.
+    Due,
+    /// Every sender is gone and the queue is empty.
+    Ended,
+}
+
+/// The next message, or `Due` at `until`. Only a failed sink waits this way (polling every
+/// 50 ms), so the busy path keeps `next`'s single blocking wait.
+fn next_until(rx: &mut mpsc::Receiver<Msg>, until: Instant) -> Polled {
+    use mpsc::error::TryRecvError;
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => return Polled::Msg(msg),
+            Err(TryRecvError::Disconnected) => return Polled::Ended,
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= until {
+                    return Polled::Due;
+                }
+                std::thread::sleep((until - now).min(Duration::from_millis(50)));
+            }
+        }
+    }
+}
+
 impl AuditLog {
     pub fn start(
         config: &AuditConfig,
@@ -879,7 +1110,7 @@ impl AuditLog {
                 (Sink::File(FileSink::open(config)?), head)
             }
         };
-        let mut writer = Writer {
+        let writer = Writer {
             sink,
             chain,
             head,
@@ -890,108 +1121,17 @@ impl AuditLog {
             fsync_every: Duration::from_millis(config.fsync_interval_ms),
             last_sync: Instant::now(),
         };
-        let (tx, mut rx) = mpsc::channel::<Msg>(config.queue_capacity);
+        let (tx, rx) = mpsc::channel::<Msg>(config.queue_capacity);
+        let failure = Arc::new(Failure::default());
+        let told = failure.clone();
         let handle = std::thread::Builder::new()
             .name("hubgate-audit".into())
-            .spawn(move || {
-                // Lines written to the sink since its last good flush: a failing flush
-                // loses all of them (they sit in the buffer, or half of one reached the
-                // file), not only the line in hand, so all of them go to the operational log.
-                let mut unflushed: Vec<Vec<u8>> = Vec::new();
-                // The requests whose lines are in `unflushed`, told once those lines are out
-                // of hubgate's hands: flushed to the sink, or written to the operational log.
-                let mut waiting: Vec<Ack> = Vec::new();
-                let confirm = |acks: &mut Vec<Ack>| {
-                    for ack in acks.drain(..) {
-                        // A request that stopped waiting (its caller left) has no one to tell.
-                        let _ = ack.send(());
-                    }
-                };
-                let mut failed = false;
-                let log_failed = |e: &std::io::Error, lines: &mut Vec<Vec<u8>>| {
-                    for line in lines.drain(..) {
-                        tracing::error!(
-                            error = %e,
-                            record = %String::from_utf8_lossy(&line),
-                            "audit sink failed; refusing requests until restarted"
-                        );
-                    }
-                };
-                while let Some(msg) = next(&mut rx) {
-                    let t = Instant::now();
-                    let (line, ack) = match msg {
-                        Msg::Record(record, ack) => (writer.line(*record), ack),
-                        Msg::Body(body, ack) => {
-                            (writer.chain.seal_body(body, &mut writer.head), ack)
-                        }
-                        Msg::Close => {
-                            // No new records; the ones already queued are still received.
-                            rx.close();
-                            continue;
-                        }
-                    };
-                    if failed {
-                        // Records of requests answered before the sink failed, still queued:
-                        // the failed sink would take them into its buffer and lose them.
-                        metrics.errors.inc();
-                        tracing::error!(
-                            record = %String::from_utf8_lossy(&line),
-                            "audit sink failed; refusing requests until restarted"
-                        );
-                        let _ = ack.send(());
-                        continue;
-                    }
-                    // Nothing is buffered at a batch's start: the place to check the file.
-                    let mut result = if unflushed.is_empty() {
-                        writer.sink.follow_path()
-                    } else {
-                        Ok(())
-                    };
-                    if result.is_ok() {
-                        result = writer.sink.write_line(&line);
-                    }
-                    unflushed.push(line);
-                    waiting.push(ack);
-                    // Flush when the queue is empty: batches under load, prompt when idle;
-                    // and every MAX_UNFLUSHED lines, which bounds what a failure must log and
-                    // how long a request waits for its record to be confirmed.
-                    if result.is_ok() && (rx.is_empty() || unflushed.len() >= MAX_UNFLUSHED) {
-                        result = writer.flush(false);
-                        if result.is_ok() {
-                            unflushed.clear();
-                            confirm(&mut waiting);
-                        }
-                    }
-                    metrics.write_seconds.observe(t.elapsed().as_secs_f64());
-                    match result {
-                        Ok(()) => {
-                            metrics.records.inc();
-                        }
-                        Err(e) => {
-                            metrics.errors.inc();
-                            // The records reach the operational log at least; the sink is
-                            // then closed, so no later request is forwarded unrecorded.
-                            log_failed(&e, &mut unflushed);
-                            confirm(&mut waiting);
-                            writer.sink.abandon();
-                            failed = true;
-                            rx.close();
-                        }
-                    }
-                }
-                if !failed {
-                    if let Err(e) = writer.flush(true) {
-                        tracing::error!(error = %e, "final audit flush failed");
-                        log_failed(&e, &mut unflushed);
-                        writer.sink.abandon();
-                    }
-                }
-                confirm(&mut waiting);
-            })
+            .spawn(move || write_records(writer, rx, metrics, &told))
             .map_err(|e| AuditError::Open(e.to_string()))?;
         Ok((
             AuditLog {
                 tx,
+                failure,
                 capacity: config.queue_capacity,
                 wait: Duration::from_millis(config.enqueue_timeout_ms),
                 as_is: matches!(config.format, AuditFormat::Hubgate) && config.mask.is_empty(),
@@ -1002,8 +1142,8 @@ impl AuditLog {
     }
 
     pub fn is_healthy(&self) -> bool {
-        // The writer closes the channel when its sink fails (and at shutdown).
-        !self.tx.is_closed()
+        // The writer closes the channel at shutdown, and when a sink that cannot recover fails.
+        !self.tx.is_closed() && self.failure.why().is_none()
     }
 
     /// Stops accepting records; the writer drains the queue, flushes, fsyncs and ends.
@@ -1047,6 +1187,9 @@ impl AuditLog {
 
     /// Reserves room for one record, waiting at most `audit.enqueue_timeout_ms`.
     pub async fn reserve(&self) -> Result<Slot, AuditError> {
+        if let Some(why) = self.failure.why() {
+            return Err(AuditError::Unavailable(why));
+        }
         match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
             Ok(Ok(permit)) => Ok(Slot {
                 permit,

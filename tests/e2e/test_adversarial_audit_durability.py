@@ -153,7 +153,9 @@ def test_a_full_disk_refuses_leaves_no_torn_record_and_the_chain_resumes(make_fa
     """The disk fills up mid-batch: the caller gets 503 AUDIT_UNAVAILABLE, nothing more is
     forwarded, every answered request's record is in the file or on stderr, and no half-written
     line is left in the file: with one, `audit verify` stopped at it for good, and every record
-    written after the restart went unchecked."""
+    written after the restart went unchecked. Once space comes back, the same hubgate resumes
+    forwarding within a few seconds (it refused every forwarded request until a restart), and
+    the chain continues from the last record in the file."""
     fake = make_fake()
     audit = small_disk / "audit.ndjson"
     hg = make_hubgate({"audit": {"path": str(audit), "include_input": True,
@@ -174,17 +176,30 @@ def test_a_full_disk_refuses_leaves_no_torn_record_and_the_chain_resumes(make_fa
     statuses = [r.status for r in answers]
     assert statuses[-1] == 503, statuses
     assert set(statuses[:-1]) == {200}, statuses
-    assert_envelope(answers[-1], 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
+    body = assert_envelope(answers[-1], 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
+    assert "tries it again every second" in body["message"], body
     assert len(fake.buf_calls()) == len(answers) - 1
+    assert hg.admin("/readyz").status_code == 503
+    # still full: still refused, nothing forwarded
+    time.sleep(1.5)
+    again = hg.buf(note(text="while full"), who="admin")
+    assert_envelope(again, 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
+    assert len(fake.buf_calls()) == len(answers) - 1
+    # space comes back: the same process takes records again
+    filler.unlink()
+    wait_until(lambda: hg.admin("/readyz").status_code == 200, 5, "the sink to be tried again")
+    resumed = hg.buf(note(text="after the disk was freed"), who="admin")
+    assert resumed.status == 200, resumed.text
     hg.stop()
     answered = {caller_id(r) for r in answers[:-1]}
     in_file = set(re.findall(r'"decision_id":"([^"]+)"', audit.read_text(errors="replace")))
     on_stderr = set(re.findall(r'"decision_id":"([^"]+)"', hg.stderr_text()))
     assert answered <= in_file | on_stderr, answered - in_file - on_stderr
     assert audit.read_bytes().endswith(b"\n"), "a half-written record was left in the file"
-    intact(audit_verify(audit))
-    # space comes back; the restarted hubgate continues the chain and the log verifies
-    filler.unlink()
+    records = lines_of(audit)
+    assert records[-1]["decision_id"] == caller_id(resumed)
+    intact(audit_verify(audit), len(records))
+    # a restart continues the same chain
     hg.start()
     resp = hg.buf(note(), who="admin")
     assert resp.status == 200, resp.text
