@@ -65,15 +65,22 @@ impl Bucket {
         let burst = ((limit.burst as f64 * share).floor() as u32)
             .saturating_sub(1)
             .max(1);
-        let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        let quota = Quota::with_period(period(rate))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Bucket {
             limiter: RateLimiter::direct(quota),
             rate,
         }
     }
+}
+
+/// The time between calls at `rate` per second: at least a nanosecond, governor's unit. A
+/// faster rate (1e10/s, say, to leave an emulator unpaced) rounded to a zero period, which
+/// governor refuses, and the bucket fell back to one call a second: the higher the rate
+/// configured, the slower hubgate paced. At most 1e6 s (a rate of 1e-6/s).
+fn period(rate: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / rate.max(1e-6)).max(Duration::from_nanos(1))
 }
 
 /// A throttle halves the operation's pace (`SLOWDOWN`), down to `MIN_PACE` of it, and the pace
@@ -736,6 +743,19 @@ mod tests {
         p.acquire("GetFindings", soon(), "m", a).await.unwrap();
         let err = p.acquire("GetFindings", soon(), "n", b).await.unwrap_err();
         assert_eq!(err.account, None);
+    }
+
+    #[tokio::test]
+    async fn a_rate_too_fast_to_space_calls_paces_nothing_rather_than_one_a_second() {
+        let p = pacer(1e12, 3, 1.0);
+        let soon = Instant::now() + Duration::from_millis(200);
+        for _ in 0..50 {
+            p.acquire("GetFindings", soon, "1", Payer::Hubgate)
+                .await
+                .unwrap();
+        }
+        assert_eq!(period(1e12), Duration::from_nanos(1));
+        assert_eq!(period(1e-9), Duration::from_secs(1_000_000));
     }
 
     #[test]
