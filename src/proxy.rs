@@ -1222,7 +1222,8 @@ async fn send(
             return Err(rejection);
         }
     };
-    if crate::upstream::is_throttle(response.status(), response.headers()) {
+    // The answer's body is relayed unread: only its status and error type header tell.
+    if crate::upstream::is_throttle(response.status(), response.headers(), None) {
         trail.throttled = true;
         gate.metrics
             .enrich

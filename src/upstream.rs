@@ -131,17 +131,26 @@ impl UpstreamError {
     }
 }
 
-/// Error types botocore's standard retry mode treats as throttling (botocore/retries/standard.py).
-const THROTTLING_ERROR_TYPES: [&str; 9] = [
+/// Error types botocore's standard retry mode treats as throttling
+/// (`ThrottledRetryableChecker` in botocore/retries/standard.py), all of them: Security Hub sits
+/// behind AWS's front ends, which spell a throttle more ways than the service's model does
+/// (`SlowDown` on a 503, `BandwidthLimitExceeded`, ...). One left out made a throttled lookup a
+/// 502 at once, with no retry within the deadline and no slowing down.
+const THROTTLING_ERROR_TYPES: [&str; 14] = [
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
     "RequestThrottledException",
     "TooManyRequestsException",
     "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
     "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
     "LimitExceededException",
     "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
 ];
 
 /// An answer refusing the credentials a call was signed with (`CREDENTIAL_ERROR_TYPES`).
@@ -198,14 +207,35 @@ fn error_type(headers: &HeaderMap) -> Option<&str> {
         .map(|v| v.split(':').next().unwrap_or(v))
 }
 
+/// The error type an error answer's JSON body names, as botocore reads it when the header is
+/// absent: `__type` (or `code`), without a `namespace#` before the name.
+fn body_error_type(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = value
+        .get("__type")
+        .or_else(|| value.get("code"))
+        .and_then(|t| t.as_str())?;
+    let name = name.rsplit('#').next().unwrap_or(name);
+    Some(name.split(':').next().unwrap_or(name).to_owned())
+}
+
 /// Whether an upstream answer is Security Hub throttling hubgate: HTTP 429, or a throttling
-/// error type.
-pub fn is_throttle(status: http::StatusCode, headers: &HeaderMap) -> bool {
+/// error type, named by `x-amzn-ErrorType` or, without that header, by the body (`body`: None
+/// when the answer is relayed unread, as a forward's is). SDKs read the error type the same
+/// way, so what they would back off on is what hubgate backs off on.
+pub fn is_throttle(status: http::StatusCode, headers: &HeaderMap, body: Option<&[u8]>) -> bool {
     if status == http::StatusCode::TOO_MANY_REQUESTS {
         return true;
     }
-    !status.is_success()
-        && error_type(headers).is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name))
+    if status.is_success() {
+        return false;
+    }
+    match error_type(headers) {
+        Some(name) => THROTTLING_ERROR_TYPES.contains(&name),
+        None => body
+            .and_then(body_error_type)
+            .is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name.as_str())),
+    }
 }
 
 /// The error type, when an upstream answer refuses the credentials the call was signed with
@@ -762,7 +792,7 @@ impl Upstream {
                 ms: self.timeout.as_millis() as u64,
             })??;
         let status = response.status();
-        let throttled = is_throttle(status, response.headers());
+        let headers = response.headers().clone();
         let refused = CredentialsRefused::of(operation, &response);
         let collected = tokio::time::timeout_at(
             deadline,
@@ -782,7 +812,7 @@ impl Upstream {
                 return Err(self.refused(&key_id, refused, &collected));
             }
             let detail = error_message(&collected);
-            if throttled {
+            if is_throttle(status, &headers, Some(&collected)) {
                 return Err(UpstreamError::Throttled { operation, detail });
             }
             return Err(UpstreamError::Refused {
@@ -1105,6 +1135,40 @@ mod tests {
         source.refused(second.access_key_id());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(calls(&provider), 3);
+    }
+
+    #[test]
+    fn a_throttle_is_read_as_sdks_read_it_from_the_header_or_else_the_body() {
+        let throttle = |status: u16, error_type: Option<&str>, body: Option<&[u8]>| {
+            let mut h = HeaderMap::new();
+            if let Some(t) = error_type {
+                h.insert("x-amzn-errortype", HeaderValue::from_str(t).unwrap());
+            }
+            is_throttle(http::StatusCode::from_u16(status).unwrap(), &h, body)
+        };
+        assert!(throttle(503, Some("SlowDown"), None));
+        assert!(throttle(
+            400,
+            Some("BandwidthLimitExceeded:http://internal/"),
+            None
+        ));
+        assert!(throttle(429, None, Some(b"<html>Too Many Requests</html>")));
+        let typed = br#"{"__type": "com.amazonaws.securityhub#ThrottlingException"}"#;
+        assert!(throttle(400, None, Some(typed)));
+        assert!(throttle(
+            400,
+            None,
+            Some(br#"{"code": "RequestLimitExceeded"}"#)
+        ));
+        // The header wins over the body, as in botocore; a relayed body is not read.
+        assert!(!throttle(400, Some("InvalidInputException"), Some(typed)));
+        assert!(!throttle(400, None, None));
+        assert!(!throttle(
+            503,
+            None,
+            Some(br#"{"message": "Service Unavailable"}"#)
+        ));
+        assert!(!throttle(200, Some("ThrottlingException"), Some(typed)));
     }
 
     #[test]
