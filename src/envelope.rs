@@ -59,6 +59,13 @@ pub enum Rejection {
          arrived: {0}"
     )]
     ClientAborted(#[source] BodyError),
+    /// The client went away while its request waited (for finding state or quota), before
+    /// anything was sent upstream: recorded like `ClientAborted`, nothing is forwarded.
+    #[error(
+        "the client closed the connection or cancelled the request while it waited for \
+         Security Hub's quota; nothing was sent"
+    )]
+    ClientLeft,
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
     /// The request head is ambiguous (target form, framing headers, repeated security headers).
@@ -171,7 +178,7 @@ impl Rejection {
                 "InvalidInputException",
             ),
             Unauthenticated(e) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", e.error_type()),
-            ClientAborted(_) => (
+            ClientAborted(_) | ClientLeft => (
                 CLIENT_CLOSED_REQUEST,
                 "CLIENT_ABORTED",
                 "ClientAbortedException",

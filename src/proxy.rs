@@ -111,6 +111,8 @@ struct Trail {
     proof: Option<(Arc<Identity>, Credential)>,
     /// Checks the connection's client certificate again, after a quota wait.
     cert_check: Option<CertCheck>,
+    /// Tells when the client has gone, so that a request waiting for quota stops waiting.
+    departure: Departure,
 }
 
 impl Trail {
@@ -157,6 +159,43 @@ impl Trail {
     }
 }
 
+/// Whether the client of a request is still there. The request runs in its own task, so
+/// that what it already sent upstream is recorded whatever the client does; this tells that
+/// task when hyper dropped the connection's side of the request (the client closed the
+/// connection, or reset its h2 stream). A request that was still waiting for quota then sends
+/// nothing: forwarded anyway, the write of a client that gave up (an SDK's read timeout, a
+/// Lambda's) was applied up to `quota.max_wait_ms` later, beside the retry it had sent, each
+/// spending the account's quota; and the request held its caller's place in line meanwhile.
+#[derive(Clone, Default)]
+pub struct Departure(Option<tokio::sync::watch::Receiver<()>>);
+
+/// Held by the connection's side of a request; dropping it tells `Departure` the client left.
+pub struct Presence(#[allow(dead_code)] tokio::sync::watch::Sender<()>);
+
+/// A request's `Presence` (for the connection) and `Departure` (for the request's task).
+pub fn presence() -> (Presence, Departure) {
+    let (present, watched) = tokio::sync::watch::channel(());
+    (Presence(present), Departure(Some(watched)))
+}
+
+impl Departure {
+    /// Resolves once the client has gone; never, for a request no connection watches.
+    async fn gone(&self) {
+        match &self.0 {
+            Some(watched) => {
+                let mut watched = watched.clone();
+                // Nothing is ever sent: `changed` ends only when the sender is dropped.
+                while watched.changed().await.is_ok() {}
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn has_gone(&self) -> bool {
+        self.0.as_ref().is_some_and(|w| w.has_changed().is_err())
+    }
+}
+
 /// What is known of a request before any stage reads it.
 struct Received {
     started: Instant,
@@ -180,6 +219,7 @@ pub async fn handle(
     remote: SocketAddr,
     client_cert: Option<Arc<ClientCert>>,
     cert_check: Option<CertCheck>,
+    departure: Departure,
 ) -> Response<ProxyBody> {
     let received = Received {
         started: Instant::now(),
@@ -195,6 +235,7 @@ pub async fn handle(
         client_cert: client_cert.as_deref(),
         trail: Trail {
             cert_check,
+            departure,
             ..Trail::default()
         },
         admitted: None,
@@ -261,7 +302,7 @@ fn answer(
         }
         Err(rejection) => {
             let mut resp = rejection.to_response(decision_id);
-            if let Rejection::ClientAborted(_) = rejection {
+            if let Rejection::ClientAborted(_) | Rejection::ClientLeft = rejection {
                 resp.extensions_mut().insert(ClientGone);
             }
             let status = resp.status().as_u16();
@@ -1157,11 +1198,18 @@ async fn send(
     };
     let waited = match trail.quota_held.take() {
         Some((held, waited)) if held == operation => waited,
-        _ => gate
-            .pacer
-            .acquire(operation, deadline, caller, payer)
-            .await
-            .map_err(|e| {
+        _ => {
+            let acquired = tokio::select! {
+                biased;
+                () = trail.departure.gone() => Err(None),
+                acquired = gate.pacer.acquire(operation, deadline, caller, payer) => {
+                    acquired.map_err(Some)
+                }
+            };
+            acquired.map_err(|e| {
+                let Some(e) = e else {
+                    return Rejection::ClientLeft;
+                };
                 // The waits that ran out are the longest: leaving them out showed waits short
                 // exactly while callers were getting 429.
                 gate.metrics
@@ -1169,8 +1217,14 @@ async fn send(
                     .observe(e.waited_ms as f64 / 1000.0);
                 trail.throttled = true;
                 Rejection::Quota(e)
-            })?,
+            })?
+        }
     };
+    // Gone while the decision or its quota was waited for (the quota may have been held from
+    // a voided decision): nothing was sent, and nobody is left to send it for.
+    if trail.departure.has_gone() {
+        return Err(Rejection::ClientLeft);
+    }
     // The wait can be quota.max_wait_ms long: a caller removed, re-keyed or given another role
     // meanwhile would otherwise be forwarded as it was when it was authenticated.
     still_the_caller(gate, trail)?;

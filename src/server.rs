@@ -174,13 +174,14 @@ async fn serve_connection<I>(
         async move {
             // The request runs in its own task: hyper drops this future when the client goes
             // away, and a request already forwarded must still get its audit record.
-            let response =
-                match tokio::spawn(proxy::handle(gate.stages.clone(), req, remote, cert, check))
-                    .await
-                {
-                    Ok(response) => response,
-                    Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
-                };
+            // Dropped with this future when the client goes away: a request still waiting
+            // for quota then sends nothing.
+            let (_present, departure) = proxy::presence();
+            let handled = proxy::handle(gate.stages.clone(), req, remote, cert, check, departure);
+            let response = match tokio::spawn(handled).await {
+                Ok(response) => response,
+                Err(e) => proxy::internal_error(&format!("the request handler failed: {e}")),
+            };
             // An error from the service makes hyper close the connection without answering.
             if response.extensions().get::<proxy::ClientGone>().is_some() {
                 return Err(proxy::ClientGone);
