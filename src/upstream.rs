@@ -792,11 +792,11 @@ impl Upstream {
                 ms: self.timeout.as_millis() as u64,
             })??;
         let status = response.status();
-        let headers = response.headers().clone();
         let refused = CredentialsRefused::of(operation, &response);
+        let (head, body) = response.into_parts();
         let collected = tokio::time::timeout_at(
             deadline,
-            Limited::new(response.into_body(), MAX_LOOKUP_RESPONSE_BYTES).collect(),
+            Limited::new(body, MAX_LOOKUP_RESPONSE_BYTES).collect(),
         )
         .await
         .map_err(|_| UpstreamError::Timeout {
@@ -812,7 +812,7 @@ impl Upstream {
                 return Err(self.refused(&key_id, refused, &collected));
             }
             let detail = error_message(&collected);
-            if is_throttle(status, &headers, Some(&collected)) {
+            if is_throttle(status, &head.headers, Some(&collected)) {
                 return Err(UpstreamError::Throttled { operation, detail });
             }
             return Err(UpstreamError::Refused {
