@@ -2,7 +2,7 @@
 // Licensed under the MIT License.
 
 use crate::rvm::instructions::FunctionCallParams;
-use crate::rvm::program::{RuleInfo, RuleType};
+use crate::rvm::program::{Program, RuleInfo, RuleType};
 use crate::value::Value;
 use alloc::format;
 use alloc::vec::Vec;
@@ -264,16 +264,17 @@ impl RegoVM {
             });
         }
 
-        let rule_info = self
-            .program
+        // Borrowed through a handle on the program, not cloned: a RuleInfo owns its name and
+        // vectors, and every rule call (a cached one included) allocated copies of them.
+        let program = self.program.clone();
+        let rule_info = program
             .rule_infos
             .get(rule_idx)
             .ok_or(VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+                available: program.rule_infos.len(),
+            })?;
 
         let is_function_rule = rule_info.function_info.is_some();
 
@@ -431,16 +432,17 @@ impl RegoVM {
             });
         }
 
-        let rule_info = self
-            .program
+        // Borrowed through a handle on the program, not cloned: a RuleInfo owns its name and
+        // vectors, and every rule call (a cached one included) allocated copies of them.
+        let program = self.program.clone();
+        let rule_info = program
             .rule_infos
             .get(rule_idx)
             .ok_or(VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+                available: program.rule_infos.len(),
+            })?;
 
         let is_function_rule = rule_info.function_info.is_some();
 
@@ -788,16 +790,17 @@ impl RegoVM {
         } = frame_data;
 
         let rule_idx = usize::from(rule_index);
-        let rule_info = self
-            .program
+        // Borrowed through a handle on the program, not cloned: a RuleInfo owns its name and
+        // vectors, and every rule call (a cached one included) allocated copies of them.
+        let program = self.program.clone();
+        let rule_info = program
             .rule_infos
             .get(rule_idx)
             .ok_or(VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+                available: program.rule_infos.len(),
+            })?;
 
         let result_from_rule = if rule_failed_due_to_inconsistency {
             Value::Undefined
@@ -930,7 +933,8 @@ impl RegoVM {
         &mut self,
         frame_data: &mut RuleFrameData,
     ) -> Result<Option<usize>> {
-        let rule_info = self.get_rule_info(frame_data.rule_index)?;
+        let program = self.program.clone();
+        let rule_info = self.get_rule_info(&program, frame_data.rule_index)?;
         match frame_data.phase {
             RuleFramePhase::ExecutingDestructuring => {
                 self.rule_frame_after_destructuring_success(frame_data, &rule_info)
@@ -944,20 +948,20 @@ impl RegoVM {
         &mut self,
         frame_data: &mut RuleFrameData,
     ) -> Result<Option<usize>> {
-        let rule_info = self.get_rule_info(frame_data.rule_index)?;
-        self.rule_frame_after_failure(frame_data, &rule_info)
+        let program = self.program.clone();
+        let rule_info = self.get_rule_info(&program, frame_data.rule_index)?;
+        self.rule_frame_after_failure(frame_data, rule_info)
     }
 
-    fn get_rule_info(&self, rule_index: u16) -> Result<RuleInfo> {
+    fn get_rule_info<'p>(&self, program: &'p Program, rule_index: u16) -> Result<&'p RuleInfo> {
         let idx = usize::from(rule_index);
-        self.program
+        program
             .rule_infos
             .get(idx)
-            .cloned()
             .ok_or(VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
+                available: program.rule_infos.len(),
             })
     }
 
