@@ -349,6 +349,8 @@ pub struct AuditLog {
     failure: Arc<Failure>,
     capacity: usize,
     wait: Duration,
+    /// `audit.write_timeout_ms`: how long an answer waits for its record.
+    write_wait: Duration,
     /// Records go out as serialised (hubgate format, no mask), so the sender serialises them.
     as_is: bool,
     /// `audit.mask`, for a record that reaches the operational log instead (`unqueued`).
@@ -1134,6 +1136,7 @@ impl AuditLog {
                 failure,
                 capacity: config.queue_capacity,
                 wait: Duration::from_millis(config.enqueue_timeout_ms),
+                write_wait: Duration::from_millis(config.write_timeout_ms),
                 as_is: matches!(config.format, AuditFormat::Hubgate) && config.mask.is_empty(),
                 mask: config.mask.clone().into(),
             },
@@ -1171,16 +1174,16 @@ impl AuditLog {
         json.to_string()
     }
 
-    /// Waits, at most `audit.enqueue_timeout_ms`, for a queued record to reach the sink.
+    /// Waits, at most `audit.write_timeout_ms`, for a queued record to reach the sink.
     pub async fn written(&self, written: Written) -> Result<(), AuditError> {
-        match tokio::time::timeout(self.wait, written.0).await {
+        match tokio::time::timeout(self.write_wait, written.0).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(AuditError::Unavailable(
                 "the writer stopped before writing the record".into(),
             )),
             Err(_) => Err(AuditError::Unavailable(format!(
                 "the record was not written within {} ms",
-                self.wait.as_millis()
+                self.write_wait.as_millis()
             ))),
         }
     }

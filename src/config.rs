@@ -556,6 +556,8 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     /// How long a request waits for room before it is refused with 503 AUDIT_UNAVAILABLE.
     pub enqueue_timeout_ms: u64,
+    /// How long an answer waits for its record to be written before it goes out anyway.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -574,6 +576,7 @@ impl Default for AuditConfig {
             include_input: true,
             queue_capacity: 256,
             enqueue_timeout_ms: 2000,
+            write_timeout_ms: 2000,
         }
     }
 }
@@ -819,6 +822,7 @@ impl Config {
             ("quota.max_wait_ms", quota.max_wait_ms),
             ("audit.fsync_interval_ms", audit.fsync_interval_ms),
             ("audit.enqueue_timeout_ms", audit.enqueue_timeout_ms),
+            ("audit.write_timeout_ms", audit.write_timeout_ms),
         ] {
             if ms > MAX_TIMEOUT_MS {
                 return Err(invalid(
@@ -1122,6 +1126,14 @@ impl Config {
         if audit.queue_capacity == 0 {
             return Err(invalid(file, "audit.queue_capacity", "must be at least 1"));
         }
+        if audit.write_timeout_ms == 0 {
+            // Every answer would go out before its record, each with a warning.
+            return Err(invalid(
+                file,
+                "audit.write_timeout_ms",
+                "must be at least 1",
+            ));
+        }
         if audit.fsync == Fsync::Interval && audit.fsync_interval_ms == 0 {
             return Err(invalid(
                 file,
@@ -1301,6 +1313,19 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_must_be_allowed_to_wait_for_its_record() {
+        assert_eq!(parse("").unwrap().audit.write_timeout_ms, 2000);
+        let e = parse("[audit]\nwrite_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("audit.write_timeout_ms: must be at least 1"),
+            "{e}"
+        );
+        assert!(parse("[audit]\nwrite_timeout_ms = 1\n").is_ok());
+    }
+
+    #[test]
     fn durations_are_at_most_a_day() {
         for (section, key) in [
             ("server", "shutdown_grace_ms"),
@@ -1312,6 +1337,7 @@ mod tests {
             ("quota", "max_wait_ms"),
             ("audit", "fsync_interval_ms"),
             ("audit", "enqueue_timeout_ms"),
+            ("audit", "write_timeout_ms"),
         ] {
             assert!(parse(&format!("[{section}]\n{key} = 86400000\n")).is_ok());
             let e = parse(&format!("[{section}]\n{key} = 86400001\n"))

@@ -298,7 +298,7 @@ impl Metrics {
         );
         registry.register(
             "audit_unconfirmed",
-            "Answers sent before their audit record was written: the writer took longer than audit.enqueue_timeout_ms",
+            "Answers sent before their audit record was written: the writer took longer than audit.write_timeout_ms",
             m.audit.unconfirmed.clone(),
         );
         registry.register(

@@ -377,7 +377,7 @@ def test_no_caller_is_answered_before_its_record_reaches_the_sink(tmp_path, make
     t.start()
     fake = make_fake()
     hg = make_hubgate({"audit": {"path": str(fifo), "include_input": True,
-                                 "enqueue_timeout_ms": 20000}}, fake=fake, start=False)
+                                 "write_timeout_ms": 20000}}, fake=fake, start=False)
     hg.start(ready_timeout=8)
     assert opened.wait(5)
     answers: dict[int, object] = {}
