@@ -715,6 +715,15 @@ impl Sink {
         matches!(self, Sink::File(f) if f.regular)
     }
 
+    /// The chain's head as the files hold it: the last complete record of the live file, or
+    /// of `.1` when the live file has none (just rotated).
+    fn head_on_disk(&self) -> Option<Head> {
+        match self {
+            Sink::File(f) => head_on_disk(&f.path),
+            Sink::Stdout(_) => None,
+        }
+    }
+
     /// See `FileSink::recover`.
     fn recover(&mut self) -> std::io::Result<()> {
         match self {
@@ -894,6 +903,11 @@ fn next(rx: &mut mpsc::Receiver<Msg>) -> Option<Msg> {
     }
 }
 
+/// Where the chain stands in the files at `path`: its last complete record, or that of `.1`.
+fn head_on_disk(path: &Path) -> Option<Head> {
+    chain::head_of(path).or_else(|| chain::head_of(&rotated(path, 1)))
+}
+
 /// Why the sink is failed, while it is: what `reserve` refuses forwarded requests with.
 #[derive(Default)]
 struct Failure {
@@ -964,7 +978,12 @@ fn write_records(
                     Polled::Due => {
                         match writer.sink.recover() {
                             Ok(()) => {
-                                writer.head = head_in_sink.clone();
+                                // Read back as a restart reads it: a rotation in the failed
+                                // batch put records in `.1` that the batch's head left out.
+                                writer.head = writer
+                                    .sink
+                                    .head_on_disk()
+                                    .unwrap_or_else(|| head_in_sink.clone());
                                 failed = None;
                                 failure.set(None);
                                 tracing::warn!(
@@ -1106,9 +1125,7 @@ impl AuditLog {
                 Head::default(),
             ),
             AuditSink::File => {
-                let head = chain::head_of(&config.path)
-                    .or_else(|| chain::head_of(&rotated(&config.path, 1)))
-                    .unwrap_or_default();
+                let head = head_on_disk(&config.path).unwrap_or_default();
                 (Sink::File(FileSink::open(config)?), head)
             }
         };
