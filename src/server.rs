@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
@@ -34,6 +33,19 @@ use crate::policy::PolicySet;
 use crate::proxy::{self, Stages};
 use crate::quota::Pacer;
 use crate::upstream::Upstream;
+
+/// Why the service hands hyper no response: over HTTP/1 hyper then closes the connection; over
+/// h2 it resets the stream with the h2 reason it finds among the error's sources (else
+/// INTERNAL_ERROR).
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    #[error("the client went away")]
+    ClientGone(#[source] proxy::ClientGone),
+    /// The connection is closing (`conn::CloseReason`): the request was not handled, which
+    /// REFUSED_STREAM tells an h2 client (it may send it again on a new connection).
+    #[error("the connection is closing; the request was not handled")]
+    Closing(#[source] h2::Error),
+}
 
 fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
@@ -104,6 +116,14 @@ pub(crate) const H1_MAX_BUFFER: usize = 96 * 1024;
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a connection asked to close, with no request in progress any more, has for its
+/// graceful shutdown (an h2 GOAWAY, the client's acknowledgement of hyper's ping, the final
+/// GOAWAY) before it is dropped. Requests it starts meanwhile are refused.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// A stop's signal to one connection, held for as long as the connection is served.
+type Stop = tokio::sync::watch::Receiver<()>;
+
 /// Connections over server.max_connections that are still answered with a 503 at once; past
 /// this many, further ones are closed at accept (answering costs a task and a file descriptor).
 const MAX_REFUSING: usize = 64;
@@ -128,7 +148,7 @@ impl Drop for ConnectionSlot {
 /// its clock expires (idle, or a request head read too slowly).
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stop: Stop,
     io: I,
     gate: Arc<Gate>,
     remote: std::net::SocketAddr,
@@ -150,7 +170,10 @@ async fn serve_connection<I>(
         // until its response body has been sent. hyper's size hint is exact for a body framed
         // by Content-Length (or absent), which is then also its length on the wire.
         let body_len = hyper::body::Body::size_hint(req.body()).exact();
-        let (guard, head, heads_lost) = requests.request_started(body_len);
+        // A connection asked to close handles no request that starts after (an h2 client may
+        // open streams until it has read the GOAWAY, or ignore it).
+        let refused = requests.is_closing();
+        let (mut guard, head, heads_lost) = requests.request_started(body_len);
         if let Some(head) = head {
             req.extensions_mut().insert(RawHead(head));
         }
@@ -171,7 +194,16 @@ async fn serve_connection<I>(
         // A connection whose certificate no longer verifies gets its 401 (from identity) and
         // is closed: its client connects again, and the handshake tells it why.
         let lapsed = cert.as_ref().is_some_and(|c| c.lapsed.is_some());
+        if lapsed {
+            // Over h2 a Connection header means nothing: the connection is shut down (GOAWAY)
+            // once this request's 401 is sent, and the requests its client opens meanwhile
+            // are refused.
+            guard.then_close(conn::CloseReason::CertificateLapsed);
+        }
         async move {
+            if refused {
+                return Err(Unanswered::Closing(h2::Reason::REFUSED_STREAM.into()));
+            }
             // The request runs in its own task: hyper drops this future when the client goes
             // away, and a request already forwarded must still get its audit record.
             // Dropped with this future when the client goes away: a request still waiting
@@ -184,7 +216,7 @@ async fn serve_connection<I>(
             };
             // An error from the service makes hyper close the connection without answering.
             if response.extensions().get::<proxy::ClientGone>().is_some() {
-                return Err(proxy::ClientGone);
+                return Err(Unanswered::ClientGone(proxy::ClientGone));
             }
             let mut response = response;
             if heads_lost || lapsed {
@@ -203,24 +235,54 @@ async fn serve_connection<I>(
     // When the clock expires below, dropping the connection ends every request on it: over
     // HTTP/1 the response body (and with it the in-flight permit) is dropped with it, and over
     // h2 each stream's task is woken with the connection's error and drops its body.
-    let served = watcher.watch(builder.serve_connection(io, service).into_owned());
-    let kind = tokio::select! {
-        result = served => match result {
-            Ok(()) => None,
-            // The client left mid-request: counted as the request's 499, not as a connection
-            // error.
-            Err(e) if client_gone(&*e) => None,
-            Err(e) => {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
-                Some(conn::error_kind(&*e))
+    let served = builder.serve_connection(io, service).into_owned();
+    tokio::pin!(served);
+    // Shut down gracefully once (an h2 GOAWAY; HTTP/1 closes after the response under way):
+    // when hubgate stops, or when the clock is asked to close the connection.
+    let mut going_away = false;
+    let kind = loop {
+        tokio::select! {
+            result = served.as_mut() => break match result {
+                Ok(()) => None,
+                // The client left mid-request: counted as the request's 499, not as a
+                // connection error.
+                Err(e) if client_gone(&*e) => None,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    Some(conn::error_kind(&*e))
+                }
+            },
+            _ = stop.changed(), if !going_away => {
+                going_away = true;
+                served.as_mut().graceful_shutdown();
             }
-        },
-        // Dropping the connection closes the socket.
-        expired = clock.expired() => {
-            tracing::debug!(%remote, kind = expired.kind(), "closing the connection");
-            Some(expired.kind())
+            _ = clock.closing(), if !going_away => {
+                going_away = true;
+                tracing::debug!(%remote, "shutting the connection down");
+                served.as_mut().graceful_shutdown();
+            }
+            // Dropping the connection closes the socket.
+            expired = clock.expired() => {
+                tracing::debug!(%remote, kind = expired.kind(), "closing the connection");
+                if let conn::Expired::Closed(_) = expired {
+                    // The GOAWAY (sent now, if the branch above has not run yet) is on its
+                    // way: a client that acknowledges it lets hyper end the connection
+                    // cleanly; one that does not is dropped after this.
+                    if !going_away {
+                        served.as_mut().graceful_shutdown();
+                    }
+                    let _ = tokio::time::timeout(CLOSE_LINGER, served.as_mut()).await;
+                }
+                break Some(expired.kind());
+            }
         }
     };
+    // A connection asked to close is counted under its reason, however it then ended (hyper
+    // may close it itself once its last answer is sent).
+    let kind = clock
+        .close_reason()
+        .map(|why| conn::Expired::Closed(why).kind())
+        .or(kind);
     if let Some(kind) = kind {
         metrics_gate
             .stages
@@ -421,7 +483,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| startup(&e))?;
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver while it is served: a stop sends on it (each connection
+    // shuts down gracefully) and then waits until every receiver is gone.
+    let (graceful, _) = tokio::sync::watch::channel(());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own header timer needs a timer to run at all. It starts when hyper begins to
     // wait for a head, idle time included, so it is set to idle + header: a backstop behind
@@ -466,18 +530,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 let slot = ConnectionSlot { _permit: permit, open: gate.stages.metrics.connections_open.clone() };
                 let gate = gate.clone();
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
+                let stop = graceful.subscribe();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let Some(tls) = gate.tls.as_ref() else {
-                        serve_connection(&builder, watcher, stream, gate, remote, None).await;
+                        serve_connection(&builder, stop, stream, gate, remote, None).await;
                         return;
                     };
                     let accepting = tls.accepting();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting.acceptor().accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let peer = accepting.peer(stream.get_ref().1, std::time::SystemTime::now());
-                            serve_connection(&builder, watcher, stream, gate, remote, peer).await;
+                            serve_connection(&builder, stop, stream, gate, remote, peer).await;
                         }
                         Ok(Err(e)) => {
                             let reason = tls::failure_reason(&e);
@@ -511,7 +575,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let in_flight = gate.stages.in_flight.clone();
     let max_in_flight = gate.stages.config.server.max_in_flight as u32;
     let drain = async move {
-        graceful.shutdown().await;
+        let _ = graceful.send(());
+        graceful.closed().await;
         let _all = in_flight.acquire_many(max_in_flight).await;
     };
     tokio::select! {

@@ -13,6 +13,14 @@
 //! that never opens its flow-control window; over HTTP/1, one that leaves the socket full) would
 //! otherwise hold it for as long as it keeps the connection open. hyper does not poll a response
 //! body that it cannot send, so the clock, not the body, keeps this deadline.
+//!
+//! A connection is also asked to close (`CloseReason`) once a request's answer that says its
+//! client certificate no longer verifies is sent (`RequestGuard::then_close`), or when it keeps
+//! resetting streams it opened before they are answered (the HTTP/2 "rapid reset" pattern,
+//! paced so that h2's own limit on streams reset before they were accepted never sees it). The
+//! task serving it then shuts it down gracefully (an h2 GOAWAY), refuses every request that
+//! starts after, and drops it once its requests in progress are answered, whether or not its
+//! client acknowledges the GOAWAY.
 
 use std::io;
 use std::pin::Pin;
@@ -39,6 +47,17 @@ const MAX_CAPTURED_HEAD: usize = 64 * 1024;
 /// this is at most what one read brought (hyper's read buffer is at most `server::H1_MAX_BUFFER`).
 const MAX_AFTER_HEAD: usize = 512 * 1024;
 
+/// A connection whose client has reset this many of its requests before they were answered,
+/// and more than half of all those it started, is closed. hubgate runs each request in a task
+/// of its own that outlives a reset (so that a request it forwarded is still recorded), so
+/// h2's limit on concurrent streams does not bound the work of a client that resets each
+/// stream once it has been accepted: every one took a slot and its caller's share, was read,
+/// and left a 499 record, for as long as the connection lasted. An SDK resets a stream when
+/// its own timeout ends; one that times out on more than half of at least this many requests
+/// opens a new connection (its next request was refused with REFUSED_STREAM, which clients
+/// retry). Envoy closes such connections the same way.
+pub const RESET_BUDGET: u64 = 100;
+
 /// Why the clock closed a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expired {
@@ -48,6 +67,18 @@ pub enum Expired {
     Header,
     /// A response was not sent whole within `response_send_timeout`.
     Send,
+    /// The connection was asked to close and has no request in progress any more.
+    Closed(CloseReason),
+}
+
+/// Why a connection was asked to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its client certificate no longer verifies: every request on it would be refused.
+    CertificateLapsed,
+    /// Its client reset more of its requests before they were answered than `RESET_BUDGET`
+    /// allows.
+    StreamResets,
 }
 
 impl Expired {
@@ -57,6 +88,8 @@ impl Expired {
             Expired::Idle => "idle_timeout",
             Expired::Header => "header_timeout",
             Expired::Send => "send_timeout",
+            Expired::Closed(CloseReason::CertificateLapsed) => "certificate_lapsed",
+            Expired::Closed(CloseReason::StreamResets) => "stream_resets",
         }
     }
 }
@@ -182,6 +215,11 @@ struct State {
     /// The id of the next request.
     next_request: u64,
     capture: Capture,
+    /// Requests ended before their response was handed over: the client reset them (or the
+    /// connection went away under them).
+    abandoned: u64,
+    /// The connection was asked to close, and why.
+    closing: Option<CloseReason>,
     /// Bumped on every phase change, so a waiting clock knows its deadline moved.
     version: u64,
 }
@@ -191,6 +229,8 @@ struct State {
 pub struct Clock {
     state: Mutex<State>,
     changed: Notify,
+    /// Wakes the task serving the connection when it is asked to close.
+    asked: Notify,
     header_timeout: Duration,
     idle_timeout: Duration,
     send_timeout: Duration,
@@ -211,9 +251,12 @@ impl Clock {
                 sending: Vec::new(),
                 next_request: 0,
                 capture: Capture::Reading(Vec::new()),
+                abandoned: 0,
+                closing: None,
                 version: 0,
             }),
             changed: Notify::new(),
+            asked: Notify::new(),
             header_timeout,
             idle_timeout,
             send_timeout,
@@ -234,6 +277,9 @@ impl Clock {
     fn moved(&self, state: &mut State) {
         state.version += 1;
         self.changed.notify_one();
+        if state.closing.is_some() {
+            self.asked.notify_waiters();
+        }
     }
 
     /// Bytes came off the socket.
@@ -288,6 +334,7 @@ impl Clock {
             RequestGuard {
                 clock: self.clone(),
                 id,
+                then_close: None,
             },
             head,
             lost,
@@ -300,12 +347,27 @@ impl Clock {
         self.moved(&mut s);
     }
 
-    fn request_finished(&self, id: u64) {
+    fn request_finished(&self, id: u64, then_close: Option<CloseReason>) {
         let mut s = self.lock();
+        if let (None, Some(why)) = (s.closing, then_close) {
+            s.closing = Some(why);
+            self.moved(&mut s);
+        }
         let before = s.sending.len();
         s.sending.retain(|(request, _)| *request != id);
         if s.sending.len() != before {
             self.moved(&mut s);
+        } else {
+            // Never answered: hyper dropped the request (its stream was reset, or the
+            // connection is going away), or the client left while its body was read.
+            s.abandoned += 1;
+            if s.closing.is_none()
+                && s.abandoned >= RESET_BUDGET
+                && s.abandoned * 2 > s.next_request
+            {
+                s.closing = Some(CloseReason::StreamResets);
+                self.moved(&mut s);
+            }
         }
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
@@ -313,13 +375,38 @@ impl Clock {
         }
     }
 
+    /// Whether the connection was asked to close: a request that starts now is refused.
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing.is_some()
+    }
+
+    /// Why the connection was asked to close, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().closing
+    }
+
+    /// Resolves once the connection has been asked to close.
+    pub async fn closing(&self) {
+        loop {
+            let notified = self.asked.notified();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Resolves when the connection has been idle for `idle_timeout`, has been reading one
     /// request head for `header_timeout`, or has been sending one response for
-    /// `send_timeout`; never while a request is only being handled.
+    /// `send_timeout`, or was asked to close and has no request in progress; never while a
+    /// request is only being handled.
     pub async fn expired(&self) -> Expired {
         loop {
             let (deadline, version) = {
                 let s = self.lock();
+                if let (Some(why), 0) = (s.closing, s.in_flight) {
+                    return Expired::Closed(why);
+                }
                 let phase = match s.phase {
                     Phase::Idle(since) => Some((since + self.idle_timeout, Expired::Idle)),
                     Phase::Head(since) => Some((since + self.header_timeout, Expired::Header)),
@@ -360,6 +447,8 @@ impl Clock {
 pub struct RequestGuard {
     clock: Arc<Clock>,
     id: u64,
+    /// Close the connection once this request is done (its answer sent).
+    then_close: Option<CloseReason>,
 }
 
 impl RequestGuard {
@@ -367,11 +456,17 @@ impl RequestGuard {
     pub fn sending(&self) {
         self.clock.response_handed_over(self.id);
     }
+
+    /// Once this request's answer has been sent, the connection is asked to close: the answer
+    /// goes out before the GOAWAY.
+    pub fn then_close(&mut self, why: CloseReason) {
+        self.then_close = Some(why);
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.clock.request_finished(self.id);
+        self.clock.request_finished(self.id, self.then_close);
     }
 }
 

@@ -243,12 +243,23 @@ def h2_stream(sock: ssl.SSLSocket, conn, stream: int, port: int) -> Answer:
     sock.sendall(conn.data_to_send())
     status, headers, body = 0, {}, b""
     deadline = time.monotonic() + WAIT
+    pending = b""
     while time.monotonic() < deadline:
         chunk = sock.recv(65536)
         if not chunk:
             break
         ended = False
-        for event in conn.receive_data(chunk):
+        # A GOAWAY (sent once a lapsed certificate's 401 is handed over) is not fed to the h2
+        # state machine: from it on, that refuses every frame, and the answer on this stream
+        # may come after it (RFC 9113 §6.8 lets streams up to its last stream id complete).
+        pending += chunk
+        frames = b""
+        while len(pending) >= 9 and len(pending) >= (n := 9 + int.from_bytes(pending[:3], "big")):
+            if pending[3] != 7:
+                frames += pending[:n]
+            pending = pending[n:]
+        events = conn.receive_data(frames)
+        for event in events:
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
                 headers = {k.decode().lower(): v.decode() for k, v in event.headers}
                 status = int(headers[":status"])
