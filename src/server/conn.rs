@@ -781,6 +781,77 @@ mod tests {
         assert!(!lost);
     }
 
+    /// Starts an h2 request and ends it, answered or not.
+    fn h2_request(clock: &Arc<Clock>, answered: bool) {
+        let (guard, _, _) = clock.request_started(None);
+        if answered {
+            guard.sending();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_client_resets_most_of_its_requests_is_closed() {
+        let clock = clock();
+        clock.received(H2_PREFACE);
+        for _ in 0..RESET_BUDGET - 1 {
+            h2_request(&clock, false);
+        }
+        assert!(!clock.is_closing());
+        // Requests in progress are left to finish; the next one that starts is refused.
+        let (in_progress, _, _) = clock.request_started(None);
+        h2_request(&clock, false);
+        assert!(clock.is_closing());
+        assert_eq!(clock.close_reason(), Some(CloseReason::StreamResets));
+        clock.closing().await;
+        let waiter = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.expired().await })
+        };
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiter.is_finished(), "closed under a request in progress");
+        in_progress.sending();
+        drop(in_progress);
+        let expired = waiter.await.unwrap();
+        assert_eq!(expired, Expired::Closed(CloseReason::StreamResets));
+        assert_eq!(expired.kind(), "stream_resets");
+    }
+
+    #[test]
+    fn resets_of_no_more_than_half_the_requests_keep_the_connection() {
+        let clock = clock();
+        clock.received(H2_PREFACE);
+        for _ in 0..RESET_BUDGET {
+            h2_request(&clock, true);
+        }
+        for _ in 0..RESET_BUDGET {
+            h2_request(&clock, false);
+        }
+        assert!(
+            !clock.is_closing(),
+            "{} resets of {} requests",
+            RESET_BUDGET,
+            2 * RESET_BUDGET
+        );
+        h2_request(&clock, false);
+        assert!(clock.is_closing());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_closes_its_connection_does_so_once_answered() {
+        let clock = clock();
+        clock.received(HEAD);
+        let (mut lapsed, _, _) = clock.request_started(Some(0));
+        lapsed.then_close(CloseReason::CertificateLapsed);
+        lapsed.sending();
+        // Its answer is still being sent: nothing is closing yet.
+        assert!(!clock.is_closing());
+        drop(lapsed);
+        assert_eq!(clock.close_reason(), Some(CloseReason::CertificateLapsed));
+        let expired = clock.expired().await;
+        assert_eq!(expired, Expired::Closed(CloseReason::CertificateLapsed));
+        assert_eq!(expired.kind(), "certificate_lapsed");
+    }
+
     #[test]
     fn a_head_longer_than_the_cap_is_not_kept() {
         let clock = Clock::new(
