@@ -255,6 +255,9 @@ async fn serve_connection<I>(
             _ = stop.changed(), if !going_away => {
                 going_away = true;
                 served.as_mut().graceful_shutdown();
+                // The drain is for the requests under way: a request that starts from now on
+                // (an h2 client that ignores the GOAWAY) is refused, not forwarded.
+                clock.close(conn::CloseReason::Stopping);
             }
             _ = clock.closing(), if !going_away => {
                 going_away = true;
@@ -278,11 +281,13 @@ async fn serve_connection<I>(
         }
     };
     // A connection asked to close is counted under its reason, however it then ended (hyper
-    // may close it itself once its last answer is sent).
-    let kind = clock
-        .close_reason()
-        .map(|why| conn::Expired::Closed(why).kind())
-        .or(kind);
+    // may close it itself once its last answer is sent); one closed because hubgate stops is
+    // not counted at all.
+    let kind = match clock.close_reason() {
+        Some(conn::CloseReason::Stopping) => None,
+        Some(why) => Some(conn::Expired::Closed(why).kind()),
+        None => kind,
+    };
     if let Some(kind) = kind {
         metrics_gate
             .stages

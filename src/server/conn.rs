@@ -14,8 +14,9 @@
 //! otherwise hold it for as long as it keeps the connection open. hyper does not poll a response
 //! body that it cannot send, so the clock, not the body, keeps this deadline.
 //!
-//! A connection is also asked to close (`CloseReason`) once a request's answer that says its
-//! client certificate no longer verifies is sent (`RequestGuard::then_close`), or when it keeps
+//! A connection is also asked to close (`CloseReason`) when hubgate stops, once a request's
+//! answer that says its client certificate no longer verifies is sent
+//! (`RequestGuard::then_close`), or when it keeps
 //! resetting streams it opened before they are answered (the HTTP/2 "rapid reset" pattern,
 //! paced so that h2's own limit on streams reset before they were accepted never sees it). The
 //! task serving it then shuts it down gracefully (an h2 GOAWAY), refuses every request that
@@ -79,6 +80,10 @@ pub enum CloseReason {
     /// Its client reset more of its requests before they were answered than `RESET_BUDGET`
     /// allows.
     StreamResets,
+    /// hubgate is stopping: the requests in progress are drained, and no new one is taken up
+    /// (an h2 client that ignores the GOAWAY would otherwise go on sending requests, forwarded
+    /// until the grace period cut them off, records and all).
+    Stopping,
 }
 
 impl Expired {
@@ -90,6 +95,8 @@ impl Expired {
             Expired::Send => "send_timeout",
             Expired::Closed(CloseReason::CertificateLapsed) => "certificate_lapsed",
             Expired::Closed(CloseReason::StreamResets) => "stream_resets",
+            // Not an error: the connection ended because hubgate stopped.
+            Expired::Closed(CloseReason::Stopping) => "stopping",
         }
     }
 }
@@ -372,6 +379,16 @@ impl Clock {
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
             self.set_phase(&mut s, Phase::Idle(Instant::now()));
+        }
+    }
+
+    /// Asks for the connection to be closed (once its requests in progress are answered), as
+    /// `RequestGuard::then_close` does once its own request is.
+    pub fn close(&self, why: CloseReason) {
+        let mut s = self.lock();
+        if s.closing.is_none() {
+            s.closing = Some(why);
+            self.moved(&mut s);
         }
     }
 

@@ -1,6 +1,7 @@
 """Adversarial probes of HTTP/2 and connection-level abuse, second round (review round h2abuse):
 rapid reset paced past h2's own limit, a certificate that lapses on a long-lived h2 connection,
-header-block floods, and a graceful stop with h2 streams in flight.
+a client that ignores the GOAWAY of a stop, header-block floods, and a graceful stop with h2
+streams in flight.
 
 HOLE (fixed): "rapid reset", paced. h2 closes a connection whose client resets more than 20
 streams it has not accepted yet (test_adversarial_wire covers that), but hubgate runs every
@@ -19,6 +20,15 @@ with no longer verifies); over HTTP/1 `Connection: close` did it, over h2 (where
 means nothing) the connection stayed open and kept taking streams. Now hubgate sends GOAWAY
 once that 401 is sent and closes the connection; a stream that starts after is refused
 (REFUSED_STREAM), not handled.
+
+HOLE (fixed): a graceful stop that an h2 client keeps feeding. On SIGTERM hyper sends GOAWAY
+with the last stream id 2^31-1 and a ping, and only sends the final GOAWAY when the ping comes
+back: a client that never acknowledges it went on opening streams, and hubgate went on
+forwarding them (20 in 3 s) until shutdown_grace_ms cut the drain short, with the requests then
+under way answered 503 AUDIT_UNAVAILABLE and their records only in the log; an idle client doing
+the same held every stop for the whole grace period. Now a request that starts after the stop
+is refused (REFUSED_STREAM: not handled, safe to send to another replica), and a connection is
+dropped once its requests under way are answered (after 1 s more for the GOAWAY's ping).
 
 Held: h2's own limits answer an HPACK bomb (a header indexed thousands of times: GOAWAY
 ENHANCE_YOUR_CALM header_list_way_too_large) and a CONTINUATION flood (too_many_continuations)
@@ -396,3 +406,50 @@ def test_sigterm_with_h2_streams_in_flight_forwards_answers_and_records_each(
     records = hg.audit_records()
     assert sorted((r["status"], r["forwarded"]) for r in records) == [(200, True)] * 3, records
     assert len({r["decision_id"] for r in records}) == 3
+
+
+def test_a_client_that_ignores_the_stops_goaway_gets_no_new_request_forwarded(
+        make_fake, make_hubgate):
+    fake = make_fake()
+    fake.configure(delay_ms=800)
+    grace_ms = 5000
+    hg = make_hubgate({"server": {"shutdown_grace_ms": grace_ms},
+                       "policy": {"eval_timeout_ms": 5000}}, fake=fake)
+    body = json.dumps(NOTE).encode()
+    s, conn = connect(hg.port), h2_client()
+    # It never acknowledges the ping that follows hyper's first GOAWAY (last stream id 2^31-1),
+    # so hyper never sends the second one, and goes on taking the streams it opens.
+    wire = Wire(s, ack_pings=False)
+
+    def send() -> int:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, h2_signed(hg, body), end_stream=False)
+        conn.send_data(sid, body, end_stream=True)
+        s.sendall(conn.data_to_send())
+        return sid
+
+    first = send()
+    wait_until(lambda: len(fake.buf_calls()) == 1, WAIT, "the first forward")
+    hg.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert wire.read(lambda w: w.goaways), "no GOAWAY on SIGTERM"
+    later = []
+    try:
+        while time.monotonic() - stopped < 3.0 and not wire.closed:
+            later.append(send())
+            wire.read(lambda w: False, timeout=0.15)
+    except OSError:
+        pass  # hubgate closed the connection
+    finally:
+        s.close()
+    assert hg.proc.wait(grace_ms / 1000 + 5) == 0
+    took = time.monotonic() - stopped
+    assert len(later) >= 2, later
+    assert len(fake.buf_calls()) == 1, f"{len(fake.buf_calls()) - 1} requests forwarded after the stop"
+    assert wire.status.get(first) == 200, wire.status
+    # Those it opened after the GOAWAY were refused (not handled: safe to send elsewhere).
+    assert all(wire.resets.get(sid) == 7 for sid in later if sid in wire.resets), wire.resets
+    assert not any(sid in wire.status for sid in later), wire.status
+    records = hg.audit_records()
+    assert [(r["status"], r["forwarded"]) for r in records] == [(200, True)], records
+    assert took < grace_ms / 1000, f"the stop took the whole grace period ({took:.1f} s)"
