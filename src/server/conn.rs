@@ -869,6 +869,29 @@ mod tests {
         assert_eq!(expired.kind(), "certificate_lapsed");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_lets_the_request_under_way_finish_and_takes_up_no_other() {
+        let clock = clock();
+        clock.received(H2_PREFACE);
+        let (under_way, _, _) = clock.request_started(None);
+        clock.close(CloseReason::Stopping);
+        // Asked once: a later reason does not replace it.
+        clock.close(CloseReason::StreamResets);
+        assert!(clock.is_closing());
+        let waiter = {
+            let clock = clock.clone();
+            tokio::spawn(async move { clock.expired().await })
+        };
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiter.is_finished());
+        under_way.sending();
+        drop(under_way);
+        assert_eq!(
+            waiter.await.unwrap(),
+            Expired::Closed(CloseReason::Stopping)
+        );
+    }
+
     #[test]
     fn a_head_longer_than_the_cap_is_not_kept() {
         let clock = Clock::new(
