@@ -14,14 +14,13 @@
 //! otherwise hold it for as long as it keeps the connection open. hyper does not poll a response
 //! body that it cannot send, so the clock, not the body, keeps this deadline.
 //!
-//! A connection is also asked to close (`CloseReason`) when hubgate stops, once a request's
-//! answer that says its client certificate no longer verifies is sent
-//! (`RequestGuard::then_close`), or when it keeps
-//! resetting streams it opened before they are answered (the HTTP/2 "rapid reset" pattern,
-//! paced so that h2's own limit on streams reset before they were accepted never sees it). The
-//! task serving it then shuts it down gracefully (an h2 GOAWAY), refuses every request that
-//! starts after, and drops it once its requests in progress are answered, whether or not its
-//! client acknowledges the GOAWAY.
+//! A connection is also asked to close (`CloseReason`): when hubgate stops; once the answer
+//! to a request whose client certificate no longer verifies is sent (`RequestGuard::
+//! then_close`); or when its client keeps resetting the requests it started before they are
+//! answered (the HTTP/2 "rapid reset" pattern, paced so that h2's own limit on streams reset
+//! before they were accepted never sees it). The task serving it then shuts it down gracefully
+//! (an h2 GOAWAY), refuses every request that starts after, and drops it once its requests in
+//! progress are answered, whether or not its client acknowledges the GOAWAY.
 
 use std::io;
 use std::pin::Pin;
@@ -56,7 +55,7 @@ const MAX_AFTER_HEAD: usize = 512 * 1024;
 /// and left a 499 record, for as long as the connection lasted. An SDK resets a stream when
 /// its own timeout ends; one that times out on more than half of at least this many requests
 /// opens a new connection (its next request was refused with REFUSED_STREAM, which clients
-/// retry). Envoy closes such connections the same way.
+/// retry). Envoy's check of premature resets closes such connections the same way.
 pub const RESET_BUDGET: u64 = 100;
 
 /// Why the clock closed a connection.
