@@ -38,9 +38,13 @@ Held: a client that resets a few streams keeps its connection (the budget needs 
 more than half of the requests).
 Held: SIGTERM with h2 streams in flight: each is forwarded, answered and recorded once, one
 reset by its client mid-forward included, and hubgate exits 0.
-Held (checked by hand, not kept as tests): a forwarded answer to an h2 client with a window of
-0 (test_socket_bounds covers it); an h2 header list over 16 KiB gets hyper's plain 431, before
-hubgate sees the request.
+Held: after the reset flood every slot and the caller's share are back, and each reset request
+that hubgate took up has one 499 record.
+Held (checked by hand, not kept as tests): one member with 20 streams on two h2 connections
+holds its share (a quarter of max_in_flight) and gets 503 OVERLOADED at once for the rest while
+the administrator is served; a forwarded answer to an h2 client with a window of 0 holds its
+slot until response_send_timeout_ms (test_socket_bounds covers it); an h2 header list over
+16 KiB gets hyper's plain 431 on its stream before hubgate sees the request.
 
 Every request goes out through the `h2` state machine with its validation off, or as raw
 frames; every wait is bounded."""
