@@ -205,8 +205,8 @@ async fn serve_connection<I>(
                 return Err(Unanswered::Closing(h2::Reason::REFUSED_STREAM.into()));
             }
             // The request runs in its own task: hyper drops this future when the client goes
-            // away, and a request already forwarded must still get its audit record.
-            // Dropped with this future when the client goes away: a request still waiting
+            // away (or resets its stream), and a request already forwarded must still get its
+            // audit record. `_present` is dropped with this future, so a request still waiting
             // for quota then sends nothing.
             let (_present, departure) = proxy::presence();
             let handled = proxy::handle(gate.stages.clone(), req, remote, cert, check, departure);
