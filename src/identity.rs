@@ -39,6 +39,29 @@ pub struct Principal {
 #[derive(Clone)]
 pub struct Secret(String);
 
+impl Secret {
+    /// A secret as a callers-file source holds it: trailing newlines trimmed (a secret file
+    /// ends in one, and so does an environment variable filled from one, e.g. a Kubernetes
+    /// `secretKeyRef` to a Secret made with `--from-file`), then refused when empty, when
+    /// whitespace surrounds it or when it holds a control character. No client signs with such
+    /// a secret (the AWS CLI's config file strips surrounding whitespace): loaded, it only
+    /// made the caller's every request a 401 that said nothing of why. The reason never
+    /// quotes the secret.
+    fn read(text: &str) -> Result<Secret, &'static str> {
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            return Err("is empty");
+        }
+        if secret.starts_with(char::is_whitespace) || secret.ends_with(char::is_whitespace) {
+            return Err("begins or ends with whitespace (its text is not shown)");
+        }
+        if secret.chars().any(char::is_control) {
+            return Err("holds a control character (its text is not shown)");
+        }
+        Ok(Secret(secret.to_string()))
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -513,13 +536,13 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             ));
         }
         let mut secret_file = None;
-        let secret = if let Some(s) = &entry.secret_access_key {
-            Some(s.clone())
+        // The secret's text and where it came from, as a refusal names it.
+        let source = if let Some(s) = &entry.secret_access_key {
+            Some((s.clone(), "secret_access_key".to_string()))
         } else if let Some(var) = &entry.secret_env {
-            Some(
-                std::env::var(var)
-                    .map_err(|_| bad(format!("secret_env names {var}, which is not set")))?,
-            )
+            let text = std::env::var(var)
+                .map_err(|_| bad(format!("secret_env names {var}, which is not set")))?;
+            Some((text, format!("secret_env {var}")))
         } else if let Some(f) = &entry.secret_file {
             let f = if f.is_absolute() {
                 f.clone()
@@ -528,14 +551,19 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             };
             let text = std::fs::read_to_string(&f)
                 .map_err(|e| bad(format!("secret_file {}: {e}", f.display())))?;
+            let from = format!("secret_file {}", f.display());
             secret_file = Some(f);
-            Some(text.trim_end_matches(['\n', '\r']).to_string())
+            Some((text, from))
         } else {
             None
         };
-        if secret.as_deref().is_some_and(str::is_empty) {
-            return Err(bad("the secret access key is empty".into()));
-        }
+        let secret = match source {
+            Some((text, from)) => Some(
+                Secret::read(&text)
+                    .map_err(|why| bad(format!("the secret access key ({from}) {why}")))?,
+            ),
+            None => None,
+        };
         if secret.is_some() && entry.access_key_id.is_none() {
             return Err(bad("a secret needs an access_key_id".into()));
         }
@@ -560,7 +588,7 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
         out.push(LoadedCaller {
             principal,
             access_key_id: entry.access_key_id.clone(),
-            secret: secret.map(Secret),
+            secret,
             secret_file,
             san: entry.client_cert_san.clone(),
             cn: entry.client_cert_cn.clone(),

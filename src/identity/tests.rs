@@ -296,6 +296,28 @@ fn secrets_never_print() {
 }
 
 #[test]
+fn a_secret_is_read_without_its_trailing_newlines_and_never_with_surrounding_whitespace() {
+    // A secret file, or an environment variable filled from one, ends in a newline.
+    for text in ["s3cr/t+K", "s3cr/t+K\n", "s3cr/t+K\r\n\n"] {
+        assert_eq!(Secret::read(text).unwrap().0, "s3cr/t+K", "{text:?}");
+    }
+    for text in [
+        "",
+        "\n",
+        " s3cr",
+        "s3cr ",
+        "s3cr\t\n",
+        "s3\rcr",
+        "s3\u{0}cr",
+    ] {
+        let why = Secret::read(text)
+            .err()
+            .unwrap_or_else(|| panic!("{text:?} was read"));
+        assert!(!why.contains("s3"), "{why}");
+    }
+}
+
+#[test]
 fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
     let (id, dir) = identity(IdentityMode::Sigv4, None);
     let now = SystemTime::now();

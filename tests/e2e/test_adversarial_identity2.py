@@ -1,0 +1,86 @@
+"""Adversarial probes of caller identity, second round (review round adv-identity2): how a
+caller's secret is read from the callers file, SigV4 variants and replays, and which caller a
+client certificate names when its names disagree.
+
+HOLE (fixed): a secret read from `secret_env` kept a trailing newline, while the same secret
+  read with `secret_file` had it trimmed. A Kubernetes `secretKeyRef` to a Secret made with
+  `kubectl create secret --from-file` (or `echo`) carries the file's newline, so the caller's
+  every request was 401 InvalidSignatureException, with nothing saying why. Any secret with
+  surrounding whitespace or a control character left (`secret_access_key = "abc "`, a
+  `secret_file` with a trailing space or a CR in the middle) loaded too and could not be used by
+  an SDK (the AWS CLI's config file strips surrounding whitespace). Now every source trims
+  trailing newlines, and what remains with surrounding whitespace or a control character is
+  refused at load (`serve`, `check` and a reload), naming the caller and where the secret came
+  from, never the secret.
+
+Every network wait is bounded (helpers.HTTP_TIMEOUT, socket timeouts of WAIT seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from helpers import (
+    ADMIN_ACCOUNT,
+    HUBGATE_BIN,
+    MEMBER,
+    MEMBER_ACCOUNT,
+    MEMBER_SECRET,
+    Hubgate,
+    assert_envelope,
+    hubgate_env,
+    ident,
+)
+
+BUF = "/findings/batchupdate"
+OWN_NOTE = {"FindingIdentifiers": [ident("f-own-high")], "Note": {"Text": "t", "UpdatedBy": "u"}}
+WAIT = 5.0
+
+
+# ---------------------------------------------------------------------------
+# 1. secrets as the callers file reads them
+
+
+def test_a_secret_env_with_a_trailing_newline_is_the_secret(make_hubgate, seeded_fake):
+    """The member's secret comes from an environment variable holding it and a newline (a
+    Kubernetes secretKeyRef to a Secret made from a file): its signed requests verify, as they
+    do when the same text is read with secret_file."""
+    env = {**hubgate_env(), "HG_TEST_MEMBER_SECRET": MEMBER_SECRET + "\n"}
+    hg = make_hubgate(fake=seeded_fake, env=env)
+    reply = hg.buf(OWN_NOTE, who="member")
+    assert reply.status == 200, reply.text
+    assert len(seeded_fake.buf_calls()) == 1
+
+
+def _check(tmp_path, entry: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    hg = Hubgate(tmp_path, "http://127.0.0.1:9", {},
+                 callers_toml=f'[[caller]]\nid = "member"\naccount_id = "{MEMBER_ACCOUNT}"\n'
+                              f'role = "member"\naccess_key_id = "{MEMBER.access_key}"\n{entry}\n')
+    hg.write_config()
+    return subprocess.run([str(HUBGATE_BIN), "check", "--config", str(hg.config_path)],
+                          capture_output=True, text=True, timeout=30,
+                          env={**hubgate_env(), **(env or {})})
+
+
+SECRET_WITH_SPACE = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize("entry,env,source", [
+    (f'secret_access_key = "{SECRET_WITH_SPACE} "', None, "secret_access_key"),
+    (f'secret_access_key = " {SECRET_WITH_SPACE}"', None, "secret_access_key"),
+    ('secret_env = "HG_ID2_SECRET"', {"HG_ID2_SECRET": f"{SECRET_WITH_SPACE}\t\n"},
+     "secret_env HG_ID2_SECRET"),
+    ('secret_file = "member.secret"', None, "secret_file"),
+])
+def test_a_secret_no_sdk_can_send_is_refused_at_load(tmp_path, entry, env, source):
+    """Whitespace around a secret, or a control character in it, is a paste slip no client
+    reproduces: refused naming the caller and the source, the secret never shown."""
+    (tmp_path / "member.secret").write_text(f"{SECRET_WITH_SPACE[:20]}\r{SECRET_WITH_SPACE[20:]}\n")
+    r = _check(tmp_path, entry, env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert 'caller "member"' in out and source in out, out
+    assert "whitespace" in out or "control character" in out, out
+    assert SECRET_WITH_SPACE[:12] not in out and SECRET_WITH_SPACE[-12:] not in out, out
