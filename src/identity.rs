@@ -517,9 +517,15 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             return Err(bad("id is used twice".into()));
         }
         if !crate::finding::is_account_id(&entry.account_id) {
+            // A typo'd account id is shown; anything else in its place could be a secret.
+            let typo = entry.account_id.len() <= 24
+                && entry
+                    .account_id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"- ".contains(&b));
             return Err(bad(format!(
-                "account_id {:?} is not a 12-digit AWS account id",
-                entry.account_id
+                "account_id {} is not a 12-digit AWS account id",
+                shown_value(&entry.account_id, typo)
             )));
         }
         let sources = [
@@ -540,8 +546,12 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
         let source = if let Some(s) = &entry.secret_access_key {
             Some((s.clone(), "secret_access_key".to_string()))
         } else if let Some(var) = &entry.secret_env {
-            let text = std::env::var(var)
-                .map_err(|_| bad(format!("secret_env names {var}, which is not set")))?;
+            let text = std::env::var(var).map_err(|_| {
+                bad(format!(
+                    "secret_env names {}, which is not set",
+                    shown_value(var, is_env_name(var))
+                ))
+            })?;
             Some((text, format!("secret_env {var}")))
         } else if let Some(f) = &entry.secret_file {
             let f = if f.is_absolute() {
@@ -1255,6 +1265,28 @@ fn shown_key_id(key: &str) -> String {
     } else {
         "(not shown: it does not look like an access key id, and could be a secret)".to_string()
     }
+}
+
+/// A refused callers-file value as a message shows it: quoted when it has the shape of what
+/// belongs there, otherwise not at all. A value of another shape can be a secret pasted in the
+/// wrong place (`secret_env = "<the secret>"`, the secret in `account_id`), and the message
+/// reaches the log, `hubgate check` and /readyz.
+fn shown_value(value: &str, shaped: bool) -> String {
+    if shaped {
+        format!("{value:?}")
+    } else {
+        "(not shown: it could be a secret)".to_string()
+    }
+}
+
+/// An environment variable name as deployments write them: upper-case letters, digits and `_`,
+/// not starting with a digit. A secret (mixed case, `+`, `/`) is not one.
+fn is_env_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// An unparsable X-Amz-Date as an error message shows it: quoted when it is made of what dates

@@ -318,6 +318,44 @@ fn a_secret_is_read_without_its_trailing_newlines_and_never_with_surrounding_whi
 }
 
 #[test]
+fn a_secret_pasted_as_an_env_name_or_an_account_id_is_never_shown() {
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: path.clone(),
+        static_principal: None,
+    };
+    let load = |account: &str, secret_line: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[[caller]]\nid = \"ci\"\naccount_id = \"{account}\"\nrole = \"member\"\n\
+                 access_key_id = \"{KEY}\"\n{secret_line}\n"
+            ),
+        )
+        .unwrap();
+        Identity::load(&config, None).unwrap_err().to_string()
+    };
+    for message in [
+        load("222222222222", &format!("secret_env = \"{secret}\"")),
+        load(secret, "secret_access_key = \"s\""),
+    ] {
+        assert!(!message.contains("wJalr"), "{message}");
+        assert!(
+            message.contains("(not shown: it could be a secret)"),
+            "{message}"
+        );
+    }
+    // What has the shape of what belongs there is still named.
+    let unset = load("222222222222", "secret_env = \"HG_NO_SUCH_VARIABLE_SET\"");
+    assert!(unset.contains("\"HG_NO_SUCH_VARIABLE_SET\""), "{unset}");
+    let typo = load("22222222222", "secret_access_key = \"s\"");
+    assert!(typo.contains("\"22222222222\""), "{typo}");
+}
+
+#[test]
 fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
     let (id, dir) = identity(IdentityMode::Sigv4, None);
     let now = SystemTime::now();

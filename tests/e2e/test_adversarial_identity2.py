@@ -13,6 +13,13 @@ HOLE (fixed): a secret read from `secret_env` kept a trailing newline, while the
   refused at load (`serve`, `check` and a reload), naming the caller and where the secret came
   from, never the secret.
 
+HOLE (fixed): a secret pasted where the callers file wants an environment variable's name
+  (`secret_env = "<the secret>"`, read as "the secret, from the environment") or an account id
+  was quoted whole in the load's error (`secret_env names wJalr…, which is not set`), which
+  reaches hubgate's log, `hubgate check`, and on a reload the log and /readyz. Such a value is
+  now named only when it has the shape of what belongs there (an upper-case variable name, a
+  mistyped account id of digits); otherwise "(not shown: it could be a secret)".
+
 Every network wait is bounded (helpers.HTTP_TIMEOUT, socket timeouts of WAIT seconds)."""
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from helpers import (
     assert_envelope,
     hubgate_env,
     ident,
+    wait_until,
 )
 
 BUF = "/findings/batchupdate"
@@ -54,9 +62,11 @@ def test_a_secret_env_with_a_trailing_newline_is_the_secret(make_hubgate, seeded
     assert len(seeded_fake.buf_calls()) == 1
 
 
-def _check(tmp_path, entry: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _check(tmp_path, entry: str, env: dict | None = None,
+           account: str = MEMBER_ACCOUNT) -> subprocess.CompletedProcess:
+    """`hubgate check` of a callers file with one member entry ending in `entry`."""
     hg = Hubgate(tmp_path, "http://127.0.0.1:9", {},
-                 callers_toml=f'[[caller]]\nid = "member"\naccount_id = "{MEMBER_ACCOUNT}"\n'
+                 callers_toml=f'[[caller]]\nid = "member"\naccount_id = "{account}"\n'
                               f'role = "member"\naccess_key_id = "{MEMBER.access_key}"\n{entry}\n')
     hg.write_config()
     return subprocess.run([str(HUBGATE_BIN), "check", "--config", str(hg.config_path)],
@@ -84,3 +94,29 @@ def test_a_secret_no_sdk_can_send_is_refused_at_load(tmp_path, entry, env, sourc
     assert 'caller "member"' in out and source in out, out
     assert "whitespace" in out or "control character" in out, out
     assert SECRET_WITH_SPACE[:12] not in out and SECRET_WITH_SPACE[-12:] not in out, out
+
+
+PASTED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def test_a_secret_pasted_as_secret_env_is_never_shown_by_a_reload(make_hubgate, seeded_fake):
+    """A running hubgate's callers file gets `secret_env = "<the secret>"`: the reload fails
+    and keeps the callers in force, and neither the log nor /readyz holds the secret."""
+    hg = make_hubgate(fake=seeded_fake)
+    callers = hg.workdir / "callers.toml"
+    callers.write_text(callers.read_text().replace(
+        'secret_env = "HG_TEST_MEMBER_SECRET"', f'secret_env = "{PASTED}"'))
+    wait_until(lambda: "callers reload failed" in hg.stderr_text(), 10,
+               "the callers reload to fail")
+    ready = hg.admin("/readyz").text
+    assert "secret_env names (not shown: it could be a secret)" in hg.stderr_text()
+    assert PASTED[:12] not in hg.stderr_text() and PASTED[:12] not in ready, ready
+    assert hg.buf(OWN_NOTE, who="member").status == 200
+
+
+def test_a_secret_pasted_as_account_id_is_never_shown_by_check(tmp_path):
+    assert _check(tmp_path, 'secret_access_key = "s"').returncode == 0  # the control
+    r = _check(tmp_path, 'secret_access_key = "s"', account=PASTED)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "account_id (not shown" in out, out
+    assert PASTED[:12] not in out, out
