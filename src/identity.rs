@@ -197,6 +197,10 @@ pub enum AuthError {
         "the request signature does not match the signature hubgate computed for access key id {0}"
     )]
     BadSignature(String),
+    /// A refusal of a request whose head named a known access key: the key is named (it is a
+    /// key id of the callers file, never a secret).
+    #[error("{error} (access key id {key})")]
+    OfKey { key: String, error: Box<AuthError> },
     #[error("the request is dated {0}, more than 15 minutes from hubgate's clock")]
     Stale(String),
     #[error(
@@ -242,8 +246,25 @@ impl AuthError {
     /// The AWS exception name SDKs map to a typed error.
     pub fn error_type(&self) -> &'static str {
         match self {
+            AuthError::OfKey { error, .. } => error.error_type(),
             AuthError::BadSignature(_) | AuthError::Stale(_) => "InvalidSignatureException",
             _ => "UnrecognizedClientException",
+        }
+    }
+
+    /// `error`, refusing a request whose head named the known access key `key`, as it names
+    /// that key: the message is the decision record's only word of who was tried (the
+    /// principal stays unset until the signature is proven).
+    fn of_key(key: &str, error: AuthError) -> AuthError {
+        match error {
+            // These name the key already.
+            AuthError::BadSignature(_) | AuthError::UnknownKey(_) | AuthError::OfKey { .. } => {
+                error
+            }
+            error => AuthError::OfKey {
+                key: key.to_string(),
+                error: Box::new(error),
+            },
         }
     }
 }
@@ -849,7 +870,19 @@ impl Identity {
             .by_key
             .get(auth.access_key_id)
             .ok_or_else(|| AuthError::UnknownKey(shown_key_id(auth.access_key_id)))?;
+        let key = auth.access_key_id;
+        self.check_sigv4(parts, now, auth, caller)
+            .map_err(|e| AuthError::of_key(key, e))
+    }
 
+    /// The rest of [`Identity::claim_sigv4`], once the head names a known key.
+    fn check_sigv4<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+        now: SystemTime,
+        auth: Authorization<'a>,
+        caller: &'a Caller,
+    ) -> Result<(&'a Caller, &'a str, Option<Unverified<'a>>), AuthError> {
         let amz_date = parts
             .headers
             .get("x-amz-date")
@@ -1074,6 +1107,8 @@ impl Claim<'_> {
             .map(|p| p.as_str())
             .unwrap_or("/");
         let uri = format!("http://{}{path_and_query}", u.host);
+        let malformed =
+            |why: String| AuthError::of_key(u.auth.access_key_id, AuthError::Malformed(why));
 
         let credentials = Credentials::new(
             u.auth.access_key_id,
@@ -1093,7 +1128,7 @@ impl Claim<'_> {
             .time(u.signed_at)
             .settings(settings)
             .build()
-            .map_err(|e| AuthError::Malformed(e.to_string()))?
+            .map_err(|e| malformed(e.to_string()))?
             .into();
         let signable = SignableRequest::new(
             parts.method.as_str(),
@@ -1101,9 +1136,9 @@ impl Claim<'_> {
             u.headers.iter().copied(),
             SignableBody::Precomputed(body.sha256_hex().to_owned()),
         )
-        .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        .map_err(|e| malformed(e.to_string()))?;
         let (_, expected) = sign(signable, &params)
-            .map_err(|e| AuthError::Malformed(e.to_string()))?
+            .map_err(|e| malformed(e.to_string()))?
             .into_parts();
         if expected
             .as_bytes()

@@ -20,10 +20,20 @@ HOLE (fixed): a secret pasted where the callers file wants an environment variab
   now named only when it has the shape of what belongs there (an upper-case variable name, a
   mistyped account id of digits); otherwise "(not shown: it could be a secret)".
 
+HOLE (fixed): a refusal after the head named a known access key said nothing of that key
+  unless the signature itself failed: a request dated 16 minutes off, one with a session token,
+  one whose SignedHeaders left out `x-amz-date` or `host`, one with presigned-URL credentials
+  beside the header. Its decision record (whose principal stays unset until a signature is
+  proven) said what was wrong but not who tried, so a stolen key replayed after its window, or
+  tried with a session token, left no trace of which key. Each such refusal now ends
+  "(access key id HG…)" (the key as the callers file lists it; never the signature), keeping
+  its x-amzn-ErrorType.
+
 Every network wait is bounded (helpers.HTTP_TIMEOUT, socket timeouts of WAIT seconds)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 
@@ -39,6 +49,8 @@ from helpers import (
     assert_envelope,
     hubgate_env,
     ident,
+    raw_request,
+    sign,
     wait_until,
 )
 
@@ -120,3 +132,41 @@ def test_a_secret_pasted_as_account_id_is_never_shown_by_check(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "account_id (not shown" in out, out
     assert PASTED[:12] not in out, out
+
+
+# ---------------------------------------------------------------------------
+# 2. who a refusal names
+
+
+def _member_headers(hg, body: bytes, when=None, extra=None) -> dict:
+    return sign(MEMBER, "PATCH", hg.host, BUF, body,
+                {"Content-Type": "application/json", **(extra or {})}, when)
+
+
+@pytest.mark.parametrize("case,error_type,words", [
+    ("stale", "InvalidSignatureException", "more than 15 minutes"),
+    ("session token", "UnrecognizedClientException", "X-Amz-Security-Token is not accepted"),
+    ("x-amz-date unsigned", "UnrecognizedClientException", "SignedHeaders must include"),
+])
+def test_a_refusal_of_a_known_key_names_the_key_in_its_record(hubgate, case, error_type,
+                                                              words):
+    body = json.dumps(OWN_NOTE).encode()
+    if case == "stale":
+        late = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=16)
+        headers = _member_headers(hubgate, body, when=late)
+    elif case == "session token":
+        headers = _member_headers(hubgate, body, extra={"X-Amz-Security-Token": "FwoGZXIvEX"})
+    else:
+        headers = _member_headers(hubgate, body)
+        auth = headers["Authorization"]
+        headers["Authorization"] = auth.replace(";x-amz-date", "")
+        assert headers["Authorization"] != auth
+    reply = raw_request(hubgate.port, "PATCH", BUF, body, headers)
+    err = assert_envelope(reply, 401, "UNAUTHENTICATED", error_type)
+    message = err["error"]["message"]
+    assert words in message and message.endswith(f"(access key id {MEMBER.access_key})"), err
+    rec = hubgate.audit_for(reply.headers["x-amzn-requestid"])
+    assert rec["error"]["message"] == message and rec["principal"] is None, rec
+    signature = headers["Authorization"].split("Signature=")[1]
+    assert signature not in json.dumps(rec) and MEMBER_SECRET not in json.dumps(rec), rec
+    assert hubgate.fake.requests() == []
