@@ -29,6 +29,14 @@ HOLE (fixed): a refusal after the head named a known access key said nothing of 
   "(access key id HG…)" (the key as the callers file lists it; never the signature), keeping
   its x-amzn-ErrorType.
 
+Held: the same signed request sent twice within its window is judged and forwarded twice, as
+  AWS does (README, Deployment model, now says so); moved to another operation's path it is
+  401 InvalidSignatureException, and nothing is forwarded.
+Held (first round and earlier suites, not repeated here): UNSIGNED-PAYLOAD, a repeated
+  Authorization header or component, presigned credentials beside the header, a session token,
+  signed headers without host or x-amz-date, ±20 minutes of skew, SAN over CN and several SANs
+  naming different callers, a certificate plus a signature naming another caller.
+
 Every network wait is bounded (helpers.HTTP_TIMEOUT, socket timeouts of WAIT seconds)."""
 
 from __future__ import annotations
@@ -170,3 +178,15 @@ def test_a_refusal_of_a_known_key_names_the_key_in_its_record(hubgate, case, err
     signature = headers["Authorization"].split("Signature=")[1]
     assert signature not in json.dumps(rec) and MEMBER_SECRET not in json.dumps(rec), rec
     assert hubgate.fake.requests() == []
+
+
+def test_a_replay_is_judged_again_but_cannot_be_moved_to_another_operation(hubgate):
+    body = json.dumps(OWN_NOTE).encode()
+    headers = _member_headers(hubgate, body)
+    for _ in range(2):
+        assert raw_request(hubgate.port, "PATCH", BUF, body, headers).status == 200
+    assert len(hubgate.fake.buf_calls()) == 2
+    reply = raw_request(hubgate.port, "PATCH", "/findingsv2/batchupdatev2", body, headers)
+    err = assert_envelope(reply, 401, "UNAUTHENTICATED", "InvalidSignatureException")
+    assert MEMBER.access_key in err["error"]["message"], err
+    assert len(hubgate.fake.buf_calls()) == 2
