@@ -119,7 +119,7 @@ pub enum CallersError {
 /// A callers file holds a shipped demo key while the upstream is not this machine.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{file}: caller {id:?} uses the demo access key id {key}, whose secret is public, and \
+    "{file}: caller {id:?} uses {what}, and \
      upstream.endpoint ({endpoint}) is not this machine: anyone could act as {id:?} there. \
      Make a key of its own with `hubgate keys new --id {id} --account {account} --role {role}` \
      and replace the entry (the demo keys work only with a loopback upstream, as in \
@@ -130,12 +130,36 @@ pub struct DemoKeyInUse {
     id: String,
     account: String,
     role: &'static str,
-    key: String,
+    /// Which demo key's part it uses, and its access key id.
+    what: String,
     endpoint: String,
 }
 
 /// The access key ids of config/demo/callers.toml. Their secrets are in the repository.
 pub const DEMO_ACCESS_KEY_IDS: [&str; 2] = ["HGDEMOADMIN000000001", "HGDEMOMEMBER00000001"];
+
+/// The secrets of config/demo/callers.toml. An access key id is no secret (it is in logs,
+/// audit records and 503 messages), so a demo secret under a key id of the operator's own (the
+/// demo entry copied with its key id renamed) is as public as the demo key itself.
+const DEMO_SECRETS: [&str; 2] = [
+    "demo-admin-secret-DO-NOT-USE-IN-PRODUCTION",
+    "demo-member-secret-DO-NOT-USE-IN-PRODUCTION",
+];
+
+/// What a caller uses of a demo key, when it uses one: its key id, or its secret.
+fn demo_part(key: &str, secret: Option<&str>) -> Option<String> {
+    if DEMO_ACCESS_KEY_IDS.contains(&key) {
+        Some(format!(
+            "the demo access key id {key}, whose secret is public"
+        ))
+    } else if secret.is_some_and(|s| DEMO_SECRETS.contains(&s)) {
+        Some(format!(
+            "the secret of a demo key (under access key id {key}), which is public"
+        ))
+    } else {
+        None
+    }
+}
 
 /// Whether `upstream` is this machine: a loopback address or `localhost`.
 pub fn is_loopback(upstream: &http::Uri) -> bool {
@@ -160,14 +184,16 @@ pub fn refuse_demo_keys(callers: &Path, upstream: &http::Uri) -> Result<(), Box<
     let Ok(file) = read_callers_file(callers) else {
         return Ok(());
     };
-    match file.caller.into_iter().find(|c| {
-        c.access_key_id
-            .as_deref()
-            .is_some_and(|k| DEMO_ACCESS_KEY_IDS.contains(&k))
+    // Only an inline secret is compared here; Identity::refuse_demo_keys, at start and on a
+    // reload, compares every secret as loaded.
+    match file.caller.into_iter().find_map(|c| {
+        let key = c.access_key_id.as_deref()?;
+        let what = demo_part(key, c.secret_access_key.as_deref())?;
+        Some((what, c))
     }) {
-        Some(c) => Err(Box::new(DemoKeyInUse {
+        Some((what, c)) => Err(Box::new(DemoKeyInUse {
             file: callers.to_path_buf(),
-            key: c.access_key_id.unwrap_or_default(),
+            what,
             account: c.account_id,
             role: role_name(c.role),
             id: c.id,
@@ -718,13 +744,16 @@ impl Identity {
         if is_loopback(upstream) {
             return Ok(());
         }
-        match DEMO_ACCESS_KEY_IDS
-            .iter()
-            .find_map(|key| self.by_key.get(*key).map(|c| (key, c)))
-        {
-            Some((key, c)) => Err(Box::new(DemoKeyInUse {
+        // By key id, so that the same file always names the same caller.
+        let mut callers: Vec<(&String, &Caller)> = self.by_key.iter().collect();
+        callers.sort_by_key(|(key, _)| *key);
+        match callers.into_iter().find_map(|(key, c)| {
+            let what = demo_part(key, c.secret.as_ref().map(|s| s.0.as_str()))?;
+            Some((what, c))
+        }) {
+            Some((what, c)) => Err(Box::new(DemoKeyInUse {
                 file: file.to_path_buf(),
-                key: key.to_string(),
+                what,
                 account: c.principal.account_id.clone(),
                 role: role_name(c.principal.role),
                 id: c.principal.id.clone(),

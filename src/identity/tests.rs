@@ -295,6 +295,44 @@ fn static_mode_needs_no_signature() {
     assert_eq!(p.id, "member");
 }
 
+#[test]
+fn a_demo_secret_under_a_key_id_of_its_own_is_a_demo_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    std::fs::write(
+        &path,
+        "[[caller]]\nid = \"ops\"\naccount_id = \"111111111111\"\nrole = \"administrator\"\n\
+         access_key_id = \"HGPRODADMIN000000001\"\n\
+         secret_access_key = \"demo-admin-secret-DO-NOT-USE-IN-PRODUCTION\"\n",
+    )
+    .unwrap();
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: path.clone(),
+        static_principal: None,
+    };
+    let loaded = Identity::load(&config, None).unwrap();
+    let aws: http::Uri = "https://securityhub.us-east-1.amazonaws.com"
+        .parse()
+        .unwrap();
+    let local: http::Uri = "http://127.0.0.1:8085".parse().unwrap();
+    for refused in [
+        loaded
+            .refuse_demo_keys(&path, &aws)
+            .unwrap_err()
+            .to_string(),
+        refuse_demo_keys(&path, &aws).unwrap_err().to_string(),
+    ] {
+        assert!(
+            refused.contains("the secret of a demo key (under access key id HGPRODADMIN000000001)"),
+            "{refused}"
+        );
+        assert!(!refused.contains("DO-NOT-USE"), "{refused}");
+    }
+    assert!(loaded.refuse_demo_keys(&path, &local).is_ok());
+    assert!(refuse_demo_keys(&path, &local).is_ok());
+}
+
 /// The refusal without the access key id it names.
 fn bare(err: AuthError) -> AuthError {
     match err {

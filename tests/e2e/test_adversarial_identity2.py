@@ -29,6 +29,12 @@ HOLE (fixed): a refusal after the head named a known access key said nothing of 
   "(access key id HG…)" (the key as the callers file lists it; never the signature), keeping
   its x-amzn-ErrorType.
 
+HOLE (fixed): the shipped demo keys were refused (with a non-loopback upstream) by their
+  access key ids only. A demo entry copied with its key id renamed (`HGPRODADMIN…`) kept a
+  secret that is in the repository, under a key id that is no secret (logs, audit records, 503
+  messages name it): anyone who learned it acted as that caller at a real Security Hub. A demo
+  secret now counts as a demo key under any key id, at start, in `hubgate check` and on reload.
+
 Held: the same signed request sent twice within its window is judged and forwarded twice, as
   AWS does (README, Deployment model, now says so); moved to another operation's path it is
   401 InvalidSignatureException, and nothing is forwarded.
@@ -190,3 +196,18 @@ def test_a_replay_is_judged_again_but_cannot_be_moved_to_another_operation(hubga
     err = assert_envelope(reply, 401, "UNAUTHENTICATED", "InvalidSignatureException")
     assert MEMBER.access_key in err["error"]["message"], err
     assert len(hubgate.fake.buf_calls()) == 2
+
+
+def test_a_demo_secret_under_a_renamed_key_id_is_refused_with_a_real_upstream(tmp_path):
+    entry = 'secret_access_key = "demo-admin-secret-DO-NOT-USE-IN-PRODUCTION"'
+    hg = Hubgate(tmp_path, "https://securityhub.us-east-1.amazonaws.com", {},
+                 callers_toml=f'[[caller]]\nid = "ops-admin"\naccount_id = "{ADMIN_ACCOUNT}"\n'
+                              f'role = "administrator"\naccess_key_id = "HGPRODADMIN000000001"\n'
+                              f'{entry}\n')
+    hg.write_config()
+    r = subprocess.run([str(HUBGATE_BIN), "check", "--config", str(hg.config_path)],
+                       capture_output=True, text=True, timeout=30, env=hubgate_env())
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "the secret of a demo key (under access key id HGPRODADMIN000000001)" in out, out
+    assert "DO-NOT-USE" not in out, out
