@@ -370,7 +370,10 @@ impl AuditWriter {
 pub fn chain_key(config: &AuditConfig) -> Result<Option<Vec<u8>>, AuditError> {
     if let Some(var) = &config.hmac_key_env {
         let key = std::env::var(var).map_err(|_| {
-            AuditError::Open(format!("audit.hmac_key_env names {var}, which is not set"))
+            AuditError::Open(format!(
+                "audit.hmac_key_env names {}, which is not set",
+                crate::config::shown_env_name(var)
+            ))
         })?;
         if key.is_empty() {
             return Err(AuditError::Open(format!("{var} is empty")));
@@ -1799,6 +1802,18 @@ mod tests {
         assert!(!std::fs::read_to_string(&config.path)
             .unwrap()
             .contains("secret ticket"));
+    }
+
+    #[test]
+    fn a_secret_pasted_as_the_key_variable_is_not_quoted() {
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let config = AuditConfig {
+            hmac_key_env: Some(secret.into()),
+            ..AuditConfig::default()
+        };
+        let e = chain_key(&config).err().unwrap().to_string();
+        assert!(e.contains("audit.hmac_key_env names (not shown"), "{e}");
+        assert!(!e.contains(secret), "{e}");
     }
 
     #[tokio::test]

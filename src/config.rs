@@ -581,6 +581,24 @@ impl Default for AuditConfig {
     }
 }
 
+/// An environment variable's name as a message shows it: quoted when it has the shape
+/// deployments give names (upper-case letters, digits and `_`, not starting with a digit),
+/// otherwise not at all. A secret pasted where its variable's name belongs (`secret_env`,
+/// `audit.hmac_key_env`, `coordination.redis_password_env`) would otherwise reach the log,
+/// `hubgate check` and /readyz in the error that says the variable is not set.
+pub fn shown_env_name(name: &str) -> String {
+    let shaped = (1..=128).contains(&name.len())
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if shaped {
+        format!("{name:?}")
+    } else {
+        "(not shown: it could be a secret)".to_string()
+    }
+}
+
 /// A parse error's text with the user and password of every URL in it replaced. toml quotes
 /// the offending line, and `coordination.redis_url` may carry a password on it (misspelt, its
 /// quote lost, or of the wrong type): the error reaches the log and `hubgate check`, which
@@ -791,7 +809,10 @@ impl Config {
                     return Err(invalid(
                         file,
                         key,
-                        format!("{name:?} is not an environment variable name"),
+                        format!(
+                            "{} is not an environment variable name",
+                            shown_env_name(name)
+                        ),
                     ));
                 }
             }
@@ -1310,6 +1331,20 @@ mod tests {
             e.contains("enrichment.max_cache_bytes: must be at least 65536"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_variable_name_is_shown_only_in_the_shape_of_one() {
+        assert_eq!(shown_env_name("HUBGATE_AUDIT_KEY"), "\"HUBGATE_AUDIT_KEY\"");
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        for pasted in [secret, "hubgate_key", "1KEY", ""] {
+            assert!(!shown_env_name(pasted).contains(pasted) || pasted.is_empty());
+        }
+        let e = parse(&format!("[audit]\nhmac_key_env = \"{secret}=\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an environment variable name"), "{e}");
+        assert!(!e.contains(secret), "{e}");
     }
 
     #[test]

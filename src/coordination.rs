@@ -107,7 +107,7 @@ pub fn client(c: &CoordinationConfig) -> Result<Option<redis::Client>, Coordinat
         let password = std::env::var(var)
             .ok()
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| CoordinationError::PasswordEnv(var.clone()))?;
+            .ok_or_else(|| CoordinationError::PasswordEnv(crate::config::shown_env_name(var)))?;
         let settings = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(settings);
     }

@@ -596,7 +596,7 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             let text = std::env::var(var).map_err(|_| {
                 bad(format!(
                     "secret_env names {}, which is not set",
-                    shown_value(var, is_env_name(var))
+                    crate::config::shown_env_name(var)
                 ))
             })?;
             Some((text, format!("secret_env {var}")))
@@ -1341,16 +1341,6 @@ fn shown_value(value: &str, shaped: bool) -> String {
     } else {
         "(not shown: it could be a secret)".to_string()
     }
-}
-
-/// An environment variable name as deployments write them: upper-case letters, digits and `_`,
-/// not starting with a digit. A secret (mixed case, `+`, `/`) is not one.
-fn is_env_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// An unparsable X-Amz-Date as an error message shows it: quoted when it is made of what dates
