@@ -531,6 +531,37 @@ fn ends_with_newline(path: &Path) -> Result<bool, AuditError> {
     read().map_err(|e| AuditError::Open(format!("{}: {e}", path.display())))
 }
 
+/// The smallest probe of a failed sink's disk: one page.
+const PAGE: u64 = 4096;
+/// The largest: a failed batch of imports with their inputs can hold tens of megabytes, and
+/// the probe is written every second while the disk stays full.
+const PROBE_MOST: u64 = 16 * 1024 * 1024;
+
+/// Where a failed file sink's disk is probed: `.NAME.probe` beside `path`.
+fn probe_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".probe");
+    path.with_file_name(name)
+}
+
+/// Writes `len` zero bytes to a new file at `path` and fsyncs it.
+fn write_probe(path: &Path, len: u64) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let chunk = [0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.sync_data()
+}
+
 /// `path.N` for the Nth most recent rotated file.
 pub fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -624,18 +655,23 @@ impl FileSink {
         self.size = self.good;
     }
 
-    /// After a failure, with nothing buffered: whether the file takes writes again. It is
-    /// tried where records go: a page written at its end, fsynced and cut off again, so the
-    /// file's content is unchanged (a kill in between leaves a torn line, which a restart and
-    /// `audit verify` handle as any torn record).
-    fn recover(&mut self) -> std::io::Result<()> {
+    /// After a failure, with nothing buffered: whether the file's disk takes `room` bytes
+    /// again. The probe is a file of its own beside the log (`.NAME.probe`, hidden from
+    /// `NAME*` globs and from the policy watcher), written, fsynced and deleted. It was written
+    /// at the log's end and cut off again: a kill in between left a line of spaces that
+    /// `audit verify` reads as an empty line, a break it stops at for good, and a shipper
+    /// tailing the log saw it shrink. `room` is what the failure could not write: a probe of
+    /// one page passed on a disk with a page free, forwarding resumed, and the next record
+    /// failed the same way, so a forwarded request's record reached only stderr every second.
+    fn recover(&mut self, room: u64) -> std::io::Result<()> {
         self.follow_path()?;
-        let mut file = self.out.get_ref();
-        let tried = file
-            .write_all(&[b' '; 4096])
-            .and_then(|()| file.sync_data());
-        let cut = file.set_len(self.good).and_then(|()| file.sync_data());
-        tried.and(cut)
+        let probe = probe_path(&self.path);
+        let tried = write_probe(&probe, room.clamp(PAGE, PROBE_MOST));
+        let gone = match std::fs::remove_file(&probe) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        tried.and(gone)
     }
 
     /// Moves the current file to `.1` (older ones one up, the oldest beyond `max_files`
@@ -728,9 +764,9 @@ impl Sink {
     }
 
     /// See `FileSink::recover`.
-    fn recover(&mut self) -> std::io::Result<()> {
+    fn recover(&mut self, room: u64) -> std::io::Result<()> {
         match self {
-            Sink::File(f) if f.regular => f.recover(),
+            Sink::File(f) if f.regular => f.recover(room),
             _ => Err(std::io::Error::other("this sink cannot be tried again")),
         }
     }
@@ -934,6 +970,16 @@ impl Failure {
     }
 }
 
+/// A failed sink, in the writer.
+struct Failed {
+    /// When it failed or was last tried.
+    tried: Instant,
+    why: String,
+    /// The bytes of the batch it failed to write: the room its disk must have again before
+    /// forwarding resumes.
+    room: u64,
+}
+
 /// How often a failed file sink is tried again (a disk that filled up may be freed).
 const RETRY_SINK: Duration = Duration::from_secs(1);
 
@@ -969,17 +1015,18 @@ fn write_records(
     // The chain as it stands in the sink: a recovered sink continues from its last good
     // record, as a restart does (the records a failure lost, on stderr, are not in it).
     let mut head_in_sink = writer.head.clone();
-    // Since when and why the sink has failed; None while it works.
-    let mut failed: Option<(Instant, String)> = None;
+    // The sink's failure while it lasts; None while it works.
+    let mut failed: Option<Failed> = None;
     let mut closing = false;
     loop {
         let msg = match &failed {
-            Some((since, _)) if !closing && writer.sink.can_recover() => {
-                match next_until(&mut rx, *since + RETRY_SINK) {
+            Some(f) if !closing && writer.sink.can_recover() => {
+                match next_until(&mut rx, f.tried + RETRY_SINK) {
                     Polled::Msg(msg) => msg,
                     Polled::Ended => break,
                     Polled::Due => {
-                        match writer.sink.recover() {
+                        let room = failed.as_ref().map_or(0, |f| f.room);
+                        match writer.sink.recover(room) {
                             Ok(()) => {
                                 // Read back as a restart reads it: a rotation in the failed
                                 // batch put records in `.1` that the batch's head left out.
@@ -995,7 +1042,9 @@ fn write_records(
                             }
                             Err(e) => {
                                 tracing::debug!(error = %e, "the audit sink still fails");
-                                failed = failed.map(|(_, why)| (Instant::now(), why));
+                                if let Some(f) = &mut failed {
+                                    f.tried = Instant::now();
+                                }
                             }
                         }
                         continue;
@@ -1018,11 +1067,11 @@ fn write_records(
                 continue;
             }
         };
-        if let Some((_, why)) = &failed {
+        if let Some(f) = &failed {
             // Records of requests answered before the sink failed, still queued: the failed
             // sink would take them into its buffer and lose them.
             metrics.errors.inc();
-            log_failed(why, &line);
+            log_failed(&f.why, &line);
             let _ = ack.send(());
             continue;
         }
@@ -1057,6 +1106,7 @@ fn write_records(
                 metrics.errors.inc();
                 // The records reach the operational log at least; forwarding stops until the
                 // sink takes writes again, so no later request is forwarded unrecorded.
+                let room = unflushed.iter().map(|l| l.len() as u64 + 1).sum();
                 for line in unflushed.drain(..) {
                     log_failed(&e, &line);
                 }
@@ -1071,7 +1121,11 @@ fn write_records(
                 };
                 tracing::error!(error = %e, "audit sink failed; forwarded requests are refused until it takes writes");
                 failure.set(Some(why.clone()));
-                failed = Some((Instant::now(), why));
+                failed = Some(Failed {
+                    tried: Instant::now(),
+                    why,
+                    room,
+                });
             }
         }
     }
@@ -1617,6 +1671,25 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_failed_sinks_probe_leaves_the_log_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        write_n(&config, 0, 2).await;
+        let before = std::fs::read(&config.path).unwrap();
+        let mut sink = FileSink::open(&config).unwrap();
+        // A room beyond the largest probe is clamped to it, not refused.
+        sink.recover(PROBE_MOST * 4).unwrap();
+        assert_eq!(std::fs::read(&config.path).unwrap(), before);
+        let probe = probe_path(&config.path);
+        assert_eq!(probe, dir.path().join("sub/.audit.ndjson.probe"));
+        assert!(!probe.exists(), "the probe file was left behind");
+        // One left by a kill mid-probe is replaced, then removed.
+        std::fs::write(&probe, b"left over").unwrap();
+        sink.recover(0).unwrap();
+        assert!(!probe.exists());
     }
 
     /// What the writer logs, from every thread (the writer has its own).
