@@ -970,6 +970,19 @@ impl Failure {
     }
 }
 
+/// Where the chain continues once a failed sink takes writes again: the later of the head the
+/// files show (a rotation in the failed batch flushed its first records into `.1`, past the
+/// last good flush) and the head at the last good flush. The files alone are not enough: a
+/// live file moved away during the failure (logrotate, or an operator freeing the disk) leaves
+/// `.1` an older file, and the chain continued from it took the moved file's sequence numbers
+/// again, a fork `audit verify` reports as records deleted or reordered.
+fn recovered_head(on_disk: Option<Head>, in_sink: &Head) -> Head {
+    match on_disk {
+        Some(head) if head.seq > in_sink.seq => head,
+        _ => in_sink.clone(),
+    }
+}
+
 /// A failed sink, in the writer.
 struct Failed {
     /// When it failed or was last tried.
@@ -1012,8 +1025,9 @@ fn write_records(
             "audit sink failed; this record is not in it"
         );
     };
-    // The chain as it stands in the sink: a recovered sink continues from its last good
-    // record, as a restart does (the records a failure lost, on stderr, are not in it).
+    // The chain at the sink's last good flush: a recovered sink continues from it (or from
+    // later records a rotation flushed, see `recovered_head`); the records a failure lost,
+    // on stderr, are not in it.
     let mut head_in_sink = writer.head.clone();
     // The sink's failure while it lasts; None while it works.
     let mut failed: Option<Failed> = None;
@@ -1028,12 +1042,9 @@ fn write_records(
                         let room = failed.as_ref().map_or(0, |f| f.room);
                         match writer.sink.recover(room) {
                             Ok(()) => {
-                                // Read back as a restart reads it: a rotation in the failed
-                                // batch put records in `.1` that the batch's head left out.
-                                writer.head = writer
-                                    .sink
-                                    .head_on_disk()
-                                    .unwrap_or_else(|| head_in_sink.clone());
+                                writer.head =
+                                    recovered_head(writer.sink.head_on_disk(), &head_in_sink);
+                                head_in_sink = writer.head.clone();
                                 failed = None;
                                 failure.set(None);
                                 tracing::warn!(
@@ -1690,6 +1701,19 @@ mod tests {
         std::fs::write(&probe, b"left over").unwrap();
         sink.recover(0).unwrap();
         assert!(!probe.exists());
+    }
+
+    #[test]
+    fn a_recovered_chain_continues_from_the_later_head() {
+        let head = |seq: u64| Head {
+            seq,
+            hash: format!("{seq:064}"),
+        };
+        // A rotation in the failed batch: `.1` holds records past the last good flush.
+        assert_eq!(recovered_head(Some(head(9)), &head(7)).seq, 9);
+        // The live file moved away during the failure: `.1` is older.
+        assert_eq!(recovered_head(Some(head(4)), &head(7)).seq, 7);
+        assert_eq!(recovered_head(None, &head(7)).seq, 7);
     }
 
     /// What the writer logs, from every thread (the writer has its own).
