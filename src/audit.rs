@@ -665,7 +665,8 @@ impl FileSink {
     /// failed the same way, so a forwarded request's record reached only stderr every second.
     fn recover(&mut self, room: u64) -> std::io::Result<()> {
         self.follow_path()?;
-        let probe = probe_path(&self.path);
+        // Beside the file records go to: a symlinked `path` may point to another disk.
+        let probe = probe_path(&std::fs::canonicalize(&self.path).unwrap_or(self.path.clone()));
         let tried = write_probe(&probe, room.clamp(PAGE, PROBE_MOST));
         let gone = match std::fs::remove_file(&probe) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
