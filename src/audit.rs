@@ -537,12 +537,14 @@ const PAGE: u64 = 4096;
 /// the probe is written every second while the disk stays full.
 const PROBE_MOST: u64 = 16 * 1024 * 1024;
 
-/// Where a failed file sink's disk is probed: `.NAME.probe` beside `path`.
+/// Where a failed file sink's disk is probed: `.NAME.probe` beside the file `path` names,
+/// a symlink followed (it may point to another disk).
 fn probe_path(path: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
+    name.push(real.file_name().unwrap_or_default());
     name.push(".probe");
-    path.with_file_name(name)
+    real.with_file_name(name)
 }
 
 /// Writes `len` zero bytes to a new file at `path` and fsyncs it.
@@ -576,6 +578,11 @@ impl FileSink {
                 .map_err(|e| AuditError::Open(format!("{}: {e}", parent.display())))?;
         }
         let mut file = open_append(&config.path)?;
+        // A probe a kill left behind (see `recover`) holds up to PROBE_MOST of the disk that
+        // failed; with the file's lock held, it is no other hubgate's.
+        if is_regular(&config.path) {
+            let _ = std::fs::remove_file(probe_path(&config.path));
+        }
         let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
         // A killed writer can leave the last record without its newline (a record of the
         // buffer's size or more is written ahead of it). The next record must start a line of
@@ -665,8 +672,7 @@ impl FileSink {
     /// failed the same way, so a forwarded request's record reached only stderr every second.
     fn recover(&mut self, room: u64) -> std::io::Result<()> {
         self.follow_path()?;
-        // Beside the file records go to: a symlinked `path` may point to another disk.
-        let probe = probe_path(&std::fs::canonicalize(&self.path).unwrap_or(self.path.clone()));
+        let probe = probe_path(&self.path);
         let tried = write_probe(&probe, room.clamp(PAGE, PROBE_MOST));
         let gone = match std::fs::remove_file(&probe) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -1696,11 +1702,16 @@ mod tests {
         sink.recover(PROBE_MOST * 4).unwrap();
         assert_eq!(std::fs::read(&config.path).unwrap(), before);
         let probe = probe_path(&config.path);
-        assert_eq!(probe, dir.path().join("sub/.audit.ndjson.probe"));
+        assert_eq!(probe.file_name().unwrap(), ".audit.ndjson.probe");
+        assert_eq!(probe.parent(), config.path.canonicalize().unwrap().parent());
         assert!(!probe.exists(), "the probe file was left behind");
-        // One left by a kill mid-probe is replaced, then removed.
+        // One left by a kill mid-probe is replaced, then removed; a start removes it too.
         std::fs::write(&probe, b"left over").unwrap();
         sink.recover(0).unwrap();
+        assert!(!probe.exists());
+        drop(sink);
+        std::fs::write(&probe, b"left over").unwrap();
+        let _sink = FileSink::open(&config).unwrap();
         assert!(!probe.exists());
     }
 
