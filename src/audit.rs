@@ -312,9 +312,20 @@ enum Msg {
 pub struct Slot {
     permit: mpsc::OwnedPermit<Msg>,
     as_is: bool,
+    failure: Arc<Failure>,
 }
 
 impl Slot {
+    /// Whether the sink still takes records. It may have failed since the place was reserved
+    /// (a request waits for quota after reserving it); a request forwarded then would have its
+    /// record only on stderr, so it is refused as one that found the sink failed.
+    pub fn usable(&self) -> Result<(), AuditError> {
+        match self.failure.why() {
+            Some(why) => Err(AuditError::Unavailable(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Queues the record; the returned `Written` resolves once the writer has it in the sink.
     pub fn write(self, record: Record) -> Written {
         let (ack, written) = oneshot::channel();
@@ -1289,6 +1300,7 @@ impl AuditLog {
             Ok(Ok(permit)) => Ok(Slot {
                 permit,
                 as_is: self.as_is,
+                failure: self.failure.clone(),
             }),
             Ok(Err(_)) => Err(AuditError::Unavailable("the writer has stopped".into())),
             Err(_) => Err(AuditError::Unavailable(format!(

@@ -1177,7 +1177,8 @@ fn still_the_caller(gate: &Stages, trail: &mut Trail) -> Result<(), AuthError> {
 /// keeps it registered, and its holder drops it once the answer has been applied to the cache.
 /// When Security Hub may have applied the write without answering (timeout, unreachable),
 /// what it touched is evicted here, before the registration goes. Also returned: the instant
-/// by which an answer hubgate reads whole must have come in (`read_answer`).
+/// by which an answer hubgate reads whole must have come in (`read_answer`), and the audit
+/// slot the request's record goes to.
 async fn send(
     gate: &Stages,
     parts: &http::request::Parts,
@@ -1186,7 +1187,10 @@ async fn send(
     deadline: Instant,
     touched: Touched<'_>,
     read: Option<StateRead>,
-) -> Result<(Response<Incoming>, Option<InFlight>, Instant), Rejection> {
+) -> Result<(Response<Incoming>, Option<InFlight>, Instant, Slot), Rejection> {
+    // Room for the record first: a request is never forwarded without it. Reserved here, where
+    // the request goes out, so that the sink is checked again just before (see below).
+    let slot = gate.audit.reserve().await?;
     let operation = trail.operation.unwrap_or("default");
     // Authentication comes before any forward: the principal is known here.
     let principal = trail.principal.clone();
@@ -1228,6 +1232,10 @@ async fn send(
     // The wait can be quota.max_wait_ms long: a caller removed, re-keyed or given another role
     // meanwhile would otherwise be forwarded as it was when it was authenticated.
     still_the_caller(gate, trail)?;
+    // The sink may have failed since the record's place was reserved (the quota wait above
+    // can be quota.max_wait_ms long): sent then, the request's record reached only stderr,
+    // forwarded while /readyz said the sink had failed.
+    slot.usable()?;
     let in_flight = {
         // The check and the registration as one step (see `Enricher::send_order`).
         let _order = gate.enricher.as_ref().map(|e| e.send_order());
@@ -1292,7 +1300,7 @@ async fn send(
             // envelope said "Security Hub throttled hubgate's call" (sending whoever read it
             // to hubgate's account) and dropped AWS's request id. Nor does it slow the pace:
             // one caller whose account is busy elsewhere must not slow everyone's.
-            return Ok((response, in_flight, answer_by));
+            return Ok((response, in_flight, answer_by, slot));
         }
         // hubgate's own account: another client of it spends part of the quota.
         gate.pacer.throttled(operation);
@@ -1307,7 +1315,7 @@ async fn send(
             detail,
         }));
     }
-    Ok((response, in_flight, answer_by))
+    Ok((response, in_flight, answer_by, slot))
 }
 
 /// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
@@ -1346,8 +1354,6 @@ async fn forward(
     touched: Touched<'_>,
     read: Option<StateRead>,
 ) -> Result<Forwarded, Rejection> {
-    // Room for the record first: a request is never forwarded without it.
-    let slot = gate.audit.reserve().await?;
     let wants_answer = touched.wants_answer(gate);
     let identity;
     let parts = if wants_answer && gate.config.upstream.auth == UpstreamAuth::Resign {
@@ -1363,7 +1369,7 @@ async fn forward(
         parts
     };
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, in_flight, answer_by) =
+    let (response, in_flight, answer_by, slot) =
         send(gate, parts, body, trail, deadline, touched, read).await?;
     let sent = in_flight.as_ref().map(InFlight::id);
     let status = response.status();
@@ -1454,9 +1460,8 @@ async fn forward_allowed(
         keys: &forwarded_keys,
         write: Unapplied::Update(update),
     }));
-    let slot = gate.audit.reserve().await?;
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, in_flight, answer_by) =
+    let (response, in_flight, answer_by, slot) =
         send(gate, &parts, rewritten, trail, deadline, touched, read).await?;
     let sent = in_flight.as_ref().map(InFlight::id);
     let (mut head, incoming) = response.into_parts();

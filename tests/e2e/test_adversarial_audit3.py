@@ -18,6 +18,10 @@ tried again every second and recovered, and the answer's wait for its record. Th
   from `path.1`, an older file, and took the moved file's sequence numbers again; the honest
   log verified BROKEN ("sequence number 3 follows 3"). It continues from the later of the
   files' head and the last good flush.
+- HOLE (fixed): a forwarded request that reserved its record's place before the sink failed
+  and then waited for quota (up to `quota.max_wait_ms`) was forwarded seconds after `/readyz`
+  said the sink had failed, its record only on stderr. The sink is checked again just before
+  a request goes out (the slot is reserved in `send` itself, where it is checked).
 - Held: across a failure and its recovery the chain verifies with rotation (`max_files` 0 and
   3), and with OCSF, an HMAC key and a mask; a restart after a failure continues it.
 - Held: SIGTERM while the sink is failed ends at once with status 0 (the queue is on stderr).
@@ -299,3 +303,35 @@ def test_an_answer_waits_for_its_record_no_longer_than_write_timeout(make_fake, 
                   [f'"text":"wait {i} ' for i in range(10)]:
         assert sum(marker in line for line in lines) == 1, marker
     assert len(lines) == 14 == len(hg.fake.buf_calls())
+
+
+def test_a_request_waiting_for_quota_when_the_sink_fails_is_not_forwarded(make_fake,
+                                                                          make_hubgate,
+                                                                          small_disk):
+    audit = small_disk / "audit.ndjson"
+    hg = make_hubgate({"audit": {"path": str(audit), "include_input": True, "fsync": "always"},
+                       "quota": {"max_wait_ms": 6000,
+                                 "limits": {"BatchUpdateFindings": {"rate": 1, "burst": 2}}}},
+                      fake=make_fake())
+    assert hg.buf(note("takes the token"), who="admin").status == 200
+    answers: dict[int, object] = {}
+
+    def send(i: int):
+        answers[i] = hg.buf(big_note(f"paced {i}"), who="admin")
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    time.sleep(0.3)  # both hold their record's place and wait for quota
+    fill(small_disk)
+    denied = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                     "Workflow": {"Status": "SUPPRESSED"}}, who="member")
+    assert denied.status == 403, denied.text
+    wait_until(lambda: hg.admin("/readyz").status_code == 503, 5, "the sink to fail")
+    failed_at = len(hg.fake.buf_calls())
+    for th in threads:
+        th.join(15)
+    print({i: r.status for i, r in answers.items()}, failed_at, len(hg.fake.buf_calls()))
+    assert len(hg.fake.buf_calls()) == failed_at, "forwarded while /readyz said the sink failed"
+    for r in answers.values():
+        assert_envelope(r, 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
