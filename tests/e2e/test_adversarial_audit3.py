@@ -331,7 +331,6 @@ def test_a_request_waiting_for_quota_when_the_sink_fails_is_not_forwarded(make_f
     failed_at = len(hg.fake.buf_calls())
     for th in threads:
         th.join(15)
-    print({i: r.status for i, r in answers.items()}, failed_at, len(hg.fake.buf_calls()))
     assert len(hg.fake.buf_calls()) == failed_at, "forwarded while /readyz said the sink failed"
     for r in answers.values():
         assert_envelope(r, 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
