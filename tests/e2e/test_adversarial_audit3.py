@@ -46,7 +46,7 @@ from pathlib import Path
 import pytest
 
 from helpers import CALLERS, assert_envelope, audit_verify, hubgate_env, ident, sign, wait_until
-from test_adversarial_audit_durability import small_disk  # noqa: F401  (a fixture)
+from test_adversarial_audit_durability import StalledFifo, small_disk  # noqa: F401  (a fixture)
 from test_audit_trail import caller_id, intact
 
 
@@ -240,30 +240,14 @@ def test_every_answer_under_load_across_a_failure_has_one_record(make_fake, make
 
 def test_an_answer_waits_for_its_record_no_longer_than_write_timeout(make_fake, make_hubgate,
                                                                      tmp_path):
-    import fcntl
     import socket
 
-    fifo = tmp_path / "audit.fifo"
-    os.mkfifo(fifo)
-    got: list[bytes] = []
-    opened = threading.Event()
-    go_on = threading.Event()
-
-    def reader():
-        with open(fifo, "rb", buffering=0) as f:
-            fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, 4096)
-            opened.set()
-            go_on.wait(30)  # stalled until the answers are in
-            while chunk := f.read(65536):
-                got.append(chunk)
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    hg = make_hubgate({"audit": {"path": str(fifo), "include_input": True,
+    fifo = StalledFifo(tmp_path, 4096)
+    hg = make_hubgate({"audit": {"path": str(fifo.path), "include_input": True,
                                  "write_timeout_ms": 800, "enqueue_timeout_ms": 8000}},
                       fake=make_fake(), start=False)
     hg.start(ready_timeout=8)
-    assert opened.wait(5)
+    assert fifo.opened.wait(5)
     took: dict[int, tuple[int, float]] = {}
 
     def waits(i: int):
@@ -294,11 +278,10 @@ def test_an_answer_waits_for_its_record_no_longer_than_write_timeout(make_fake, 
     assert sum(1 for _, s in took.values() if s >= 0.75) >= 5, took  # the pipe was full
     wait_until(lambda: "hubgate_audit_unconfirmed_total 1" in hg.admin("/metrics").text, 5,
                "the unconfirmed answers to be counted")
-    go_on.set()
+    fifo.read_on()
     wait_until(lambda: hg.admin("/readyz").status_code == 200, 5, "the pipe to drain")
     hg.stop()
-    t.join(10)
-    lines = b"".join(got).decode().splitlines()
+    lines = fifo.drain().decode().splitlines()
     for marker in [f'"text":"gone {i}"' for i in range(4)] + \
                   [f'"text":"wait {i} ' for i in range(10)]:
         assert sum(marker in line for line in lines) == 1, marker

@@ -347,6 +347,41 @@ def test_a_fifo_audit_path_starts_and_a_stalled_reader_gets_503(make_fake, make_
     assert {caller_id(r) for r in ok} <= ids
 
 
+class StalledFifo:
+    """A FIFO for `audit.path` whose reader opens it, shrinks its pipe to `pipe_bytes` and then
+    reads nothing until `drain` (a log shipper that stopped reading)."""
+
+    def __init__(self, tmp_path: Path, pipe_bytes: int):
+        import fcntl
+        import threading
+
+        self.path = tmp_path / "audit.fifo"
+        os.mkfifo(self.path)
+        self.opened, self._go_on = threading.Event(), threading.Event()
+        self._got: list[bytes] = []
+
+        def reader():
+            with open(self.path, "rb", buffering=0) as f:
+                fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, pipe_bytes)
+                self.opened.set()
+                self._go_on.wait(30)
+                while chunk := f.read(65536):
+                    self._got.append(chunk)
+
+        self._reader = threading.Thread(target=reader, daemon=True)
+        self._reader.start()
+
+    def read_on(self):
+        """The reader reads again, until hubgate closes the pipe."""
+        self._go_on.set()
+
+    def drain(self) -> bytes:
+        """Everything written to the pipe, once hubgate has closed it."""
+        self.read_on()
+        self._reader.join(10)
+        return b"".join(self._got)
+
+
 def test_no_caller_is_answered_before_its_record_reaches_the_sink(tmp_path, make_fake,
                                                                    make_hubgate):
     """A caller that got its answer must never lack a record, even if hubgate is killed the
@@ -356,30 +391,14 @@ def test_no_caller_is_answered_before_its_record_reaches_the_sink(tmp_path, make
     is out of hubgate's hands (flushed into the file or pipe). The sink here is a FIFO whose
     reader has stopped reading, its pipe shrunk to four pages: only the requests whose records
     fit may be answered, and after a SIGKILL every answered request's record is in the pipe."""
-    import fcntl
     import threading
 
-    fifo = tmp_path / "audit.fifo"
-    os.mkfifo(fifo)
-    got: list[bytes] = []
-    opened = threading.Event()
-    go_on = threading.Event()
-
-    def reader():
-        with open(fifo, "rb", buffering=0) as f:
-            fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, 16384)
-            opened.set()
-            go_on.wait(30)  # reads nothing until hubgate is dead
-            while chunk := f.read(65536):
-                got.append(chunk)
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
+    fifo = StalledFifo(tmp_path, 16384)
     fake = make_fake()
-    hg = make_hubgate({"audit": {"path": str(fifo), "include_input": True,
+    hg = make_hubgate({"audit": {"path": str(fifo.path), "include_input": True,
                                  "write_timeout_ms": 20000}}, fake=fake, start=False)
     hg.start(ready_timeout=8)
-    assert opened.wait(5)
+    assert fifo.opened.wait(5)
     answers: dict[int, object] = {}
 
     def send(i: int):
@@ -387,7 +406,6 @@ def test_no_caller_is_answered_before_its_record_reaches_the_sink(tmp_path, make
             answers[i] = hg.buf(note(text=f"kill {i}"), who="admin")
         except OSError:
             pass  # still waiting when hubgate was killed: not answered
-
 
     senders = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(16)]
     for s in senders:
@@ -397,11 +415,9 @@ def test_no_caller_is_answered_before_its_record_reaches_the_sink(tmp_path, make
     answered = dict(answers)
     hg.proc.send_signal(signal.SIGKILL)
     hg.proc.wait(5)
-    go_on.set()
-    t.join(10)
+    text = fifo.drain().decode(errors="replace")
     for s in senders:
         s.join(10)
-    text = b"".join(got).decode(errors="replace")
     in_pipe = set()
     for line in text.splitlines():
         try:
