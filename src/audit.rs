@@ -1051,30 +1051,15 @@ fn write_records(
     let mut failed: Option<Failed> = None;
     let mut closing = false;
     loop {
-        let msg = match &failed {
+        let msg = match &mut failed {
             Some(f) if !closing && writer.sink.can_recover() => {
                 match next_until(&mut rx, f.tried + RETRY_SINK) {
                     Polled::Msg(msg) => msg,
                     Polled::Ended => break,
                     Polled::Due => {
-                        let room = failed.as_ref().map_or(0, |f| f.room);
-                        match writer.sink.recover(room) {
-                            Ok(()) => {
-                                writer.head =
-                                    recovered_head(writer.sink.head_on_disk(), &head_in_sink);
-                                head_in_sink = writer.head.clone();
-                                failed = None;
-                                failure.set(None);
-                                tracing::warn!(
-                                    "the audit sink takes writes again; forwarding resumes"
-                                );
-                            }
-                            Err(e) => {
-                                tracing::debug!(error = %e, "the audit sink still fails");
-                                if let Some(f) = &mut failed {
-                                    f.tried = Instant::now();
-                                }
-                            }
+                        if try_again(&mut writer, f, &mut head_in_sink) {
+                            failed = None;
+                            failure.set(None);
                         }
                         continue;
                     }
@@ -1168,6 +1153,24 @@ fn write_records(
         }
     }
     confirm(&mut waiting);
+}
+
+/// Tries a failed sink again (`Sink::recover`); true once it takes writes, the writer's head
+/// then set where the chain continues.
+fn try_again(writer: &mut Writer, failed: &mut Failed, head_in_sink: &mut Head) -> bool {
+    match writer.sink.recover(failed.room) {
+        Ok(()) => {
+            writer.head = recovered_head(writer.sink.head_on_disk(), head_in_sink);
+            *head_in_sink = writer.head.clone();
+            tracing::warn!("the audit sink takes writes again; forwarding resumes");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the audit sink still fails");
+            failed.tried = Instant::now();
+            false
+        }
+    }
 }
 
 /// What the writer found waiting, when it must also wake at a deadline.

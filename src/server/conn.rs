@@ -393,7 +393,7 @@ impl Clock {
 
     /// Whether the connection was asked to close: a request that starts now is refused.
     pub fn is_closing(&self) -> bool {
-        self.lock().closing.is_some()
+        self.close_reason().is_some()
     }
 
     /// Why the connection was asked to close, if it was.
