@@ -66,6 +66,13 @@ pub enum Rejection {
          Security Hub's quota; nothing was sent"
     )]
     ClientLeft,
+    /// hubgate's stop ran out of its grace period while the request was still being read,
+    /// decided or waiting for quota: nothing was sent, and another replica can take the retry.
+    #[error(
+        "hubgate is stopping and its shutdown grace period ran out before this request was \
+         sent to Security Hub; nothing was sent; retry"
+    )]
+    Stopping,
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
     /// The request head is ambiguous (target form, framing headers, repeated security headers).
@@ -225,6 +232,12 @@ impl Rejection {
                 "UPSTREAM_CREDENTIALS_REFUSED",
                 "ServiceUnavailableException",
             ),
+            // Its outcome is unknown, like a timeout's: retryable, as an SDK retries a 504.
+            Upstream(e) if e.is_interrupted() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UPSTREAM_INTERRUPTED",
+                "ServiceUnavailableException",
+            ),
             Upstream(e) if e.is_timeout() => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "UPSTREAM_TIMEOUT",
@@ -234,6 +247,11 @@ impl Rejection {
                 StatusCode::BAD_GATEWAY,
                 "UPSTREAM_UNAVAILABLE",
                 "InternalException",
+            ),
+            Stopping => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STOPPING",
+                "ServiceUnavailableException",
             ),
             AuditUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -424,6 +442,29 @@ mod tests {
         assert_eq!(timeout.code(), "UPSTREAM_TIMEOUT");
         assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(down.code(), "UPSTREAM_UNAVAILABLE");
+    }
+
+    /// Both ends of a stop's grace are retryable (another replica takes the retry), and only
+    /// the one that was sent leaves its outcome unknown.
+    #[test]
+    fn a_stop_that_ran_out_of_grace_is_retryable() {
+        let interrupted = UpstreamError::Interrupted {
+            operation: "BatchUpdateFindings",
+        };
+        assert!(interrupted.outcome_unknown());
+        let interrupted = Rejection::Upstream(interrupted);
+        assert_eq!(interrupted.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(interrupted.code(), "UPSTREAM_INTERRUPTED");
+        assert_eq!(
+            Rejection::Stopping.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(Rejection::Stopping.code(), "STOPPING");
+        let resp = Rejection::Stopping.to_response("d");
+        assert_eq!(
+            resp.headers()["x-amzn-errortype"],
+            "ServiceUnavailableException"
+        );
     }
 
     #[test]

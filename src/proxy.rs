@@ -3,6 +3,7 @@
 //! respond, and one audit record for every request.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,6 +69,70 @@ pub struct Stages {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Each caller's share of server.max_in_flight (server.max_in_flight_per_caller).
     pub shares: Arc<Shares>,
+    /// Set once a stop's grace period has run out (see `Halt`).
+    pub halt: Halt,
+}
+
+/// Set when a stop's grace period has run out, before the audit log closes: each request still
+/// in hubgate ends at once and is recorded, not cut off with the runtime. A request that has
+/// not been sent is refused (`Rejection::Stopping`); one whose call to Security Hub is in
+/// flight ends with `UpstreamError::Interrupted`, its outcome unknown and its findings
+/// evicted. Left to the runtime's end, a forward in flight at that moment had no record at
+/// all, though Security Hub may have applied it.
+#[derive(Default)]
+pub struct Halt {
+    halted: tokio::sync::watch::Sender<bool>,
+    /// Requests between their arrival and their record (`Unrecorded`).
+    unrecorded: std::sync::atomic::AtomicUsize,
+    all_recorded: tokio::sync::Notify,
+}
+
+/// Held by `handle` until the request's record has been written (or given up on).
+struct Unrecorded<'a>(&'a Halt);
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        if self.0.unrecorded.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_recorded.notify_waiters();
+        }
+    }
+}
+
+impl Halt {
+    pub fn halt(&self) {
+        self.halted.send_replace(true);
+    }
+
+    /// Requests not yet recorded.
+    pub fn unrecorded(&self) -> usize {
+        self.unrecorded.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request is left unrecorded.
+    pub async fn all_recorded(&self) {
+        loop {
+            let notified = self.all_recorded.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read, so a last record in between still wakes it.
+            notified.as_mut().enable();
+            if self.unrecorded() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn arrived(&self) -> Unrecorded<'_> {
+        self.unrecorded.fetch_add(1, Ordering::AcqRel);
+        Unrecorded(self)
+    }
+
+    /// Resolves once `halt` has been called.
+    async fn halted(&self) {
+        let mut halted = self.halted.subscribe();
+        // The sender lives in `Stages`, as long as any request: an error cannot happen.
+        let _ = halted.wait_for(|h| *h).await;
+    }
 }
 
 /// What the audit record says about one request, filled in as it moves along the path.
@@ -97,6 +162,10 @@ struct Trail {
     /// The forward failed in a way that leaves its outcome unknown (a timeout, a connection
     /// lost, an unreadable answer): Security Hub may have applied it.
     outcome_unknown: bool,
+    /// Set just before the request goes to Security Hub. Read by `handle` when the stop halts
+    /// requests: one not yet sent is dropped there, one sent finishes, with its answer or as
+    /// interrupted (`Halt`).
+    sending: Arc<std::sync::atomic::AtomicBool>,
     /// The last input document evaluated, for the audit record.
     input: Option<regorus::Value>,
     /// The deciding state's findings with hubgate's own recent writes laid over them.
@@ -221,6 +290,7 @@ pub async fn handle(
     cert_check: Option<CertCheck>,
     departure: Departure,
 ) -> Response<ProxyBody> {
+    let _unrecorded = gate.halt.arrived();
     let received = Received {
         started: Instant::now(),
         decision_id: uuid::Uuid::new_v4().to_string(),
@@ -243,8 +313,20 @@ pub async fn handle(
     // Boxed where it is made: the request's future is large, and each move of it into a
     // wrapper's state copies the whole. Unboxed, catch_unwind's wrappers cost a 100-finding
     // denial 6% more instructions (about 110 KB more memcpy); boxed, within 0.5%.
-    let run = Box::pin(run(&mut ctx, req).instrument(span));
-    let result = unwound(run, &received.decision_id).await;
+    let sending = ctx.trail.sending.clone();
+    let result = {
+        let run = Box::pin(run(&mut ctx, req).instrument(span));
+        let mut run = std::pin::pin!(unwound(run, &received.decision_id));
+        tokio::select! {
+            biased;
+            result = &mut run => result,
+            () = gate.halt.halted() => match sending.load(Ordering::Acquire) {
+                // Its own stages see the halt too, and end with the call's outcome unknown.
+                true => run.await,
+                false => Err(Rejection::Stopping),
+            },
+        }
+    };
     let (trail, admitted) = (ctx.trail, ctx.admitted);
     // A forwarded answer's body streams from Security Hub: the request is in flight, holding
     // an upstream connection, until that body has been sent. hubgate's own envelope is whole
@@ -1267,9 +1349,19 @@ async fn send(
         .observe(waited.as_secs_f64());
     let t = Instant::now();
     let answer_by = t + Duration::from_millis(gate.config.upstream.timeout_ms);
-    let response = match gate.config.upstream.auth {
-        UpstreamAuth::Resign => gate.upstream.forward(operation, parts, body).await,
-        UpstreamAuth::Passthrough => gate.upstream.forward_exact(parts, body.into_bytes()).await,
+    trail.sending.store(true, Ordering::Release);
+    let call = async {
+        match gate.config.upstream.auth {
+            UpstreamAuth::Resign => gate.upstream.forward(operation, parts, body).await,
+            UpstreamAuth::Passthrough => {
+                gate.upstream.forward_exact(parts, body.into_bytes()).await
+            }
+        }
+    };
+    let response = tokio::select! {
+        biased;
+        response = call => response,
+        () = gate.halt.halted() => Err(UpstreamError::Interrupted { operation }),
     };
     let response = match trail.upstream_answered(response, t) {
         Ok(response) => response,
@@ -1330,11 +1422,20 @@ async fn read_answer(
     sent: Option<WriteId>,
     answer_by: Instant,
 ) -> Result<Bytes, Rejection> {
+    let operation = "BatchUpdateFindings";
     let collect = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES).collect();
-    let failure = match tokio::time::timeout_at(answer_by.into(), collect).await {
+    let read = tokio::select! {
+        biased;
+        read = tokio::time::timeout_at(answer_by.into(), collect) => read,
+        () = gate.halt.halted() => {
+            touched.evict(gate, sent).await;
+            return Err(Rejection::Upstream(UpstreamError::Interrupted { operation }));
+        }
+    };
+    let failure = match read {
         Ok(Ok(b)) => return Ok(b.to_bytes()),
         Ok(Err(e)) => UpstreamError::BadResponse {
-            operation: "BatchUpdateFindings",
+            operation,
             detail: e.to_string(),
         },
         Err(_) => UpstreamError::Timeout {

@@ -467,6 +467,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             metrics,
             in_flight: Arc::new(Semaphore::new(config_server.max_in_flight)),
             shares: crate::admission::Shares::new(config_server.caller_share()),
+            halt: Default::default(),
         }),
         tls,
         last_reload_error: std::sync::Mutex::new(None),
@@ -587,7 +588,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tokio::select! {
         drained = tokio::time::timeout_at(stop_by, drain) => {
             if drained.is_err() {
-                tracing::warn!("grace period over; closing remaining connections");
+                halt(&gate, &mut term, &mut int).await;
             }
         }
         // An operator who signals twice wants out now, drained or not.
@@ -619,6 +620,41 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the requests still in hubgate when the grace period runs out have to end and be
+/// recorded: each evicts what it may have written (a Redis call at most) and waits for its
+/// record to be written, which the writer, still running, does at once.
+const HALT_WAIT: Duration = Duration::from_secs(3);
+
+/// The grace period ran out: the requests still in hubgate are ended (`proxy::Halt`), each
+/// with its record, before the audit log is closed; then the remaining connections are closed
+/// with the runtime.
+async fn halt(
+    gate: &Gate,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    let halt = &gate.stages.halt;
+    tracing::warn!(
+        unrecorded = halt.unrecorded(),
+        "grace period over; ending the requests still in hubgate (each is recorded) and \
+         closing the remaining connections"
+    );
+    halt.halt();
+    tokio::select! {
+        ended = tokio::time::timeout(HALT_WAIT, halt.all_recorded()) => {
+            if ended.is_err() {
+                tracing::error!(
+                    unrecorded = halt.unrecorded(),
+                    "requests did not end within {} ms of the halt; they have no audit record",
+                    HALT_WAIT.as_millis()
+                );
+            }
+        }
+        _ = term.recv() => second_signal(),
+        _ = int.recv() => second_signal(),
+    }
 }
 
 /// What the watched files look like: names and each file's identity (device, inode, size,

@@ -66,6 +66,13 @@ pub enum UpstreamError {
     /// and the same call signed with the credentials being fetched may succeed.
     #[error("{0}")]
     CredentialsRefused(Box<CredentialsRefused>),
+    /// hubgate's stop ran out of its grace period while the call was in flight: it may have
+    /// been applied, but no answer will say.
+    #[error(
+        "hubgate stopped (its shutdown grace period ran out) while the {operation} call was in \
+         flight; whether Security Hub applied it is unknown"
+    )]
+    Interrupted { operation: &'static str },
     /// hubgate failed before anything was sent (building or signing the request, a lookup task
     /// that went away): a fault of hubgate's, answered 500, never shown as Security Hub's.
     #[error("hubgate could not {what}: {cause}")]
@@ -102,6 +109,10 @@ impl UpstreamError {
         matches!(self, UpstreamError::Timeout { .. })
     }
 
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, UpstreamError::Interrupted { .. })
+    }
+
     pub fn is_throttle(&self) -> bool {
         matches!(self, UpstreamError::Throttled { .. })
     }
@@ -127,6 +138,7 @@ impl UpstreamError {
             UpstreamError::Timeout { .. }
                 | UpstreamError::Unreachable(_)
                 | UpstreamError::BadResponse { .. }
+                | UpstreamError::Interrupted { .. }
         )
     }
 }

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -572,3 +573,57 @@ def test_sigterm_with_a_stalled_sink_ends_and_says_what_was_not_written(make_fak
     assert code == 1, code
     assert "audit writer did not finish" in hg.stderr_text()
     assert "were not written" in hg.stderr_text()
+
+
+def test_requests_still_in_hubgate_when_the_grace_runs_out_are_recorded(make_fake, make_hubgate):
+    """SIGTERM while a forward is in flight and another request waits for its lookups, and the
+    grace period runs out before either ends. The runtime's end cut both off: the forward,
+    which Security Hub may have applied, had no audit record at all, nor had the request
+    waiting for its lookups. Now each ends once the grace has run out, before the audit log
+    closes: the forward as 503 UPSTREAM_INTERRUPTED with its outcome unknown, the waiting one
+    as 503 STOPPING, not forwarded; the chain verifies."""
+    fake = make_fake()
+    # Each call is made (the note applied at once) and answered 8 s later.
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 8000, "GetFindings": 8000})
+    hg = make_hubgate({"server": {"shutdown_grace_ms": 500},
+                       "upstream": {"timeout_ms": 20000}}, fake=fake)
+    raise_own = {"FindingIdentifiers": [ident("f-own-high")],
+                 "Severity": {"Label": "CRITICAL"}}
+    answers = {}
+
+    def send(name, body, who):
+        try:
+            answers[name] = hg.buf(body, who=who)
+        except OSError as e:  # the connection may close before the answer is written
+            answers[name] = e
+
+    threads = [threading.Thread(target=send, args=("note", note(), "admin"), daemon=True),
+               threading.Thread(target=send, args=("raise", raise_own, "member"), daemon=True)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: {r["operation"] for r in fake.requests()}
+               >= {"BatchUpdateFindings", "GetFindings"}, 10, "both calls at the fake")
+    hg.proc.send_signal(signal.SIGTERM)
+    try:
+        hg.proc.wait(0.5 + 3 + 5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("hubgate did not end after its grace period")
+    for t in threads:
+        t.join(5)
+    stderr = hg.stderr_text()
+    assert "have no audit record" not in stderr, stderr[-2000:]
+    by_principal = {r["principal"]["id"]: r for r in hg.audit_records()}
+    assert set(by_principal) == {"admin", "member"}, (by_principal.keys(), stderr[-2000:])
+    forwarded = by_principal["admin"]
+    assert forwarded["status"] == 503 and forwarded["outcome_unknown"] is True, forwarded
+    assert forwarded["error"]["code"] == "UPSTREAM_INTERRUPTED", forwarded["error"]
+    assert "whether Security Hub applied it is unknown" in forwarded["error"]["message"]
+    waiting = by_principal["member"]
+    assert waiting["status"] == 503 and waiting["forwarded"] is False, waiting
+    assert waiting["error"]["code"] == "STOPPING", waiting["error"]
+    assert [r["operation"] for r in fake.requests()].count("BatchUpdateFindings") == 1
+    # an answer that got out before the connections closed is the envelope the record names
+    for name, code in (("note", "UPSTREAM_INTERRUPTED"), ("raise", "STOPPING")):
+        if not isinstance(answers.get(name), OSError) and name in answers:
+            assert_envelope(answers[name], 503, code, "ServiceUnavailableException")
+    intact(audit_verify(hg.audit_path), 2)
