@@ -988,6 +988,17 @@ impl Failure {
     }
 }
 
+/// What a refusal tells its caller of why the sink failed: the operating system's reason, not
+/// the error's own text, which can name the audit log's path (a rotation's rename, a reopened
+/// file): where the server keeps its logs is nothing a caller needs to know. The operational
+/// log has the whole error.
+fn reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.kind().to_string(),
+    }
+}
+
 /// Where the chain continues once a failed sink takes writes again: the later of the head the
 /// files show (a rotation in the failed batch flushed its first records into `.1`, past the
 /// last good flush) and the head at the last good flush. The files alone are not enough: a
@@ -1127,11 +1138,11 @@ fn write_records(
                 confirm(&mut waiting);
                 writer.sink.abandon();
                 let why = if writer.sink.can_recover() {
-                    format!("it failed ({e}); hubgate tries it again every second")
+                    format!("it failed ({}); hubgate tries it again every second", reason(&e))
                 } else {
                     // Stdout or a pipe whose reader left: nothing to try again.
                     rx.close();
-                    format!("it failed ({e}); a restart is needed")
+                    format!("it failed ({}); a restart is needed", reason(&e))
                 };
                 tracing::error!(error = %e, "audit sink failed; forwarded requests are refused until it takes writes");
                 failure.set(Some(why.clone()));
@@ -1318,6 +1329,17 @@ impl AuditLog {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A failure's text can name the audit path; what callers are told cannot.
+    #[test]
+    fn a_failure_is_told_to_callers_without_its_path() {
+        let os = std::io::Error::from_raw_os_error(28);
+        assert_eq!(reason(&os), "No space left on device (os error 28)");
+        let named = std::io::Error::other(AuditError::Open(
+            "/var/log/hubgate/audit.log: Permission denied (os error 13)".into(),
+        ));
+        assert!(!reason(&named).contains("/var/log"), "{}", reason(&named));
+    }
 
     #[test]
     fn the_writer_takes_queued_late_and_last_messages_and_stops_when_closed() {
