@@ -1138,7 +1138,10 @@ fn write_records(
                 confirm(&mut waiting);
                 writer.sink.abandon();
                 let why = if writer.sink.can_recover() {
-                    format!("it failed ({}); hubgate tries it again every second", reason(&e))
+                    format!(
+                        "it failed ({}); hubgate tries it again every second",
+                        reason(&e)
+                    )
                 } else {
                     // Stdout or a pipe whose reader left: nothing to try again.
                     rx.close();

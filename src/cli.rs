@@ -319,7 +319,11 @@ fn check(arg: &ConfigArg) -> ExitCode {
         eprintln!("hubgate: caution: {caution}");
     }
     let mut ok = true;
-    match Identity::load(&config.identity, config.passthrough_region()) {
+    match Identity::load(
+        &config.identity,
+        &config.upstream.region,
+        config.passthrough(),
+    ) {
         Ok(identity) => outln!(
             "callers: {} ({} keyed callers)",
             config.identity.callers.display(),

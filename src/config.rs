@@ -743,9 +743,9 @@ impl Config {
         out
     }
 
-    /// upstream.region when callers' own signatures go upstream (upstream.auth = "passthrough").
-    pub fn passthrough_region(&self) -> Option<&str> {
-        (self.upstream.auth == UpstreamAuth::Passthrough).then_some(self.upstream.region.as_str())
+    /// Whether callers' own signatures go upstream (upstream.auth = "passthrough").
+    pub fn passthrough(&self) -> bool {
+        self.upstream.auth == UpstreamAuth::Passthrough
     }
 
     /// What hubgate does with an operation: the configured routing, else the default.

@@ -302,9 +302,9 @@ pub struct Identity {
     /// False in upstream passthrough: callers hold real AWS keys hubgate never sees, AWS
     /// verifies their signatures, hubgate maps the claimed key.
     verify_signatures: bool,
-    /// Passthrough: upstream.region, the only region AWS accepts the caller's signature for
-    /// at hubgate's endpoint.
-    passthrough_region: Option<String>,
+    /// upstream.region: the region every call goes to, so the only one a caller's signature
+    /// may be scoped to (in passthrough, the only one AWS accepts it for at hubgate's endpoint).
+    region: String,
     by_key: HashMap<String, Caller>,
     by_san: HashMap<String, Arc<Principal>>,
     by_cn: HashMap<String, Arc<Principal>>,
@@ -655,11 +655,13 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
 }
 
 impl Identity {
-    /// `passthrough`: with upstream.auth = "passthrough", upstream.region, where sigv4 mode maps
-    /// the claimed key and the caller's signature must be scoped to that region.
+    /// `region`: upstream.region, the region a caller's signature must be scoped to.
+    /// `passthrough`: upstream.auth = "passthrough", where sigv4 mode maps the claimed key and
+    /// AWS checks the signature.
     pub fn load(
         config: &IdentityConfig,
-        passthrough: Option<&str>,
+        region: &str,
+        passthrough: bool,
     ) -> Result<Identity, CallersError> {
         let callers = load_callers_settled(&config.callers)?;
         let mut by_key = HashMap::new();
@@ -695,7 +697,7 @@ impl Identity {
                 }
             }
             if let Some(key) = key {
-                if config.mode == IdentityMode::Sigv4 && passthrough.is_none() && secret.is_none() {
+                if config.mode == IdentityMode::Sigv4 && !passthrough && secret.is_none() {
                     return Err(CallersError::Invalid {
                         file: config.callers.clone(),
                         id: principal.id.clone(),
@@ -723,8 +725,8 @@ impl Identity {
         }
         Ok(Identity {
             mode: config.mode,
-            verify_signatures: passthrough.is_none(),
-            passthrough_region: passthrough.map(str::to_owned),
+            verify_signatures: !passthrough,
+            region: region.to_owned(),
             by_key,
             by_san,
             by_cn,
@@ -945,16 +947,18 @@ impl Identity {
         }) {
             return Err(AuthError::QueryCredentials(name));
         }
-        if let Some(region) = &self.passthrough_region {
-            // The forward goes to upstream.endpoint, whose AWS refuses a signature scoped to
-            // another region; and the findings were looked up in upstream.region. Refused
-            // here, with the reason, before any lookup is spent on it.
-            if auth.region != region {
-                return Err(AuthError::Malformed(format!(
-                    "the credential scope's region is not {region}, the region hubgate forwards \
-                     to: sign for {region}"
-                )));
-            }
+        // Every call goes to upstream.region: a caller that signed for another region meant
+        // its change for that region's Security Hub, and re-signed it would land in this one.
+        // In passthrough AWS refuses such a signature at upstream.endpoint anyway, after the
+        // lookups were spent. Refused here, with the reason, before anything is spent on it.
+        if auth.region != self.region {
+            let region = &self.region;
+            return Err(AuthError::Malformed(format!(
+                "the credential scope's region is not {region}, the region hubgate forwards \
+                 to: sign for {region}"
+            )));
+        }
+        if !self.verify_signatures {
             // AWS refuses a signature that leaves Host out ("'Host' or ':authority' must be a
             // 'SignedHeader'"): refused before a lookup is spent on it.
             if !auth.signed_headers.contains(&"host") {

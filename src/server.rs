@@ -373,8 +373,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     {
         tracing::warn!(%caution, "a setting weakens a guarantee");
     }
-    let identity =
-        Identity::load(&config.identity, config.passthrough_region()).map_err(|e| startup(&e))?;
+    let identity = Identity::load(
+        &config.identity,
+        &config.upstream.region,
+        config.passthrough(),
+    )
+    .map_err(|e| startup(&e))?;
     identity
         .refuse_demo_keys(&config.identity.callers, &config.upstream_uri)
         .map_err(|e| startup(&e))?;
@@ -782,14 +786,18 @@ fn reload(gate: &Gate) {
     let config = &gate.stages.config;
     // A demo key (public secret) is refused on reload as at start: added to a running
     // hubgate's callers file, it used to be taken in, and its public secret to act as its caller.
-    let loaded = Identity::load(&config.identity, config.passthrough_region())
-        .map_err(|e| e.to_string())
-        .and_then(|identity| {
-            identity
-                .refuse_demo_keys(&config.identity.callers, &config.upstream_uri)
-                .map_err(|e| e.to_string())?;
-            Ok(identity)
-        });
+    let loaded = Identity::load(
+        &config.identity,
+        &config.upstream.region,
+        config.passthrough(),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|identity| {
+        identity
+            .refuse_demo_keys(&config.identity.callers, &config.upstream_uri)
+            .map_err(|e| e.to_string())?;
+        Ok(identity)
+    });
     match loaded {
         Ok(identity) => {
             let n = identity.caller_count();

@@ -32,7 +32,7 @@ team = "soar"
         callers: path,
         static_principal: static_principal.map(String::from),
     };
-    (Identity::load(&config, None).unwrap(), dir)
+    (Identity::load(&config, "us-east-1", false).unwrap(), dir)
 }
 
 /// Signs like an SDK client would: host, content-type and x-amz-date.
@@ -311,7 +311,7 @@ fn a_demo_secret_under_a_key_id_of_its_own_is_a_demo_key() {
         callers: path.clone(),
         static_principal: None,
     };
-    let loaded = Identity::load(&config, None).unwrap();
+    let loaded = Identity::load(&config, "us-east-1", false).unwrap();
     let aws: http::Uri = "https://securityhub.us-east-1.amazonaws.com"
         .parse()
         .unwrap();
@@ -388,7 +388,9 @@ fn a_secret_pasted_as_an_env_name_or_an_account_id_is_never_shown() {
             ),
         )
         .unwrap();
-        Identity::load(&config, None).unwrap_err().to_string()
+        Identity::load(&config, "us-east-1", false)
+            .unwrap_err()
+            .to_string()
     };
     for message in [
         load("222222222222", &format!("secret_env = \"{secret}\"")),
@@ -437,7 +439,7 @@ fn a_session_token_beside_a_hubgate_key_is_refused_but_passthrough_keeps_it() {
         callers: dir.path().join("callers.toml"),
         static_principal: None,
     };
-    let passthrough = Identity::load(&config, Some("us-east-1")).unwrap();
+    let passthrough = Identity::load(&config, "us-east-1", true).unwrap();
     let mut parts = signed_request(SECRET, now, b"{}");
     parts.headers.insert(
         "x-amz-security-token",
@@ -460,7 +462,7 @@ fn query_string_credentials_beside_the_header_are_refused_in_both_upstream_modes
         callers: dir.path().join("callers.toml"),
         static_principal: None,
     };
-    let passthrough = Identity::load(&config, Some("us-east-1")).unwrap();
+    let passthrough = Identity::load(&config, "us-east-1", true).unwrap();
     let now = SystemTime::now();
     for query in [
         "X-Amz-Credential=AKIDOTHER%2F20260101%2Fus-east-1%2Fsecurityhub%2Faws4_request",
@@ -492,6 +494,32 @@ fn query_string_credentials_beside_the_header_are_refused_in_both_upstream_modes
     ));
 }
 
+/// Re-signed, a call goes to upstream.region whatever region the caller signed for: a caller
+/// that signed for another region meant another region's Security Hub.
+#[test]
+fn a_signature_for_another_region_is_refused_when_hubgate_re_signs() {
+    let (_, dir) = identity(IdentityMode::Sigv4, None);
+    let config = IdentityConfig {
+        mode: IdentityMode::Sigv4,
+        callers: dir.path().join("callers.toml"),
+        static_principal: None,
+    };
+    let now = SystemTime::now();
+    let parts = signed_request(SECRET, now, b"{}");
+    let east = Identity::load(&config, "us-east-1", false).unwrap();
+    assert_eq!(
+        east.authenticate(&parts, &body(b"{}"), now, None)
+            .unwrap()
+            .id,
+        "member"
+    );
+    let west = Identity::load(&config, "eu-west-1", false).unwrap();
+    let err = west
+        .authenticate(&parts, &body(b"{}"), now, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("sign for eu-west-1"), "{err}");
+}
+
 #[test]
 fn passthrough_maps_only_signatures_scoped_to_the_upstream_region() {
     let (_, dir) = identity(IdentityMode::Sigv4, None);
@@ -502,14 +530,14 @@ fn passthrough_maps_only_signatures_scoped_to_the_upstream_region() {
     };
     let now = SystemTime::now();
     let parts = signed_request(SECRET, now, b"{}");
-    let east = Identity::load(&config, Some("us-east-1")).unwrap();
+    let east = Identity::load(&config, "us-east-1", true).unwrap();
     assert_eq!(
         east.authenticate(&parts, &body(b"{}"), now, None)
             .unwrap()
             .id,
         "member"
     );
-    let west = Identity::load(&config, Some("eu-west-1")).unwrap();
+    let west = Identity::load(&config, "eu-west-1", true).unwrap();
     let err = west
         .authenticate(&parts, &body(b"{}"), now, None)
         .unwrap_err();
@@ -655,7 +683,7 @@ fn mtls_identity(text: &str) -> (Identity, tempfile::TempDir) {
         callers: path,
         static_principal: None,
     };
-    (Identity::load(&config, None).unwrap(), dir)
+    (Identity::load(&config, "us-east-1", false).unwrap(), dir)
 }
 
 #[test]
@@ -760,7 +788,7 @@ fn a_reloaded_callers_file_still_names_a_key_only_with_its_secret_and_principal(
     };
     let load = |text: String| {
         std::fs::write(&path, text).unwrap();
-        Identity::load(&config, None).unwrap()
+        Identity::load(&config, "us-east-1", false).unwrap()
     };
     let before = load(entry("s1", "member"));
     let parts = signed_request("s1", SystemTime::now(), b"{}");

@@ -39,9 +39,7 @@ Held: the same signed request sent twice within its window is judged and forward
   AWS does (README, Deployment model, now says so); moved to another operation's path it is
   401 InvalidSignatureException, and nothing is forwarded.
 Held (probed, not kept as tests): a date 14 minutes ahead is accepted, as at AWS; the right
-  signature in upper-case hex is 401 InvalidSignatureException; `Credential`'s region is not
-  checked against upstream.region in resign mode (only in passthrough), harmless since the
-  Host is signed and hubgate re-signs for its own region; an mtls-mode request's Authorization
+  signature in upper-case hex is 401 InvalidSignatureException; an mtls-mode request's Authorization
   is ignored (README says so), and in sigv4 mode with client_ca the signature names the caller
   (README now says the certificate need not be mapped to it).
 Held (first round and earlier suites, not repeated here): UNSIGNED-PAYLOAD, a repeated
@@ -201,6 +199,28 @@ def test_a_replay_is_judged_again_but_cannot_be_moved_to_another_operation(hubga
     err = assert_envelope(reply, 401, "UNAUTHENTICATED", "InvalidSignatureException")
     assert MEMBER.access_key in err["error"]["message"], err
     assert len(hubgate.fake.buf_calls()) == 2
+
+
+def test_a_caller_that_signed_for_another_region_is_refused_not_re_signed(hubgate):
+    """A boto3 client configured for eu-west-1, pointed at a hubgate that forwards to
+    us-east-1. Its signature verified (the region is only a part of the scope), and hubgate
+    re-signed the change for us-east-1: a caller's change for one region's Security Hub landed
+    in another's, and the record named the caller as if all were well. Now it is refused,
+    with the region to sign for, and nothing is sent (found by the session-48 review of the
+    left-alone list; the identity review's probe had judged it harmless)."""
+    import boto3
+    from botocore.config import Config
+    client = boto3.session.Session().client(
+        "securityhub", endpoint_url=hubgate.url, region_name="eu-west-1",
+        aws_access_key_id=MEMBER.access_key, aws_secret_access_key=MEMBER.secret_key,
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+    with pytest.raises(client.exceptions.ClientError) as e:
+        client.batch_update_findings(**OWN_NOTE)
+    err = e.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 401, err
+    assert err["Error"]["Code"] == "UnrecognizedClientException", err
+    assert "sign for us-east-1" in err["Error"]["Message"], err
+    assert hubgate.fake.buf_calls() == []
 
 
 def test_a_demo_secret_under_a_renamed_key_id_is_refused_with_a_real_upstream(tmp_path):
