@@ -47,6 +47,10 @@ pub const IDS_PER_LOOKUP: usize = 20;
 const MAX_PAGES_PER_LOOKUP: usize = 20;
 /// Throttled lookups are retried this often before the waiting requests hear about it.
 const MAX_THROTTLE_RETRIES: u32 = 6;
+/// A lookup that failed as a server's fault (a 5xx, a connection refused or reset) is asked
+/// again as often as an SDK's standard retries would: a read changes nothing, and one such
+/// answer among a 100-finding update's five lookups failed the whole update at once.
+const MAX_TRANSIENT_RETRIES: u32 = 2;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
@@ -2059,18 +2063,24 @@ async fn fetch_and_deliver(
     let mut pages = Pages::default();
     let result = loop {
         match fetch_chunk(&inner, &chunk, &progress, &mut pages).await {
-            Err(e) if e.is_throttle() => {
-                progress.throttled.store(true, Ordering::Relaxed);
-                inner.pacer.throttled("GetFindings");
-                inner
-                    .metrics
-                    .throttled
-                    .get_or_create(&OperationLabels {
-                        operation: "GetFindings".into(),
-                    })
-                    .inc();
+            Err(e) if e.is_throttle() || e.is_transient() => {
+                let most = match e.is_throttle() {
+                    true => {
+                        progress.throttled.store(true, Ordering::Relaxed);
+                        inner.pacer.throttled("GetFindings");
+                        inner
+                            .metrics
+                            .throttled
+                            .get_or_create(&OperationLabels {
+                                operation: "GetFindings".into(),
+                            })
+                            .inc();
+                        MAX_THROTTLE_RETRIES
+                    }
+                    false => MAX_TRANSIENT_RETRIES,
+                };
                 attempt += 1;
-                if attempt > MAX_THROTTLE_RETRIES || !anyone_waiting(&inner, &chunk) {
+                if attempt > most || !anyone_waiting(&inner, &chunk) {
                     break Err(e);
                 }
                 // Full jitter: concurrent retries spread out instead of hitting the quota

@@ -109,6 +109,19 @@ impl UpstreamError {
         matches!(self, UpstreamError::Timeout { .. })
     }
 
+    /// A failure of the server's or the network's that the same call may not meet again: a
+    /// 5xx that is not a throttle, a connection refused or cut. Worth asking again only for a
+    /// call that changes nothing (a lookup).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Refused {
+                status: 500 | 502 | 503 | 504,
+                ..
+            } | UpstreamError::Unreachable(_)
+        )
+    }
+
     pub fn is_interrupted(&self) -> bool {
         matches!(self, UpstreamError::Interrupted { .. })
     }

@@ -28,6 +28,10 @@ Standard library + botocore only. It
                            "throttle_next": {"GetFindings": N, ...}  throttle the next N calls of
                                that operation whatever the quota (quota on or off; replaces the
                                previous count; such a call takes no token)
+                           "fail_next": {"GetFindings": [N, STATUS, TYPE], ...}  answer the
+                               next N calls of that operation with STATUS and error type TYPE
+                               (a 500 InternalException, a 503 ServiceUnavailableException),
+                               nothing read or applied (replaces the previous map)
                            "answer_delay_ms": {"GetFindings": N, ...}  the operation reads or
                                writes at once and answers N ms later (a slow or large answer;
                                replaces the previous map)
@@ -257,6 +261,7 @@ class State:
         self.quota_limits: dict[str, tuple[float, float]] = {}  # overrides of QUOTAS
         self.buckets: dict[str, TokenBucket] = {}
         self.throttle_next: dict[str, int] = {}
+        self.fail_next: dict[str, list] = {}
         self.answer_delay_ms: dict[str, int] = {}
         self.apply_delay_ms = 0
         for timer in getattr(self, "pending_applies", []):
@@ -278,6 +283,14 @@ class State:
             if op == "BatchUpdateFindings":
                 st.update(findings_processed=0, findings_unprocessed=0)
         return st
+
+    def failure(self, op: str):
+        """(status, error type) if this call of op is to fail (fail_next), else None."""
+        left = self.fail_next.get(op)
+        if not left or left[0] <= 0:
+            return None
+        left[0] -= 1
+        return left[1], left[2]
 
     def admit(self, op: str) -> bool:
         """Count a call of op; False if it is throttled (throttle_next, then the quota)."""
@@ -301,6 +314,7 @@ class State:
                 "gzip_batch_update": self.gzip_batch_update, "quota": self.quota,
                 "quota_limits": {k: list(v) for k, v in self.quota_limits.items()},
                 "throttle_next": dict(self.throttle_next),
+                "fail_next": {k: list(v) for k, v in self.fail_next.items()},
                 "answer_delay_ms": dict(self.answer_delay_ms),
                 "apply_delay_ms": self.apply_delay_ms}
 
@@ -682,6 +696,14 @@ class Handler(BaseHTTPRequestHandler):
                 if "quota" in quota_cfg or "quota_limits" in quota_cfg:
                     st.refill()
                 st.throttle_next.update(quota_cfg.get("throttle_next", {}))
+                if "fail_next" in arg:
+                    nxt = arg["fail_next"]
+                    if not isinstance(nxt, dict) or not all(
+                            isinstance(v, list) and len(v) == 3 and isinstance(v[0], int)
+                            and isinstance(v[1], int) and isinstance(v[2], str)
+                            for v in nxt.values()):
+                        return self._send(400, {"message": "fail_next: {op: [N, status, type]}"})
+                    st.fail_next = {k: list(v) for k, v in nxt.items()}
                 if "answer_delay_ms" in arg:
                     delays = arg["answer_delay_ms"]
                     if not isinstance(delays, dict) or not all(
@@ -730,6 +752,12 @@ class Handler(BaseHTTPRequestHandler):
                 record["operation"] = op_name
                 with st.lock:
                     admitted = st.admit(op_name)
+                    failure = None if not admitted else st.failure(op_name)
+                if failure is not None:
+                    record["status"] = failure[0]
+                    headers["x-amzn-ErrorType"] = failure[1]
+                    return self._send(failure[0], {"__type": failure[1],
+                                                   "message": "injected failure"}, headers)
                 if not admitted:
                     record["throttled"] = True
                     record["status"] = 429

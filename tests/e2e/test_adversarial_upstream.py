@@ -32,6 +32,10 @@ matters.
   cached state behind: a member's lowering after it is judged on the raise.
 - Held: a connection on which the upstream sent an extra response is not reused for the next
   request (that response is never handed to another request).
+- HOLE (fixed, session 48): a lookup answered with a 5xx that is not a throttle (503
+  ServiceUnavailableException, 500 InternalException) failed the whole update at once with 502,
+  though a read can be asked again; now it is asked again up to twice (an SDK's standard
+  retries), with jittered backoff within the request's deadline.
 """
 
 from __future__ import annotations
@@ -634,3 +638,28 @@ def test_an_answer_framed_by_chunks_and_a_length_reaches_the_caller_whole(make_h
         assert resp.status == 200 and resp.body == body, resp
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("failures, status", [(1, 200), (3, 502)])
+def test_a_lookup_that_meets_a_server_error_is_asked_again(make_fake, make_hubgate, failures,
+                                                          status):
+    """A member's raise whose lookup meets `failures` 503s in a row: one is asked again and
+    the raise goes through; three (the first call and its two retries) fail closed with 502,
+    nothing forwarded, every call made counted in the record."""
+    fake = make_fake()
+    fake.configure(fail_next={"GetFindings": [failures, 503, "ServiceUnavailableException"]})
+    hg = make_hubgate({}, fake=fake)
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
+                   "Severity": {"Label": "CRITICAL"}}, who="member")
+    calls = [r for r in fake.requests() if r.get("operation") == "GetFindings"]
+    record = hg.audit_records()[-1]
+    if status == 200:
+        assert resp.status == 200, resp.text
+        assert len(calls) == 2, calls
+        assert record["forwarded"] is True
+    else:
+        assert_envelope(resp, 502, "UPSTREAM_UNAVAILABLE", "InternalException")
+        assert len(calls) == 3, calls
+        assert fake.buf_calls() == []
+        assert record["forwarded"] is False
+    assert record["metrics"]["counter_lookup_calls"] == len(calls), record["metrics"]
