@@ -35,7 +35,7 @@ pub enum PolicyLoadError {
     #[error("the policy set does not evaluate: {0}")]
     Smoke(String),
     #[error(transparent)]
-    ForbiddenFields(#[from] settings::UnknownForbiddenFields),
+    Settings(#[from] settings::BadSettings),
     #[error(
         "{dir}: the policy files kept changing while they were read ({attempts} times); the \
          previous set stays until a reload reads them unchanged"
@@ -347,15 +347,15 @@ impl PolicySet {
             data: data_texts,
         } = Texts::read(dir)?;
         let schemas = Schemas::compile(schema_ops.iter().copied().zip(&schema_texts))?;
-        let unknown = settings::unknown_forbidden_fields(
+        let bad = settings::bad_settings(
             &data_texts,
             schema_ops
                 .iter()
                 .copied()
                 .zip(schema_texts.iter().map(|(_, text)| text.as_str())),
         );
-        if !unknown.is_empty() {
-            return Err(settings::UnknownForbiddenFields(unknown).into());
+        if !bad.is_empty() {
+            return Err(settings::BadSettings(bad).into());
         }
         let mut engine = engine_from_texts(&rego, &data_texts)?;
         let limit = |limit| regorus::utils::limits::ExecutionTimerConfig {

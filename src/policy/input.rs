@@ -229,6 +229,21 @@ impl Update {
     }
 }
 
+/// Every value `input.update.workflow_status` can take: BatchUpdateFindings' four and the
+/// rest of V2's `StatusId` (`v2_status`). Settings that list statuses (`member_workflow_statuses`,
+/// `ticket_required_for`) are read against it when a set loads: an entry outside it matches no
+/// request, so its rule would refuse (or require a ticket for) nothing it names.
+pub const WORKFLOW_STATUSES: [&str; 8] = [
+    "NEW",
+    "NOTIFIED",
+    "RESOLVED",
+    "SUPPRESSED",
+    "UNKNOWN",
+    "ARCHIVED",
+    "DELETED",
+    "OTHER",
+];
+
 /// OCSF `status_id` of BatchUpdateFindingsV2 as the workflow status one rule covers. Every value
 /// the model documents maps (0 and 99 included), and any other is refused.
 fn v2_status(id: i64) -> Result<&'static str, Violation> {
@@ -1656,6 +1671,18 @@ mod tests {
             )
             .unwrap();
             assert_eq!(u["workflow_status"], status, "{id}");
+        }
+        // The vocabulary settings are read against holds every status either operation sets.
+        for id in [0, 1, 2, 3, 4, 5, 6, 99] {
+            assert!(WORKFLOW_STATUSES.contains(&v2_status(id).unwrap()), "{id}");
+        }
+        for s in [
+            WorkflowStatus::New,
+            WorkflowStatus::Notified,
+            WorkflowStatus::Resolved,
+            WorkflowStatus::Suppressed,
+        ] {
+            assert!(WORKFLOW_STATUSES.contains(&s.as_str()), "{s:?}");
         }
         for field in ["SeverityId", "StatusId"] {
             for id in [7, 98, 100, -1] {
