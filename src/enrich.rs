@@ -1995,17 +1995,12 @@ async fn await_other_replica(
 /// The next queued finding to look up, past copies of findings another account's turn already
 /// took (in flight, or delivered and no longer waited for).
 fn next_to_look_up(st: &mut State) -> Option<FindingKey> {
-    loop {
-        let key = st.queue.front()?;
-        if st.in_flight.contains_key(key) || !st.waiting.contains_key(key) {
-            st.queue.drop_front();
-            continue;
-        }
-        return st.queue.pop_front();
-    }
+    has_live_work(st).then(|| st.queue.pop_front()).flatten()
 }
 
-/// Drops queued findings nobody waits for any more; true when some are left.
+/// Drops queued findings nobody waits for any more; true when some are left. Asked again
+/// when a chunk is taken, after the wait for quota: a client can leave during that wait
+/// (its decision stops waiting), and its findings were then looked up for nobody.
 fn has_live_work(st: &mut State) -> bool {
     while let Some(key) = st.queue.front() {
         if st.in_flight.contains_key(key) {

@@ -62,8 +62,8 @@ pub enum Rejection {
     /// The client went away while its request waited (for finding state or quota), before
     /// anything was sent upstream: recorded like `ClientAborted`, nothing is forwarded.
     #[error(
-        "the client closed the connection or cancelled the request while it waited for \
-         Security Hub's quota; nothing was sent"
+        "the client closed the connection or cancelled the request while it waited for the \
+         findings' state or Security Hub's quota; nothing was sent"
     )]
     ClientLeft,
     /// hubgate's stop ran out of its grace period while the request was still being read,

@@ -850,7 +850,15 @@ async fn decide<S: FindingState>(
     };
     let dry_run = gate.config.policy.mode == PolicyMode::DryRun;
     trail.dry_run = dry_run;
-    let mut judgement = judge(&policy, operation, body, &facts, state, dry_run, deadline).await?;
+    // A client gone while its decision waits for lookups stops waiting: its findings still
+    // queued are then not looked up for it (`has_live_work` drops them), and the quota they
+    // would have spent is left for the callers still there.
+    let judged = judge(&policy, operation, body, &facts, state, dry_run, deadline);
+    let mut judgement = tokio::select! {
+        biased;
+        judged = judged => judged?,
+        () = trail.departure.gone() => return Err(Rejection::ClientLeft),
+    };
     trail.judged(&mut judgement);
     if let Some(failed) = judgement.failed.take() {
         if let LookupError::Quota(_) = failed {

@@ -16,6 +16,11 @@
   quota.max_wait_ms later, next to the retry it had sent: the write applied twice, the
   account's quota spent for nobody, and the caller's place in line held meanwhile. It now
   stops waiting at once, sends nothing, and is recorded as 499 CLIENT_ABORTED.
+- HOLE (fixed, session 48): a client that went away while its decision waited for lookups
+  (a member's 60-finding raise, three GetFindings calls paced one per 2 s) kept its request
+  waiting until every lookup was made: the calls still queued were sent for nobody, spending
+  the account's GetFindings quota (3 a second, shared by every caller). Its decision now stops
+  waiting when the client goes, and the lookups nobody else waits for are dropped unsent.
 - Held: a lookup throttled with HTTP 429 and an empty or HTML body is retried, then allowed.
 - Held (checked by hand): `hubgate check` refuses a rate of nan, inf, 0 or below, and a burst
   of 0; a rate of 1e-300 is valid and paces (429 past the burst), without panic or division
@@ -28,7 +33,7 @@ import time
 
 import pytest
 
-from helpers import ident, wait_until
+from helpers import MEMBER_ACCOUNT, finding, ident, wait_until
 from test_adversarial_upstream import NOTE, Quirky, quirky, upd  # noqa: F401 (fixture)
 from test_client_abort import send_and_hang_up
 
@@ -102,3 +107,28 @@ def test_a_client_that_leaves_while_waiting_for_quota_has_nothing_sent(make_fake
     # the quota would have come 2 s after the first note: nothing is sent then either
     time.sleep(max(0.0, 2.3 - (time.monotonic() - left)))
     assert len(fake.buf_calls()) == 1, fake.buf_calls()
+
+
+def test_a_client_that_leaves_while_its_lookups_wait_has_them_dropped(make_fake, make_hubgate):
+    """A member's raise of 60 of its findings: three GetFindings calls of 20, paced at one per
+    2 s. The client hangs up 0.3 s in, after the first call. The other two must never be sent
+    (nobody waits for them), and the request is recorded as 499 CLIENT_ABORTED at once."""
+    fake = make_fake()
+    ids = [f"f-bulk-{i}" for i in range(60)]
+    fake.add_findings([finding(fid, MEMBER_ACCOUNT, "HIGH", 70) for fid in ids])
+    hg = make_hubgate({"quota": {"max_wait_ms": 8000, "limits": {
+        "GetFindings": {"rate": 0.5, "burst": 1}}}}, fake=fake)
+    left = time.monotonic()
+    send_and_hang_up(hg, {"FindingIdentifiers": [ident(fid) for fid in ids],
+                          "Severity": {"Label": "CRITICAL"}}, "member", 0.3)
+
+    def aborted():
+        return [r for r in hg.audit_records() if r["status"] == 499]
+    rec = wait_until(aborted, 5, "the departed request's record")[0]
+    assert time.monotonic() - left < 1.5, "the decision went on waiting after the client left"
+    assert rec["error"]["code"] == "CLIENT_ABORTED" and rec["forwarded"] is False, rec
+    # the second call's quota came 2 s after the first, the third's 4 s after
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - left)))
+    lookups = [r for r in fake.requests() if r.get("operation") == "GetFindings"]
+    assert len(lookups) == 1, [len(r.get("body", "")) for r in lookups]
+    assert fake.buf_calls() == []
