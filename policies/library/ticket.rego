@@ -12,10 +12,13 @@
 # ticket in Comment) and UpdateFindings (RecordState ARCHIVED, the ticket in Note.Text: it takes
 # every finding its filter matches out of the default views, as V2's ARCHIVED status takes one;
 # the one entry "ARCHIVED" of ticket_required_for asks a ticket of both). The reopen rule counts
-# the same four statuses as closed. BatchImportFindings: not judged here; a
-# member's import may not set Workflow.* at all (imports.rego), and Security Hub does not let an
-# import change an existing finding's Workflow. Workflow.Status set without a status to judge is
-# a violation (for everyone: the rule cannot tell whether it is a closure).
+# the same four statuses as closed. BatchImportFindings: Security Hub does not let an import
+# change an existing finding's Workflow (and a member's import may not set Workflow.* at all,
+# imports.rego), but a re-import does change its RecordState: each imported finding with
+# RecordState ARCHIVED needs the ticket in its own Note.Text, the one note an import carries
+# (judged on request.body.Findings, as an import's facts are null; a violation per finding).
+# Workflow.Status set without a status to judge is a violation (for everyone: the rule cannot
+# tell whether it is a closure).
 #
 # Why not IAM: the securityhub:ASFFSyntaxPath/Note.Text condition key only offers string and
 # glob matching (StringLike "*SEC-*" also accepts "SEC-" or "see SEC-later"), and an IAM
@@ -33,9 +36,10 @@
 # An invalid pattern makes every closure fail (a violation, or a policy error; never allowed);
 # ticket_test.rego checks the shipped pattern, so `hubgate test` catches a typo before it serves.
 #
-# Cost: one regex.match per evaluation pass, on the request alone (never per finding), and only
-# when the mode is not "off" and the requested status needs a ticket. The rule does not need
-# finding state, so when enforced it refuses in the first pass, before any lookup.
+# Cost: one regex.match per evaluation pass, on the request alone (never per finding state), and
+# only when the mode is not "off" and the requested status needs a ticket; an import, one per
+# imported finding that sets RecordState ARCHIVED. The rule does not need finding state, so when
+# enforced it refuses in the first pass, before any lookup.
 package hubgate
 
 # The settings, or their defaults when data.json leaves them out. Written as two exclusive rules
@@ -61,6 +65,20 @@ ticket_closes if {
 	input.update.record_state == "ARCHIVED"
 	"ARCHIVED" in ticket_required_for
 }
+
+# An import archiving a finding: the ticket must be in that finding's own note (another
+# finding's ticket in the same batch documents another closure). Iterates over the imported
+# findings only when some finding sets RecordState and ARCHIVED needs a ticket.
+ticket_violations contains {"msg": ticket_msg, "finding": finding_ref(f)} if {
+	input.operation == "BatchImportFindings"
+	"RecordState" in input.update.fields
+	"ARCHIVED" in ticket_required_for
+	some f in input.request.body.Findings
+	f.RecordState == "ARCHIVED"
+	not ticket_in_note(f)
+}
+
+ticket_in_note(f) if regex.match(ticket_pattern, f.Note.Text)
 
 # No note text at all (no Note, or a note without text).
 ticket_violations contains {"msg": ticket_msg, "finding": null} if {

@@ -217,3 +217,31 @@ test_matrix_ticket_import_refused_for_members if {
 		{v.msg | some v in r.deny} == {"member accounts may not set Workflow.Status through BatchImportFindings: it is the customer's, to change with BatchUpdateFindings"}
 	}
 }
+
+# BatchImportFindings: a re-import with RecordState ARCHIVED closes the finding as UpdateFindings'
+# ARCHIVED does; the ticket must be in that finding's own Note.Text.
+import_of(principal, findings) := object.union(
+	t.bif(principal, [t.claimed(f.Id, f.AwsAccountId) | some f in findings], ["AwsAccountId", "Id", "Note.Text", "ProductArn", "RecordState"]),
+	{"request": {"body": {"Findings": findings}}},
+)
+
+imported(id, record_state, note) := {"Id": id, "ProductArn": t.arn, "AwsAccountId": t.other_account, "RecordState": record_state, "Note": {"Text": note, "UpdatedBy": "soc", "UpdatedAt": "t"}}
+
+test_import_archive_needs_a_ticket_in_its_own_note if {
+	doc := import_of(admin, [imported("f1", "ARCHIVED", "SEC-1 retired"), imported("f2", "ARCHIVED", "retired")])
+	r := t.decide(doc, on)
+	r.deny == {{"msg": default_msg, "finding": t.ref("f2")}}
+	w := t.decide(doc, {"ticket": "warn"})
+	w.warn == {{"msg": default_msg, "finding": t.ref("f2")}}
+}
+
+test_import_kept_active_or_ticketed_needs_no_ticket if {
+	every findings in [
+		[imported("f1", "ACTIVE", "no ticket")],
+		[imported("f1", "ARCHIVED", "closed in SEC-9")],
+	] {
+		count(t.decide(import_of(admin, findings), on).deny) == 0
+	}
+	r := t.decide(import_of(admin, [imported("f1", "ARCHIVED", "x")]), on) with data.hubgate_settings.ticket_required_for as ["SUPPRESSED"]
+	count(r.deny) == 0
+}
