@@ -16,8 +16,10 @@
 # anyway. The trade-off of "own-findings": FindingProviderFields.Severity is allowed (it is the
 # provider's severity), and Security Hub copies it to Severity while no BatchUpdateFindings has
 # set Severity, so a member that opts in can still lower an untriaged finding's severity through
-# a re-import; and RecordState ARCHIVED (the provider's lifecycle field) takes the finding out of
-# the default views. Turn it on only for members that are finding providers you trust that far,
+# a re-import; RecordState ARCHIVED (the provider's lifecycle field) takes the finding out of
+# the default views (the ticket rule asks a ticket for it when enforced); and RecordState ACTIVE
+# or a Compliance.Status change reopens a RESOLVED finding (the reopen rule refuses both when
+# enforced). Turn it on only for members that are finding providers you trust that far,
 # or list "FindingProviderFields" and "RecordState" in member_forbidden_fields (fields.rego).
 #
 # Who: members. Administrators' imports are not restricted by the policies.

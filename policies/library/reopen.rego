@@ -12,7 +12,13 @@
 #   BatchUpdateFindingsV2: hubgate cannot see the current status, so any open status (StatusId 0,
 #     1, 2, 99) is a violation for the whole request.
 #   UpdateFindings sets no status. BatchImportFindings: a member's import may not set Workflow.*
-#     at all (imports.rego).
+#     at all (imports.rego), but Security Hub itself sets a NOTIFIED or RESOLVED finding back to
+#     NEW when an import changes its RecordState from ARCHIVED to ACTIVE, or its
+#     Compliance.Status from PASSED to WARNING, FAILED or NOT_AVAILABLE (the model's
+#     WorkflowStatus documentation). hubgate cannot see the current status or record state, so,
+#     as for V2's open statuses, each imported finding a member's import sets ACTIVE or to such a
+#     compliance status is a violation (judged on request.body.Findings; an import's facts are
+#     null). Only with member_imports = "own-findings": otherwise imports.rego refuses them all.
 #   Workflow.Status set without a status to judge: a violation.
 #
 # Why not IAM: IAM conditions only see the request, never the finding's stored state. Denying
@@ -28,6 +34,8 @@
 # Cost: whole-request guards first (mode, member, the requested status), so a request that does
 # not ask for an open status never iterates. An open-status request iterates once over the
 # findings with one string comparison each and no builtin. (input.summary has no status facts.)
+# A member's import that sets RecordState or Compliance iterates once over its findings, with
+# two comparisons each.
 package hubgate
 
 reopen_closed_statuses := {"RESOLVED", "SUPPRESSED", "ARCHIVED", "DELETED"}
@@ -63,6 +71,22 @@ reopen_violations contains {"msg": sprintf("member accounts may not reopen findi
 	update_op
 	status := reopen_requested
 }
+
+reopen_violations contains {"msg": "member accounts may not reactivate findings through BatchImportFindings (RecordState ACTIVE, or Compliance.Status WARNING, FAILED or NOT_AVAILABLE): Security Hub reopens a RESOLVED finding that is reactivated, and hubgate cannot see whether it is RESOLVED", "finding": finding_ref(f)} if {
+	member
+	input.operation == "BatchImportFindings"
+	some field in reopen_import_fields
+	field in input.update.fields
+	some f in input.request.body.Findings
+	reopen_reactivates(f)
+}
+
+# The members of an imported finding whose change makes Security Hub reopen it.
+reopen_import_fields := ["RecordState", "Compliance"]
+
+reopen_reactivates(f) if f.RecordState == "ACTIVE"
+
+reopen_reactivates(f) if f.Compliance.Status in {"WARNING", "FAILED", "NOT_AVAILABLE"}
 
 reopen_violations contains v if {
 	member

@@ -155,3 +155,25 @@ test_matrix_reopen_import_refused_for_members if {
 		{v.msg | some v in r.deny} == {"member accounts may not set Workflow.Status through BatchImportFindings: it is the customer's, to change with BatchUpdateFindings"}
 	}
 }
+
+# BatchImportFindings: a re-import that reactivates a finding (RecordState ACTIVE, Compliance.Status
+# away from PASSED) makes Security Hub reopen it; hubgate cannot see its current status.
+reactivating_import(principal, findings) := object.union(
+	t.bif(principal, [t.claimed(f.Id, t.own_account) | some f in findings], ["Compliance", "Id", "ProductArn", "RecordState"]),
+	{"request": {"body": {"Findings": findings}}},
+)
+
+reactivate_msg := "member accounts may not reactivate findings through BatchImportFindings (RecordState ACTIVE, or Compliance.Status WARNING, FAILED or NOT_AVAILABLE): Security Hub reopens a RESOLVED finding that is reactivated, and hubgate cannot see whether it is RESOLVED"
+
+test_member_import_that_reactivates_is_a_reopening if {
+	findings := [
+		{"Id": "f1", "ProductArn": t.arn, "RecordState": "ACTIVE"},
+		{"Id": "f2", "ProductArn": t.arn, "RecordState": "ARCHIVED", "Compliance": {"Status": "FAILED"}},
+		{"Id": "f3", "ProductArn": t.arn, "RecordState": "ARCHIVED", "Compliance": {"Status": "PASSED"}},
+		{"Id": "f4", "ProductArn": t.arn, "Compliance": {}},
+	]
+	r := t.decide(reactivating_import(member, findings), {"reopen": "enforce"}) with data.hubgate_settings.member_imports as "own-findings"
+	r.deny == {{"msg": reactivate_msg, "finding": t.ref("f1")}, {"msg": reactivate_msg, "finding": t.ref("f2")}}
+	a := t.decide(reactivating_import(admin, findings), {"reopen": "enforce"})
+	count(a.deny) == 0
+}

@@ -36,7 +36,7 @@ def reimport(fid: str, account: str, **changes) -> dict:
     """A seeded finding as its provider re-imports it: severity only in FindingProviderFields,
     none of the customer's fields; `changes` replace members."""
     f = finding(fid, account, "MEDIUM", 40)
-    for customer in ("Severity", "Workflow", "WorkflowState", "Note"):
+    for customer in ("Severity", "Workflow", "WorkflowState", "Note", "RecordState"):
         f.pop(customer)
     f["FindingProviderFields"] = {"Severity": {"Label": "MEDIUM"}}
     f.update(changes)
@@ -81,3 +81,36 @@ def test_an_import_that_archives_a_finding_needs_a_ticket(hubgate, make_hubgate,
                {"Findings": [reimport("f-other", OTHER_ACCOUNT, RecordState="ACTIVE")]}):
         resp = hg.send("POST", IMPORT, ok, who="admin")
         assert resp.status == 200, resp.text
+
+
+# --- A re-import that reactivates a finding reopens it ----------------------------------------
+
+
+def test_a_member_import_that_reactivates_a_finding_is_a_reopening(make_hubgate, make_fake,
+                                                                   tmp_path):
+    """Security Hub sets a NOTIFIED or RESOLVED finding back to NEW when its RecordState goes
+    from ARCHIVED to ACTIVE or its Compliance.Status from PASSED to WARNING, FAILED or
+    NOT_AVAILABLE (the model's WorkflowStatus documentation). With member imports on and the
+    reopen rule enforced, a member could not set Workflow.Status, but reopened its RESOLVED
+    finding all the same by re-importing it ACTIVE (or FAILED): forwarded. hubgate cannot see
+    the finding's current status or record state, so such an import is now refused for members,
+    as V2's open statuses are; one that keeps a finding archived or passed is forwarded."""
+    fake = make_fake()
+    closed = finding("f-own-high", MEMBER_ACCOUNT, "HIGH", 70, status="RESOLVED")
+    closed["RecordState"] = "ARCHIVED"
+    closed["Compliance"] = {"Status": "PASSED"}
+    fake.add_findings([closed])
+    policies = policies_with(tmp_path, {"reopen": "enforce"}, member_imports="own-findings")
+    hg = make_hubgate({"policy": {"dir": str(policies)}}, fake=fake)
+    for changes in ({"RecordState": "ACTIVE"}, {"Compliance": {"Status": "FAILED"}},
+                   {"RecordState": "ARCHIVED", "Compliance": {"Status": "NOT_AVAILABLE"}}):
+        body = {"Findings": [reimport("f-own-high", MEMBER_ACCOUNT, **changes)]}
+        resp = hg.send("POST", IMPORT, body, who="member")
+        err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
+        assert "reopen" in err["error"]["message"], (changes, err)
+        assert [d["finding"]["Id"] for d in err["error"]["details"]] == ["f-own-high"], err
+    assert fake.requests("POST", IMPORT) == [], "forwarded"
+    for changes in ({"RecordState": "ARCHIVED"}, {"Compliance": {"Status": "PASSED"}}):
+        body = {"Findings": [reimport("f-own-high", MEMBER_ACCOUNT, **changes)]}
+        resp = hg.send("POST", IMPORT, body, who="member")
+        assert resp.status == 200, (changes, resp.text)
