@@ -20,8 +20,9 @@ valid keys and as the SRE whose account they share.
   Criticality 101, a score as text, 70.5 where an integer belongs and a structure written as an
   array are 400s before any lookup; an Id with a NUL is looked up as sent and refused as not
   found; V2 with both lists (one empty) or SeverityId 7 is a 400, a MetadataUid (no account to
-  judge) a 403; an import of 101 findings a 400. Each has an envelope SDKs do not retry, a
-  decision record, and nothing forwarded.
+  judge) a 403; an import of 101 findings a 400, one over server.max_body_bytes a 413 (AWS takes
+  6 MB batches: README now says a provider's larger batches need a larger bound). Each has an
+  envelope SDKs do not retry, a decision record, and nothing forwarded.
 """
 
 from __future__ import annotations
@@ -184,6 +185,10 @@ HELD = [
     ("import-101-findings", IMPORT,
      j({"Findings": [reimport(f"f-{i}", MEMBER_ACCOUNT) for i in range(101)]}), 400,
      "VALIDATION_ERROR"),
+    # Security Hub takes up to 6 MB; hubgate's default bound is 1 MiB (README says so)
+    ("import-over-max-body", IMPORT,
+     j({"Findings": [reimport(f"f-{i}", MEMBER_ACCOUNT, Description="d" * 12_000)
+                     for i in range(100)]}), 413, "PAYLOAD_TOO_LARGE"),
 ]
 
 
@@ -194,13 +199,15 @@ def test_held_member_bodies_are_refused_before_anything_is_sent(hubgate, path, r
     """Over-long UTF-8, a NUL in an Id, a look-alike member name, a duplicate key inside the
     second of two identifiers, scores out of range or as text, a fraction where an integer
     belongs, a structure written as an array, V2's two lists together (one empty) or an
-    undefined SeverityId, a MetadataUid (no account to judge), an import of 101 findings: each
+    undefined SeverityId, a MetadataUid (no account to judge), an import of 101 findings or over
+    server.max_body_bytes: each
     is refused with an envelope SDKs do not retry and a decision record, and nothing reaches
     Security Hub but the NUL Id's lookup."""
     fake = hubgate.fake
     method = "POST" if path == IMPORT else "PATCH"
     resp = hubgate.send(method, path, raw, who="member")
-    error_type = {400: "InvalidInputException", 403: "AccessDeniedException"}[status]
+    error_type = {400: "InvalidInputException", 403: "AccessDeniedException",
+                  413: "InvalidInputException"}[status]
     assert_envelope(resp, status, code, error_type)
     record = hubgate.audit_for(resp.headers["x-amzn-requestid"])
     assert record["forwarded"] is False, record
