@@ -20,26 +20,15 @@ member imports' customer fields; this one does not repeat them.
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 
-from helpers import (MEMBER_ACCOUNT, POLICY_DIR, REPO, assert_envelope, finding, ident,
+from helpers import (MEMBER_ACCOUNT, REPO, assert_envelope, finding, ident,
                      run_hubgate)
+
+from test_adversarial_policy import policies_with
 
 IMPORT = "/findings/import"
 BUF = "/findings/batchupdate"
-
-
-def policies_with(tmp_path, **settings):
-    """A copy of the shipped policy set with these hubgate_settings changed."""
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, policies)
-    data = json.loads((policies / "data.json").read_text())
-    data["hubgate_settings"].update(settings)
-    (policies / "data.json").write_text(json.dumps(data))
-    return policies
 
 
 # ---------------------------------------------------------------------------
