@@ -1016,8 +1016,8 @@ impl<'a> Touched<'a> {
         }
     }
 
-    /// Security Hub processed `processed` (a BatchUpdateFindings answer). A finding it sent
-    /// and the answer does not list as processed is evicted: Security Hub reports a finding
+    /// Security Hub answered a BatchUpdateFindings (`answered`). A finding it sent and the
+    /// answer does not list as processed (or also reports as unprocessed) is evicted: Security Hub reports a finding
     /// another writer is changing as unprocessed (ConcurrentUpdateError), may fail one after
     /// applying part of it (InternalFailure), and one it lists under another identifier is
     /// one whose state hubgate cannot tell. Only the findings the request named take its
@@ -1031,13 +1031,8 @@ impl<'a> Touched<'a> {
     /// a write that may have landed. Kept there, a member's made-up identifiers (forwarded in
     /// dry-run, up to the body's size each) were held for `settle_ms`, hundreds of megabytes
     /// within minutes.
-    async fn processed(
-        self,
-        gate: &Stages,
-        processed: &[FindingKey],
-        answer: &[u8],
-        sent: Option<WriteId>,
-    ) {
+    async fn processed(self, gate: &Stages, answered: &Answered, sent: Option<WriteId>) {
+        let processed = &answered.processed[..];
         match (self.0, &gate.enricher) {
             (
                 Some(Sent::Findings {
@@ -1075,9 +1070,9 @@ impl<'a> Touched<'a> {
                     .map(|(k, _)| k.clone())
                     .collect();
                 if !unlisted.is_empty() {
-                    let absent = not_found(answer, &unlisted);
-                    let (absent, unlisted): (Vec<FindingKey>, Vec<FindingKey>) =
-                        unlisted.into_iter().partition(|k| absent.contains(k));
+                    let (absent, unlisted): (Vec<FindingKey>, Vec<FindingKey>) = unlisted
+                        .into_iter()
+                        .partition(|k| answered.not_found.contains(k));
                     if !unlisted.is_empty() {
                         // Some of these Security Hub may have applied in part.
                         enricher
@@ -1121,17 +1116,39 @@ impl<'a> Touched<'a> {
     }
 }
 
-/// The findings a BatchUpdateFindings answer lists as processed; None when the answer does not
-/// read as one (the caller then evicts). Read straight from the bytes, borrowing the texts: a
-/// `serde_json::Value` of a 100-finding answer was a few hundred allocations for two fields.
+/// What a BatchUpdateFindings answer says Security Hub did with the findings.
+#[derive(Debug, PartialEq)]
+struct Answered {
+    /// Listed in `ProcessedFindings` and not reported in `UnprocessedFindings`: only these
+    /// take the write's change.
+    processed: Vec<FindingKey>,
+    /// Reported only as `FindingNotFound` (and never as processed): the write changed none
+    /// of them.
+    not_found: crate::finding::KeySet,
+}
+
+/// Reads a BatchUpdateFindings answer once, both lists together; None when it does not read
+/// as one (the caller then evicts). `ProcessedFindings` is read strictly, straight from the
+/// bytes, borrowing the texts (a `serde_json::Value` of a 100-finding answer was a few
+/// hundred allocations for two fields); `UnprocessedFindings` leniently: an entry of another
+/// shape says nothing, and its finding stays one the write may have changed.
+///
+/// A finding the answer reports both ways is not processed: Security Hub may not have applied
+/// the write to it (`InternalFailure`). Read from `ProcessedFindings` alone it was written
+/// through, so the cache said the finding had the update's values while Security Hub kept
+/// the old ones, and a member's lowering of it was judged on the update's. Nor is it "not
+/// found" then: it may have taken the write, so it is evicted as unknown, never forgotten.
+///
 /// A listed finding the request named (`requested`, usually in the same order) is that key,
 /// shared; only another one is made (and hashed) anew.
-fn processed_findings(answer: &[u8], requested: &[FindingKey]) -> Option<Vec<FindingKey>> {
+fn answered(answer: &[u8], requested: &[FindingKey]) -> Option<Answered> {
     use std::borrow::Cow;
     #[derive(serde::Deserialize)]
     struct Answer<'a> {
         #[serde(rename = "ProcessedFindings", borrow)]
         processed: Vec<Processed<'a>>,
+        #[serde(rename = "UnprocessedFindings", default)]
+        unprocessed: Value,
     }
     #[derive(serde::Deserialize)]
     struct Processed<'a> {
@@ -1144,58 +1161,53 @@ fn processed_findings(answer: &[u8], requested: &[FindingKey]) -> Option<Vec<Fin
     let named = |key: &FindingKey, f: &Processed<'_>| {
         *key.id == *f.id && *key.product_arn == *f.product_arn
     };
-    let mut next = 0;
-    Some(
-        answer
-            .processed
-            .iter()
-            .map(|f| {
-                let at = match requested.get(next) {
-                    Some(key) if named(key, f) => Some(next),
-                    // Bounded: a request names at most 100 findings.
-                    _ => requested.iter().position(|key| named(key, f)),
-                };
-                match at {
-                    Some(at) => {
-                        next = at + 1;
-                        requested[at].clone()
-                    }
-                    None => FindingKey::new(&*f.id, &*f.product_arn),
-                }
-            })
-            .collect(),
-    )
-}
-
-/// Of `unlisted` (findings a BatchUpdateFindings named and its answer does not list as
-/// processed), those the answer's `UnprocessedFindings` reports with `ErrorCode`
-/// `FindingNotFound`. Read leniently, after `processed_findings` read the answer strictly: an
-/// entry of another shape says nothing, and its finding stays one the write may have changed.
-fn not_found(answer: &[u8], unlisted: &[FindingKey]) -> crate::finding::KeySet {
-    let mut out = crate::finding::KeySet::default();
-    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(answer) else {
-        return out;
-    };
-    let Some(Value::Array(entries)) = answer.get("UnprocessedFindings") else {
-        return out;
-    };
-    for entry in entries {
-        if entry.get("ErrorCode").and_then(Value::as_str) != Some("FindingNotFound") {
-            continue;
-        }
-        let ident = entry.get("FindingIdentifier");
-        let text = |member: &str| ident.and_then(|i| i.get(member)).and_then(Value::as_str);
-        let (Some(id), Some(product_arn)) = (text("Id"), text("ProductArn")) else {
-            continue;
-        };
-        if let Some(key) = unlisted
-            .iter()
-            .find(|k| *k.id == *id && *k.product_arn == *product_arn)
-        {
-            out.insert(key.clone());
+    // Each finding a readable unprocessed entry reports, and whether every entry reporting it
+    // says FindingNotFound.
+    let mut reported: std::collections::HashMap<(&str, &str), bool> = Default::default();
+    if let Value::Array(entries) = &answer.unprocessed {
+        for entry in entries {
+            let ident = entry.get("FindingIdentifier");
+            let text = |m: &str| ident.and_then(|i| i.get(m)).and_then(Value::as_str);
+            let (Some(id), Some(product_arn)) = (text("Id"), text("ProductArn")) else {
+                continue;
+            };
+            let missing = entry.get("ErrorCode").and_then(Value::as_str) == Some("FindingNotFound");
+            *reported.entry((id, product_arn)).or_insert(true) &= missing;
         }
     }
-    out
+    let is_reported = |f: &Processed<'_>| reported.contains_key(&(&*f.id, &*f.product_arn));
+    let mut next = 0;
+    let processed = answer
+        .processed
+        .iter()
+        .filter(|f| !is_reported(f))
+        .map(|f| {
+            let at = match requested.get(next) {
+                Some(key) if named(key, f) => Some(next),
+                // Bounded: a request names at most 100 findings.
+                _ => requested.iter().position(|key| named(key, f)),
+            };
+            match at {
+                Some(at) => {
+                    next = at + 1;
+                    requested[at].clone()
+                }
+                None => FindingKey::new(&*f.id, &*f.product_arn),
+            }
+        })
+        .collect();
+    let not_found = requested
+        .iter()
+        .filter(|k| {
+            reported.get(&(&*k.id, &*k.product_arn)) == Some(&true)
+                && !answer.processed.iter().any(|f| named(k, f))
+        })
+        .cloned()
+        .collect();
+    Some(Answered {
+        processed,
+        not_found,
+    })
 }
 
 fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, started: Instant) {
@@ -1495,8 +1507,8 @@ async fn forward(
     }
     let (mut head, incoming) = response.into_parts();
     let bytes = read_answer(gate, incoming, touched, sent, answer_by).await?;
-    match processed_findings(&bytes, touched.keys()) {
-        Some(processed) => touched.processed(gate, &processed, &bytes, sent).await,
+    match answered(&bytes, touched.keys()) {
+        Some(answered) => touched.processed(gate, &answered, sent).await,
         None => touched.evict(gate, sent).await,
     }
     head.headers.remove(http::header::TRANSFER_ENCODING);
@@ -1614,8 +1626,8 @@ async fn forward_allowed(
             ));
         }
     };
-    match processed_findings(&bytes, touched.keys()) {
-        Some(processed) => touched.processed(gate, &processed, &bytes, sent).await,
+    match answered(&bytes, touched.keys()) {
+        Some(answered) => touched.processed(gate, &answered, sent).await,
         None => touched.evict(gate, sent).await,
     }
     let mut extra: Vec<Value> = denied
@@ -1823,28 +1835,54 @@ mod tests {
         ));
     }
 
-    /// Of the findings an answer does not list as processed, only those it reports as
-    /// FindingNotFound, by both texts, are absent; any other error, shape or answer leaves them
-    /// findings the write may have changed.
+    /// Of the named findings an answer does not list as processed, only those it reports as
+    /// FindingNotFound, by both texts, and in no other way, are absent; any other error, shape
+    /// or answer leaves them findings the write may have changed.
     #[test]
     fn only_findings_reported_not_found_are_absent() {
-        let unlisted = [
+        let named = [
             FindingKey::new("gone", "p"),
             FindingKey::new("busy", "p"),
             FindingKey::new("odd", "p"),
+            FindingKey::new("twice", "p"),
+            FindingKey::new("both", "p"),
         ];
-        let answer = br#"{"ProcessedFindings": [], "UnprocessedFindings": [
+        let answer = br#"{"ProcessedFindings": [{"Id": "both", "ProductArn": "p"}],
+            "UnprocessedFindings": [
             {"FindingIdentifier": {"Id": "gone", "ProductArn": "p"}, "ErrorCode": "FindingNotFound"},
             {"FindingIdentifier": {"Id": "busy", "ProductArn": "p"}, "ErrorCode": "ConcurrentUpdateError"},
             {"FindingIdentifier": {"Id": "odd"}, "ErrorCode": "FindingNotFound"},
+            {"FindingIdentifier": {"Id": "twice", "ProductArn": "p"}, "ErrorCode": "FindingNotFound"},
+            {"FindingIdentifier": {"Id": "twice", "ProductArn": "p"}, "ErrorCode": "InternalFailure"},
+            {"FindingIdentifier": {"Id": "both", "ProductArn": "p"}, "ErrorCode": "FindingNotFound"},
             {"FindingIdentifier": {"Id": "other", "ProductArn": "p"}, "ErrorCode": "FindingNotFound"},
             "not an entry"]}"#;
-        let absent = not_found(answer, &unlisted);
-        assert_eq!(absent.len(), 1);
-        assert!(absent.contains(&unlisted[0]));
-        for unreadable in [&b"not json"[..], b"[]", br#"{"UnprocessedFindings": {}}"#] {
-            assert!(not_found(unreadable, &unlisted).is_empty());
+        let read = answered(answer, &named).unwrap();
+        assert_eq!(read.not_found.len(), 1);
+        assert!(read.not_found.contains(&named[0]));
+        // Reported both ways: not processed, and not absent either.
+        assert!(read.processed.is_empty(), "{read:?}");
+        for odd in [
+            br#"{"ProcessedFindings": [], "UnprocessedFindings": {}}"#,
+            &br#"{"ProcessedFindings": []}"#[..],
+        ] {
+            let read = answered(odd, &named).unwrap();
+            assert!(read.not_found.is_empty() && read.processed.is_empty());
         }
+    }
+
+    /// A finding listed as processed and reported as unprocessed (by both texts) is not
+    /// processed: Security Hub may not have applied the write to it.
+    #[test]
+    fn a_finding_reported_both_ways_is_not_processed() {
+        let named = [FindingKey::new("a", "p"), FindingKey::new("b", "p")];
+        let answer = br#"{"ProcessedFindings": [{"Id": "a", "ProductArn": "p"},
+            {"Id": "b", "ProductArn": "p"}], "UnprocessedFindings": [
+            {"FindingIdentifier": {"Id": "a", "ProductArn": "p"}, "ErrorCode": "InternalFailure"},
+            {"FindingIdentifier": {"Id": "b", "ProductArn": "q"}, "ErrorCode": "InternalFailure"}]}"#;
+        let read = answered(answer, &named).unwrap();
+        assert_eq!(read.processed, [named[1].clone()]);
+        assert!(read.not_found.is_empty());
     }
 
     /// What the cache is written through for: exactly the pairs the answer lists (escaped
@@ -1857,7 +1895,7 @@ mod tests {
         // Named by the request in order, out of order, or not at all: the same keys.
         let requested = [FindingKey::new("b1", "p"), FindingKey::new("a", "p")];
         for requested in [&requested[..], &requested[1..], &[]] {
-            let processed = processed_findings(answer, requested).unwrap();
+            let processed = answered(answer, requested).unwrap().processed;
             assert_eq!(
                 processed,
                 [FindingKey::new("a", "p"), FindingKey::new("b1", "p")]
@@ -1870,10 +1908,11 @@ mod tests {
         // A pair that only shares its Id (or its ProductArn) with a requested key is another key.
         let near = [FindingKey::new("a", "q"), FindingKey::new("x", "p")];
         assert_eq!(
-            processed_findings(
+            answered(
                 br#"{"ProcessedFindings": [{"Id": "a", "ProductArn": "p"}]}"#,
                 &near
-            ),
+            )
+            .map(|a| a.processed),
             Some(vec![FindingKey::new("a", "p")])
         );
         for bad in [
@@ -1885,7 +1924,7 @@ mod tests {
             b"not json",
         ] {
             assert_eq!(
-                processed_findings(bad, &[FindingKey::new("a", "p")]),
+                answered(bad, &[FindingKey::new("a", "p")]),
                 None,
                 "{}",
                 String::from_utf8_lossy(bad)
