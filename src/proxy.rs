@@ -201,6 +201,16 @@ impl Trail {
         self.throttled |= judgement.stats.throttled;
     }
 
+    /// The answer's head came but not the rest of it (cut short, or too slow): Security Hub
+    /// may have applied the write, and nobody can tell what it answered. Recorded as an answer
+    /// that never came is (README: `forwarded`, `outcome_unknown`): left as forwarded with the
+    /// head's 200, the record of a write that may have landed read as one Security Hub had
+    /// answered, and its OCSF event as Allowed, not Unknown.
+    fn answer_lost(&mut self) {
+        self.forwarded = false;
+        self.outcome_unknown = true;
+    }
+
     /// Records what the upstream call did, for the audit record and metrics.
     fn upstream_answered(
         &mut self,
@@ -1441,6 +1451,7 @@ async fn read_answer(
     touched: Touched<'_>,
     sent: Option<WriteId>,
     answer_by: Instant,
+    trail: &mut Trail,
 ) -> Result<Bytes, Rejection> {
     let operation = "BatchUpdateFindings";
     let collect = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES).collect();
@@ -1462,6 +1473,7 @@ async fn read_answer(
             ms: gate.config.upstream.timeout_ms,
         },
     };
+    trail.answer_lost();
     touched.evict(gate, sent).await;
     Err(Rejection::Upstream(failure))
 }
@@ -1506,7 +1518,7 @@ async fn forward(
         return Ok(Forwarded(response.map(BodyExt::boxed), slot));
     }
     let (mut head, incoming) = response.into_parts();
-    let bytes = read_answer(gate, incoming, touched, sent, answer_by).await?;
+    let bytes = read_answer(gate, incoming, touched, sent, answer_by, trail).await?;
     match answered(&bytes, touched.keys()) {
         Some(answered) => touched.processed(gate, &answered, sent).await,
         None => touched.evict(gate, sent).await,
@@ -1592,7 +1604,7 @@ async fn forward_allowed(
             detail,
         })
     };
-    let bytes = read_answer(gate, incoming, touched, sent, answer_by).await?;
+    let bytes = read_answer(gate, incoming, touched, sent, answer_by, trail).await?;
     if !head.status.is_success() {
         if !head.status.is_client_error() {
             touched.evict(gate, sent).await;
