@@ -1163,11 +1163,27 @@ impl Enricher {
         let mut writes = Vec::with_capacity(processed.len());
         {
             let mut st = self.inner.lock();
-            st.wrote(processed, Some(&patch), sent);
+            // A finding another write (of another change) was in flight to beside this one may
+            // hold either's values: Security Hub applies them in the order it gets them, and answers in any.
+            // Written through in the order answered, an administrator's LOW answered after
+            // their CRITICAL sent later left LOW cached over Security Hub's CRITICAL, and a
+            // member's LOW was judged no lowering. Such a finding is evicted, as a write that
+            // may or may not have landed, and the next decision reads it (the journal lays
+            // both writes over that read, and the decision must hold either way).
             let now = Instant::now();
             st.journal
                 .record(processed, Write::Patch(patch.clone()), now);
-            for key in processed {
+            let (contested, alone): (Vec<&FindingKey>, Vec<&FindingKey>) =
+                processed.iter().partition(|k| st.sending.contested(k));
+            st.wrote(alone.iter().copied(), Some(&patch), sent);
+            if !contested.is_empty() {
+                st.wrote(contested.iter().copied(), None, sent);
+            }
+            for key in contested {
+                self.inner.remove(&mut st, key);
+                writes.push((key, None, None));
+            }
+            for key in alone {
                 // The entry keeps the age of its read: the update changed only the fields it
                 // set, so the others are as stale as before, and a write must not prolong
                 // (or revive) what Security Hub was last read to say about them.

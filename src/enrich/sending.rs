@@ -35,6 +35,9 @@ pub struct Sending {
     everything: Vec<(WriteId, Instant, &'static str)>,
     /// How many writes are registered.
     writes: usize,
+    /// Findings two writes in flight overlapped on, until none is in flight to them
+    /// (`contested`). Marked only when a write is sent to a finding another is in flight to.
+    contested: crate::finding::KeySet,
 }
 
 /// One write in flight to a finding: its id, when it was sent, and what it does.
@@ -79,6 +82,15 @@ impl Flights {
     }
 }
 
+/// Whether two writes to one finding may leave it different depending on which lands last:
+/// any but two that make the same change (a playbook's retry, a bulk request sent twice).
+fn conflict(a: &Write, b: &Write) -> bool {
+    match (a, b) {
+        (Write::Patch(a), Write::Patch(b)) => !(Arc::ptr_eq(a, b) || a.same_change(b)),
+        _ => true,
+    }
+}
+
 /// The lists findings had (None: no write in flight) and what each became, while one write
 /// is registered or answered: each distinct list is worked out once. The old lists are held,
 /// so that no list made meanwhile can take one's address.
@@ -120,6 +132,9 @@ impl Sending {
                 break;
             };
             let old = self.findings.get(key);
+            if old.is_some_and(|l| l.iter().any(|e| e.0 != id && conflict(&e.2, write))) {
+                self.contested.insert(key.clone());
+            }
             let new = match moved_from(&moved, old).filter(|_| shared) {
                 Some(new) => new.clone(),
                 None => {
@@ -187,6 +202,9 @@ impl Sending {
                 }
                 None => {
                     self.findings.remove(key);
+                    if !self.contested.is_empty() {
+                        self.contested.remove(key);
+                    }
                 }
             }
         }
@@ -196,6 +214,13 @@ impl Sending {
         if !self.everything.is_empty() {
             self.everything.retain(|(w, ..)| *w != id);
         }
+    }
+
+    /// Whether another write to `key` making another change was in flight beside one in
+    /// flight now, at any moment since no write to it was: Security Hub may apply such writes
+    /// in either order, so no answer of theirs tells what the finding holds after them.
+    pub fn contested(&self, key: &FindingKey) -> bool {
+        !self.contested.is_empty() && self.contested.contains(key)
     }
 
     /// Writes registered and not done.
@@ -436,6 +461,36 @@ mod tests {
             .iter()
             .fold(state.clone(), |s, p| s.patched(p))
             .entry
+    }
+
+    /// A finding two writes making different changes were in flight to at once stays
+    /// contested until neither is, in whichever order they are answered; a finding named
+    /// twice by one write, written to by one write after another was answered, or by two
+    /// making the same change, is not.
+    #[test]
+    fn findings_two_writes_overlapped_on_are_contested_until_both_are_done() {
+        let mut s = Sending::default();
+        let now = Instant::now();
+        let (a, b) = (key("a"), key("b"));
+        let (low, critical) = (label("LOW"), label("CRITICAL"));
+        let twice = s.findings(&[a.clone(), a.clone()], &[write(&low)], now);
+        assert!(!s.contested(&a), "one write naming a finding twice");
+        s.done(twice, &[a.clone(), a.clone()]);
+        let first = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
+        let second = s.findings(&[a.clone(), b.clone()], &[write(&critical)], now);
+        assert!(s.contested(&a) && !s.contested(&b));
+        // The later write answered first: the earlier one may still land after it.
+        s.done(second, &[a.clone(), b.clone()]);
+        assert!(s.contested(&a));
+        s.done(first, std::slice::from_ref(&a));
+        assert!(!s.contested(&a));
+        let alone = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
+        assert!(!s.contested(&a));
+        // The same change again beside it (a retry): either order leaves the same state.
+        let retry = s.findings(std::slice::from_ref(&a), &[write(&label("LOW"))], now);
+        assert!(!s.contested(&a));
+        s.done(alone, std::slice::from_ref(&a));
+        s.done(retry, std::slice::from_ref(&a));
     }
 
     /// A change in flight is laid over exactly the findings it names, until its answer; two in
