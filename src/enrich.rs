@@ -1161,24 +1161,33 @@ impl Enricher {
         let patch = Arc::new(patch);
         let sharing = self.inner.coord.is_some();
         let mut writes = Vec::with_capacity(processed.len());
+        // (contested, the others), when any finding is contested.
+        let mut split: Option<(Vec<FindingKey>, Vec<FindingKey>)> = None;
         {
             let mut st = self.inner.lock();
-            // A finding another write (of another change) was in flight to beside this one may
-            // hold either's values: Security Hub applies them in the order it gets them, and answers in any.
-            // Written through in the order answered, an administrator's LOW answered after
-            // their CRITICAL sent later left LOW cached over Security Hub's CRITICAL, and a
-            // member's LOW was judged no lowering. Such a finding is evicted, as a write that
-            // may or may not have landed, and the next decision reads it (the journal lays
-            // both writes over that read, and the decision must hold either way).
+            // A finding another write, setting a member to another value, was in flight to
+            // beside this one may hold either's values: Security Hub applies them in the order
+            // it gets them, and answers in any. Written through (and journaled) in the order
+            // answered, an administrator's LOW answered after their CRITICAL sent later left
+            // LOW cached over Security Hub's CRITICAL, and a member's LOW was judged no
+            // lowering. Such a finding is evicted, and its state is unknown for the settle
+            // window, as after a write hubgate cannot model: neither order can be ruled out.
             let now = Instant::now();
-            st.journal
-                .record(processed, Write::Patch(patch.clone()), now);
             let (contested, alone): (Vec<&FindingKey>, Vec<&FindingKey>) =
                 processed.iter().partition(|k| st.sending.contested(k));
-            st.wrote(alone.iter().copied(), Some(&patch), sent);
-            if !contested.is_empty() {
+            if contested.is_empty() {
+                st.journal
+                    .record(processed, Write::Patch(patch.clone()), now);
+            } else {
+                let owned = |keys: &[&FindingKey]| keys.iter().map(|k| (*k).clone()).collect();
+                let (c, a): (Vec<FindingKey>, Vec<FindingKey>) = (owned(&contested), owned(&alone));
+                st.journal.record(&a, Write::Patch(patch.clone()), now);
+                st.journal
+                    .record(&c, Write::Unknown("BatchUpdateFindings", None), now);
                 st.wrote(contested.iter().copied(), None, sent);
+                split = Some((c, a));
             }
+            st.wrote(alone.iter().copied(), Some(&patch), sent);
             for key in contested {
                 self.inner.remove(&mut st, key);
                 writes.push((key, None, None));
@@ -1234,7 +1243,14 @@ impl Enricher {
                 })
                 .collect();
             shared::write(coord, items).await;
-            self.share_change(processed, &patch).await;
+            match &split {
+                None => self.share_change(processed, &patch).await,
+                Some((contested, alone)) => {
+                    self.share_change(alone, &patch).await;
+                    let write = shared::Journaled::Unknown(contested, "BatchUpdateFindings", None);
+                    self.share_write(write).await;
+                }
+            }
         }
     }
 
@@ -1258,11 +1274,22 @@ impl Enricher {
             Unapplied::Update(update) => Ok(Unapplied::update_write(update)),
             Unapplied::Import(operation, accounts) => Err((operation, accounts)),
         };
+        // Findings another write of another value is in flight to (see `write_through`):
+        // whether or not this one landed, neither order can be ruled out.
+        let mut contested: Vec<FindingKey> = Vec::new();
+        let mut alone: Vec<FindingKey> = Vec::new();
         {
             let mut st = self.inner.lock();
             st.wrote(keys, None, sent);
             let now = Instant::now();
             match &write {
+                Ok(write @ Write::Patch(_)) if keys.iter().any(|k| st.sending.contested(k)) => {
+                    (contested, alone) =
+                        keys.iter().cloned().partition(|k| st.sending.contested(k));
+                    st.journal.record(&alone, write.clone(), now);
+                    let unknown = Write::Unknown("BatchUpdateFindings", None);
+                    st.journal.record(&contested, unknown, now);
+                }
                 Ok(write) => st.journal.record(keys, write.clone(), now),
                 Err((operation, accounts)) => {
                     for (i, key) in keys.iter().enumerate() {
@@ -1279,6 +1306,11 @@ impl Enricher {
         if let Some(coord) = &self.inner.coord {
             unshare(coord, keys).await;
             match &write {
+                Ok(Write::Patch(patch)) if !contested.is_empty() => {
+                    self.share_change(&alone, patch).await;
+                    let write = shared::Journaled::Unknown(&contested, "BatchUpdateFindings", None);
+                    self.share_write(write).await;
+                }
                 Ok(Write::Patch(patch)) => self.share_change(keys, patch).await,
                 Ok(Write::Unknown(operation, _)) => {
                     let write = shared::Journaled::Unknown(keys, operation, None);

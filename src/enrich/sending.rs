@@ -83,10 +83,11 @@ impl Flights {
 }
 
 /// Whether two writes to one finding may leave it different depending on which lands last:
-/// any but two that make the same change (a playbook's retry, a bulk request sent twice).
+/// any but two changes that set no member to different values (a playbook's retry, a note
+/// beside a raise).
 fn conflict(a: &Write, b: &Write) -> bool {
     match (a, b) {
-        (Write::Patch(a), Write::Patch(b)) => !(Arc::ptr_eq(a, b) || a.same_change(b)),
+        (Write::Patch(a), Write::Patch(b)) => !(Arc::ptr_eq(a, b) || a.commutes_with(b)),
         _ => true,
     }
 }
@@ -216,8 +217,8 @@ impl Sending {
         }
     }
 
-    /// Whether another write to `key` making another change was in flight beside one in
-    /// flight now, at any moment since no write to it was: Security Hub may apply such writes
+    /// Whether another write to `key` setting a member to another value was in flight beside
+    /// one in flight now, at any moment since no write to it was: Security Hub may apply such writes
     /// in either order, so no answer of theirs tells what the finding holds after them.
     pub fn contested(&self, key: &FindingKey) -> bool {
         !self.contested.is_empty() && self.contested.contains(key)
@@ -463,10 +464,10 @@ mod tests {
             .entry
     }
 
-    /// A finding two writes making different changes were in flight to at once stays
-    /// contested until neither is, in whichever order they are answered; a finding named
-    /// twice by one write, written to by one write after another was answered, or by two
-    /// making the same change, is not.
+    /// A finding two writes setting a member to different values were in flight to at once
+    /// stays contested until neither is, in whichever order they are answered; a finding
+    /// named twice by one write, written to by one write after another was answered, or by
+    /// two whose order does not matter, is not.
     #[test]
     fn findings_two_writes_overlapped_on_are_contested_until_both_are_done() {
         let mut s = Sending::default();
@@ -486,11 +487,15 @@ mod tests {
         assert!(!s.contested(&a));
         let alone = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
         assert!(!s.contested(&a));
-        // The same change again beside it (a retry): either order leaves the same state.
+        // The same change again beside it (a retry), or one of other members (a note): either
+        // order leaves the same state.
         let retry = s.findings(std::slice::from_ref(&a), &[write(&label("LOW"))], now);
+        let note = patch(json!({"Note": {"Text": "t", "UpdatedBy": "u"}}));
+        let noted = s.findings(std::slice::from_ref(&a), &[write(&note)], now);
         assert!(!s.contested(&a));
         s.done(alone, std::slice::from_ref(&a));
         s.done(retry, std::slice::from_ref(&a));
+        s.done(noted, std::slice::from_ref(&a));
     }
 
     /// A change in flight is laid over exactly the findings it names, until its answer; two in

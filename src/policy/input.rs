@@ -854,6 +854,19 @@ impl Patch {
         }
     }
 
+    /// Whether this change and `other` leave the same state whichever is applied last: no
+    /// member (or sub-member) one sets is set by the other to another value. A whole member
+    /// set beside one of its sub-members (a Note beside Note.Text, say) counts as another value.
+    pub fn commutes_with(&self, other: &Patch) -> bool {
+        self.set.iter().all(|(member, sub, value)| {
+            other.set.iter().all(|(m, s, v)| {
+                member != m
+                    || matches!((sub, s), (Some(a), Some(b)) if a != b)
+                    || (sub == s && value == v)
+            })
+        })
+    }
+
     /// Whether `other` makes the same change.
     pub fn same_change(&self, other: &Patch) -> bool {
         self.facts == other.facts
