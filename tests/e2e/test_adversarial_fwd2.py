@@ -19,6 +19,10 @@ keys; the member's CRITICAL/HIGH findings must not be lowered by it.
   order it gets them and answers in any, so such a finding is now evicted and its state is
   unknown for the settle window (503 STATE_SETTLING for decisions that need it); writes whose
   order does not matter (a retry of the same change, a note beside a raise) are not affected.
+- HOLE (fixed): while two such writes were in flight (a CRITICAL, then a LOW), a member's
+  decision laid them over the state read in the order sent (LOW) and judged it both ways:
+  its HIGH was allowed, and Security Hub, which got the LOW first, applied the CRITICAL and
+  then the HIGH. Now refused as settling (503, Retry-After: 1) until they are answered.
 - HOLE (fixed): a write whose answer's head came but whose body was cut short (or stalled)
   was recorded as forwarded, with the head's 200 and no outcome_unknown (OCSF: Allowed), for
   a write Security Hub may or may not have applied; README promises outcome_unknown for an
@@ -137,3 +141,35 @@ def test_a_write_whose_answer_is_cut_short_is_recorded_as_outcome_unknown(
     assert rec.get("outcome_unknown") is True, rec
     assert rec["forwarded"] is False, rec
     assert rec["error"]["message"].endswith("Security Hub may have applied it"), rec
+
+
+def test_two_writes_in_flight_at_once_are_not_laid_over_in_the_order_sent(quirky, make_hubgate):
+    """An administrator's CRITICAL, then their LOW, both in flight; Security Hub gets the LOW
+    first and applies the CRITICAL last. A member's HIGH decided meanwhile was judged against
+    the state read and the writes laid over in the order sent (LOW): no lowering either way,
+    and it landed on CRITICAL. Now refused as settling until the answers."""
+    hg = hubgate_on(make_hubgate, quirky, {"enrichment": {"cache_ttl_ms": 0}})
+
+    def reordered(req):
+        label = req.get("Severity", {}).get("Label")
+        # Got first, applied last: the CRITICAL; the member's HIGH after both.
+        delay = {"CRITICAL": 0.4, "HIGH": 0.55}.get(label, 0.0)
+        time.sleep(delay)
+        answer = quirky._apply(req)
+        if label != "HIGH":
+            time.sleep(0.8 - delay)
+        return answer
+
+    quirky.on_update = reordered
+    out = {}
+    threads = [threading.Thread(target=lambda lbl=lbl: out.setdefault(lbl, hg.buf(
+        upd("f-own-high", Severity={"Label": lbl}), who="admin"))) for lbl in ("CRITICAL", "LOW")]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    member = hg.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE), who="member")
+    for t in threads:
+        t.join(5)
+    assert out["CRITICAL"].status == 200 and out["LOW"].status == 200
+    assert_envelope(member, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    assert quirky.severity("f-own-high") == "CRITICAL"
