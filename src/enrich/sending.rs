@@ -82,12 +82,12 @@ impl Flights {
     }
 }
 
-/// Whether two writes to one finding may leave it different depending on which lands last:
-/// any but two changes that set no member to different values (a playbook's retry, a note
-/// beside a raise).
+/// Whether two writes to one finding may leave its facts (severity, workflow status) different
+/// depending on which lands last: any but two changes that set no fact to different values (a
+/// playbook's retry, a note beside a raise, two notes; see `Patch::facts_commute_with`).
 fn conflict(a: &Write, b: &Write) -> bool {
     match (a, b) {
-        (Write::Patch(a), Write::Patch(b)) => !(Arc::ptr_eq(a, b) || a.commutes_with(b)),
+        (Write::Patch(a), Write::Patch(b)) => !(Arc::ptr_eq(a, b) || a.facts_commute_with(b)),
         _ => true,
     }
 }
@@ -511,6 +511,11 @@ mod tests {
         let note = patch(json!({"Note": {"Text": "t", "UpdatedBy": "u"}}));
         let noted = s.findings(std::slice::from_ref(&a), &[write(&note)], now);
         assert!(!s.contested(&a));
+        // Two notes: their order sets only the note, not a fact the rules judge by.
+        let other_note = patch(json!({"Note": {"Text": "t2", "UpdatedBy": "u"}}));
+        let renoted = s.findings(std::slice::from_ref(&a), &[write(&other_note)], now);
+        assert!(!s.contested(&a), "two notes lock no finding");
+        s.done(renoted, std::slice::from_ref(&a));
         s.done(alone, std::slice::from_ref(&a));
         s.done(retry, std::slice::from_ref(&a));
         s.done(noted, std::slice::from_ref(&a));
@@ -803,7 +808,7 @@ mod tests {
             let state = CurrentFinding::new("a", "p", &f);
             let effect = s.effect(std::slice::from_ref(&a), None, &[], now);
             let conflicting = patches.iter().enumerate().any(|(i, p)| {
-                patches[i + 1..].iter().any(|q| !(p.same_change(q) || p.commutes_with(q)))
+                patches[i + 1..].iter().any(|q| !(p.same_change(q) || p.facts_commute_with(q)))
             });
             if conflicting {
                 // Writes whose order matters are refused, not laid over (see `contested`).

@@ -854,17 +854,22 @@ impl Patch {
         }
     }
 
-    /// Whether this change and `other` leave the same state whichever is applied last: no
-    /// member (or sub-member) one sets is set by the other to another value. A whole member
-    /// set beside one of its sub-members (a Note beside Note.Text, say) counts as another value.
-    pub fn commutes_with(&self, other: &Patch) -> bool {
-        self.set.iter().all(|(member, sub, value)| {
-            other.set.iter().all(|(m, s, v)| {
-                member != m
-                    || matches!((sub, s), (Some(a), Some(b)) if a != b)
-                    || (sub == s && value == v)
-            })
-        })
+    /// Whether this change and `other` leave the same facts whichever is applied last: the
+    /// severity label and rank and the workflow status (`facts`), what the shipped rules judge a
+    /// finding's state by. Two writes that set only other members to different values (two
+    /// notes) leave those members as the last one Security Hub applied, which hubgate takes to
+    /// be the last one sent; refusing decisions on every finding two notes overlapped on made
+    /// concurrent triage notes lock members out for the settle window.
+    pub fn facts_commute_with(&self, other: &Patch) -> bool {
+        let facts_agree = self
+            .facts
+            .iter()
+            .all(|(k, v)| other.facts.iter().all(|(l, w)| k != l || v == w));
+        let ranks_agree = match (self.severity_rank, other.severity_rank) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        facts_agree && ranks_agree
     }
 
     /// Whether `other` makes the same change.
