@@ -359,6 +359,10 @@ pub struct ClientCert {
     /// x509-parser cannot parse: it names no caller, and the caller is told so rather than
     /// that no certificate was presented.
     pub unreadable: Option<String>,
+    /// A CA that may be on its chain's path has name constraints. webpki holds the SANs to
+    /// them but never reads the subject CN, so a CA delegated only `*.teamx.corp` could still
+    /// write `CN=admin-cli`: the CN of such a certificate names no caller (its SANs still do).
+    pub cn_unconstrained: bool,
 }
 
 impl ClientCert {
@@ -399,6 +403,7 @@ impl ClientCert {
             cns,
             lapsed: None,
             unreadable: None,
+            cn_unconstrained: false,
         }
     }
 }
@@ -796,9 +801,14 @@ impl Identity {
                 false => n.to_string(),
             }))
         };
+        // The CNs a name-constrained chain's CAs did not have to respect name no one.
+        let cns: &[String] = match cert.cn_unconstrained {
+            true => &[],
+            false => &cert.cns,
+        };
         for (names, map, cn) in [
-            (&cert.sans, &self.by_san, false),
-            (&cert.cns, &self.by_cn, true),
+            (&cert.sans[..], &self.by_san, false),
+            (cns, &self.by_cn, true),
         ] {
             let mut found: Option<&Arc<Principal>> = None;
             let mut matched: Vec<&String> = Vec::new();
@@ -821,7 +831,14 @@ impl Identity {
         }
         let names = cert.sans.iter().cloned();
         let names = names.chain(cert.cns.iter().map(|cn| format!("CN={cn}")));
-        Err(AuthError::UnknownClientCert(shown_cert_names(names)))
+        let mut shown = shown_cert_names(names);
+        if cert.cn_unconstrained && !cert.cns.is_empty() {
+            shown.push_str(
+                "; its CN names no caller: a CA of its chain has name constraints, which bind \
+                 only its SANs",
+            );
+        }
+        Err(AuthError::UnknownClientCert(shown))
     }
 
     /// Establishes the caller. In sigv4 mode this needs the exact body bytes (their hash is

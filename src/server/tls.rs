@@ -73,6 +73,35 @@ fn subject_of(cert: &CertificateDer<'_>) -> String {
 pub struct Loaded {
     config: Arc<ServerConfig>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// The raw subjects of the `client_ca` CAs that carry name constraints.
+    constrained_anchors: Vec<Vec<u8>>,
+}
+
+/// Whether a CA that may be on the path of `chain` (as presented, end entity first) has name
+/// constraints: one of its intermediates, or a `client_ca` CA that issued one of its
+/// certificates. webpki applies name constraints to SANs only, never to the subject CN, so
+/// such a chain's CN was written by a CA the operator limited to other names. A certificate
+/// that does not parse counts as constrained: the CN is then not trusted, never the reverse.
+fn names_constrained(chain: &[CertificateDer<'_>], constrained_anchors: &[Vec<u8>]) -> bool {
+    chain.iter().enumerate().any(|(i, der)| {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+            return true;
+        };
+        let anchor_issued = constrained_anchors
+            .iter()
+            .any(|subject| subject.as_slice() == cert.issuer().as_raw());
+        // The end entity's own constraints bind nothing it issues (it issues nothing).
+        let constrains = i > 0 && !matches!(cert.name_constraints(), Ok(None));
+        anchor_issued || constrains
+    })
+}
+
+/// A verified chain's names as a request may use them under `loaded`.
+fn names_under(chain: &[CertificateDer<'_>], loaded: &Loaded) -> Option<Arc<ClientCert>> {
+    Some(Arc::new(ClientCert {
+        cn_unconstrained: names_constrained(chain, &loaded.constrained_anchors),
+        ..ClientCert::from_der(chain.first()?.as_ref())
+    }))
 }
 
 /// Builds a server configuration from PEM files: a certificate chain, its key (PKCS#8, PKCS#1
@@ -100,6 +129,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut client_verifier = None;
+    let mut constrained_anchors = Vec::new();
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -116,6 +146,11 @@ pub fn server_config(
                         subject_of(&c)
                     ),
                 })?;
+                if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(c.as_ref()) {
+                    if !matches!(parsed.name_constraints(), Ok(None)) {
+                        constrained_anchors.push(parsed.subject().as_raw().to_vec());
+                    }
+                }
                 roots.add(c).map_err(|e| TlsError::File {
                     file: ca.to_path_buf(),
                     reason: format!("not a usable CA certificate: {e}"),
@@ -147,6 +182,7 @@ pub fn server_config(
     Ok(Loaded {
         config: Arc::new(config),
         verifier: client_verifier,
+        constrained_anchors,
     })
 }
 
@@ -156,13 +192,21 @@ pub fn server_config(
 /// each request, a certificate that expired since, or whose CA a reload removed from
 /// `client_ca` (the way to revoke a CA), went on naming its caller on that connection.
 pub struct PeerCert {
+    chain: Vec<CertificateDer<'static>>,
+    verified: Mutex<Verified>,
+}
+
+/// The TLS state a connection's certificate was last verified under, and what that made of it:
+/// kept together, so that the names a request uses are always read under the `client_ca` the
+/// certificate was verified against (whose CAs' name constraints decide whether its CN counts).
+struct Verified {
+    under: Arc<Loaded>,
+    /// Until when that holds: the earliest notAfter of the chain it presented (None: unknown,
+    /// so verified again for every request).
+    until: Option<SystemTime>,
     /// Its names; `unreadable` says why when rustls verified it but its names do not parse
     /// (it then names no caller).
     names: Arc<ClientCert>,
-    chain: Vec<CertificateDer<'static>>,
-    /// The state it was verified under, and until when that holds: the earliest notAfter of
-    /// the chain it presented (None: unknown, so verified again for every request).
-    verified: Mutex<(Arc<Loaded>, Option<SystemTime>)>,
 }
 
 /// The earliest notAfter among certificates (those of the path verified are among them).
@@ -200,12 +244,15 @@ impl Accepting {
             .collect();
         // Kept even when its names do not parse: with identity.mode = "sigv4" it is still the
         // certificate the connection holds, and must still be checked before each request.
-        let names = Arc::new(ClientCert::from_der(chain.first()?.as_ref()));
+        let names = names_under(&chain, &self.loaded)?;
         let until = earliest_not_after(&chain).filter(|until| now <= *until);
         Some(Arc::new(PeerCert {
-            names,
             chain,
-            verified: Mutex::new((self.loaded, until)),
+            verified: Mutex::new(Verified {
+                under: self.loaded,
+                until,
+                names,
+            }),
         }))
     }
 }
@@ -252,14 +299,13 @@ impl Tls {
     pub fn recheck(&self, peer: &PeerCert, now: SystemTime) -> Arc<ClientCert> {
         let current = self.current.load_full();
         let mut verified = peer.verified.lock().unwrap_or_else(|p| p.into_inner());
-        let (since, until) = &*verified;
-        if Arc::ptr_eq(since, &current) && until.is_some_and(|until| now <= until) {
-            return peer.names.clone();
+        if Arc::ptr_eq(&verified.under, &current) && verified.until.is_some_and(|u| now <= u) {
+            return verified.names.clone();
         }
         // Without client_ca (never so after a reload: it is not reloadable) there is nothing
         // a certificate is checked against.
         let Some(verifier) = &current.verifier else {
-            return peer.names.clone();
+            return verified.names.clone();
         };
         let checked = match peer.chain.split_first() {
             Some((end_entity, intermediates)) => {
@@ -274,12 +320,19 @@ impl Tls {
         match checked {
             Ok(_) => {
                 let until = earliest_not_after(&peer.chain).filter(|until| now <= *until);
-                *verified = (current, until);
-                peer.names.clone()
+                // Verified, so it has an end entity: names_under finds one.
+                let names =
+                    names_under(&peer.chain, &current).unwrap_or_else(|| verified.names.clone());
+                *verified = Verified {
+                    under: current,
+                    until,
+                    names: names.clone(),
+                };
+                names
             }
             Err(why) => Arc::new(ClientCert {
                 lapsed: Some(why),
-                ..ClientCert::clone(&peer.names)
+                ..ClientCert::clone(&verified.names)
             }),
         }
     }
