@@ -75,6 +75,153 @@ pub struct Loaded {
     verifier: Option<Arc<dyn ClientCertVerifier>>,
     /// The raw subjects of the `client_ca` CAs that carry name constraints.
     constrained_anchors: Vec<Vec<u8>>,
+    /// The raw subject and notAfter of each `client_ca` CA.
+    anchors_not_after: Vec<(Vec<u8>, SystemTime)>,
+}
+
+impl Loaded {
+    /// Until when `chain` may be taken as verified without verifying it again: the earliest
+    /// notAfter of the certificates it presented and of the `client_ca` CAs that may have
+    /// issued one of them (None: unknown, so verified again for every request).
+    fn verified_until(&self, chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
+        let presented = earliest_not_after(chain)?;
+        let issuers: Vec<Vec<u8>> = chain
+            .iter()
+            .filter_map(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+                Some(cert.issuer().as_raw().to_vec())
+            })
+            .collect();
+        Some(
+            self.anchors_not_after
+                .iter()
+                .filter(|(subject, _)| issuers.contains(subject))
+                .map(|(_, t)| *t)
+                .fold(presented, SystemTime::min),
+        )
+    }
+}
+
+/// A certificate's validity period.
+fn validity(cert: &x509_parser::certificate::X509Certificate<'_>) -> (SystemTime, SystemTime) {
+    let at = |t: i64| match u64::try_from(t) {
+        Ok(secs) => UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .unwrap_or(UNIX_EPOCH),
+        Err(_) => UNIX_EPOCH,
+    };
+    (
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    )
+}
+
+/// One `client_ca` CA with a verifier of its own, and its validity period.
+#[derive(Debug)]
+struct DatedAnchor {
+    verifier: Arc<dyn ClientCertVerifier>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// The `client_ca` CAs, each trusted only within its own validity period. webpki reads a trust
+/// anchor's subject, key and name constraints, never its dates: a CA that had expired (or one
+/// whose key leaked after it expired, when nobody guards it any more) went on vouching for every
+/// certificate it issued, for as long as it stayed in the bundle. So a chain is accepted when
+/// it verifies up to a CA that is within its validity now; one that verifies only up to a CA
+/// out of its period fails as expired (or not yet valid).
+#[derive(Debug)]
+struct DatedAnchors {
+    anchors: Vec<DatedAnchor>,
+    hints: Vec<rustls::DistinguishedName>,
+}
+
+impl ClientCertVerifier for DatedAnchors {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        let at = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let unix = |t: SystemTime| {
+            UnixTime::since_unix_epoch(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+        };
+        let mut out_of_period = None;
+        let mut failed = None;
+        for anchor in &self.anchors {
+            match anchor
+                .verifier
+                .verify_client_cert(end_entity, intermediates, now)
+            {
+                Ok(verified) if anchor.not_before <= at && at <= anchor.not_after => {
+                    return Ok(verified)
+                }
+                Ok(_) if at > anchor.not_after => {
+                    out_of_period.get_or_insert(CertificateError::ExpiredContext {
+                        time: now,
+                        not_after: unix(anchor.not_after),
+                    });
+                }
+                Ok(_) => {
+                    out_of_period.get_or_insert(CertificateError::NotValidYetContext {
+                        time: now,
+                        not_before: unix(anchor.not_before),
+                    });
+                }
+                // The reason of a CA that issued the chain (expired, wrong usage, ...) says
+                // more than another CA's "unknown issuer".
+                Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        Err(match (out_of_period, failed) {
+            (Some(why), _) => Error::InvalidCertificate(why),
+            (None, Some(e)) => e,
+            (None, None) => Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.first()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.first()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.first()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
+    }
+}
+
+impl DatedAnchors {
+    /// The handshake signature checks depend on the client's key only, not on its CA.
+    fn first(&self) -> Result<&Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.anchors
+            .first()
+            .map(|a| &a.verifier)
+            .ok_or_else(|| rustls::Error::General("no CA in client_ca".into()))
+    }
 }
 
 /// Whether a CA that may be on the path of `chain` (as presented, end entity first) has name
@@ -130,9 +277,11 @@ pub fn server_config(
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut client_verifier = None;
     let mut constrained_anchors = Vec::new();
+    let mut anchors_not_after = Vec::new();
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
+            let mut anchors = Vec::new();
+            let mut hints = Vec::new();
             for (i, c) in certs(ca)?.into_iter().enumerate() {
                 issuing_ca(&c).map_err(|why| TlsError::File {
                     file: ca.to_path_buf(),
@@ -146,19 +295,36 @@ pub fn server_config(
                         subject_of(&c)
                     ),
                 })?;
-                if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(c.as_ref()) {
-                    if !matches!(parsed.name_constraints(), Ok(None)) {
-                        constrained_anchors.push(parsed.subject().as_raw().to_vec());
+                // issuing_ca parsed it.
+                let (_, parsed) = x509_parser::parse_x509_certificate(c.as_ref()).map_err(|e| {
+                    TlsError::File {
+                        file: ca.to_path_buf(),
+                        reason: format!("not a usable CA certificate: {e}"),
                     }
+                })?;
+                let subject = parsed.subject().as_raw().to_vec();
+                if !matches!(parsed.name_constraints(), Ok(None)) {
+                    constrained_anchors.push(subject.clone());
                 }
-                roots.add(c).map_err(|e| TlsError::File {
+                let (not_before, not_after) = validity(&parsed);
+                anchors_not_after.push((subject, not_after));
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(c.clone()).map_err(|e| TlsError::File {
                     file: ca.to_path_buf(),
                     reason: format!("not a usable CA certificate: {e}"),
                 })?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| TlsError::Config(e.to_string()))?;
+                hints.extend_from_slice(verifier.root_hint_subjects());
+                anchors.push(DatedAnchor {
+                    verifier,
+                    not_before,
+                    not_after,
+                });
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let verifier: Arc<dyn ClientCertVerifier> = Arc::new(DatedAnchors { anchors, hints });
             client_verifier = Some(verifier.clone());
             builder.with_client_cert_verifier(verifier)
         }
@@ -183,6 +349,7 @@ pub fn server_config(
         config: Arc::new(config),
         verifier: client_verifier,
         constrained_anchors,
+        anchors_not_after,
     })
 }
 
@@ -245,7 +412,10 @@ impl Accepting {
         // Kept even when its names do not parse: with identity.mode = "sigv4" it is still the
         // certificate the connection holds, and must still be checked before each request.
         let names = names_under(&chain, &self.loaded)?;
-        let until = earliest_not_after(&chain).filter(|until| now <= *until);
+        let until = self
+            .loaded
+            .verified_until(&chain)
+            .filter(|until| now <= *until);
         Some(Arc::new(PeerCert {
             chain,
             verified: Mutex::new(Verified {
@@ -319,7 +489,9 @@ impl Tls {
         };
         match checked {
             Ok(_) => {
-                let until = earliest_not_after(&peer.chain).filter(|until| now <= *until);
+                let until = current
+                    .verified_until(&peer.chain)
+                    .filter(|until| now <= *until);
                 // Verified, so it has an end entity: names_under finds one.
                 let names =
                     names_under(&peer.chain, &current).unwrap_or_else(|| verified.names.clone());
