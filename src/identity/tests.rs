@@ -729,6 +729,42 @@ client_cert_cn = "admin"
 }
 
 #[test]
+fn the_cn_of_a_name_constrained_chain_names_no_one_but_its_san_still_does() {
+    let (identity, _dir) = mtls_identity(
+        r#"
+[[caller]]
+id = "runner"
+account_id = "222222222222"
+role = "member"
+client_cert_san = "runner.teamx.corp"
+
+[[caller]]
+id = "admin"
+account_id = "111111111111"
+role = "administrator"
+client_cert_cn = "admin-cli"
+"#,
+    );
+    let cert = |sans: &[&str], cn_unconstrained: bool| ClientCert {
+        sans: sans.iter().map(|s| s.to_string()).collect(),
+        cns: vec!["admin-cli".to_string()],
+        cn_unconstrained,
+        ..ClientCert::default()
+    };
+    let who = |c: ClientCert| identity.by_certificate(Some(&c)).map(|p| p.id.clone());
+    assert_eq!(who(cert(&[], false)).unwrap(), "admin");
+    assert_eq!(who(cert(&["runner.teamx.corp"], true)).unwrap(), "runner");
+    for sans in [&[][..], &["svc.teamx.corp"][..]] {
+        match who(cert(sans, true)) {
+            Err(AuthError::UnknownClientCert(m)) => {
+                assert!(m.contains("CN=admin-cli") && m.contains("name constraints"), "{m}")
+            }
+            other => panic!("{sans:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn a_san_counts_only_as_the_kind_of_name_it_is_shaped_as() {
     for uri in [
         "spiffe://corp/ns/a/sa/b",
