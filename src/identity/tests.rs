@@ -757,7 +757,10 @@ client_cert_cn = "admin-cli"
     for sans in [&[][..], &["svc.teamx.corp"][..]] {
         match who(cert(sans, true)) {
             Err(AuthError::UnknownClientCert(m)) => {
-                assert!(m.contains("CN=admin-cli") && m.contains("name constraints"), "{m}")
+                assert!(
+                    m.contains("CN=admin-cli") && m.contains("name constraints"),
+                    "{m}"
+                )
             }
             other => panic!("{sans:?}: {other:?}"),
         }
