@@ -540,7 +540,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 let slot = ConnectionSlot { _permit: permit, open: gate.stages.metrics.connections_open.clone() };
                 let gate = gate.clone();
                 let builder = builder.clone();
-                let stop = graceful.subscribe();
+                let mut stop = graceful.subscribe();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let Some(tls) = gate.tls.as_ref() else {
@@ -548,7 +548,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                         return;
                     };
                     let accepting = tls.accepting();
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting.acceptor().accept(stream)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, accepting.acceptor().accept(stream));
+                    let handshaken = tokio::select! {
+                        handshaken = handshake => handshaken,
+                        // A stop waits for the requests under way, and a connection still in its
+                        // handshake has none: a client that connected and sent nothing (no key,
+                        // no certificate needed) held every graceful stop for the handshake
+                        // timeout, or past a shorter shutdown_grace_ms into the halt.
+                        _ = stop.changed() => {
+                            tracing::debug!(%remote, "stopping: handshake abandoned");
+                            return;
+                        }
+                    };
+                    match handshaken {
                         Ok(Ok(stream)) => {
                             let peer = accepting.peer(stream.get_ref().1, std::time::SystemTime::now());
                             serve_connection(&builder, stop, stream, gate, remote, peer).await;

@@ -17,6 +17,13 @@ HOLE (fixed): a `client_ca` CA vouched for its certificates after it had expired
   validity period: the handshake fails as an invalid certificate, and an open connection's next
   request gets 401 and the connection is closed.
 
+HOLE (fixed): a graceful stop waited for every connection still in its TLS handshake, up to the
+  10 s handshake timeout. Anyone who can reach the port (no key or certificate needed) opened a
+  TCP connection and sent nothing: each SIGTERM (rolling deploy, scale-in) then took 10 s, and
+  with `shutdown_grace_ms` below that ran into the halt ("grace period over; ending the requests
+  still in hubgate"). A connection still in its handshake has no request: a stop now drops it
+  at once.
+
 Held: a client certificate whose extended key usage is serverAuth only, and an end-entity
   certificate that is itself a CA (cA true), fail the handshake (`invalid_certificate`);
   a TLS ClientHello sent to the plain-HTTP admin port gets an answer at once (no hang).
@@ -30,6 +37,7 @@ Every network wait is bounded (socket timeouts of WAIT seconds, helpers.HTTP_TIM
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import socket
 import ssl
 import time
@@ -220,6 +228,31 @@ def test_a_client_ca_that_expires_under_an_open_connection_stops_it(make_hubgate
         assert "no longer verifies" in body["error"]["message"], body
         assert closed_by_server(s)
     assert len(seeded_fake.buf_calls()) == forwarded
+
+
+# ---------------------------------------------------------------------------
+# a stop and the handshakes under way
+
+
+def test_a_stop_does_not_wait_for_a_handshake_that_never_comes(make_hubgate, seeded_fake, pki):
+    cert, key = pki["server"]
+    hg = make_hubgate({"server": {"tls_cert": str(cert), "tls_key": str(key),
+                                  "shutdown_grace_ms": 30000}},
+                      fake=seeded_fake, scheme="https", ca_file=pki["ca_file"])
+    silent = socket.create_connection(("127.0.0.1", hg.port), timeout=WAIT)
+    try:
+        half = socket.create_connection(("127.0.0.1", hg.port), timeout=WAIT)
+        half.sendall(b"\x16\x03\x01\x02\x00")  # a ClientHello's record header, then nothing
+        time.sleep(0.3)
+        started = time.monotonic()
+        hg.proc.send_signal(signal.SIGTERM)
+        code = hg.proc.wait(15)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    half.close()
+    assert code == 0 and took < 3, (code, took)
+    assert "stopped" in hg.stderr_text()
 
 
 # ---------------------------------------------------------------------------
