@@ -27,6 +27,13 @@ HOLE (fixed): a graceful stop waited for every connection still in its TLS hands
 Held: a client certificate whose extended key usage is serverAuth only, and an end-entity
   certificate that is itself a CA (cA true), fail the handshake (`invalid_certificate`);
   a TLS ClientHello sent to the plain-HTTP admin port gets an answer at once (no hang).
+Held (probed, not kept as tests): SNI of an IP address, of 253 characters or with a trailing
+  dot is served; a client whose ALPN list has neither h2 nor http/1.1 is refused with
+  no_application_protocol (`tls_error`); a TLS 1.2 renegotiation request does not crash or
+  hang hubgate; a reload with a valid key of another certificate keeps the previous
+  certificate serving, logs `TLS reload failed; keeping the previous certificate … KeyMismatch`
+  and /readyz says stale; a silent TCP connection to the TLS port holds a connection slot for
+  the 10 s handshake timeout, less than the 60 s idle timeout a silent plain-HTTP one holds.
 Held (existing suites, not repeated): plain HTTP to the TLS port, TLS 1.1, ALPN, session
   resumption off, expired / not-yet-valid / untrusted client certificates, SAN over CN, several
   callers named at once, DNS SANs shaped like URIs, look-alike CNs, a CA removed by a reload,
