@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod eval;
 mod lint;
+mod log_fields;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -213,7 +214,9 @@ fn init_logging(format: LogFormat) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
+        // Control characters in a value (a newline in Security Hub's error message) are
+        // escaped, so one event stays one line; the JSON format escapes them itself.
+        LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).init(),
         LogFormat::Json => builder.json().with_current_span(true).init(),
     }
 }
