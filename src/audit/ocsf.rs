@@ -62,7 +62,13 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
     // Allowed (1) / Denied (2) is the policy's verdict; disposition says what happened to the
     // request: Allowed (1), Blocked (2), Logged (17) when dry-run let a denial through, or
     // Unknown (0) when it was sent and Security Hub never answered.
-    let (action_id, action) = if allow && (error.is_none() || unknown) {
+    //
+    // An error raised after the request went out (Security Hub throttled the forward and
+    // hubgate answered 429 THROTTLED, or refused hubgate's credentials) is not a verdict: the
+    // policy allowed a request that was sent. Counted as Denied (severity Medium), a SIEM
+    // tallied every throttled forward as a policy denial.
+    let sent = forwarded || unknown;
+    let (action_id, action) = if allow && (error.is_none() || sent) {
         (1, "Allowed")
     } else {
         (2, "Denied")
@@ -323,6 +329,33 @@ mod tests {
         assert_eq!(logged["action_id"], 2);
         assert_eq!(logged["disposition_id"], 17);
         assert_eq!(logged["disposition"], "Logged");
+    }
+
+    #[test]
+    fn a_forward_security_hub_throttled_is_not_a_policy_denial() {
+        let mut throttled = record(true, false, true, 429);
+        throttled.upstream_status = Some(429);
+        throttled.error = Some(crate::audit::RecordError {
+            code: "THROTTLED".into(),
+            message: "Security Hub throttled hubgate's BatchUpdateFindings call".into(),
+        });
+        let e = event(&throttled, None, &[], "us-east-1");
+        assert_eq!(
+            (e["action"].as_str(), e["disposition"].as_str()),
+            (Some("Allowed"), Some("Allowed"))
+        );
+        assert_eq!(
+            (e["severity_id"].as_i64(), e["status_id"].as_i64()),
+            (Some(1), Some(2))
+        );
+        // hubgate's own pacing refusing it before it went out is a refusal
+        throttled.forwarded = false;
+        throttled.upstream_status = None;
+        let e = event(&throttled, None, &[], "us-east-1");
+        assert_eq!(
+            (e["action"].as_str(), e["disposition"].as_str()),
+            (Some("Denied"), Some("Blocked"))
+        );
     }
 
     #[test]
