@@ -36,14 +36,22 @@ fn unsafe_char(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// `text` with each unsafe character written as Rust escapes it (`\n`, `\u{1b}`).
+/// `text` with each unsafe character written as JSON escapes it (`\n`, `\u001b`, `\u2028`):
+/// a value that is JSON (the `record=` of a record the sink did not take, which an operator
+/// reads back) stays JSON with the same content.
 pub fn escaped(text: &str) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if unsafe_char(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // every unsafe character is in the Basic Multilingual Plane: four digits
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
         }
     }
     out
@@ -154,7 +162,18 @@ mod tests {
             text.contains(r"error=refused\n2026-12-06T00:00:00Z  INFO"),
             "{text}"
         );
-        assert!(text.contains(r"\u{1b}[2J"), "{text}");
+        assert!(text.contains(r"\u001b[2J"), "{text}");
+        assert!(text.contains(r"sep=a\u2028b\u0085c\u0000"), "{text}");
+    }
+
+    #[test]
+    fn a_json_value_stays_the_same_json() {
+        let record = serde_json::json!({"note": "a\u{2028}b\u{85}c\n\u{1b}", "ok": true});
+        let line = serde_json::to_string(&record).unwrap_or_default();
+        let text = logged(|| tracing::error!(record = %line, "not written"));
+        let logged = text.split_once("record=").map_or("", |(_, r)| r.trim_end());
+        let back: serde_json::Value = serde_json::from_str(logged).unwrap_or_default();
+        assert_eq!(back, record, "{text}");
     }
 
     #[test]
