@@ -1226,7 +1226,11 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
         // Never enforced, whatever became of the forward: a dry-run denial whose forward went
         // unanswered counted as `deny` made a rollout's dashboard show enforcement.
         Some(_) if trail.dry_run => DecisionLabel::DryRunDeny,
-        Some(_) if trail.partial.is_some() && trail.forwarded => DecisionLabel::Partial,
+        // The allowed part was sent: answered, or left unanswered and maybe applied. Counted
+        // as `deny`, a partial forward that timed out showed a dashboard nothing going out.
+        Some(_) if trail.partial.is_some() && (trail.forwarded || trail.outcome_unknown) => {
+            DecisionLabel::Partial
+        }
         Some(_) => DecisionLabel::Deny,
         None if rejected => DecisionLabel::Rejected,
         None => DecisionLabel::Allow,

@@ -12,6 +12,11 @@ OCSF event with action Denied and severity Medium: a SIEM counted each throttle 
 denial of a request the policy allowed and hubgate sent. README says Denied only for an error
 raised before sending; the action is now the policy's verdict once the request went out.
 
+HOLE (fixed): a forward-allowed request whose allowed part was sent and left unanswered (504,
+outcome unknown: Security Hub may have applied it) was counted decision="deny" in
+hubgate_requests_total: a dashboard showed nothing going out. It is now "partial", as its record
+says (partial, outcome_unknown).
+
 Held: `audit verify` verifies records holding the numbers a caller chose in an import (1 ULP
 floats, subnormals, -0.0, integers past u64) and note texts with U+2028, NUL, emoji, ESC.
 Held: hubgate's own session token from a container credentials endpoint, at RUST_LOG=trace,
@@ -153,3 +158,23 @@ def test_hubgate_s_own_session_token_stays_out_at_trace_level(make_fake, make_hu
     assert "TRACE" in text
     for secret in (token, UPSTREAM_SECRET):
         assert secret not in text and secret not in readyz, secret
+
+
+def test_a_partial_forward_left_unanswered_is_counted_partial(make_fake, make_hubgate):
+    """forward-allowed sends the member's own finding and refuses the other account's; Security
+    Hub applies the write and answers after upstream.timeout_ms (504, outcome unknown). The
+    record says the part went out; hubgate_requests_total counted it decision="deny", as if
+    nothing had been sent."""
+    fake = make_fake()
+    hg = make_hubgate({"upstream": {"timeout_ms": 500},
+                       "policy": {"on_partial_deny": "forward-allowed"}}, fake=fake)
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
+    resp = hg.buf({"FindingIdentifiers": [ident("f-own-high"), ident("f-other")],
+                   "Note": {"Text": "t", "UpdatedBy": "u"}}, who="member")
+    assert resp.status == 504, resp.text
+    record = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert record["partial"] == {"forwarded": 1, "denied": 1}, record
+    assert record["outcome_unknown"] is True and record["forwarded"] is False, record
+    series = [line for line in hg.admin("/metrics").text.splitlines()
+              if line.startswith("hubgate_requests_total{") and 'status="504"' in line]
+    assert len(series) == 1 and 'decision="partial"' in series[0], series
