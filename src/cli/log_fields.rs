@@ -68,8 +68,24 @@ impl Visit for EscapingVisitor<'_> {
         }
     }
 
+    /// As the default writes an error: its message, then its sources (`name.sources=[…]`).
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.record_debug(field, &format_args!("{value}"))
+        let mut text = value.to_string();
+        let mut source = value.source();
+        if source.is_some() {
+            text.push_str(&format!(" {}.sources=[", field.name()));
+            let mut first = true;
+            while let Some(s) = source {
+                if !first {
+                    text.push_str(", ");
+                }
+                first = false;
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text.push(']');
+        }
+        self.record_debug(field, &format_args!("{text}"))
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -174,6 +190,20 @@ mod tests {
         let logged = text.split_once("record=").map_or("", |(_, r)| r.trim_end());
         let back: serde_json::Value = serde_json::from_str(logged).unwrap_or_default();
         assert_eq!(back, record, "{text}");
+    }
+
+    #[test]
+    fn an_error_value_is_escaped() {
+        let inner = std::io::Error::other("disk\nINFO forged");
+        let outer = std::io::Error::other(inner);
+        let text = logged(|| {
+            tracing::error!(
+                error = &outer as &(dyn std::error::Error + 'static),
+                "failed"
+            )
+        });
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(text.contains(r"error=disk\nINFO forged"), "{text}");
     }
 
     #[test]
