@@ -272,16 +272,29 @@ fn credentials_refused(status: http::StatusCode, headers: &HeaderMap) -> Option<
 
 /// What an error answer's body says: its `message`, or the start of the body.
 fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
+    let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
             v.get("message")
                 .or_else(|| v.get("Message"))
                 .and_then(|m| m.as_str())
                 .map(str::to_string)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect())
+        });
+    match message {
+        Some(m) if m.chars().count() > MAX_ERROR_MESSAGE_CHARS => {
+            let mut clipped: String = m.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
+            clipped.push_str("…");
+            clipped
+        }
+        Some(m) => m,
+        None => String::from_utf8_lossy(body).chars().take(200).collect(),
+    }
 }
+
+/// How much of Security Hub's own error message hubgate repeats: it goes into the envelope,
+/// the audit record (three times in OCSF) and the log, and its length is the upstream's to
+/// choose (up to the lookup answer's limit, megabytes); AWS's messages are a sentence or two.
+const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -1160,6 +1173,18 @@ mod tests {
         source.refused(second.access_key_id());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(calls(&provider), 3);
+    }
+
+    /// Security Hub's error message is repeated in the envelope, the record and the log: at
+    /// most MAX_ERROR_MESSAGE_CHARS of it.
+    #[test]
+    fn an_upstream_error_message_is_clipped() {
+        let long = "x".repeat(100_000);
+        let body = serde_json::to_vec(&serde_json::json!({ "message": long })).unwrap();
+        let shown = error_message(&body);
+        assert_eq!(shown.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
+        assert!(shown.ends_with('…'));
+        assert_eq!(error_message(br#"{"Message": "Rate exceeded"}"#), "Rate exceeded");
     }
 
     #[test]
