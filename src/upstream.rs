@@ -283,7 +283,7 @@ fn error_message(body: &[u8]) -> String {
     match message {
         Some(m) if m.chars().count() > MAX_ERROR_MESSAGE_CHARS => {
             let mut clipped: String = m.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
-            clipped.push_str("…");
+            clipped.push('…');
             clipped
         }
         Some(m) => m,
@@ -1184,7 +1184,10 @@ mod tests {
         let shown = error_message(&body);
         assert_eq!(shown.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
         assert!(shown.ends_with('…'));
-        assert_eq!(error_message(br#"{"Message": "Rate exceeded"}"#), "Rate exceeded");
+        assert_eq!(
+            error_message(br#"{"Message": "Rate exceeded"}"#),
+            "Rate exceeded"
+        );
     }
 
     #[test]
