@@ -369,12 +369,34 @@ pub struct AuditLog {
 }
 
 /// Joins the writer thread once every sender is gone, after it flushed and fsynced.
-pub struct AuditWriter(std::thread::JoinHandle<()>);
+pub struct AuditWriter(std::thread::JoinHandle<Result<(), SinkLost>>);
 
 impl AuditWriter {
-    pub fn finish(self) {
-        let _ = self.0.join();
+    /// Whether the audit log holds every record the writer was given: not when its sink had
+    /// failed (and had not recovered) by the stop, its records since then having gone to the
+    /// operational log only.
+    pub fn finish(self) -> Result<(), SinkLost> {
+        self.0.join().unwrap_or_else(|_| {
+            Err(SinkLost {
+                why: "the audit writer panicked".into(),
+                logged: 0,
+            })
+        })
     }
+}
+
+/// The stop found the sink failed: the records since its failure are only on stderr. A stop
+/// that said nothing of it exited 0, as if the log were whole, so a supervisor (or whoever
+/// reads the pod's last state) could not tell it from a clean stop.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the audit sink had failed and took no writes again before the stop ({why}): the records \
+     since its failure are only in the operational log (stderr), {logged} of them from the \
+     writer's queue"
+)]
+pub struct SinkLost {
+    pub why: String,
+    pub logged: usize,
 }
 
 /// The hash-chain key from the configuration, if any.
@@ -1033,7 +1055,7 @@ fn write_records(
     mut rx: mpsc::Receiver<Msg>,
     metrics: AuditMetrics,
     failure: &Failure,
-) {
+) -> Result<(), SinkLost> {
     // Lines written to the sink since its last good flush: a failing flush loses all of them
     // (they sit in the buffer, or half of one reached the file), not only the line in hand,
     // so all of them go to the operational log.
@@ -1047,7 +1069,10 @@ fn write_records(
             let _ = ack.send(());
         }
     };
+    // Records sent to the operational log since the sink last took writes.
+    let logged = std::cell::Cell::new(0usize);
     let log_failed = |e: &dyn std::fmt::Display, line: &[u8]| {
+        logged.set(logged.get() + 1);
         tracing::error!(
             error = %e,
             record = %String::from_utf8_lossy(line),
@@ -1071,6 +1096,7 @@ fn write_records(
                         if try_again(&mut writer, f, &mut head_in_sink) {
                             failed = None;
                             failure.set(None);
+                            logged.set(0);
                         }
                         continue;
                     }
@@ -1157,16 +1183,28 @@ fn write_records(
             }
         }
     }
-    if failed.is_none() {
-        if let Err(e) = writer.flush(true) {
-            tracing::error!(error = %e, "final audit flush failed");
-            for line in unflushed.drain(..) {
-                log_failed(&e, &line);
+    let lost = match failed {
+        Some(f) => Some(f.why),
+        None => match writer.flush(true) {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "final audit flush failed");
+                for line in unflushed.drain(..) {
+                    log_failed(&e, &line);
+                }
+                writer.sink.abandon();
+                Some(format!("the final flush failed: {}", reason(&e)))
             }
-            writer.sink.abandon();
-        }
-    }
+        },
+    };
     confirm(&mut waiting);
+    match lost {
+        Some(why) => Err(SinkLost {
+            why,
+            logged: logged.get(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Tries a failed sink again (`Sink::recover`); true once it takes writes, the writer's head
@@ -1720,7 +1758,7 @@ mod tests {
             assert!(on_disk.contains(&id), "confirmed before it was in the file");
         }
         drop(log);
-        writer.finish();
+        writer.finish().expect("the sink took every record");
     }
 
     fn read(path: &Path) -> Vec<Value> {
@@ -1811,7 +1849,12 @@ mod tests {
             }));
         }
         drop(log);
-        writer.finish();
+        // The stop says the log is not whole, and how many queued records reached stderr.
+        let lost = writer
+            .finish()
+            .expect_err("a sink that failed was reported whole");
+        assert_eq!(lost.logged, 20, "{lost}");
+        assert!(lost.why.contains("No space left"), "{lost}");
         // Each request is told once its record is in the operational log, not left to wait
         // out its timeout with the answer held.
         for w in written {
@@ -1869,7 +1912,7 @@ mod tests {
             });
         }
         drop(log);
-        writer.finish();
+        writer.finish().expect("the sink took every record");
         let lines = read(&config.path);
         assert_eq!(lines[0]["input"]["request"]["b"][1], "é\"");
         assert_eq!(lines[1]["decision_id"], "odd");
@@ -1980,6 +2023,6 @@ mod tests {
         assert!(err.to_string().contains("queue stayed full"), "{err}");
         let _ = held.write(sample_record());
         drop(log);
-        writer.finish();
+        writer.finish().expect("the sink took every record");
     }
 }

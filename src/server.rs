@@ -91,6 +91,8 @@ pub enum ServeError {
         WRITER_FINISH.as_secs()
     )]
     AuditUnfinished { queued: usize },
+    #[error(transparent)]
+    AuditSinkFailed(#[from] crate::audit::SinkLost),
 }
 
 /// How long a stop waits for the audit writer to take the last records, flush and fsync.
@@ -612,6 +614,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         _ = int.recv() => second_signal(),
     }
     admin_task.abort();
+    // The writer's last records take up to WRITER_FINISH (a sink that takes no writes): a
+    // second signal then still exits at once. It went unheard there, and hubgate ended 5 s
+    // later whatever the operator asked.
+    tokio::select! {
+        finished = finish_audit(gate, writer, watch_task) => finished?,
+        _ = term.recv() => second_signal(),
+        _ = int.recv() => second_signal(),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Closes the audit log once the requests are done: the writer takes what was queued, flushes
+/// and fsyncs, within WRITER_FINISH.
+async fn finish_audit(
+    gate: Arc<Gate>,
+    writer: crate::audit::AuditWriter,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), ServeError> {
     // One bound for closing the queue and for the writer to finish: closing takes a place in
     // the queue, and with a sink that takes no writes (a reader that stopped reading) the
     // queue stays full: the stop waited there for good, a SIGTERM never ended hubgate.
@@ -626,15 +647,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     drop(gate);
     // The writer drains what was queued before close, flushes, fsyncs and ends.
     let flushed = tokio::task::spawn_blocking(move || writer.finish());
-    if !closed || tokio::time::timeout_at(writer_by, flushed).await.is_err() {
-        // Said on stderr and in the exit status: a supervisor sees a stop that lost records.
-        tracing::error!(
-            queued,
-            "the audit writer did not finish; the records still queued were not written"
-        );
-        return Err(ServeError::AuditUnfinished { queued });
+    let finished = match closed {
+        true => tokio::time::timeout_at(writer_by, flushed).await.ok(),
+        false => None,
+    };
+    match finished {
+        Some(Ok(Ok(()))) => {}
+        // Said on stderr and in the exit status, as below: the log is not whole.
+        Some(Ok(Err(lost))) => return Err(lost.into()),
+        Some(Err(_)) | None => {
+            // Said on stderr and in the exit status: a supervisor sees a stop that lost records.
+            tracing::error!(
+                queued,
+                "the audit writer did not finish; the records still queued were not written"
+            );
+            return Err(ServeError::AuditUnfinished { queued });
+        }
     }
-    tracing::info!("stopped");
     Ok(())
 }
 
