@@ -73,6 +73,8 @@ pub struct Gate {
     /// The settings of the configuration file that changed on disk since start, as the last
     /// reload found them: they need a restart.
     config_changed: std::sync::Mutex<Vec<String>>,
+    /// Set once SIGTERM/SIGINT has closed the proxy listener: /readyz answers 503 from then on.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -480,6 +482,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         reloading: std::sync::Mutex::new(()),
         reload_pending: std::sync::atomic::AtomicBool::new(false),
         config_changed: std::sync::Mutex::new(Vec::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     gate.stages
         .metrics
@@ -593,6 +596,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "stopping: draining in-flight requests"
     );
     drop(listener);
+    // The admin listener serves on through the drain: a load balancer that probes /readyz
+    // must see this replica leave now. It answered 200 (ready) while the proxy port refused
+    // every connection, so new requests kept being sent here for as long as the drain lasted.
+    gate.stopping
+        .store(true, std::sync::atomic::Ordering::Release);
     let stop_by = tokio::time::Instant::now() + grace;
     // Requests whose client went away run on in their own tasks (for their audit records):
     // every in-flight permit back means every such request has finished.
@@ -1123,6 +1131,10 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         // As with policies, the previous certificate keeps serving.
         checks["tls"] = json!({"ok": true, "stale": error.is_some(), "last_reload_error": error});
     }
+    let stopping = gate.stopping.load(std::sync::atomic::Ordering::Acquire);
+    if stopping {
+        checks["stopping"] = json!({"ok": false});
+    }
     if let Some(coord) = gate.stages.pacer.coordination() {
         // Degraded is still ready: the replica paces to its fallback share and judges with
         // its local cache, so taking it out of the Service would only shed capacity.
@@ -1134,5 +1146,5 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
             "last_error": error,
         });
     }
-    (audit_ok && credentials_ok, checks)
+    (audit_ok && credentials_ok && !stopping, checks)
 }
