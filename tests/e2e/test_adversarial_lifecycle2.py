@@ -12,6 +12,12 @@
   already refused every connection: a load balancer probing it kept sending new requests to
   a replica that could take none, for up to `shutdown_grace_ms`. It answers 503 from the stop
   on, with `checks.stopping`.
+- (Found by this review and by the TLS review at once: a TLS client that connected and sent
+  nothing held every stop's drain for the 10 s handshake timeout. The fix and its test are the
+  TLS review's: test_adversarial_tls2.py.)
+- Held (tried against the binary, not kept as tests for CI's time): a plain connection idle,
+  or holding half a request head, or only the h2 preface, at the stop ends the drain within
+  about a second.
 - Held: a keep-alive HTTP/1 connection idle at the stop is closed: a request sent on it after
   is neither answered, forwarded nor recorded, and SIGHUP during the drain neither ends
   hubgate nor disturbs the request still draining (recorded, exit 0).
