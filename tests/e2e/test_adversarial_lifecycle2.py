@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -261,3 +262,20 @@ def test_a_sighup_storm_under_traffic_then_sigterm(make_fake, make_hubgate, tmp_
     mixed = {rev: s for rev, s in outcomes.items() if len(s) > 1}
     assert not mixed, f"a revision recorded with both outcomes: {mixed}"
     intact(audit_verify(hg.audit_path), len(records))
+
+
+def test_sigterm_while_a_reload_hangs_on_a_file_read(make_fake, make_hubgate, tmp_path):
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    fake = make_fake()
+    hg = make_hubgate({"policy": {"dir": str(policies), "watch_interval_ms": 0}}, fake=fake)
+    os.mkfifo(policies / "zz_held.rego")  # its read blocks until a writer opens it: never
+    hg.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    resp = hg.buf(note(), who="admin")
+    assert resp.status == 200, resp.text
+    started = time.monotonic()
+    hg.proc.send_signal(signal.SIGTERM)
+    assert hg.proc.wait(10) == 0
+    assert time.monotonic() - started < 2
+    intact(audit_verify(hg.audit_path), 1)
