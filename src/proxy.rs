@@ -182,6 +182,13 @@ struct Trail {
     cert_check: Option<CertCheck>,
     /// Tells when the client has gone, so that a request waiting for quota stops waiting.
     departure: Departure,
+    /// The record's place in the audit queue, reserved before the request may be forwarded
+    /// (`send`). Its record goes there whatever happens next: a forward that times out, or
+    /// is interrupted by a stop's halt, is recorded in the place it was sent with. It used to
+    /// be dropped on those paths and a new place asked for, which a full queue, or the log
+    /// closed by a stop, refused: the record of a call Security Hub may have applied then
+    /// reached stderr only (logged as "a rejected request"), and the stop exited 0.
+    slot: Option<Slot>,
 }
 
 impl Trail {
@@ -285,8 +292,8 @@ struct Received {
 }
 
 /// A forwarded request's answer (streamed from upstream, or rebuilt with denied findings merged
-/// in) with the audit slot reserved before it was forwarded.
-struct Forwarded(Response<ProxyBody>, Slot);
+/// in); its record's place is in the trail.
+struct Forwarded(Response<ProxyBody>);
 
 /// An upstream BatchUpdateFindings answer is read whole to merge denied findings into it;
 /// this bounds it (100 findings' results are a few KB).
@@ -376,21 +383,21 @@ where
     }
 }
 
-/// The response to send, its status, the envelope's code and message when hubgate answered
-/// itself, and the audit slot a forwarded request reserved.
+/// The response to send, its status, and the envelope's code and message when hubgate answered
+/// itself.
 fn answer(
     result: Result<Forwarded, Rejection>,
     decision_id: &str,
-) -> (Response<ProxyBody>, u16, Option<RecordError>, Option<Slot>) {
+) -> (Response<ProxyBody>, u16, Option<RecordError>) {
     match result {
-        Ok(Forwarded(resp, slot)) => {
+        Ok(Forwarded(resp)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             crate::upstream::strip_hop_by_hop(&mut parts.headers);
             if let Ok(v) = HeaderValue::from_str(decision_id) {
                 parts.headers.insert("x-hubgate-decision-id", v);
             }
-            (Response::from_parts(parts, body), status, None, Some(slot))
+            (Response::from_parts(parts, body), status, None)
         }
         Err(rejection) => {
             let mut resp = rejection.to_response(decision_id);
@@ -411,18 +418,18 @@ fn answer(
                 resp.map(|b| b.map_err(|never| match never {}).boxed()),
                 status,
                 Some(error),
-                None,
             )
         }
     }
 }
 
 /// Respond: the forwarded answer (with the decision id) or the envelope, and the decision
-/// record, written to the slot reserved before forwarding or, for a refusal, to a new one.
+/// record, written to the place reserved before forwarding (`Trail::slot`) or, for a request
+/// that never reserved one, to a new one.
 async fn respond(
     gate: &Stages,
     received: &Received,
-    trail: Trail,
+    mut trail: Trail,
     result: Result<Forwarded, Rejection>,
 ) -> Response<ProxyBody> {
     let Received {
@@ -440,7 +447,8 @@ async fn respond(
             })
             .inc();
     }
-    let (response, status, error, slot) = answer(result, decision_id);
+    let (response, status, error) = answer(result, decision_id);
+    let slot = trail.slot.take();
 
     observe(&gate.metrics, &trail, status, error.is_some(), started);
     let audited = record(gate, trail, received, status, error);
@@ -1293,8 +1301,8 @@ fn still_the_caller(gate: &Stages, trail: &mut Trail) -> Result<(), AuthError> {
 /// keeps it registered, and its holder drops it once the answer has been applied to the cache.
 /// When Security Hub may have applied the write without answering (timeout, unreachable),
 /// what it touched is evicted here, before the registration goes. Also returned: the instant
-/// by which an answer hubgate reads whole must have come in (`read_answer`), and the audit
-/// slot the request's record goes to.
+/// by which an answer hubgate reads whole must have come in (`read_answer`). The record's
+/// place in the audit queue is reserved first, in `trail.slot`.
 async fn send(
     gate: &Stages,
     parts: &http::request::Parts,
@@ -1303,10 +1311,14 @@ async fn send(
     deadline: Instant,
     touched: Touched<'_>,
     read: Option<StateRead>,
-) -> Result<(Response<Incoming>, Option<InFlight>, Instant, Slot), Rejection> {
+) -> Result<(Response<Incoming>, Option<InFlight>, Instant), Rejection> {
     // Room for the record first: a request is never forwarded without it. Reserved here, where
-    // the request goes out, so that the sink is checked again just before (see below).
-    let slot = gate.audit.reserve().await?;
+    // the request goes out, so that the sink is checked again just before (see below); kept
+    // in the trail, where the record goes whatever the forward's outcome (and where a
+    // decision made again finds it).
+    if trail.slot.is_none() {
+        trail.slot = Some(gate.audit.reserve().await?);
+    }
     let operation = trail.operation.unwrap_or("default");
     // Authentication comes before any forward: the principal is known here.
     let principal = trail.principal.clone();
@@ -1351,7 +1363,9 @@ async fn send(
     // The sink may have failed since the record's place was reserved (the quota wait above
     // can be quota.max_wait_ms long): sent then, the request's record reached only stderr,
     // forwarded while /readyz said the sink had failed.
-    slot.usable()?;
+    if let Some(slot) = &trail.slot {
+        slot.usable()?;
+    }
     let in_flight = {
         // The check and the registration as one step (see `Enricher::send_order`).
         let _order = gate.enricher.as_ref().map(|e| e.send_order());
@@ -1426,7 +1440,7 @@ async fn send(
             // envelope said "Security Hub throttled hubgate's call" (sending whoever read it
             // to hubgate's account) and dropped AWS's request id. Nor does it slow the pace:
             // one caller whose account is busy elsewhere must not slow everyone's.
-            return Ok((response, in_flight, answer_by, slot));
+            return Ok((response, in_flight, answer_by));
         }
         // hubgate's own account: another client of it spends part of the quota.
         gate.pacer.throttled(operation);
@@ -1441,7 +1455,7 @@ async fn send(
             detail,
         }));
     }
-    Ok((response, in_flight, answer_by, slot))
+    Ok((response, in_flight, answer_by))
 }
 
 /// Reads a BatchUpdateFindings answer whole (to learn what was processed, or to merge into
@@ -1506,7 +1520,7 @@ async fn forward(
         parts
     };
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, in_flight, answer_by, slot) =
+    let (response, in_flight, answer_by) =
         send(gate, parts, body, trail, deadline, touched, read).await?;
     let sent = in_flight.as_ref().map(InFlight::id);
     let status = response.status();
@@ -1519,7 +1533,7 @@ async fn forward(
         if !status.is_client_error() {
             touched.evict(gate, sent).await;
         }
-        return Ok(Forwarded(response.map(BodyExt::boxed), slot));
+        return Ok(Forwarded(response.map(BodyExt::boxed)));
     }
     let (mut head, incoming) = response.into_parts();
     let bytes = read_answer(gate, incoming, touched, sent, answer_by, trail).await?;
@@ -1531,7 +1545,7 @@ async fn forward(
     head.headers
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     let body = Full::new(bytes).map_err(|never| match never {}).boxed();
-    Ok(Forwarded(Response::from_parts(head, body), slot))
+    Ok(Forwarded(Response::from_parts(head, body)))
 }
 
 /// `on_partial_deny = "forward-allowed"`: forwards the request rewritten to the allowed
@@ -1598,7 +1612,7 @@ async fn forward_allowed(
         write: Unapplied::Update(update),
     }));
     // Kept until the answer has been applied to the cache, whichever way this returns.
-    let (response, in_flight, answer_by, slot) =
+    let (response, in_flight, answer_by) =
         send(gate, &parts, rewritten, trail, deadline, touched, read).await?;
     let sent = in_flight.as_ref().map(InFlight::id);
     let (mut head, incoming) = response.into_parts();
@@ -1614,13 +1628,10 @@ async fn forward_allowed(
             touched.evict(gate, sent).await;
         }
         // Security Hub refused the whole batch; its answer goes back as it came.
-        return Ok(Forwarded(
-            Response::from_parts(
-                head,
-                Full::new(bytes).map_err(|never| match never {}).boxed(),
-            ),
-            slot,
-        ));
+        return Ok(Forwarded(Response::from_parts(
+            head,
+            Full::new(bytes).map_err(|never| match never {}).boxed(),
+        )));
     }
     if let Some(encoding) = head
         .headers
@@ -1672,7 +1683,7 @@ async fn forward_allowed(
         HeaderValue::from(merged.len()),
     );
     let body = Full::new(merged).map_err(|never| match never {}).boxed();
-    Ok(Forwarded(Response::from_parts(head, body), slot))
+    Ok(Forwarded(Response::from_parts(head, body)))
 }
 
 /// The envelope for a failure inside hubgate itself (a handler that panicked).

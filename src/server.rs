@@ -700,7 +700,9 @@ async fn halt(
             if ended.is_err() {
                 tracing::error!(
                     unrecorded = halt.unrecorded(),
-                    "requests did not end within {} ms of the halt; they have no audit record",
+                    "requests did not end within {} ms of the halt; those forwarded are \
+                     recorded if they end while the audit writer finishes (else the stop exits \
+                     1), the others have no audit record",
                     HALT_WAIT.as_millis()
                 );
             }

@@ -49,6 +49,7 @@ import pytest
 
 from helpers import CALLERS, POLICY_DIR, audit_verify, ident, sign, wait_until
 from test_audit_trail import intact
+from test_replicas import redis_server  # noqa: F401 (fixture)
 
 
 def note(fid="f-admin", text="lifecycle note"):
@@ -278,4 +279,32 @@ def test_sigterm_while_a_reload_hangs_on_a_file_read(make_fake, make_hubgate, tm
     hg.proc.send_signal(signal.SIGTERM)
     assert hg.proc.wait(10) == 0
     assert time.monotonic() - started < 2
+    intact(audit_verify(hg.audit_path), 1)
+
+
+def test_a_forward_interrupted_at_the_halt_keeps_its_records_place(make_fake, make_hubgate,
+                                                                    redis_server):
+    fake = make_fake()
+    fake.configure(answer_delay_ms={"BatchUpdateFindings": 8000})
+    hg = make_hubgate({"server": {"shutdown_grace_ms": 300}, "upstream": {"timeout_ms": 20000},
+                       "enrichment": {"enabled": True, "cache_ttl_ms": 60000},
+                       "coordination": {"redis_url": redis_server.url, "op_timeout_ms": 5000,
+                                        "probe_interval_ms": 200}}, fake=fake)
+    wait_until(lambda: hg.admin("/readyz").json().get("coordination") == "ok", 10,
+               "the replica to join Redis")
+    t, out = in_background(lambda: hg.buf(RAISE_OWN, who="member"))
+    wait_until(lambda: fake.buf_calls(), 10, "the forward at the fake")
+    redis_server.proc.send_signal(signal.SIGSTOP)  # the eviction at the halt waits 5 s
+    try:
+        hg.proc.send_signal(signal.SIGTERM)
+        code = hg.proc.wait(0.3 + 3 + 5 + 3)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    t.join(5)
+    records = hg.audit_records()
+    assert [r["error"]["code"] for r in records] == ["UPSTREAM_INTERRUPTED"], (
+        records, hg.stderr_text()[-1500:])
+    assert records[0]["outcome_unknown"] is True
+    assert "audit record of a rejected request was not written" not in hg.stderr_text()
+    assert code == 0
     intact(audit_verify(hg.audit_path), 1)
