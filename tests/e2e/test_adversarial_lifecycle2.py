@@ -18,6 +18,8 @@
 - Held (tried against the binary, not kept as tests for CI's time): a plain connection idle,
   or holding half a request head, or only the h2 preface, at the stop ends the drain within
   about a second.
+- Held (tried): an HTTP/1 answer sent during the drain carries `Connection: close`, and the
+  connection closes after it, so a client does not send its next request into a closing one.
 - Held: a keep-alive HTTP/1 connection idle at the stop is closed: a request sent on it after
   is neither answered, forwarded nor recorded, and SIGHUP during the drain neither ends
   hubgate nor disturbs the request still draining (recorded, exit 0).
