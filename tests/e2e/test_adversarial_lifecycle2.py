@@ -29,6 +29,9 @@
 - Held: a SIGHUP storm that swaps the policy set back and forth under traffic: every record
   names the revision its request was decided by (no revision with both outcomes), a SIGTERM
   in the middle of it drains, every request is recorded once, and the chain verifies.
+- Held: SIGTERM while a reload hangs on a file read (a FIFO in the policy folder) drains and
+  exits 0 at once; the set in force keeps deciding meanwhile. (Not fixed: such a reload never
+  ends, so every later reload waits behind it, silently; see the review's report.)
 - Held (read in the code): the halt's `sending` flag is read in the request's own task, so a
   request is either refused unsent (STOPPING) or sent and interrupted, never both; passthrough
   takes the same `send`; a halt while a request waits for room in a stalled queue is bounded
