@@ -432,6 +432,18 @@ def container_credentials(hours: float = 1.0, access_key: str = UPSTREAM_KEY,
             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
 
 
+def recv_head(conn) -> bytes | None:
+    """What a socket gives up to and including the end of a request or response head (and
+    whatever came with it), or None if it closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 class LoopbackServer:
     """A TCP server on 127.0.0.1 for hand-made upstreams: `answer(conn, n)` serves the n-th
     connection (from 1), each in its own thread; the connection is closed after it."""

@@ -31,7 +31,7 @@ import re
 import time
 
 from helpers import (ADMIN_ACCOUNT, UPSTREAM_KEY, UPSTREAM_SECRET, CredentialEndpoint,
-                     LoopbackServer, audit_verify, finding, ident, wait_until)
+                     LoopbackServer, audit_verify, finding, ident, wait_until, recv_head)
 
 NOTE_OWN = {"FindingIdentifiers": [ident("f-own-high")], "Note": {"Text": "t", "UpdatedBy": "u"}}
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z +(TRACE|DEBUG|INFO|WARN|ERROR) ")
@@ -58,12 +58,9 @@ def test_an_upstream_error_message_cannot_forge_a_log_line(make_hubgate):
 
     def serve(conn, _n):
         conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = recv_head(conn)
+        if data is None:
+            return
         conn.sendall(answer)
 
     upstream = LoopbackServer(serve)

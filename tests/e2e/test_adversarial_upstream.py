@@ -50,7 +50,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from helpers import (ADMIN_ACCOUNT, CALLERS, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN,
-                     LoopbackServer, assert_envelope, finding, ident, sign)
+                     LoopbackServer, assert_envelope, finding, ident, sign, recv_head)
 
 NOTE = {"Text": "triaged", "UpdatedBy": "soc"}
 
@@ -472,12 +472,9 @@ def stalling_after(prefix: bytes, hold: float, seen: list):
     """A LoopbackServer answer: reads one request, sends `prefix`, then holds the connection."""
     def answer(conn, _n):
         conn.settimeout(hold + 5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = recv_head(conn)
+        if data is None:
+            return
         seen.append(data.split(b"\r\n", 1)[0])
         conn.sendall(prefix)
         time.sleep(hold)
@@ -576,12 +573,9 @@ def test_an_answers_hop_by_hop_headers_are_not_relayed_to_the_caller(make_hubgat
     answer. The caller's connection must stay open, and the hop's headers must not reach it."""
     def closing(conn, _n):
         conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = recv_head(conn)
+        if data is None:
+            return
         body = b'{"HubArn": "arn:hub"}'
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"x-amzn-RequestId: up-1\r\nConnection: close, X-Hop\r\n"
@@ -620,12 +614,9 @@ def test_an_answer_framed_by_chunks_and_a_length_reaches_the_caller_whole(make_h
 
     def both(conn, _n):
         conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = recv_head(conn)
+        if data is None:
+            return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
                      + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
