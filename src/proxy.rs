@@ -1473,23 +1473,23 @@ async fn read_answer(
 ) -> Result<Bytes, Rejection> {
     let operation = "BatchUpdateFindings";
     let collect = Limited::new(incoming, MAX_MERGED_RESPONSE_BYTES).collect();
-    let read = tokio::select! {
+    // Every way of not reading the answer leaves by one exit: the answer is lost (the record
+    // says outcome unknown, not forwarded) and the findings go. The stop's halt returned
+    // early and skipped the first, so its record said forwarded with the head's 200 and no
+    // outcome_unknown, for a write whose ProcessedFindings nobody read.
+    let failure = tokio::select! {
         biased;
-        read = tokio::time::timeout_at(answer_by.into(), collect) => read,
-        () = gate.halt.halted() => {
-            touched.evict(gate, sent).await;
-            return Err(Rejection::Upstream(UpstreamError::Interrupted { operation }));
-        }
-    };
-    let failure = match read {
-        Ok(Ok(b)) => return Ok(b.to_bytes()),
-        Ok(Err(e)) => UpstreamError::BadResponse {
-            operation,
-            detail: e.to_string(),
+        read = tokio::time::timeout_at(answer_by.into(), collect) => match read {
+            Ok(Ok(b)) => return Ok(b.to_bytes()),
+            Ok(Err(e)) => UpstreamError::BadResponse {
+                operation,
+                detail: e.to_string(),
+            },
+            Err(_) => UpstreamError::Timeout {
+                ms: gate.config.upstream.timeout_ms,
+            },
         },
-        Err(_) => UpstreamError::Timeout {
-            ms: gate.config.upstream.timeout_ms,
-        },
+        () = gate.halt.halted() => UpstreamError::Interrupted { operation },
     };
     trail.answer_lost();
     touched.evict(gate, sent).await;
