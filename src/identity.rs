@@ -894,6 +894,12 @@ impl Identity {
                 )
             }
         };
+        // Sigv4 mode read the head in `claim_sigv4`; the others name the caller otherwise (a
+        // certificate's caller is named before its head is judged), but in passthrough they
+        // forward the caller's own signature all the same.
+        if self.mode != IdentityMode::Sigv4 && !self.verify_signatures {
+            self.check_passthrough_head(parts, now)?;
+        }
         Ok(Claim {
             principal,
             signature,
@@ -923,14 +929,16 @@ impl Identity {
             .map_err(|e| AuthError::of_key(key, e))
     }
 
-    /// The rest of [`Identity::claim_sigv4`], once the head names a known key.
-    fn check_sigv4<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
+    /// What AWS will read of a SigV4 head besides the signature itself, checked before
+    /// anything is spent on the request: the date, the credential scope's date and region, no
+    /// second set of credentials in the query string, and (in passthrough) `host` signed.
+    /// Returns when the request was signed.
+    fn check_signed_head(
+        &self,
+        parts: &http::request::Parts,
         now: SystemTime,
-        auth: Authorization<'a>,
-        caller: &'a Caller,
-    ) -> Result<(&'a Caller, &'a str, Option<Unverified<'a>>), AuthError> {
+        auth: &Authorization<'_>,
+    ) -> Result<SystemTime, AuthError> {
         let amz_date = parts
             .headers
             .get("x-amz-date")
@@ -984,6 +992,40 @@ impl Identity {
                 ));
             }
         }
+        Ok(signed_at)
+    }
+
+    /// In passthrough every forward carries the caller's own SigV4 signature to AWS, whatever
+    /// names the caller to hubgate. With a client certificate (or the static principal)
+    /// naming it, the head was not read at all: a request signed for another region, without
+    /// `host`, with a presigned URL's credentials in its query, or not signed, was looked up
+    /// on hubgate's own GetFindings quota, decided, and forwarded for AWS to refuse. The same
+    /// head checks as sigv4 mode's, before anything is spent; the key id need not be in the
+    /// callers file (the certificate names the caller).
+    fn check_passthrough_head(
+        &self,
+        parts: &http::request::Parts,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed("not visible ASCII".into()))?;
+        let auth = Authorization::parse(header)?;
+        self.check_signed_head(parts, now, &auth).map(|_| ())
+    }
+
+    /// The rest of [`Identity::claim_sigv4`], once the head names a known key.
+    fn check_sigv4<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+        now: SystemTime,
+        auth: Authorization<'a>,
+        caller: &'a Caller,
+    ) -> Result<(&'a Caller, &'a str, Option<Unverified<'a>>), AuthError> {
+        let signed_at = self.check_signed_head(parts, now, &auth)?;
         if !self.verify_signatures {
             // Passthrough: AWS checks the signature against the bytes hubgate forwards unchanged.
             // The caller's keys are real AWS keys, so a session token is theirs to send.

@@ -494,6 +494,40 @@ fn query_string_credentials_beside_the_header_are_refused_in_both_upstream_modes
     ));
 }
 
+/// In passthrough every forward carries the caller's own signature to AWS, also when a
+/// certificate or the static principal names the caller: its head is checked as sigv4 mode's
+/// is (here static mode), before a lookup is spent on a request AWS can only refuse.
+#[test]
+fn passthrough_checks_the_signed_head_whatever_names_the_caller() {
+    let (_, dir) = identity(IdentityMode::Static, Some("member"));
+    let config = IdentityConfig {
+        mode: IdentityMode::Static,
+        callers: dir.path().join("callers.toml"),
+        static_principal: Some("member".into()),
+    };
+    let now = SystemTime::now();
+    let east = Identity::load(&config, "us-east-1", true).unwrap();
+    let parts = signed_request(SECRET, now, b"{}");
+    assert_eq!(
+        east.claim(&parts, now, None)
+            .map(|c| c.claimed().id.clone())
+            .unwrap(),
+        "member"
+    );
+    let west = Identity::load(&config, "eu-west-1", true).unwrap();
+    let err = west.claim(&parts, now, None).err().unwrap();
+    assert!(err.to_string().contains("sign for eu-west-1"), "{err}");
+    let mut unsigned = signed_request(SECRET, now, b"{}");
+    unsigned.headers.remove("authorization");
+    assert!(matches!(
+        east.claim(&unsigned, now, None).err(),
+        Some(AuthError::Missing)
+    ));
+    // Re-signed (not passthrough), static mode reads no head: hubgate signs the forward.
+    let resign = Identity::load(&config, "eu-west-1", false).unwrap();
+    assert!(resign.claim(&unsigned, now, None).is_ok());
+}
+
 /// Every call goes to upstream.region, so a signature scoped to another region is refused in
 /// both modes: re-signed, a change the caller meant for another region's Security Hub would land
 /// in this one; in passthrough AWS refuses it at upstream.endpoint (after lookups were spent).
