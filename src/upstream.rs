@@ -270,7 +270,8 @@ fn credentials_refused(status: http::StatusCode, headers: &HeaderMap) -> Option<
         .filter(|name| status.is_client_error() && CREDENTIAL_ERROR_TYPES.contains(name))
 }
 
-/// What an error answer's body says: its `message`, or the start of the body.
+/// What an error answer's body says: its `message`, or the start of the body, without the
+/// request AWS echoes back ([`without_signed_echo`]).
 fn error_message(body: &[u8]) -> String {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -281,13 +282,51 @@ fn error_message(body: &[u8]) -> String {
                 .map(str::to_string)
         });
     match message {
-        Some(m) if m.chars().count() > MAX_ERROR_MESSAGE_CHARS => {
-            let mut clipped: String = m.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
-            clipped.push('…');
-            clipped
+        Some(m) => {
+            let m = without_signed_echo(&m);
+            if m.chars().count() > MAX_ERROR_MESSAGE_CHARS {
+                let mut clipped: String = m.chars().take(MAX_ERROR_MESSAGE_CHARS).collect();
+                clipped.push('…');
+                clipped
+            } else {
+                m.into_owned()
+            }
         }
-        Some(m) => m,
-        None => String::from_utf8_lossy(body).chars().take(200).collect(),
+        None => without_signed_echo(&String::from_utf8_lossy(body))
+            .chars()
+            .take(200)
+            .collect(),
+    }
+}
+
+/// Where AWS's answer to a signature it could not match starts repeating the request it
+/// expected ("The Canonical String for this request should have been '…x-amz-security-token:
+/// <token>…'", then "The String-to-Sign …"): every signed header's value, the session token
+/// of hubgate's credentials among them (they are temporary wherever hubgate runs on a role).
+/// The message is repeated in the envelope any caller reads, the audit record and the log, so
+/// it is cut before the first of these, whichever comes first, in any letter case.
+const SIGNED_REQUEST_ECHO: [&str; 3] = [
+    "the canonical string",
+    "the string-to-sign",
+    "x-amz-security-token",
+];
+
+/// `message` up to AWS's echo of the signed request (see [`SIGNED_REQUEST_ECHO`]), saying
+/// that the rest was left out.
+fn without_signed_echo(message: &str) -> std::borrow::Cow<'_, str> {
+    let lower = message.to_ascii_lowercase();
+    match SIGNED_REQUEST_ECHO
+        .iter()
+        .filter_map(|marker| lower.find(marker))
+        .min()
+    {
+        // ASCII lower-casing keeps byte offsets, so `cut` is a char boundary of `message` too.
+        Some(cut) => format!(
+            "{} (the rest, which repeats the signed request, is not shown)",
+            message[..cut].trim_end()
+        )
+        .into(),
+        None => message.into(),
     }
 }
 
@@ -1177,6 +1216,30 @@ mod tests {
 
     /// Security Hub's error message is repeated in the envelope, the record and the log: at
     /// most MAX_ERROR_MESSAGE_CHARS of it.
+    /// AWS's InvalidSignatureException message repeats the canonical request it expected,
+    /// hubgate's session token in it: only the words before it are kept.
+    #[test]
+    fn aws_echo_of_the_signed_request_is_cut_from_its_message() {
+        let message = "The request signature we calculated does not match the signature you \
+            provided.\n\nThe Canonical String for this request should have been\n'POST\n/findings\n\n\
+            host:h\nx-amz-security-token:SECRETTOKEN\n'\n\nThe String-to-Sign should have been\n'x'";
+        let body = serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap();
+        let shown = error_message(&body);
+        assert_eq!(
+            shown,
+            "The request signature we calculated does not match the signature you provided. \
+             (the rest, which repeats the signed request, is not shown)"
+        );
+        let raw = format!("<Error>{message}</Error>");
+        assert!(!error_message(raw.as_bytes()).contains("SECRETTOKEN"));
+        let bare = r#"{"message": "X-Amz-Security-Token: SECRETTOKEN is expired"}"#;
+        assert!(!error_message(bare.as_bytes()).contains("SECRETTOKEN"));
+        assert_eq!(
+            error_message(br#"{"message": "Rate exceeded"}"#),
+            "Rate exceeded"
+        );
+    }
+
     #[test]
     fn an_upstream_error_message_is_clipped() {
         let long = "x".repeat(100_000);

@@ -11,6 +11,13 @@ anything (its own GetFindings quota) on it.
   forwarded and sent for AWS to refuse. The SigV4 head checks of sigv4 mode now run in every
   identity mode when the upstream is passthrough (401 UNAUTHENTICATED, nothing looked up or
   forwarded); the certificate still names the caller.
+- HOLE (fixed): AWS answers a signature it cannot match (InvalidSignatureException) with a
+  message that goes on to repeat the canonical request it expected, signed header values
+  included: `x-amz-security-token:<token>`. For hubgate's own GetFindings lookups (signed with
+  hubgate's credentials in passthrough too, temporary wherever hubgate runs on a role) that
+  message was repeated up to 1,024 characters in the 502 envelope any member reads, in the
+  audit record and in the log: hubgate's session token handed to callers. The message is now
+  cut where the echo starts.
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from helpers import MEMBER_ACCOUNT, assert_envelope, ident, raw_request, sign
+from helpers import (MEMBER_ACCOUNT, SEED, assert_envelope, hubgate_env, ident, raw_request,
+                     sign)
 from pki import client_context
+from test_adversarial_upstream import Quirky
 from test_mtls import RUNNER_SAN, pki  # noqa: F401 (fixture)
+from test_passthrough import CALLERS as PT_CALLERS
 from test_passthrough import PT_ADMIN, PT_MEMBER, REAL_HOST
 
 MTLS_CALLERS = f"""\
@@ -99,3 +109,46 @@ def test_mtls_passthrough_checks_the_signature_head_it_forwards(mtls_passthrough
     assert got["signature_valid"] is True and got["access_key"] == PT_MEMBER.access_key, got
     assert hg.audit_for(resp.headers["x-hubgate-decision-id"])["principal"]["id"] == "soar-runner"
     assert fake.findings()["f-own-high"]["Note"]["Text"] == "from the runner"
+
+
+# hubgate's own session token (its credentials are temporary wherever it runs on a role: IRSA,
+# ECS, an instance profile), as the credential chain hands it over
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjEHubgateOwnSessionToken" + "Zm9vYmFy" * 40
+
+
+def test_aws_echo_of_hubgates_signed_request_is_not_repeated(make_hubgate):
+    """AWS answers a signature it cannot match with InvalidSignatureException, whose message
+    goes on with the canonical request it expected: every signed header's value, hubgate's
+    X-Amz-Security-Token among them. hubgate repeated that message (up to 1,024 characters) in
+    the envelope any caller reads, in the audit record and in the log."""
+    upstream = Quirky(SEED)
+    canonical = ("POST\n/findings\n\ncontent-type:application/json\n"
+                 "host:securityhub.us-east-1.amazonaws.com\nx-amz-date:20261206T000000Z\n"
+                 f"x-amz-security-token:{SESSION_TOKEN}\n\n"
+                 "content-type;host;x-amz-date;x-amz-security-token\n" + "e3b0" * 16)
+    message = ("The request signature we calculated does not match the signature you provided. "
+               "Check your AWS Secret Access Key and signing method. Consult the service "
+               "documentation for details.\n\nThe Canonical String for this request should "
+               f"have been\n'{canonical}'\n\nThe String-to-Sign should have been\n'AWS4-HMAC-"
+               "SHA256\n20261206T000000Z\n20261206/us-east-1/securityhub/aws4_request\n"
+               + "ab" * 32 + "'\n")
+    upstream.on_get = lambda req, default: (
+        403, {"x-amzn-ErrorType": "InvalidSignatureException"},
+        json.dumps({"message": message}).encode())
+    hg = make_hubgate({"upstream": {"auth": "passthrough"}},
+                      upstream_endpoint=upstream.endpoint, callers_toml=PT_CALLERS,
+                      env={**hubgate_env(), "AWS_SESSION_TOKEN": SESSION_TOKEN})
+    resp = raw_request(hg.port, "PATCH", BUF, NOTE,
+                       sign(PT_MEMBER, "PATCH", REAL_HOST, BUF, NOTE,
+                            {"Content-Type": "application/json"}))
+    assert resp.status >= 500, resp.text
+    assert upstream.count(BUF) == 0
+    assert "does not match the signature" in resp.text, resp.text  # AWS's own words stay
+    assert SESSION_TOKEN[:24] not in resp.text, resp.text
+    rec = hg.audit_for(resp.headers["x-amzn-requestid"])
+    assert "does not match the signature" in json.dumps(rec), rec
+    assert rec["forwarded"] is False, rec
+    hg.stop()
+    for where, text in [("audit", hg.audit_path.read_text()), ("log", hg.stderr_text())]:
+        assert SESSION_TOKEN[:24] not in text, where
+    upstream.server.shutdown()
