@@ -321,11 +321,15 @@ fn without_signed_echo(message: &str) -> std::borrow::Cow<'_, str> {
         .min()
     {
         // ASCII lower-casing keeps byte offsets, so `cut` is a char boundary of `message` too.
-        Some(cut) => format!(
-            "{} (the rest, which repeats the signed request, is not shown)",
-            message[..cut].trim_end()
-        )
-        .into(),
+        Some(cut) => {
+            let kept = message[..cut].trim_end();
+            let rest = "(the rest, which repeats the signed request, is not shown)";
+            if kept.is_empty() {
+                rest.into()
+            } else {
+                format!("{kept} {rest}").into()
+            }
+        }
         None => message.into(),
     }
 }
@@ -1233,7 +1237,10 @@ mod tests {
         let raw = format!("<Error>{message}</Error>");
         assert!(!error_message(raw.as_bytes()).contains("SECRETTOKEN"));
         let bare = r#"{"message": "X-Amz-Security-Token: SECRETTOKEN is expired"}"#;
-        assert!(!error_message(bare.as_bytes()).contains("SECRETTOKEN"));
+        assert_eq!(
+            error_message(bare.as_bytes()),
+            "(the rest, which repeats the signed request, is not shown)"
+        );
         assert_eq!(
             error_message(br#"{"message": "Rate exceeded"}"#),
             "Rate exceeded"
