@@ -18,10 +18,18 @@ anything (its own GetFindings quota) on it.
   message was repeated up to 1,024 characters in the 502 envelope any member reads, in the
   audit record and in the log: hubgate's session token handed to callers. The message is now
   cut where the echo starts.
+- Held: a write sent chunked with `Expect: 100-continue` goes up with the exact bytes judged
+  (one Content-Length, the caller's signature valid at the fake); the same framing around a
+  member's suppression is refused, with nothing forwarded.
+- Held (read, not re-tested: test_adversarial_passthrough.py, test_request_edges.py): two
+  Credentials, a repeated Authorization or X-Amz-Security-Token, query-string credentials
+  beside the header (percent-encoded names too), a region or host AWS would refuse, h2's
+  :authority as Host, AWS's 403 and 429 relayed as AWS gave them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -35,7 +43,7 @@ from pki import client_context
 from test_adversarial_upstream import Quirky
 from test_mtls import RUNNER_SAN, pki  # noqa: F401 (fixture)
 from test_passthrough import CALLERS as PT_CALLERS
-from test_passthrough import PT_ADMIN, PT_MEMBER, REAL_HOST
+from test_passthrough import PT_ADMIN, PT_MEMBER, REAL_HOST, SUPPRESS, passthrough  # noqa: F401
 
 MTLS_CALLERS = f"""\
 [[caller]]
@@ -152,3 +160,28 @@ def test_aws_echo_of_hubgates_signed_request_is_not_repeated(make_hubgate):
     for where, text in [("audit", hg.audit_path.read_text()), ("log", hg.stderr_text())]:
         assert SESSION_TOKEN[:24] not in text, where
     upstream.server.shutdown()
+
+
+def test_chunked_expect_continue_writes_go_up_as_judged(passthrough):  # noqa: F811
+    hg, fake = passthrough, passthrough.fake
+    for body, allowed in [(NOTE, True),
+                          (json.dumps({"FindingIdentifiers": [ident("f-own-medium")],
+                                       **SUPPRESS}).encode(), False)]:
+        headers = sign(PT_MEMBER, "PATCH", REAL_HOST, BUF, body,
+                       {"Content-Type": "application/json"})
+        headers["Expect"] = "100-continue"
+        before = len([r for r in fake.requests() if r["path"] == BUF])
+        resp = raw_request(hg.port, "PATCH", BUF, body, headers, chunked=True)
+        sent = [r for r in fake.requests() if r["path"] == BUF]
+        if not allowed:
+            assert resp.status == 403 and "suppress" in resp.text, resp.text
+            assert len(sent) == before, sent
+            continue
+        assert resp.status == 200, resp.text
+        got = sent[-1]
+        assert got["signature_valid"] is True, got
+        assert base64.b64decode(got["body_b64"]) == body
+        names = [k.lower() for k, _ in got["headers"]]
+        assert "transfer-encoding" not in names and names.count("content-length") == 1, names
+        assert fake.findings()["f-own-high"]["Note"]["Text"] == "from the runner"
+    assert fake.findings()["f-own-medium"]["Workflow"]["Status"] == "NEW"
