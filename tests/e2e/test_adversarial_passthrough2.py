@@ -26,8 +26,10 @@ anything (its own GetFindings quota) on it.
   beside the header (percent-encoded names too), a region or host AWS would refuse, h2's
   :authority as Host, AWS's 403 and 429 relayed as AWS gave them.
 - Held (probed, not kept): an Authorization header folded over two lines (obs-fold) is hyper's
-  own 400, nothing forwarded; passthrough GetFindings forwards pace on hubgate's own bucket
-  (hubgate's account may be the caller's); a forged signature's 403 leaves the cache as it was.
+  own 400, nothing forwarded.
+- Held (read in the code): passthrough GetFindings forwards pace on hubgate's own bucket
+  (hubgate's account may be the caller's); a forward AWS answers 4xx (a forged signature's
+  403, the caller's 429) evicts nothing and writes nothing through.
 """
 
 from __future__ import annotations
