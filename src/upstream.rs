@@ -1218,8 +1218,6 @@ mod tests {
         assert_eq!(calls(&provider), 3);
     }
 
-    /// Security Hub's error message is repeated in the envelope, the record and the log: at
-    /// most MAX_ERROR_MESSAGE_CHARS of it.
     /// AWS's InvalidSignatureException message repeats the canonical request it expected,
     /// hubgate's session token in it: only the words before it are kept.
     #[test]
@@ -1247,6 +1245,8 @@ mod tests {
         );
     }
 
+    /// Security Hub's error message is repeated in the envelope, the record and the log: at
+    /// most MAX_ERROR_MESSAGE_CHARS of it.
     #[test]
     fn an_upstream_error_message_is_clipped() {
         let long = "x".repeat(100_000);
