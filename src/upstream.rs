@@ -139,6 +139,7 @@ impl UpstreamError {
     pub fn answer(&self) -> Option<(u16, Option<&str>)> {
         match self {
             UpstreamError::CredentialsRefused(r) => Some((r.status, r.request_id.as_deref())),
+            UpstreamError::Refused { status, .. } => Some((*status, None)),
             _ => None,
         }
     }
@@ -223,6 +224,19 @@ const CREDENTIAL_ERROR_TYPES: [&str; 4] = [
     "UnrecognizedClientException",
     "InvalidClientTokenId",
 ];
+
+/// Error types of an answer refusing a call's signature itself (not its credentials).
+const SIGNATURE_ERROR_TYPES: [&str; 3] = [
+    "InvalidSignatureException",
+    "IncompleteSignatureException",
+    "SignatureDoesNotMatch",
+];
+
+/// Whether an answer refuses the signature of the call it answers.
+fn signature_refused(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    status.is_client_error()
+        && error_type(headers).is_some_and(|t| SIGNATURE_ERROR_TYPES.contains(&t))
+}
 
 /// The error type an answer names (`x-amzn-ErrorType` is `Name` or `Name:namespace`).
 fn error_type(headers: &HeaderMap) -> Option<&str> {
@@ -781,9 +795,12 @@ impl Upstream {
             .signed_request(&parts.method, path_and_query, headers, body)
             .await?;
         let response = self.send(request).await?;
-        let Some(refused) = CredentialsRefused::of(operation, &response) else {
+        let refused = CredentialsRefused::of(operation, &response);
+        let own_signature = signature_refused(response.status(), response.headers());
+        if refused.is_none() && !own_signature {
             return Ok(response);
-        };
+        }
+        let status = response.status().as_u16();
         // An error body is small; what it says is only for the message.
         let body = tokio::time::timeout(
             self.timeout,
@@ -794,7 +811,18 @@ impl Upstream {
         .and_then(Result::ok)
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-        Err(self.refused(&key_id, refused, &body))
+        match refused {
+            Some(refused) => Err(self.refused(&key_id, refused, &body)),
+            // AWS could not match hubgate's own signature (the caller's was verified): the
+            // caller's request is not at fault, and AWS's answer goes on with the canonical
+            // request it expected, hubgate's session token in it. Relayed, both reached the
+            // caller; it is hubgate's failure, its message cut (`error_message`).
+            None => Err(UpstreamError::Refused {
+                operation,
+                status,
+                detail: error_message(&body),
+            }),
+        }
     }
 
     /// Passthrough: the caller's request as it came, bytes and signed headers unchanged (the
