@@ -139,10 +139,12 @@ def test_a_disk_with_less_room_than_the_failed_record_keeps_refusing(make_fake, 
     for r in answers:
         body = assert_envelope(r, 503, "AUDIT_UNAVAILABLE", "ServiceUnavailableException")
         assert "hubgate tries it again every second" in body["error"]["message"], body
-    # Held: SIGTERM while the sink is failed ends at once, with 0
+    # Held: SIGTERM while the sink is failed ends at once; with 1 since the lifecycle review
+    # of stop 48 (it was 0, as after a clean stop, though records since the failure are only
+    # on stderr)
     t = time.monotonic()
     hg.proc.send_signal(signal.SIGTERM)
-    assert hg.proc.wait(5) == 0
+    assert hg.proc.wait(5) == 1
     assert time.monotonic() - t < 2
     # Held: a restart on the freed disk continues the chain
     filler.unlink()
