@@ -413,6 +413,30 @@ impl State {
         self.spent.remove(key);
     }
 
+    /// Journals `write` (a patch) to `keys`, but those another write of other facts was in
+    /// flight to beside it (`Sending::contested`), which are journaled as unknown: Security Hub
+    /// applies such writes in the order it gets them and answers in any, so neither order can
+    /// be ruled out. Returns the split when some are contested.
+    fn journal_patch(
+        &mut self,
+        keys: &[FindingKey],
+        write: Write,
+        now: Instant,
+    ) -> Option<Contested> {
+        if !keys.iter().any(|k| self.sending.contested(k)) {
+            self.journal.record(keys, write, now);
+            return None;
+        }
+        let (contested, alone): (Vec<FindingKey>, Vec<FindingKey>) = keys
+            .iter()
+            .cloned()
+            .partition(|k| self.sending.contested(k));
+        self.journal.record(&alone, write, now);
+        let unknown = Write::Unknown("BatchUpdateFindings", None);
+        self.journal.record(&contested, unknown, now);
+        Some(Contested { contested, alone })
+    }
+
     fn batch_ended(&mut self, began: u64) {
         if let Some(n) = self.batches.get_mut(&began) {
             *n -= 1;
@@ -446,6 +470,12 @@ impl State {
             }
         }
     }
+}
+
+/// A write's findings split by `State::journal_patch`: those contested, and the others.
+struct Contested {
+    contested: Vec<FindingKey>,
+    alone: Vec<FindingKey>,
 }
 
 /// One batch of lookups in flight, from the generation it began at; ends when dropped, so a
@@ -1161,38 +1191,28 @@ impl Enricher {
         let patch = Arc::new(patch);
         let sharing = self.inner.coord.is_some();
         let mut writes = Vec::with_capacity(processed.len());
-        // (contested, the others), when any finding is contested.
-        let mut split: Option<(Vec<FindingKey>, Vec<FindingKey>)> = None;
-        {
+        let split = {
             let mut st = self.inner.lock();
-            // A finding another write, setting a member to another value, was in flight to
-            // beside this one may hold either's values: Security Hub applies them in the order
-            // it gets them, and answers in any. Written through (and journaled) in the order
-            // answered, an administrator's LOW answered after their CRITICAL sent later left
-            // LOW cached over Security Hub's CRITICAL, and a member's LOW was judged no
-            // lowering. Such a finding is evicted, and its state is unknown for the settle
-            // window, as after a write hubgate cannot model: neither order can be ruled out.
+            // A finding another write of other facts was in flight to beside this one may hold
+            // either's values (`State::journal_patch`). Written through in the order answered,
+            // an administrator's LOW answered after their CRITICAL sent later left LOW cached
+            // over Security Hub's CRITICAL, and a member's LOW was judged no lowering: such a
+            // finding is evicted instead, its state unknown for the settle window.
             let now = Instant::now();
-            let (contested, alone): (Vec<&FindingKey>, Vec<&FindingKey>) =
-                processed.iter().partition(|k| st.sending.contested(k));
-            if contested.is_empty() {
-                st.journal
-                    .record(processed, Write::Patch(patch.clone()), now);
-            } else {
-                let owned = |keys: &[&FindingKey]| keys.iter().map(|k| (*k).clone()).collect();
-                let (c, a): (Vec<FindingKey>, Vec<FindingKey>) = (owned(&contested), owned(&alone));
-                st.journal.record(&a, Write::Patch(patch.clone()), now);
-                st.journal
-                    .record(&c, Write::Unknown("BatchUpdateFindings", None), now);
-                st.wrote(contested.iter().copied(), None, sent);
-                split = Some((c, a));
+            let split = st.journal_patch(processed, Write::Patch(patch.clone()), now);
+            match &split {
+                None => st.wrote(processed, Some(&patch), sent),
+                Some(split) => {
+                    st.wrote(&split.contested, None, sent);
+                    st.wrote(&split.alone, Some(&patch), sent);
+                }
             }
-            st.wrote(alone.iter().copied(), Some(&patch), sent);
-            for key in contested {
-                self.inner.remove(&mut st, key);
-                writes.push((key, None, None));
-            }
-            for key in alone {
+            for key in processed {
+                if split.is_some() && st.sending.contested(key) {
+                    self.inner.remove(&mut st, key);
+                    writes.push((key, None, None));
+                    continue;
+                }
                 // The entry keeps the age of its read: the update changed only the fields it
                 // set, so the others are as stale as before, and a write must not prolong
                 // (or revive) what Security Hub was last read to say about them.
@@ -1232,7 +1252,8 @@ impl Enricher {
                 writes.push((key, expected, Some((tag, state))));
             }
             self.inner.report(&st);
-        }
+            split
+        };
         if let Some(coord) = &self.inner.coord {
             let items = writes
                 .iter()
@@ -1243,13 +1264,20 @@ impl Enricher {
                 })
                 .collect();
             shared::write(coord, items).await;
-            match &split {
-                None => self.share_change(processed, &patch).await,
-                Some((contested, alone)) => {
-                    self.share_change(alone, &patch).await;
-                    let write = shared::Journaled::Unknown(contested, "BatchUpdateFindings", None);
-                    self.share_write(write).await;
-                }
+            self.share_patch(processed, &patch, split.as_ref()).await;
+        }
+    }
+
+    /// Adds a patch to the shared journal as `State::journal_patch` split it: the contested
+    /// findings as an unknown write.
+    async fn share_patch(&self, keys: &[FindingKey], patch: &Patch, split: Option<&Contested>) {
+        match split {
+            None => self.share_change(keys, patch).await,
+            Some(split) => {
+                self.share_change(&split.alone, patch).await;
+                let contested = &split.contested;
+                let write = shared::Journaled::Unknown(contested, "BatchUpdateFindings", None);
+                self.share_write(write).await;
             }
         }
     }
@@ -1274,22 +1302,15 @@ impl Enricher {
             Unapplied::Update(update) => Ok(Unapplied::update_write(update)),
             Unapplied::Import(operation, accounts) => Err((operation, accounts)),
         };
-        // Findings another write of another value is in flight to (see `write_through`):
+        // Findings another write of other facts is in flight to (`State::journal_patch`):
         // whether or not this one landed, neither order can be ruled out.
-        let mut contested: Vec<FindingKey> = Vec::new();
-        let mut alone: Vec<FindingKey> = Vec::new();
+        let mut split = None;
         {
             let mut st = self.inner.lock();
             st.wrote(keys, None, sent);
             let now = Instant::now();
             match &write {
-                Ok(write @ Write::Patch(_)) if keys.iter().any(|k| st.sending.contested(k)) => {
-                    (contested, alone) =
-                        keys.iter().cloned().partition(|k| st.sending.contested(k));
-                    st.journal.record(&alone, write.clone(), now);
-                    let unknown = Write::Unknown("BatchUpdateFindings", None);
-                    st.journal.record(&contested, unknown, now);
-                }
+                Ok(write @ Write::Patch(_)) => split = st.journal_patch(keys, write.clone(), now),
                 Ok(write) => st.journal.record(keys, write.clone(), now),
                 Err((operation, accounts)) => {
                     for (i, key) in keys.iter().enumerate() {
@@ -1306,12 +1327,7 @@ impl Enricher {
         if let Some(coord) = &self.inner.coord {
             unshare(coord, keys).await;
             match &write {
-                Ok(Write::Patch(patch)) if !contested.is_empty() => {
-                    self.share_change(&alone, patch).await;
-                    let write = shared::Journaled::Unknown(&contested, "BatchUpdateFindings", None);
-                    self.share_write(write).await;
-                }
-                Ok(Write::Patch(patch)) => self.share_change(keys, patch).await,
+                Ok(Write::Patch(patch)) => self.share_patch(keys, patch, split.as_ref()).await,
                 Ok(Write::Unknown(operation, _)) => {
                     let write = shared::Journaled::Unknown(keys, operation, None);
                     self.share_write(write).await;

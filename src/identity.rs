@@ -659,6 +659,17 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
     Ok(out)
 }
 
+/// The request's SigV4 `Authorization` header, parsed.
+fn authorization(parts: &http::request::Parts) -> Result<Authorization<'_>, AuthError> {
+    let header = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Malformed("not visible ASCII".into()))?;
+    Authorization::parse(header)
+}
+
 impl Identity {
     /// `region`: upstream.region, the region a caller's signature must be scoped to.
     /// `passthrough`: upstream.auth = "passthrough", where sigv4 mode maps the claimed key and
@@ -913,13 +924,7 @@ impl Identity {
         parts: &'a http::request::Parts,
         now: SystemTime,
     ) -> Result<(&'a Caller, &'a str, Option<Unverified<'a>>), AuthError> {
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?
-            .to_str()
-            .map_err(|_| AuthError::Malformed("not visible ASCII".into()))?;
-        let auth = Authorization::parse(header)?;
+        let auth = authorization(parts)?;
         let caller = self
             .by_key
             .get(auth.access_key_id)
@@ -1007,13 +1012,7 @@ impl Identity {
         parts: &http::request::Parts,
         now: SystemTime,
     ) -> Result<(), AuthError> {
-        let header = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?
-            .to_str()
-            .map_err(|_| AuthError::Malformed("not visible ASCII".into()))?;
-        let auth = Authorization::parse(header)?;
+        let auth = authorization(parts)?;
         self.check_signed_head(parts, now, &auth).map(|_| ())
     }
 

@@ -510,22 +510,26 @@ def test_no_secret_reaches_any_output_with_a_token_and_a_keyed_chain(make_fake, 
             assert secret not in text, f"{secret!r} in {where}"
 
 
+def stalled_stdout_hubgate(make_fake, make_hubgate, audit=None, server=None):
+    """A hubgate whose audit sink is stdout piped to a reader that never reads, sent
+    administrators' notes until the full pipe and queue make it refuse one (503)."""
+    hg = make_hubgate({"audit": {"sink": "stdout", "path": None, "include_input": True,
+                                 "queue_capacity": 2, "enqueue_timeout_ms": 200, **(audit or {})},
+                       **({"server": server} if server else {})},
+                      fake=make_fake(), popen_kw={"stdout": subprocess.PIPE})
+    for i in range(120):
+        if hg.buf(note(text=f"stall {i} " + "s" * 400), who="admin").status == 503:
+            return hg
+    pytest.fail("the stalled sink never refused")
+
+
 def test_a_refusal_whose_record_finds_no_room_logs_the_record(make_fake, make_hubgate):
     """A stalled sink (stdout piped to a reader that stopped reading) and a member's denied
     attempt: the denial is still answered 403 after enqueue_timeout_ms, and its record, which
     found no room in the queue, goes to stderr whole (who, what, the verdict), masked as the
     sink would have it. Only its decision id was logged: nothing said who tried what."""
-    fake = make_fake()
-    hg = make_hubgate({"audit": {"sink": "stdout", "path": None, "include_input": True,
-                                 "queue_capacity": 1, "enqueue_timeout_ms": 200,
-                                 "mask": ["/update/note/text"]}},
-                      fake=fake, popen_kw={"stdout": subprocess.PIPE})
-    # fill the pipe and the queue: nobody reads stdout
-    for i in range(120):
-        if hg.buf(note(text=f"fill {i} " + "q" * 400), who="admin").status == 503:
-            break
-    else:
-        pytest.fail("the stalled sink never refused")
+    hg = stalled_stdout_hubgate(make_fake, make_hubgate,
+                                audit={"queue_capacity": 1, "mask": ["/update/note/text"]})
     denied = hg.buf({"FindingIdentifiers": [ident("f-own-high")],
                      "Workflow": {"Status": "SUPPRESSED"},
                      "Note": {"Text": "masked-note-text-9Zk", "UpdatedBy": "e2e"}},
@@ -553,16 +557,7 @@ def test_sigterm_with_a_stalled_sink_ends_and_says_what_was_not_written(make_fak
     stop waited for room in the full queue for good, so hubgate never ended on SIGTERM (and a
     SIGKILL later lost the queued records without a word). It must end within the grace and
     the writer's 5 s, with a non-zero status that says records were not written."""
-    fake = make_fake()
-    hg = make_hubgate({"audit": {"sink": "stdout", "path": None, "include_input": True,
-                                 "queue_capacity": 2, "enqueue_timeout_ms": 200},
-                       "server": {"shutdown_grace_ms": 1000}},
-                      fake=fake, popen_kw={"stdout": subprocess.PIPE})
-    for i in range(120):
-        if hg.buf(note(text=f"stall {i} " + "s" * 400), who="admin").status == 503:
-            break
-    else:
-        pytest.fail("the stalled sink never refused")
+    hg = stalled_stdout_hubgate(make_fake, make_hubgate, server={"shutdown_grace_ms": 1000})
     t = time.monotonic()
     hg.proc.send_signal(signal.SIGTERM)
     try:

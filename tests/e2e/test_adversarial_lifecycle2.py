@@ -53,6 +53,7 @@ from collections import defaultdict
 import pytest
 
 from helpers import CALLERS, POLICY_DIR, audit_verify, ident, sign, wait_until
+from test_adversarial_audit_durability import stalled_stdout_hubgate
 from test_audit_trail import intact
 from test_replicas import redis_server  # noqa: F401 (fixture)
 
@@ -126,16 +127,7 @@ def test_a_stop_with_a_failed_audit_sink_exits_1_and_says_the_log_is_not_whole(
 
 
 def test_a_second_signal_while_the_audit_writer_finishes_exits_at_once(make_fake, make_hubgate):
-    fake = make_fake()
-    hg = make_hubgate({"audit": {"sink": "stdout", "path": None, "include_input": True,
-                                 "queue_capacity": 2, "enqueue_timeout_ms": 200},
-                       "server": {"shutdown_grace_ms": 500}},
-                      fake=fake, popen_kw={"stdout": subprocess.PIPE})
-    for i in range(120):
-        if hg.buf(note(text=f"stall {i} " + "s" * 400), who="admin").status == 503:
-            break
-    else:
-        pytest.fail("the stalled sink never refused")
+    hg = stalled_stdout_hubgate(make_fake, make_hubgate, server={"shutdown_grace_ms": 500})
     hg.proc.send_signal(signal.SIGTERM)
     time.sleep(0.6)  # past the (empty) drain: the stop now waits for the writer
     assert hg.proc.poll() is None
