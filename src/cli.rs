@@ -225,6 +225,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(arg) => {
+            if let Err(e) = crate::server::catch_early_hangup() {
+                eprintln!("hubgate: cannot catch SIGHUP: {e}");
+                return ExitCode::FAILURE;
+            }
             let config = match load_config(&arg) {
                 Ok(c) => c,
                 Err(code) => return code,

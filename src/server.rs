@@ -70,6 +70,8 @@ pub struct Gate {
     reloading: std::sync::Mutex<()>,
     /// A reload is asked for and has not started reading the files yet.
     reload_pending: std::sync::atomic::AtomicBool,
+    /// When the reload that runs began reading the files.
+    reload_began: std::sync::Mutex<Option<std::time::Instant>>,
     /// The settings of the configuration file that changed on disk since start, as the last
     /// reload found them: they need a restart.
     config_changed: std::sync::Mutex<Vec<String>>,
@@ -363,12 +365,22 @@ fn refuse_connection(
     });
 }
 
+/// Set by every SIGHUP from `catch_early_hangup` on; read once, when serving begins.
+static EARLY_HANGUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The first thing `hubgate serve` does. SIGHUP's default action ends the process, and until
+/// `serve` runs (reading the configuration, which may be a pipe that takes its time, building
+/// the runtime) nothing else catches it: a reload signal then (a config reloader reacting to
+/// the change that restarted the pod) killed hubgate. Now it is a reload once serving.
+pub fn catch_early_hangup() -> std::io::Result<()> {
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, &EARLY_HANGUP).map(|_| ())
+}
+
 /// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
-    // First of all: SIGHUP's default action ends the process, and loading the policies can
-    // take seconds. A reload signal meanwhile (a config reloader reacting to the change that
-    // restarted the pod) killed hubgate before it served; now it reloads once serving.
+    // Loading the policies can take seconds; a SIGHUP meanwhile waits in this stream and
+    // reloads once serving (one before this line is in EARLY_HANGUP).
     let mut hup = signal(SignalKind::hangup()).map_err(|e| startup(&e))?;
     for caution in config
         .cautions()
@@ -481,6 +493,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         last_reload_error: std::sync::Mutex::new(None),
         reloading: std::sync::Mutex::new(()),
         reload_pending: std::sync::atomic::AtomicBool::new(false),
+        reload_began: std::sync::Mutex::new(None),
         config_changed: std::sync::Mutex::new(Vec::new()),
         stopping: std::sync::atomic::AtomicBool::new(false),
     });
@@ -522,6 +535,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let connections = Arc::new(Semaphore::new(config_server.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    if EARLY_HANGUP.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!("a SIGHUP came while hubgate started; reloading");
+        ask_reload(&gate);
+    }
 
     loop {
         tokio::select! {
@@ -818,6 +835,16 @@ fn second_signal() -> ! {
 /// later ask too, since it reads the files after them; so at most one runs and one waits.
 fn ask_reload(gate: &Arc<Gate>) -> Option<tokio::task::JoinHandle<()>> {
     use std::sync::atomic::Ordering;
+    // A reload that reads a file which never answers (a hung network mount) cannot be
+    // stopped, and every later one waits behind it: that used to happen without a word.
+    let running = *gate.reload_began.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(began) = running.filter(|b| b.elapsed() >= RELOAD_STUCK) {
+        tracing::error!(
+            running_s = began.elapsed().as_secs(),
+            "a reload has not finished: a file it reads does not answer (a hung mount?); \
+             this reload waits for it, and the files in force are unchanged"
+        );
+    }
     if gate.reload_pending.swap(true, Ordering::AcqRel) {
         return None;
     }
@@ -826,9 +853,16 @@ fn ask_reload(gate: &Arc<Gate>) -> Option<tokio::task::JoinHandle<()>> {
     Some(tokio::task::spawn_blocking(move || {
         let _one = gate.reloading.lock().unwrap_or_else(|p| p.into_inner());
         gate.reload_pending.store(false, Ordering::Release);
+        *gate.reload_began.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
         reload(&gate);
+        *gate.reload_began.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }))
 }
+
+/// How long a reload runs before a later ask says it is stuck. Compiling the shipped set takes
+/// well under a second; a large one, a few.
+const RELOAD_STUCK: Duration = Duration::from_secs(5);
 
 /// Re-reads the callers file and the policy set; a broken new version keeps the old one and
 /// says why on /readyz, in the log and in the reload-failure metric.
@@ -1095,6 +1129,14 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    // A reload stuck on a file that never answers leaves whatever is on disk unapplied, as
+    // a failed one does.
+    let reload_stuck_s = gate
+        .reload_began
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .filter(|began| began.elapsed() >= RELOAD_STUCK)
+        .map(|began| began.elapsed().as_secs());
     let audit_ok = gate.stages.audit.is_healthy();
     let credentials = tokio::time::timeout(
         Duration::from_secs(2),
@@ -1116,8 +1158,9 @@ async fn readiness(gate: &Gate) -> (bool, serde_json::Value) {
         "policy": {
             "ok": true,
             "revision": revision,
-            "stale": reload_error.is_some(),
+            "stale": reload_error.is_some() || reload_stuck_s.is_some(),
             "last_reload_error": reload_error,
+            "reload_running_s": reload_stuck_s,
         },
         "audit": {"ok": audit_ok},
         "upstream_credentials": {"ok": credentials_ok, "error": credentials_error},
