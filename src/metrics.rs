@@ -59,6 +59,12 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Which loaded certificate: `serving` or `client_ca`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: &'static str,
+}
+
 /// What ended or refused a connection on the proxy listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -107,6 +113,8 @@ pub struct Metrics {
     pub audit: AuditMetrics,
     pub policy_revision: Family<RevisionLabels, Gauge>,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    /// Unix time the loaded certificates expire, by `certificate` (serving, client_ca).
+    pub tls_not_after: Family<CertificateLabels, Gauge<i64, AtomicI64>>,
     pub connection_errors: Family<KindLabels, Counter>,
     pub connections_refused: Family<KindLabels, Counter>,
     pub connections_open: Gauge,
@@ -203,6 +211,7 @@ impl Metrics {
             audit: AuditMetrics::default(),
             policy_revision: Family::default(),
             tls_handshake_failures: Family::default(),
+            tls_not_after: Family::default(),
             connection_errors: Family::default(),
             connections_refused: Family::default(),
             connections_open: Gauge::default(),
@@ -310,6 +319,12 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes on the proxy port that failed, by reason",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_not_after_timestamp_seconds",
+            "Unix time the loaded TLS certificates expire: certificate=\"serving\" (the served \
+             chain's earliest), certificate=\"client_ca\" (the earliest client_ca CA's)",
+            m.tls_not_after.clone(),
         );
         registry.register(
             "connection_errors",

@@ -443,6 +443,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ),
         _ => None,
     };
+    if let Some(tls) = &tls {
+        tls_loaded(tls, &metrics);
+    }
     let (audit, writer) = AuditLog::start(
         &config.audit,
         &config.upstream.region,
@@ -917,7 +920,10 @@ fn reload(gate: &Gate) {
     let mut tls_failed = false;
     if let Some(tls) = &gate.tls {
         match tls.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Ok(()) => {
+                tracing::info!("TLS certificate reloaded");
+                tls_loaded(tls, &gate.stages.metrics);
+            }
             Err(e) => {
                 // Reported by the tls check of /readyz, from Tls::last_error.
                 tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
@@ -942,6 +948,28 @@ fn reload(gate: &Gate) {
         (!errors.is_empty()).then(|| errors.join("; ")),
     );
     log_recovery(previous.as_deref(), errors.is_empty());
+}
+
+/// Puts the loaded certificates' expiries in /metrics and logs what they cannot do now.
+fn tls_loaded(tls: &tls::Tls, metrics: &Metrics) {
+    let expiries = tls.expiries();
+    for (certificate, at) in [
+        ("serving", expiries.serving),
+        ("client_ca", expiries.client_ca),
+    ] {
+        if let Some(at) = at {
+            let secs = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            metrics
+                .tls_not_after
+                .get_or_create(&crate::metrics::CertificateLabels { certificate })
+                .set(secs);
+        }
+    }
+    for caution in tls.cautions(std::time::SystemTime::now()) {
+        tracing::warn!(%caution, "a TLS certificate in force cannot do its job");
+    }
 }
 
 /// The configuration file is not reloaded. A reload says which of its settings changed on disk

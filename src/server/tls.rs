@@ -77,6 +77,19 @@ pub struct Loaded {
     constrained_anchors: Vec<Vec<u8>>,
     /// The raw subject and notAfter of each `client_ca` CA.
     anchors_not_after: Vec<(Vec<u8>, SystemTime)>,
+    /// The served chain's earliest notAfter (None: a date that does not parse).
+    serving_not_after: Option<SystemTime>,
+    /// Each `client_ca` CA's subject as messages show it and its validity period.
+    ca_periods: Vec<(String, SystemTime, SystemTime)>,
+}
+
+/// When the loaded certificates stop being valid, for `/metrics`: an expiry an SRE can alert
+/// on before clients fail their handshakes (the serving certificate) or every certificate a CA
+/// issued is refused (`client_ca`).
+pub struct Expiries {
+    pub serving: Option<SystemTime>,
+    /// The earliest notAfter among the `client_ca` CAs.
+    pub client_ca: Option<SystemTime>,
 }
 
 impl Loaded {
@@ -278,6 +291,8 @@ pub fn server_config(
     let mut client_verifier = None;
     let mut constrained_anchors = Vec::new();
     let mut anchors_not_after = Vec::new();
+    let mut ca_periods = Vec::new();
+    let serving_not_after = earliest_not_after(&chain);
     let builder = match client_ca {
         Some(ca) => {
             let mut anchors = Vec::new();
@@ -308,6 +323,7 @@ pub fn server_config(
                 }
                 let (not_before, not_after) = validity(&parsed);
                 anchors_not_after.push((subject, not_after));
+                ca_periods.push((parsed.subject().to_string(), not_before, not_after));
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add(c.clone()).map_err(|e| TlsError::File {
                     file: ca.to_path_buf(),
@@ -350,6 +366,8 @@ pub fn server_config(
         verifier: client_verifier,
         constrained_anchors,
         anchors_not_after,
+        serving_not_after,
+        ca_periods,
     })
 }
 
@@ -447,6 +465,53 @@ impl Tls {
             current: ArcSwap::new(config),
             last_error: Mutex::new(None),
         })
+    }
+
+    pub fn expiries(&self) -> Expiries {
+        let loaded = self.current.load();
+        Expiries {
+            serving: loaded.serving_not_after,
+            client_ca: loaded.ca_periods.iter().map(|(_, _, end)| *end).min(),
+        }
+    }
+
+    /// What the loaded certificates cannot do at `now`, for the log at start and reload. Such
+    /// a set still loads (a CA out of its period refuses what it issued, which is closed), but
+    /// the operator should hear that it refuses every client, or serves an expired certificate.
+    pub fn cautions(&self, now: SystemTime) -> Vec<String> {
+        let loaded = self.current.load();
+        let mut cautions = Vec::new();
+        if loaded.serving_not_after.is_some_and(|end| end < now) {
+            cautions.push(format!(
+                "the serving certificate {} has expired: clients refuse the handshake",
+                self.cert.display()
+            ));
+        }
+        let Some(ca) = &self.client_ca else {
+            return cautions;
+        };
+        let out: Vec<&str> = loaded
+            .ca_periods
+            .iter()
+            .filter(|(_, start, end)| now < *start || *end < now)
+            .map(|(subject, _, _)| subject.as_str())
+            .collect();
+        if !out.is_empty() && out.len() == loaded.ca_periods.len() {
+            cautions.push(format!(
+                "no CA in client_ca {} is valid now (expired or not yet valid: {}): every client \
+                 certificate is refused",
+                ca.display(),
+                out.join("; ")
+            ));
+        } else if !out.is_empty() {
+            cautions.push(format!(
+                "client_ca {} holds CAs that are expired or not yet valid, whose client \
+                 certificates are refused: {}",
+                ca.display(),
+                out.join("; ")
+            ));
+        }
+        cautions
     }
 
     pub fn files(&self) -> Vec<PathBuf> {

@@ -24,6 +24,11 @@ HOLE (fixed): a graceful stop waited for every connection still in its TLS hands
   still in hubgate"). A connection still in its handshake has no request: a stop now drops it
   at once.
 
+HOLE (fixed, stop 49): a `client_ca` bundle whose CAs had all expired loaded without a word
+  (every client certificate then refused, and nothing said why), and no expiry was anywhere
+  an SRE could alert on. The log names lapsed CAs (and an expired serving certificate) at start
+  and on reload, and `hubgate_tls_certificate_not_after_timestamp_seconds` gives both expiries.
+
 Held: a client certificate whose extended key usage is serverAuth only, and an end-entity
   certificate that is itself a CA (cA true), fail the handshake (`invalid_certificate`);
   a TLS ClientHello sent to the plain-HTTP admin port gets an answer at once (no hang).
@@ -288,3 +293,48 @@ def test_held_wrong_usage_client_certificates_and_tls_to_the_admin_port(make_hub
         ctx.wrap_socket(raw).close()
     raw.close()
     assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------------------
+# what the loaded certificates cannot do, and when they expire
+
+
+def not_after_metric(hg) -> dict[str, float]:
+    """hubgate_tls_certificate_not_after_timestamp_seconds by certificate, from /metrics."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    resp = hg.admin("/metrics")
+    assert resp.status_code == 200, resp.text
+    return {s.labels["certificate"]: s.value
+            for family in text_string_to_metric_families(resp.text)
+            for s in family.samples
+            if s.name == "hubgate_tls_certificate_not_after_timestamp_seconds"}
+
+
+def test_certificate_expiries_are_in_metrics_and_a_bundle_of_lapsed_cas_is_named(
+        make_hubgate, seeded_fake, pki, tmp_path):
+    """A client_ca bundle whose CAs had all expired loaded without a word: every client
+    certificate was refused, and nothing said why until a client complained. The serving and
+    client CA expiries were nowhere an SRE could alert on before they came."""
+    expired = make_ca("lapsed CA", not_before=_now() - dt.timedelta(days=30),
+                      not_after=_now() - dt.timedelta(days=1))
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(expired.cert_pem() + pki["ca"].cert_pem())
+    hg = mtls_hubgate(make_hubgate, seeded_fake, pki, bundle)
+    served = x509.load_pem_x509_certificate(pki["server"][0].read_bytes())
+    expiries = not_after_metric(hg)
+    assert expiries == {
+        "serving": served.not_valid_after_utc.timestamp(),
+        "client_ca": expired.cert.not_valid_after_utc.timestamp(),  # the earliest CA's
+    }, expiries
+    assert "holds CAs that are expired or not yet valid" in hg.stderr_text()
+    assert "CN=lapsed CA" in hg.stderr_text()
+
+    # Only lapsed CAs left: every client certificate is refused, and the reload says so.
+    bundle.write_bytes(expired.cert_pem())
+    hg.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "no CA in client_ca" not in hg.stderr_text():
+        assert time.monotonic() < deadline, hg.stderr_text()[-2000:]
+        time.sleep(0.05)
+    assert "every client certificate is refused" in hg.stderr_text()
