@@ -209,16 +209,36 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
+    let never_secret = tracing_subscriber::filter::filter_fn(|meta| !never_logged(meta.target()));
     match format {
         // Control characters in a value (a newline in Security Hub's error message) are
         // escaped, so one event stays one line; the JSON format escapes them itself.
-        LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder
+            .fmt_fields(log_fields::EscapedFields)
+            .finish()
+            .with(never_secret)
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .finish()
+            .with(never_secret)
+            .init(),
     }
+}
+
+/// Targets whose events never reach the log, whatever RUST_LOG asks for. aws_sigv4 traces
+/// every request it signs with all its headers: verifying a caller's signature, that is every
+/// header the caller signed (a Cookie, an API key of another system, a token), as the caller
+/// sent it. It says nothing else an operator needs.
+fn never_logged(target: &str) -> bool {
+    target == "aws_sigv4" || target.starts_with("aws_sigv4::")
 }
 
 pub fn main() -> ExitCode {
@@ -672,4 +692,17 @@ fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
     outln!("access_key_id = \"{key_id}\"");
     outln!("secret_access_key = \"{secret}\"");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_logged;
+
+    #[test]
+    fn the_signers_request_dumps_never_reach_the_log() {
+        assert!(never_logged("aws_sigv4"));
+        assert!(never_logged("aws_sigv4::http_request::sign"));
+        assert!(!never_logged("aws_sigv4a"));
+        assert!(!never_logged("hubgate::proxy"));
+    }
 }
