@@ -415,7 +415,10 @@ pub fn chain_key(config: &AuditConfig) -> Result<Option<Vec<u8>>, AuditError> {
     }
     if let Some(file) = &config.hmac_key_file {
         let key = std::fs::read(file).map_err(|e| {
-            AuditError::Open(format!("audit.hmac_key_file {}: {e}", file.display()))
+            AuditError::Open(format!(
+                "audit.hmac_key_file {}: {e}",
+                crate::files::shown_secret_path(file)
+            ))
         })?;
         if key.is_empty() {
             return Err(AuditError::Open(format!("{} is empty", file.display())));

@@ -47,6 +47,21 @@ pub fn seen(paths: impl IntoIterator<Item = PathBuf>) -> Seen {
         .collect()
 }
 
+/// A path from a setting where a secret's file belongs (`secret_file`, `server.tls_key`,
+/// `audit.hmac_key_file`) as messages show it: as it is when something is there (the message
+/// is about that file), otherwise not at all. A secret pasted where its path belongs (an AWS
+/// secret key, a PEM key with its newlines) names no file, and the error saying so would
+/// print it to the log, `hubgate check` and /readyz; the message names the setting instead.
+pub fn shown_secret_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if path.symlink_metadata().is_ok() && !text.contains(char::is_control) {
+        text.into_owned()
+    } else {
+        "(path not shown: nothing is there, and it could be a secret pasted in its place)"
+            .to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +84,21 @@ mod tests {
         std::fs::rename(&next, &path).unwrap();
         assert_ne!(FileId::of(&path).unwrap(), before);
         assert_eq!(FileId::of(&dir.path().join("gone")), None);
+    }
+
+    #[test]
+    fn a_secret_pasted_for_a_path_is_not_shown() {
+        let dir = std::env::temp_dir();
+        assert_eq!(shown_secret_path(&dir), dir.to_string_lossy());
+        for pasted in [
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+        ] {
+            let shown = shown_secret_path(&dir.join(pasted));
+            assert!(
+                !shown.contains("MIIE") && !shown.contains("K7MDENG"),
+                "{shown}"
+            );
+        }
     }
 }

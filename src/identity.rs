@@ -611,8 +611,10 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             } else {
                 base.join(f)
             };
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| bad(format!("secret_file {}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                let shown = crate::files::shown_secret_path(&f);
+                bad(format!("secret_file {shown}: {e}"))
+            })?;
             let from = format!("secret_file {}", f.display());
             secret_file = Some(f);
             Some((text, from))

@@ -20,6 +20,10 @@ use crate::identity::ClientCert;
 pub enum TlsError {
     #[error("{file}: {reason}")]
     File { file: PathBuf, reason: String },
+    /// The private key's file, shown only when something is there: a PEM key pasted where its
+    /// path belongs would otherwise be printed whole.
+    #[error("server.tls_key {}: {reason}", crate::files::shown_secret_path(file))]
+    KeyFile { file: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     Config(String),
 }
@@ -272,7 +276,7 @@ pub fn server_config(
     client_ca: Option<&Path>,
 ) -> Result<Loaded, TlsError> {
     let chain = certs(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::KeyFile {
         file: key.to_path_buf(),
         reason: format!("no usable private key: {e}"),
     })?;
@@ -281,7 +285,7 @@ pub fn server_config(
     provider
         .key_provider
         .load_private_key(key_der.clone_key())
-        .map_err(|e| TlsError::File {
+        .map_err(|e| TlsError::KeyFile {
             file: key.to_path_buf(),
             reason: format!("the private key cannot be used: {e}"),
         })?;
