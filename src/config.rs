@@ -1041,13 +1041,30 @@ impl Config {
         server.tls_key = server.tls_key.as_deref().map(resolve);
         server.client_ca = server.client_ca.as_deref().map(resolve);
 
+        // A user and password in the endpoint are never sent (Security Hub takes SigV4 only),
+        // and the endpoint is logged at start and names the shared quota in Redis: refused,
+        // and a message never quotes an endpoint that has an `@` in it.
+        let userinfo = upstream.endpoint.contains('@');
         let upstream_uri: http::Uri = upstream.endpoint.parse().map_err(|e| {
+            let shown = if userinfo {
+                "it".to_string()
+            } else {
+                format!("{:?}", upstream.endpoint)
+            };
             invalid(
                 file,
                 "upstream.endpoint",
-                format!("{:?} is not a URL: {e}", upstream.endpoint),
+                format!("{shown} is not a URL: {e}"),
             )
         })?;
+        if userinfo {
+            return Err(invalid(
+                file,
+                "upstream.endpoint",
+                "must not hold a user or password (`user:password@`): hubgate signs with SigV4 \
+                 and never sends them",
+            ));
+        }
         match upstream_uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => {
@@ -1233,6 +1250,21 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/hubgate/hubgate.toml"), text)
+    }
+
+    #[test]
+    fn an_upstream_endpoint_with_a_password_is_refused_without_showing_it() {
+        for endpoint in [
+            "https://hub:s3cretpw@securityhub.us-east-1.amazonaws.com",
+            "https://hub:s3cret pw@securityhub.us-east-1.amazonaws.com",
+            "http://:s3cretpw@127.0.0.1:4000",
+        ] {
+            let err = parse(&format!("[upstream]\nendpoint = \"{endpoint}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("upstream.endpoint"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]
