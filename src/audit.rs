@@ -409,7 +409,10 @@ pub fn chain_key(config: &AuditConfig) -> Result<Option<Vec<u8>>, AuditError> {
             ))
         })?;
         if key.is_empty() {
-            return Err(AuditError::Open(format!("{var} is empty")));
+            return Err(AuditError::Open(format!(
+                "audit.hmac_key_env names {}, which is empty",
+                crate::config::shown_env_name(var)
+            )));
         }
         return Ok(Some(key.into_bytes()));
     }

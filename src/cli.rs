@@ -520,21 +520,31 @@ fn run_tests(dir: &std::path::Path, coverage: bool, threshold: Option<f64>) -> E
 /// One `--key-env` or `--key-file` key, as serve reads it (audit.hmac_key_env,
 /// audit.hmac_key_file).
 fn verify_key(source: KeySource<'_>) -> Result<Vec<u8>, String> {
+    // A key pasted where its variable's name or file's path belongs is never repeated: the
+    // output of `audit verify` lands in CI logs and tickets.
     let (key, named) = match source {
-        KeySource::Env(var) => match std::env::var(var) {
-            Ok(k) => (k.into_bytes(), format!("--key-env {var}")),
-            Err(std::env::VarError::NotPresent) => return Err(format!("{var} is not set")),
-            // serve reads audit.hmac_key_env the same way and refuses to start with it.
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(format!(
-                    "{var} is not UTF-8, so no hubgate wrote a log with it"
-                ))
+        KeySource::Env(var) => {
+            let shown = crate::config::shown_env_name(var);
+            match std::env::var(var) {
+                Ok(k) => (k.into_bytes(), format!("--key-env {shown}")),
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(format!("--key-env {shown} is not set"))
+                }
+                // serve reads audit.hmac_key_env the same way and refuses to start with it.
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(format!(
+                        "--key-env {shown} is not UTF-8, so no hubgate wrote a log with it"
+                    ))
+                }
             }
-        },
-        KeySource::File(file) => match std::fs::read(file) {
-            Ok(k) => (k, format!("--key-file {}", file.display())),
-            Err(e) => return Err(format!("{}: {e}", file.display())),
-        },
+        }
+        KeySource::File(file) => {
+            let shown = crate::files::shown_secret_path(file);
+            match std::fs::read(file) {
+                Ok(k) => (k, format!("--key-file {shown}")),
+                Err(e) => return Err(format!("--key-file {shown}: {e}")),
+            }
+        }
     };
     // serve refuses an empty key (audit.hmac_key_env, audit.hmac_key_file), so no log was
     // written with one: an empty variable is a mistake (set to "" by a template, a file
