@@ -317,12 +317,18 @@ fn error_message(body: &[u8]) -> String {
 /// expected ("The Canonical String for this request should have been '…x-amz-security-token:
 /// <token>…'", then "The String-to-Sign …"): every signed header's value, the session token
 /// of hubgate's credentials among them (they are temporary wherever hubgate runs on a role).
+/// An IncompleteSignatureException repeats the Authorization header instead ("Authorization
+/// header requires 'Signature' parameter. Authorization=AWS4-HMAC-SHA256 Credential=…,
+/// SignedHeaders=…, Signature=<hubgate's signature>"): with long-term keys no session token
+/// comes before the signature to cut at.
 /// The message is repeated in the envelope any caller reads, the audit record and the log, so
 /// it is cut before the first of these, whichever comes first, in any letter case.
-const SIGNED_REQUEST_ECHO: [&str; 3] = [
+const SIGNED_REQUEST_ECHO: [&str; 5] = [
     "the canonical string",
     "the string-to-sign",
     "x-amz-security-token",
+    "authorization=",
+    "signature=",
 ];
 
 /// `message` up to AWS's echo of the signed request (see [`SIGNED_REQUEST_ECHO`]), saying
@@ -1271,6 +1277,14 @@ mod tests {
             error_message(br#"{"message": "Rate exceeded"}"#),
             "Rate exceeded"
         );
+        let incomplete = r#"{"message": "Authorization header requires 'Signature' parameter. Authorization=AWS4-HMAC-SHA256 Credential=AKID/20261206/us-east-1/securityhub/aws4_request, SignedHeaders=host;x-amz-date, Signature=0123abcd"}"#;
+        assert_eq!(
+            error_message(incomplete.as_bytes()),
+            "Authorization header requires 'Signature' parameter. \
+             (the rest, which repeats the signed request, is not shown)"
+        );
+        let bare = r#"{"message": "bad Signature=0123abcd"}"#;
+        assert!(!error_message(bare.as_bytes()).contains("0123abcd"));
     }
 
     /// Security Hub's error message is repeated in the envelope, the record and the log: at
