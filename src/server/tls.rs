@@ -22,7 +22,7 @@ pub enum TlsError {
     File { file: PathBuf, reason: String },
     /// The private key's file, shown only when something is there: a PEM key pasted where its
     /// path belongs would otherwise be printed whole.
-    #[error("server.tls_key {}: {reason}", crate::files::shown_secret_path(file))]
+    #[error("{}: {reason}", crate::files::shown_secret_path(file))]
     KeyFile { file: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     Config(String),
