@@ -231,6 +231,25 @@ fn init_logging(format: LogFormat) {
             .with(never_secret)
             .init(),
     }
+    // The default hook wrote a panic as a bare line on stderr: outside the JSON log format
+    // (a shipper parsing it dropped or choked on the line) and with a formatted message that
+    // may quote whatever value the code held (a request's text, a header).
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, message = panic_message(info.payload()), "a thread panicked");
+    }));
+}
+
+/// A panic's message when it is text fixed at compile time (`panic!("…")`, `expect("…")`, a
+/// bounds or unwrap failure's own words); a message formatted at run time may hold data.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &'static str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("(a formatted message, not shown: it may quote the data it was about)")
 }
 
 /// Targets whose events never reach the log, whatever RUST_LOG asks for. aws_sigv4 traces
@@ -707,6 +726,15 @@ fn new_key(id: &str, account: &str, role: &str) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::never_logged;
+
+    #[test]
+    fn a_panics_formatted_message_is_not_shown_and_a_fixed_one_is() {
+        let fixed = std::panic::catch_unwind(|| panic!("the queue is empty")).unwrap_err();
+        assert_eq!(super::panic_message(fixed.as_ref()), "the queue is empty");
+        let secret = "AKIAEXAMPLE/secret";
+        let formatted = std::panic::catch_unwind(|| panic!("bad key {secret}")).unwrap_err();
+        assert!(!super::panic_message(formatted.as_ref()).contains("AKIA"));
+    }
 
     #[test]
     fn the_signers_request_dumps_never_reach_the_log() {
