@@ -384,6 +384,11 @@ impl Coordination {
         }
     }
 
+    /// The longest a Redis call may take.
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -959,20 +964,20 @@ mod tests {
         cache::journal_write(
             &coord,
             60_000,
-            Journaled::Change(&[a.clone(), b.clone()], &items(&first)),
+            Journaled::Change(&[a.clone(), b.clone()], &items(&first), 0),
         )
         .await;
         cache::journal_write(
             &coord,
             60_000,
-            Journaled::Change(std::slice::from_ref(&a), &items(&second)),
+            Journaled::Change(std::slice::from_ref(&a), &items(&second), 0),
         )
         .await;
         // c: a change, then an import claiming an account, which leaves the change alone
         cache::journal_write(
             &coord,
             60_000,
-            Journaled::Change(std::slice::from_ref(&c), &items(&second)),
+            Journaled::Change(std::slice::from_ref(&c), &items(&second), 0),
         )
         .await;
         cache::journal_write(
@@ -1048,7 +1053,7 @@ mod tests {
         cache::journal_write(
             &coord,
             60_000,
-            Journaled::Change(std::slice::from_ref(&d), &items(&first)),
+            Journaled::Change(std::slice::from_ref(&d), &items(&first), 0),
         )
         .await;
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -1059,5 +1064,46 @@ mod tests {
         let (op, _) = read.findings[0].unknown.as_ref().unwrap();
         assert_eq!(op, "BatchUpdateFindings");
         assert!(read.findings[0].items.is_empty());
+        // A write sent before another replica shared a change setting a fact to another value
+        // leaves the finding unknown; one sent after it, or setting the same value, or only a
+        // note, is composed.
+        let low = patch(serde_json::json!({"Severity": {"Label": "LOW"}}));
+        let note = patch(serde_json::json!({"Note": {"Text": "n", "UpdatedBy": "u"}}));
+        let (e, f, g, h) = (
+            FindingKey::new("e", "p"),
+            FindingKey::new("f", "p"),
+            FindingKey::new("g", "p"),
+            FindingKey::new("h", "p"),
+        );
+        for k in [&e, &f, &g, &h] {
+            let crit = Journaled::Change(std::slice::from_ref(k), &items(&first), 0);
+            cache::journal_write(&coord, 60_000, crit).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for (k, p, in_flight_ms) in [(&e, &low, 5_000), (&f, &low, 10), (&g, &first, 5_000)] {
+            let write = Journaled::Change(std::slice::from_ref(k), &items(p), in_flight_ms);
+            cache::journal_write(&coord, 60_000, write).await;
+        }
+        let write = Journaled::Change(std::slice::from_ref(&h), &items(&note), 5_000);
+        cache::journal_write(&coord, 60_000, write).await;
+        let read = cache::journal_read(&coord, 60_000, &[e, f, g, h], &[])
+            .await
+            .unwrap();
+        let (op, _) = read.findings[0].unknown.as_ref().unwrap();
+        assert_eq!(op, "BatchUpdateFindings", "overlapped, other severity");
+        assert!(read.findings[0].items.is_empty());
+        for (i, expected) in [
+            (1, first.then(&low)),
+            (2, Patch::from_items(&items(&first)).unwrap()),
+            (3, first.then(&note)),
+        ] {
+            assert!(read.findings[i].unknown.is_none(), "{i}");
+            let got = Patch::from_items(&read.findings[i].items).unwrap();
+            assert!(
+                got.same_change(&expected),
+                "{i}: {:?}",
+                read.findings[i].items
+            );
+        }
     }
 }

@@ -413,6 +413,12 @@ impl State {
         self.spent.remove(key);
     }
 
+    /// When the write `sent`, registered for `keys`, was sent, if it is still registered.
+    fn sent_at(&self, keys: &[FindingKey], sent: Option<WriteId>) -> Option<Instant> {
+        let id = sent?;
+        keys.iter().find_map(|k| self.sending.sent_at(id, k))
+    }
+
     /// Journals `write` (a patch) to `keys`, but those another write of other facts was in
     /// flight to beside it (`Sending::contested`), which are journaled as unknown: Security Hub
     /// applies such writes in the order it gets them and answers in any, so neither order can
@@ -1191,6 +1197,7 @@ impl Enricher {
         let patch = Arc::new(patch);
         let sharing = self.inner.coord.is_some();
         let mut writes = Vec::with_capacity(processed.len());
+        let sent_at;
         let split = {
             let mut st = self.inner.lock();
             // A finding another write of other facts was in flight to beside this one may hold
@@ -1199,6 +1206,7 @@ impl Enricher {
             // over Security Hub's CRITICAL, and a member's LOW was judged no lowering: such a
             // finding is evicted instead, its state unknown for the settle window.
             let now = Instant::now();
+            sent_at = st.sent_at(processed, sent);
             let split = st.journal_patch(processed, Write::Patch(patch.clone()), now);
             match &split {
                 None => st.wrote(processed, Some(&patch), sent),
@@ -1264,17 +1272,24 @@ impl Enricher {
                 })
                 .collect();
             shared::write(coord, items).await;
-            self.share_patch(processed, &patch, split.as_ref()).await;
+            self.share_patch(processed, &patch, split.as_ref(), sent_at)
+                .await;
         }
     }
 
     /// Adds a patch to the shared journal as `State::journal_patch` split it: the contested
-    /// findings as an unknown write.
-    async fn share_patch(&self, keys: &[FindingKey], patch: &Patch, split: Option<&Contested>) {
+    /// findings as an unknown write. `sent_at`: when the write was sent (None: not known).
+    async fn share_patch(
+        &self,
+        keys: &[FindingKey],
+        patch: &Patch,
+        split: Option<&Contested>,
+        sent_at: Option<Instant>,
+    ) {
         match split {
-            None => self.share_change(keys, patch).await,
+            None => self.share_change(keys, patch, sent_at).await,
             Some(split) => {
-                self.share_change(&split.alone, patch).await;
+                self.share_change(&split.alone, patch, sent_at).await;
                 let contested = &split.contested;
                 let write = shared::Journaled::Unknown(contested, "BatchUpdateFindings", None);
                 self.share_write(write).await;
@@ -1282,14 +1297,23 @@ impl Enricher {
         }
     }
 
-    /// Adds a change to the shared journal.
-    async fn share_change(&self, keys: &[FindingKey], patch: &Patch) {
+    /// Adds a change to the shared journal. Redis compares it with the changes other
+    /// replicas shared while it was in flight (`JOURNAL_WRITE`): `Sending::contested` sees
+    /// only this replica's writes.
+    async fn share_change(&self, keys: &[FindingKey], patch: &Patch, sent_at: Option<Instant>) {
         if self.inner.settle.is_zero() {
             return;
         }
         if let Some(coord) = &self.inner.coord {
             share_again(&self.inner).await;
-            if !journal_change(coord, self.inner.settle, keys, patch).await {
+            // Measured before the call, so padded by the longest a call may take before Redis
+            // runs it; a write whose sending is not known counts as in flight for the window.
+            let in_flight = match sent_at {
+                Some(at) => at.elapsed() + coord.op_timeout(),
+                None => self.inner.settle,
+            };
+            let in_flight_ms = (in_flight.as_millis() as u64).max(1);
+            if !journal_change(coord, self.inner.settle, keys, patch, in_flight_ms).await {
                 self.inner.journal_lost.store(true, Ordering::SeqCst);
             }
         }
@@ -1305,10 +1329,12 @@ impl Enricher {
         // Findings another write of other facts is in flight to (`State::journal_patch`):
         // whether or not this one landed, neither order can be ruled out.
         let mut split = None;
+        let sent_at;
         {
             let mut st = self.inner.lock();
             st.wrote(keys, None, sent);
             let now = Instant::now();
+            sent_at = st.sent_at(keys, sent);
             match &write {
                 Ok(write @ Write::Patch(_)) => split = st.journal_patch(keys, write.clone(), now),
                 Ok(write) => st.journal.record(keys, write.clone(), now),
@@ -1327,7 +1353,9 @@ impl Enricher {
         if let Some(coord) = &self.inner.coord {
             unshare(coord, keys).await;
             match &write {
-                Ok(Write::Patch(patch)) => self.share_patch(keys, patch, split.as_ref()).await,
+                Ok(Write::Patch(patch)) => {
+                    self.share_patch(keys, patch, split.as_ref(), sent_at).await
+                }
                 Ok(Write::Unknown(operation, _)) => {
                     let write = shared::Journaled::Unknown(keys, operation, None);
                     self.share_write(write).await;
@@ -1688,11 +1716,13 @@ async fn journal_change(
     settle: Duration,
     keys: &[FindingKey],
     patch: &Patch,
+    in_flight_ms: u64,
 ) -> bool {
     let settle_ms = settle.as_millis() as u64;
     match patch.items() {
         Some(items) => {
-            shared::journal_write(coord, settle_ms, shared::Journaled::Change(keys, &items)).await
+            let write = shared::Journaled::Change(keys, &items, in_flight_ms);
+            shared::journal_write(coord, settle_ms, write).await
         }
         None => {
             let write = shared::Journaled::Unknown(keys, "BatchUpdateFindings", None);
@@ -1723,7 +1753,8 @@ async fn share_again(inner: &Inner) {
             .await;
     }
     for (patch, keys) in &snapshot.changes {
-        ok &= journal_change(coord, inner.settle, keys, patch).await;
+        // Shared again, not sent now: checked against no other replica's writes.
+        ok &= journal_change(coord, inner.settle, keys, patch, 0).await;
     }
     for (op, keys) in &snapshot.unknown {
         ok &= shared::journal_write(coord, settle_ms, shared::Journaled::Unknown(keys, op, None))

@@ -169,6 +169,16 @@ return 1
 // (n accounts for C) and what follows: for P the change's items, for U one value per
 // finding. An item replaces earlier ones with its path, and a whole member (`s/<member>`)
 // every earlier item under it: `Patch::then`.
+//
+// For P, the operation's place holds how long ago (ms) the write was sent. Two writes to one
+// finding in flight at once, through two replicas, that set a fact (`f/…`, `r`) to different
+// values may be applied by Security Hub in either order, whatever order they were answered
+// (and shared) in: composed in the order shared, an administrator's LOW answered after their
+// CRITICAL sent later left LOW in the journal over Security Hub's CRITICAL, and a member's
+// HIGH was judged no lowering. An item shared after this write was sent came from a write
+// answered while this one was in flight: if it sets a fact this write sets to another value,
+// the finding is journaled as unknown (`BatchUpdateFindings`), as `Sending::contested` does
+// on one replica.
 const JOURNAL_WRITE: &str = r#"
 local p, ttl, kind, op, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if kind == 'A' then
@@ -196,6 +206,16 @@ local function replaced(item)
   end
   return false
 end
+local sent = nil
+if kind == 'P' and (tonumber(op) or 0) > 0 then sent = now - tonumber(op) end
+local function conflicts(item)
+  local q = string.match(item, '^[^	]*')
+  if q ~= 'r' and string.sub(q, 1, 2) ~= 'f/' then return false end
+  for j, path in ipairs(paths) do
+    if q == path and items[j] ~= item then return true end
+  end
+  return false
+end
 for i = 6, 5 + n do
   local h = ARGV[i]
   if kind == 'U' then
@@ -210,16 +230,22 @@ for i = 6, 5 + n do
   else
     local key = p .. ':jp:' .. h
     local kept = {}
+    local contested = false
     for _, stored in ipairs(redis.call('LRANGE', key, 0, -1)) do
       local at, item = string.match(stored, '^(%d+)	(.*)$')
-      if at and tonumber(at) > now - tonumber(ttl) and not replaced(item) then
-        kept[#kept + 1] = stored
+      if at and tonumber(at) > now - tonumber(ttl) then
+        if sent and tonumber(at) >= sent and conflicts(item) then contested = true end
+        if not replaced(item) then kept[#kept + 1] = stored end
       end
     end
     redis.call('DEL', key)
-    for _, stored in ipairs(kept) do redis.call('RPUSH', key, stored) end
-    for _, item in ipairs(items) do redis.call('RPUSH', key, now .. '	' .. item) end
-    redis.call('PEXPIRE', key, ttl)
+    if contested then
+      redis.call('SET', p .. ':ju:' .. h, 'BatchUpdateFindings', 'PX', ttl)
+    else
+      for _, stored in ipairs(kept) do redis.call('RPUSH', key, stored) end
+      for _, item in ipairs(items) do redis.call('RPUSH', key, now .. '	' .. item) end
+      redis.call('PEXPIRE', key, ttl)
+    end
   end
 end
 return 1
@@ -569,8 +595,12 @@ pub(crate) async fn new_generation(
 
 /// One write, for the replicas' settle journal.
 pub enum Journaled<'a> {
-    /// A change to these findings, as `Patch::items`.
-    Change(&'a [FindingKey], &'a [String]),
+    /// A change to these findings, as `Patch::items`, by a write sent this many milliseconds
+    /// ago (0: none of its writes is to be checked against, as for a journal shared again):
+    /// an earlier change to one of the findings setting a fact to another value and shared
+    /// since then was in flight beside it, on whichever replica, and the finding's state is
+    /// unknown instead (`JOURNAL_WRITE`).
+    Change(&'a [FindingKey], &'a [String], u64),
     /// A write to these findings hubgate cannot model, by operation; each limited to the
     /// account at its position, if any.
     Unknown(&'a [FindingKey], &'static str, Option<&'a [Option<String>]>),
@@ -587,11 +617,11 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
     let mut inv = script("journal_write").prepare_invoke();
     inv.arg(coord.prefix()).arg(settle_ms.max(1));
     match write {
-        Journaled::Change(keys, items) => {
+        Journaled::Change(keys, items, in_flight_ms) => {
             if keys.is_empty() {
                 return true;
             }
-            inv.arg("P").arg("").arg(keys.len());
+            inv.arg("P").arg(in_flight_ms).arg(keys.len());
             for key in keys {
                 inv.arg(hash(key));
             }

@@ -224,6 +224,12 @@ impl Sending {
         !self.contested.is_empty() && self.contested.contains(key)
     }
 
+    /// When the write `id`, registered for `key` and not done, was sent.
+    pub fn sent_at(&self, id: WriteId, key: &FindingKey) -> Option<Instant> {
+        let list = self.findings.get(key)?;
+        list.iter().find(|e| e.0 == id).map(|e| e.1)
+    }
+
     /// Writes registered and not done.
     pub fn writes(&self) -> usize {
         self.writes

@@ -1,0 +1,76 @@
+"""Adversarial review of the replicas' Redis coordination, third round (session 49).
+
+(docstring filled in below)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from helpers import PRODUCT_ARN, assert_envelope, hubgate_env, wait_until
+from test_adversarial_upstream import NOTE, quirky, upd  # noqa: F401 (fixture)
+from test_replicas import coordination, coordination_state, redis_server  # noqa: F401
+
+
+def two_on(make_hubgate, up, redis, enrichment: dict):
+    out = []
+    for i in (1, 2):
+        env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": f"replica-{i}"}
+        out.append(make_hubgate({
+            "upstream": {"timeout_ms": 3000},
+            "enrichment": {"enabled": True, **enrichment},
+            "coordination": coordination(redis)}, upstream_endpoint=up.endpoint, env=env))
+    for hg in out:
+        wait_until(lambda hg=hg: coordination_state(hg) == "ok", 10, "the replica to join")
+    return out
+
+
+def overlapping_through_two(r1, r2, quirky):
+    """An administrator's LOW through replica 1 (answered late), then their CRITICAL through
+    replica 2, sent while the LOW is in flight and answered at once: Security Hub applied
+    LOW, then CRITICAL, and holds CRITICAL."""
+
+    def slow_lowering(req):
+        answer = quirky._apply(req)
+        if req.get("Severity", {}).get("Label") == "LOW":
+            time.sleep(0.8)
+        return answer
+
+    quirky.on_update = slow_lowering
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "low", r1.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="admin")))
+    t.start()
+    time.sleep(0.3)
+    crit = r2.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin")
+    t.join(5)
+    assert crit.status == 200 and out["low"].status == 200, (crit.text, out)
+    quirky.on_update = None
+    assert quirky.severity("f-own-high") == "CRITICAL"
+
+
+@pytest.mark.parametrize("via", [1, 2])
+def test_two_writes_through_two_replicas_answered_in_the_other_order_leave_no_state(
+        quirky, make_hubgate, redis_server, via):
+    """Security Hub's reads lag behind its writes (the finding reads HIGH). The shared journal
+    composed the two writes in the order answered (LOW last): through either replica, the
+    member's HIGH was judged HIGH to HIGH (as read) and LOW to HIGH (journal laid over), and
+    forwarded onto Security Hub's CRITICAL. Now the finding's state is unknown for the
+    window on every replica."""
+    r1, r2 = two_on(make_hubgate, quirky, redis_server, {"cache_ttl_ms": 0})
+    original = json.loads(json.dumps(quirky.findings[("f-own-high", PRODUCT_ARN)]))
+
+    def lagging(req, default):
+        return 200, {}, json.dumps({"Findings": [
+            original if f["Id"] == "f-own-high" else f for f in default["Findings"]]}).encode()
+
+    quirky.on_get = lagging
+    overlapping_through_two(r1, r2, quirky)
+    hg = r1 if via == 1 else r2
+    lowering = hg.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE), who="member")
+    assert_envelope(lowering, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    assert quirky.severity("f-own-high") == "CRITICAL"
