@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -16,13 +17,14 @@ from test_adversarial_upstream import NOTE, quirky, upd  # noqa: F401 (fixture)
 from test_replicas import coordination, coordination_state, redis_server  # noqa: F401
 
 
-def two_on(make_hubgate, up, redis, enrichment: dict):
+def two_on(make_hubgate, up, redis, enrichment: dict, server: dict | None = None):
     out = []
     for i in (1, 2):
         env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": f"replica-{i}"}
         out.append(make_hubgate({
             "upstream": {"timeout_ms": 3000},
             "enrichment": {"enabled": True, **enrichment},
+            "server": server or {},
             "coordination": coordination(redis)}, upstream_endpoint=up.endpoint, env=env))
     for hg in out:
         wait_until(lambda hg=hg: coordination_state(hg) == "ok", 10, "the replica to join")
@@ -74,3 +76,58 @@ def test_two_writes_through_two_replicas_answered_in_the_other_order_leave_no_st
     lowering = hg.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE), who="member")
     assert_envelope(lowering, 503, "STATE_SETTLING", "ServiceUnavailableException")
     assert quirky.severity("f-own-high") == "CRITICAL"
+
+
+def lagging_reads(quirky, fid="f-own-high"):
+    """Security Hub's reads show the finding as it was before any write (its lag)."""
+    original = json.loads(json.dumps(quirky.findings[(fid, PRODUCT_ARN)]))
+
+    def lagging(req, default):
+        return 200, {}, json.dumps({"Findings": [
+            original if f["Id"] == fid else f for f in default["Findings"]]}).encode()
+
+    quirky.on_get = lagging
+
+
+def test_writes_through_two_replicas_one_after_the_other_are_composed_in_order(
+        quirky, make_hubgate, redis_server):
+    """The fix must not take writes that did not overlap for writes whose order is unknown:
+    the administrator's LOW through replica 1, answered, then their CRITICAL through replica
+    2. The member's HIGH (reads lagging) is judged CRITICAL to HIGH, not 503."""
+    r1, r2 = two_on(make_hubgate, quirky, redis_server, {"cache_ttl_ms": 0})
+    lagging_reads(quirky)
+    assert r1.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="admin").status == 200
+    time.sleep(0.3)  # past op_timeout_ms (100), the margin for a Redis call
+    assert r2.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin").status == 200
+    lowering = r1.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE), who="member")
+    assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
+
+
+def test_a_write_cut_off_by_a_replicas_stop_is_shared_before_it_ends(
+        quirky, make_hubgate, redis_server):
+    """Replica 1 is stopped while the administrator's raise it forwarded is applied but not
+    answered; the grace runs out, the raise is answered 503 (outcome unknown). Replica 2 must
+    lay the raise over the lagging read: the member's lowering is refused."""
+    r1, r2 = two_on(make_hubgate, quirky, redis_server, {"cache_ttl_ms": 0},
+                    server={"shutdown_grace_ms": 500})
+    lagging_reads(quirky)
+
+    def slow(req):
+        answer = quirky._apply(req)
+        time.sleep(3)
+        return answer
+
+    quirky.on_update = slow
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "raise", r1.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin")))
+    t.start()
+    time.sleep(0.5)
+    r1.proc.send_signal(signal.SIGTERM)
+    t.join(5)
+    r1.proc.wait(5)
+    quirky.on_update = None
+    assert out["raise"].status == 503, out["raise"].text
+    assert quirky.severity("f-own-high") == "CRITICAL"
+    lowering = r2.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE), who="member")
+    assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
