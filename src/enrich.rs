@@ -1206,7 +1206,8 @@ impl Enricher {
             // over Security Hub's CRITICAL, and a member's LOW was judged no lowering: such a
             // finding is evicted instead, its state unknown for the settle window.
             let now = Instant::now();
-            sent_at = st.sent_at(processed, sent);
+            // Only Redis asks (`share_change`).
+            sent_at = sharing.then(|| st.sent_at(processed, sent)).flatten();
             let split = st.journal_patch(processed, Write::Patch(patch.clone()), now);
             match &split {
                 None => st.wrote(processed, Some(&patch), sent),
@@ -1334,7 +1335,11 @@ impl Enricher {
             let mut st = self.inner.lock();
             st.wrote(keys, None, sent);
             let now = Instant::now();
-            sent_at = st.sent_at(keys, sent);
+            sent_at = self
+                .inner
+                .coord
+                .as_ref()
+                .and_then(|_| st.sent_at(keys, sent));
             match &write {
                 Ok(write @ Write::Patch(_)) => split = st.journal_patch(keys, write.clone(), now),
                 Ok(write) => st.journal.record(keys, write.clone(), now),

@@ -1,6 +1,45 @@
-"""Adversarial review of the replicas' Redis coordination, third round (session 49).
+"""Adversarial review of the replicas' Redis coordination, third round (session 49): what
+"contested" writes, a stop's halt and Redis failing mid-write mean with several replicas. Two
+replicas share a redis-server the test starts on 127.0.0.1 (`redis_server` of
+test_replicas.py) and the scripted Security Hub of test_adversarial_upstream.py (`Quirky`).
 
-(docstring filled in below)
+HOLE (fixed): an administrator's LOW through replica 1 (answered late) and their CRITICAL
+through replica 2, sent while the LOW was in flight and answered at once: Security Hub holds
+CRITICAL, but the shared settle journal composed the two in the order answered (LOW last).
+With Security Hub's reads lagging, a member's HIGH through either replica was judged HIGH to
+HIGH (as read) and LOW to HIGH (journal laid over) and forwarded: a lowering of a CRITICAL
+finding. Each replica saw only its own write in flight, so `Sending::contested` could not
+tell. The shared journal now takes each change with how long ago it was sent; a change of
+another value to the same fact shared since then makes the finding unknown (503
+STATE_SETTLING) on every replica for the window.
+
+Held (kept as tests):
+- two such writes one after the other (the first answered) are composed in order: the
+  member's HIGH is judged CRITICAL to HIGH (403), not refused as settling.
+- a replica stopped while its forward of a raise is in flight (grace runs out, 503
+  UPSTREAM_INTERRUPTED) journals and shares the raise before it ends: the member's lowering
+  through the other replica is refused.
+
+Held (tried against the binary, not kept):
+- the same two writes with the finding cached (cache_ttl_ms 60 s): the second write-through's
+  tag no longer matches the shared entry, which is deleted; the member's LOW is read as
+  CRITICAL to LOW (403).
+
+Held (read in the code):
+- a request past its grace whose upstream answer is in hand (`sending` set) runs its
+  write-through and journal share to the end before the halt's record wait.
+- a replica whose write-through fails in Redis falls back, forgets its local cache and, on
+  rejoining, shares its journal again and retires the shared generation: its local cache
+  cannot keep a value Redis never got. A STORE queued behind a slow write is refused by the
+  write count.
+- claims left by a dropped or halted lookup hold the others off for `lookup_claim_ms` at most
+  (2 s), then they look the finding up themselves.
+
+Left alone (documented in README, measured): a replica cut off from Redis alone (its connection
+stalled in the middle of a write-through, the others fine) forwards a raise the others do not
+learn of; with Security Hub's reads lagging, a member's lowering through another replica was
+allowed until the cut-off replica rejoined and shared its journal again (then 403). And while
+two replicas' writes are both still in flight, each judges with its own write only.
 """
 
 from __future__ import annotations
