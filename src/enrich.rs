@@ -1758,8 +1758,13 @@ async fn share_again(inner: &Inner) {
             .await;
     }
     for (patch, keys) in &snapshot.changes {
-        // Shared again, not sent now: checked against no other replica's writes.
-        ok &= journal_change(coord, inner.settle, keys, patch, 0).await;
+        // Shared again, dated now: its order against the changes other replicas shared
+        // meanwhile is unknown, so it counts as in flight beside every one in the window. Taken
+        // as sent now, an administrator's LOW answered while this replica's connection stalled
+        // was composed after their CRITICAL through another replica, sent later, and a member's
+        // HIGH was judged no lowering.
+        let whole_window = settle_ms.max(1);
+        ok &= journal_change(coord, inner.settle, keys, patch, whole_window).await;
     }
     for (op, keys) in &snapshot.unknown {
         ok &= shared::journal_write(coord, settle_ms, shared::Journaled::Unknown(keys, op, None))

@@ -12,6 +12,11 @@ finding. Each replica saw only its own write in flight, so `Sending::contested` 
 tell. The shared journal now takes each change with how long ago it was sent; a change of
 another value to the same fact shared since then makes the finding unknown (503
 STATE_SETTLING) on every replica for the window.
+HOLE (fixed): the same two writes, but replica 1's connection to Redis stalls (past
+op_timeout_ms) as its LOW is answered: replica 1 falls back, and on rejoining shares its
+journal again, dated then, so the LOW was composed after the CRITICAL whatever the order
+Security Hub applied them in, and the member's HIGH through replica 2 was allowed again. A
+change shared again now counts as in flight beside every change of the window.
 
 Held (kept as tests):
 - two such writes one after the other (the first answered) are composed in order: the
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -170,3 +176,100 @@ def test_a_write_cut_off_by_a_replicas_stop_is_shared_before_it_ends(
     assert quirky.severity("f-own-high") == "CRITICAL"
     lowering = r2.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE), who="member")
     assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
+
+
+class Stall:
+    """A TCP relay to Redis for one replica that can stall (hold every byte) at will: its
+    connection stalls past op_timeout_ms while the other replica's does not."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.stalled = threading.Event()
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.srv.settimeout(0.5)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.srv.getsockname()[1]}/0"
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                continue
+            u = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a, b):
+        a.settimeout(None)
+        try:
+            while data := a.recv(65536):
+                while self.stalled.is_set() and not self.closed:
+                    time.sleep(0.01)
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                s.close()
+
+    def close(self):
+        self.closed = True
+        self.srv.close()
+
+
+def test_a_write_shared_again_after_a_stall_is_not_composed_last(
+        quirky, make_hubgate, redis_server):
+    """The two writes of the first test, but replica 1's connection to Redis stalls as its LOW
+    is answered: the LOW reaches Redis only when replica 1 rejoins and shares its journal
+    again, dated then, after replica 2's CRITICAL. Composed last, it was the hole of the first
+    test again: the member's HIGH through replica 2 was allowed onto Security Hub's CRITICAL.
+    A change shared again is now checked against every change in the window."""
+    stall = Stall(redis_server.port)
+    try:
+        out = []
+        for i, url in ((1, stall.url), (2, redis_server.url)):
+            env = {**hubgate_env(), "HUBGATE_INSTANCE_ID": f"replica-{i}"}
+            out.append(make_hubgate({
+                "upstream": {"timeout_ms": 3000},
+                "enrichment": {"enabled": True, "cache_ttl_ms": 0},
+                "coordination": {**coordination(redis_server), "redis_url": url}},
+                upstream_endpoint=quirky.endpoint, env=env))
+        r1, r2 = out
+        for hg in out:
+            wait_until(lambda hg=hg: coordination_state(hg) == "ok", 10, "the replica to join")
+        lagging_reads(quirky)
+        applied = threading.Event()
+
+        def slow_lowering(req):
+            answer = quirky._apply(req)
+            if req.get("Severity", {}).get("Label") == "LOW":
+                applied.set()
+                time.sleep(0.8)
+                stall.stalled.set()  # as the answer goes back to replica 1
+            return answer
+
+        quirky.on_update = slow_lowering
+        low = {}
+        t = threading.Thread(target=lambda: low.setdefault(
+            "r", r1.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="admin")))
+        t.start()
+        assert applied.wait(5)
+        crit = r2.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin")
+        t.join(5)
+        assert crit.status == 200 and low["r"].status == 200, (crit.text, low)
+        quirky.on_update = None
+        assert coordination_state(r1) == "degraded"
+        stall.stalled.clear()
+        wait_until(lambda: coordination_state(r1) == "ok", 10, "replica 1 to rejoin")
+        time.sleep(0.3)  # its journal shared again
+        assert quirky.severity("f-own-high") == "CRITICAL"
+        lowering = r2.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE),
+                          who="member")
+        assert_envelope(lowering, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    finally:
+        stall.close()
