@@ -157,6 +157,16 @@ state_violations contains {"msg": "member accounts may only update findings of t
 	f.account_id == account
 }
 
+# --- Another account's state ---
+
+# The rules below that judge a finding's current state (its severity here, its status in the
+# library) name only the member's own findings. Looked up with hubgate's role, another
+# account's finding is one the member's own credentials cannot read: a refusal quoting its
+# severity ("MEDIUM to LOW"), or saying that it is RESOLVED or unranked, would read it for the
+# member, one guessed label at a time. Every found finding of another account (or of none) is
+# refused by the ownership rule above, for itself, so leaving it out here refuses nothing less.
+own_finding(f) if f.account_id == input.principal.account_id
+
 # --- Severity ---
 
 # Severity may go up, never down, for members. Ranks are computed by hubgate from the label, or
@@ -168,6 +178,7 @@ state_violations contains {"msg": msg, "finding": finding_ref(f)} if {
 	not input.summary.max_severity_rank <= requested
 	some f in input.findings
 	f.severity_rank > requested
+	own_finding(f)
 	msg := sprintf("member accounts may not lower a finding's severity (%v to %v)", [f.severity_label, input.update.severity_label])
 }
 
@@ -190,6 +201,7 @@ state_violations contains {"msg": "hubgate cannot see this finding's current sev
 	some f in input.findings
 	f.current != null
 	not f.severity_rank != null
+	own_finding(f)
 }
 
 # --- Unknown findings ---

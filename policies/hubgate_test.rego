@@ -83,6 +83,19 @@ test_own_account_null_summary_accounts if {
 	count(t.deny(t.put(absent, "principal", admin))) == 0
 }
 
+# Another account's finding is refused for ownership alone: no message tells the member its
+# severity, nor that hubgate cannot read it (its own finding in the same request still does).
+test_member_other_account_state_not_told if {
+	other := t.finding("o", t.other_account, "CRITICAL", 4, "NEW")
+	unranked := t.finding("u", t.other_account, null, null, "NEW")
+	d := t.deny(t.buf(member, "complete", [other, unranked, t.own("f1")], t.severity("LOW", 1)))
+	d == {
+		{"msg": own_account, "finding": t.ref("o")},
+		{"msg": own_account, "finding": t.ref("u")},
+		{"msg": "member accounts may not lower a finding's severity (HIGH to LOW)", "finding": t.ref("f1")},
+	}
+}
+
 # --- severity ---
 
 test_member_lowering_severity_denied if {

@@ -53,6 +53,7 @@ reopen_violations contains {"msg": "member accounts may not reopen a RESOLVED fi
 	reopen_requested
 	some f in input.findings
 	f.workflow_status == "RESOLVED"
+	own_finding(f) # another account's status is not told (hubgate.rego)
 }
 
 reopen_violations contains {"msg": "hubgate cannot see this finding's current Workflow.Status, so member accounts may not reopen it", "finding": finding_ref(f)} if {
@@ -62,6 +63,7 @@ reopen_violations contains {"msg": "hubgate cannot see this finding's current Wo
 	some f in input.findings
 	f.current != null
 	not f.workflow_status != null
+	own_finding(f)
 }
 
 # No current status for this operation (V2), or none ever (enrichment disabled).

@@ -33,6 +33,16 @@ test_reopen_enforce_denies if {
 	count(r.warn) == 0
 }
 
+# Another account's RESOLVED (or unreadable) status is not told: the ownership rule alone
+# refuses its finding.
+test_reopen_other_account_status_not_told if {
+	fs := [t.finding("o", t.other_account, "HIGH", 3, "RESOLVED"), t.finding("u", t.other_account, "HIGH", 3, null)]
+	msgs := enforced_msgs(complete(member, fs, t.status("NEW")))
+	not reopen in msgs
+	not unknown_current in msgs
+	"member accounts may only update findings of their own account" in msgs
+}
+
 test_reopen_warn_warns if {
 	r := t.decide(complete(member, resolved, t.status("NEW")), {"reopen": "warn"})
 	count(r.deny) == 0
