@@ -683,6 +683,17 @@ pub fn finding_entry(key: &FindingKey, current: Option<&Map<String, Value>>) -> 
     }
 }
 
+/// The entry of a found finding whose state a member is not given (`Document::withheld`): its
+/// identifiers and its account, every other fact null and `current` holding `AwsAccountId`
+/// alone (`{}` when it has none hubgate can read).
+fn withheld_entry(key: &FindingKey, account: Option<&str>) -> RValue {
+    let mut current = Map::new();
+    if let Some(account) = account {
+        current.insert("AwsAccountId".into(), Value::from(account));
+    }
+    finding_entry(key, Some(&current))
+}
+
 /// The facts of a finding entry, read from the stored finding's JSON members (AwsAccountId,
 /// Severity, Workflow): whichever way the rest of the state was converted, the facts rules
 /// compare mean the same.
@@ -1224,6 +1235,18 @@ impl Summary {
         }
     }
 
+    /// A found finding whose state is withheld (`Document::withheld`): its account counts,
+    /// and, its entry having no rank, it counts as unranked.
+    fn add_withheld(&mut self, account: Option<&Arc<str>>) {
+        match account {
+            Some(a) => {
+                self.accounts.insert(a.clone());
+            }
+            None => self.unowned = true,
+        }
+        self.unranked += 1;
+    }
+
     fn into_value(self, enrichment: Enrichment) -> RValue {
         let mut out = BTreeMap::new();
         if enrichment == Enrichment::Complete {
@@ -1356,6 +1379,9 @@ impl<'de> serde::Deserialize<'de> for PlainKey {
 /// converting the request body and the update again.
 pub struct Document {
     fixed: BTreeMap<RValue, RValue>,
+    /// The caller's account when it is a member: its entries for another account's findings
+    /// withhold their state (`Document::pass`).
+    member_account: Option<String>,
 }
 
 impl Document {
@@ -1390,7 +1416,23 @@ impl Document {
         field("time", RValue::from(facts.time.as_str()));
         put("request", RValue::from(request));
         put("update", rego_value(update));
-        Document { fixed }
+        let member_account = (facts.principal.role == crate::identity::Role::Member)
+            .then(|| facts.principal.account_id.clone());
+        Document {
+            fixed,
+            member_account,
+        }
+    }
+
+    /// Whether `state` is of another account than the member's (or of none it can read): the
+    /// lookup read it with hubgate's role, which sees what the member's own credentials cannot,
+    /// and whatever a policy puts in its answer to the member, a message quoting a severity or
+    /// a status included, reaches the member. Such a finding is refused for its account alone,
+    /// so its state is given to no rule.
+    fn withheld(&self, state: &CurrentFinding) -> bool {
+        self.member_account
+            .as_deref()
+            .is_some_and(|member| state.account_id.as_deref() != Some(member))
     }
 
     /// The whole document for one pass, with the accounts the request itself claims for its
@@ -1407,6 +1449,10 @@ impl Document {
             (Enrichment::Complete, Some(current)) => keys
                 .iter()
                 .map(|key| match current.get(key) {
+                    Some(state) if self.withheld(state) => {
+                        summary.add_withheld(state.account_id.as_ref());
+                        withheld_entry(key, state.account_id.as_deref())
+                    }
                     Some(state) => {
                         summary.add(state);
                         state.entry.clone()

@@ -728,3 +728,59 @@ fn shipped_set() -> &'static PolicySet {
     static SET: std::sync::OnceLock<PolicySet> = std::sync::OnceLock::new();
     SET.get_or_init(shipped)
 }
+
+/// A member's input gives another account's finding (found with hubgate's role) its account
+/// alone: no rule, shipped or written by an operator, can put its severity or status in an
+/// answer to the member. An administrator's input has the whole state.
+#[test]
+fn a_members_input_withholds_another_accounts_finding_state() {
+    let findings = [
+        ("mine", Some("222222222222"), "HIGH"),
+        ("theirs", Some("333333333333"), "CRITICAL"),
+    ];
+    let body = json!({"Severity": {"Label": "LOW"}});
+    let entry = |d: &regorus::Value, i: usize| {
+        serde_json::to_value(&d["findings"][i]).expect("plain values")
+    };
+    let member = doc(Role::Member, body.clone(), &findings, Enrichment::Complete);
+    assert_eq!(
+        entry(&member, 1),
+        json!({"Id": "theirs", "ProductArn": ARN, "account_id": "333333333333",
+               "severity_label": null, "severity_rank": null, "workflow_status": null,
+               "current": {"AwsAccountId": "333333333333"}})
+    );
+    assert_eq!(entry(&member, 0)["severity_label"], "HIGH");
+    assert_eq!(
+        serde_json::to_value(&member["summary"]).unwrap(),
+        json!({"accounts": ["222222222222", "333333333333"], "max_severity_rank": 3,
+               "missing": 0, "unranked": 1})
+    );
+    let d = shipped().evaluate(member).unwrap();
+    let mut got: Vec<(String, &str)> = d
+        .deny
+        .iter()
+        .map(|v| {
+            (
+                v.finding.as_ref().unwrap()["Id"].to_string(),
+                v.msg.as_str(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "\"mine\"".to_string(),
+                "member accounts may not lower a finding's severity (HIGH to LOW)"
+            ),
+            (
+                "\"theirs\"".to_string(),
+                "member accounts may only update findings of their own account"
+            ),
+        ]
+    );
+    let admin = doc(Role::Administrator, body, &findings, Enrichment::Complete);
+    assert_eq!(entry(&admin, 1)["severity_label"], "CRITICAL");
+    assert_eq!(entry(&admin, 1)["current"]["Severity"]["Label"], "CRITICAL");
+}

@@ -10,6 +10,9 @@ role).
   (its finding is RESOLVED) told the same way. The state rules now name the member's own
   findings only (`own_finding` in policies/hubgate.rego); another account's finding is refused
   for ownership alone, in resign and passthrough alike (the lookup is hubgate's in both).
+  Beneath the shipped rules, a member's policy input now withholds the state of another
+  account's finding (its entry has its account alone: `Document::withheld` in
+  src/policy/input.rs), so no rule an operator writes can quote it either.
 - Held: every forwarded operation that reads findings or other accounts' data is refused to a
   member by default (403, nothing forwarded): GetFindingHistory, GetInsightResults,
   GetInsights, GetFindingStatisticsV2, GetFindingsTrendsV2, GetResourcesV2, GetMembers,
@@ -29,11 +32,12 @@ role).
 """
 
 import json
+import shutil
 import socket
 
 import pytest
 
-from helpers import (MEMBER, MEMBER_ACCOUNT, assert_envelope, ident, sign)
+from helpers import (MEMBER, MEMBER_ACCOUNT, POLICY_DIR, assert_envelope, ident, sign)
 
 OWN_ACCOUNT_MSG = "member accounts may only update findings of their own account"
 
@@ -58,6 +62,38 @@ def test_a_refusal_does_not_tell_a_member_another_accounts_finding_state(hubgate
     }, got
     assert "MEDIUM" not in json.dumps(got), got
     assert hubgate.fake.buf_calls() == []
+
+
+# A rule of the operator's own that quotes each finding's state to members (as the shipped
+# severity rule quoted it): the state of another account's finding must not be there to quote.
+QUOTING_RULE = """package hubgate
+
+deny contains {"msg": sprintf("state: %v %v %v", [f.severity_label, f.workflow_status, f.current]), "finding": finding_ref(f)} if {
+	member
+	enriched
+	some f in input.findings
+	f.current != null
+}
+"""
+
+
+def test_a_members_policy_input_withholds_another_accounts_finding_state(
+        make_hubgate, seeded_fake, tmp_path):
+    """Whatever the policies say, a member's input holds another account's finding with its
+    account alone: f-other's MEDIUM, its NEW status and its title reach no rule."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    (policies / "quoting.rego").write_text(QUOTING_RULE)
+    hg = make_hubgate({"policy": {"dir": str(policies)}}, fake=seeded_fake)
+    body = {"FindingIdentifiers": [ident("f-other"), ident("f-own-high")],
+            "Note": {"Text": "n", "UpdatedBy": "u"}}
+    got = assert_envelope(hg.buf(body, who="member"), 403, "POLICY_DENIED",
+                          "AccessDeniedException")
+    quoted = {d["finding"]["Id"]: d["msg"] for d in got["error"]["details"]
+              if d["msg"].startswith("state: ")}
+    assert quoted["f-other"] == 'state: null null {"AwsAccountId": "333333333333"}', got
+    assert "HIGH" in quoted["f-own-high"], got
+    assert "MEDIUM" not in json.dumps(got) and "test finding f-other" not in json.dumps(got)
 
 
 @pytest.mark.parametrize("method, path", [
