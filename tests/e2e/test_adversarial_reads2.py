@@ -29,6 +29,10 @@ role).
   unconfined GetFindings could only reach a member from outside hubgate (hubgate records no
   answer), and whether Security Hub reads the token's query or the request's filters is not
   known (research §1.3 says nothing); the confined filter is what hubgate can check.
+- Left alone: a member still tells another account's finding from an unknown one ("may only
+  update findings of their own account" vs "finding not found"): it must know the finding's
+  full Id, which for AWS's own products names the account already; unifying the two messages
+  would change what every caller parses.
 """
 
 import json
