@@ -57,6 +57,12 @@ pub enum FramingError {
     )]
     OperationOverride(&'static str),
     #[error(
+        "the {0} header is not accepted: it is AWS's older way to sign a request, which AWS \
+         could read in place of the Authorization header hubgate checked: sign with SigV4 \
+         (the Authorization header) alone"
+    )]
+    OtherSignature(&'static str),
+    #[error(
         "the Connection header names {0:?}, a header hubgate reads: it cannot be dropped as \
          hop-by-hop between the check and the forward"
     )]
@@ -98,6 +104,8 @@ const OPERATION_OVERRIDES: [&str; 4] = [
     "x-method-override",
     "x-http-method",
 ];
+
+const OTHER_SIGNATURE: &str = "x-amzn-authorization";
 
 /// Headers hubgate reads to authenticate, route or check a request. A `Connection` header that
 /// names one would have the forward drop it (RFC 9110 §7.6.1) after hubgate judged the request
@@ -183,6 +191,14 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
         if headers.contains_key(name) {
             return Err(FramingError::OperationOverride(name));
         }
+    }
+    // AWS's signature version 3 (`X-Amzn-Authorization: AWS3-HTTPS AWSAccessKeyId=…`). In
+    // passthrough, hubgate names the caller by the Authorization header's key and AWS checks
+    // the signature: were AWS to read this header instead, a member would sign with its own key
+    // here and claim an administrator's key id there, judged as the administrator. No SDK
+    // sends it to a SigV4 service, so it is refused rather than trusted to be ignored.
+    if headers.contains_key(OTHER_SIGNATURE) {
+        return Err(FramingError::OtherSignature(OTHER_SIGNATURE));
     }
     for value in headers.get_all(header::CONTENT_ENCODING) {
         // Non-ASCII bytes are shown escaped; they are refused like any other coding.
@@ -512,6 +528,16 @@ mod tests {
             None,
         );
         assert!(matches!(check(&p), Err(FramingError::OperationOverride(_))));
+    }
+
+    #[test]
+    fn an_older_aws_signature_header_is_refused() {
+        let value = "AWS3-HTTPS AWSAccessKeyId=AKIDMEMBER,Algorithm=HmacSHA256,Signature=x";
+        assert!(matches!(
+            check_h1(&[("x-amzn-authorization", value)], None),
+            Err(FramingError::OtherSignature("x-amzn-authorization"))
+        ));
+        assert!(check_h1(&[("x-amzn-trace-id", "Root=1-x")], None).is_ok());
     }
 
     #[test]

@@ -137,6 +137,25 @@ def test_operation_and_method_overrides_are_refused_on_every_route(hubgate, name
             f"the {name.lower()} header is not accepted")
 
 
+@pytest.mark.parametrize("mode", ["resign", "passthrough"])
+def test_an_older_aws_signature_header_is_refused(hubgate, passthrough, mode):
+    """X-Amzn-Authorization (AWS's signature version 3) beside a SigV4 Authorization header:
+    in passthrough hubgate names the caller by the Authorization header's key, and AWS checks
+    a signature. Had AWS read this header instead, a member signing here with its own key
+    and claiming an administrator's key id there was judged as the administrator."""
+    hg, creds, host = ((hubgate, MEMBER, None) if mode == "resign"
+                       else (passthrough, PT_MEMBER, REAL_HOST))
+    body = json.dumps({"FindingIdentifiers": [ident("f-own-high")],
+                       "Note": {"Text": "n", "UpdatedBy": "u"}}).encode()
+    extra = {"X-Amzn-Authorization":
+             "AWS3-HTTPS AWSAccessKeyId=AKIDMEMBER,Algorithm=HmacSHA256,Signature=x"}
+    kw = {"host": host} if host else {}
+    reply = send(hg, "PATCH", BUF, signed(hg, body, "PATCH", BUF, creds=creds, extra=extra, **kw),
+                 body)
+    refused(hg, reply, 400, "VALIDATION_ERROR", "InvalidInputException",
+            "the x-amzn-authorization header is not accepted")
+
+
 def test_passthrough_get_findings_with_x_amz_target_is_refused(passthrough):
     hg = passthrough
     body = json.dumps({"FindingIdentifiers": [ident("f-other")],
