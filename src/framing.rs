@@ -268,6 +268,22 @@ fn head_header_count(raw: &[u8], name: &[u8]) -> usize {
         .count()
 }
 
+/// The host a request names: its Host header, or, when it has none, its URI's authority (h2
+/// carries the host as `:authority`, which hyper puts in the URI). The one reading of it, so the
+/// host a signature is checked against is the host a policy sees (`input.request.headers.host`):
+/// read from the Host header alone, the policy input of an h2 request had no host at all, and
+/// a rule on the host judged the same signed request differently over h2 and HTTP/1. A Host
+/// header that is not text is an error, never passed over for the authority.
+pub fn host<'a>(
+    headers: &'a http::HeaderMap,
+    uri: &'a http::Uri,
+) -> Option<Result<&'a str, http::header::ToStrError>> {
+    match headers.get(header::HOST) {
+        Some(value) => Some(value.to_str()),
+        None => uri.authority().map(|a| Ok(a.as_str())),
+    }
+}
+
 /// Where a request head ends in `buf` (the index just past its empty line), if it does.
 /// `from` is where to start looking; the caller passes where the previous search stopped.
 pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -574,6 +590,25 @@ mod tests {
         }
         // Other options are hop-by-hop: the forward drops them, the request passes.
         assert!(check_h1(&[("connection", "keep-alive, X-Custom")], None).is_ok());
+    }
+
+    #[test]
+    fn the_host_is_the_host_header_else_the_authority() {
+        let uri: http::Uri = "https://hubgate.example/findings".parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        // h2: :authority only.
+        assert_eq!(host(&headers, &uri).unwrap().unwrap(), "hubgate.example");
+        // A Host header wins over the authority, and one that is not text is an error.
+        headers.insert(header::HOST, "other.example:8080".parse().unwrap());
+        assert_eq!(host(&headers, &uri).unwrap().unwrap(), "other.example:8080");
+        headers.insert(
+            header::HOST,
+            http::HeaderValue::from_bytes(b"h\xffst").unwrap(),
+        );
+        assert!(host(&headers, &uri).unwrap().is_err());
+        // HTTP/1 origin form without Host: none.
+        let path: http::Uri = "/findings".parse().unwrap();
+        assert!(host(&http::HeaderMap::new(), &path).is_none());
     }
 
     #[test]

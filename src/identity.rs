@@ -1057,14 +1057,9 @@ impl Identity {
         // URI's authority (h2's :authority) only stands in for a missing one. A Host that is
         // not text is refused, not passed over for the authority: the request would be checked
         // against one host and carry another.
-        let host = match parts.headers.get(http::header::HOST) {
-            Some(value) => value.to_str().map_err(|_| not_a_host())?,
-            None => parts
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .ok_or_else(|| AuthError::Malformed("the request has no Host".into()))?,
-        };
+        let host = crate::framing::host(&parts.headers, &parts.uri)
+            .ok_or_else(|| AuthError::Malformed("the request has no Host".into()))?
+            .map_err(|_| not_a_host())?;
         // The signature is checked over `http://{host}{path}`: a Host holding `/`, `?`, `#` or
         // `@` would move part of itself into the path, query or user info that are checked,
         // away from the path that was routed. A host name (or IP literal) and port only.

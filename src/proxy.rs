@@ -861,7 +861,7 @@ async fn decide<S: FindingState>(
         principal,
         method: parts.method.as_str(),
         path: parts.uri.path(),
-        headers: input_headers(&parts.headers),
+        headers: input_headers(parts),
         source_ip: ctx.received.remote.ip().to_string(),
         request_id: &ctx.received.decision_id,
         time: now_rfc3339(),
@@ -1720,14 +1720,17 @@ fn audited_input(mut input: regorus::Value) -> regorus::Value {
     input
 }
 
-fn input_headers(headers: &http::HeaderMap) -> Map<String, Value> {
+/// The allow-listed headers of the policy input. `host` is the host the signature was checked
+/// against (`framing::host`): over h2 that is `:authority`, not a header.
+fn input_headers(parts: &http::request::Parts) -> Map<String, Value> {
     INPUT_HEADERS
         .iter()
         .filter_map(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (name.to_string(), Value::from(v)))
+            let value = match *name {
+                "host" => crate::framing::host(&parts.headers, &parts.uri)?.ok(),
+                _ => parts.headers.get(*name).and_then(|v| v.to_str().ok()),
+            };
+            value.map(|v| (name.to_string(), Value::from(v)))
         })
         .collect()
 }
