@@ -15,6 +15,10 @@ Held: `Content-Length` spelled as a list of equal values (`n,n`, `n, n`) or with
 (`+n`) is hyper's bare 400, nothing forwarded, on its own connection.
 Held: HTTP/1 trailers after a chunked body that name `X-Amz-Date` and a second `Content-Type`
 are refused (400 VALIDATION_ERROR), nothing forwarded (the h2 case is test_adversarial_http's).
+Held: chunk lines hyper reads leniently (200 leading zeros, an extension, a space after the
+size) are served with exactly the checked bytes forwarded under hubgate's own Content-Length;
+ones it cannot read (not hex, past 2^64, negative, no CRLF after the data, bare LF) are 400
+VALIDATION_ERROR with nothing forwarded.
 Held: `Upgrade: h2c` on an HTTP/1.1 request is not taken up: the request is served as HTTP/1.1,
 no `Upgrade` or `HTTP2-Settings` reaches Security Hub, and the request pipelined behind it is
 read from its own head and served.
@@ -43,6 +47,7 @@ own validation switched off; every wait is bounded."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -122,6 +127,37 @@ def test_http1_trailers_that_name_signed_headers_are_refused(hg):
         s.close()
     assert "trailer" in err["error"]["message"], err
     assert forwarded(hg) == []
+
+
+def test_odd_chunk_lines_are_read_as_hyper_reads_them_or_refused_never_forwarded_otherwise(hg):
+    """hubgate forwards the de-chunked body with a Content-Length of its own, so however
+    leniently a chunk line is read, Security Hub gets exactly the bytes that were checked; a
+    chunk line hyper cannot read is a 400 with nothing forwarded."""
+    body = json.dumps(NOTE).encode()
+    n = len(body)
+    served = {
+        "leading zeros": b"%s%x\r\n%s\r\n0\r\n\r\n" % (b"0" * 200, n, body),
+        "an extension": b"%x;a=b;c=\"d\"\r\n%s\r\n0\r\n\r\n" % (n, body),
+        "a space after the size": b"%x \r\n%s\r\n0\r\n\r\n" % (n, body),
+    }
+    refused = {
+        "not hex": b"zz\r\n%s\r\n0\r\n\r\n" % body,
+        "a size past 2^64": b"fffffffffffffffffff\r\n%s\r\n0\r\n\r\n" % body,
+        "a negative size": b"-%x\r\n%s\r\n0\r\n\r\n" % (n, body),
+        "no CRLF after the data": b"%x\r\n%sXX0\r\n\r\n" % (n, body),
+        "bare LF": b"%x\n%s\n0\n\n" % (n, body),
+    }
+    for name, chunks in {**served, **refused}.items():
+        headers = signed_headers(hg, body) + [("Transfer-Encoding", "chunked")]
+        s = connect(hg.port)
+        try:
+            s.sendall(head_bytes("PATCH", BUF, headers) + chunks)
+            reply = read_reply(s)
+        finally:
+            s.close()
+        assert reply.status == (200 if name in served else 400), (name, reply.text)
+    writes = [r for r in forwarded(hg) if r["path"] == BUF]
+    assert [base64.b64decode(r["body_b64"]) for r in writes] == [body] * len(served), writes
 
 
 def test_an_h2c_upgrade_is_not_taken_up_and_the_next_request_is_read_from_its_own_head(hg):
