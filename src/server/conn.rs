@@ -4,9 +4,11 @@
 //! hyper 1.x has one timer for both waits: its `header_read_timeout` starts as soon as hyper
 //! waits for a request head, so it also closes keep-alive connections that are merely idle;
 //! and hyper-util's protocol detection (`auto`) reads the first bytes with no timer at all. The
-//! clock here keeps the two apart, as Go and Envoy do: a connection with no request in progress
-//! may stay `idle_timeout` without sending anything, and once the first byte of a request head
-//! arrives, the head must be complete within `header_read_timeout`.
+//! clock here keeps the two apart, as Go and Envoy do: a connection between requests may stay
+//! `idle_timeout` without sending anything, and once the first byte of a request head arrives,
+//! the head must be complete within `header_read_timeout`. A new connection, which has no
+//! request to be between, must start its first within `header_read_timeout` (as Go's
+//! ReadHeaderTimeout runs from accept).
 //!
 //! A response must be sent whole within `response_send_timeout` of being handed to hyper. A
 //! request holds its in-flight permit until then, and a client that does not read (over h2, one
@@ -424,6 +426,16 @@ impl Clock {
                     return Expired::Closed(why);
                 }
                 let phase = match s.phase {
+                    // A connection that has not started a request is not a keep-alive one
+                    // between requests: its first request must begin within the header timeout
+                    // (as Go's ReadHeaderTimeout runs from accept). Given idle_timeout, a client
+                    // without keys held a max_connections slot for 60 s with a socket that sent
+                    // nothing, and so kept every other caller at 503 for as long as it
+                    // reopened its sockets once a minute.
+                    Phase::Idle(since) if s.next_request == 0 => Some((
+                        since + self.header_timeout.min(self.idle_timeout),
+                        Expired::Idle,
+                    )),
                     Phase::Idle(since) => Some((since + self.idle_timeout, Expired::Idle)),
                     Phase::Head(since) => Some((since + self.header_timeout, Expired::Header)),
                     Phase::Busy => None,
@@ -597,9 +609,33 @@ mod tests {
             Duration::from_secs(5),
             Duration::from_secs(3),
         );
+        clock.received(HEAD);
+        drop(clock.request_started(Some(0)).0);
         let started = Instant::now();
         assert_eq!(clock.expired().await, Expired::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_must_start_its_first_request_within_the_header_timeout() {
+        let started = Instant::now();
+        assert_eq!(clock().expired().await, Expired::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // Over h2 too: the preface and SETTINGS are no request.
+        let h2 = clock();
+        h2.received(H2_PREFACE);
+        let started = Instant::now();
+        assert_eq!(h2.expired().await, Expired::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        // Never longer than the idle timeout, when that is the shorter.
+        let short_idle = Clock::new(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+        );
+        let started = Instant::now();
+        assert_eq!(short_idle.expired().await, Expired::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -787,6 +823,9 @@ mod tests {
             Duration::from_secs(3),
         );
         clock.received(H2_PREFACE);
+        // Between requests (a new connection's first must start within the header timeout),
+        // frames that are no request do not start the header clock.
+        drop(clock.request_started(None).0);
         clock.received(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
         let started = Instant::now();
         assert_eq!(clock.expired().await, Expired::Idle);

@@ -396,9 +396,11 @@ def test_a_fragment_in_the_target_is_not_forwarded_and_the_path_judged_is_the_pa
 
 
 def test_h2_pings_or_an_unfinished_header_block_do_not_keep_a_connection_past_idle(hg):
-    """An h2 connection with no request in progress is closed idle_timeout_ms after its last
-    request, however busy it keeps the wire: PINGs every 200 ms do not count as activity, nor
-    does a HEADERS frame whose header block never ends (END_HEADERS never comes)."""
+    """An h2 connection with no request in progress is closed, however busy it keeps the
+    wire: PINGs every 200 ms do not count as activity, nor does a HEADERS frame whose header
+    block never ends (END_HEADERS never comes). These two never started a request, so they
+    are closed header_read_timeout_ms after they were accepted (idle_timeout_ms is the wait
+    between requests)."""
     def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) \
             + struct.pack(">I", stream) + payload
@@ -421,7 +423,7 @@ def test_h2_pings_or_an_unfinished_header_block_do_not_keep_a_connection_past_id
                 closed = time.monotonic() - started
                 break
         assert closed is not None, "PINGs kept the connection open"
-        assert 1.0 <= closed <= 1.5 + 2.0, closed
+        assert 0.7 <= closed <= 1.0 + 2.0, closed
         took = closed_within(stuck, WAIT)
         assert took is not None, "an unfinished header block kept the connection open"
     finally:

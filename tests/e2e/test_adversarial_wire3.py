@@ -11,6 +11,17 @@ and one that refuses requests sent to a given name (a public ingress, say) let e
 through. Now the host a signature is checked against and the host the policy input shows are
 one reading (`framing::host`).
 
+HOLE (fixed): sockets that send nothing held max_connections for a minute. A new connection
+was given idle_timeout_ms (60 s by default) to start its first request, the wait meant for a
+keep-alive connection between requests: a client without keys that opened max_connections
+(1024) sockets and sent nothing, reopening them once a minute, kept every other caller at 503
+OVERLOADED. Now a new connection must start its first request within header_read_timeout_ms
+(10 s by default; idle_timeout_ms if shorter), as Go's ReadHeaderTimeout runs from accept; over
+h2 the preface, SETTINGS and PINGs are no request. Left open: such a client can still hold the
+slots by reopening every header_read_timeout_ms, or with heads it drips (header_read_timeout_ms
+each): per-source limits belong to the load balancer in front (hubgate behind one sees a single
+source), README says to keep the listener off untrusted networks.
+
 Held: `Content-Length` spelled as a list of equal values (`n,n`, `n, n`) or with a sign
 (`+n`) is hyper's bare 400, nothing forwarded, on its own connection.
 Held: HTTP/1 trailers after a chunked body that name `X-Amz-Date` and a second `Content-Type`
@@ -98,6 +109,38 @@ def test_the_host_a_policy_sees_is_the_host_the_signature_was_checked_against(
     wait_until(lambda: len(hg.audit_records()) == 2, WAIT, "both records")
     hosts = [r["input"]["request"]["headers"].get("host") for r in hg.audit_records()]
     assert hosts == [hg.host, hg.host], hosts
+
+
+def test_sockets_that_send_nothing_hold_connection_slots_only_the_header_timeout(
+        make_fake, make_hubgate):
+    """A client without keys fills max_connections with sockets that send nothing (default
+    idle_timeout_ms 60 s, header_read_timeout_ms 10 s; here 30 s and 1 s): another caller is
+    served once header_read_timeout_ms has passed, not after idle_timeout_ms."""
+    hg = make_hubgate({"server": {"max_connections": 4, "header_read_timeout_ms": 1000,
+                                  "idle_timeout_ms": 30_000}}, fake=make_fake())
+    silent = [connect(hg.port) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        body = json.dumps(NOTE).encode()
+        refused = exchange_once(hg, body)
+        assert refused.status == 503, refused.text
+        # The silent sockets are closed a header timeout after they were accepted.
+        assert all(closed_within(s, WAIT) is not None for s in silent)
+        served = exchange_once(hg, body)
+        assert served.status == 200, served.text
+    finally:
+        for s in silent:
+            s.close()
+
+
+def exchange_once(hg, body: bytes):
+    s = connect(hg.port)
+    try:
+        s.sendall(head_bytes("PATCH", BUF, signed_headers(hg, body)
+                             + [("Content-Length", str(len(body)))]) + body)
+        return read_reply(s)
+    finally:
+        s.close()
 
 
 @pytest.mark.parametrize("spelling", ["{n},{n}", "{n}, {n}", "+{n}"])
