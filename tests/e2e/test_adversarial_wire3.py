@@ -34,13 +34,13 @@ Held: `Upgrade: h2c` on an HTTP/1.1 request is not taken up: the request is serv
 no `Upgrade` or `HTTP2-Settings` reaches Security Hub, and the request pipelined behind it is
 read from its own head and served.
 Held (left alone, documented here): a client that sends a whole request and then half-closes
-its side (shutdown(SHUT_WR), as `nc -N` does) gets no answer and nothing is forwarded: hyper
-either drops the request before hubgate's handler runs (it read the end of the stream with it;
-nothing was decided, no record) or the handler sees the client leave (a 499 CLIENT_ABORTED
-record). hyper's HTTP/1 half-close support is off, and it is
-the end of the client's stream that tells hubgate a client has given up (an SDK's timeout) so
-that a write it no longer waits for is not sent: fail closed. SDKs and the AWS CLI do not
-half-close.
+its side (shutdown(SHUT_WR), as `nc -N` does) gets no answer. hyper's HTTP/1 half-close support
+is off, and the end of a client's stream is how hubgate learns that a client has given up (an
+SDK's timeout) so that a write it no longer waits for is not sent; a half-close and a close look
+the same until a write fails. What happens is a race: hyper drops the request unread (nothing
+decided, nothing forwarded, no record), or the handler sees the client leave (499
+CLIENT_ABORTED), or the request was already on its way and is forwarded, recorded as such, its
+answer lost (in 15 tries: 12 dropped, 3 forwarded). SDKs and the AWS CLI do not half-close.
 Held (decided, left alone): "any Host". hubgate accepts any Host header: in sigv4 mode the
 host is part of the caller's own signature, which only proves the caller's key (a replay needs
 the signed request, and README says a replay within 15 minutes is judged again); in mtls and
@@ -224,20 +224,25 @@ def test_an_h2c_upgrade_is_not_taken_up_and_the_next_request_is_read_from_its_ow
         assert not names & {"upgrade", "http2-settings"}, r["headers"]
 
 
-def test_a_client_that_half_closes_after_its_request_is_recorded_not_forwarded(hg):
+def test_a_client_that_half_closes_after_its_request_gets_no_answer_and_loses_no_record(hg):
+    """Each of a few whole requests followed by shutdown(SHUT_WR): whatever hyper and the
+    handler made of it (dropped unread, 499, or forwarded with its answer lost), every write
+    that reached Security Hub has its one record saying so, and no record claims a forward
+    that did not happen."""
     body = json.dumps(NOTE).encode()
-    headers = signed_headers(hg, body) + [("Content-Length", str(len(body)))]
-    s = connect(hg.port)
-    try:
-        s.sendall(head_bytes("PATCH", BUF, headers) + body)
-        s.shutdown(socket.SHUT_WR)
-        assert closed_within(s, WAIT) is not None
-    finally:
-        s.close()
-    assert [r for r in forwarded(hg) if r["path"] == BUF] == []
-    # hyper drops the request before hubgate's handler runs when it reads the end of the stream
-    # with the request (no record: nothing was decided), or hubgate's handler sees the client
-    # leave (a 499 record).
-    time.sleep(0.3)
-    assert all((r["status"], r["forwarded"], r["error"]["code"]) == (499, False, "CLIENT_ABORTED")
-               for r in hg.audit_records()), hg.audit_records()
+    for _ in range(5):
+        headers = signed_headers(hg, body) + [("Content-Length", str(len(body)))]
+        s = connect(hg.port)
+        try:
+            s.sendall(head_bytes("PATCH", BUF, headers) + body)
+            s.shutdown(socket.SHUT_WR)
+            assert closed_within(s, WAIT) is not None
+        finally:
+            s.close()
+    time.sleep(0.5)
+    writes = [r for r in forwarded(hg) if r["path"] == BUF]
+    records = hg.audit_records()
+    assert sum(r["forwarded"] for r in records) == len(writes), (records, writes)
+    assert all(r["status"] == 200 if r["forwarded"] else
+               (r["status"], r["error"]["code"]) == (499, "CLIENT_ABORTED") for r in records), \
+        records
