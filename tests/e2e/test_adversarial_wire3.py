@@ -47,11 +47,14 @@ the signed request, and README says a replay within 15 minutes is judged again);
 static modes nothing signs it, and `input.request.headers.host` is then what the caller says
 (policies/README.md says so). Nothing else depends on it: a re-signed forward carries
 hubgate's own host, and passthrough forwards to upstream.endpoint whatever Host says.
-Held (checked by hand, not kept as tests): a body dripped a byte at a time under
-body_read_timeout_ms is served, and past it answered 408 and recorded (test_socket_bounds
-covers the 408); an early 401 or 413 before a body is read keeps the connection in sync or
-closes it (test_adversarial_newcode42); h2 `expect: 100-continue` is read like any h2 body
-(hyper sends no 100 over h2, and the body is read once the caller is admitted).
+Held (checked by hand, not kept as tests): boto3 sending BatchImportFindings bodies of
+1.2, 3 and 6 MB to a hubgate with the default 1 MiB max_body_bytes gets the 413
+PAYLOAD_TOO_LARGE envelope each time (not a connection reset it would retry), each recorded.
+Decided, not a hole: an h2 header list over 16 KiB gets hyper's plain 431 before hubgate sees
+it (README's socket table says so): nothing is forwarded or spent, SDKs do not retry a 431, and
+no SDK request comes near 16 KiB of headers.
+Not checked here, from reading hyper 1.12: hyper sends no 100 Continue over h2 (an h2
+`expect: 100-continue` body is read like any other, once its caller is admitted).
 
 Every request goes out on a raw socket (HTTP/1.1) or through the `h2` state machine with its
 own validation switched off; every wait is bounded."""
