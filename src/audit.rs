@@ -101,11 +101,21 @@ pub struct RecordPrincipal {
     pub role: Option<Role>,
 }
 
-/// The findings a request names, grouped by product: a 100-finding batch of one product
-/// lists its ARN once, so the record stays smaller than the request.
+/// The findings a request names, grouped by product and by the account the request names for
+/// them: a 100-finding batch of one product lists its ARN once, so the record stays smaller
+/// than the request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProductFindings {
+    /// The account the request names for these findings (`claimed_account_id`: a V2
+    /// `CloudAccountUid`, an import's `AwsAccountId`), absent when it names none
+    /// (BatchUpdateFindings, V2 `MetadataUids`). A V2 finding is the triple
+    /// (CloudAccountUid, FindingInfoUid, MetadataProductUid), and the policies judged the
+    /// account: without it a record could not say whose finding was changed, or which account
+    /// a member was refused for, and V2's body keeps no copy of it (its identifiers become
+    /// `findings`). Declared first: a record's members are in key order.
+    #[serde(rename = "AccountId", skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<std::sync::Arc<str>>,
     /// Shared with the request's finding keys, not copied.
     #[serde(rename = "Ids", deserialize_with = "erasable")]
     pub ids: Vec<std::sync::Arc<str>>,
@@ -1420,6 +1430,7 @@ mod tests {
             .map(|(arn, ids)| ProductFindings {
                 product_arn: (*arn).into(),
                 ids: ids.iter().map(|id| (*id).into()).collect(),
+                account_id: None,
             })
             .collect()
     }
@@ -1467,6 +1478,7 @@ mod tests {
         let findings = vec![ProductFindings {
             product_arn: arn.into(),
             ids: ids.iter().map(|id| id.as_str().into()).collect(),
+            account_id: None,
         }];
         let msg = "member accounts may not lower a finding's severity (HIGH to LOW)";
         let grouped = group_violations(ids.iter().map(|id| named(msg, id, arn)), &findings);
@@ -1544,6 +1556,7 @@ mod tests {
         record.findings = vec![ProductFindings {
             ids: vec!["b".into(), "a\"quoted\"".into()],
             product_arn: "arn:p".into(),
+            account_id: None,
         }];
         record.update = Some(json!({"workflow_status": "NEW", "note": {"text": "t", "by": "x"}}));
         record.error = Some(RecordError {
@@ -1655,6 +1668,7 @@ mod tests {
             findings: vec![ProductFindings {
                 product_arn: "arn-of-the-product".into(),
                 ids: vec!["finding-one".into(), "finding-two".into()],
+                account_id: None,
             }],
             update: Some(
                 json!({"note": {"text": "secret-note-text", "updated_by": "note-author"}}),

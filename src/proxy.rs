@@ -196,7 +196,7 @@ impl Trail {
     /// findings changed while it waited for quota) is recorded with its last decision and
     /// what every decision spent.
     fn judged(&mut self, judgement: &mut Judgement) {
-        self.findings = findings_by_product(&judgement.keys);
+        self.findings = findings_by_product(&judgement.keys, &judgement.claimed_accounts);
         self.settling = std::mem::take(&mut judgement.overlaid);
         // The record is its last reader: the decision was made on the policy input's copy.
         self.update = Some(std::mem::take(&mut judgement.update_json));
@@ -1695,15 +1695,21 @@ pub fn internal_error(message: &str) -> Response<ProxyBody> {
         .map(|b| b.map_err(|never| match never {}).boxed())
 }
 
-/// The findings a request names, grouped by product in the order they first appear.
-fn findings_by_product(keys: &[FindingKey]) -> Vec<ProductFindings> {
+/// The findings a request names, grouped by product and claimed account (`claims`, parallel
+/// to `keys`) in the order they first appear.
+fn findings_by_product(keys: &[FindingKey], claims: &[Option<String>]) -> Vec<ProductFindings> {
     let mut groups: Vec<ProductFindings> = Vec::new();
-    for key in keys {
-        match groups.iter_mut().find(|g| g.product_arn == key.product_arn) {
+    for (i, key) in keys.iter().enumerate() {
+        let claim = claims.get(i).and_then(Option::as_deref);
+        match groups
+            .iter_mut()
+            .find(|g| g.product_arn == key.product_arn && g.account_id.as_deref() == claim)
+        {
             Some(group) => group.ids.push(key.id.clone()),
             None => groups.push(ProductFindings {
                 product_arn: key.product_arn.clone(),
                 ids: vec![key.id.clone()],
+                account_id: claim.map(Arc::from),
             }),
         }
     }
@@ -1834,6 +1840,44 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record names each finding with the account the request named for it (V2,
+    /// imports): one product's findings of two accounts are two groups, and a finding named
+    /// without an account (BatchUpdateFindings, MetadataUids) has none.
+    #[test]
+    fn the_record_groups_findings_by_product_and_claimed_account() {
+        let keys = [
+            FindingKey::new("a", "p"),
+            FindingKey::new("b", "p"),
+            FindingKey::new("c", "p"),
+            FindingKey::new("d", "q"),
+        ];
+        let claims = [
+            Some("111111111111".to_string()),
+            Some("222222222222".to_string()),
+            Some("111111111111".to_string()),
+            None,
+        ];
+        let groups = findings_by_product(&keys, &claims);
+        let seen: Vec<(Vec<&str>, &str, Option<&str>)> = groups
+            .iter()
+            .map(|g| {
+                let ids = g.ids.iter().map(|i| &**i).collect();
+                (ids, &*g.product_arn, g.account_id.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (vec!["a", "c"], "p", Some("111111111111")),
+                (vec!["b"], "p", Some("222222222222")),
+                (vec!["d"], "q", None),
+            ]
+        );
+        let unclaimed = findings_by_product(&keys[..2], &[]);
+        assert_eq!(unclaimed.len(), 1);
+        assert_eq!(unclaimed[0].account_id, None);
+    }
 
     /// A handler that panics is a failure like any other: the internal-error rejection, which
     /// `respond` answers and records, not a failed task the server answers with no record.

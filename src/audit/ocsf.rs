@@ -101,8 +101,16 @@ pub fn event(record: &Record, input: Option<&Value>, erased: &[Value], region: &
         .iter()
         .flat_map(|group| {
             group.ids.iter().map(move |id| {
-                json!({"uid": present(id), "type": "AwsSecurityFinding",
-                       "data": {"ProductArn": present(&group.product_arn)}})
+                let mut resource = json!({"uid": present(id), "type": "AwsSecurityFinding",
+                       "data": {"ProductArn": present(&group.product_arn)}});
+                // The account the request named for the finding (V2, imports), as the actor's
+                // account is written: without it a V2 finding is named by two of its three
+                // identifiers.
+                if let Some(account) = group.account_id.as_deref() {
+                    resource["owner"] = json!({"account": {"uid": account,
+                                               "type": "AWS Account", "type_id": 10}});
+                }
+                resource
             })
         })
         .collect();
@@ -232,6 +240,7 @@ mod tests {
             findings: vec![ProductFindings {
                 product_arn: "p".into(),
                 ids: vec!["f".into()],
+                account_id: None,
             }],
             result: Verdict {
                 allow,
@@ -272,6 +281,22 @@ mod tests {
         assert!(e["metadata"].get("correlation_uid").is_none());
         assert!(e.get("status_detail").is_none());
         assert!(e["unmapped"].get("erased").is_none());
+    }
+
+    /// A finding the request named with its account (V2's CloudAccountUid) names that account
+    /// as the resource's owner; one named without (BatchUpdateFindings) has no owner.
+    #[test]
+    fn a_claimed_account_is_the_resource_s_owner() {
+        let mut r = record(true, false, true, 200);
+        r.findings.push(ProductFindings {
+            product_arn: "p".into(),
+            ids: vec!["g".into()],
+            account_id: Some("333333333333".into()),
+        });
+        let e = event(&r, None, &[], "us-east-1");
+        assert!(e["resources"][0].get("owner").is_none());
+        assert_eq!(e["resources"][1]["uid"], "g");
+        assert_eq!(e["resources"][1]["owner"]["account"]["uid"], "333333333333");
     }
 
     #[test]
