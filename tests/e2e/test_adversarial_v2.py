@@ -41,7 +41,8 @@ import jsonschema
 import pytest
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
-from helpers import ADMIN_ACCOUNT, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope
+from helpers import (ADMIN_ACCOUNT, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope,
+                     audit_verify)
 
 V2 = "/findingsv2/batchupdatev2"
 
@@ -89,8 +90,8 @@ def test_a_v2_record_names_the_account_each_finding_was_named_for(hubgate):
 
 def test_a_v2_ocsf_event_names_each_finding_s_account(make_hubgate, seeded_fake):
     """With audit.format = "ocsf" and include_input = false (so no copy of the body is left),
-    each resource of a V2 event has its account as `owner.account`, and the event still
-    validates against the OCSF schema it declares."""
+    each resource of a V2 event has its account as `owner.account`, the event still validates
+    against the OCSF schema it declares, and the log's chain verifies."""
     hg = make_hubgate({"audit": {"format": "ocsf", "include_input": False}}, fake=seeded_fake)
     resp = hg.send("PATCH", V2, {"FindingIdentifiers": [ident("f-b", OTHER_ACCOUNT)],
                                  "StatusId": 4, "Comment": "SEC-9 fixed"}, who="admin")
@@ -109,6 +110,9 @@ def test_a_v2_ocsf_event_names_each_finding_s_account(make_hubgate, seeded_fake)
     errors = [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}"
               for e in jsonschema.Draft202012Validator(schema).iter_errors(body)]
     assert not errors, errors
+    hg.stop()
+    out = audit_verify(hg.audit_path)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("path", ["/findingsv2", "/findingsv2/statistics", "/resourcesv2"])
