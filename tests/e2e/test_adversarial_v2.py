@@ -15,7 +15,8 @@ who reads the decision log afterwards.
 - Held: a member's GetFindingsV2, GetFindingStatisticsV2 and GetResourcesV2 (re-signed, they
   would read every account's OCSF findings with hubgate's role) are 403 OPERATION_NOT_ALLOWED
   (an AccessDeniedException SDKs do not retry) before any upstream call, with a decision
-  record; the body is not read for a confinement V2 reads do not have.
+  record, even when the body filters on the member's own cloud.account.uid: hubgate has no
+  confinement for V2 reads, and refuses rather than forward them unconfined.
 - Held (covered elsewhere, not repeated here): every StatusId and SeverityId value, as
   numbers, strings, fractions, `-0` and exponents (test_adversarial_operations2.py,
   test_adversarial_model2.py); MetadataUids and FindingIdentifiers together, MetadataUids of
