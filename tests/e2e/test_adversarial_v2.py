@@ -32,6 +32,11 @@ who reads the decision log afterwards.
   partner), so a member cannot give another account's finding its own account through hubgate:
   its imports are off by default and, with `member_imports = "own-findings"`, must claim its
   own account, which makes a finding of its own account, not another's.
+- Left alone (noticed): one (FindingInfoUid, MetadataProductUid) named for two accounts is a
+  400 for administrators too, though to V2 those are two findings (the decision keys findings
+  by the two; such ids embed the account in practice); an OCSF event types a V2 finding as
+  "AwsSecurityFinding"; `hubgate eval` places a V2 "own account" denial at hubgate.rego's rule
+  of the same message (it locates rules by message text), not operations.rego's.
 """
 
 from __future__ import annotations
