@@ -98,7 +98,7 @@ impl FindingState for Replay {
     fn lookup(
         &self,
         keys: &[FindingKey],
-        _account: &str,
+        _caller: &str,
         _deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -123,12 +123,14 @@ impl FindingState for Replay {
 /// `hubgate eval`, a fixed map in the benchmark.
 pub trait FindingState {
     /// The state of each finding (a key missing from the map was not found), or None when
-    /// this source cannot look findings up at all. `account` is the caller's: sources that
-    /// call Security Hub share their quota between accounts in turn.
+    /// this source cannot look findings up at all. `caller` is the caller's principal id:
+    /// sources that call Security Hub share their quota between callers in turn (per caller,
+    /// not per account, so that one principal's backlog cannot hold back another's of the
+    /// same account).
     fn lookup(
         &self,
         keys: &[FindingKey],
-        account: &str,
+        caller: &str,
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send;
 }
@@ -403,7 +405,7 @@ pub async fn judge<S: FindingState>(
             if (early || dry_run) && needs_state {
                 let t = Instant::now();
                 let found = state
-                    .lookup(&judgement.keys, &facts.principal.account_id, deadline)
+                    .lookup(&judgement.keys, &facts.principal.id, deadline)
                     .await;
                 judgement.enrich_ns = t.elapsed().as_nanos() as u64;
                 match found {

@@ -775,7 +775,7 @@ impl Inner {
     fn report(&self, st: &State) {
         self.metrics.entries.set(st.cache.len() as i64);
         self.metrics.queued.set(st.queue.entries() as i64);
-        self.metrics.queued_accounts.set(st.queue.accounts() as i64);
+        self.metrics.queued_callers.set(st.queue.callers() as i64);
         self.metrics.bytes.set(st.bytes as i64);
         self.metrics.settling.set(st.journal.findings() as i64);
         self.metrics
@@ -1001,12 +1001,12 @@ impl Enricher {
     }
 
     /// Current state of each (Id, ProductArn); a key missing from the result was not found.
-    /// Findings not cached are queued as `account`'s. Waits for shared batches until
+    /// Findings not cached are queued as `caller`'s. Waits for shared batches until
     /// `deadline`, then gives up with a quota error. The mark says when each state was read.
     async fn lookup(
         &self,
         keys: &[FindingKey],
-        account: &str,
+        caller: &str,
         deadline: Instant,
     ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats, ReadMark), LookupFailure> {
         let mut found = KeyMap::with_capacity_and_hasher(keys.len(), Default::default());
@@ -1062,8 +1062,8 @@ impl Enricher {
                 let at = (waiter.clone(), at);
                 match st.waiting.get_mut(key) {
                     // Already queued or in flight for another request: share that call. One
-                    // still queued is queued in this account's turn too, so that another
-                    // account's backlog (or a request naming this account's findings behind
+                    // still queued is queued in this caller's turn too, so that another
+                    // caller's backlog (or a request naming this caller's findings behind
                     // one) cannot hold it back; whichever turn comes first looks it up.
                     Some(waiters) => {
                         waiters.push(at);
@@ -1079,7 +1079,7 @@ impl Enricher {
             }
             waiting = waiter.map(StopsWaiting);
             if !queued.is_empty() {
-                st.queue.push_back(account, queued);
+                st.queue.push_back(caller, queued);
                 self.inner.work.notify_one();
             }
         }
@@ -1629,11 +1629,11 @@ impl FindingState for Enricher {
     async fn lookup(
         &self,
         keys: &[FindingKey],
-        account: &str,
+        caller: &str,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
         let (mut current, stats, mut mark) =
-            Enricher::lookup(self, keys, account, deadline).await?;
+            Enricher::lookup(self, keys, caller, deadline).await?;
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
         let unsettled = {
@@ -2097,7 +2097,7 @@ async fn await_other_replica(
     inner.work.notify_one();
 }
 
-/// The next queued finding to look up, past copies of findings another account's turn already
+/// The next queued finding to look up, past copies of findings another caller's turn already
 /// took (in flight, or delivered and no longer waited for).
 fn next_to_look_up(st: &mut State) -> Option<FindingKey> {
     has_live_work(st).then(|| st.queue.pop_front()).flatten()

@@ -165,10 +165,10 @@ pub struct EnrichMetrics {
     /// GetFindings calls made, each once however many requests shared it (the sum of the
     /// requests' `counter_lookup_calls` counts a shared call once per request).
     pub lookups: Counter,
-    /// Entries in the lookup queue (a finding queued for two accounts counts twice).
+    /// Entries in the lookup queue (a finding queued for two callers counts twice).
     pub queued: Gauge,
-    /// Caller accounts with findings in the lookup queue.
-    pub queued_accounts: Gauge,
+    /// Callers (principals) with findings in the lookup queue.
+    pub queued_callers: Gauge,
 }
 
 /// Redis operations, by what they were for.
@@ -398,13 +398,13 @@ impl Metrics {
         registry.register(
             "enrichment_queued_findings",
             "Findings waiting in the lookup queue for a GetFindings call (one queued for two \
-             accounts' requests counts in each account's turn)",
+             callers' requests counts in each caller's turn)",
             m.enrich.queued.clone(),
         );
         registry.register(
-            "enrichment_queued_accounts",
-            "Caller accounts with findings waiting in the lookup queue (served in turn)",
-            m.enrich.queued_accounts.clone(),
+            "enrichment_queued_callers",
+            "Callers (principals) with findings waiting in the lookup queue (served in turn)",
+            m.enrich.queued_callers.clone(),
         );
         registry.register(
             "enrichment_settling_findings",

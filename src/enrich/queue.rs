@@ -1,26 +1,31 @@
-//! The lookup queue: findings waiting for a GetFindings batch, kept per account and served in
+//! The lookup queue: findings waiting for a GetFindings batch, kept per caller and served in
 //! turn, so that the callers behind one hubgate share its lookup quota fairly.
 //!
 //! Every caller in `resign` mode spends the same account's GetFindings quota (3 calls a
 //! second). With one first-come queue, a member account's bulk job (4 workers sending 100
 //! findings each) kept about 20 calls, 7 seconds, ahead of every request that came after it;
-//! a larger backlog runs other requests out of time. Here a batch is filled from one account's
-//! findings, and the accounts with findings waiting take turns batch by batch: a request waits
-//! behind at most one batch per other account, whatever their backlogs.
+//! a larger backlog runs other requests out of time. Here a batch is filled from one caller's
+//! findings, and the callers with findings waiting take turns batch by batch: a request waits
+//! behind at most one batch per other caller, whatever their backlogs.
+//!
+//! Per caller (principal), not per account, as the pacer's lines are: with one queue per
+//! account, a playbook's one-finding note waited behind the whole backlog of a bulk job that
+//! another principal of its account (a person, another playbook) had queued, and ran out of
+//! `quota.max_wait_ms` (429).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::finding::FindingKey;
 
-/// Whose findings a queue holds: an account's, or those asked for again (`AGAIN`).
+/// Whose findings a queue holds: a caller's (principal id), or those asked for again (`AGAIN`).
 type Turn = Option<Arc<str>>;
 const AGAIN: Turn = None;
 
 #[derive(Default)]
 pub(super) struct LookupQueue {
-    /// Each account's findings; an account is here only while it has some.
-    accounts: HashMap<Arc<str>, VecDeque<FindingKey>>,
+    /// Each caller's findings; a caller is here only while it has some.
+    callers: HashMap<Arc<str>, VecDeque<FindingKey>>,
     /// Findings asked for again because a write landed while their call was out, or handed
     /// back by another replica. They take turns like an account's (`AGAIN`): a caller that
     /// makes its own findings be asked again (a V2 write to its account while they are looked
@@ -37,20 +42,20 @@ pub(super) struct LookupQueue {
 }
 
 impl LookupQueue {
-    /// Queues findings one of `account`'s requests asked for, in order. A finding may be in
-    /// several queues (another account's request asked for it first): whichever turn comes
-    /// first looks it up, and the taker skips it after that (`Enricher`'s `next_to_look_up`).
-    pub fn push_back(&mut self, account: &str, keys: Vec<FindingKey>) {
+    /// Queues findings one of `caller`'s requests asked for, in order. A finding may be in several queues (another caller's request asked for it
+    /// first): whichever turn comes first looks it up, and the taker skips it after that
+    /// (`Enricher`'s `next_to_look_up`).
+    pub fn push_back(&mut self, caller: &str, keys: Vec<FindingKey>) {
         if keys.is_empty() {
             return;
         }
         self.len += keys.len();
-        match self.accounts.get_mut(account) {
+        match self.callers.get_mut(caller) {
             Some(queue) => queue.extend(keys),
             None => {
-                let account: Arc<str> = Arc::from(account);
-                self.join(Some(account.clone()));
-                self.accounts.insert(account, VecDeque::from(keys));
+                let caller: Arc<str> = Arc::from(caller);
+                self.join(Some(caller.clone()));
+                self.callers.insert(caller, VecDeque::from(keys));
             }
         }
     }
@@ -80,7 +85,7 @@ impl LookupQueue {
     fn queue(&self, turn: &Turn) -> Option<&VecDeque<FindingKey>> {
         match turn {
             None => Some(&self.again),
-            Some(account) => self.accounts.get(account),
+            Some(caller) => self.callers.get(caller),
         }
     }
 
@@ -107,7 +112,7 @@ impl LookupQueue {
             let turn = self.turns.front()?;
             let queue = match turn {
                 None => Some(&mut self.again),
-                Some(account) => self.accounts.get_mut(account),
+                Some(caller) => self.callers.get_mut(caller),
             };
             let (key, emptied) = match queue {
                 Some(queue) => (queue.pop_front(), queue.is_empty()),
@@ -117,8 +122,8 @@ impl LookupQueue {
                 self.serving = Some(turn.clone());
             }
             if emptied {
-                if let Some(Some(account)) = self.turns.pop_front() {
-                    self.accounts.remove(&account);
+                if let Some(Some(caller)) = self.turns.pop_front() {
+                    self.callers.remove(&caller);
                 }
             }
             if key.is_some() {
@@ -142,9 +147,9 @@ impl LookupQueue {
         self.len
     }
 
-    /// Accounts with findings queued, for the metrics.
-    pub fn accounts(&self) -> usize {
-        self.accounts.len()
+    /// Callers with findings queued, for the metrics.
+    pub fn callers(&self) -> usize {
+        self.callers.len()
     }
 
     #[cfg(test)]
@@ -185,7 +190,7 @@ mod tests {
         let mut q = LookupQueue::default();
         q.push_back("111111111111", keys("bulk", 100));
         q.push_back("222222222222", keys("late", 20));
-        assert_eq!((q.entries(), q.accounts()), (120, 2));
+        assert_eq!((q.entries(), q.callers()), (120, 2));
         let batches = drain(&mut q, 20);
         assert_eq!(batches.len(), 6);
         assert!(batches[0].iter().all(|id| id.starts_with("bulk-")));
@@ -221,8 +226,8 @@ mod tests {
         assert_eq!(&batches[0][..5], &["a-0", "a-1", "a-2", "a-3", "a-4"]);
         // b began its turn in the first batch and stays first: nobody else waits
         assert_eq!(batches.concat().len(), 35);
-        assert!(q.is_empty() && q.accounts.is_empty() && q.turns.is_empty());
-        assert_eq!((q.entries(), q.accounts()), (0, 0));
+        assert!(q.is_empty() && q.callers.is_empty() && q.turns.is_empty());
+        assert_eq!((q.entries(), q.callers()), (0, 0));
     }
 
     #[test]
@@ -289,6 +294,28 @@ mod tests {
         assert!(
             served_at.is_some_and(|n| n <= 1),
             "served in batch {served_at:?}"
+        );
+    }
+
+    /// Two callers of one account take turns too: a playbook's one finding waits one batch
+    /// behind a bulk job of another principal of its account, not its whole backlog.
+    #[test]
+    fn callers_of_one_account_take_turns() {
+        let mut q = LookupQueue::default();
+        q.push_back("member-bulk", keys("bulk", 100));
+        q.push_back("member-playbook", keys("note", 1));
+        assert_eq!(q.callers(), 2);
+        let batches = drain(&mut q, 20);
+        assert_eq!(batches[0].len(), 20);
+        assert!(
+            batches[0][..19].iter().all(|id| id.starts_with("bulk-")),
+            "{:?}",
+            batches[0]
+        );
+        assert_eq!(batches[0].len() + batches[1].len(), 40);
+        assert!(
+            batches[..2].concat().contains(&"note-0".to_string()),
+            "the playbook's finding waited for the backlog: {batches:?}"
         );
     }
 }

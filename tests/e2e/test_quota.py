@@ -335,7 +335,7 @@ def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
     bulk, late, threads = start_backlog(hg, quota_fake, 500, finished, errors)
     # the backlog is visible: hundreds of A's findings queued, one account waiting
     assert gauge(hg, "hubgate_enrichment_queued_findings") >= 100
-    assert gauge(hg, "hubgate_enrichment_queued_accounts") == 1
+    assert gauge(hg, "hubgate_enrichment_queued_callers") == 1
     b = noting(hg, SECOND_MEMBER, late, "b", finished, errors)
     calls_before = len(quota_fake.get_findings_calls())
     b.start()
@@ -354,7 +354,7 @@ def test_a_bulk_job_does_not_hold_another_accounts_lookups_behind_its_backlog(
     assert quota_fake.op_stats("GetFindings")["throttled"] == 0
     assert all(quota_fake.findings()[i]["Note"]["Text"] == "triaged" for i in bulk + late)
     assert gauge(hg, "hubgate_enrichment_queued_findings") == 0
-    assert gauge(hg, "hubgate_enrichment_queued_accounts") == 0
+    assert gauge(hg, "hubgate_enrichment_queued_callers") == 0
 
 
 def test_a_finding_another_account_queued_is_queued_in_the_askers_turn_too(pair, quota_fake):
