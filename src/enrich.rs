@@ -144,6 +144,11 @@ struct CallProgress {
     id: u64,
     calls: AtomicUsize,
     throttled: AtomicBool,
+    /// The batch is waiting for quota (to retry a failed call, or for its next page), not for
+    /// Security Hub's answer to a call sent. A request whose deadline comes then ran out of
+    /// quota (429): it was told Security Hub "did not answer within" its wait (504), when
+    /// Security Hub had answered a 5xx in milliseconds and hubgate was pacing the retry.
+    for_quota: AtomicBool,
 }
 
 struct Cached {
@@ -1129,7 +1134,10 @@ impl Enricher {
                     }
                     None => {
                         let call = st.in_flight.get(key);
-                        for_quota |= call.is_none_or(|c| c.throttled.load(Ordering::Relaxed));
+                        for_quota |= call.is_none_or(|c| {
+                            c.throttled.load(Ordering::Relaxed)
+                                || c.for_quota.load(Ordering::Relaxed)
+                        });
                         let earlier = st.spent.get(key).map_or(&[][..], Vec::as_slice);
                         for call in call.into_iter().chain(earlier) {
                             count(&mut stats, call);
@@ -1798,6 +1806,7 @@ async fn drive(inner: Arc<Inner>) {
             id: inner.next_call.fetch_add(1, Ordering::Relaxed),
             calls: AtomicUsize::new(0),
             throttled: AtomicBool::new(false),
+            for_quota: AtomicBool::new(false),
         });
         let (chunk, batch) = {
             let mut st = inner.lock();
@@ -1898,6 +1907,7 @@ fn no_call(inner: &Inner) -> Arc<CallProgress> {
         id: inner.next_call.fetch_add(1, Ordering::Relaxed),
         calls: AtomicUsize::new(0),
         throttled: AtomicBool::new(false),
+        for_quota: AtomicBool::new(false),
     })
 }
 
@@ -2183,6 +2193,7 @@ async fn fetch_and_deliver(
                 if attempt > most || !anyone_waiting(&inner, &chunk) {
                     break Err(e);
                 }
+                progress.for_quota.store(true, Ordering::Relaxed);
                 // Full jitter: concurrent retries spread out instead of hitting the quota
                 // together again.
                 let cap = BACKOFF_BASE
@@ -2868,6 +2879,7 @@ async fn fetch_chunk(
     while pages.read < MAX_PAGES_PER_LOOKUP {
         let n = pages.read + 1;
         let body = lookup_body(chunk, pages.token.as_deref());
+        progress.for_quota.store(false, Ordering::Relaxed);
         progress.calls.fetch_add(1, Ordering::Relaxed);
         inner.metrics.lookups.inc();
         let page = inner
@@ -2894,7 +2906,16 @@ async fn fetch_chunk(
         }
         pages.followed.push(next.clone());
         if pages.read < MAX_PAGES_PER_LOOKUP {
+            progress.for_quota.store(true, Ordering::Relaxed);
             inner.pacer.acquire_shared("GetFindings").await;
+            // Everyone gave up while the next page waited for quota (as a retry checks): the
+            // page was sent for nobody, spending the account's GetFindings quota.
+            if !anyone_waiting(inner, chunk) {
+                return Err(UpstreamError::local(
+                    "read the next page of a lookup",
+                    std::io::Error::other("every request waiting for it had gone"),
+                ));
+            }
         }
     }
     Err(UpstreamError::BadResponse {

@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 
 from helpers import (CALLERS_TOML, MEMBER_ACCOUNT, Creds, assert_envelope, finding, ident)
+from test_adversarial_upstream import NOTE, Quirky, quirky, upd  # noqa: F401 (fixture)
 
 SAME_ACCOUNT_MEMBER = Creds("HGTESTMEMBER00000003", "same-account-member-secret")
 SAME_ACCOUNT = CALLERS_TOML + f"""
@@ -60,3 +62,47 @@ def test_a_bulk_job_does_not_hold_another_caller_of_its_account_behind_its_backl
     assert fake.findings()["f-playbook"]["Note"]["Text"] == "triaged"
     # the bulk job itself is not starved either: its first requests went through
     assert 200 in answered, answered
+
+
+def _first_call_5xx(calls):
+    def on_get(_req, _default):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return 500, {"x-amzn-ErrorType": "InternalException"}, b'{"message": "boom"}'
+        return None
+    return on_get
+
+
+def _two_pages(calls):
+    def on_get(req, default):
+        calls.append(time.monotonic())
+        if not req.get("NextToken"):
+            return 200, {}, json.dumps({"Findings": [], "NextToken": "page-2"}).encode()
+        return None
+    return on_get
+
+
+@pytest.mark.parametrize("script", [_first_call_5xx, _two_pages], ids=["retry-after-5xx",
+                                                                       "next-page"])
+def test_a_lookup_waiting_for_quota_at_the_deadline_is_429_not_504(quirky, make_hubgate,
+                                                                   script):
+    """GetFindings paced at one call per 2 s; the member's note needs one lookup, which
+    Security Hub answers at once: with a 500 (hubgate retries it), or with a first page that
+    has a NextToken. The next call waits for quota past max_wait_ms (1.5 s): the request ran
+    out of quota (429 THROTTLED, which SDKs back off on), it was not Security Hub that "did
+    not answer within 1500 ms" (504). Nothing is sent for it once it has gone."""
+    calls = []
+    quirky.on_get = script(calls)
+    hg = make_hubgate({"upstream": {"timeout_ms": 1000}, "quota": {"max_wait_ms": 1500, "limits": {
+        "GetFindings": {"rate": 0.5, "burst": 2}}}}, upstream_endpoint=quirky.endpoint)
+    started = time.monotonic()
+    resp = hg.buf(upd("f-own-high", Note=NOTE), who="member")
+    body = assert_envelope(resp, 429, "THROTTLED", "ThrottlingException")
+    assert "GetFindings quota" in body["error"]["message"], body
+    rec = hg.audit_for(body["error"]["request_id"])
+    assert rec["status"] == 429 and rec["forwarded"] is False, rec
+    assert rec["metrics"]["counter_lookup_calls"] == 1, rec["metrics"]
+    # the next call's quota comes 2 s after the first: nothing is sent for nobody then
+    time.sleep(max(0.0, 2.4 - (time.monotonic() - started)))
+    assert len(calls) == 1, [round(c - started, 2) for c in calls]
+    assert quirky.count("/findings/batchupdate") == 0
