@@ -149,6 +149,11 @@ impl Default for ServerConfig {
 /// Also the longest `enrichment.cache_ttl_ms` any replica can run with, which a retirement of
 /// shared cache entries outlasts (`coordination::cache::retire_accounts`).
 pub(crate) const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The least quota.max_wait_ms: a request that needs a lookup waits for its GetFindings
+/// answer within it too. With 0 the lookup was never even sent (the wait was over before the
+/// queue was served), so every member request was refused 429 "had no room within 0 ms",
+/// with the quota full, and SDKs retried it for ever; `hubgate check` called that valid.
+pub(crate) const MIN_MAX_WAIT_MS: u64 = 100;
 
 /// The least `enrichment.max_cache_bytes`: room for a few dozen findings' state. Below it the
 /// cache would keep next to nothing and every decision would spend GetFindings quota.
@@ -852,6 +857,18 @@ impl Config {
                     format!("must be at most {MAX_TIMEOUT_MS} (one day), not {ms}"),
                 ));
             }
+        }
+        if quota.max_wait_ms < MIN_MAX_WAIT_MS {
+            return Err(invalid(
+                file,
+                "quota.max_wait_ms",
+                format!(
+                    "must be at least {MIN_MAX_WAIT_MS}, not {}: a request waits for its lookups' \
+                     answers within it too, and below a round trip every request that needs one \
+                     is refused (429)",
+                    quota.max_wait_ms
+                ),
+            ));
         }
         if !(quota.share > 0.0 && quota.share <= 1.0) {
             return Err(invalid(
@@ -1557,6 +1574,22 @@ mod tests {
                 .server
                 .caller_share(),
             1
+        );
+        for bad in ["0", "99"] {
+            let err = parse(&format!("[quota]\nmax_wait_ms = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("quota.max_wait_ms") && err.contains("at least 100"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            parse("[quota]\nmax_wait_ms = 100")
+                .unwrap()
+                .quota
+                .max_wait_ms,
+            100
         );
         let c = parse("[server]\nmax_in_flight = 8\nmax_in_flight_per_caller = 8").unwrap();
         assert_eq!(c.server.caller_share(), 8);

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from helpers import (CALLERS_TOML, MEMBER_ACCOUNT, Creds, assert_envelope, finding, ident)
+from helpers import (CALLERS_TOML, MEMBER_ACCOUNT, POLICY_DIR, Creds, assert_envelope, finding,
+                     ident, run_hubgate)
 from test_adversarial_upstream import NOTE, Quirky, quirky, upd  # noqa: F401 (fixture)
 
 SAME_ACCOUNT_MEMBER = Creds("HGTESTMEMBER00000003", "same-account-member-secret")
@@ -106,3 +107,26 @@ def test_a_lookup_waiting_for_quota_at_the_deadline_is_429_not_504(quirky, make_
     time.sleep(max(0.0, 2.4 - (time.monotonic() - started)))
     assert len(calls) == 1, [round(c - started, 2) for c in calls]
     assert quirky.count("/findings/batchupdate") == 0
+
+
+def test_check_refuses_a_max_wait_too_short_for_any_lookup(tmp_path):
+    """quota.max_wait_ms = 0 was valid: every member request was then 429 "hubgate's
+    GetFindings quota (3/s) had no room within 0 ms" with the quota full (the wait was over
+    before the lookup queue was served, so no GetFindings call was ever made), and SDKs
+    retried it for ever. `hubgate check` must refuse it (and anything under 100 ms)."""
+    (tmp_path / "callers.toml").write_text("")
+    results = {}
+    for ms in (0, 50, 100):
+        cfg = tmp_path / f"wait{ms}.toml"
+        cfg.write_text(
+            '[server]\nlisten = "127.0.0.1:1"\nadmin_listen = "127.0.0.1:2"\n'
+            '[upstream]\nendpoint = "http://127.0.0.1:3"\nregion = "us-east-1"\n'
+            '[identity]\nmode = "sigv4"\ncallers = "callers.toml"\n'
+            f'[policy]\ndir = "{POLICY_DIR}"\n[audit]\nsink = "stdout"\n'
+            f'[quota]\nmax_wait_ms = {ms}\n')
+        results[ms] = run_hubgate("check", "--config", str(cfg))
+    for ms in (0, 50):
+        r = results[ms]
+        assert r.returncode != 0, (ms, r.stdout, r.stderr)
+        assert "quota.max_wait_ms" in r.stderr, r.stderr
+    assert results[100].returncode == 0, results[100].stderr
