@@ -1640,8 +1640,7 @@ impl FindingState for Enricher {
         caller: &str,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
-        let (mut current, stats, mut mark) =
-            Enricher::lookup(self, keys, caller, deadline).await?;
+        let (mut current, stats, mut mark) = Enricher::lookup(self, keys, caller, deadline).await?;
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
         let unsettled = {
