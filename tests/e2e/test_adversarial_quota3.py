@@ -1,6 +1,29 @@
 """Adversarial review (quota, pacing and throttling, third round; one replica, no Redis).
 
-(draft)
+- HOLE (fixed): the lookup queue took turns per account: a playbook with its own keys in a
+  member account, adding a note to one finding, waited behind the whole backlog of a bulk
+  job another principal of the same account had queued (1.7 s at 10 GetFindings a second,
+  until the bulk requests ran out of max_wait_ms; behind a job that kept sending, 429). Turns
+  are now per caller (principal), as the quota's lines are.
+- HOLE (fixed): a lookup waiting for quota to retry after a 5xx, or for its next page, was
+  counted as a call out to Security Hub: a request whose deadline came then was answered 504
+  UPSTREAM_TIMEOUT "Security Hub did not answer within 1500 ms" (Security Hub had answered
+  a 500, or a first page, in milliseconds; hubgate was pacing). It is 429 THROTTLED now. And
+  the next page was still sent once its quota came, for nobody (the retry path checked, the
+  page path did not).
+- HOLE (fixed): quota.max_wait_ms = 0 was valid, and then every request that needed a lookup
+  was refused 429 "had no room within 0 ms" with the quota full (the wait was over before the
+  lookup queue was served: no GetFindings call was made), retried by SDKs for ever. `hubgate
+  check` now refuses anything under 100 ms.
+- Held: a lookup retried after a 5xx waits for its token and is counted in the record's
+  lookup calls; a forward's 5xx is relayed as it came and never sent again by hubgate.
+- Held (measured by hand, not kept as a test for CI's time): six boto3 callers with standard
+  retries (max_attempts 3) sending twelve 100-finding member updates at once through hubgate
+  to the fake in quota mode: 1200 findings applied in 19 s, 60 GetFindings calls (the
+  minimum), 0 throttled by the fake, 0 caller errors, 0 SDK retries.
+- Held (by reading, round 2 checked by hand): rates of 1e-300 and 1e12, burst 1, and a share
+  whose burst rounds below 1 all pace (a burst of at least 1, an interval between 1 ns and
+  1e6 s), without panic.
 """
 
 from __future__ import annotations
@@ -130,3 +153,30 @@ def test_check_refuses_a_max_wait_too_short_for_any_lookup(tmp_path):
         assert r.returncode != 0, (ms, r.stdout, r.stderr)
         assert "quota.max_wait_ms" in r.stderr, r.stderr
     assert results[100].returncode == 0, results[100].stderr
+
+
+def test_a_lookup_retried_after_a_5xx_is_paced_and_counted(quirky, make_hubgate):
+    """Held: GetFindings paced at 2 calls a second, burst 1 (after the call of headroom).
+    Security Hub answers the first lookup 500: the retry waits for its token (0.5 s after the
+    first call), the note is allowed, and the record counts both calls."""
+    calls = []
+    quirky.on_get = _first_call_5xx(calls)
+    hg = make_hubgate({"quota": {"max_wait_ms": 3000, "limits": {
+        "GetFindings": {"rate": 2, "burst": 2}}}}, upstream_endpoint=quirky.endpoint)
+    resp = hg.buf(upd("f-own-high", Note=NOTE), who="member")
+    assert resp.status == 200, resp.text
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.45, calls
+    rec = hg.audit_for(resp.headers["x-hubgate-decision-id"])
+    assert rec["metrics"]["counter_lookup_calls"] == 2, rec["metrics"]
+
+
+def test_a_forwards_5xx_is_relayed_and_never_sent_again(quirky, make_hubgate):
+    """Held: a write Security Hub answers 500 may have been applied; hubgate relays the 500
+    (SDKs retry it, decided anew) and does not send it again itself."""
+    quirky.on_update = lambda _req: (500, {"x-amzn-ErrorType": "InternalException"},
+                                     b'{"message": "internal"}')
+    hg = make_hubgate({}, upstream_endpoint=quirky.endpoint)
+    resp = hg.buf(upd("f-admin", Note=NOTE), who="admin")
+    assert resp.status == 500, resp.text
+    time.sleep(0.5)
+    assert quirky.count("/findings/batchupdate") == 1
