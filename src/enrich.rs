@@ -1237,15 +1237,26 @@ impl Enricher {
                     .cache
                     .get(key)
                     .filter(|c| self.inner.fresh(c, &st.retired, now).is_some());
-                let Some((read_at, Some(state), expected)) = fresh.map(|c| {
-                    (
-                        c.at,
-                        c.state.as_ref().map(|f| laid_over(f, &patch)),
-                        c.tag.clone(),
-                    )
-                }) else {
-                    // Not cached, expired, or cached as not found: nothing to lay the change
-                    // over.
+                // A write of findings hubgate cannot name (V2 identifiers of the finding's
+                // account, filters) in flight beside this one may have been applied last: an
+                // entry read after its answer may hold its value, and this answer, coming
+                // later, does not say this change won. Laid over that read, an administrator's
+                // LOW (sent first, answered last) left LOW cached over the V2 CRITICAL Security
+                // Hub applied last, and a member's LOW was judged no lowering (settle_ms = 0;
+                // otherwise the journal leaves the account's findings unknown meanwhile).
+                let beside = sent.and_then(|id| st.sending.beside(id));
+                let Some((read_at, Some(state), expected)) = fresh
+                    .filter(|c| !beside.is_some_and(|b| b.may_touch(owner_of(&c.state))))
+                    .map(|c| {
+                        (
+                            c.at,
+                            c.state.as_ref().map(|f| laid_over(f, &patch)),
+                            c.tag.clone(),
+                        )
+                    })
+                else {
+                    // Not cached, expired, cached as not found, or maybe changed by a write
+                    // beside this one: nothing to lay the change over.
                     self.inner.remove(&mut st, key);
                     writes.push((key, None, None));
                     continue;

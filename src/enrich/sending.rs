@@ -38,6 +38,40 @@ pub struct Sending {
     /// Findings two writes in flight overlapped on, until none is in flight to them
     /// (`contested`). Marked only when a write is sent to a finding another is in flight to.
     contested: crate::finding::KeySet,
+    /// Per write naming findings, while it is in flight: the writes of unnamed findings (OCSF
+    /// identifiers, filters) that were in flight beside it at any moment (`beside`).
+    beside: std::collections::HashMap<WriteId, Beside>,
+}
+
+/// The writes of findings hubgate cannot name that were in flight beside a write naming
+/// findings: Security Hub may have applied either last, so the named write's answer does not
+/// tell what a finding they may touch holds after both.
+#[derive(Default, Debug, PartialEq)]
+pub struct Beside {
+    /// One may have touched any finding (`UpdateFindings`, V2 with `MetadataUids`).
+    everything: bool,
+    /// Those limited to accounts (V2 identifiers): the accounts.
+    accounts: Vec<Arc<str>>,
+}
+
+impl Beside {
+    /// Whether one of them may have touched a finding read as `owner`'s (None: its account
+    /// is not known).
+    pub fn may_touch(&self, owner: Option<&str>) -> bool {
+        self.everything
+            || match owner {
+                Some(owner) => self.accounts.iter().any(|a| **a == *owner),
+                None => !self.accounts.is_empty(),
+            }
+    }
+
+    fn add_accounts(&mut self, accounts: &[Arc<str>]) {
+        for account in accounts {
+            if !self.accounts.contains(account) {
+                self.accounts.push(account.clone());
+            }
+        }
+    }
 }
 
 /// One write in flight to a finding: its id, when it was sent, and what it does.
@@ -126,6 +160,15 @@ impl Sending {
     /// all when it has a single element).
     pub fn findings(&mut self, keys: &[FindingKey], writes: &[Write], now: Instant) -> WriteId {
         let id = self.id();
+        // The writes of unnamed findings already in flight are beside this one.
+        let mut beside = Beside {
+            everything: !self.everything.is_empty(),
+            accounts: Vec::new(),
+        };
+        for (.., account) in &self.accounts {
+            beside.add_accounts(std::slice::from_ref(account));
+        }
+        self.beside.insert(id, beside);
         let shared = writes.len() == 1;
         let mut moved: Moved = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -169,18 +212,31 @@ impl Sending {
         for account in accounts {
             self.accounts.push((id, now, operation, account.clone()));
         }
+        for beside in self.beside.values_mut() {
+            beside.add_accounts(accounts);
+        }
         id
     }
 
     pub fn everything(&mut self, operation: &'static str, now: Instant) -> WriteId {
         let id = self.id();
         self.everything.push((id, now, operation));
+        for beside in self.beside.values_mut() {
+            beside.everything = true;
+        }
         id
+    }
+
+    /// The writes of findings hubgate cannot name that were in flight beside the write `id`
+    /// (one naming findings, not done yet) at any moment since it was registered.
+    pub fn beside(&self, id: WriteId) -> Option<&Beside> {
+        self.beside.get(&id)
     }
 
     /// The write `id`, registered for `keys`, was answered (or never sent).
     pub fn done(&mut self, id: WriteId, keys: &[FindingKey]) {
         self.writes = self.writes.saturating_sub(1);
+        self.beside.remove(&id);
         let mut moved: Moved = Vec::new();
         for key in keys {
             let Some(list) = self.findings.get(key) else {
@@ -530,6 +586,41 @@ mod tests {
     /// A change in flight is laid over exactly the findings it names, until its answer; two in
     /// flight to one finding are laid as one, in the order sent; a decision that already took
     /// a write into account is not told of it again.
+    #[test]
+    fn a_write_knows_the_unnamed_writes_in_flight_beside_it_whichever_was_sent_first() {
+        let mut s = Sending::default();
+        let now = Instant::now();
+        let a = key("a");
+        let low = label("LOW");
+        let (member, other): (Arc<str>, Arc<str>) = (Arc::from("222222222222"), Arc::from("333"));
+        let first = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
+        assert_eq!(s.beside(first), Some(&Beside::default()));
+        let v2 = s.accounts(std::slice::from_ref(&member), "BatchUpdateFindingsV2", now);
+        let second = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
+        s.done(v2, &[]);
+        // Answered before either: still beside both, which may have landed after it.
+        for id in [first, second] {
+            let beside = s.beside(id).expect("in flight");
+            assert!(beside.may_touch(Some("222222222222")) && beside.may_touch(None));
+            assert!(
+                !beside.may_touch(Some(&*other)),
+                "another account's finding"
+            );
+        }
+        let filters = s.everything("UpdateFindings", now);
+        assert!(s.beside(first).is_some_and(|b| b.may_touch(Some(&*other))));
+        s.done(filters, &[]);
+        s.done(first, std::slice::from_ref(&a));
+        s.done(second, std::slice::from_ref(&a));
+        assert!(s.beside(first).is_none() && s.beside.is_empty());
+        let third = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
+        assert_eq!(
+            s.beside(third),
+            Some(&Beside::default()),
+            "nothing in flight beside it"
+        );
+    }
+
     #[test]
     fn a_change_in_flight_touches_its_findings_until_it_is_done() {
         let mut s = Sending::default();

@@ -1,0 +1,95 @@
+"""Adversarial review (the finding-state cache, lookups and contested findings, third round).
+DRAFT
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from helpers import MEMBER_ACCOUNT, PRODUCT_ARN, assert_envelope, ident
+from test_adversarial_upstream import NOTE, Quirky, hubgate_on, quirky, upd  # noqa: F401
+
+V2_SEVERITY = {1: "INFORMATIONAL", 2: "LOW", 3: "MEDIUM", 4: "HIGH", 5: "CRITICAL"}
+
+
+def serve_v2(up: Quirky):
+    """BatchUpdateFindingsV2 applied to the ASFF finding its FindingInfoUid names (the worst
+    case hubgate assumes: a V2 write may change what GetFindings reads)."""
+    serve = up._serve
+
+    def _serve(h):
+        if h.path != "/findingsv2/batchupdatev2":
+            return serve(h)
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        req = json.loads(raw or b"{}")
+        with up.lock:
+            up.calls.append((h.command, h.path, req))
+        delay = up.v2_delay
+        for i in req.get("FindingIdentifiers", []):
+            f = up.findings.get((i["FindingInfoUid"], PRODUCT_ARN))
+            if f is not None and "SeverityId" in req:
+                f["Severity"] = {"Label": V2_SEVERITY[req["SeverityId"]]}
+        time.sleep(delay)
+        body = json.dumps({"ProcessedFindings": [{"FindingIdentifier": i} for i in
+                                                 req.get("FindingIdentifiers", [])],
+                           "UnprocessedFindings": []}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    up.v2_delay = 0.0
+    up._serve = _serve
+
+
+def v2(fid: str, **fields) -> dict:
+    return {"FindingIdentifiers": [{"CloudAccountUid": MEMBER_ACCOUNT, "FindingInfoUid": fid,
+                                    "MetadataProductUid": PRODUCT_ARN}], **fields}
+
+
+@pytest.mark.parametrize("settle_ms", [0, 300000])
+def test_a_write_answered_after_a_v2_write_beside_it_is_not_laid_over_a_read_since(
+        quirky, make_hubgate, settle_ms):
+    """An administrator's LOW (answered late), then, while it is in flight, their V2 CRITICAL
+    of the same finding, applied last and answered at once. A member's request reads the
+    finding (CRITICAL) before the LOW is answered; the LOW's answer was then written through
+    over that read, and with settle_ms = 0 the member's LOW was judged LOW to LOW and
+    forwarded. With the settle journal on, the V2's account stays unknown (503)."""
+    serve_v2(quirky)
+    hg = hubgate_on(make_hubgate, quirky, {"enrichment": {"cache_ttl_ms": 60000,
+                                                          "settle_ms": settle_ms}})
+
+    def slow_low(req):
+        answer = quirky._apply(req)
+        if req.get("Severity", {}).get("Label") == "LOW":
+            time.sleep(0.7)
+        return answer
+
+    quirky.on_update = slow_low
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "low", hg.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="admin")))
+    t.start()
+    time.sleep(0.15)
+    r = hg.send("PATCH", "/findingsv2/batchupdatev2", v2("f-own-high", SeverityId=5),
+                who="admin")
+    assert r.status == 200, r.body
+    assert quirky.severity("f-own-high") == "CRITICAL"
+    time.sleep(0.05)
+    # The member's read while the LOW is in flight: refused either way (or settling).
+    probe = hg.buf(upd("f-own-high", Severity={"Label": "MEDIUM"}, Note=NOTE), who="member")
+    assert probe.status in (403, 503), probe.body
+    t.join(5)
+    assert out["low"].status == 200
+    quirky.on_update = None
+    lowering = hg.buf(upd("f-own-high", Severity={"Label": "LOW"}, Note=NOTE), who="member")
+    if settle_ms:
+        assert_envelope(lowering, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    else:
+        assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
+    assert quirky.severity("f-own-high") == "CRITICAL"
