@@ -81,6 +81,9 @@ struct Waiter {
     /// The request stopped waiting (it answered, gave up or was dropped): a finding only it
     /// waits for need not be looked up.
     gone: AtomicBool,
+    /// The caller (principal id) the request is of: a finding asked for again waits in that
+    /// caller's turn of asked-again findings (`State::requeue`).
+    caller: Arc<str>,
 }
 
 struct Slots {
@@ -89,8 +92,9 @@ struct Slots {
 }
 
 impl Waiter {
-    fn new(n: usize) -> Waiter {
+    fn new(n: usize, caller: &str) -> Waiter {
         Waiter {
+            caller: Arc::from(caller),
             slots: Mutex::new(Slots {
                 got: vec![None; n],
                 left: n,
@@ -408,8 +412,26 @@ impl State {
         let call = self.in_flight.remove(key);
         if self.waiting.contains_key(key) {
             self.spent.entry(key.clone()).or_default().extend(call);
-            self.queue.push_again(key.clone());
+            self.requeue(key);
         }
+    }
+
+    /// Queues `key` again, in the turn of findings asked for again of each caller whose
+    /// requests wait for it (see `LookupQueue`).
+    fn requeue(&mut self, key: &FindingKey) {
+        let mut callers: Vec<Arc<str>> = Vec::new();
+        for (waiter, _) in self.waiting.get(key).into_iter().flatten() {
+            if !callers.contains(&waiter.caller) {
+                callers.push(waiter.caller.clone());
+            }
+        }
+        if callers.is_empty() {
+            // Nobody waits for it: nothing to look up.
+            self.forget(key);
+            self.preclaimed.remove(key);
+            return;
+        }
+        self.queue.push_again(&callers, key.clone());
     }
 
     /// Nobody waits for `key` any more.
@@ -1060,7 +1082,8 @@ impl Enricher {
                 }
                 pending.push(key.clone());
             }
-            let waiter = (!pending.is_empty()).then(|| Arc::new(Waiter::new(pending.len())));
+            let waiter =
+                (!pending.is_empty()).then(|| Arc::new(Waiter::new(pending.len(), caller)));
             let mut queued = Vec::new();
             for (at, key) in pending.iter().enumerate() {
                 let Some(waiter) = &waiter else { break };
@@ -2112,7 +2135,7 @@ async fn await_other_replica(
     for (key, claim) in handed_back {
         st.in_flight.remove(&key);
         st.preclaimed.insert(key.clone(), claim);
-        st.queue.push_again(key);
+        st.requeue(&key);
     }
     inner.work.notify_one();
 }
@@ -3155,7 +3178,7 @@ mod tests {
             FindingKey::new("b", "p"),
             FindingKey::new("c", "p"),
         );
-        let waiter = Arc::new(Waiter::new(1));
+        let waiter = Arc::new(Waiter::new(1, "222222222222"));
         st.waiting.insert(a.clone(), vec![(waiter.clone(), 0)]);
         st.queue.push_back("222222222222", vec![c.clone()]);
         let began = st.batch_began();

@@ -18,57 +18,63 @@ use std::sync::Arc;
 
 use crate::finding::FindingKey;
 
-/// Whose findings a queue holds: a caller's (principal id), or those asked for again (`AGAIN`).
-type Turn = Option<Arc<str>>;
-const AGAIN: Turn = None;
+/// Whose findings a queue holds: a caller's (principal id), as its requests asked for them, or
+/// asked for again, that its requests wait for (`again`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Turn {
+    who: Arc<str>,
+    again: bool,
+}
 
 #[derive(Default)]
 pub(super) struct LookupQueue {
-    /// Each caller's findings; a caller is here only while it has some.
-    callers: HashMap<Arc<str>, VecDeque<FindingKey>>,
-    /// Findings asked for again because a write landed while their call was out, or handed
-    /// back by another replica. They take turns like an account's (`AGAIN`): a caller that
-    /// makes its own findings be asked again (a V2 write to its account while they are looked
-    /// up) cannot put them ahead of everyone else's.
-    again: VecDeque<FindingKey>,
-    /// The queues with findings waiting, the one whose turn it is first.
+    /// Each turn's findings; a turn is here only while it has some. Findings asked for again
+    /// (a write landed while their call was out, or another replica handed them back) wait in
+    /// a turn of their own per caller waiting for them, beside that caller's: a caller that
+    /// keeps its own findings being asked again (V2 writes to its account while they are
+    /// looked up) gets one more turn, and its backlog of them is its own. One turn of them for
+    /// all, first in, first out, put another account's finding asked again behind every one
+    /// of the caller's (review 49: 13 calls behind, where its own turn came within two).
+    queues: HashMap<Turn, VecDeque<FindingKey>>,
+    /// The turns with findings waiting, the one whose turn it is first.
     turns: VecDeque<Turn>,
-    /// The queue the batch being filled began with.
+    /// The turn the batch being filled began with.
     serving: Option<Turn>,
-    /// The queue the last complete batch began with: it has just had its turn.
+    /// The turn the last complete batch began with: it has just had its turn.
     served: Option<Turn>,
     /// Entries in all the queues.
     len: usize,
 }
 
 impl LookupQueue {
-    /// Queues findings one of `caller`'s requests asked for, in order. A finding may be in several queues (another caller's request asked for it
-    /// first): whichever turn comes first looks it up, and the taker skips it after that
-    /// (`Enricher`'s `next_to_look_up`).
+    /// Queues findings one of `caller`'s requests asked for, in order. A finding may be in
+    /// several queues (another caller's request asked for it first): whichever turn comes
+    /// first looks it up, and the taker skips it after that (`Enricher`'s `next_to_look_up`).
     pub fn push_back(&mut self, caller: &str, keys: Vec<FindingKey>) {
+        self.push(Arc::from(caller), false, keys);
+    }
+
+    /// Queues a finding asked for again in the turn of asked-again findings of each caller
+    /// in `callers` (those whose requests wait for it), after the others there.
+    pub fn push_again(&mut self, callers: &[Arc<str>], key: FindingKey) {
+        for caller in callers {
+            self.push(caller.clone(), true, vec![key.clone()]);
+        }
+    }
+
+    fn push(&mut self, who: Arc<str>, again: bool, keys: Vec<FindingKey>) {
         if keys.is_empty() {
             return;
         }
         self.len += keys.len();
-        match self.callers.get_mut(caller) {
+        let turn = Turn { who, again };
+        match self.queues.get_mut(&turn) {
             Some(queue) => queue.extend(keys),
             None => {
-                let caller: Arc<str> = Arc::from(caller);
-                self.join(Some(caller.clone()));
-                self.callers.insert(caller, VecDeque::from(keys));
+                self.join(turn.clone());
+                self.queues.insert(turn, VecDeque::from(keys));
             }
         }
-    }
-
-    /// Queues a finding asked for again, after the others asked for again: first in, first
-    /// out, so that a caller making many of its own findings be asked again cannot keep
-    /// another's at the back.
-    pub fn push_again(&mut self, key: FindingKey) {
-        if self.again.is_empty() {
-            self.join(AGAIN);
-        }
-        self.len += 1;
-        self.again.push_back(key);
     }
 
     /// A queue that had nothing waiting takes a turn: at the back, but ahead of the queue
@@ -82,18 +88,11 @@ impl LookupQueue {
         self.turns.insert(at, turn);
     }
 
-    fn queue(&self, turn: &Turn) -> Option<&VecDeque<FindingKey>> {
-        match turn {
-            None => Some(&self.again),
-            Some(caller) => self.callers.get(caller),
-        }
-    }
-
     /// The finding `pop_front` would take.
     pub fn front(&self) -> Option<&FindingKey> {
         self.turns
             .iter()
-            .find_map(|turn| self.queue(turn).and_then(VecDeque::front))
+            .find_map(|turn| self.queues.get(turn).and_then(VecDeque::front))
     }
 
     /// Takes the next finding of the queue whose turn it is. A queue that runs out mid-batch
@@ -110,11 +109,7 @@ impl LookupQueue {
     fn take(&mut self, for_batch: bool) -> Option<FindingKey> {
         loop {
             let turn = self.turns.front()?;
-            let queue = match turn {
-                None => Some(&mut self.again),
-                Some(caller) => self.callers.get_mut(caller),
-            };
-            let (key, emptied) = match queue {
+            let (key, emptied) = match self.queues.get_mut(turn) {
                 Some(queue) => (queue.pop_front(), queue.is_empty()),
                 None => (None, true),
             };
@@ -122,8 +117,8 @@ impl LookupQueue {
                 self.serving = Some(turn.clone());
             }
             if emptied {
-                if let Some(Some(caller)) = self.turns.pop_front() {
-                    self.callers.remove(&caller);
+                if let Some(turn) = self.turns.pop_front() {
+                    self.queues.remove(&turn);
                 }
             }
             if key.is_some() {
@@ -147,9 +142,9 @@ impl LookupQueue {
         self.len
     }
 
-    /// Callers with findings queued, for the metrics.
+    /// Callers with findings queued (asked-again turns left out), for the metrics.
     pub fn callers(&self) -> usize {
-        self.callers.len()
+        self.queues.keys().filter(|turn| !turn.again).count()
     }
 
     #[cfg(test)]
@@ -226,7 +221,7 @@ mod tests {
         assert_eq!(&batches[0][..5], &["a-0", "a-1", "a-2", "a-3", "a-4"]);
         // b began its turn in the first batch and stays first: nobody else waits
         assert_eq!(batches.concat().len(), 35);
-        assert!(q.is_empty() && q.callers.is_empty() && q.turns.is_empty());
+        assert!(q.is_empty() && q.queues.is_empty() && q.turns.is_empty());
         assert_eq!((q.entries(), q.callers()), (0, 0));
     }
 
@@ -234,7 +229,7 @@ mod tests {
     fn findings_asked_again_take_a_turn_and_a_newcomer_goes_before_the_account_just_served() {
         let mut q = LookupQueue::default();
         q.push_back("111111111111", keys("a", 40));
-        q.push_again(FindingKey::new("again", "p"));
+        q.push_again(&[Arc::from("111111111111")], FindingKey::new("again", "p"));
         assert_eq!(q.front().map(|k| k.id.to_string()).as_deref(), Some("a-0"));
         let first: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
         assert_eq!(&*first[19].id, "a-19");
@@ -262,7 +257,7 @@ mod tests {
         let mut b_batches = 0;
         for n in 0..9 {
             for k in keys(&format!("again{n}"), 20) {
-                q.push_again(k);
+                q.push_again(&[Arc::from("111111111111")], k);
             }
             let batch: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
             q.end_batch();
@@ -279,11 +274,15 @@ mod tests {
     fn a_finding_asked_again_early_is_not_overtaken_by_later_ones() {
         let mut q = LookupQueue::default();
         q.push_back("111111111111", keys("a", 200));
-        q.push_again(FindingKey::new("handed-back", "p"));
+        let a: Arc<str> = Arc::from("111111111111");
+        q.push_again(
+            std::slice::from_ref(&a),
+            FindingKey::new("handed-back", "p"),
+        );
         let mut served_at = None;
         for n in 0..6 {
             for k in keys(&format!("again{n}"), 20) {
-                q.push_again(k);
+                q.push_again(std::slice::from_ref(&a), k);
             }
             let batch: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
             q.end_batch();
@@ -294,6 +293,38 @@ mod tests {
         assert!(
             served_at.is_some_and(|n| n <= 1),
             "served in batch {served_at:?}"
+        );
+    }
+
+    /// Review 49: one account's backlog of findings asked again (a member's V2 writes to its
+    /// own account while its hundreds of findings are looked up) does not hold another
+    /// account's finding asked again (an administrator's note landed while it was looked up)
+    /// behind it: each account's are a turn of their own. In one turn for all, first in,
+    /// first out, it came after all 100.
+    #[test]
+    fn one_accounts_findings_asked_again_do_not_hold_anothers_back() {
+        let mut q = LookupQueue::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("222222222222"), Arc::from("333333333333"));
+        q.push_back(&a, keys("a", 100));
+        for k in keys("a-again", 100) {
+            q.push_again(std::slice::from_ref(&a), k);
+        }
+        q.push_again(std::slice::from_ref(&b), FindingKey::new("b-again", "p"));
+        let batches = drain(&mut q, 20);
+        let at = batches
+            .iter()
+            .position(|b| b.iter().any(|id| id == "b-again"));
+        assert!(
+            at.is_some_and(|n| n <= 2),
+            "served in batch {at:?} of {}",
+            batches.len()
+        );
+        // Waited for by both: queued in each one's turn, taken once by the first to come.
+        q.push_again(&[a.clone(), b.clone()], FindingKey::new("both", "p"));
+        assert_eq!((q.entries(), q.callers()), (2, 0));
+        assert_eq!(
+            q.pop_front().map(|k| k.id.to_string()).as_deref(),
+            Some("both")
         );
     }
 

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from helpers import MEMBER_ACCOUNT, PRODUCT_ARN, assert_envelope, ident
+from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope, finding, ident,
+                     wait_until)
+from test_adversarial_replicas import OTHER_MEMBER, TWO_MEMBERS
 from test_adversarial_upstream import NOTE, Quirky, hubgate_on, quirky, upd  # noqa: F401
 
 V2_SEVERITY = {1: "INFORMATIONAL", 2: "LOW", 3: "MEDIUM", 4: "HIGH", 5: "CRITICAL"}
@@ -93,3 +95,71 @@ def test_a_write_answered_after_a_v2_write_beside_it_is_not_laid_over_a_read_sin
     else:
         assert_envelope(lowering, 403, "POLICY_DENIED", "AccessDeniedException")
     assert quirky.severity("f-own-high") == "CRITICAL"
+
+
+def test_a_members_findings_asked_again_do_not_hold_another_accounts_asked_again(
+        make_hubgate):
+    """A member keeps 300 of its findings being looked up (three notes of 100, over and over)
+    and sends V2 status changes to its own account meanwhile, so each of its lookups answered
+    after one is asked again. Another account's finding is asked again too (an administrator's
+    note landed while it was looked up). All findings asked again waited in one turn, first in,
+    first out: the other account's came after the member's backlog, 13 calls after its first
+    lookup; each account's are now a turn of their own."""
+    attacker = [f"a-{i}" for i in range(300)]
+    up = Quirky([finding(f, MEMBER_ACCOUNT, "HIGH", 70) for f in attacker]
+                + [finding("f-other", OTHER_ACCOUNT, "MEDIUM", 40)])
+    serve_v2(up)
+    stop = threading.Event()
+    threads = []
+    try:
+        def slow_get(req, default):
+            time.sleep(0.5)
+
+        up.on_get = slow_get
+        hg = make_hubgate({"upstream": {"timeout_ms": 3000},
+                           "enrichment": {"cache_ttl_ms": 0, "settle_ms": 0},
+                           "quota": {"max_wait_ms": 8000},
+                           "quota.limits": {"GetFindings": {"rate": 5.0, "burst": 1}}},
+                          upstream_endpoint=up.endpoint, callers_toml=TWO_MEMBERS)
+
+        def flood(ids):
+            while not stop.is_set():
+                hg.buf({"FindingIdentifiers": [ident(i) for i in ids], "Note": NOTE},
+                       who="member")
+
+        def own_v2():
+            while not stop.is_set():
+                hg.send("PATCH", "/findingsv2/batchupdatev2", v2("a-0", StatusId=2),
+                        who="member")
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=flood, args=(attacker[i:i + 100],))
+                   for i in (0, 100, 200)] + [threading.Thread(target=own_v2)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+
+        def lookups():
+            with up.lock:
+                return [r for m, p, r in up.calls if (m, p) == ("POST", "/findings")]
+
+        def victims(calls):
+            return [n for n, r in enumerate(calls)
+                    if any(c["Value"] == "f-other" for c in r["Filters"]["Id"])]
+
+        out = {}
+        victim = threading.Thread(target=lambda: out.setdefault("v", hg.buf(
+            upd("f-other", Note=NOTE), creds=OTHER_MEMBER)))
+        victim.start()
+        wait_until(lambda: victims(lookups()), 5, "the other account's lookup to go out")
+        time.sleep(0.1)
+        assert hg.buf(upd("f-other", Note=NOTE), who="admin").status == 200
+        victim.join(15)
+        assert out["v"].status == 200, out["v"].body
+        first, again = victims(lookups())[:2]
+        assert again - first <= 7, f"asked again {again - first} calls after its first lookup"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+        up.stop()
