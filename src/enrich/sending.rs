@@ -38,19 +38,21 @@ pub struct Sending {
     /// Findings two writes in flight overlapped on, until none is in flight to them
     /// (`contested`). Marked only when a write is sent to a finding another is in flight to.
     contested: crate::finding::KeySet,
-    /// Per write naming findings, while it is in flight: the writes of unnamed findings (OCSF
-    /// identifiers, filters) that were in flight beside it at any moment (`beside`).
+    /// Per write naming findings, while it is in flight: the writes limited to accounts (OCSF
+    /// identifiers, filters, imports of its findings claiming an account) that were in flight
+    /// beside it at any moment (`beside`).
     beside: std::collections::HashMap<WriteId, Beside>,
 }
 
-/// The writes of findings hubgate cannot name that were in flight beside a write naming
-/// findings: Security Hub may have applied either last, so the named write's answer does not
-/// tell what a finding they may touch holds after both.
+/// The writes of findings hubgate cannot name (OCSF identifiers, filters), and imports of its
+/// findings claiming an account, that were in flight beside a write naming findings: Security
+/// Hub may have applied either last, so the named write's answer does not tell what a finding
+/// they may touch holds after both.
 #[derive(Default, Debug, PartialEq)]
 pub struct Beside {
     /// One may have touched any finding (`UpdateFindings`, V2 with `MetadataUids`).
     everything: bool,
-    /// Those limited to accounts (V2 identifiers): the accounts.
+    /// Those limited to accounts (V2 identifiers, imports claiming one): the accounts.
     accounts: Vec<Arc<str>>,
 }
 
@@ -119,11 +121,35 @@ impl Flights {
 /// Whether two writes to one finding may leave its facts (severity, workflow status) different
 /// depending on which lands last: any but two changes that set no fact to different values (a
 /// playbook's retry, a note beside a raise, two notes; see `Patch::facts_commute_with`).
-fn conflict(a: &Write, b: &Write) -> bool {
+///
+/// A write hubgate cannot model that can change only one account's finding (an import claiming
+/// that account) does not contest the finding for whoever owns it: beside a change, it is
+/// `Overlap::Beside` that account (the change must not be written through over that account's
+/// copy), and beside another account's import it touches another finding. Counted as a
+/// conflict, a member's import naming another account's finding (refused by Security Hub)
+/// beside that account's own note left the finding unknown to everyone for `settle_ms`
+/// (review 49).
+fn conflict(a: &Write, b: &Write) -> Overlap {
     match (a, b) {
-        (Write::Patch(a), Write::Patch(b)) => !(Arc::ptr_eq(a, b) || a.facts_commute_with(b)),
-        _ => true,
+        (Write::Patch(a), Write::Patch(b)) if Arc::ptr_eq(a, b) || a.facts_commute_with(b) => {
+            Overlap::None
+        }
+        (Write::Unknown(_, Some(x)), Write::Unknown(_, Some(y))) if x != y => Overlap::None,
+        (Write::Unknown(_, Some(x)), Write::Patch(_))
+        | (Write::Patch(_), Write::Unknown(_, Some(x))) => Overlap::Beside(x.clone()),
+        _ => Overlap::Contested,
     }
+}
+
+/// What two writes in flight to one finding at once mean for it (`conflict`).
+enum Overlap {
+    /// Either order leaves its facts the same.
+    None,
+    /// Security Hub may apply them in either order: the finding's state is unknown after them.
+    Contested,
+    /// One may change only this account's finding: the other, a change, must not be written
+    /// through over that account's state.
+    Beside(Arc<str>),
 }
 
 /// The lists findings had (None: no write in flight) and what each became, while one write
@@ -171,12 +197,28 @@ impl Sending {
         self.beside.insert(id, beside);
         let shared = writes.len() == 1;
         let mut moved: Moved = Vec::new();
+        let mut besides: Vec<(WriteId, Arc<str>)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let Some(write) = writes.get(i).or(writes.first()) else {
                 break;
             };
             let old = self.findings.get(key);
-            if old.is_some_and(|l| l.iter().any(|e| e.0 != id && conflict(&e.2, write))) {
+            let mut contested = false;
+            for e in old.iter().flat_map(|l| l.iter()).filter(|e| e.0 != id) {
+                match conflict(&e.2, write) {
+                    Overlap::None => {}
+                    Overlap::Contested => contested = true,
+                    // Beside the change, whichever of the two it is.
+                    Overlap::Beside(account) => {
+                        let change = match write {
+                            Write::Patch(_) => id,
+                            Write::Unknown(..) => e.0,
+                        };
+                        besides.push((change, account));
+                    }
+                }
+            }
+            if contested {
                 self.contested.insert(key.clone());
             }
             let new = match moved_from(&moved, old).filter(|_| shared) {
@@ -197,6 +239,11 @@ impl Sending {
                 None => {
                     self.findings.insert(key.clone(), new);
                 }
+            }
+        }
+        for (change, account) in besides {
+            if let Some(beside) = self.beside.get_mut(&change) {
+                beside.add_accounts(std::slice::from_ref(&account));
             }
         }
         id
@@ -619,6 +666,41 @@ mod tests {
             Some(&Beside::default()),
             "nothing in flight beside it"
         );
+    }
+
+    /// Review 49: an import claiming an account can change only that account's finding; beside
+    /// a change to the same identifier it makes the change's write-through unsafe for that
+    /// account's copy, and contests nothing (it was a member's way to leave another account's
+    /// finding unknown to everyone for the settle window).
+    #[test]
+    fn an_import_claiming_an_account_is_beside_a_change_not_contesting_it() {
+        let mut s = Sending::default();
+        let now = Instant::now();
+        let a = key("a");
+        let keys = std::slice::from_ref(&a);
+        let import =
+            |account: Option<&str>| Write::Unknown("BatchImportFindings", account.map(Arc::from));
+        let note = patch(json!({"Note": {"Text": "t", "UpdatedBy": "u"}}));
+        let imported = s.findings(keys, &[import(Some("222222222222"))], now);
+        let noted = s.findings(keys, &[write(&note)], now);
+        assert!(!s.contested(&a));
+        let beside = s.beside(noted).expect("in flight");
+        assert!(beside.may_touch(Some("222222222222")) && !beside.may_touch(Some("333333333333")));
+        // Another account's import touches another finding; the same account's, the same one.
+        let other = s.findings(keys, &[import(Some("333333333333"))], now);
+        assert!(!s.contested(&a));
+        let again = s.findings(keys, &[import(Some("222222222222"))], now);
+        assert!(s.contested(&a));
+        for id in [imported, noted, other, again] {
+            s.done(id, keys);
+        }
+        assert!(!s.contested(&a) && s.is_empty());
+        // An import whose claim is not an account may touch the finding whoever owns it.
+        let unowned = s.findings(keys, &[import(None)], now);
+        let noted = s.findings(keys, &[write(&note)], now);
+        assert!(s.contested(&a), "beside an import of no known account");
+        s.done(unowned, keys);
+        s.done(noted, keys);
     }
 
     #[test]

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope, finding, ident,
+from helpers import (CALLERS, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope, finding, ident,
                      wait_until)
+from test_adversarial_model2 import policies_with, reimport
 from test_adversarial_replicas import OTHER_MEMBER, TWO_MEMBERS
 from test_adversarial_upstream import NOTE, Quirky, hubgate_on, quirky, upd  # noqa: F401
 
@@ -19,34 +20,47 @@ V2_SEVERITY = {1: "INFORMATIONAL", 2: "LOW", 3: "MEDIUM", 4: "HIGH", 5: "CRITICA
 
 
 def serve_v2(up: Quirky):
-    """BatchUpdateFindingsV2 applied to the ASFF finding its FindingInfoUid names (the worst
+    """BatchUpdateFindingsV2 (and BatchImportFindings, refused) on the scripted upstream. V2 is applied to the ASFF finding its FindingInfoUid names (the worst
     case hubgate assumes: a V2 write may change what GetFindings reads)."""
     serve = up._serve
 
     def _serve(h):
-        if h.path != "/findingsv2/batchupdatev2":
+        if h.path not in ("/findingsv2/batchupdatev2", "/findings/import"):
             return serve(h)
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
         req = json.loads(raw or b"{}")
         with up.lock:
             up.calls.append((h.command, h.path, req))
+        if h.path == "/findings/import":
+            # Security Hub refuses an import claiming a finding its product does not let the
+            # caller write; slowly.
+            time.sleep(up.import_delay)
+            return answer(h, {"FailedCount": len(req["Findings"]), "SuccessCount": 0,
+                              "FailedFindings": [{"Id": f["Id"], "ErrorCode": "AccessDenied",
+                                                  "ErrorMessage": "not allowed"}
+                                                 for f in req["Findings"]]})
         delay = up.v2_delay
         for i in req.get("FindingIdentifiers", []):
             f = up.findings.get((i["FindingInfoUid"], PRODUCT_ARN))
             if f is not None and "SeverityId" in req:
                 f["Severity"] = {"Label": V2_SEVERITY[req["SeverityId"]]}
         time.sleep(delay)
-        body = json.dumps({"ProcessedFindings": [{"FindingIdentifier": i} for i in
-                                                 req.get("FindingIdentifiers", [])],
-                           "UnprocessedFindings": []}).encode()
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        answer(h, {"ProcessedFindings": [{"FindingIdentifier": i} for i in
+                                         req.get("FindingIdentifiers", [])],
+                   "UnprocessedFindings": []})
 
     up.v2_delay = 0.0
+    up.import_delay = 0.0
     up._serve = _serve
+
+
+def answer(h, doc: dict):
+    body = json.dumps(doc).encode()
+    h.send_response(200)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    h.wfile.write(body)
 
 
 def v2(fid: str, **fields) -> dict:
@@ -163,3 +177,37 @@ def test_a_members_findings_asked_again_do_not_hold_another_accounts_asked_again
         for t in threads:
             t.join(15)
         up.stop()
+
+
+def test_a_members_import_naming_another_accounts_finding_does_not_lock_it(
+        quirky, make_hubgate, tmp_path):
+    """With member imports on ("own-findings"), a member imports a finding with another
+    account's finding's Id and ProductArn, claiming its own account (Security Hub refuses it,
+    slowly). The other account's member notes its finding meanwhile. The two writes in flight
+    to one identifier contested it: the finding was unknown to everyone for settle_ms (five
+    minutes of 503 STATE_SETTLING), at the cost of one import. An import claiming an account
+    can change only that account's finding: the other account's is judged as usual. The
+    member's own finding is unknown while its import is in flight and for the window (held)."""
+    serve_v2(quirky)
+    quirky.import_delay = 0.6
+    policies = policies_with(tmp_path, member_imports="own-findings")
+    hg = make_hubgate({"policy": {"dir": str(policies)}, "upstream": {"timeout_ms": 3000}},
+                      upstream_endpoint=quirky.endpoint, callers_toml=TWO_MEMBERS)
+
+    def beside_an_import(fid, creds):
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("import", hg.send(
+            "POST", "/findings/import", {"Findings": [reimport(fid, MEMBER_ACCOUNT)]},
+            who="member")))
+        t.start()
+        time.sleep(0.2)
+        during = hg.buf(upd(fid, Note=NOTE), creds=creds)
+        t.join(5)
+        assert out["import"].status == 200
+        return during, hg.buf(upd(fid, Note=NOTE), creds=creds)
+
+    during, again = beside_an_import("f-other", OTHER_MEMBER)
+    assert during.status == 200, during.body
+    assert again.status == 200, again.body
+    for answer in beside_an_import("f-own-high", CALLERS["member"]):
+        assert_envelope(answer, 503, "STATE_SETTLING", "ServiceUnavailableException")
