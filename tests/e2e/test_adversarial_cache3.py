@@ -1,5 +1,48 @@
-"""Adversarial review (the finding-state cache, lookups and contested findings, third round).
-DRAFT
+"""Adversarial review (the finding-state cache, its lookups and contested findings, third
+round). An attacker holds MEMBER keys; another member account (OTHER_MEMBER) and the
+administrator share hubgate with it. The upstream is the scripted Security Hub of
+test_adversarial_upstream.py (`Quirky`), here also answering BatchUpdateFindingsV2 (applied to
+the ASFF finding it names: the worst case hubgate assumes) and BatchImportFindings (refused,
+after `import_delay`).
+
+- HOLE (fixed): a BatchUpdateFindings in flight beside a write hubgate cannot name findings of
+  (a V2 write of the finding's account, UpdateFindings) was written through when answered,
+  over a state read after the other write's answer: an administrator's LOW, answered after
+  their V2 CRITICAL sent later (which Security Hub applied last), left LOW cached over
+  CRITICAL, and with enrichment.settle_ms = 0 a member's LOW was judged no lowering and
+  forwarded. Such a finding's entry is now dropped (Sending::beside), as for two
+  BatchUpdateFindings of other values in flight at once (review 48). With the settle journal
+  on, the V2's account is unknown for the window (held).
+- HOLE (fixed): findings asked for again (a write landed while their call was out) waited in
+  one turn for all accounts, first in, first out. A member keeping its hundreds of findings
+  looked up while V2 status changes to its own account were answered had them all asked again,
+  and another account's finding asked again (an administrator's note landed during its lookup)
+  waited behind that backlog: 13 calls after its first lookup, where its turn now comes within
+  a few. Each account's findings asked again are now a turn of their own.
+- HOLE (fixed): with member imports on ("own-findings"), a member's import naming another
+  account's finding's Id and ProductArn under its own account (refused by Security Hub), in
+  flight while that account's member noted its finding, contested the identifier: the other
+  account's finding was unknown to everyone for settle_ms (five minutes of 503
+  STATE_SETTLING) for the price of one import. An import claiming an account can change only
+  that account's finding; it is now "beside" the change for that account's copy only.
+- Held (by the API model, left alone): "a coalesced lookup's 4xx fails its sharers" cannot be
+  caused by a caller. Every identifier hubgate lets reach a lookup (Id of 1 to 512
+  characters, ProductArn of 12 to 2048, each with a non-space, at most 20 keys a call, so at
+  most 20 values for each of the two attributes) is a valid GetFindings StringFilter value
+  (NonEmptyString, no length limit), and a GetFindings page is read up to 32 MiB; a 4xx would
+  be Security Hub's own fault, answered 502 (retried by SDKs) to each sharer.
+- Held (checked by hand): a finding a member's request found missing (cached as not found for
+  negative_ttl_ms), then imported by the administrator, then lowered by the member: refused as
+  settling (the import's window), or, with settle_ms = 0, judged on the imported CRITICAL
+  (403), never on the cached "not found".
+- Held (by reading, left alone): filling the cache with made-up identifiers to evict others'
+  warm entries needs far more lookups than the GetFindings quota gives (entries live 5 s,
+  not-found ones 1 s; 3 calls a second of 20 keys fill at most a few hundred), and the
+  contested rule counts every fact the shipped rules read (severity label and rank,
+  Normalized mapped to its label, workflow status); RecordState and VerificationState change
+  only by writes hubgate cannot model, or are read by no shipped rule.
+
+Each test runs its own hubgate in front of its own scripted upstream.
 """
 
 from __future__ import annotations
@@ -10,8 +53,8 @@ import time
 
 import pytest
 
-from helpers import (CALLERS, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope, finding, ident,
-                     wait_until)
+from helpers import (CALLERS, MEMBER_ACCOUNT, OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope,
+                     finding, ident, wait_until)
 from test_adversarial_model2 import policies_with, reimport
 from test_adversarial_replicas import OTHER_MEMBER, TWO_MEMBERS
 from test_adversarial_upstream import NOTE, Quirky, hubgate_on, quirky, upd  # noqa: F401
@@ -20,8 +63,9 @@ V2_SEVERITY = {1: "INFORMATIONAL", 2: "LOW", 3: "MEDIUM", 4: "HIGH", 5: "CRITICA
 
 
 def serve_v2(up: Quirky):
-    """BatchUpdateFindingsV2 (and BatchImportFindings, refused) on the scripted upstream. V2 is applied to the ASFF finding its FindingInfoUid names (the worst
-    case hubgate assumes: a V2 write may change what GetFindings reads)."""
+    """BatchUpdateFindingsV2 and BatchImportFindings on the scripted upstream. V2 is applied to
+    the ASFF finding its FindingInfoUid names (the worst case hubgate assumes: a V2 write may
+    change what GetFindings reads); an import is refused, after `import_delay` seconds."""
     serve = up._serve
 
     def _serve(h):
