@@ -272,8 +272,22 @@ pub enum Unapplied<'a> {
 }
 
 /// One write's answer to a finding (`State::written`): its generation, the patch it laid over
-/// the finding (None: evicted), and the write in flight it answers.
-type Written = (u64, Option<Arc<Patch>>, Option<WriteId>);
+/// the finding (None: evicted), the write in flight it answers, and the one account whose
+/// finding it can have changed (an import claiming it; None: whoever owns it).
+type Written = (u64, Option<Arc<Patch>>, Option<WriteId>, Option<Arc<str>>);
+
+/// Whether a write's answer may have changed the finding read as `owner`'s (None: not found,
+/// which an import can create, or of no known account). An import claiming an account changes
+/// no other account's finding: counted as a write to every finding of its identifier, a
+/// member's imports naming another account's finding (refused by Security Hub), one every
+/// tenth of a second, had that finding's lookup asked for again until its request ran out of
+/// time (review 49).
+fn written_to(written: &Written, owner: Option<&str>) -> bool {
+    match (&written.3, owner) {
+        (Some(account), Some(owner)) => **account == *owner,
+        _ => true,
+    }
+}
 
 /// Whether a write's answer is one a decision already took into account while the write was
 /// in flight.
@@ -296,23 +310,30 @@ impl Unapplied<'_> {
     /// account id as AWS writes one (`"222222222222 "`, an administrator's typo) may still be
     /// read by Security Hub as that account: its write may touch the finding whoever owns it.
     fn import_write(operation: &'static str, accounts: &[Option<String>], i: usize) -> Write {
-        let account = accounts
+        Write::Unknown(operation, Self::import_account(accounts, i))
+    }
+
+    /// The account an import's finding at place `i` claims, when it is one (see
+    /// `import_write`).
+    fn import_account(accounts: &[Option<String>], i: usize) -> Option<Arc<str>> {
+        accounts
             .get(i)
             .and_then(|a| a.as_deref())
             .filter(|a| crate::finding::is_account_id(a))
-            .map(Arc::from);
-        Write::Unknown(operation, account)
+            .map(Arc::from)
     }
 }
 
 impl State {
     /// `keys` were written to with `patch`, or (None) in a way hubgate cannot tell (evicted),
-    /// by the write registered in flight as `sent`.
+    /// by the write registered in flight as `sent`; with `scope`, only that account's findings
+    /// of those identifiers (an import claiming it).
     fn wrote<'k>(
         &mut self,
         keys: impl IntoIterator<Item = &'k FindingKey>,
         patch: Option<&Arc<Patch>>,
         sent: Option<WriteId>,
+        scope: Option<&Arc<str>>,
     ) {
         self.generation += 1;
         // With no batch in flight, every later batch begins after this write.
@@ -322,6 +343,7 @@ impl State {
                     self.generation,
                     patch.cloned(),
                     sent,
+                    scope.cloned(),
                 ));
                 self.written_order.push_back((self.generation, key.clone()));
             }
@@ -368,7 +390,11 @@ impl State {
             && self
                 .written
                 .get(key)
-                .and_then(|w| w.iter().rev().find(|w| !already_considered(w, considered)))
+                .and_then(|w| {
+                    w.iter()
+                        .rev()
+                        .find(|w| !already_considered(w, considered) && written_to(w, owner))
+                })
                 .is_none_or(|(at, ..)| *at <= since)
     }
 
@@ -389,8 +415,8 @@ impl State {
             .get(key)
             .map_or(&[][..], Vec::as_slice)
             .iter()
-            .filter(|w| w.0 > since && !already_considered(w, considered))
-            .map(|(_, patch, _)| patch.as_ref())
+            .filter(|w| w.0 > since && !already_considered(w, considered) && written_to(w, owner))
+            .map(|(_, patch, ..)| patch.as_ref())
             .collect()
     }
 
@@ -1241,10 +1267,10 @@ impl Enricher {
             sent_at = sharing.then(|| st.sent_at(processed, sent)).flatten();
             let split = st.journal_patch(processed, Write::Patch(patch.clone()), now);
             match &split {
-                None => st.wrote(processed, Some(&patch), sent),
+                None => st.wrote(processed, Some(&patch), sent, None),
                 Some(split) => {
-                    st.wrote(&split.contested, None, sent);
-                    st.wrote(&split.alone, Some(&patch), sent);
+                    st.wrote(&split.contested, None, sent, None);
+                    st.wrote(&split.alone, Some(&patch), sent, None);
                 }
             }
             for key in processed {
@@ -1375,7 +1401,6 @@ impl Enricher {
         let sent_at;
         {
             let mut st = self.inner.lock();
-            st.wrote(keys, None, sent);
             let now = Instant::now();
             sent_at = self
                 .inner
@@ -1383,17 +1408,33 @@ impl Enricher {
                 .as_ref()
                 .and_then(|_| st.sent_at(keys, sent));
             match &write {
-                Ok(write @ Write::Patch(_)) => split = st.journal_patch(keys, write.clone(), now),
-                Ok(write) => st.journal.record(keys, write.clone(), now),
-                Err((operation, accounts)) => {
-                    for (i, key) in keys.iter().enumerate() {
-                        let write = Unapplied::import_write(operation, accounts, i);
-                        st.journal.record(std::slice::from_ref(key), write, now);
+                Ok(write) => {
+                    st.wrote(keys, None, sent, None);
+                    match write {
+                        Write::Patch(_) => split = st.journal_patch(keys, write.clone(), now),
+                        Write::Unknown(..) => st.journal.record(keys, write.clone(), now),
+                    }
+                    for key in keys {
+                        self.inner.remove(&mut st, key);
                     }
                 }
-            }
-            for key in keys {
-                self.inner.remove(&mut st, key);
+                Err((operation, accounts)) => {
+                    for (i, key) in keys.iter().enumerate() {
+                        let account = Unapplied::import_account(accounts, i);
+                        let one = std::slice::from_ref(key);
+                        st.wrote(one, None, sent, account.as_ref());
+                        let write = Unapplied::import_write(operation, accounts, i);
+                        st.journal.record(one, write, now);
+                        // Another account's finding of the identifier is as it was.
+                        let other = st.cache.get(key).is_some_and(|c| {
+                            matches!((owner_of(&c.state), &account),
+                                (Some(owner), Some(account)) if *owner != **account)
+                        });
+                        if !other {
+                            self.inner.remove(&mut st, key);
+                        }
+                    }
+                }
             }
             self.inner.report(&st);
         }
@@ -3045,7 +3086,7 @@ mod tests {
     fn a_batch_caches_what_no_write_touched_since_it_began() {
         let mut st = State::default();
         let (a, b) = (FindingKey::new("a", "p"), FindingKey::new("b", "p"));
-        st.wrote([&a], None, None);
+        st.wrote([&a], None, None, None);
         assert!(
             st.written.is_empty(),
             "no batch in flight: nothing to remember"
@@ -3054,7 +3095,7 @@ mod tests {
         assert!(
             st.unwritten_since(&a, None, first, &[]) && st.unwritten_since(&b, None, first, &[])
         );
-        st.wrote([&a], None, None);
+        st.wrote([&a], None, None, None);
         assert!(!st.unwritten_since(&a, None, first, &[]));
         assert!(st.unwritten_since(&b, None, first, &[]));
         let second = st.batch_began();
@@ -3071,7 +3112,7 @@ mod tests {
         assert!(!st.unwritten_since(&b, None, second, &[]));
         let third = st.batch_began();
         assert!(st.unwritten_since(&b, None, third, &[]));
-        st.wrote([&b], None, None);
+        st.wrote([&b], None, None, None);
         st.batch_ended(second);
         assert!(
             !st.unwritten_since(&b, None, third, &[]),
@@ -3082,9 +3123,9 @@ mod tests {
         assert!(st.written_order.is_empty());
         // Of one finding's writes, the oldest batch's end drops only those before the next.
         let fourth = st.batch_began();
-        st.wrote([&a], None, None);
+        st.wrote([&a], None, None, None);
         let fifth = st.batch_began();
-        st.wrote([&a, &b], None, None);
+        st.wrote([&a, &b], None, None, None);
         st.batch_ended(fourth);
         assert!(!st.unwritten_since(&a, None, st.generation - 1, &[]));
         assert_eq!(
@@ -3170,6 +3211,33 @@ mod tests {
     /// asked for again take a turn like an account's) for the requests waiting on it; one
     /// nobody waits for is dropped. A hold keeps writes known as a batch does, after the batch
     /// that took it has ended.
+    /// Review 49: an import claiming an account is a write to that account's finding of its
+    /// identifier only (and to one not found, which it may create).
+    #[test]
+    fn an_import_claiming_an_account_writes_only_that_accounts_finding() {
+        let mut st = State::default();
+        let a = FindingKey::new("a", "p");
+        let began = st.batch_began();
+        let member: Arc<str> = Arc::from("222222222222");
+        st.wrote([&a], None, None, Some(&member));
+        assert!(st.unwritten_since(&a, Some("333333333333"), began, &[]));
+        assert_eq!(
+            st.patches_since(&a, Some("333333333333"), began, &[])
+                .map(|p| p.len()),
+            Some(0)
+        );
+        assert!(!st.unwritten_since(&a, Some("222222222222"), began, &[]));
+        assert!(st
+            .patches_since(&a, Some("222222222222"), began, &[])
+            .is_none());
+        assert!(
+            !st.unwritten_since(&a, None, began, &[]),
+            "not found: it may create it"
+        );
+        st.wrote([&a], None, None, None);
+        assert!(!st.unwritten_since(&a, Some("333333333333"), began, &[]));
+    }
+
     #[test]
     fn a_finding_written_during_its_call_is_asked_for_again() {
         let mut st = State::default();
@@ -3187,7 +3255,7 @@ mod tests {
             st.in_flight
                 .insert(k.clone(), Arc::new(CallProgress::default()));
         }
-        st.wrote([&a, &b], None, None);
+        st.wrote([&a, &b], None, None, None);
         st.batch_ended(began);
         assert!(!st.unwritten_since(&a, None, began, &[]), "still held");
         st.ask_again(&a);

@@ -255,3 +255,41 @@ def test_a_members_import_naming_another_accounts_finding_does_not_lock_it(
     assert again.status == 200, again.body
     for answer in beside_an_import("f-own-high", CALLERS["member"]):
         assert_envelope(answer, 503, "STATE_SETTLING", "ServiceUnavailableException")
+
+
+def test_a_members_imports_naming_another_accounts_finding_do_not_hold_its_lookup(
+        quirky, make_hubgate, tmp_path):
+    """With member imports on, a member imports a finding with another account's finding's Id
+    and ProductArn under its own account, every tenth of a second (Security Hub refuses each at
+    once). Each answer counted as a write to the identifier, so the other account's lookup of
+    its own finding, 0.4 s long, was asked for again at every answer: its member's one-finding
+    note waited out quota.max_wait_ms (504 after 3 s and 7 GetFindings calls). An import
+    claiming an account changes only that account's finding: one lookup, answered."""
+    serve_v2(quirky)
+    policies = policies_with(tmp_path, member_imports="own-findings")
+    hg = make_hubgate({"policy": {"dir": str(policies)}, "upstream": {"timeout_ms": 3000},
+                       "quota": {"max_wait_ms": 3000}},
+                      upstream_endpoint=quirky.endpoint, callers_toml=TWO_MEMBERS)
+
+    def slow_get(req, default):
+        time.sleep(0.4)
+
+    quirky.on_get = slow_get
+    stop = threading.Event()
+
+    def imports():
+        while not stop.is_set():
+            hg.send("POST", "/findings/import",
+                    {"Findings": [reimport("f-other", MEMBER_ACCOUNT)]}, who="member")
+            time.sleep(0.05)
+
+    t = threading.Thread(target=imports)
+    t.start()
+    try:
+        time.sleep(0.3)
+        note = hg.buf(upd("f-other", Note=NOTE), creds=OTHER_MEMBER)
+    finally:
+        stop.set()
+        t.join(5)
+    assert note.status == 200, note.body
+    assert quirky.count("/findings") <= 2
