@@ -25,6 +25,12 @@ after `import_delay`).
   account's finding was unknown to everyone for settle_ms (five minutes of 503
   STATE_SETTLING) for the price of one import. An import claiming an account can change only
   that account's finding; it is now "beside" the change for that account's copy only.
+- HOLE (fixed): with member imports on, the same imports, one every tenth of a second, each
+  counted as a write to every finding of the identifier: the other account's lookup of its
+  own finding was asked for again at every answer (and its cached entry evicted), until its
+  member's one-finding note ran out of quota.max_wait_ms (504 after 3 s and 7 GetFindings
+  calls). An import claiming an account is now a write to that account's finding only (and to
+  one not found, which it may create).
 - Held (by the API model, left alone): "a coalesced lookup's 4xx fails its sharers" cannot be
   caused by a caller. Every identifier hubgate lets reach a lookup (Id of 1 to 512
   characters, ProductArn of 12 to 2048, each with a non-space, at most 20 keys a call, so at
