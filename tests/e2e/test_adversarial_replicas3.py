@@ -59,6 +59,7 @@ import pytest
 
 from helpers import PRODUCT_ARN, assert_envelope, hubgate_env, wait_until
 from test_adversarial_upstream import NOTE, quirky, upd  # noqa: F401 (fixture)
+from test_adversarial_fwd2 import overlapping_writes
 from test_replicas import coordination, coordination_state, redis_server  # noqa: F401
 
 
@@ -80,24 +81,7 @@ def overlapping_through_two(r1, r2, quirky):
     """An administrator's LOW through replica 1 (answered late), then their CRITICAL through
     replica 2, sent while the LOW is in flight and answered at once: Security Hub applied
     LOW, then CRITICAL, and holds CRITICAL."""
-
-    def slow_lowering(req):
-        answer = quirky._apply(req)
-        if req.get("Severity", {}).get("Label") == "LOW":
-            time.sleep(0.8)
-        return answer
-
-    quirky.on_update = slow_lowering
-    out = {}
-    t = threading.Thread(target=lambda: out.setdefault(
-        "low", r1.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="admin")))
-    t.start()
-    time.sleep(0.3)
-    crit = r2.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin")
-    t.join(5)
-    assert crit.status == 200 and out["low"].status == 200, (crit.text, out)
-    quirky.on_update = None
-    assert quirky.severity("f-own-high") == "CRITICAL"
+    overlapping_writes(r1, quirky, then=r2)
 
 
 @pytest.mark.parametrize("via", [1, 2])
