@@ -2,7 +2,7 @@
 //! values instead of calling builtins. Documented in policies/README.md.
 
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -108,16 +108,74 @@ pub struct Update {
     verification_state: Option<&'static str>,
     confidence: Option<i64>,
     criticality: Option<i64>,
-    types: Option<Vec<String>>,
-    user_defined_fields: Option<BTreeMap<String, String>>,
-    related_findings: Option<Vec<Value>>,
+    types: Option<Vec<FactText>>,
+    user_defined_fields: Option<BTreeMap<FactText, FactText>>,
+    related_findings: Option<Vec<RelatedFact>>,
     record_state: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
 struct NoteFact {
-    text: String,
-    updated_by: Option<String>,
+    text: FactText,
+    updated_by: Option<FactText>,
+}
+
+#[derive(Debug, Serialize)]
+struct RelatedFact {
+    #[serde(rename = "Id")]
+    id: FactText,
+    #[serde(rename = "ProductArn")]
+    product_arn: FactText,
+}
+
+/// A caller's text that becomes a fact of `input.update`, at most `max` characters: made only
+/// by `FactText::new`, so `Update` cannot hold a longer one. Each such text is written three
+/// times into the decision record (`update`, `input.update`, `input.request.body`) and is
+/// forwarded: with no bound, one 1 MiB request setting `Note.UpdatedBy` or `Types` made a
+/// 3 MiB record (and three times its hashing and formatting), allowed or refused. The limits
+/// are Security Hub's own where it documents one (`FACT_LIMITS`); a longer text is a 400,
+/// never a clipped fact that the policy would judge instead of what is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct FactText(String);
+
+impl FactText {
+    fn new(
+        pointer: impl FnOnce() -> String,
+        text: &str,
+        max: usize,
+    ) -> Result<FactText, Violation> {
+        // Bytes bound characters from above: the count is needed only past `max` bytes.
+        if text.len() > max && text.chars().count() > max {
+            return Err(Violation::new(
+                pointer(),
+                format!("{} is longer than {max} characters", quoted(text)),
+            ));
+        }
+        Ok(FactText(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The most characters each caller text of `input.update` may have (`FactText`).
+pub mod fact_limits {
+    /// `Note.Text` (the finding's Note: "Maximum of 512"), and V2's `Comment` (1–512).
+    pub const NOTE_TEXT: usize = 512;
+    /// `Note.UpdatedBy`: 512 in Security Hub's NoteUpdate (CloudFormation's
+    /// AWS::SecurityHub::AutomationRule NoteUpdate; the API model states no limit).
+    pub const NOTE_UPDATED_BY: usize = 512;
+    /// One entry of `Types` ("namespace/category/classifier"): Security Hub documents no
+    /// limit; hubgate's choice, several times the longest type AWS's own products write.
+    pub const TYPE: usize = 512;
+    /// `RelatedFindings[].Id` and `.ProductArn`: a finding's Id and ProductArn (512, 2048).
+    pub const RELATED_ID: usize = 512;
+    pub const RELATED_PRODUCT_ARN: usize = 2048;
+    /// `UserDefinedFields`: "the key can contain up to 128 characters", "the value … 1024".
+    pub const UDF_KEY: usize = 128;
+    pub const UDF_VALUE: usize = 1024;
 }
 
 /// Which fact each field of `input.update.fields` sets: a field listed here is never null in
@@ -155,12 +213,29 @@ impl Update {
             self.severity_rank = Some(rank);
         }
     }
-    fn note(&mut self, text: String, updated_by: Option<String>) {
+    /// `text_at` is where the text is in the body (`/Note/Text`, V2's `/Comment`).
+    fn note(
+        &mut self,
+        text_at: &str,
+        text: &str,
+        updated_by: Option<&str>,
+    ) -> Result<(), Violation> {
+        let text = FactText::new(|| text_at.to_owned(), text, fact_limits::NOTE_TEXT)?;
+        let updated_by = updated_by
+            .map(|by| {
+                FactText::new(
+                    || "/Note/UpdatedBy".to_owned(),
+                    by,
+                    fact_limits::NOTE_UPDATED_BY,
+                )
+            })
+            .transpose()?;
         self.touch("Note.Text");
         if updated_by.is_some() {
             self.touch("Note.UpdatedBy");
         }
         self.note = Some(NoteFact { text, updated_by });
+        Ok(())
     }
 
     /// This change as Security Hub will apply it to a stored finding, ready to lay over cached
@@ -370,7 +445,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 )?;
             }
             if let Some(NoteUpdate { text, updated_by }) = note {
-                u.note(text.clone(), Some(updated_by.clone()));
+                u.note("/Note/Text", text, Some(updated_by))?;
             }
             if let Some(SeverityUpdate {
                 normalized,
@@ -425,12 +500,25 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 u.criticality = Some(c);
             }
             if let Some(t) = types {
+                let t = t
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| FactText::new(|| format!("/Types/{i}"), t, fact_limits::TYPE))
+                    .collect::<Result<_, _>>()?;
                 u.touch("Types");
-                u.types = Some(t.clone());
+                u.types = Some(t);
             }
             if let Some(m) = user_defined_fields {
+                let mut fields = BTreeMap::new();
+                for (k, v) in m {
+                    let at = || "/UserDefinedFields".to_owned();
+                    fields.insert(
+                        FactText::new(at, k, fact_limits::UDF_KEY)?,
+                        FactText::new(at, v, fact_limits::UDF_VALUE)?,
+                    );
+                }
                 u.touch("UserDefinedFields");
-                u.user_defined_fields = Some(m.clone());
+                u.user_defined_fields = Some(fields);
             }
             if let Some(WorkflowUpdate { status: Some(s) }) = workflow {
                 u.workflow_status(s.as_str());
@@ -439,10 +527,22 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 u.touch("RelatedFindings");
                 u.related_findings = Some(
                     list.iter()
-                        .map(|RelatedFinding { product_arn, id }| {
-                            json!({"Id": id, "ProductArn": product_arn})
+                        .enumerate()
+                        .map(|(i, RelatedFinding { product_arn, id })| {
+                            Ok(RelatedFact {
+                                id: FactText::new(
+                                    || format!("/RelatedFindings/{i}/Id"),
+                                    id,
+                                    fact_limits::RELATED_ID,
+                                )?,
+                                product_arn: FactText::new(
+                                    || format!("/RelatedFindings/{i}/ProductArn"),
+                                    product_arn,
+                                    fact_limits::RELATED_PRODUCT_ARN,
+                                )?,
+                            })
                         })
-                        .collect(),
+                        .collect::<Result<_, Violation>>()?,
                 );
             }
             Ok(Normalised {
@@ -511,7 +611,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 _ => {}
             }
             if let Some(c) = comment {
-                u.note(c.clone(), None);
+                u.note("/Comment", c, None)?;
             }
             if let Some(id) = *severity_id {
                 let (label, rank) = v2_severity(id)?;
@@ -536,7 +636,7 @@ pub fn normalise(request: &Typed) -> Result<Normalised, Violation> {
                 record_state,
             } = update.as_ref();
             if let Some(NoteUpdate { text, updated_by }) = note {
-                u.note(text.clone(), Some(updated_by.clone()));
+                u.note("/Note/Text", text, Some(updated_by))?;
             }
             if let Some(r) = record_state {
                 u.touch("RecordState");
@@ -1503,6 +1603,7 @@ impl Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Before enrichment each finding's entry holds its identifiers and, where the request
     /// claims one, its account; copied from a template or built, entries are the plain objects.
@@ -2005,5 +2106,49 @@ mod tests {
             serde_json::to_value(finding_entry(&FindingKey::new("f", "p"), None)).unwrap();
         assert_eq!(e["current"], Value::Null);
         assert_eq!(e["severity_rank"], Value::Null);
+    }
+
+    #[test]
+    fn a_caller_text_longer_than_its_limit_is_no_fact() {
+        let ids = json!([{"Id": "f", "ProductArn": "arn:aws:securityhub:::product/x"}]);
+        let long = |n: usize| "é".repeat(n);
+        let cases = [
+            (
+                Judged::BatchUpdateFindings,
+                json!({"FindingIdentifiers": ids, "Note": {"Text": "t", "UpdatedBy": long(513)}}),
+                "/Note/UpdatedBy",
+            ),
+            (
+                Judged::UpdateFindings,
+                json!({"Filters": {}, "Note": {"Text": long(513), "UpdatedBy": "u"}}),
+                "/Note/Text",
+            ),
+            (
+                Judged::BatchUpdateFindings,
+                json!({"FindingIdentifiers": ids, "Types": ["TTPs", format!("TTPs/{}", long(508))]}),
+                "/Types/1",
+            ),
+            (
+                Judged::BatchUpdateFindings,
+                json!({"FindingIdentifiers": ids, "RelatedFindings": [{"Id": long(513), "ProductArn": "p"}]}),
+                "/RelatedFindings/0/Id",
+            ),
+            (
+                Judged::BatchUpdateFindings,
+                json!({"FindingIdentifiers": ids, "UserDefinedFields": {"k": long(1025)}}),
+                "/UserDefinedFields",
+            ),
+        ];
+        for (op, body, at) in cases {
+            let err = update_for(op, &body).expect_err(at);
+            assert_eq!(err.path(), at);
+            assert!(err.message().contains("characters"), "{}", err.message());
+            assert!(err.message().len() < 2 * Violation::MESSAGE_CHARS, "{at}");
+        }
+        // At the limit, counted in characters (a 2-byte character is one).
+        let at_limit = json!({"FindingIdentifiers": ids, "Note": {"Text": long(512), "UpdatedBy": long(512)},
+            "Types": [format!("TTPs/{}", long(507))], "UserDefinedFields": {long(128): long(1024)}});
+        let u = update_for(Judged::BatchUpdateFindings, &at_limit).unwrap();
+        assert_eq!(u.to_value()["note"]["updated_by"], json!(long(512)));
     }
 }
