@@ -106,6 +106,11 @@ pub struct ServerConfig {
     /// Requests one caller may have in flight at once; past it that caller's request gets 503
     /// OVERLOADED while other callers are served. None: a quarter of max_in_flight.
     pub max_in_flight_per_caller: Option<usize>,
+    /// Body bytes of the requests in flight, together (each counted at its Content-Length, or
+    /// at max_body_bytes when it declares none); past it a request gets 503 OVERLOADED. What a
+    /// request holds while it waits grows with its body (about five times it), so this, not
+    /// max_in_flight alone, bounds hubgate's memory.
+    pub max_in_flight_body_bytes: u64,
     /// Threads that run requests. None: one per CPU this process may use (cgroup quota and
     /// affinity included). A sidecar sharing its cores with the application does better with
     /// fewer: idle workers that look for work to steal, and requests moved between cores,
@@ -140,6 +145,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_in_flight: 256,
             max_in_flight_per_caller: None,
+            max_in_flight_body_bytes: 64 * 1_048_576,
             worker_threads: None,
         }
     }
@@ -1009,6 +1015,19 @@ impl Config {
                 ));
             }
         }
+        // A request of max_body_bytes must fit alone; past 2^40 the cap bounds nothing.
+        let bytes = server.max_in_flight_body_bytes;
+        if !(server.max_body_bytes..=1 << 40).contains(&bytes) {
+            return Err(invalid(
+                file,
+                "server.max_in_flight_body_bytes",
+                format!(
+                    "must be between server.max_body_bytes ({}) and {}, not {bytes}",
+                    server.max_body_bytes,
+                    1u64 << 40
+                ),
+            ));
+        }
         if let Some(n) = server.max_in_flight_per_caller {
             if !(1..=server.max_in_flight).contains(&n) {
                 return Err(invalid(
@@ -1568,6 +1587,18 @@ mod tests {
             assert!(err.contains(key), "{text}: {err}");
         }
         assert_eq!(parse("").unwrap().server.caller_share(), 64);
+        // The body-bytes cap must hold one request of max_body_bytes.
+        let c = parse("[server]\nmax_body_bytes = 1000\nmax_in_flight_body_bytes = 1000").unwrap();
+        assert_eq!(c.server.max_in_flight_body_bytes, 1000);
+        for bad in ["999", "1099511627777", "0"] {
+            let text = format!("[server]\nmax_body_bytes = 1000\nmax_in_flight_body_bytes = {bad}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("server.max_in_flight_body_bytes")
+                    && err.contains("max_body_bytes (1000)"),
+                "{text}: {err}"
+            );
+        }
         assert_eq!(
             parse("[server]\nmax_in_flight = 3")
                 .unwrap()

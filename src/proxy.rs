@@ -69,6 +69,9 @@ pub struct Stages {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Each caller's share of server.max_in_flight (server.max_in_flight_per_caller).
     pub shares: Arc<Shares>,
+    /// server.max_in_flight_body_bytes permits, one per body byte a request in flight may hold
+    /// (`admit`), taken and given back with its in-flight slot.
+    pub body_bytes: Arc<tokio::sync::Semaphore>,
     /// Set once a stop's grace period has run out (see `Halt`).
     pub halt: Halt,
 }
@@ -524,18 +527,23 @@ struct Ctx<'a> {
     admitted: Option<Admitted>,
 }
 
-/// What an admitted request holds while it is in flight: a slot of server.max_in_flight, and
-/// a place in its caller's share of them (none in static mode).
-type Admitted = (tokio::sync::OwnedSemaphorePermit, Option<Share>);
+/// What an admitted request holds while it is in flight: a slot of server.max_in_flight, a
+/// place in its caller's share of them (none in static mode), and its body's bytes of
+/// server.max_in_flight_body_bytes.
+type Admitted = (
+    tokio::sync::OwnedSemaphorePermit,
+    Option<Share>,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// The request's path, one phase per stage of DESIGN.md. Each phase returns what the next
 /// needs; what the record needs goes into `ctx.trail`.
 async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rejection> {
     let (spec, routing) = route(ctx, &req)?;
     let (parts, body) = req.into_parts();
-    declared_length(ctx, &parts)?;
+    let body_bytes = declared_length(ctx, &parts)?;
     let identity = ctx.gate.identity.load_full();
-    let claim = admit(ctx, &identity, &parts)?;
+    let claim = admit(ctx, &identity, &parts, body_bytes)?;
     let body = Payload::new(read(ctx, &parts, body, routing).await?);
     let principal = authenticate(ctx, &identity, claim, &parts, &body)?;
     // From here on the request may wait for quota, up to quota.max_wait_ms.
@@ -650,7 +658,9 @@ fn route(
 
 /// A body declared larger than server.max_body_bytes is refused before anything else is
 /// read of it.
-fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<(), Rejection> {
+/// The most body bytes the request can bring: its Content-Length, else max_body_bytes (a
+/// body without one is cut off there); past max_body_bytes, 413 at once.
+fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<u64, Rejection> {
     let limit = ctx.gate.config.server.max_body_bytes;
     let declared = parts
         .headers
@@ -659,7 +669,8 @@ fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<(), Re
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(n) if n > limit => Err(Rejection::PayloadTooLarge { limit }),
-        _ => Ok(()),
+        Some(n) => Ok(n),
+        None => Ok(limit),
     }
 }
 
@@ -669,11 +680,15 @@ fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<(), Re
 /// nothing, so a client without keys cannot hold in-flight slots by sending its bodies slowly,
 /// and gets its 401 (which SDKs do not retry) even while hubgate is full. Past the cap or the
 /// share, a retryable 503, nothing forwarded, recorded like any other. What is taken is kept
-/// in `ctx` for as long as the request is in flight.
+/// in `ctx` for as long as the request is in flight. So are `body_bytes` of
+/// server.max_in_flight_body_bytes: what a request holds while it waits grows with its body
+/// (about 1.8 MB for a 366 KB update), so 256 requests of the largest bodies held about 510 MB,
+/// past the 512Mi limit of deploy/kubernetes; the slots alone did not bound memory.
 fn admit<'a>(
     ctx: &mut Ctx<'_>,
     identity: &'a Identity,
     parts: &'a http::request::Parts,
+    body_bytes: u64,
 ) -> Result<Claim<'a>, Rejection> {
     let claim = identity.claim(parts, SystemTime::now(), ctx.client_cert)?;
     let slot = ctx
@@ -691,7 +706,17 @@ fn admit<'a>(
         IdentityMode::Static => None,
         _ => Some(ctx.gate.shares.take(claim.claimed(), || claim.shown())?),
     };
-    ctx.admitted = Some((slot, share));
+    // At most max_body_bytes (declared_length), which the configuration keeps within the cap.
+    let bytes = ctx
+        .gate
+        .body_bytes
+        .clone()
+        .try_acquire_many_owned(u32::try_from(body_bytes).unwrap_or(u32::MAX))
+        .map_err(|_| Rejection::Overloaded {
+            setting: "server.max_in_flight_body_bytes",
+            limit: ctx.gate.config.server.max_in_flight_body_bytes as usize,
+        })?;
+    ctx.admitted = Some((slot, share, bytes));
     Ok(claim)
 }
 

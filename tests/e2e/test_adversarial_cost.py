@@ -26,6 +26,14 @@ server.max_body_bytes, against the real binary and the fake Security Hub.
   (the shipped rules do not iterate over the body). The JSON Schemas have no
   anyOf/oneOf/if, their patterns run on the linear regex engine, the strict parser's objects are
   BTreeMaps (no hash flooding), and a 400 formats at most 50 violations.
+- HOLE (fixed): nothing bounded the bytes the requests in flight hold. What a request holds
+  while it waits for quota grows with its body (about 1.8 MB for the largest BatchUpdateFindings
+  the schema lets through, 366 KB), so max_in_flight (256) such requests took the debug binary
+  from 69 to 511 MB, past the 512Mi limit of deploy/kubernetes: four callers (each with its
+  quarter share) could have the pod killed with every request in flight.
+  server.max_in_flight_body_bytes (64 MiB) now caps the body bytes in flight together, each
+  request counted at its Content-Length from admission (before its body is read) until it is
+  answered: past it, 503 OVERLOADED naming the setting, while small requests go on.
 - Held (measured): memory for a refused 1 MiB import peaks at about 60 MB per worker thread
   (parsed body, policy input, record) and is freed after; 20 and 60 such requests at once
   peaked at 184 and 232 MB on the debug binary (the bodies in flight plus two workers' peaks);
@@ -39,11 +47,13 @@ server.max_body_bytes, against the real binary and the fake Security Hub.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from botocore.exceptions import ClientError
 
-from helpers import MEMBER_ACCOUNT, PRODUCT_ARN, assert_envelope, finding, ident
+from helpers import (CALLERS, MEMBER_ACCOUNT, PRODUCT_ARN, assert_envelope, finding, ident, sign,
+                     wait_until)
 
 OWN = ident("f-own-high")
 
@@ -128,3 +138,41 @@ def test_a_megabyte_refusal_costs_a_bounded_answer_and_record(hubgate):
     assert len(resp.body) < 65_536
     assert len(record_line(hubgate, resp.headers["x-amzn-requestid"])) < 65_536
     assert not hubgate.fake.requests("PATCH") and not hubgate.fake.requests("POST", "/findings/import")
+
+
+def test_body_bytes_in_flight_are_capped(make_hubgate, make_fake):
+    """With the defaults, a member's 64 requests (its whole share) whose 1.04 MB bodies are
+    being sent slowly hold 66.56 MB of server.max_in_flight_body_bytes (64 MiB) from their
+    heads on: another caller's 600 KB request would pass it and is a 503 OVERLOADED
+    (retryable) naming the setting, while a small request is served; once they are gone, the
+    600 KB request is admitted (and judged: a 400 for its note here). Before the cap, all were
+    admitted, and nothing bounded the bytes held by max_in_flight requests."""
+    hg = make_hubgate({}, fake=make_fake())
+    path = "/findings/batchupdate"
+    big = json.dumps({"FindingIdentifiers": [OWN],
+                      "Note": {"Text": "x" * 600_000, "UpdatedBy": "me"}}).encode()
+    held = b"{" + b" " * 1_039_998 + b"}"
+    headers = sign(CALLERS["member"], "PATCH", hg.host, path, held,
+                   {"Content-Type": "application/json"})
+    head = f"PATCH {path} HTTP/1.1\r\nHost: {hg.host}\r\nContent-Length: {len(held)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "host")
+    slow = []
+    try:
+        for _ in range(64):
+            conn = socket.create_connection(("127.0.0.1", hg.port), timeout=5)
+            slow.append(conn)
+            conn.sendall(head.encode() + b"\r\n" + held[:100])
+        wait_until(lambda: "hubgate_requests_in_flight 64" in hg.admin("/metrics").text, 10,
+                   "the slow requests in flight")
+        resp = hg.send("PATCH", path, big, who="admin")
+        env = assert_envelope(resp, 503, "OVERLOADED", "ServiceUnavailableException")
+        assert "server.max_in_flight_body_bytes" in env["error"]["message"], env
+        small = hg.send("PATCH", path, {"FindingIdentifiers": [OWN],
+                                        "Severity": {"Label": "CRITICAL"}}, who="admin")
+        assert small.status == 200, small.text
+    finally:
+        for conn in slow:
+            conn.close()
+    again = wait_until(lambda: (r := hg.send("PATCH", path, big, who="admin")).status != 503
+                       and r, 10, "the body bytes given back")
+    assert_envelope(again, 400, "VALIDATION_ERROR", "InvalidInputException")
