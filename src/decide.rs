@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::finding::{FindingKey, KeyMap};
+use crate::identity::Role;
 use crate::policy::input::{self, Enrichment, RequestFacts, Update};
 use crate::policy::state::CurrentFinding;
 use crate::policy::{Decision, PolicyError, PolicySet};
@@ -133,6 +134,24 @@ pub trait FindingState {
         caller: &str,
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send;
+
+    /// `lookup` for a member's request, `member_of` its account. A source that refuses
+    /// findings whose state is settling (503 STATE_SETTLING) refuses them only for the
+    /// member's own: another account's finding reaches the member's policy input with its
+    /// account alone (`Document::withheld`), so its state changes no rule's judgement, and a
+    /// refusal naming it told the member that an administrator had just changed a finding its
+    /// own credentials cannot read, how long ago, and that it cannot be modelled. Sources
+    /// without such refusals need not tell the two apart.
+    fn lookup_for_member(
+        &self,
+        keys: &[FindingKey],
+        caller: &str,
+        member_of: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
+        let _ = member_of;
+        self.lookup(keys, caller, deadline)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -404,9 +423,16 @@ pub async fn judge<S: FindingState>(
                 .is_some_and(|p| p.decision.needs_state);
             if (early || dry_run) && needs_state {
                 let t = Instant::now();
-                let found = state
-                    .lookup(&judgement.keys, &facts.principal.id, deadline)
-                    .await;
+                let (keys, caller) = (&judgement.keys, &facts.principal.id);
+                let found = match facts.principal.role {
+                    Role::Member => {
+                        let account = &facts.principal.account_id;
+                        state
+                            .lookup_for_member(keys, caller, account, deadline)
+                            .await
+                    }
+                    Role::Administrator => state.lookup(keys, caller, deadline).await,
+                };
                 judgement.enrich_ns = t.elapsed().as_nanos() as u64;
                 match found {
                     Ok(Some(Lookup {

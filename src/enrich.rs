@@ -259,6 +259,11 @@ struct State {
     journal: Journal,
     /// The writes sent and not answered yet.
     sending: Sending,
+    /// The account each finding was last read as, kept past its cache entry (a write evicts
+    /// that): a member's request is refused as settling, before any lookup, only for findings
+    /// known to be its own (`Enricher::settled`). A finding's account never changes. Emptied
+    /// when it reaches `Inner::max_entries` entries.
+    owners: KeyMap<Arc<str>>,
 }
 
 /// A forwarded write whose outcome or effect hubgate cannot tell.
@@ -1060,12 +1065,13 @@ impl Enricher {
         &self,
         keys: &[FindingKey],
         caller: &str,
+        member_of: Option<&str>,
         deadline: Instant,
     ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats, ReadMark), LookupFailure> {
         let mut found = KeyMap::with_capacity_and_hasher(keys.len(), Default::default());
         let mut stats = LookupStats::default();
         // Refused before any call is spent on it.
-        self.settled(keys)?;
+        self.settled(keys, member_of)?;
         let mut pending = Vec::new();
         let waiting;
         let held = Batch {
@@ -1687,9 +1693,26 @@ impl Enricher {
         share_again(&self.inner).await
     }
 
-    /// Refuses a lookup of findings whose state a recent write left unknown.
-    fn settled(&self, keys: &[FindingKey]) -> Result<(), LookupFailure> {
+    /// Refuses a lookup of findings whose state a recent write left unknown. For a member
+    /// (`member_of`), only of findings known to be its own (`State::owners`): the others are
+    /// read, and refused as settling only if they are (`judged_by`).
+    fn settled(&self, keys: &[FindingKey], member_of: Option<&str>) -> Result<(), LookupFailure> {
         let st = self.inner.lock();
+        let own: Vec<FindingKey>;
+        let keys = match member_of {
+            None => keys,
+            Some(member) => {
+                own = keys
+                    .iter()
+                    .filter(|k| st.owners.get(*k).is_some_and(|a| **a == *member))
+                    .cloned()
+                    .collect();
+                if own.is_empty() {
+                    return Ok(());
+                }
+                &own
+            }
+        };
         let now = Instant::now();
         let in_flight = match st.sending.effect(keys, None, &[], now) {
             InFlightEffect::Unknown(u) => Some(u),
@@ -1708,25 +1731,64 @@ impl Enricher {
     }
 }
 
-impl FindingState for Enricher {
-    async fn lookup(
+/// The findings whose state the decision for a caller judges: for a member (`member_of`),
+/// those that are not another account's (nor of no account), whose entries in its policy
+/// input have their account alone (`Document::withheld`). Such a finding's state, settling
+/// or not, changes no judgement (a write does not move a finding to another account), and a
+/// refusal naming it as settling told the member of another account's finding what its
+/// credentials cannot read: that, when and how an administrator had just changed it.
+fn judged_by(
+    keys: &[FindingKey],
+    current: &KeyMap<Arc<CurrentFinding>>,
+    member_of: Option<&str>,
+) -> Vec<FindingKey> {
+    keys.iter()
+        .filter(|k| {
+            member_of.is_none_or(|member| {
+                current
+                    .get(*k)
+                    .is_none_or(|s| s.account_id.as_deref() == Some(member))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+impl Enricher {
+    async fn judged_lookup(
         &self,
         keys: &[FindingKey],
         caller: &str,
+        member_of: Option<&str>,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
-        let (mut current, stats, mut mark) = Enricher::lookup(self, keys, caller, deadline).await?;
+        let (mut current, stats, mut mark) =
+            Enricher::lookup(self, keys, caller, member_of, deadline).await?;
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
+        let judged = judged_by(keys, &current, member_of);
         let unsettled = {
             let mut st = self.inner.lock();
+            if st.owners.len() >= self.inner.max_entries {
+                st.owners.clear();
+            }
+            for (key, state) in &current {
+                if let Some(account) = &state.account_id {
+                    st.owners.insert(key.clone(), account.clone());
+                }
+            }
             let now = Instant::now();
             st.journal.expire(now);
             st.journal.learn(keys, now, shared.as_ref(), &current);
-            if let Some(u) = st
-                .journal
-                .unsettled(keys, now, shared.as_ref(), Some(&current))
-            {
+            // A member naming only other accounts' findings: nothing it is judged by settles
+            // (a write of unknown scope, `everything`, would refuse it whatever it names).
+            let unsettled = match judged.is_empty() {
+                true => None,
+                false => st
+                    .journal
+                    .unsettled(&judged, now, shared.as_ref(), Some(&current)),
+            };
+            if let Some(u) = unsettled {
                 self.inner.metrics.settle_refused.inc();
                 return Err(LookupFailure {
                     error: LookupError::Unsettled(u),
@@ -1758,7 +1820,11 @@ impl FindingState for Enricher {
             // request must hold whether they land or not.
             mark.sent_before = st.sending.latest();
             mark.looked_up = keys.into();
-            let reported = match st.sending.effect(keys, Some(&current), &[], now) {
+            let effect = match judged.is_empty() {
+                true => InFlightEffect::None,
+                false => st.sending.effect(&judged, Some(&current), &[], now),
+            };
+            let reported = match effect {
                 InFlightEffect::None => reported,
                 InFlightEffect::Unknown(u) => {
                     self.inner.metrics.settle_refused.inc();
@@ -1769,7 +1835,7 @@ impl FindingState for Enricher {
                 }
                 InFlightEffect::Patches(flights) => {
                     let mut reported = reported;
-                    for (position, key) in keys.iter().enumerate() {
+                    for (position, key) in judged.iter().enumerate() {
                         let (Some(sent), Some(read)) = (flights.change(position), current.get(key))
                         else {
                             continue;
@@ -1793,6 +1859,28 @@ impl FindingState for Enricher {
             stats,
             reads: Some(Box::new(mark)),
         }))
+    }
+}
+
+impl FindingState for Enricher {
+    async fn lookup(
+        &self,
+        keys: &[FindingKey],
+        caller: &str,
+        deadline: Instant,
+    ) -> Result<Option<Lookup>, LookupFailure> {
+        self.judged_lookup(keys, caller, None, deadline).await
+    }
+
+    async fn lookup_for_member(
+        &self,
+        keys: &[FindingKey],
+        caller: &str,
+        member_of: &str,
+        deadline: Instant,
+    ) -> Result<Option<Lookup>, LookupFailure> {
+        self.judged_lookup(keys, caller, Some(member_of), deadline)
+            .await
     }
 }
 
@@ -3005,6 +3093,36 @@ async fn fetch_chunk(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A member is judged by its own findings and those not found; another account's, or one
+    /// of no account, is left out of the settle refusals. An administrator is judged by all.
+    #[test]
+    fn a_member_is_judged_by_findings_not_of_another_account() {
+        let keys: Vec<FindingKey> = ["mine", "theirs", "nobodys", "missing"]
+            .iter()
+            .map(|id| FindingKey::new(*id, "p"))
+            .collect();
+        let mut current = KeyMap::default();
+        for (key, account) in keys
+            .iter()
+            .zip([Some("222222222222"), Some("333333333333"), None])
+        {
+            let facts = StateFacts {
+                account_id: account.map(String::from),
+                ..StateFacts::default()
+            };
+            let state = CurrentFinding::from_facts(key, &facts, regorus::Value::new_object(), 0);
+            current.insert(key.clone(), Arc::new(state));
+        }
+        let ids = |judged: Vec<FindingKey>| -> Vec<String> {
+            judged.iter().map(|k| k.id.to_string()).collect()
+        };
+        assert_eq!(
+            ids(judged_by(&keys, &current, Some("222222222222"))),
+            ["mine", "missing"]
+        );
+        assert_eq!(ids(judged_by(&keys, &current, None)).len(), 4);
+    }
 
     /// An import scopes its write to the account it claims only when the claim is an account
     /// id as AWS writes one; any other spelling may touch the finding whoever owns it.

@@ -7,7 +7,8 @@ fake here answers a BatchUpdateFindings at once and applies it later (apply_dela
 - The decision must also hold on the state as reported: the overlay must not hide a change
   another writer made after hubgate's own.
 - After a write hubgate cannot model, the finding's state is unknown for the window: a
-  decision that reads it is refused with a retryable 503 and Retry-After, and costs no lookup.
+  decision that reads it is refused with a retryable 503 and Retry-After, and costs no lookup
+  (a member's, once hubgate has read that the finding is the member's own).
 
 Each test runs its own hubgate in front of its own fake (seeded with SEED, no quotas)."""
 
@@ -166,11 +167,16 @@ def test_after_a_write_hubgate_cannot_model_the_findings_state_is_unknown_for_th
     assert f'finding "{FID}"' in err["message"], err
     assert "BatchUpdateFindings" in err["message"], err
     assert 1 <= int(resp.headers["retry-after"]) <= 3, resp.headers
-    assert get_findings_calls(fake) == calls, "refused before any lookup"
+    # One lookup, to tell that F is the member's own: a member is refused as settling only for
+    # its own findings (another account's is refused for ownership, test_adversarial_newcode49)
+    assert get_findings_calls(fake) == calls + 1, "F's account read once"
     rec = hg.audit_for(resp.headers["x-amzn-requestid"])
     assert rec["forwarded"] is False, rec
     assert fake.findings()[FID].get("Note", {}).get("Text") != NOTE["Note"]["Text"]
     assert metric(hg, "hubgate_enrichment_settle_refused_total") == 1
+    retry = hg.buf(body(FID, **NOTE), who="member")
+    assert_envelope(retry, 503, "STATE_SETTLING", "ServiceUnavailableException")
+    assert get_findings_calls(fake) == calls + 1, "the retry is refused before any lookup"
 
     other = hg.buf(body("f-own-high", **NOTE), who="member")
     assert other.status == 200, other.text
