@@ -1767,6 +1767,9 @@ impl Enricher {
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
         let judged = judged_by(keys, &current, member_of);
+        // A member naming only other accounts' findings: nothing it is judged by settles (a
+        // write of unknown scope, `everything`, would refuse it whatever it names).
+        let nothing_judged = member_of.is_some() && judged.is_empty();
         let unsettled = {
             let mut st = self.inner.lock();
             if st.owners.len() >= self.inner.max_entries {
@@ -1780,9 +1783,7 @@ impl Enricher {
             let now = Instant::now();
             st.journal.expire(now);
             st.journal.learn(keys, now, shared.as_ref(), &current);
-            // A member naming only other accounts' findings: nothing it is judged by settles
-            // (a write of unknown scope, `everything`, would refuse it whatever it names).
-            let unsettled = match judged.is_empty() {
+            let unsettled = match nothing_judged {
                 true => None,
                 false => st
                     .journal
@@ -1820,7 +1821,7 @@ impl Enricher {
             // request must hold whether they land or not.
             mark.sent_before = st.sending.latest();
             mark.looked_up = keys.into();
-            let effect = match judged.is_empty() {
+            let effect = match nothing_judged {
                 true => InFlightEffect::None,
                 false => st.sending.effect(&judged, Some(&current), &[], now),
             };
