@@ -25,8 +25,18 @@ finding state, the record's per-finding AccountId, and the smaller fixes.
 - Held: a member's policy input of another account's finding has its account alone, counted
   in summary.accounts and unranked; no shipped rule allows anything it refused before (the
   ownership rule refuses every such finding).
+- Held (checked by hand, not kept as tests): a V2 request naming one FindingInfoUid and
+  product in two accounts, which the record's per-account groups and a violation's
+  (Id, ProductArn) place could not tell apart, is refused 400 before any policy; at
+  RUST_LOG=trace with container credentials, neither hubgate's secret key nor its session
+  token reaches stderr (only aws_sigv4 is cut, and the credential fetch logs neither).
 
 Noticed and left alone:
+- In passthrough a member that knows another principal's access key id (not a secret) is
+  queued in that principal's turn until AWS refuses its signature: with turns per principal,
+  its flood now delays only that principal (it delayed the whole account before). As before.
+- The gauge hubgate_enrichment_queued_accounts was renamed (..._queued_callers): an alert on
+  the old name now sees no series rather than zero.
 - A change shared within op_timeout_ms after another's answer (through one replica too) is
   journaled unknown: sequential administrator writes 100 ms apart leave the finding
   STATE_SETTLING for settle_ms. Documented in README (the overlap margin); fails closed.
