@@ -239,7 +239,13 @@ fn init_logging(format: LogFormat) {
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        tracing::error!(%location, message = panic_message(info.payload()), "a thread panicked");
+        let message = panic_message(info.payload());
+        // A RUST_LOG that names other targets only would drop the event: a panic is never lost.
+        if tracing::enabled!(target: "hubgate::panic", tracing::Level::ERROR) {
+            tracing::error!(target: "hubgate::panic", %location, message, "a thread panicked");
+        } else {
+            eprintln!("hubgate: a thread panicked location={location} message={message:?}");
+        }
     }));
 }
 
