@@ -862,11 +862,26 @@ fn ask_reload(gate: &Arc<Gate>) -> Option<tokio::task::JoinHandle<()>> {
     Some(tokio::task::spawn_blocking(move || {
         let _one = gate.reloading.lock().unwrap_or_else(|p| p.into_inner());
         gate.reload_pending.store(false, Ordering::Release);
-        *gate.reload_began.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now());
+        let _running = Running::begin(&gate.reload_began);
         reload(&gate);
-        *gate.reload_began.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }))
+}
+
+/// Marks a reload as running from `begin` until dropped, a reload that panicked included
+/// (else /readyz would report it stuck for ever).
+struct Running<'a>(&'a std::sync::Mutex<Option<std::time::Instant>>);
+
+impl<'a> Running<'a> {
+    fn begin(began: &'a std::sync::Mutex<Option<std::time::Instant>>) -> Running<'a> {
+        *began.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        Running(began)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// How long a reload runs before a later ask says it is stuck. Compiling the shipped set takes
