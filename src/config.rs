@@ -166,6 +166,14 @@ pub(crate) const MIN_MAX_WAIT_MS: u64 = 100;
 const MIN_CACHE_BYTES: u64 = 64 * 1024;
 /// Caps above this are mistakes: each connection holds a file descriptor and a task.
 const MAX_CAP: usize = 1_000_000;
+/// Whether two listeners' addresses would claim the same port: equal, or either a wildcard
+/// of a family the other can be reached on (`::` is dual-stack on Linux by default).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |w: SocketAddr, o: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
 /// More threads than this is a mistake on any machine hubgate runs on (each has its own stack).
 const MAX_WORKER_THREADS: usize = 1024;
 
@@ -973,11 +981,17 @@ impl Config {
                 format!("{:?} is not a socket address: {e}", server.admin_listen),
             )
         })?;
-        if listen == admin_listen && listen.port() != 0 {
+        // Equal addresses are not the only clash: a wildcard (0.0.0.0, ::) holds its port on
+        // every address of its family (:: on IPv4's too, dual-stack), so `check` called
+        // 0.0.0.0:8080 beside 127.0.0.1:8080 valid and `serve` could never bind both.
+        if listen.port() == admin_listen.port()
+            && listen.port() != 0
+            && overlap(listen, admin_listen)
+        {
             return Err(invalid(
                 file,
                 "server.admin_listen",
-                "must differ from server.listen: admin endpoints never share the proxy port",
+                "must differ from server.listen: admin endpoints never share the proxy port (an address 0.0.0.0 or :: holds its port on every address of its family)",
             ));
         }
         if server.max_body_bytes == 0 {
@@ -1014,6 +1028,19 @@ impl Config {
                     format!("must be between 1 and {MAX_CAP}, not {n}"),
                 ));
             }
+        }
+        // Past 2^40 no in-flight cap could hold one request: the error named
+        // max_in_flight_body_bytes with a range no value of it fits.
+        if server.max_body_bytes > 1 << 40 {
+            return Err(invalid(
+                file,
+                "server.max_body_bytes",
+                format!(
+                    "must be between 1 and {}, not {}",
+                    1u64 << 40,
+                    server.max_body_bytes
+                ),
+            ));
         }
         // A request of max_body_bytes must fit alone; past 2^40 the cap bounds nothing.
         let bytes = server.max_in_flight_body_bytes;
@@ -1124,6 +1151,21 @@ impl Config {
         if upstream.region.trim().is_empty() {
             return Err(invalid(file, "upstream.region", "must not be empty"));
         }
+        // The region scopes every signature: hubgate's own, and the one each caller's must
+        // carry to be mapped. "us-east-1 " or "US-EAST-1" passed check, and then no SDK's
+        // signature matched it (every caller 401) and Security Hub refused hubgate's.
+        if !upstream
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                file,
+                "upstream.region",
+                "is not an AWS Region name: lower-case letters, digits and '-' only (e.g. \
+                 \"us-east-1\"); every caller signs for it, and so does hubgate",
+            ));
+        }
         if upstream.timeout_ms == 0 {
             return Err(invalid(file, "upstream.timeout_ms", "must be at least 1"));
         }
@@ -1197,8 +1239,17 @@ impl Config {
                 ));
             }
         }
-        if audit.queue_capacity == 0 {
-            return Err(invalid(file, "audit.queue_capacity", "must be at least 1"));
+        // tokio's channel panics on a bound past usize::MAX >> 3: `check` passed such a
+        // capacity and `serve` died at start (exit 101) instead of refusing it (exit 2).
+        if !(1..=MAX_CAP).contains(&audit.queue_capacity) {
+            return Err(invalid(
+                file,
+                "audit.queue_capacity",
+                format!(
+                    "must be between 1 and {MAX_CAP}, not {}",
+                    audit.queue_capacity
+                ),
+            ));
         }
         if audit.write_timeout_ms == 0 {
             // Every answer would go out before its record, each with a warning.
@@ -1630,6 +1681,49 @@ mod tests {
             assert!(
                 err.contains("server.max_in_flight_per_caller")
                     && err.contains("between 1 and server.max_in_flight (8)"),
+                "{text}: {err}"
+            );
+        }
+        // A wildcard claims the port on every address of its family: serve could never bind
+        // both, so the configuration is refused as an equal pair is.
+        for (listen, admin) in [
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("0.0.0.0:8080", "[::]:8080"),
+        ] {
+            let text = format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("server.admin_listen"), "{text}: {err}");
+        }
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "[::1]:8080"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+            ("0.0.0.0:8080", "0.0.0.0:9090"),
+        ] {
+            let text = format!("[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"");
+            assert!(parse(&text).is_ok(), "{text}");
+        }
+        for bad in ["us-east-1 ", "US-EAST-1", "us-east-1/x", " "] {
+            let text = format!("[upstream]\nregion = \"{bad}\"");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("upstream.region"), "{text}: {err}");
+        }
+        assert!(parse("[upstream]\nregion = \"eu-central-2\"").is_ok());
+        let err = parse("[server]\nmax_body_bytes = 1099511627777")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.max_body_bytes"), "{err}");
+        // The audit queue's bound: tokio's channel panics past usize::MAX >> 3.
+        assert!(parse("[audit]\nqueue_capacity = 1000000").is_ok());
+        for bad in ["0", "1000001", "2305843009213693952"] {
+            let text = format!("[audit]\nqueue_capacity = {bad}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("audit.queue_capacity") && err.contains("between 1 and 1000000"),
                 "{text}: {err}"
             );
         }
