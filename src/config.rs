@@ -751,6 +751,29 @@ impl Config {
                 self.upstream.endpoint
             ));
         }
+        // Nothing at start said the policies were not enforced: a dry-run file carried over
+        // from staging let members suppress their findings, with only the records to tell.
+        if self.policy.mode == PolicyMode::DryRun {
+            out.push(
+                "policy.mode = \"dry-run\": a request the policies deny is forwarded anyway \
+                 (recorded as dry_run_deny), so a member can suppress its findings or lower \
+                 their severity; set policy.mode = \"enforce\" to refuse them"
+                    .to_string(),
+            );
+        }
+        // max_files = 0 deletes the full file at each rotation: records and the chain's
+        // history before it are gone, which no other setting does to the audit log.
+        if self.audit.sink == AuditSink::File
+            && self.audit.max_bytes > 0
+            && self.audit.max_files == 0
+        {
+            out.push(format!(
+                "audit.max_files = 0 with audit.max_bytes = {}: each rotation deletes the full \
+                 audit file, records included, so the log keeps only what was written since the \
+                 last one; keep rotated files (max_files >= 1) and ship them before they age out",
+                self.audit.max_bytes
+            ));
+        }
         if self.identity.mode == IdentityMode::Static && !self.listen.ip().is_loopback() {
             out.push(format!(
                 "identity.mode = \"static\" on listen = \"{}\", which is not a loopback \
@@ -1391,8 +1414,21 @@ mod tests {
             "[enrichment]\ncache_ttl_ms = 5000\nsettle_ms = 5001",
             "[enrichment]\nsettle_ms = 0",
             "[enrichment]\nenabled = false\nsettle_ms = 1",
+            "[policy]\nmode = \"enforce\"",
+            "[audit]\nsink = \"file\"\nmax_bytes = 1000\nmax_files = 1",
+            "[audit]\nsink = \"file\"\nmax_files = 0",
         ] {
             assert!(cautions(quiet).is_empty(), "{quiet}");
+        }
+        for (text, said) in [
+            ("[policy]\nmode = \"dry-run\"", "policy.mode = \"dry-run\""),
+            (
+                "[audit]\nsink = \"file\"\nmax_bytes = 1000\nmax_files = 0",
+                "audit.max_files = 0",
+            ),
+        ] {
+            let got = cautions(text);
+            assert!(got.len() == 1 && got[0].contains(said), "{text}: {got:?}");
         }
         let open = cautions(
             "[server]\nlisten = \"0.0.0.0:8080\"\n[identity]\nmode = \"static\"\nstatic_principal = \"w\"",

@@ -19,6 +19,11 @@ HOLE (fixed): `server.max_body_bytes` above 2^40 was refused naming
 `server.max_in_flight_body_bytes`, with a range ("between server.max_body_bytes (2^63-1) and
 2^40") no value fits; it now names `server.max_body_bytes` and its range (1 … 2^40).
 
+HOLE (fixed): `policy.mode = "dry-run"` (denials forwarded: a member may suppress its own
+findings) and `audit.max_files = 0` with `max_bytes` (each rotation deletes the audit file,
+records included) were named nowhere at start: no caution from `check`, no WARN from `serve`.
+Both are cautions now.
+
 Held: every range README's configuration tables give, just inside and just outside each edge
 (test_readme_ranges_are_what_check_accepts, parsed from README, not copied).
 Held: wrong TOML types (a number as a string, a float for an integer, a negative count), a
@@ -108,6 +113,30 @@ def test_a_body_limit_past_the_in_flight_range_names_itself(tmp_path):
     r = check(tmp_path, config_text(server="max_body_bytes = 1099511627776\n"
                                            "max_in_flight_body_bytes = 1099511627776\n"))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("extra,said", [
+    ('[policy]\nmode = "dry-run"\n', 'policy.mode = "dry-run": a request the policies deny is '
+                                      'forwarded anyway'),
+    ('[audit]\nsink = "file"\npath = "a.ndjson"\nmax_bytes = 4096\nmax_files = 0\n',
+     "audit.max_files = 0 with audit.max_bytes = 4096: each rotation deletes the full audit file"),
+])
+def test_settings_that_weaken_a_guarantee_are_named_at_start(tmp_path, make_hubgate, seeded_fake,
+                                                              extra, said):
+    """Nothing at start said the policies were not enforced (dry-run), or that the audit log
+    deleted its records at each rotation: check printed no caution and serve logged none."""
+    text = config_text().replace("[policy]\n", extra, 1) if extra.startswith("[policy]") \
+        else config_text(extra)
+    r = check(tmp_path, text)
+    assert r.returncode == 0, r.stderr
+    assert f"hubgate: caution: {said}" in r.stderr, r.stderr
+    table, _, rest = extra.partition("]\n")
+    overrides = {table.strip("["): dict(
+        (k.strip(), v.strip().strip('"') if v.strip().startswith('"') else int(v))
+        for k, v in (kv.split("=", 1) for kv in rest.strip().splitlines()))}
+    hg = make_hubgate(overrides, fake=seeded_fake)
+    log = hg.stderr_text()
+    assert "WARN" in log and said in log, log[-1500:]
 
 
 # ---------------------------------------------------------------------------
