@@ -174,6 +174,19 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || covers(a, b) || covers(b, a)
 }
 
+/// Whether two paths name one file: the same inode when both exist (links, `./` and `..`
+/// included), else the same absolute path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => match (std::path::absolute(a), std::path::absolute(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == b,
+        },
+    }
+}
+
 /// More threads than this is a mistake on any machine hubgate runs on (each has its own stack).
 const MAX_WORKER_THREADS: usize = 1024;
 
@@ -1239,6 +1252,31 @@ impl Config {
 
         audit.path = resolve(&audit.path);
         audit.hmac_key_file = audit.hmac_key_file.as_deref().map(resolve);
+        // The file sink appends to its path: named like a file hubgate reads, it wrote records
+        // into it. The configuration file then no longer parsed, so the next restart failed;
+        // the callers file stopped reloading; a key file changed the key.
+        if audit.sink == AuditSink::File {
+            let read = [
+                ("the configuration file", Some(file)),
+                ("identity.callers", Some(identity.callers.as_path())),
+                ("audit.hmac_key_file", audit.hmac_key_file.as_deref()),
+                ("server.tls_cert", server.tls_cert.as_deref()),
+                ("server.tls_key", server.tls_key.as_deref()),
+                ("server.client_ca", server.client_ca.as_deref()),
+            ];
+            for (what, path) in read {
+                if path.is_some_and(|p| same_file(p, &audit.path)) {
+                    return Err(invalid(
+                        file,
+                        "audit.path",
+                        format!(
+                            "is {what}: the file sink appends audit records to it, which would \
+                             corrupt it; give the audit log a file of its own"
+                        ),
+                    ));
+                }
+            }
+        }
         if audit.hmac_key_env.is_some() && audit.hmac_key_file.is_some() {
             return Err(invalid(
                 file,
@@ -1632,6 +1670,28 @@ mod tests {
         }
         let err = parse("[policy]\nmode = \"maybe\"").unwrap_err().to_string();
         assert!(err.contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn the_audit_file_is_no_file_hubgate_reads() {
+        for (text, what) in [
+            ("path = \"hubgate.toml\"", "the configuration file"),
+            ("path = \"./callers.toml\"", "identity.callers"),
+            (
+                "path = \"/etc/hubgate/k\"\nhmac_key_file = \"k\"",
+                "audit.hmac_key_file",
+            ),
+        ] {
+            let text = format!("[audit]\nsink = \"file\"\n{text}");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("audit.path: is ") && err.contains(what),
+                "{text}: {err}"
+            );
+        }
+        assert!(parse("[audit]\nsink = \"file\"\npath = \"audit.ndjson\"").is_ok());
+        // The stdout sink writes no file: its (default) path is not read.
+        assert!(parse("[audit]\npath = \"hubgate.toml\"").is_ok());
     }
 
     #[test]

@@ -24,6 +24,11 @@ findings) and `audit.max_files = 0` with `max_bytes` (each rotation deletes the 
 records included) were named nowhere at start: no caution from `check`, no WARN from `serve`.
 Both are cautions now.
 
+HOLE (fixed): `audit.path` naming the configuration file or the callers file (or the HMAC
+key, a TLS file) passed `check`; the file sink then appended records to it: the next restart
+could not parse its configuration, the callers file stopped reloading. Refused now (same file
+by inode when it exists).
+
 Held: every range README's configuration tables give, just inside and just outside each edge
 (test_readme_ranges_are_what_check_accepts, parsed from README, not copied).
 Held: wrong TOML types (a number as a string, a float for an integer, a negative count), a
@@ -79,9 +84,14 @@ def _wildcard_clash():
 
 
 @pytest.mark.parametrize("case", ["queue_capacity", "wildcard_listen", "wildcard_v6_listen",
-                                  "region_space", "region_upper"])
+                                  "region_space", "region_upper", "audit_is_config",
+                                  "audit_is_callers"])
 def test_check_refuses_what_serve_cannot_start_or_serve(tmp_path, case):
     port = free_port()
+    # A copy: the audit cases must never append to the repository's callers file.
+    (tmp_path / "callers.toml").write_text((REPO / "config" / "callers.toml").read_text())
+    own_callers = f'callers = "{REPO / "config" / "callers.toml"}"'
+    audit_at = '[audit]\nsink = "file"\npath = "{}"\n'.format
     server, extra, key = {
         "queue_capacity": ("", "[audit]\nqueue_capacity = 2305843009213693952\n",
                            "audit.queue_capacity"),
@@ -90,10 +100,12 @@ def test_check_refuses_what_serve_cannot_start_or_serve(tmp_path, case):
                                "", "server.admin_listen"),
         "region_space": ("", '[upstream]\nregion = "us-east-1 "\n', "upstream.region"),
         "region_upper": ("", '[upstream]\nregion = "US-EAST-1"\n', "upstream.region"),
+        "audit_is_config": ("", audit_at("hubgate.toml"), "audit.path"),
+        "audit_is_callers": ("", audit_at("./callers.toml"), "audit.path"),
     }[case]
     if server is None:
         server = _wildcard_clash()
-    text = config_text(extra)
+    text = config_text(extra).replace(own_callers, 'callers = "callers.toml"')
     if server:
         # The listener lines replace the ephemeral ones.
         text = re.sub(r'listen = .*\nadmin_listen = .*\n', server, text, count=1)
