@@ -40,8 +40,11 @@ Held (checked by hand): client_ca missing, empty, not PEM or a key: check and se
 refuse with the file named (exit 1); static_principal naming no caller likewise.
 Noticed, left alone: `quota.limits.X.rate` below 1e-6 paces as 1e-6 per second (clamped in
 quota.rs, request path); a port already in use is found by serve only (check binds nothing,
-as README says); coordination's op_timeout_ms, probe_interval_ms and lookup_claim_ms have a
-range in code (1 … 60000) that README's table does not give.
+as README says); `share`/`fallback_share` tiny but above 0 pace as 1e-6 calls per second
+(README gives 0 < x ≤ 1); HUBGATE_CONFIG="" is clap's "a value is required for '--config'"
+(exit 2, naming the flag rather than the variable). README now gives coordination's
+op_timeout_ms, probe_interval_ms and lookup_claim_ms their range (1 … 60000), which the
+README test covers.
 """
 
 import re
