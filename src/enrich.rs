@@ -1279,6 +1279,8 @@ impl Enricher {
                     st.wrote(&split.alone, Some(&patch), sent, None);
                 }
             }
+            // The same for every finding of this write (see the loop's use of it).
+            let beside = sent.and_then(|id| st.sending.beside(id)).cloned();
             for key in processed {
                 if split.is_some() && st.sending.contested(key) {
                     self.inner.remove(&mut st, key);
@@ -1299,9 +1301,12 @@ impl Enricher {
                 // LOW (sent first, answered last) left LOW cached over the V2 CRITICAL Security
                 // Hub applied last, and a member's LOW was judged no lowering (settle_ms = 0;
                 // otherwise the journal leaves the account's findings unknown meanwhile).
-                let beside = sent.and_then(|id| st.sending.beside(id));
                 let Some((read_at, Some(state), expected)) = fresh
-                    .filter(|c| !beside.is_some_and(|b| b.may_touch(owner_of(&c.state))))
+                    .filter(|c| {
+                        !beside
+                            .as_ref()
+                            .is_some_and(|b| b.may_touch(owner_of(&c.state)))
+                    })
                     .map(|c| {
                         (
                             c.at,
@@ -1429,8 +1434,8 @@ impl Enricher {
                         let account = Unapplied::import_account(accounts, i);
                         let one = std::slice::from_ref(key);
                         st.wrote(one, None, sent, account.as_ref());
-                        let write = Unapplied::import_write(operation, accounts, i);
-                        st.journal.record(one, write, now);
+                        st.journal
+                            .record(one, Write::Unknown(operation, account.clone()), now);
                         // Another account's finding of the identifier is as it was.
                         let other = st.cache.get(key).is_some_and(|c| {
                             matches!((owner_of(&c.state), &account),
@@ -1737,18 +1742,20 @@ impl Enricher {
 /// or not, changes no judgement (a write does not move a finding to another account), and a
 /// refusal naming it as settling told the member of another account's finding what its
 /// credentials cannot read: that, when and how an administrator had just changed it.
-fn judged_by(
-    keys: &[FindingKey],
+fn judged_by<'k>(
+    keys: &'k [FindingKey],
     current: &KeyMap<Arc<CurrentFinding>>,
     member_of: Option<&str>,
-) -> Vec<FindingKey> {
+) -> std::borrow::Cow<'k, [FindingKey]> {
+    let Some(member) = member_of else {
+        // An administrator is judged by them all: no copy of the keys.
+        return std::borrow::Cow::Borrowed(keys);
+    };
     keys.iter()
         .filter(|k| {
-            member_of.is_none_or(|member| {
-                current
-                    .get(*k)
-                    .is_none_or(|s| s.account_id.as_deref() == Some(member))
-            })
+            current
+                .get(*k)
+                .is_none_or(|s| s.account_id.as_deref() == Some(member))
         })
         .cloned()
         .collect()
@@ -1777,7 +1784,10 @@ impl Enricher {
             }
             for (key, state) in &current {
                 if let Some(account) = &state.account_id {
-                    st.owners.insert(key.clone(), account.clone());
+                    // Mostly known already (a finding's account never changes): no copy then.
+                    if st.owners.get(key) != Some(account) {
+                        st.owners.insert(key.clone(), account.clone());
+                    }
                 }
             }
             let now = Instant::now();
@@ -3115,7 +3125,7 @@ mod tests {
             let state = CurrentFinding::from_facts(key, &facts, regorus::Value::new_object(), 0);
             current.insert(key.clone(), Arc::new(state));
         }
-        let ids = |judged: Vec<FindingKey>| -> Vec<String> {
+        let ids = |judged: std::borrow::Cow<[FindingKey]>| -> Vec<String> {
             judged.iter().map(|k| k.id.to_string()).collect()
         };
         assert_eq!(
@@ -3326,10 +3336,6 @@ mod tests {
         assert!(!retired.covers(&after) && retired.covers(&entry(Some(b), later)));
     }
 
-    /// A finding written while a call for it was out goes back to the queue (the findings
-    /// asked for again take a turn like an account's) for the requests waiting on it; one
-    /// nobody waits for is dropped. A hold keeps writes known as a batch does, after the batch
-    /// that took it has ended.
     /// Review 49: an import claiming an account is a write to that account's finding of its
     /// identifier only (and to one not found, which it may create).
     #[test]
@@ -3357,6 +3363,10 @@ mod tests {
         assert!(!st.unwritten_since(&a, Some("333333333333"), began, &[]));
     }
 
+    /// A finding written while a call for it was out goes back to the queue (the findings
+    /// asked for again take a turn of their own) for the requests waiting on it; one nobody
+    /// waits for is dropped. A hold keeps writes known as a batch does, after the batch that
+    /// took it has ended.
     #[test]
     fn a_finding_written_during_its_call_is_asked_for_again() {
         let mut st = State::default();

@@ -656,10 +656,9 @@ fn route(
     Ok((spec, routing))
 }
 
-/// A body declared larger than server.max_body_bytes is refused before anything else is
-/// read of it.
 /// The most body bytes the request can bring: its Content-Length, else max_body_bytes (a
-/// body without one is cut off there); past max_body_bytes, 413 at once.
+/// body without one is cut off there). A body declared larger than max_body_bytes is refused
+/// (413) before anything else is read of it.
 fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<u64, Rejection> {
     let limit = ctx.gate.config.server.max_body_bytes;
     let declared = parts

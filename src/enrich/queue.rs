@@ -299,7 +299,7 @@ mod tests {
     /// Review 49: one account's backlog of findings asked again (a member's V2 writes to its
     /// own account while its hundreds of findings are looked up) does not hold another
     /// account's finding asked again (an administrator's note landed while it was looked up)
-    /// behind it: each account's are a turn of their own. In one turn for all, first in,
+    /// behind it: each caller's (here one per account) are a turn of their own. In one turn for all, first in,
     /// first out, it came after all 100.
     #[test]
     fn one_accounts_findings_asked_again_do_not_hold_anothers_back() {

@@ -48,7 +48,7 @@ pub struct Sending {
 /// findings claiming an account, that were in flight beside a write naming findings: Security
 /// Hub may have applied either last, so the named write's answer does not tell what a finding
 /// they may touch holds after both.
-#[derive(Default, Debug, PartialEq)]
+#[derive(Default, Debug, Clone, PartialEq)]
 pub struct Beside {
     /// One may have touched any finding (`UpdateFindings`, V2 with `MetadataUids`).
     everything: bool,
@@ -630,9 +630,8 @@ mod tests {
         s.done(noted, std::slice::from_ref(&a));
     }
 
-    /// A change in flight is laid over exactly the findings it names, until its answer; two in
-    /// flight to one finding are laid as one, in the order sent; a decision that already took
-    /// a write into account is not told of it again.
+    /// A write knows the writes of unnamed findings in flight beside it, whichever was sent
+    /// first, until it is done.
     #[test]
     fn a_write_knows_the_unnamed_writes_in_flight_beside_it_whichever_was_sent_first() {
         let mut s = Sending::default();
@@ -703,6 +702,9 @@ mod tests {
         s.done(noted, keys);
     }
 
+    /// A change in flight is laid over exactly the findings it names, until its answer; two in
+    /// flight to one finding are laid as one, in the order sent; a decision that already took
+    /// a write into account is not told of it again.
     #[test]
     fn a_change_in_flight_touches_its_findings_until_it_is_done() {
         let mut s = Sending::default();
