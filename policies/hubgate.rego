@@ -148,7 +148,14 @@ deny contains v if {
 
 # A member account owns its findings and no one else's. input.summary lets the common case
 # (every finding is the caller's) pass without iterating over the findings.
-state_violations contains {"msg": "member accounts may only update findings of their own account", "finding": finding_ref(f)} if {
+# The one message for a finding that is not one of the member's: of another account, or not
+# found at all. hubgate looks findings up with its own role, which sees every account's; two
+# messages would tell a member whether an identifier exists in another account, which its own
+# credentials cannot. (A member's input cannot tell the two apart either: another account's
+# finding reaches it as one not found. The audit record says which it was.)
+not_members_finding := "member accounts may only update findings of their own account: this account has no such finding"
+
+state_violations contains {"msg": not_members_finding, "finding": finding_ref(f)} if {
 	accounts := input.summary.accounts
 	accounts != null # the guard above refuses; iterating over null would be an evaluation error
 	some account in accounts
@@ -206,9 +213,11 @@ state_violations contains {"msg": "hubgate cannot see this finding's current sev
 
 # --- Unknown findings ---
 
-# An identifier Security Hub does not know is refused for members: no rule can judge it.
-# Administrators get Security Hub's own answer (UnprocessedFindings).
-state_violations contains {"msg": "finding not found in Security Hub", "finding": finding_ref(f)} if {
+# An identifier Security Hub does not know, or (in a member's input) one of another account's
+# findings, is refused for members with the ownership message: no rule can judge it, and the
+# member is not told which it was. Administrators get Security Hub's own answer
+# (UnprocessedFindings).
+state_violations contains {"msg": not_members_finding, "finding": finding_ref(f)} if {
 	input.summary.missing > 0
 	some f in input.findings
 	not f.current != null

@@ -11,9 +11,10 @@ suppress := t.status("SUPPRESSED")
 
 incomplete := "finding state is incomplete: hubgate cannot judge this request"
 
-own_account := "member accounts may only update findings of their own account"
+# One message for another account's finding and for one not found: a member is not told which.
+own_account := "member accounts may only update findings of their own account: this account has no such finding"
 
-not_found := "finding not found in Security Hub"
+not_found := own_account
 
 current_severity := "hubgate cannot see this finding's current severity, so member accounts may not change it"
 
@@ -193,6 +194,15 @@ test_severity_fact_without_field if {
 test_unknown_finding_denied_for_members_only if {
 	t.deny(t.buf(member, "complete", [t.missing("nope")], t.note_only("x"))) == {{"msg": not_found, "finding": t.ref("nope")}}
 	count(t.deny(t.buf(admin, "complete", [t.missing("nope")], suppress))) == 0
+}
+
+# A member naming another account's finding and one naming an unknown identifier get the same
+# answer (a member's input gives the first as the second; either way the message is one).
+test_member_other_account_and_unknown_answered_alike if {
+	other := t.deny(t.buf(member, "complete", [t.finding("x", t.other_account, "LOW", 1, "RESOLVED")], t.status("NEW")))
+	unknown := t.deny(t.buf(member, "complete", [t.missing("x")], t.status("NEW")))
+	other == unknown
+	other == {{"msg": own_account, "finding": t.ref("x")}}
 }
 
 test_not_found_absent_current if {

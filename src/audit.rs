@@ -1,6 +1,8 @@
 //! Audit: one decision record per request, written as NDJSON by a dedicated writer thread:
 //! masked, formatted (hubgate or OCSF), hash-chained, fsynced by policy, rotated by size.
 //! A forwarded request first reserves room for its record, so nothing is forwarded unrecorded.
+//! Those reservations come from a pool of their own (`server.max_in_flight` places), never from
+//! the room of records waiting for the writer (`audit.queue_capacity`).
 
 pub mod chain;
 pub mod ocsf;
@@ -10,13 +12,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{AuditConfig, AuditFormat, AuditSink, Fsync};
 use crate::identity::Role;
@@ -88,6 +90,12 @@ pub struct Record {
     pub update: Option<Value>,
     pub upstream_request_id: Option<String>,
     pub upstream_status: Option<u16>,
+    /// Places (as in `result.violations`) of the findings Security Hub holds in another
+    /// account than the member's (or in none): the member's policy input held them as not
+    /// found, and its answer says only that they are not its findings; the record says which.
+    /// Absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<Vec<usize>>,
 }
 
 /// The caller, without attributes (those are in `input.principal`).
@@ -305,24 +313,69 @@ impl Record {
 /// operational log), so that its answer never goes out ahead of its record.
 type Ack = oneshot::Sender<()>;
 
+/// A record's place from its send until the writer takes it: a permit of the room
+/// (`audit.queue_capacity`) or, for a forward's record that found the room full, of the
+/// forwards' pool it reserved from. Counted in `AuditLog::waiting` while it lives: dropped when the writer takes the record (or
+/// with the channel), never counted before it was sent.
+struct Queued {
+    _place: OwnedSemaphorePermit,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    fn new(place: OwnedSemaphorePermit, waiting: Arc<AtomicUsize>) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Queued {
+            _place: place,
+            waiting,
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What travels to the writer thread.
 enum Msg {
-    Record(Box<Record>, Ack),
+    Record(Box<Record>, Ack, Queued),
     /// A record already serialised as the chain hashes it (hubgate format, no mask). The
     /// request's thread serialises and frees the record while it is still in that core's
     /// cache: read and freed on the writer's thread instead, a 100-finding record cost more CPU
     /// in cache misses and cross-thread frees than in serialising.
-    Body(Vec<u8>, Ack),
+    Body(Vec<u8>, Ack, Queued),
     /// Shutdown: write what is queued, flush, fsync and stop, even while handles to the log
     /// (say, an idle admin connection's) still exist.
     Close,
 }
 
+/// Where a slot's place comes from.
+enum Place {
+    /// A permit of the room for records waiting for the writer (`audit.queue_capacity`):
+    /// taken by a record about to be sent, the answer it records already decided.
+    Room(OwnedSemaphorePermit),
+    /// A permit of the forwards' pool (`server.max_in_flight`): taken before a forward and held
+    /// while Security Hub answers it. Held in the room instead, these places left no room for
+    /// the record of a request refused meanwhile (a keyless 404, a 503 OVERLOADED, a denial):
+    /// with `queue_capacity` forwards waiting on a slow Security Hub, its record went to the
+    /// operational log only, not to the audit file and its chain.
+    Forward(OwnedSemaphorePermit),
+}
+
 /// A reserved place in the queue: sending through it cannot fail or wait.
 pub struct Slot {
+    place: Place,
+    /// The channel's own place, which the writer waits for before it ends (a record of a
+    /// request forwarded during a stop, or after the sink failed, still reaches it).
     permit: mpsc::OwnedPermit<Msg>,
+    /// `AuditLog::room`: a forward's record moves into it when it can (see `write`).
+    room: Arc<Semaphore>,
     as_is: bool,
     failure: Arc<Failure>,
+    /// `AuditLog::waiting`: counted once the record is sent, not while only reserved.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Slot {
@@ -339,20 +392,30 @@ impl Slot {
     /// Queues the record; the returned `Written` resolves once the writer has it in the sink.
     pub fn write(self, record: Record) -> Written {
         let (ack, written) = oneshot::channel();
+        // A forward's record takes a place in the room when there is one and frees its
+        // reservation, so that records waiting count against `queue_capacity` whoever sent
+        // them (a stalled sink fills the room and refuses forwards, as it always did); when the
+        // room is full it keeps its reserved place, so its send never waits.
+        let place = match self.place {
+            Place::Room(permit) => permit,
+            Place::Forward(reserved) => self.room.try_acquire_owned().unwrap_or(reserved),
+        };
+        // Counted before the send: the writer uncounts what it takes, never before.
+        let queued = Queued::new(place, self.waiting);
         if self.as_is {
             // Writing fails only for a map key serde_json cannot write as text, which neither
             // a record nor regorus produces; were one to, the writer's long way still writes it.
-            if let Ok(body) = serde_json::to_vec(&record) {
+            if let Ok(body) = chain::to_line_vec(&record) {
                 debug_assert_eq!(
                     String::from_utf8_lossy(&body),
                     String::from_utf8_lossy(&canonical(&record)),
                     "a record struct's fields are not declared in key order"
                 );
-                self.permit.send(Msg::Body(body, ack));
+                self.permit.send(Msg::Body(body, ack, queued));
                 return Written(written);
             }
         }
-        self.permit.send(Msg::Record(Box::new(record), ack));
+        self.permit.send(Msg::Record(Box::new(record), ack, queued));
         Written(written)
     }
 }
@@ -365,10 +428,29 @@ pub struct Written(oneshot::Receiver<()>);
 
 #[derive(Clone)]
 pub struct AuditLog {
+    /// Room for `queue_capacity + max_in_flight` messages: a slot takes one of its places only
+    /// once it holds a place of `room` or `forwards`, so it never waits for one.
     tx: mpsc::Sender<Msg>,
+    /// `audit.queue_capacity` places for records waiting for the writer: a record about to be
+    /// sent waits for one (`reserve`), and a forward waits until one is free (`reserve_forward`).
+    room: Arc<Semaphore>,
+    /// `server.max_in_flight` places, one for each forward's record while Security Hub answers
+    /// (each request in flight holds at most one). Never taken by a record of a request already
+    /// answered, so forwards waiting on Security Hub never starve one.
+    forwards: Arc<Semaphore>,
     /// Set by the writer while its sink has failed: no request is forwarded then.
     failure: Arc<Failure>,
-    capacity: usize,
+    /// Set when a request found no room in the queue within `enqueue_timeout_ms` (refused
+    /// 503 AUDIT_UNAVAILABLE), cleared when one finds room. A stalled sink (a FIFO whose
+    /// reader stopped reading, a hung disk) never fails a write: without this, /readyz said
+    /// the audit check passed while every forwarded request was refused, and a load balancer
+    /// kept sending traffic to a replica that could forward nothing.
+    full: Arc<AtomicBool>,
+    /// Records sent to the writer and not yet taken by it (the `Queued` alive). Places
+    /// reserved are not that: a forwarded request holds one from before its forward until its
+    /// answer, so counting them filled `hubgate_audit_queue_depth` (and the stall check of
+    /// /readyz) with places of requests still waiting on a slow Security Hub, the writer idle.
+    waiting: Arc<AtomicUsize>,
     wait: Duration,
     /// `audit.write_timeout_ms`: how long an answer waits for its record.
     write_wait: Duration,
@@ -885,7 +967,7 @@ fn canonical(record: &Record) -> Vec<u8> {
     if let Some(input) = &record.input {
         json["input"] = serde_json::to_value(input).unwrap_or(Value::Null);
     }
-    serde_json::to_vec(&json).unwrap_or_default()
+    chain::to_line_vec(&json).unwrap_or_default()
 }
 
 /// The record and input with `audit.mask` applied, read back as a record for the formats
@@ -1124,9 +1206,16 @@ fn write_records(
             },
         };
         let t = Instant::now();
+        // Taken: its place in the queue is free again, and it is no longer counted waiting.
         let (line, ack) = match msg {
-            Msg::Record(record, ack) => (writer.line(*record), ack),
-            Msg::Body(body, ack) => (writer.chain.seal_body(body, &mut writer.head), ack),
+            Msg::Record(record, ack, taken) => {
+                drop(taken);
+                (writer.line(*record), ack)
+            }
+            Msg::Body(body, ack, taken) => {
+                drop(taken);
+                (writer.chain.seal_body(body, &mut writer.head), ack)
+            }
             Msg::Close => {
                 // No new records; the ones already queued are still received.
                 rx.close();
@@ -1159,6 +1248,10 @@ fn write_records(
         if result.is_ok() && (rx.is_empty() || unflushed.len() >= MAX_UNFLUSHED) {
             result = writer.flush(false);
             if result.is_ok() {
+                // Counted once flushed: a line only in hubgate's buffer is lost with it when
+                // the flush fails (it goes to the operational log), and counting it when it
+                // entered the buffer showed a batch that never reached the sink as written.
+                metrics.records.inc_by(unflushed.len() as u64);
                 unflushed.clear();
                 head_in_sink = writer.head.clone();
                 confirm(&mut waiting);
@@ -1166,9 +1259,7 @@ fn write_records(
         }
         metrics.write_seconds.observe(t.elapsed().as_secs_f64());
         match result {
-            Ok(()) => {
-                metrics.records.inc();
-            }
+            Ok(()) => {}
             Err(e) => {
                 metrics.errors.inc();
                 // The records reach the operational log at least; forwarding stops until the
@@ -1202,7 +1293,10 @@ fn write_records(
     let lost = match failed {
         Some(f) => Some(f.why),
         None => match writer.flush(true) {
-            Ok(()) => None,
+            Ok(()) => {
+                metrics.records.inc_by(unflushed.len() as u64);
+                None
+            }
             Err(e) => {
                 tracing::error!(error = %e, "final audit flush failed");
                 for line in unflushed.drain(..) {
@@ -1270,13 +1364,16 @@ fn next_until(rx: &mut mpsc::Receiver<Msg>, until: Instant) -> Polled {
 }
 
 impl AuditLog {
+    /// `forwards`: how many requests may hold a reserved place while they are forwarded
+    /// (`server.max_in_flight`).
     pub fn start(
         config: &AuditConfig,
+        forwards: usize,
         region: &str,
         metrics: AuditMetrics,
     ) -> Result<(AuditLog, AuditWriter), AuditError> {
         let chain = Chain::new(chain_key(config)?).with_instance(chain::instance_id());
-        let (sink, head) = match config.sink {
+        let (sink, mut head) = match config.sink {
             AuditSink::Stdout => (
                 Sink::Stdout(std::io::BufWriter::new(stdout_file()?)),
                 Head::default(),
@@ -1286,6 +1383,11 @@ impl AuditLog {
                 (Sink::File(FileSink::open(config)?), head)
             }
         };
+        // A new chain, or one begun before chain ids, gets its id here; a chain continued
+        // from the file keeps the one its records carry (see `chain::new_chain_id`).
+        if head.id.is_none() {
+            head.id = chain::new_chain_id();
+        }
         let writer = Writer {
             sink,
             chain,
@@ -1297,7 +1399,9 @@ impl AuditLog {
             fsync_every: Duration::from_millis(config.fsync_interval_ms),
             last_sync: Instant::now(),
         };
-        let (tx, rx) = mpsc::channel::<Msg>(config.queue_capacity);
+        let forwards = forwards.max(1);
+        // One more for `Msg::Close`, which holds no place of the two pools.
+        let (tx, rx) = mpsc::channel::<Msg>(config.queue_capacity + forwards + 1);
         let failure = Arc::new(Failure::default());
         let told = failure.clone();
         let handle = std::thread::Builder::new()
@@ -1307,8 +1411,11 @@ impl AuditLog {
         Ok((
             AuditLog {
                 tx,
+                room: Arc::new(Semaphore::new(config.queue_capacity)),
+                forwards: Arc::new(Semaphore::new(forwards)),
                 failure,
-                capacity: config.queue_capacity,
+                full: Arc::default(),
+                waiting: Arc::default(),
                 wait: Duration::from_millis(config.enqueue_timeout_ms),
                 write_wait: Duration::from_millis(config.write_timeout_ms),
                 as_is: matches!(config.format, AuditFormat::Hubgate) && config.mask.is_empty(),
@@ -1320,7 +1427,14 @@ impl AuditLog {
 
     pub fn is_healthy(&self) -> bool {
         // The writer closes the channel at shutdown, and when a sink that cannot recover fails.
-        !self.tx.is_closed() && self.failure.why().is_none()
+        // A queue found full for `enqueue_timeout_ms` and full still: the sink takes no
+        // records, though none failed. It is healthy again once the writer makes room.
+        // Full means the room full of records waiting; places forwards reserve while they
+        // wait on Security Hub are not in it (an idle writer is not a stalled sink).
+        let stalled = self.full.load(Ordering::Acquire)
+            && self.room.available_permits() == 0
+            && self.waiting.load(Ordering::Acquire) > 0;
+        !self.tx.is_closed() && self.failure.why().is_none() && !stalled
     }
 
     /// Stops accepting records; the writer drains the queue, flushes, fsyncs and ends.
@@ -1328,9 +1442,9 @@ impl AuditLog {
         let _ = self.tx.send(Msg::Close).await;
     }
 
-    /// Records waiting for the writer.
+    /// Records waiting for the writer (sent, not only reserved).
     pub fn queue_depth(&self) -> usize {
-        self.capacity - self.tx.capacity()
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// A record that found no room in the queue, as text for the operational log: masked as
@@ -1345,7 +1459,11 @@ impl AuditLog {
         if !erased.is_empty() {
             json["erased"] = Value::Array(erased);
         }
-        json.to_string()
+        // Written as the sink writes it, so a line-splitting reader of the log reads it whole.
+        chain::to_line_vec(&json)
+            .ok()
+            .and_then(|line| String::from_utf8(line).ok())
+            .unwrap_or_else(|| json.to_string())
     }
 
     /// Waits, at most `audit.write_timeout_ms`, for a queued record to reach the sink.
@@ -1362,22 +1480,64 @@ impl AuditLog {
         }
     }
 
-    /// Reserves room for one record, waiting at most `audit.enqueue_timeout_ms`.
+    /// Room for the record of a request already answered (refused, or never forwarded),
+    /// waiting at most `audit.enqueue_timeout_ms`: only records waiting for the writer hold
+    /// room, never a forward waiting on Security Hub.
     pub async fn reserve(&self) -> Result<Slot, AuditError> {
+        let room = self.room.clone();
+        self.slot(async move { room.acquire_owned().await.ok().map(Place::Room) })
+            .await
+    }
+
+    /// A place for the record of a request about to be forwarded, held until its answer,
+    /// waiting at most `audit.enqueue_timeout_ms`: for room in the queue (a sink that does not
+    /// keep up refuses forwards, as the room stays full), then for a place of the forwards'
+    /// own pool, which the room's records never take.
+    pub async fn reserve_forward(&self) -> Result<Slot, AuditError> {
+        let (room, forwards) = (self.room.clone(), self.forwards.clone());
+        self.slot(async move {
+            // Only to see room free: the place held while Security Hub answers is not in it.
+            drop(room.acquire().await.ok()?);
+            forwards.acquire_owned().await.ok().map(Place::Forward)
+        })
+        .await
+    }
+
+    async fn slot(
+        &self,
+        place: impl std::future::Future<Output = Option<Place>>,
+    ) -> Result<Slot, AuditError> {
         if let Some(why) = self.failure.why() {
             return Err(AuditError::Unavailable(why));
         }
-        match tokio::time::timeout(self.wait, self.tx.clone().reserve_owned()).await {
-            Ok(Ok(permit)) => Ok(Slot {
-                permit,
-                as_is: self.as_is,
-                failure: self.failure.clone(),
-            }),
-            Ok(Err(_)) => Err(AuditError::Unavailable("the writer has stopped".into())),
-            Err(_) => Err(AuditError::Unavailable(format!(
-                "the queue stayed full for {} ms",
-                self.wait.as_millis()
-            ))),
+        let tx = self.tx.clone();
+        let both = async move {
+            let place = place.await?;
+            // Never waits: the channel has room for every place of the two pools.
+            let permit = tx.reserve_owned().await.ok()?;
+            Some((place, permit))
+        };
+        match tokio::time::timeout(self.wait, both).await {
+            Ok(Some((place, permit))) => {
+                self.full.store(false, Ordering::Release);
+                Ok(Slot {
+                    place,
+                    permit,
+                    room: self.room.clone(),
+                    as_is: self.as_is,
+                    failure: self.failure.clone(),
+                    waiting: self.waiting.clone(),
+                })
+            }
+            // The channel is closed (the semaphores never are).
+            Ok(None) => Err(AuditError::Unavailable("the writer has stopped".into())),
+            Err(_) => {
+                self.full.store(true, Ordering::Release);
+                Err(AuditError::Unavailable(format!(
+                    "the queue stayed full for {} ms",
+                    self.wait.as_millis()
+                )))
+            }
         }
     }
 }
@@ -1401,27 +1561,38 @@ mod tests {
     #[test]
     fn the_writer_takes_queued_late_and_last_messages_and_stops_when_closed() {
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let room = Arc::new(Semaphore::new(4));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let msg = |text: &[u8]| {
+            let place = room.clone().try_acquire_owned().unwrap();
+            Msg::Body(
+                text.to_vec(),
+                oneshot::channel().0,
+                Queued::new(place, waiting.clone()),
+            )
+        };
         let body = |m: Option<Msg>| match m {
-            Some(Msg::Body(b, _)) => b,
+            Some(Msg::Body(b, _, _)) => b,
             _ => panic!("expected a body"),
         };
-        tx.try_send(Msg::Body(b"queued".to_vec(), oneshot::channel().0))
-            .unwrap();
+        tx.try_send(msg(b"queued")).unwrap();
         assert_eq!(body(next(&mut rx)), b"queued");
         // Sent long after the pause: the writer is asleep in blocking_recv by then.
         let late = tx.clone();
+        let late_msg = msg(b"late");
         let sender = std::thread::spawn(move || {
             std::thread::sleep(LINGER * 50);
-            late.blocking_send(Msg::Body(b"late".to_vec(), oneshot::channel().0))
-                .unwrap();
+            late.blocking_send(late_msg).unwrap();
         });
         assert_eq!(body(next(&mut rx)), b"late");
         sender.join().unwrap();
-        tx.try_send(Msg::Body(b"last".to_vec(), oneshot::channel().0))
-            .unwrap();
+        tx.try_send(msg(b"last")).unwrap();
         drop(tx);
         assert_eq!(body(next(&mut rx)), b"last", "queued before the close");
         assert!(next(&mut rx).is_none(), "closed and empty");
+        // Each taken record gave its place back and was uncounted.
+        assert_eq!(room.available_permits(), 4);
+        assert_eq!(waiting.load(Ordering::Acquire), 0);
     }
 
     fn groups(products: &[(&str, &[&str])]) -> Vec<ProductFindings> {
@@ -1535,6 +1706,7 @@ mod tests {
             upstream_request_id: Some("u".into()),
             revision: "sha256:x".into(),
             settling: Some(vec![0]),
+            withheld: Some(vec![0]),
             outcome_unknown: true,
             metrics: RecordMetrics {
                 timer_total_ns: 1,
@@ -1765,7 +1937,8 @@ mod tests {
     }
 
     async fn write_n(config: &AuditConfig, from: u64, n: u64) {
-        let (log, writer) = AuditLog::start(config, "us-east-1", AuditMetrics::default()).unwrap();
+        let (log, writer) =
+            AuditLog::start(config, 256, "us-east-1", AuditMetrics::default()).unwrap();
         for i in from..from + n {
             let written = log.reserve().await.unwrap().write(Record {
                 decision_id: format!("d-{i}"),
@@ -1818,6 +1991,7 @@ mod tests {
         let head = |seq: u64| Head {
             seq,
             hash: format!("{seq:064}"),
+            id: None,
         };
         // A rotation in the failed batch: `.1` holds records past the last good flush.
         assert_eq!(recovered_head(Some(head(9)), &head(7)).seq, 9);
@@ -1854,7 +2028,8 @@ mod tests {
             path: PathBuf::from("/dev/full"),
             ..config(Path::new("/unused"))
         };
-        let (log, writer) = AuditLog::start(&config, "us-east-1", AuditMetrics::default()).unwrap();
+        let metrics = AuditMetrics::default();
+        let (log, writer) = AuditLog::start(&config, 256, "us-east-1", metrics.clone()).unwrap();
         // Queued faster than the writer wakes (it lingers 1 ms): written as one batch into
         // its buffer, then one flush that fails.
         let mut slots = Vec::new();
@@ -1874,6 +2049,9 @@ mod tests {
             .finish()
             .expect_err("a sink that failed was reported whole");
         assert_eq!(lost.logged, 20, "{lost}");
+        // None reached the sink: none is counted written (the lines that entered the buffer
+        // before the failed flush were).
+        assert_eq!(metrics.records.get(), 0);
         assert!(lost.why.contains("No space left"), "{lost}");
         // Each request is told once its record is in the operational log, not left to wait
         // out its timeout with the answer held.
@@ -1920,7 +2098,8 @@ mod tests {
     async fn records_with_an_input_are_written_as_is_and_verify() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let (log, writer) = AuditLog::start(&config, "us-east-1", AuditMetrics::default()).unwrap();
+        let (log, writer) =
+            AuditLog::start(&config, 256, "us-east-1", AuditMetrics::default()).unwrap();
         let good = regorus::Value::from(json!({"operation": "X", "request": {"b": [1, "é\""]}}));
         let mut odd = std::collections::BTreeMap::new();
         odd.insert(regorus::Value::from(1u64), regorus::Value::from("one"));
@@ -2028,15 +2207,109 @@ mod tests {
         assert!(!e.contains(secret), "{e}");
     }
 
+    /// A queue with room for one record, whose requests wait 50 ms for room.
+    fn one_place(dir: &Path) -> AuditConfig {
+        AuditConfig {
+            queue_capacity: 1,
+            enqueue_timeout_ms: 50,
+            ..config(dir)
+        }
+    }
+
+    /// Forwards waiting on Security Hub hold places of their own pool, more of them than
+    /// `queue_capacity`: a refused request's record still finds room at once. Room held by a
+    /// record refuses a forward after the wait (a sink that does not keep up), and the
+    /// forwards' records, sent while the room is full, go through their own places at once.
+    #[tokio::test]
+    async fn places_forwards_hold_leave_room_for_a_refused_request_s_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = one_place(dir.path());
+        let (log, writer) =
+            AuditLog::start(&config, 3, "us-east-1", AuditMetrics::default()).unwrap();
+        let mut forwards = Vec::new();
+        for _ in 0..3 {
+            forwards.push(log.reserve_forward().await.unwrap());
+        }
+        let err = log.reserve_forward().await.err().unwrap();
+        assert!(err.to_string().contains("queue stayed full"), "{err}");
+        assert_eq!(
+            log.queue_depth(),
+            0,
+            "reserved places are not records waiting"
+        );
+        assert!(
+            log.is_healthy(),
+            "forwards waiting on Security Hub are not a stalled sink"
+        );
+        let refused = log.reserve().await.expect("starved by forwards' places");
+        let refused = refused.write(Record {
+            decision_id: "refused".into(),
+            ..sample_record()
+        });
+        log.written(refused).await.unwrap();
+        // A record about to be written holds the room: a forward waits, then is refused.
+        let held = log.reserve().await.unwrap();
+        let err = log.reserve_forward().await.err().unwrap();
+        assert!(err.to_string().contains("queue stayed full"), "{err}");
+        let mut written = Vec::new();
+        for (i, slot) in forwards.into_iter().enumerate() {
+            written.push(slot.write(Record {
+                decision_id: format!("forward-{i}"),
+                ..sample_record()
+            }));
+        }
+        written.push(held.write(Record {
+            decision_id: "held".into(),
+            ..sample_record()
+        }));
+        for w in written {
+            log.written(w).await.unwrap();
+        }
+        assert_eq!(log.queue_depth(), 0);
+        // Every place is free again: a forward reserves at once.
+        drop(log.reserve_forward().await.unwrap());
+        drop(log);
+        writer.finish().expect("the sink took every record");
+        let ids: Vec<String> = read(&config.path)
+            .iter()
+            .map(|r| r["decision_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            ids,
+            ["refused", "forward-0", "forward-1", "forward-2", "held"],
+            "{ids:?}"
+        );
+    }
+
+    /// A stop closes the queue while a forward still waits on Security Hub: its record, sent
+    /// after the close through the place it reserved, still reaches the sink before the writer
+    /// ends, and no new place is given.
+    #[tokio::test]
+    async fn a_place_reserved_before_the_stop_still_reaches_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let (log, writer) =
+            AuditLog::start(&config, 2, "us-east-1", AuditMetrics::default()).unwrap();
+        let forward = log.reserve_forward().await.unwrap();
+        log.close().await;
+        let written = forward.write(Record {
+            decision_id: "sent-after-the-close".into(),
+            ..sample_record()
+        });
+        log.written(written).await.unwrap();
+        let err = log.reserve().await.err().unwrap();
+        assert!(err.to_string().contains("writer has stopped"), "{err}");
+        drop(log);
+        writer.finish().expect("the sink took every record");
+        assert_eq!(read(&config.path)[0]["decision_id"], "sent-after-the-close");
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_after_the_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let config = AuditConfig {
-            queue_capacity: 1,
-            enqueue_timeout_ms: 50,
-            ..config(dir.path())
-        };
-        let (log, writer) = AuditLog::start(&config, "us-east-1", AuditMetrics::default()).unwrap();
+        let config = one_place(dir.path());
+        let (log, writer) =
+            AuditLog::start(&config, 256, "us-east-1", AuditMetrics::default()).unwrap();
         // Hold both places: the writer cannot drain a reserved-but-unsent slot.
         let held = log.reserve().await.unwrap();
         let err = log.reserve().await.err().unwrap();

@@ -13,6 +13,18 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` for what `serve` and the panic hook say, without `eprintln!`'s panic when
+/// stderr cannot be written (its reader gone: a log pipe whose consumer exited, journald
+/// restarted under a systemd service). There, `eprintln!` in the panic hook panicked again
+/// and the process aborted. What cannot be written is dropped: stderr is where it would have
+/// said so.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod eval;
 mod lint;
 mod log_fields;
@@ -211,8 +223,13 @@ fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    // A log line stderr did not take (its reader gone) is dropped. tracing-subscriber's own
+    // report of it went to the same stderr with `eprintln!`, which panicked; the panic hook's
+    // report of that panic did the same, and the process aborted (SIGABRT) at the first log
+    // line after the reader left: no drain, a request forwarded then never recorded.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     let never_secret = tracing_subscriber::filter::filter_fn(|meta| !never_logged(meta.target()));
@@ -244,7 +261,7 @@ fn init_logging(format: LogFormat) {
         if tracing::enabled!(target: "hubgate::panic", tracing::Level::ERROR) {
             tracing::error!(target: "hubgate::panic", %location, message, "a thread panicked");
         } else {
-            eprintln!("hubgate: a thread panicked location={location} message={message:?}");
+            errln!("hubgate: a thread panicked location={location} message={message:?}");
         }
     }));
 }
@@ -270,8 +287,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(arg) => {
-            if let Err(e) = crate::server::catch_early_hangup() {
-                eprintln!("hubgate: cannot catch SIGHUP: {e}");
+            if let Err(e) = crate::server::catch_early_signals() {
+                errln!("hubgate: cannot catch SIGHUP, SIGTERM, SIGINT and SIGQUIT: {e}");
                 return ExitCode::FAILURE;
             }
             let config = match load_config(&arg) {
@@ -289,14 +306,14 @@ pub fn main() -> ExitCode {
             let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("hubgate: cannot start the runtime: {e}");
+                    errln!("hubgate: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
             let code = match runtime.block_on(crate::server::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("hubgate: {e}");
+                    errln!("hubgate: {e}");
                     ExitCode::FAILURE
                 }
             };
@@ -438,7 +455,15 @@ fn check(arg: &ConfigArg) -> ExitCode {
                 lint::unknown_fields(&rego),
                 "a rule that reads a field the input document does not have is never true; see policies/README.md for the input document",
             );
-            if settings_ok && fields_ok {
+            let entries_ok = linted(
+                lint::unread_entry_rules(&rego),
+                "hubgate reads deny, warn and needs_state of package hubgate only: put the rule in package hubgate, or read it from a rule there",
+            );
+            let data_ok = linted(
+                lint::unknown_data(&rego, &data),
+                "a data document is provided by a top-level key of data.json or by a package; see policies/README.md for the settings",
+            );
+            if settings_ok && fields_ok && entries_ok && data_ok {
                 outln!(
                     "policies: {} ({} files, revision {})",
                     config.policy.dir.display(),

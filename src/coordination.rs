@@ -60,6 +60,11 @@ pub struct Coordination {
     /// Redis's count of keys it evicted (`INFO stats`), as this replica's last probe that got
     /// an answer found it; None before the first, or when Redis does not say.
     evicted: Mutex<Option<String>>,
+    /// Set at a stop's halt (`cut_off`): no Redis call runs past this instant.
+    cut_off: std::sync::OnceLock<tokio::time::Instant>,
+    /// The lookup claims this replica holds (`cache::Claims`): released when their lookup
+    /// ends, however it ends, and all at once when the replica stops.
+    pub(crate) claims: cache::Claims,
 }
 
 /// The probe: returns Redis's marker, setting one when there is none (a new or emptied Redis).
@@ -169,6 +174,8 @@ impl Coordination {
             rejoined: tokio::sync::Notify::new(),
             epoch: Mutex::new(None),
             evicted: Mutex::new(None),
+            cut_off: std::sync::OnceLock::new(),
+            claims: cache::Claims::default(),
         })))
     }
 
@@ -371,7 +378,22 @@ impl Coordination {
         if !self.healthy() {
             return None;
         }
-        match tokio::time::timeout(self.op_timeout, f(self.manager.clone())).await {
+        self.call_regardless(op, f).await
+    }
+
+    /// `call`, also while this replica is on its own: for a stop's release of its claims. A
+    /// call that took longer than op_timeout_ms a moment before (a loaded machine) made the
+    /// replica fall back until its next probe, and a stop then released nothing: the other
+    /// replicas waited its claims out. Redis may well answer; if not, this fails within
+    /// op_timeout_ms as any call does.
+    pub(crate) async fn call_regardless<T, F, Fut>(&self, op: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let by = tokio::time::Instant::now() + self.op_timeout;
+        let by = self.cut_off.get().map_or(by, |cut_off| by.min(*cut_off));
+        match tokio::time::timeout_at(by, f(self.manager.clone())).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.fail(op, &e.to_string());
@@ -382,6 +404,17 @@ impl Coordination {
                 None
             }
         }
+    }
+
+    /// A stop's grace period has run out: the requests still in hubgate must end and be
+    /// recorded within the halt's few seconds, and a forward interrupted there evicts its
+    /// findings through Redis first. With a Redis that hangs, each of those calls waited its
+    /// whole op_timeout_ms (up to 60 s, and an eviction makes several): the stop gave up on
+    /// the request before its record was written, though Security Hub may have applied it.
+    /// From `within` on, every call fails at once (as a timeout: the replica falls back, and
+    /// a write not shared marks it dirty, as any failed call does).
+    pub(crate) fn cut_off(&self, within: Duration) {
+        let _ = self.cut_off.set(tokio::time::Instant::now() + within);
     }
 
     /// The longest a Redis call may take.
@@ -403,15 +436,13 @@ impl Coordination {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    //! A redis-server for unit tests of any module that shares through Redis.
     use super::*;
-    use crate::coordination::cache::{self, Claim, Looked, ToStore, ToWrite};
-    use crate::finding::FindingKey;
-    use crate::policy::state::CurrentFinding;
 
     /// A redis-server of the test's own on a free 127.0.0.1 port, killed on drop. Without
     /// redis-server the test fails (HUBGATE_ALLOW_SKIP=1 makes it pass vacuously locally).
-    struct Server(std::process::Child, u16);
+    pub(crate) struct Server(std::process::Child, pub(crate) u16);
 
     impl Drop for Server {
         fn drop(&mut self) {
@@ -420,7 +451,7 @@ mod tests {
         }
     }
 
-    fn redis_server() -> Option<Server> {
+    pub(crate) fn redis_server() -> Option<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -450,7 +481,7 @@ mod tests {
     }
 
     /// A coordination of this test's own on `server`, not yet probed.
-    fn coordination_on(server: &Server) -> Arc<Coordination> {
+    pub(crate) fn coordination_on(server: &Server) -> Arc<Coordination> {
         let config = Config::parse(
             std::path::Path::new("/tmp/hubgate-test.toml"),
             &format!(
@@ -463,6 +494,15 @@ mod tests {
             .unwrap()
             .unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{coordination_on, redis_server};
+    use super::*;
+    use crate::coordination::cache::{self, Claim, Looked, ToStore, ToWrite};
+    use crate::finding::FindingKey;
+    use crate::policy::state::CurrentFinding;
 
     fn finding(label: &str) -> Arc<CurrentFinding> {
         Arc::new(CurrentFinding::new(
@@ -544,6 +584,64 @@ mod tests {
         );
     }
 
+    /// After a stop's halt no Redis call outlives the cut-off, whatever op_timeout_ms says:
+    /// a call Redis does not answer (a BLPOP on an empty list) ends at the cut-off.
+    #[tokio::test]
+    async fn no_call_runs_past_the_halts_cut_off() {
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let coord = coordination_on(&server);
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+        coord.cut_off(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        let answered: Option<Option<Vec<String>>> = coord
+            .call("blpop", |mut con| async move {
+                redis::cmd("BLPOP")
+                    .arg("hubgate-test:never")
+                    .arg(0)
+                    .query_async(&mut con)
+                    .await
+            })
+            .await;
+        assert!(answered.is_none());
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(400),
+            "{took:?}: past the cut-off"
+        );
+        assert!(!coord.healthy(), "a call cut off is a failed call");
+    }
+
+    /// A stop releases this replica's claims even while it is on its own: a call that took
+    /// longer than op_timeout_ms a moment before (a loaded machine) made it fall back, and the
+    /// stop released nothing, so the other replicas waited its claims out.
+    #[tokio::test]
+    async fn a_stop_releases_its_claims_while_on_its_own() {
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let (coord, other) = (coordination_on(&server), coordination_on(&server));
+        coord.probe().await;
+        other.probe().await;
+        let k = FindingKey::new("held-at-the-stop", "arn:p");
+        let (_, mine) = cache::claim(&coord, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        assert!(matches!(mine[0], Claim::Mine(_)));
+        coord.fail("cache_claim", "timed out");
+        assert!(!coord.healthy());
+        cache::release_all(&coord).await;
+        let (_, theirs) = cache::claim(&other, std::slice::from_ref(&k))
+            .await
+            .unwrap();
+        assert!(
+            matches!(theirs[0], Claim::Mine(_)),
+            "the claim was left to expire"
+        );
+    }
+
     #[tokio::test]
     async fn scripts_against_a_real_redis() {
         let Some(server) = redis_server() else {
@@ -594,6 +692,37 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(again[0], Claim::Busy));
+        // released by the replica holding it, not by another one (its token)
+        let other = coordination_on(&server);
+        other.probe().await;
+        let released = FindingKey::new("released", "arn:p");
+        let (g, mine) = cache::claim(&coord, std::slice::from_ref(&released))
+            .await
+            .unwrap();
+        assert!(matches!(mine[0], Claim::Mine(_)));
+        cache::release(&other, &g, std::slice::from_ref(&released)).await;
+        let (_, held) = cache::claim(&other, std::slice::from_ref(&released))
+            .await
+            .unwrap();
+        assert!(matches!(held[0], Claim::Busy), "another replica's release");
+        cache::release(&coord, &g, std::slice::from_ref(&released)).await;
+        let (g, theirs) = cache::claim(&other, std::slice::from_ref(&released))
+            .await
+            .unwrap();
+        assert!(
+            matches!(theirs[0], Claim::Mine(_)),
+            "released by its replica"
+        );
+        // a stopping replica releases what it holds and claims no more
+        cache::release_all(&other).await;
+        assert!(cache::claim(&other, std::slice::from_ref(&released))
+            .await
+            .is_none());
+        let (_, free) = cache::claim(&coord, std::slice::from_ref(&released))
+            .await
+            .unwrap();
+        assert!(matches!(free[0], Claim::Mine(_)), "released at the stop");
+        cache::release(&coord, &g, std::slice::from_ref(&released)).await;
         let tag = cache::new_tag();
         let stored = cache::store(
             &coord,
@@ -986,7 +1115,21 @@ mod tests {
             Journaled::Unknown(
                 std::slice::from_ref(&c),
                 "BatchImportFindings",
-                Some(&[Some("222222222222".to_string())]),
+                Some(&[Some(Arc::from("222222222222"))]),
+            ),
+        )
+        .await;
+        // d: an import whose claim is not an account id, which Security Hub may still read
+        // as 222222222222: shared unscoped, whoever owns the finding, never scoped to the text
+        // (review 50: the other replicas kept the finding of 222222222222 as it was read)
+        let d = FindingKey::new("d", "p");
+        cache::journal_write(
+            &coord,
+            60_000,
+            Journaled::Unknown(
+                std::slice::from_ref(&d),
+                "BatchImportFindings",
+                Some(&[Some(Arc::from("222222222222 "))]),
             ),
         )
         .await;
@@ -999,14 +1142,23 @@ mod tests {
         let read = cache::journal_read(
             &coord,
             60_000,
-            &[a.clone(), b.clone(), c.clone()],
+            &[a.clone(), b.clone(), c.clone(), d.clone()],
             &["222222222222", "333333333333"],
         )
         .await
         .unwrap();
         assert!(read.everything.is_none());
         let owned_c = read.findings[2].owned.clone();
-        let [(ua, ia), (ub, ib), (uc, ic)] = <[_; 3]>::try_from(
+        assert!(
+            read.findings[3].owned.is_empty(),
+            "{:?}",
+            read.findings[3].owned
+        );
+        assert_eq!(
+            read.findings[3].unknown.as_ref().map(|(op, _)| op.as_str()),
+            Some("BatchImportFindings")
+        );
+        let [(ua, ia), (ub, ib), (uc, ic), _] = <[_; 4]>::try_from(
             read.findings
                 .into_iter()
                 .map(|f| (f.unknown, f.items))

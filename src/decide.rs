@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::finding::{FindingKey, KeyMap};
-use crate::identity::Role;
+use crate::identity::{CallerId, Role};
 use crate::policy::input::{self, Enrichment, RequestFacts, Update};
 use crate::policy::state::CurrentFinding;
 use crate::policy::{Decision, PolicyError, PolicySet};
@@ -99,7 +99,7 @@ impl FindingState for Replay {
     fn lookup(
         &self,
         keys: &[FindingKey],
-        _caller: &str,
+        _caller: CallerId<'_>,
         _deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -124,28 +124,26 @@ impl FindingState for Replay {
 /// `hubgate eval`, a fixed map in the benchmark.
 pub trait FindingState {
     /// The state of each finding (a key missing from the map was not found), or None when
-    /// this source cannot look findings up at all. `caller` is the caller's principal id:
-    /// sources that call Security Hub share their quota between callers in turn (per caller,
-    /// not per account, so that one principal's backlog cannot hold back another's of the
-    /// same account).
+    /// this source cannot look findings up at all. Sources that call Security Hub share its
+    /// quota between accounts in turn, and between an account's callers in turn (`caller`).
     fn lookup(
         &self,
         keys: &[FindingKey],
-        caller: &str,
+        caller: CallerId<'_>,
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send;
 
     /// `lookup` for a member's request, `member_of` its account. A source that refuses
     /// findings whose state is settling (503 STATE_SETTLING) refuses them only for the
-    /// member's own: another account's finding reaches the member's policy input with its
-    /// account alone (`Document::withheld`), so its state changes no rule's judgement, and a
-    /// refusal naming it told the member that an administrator had just changed a finding its
-    /// own credentials cannot read, how long ago, and that it cannot be modelled. Sources
-    /// without such refusals need not tell the two apart.
+    /// member's own found ones: another account's finding reaches the member's
+    /// policy input as one not found (`Document::withheld`), so its state changes no rule's
+    /// judgement, and a refusal naming it told the member that an administrator had just
+    /// changed a finding its own credentials cannot read, how long ago, and that it cannot be
+    /// modelled. Sources without such refusals need not tell the two apart.
     fn lookup_for_member(
         &self,
         keys: &[FindingKey],
-        caller: &str,
+        caller: CallerId<'_>,
         member_of: &str,
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
@@ -268,6 +266,10 @@ pub struct Judgement {
     /// The findings whose state had hubgate's own recent writes laid over it: judged on that
     /// state and on the state as read.
     pub overlaid: Vec<FindingKey>,
+    /// The findings found in another account than the member's (or in none), which its policy
+    /// input held as not found (`Document::withheld`): for the record, which tells the
+    /// operator what the member's answer does not.
+    pub withheld: Vec<FindingKey>,
     pub policy_ns: u64,
     pub enrich_ns: u64,
 }
@@ -383,6 +385,7 @@ pub async fn judge<S: FindingState>(
         stats: LookupStats::default(),
         reads: None,
         overlaid: Vec::new(),
+        withheld: Vec::new(),
         claimed_accounts: Vec::new(),
         policy_ns: 0,
         enrich_ns: 0,
@@ -423,10 +426,11 @@ pub async fn judge<S: FindingState>(
                 .is_some_and(|p| p.decision.needs_state);
             if (early || dry_run) && needs_state {
                 let t = Instant::now();
-                let (keys, caller) = (&judgement.keys, &facts.principal.id);
+                let keys = &judgement.keys;
+                let account = &facts.principal.account_id;
+                let caller = facts.principal.caller();
                 let found = match facts.principal.role {
                     Role::Member => {
-                        let account = &facts.principal.account_id;
                         state
                             .lookup_for_member(keys, caller, account, deadline)
                             .await
@@ -442,6 +446,7 @@ pub async fn judge<S: FindingState>(
                         reads,
                     })) => {
                         judgement.stats = stats;
+                        judgement.withheld = document.withheld_of(&judgement.keys, &current);
                         evaluate(&mut judgement, Some(&current), Enrichment::Complete)?;
                         // Security Hub may not have applied hubgate's own recent writes, or
                         // another writer may have changed what they set since: the request

@@ -25,6 +25,7 @@ use crate::decide::{
 };
 pub use crate::finding::FindingKey;
 use crate::finding::KeyMap;
+use crate::identity::CallerId;
 pub use crate::metrics::EnrichMetrics;
 use crate::metrics::OperationLabels;
 use crate::policy::input::{EntryTemplate, Patch, StateFacts, Update, CURRENT_FIELDS};
@@ -32,7 +33,7 @@ use crate::policy::state::approximate_size;
 pub use crate::policy::state::CurrentFinding;
 use crate::quota::{Pacer, QuotaExhausted};
 use crate::upstream::{Upstream, UpstreamError};
-use queue::LookupQueue;
+use queue::{LookupQueue, Who};
 pub use sending::WriteId;
 use sending::{InFlightEffect, Sending};
 use settle::{Journal, Source, Write};
@@ -81,9 +82,9 @@ struct Waiter {
     /// The request stopped waiting (it answered, gave up or was dropped): a finding only it
     /// waits for need not be looked up.
     gone: AtomicBool,
-    /// The caller (principal id) the request is of: a finding asked for again waits in that
-    /// caller's turn of asked-again findings (`State::requeue`).
-    caller: Arc<str>,
+    /// The caller the request is of: a finding asked for again waits in that caller's turn of
+    /// asked-again findings (`State::requeue`).
+    caller: Who,
 }
 
 struct Slots {
@@ -92,9 +93,9 @@ struct Slots {
 }
 
 impl Waiter {
-    fn new(n: usize, caller: &str) -> Waiter {
+    fn new(n: usize, caller: CallerId<'_>) -> Waiter {
         Waiter {
-            caller: Arc::from(caller),
+            caller: Who::from(caller),
             slots: Mutex::new(Slots {
                 got: vec![None; n],
                 left: n,
@@ -185,6 +186,10 @@ struct Retired {
     accounts: HashMap<Arc<str>, Instant>,
     /// Found findings whose account is not known: any account's write may have touched them.
     unowned: Option<Instant>,
+    /// Every found finding: a write of notes of findings hubgate cannot name, with no account
+    /// (`Reach::Notes`), which voids no lookup in flight; what such a lookup read before it
+    /// then reads as a miss once delivered.
+    everything: Option<Instant>,
 }
 
 impl Retired {
@@ -198,7 +203,15 @@ impl Retired {
             Some(account) => self.accounts.get(account),
             None => self.unowned.as_ref(),
         };
-        retired.is_some_and(|at| cached.at <= *at)
+        retired
+            .into_iter()
+            .chain(&self.everything)
+            .any(|at| cached.at <= *at)
+    }
+
+    /// A write at `now` touched any finding (see `everything`).
+    fn retire_everything(&mut self, now: Instant) {
+        self.everything = Some(now);
     }
 
     /// A write at `now` touched findings of `accounts`; entries live `ttl` from their read, so
@@ -252,6 +265,10 @@ struct State {
     /// Queued findings whose shared claim is already settled (handed over by a replica that
     /// gave up on them): the shared generation and write count to store against, if any.
     preclaimed: KeyMap<Option<(String, String)>>,
+    /// Claims of findings dropped from the queue before their lookup was sent
+    /// (`drop_preclaimed`), with the generation each was taken in: `drive` releases them, so
+    /// the other replicas need not wait them out.
+    unclaimed: Vec<(FindingKey, String)>,
     /// The calls already made for a finding that was asked for again: the requests waiting on
     /// it are charged for them too when it is delivered.
     spent: KeyMap<Vec<Arc<CallProgress>>>,
@@ -361,6 +378,17 @@ impl State {
         self.cleared = self.generation;
     }
 
+    /// A write of notes only touched findings hubgate cannot name: it changes no fact a
+    /// decision is judged on, so no lookup or decision in flight is voided (what they read is
+    /// still kept from the cache by `Retired`, by read time). Voided, an administrator's
+    /// playbook commenting through V2 one finding after another had every member decision on
+    /// the account look its findings up again at each comment's answer, until it ran out of
+    /// time (504 after 10 s and some 30 GetFindings calls, the quota every account shares).
+    fn wrote_notes(&mut self) {
+        // Answers Redis gave before it may predate it (`shared_lookup`'s `storable`).
+        self.generation += 1;
+    }
+
     /// A write touched findings of `accounts` hubgate cannot name.
     fn wrote_accounts(&mut self, accounts: &[Arc<str>]) {
         self.generation += 1;
@@ -450,7 +478,7 @@ impl State {
     /// Queues `key` again, in the turn of findings asked for again of each caller whose
     /// requests wait for it (see `LookupQueue`).
     fn requeue(&mut self, key: &FindingKey) {
-        let mut callers: Vec<Arc<str>> = Vec::new();
+        let mut callers: Vec<Who> = Vec::new();
         for (waiter, _) in self.waiting.get(key).into_iter().flatten() {
             if !callers.contains(&waiter.caller) {
                 callers.push(waiter.caller.clone());
@@ -459,10 +487,17 @@ impl State {
         if callers.is_empty() {
             // Nobody waits for it: nothing to look up.
             self.forget(key);
-            self.preclaimed.remove(key);
+            self.drop_preclaimed(key);
             return;
         }
         self.queue.push_again(&callers, key.clone());
+    }
+
+    /// `key` will not be looked up for its shared claim: the claim goes to be released.
+    fn drop_preclaimed(&mut self, key: &FindingKey) {
+        if let Some(Some((generation, _))) = self.preclaimed.remove(key) {
+            self.unclaimed.push((key.clone(), generation));
+        }
     }
 
     /// Nobody waits for `key` any more.
@@ -781,11 +816,38 @@ pub enum Sent<'a> {
         write: Unapplied<'a>,
     },
     /// Findings hubgate cannot name (filters, OCSF identifiers), by `operation`; with
-    /// `accounts`, only findings of those accounts.
+    /// `accounts`, only findings of those accounts; `reach`: what it may change in them.
     Everything {
         operation: &'static str,
         accounts: Option<&'a [String]>,
+        reach: Reach,
     },
+}
+
+/// What a write of findings hubgate cannot name may change in them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Their notes only (a V2 `Comment`, an `UpdateFindings` `Note`): no fact a decision is
+    /// judged on. Their cached states are still retired (a rule may read `current.Note`), but
+    /// neither in flight nor once answered does it leave them unknown: as for two notes in
+    /// flight at once, refusing every decision on those findings for `settle_ms` would lock
+    /// their members out over a note (one V2 comment on one finding refused every finding of
+    /// its account for five minutes), and refusing them while it is in flight did so for as
+    /// long as comments kept coming.
+    Notes,
+    /// Anything: the state of every finding it may touch is unknown from when it is sent
+    /// until the settle window after its answer has passed.
+    State,
+}
+
+impl Reach {
+    /// What a write setting `update` may change.
+    pub fn of(update: &crate::policy::input::Update) -> Reach {
+        match update.sets_only_note() {
+            true => Reach::Notes,
+            false => Reach::State,
+        }
+    }
 }
 
 /// A write registered as in flight. It leaves the register when dropped: its holder drops it
@@ -1064,7 +1126,7 @@ impl Enricher {
     async fn lookup(
         &self,
         keys: &[FindingKey],
-        caller: &str,
+        caller: CallerId<'_>,
         member_of: Option<&str>,
         deadline: Instant,
     ) -> Result<(KeyMap<Arc<CurrentFinding>>, LookupStats, ReadMark), LookupFailure> {
@@ -1139,7 +1201,10 @@ impl Enricher {
             }
             waiting = waiter.map(StopsWaiting);
             if !queued.is_empty() {
-                st.queue.push_back(caller, queued);
+                // Only findings a waiter waits for are queued.
+                if let Some(waiter) = &waiting {
+                    st.queue.push_back(&waiter.0.caller, queued);
+                }
                 self.inner.work.notify_one();
             }
         }
@@ -1404,7 +1469,17 @@ impl Enricher {
     pub async fn evict(&self, keys: &[FindingKey], write: Unapplied<'_>, sent: Option<WriteId>) {
         let write = match write {
             Unapplied::Update(update) => Ok(Unapplied::update_write(update)),
-            Unapplied::Import(operation, accounts) => Err((operation, accounts)),
+            // Each finding's scope, worked out once from the claims, for this replica's state
+            // and the shared journal alike: a claim that is not an account id (`"222222222222
+            // "`) scopes to no account. Shared as the raw claim, it scoped the write on every
+            // other replica to that text, so the finding of 222222222222 was not settling there
+            // (review 50).
+            Unapplied::Import(operation, accounts) => Err((
+                operation,
+                (0..keys.len())
+                    .map(|i| Unapplied::import_account(accounts, i))
+                    .collect::<Vec<_>>(),
+            )),
         };
         // Findings another write of other facts is in flight to (`State::journal_patch`):
         // whether or not this one landed, neither order can be ruled out.
@@ -1429,9 +1504,8 @@ impl Enricher {
                         self.inner.remove(&mut st, key);
                     }
                 }
-                Err((operation, accounts)) => {
-                    for (i, key) in keys.iter().enumerate() {
-                        let account = Unapplied::import_account(accounts, i);
+                Err((operation, scopes)) => {
+                    for (key, account) in keys.iter().zip(scopes) {
                         let one = std::slice::from_ref(key);
                         st.wrote(one, None, sent, account.as_ref());
                         st.journal
@@ -1459,8 +1533,8 @@ impl Enricher {
                     let write = shared::Journaled::Unknown(keys, operation, None);
                     self.share_write(write).await;
                 }
-                Err((operation, accounts)) => {
-                    let write = shared::Journaled::Unknown(keys, operation, Some(accounts));
+                Err((operation, scopes)) => {
+                    let write = shared::Journaled::Unknown(keys, operation, Some(scopes));
                     self.share_write(write).await;
                 }
             }
@@ -1487,23 +1561,43 @@ impl Enricher {
     /// Forgets everything: for writes (by `operation`) that name findings hubgate cannot map to
     /// cache entries. With `accounts`, the write can have changed only findings of those
     /// accounts (OCSF identifiers name theirs), and only their state is unknown meanwhile.
-    pub async fn evict_all(&self, operation: &'static str, accounts: Option<&[String]>) {
+    pub async fn evict_all(
+        &self,
+        operation: &'static str,
+        accounts: Option<&[String]>,
+        reach: Reach,
+    ) {
+        // Only a write that may change what decisions are judged on leaves state unknown.
+        let journaled = reach == Reach::State;
         {
             let mut st = self.inner.lock();
             match accounts {
                 Some(accounts) => {
                     let accounts: Vec<Arc<str>> =
                         accounts.iter().map(|a| Arc::from(a.as_str())).collect();
-                    st.wrote_accounts(&accounts);
+                    match reach {
+                        Reach::State => st.wrote_accounts(&accounts),
+                        Reach::Notes => st.wrote_notes(),
+                    }
                     let now = Instant::now();
-                    st.journal.record_accounts(&accounts, operation, now);
+                    if journaled {
+                        st.journal.record_accounts(&accounts, operation, now);
+                    }
                     // Only those accounts' findings, and any whose account is not known; they
                     // read as misses from now on and go as they expire or the cache fills.
                     st.retired.retire(&accounts, now, self.inner.ttl);
                 }
                 None => {
-                    st.wrote_all();
-                    st.journal.record_everything(operation, Instant::now());
+                    match reach {
+                        Reach::State => st.wrote_all(),
+                        Reach::Notes => {
+                            st.wrote_notes();
+                            st.retired.retire_everything(Instant::now());
+                        }
+                    }
+                    if journaled {
+                        st.journal.record_everything(operation, Instant::now());
+                    }
                     st.cache.clear();
                     st.bytes = 0;
                 }
@@ -1524,11 +1618,13 @@ impl Enricher {
                 None => shared::evict_all(coord).await,
                 Some(accounts) => shared::retire_accounts(coord, accounts).await,
             }
-            let write = match accounts {
-                Some(accounts) => shared::Journaled::Accounts(accounts, operation),
-                None => shared::Journaled::Everything(operation),
-            };
-            self.share_write(write).await;
+            if journaled {
+                let write = match accounts {
+                    Some(accounts) => shared::Journaled::Accounts(accounts, operation),
+                    None => shared::Journaled::Everything(operation),
+                };
+                self.share_write(write).await;
+            }
         }
     }
 }
@@ -1565,18 +1661,22 @@ impl Enricher {
         let mut st = self.inner.lock();
         let id = match sent {
             Sent::Findings { .. } => st.sending.findings(write_keys, &writes, now),
+            // Even a write of notes is registered in flight (a write answered beside it may
+            // have landed before it), but no decision waits for it (`Sending::effect`).
             Sent::Everything {
                 operation,
                 accounts: Some(accounts),
+                reach,
             } => {
                 let accounts: Vec<Arc<str>> =
                     accounts.iter().map(|a| Arc::from(a.as_str())).collect();
-                st.sending.accounts(&accounts, operation, now)
+                st.sending.accounts(&accounts, operation, reach, now)
             }
             Sent::Everything {
                 operation,
                 accounts: None,
-            } => st.sending.everything(operation, now),
+                reach,
+            } => st.sending.everything(operation, reach, now),
         };
         self.inner
             .metrics
@@ -1737,11 +1837,13 @@ impl Enricher {
 }
 
 /// The findings whose state the decision for a caller judges: for a member (`member_of`),
-/// those that are not another account's (nor of no account), whose entries in its policy
-/// input have their account alone (`Document::withheld`). Such a finding's state, settling
-/// or not, changes no judgement (a write does not move a finding to another account), and a
-/// refusal naming it as settling told the member of another account's finding what its
-/// credentials cannot read: that, when and how an administrator had just changed it.
+/// those found of its own account. Another account's finding (or one of no account) and one
+/// not found reach a member's policy input alike, as not found (`Document::withheld`), and
+/// are refused whatever their state: settling or not changes no judgement (a write does not
+/// move a finding to another account). A refusal as settling told the member of another
+/// account's finding that, when and how an administrator had just changed it; of an
+/// identifier not found (503 while a write of any finding settled, 403 for another account's)
+/// that it exists nowhere, which its own credentials cannot tell.
 fn judged_by<'k>(
     keys: &'k [FindingKey],
     current: &KeyMap<Arc<CurrentFinding>>,
@@ -1755,7 +1857,7 @@ fn judged_by<'k>(
         .filter(|k| {
             current
                 .get(*k)
-                .is_none_or(|s| s.account_id.as_deref() == Some(member))
+                .is_some_and(|s| s.account_id.as_deref() == Some(member))
         })
         .cloned()
         .collect()
@@ -1765,7 +1867,7 @@ impl Enricher {
     async fn judged_lookup(
         &self,
         keys: &[FindingKey],
-        caller: &str,
+        caller: CallerId<'_>,
         member_of: Option<&str>,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
@@ -1774,7 +1876,7 @@ impl Enricher {
         // Read after the states were: a write another replica forwarded before then is in it.
         let shared = self.shared_journal(keys, &current).await;
         let judged = judged_by(keys, &current, member_of);
-        // A member naming only other accounts' findings: nothing it is judged by settles (a
+        // A member naming none of its own findings: nothing it is judged by settles (a
         // write of unknown scope, `everything`, would refuse it whatever it names).
         let nothing_judged = member_of.is_some() && judged.is_empty();
         let unsettled = {
@@ -1877,7 +1979,7 @@ impl FindingState for Enricher {
     async fn lookup(
         &self,
         keys: &[FindingKey],
-        caller: &str,
+        caller: CallerId<'_>,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
         self.judged_lookup(keys, caller, None, deadline).await
@@ -1886,7 +1988,7 @@ impl FindingState for Enricher {
     async fn lookup_for_member(
         &self,
         keys: &[FindingKey],
-        caller: &str,
+        caller: CallerId<'_>,
         member_of: &str,
         deadline: Instant,
     ) -> Result<Option<Lookup>, LookupFailure> {
@@ -1928,6 +2030,16 @@ async fn share_again(inner: &Inner) {
     if !inner.journal_lost.swap(false, Ordering::SeqCst) {
         return;
     }
+    // Lost again unless every write below was answered: a sharing cut off part-way (its
+    // request's future dropped, the runtime's end) left the flag cleared and the rest of the
+    // journal unshared for good (the claims' release had the same shape, 749b5d7).
+    struct Unshared<'a>(&'a AtomicBool);
+    impl Drop for Unshared<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let unshared = Unshared(&inner.journal_lost);
     let snapshot = inner.lock().journal.snapshot(Instant::now());
     let settle_ms = inner.settle.as_millis() as u64;
     let mut ok = true;
@@ -1956,8 +2068,8 @@ async fn share_again(inner: &Inner) {
         let write = shared::Journaled::Unknown(std::slice::from_ref(key), op, Some(&accounts));
         ok &= shared::journal_write(coord, settle_ms, write).await;
     }
-    if !ok {
-        inner.journal_lost.store(true, Ordering::SeqCst);
+    if ok {
+        std::mem::forget(unshared);
     }
 }
 
@@ -1969,12 +2081,28 @@ async fn drive(inner: Arc<Inner>) {
     loop {
         loop {
             let notified = inner.work.notified();
-            if has_live_work(&mut inner.lock()) {
+            let live = {
+                let mut st = inner.lock();
+                let live = has_live_work(&mut st);
+                release_unclaimed(&inner, &mut st);
+                live
+            };
+            if live {
                 break;
             }
             notified.await;
         }
-        inner.pacer.acquire_shared("GetFindings").await;
+        // The requests may all go while the call waits for quota: the wait then ends, taking
+        // nothing (it took a call's quota, and the queue had nothing left to ask for).
+        // Biased: quota that is there at once answers before the poll's timer is armed.
+        let acquired = tokio::select! {
+            biased;
+            () = inner.pacer.acquire_shared("GetFindings") => true,
+            () = no_live_work(&inner) => false,
+        };
+        if !acquired {
+            continue;
+        }
         let progress = Arc::new(CallProgress {
             id: inner.next_call.fetch_add(1, Ordering::Relaxed),
             calls: AtomicUsize::new(0),
@@ -2008,6 +2136,7 @@ async fn drive(inner: Arc<Inner>) {
             Some(coord) => claim_chunk(&inner, &coord, chunk, batch.began, &progress).await,
             None => (chunk, KeyMap::default()),
         };
+        release_unclaimed(&inner, &mut inner.lock());
         if chunk.is_empty() {
             // Other replicas had it all: the quota taken for it is spent, which happens only
             // when replicas look up the same findings at the same moment.
@@ -2044,6 +2173,47 @@ async fn drive(inner: Arc<Inner>) {
 
 /// A finding's claim in the shared cache: the shared generation and its write count then.
 type SharedClaim = (String, String);
+
+/// Releases, in the background, the claims of findings dropped before their lookup was sent.
+fn release_unclaimed(inner: &Inner, st: &mut State) {
+    let (Some(coord), false) = (inner.coord.clone(), st.unclaimed.is_empty()) else {
+        return;
+    };
+    let mut by_generation: HashMap<String, Vec<FindingKey>> = HashMap::new();
+    for (key, generation) in st.unclaimed.drain(..) {
+        by_generation.entry(generation).or_default().push(key);
+    }
+    tokio::spawn(async move {
+        for (generation, keys) in by_generation {
+            shared::release(&coord, &generation, &keys).await;
+        }
+    });
+}
+
+/// Releases a batch's claims before it ends (`store` releases those not released).
+async fn release_claims(coord: &Coordination, claims: &KeyMap<SharedClaim>) {
+    let mut by_generation: HashMap<&str, Vec<FindingKey>> = HashMap::new();
+    for (key, (generation, _)) in claims {
+        by_generation
+            .entry(generation.as_str())
+            .or_default()
+            .push(key.clone());
+    }
+    for (generation, keys) in by_generation {
+        shared::release(coord, generation, &keys).await;
+    }
+}
+
+/// Resolves once no request waits for any finding of `chunk`.
+async fn everyone_gone(inner: &Inner, chunk: &[FindingKey]) {
+    const POLL: Duration = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(POLL).await;
+        if !anyone_waiting(inner, chunk) {
+            return;
+        }
+    }
+}
 
 /// Removes `keys`' entries from the shared cache.
 async fn unshare(coord: &Coordination, keys: &[FindingKey]) {
@@ -2222,11 +2392,14 @@ async fn await_other_replica(
             // must not be left waiting on one nobody looks up.
             let mut st = inner.lock();
             if !waited_for(&st, &keys) {
-                for key in &keys {
-                    st.in_flight.remove(key);
-                    st.forget(key);
+                for key in keys.drain(..) {
+                    st.in_flight.remove(&key);
+                    st.forget(&key);
                 }
-                return;
+                // Those already handed back are still handed back below: returning here left
+                // them marked in flight with no lookup behind them (every later request for
+                // one waited to its deadline, for good) and their claims taken.
+                break;
             }
         }
         let Some((shared_generation, answers)) = shared::claim(&coord, &keys).await else {
@@ -2266,13 +2439,22 @@ async fn await_other_replica(
             handed_back.extend(still.into_iter().map(|k| (k, None)));
             break;
         }
+        // Looked up now, not once the slowest of the others comes in: a request for one of
+        // them waited for every finding of this wait (to lookup_claim_ms, past its deadline).
+        hand_back(&inner, &mut handed_back);
         keys = still;
     }
+    hand_back(&inner, &mut handed_back);
+}
+
+/// Queues findings another replica no longer holds to be looked up here, with the claims this
+/// replica took on them.
+fn hand_back(inner: &Inner, handed_back: &mut Vec<(FindingKey, Option<SharedClaim>)>) {
     if handed_back.is_empty() {
         return;
     }
     let mut st = inner.lock();
-    for (key, claim) in handed_back {
+    for (key, claim) in handed_back.drain(..) {
         st.in_flight.remove(&key);
         st.preclaimed.insert(key.clone(), claim);
         st.requeue(&key);
@@ -2309,10 +2491,34 @@ fn has_live_work(st: &mut State) -> bool {
         }
         if let Some(key) = st.queue.drop_front() {
             st.forget(&key);
-            st.preclaimed.remove(&key);
+            st.drop_preclaimed(&key);
         }
     }
     false
+}
+
+/// Waits for the quota of one more GetFindings call for `chunk` (a retry, or its next page);
+/// false when every request waiting for it has gone, which ends the wait, taking nothing. The
+/// wait went on for nobody, and took its quota at the end: after a throttle, a slot of the
+/// slowed pace (up to 3 s at its floor) that the next caller then waited for, no call going
+/// out.
+async fn quota_for(inner: &Inner, chunk: &[FindingKey]) -> bool {
+    tokio::select! {
+        biased;
+        () = inner.pacer.acquire_shared("GetFindings") => anyone_waiting(inner, chunk),
+        () = everyone_gone(inner, chunk) => false,
+    }
+}
+
+/// Returns once nothing queued is waited for any more (polled, as `everyone_gone` is).
+async fn no_live_work(inner: &Inner) {
+    const POLL: Duration = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(POLL).await;
+        if !has_live_work(&mut inner.lock()) {
+            return;
+        }
+    }
 }
 
 fn anyone_waiting(inner: &Inner, chunk: &[FindingKey]) -> bool {
@@ -2344,44 +2550,62 @@ async fn fetch_and_deliver(
 ) {
     let mut attempt = 0;
     let mut pages = Pages::default();
-    let result = loop {
-        match fetch_chunk(&inner, &chunk, &progress, &mut pages).await {
-            Err(e) if e.is_throttle() || e.is_transient() => {
-                let most = match e.is_throttle() {
-                    true => {
-                        progress.throttled.store(true, Ordering::Relaxed);
-                        inner.pacer.throttled("GetFindings");
-                        inner
-                            .metrics
-                            .throttled
-                            .get_or_create(&OperationLabels {
-                                operation: "GetFindings".into(),
-                            })
-                            .inc();
-                        MAX_THROTTLE_RETRIES
+    let fetched = async {
+        loop {
+            match fetch_chunk(&inner, &chunk, &progress, &mut pages).await {
+                Err(e) if e.is_throttle() || e.is_transient() => {
+                    let most = match e.is_throttle() {
+                        true => {
+                            progress.throttled.store(true, Ordering::Relaxed);
+                            inner.pacer.throttled("GetFindings");
+                            inner
+                                .metrics
+                                .throttled
+                                .get_or_create(&OperationLabels {
+                                    operation: "GetFindings".into(),
+                                })
+                                .inc();
+                            MAX_THROTTLE_RETRIES
+                        }
+                        false => MAX_TRANSIENT_RETRIES,
+                    };
+                    attempt += 1;
+                    if attempt > most || !anyone_waiting(&inner, &chunk) {
+                        break Err(e);
                     }
-                    false => MAX_TRANSIENT_RETRIES,
-                };
-                attempt += 1;
-                if attempt > most || !anyone_waiting(&inner, &chunk) {
-                    break Err(e);
+                    progress.for_quota.store(true, Ordering::Relaxed);
+                    // Full jitter: concurrent retries spread out instead of hitting the quota
+                    // together again.
+                    let cap = BACKOFF_BASE
+                        .saturating_mul(1 << attempt.min(5))
+                        .min(BACKOFF_CAP);
+                    let wait = cap.mul_f64(rand::random::<f64>());
+                    tokio::time::sleep(wait).await;
+                    if !quota_for(&inner, &chunk).await {
+                        // Everyone gave up while this call waited: spend no more quota on it.
+                        break Err(e);
+                    }
                 }
-                progress.for_quota.store(true, Ordering::Relaxed);
-                // Full jitter: concurrent retries spread out instead of hitting the quota
-                // together again.
-                let cap = BACKOFF_BASE
-                    .saturating_mul(1 << attempt.min(5))
-                    .min(BACKOFF_CAP);
-                let wait = cap.mul_f64(rand::random::<f64>());
-                tokio::time::sleep(wait).await;
-                inner.pacer.acquire_shared("GetFindings").await;
-                if !anyone_waiting(&inner, &chunk) {
-                    // Everyone gave up while this call waited: spend no more quota on it.
-                    break Err(e);
+                other => break other,
+            }
+        }
+    };
+    // When every request waiting for the lookup has gone, its claims are released: the other
+    // replicas' requests need not wait for an answer nobody here wants. The call runs on: a
+    // caller's retry (an SDK retries the 504 its request got) joins it, and its answer is
+    // still stored if no write came in since the claim.
+    let result = match (&inner.coord, claims.is_empty()) {
+        (Some(coord), false) => {
+            tokio::pin!(fetched);
+            tokio::select! {
+                result = &mut fetched => result,
+                () = everyone_gone(&inner, &chunk) => {
+                    release_claims(coord, &claims).await;
+                    fetched.await
                 }
             }
-            other => break other,
         }
+        _ => fetched.await,
     };
     let mut outcomes: KeyMap<Outcome> =
         KeyMap::with_capacity_and_hasher(chunk.len(), Default::default());
@@ -3080,10 +3304,9 @@ async fn fetch_chunk(
         pages.followed.push(next.clone());
         if pages.read < MAX_PAGES_PER_LOOKUP {
             progress.for_quota.store(true, Ordering::Relaxed);
-            inner.pacer.acquire_shared("GetFindings").await;
             // Everyone gave up while the next page waited for quota (as a retry checks): the
             // page was sent for nobody, spending the account's GetFindings quota.
-            if !anyone_waiting(inner, chunk) {
+            if !quota_for(inner, chunk).await {
                 return Err(UpstreamError::local(
                     "read the next page of a lookup",
                     std::io::Error::other("every request waiting for it had gone"),
@@ -3105,8 +3328,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// A member is judged by its own findings and those not found; another account's, or one
-    /// of no account, is left out of the settle refusals. An administrator is judged by all.
+    /// The caller the tests' lookups are for: a member account's one principal.
+    fn member() -> CallerId<'static> {
+        CallerId {
+            account: "222222222222",
+            principal: "222222222222",
+        }
+    }
+
+    /// A member is judged by its own findings only; another account's, one of no account and
+    /// one not found are left out of the settle refusals alike. An administrator is judged by
+    /// all.
     #[test]
     fn a_member_is_judged_by_findings_not_of_another_account() {
         let keys: Vec<FindingKey> = ["mine", "theirs", "nobodys", "missing"]
@@ -3130,7 +3362,7 @@ mod tests {
         };
         assert_eq!(
             ids(judged_by(&keys, &current, Some("222222222222"))),
-            ["mine", "missing"]
+            ["mine"]
         );
         assert_eq!(ids(judged_by(&keys, &current, None)).len(), 4);
     }
@@ -3206,6 +3438,40 @@ mod tests {
                 .get(&"Resources".into())
                 .is_none());
         }
+    }
+
+    /// A write of notes of findings hubgate cannot name voids no batch or decision in flight
+    /// (it changes no fact), but what they read before it is not cached as fresh.
+    #[test]
+    fn a_write_of_notes_voids_nothing_in_flight_but_retires_what_was_read_before_it() {
+        let mut st = State::default();
+        let a = FindingKey::new("a", "p");
+        let account = "222222222222";
+        let began = st.batch_began();
+        let read_at = Instant::now();
+        st.wrote_notes();
+        st.retired.retire_everything(Instant::now());
+        assert!(st.unwritten_since(&a, Some(account), began, &[]));
+        assert!(st.unwritten_since(&a, None, began, &[]));
+        let read = |at: Instant| Cached {
+            at,
+            state: Some(Arc::new(CurrentFinding::from_shared(
+                regorus::Value::Null,
+                Some(Arc::from(account)),
+                None,
+                0,
+            ))),
+            tag: None,
+            bytes: 0,
+        };
+        assert!(st.retired.covers(&read(read_at)));
+        let later = Instant::now() + Duration::from_millis(1);
+        assert!(!st.retired.covers(&read(later)), "read after the write");
+        st.batch_ended(began);
+        // A write that may change facts still voids them.
+        let began = st.batch_began();
+        st.wrote_accounts(&[Arc::from(account)]);
+        assert!(!st.unwritten_since(&a, Some(account), began, &[]));
     }
 
     /// A batch of lookups keeps what it read for every finding no write touched since it
@@ -3375,9 +3641,9 @@ mod tests {
             FindingKey::new("b", "p"),
             FindingKey::new("c", "p"),
         );
-        let waiter = Arc::new(Waiter::new(1, "222222222222"));
+        let waiter = Arc::new(Waiter::new(1, member()));
         st.waiting.insert(a.clone(), vec![(waiter.clone(), 0)]);
-        st.queue.push_back("222222222222", vec![c.clone()]);
+        st.queue.push_back(&Who::from(member()), vec![c.clone()]);
         let began = st.batch_began();
         st.hold(began);
         for k in [&a, &b] {
@@ -3754,6 +4020,45 @@ mod tests {
         )
     }
 
+    /// A re-share of the journal cut off part-way (its request's future dropped) leaves the
+    /// journal marked lost, so that the next write shares it again: Redis is paused, the
+    /// re-share waits on its first write and is dropped.
+    #[tokio::test]
+    async fn a_reshare_cut_off_leaves_the_journal_lost() {
+        use crate::coordination::testing::{coordination_on, redis_server};
+        let Some(server) = redis_server() else {
+            return;
+        };
+        let coord = coordination_on(&server);
+        coord.probe().await;
+        assert!(coord.healthy(), "{:?}", coord.status());
+        let enricher = enricher("").await.share_through(coord.clone());
+        {
+            let mut st = enricher.inner.lock();
+            st.journal
+                .record_everything("UpdateFindings", Instant::now());
+        }
+        enricher.inner.journal_lost.store(true, Ordering::SeqCst);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", server.1)).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(400)
+            .arg("WRITE")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(100), share_again(&enricher.inner));
+        assert!(cut.await.is_err(), "the paused write was answered");
+        assert!(
+            enricher.inner.journal_lost.load(Ordering::SeqCst),
+            "a re-share cut off part-way counted as done"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        share_again(&enricher.inner).await;
+        assert!(!enricher.inner.journal_lost.load(Ordering::SeqCst));
+    }
+
     /// An enricher with the default settings and no Security Hub behind it, holding
     /// `findings` (id, account, severity label) in its cache.
     async fn cached(findings: &[(&str, &str, &str)]) -> Enricher {
@@ -3832,7 +4137,7 @@ mod tests {
 
     async fn lookup(enricher: &Enricher, keys: &[FindingKey]) -> Lookup {
         let deadline = Instant::now() + Duration::from_secs(5);
-        match FindingState::lookup(enricher, keys, "222222222222", deadline).await {
+        match FindingState::lookup(enricher, keys, member(), deadline).await {
             Ok(Some(found)) => found,
             Ok(None) => panic!("no state"),
             Err(e) => panic!("refused: {}", e.error),
@@ -4020,11 +4325,10 @@ mod tests {
             "another finding is untouched"
         );
         let deadline = Instant::now() + Duration::from_secs(5);
-        let refused =
-            FindingState::lookup(&enricher, &[b.clone(), a.clone()], "222222222222", deadline)
-                .await
-                .err()
-                .expect("refused while the import is in flight");
+        let refused = FindingState::lookup(&enricher, &[b.clone(), a.clone()], member(), deadline)
+            .await
+            .err()
+            .expect("refused while the import is in flight");
         let LookupError::Unsettled(u) = refused.error else {
             panic!("refused for another reason");
         };

@@ -164,7 +164,10 @@ impl Rejection {
                 "OPERATION_NOT_ALLOWED",
                 "AccessDeniedException",
             ),
-            NotConfined(crate::reads::ReadError::NotForMembers { .. }) => (
+            NotConfined(
+                crate::reads::ReadError::NotForMembers { .. }
+                | crate::reads::ReadError::Unjudged { .. },
+            ) => (
                 StatusCode::FORBIDDEN,
                 "OPERATION_NOT_ALLOWED",
                 "AccessDeniedException",
@@ -305,6 +308,25 @@ impl Rejection {
         self.shape().code
     }
 
+    /// The seconds a client should wait before trying again (`Retry-After`), on every answer
+    /// that asks for a retry (429 and 503). SDKs back off on their own schedule; a script's
+    /// client (`curl --retry`, most HTTP retry libraries) waits for this instead, where without
+    /// it curl waited one second and then doubled, whatever the cause.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Rejection::Unsettled(u) => Some(u.retry_after_s),
+            Rejection::Quota(e) => Some(e.retry_after_s()),
+            _ if matches!(
+                self.status(),
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) =>
+            {
+                Some(1)
+            }
+            _ => None,
+        }
+    }
+
     /// Machine-readable detail: schema violations with their JSON pointers, or policy violations.
     pub fn details(&self) -> Vec<Value> {
         match self {
@@ -348,8 +370,8 @@ impl Rejection {
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-amzn-requestid", id);
         }
-        if let Rejection::Unsettled(u) = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(u.retry_after_s));
+        if let Some(seconds) = self.retry_after_s() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -432,6 +454,47 @@ mod tests {
         let target = Rejection::Framing(FramingError::NotOriginForm("http://x".into()));
         assert_eq!(target.status(), StatusCode::NOT_FOUND);
         assert_eq!(target.code(), "NOT_FOUND");
+    }
+
+    /// Every answer that asks for a retry says when; no other does.
+    #[test]
+    fn retryable_answers_say_when_to_retry() {
+        let after = |r: &Rejection| {
+            r.to_response("d")
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+        };
+        let quota = |rate: f64| {
+            Rejection::Quota(QuotaExhausted {
+                operation: "GetFindings",
+                rate,
+                waited_ms: 2000,
+                account: None,
+            })
+        };
+        assert_eq!(after(&quota(3.0)).as_deref(), Some("1"));
+        assert_eq!(after(&quota(0.3)).as_deref(), Some("4"));
+        assert_eq!(after(&quota(1e-9)).as_deref(), Some("60"));
+        let overloaded = Rejection::Overloaded {
+            setting: "server.max_in_flight",
+            limit: 2,
+        };
+        assert_eq!(after(&overloaded).as_deref(), Some("1"));
+        assert_eq!(after(&Rejection::Stopping).as_deref(), Some("1"));
+        let throttled = Rejection::Upstream(UpstreamError::Throttled {
+            operation: "BatchUpdateFindings",
+            detail: "Rate exceeded".into(),
+        });
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(after(&throttled).as_deref(), Some("1"));
+        for r in [
+            Rejection::Upstream(UpstreamError::Timeout { ms: 10 }),
+            Rejection::RequestTimeout { ms: 5 },
+            Rejection::Internal("x".into()),
+        ] {
+            assert_eq!(after(&r), None, "{r:?}");
+        }
     }
 
     #[test]

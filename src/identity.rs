@@ -35,6 +35,26 @@ pub struct Principal {
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Principal {
+    pub fn caller(&self) -> CallerId<'_> {
+        CallerId {
+            account: &self.account_id,
+            principal: &self.id,
+        }
+    }
+}
+
+/// Who spends quota: what hubgate shares Security Hub's quota by. Accounts take turns, and
+/// within an account its callers do (`quota::Pacer::acquire`, `enrich::queue`), so that
+/// neither an account running many principals nor one principal's backlog crowds the others
+/// out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallerId<'a> {
+    pub account: &'a str,
+    /// The caller's principal id.
+    pub principal: &'a str,
+}
+
 /// A secret that never prints.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -57,6 +77,16 @@ impl Secret {
         }
         if secret.chars().any(char::is_control) {
             return Err("holds a control character (its text is not shown)");
+        }
+        // A byte-order mark (a secret file saved by a Windows editor), a zero-width or a
+        // non-breaking space pasted from a web page or chat, or a letter whose bytes depend on
+        // its Unicode normalisation: invisible in the file, signed by no client that was given
+        // the key as it looks. AWS's and `hubgate keys new`'s secrets are printable ASCII.
+        if !secret.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err(
+                "holds a character other than printable ASCII, e.g. a byte-order mark or a \
+                 zero-width space (its text is not shown)",
+            );
         }
         Ok(Secret(secret.to_string()))
     }
@@ -345,6 +375,25 @@ struct LoadedCaller {
 /// says of its holder, with `lapsed` set once it has expired or lost its CA.
 pub type CertCheck = std::sync::Arc<dyn Fn() -> Option<std::sync::Arc<ClientCert>> + Send + Sync>;
 
+/// What the name constraints of the CAs on a client certificate's path bound of its names.
+/// webpki holds a name to a CA's constraints only where they list subtrees of that name's form,
+/// and never reads the subject CN: a CA delegated DNS names under `teamx.corp` (the usual way
+/// to delegate issuance) is bound for its DNS SANs, and could still write `CN=admin-cli` or
+/// `URI:spiffe://corp/admin` (a URI subtree would bind URIs, but webpki refuses every URI under
+/// one); a CA limited to IP ranges could write any DNS name too.
+/// Ordered by how little is bound: a chain counts as its least-binding CA.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChainConstraints {
+    /// No CA on the path has name constraints: every SAN and the CN may name a caller.
+    #[default]
+    None,
+    /// Every constrained CA on the path lists DNS subtrees: its DNS SANs alone may name a caller.
+    DnsBound,
+    /// A constrained CA on the path lists no DNS subtree (or cannot be read): no name of the
+    /// certificate may name a caller.
+    NothingBound,
+}
+
 /// What a verified client certificate says about its holder.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientCert {
@@ -359,13 +408,26 @@ pub struct ClientCert {
     /// x509-parser cannot parse: it names no caller, and the caller is told so rather than
     /// that no certificate was presented.
     pub unreadable: Option<String>,
-    /// A CA that may be on its chain's path has name constraints. webpki holds the SANs to
-    /// them but never reads the subject CN, so a CA delegated only `*.teamx.corp` could still
-    /// write `CN=admin-cli`: the CN of such a certificate names no caller (its SANs still do).
-    pub cn_unconstrained: bool,
+    /// Whether a CA that may be on its chain's path has name constraints, and which of its
+    /// names they bound: see [`ChainConstraints`].
+    pub constraints: ChainConstraints,
 }
 
 impl ClientCert {
+    /// The SANs and CNs that may name a caller: those its chain's name constraints bound (all
+    /// of them on a chain without any). A name no constraint bound was its CA's free choice,
+    /// whatever it was delegated.
+    fn constrained_names(&self) -> (Vec<&String>, Vec<&String>) {
+        match self.constraints {
+            ChainConstraints::None => (self.sans.iter().collect(), self.cns.iter().collect()),
+            ChainConstraints::DnsBound => (
+                self.sans.iter().filter(|s| !is_uri(s)).collect(),
+                Vec::new(),
+            ),
+            ChainConstraints::NothingBound => (Vec::new(), Vec::new()),
+        }
+    }
+
     /// Reads the names of a DER certificate (already verified by the TLS layer).
     pub fn from_der(der: &[u8]) -> ClientCert {
         use x509_parser::extensions::GeneralName;
@@ -403,7 +465,7 @@ impl ClientCert {
             cns,
             lapsed: None,
             unreadable: None,
-            cn_unconstrained: false,
+            constraints: ChainConstraints::None,
         }
     }
 }
@@ -631,6 +693,17 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
         if secret.is_some() && entry.access_key_id.is_none() {
             return Err(bad("a secret needs an access_key_id".into()));
         }
+        if let Some(key) = entry
+            .access_key_id
+            .as_deref()
+            .filter(|k| !is_sendable_key_id(k))
+        {
+            return Err(bad(format!(
+                "access_key_id {} cannot be sent in a SigV4 Credential (it must be printable \
+                 ASCII without whitespace, `/` or `,`): no request could name this caller",
+                shown_value(key, shown_key_id(key) == key)
+            )));
+        }
         if let Some(san) = &entry.client_cert_san {
             if !is_uri(san) && !is_host_name(san) {
                 return Err(bad(format!(
@@ -814,15 +887,9 @@ impl Identity {
                 false => n.to_string(),
             }))
         };
-        // The CNs a name-constrained chain's CAs did not have to respect name no one.
-        let cns: &[String] = match cert.cn_unconstrained {
-            true => &[],
-            false => &cert.cns,
-        };
-        for (names, map, cn) in [
-            (&cert.sans[..], &self.by_san, false),
-            (cns, &self.by_cn, true),
-        ] {
+        // The names a name-constrained chain's CAs did not have to respect name no one.
+        let (sans, cns) = cert.constrained_names();
+        for (names, map, cn) in [(sans, &self.by_san, false), (cns, &self.by_cn, true)] {
             let mut found: Option<&Arc<Principal>> = None;
             let mut matched: Vec<&String> = Vec::new();
             for name in names {
@@ -845,11 +912,23 @@ impl Identity {
         let names = cert.sans.iter().cloned();
         let names = names.chain(cert.cns.iter().map(|cn| format!("CN={cn}")));
         let mut shown = shown_cert_names(names);
-        if cert.cn_unconstrained && !cert.cns.is_empty() {
-            shown.push_str(
-                "; its CN names no caller: a CA of its chain has name constraints, which bind \
-                 only its SANs",
-            );
+        let unbound = match cert.constraints {
+            ChainConstraints::None => None,
+            ChainConstraints::DnsBound => {
+                match (cert.sans.iter().any(|s| is_uri(s)), !cert.cns.is_empty()) {
+                    (true, true) => Some("its URI SANs and CN name no caller"),
+                    (true, false) => Some("its URI SANs name no caller"),
+                    (false, true) => Some("its CN names no caller"),
+                    (false, false) => None,
+                }
+            }
+            ChainConstraints::NothingBound => Some("none of its names names a caller"),
+        };
+        if let Some(unbound) = unbound {
+            shown.push_str(&format!(
+                "; {unbound}: a CA of its chain has name constraints, which bind only the DNS \
+                 SANs of a chain whose constrained CAs all list DNS subtrees"
+            ));
         }
         Err(AuthError::UnknownClientCert(shown))
     }
@@ -998,6 +1077,7 @@ impl Identity {
                     "SignedHeaders must include host: AWS refuses a signature without it".into(),
                 ));
             }
+            session_token_fits(parts, auth.access_key_id)?;
         }
         Ok(signed_at)
     }
@@ -1240,6 +1320,33 @@ impl Claim<'_> {
     }
 }
 
+/// AWS pairs an access key id with a session token by the key's kind: a temporary key id
+/// (`ASIA…`, from STS) is refused without its `X-Amz-Security-Token`, a long-term one
+/// (`AKIA…`) with one (an `AWS_SESSION_TOKEN` left beside new long-term keys is a common slip).
+/// In passthrough such a request was looked up on hubgate's own GetFindings quota, decided and
+/// forwarded for AWS to refuse; it is refused here, before anything is spent. Key ids of other
+/// shapes (hubgate-issued keys in the callers file, say) are AWS's to judge.
+fn session_token_fits(parts: &http::request::Parts, key_id: &str) -> Result<(), AuthError> {
+    // An empty header is no token (no SDK sends one): AWS is left to judge it.
+    let token = parts
+        .headers
+        .get("x-amz-security-token")
+        .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty())
+        || query_names(&parts.uri).any(|n| n.eq_ignore_ascii_case("X-Amz-Security-Token"));
+    let why = match (key_id.get(..4), token) {
+        (Some("ASIA"), false) => {
+            "a temporary access key id (ASIA…) needs its X-Amz-Security-Token: AWS refuses it \
+             without one"
+        }
+        (Some("AKIA"), true) => {
+            "a long-term access key id (AKIA…) takes no X-Amz-Security-Token: AWS refuses the \
+             pair (is an AWS_SESSION_TOKEN left over beside new keys?)"
+        }
+        _ => return Ok(()),
+    };
+    Err(AuthError::Malformed(why.into()))
+}
+
 /// SigV4's query-string authentication parameters (a presigned URL's credentials).
 const QUERY_SIGNATURE_PARAMS: [&str; 4] = [
     "X-Amz-Algorithm",
@@ -1388,6 +1495,16 @@ fn shown_key_id(key: &str) -> String {
     } else {
         "(not shown: it does not look like an access key id, and could be a secret)".to_string()
     }
+}
+
+/// Whether a SigV4 `Authorization` header can carry `key` as its access key id: the header is
+/// visible ASCII, its components are split at `,` and its Credential at `/`, so a key id with
+/// any of those (or whitespace, or none at all) names no caller in any request.
+fn is_sendable_key_id(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b',')
 }
 
 /// A refused callers-file value as a message shows it: quoted when it has the shape of what

@@ -141,6 +141,52 @@ pub struct PolicyFiles {
     pub data: Vec<PathBuf>,
 }
 
+/// Rego text with comments and string literals blanked out (lines kept), so that neither is
+/// read as a reference (`hubgate check`'s lints, `hubgate test`'s reading of test files).
+pub fn code_only(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                out.push(' ');
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' | '\n' => {
+                            out.push(if c == '\n' { '\n' } else { ' ' });
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            '`' => {
+                out.push(' ');
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        out.push('\n');
+                    } else if c == '`' {
+                        break;
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn is_test_file(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -552,6 +598,145 @@ impl PolicySet {
             warn,
             needs_state: true,
         })
+    }
+}
+
+/// Where a rule (or function) is defined: `data.<package>.<name>`, file, line of the head.
+pub struct Head {
+    pub rule: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// Every rule and function definition of `engine`'s modules, read from the parsed modules
+/// (nothing is evaluated).
+pub fn heads(engine: &mut regorus::Engine) -> Vec<Head> {
+    use regorus::unstable::{Rule, RuleHead};
+    let mut out = Vec::new();
+    for module in engine.get_modules().clone() {
+        let Ok(package) = regorus::utils::get_path_string(&module.package.refr, Some("data"))
+        else {
+            continue;
+        };
+        for rule in &module.policy {
+            let (refr, span) = match &**rule {
+                Rule::Spec {
+                    head:
+                        RuleHead::Compr { refr, .. }
+                        | RuleHead::Set { refr, .. }
+                        | RuleHead::Func { refr, .. },
+                    span,
+                    ..
+                } => (refr, span),
+                Rule::Default { refr, span, .. } => (refr, span),
+            };
+            if let Ok(name) = regorus::utils::get_path_string(refr, None) {
+                out.push(Head {
+                    rule: format!("{package}.{name}"),
+                    file: span.source.get_path().clone(),
+                    line: span.line,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One definition of a rule (a rule may be defined by several `name contains ... if` or
+/// `name if` blocks, in several files), with what it gives on its own.
+pub struct Definition {
+    /// `data.<package>.<name>`.
+    pub rule: String,
+    /// `file:line` of the definition's head.
+    pub at: String,
+    /// What this definition alone gives (the other definitions of the rule left out); rules it
+    /// reads are evaluated whole. Err: the definition failed to evaluate.
+    pub value: Result<regorus::Value, String>,
+}
+
+/// Each definition of the rules `wanted` selects (by rule path and file), evaluated on its own
+/// with `engine`'s input. Rego joins the definitions of a rule (a union for `contains`, an "or" for
+/// `name if`), so the rule's value cannot say which definition gave what; this can.
+pub fn definitions(
+    engine: &mut regorus::Engine,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> Vec<Definition> {
+    use regorus::unstable::{Rule, RuleHead};
+    let modules = engine.get_modules().clone();
+    let mut out = Vec::new();
+    for module in &modules {
+        let Ok(package) = regorus::utils::get_path_string(&module.package.refr, Some("data"))
+        else {
+            continue;
+        };
+        for rule in &module.policy {
+            let Rule::Spec { head, span, .. } = &**rule else {
+                continue;
+            };
+            let refr = match head {
+                RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. } => refr,
+                RuleHead::Func { .. } => continue,
+            };
+            let Ok(name) = regorus::utils::get_path_string(refr, None) else {
+                continue;
+            };
+            let path = format!("{package}.{name}");
+            if !wanted(&path, span.source.get_path()) {
+                continue;
+            }
+            let value = engine
+                .eval_rule_in_module(module, rule, false)
+                .map(|data| {
+                    path.split('.')
+                        .skip(1)
+                        .fold(data, |at, part| at[part].clone())
+                })
+                .map_err(|e| e.to_string());
+            out.push(Definition {
+                rule: path,
+                at: format!("{}:{}", span.source.get_path(), span.line),
+                value,
+            });
+        }
+    }
+    out
+}
+
+impl PolicySet {
+    /// The definitions of this set's rules that give each of `found` (a decision's
+    /// violations) for `input`: where a violation comes from, by rule and not by its message
+    /// (two rules in two files may say the same thing). Per violation, the definitions whose
+    /// own value holds it, the rule that builds it first (`state_violations`, say) and the
+    /// `deny` or `warn` definition that passes it on after.
+    pub fn origins(
+        &self,
+        input: &regorus::Value,
+        found: &[&Violation],
+    ) -> Vec<Vec<(String, String)>> {
+        let mut engine = self.engine.clone();
+        engine.set_input(input.clone());
+        let defs = definitions(&mut engine, |_, _| true);
+        let given: Vec<(&Definition, Vec<Violation>)> = defs
+            .iter()
+            .filter_map(|d| {
+                let value = d.value.as_ref().ok()?;
+                value.as_set().ok()?;
+                Some((d, violations(value, &d.rule).ok()?))
+            })
+            .collect();
+        found
+            .iter()
+            .map(|v| {
+                let mut at: Vec<(String, String)> = given
+                    .iter()
+                    .filter(|(_, vs)| vs.contains(v))
+                    .map(|(d, _)| (d.rule.clone(), d.at.clone()))
+                    .collect();
+                // The rule that builds the violation before the entry point that reads it.
+                at.sort_by_key(|(rule, _)| rule == DENY_RULE || rule == WARN_RULE);
+                at
+            })
+            .collect()
     }
 }
 

@@ -25,10 +25,12 @@ use crate::config::{Config, IdentityMode, PartialDeny, PolicyMode, UpstreamAuth}
 use crate::decide::{
     judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
-use crate::enrich::{Enricher, InFlight, Sent, Unapplied, WriteId};
+use crate::enrich::{Enricher, InFlight, Reach, Sent, Unapplied, WriteId};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
-use crate::identity::{AuthError, CertCheck, Claim, ClientCert, Credential, Identity, Principal};
+use crate::identity::{
+    AuthError, CallerId, CertCheck, Claim, ClientCert, Credential, Identity, Principal,
+};
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
 use crate::policy::input::{RequestFacts, Update};
@@ -157,8 +159,12 @@ struct Trail {
     lookups: usize,
     cache_hits: usize,
     misses: usize,
-    /// Per-finding enforcement: (findings forwarded, findings denied).
-    partial: Option<(usize, usize)>,
+    /// Per-finding enforcement as decided: (findings to forward, findings denied). Read
+    /// through `partial`, which says it only for a cut request that went out: a cut refused
+    /// before it was sent (hubgate's own quota, the audit sink, the caller gone or changed)
+    /// was recorded as `partial: {forwarded: 1, ...}` beside `forwarded: false`, one finding
+    /// said sent that never left.
+    cut: Option<(usize, usize)>,
     /// A throttle (Security Hub's, or hubgate's own pacing running out of time) decided the
     /// answer.
     throttled: bool,
@@ -173,6 +179,8 @@ struct Trail {
     input: Option<regorus::Value>,
     /// The deciding state's findings with hubgate's own recent writes laid over them.
     settling: Vec<FindingKey>,
+    /// The findings of another account (or of none) a member's input held as not found.
+    withheld: Vec<FindingKey>,
     /// Quota taken for a forward that a voided decision did not send, and how long it was
     /// waited for. Deciding again on the writes laid over (no lookup) takes no time, so that
     /// decision is sent with it: waiting again would waste the quota taken, and give writes
@@ -201,6 +209,7 @@ impl Trail {
     fn judged(&mut self, judgement: &mut Judgement) {
         self.findings = findings_by_product(&judgement.keys, &judgement.claimed_accounts);
         self.settling = std::mem::take(&mut judgement.overlaid);
+        self.withheld = std::mem::take(&mut judgement.withheld);
         // The record is its last reader: the decision was made on the policy input's copy.
         self.update = Some(std::mem::take(&mut judgement.update_json));
         self.policy_ns += judgement.policy_ns;
@@ -209,6 +218,12 @@ impl Trail {
         self.cache_hits += judgement.stats.cache_hits;
         self.misses += judgement.stats.misses;
         self.throttled |= judgement.stats.throttled;
+    }
+
+    /// The record's `partial`: the cut request's counts once it was sent, answered or left
+    /// unanswered (outcome unknown); None for one that never left.
+    fn partial(&self) -> Option<(usize, usize)> {
+        self.cut.filter(|_| self.forwarded || self.outcome_unknown)
     }
 
     /// The answer's head came but not the rest of it (cut short, or too slow): Security Hub
@@ -224,9 +239,9 @@ impl Trail {
     /// Records what the upstream call did, for the audit record and metrics.
     fn upstream_answered(
         &mut self,
-        response: Result<Response<Incoming>, crate::upstream::UpstreamError>,
+        response: Result<Response<ProxyBody>, crate::upstream::UpstreamError>,
         started: Instant,
-    ) -> Result<Response<Incoming>, Rejection> {
+    ) -> Result<Response<ProxyBody>, Rejection> {
         self.upstream_ns = started.elapsed().as_nanos() as u64;
         let response = response.inspect_err(|e| {
             self.outcome_unknown = e.outcome_unknown();
@@ -549,16 +564,16 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
-        if ctx.gate.config.upstream.auth == UpstreamAuth::Resign {
-            let listed = ctx.gate.config.policy.member_may_call(spec.name);
-            if crate::reads::confine(spec, &principal, body.bytes(), listed)? {
-                crate::reads::confined_head(&parts)?;
-            }
+        let listed = ctx.gate.config.policy.member_may_call(spec.name);
+        let own_signature = ctx.gate.config.upstream.auth == UpstreamAuth::Passthrough;
+        if crate::reads::confine(spec, &principal, body.bytes(), listed, own_signature)? {
+            crate::reads::confined_head(&parts)?;
         }
         // A finding-changing operation routed "forward" changes findings hubgate cannot name.
         let touched = Touched(spec.changes_findings.then_some(Sent::Everything {
             operation: spec.name,
             accounts: None,
+            reach: Reach::State,
         }));
         return forward(
             ctx.gate,
@@ -601,7 +616,7 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
             // A voided decision sent nothing: its partial forward must not be recorded with
             // the decision made again (which may refuse, or forward everything), nor with
             // the refusal after the last one.
-            ctx.trail.partial = None;
+            ctx.trail.cut = None;
         }
         match enforced {
             Err(Rejection::StateChanged { replay: next, .. }) if decisions < MAX_DECISIONS => {
@@ -1008,10 +1023,12 @@ async fn enforce(
         Judged::BatchUpdateFindingsV2 => Sent::Everything {
             operation: operation.name(),
             accounts: v2_accounts.as_deref(),
+            reach: Reach::of(&update),
         },
         Judged::UpdateFindings => Sent::Everything {
             operation: operation.name(),
             accounts: None,
+            reach: Reach::of(&update),
         },
     }));
     let trail = &mut ctx.trail;
@@ -1027,6 +1044,7 @@ async fn enforce(
             let rewrite = Rewrite {
                 body_without_ids,
                 identifiers: ids,
+                keys: &keys,
                 denied: &denied,
                 refusal: rejection,
             };
@@ -1053,7 +1071,8 @@ impl<'a> Touched<'a> {
             Some(Sent::Everything {
                 operation,
                 accounts,
-            }) => enricher.evict_all(operation, accounts).await,
+                reach,
+            }) => enricher.evict_all(operation, accounts, reach).await,
             None => {}
         }
     }
@@ -1260,9 +1279,7 @@ fn observe(metrics: &Metrics, trail: &Trail, status: u16, rejected: bool, starte
         Some(_) if trail.dry_run => DecisionLabel::DryRunDeny,
         // The allowed part was sent: answered, or left unanswered and maybe applied. Counted
         // as `deny`, a partial forward that timed out showed a dashboard nothing going out.
-        Some(_) if trail.partial.is_some() && (trail.forwarded || trail.outcome_unknown) => {
-            DecisionLabel::Partial
-        }
+        Some(_) if trail.partial().is_some() => DecisionLabel::Partial,
         Some(_) => DecisionLabel::Deny,
         None if rejected => DecisionLabel::Rejected,
         None => DecisionLabel::Allow,
@@ -1335,18 +1352,24 @@ async fn send(
     deadline: Instant,
     touched: Touched<'_>,
     read: Option<StateRead>,
-) -> Result<(Response<Incoming>, Option<InFlight>, Instant), Rejection> {
+) -> Result<(Response<ProxyBody>, Option<InFlight>, Instant), Rejection> {
     // Room for the record first: a request is never forwarded without it. Reserved here, where
     // the request goes out, so that the sink is checked again just before (see below); kept
     // in the trail, where the record goes whatever the forward's outcome (and where a
     // decision made again finds it).
     if trail.slot.is_none() {
-        trail.slot = Some(gate.audit.reserve().await?);
+        trail.slot = Some(gate.audit.reserve_forward().await?);
     }
     let operation = trail.operation.unwrap_or("default");
     // Authentication comes before any forward: the principal is known here.
     let principal = trail.principal.clone();
-    let caller = principal.as_deref().map_or("", |p| p.id.as_str());
+    let caller = principal.as_deref().map_or(
+        CallerId {
+            account: "",
+            principal: "",
+        },
+        Principal::caller,
+    );
     // In passthrough the caller's own signature goes up: AWS charges the caller's account.
     let payer = match (&gate.config.upstream.auth, principal.as_deref()) {
         (UpstreamAuth::Passthrough, Some(p)) => Payer::Account(&p.account_id),
@@ -1448,8 +1471,15 @@ async fn send(
             return Err(rejection);
         }
     };
-    // The answer's body is relayed unread: only its status and error type header tell.
-    if crate::upstream::is_throttle(response.status(), response.headers(), None) {
+    // The answer's body is relayed unread (only its status and error type header tell), but
+    // for a resigned forward's 4xx without that header, whose body's error type was read.
+    let body_type = response
+        .extensions()
+        .get::<crate::upstream::BodyErrorType>()
+        .cloned();
+    if crate::upstream::is_throttle(response.status(), response.headers(), None)
+        || body_type.as_ref().is_some_and(|t| t.is_throttle())
+    {
         trail.throttled = true;
         gate.metrics
             .enrich
@@ -1472,8 +1502,9 @@ async fn send(
             .headers()
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("HTTP 429")
-            .to_string();
+            .map(str::to_string)
+            .or(body_type.map(|t| t.0))
+            .unwrap_or_else(|| "HTTP 429".to_string());
         return Err(Rejection::Upstream(UpstreamError::Throttled {
             operation,
             detail,
@@ -1489,7 +1520,7 @@ async fn send(
 /// slot and its write's registration in flight for as long as the connection stayed open.
 async fn read_answer(
     gate: &Stages,
-    incoming: Incoming,
+    incoming: ProxyBody,
     touched: Touched<'_>,
     sent: Option<WriteId>,
     answer_by: Instant,
@@ -1557,7 +1588,7 @@ async fn forward(
         if !status.is_client_error() {
             touched.evict(gate, sent).await;
         }
-        return Ok(Forwarded(response.map(BodyExt::boxed)));
+        return Ok(Forwarded(response));
     }
     let (mut head, incoming) = response.into_parts();
     let bytes = read_answer(gate, incoming, touched, sent, answer_by, trail).await?;
@@ -1579,6 +1610,8 @@ async fn forward(
 struct Rewrite<'a> {
     body_without_ids: Value,
     identifiers: Vec<Value>,
+    /// The findings the request names, de-duplicated (`identifiers` may repeat one).
+    keys: &'a [FindingKey],
     denied: &'a KeyMap<Vec<String>>,
     /// The answer when nothing is left to forward.
     refusal: Rejection,
@@ -1596,6 +1629,7 @@ async fn forward_allowed(
     let Rewrite {
         mut body_without_ids,
         identifiers,
+        keys,
         denied,
         refusal,
     } = rewrite;
@@ -1613,7 +1647,16 @@ async fn forward_allowed(
         // Nothing left to apply: an empty batch is never forwarded.
         return Err(refusal);
     }
-    trail.partial = Some((allowed.len(), denied.len()));
+    // The findings sent, each once (as a whole forward names them): the write registered in
+    // flight, written through and counted. Read off the identifiers sent, a finding named
+    // twice was recorded as two findings forwarded, and its first place, unmatched in the
+    // answer, was evicted as a write that may or may not have landed.
+    let forwarded_keys: Vec<FindingKey> = keys
+        .iter()
+        .filter(|k| !denied.contains_key(k))
+        .cloned()
+        .collect();
+    trail.cut = Some((forwarded_keys.len(), denied.len()));
     if let Some(obj) = body_without_ids.as_object_mut() {
         obj.insert("FindingIdentifiers".into(), Value::Array(allowed));
     }
@@ -1627,10 +1670,6 @@ async fn forward_allowed(
         http::header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    let forwarded_keys: Vec<FindingKey> = body_without_ids["FindingIdentifiers"]
-        .as_array()
-        .map(|ids| ids.iter().filter_map(key_of).collect())
-        .unwrap_or_default();
     let touched = Touched(Some(Sent::Findings {
         keys: &forwarded_keys,
         write: Unapplied::Update(update),
@@ -1798,6 +1837,7 @@ fn record(
         Some(d) => d.allowed(),
         None => error.is_none(),
     };
+    let partial = trail.partial();
     let pairs = |v: Vec<Violation>| v.into_iter().map(|v| (v.msg, v.finding));
     let (violations, warnings) = match trail.decision {
         Some(d) => (
@@ -1809,6 +1849,12 @@ fn record(
     let settling = (!trail.settling.is_empty())
         .then(|| {
             let keys = trail.settling.iter().map(|k| (&*k.id, &*k.product_arn));
+            crate::audit::places_of(keys, &trail.findings)
+        })
+        .filter(|p| !p.is_empty());
+    let withheld = (!trail.withheld.is_empty())
+        .then(|| {
+            let keys = trail.withheld.iter().map(|k| (&*k.id, &*k.product_arn));
             crate::audit::places_of(keys, &trail.findings)
         })
         .filter(|p| !p.is_empty());
@@ -1837,9 +1883,7 @@ fn record(
         },
         error,
         dry_run: trail.dry_run,
-        partial: trail
-            .partial
-            .map(|(forwarded, denied)| Partial { forwarded, denied }),
+        partial: partial.map(|(forwarded, denied)| Partial { forwarded, denied }),
         forwarded: trail.forwarded,
         outcome_unknown: trail.outcome_unknown,
         throttled: trail.throttled,
@@ -1847,6 +1891,7 @@ fn record(
         upstream_status: trail.upstream_status,
         upstream_request_id: trail.upstream_request_id,
         settling,
+        withheld,
         revision: trail
             .revision
             .unwrap_or_else(|| gate.policy.load().revision.clone()),
@@ -1864,6 +1909,22 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cut request counts as partial only once it went out: refused before (quota, audit
+    /// sink, caller gone), it forwarded nothing.
+    #[test]
+    fn a_cut_request_is_partial_only_once_sent() {
+        let mut trail = Trail {
+            cut: Some((1, 2)),
+            ..Trail::default()
+        };
+        assert_eq!(trail.partial(), None);
+        trail.outcome_unknown = true;
+        assert_eq!(trail.partial(), Some((1, 2)));
+        trail.outcome_unknown = false;
+        trail.forwarded = true;
+        assert_eq!(trail.partial(), Some((1, 2)));
+    }
 
     /// The record names each finding with the account the request named for it (V2,
     /// imports): one product's findings of two accounts are two groups, and a finding named

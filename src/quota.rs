@@ -15,10 +15,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 
 use crate::config::{Limit, QuotaConfig};
 use crate::coordination::{pacing, Coordination};
+use crate::identity::CallerId;
 
 /// The wait for quota outlasted the request's deadline.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -29,6 +31,14 @@ pub struct QuotaExhausted {
     pub waited_ms: u64,
     /// The caller account whose quota it was (passthrough); None: hubgate's own.
     pub account: Option<Arc<str>>,
+}
+
+impl QuotaExhausted {
+    /// When a retry may find room: one call's time at the rate paced (rounded up to whole
+    /// seconds, as `Retry-After` counts), at most a minute (a slowed pace of a tiny rate).
+    pub fn retry_after_s(&self) -> u64 {
+        (1.0 / self.rate.max(1e-3)).ceil().clamp(1.0, 60.0) as u64
+    }
 }
 
 fn whose(account: Option<&str>) -> String {
@@ -113,6 +123,55 @@ impl Slowdown {
     }
 }
 
+/// What `Pacer::take_slowed` found.
+enum Slowed<'a> {
+    /// The operation is not slowed (or has recovered): only its bucket paces it.
+    No,
+    /// The next slot comes at this instant; nothing was taken.
+    Due(Instant),
+    Taken(SlowedSlot<'a>),
+}
+
+/// A slot of a slowed pace, taken for a call about to go. Dropped unused (the request was
+/// refused by its bucket, or stopped waiting), it is given back, unless another slot was taken
+/// or a throttle moved the pace since: a call that never went spends no slot.
+struct SlowedSlot<'a> {
+    pacer: &'a Pacer,
+    operation: &'static str,
+    /// The operation's next slot before this one was taken, and after.
+    before: Instant,
+    set: Instant,
+}
+
+impl SlowedSlot<'_> {
+    /// The call went: the slot stays spent.
+    fn used(self) {
+        std::mem::forget(self);
+    }
+
+    /// The call went, slowed (`Some`) or not.
+    fn spend(slot: Option<Self>) {
+        if let Some(slot) = slot {
+            slot.used();
+        }
+    }
+}
+
+impl Drop for SlowedSlot<'_> {
+    fn drop(&mut self) {
+        let mut slowdowns = self
+            .pacer
+            .slowdowns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(slowed) = slowdowns.get_mut(self.operation) {
+            if slowed.next == self.set {
+                slowed.next = self.before;
+            }
+        }
+    }
+}
+
 /// One token bucket per upstream operation hubgate calls.
 pub struct Pacer {
     buckets: HashMap<&'static str, Bucket>,
@@ -120,14 +179,19 @@ pub struct Pacer {
     max_wait: Duration,
     shared: Option<Shared>,
     /// Per operation and caller (principal id), the line its requests wait in for the
-    /// caller's one place among those trying the bucket. The bucket serves whoever tries when
-    /// a call is due, so without it every waiting request was a ticket: one member keeping
-    /// thirty writes waiting left an administrator's write one call in thirty-one, and it ran
-    /// out of `max_wait_ms` (429). Now each caller with requests waiting holds one ticket. Per
-    /// caller, not per account: in one line per account, an administrator's write waited
-    /// behind every request a member principal of the same account had queued. Callers come
-    /// from the callers file (or the static identity), so this stays small.
-    lines: std::sync::Mutex<HashMap<&'static str, HashMap<Arc<str>, Line>>>,
+    /// caller's one place in its account's line (`account_lines`). The bucket serves whoever
+    /// tries when a call is due, so without lines every waiting request was a ticket: one
+    /// member keeping thirty writes waiting left an administrator's write one call in
+    /// thirty-one, and it ran out of `max_wait_ms` (429). Callers come from the callers file
+    /// (or the static identity), so this stays small.
+    lines: Lines,
+    /// Per operation and account, the line the account's callers' first requests wait in for
+    /// the account's one ticket at the bucket: accounts take turns, and within an account its
+    /// callers do (tokio's mutex is first come, first served). With a ticket per caller, an
+    /// account running ten busy principals held ten tickets to another account's one; with a
+    /// line per account alone, an administrator's write waited behind every request another
+    /// principal of its account had queued.
+    account_lines: Lines,
     /// The operations Security Hub throttled recently, and their slowed pace. Local to this
     /// replica, with or without Redis: each replica slows for the throttles it sees.
     slowdowns: std::sync::Mutex<HashMap<&'static str, Slowdown>>,
@@ -146,8 +210,11 @@ pub struct Pacer {
 /// One operation's local buckets of passthrough forwards, by caller account (`Pacer::accounts`).
 type AccountBuckets = HashMap<Arc<str>, Arc<Bucket>>;
 
-/// One caller's line for one operation's quota (`Pacer::lines`).
+/// One caller's, or one account's, line for one operation's quota (`Pacer::lines`).
 type Line = Arc<tokio::sync::Mutex<()>>;
+
+/// Lines by operation, then by caller or account.
+type Lines = std::sync::Mutex<HashMap<&'static str, HashMap<Arc<str>, Line>>>;
 
 /// The fleet's buckets in Redis, and the local ones a replica falls back to.
 struct Shared {
@@ -209,6 +276,7 @@ impl Pacer {
             max_wait: Duration::from_millis(config.max_wait_ms),
             shared,
             lines: Default::default(),
+            account_lines: Default::default(),
             slowdowns: Default::default(),
             accounts: Default::default(),
             limits: config.clone(),
@@ -232,15 +300,16 @@ impl Pacer {
         bucket
     }
 
-    /// The line `caller`'s requests wait in for `operation`'s quota.
-    fn line(&self, operation: &'static str, caller: &str) -> Line {
-        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let callers = lines.entry(operation).or_default();
+    /// The line `who`'s requests wait in for `operation`'s quota, in `lines` (by caller or by
+    /// account).
+    fn line(lines: &Lines, operation: &'static str, who: &str) -> Line {
+        let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+        let waiting = lines.entry(operation).or_default();
         // Found by the borrowed name: the key is allocated once per caller, not per request.
-        if let Some(line) = callers.get(caller) {
+        if let Some(line) = waiting.get(who) {
             return line.clone();
         }
-        callers.entry(Arc::from(caller)).or_default().clone()
+        waiting.entry(Arc::from(who)).or_default().clone()
     }
 
     /// The Redis coordination this pacer shares through, if configured (for /readyz).
@@ -304,31 +373,65 @@ impl Pacer {
         };
     }
 
-    /// When a call of `operation` may go at its slowed pace (None: it is not slowed, or has
-    /// recovered), reserving that moment; Err when that is after `deadline`, reserving nothing.
-    fn slowed_slot(
+    /// Takes `operation`'s next slot at its slowed pace if it is due now. Nothing is reserved
+    /// ahead: a slot reserved when a request began to wait stayed taken when the request
+    /// stopped waiting (its client hung up, or the bucket or Redis refused it right after), and
+    /// a member sending reads and hanging up pushed the next slot past every other caller's
+    /// deadline (429 at once, with no call going out). Err when the next slot comes after
+    /// `deadline`.
+    fn take_slowed(
         &self,
         operation: &'static str,
         deadline: Option<Instant>,
-    ) -> Result<Option<Instant>, ()> {
+    ) -> Result<Slowed<'_>, ()> {
         let now = Instant::now();
         let mut slowdowns = self.slowdowns.lock().unwrap_or_else(|e| e.into_inner());
         let Some(slowed) = slowdowns.get_mut(operation) else {
-            return Ok(None);
+            return Ok(Slowed::No);
         };
         let pace = slowed.pace_at(now);
         // A recovered operation keeps its entry (at most one per operation), for /metrics.
         if pace >= 1.0 {
-            return Ok(None);
+            return Ok(Slowed::No);
         }
         let at = slowed.next.max(now);
         if deadline.is_some_and(|d| at > d) {
             return Err(());
         }
+        if at > now {
+            return Ok(Slowed::Due(at));
+        }
         // Only a slowed call needs the rate: every paced call passes here.
         let full = self.full_rate(operation);
-        slowed.next = at + Duration::from_secs_f64(1.0 / (full * pace).max(1e-6));
-        Ok(Some(at))
+        let before = slowed.next;
+        slowed.next = now + Duration::from_secs_f64(1.0 / (full * pace).max(1e-6));
+        Ok(Slowed::Taken(SlowedSlot {
+            pacer: self,
+            operation,
+            before,
+            set: slowed.next,
+        }))
+    }
+
+    /// Waits for `operation`'s next slot at its slowed pace (until `deadline`, if any) and takes
+    /// it; see `take_slowed`. None: the operation is not slowed.
+    async fn wait_slowed(
+        &self,
+        operation: &'static str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<SlowedSlot<'_>>, ()> {
+        loop {
+            match self.take_slowed(operation, deadline)? {
+                Slowed::No => return Ok(None),
+                Slowed::Taken(slot) => return Ok(Some(slot)),
+                // Jitter spreads the accounts' requests that wait for the same slot: the first
+                // to wake takes it, the others wait for the next.
+                Slowed::Due(at) => {
+                    let jitter = Duration::from_micros(rand::random::<u64>() % 5_000);
+                    tokio::time::sleep_until((at + jitter).into()).await;
+                }
+            }
+        }
     }
 
     /// The calls per second `operation`'s quota allows this replica.
@@ -384,15 +487,16 @@ impl Pacer {
         }
     }
 
-    /// Waits for one call's worth of `operation` quota for a request of `caller` (a principal
-    /// id), until `deadline` at the latest, taking turns with the other callers' requests (and
-    /// hubgate's own lookups, which wait as one), first come first served within a caller (see
-    /// `lines`). `payer` is whose account quota the call spends.
+    /// Waits for one call's worth of `operation` quota for a request of `caller`, until
+    /// `deadline` at the latest, taking turns with the other accounts' requests (and
+    /// hubgate's own lookups, which wait as one), then with the other callers' of its account,
+    /// first come first served within a caller (see `lines`). `payer` is whose account quota
+    /// the call spends.
     pub async fn acquire(
         &self,
         operation: &'static str,
         deadline: Instant,
-        caller: &str,
+        caller: CallerId<'_>,
         payer: Payer<'_>,
     ) -> Result<Duration, QuotaExhausted> {
         let started = Instant::now();
@@ -406,15 +510,23 @@ impl Pacer {
             waited_ms: started.elapsed().as_millis() as u64,
             account: account.map(Arc::from),
         };
-        let line = self.line(operation, caller);
-        let Ok(_turn) = tokio::time::timeout_at(deadline.into(), line.lock()).await else {
-            let rate = match account {
+        let out_of_time = || {
+            exhausted(match account {
                 None => self.rate(operation),
                 Some(_) => self.limits.limit(operation).rate * self.limits.share,
-            };
-            return Err(exhausted(rate));
+            })
+        };
+        let line = Self::line(&self.lines, operation, caller.principal);
+        let Ok(_turn) = tokio::time::timeout_at(deadline.into(), line.lock()).await else {
+            return Err(out_of_time());
+        };
+        let account_line = Self::line(&self.account_lines, operation, caller.account);
+        let Ok(_account_turn) = tokio::time::timeout_at(deadline.into(), account_line.lock()).await
+        else {
+            return Err(out_of_time());
         };
         let account_bucket;
+        let mut slowed = None;
         let bucket: &Bucket = match account {
             // No slowdown: AWS throttling a caller's own call slows nobody (`throttled`).
             Some(account) => {
@@ -428,46 +540,79 @@ impl Pacer {
                 &account_bucket
             }
             None => {
-                match self.slowed_slot(operation, Some(deadline)) {
-                    Ok(Some(at)) => tokio::time::sleep_until(at.into()).await,
-                    Ok(None) => {}
+                // Given back if the call does not go after all (dropped with this function's
+                // future, or refused below).
+                slowed = match self.wait_slowed(operation, Some(deadline)).await {
+                    Ok(slot) => slot,
                     Err(()) => return Err(exhausted(self.rate(operation))),
-                }
+                };
                 if let Some(done) = self.acquire_in_redis(operation, None, Some(deadline)).await {
-                    return done.map(|()| started.elapsed());
+                    return done.map(|()| {
+                        SlowedSlot::spend(slowed);
+                        started.elapsed()
+                    });
                 }
                 self.bucket(operation)
             }
         };
+        // A call the bucket cannot give before the deadline, even were nobody else waiting, is
+        // refused now, taking nothing: it waited out its deadline before the 429, holding its
+        // in-flight slot and its account's place at the bucket for nothing. (The Redis buckets
+        // and a slowed pace already answered at once.)
+        match bucket.limiter.check() {
+            Ok(()) => {
+                SlowedSlot::spend(slowed);
+                return Ok(started.elapsed());
+            }
+            Err(not_until) => {
+                let earliest = not_until.wait_time_from(bucket.limiter.clock().now());
+                if Instant::now() + earliest > deadline {
+                    return Err(exhausted(bucket.rate));
+                }
+            }
+        }
         // Jitter spreads waiters that would otherwise all poll the bucket at the same instant.
         let ready = bucket
             .limiter
             .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)));
         match tokio::time::timeout_at(deadline.into(), ready).await {
-            Ok(()) => Ok(started.elapsed()),
+            Ok(()) => {
+                SlowedSlot::spend(slowed);
+                Ok(started.elapsed())
+            }
             Err(_) => Err(exhausted(bucket.rate)),
         }
     }
 
     /// Waits for quota with no deadline: for work shared by many requests, each of which
-    /// stops waiting at its own deadline.
+    /// stops waiting at its own deadline. Dropped before it returns (the requests have all
+    /// gone), it takes nothing.
     pub async fn acquire_shared(&self, operation: &'static str) {
-        if let Ok(Some(at)) = self.slowed_slot(operation, None) {
-            tokio::time::sleep_until(at.into()).await;
-        }
+        // Given back if this wait is dropped before the call's quota is all there.
+        let slowed = self.wait_slowed(operation, None).await.ok().flatten();
         if let Some(Ok(())) = self.acquire_in_redis(operation, None, None).await {
+            SlowedSlot::spend(slowed);
             return;
         }
         self.bucket(operation)
             .limiter
             .until_ready_with_jitter(Jitter::up_to(Duration::from_millis(5)))
             .await;
+        SlowedSlot::spend(slowed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller that is its account's only one.
+    fn lone(id: &str) -> CallerId<'_> {
+        CallerId {
+            account: id,
+            principal: id,
+        }
+    }
 
     fn pacer(rate: f64, burst: u32, share: f64) -> Pacer {
         let mut config = QuotaConfig {
@@ -487,14 +632,14 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let t = Instant::now();
         for _ in 0..3 {
-            p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+            p.acquire("GetFindings", deadline, lone("1"), Payer::Hubgate)
                 .await
                 .unwrap();
         }
         assert!(t.elapsed() < Duration::from_millis(40), "{:?}", t.elapsed());
         // the next two need one period (50 ms) each
         for _ in 0..2 {
-            p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+            p.acquire("GetFindings", deadline, lone("1"), Payer::Hubgate)
                 .await
                 .unwrap();
         }
@@ -509,29 +654,63 @@ mod tests {
     async fn a_deadline_ends_the_wait_without_taking_quota() {
         let p = pacer(1.0, 1, 1.0);
         let soon = Instant::now() + Duration::from_millis(50);
-        p.acquire("GetFindings", soon, "1", Payer::Hubgate)
+        p.acquire("GetFindings", soon, lone("1"), Payer::Hubgate)
             .await
             .unwrap();
         let err = p
-            .acquire("GetFindings", soon, "1", Payer::Hubgate)
+            .acquire("GetFindings", soon, lone("1"), Payer::Hubgate)
             .await
             .unwrap_err();
         assert_eq!(err.operation, "GetFindings");
         assert!(err.to_string().contains("GetFindings quota"), "{err}");
     }
 
+    /// A call the bucket cannot give before the deadline is refused at once, not when the
+    /// deadline comes; one it can give in time is waited for.
+    #[tokio::test]
+    async fn a_wait_that_cannot_end_in_time_is_refused_at_once() {
+        // one call a second, no burst beyond the first
+        let p = pacer(1.0, 2, 1.0);
+        let far = Instant::now() + Duration::from_secs(5);
+        p.acquire("GetFindings", far, lone("1"), Payer::Hubgate)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let err = p
+            .acquire(
+                "GetFindings",
+                t + Duration::from_millis(500),
+                lone("1"),
+                Payer::Hubgate,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "waited {:?} for a call due in a second",
+            t.elapsed()
+        );
+        assert_eq!(err.retry_after_s(), 1);
+        // nothing was taken: the next call is due a second after the first, not two
+        let waited = p
+            .acquire("GetFindings", far, lone("1"), Payer::Hubgate)
+            .await
+            .unwrap();
+        assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    }
+
     #[tokio::test]
     async fn a_request_waiting_in_its_callers_line_stops_at_its_deadline() {
         let p = Arc::new(pacer(1.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+        p.acquire("GetFindings", deadline, lone("a"), Payer::Hubgate)
             .await
             .unwrap();
         // holds a's line, waiting for the next call (in a second)
         let first = {
             let p = p.clone();
             tokio::spawn(async move {
-                p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+                p.acquire("GetFindings", deadline, lone("a"), Payer::Hubgate)
                     .await
             })
         };
@@ -541,7 +720,7 @@ mod tests {
             .acquire(
                 "GetFindings",
                 t + Duration::from_millis(100),
-                "a",
+                lone("a"),
                 Payer::Hubgate,
             )
             .await
@@ -555,26 +734,80 @@ mod tests {
         first.abort();
     }
 
+    /// Accounts take turns before their callers do: an account with ten principals waiting
+    /// holds one ticket at the bucket, as an account with one does.
+    #[tokio::test]
+    async fn an_account_with_many_callers_gets_no_more_turns_than_one_with_one() {
+        // one call per 10 ms after the first
+        let p = Arc::new(pacer(100.0, 2, 1.0));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        p.acquire("GetFindings", deadline, lone("warm"), Payer::Hubgate)
+            .await
+            .unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let mut wait = |account: &'static str, principal: String| {
+            let (p, order) = (p.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let caller = CallerId {
+                    account,
+                    principal: &principal,
+                };
+                if p.acquire("GetFindings", deadline, caller, Payer::Hubgate)
+                    .await
+                    .is_ok()
+                {
+                    order.lock().unwrap().push(account);
+                }
+            }));
+        };
+        for n in 0..10 {
+            for _ in 0..8 {
+                wait("many", format!("role-{n}"));
+            }
+        }
+        for _ in 0..60 {
+            wait("lone", "lone".into());
+        }
+        while order.lock().unwrap().len() < 60 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lone = order.lock().unwrap()[..60]
+            .iter()
+            .filter(|a| **a == "lone")
+            .count();
+        for t in tasks {
+            t.abort();
+        }
+        // Two tickets, and which of them wakes first is random (the jitter): about 30 of 60,
+        // and fewer than 18 is a chance of 1 in 2,000. With a ticket per caller the lone
+        // account held one of 11 and got about 5.
+        assert!(
+            lone >= 18,
+            "the lone account got {lone} of the first 60 calls"
+        );
+    }
+
     #[tokio::test]
     async fn callers_take_turns_whatever_their_requests_waiting() {
         // one call per 20 ms after the first
         let p = Arc::new(pacer(50.0, 2, 1.0));
         let deadline = Instant::now() + Duration::from_secs(5);
-        p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+        p.acquire("GetFindings", deadline, lone("a"), Payer::Hubgate)
             .await
             .unwrap();
         let mut many = Vec::new();
         for _ in 0..40 {
             let p = p.clone();
             many.push(tokio::spawn(async move {
-                p.acquire("GetFindings", deadline, "a", Payer::Hubgate)
+                p.acquire("GetFindings", deadline, lone("a"), Payer::Hubgate)
                     .await
                     .unwrap();
                 Instant::now()
             }));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
-        p.acquire("GetFindings", deadline, "b", Payer::Hubgate)
+        p.acquire("GetFindings", deadline, lone("b"), Payer::Hubgate)
             .await
             .unwrap();
         let b = Instant::now();
@@ -605,7 +838,7 @@ mod tests {
         // at half of 100/s, 6 calls take 5 intervals of 20 ms
         let t = Instant::now();
         for _ in 0..6 {
-            p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+            p.acquire("GetFindings", deadline, lone("1"), Payer::Hubgate)
                 .await
                 .unwrap();
         }
@@ -614,7 +847,7 @@ mod tests {
         // another operation is not slowed
         let t = Instant::now();
         for _ in 0..6 {
-            p.acquire("BatchUpdateFindings", deadline, "1", Payer::Hubgate)
+            p.acquire("BatchUpdateFindings", deadline, lone("1"), Payer::Hubgate)
                 .await
                 .unwrap();
         }
@@ -661,7 +894,7 @@ mod tests {
             .acquire(
                 "GetFindings",
                 t + Duration::from_millis(50),
-                "1",
+                lone("1"),
                 Payer::Hubgate,
             )
             .await
@@ -670,16 +903,63 @@ mod tests {
         assert!(err.rate < 5.1, "{err}");
         // nothing was reserved: the call that waits gets the slot 200 ms after the throttle
         let deadline = Instant::now() + Duration::from_secs(2);
-        p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+        p.acquire("GetFindings", deadline, lone("1"), Payer::Hubgate)
             .await
             .unwrap();
         let first = throttled_at.elapsed();
         assert!(first >= Duration::from_millis(195), "{first:?}");
         assert!(first < Duration::from_millis(350), "{first:?}");
-        p.acquire("GetFindings", deadline, "1", Payer::Hubgate)
+        p.acquire("GetFindings", deadline, lone("1"), Payer::Hubgate)
             .await
             .unwrap();
         assert!(throttled_at.elapsed() >= Duration::from_millis(395));
+    }
+
+    /// Requests that stop waiting for a slowed pace's slot take none: a member hanging up
+    /// its reads, one after another, left each one's slot reserved, and the next caller's was
+    /// past its deadline (429 at once, no call going out). A slot taken for a call that is
+    /// then refused is given back.
+    #[tokio::test]
+    async fn requests_that_stop_waiting_for_a_slowed_slot_take_none() {
+        // slowed to 5/s: a slot every 200 ms
+        let p = Arc::new(pacer(10.0, 30, 1.0));
+        p.throttled("GetFindings");
+        let throttled_at = Instant::now();
+        let far = throttled_at + Duration::from_secs(5);
+        for _ in 0..5 {
+            let waiting = {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.acquire("GetFindings", far, lone("m"), Payer::Hubgate)
+                        .await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waiting.abort();
+        }
+        p.acquire(
+            "GetFindings",
+            throttled_at + Duration::from_millis(400),
+            lone("admin"),
+            Payer::Hubgate,
+        )
+        .await
+        .unwrap();
+        let waited = throttled_at.elapsed();
+        assert!(waited < Duration::from_millis(300), "{waited:?}");
+        // taken when due, then dropped unused: the next call may have it
+        let Ok(Slowed::Due(due)) = p.take_slowed("GetFindings", None) else {
+            panic!("the admin's call took the slot; the next is due later");
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(Slowed::Taken(slot)) = p.take_slowed("GetFindings", None) else {
+            panic!("the slot is due");
+        };
+        drop(slot);
+        assert!(matches!(
+            p.take_slowed("GetFindings", None),
+            Ok(Slowed::Taken(_))
+        ));
     }
 
     #[tokio::test]
@@ -697,12 +977,12 @@ mod tests {
         let a = Payer::Account("222222222222");
         // the burst less its call of headroom, then account a's bucket is empty
         for _ in 0..2 {
-            p.acquire("BatchUpdateFindings", soon(), "m", a)
+            p.acquire("BatchUpdateFindings", soon(), lone("m"), a)
                 .await
                 .unwrap();
         }
         let err = p
-            .acquire("BatchUpdateFindings", soon(), "m", a)
+            .acquire("BatchUpdateFindings", soon(), lone("m"), a)
             .await
             .unwrap_err();
         assert_eq!(err.account.as_deref(), Some("222222222222"));
@@ -714,15 +994,15 @@ mod tests {
         // another account's, and hubgate's own, are whole
         let b = Payer::Account("333333333333");
         for _ in 0..2 {
-            p.acquire("BatchUpdateFindings", soon(), "n", b)
+            p.acquire("BatchUpdateFindings", soon(), lone("n"), b)
                 .await
                 .unwrap();
-            p.acquire("BatchUpdateFindings", soon(), "h", Payer::Hubgate)
+            p.acquire("BatchUpdateFindings", soon(), lone("h"), Payer::Hubgate)
                 .await
                 .unwrap();
         }
         let own = p
-            .acquire("BatchUpdateFindings", soon(), "h", Payer::Hubgate)
+            .acquire("BatchUpdateFindings", soon(), lone("h"), Payer::Hubgate)
             .await
             .unwrap_err();
         assert_eq!(own.account, None);
@@ -737,11 +1017,16 @@ mod tests {
             },
         );
         let p = Pacer::new(&config);
-        p.acquire("GetFindings", soon(), "h", Payer::Hubgate)
+        p.acquire("GetFindings", soon(), lone("h"), Payer::Hubgate)
             .await
             .unwrap();
-        p.acquire("GetFindings", soon(), "m", a).await.unwrap();
-        let err = p.acquire("GetFindings", soon(), "n", b).await.unwrap_err();
+        p.acquire("GetFindings", soon(), lone("m"), a)
+            .await
+            .unwrap();
+        let err = p
+            .acquire("GetFindings", soon(), lone("n"), b)
+            .await
+            .unwrap_err();
         assert_eq!(err.account, None);
     }
 
@@ -750,7 +1035,7 @@ mod tests {
         let p = pacer(1e12, 3, 1.0);
         let soon = Instant::now() + Duration::from_millis(200);
         for _ in 0..50 {
-            p.acquire("GetFindings", soon, "1", Payer::Hubgate)
+            p.acquire("GetFindings", soon, lone("1"), Payer::Hubgate)
                 .await
                 .unwrap();
         }

@@ -17,6 +17,15 @@ pub fn clipped(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// `text` kept whole when it is at most `max` characters, else its start and its length: for a
+/// message owned by what holds it (a violation, a refusal's reason).
+pub fn bounded(text: String, max: usize) -> String {
+    match clipped(&text, max) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(short) => short,
+    }
+}
+
 /// `text` as a message quotes it: at most `QUOTED_CHARS` characters, then its length.
 pub fn quoted(text: &str) -> String {
     clipped(text, QUOTED_CHARS).into_owned()

@@ -4,13 +4,19 @@
 //! through hubgate what its own credentials cannot. So a member may call `GetFindings` only
 //! with a filter that confines it to the member's own account, and the other forwarded
 //! operations only when `policy.members_may_call` lists them (by default
-//! `config::DEFAULT_MEMBERS_MAY_CALL`). Administrators are not confined, and neither is
-//! passthrough, where each caller signs with its own credentials.
+//! `config::DEFAULT_MEMBERS_MAY_CALL`). Administrators are not confined. In passthrough each
+//! caller signs with its own credentials, so a member's reads are its own (AWS decides them);
+//! an operation that is not a read (a write an `[operations]` override routes `forward`) is the
+//! administrators' and the listed members' in every mode: it changes Security Hub unjudged.
+
+use std::fmt;
 
 use serde_json::Value;
 
 use crate::identity::{Principal, Role};
-use crate::routes::OperationSpec;
+use crate::quoted::{bounded, quoted};
+use crate::routes::{Class, OperationSpec};
+use crate::validate::Violation;
 
 /// The top-level members of a GetFindings request (botocore's model). Anything else, a
 /// case variant above all, is a member hubgate would not have read the way AWS may.
@@ -26,24 +32,67 @@ pub enum ReadError {
     )]
     NotForMembers { operation: &'static str },
     #[error(
+        "members may not call {operation} through hubgate: it is not a read, and routed \
+         \"forward\" it changes Security Hub without the policies; policy.members_may_call lists \
+         the forwarded operations members may call"
+    )]
+    Unjudged { operation: &'static str },
+    #[error(
         "a member's GetFindings must be confined to its own account: {why}. Filter on it alone, \
          e.g. \"Filters\": {{\"AwsAccountId\": [{{\"Value\": \"{account}\", \"Comparison\": \
          \"EQUALS\"}}]}}"
     )]
-    NotConfined { why: String, account: String },
+    NotConfined { why: Why, account: String },
 }
 
-/// Refuses a member's forwarded call that could read beyond the member's account. `listed`:
-/// `policy.members_may_call` names the operation. `Ok(true)`: the call is a member's GetFindings
-/// that this confined by its body, which the caller must then forward as the body alone says
-/// (`confined_head`).
+/// Why a member's GetFindings is not confined, bounded when it is made. It quotes the body (a
+/// key, a comparison, serde's words on a filter), and the refusal goes into the envelope twice
+/// and into the decision record (several times into its OCSF event): quoted whole, a 600 KB
+/// key of `"` came back as 2.4 MB and put 2.4 MB on the audit disk, per request of a member
+/// key, and a full audit disk stops every forward. No other way to make one than `Why::new`.
+#[derive(Debug)]
+pub struct Why(String);
+
+impl Why {
+    fn new(text: impl Into<String>) -> Why {
+        Why(bounded(text.into(), Violation::MESSAGE_CHARS))
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Refuses a member's forwarded call that could read beyond the member's account, or change
+/// what the policies would judge. `listed`: `policy.members_may_call` names the operation.
+/// `own_signature`: the caller's own signature goes upstream (passthrough). `Ok(true)`: the
+/// call is a member's GetFindings that this confined by its body, which the caller must then
+/// forward as the body alone says (`confined_head`).
 pub fn confine(
     spec: &OperationSpec,
     principal: &Principal,
     body: &[u8],
     listed: bool,
+    own_signature: bool,
 ) -> Result<bool, ReadError> {
     if principal.role != Role::Member || listed {
+        return Ok(false);
+    }
+    // A write routed "forward" (an `[operations]` override: `BatchUpdateFindings`,
+    // `CreateInsight`, ...) is not judged, whoever signs it. In passthrough it used to go
+    // through for every member, unlisted: the member's own credentials sign it, but with
+    // those principals' writes limited to the path through hubgate (README: Passthrough),
+    // hubgate is where a member's change is judged, and a member suppressing its own finding
+    // (which AWS allows and the policies refuse) went up unjudged.
+    if spec.class != Class::ReadOnly {
+        return Err(ReadError::Unjudged {
+            operation: spec.name,
+        });
+    }
+    // A read signed by the member itself reads what AWS lets that member read.
+    if own_signature {
         return Ok(false);
     }
     if spec.name != "GetFindings" {
@@ -88,7 +137,13 @@ pub enum HeadError {
 /// Whether a GetFindings body reads `account`'s findings only: its `Filters.AwsAccountId` is a
 /// non-empty list of `EQUALS account`. Security Hub ANDs the filter's attributes and ORs the
 /// EQUALS values of one attribute, so every other filter can only narrow that.
-fn confined(body: &[u8], account: &str) -> Result<(), String> {
+fn confined(body: &[u8], account: &str) -> Result<(), Why> {
+    confined_text(body, account).map_err(Why::new)
+}
+
+/// `confined`, with its reason unbounded (`Why` bounds it). Keys are `quoted` so that what
+/// follows one in the message is still there.
+fn confined_text(body: &[u8], account: &str) -> Result<(), String> {
     // The strict reader refuses duplicate keys: AWS must not read another filter than this.
     let doc = crate::validate::parse_strict(body).map_err(|v| match v.path().is_empty() {
         true => v.message().to_string(),
@@ -102,7 +157,8 @@ fn confined(body: &[u8], account: &str) -> Result<(), String> {
         .find(|k| !GET_FINDINGS_MEMBERS.contains(&k.as_str()))
     {
         return Err(format!(
-            "{key:?} is not a GetFindings member ({})",
+            "{:?} is not a GetFindings member ({})",
+            quoted(key),
             GET_FINDINGS_MEMBERS.join(", ")
         ));
     }
@@ -116,7 +172,7 @@ fn confined(body: &[u8], account: &str) -> Result<(), String> {
         .keys()
         .find(|k| k.eq_ignore_ascii_case("AwsAccountId") && *k != "AwsAccountId")
     {
-        return Err(format!("Filters.{key} is not spelt AwsAccountId"));
+        return Err(format!("Filters.{} is not spelt AwsAccountId", quoted(key)));
     }
     let entries = match filters.get("AwsAccountId") {
         None => return Err("Filters has no AwsAccountId".into()),
@@ -132,7 +188,10 @@ fn confined(body: &[u8], account: &str) -> Result<(), String> {
             .keys()
             .find(|k| !matches!(k.as_str(), "Value" | "Comparison"))
         {
-            return Err(format!("{at} has {key:?}, not only Value and Comparison"));
+            return Err(format!(
+                "{at} has {:?}, not only Value and Comparison",
+                quoted(key)
+            ));
         }
         if entry.get("Comparison") != Some(&Value::from("EQUALS")) {
             return Err(format!("{at}.Comparison is not \"EQUALS\""));
@@ -161,7 +220,9 @@ fn model_filters(filters: &Value) -> Result<(), String> {
     // serde lists every attribute the model has after "expected one of": a hundred names.
     let inner = inner.split(", expected one of").next().unwrap_or(&inner);
     Err(format!(
-        "{at}: {inner} (Filters must hold the API model's filter attributes only)"
+        "{}: {} (Filters must hold the API model's filter attributes only)",
+        quoted(&at),
+        quoted(inner)
     ))
 }
 
@@ -188,6 +249,7 @@ mod tests {
             spec("GetFindings"),
             &principal(Role::Member),
             body.as_bytes(),
+            false,
             false,
         )
         .map(|confined| assert!(confined, "a member's GetFindings is confined"))
@@ -301,23 +363,80 @@ mod tests {
         }
     }
 
+    /// The refusal quotes the body's keys and values bounded: whole, a member key made each
+    /// refusal (in the envelope and the decision record) up to four times what it sent.
+    #[test]
+    fn a_refusal_quotes_the_body_bounded() {
+        let long = "\"".repeat(300_000);
+        let key = serde_json::to_string(&long).unwrap();
+        for bad in [
+            format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}, {key}: 1}}"#),
+            format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}], {key}: []}}}}"#),
+            format!(
+                r#"{{"Filters": {{"AwsAccountId": [{{"Value": "222222222222", "Comparison": "EQUALS", {key}: 1}}]}}}}"#
+            ),
+            format!(
+                r#"{{"Filters": {{"AwsAccountId": [{OWN}], "Id": [{{"Value": "x", "Comparison": {key}}}]}}}}"#
+            ),
+            format!(r#"{{"Filters": {{"AwsAccountId": [{OWN}]}}, {key}: 1, {key}: 2}}"#),
+        ] {
+            match member_get(&bad) {
+                Err(e @ ReadError::NotConfined { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.len() < 3 * Violation::MESSAGE_CHARS, "{}", text.len());
+                    assert!(text.contains("bytes in all"), "{text}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn other_forwarded_operations_are_for_members_only_when_listed() {
         let member = principal(Role::Member);
         assert!(matches!(
-            confine(spec("GetFindingsV2"), &member, b"{}", false),
+            confine(spec("GetFindingsV2"), &member, b"{}", false, false),
             Err(ReadError::NotForMembers {
                 operation: "GetFindingsV2"
             })
         ));
-        assert!(confine(spec("GetFindingsV2"), &member, b"{}", true).is_ok());
-        assert!(confine(spec("ListMembers"), &member, b"", false).is_err());
+        assert!(confine(spec("GetFindingsV2"), &member, b"{}", true, false).is_ok());
+        assert!(confine(spec("ListMembers"), &member, b"", false, false).is_err());
         // Listing GetFindings lets members read it unconfined (a hubgate whose role sees the
         // member's account only).
-        assert!(confine(spec("GetFindings"), &member, b"{}", true).is_ok());
+        assert!(confine(spec("GetFindings"), &member, b"{}", true, false).is_ok());
         let admin = principal(Role::Administrator);
         for name in ["GetFindings", "GetFindingsV2", "ListMembers"] {
-            assert!(confine(spec(name), &admin, b"{}", false).is_ok(), "{name}");
+            assert!(
+                confine(spec(name), &admin, b"{}", false, false).is_ok(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_routed_forward_is_for_members_only_when_listed_whoever_signs() {
+        let member = principal(Role::Member);
+        let admin = principal(Role::Administrator);
+        for own_signature in [false, true] {
+            for name in ["BatchUpdateFindings", "CreateInsight", "UpdateFindings"] {
+                assert!(
+                    matches!(
+                        confine(spec(name), &member, b"{}", false, own_signature),
+                        Err(ReadError::Unjudged { .. })
+                    ),
+                    "{name} {own_signature}"
+                );
+                assert!(confine(spec(name), &member, b"{}", true, own_signature).is_ok());
+                assert!(confine(spec(name), &admin, b"{}", false, own_signature).is_ok());
+            }
+        }
+        // A member's own signature reads what AWS lets it read: not confined by hubgate.
+        for name in ["GetFindings", "GetFindingsV2", "ListMembers"] {
+            assert!(
+                confine(spec(name), &member, b"{}", false, true).is_ok(),
+                "{name}"
+            );
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Server: the proxy and admin listeners (HTTP/1.1 and h2c), signals (SIGHUP reload,
-//! SIGTERM/SIGINT graceful stop) and the admin endpoints `/healthz`, `/readyz` and `/metrics`.
+//! SIGTERM/SIGINT/SIGQUIT graceful stop, SIGUSR1/SIGUSR2 ignored) and the admin endpoints
+//! `/healthz`, `/readyz` and `/metrics`.
 
 pub mod conn;
 pub mod tls;
@@ -75,7 +76,8 @@ pub struct Gate {
     /// The settings of the configuration file that changed on disk since start, as the last
     /// reload found them: they need a restart.
     config_changed: std::sync::Mutex<Vec<String>>,
-    /// Set once SIGTERM/SIGINT has closed the proxy listener: /readyz answers 503 from then on.
+    /// Set once SIGTERM/SIGINT/SIGQUIT has closed the proxy listener: /readyz answers 503 from
+    /// then on.
     stopping: std::sync::atomic::AtomicBool,
 }
 
@@ -365,18 +367,41 @@ fn refuse_connection(
     });
 }
 
-/// Set by every SIGHUP from `catch_early_hangup` on; read once, when serving begins.
+/// Set by every SIGHUP from `catch_early_signals` on; read once, when serving begins.
 static EARLY_HANGUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The first thing `hubgate serve` does. SIGHUP's default action ends the process, and until
-/// `serve` runs (reading the configuration, which may be a pipe that takes its time, building
-/// the runtime) nothing else catches it: a reload signal then (a config reloader reacting to
-/// the change that restarted the pod) killed hubgate. Now it is a reload once serving.
-pub fn catch_early_hangup() -> std::io::Result<()> {
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, &EARLY_HANGUP).map(|_| ())
+/// True while hubgate starts: a stop signal then ends the process at once
+/// (`catch_early_signals`).
+static STARTING: std::sync::LazyLock<Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(std::sync::atomic::AtomicBool::new(true)));
+
+/// The first thing `hubgate serve` does, for the signals that come before `serve` listens for
+/// them (reading the configuration, which may be a pipe that takes its time, loading the
+/// policies, probing Redis, fetching credentials: seconds, up to a minute).
+///
+/// SIGHUP's default action ends the process: a reload signal then (a config reloader reacting
+/// to the change that restarted the pod) killed hubgate. Now it is a reload once serving.
+///
+/// SIGTERM, SIGINT and SIGQUIT end hubgate at once while it starts (status 0: it has served
+/// nothing, so there is nothing to drain or record). Left to their default action they did
+/// the same, except where the signal was ignored: as a container's PID 1 (the shipped image),
+/// whose signals without a handler the kernel drops, or started with it ignored (a shell's
+/// background job has SIGINT and SIGQUIT ignored). There the stop was lost: hubgate went on to
+/// serve, taking requests, until the SIGKILL at the end of the termination grace period cut
+/// the forwards in flight without their records.
+pub fn catch_early_signals() -> std::io::Result<()> {
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, &EARLY_HANGUP)?;
+    for stop in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGQUIT,
+    ] {
+        signal_hook::flag::register_conditional_shutdown(stop, 0, STARTING.clone())?;
+    }
+    Ok(())
 }
 
-/// Runs hubgate until SIGTERM or SIGINT, then drains and flushes.
+/// Runs hubgate until SIGTERM, SIGINT or SIGQUIT, then drains and flushes.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let startup = |e: &dyn std::fmt::Display| ServeError::Startup(e.to_string());
     // Loading the policies can take seconds; a SIGHUP meanwhile waits in this stream and
@@ -448,6 +473,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let (audit, writer) = AuditLog::start(
         &config.audit,
+        config.server.max_in_flight,
         &config.upstream.region,
         metrics.audit.clone(),
     )
@@ -518,8 +544,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             Duration::from_millis(gate.stages.config.policy.watch_interval_ms),
         ))
     });
-    let mut term = signal(SignalKind::terminate()).map_err(|e| startup(&e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| startup(&e))?;
+    let mut stops = Stops::listen().map_err(|e| startup(&e))?;
+    // From here a stop signal is a graceful stop (`stops`), no longer an exit at once.
+    STARTING.store(false, std::sync::atomic::Ordering::SeqCst);
+    // SIGUSR1 and SIGUSR2 mean nothing to hubgate, and their default action ends the process
+    // at once: no drain, and a request forwarded at that moment (Security Hub may apply it)
+    // never recorded. Sent by habit (a logrotate `postrotate` that tells nginx to reopen its
+    // logs, a supervisor's "reopen" or "dump" action), they are logged and otherwise ignored.
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| startup(&e))?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| startup(&e))?;
     // Each connection holds a receiver while it is served: a stop sends on it (each connection
     // shuts down gracefully) and then waits until every receiver is gone.
     let (graceful, _) = tokio::sync::watch::channel(());
@@ -612,8 +645,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 // The accept loop goes on meanwhile.
                 ask_reload(&gate);
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = usr1.recv() => ignored_signal("SIGUSR1"),
+            _ = usr2.recv() => ignored_signal("SIGUSR2"),
+            _ = stops.recv() => break,
         }
     }
 
@@ -640,12 +674,24 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tokio::select! {
         drained = tokio::time::timeout_at(stop_by, drain) => {
             if drained.is_err() {
-                halt(&gate, &mut term, &mut int).await;
+                if let Some(coord) = &coordination {
+                    coord.cut_off(HALT_REDIS);
+                }
+                halt(&gate, &mut stops).await;
             }
         }
         // An operator who signals twice wants out now, drained or not.
-        _ = term.recv() => second_signal(),
-        _ = int.recv() => second_signal(),
+        _ = stops.recv() => second_signal(),
+    }
+    // The lookups still running end with the runtime: their claims would hold the other
+    // replicas' lookups of those findings off for lookup_claim_ms (within op_timeout_ms).
+    // Up to twice op_timeout_ms (the claims being taken, then the release): a second signal
+    // still exits at once, as everywhere else in the stop.
+    if let Some(coord) = gate.stages.pacer.coordination() {
+        tokio::select! {
+            () = crate::coordination::cache::release_all(coord) => {}
+            _ = stops.recv() => second_signal(),
+        }
     }
     admin_task.abort();
     // The writer's last records take up to WRITER_FINISH (a sink that takes no writes): a
@@ -653,8 +699,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // later whatever the operator asked.
     tokio::select! {
         finished = finish_audit(gate, writer, watch_task) => finished?,
-        _ = term.recv() => second_signal(),
-        _ = int.recv() => second_signal(),
+        _ = stops.recv() => second_signal(),
     }
     tracing::info!("stopped");
     Ok(())
@@ -706,14 +751,14 @@ async fn finish_audit(
 /// record to be written, which the writer, still running, does at once.
 const HALT_WAIT: Duration = Duration::from_secs(3);
 
+/// How long after the halt Redis calls may still run (`Coordination::cut_off`): the evictions
+/// of the forwards it interrupts, well within HALT_WAIT, so that their records are written.
+const HALT_REDIS: Duration = Duration::from_secs(1);
+
 /// The grace period ran out: the requests still in hubgate are ended (`proxy::Halt`), each
 /// with its record, before the audit log is closed; then the remaining connections are closed
 /// with the runtime.
-async fn halt(
-    gate: &Gate,
-    term: &mut tokio::signal::unix::Signal,
-    int: &mut tokio::signal::unix::Signal,
-) {
+async fn halt(gate: &Gate, stops: &mut Stops) {
     let halt = &gate.stages.halt;
     tracing::warn!(
         unrecorded = halt.unrecorded(),
@@ -733,8 +778,7 @@ async fn halt(
                 );
             }
         }
-        _ = term.recv() => second_signal(),
-        _ = int.recv() => second_signal(),
+        _ = stops.recv() => second_signal(),
     }
 }
 
@@ -830,6 +874,43 @@ async fn watch_files(gate: Arc<Gate>, every: Duration) {
             }
         }
     }
+}
+
+/// The signals that stop hubgate gracefully: SIGTERM (Kubernetes, systemd, `docker stop`),
+/// SIGINT (Ctrl-C) and SIGQUIT (Ctrl-\, and the STOPSIGNAL of images that follow nginx's
+/// convention). SIGQUIT's default action ended the process at once, without a drain, and a
+/// request forwarded at that moment had no audit record though Security Hub may have applied
+/// it. A second one of any of them during the stop exits at once.
+struct Stops {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Stops {
+    fn listen() -> std::io::Result<Stops> {
+        Ok(Stops {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The next stop signal, whichever it is.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = self.quit.recv() => {}
+        }
+    }
+}
+
+fn ignored_signal(name: &'static str) {
+    tracing::warn!(
+        signal = name,
+        "signal ignored: hubgate reloads on SIGHUP and stops on SIGTERM, SIGINT or SIGQUIT"
+    );
 }
 
 fn second_signal() -> ! {

@@ -46,11 +46,18 @@ pub enum UpstreamError {
     Timeout { ms: u64 },
     #[error("hubgate has no AWS credentials to sign with: {0}")]
     Credentials(String),
-    #[error("Security Hub refused hubgate's {operation} call with HTTP {status}: {detail}")]
+    #[error(
+        "Security Hub refused hubgate's {operation} call with HTTP {status}: {detail}{}",
+        request_id.as_deref().map(|id| format!(" (request id {id})")).unwrap_or_default()
+    )]
     Refused {
         operation: &'static str,
         status: u16,
         detail: String,
+        /// The answer's `x-amzn-RequestId`: what AWS support asks for. A lookup's refusal has
+        /// no record field of its own, so the message carries it; a forward's goes into the
+        /// record's `upstream_request_id` too ([`UpstreamError::answer`]).
+        request_id: Option<String>,
     },
     #[error("Security Hub sent an unreadable {operation} response: {detail}")]
     BadResponse {
@@ -139,7 +146,9 @@ impl UpstreamError {
     pub fn answer(&self) -> Option<(u16, Option<&str>)> {
         match self {
             UpstreamError::CredentialsRefused(r) => Some((r.status, r.request_id.as_deref())),
-            UpstreamError::Refused { status, .. } => Some((*status, None)),
+            UpstreamError::Refused {
+                status, request_id, ..
+            } => Some((*status, request_id.as_deref())),
             _ => None,
         }
     }
@@ -196,19 +205,21 @@ pub struct CredentialsRefused {
 }
 
 impl CredentialsRefused {
-    /// The refusal an answer is, if it is one; `detail` is filled in from its body later.
-    fn of(operation: &'static str, response: &Response<Incoming>) -> Option<CredentialsRefused> {
-        let error_type = credentials_refused(response.status(), response.headers())?;
+    /// The refusal an answer is, if it is one (`body`: as for [`is_throttle`]); `detail` is
+    /// filled in from its body later.
+    fn of(
+        operation: &'static str,
+        status: http::StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Option<CredentialsRefused> {
+        let error_type = credentials_refused(status, headers, body)?;
         Some(CredentialsRefused {
             operation,
-            error_type: error_type.to_owned(),
+            error_type,
             detail: String::new(),
-            status: response.status().as_u16(),
-            request_id: response
-                .headers()
-                .get("x-amzn-requestid")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            status: status.as_u16(),
+            request_id: request_id(headers),
         })
     }
 }
@@ -232,36 +243,71 @@ const SIGNATURE_ERROR_TYPES: [&str; 3] = [
     "SignatureDoesNotMatch",
 ];
 
-/// Whether an answer refuses the signature of the call it answers.
-fn signature_refused(status: http::StatusCode, headers: &HeaderMap) -> bool {
+/// Whether an answer refuses the signature of the call it answers (`body`: as for
+/// [`is_throttle`]).
+fn signature_refused(status: http::StatusCode, headers: &HeaderMap, body: Option<&[u8]>) -> bool {
     status.is_client_error()
-        && error_type(headers).is_some_and(|t| SIGNATURE_ERROR_TYPES.contains(&t))
+        && answer_error_type(headers, body)
+            .is_some_and(|t| SIGNATURE_ERROR_TYPES.contains(&t.as_str()))
 }
 
-/// The error type an answer names (`x-amzn-ErrorType` is `Name` or `Name:namespace`).
+/// The request id AWS gave an answer (`x-amzn-RequestId`).
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The error name in an error type as AWS spells it, header or body: `Name`,
+/// `Name:<namespace URL>` or `<namespace>#Name`, cut as botocore cuts it (before the first
+/// `:`, then after the last `#`; Smithy's restJson1 asks clients to accept both forms). The
+/// header was cut only at `:`, so `x-amzn-ErrorType: com.amazon.coral.service#
+/// InvalidSignatureException` was no refusal of hubgate's signature: AWS's answer, which
+/// repeats the request it expected with hubgate's session token in it, was relayed to the
+/// caller whole. An `ExpiredTokenException` so spelled reached the caller as its own token's
+/// expiry (and no new credentials were fetched), a `ThrottlingException` as a 400 nobody
+/// backed off on.
+fn error_name(raw: &str) -> &str {
+    let name = raw.split(':').next().unwrap_or(raw);
+    name.rsplit('#').next().unwrap_or(name)
+}
+
+/// The error type an answer's `x-amzn-ErrorType` names ([`error_name`]).
 fn error_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get("x-amzn-errortype")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(':').next().unwrap_or(v))
+        .map(error_name)
 }
 
-/// The error type an error answer's JSON body names, as botocore reads it when the header is
-/// absent: `__type` (or `code`), without a `namespace#` before the name.
+/// The error type an error answer's JSON body names, as botocore's rest-json parser reads it
+/// when the header is absent: a top-level `code` or `Code` if there is one (it overrides
+/// `__type`: `RestJSONParser._inject_error_code`), else `__type`, cut by [`error_name`]. Read `__type` first and without `Code`, a
+/// throttle answered `{"Code": "Throttling", ...}` or `{"__type": "...", "code":
+/// "ThrottlingException"}`, which SDKs back off on, was a fault: 502 at once, no retry, the
+/// pace not slowed.
 fn body_error_type(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let name = value
-        .get("__type")
-        .or_else(|| value.get("code"))
+    let name = ["code", "Code", "__type"]
+        .iter()
+        .find_map(|member| value.get(member))
         .and_then(|t| t.as_str())?;
-    let name = name.rsplit('#').next().unwrap_or(name);
-    Some(name.split(':').next().unwrap_or(name).to_owned())
+    Some(error_name(name).to_owned())
+}
+
+/// The error type an answer names, as SDKs read it: `x-amzn-ErrorType` or, without that
+/// header, the body (`body`: None when the answer is relayed unread, as a forward's is).
+fn answer_error_type(headers: &HeaderMap, body: Option<&[u8]>) -> Option<String> {
+    match error_type(headers) {
+        Some(name) => Some(name.to_owned()),
+        None => body.and_then(body_error_type),
+    }
 }
 
 /// Whether an upstream answer is Security Hub throttling hubgate: HTTP 429, or a throttling
-/// error type, named by `x-amzn-ErrorType` or, without that header, by the body (`body`: None
-/// when the answer is relayed unread, as a forward's is). SDKs read the error type the same
-/// way, so what they would back off on is what hubgate backs off on.
+/// error type ([`answer_error_type`]). SDKs read the error type the same way, so what they
+/// would back off on is what hubgate backs off on.
 pub fn is_throttle(status: http::StatusCode, headers: &HeaderMap, body: Option<&[u8]>) -> bool {
     if status == http::StatusCode::TOO_MANY_REQUESTS {
         return true;
@@ -269,19 +315,23 @@ pub fn is_throttle(status: http::StatusCode, headers: &HeaderMap, body: Option<&
     if status.is_success() {
         return false;
     }
-    match error_type(headers) {
-        Some(name) => THROTTLING_ERROR_TYPES.contains(&name),
-        None => body
-            .and_then(body_error_type)
-            .is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name.as_str())),
-    }
+    answer_error_type(headers, body)
+        .is_some_and(|name| THROTTLING_ERROR_TYPES.contains(&name.as_str()))
 }
 
 /// The error type, when an upstream answer refuses the credentials the call was signed with
-/// (always a 4xx).
-fn credentials_refused(status: http::StatusCode, headers: &HeaderMap) -> Option<&str> {
-    error_type(headers)
-        .filter(|name| status.is_client_error() && CREDENTIAL_ERROR_TYPES.contains(name))
+/// (always a 4xx), read as [`is_throttle`] reads a throttle. A lookup's refusal named by its
+/// body alone was a 502 (SDKs retry it, and it fails again), and no new credentials were
+/// fetched until the old ones neared the expiry their source had reported.
+fn credentials_refused(
+    status: http::StatusCode,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Option<String> {
+    if !status.is_client_error() {
+        return None;
+    }
+    answer_error_type(headers, body).filter(|name| CREDENTIAL_ERROR_TYPES.contains(&name.as_str()))
 }
 
 /// What an error answer's body says: its `message`, or the start of the body, without the
@@ -358,6 +408,21 @@ fn without_signed_echo(message: &str) -> std::borrow::Cow<'_, str> {
 /// the audit record (three times in OCSF) and the log, and its length is the upstream's to
 /// choose (up to the lookup answer's limit, megabytes); AWS's messages are a sentence or two.
 const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
+
+/// The error type a forward's 4xx without `x-amzn-ErrorType` names in its body (read by
+/// [`Upstream::forward`]), kept in the answer's extensions (never relayed) for what judges the
+/// answer after it: a throttle so named is one SDKs back off on, and so must hubgate.
+#[derive(Debug, Clone)]
+pub struct BodyErrorType(pub String);
+
+impl BodyErrorType {
+    pub fn is_throttle(&self) -> bool {
+        THROTTLING_ERROR_TYPES.contains(&self.0.as_str())
+    }
+}
+
+/// A forwarded answer's body: Security Hub's, streamed, or the bytes of one hubgate read.
+pub type Relayed = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -780,6 +845,31 @@ impl Upstream {
         }
     }
 
+    /// When a call or a read starting now must end: `upstream.timeout_ms` from now.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
+    }
+
+    /// Reads an answer's body, at most `limit` bytes, by `deadline`.
+    async fn read_by(
+        &self,
+        body: Incoming,
+        limit: usize,
+        deadline: tokio::time::Instant,
+        operation: &'static str,
+    ) -> Result<Bytes, UpstreamError> {
+        let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                ms: self.timeout.as_millis() as u64,
+            })?
+            .map_err(|e| UpstreamError::BadResponse {
+                operation,
+                detail: e.to_string(),
+            })?;
+        Ok(collected.to_bytes())
+    }
+
     /// Forwards a caller's request: same method, path, query and body bytes; caller
     /// credentials stripped; re-signed with hubgate's own. An answer refusing those
     /// credentials is hubgate's failure, not the caller's: relayed, AWS's 403 "the security
@@ -790,7 +880,7 @@ impl Upstream {
         operation: &'static str,
         parts: &http::request::Parts,
         body: Payload,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Relayed>, UpstreamError> {
         let headers = resign_headers(&parts.headers);
         let path_and_query = parts
             .uri
@@ -800,23 +890,44 @@ impl Upstream {
         let (request, key_id) = self
             .signed_request(&parts.method, path_and_query, headers, body)
             .await?;
-        let response = self.send(request).await?;
-        let refused = CredentialsRefused::of(operation, &response);
-        let own_signature = signature_refused(response.status(), response.headers());
+        let (head, incoming) = self.send(request).await?.into_parts();
+        // A refusal without x-amzn-ErrorType names its error type in its body, where SDKs read
+        // it: relayed unread, an InvalidSignatureException so named reached the caller with
+        // AWS's echo of the request it expected (hubgate's session token in it), and an
+        // ExpiredTokenException as the caller's own token's expiry. So such a 4xx is read
+        // (an error body is small) and relayed as the bytes read.
+        let untyped = head.status.is_client_error() && error_type(&head.headers).is_none();
+        // Ok: the bytes read; Err: the body, unread.
+        let answer: Result<Bytes, Incoming> = match untyped {
+            false => Err(incoming),
+            true => Ok(self
+                .read_by(incoming, MAX_ERROR_BODY_BYTES, self.deadline(), operation)
+                .await?),
+        };
+        let read = answer.as_ref().ok().map(|b| &b[..]);
+        let refused = CredentialsRefused::of(operation, head.status, &head.headers, read);
+        let own_signature = signature_refused(head.status, &head.headers, read);
         if refused.is_none() && !own_signature {
-            return Ok(response);
+            let mut head = head;
+            if let Some(name) = read.and_then(body_error_type) {
+                head.extensions.insert(BodyErrorType(name));
+            }
+            let body = match answer {
+                Ok(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed(),
+                Err(incoming) => incoming.boxed(),
+            };
+            return Ok(Response::from_parts(head, body));
         }
-        let status = response.status().as_u16();
+        let status = head.status.as_u16();
+        let request_id = request_id(&head.headers);
         // An error body is small; what it says is only for the message.
-        let body = tokio::time::timeout(
-            self.timeout,
-            Limited::new(response.into_body(), MAX_ERROR_BODY_BYTES).collect(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+        let body = match answer {
+            Ok(bytes) => bytes,
+            Err(incoming) => self
+                .read_by(incoming, MAX_ERROR_BODY_BYTES, self.deadline(), operation)
+                .await
+                .unwrap_or_default(),
+        };
         match refused {
             Some(refused) => Err(self.refused(&key_id, refused, &body)),
             // AWS could not match hubgate's own signature (the caller's was verified): the
@@ -827,6 +938,7 @@ impl Upstream {
                 operation,
                 status,
                 detail: error_message(&body),
+                request_id,
             }),
         }
     }
@@ -847,7 +959,7 @@ impl Upstream {
         &self,
         parts: &http::request::Parts,
         body: Bytes,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Relayed>, UpstreamError> {
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -868,7 +980,7 @@ impl Upstream {
                 }
             }
         }
-        self.send(request).await
+        Ok(self.send(request).await?.map(BodyExt::boxed))
     }
 
     /// hubgate's own JSON call (e.g. GetFindings), read whole within the timeout; a
@@ -900,30 +1012,21 @@ impl Upstream {
         let (request, key_id) = self
             .signed_request(&method, path, headers, Payload::new(bytes))
             .await?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = self.deadline();
         let response = tokio::time::timeout_at(deadline, self.send(request))
             .await
             .map_err(|_| UpstreamError::Timeout {
                 ms: self.timeout.as_millis() as u64,
             })??;
         let status = response.status();
-        let refused = CredentialsRefused::of(operation, &response);
         let (head, body) = response.into_parts();
-        let collected = tokio::time::timeout_at(
-            deadline,
-            Limited::new(body, MAX_LOOKUP_RESPONSE_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout {
-            ms: self.timeout.as_millis() as u64,
-        })?
-        .map_err(|e| UpstreamError::BadResponse {
-            operation,
-            detail: e.to_string(),
-        })?
-        .to_bytes();
+        let collected = self
+            .read_by(body, MAX_LOOKUP_RESPONSE_BYTES, deadline, operation)
+            .await?;
         if !status.is_success() {
-            if let Some(refused) = refused {
+            if let Some(refused) =
+                CredentialsRefused::of(operation, status, &head.headers, Some(&collected))
+            {
                 return Err(self.refused(&key_id, refused, &collected));
             }
             let detail = error_message(&collected);
@@ -934,6 +1037,7 @@ impl Upstream {
                 operation,
                 status: status.as_u16(),
                 detail,
+                request_id: request_id(&head.headers),
             });
         }
         read(&collected).map_err(|e| UpstreamError::BadResponse {
@@ -1325,6 +1429,33 @@ mod tests {
             None,
             Some(br#"{"code": "RequestLimitExceeded"}"#)
         ));
+        // A namespace before a `#` is cut from the header as from the body.
+        assert!(throttle(
+            400,
+            Some("com.amazonaws.securityhub#ThrottlingException"),
+            None
+        ));
+        assert!(throttle(
+            400,
+            None,
+            Some(br#"{"__type": "aws#ThrottlingException:http://internal/#x"}"#)
+        ));
+        // botocore's rest-json parser: a top-level `code` or `Code` overrides `__type`.
+        assert!(throttle(
+            400,
+            None,
+            Some(br#"{"Code": "Throttling", "Message": "Rate exceeded"}"#)
+        ));
+        assert!(throttle(
+            400,
+            None,
+            Some(br#"{"__type": "InternalFailure", "code": "ThrottlingException"}"#)
+        ));
+        assert!(!throttle(
+            400,
+            None,
+            Some(br#"{"__type": "ThrottlingException", "Code": "InvalidInputException"}"#)
+        ));
         // The header wins over the body, as in botocore; a relayed body is not read.
         assert!(!throttle(400, Some("InvalidInputException"), Some(typed)));
         assert!(!throttle(400, None, None));
@@ -1344,7 +1475,7 @@ mod tests {
                 "x-amzn-errortype",
                 HeaderValue::from_str(error_type).unwrap(),
             );
-            credentials_refused(http::StatusCode::from_u16(status).unwrap(), &h).map(str::to_owned)
+            credentials_refused(http::StatusCode::from_u16(status).unwrap(), &h, None)
         };
         assert_eq!(
             answer(
@@ -1358,15 +1489,25 @@ mod tests {
             Some("UnrecognizedClientException".into())
         );
         assert_eq!(answer(400, "ExpiredToken"), Some("ExpiredToken".into()));
+        assert_eq!(
+            answer(403, "com.amazon.coral.service#ExpiredTokenException"),
+            Some("ExpiredTokenException".into())
+        );
         // Permissions, signatures, throttles and 5xx are not about which credentials signed.
         assert_eq!(answer(403, "AccessDeniedException"), None);
         assert_eq!(answer(403, "InvalidSignatureException"), None);
         assert_eq!(answer(429, "ThrottlingException"), None);
         assert_eq!(answer(500, "ExpiredTokenException"), None);
         assert_eq!(
-            credentials_refused(http::StatusCode::FORBIDDEN, &HeaderMap::new()),
+            credentials_refused(http::StatusCode::FORBIDDEN, &HeaderMap::new(), None),
             None
         );
+        // A lookup's body names it when the header is absent (a relayed answer's is unread).
+        let typed = br#"{"__type": "com.amazonaws.securityhub#ExpiredTokenException"}"#;
+        let body =
+            |b: &[u8]| credentials_refused(http::StatusCode::FORBIDDEN, &HeaderMap::new(), Some(b));
+        assert_eq!(body(typed), Some("ExpiredTokenException".into()));
+        assert_eq!(body(br#"{"__type": "AccessDeniedException"}"#), None);
     }
 
     #[tokio::test]

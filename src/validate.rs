@@ -1,6 +1,5 @@
 //! Validation: strict JSON parsing (one reading of every body) and the operation's JSON Schema.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -9,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::quoted::{clipped, quoted, QUOTED_CHARS};
+use crate::quoted::{bounded, quoted, QUOTED_CHARS};
 
 /// Schema violations beyond this many are summarised, so a hostile body cannot make the
 /// envelope larger than itself.
@@ -32,10 +31,6 @@ impl Violation {
     pub const MESSAGE_CHARS: usize = 5 * QUOTED_CHARS;
 
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Violation {
-        let bounded = |text: String, max: usize| match clipped(&text, max) {
-            Cow::Borrowed(_) => text,
-            Cow::Owned(short) => short,
-        };
         Violation {
             path: bounded(path.into(), QUOTED_CHARS),
             message: bounded(message.into(), Self::MESSAGE_CHARS),
@@ -458,7 +453,7 @@ mod tests {
 
     fn schemas() -> Schemas {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schemas");
-        Schemas::load(&dir, &["BatchUpdateFindings"]).unwrap()
+        Schemas::load(&dir, &["BatchUpdateFindings", "BatchImportFindings"]).unwrap()
     }
 
     /// The shipped `\S` pattern refuses identifiers of whitespace only, Unicode whitespace
@@ -544,6 +539,41 @@ mod tests {
             .is_ok());
         assert!(s
             .check("BatchUpdateFindings", &body("f", &"a".repeat(12)))
+            .is_ok());
+    }
+
+    /// The same bounds for an imported finding's identifiers: an import's are kept in the
+    /// settle journal for `settle_ms` after it is sent, whatever Security Hub answers, so an
+    /// Id up to the body's size was held for minutes per finding (review 50).
+    #[test]
+    fn imported_identifiers_no_finding_can_have_are_refused() {
+        let s = schemas();
+        let body = |id: &str, arn: &str| {
+            serde_json::to_vec(&serde_json::json!({"Findings": [{
+                "SchemaVersion": "2018-10-08", "Id": id, "ProductArn": arn,
+                "GeneratorId": "g", "AwsAccountId": "222222222222",
+                "CreatedAt": "2026-01-01T00:00:00Z", "UpdatedAt": "2026-01-01T00:00:00Z",
+                "Title": "t", "Description": "d", "Resources": [{"Type": "Other", "Id": "r"}]
+            }]}))
+            .unwrap()
+        };
+        let arn = "arn:aws:securityhub:us-east-1:222222222222:product/222222222222/default";
+        for (id, arn, at) in [
+            ("i".repeat(513), arn.to_string(), "/Findings/0/Id"),
+            ("f".into(), "a".repeat(2049), "/Findings/0/ProductArn"),
+            ("f".into(), "a".repeat(11), "/Findings/0/ProductArn"),
+        ] {
+            let err = s
+                .check("BatchImportFindings", &body(&id, &arn))
+                .unwrap_err();
+            let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, [at]);
+        }
+        assert!(s
+            .check(
+                "BatchImportFindings",
+                &body(&"i".repeat(512), &"a".repeat(2048))
+            )
             .is_ok());
     }
 

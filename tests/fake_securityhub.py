@@ -7,8 +7,8 @@ Standard library + botocore only. It
   recomputed with the request's own X-Amz-Date and the exact body bytes);
 * keeps ASFF findings in memory and implements GetFindings (POST /findings),
   BatchUpdateFindings (PATCH /findings/batchupdate), BatchImportFindings (POST /findings/import),
-  UpdateFindings (PATCH /findings: Note and RecordState of the findings its Filters match)
-  and DescribeHub (GET /accounts);
+  UpdateFindings (PATCH /findings: Note and RecordState of the findings its Filters match),
+  DescribeHub (GET /accounts) and CreateAutomationRuleV2 (accepted, kept nowhere);
 * records every Security Hub request it receives;
 * exposes control endpoints under /_fake/ (never routed by hubgate):
     POST /_fake/findings   body: list of findings to add or replace (by Id + ProductArn)
@@ -93,6 +93,7 @@ OPERATIONS = {
     ("GET", "/accounts"): "DescribeHub",
     ("PATCH", "/findings"): "UpdateFindings",
     ("PATCH", "/findingsv2/batchupdatev2"): "BatchUpdateFindingsV2",
+    ("POST", "/automationrulesv2/create"): "CreateAutomationRuleV2",
 }
 
 SEVERITY_LABELS = ["INFORMATIONAL", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
@@ -544,6 +545,16 @@ def describe_hub(state: State, req) -> dict:
             "AutoEnableControls": True}
 
 
+def create_automation_rule_v2(state: State, req: dict) -> dict:
+    """Accepts the rule and keeps nothing: the rule's effect (findings changed later,
+    server-side) is what a test of hubgate's cache needs, not the rule."""
+    if not isinstance(req, dict) or not req.get("RuleName"):
+        raise ApiError(400, "ValidationException", "RuleName is required")
+    rule_id = str(uuid.uuid4())
+    return {"RuleArn": f"arn:aws:securityhub:us-east-1:111111111111:automation-rulev2/{rule_id}",
+            "RuleId": rule_id}
+
+
 ROUTES = {
     ("POST", "/findings"): get_findings,
     ("PATCH", "/findings/batchupdate"): batch_update_findings,
@@ -551,6 +562,7 @@ ROUTES = {
     ("PATCH", "/findingsv2/batchupdatev2"): batch_update_findings_v2,
     ("PATCH", "/findings"): update_findings,
     ("GET", "/accounts"): describe_hub,
+    ("POST", "/automationrulesv2/create"): create_automation_rule_v2,
 }
 
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use hubgate::decide::{FindingState, Lookup, LookupFailure};
 use hubgate::enrich::{read_page, CurrentFinding, FindingKey};
 use hubgate::finding::KeyMap;
-use hubgate::identity::{Principal, Role};
+use hubgate::identity::{CallerId, Principal, Role};
 use hubgate::policy::input::RequestFacts;
 use hubgate::policy::PolicySet;
 
@@ -65,7 +65,7 @@ impl FindingState for MapState {
     fn lookup(
         &self,
         keys: &[FindingKey],
-        _account: &str,
+        _caller: CallerId<'_>,
         _deadline: std::time::Instant,
     ) -> impl std::future::Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let current = keys

@@ -7,8 +7,9 @@
 #
 # Who: members. Operations:
 #   BatchUpdateFindings: judged in the "complete" pass, per finding. A found finding whose
-#     current status is unknown (null) is a violation; unknown findings are left to the "finding
-#     not found" rule. With enrichment "disabled" no status is ever known: refused (whole request).
+#     current status is unknown (null) is a violation; unknown findings (and, in a member's
+#     input, other accounts') are left to the "not one of the member's findings" rule. With
+#     enrichment "disabled" no status is ever known: refused (whole request).
 #   BatchUpdateFindingsV2: hubgate cannot see the current status, so any open status (StatusId 0,
 #     1, 2, 99) is a violation for the whole request.
 #   UpdateFindings sets no status. BatchImportFindings: a member's import may not set Workflow.*

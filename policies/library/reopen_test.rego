@@ -13,6 +13,9 @@ reopen := "member accounts may not reopen a RESOLVED finding"
 
 unknown_current := "hubgate cannot see this finding's current Workflow.Status, so member accounts may not reopen it"
 
+# Another account's finding and one not found: one message (hubgate.rego).
+not_members := "member accounts may only update findings of their own account: this account has no such finding"
+
 complete(principal, findings, upd) := t.buf(principal, "complete", findings, upd)
 
 enforced(d) := t.decide(d, on).deny
@@ -40,7 +43,7 @@ test_reopen_other_account_status_not_told if {
 	msgs := enforced_msgs(complete(member, fs, t.status("NEW")))
 	not reopen in msgs
 	not unknown_current in msgs
-	"member accounts may only update findings of their own account" in msgs
+	not_members in msgs
 }
 
 test_reopen_warn_warns if {
@@ -104,9 +107,9 @@ test_admin_reopen_allowed if {
 	count(enforced(complete(admin, resolved, t.status("NEW")))) == 0
 }
 
-# An unknown finding: only "not found" names it.
+# An unknown finding: only the "not one of the member's findings" rule names it.
 test_unknown_finding_is_not_a_reopening if {
-	enforced_msgs(complete(member, [t.missing("gone")], t.status("NEW"))) == {"finding not found in Security Hub"}
+	enforced_msgs(complete(member, [t.missing("gone")], t.status("NEW"))) == {not_members}
 }
 
 # --- null facts (enforced) ---

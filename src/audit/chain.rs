@@ -14,14 +14,21 @@ use sha2::{Digest, Sha256};
 /// How `check` begins the reason of a line that is not a JSON record.
 const NOT_JSON: &str = "not a complete JSON record (truncated or altered)";
 
+/// The largest record the chain's readers look for (a restart's head, a file's first record):
+/// bounds what a file of garbage costs them.
+const LARGEST_RECORD: u64 = 512 * 1024 * 1024;
+
 /// The `prev` of the first record a log ever holds.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Where a chain stands: the last record's sequence number and hash.
+/// Where a chain stands: the last record's sequence number and hash, and the chain's id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
     pub seq: u64,
     pub hash: String,
+    /// The chain's id (`chain.id`), sealed into every record from the start that chose it on:
+    /// None for a chain begun before ids were written, until a start gives it one.
+    pub id: Option<String>,
 }
 
 impl Default for Head {
@@ -29,8 +36,28 @@ impl Default for Head {
         Head {
             seq: 0,
             hash: GENESIS.to_string(),
+            id: None,
         }
     }
+}
+
+/// A new chain id: 16 random bytes in hex. `verify` tells chains apart by it (several
+/// replicas' files in one call), not by the instance a file's first record names: an instance
+/// changes at every restart of a Deployment's pod, so two files of one chain named different
+/// instances, and a file deleted between them (or a file's tail cut back to a restart) read as
+/// two replicas' chains, each intact, exit 0. Records of one chain share its id, so the gap
+/// shows. None if the operating system has no random bytes: the records then carry no id and
+/// are told apart by instance, as before ids.
+pub fn new_chain_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(hex::encode(bytes))
+}
+
+/// Whether `id` is one `new_chain_id` makes. Hashed between the sequence number and the
+/// instance, an id holding a newline could be read as part of either.
+fn is_chain_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A line's `chain` object. Its members are in the order serde_json writes a parsed object's
@@ -38,6 +65,8 @@ impl Default for Head {
 #[derive(serde::Serialize)]
 struct Link<'a> {
     hash: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance: Option<&'a str>,
     prev: &'a str,
@@ -88,19 +117,25 @@ impl Chain {
         self
     }
 
-    fn digest(&self, prev: &str, seq: u64, instance: Option<&str>, body: &[u8]) -> String {
-        digest_under(self.key.as_deref(), prev, seq, instance, body)
+    fn digest(&self, head: &Head, seq: u64, body: &[u8]) -> String {
+        let link = Sealed {
+            prev: &head.hash,
+            seq,
+            id: head.id.as_deref(),
+            instance: self.instance.as_deref(),
+        };
+        digest_under(self.key.as_deref(), &link, body)
     }
 
     /// Seals `record` as the successor of `head` and returns its line (without newline).
     /// The hash covers the previous hash, the sequence number and the record as serialised
-    /// without `chain`; the `chain` object is then written as the line's first member. serde_json
-    /// writes object keys sorted, so a verifier reproduces those bytes from the parsed line.
+    /// without `chain`; the `chain` object is then written as the line's first member, so a
+    /// verifier finds the hashed bytes in the line itself (`sealed_body`).
     pub fn seal(&self, mut record: Value, head: &mut Head) -> Vec<u8> {
         if let Some(obj) = record.as_object_mut() {
             obj.remove("chain");
         }
-        self.seal_body(serde_json::to_vec(&record).unwrap_or_default(), head)
+        self.seal_body(to_line_vec(&record).unwrap_or_default(), head)
     }
 
     /// Seals a record already serialised as `seal` would serialise it: an object, keys sorted
@@ -109,9 +144,10 @@ impl Chain {
         // Only an edited log ends at u64::MAX (head_of read it); the record after it must still
         // be written, not panic the writer, and `verify` reports the wrap as a break.
         let seq = head.seq.wrapping_add(1);
-        let hash = self.digest(&head.hash, seq, self.instance.as_deref(), &body);
+        let hash = self.digest(head, seq, &body);
         let chain = Link {
             hash: &hash,
+            id: head.id.as_deref(),
             instance: self.instance.as_deref(),
             prev: &head.hash,
             seq,
@@ -119,7 +155,7 @@ impl Chain {
         let mut line = Vec::with_capacity(body.len() + 200);
         line.extend_from_slice(b"{\"chain\":");
         // Strings and a number: serialising cannot fail.
-        let _ = serde_json::to_writer(&mut line, &chain);
+        let _ = to_line_writer(&mut line, &chain);
         // body is an object: "{}" or "{...}"
         if body.len() > 2 {
             line.push(b',');
@@ -166,7 +202,7 @@ impl Chain {
         };
         if let Some(extra) = members
             .keys()
-            .find(|k| !matches!(k.as_str(), "hash" | "instance" | "prev" | "seq"))
+            .find(|k| !matches!(k.as_str(), "hash" | "id" | "instance" | "prev" | "seq"))
         {
             return Err(format!(
                 "chain has a member hubgate never writes ({extra:?}), which no hash covers: \
@@ -192,6 +228,13 @@ impl Chain {
             Some(Value::String(i)) => Some(i.clone()),
             Some(_) => return Err("chain.instance is not a string".into()),
         };
+        let id = match chain.get("id") {
+            None => None,
+            Some(Value::String(i)) if is_chain_id(i) => Some(i.clone()),
+            Some(_) => {
+                return Err("chain.id is not a chain id hubgate writes: it was modified".into())
+            }
+        };
         if let Some(head) = head {
             // checked: a record at u64::MAX (an edited log) has no successor.
             if head.seq.checked_add(1) != Some(seq) {
@@ -204,13 +247,19 @@ impl Chain {
                 return Err("chain.prev is not the hash of the record before it".into());
             }
         }
-        let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        let link = Sealed {
+            prev: &prev,
+            seq,
+            id: id.as_deref(),
+            instance: instance.as_deref(),
+        };
+        let body = sealed_body(line.as_bytes(), &hash, &link)?;
         let keys = std::iter::once(self.key.as_deref())
             .chain(self.later_keys.iter().map(|k| Some(k.as_slice())));
         let sealed_with = keys
             .enumerate()
             .skip(*key_at)
-            .find(|(_, key)| digest_under(*key, &prev, seq, instance.as_deref(), &body) == hash);
+            .find(|(_, key)| digest_under(*key, &link, &body) == hash);
         match sealed_with {
             Some((at, _)) => *key_at = at,
             None if self.later_keys.is_empty() => {
@@ -224,26 +273,134 @@ impl Chain {
                 ))
             }
         }
-        Ok((Head { seq, hash }, instance))
+        Ok((Head { seq, hash, id }, instance))
     }
 }
 
-/// The hash of a record: HMAC-SHA-256 under `key`, or SHA-256 without one.
-fn digest_under(
-    key: Option<&[u8]>,
-    prev: &str,
+/// The bytes a line's hash covers: the line without its `chain` member, as written. They are
+/// taken from the line itself, not re-serialised from its parsed JSON: re-serialised, a line
+/// with spaces added, members reordered, a character written as a `\u` escape, a number
+/// respelled (`-0.0` as `-0.00`) or a space appended verified as intact, though its bytes were
+/// not the ones sealed, and a reader searching the text (grep, a SIEM's raw search) finds an
+/// edited line no longer, e.g. a principal's id spelled `\u006dember`. `seal_body` writes
+/// `{"chain":` + the link + `,` + the body without its `{`, so anything else is an edit.
+fn sealed_body<'l>(
+    line: &'l [u8],
+    hash: &str,
+    link: &Sealed<'_>,
+) -> Result<std::borrow::Cow<'l, [u8]>, String> {
+    let mut sealed = b"{\"chain\":".to_vec();
+    // Strings and a number: serialising cannot fail.
+    let _ = to_line_writer(
+        &mut sealed,
+        &Link {
+            hash,
+            id: link.id,
+            instance: link.instance,
+            prev: link.prev,
+            seq: link.seq,
+        },
+    );
+    let not_as_sealed = || {
+        "the line is not written as hubgate writes a record (chain first, no spaces, as \
+         sealed): it was modified"
+            .to_string()
+    };
+    match line
+        .strip_prefix(sealed.as_slice())
+        .ok_or_else(not_as_sealed)?
+    {
+        b"}" => Ok(std::borrow::Cow::Borrowed(b"{}")),
+        [b',', rest @ ..] => Ok(std::borrow::Cow::Owned([b"{".as_slice(), rest].concat())),
+        _ => Err(not_as_sealed()),
+    }
+}
+
+/// Writes JSON as serde_json does, except that U+0085, U+2028 and U+2029 are written as
+/// `\u` escapes. JSON allows them raw in a string, but many NDJSON readers split lines at
+/// them (Python's `str.splitlines`, Unicode-aware line readers): a note text holding one cut
+/// a member's record in two halves that are not JSON, so such a reader dropped (or failed
+/// on) exactly the record of the request that carried it, while `audit verify` said intact.
+/// serde_json already escapes every other character such readers break lines at (below
+/// U+0020). Every audit line is written through this.
+pub fn to_line_writer<W: std::io::Write, T: serde::Serialize + ?Sized>(
+    out: W,
+    value: &T,
+) -> serde_json::Result<()> {
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, LineSafe))
+}
+
+/// `to_line_writer` into a new vector.
+pub fn to_line_vec<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    to_line_writer(&mut out, value)?;
+    Ok(out)
+}
+
+/// serde_json's compact formatter, with the line separators escaped (see `to_line_writer`).
+struct LineSafe;
+
+impl serde_json::ser::Formatter for LineSafe {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let bytes = fragment.as_bytes();
+        // Nearly every fragment is ASCII, which std checks a word at a time.
+        if fragment.is_ascii() {
+            return writer.write_all(bytes);
+        }
+        let mut start = 0;
+        // A byte scan, not a walk over chars: every string of every record passes here. Their
+        // UTF-8 encodings begin with 0xC2 or 0xE2, which most text has neither of.
+        let mut at = 0;
+        while let Some(found) = bytes[at..].iter().position(|b| matches!(b, 0xC2 | 0xE2)) {
+            let i = at + found;
+            let (escaped, len): (&[u8], usize) = match &bytes[i..] {
+                [0xC2, 0x85, ..] => (b"\\u0085", 2),
+                [0xE2, 0x80, 0xA8, ..] => (b"\\u2028", 3),
+                [0xE2, 0x80, 0xA9, ..] => (b"\\u2029", 3),
+                _ => {
+                    at = i + 1;
+                    continue;
+                }
+            };
+            writer.write_all(&bytes[start..i])?;
+            writer.write_all(escaped)?;
+            start = i + len;
+            at = start;
+        }
+        writer.write_all(&bytes[start..])
+    }
+}
+
+/// What a record's hash covers besides its body: its link and the names of its chain.
+struct Sealed<'a> {
+    prev: &'a str,
     seq: u64,
-    instance: Option<&str>,
-    body: &[u8],
-) -> String {
+    id: Option<&'a str>,
+    instance: Option<&'a str>,
+}
+
+/// The hash of a record: HMAC-SHA-256 under `key`, or SHA-256 without one.
+fn digest_under(key: Option<&[u8]>, link: &Sealed<'_>, body: &[u8]) -> String {
     let mut seq_text = itoa::Buffer::new();
-    // prev \n seq [\n instance:<id>] \n body. Records without an instance (older logs)
-    // hash as they always did.
-    let instance = instance.map(|i| [b"\ninstance:".as_slice(), i.as_bytes()]);
-    let parts = [prev.as_bytes(), b"\n", seq_text.format(seq).as_bytes()]
-        .into_iter()
-        .chain(instance.into_iter().flatten())
-        .chain([b"\n".as_slice(), body]);
+    // prev \n seq [\n chain:<id>] [\n instance:<name>] \n body. Records without an id or an
+    // instance (older logs) hash as they always did.
+    let id = link.id.map(|i| [b"\nchain:".as_slice(), i.as_bytes()]);
+    let instance = link
+        .instance
+        .map(|i| [b"\ninstance:".as_slice(), i.as_bytes()]);
+    let parts = [
+        link.prev.as_bytes(),
+        b"\n",
+        seq_text.format(link.seq).as_bytes(),
+    ]
+    .into_iter()
+    .chain(id.into_iter().flatten())
+    .chain(instance.into_iter().flatten())
+    .chain([b"\n".as_slice(), body]);
     match key {
         Some(key) => {
             // HMAC accepts keys of any length, so this cannot fail.
@@ -333,6 +490,9 @@ fn verify_around_tears(
                 pending.push((file.clone(), i + 1, "not UTF-8".into()));
                 continue;
             };
+            // A CRLF line end (a copy through Windows tools or a shipper) ends the line; only
+            // what is before it was sealed.
+            let text = text.strip_suffix('\r').unwrap_or(text);
             if text.trim().is_empty() {
                 return Ok(broken("an empty line where a record should be".into()));
             }
@@ -386,14 +546,18 @@ fn verify_around_tears(
     })
 }
 
-/// A file's first record: the instance it names (which replica's chain the file belongs to;
-/// None for older logs without one) and its link, `(seq, prev)`. None for a file whose first
-/// record cannot be read (the chain it is verified in then reports it).
-fn first_record(file: &Path) -> Option<(Option<String>, u64, String)> {
+/// A file's first record: which chain the file belongs to (its `chain.id`, else, in logs
+/// begun before ids, the instance it names, None for older logs without one) and its link,
+/// `(seq, prev)`. None for a file whose first record cannot be read (the chain it is verified
+/// in then reports it).
+fn first_record(file: &Path) -> Option<(ChainName, u64, String)> {
     let f = std::fs::File::open(file).ok()?;
     let mut first = Vec::new();
     std::io::BufReader::new(f)
-        .take(16 * 1024 * 1024)
+        // As large as a record `head_of` finds: an import's record can pass 16 MiB (the bound
+        // this had), and its file, its first record unread, was put apart from its chain, so an
+        // honest log read as records deleted (BROKEN).
+        .take(LARGEST_RECORD)
         .read_until(b'\n', &mut first)
         .ok()?;
     // The strict reader, as `check`: a record's keys are not serde_json's markers.
@@ -403,9 +567,28 @@ fn first_record(file: &Path) -> Option<(Option<String>, u64, String)> {
         .get("instance")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let id = chain.get("id").and_then(Value::as_str).map(str::to_string);
     let seq = chain.get("seq")?.as_u64()?;
     let prev = chain.get("prev")?.as_str()?.to_string();
-    Some((instance, seq, prev))
+    Some((ChainName { id, instance }, seq, prev))
+}
+
+/// What tells a file's chain from other replicas' chains: the chain's id, or in a log begun
+/// before ids, the instance its first record names.
+#[derive(Default, PartialEq)]
+struct ChainName {
+    id: Option<String>,
+    instance: Option<String>,
+}
+
+impl ChainName {
+    fn same_chain(&self, other: &ChainName) -> bool {
+        match (&self.id, &other.id) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.instance == other.instance,
+            _ => false,
+        }
+    }
 }
 
 /// Verifies the files of several replicas: groups them by the instance their records name,
@@ -422,17 +605,30 @@ pub fn verify_replicas(
     // read twice, its records followed themselves and an honest log read as BROKEN.
     let mut seen = std::collections::HashSet::new();
     for file in files {
+        // Each file is read more than once (its first record orders the files, its last joins
+        // chains, then every record is checked). A pipe (`<(zcat audit.ndjson.1.gz)`,
+        // `/dev/stdin`) gives its lines to the first read only: the check then read nothing
+        // and said `intact: 0 records`, exit 0, whatever the pipe held, a tampered log too.
+        let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "{}: not a regular file: verify reads each file more than once, which a pipe \
+                 or a device cannot be; write it to a file first (e.g. zcat audit.ndjson.1.gz \
+                 > audit.ndjson.1)",
+                file.display()
+            ));
+        }
         if !seen.insert(std::fs::canonicalize(file).unwrap_or_else(|_| file.clone())) {
             continue;
         }
-        let (instance, link) = match first_record(file) {
-            Some((instance, seq, prev)) => (instance, Some((seq, prev))),
-            None => (None, None),
+        let (name, link) = match first_record(file) {
+            Some((name, seq, prev)) => (name, Some((seq, prev))),
+            None => (ChainName::default(), None),
         };
-        match groups.iter_mut().find(|g| g.instance == instance) {
+        match groups.iter_mut().find(|g| g.name.same_chain(&name)) {
             Some(g) => g.files.push((file.clone(), link)),
             None => groups.push(Group {
-                instance,
+                name,
                 files: vec![(file.clone(), link)],
                 last: None,
             }),
@@ -460,7 +656,7 @@ pub fn verify_replicas(
         .into_iter()
         .map(|g| {
             let files: Vec<PathBuf> = g.files.into_iter().map(|(f, _)| f).collect();
-            Ok((g.instance, verify(chain, &files)?))
+            Ok((g.name.instance, verify(chain, &files)?))
         })
         .collect()
 }
@@ -468,7 +664,8 @@ pub fn verify_replicas(
 /// One instance's files, each with its first record's link `(seq, prev)`, and the head of the
 /// last one: what joining chains reads, read once per file.
 struct Group {
-    instance: Option<String>,
+    /// The chain's name in its first file (an output names the chain by its instance).
+    name: ChainName,
     files: Vec<(PathBuf, Option<(u64, String)>)>,
     last: Option<Head>,
 }
@@ -509,7 +706,7 @@ pub fn head_of(path: &Path) -> Option<Head> {
     // megabytes) would otherwise read as no record at all, and the chain restart at seq 1 in
     // the middle of the log. The widest window bounds what a file of garbage costs.
     const FIRST: u64 = 8 * 1024 * 1024;
-    const WIDEST: u64 = 512 * 1024 * 1024;
+    const WIDEST: u64 = LARGEST_RECORD;
     let mut window = FIRST;
     loop {
         let start = meta.len().saturating_sub(window);
@@ -532,6 +729,7 @@ pub fn head_of(path: &Path) -> Option<Head> {
             return Some(Head {
                 seq: chain.get("seq")?.as_u64()?,
                 hash: chain.get("hash")?.as_str()?.to_string(),
+                id: chain.get("id").and_then(Value::as_str).map(str::to_string),
             });
         }
         if start == 0 || window >= WIDEST {
@@ -693,6 +891,142 @@ mod tests {
         ));
     }
 
+    /// The hash covers the bytes written: an edit that a JSON parser reads as the same record
+    /// (spaces, member order, a `\u` escape, a number respelled) is still an edit; a CRLF line
+    /// end is a line end.
+    #[test]
+    fn a_line_respelled_but_equal_as_json_is_a_modification() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(Some(b"k".to_vec()));
+        let mut head = Head::default();
+        let line =
+            String::from_utf8(chain.seal(json!({"a": -0.0, "id": "member", "z": true}), &mut head))
+                .unwrap();
+        for (name, ok) in [("ok", line.clone()), ("crlf", format!("{line}\r"))] {
+            let file = write(dir.path(), name, &[ok.into_bytes()]);
+            assert!(matches!(
+                verify(&chain, &[file]).unwrap(),
+                Verdict::Intact { records: 1, .. }
+            ));
+        }
+        let edits = [
+            line.replace("\"z\":", "\"z\": "),
+            line.replace("\"member\"", "\"\\u006dember\""),
+            line.replace("-0.0", "-0.00"),
+            line.replace(
+                ",\"a\":-0.0,\"id\":\"member\"",
+                ",\"id\":\"member\",\"a\":-0.0",
+            ),
+            line.replace("{\"chain\":", "{ \"chain\":"),
+            format!("{line} "),
+            format!("{line}\r\r"),
+        ];
+        for (i, edited) in edits.into_iter().enumerate() {
+            assert_ne!(edited, line);
+            let file = write(dir.path(), &format!("e{i}"), &[edited.clone().into_bytes()]);
+            assert!(
+                matches!(
+                    verify(&chain, &[file]).unwrap(),
+                    Verdict::Broken { line: 1, ref reason, .. } if reason.contains("modified")
+                ),
+                "{edited}"
+            );
+        }
+    }
+
+    /// No character a line-splitting reader breaks lines at is written raw, and the escaped
+    /// line verifies; a line written raw (as before) verifies too, its bytes being the sealed
+    /// ones.
+    #[test]
+    fn line_separators_are_escaped_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::new(None);
+        let mut head = Head::default();
+        let text = "a\u{2028}b\u{2029}c\u{85}d\u{2027}é\u{1F600}\u{a0}";
+        let line = chain.seal(json!({"note": text, text: 1}), &mut head);
+        let as_text = String::from_utf8(line.clone()).unwrap();
+        assert_eq!(as_text.lines().count(), 1);
+        assert_eq!(
+            as_text.split(['\u{85}', '\u{2028}', '\u{2029}']).count(),
+            1,
+            "{as_text}"
+        );
+        // Only those three: any other character is written as serde_json writes it.
+        assert!(as_text.contains(r"a\u2028b\u2029c\u0085d"), "{as_text}");
+        assert!(as_text.contains("d\u{2027}é\u{1F600}\u{a0}"), "{as_text}");
+        let back: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back["note"], text);
+        let raw = Chain::new(None).seal_body(
+            serde_json::to_vec(&json!({"note": text})).unwrap(),
+            &mut Head::default(),
+        );
+        for (name, l) in [("escaped", line), ("raw", raw)] {
+            let file = write(dir.path(), name, &[l]);
+            assert!(matches!(
+                verify(&chain, &[file]).unwrap(),
+                Verdict::Intact { records: 1, .. }
+            ));
+        }
+    }
+
+    /// Chains are told apart by id, not by the instance a file's first record names: a file of
+    /// one chain left out between two files that begin under other instances (a pod renamed
+    /// at each restart) is a gap, while another replica's chain is verified on its own.
+    #[test]
+    fn a_file_left_out_between_restarts_under_new_names_is_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_chain_id();
+        assert!(id.as_deref().is_some_and(is_chain_id));
+        let mut head = Head {
+            id,
+            ..Head::default()
+        };
+        let files: Vec<PathBuf> = ["pod-a", "pod-b", "pod-c"]
+            .into_iter()
+            .map(|pod| {
+                let chain = Chain::new(None).with_instance(Some(pod.into()));
+                let lines = [0, 1].map(|i| chain.seal(json!({ "i": i }), &mut head));
+                write(dir.path(), pod, &lines)
+            })
+            .collect();
+        let mut other = Head {
+            id: new_chain_id(),
+            ..Head::default()
+        };
+        let replica = Chain::new(None).with_instance(Some("replica-2".into()));
+        let lines = [0, 1].map(|i| replica.seal(json!({ "i": i }), &mut other));
+        let replica_file = write(dir.path(), "replica-2", &lines);
+        let mut all = files.clone();
+        all.push(replica_file.clone());
+        let verdicts = verify_replicas(&Chain::new(None), &all).unwrap();
+        assert_eq!(verdicts.len(), 2);
+        assert!(verdicts
+            .iter()
+            .all(|(_, v)| matches!(v, Verdict::Intact { first_seq: 1, .. })));
+        let gap = [files[0].clone(), files[2].clone(), replica_file];
+        let verdicts = verify_replicas(&Chain::new(None), &gap).unwrap();
+        assert!(
+            verdicts.iter().any(|(_, v)| matches!(
+                v,
+                Verdict::Broken { reason, .. } if reason.contains("sequence number 5 follows 2")
+            )),
+            "{verdicts:?}"
+        );
+    }
+
+    /// A pipe is refused, not read as an empty log: its lines went to the first read.
+    #[test]
+    fn a_file_that_is_not_regular_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "a", &log(&Chain::new(None), 2));
+        for other in [Path::new("/dev/null"), dir.path()] {
+            let files = [file.clone(), other.to_path_buf()];
+            let err = verify_replicas(&Chain::new(None), &files).unwrap_err();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        assert!(verify_replicas(&Chain::new(None), &[file]).is_ok());
+    }
+
     /// Only the record without `chain` is hashed: a member added to `chain` would be covered
     /// by nothing, so a chain with any member hubgate does not write is a modification.
     #[test]
@@ -811,7 +1145,7 @@ mod tests {
         let chain = Chain::new(None);
         let mut head = Head {
             seq: u64::MAX - 1,
-            hash: GENESIS.to_string(),
+            ..Head::default()
         };
         let lines = vec![
             chain.seal(json!({"decision_id": "a"}), &mut head),

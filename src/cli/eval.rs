@@ -12,7 +12,7 @@ use super::EvalArgs;
 use crate::config::{Config, PartialDeny, PolicyMode};
 use crate::decide::{judge, FindingState, JudgeError, Lookup, LookupFailure};
 use crate::finding::{FindingKey, KeyMap};
-use crate::identity::{self, Principal, Role};
+use crate::identity::{self, CallerId, Principal, Role};
 use crate::policy::input::{Enrichment, RequestFacts};
 use crate::policy::state::CurrentFinding;
 use crate::policy::{Decision, PolicySet};
@@ -110,103 +110,45 @@ fn current_findings(path: &Path) -> Result<KeyMap<Arc<CurrentFinding>>, String> 
     Ok(out)
 }
 
-/// Where a violation's message is written in the policy source: `file:line`. Each string
-/// literal of the sources is read as a pattern, its sprintf verbs (`%s`, `%v`, `%d`) standing
-/// for any text; of the literals the message fits, the one with the most fixed text wins (so
-/// `may not set Workflow.Status to %s` over `may not set %s`). Literals with less than 8
-/// characters of fixed text are not patterns: `"%s"` would fit anything.
-fn rule_of(msg: &str, files: &[(String, String)]) -> Option<String> {
-    let mut best: Option<(usize, String)> = None;
-    for (file, text) in files {
-        for (i, line) in text.lines().enumerate() {
-            for literal in string_literals(line) {
-                let Some(fixed) = fits(&literal, msg) else {
-                    continue;
-                };
-                if fixed >= 8 && best.as_ref().is_none_or(|(b, _)| fixed > *b) {
-                    best = Some((fixed, format!("{file}:{}", i + 1)));
-                }
-            }
-        }
+/// Where a violation comes from, as `rule at file:line`: the definitions that gave it for this
+/// input, each evaluated on its own, the rule that builds it first. Found by the message's
+/// text, a violation two rules word alike was put on the first file's rule: a member's V2
+/// update of another account's finding was blamed on hubgate.rego's lookup-based ownership
+/// rule, which did not fire, instead of operations.rego's.
+fn located(at: &[(String, String)]) -> String {
+    if at.is_empty() {
+        return "rule not located".into();
     }
-    best.map(|(_, at)| at)
+    at.iter()
+        .enumerate()
+        .map(|(i, (rule, at))| match i {
+            0 => format!("{rule} at {at}"),
+            _ => format!("via {rule} at {at}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// The contents of the double-quoted string literals on a line of Rego (escapes kept as
-/// written but for `\"`), outside comments.
-fn string_literals(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '#' => break,
-            '"' => {
-                let mut literal = String::new();
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some(next) = chars.next() {
-                                if next != '"' {
-                                    literal.push('\\');
-                                }
-                                literal.push(next);
-                            }
-                        }
-                        '"' => break,
-                        c => literal.push(c),
-                    }
-                }
-                out.push(literal);
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Whether `msg` is what `pattern` gives with some text for each of its sprintf verbs; then
-/// how many characters of `pattern` are fixed text.
-fn fits(pattern: &str, msg: &str) -> Option<usize> {
-    let mut parts = vec![String::new()];
-    let mut chars = pattern.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            ('%', Some('s' | 'v' | 'd')) => {
-                chars.next();
-                parts.push(String::new());
-            }
-            (c, _) => parts.last_mut()?.push(c),
-        }
-    }
-    let fixed = parts.iter().map(String::len).sum();
-    let (first, last) = (parts.first()?, parts.last()?);
-    if parts.len() == 1 {
-        return (msg == first).then_some(fixed);
-    }
-    let mut at = msg.strip_prefix(first.as_str())?;
-    for middle in &parts[1..parts.len() - 1] {
-        let found = at.find(middle.as_str())?;
-        at = &at[found + middle.len()..];
-    }
-    at.ends_with(last.as_str()).then_some(fixed)
-}
-
-fn print_decision(pass: &str, d: &Decision, sources: &[(String, String)]) {
+fn print_decision(pass: &str, d: &Decision, policy: &PolicySet, input: &regorus::Value) {
     let verdict = if d.allowed() { "ALLOW" } else { "DENY" };
     outln!("{pass}: {verdict}");
-    for (label, list) in [("deny", &d.deny), ("warn", &d.warn)] {
-        for v in list {
-            let finding = match &v.finding {
-                Some(f) => format!(
-                    "finding {} ({})",
-                    f["Id"].as_str().unwrap_or("?"),
-                    f["ProductArn"].as_str().unwrap_or("?")
-                ),
-                None => "whole request".to_string(),
-            };
-            let rule = rule_of(&v.msg, sources).unwrap_or_else(|| "rule not located".into());
-            outln!("  {label}: {} [{finding}] ({rule})", v.msg);
-        }
+    let all: Vec<&crate::policy::Violation> = d.deny.iter().chain(&d.warn).collect();
+    let origins = policy.origins(input, &all);
+    let labels = d
+        .deny
+        .iter()
+        .map(|_| "deny")
+        .chain(d.warn.iter().map(|_| "warn"));
+    for ((label, v), at) in labels.zip(&all).zip(&origins) {
+        let finding = match &v.finding {
+            Some(f) => format!(
+                "finding {} ({})",
+                f["Id"].as_str().unwrap_or("?"),
+                f["ProductArn"].as_str().unwrap_or("?")
+            ),
+            None => "whole request".to_string(),
+        };
+        outln!("  {label}: {} [{finding}] ({})", v.msg, located(at));
     }
 }
 
@@ -229,7 +171,7 @@ impl FindingState for FileState {
     fn lookup(
         &self,
         keys: &[FindingKey],
-        _account: &str,
+        _caller: CallerId<'_>,
         _deadline: std::time::Instant,
     ) -> impl std::future::Future<Output = Result<Option<Lookup>, LookupFailure>> + Send {
         let found = self.0.as_ref().map(|all| Lookup {
@@ -347,12 +289,10 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             if let Some(code) = too_large(&config, &body) {
                 return code;
             }
-            let resign = config.upstream.auth == crate::config::UpstreamAuth::Resign;
+            let own_signature = config.passthrough();
             let listed = config.policy.member_may_call(spec.name);
-            let confined = match resign {
-                true => crate::reads::confine(spec, &principal, &body, listed).map(|_| ()),
-                false => Ok(()),
-            };
+            let confined =
+                crate::reads::confine(spec, &principal, &body, listed, own_signature).map(|_| ());
             if let Err(e) = confined {
                 let refused = crate::envelope::Rejection::from(e);
                 outln!("{}: {refused}; the proxy would answer 403", refused.code());
@@ -426,12 +366,6 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let sources: Vec<(String, String)> = policy
-        .files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "rego"))
-        .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(f).ok()?)))
-        .collect();
     outln!("policy revision {}", policy.revision);
     for pass in &judgement.passes {
         let name = pass_name(pass.enrichment);
@@ -441,7 +375,7 @@ pub fn run(args: &EvalArgs) -> ExitCode {
                 serde_json::to_string_pretty(&pass.input).unwrap_or_default()
             );
         }
-        print_decision(name, &pass.decision, &sources);
+        print_decision(name, &pass.decision, &policy, &pass.input);
     }
     if let Some(last) = judgement.passes.last() {
         if let Some(outcome) = proxy_outcome(&config, operation, last, &judgement.keys) {
@@ -456,46 +390,5 @@ pub fn run(args: &EvalArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => ExitCode::FAILURE,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sources() -> Vec<(String, String)> {
-        let text = r#"package hubgate
-# "member accounts may not set %s" in a comment is no rule
-a := sprintf("member accounts may not set %s", [field])
-b := sprintf("member accounts may not set Workflow.Status to %s", [status])
-c := {"msg": "administrators only: a fixed message", "finding": null}
-d := sprintf("severity (%v to %v)", [x, y])
-e := sprintf("%s", [x])
-f := "say \"hi\" to %s"
-"#;
-        vec![("p.rego".to_string(), text.to_string())]
-    }
-
-    #[test]
-    fn a_message_is_found_by_the_literal_it_fits_with_the_most_fixed_text() {
-        let src = sources();
-        let at = |msg: &str| rule_of(msg, &src);
-        assert_eq!(
-            at("member accounts may not set Types").as_deref(),
-            Some("p.rego:3")
-        );
-        assert_eq!(
-            at("member accounts may not set Workflow.Status to SUPPRESSED").as_deref(),
-            Some("p.rego:4")
-        );
-        assert_eq!(
-            at("administrators only: a fixed message").as_deref(),
-            Some("p.rego:5")
-        );
-        assert_eq!(at("severity (HIGH to LOW)").as_deref(), Some("p.rego:6"));
-        assert_eq!(at("say \"hi\" to you").as_deref(), Some("p.rego:8"));
-        // "%s" alone, or a message no literal gives, is not located
-        assert_eq!(at("anything at all"), None);
-        assert_eq!(at("administrators only: a fixed message, and more"), None);
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::identity::{Principal, Role};
+use crate::policy::code_only;
 use crate::policy::input::{self, Enrichment, RequestFacts, Update};
 
 /// A path in a rule that names a member the input document does not have.
@@ -93,52 +94,6 @@ fn merge(into: &mut Value, from: Value) {
         (into @ Value::Null, from) => *into = from,
         _ => {}
     }
-}
-
-/// The text with comments and string literals blanked out (lines kept), so that neither is
-/// read as a reference.
-fn code_only(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '#' => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        out.push('\n');
-                        break;
-                    }
-                }
-            }
-            '"' => {
-                out.push(' ');
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' | '\n' => {
-                            out.push(if c == '\n' { '\n' } else { ' ' });
-                            break;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            '`' => {
-                out.push(' ');
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        out.push('\n');
-                    } else if c == '`' {
-                        break;
-                    }
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const INPUT: [char; 5] = ['i', 'n', 'p', 'u', 't'];
@@ -243,6 +198,275 @@ fn check_text(shape: &Value, file: &Path, text: &str) -> Vec<UnknownField> {
     out
 }
 
+/// A rule named like one hubgate reads (`deny`, `warn`, `needs_state`) in a package it does
+/// not read: hubgate reads `data.hubgate.*` only, so `package hubgate.custom` (or a misspelt
+/// `package hubgat`) with `deny contains ...` compiled, served, and refused nothing, while
+/// `check` said the set was valid.
+#[derive(Debug, PartialEq)]
+pub struct UnreadRule {
+    pub file: PathBuf,
+    pub line: u32,
+    /// `data.<package>.<name>`.
+    pub rule: String,
+}
+
+impl std::fmt::Display for UnreadRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.rule.rsplit('.').next().unwrap_or(&self.rule);
+        write!(
+            f,
+            "{}:{}: {} is never read: hubgate reads data.hubgate.{name}, and no rule of the set refers to {}",
+            self.file.display(),
+            self.line,
+            self.rule,
+            self.rule.rsplit_once('.').map_or("", |(package, _)| package)
+        )
+    }
+}
+
+/// The rules of `files` named `deny`, `warn` or `needs_state` outside `package hubgate` that no
+/// other file of the set reads: by the rule's own path (`data.<package>.deny`, as a reference
+/// or an import) or the package's whole (`import data.<package>`, `data.<package>[k]`). A set
+/// that reads them from a rule of its own (`deny contains v if some v in data.custom.deny`) is
+/// not flagged. A reference to another rule of the package (a helper beside the deny rule) or
+/// a comment or message that mentions the package reads nothing: taken as a read of the
+/// package, each left a deny rule hubgate never reads unnamed while check said valid.
+pub fn unread_entry_rules(files: &[PathBuf]) -> Result<Vec<UnreadRule>, LintError> {
+    use regorus::unstable::{Rule, RuleHead};
+    let texts: Vec<(&PathBuf, String)> = files
+        .iter()
+        .map(|f| read(f).map(|t| (f, t)))
+        .collect::<Result<_, _>>()?;
+    // Only code reads a rule: comments and string literals blanked out.
+    let code: Vec<(&PathBuf, String)> = texts.iter().map(|(f, t)| (*f, code_only(t))).collect();
+    let mut out = Vec::new();
+    for (file, text) in &texts {
+        // The set compiled already (serve's load); a file that does not parse alone is not ours
+        // to report.
+        let mut engine = regorus::Engine::new();
+        if engine
+            .add_policy(file.display().to_string(), text.clone())
+            .is_err()
+        {
+            continue;
+        }
+        for module in engine.get_modules().clone() {
+            let Ok(package) = regorus::utils::get_path_string(&module.package.refr, Some("data"))
+            else {
+                continue;
+            };
+            if package == "data.hubgate" {
+                continue;
+            }
+            for rule in &module.policy {
+                let (refr, span) = match &**rule {
+                    Rule::Spec {
+                        head: RuleHead::Compr { refr, .. } | RuleHead::Set { refr, .. },
+                        span,
+                        ..
+                    } => (refr, span),
+                    Rule::Default { refr, span, .. } => (refr, span),
+                    _ => continue,
+                };
+                let Ok(name) = regorus::utils::get_path_string(refr, None) else {
+                    continue;
+                };
+                if ["deny", "warn", "needs_state"].contains(&name.as_str())
+                    && !code
+                        .iter()
+                        .any(|(other, t)| other != file && reads_rule(t, &package, &name))
+                    && !out
+                        .iter()
+                        .any(|u: &UnreadRule| u.rule == format!("{package}.{name}"))
+                {
+                    out.push(UnreadRule {
+                        file: file.to_path_buf(),
+                        line: span.line,
+                        rule: format!("{package}.{name}"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the code `text` may read `rule` of `package` (`data.a.b`): it names
+/// `data.a.b.rule`, or the package whole (`data.a.b`, `data.a.b[...]`), but not another of its
+/// rules (`data.a.b.other`) nor another package (`data.a.bc`).
+fn reads_rule(text: &str, package: &str, rule: &str) -> bool {
+    text.match_indices(package).any(|(at, _)| {
+        if text[..at].chars().next_back().is_some_and(is_ident) {
+            return false;
+        }
+        let rest = &text[at + package.len()..];
+        match rest.strip_prefix('.') {
+            Some(member) => member
+                .strip_prefix(rule)
+                .is_some_and(|after| !after.starts_with(is_ident)),
+            None => !rest.starts_with(is_ident),
+        }
+    })
+}
+
+/// A rule's `data.NAME` that nothing provides: no data.json has the top-level key NAME and no
+/// package starts with NAME. Rego leaves the reference undefined, so a rule reading it never
+/// holds: `import data.blocked_products` with no `blocked_products` in data.json compiled,
+/// served, and its deny rule refused nothing, while `check` said the set was valid.
+#[derive(Debug, PartialEq)]
+pub struct UnknownData {
+    pub file: PathBuf,
+    pub line: usize,
+    pub name: String,
+}
+
+impl std::fmt::Display for UnknownData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: data.{}: no data.json has the key {:?} and no package or rule is named so, so a rule that reads it never holds",
+            self.file.display(),
+            self.line,
+            self.name,
+            self.name
+        )
+    }
+}
+
+/// The `data.` references of `rego` that nothing provides: no data.json path, no package or
+/// rule of `rego`, and not the optional `hubgate_settings`. Below a data.json value, what a
+/// document holds depends on its data, so a reference is checked down to the first member a
+/// data.json or a rule provides; within a package, each member must be a rule or a package
+/// below it (`data.hubgate.blocked_products` with no such rule in package hubgate is undefined,
+/// as `data.blocked_products` is with no such key).
+pub fn unknown_data(rego: &[PathBuf], data: &[PathBuf]) -> Result<Vec<UnknownData>, LintError> {
+    let texts: Vec<(&PathBuf, String)> = rego
+        .iter()
+        .map(|f| read(f).map(|t| (f, code_only(&t))))
+        .collect::<Result<_, _>>()?;
+    // What provides a document whole (below it, anything): a data.json value, a rule. The
+    // settings document is optional: the shipped rules read each setting with a default beside
+    // it (policies/README.md), and its keys are checked by `unread_settings`.
+    let mut whole: BTreeSet<String> = BTreeSet::from(["hubgate_settings".to_string()]);
+    fn data_paths(prefix: &str, doc: &Map<String, Value>, into: &mut BTreeSet<String>) {
+        for (k, v) in doc {
+            let path = match prefix {
+                "" => k.clone(),
+                _ => format!("{prefix}.{k}"),
+            };
+            if let Value::Object(inner) = v {
+                data_paths(&path, inner, into);
+            }
+            into.insert(path);
+        }
+    }
+    for file in data {
+        if let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&read(file)?) {
+            data_paths("", &doc, &mut whole);
+        }
+    }
+    // The packages, and what is below them: a reference to a package (or a part of its path)
+    // is an object of its rules.
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
+    for (file, text) in &texts {
+        let mut engine = regorus::Engine::new();
+        if engine
+            .add_policy(file.display().to_string(), read(file)?)
+            .is_err()
+        {
+            // Not parsed alone (the set compiled already): nothing below its package is known.
+            if let Some(package) = package_path(text) {
+                whole.insert(package);
+            }
+            continue;
+        }
+        for module in engine.get_modules().clone() {
+            let Ok(package) = regorus::utils::get_path_string(&module.package.refr, None) else {
+                continue;
+            };
+            namespaces.insert(package.clone());
+            for rule in &module.policy {
+                use regorus::unstable::{Rule, RuleHead};
+                let refr = match &**rule {
+                    Rule::Spec {
+                        head:
+                            RuleHead::Compr { refr, .. }
+                            | RuleHead::Set { refr, .. }
+                            | RuleHead::Func { refr, .. },
+                        ..
+                    } => refr,
+                    Rule::Default { refr, .. } => refr,
+                };
+                match regorus::utils::get_path_string(refr, None) {
+                    Ok(name) => {
+                        let path = format!("{package}.{name}");
+                        // A rule `a.b := ...` makes `a` an object too.
+                        namespaces.insert(path.clone());
+                        whole.insert(path);
+                    }
+                    // A head this cannot name (`p[x] := ...`): the package is open below.
+                    Err(_) => {
+                        whole.insert(package.clone());
+                    }
+                }
+            }
+        }
+    }
+    let is_namespace = |path: &str| {
+        namespaces
+            .iter()
+            .any(|n| n == path || n.strip_prefix(path).is_some_and(|r| r.starts_with('.')))
+    };
+    let mut out = Vec::new();
+    for (file, text) in &texts {
+        for (i, line) in text.lines().enumerate() {
+            for (at, _) in line.match_indices("data.") {
+                if line[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| is_ident(c) || c == '.')
+                {
+                    continue;
+                }
+                let path: String = line[at + 5..]
+                    .chars()
+                    .take_while(|c| is_ident(*c) || *c == '.')
+                    .collect();
+                let members: Vec<&str> = path.split('.').take_while(|m| !m.is_empty()).collect();
+                for n in 1..=members.len() {
+                    let prefix = members[..n].join(".");
+                    if whole.contains(&prefix) {
+                        break;
+                    }
+                    if !is_namespace(&prefix) {
+                        out.push(UnknownData {
+                            file: file.to_path_buf(),
+                            line: i + 1,
+                            name: prefix,
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The package a Rego text declares (`a.b` of `package a.b`), read from its text.
+fn package_path(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let package = line.trim().strip_prefix("package ")?;
+        Some(
+            package
+                .trim()
+                .chars()
+                .take_while(|c| is_ident(*c) || *c == '.')
+                .collect(),
+        )
+    })
+}
+
 /// The decision record's shape, as the writer serialises it, with the input document and the
 /// normalised update in place: what an `audit.mask` pointer can name.
 fn record_shape() -> Value {
@@ -259,6 +483,7 @@ fn record_shape() -> Value {
         }),
         update: Some(Update::default().to_value()),
         settling: Some(Vec::new()),
+        withheld: Some(Vec::new()),
         ..Record::default()
     };
     let mut shape = serde_json::to_value(record).unwrap_or(Value::Null);
@@ -372,11 +597,127 @@ pub fn unread_settings(
 mod tests {
     use super::*;
 
+    fn write_in(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     fn check(text: &str) -> Vec<String> {
         check_text(&shape(), Path::new("p.rego"), text)
             .iter()
             .map(|u| u.path.clone())
             .collect()
+    }
+
+    #[test]
+    fn an_entry_rule_outside_package_hubgate_is_unread_unless_referred_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| write_in(dir.path(), name, text);
+        let custom = write(
+            "custom.rego",
+            "package hubgate.custom\n\ndeny contains \"x\" if true\n\nother if true\n",
+        );
+        let typo = write(
+            "typo.rego",
+            "package hubgat\n\nwarn contains \"y\" if true\n",
+        );
+        let own = write(
+            "own.rego",
+            "package hubgate\n\ndeny contains \"z\" if true\n",
+        );
+        let found = unread_entry_rules(&[custom.clone(), typo.clone(), own.clone()]).unwrap();
+        let rules: Vec<(&str, u32)> = found.iter().map(|u| (u.rule.as_str(), u.line)).collect();
+        assert_eq!(
+            rules,
+            vec![("data.hubgate.custom.deny", 3), ("data.hubgat.warn", 3)]
+        );
+        // read from package hubgate: not flagged; a longer name is another package
+        let reader = write(
+            "reader.rego",
+            "package hubgate\n\ndeny contains v if some v in data.hubgate.customs.deny\n\ndeny contains v if some v in data.hubgate.custom.deny\n",
+        );
+        assert!(unread_entry_rules(&[custom.clone(), reader])
+            .unwrap()
+            .is_empty());
+        // the whole package imported: it may be read through its alias
+        let whole = write(
+            "whole.rego",
+            "package hubgate\n\nimport data.hubgate.custom\n\ndeny contains v if some v in custom.deny\n",
+        );
+        assert!(unread_entry_rules(&[custom, whole]).unwrap().is_empty());
+    }
+
+    /// A helper of the package read from package hubgate, or the package named in a comment or
+    /// a message, reads no deny rule of it.
+    #[test]
+    fn a_helper_or_a_mention_of_the_package_reads_no_entry_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| write_in(dir.path(), name, text);
+        let custom = write(
+            "custom.rego",
+            "package hubgate.custom\n\nblocked := {\"p\"}\n\ndeny contains \"x\" if true\n",
+        );
+        for (n, reader) in [
+            "package hubgate\n\ndeny contains \"y\" if input.x in data.hubgate.custom.blocked\n",
+            "package hubgate\n\nimport data.hubgate.custom.blocked\n\ndeny contains \"y\" if input.x in blocked\n",
+            "package hubgate\n\n# team rules: data.hubgate.custom.deny\ndeny contains \"y\" if false\n",
+            "package hubgate\n\ndeny contains \"see data.hubgate.custom\" if false\n",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reader = write(&format!("reader{n}.rego"), reader);
+            let found = unread_entry_rules(&[custom.clone(), reader]).unwrap();
+            let rules: Vec<&str> = found.iter().map(|u| u.rule.as_str()).collect();
+            assert_eq!(rules, vec!["data.hubgate.custom.deny"], "reader {n}");
+        }
+    }
+
+    #[test]
+    fn a_data_document_nothing_provides_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| write_in(dir.path(), name, text);
+        let rules = write(
+            "rules.rego",
+            "package hubgate\n\nimport data.blocked_products\n\n\
+             x if data.hubgate_settings.a\ny if data.other.z\n\
+             # data.in_a_comment\nz := \"data.in_a_string\"\nw if mydata.q\n",
+        );
+        let other = write("other.rego", "package other.sub\n\nq := 1\n");
+        let data = write("data.json", "{\"other_settings\": {}}");
+        let found = unknown_data(&[rules, other], &[data]).unwrap();
+        let names: Vec<(&str, usize)> = found.iter().map(|u| (u.name.as_str(), u.line)).collect();
+        // package other holds sub alone: data.other.z is undefined too
+        assert_eq!(names, vec![("blocked_products", 3), ("other.z", 6)]);
+    }
+
+    /// Below a package, each member is a rule or a package: `data.hubgate.blocked_products`
+    /// with no such rule never holds. Below a data.json value, or a rule, anything goes.
+    #[test]
+    fn a_member_no_rule_of_its_package_provides_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| write_in(dir.path(), name, text);
+        let rules = write(
+            "rules.rego",
+            "package hubgate\n\nimport data.hubgate.custom\n\
+             a if input.x in data.hubgate.blocked_products\n\
+             b if data.hubgate.member\nc if data.hubgate.custom.list.x\n\
+             d if data.lists.products.x\ne if data.hubgate.custom.nope\n\
+             f if data.hubgate\ng if data.hubgate.deep.one\n\
+             member if true\ndeep.one := 1\n",
+        );
+        let custom = write(
+            "custom.rego",
+            "package hubgate.custom\n\nlist := {\"x\": 1}\n",
+        );
+        let data = write("data.json", "{\"lists\": {\"products\": {}}}");
+        let found = unknown_data(&[rules, custom], &[data]).unwrap();
+        let names: Vec<(&str, usize)> = found.iter().map(|u| (u.name.as_str(), u.line)).collect();
+        assert_eq!(
+            names,
+            vec![("hubgate.blocked_products", 4), ("hubgate.custom.nope", 8)]
+        );
     }
 
     #[test]

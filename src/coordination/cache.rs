@@ -15,7 +15,8 @@
 //!   write's account) retires only that account's shared entries, not every account's.
 //! - `P:v:g:h`    the finding's write count. A lookup stores what it read only if no write
 //!   came in between (as the local cache's generation check does).
-//! - `P:l:g:h`    a replica's claim on looking the finding up.
+//! - `P:l:g:h`    a replica's claim on looking the finding up: its token (`Claims`), so that
+//!   only the replica holding it releases it.
 //! - `P:jp:h`     the settle journal's change to the finding (see `enrich::settle`), composed
 //!   from every replica's writes: a list of `Patch::items`, each after the time (Redis's
 //!   clock, ms) of the write that set it; an item leaves the window with its own write, the
@@ -33,6 +34,7 @@
 //! (ElastiCache without cluster mode, Valkey, Redis) is what this is written for.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -102,12 +104,13 @@ return out
 "#
 );
 
-// The value's read time is the claim's (`g/ms`, as `claim` returned it).
+// The value's read time is the claim's (`g/ms`, as `claim` returned it). ARGV: prefix, that,
+// this replica's claim token, then per finding its hash, write count, TTL and value.
 const STORE: &str = r#"
 local g = redis.call('GET', KEYS[1]) or '0'
 local cg, at = string.match(ARGV[2], '^(.*)/(%d+)$')
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local base = ':' .. g .. ':' .. ARGV[i]
   local stored = 0
   if at and g == cg then
@@ -118,11 +121,23 @@ for i = 3, #ARGV, 4 do
       redis.call('SET', ARGV[1] .. ':f' .. base, value, 'PX', ARGV[i + 2])
       stored = 1
     end
-    redis.call('DEL', ARGV[1] .. ':l' .. base)
+    -- Only this replica's: a claim that outlived lookup_claim_ms may be another's by now.
+    if redis.call('GET', ARGV[1] .. ':l' .. base) == ARGV[3] then
+      redis.call('DEL', ARGV[1] .. ':l' .. base)
+    end
   end
   out[#out + 1] = stored
 end
 return out
+"#;
+
+// ARGV: prefix, this replica's claim token, then claims (`g:h`). Deletes those still its own.
+const RELEASE: &str = r#"
+for i = 3, #ARGV do
+  local k = ARGV[1] .. ':l:' .. ARGV[i]
+  if redis.call('GET', k) == ARGV[2] then redis.call('DEL', k) end
+end
+return 1
 "#;
 
 const WRITE: &str = concat!(
@@ -296,7 +311,8 @@ return out
 
 fn script(which: &'static str) -> &'static Script {
     use std::sync::OnceLock;
-    static S: [OnceLock<Script>; 7] = [
+    static S: [OnceLock<Script>; 8] = [
+        OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
@@ -312,6 +328,7 @@ fn script(which: &'static str) -> &'static Script {
         "journal_write" => (4, JOURNAL_WRITE),
         "journal_read" => (5, JOURNAL_READ),
         "retire" => (6, RETIRE),
+        "release" => (7, RELEASE),
         _ => (3, WRITE),
     };
     S[i].get_or_init(|| Script::new(code))
@@ -451,13 +468,147 @@ pub enum Claim {
     Busy,
 }
 
+/// The lookup claims one replica holds. A claim left in Redis holds every other replica's
+/// lookup of its finding off for `lookup_claim_ms`: each is released when its lookup ends,
+/// answered or not (`store`), once no request waits for its lookup or the lookup is dropped
+/// before it is sent (`release`), and all of them when the replica stops (`release_all`),
+/// each only if it is still this replica's (its token).
+pub struct Claims {
+    token: String,
+    /// `g:h` of each claim taken and not yet released, with when it was taken.
+    held: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Set by `release_all`: a replica that is stopping takes no more claims (it looks up
+    /// without one), so none is left behind it.
+    closed: std::sync::atomic::AtomicBool,
+    /// Claim calls under way (`Taking`). What such a call takes is known only from its
+    /// answer: `release_all` waits for them to end before it reads `held`. It used to read
+    /// `held` while a claim was in Redis and its answer on the way, so that claim was learnt
+    /// of after the release, and the runtime's end cut the lookup off: the other replicas
+    /// waited it out (lookup_claim_ms).
+    taking: std::sync::atomic::AtomicUsize,
+    taken: tokio::sync::Notify,
+}
+
+/// A claim call under way, from before it checks `closed` until it has added what it took to
+/// `held` (or failed, or was dropped).
+struct Taking<'a>(&'a Claims);
+
+impl<'a> Taking<'a> {
+    /// None once the claims are closed. Counted before `closed` is read (and `release_all`
+    /// sets `closed` before it reads the count), so either this call sees the claims closed
+    /// or `release_all` waits for it.
+    fn begin(claims: &'a Claims) -> Option<Taking<'a>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        claims.taking.fetch_add(1, SeqCst);
+        let taking = Taking(claims);
+        (!claims.closed.load(SeqCst)).then_some(taking)
+    }
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .taking
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.taken.notify_waiters();
+        }
+    }
+}
+
+impl Default for Claims {
+    fn default() -> Claims {
+        Claims {
+            token: format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ),
+            held: Default::default(),
+            closed: Default::default(),
+            taking: Default::default(),
+            taken: Default::default(),
+        }
+    }
+}
+
+impl Claims {
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records claims just taken. Those older than `expiry` have expired in Redis: forgotten
+    /// here too, so that a path that never ends its claim cannot grow the set for good.
+    fn add(&self, bases: impl IntoIterator<Item = String>, expiry: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let mut held = self.held();
+        held.retain(|_, at| now.duration_since(*at) < expiry);
+        held.extend(bases.into_iter().map(|b| (b, now)));
+    }
+
+    /// Those of `bases` this replica holds. They stay held until the call that releases them
+    /// has ended (`forget`): a stop's `release_all` that ran while such a call was in flight
+    /// found them gone and released nothing, and the runtime's end then cut the call off,
+    /// leaving the claims to expire (seen in CI: the other replica waited 5.8 s).
+    fn held_of(&self, bases: impl IntoIterator<Item = String>) -> Vec<(String, Instant)> {
+        let held = self.held();
+        bases
+            .into_iter()
+            .filter_map(|b| held.get(&b).copied().map(|at| (b, at)))
+            .collect()
+    }
+
+    /// Forgets `claims`, whose release has ended (a second release of one is harmless), each
+    /// only if it was not taken again meanwhile: a release of a dropped lookup's claim that
+    /// ended after this replica had claimed the finding anew forgot the new claim, and a stop
+    /// then left it to expire.
+    fn forget(&self, claims: &[(String, Instant)]) {
+        let mut held = self.held();
+        for (base, at) in claims {
+            if held.get(base) == Some(at) {
+                held.remove(base);
+            }
+        }
+    }
+
+    /// Closes the claims (no more are taken) and resolves once no claim call is under way:
+    /// `held` is then every claim this replica has in Redis (but one whose call failed
+    /// without an answer, which expires).
+    async fn close(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.closed.store(true, SeqCst);
+        loop {
+            let notified = self.taken.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read, so a last call ending in between wakes it.
+            notified.as_mut().enable();
+            if self.taking.load(SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A claim's Redis key without prefix and kind: the generation (of `g/ms`) and the hash.
+fn claim_base(generation: &str, key: &FindingKey) -> String {
+    let g = generation.rsplit_once('/').map_or(generation, |(g, _)| g);
+    format!("{g}:{}", hash(key))
+}
+
 /// Claims the lookup of `keys`. Returns the generation (for `store`) and one answer per key.
 pub async fn claim(coord: &Coordination, keys: &[FindingKey]) -> Option<(String, Vec<Claim>)> {
+    // Held until what the call took is in `held`, whichever way this returns.
+    let _taking = Taking::begin(&coord.claims)?;
     let mut inv = script("claim").prepare_invoke();
     inv.key(format!("{}:gen", coord.prefix()))
         .arg(coord.prefix())
         .arg(coord.lookup_claim.as_millis() as u64)
-        .arg("1");
+        .arg(&coord.claims.token);
     for key in keys {
         inv.arg(hash(key));
     }
@@ -479,7 +630,63 @@ pub async fn claim(coord: &Coordination, keys: &[FindingKey]) -> Option<(String,
             _ => Claim::Busy,
         })
         .collect::<Vec<_>>();
-    (answers.len() == keys.len()).then_some((generation, answers))
+    if answers.len() != keys.len() {
+        return None;
+    }
+    coord.claims.add(
+        keys.iter()
+            .zip(&answers)
+            .filter(|(_, a)| matches!(a, Claim::Mine(v) if !v.is_empty()))
+            .map(|(key, _)| claim_base(&generation, key)),
+        coord.lookup_claim,
+    );
+    Some((generation, answers))
+}
+
+/// Releases this replica's claims on `keys` (taken in `generation`) whose lookup nobody waits
+/// for: the other replicas look the findings up at once instead of waiting the claims out.
+pub async fn release(coord: &Coordination, generation: &str, keys: &[FindingKey]) {
+    let bases = coord
+        .claims
+        .held_of(keys.iter().map(|k| claim_base(generation, k)));
+    release_bases(coord, &bases, Stopping::No).await;
+    coord.claims.forget(&bases);
+}
+
+/// Releases every claim this replica holds and takes no more: the replica is stopping, and
+/// the lookups behind them end with it.
+pub async fn release_all(coord: &Coordination) {
+    // Each claim call is bounded by op_timeout (and, after a halt, by its Redis cut-off);
+    // this bound is a backstop.
+    let _ = tokio::time::timeout(coord.op_timeout(), coord.claims.close()).await;
+    let bases: Vec<(String, Instant)> = coord.claims.held().drain().collect();
+    release_bases(coord, &bases, Stopping::Yes).await;
+}
+
+/// Whether the replica is stopping: its release of claims is then tried even while it is on
+/// its own (`Coordination::call_regardless`).
+enum Stopping {
+    Yes,
+    No,
+}
+
+/// Releases `claims` (their bases, with when each was taken) if still this replica's in Redis.
+async fn release_bases(coord: &Coordination, claims: &[(String, Instant)], stopping: Stopping) {
+    if claims.is_empty() {
+        return;
+    }
+    let mut inv = script("release").prepare_invoke();
+    inv.arg(coord.prefix()).arg(&coord.claims.token);
+    for (base, _) in claims {
+        inv.arg(base);
+    }
+    // Best effort, within op_timeout: a claim not released expires with lookup_claim_ms.
+    let call =
+        |mut con: redis::aio::ConnectionManager| async move { inv.invoke_async(&mut con).await };
+    let _: Option<i64> = match stopping {
+        Stopping::Yes => coord.call_regardless("cache_release", call).await,
+        Stopping::No => coord.call("cache_release", call).await,
+    };
 }
 
 /// One looked-up finding to store: (key, write count at claim time, TTL, encoded value).
@@ -497,22 +704,27 @@ pub async fn store(
     generation: &str,
     items: Vec<ToStore<'_>>,
 ) -> Option<Vec<bool>> {
+    let bases = coord
+        .claims
+        .held_of(items.iter().map(|i| claim_base(generation, i.key)));
     let mut inv = script("store").prepare_invoke();
     inv.key(format!("{}:gen", coord.prefix()))
         .arg(coord.prefix())
-        .arg(generation);
+        .arg(generation)
+        .arg(&coord.claims.token);
     for item in &items {
         inv.arg(hash(item.key))
             .arg(item.version)
             .arg(item.ttl_ms.max(1))
             .arg(&item.value[..]);
     }
-    let raw: Vec<i64> = coord
+    let raw: Option<Vec<i64>> = coord
         .call("cache_store", |mut con| async move {
             inv.invoke_async(&mut con).await
         })
-        .await?;
-    Some(raw.into_iter().map(|n| n == 1).collect())
+        .await;
+    coord.claims.forget(&bases);
+    Some(raw?.into_iter().map(|n| n == 1).collect())
 }
 
 /// One write's effect on a finding: the new value, valid only over the value tagged
@@ -602,8 +814,14 @@ pub enum Journaled<'a> {
     /// unknown instead (`JOURNAL_WRITE`).
     Change(&'a [FindingKey], &'a [String], u64),
     /// A write to these findings hubgate cannot model, by operation; each limited to the
-    /// account at its position, if any.
-    Unknown(&'a [FindingKey], &'static str, Option<&'a [Option<String>]>),
+    /// account at its position, if any. A scope, not a claim: an account id as AWS writes one
+    /// (`Unapplied::import_account`), so that a claim another replica would not scope by
+    /// (`"222222222222 "`) reaches Redis as no account, whoever owns the finding.
+    Unknown(
+        &'a [FindingKey],
+        &'static str,
+        Option<&'a [Option<Arc<str>>]>,
+    ),
     /// A write that may have changed any finding of these accounts, by operation.
     Accounts(&'a [String], &'static str),
     /// A write that may have changed any finding, by operation.
@@ -642,6 +860,7 @@ pub async fn journal_write(coord: &Coordination, settle_ms: u64, write: Journale
                     accounts
                         .and_then(|a| a.get(i))
                         .and_then(Option::as_deref)
+                        .filter(|a| crate::finding::is_account_id(a))
                         .unwrap_or(""),
                 );
             }
@@ -750,4 +969,65 @@ pub async fn journal_read(
         findings,
         accounts: by_account,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim whose release is under way stays held until the release ends: a stop's
+    /// `release_all` in the meantime must still find it (the runtime's end may cut the first
+    /// release off).
+    #[test]
+    fn a_claim_stays_held_until_its_release_has_ended() {
+        let claims = Claims::default();
+        let expiry = std::time::Duration::from_secs(60);
+        claims.add(["g:a".to_string(), "g:b".to_string()], expiry);
+        let releasing = claims.held_of(["g:a".to_string(), "g:z".to_string()]);
+        let names: Vec<&str> = releasing.iter().map(|(b, _)| b.as_str()).collect();
+        assert_eq!(names, ["g:a"], "only what this replica holds");
+        assert!(
+            claims.held().contains_key("g:a"),
+            "forgotten before its release ended"
+        );
+        claims.forget(&releasing);
+        {
+            let held = claims.held();
+            assert!(!held.contains_key("g:a"));
+            assert!(held.contains_key("g:b"), "another claim was forgotten");
+        }
+        // Claimed anew while an older claim's release was under way: the release's end
+        // forgets the old claim only.
+        let releasing = claims.held_of(["g:b".to_string()]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        claims.add(["g:b".to_string()], expiry);
+        claims.forget(&releasing);
+        assert!(
+            claims.held().contains_key("g:b"),
+            "the new claim was forgotten with the old one's release"
+        );
+    }
+
+    /// A stop closes the claims only once the claim calls under way have ended: what such a
+    /// call took is known from its answer, and must be in `held` when the stop releases them.
+    #[tokio::test]
+    async fn closing_waits_for_the_claims_being_taken() {
+        let claims = Claims::default();
+        let taking = Taking::begin(&claims).expect("the claims are open");
+        let close = claims.close();
+        let mut close = std::pin::pin!(close);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), close.as_mut());
+        assert!(early.await.is_err(), "closed while a claim was being taken");
+        claims.add(["g:a".to_string()], std::time::Duration::from_secs(60));
+        drop(taking);
+        tokio::time::timeout(std::time::Duration::from_secs(1), close)
+            .await
+            .expect("the claim call ended");
+        assert!(claims.held().contains_key("g:a"));
+        assert!(
+            Taking::begin(&claims).is_none(),
+            "a claim taken after the close"
+        );
+        assert_eq!(claims.taking.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }

@@ -5,94 +5,159 @@
 //! second). With one first-come queue, a member account's bulk job (4 workers sending 100
 //! findings each) kept about 20 calls, 7 seconds, ahead of every request that came after it;
 //! a larger backlog runs other requests out of time. Here a batch is filled from one caller's
-//! findings, and the callers with findings waiting take turns batch by batch: a request waits
-//! behind at most one batch per other caller, whatever their backlogs.
+//! findings, and the callers with findings waiting take turns batch by batch.
 //!
-//! Per caller (principal), not per account, as the pacer's lines are: with one queue per
-//! account, a playbook's one-finding note waited behind the whole backlog of a bulk job that
-//! another principal of its account (a person, another playbook) had queued, and ran out of
-//! `quota.max_wait_ms` (429).
+//! Turns go in two levels: accounts take turns, and within an account its callers
+//! (principals) do. Per caller alone, an account running ten automation roles had ten turns
+//! to another account's one; per account alone, a playbook's one-finding note waited behind
+//! the whole backlog of a bulk job that another principal of its account had queued. A
+//! request now waits behind at most one batch per other account with findings waiting, and
+//! one turn of its account per other caller of that account.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::finding::FindingKey;
+use crate::identity::CallerId;
 
-/// Whose findings a queue holds: a caller's (principal id), as its requests asked for them, or
-/// asked for again, that its requests wait for (`again`).
+/// Who waits for findings: a caller (principal id) of an account. Owned, for the queue and
+/// the requests' waiters.
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Turn {
-    who: Arc<str>,
-    again: bool,
+pub(super) struct Who {
+    pub account: Arc<str>,
+    pub principal: Arc<str>,
 }
 
+impl From<CallerId<'_>> for Who {
+    fn from(c: CallerId<'_>) -> Who {
+        Who {
+            account: Arc::from(c.account),
+            principal: Arc::from(c.principal),
+        }
+    }
+}
+
+/// One caller's findings waiting, as its requests asked for them, or asked for again, that its
+/// requests wait for (`again`). Never empty: a turn leaves once its last finding is taken.
+struct Turn {
+    principal: Arc<str>,
+    again: bool,
+    keys: VecDeque<FindingKey>,
+}
+
+impl Turn {
+    fn is(&self, principal: &str, again: bool) -> bool {
+        self.again == again && &*self.principal == principal
+    }
+}
+
+/// One account's turns with findings waiting, the one whose turn it is first. Never empty: an
+/// account leaves once its last turn does.
+struct Account {
+    account: Arc<str>,
+    turns: VecDeque<Turn>,
+    /// The turn of this account that last began a complete batch: (principal, again).
+    served: Option<(Arc<str>, bool)>,
+}
+
+/// The queue. Turns hold their findings inline and are found by walking the accounts and their
+/// turns, not through maps: taking a finding, once per finding of every cold request, then
+/// hashes nothing, and a push (once per request) walks the few accounts and callers with
+/// findings waiting.
 #[derive(Default)]
 pub(super) struct LookupQueue {
-    /// Each turn's findings; a turn is here only while it has some. Findings asked for again
-    /// (a write landed while their call was out, or another replica handed them back) wait in
-    /// a turn of their own per caller waiting for them, beside that caller's: a caller that
-    /// keeps its own findings being asked again (V2 writes to its account while they are
-    /// looked up) gets one more turn, and its backlog of them is its own. One turn of them for
-    /// all, first in, first out, put another account's finding asked again behind every one
-    /// of the caller's (review 49: 13 calls behind, where its own turn came within two).
-    queues: HashMap<Turn, VecDeque<FindingKey>>,
-    /// The turns with findings waiting, the one whose turn it is first.
-    turns: VecDeque<Turn>,
-    /// The turn the batch being filled began with.
-    serving: Option<Turn>,
-    /// The turn the last complete batch began with: it has just had its turn.
-    served: Option<Turn>,
-    /// Entries in all the queues.
+    /// The accounts with findings waiting, the one whose turn it is first. Findings asked for
+    /// again (a write landed while their call was out, or another replica handed them back)
+    /// wait in a turn of their own per caller waiting for them, beside that caller's: a caller
+    /// that keeps its own findings being asked again (V2 writes to its account while they are
+    /// looked up) gets one more turn in its account, and its backlog of them is its own. One
+    /// turn of them for all, first in, first out, put another account's finding asked again
+    /// behind every one of the caller's (review 49: 13 calls behind, where its own turn came
+    /// within two).
+    accounts: VecDeque<Account>,
+    /// The turn the batch being filled began with: (account, principal, again).
+    serving: Option<(Arc<str>, Arc<str>, bool)>,
+    /// The account whose turn began the last complete batch: it has just had its turn.
+    served: Option<Arc<str>>,
+    /// Entries in all the turns.
     len: usize,
 }
 
+/// Puts a newcomer at the back of `order`, but ahead of the one that has just had its turn
+/// (`served` says whether an entry is it) when that one is last: alone with a backlog, it
+/// would otherwise be served twice before the newcomer.
+fn join<T>(order: &mut VecDeque<T>, served: impl Fn(&T) -> bool, newcomer: T) {
+    let at = match order.back() {
+        Some(last) if served(last) => order.len() - 1,
+        _ => order.len(),
+    };
+    order.insert(at, newcomer);
+}
+
 impl LookupQueue {
-    /// Queues findings one of `caller`'s requests asked for, in order. A finding may be in
+    /// Queues findings one of `who`'s requests asked for, in order. A finding may be in
     /// several queues (another caller's request asked for it first): whichever turn comes
     /// first looks it up, and the taker skips it after that (`Enricher`'s `next_to_look_up`).
-    pub fn push_back(&mut self, caller: &str, keys: Vec<FindingKey>) {
-        self.push(Arc::from(caller), false, keys);
+    pub fn push_back(&mut self, who: &Who, keys: Vec<FindingKey>) {
+        self.push(who, false, keys);
     }
 
     /// Queues a finding asked for again in the turn of asked-again findings of each caller
     /// in `callers` (those whose requests wait for it), after the others there.
-    pub fn push_again(&mut self, callers: &[Arc<str>], key: FindingKey) {
+    pub fn push_again(&mut self, callers: &[Who], key: FindingKey) {
         for caller in callers {
-            self.push(caller.clone(), true, vec![key.clone()]);
+            self.push(caller, true, vec![key.clone()]);
         }
     }
 
-    fn push(&mut self, who: Arc<str>, again: bool, keys: Vec<FindingKey>) {
+    fn push(&mut self, who: &Who, again: bool, keys: Vec<FindingKey>) {
         if keys.is_empty() {
             return;
         }
         self.len += keys.len();
-        let turn = Turn { who, again };
-        match self.queues.get_mut(&turn) {
-            Some(queue) => queue.extend(keys),
+        let keys = VecDeque::from(keys);
+        let Some(account) = self.accounts.iter_mut().find(|a| a.account == who.account) else {
+            let account = Account {
+                account: who.account.clone(),
+                turns: VecDeque::from([Turn {
+                    principal: who.principal.clone(),
+                    again,
+                    keys,
+                }]),
+                served: None,
+            };
+            let served = self.served.clone();
+            join(
+                &mut self.accounts,
+                |a| served.as_ref() == Some(&a.account),
+                account,
+            );
+            return;
+        };
+        match account
+            .turns
+            .iter_mut()
+            .find(|t| t.is(&who.principal, again))
+        {
+            Some(turn) => turn.keys.extend(keys),
             None => {
-                self.join(turn.clone());
-                self.queues.insert(turn, VecDeque::from(keys));
+                let served = account.served.clone();
+                join(
+                    &mut account.turns,
+                    |t| served.as_ref().is_some_and(|(p, a)| t.is(p, *a)),
+                    Turn {
+                        principal: who.principal.clone(),
+                        again,
+                        keys,
+                    },
+                );
             }
         }
     }
 
-    /// A queue that had nothing waiting takes a turn: at the back, but ahead of the queue
-    /// that has just had its turn, which would otherwise (alone with a backlog) be served
-    /// twice before the newcomer.
-    fn join(&mut self, turn: Turn) {
-        let at = match (&self.served, self.turns.back()) {
-            (Some(served), Some(last)) if served == last => self.turns.len() - 1,
-            _ => self.turns.len(),
-        };
-        self.turns.insert(at, turn);
-    }
-
     /// The finding `pop_front` would take.
     pub fn front(&self) -> Option<&FindingKey> {
-        self.turns
-            .iter()
-            .find_map(|turn| self.queues.get(turn).and_then(VecDeque::front))
+        self.accounts.front()?.turns.front()?.keys.front()
     }
 
     /// Takes the next finding of the queue whose turn it is. A queue that runs out mid-batch
@@ -107,34 +172,47 @@ impl LookupQueue {
     }
 
     fn take(&mut self, for_batch: bool) -> Option<FindingKey> {
-        loop {
-            let turn = self.turns.front()?;
-            let (key, emptied) = match self.queues.get_mut(turn) {
-                Some(queue) => (queue.pop_front(), queue.is_empty()),
-                None => (None, true),
-            };
-            if for_batch && key.is_some() && self.serving.is_none() {
-                self.serving = Some(turn.clone());
-            }
-            if emptied {
-                if let Some(turn) = self.turns.pop_front() {
-                    self.queues.remove(&turn);
-                }
-            }
-            if key.is_some() {
-                self.len -= 1;
-                return key;
+        let account = self.accounts.front_mut()?;
+        let Some(turn) = account.turns.front_mut() else {
+            // Never: an account leaves with its last turn. Were one left, it must not stop
+            // every account behind it.
+            self.accounts.pop_front();
+            return self.take(for_batch);
+        };
+        let Some(key) = turn.keys.pop_front() else {
+            account.turns.pop_front();
+            return self.take(for_batch);
+        };
+        if for_batch && self.serving.is_none() {
+            self.serving = Some((account.account.clone(), turn.principal.clone(), turn.again));
+        }
+        if turn.keys.is_empty() {
+            account.turns.pop_front();
+            if account.turns.is_empty() {
+                self.accounts.pop_front();
             }
         }
+        self.len -= 1;
+        Some(key)
     }
 
-    /// The batch being filled is complete: the queue it began with, if it still has findings
-    /// waiting, goes to the back of the turns.
+    /// The batch being filled is complete: the account it began with, if it still has
+    /// findings waiting, goes to the back of the accounts, and the turn it began with to the
+    /// back of that account's turns.
     pub fn end_batch(&mut self) {
-        self.served = self.serving.take();
-        if self.served.is_some() && self.turns.front() == self.served.as_ref() {
-            self.turns.rotate_left(1);
+        let Some((account, principal, again)) = self.serving.take() else {
+            self.served = None;
+            return;
+        };
+        // Only the front account is served: if it still has findings waiting, it is there.
+        if let Some(front) = self.accounts.front_mut().filter(|a| a.account == account) {
+            if front.turns.front().is_some_and(|t| t.is(&principal, again)) {
+                front.turns.rotate_left(1);
+            }
+            front.served = Some((principal, again));
+            self.accounts.rotate_left(1);
         }
+        self.served = Some(account);
     }
 
     /// Entries queued, for the metrics.
@@ -144,7 +222,11 @@ impl LookupQueue {
 
     /// Callers with findings queued (asked-again turns left out), for the metrics.
     pub fn callers(&self) -> usize {
-        self.queues.keys().filter(|turn| !turn.again).count()
+        self.accounts
+            .iter()
+            .flat_map(|a| a.turns.iter())
+            .filter(|t| !t.again)
+            .count()
     }
 
     #[cfg(test)]
@@ -156,6 +238,18 @@ impl LookupQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller that is its account's only one.
+    fn w(account: &str) -> Who {
+        who(account, account)
+    }
+
+    fn who(account: &str, principal: &str) -> Who {
+        Who {
+            account: Arc::from(account),
+            principal: Arc::from(principal),
+        }
+    }
 
     fn keys(prefix: &str, n: usize) -> Vec<FindingKey> {
         (0..n)
@@ -183,8 +277,8 @@ mod tests {
     #[test]
     fn a_backlog_holds_another_account_back_by_one_batch_at_most() {
         let mut q = LookupQueue::default();
-        q.push_back("111111111111", keys("bulk", 100));
-        q.push_back("222222222222", keys("late", 20));
+        q.push_back(&w("111111111111"), keys("bulk", 100));
+        q.push_back(&w("222222222222"), keys("late", 20));
         assert_eq!((q.entries(), q.callers()), (120, 2));
         let batches = drain(&mut q, 20);
         assert_eq!(batches.len(), 6);
@@ -214,33 +308,35 @@ mod tests {
     #[test]
     fn an_account_that_runs_out_mid_batch_leaves_the_room_to_the_next() {
         let mut q = LookupQueue::default();
-        q.push_back("111111111111", keys("a", 5));
-        q.push_back("222222222222", keys("b", 30));
+        q.push_back(&w("111111111111"), keys("a", 5));
+        q.push_back(&w("222222222222"), keys("b", 30));
         let batches = drain(&mut q, 20);
         assert_eq!(batches[0].len(), 20, "no room left empty: {:?}", batches[0]);
         assert_eq!(&batches[0][..5], &["a-0", "a-1", "a-2", "a-3", "a-4"]);
         // b began its turn in the first batch and stays first: nobody else waits
         assert_eq!(batches.concat().len(), 35);
-        assert!(q.is_empty() && q.queues.is_empty() && q.turns.is_empty());
+        assert!(q.is_empty() && q.accounts.is_empty());
         assert_eq!((q.entries(), q.callers()), (0, 0));
     }
 
     #[test]
     fn findings_asked_again_take_a_turn_and_a_newcomer_goes_before_the_account_just_served() {
         let mut q = LookupQueue::default();
-        q.push_back("111111111111", keys("a", 40));
-        q.push_again(&[Arc::from("111111111111")], FindingKey::new("again", "p"));
+        q.push_back(&w("111111111111"), keys("a", 40));
+        q.push_again(&[w("111111111111")], FindingKey::new("again", "p"));
         assert_eq!(q.front().map(|k| k.id.to_string()).as_deref(), Some("a-0"));
         let first: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
         assert_eq!(&*first[19].id, "a-19");
         q.end_batch();
-        q.push_back("333333333333", keys("c", 3));
+        q.push_back(&w("333333333333"), keys("c", 3));
         let batches = drain(&mut q, 20);
+        // The newcomer account first (the other has just had its turn), then the other
+        // account's turns, its findings asked again first (its findings' turn just ended).
         let mut second = vec![
-            "again".to_string(),
-            "c-0".into(),
+            "c-0".to_string(),
             "c-1".into(),
             "c-2".into(),
+            "again".into(),
         ];
         second.extend((20..36).map(|i| format!("a-{i}")));
         assert_eq!(batches[0], second);
@@ -252,12 +348,12 @@ mod tests {
     #[test]
     fn findings_asked_again_over_and_over_cannot_crowd_out_an_account() {
         let mut q = LookupQueue::default();
-        q.push_back("111111111111", keys("a", 200));
-        q.push_back("222222222222", keys("b", 200));
+        q.push_back(&w("111111111111"), keys("a", 200));
+        q.push_back(&w("222222222222"), keys("b", 200));
         let mut b_batches = 0;
         for n in 0..9 {
             for k in keys(&format!("again{n}"), 20) {
-                q.push_again(&[Arc::from("111111111111")], k);
+                q.push_again(&[w("111111111111")], k);
             }
             let batch: Vec<_> = (0..20).filter_map(|_| q.pop_front()).collect();
             q.end_batch();
@@ -273,8 +369,8 @@ mod tests {
     #[test]
     fn a_finding_asked_again_early_is_not_overtaken_by_later_ones() {
         let mut q = LookupQueue::default();
-        q.push_back("111111111111", keys("a", 200));
-        let a: Arc<str> = Arc::from("111111111111");
+        q.push_back(&w("111111111111"), keys("a", 200));
+        let a = w("111111111111");
         q.push_again(
             std::slice::from_ref(&a),
             FindingKey::new("handed-back", "p"),
@@ -304,7 +400,7 @@ mod tests {
     #[test]
     fn one_accounts_findings_asked_again_do_not_hold_anothers_back() {
         let mut q = LookupQueue::default();
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("222222222222"), Arc::from("333333333333"));
+        let (a, b) = (w("222222222222"), w("333333333333"));
         q.push_back(&a, keys("a", 100));
         for k in keys("a-again", 100) {
             q.push_again(std::slice::from_ref(&a), k);
@@ -333,8 +429,8 @@ mod tests {
     #[test]
     fn callers_of_one_account_take_turns() {
         let mut q = LookupQueue::default();
-        q.push_back("member-bulk", keys("bulk", 100));
-        q.push_back("member-playbook", keys("note", 1));
+        q.push_back(&who("111111111111", "member-bulk"), keys("bulk", 100));
+        q.push_back(&who("111111111111", "member-playbook"), keys("note", 1));
         assert_eq!(q.callers(), 2);
         let batches = drain(&mut q, 20);
         assert_eq!(batches[0].len(), 20);
@@ -348,5 +444,40 @@ mod tests {
             batches[..2].concat().contains(&"note-0".to_string()),
             "the playbook's finding waited for the backlog: {batches:?}"
         );
+    }
+
+    /// Accounts take turns before their callers do: an account running ten busy principals
+    /// gets one turn in two beside an account with one, not ten in eleven.
+    #[test]
+    fn an_account_with_many_callers_gets_no_more_turns_than_one_with_one() {
+        let mut q = LookupQueue::default();
+        for n in 0..10 {
+            q.push_back(
+                &who("111111111111", &format!("role-{n}")),
+                keys(&format!("many{n}"), 40),
+            );
+        }
+        q.push_back(&who("222222222222", "lone"), keys("lone", 100));
+        let batches = drain(&mut q, 20);
+        let lone: Vec<usize> = batches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.iter().any(|id| id.starts_with("lone-")))
+            .map(|(n, _)| n)
+            .collect();
+        // the lone account's 100 findings fill 5 batches, every other one from the second
+        assert_eq!(lone, vec![1, 3, 5, 7, 9], "{batches:?}");
+        // and the busy account's callers take turns among its own
+        let firsts: Vec<String> = batches
+            .iter()
+            .filter(|b| b[0].starts_with("many"))
+            .take(10)
+            .map(|b| b[0].split('-').next().unwrap_or_default().to_string())
+            .collect();
+        let mut distinct = firsts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 10, "{firsts:?}");
+        assert!(q.accounts.is_empty());
     }
 }

@@ -6,7 +6,9 @@
 //!   on the state without it (as the settle journal does);
 //! - a write it cannot model (an import, a `BatchUpdateFindings` of fields hubgate does not
 //!   write through, OCSF identifiers, filters) leaves the state unknown, and the decision is
-//!   refused as settling until the answer.
+//!   refused as settling until the answer; but one of their notes only (`Reach::Notes`, a V2
+//!   `Comment`, an `UpdateFindings` `Note`) changes no fact a decision is judged on, and is
+//!   only registered (a write answered beside it still knows it may have landed last).
 //!
 //! Each write is registered under the enricher's lock, with an id, and leaves when its answer
 //! has been applied to the cache and the journal (`InFlight` in `enrich`). This is the
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::settle::Write;
+use super::Reach;
 use crate::decide::Unsettled;
 use crate::finding::{FindingKey, KeyMap};
 use crate::policy::input::Patch;
@@ -29,10 +32,11 @@ pub struct Sending {
     next: WriteId,
     /// Per finding, the writes to it in flight.
     findings: KeyMap<Flight>,
-    /// Writes that may change any finding of an account: (id, when, by what, account).
-    accounts: Vec<(WriteId, Instant, &'static str, Arc<str>)>,
-    /// Writes that may change any finding: (id, when, by what).
-    everything: Vec<(WriteId, Instant, &'static str)>,
+    /// Writes that may change any finding of an account: (id, when, by what, account, what
+    /// they may change in it).
+    accounts: Vec<(WriteId, Instant, &'static str, Arc<str>, Reach)>,
+    /// Writes that may change any finding: (id, when, by what, what they may change in it).
+    everything: Vec<(WriteId, Instant, &'static str, Reach)>,
     /// How many writes are registered.
     writes: usize,
     /// Findings two writes in flight overlapped on, until none is in flight to them
@@ -191,7 +195,7 @@ impl Sending {
             everything: !self.everything.is_empty(),
             accounts: Vec::new(),
         };
-        for (.., account) in &self.accounts {
+        for (_, _, _, account, _) in &self.accounts {
             beside.add_accounts(std::slice::from_ref(account));
         }
         self.beside.insert(id, beside);
@@ -253,11 +257,13 @@ impl Sending {
         &mut self,
         accounts: &[Arc<str>],
         operation: &'static str,
+        reach: Reach,
         now: Instant,
     ) -> WriteId {
         let id = self.id();
         for account in accounts {
-            self.accounts.push((id, now, operation, account.clone()));
+            self.accounts
+                .push((id, now, operation, account.clone(), reach));
         }
         for beside in self.beside.values_mut() {
             beside.add_accounts(accounts);
@@ -265,9 +271,9 @@ impl Sending {
         id
     }
 
-    pub fn everything(&mut self, operation: &'static str, now: Instant) -> WriteId {
+    pub fn everything(&mut self, operation: &'static str, reach: Reach, now: Instant) -> WriteId {
         let id = self.id();
-        self.everything.push((id, now, operation));
+        self.everything.push((id, now, operation, reach));
         for beside in self.beside.values_mut() {
             beside.everything = true;
         }
@@ -375,17 +381,27 @@ impl Sending {
                 in_flight: true,
             })
         };
-        if let Some((_, at, operation)) = self.everything.iter().find(|(id, ..)| unseen(id)) {
+        // A write of notes only leaves every fact as read: in flight as after its answer
+        // (`Reach::Notes`), it refuses nothing. Counted, one V2 comment at a time kept in
+        // flight (an administrator's triage playbook, or a member on its own findings)
+        // refused every member's decision on the account's findings (or on every finding, for
+        // `MetadataUids`), 503 STATE_SETTLING, for as long as comments kept coming.
+        let unseen_state = |id: &WriteId, reach: &Reach| *reach == Reach::State && unseen(id);
+        if let Some((_, at, operation, _)) = self
+            .everything
+            .iter()
+            .find(|(id, _, _, reach)| unseen_state(id, reach))
+        {
             return unsettled(None, operation, *at);
         }
         let owner = |key: &FindingKey| -> Option<&str> { states?.get(key)?.account_id.as_deref() };
         if !self.accounts.is_empty() {
             for key in keys {
                 let Some(owner) = owner(key) else { continue };
-                if let Some((_, at, operation, _)) = self
+                if let Some((_, at, operation, ..)) = self
                     .accounts
                     .iter()
-                    .find(|(id, _, _, a)| **a == *owner && unseen(id))
+                    .find(|(id, _, _, a, reach)| **a == *owner && unseen_state(id, reach))
                 {
                     return unsettled(Some(key), operation, *at);
                 }
@@ -641,7 +657,12 @@ mod tests {
         let (member, other): (Arc<str>, Arc<str>) = (Arc::from("222222222222"), Arc::from("333"));
         let first = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
         assert_eq!(s.beside(first), Some(&Beside::default()));
-        let v2 = s.accounts(std::slice::from_ref(&member), "BatchUpdateFindingsV2", now);
+        let v2 = s.accounts(
+            std::slice::from_ref(&member),
+            "BatchUpdateFindingsV2",
+            Reach::State,
+            now,
+        );
         let second = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
         s.done(v2, &[]);
         // Answered before either: still beside both, which may have landed after it.
@@ -653,7 +674,7 @@ mod tests {
                 "another account's finding"
             );
         }
-        let filters = s.everything("UpdateFindings", now);
+        let filters = s.everything("UpdateFindings", Reach::State, now);
         assert!(s.beside(first).is_some_and(|b| b.may_touch(Some(&*other))));
         s.done(filters, &[]);
         s.done(first, std::slice::from_ref(&a));
@@ -922,7 +943,12 @@ mod tests {
         let now = Instant::now();
         let (a, b) = (key("a"), key("b"));
         let read = states(&[("a", "111111111111"), ("b", "222222222222")]);
-        let id = s.accounts(&[Arc::from("222222222222")], "BatchUpdateFindingsV2", now);
+        let id = s.accounts(
+            &[Arc::from("222222222222")],
+            "BatchUpdateFindingsV2",
+            Reach::State,
+            now,
+        );
         assert!(matches!(
             s.effect(std::slice::from_ref(&a), Some(&read), &[], now),
             InFlightEffect::None
@@ -930,7 +956,7 @@ mod tests {
         let u = refused(s.effect(&[a.clone(), b.clone()], Some(&read), &[], now));
         assert_eq!(u.finding.as_ref(), Some(&b));
         s.done(id, &[]);
-        let id = s.everything("UpdateFindings", now);
+        let id = s.everything("UpdateFindings", Reach::State, now);
         let u = refused(s.effect(std::slice::from_ref(&a), None, &[], now));
         assert!(
             u.finding.is_none() && u.operation == "UpdateFindings",
@@ -941,6 +967,40 @@ mod tests {
             InFlightEffect::None
         ));
         s.done(id, &[]);
+        assert!(s.is_empty());
+    }
+
+    /// Writes of notes only that name no finding (a V2 comment, an UpdateFindings note)
+    /// refuse nothing while in flight, but a write answered beside one still knows it was.
+    #[test]
+    fn writes_of_notes_only_in_flight_refuse_nothing() {
+        let mut s = Sending::default();
+        let now = Instant::now();
+        let (a, b) = (key("a"), key("b"));
+        let read = states(&[("a", "111111111111"), ("b", "222222222222")]);
+        let low = label("LOW");
+        let named = s.findings(std::slice::from_ref(&a), &[write(&low)], now);
+        let comment = s.accounts(
+            &[Arc::from("222222222222")],
+            "BatchUpdateFindingsV2",
+            Reach::Notes,
+            now,
+        );
+        let note = s.everything("UpdateFindings", Reach::Notes, now);
+        assert!(matches!(
+            s.effect(std::slice::from_ref(&b), Some(&read), &[], now),
+            InFlightEffect::None
+        ));
+        assert!(matches!(
+            s.effect(std::slice::from_ref(&a), Some(&read), &[], now),
+            InFlightEffect::Patches(_)
+        ));
+        let beside = s.beside(named).expect("in flight");
+        assert!(beside.may_touch(Some("222222222222")) && beside.everything);
+        for id in [comment, note] {
+            s.done(id, &[]);
+        }
+        s.done(named, std::slice::from_ref(&a));
         assert!(s.is_empty());
     }
 

@@ -354,8 +354,7 @@ impl Journal {
                 }
             }
             for (_, op, account) in kept.owned.iter().filter(|(at, ..)| live(*at)) {
-                out.owned
-                    .push((*op, key.clone(), Some(account.to_string())));
+                out.owned.push((*op, key.clone(), Some(account.clone())));
             }
         }
         out
@@ -614,7 +613,7 @@ pub struct Snapshot {
     /// (operation, findings)
     pub unknown: Vec<(&'static str, Vec<FindingKey>)>,
     /// (operation, finding, account)
-    pub owned: Vec<(&'static str, FindingKey, Option<String>)>,
+    pub owned: Vec<(&'static str, FindingKey, Option<Arc<str>>)>,
 }
 
 /// What the replicas' shared journal (Redis) holds for the findings of one lookup.

@@ -361,11 +361,25 @@ fn a_secret_is_read_without_its_trailing_newlines_and_never_with_surrounding_whi
         "s3cr\t\n",
         "s3\rcr",
         "s3\u{0}cr",
+        "\u{feff}s3cr",
+        "s3\u{200b}cr",
+        "s3cr\u{a0}",
+        "s3cr\u{e9}",
     ] {
         let why = Secret::read(text)
             .err()
             .unwrap_or_else(|| panic!("{text:?} was read"));
         assert!(!why.contains("s3"), "{why}");
+    }
+}
+
+#[test]
+fn an_access_key_id_no_credential_can_carry_does_not_load() {
+    for key in ["HGMEMBER000000000001", "AKIA_x-y.z"] {
+        assert!(super::is_sendable_key_id(key), "{key}");
+    }
+    for key in ["", "HG/KEY", "HG,KEY", " HGKEY", "HG KEY", "HG\u{e9}KEY"] {
+        assert!(!super::is_sendable_key_id(key), "{key:?}");
     }
 }
 
@@ -762,6 +776,19 @@ client_cert_cn = "admin"
     }
 }
 
+/// A verified certificate with these SANs, its chain DNS-bound by a CA's name constraints
+/// (`constrained`) or unconstrained.
+fn named(sans: &[&str], constrained: bool) -> ClientCert {
+    ClientCert {
+        sans: sans.iter().map(|s| s.to_string()).collect(),
+        constraints: match constrained {
+            true => super::ChainConstraints::DnsBound,
+            false => super::ChainConstraints::None,
+        },
+        ..ClientCert::default()
+    }
+}
+
 #[test]
 fn the_cn_of_a_name_constrained_chain_names_no_one_but_its_san_still_does() {
     let (identity, _dir) = mtls_identity(
@@ -779,11 +806,9 @@ role = "administrator"
 client_cert_cn = "admin-cli"
 "#,
     );
-    let cert = |sans: &[&str], cn_unconstrained: bool| ClientCert {
-        sans: sans.iter().map(|s| s.to_string()).collect(),
+    let cert = |sans: &[&str], constrained: bool| ClientCert {
         cns: vec!["admin-cli".to_string()],
-        cn_unconstrained,
-        ..ClientCert::default()
+        ..named(sans, constrained)
     };
     let who = |c: ClientCert| identity.by_certificate(Some(&c)).map(|p| p.id.clone());
     assert_eq!(who(cert(&[], false)).unwrap(), "admin");
@@ -798,6 +823,52 @@ client_cert_cn = "admin-cli"
             }
             other => panic!("{sans:?}: {other:?}"),
         }
+    }
+}
+
+#[test]
+fn the_uri_san_of_a_name_constrained_chain_names_no_one_but_its_dns_san_still_does() {
+    let (identity, _dir) = mtls_identity(
+        r#"
+[[caller]]
+id = "runner"
+account_id = "222222222222"
+role = "member"
+client_cert_san = "runner.teamx.corp"
+
+[[caller]]
+id = "admin"
+account_id = "111111111111"
+role = "administrator"
+client_cert_san = "spiffe://corp/admin"
+"#,
+    );
+    let cert = named;
+    let who = |c: ClientCert| identity.by_certificate(Some(&c)).map(|p| p.id.clone());
+    assert_eq!(who(cert(&["spiffe://corp/admin"], false)).unwrap(), "admin");
+    // A CA delegated DNS subtrees wrote the URI freely: only the DNS SAN it was bound for counts.
+    let both = &["spiffe://corp/admin", "runner.teamx.corp"][..];
+    assert_eq!(who(cert(both, true)).unwrap(), "runner");
+    match who(cert(&["spiffe://corp/admin", "svc.teamx.corp"], true)) {
+        Err(AuthError::UnknownClientCert(m)) => {
+            assert!(
+                m.contains("spiffe://corp/admin") && m.contains("its URI SANs name no caller"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A constrained CA that lists no DNS subtree (an IP range, say) wrote its DNS SANs freely.
+    let unbound = ClientCert {
+        sans: vec!["runner.teamx.corp".into()],
+        constraints: super::ChainConstraints::NothingBound,
+        ..ClientCert::default()
+    };
+    match who(unbound) {
+        Err(AuthError::UnknownClientCert(m)) => {
+            assert!(m.contains("none of its names names a caller"), "{m}")
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -927,4 +998,47 @@ fn callers_swapped_while_they_are_read_are_read_again() {
     swapper.join().unwrap();
     let ids: Vec<&str> = loaded.iter().map(|c| c.principal.id.as_str()).collect();
     assert_eq!(ids, ["new"]);
+}
+
+/// AWS refuses a temporary key id without its session token and a long-term one with one; in
+/// passthrough such a request is refused before a lookup is spent on it.
+#[test]
+fn a_session_token_must_fit_the_kind_of_key_in_passthrough() {
+    let parts = |uri: &str, token: bool| {
+        let mut b = http::Request::builder().uri(uri);
+        if token {
+            b = b.header("x-amz-security-token", "FwoGZXIvYXdzEXAMPLE");
+        }
+        b.body(()).unwrap().into_parts().0
+    };
+    let temporary = "ASIAIOSFODNN7EXAMPLE";
+    let long_term = "AKIAIOSFODNN7EXAMPLE";
+    for (uri, token) in [
+        ("/findings", true),
+        ("/accounts?X-Amz-Security-Token=t", false),
+    ] {
+        assert!(session_token_fits(&parts(uri, token), temporary).is_ok());
+        let err = session_token_fits(&parts(uri, token), long_term).unwrap_err();
+        assert!(
+            err.to_string().contains("takes no X-Amz-Security-Token"),
+            "{err}"
+        );
+    }
+    assert!(session_token_fits(&parts("/findings", false), long_term).is_ok());
+    let err = session_token_fits(&parts("/findings", false), temporary).unwrap_err();
+    assert!(
+        err.to_string().contains("needs its X-Amz-Security-Token"),
+        "{err}"
+    );
+    // An empty header is no token.
+    let mut empty = parts("/findings", false);
+    empty
+        .headers
+        .insert("x-amz-security-token", http::HeaderValue::from_static(""));
+    assert!(session_token_fits(&empty, long_term).is_ok());
+    assert!(session_token_fits(&empty, temporary).is_err());
+    // Key ids of other shapes (hubgate-issued keys) are not judged by their prefix.
+    for token in [false, true] {
+        assert!(session_token_fits(&parts("/findings", token), "HGKEXAMPLE0000000001").is_ok());
+    }
 }

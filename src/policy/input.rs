@@ -294,6 +294,15 @@ impl Update {
         ))
     }
 
+    /// Whether the change sets nothing but the note (`Note.Text`, `Note.UpdatedBy`, V2's
+    /// `Comment`): none of the facts a finding's decisions are judged on (its account,
+    /// severity and workflow status) can change by it.
+    pub fn sets_only_note(&self) -> bool {
+        self.fields
+            .iter()
+            .all(|f| matches!(f.as_str(), "Note.Text" | "Note.UpdatedBy"))
+    }
+
     /// The fields, sorted, for the audit record.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(String::as_str)
@@ -781,17 +790,6 @@ pub fn finding_entry(key: &FindingKey, current: Option<&Map<String, Value>>) -> 
             StateFacts::read(f).entry(id, product_arn, rego_value(&Value::Object(f.clone())))
         }
     }
-}
-
-/// The entry of a found finding whose state a member is not given (`Document::withheld`): its
-/// identifiers and its account, every other fact null and `current` holding `AwsAccountId`
-/// alone (`{}` when it has none hubgate can read).
-fn withheld_entry(key: &FindingKey, account: Option<&str>) -> RValue {
-    let mut current = Map::new();
-    if let Some(account) = account {
-        current.insert("AwsAccountId".into(), Value::from(account));
-    }
-    finding_entry(key, Some(&current))
 }
 
 /// The facts of a finding entry, read from the stored finding's JSON members (AwsAccountId,
@@ -1335,18 +1333,6 @@ impl Summary {
         }
     }
 
-    /// A found finding whose state is withheld (`Document::withheld`): its account counts,
-    /// and, its entry having no rank, it counts as unranked.
-    fn add_withheld(&mut self, account: Option<&Arc<str>>) {
-        match account {
-            Some(a) => {
-                self.accounts.insert(a.clone());
-            }
-            None => self.unowned = true,
-        }
-        self.unranked += 1;
-    }
-
     fn into_value(self, enrichment: Enrichment) -> RValue {
         let mut out = BTreeMap::new();
         if enrichment == Enrichment::Complete {
@@ -1527,12 +1513,30 @@ impl Document {
     /// Whether `state` is of another account than the member's (or of none it can read): the
     /// lookup read it with hubgate's role, which sees what the member's own credentials cannot,
     /// and whatever a policy puts in its answer to the member, a message quoting a severity or
-    /// a status included, reaches the member. Such a finding is refused for its account alone,
-    /// so its state is given to no rule.
+    /// a status included, reaches the member. Even that it exists is what the member's own
+    /// credentials cannot tell: a member's input holds such a finding exactly as one not
+    /// found (null facts, null `current`, counted in `summary.missing`), so no rule, shipped or
+    /// an operator's, can answer the two differently. The audit record keeps which it was.
     fn withheld(&self, state: &CurrentFinding) -> bool {
         self.member_account
             .as_deref()
             .is_some_and(|member| state.account_id.as_deref() != Some(member))
+    }
+
+    /// The keys whose found state `withheld` keeps from the member's input, in `keys`' order.
+    pub fn withheld_of(
+        &self,
+        keys: &[FindingKey],
+        current: &KeyMap<Arc<CurrentFinding>>,
+    ) -> Vec<FindingKey> {
+        // An administrator is withheld nothing: no lookup per finding to find that out.
+        if self.member_account.is_none() {
+            return Vec::new();
+        }
+        keys.iter()
+            .filter(|k| current.get(*k).is_some_and(|s| self.withheld(s)))
+            .cloned()
+            .collect()
     }
 
     /// The whole document for one pass, with the accounts the request itself claims for its
@@ -1549,15 +1553,13 @@ impl Document {
             (Enrichment::Complete, Some(current)) => keys
                 .iter()
                 .map(|key| match current.get(key) {
-                    Some(state) if self.withheld(state) => {
-                        summary.add_withheld(state.account_id.as_ref());
-                        withheld_entry(key, state.account_id.as_deref())
-                    }
-                    Some(state) => {
+                    Some(state) if !self.withheld(state) => {
                         summary.add(state);
                         state.entry.clone()
                     }
-                    None => {
+                    // Not found, or withheld: one entry and one count, so that no rule can
+                    // tell the member which it was.
+                    _ => {
                         summary.missing += 1;
                         finding_entry(key, None)
                     }
@@ -1891,6 +1893,56 @@ mod tests {
                 update(Judged::BatchUpdateFindingsV2, body.clone()).is_ok(),
                 "{body}"
             );
+        }
+    }
+
+    /// A write of findings hubgate cannot name leaves them unknown for the settle window
+    /// unless it sets their note only (`enrich::Reach`): a status, a severity or a record
+    /// state beside the note is not a note.
+    #[test]
+    fn only_a_note_is_a_note() {
+        let m = json!(["m"]);
+        let filters = json!({"Id": [{"Value": "f", "Comparison": "EQUALS"}]});
+        let note = json!({"Text": "t", "UpdatedBy": "u"});
+        for (op, body, only_note) in [
+            (
+                Judged::BatchUpdateFindingsV2,
+                json!({"MetadataUids": m, "Comment": "c"}),
+                true,
+            ),
+            (
+                Judged::BatchUpdateFindingsV2,
+                json!({"MetadataUids": m, "Comment": "c", "StatusId": 4}),
+                false,
+            ),
+            (
+                Judged::BatchUpdateFindingsV2,
+                json!({"MetadataUids": m, "SeverityId": 0}),
+                false,
+            ),
+            (
+                Judged::UpdateFindings,
+                json!({"Filters": filters, "Note": note}),
+                true,
+            ),
+            (
+                Judged::UpdateFindings,
+                json!({"Filters": filters, "Note": note, "RecordState": "ACTIVE"}),
+                false,
+            ),
+            (
+                Judged::BatchUpdateFindings,
+                buf(json!({"Note": note})),
+                true,
+            ),
+            (
+                Judged::BatchUpdateFindings,
+                buf(json!({"Note": note, "Confidence": 5})),
+                false,
+            ),
+        ] {
+            let u = update_for(op, &body).unwrap();
+            assert_eq!(u.sets_only_note(), only_note, "{body}");
         }
     }
 

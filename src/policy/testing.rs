@@ -177,6 +177,170 @@ fn package_of(text: &str) -> Option<String> {
     })
 }
 
+fn outcome_of(value: Result<regorus::Value, String>) -> Outcome {
+    match value {
+        Ok(regorus::Value::Bool(true)) => Outcome::Pass,
+        Ok(regorus::Value::Undefined) => {
+            Outcome::Fail("undefined (a condition did not hold)".into())
+        }
+        Ok(other) => Outcome::Fail(format!("evaluated to {other}, not true")),
+        Err(e) => Outcome::Fail(format!("error: {e}")),
+    }
+}
+
+/// Whether a test rule has more than one definition (in one file, or in two files of one
+/// package: a test file copied under a new name keeps its package).
+fn defined_more_than_once(heads: &[super::Head], path: &str) -> bool {
+    heads.iter().filter(|h| h.rule == path).count() > 1
+}
+
+/// The rules a test file defines beside the served set's: serve leaves test files out, so a
+/// test file in the served package (`package hubgate`, as OPA users write tests) that defines
+/// `deny`, `warn` or `needs_state`, another definition of a rule or function a policy file
+/// defines, or a rule or function a policy file reads (`served`: the policy files' code and
+/// package), made the tests judge a set serve never runs: a `deny` written there was tested,
+/// passed, and refused nothing when serving; a `blocked_products` the served `deny` reads,
+/// defined only beside the tests, made the test of that `deny` pass while serve, without it,
+/// refused nothing.
+fn test_file_rules(heads: &[super::Head], served: &[(Option<String>, String)]) -> Vec<TestResult> {
+    let defined: std::collections::HashSet<&str> = heads
+        .iter()
+        .filter(|h| !is_test_file(Path::new(&h.file)))
+        .map(|h| h.rule.as_str())
+        .collect();
+    let entry = [super::DENY_RULE, super::WARN_RULE, super::NEEDS_STATE_RULE];
+    heads
+        .iter()
+        .filter(|h| is_test_file(Path::new(&h.file)))
+        .filter(|h| {
+            !h.rule
+                .rsplit('.')
+                .next()
+                .is_some_and(|n| n.starts_with("test_"))
+        })
+        .filter(|h| {
+            defined.contains(h.rule.as_str())
+                || entry.contains(&h.rule.as_str())
+                || served_reads(served, &h.rule)
+        })
+        .map(|h| TestResult {
+            file: PathBuf::from(&h.file),
+            line: h.line as usize,
+            rule: h.rule.clone(),
+            outcome: Outcome::Fail(
+                "defined in a test file, which serve does not load: the tests judge a set with \
+                 this definition, serve the set without it (move it to a policy file, or the \
+                 test file to a package of its own)"
+                    .into(),
+            ),
+        })
+        .collect()
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Whether the policy files' code (`served`: each file's package and code, comments and
+/// strings blanked out) may read the rule `path` (`data.p.n`): by its path, through an import
+/// of its package (`import data.p` then `p.n`, or `import data.p as q` then `q.n`), or in a
+/// file of package `p` by its bare name, unless that file declares a local variable of that
+/// name.
+fn served_reads(served: &[(Option<String>, String)], path: &str) -> bool {
+    let Some((package, name)) = path.rsplit_once('.') else {
+        return false;
+    };
+    served.iter().any(|(of, code)| {
+        whole_word(code, path, |_| true)
+            || imported_as(code, package)
+                .any(|alias| whole_word(code, &format!("{alias}.{name}"), |b| b != '.'))
+            || (of.as_deref().map(|p| format!("data.{p}")).as_deref() == Some(package)
+                && !declared_locally(code, name)
+                && whole_word(code, name, |before| before != '.'))
+    })
+}
+
+/// The names `code` imports `package` (`data.p.q`) under: `import data.p.q` (as `q`) or
+/// `import data.p.q as r` (as `r`).
+fn imported_as<'a>(code: &'a str, package: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    code.lines().filter_map(move |line| {
+        let rest = line
+            .trim()
+            .strip_prefix("import ")?
+            .trim()
+            .strip_prefix(package)?;
+        match rest.trim().strip_prefix("as ") {
+            Some(alias) => Some(alias.trim()),
+            None if rest.trim().is_empty() => package.rsplit('.').next(),
+            None => None,
+        }
+    })
+}
+
+/// Whether `word` stands in `text` between characters that cannot continue a name, the one
+/// before it (if any) also passing `before_ok`.
+fn whole_word(text: &str, word: &str, before_ok: impl Fn(char) -> bool) -> bool {
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(|c| is_ident(c) || !before_ok(c)) && !after.is_some_and(is_ident)
+    })
+}
+
+/// Whether a rule of `code` declares a local variable `name` (`some name`, `some k, name`,
+/// `every name`, `name :=` on an indented line, or a function's parameter `f(name)`): there the
+/// bare name is not the rule.
+fn declared_locally(code: &str, name: &str) -> bool {
+    code.lines().any(|line| {
+        let head = line.trim_start();
+        let indented = head.len() < line.len();
+        let function = head.trim_start_matches(is_ident);
+        if !indented && function.len() < head.len() {
+            if let Some((params, _)) = function.strip_prefix('(').and_then(|p| p.split_once(')')) {
+                if params.split(',').any(|p| p.trim() == name) {
+                    return true;
+                }
+            }
+        }
+        if indented
+            && head
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with(":="))
+        {
+            return true;
+        }
+        ["some ", "every "].iter().any(|kw| {
+            line.match_indices(kw).any(|(at, _)| {
+                if line[..at].chars().next_back().is_some_and(is_ident) {
+                    return false;
+                }
+                let rest = &line[at + kw.len()..];
+                let names = rest.split(" in ").next().unwrap_or_default();
+                names.split(',').any(|n| n.trim() == name)
+            })
+        })
+    })
+}
+
+/// A test with several definitions, each run on its own. Rego joins them with "or" (`test_a if
+/// false` and `test_a if true` is true), so run as one rule a failing test passed beside a
+/// passing one of the same name; `opa test` runs each. The test fails with its first failing
+/// definition of this file (those of other files are reported under their own file).
+fn each_alone(engine: &mut regorus::Engine, path: &str, file: &Path) -> Outcome {
+    let file = file.display().to_string();
+    let defs = super::definitions(engine, |p, f| p == path && f == file);
+    for def in defs {
+        if let Outcome::Fail(why) = outcome_of(def.value) {
+            return Outcome::Fail(format!(
+                "the definition at {} (run alone: a test defined more than once passes only \
+                 if each definition does) is {why}",
+                def.at
+            ));
+        }
+    }
+    Outcome::Pass
+}
+
 /// How long one test rule may run. serve bounds each evaluation by `policy.eval_timeout_ms`;
 /// a test rule (or a rule it calls) that never ends would otherwise hang the run, and with it
 /// the CI job that gates a policy change. Generous: a test may build large inputs.
@@ -191,7 +355,19 @@ pub fn run(dir: &Path, coverage: bool) -> Result<Summary, PolicyLoadError> {
         limit: TEST_TIME_LIMIT,
         check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
     });
-    let mut summary = Summary::default();
+    let heads = super::heads(&mut engine);
+    let mut served = Vec::new();
+    for file in files.rego.iter().filter(|f| !is_test_file(f)) {
+        let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        served.push((package_of(&text), super::code_only(&text)));
+    }
+    let mut summary = Summary {
+        results: test_file_rules(&heads, &served),
+        ..Summary::default()
+    };
     let mut merged = Vec::new();
     for file in &files.rego {
         let text = std::fs::read_to_string(file).map_err(|e| PolicyLoadError::File {
@@ -203,13 +379,10 @@ pub fn run(dir: &Path, coverage: bool) -> Result<Summary, PolicyLoadError> {
         };
         for (rule, line) in test_rules(&text) {
             let mut engine = engine.clone();
-            let outcome = match engine.eval_rule(format!("data.{package}.{rule}")) {
-                Ok(regorus::Value::Bool(true)) => Outcome::Pass,
-                Ok(regorus::Value::Undefined) => {
-                    Outcome::Fail("undefined (a condition did not hold)".into())
-                }
-                Ok(other) => Outcome::Fail(format!("evaluated to {other}, not true")),
-                Err(e) => Outcome::Fail(format!("error: {e}")),
+            let path = format!("data.{package}.{rule}");
+            let outcome = match defined_more_than_once(&heads, &path) {
+                false => outcome_of(engine.eval_rule(path).map_err(|e| e.to_string())),
+                true => each_alone(&mut engine, &path, file),
             };
             if coverage {
                 if let Ok(report) = engine.get_coverage_report() {
@@ -251,6 +424,130 @@ mod tests {
                 ("test_after_a_raw_string".to_string(), 18),
             ]
         );
+    }
+
+    #[test]
+    fn each_definition_of_a_test_is_run_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a_test.rego"),
+            "package d\n\ntest_one if 1 == 2\n\ntest_one if 1 == 1\n\ntest_two if 1 == 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b_test.rego"),
+            "package d\n\ntest_two if 1 == 2\n\ntest_three if true\n",
+        )
+        .unwrap();
+        let summary = run(dir.path(), false).unwrap();
+        let outcome = |file: &str, rule: &str| {
+            summary
+                .results
+                .iter()
+                .find(|r| r.rule == rule && r.file.ends_with(file))
+                .map(|r| r.outcome.clone())
+                .unwrap()
+        };
+        assert!(
+            matches!(outcome("a_test.rego", "test_one"), Outcome::Fail(w) if w.contains("a_test.rego:3"))
+        );
+        assert_eq!(outcome("a_test.rego", "test_two"), Outcome::Pass);
+        assert!(
+            matches!(outcome("b_test.rego", "test_two"), Outcome::Fail(w) if w.contains("b_test.rego:3"))
+        );
+        assert_eq!(outcome("b_test.rego", "test_three"), Outcome::Pass);
+    }
+
+    /// A rule the served rules read, defined only beside the tests: the tests judged a set
+    /// with it, serve one without it. A helper of the tests' own, or a name the served rules
+    /// use as a local variable, is fine.
+    #[test]
+    fn a_test_file_that_defines_what_the_served_rules_read_fails_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.rego"),
+            "package hubgate\n\n# blocked_products, mock: see the tests\n\
+             deny contains \"x\" if {\n\tsome f in input.findings\n\
+             \tf.ProductArn in data.hubgate.blocked_products\n\tallowed(f)\n\
+             \tcount := 1\n\tcount == 1\n}\n\nok(g) if g.ok\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rules_test.rego"),
+            "package hubgate\n\nblocked_products := {\"p\"}\n\nallowed(_) := true\n\n\
+             mock := {\"findings\": [{\"ProductArn\": \"p\"}]}\n\nf := 1\n\ncount := 2\n\ng := 3\n\n\
+             test_x if {\n\tcount(deny) == 1 with input as mock\n}\n",
+        )
+        .unwrap();
+        let summary = run(dir.path(), false).unwrap();
+        let failed: Vec<(&str, usize)> = summary
+            .results
+            .iter()
+            .filter(|r| r.rule.starts_with("data."))
+            .map(|r| (r.rule.as_str(), r.line))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![
+                ("data.hubgate.blocked_products", 3),
+                ("data.hubgate.allowed", 5)
+            ]
+        );
+        // a package of its own, imported by the served rules
+        std::fs::write(
+            dir.path().join("rules.rego"),
+            "package hubgate\n\nimport data.lists as l\nimport data.more\n\n\
+             deny contains \"x\" if {\n\tinput.p in l.blocked\n\tinput.q in more.listed\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rules_test.rego"),
+            "package lists\n\nblocked := {\"p\"}\n\nmock := 1\n\ntest_x if mock == 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("more_test.rego"),
+            "package more\n\nlisted := {\"q\"}\n",
+        )
+        .unwrap();
+        let summary = run(dir.path(), false).unwrap();
+        let mut failed: Vec<&str> = summary
+            .results
+            .iter()
+            .filter(|r| r.rule.starts_with("data."))
+            .map(|r| r.rule.as_str())
+            .collect();
+        failed.sort();
+        assert_eq!(failed, vec!["data.lists.blocked", "data.more.listed"]);
+    }
+
+    #[test]
+    fn a_test_file_that_adds_to_the_served_rules_fails_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.rego"),
+            "package hubgate\n\nmember if input.principal.role == \"member\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rules_test.rego"),
+            "package hubgate\n\ndeny contains \"x\" if member\n\nmember if true\n\n\
+             helper := 1\n\ntest_x if helper == 1\n",
+        )
+        .unwrap();
+        let summary = run(dir.path(), false).unwrap();
+        let failed: Vec<(&str, usize)> = summary
+            .results
+            .iter()
+            .filter(|r| r.outcome != Outcome::Pass)
+            .map(|r| (r.rule.as_str(), r.line))
+            .collect();
+        // a helper of its own and the test itself are fine
+        assert_eq!(
+            failed,
+            vec![("data.hubgate.deny", 3), ("data.hubgate.member", 5)]
+        );
+        assert_eq!(summary.passed(), 1);
     }
 
     #[test]

@@ -133,15 +133,12 @@ fn per_finding_violations_name_their_finding() {
     assert_eq!(
         got,
         vec![
-            ("gone".into(), "finding not found in Security Hub".into()),
+            ("gone".into(), NOT_MEMBERS.into()),
             (
                 "mine-high".into(),
                 "member accounts may not lower a finding's severity (HIGH to LOW)".into()
             ),
-            (
-                "theirs".into(),
-                "member accounts may only update findings of their own account".into()
-            ),
+            ("theirs".into(), NOT_MEMBERS.into()),
         ]
     );
 }
@@ -729,14 +726,20 @@ fn shipped_set() -> &'static PolicySet {
     SET.get_or_init(shipped)
 }
 
-/// A member's input gives another account's finding (found with hubgate's role) its account
-/// alone: no rule, shipped or written by an operator, can put its severity or status in an
-/// answer to the member. An administrator's input has the whole state.
+/// The one refusal of a member's finding that is not its own: of another account or not found.
+const NOT_MEMBERS: &str =
+    "member accounts may only update findings of their own account: this account has no such finding";
+
+/// A member's input gives another account's finding (found with hubgate's role) exactly as one
+/// not found: no rule, shipped or written by an operator, can put its severity or status in an
+/// answer to the member, nor tell it that the identifier exists. An administrator's input has
+/// the whole state.
 #[test]
 fn a_members_input_withholds_another_accounts_finding_state() {
     let findings = [
         ("mine", Some("222222222222"), "HIGH"),
         ("theirs", Some("333333333333"), "CRITICAL"),
+        ("gone", None, "LOW"),
     ];
     let body = json!({"Severity": {"Label": "LOW"}});
     let entry = |d: &regorus::Value, i: usize| {
@@ -745,15 +748,22 @@ fn a_members_input_withholds_another_accounts_finding_state() {
     let member = doc(Role::Member, body.clone(), &findings, Enrichment::Complete);
     assert_eq!(
         entry(&member, 1),
-        json!({"Id": "theirs", "ProductArn": ARN, "account_id": "333333333333",
+        json!({"Id": "theirs", "ProductArn": ARN, "account_id": null,
                "severity_label": null, "severity_rank": null, "workflow_status": null,
-               "current": {"AwsAccountId": "333333333333"}})
+               "current": null})
+    );
+    let mut gone = entry(&member, 2);
+    gone["Id"] = json!("theirs");
+    assert_eq!(
+        entry(&member, 1),
+        gone,
+        "another account's finding is one not found"
     );
     assert_eq!(entry(&member, 0)["severity_label"], "HIGH");
     assert_eq!(
         serde_json::to_value(&member["summary"]).unwrap(),
-        json!({"accounts": ["222222222222", "333333333333"], "max_severity_rank": 3,
-               "missing": 0, "unranked": 1})
+        json!({"accounts": ["222222222222"], "max_severity_rank": 3,
+               "missing": 2, "unranked": 0})
     );
     let d = shipped().evaluate(member).unwrap();
     let mut got: Vec<(String, &str)> = d
@@ -770,14 +780,12 @@ fn a_members_input_withholds_another_accounts_finding_state() {
     assert_eq!(
         got,
         [
+            ("\"gone\"".to_string(), NOT_MEMBERS),
             (
                 "\"mine\"".to_string(),
                 "member accounts may not lower a finding's severity (HIGH to LOW)"
             ),
-            (
-                "\"theirs\"".to_string(),
-                "member accounts may only update findings of their own account"
-            ),
+            ("\"theirs\"".to_string(), NOT_MEMBERS),
         ]
     );
     let admin = doc(Role::Administrator, body, &findings, Enrichment::Complete);

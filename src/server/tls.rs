@@ -14,7 +14,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
-use crate::identity::ClientCert;
+use crate::identity::{ChainConstraints, ClientCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -77,8 +77,9 @@ fn subject_of(cert: &CertificateDer<'_>) -> String {
 pub struct Loaded {
     config: Arc<ServerConfig>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
-    /// The raw subjects of the `client_ca` CAs that carry name constraints.
-    constrained_anchors: Vec<Vec<u8>>,
+    /// The raw subjects of the `client_ca` CAs that carry name constraints, each with what
+    /// its constraints bind of the names it issues.
+    constrained_anchors: Vec<(Vec<u8>, ChainConstraints)>,
     /// The raw subject and notAfter of each `client_ca` CA.
     anchors_not_after: Vec<(Vec<u8>, SystemTime)>,
     /// The served chain's earliest notAfter (None: a date that does not parse).
@@ -241,29 +242,64 @@ impl DatedAnchors {
     }
 }
 
-/// Whether a CA that may be on the path of `chain` (as presented, end entity first) has name
-/// constraints: one of its intermediates, or a `client_ca` CA that issued one of its
-/// certificates. webpki applies name constraints to SANs only, never to the subject CN, so
-/// such a chain's CN was written by a CA the operator limited to other names. A certificate
-/// that does not parse counts as constrained: the CN is then not trusted, never the reverse.
-fn names_constrained(chain: &[CertificateDer<'_>], constrained_anchors: &[Vec<u8>]) -> bool {
-    chain.iter().enumerate().any(|(i, der)| {
+/// What the name constraints of the CAs that may be on the path of `chain` (as presented, end
+/// entity first) bind of its end entity's names: its intermediates' constraints, and those of a
+/// `client_ca` CA that issued one of its certificates; the most a CA left unbound counts. A
+/// certificate that does not parse binds nothing: its names are then not trusted, never the
+/// reverse.
+fn names_constrained(
+    chain: &[CertificateDer<'_>],
+    constrained_anchors: &[(Vec<u8>, ChainConstraints)],
+) -> ChainConstraints {
+    let mut bound = ChainConstraints::None;
+    for (i, der) in chain.iter().enumerate() {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
-            return true;
+            return ChainConstraints::NothingBound;
         };
-        let anchor_issued = constrained_anchors
+        let issued_by = constrained_anchors
             .iter()
-            .any(|subject| subject.as_slice() == cert.issuer().as_raw());
+            .filter(|(subject, _)| subject.as_slice() == cert.issuer().as_raw())
+            .map(|(_, binds)| *binds);
         // The end entity's own constraints bind nothing it issues (it issues nothing).
-        let constrains = i > 0 && !matches!(cert.name_constraints(), Ok(None));
-        anchor_issued || constrains
+        let own = (i > 0).then(|| constraints_of(&cert)).flatten();
+        for binds in issued_by.chain(own) {
+            bound = bound.max(binds);
+        }
+    }
+    bound
+}
+
+/// What a CA's name constraints bind of the names it issues (None: it has none). webpki holds
+/// a DNS SAN to them only when they list DNS subtrees (permitted or excluded), a URI SAN never
+/// (it refuses every URI under a URI subtree), and the CN never.
+fn constraints_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Option<ChainConstraints> {
+    use x509_parser::extensions::GeneralName;
+    let constraints = match cert.name_constraints() {
+        Ok(None) => return None,
+        Ok(Some(ext)) => ext.value,
+        Err(_) => return Some(ChainConstraints::NothingBound),
+    };
+    let subtrees = [
+        &constraints.permitted_subtrees,
+        &constraints.excluded_subtrees,
+    ];
+    let lists_dns = subtrees
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| matches!(t.base, GeneralName::DNSName(_)));
+    Some(match lists_dns {
+        true => ChainConstraints::DnsBound,
+        false => ChainConstraints::NothingBound,
     })
 }
 
 /// A verified chain's names as a request may use them under `loaded`.
 fn names_under(chain: &[CertificateDer<'_>], loaded: &Loaded) -> Option<Arc<ClientCert>> {
     Some(Arc::new(ClientCert {
-        cn_unconstrained: names_constrained(chain, &loaded.constrained_anchors),
+        constraints: names_constrained(chain, &loaded.constrained_anchors),
         ..ClientCert::from_der(chain.first()?.as_ref())
     }))
 }
@@ -322,8 +358,8 @@ pub fn server_config(
                     }
                 })?;
                 let subject = parsed.subject().as_raw().to_vec();
-                if !matches!(parsed.name_constraints(), Ok(None)) {
-                    constrained_anchors.push(subject.clone());
+                if let Some(binds) = constraints_of(&parsed) {
+                    constrained_anchors.push((subject.clone(), binds));
                 }
                 let (not_before, not_after) = validity(&parsed);
                 anchors_not_after.push((subject, not_after));

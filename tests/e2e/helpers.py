@@ -693,6 +693,14 @@ def assert_envelope(resp: Response, status: int, code: str, error_type: str) -> 
     assert body["__type"] == error_type, body
     assert body["message"].startswith(f"{code}: "), body
     assert err["message"] in body["message"], body
+    # An answer that asks for a retry says when (curl --retry and most retry libraries wait
+    # for it); no other answer does.
+    retry_after = resp.headers.get("retry-after")
+    if status in (429, 503):
+        assert retry_after and retry_after.isdigit() and 1 <= int(retry_after) <= 3600, \
+            resp.headers
+    else:
+        assert retry_after is None, resp.headers
     return body
 
 

@@ -68,7 +68,7 @@ def test_made_up_identifiers_count_and_stay_within_the_byte_bound(make_fake, mak
     for i in range(3):
         r = hg.buf({"FindingIdentifiers": made_up_batch(i), **NOTE}, who="member")
         assert r.status == 403, r.text[:300]
-        assert "finding not found" in r.json()["error"]["message"], r.text[:300]
+        assert "no such finding" in r.json()["error"]["message"], r.text[:300]
     assert metric(hg, "hubgate_enrichment_cache_entries") == 300
     assert metric(hg, "hubgate_enrichment_cache_bytes") >= 300 * 2560
 

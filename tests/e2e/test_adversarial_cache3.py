@@ -130,9 +130,12 @@ def test_a_write_answered_after_a_v2_write_beside_it_is_not_laid_over_a_read_sin
     hg = hubgate_on(make_hubgate, quirky, {"enrichment": {"cache_ttl_ms": 60000,
                                                           "settle_ms": settle_ms}})
 
+    applied = threading.Event()
+
     def slow_low(req):
         answer = quirky._apply(req)
         if req.get("Severity", {}).get("Label") == "LOW":
+            applied.set()
             time.sleep(0.7)
         return answer
 
@@ -141,7 +144,8 @@ def test_a_write_answered_after_a_v2_write_beside_it_is_not_laid_over_a_read_sin
     t = threading.Thread(target=lambda: out.setdefault(
         "low", hg.buf(upd("f-own-high", Severity={"Label": "LOW"}), who="admin")))
     t.start()
-    time.sleep(0.15)
+    # The LOW is applied (and its answer held) before the V2 is sent: a condition, not a sleep.
+    assert applied.wait(5), "the LOW never reached Security Hub"
     r = hg.send("PATCH", "/findingsv2/batchupdatev2", v2("f-own-high", SeverityId=5),
                 who="admin")
     assert r.status == 200, r.body
@@ -246,11 +250,15 @@ def test_a_members_import_naming_another_accounts_finding_does_not_lock_it(
 
     def beside_an_import(fid, creds):
         out = {}
+        sent = quirky.count("/findings/import")
         t = threading.Thread(target=lambda: out.setdefault("import", hg.send(
             "POST", "/findings/import", {"Findings": [reimport(fid, MEMBER_ACCOUNT)]},
             who="member")))
         t.start()
-        time.sleep(0.2)
+        # The import is in flight (at Security Hub, answered 0.6 s later): a condition, not
+        # a sleep, so the note below is decided beside it however loaded the machine.
+        wait_until(lambda: quirky.count("/findings/import") > sent, 5,
+                   "the import to reach Security Hub")
         during = hg.buf(upd(fid, Note=NOTE), creds=creds)
         t.join(5)
         assert out["import"].status == 200

@@ -205,7 +205,9 @@ def test_a_client_ca_removed_while_a_request_waits_for_quota_stops_that_request(
     hg = make_hubgate(
         {"server": {"tls_cert": str(cert), "tls_key": str(key), "client_ca": str(bundle)},
          "identity": {"mode": "sigv4"}, "quota": {"max_wait_ms": 8000},
-         "quota.limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
+         # One call in 5 s: the wait outlasts the reload (2 s did not, on a loaded machine:
+         # the request was forwarded before the new bundle was in force).
+         "quota.limits": {"BatchUpdateFindings": {"rate": 0.2, "burst": 1}}},
         fake=seeded_fake, callers_toml=CALLERS_TOML, scheme="https", ca_file=pki["ca_file"])
     kept = pki["ca"].issue(cn="kept", client=True).write(tmp_path, "kept")
     revoked = pki["second"].issue(cn="revoked", client=True).write(tmp_path, "revoked")
@@ -214,6 +216,7 @@ def test_a_client_ca_removed_while_a_request_waits_for_quota_stops_that_request(
             connect(hg.port, client_context(pki["ca_file"], cert=revoked)) as r:
         assert exchange(k, hg.port, ADMIN).status == 200  # takes the one token
         forwarded = len(hg.fake.buf_calls())
+        r.settimeout(WAIT + 8)  # its answer comes after the 5 s wait for quota
         waiting = threading.Thread(target=lambda: answers.setdefault(
             "late", exchange(r, hg.port, ADMIN)))
         waiting.start()

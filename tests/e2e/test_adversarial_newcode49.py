@@ -49,7 +49,7 @@ import pytest
 from helpers import OTHER_ACCOUNT, PRODUCT_ARN, assert_envelope, ident
 from test_in_flight import in_flight
 
-OWN = "member accounts may only update findings of their own account"
+OWN = "member accounts may only update findings of their own account: this account has no such finding"
 NOTE = {"Note": {"Text": "looking into it", "UpdatedBy": "newcode49"}}
 
 

@@ -272,9 +272,11 @@ def test_a_decision_in_flight_during_a_reload_is_made_by_one_policy_set(make_fak
     shutil.copytree(POLICY_DIR, policies)
     fake = make_fake()
     hg = make_hubgate({"policy": {"dir": str(policies), "watch_interval_ms": 0},
-                       "upstream": {"timeout_ms": 6000}}, fake=fake)
+                       "upstream": {"timeout_ms": 10000}}, fake=fake)
     old = revision(hg)
-    fake.configure(answer_delay_ms={"GetFindings": 3000})
+    # The lookup must outlast the reload: compiling the set took 4 s on a loaded machine,
+    # past the 3 s this lookup used to take.
+    fake.configure(answer_delay_ms={"GetFindings": 6000})
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("resp", hg.buf(NOTE_OWN, who="member")))
     t.start()

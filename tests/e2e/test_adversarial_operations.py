@@ -127,7 +127,7 @@ def test_a_finding_cached_as_not_found_is_read_again_once_an_import_creates_it(
     body = {"FindingIdentifiers": [ident("new-own")], **NOTE}
     first = hg.buf(body, who="member")
     err = assert_envelope(first, 403, "POLICY_DENIED", "AccessDeniedException")
-    assert "not found" in err["error"]["message"], err
+    assert "no such finding" in err["error"]["message"], err
     again = hg.buf(body, who="member")
     assert_envelope(again, 403, "POLICY_DENIED", "AccessDeniedException")
     assert lookups(hg, again) == 0, "the negative entry is cached"

@@ -71,7 +71,7 @@ def test_an_identifier_longer_than_any_finding_is_400_before_any_lookup(hubgate)
     resp = hubgate.buf({"FindingIdentifiers": [ident("x" * 512, "a" * 2048)],
                         "Workflow": {"Status": "NOTIFIED"}}, who="member")
     err = assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
-    assert "not found" in err["error"]["message"], err
+    assert "no such finding" in err["error"]["message"], err
     assert fake.op_stats("GetFindings")["calls"] == calls + 1
     assert fake.buf_calls() == []
 

@@ -195,7 +195,9 @@ def test_a_wait_for_quota_that_runs_out_is_measured_and_counted(make_fake, make_
     """An SRE reads hubgate_quota_wait_seconds to see how long requests wait for the account's
     quota: the waits that ran out (429) are the ones that matter most, and must be in it; and
     hubgate's own pacing running out is counted apart from Security Hub's throttles. The
-    request refused 429 is never sent afterwards."""
+    request refused 429 is never sent afterwards. (Since stop 50 a wait the bucket cannot end
+    before the deadline is refused at once, so the refused wait is in the histogram with about
+    no time; until then it waited out its 300 ms.)"""
     fake = make_fake()
     hg = make_hubgate({"quota": {"max_wait_ms": 300},
                        "quota.limits": {"BatchUpdateFindings": {"rate": 1.0, "burst": 2}}},
@@ -205,7 +207,7 @@ def test_a_wait_for_quota_that_runs_out_is_measured_and_counted(make_fake, make_
     assert_envelope(hg.buf(body, who="admin"), 429, "THROTTLED", "ThrottlingException")
     m = metric_samples(hg)
     assert m[("hubgate_quota_wait_seconds_count", frozenset())] == 2, m
-    assert m[("hubgate_quota_wait_seconds_sum", frozenset())] >= 0.25, m
+    assert m[("hubgate_quota_wait_seconds_sum", frozenset())] < 0.25, m
     op = frozenset({"operation": "BatchUpdateFindings"}.items())
     assert m.get(("hubgate_quota_exhausted_total", op)) == 1, m
     assert m.get(("hubgate_upstream_throttled_total", op), 0) == 0, m

@@ -95,36 +95,38 @@ def test_first_pass_partial_denial_still_cuts_a_batch_that_needs_no_state(
 
 FID = "f-own-medium"  # SEED: the member's finding, MEDIUM
 NOTE = {"Note": {"Text": "looking into it", "UpdatedBy": "adversarial-e2e"}}
-# As test_cache_soundness.GATED: one audit slot, one BatchUpdateFindings call every 2 s, so a
-# member's request decided at 1 s is sent at 4 s, after an administrator's write decided at
-# 0.1 s, sent at 2 s and answered at 3.5 s.
+# As test_cache_soundness.GATED: one BatchUpdateFindings call every 2 s, so a member's request
+# decided at 1 s is sent at 4 s, after the member's own earlier write (decided at 0.1 s, in the
+# same caller's quota line, sent at 2 s and answered at 3.5 s). (Until review 51 the earlier
+# write was an administrator's, ordered first by an audit queue of one record; forwards now
+# reserve their records' places from a pool of their own, and two accounts' requests met the
+# bucket in either order.)
 GATED_PARTIAL = {"enrichment": {"cache_ttl_ms": 60000},
                  "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
-                 "audit": {"queue_capacity": 1, "enqueue_timeout_ms": 10000},
                  "policy": {"on_partial_deny": "forward-allowed"}}
 
 
-def admin_write_behind(fake, hg, start: float, update: dict):
-    """The administrator's write to FID, sent with the call at 2 s and answered 1.5 s later;
-    returns at 1 s after `start`, before it is sent."""
+def write_behind(fake, hg, start: float, update: dict):
+    """The member's write to FID, sent with the call at 2 s and answered 1.5 s later; returns at
+    1 s after `start`, before it is sent."""
     fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
     answers = {}
 
-    def admin():
-        answers["admin"] = hg.buf({"FindingIdentifiers": [ident(FID)], **update}, who="admin")
+    def write():
+        answers["write"] = hg.buf({"FindingIdentifiers": [ident(FID)], **update}, who="member")
 
-    writing = threading.Thread(target=admin)
+    writing = threading.Thread(target=write)
     time.sleep(max(0.0, start + 0.1 - time.monotonic()))
     writing.start()
     time.sleep(max(0.0, start + 1.0 - time.monotonic()))
-    assert len(fake.buf_calls()) == 1, "the administrator's write is not sent yet"
+    assert len(fake.buf_calls()) == 1, "the earlier write is not sent yet"
     return writing, answers
 
 
 def test_a_partial_decision_voided_and_refused_whole_is_not_recorded_as_partial(
         make_fake, make_hubgate):
     """The member's HIGH on [FID (MEDIUM), f-other] is first decided as a partial forward (FID
-    raised, f-other another account's). While it waits for quota, the administrator's
+    raised, f-other another account's). While it waits for quota, the member's own earlier
     CRITICAL on FID is sent and answered, so it is decided again: now both are denied and
     nothing is forwarded. The audit record must describe that last decision, not say that one
     finding was forwarded."""
@@ -132,11 +134,11 @@ def test_a_partial_decision_voided_and_refused_whole_is_not_recorded_as_partial(
     hg = make_hubgate(GATED_PARTIAL, fake=fake)
     start = time.monotonic()
     assert hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member").status == 200
-    writing, answers = admin_write_behind(fake, hg, start, {"Severity": {"Label": "CRITICAL"}})
+    writing, answers = write_behind(fake, hg, start, {"Severity": {"Label": "CRITICAL"}})
     resp = hg.buf({"FindingIdentifiers": [ident(FID), ident("f-other")],
                    "Severity": {"Label": "HIGH"}}, who="member")
     writing.join(30)
-    assert answers["admin"].status == 200, answers["admin"].text
+    assert answers["write"].status == 200, answers["write"].text
     assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
     assert fake.findings()[FID]["Severity"]["Label"] == "CRITICAL"
     rec = hg.audit_for(resp.headers["x-amzn-requestid"])
@@ -155,7 +157,8 @@ def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
     """The member's MEDIUM finding is cached. The administrator's V2 SeverityId 5 on the
     member's account (or an UpdateFindings, which names a filter) is in flight: it may land
     before the member's write. The member's MEDIUM (no change on the cached state) must not be
-    forwarded meanwhile: refused as settling, retryable."""
+    forwarded meanwhile: refused as settling, retryable. (The UpdateFindings sets RecordState:
+    one that sets only a note refuses nothing in flight, test_adversarial_newcode51.py.)"""
     fake = make_fake()
     hg = make_hubgate({"enrichment": {"enabled": True, "cache_ttl_ms": 60000, "settle_ms": 0}},
                       fake=fake)
@@ -170,7 +173,7 @@ def test_a_cached_decision_while_an_unmappable_write_is_in_flight_is_refused(
         fake.configure(answer_delay_ms={"UpdateFindings": 1500})
         path, body = "/findings", {"Filters": {"AwsAccountId": [
             {"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"}]},
-            "Note": {"Text": "bulk", "UpdatedBy": "admin"}}
+            "Note": {"Text": "bulk", "UpdatedBy": "admin"}, "RecordState": "ACTIVE"}
     method = "PATCH"
     thread, answers = in_flight(fake, lambda: hg.send(method, path, body, who="admin"), path)
     resp = hg.buf({"FindingIdentifiers": [ident(FID)], "Severity": {"Label": "MEDIUM"}},
@@ -199,14 +202,16 @@ def test_an_answered_update_findings_leaves_no_cached_state_to_decide_on(
     """The administrator's UpdateFindings (a filter: hubgate cannot tell which findings it
     changed) is answered. Without the settle journal, the member's next request on its cached
     finding is decided on a new GetFindings call, not on what was cached before; with it, the
-    member's state-reading requests are refused as settling, before any lookup."""
+    member's state-reading requests are refused as settling, before any lookup. (It sets
+    RecordState: one that sets only a note leaves nothing unknown, test_adversarial_v2r2.py.)"""
     fake, hg = cached_member_finding(make_fake, make_hubgate, settle_ms)
     cached = hg.buf({"FindingIdentifiers": [ident(FID)], **NOTE}, who="member")
     assert hg.audit_for(cached.headers["x-hubgate-decision-id"])["metrics"][
         "counter_lookup_calls"] == 0, "cached before the write"
     admin = hg.send("PATCH", "/findings", {
         "Filters": {"AwsAccountId": [{"Value": MEMBER_ACCOUNT, "Comparison": "EQUALS"}]},
-        "Note": {"Text": "bulk triage", "UpdatedBy": "admin"}}, who="admin")
+        "Note": {"Text": "bulk triage", "UpdatedBy": "admin"}, "RecordState": "ACTIVE"},
+        who="admin")
     assert admin.status == 200, admin.text
     assert fake.findings()[FID]["Note"]["Text"] == "bulk triage"
     calls = fake.op_stats("GetFindings")["calls"]

@@ -375,7 +375,7 @@ def test_a_finding_answered_under_an_id_of_another_case_is_not_the_one_asked_for
     hg = hubgate_on(make_hubgate, quirky)
     resp = hg.buf(upd("f-own-critical", Severity={"Label": "LOW"}), who="member")
     assert_envelope(resp, 403, "POLICY_DENIED", "AccessDeniedException")
-    assert "not found" in resp.text, resp.text
+    assert "no such finding" in resp.text, resp.text
     assert quirky.count("/findings/batchupdate") == 0
 
 

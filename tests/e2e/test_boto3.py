@@ -21,8 +21,8 @@ from helpers import (
 
 SUPPRESS = "member accounts may not suppress findings"
 LOWER = "member accounts may not lower a finding's severity"
-OWN_ACCOUNT = "member accounts may only update findings of their own account"
-NOT_FOUND = "finding not found in Security Hub"
+OWN_ACCOUNT = "member accounts may only update findings of their own account: this account has no such finding"
+NOT_FOUND = "member accounts may only update findings of their own account: this account has no such finding"
 
 
 def expect_denied(hg, call, reason: str) -> ClientError:

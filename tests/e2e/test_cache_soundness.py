@@ -177,26 +177,28 @@ def test_a_request_decided_while_a_write_to_its_findings_is_in_flight_is_judged_
     assert len(fake.buf_calls()) == 2, "the note and the raise; the lowering was never sent"
 
 
-# The audit queue holds one record, and a request reserves its place before it waits for quota:
-# the administrator's raise (decided at 0.1 s, sent at 2 s, answered at 3.5 s) holds the place
-# until it is answered, so a member's request decided at 1 s, before the raise was sent, waits
-# for room until 3.5 s and then for the call at 4 s. By then the raise has been sent and
-# answered since the member's decision read its state.
+# BatchUpdateFindings is paced to one call per 2 s. The raise (decided at 0.1 s, sent with the
+# call at 2 s, answered at 3.5 s) is the member's own, so it waits in the same caller's line as
+# the member's later request (decided at 1 s, before the raise was sent), which therefore gets
+# the call after it, at 4 s: by then the raise has been sent and answered since that decision
+# read its state. (Until review 51's audit change, the administrator raised and an audit queue
+# of one record ordered the two: a forward reserved its record's place before it waited for
+# quota. Forwards now reserve from a pool of their own, and two accounts' requests waiting at
+# the bucket are served in either order.)
 GATED = {"enrichment": {"cache_ttl_ms": 60000},
-         "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}},
-         "audit": {"queue_capacity": 1, "enqueue_timeout_ms": 10000}}
+         "quota": {"limits": {"BatchUpdateFindings": {"rate": 0.5, "burst": 1}}}}
 
 
 def raise_behind(fake, hg, start: float) -> tuple[threading.Thread, dict]:
-    """The administrator's raise, sent with the call at 2 s and answered 1.5 s later; returns
-    at 1 s after `start`, before it is sent."""
+    """The member's raise, sent with the call at 2 s and answered 1.5 s later; returns at 1 s
+    after `start`, before it is sent."""
     fake.configure(answer_delay_ms={"BatchUpdateFindings": 1500})
     answers = {}
 
-    def admin():
-        answers["admin"] = hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="admin")
+    def raise_it():
+        answers["raise"] = hg.buf(body(FID, Severity={"Label": "CRITICAL"}), who="member")
 
-    raising = threading.Thread(target=admin)
+    raising = threading.Thread(target=raise_it)
     time.sleep(max(0.0, start + 0.1 - time.monotonic()))
     raising.start()
     time.sleep(max(0.0, start + 1.0 - time.monotonic()))
@@ -214,7 +216,7 @@ def test_a_request_whose_findings_change_while_it_waits_is_decided_again(stack):
     raising, answers = raise_behind(fake, hg, start)
     lowered = hg.buf(body(FID, Severity={"Label": "MEDIUM"}), who="member")
     raising.join(30)
-    assert answers["admin"].status == 200, answers["admin"].text
+    assert answers["raise"].status == 200, answers["raise"].text
     assert_lowering_refused(lowered, fake)
     rec = hg.audit_for(lowered.headers["x-amzn-requestid"])
     # decided twice, with no lookup: on the cached MEDIUM, then on it with the raise laid over
@@ -238,7 +240,7 @@ def test_a_decision_made_again_on_the_writes_laid_over_is_sent_with_the_quota_al
     note = hg.buf(body(FID, Note={"Text": "second look", "UpdatedBy": "member"}), who="member")
     sent_by = time.monotonic() - start - 1.5  # the fake answers 1.5 s after it applies
     raising.join(30)
-    assert answers["admin"].status == 200, answers["admin"].text
+    assert answers["raise"].status == 200, answers["raise"].text
     assert note.status == 200, note.text
     assert voided(hg) == {"replayed": 1.0}
     assert sent_by < 5.0, f"sent {sent_by:.1f} s after the start: it waited for quota again"

@@ -8,12 +8,13 @@ import time
 from helpers import CALLERS, ident, sign, wait_until
 
 
-def send_and_hang_up(hg, body: dict, who: str, after: float):
-    """Send a signed request on a raw socket and close it `after` seconds later, unanswered."""
+def send_and_hang_up(hg, body: dict, who: str, after: float, method: str = "PATCH",
+                     path: str = "/findings/batchupdate"):
+    """Send a signed request (a BatchUpdateFindings unless `method` and `path` say otherwise) on
+    a raw socket and close it `after` seconds later, unanswered."""
     raw = json.dumps(body).encode()
-    path = "/findings/batchupdate"
-    headers = sign(CALLERS[who], "PATCH", hg.host, path, raw, {"Content-Type": "application/json"})
-    head = f"PATCH {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    headers = sign(CALLERS[who], method, hg.host, path, raw, {"Content-Type": "application/json"})
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head += f"Content-Length: {len(raw)}\r\n\r\n"
     with socket.create_connection(("127.0.0.1", hg.port), timeout=5) as s:
         s.sendall(head.encode() + raw)

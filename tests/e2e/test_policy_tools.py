@@ -39,7 +39,7 @@ def test_eval_explains_each_violation_with_its_rule(request_file, current_file):
     assert "first pass (request only): ALLOW" in out
     assert "second pass (with finding state): DENY" in out
     assert "member accounts may not lower a finding's severity (HIGH to LOW) [finding f-1" in out
-    assert "finding not found in Security Hub [finding f-2" in out
+    assert "this account has no such finding [finding f-2" in out
     assert "hubgate.rego:" in out
 
 

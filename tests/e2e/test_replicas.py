@@ -389,7 +389,8 @@ def test_a_v2_write_to_one_account_keeps_the_shared_cache_of_the_others(replicas
     for fid in ("f-own-high", "f-own-medium"):
         assert r2.buf(note_ids([fid]), who="member").status == 200  # cached, shared
     v2 = {"FindingIdentifiers": [{"CloudAccountUid": OTHER_ACCOUNT, "FindingInfoUid": "f-other",
-                                  "MetadataProductUid": "x"}], "Comment": "triaged"}
+                                  "MetadataProductUid": "x"}], "Comment": "triaged",
+          "StatusId": 2}  # a status: a V2 that only comments leaves nothing unknown
     assert r1.send("PATCH", "/findingsv2/batchupdatev2", v2, who="admin").status == 200
     calls = quota_fake.op_stats("GetFindings")["calls"]
     hit = r2.buf(note_ids(["f-own-high"], "again"), who="member")
@@ -453,7 +454,8 @@ def _r29_body(*fids: str, **update) -> dict:
 
 def _r29_v2_note(account: str, fid: str) -> dict:
     return {"FindingIdentifiers": [{"CloudAccountUid": account, "FindingInfoUid": fid,
-                                    "MetadataProductUid": "x"}], "Comment": "raised"}
+                                    "MetadataProductUid": "x"}], "Comment": "raised",
+            "SeverityId": 5}
 
 
 # (in flight, settle_ms): settle_ms >= cache_ttl_ms keeps the shared cache over the V2 write;

@@ -192,19 +192,25 @@ def v2_note(account: str, fid: str) -> dict:
                                     "MetadataProductUid": "x"}], "Comment": "triaged"}
 
 
+def v2_status(account: str, fid: str) -> dict:
+    """A V2 write that changes a fact decisions read (the workflow status), not only a note."""
+    return {**v2_note(account, fid), "StatusId": 2}
+
+
 def test_a_v2_write_leaves_unknown_only_the_findings_of_the_accounts_it_names(stack):
     """BatchUpdateFindingsV2 names findings by OCSF identifiers hubgate cannot map to the ones
     GetFindings reads, but each names its account: the state of that account's findings is
     unknown for the window, and no other account's. MetadataUids name no account: every
-    finding's state is unknown."""
+    finding's state is unknown. (A V2 that only comments changes no fact a decision reads and
+    leaves nothing unknown: test_adversarial_v2r2.py.)"""
     fake, hg = stack({"cache_ttl_ms": 0, "settle_ms": 60000})
-    elsewhere = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(OTHER_ACCOUNT, "f-other"),
-                        who="admin")
+    elsewhere = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                        v2_status(OTHER_ACCOUNT, "f-other"), who="admin")
     assert elsewhere.status == 200, elsewhere.text
     assert hg.buf(body(FID, **NOTE), who="member").status == 200, "another account's write"
 
-    mine = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(MEMBER_ACCOUNT, "f-own-high"),
-                   who="member")
+    mine = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                   v2_status(MEMBER_ACCOUNT, "f-own-high"), who="member")
     assert mine.status == 200, mine.text
     resp = hg.buf(body(FID, **NOTE), who="member")
     err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")["error"]
@@ -213,7 +219,7 @@ def test_a_v2_write_leaves_unknown_only_the_findings_of_the_accounts_it_names(st
     assert 50 <= int(resp.headers["retry-after"]) <= 60, resp.headers
 
     uids = hg.send("PATCH", "/findingsv2/batchupdatev2",
-                   {"MetadataUids": ["uid-1"], "Comment": "triaged"}, who="admin")
+                   {"MetadataUids": ["uid-1"], "Comment": "triaged", "StatusId": 2}, who="admin")
     assert uids.status == 200, uids.text
     resp = hg.buf(body("f-own-high", **NOTE), who="member")
     err = assert_envelope(resp, 503, "STATE_SETTLING", "ServiceUnavailableException")["error"]
@@ -348,12 +354,12 @@ def test_without_the_journal_a_v2_write_makes_its_accounts_cached_findings_read_
 
 
 def test_a_refusal_for_an_accounts_write_is_not_paid_for_again_on_retry(stack):
-    """After the member's V2 comment on its own account, its note on another of its findings
-    is refused with 503 once the lookup shows the finding is that account's. The SDK's retries
-    are refused before any GetFindings call."""
+    """After the member's V2 status change on its own account, its note on another of its
+    findings is refused with 503 once the lookup shows the finding is that account's. The SDK's
+    retries are refused before any GetFindings call."""
     fake, hg = stack({"cache_ttl_ms": 0, "settle_ms": 60000})
-    mine = hg.send("PATCH", "/findingsv2/batchupdatev2", v2_note(MEMBER_ACCOUNT, "f-own-high"),
-                   who="member")
+    mine = hg.send("PATCH", "/findingsv2/batchupdatev2",
+                   v2_status(MEMBER_ACCOUNT, "f-own-high"), who="member")
     assert mine.status == 200, mine.text
     calls = get_findings_calls(fake)
     for attempt in range(3):

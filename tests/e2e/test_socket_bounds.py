@@ -314,7 +314,8 @@ def test_session_token_with_a_hubgate_key_is_unauthenticated(hg):
     assert_nothing_forwarded(hg)
 
 
-PT_ADMIN = Creds("AKIAPASSADMIN0000001", "pass-admin-secret-known-to-aws-only")
+# Temporary credentials (an ASIA key id): the session token goes with them, as AWS requires.
+PT_ADMIN = Creds("ASIAPASSADMIN0000001", "pass-admin-secret-known-to-aws-only")
 PT_CALLERS = f"""\
 [[caller]]
 id = "pt-admin"

@@ -337,6 +337,9 @@ def test_accepts_body_with_every_member(model, validators, op):
             errors = list(validators[op].iter_errors(boto_body(model, op, p)))
             assert not errors, [(e.json_path, e.message) for e in errors[:5]]
         return
+    if op == "BatchImportFindings":
+        # a finding's ProductArn is 12 to 2048 characters (its documentation, SHAPE_DOC_EXTRAS)
+        params["Findings"][0]["ProductArn"] = ARN
     sent = boto_body(model, op, params)
     errors = list(validators[op].iter_errors(sent))
     assert not errors, [(e.json_path, e.message) for e in errors[:5]]
@@ -419,6 +422,9 @@ BAD = {
         "finding_missing_resources": ({"Findings": [drop(finding(), "Resources")]}, "/Findings/0"),
         "finding_unknown_member": (bif(Score=5), "/Findings/0"),
         "finding_blank_id": (bif(Id="   "), "/Findings/0/Id"),
+        "finding_id_longer_than_a_findings": (bif(Id="i" * 513), "/Findings/0/Id"),
+        "finding_product_arn_too_long": (bif(ProductArn="a" * 2049), "/Findings/0/ProductArn"),
+        "finding_product_arn_too_short": (bif(ProductArn="a" * 11), "/Findings/0/ProductArn"),
         "finding_confidence_string": (bif(Confidence="high"), "/Findings/0/Confidence"),
         "finding_confidence_fraction": (bif(Confidence=1.5), "/Findings/0/Confidence"),
         "severity_label_unknown": (bif(Severity={"Label": "SEVERE"}), "/Findings/0/Severity/Label"),

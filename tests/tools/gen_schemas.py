@@ -101,6 +101,22 @@ DOC_EXTRAS = {
     ],
 }
 
+def _constraint_length_from_doc(doc):
+    m = re.search(r"Length Constraints: Minimum length of (\d+)\. Maximum length of (\d+)\.", doc)
+    return {"minLength": int(m.group(1)), "maxLength": int(m.group(2))} if m else None
+
+
+# The same for members of nested shapes: shape -> [(member, derive)]. An imported finding's
+# identifiers are bounded as BatchUpdateFindings' are (policies/schemas/BatchUpdateFindings.json):
+# hubgate keeps each imported finding's identifier for enrichment.settle_ms after the import, so
+# an Id up to the body's size was held for minutes per finding, whatever Security Hub made of it.
+SHAPE_DOC_EXTRAS = {
+    "AwsSecurityFinding": [
+        ("Id", _constraint_length_from_doc),
+        ("ProductArn", _constraint_length_from_doc),
+    ],
+}
+
 # Rules between members that the model states only in documentation strings.
 # operation -> [(member whose doc says it, text that must be in that doc, {keyword: value} for the root,
 #                what the description says about it)]
@@ -155,6 +171,7 @@ class Converter:
         self.defs = {}
         self.rewritten = {}  # model pattern -> pattern written, for the ones rewritten
         self.dropped = []  # (structure, member, location) of members not in the body
+        self.shape_extras = []  # (structure, member, {keyword: value}) from SHAPE_DOC_EXTRAS
 
     @staticmethod
     def needs_def(shape):
@@ -252,10 +269,17 @@ class Converter:
         if meta.get("union"):
             node["minProperties"] = 1
             node["maxProperties"] = 1
+        extras = dict(extras or {})
+        for name, derive in SHAPE_DOC_EXTRAS.get(shape.name, []):
+            got = derive(plain(shape.members[name].documentation))
+            if got is None:
+                raise SystemExit(f"{shape.name}.{name}: the documentation no longer states what {SCRIPT} derives from it")
+            extras[name] = got
+            self.shape_extras.append((shape.name, name, got))
         props = {}
         for name, member in members:
             use = self.use(member)
-            extra = (extras or {}).get(name)
+            extra = extras.get(name)
             deprecated = bool(shape._shape_model.get("members", {}).get(name, {}).get("deprecated"))
             if annotate or extra or deprecated:
                 prop = {}
@@ -316,8 +340,10 @@ def build(op_name, model=None):
             "Model patterns rewritten to an ECMA-262-safe equivalent: "
             + ", ".join(f"{json.dumps(a)} -> {json.dumps(b)}" for a, b in sorted(conv.rewritten.items())) + "."
         )
-    if member_extras or root_extras:
+    if member_extras or root_extras or conv.shape_extras:
         parts = [f"{m} {' '.join(f'{k} {json.dumps(v)}' for k, v in kw.items())}" for m, kw in member_extras.items()]
+        parts += [f"{s}.{m} {' '.join(f'{k} {json.dumps(v)}' for k, v in kw.items())}"
+                  for s, m, kw in conv.shape_extras]
         parts += root_labels
         notes.append("Constraints taken from the model's documentation strings (not its shapes): " + "; ".join(parts) + ".")
 
