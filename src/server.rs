@@ -999,6 +999,22 @@ fn reload(gate: &Gate) {
             errors.push(e);
         }
     }
+    // Before the policy set, whose compile can take seconds: a reload that revokes a client CA
+    // or a caller must not wait for it.
+    let mut tls_failed = false;
+    if let Some(tls) = &gate.tls {
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!("TLS certificate reloaded");
+                tls_loaded(tls, &gate.stages.metrics);
+            }
+            Err(e) => {
+                // Reported by the tls check of /readyz, from Tls::last_error.
+                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
+                tls_failed = true;
+            }
+        }
+    }
     match PolicySet::load(
         &gate.stages.config.policy.dir,
         Duration::from_millis(gate.stages.config.policy.eval_timeout_ms),
@@ -1017,20 +1033,6 @@ fn reload(gate: &Gate) {
         Err(e) => {
             tracing::error!(error = %e, "policy reload failed; keeping the previous policy set");
             errors.push(e.to_string());
-        }
-    }
-    let mut tls_failed = false;
-    if let Some(tls) = &gate.tls {
-        match tls.reload() {
-            Ok(()) => {
-                tracing::info!("TLS certificate reloaded");
-                tls_loaded(tls, &gate.stages.metrics);
-            }
-            Err(e) => {
-                // Reported by the tls check of /readyz, from Tls::last_error.
-                tracing::error!(error = %e, "TLS reload failed; keeping the previous certificate");
-                tls_failed = true;
-            }
         }
     }
     // Success means every part loaded: set on the policies' success alone, a failed callers
