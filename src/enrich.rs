@@ -148,6 +148,8 @@ impl Drop for StopsWaiting {
 struct CallProgress {
     id: u64,
     calls: AtomicUsize,
+    /// Security Hub throttled one of its calls: the audit record says so. It stays set once the
+    /// retry is sent; whether a request that ran out of time waited for quota is `for_quota`.
     throttled: AtomicBool,
     /// The batch is waiting for quota (to retry a failed call, or for its next page), not for
     /// Security Hub's answer to a call sent. A request whose deadline comes then ran out of
@@ -1254,10 +1256,9 @@ impl Enricher {
                     }
                     None => {
                         let call = st.in_flight.get(key);
-                        for_quota |= call.is_none_or(|c| {
-                            c.throttled.load(Ordering::Relaxed)
-                                || c.for_quota.load(Ordering::Relaxed)
-                        });
+                        // Not `throttled`: a retry sent after a throttle, with quota, that
+                        // Security Hub is slow to answer is Security Hub's delay (504).
+                        for_quota |= call.is_none_or(|c| c.for_quota.load(Ordering::Relaxed));
                         let earlier = st.spent.get(key).map_or(&[][..], Vec::as_slice);
                         for call in call.into_iter().chain(earlier) {
                             count(&mut stats, call);
@@ -2554,6 +2555,8 @@ async fn fetch_and_deliver(
         loop {
             match fetch_chunk(&inner, &chunk, &progress, &mut pages).await {
                 Err(e) if e.is_throttle() || e.is_transient() => {
+                    // From the answer on, until the retry is sent, the batch waits for quota.
+                    progress.for_quota.store(true, Ordering::Relaxed);
                     let most = match e.is_throttle() {
                         true => {
                             progress.throttled.store(true, Ordering::Relaxed);
@@ -2573,7 +2576,6 @@ async fn fetch_and_deliver(
                     if attempt > most || !anyone_waiting(&inner, &chunk) {
                         break Err(e);
                     }
-                    progress.for_quota.store(true, Ordering::Relaxed);
                     // Full jitter: concurrent retries spread out instead of hitting the quota
                     // together again.
                     let cap = BACKOFF_BASE

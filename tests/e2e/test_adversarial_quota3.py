@@ -180,3 +180,36 @@ def test_a_forwards_5xx_is_relayed_and_never_sent_again(quirky, make_hubgate):
     assert resp.status == 500, resp.text
     time.sleep(0.5)
     assert quirky.count("/findings/batchupdate") == 1
+
+
+def test_a_retry_sent_after_a_throttle_that_security_hub_is_slow_to_answer_is_504(
+        quirky, make_hubgate):
+    """Security Hub throttles the member's lookup (429), hubgate retries it with quota to spare,
+    and Security Hub then holds the retry past the request's wait (max_wait_ms 1.5 s, the call's
+    own timeout 4 s). The request ran out of time waiting for Security Hub, not for quota: 504
+    UPSTREAM_TIMEOUT, as for any slow answer. It was 429 THROTTLED, because the batch stayed
+    marked throttled after its retry was sent, and SDKs backed off for a quota that had room.
+    The record still says the lookup was throttled, and counts both calls."""
+    calls = []
+
+    def throttle_then_stall(_req, _default):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return 429, {"x-amzn-ErrorType": "TooManyRequestsException"}, \
+                b'{"__type": "TooManyRequestsException", "message": "Rate exceeded"}'
+        time.sleep(3)
+        return None
+
+    quirky.on_get = throttle_then_stall
+    hg = make_hubgate({"upstream": {"timeout_ms": 4000}, "quota": {"max_wait_ms": 1500}},
+                      upstream_endpoint=quirky.endpoint)
+    started = time.monotonic()
+    resp = hg.buf(upd("f-own-high", Note=NOTE), who="member")
+    assert time.monotonic() - started < 3
+    body = assert_envelope(resp, 504, "UPSTREAM_TIMEOUT", "InternalException")
+    assert len(calls) == 2, calls
+    rec = hg.audit_for(body["error"]["request_id"])
+    assert rec["status"] == 504 and rec["forwarded"] is False, rec
+    assert rec["throttled"] is True, rec
+    assert rec["metrics"]["counter_lookup_calls"] == 2, rec["metrics"]
+    assert quirky.count("/findings/batchupdate") == 0
