@@ -762,3 +762,17 @@ def aws(hubgate, creds: Creds, *args) -> subprocess.CompletedProcess:
         [str(AWS_CLI), "securityhub", *args, "--endpoint-url", hubgate.url,
          "--cli-read-timeout", "15", "--cli-connect-timeout", "5"],
         env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def ocsf_schema_errors(event: dict) -> list[str]:
+    """What an OCSF event breaks of its declared version's api_activity schema (with its
+    profiles), one line per error; `chain`, hubgate's tamper-evidence envelope, is left out."""
+    import jsonschema
+    from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
+
+    ocsf = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=event["metadata"]["version"]))
+    schema = ocsf.get_class_schema(class_name="api_activity",
+                                   profiles=event["metadata"].get("profiles", []))
+    body = {k: v for k, v in event.items() if k != "chain"}
+    return [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in jsonschema.Draft202012Validator(schema).iter_errors(body)]
