@@ -28,11 +28,16 @@ pub enum FramingError {
     )]
     LengthAndTransferEncoding,
     #[error(
-        "the framing of this chunked request could not be verified (its raw head was over 64 KiB, \
-         or came after a chunked request on the same connection): send the body with \
-         Content-Length"
+        "the framing of this chunked request could not be verified (it came after a chunked \
+         request on the same connection): send the body with Content-Length"
     )]
     UnverifiedChunked,
+    #[error(
+        "the head of this request could not be verified (it came after a chunked request, or \
+         more than 512 KiB sent ahead, on the same connection), so hubgate cannot tell whether \
+         its Content-Length was sent more than once: send it on a new connection"
+    )]
+    UnverifiedHead,
     #[error("the {0} header appears more than once")]
     DuplicateHeader(&'static str),
     #[error(
@@ -178,12 +183,24 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
         }
     }
     // hyper keeps one of two equal Content-Length lines (and refuses differing ones itself);
-    // the raw head, when the server captured this request's, still shows both.
+    // only the raw head still shows both. A body-carrying request whose head was not captured
+    // is refused, as a chunked one is: passed over, it let a repeated Content-Length through
+    // behind a fragment in the target (the URI drops it, so no head matched) or a head over
+    // the capture's old 64 KiB bound (review 53).
     if http1 {
-        if let Some(raw) = req.extensions().get::<RawHead>() {
-            if head_is_of(&raw.0, req) && head_header_count(&raw.0, b"content-length") > 1 {
+        let raw = req
+            .extensions()
+            .get::<RawHead>()
+            .filter(|raw| head_is_of(&raw.0, req));
+        match raw {
+            Some(raw) if head_header_count(&raw.0, b"content-length") > 1 => {
                 return Err(FramingError::DuplicateHeader("content-length"));
             }
+            Some(_) => {}
+            None if headers.contains_key(header::CONTENT_LENGTH) => {
+                return Err(FramingError::UnverifiedHead);
+            }
+            None => {}
         }
     }
 
@@ -247,8 +264,19 @@ fn transfer_coding_other_than_chunked(headers: &http::HeaderMap) -> Option<Strin
 /// Whether the captured head starts with this request's request line (method and target), so
 /// it cannot be the head of another request on the same connection.
 fn head_is_of<B>(raw: &[u8], req: &Request<B>) -> bool {
-    let line = format!("{} {} ", req.method(), req.uri());
-    raw.starts_with(line.as_bytes())
+    let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    // The URI parser drops a fragment (which a request target may not carry, RFC 9112 §3.2):
+    // the target without it is the one routed, judged and forwarded.
+    let target = match target.iter().position(|b| *b == b'#') {
+        Some(at) => &target[..at],
+        None => target,
+    };
+    method == req.method().as_str().as_bytes() && target == req.uri().to_string().as_bytes()
 }
 
 /// Whether any header line of a raw head is Content-Length.
@@ -337,7 +365,7 @@ mod tests {
                 ("content-length", "2"),
                 ("authorization", "x"),
             ],
-            None,
+            Some("PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nAuthorization: x\r\n\r\n"),
         );
         assert!(check(&p).is_ok());
         // h2: the URI carries scheme and authority, which is how h2 always looks.
@@ -526,6 +554,47 @@ mod tests {
         ));
         let one = "PATCH /findings/batchupdate HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n";
         assert!(check_h1(&[("content-length", "2")], Some(one)).is_ok());
+        // A fragment in the target, which the URI drops: still this request's head, and both
+        // lines still seen (review 53: no head matched, and the repeat went through).
+        let fragment = "PATCH /findings/batchupdate#x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(
+            check_h1(&[("content-length", "2")], Some(fragment)),
+            Err(FramingError::DuplicateHeader("content-length"))
+        ));
+        let fragment = "PATCH /findings/batchupdate#x HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
+        assert!(check_h1(&[("content-length", "2")], Some(fragment)).is_ok());
+    }
+
+    #[test]
+    fn a_body_whose_head_was_not_captured_is_refused() {
+        // No head kept, or another request's: whether Content-Length came twice is unknown.
+        let other = "PATCH /findings/batchupdateV2 HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
+        let longer = "PATCH /findings/batchupdate/x HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
+        let other_method = "POST /findings/batchupdate HTTP/1.1\r\nContent-Length: 2\r\n\r\n";
+        for raw in [
+            None,
+            Some(other),
+            Some(longer),
+            Some(other_method),
+            Some("PATCH"),
+        ] {
+            assert!(
+                matches!(
+                    check_h1(&[("content-length", "2")], raw),
+                    Err(FramingError::UnverifiedHead)
+                ),
+                "{raw:?}"
+            );
+        }
+        // Without a body there is no length to repeat; h2 has no such head.
+        assert!(check_h1(&[("host", "h")], None).is_ok());
+        let p = request(
+            Version::HTTP_2,
+            &format!("https://hubgate.example{PATH}"),
+            &[("content-length", "2")],
+            None,
+        );
+        assert!(check(&p).is_ok());
     }
 
     #[test]

@@ -40,9 +40,10 @@ use crate::framing;
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a connection that starts with it is h2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A request head kept for the framing check is at most this long; a longer one is not kept
-/// (and a chunked request with it is refused as unverifiable).
-const MAX_CAPTURED_HEAD: usize = 64 * 1024;
+/// A request head kept for the framing check is at most this long: hyper's buffer, which bounds
+/// the heads it accepts, so every head it hands over is kept whole. (At 64 KiB, a head between
+/// that and hyper's 96 KiB went unkept, and its repeated Content-Length unseen: review 53.)
+const MAX_CAPTURED_HEAD: usize = crate::server::H1_MAX_BUFFER;
 
 /// The bytes read after a captured head before its request starts (and says how long its body
 /// is) are kept up to this many. hyper starts the request as soon as it has parsed the head, so
