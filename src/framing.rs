@@ -68,6 +68,12 @@ pub enum FramingError {
     )]
     OtherSignature(&'static str),
     #[error(
+        "the {name} header is not accepted: read with '_' as '-', as some front ends read \
+         header names, it is {reads_as}, a header hubgate checks or refuses; send {reads_as} \
+         itself, or rename the header"
+    )]
+    LookAlikeHeader { name: String, reads_as: String },
+    #[error(
         "the Connection header names {0:?}, a header hubgate reads: it cannot be dropped as \
          hop-by-hop between the check and the forward"
     )]
@@ -227,6 +233,14 @@ pub fn check<B>(req: &Request<B>) -> Result<(), FramingError> {
             return Err(FramingError::ContentCoding(quoted(&text)));
         }
     }
+    for name in headers.keys() {
+        if let Some(reads_as) = look_alike(name.as_str()) {
+            return Err(FramingError::LookAlikeHeader {
+                name: name.as_str().to_owned(),
+                reads_as,
+            });
+        }
+    }
     for value in headers.get_all(header::CONNECTION) {
         let text = String::from_utf8_lossy(value.as_bytes());
         if let Some(named) = text.split(',').map(str::trim).find(|option| {
@@ -259,6 +273,25 @@ fn transfer_coding_other_than_chunked(headers: &http::HeaderMap) -> Option<Strin
     };
     let text = String::from_utf8_lossy(value.as_bytes());
     (!text.trim().eq_ignore_ascii_case("chunked")).then(|| text.into_owned())
+}
+
+/// The header a name spelled with `_` for `-` reads as, when that header is one hubgate reads,
+/// refuses, or leaves to AWS (`x-amz-*`, `x-amzn-*`: the signature's and the operation's), or
+/// one that governs the connection. CGI-style gateways, and proxies that take underscores in
+/// names, fold `_` into `-`: in passthrough `X_Amz_Target` or `Transfer_Encoding` went up
+/// unchanged, for a front end that folds names to read as the header hubgate refuses (review
+/// 53). No SDK sends such a name.
+fn look_alike(name: &str) -> Option<String> {
+    if !name.contains('_') {
+        return None;
+    }
+    let folded = name.replace('_', "-");
+    let checked = READ_BY_HUBGATE.contains(&folded.as_str())
+        || OPERATION_OVERRIDES.contains(&folded.as_str())
+        || ["connection", "expect", "te", "trailer", "upgrade"].contains(&folded.as_str())
+        || folded.starts_with("x-amz-")
+        || folded.starts_with("x-amzn-");
+    checked.then_some(folded)
 }
 
 /// Whether the captured head starts with this request's request line (method and target), so
@@ -613,6 +646,31 @@ mod tests {
             None,
         );
         assert!(matches!(check(&p), Err(FramingError::OperationOverride(_))));
+    }
+
+    #[test]
+    fn a_header_spelled_with_underscores_for_one_hubgate_checks_is_refused() {
+        for (name, reads_as) in [
+            ("x_amz_target", "x-amz-target"),
+            ("transfer_encoding", "transfer-encoding"),
+            ("content_encoding", "content-encoding"),
+            ("x_http_method_override", "x-http-method-override"),
+            ("x-amz_security-token", "x-amz-security-token"),
+            ("x_amzn_authorization", "x-amzn-authorization"),
+            ("x_amz_anything", "x-amz-anything"),
+        ] {
+            match check_h1(&[(name, "x")], None) {
+                Err(FramingError::LookAlikeHeader {
+                    name: n,
+                    reads_as: r,
+                }) => {
+                    assert_eq!((n.as_str(), r.as_str()), (name, reads_as))
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // Underscores in a name no header hubgate checks folds to: passed as sent.
+        assert!(check_h1(&[("x_custom_trace", "1"), ("amz_sdk_x", "1")], None).is_ok());
     }
 
     #[test]

@@ -242,3 +242,34 @@ def test_forwards_pace_on_the_account_aws_charges(make_fake, make_hubgate, auth)
         assert "hubgate's BatchUpdateFindings quota" in message, message
         throttled(member, "f-own-high")
         assert len(fake.buf_calls()) == 2
+
+
+@pytest.mark.parametrize("name,value,reads_as", [
+    ("X_Amz_Target", "SecurityHubAPIService.BatchUpdateFindings", "x-amz-target"),
+    ("Transfer_Encoding", "chunked", "transfer-encoding"),
+    ("X_Amz_Security_Token", "a-token-hubgate-never-checked", "x-amz-security-token"),
+])
+def test_a_header_named_with_underscores_for_one_hubgate_refuses_is_not_passed_through(
+        passthrough, name, value, reads_as):
+    """Passthrough forwards the caller's headers. A name spelled with `_` for `-` is the header
+    hubgate refuses (or checks) to a front end that folds one into the other, as CGI-style
+    gateways do: until review 53 it went up unchanged. Refused with the header named; the same
+    request without it is forwarded."""
+    client = pt_client(passthrough, PT_ADMIN)
+    note = {"FindingIdentifiers": [ident("f-admin")],
+            "Note": {"Text": "triaged", "UpdatedBy": "e2e"}}
+    client.batch_update_findings(**note)
+    assert len(passthrough.fake.buf_calls()) == 1
+
+    def add(request, **_):
+        request.headers[name] = value
+
+    client.meta.events.register("before-sign.securityhub.*", add)
+    with pytest.raises(ClientError) as err:
+        client.batch_update_findings(**note)
+    error = err.value.response["Error"]
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400, err.value.response
+    assert error["Code"] == "InvalidInputException", error
+    assert f"the {name.lower()} header is not accepted" in error["Message"], error
+    assert f"it is {reads_as}" in error["Message"], error
+    assert len(passthrough.fake.buf_calls()) == 1, "the request with the look-alike was forwarded"
