@@ -106,14 +106,17 @@ const SINGLE_VALUED: [&str; 7] = [
 ];
 
 /// Headers that some front ends read as the operation (`X-Amz-Target` is how the awsJson
-/// protocols name one) or as the method (the override conventions). Security Hub is restJson1:
-/// the operation is the method and path hubgate routes on, and no SDK sends these. Refused on
-/// every route, so no forward (re-signed with hubgate's role, or passed through) carries them.
-const OPERATION_OVERRIDES: [&str; 4] = [
+/// protocols name one), as the method (the override conventions) or as the path (IIS's and
+/// some frameworks' rewrite headers). Security Hub is restJson1: the operation is the method
+/// and path hubgate routes on, and no SDK sends these. Refused on every route, so no forward
+/// (re-signed with hubgate's role, or passed through) carries them.
+const OPERATION_OVERRIDES: [&str; 6] = [
     "x-amz-target",
     "x-http-method-override",
     "x-method-override",
     "x-http-method",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 const OTHER_SIGNATURE: &str = "x-amzn-authorization";

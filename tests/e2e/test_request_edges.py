@@ -117,8 +117,10 @@ def test_passthrough_single_credential_is_still_forwarded(passthrough):
 # 2. headers that could name another operation or method
 
 
-OVERRIDES = ["X-Amz-Target", "X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method"]
-BUF_VALUE = {"X-Amz-Target": "SecurityHubAPIService.BatchUpdateFindings"}
+OVERRIDES = ["X-Amz-Target", "X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method",
+             "X-Original-URL", "X-Rewrite-URL"]
+BUF_VALUE = {"X-Amz-Target": "SecurityHubAPIService.BatchUpdateFindings",
+             "X-Original-URL": "/findings/batchupdate", "X-Rewrite-URL": "/findings/batchupdate"}
 
 
 @pytest.mark.parametrize("name", OVERRIDES)
