@@ -126,6 +126,19 @@ impl ServerConfig {
         self.max_in_flight_per_caller
             .unwrap_or((self.max_in_flight / 4).max(1))
     }
+
+    /// One caller's share of the body bytes in flight: the fraction of
+    /// max_in_flight_body_bytes its share is of max_in_flight (a quarter by default), and never
+    /// less than one request of max_body_bytes.
+    pub fn caller_byte_share(&self) -> u64 {
+        let share = self.caller_share().min(self.max_in_flight) as u128;
+        let bytes =
+            u128::from(self.max_in_flight_body_bytes) * share / (self.max_in_flight.max(1) as u128);
+        u64::try_from(bytes).unwrap_or(u64::MAX).clamp(
+            self.max_body_bytes,
+            self.max_in_flight_body_bytes.max(self.max_body_bytes),
+        )
+    }
 }
 
 impl Default for ServerConfig {
@@ -1734,6 +1747,16 @@ mod tests {
             assert!(err.contains(key), "{text}: {err}");
         }
         assert_eq!(parse("").unwrap().server.caller_share(), 64);
+        // A caller's share of the body bytes follows its share of the requests, and holds one
+        // request of max_body_bytes at least.
+        assert_eq!(
+            parse("").unwrap().server.caller_byte_share(),
+            16 * 1_048_576
+        );
+        let c = parse("[server]\nmax_in_flight = 8\nmax_in_flight_per_caller = 8").unwrap();
+        assert_eq!(c.server.caller_byte_share(), 64 * 1_048_576);
+        let c = parse("[server]\nmax_body_bytes = 1000\nmax_in_flight_body_bytes = 2000").unwrap();
+        assert_eq!(c.server.caller_byte_share(), 1000);
         // The body-bytes cap must hold one request of max_body_bytes.
         let c = parse("[server]\nmax_body_bytes = 1000\nmax_in_flight_body_bytes = 1000").unwrap();
         assert_eq!(c.server.max_in_flight_body_bytes, 1000);

@@ -86,7 +86,7 @@ pub enum Rejection {
     Overloaded { setting: &'static str, limit: usize },
     /// One caller holds its whole share of the in-flight cap: retryable, like the cap.
     #[error(transparent)]
-    CallerBusy(#[from] crate::admission::CallerBusy),
+    CallerBusy(#[from] crate::admission::ShareRefused),
     #[error(transparent)]
     Quota(#[from] QuotaExhausted),
     /// A member's forwarded call that could read beyond the member's account.

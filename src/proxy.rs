@@ -718,7 +718,11 @@ fn admit<'a>(
     // smaller max_in_flight.
     let share = match ctx.gate.config.identity.mode {
         IdentityMode::Static => None,
-        _ => Some(ctx.gate.shares.take(claim.claimed(), || claim.shown())?),
+        _ => Some(
+            ctx.gate
+                .shares
+                .take(claim.claimed(), body_bytes, || claim.shown())?,
+        ),
     };
     // At most max_body_bytes (declared_length), which the configuration keeps within the cap.
     let bytes = ctx

@@ -515,7 +515,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             audit,
             metrics,
             in_flight: Arc::new(Semaphore::new(config_server.max_in_flight)),
-            shares: crate::admission::Shares::new(config_server.caller_share()),
+            shares: crate::admission::Shares::new(
+                config_server.caller_share(),
+                config_server.caller_byte_share(),
+            ),
             // Validated at most 2^40, under tokio's MAX_PERMITS on 64-bit targets.
             body_bytes: Arc::new(Semaphore::new(
                 usize::try_from(config_server.max_in_flight_body_bytes)

@@ -142,13 +142,15 @@ def test_a_megabyte_refusal_costs_a_bounded_answer_and_record(hubgate):
 
 
 def test_body_bytes_in_flight_are_capped(make_hubgate, make_fake):
-    """With the defaults, a member's 64 requests (its whole share) whose 1.04 MB bodies are
-    being sent slowly hold 66.56 MB of server.max_in_flight_body_bytes (64 MiB) from their
-    heads on: another caller's 600 KB request would pass it and is a 503 OVERLOADED
-    (retryable) naming the setting, while a small request is served; once they are gone, the
-    600 KB request is admitted (and judged: a 400 for its note here). Before the cap, all were
-    admitted, and nothing bounded the bytes held by max_in_flight requests."""
-    hg = make_hubgate({}, fake=make_fake())
+    """A member's 64 requests whose 1.04 MB bodies are being sent slowly hold 66.56 MB of
+    server.max_in_flight_body_bytes (64 MiB) from their heads on: another caller's 600 KB
+    request would pass it and is a 503 OVERLOADED (retryable) naming the setting, while a
+    small request is served; once they are gone, the 600 KB request is admitted (and judged: a
+    400 for its note here). Before the cap, all were admitted, and nothing bounded the bytes
+    held by max_in_flight requests. The member may hold every slot here
+    (max_in_flight_per_caller = max_in_flight, and so the whole cap): with the default share
+    it holds a quarter of the bytes (test_adversarial_review53d.py)."""
+    hg = make_hubgate({"server": {"max_in_flight_per_caller": 256}}, fake=make_fake())
     path = "/findings/batchupdate"
     big = json.dumps({"FindingIdentifiers": [OWN],
                       "Note": {"Text": "x" * 600_000, "UpdatedBy": "me"}}).encode()
