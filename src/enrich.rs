@@ -133,12 +133,16 @@ impl Waiter {
     }
 }
 
-/// Marks the waiter gone when the request stops waiting, however it stops.
-struct StopsWaiting(Arc<Waiter>);
+/// Marks the waiter gone when the request stops waiting, however it stops; one that goes
+/// before all its findings came in counts the findings it queued into `State::gone_queued`.
+struct StopsWaiting(Arc<Waiter>, usize, Arc<AtomicUsize>);
 
 impl Drop for StopsWaiting {
     fn drop(&mut self) {
         self.0.gone.store(true, Ordering::Relaxed);
+        if self.1 > 0 && self.0.slots().left > 0 {
+            self.2.fetch_add(self.1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -237,6 +241,13 @@ struct State {
     bytes: usize,
     /// Findings waiting for a batch, per account, served in turn.
     queue: LookupQueue,
+    /// Queue entries past which the queue is next rid of the findings nobody waits for any
+    /// more (`State::make_room_in_queue`).
+    compact_at: usize,
+    /// Findings queued by requests that stopped waiting before they all came in, since the
+    /// queue was last rid of the findings nobody waits for (added to as they stop, without
+    /// the lock).
+    gone_queued: Arc<AtomicUsize>,
     /// Requests waiting on each queued or in-flight finding, each with the finding's place
     /// in its wait.
     waiting: KeyMap<Vec<(Arc<Waiter>, usize)>>,
@@ -500,6 +511,48 @@ impl State {
         if let Some(Some((generation, _))) = self.preclaimed.remove(key) {
             self.unclaimed.push((key.clone(), generation));
         }
+    }
+
+    /// Before `n` more findings are queued (and, with none, whenever the driver checks for
+    /// work): the queue is rid of the findings nobody waits for any more (their requests
+    /// answered, gave up or were dropped) once it has doubled since it last was, or once the
+    /// requests that stopped waiting had queued half as many findings as it holds. The queue
+    /// drops those as they reach its front (`has_live_work`), but behind a request waiting for
+    /// quota, the findings of a member's requests that hung up at once stayed queued with
+    /// their waiters: 24,000 of them, 60 MB, in 3 s at one request in flight (review 53),
+    /// growing with the rate of such requests and not bounded by anything in flight. Each
+    /// compaction, linear in the queue, is paid for by the doubling or by the findings of the
+    /// requests gone.
+    fn make_room_in_queue(&mut self, n: usize) {
+        const COMPACT_FLOOR: usize = 1024;
+        let entries = self.queue.entries();
+        let gone = self.gone_queued.load(Ordering::Relaxed);
+        let doubled = entries + n > self.compact_at.max(COMPACT_FLOOR);
+        let left = gone > 0 && entries > 0 && 2 * gone >= entries;
+        if !(doubled || left) {
+            return;
+        }
+        self.gone_queued.store(0, Ordering::Relaxed);
+        let mut removed = Vec::new();
+        let (waiting, in_flight) = (&mut self.waiting, &self.in_flight);
+        self.queue.retain(
+            |key| {
+                // A copy of a finding a call already serves: its waiters get that call's answer.
+                !in_flight.contains_key(key)
+                    && waiting.get_mut(key).is_some_and(|w| {
+                        w.retain(|(waiter, _)| waiter.waiting());
+                        !w.is_empty()
+                    })
+            },
+            &mut removed,
+        );
+        for key in &removed {
+            if !self.in_flight.contains_key(key) {
+                self.forget(key);
+                self.drop_preclaimed(key);
+            }
+        }
+        self.compact_at = 2 * (self.queue.entries() + n);
     }
 
     /// Nobody waits for `key` any more.
@@ -1201,10 +1254,12 @@ impl Enricher {
                     }
                 }
             }
-            waiting = waiter.map(StopsWaiting);
+            let gone_queued = st.gone_queued.clone();
+            waiting = waiter.map(|w| StopsWaiting(w, queued.len(), gone_queued));
             if !queued.is_empty() {
                 // Only findings a waiter waits for are queued.
                 if let Some(waiter) = &waiting {
+                    st.make_room_in_queue(queued.len());
                     st.queue.push_back(&waiter.0.caller, queued);
                 }
                 self.inner.work.notify_one();
@@ -1228,7 +1283,7 @@ impl Enricher {
             }
         };
         // Marks the request gone when it returns, however it returns.
-        let Some(StopsWaiting(waiter)) = &waiting else {
+        let Some(StopsWaiting(waiter, ..)) = &waiting else {
             return Ok((found, stats, mark));
         };
         let in_time = tokio::time::timeout_at(deadline.into(), waiter.all_delivered())
@@ -2473,6 +2528,9 @@ fn next_to_look_up(st: &mut State) -> Option<FindingKey> {
 /// when a chunk is taken, after the wait for quota: a client can leave during that wait
 /// (its decision stops waiting), and its findings were then looked up for nobody.
 fn has_live_work(st: &mut State) -> bool {
+    // Also while nothing is queued anew: the driver asks this while it waits for quota, so the
+    // findings of requests that hung up after the last one was queued leave too.
+    st.make_room_in_queue(0);
     while let Some(key) = st.queue.front() {
         if st.in_flight.contains_key(key) {
             // A copy of a finding another turn took: its waiters are served by that call.
@@ -3672,6 +3730,95 @@ mod tests {
         assert!(st.spent.is_empty());
         st.batch_ended(began);
         assert!(st.written.is_empty() && st.batches.is_empty());
+    }
+
+    /// The findings of requests that stopped waiting leave the queue, and their waiters the
+    /// map, once the queue has doubled: not only when they reach its front.
+    #[test]
+    fn findings_nobody_waits_for_leave_the_queue_once_it_doubles() {
+        let mut st = State::default();
+        let who = Who::from(member());
+        let live = Arc::new(Waiter::new(1, member()));
+        let front = FindingKey::new("front", "p");
+        st.waiting.insert(front.clone(), vec![(live.clone(), 0)]);
+        st.queue.push_back(&who, vec![front.clone()]);
+        let mut gone = Vec::new();
+        for r in 0..12 {
+            let waiter = Arc::new(Waiter::new(100, member()));
+            let keys: Vec<FindingKey> = (0..100)
+                .map(|i| FindingKey::new(format!("dead-{r}-{i}"), "p"))
+                .collect();
+            for (at, k) in keys.iter().enumerate() {
+                st.waiting.insert(k.clone(), vec![(waiter.clone(), at)]);
+            }
+            st.make_room_in_queue(keys.len());
+            st.queue.push_back(&who, keys);
+            // The request hangs up at once.
+            waiter.gone.store(true, Ordering::Relaxed);
+            gone.push(waiter);
+        }
+        // 1,201 queued would pass the floor of 1,024: the 1,000 before were dropped.
+        assert_eq!(
+            st.queue.entries(),
+            201,
+            "only the live finding and the last request's"
+        );
+        assert_eq!(st.waiting.len(), 201);
+        assert!(st.waiting.contains_key(&front));
+        assert_eq!(
+            st.compact_at,
+            2 * (1 + 100),
+            "twice what was left and then queued"
+        );
+        // A finding a call is out for is served by that call: its queued copy goes, and its
+        // waiters stay for the answer.
+        st.in_flight
+            .insert(front.clone(), Arc::new(CallProgress::default()));
+        st.compact_at = 0;
+        st.make_room_in_queue(2000);
+        assert_eq!(st.queue.entries(), 0);
+        assert!(st.waiting.contains_key(&front) && st.waiting.len() == 1);
+
+        // Without a doubling: requests that hang up before their findings came in count
+        // them, and once those are half the queue, the driver's next check drops them.
+        let mut st = State::default();
+        st.waiting.insert(front.clone(), vec![(live.clone(), 0)]);
+        st.queue.push_back(&who, vec![front.clone()]);
+        let mut requests = Vec::new();
+        for r in 0..3 {
+            let waiter = Arc::new(Waiter::new(100, member()));
+            let keys: Vec<FindingKey> = (0..100)
+                .map(|i| FindingKey::new(format!("gone-{r}-{i}"), "p"))
+                .collect();
+            for (at, k) in keys.iter().enumerate() {
+                st.waiting.insert(k.clone(), vec![(waiter.clone(), at)]);
+            }
+            st.make_room_in_queue(keys.len());
+            requests.push(StopsWaiting(waiter, keys.len(), st.gone_queued.clone()));
+            st.queue.push_back(&who, keys);
+        }
+        assert_eq!(st.queue.entries(), 301);
+        has_live_work(&mut st);
+        assert_eq!(st.queue.entries(), 301, "nobody has gone yet");
+        // One that got all its findings counts nothing when it goes.
+        let done = Arc::new(Waiter::new(1, member()));
+        deliver_to(&done);
+        drop(StopsWaiting(done, 1, st.gone_queued.clone()));
+        drop(requests);
+        assert_eq!(st.gone_queued.load(Ordering::Relaxed), 300);
+        assert!(has_live_work(&mut st));
+        assert_eq!((st.queue.entries(), st.waiting.len()), (1, 1));
+        assert_eq!(st.gone_queued.load(Ordering::Relaxed), 0);
+    }
+
+    fn deliver_to(waiter: &Waiter) {
+        let delivery = Delivery {
+            outcome: Ok(None),
+            call: Arc::new(CallProgress::default()),
+            generation: 0,
+            earlier: Vec::new(),
+        };
+        waiter.put(0, delivery);
     }
 
     /// Member names are matched as their unescaped bytes: an escaped name is still the member

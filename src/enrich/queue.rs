@@ -215,6 +215,34 @@ impl LookupQueue {
         self.served = Some(account);
     }
 
+    /// Keeps only the findings `keep` says to, in every turn, and puts the others in
+    /// `removed`; turns and accounts left empty leave, and the others keep their order.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&FindingKey) -> bool,
+        removed: &mut Vec<FindingKey>,
+    ) {
+        for account in &mut self.accounts {
+            for turn in &mut account.turns {
+                turn.keys.retain(|key| {
+                    let kept = keep(key);
+                    if !kept {
+                        removed.push(key.clone());
+                    }
+                    kept
+                });
+            }
+            account.turns.retain(|t| !t.keys.is_empty());
+        }
+        self.accounts.retain(|a| !a.turns.is_empty());
+        self.len = self
+            .accounts
+            .iter()
+            .flat_map(|a| a.turns.iter())
+            .map(|t| t.keys.len())
+            .sum();
+    }
+
     /// Entries queued, for the metrics.
     pub fn entries(&self) -> usize {
         self.len
@@ -303,6 +331,24 @@ mod tests {
             bulk,
             (0..100).map(|i| format!("bulk-{i}")).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn retain_drops_findings_everywhere_and_the_turns_and_accounts_they_empty() {
+        let mut q = LookupQueue::default();
+        q.push_back(&w("111111111111"), keys("dead", 30));
+        q.push_back(&who("222222222222", "a"), keys("live", 3));
+        q.push_back(&who("222222222222", "b"), keys("dead", 2));
+        q.push_again(&[w("111111111111")], FindingKey::new("live-9", "p"));
+        let mut removed = Vec::new();
+        q.retain(|k| k.id.starts_with("live-"), &mut removed);
+        assert_eq!(removed.len(), 32);
+        assert!(removed.iter().all(|k| k.id.starts_with("dead-")));
+        assert_eq!((q.entries(), q.callers()), (4, 1));
+        // What is left is served in its turns, in its order.
+        let batches = drain(&mut q, 20);
+        assert_eq!(batches.concat(), ["live-9", "live-0", "live-1", "live-2"]);
+        assert!(q.is_empty() && q.accounts.is_empty());
     }
 
     #[test]
