@@ -1566,14 +1566,15 @@ impl Enricher {
                         st.wrote(one, None, sent, account.as_ref());
                         st.journal
                             .record(one, Write::Unknown(operation, account.clone()), now);
-                        // Another account's finding of the identifier is as it was.
-                        let other = st.cache.get(key).is_some_and(|c| {
-                            matches!((owner_of(&c.state), &account),
-                                (Some(owner), Some(account)) if *owner != **account)
-                        });
-                        if !other {
-                            self.inner.remove(&mut st, key);
-                        }
+                        // Another account's finding of the identifier is as it was, and a
+                        // lookup of it in flight is not asked again (`wrote` is scoped to
+                        // the claimed account); but its entry goes too: the identifier may now
+                        // have a second owner, which a member's update naming it must be
+                        // judged against on a fresh read. Kept, it let a member's update of
+                        // "its" finding change the copy an administrator had just imported
+                        // into another account, judged on the entry that named one owner
+                        // (review 53).
+                        self.inner.remove(&mut st, key);
                     }
                 }
             }
