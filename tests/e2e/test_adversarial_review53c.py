@@ -55,10 +55,11 @@ def test_an_import_giving_another_account_the_members_identifier_is_not_the_memb
     """The member's finding F (Id, ProductArn) is cached as account 222's. The administrator
     then imports a finding with the same Id and ProductArn claiming account 333 (a partner
     product's id in each account; in the fake, which keeps one finding per identifier, it
-    becomes 333's). An import evicts only the claimed account's entries, so F's entry stays
-    222's, and the member's next write naming F is judged as on its own finding: it changes
-    account 333's finding. hubgate forwarded the import itself: this is not the cache_ttl_ms
-    bound on writers outside hubgate."""
+    becomes 333's). Until stop 53 an import evicted only the claimed account's entries, so F's
+    entry stayed 222's, and the member's next write naming F was judged as on its own finding:
+    it changed account 333's finding. hubgate forwarded the import itself: this is not the
+    cache_ttl_ms bound on writers outside hubgate. The entry is evicted now, and the fresh
+    read refuses."""
     fake = seeded_fake
     hg = stack(make_hubgate, fake, {"cache_ttl_ms": cache_ttl_ms, "settle_ms": settle_ms})
     warm = hg.buf(upd("f-own-high", Note=NOTE), who="member")
