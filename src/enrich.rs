@@ -135,13 +135,17 @@ impl Waiter {
 
 /// Marks the waiter gone when the request stops waiting, however it stops; one that goes
 /// before all its findings came in counts the findings it queued into `State::gone_queued`.
-struct StopsWaiting(Arc<Waiter>, usize, Arc<AtomicUsize>);
+struct StopsWaiting {
+    waiter: Arc<Waiter>,
+    queued: usize,
+    gone_queued: Arc<AtomicUsize>,
+}
 
 impl Drop for StopsWaiting {
     fn drop(&mut self) {
-        self.0.gone.store(true, Ordering::Relaxed);
-        if self.1 > 0 && self.0.slots().left > 0 {
-            self.2.fetch_add(self.1, Ordering::Relaxed);
+        self.waiter.gone.store(true, Ordering::Relaxed);
+        if self.queued > 0 && self.waiter.slots().left > 0 {
+            self.gone_queued.fetch_add(self.queued, Ordering::Relaxed);
         }
     }
 }
@@ -1254,13 +1258,16 @@ impl Enricher {
                     }
                 }
             }
-            let gone_queued = st.gone_queued.clone();
-            waiting = waiter.map(|w| StopsWaiting(w, queued.len(), gone_queued));
+            waiting = waiter.map(|waiter| StopsWaiting {
+                waiter,
+                queued: queued.len(),
+                gone_queued: st.gone_queued.clone(),
+            });
             if !queued.is_empty() {
                 // Only findings a waiter waits for are queued.
                 if let Some(waiter) = &waiting {
                     st.make_room_in_queue(queued.len());
-                    st.queue.push_back(&waiter.0.caller, queued);
+                    st.queue.push_back(&waiter.waiter.caller, queued);
                 }
                 self.inner.work.notify_one();
             }
@@ -1283,7 +1290,7 @@ impl Enricher {
             }
         };
         // Marks the request gone when it returns, however it returns.
-        let Some(StopsWaiting(waiter, ..)) = &waiting else {
+        let Some(StopsWaiting { waiter, .. }) = &waiting else {
             return Ok((found, stats, mark));
         };
         let in_time = tokio::time::timeout_at(deadline.into(), waiter.all_delivered())
@@ -3795,7 +3802,11 @@ mod tests {
                 st.waiting.insert(k.clone(), vec![(waiter.clone(), at)]);
             }
             st.make_room_in_queue(keys.len());
-            requests.push(StopsWaiting(waiter, keys.len(), st.gone_queued.clone()));
+            requests.push(StopsWaiting {
+                waiter,
+                queued: keys.len(),
+                gone_queued: st.gone_queued.clone(),
+            });
             st.queue.push_back(&who, keys);
         }
         assert_eq!(st.queue.entries(), 301);
@@ -3804,7 +3815,11 @@ mod tests {
         // One that got all its findings counts nothing when it goes.
         let done = Arc::new(Waiter::new(1, member()));
         deliver_to(&done);
-        drop(StopsWaiting(done, 1, st.gone_queued.clone()));
+        drop(StopsWaiting {
+            waiter: done,
+            queued: 1,
+            gone_queued: st.gone_queued.clone(),
+        });
         drop(requests);
         assert_eq!(st.gone_queued.load(Ordering::Relaxed), 300);
         assert!(has_live_work(&mut st));

@@ -312,7 +312,9 @@ fn head_is_of<B>(raw: &[u8], req: &Request<B>) -> bool {
         Some(at) => &target[..at],
         None => target,
     };
-    method == req.method().as_str().as_bytes() && target == req.uri().to_string().as_bytes()
+    // `check` has refused an absolute or authority form by now: the URI is its path and query.
+    let routed = req.uri().path_and_query().map_or("", |p| p.as_str());
+    method == req.method().as_str().as_bytes() && target == routed.as_bytes()
 }
 
 /// Whether any header line of a raw head is Content-Length.

@@ -222,6 +222,7 @@ impl LookupQueue {
         mut keep: impl FnMut(&FindingKey) -> bool,
         removed: &mut Vec<FindingKey>,
     ) {
+        let before = removed.len();
         for account in &mut self.accounts {
             for turn in &mut account.turns {
                 turn.keys.retain(|key| {
@@ -235,12 +236,7 @@ impl LookupQueue {
             account.turns.retain(|t| !t.keys.is_empty());
         }
         self.accounts.retain(|a| !a.turns.is_empty());
-        self.len = self
-            .accounts
-            .iter()
-            .flat_map(|a| a.turns.iter())
-            .map(|t| t.keys.len())
-            .sum();
+        self.len -= removed.len() - before;
     }
 
     /// Entries queued, for the metrics.

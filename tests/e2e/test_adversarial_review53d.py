@@ -27,6 +27,7 @@ import time
 import pytest
 
 from helpers import CALLERS, OWN_ACCOUNT_FILTER, ident, sign, wait_until
+from test_client_abort import send_raw_and_hang_up
 
 V1 = "/findings/batchupdate"
 OWN = ident("f-own-high")
@@ -156,14 +157,8 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def hang_up_after_sending(hg, raw: bytes, after: float, path: str = V1, method: str = "PATCH"):
-    headers = sign(CALLERS["member"], method, hg.host, path, raw,
-                   {"Content-Type": "application/json"})
-    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head += f"Content-Length: {len(raw)}\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", hg.port), timeout=5) as s:
-        s.sendall(head.encode() + raw)
-        time.sleep(after)
+def hang_up_after_sending(hg, raw: bytes, after: float):
+    send_raw_and_hang_up(hg, raw, "member", after)
 
 
 def test_the_lookups_of_requests_whose_clients_left_do_not_pile_up(make_hubgate, make_fake):

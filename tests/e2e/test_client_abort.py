@@ -12,7 +12,12 @@ def send_and_hang_up(hg, body: dict, who: str, after: float, method: str = "PATC
                      path: str = "/findings/batchupdate"):
     """Send a signed request (a BatchUpdateFindings unless `method` and `path` say otherwise) on
     a raw socket and close it `after` seconds later, unanswered."""
-    raw = json.dumps(body).encode()
+    send_raw_and_hang_up(hg, json.dumps(body).encode(), who, after, method, path)
+
+
+def send_raw_and_hang_up(hg, raw: bytes, who: str, after: float, method: str = "PATCH",
+                         path: str = "/findings/batchupdate"):
+    """`send_and_hang_up` with the body's bytes as given."""
     headers = sign(CALLERS[who], method, hg.host, path, raw, {"Content-Type": "application/json"})
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head += f"Content-Length: {len(raw)}\r\n\r\n"
