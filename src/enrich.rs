@@ -305,9 +305,26 @@ struct State {
 pub enum Unapplied<'a> {
     /// A BatchUpdateFindings Security Hub may or may not have applied.
     Update(&'a Update),
-    /// An import, by operation, with the account each finding (by position) claims: it can
-    /// change only findings of that account.
-    Import(&'static str, &'a [Option<String>]),
+    /// An import, by operation, with the account each finding (by position) claims.
+    Import(&'static str, &'a [Option<String>], Importer<'a>),
+}
+
+/// Who sent an import: which findings of an identifier its claims can change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Importer<'a> {
+    /// A member of this account: it can create or change only that account's finding of an
+    /// identifier, so a finding claiming that account changes no other account's finding of
+    /// it. Counted as a write to every finding of the identifier, a member's import naming
+    /// another account's finding (refused by Security Hub) locked that account's finding
+    /// (review 49).
+    Member(&'a str),
+    /// An administrator: it can give any account, its own included, a copy of any identifier,
+    /// which a member's update naming the identifier, judged on the one owner read before,
+    /// would reach too. Its import may touch the finding whoever owns it. Scoped to the account
+    /// it claimed, a member's update of "its" finding, decided while an administrator's import
+    /// of that identifier into another account was in flight, changed the new copy (review
+    /// 53).
+    Administrator,
 }
 
 /// One write's answer to a finding (`State::written`): its generation, the patch it laid over
@@ -344,21 +361,30 @@ impl Unapplied<'_> {
         }
     }
 
-    /// What an import (by `operation`) does to its finding at place `i`: an effect hubgate
-    /// cannot model, on a finding of the account it claims there. A claim that is not an
-    /// account id as AWS writes one (`"222222222222 "`, an administrator's typo) may still be
-    /// read by Security Hub as that account: its write may touch the finding whoever owns it.
-    fn import_write(operation: &'static str, accounts: &[Option<String>], i: usize) -> Write {
-        Write::Unknown(operation, Self::import_account(accounts, i))
+    /// What an import (by `operation`, from `by`) does to its finding at place `i`: an effect
+    /// hubgate cannot model, on a finding of the account it claims there when that is the
+    /// member's own (`Importer`). A claim that is not an account id as AWS writes one
+    /// (`"222222222222 "`, a typo) may still be read by Security Hub as that account: its
+    /// write may touch the finding whoever owns it.
+    fn import_write(
+        operation: &'static str,
+        accounts: &[Option<String>],
+        by: Importer<'_>,
+        i: usize,
+    ) -> Write {
+        Write::Unknown(operation, Self::import_account(accounts, by, i))
     }
 
-    /// The account an import's finding at place `i` claims, when it is one (see
-    /// `import_write`).
-    fn import_account(accounts: &[Option<String>], i: usize) -> Option<Arc<str>> {
+    /// The one account whose finding an import's finding at place `i` can change, if any
+    /// (see `import_write`).
+    fn import_account(accounts: &[Option<String>], by: Importer<'_>, i: usize) -> Option<Arc<str>> {
+        let Importer::Member(own) = by else {
+            return None;
+        };
         accounts
             .get(i)
             .and_then(|a| a.as_deref())
-            .filter(|a| crate::finding::is_account_id(a))
+            .filter(|a| *a == own && crate::finding::is_account_id(a))
             .map(Arc::from)
     }
 }
@@ -1537,10 +1563,10 @@ impl Enricher {
             // "`) scopes to no account. Shared as the raw claim, it scoped the write on every
             // other replica to that text, so the finding of 222222222222 was not settling there
             // (review 50).
-            Unapplied::Import(operation, accounts) => Err((
+            Unapplied::Import(operation, accounts, by) => Err((
                 operation,
                 (0..keys.len())
-                    .map(|i| Unapplied::import_account(accounts, i))
+                    .map(|i| Unapplied::import_account(accounts, by, i))
                     .collect::<Vec<_>>(),
             )),
         };
@@ -1713,10 +1739,10 @@ impl Enricher {
             } => (keys, vec![Unapplied::update_write(update)]),
             Sent::Findings {
                 keys,
-                write: Unapplied::Import(operation, accounts),
+                write: Unapplied::Import(operation, accounts, by),
             } => {
                 let writes = (0..keys.len())
-                    .map(|i| Unapplied::import_write(operation, accounts, i))
+                    .map(|i| Unapplied::import_write(operation, accounts, by, i))
                     .collect();
                 (keys, writes)
             }
@@ -3445,14 +3471,33 @@ mod tests {
             Some("0222222222222".to_string()),
             None,
         ];
-        let scope = |i| match Unapplied::import_write("BatchImportFindings", &accounts, i) {
+        let scope = |by, i| match Unapplied::import_write("BatchImportFindings", &accounts, by, i) {
             Write::Unknown(_, account) => account.map(|a| a.to_string()),
             Write::Patch(_) => panic!("an import is never a patch"),
         };
-        assert_eq!(scope(0).as_deref(), Some("222222222222"));
-        assert_eq!(scope(1), None);
-        assert_eq!(scope(2), None);
-        assert_eq!(scope(3), None);
+        let member = Importer::Member("222222222222");
+        assert_eq!(scope(member, 0).as_deref(), Some("222222222222"));
+        assert_eq!(scope(member, 1), None);
+        assert_eq!(scope(member, 2), None);
+        assert_eq!(scope(member, 3), None);
+    }
+
+    /// Only a member's claim of its own account scopes an import: another member's account,
+    /// or any claim of an administrator's (who can give any account a copy of an identifier),
+    /// may touch the finding whoever owns it.
+    #[test]
+    fn an_import_is_scoped_only_to_a_members_own_account() {
+        let accounts = [Some("222222222222".to_string())];
+        let scope = |by| match Unapplied::import_write("BatchImportFindings", &accounts, by, 0) {
+            Write::Unknown(_, account) => account.map(|a| a.to_string()),
+            Write::Patch(_) => panic!("an import is never a patch"),
+        };
+        assert_eq!(
+            scope(Importer::Member("222222222222")).as_deref(),
+            Some("222222222222")
+        );
+        assert_eq!(scope(Importer::Member("333333333333")), None);
+        assert_eq!(scope(Importer::Administrator), None);
     }
 
     #[test]
@@ -4475,7 +4520,11 @@ mod tests {
         let claims = [Some("222222222222".to_string())];
         let sent = enricher.sending(Sent::Findings {
             keys: std::slice::from_ref(&a),
-            write: Unapplied::Import("BatchImportFindings", &claims),
+            write: Unapplied::Import(
+                "BatchImportFindings",
+                &claims,
+                Importer::Member("222222222222"),
+            ),
         });
         let reads = before.reads.as_ref().expect("a read mark");
         assert!(matches!(

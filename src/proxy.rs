@@ -25,11 +25,11 @@ use crate::config::{Config, IdentityMode, PartialDeny, PolicyMode, UpstreamAuth}
 use crate::decide::{
     judge, Changed, FindingState, JudgeError, Judgement, LookupError, Replay, StateRead,
 };
-use crate::enrich::{Enricher, InFlight, Reach, Sent, Unapplied, WriteId};
+use crate::enrich::{Enricher, Importer, InFlight, Reach, Sent, Unapplied, WriteId};
 use crate::envelope::Rejection;
 use crate::finding::{FindingKey, KeyMap};
 use crate::identity::{
-    AuthError, CallerId, CertCheck, Claim, ClientCert, Credential, Identity, Principal,
+    AuthError, CallerId, CertCheck, Claim, ClientCert, Credential, Identity, Principal, Role,
 };
 use crate::metrics::{DecisionLabel, KindLabels, Metrics, OperationLabels, RequestLabels};
 use crate::payload::Payload;
@@ -611,7 +611,7 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
             }
         };
         decisions += 1;
-        let enforced = enforce(ctx, &parts, body.clone(), decided, deadline).await;
+        let enforced = enforce(ctx, &parts, body.clone(), decided, &principal, deadline).await;
         if let Err(Rejection::StateChanged { .. }) = enforced {
             // A voided decision sent nothing: its partial forward must not be recorded with
             // the decision made again (which may refuse, or forward everything), nor with
@@ -981,6 +981,7 @@ async fn enforce(
     parts: &http::request::Parts,
     body: Payload,
     decided: Decided,
+    principal: &Principal,
     deadline: Instant,
 ) -> Result<Forwarded, Rejection> {
     let Decided {
@@ -1021,7 +1022,14 @@ async fn enforce(
         },
         Judged::BatchImportFindings => Sent::Findings {
             keys: &keys,
-            write: Unapplied::Import(operation.name(), &claimed_accounts),
+            write: Unapplied::Import(
+                operation.name(),
+                &claimed_accounts,
+                match principal.role {
+                    Role::Member => Importer::Member(&principal.account_id),
+                    Role::Administrator => Importer::Administrator,
+                },
+            ),
         },
         // OCSF identifiers and filters do not name cache entries.
         Judged::BatchUpdateFindingsV2 => Sent::Everything {

@@ -126,7 +126,7 @@ impl Flights {
 /// depending on which lands last: any but two changes that set no fact to different values (a
 /// playbook's retry, a note beside a raise, two notes; see `Patch::facts_commute_with`).
 ///
-/// A write hubgate cannot model that can change only one account's finding (an import claiming
+/// A write hubgate cannot model that can change only one account's finding (a member's import claiming
 /// that account) does not contest the finding for whoever owns it: beside a change, it is
 /// `Overlap::Beside` that account (the change must not be written through over that account's
 /// copy), and beside another account's import it touches another finding. Counted as a

@@ -2,16 +2,18 @@
 MEMBER keys (account 222222222222); the administrator and another account (333333333333)
 share hubgate with it. Each test asserts the SAFE outcome: a failing test shows a hole.
 
-- HOLE (fixed in stop 53 once the import is answered; open while it is in flight): an
-  administrator's BatchImportFindings claiming account 333 for the Id and ProductArn of a
-  finding cached as the member's (222's) left that entry in place (Enricher::evict kept
-  "another account's finding of the identifier"). The member's next write naming the
-  identifier, judged on the cached entry, was forwarded and changed account 333's finding
-  (here lowered CRITICAL to HIGH and RESOLVED), with the journal on or off. The entry is now
-  evicted when the import is answered, and a fresh lookup sees the second owner and refuses.
-  While the import is in flight, Sending::effect still passes over an import claiming
-  another account (review 49's trade: a member's refused cross-account imports must not lock
-  another account's finding), so the in-flight case is an expected failure (xfail, strict).
+- HOLE (fixed in stop 53 once the import is answered, and in stop 54 while it is in
+  flight): an administrator's BatchImportFindings claiming account 333 for the Id and
+  ProductArn of a finding cached as the member's (222's) left that entry in place
+  (Enricher::evict kept "another account's finding of the identifier"). The member's next
+  write naming the identifier, judged on the cached entry, was forwarded and changed account
+  333's finding (here lowered CRITICAL to HIGH and RESOLVED), with the journal on or off. The
+  entry is now evicted when the import is answered, and a fresh lookup sees the second owner
+  and refuses. While the import was in flight, Sending::effect passed over it as "claiming
+  another account"; an import is now scoped to the account it claims only when a member sent
+  it and claims its own account (review 49's case, test_adversarial_cache3.py). An
+  administrator's import may touch the finding whoever owns it: the member's update is
+  refused as settling (503).
 - Held: forward-allowed registers, writes through and journals only the findings it sends."""
 
 from __future__ import annotations
@@ -79,11 +81,6 @@ def test_an_import_giving_another_account_the_members_identifier_is_not_the_memb
     assert other["Severity"]["Label"] == "CRITICAL" and "Workflow" not in other, other
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: while an import claiming another account than a finding's cached owner is in "
-    "flight, a member's update of that finding is judged without it (Sending::effect passes "
-    "such an import over, so that a member's refused cross-account imports do not lock another "
-    "account's finding: test_adversarial_cache3.py); the entry is evicted once it is answered"))
 def test_an_import_in_flight_giving_another_account_the_members_identifier(
         make_hubgate, seeded_fake):
     """As above, while the administrator's import claiming 333 is in flight (applied at once,
