@@ -1237,7 +1237,7 @@ struct Unverified<'a> {
     headers: Vec<(&'a str, &'a str)>,
 }
 
-impl Claim<'_> {
+impl<'a> Claim<'a> {
     /// What proves the caller (valid once [`Claim::verify`] has succeeded).
     pub fn credential(&self) -> &Credential {
         &self.credential
@@ -1254,10 +1254,20 @@ impl Claim<'_> {
     /// callers file, which a client that knows only a key id must not learn. A client
     /// certificate was verified in the handshake: its caller is named.
     pub fn shown(&self) -> String {
-        match self.key_id {
-            Some(key) => format!("the caller of access key {}", shown_key_id(key)),
-            None => format!("caller {}", self.principal.id),
-        }
+        shown_caller(self.key_id, &self.principal)
+    }
+
+    /// The access key id the head showed (sigv4 mode), for naming the caller as `shown` does
+    /// once the claim is spent.
+    pub fn key_id(&self) -> Option<&'a str> {
+        self.key_id
+    }
+
+    /// Whether the head alone proves the caller: a client certificate verified in the
+    /// handshake, or the static principal. A key id is only named by the head: its signature
+    /// needs the body (and in passthrough, AWS checks it).
+    pub fn proven(&self) -> bool {
+        self.key_id.is_none()
     }
 
     /// The caller, once the signature (if any) matches the exact body bytes.
@@ -1485,6 +1495,15 @@ pub fn parse_authorization(header: &str) -> Result<(), AuthError> {
 /// secret (a common slip) sends the secret in its place, and the message reaches the audit
 /// record, so only text of an access key id's shape is shown: 16 to 128 upper-case letters and
 /// digits (AWS's and `hubgate keys new`'s), which a secret (mixed case, `+`, `/`) is not.
+/// A caller as a refusal may name it before or after it is proven (`Claim::shown`): by the
+/// access key id the client sent, when it sent one.
+pub fn shown_caller(key_id: Option<&str>, principal: &Principal) -> String {
+    match key_id {
+        Some(key) => format!("the caller of access key {}", shown_key_id(key)),
+        None => format!("caller {}", principal.id),
+    }
+}
+
 fn shown_key_id(key: &str) -> String {
     let shaped = (16..=128).contains(&key.len())
         && key

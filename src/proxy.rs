@@ -556,11 +556,13 @@ type Admitted = (
 async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rejection> {
     let (spec, routing) = route(ctx, &req)?;
     let (parts, body) = req.into_parts();
-    let body_bytes = declared_length(ctx, &parts)?;
+    let body_bytes = declared_length(ctx, &parts, hyper::body::Body::size_hint(&body).exact())?;
     let identity = ctx.gate.identity.load_full();
     let claim = admit(ctx, &identity, &parts, body_bytes)?;
+    let key_id = claim.key_id();
     let body = Payload::new(read(ctx, &parts, body, routing).await?);
     let principal = authenticate(ctx, &identity, claim, &parts, &body)?;
+    proven(ctx, &principal, key_id, body.bytes().len())?;
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
@@ -674,13 +676,22 @@ fn route(
 /// The most body bytes the request can bring: its Content-Length, else max_body_bytes (a
 /// body without one is cut off there). A body declared larger than max_body_bytes is refused
 /// (413) before anything else is read of it.
-fn declared_length(ctx: &Ctx<'_>, parts: &http::request::Parts) -> Result<u64, Rejection> {
+fn declared_length(
+    ctx: &Ctx<'_>,
+    parts: &http::request::Parts,
+    exact: Option<u64>,
+) -> Result<u64, Rejection> {
     let limit = ctx.gate.config.server.max_body_bytes;
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+        // No Content-Length: hyper knows a body's exact length when the framing gives it (an
+        // HTTP/1 request with neither Content-Length nor chunked coding, an HTTP/2 head that
+        // ends its stream has none). Counted as max_body_bytes, one caller's 17 concurrent
+        // bodiless reads took its whole byte share (review 54).
+        .or(exact);
     match declared {
         Some(n) if n > limit => Err(Rejection::PayloadTooLarge { limit }),
         Some(n) => Ok(n),
@@ -715,14 +726,18 @@ fn admit<'a>(
             limit: ctx.gate.config.server.max_in_flight,
         })?;
     // In static mode every request is the one configured caller: a share would only be a
-    // smaller max_in_flight.
+    // smaller max_in_flight. A caller the head only names (by key id) takes the share of its
+    // claims from the peer's address until it is proven (`proven`).
     let share = match ctx.gate.config.identity.mode {
         IdentityMode::Static => None,
-        _ => Some(
-            ctx.gate
-                .shares
-                .take(claim.claimed(), body_bytes, || claim.shown())?,
-        ),
+        _ => {
+            let from = (!claim.proven()).then(|| ctx.received.remote.ip());
+            Some(
+                ctx.gate
+                    .shares
+                    .take(claim.claimed(), from, body_bytes, || claim.shown())?,
+            )
+        }
     };
     // At most max_body_bytes (declared_length), which the configuration keeps within the cap.
     let bytes = ctx
@@ -736,6 +751,32 @@ fn admit<'a>(
         })?;
     ctx.admitted = Some((slot, share, bytes));
     Ok(claim)
+}
+
+/// The caller is proven (or, in passthrough, mapped from the key id its request claims, which
+/// AWS checks): a request that held the share of its claims from its peer's address moves to
+/// its caller's share, with the body bytes it has. Past that share, a retryable 503 as at
+/// admission; nothing is forwarded.
+fn proven(
+    ctx: &mut Ctx<'_>,
+    principal: &Arc<Principal>,
+    key_id: Option<&str>,
+    body_bytes: usize,
+) -> Result<(), Rejection> {
+    let Some((_, share, _)) = &mut ctx.admitted else {
+        return Ok(());
+    };
+    if share.as_ref().is_none_or(Share::proven) {
+        return Ok(());
+    }
+    let caller = ctx
+        .gate
+        .shares
+        .take(principal, None, body_bytes as u64, || {
+            crate::identity::shown_caller(key_id, principal)
+        })?;
+    *share = Some(caller);
+    Ok(())
 }
 
 /// Read: the whole body, up to server.max_body_bytes and within server.body_read_timeout_ms,

@@ -37,7 +37,9 @@ Held (by reading): a duplicated X-Amz-Date, Authorization, Host or X-Amz-Content
   re-authenticates whole, and one during the quota wait ends in CallerChanged unless the key,
   secret and principal are all the same.
 Noticed, left alone: a share of max_in_flight_per_caller is taken by the key id the head
-  names, before the signature is checked (README, Socket limits, documents it); a constrained
+  names, before the signature is checked (README, Socket limits, documents it; since stop 54
+  only in the share of that caller's claims from the request's peer address, so claims from
+  elsewhere leave the caller its share: test_adversarial_review54a.py); a constrained
   CA listing only IP or URI subtrees now names no caller at all (its DNS SANs were never bound,
   and webpki refuses URI SANs under URI subtrees), which README says.
 
