@@ -388,16 +388,19 @@ fn check(arg: &ConfigArg) -> ExitCode {
         eprintln!("hubgate: caution: {caution}");
     }
     let mut ok = true;
+    // Printed only when everything passed: with exit 1 a script reading stdout would take a
+    // summary line for the part that loaded as a sign that the whole would serve.
+    let mut summary: Vec<String> = Vec::new();
     match Identity::load(
         &config.identity,
         &config.upstream.region,
         config.passthrough(),
     ) {
-        Ok(identity) => outln!(
+        Ok(identity) => summary.push(format!(
             "callers: {} ({} keyed callers)",
             config.identity.callers.display(),
             identity.caller_count()
-        ),
+        )),
         Err(e) => {
             eprintln!("hubgate: {e}");
             ok = false;
@@ -464,12 +467,12 @@ fn check(arg: &ConfigArg) -> ExitCode {
                 "a data document is provided by a top-level key of data.json or by a package; see policies/README.md for the settings",
             );
             if settings_ok && fields_ok && entries_ok && data_ok {
-                outln!(
+                summary.push(format!(
                     "policies: {} ({} files, revision {})",
                     config.policy.dir.display(),
                     policy.files.len(),
                     policy.revision
-                );
+                ));
             } else {
                 ok = false;
             }
@@ -480,8 +483,11 @@ fn check(arg: &ConfigArg) -> ExitCode {
         }
     }
     if !ok {
-        // The summary lines below describe a configuration that would serve; this one won't.
+        // The summary lines describe a configuration that would serve; this one won't.
         return ExitCode::FAILURE;
+    }
+    for line in &summary {
+        outln!("{line}");
     }
     let ops = crate::routes::operations();
     let count = |r| ops.iter().filter(|o| config.routing(o) == r).count();

@@ -40,9 +40,12 @@ use crate::framing;
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a connection that starts with it is h2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A request head kept for the framing check is at most this long: hyper's buffer, which bounds
-/// the heads it accepts, so every head it hands over is kept whole. (At 64 KiB, a head between
-/// that and hyper's 96 KiB went unkept, and its repeated Content-Length unseen: review 53.)
+/// A request head still incomplete at this length is no longer kept for the framing check:
+/// hyper's buffer, past which hyper refuses a head it is still reading. A head that ends within
+/// the read that brought it is kept whole whatever its length, as hyper, which checks its limit
+/// only between reads, accepts one of up to 128 KiB that arrives in one read (review 54). (At
+/// 64 KiB, a head between that and hyper's 96 KiB went unkept, and its repeated Content-Length
+/// unseen: review 53.)
 const MAX_CAPTURED_HEAD: usize = crate::server::H1_MAX_BUFFER;
 
 /// The bytes read after a captured head before its request starts (and says how long its body
