@@ -95,7 +95,8 @@ def test_a_replay_that_forwards_more_findings_sees_the_writes_to_them(make_fake,
         for t in admins:
             t.join(30)
         resp = answers["member"]
-        # 503 STATE_CHANGED: decided three times, the findings changing each time; retryable.
+        # 503 STATE_CHANGED: decided on three new reads (or 16 times in all), the findings
+        # changing each time; retryable.
         assert resp.status in (200, 503), resp.text
         unprocessed = {u["FindingIdentifier"]["Id"]: u.get("ErrorMessage", "")
                        for u in (resp.json().get("UnprocessedFindings") or [])

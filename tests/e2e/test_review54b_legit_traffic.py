@@ -52,8 +52,8 @@ Targets and queries
 - `?x=1` on an administrator's GetFindings (routed forward): forwarded          -> pass
 Admission
 - 32 concurrent writers (16 admin, 16 member) under the default shares: no 503
-  from the request or byte shares; but intermittently one member note gets 503
-  STATE_CHANGED (see the last probe)                                            -> FAILS at times
+  from the request or byte shares; until stop 54, intermittently one member note got
+  503 STATE_CHANGED (see the last probe)                                        -> pass
 - one member's 24 concurrent ~400 KB reads (under its 16 MiB byte share)        -> pass
 - live member writes while 40 other requests on the same findings hang up
   (queue compaction)                                                            -> pass
@@ -64,14 +64,16 @@ Admission
   flight, and this request's 1048576 would take it past 16777216"), with 24 of
   its 64 request slots used and 0 body bytes (src/proxy.rs declared_length).
   Failed on every run against the binary of 13:17; passes against the one rebuilt at 13:37
-  from the other engineer's uncommitted src/proxy.rs (declared_length falls back to hyper's
-  exact size hint)                                                             -> fixed since
+  from stop 54's src/proxy.rs (declared_length falls back to hyper's exact size hint)
+                                                                               -> fixed since
 - 16 concurrent member notes on one finding of its own: a note changes no
   judged fact, yet about one run in two one of them gets 503 STATE_CHANGED
   ("... changed by another request while it waited for quota, 3 times in a
   row; retry"): the other notes' writes void its decision three times
   (src/proxy.rs forward: reads.changed(...) voids on every write, where the
-  settle journal spares note-only ones via Reach::Notes)       -> FALSE REFUSAL (intermittent)
+  settle journal spares note-only ones via Reach::Notes)       -> FALSE REFUSAL (intermittent);
+  mended in stop 54: a decision made again with no lookup may be made up to 16 times
+  (a policy may read current.Note, so a note still voids a decision)
 """
 
 from __future__ import annotations
@@ -1129,8 +1131,9 @@ def test_concurrent_member_notes_on_one_finding(hubgate):
     """16 concurrent notes by a member on one finding of its own account (a team triaging
     the same finding). A note changes no fact a decision is judged on (README, on
     STATE_SETTLING), so none of these decisions can be wrong because another note went up
-    first. Every one: 200, upstream once. (Seen: 503 STATE_CHANGED "... 3 times in a row;
-    retry", the decisions voided by the other notes' writes.)"""
+    first. Every one: 200, upstream once. (Seen until stop 54: 503 STATE_CHANGED "... 3 times
+    in a row; retry", the decisions voided by the other notes' writes; a decision made again
+    on what was read, with no lookup, may now be made up to 16 times.)"""
     fake = hubgate.fake
 
     def one(i):
