@@ -1270,6 +1270,12 @@ impl<'a> Claim<'a> {
         self.key_id.is_none()
     }
 
+    /// Whether [`Claim::verify`] proves the caller by its signature. Not in passthrough, where
+    /// hubgate maps the key id the head names and AWS checks the signature after the forward.
+    pub fn verifies(&self) -> bool {
+        self.signature.is_some()
+    }
+
     /// The caller, once the signature (if any) matches the exact body bytes.
     pub fn verify(
         self,

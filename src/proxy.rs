@@ -559,10 +559,12 @@ async fn run(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Forwarded, Rej
     let body_bytes = declared_length(ctx, &parts, hyper::body::Body::size_hint(&body).exact())?;
     let identity = ctx.gate.identity.load_full();
     let claim = admit(ctx, &identity, &parts, body_bytes)?;
-    let key_id = claim.key_id();
+    let (key_id, verifies) = (claim.key_id(), claim.verifies());
     let body = Payload::new(read(ctx, &parts, body, routing).await?);
     let principal = authenticate(ctx, &identity, claim, &parts, &body)?;
-    proven(ctx, &principal, key_id, body.bytes().len())?;
+    if verifies {
+        proven(ctx, &principal, key_id, body.bytes().len())?;
+    }
     // From here on the request may wait for quota, up to quota.max_wait_ms.
     let deadline = ctx.gate.pacer.deadline_from(Instant::now());
     if routing == Routing::Forward {
@@ -764,10 +766,13 @@ fn admit<'a>(
     Ok(claim)
 }
 
-/// The caller is proven (or, in passthrough, mapped from the key id its request claims, which
-/// AWS checks): a request that held the share of its claims from its peer's address moves to
-/// its caller's share, with the body bytes it has. Past that share, a retryable 503 as at
-/// admission; nothing is forwarded.
+/// The caller's signature is proven: a request that held the share of its claims from its
+/// peer's address moves to its caller's share, with the body bytes it has. Past that share, a
+/// retryable 503 as at admission; nothing is forwarded. Not in passthrough, where AWS checks
+/// the signature after the forward: there a request keeps its claim's place for as long as it
+/// is in flight. Moved on the key id alone, a keyless client's requests naming the
+/// administrator's key id, forwarded and then never reading their answers (an h2 window of
+/// 0), held the administrator's own share until response_send_timeout_ms (review 54).
 fn proven(
     ctx: &mut Ctx<'_>,
     principal: &Arc<Principal>,
