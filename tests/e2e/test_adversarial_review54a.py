@@ -59,6 +59,7 @@ import pytest
 from helpers import ADMIN, MEMBER, MEMBER_ACCOUNT, Creds, ident, sign, wait_until
 from test_adversarial_http import h2_request, h2_signed
 from test_socket_bounds import connect, head_bytes, read_reply, signed_headers
+from test_adversarial_review53d import metric
 from test_adversarial_upstream import quirky  # noqa: F401
 
 V1 = "/findings/batchupdate"
@@ -76,16 +77,6 @@ def writes(fake) -> list[dict]:
     time.sleep(0.2)
     return [r for r in fake.requests()
             if not (r["method"] == "POST" and r["path"] == "/findings")]
-
-
-def metric(hg, name: str) -> float:
-    total = 0.0
-    for line in hg.admin("/metrics").text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, _, value = line.rpartition(" ")
-            if head == name or head.startswith(name + "{"):
-                total += float(value)
-    return total
 
 
 def request_bytes(hg, body: bytes, creds=MEMBER, method="PATCH", target=V1,

@@ -112,6 +112,7 @@ from helpers import (
     sign,
     wait_until,
 )
+from test_passthrough import PT_ADMIN, PT_MEMBER
 
 V1 = "/findings/batchupdate"
 GET_FINDINGS = "/findings"
@@ -435,9 +436,6 @@ def test_one_keyless_address_naming_four_key_ids_does_not_fill_max_in_flight(
 # 4. passthrough: a mapped key id is "proven"
 
 
-REAL_HOST = "securityhub.us-east-1.amazonaws.com"
-PT_ADMIN = Creds("AKIAPASSADMIN0000001", "pass-admin-secret-known-to-aws-only")
-PT_MEMBER = Creds("AKIAPASSMEMBER000001", "pass-member-secret-known-to-aws-only")
 PT_OTHER = Creds("AKIAPASSOTHER0000001", "pass-other-secret-known-to-aws-only")
 PT_CALLERS = f"""\
 [[caller]]
