@@ -1497,10 +1497,6 @@ pub fn parse_authorization(header: &str) -> Result<(), AuthError> {
     Authorization::parse(header).map(|_| ())
 }
 
-/// The claimed access key id as an error message shows it. A caller who swapped its key id and
-/// secret (a common slip) sends the secret in its place, and the message reaches the audit
-/// record, so only text of an access key id's shape is shown: 16 to 128 upper-case letters and
-/// digits (AWS's and `hubgate keys new`'s), which a secret (mixed case, `+`, `/`) is not.
 /// A caller as a refusal may name it before or after it is proven (`Claim::shown`): by the
 /// access key id the client sent, when it sent one.
 pub fn shown_caller(key_id: Option<&str>, principal: &Principal) -> String {
@@ -1510,6 +1506,10 @@ pub fn shown_caller(key_id: Option<&str>, principal: &Principal) -> String {
     }
 }
 
+/// The claimed access key id as an error message shows it. A caller who swapped its key id and
+/// secret (a common slip) sends the secret in its place, and the message reaches the audit
+/// record, so only text of an access key id's shape is shown: 16 to 128 upper-case letters and
+/// digits (AWS's and `hubgate keys new`'s), which a secret (mixed case, `+`, `/`) is not.
 fn shown_key_id(key: &str) -> String {
     let shaped = (16..=128).contains(&key.len())
         && key
