@@ -84,6 +84,19 @@ def admin_import_to_333(a):
                                                            "CRITICAL")]}, who="admin")
 
 
+def import_in_flight_through_a(make_hubgate, fake, redis_server):
+    """Replicas A and B; f-own-high read through B as the member's (222's); then the
+    administrator's import claiming 333 for it through A, applied at once and answered 1.5 s
+    late: returns A, B and the import's thread and answer."""
+    a, b = fleet(make_hubgate, fake, redis_server)
+    assert b.buf(upd("f-own-high", Note=NOTE), who="member").status == 200
+    fake.configure(answer_delay_ms={"BatchImportFindings": 1500})
+    t, out = in_background(lambda: admin_import_to_333(a))
+    wait_until(lambda: fake.findings()["f-own-high"]["AwsAccountId"] == OTHER_ACCOUNT, 5,
+               "the import to be applied")
+    return a, b, t, out
+
+
 def refused_and_not_forwarded(fake, answer, before):
     assert answer.status in (403, 503), answer.text
     assert len(fake.buf_calls()) == before, "the member's write reached account 333's finding"
@@ -99,12 +112,7 @@ def refused_and_not_forwarded(fake, answer, before):
 def test_an_admin_import_in_flight_through_a_is_not_judged_stale_on_b(
         make_hubgate, seeded_fake, redis_server):
     fake = seeded_fake
-    a, b = fleet(make_hubgate, fake, redis_server)
-    assert b.buf(upd("f-own-high", Note=NOTE), who="member").status == 200
-    fake.configure(answer_delay_ms={"BatchImportFindings": 1500})
-    t, out = in_background(lambda: admin_import_to_333(a))
-    wait_until(lambda: fake.findings()["f-own-high"]["AwsAccountId"] == OTHER_ACCOUNT, 5,
-               "the import to be applied")
+    a, b, t, out = import_in_flight_through_a(make_hubgate, fake, redis_server)
     before = len(fake.buf_calls())
     attack = b.buf(upd("f-own-high", **ATTACK), who="member")
     t.join(10)
@@ -185,12 +193,7 @@ def rejoined(redis, *replicas):
 def test_an_admin_import_answered_during_a_redis_outage_is_not_judged_stale_on_b(
         make_hubgate, seeded_fake, redis_server):
     fake = seeded_fake
-    a, b = fleet(make_hubgate, fake, redis_server)
-    assert b.buf(upd("f-own-high", Note=NOTE), who="member").status == 200
-    fake.configure(answer_delay_ms={"BatchImportFindings": 1500})
-    t, out = in_background(lambda: admin_import_to_333(a))
-    wait_until(lambda: fake.findings()["f-own-high"]["AwsAccountId"] == OTHER_ACCOUNT, 5,
-               "the import to be applied")
+    a, b, t, out = import_in_flight_through_a(make_hubgate, fake, redis_server)
     redis_server.stop()
     t.join(10)
     assert out["r"].status == 200, out["r"].text
