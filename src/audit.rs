@@ -1181,6 +1181,7 @@ fn write_records(
     // later records a rotation flushed, see `recovered_head`); the records a failure lost,
     // on stderr, are not in it.
     let mut head_in_sink = writer.head.clone();
+    metrics.in_sink(head_in_sink.id.as_deref(), head_in_sink.seq);
     // The sink's failure while it lasts; None while it works.
     let mut failed: Option<Failed> = None;
     let mut closing = false;
@@ -1192,6 +1193,7 @@ fn write_records(
                     Polled::Ended => break,
                     Polled::Due => {
                         if try_again(&mut writer, f, &mut head_in_sink) {
+                            metrics.in_sink(head_in_sink.id.as_deref(), head_in_sink.seq);
                             failed = None;
                             failure.set(None);
                             logged.set(0);
@@ -1254,6 +1256,7 @@ fn write_records(
                 metrics.records.inc_by(unflushed.len() as u64);
                 unflushed.clear();
                 head_in_sink = writer.head.clone();
+                metrics.in_sink(head_in_sink.id.as_deref(), head_in_sink.seq);
                 confirm(&mut waiting);
             }
         }
@@ -1295,6 +1298,7 @@ fn write_records(
         None => match writer.flush(true) {
             Ok(()) => {
                 metrics.records.inc_by(unflushed.len() as u64);
+                metrics.in_sink(writer.head.id.as_deref(), writer.head.seq);
                 None
             }
             Err(e) => {

@@ -187,7 +187,33 @@ enum AuditCommand {
         /// File holding the HMAC key the log was written with (repeatable, as --key-env).
         #[arg(long)]
         key_file: Vec<PathBuf>,
+        /// The chain had reached at least record SEQ (hubgate_audit_chain_seq, scraped from
+        /// /metrics): a log ending before it had records cut from its end. With several
+        /// chains, name each by its id (the metric's `chain` label): CHAIN=SEQ, repeatable.
+        #[arg(long, value_name = "[CHAIN=]SEQ", value_parser = min_seq)]
+        min_seq: Vec<MinSeq>,
     },
+}
+
+/// A `--min-seq`: the chain (by id; None: the only chain given) and the record it reached.
+#[derive(Clone, Debug)]
+struct MinSeq {
+    chain: Option<String>,
+    seq: u64,
+}
+
+fn min_seq(text: &str) -> Result<MinSeq, String> {
+    let (chain, seq) = match text.rsplit_once('=') {
+        Some(("", _)) => return Err("the chain id before '=' is empty".into()),
+        Some((chain, seq)) => (Some(chain.to_string()), seq),
+        None => (None, text),
+    };
+    let seq = seq
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{seq:?} is not a record's sequence number (1 or more)"))?;
+    Ok(MinSeq { chain, seq })
 }
 
 fn load_config(arg: &ConfigArg) -> Result<Config, ExitCode> {
@@ -332,8 +358,9 @@ pub fn main() -> ExitCode {
                     files,
                     key_env,
                     key_file,
+                    min_seq,
                 },
-        } => verify(&files, key_env, key_file),
+        } => verify(&files, key_env, key_file, &min_seq),
         Command::Test {
             dir,
             coverage,
@@ -622,7 +649,12 @@ enum KeySource<'a> {
     File(&'a std::path::Path),
 }
 
-fn verify(files: &[PathBuf], key_env: Vec<String>, key_file: Vec<PathBuf>) -> ExitCode {
+fn verify(
+    files: &[PathBuf],
+    key_env: Vec<String>,
+    key_file: Vec<PathBuf>,
+    min_seq: &[MinSeq],
+) -> ExitCode {
     let sources: Vec<KeySource<'_>> = key_env
         .iter()
         .map(|v| KeySource::Env(v))
@@ -642,17 +674,31 @@ fn verify(files: &[PathBuf], key_env: Vec<String>, key_file: Vec<PathBuf>) -> Ex
     // new key, and verified under neither key alone.
     let mut keys = keys.into_iter();
     let chain = chain::Chain::new(keys.next()).then_keys(keys.collect());
-    let verdicts = match chain::verify_replicas(&chain, files) {
+    let checked = match chain::verify_chains(&chain, files) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("hubgate: {e}");
             return ExitCode::from(2);
         }
     };
+    let reached = match reached(min_seq, &checked) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hubgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let chain_ids: Vec<String> = checked.iter().filter_map(|c| c.id.clone()).collect();
     // One replica's files read as before; several are reported one replica per line.
-    let several = verdicts.len() > 1;
+    let several = checked.len() > 1;
     let mut intact = true;
-    for (instance, verdict) in verdicts {
+    for (
+        chain::Checked {
+            instance, verdict, ..
+        },
+        reached,
+    ) in checked.into_iter().zip(reached)
+    {
         let who = match (several, &instance) {
             (false, _) => String::new(),
             (true, Some(i)) => format!("replica {i}: "),
@@ -675,6 +721,15 @@ fn verify(files: &[PathBuf], key_env: Vec<String>, key_file: Vec<PathBuf>) -> Ex
         }
         match verdict {
             chain::Verdict::Torn { .. } => {}
+            chain::Verdict::Intact { last_seq, .. } if reached.is_some_and(|n| last_seq < n) => {
+                intact = false;
+                outln!(
+                    "{who}BROKEN: the newest record is number {last_seq}, but the chain had \
+                     reached record {} (--min-seq): records were cut from the end of the \
+                     newest file (or the newest files were left out)",
+                    reached.unwrap_or_default()
+                );
+            }
             chain::Verdict::Intact {
                 records,
                 first_seq,
@@ -697,11 +752,56 @@ fn verify(files: &[PathBuf], key_env: Vec<String>, key_file: Vec<PathBuf>) -> Ex
             }
         }
     }
+    // A chain --min-seq names that no file given holds: all its files are missing.
+    for m in min_seq {
+        if let Some(id) = m.chain.as_ref().filter(|id| !chain_ids.contains(id)) {
+            intact = false;
+            outln!(
+                "chain {id}: BROKEN: no file given holds a record of this chain, but it had \
+                 reached record {} (--min-seq): its files were left out or deleted",
+                m.seq
+            );
+        }
+    }
     if intact {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// For each chain checked, the record `--min-seq` says it reached, if any. A `--min-seq`
+/// without a chain id is taken only when the files hold one chain: with several, which one
+/// it meant cannot be told, and guessing could pass a log cut short.
+fn reached(min_seq: &[MinSeq], checked: &[chain::Checked]) -> Result<Vec<Option<u64>>, String> {
+    let unnamed: Vec<u64> = min_seq
+        .iter()
+        .filter(|m| m.chain.is_none())
+        .map(|m| m.seq)
+        .collect();
+    if unnamed.len() > 1 {
+        return Err("--min-seq without a chain id is given more than once".into());
+    }
+    if let (Some(seq), true) = (unnamed.first(), checked.len() > 1) {
+        let ids: Vec<&str> = checked.iter().filter_map(|c| c.id.as_deref()).collect();
+        return Err(format!(
+            "--min-seq {seq} names no chain, and the files hold {} chains: give \
+             --min-seq CHAIN={seq} with the chain's id (hubgate_audit_chain_seq's `chain` \
+             label; here: {})",
+            checked.len(),
+            ids.join(", ")
+        ));
+    }
+    Ok(checked
+        .iter()
+        .map(|c| {
+            min_seq
+                .iter()
+                .filter(|m| m.chain.is_none() || m.chain == c.id)
+                .map(|m| m.seq)
+                .max()
+        })
+        .collect())
 }
 
 /// Random bytes from the operating system's generator.
@@ -771,6 +871,40 @@ mod tests {
         let secret = "AKIAEXAMPLE/secret";
         let formatted = std::panic::catch_unwind(|| panic!("bad key {secret}")).unwrap_err();
         assert!(!super::panic_message(formatted.as_ref()).contains("AKIA"));
+    }
+
+    #[test]
+    fn min_seq_names_its_chain_whenever_there_are_several() {
+        use crate::audit::chain::{Checked, Verdict};
+        let chain = |id: &str| Checked {
+            instance: None,
+            id: Some(id.into()),
+            verdict: Verdict::Intact {
+                records: 1,
+                first_seq: 1,
+                last_seq: 1,
+                key_changes: vec![],
+            },
+        };
+        let m = |text: &str| super::min_seq(text).unwrap();
+        let one = [chain("a")];
+        assert_eq!(super::reached(&[m("7")], &one).unwrap(), [Some(7)]);
+        assert_eq!(super::reached(&[], &one).unwrap(), [None]);
+        assert_eq!(
+            super::reached(&[m("a=3"), m("9")], &one).unwrap(),
+            [Some(9)]
+        );
+        let two = [chain("a"), chain("b")];
+        let err = super::reached(&[m("7")], &two).unwrap_err();
+        assert!(
+            err.contains("give --min-seq CHAIN=7") && err.contains("a, b"),
+            "{err}"
+        );
+        assert_eq!(super::reached(&[m("b=7")], &two).unwrap(), [None, Some(7)]);
+        assert!(super::reached(&[m("7"), m("8")], &one).is_err());
+        for bad in ["0", "x", "=4", "a=", "a=-1"] {
+            assert!(super::min_seq(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

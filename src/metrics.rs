@@ -81,6 +81,12 @@ pub struct RevisionLabels {
     pub revision: String,
 }
 
+/// An audit chain, by its id (`chain.id` in its records; empty for a chain begun before ids).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChainLabels {
+    pub chain: String,
+}
+
 /// What the audit writer thread reports; clones share the same series.
 #[derive(Clone)]
 pub struct AuditMetrics {
@@ -88,6 +94,9 @@ pub struct AuditMetrics {
     pub errors: Counter,
     pub write_seconds: Histogram,
     pub unconfirmed: Counter,
+    /// The last record in the sink, by chain: kept outside the log (a scrape), it shows
+    /// records cut from the log's end, which the chain cannot show by itself.
+    pub chain_seq: Family<ChainLabels, Gauge>,
 }
 
 impl Default for AuditMetrics {
@@ -97,7 +106,18 @@ impl Default for AuditMetrics {
             errors: Counter::default(),
             write_seconds: Histogram::new(exponential_buckets(0.000_002, 3.0, 14)),
             unconfirmed: Counter::default(),
+            chain_seq: Family::default(),
         }
+    }
+}
+
+impl AuditMetrics {
+    /// The last record the sink holds is record `seq` of the chain `id`.
+    pub fn in_sink(&self, id: Option<&str>, seq: u64) {
+        let chain = id.unwrap_or_default().to_string();
+        self.chain_seq
+            .get_or_create(&ChainLabels { chain })
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
     }
 }
 
@@ -309,6 +329,12 @@ impl Metrics {
             "audit_unconfirmed",
             "Answers sent before their audit record was written: the writer took longer than audit.write_timeout_ms",
             m.audit.unconfirmed.clone(),
+        );
+        registry.register(
+            "audit_chain_seq",
+            "The sequence number of the last audit record in the sink, by chain id: a log whose \
+             newest record is older had records cut from its end (hubgate audit verify --min-seq)",
+            m.audit.chain_seq.clone(),
         );
         registry.register(
             "audit_write_seconds",

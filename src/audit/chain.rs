@@ -596,10 +596,7 @@ impl ChainName {
 /// A group whose first record continues another group's last one is the same chain under a
 /// new name (a replica restarted with another host name, or a log begun before instances were
 /// recorded) and is verified as part of it.
-pub fn verify_replicas(
-    chain: &Chain,
-    files: &[PathBuf],
-) -> Result<Vec<(Option<String>, Verdict)>, String> {
+pub fn verify_chains(chain: &Chain, files: &[PathBuf]) -> Result<Vec<Checked>, String> {
     let mut groups: Vec<Group> = Vec::new();
     // A file named twice (`audit.ndjson*` beside `audit.ndjson`, or a link to it) is one file:
     // read twice, its records followed themselves and an honest log read as BROKEN.
@@ -651,14 +648,44 @@ pub fn verify_replicas(
         let i = if i > j { i - 1 } else { i };
         groups[i].files.extend(tail.files);
         groups[i].last = tail.last;
+        // A log begun before ids got one at a later start: the chain goes by it now (its
+        // `audit_chain_seq` series is labelled with it).
+        if tail.name.id.is_some() {
+            groups[i].name.id = tail.name.id;
+        }
     }
     groups
         .into_iter()
         .map(|g| {
             let files: Vec<PathBuf> = g.files.into_iter().map(|(f, _)| f).collect();
-            Ok((g.name.instance, verify(chain, &files)?))
+            Ok(Checked {
+                verdict: verify(chain, &files)?,
+                instance: g.name.instance,
+                id: g.name.id,
+            })
         })
         .collect()
+}
+
+/// One chain's verdict, with the names it goes by.
+#[derive(Debug)]
+pub struct Checked {
+    /// The instance its first record names (how the output names a replica's chain).
+    pub instance: Option<String>,
+    /// Its id (`chain.id`); None for a log begun before ids.
+    pub id: Option<String>,
+    pub verdict: Verdict,
+}
+
+#[cfg(test)]
+fn verify_replicas(
+    chain: &Chain,
+    files: &[PathBuf],
+) -> Result<Vec<(Option<String>, Verdict)>, String> {
+    Ok(verify_chains(chain, files)?
+        .into_iter()
+        .map(|c| (c.instance, c.verdict))
+        .collect())
 }
 
 /// One instance's files, each with its first record's link `(seq, prev)`, and the head of the

@@ -730,13 +730,26 @@ def capture_sent(client) -> list:
 
 
 def audit_verify(*files, key_env: str | None = None, env: dict | None = None,
-                 timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run `hubgate audit verify FILE... [--key-env VAR]`."""
+                 timeout: float = 30, min_seq: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `hubgate audit verify FILE... [--key-env VAR] [--min-seq M]...`."""
     args = [str(HUBGATE_BIN), "audit", "verify", *map(str, files)]
     if key_env:
         args += ["--key-env", key_env]
+    for m in min_seq:
+        args += ["--min-seq", m]
     return subprocess.run(args, env={**hubgate_env(), **(env or {})}, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def metric(hg, name: str, **labels) -> float:
+    """The value of one /metrics series of `hg` (0 when absent)."""
+    text = hg.admin("/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    series = f"{name}{{{want}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split(" ")[1])
+    return 0.0
 
 
 # ---------------------------------------------------------------------------

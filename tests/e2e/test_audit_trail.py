@@ -28,6 +28,7 @@ from helpers import (
     audit_verify,
     finding,
     ident,
+    metric,
     wait_until,
 )
 
@@ -437,6 +438,52 @@ def test_restart_continues_the_chain(make_fake, make_hubgate):
     out = audit_verify(hg.audit_path)
     intact(out, 5)
     assert "sequence 1 to 5" in out.stdout
+
+
+def test_a_log_cut_at_its_end_fails_against_the_scraped_chain_seq(make_fake, make_hubgate,
+                                                                  tmp_path):
+    """The chain alone cannot show records cut from the newest file's end; the last sequence
+    number /metrics gave (hubgate_audit_chain_seq, scraped into a system the log's writers
+    cannot rewrite) can, through `audit verify --min-seq`."""
+    hg = make_hubgate({"audit": {"include_input": False}}, fake=make_fake())
+    for _ in range(4):
+        assert hg.buf(note("f-admin"), who="admin").status == 200
+    head = hg.audit_records()[-1]["chain"]
+    chain, last = head["id"], head["seq"]
+    # The answer waits for its record to be flushed, and the series moves with the flush.
+    assert metric(hg, "hubgate_audit_chain_seq", chain=chain) == last == 4
+    hg.stop()
+    # A restart continues the chain: the series says so before any new record.
+    hg.start()
+    assert metric(hg, "hubgate_audit_chain_seq", chain=chain) == 4
+    assert hg.buf(note("f-admin"), who="admin").status == 200
+    assert metric(hg, "hubgate_audit_chain_seq", chain=chain) == 5
+    hg.stop()
+
+    whole = hg.audit_path
+    cut = tmp_path / "cut.ndjson"
+    cut.write_text("".join(whole.read_text().splitlines(keepends=True)[:3]))
+    intact(audit_verify(whole, min_seq=("5",)), 5)
+    intact(audit_verify(whole, min_seq=(f"{chain}=5",)), 5)
+    intact(audit_verify(whole, min_seq=("3",)), 5)
+    # Without the scraped number, the cut log reads as intact: what README says it cannot show.
+    intact(audit_verify(cut), 3)
+    for given in ("5", f"{chain}=5"):
+        out = audit_verify(cut, min_seq=(given,))
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        assert "BROKEN: the newest record is number 3, but the chain had reached record 5 " \
+               "(--min-seq): records were cut from the end" in out.stdout, out.stdout
+        assert "intact" not in out.stdout, out.stdout
+    # A chain named that no file holds: its files are all missing.
+    other = "0" * 32
+    out = audit_verify(whole, min_seq=(f"{other}=2",))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert f"chain {other}: BROKEN: no file given holds a record of this chain" in out.stdout
+    # Unreadable numbers are usage errors (exit 2), never a pass.
+    for bad in ("0", "-1", "x", f"{chain}=", "=5", "5.0"):
+        out = audit_verify(whole, min_seq=(bad,))
+        assert out.returncode == 2, (bad, out.stdout, out.stderr)
+        assert "intact" not in out.stdout, (bad, out.stdout)
 
 
 # ---------------------------------------------------------------------------

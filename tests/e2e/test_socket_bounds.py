@@ -30,6 +30,7 @@ from helpers import (
     Creds,
     assert_envelope,
     ident,
+    metric,
     sign,
     wait_until,
 )
@@ -171,17 +172,6 @@ def chunked(body: bytes) -> bytes:
     half = len(body) // 2
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:half], body[half:]) if p) \
         + b"0\r\n\r\n"
-
-
-def metric(hg, name: str, **labels) -> float:
-    """The value of one /metrics series (0 when absent)."""
-    text = hg.admin("/metrics").text
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    series = f"{name}{{{want}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split(" ")[1])
-    return 0.0
 
 
 def assert_nothing_forwarded(hg):
