@@ -1056,7 +1056,8 @@ tried, in order: environment (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), 
 (AWS_PROFILE, ~/.aws/credentials or ~/.aws/config), web identity (AWS_WEB_IDENTITY_TOKEN_FILE \
 and AWS_ROLE_ARN, as EKS IRSA sets them), container (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or \
 _FULL_URI, as ECS sets them), instance metadata (an EC2 instance profile). Give hubgate's \
-process one of them; RUST_LOG=debug logs what each source answered";
+process one of them; `aws sts get-caller-identity` run in hubgate's environment shows what the \
+chain finds";
 
 fn https_client(connect_timeout: Duration) -> Result<HttpsClient, SetupError> {
     // Without TCP_NODELAY a request written as head then body waits on the peer's delayed
@@ -1079,18 +1080,36 @@ fn https_client(connect_timeout: Duration) -> Result<HttpsClient, SetupError> {
 
 fn credentials_error(e: &aws_credential_types::provider::error::CredentialsError) -> UpstreamError {
     use aws_credential_types::provider::error::CredentialsError;
+    // Read to tell "no source" from "a source failed", never shown: a source's words are not
+    // hubgate's to repeat. A credential_process's stderr, an STS answer echoing the web
+    // identity token, a profile file's line: each can hold a secret, and this text reached
+    // every caller's envelope, the audit record, /readyz and the log (review 55b).
     let detail = error_chain(e);
-    tracing::debug!(error = %detail, "the AWS credential chain yielded no credentials");
     // Instance metadata is the chain's last source: its failure means no earlier one had any.
     let none_found =
         matches!(e, CredentialsError::CredentialsNotLoaded(_)) || detail.contains("IMDS");
-    if none_found {
-        UpstreamError::Credentials(NO_CREDENTIALS.to_string())
-    } else {
-        // A source that exists but fails (a profile's role cannot be assumed): its own words,
-        // on one line.
-        UpstreamError::Credentials(detail.split_whitespace().collect::<Vec<_>>().join(" "))
-    }
+    let what = match e {
+        _ if none_found => {
+            tracing::debug!("the AWS credential chain yielded no credentials: no source has any");
+            return UpstreamError::Credentials(NO_CREDENTIALS.to_string());
+        }
+        CredentialsError::ProviderTimedOut(_) => "the AWS credential source did not answer in time",
+        CredentialsError::InvalidConfiguration(_) => {
+            "the AWS credential source is configured in a way it cannot use"
+        }
+        _ => {
+            "the AWS credential source failed (a role that cannot be assumed, a \
+              credential_process that failed, a token refused)"
+        }
+    };
+    tracing::debug!(
+        reason = what,
+        "the AWS credential chain yielded no credentials"
+    );
+    UpstreamError::Credentials(format!(
+        "{what}; its own words are not repeated (they can hold a secret): \
+         `aws sts get-caller-identity` run in hubgate's environment shows them"
+    ))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

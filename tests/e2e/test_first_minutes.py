@@ -119,7 +119,7 @@ def test_missing_aws_credentials_name_the_chain_not_imds(tmp_path, fake):
     assert not [line for line in log.splitlines() if line.startswith("  ")], log
 
 
-def test_credential_chain_details_are_logged_at_debug_level(tmp_path, fake):
+def test_the_credential_chains_failure_is_logged_at_debug_level(tmp_path, fake):
     home = tmp_path / "home"
     home.mkdir()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
