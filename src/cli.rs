@@ -382,28 +382,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Prints what a lint found (each finding, then `hint`) or why it could not run; true when
-/// it ran and found nothing.
-fn linted<T: std::fmt::Display, E: std::fmt::Display>(
-    found: Result<Vec<T>, E>,
-    hint: &str,
-) -> bool {
-    match found {
-        Ok(found) if found.is_empty() => true,
-        Ok(found) => {
-            for f in found {
-                eprintln!("hubgate: {f}");
-            }
-            eprintln!("hubgate: {hint}");
-            false
-        }
-        Err(e) => {
-            eprintln!("hubgate: {e}");
-            false
-        }
-    }
-}
-
 fn check(arg: &ConfigArg) -> ExitCode {
     let config = match load_config(arg) {
         Ok(c) => c,
@@ -474,37 +452,28 @@ fn check(arg: &ConfigArg) -> ExitCode {
     .and_then(|p| p.covers(&config).map(|()| p))
     {
         Ok(policy) => {
-            let files = |keep: fn(&std::path::Path) -> bool| -> Vec<PathBuf> {
-                policy.files.iter().filter(|f| keep(f)).cloned().collect()
-            };
-            let rego = files(|f| f.extension().is_some_and(|e| e == "rego"));
-            let data = files(|f| f.file_name().is_some_and(|n| n == "data.json"));
-            let settings_ok = linted(
-                lint::unread_settings(&rego, &data),
-                "a setting no rule reads leaves the rule it was meant for at its default; see policies/README.md for the settings",
-            );
-            let fields_ok = linted(
-                lint::unknown_fields(&rego),
-                "a rule that reads a field the input document does not have is never true; see policies/README.md for the input document",
-            );
-            let entries_ok = linted(
-                lint::unread_entry_rules(&rego),
-                "hubgate reads deny, warn and needs_state of package hubgate only: put the rule in package hubgate, or read it from a rule there",
-            );
-            let data_ok = linted(
-                lint::unknown_data(&rego, &data),
-                "a data document is provided by a top-level key of data.json or by a package; see policies/README.md for the settings",
-            );
-            if settings_ok && fields_ok && entries_ok && data_ok {
-                summary.push(format!(
-                    "policies: {} ({} files, revision {})",
-                    config.policy.dir.display(),
-                    policy.files.len(),
-                    policy.revision
-                ));
-            } else {
-                ok = false;
+            let rego: Vec<(PathBuf, String)> = policy
+                .files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "rego"))
+                .filter_map(|f| Some((f.clone(), std::fs::read_to_string(f).ok()?)))
+                .collect();
+            for read in crate::policy::lint::body_reads(&rego) {
+                eprintln!("hubgate: caution: {read}");
             }
+            summary.push(format!(
+                "policies: {} ({} files, revision {})",
+                config.policy.dir.display(),
+                policy.files.len(),
+                policy.revision
+            ));
+        }
+        // Each finding on a line of its own, as check always printed them.
+        Err(crate::policy::PolicyLoadError::Lint(lints)) => {
+            for line in lints.lines() {
+                eprintln!("hubgate: {line}");
+            }
+            ok = false;
         }
         Err(e) => {
             eprintln!("hubgate: {e}");

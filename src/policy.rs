@@ -2,6 +2,7 @@
 //! evaluates the decision entrypoint `data.hubgate.deny` (and `warn`) over the input document.
 
 pub mod input;
+pub mod lint;
 pub mod settings;
 pub mod state;
 pub mod testing;
@@ -36,6 +37,8 @@ pub enum PolicyLoadError {
     Smoke(String),
     #[error(transparent)]
     Settings(#[from] settings::BadSettings),
+    #[error("{0}")]
+    Lint(lint::Lints),
     #[error(
         "{dir}: the policy files kept changing while they were read ({attempts} times); the \
          previous set stays until a reload reads them unchanged"
@@ -402,6 +405,10 @@ impl PolicySet {
         );
         if !bad.is_empty() {
             return Err(settings::BadSettings(bad).into());
+        }
+        let lints = lint::Lints::of(&rego, &data_texts);
+        if !lints.is_empty() {
+            return Err(PolicyLoadError::Lint(lints));
         }
         let mut engine = engine_from_texts(&rego, &data_texts)?;
         let limit = |limit| regorus::utils::limits::ExecutionTimerConfig {

@@ -294,14 +294,14 @@ fn a_denial_that_names_only_findings_still_says_whether_state_is_needed() {
 #[test]
 fn only_false_skips_the_lookup() {
     // `needs_state if member` alone is undefined for an administrator: the lookup is made.
-    // So it is when a body does not hold (a key the input lacks here): read as "not needed",
+    // So it is when a body does not hold (an attribute the caller lacks here): read as "not needed",
     // every rule on state would go unevaluated. (A body that errs refuses the request: see
     // `a_needs_state_whose_body_errs_refuses_the_request`.)
     let p = load_dir(&[(
         "p.rego",
         "package hubgate\n\n\
          needs_state if input.principal.role == \"member\"\n\n\
-         needs_state if {\n\tinput.principal.role == \"administrator\"\n\tinput.update.no_such_fact == 0\n}\n\n\
+         needs_state if {\n\tinput.principal.role == \"administrator\"\n\tinput.principal.attributes.no_such_attribute == 0\n}\n\n\
          deny contains {\"msg\": \"d\", \"finding\": null} if false\n",
     )])
     .unwrap();

@@ -160,13 +160,15 @@ def test_a_rule_the_served_deny_reads_defined_only_beside_its_test_fails_the_run
     shutil.copytree(POLICY_DIR / "schemas", policies / "schemas")
     write(policies / "rules.rego", BLOCKED_RULE)
     write(policies / "blocked_test.rego", BLOCKED_TEST)
-    # what serve decides: the list is not there, the deny never holds
+    # the list is not there, so the deny would never hold: eval (as serve and reload, since
+    # stop 55) refuses the set rather than allow
     req = write(tmp_path / "req.json", {
         "FindingIdentifiers": [{"Id": "f-1", "ProductArn": GUARDDUTY}],
         "Note": {"Text": "x", "UpdatedBy": "y"}})
     e = run_hubgate("eval", "--config", config_for(tmp_path, policies), "--request", req,
                     "--as", f"member:{MEMBER_ACCOUNT}")
-    assert "first pass (request only): ALLOW" in e.stdout, e.stdout + e.stderr
+    assert e.returncode != 0 and "ALLOW" not in e.stdout, e.stdout + e.stderr
+    assert "data.hubgate.blocked_products" in e.stderr, e.stderr
     r = run_hubgate("test", str(policies))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "FAIL " in r.stdout and "blocked_test.rego:3 data.hubgate.blocked_products" in r.stdout, \
