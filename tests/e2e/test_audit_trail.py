@@ -486,6 +486,38 @@ def test_a_log_cut_at_its_end_fails_against_the_scraped_chain_seq(make_fake, mak
         assert "intact" not in out.stdout, (bad, out.stdout)
 
 
+def test_min_seq_names_each_chain_when_replicas_files_are_verified_together(make_fake,
+                                                                           make_hubgate,
+                                                                           tmp_path):
+    """Two replicas' logs in one verify: a bare --min-seq cannot say which chain it means
+    (exit 2, naming both ids); named, each chain is held to its own number."""
+    fake = make_fake()
+    heads = []
+    for n in (2, 3):
+        hg = make_hubgate({"audit": {"include_input": False}}, fake=fake)
+        for _ in range(n):
+            assert hg.buf(note("f-admin"), who="admin").status == 200
+        heads.append((hg.audit_path, hg.audit_records()[-1]["chain"]["id"]))
+        assert metric(hg, "hubgate_audit_chain_seq", chain=heads[-1][1]) == n
+        hg.stop()
+    (a, a_id), (b, b_id) = heads
+    assert a_id != b_id
+    out = audit_verify(a, b, min_seq=("2",))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert a_id in out.stderr and b_id in out.stderr and "CHAIN=2" in out.stderr, out.stderr
+    out = audit_verify(a, b, min_seq=(f"{a_id}=2", f"{b_id}=3"))
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stdout.count("intact") == 2, out.stdout
+    # b's last record cut: only b's chain is BROKEN
+    cut = tmp_path / "b-cut.ndjson"
+    cut.write_text("".join(b.read_text().splitlines(keepends=True)[:2]))
+    out = audit_verify(a, cut, min_seq=(f"{a_id}=2", f"{b_id}=3"))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert out.stdout.count("intact") == 1, out.stdout
+    assert "BROKEN: the newest record is number 2, but the chain had reached record 3" \
+        in out.stdout, out.stdout
+
+
 # ---------------------------------------------------------------------------
 # masking
 
