@@ -687,8 +687,8 @@ fn route(
 }
 
 /// The most body bytes the request can bring: its Content-Length, else the length its framing
-/// gives (none for a GET), else max_body_bytes (a body without one is cut off there). A body declared larger than max_body_bytes is refused
-/// (413) before anything else is read of it.
+/// gives (none for a GET), else max_body_bytes (a body without one is cut off there). A body
+/// declared larger than max_body_bytes is refused (413) before anything else is read of it.
 fn declared_length(
     ctx: &Ctx<'_>,
     parts: &http::request::Parts,

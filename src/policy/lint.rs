@@ -606,17 +606,14 @@ pub struct Lints {
 
 impl Lints {
     /// Every lint over the set's rule files and data.json files.
+    /// `data` is the set's data.json files: the only JSON a set reads as data
+    /// (`policy::list_files`).
     pub fn of(rego: &[(PathBuf, String)], data: &[(PathBuf, String)]) -> Lints {
-        let data_files: Vec<(PathBuf, String)> = data
-            .iter()
-            .filter(|(f, _)| f.file_name().is_some_and(|n| n == "data.json"))
-            .cloned()
-            .collect();
         Lints {
-            settings: unread_settings(rego, &data_files),
+            settings: unread_settings(rego, data),
             fields: unknown_fields(rego),
             entries: unread_entry_rules(rego),
-            data: unknown_data(rego, &data_files),
+            data: unknown_data(rego, data),
         }
     }
 
