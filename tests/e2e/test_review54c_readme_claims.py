@@ -121,7 +121,7 @@ import pytest
 
 from helpers import (ADMIN, MEMBER_ACCOUNT, OWN_ACCOUNT_FILTER, POLICY_DIR, PRODUCT_ARN, REPO,
                      HUBGATE_BIN, Creds, assert_envelope, free_port, hubgate_env, ident,
-                     raw_request, run_hubgate, sign, wait_until)
+                     metric, raw_request, run_hubgate, sign, wait_until)
 
 README = (REPO / "README.md").read_text()
 BUF = "/findings/batchupdate"
@@ -1332,6 +1332,10 @@ def test_per_caller_share_is_503_with_retry_after_and_names_the_key(make_hubgate
     try:
         slow.sendall((f"PATCH {BUF} HTTP/1.1\r\nHost: {hg.host}\r\n{lines}"
                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:3])
+        # The slow request must hold the share before the second is sent: sent at once, the
+        # second could be admitted first, and the slow one refused in its place.
+        wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 1, 5,
+                   "the slow request to be admitted")
 
         def overloaded():
             r = hg.buf(buf_body(Note={"Text": "t", "UpdatedBy": "u"}))
