@@ -171,7 +171,8 @@ def test_keep_alive_after_the_stop_and_sighup_in_the_drain(make_fake, make_hubga
     t, out = in_background(lambda: hg.buf(RAISE_OWN, who="member"))
     wait_until(lambda: fake.get_findings_calls(), 5, "the lookup at the fake")
     hg.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    # the stop has begun (the drain) before the SIGHUP and the keep-alive request after it
+    wait_until(lambda: hg.admin("/readyz").status_code == 503, 5, "the stop to begin")
     hg.proc.send_signal(signal.SIGHUP)
     try:
         idle.sendall(raw_request_bytes(hg, note(text="after the stop")))

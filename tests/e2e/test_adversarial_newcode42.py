@@ -25,6 +25,7 @@ from helpers import (
     assert_envelope,
     finding,
     ident,
+    metric,
     wait_until,
 )
 from test_socket_bounds import (
@@ -63,6 +64,11 @@ def one(hg, data: bytes) -> Reply:
         return read_reply(s)
     finally:
         s.close()
+
+
+def in_flight(hg, n: int, what: str):
+    """Waits until hubgate has n requests in flight (admitted, holding their places)."""
+    wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == n, 5, what)
 
 
 def served_again(hg, timeout: float = 3.0) -> Reply:
@@ -186,19 +192,21 @@ def h2_head(hg, conn, body: bytes, creds=MEMBER) -> int:
 
 
 def end_h1_abort_mid_body(hg):
+    in_flight(hg, 0, "the member's last request to give its place back")
     s = connect(hg.port)
     data = member_note(hg)
     s.sendall(data[:-10])
-    time.sleep(0.2)
+    in_flight(hg, 1, "the request to be admitted")
     s.close()
 
 
 def end_h2_rst_mid_body(hg):
+    in_flight(hg, 0, "the member's last request to give its place back")
     sock, conn = h2_conn(hg)
     stream = h2_head(hg, conn, NOTE_BODY)
     conn.send_data(stream, NOTE_BODY[:10])
     sock.sendall(conn.data_to_send())
-    time.sleep(0.2)
+    in_flight(hg, 1, "the request to be admitted")
     conn.reset_stream(stream)
     sock.sendall(conn.data_to_send())
     time.sleep(0.2)
@@ -208,11 +216,12 @@ def end_h2_rst_mid_body(hg):
 
 
 def end_h2_connection_drop_mid_body(hg):
+    in_flight(hg, 0, "the member's last request to give its place back")
     sock, conn = h2_conn(hg)
     stream = h2_head(hg, conn, NOTE_BODY)
     conn.send_data(stream, NOTE_BODY[:10])
     sock.sendall(conn.data_to_send())
-    time.sleep(0.2)
+    in_flight(hg, 1, "the request to be admitted")
     sock.close()
 
 
@@ -262,9 +271,12 @@ def end_forwarded_answer_never_read(hg):
 def end_caller_busy(hg):
     """The member's one place is held by a stalled body; one more request is 503, then the
     stalled one times out (408)."""
+    in_flight(hg, 0, "the member's last request to give its place back")
     s = connect(hg.port)
     s.sendall(member_note(hg)[:-10])
-    time.sleep(0.2)
+    # The stalled request must hold the place before the next is sent: sent at once, the
+    # next could be admitted first, and the stalled one refused in its place.
+    in_flight(hg, 1, "the stalled request to be admitted")
     reply = one(hg, member_read(hg))
     err = assert_envelope(reply, 503, "OVERLOADED", "ServiceUnavailableException")
     assert "max_in_flight_per_caller" in err["error"]["message"], err
@@ -307,7 +319,8 @@ def test_a_client_that_knows_only_a_key_id_does_not_learn_whose_it_is(make_fake,
     impostor = Creds(MEMBER.access_key, "not-the-members-secret")
     s = connect(hg.port)
     s.sendall(member_note(hg, creds=impostor)[:-10])
-    time.sleep(0.2)
+    # admitted (holding the share) before the second is sent, or the second could take it
+    in_flight(hg, 1, "the impostor's stalled request to be admitted")
     reply = one(hg, member_note(hg, creds=impostor))
     err = assert_envelope(reply, 503, "OVERLOADED", "ServiceUnavailableException")
     message = err["error"]["message"]
@@ -342,7 +355,9 @@ def test_a_caller_removed_while_its_body_is_read_is_refused(make_fake, make_hubg
     s = connect(hg.port)
     try:
         s.sendall(data[:-10])
-        time.sleep(0.2)
+        # the head is read and the caller claimed before the reload (else it is refused as
+        # unknown, or judged in its new role, from its head alone: not the case tested)
+        in_flight(hg, 1, "the request to be admitted")
         callers = hg.workdir / "callers.toml"
         text = callers.read_text()
         reloaded = hg.stderr_text().count("callers reloaded")
@@ -373,7 +388,9 @@ def test_a_caller_demoted_while_its_body_is_read_is_judged_in_its_new_role(make_
     s = connect(hg.port)
     try:
         s.sendall(data[:-10])
-        time.sleep(0.2)
+        # the head is read and the caller claimed before the reload (else it is refused as
+        # unknown, or judged in its new role, from its head alone: not the case tested)
+        in_flight(hg, 1, "the request to be admitted")
         callers = hg.workdir / "callers.toml"
         text = callers.read_text()
         reloaded = hg.stderr_text().count("callers reloaded")

@@ -44,6 +44,13 @@ def both_ok(*hgs, timeout=10):
         wait_until(lambda hg=hg: coordination_state(hg) == "ok", timeout, "the replica to (re)join")
 
 
+def journal_shared(redis_server, fid: str, timeout: float = 10):
+    """Waits until a replica has shared (again) its settle journal's change to `fid`."""
+    key = f"hubgate:jp:{_finding_hash(fid)}"
+    wait_until(lambda: redis_server.command("EXISTS", key).startswith(b":1"), timeout,
+               f"the journal's change to {fid} shared again")
+
+
 def test_a_redis_restart_does_not_lose_another_replicas_write_still_settling(
         replicas, quota_fake, redis_server):
     """Redis restarts (no persistence: it comes back empty) while Security Hub is still
@@ -55,7 +62,7 @@ def test_a_redis_restart_does_not_lose_another_replicas_write_still_settling(
     assert raised.status == 200, raised.text
     redis_server.stop()
     redis_server.start()
-    time.sleep(1.5)  # a few probes
+    journal_shared(redis_server, "f-own-medium")  # by replica 1, once it noticed the restart
     both_ok(r1, r2)
     assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
     lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")
@@ -75,7 +82,7 @@ def test_a_flushed_redis_does_not_lose_another_replicas_write_still_settling(
     raised = r1.buf(severity("f-own-medium", "CRITICAL"), who="admin")
     assert raised.status == 200, raised.text
     assert redis_server.command("FLUSHALL").startswith(b"+OK")
-    time.sleep(1.0)  # a few probes (probe_interval_ms = 200)
+    journal_shared(redis_server, "f-own-medium")  # by replica 1, once a probe saw the flush
     both_ok(r1, r2)
     assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
     lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")
@@ -143,7 +150,7 @@ def test_a_redis_that_takes_no_writes_is_fallen_back_from_and_missed_writes_are_
             assert coordination_state(hg) == "degraded"
     finally:
         assert redis_server.command(*mends).startswith(b"+OK")
-    time.sleep(0.6)
+    journal_shared(redis_server, "f-own-medium")  # by replica 1, once it rejoined
     both_ok(r1, r2)
     assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
     lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")

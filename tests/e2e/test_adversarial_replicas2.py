@@ -123,9 +123,10 @@ def test_keys_a_redis_evicted_are_shared_again_before_anything_is_judged_on_it(
     assert redis_server.command("EXISTS", journal).startswith(b":0"), "not evicted"
     # the operator makes room; hubgate's keys stay gone
     assert redis_server.command("CONFIG", "SET", "maxmemory", "0").startswith(b"+OK")
-    time.sleep(0.8)  # a few probes (probe_interval_ms = 200)
+    # replica 1 shares its journal again as it rejoins, once a probe saw the eviction
+    wait_until(lambda: redis_server.command("EXISTS", journal).startswith(b":1"), 10,
+               "replica 1's journal to be shared again")
     both_ok(r1, r2)
-    time.sleep(0.3)  # replica 1 shares its journal again as it rejoins
     assert quota_fake.findings()["f-own-medium"]["Severity"]["Label"] == "MEDIUM"
     lowered = r2.buf(severity("f-own-medium", "MEDIUM"), who="member")
     assert lowered.status == 403, (

@@ -61,6 +61,7 @@ from helpers import PRODUCT_ARN, assert_envelope, hubgate_env, wait_until
 from test_adversarial_upstream import NOTE, quirky, upd  # noqa: F401 (fixture)
 from test_adversarial_fwd2 import overlapping_writes
 from test_replicas import coordination, coordination_state, redis_server  # noqa: F401
+from test_adversarial_replicas import _finding_hash
 
 
 def two_on(make_hubgate, up, redis, enrichment: dict, server: dict | None = None):
@@ -141,8 +142,11 @@ def test_a_write_cut_off_by_a_replicas_stop_is_shared_before_it_ends(
                     server={"shutdown_grace_ms": 500})
     lagging_reads(quirky)
 
+    applied = threading.Event()
+
     def slow(req):
         answer = quirky._apply(req)
+        applied.set()
         time.sleep(3)
         return answer
 
@@ -151,7 +155,9 @@ def test_a_write_cut_off_by_a_replicas_stop_is_shared_before_it_ends(
     t = threading.Thread(target=lambda: out.setdefault(
         "raise", r1.buf(upd("f-own-high", Severity={"Label": "CRITICAL"}), who="admin")))
     t.start()
-    time.sleep(0.5)
+    # The stop must find the raise applied and not yet answered: a SIGTERM that came before
+    # the forward would refuse the raise (nothing applied) and test nothing of the sharing.
+    assert applied.wait(5), "the raise never reached Security Hub"
     r1.proc.send_signal(signal.SIGTERM)
     t.join(5)
     r1.proc.wait(5)
@@ -250,7 +256,11 @@ def test_a_write_shared_again_after_a_stall_is_not_composed_last(
         assert coordination_state(r1) == "degraded"
         stall.stalled.clear()
         wait_until(lambda: coordination_state(r1) == "ok", 10, "replica 1 to rejoin")
-        time.sleep(0.3)  # its journal shared again
+        # Replica 1 shares its journal again just after it rejoins: its LOW, checked against
+        # replica 2's CRITICAL, leaves the finding's state unknown in Redis.
+        unknown = f"hubgate:ju:{_finding_hash('f-own-high')}"
+        wait_until(lambda: redis_server.command("EXISTS", unknown).startswith(b":1"), 5,
+                   "replica 1's journal to be shared again")
         assert quirky.severity("f-own-high") == "CRITICAL"
         lowering = r2.buf(upd("f-own-high", Severity={"Label": "HIGH"}, Note=NOTE),
                           who="member")

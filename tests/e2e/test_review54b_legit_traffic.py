@@ -100,7 +100,9 @@ from helpers import (
     aws,
     finding,
     ident,
+    metric,
     sign,
+    wait_until,
 )
 
 BUF = "/findings/batchupdate"
@@ -1062,7 +1064,9 @@ def test_boto3_pooled_connection_after_a_503_share_refusal(make_fake, make_hubga
     reader = hg.client("admin")
     t = threading.Thread(target=reader.describe_hub)
     t.start()
-    time.sleep(0.3)
+    # The slow read must hold the share before the write is sent, or the write could take it.
+    wait_until(lambda: metric(hg, "hubgate_requests_in_flight") == 1, 5,
+               "the slow read to be admitted")
     with pytest.raises(ClientError) as e:
         client.batch_update_findings(**kwargs)
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
