@@ -78,6 +78,10 @@ pub enum Rejection {
     /// The request head is ambiguous (target form, framing headers, repeated security headers).
     #[error(transparent)]
     Framing(#[from] FramingError),
+    /// The HTTP layer could not parse the request head, or it was over the layer's limits:
+    /// there is no request, only the status hyper chose (400, 414 or 431).
+    #[error(transparent)]
+    HeadRefused(#[from] crate::framing::HeadRefused),
     /// The body did not arrive within server.body_read_timeout_ms.
     #[error("the request body did not arrive within server.body_read_timeout_ms ({ms} ms)")]
     RequestTimeout { ms: u64 },
@@ -268,6 +272,11 @@ impl Rejection {
             ),
             Framing(_) => (
                 StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "InvalidInputException",
+            ),
+            HeadRefused(e) => (
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
                 "VALIDATION_ERROR",
                 "InvalidInputException",
             ),

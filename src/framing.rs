@@ -366,6 +366,140 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     })
 }
 
+/// A request head the HTTP layer refused before any request existed: one hyper cannot parse,
+/// or one over its limits. hyper answers such a head itself, with a bare status line and no
+/// body; hubgate answers with the envelope and a record instead (`server::conn`).
+#[derive(Debug, thiserror::Error)]
+#[error("the request head could not be read: {what}; nothing was forwarded, and the connection is closed")]
+pub struct HeadRefused {
+    /// As hyper answered: 400, 414 or 431.
+    pub status: u16,
+    what: &'static str,
+    /// The request line's method and path, as far as they parsed (no query string: it may
+    /// carry a presigned request's credentials).
+    pub method: String,
+    pub path: String,
+}
+
+/// hyper's own refusal of a head, as hyper writes it: a status line, `connection: close`,
+/// `content-length: 0` and `date`, and nothing else. No answer of hubgate's looks like it:
+/// hubgate's envelopes have a body and a request id, and a forwarded answer carries
+/// `x-hubgate-decision-id`. Returns the status and the date header's value.
+pub fn hyper_refusal(written: &[u8]) -> Option<(u16, &[u8])> {
+    let rest = written.strip_prefix(b"HTTP/1.1 ")?;
+    let status = std::str::from_utf8(rest.get(..3)?)
+        .ok()?
+        .parse::<u16>()
+        .ok()?;
+    if !matches!(status, 400 | 414 | 431) {
+        return None;
+    }
+    let rest = &rest[3..];
+    let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    if !rest[..line_end]
+        .iter()
+        .all(|b| b.is_ascii_alphabetic() || *b == b' ')
+    {
+        return None;
+    }
+    let rest =
+        rest[line_end + 2..].strip_prefix(b"connection: close\r\ncontent-length: 0\r\ndate: ")?;
+    let date = rest.strip_suffix(b"\r\n\r\n")?;
+    (date.len() <= 64 && date.iter().all(|b| b.is_ascii_graphic() || *b == b' '))
+        .then_some((status, date))
+}
+
+/// Why hyper refused `head` (the bytes of the head it was reading, if they were kept) with
+/// `status`. hyper parses with httparse and then checks the URI and the framing headers, so the
+/// same parse names the part at fault.
+pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    let parsed = head.map(|h| req.parse(h));
+    let what = match (status, &parsed) {
+        (414, _) => "the request target is over 65,534 bytes, the HTTP layer's limit",
+        (_, Some(Err(httparse::Error::TooManyHeaders))) => {
+            "it has more than 100 header fields, the HTTP layer's limit"
+        }
+        (431, _) => {
+            "it is over 96 KiB (or has more than 100 header fields), the HTTP layer's limit"
+        }
+        (_, Some(Err(httparse::Error::HeaderName))) => {
+            "a header field name is not a token (RFC 9110 §5.1): it has a space, a control \
+             character or a delimiter, or a space before its colon"
+        }
+        (_, Some(Err(httparse::Error::HeaderValue))) => {
+            "a header field value has a control character"
+        }
+        (_, Some(Err(httparse::Error::NewLine))) => "a line does not end with CRLF",
+        (_, Some(Err(httparse::Error::Version))) => {
+            "the request line's protocol is not HTTP/1.0 or HTTP/1.1"
+        }
+        (_, Some(Err(httparse::Error::Token))) if req.method.is_none() => {
+            "the request line's method is not a token"
+        }
+        (_, Some(Err(_))) => "the request line's target is not a valid request target",
+        (_, Some(Ok(_))) => match framing_fault(req.headers) {
+            Some(fault) => fault,
+            None if req.path.is_some_and(|p| p.parse::<http::Uri>().is_err()) => {
+                "the request target is not a valid URI"
+            }
+            None => "it is not a valid HTTP/1.1 request head",
+        },
+        (_, None) => "it is not a valid HTTP/1.1 request head",
+    };
+    let clipped = |s: Option<&str>, n: usize| {
+        s.map(|s| s.split('?').next().unwrap_or_default())
+            .map(|s| crate::quoted::clipped(s, n).into_owned())
+            .unwrap_or_default()
+    };
+    HeadRefused {
+        status,
+        what,
+        method: clipped(req.method, 32),
+        path: clipped(req.path, crate::routes::RECORDED_PATH_CHARS),
+    }
+}
+
+/// What hyper refuses in a head that parses: a Content-Length that is not one number, or a
+/// Transfer-Encoding whose last coding is not chunked.
+fn framing_fault(headers: &[httparse::Header<'_>]) -> Option<&'static str> {
+    let mut lengths = named(headers, "content-length").flat_map(|v| v.split(|b| *b == b','));
+    if let Some(first) = lengths.next() {
+        let Some(first) = decimal(first) else {
+            return Some("its Content-Length is not a decimal number");
+        };
+        if lengths.any(|v| decimal(v) != Some(first)) {
+            return Some("it has Content-Length values that differ");
+        }
+    }
+    let last_coding = named(headers, "transfer-encoding")
+        .last()
+        .and_then(|v| v.split(|b| *b == b',').next_back())
+        .map(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if last_coding == Some(false) {
+        return Some("its Transfer-Encoding does not end with chunked");
+    }
+    None
+}
+
+/// The values of the header fields called `name`, in order.
+fn named<'h>(
+    headers: &'h [httparse::Header<'h>],
+    name: &'h str,
+) -> impl Iterator<Item = &'h [u8]> + 'h {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// `v` trimmed, if it is a decimal number.
+fn decimal(v: &[u8]) -> Option<&[u8]> {
+    let v = v.trim_ascii();
+    (!v.is_empty() && v.iter().all(u8::is_ascii_digit)).then_some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -753,5 +887,131 @@ mod tests {
         assert_eq!(head_end(head, split), Some(head.len() - 4));
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: h\n\n", 0), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n", 0), None);
+    }
+
+    const DATE: &str = "Mon, 07 Dec 2026 18:50:54 GMT";
+
+    #[test]
+    fn hypers_own_refusals_are_recognised_and_nothing_else() {
+        for (status, reason) in [
+            (400, "Bad Request"),
+            (414, "URI Too Long"),
+            (431, "Request Header Fields Too Large"),
+        ] {
+            let written = format!(
+                "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"
+            );
+            assert_eq!(
+                hyper_refusal(written.as_bytes()),
+                Some((status, DATE.as_bytes())),
+                "{written}"
+            );
+        }
+        let like = |s: &str| hyper_refusal(s.as_bytes()).map(|(status, _)| status);
+        // Another status, a body, a header more, hubgate's own envelope: not hyper's refusal.
+        let ok = format!(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"
+        );
+        assert_eq!(like(&ok), None);
+        let body = format!("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n{{}}");
+        assert_eq!(like(&body), None);
+        let more = format!("HTTP/1.1 400 Bad Request\r\nx-amzn-requestid: r\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        assert_eq!(like(&more), None);
+        let envelope = format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 2\r\ndate: {DATE}\r\n\r\n{{}}");
+        assert_eq!(like(&envelope), None);
+        // The tail of an answer, or a head cut short.
+        assert_eq!(
+            like("HTTP/1.1 400 Bad Request\r\nconnection: close\r\n"),
+            None
+        );
+        assert_eq!(like(&format!("x{ok}")), None);
+    }
+
+    fn why(status: u16, head: &str) -> HeadRefused {
+        head_refused(status, Some(head.as_bytes()))
+    }
+
+    #[test]
+    fn a_refused_head_is_named_by_the_part_at_fault() {
+        let cases = [
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nBad Header: x\r\n\r\n",
+                "header field name is not a token",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nHost : x\r\n\r\n",
+                "header field name is not a token",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+                "value has a control character",
+            ),
+            (400, "PATCH /f HTTP/3.7\r\n\r\n", "not HTTP/1.0 or HTTP/1.1"),
+            (400, "PA\x01CH /f HTTP/1.1\r\n\r\n", "method is not a token"),
+            (
+                400,
+                "PATCH /f\x01 HTTP/1.1\r\n\r\n",
+                "target is not a valid request target",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+                "Content-Length is not a decimal number",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "Content-Length values that differ",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nContent-Length: 2, 3\r\n\r\n",
+                "Content-Length values that differ",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                "Transfer-Encoding does not end with chunked",
+            ),
+            (414, "GET /aaaa HTTP/1.1\r\n", "over 65,534 bytes"),
+            (431, "PATCH /f HTTP/1.1\r\nX-Pad: aaaa", "over 96 KiB"),
+        ];
+        for (status, head, want) in cases {
+            let refused = why(status, head);
+            assert_eq!(refused.status, status);
+            assert!(refused.to_string().contains(want), "{head:?}: {refused}");
+        }
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let refused = why(431, &format!("PATCH /f HTTP/1.1\r\n{many}\r\n"));
+        assert!(
+            refused.to_string().contains("more than 100 header fields"),
+            "{refused}"
+        );
+        // A head that was not kept is still answered, in general terms.
+        let refused = head_refused(400, None);
+        assert!(
+            refused
+                .to_string()
+                .contains("not a valid HTTP/1.1 request head"),
+            "{refused}"
+        );
+        assert_eq!((refused.method.as_str(), refused.path.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn a_refused_heads_record_names_its_method_and_path_but_never_its_query() {
+        let refused = why(
+            400,
+            "GET /findings?X-Amz-Signature=secret HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        );
+        assert_eq!(refused.method, "GET");
+        assert_eq!(refused.path, "/findings");
+        assert!(!format!("{refused:?}").contains("secret"));
+        // A request line that did not parse names nothing.
+        let refused = why(400, "PA\x01CH /findings HTTP/1.1\r\n\r\n");
+        assert_eq!((refused.method.as_str(), refused.path.as_str()), ("", ""));
     }
 }

@@ -376,6 +376,67 @@ pub async fn handle(
     }
 }
 
+/// A request head the HTTP layer refused (`framing::HeadRefused`): recorded like any request
+/// refused before routing, and answered with the envelope, as the raw HTTP/1.1 response that
+/// takes the place of hyper's own (`server::conn`), which closes the connection. `date` is
+/// the Date hyper gave its answer.
+pub async fn refuse_head(
+    gate: Arc<Stages>,
+    remote: SocketAddr,
+    refused: crate::framing::HeadRefused,
+    date: Bytes,
+) -> Bytes {
+    let received = Received {
+        started: Instant::now(),
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        method: refused.method.clone(),
+        path: refused.path.clone(),
+        remote,
+    };
+    let response = respond(
+        &gate,
+        &received,
+        Trail::default(),
+        Err(Rejection::HeadRefused(refused)),
+    )
+    .await;
+    let (parts, body) = response.into_parts();
+    // An envelope is whole in memory: collecting it cannot fail or wait.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut raw = Vec::with_capacity(256 + body.len());
+    raw.extend_from_slice(b"HTTP/1.1 ");
+    raw.extend_from_slice(parts.status.as_str().as_bytes());
+    raw.push(b' ');
+    raw.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Bad Request")
+            .as_bytes(),
+    );
+    raw.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == http::header::CONTENT_LENGTH || name == http::header::CONNECTION {
+            continue;
+        }
+        raw.extend_from_slice(name.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"connection: close\r\ncontent-length: ");
+    raw.extend_from_slice(body.len().to_string().as_bytes());
+    raw.extend_from_slice(b"\r\ndate: ");
+    raw.extend_from_slice(&date);
+    raw.extend_from_slice(b"\r\n\r\n");
+    raw.extend_from_slice(&body);
+    Bytes::from(raw)
+}
+
 /// A request whose handling panicked is answered and recorded like any other failure: the
 /// record is written from what the trail holds (`forwarded` included, had the request gone out
 /// before the panic). Left to the task, the panic would reach the server as a failed task,

@@ -170,7 +170,16 @@ async fn serve_connection<I>(
         ms(server.idle_timeout_ms),
         ms(server.response_send_timeout_ms),
     );
-    let io = TokioIo::new(conn::ClockedIo::new(io, clock.clone()));
+    let answering = gate.clone();
+    let answerer: conn::HeadAnswerer = Arc::new(move |refused, date| {
+        Box::pin(proxy::refuse_head(
+            answering.stages.clone(),
+            remote,
+            refused,
+            date,
+        ))
+    });
+    let io = TokioIo::new(conn::ClockedIo::new(io, clock.clone()).answering(answerer));
     let metrics_gate = gate.clone();
     let requests = clock.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {

@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -387,6 +388,21 @@ impl Clock {
         }
     }
 
+    /// The head hyper is reading on an HTTP/1 connection with no request in progress, as far
+    /// as it was kept (None inside: not kept, it was too long); None when there is no such
+    /// head, and so nothing hyper could be refusing.
+    fn refused_head(&self) -> Option<Option<Vec<u8>>> {
+        let s = self.lock();
+        if s.protocol != Protocol::Http1 || s.in_flight > 0 {
+            return None;
+        }
+        Some(match &s.capture {
+            Capture::Reading(buf) if !buf.is_empty() => Some(buf.clone()),
+            Capture::Complete { head, .. } => Some(head.to_vec()),
+            _ => None,
+        })
+    }
+
     /// Asks for the connection to be closed (once its requests in progress are answered), as
     /// `RequestGuard::then_close` does once its own request is.
     pub fn close(&self, why: CloseReason) {
@@ -502,15 +518,115 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Answers a request head hyper refused, in hyper's place: the raw response (the envelope),
+/// ready once its record is written (`proxy::refuse_head`). Given the refusal and the Date of
+/// hyper's own answer.
+pub type HeadAnswerer =
+    Arc<dyn Fn(framing::HeadRefused, Bytes) -> BoxFuture<'static, Bytes> + Send + Sync>;
+
+/// hyper's own answer to a head it refused, taken over (`ClockedIo::answering`).
+enum Refusal {
+    /// None seen.
+    None,
+    /// Seen: hyper is told its answer (this many bytes) was written once hubgate's own is.
+    Recording {
+        answer: BoxFuture<'static, Bytes>,
+        hyper_len: usize,
+    },
+    Writing {
+        answer: Bytes,
+        at: usize,
+        hyper_len: usize,
+    },
+    /// hubgate's answer is sent. hyper closes the connection after its refusal: anything else
+    /// it writes is not sent.
+    Answered,
+}
+
 /// The connection's IO, telling the clock about every byte read.
 pub struct ClockedIo<I> {
     inner: I,
     clock: Arc<Clock>,
+    answerer: Option<HeadAnswerer>,
+    refusal: Refusal,
 }
 
 impl<I> ClockedIo<I> {
     pub fn new(inner: I, clock: Arc<Clock>) -> Self {
-        ClockedIo { inner, clock }
+        ClockedIo {
+            inner,
+            clock,
+            answerer: None,
+            refusal: Refusal::None,
+        }
+    }
+
+    /// hyper answers an HTTP/1 head it cannot parse (or one over its limits) itself, with a
+    /// bare 400, 414 or 431 and no record. On this connection such an answer is replaced by
+    /// `answerer`'s: the envelope, after its record.
+    pub fn answering(mut self, answerer: HeadAnswerer) -> Self {
+        self.answerer = Some(answerer);
+        self
+    }
+}
+
+impl<I: AsyncWrite + Unpin> ClockedIo<I> {
+    /// Whether `written` (all hyper is writing now) is hyper's own refusal of a head; if so,
+    /// hubgate's answer is made in its place.
+    fn take_over(&mut self, written: &[u8]) {
+        let (Refusal::None, Some(answerer)) = (&self.refusal, &self.answerer) else {
+            return;
+        };
+        let Some((status, date)) = framing::hyper_refusal(written) else {
+            return;
+        };
+        let Some(head) = self.clock.refused_head() else {
+            return;
+        };
+        let refused = framing::head_refused(status, head.as_deref());
+        self.refusal = Refusal::Recording {
+            answer: answerer(refused, Bytes::copy_from_slice(date)),
+            hyper_len: written.len(),
+        };
+    }
+
+    /// Sends hubgate's answer in place of hyper's, once it is made. Ready(Some(n)): it is
+    /// sent, and hyper is told n bytes of its own were (0 once told); Ready(None): no answer
+    /// was taken over.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {
+        loop {
+            match &mut self.refusal {
+                Refusal::None => return Poll::Ready(Ok(None)),
+                Refusal::Recording { answer, hyper_len } => {
+                    let answer = std::task::ready!(answer.as_mut().poll(cx));
+                    let hyper_len = *hyper_len;
+                    self.refusal = Refusal::Writing {
+                        answer,
+                        at: 0,
+                        hyper_len,
+                    };
+                }
+                Refusal::Writing {
+                    answer,
+                    at,
+                    hyper_len,
+                } => {
+                    while *at < answer.len() {
+                        let n = std::task::ready!(
+                            Pin::new(&mut self.inner).poll_write(cx, &answer[*at..])
+                        )?;
+                        if n == 0 {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        *at += n;
+                    }
+                    let n = *hyper_len;
+                    self.refusal = Refusal::Answered;
+                    return Poll::Ready(Ok(Some(n)));
+                }
+                Refusal::Answered => return Poll::Ready(Ok(Some(0))),
+            }
+        }
     }
 }
 
@@ -539,7 +655,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.take_over(buf);
+        match std::task::ready!(this.poll_answer(cx))? {
+            // Whatever hyper writes after its refusal is not sent (see `Refusal::Answered`).
+            Some(0) => Poll::Ready(Ok(buf.len())),
+            Some(n) => Poll::Ready(Ok(n.min(buf.len()))),
+            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -547,7 +670,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        // hyper's refusal is one buffer: a head with no body.
+        if let Some(only) = bufs.iter().find(|b| !b.is_empty()) {
+            if only.len() == total {
+                this.take_over(only);
+            }
+        }
+        match std::task::ready!(this.poll_answer(cx))? {
+            Some(0) => Poll::Ready(Ok(total)),
+            Some(n) => Poll::Ready(Ok(n.min(total))),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -555,11 +690,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_answer(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_answer(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -947,5 +1086,111 @@ mod tests {
         let (_, head, lost) = clock.request_started(Some(0));
         assert_eq!(head, None);
         assert!(lost);
+    }
+
+    const REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 18:50:54 GMT\r\n\r\n";
+
+    /// What the answerer was called with, each time.
+    type Seen = Arc<Mutex<Vec<framing::HeadRefused>>>;
+
+    /// A ClockedIo over one end of a pipe whose answerer answers `ours` (and keeps what it
+    /// was given), with `read` already read off the connection; and the pipe's other end.
+    fn answering_io(
+        read: &[u8],
+        ours: &'static [u8],
+    ) -> (
+        ClockedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Seen,
+    ) {
+        let clock = Clock::new(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        );
+        clock.received(read);
+        let (ours_end, peer) = tokio::io::duplex(4096);
+        let seen: Seen = Arc::default();
+        let kept = seen.clone();
+        let answerer: HeadAnswerer = Arc::new(move |refused, date| {
+            assert_eq!(&date[..], b"Mon, 07 Dec 2026 18:50:54 GMT");
+            kept.lock().unwrap().push(refused);
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                Bytes::from_static(ours)
+            })
+        });
+        let io = ClockedIo::new(ours_end, clock).answering(answerer);
+        (io, peer, seen)
+    }
+
+    async fn written_to(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn hypers_refusal_of_a_head_is_replaced_by_hubgates_answer() {
+        use tokio::io::AsyncWriteExt;
+        let (mut io, mut peer, seen) =
+            answering_io(b"PATCH /f HTTP/1.1\r\nBad Header: x\r\n", b"OUR ANSWER");
+        // hyper is told its bytes were written, in one write
+        assert_eq!(io.write(REFUSAL).await.unwrap(), REFUSAL.len());
+        // and whatever it writes after is not sent
+        io.write_all(b"more").await.unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(written_to(&mut peer).await, b"OUR ANSWER");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let refused = &seen[0];
+        assert_eq!(refused.status, 400);
+        assert!(
+            refused.to_string().contains("header field name"),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_written_vectored_is_replaced_too() {
+        use tokio::io::AsyncWriteExt;
+        let (mut io, mut peer, seen) = answering_io(b"PATCH /f HTTP/3.7\r\n\r\n", b"OUR ANSWER");
+        let bufs = [io::IoSlice::new(b""), io::IoSlice::new(REFUSAL)];
+        assert_eq!(io.write_vectored(&bufs).await.unwrap(), REFUSAL.len());
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(written_to(&mut peer).await, b"OUR ANSWER");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_of_requests_pass_through_untouched() {
+        use tokio::io::AsyncWriteExt;
+        // A request in progress: whatever its answer looks like, it is not a refused head's.
+        let (mut io, mut peer, seen) = answering_io(HEAD, b"OUR ANSWER");
+        let (guard, _, _) = io.clock.request_started(Some(0));
+        io.write_all(REFUSAL).await.unwrap();
+        drop(guard);
+        // Another answer, with no request in progress (its last bytes, sent after the
+        // request's guard is gone): not hyper's refusal either.
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        io.write_all(answer).await.unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(written_to(&mut peer).await, [REFUSAL, &answer[..]].concat());
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn h2_connections_are_never_taken_over() {
+        use tokio::io::AsyncWriteExt;
+        let (mut io, mut peer, seen) = answering_io(H2_PREFACE, b"OUR ANSWER");
+        io.write_all(REFUSAL).await.unwrap();
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(written_to(&mut peer).await, REFUSAL);
+        assert!(seen.lock().unwrap().is_empty());
     }
 }

@@ -900,8 +900,9 @@ def _head_with_headers(hubgate, n_extra, size_each=10):
 
 
 def test_one_hundred_headers_pass_and_more_are_refused(hubgate):
-    """README L1283 (socket limits, hyper's refusals): "more than 100 headers" → hyper's own
-    plain 400 / 431 / 414."""
+    """README (Socket limits, heads hyper refuses): "more than 100 headers" → "over HTTP/1, the
+    envelope with the status hyper chose: 400 / 431 / 414 `VALIDATION_ERROR` … naming the part
+    at fault"."""
     base, _ = _head_with_headers(hubgate, 0)
     count, data = _head_with_headers(hubgate, 100 - base)
     assert count == 100
@@ -909,14 +910,15 @@ def test_one_hundred_headers_pass_and_more_are_refused(hubgate):
     assert status == 200, (status, head, env)
     count, data = _head_with_headers(hubgate, 101 - base)
     status, head, env = _status_and_json(_raw(hubgate.port, data))
-    assert status in (400, 431), (status, head, env)
+    assert status == 431 and env["error"]["code"] == "VALIDATION_ERROR", (status, head, env)
+    assert "more than 100 header fields" in env["error"]["message"], env
 
 
 def test_head_size_limit_96_kib(hubgate):
     """README (Socket limits): "a head over 96 KiB (refused as soon as that much has come, so
     an unfinished head holds at most that much of a connection's memory; hyper checks between
-    reads, so a head that arrives whole in one read is accepted up to 128 KiB)" → hyper's plain
-    431; and "Every head hyper accepts (up to 96 KiB, its buffer, or 128 KiB when it arrives in
+    reads, so a head that arrives whole in one read is accepted up to 128 KiB)" → the 431
+    envelope; and "Every head hyper accepts (up to 96 KiB, its buffer, or 128 KiB when it arrives in
     one read) is kept whole".
 
     Review 54c found README promising 96 KiB while a 100,000-byte head sent in one write was
@@ -932,7 +934,8 @@ def test_head_size_limit_96_kib(hubgate):
     _, data = _head_with_headers(hubgate, 14, size_each=10_000)  # ~140 KB head > 128 KiB
     assert data.index(b"\r\n\r\n") + 4 > 128 * 1024
     status, head, env = _status_and_json(_raw(hubgate.port, data))
-    assert status == 431, (status, head)
+    assert status == 431 and env["error"]["code"] == "VALIDATION_ERROR", (status, head, env)
+    assert "over 96 KiB" in env["error"]["message"], env
 
 
 def test_head_size_limit_96_kib_in_pieces(hubgate):
@@ -972,13 +975,16 @@ def test_repeated_content_length_in_a_head_past_96_kib(hubgate):
 
 
 def test_request_target_limit_64_kib(hubgate):
-    """README L1283: "a request target over 64 KiB" → hyper's own plain 414."""
+    """README (Socket limits): "a request target over 64 KiB" → the 414 envelope, naming the
+    limit."""
     short = "/" + "t" * (60 * 1024)
     r = raw_request(hubgate.port, "GET", short)
     assert r.status == 404 and r.json()["error"]["code"] == "NOT_FOUND", r.status
     long = "/" + "t" * (65 * 1024)
     raw = _raw(hubgate.port, f"GET {long} HTTP/1.1\r\nHost: {hubgate.host}\r\n\r\n".encode())
-    assert raw.split(b" ", 2)[1] == b"414", raw[:200]
+    status, head, env = _status_and_json(raw)
+    assert status == 414 and env["error"]["code"] == "VALIDATION_ERROR", raw[:300]
+    assert "over 65,534 bytes" in env["error"]["message"], env
 
 
 def test_body_read_timeout_is_408(make_hubgate, seeded_fake):
