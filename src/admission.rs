@@ -103,6 +103,23 @@ impl Held {
     }
 }
 
+/// The address a claim is counted from: an IPv6 peer's /64, the block one host is usually
+/// given (RFC 6177), so that a host cannot take a claim share per address of it (2^64 shares
+/// of one caller's key id, enough for every slot of `server.max_in_flight`); an IPv4 peer as it
+/// is, and an IPv4 peer seen through a dual-stack socket (`::ffff:a.b.c.d`) as that IPv4
+/// address.
+pub fn claim_source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 /// One request's place in a share, given back when dropped.
 #[derive(Debug)]
 pub struct Share {
@@ -357,5 +374,30 @@ mod tests {
         drop(held);
         assert_eq!((shares.held("member"), shares.held_bytes("member")), (0, 0));
         assert!(shares.take(&a, None, 7, shown).is_ok());
+    }
+
+    #[test]
+    fn claims_from_one_ipv6_64_are_counted_as_from_one_address() {
+        let v6 = |s: &str| claim_source(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(
+            v6("2001:db8:1:2:aaaa::1"),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(
+            v6("::ffff:192.0.2.7"),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(v6("192.0.2.7"), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_ne!(v6("192.0.2.7"), v6("192.0.2.8"));
+        // so the second address of a /64 finds the first's claims
+        let shares = Shares::new(1, 1000);
+        let a = caller("admin");
+        let _held = shares.take(&a, Some(v6("2001:db8::1")), 10, shown).unwrap();
+        assert!(shares.take(&a, Some(v6("2001:db8::2")), 10, shown).is_err());
+        assert!(shares
+            .take(&a, Some(v6("2001:db8:0:1::2")), 10, shown)
+            .is_ok());
     }
 }

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
-use crate::admission::{Share, Shares};
+use crate::admission::{self, Share, Shares};
 use crate::audit::{
     group_violations, AuditLog, Partial, ProductFindings, Record, RecordError, RecordMetrics,
     RecordPrincipal, Slot, Verdict,
@@ -801,11 +801,11 @@ fn admit<'a>(
         })?;
     // In static mode every request is the one configured caller: a share would only be a
     // smaller max_in_flight. A caller the head only names (by key id) takes the share of its
-    // claims from the peer's address until it is proven (`proven`).
+    // claims from the peer's address (an IPv6 peer's /64) until it is proven (`proven`).
     let share = match ctx.gate.config.identity.mode {
         IdentityMode::Static => None,
         _ => {
-            let from = (!claim.proven()).then(|| ctx.received.remote.ip());
+            let from = (!claim.proven()).then(|| admission::claim_source(ctx.received.remote.ip()));
             Some(
                 ctx.gate
                     .shares
