@@ -489,6 +489,17 @@ fn is_host_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
 }
 
+/// A SAN as callers are found by it: a DNS name in lower case, as DNS names are compared
+/// (RFC 4343); a URI as it is (its path is case-sensitive). Compared exactly, a certificate
+/// naming `Runner.TeamX.corp` matched no `client_cert_san = "runner.teamx.corp"`, and two
+/// callers could be given the one name in two cases.
+fn san_key(name: &str) -> std::borrow::Cow<'_, str> {
+    match !is_uri(name) && name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(name),
+    }
+}
+
 /// How many of a certificate's names a message shows.
 const SHOWN_CERT_NAMES: usize = 8;
 
@@ -727,7 +738,10 @@ fn load_callers(path: &Path) -> Result<Vec<LoadedCaller>, CallersError> {
             access_key_id: entry.access_key_id.clone(),
             secret,
             secret_file,
-            san: entry.client_cert_san.clone(),
+            san: entry
+                .client_cert_san
+                .as_deref()
+                .map(|s| san_key(s).into_owned()),
             cn: entry.client_cert_cn.clone(),
         });
     }
@@ -893,7 +907,13 @@ impl Identity {
             let mut found: Option<&Arc<Principal>> = None;
             let mut matched: Vec<&String> = Vec::new();
             for name in names {
-                let Some(p) = map.get(name) else { continue };
+                let found_by = match cn {
+                    true => std::borrow::Cow::Borrowed(name.as_str()),
+                    false => san_key(name),
+                };
+                let Some(p) = map.get(found_by.as_ref()) else {
+                    continue;
+                };
                 matched.push(name);
                 match found {
                     None => found = Some(p),

@@ -1042,3 +1042,66 @@ fn a_session_token_must_fit_the_kind_of_key_in_passthrough() {
         assert!(session_token_fits(&parts("/findings", token), "HGKEXAMPLE0000000001").is_ok());
     }
 }
+
+#[test]
+fn a_dns_san_names_its_caller_in_any_case_and_a_uri_only_as_written() {
+    let (identity, _dir) = mtls_identity(
+        r#"
+[[caller]]
+id = "runner"
+account_id = "222222222222"
+role = "member"
+client_cert_san = "Runner.TeamX.corp"
+
+[[caller]]
+id = "admin"
+account_id = "111111111111"
+role = "administrator"
+client_cert_san = "spiffe://corp/Admin"
+"#,
+    );
+    let who = |sans: &[&str]| {
+        identity
+            .by_certificate(Some(&named(sans, false)))
+            .map(|p| p.id.clone())
+    };
+    assert_eq!(who(&["runner.teamx.corp"]).unwrap(), "runner");
+    assert_eq!(who(&["RUNNER.TEAMX.CORP"]).unwrap(), "runner");
+    assert_eq!(who(&["spiffe://corp/Admin"]).unwrap(), "admin");
+    assert!(who(&["spiffe://corp/admin"]).is_err());
+}
+
+#[test]
+fn one_dns_name_in_two_cases_is_one_name_used_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callers.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[caller]]
+id = "runner"
+account_id = "222222222222"
+role = "member"
+client_cert_san = "runner.teamx.corp"
+
+[[caller]]
+id = "admin"
+account_id = "111111111111"
+role = "administrator"
+client_cert_san = "RUNNER.teamx.corp"
+"#,
+    )
+    .unwrap();
+    let config = IdentityConfig {
+        mode: IdentityMode::Mtls,
+        callers: path,
+        static_principal: None,
+    };
+    let err = Identity::load(&config, "us-east-1", false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("client_cert_san") && err.contains("used twice"),
+        "{err}"
+    );
+}
