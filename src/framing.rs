@@ -432,6 +432,10 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
             "a header field value has a control character"
         }
         (_, Some(Err(httparse::Error::NewLine))) => "a line does not end with CRLF",
+        (_, Some(Err(httparse::Error::Version))) if head.is_some_and(spaced_target) => {
+            "the request line has more than three parts: its target has a space (which must be \
+             sent as %20)"
+        }
         (_, Some(Err(httparse::Error::Version))) => {
             "the request line's protocol is not HTTP/1.0 or HTTP/1.1"
         }
@@ -448,17 +452,42 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
         },
         (_, None) => "it is not a valid HTTP/1.1 request head",
     };
-    let clipped = |s: Option<&str>, n: usize| {
-        s.map(|s| s.split('?').next().unwrap_or_default())
-            .map(|s| crate::quoted::clipped(s, n).into_owned())
-            .unwrap_or_default()
-    };
+    let clipped = |s: &str, n: usize| crate::quoted::clipped(s, n).into_owned();
     HeadRefused {
         status,
         what,
-        method: clipped(req.method, 32),
-        path: clipped(req.path, crate::routes::RECORDED_PATH_CHARS),
+        method: req.method.map(|m| clipped(m, 32)).unwrap_or_default(),
+        path: req
+            .path
+            .map(|t| clipped(recorded_path(t), crate::routes::RECORDED_PATH_CHARS))
+            .unwrap_or_default(),
     }
+}
+
+/// Of a request target, what a record names: its path, as a routed request's record does.
+/// Never its query (a presigned request's credentials) or fragment, nor the scheme and
+/// authority of an absolute-form target (`http://user:password@host/p`).
+fn recorded_path(target: &str) -> &str {
+    let target = target.split(['?', '#']).next().unwrap_or_default();
+    match target.find("://") {
+        Some(at) => {
+            let rest = &target[at + 3..];
+            rest.find('/').map_or("", |slash| &rest[slash..])
+        }
+        None if target.starts_with('/') => target,
+        None => "",
+    }
+}
+
+/// Whether the head's request line has more than three parts: httparse then reads the
+/// target's second part as the protocol.
+fn spaced_target(head: &[u8]) -> bool {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    line.trim_ascii_end()
+        .split(|b| *b == b' ')
+        .filter(|part| !part.is_empty())
+        .count()
+        > 3
 }
 
 /// What hyper refuses in a head that parses: a Content-Length that is not one number, or a
@@ -950,6 +979,7 @@ mod tests {
                 "value has a control character",
             ),
             (400, "PATCH /f HTTP/3.7\r\n\r\n", "not HTTP/1.0 or HTTP/1.1"),
+            (400, "PATCH /a b HTTP/1.1\r\n\r\n", "its target has a space"),
             (400, "PA\x01CH /f HTTP/1.1\r\n\r\n", "method is not a token"),
             (
                 400,
@@ -1010,6 +1040,15 @@ mod tests {
         assert_eq!(refused.method, "GET");
         assert_eq!(refused.path, "/findings");
         assert!(!format!("{refused:?}").contains("secret"));
+        // An absolute-form target is named by its path: never its userinfo or host.
+        let refused = why(400, "GET http://AKID:secret@h/p?q=1#f HTTP/3.7\r\n\r\n");
+        assert_eq!(refused.path, "/p");
+        assert!(!format!("{refused:?}").contains("secret"));
+        assert_eq!(
+            why(400, "GET http://AKID:secret@h HTTP/3.7\r\n\r\n").path,
+            ""
+        );
+        assert_eq!(why(400, "GET h:443 HTTP/3.7\r\n\r\n").path, "");
         // A request line that did not parse names nothing.
         let refused = why(400, "PA\x01CH /findings HTTP/1.1\r\n\r\n");
         assert_eq!((refused.method.as_str(), refused.path.as_str()), ("", ""));

@@ -55,8 +55,9 @@ Lose no audit record
   head with "Bad Header: x" a plain 400; neither has an audit record nor the envelope (only
   hubgate_connection_errors_total). Cause: src/server/conn.rs (hyper answers parse errors
   itself; error_kind only counts them). A 100 KB header (one read) was served (401, recorded).
-  Left as it is (strict xfail): there is no request to record; README's audit guarantees now
-  name the exception.
+  Fixed since: hubgate takes hyper's refusal over (src/server/conn.rs, proxy::refuse_head):
+  it is now answered with the envelope (same status, VALIDATION_ERROR) and recorded before the
+  answer; the test asserts both, one record per answer (see also test_refused_heads.py).
 """
 
 from __future__ import annotations
@@ -772,31 +773,59 @@ def test_pipelined_requests_closed_unread_leave_no_forward_unrecorded(make_fake,
     assert v.returncode == 0, v.stdout + v.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="hyper answers a head it cannot parse itself, before "
-                   "hubgate sees a request: README's Socket limits and audit guarantees say so")
 def test_a_head_the_http_layer_refuses_is_answered_with_a_record(make_fake, make_hubgate):
     """A request whose target is over hyper's URI limit (414) or whose head does not parse (a
-    header name with a space: 400) is answered by the HTTP layer itself. An answer a client got
-    must have its record ("one record per request, ... including requests refused before
-    routing"), and be the error envelope."""
-    hg = make_hubgate(fake=make_fake())
+    header name with a space: 400) is refused by the HTTP layer before any request exists. An
+    answer a client got must have its record ("one record per request, ... including requests
+    refused before routing"), and be the error envelope: hubgate answers in hyper's place. A
+    100 KB header arriving in one read is accepted, and gets hubgate's ordinary 401."""
+    fake = make_fake()
+    hg = make_hubgate(fake=fake)
     got = []
-    for name, line in [("uri", f"GET /{'a' * 70_000} HTTP/1.1\r\n"),
-                       ("bad-header", f"PATCH {BUF} HTTP/1.1\r\nBad Header: x\r\n"),
-                       ("big-header", f"PATCH {BUF} HTTP/1.1\r\nX-Pad: {'a' * 100_000}\r\n")]:
+    for name, line, want in [("uri", f"GET /{'a' * 70_000} HTTP/1.1\r\n", 414),
+                             ("bad-header", f"PATCH {BUF} HTTP/1.1\r\nBad Header: x\r\n", 400),
+                             ("big-header", f"PATCH {BUF} HTTP/1.1\r\nX-Pad: {'a' * 100_000}\r\n",
+                              401)]:
         with socket.create_connection(("127.0.0.1", hg.port), timeout=5) as s:
             s.sendall((line + f"Host: {hg.host}\r\nContent-Length: 0\r\n\r\n").encode())
-            try:
-                head = recv_head(s) or b""
-            except OSError:
-                head = b""
-        if head.startswith(b"HTTP/1.1 "):
-            got.append((name, int(head.split(b" ", 2)[1]), head[:200]))
+            head = recv_head(s) or b""
+            head_part, _, body = head.partition(b"\r\n\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (ln.partition(":") for ln in head_part.decode("latin-1").split("\r\n")[1:])}
+            length = int(headers.get("content-length", "0"))
+            while len(body) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        assert head.startswith(b"HTTP/1.1 %d " % want), (name, head[:300])
+        assert len(body) == length, (name, head[:300], body)
+        envelope = json.loads(body)
+        assert envelope["success"] is False, envelope
+        rid = headers.get("x-amzn-requestid")
+        assert rid and envelope["error"]["request_id"] == rid, (name, headers, envelope)
+        if want != 401:
+            assert envelope["error"]["code"] == "VALIDATION_ERROR", envelope
+            assert headers.get("x-amzn-errortype") == "InvalidInputException", headers
+            assert headers.get("connection") == "close", headers
+            assert envelope["error"]["message"].startswith(
+                "the request head could not be read: "), envelope
+        else:
+            assert envelope["error"]["code"] == "UNAUTHENTICATED", envelope
+        got.append((name, want, rid, envelope["error"]["code"]))
     time.sleep(0.5)
     hg.stop()
     recs = hg.audit_records()
-    assert got, "no answer at all"
     assert len(recs) == len(got), ([g[:2] for g in got], [(r["status"], r["error"]) for r in recs])
+    by_id = {r["decision_id"]: r for r in recs}
+    assert set(by_id) == {rid for _, _, rid, _ in got}, (list(by_id), got)
+    for name, want, rid, code in got:
+        rec = by_id[rid]
+        assert rec["status"] == want and rec["error"]["code"] == code, (name, rec)
+        assert rec["forwarded"] is False, (name, rec)
+    assert fake.buf_calls() == []
+    v = audit_verify(hg.audit_path)
+    assert v.returncode == 0, v.stdout + v.stderr
 
 
 # =============================================================================================
