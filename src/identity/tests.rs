@@ -700,6 +700,12 @@ fn a_host_that_is_not_a_host_name_is_refused_before_any_signing() {
 
 /// An mtls-mode identity loaded from a callers file of `text`.
 fn mtls_identity(text: &str) -> (Identity, tempfile::TempDir) {
+    let (loaded, dir) = mtls_load(text);
+    (loaded.unwrap(), dir)
+}
+
+/// Loading an mtls-mode identity from a callers file of `text`.
+fn mtls_load(text: &str) -> (Result<Identity, CallersError>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("callers.toml");
     std::fs::write(&path, text).unwrap();
@@ -708,7 +714,7 @@ fn mtls_identity(text: &str) -> (Identity, tempfile::TempDir) {
         callers: path,
         static_principal: None,
     };
-    (Identity::load(&config, "us-east-1", false).unwrap(), dir)
+    (Identity::load(&config, "us-east-1", false), dir)
 }
 
 #[test]
@@ -1073,10 +1079,7 @@ client_cert_san = "spiffe://corp/Admin"
 
 #[test]
 fn one_dns_name_in_two_cases_is_one_name_used_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("callers.toml");
-    std::fs::write(
-        &path,
+    let (loaded, _dir) = mtls_load(
         r#"
 [[caller]]
 id = "runner"
@@ -1090,16 +1093,8 @@ account_id = "111111111111"
 role = "administrator"
 client_cert_san = "RUNNER.teamx.corp"
 "#,
-    )
-    .unwrap();
-    let config = IdentityConfig {
-        mode: IdentityMode::Mtls,
-        callers: path,
-        static_principal: None,
-    };
-    let err = Identity::load(&config, "us-east-1", false)
-        .unwrap_err()
-        .to_string();
+    );
+    let err = loaded.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         err.contains("client_cert_san") && err.contains("used twice"),
         "{err}"
