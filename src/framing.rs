@@ -452,15 +452,15 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
         },
         (_, None) => "it is not a valid HTTP/1.1 request head",
     };
-    let clipped = |s: &str, n: usize| crate::quoted::clipped(s, n).into_owned();
     HeadRefused {
         status,
         what,
-        method: req.method.map(|m| clipped(m, 32)).unwrap_or_default(),
-        path: req
-            .path
-            .map(|t| clipped(recorded_path(t), crate::routes::RECORDED_PATH_CHARS))
+        method: req
+            .method
+            .map(|m| crate::quoted::clipped(m, 32).into_owned())
             .unwrap_or_default(),
+        // The record clips it, as it does every request's path.
+        path: req.path.map(recorded_path).unwrap_or_default().to_string(),
     }
 }
 
