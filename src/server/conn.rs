@@ -528,18 +528,14 @@ pub type HeadAnswerer =
 enum Refusal {
     /// None seen.
     None,
-    /// Seen: hyper is told its answer (this many bytes) was written once hubgate's own is.
-    Recording {
-        answer: BoxFuture<'static, Bytes>,
-        hyper_len: usize,
-    },
+    /// Seen: hyper is told its answer was written once hubgate's own is.
+    Recording(BoxFuture<'static, Bytes>),
     Writing {
         answer: Bytes,
         at: usize,
-        hyper_len: usize,
     },
     /// hubgate's answer is sent. hyper closes the connection after its refusal: anything else
-    /// it writes is not sent.
+    /// it writes (its refusal included) is reported written and not sent.
     Answered,
 }
 
@@ -584,33 +580,20 @@ impl<I: AsyncWrite + Unpin> ClockedIo<I> {
             return;
         };
         let refused = framing::head_refused(status, head.as_deref());
-        self.refusal = Refusal::Recording {
-            answer: answerer(refused, Bytes::copy_from_slice(date)),
-            hyper_len: written.len(),
-        };
+        self.refusal = Refusal::Recording(answerer(refused, Bytes::copy_from_slice(date)));
     }
 
-    /// Sends hubgate's answer in place of hyper's, once it is made. Ready(Some(n)): it is
-    /// sent, and hyper is told n bytes of its own were (0 once told); Ready(None): no answer
-    /// was taken over.
-    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {
+    /// Sends hubgate's answer in place of hyper's, once it is made. Ready(true): it is sent,
+    /// and what hyper writes is not; Ready(false): no answer was taken over.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         loop {
             match &mut self.refusal {
-                Refusal::None => return Poll::Ready(Ok(None)),
-                Refusal::Recording { answer, hyper_len } => {
+                Refusal::None => return Poll::Ready(Ok(false)),
+                Refusal::Recording(answer) => {
                     let answer = std::task::ready!(answer.as_mut().poll(cx));
-                    let hyper_len = *hyper_len;
-                    self.refusal = Refusal::Writing {
-                        answer,
-                        at: 0,
-                        hyper_len,
-                    };
+                    self.refusal = Refusal::Writing { answer, at: 0 };
                 }
-                Refusal::Writing {
-                    answer,
-                    at,
-                    hyper_len,
-                } => {
+                Refusal::Writing { answer, at } => {
                     while *at < answer.len() {
                         let n = std::task::ready!(
                             Pin::new(&mut self.inner).poll_write(cx, &answer[*at..])
@@ -620,11 +603,9 @@ impl<I: AsyncWrite + Unpin> ClockedIo<I> {
                         }
                         *at += n;
                     }
-                    let n = *hyper_len;
                     self.refusal = Refusal::Answered;
-                    return Poll::Ready(Ok(Some(n)));
                 }
-                Refusal::Answered => return Poll::Ready(Ok(Some(0))),
+                Refusal::Answered => return Poll::Ready(Ok(true)),
             }
         }
     }
@@ -658,10 +639,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
         let this = self.get_mut();
         this.take_over(buf);
         match std::task::ready!(this.poll_answer(cx))? {
-            // Whatever hyper writes after its refusal is not sent (see `Refusal::Answered`).
-            Some(0) => Poll::Ready(Ok(buf.len())),
-            Some(n) => Poll::Ready(Ok(n.min(buf.len()))),
-            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+            true => Poll::Ready(Ok(buf.len())),
+            false => Pin::new(&mut this.inner).poll_write(cx, buf),
         }
     }
 
@@ -679,9 +658,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
             }
         }
         match std::task::ready!(this.poll_answer(cx))? {
-            Some(0) => Poll::Ready(Ok(total)),
-            Some(n) => Poll::Ready(Ok(n.min(total))),
-            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            true => Poll::Ready(Ok(total)),
+            false => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
         }
     }
 
