@@ -14,6 +14,14 @@ cd "$(dirname "$0")/.."
 profile=$PWD/target/pgo/hubgate.profdata
 mkdir -p "$(dirname "$profile")"
 xz -dc deploy/pgo/hubgate.profdata.xz >"$profile"
+# A profile recorded against another dependency tree still builds, and only slower: every
+# hubgate function's name changed, so none is optimised with it. Said, not refused.
+if [ -f deploy/pgo/hubgate.profdata.deps ] && current=$(bash deploy/pgo/deps.sh 2>/dev/null) &&
+    [ "$(grep -v '^#' deploy/pgo/hubgate.profdata.deps)" != "$current" ]; then
+    echo "build-release.sh: the profile was recorded against another dependency tree or release" \
+        "profile (deploy/pgo/hubgate.profdata.deps against deploy/pgo/deps.sh): it matches none" \
+        "of hubgate's own functions; run benches/load/pgo-train.sh" >&2
+fi
 if RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch" \
     cargo build --release --locked "$@"; then
     exit 0

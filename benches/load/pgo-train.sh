@@ -11,7 +11,8 @@
 #    V2, imports, members' reads, TLS, passthrough, OCSF, per-finding apply), so that those
 #    paths are in the profile too, not optimised as never run;
 # 4. merges the counts (llvm-profdata of rustup's llvm-tools component, which matches rustc's
-#    LLVM) and writes them sparse and xz-compressed.
+#    LLVM) and writes them sparse and xz-compressed, with the dependency tree they were recorded
+#    against (deploy/pgo/hubgate.profdata.deps: a change to it stales the whole profile).
 # Needs what run.sh needs (wrk and nginx, installed when missing, as root), .venv (tests/
 # run-all.sh makes it; the AWS CLI tests look for .venv/bin/aws there, so PYTHON=..., which
 # names another interpreter for the rest, does not replace it) and `rustup component add
@@ -53,4 +54,10 @@ HUBGATE_BIN=$BIN "$PYTHON" -m pytest -q -p no:cacheprovider \
 "$PROFDATA" merge --sparse -o "$TARGET/hubgate.profdata" "$DATA"
 "$PROFDATA" show "$TARGET/hubgate.profdata" | tail -4
 xz -9 -c "$TARGET/hubgate.profdata" > deploy/pgo/hubgate.profdata.xz
+# What the profile's function names were derived from (see deploy/pgo/deps.sh).
+{
+    echo "# What deploy/pgo/hubgate.profdata.xz was recorded against (deploy/pgo/deps.sh), written by"
+    echo "# benches/load/pgo-train.sh with $(rustc --version). Lines starting with # are not compared."
+    bash deploy/pgo/deps.sh
+} > deploy/pgo/hubgate.profdata.deps
 echo "wrote deploy/pgo/hubgate.profdata.xz ($(rustc --version))"
