@@ -382,11 +382,15 @@ pub struct HeadRefused {
 }
 
 /// hyper's own refusal of a head, as hyper writes it: a status line, `connection: close`,
-/// `content-length: 0` and `date`, and nothing else. No answer of hubgate's looks like it:
-/// hubgate's envelopes have a body and a request id, and a forwarded answer carries
-/// `x-hubgate-decision-id`. Returns the status and the date header's value.
+/// `content-length: 0` and `date`, and nothing else; after an HTTP/1.0 request, hyper writes
+/// it in HTTP/1.0 and without `connection: close` (it closes all the same). No answer of
+/// hubgate's looks like it: hubgate's envelopes have a body and a request id, and a forwarded
+/// answer carries `x-hubgate-decision-id`. Returns the status and the date header's value.
 pub fn hyper_refusal(written: &[u8]) -> Option<(u16, &[u8])> {
-    let rest = written.strip_prefix(b"HTTP/1.1 ")?;
+    let (rest, close) = match written.strip_prefix(b"HTTP/1.1 ") {
+        Some(rest) => (rest, &b"connection: close\r\n"[..]),
+        None => (written.strip_prefix(b"HTTP/1.0 ")?, &b""[..]),
+    };
     let status = std::str::from_utf8(rest.get(..3)?)
         .ok()?
         .parse::<u16>()
@@ -402,11 +406,23 @@ pub fn hyper_refusal(written: &[u8]) -> Option<(u16, &[u8])> {
     {
         return None;
     }
-    let rest =
-        rest[line_end + 2..].strip_prefix(b"connection: close\r\ncontent-length: 0\r\ndate: ")?;
+    let rest = rest[line_end + 2..]
+        .strip_prefix(close)?
+        .strip_prefix(b"content-length: 0\r\ndate: ")?;
     let date = rest.strip_suffix(b"\r\n\r\n")?;
     (date.len() <= 64 && date.iter().all(|b| b.is_ascii_graphic() || *b == b' '))
         .then_some((status, date))
+}
+
+/// Whether hyper can be refusing `head`, a head it has not read to its end: only for what
+/// it has read so far. A head that parses so far is still coming, unless it is over the size
+/// limit, which the caller tells by its length.
+pub fn begun_badly(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    !matches!(
+        httparse::Request::new(&mut headers).parse(head),
+        Ok(httparse::Status::Partial)
+    )
 }
 
 /// Why hyper refused `head` (the bytes of the head it was reading, if they were kept) with
@@ -954,6 +970,30 @@ mod tests {
             None
         );
         assert_eq!(like(&format!("x{ok}")), None);
+        // After an HTTP/1.0 request hyper answers in HTTP/1.0, without `connection: close`
+        // (review 57a); the HTTP/1.1 form always has it.
+        let old = format!("HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        assert_eq!(like(&old), Some(400));
+        let old_close = format!("HTTP/1.0 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        assert_eq!(like(&old_close), None);
+        let no_close =
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+        assert_eq!(like(&no_close), None);
+    }
+
+    #[test]
+    fn a_head_not_read_to_its_end_is_refusable_only_for_what_it_has_so_far() {
+        // Parses so far: still coming, never refused (but for its size, told apart).
+        for partial in ["G", "GET /standards HT", "GET / HTTP/1.1\r\nHost: h\r\nX-A"] {
+            assert!(!begun_badly(partial.as_bytes()), "{partial:?}");
+        }
+        for bad in [
+            "GET / HTTP/1.1\r\nBad Header: x\r\n",
+            "GET / HTTP/3.7\r\n",
+            "GE\x01T / HTTP/1.1\r\n",
+        ] {
+            assert!(begun_badly(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     fn why(status: u16, head: &str) -> HeadRefused {

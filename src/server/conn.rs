@@ -129,8 +129,9 @@ enum Protocol {
 /// ended, however the bytes were split across reads or pipelined (not the bytes that happen
 /// to arrive after an answer, which can be the tail of a head begun earlier).
 enum Capture {
-    /// Keeping the bytes of the next request head, from its first byte.
-    Reading(Vec<u8>),
+    /// Keeping the bytes of the next request head, from its first byte; `blanks` empty-line
+    /// bytes before it were skipped (hyper's buffer holds them, and counts them to its limit).
+    Reading { head: Vec<u8>, blanks: usize },
     /// A whole head, waiting for its request to start; and the bytes read after it (its body,
     /// maybe more) until the request says how long its body is. `None`: more than
     /// MAX_AFTER_HEAD of them.
@@ -138,22 +139,40 @@ enum Capture {
     /// In the body of the request in progress, this many bytes before its end; the next head
     /// starts right after.
     Body(u64),
-    /// Where the next head starts is not known (the connection is h2, a head was too long, a
-    /// body's length on the wire was not known): no later head on this connection is kept.
+    /// A head (with the empty lines before it) reached hyper's buffer limit before its end:
+    /// hyper refuses it. Nothing of it, or after it, is kept.
+    TooLong,
+    /// Where the next head starts is not known (the connection is h2, a body's length on the
+    /// wire was not known): no later head on this connection is kept.
     Lost,
 }
 
 impl Capture {
+    fn reading() -> Capture {
+        Capture::Reading {
+            head: Vec::new(),
+            blanks: 0,
+        }
+    }
+
     /// Follows `bytes`, read from the socket, through the connection's messages.
     fn follow(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self {
-                Capture::Reading(buf) => {
+                Capture::Reading { head: buf, blanks } => {
                     if buf.is_empty() {
                         // Empty lines before a request line are ignored (RFC 9112 §2.2), as
                         // hyper does; the head starts at the request line.
-                        let blank = bytes.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
-                        bytes = &bytes[blank.count()..];
+                        let blank = bytes
+                            .iter()
+                            .take_while(|b| matches!(b, b'\r' | b'\n'))
+                            .count();
+                        bytes = &bytes[blank..];
+                        *blanks += blank;
+                        if *blanks >= MAX_CAPTURED_HEAD {
+                            *self = Capture::TooLong;
+                            return;
+                        }
                         if bytes.is_empty() {
                             return;
                         }
@@ -166,8 +185,8 @@ impl Capture {
                         let after = (after.len() <= MAX_AFTER_HEAD).then_some(after);
                         let head = Bytes::from(std::mem::take(buf));
                         *self = Capture::Complete { head, after };
-                    } else if buf.len() >= MAX_CAPTURED_HEAD {
-                        *self = Capture::Lost;
+                    } else if buf.len() + *blanks >= MAX_CAPTURED_HEAD {
+                        *self = Capture::TooLong;
                     }
                 }
                 Capture::Complete { after, .. } => {
@@ -187,10 +206,10 @@ impl Capture {
                     *left -= n as u64;
                     bytes = &bytes[n..];
                     if *left == 0 {
-                        *self = Capture::Reading(Vec::new());
+                        *self = Capture::reading();
                     }
                 }
-                Capture::Lost => return,
+                Capture::TooLong | Capture::Lost => return,
             }
         }
     }
@@ -202,7 +221,7 @@ impl Capture {
             Capture::Complete { head, after } => {
                 if let (Some(len), Some(after)) = (body_len, after) {
                     *self = if len == 0 {
-                        Capture::Reading(Vec::new())
+                        Capture::reading()
                     } else {
                         Capture::Body(len)
                     };
@@ -263,7 +282,7 @@ impl Clock {
                 in_flight: 0,
                 sending: Vec::new(),
                 next_request: 0,
-                capture: Capture::Reading(Vec::new()),
+                capture: Capture::reading(),
                 abandoned: 0,
                 closing: None,
                 version: 0,
@@ -389,18 +408,23 @@ impl Clock {
     }
 
     /// The head hyper is reading on an HTTP/1 connection with no request in progress, as far
-    /// as it was kept (None inside: not kept, it was too long); None when there is no such
-    /// head, and so nothing hyper could be refusing.
+    /// as it was kept (None inside: not kept, it was too long); None when no head is begun
+    /// that hyper could be refusing. Bytes shaped like hyper's refusal written at any other
+    /// time are not one: the tail of a response streamed after its request ended, say, which
+    /// an upstream chooses (review 57a).
     fn refused_head(&self) -> Option<Option<Vec<u8>>> {
         let s = self.lock();
         if s.protocol != Protocol::Http1 || s.in_flight > 0 {
             return None;
         }
-        Some(match &s.capture {
-            Capture::Reading(buf) if !buf.is_empty() => Some(buf.clone()),
-            Capture::Complete { head, .. } => Some(head.to_vec()),
+        match &s.capture {
+            // A head not read to its end is refused only for what is in it so far (its size
+            // is TooLong's): one that parses so far is still coming.
+            Capture::Reading { head, .. } if framing::begun_badly(head) => Some(Some(head.clone())),
+            Capture::Complete { head, .. } => Some(Some(head.to_vec())),
+            Capture::TooLong => Some(None),
             _ => None,
-        })
+        }
     }
 
     /// Asks for the connection to be closed (once its requests in progress are answered), as
@@ -1155,10 +1179,38 @@ mod tests {
         // request's guard is gone): not hyper's refusal either.
         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         io.write_all(answer).await.unwrap();
+        // Nor is the tail of a streamed answer shaped like one, written after its request's
+        // guard is gone, with no head begun or with a head begun that parses so far (review
+        // 57a: an upstream's body spliced hubgate's envelope into the answer, and every later
+        // answer on the connection was swallowed).
+        io.write_all(REFUSAL).await.unwrap();
+        io.clock.received(b"GET /standards HT");
+        io.write_all(REFUSAL).await.unwrap();
         io.shutdown().await.unwrap();
         drop(io);
-        assert_eq!(written_to(&mut peer).await, [REFUSAL, &answer[..]].concat());
+        assert_eq!(
+            written_to(&mut peer).await,
+            [REFUSAL, &answer[..], REFUSAL, REFUSAL].concat()
+        );
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_and_an_http10_refusal_are_taken_over() {
+        use tokio::io::AsyncWriteExt;
+        // Empty lines before it count to hyper's limit, as in hyper's buffer.
+        let mut long = vec![b'\n'; 1024];
+        long.extend_from_slice(b"PATCH / HTTP/1.1\r\nX: ");
+        long.resize(MAX_CAPTURED_HEAD, b'a');
+        const REFUSAL_10: &[u8] = b"HTTP/1.0 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 18:50:54 GMT\r\n\r\n";
+        let (mut io, mut peer, seen) = answering_io(&long, b"OUR ANSWER");
+        assert_eq!(io.write(REFUSAL_10).await.unwrap(), REFUSAL_10.len());
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(written_to(&mut peer).await, b"OUR ANSWER");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].status, 431);
     }
 
     #[tokio::test]
