@@ -701,6 +701,11 @@ fn verify(
                     reached.unwrap_or_default()
                 );
             }
+            // Not "intact": a file emptied is no history kept, and a --min-seq chain no file
+            // holds is said BROKEN below (review 57a).
+            chain::Verdict::Intact { records: 0, .. } => {
+                outln!("{who}0 records: the files given hold none, so nothing was verified");
+            }
             chain::Verdict::Intact {
                 records,
                 first_seq,
