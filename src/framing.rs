@@ -414,16 +414,46 @@ pub fn hyper_refusal(written: &[u8]) -> Option<(u16, &[u8])> {
         .then_some((status, date))
 }
 
-/// Whether hyper can be refusing `head`, a head it has not read to its end: only for what
-/// it has read so far. A head that parses so far is still coming, unless it is over the size
-/// limit, which the caller tells by its length.
-pub fn begun_badly(head: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    !matches!(
-        httparse::Request::new(&mut headers).parse(head),
-        Ok(httparse::Status::Partial)
-    )
+/// Where, after the start of `written`, hyper's refusal begins, if `written` ends with one:
+/// hyper writes its refusal after the bytes still queued from the answer before it, in one
+/// write when the client had not read them yet. The bytes before it are sent first, and the
+/// refusal then starts a write of its own, where it can be taken over.
+pub fn refusal_after(written: &[u8]) -> Option<usize> {
+    // hyper's refusal is under 160 bytes (a status line, three short fields).
+    let from = written.len().saturating_sub(256).max(1);
+    (from..written.len().saturating_sub(7))
+        .filter(|&at| written[at..].starts_with(b"HTTP/1."))
+        .find(|&at| hyper_refusal(&written[at..]).is_some())
 }
+
+/// Whether hyper can be refusing `head` (the bytes kept of the head it is reading, whole or
+/// not): only for a fault in them. A head that parses so far is still coming, unless it is
+/// over the size limit, which the caller tells by its length; a whole head hyper accepts is a
+/// request it will start, maybe once the answer before it is written. Bytes shaped like
+/// hyper's refusal written meanwhile (the tail of that answer, which an upstream chooses) are
+/// not a refusal of it (review 57b).
+pub fn refusable(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Partial) => false,
+        Err(_) => true,
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or_default();
+            framing_fault(req.headers).is_some()
+                || path.len() > MAX_URI_LEN
+                || path.parse::<http::Uri>().is_err()
+                || (req.version == Some(0) && named(req.headers, "transfer-encoding").count() > 0)
+                || req.headers.iter().any(|h| h.name.len() >= 1 << 16)
+        }
+    }
+}
+
+/// Over 20 digits, hyper answers 400; its top two values, 431.
+const CONTENT_LENGTH_TOO_LARGE: &str = "its Content-Length is larger than the HTTP layer can read";
+
+/// hyper's limit on a request target (`MAX_URI_LEN` in its h1 parser): over it, 414.
+const MAX_URI_LEN: usize = u16::MAX as usize - 1;
 
 /// Why hyper refused `head` (the bytes of the head it was reading, if they were kept) with
 /// `status`. hyper parses with httparse and then checks the URI and the framing headers, so the
@@ -434,6 +464,9 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
     let parsed = head.map(|h| req.parse(h));
     let what = match (status, &parsed) {
         (414, _) => "the request target is over 65,534 bytes, the HTTP layer's limit",
+        (431, Some(Ok(_))) if framing_fault(req.headers) == Some(CONTENT_LENGTH_TOO_LARGE) => {
+            CONTENT_LENGTH_TOO_LARGE
+        }
         (_, Some(Err(httparse::Error::TooManyHeaders))) => {
             "it has more than 100 header fields, the HTTP layer's limit"
         }
@@ -461,6 +494,11 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
         (_, Some(Err(_))) => "the request line's target is not a valid request target",
         (_, Some(Ok(_))) => match framing_fault(req.headers) {
             Some(fault) => fault,
+            None if req.version == Some(0)
+                && named(req.headers, "transfer-encoding").count() > 0 =>
+            {
+                "it is an HTTP/1.0 request with a Transfer-Encoding, which HTTP/1.0 does not have"
+            }
             None if req.path.is_some_and(|p| p.parse::<http::Uri>().is_err()) => {
                 "the request target is not a valid URI"
             }
@@ -514,6 +552,13 @@ fn framing_fault(headers: &[httparse::Header<'_>]) -> Option<&'static str> {
         let Some(first) = decimal(first) else {
             return Some("its Content-Length is not a decimal number");
         };
+        // hyper reads it as a u64 and keeps its top two values for itself.
+        let value = std::str::from_utf8(first)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        if value.is_none_or(|v| v > u64::MAX - 2) {
+            return Some(CONTENT_LENGTH_TOO_LARGE);
+        }
         if lengths.any(|v| decimal(v) != Some(first)) {
             return Some("it has Content-Length values that differ");
         }
@@ -982,18 +1027,57 @@ mod tests {
     }
 
     #[test]
-    fn a_head_not_read_to_its_end_is_refusable_only_for_what_it_has_so_far() {
+    fn a_refusal_after_other_bytes_is_found_where_it_begins() {
+        let refusal = format!(
+            "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n"
+        );
+        let tail = b"...{\"ProcessedFindings\": []}".to_vec();
+        let written = [&tail[..], refusal.as_bytes()].concat();
+        assert_eq!(refusal_after(&written), Some(tail.len()));
+        // One that starts the write is not "after" anything; nor is one followed by more, or
+        // a refusal's first bytes at the end.
+        assert_eq!(refusal_after(refusal.as_bytes()), None);
+        assert_eq!(refusal_after(&[&written[..], b"x"].concat()), None);
+        assert_eq!(refusal_after(&written[..written.len() - 3]), None);
+        assert_eq!(refusal_after(b""), None);
+        assert_eq!(refusal_after(b"HTTP/1."), None);
+    }
+
+    #[test]
+    fn a_head_is_refusable_only_for_a_fault_in_it() {
         // Parses so far: still coming, never refused (but for its size, told apart).
         for partial in ["G", "GET /standards HT", "GET / HTTP/1.1\r\nHost: h\r\nX-A"] {
-            assert!(!begun_badly(partial.as_bytes()), "{partial:?}");
+            assert!(!refusable(partial.as_bytes()), "{partial:?}");
         }
+        // Whole and without fault: a pipelined request, started once the answer before it is
+        // written (review 57b).
+        for fine in [
+            "GET /standards HTTP/1.1\r\nHost: h\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 12, 12\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "GET / HTTP/1.0\n\n",
+        ] {
+            assert!(!refusable(fine.as_bytes()), "{fine:?}");
+        }
+        let long_target = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(65_534));
         for bad in [
             "GET / HTTP/1.1\r\nBad Header: x\r\n",
             "GET / HTTP/3.7\r\n",
             "GE\x01T / HTTP/1.1\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 18446744073709551614\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "PATCH /f HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET http://[::1 HTTP/1.1\r\n\r\n",
+            &long_target,
         ] {
-            assert!(begun_badly(bad.as_bytes()), "{bad:?}");
+            assert!(refusable(bad.as_bytes()), "{bad:?}");
         }
+        // The boundary: a target of 65,534 bytes is hyper's to accept.
+        assert!(!refusable(
+            format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(65_533)).as_bytes()
+        ));
     }
 
     fn why(status: u16, head: &str) -> HeadRefused {

@@ -418,10 +418,11 @@ impl Clock {
             return None;
         }
         match &s.capture {
-            // A head not read to its end is refused only for what is in it so far (its size
-            // is TooLong's): one that parses so far is still coming.
-            Capture::Reading { head, .. } if framing::begun_badly(head) => Some(Some(head.clone())),
-            Capture::Complete { head, .. } => Some(Some(head.to_vec())),
+            // Only for a fault in what was read (its size is TooLong's): a head that parses so
+            // far is still coming, and a whole one without fault is a pipelined request that
+            // starts once the answer before it is written (review 57b).
+            Capture::Reading { head, .. } if framing::refusable(head) => Some(Some(head.clone())),
+            Capture::Complete { head, .. } if framing::refusable(head) => Some(Some(head.to_vec())),
             Capture::TooLong => Some(None),
             _ => None,
         }
@@ -664,7 +665,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
         this.take_over(buf);
         match std::task::ready!(this.poll_answer(cx))? {
             true => Poll::Ready(Ok(buf.len())),
-            false => Pin::new(&mut this.inner).poll_write(cx, buf),
+            false => {
+                // The bytes before a refusal go first; hyper writes the rest again.
+                let before = framing::refusal_after(buf).unwrap_or(buf.len());
+                Pin::new(&mut this.inner).poll_write(cx, &buf[..before])
+            }
         }
     }
 
@@ -676,14 +681,31 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClockedIo<I> {
         let this = self.get_mut();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         // hyper's refusal is one buffer: a head with no body.
-        if let Some(only) = bufs.iter().find(|b| !b.is_empty()) {
-            if only.len() == total {
-                this.take_over(only);
-            }
+        let Some(last) = bufs.iter().rposition(|b| !b.is_empty()) else {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        };
+        if bufs[last].len() == total {
+            this.take_over(&bufs[last]);
         }
-        match std::task::ready!(this.poll_answer(cx))? {
-            true => Poll::Ready(Ok(total)),
-            false => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        if std::task::ready!(this.poll_answer(cx))? {
+            return Poll::Ready(Ok(total));
+        }
+        // The bytes before a refusal go first (as in poll_write); hyper writes the rest again,
+        // the refusal then a write of its own.
+        let before = if bufs[last].len() == total {
+            None
+        } else if framing::hyper_refusal(&bufs[last]).is_some() {
+            Some(0)
+        } else {
+            framing::refusal_after(&bufs[last])
+        };
+        match before {
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            Some(at) => {
+                let mut first: Vec<io::IoSlice<'_>> = bufs[..last].to_vec();
+                first.push(io::IoSlice::new(&bufs[last][..at]));
+                Pin::new(&mut this.inner).poll_write_vectored(cx, &first)
+            }
         }
     }
 
@@ -1186,13 +1208,61 @@ mod tests {
         io.write_all(REFUSAL).await.unwrap();
         io.clock.received(b"GET /standards HT");
         io.write_all(REFUSAL).await.unwrap();
+        // Nor with a whole head without fault pipelined behind (review 57b), whether the
+        // refusal-shaped bytes are a write of their own or end a longer one.
+        io.clock.received(b"TP/1.1\r\nHost: h\r\n\r\n");
+        io.write_all(REFUSAL).await.unwrap();
+        io.write_all(&[b"tail", REFUSAL].concat()).await.unwrap();
         io.shutdown().await.unwrap();
         drop(io);
         assert_eq!(
             written_to(&mut peer).await,
-            [REFUSAL, &answer[..], REFUSAL, REFUSAL].concat()
+            [
+                REFUSAL,
+                &answer[..],
+                REFUSAL,
+                REFUSAL,
+                REFUSAL,
+                b"tail",
+                REFUSAL
+            ]
+            .concat()
         );
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_written_after_an_answers_tail_is_taken_over_after_it() {
+        use tokio::io::AsyncWriteExt;
+        // hyper queued the end of an answer the client had not read yet, then its refusal of
+        // the bad head behind it, and writes both at once: the tail goes out as it is, and
+        // the refusal is replaced.
+        let tail: &[u8] = b"{\"ProcessedFindings\":[]}";
+        for vectored in [false, true] {
+            let (mut io, mut peer, seen) =
+                answering_io(b"PATCH /f HTTP/1.1\r\nBad Header: x\r\n", b"OUR ANSWER");
+            let both = [tail, REFUSAL].concat();
+            let mut at = 0;
+            while at < both.len() {
+                at += if vectored {
+                    let bufs = [
+                        io::IoSlice::new(&both[at..tail.len().max(at)]),
+                        io::IoSlice::new(&both[tail.len().max(at)..]),
+                    ];
+                    io.write_vectored(&bufs).await.unwrap()
+                } else {
+                    io.write(&both[at..]).await.unwrap()
+                };
+            }
+            io.shutdown().await.unwrap();
+            drop(io);
+            assert_eq!(
+                written_to(&mut peer).await,
+                [tail, b"OUR ANSWER"].concat(),
+                "vectored: {vectored}"
+            );
+            assert_eq!(seen.lock().unwrap().len(), 1);
+        }
     }
 
     #[tokio::test]

@@ -66,7 +66,9 @@ BAD_URI = "the request target is not a valid URI"
 CL_NOT_NUMBER = "its Content-Length is not a decimal number"
 CL_DIFFER = "it has Content-Length values that differ"
 TE_NOT_CHUNKED = "its Transfer-Encoding does not end with chunked"
-NOT_A_HEAD = "it is not a valid HTTP/1.1 request head"
+CL_TOO_LARGE = "its Content-Length is larger than the HTTP layer can read"
+TE_ON_HTTP_10 = ("it is an HTTP/1.0 request with a Transfer-Encoding, which HTTP/1.0 does not "
+                 "have")
 
 READ_TIMEOUT = 5  # every socket here is bounded by it
 ANY = object()  # a record field whose value is not asserted
@@ -259,9 +261,13 @@ CASES = [
      400, TE_NOT_CHUNKED, "PATCH", BUF),
     ("content-length-overflows", lambda hg: head("PATCH", BUF, hg,
                                                  "Content-Length: 99999999999999999999999"),
-     400, NOT_A_HEAD, "PATCH", BUF),
+     400, CL_TOO_LARGE, "PATCH", BUF),
+    ("content-length-at-u64-max", lambda hg: head("PATCH", BUF, hg,
+                                                  "Content-Length: 18446744073709551615"),
+     431, CL_TOO_LARGE, "PATCH", BUF),
     ("chunked-on-http-1.0", lambda hg: head("PATCH", BUF, hg, "Transfer-Encoding: chunked",
-                                            version="HTTP/1.0"), 400, NOT_A_HEAD, "PATCH", BUF),
+                                            version="HTTP/1.0"), 400, TE_ON_HTTP_10, "PATCH",
+     BUF),
     ("query-dropped-from-path", lambda hg: head("GET", "/x?a=1&X-Amz-Signature=abc", hg,
                                                 version="HTTP/3.7"), 400, BAD_VERSION, "GET",
      "/x"),
