@@ -61,7 +61,8 @@ import pytest
 from helpers import (HUBGATE_BIN, MEMBER, LoopbackServer, audit_verify, hubgate_env, metric,
                      recv_head, sign, wait_until)
 from test_refused_heads import (BAD_NAME, BAD_VERSION, assert_refusal, assert_refusal_record,
-                                head, parse_responses, read_until_close, signed_note)
+                                head, parse_responses, read_answer, read_until_close,
+                                signed_note)
 
 READ_TIMEOUT = 4
 REFUSAL_SHAPE = (b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n"
@@ -71,26 +72,6 @@ VALIDATION = "VALIDATION_ERROR"
 
 def connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT)
-
-
-def read_answer(s: socket.socket) -> bytes | None:
-    """One Content-Length framed answer, or None when none came within the timeout (or the
-    connection closed first)."""
-    data = b""
-    while True:
-        head_, sep, rest = data.partition(b"\r\n\r\n")
-        if sep:
-            length = next((int(line.split(b":", 1)[1]) for line in head_.split(b"\r\n")[1:]
-                           if line.lower().startswith(b"content-length:")), 0)
-            if len(rest) >= length:
-                return data
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            return None
-        if not chunk:
-            return None
-        data += chunk
 
 
 def drain(s: socket.socket, wait: float = 1.0) -> bytes:

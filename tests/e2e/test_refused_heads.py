@@ -139,8 +139,9 @@ def signed_note(hg, text: str) -> bytes:
             + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def read_one_answer(s: socket.socket) -> bytes:
-    """One whole answer (head and Content-Length body), leaving the connection open."""
+def read_answer(s: socket.socket) -> bytes | None:
+    """One Content-Length framed answer, leaving the connection open; None when none came
+    within the socket's timeout (or the connection closed first)."""
     data = b""
     while True:
         head_, sep, rest = data.partition(b"\r\n\r\n")
@@ -149,9 +150,20 @@ def read_one_answer(s: socket.socket) -> bytes:
                            if line.lower().startswith(b"content-length:")), 0)
             if len(rest) >= length:
                 return data
-        chunk = s.recv(65536)
-        assert chunk, f"closed before a whole answer: {data[:300]!r}"
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            return None
+        if not chunk:
+            return None
         data += chunk
+
+
+def read_one_answer(s: socket.socket) -> bytes:
+    """One whole answer (head and Content-Length body), leaving the connection open."""
+    data = read_answer(s)
+    assert data is not None, "no whole answer before the timeout or the close"
+    return data
 
 
 def send_in_pieces(s: socket.socket, data: bytes, piece: int = 8192, pause: float = 0.01):
