@@ -440,17 +440,21 @@ pub fn refusable(head: &[u8]) -> bool {
         Err(_) => true,
         Ok(httparse::Status::Complete(_)) => {
             let path = req.path.unwrap_or_default();
-            framing_fault(req.headers).is_some()
+            framing_fault(req.headers, req.version == Some(0)).is_some()
                 || path.len() > MAX_URI_LEN
                 || path.parse::<http::Uri>().is_err()
-                || (req.version == Some(0) && named(req.headers, "transfer-encoding").count() > 0)
-                || req.headers.iter().any(|h| h.name.len() >= 1 << 16)
+                || long_name(req.headers)
         }
     }
 }
 
 /// Over 20 digits, hyper answers 400; its top two values, 431.
 const CONTENT_LENGTH_TOO_LARGE: &str = "its Content-Length is larger than the HTTP layer can read";
+
+/// Whether a header field's name is over hyper's limit (its h1 `record_header_indices`): 431.
+fn long_name(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| h.name.len() >= 1 << 16)
+}
 
 /// hyper's limit on a request target (`MAX_URI_LEN` in its h1 parser): over it, 414.
 const MAX_URI_LEN: usize = u16::MAX as usize - 1;
@@ -464,7 +468,13 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
     let parsed = head.map(|h| req.parse(h));
     let what = match (status, &parsed) {
         (414, _) => "the request target is over 65,534 bytes, the HTTP layer's limit",
-        (431, Some(Ok(_))) if framing_fault(req.headers) == Some(CONTENT_LENGTH_TOO_LARGE) => {
+        (431, Some(Ok(_))) if long_name(req.headers) => {
+            "a header field name is 64 KiB or longer, the HTTP layer's limit"
+        }
+        (431, Some(Ok(_)))
+            if framing_fault(req.headers, req.version == Some(0))
+                == Some(CONTENT_LENGTH_TOO_LARGE) =>
+        {
             CONTENT_LENGTH_TOO_LARGE
         }
         (_, Some(Err(httparse::Error::TooManyHeaders))) => {
@@ -492,13 +502,8 @@ pub fn head_refused(status: u16, head: Option<&[u8]>) -> HeadRefused {
             "the request line's method is not a token"
         }
         (_, Some(Err(_))) => "the request line's target is not a valid request target",
-        (_, Some(Ok(_))) => match framing_fault(req.headers) {
+        (_, Some(Ok(_))) => match framing_fault(req.headers, req.version == Some(0)) {
             Some(fault) => fault,
-            None if req.version == Some(0)
-                && named(req.headers, "transfer-encoding").count() > 0 =>
-            {
-                "it is an HTTP/1.0 request with a Transfer-Encoding, which HTTP/1.0 does not have"
-            }
             None if req.path.is_some_and(|p| p.parse::<http::Uri>().is_err()) => {
                 "the request target is not a valid URI"
             }
@@ -544,50 +549,66 @@ fn spaced_target(head: &[u8]) -> bool {
         > 3
 }
 
-/// What hyper refuses in a head that parses: a Content-Length that is not one number, or a
-/// Transfer-Encoding whose last coding is not chunked.
-fn framing_fault(headers: &[httparse::Header<'_>]) -> Option<&'static str> {
-    let mut lengths = named(headers, "content-length").flat_map(|v| v.split(|b| *b == b','));
-    if let Some(first) = lengths.next() {
-        let Some(first) = decimal(first) else {
-            return Some("its Content-Length is not a decimal number");
-        };
-        // hyper reads it as a u64 and keeps its top two values for itself.
-        let value = std::str::from_utf8(first)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
-        if value.is_none_or(|v| v > u64::MAX - 2) {
-            return Some(CONTENT_LENGTH_TOO_LARGE);
-        }
-        if lengths.any(|v| decimal(v) != Some(first)) {
-            return Some("it has Content-Length values that differ");
+/// What hyper refuses in a head that parses, found as hyper finds it (h1 `Server::parse`),
+/// line by line: a Transfer-Encoding on HTTP/1.0; a Content-Length (before any
+/// Transfer-Encoding: hyper skips those after one) that is not one decimal number, one that
+/// differs from an earlier one, or one of u64's top two values; then a last Transfer-Encoding
+/// whose last coding is not chunked. Reading it any other way named the wrong fault, missed
+/// `Content-Length: 2, 2`, and took a head hyper accepts for refused (review 57c).
+fn framing_fault(headers: &[httparse::Header<'_>], http10: bool) -> Option<&'static str> {
+    let (mut te, mut te_chunked, mut length) = (false, false, None);
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if http10 {
+                return Some(
+                    "it is an HTTP/1.0 request with a Transfer-Encoding, which HTTP/1.0 does not \
+                     have",
+                );
+            }
+            te = true;
+            te_chunked = last_coding_is_chunked(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") && !te {
+            let Some(value) = from_digits(h.value) else {
+                return Some(
+                    if !h.value.is_empty() && h.value.iter().all(u8::is_ascii_digit) {
+                        CONTENT_LENGTH_TOO_LARGE
+                    } else {
+                        "its Content-Length is not a decimal number"
+                    },
+                );
+            };
+            match length {
+                Some(first) if first != value => {
+                    return Some("it has Content-Length values that differ")
+                }
+                Some(_) => {}
+                // hyper keeps u64's top two values for itself.
+                None if value > u64::MAX - 2 => return Some(CONTENT_LENGTH_TOO_LARGE),
+                None => length = Some(value),
+            }
         }
     }
-    let last_coding = named(headers, "transfer-encoding")
-        .last()
-        .and_then(|v| v.split(|b| *b == b',').next_back())
-        .map(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-    if last_coding == Some(false) {
-        return Some("its Transfer-Encoding does not end with chunked");
+    (te && !te_chunked).then_some("its Transfer-Encoding does not end with chunked")
+}
+
+/// hyper's reading of a Content-Length: digits only, no sign, no list, within u64.
+fn from_digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
     }
-    None
+    value.iter().try_fold(0u64, |n, b| {
+        let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+        n.checked_mul(10)?.checked_add(digit)
+    })
 }
 
-/// The values of the header fields called `name`, in order.
-fn named<'h>(
-    headers: &'h [httparse::Header<'h>],
-    name: &'h str,
-) -> impl Iterator<Item = &'h [u8]> + 'h {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
-}
-
-/// `v` trimmed, if it is a decimal number.
-fn decimal(v: &[u8]) -> Option<&[u8]> {
-    let v = v.trim_ascii();
-    (!v.is_empty() && v.iter().all(u8::is_ascii_digit)).then_some(v)
+/// hyper's: a value of visible ASCII (and tabs) whose last comma-separated part is chunked.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value.iter().all(|b| (32..127).contains(b) || *b == b'\t')
+        && value
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 #[cfg(test)]
@@ -1053,8 +1074,11 @@ mod tests {
         // written (review 57b).
         for fine in [
             "GET /standards HTTP/1.1\r\nHost: h\r\n\r\n",
-            "PATCH /f HTTP/1.1\r\nContent-Length: 12, 12\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n",
             "PATCH /f HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            // hyper skips a Content-Length after a Transfer-Encoding (hubgate's own framing
+            // check refuses the pair, with the envelope, once the request starts).
+            "PATCH /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n",
             "GET / HTTP/1.0\n\n",
         ] {
             assert!(!refusable(fine.as_bytes()), "{fine:?}");
@@ -1069,11 +1093,18 @@ mod tests {
             "PATCH /f HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "PATCH /f HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "PATCH /f HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 12, 12\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 12,12\r\n\r\n",
+            "PATCH /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
             "GET http://[::1 HTTP/1.1\r\n\r\n",
             &long_target,
         ] {
             assert!(refusable(bad.as_bytes()), "{bad:?}");
         }
+        // hyper reads a Transfer-Encoding only as visible ASCII.
+        assert!(refusable(
+            b"PATCH /f HTTP/1.1\r\nTransfer-Encoding: gzip\xff, chunked\r\n\r\n"
+        ));
         // The boundary: a target of 65,534 bytes is hyper's to accept.
         assert!(!refusable(
             format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(65_533)).as_bytes()
@@ -1123,7 +1154,29 @@ mod tests {
             (
                 400,
                 "PATCH /f HTTP/1.1\r\nContent-Length: 2, 3\r\n\r\n",
-                "Content-Length values that differ",
+                "Content-Length is not a decimal number",
+            ),
+            // Named as hyper finds the fault: it skips a Content-Length after a
+            // Transfer-Encoding, and refuses a Transfer-Encoding on HTTP/1.0 where it is.
+            (
+                400,
+                "PATCH /f HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: abc\r\n\r\n",
+                "Transfer-Encoding does not end with chunked",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n",
+                "HTTP/1.0 request with a Transfer-Encoding",
+            ),
+            (
+                400,
+                "PATCH /f HTTP/1.0\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Content-Length is not a decimal number",
+            ),
+            (
+                431,
+                "PATCH /f HTTP/1.1\r\nContent-Length: 18446744073709551614\r\n\r\n",
+                "larger than the HTTP layer can read",
             ),
             (
                 400,
@@ -1138,6 +1191,12 @@ mod tests {
             assert_eq!(refused.status, status);
             assert!(refused.to_string().contains(want), "{head:?}: {refused}");
         }
+        let name = "X".repeat(1 << 16);
+        let refused = why(431, &format!("GET / HTTP/1.1\r\n{name}: v\r\n\r\n"));
+        assert!(
+            refused.to_string().contains("64 KiB or longer"),
+            "{refused}"
+        );
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         let refused = why(431, &format!("PATCH /f HTTP/1.1\r\n{many}\r\n"));
         assert!(

@@ -130,8 +130,13 @@ enum Protocol {
 /// to arrive after an answer, which can be the tail of a head begun earlier).
 enum Capture {
     /// Keeping the bytes of the next request head, from its first byte; `blanks` empty-line
-    /// bytes before it were skipped (hyper's buffer holds them, and counts them to its limit).
-    Reading { head: Vec<u8>, blanks: usize },
+    /// bytes before it were skipped (hyper's buffer holds them, and counts them to its limit),
+    /// the last of them a CR whose LF has not come yet when `cr`.
+    Reading {
+        head: Vec<u8>,
+        blanks: usize,
+        cr: bool,
+    },
     /// A whole head, waiting for its request to start; and the bytes read after it (its body,
     /// maybe more) until the request says how long its body is. `None`: more than
     /// MAX_AFTER_HEAD of them.
@@ -152,6 +157,7 @@ impl Capture {
         Capture::Reading {
             head: Vec::new(),
             blanks: 0,
+            cr: false,
         }
     }
 
@@ -159,14 +165,31 @@ impl Capture {
     fn follow(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self {
-                Capture::Reading { head: buf, blanks } => {
+                Capture::Reading {
+                    head: buf,
+                    blanks,
+                    cr,
+                } => {
                     if buf.is_empty() {
-                        // Empty lines before a request line are ignored (RFC 9112 §2.2), as
-                        // hyper does; the head starts at the request line.
-                        let blank = bytes
-                            .iter()
-                            .take_while(|b| matches!(b, b'\r' | b'\n'))
-                            .count();
+                        // Empty lines before a request line are ignored (RFC 9112 §2.2) as
+                        // httparse ignores them, each a CRLF or a bare LF. A CR followed by
+                        // anything else starts the head: httparse refuses it, and so hyper
+                        // does (skipped, it left a head hyper refused looking whole, review
+                        // 57c).
+                        let mut blank = 0;
+                        while let Some(&b) = bytes.get(blank) {
+                            match (b, *cr) {
+                                (b'\n', _) => *cr = false,
+                                (_, true) => {
+                                    buf.push(b'\r');
+                                    *cr = false;
+                                    break;
+                                }
+                                (b'\r', false) => *cr = true,
+                                _ => break,
+                            }
+                            blank += 1;
+                        }
                         bytes = &bytes[blank..];
                         *blanks += blank;
                         if *blanks >= MAX_CAPTURED_HEAD {
@@ -414,7 +437,9 @@ impl Clock {
     /// an upstream chooses (review 57a).
     fn refused_head(&self) -> Option<Option<Vec<u8>>> {
         let s = self.lock();
-        if s.protocol != Protocol::Http1 || s.in_flight > 0 {
+        // Still Unknown (every byte so far the h2 preface's): hyper reads a cut-off preface
+        // as HTTP/1, when the client stops sending, and refuses it (review 57c).
+        if s.protocol == Protocol::Http2 || s.in_flight > 0 {
             return None;
         }
         match &s.capture {
@@ -1229,6 +1254,35 @@ mod tests {
             .concat()
         );
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn empty_lines_are_skipped_as_httparse_skips_them_and_a_cut_preface_can_be_refused() {
+        let refusable = |reads: &[&[u8]]| {
+            let clock = Clock::new(
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            );
+            for read in reads {
+                clock.received(read);
+            }
+            clock.refused_head().is_some()
+        };
+        let valid: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        // CRLF and bare LF lines, in one read or split between the CR and its LF: no fault.
+        assert!(!refusable(&[b"\r\n\n\r\n", valid]));
+        assert!(!refusable(&[b"\r", b"\n", valid]));
+        // A CR not followed by LF is where the head starts, and httparse refuses it (review
+        // 57c: it was skipped, and the head left looked whole and sound).
+        assert!(refusable(&[&[b"\r", valid].concat()]));
+        assert!(refusable(&[b"\r\n\n\r", valid]));
+        assert!(refusable(&[b"\r", valid]));
+        assert!(refusable(&[b"\r", b"\r\n", valid]));
+        // The h2 preface cut off before its end: hyper reads it as HTTP/1 once the client
+        // stops, and refuses it.
+        assert!(refusable(&[b"PRI * HTTP/2.0\r\n\r\n"]));
+        assert!(!refusable(&[H2_PREFACE]));
     }
 
     #[tokio::test]

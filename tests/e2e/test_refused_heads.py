@@ -261,8 +261,9 @@ CASES = [
      CL_NOT_NUMBER, "PATCH", BUF),
     ("two-content-lengths", lambda hg: head("PATCH", BUF, hg, "Content-Length: 3",
                                             "Content-Length: 4"), 400, CL_DIFFER, "PATCH", BUF),
+    # hyper reads each Content-Length line as one number: a list is not one (review 57c).
     ("content-length-list", lambda hg: head("PATCH", BUF, hg, "Content-Length: 3, 4"), 400,
-     CL_DIFFER, "PATCH", BUF),
+     CL_NOT_NUMBER, "PATCH", BUF),
     ("transfer-encoding-gzip", lambda hg: head("PATCH", BUF, hg, "Transfer-Encoding: gzip"),
      400, TE_NOT_CHUNKED, "PATCH", BUF),
     ("transfer-encoding-chunked-gzip", lambda hg: head("PATCH", BUF, hg,
