@@ -119,6 +119,19 @@ class ScriptedUpstream(LoopbackServer):
                 conn.sendall(part)
 
 
+# A 200 whose body Security Hub sends in two writes, the second the bytes of hyper's bare 400.
+TAIL_HEAD = b'{"Standards": [], "Note": "'
+TAIL_BODY = TAIL_HEAD + REFUSAL_SHAPE
+
+
+def refusal_shaped_tail(gap: float = 0.3) -> ScriptedUpstream:
+    """An upstream answering every request 200 with TAIL_BODY, its last bytes (REFUSAL_SHAPE)
+    a write of their own, `gap` seconds after the rest."""
+    return ScriptedUpstream([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"x-amzn-RequestId: up-1\r\nContent-Length: %d\r\n\r\n"
+                             % len(TAIL_BODY) + TAIL_HEAD, REFUSAL_SHAPE], gap=gap)
+
+
 def start_on(make_hubgate, upstream: ScriptedUpstream, auth: str, **kw):
     hg = make_hubgate({"upstream": {"auth": auth}},
                       upstream_endpoint=f"http://127.0.0.1:{upstream.port}", start=False, **kw)
@@ -168,11 +181,8 @@ def test_a_streamed_body_tail_shaped_like_hypers_refusal_is_relayed_untouched(ma
     bare 400. hubgate relays the body exactly (Content-Length bytes, nothing more), writes one
     record per request and none for a refused head, and answers the next request on the same
     connection."""
-    part1 = b'{"Standards": [], "Note": "'
-    body = part1 + REFUSAL_SHAPE
-    up = ScriptedUpstream([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                           b"x-amzn-RequestId: up-1\r\nContent-Length: %d\r\n\r\n" % len(body)
-                           + part1, REFUSAL_SHAPE])
+    body = TAIL_BODY
+    up = refusal_shaped_tail()
     try:
         hg = start_on(make_hubgate, up, auth)
         with connect(hg.port) as s:

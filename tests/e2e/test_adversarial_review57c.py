@@ -72,7 +72,7 @@ import time
 import pytest
 
 from helpers import MEMBER, Response, assert_envelope, sign, wait_until
-from test_adversarial_review57a import REFUSAL_SHAPE, ScriptedUpstream, signed_get, start_on
+from test_adversarial_review57a import TAIL_BODY, refusal_shaped_tail, signed_get, start_on
 from test_review57b_legit_heads import note
 from test_refused_heads import (ANY, BAD_NAME, CL_DIFFER, CL_TOO_LARGE, PREFIX,
                                 SUFFIX, TE_NOT_CHUNKED, TE_ON_HTTP_10, TOO_BIG, TOO_LONG_TARGET,
@@ -281,11 +281,8 @@ def test_a_refused_head_is_named_by_what_hyper_refused(hubgate, lines, version, 
 # -- 7. a head hyper accepts, taken for refused --------------------------------------------------
 
 def test_a_pipelined_head_hyper_accepts_does_not_make_a_tail_a_refusal(make_hubgate):
-    part1 = b'{"Standards": [], "Note": "'
-    body = part1 + REFUSAL_SHAPE
-    up = ScriptedUpstream([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                           b"x-amzn-RequestId: up-1\r\nContent-Length: %d\r\n\r\n" % len(body)
-                           + part1, REFUSAL_SHAPE], gap=0.15)
+    body = TAIL_BODY
+    up = refusal_shaped_tail(gap=0.15)
     try:
         hg = start_on(make_hubgate, up, "resign")
         h = sign(MEMBER, "GET", hg.host, "/standards", b"")

@@ -59,7 +59,8 @@ import pytest
 
 from helpers import (ADMIN, MEMBER, OWN_ACCOUNT_FILTER, PRODUCT_ARN, ident, metric, sign,
                      wait_until)
-from test_adversarial_review57a import REFUSAL_SHAPE, ScriptedUpstream, start_on
+from test_adversarial_review57a import (REFUSAL_SHAPE, TAIL_BODY, ScriptedUpstream,
+                                        refusal_shaped_tail, start_on)
 from test_refused_heads import TOO_BIG, assert_refusal, assert_refusal_record, parse_responses
 
 BUF = "/findings/batchupdate"
@@ -532,11 +533,8 @@ def test_a_pipelined_request_behind_a_refusal_shaped_tail_gets_its_answer(make_h
     """Two signed GETs in one write; Security Hub answers each 200 in two writes, the second
     the bytes of hyper's bare 400. The client gets both answers, bodies exact, nothing
     spliced; two forwarded records and no refusal record."""
-    part1 = b'{"Standards": [], "Note": "'
-    body = part1 + REFUSAL_SHAPE
-    up = ScriptedUpstream([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                           b"x-amzn-RequestId: up-1\r\nContent-Length: %d\r\n\r\n" % len(body)
-                           + part1, REFUSAL_SHAPE], gap=0.15)
+    body = TAIL_BODY
+    up = refusal_shaped_tail(gap=0.15)
     try:
         hg = start_on(make_hubgate, up, auth)
         with Conn(hg.port) as c:
