@@ -35,6 +35,9 @@ Standard library + botocore only. It
                            "answer_delay_ms": {"GetFindings": N, ...}  the operation reads or
                                writes at once and answers N ms later (a slow or large answer;
                                replaces the previous map)
+                           "hold_label_ms": {"MEDIUM": N, ...}  a BatchUpdateFindings setting
+                               that Severity Label waits N ms before it is read and applied (a
+                               request delayed on its way: it lands after one sent later)
                            "apply_delay_ms": N  BatchUpdateFindings answers at once and applies
                                its change N ms later, in order, as AWS's asynchronous processing
                                does ("can take several minutes")
@@ -265,6 +268,7 @@ class State:
         self.fail_next: dict[str, list] = {}
         self.answer_delay_ms: dict[str, int] = {}
         self.apply_delay_ms = 0
+        self.hold_label_ms: dict[str, int] = {}
         for timer in getattr(self, "pending_applies", []):
             timer.cancel()
         self.pending_applies: list[threading.Timer] = []
@@ -317,7 +321,8 @@ class State:
                 "throttle_next": dict(self.throttle_next),
                 "fail_next": {k: list(v) for k, v in self.fail_next.items()},
                 "answer_delay_ms": dict(self.answer_delay_ms),
-                "apply_delay_ms": self.apply_delay_ms}
+                "apply_delay_ms": self.apply_delay_ms,
+                "hold_label_ms": dict(self.hold_label_ms)}
 
 
 # ---------------------------------------------------------------------------
@@ -722,6 +727,12 @@ class Handler(BaseHTTPRequestHandler):
                             isinstance(v, int) and v >= 0 for v in delays.values()):
                         return self._send(400, {"message": "answer_delay_ms: {operation: ms}"})
                     st.answer_delay_ms = dict(delays)
+                if "hold_label_ms" in arg:
+                    hold = arg["hold_label_ms"]
+                    if not isinstance(hold, dict) or not all(
+                            isinstance(v, int) and v >= 0 for v in hold.values()):
+                        return self._send(400, {"message": "hold_label_ms: {label: ms}"})
+                    st.hold_label_ms = dict(hold)
                 if "apply_delay_ms" in arg:
                     lag = arg["apply_delay_ms"]
                     if not isinstance(lag, int) or lag < 0:
@@ -784,6 +795,11 @@ class Handler(BaseHTTPRequestHandler):
                 req = json.loads(body) if body else {}
             except ValueError:
                 raise ApiError(400, "InvalidInputException", "request body is not valid JSON")
+            if op_name == "BatchUpdateFindings" and isinstance(req.get("Severity"), dict):
+                with st.lock:
+                    hold = st.hold_label_ms.get(str(req["Severity"].get("Label")), 0)
+                if hold:
+                    time.sleep(hold / 1000.0)
             result = op(st, req)
             with st.lock:
                 answer_delay = st.answer_delay_ms.get(op_name or "", 0)

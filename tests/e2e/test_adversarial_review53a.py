@@ -10,7 +10,7 @@ import unicodedata
 import pytest
 
 from helpers import (MEMBER_ACCOUNT, OTHER_ACCOUNT, OTHER_PRODUCT_ARN, PRODUCT_ARN,
-                     assert_envelope, finding, ident)
+                     assert_envelope, finding, ident, wait_until)
 
 V1 = "/findings/batchupdate"
 V2 = "/findingsv2/batchupdatev2"
@@ -310,32 +310,41 @@ def test_an_admins_cached_read_of_another_account_does_not_make_it_the_members(s
 # Races: a member's raise and its own "no lowering yet" sent together
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "open (stop 57): a write is forwarded while an earlier write to the same finding that sets "
+    "its severity to another value is still in flight, so Security Hub may apply the earlier "
+    "one last. Each was judged without the other landing after it: the member's MEDIUM (no "
+    "lowering on MEDIUM) lands after its own CRITICAL and lowers it. hubgate would have to hold "
+    "or refuse (STATE_SETTLING) the later write until the earlier is answered"))
 def test_a_raise_and_a_same_level_write_raced_never_end_below_the_raise(shipped_cache):
-    """R_up raises f-own-medium to CRITICAL; R_same sets MEDIUM, which is no lowering on the
-    state both read. Sent together, R_same must not be applied after R_up: that is a lowering
-    from CRITICAL the sequential order refuses."""
+    """R_same sets MEDIUM, which is no lowering on the MEDIUM both read; R_up, sent while R_same
+    is still on its way, raises to CRITICAL. R_same must not be applied after R_up: that is a
+    lowering from CRITICAL the sequential order refuses. The fake holds R_same (a request
+    delayed on its way), so it lands after R_up whenever both are forwarded. (Sent together
+    from two threads, as this test did until stop 57, the order was left to the network: it
+    failed in 2 of 5 runs on a loaded machine, and in CI.)"""
     import threading
     hg = shipped_cache
-    bad = []
-    for round_ in range(8):
-        fid = f"f-race-{round_}"
-        hg.fake.add_findings([finding(fid, MEMBER_ACCOUNT, "MEDIUM", 45)])
-        # read once, so both requests are decided from the cached MEDIUM
-        warm = hg.send("PATCH", V1, {"FindingIdentifiers": [ident(fid)],
-                                     "Note": {"Text": "warm", "UpdatedBy": "m"}}, who="member")
-        assert warm.status == 200, warm.text
-        results = {}
+    hg.fake.configure(hold_label_ms={"MEDIUM": 400})
+    fid = "f-race"
+    hg.fake.add_findings([finding(fid, MEMBER_ACCOUNT, "MEDIUM", 45)])
+    # read once, so both requests are decided from the cached MEDIUM
+    warm = hg.send("PATCH", V1, {"FindingIdentifiers": [ident(fid)],
+                                 "Note": {"Text": "warm", "UpdatedBy": "m"}}, who="member")
+    assert warm.status == 200, warm.text
+    results = {}
 
-        def go(name, sev):
-            results[name] = hg.send("PATCH", V1, {"FindingIdentifiers": [ident(fid)],
-                                                  "Severity": sev}, who="member")
-        threads = [threading.Thread(target=go, args=("up", {"Label": "CRITICAL"})),
-                   threading.Thread(target=go, args=("same", {"Label": "MEDIUM"}))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        final = stored(hg.fake, fid)["Severity"]["Label"]
-        if results["up"].status == 200 and final != "CRITICAL":
-            bad.append((round_, results["up"].status, results["same"].status, final))
-    assert bad == [], bad
+    def go(name, sev):
+        results[name] = hg.send("PATCH", V1, {"FindingIdentifiers": [ident(fid)],
+                                              "Severity": sev}, who="member")
+
+    same = threading.Thread(target=go, args=("same", {"Label": "MEDIUM"}))
+    same.start()
+    wait_until(lambda: any(r["method"] == "PATCH" and '"MEDIUM"' in r["body"]
+                           for r in hg.fake.requests()), 5, "R_same at Security Hub")
+    go("up", {"Label": "CRITICAL"})
+    same.join()
+    final = stored(hg.fake, fid)["Severity"]["Label"]
+    assert results["same"].status == 200, results["same"].text
+    assert not (results["up"].status == 200 and final != "CRITICAL"), \
+        (results["up"].status, final)
