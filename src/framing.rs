@@ -419,6 +419,10 @@ pub fn hyper_refusal(written: &[u8]) -> Option<(u16, &[u8])> {
 /// write when the client had not read them yet. The bytes before it are sent first, and the
 /// refusal then starts a write of its own, where it can be taken over.
 pub fn refusal_after(written: &[u8]) -> Option<usize> {
+    // Every write of an answer passes here: most end otherwise, and are not searched.
+    if !written.ends_with(b"\r\n\r\n") {
+        return None;
+    }
     // hyper's refusal is under 160 bytes (a status line, three short fields).
     let from = written.len().saturating_sub(256).max(1);
     (from..written.len().saturating_sub(7))
